@@ -1,0 +1,149 @@
+"""The one IPFS interface that every backend implements (kubo's CoreAPI idea).
+
+The capability server (``ww.caps.ipfs``) and the CLI (``ww export`` / ``ww import`` /
+``ww run /ipfs/...``) speak only to :class:`CoreAPI`.  Two backends implement it:
+
+* ``ww.ipfs.node.EmbeddedNode`` -- the default: a repository under ``$WW_HOME``
+  (blocks, pins, identity), offline.
+* ``ww.ipfs.kubo.KuboClient`` -- every operation goes to a kubo node's HTTP RPC API
+  (``--ipfs`` / ``WW_IPFS``).
+
+Paths accepted wherever a ``path`` is taken: ``/ipfs/<cid>[/sub/path]``, ``<cid>[/sub/path]``.
+Large data always moves in bounded pieces: ``add_stream`` consumes an iterator of chunks,
+``cat`` yields chunks, so memory stays flat for multi-GiB files.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class IpfsError(Exception):
+    """Base class of every IPFS error; ``str(err)`` is one line fit for a user."""
+
+
+class InvalidPathError(IpfsError):
+    """The string is not a valid CID or IPFS path."""
+
+
+class NotFoundError(IpfsError):
+    """The content (a block, or a name inside a directory) is not available."""
+
+
+class NotAFileError(IpfsError):
+    """A file was needed (cat, run) but the path names a directory or symlink."""
+
+
+class CorruptBlockError(IpfsError):
+    """A stored or received block does not hash to its CID, or does not decode."""
+
+
+class BackendUnavailableError(IpfsError):
+    """The configured backend (for example a remote kubo node) cannot be reached."""
+
+
+class UnsupportedError(IpfsError):
+    """The backend cannot do this (for example ``connect`` on the offline embedded node)."""
+
+
+class EntryType(enum.Enum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry, as ``ls`` returns it."""
+
+    name: str
+    type: EntryType
+    size: int  # file content size in bytes; 0 for directories
+    cid: str
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    size: int  # Tsize of the link, as dag-pb records it
+    cid: str
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What ``stat`` knows of a node."""
+
+    cid: str
+    type: EntryType
+    size: int  # content size: file bytes, 0 for a directory, target length for a symlink
+    cumulative_size: int  # the whole DAG's encoded size, as kubo's CumulativeSize
+    links: list[Link] = field(default_factory=list)  # a directory's entries
+    target: str | None = None  # a symlink's target
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    id: str
+    addresses: list[str]
+    protocols: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AddOptions:
+    """kubo ``ipfs add`` options we match byte for byte."""
+
+    cid_version: int = 0  # 1 implies raw_leaves unless raw_leaves is given
+    raw_leaves: bool | None = None
+    pin: bool = True
+    only_hash: bool = False
+
+
+class CoreAPI(Protocol):
+    """The operations both backends provide."""
+
+    # writing
+    def add_stream(self, chunks: Iterable[bytes], options: AddOptions = ...) -> str:
+        """Add one file's bytes; returns its CID."""
+
+    def add_path(self, path: Path, options: AddOptions = ...) -> str:
+        """Add a file, symlink or directory tree recursively (as ``ipfs add -r``); returns the root CID."""
+
+    # reading
+    def cat(self, path: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Stream a file's bytes, from ``offset``, at most ``length`` bytes."""
+
+    def ls(self, path: str) -> list[Entry]: ...
+
+    def stat(self, path: str) -> Stat: ...
+
+    def resolve(self, path: str) -> str:
+        """``/ipfs/<cid>/a/b`` -> the CID of ``b``."""
+
+    def get(self, path: str, dest: Path, executable: bool = False) -> None:
+        """Write a file or a tree to ``dest`` atomically (nothing half-written on failure)."""
+
+    # pins
+    def pin(self, path: str, recursive: bool = True) -> None: ...
+
+    def unpin(self, path: str) -> None: ...
+
+    def pins(self) -> list[str]: ...
+
+    # CAR interchange
+    def export_car(self, roots: list[str], out: BinaryIO) -> None: ...
+
+    def import_car(self, src: BinaryIO) -> list[str]:
+        """Import every block of a CAR v1 (verifying each) and return its roots."""
+
+    # network
+    def id(self) -> PeerInfo: ...
+
+    def peers(self) -> list[PeerInfo]: ...
+
+    def connect(self, addr: str) -> None: ...
+
+    def close(self) -> None: ...
