@@ -1,0 +1,32 @@
+"""Errors a cell can catch, each with a one-line message."""
+
+from __future__ import annotations
+
+
+class CellError(Exception):
+    """Base class of the SDK's errors."""
+
+
+class FdNotProvided(CellError, LookupError):
+    """``fd(name)``: the operator did not pass ``--fd name=...``."""
+
+
+class CapabilityNotGranted(CellError, PermissionError):
+    """The session does not hold this capability: the operator did not grant it.
+
+    A cell that gives up because of it should exit with status 65 (capability access
+    denied), which the synchronous SDK does for an uncaught one.
+    """
+
+    exit_code = 65
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the {name!r} capability was not granted to this cell "
+            f"(the operator grants it with 'ww run --with-{name}' or '--with-all')"
+        )
+        self.name = name
+
+
+class RemoteError(CellError):
+    """The host answered a call with an error; the message is the host's one line."""

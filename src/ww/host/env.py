@@ -1,0 +1,51 @@
+"""The cell's environment: built from WW_ENV, --env and the WW_FD_* variables, nothing else.
+
+decisions.md (2): an entry is ``NAME`` (pass the host's value through, if it has one) or
+``NAME=VALUE`` (set it).  ``WW_ENV`` is comma-separated, ``--env`` repeats; later entries
+win.  No other host variable reaches the cell.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from ww.errors import UsageError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_ww_env(value: str) -> list[str]:
+    """Split a ``WW_ENV`` value into entries, ignoring empty ones (``A,,B`` or a trailing comma)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def build_env(
+    entries: Iterable[str],
+    host_env: Mapping[str, str],
+    fd_vars: Mapping[str, str],
+) -> dict[str, str]:
+    """Return the cell's whole environment.
+
+    ``entries`` come from WW_ENV first, then each ``--env`` in order.  The ``WW_FD_*``
+    variables are set last so that no entry can make them lie about the fd layout.
+    """
+    env: dict[str, str] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not _NAME.match(name):
+            raise UsageError(
+                f"invalid environment entry {entry!r}: expected NAME or NAME=VALUE "
+                "with NAME made of letters, digits and '_'"
+            )
+        if name.upper().startswith("WW_FD_"):
+            raise UsageError(
+                f"invalid environment entry {entry!r}: WW_FD_* variables are set by the host "
+                "from --fd"
+            )
+        if sep:
+            env[name] = value
+        elif name in host_env:
+            env[name] = host_env[name]
+    env.update(fd_vars)
+    return env

@@ -1,0 +1,149 @@
+"""Finding the program a cell runs, and what it needs to see inside the jail.
+
+The host checks the executable before launching anything (bubblewrap would report a
+missing or non-executable program as its own exit 1): 127 when it is not found, 126 when
+it cannot be executed.  For a script, the interpreter named on its ``#!`` line must be
+visible in the jail too, with the interpreter's prefix (for Python: its virtualenv and
+the base installation), so that a Python cell using this project's SDK from the project's
+own virtualenv runs with no extra flags.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ww.errors import CommandNotFoundError, NotExecutableError
+
+# Directories every jail already mounts read-only; nothing under them needs its own bind.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+@dataclass
+class Program:
+    """What the jail must exec and expose for one cell program."""
+
+    argv: list[str]  # exec argv: [program, args...] or [interpreter, (interp-arg), script, args...]
+    binds: list[str] = field(default_factory=list)  # host paths to bind read-only, at the same path
+
+
+def _is_system(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
+
+
+def _which(name: str, search_path: str | None) -> str | None:
+    found = shutil.which(name, path=search_path)
+    return os.path.abspath(found) if found else None
+
+
+def resolve(command: str, search_path: str | None = None) -> str:
+    """The absolute path of ``command``: as given if it has a slash, else searched in PATH."""
+    if "/" in command:
+        path = os.path.abspath(command)
+        if not os.path.lexists(path):
+            raise CommandNotFoundError(f"{command}: no such file")
+        return path
+    found = _which(command, search_path)
+    if found is None:
+        # shutil.which only returns executables; tell "missing" from "not executable".
+        for d in (search_path or os.environ.get("PATH", os.defpath)).split(os.pathsep):
+            if d and os.path.isfile(os.path.join(d, command)):
+                raise NotExecutableError(f"{command}: permission denied (not executable)")
+        raise CommandNotFoundError(f"{command}: command not found")
+    return found
+
+
+def _check_executable(path: str, shown: str) -> None:
+    if not os.path.exists(path):
+        raise CommandNotFoundError(f"{shown}: no such file (broken symlink?)")
+    if os.path.isdir(path):
+        raise NotExecutableError(f"{shown}: is a directory")
+    if not os.access(path, os.X_OK):
+        raise NotExecutableError(f"{shown}: permission denied (not executable)")
+
+
+def _read_shebang(path: str) -> list[str] | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    if not line:
+        return None
+    # The kernel passes everything after the interpreter as one argument.
+    interp, _, arg = line.partition(" ")
+    arg = arg.strip()
+    return [interp] + ([arg] if arg else [])
+
+
+def _prefix_dirs(interpreter: str) -> list[str]:
+    """The installation an interpreter needs: a virtualenv and its base, or its own prefix."""
+    dirs: list[str] = []
+    candidates = [interpreter, os.path.realpath(interpreter)]
+    for exe in candidates:
+        bindir = Path(exe).parent
+        prefix = bindir.parent
+        if bindir.name != "bin" or _is_system(str(prefix)) or str(prefix) == "/":
+            continue
+        dirs.append(str(prefix))
+        cfg = prefix / "pyvenv.cfg"
+        if cfg.is_file():
+            for line in cfg.read_text(errors="replace").splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "home" and value.strip():
+                    home = Path(value.strip())
+                    base = home.parent if home.name == "bin" else home
+                    if not _is_system(str(base)):
+                        dirs.append(str(base))
+    return list(dict.fromkeys(dirs))
+
+
+def _sdk_dir_for(interpreter: str) -> list[str]:
+    """When the interpreter is the one `ww` itself runs on, expose the `ww` package too.
+
+    With an editable install the package lives in the source tree, outside the
+    virtualenv; only the package directory itself is bound, not the tree around it.
+    """
+    here = os.path.realpath(sys.executable)
+    if os.path.realpath(interpreter) != here and Path(interpreter).parent.parent != Path(
+        sys.prefix
+    ):
+        return []
+    package = str(Path(__file__).resolve().parent.parent)
+    return [] if package.startswith(sys.prefix + "/") else [package]
+
+
+def prepare(command: str, args: list[str], search_path: str | None = None) -> Program:
+    """Resolve ``command`` and work out the exec argv and read-only binds for the jail."""
+    path = resolve(command, search_path)
+    _check_executable(path, command)
+    shebang = _read_shebang(path)
+    binds = [] if _is_system(path) else [path]
+    if shebang is None:
+        return Program(argv=[path, *args], binds=binds)
+    interp, *interp_arg = shebang
+    if os.path.basename(interp) == "env" and interp_arg:
+        # `#!/usr/bin/env NAME`: the jail has no PATH of the host's, so resolve NAME here,
+        # first in the environment `ww` itself runs from (its virtualenv's bin), so that a
+        # `#!/usr/bin/env python3` cell finds the interpreter that has this SDK installed.
+        name = interp_arg[0].split()[0]
+        if name.startswith("-"):
+            raise NotExecutableError(f"{command}: unsupported interpreter line: #!{interp} {name}")
+        own_bin = os.path.dirname(sys.executable)
+        found = _which(name, os.pathsep.join([own_bin, search_path or os.defpath]))
+        if found is None:
+            raise CommandNotFoundError(f"{command}: interpreter {name!r} not found in PATH")
+        interp, interp_arg = found, interp_arg[0].split()[1:]
+    elif not os.path.isabs(interp):
+        raise NotExecutableError(f"{command}: interpreter {interp!r} is not an absolute path")
+    _check_executable(interp, f"{command}: interpreter {interp}")
+    for extra in [interp, *_prefix_dirs(interp), *_sdk_dir_for(interp)]:
+        if not _is_system(extra) and extra not in binds:
+            binds.append(extra)
+    return Program(argv=[interp, *interp_arg, path, *args], binds=binds)

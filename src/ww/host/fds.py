@@ -1,0 +1,87 @@
+"""The cell's file descriptor layout.
+
+decisions.md (1) and (3): fd 3 is always the Cap'n Proto RPC socket; the operator's
+``--fd name=fdnum`` flags land at fd 4, 5, ... in flag order, each announced to the cell
+as ``WW_FD_<NAME>=<n>``.  Nothing else is inherited: fds 0-2 are the host's own stdio.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from dataclasses import dataclass
+
+from ww.errors import UsageError
+
+RPC_FD = 3
+FIRST_GRANTED_FD = 4
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class FdGrant:
+    """One ``--fd`` flag: host fd ``source`` appears in the cell as ``target``."""
+
+    name: str
+    source: int
+    target: int
+
+    @property
+    def env_name(self) -> str:
+        return "WW_FD_" + self.name.upper()
+
+
+def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
+    """Validate every ``--fd`` flag and assign targets 4, 5, ... in order.
+
+    Raises UsageError naming the offending flag for a malformed flag, a bad or duplicate
+    name (case-insensitive) or a source fd that is not open in the host.
+    """
+    grants: list[FdGrant] = []
+    seen: dict[str, str] = {}
+    for i, flag in enumerate(flags):
+        where = f"--fd {flag!r}"
+        name, sep, num = flag.partition("=")
+        if not sep:
+            raise UsageError(f"{where}: expected name=fdnum, for example --fd db=5")
+        if not _NAME.match(name):
+            raise UsageError(
+                f"{where}: the name must be letters, digits and '_', not starting with a digit"
+            )
+        if not num.isdigit() or not num.isascii():
+            raise UsageError(f"{where}: {num!r} is not a file descriptor number")
+        key = name.upper()
+        if key in seen:
+            raise UsageError(f"{where}: the name {name!r} is already used by --fd {seen[key]!r}")
+        seen[key] = flag
+        source = int(num)
+        try:
+            os.fstat(source)
+        except OSError:
+            raise UsageError(f"{where}: fd {source} is not open in the host") from None
+        grants.append(FdGrant(name=name, source=source, target=FIRST_GRANTED_FD + i))
+    return grants
+
+
+def fd_env(grants: list[FdGrant]) -> dict[str, str]:
+    """The ``WW_FD_*`` variables announcing the granted fds."""
+    return {g.env_name: str(g.target) for g in grants}
+
+
+def install_fds(rpc_fd: int, grants: list[FdGrant]) -> None:
+    """In the forked child, before exec: put the RPC socket at 3 and each grant at its target.
+
+    Sources are first duplicated above every target, so that a source which happens to
+    sit at a target number (``--fd db=3``) is not overwritten before it is moved.  The
+    duplicates are close-on-exec; the targets are inheritable.
+    """
+    sources = [rpc_fd] + [g.source for g in grants]
+    floor = FIRST_GRANTED_FD + len(grants) + 1
+
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in sources]
+    for target, fd in enumerate(high, start=RPC_FD):
+        os.dup2(fd, target, inheritable=True)
+    for fd in high:
+        os.close(fd)
