@@ -9,11 +9,12 @@ from typing import Any
 
 import capnp
 
-from ww.cell._errors import CapabilityNotGranted, RemoteError
+from ww.cell._errors import CapabilityNotGranted, CellError, RemoteError
 from ww.cell._fds import RPC_FD
 from ww.schema import load
 
 _cell = load("cell")
+_rpc_fd_used = False  # fd 3 carries exactly one connection per cell
 
 
 def remote_error(e: Exception) -> RemoteError:
@@ -21,9 +22,9 @@ def remote_error(e: Exception) -> RemoteError:
     text = getattr(e, "description", None) or str(e)
     text = text.split("\nstack:", 1)[0].strip()
     # KJ prefixes "remote exception: " and sometimes "file:line: failed: "; keep the reason.
-    for marker in ("remote exception: ", "failed: "):
+    for marker in ("remote exception: ", "failed: ", "message = "):
         if marker in text:
-            text = text.rsplit(marker, 1)[1]
+            text = text.split(marker, 1)[1]
     return RemoteError(text)
 
 
@@ -51,9 +52,14 @@ class Console:
 class Session:
     """The capabilities the operator granted, as returned by ``Host.login``."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, host: Any) -> None:
         self._raw = raw
+        self._host = host
         self.granted: list[str] = list(raw.granted)
+
+    async def relogin(self) -> Session:
+        """Log in again on the same connection (a fresh session object from the host)."""
+        return Session((await call(self._host.login())).session, self._host)
 
     def _cap(self, name: str) -> Any:
         if name not in self.granted:
@@ -73,13 +79,25 @@ class Session:
 
 async def open_session(sock: socket.socket | None = None) -> tuple[Any, Session]:
     """Connect over fd 3 (or ``sock``) and log in; returns (client, session)."""
+    global _rpc_fd_used
     if sock is None:
-        sock = socket.socket(fileno=RPC_FD)
+        if _rpc_fd_used:
+            raise CellError(
+                "fd 3 was already used by an earlier connection: it carries one RPC "
+                "connection per cell; keep the first session (or call relogin on it)"
+            )
+        try:
+            sock = socket.socket(fileno=RPC_FD)
+        except OSError as e:
+            raise CellError(
+                f"fd 3 is not an RPC socket ({e.strerror}): run the cell with 'ww run'"
+            ) from None
+        _rpc_fd_used = True
     stream = await capnp.AsyncIoStream.create_connection(sock=sock)
     client = capnp.TwoPartyClient(stream)
     host = client.bootstrap().cast_as(_cell.Host)
     result = await call(host.login())
-    return client, Session(result.session)
+    return client, Session(result.session, host)
 
 
 @contextlib.asynccontextmanager

@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
-CAPABILITIES = ("console", "ipfs")
+# Capabilities `ww run` can grant, in the order Session.granted lists them.
+CAPABILITIES = ("console",)
 
 
 @click.command(
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+    context_settings={"allow_interspersed_args": False}
 )
 @click.option("--env", "env_entries", multiple=True, metavar="NAME[=VALUE]",
               help="Pass the host's NAME, or set NAME=VALUE, in the cell (repeatable). "
@@ -46,7 +47,11 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     grants = fds.parse_fd_flags(list(fd_flags))
     entries = cell_env.parse_ww_env(os.environ.get("WW_ENV", "")) + list(env_entries)
     environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
-    wanted = {"console": with_console, "ipfs": with_ipfs}
+    if with_ipfs:
+        from ww.errors import UsageError
+
+        raise UsageError("--with-ipfs: the IPFS capability is not available in this version")
+    wanted = {"console": with_console}
     capabilities = [c for c in CAPABILITIES if with_all or wanted[c]]
     config = supervisor.RunConfig(
         command=executable,
@@ -57,6 +62,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         capability_factories=_factories(capabilities),
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
+        debug=bool(click.get_current_context().find_root().params.get("debug")),
     )
     return supervisor.run(config)
 
@@ -69,10 +75,5 @@ def _factories(capabilities: list[str]) -> dict[str, Any]:
 
         return ConsoleServer()
 
-    def ipfs() -> Any:
-        from ww.errors import HostError
-
-        raise HostError("the IPFS capability is not available yet")
-
-    made = {"console": console, "ipfs": ipfs}
+    made = {"console": console}
     return {name: made[name] for name in capabilities}

@@ -132,14 +132,19 @@ def prepare(command: str, args: list[str], search_path: str | None = None) -> Pr
         # `#!/usr/bin/env NAME`: the jail has no PATH of the host's, so resolve NAME here,
         # first in the environment `ww` itself runs from (its virtualenv's bin), so that a
         # `#!/usr/bin/env python3` cell finds the interpreter that has this SDK installed.
-        name = interp_arg[0].split()[0]
-        if name.startswith("-"):
-            raise NotExecutableError(f"{command}: unsupported interpreter line: #!{interp} {name}")
+        words = interp_arg[0].split()
+        if words[0] == "-S":  # env's split-string option: `#!/usr/bin/env -S python3 -S`
+            words = words[1:]
+        if not words or words[0].startswith("-"):
+            raise NotExecutableError(
+                f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]}"
+            )
+        name = words[0]
         own_bin = os.path.dirname(sys.executable)
         found = _which(name, os.pathsep.join([own_bin, search_path or os.defpath]))
         if found is None:
             raise CommandNotFoundError(f"{command}: interpreter {name!r} not found in PATH")
-        interp, interp_arg = found, interp_arg[0].split()[1:]
+        interp, interp_arg = found, words[1:]
     elif not os.path.isabs(interp):
         raise NotExecutableError(f"{command}: interpreter {interp!r} is not an absolute path")
     _check_executable(interp, f"{command}: interpreter {interp}")

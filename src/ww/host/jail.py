@@ -100,5 +100,6 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
     ]  # fmt: skip
     for path in spec.binds:
         argv += ["--ro-bind", path, path]
-    argv += ["--chdir", CELL_DIR, "--", *program]
+    # The root itself (bubblewrap's own tmpfs holding the mount points) is read-only too.
+    argv += ["--remount-ro", "/", "--chdir", CELL_DIR, "--", *program]
     return argv

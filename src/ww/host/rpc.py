@@ -8,15 +8,51 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import capnp
 
+from ww.errors import WwError
 from ww.schema import load
 
 _cell = load("cell")
+
+# Errors a capability raises on purpose: their message is one line meant for the cell.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (WwError, ValueError, PermissionError)
+
+
+class _OneLineErrors:
+    """Stands in for the ``traceback`` module inside pycapnp.
+
+    pycapnp sends a failing server method's whole Python traceback to the caller, which
+    would show the cell the host's source paths and code.  The cell gets one line instead:
+    the message of an expected error, or a generic line for a bug, whose traceback goes to
+    the host's stderr only (with --debug).
+    """
+
+    debug = False
+
+    @classmethod
+    def format_exception(cls, etype: type, exc: BaseException, tb: Any) -> list[str]:
+        if isinstance(exc, capnp.KjException):
+            return [exc.description]
+        if isinstance(exc, EXPECTED_ERRORS):
+            return [str(exc).splitlines()[0] if str(exc) else etype.__name__]
+        if cls.debug:
+            sys.stderr.write("".join(traceback.format_exception(etype, exc, tb)))
+        return [f"internal error in the host ({etype.__name__})"]
+
+
+capnp.lib.capnp._traceback = _OneLineErrors  # type: ignore[attr-defined]
+
+
+def report_internal_errors(debug: bool) -> None:
+    """With --debug, a capability's unexpected error prints its traceback on the host."""
+    _OneLineErrors.debug = debug
 
 # Capability names, in the order they are listed in Session.granted.
 KNOWN_CAPABILITIES = ("console", "ipfs")

@@ -44,6 +44,7 @@ class RunConfig:
     capability_factories: dict[str, Callable[[], Any]] = field(default_factory=dict)
     jailed: bool = True
     search_path: str | None = None
+    debug: bool = False
 
 
 def _set_pdeathsig() -> None:
@@ -203,6 +204,7 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig) -> None:
     from ww.host import rpc
 
     grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories)
+    rpc.report_internal_errors(config.debug)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

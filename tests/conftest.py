@@ -1,0 +1,44 @@
+"""Shared helpers: run the real `ww` console script as a subprocess, write real cells."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+WW = str(Path(sys.executable).with_name("ww"))
+
+
+def run_ww(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run `ww ARGS...` to completion, capturing stdout and stderr as text."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run([WW, *args], timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def ww():
+    return run_ww
+
+
+@pytest.fixture
+def make_cell(tmp_path: Path):
+    """Write an executable script cell; Python cells get `#!/usr/bin/env python3`."""
+
+    def make(body: str, name: str = "cell.py", shebang: str = "#!/usr/bin/env python3") -> str:
+        path = tmp_path / name
+        path.write_text(shebang + "\n" + textwrap.dedent(body).lstrip("\n"))
+        path.chmod(0o755)
+        return str(path)
+
+    return make
+
+
+def host_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
