@@ -72,9 +72,10 @@ class Session:
 
     @property
     def ipfs(self) -> Any:
+        cap = self._cap("ipfs")
         from ww.cell._ipfs import Ipfs
 
-        return Ipfs(self._cap("ipfs"))
+        return Ipfs(cap)
 
 
 async def open_session(sock: socket.socket | None = None) -> tuple[Any, Session]:

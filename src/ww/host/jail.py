@@ -20,10 +20,10 @@ processes, not its network (the cell has only its own loopback).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 from ww.errors import HostError
+from ww.host.executable import which
 
 CELL_DIR = "/cell"
 CELL_UID = 1000
@@ -59,7 +59,7 @@ class JailSpec:
 
 
 def find_bwrap() -> str:
-    path = shutil.which("bwrap")
+    path = which("bwrap")
     if path is None:
         raise HostError(BWRAP_MISSING)
     return path

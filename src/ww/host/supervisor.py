@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -47,11 +46,20 @@ class RunConfig:
     debug: bool = False
 
 
-def _set_pdeathsig() -> None:
+def _pdeathsig_setter() -> Callable[[], None]:
+    """A function for the forked child: die by SIGKILL when the host dies.
+
+    The library is loaded here, in the host, so that the child between fork and exec does
+    nothing but one system call.
+    """
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_pdeathsig() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return set_pdeathsig
 
 
 class _Cell:
@@ -116,8 +124,10 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     if status_w is not None:
         keep.append(status_target)
 
+    set_pdeathsig = _pdeathsig_setter()
+
     def child_setup() -> None:
-        _set_pdeathsig()
+        set_pdeathsig()
         fds.install_fds(rpc_fd, grants)
         if status_w is not None:
             os.dup2(status_w, status_target, inheritable=True)
@@ -173,6 +183,8 @@ def run(config: RunConfig) -> int:
     finally:
         host_sock.close()
         if workdir is not None:
+            import shutil
+
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -188,8 +200,15 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig) -> None
             if pidfd in ready:
                 break
             if host_sock.fileno() in ready:
-                _serve_rpc(pidfd, host_sock, config)
-                break
+                try:
+                    spoke = host_sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+                except (BlockingIOError, ConnectionError):
+                    spoke = False
+                if spoke:
+                    _serve_rpc(pidfd, host_sock, config)
+                    break
+                # The cell closed fd 3 without a word (or is exiting): just wait for it.
+                poller.unregister(host_sock)
         cell.proc.wait()
     finally:
         os.close(pidfd)
