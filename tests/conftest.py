@@ -20,6 +20,14 @@ def run_ww(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedPro
     return subprocess.run([WW, *args], timeout=timeout, **kwargs)
 
 
+@pytest.fixture(autouse=True)
+def ww_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty `ww` repository ($WW_HOME), never the user's ~/.ww."""
+    home = tmp_path_factory.mktemp("ww-home")
+    monkeypatch.setenv("WW_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def ww():
     return run_ww

@@ -11,6 +11,7 @@ import sys
 import click
 
 from ww.errors import EXIT_FAILURE, EXIT_USAGE, WwError
+from ww.ipfs.api import IpfsError
 
 _debug = False
 
@@ -30,10 +31,13 @@ def _print_traceback() -> None:
 
 
 def _register() -> None:
-    from ww.cli import run, schema
+    from ww.cli import export, idgen, import_, run, schema
 
     cli.add_command(run.run)
     cli.add_command(schema.schema)
+    cli.add_command(export.export)
+    cli.add_command(import_.import_)
+    cli.add_command(idgen.idgen)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         status = e.exit_code if e.exit_code is not None else EXIT_USAGE
     except click.Abort:
         status = 128 + 2
-    except WwError as e:
+    except (WwError, IpfsError) as e:
         if _debug:
             _print_traceback()
         print(f"ww: {e}", file=sys.stderr)
-        status = e.exit_code
+        status = getattr(e, "exit_code", EXIT_FAILURE)
     except KeyboardInterrupt:
         status = 128 + 2
     except Exception as e:  # a bug or an unexpected host failure: still one line

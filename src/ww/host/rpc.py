@@ -17,12 +17,15 @@ from typing import Any
 import capnp
 
 from ww.errors import WwError
+from ww.ipfs.api import IpfsError
 from ww.schema import load
 
 _cell = load("cell")
 
 # Errors a capability raises on purpose: their message is one line meant for the cell.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (WwError, ValueError, PermissionError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    WwError, IpfsError, ValueError, PermissionError, NotImplementedError,
+)
 
 
 class _OneLineErrors:

@@ -167,20 +167,32 @@ def run(config: RunConfig) -> int:
               "(no namespaces, no private file system)", file=sys.stderr)
         workdir = tempfile.mkdtemp(prefix="ww-cell-")
         argv = program.argv
+    # Signals are caught before the cell starts: one that arrives while it is being spawned
+    # is held and delivered as soon as there is a cell to deliver it to.
+    pending: list[int] = []
+    target: list[_Cell] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if target:
+            target[0].forward(signum)
+        else:
+            pending.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
     try:
         proc = _spawn(argv, config.env, cell_sock.fileno(), config, status_w, workdir)
         cell_sock.close()
         if status_w is not None:
             os.close(status_w)
         cell = _Cell(proc, status_r)
-        previous = {s: signal.signal(s, cell.forward) for s in FORWARDED_SIGNALS}
-        try:
-            _supervise(cell, host_sock, config)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        target.append(cell)
+        for signum in pending:
+            cell.forward(signum)
+        _supervise(cell, host_sock, config)
         return _exit_status(cell)
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         host_sock.close()
         if workdir is not None:
             import shutil

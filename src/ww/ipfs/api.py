@@ -110,13 +110,18 @@ class CoreAPI(Protocol):
         """Add one file's bytes; returns its CID."""
 
     def add_path(self, path: Path, options: AddOptions = ...) -> str:
-        """Add a file, symlink or directory tree recursively (as ``ipfs add -r``); returns the root CID."""
+        """Add a file, symlink or directory tree recursively (as ``ipfs add -r``).
+
+        Returns the root CID.  Symlinks are stored as symlinks, never followed.
+        """
 
     # reading
     def cat(self, path: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Stream a file's bytes, from ``offset``, at most ``length`` bytes."""
 
-    def ls(self, path: str) -> list[Entry]: ...
+    def ls(self, path: str) -> list[Entry]:
+        """A directory's entries in link order (sorted by name); for a file or symlink, one
+        entry describing it, named after the path's last component (as Unix ``ls`` does)."""
 
     def stat(self, path: str) -> Stat: ...
 

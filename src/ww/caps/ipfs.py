@@ -1,0 +1,217 @@
+"""The IPFS capability: a thin adapter from ipfs.capnp onto :class:`ww.ipfs.api.CoreAPI`.
+
+Data moves in bounded pieces both ways.  ``add`` hands the cell a ``Writer``: each
+``write`` is queued for an importer thread through a small bounded queue, so the host
+holds at most a few chunks of a file at a time, whatever its size.  ``cat`` hands out a
+``Reader`` whose ``read(count)`` returns at most ``count`` bytes (capped at 4 MiB) pulled
+from the backend's streaming ``cat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ww.ipfs.api import AddOptions, CoreAPI, Entry, EntryType, PeerInfo, Stat
+from ww.schema import load
+
+_ipfs = load("ipfs")
+
+MAX_READ = 4 * 1024 * 1024
+MAX_WRITE = 4 * 1024 * 1024
+QUEUE_CHUNKS = 8  # chunks buffered between the RPC side and the importer thread
+MAX_PENDING_WRITES = 64  # writes a cell may have in flight before they are refused
+
+_ENTRY_TYPES = {EntryType.FILE: "file", EntryType.DIRECTORY: "directory",
+                EntryType.SYMLINK: "symlink"}
+_RAW_LEAVES = {"default": None, "yes": True, "no": False}
+
+
+def _fill_peer(builder: Any, info: PeerInfo) -> None:
+    builder.id = info.id
+    builder.addresses = list(info.addresses)
+    builder.protocols = list(info.protocols)
+
+
+def _fill_entry(builder: Any, entry: Entry) -> None:
+    builder.name = entry.name
+    builder.type = _ENTRY_TYPES[entry.type]
+    builder.size = entry.size
+    builder.cid = entry.cid
+
+
+def _fill_stat(builder: Any, stat: Stat) -> None:
+    builder.cid = stat.cid
+    builder.type = _ENTRY_TYPES[stat.type]
+    builder.size = stat.size
+    builder.cumulativeSize = stat.cumulative_size
+    links = builder.init("links", len(stat.links))
+    for i, link in enumerate(stat.links):
+        links[i].name = link.name
+        links[i].size = link.size
+        links[i].cid = link.cid
+    if stat.target is not None:
+        builder.target = stat.target
+
+
+_END = object()
+
+
+class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
+    """Feeds one file's bytes to ``api.add_stream`` running in a worker thread.
+
+    Writes go through a bounded asyncio queue: a cell that writes faster than the importer
+    hashes and stores simply waits for its ``write`` calls to return.
+    """
+
+    def __init__(self, api: CoreAPI, options: AddOptions) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self._pending = 0
+        self._finished = False
+        self._abandoned = threading.Event()
+        self._result: asyncio.Future[str] = self._loop.run_in_executor(
+            None, lambda: api.add_stream(self._chunks(), options)
+        )
+
+    def _chunks(self) -> Iterator[bytes]:
+        """Runs in the worker thread: take chunks off the queue until the end marker."""
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop)
+            while True:
+                try:
+                    item = future.result(timeout=1.0)
+                    break
+                except concurrent.futures.TimeoutError:
+                    if self._abandoned.is_set() or self._loop.is_closed():
+                        future.cancel()
+                        raise ConnectionAbortedError("the cell dropped the writer") from None
+            if item is _END:
+                return
+            yield item
+
+    async def _put(self, item: Any) -> None:
+        put = asyncio.ensure_future(self._queue.put(item))
+        done, _ = await asyncio.wait([put, self._result], return_when=asyncio.FIRST_COMPLETED)
+        if put not in done:
+            put.cancel()
+            self._result.result()  # the importer failed: raise its error
+            raise ValueError("the file was already finished")
+
+    async def write(self, data: bytes, **kwargs: Any) -> None:
+        if self._finished:
+            raise ValueError("write after done()")
+        if len(data) > MAX_WRITE:
+            raise ValueError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
+        if self._pending >= MAX_PENDING_WRITES:
+            raise ValueError(f"more than {MAX_PENDING_WRITES} writes in flight")
+        self._pending += 1
+        try:
+            await self._put(bytes(data))
+        finally:
+            self._pending -= 1
+
+    async def done(self, **kwargs: Any) -> str:
+        if self._finished:
+            raise ValueError("done() was already called")
+        self._finished = True
+        await self._put(_END)
+        return await self._result
+
+    def __del__(self) -> None:
+        # Dropped without done(): let the importer thread give up instead of waiting.
+        if not self._finished:
+            self._abandoned.set()
+
+
+class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
+    """Serves ``read(count)`` from the backend's chunk iterator, buffering one chunk at most."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+
+    async def read(self, count: int, **kwargs: Any) -> bytes:
+        count = min(count, MAX_READ)
+        if count == 0:
+            return b""
+        parts: list[bytes | memoryview] = []
+        wanted = count
+        while wanted > 0:
+            if not self._buffer:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buffer = memoryview(chunk)
+            piece = self._buffer[:wanted]
+            self._buffer = self._buffer[len(piece):]
+            parts.append(piece)
+            wanted -= len(piece)
+        return b"".join(parts)
+
+
+class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
+    """The IPFS interface of ipfs.capnp over one CoreAPI backend."""
+
+    def __init__(self, api: CoreAPI) -> None:
+        self._api = api
+
+    async def add(self, options: Any, _context: Any, **kwargs: Any) -> None:
+        if options.cidVersion not in (0, 1):
+            raise ValueError(f"cidVersion {options.cidVersion}: expected 0 or 1")
+        opts = AddOptions(
+            cid_version=options.cidVersion,
+            raw_leaves=_RAW_LEAVES[str(options.rawLeaves)],
+            pin=options.pin,
+            only_hash=options.onlyHash,
+        )
+        _context.results.writer = WriterServer(self._api, opts)
+
+    async def cat(self, path: str, offset: int, length: int, _context: Any,
+                  **kwargs: Any) -> None:
+        chunks = self._api.cat(path, offset, None if length < 0 else length)
+        # Fail now on a bad path or a non-file, rather than on the first read.
+        first = next(chunks, b"")
+        _context.results.reader = ReaderServer(_prepend(first, chunks))
+
+    async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
+        entries = self._api.ls(path)
+        out = _context.results.init("entries", len(entries))
+        for i, entry in enumerate(entries):
+            _fill_entry(out[i], entry)
+
+    async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
+        _fill_stat(_context.results.init("info"), self._api.stat(path))
+
+    async def resolve(self, path: str, **kwargs: Any) -> str:
+        return self._api.resolve(path)
+
+    async def pin(self, path: str, recursive: bool, **kwargs: Any) -> None:
+        self._api.pin(path, recursive)
+
+    async def unpin(self, path: str, **kwargs: Any) -> None:
+        self._api.unpin(path)
+
+    async def pins(self, **kwargs: Any) -> list[str]:
+        return list(self._api.pins())
+
+    async def id(self, _context: Any, **kwargs: Any) -> None:
+        _fill_peer(_context.results.init("info"), self._api.id())
+
+    async def connect(self, addr: str, **kwargs: Any) -> None:
+        self._api.connect(addr)
+
+    async def peers(self, _context: Any, **kwargs: Any) -> None:
+        peers = self._api.peers()
+        out = _context.results.init("peers", len(peers))
+        for i, peer in enumerate(peers):
+            _fill_peer(out[i], peer)
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest

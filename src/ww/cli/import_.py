@@ -1,0 +1,44 @@
+"""`ww import IPFS-PATH [LOCAL-PATH] [-x]`: write a file or tree from IPFS (or a CAR) to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ww.errors import UsageError
+
+
+@click.command(name="import")
+@click.argument("source")
+@click.argument("local_path", required=False, type=click.Path(path_type=Path))
+@click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
+@click.option("--ipfs", "ipfs_api", envvar="WW_IPFS", metavar="ADDR",
+              help="A kubo node's RPC API to use instead of the embedded node.")
+def import_(source: str, local_path: Path | None, executable: bool,
+            ipfs_api: str | None) -> None:
+    """Write SOURCE to LOCAL-PATH (default: the current directory).
+
+    SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
+    first (its single root is then written).  A directory is extracted into LOCAL-PATH; a
+    file becomes LOCAL-PATH, or goes inside it if LOCAL-PATH is an existing directory.
+    """
+    from ww.ipfs.backend import open_backend
+
+    dest = local_path if local_path is not None else Path.cwd()
+    api = open_backend(ipfs_api, check=bool(ipfs_api))
+    try:
+        if source.endswith(".car") and not source.startswith("/ipfs/"):
+            car = Path(source)
+            if not car.is_file():
+                raise UsageError(f"{source}: no such CAR file")
+            with open(car, "rb") as f:
+                roots = api.import_car(f)
+            if len(roots) != 1:
+                raise UsageError(
+                    f"{source}: has {len(roots)} roots; import one with 'ww import /ipfs/<cid>'"
+                )
+            source = f"/ipfs/{roots[0]}"
+        api.get(source, dest, executable=executable)
+    finally:
+        api.close()

@@ -1,0 +1,93 @@
+"""``ww run /ipfs/<cid>[/path]``: a content-addressed cache of executables fetched from IPFS.
+
+The file is fetched once into ``$WW_HOME/exec-cache/<cid>``, written atomically (a
+temporary sibling, fsync, rename) with mode 0555, and verified by hashing it again with the
+add options its CID implies (kubo's defaults: CIDv0, or CIDv1 with raw leaves).  On later
+runs the cached copy is hashed again before use, so a tampered cache entry is fetched anew
+instead of run.  A file whose CID came from other add options cannot be re-derived that
+way; the embedded node has already checked every block of it against its CID while
+reading, and a kubo node's answer for it is refused as unverifiable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ww.errors import CommandNotFoundError, NotExecutableError
+from ww.ipfs.api import AddOptions, CoreAPI, EntryType, NotFoundError
+
+
+def is_ipfs_path(command: str) -> bool:
+    return command.startswith("/ipfs/")
+
+
+def cache_dir() -> Path:
+    from ww.ipfs.repo import default_repo_path
+
+    return default_repo_path() / "exec-cache"
+
+
+def _verified(path: Path, cid: str) -> bool:
+    """Does the file hash to ``cid`` with kubo's default add options for that CID version?"""
+    from ww.ipfs.importer import ImportParams, NullSink, import_file
+
+    options = AddOptions(cid_version=0 if cid.startswith("Qm") else 1)
+    with open(path, "rb") as f:
+        chunks = iter(lambda: f.read(1 << 20), b"")
+        return str(import_file(chunks, ImportParams.from_options(options), NullSink()).cid) == cid
+
+
+def fetch(api: CoreAPI, ipfs_path: str) -> str:
+    """The local path of the executable at ``ipfs_path``, fetching it if not cached.
+
+    A bare ``/ipfs/<cid>`` is looked up in the cache before the backend is asked anything,
+    so a cached program runs even when its blocks are gone or the network is.
+    """
+    from ww.ipfs.path import parse_path
+
+    parsed = parse_path(ipfs_path)
+    directory = cache_dir()
+    if not parsed.segments:
+        cached = directory / str(parsed.root)
+        if cached.is_file() and _verified(cached, str(parsed.root)):
+            return str(cached)
+    try:
+        stat = api.stat(ipfs_path)
+    except NotFoundError as e:
+        raise CommandNotFoundError(f"{ipfs_path}: {e}") from None
+    if stat.type is not EntryType.FILE:
+        raise NotExecutableError(f"{ipfs_path}: is a {stat.type.value}, not a file")
+    cid = stat.cid
+    cached = directory / cid
+    if cached.is_file():
+        if _verified(cached, cid):
+            return str(cached)
+        cached.unlink()  # tampered with, or stored with other add options: fetch again
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{cid}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in api.cat(cid):
+                out.write(chunk)
+            out.flush()
+            os.fchmod(out.fileno(), 0o555)
+            os.fsync(out.fileno())
+        if not _verified(Path(tmp), cid) and not _block_verified(api):
+            raise NotExecutableError(
+                f"{ipfs_path}: the bytes received do not hash to {cid} with kubo's default add "
+                "options, so they cannot be verified; add the program with default options"
+            )
+        os.replace(tmp, cached)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return str(cached)
+
+
+def _block_verified(api: CoreAPI) -> bool:
+    """Whether the backend checks every block it returns against its CID (the embedded node)."""
+    from ww.ipfs.node import EmbeddedNode
+
+    return isinstance(api, EmbeddedNode)

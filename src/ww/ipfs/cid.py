@@ -1,0 +1,139 @@
+"""Content identifiers (CIDs), versions 0 and 1, for the two codecs UnixFS uses.
+
+* CIDv0: a bare sha2-256 multihash, written in base58btc (``Qm...``); always dag-pb.
+* CIDv1: ``<varint 1><varint codec><multihash>``, written with a multibase prefix; kubo
+  prints base32 lower case (``bafy...`` for dag-pb, ``bafk...`` for raw).
+
+Equality follows go-cid: a CIDv0 and the CIDv1 of the same block are *different* CIDs (but
+name the same bytes, see :attr:`CID.multihash`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import multibase, multihash, varint
+from .api import InvalidPathError
+
+__all__ = ["DAG_PB", "RAW", "CID", "CidError"]
+
+DAG_PB = 0x70
+RAW = 0x55
+_CODEC_NAMES = {DAG_PB: "dag-pb", RAW: "raw"}
+_KNOWN_CODECS = {0x71: "dag-cbor", 0x0129: "dag-json", 0x0200: "json", 0x51: "cbor"}
+
+
+class CidError(InvalidPathError):
+    """The text or bytes are not a CID this node can handle."""
+
+
+@dataclass(frozen=True, slots=True)
+class CID:
+    """A parsed CID.  Build with :meth:`parse`, :meth:`decode`, :meth:`v0` or :meth:`v1`."""
+
+    version: int
+    codec: int
+    multihash: bytes
+
+    def __post_init__(self) -> None:
+        if self.version not in (0, 1):
+            raise CidError(f"unsupported CID version {self.version}")
+        if self.version == 0 and self.codec != DAG_PB:
+            raise CidError("a CIDv0 is always dag-pb")
+        if self.codec not in _CODEC_NAMES:
+            name = _KNOWN_CODECS.get(self.codec, "unknown")
+            raise CidError(
+                f"unsupported codec 0x{self.codec:x} ({name}); only dag-pb and raw are supported"
+            )
+        try:
+            _, _, end = multihash.decode(self.multihash)
+        except multihash.MultihashError as err:
+            raise CidError(f"invalid CID multihash: {err}") from None
+        if end != len(self.multihash):
+            raise CidError("trailing bytes after the CID multihash")
+
+    # --- constructors ---------------------------------------------------------------
+
+    @classmethod
+    def v0(cls, mh: bytes) -> CID:
+        return cls(0, DAG_PB, mh)
+
+    @classmethod
+    def v1(cls, codec: int, mh: bytes) -> CID:
+        return cls(1, codec, mh)
+
+    @classmethod
+    def parse(cls, text: str) -> CID:
+        """Parse a CID string (``Qm...`` base58btc v0, or a ``b``/``z`` multibase v1)."""
+        if not isinstance(text, str) or not text:
+            raise CidError("empty CID")
+        if len(text) == 46 and text.startswith("Qm"):
+            try:
+                raw = multibase.b58decode(text)
+            except multibase.MultibaseError as err:
+                raise CidError(f"invalid CIDv0 {text!r}: {err}") from None
+            if len(raw) != 34 or raw[:2] != b"\x12\x20":
+                raise CidError(f"invalid CIDv0 {text!r}: not a sha2-256 multihash")
+            return cls.v0(raw)
+        try:
+            raw = multibase.decode(text)
+        except multibase.MultibaseError as err:
+            raise CidError(f"invalid CID {_short(text)!r}: {err}") from None
+        if raw[:1] == b"\x12":
+            raise CidError(f"invalid CID {_short(text)!r}: a CIDv0 must be written in bare base58")
+        cid, end = cls.decode(raw)
+        if end != len(raw):
+            raise CidError(f"invalid CID {_short(text)!r}: trailing bytes")
+        return cid
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, pos: int = 0) -> tuple[CID, int]:
+        """Decode a binary CID at ``data[pos:]``; return ``(cid, end position)``."""
+        if pos + 2 <= len(data) and data[pos] == 0x12 and data[pos + 1] == 0x20:
+            end = pos + 34
+            if end > len(data):
+                raise CidError("truncated CIDv0")
+            return cls.v0(bytes(data[pos:end])), end
+        try:
+            version, p = varint.decode(data, pos)
+            codec, p = varint.decode(data, p)
+        except varint.VarintError as err:
+            raise CidError(f"invalid binary CID: {err}") from None
+        if version != 1:
+            raise CidError(f"unsupported CID version {version}")
+        try:
+            _, _, end = multihash.decode(data, p)
+        except multihash.MultihashError as err:
+            raise CidError(f"invalid CID multihash: {err}") from None
+        return cls.v1(codec, bytes(data[p:end])), end
+
+    # --- forms ------------------------------------------------------------------------
+
+    def __bytes__(self) -> bytes:
+        if self.version == 0:
+            return self.multihash
+        return varint.encode(1) + varint.encode(self.codec) + self.multihash
+
+    def __str__(self) -> str:
+        if self.version == 0:
+            return multibase.b58encode(self.multihash)
+        return multibase.encode(bytes(self), "base32")
+
+    def __repr__(self) -> str:
+        return f"CID({str(self)!r})"
+
+    @property
+    def codec_name(self) -> str:
+        return _CODEC_NAMES[self.codec]
+
+    @property
+    def digest(self) -> bytes:
+        """The raw sha2-256 digest."""
+        return self.multihash[2:]
+
+    def to_v1(self) -> CID:
+        return CID.v1(self.codec, self.multihash)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,123 @@
+"""The dag-pb codec (multicodec ``0x70``): the block format of UnixFS.
+
+Encoding is canonical exactly as go-codec-dagpb (and so kubo) writes it: every link's
+``Hash``, ``Name`` and ``Tsize`` in that order -- ``Name`` and ``Tsize`` always present, as
+go-merkledag fills them -- then the ``Data`` field last, although its field number (1) is
+lower than ``Links`` (2).  Decoding is strict in the go-codec-dagpb sense: fields in that
+order, each once, no unknown fields, link hashes must be CIDs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import varint
+from ._protobuf import LEN, VARINT, ProtobufError, fields, key
+from .api import CorruptBlockError
+from .cid import CID, CidError
+
+__all__ = ["PBLink", "PBNode", "encode", "decode"]
+
+
+@dataclass(frozen=True, slots=True)
+class PBLink:
+    """A named, sized link.  ``name`` is bytes: dag-pb does not force UTF-8."""
+
+    cid: CID
+    name: bytes = b""
+    tsize: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PBNode:
+    links: Sequence[PBLink] = field(default_factory=tuple)
+    data: bytes | None = None
+
+
+_LINK_KEY = key(2, LEN)
+_HASH_KEY = key(1, LEN)
+_NAME_KEY = key(2, LEN)
+_TSIZE_KEY = key(3, VARINT)
+_DATA_KEY = key(1, LEN)
+
+
+def encode_link(link: PBLink) -> bytes:
+    cid = bytes(link.cid)
+    body = b"".join(
+        (
+            _HASH_KEY,
+            varint.encode(len(cid)),
+            cid,
+            _NAME_KEY,
+            varint.encode(len(link.name)),
+            link.name,
+            _TSIZE_KEY,
+            varint.encode(link.tsize),
+        )
+    )
+    return _LINK_KEY + varint.encode(len(body)) + body
+
+
+def encode(node: PBNode) -> bytes:
+    """Encode a node canonically (links in the given order, then data)."""
+    parts = [encode_link(link) for link in node.links]
+    if node.data is not None:
+        parts.append(_DATA_KEY + varint.encode(len(node.data)) + node.data)
+    return b"".join(parts)
+
+
+def decode(block: bytes | memoryview) -> PBNode:
+    """Decode a dag-pb block; raises :class:`CorruptBlockError` if it is not canonical dag-pb."""
+    try:
+        return _decode(block)
+    except (ProtobufError, CidError) as err:
+        raise CorruptBlockError(f"invalid dag-pb block: {err}") from None
+
+
+def _decode(block: bytes | memoryview) -> PBNode:
+    links: list[PBLink] = []
+    data: bytes | None = None
+    for num, wire, value in fields(block):
+        if num == 2 and wire == LEN:
+            if data is not None:
+                raise ProtobufError("a link follows the Data field")
+            assert isinstance(value, memoryview)
+            links.append(_decode_link(value))
+        elif num == 1 and wire == LEN:
+            if data is not None:
+                raise ProtobufError("duplicate Data field")
+            assert isinstance(value, memoryview)
+            data = bytes(value)
+        else:
+            raise ProtobufError(f"unexpected field {num} (wire type {wire}) in PBNode")
+    return PBNode(tuple(links), data)
+
+
+def _decode_link(body: memoryview) -> PBLink:
+    cid: CID | None = None
+    name: bytes | None = None
+    tsize: int | None = None
+    last = 0
+    for num, wire, value in fields(body):
+        if num <= last:
+            raise ProtobufError("PBLink fields out of order or repeated")
+        last = num
+        if num == 1 and wire == LEN:
+            assert isinstance(value, memoryview)
+            cid, end = CID.decode(value)
+            if end != len(value):
+                raise ProtobufError("trailing bytes after a link's CID")
+        elif num == 2 and wire == LEN:
+            assert isinstance(value, memoryview)
+            name = bytes(value)
+        elif num == 3 and wire == VARINT:
+            assert isinstance(value, int)
+            if value >= 1 << 63:
+                raise ProtobufError("link Tsize overflows int64")
+            tsize = value
+        else:
+            raise ProtobufError(f"unexpected field {num} (wire type {wire}) in PBLink")
+    if cid is None:
+        raise ProtobufError("a link has no Hash")
+    return PBLink(cid, name or b"", tsize or 0)

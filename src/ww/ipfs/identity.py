@@ -1,0 +1,361 @@
+"""Node identities: Ed25519 keys in libp2p's encodings, peer ids derived as go-libp2p does.
+
+A private key travels as libp2p's protobuf ``PrivateKey { Type = 1 (Ed25519), Data = seed ||
+public key }`` -- the 68 bytes go-libp2p's ``MarshalPrivateKey`` writes.  ``ww idgen`` prints
+those bytes in base58btc (or raw with ``--raw``); :func:`parse_private_key` reads either back.
+
+A peer id is the multihash of the public key's protobuf (``PublicKey { Type, Data }``): the
+identity multihash when that protobuf is at most 42 bytes (every Ed25519 key: ``12D3KooW...``),
+sha2-256 otherwise (RSA: ``Qm...``), printed in base58btc -- byte for byte go-libp2p's
+``peer.IDFromPublicKey``.
+
+The node's own key lives in its repository (:func:`load_or_create`), and signatures over a
+domain-separated challenge (:func:`sign_login` / :func:`verify_login`) are how a cell proves
+its identity to the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from . import _protobuf, multibase, varint
+from ._fsutil import fsync_dir
+
+__all__ = [
+    "KEY_TYPE_RSA",
+    "KEY_TYPE_ED25519",
+    "IDENTITY_FILE",
+    "LOGIN_CONTEXT",
+    "IdentityError",
+    "PublicKey",
+    "PrivateKey",
+    "Identity",
+    "parse_private_key",
+    "marshal_public_key",
+    "peer_id_from_public_key",
+    "decode_peer_id",
+    "public_key_from_peer_id",
+    "load_or_create",
+    "login_message",
+    "sign_login",
+    "verify_login",
+]
+
+KEY_TYPE_RSA = 0
+KEY_TYPE_ED25519 = 1
+_KEY_TYPE_NAMES = {0: "RSA", 1: "Ed25519", 2: "Secp256k1", 3: "ECDSA"}
+
+IDENTITY_FILE = "identity.key"
+"""Name of the private key file inside a node repository (raw protobuf bytes, mode 0600)."""
+
+LOGIN_CONTEXT = b"ww-login-v1\x00"
+"""Prefix of every signed login challenge, so a login signature can never mean anything else."""
+
+_MAX_INLINE_KEY_LEN = 42  # go-libp2p: keys whose protobuf is longer are hashed into the id
+_MH_IDENTITY = 0x00
+_MH_SHA2_256 = 0x12
+_CID_V1 = 0x01
+_CODEC_LIBP2P_KEY = 0x72
+_SEED_LEN = 32
+_PUBLIC_LEN = 32
+_SIGNATURE_LEN = 64
+
+
+class IdentityError(ValueError):
+    """A key, peer id or signature is malformed or does not check out; ``str()`` is one line."""
+
+
+def _encode_key_protobuf(key_type: int, data: bytes) -> bytes:
+    return _protobuf.uvarint_field(1, key_type) + _protobuf.bytes_field(2, data)
+
+
+def _decode_key_protobuf(data: bytes, what: str) -> tuple[int, bytes]:
+    """Parse ``{ Type = 1 (varint); Data = 2 (bytes) }``; strict, since input may be anything."""
+    key_type: int | None = None
+    key_data: bytes | None = None
+    try:
+        for field, wire_type, value in _protobuf.fields(data):
+            if (field, wire_type) == (1, _protobuf.VARINT):
+                key_type = int(value)  # type: ignore[arg-type]
+            elif (field, wire_type) == (2, _protobuf.LEN):
+                key_data = bytes(value)  # type: ignore[arg-type]
+            else:
+                raise IdentityError(f"{what} has an unexpected protobuf field ({field})")
+    except _protobuf.ProtobufError as err:
+        raise IdentityError(f"{what} is not a libp2p protobuf key ({err})") from None
+    if key_type is None or key_data is None:
+        raise IdentityError(f"{what} is not a libp2p protobuf key (Type or Data missing)")
+    return key_type, key_data
+
+
+def _require_ed25519(key_type: int, what: str) -> None:
+    if key_type != KEY_TYPE_ED25519:
+        name = _KEY_TYPE_NAMES.get(key_type, f"type {key_type}")
+        raise IdentityError(f"{what} is a {name} key; only Ed25519 keys are supported")
+
+
+def marshal_public_key(key_type: int, data: bytes) -> bytes:
+    """libp2p's public key protobuf for a key of ``key_type`` whose own encoding is ``data``.
+
+    For Ed25519 ``data`` is the 32-byte key; for RSA it is the PKIX (SubjectPublicKeyInfo) DER.
+    """
+    return _encode_key_protobuf(key_type, data)
+
+
+def peer_id_from_public_key(public_key_protobuf: bytes) -> str:
+    """The base58btc peer id of a public key given in libp2p's protobuf encoding."""
+    if len(public_key_protobuf) <= _MAX_INLINE_KEY_LEN:
+        digest, code = public_key_protobuf, _MH_IDENTITY
+    else:
+        digest, code = hashlib.sha256(public_key_protobuf).digest(), _MH_SHA2_256
+    return multibase.b58encode(varint.encode(code) + varint.encode(len(digest)) + digest)
+
+
+def decode_peer_id(text: str) -> bytes:
+    """Check a peer id and return its multihash bytes.
+
+    Accepts base58btc (``12D3KooW...``, ``Qm...``) and the CIDv1 form (``bafz...``, codec
+    libp2p-key), as go-libp2p's ``peer.Decode`` does.
+    """
+    try:
+        if text.startswith(("1", "Qm")):
+            mh = multibase.b58decode(text)
+        else:
+            raw = multibase.decode(text)
+            version, pos = varint.decode(raw)
+            codec, pos = varint.decode(raw, pos)
+            if version != _CID_V1 or codec != _CODEC_LIBP2P_KEY:
+                raise IdentityError(f"invalid peer id {text!r}: not a libp2p-key CID")
+            mh = raw[pos:]
+        code, pos = varint.decode(mh)
+        length, pos = varint.decode(mh, pos)
+    except (multibase.MultibaseError, varint.VarintError) as err:
+        raise IdentityError(f"invalid peer id {text!r}: {err}") from None
+    if code not in (_MH_IDENTITY, _MH_SHA2_256) or len(mh) - pos != length:
+        raise IdentityError(f"invalid peer id {text!r}: not an identity or sha2-256 multihash")
+    if code == _MH_SHA2_256 and length != 32:
+        raise IdentityError(f"invalid peer id {text!r}: sha2-256 digest is not 32 bytes")
+    if code == _MH_IDENTITY and length > _MAX_INLINE_KEY_LEN:
+        raise IdentityError(f"invalid peer id {text!r}: inline key longer than 42 bytes")
+    return mh
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key (the raw 32 bytes)."""
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != _PUBLIC_LEN:
+            raise IdentityError(f"an Ed25519 public key is 32 bytes, not {len(self.raw)}")
+
+    @classmethod
+    def from_protobuf(cls, data: bytes) -> PublicKey:
+        """Parse libp2p's ``PublicKey`` protobuf (Ed25519 only)."""
+        key_type, raw = _decode_key_protobuf(data, "public key")
+        _require_ed25519(key_type, "public key")
+        return cls(raw)
+
+    def to_protobuf(self) -> bytes:
+        return _encode_key_protobuf(KEY_TYPE_ED25519, self.raw)
+
+    @property
+    def peer_id(self) -> str:
+        return peer_id_from_public_key(self.to_protobuf())
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """True if ``signature`` is this key's Ed25519 signature of ``data``."""
+        if len(signature) != _SIGNATURE_LEN:
+            return False
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+
+class PrivateKey:
+    """An Ed25519 private key.  ``repr`` never shows the secret."""
+
+    __slots__ = ("_key", "seed", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != _SEED_LEN:
+            raise IdentityError(f"an Ed25519 seed is 32 bytes, not {len(seed)}")
+        self._key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+        self.seed = bytes(seed)
+        self.public_key = PublicKey(
+            self._key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    @classmethod
+    def generate(cls) -> PrivateKey:
+        return cls(os.urandom(_SEED_LEN))
+
+    @classmethod
+    def from_protobuf(cls, data: bytes) -> PrivateKey:
+        """Parse libp2p's ``PrivateKey`` protobuf as go-libp2p's ``UnmarshalPrivateKey`` does.
+
+        ``Data`` is ``seed || public key`` (64 bytes) or the legacy 96-byte form with the
+        public key repeated; the public half must match the seed (go-libp2p does not check
+        the 64-byte form, we do: a mismatch means a corrupted key file).
+        """
+        key_type, body = _decode_key_protobuf(data, "private key")
+        _require_ed25519(key_type, "private key")
+        if len(body) not in (64, 96):
+            raise IdentityError(f"Ed25519 private key data must be 64 or 96 bytes, not {len(body)}")
+        if len(body) == 96 and body[64:] != body[32:64]:
+            raise IdentityError("Ed25519 private key has two different public keys")
+        key = cls(body[:_SEED_LEN])
+        if body[32:64] != key.public_key.raw:
+            raise IdentityError("Ed25519 private key's public half does not match its seed")
+        return key
+
+    def to_protobuf(self) -> bytes:
+        """The 68 bytes go-libp2p's ``MarshalPrivateKey`` writes (``ww idgen --raw``)."""
+        return _encode_key_protobuf(KEY_TYPE_ED25519, self.seed + self.public_key.raw)
+
+    def to_text(self) -> str:
+        """base58btc of :meth:`to_protobuf`, as ``ww idgen`` prints by default."""
+        return multibase.b58encode(self.to_protobuf())
+
+    @property
+    def peer_id(self) -> str:
+        return self.public_key.peer_id
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``data``."""
+        return self._key.sign(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PrivateKey) and other.seed == self.seed
+
+    def __hash__(self) -> int:
+        return hash(self.public_key)
+
+    def __repr__(self) -> str:
+        return f"PrivateKey(peer_id={self.peer_id!r})"
+
+
+def parse_private_key(data: bytes | str) -> PrivateKey:
+    """Read a private key in either form ``ww idgen`` writes: raw protobuf or base58btc text.
+
+    Raw bytes start with ``0x08`` (the protobuf tag of ``Type``), which is not a base58
+    character, so the two forms cannot be confused.  Surrounding whitespace in the text form
+    (a trailing newline) is ignored.
+    """
+    if isinstance(data, bytes) and data[:1] == b"\x08":
+        return PrivateKey.from_protobuf(data)
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("ascii")
+        except UnicodeDecodeError:
+            raise IdentityError(
+                "not a private key: neither libp2p protobuf bytes nor base58 text"
+            ) from None
+    text = data.strip()
+    if not text:
+        raise IdentityError("not a private key: the input is empty")
+    try:
+        raw = multibase.b58decode(text)
+    except multibase.MultibaseError as err:
+        raise IdentityError(f"not a private key: invalid base58 text ({err})") from None
+    return PrivateKey.from_protobuf(raw)
+
+
+def public_key_from_peer_id(peer_id: str) -> PublicKey:
+    """The public key an Ed25519 peer id carries inline (``12D3KooW...``)."""
+    mh = decode_peer_id(peer_id)
+    code, pos = varint.decode(mh)
+    length, pos = varint.decode(mh, pos)
+    if code != _MH_IDENTITY:
+        raise IdentityError(f"peer id {peer_id!r} is a hash; it does not carry its public key")
+    return PublicKey.from_protobuf(mh[pos:])
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A node's key pair and the peer id derived from it."""
+
+    private_key: PrivateKey
+    public_key: PublicKey
+    peer_id: str
+
+    @classmethod
+    def from_private_key(cls, key: PrivateKey) -> Identity:
+        return cls(key, key.public_key, key.peer_id)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data)
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        return self.public_key.verify(signature, data)
+
+
+def load_or_create(repo: Path) -> Identity:
+    """The identity stored in ``repo``; a new one is created on first use.
+
+    The key file (:data:`IDENTITY_FILE`, mode 0600) appears complete or not at all: it is
+    written to a private temporary file and hard-linked into place, and ``link`` refuses to
+    replace an existing file.  Two processes racing here therefore both end with the one key
+    that won.  Either ``ww idgen`` form is accepted if the file was put there by hand.
+    """
+    repo = Path(repo)
+    path = repo / IDENTITY_FILE
+    try:
+        return Identity.from_private_key(_read_key_file(path))
+    except FileNotFoundError:
+        pass
+    repo.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = PrivateKey.generate()
+    fd, tmp = tempfile.mkstemp(prefix=f".{IDENTITY_FILE}.", dir=repo)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.to_protobuf())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return Identity.from_private_key(_read_key_file(path))  # another process won
+    finally:
+        os.unlink(tmp)
+    fsync_dir(repo)
+    return Identity.from_private_key(key)
+
+
+def _read_key_file(path: Path) -> PrivateKey:
+    data = path.read_bytes()
+    try:
+        return parse_private_key(data)
+    except IdentityError as err:
+        raise IdentityError(f"{path}: {err}") from None
+
+
+def login_message(challenge: bytes) -> bytes:
+    """What a cell signs to log in: :data:`LOGIN_CONTEXT` followed by the host's nonce."""
+    return LOGIN_CONTEXT + challenge
+
+
+def sign_login(key: PrivateKey, challenge: bytes) -> tuple[bytes, bytes]:
+    """Answer a login challenge as ``Signer.sign`` does: ``(public key protobuf, signature)``."""
+    return key.public_key.to_protobuf(), key.sign(login_message(challenge))
+
+
+def verify_login(public_key_protobuf: bytes, challenge: bytes, signature: bytes) -> str:
+    """Check a login answer; return the signer's peer id or raise :class:`IdentityError`."""
+    key = PublicKey.from_protobuf(public_key_protobuf)
+    if not key.verify(signature, login_message(challenge)):
+        raise IdentityError(f"login signature does not verify for peer {key.peer_id}")
+    return key.peer_id

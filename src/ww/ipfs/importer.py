@@ -1,0 +1,304 @@
+"""The UnixFS importer: files, directories and symlinks to dag-pb blocks, as ``ipfs add`` does.
+
+Byte-compatible with kubo's defaults (boxo's balanced layout): fixed 262144-byte chunks,
+leaves that are dag-pb UnixFS ``File`` nodes (or raw blocks with ``raw_leaves``), at most 174
+links per node, every leaf at the same depth, and a lone chunk being the root itself.  An
+empty file is a single leaf with no data.  CIDv1 (``cid_version=1``) implies raw leaves.
+Directories are single nodes with sorted links, or HAMT-sharded once they reach kubo's 256 KiB
+sharding threshold.
+
+Memory stays bounded: the input is cut into chunks as it streams in, each block is handed to
+a :class:`BlockSink` as soon as it exists, and the only thing kept is, per tree level, the
+(CID, sizes) of at most 174 pending children.  The hot path does no per-byte Python work: a
+leaf is hashed as ``header + chunk + trailer`` with ``hashlib`` and written with ``writev``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_mod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import dagpb, multihash, unixfs, varint
+from ._murmur3 import murmur3_64
+from .api import AddOptions, UnsupportedError
+from .cid import CID, DAG_PB, RAW
+
+__all__ = [
+    "CHUNK_SIZE",
+    "MAX_LINKS",
+    "BlockSink",
+    "NullSink",
+    "ImportParams",
+    "Imported",
+    "rechunk",
+    "import_file",
+    "import_symlink",
+    "import_directory",
+    "import_path",
+]
+
+CHUNK_SIZE = 262144
+MAX_LINKS = 174
+HAMT_THRESHOLD = 262144  # kubo's Internal.UnixFSShardingSizeThreshold default, 256 KiB
+HAMT_FANOUT = 256
+HAMT_MURMUR3 = 0x22
+_DIRECTORY_DATA = unixfs.encode(unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+
+
+class BlockSink(Protocol):
+    """Where new blocks go.  ``parts`` concatenated are the block's bytes."""
+
+    def put(self, cid: CID, parts: Sequence[bytes | memoryview]) -> None: ...
+
+
+class NullSink:
+    """Discards blocks: for ``only_hash``."""
+
+    def put(self, cid: CID, parts: Sequence[bytes | memoryview]) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class ImportParams:
+    """The resolved add options that shape blocks."""
+
+    cid_version: int = 0
+    raw_leaves: bool = False
+
+    @classmethod
+    def from_options(cls, options: AddOptions) -> ImportParams:
+        if options.cid_version not in (0, 1):
+            raise UnsupportedError(f"unsupported CID version {options.cid_version} (use 0 or 1)")
+        raw = options.raw_leaves
+        return cls(options.cid_version, options.cid_version == 1 if raw is None else raw)
+
+    def node_cid(self, mh: bytes) -> CID:
+        return CID.v0(mh) if self.cid_version == 0 else CID.v1(DAG_PB, mh)
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """A node just imported: its CID, its DAG's cumulative size (a link's Tsize) and the
+    content bytes it stands for (a file's size; 0 for directories and symlinks)."""
+
+    cid: CID
+    tsize: int
+    filesize: int
+
+
+def rechunk(
+    chunks: Iterable[bytes | bytearray | memoryview], size: int = CHUNK_SIZE
+) -> Iterator[bytes | memoryview]:
+    """Cut a stream of arbitrary pieces into ``size``-byte chunks (the last may be shorter).
+
+    Pieces that are ``bytes`` are sliced without copying; mutable pieces are copied first so a
+    caller reusing its buffer cannot change a chunk after the fact.  Empty input yields nothing.
+    """
+    buf = bytearray()
+    for piece in chunks:
+        if not isinstance(piece, bytes):
+            piece = bytes(piece)
+        if not piece:
+            continue
+        view = memoryview(piece)
+        if buf:
+            need = size - len(buf)
+            buf += view[:need]
+            view = view[need:]
+            if len(buf) < size:
+                continue
+            yield bytes(buf)
+            buf = bytearray()
+        while len(view) >= size:
+            yield view[:size]
+            view = view[size:]
+        if view:
+            buf += view
+    if buf:
+        yield bytes(buf)
+
+
+def _leaf(chunk: bytes | memoryview, params: ImportParams, sink: BlockSink) -> Imported:
+    n = len(chunk)
+    if params.raw_leaves:
+        cid = CID.v1(RAW, multihash.sha256(chunk))
+        sink.put(cid, (chunk,))
+        return Imported(cid, n, n)
+    # dag-pb node { Data: UnixFS { Type: File, Data: chunk, filesize: n } }, built around the
+    # chunk so that it is neither copied nor re-encoded.
+    n_varint = varint.encode(n)
+    trailer = b"\x18" + n_varint
+    inner_len = len(unixfs.FILE_LEAF_PREFIX) + 1 + len(n_varint) + n + len(trailer)
+    header = b"\x0a" + varint.encode(inner_len) + unixfs.FILE_LEAF_PREFIX + b"\x12" + n_varint
+    h = hashlib.sha256(header)
+    h.update(chunk)
+    h.update(trailer)
+    cid = params.node_cid(multihash.from_digest(h.digest()))
+    sink.put(cid, (header, chunk, trailer))
+    return Imported(cid, len(header) + n + len(trailer), n)
+
+
+def _empty_file(params: ImportParams, sink: BlockSink) -> Imported:
+    if params.raw_leaves:
+        return _leaf(b"", params, sink)
+    block = dagpb.encode(
+        dagpb.PBNode((), unixfs.encode(unixfs.UnixFSData(unixfs.DataType.FILE, filesize=0)))
+    )
+    return _put_node(block, params, sink, 0)
+
+
+def _put_node(
+    block: bytes, params: ImportParams, sink: BlockSink, filesize: int, tsize_links: int = 0
+) -> Imported:
+    cid = params.node_cid(multihash.sha256(block))
+    sink.put(cid, (block,))
+    return Imported(cid, len(block) + tsize_links, filesize)
+
+
+def _internal(children: list[Imported], params: ImportParams, sink: BlockSink) -> Imported:
+    filesize = sum(c.filesize for c in children)
+    data = unixfs.encode(
+        unixfs.UnixFSData(
+            unixfs.DataType.FILE,
+            filesize=filesize,
+            blocksizes=tuple(c.filesize for c in children),
+        )
+    )
+    links = tuple(dagpb.PBLink(c.cid, b"", c.tsize) for c in children)
+    block = dagpb.encode(dagpb.PBNode(links, data))
+    return _put_node(block, params, sink, filesize, sum(c.tsize for c in children))
+
+
+def import_file(
+    chunks: Iterable[bytes | bytearray | memoryview], params: ImportParams, sink: BlockSink
+) -> Imported:
+    """Import one file's bytes with kubo's balanced layout; returns the root."""
+    # levels[i] holds the pending children of height i.  A full level is only folded into a
+    # parent when one more child arrives, so the tree is exactly as deep as it must be.
+    levels: list[list[Imported]] = [[]]
+
+    def push(level: int, item: Imported) -> None:
+        if len(levels[level]) == MAX_LINKS:
+            if level + 1 == len(levels):
+                levels.append([])
+            push(level + 1, _internal(levels[level], params, sink))
+            levels[level] = []
+        levels[level].append(item)
+
+    for chunk in rechunk(chunks):
+        push(0, _leaf(chunk, params, sink))
+
+    if not levels[0]:
+        return _empty_file(params, sink)
+    top = len(levels) - 1
+    if top == 0 and len(levels[0]) == 1:
+        return levels[0][0]
+    for level in range(top):
+        if levels[level]:
+            push(level + 1, _internal(levels[level], params, sink))
+            levels[level] = []
+            top = len(levels) - 1
+    return _internal(levels[-1], params, sink)
+
+
+def import_symlink(target: bytes, params: ImportParams, sink: BlockSink) -> Imported:
+    """A UnixFS symlink node holding ``target`` as kubo stores it."""
+    data = unixfs.encode(unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=target))
+    return _put_node(dagpb.encode(dagpb.PBNode((), data)), params, sink, 0)
+
+
+def import_directory(
+    entries: Iterable[tuple[bytes, Imported]], params: ImportParams, sink: BlockSink
+) -> Imported:
+    """A UnixFS directory of already imported entries.
+
+    Like kubo, a directory whose estimated size (the sum of its entries' name and CID lengths)
+    reaches :data:`HAMT_THRESHOLD` becomes a HAMT-sharded directory; otherwise it is one plain
+    node with its links sorted by name bytes.
+    """
+    items = sorted(entries, key=lambda e: e[0])
+    for (a, _), (b, _) in zip(items, items[1:], strict=False):
+        if a == b:
+            raise ValueError(f"duplicate directory entry {a!r}")
+    if sum(len(name) + len(bytes(child.cid)) for name, child in items) >= HAMT_THRESHOLD:
+        keyed = [(murmur3_64(name), name, child) for name, child in items]
+        return _hamt_shard(keyed, 0, params, sink)
+    links = tuple(dagpb.PBLink(child.cid, name, child.tsize) for name, child in items)
+    block = dagpb.encode(dagpb.PBNode(links, _DIRECTORY_DATA))
+    return _put_node(block, params, sink, 0, sum(child.tsize for _, child in items))
+
+
+def _hamt_shard(
+    entries: list[tuple[bytes, bytes, Imported]], depth: int, params: ImportParams, sink: BlockSink
+) -> Imported:
+    """One HAMT node (fanout 256: one hash byte per level), as boxo's ``hamt.Shard`` writes it.
+
+    A slot holding one entry links to it as ``<2 hex digits><name>``; a slot where several
+    entries collide links to a sub-shard, named by the 2 hex digits alone.
+    """
+    if depth >= 8:
+        raise UnsupportedError("two directory entry names have the same 64-bit HAMT hash")
+    slots: dict[int, list[tuple[bytes, bytes, Imported]]] = {}
+    for entry in entries:
+        slots.setdefault(entry[0][depth], []).append(entry)
+    links = []
+    bitfield = 0
+    for index in sorted(slots):
+        bitfield |= 1 << index
+        group = slots[index]
+        prefix = b"%02X" % index
+        if len(group) == 1:
+            _, name, child = group[0]
+            links.append(dagpb.PBLink(child.cid, prefix + name, child.tsize))
+        else:
+            sub = _hamt_shard(group, depth + 1, params, sink)
+            links.append(dagpb.PBLink(sub.cid, prefix, sub.tsize))
+    data = unixfs.UnixFSData(
+        unixfs.DataType.HAMT_SHARD,
+        data=bitfield.to_bytes((bitfield.bit_length() + 7) // 8, "big") or None,
+        hash_type=HAMT_MURMUR3,
+        fanout=HAMT_FANOUT,
+    )
+    block = dagpb.encode(dagpb.PBNode(tuple(links), unixfs.encode(data)))
+    return _put_node(block, params, sink, 0, sum(link.tsize for link in links))
+
+
+def file_chunks(path: Path | str, size: int = 1 << 20) -> Iterator[bytes]:
+    """Read a file in ``size``-byte pieces (a multiple of the chunk size keeps slicing free)."""
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            piece = f.read(size)
+            if not piece:
+                return
+            yield piece
+
+
+def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
+    """Import a file, symlink or directory tree (``ipfs add -r``).
+
+    Symlinks are stored, never followed, including ``path`` itself.  Hidden files are included
+    (kubo's library API does; only its command line skips them by default).  Other file types
+    (sockets, devices, FIFOs) raise :class:`UnsupportedError`.
+    """
+    st = os.lstat(path)
+    mode = st.st_mode
+    if stat_mod.S_ISLNK(mode):
+        return import_symlink(os.fsencode(os.readlink(path)), params, sink)
+    if stat_mod.S_ISREG(mode):
+        return import_file(file_chunks(path), params, sink)
+    if stat_mod.S_ISDIR(mode):
+        with os.scandir(path) as it:
+            names = sorted(os.fsencode(entry.name) for entry in it)
+        children = [
+            (name, import_path(Path(os.fsdecode(path)) / os.fsdecode(name), params, sink))
+            for name in names
+        ]
+        return import_directory(children, params, sink)
+    raise UnsupportedError(
+        f"cannot add {os.fsdecode(path)!r}: not a regular file, directory or symlink"
+    )

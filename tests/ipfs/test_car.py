@@ -1,0 +1,147 @@
+"""CAR v1 export and all-or-nothing, verified import."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from ww.ipfs import _dagcbor, car, varint
+from ww.ipfs.api import AddOptions, CorruptBlockError, NotFoundError
+from ww.ipfs.car import CarReader, InvalidCarError
+from ww.ipfs.cid import CID
+from ww.ipfs.importer import CHUNK_SIZE
+from ww.ipfs.node import EmbeddedNode
+
+from .conftest import deterministic_bytes, make_tree
+
+DATA = deterministic_bytes(3 * CHUNK_SIZE + 7)
+EMPTY_DIR = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+
+
+def _export(node: EmbeddedNode, roots: list[str]) -> bytes:
+    out = io.BytesIO()
+    node.export_car(roots, out)
+    return out.getvalue()
+
+
+def _sections(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of the header and of each block section."""
+    spans, pos = [], 0
+    while pos < len(data):
+        length, body = varint.decode(data, pos)
+        spans.append((pos, body + length))
+        pos = body + length
+    return spans
+
+
+def test_car_round_trip_restores_identical_content_and_pins_the_roots(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    tree = node.add_path(make_tree(tmp_path / "t"))
+    file_cid = node.add_stream([DATA])
+    blob = _export(node, [tree, file_cid])
+    other = EmbeddedNode(tmp_path / "other")
+    assert other.import_car(io.BytesIO(blob)) == [tree, file_cid]
+    assert sorted(other.pins()) == sorted([tree, file_cid])
+    assert b"".join(other.cat(file_cid)) == DATA
+    other.get(tree, tmp_path / "out")
+    assert (tmp_path / "out" / "a" / "b" / "c" / "deep.txt").read_bytes() == b"deep\n"
+    assert other.check().ok
+    assert _export(other, [tree, file_cid]) == blob
+
+
+def test_car_header_is_canonical_dag_cbor_roots_then_version(node: EmbeddedNode) -> None:
+    node.add_stream([b"x"])
+    cid = CID.parse(EMPTY_DIR)
+    out = io.BytesIO()
+    car.write_header(out, [cid])
+    header = b"\xa2eroots\x81\xd8\x2a\x58\x23\x00" + bytes(cid) + b"gversion\x01"
+    assert out.getvalue() == varint.encode(len(header)) + header
+    assert _dagcbor.decode(header) == {"roots": [cid], "version": 1}
+
+
+def test_export_writes_each_block_once_root_first(node: EmbeddedNode) -> None:
+    first = node.add_stream([DATA])
+    second = node.add_stream([DATA[: 2 * CHUNK_SIZE] + b"tail"])
+    reader = CarReader(io.BytesIO(_export(node, [first, second])))
+    cids = [cid for cid, _ in reader.blocks()]
+    assert str(cids[0]) == first
+    assert len(cids) == len({c.multihash for c in cids}) == 5 + 2
+    assert [str(r) for r in reader.roots] == [first, second]
+
+
+def test_import_of_a_car_with_a_corrupt_block_stores_nothing(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    blob = bytearray(_export(node, [node.add_stream([DATA])]))
+    start, end = _sections(bytes(blob))[3]
+    blob[end - 10] ^= 0xFF
+    other = EmbeddedNode(tmp_path / "other")
+    with pytest.raises(InvalidCarError, match="does not match its CID"):
+        other.import_car(io.BytesIO(bytes(blob)))
+    assert other.check().blocks == 0 and other.pins() == []
+    assert list((tmp_path / "other" / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 40, 60, -1, -100, -(CHUNK_SIZE + 20)])
+def test_import_of_a_truncated_car_fails_clearly_and_stores_nothing(
+    node: EmbeddedNode, tmp_path: Path, cut: int
+) -> None:
+    blob = _export(node, [node.add_stream([DATA])])
+    other = EmbeddedNode(tmp_path / "other")
+    with pytest.raises(InvalidCarError, match="truncated|header"):
+        other.import_car(io.BytesIO(blob[:cut]))
+    assert other.check().blocks == 0 and other.pins() == []
+
+
+def test_import_of_a_car_missing_part_of_a_root_dag_stores_nothing(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    blob = _export(node, [node.add_stream([DATA])])
+    start, end = _sections(blob)[2]
+    other = EmbeddedNode(tmp_path / "other")
+    with pytest.raises(NotFoundError, match="nothing was imported"):
+        other.import_car(io.BytesIO(blob[:start] + blob[end:]))
+    assert other.check().blocks == 0 and other.pins() == []
+
+
+def test_import_completes_a_dag_from_blocks_already_in_the_repository(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    cid = node.add_stream([DATA])
+    blob = _export(node, [cid])
+    start, end = _sections(blob)[2]
+    other = EmbeddedNode(tmp_path / "other")
+    other.add_stream([DATA], AddOptions(pin=False))
+    assert other.import_car(io.BytesIO(blob[:start] + blob[end:])) == [cid]
+    assert other.pins() == [cid] and other.check().ok
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"roots": [CID.parse(EMPTY_DIR)], "version": 2}, "not a CAR v1"),
+        ({"roots": [], "version": 1}, "at least one root"),
+        ({"roots": [CID.parse(EMPTY_DIR)], "version": 1, "x": 1}, "nothing else"),
+        ({"roots": ["Qm"], "version": 1}, "must be CIDs"),
+    ],
+)
+def test_import_rejects_headers_that_are_not_car_v1(
+    node: EmbeddedNode, header: dict, message: str
+) -> None:
+    raw = _dagcbor.encode(header)
+    with pytest.raises(InvalidCarError, match=message):
+        node.import_car(io.BytesIO(varint.encode(len(raw)) + raw))
+
+
+def test_import_rejects_non_canonical_cbor_and_unsupported_codecs(node: EmbeddedNode) -> None:
+    indefinite = b"\xbf\x65roots\x80\xff"
+    with pytest.raises(InvalidCarError, match="indefinite"):
+        node.import_car(io.BytesIO(varint.encode(len(indefinite)) + indefinite))
+    cbor_cid = b"\x01\x71\x12\x20" + bytes(32)
+    header = b"\xa2eroots\x81\xd8\x2a\x58\x25\x00" + cbor_cid + b"gversion\x01"
+    with pytest.raises(CorruptBlockError, match="dag-cbor"):
+        node.import_car(io.BytesIO(varint.encode(len(header)) + header))
+    assert node.check().blocks == 0

@@ -1,0 +1,97 @@
+"""dag-pb and UnixFS: kubo's exact bytes, and strict refusal of anything non-canonical."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ww.ipfs import dagpb, multihash, unixfs
+from ww.ipfs.api import CorruptBlockError
+from ww.ipfs.cid import CID
+from ww.ipfs.unixfs import DataType, UnixFSData
+
+HELLO = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+A_CID = CID.parse(HELLO)
+
+
+def test_empty_directory_block_is_kubos_four_bytes() -> None:
+    block = dagpb.encode(dagpb.PBNode((), unixfs.encode(UnixFSData(DataType.DIRECTORY))))
+    assert block == b"\x0a\x02\x08\x01"
+    assert str(CID.v0(multihash.sha256(block))) == "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+
+
+def test_file_leaf_block_bytes_hash_to_kubos_hello_world_cid() -> None:
+    data = unixfs.encode(UnixFSData(DataType.FILE, data=b"hello world\n", filesize=12))
+    assert data == b"\x08\x02\x12\x0chello world\n\x18\x0c"
+    block = dagpb.encode(dagpb.PBNode((), data))
+    assert str(CID.v0(multihash.sha256(block))) == HELLO
+
+
+def test_links_are_encoded_before_data_with_name_and_tsize_always_present() -> None:
+    block = dagpb.encode(dagpb.PBNode((dagpb.PBLink(A_CID, b"", 20),), b"\x08\x01"))
+    link_body = b"\x0a\x22" + bytes(A_CID) + b"\x12\x00" + b"\x18\x14"
+    assert block == b"\x12" + bytes([len(link_body)]) + link_body + b"\x0a\x02\x08\x01"
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=20), st.integers(0, 1 << 62)), max_size=5),
+    st.one_of(st.none(), st.binary(max_size=50)),
+)
+def test_dagpb_decode_inverts_encode(links: list[tuple[bytes, int]], data: bytes | None) -> None:
+    node = dagpb.PBNode(tuple(dagpb.PBLink(A_CID, n, t) for n, t in links), data)
+    assert dagpb.decode(dagpb.encode(node)) == node
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (b"\x0a\x02\x08\x01" + b"\x12\x24\x0a\x22" + bytes(A_CID), "link follows the Data"),
+        (b"\x0a\x00\x0a\x00", "duplicate Data"),
+        (b"\x1a\x00", "unexpected field 3"),
+        (b"\x08\x01", "unexpected field 1"),
+        (b"\x12\x02\x12\x00", "no Hash"),
+        (b"\x12\x26\x12\x00\x0a\x22" + bytes(A_CID), "out of order"),
+        (b"\x12\x10\x0a\x0e" + b"\x01" * 14, "CID|multihash|truncated"),
+        (b"\x0a\x05\x08", "past the end"),
+        (b"\x0a", "truncated"),
+    ],
+)
+def test_dagpb_decoder_rejects_non_canonical_or_broken_blocks(block: bytes, message: str) -> None:
+    with pytest.raises(CorruptBlockError, match=message):
+        dagpb.decode(block)
+
+
+def test_unixfs_round_trips_every_field() -> None:
+    value = UnixFSData(
+        DataType.FILE,
+        data=b"xy",
+        filesize=10,
+        blocksizes=(4, 4),
+        hash_type=0x22,
+        fanout=256,
+        mode=0o755,
+        mtime=(-5, 7),
+    )
+    assert unixfs.decode(unixfs.encode(value)) == value
+
+
+def test_unixfs_accepts_packed_blocksizes_as_protobuf_allows() -> None:
+    packed = b"\x08\x02\x18\x06\x22\x02\x03\x03"
+    assert unixfs.decode(packed).blocksizes == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "Type field is missing"),
+        (b"\x08\x09", "unknown UnixFS type"),
+        (b"\x08\x02\x08\x02", "repeated"),
+        (b"\x08\x02\x48\x01", "unexpected field 9"),
+        (b"\x08\x02\x1a\x00", "unexpected field 3"),
+        (b"\x08\x02\x12\x05ab", "past the end"),
+    ],
+)
+def test_unixfs_decoder_rejects_malformed_data(data: bytes, message: str) -> None:
+    with pytest.raises(CorruptBlockError, match=message):
+        unixfs.decode(data)

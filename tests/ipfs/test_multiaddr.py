@@ -1,0 +1,84 @@
+"""Multiaddr text forms and the kubo RPC address."""
+
+from __future__ import annotations
+
+import pytest
+
+from ww.ipfs.api import IpfsError
+from ww.ipfs.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
+
+PEER = "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        ("/ip4/127.0.0.1/tcp/5001/http", "http://127.0.0.1:5001"),
+        (DEFAULT_KUBO_API, "http://localhost:5001"),
+        ("/ip4/127.0.0.1/tcp/5001", "http://127.0.0.1:5001"),  # kubo's own Addresses.API form
+        ("/ip6/::1/tcp/5001/http", "http://[::1]:5001"),
+        ("/dns6/node.example/tcp/443/https", "https://node.example:443"),
+        ("/dns/node.example/tcp/443/tls/http", "https://node.example:443"),
+        ("http://127.0.0.1:5001", "http://127.0.0.1:5001"),
+        ("http://localhost:5001/", "http://localhost:5001"),
+        ("https://[::1]:5443", "https://[::1]:5443"),
+        (" /ip4/10.0.0.1/tcp/1/http\n", "http://10.0.0.1:1"),
+    ],
+)
+def test_to_http_url(address: str, url: str):
+    assert to_http_url(address) == url
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/ip4/127.0.0.1/tcp/4001",
+        f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}",
+        f"/ip6/2001:db8::1/udp/4001/quic-v1/p2p/{PEER}",
+        "/dns4/localhost/tcp/5001/http",
+        "/unix/run/kubo/api.sock",
+        f"/dnsaddr/bootstrap.example/p2p/{PEER}",
+    ],
+)
+def test_parse_and_format_round_trip(text: str):
+    assert str(parse(text)) == text
+
+
+def test_ipfs_is_the_old_name_of_p2p():
+    addr = parse(f"/ip4/1.2.3.4/tcp/4001/ipfs/{PEER}")
+    assert addr.peer_id == PEER
+    assert str(addr) == f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}"
+
+
+def test_unix_path_takes_the_rest():
+    addr = parse("/unix/tmp/a b/kubo.sock")
+    assert addr.value("unix") == "/tmp/a b/kubo.sock"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ip4/1.2.3.4", "expected a multiaddr"),
+        ("", "expected a multiaddr"),
+        ("/ip4/1.2.3.400/tcp/1", "not an IPv4 address"),
+        ("/ip6/zz::1/tcp/1", "not an IPv6 address"),
+        ("/ip4/1.2.3.4/tcp/65536", "not a tcp port"),
+        ("/ip4/1.2.3.4/tcp/-1", "not a tcp port"),
+        ("/ip4/1.2.3.4/tcp", "/tcp needs a value"),
+        ("/carrier-pigeon/1", "unknown protocol 'carrier-pigeon'"),
+        ("/ip4/1.2.3.4/tcp/1/p2p/notapeer", "invalid peer id"),
+        ("/dns4/bad name/tcp/1", "not a DNS name"),
+        ("/unix", "/unix needs a path"),
+        ("/unix/tmp/kubo.sock", "not an HTTP address"),
+        ("/ip4/1.2.3.4/udp/5001/http", "not an HTTP address"),
+        ("/ip4/1.2.3.4/tcp/5001/ws", "unexpected /ws"),
+        ("ftp://host:21", "expected a multiaddr"),
+        ("http://host:99999", "invalid address"),
+        ("http://host:5001/api/v0", "only scheme, host and port"),
+    ],
+)
+def test_bad_addresses_give_one_line_errors(text: str, message: str):
+    with pytest.raises(MultiaddrError, match=message) as info:
+        to_http_url(text)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, IpfsError)

@@ -1,0 +1,132 @@
+"""Pins decide what garbage collection keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ww.ipfs import dagpb
+from ww.ipfs.api import AddOptions, IpfsError, NotFoundError
+from ww.ipfs.importer import CHUNK_SIZE
+from ww.ipfs.node import EmbeddedNode
+
+from .conftest import deterministic_bytes, make_tree
+
+DATA = deterministic_bytes(3 * CHUNK_SIZE + 7)
+UNPINNED = AddOptions(pin=False)
+
+
+def test_add_pins_recursively_by_default_and_gc_keeps_the_whole_dag(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    file_cid = node.add_stream([DATA])
+    tree = node.add_path(make_tree(tmp_path / "t"))
+    assert node.pins_by_kind() == {"recursive": sorted([file_cid, tree]), "direct": []}
+    blocks = node.check().blocks
+    assert node.gc().removed_blocks == 0
+    assert node.check().blocks == blocks
+    assert b"".join(node.cat(file_cid)) == DATA
+    node.get(tree, tmp_path / "out")
+
+
+def test_gc_removes_unpinned_content_and_reports_what_it_freed(node: EmbeddedNode) -> None:
+    cid = node.add_stream([DATA], UNPINNED)
+    size = node.stat(cid).cumulative_size
+    assert node.pins() == []
+    report = node.gc()
+    assert (report.removed_blocks, report.freed_bytes) == (5, size)
+    with pytest.raises(NotFoundError):
+        node.stat(cid)
+
+
+def test_unpin_then_gc_removes_the_dag_but_keeps_blocks_shared_with_other_pins(
+    node: EmbeddedNode,
+) -> None:
+    shared_prefix = DATA[: 2 * CHUNK_SIZE]
+    first = node.add_stream([DATA])
+    second = node.add_stream([shared_prefix + b"different tail"])
+    node.unpin(first)
+    node.gc()
+    assert b"".join(node.cat(second)) == shared_prefix + b"different tail"
+    with pytest.raises(NotFoundError):
+        b"".join(node.cat(first))
+
+
+def test_direct_pin_keeps_only_the_root_block(node: EmbeddedNode) -> None:
+    cid = node.add_stream([DATA], UNPINNED)
+    node.pin(cid, recursive=False)
+    assert node.pins_by_kind() == {"recursive": [], "direct": [cid]}
+    node.gc()
+    assert node.check().blocks == 1
+    assert node.stat(cid).size == len(DATA)  # the root alone knows the size
+    with pytest.raises(NotFoundError):
+        b"".join(node.cat(cid))
+
+
+def test_recursive_pin_replaces_a_direct_pin_and_a_direct_pin_does_not_downgrade(
+    node: EmbeddedNode,
+) -> None:
+    cid = node.add_stream([DATA], UNPINNED)
+    node.pin(cid, recursive=False)
+    node.pin(cid)
+    assert node.pins_by_kind() == {"recursive": [cid], "direct": []}
+    node.pin(cid, recursive=False)
+    assert node.pins_by_kind() == {"recursive": [cid], "direct": []}
+
+
+def test_pinning_a_sub_path_pins_that_subtree(node: EmbeddedNode, tmp_path: Path) -> None:
+    tree = node.add_path(make_tree(tmp_path / "t"), UNPINNED)
+    node.pin(f"/ipfs/{tree}/a")
+    sub = node.resolve(f"{tree}/a")
+    assert node.pins() == [sub]
+    node.gc()
+    assert b"".join(node.cat(f"{sub}/b/c/deep.txt")) == b"deep\n"
+    with pytest.raises(NotFoundError):
+        node.stat(tree)
+
+
+def test_recursive_pin_of_an_incomplete_dag_fails_and_records_nothing(node: EmbeddedNode) -> None:
+    cid = node.add_stream([DATA], UNPINNED)
+    leaf = dagpb.decode(node.block(cid)).links[1].cid
+    name = leaf.multihash.hex()
+    (node.repo_path / "blocks" / name[-3:-1] / name).unlink()
+    with pytest.raises(NotFoundError, match="not in the local repository"):
+        node.pin(cid)
+    assert node.pins() == []
+
+
+def test_unpin_of_something_not_pinned_raises_not_found(node: EmbeddedNode) -> None:
+    cid = node.add_stream([b"x"], UNPINNED)
+    with pytest.raises(NotFoundError, match="not pinned"):
+        node.unpin(cid)
+
+
+def test_unpin_needs_no_blocks_so_a_damaged_pin_can_still_be_removed(node: EmbeddedNode) -> None:
+    cid = node.add_stream([DATA])
+    for path in (node.repo_path / "blocks").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    node.unpin(cid)
+    assert node.pins() == []
+
+
+def test_gc_refuses_to_run_when_a_pinned_dag_is_damaged_and_removes_nothing(
+    node: EmbeddedNode,
+) -> None:
+    cid = node.add_stream([DATA])
+    node.add_stream([b"garbage"], UNPINNED)
+    leaf = dagpb.decode(node.block(cid)).links[0].cid
+    name = leaf.multihash.hex()
+    (node.repo_path / "blocks" / name[-3:-1] / name).unlink()
+    before = node.check().blocks
+    with pytest.raises(IpfsError, match="nothing was removed"):
+        node.gc()
+    assert node.check().blocks == before
+
+
+def test_pins_survive_reopening_the_repository(node: EmbeddedNode) -> None:
+    cid = node.add_stream([DATA])
+    again = EmbeddedNode(node.repo_path)
+    assert again.pins() == [cid]
+    assert again.gc().removed_blocks == 0
