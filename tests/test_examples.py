@@ -19,7 +19,9 @@ def test_demo_runs_both_sample_cells():
     assert "shell cell: WW_FD_INPUT=4" in r.stdout
     assert "cell: the host granted me ['console']" in r.stdout
     assert "[cell] hello from a jailed cell, which read 39 bytes" in r.stderr
-    assert "demo: both cells ran and exited 0" in r.stdout
+    assert "index.html: 25 bytes, starts b'<h1>hello from IPFS</h1>\\n'" in r.stdout
+    assert "summary added as /ipfs/Qm" in r.stdout
+    assert "demo: every cell ran and exited 0" in r.stdout
 
 
 def test_shell_example_without_its_fd_fails_clearly():
