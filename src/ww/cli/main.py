@@ -11,12 +11,37 @@ import sys
 import click
 
 from ww.errors import EXIT_FAILURE, EXIT_USAGE, WwError
-from ww.ipfs.api import IpfsError
 
 _debug = False
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Every subcommand: name -> "module:attribute".  A command's module is imported only when
+# that command runs (or for --help), so `ww run` never pays for the others' imports.
+COMMANDS = {
+    "run": "ww.cli.run:run",
+    "schema": "ww.cli.schema:schema",
+    "export": "ww.cli.export:export",
+    "import": "ww.cli.import_:import_",
+    "idgen": "ww.cli.idgen:idgen",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        import importlib
+
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="WW_DEBUG", help="Print tracebacks on errors.")
 def cli(debug: bool) -> None:
     """Wetware: run programs as cells in a jail, with capabilities over Cap'n Proto on fd 3."""
@@ -30,18 +55,9 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
-def _register() -> None:
-    from ww.cli import export, idgen, import_, run, schema
-
-    cli.add_command(run.run)
-    cli.add_command(schema.schema)
-    cli.add_command(export.export)
-    cli.add_command(import_.import_)
-    cli.add_command(idgen.idgen)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register()
     try:
         status = cli.main(args=argv, prog_name="ww", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -54,20 +70,30 @@ def main(argv: list[str] | None = None) -> None:
         status = e.exit_code if e.exit_code is not None else EXIT_USAGE
     except click.Abort:
         status = 128 + 2
-    except (WwError, IpfsError) as e:
+    except WwError as e:
         if _debug:
             _print_traceback()
         print(f"ww: {e}", file=sys.stderr)
-        status = getattr(e, "exit_code", EXIT_FAILURE)
+        status = e.exit_code
     except KeyboardInterrupt:
         status = 128 + 2
     except Exception as e:  # a bug or an unexpected host failure: still one line
         if _debug:
             _print_traceback()
+        if _is_ipfs_error(e):  # bad input or an unreachable node: the message says it all
+            print(f"ww: {e}", file=sys.stderr)
+            _exit(EXIT_FAILURE)
         print(f"ww: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
               file=sys.stderr)
         status = EXIT_FAILURE
     _exit(status if isinstance(status, int) else 0)
+
+
+def _is_ipfs_error(e: Exception) -> bool:
+    # ww.ipfs.api is imported only by commands that use IPFS; if it is not loaded, the
+    # error cannot be one of its classes.
+    api = sys.modules.get("ww.ipfs.api")
+    return api is not None and isinstance(e, api.IpfsError)
 
 
 def _exit(status: int) -> None:
