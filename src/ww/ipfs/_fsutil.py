@@ -17,10 +17,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, parts: Sequence[bytes | memoryview], mode: int = 0o444) -> None:
-    """Create ``path`` (which must not exist), write ``parts`` and fsync it.
+def sync_filesystem(path: Path) -> None:
+    """Make everything written on the file system holding ``path`` durable, in one call.
+
+    One ``syncfs`` after writing many files lets the kernel flush them together, which is
+    about twice as fast as an ``fsync`` per file; where ``syncfs`` is missing, ``sync`` does
+    the same for every file system.
+    """
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def write_new_file(
+    path: Path, parts: Sequence[bytes | memoryview], mode: int = 0o444, sync: bool = True
+) -> None:
+    """Create ``path`` (which must not exist), write ``parts`` and (with ``sync``) fsync it.
 
     On any failure the file is removed again.  ``writev`` writes the parts without joining them.
+    A caller that passes ``sync=False`` must make the file durable itself before relying on
+    it (see :func:`sync_filesystem`).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
@@ -33,7 +55,8 @@ def write_new_file(path: Path, parts: Sequence[bytes | memoryview], mode: int = 
                 else:
                     pending[0] = pending[0][written:]
                     written = 0
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

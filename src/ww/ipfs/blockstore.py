@@ -7,9 +7,10 @@ in kubo, so a raw and a dag-pb CID of the same bytes share one file.
 Why it is safe:
 
 * **Atomic writes.** A block is written to ``.tmp-<pid>-<random>`` in its shard directory,
-  fsynced, then ``os.replace``-d onto its name.  A reader sees the whole block or nothing; a
+  then ``os.replace``-d onto its name.  A reader sees the whole block or nothing; a
   writer killed half-way leaves only a temp file, which :meth:`Blockstore.temp_files` reports
-  and garbage collection removes.  Directory entries are fsynced once per batch.
+  and garbage collection removes.  A batch of blocks (one add) is made durable at once by
+  one ``syncfs`` before it is pinned, and then its directory entries are fsynced.
 * **Several processes.** Two writers of one block each write their own temp file and rename
   it onto the same name; both renames carry the same bytes.
 * **Verified reads.** Every :meth:`Blockstore.get` hashes the bytes against the CID and raises
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import multihash
-from ._fsutil import fsync_dir, write_new_file
+from ._fsutil import fsync_dir, sync_filesystem, write_new_file
 from .api import CorruptBlockError, IpfsError, NotFoundError
 from .cid import CID
 
@@ -54,6 +55,7 @@ class Blockstore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._known_shards: set[Path] = set()  # shard directories known to exist
 
     # --- naming -----------------------------------------------------------------------
 
@@ -111,22 +113,25 @@ class Blockstore:
 
     # --- writing ----------------------------------------------------------------------
 
-    def put(self, cid: CID, parts: Sequence[bytes | memoryview]) -> Path | None:
+    def put(
+        self, cid: CID, parts: Sequence[bytes | memoryview], sync: bool = True
+    ) -> Path | None:
         """Store a block atomically unless it is already there; returns its shard directory
         if something was written (so that a caller can fsync it), else None.
 
         The caller vouches that ``parts`` hash to ``cid`` (the importer computed the CID from
-        these very bytes); use :meth:`put_verified` for bytes from elsewhere.
+        these very bytes); use :meth:`put_verified` for bytes from elsewhere.  With
+        ``sync=False`` the block is renamed into place without its own fsync: readers still
+        see all of it or nothing, and the caller makes the batch durable at once.
         """
         final = self.path_for(cid.multihash)
         if self._holds(final, cid.multihash, sum(len(p) for p in parts)):
             return None
         shard = final.parent
-        try:
-            tmp = self._write_temp(shard, parts)
-        except FileNotFoundError:
-            shard.mkdir(parents=True, exist_ok=True)
-            tmp = self._write_temp(shard, parts)
+        if shard not in self._known_shards:
+            shard.mkdir(exist_ok=True)
+            self._known_shards.add(shard)
+        tmp = self._write_temp(shard, parts, sync)
         try:
             os.replace(tmp, final)
         except BaseException:
@@ -171,9 +176,11 @@ class Blockstore:
         return True
 
     @staticmethod
-    def _write_temp(directory: Path, parts: Sequence[bytes | memoryview]) -> Path:
+    def _write_temp(
+        directory: Path, parts: Sequence[bytes | memoryview], sync: bool = True
+    ) -> Path:
         tmp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        write_new_file(tmp, parts)
+        write_new_file(tmp, parts, sync=sync)
         return tmp
 
     def writer(self) -> BatchWriter:
@@ -187,9 +194,11 @@ class BatchWriter:
     """A :class:`~ww.ipfs.importer.BlockSink` that writes blocks on background threads.
 
     Hashing (in the caller's thread) and disk writes overlap, and a few writer threads keep
-    the disk busy; the queue is bounded so memory stays at a few blocks.  :meth:`close` waits
-    for every write, fsyncs the touched shard directories once each and re-raises the first
-    write error.  Use it as a context manager: on an exception it stops without raising.
+    the disk busy; the queue is bounded so memory stays at a few blocks.  Blocks are not
+    fsynced one by one: :meth:`close` waits for every write, makes the whole batch durable with
+    one ``syncfs`` of the repository's file system (the pin that follows is written only
+    after it), and re-raises the first write error.  Use it as a context manager: on an
+    exception it stops without raising.
     """
 
     _QUEUE_BLOCKS = 16
@@ -198,6 +207,7 @@ class BatchWriter:
         self._store = store
         self._queue: queue.Queue[object] = queue.Queue(self._QUEUE_BLOCKS)
         self._dirty: set[Path] = set()
+        self._queued: set[bytes] = set()
         self._error: BaseException | None = None
         self._closed = False
         self._threads = [
@@ -210,7 +220,13 @@ class BatchWriter:
     def put(self, cid: CID, parts: Sequence[bytes | memoryview]) -> None:
         if self._error is not None:
             raise IpfsError(f"writing blocks failed: {self._error}") from self._error
-        self._queue.put((cid, parts))
+        if cid.multihash in self._queued:
+            return  # a repeated block (a file of zeros, say) is written once per batch
+        self._queued.add(cid.multihash)
+        # A view into the caller's larger buffer would keep that whole buffer alive while
+        # queued; a copy costs far less than the disk write that follows.
+        owned = tuple(bytes(p) if isinstance(p, memoryview) else p for p in parts)
+        self._queue.put((cid, owned))
 
     def _run(self) -> None:
         while True:
@@ -221,7 +237,7 @@ class BatchWriter:
                 continue  # drain so that the producer never blocks forever
             cid, parts = item  # type: ignore[misc]
             try:
-                shard = self._store.put(cid, parts)
+                shard = self._store.put(cid, parts, sync=False)
                 if shard is not None:
                     self._dirty.add(shard)  # set.add is atomic under the GIL
             except BaseException as err:  # reported to the producer
@@ -244,6 +260,8 @@ class BatchWriter:
             if isinstance(err, OSError) and err.errno == errno.ENOSPC:
                 raise IpfsError("no space left on the device holding the repository") from err
             raise IpfsError(f"writing blocks failed: {err}") from err
+        if self._dirty:
+            sync_filesystem(self._store.root)
         for shard in self._dirty:
             fsync_dir(shard)
         self._dirty.clear()
