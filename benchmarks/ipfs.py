@@ -49,9 +49,12 @@ def measured(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--dir", default=None,
+                        help="where to put the data and the repository (default: the system's "
+                             "temporary directory); /dev/shm takes the disk out of the picture")
     args = parser.parse_args()
     size = args.size_mib * MIB
-    with tempfile.TemporaryDirectory(prefix="ww-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ww-bench-", dir=args.dir) as tmp:
         env = dict(os.environ, WW_HOME=os.path.join(tmp, "home"))
         data = os.path.join(tmp, "random.bin")
         with open(data, "wb") as f:
@@ -70,6 +73,17 @@ def main() -> None:
                 h.update(piece)
         sha_rate = size / (time.perf_counter() - start) / MIB
 
+        # What the disk takes: the same bytes copied to one new file, then made durable.
+        copy = os.path.join(tmp, "copy.bin")
+        start = time.perf_counter()
+        with open(data, "rb") as src, open(copy, "wb") as dst:
+            while piece := src.read(MIB):
+                dst.write(piece)
+            dst.flush()
+            os.fsync(dst.fileno())
+        disk_rate = size / (time.perf_counter() - start) / MIB
+        os.unlink(copy)
+
         export_s, export_rss, out = measured([WW, "export", data], env)
         path = out.strip()
         export_rate = size / export_s / MIB
@@ -85,6 +99,8 @@ def main() -> None:
     print(f"{'':34} {'MiB/s':>8} {'vs sha256':>10} {'peak RSS':>10}")
     print(f"{'hashlib.sha256 (1 MiB reads)':34} {sha_rate:8.0f} {'100%':>10} "
           f"{self_rss / 1024:8.0f}MiB")
+    print(f"{'copy to one file + fsync (disk)':34} {disk_rate:8.0f} "
+          f"{disk_rate / sha_rate:10.0%} {'':>10}")
     print(f"{'ww export (whole command)':34} {export_rate:8.0f} "
           f"{export_rate / sha_rate:10.0%} {export_rss / 1024:8.0f}MiB")
     print(f"{'cell reads via IPFS capability':34} {read_rate:8.0f} "
