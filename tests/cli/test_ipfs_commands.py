@@ -132,3 +132,22 @@ def test_idgen_prints_a_base58_libp2p_ed25519_key_and_raw_with_raw(tmp_path):
     raw = run_ww("idgen", "--raw", text=False).stdout
     assert len(raw) == 68 and raw[:4] == b"\x08\x01\x12\x40"
     assert parse_private_key(raw).peer_id.startswith("12D3KooW")
+
+
+def test_export_skips_hidden_entries_unless_asked_as_ipfs_add_does(tmp_path):
+    with_hidden = tmp_path / "with"
+    (with_hidden / ".git").mkdir(parents=True)
+    (with_hidden / ".git" / "HEAD").write_text("ref\n")
+    (with_hidden / ".env").write_text("SECRET=1\n")
+    (with_hidden / "visible.txt").write_text("shown\n")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "visible.txt").write_text("shown\n")
+    default = run_ww("export", str(with_hidden)).stdout
+    assert default == run_ww("export", str(plain)).stdout
+    hidden = run_ww("export", "--hidden", str(with_hidden)).stdout
+    assert hidden != default
+    out = tmp_path / "out"
+    assert run_ww("import", hidden.strip(), str(out)).returncode == 0
+    assert (out / ".env").read_text() == "SECRET=1\n"
+    assert (out / ".git" / "HEAD").read_text() == "ref\n"

@@ -22,17 +22,20 @@ PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this
 @click.option("--raw-leaves/--no-raw-leaves", default=None,
               help="Store file chunks as raw blocks (default: only with --cid-version 1).")
 @click.option("--pin/--no-pin", default=True, show_default=True, help="Pin what is added.")
+@click.option("-H", "--hidden", is_flag=True,
+              help="Include files and directories whose names start with '.' (as kubo's "
+                   "ipfs add --hidden; skipped by default, as by ipfs add).")
 @click.option("--ipfs", "ipfs_api", envvar="WW_IPFS", metavar="ADDR",
               help="A kubo node's RPC API to use instead of the embedded node.")
 def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
-           pin: bool, ipfs_api: str | None) -> None:
+           pin: bool, hidden: bool, ipfs_api: str | None) -> None:
     """Add PATH (a file, symlink or directory tree) and print /ipfs/<cid>."""
     from ww.ipfs.api import AddOptions
     from ww.ipfs.backend import open_backend
 
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{path}: no such file or directory")
-    options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin)
+    options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin, hidden=hidden)
     api = open_backend(ipfs_api, check=bool(ipfs_api))
     try:
         if path.is_file() and not path.is_symlink():

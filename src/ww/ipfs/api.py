@@ -100,6 +100,9 @@ class AddOptions:
     raw_leaves: bool | None = None
     pin: bool = True
     only_hash: bool = False
+    # Directory trees: include names starting with "." (kubo's library does; its command line,
+    # and so `ww export`, skips them unless --hidden is given).
+    hidden: bool = True
 
 
 class CoreAPI(Protocol):

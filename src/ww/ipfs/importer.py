@@ -69,13 +69,15 @@ class ImportParams:
 
     cid_version: int = 0
     raw_leaves: bool = False
+    hidden: bool = True  # include directory entries whose names start with "."
 
     @classmethod
     def from_options(cls, options: AddOptions) -> ImportParams:
         if options.cid_version not in (0, 1):
             raise UnsupportedError(f"unsupported CID version {options.cid_version} (use 0 or 1)")
         raw = options.raw_leaves
-        return cls(options.cid_version, options.cid_version == 1 if raw is None else raw)
+        return cls(options.cid_version, options.cid_version == 1 if raw is None else raw,
+                   options.hidden)
 
     def node_cid(self, mh: bytes) -> CID:
         return CID.v0(mh) if self.cid_version == 0 else CID.v1(DAG_PB, mh)
@@ -281,8 +283,9 @@ def file_chunks(path: Path | str, size: int = 1 << 20) -> Iterator[bytes]:
 def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
     """Import a file, symlink or directory tree (``ipfs add -r``).
 
-    Symlinks are stored, never followed, including ``path`` itself.  Hidden files are included
-    (kubo's library API does; only its command line skips them by default).  Other file types
+    Symlinks are stored, never followed, including ``path`` itself.  Hidden entries (names
+    starting with ".") inside directories are included unless ``params.hidden`` is false, as
+    kubo's command line does by default; ``path`` itself is always added.  Other file types
     (sockets, devices, FIFOs) raise :class:`UnsupportedError`.
     """
     st = os.lstat(path)
@@ -293,7 +296,11 @@ def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
         return import_file(file_chunks(path), params, sink)
     if stat_mod.S_ISDIR(mode):
         with os.scandir(path) as it:
-            names = sorted(os.fsencode(entry.name) for entry in it)
+            names = sorted(
+                os.fsencode(entry.name)
+                for entry in it
+                if params.hidden or not entry.name.startswith(".")
+            )
         children = [
             (name, import_path(Path(os.fsdecode(path)) / os.fsdecode(name), params, sink))
             for name in names

@@ -266,13 +266,16 @@ def _part_header(name: str, content_type: str) -> bytes:
     ).encode("ascii")
 
 
-def _tree_parts(root: Path, root_name: str) -> Iterator[tuple[str, str, Iterable[bytes]]]:
+def _tree_parts(
+    root: Path, root_name: str, hidden: bool = True
+) -> Iterator[tuple[str, str, Iterable[bytes]]]:
     """``(name, content type, body)`` for every node under ``root``, parents first.
 
     This is the layout kubo's own client sends for ``ipfs add -r``: a directory is an empty
     ``application/x-directory`` part, a symlink an ``application/symlink`` part holding its
     target, and every name is the full slash-separated path from the root.  Symlinks are
-    stored, never followed; hidden files are included (as in the embedded importer).
+    stored, never followed; hidden entries are included unless ``hidden`` is false (as in the
+    embedded importer).
     """
     stack: list[tuple[str, str]] = [(os.fsdecode(root), root_name)]
     while stack:
@@ -285,7 +288,10 @@ def _tree_parts(root: Path, root_name: str) -> Iterator[tuple[str, str, Iterable
         elif stat_mod.S_ISDIR(mode):
             yield name, "application/x-directory", ()
             with os.scandir(fs_path) as it:
-                names = sorted((os.fsencode(e.name) for e in it), reverse=True)
+                names = sorted(
+                    (os.fsencode(e.name) for e in it if hidden or not e.name.startswith(".")),
+                    reverse=True,
+                )
             stack.extend(
                 (os.path.join(fs_path, os.fsdecode(n)), f"{name}/{os.fsdecode(n)}") for n in names
             )
@@ -639,7 +645,7 @@ class KuboClient:
         path = Path(path)
         os.lstat(path)  # a missing path is the caller's FileNotFoundError, before any request
         name = path.name or "root"
-        return self._add(_tree_parts(path, name), name, options)
+        return self._add(_tree_parts(path, name, options.hidden), name, options)
 
     # --- reading ------------------------------------------------------------------------
 
