@@ -180,7 +180,7 @@ def test_kill_9_mid_add_leaves_no_corrupt_block_and_gc_cleans_up(tmp_path: Path)
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_ADDER, str(repo)])
     try:
         deadline = time.monotonic() + 30
-        while len(_block_files(repo)) < 300 and time.monotonic() < deadline:
+        while len(_block_files(repo)) < 100 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, "the adder ended before it was killed"
     finally:
@@ -188,7 +188,7 @@ def test_kill_9_mid_add_leaves_no_corrupt_block_and_gc_cleans_up(tmp_path: Path)
         proc.wait(timeout=10)
     report = node.check()
     assert report.corrupt_blocks == [] and report.missing_blocks == []
-    assert report.blocks > 300
+    assert report.blocks >= 100
     assert node.pins() == [kept]
     node.gc()
     after = node.check()
