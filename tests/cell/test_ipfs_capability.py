@@ -221,6 +221,19 @@ def test_run_ipfs_path_fetches_once_into_a_verified_cache(tmp_path, ww_home):
     assert r.stdout == "from ipfs: again\n", r.stderr
 
 
+def test_program_added_with_raw_leaves_is_not_fetched_again(tmp_path, ww_home):
+    prog = tmp_path / "big.sh"
+    prog.write_text("#!/bin/sh\necho big\n" + "#" * 300_000 + "\n")  # several chunks
+    r = run_ww("export", "--raw-leaves", str(prog))
+    path = r.stdout.strip()
+    assert run_ww("run", path).stdout == "big\n"
+    cached = ww_home / "exec-cache" / path.removeprefix("/ipfs/")
+    first = cached.stat()
+    assert run_ww("run", path).stdout == "big\n"
+    again = cached.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+
 def test_tampered_cache_entry_is_not_run(tmp_path, ww_home):
     prog = tmp_path / "prog.sh"
     prog.write_text("#!/bin/sh\necho genuine\n")
@@ -235,7 +248,8 @@ def test_tampered_cache_entry_is_not_run(tmp_path, ww_home):
 
 @pytest.mark.parametrize(
     ("target", "code"),
-    [("/ipfs/{missing}", 127), ("/ipfs/{dir}", 126), ("/ipfs/not-a-cid", 1)],
+    [("/ipfs/{missing}", 127), ("/ipfs/{dir}", 126), ("/ipfs/not-a-cid", 2), ("/ipfs/", 2),
+     ("/ipfs/{dir}/nope", 127)],
 )
 def test_run_ipfs_path_errors(tmp_path, target, code):
     (tmp_path / "d").mkdir()

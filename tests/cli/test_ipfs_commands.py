@@ -77,6 +77,10 @@ def test_car_export_and_import_into_a_fresh_repository(tmp_path, monkeypatch):
     r = run_ww("export", "--car", str(car), str(src))
     assert r.returncode == 0, r.stderr
     assert car.stat().st_size > 600_000
+    # --car writes the CAR instead of storing: the repository does not have the tree.
+    assert run_ww("import", r.stdout.strip(), str(tmp_path / "not-here")).returncode != 0
+    assert not (tmp_path / "not-here").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     monkeypatch.setenv("WW_HOME", str(tmp_path / "other-home"))  # a repository without it
     out = tmp_path / "out"
     r = run_ww("import", str(car), str(out))
@@ -151,3 +155,19 @@ def test_export_skips_hidden_entries_unless_asked_as_ipfs_add_does(tmp_path):
     assert run_ww("import", hidden.strip(), str(out)).returncode == 0
     assert (out / ".env").read_text() == "SECRET=1\n"
     assert (out / ".git" / "HEAD").read_text() == "ref\n"
+
+
+@pytest.mark.parametrize("where", ["missing-dir/out.car", "."])
+def test_unwritable_car_destination_is_a_usage_error_before_any_work(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    r = run_ww("export", "--car", str(tmp_path / where), str(tmp_path / "f"))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--car" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["export", "."], ["import", "/ipfs/x"],
+                                     ["run", "/bin/true"]])
+def test_malformed_ipfs_address_is_a_usage_error(command):
+    r = run_ww(command[0], "--ipfs", "garbage", *command[1:])
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--ipfs" in r.stderr

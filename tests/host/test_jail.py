@@ -151,3 +151,19 @@ def test_proc_1_root_does_not_lead_to_the_host():
 def test_hostname_is_the_cells_own():
     r = sh("cat /proc/sys/kernel/hostname")
     assert r.stdout.strip() == "cell"
+
+
+def test_an_interpreter_outside_an_installation_is_bound_alone(tmp_path):
+    """A `#!` interpreter in some ~/bin must not expose the directory around it."""
+    fake_home = tmp_path / "home"
+    (fake_home / "bin").mkdir(parents=True)
+    (fake_home / "secret.txt").write_text("home secret")
+    interpreter = fake_home / "bin" / "mysh"
+    interpreter.write_bytes(Path("/bin/sh").read_bytes())
+    interpreter.chmod(0o755)
+    script = tmp_path / "script.sh"
+    script.write_text(f"#!{interpreter}\ncat {fake_home}/secret.txt; ls {fake_home}\n")
+    script.chmod(0o755)
+    r = run_ww("run", str(script))
+    assert "home secret" not in r.stdout
+    assert r.stdout.split() == ["bin"]  # only the path down to the interpreter exists

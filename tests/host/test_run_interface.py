@@ -181,6 +181,19 @@ def test_bad_fd_flag_is_a_usage_error_naming_the_flag(flag, needle):
     assert needle in lines[0] and repr(flag) in lines[0]
 
 
+def test_fd_number_out_of_range_is_a_usage_error():
+    r = run_ww("run", "--fd", "db=99999999999999999999", "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "'db=99999999999999999999'" in r.stderr
+
+
+def test_closed_stdout_and_stderr_do_not_change_the_status():
+    for fd in (1, 2):
+        r = subprocess.run(["/bin/sh", "-c", f'exec {fd}>&-; exec "$@"', "sh", WW, "run",
+                            "/bin/sh", "-c", "exit 5"], timeout=30)
+        assert r.returncode == 5
+
+
 def test_duplicate_fd_name_is_a_usage_error_case_insensitively():
     r = run_ww("run", "--fd", "db=1", "--fd", "DB=2", "/bin/echo", "cell started")
     assert r.returncode == 2

@@ -76,6 +76,8 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
         self._result: asyncio.Future[str] = self._loop.run_in_executor(
             None, lambda: api.add_stream(self._chunks(), options)
         )
+        # A cell that drops the writer never awaits the result: mark its error as seen.
+        self._result.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _chunks(self) -> Iterator[bytes]:
         """Runs in the worker thread: take chunks off the queue until the end marker."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ww.cli._ipfs_option import ipfs_option
 from ww.errors import UsageError
 
 
@@ -13,8 +14,7 @@ from ww.errors import UsageError
 @click.argument("source")
 @click.argument("local_path", required=False, type=click.Path(path_type=Path))
 @click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
-@click.option("--ipfs", "ipfs_api", envvar="WW_IPFS", metavar="ADDR",
-              help="A kubo node's RPC API to use instead of the embedded node.")
+@ipfs_option
 def import_(source: str, local_path: Path | None, executable: bool,
             ipfs_api: str | None) -> None:
     """Write SOURCE to LOCAL-PATH (default: the current directory).

@@ -106,6 +106,8 @@ def _exit(status: int) -> None:
     import os
 
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that fd closed
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):

@@ -7,8 +7,47 @@ from typing import Any
 
 import click
 
+from ww.cli._ipfs_option import ipfs_option
+
 # Capabilities `ww run` can grant, in the order Session.granted lists them.
 CAPABILITIES = ("console", "ipfs")
+
+# Hardening: the seccomp mode and resource limits (see docs/security.md), option -> envvar.
+_LIMIT_OPTIONS = {
+    "memory": ("WW_MEMORY", "SIZE", "Stop the cell (exit 66) when its processes and its "
+               "/cell and /tmp hold more than SIZE of memory (e.g. 256M, 2G)."),
+    "cpu_time": ("WW_CPU_TIME", "SECONDS", "Stop the cell (exit 66) after SECONDS of CPU time, "
+                 "all its processes together."),
+    "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it runs more than N processes and "
+             "threads at once."),
+    "fsize": ("WW_FSIZE", "SIZE", "Stop the cell (exit 66) when it writes a file larger "
+              "than SIZE."),
+    "timeout": ("WW_TIMEOUT", "SECONDS", "Stop the cell (exit 66) after SECONDS of wall-clock "
+                "time (e.g. 30, 2.5s, 5m)."),
+}
+
+
+def _hardening_options(f: Any) -> Any:
+    for name, (envvar, metavar, help_text) in reversed(_LIMIT_OPTIONS.items()):
+        f = click.option(f"--{name.replace('_', '-')}", name, envvar=envvar, metavar=metavar,
+                         help=help_text)(f)
+    return click.option("--strict", is_flag=True, envvar="WW_STRICT",
+                        help="Kill the cell on its first system call the seccomp filter "
+                             "denies, and exit 67 naming it (default: the call fails with "
+                             "EPERM).")(f)
+
+
+def _limits(options: dict[str, Any]) -> Any:
+    """The Limits the options ask for, or None; a bad value is a usage error naming its flag."""
+    given = {k: v for k, v in options.items() if k in _LIMIT_OPTIONS and v is not None}
+    if not given:
+        return None
+    from ww.host import limits
+
+    parse = {"memory": limits.parse_size, "fsize": limits.parse_size,
+             "cpu_time": limits.parse_seconds, "timeout": limits.parse_seconds,
+             "pids": limits.parse_count}
+    return limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-")) for k, v in given.items()})
 
 
 @click.command(
@@ -26,18 +65,16 @@ CAPABILITIES = ("console", "ipfs")
               help="Grant the IPFS capability.")
 @click.option("--with-all", is_flag=True, envvar="WW_WITH_ALL",
               help="Grant every capability.")
-@click.option("--ipfs", "ipfs_api", envvar="WW_IPFS", metavar="ADDR",
-              help="Use the kubo node whose RPC API is at ADDR (a multiaddr such as "
-                   "/ip4/127.0.0.1/tcp/5001/http, or an http:// URL) instead of the embedded "
-                   "node in $WW_HOME.")
+@ipfs_option
 @click.option("--jail", type=click.Choice(["bwrap", "none"]), default="bwrap",
               envvar="WW_JAIL", show_default=True,
               help="How to isolate the cell; 'none' runs it with the host's full authority.")
+@_hardening_options
 @click.argument("executable")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: bool,
         with_ipfs: bool, with_all: bool, ipfs_api: str | None, jail: str, executable: str,
-        args: tuple[str, ...]) -> int:
+        args: tuple[str, ...], **hardening: Any) -> int:
     """Run EXECUTABLE [ARGS...] as a cell.
 
     The cell gets the host's stdin, stdout and stderr, the Cap'n Proto RPC socket on fd 3,
@@ -74,6 +111,8 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
         debug=bool(click.get_current_context().find_root().params.get("debug")),
+        strict=hardening["strict"],
+        limits=_limits(hardening),
     )
     return supervisor.run(config)
 

@@ -88,13 +88,42 @@ def _read_shebang(path: str) -> list[str] | None:
     return [interp] + ([arg] if arg else [])
 
 
+def _is_installation(prefix: str) -> bool:
+    """A directory that is a Python installation or virtualenv, not just any parent of bin/.
+
+    Binding the parent of an interpreter's ``bin`` blindly would expose a whole home
+    directory for an interpreter in ``~/bin``; only a real installation is bound.
+    """
+    if os.path.isfile(os.path.join(prefix, "pyvenv.cfg")):
+        return True
+    lib = os.path.join(prefix, "lib")
+    try:
+        return any(name.startswith("python3") for name in os.listdir(lib))
+    except OSError:
+        return False
+
+
+def _never_bound(prefix: str) -> bool:
+    """The root, the system directories, and the home directory or any directory above it."""
+    if prefix == "/" or _is_system(prefix):
+        return True
+    home = os.path.realpath(os.path.expanduser("~"))
+    real = os.path.realpath(prefix)
+    return home == real or home.startswith(real.rstrip("/") + "/")
+
+
 def _prefix_dirs(interpreter: str) -> list[str]:
-    """The installation an interpreter needs: a virtualenv and its base, or its own prefix."""
+    """The installation a Python interpreter needs: a virtualenv and its base installation.
+
+    Any other interpreter outside the system directories is bound alone (the file itself).
+    """
     dirs: list[str] = []
     for exe in (interpreter, os.path.realpath(interpreter)):
         bindir = os.path.dirname(exe)
         prefix = os.path.dirname(bindir)
-        if os.path.basename(bindir) != "bin" or prefix == "/" or _is_system(prefix):
+        if os.path.basename(bindir) != "bin" or _never_bound(prefix):
+            continue
+        if not _is_installation(prefix):
             continue
         dirs.append(prefix)
         cfg = os.path.join(prefix, "pyvenv.cfg")
@@ -105,7 +134,7 @@ def _prefix_dirs(interpreter: str) -> list[str]:
                     home = value.strip()
                     if key.strip() == "home" and home:
                         base = os.path.dirname(home) if os.path.basename(home) == "bin" else home
-                        if not _is_system(base):
+                        if not _never_bound(base) and _is_installation(base):
                             dirs.append(base)
     return list(dict.fromkeys(dirs))
 

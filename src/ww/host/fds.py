@@ -59,7 +59,7 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
         source = int(num)
         try:
             os.fstat(source)
-        except OSError:
+        except (OSError, OverflowError):
             raise UsageError(f"{where}: fd {source} is not open in the host") from None
         grants.append(FdGrant(name=name, source=source, target=FIRST_GRANTED_FD + i))
     return grants

@@ -1,11 +1,11 @@
 """``ww run /ipfs/<cid>[/path]``: a content-addressed cache of executables fetched from IPFS.
 
 The file is fetched once into ``$WW_HOME/exec-cache/<cid>``, written atomically (a
-temporary sibling, fsync, rename) with mode 0555, and verified by hashing it again with the
-add options its CID implies (kubo's defaults: CIDv0, or CIDv1 with raw leaves).  On later
-runs the cached copy is hashed again before use, so a tampered cache entry is fetched anew
-instead of run.  A file whose CID came from other add options cannot be re-derived that
-way; the embedded node has already checked every block of it against its CID while
+temporary sibling, fsync, rename) with mode 0555, and verified by hashing it again the way
+its CID was made (kubo's fixed-size chunks, with dag-pb or raw leaves).  On later runs the
+cached copy is hashed again before use (about 2 GB/s), so a tampered cache entry is fetched
+anew instead of run.  A file chunked some other way (another chunker or layout) cannot be
+re-derived: the embedded node has already checked every block of it against its CID while
 reading, and a kubo node's answer for it is refused as unverifiable.
 """
 
@@ -15,8 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ww.errors import CommandNotFoundError, NotExecutableError
-from ww.ipfs.api import AddOptions, CoreAPI, EntryType, NotFoundError
+from ww.errors import CommandNotFoundError, NotExecutableError, UsageError
+from ww.ipfs.api import AddOptions, CoreAPI, EntryType, InvalidPathError, NotFoundError
 
 
 def is_ipfs_path(command: str) -> bool:
@@ -30,13 +30,23 @@ def cache_dir() -> Path:
 
 
 def _verified(path: Path, cid: str) -> bool:
-    """Does the file hash to ``cid`` with kubo's default add options for that CID version?"""
+    """Does the file hash to ``cid`` with the add options that can have made it?
+
+    Files are chunked as kubo chunks them by default; the CID's version and whether its
+    leaves are raw are the only choices `ww export` and `ipfs add` leave, so the default for
+    the CID's version is tried first and the other leaf kind second.
+    """
     from ww.ipfs.importer import ImportParams, NullSink, import_file
 
-    options = AddOptions(cid_version=0 if cid.startswith("Qm") else 1)
-    with open(path, "rb") as f:
-        chunks = iter(lambda: f.read(1 << 20), b"")
-        return str(import_file(chunks, ImportParams.from_options(options), NullSink()).cid) == cid
+    version = 0 if cid.startswith("Qm") else 1
+    for raw_leaves in ((False, True) if version == 0 else (True, False)):
+        options = AddOptions(cid_version=version, raw_leaves=raw_leaves)
+        with open(path, "rb") as f:
+            chunks = iter(lambda: f.read(1 << 20), b"")
+            made = import_file(chunks, ImportParams.from_options(options), NullSink()).cid
+        if str(made) == cid:
+            return True
+    return False
 
 
 def fetch(api: CoreAPI, ipfs_path: str) -> str:
@@ -47,7 +57,10 @@ def fetch(api: CoreAPI, ipfs_path: str) -> str:
     """
     from ww.ipfs.path import parse_path
 
-    parsed = parse_path(ipfs_path)
+    try:
+        parsed = parse_path(ipfs_path)
+    except InvalidPathError as e:
+        raise UsageError(str(e)) from None
     directory = cache_dir()
     if not parsed.segments:
         cached = directory / str(parsed.root)
@@ -76,8 +89,8 @@ def fetch(api: CoreAPI, ipfs_path: str) -> str:
             os.fsync(out.fileno())
         if not _verified(Path(tmp), cid) and not _block_verified(api):
             raise NotExecutableError(
-                f"{ipfs_path}: the bytes received do not hash to {cid} with kubo's default add "
-                "options, so they cannot be verified; add the program with default options"
+                f"{ipfs_path}: the bytes received do not hash to {cid} with kubo's fixed-size "
+                "chunking, so they cannot be verified; add the program with default options"
             )
         os.replace(tmp, cached)
     except BaseException:

@@ -56,6 +56,8 @@ class JailSpec:
 
     binds: list[str]  # host paths bound read-only at the same path
     status_fd: int  # fd (in bwrap) where bubblewrap writes its JSON status
+    seccomp_fd: int | None = None  # fd (in bwrap) holding the seccomp program to install
+    tmpfs_size: int | None = None  # bytes: the most /cell and /tmp may each hold
 
 
 def find_bwrap() -> str:
@@ -82,8 +84,11 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         "--die-with-parent",
         "--new-session",
         "--json-status-fd", str(spec.status_fd),
-        "--ro-bind", "/usr", "/usr",
     ]  # fmt: skip
+    if spec.seccomp_fd is not None:
+        # Installed just before the program starts; see ww/host/seccomp.py for the rules.
+        argv += ["--seccomp", str(spec.seccomp_fd)]
+    argv += ["--ro-bind", "/usr", "/usr"]
     for path in _ROOT_LINKS_OR_DIRS:
         if os.path.islink(path):
             argv += ["--symlink", os.readlink(path), path]
@@ -92,11 +97,12 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
     for path in _ETC:
         if os.path.exists(path):
             argv += ["--ro-bind", path, path]
+    size = ["--size", str(spec.tmpfs_size)] if spec.tmpfs_size is not None else []
     argv += [
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
-        "--tmpfs", CELL_DIR,
+        *size, "--tmpfs", "/tmp",
+        *size, "--tmpfs", CELL_DIR,
     ]  # fmt: skip
     for path in spec.binds:
         argv += ["--ro-bind", path, path]

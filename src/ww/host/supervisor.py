@@ -7,10 +7,18 @@ that never speaks RPC (``ww run /bin/true``) never pays for them.
 No orphans: the jail (or, with ``--jail=none``, the program) gets ``PR_SET_PDEATHSIG``
 = SIGKILL, and bubblewrap's ``--die-with-parent`` carries that to everything inside, so
 a host killed even by SIGKILL takes its cell with it.
+
+Hardening (see docs/security.md): every jailed cell runs under the seccomp filter of
+:mod:`ww.host.seccomp`; with ``--strict`` a thread waits for the kernel's report of a denied
+call and stops the cell (exit 67).  With resource limits, the watchdog thread of
+:mod:`ww.host.limits` stops a cell that goes over one (exit 66).  Neither thread exists when
+it has nothing to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import select
@@ -18,13 +26,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ww.errors import HostError
-from ww.host import executable, fds, jail
+from ww.errors import EXIT_ISOLATION_VIOLATION, EXIT_RESOURCE_LIMIT, HostError, WwError
+from ww.host import executable, fds, jail, limits, seccomp
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -44,6 +53,8 @@ class RunConfig:
     jailed: bool = True
     search_path: str | None = None
     debug: bool = False
+    strict: bool = False  # kill the cell on its first denied system call (exit 67)
+    limits: limits.Limits | None = None
 
 
 def _pdeathsig_setter() -> Callable[[], None]:
@@ -117,20 +128,30 @@ class _Cell:
 
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
-           status_w: int | None, cwd: str | None) -> subprocess.Popen[bytes]:
+           extra: list[int], cwd: str | None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with fd 3, the grants, and then ``extra`` fds right after the grants.
+
+    ``extra`` are bubblewrap's own fds (its status pipe, the seccomp program, the strict
+    helper's socket): bwrap_argv names them by the numbers they get here.
+    """
     grants = config.grants
-    status_target = fds.FIRST_GRANTED_FD + len(grants)
-    keep = [fds.RPC_FD] + [g.target for g in grants]
-    if status_w is not None:
-        keep.append(status_target)
+    first_extra = fds.FIRST_GRANTED_FD + len(grants)
+    targets = list(range(first_extra, first_extra + len(extra)))
+    keep = [fds.RPC_FD] + [g.target for g in grants] + targets
+    floor = first_extra + len(extra)
 
     set_pdeathsig = _pdeathsig_setter()
+    set_limits = limits.preexec_setter(config.limits)
 
     def child_setup() -> None:
         set_pdeathsig()
+        set_limits()
+        # Move the extra fds above every target first, so that installing the grants
+        # cannot overwrite one of them.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in extra]
         fds.install_fds(rpc_fd, grants)
-        if status_w is not None:
-            os.dup2(status_w, status_target, inheritable=True)
+        for fd, target in zip(high, targets, strict=True):
+            os.dup2(fd, target, inheritable=True)
 
     try:
         return subprocess.Popen(
@@ -139,11 +160,54 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
             pass_fds=keep,
             close_fds=True,
             preexec_fn=child_setup,
-            start_new_session=status_w is None,  # bubblewrap does its own --new-session
+            start_new_session=not config.jailed,  # bubblewrap does its own --new-session
             cwd=cwd,
         )
     except OSError as e:
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
+
+
+class _Verdict:
+    """The first reason the host stopped the cell: a limit (66) or a denied call (67)."""
+
+    def __init__(self) -> None:
+        self.message: str | None = None
+        self.exit_code = 0
+        self._lock = threading.Lock()
+
+    def decide(self, message: str, exit_code: int) -> None:
+        with self._lock:
+            if self.message is None:
+                self.message, self.exit_code = message, exit_code
+
+
+def _watch_strict(sock: socket.socket, verdict: _Verdict, stop_cell: Callable[[], None]) -> None:
+    """Thread: wait for the strict helper's listener, then for the first denied call."""
+    try:
+        listener = seccomp.receive_listener(sock)
+    finally:
+        sock.close()
+    if listener is None:
+        return  # the helper failed (it said why) or the cell is gone
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    while True:
+        for _, events in poller.poll():
+            if events & select.POLLIN:
+                found = seccomp.receive_violation(listener)
+                if found is not None:
+                    _, name = found
+                    verdict.decide(f"isolation violation: the cell called {name}, which the "
+                                   "seccomp filter denies (--strict); it was stopped",
+                                   EXIT_ISOLATION_VIOLATION)
+                    # The caller stays blocked in the call while the whole cell is killed:
+                    # the listener stays open until `ww run` exits, because closing it
+                    # would answer every waiting call (with ENOSYS) and let it go on.
+                    stop_cell()
+                    return
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os.close(listener)  # every process of the cell has exited
+                return
 
 
 def run(config: RunConfig) -> int:
@@ -153,13 +217,24 @@ def run(config: RunConfig) -> int:
     host_sock, cell_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     workdir: str | None = None
     status_r: int | None = None
-    status_w: int | None = None
+    extra: list[int] = []  # host fds bubblewrap gets right after the grants
+    strict_sock: socket.socket | None = None
     if bwrap is not None:
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)
-        spec = jail.JailSpec(binds=program.binds,
-                             status_fd=fds.FIRST_GRANTED_FD + len(config.grants))
-        argv = jail.bwrap_argv(bwrap, spec, program.argv)
+        first = fds.FIRST_GRANTED_FD + len(config.grants)
+        extra = [status_w, seccomp.program_fd(seccomp.STRICT if config.strict else seccomp.DENY)]
+        argv_program, binds = program.argv, program.binds
+        if config.strict:
+            strict_sock, helper_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            extra.append(helper_sock.detach())
+            argv_program, binds = _strict_helper(first + 1, first + 2, program)
+        spec = jail.JailSpec(
+            binds=binds, status_fd=first,
+            seccomp_fd=None if config.strict else first + 1,
+            tmpfs_size=config.limits.memory if config.limits else None,
+        )
+        argv = jail.bwrap_argv(bwrap, spec, argv_program)
     else:
         import tempfile
 
@@ -179,17 +254,41 @@ def run(config: RunConfig) -> int:
             pending.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
+    watchdog: limits.Watchdog | None = None
+    verdict = _Verdict()
     try:
-        proc = _spawn(argv, config.env, cell_sock.fileno(), config, status_w, workdir)
-        cell_sock.close()
-        if status_w is not None:
-            os.close(status_w)
+        try:
+            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir)
+        finally:
+            cell_sock.close()
+            for fd in extra:
+                os.close(fd)
         cell = _Cell(proc, status_r)
         target.append(cell)
+        stop_cell = _stopper(proc, config.jailed)
+        if strict_sock is not None:
+            threading.Thread(target=_watch_strict, args=(strict_sock, verdict, stop_cell),
+                             name="ww-strict", daemon=True).start()
+        if config.limits is not None and config.limits.watched:
+            watchdog = limits.Watchdog(
+                config.limits, proc.pid, config.jailed,
+                on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
+                stop_cell=stop_cell,
+            )
+            watchdog.start()
         for signum in pending:
             cell.forward(signum)
         _supervise(cell, host_sock, config)
-        return _exit_status(cell)
+        if watchdog is not None:
+            watchdog.stop()
+        if verdict.message is not None:
+            raise WwError(verdict.message, exit_code=verdict.exit_code)
+        status = _exit_status(cell)
+        hit = config.limits.killed_by_backstop(status) if config.limits else None
+        if hit is not None:
+            raise WwError(config.limits.exceeded_message(hit),  # type: ignore[union-attr]
+                          exit_code=EXIT_RESOURCE_LIMIT)
+        return status
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -198,6 +297,40 @@ def run(config: RunConfig) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:
+    """Kill the whole cell at once.
+
+    Jailed: first bubblewrap's init inside the jail, whose death makes the kernel kill
+    every process of the jail's pid namespace, then bubblewrap itself.  Unjailed: the
+    program's process group.
+    """
+
+    def stop() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if not jailed:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+            for init in limits.children(proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(init, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)
+
+    return stop
+
+
+def _strict_helper(filter_fd: int, sock_fd: int,
+                   program: executable.Program) -> tuple[list[str], list[str]]:
+    """The jail's argv and binds when the strict helper runs first (see ww.host.seccomp)."""
+    python = os.path.realpath(sys.executable)
+    binds = list(program.binds)
+    for path in [python, *executable._prefix_dirs(python)]:
+        if not executable._is_system(path) and path not in binds:
+            binds.append(path)
+    argv = [python, "-I", "-S", "-c", seccomp.STRICT_HELPER, str(filter_fd), str(sock_fd),
+            *program.argv]
+    return argv, binds
 
 
 def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig) -> None:
