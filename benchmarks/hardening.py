@@ -46,7 +46,7 @@ def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
 
 def startup(runs: int, vs: dict[str, tuple[list[str], dict[str, str]]]) -> None:
     samples: dict[str, list[float]] = {name: [] for name in vs}
-    for name, (flags, env) in vs.items():  # warm up
+    for flags, env in vs.values():  # warm up
         subprocess.run([WW, "run", *flags, "/bin/true"], env=env, check=True)
     for _ in range(runs):
         for name, (flags, env) in vs.items():

@@ -5,6 +5,11 @@ Data moves in bounded pieces both ways.  ``add`` hands the cell a ``Writer``: ea
 holds at most a few chunks of a file at a time, whatever its size.  ``cat`` hands out a
 ``Reader`` whose ``read(count)`` returns at most ``count`` bytes (capped at 4 MiB) pulled
 from the backend's streaming ``cat``.
+
+Attenuation: a server may carry an :class:`~ww.caps.ipfs_scope.IpfsScope` (read-only, and/or
+limited to the DAGs under some roots) and checks every call against it before touching the
+backend; ``attenuate`` hands out a new server with a narrower scope over the same backend.
+A server without a scope is the full capability and pays nothing for the checks.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ww.caps.denied import NOBODY, Caller
+from ww.caps.ipfs_scope import IpfsScope, canonical
 from ww.ipfs.api import AddOptions, CoreAPI, Entry, EntryType, PeerInfo, Stat
 from ww.schema import load
 
@@ -156,12 +163,38 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
 
 
 class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
-    """The IPFS interface of ipfs.capnp over one CoreAPI backend."""
+    """The IPFS interface of ipfs.capnp over one CoreAPI backend, within ``scope`` if given."""
 
-    def __init__(self, api: CoreAPI) -> None:
+    def __init__(self, api: CoreAPI, scope: IpfsScope | None = None,
+                 caller: Caller = NOBODY) -> None:
         self._api = api
+        self.scope = scope
+        self._caller = caller
+
+    def _check(self, method: str, path: str | None = None) -> None:
+        if self.scope is not None and (reason := self.scope.denied(method, path)):
+            raise self._caller.deny("ipfs", method, reason)
+
+    def narrowed(self, method: str, read_only: bool, roots: list[str]) -> IpfsScope:
+        """The scope of a capability narrower than this one (for ``attenuate`` and for a
+        sub-cell's grant); a root outside this capability's own is refused."""
+        scope = self.scope or IpfsScope(self._api)
+        resolved = []
+        for root in roots:
+            if reason := scope.path_denied(root):
+                raise self._caller.deny("ipfs", method, f"cannot widen the capability: {reason}")
+            resolved.append(canonical(self._api.resolve(root)))
+        return scope.narrowed(read_only, resolved)
+
+    async def attenuate(self, readOnly: bool, roots: Any, _context: Any, **kwargs: Any) -> None:
+        scope = self.narrowed("attenuate", readOnly, [str(r) for r in roots])
+        self._caller.audit.emit("grant", capability="ipfs", peer=self._caller.peer,
+                                via="attenuate", read_only=scope.read_only,
+                                roots=list(scope.roots))
+        _context.results.ipfs = IpfsServer(self._api, scope, self._caller)
 
     async def add(self, options: Any, _context: Any, **kwargs: Any) -> None:
+        self._check("add")
         if options.cidVersion not in (0, 1):
             raise ValueError(f"cidVersion {options.cidVersion}: expected 0 or 1")
         opts = AddOptions(
@@ -174,39 +207,52 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
     async def cat(self, path: str, offset: int, length: int, _context: Any,
                   **kwargs: Any) -> None:
+        self._check("cat", path)
         chunks = self._api.cat(path, offset, None if length < 0 else length)
         # Fail now on a bad path or a non-file, rather than on the first read.
         first = next(chunks, b"")
         _context.results.reader = ReaderServer(_prepend(first, chunks))
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
+        self._check("ls", path)
         entries = self._api.ls(path)
         out = _context.results.init("entries", len(entries))
         for i, entry in enumerate(entries):
             _fill_entry(out[i], entry)
 
     async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
+        self._check("stat", path)
         _fill_stat(_context.results.init("info"), self._api.stat(path))
 
     async def resolve(self, path: str, **kwargs: Any) -> str:
+        self._check("resolve", path)
         return self._api.resolve(path)
 
     async def pin(self, path: str, recursive: bool, **kwargs: Any) -> None:
+        self._check("pin", path)
         self._api.pin(path, recursive)
 
     async def unpin(self, path: str, **kwargs: Any) -> None:
+        self._check("unpin", path)
         self._api.unpin(path)
 
     async def pins(self, **kwargs: Any) -> list[str]:
-        return list(self._api.pins())
+        self._check("pins")
+        pins = self._api.pins()
+        if self.scope is not None and self.scope.roots:
+            pins = [cid for cid in pins if self.scope.contains(cid)]  # only what it may see
+        return list(pins)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
+        self._check("id")
         _fill_peer(_context.results.init("info"), self._api.id())
 
     async def connect(self, addr: str, **kwargs: Any) -> None:
+        self._check("connect")
         self._api.connect(addr)
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:
+        self._check("peers")
         peers = self._api.peers()
         out = _context.results.init("peers", len(peers))
         for i, peer in enumerate(peers):

@@ -16,23 +16,43 @@ Synchronous, for scripts::
     db = os.fdopen(ww.cell.fd("db"))                  # the fd the operator named "db"
 
 A capability the operator did not grant raises :class:`CapabilityNotGranted` on first
-use of ``session.<name>``, which names the ``ww run`` flag that would grant it.
+use of ``session.<name>``, which names the ``ww run`` flag that would grant it.  A call
+outside a narrowed capability's grant raises :class:`CapabilityDenied`; uncaught in the
+synchronous form, either ends the cell with status 65.
+
+With an identity (``ww run --identity``, or ``session(identity=key)``) the login is signed
+by :class:`Signer`; ``session.peer_id`` is then the cell's peer id.  Sub-cells:
+``session.exec.spawn("/ipfs/<cid>", "arg", ipfs=True, ipfs_read_only=True)``.
 """
 
 from __future__ import annotations
 
-from ww.cell._errors import CapabilityNotGranted, CellError, FdNotProvided, RemoteError
+from ww.cell._errors import (
+    AuthenticationFailed,
+    CapabilityDenied,
+    CapabilityNotGranted,
+    CellError,
+    FdNotProvided,
+    RemoteError,
+)
 from ww.cell._fds import fd
-from ww.cell._session import Console, Session, connect
+from ww.cell._p2p import P2P, RemoteService, Service
+from ww.cell._session import Console, Session, Signer, connect
 from ww.cell._sync import SyncSession, session
 
 __all__ = [
+    "AuthenticationFailed",
+    "CapabilityDenied",
     "CapabilityNotGranted",
     "CellError",
     "Console",
     "FdNotProvided",
+    "P2P",
     "RemoteError",
+    "RemoteService",
+    "Service",
     "Session",
+    "Signer",
     "SyncSession",
     "connect",
     "fd",

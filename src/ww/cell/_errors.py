@@ -30,3 +30,18 @@ class CapabilityNotGranted(CellError, PermissionError):
 
 class RemoteError(CellError):
     """The host answered a call with an error; the message is the host's one line."""
+
+
+class CapabilityDenied(RemoteError, PermissionError):
+    """The call is outside the capability's grant (a read-only IPFS asked to add, a path
+    outside its roots, a sub-cell asking for more than its parent holds).
+
+    The host's message starts with ``capability denied: ``.  A cell that gives up because
+    of it should exit with status 65, which the synchronous SDK does for an uncaught one.
+    """
+
+    exit_code = 65
+
+
+class AuthenticationFailed(RemoteError):
+    """The host refused the login; it stops the cell right after (``ww run`` exits 64)."""

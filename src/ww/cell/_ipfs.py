@@ -125,3 +125,11 @@ class Ipfs:
 
     async def peers(self) -> list[PeerInfo]:
         return [_peer(p) for p in (await call(self._cap.peers())).peers]
+
+    async def attenuate(self, read_only: bool = False, roots: Iterable[str] = ()) -> Ipfs:
+        """A narrower IPFS capability: read-only, and/or only the DAGs under ``roots``.
+
+        This one is unchanged; nothing can be widened (a root outside this capability's own
+        roots raises CapabilityDenied).
+        """
+        return Ipfs((await call(self._cap.attenuate(read_only, list(roots)))).ipfs)

@@ -1,4 +1,10 @@
-"""Connecting to the host over fd 3, logging in, and typed capability wrappers."""
+"""Connecting to the host over fd 3, logging in, and typed capability wrappers.
+
+Login (docs/auth.md): the SDK first asks the host for the identity the operator handed the
+cell (``Host.identity``, once, before login).  With one, or with a key the cell brings
+itself (``connect(identity=...)``), it logs in with a :class:`Signer` that answers the host's
+challenge; without, it logs in with no account.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,13 @@ from typing import Any
 
 import capnp
 
-from ww.cell._errors import CapabilityNotGranted, CellError, RemoteError
+from ww.cell._errors import (
+    AuthenticationFailed,
+    CapabilityDenied,
+    CapabilityNotGranted,
+    CellError,
+    RemoteError,
+)
 from ww.cell._fds import RPC_FD
 from ww.schema import load
 
@@ -17,10 +29,20 @@ _cell = load("cell")
 _rpc_fd_used = False  # fd 3 carries exactly one connection per cell
 
 
+# Prefixes of the host's messages that mean a denial or a failed login (docs/auth.md).
+_NAMED_ERRORS: tuple[tuple[str, type[RemoteError]], ...] = (
+    ("capability denied: ", CapabilityDenied),
+    ("authentication failed: ", AuthenticationFailed),
+)
+
+
 def remote_error(e: Exception) -> RemoteError:
     """Turn a Cap'n Proto exception into a RemoteError carrying the host's one-line reason."""
     text = getattr(e, "description", None) or str(e)
     text = text.split("\nstack:", 1)[0].strip()
+    for prefix, cls in _NAMED_ERRORS:
+        if prefix in text:
+            return cls(prefix + text.split(prefix, 1)[1])
     # KJ prefixes "remote exception: " and sometimes "file:line: failed: "; keep the reason.
     for marker in ("remote exception: ", "failed: ", "message = "):
         if marker in text:
@@ -49,21 +71,51 @@ class Console:
         return bytes((await call(self._cap.ping(payload))).payload)
 
 
+class Signer(_cell.Signer.Server):  # type: ignore[name-defined,misc]
+    """Answers the host's login challenge with an Ed25519 key.
+
+    ``key`` is a :class:`ww.ipfs.identity.PrivateKey` or a key as ``ww idgen`` writes it
+    (raw protobuf bytes or base58 text).  The signature covers the domain-separated message
+    ``b"ww-login-v1\\x00" + challenge``, never the bare nonce.
+    """
+
+    def __init__(self, key: Any) -> None:
+        from ww.ipfs.identity import PrivateKey, parse_private_key
+
+        self.key = key if isinstance(key, PrivateKey) else parse_private_key(key)
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.key.peer_id)
+
+    async def sign(self, challenge: bytes, _context: Any, **kwargs: Any) -> None:
+        from ww.ipfs.identity import sign_login
+
+        public_key, signature = sign_login(self.key, bytes(challenge))
+        _context.results.publicKey = public_key
+        _context.results.signature = signature
+
+
 class Session:
     """The capabilities the operator granted, as returned by ``Host.login``."""
 
-    def __init__(self, raw: Any, host: Any) -> None:
-        self._raw = raw
+    def __init__(self, results: Any, host: Any, signer: Signer | bool | None = None) -> None:
+        self._raw = results.session
+        self._results = results
         self._host = host
-        self.granted: list[str] = list(raw.granted)
+        self._signer = signer
+        self.granted: list[str] = list(self._raw.granted)
+        self.peer_id: str | None = signer.peer_id if isinstance(signer, Signer) else None
 
     async def relogin(self) -> Session:
         """Log in again on the same connection (a fresh session object from the host)."""
-        return Session((await call(self._host.login())).session, self._host)
+        return Session(await _login(self._host, self._signer), self._host, self._signer)
 
     def _cap(self, name: str) -> Any:
         if name not in self.granted:
             raise CapabilityNotGranted(name)
+        if name == "exec":
+            return self._results.exec  # beside the session in login's results
         return getattr(self._raw, name)
 
     @property
@@ -77,9 +129,34 @@ class Session:
 
         return Ipfs(cap)
 
+    @property
+    def exec(self) -> Any:
+        """The process-execution capability: ``spawn`` sub-cells."""
+        cap = self._cap("exec")
+        from ww.cell._exec import Executor
 
-async def open_session(sock: socket.socket | None = None) -> tuple[Any, Session]:
-    """Connect over fd 3 (or ``sock``) and log in; returns (client, session)."""
+        return Executor(cap)
+
+    @property
+    def p2p(self) -> Any:
+        """The p2p capability: ``export`` this cell, ``dial`` other cells (docs/p2p.md)."""
+        cap = self._cap("p2p")
+        from ww.cell._p2p import P2P
+
+        return P2P(cap)
+
+
+async def _login(host: Any, signer: Signer | None | bool) -> Any:
+    return await call(host.login(signer) if isinstance(signer, Signer) else host.login())
+
+
+async def open_session(sock: socket.socket | None = None,
+                       identity: Any = None) -> tuple[Any, Session]:
+    """Connect over fd 3 (or ``sock``) and log in; returns (client, session).
+
+    ``identity``: a key (or a :class:`Signer`) to log in with; by default the identity the
+    operator handed the cell (``ww run --identity``), if any; ``False``: log in without one.
+    """
     global _rpc_fd_used
     if sock is None:
         if _rpc_fd_used:
@@ -97,15 +174,19 @@ async def open_session(sock: socket.socket | None = None) -> tuple[Any, Session]
     stream = await capnp.AsyncIoStream.create_connection(sock=sock)
     client = capnp.TwoPartyClient(stream)
     host = client.bootstrap().cast_as(_cell.Host)
-    result = await call(host.login())
-    return client, Session(result.session, host)
+    if identity is None:
+        key = bytes((await call(host.identity())).key)
+        identity = key or False
+    signer = identity if identity is False or isinstance(identity, Signer) else Signer(identity)
+    return client, Session(await _login(host, signer), host, signer)
 
 
 @contextlib.asynccontextmanager
-async def connect(sock: socket.socket | None = None) -> AsyncIterator[Session]:
+async def connect(sock: socket.socket | None = None,
+                  identity: Any = None) -> AsyncIterator[Session]:
     """``async with connect() as session``: fd 3, login, and the KJ event loop around it."""
     async with capnp.kj_loop():
-        client, session = await open_session(sock)
+        client, session = await open_session(sock, identity)
         try:
             yield session
         finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import capnp
 
-from ww.cell._errors import CapabilityNotGranted
+from ww.cell._errors import AuthenticationFailed, CapabilityDenied, CapabilityNotGranted
 from ww.cell._session import open_session
 
 
@@ -57,11 +57,16 @@ class _Blocking:
 class SyncSession(_Blocking):
     """A logged-in session whose methods block.  Close it (or use ``with``) when done."""
 
-    def __init__(self, sock: socket.socket | None = None) -> None:
+    def __init__(self, sock: socket.socket | None = None, identity: Any = None) -> None:
         loop = asyncio.new_event_loop()
         self._kj = capnp.kj_loop()
         loop.run_until_complete(self._kj.__aenter__())
-        client, session = loop.run_until_complete(open_session(sock))
+        try:
+            client, session = loop.run_until_complete(open_session(sock, identity))
+        except AuthenticationFailed:
+            # The host says why in one line and stops the cell (ww run exits 64): leave
+            # quietly, without a traceback.
+            raise SystemExit(64) from None
         self._client = client
         super().__init__(session, loop)
 
@@ -77,12 +82,12 @@ class SyncSession(_Blocking):
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close()
-        if isinstance(exc, CapabilityNotGranted):
-            # An uncaught "not granted" ends the cell with the spec's status 65.
+        if isinstance(exc, CapabilityNotGranted | CapabilityDenied):
+            # An uncaught "not granted" or "denied" ends the cell with the spec's status 65.
             print(f"cell: {exc}", file=sys.stderr)
-            raise SystemExit(CapabilityNotGranted.exit_code)
+            raise SystemExit(exc.exit_code)
 
 
-def session(sock: socket.socket | None = None) -> SyncSession:
-    """Connect over fd 3 and log in, synchronously."""
-    return SyncSession(sock)
+def session(sock: socket.socket | None = None, identity: Any = None) -> SyncSession:
+    """Connect over fd 3 and log in, synchronously (``identity``: see ``open_session``)."""
+    return SyncSession(sock, identity)

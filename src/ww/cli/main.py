@@ -23,6 +23,9 @@ COMMANDS = {
     "export": "ww.cli.export:export",
     "import": "ww.cli.import_:import_",
     "idgen": "ww.cli.idgen:idgen",
+    "id": "ww.cli.id:id_",
+    "call": "ww.cli.call:call",
+    "repo": "ww.cli.repo:repo",
 }
 
 
@@ -43,7 +46,9 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="WW_DEBUG", help="Print tracebacks on errors.")
-def cli(debug: bool) -> None:
+@click.option("--json", "json", is_flag=True, envvar="WW_JSON",
+              help="Audit trail: one JSON line per login, grant, denial and sub-cell on stderr.")
+def cli(debug: bool, json: bool) -> None:
     """Wetware: run programs as cells in a jail, with capabilities over Cap'n Proto on fd 3."""
     global _debug
     _debug = debug

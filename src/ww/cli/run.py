@@ -8,9 +8,40 @@ from typing import Any
 import click
 
 from ww.cli._ipfs_option import ipfs_option
+from ww.cli._p2p_options import P2P_OPTIONS, p2p_node, p2p_options
+from ww.host.policy import CAPABILITIES  # what `ww run` can grant, in Session.granted order
 
-# Capabilities `ww run` can grant, in the order Session.granted lists them.
-CAPABILITIES = ("console", "ipfs")
+# Identity, policy and attenuation (see docs/auth.md): option -> (envvar, click settings).
+_ACCESS_OPTIONS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "with_exec": ("WW_WITH_EXEC", dict(is_flag=True, help=(
+        "Grant the process-execution capability: the cell starts sub-cells from /ipfs/ "
+        "paths and --exec-allow programs."))),
+    "exec_allow": (None, dict(multiple=True, metavar="PATH", help=(
+        "A local program sub-cells may run (absolute path, repeatable)."))),
+    "ipfs_read_only": ("WW_IPFS_READ_ONLY", dict(is_flag=True, help=(
+        "Narrow the IPFS capability to cat, ls, stat and resolve."))),
+    "ipfs_root": (None, dict(multiple=True, metavar="CID", help=(
+        "Narrow the IPFS capability to the DAGs under CID (repeatable)."))),
+    "identity": ("WW_IDENTITY", dict(metavar="KEYFILE|new", help=(
+        "Give the cell an Ed25519 identity (a key from 'ww idgen', or a new one), handed "
+        "over fd 3; the cell must then log in with it."))),
+    "allow": (None, dict(multiple=True, metavar="PEERID", help=(
+        "Let the identity PEERID log in, with the --with-* grants (repeatable); a signed "
+        "login becomes required."))),
+    "policy": ("WW_POLICY", dict(metavar="FILE.toml", help=(
+        "Which identities get which capabilities (docs/auth.md); a signed login becomes "
+        "required."))),
+    "login_timeout": ("WW_LOGIN_TIMEOUT", dict(type=float, default=10.0, metavar="SECONDS",
+                                               show_default=True, help=(
+        "When a signed login is required: stop the cell (exit 64) if it has not logged in "
+        "within SECONDS."))),
+}
+
+
+def _access_options(f: Any) -> Any:
+    for name, (envvar, settings) in reversed(_ACCESS_OPTIONS.items()):
+        f = click.option(f"--{name.replace('_', '-')}", name, envvar=envvar, **settings)(f)
+    return f
 
 # Hardening: the seccomp mode and resource limits (see docs/security.md), option -> envvar.
 _LIMIT_OPTIONS = {
@@ -70,6 +101,8 @@ def _limits(options: dict[str, Any]) -> Any:
               envvar="WW_JAIL", show_default=True,
               help="How to isolate the cell; 'none' runs it with the host's full authority.")
 @_hardening_options
+@_access_options
+@p2p_options
 @click.argument("executable")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: bool,
@@ -87,11 +120,18 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     from ww.host import env as cell_env
     from ww.host import fds, supervisor
 
+    access_options = {name: hardening.pop(name) for name in _ACCESS_OPTIONS}
+    p2p_flags = {name: hardening.pop(name) for name in P2P_OPTIONS}
     grants = fds.parse_fd_flags(list(fd_flags))
     entries = cell_env.parse_ww_env(os.environ.get("WW_ENV", "")) + list(env_entries)
     environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
-    wanted = {"console": with_console, "ipfs": with_ipfs}
-    capabilities = [c for c in CAPABILITIES if with_all or wanted[c]]
+    wanted = {"console": with_console, "ipfs": with_ipfs, "exec": access_options["with_exec"],
+              "p2p": p2p_flags["with_p2p"]}
+    root_params = click.get_current_context().find_root().params
+    access = _access([c for c in CAPABILITIES if with_all or wanted.get(c)], access_options,
+                     json_audit=bool(root_params.get("json")))
+    capabilities = access.capabilities()
+    node = p2p_node(p2p_flags, capabilities)  # a libp2p host, if p2p is used at all
     api = None
     if "ipfs" in capabilities or executable.startswith("/ipfs/"):
         from ww.ipfs.backend import open_backend
@@ -107,28 +147,76 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         env=environment,
         grants=grants,
         capabilities=capabilities,
-        capability_factories=_factories(capabilities, api),
+        capability_factories=_factories(capabilities, api, lambda: _exec_setup(
+            root_params, jail, ipfs_api, hardening, access.audit.enabled), p2p_node=node),
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
         debug=bool(click.get_current_context().find_root().params.get("debug")),
         strict=hardening["strict"],
         limits=_limits(hardening),
+        access=access,
+        p2p=node,
     )
     return supervisor.run(config)
 
 
-def _factories(capabilities: list[str], api: Any) -> dict[str, Any]:
-    """Builders for the granted capability servers; called only once a cell logs in."""
+def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) -> Any:
+    """The login policy from the --with-*, attenuation, identity and policy flags."""
+    from ww.host import policy
+    from ww.host.audit import Audit
 
-    def console() -> Any:
+    flags = policy.flag_grants(capabilities, options["ipfs_read_only"], options["ipfs_root"],
+                               options["exec_allow"])
+    return policy.build_access(flags, options["identity"], options["allow"], options["policy"],
+                               options["login_timeout"], Audit(json_audit))
+
+
+def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
+                hardening: dict[str, Any], audit: bool) -> Any:
+    """How sub-cells are started: this run's global, jail, IPFS and limit flags."""
+    from ww.caps.exec import ExecSetup
+
+    global_flags = [f"--{name}" for name in ("json", "debug") if root_params.get(name)]
+    run_flags = ["--jail", jail] + (["--ipfs", ipfs_api] if ipfs_api else [])
+    for name, value in hardening.items():  # every hardening option, as given
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            run_flags.append(flag)
+        elif value not in (None, False):
+            run_flags += [flag, str(value)]
+    return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit)
+
+
+def _factories(capabilities: list[str], api: Any, exec_setup: Any,
+               p2p_node: Any = None) -> dict[str, Any]:
+    """Builders for the granted capability servers; called only once a cell logs in.
+
+    Each takes the login's grants, its caller (peer id and audit trail) and the servers
+    already built for it (see ww.host.rpc.Grants).
+    """
+
+    def console(grants: Any, caller: Any, held: Any) -> Any:
         from ww.caps.console import ConsoleServer
 
         return ConsoleServer()
 
-    def ipfs() -> Any:
+    def ipfs(grants: Any, caller: Any, held: Any) -> Any:
         from ww.caps.ipfs import IpfsServer
+        from ww.caps.ipfs_scope import IpfsScope
 
-        return IpfsServer(api)
+        narrowed = grants.ipfs.read_only or grants.ipfs.roots
+        scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
+        return IpfsServer(api, scope, caller)
 
-    made = {"console": console, "ipfs": ipfs}
+    def exec_(grants: Any, caller: Any, held: Any) -> Any:
+        from ww.caps.exec import ExecutorServer
+
+        return ExecutorServer(exec_setup(), grants, caller, held)
+
+    def p2p(grants: Any, caller: Any, held: Any) -> Any:
+        from ww.caps.p2p import P2PServer
+
+        return P2PServer(p2p_node)
+
+    made = {"console": console, "ipfs": ipfs, "exec": exec_, "p2p": p2p}
     return {name: made[name] for name in capabilities}

@@ -29,19 +29,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ww.errors import EXIT_RESOURCE_LIMIT, UsageError
 
 INTERVAL = 0.01  # seconds between two samples of the cell
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\Z", re.IGNORECASE)
+_SIZE = r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?"
 
 
 def parse_size(text: str, flag: str) -> int:
     """``64M``, ``1.5G``, ``4096``, ``10KiB`` -> bytes; a UsageError naming ``flag`` otherwise."""
-    m = _SIZE.match(text.strip())
+    m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if not m or float(m.group(1)) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a size such as 4096, 64K, 256M or 2G")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
@@ -69,15 +68,21 @@ def format_size(n: int) -> str:
     return f"{n} bytes"
 
 
-@dataclass(frozen=True)
 class Limits:
-    """What ``--memory``, ``--cpu-time``, ``--pids``, ``--fsize`` and ``--timeout`` asked for."""
+    """What ``--memory``, ``--cpu-time``, ``--pids``, ``--fsize`` and ``--timeout`` asked for.
 
-    memory: int | None = None  # bytes: resident memory of all processes + tmpfs contents
-    cpu_time: float | None = None  # seconds of CPU, all processes together
-    pids: int | None = None  # tasks (processes and threads) at once
-    fsize: int | None = None  # bytes: the largest file the cell may write
-    timeout: float | None = None  # seconds of wall-clock time
+    (A plain class, not a dataclass: this module is imported on every `ww run`, and making a
+    dataclass costs start-up a fraction of a millisecond.)
+    """
+
+    def __init__(self, memory: int | None = None, cpu_time: float | None = None,
+                 pids: int | None = None, fsize: int | None = None,
+                 timeout: float | None = None) -> None:
+        self.memory = memory  # bytes: resident memory of all processes + tmpfs contents
+        self.cpu_time = cpu_time  # seconds of CPU, all processes together
+        self.pids = pids  # tasks (processes and threads) at once
+        self.fsize = fsize  # bytes: the largest file the cell may write
+        self.timeout = timeout  # seconds of wall-clock time
 
     @property
     def watched(self) -> bool:
@@ -142,11 +147,11 @@ def preexec_setter(limits: Limits | None) -> Callable[[], None]:
     return apply
 
 
-@dataclass
 class _Sample:
-    rss_pages: int = 0
-    cpu_ticks: int = 0
-    tasks: int = 0
+    def __init__(self) -> None:
+        self.rss_pages = 0
+        self.cpu_ticks = 0
+        self.tasks = 0
 
 
 def children(pid: int) -> list[int]:
@@ -243,11 +248,27 @@ class Watchdog:
             used += (st.f_blocks - st.f_bfree) * st.f_frsize
         return used
 
+    def _processes_in_jail(self) -> int | None:
+        """The number of processes in the jail, cheaply: one listing of the jail's own /proc.
+
+        A fork bomb is caught by this before a walk of its process tree would even finish.
+        """
+        if self._include_root:
+            return None
+        for init in children(self._root)[:1]:
+            try:
+                return sum(name.isdigit() for name in os.listdir(f"/proc/{init}/root/proc")) - 1
+            except OSError:
+                return None
+        return None
+
     def check(self) -> str | None:
         """Which limit the cell is over right now, if any."""
         lim = self.limits
         if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
             return "timeout"
+        if lim.pids is not None and (self._processes_in_jail() or 0) > lim.pids:
+            return "pids"
         s = self.sample()
         if lim.memory is not None:
             used = s.rss_pages * self._page + self._tmpfs_bytes()

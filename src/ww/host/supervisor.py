@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ww.errors import EXIT_ISOLATION_VIOLATION, EXIT_RESOURCE_LIMIT, HostError, WwError
+from ww.errors import (
+    EXIT_AUTH_FAILED,
+    EXIT_ISOLATION_VIOLATION,
+    EXIT_RESOURCE_LIMIT,
+    HostError,
+    WwError,
+)
 from ww.host import executable, fds, jail, limits, seccomp
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -49,12 +55,16 @@ class RunConfig:
     env: dict[str, str]
     grants: list[fds.FdGrant] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=list)
-    capability_factories: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    capability_factories: dict[str, Callable[..., Any]] = field(default_factory=dict)
     jailed: bool = True
     search_path: str | None = None
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
+    # ww.host.policy.Access: who may log in, what each gets, the login deadline (exit 64).
+    access: Any = None
+    # ww.p2p.host.Node: the libp2p host, started before the cell and stopped after it.
+    p2p: Any = None
 
 
 def _pdeathsig_setter() -> Callable[[], None]:
@@ -258,6 +268,8 @@ def run(config: RunConfig) -> int:
     verdict = _Verdict()
     try:
         try:
+            if config.p2p is not None:
+                config.p2p.start()  # listening before the cell runs; a bad --listen fails here
             proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir)
         finally:
             cell_sock.close()
@@ -278,7 +290,8 @@ def run(config: RunConfig) -> int:
             watchdog.start()
         for signum in pending:
             cell.forward(signum)
-        _supervise(cell, host_sock, config)
+        _supervise(cell, host_sock, config,
+                   lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
         if watchdog is not None:
             watchdog.stop()
         if verdict.message is not None:
@@ -292,6 +305,8 @@ def run(config: RunConfig) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if config.p2p is not None:
+            config.p2p.stop()
         host_sock.close()
         if workdir is not None:
             import shutil
@@ -333,14 +348,22 @@ def _strict_helper(filter_fd: int, sock_fd: int,
     return argv, binds
 
 
-def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig) -> None:
-    """Wait for the cell to exit; start serving RPC if it speaks on fd 3 first."""
+def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig,
+               auth_failed: Callable[[str], None]) -> None:
+    """Wait for the cell to exit; start serving RPC if it speaks on fd 3 first.
+
+    When the policy requires a login, RPC is served at once instead, so that the login
+    deadline also stops a cell that never speaks; a failed login calls ``auth_failed``.
+    """
     pidfd = os.pidfd_open(cell.proc.pid)
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(host_sock, select.POLLIN)
-        while True:
+        login_required = config.access is not None and config.access.login_timeout is not None
+        if login_required:
+            _serve_rpc(pidfd, host_sock, config, auth_failed)
+        while not login_required:
             ready = {fd for fd, _ in poller.poll()}
             if pidfd in ready:
                 break
@@ -350,7 +373,7 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig) -> None
                 except (BlockingIOError, ConnectionError):
                     spoke = False
                 if spoke:
-                    _serve_rpc(pidfd, host_sock, config)
+                    _serve_rpc(pidfd, host_sock, config, auth_failed)
                     break
                 # The cell closed fd 3 without a word (or is exiting): just wait for it.
                 poller.unregister(host_sock)
@@ -360,24 +383,71 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig) -> None
     cell.read_status()
 
 
-def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig) -> None:
+def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
+               auth_failed: Callable[[str], None]) -> None:
     import asyncio
 
     import capnp
 
     from ww.host import rpc
 
-    grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories)
+    grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories,
+                        access=config.access)
     rpc.report_internal_errors(config.debug)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[None] = loop.create_future()
         loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
-        await rpc.serve(host_sock, grants, exited)
+        # Serving stops when the cell exits or when its calls hold too much of our memory.
+        stop: asyncio.Future[None] = loop.create_future()
+        exited.add_done_callback(lambda _: stop.done() or stop.set_result(None))
+        guard = asyncio.ensure_future(_guard_memory(stop))
+        try:
+            # A failed login stops the cell at once (`ww run` exits 64).
+            await rpc.serve(host_sock, grants, stop, on_failure=auth_failed)
+        finally:
+            guard.cancel()
+            if config.p2p is not None:
+                config.p2p.end_session()  # the cell's export lives only as long as fd 3
+        if not exited.done():  # over budget: hang up, and keep supervising the cell
+            import logging
+
+            # Replies still queued then fail to send; asyncio would log each one.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            with contextlib.suppress(OSError):
+                host_sock.shutdown(socket.SHUT_RDWR)
         await exited  # the cell may hang up fd 3 and keep running
 
     asyncio.run(capnp.run(main()))
+
+
+# The most memory a cell's RPC connection may make the host hold (answers the cell never
+# releases, a flood of calls it never waits for): past it the host hangs up fd 3.
+RPC_MEMORY_BUDGET = 128 << 20
+_GUARD_INTERVAL = 0.05  # seconds
+
+
+async def _guard_memory(stop: Any) -> None:
+    """Set ``stop`` when the host's resident memory grows by more than RPC_MEMORY_BUDGET."""
+    import asyncio
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        def rss() -> int:
+            return int(os.pread(fd, 128, 0).split()[1]) * page
+
+        base = rss()
+        while not stop.done():
+            await asyncio.sleep(_GUARD_INTERVAL)
+            if rss() - base > RPC_MEMORY_BUDGET and not stop.done():
+                print(f"ww: the cell's calls on fd 3 held more than {RPC_MEMORY_BUDGET >> 20} "
+                      "MiB of the host's memory: the host hung up fd 3 (the cell runs on)",
+                      file=sys.stderr)
+                stop.set_result(None)
+    finally:
+        os.close(fd)
 
 
 def _exit_status(cell: _Cell) -> int:

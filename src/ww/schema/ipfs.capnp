@@ -33,6 +33,16 @@ interface IPFS {
   connect @9 (addr :Text) -> ();
   # Dial a peer by multiaddr.  The embedded node is offline and refuses.
   peers @10 () -> (peers :List(PeerInfo));
+
+  attenuate @11 (readOnly :Bool, roots :List(Text)) -> (ipfs :IPFS);
+  # A narrower IPFS capability over the same node; this one is unchanged.  `readOnly`
+  # leaves only cat, ls, stat and resolve.  `roots` (CIDs or paths) limits every path to the
+  # DAGs under them; each root must itself be within this capability's roots.  Empty
+  # `roots` keeps this capability's own.  Nothing can be widened: a read-only capability
+  # stays read-only.
+  #
+  # A call outside a capability's grant fails with a description that starts with
+  # "capability denied: " (the SDK raises it as `ww.cell.CapabilityDenied`).
 }
 
 struct AddOptions {

@@ -1,0 +1,85 @@
+"""What one narrowed IPFS capability may do: read-only, and/or only the DAGs under some roots.
+
+A path is within the roots when its first component (the CID it starts from) is a root or a
+file, directory or symlink reachable from one through directory entries.  Reachability is
+worked out lazily, by listing directories under the roots breadth-first as far as a question
+needs, and remembered; a walk stops after :data:`MAX_WALK` entries, after which a CID not yet
+seen is refused (a path starting at the root itself always works, however large the DAG).
+CIDs are compared in their CIDv1 form, so ``Qm...`` and ``bafy...`` of one node match.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+
+from ww.ipfs.api import CoreAPI, EntryType, IpfsError
+from ww.ipfs.cid import CID
+from ww.ipfs.path import parse_path
+
+READ_METHODS = frozenset({"cat", "ls", "stat", "resolve", "attenuate"})
+MAX_WALK = 100_000
+
+
+def canonical(cid: str | CID) -> str:
+    """The CIDv1 text of a CID, the form scopes compare."""
+    return str((cid if isinstance(cid, CID) else CID.parse(cid)).to_v1())
+
+
+class IpfsScope:
+    """The limits of one IPFS capability; ``roots`` empty means any DAG."""
+
+    def __init__(self, api: CoreAPI, read_only: bool = False, roots: Iterable[str] = ()) -> None:
+        self._api = api
+        self.read_only = read_only
+        self.roots: tuple[str, ...] = tuple(dict.fromkeys(canonical(r) for r in roots))
+        self._known: set[str] = set(self.roots)
+        self._todo: collections.deque[str] = collections.deque(self.roots)
+        self._walked = 0
+
+    def denied(self, method: str, path: str | None = None) -> str | None:
+        """Why ``method`` on ``path`` is outside this scope, or None if it is allowed."""
+        if self.read_only and method not in READ_METHODS:
+            return "this IPFS capability is read-only (cat, ls, stat and resolve only)"
+        if path is not None:
+            return self.path_denied(path)
+        return None
+
+    def path_denied(self, path: str) -> str | None:
+        if not self.roots:
+            return None
+        try:
+            root = parse_path(path).root
+        except IpfsError as e:
+            return f"{path!r}: {e}"
+        if self.contains(root):
+            return None
+        return f"{path} is outside the DAGs this capability is limited to"
+
+    def contains(self, cid: str | CID) -> bool:
+        """Is ``cid`` a root or reachable from one?"""
+        if not self.roots:
+            return True
+        key = canonical(cid)
+        while key not in self._known and self._todo and self._walked < MAX_WALK:
+            self._expand(self._todo.popleft())
+        return key in self._known
+
+    def _expand(self, directory: str) -> None:
+        try:
+            entries = self._api.ls(directory)
+        except IpfsError:
+            return  # not available locally: nothing under it can be shown to be reachable
+        for entry in entries:
+            self._walked += 1
+            key = canonical(entry.cid)
+            if key not in self._known:
+                self._known.add(key)
+                if entry.type is EntryType.DIRECTORY:
+                    self._todo.append(key)
+
+    def narrowed(self, read_only: bool, roots: Iterable[str]) -> IpfsScope:
+        """A scope at most as wide as this one.  ``roots`` must already be checked to be
+        within this scope (:meth:`path_denied`) and resolved to CIDs; empty keeps ours."""
+        roots = list(roots)
+        return IpfsScope(self._api, self.read_only or read_only, roots or self.roots)

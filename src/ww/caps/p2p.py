@@ -1,0 +1,48 @@
+"""The p2p capability: a cell exports itself on `/ww/0.1.0` and dials other cells.
+
+A thin adapter from `P2P` (cell.capnp) onto :class:`ww.p2p.host.Node` and
+:mod:`ww.p2p.protocol`.  One server per host: the export it holds is the cell's, and is
+dropped (:meth:`P2PServer.end`) when the cell hangs up fd 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ww.p2p.addrs import check_dial_addr
+from ww.p2p.protocol import Dialer, Exports, hold
+from ww.schema import load
+
+_cell = load("cell")
+
+
+class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
+    """`P2P` over a running :class:`ww.p2p.host.Node`."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self._exports = Exports()
+        self._dialer = Dialer(node)
+        node.when_session_ends(self.end)
+
+    async def export_context(self, context: Any) -> None:
+        if context.params._has("service"):
+            self._exports.set(hold(context.params.service))
+            self._node.serve(self._exports.accept)
+        else:
+            self._node.serve(None)
+            self._exports.set(None)
+
+    async def dial(self, addr: str, _context: Any, **kwargs: Any) -> None:
+        _context.results.service = await self._dialer.dial(check_dial_addr(addr))
+
+    async def id(self, _context: Any, **kwargs: Any) -> None:
+        _context.results.peerId = self._node.peer_id
+        _context.results.addrs = list(self._node.addrs)
+
+    def end(self) -> None:
+        """The cell hung up fd 3 or exited: withdraw its export, close what it dialed."""
+        self._node.serve(None)
+        self._exports.current = None
+        self._exports.close_all()
+        self._dialer.close_all()

@@ -1,0 +1,69 @@
+"""`ww run`'s p2p options: ``--with-p2p``, ``--listen``, ``--join`` (docs/p2p.md).
+
+Parsing only.  libp2p (and trio) are imported only when one of them is used, so that
+`ww run` without them starts as fast as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+# option name -> the flag's settings; the values reach `run` through its **kwargs.
+P2P_OPTIONS = ("with_p2p", "listen", "join")
+
+
+def _check(checker_name: str) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                 ) -> list[str]:
+        if not values:
+            return []
+        from ww import p2p
+
+        checker = getattr(p2p, checker_name)
+        try:
+            return [checker(value) for value in values]
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return callback
+
+
+def p2p_options(f: Any) -> Any:
+    f = click.option(
+        "--join", "join", multiple=True, metavar="MULTIADDR/p2p/PEERID",
+        callback=_check("check_join_addr"),
+        help="Connect to this peer at start (repeatable); its cell can then be dialed by "
+             "peer id alone.")(f)
+    f = click.option(
+        "--listen", "listen", multiple=True, envvar="WW_LISTEN", metavar="MULTIADDR",
+        callback=_check("check_listen_addr"),
+        help="Listen for libp2p peers on MULTIADDR, /ip4|ip6/<address>/tcp/<port> "
+             "(repeatable; WW_LISTEN: space-separated).  Default with --with-p2p: "
+             "/ip4/127.0.0.1/tcp/2020, loopback only.")(f)
+    return click.option(
+        "--with-p2p", "with_p2p", is_flag=True, envvar="WW_WITH_P2P",
+        help="Grant the p2p capability: the cell exports a capability to remote peers on "
+             "/ww/0.1.0 and dials other cells.")(f)
+
+
+def p2p_node(options: dict[str, Any], capabilities: list[str]) -> Any:
+    """The libp2p host this run needs (not started yet), or None.
+
+    A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
+    for one; its identity is the node key in $WW_HOME.
+    """
+    listen, join = list(options["listen"]), list(options["join"])
+    if "p2p" not in capabilities and not listen and not join:
+        return None
+    from ww.ipfs.identity import IdentityError, load_or_create
+    from ww.ipfs.repo import default_repo_path
+    from ww.p2p import P2PError
+    from ww.p2p.host import Node
+
+    try:
+        identity = load_or_create(default_repo_path())
+    except (IdentityError, OSError) as e:
+        raise P2PError(f"p2p: cannot load the node key: {e}") from None
+    return Node(identity, listen or None, join)

@@ -1,0 +1,33 @@
+"""`ww call`: call a remote cell's exported `Service` from the shell."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.option("--timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
+              help="Give up (exit 1) if the whole call takes longer.")
+@click.argument("addr", metavar="MULTIADDR/p2p/PEERID")
+@click.argument("method")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def call(timeout: float, addr: str, method: str, args: tuple[str, ...]) -> None:
+    """Call METHOD with ARGS on the cell exported at MULTIADDR/p2p/PEERID; print the result.
+
+    The remote cell must export the generic Service interface (cell.capnp): this is
+    Service.call(METHOD, ARGS) over /ww/0.1.0.  ww call dials from a fresh, throw-away
+    identity and listens nowhere.  Exit 1 with the reason if the peer cannot be reached,
+    exports nothing, or the call fails.
+    """
+    from ww.errors import UsageError
+    from ww.p2p import check_join_addr
+
+    if timeout <= 0:
+        raise UsageError("--timeout: give a number of seconds greater than 0")
+    try:
+        addr = check_join_addr(addr)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    from ww.p2p.call import call_service
+
+    click.echo(call_service(addr, method, list(args), timeout))

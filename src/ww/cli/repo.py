@@ -1,0 +1,70 @@
+"""`ww repo check` and `ww repo gc`: the embedded IPFS repository in $WW_HOME.
+
+Parsing and exit codes only; the work is in ww.ipfs.  `check` exits 0 when the repository
+is clean and 1 when something needs attention, each with one line on stdout.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ww.errors import EXIT_FAILURE
+
+
+@click.group()
+def repo() -> None:
+    """Check or clean the embedded IPFS repository ($WW_HOME, default ~/.ww)."""
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+@repo.command()
+@click.option("-v", "--verbose", is_flag=True, help="Also list every file that needs attention.")
+def check(verbose: bool) -> int:
+    """Verify every block against its CID and every pin's DAG; exit 1 if anything is wrong."""
+    from ww.ipfs.node import EmbeddedNode
+
+    node = EmbeddedNode()
+    try:
+        found = node.check()
+        where = node.repo_path
+    finally:
+        node.close()
+    problems = [
+        _plural(len(found.corrupt_blocks), "corrupt block") if found.corrupt_blocks else "",
+        _plural(len(found.missing_blocks), "missing block") if found.missing_blocks else "",
+        _plural(len(found.temp_files), "leftover temp file") if found.temp_files else "",
+    ]
+    problems = [p for p in problems if p]
+    strays = f", {_plural(len(found.stray_files), 'stray file')}" if found.stray_files else ""
+    if found.ok:
+        click.echo(f"repository {where}: clean ({_plural(found.blocks, 'block')}{strays})")
+    else:
+        hint = " (run 'ww repo gc' to remove leftovers)" if found.temp_files else ""
+        click.echo(f"repository {where}: {', '.join(problems)} "
+                   f"of {_plural(found.blocks, 'block')}{strays}{hint}")
+    if verbose:
+        for path in [*found.corrupt_blocks, *found.temp_files, *found.stray_files]:
+            click.echo(f"  {path}")
+        for cid in found.missing_blocks:
+            click.echo(f"  missing {cid}")
+    return 0 if found.ok else EXIT_FAILURE
+
+
+@repo.command()
+def gc() -> int:
+    """Remove unpinned blocks and the leftovers of interrupted writes."""
+    from ww.ipfs.node import EmbeddedNode
+
+    node = EmbeddedNode()
+    try:
+        report = node.gc()
+        where = node.repo_path
+    finally:
+        node.close()
+    click.echo(f"repository {where}: removed {_plural(report.removed_blocks, 'block')} "
+               f"({report.freed_bytes} bytes) and "
+               f"{_plural(report.removed_temp_files, 'temp file')}")
+    return 0

@@ -1,0 +1,32 @@
+"""Cells as services on the libp2p network: the host, its bridge to Cap'n Proto, `/ww/0.1.0`.
+
+Where a byte from a remote peer goes: the libp2p host (:mod:`ww.p2p.host`, TCP + Noise +
+Yamux, on a trio thread of its own) accepts a `/ww/0.1.0` stream and splices it to one end of
+a socketpair (:mod:`ww.p2p.bridge`); the other end is served as a Cap'n Proto connection on
+asyncio (:mod:`ww.p2p.protocol`), whose bootstrap hands out the capability the cell exported
+over fd 3 and nothing else.  The cell's `p2p` capability (:mod:`ww.caps.p2p`) is the only way
+in or out.  docs/p2p.md tells the whole story.
+
+This package's top level imports neither libp2p nor trio, so command-line checks are cheap;
+only :mod:`ww.p2p.host` does.
+"""
+
+from __future__ import annotations
+
+from ww.p2p.addrs import (
+    DEFAULT_LISTEN,
+    PROTOCOL_ID,
+    P2PError,
+    check_dial_addr,
+    check_join_addr,
+    check_listen_addr,
+)
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "PROTOCOL_ID",
+    "P2PError",
+    "check_dial_addr",
+    "check_join_addr",
+    "check_listen_addr",
+]

@@ -1,0 +1,74 @@
+"""The addresses `ww` speaks libp2p on, checked before anything is started.
+
+Only TCP over IPv4 or IPv6 is spoken (``/ip4/<addr>/tcp/<port>``): the transport go-libp2p
+and kubo share with py-libp2p.  A peer to dial is named by such an address followed by
+``/p2p/<peer id>``; a peer already connected (for example through ``--join``) may be named
+by its peer id alone.  Names are never resolved: ``/dns*`` addresses are refused, so ``ww``
+contacts exactly the addresses it is given.
+"""
+
+from __future__ import annotations
+
+from ww.errors import WwError
+
+PROTOCOL_ID = "/ww/0.1.0"
+"""The libp2p protocol on which a host serves its cell's export (Cap'n Proto two-party RPC)."""
+
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/2020"
+"""Where `ww run` listens when p2p is on and neither ``--listen`` nor ``WW_LISTEN`` is set.
+
+The reference listens on TCP port 2020; we do too, but on the loopback interface only:
+reaching the host from the network is an explicit ``--listen /ip4/0.0.0.0/tcp/2020``.
+"""
+
+
+class P2PError(WwError):
+    """A peer could not be reached, listened on or called; ``str()`` is one line."""
+
+
+def _parse(text: str, what: str) -> list[tuple[str, str | None]]:
+    from ww.ipfs.multiaddr import MultiaddrError, parse
+
+    try:
+        return list(parse(text.strip()).components)
+    except MultiaddrError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def _is_tcp(components: list[tuple[str, str | None]]) -> bool:
+    return (len(components) == 2 and components[0][0] in ("ip4", "ip6")
+            and components[1][0] == "tcp")
+
+
+def check_listen_addr(text: str) -> str:
+    """``/ip4|ip6/<addr>/tcp/<port>`` (port 0: any free port); raises ValueError otherwise."""
+    components = _parse(text, "listen address")
+    if not _is_tcp(components):
+        raise ValueError(f"listen address {text!r}: expected /ip4/<address>/tcp/<port> or "
+                         "/ip6/<address>/tcp/<port>")
+    return "/" + "/".join(f"{p}/{v}" for p, v in components)
+
+
+def check_join_addr(text: str) -> str:
+    """``/ip4|ip6/<addr>/tcp/<port>/p2p/<peer id>``; raises ValueError otherwise."""
+    components = _parse(text, "peer address")
+    if not (len(components) == 3 and _is_tcp(components[:2]) and components[2][0] == "p2p"):
+        raise ValueError(f"peer address {text!r}: expected "
+                         "/ip4/<address>/tcp/<port>/p2p/<peer id>")
+    return "/" + "/".join(f"{p}/{v}" for p, v in components)
+
+
+def check_dial_addr(text: str) -> str:
+    """A full peer address, or ``/p2p/<peer id>`` or a bare peer id for a connected peer."""
+    text = text.strip()
+    if not text.startswith("/"):
+        text = f"/p2p/{text}"
+    components = _parse(text, "peer address")
+    if len(components) == 1 and components[0][0] == "p2p":
+        return text
+    return check_join_addr(text)
+
+
+def peer_of(addr: str) -> str:
+    """The peer id at the end of a checked address."""
+    return addr.rsplit("/p2p/", 1)[1]

@@ -1,0 +1,40 @@
+"""One `Service.call` on a remote cell, for `ww call`: a throw-away node, one stream, one call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import capnp
+
+from ww.ipfs.identity import Identity, PrivateKey
+from ww.p2p.addrs import P2PError
+from ww.p2p.host import Node
+
+
+def call_service(addr: str, method: str, args: list[str], timeout: float) -> str:
+    """``Service.call(method, args)`` on the export at ``addr``; raises P2PError."""
+    # A fresh identity: `ww call` is a client, and may run beside a `ww run` of this $WW_HOME.
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[])
+    node.start()
+    try:
+        return asyncio.run(capnp.run(_call(node, addr, method, args, timeout)))
+    finally:
+        node.stop()
+
+
+async def _call(node: Node, addr: str, method: str, args: list[str], timeout: float) -> str:
+    from ww.p2p.protocol import Dialer, remote_reason
+    from ww.schema import load
+
+    dialer = Dialer(node)
+    try:
+        async with asyncio.timeout(timeout):
+            service = (await dialer.dial(addr)).cast_as(load("cell").Service)
+            try:
+                return str((await service.call(method, args)).result)
+            except capnp.KjException as e:
+                raise P2PError(f"remote error: {remote_reason(e)}") from None
+    except TimeoutError:
+        raise P2PError(f"p2p: {addr}: no answer within {timeout:g} s") from None
+    finally:
+        dialer.close_all()

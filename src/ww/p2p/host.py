@@ -1,0 +1,323 @@
+"""The libp2p host: TCP, Noise and Yamux on a trio thread, and nothing else.
+
+A :class:`Node` is started by `ww run` before the cell (so that a bad ``--listen`` fails
+before anything runs) and stopped after it, and by `ww call` for one call.  Its whole
+configuration is explicit and closed:
+
+- transport TCP only; security Noise only (py-libp2p's default list also offers TLS, SECIO
+  and *plaintext*, which we never accept); stream muxer Yamux only (``/yamux/1.0.0``, what
+  go-libp2p and kubo speak; mplex is not offered);
+- no mDNS, no bootstrap list, no relay, no UPnP/NAT mapping, no DHT: the node dials only the
+  addresses it is given (``--join``, ``dial``) and listens only where it is told;
+- besides libp2p's own identify and ping, one protocol: `/ww/0.1.0`
+  (:data:`ww.p2p.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
+
+The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
+:meth:`Node.serve` (a callback that receives one socket per inbound stream); see
+:mod:`ww.p2p.bridge` for how a stream becomes a socket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import multiaddr
+import trio
+
+from ww.ipfs.identity import Identity
+from ww.p2p import bridge
+from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
+
+START_TIMEOUT = 10.0  # seconds to bind every listen address
+DIAL_TIMEOUT = 10.0  # seconds to connect and open a /ww/0.1.0 stream
+JOIN_TIMEOUT = 10.0  # seconds for each --join at start-up
+STOP_TIMEOUT = 3.0  # seconds to close connections when stopping
+MAX_STREAMS = 256  # concurrent /ww/0.1.0 streams, both directions together
+
+# Called on the libp2p thread with (our end of a new inbound stream, the remote peer id).
+Accept = Callable[[socket.socket, str], None]
+
+
+def _key_pair(identity: Identity) -> Any:
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.keys import KeyPair
+
+    private = Ed25519PrivateKey.from_bytes(identity.private_key.seed)
+    return KeyPair(private, private.get_public_key())
+
+
+def _new_host(identity: Identity) -> Any:
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+    from libp2p.security.noise.transport import Transport as Noise
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+    from libp2p.transport.tcp.tcp import TCP
+
+    if not os.environ.get("LIBP2P_DEBUG"):
+        # py-libp2p logs its own failures at ERROR; ours reach the user as one line instead.
+        logging.getLogger("libp2p").addHandler(logging.NullHandler())
+    keys = _key_pair(identity)
+    host = new_host(
+        key_pair=keys,
+        sec_opt={NOISE: Noise(keys, noise_privkey=new_x25519().private_key)},
+        muxer_opt={YAMUX: Yamux},
+        transports=[TCP()],
+        enable_mDNS=False,
+        enable_upnp=False,
+        bootstrap=None,
+        negotiate_timeout=int(DIAL_TIMEOUT),
+        disable_identify_address_discovery=True,
+    )
+    if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
+        raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
+    return host
+
+
+class Node:
+    """A libp2p host on its own thread.  Thread-safe: every method may be called anywhere."""
+
+    def __init__(self, identity: Identity, listen: list[str] | None = None,
+                 join: list[str] | None = None, *, warn: Callable[[str], None] | None = None
+                 ) -> None:
+        """``listen=None`` means :data:`DEFAULT_LISTEN` (falling back to a free port if it is
+        taken); an empty list listens nowhere (a node that only dials, as `ww call`)."""
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self._default = listen is None
+        self._listen = [DEFAULT_LISTEN] if listen is None else list(listen)
+        self._join = list(join or [])
+        self._warn = warn or (lambda message: print(f"ww: warning: {message}", file=sys.stderr))
+        self._accept: Accept | None = None
+        self._streams = 0
+        self.addrs: list[str] = []  # where we really listen, each ending in /p2p/<peer id>
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._host: Any = None
+        self._session_end: list[Callable[[], None]] = []
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen, then join in the background; raises :class:`P2PError` if it cannot listen."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="ww-p2p",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            ready.result(timeout=START_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            self.stop()
+            raise P2PError("p2p: the libp2p host did not start in time") from None
+
+    def stop(self) -> None:
+        """Close every connection and end the thread (bounded by :data:`STOP_TIMEOUT`)."""
+        self._accept = None
+        token, stop = self._token, self._stop
+        if token is not None and stop is not None:
+            try:
+                token.run_sync_soon(stop.set)
+            except trio.RunFinishedError:
+                pass
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT)
+
+    def serve(self, accept: Accept | None) -> None:
+        """Hand every new inbound `/ww/0.1.0` stream to ``accept``; ``None`` refuses them.
+
+        ``accept`` runs on the libp2p thread and must only hand the socket over (for example
+        with ``loop.call_soon_threadsafe``); if it raises, the stream is reset.
+        """
+        self._accept = accept
+
+    def when_session_ends(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from :meth:`end_session` (on the thread that calls that)."""
+        self._session_end.append(callback)
+
+    def end_session(self) -> None:
+        """The cell hung up fd 3 (or exited): refuse inbound streams, run the callbacks."""
+        self._accept = None
+        callbacks, self._session_end = self._session_end, []
+        for callback in callbacks:
+            callback()
+
+    def open(self, addr: str) -> concurrent.futures.Future[socket.socket]:
+        """Connect to ``addr`` (checked by :func:`ww.p2p.addrs.check_dial_addr`) and open a
+        `/ww/0.1.0` stream; the future gives our end of it as a socket, or a P2PError."""
+        future: concurrent.futures.Future[socket.socket] = concurrent.futures.Future()
+        token, nursery = self._token, self._nursery
+        if token is None or nursery is None:
+            future.set_exception(P2PError("p2p: the libp2p host is not running"))
+            return future
+        try:
+            token.run_sync_soon(nursery.start_soon, self._open, addr, future)
+        except trio.RunFinishedError:
+            future.set_exception(P2PError("p2p: the libp2p host has stopped"))
+        return future
+
+    # -- the libp2p thread ----------------------------------------------------------------
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            trio.run(self._main, ready)
+        except BaseException as e:  # noqa: BLE001 - reported to whoever waits for start()
+            if not ready.done():
+                ours = _find(e, P2PError)
+                ready.set_exception(ours or P2PError(f"p2p: the libp2p host failed: "
+                                                     f"{_reason(_innermost(e))}"))
+
+    async def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        host = _new_host(self.identity)
+        host.set_stream_handler(PROTOCOL_ID, self._inbound)
+        self._stop = trio.Event()
+        async with host.run([]):
+            network = host.get_network()
+            for addr in self._listen:
+                if not await network.listen(multiaddr.Multiaddr(addr)):
+                    if not self._default:
+                        raise P2PError(f"p2p: cannot listen on {addr} (in use, or not an "
+                                       "address of this machine)")
+                    fallback = addr.rsplit("/", 1)[0] + "/0"
+                    if not await network.listen(multiaddr.Multiaddr(fallback)):
+                        raise P2PError(f"p2p: cannot listen on {addr} or {fallback}")
+                    self._warn(f"p2p: {addr} is in use; listening on a free port instead "
+                               "(choose one with --listen)")
+            self.addrs = [str(a) for a in host.get_addrs()]
+            if any(addr.endswith("/tcp/0") for addr in self._listen):
+                for addr in self.addrs:  # the operator asked for a free port: say which
+                    print(f"ww: p2p: listening on {addr}", file=sys.stderr, flush=True)
+            self._host = host
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._token = trio.lowlevel.current_trio_token()
+                for addr in self._join:
+                    nursery.start_soon(self._join_one, addr)
+                ready.set_result(None)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+            self._nursery = None
+            with trio.move_on_after(STOP_TIMEOUT) as scope:
+                scope.shield = True
+                await host.close()
+
+    async def _join_one(self, addr: str) -> None:
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        try:
+            with trio.fail_after(JOIN_TIMEOUT):
+                await self._host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+        except Exception as e:
+            self._warn(f"p2p: --join {addr}: cannot connect ({_reason(e)})")
+
+    async def _open(self, addr: str, future: concurrent.futures.Future[socket.socket]) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+
+        peer = peer_of(addr)
+        if peer == self.peer_id:
+            _fail(future, P2PError(f"p2p: {addr} is this host itself"))
+            return
+        if self._streams >= MAX_STREAMS:
+            _fail(future, P2PError(f"p2p: too many open streams ({MAX_STREAMS})"))
+            return
+        connected = False
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                if addr.startswith("/p2p/"):
+                    peer_id = ID.from_base58(peer)
+                    peerstore = self._host.get_peerstore()
+                    known = peerstore.addrs(peer_id) if peer_id in peerstore.peer_ids() else []
+                    if not self._host.get_network().get_connections(peer_id) and not known:
+                        raise P2PError(f"p2p: not connected to {peer} and no address known "
+                                       "for it (give its full address, or --join it)")
+                    await self._host.connect(PeerInfo(peer_id, known))
+                else:
+                    info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+                    peer_id = info.peer_id
+                    await self._host.connect(info)
+                connected = True
+                stream = await self._host.new_stream(peer_id, [PROTOCOL_ID])
+        except P2PError as e:
+            _fail(future, e)
+            return
+        except trio.TooSlowError:
+            _fail(future, P2PError(f"p2p: {addr}: no answer within {DIAL_TIMEOUT:g} s"))
+            return
+        except Exception as e:
+            if connected:
+                _fail(future, P2PError(f"p2p: {peer} serves nothing on {PROTOCOL_ID} (its cell "
+                                       "exports nothing, or it runs without --with-p2p)"))
+            else:
+                _fail(future, P2PError(f"p2p: cannot reach {addr} ({_reason(e)})"))
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if not future.set_running_or_notify_cancel():
+            theirs.close()
+            ours.close()
+            await stream.reset()
+            return
+        future.set_result(theirs)
+        self._streams += 1
+        try:
+            await bridge.splice(stream, ours)
+        finally:
+            self._streams -= 1
+
+    async def _inbound(self, stream: Any) -> None:
+        accept = self._accept
+        if accept is None or self._streams >= MAX_STREAMS:
+            await stream.reset()  # nothing exported (yet, or any more): refuse
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            accept(theirs, str(stream.muxed_conn.peer_id))
+        except Exception:
+            theirs.close()
+            ours.close()
+            await stream.reset()
+            return
+        self._streams += 1
+        try:
+            await bridge.splice(stream, ours)
+        finally:
+            self._streams -= 1
+
+
+def _find(e: BaseException, kind: type[P2PError]) -> P2PError | None:
+    """``e`` itself or the first ``kind`` inside it (trio nurseries group exceptions)."""
+    if isinstance(e, kind):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
+
+
+def _innermost(e: BaseException) -> BaseException:
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
+
+
+def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+    if future.set_running_or_notify_cancel():  # False: the caller gave up and cancelled it
+        future.set_exception(error)
+
+
+def _reason(e: BaseException) -> str:
+    """A one-line reason from libp2p's exceptions (which nest, and are often empty)."""
+    while not str(e) and (e.__cause__ or e.__context__):
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]

@@ -1,0 +1,189 @@
+"""`/ww/0.1.0`, the Cap'n Proto side: serving a cell's export, and reaching a remote one.
+
+A `/ww/0.1.0` stream carries standard Cap'n Proto two-party RPC.  The side that accepted the
+stream is the server; its bootstrap capability is a `Gateway` (cell.capnp), whose one method
+returns the capability the cell exported.  The exported capability is held as an opaque
+client and passed through untouched: calls on it are forwarded to the cell by the RPC
+system itself, and a remote caller can reach nothing else (the `Gateway` has no other
+method, and `Host`, the session and its capabilities are never on this connection).
+
+Everything here runs on the asyncio thread that serves fd 3 (or `ww call`'s); sockets come
+from :class:`ww.p2p.host.Node`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import capnp
+
+from ww.p2p.addrs import PROTOCOL_ID, P2PError, peer_of
+from ww.schema import load
+
+_cell = load("cell")
+
+MAX_INBOUND = 64  # remote connections served at once; more are closed at once
+MAX_DIALED = 64  # connections to remote exports kept open by one host
+
+
+def hold(capability: Any) -> Any:
+    """Keep a ``Capability``-typed value (an AnyPointer reader, valid only during the call
+    that carried it) as a client; the interface it is typed as here does not matter."""
+    return capability.as_interface(_cell.Gateway)
+
+
+class GatewayServer(_cell.Gateway.Server):  # type: ignore[name-defined,misc]
+    """The bootstrap of a `/ww/0.1.0` connection: hands out the current export."""
+
+    def __init__(self, exports: Exports) -> None:
+        self._exports = exports
+
+    async def service(self, _context: Any, **kwargs: Any) -> None:
+        export = self._exports.current
+        if export is None:
+            raise P2PError("p2p: this cell exports nothing")
+        _context.results.service = export
+
+
+class Exports:
+    """A cell's export and the remote connections that reach it."""
+
+    def __init__(self) -> None:
+        self.current: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: set[tuple[Any, socket.socket]] = set()
+
+    def set(self, service: Any) -> None:
+        """Export ``service`` (a client); ``None`` withdraws the export."""
+        self._loop = asyncio.get_running_loop()
+        self.current = service
+        if service is None:
+            self.close_all()
+
+    def accept(self, sock: socket.socket, peer: str) -> None:
+        """For :meth:`ww.p2p.host.Node.serve`: called on the libp2p thread."""
+        loop = self._loop
+        if loop is None or self.current is None:
+            raise P2PError("nothing exported")
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._serve(sock)))
+
+    async def _serve(self, sock: socket.socket) -> None:
+        if self.current is None or len(self._servers) >= MAX_INBOUND:
+            sock.close()
+            return
+        stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        server = capnp.TwoPartyServer(stream, bootstrap=GatewayServer(self))
+        entry = (server, sock)
+        self._servers.add(entry)
+        try:
+            await server.on_disconnect()
+        except Exception:
+            pass
+        finally:
+            self._servers.discard(entry)
+            sock.close()
+
+    def close_all(self) -> None:
+        """Drop every remote connection: their calls fail as disconnected."""
+        for server, sock in list(self._servers):
+            self._servers.discard((server, sock))
+            try:
+                server.close()
+            except Exception:
+                pass
+            sock.close()
+
+
+class Remote:
+    """One `/ww/0.1.0` connection we opened, and its `Gateway`."""
+
+    def __init__(self, client: Any, sock: socket.socket) -> None:
+        self._client = client
+        self._sock = sock
+        self.gateway = client.bootstrap().cast_as(_cell.Gateway)
+        self.closed = False
+        self._watch = asyncio.ensure_future(self._until_disconnected())
+
+    async def _until_disconnected(self) -> None:
+        try:
+            await self._client.on_disconnect()
+        except Exception:
+            pass
+        self.closed = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._client.close()
+        self._watch.cancel()
+        self._sock.close()
+
+
+class Dialer:
+    """The `/ww/0.1.0` connections one host opened, one per address, reused by later dials.
+
+    Each dial asks the remote `Gateway` again, so a new export over there is seen at once;
+    a connection that broke is replaced.  At most :data:`MAX_DIALED` are kept open: dialing
+    one more address closes the least recently dialed one (and the capabilities from it).
+    """
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self._remotes: dict[str, Remote] = {}
+
+    async def dial(self, addr: str) -> Any:
+        """The capability the cell at ``addr`` exports, as a client of unknown interface."""
+        remote = self._remotes.pop(addr, None)
+        if remote is not None and remote.closed:
+            remote.close()
+            remote = None
+        if remote is None:
+            remote = await self._connect(addr)
+        self._remotes[addr] = remote  # most recently used last
+        while len(self._remotes) > MAX_DIALED:
+            self._remotes.pop(next(iter(self._remotes))).close()
+        try:
+            return hold((await remote.gateway.service()).service)
+        except capnp.KjException as e:
+            self._remotes.pop(addr, None)
+            remote.close()
+            raise P2PError(_dial_failure(addr, e)) from None
+
+    async def _connect(self, addr: str) -> Remote:
+        sock = await asyncio.wrap_future(self._node.open(addr))
+        try:
+            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+            return Remote(capnp.TwoPartyClient(stream), sock)
+        except Exception:
+            sock.close()
+            raise
+
+    def close_all(self) -> None:
+        for remote in self._remotes.values():
+            remote.close()
+        self._remotes.clear()
+
+
+def _dial_failure(addr: str, e: capnp.KjException) -> str:
+    reason = remote_reason(e)
+    if "exports nothing" in reason:
+        return f"p2p: the cell at {peer_of(addr)} exports nothing"
+    if e.type == "DISCONNECTED" or "disconnect" in reason.lower() or "EOF" in reason:
+        return (f"p2p: {peer_of(addr)} serves nothing on {PROTOCOL_ID} (its cell exports "
+                "nothing, or it runs without --with-p2p)")
+    return f"p2p: {peer_of(addr)}: {reason}"
+
+
+def remote_reason(e: capnp.KjException) -> str:
+    """The one line a remote failure means, without KJ's prefixes or a remote traceback."""
+    text = (getattr(e, "description", None) or str(e)).split("\nstack:", 1)[0].strip()
+    if "remote exception: " in text:
+        text = text.split("remote exception: ", 1)[1]
+    text = text.removeprefix("message = ")  # pycapnp's way of sending a Python error
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    # A Python server's default answer is its traceback: the last line is the error.
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0]).strip()[:500]

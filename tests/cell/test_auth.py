@@ -1,0 +1,228 @@
+"""Signed login end to end: real cells log in with Ed25519 identities through real `ww run`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_ww
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    """A key from `ww idgen` (base58 text), and the peer id it belongs to."""
+    r = run_ww("idgen")
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "cell.key"
+    path.write_text(r.stdout)
+    from ww.ipfs.identity import parse_private_key
+
+    return str(path), parse_private_key(r.stdout).peer_id
+
+
+WHO_AM_I = """
+import ww.cell
+with ww.cell.session() as s:
+    print(s.peer_id, ",".join(s.granted))
+    s.console.println("signed in")
+"""
+
+
+def audit_lines(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_good_login_with_the_operators_key_gives_the_flags_grants(make_cell, keyfile):
+    path, peer = keyfile
+    r = run_ww("--json", "run", "--identity", path, "--with-console", make_cell(WHO_AM_I))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [peer, "console"]
+    assert "[cell] signed in" in r.stderr
+    events = audit_lines(r.stderr)
+    login = next(e for e in events if e["event"] == "login")
+    assert login["peer"] == peer and login["granted"] == ["console"]
+    assert any(e["event"] == "grant" and e["capability"] == "console" for e in events)
+
+
+def test_raw_key_file_and_a_fresh_identity_per_run(make_cell, tmp_path):
+    raw = run_ww("idgen", "--raw", text=False)
+    (tmp_path / "raw.key").write_bytes(raw.stdout)
+    from ww.ipfs.identity import parse_private_key
+
+    cell = make_cell(WHO_AM_I)
+    r = run_ww("run", "--identity", str(tmp_path / "raw.key"), "--with-console", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [parse_private_key(raw.stdout).peer_id, "console"]
+    first = run_ww("run", "--identity", "new", "--with-console", cell)
+    second = run_ww("run", "--identity", "new", "--with-console", cell)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.startswith("12D3KooW") and first.stdout != second.stdout
+
+
+def test_the_key_is_not_in_the_cells_environment_or_files_and_is_handed_out_once(
+        make_cell, keyfile):
+    path, _ = keyfile
+    cell = make_cell("""
+        import os, sys, asyncio, socket, capnp
+        from ww.schema import load
+        secret = sys.stdin.read().strip()  # the key text, to look for (stdin is not a file)
+        found = [k for k, v in os.environ.items() if secret in v or k.startswith("WW_")]
+        files = [os.path.join(d, f) for top in ("/cell", "/tmp")
+                 for d, _, fs in os.walk(top) for f in fs]
+        holding = [f for f in files if secret.encode() in open(f, "rb").read()]
+        print("env", found, "files", holding, "fds", sorted(os.listdir("/proc/self/fd")))
+        cell = load("cell")
+        async def main():
+            client = capnp.TwoPartyClient(
+                await capnp.AsyncIoStream.create_connection(sock=socket.socket(fileno=3)))
+            host = client.bootstrap().cast_as(cell.Host)
+            key = bytes((await host.identity()).key)
+            print("key bytes", len(key))
+            try:
+                await host.identity()
+            except capnp.KjException as e:
+                print("again:", "only before login" in str(e))
+        asyncio.run(capnp.run(main()))
+    """)
+    r = run_ww("run", "--identity", path, "--login-timeout", "5", cell,
+               input=open(path).read())
+    # The cell never logged in: it ended on its own before the deadline, with its status.
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "env [] files [] fds ['0', '1', '2', '3', '4']"  # 4: listdir's own
+    assert lines[1:] == ["key bytes 68", "again: True"]
+
+
+REPLAY = """
+import asyncio, sys
+import ww.cell
+from ww.cell._session import Signer
+
+class Replaying(Signer):
+    recorded = None
+    async def sign(self, challenge, _context, **kwargs):
+        if Replaying.recorded is None:
+            await super().sign(challenge, _context)
+            Replaying.recorded = (bytes(_context.results.publicKey),
+                                  bytes(_context.results.signature))
+        else:  # the second login: answer with the first login's signature
+            _context.results.publicKey, _context.results.signature = Replaying.recorded
+
+async def main():
+    async with ww.cell.connect() as s:
+        first = s.peer_id
+        s._signer = Replaying(s._signer.key)
+        again = await s.relogin()  # records a good answer
+        print("second login ok", again.peer_id == first, flush=True)
+        try:
+            await again.relogin()  # replays it against a fresh nonce
+        except ww.cell.AuthenticationFailed as e:
+            print("refused:", e, flush=True)
+        await asyncio.sleep(10)
+        print("not stopped", flush=True)
+asyncio.run(main())
+"""
+
+
+def test_a_replayed_signature_fails_the_login_and_stops_the_cell(make_cell, keyfile):
+    path, peer = keyfile
+    r = run_ww("run", "--identity", path, "--with-console", make_cell(REPLAY), timeout=30)
+    assert r.returncode == 64, r.stdout + r.stderr
+    assert "second login ok True" in r.stdout
+    assert "not stopped" not in r.stdout
+    assert r.stderr.splitlines()[-1] == (
+        f"ww: authentication failed: login signature does not verify for peer {peer}")
+
+
+def test_a_bare_nonce_signature_is_not_a_login(make_cell, keyfile):
+    path, peer = keyfile
+    cell = make_cell("""
+        import ww.cell
+        from ww.cell._session import Signer
+        class Bare(Signer):  # signs the nonce without the "ww-login-v1" domain
+            async def sign(self, challenge, _context, **kwargs):
+                _context.results.publicKey = self.key.public_key.to_protobuf()
+                _context.results.signature = self.key.sign(bytes(challenge))
+        from ww.ipfs.identity import parse_private_key
+        key = parse_private_key(open(0, "rb").read())
+        with ww.cell.session(identity=Bare(key)) as s:
+            print("logged in")
+    """)
+    with open(path, "rb") as f:
+        r = run_ww("run", "--identity", path, cell, stdin=f)
+    assert r.returncode == 64
+    assert "logged in" not in r.stdout
+    assert r.stderr.strip() == (
+        f"ww: authentication failed: login signature does not verify for peer {peer}")
+
+
+def test_a_wrong_key_is_refused(make_cell, keyfile):
+    path, _ = keyfile
+    cell = make_cell("""
+        import ww.cell
+        from ww.ipfs.identity import PrivateKey
+        with ww.cell.session(identity=PrivateKey.generate()) as s:
+            print("logged in")
+    """)
+    r = run_ww("--json", "run", "--identity", path, "--with-console", cell)
+    assert r.returncode == 64
+    assert "logged in" not in r.stdout
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("ww: authentication failed: peer 12D3KooW")
+    assert last.endswith("is not allowed by the host's policy")
+    failed = [e for e in audit_lines(r.stderr) if e["event"] == "login-failed"]
+    assert len(failed) == 1 and "not allowed" in failed[0]["reason"]
+
+
+def test_no_login_within_the_time_limit_stops_the_cell(make_cell, keyfile):
+    path, _ = keyfile
+    cell = make_cell("""
+        import time
+        print("started", flush=True)
+        time.sleep(30)
+        print("never")
+    """)
+    r = run_ww("run", "--identity", path, "--login-timeout", "0.5", cell, timeout=20)
+    assert r.returncode == 64
+    assert r.stdout == "started\n"
+    assert r.stderr == "ww: authentication failed: the cell did not log in within 0.5 s\n"
+
+
+def test_login_without_identity_where_one_is_required_fails(make_cell, keyfile):
+    path, _ = keyfile
+    cell = make_cell("""
+        import ww.cell
+        with ww.cell.session(identity=False) as s:
+            print("logged in")
+    """)
+    r = run_ww("run", "--identity", path, "--with-console", cell)
+    assert r.returncode == 64
+    assert r.stdout == ""
+    assert r.stderr == ("ww: authentication failed: the cell logged in without an identity, "
+                        "but this host requires a signed login (--identity, --allow or "
+                        "--policy)\n")
+
+
+def test_without_identity_flags_a_cell_may_still_sign_and_gets_the_flags_grants(make_cell):
+    cell = make_cell("""
+        import ww.cell
+        from ww.ipfs.identity import PrivateKey
+        key = PrivateKey.generate()
+        with ww.cell.session(identity=key) as s:
+            print(s.peer_id == key.peer_id, s.granted)
+    """)
+    r = run_ww("run", "--with-console", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "True ['console']\n"
+
+
+def test_bad_identity_flags_are_usage_errors(make_cell, tmp_path):
+    (tmp_path / "junk.key").write_text("not a key")
+    r = run_ww("run", "--identity", str(tmp_path / "junk.key"), "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.startswith("ww: --identity ") and r.stderr.count("\n") == 1
+    r = run_ww("run", "--identity", str(tmp_path / "missing.key"), "/bin/true")
+    assert r.returncode == 2 and "cannot read the key file" in r.stderr
+    r = run_ww("run", "--allow", "12D3KooWnot-a-peer", "/bin/true")
+    assert r.returncode == 2 and r.stderr.startswith("ww: --allow '12D3KooWnot-a-peer': ")

@@ -1,0 +1,215 @@
+"""Sub-cells (--with-exec) end to end: real parents spawn real jailed children."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import run_ww
+
+CHILD = """
+import sys, ww.cell
+print("child args", sys.argv[1:], flush=True)
+with ww.cell.session() as s:
+    print("child granted", ",".join(s.granted), flush=True)
+    for chunk in s.ipfs.cat_stream(sys.argv[1]):
+        sys.stdout.write(chunk.decode())
+    sys.stdout.flush()
+    if sys.argv[2:] == ["--write"]:
+        s.ipfs.add(b"more than it was granted")  # read-only: denied, uncaught: exit 65
+"""
+
+
+def export(path) -> str:
+    r = run_ww("export", str(path))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def ipfs_child(make_cell, tmp_path):
+    """An IPFS-hosted Python program and a data file, as /ipfs/ paths."""
+    program = export(make_cell(CHILD, name="child.py"))
+    (tmp_path / "data.txt").write_text("line one\nline two\n")
+    return program, export(tmp_path / "data.txt")
+
+
+def test_a_child_runs_an_ipfs_program_with_read_only_ipfs_and_streams_its_output_back(
+        make_cell, ipfs_child):
+    program, data = ipfs_child
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("{program}", "{data}", ipfs=True, ipfs_read_only=True)
+            for piece in child.stdout.chunks():
+                print("child says:", piece.decode(), end="", flush=True)
+            print("status", child.wait(), "stderr", repr(child.stderr.read_all()))
+    """)
+    # WW_WITH_CONSOLE grants the parent the console; it must not reach the child's `ww run`.
+    r = run_ww("--json", "run", "--with-ipfs", "--with-exec", parent,
+               env={**os.environ, "WW_WITH_CONSOLE": "1"})
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.replace("child says: ", "")
+    assert text.splitlines() == [
+        f"child args ['{data}']", "child granted ipfs", "line one", "line two",
+        "status 0 stderr b''"]
+    events = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    spawn = next(e for e in events if e["event"] == "spawn")
+    assert spawn["program"] == program and spawn["granted"] == ["ipfs"]
+    assert spawn["flags"] == ["--with-ipfs", "--ipfs-read-only"]
+    # The child's own `ww run` reports to the same audit trail: its login and grant.
+    child_grant = next(e for e in events if e["event"] == "grant" and e["cell"] == spawn["pid"])
+    assert child_grant["capability"] == "ipfs" and child_grant["read_only"] is True
+    assert any(e["event"] == "exit" and e["status"] == 0 for e in events)
+
+
+def test_a_child_exceeding_its_grant_is_denied_and_exits_65(make_cell, ipfs_child):
+    program, data = ipfs_child
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("{program}", "{data}", "--write", ipfs=True,
+                                 ipfs_read_only=True)
+            out = child.stdout.read_all().decode()
+            err = child.stderr.read_all().decode()
+            print("status", child.wait())
+            print("stderr", err.strip())
+            s.ipfs.add(b"the parent itself may write")
+            print("parent wrote")
+    """)
+    r = run_ww("--json", "run", "--with-ipfs", "--with-exec", parent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "status 65",
+        "stderr cell: capability denied: ipfs: add: this IPFS capability is read-only (cat, "
+        "ls, stat and resolve only)",
+        "parent wrote"]
+    denied = [json.loads(x) for x in r.stderr.splitlines() if '"denied"' in x]
+    assert [(d["capability"], d["method"]) for d in denied] == [("ipfs", "add")]
+
+
+def test_a_parent_cannot_hand_down_more_than_it_holds(make_cell, ipfs_child, tmp_path):
+    program, data = ipfs_child
+    (tmp_path / "other.txt").write_text("elsewhere\n")
+    other = export(tmp_path / "other.txt")
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            for label, kw in [("console", dict(console=True)),
+                              ("root outside", dict(ipfs=True, ipfs_roots=["{other}"]))]:
+                try:
+                    s.exec.spawn("{program}", "{data}", **kw)
+                    print(label, "allowed")
+                except ww.cell.CapabilityDenied as e:
+                    print(label, "denied:", str(e).split(": ", 3)[3])
+            # Asking for read-write IPFS gives read-only: the parent's own is read-only.
+            child = s.exec.spawn("{program}", "{data}", "--write", ipfs=True)
+            print("widened child exits", child.wait())
+    """)
+    r = run_ww("run", "--with-ipfs", "--ipfs-read-only", "--ipfs-root", data, "--with-exec",
+               parent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "console denied: cannot hand down 'console', which this cell does not hold",
+        f"root outside denied: cannot widen the capability: {other} is outside the DAGs "
+        "this capability is limited to",
+        "widened child exits 65",
+    ]
+
+
+def test_local_programs_need_the_operators_allow_and_stdin_streams_in(make_cell):
+    parent = make_cell("""
+        import ww.cell
+        with ww.cell.session() as s:
+            cat = s.exec.spawn("/bin/cat")
+            cat.write(b"through the child and back\\n")
+            cat.close_stdin()
+            print(cat.stdout.read_all().decode().strip(), cat.wait())
+            env = s.exec.spawn("/usr/bin/env", env={"GREETING": "hi"})
+            print(env.stdout.read_all().decode().split(), env.wait())
+            try:
+                s.exec.spawn("/bin/sh", "-c", "echo escaped")
+            except ww.cell.CapabilityDenied as e:
+                print("denied:", e)
+    """)
+    r = run_ww("run", "--with-exec", "--exec-allow", "/bin/cat", "--exec-allow",
+               "/usr/bin/env", parent, env={**os.environ, "SECRET": "x"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "through the child and back 0",
+        "['GREETING=hi', 'PWD=/cell'] 0",
+        "denied: capability denied: exec: spawn: /bin/sh is not an allowed executable (an "
+        "/ipfs/ path, or a local path the operator allowed with --exec-allow)",
+    ]
+
+
+def test_signals_reach_the_child_and_its_status_says_so(make_cell):
+    parent = make_cell("""
+        import signal, time
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("/bin/sleep", "30")
+            time.sleep(0.3)
+            child.kill(signal.SIGTERM)
+            print("status", child.wait())
+            try:
+                child.kill(signal.SIGUSR1)
+            except ww.cell.RemoteError as e:
+                print("refused:", e)
+    """)
+    started = time.monotonic()
+    r = run_ww("run", "--with-exec", "--exec-allow", "/bin/sleep", parent, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "status 143"
+    assert r.stdout.splitlines()[1].startswith("refused: signal 10: only SIGHUP (1)")
+    assert time.monotonic() - started < 10
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def test_children_die_with_their_parent(make_cell):
+    marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 100000}"
+    parent = make_cell(f"""
+        import time
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("/bin/sleep", "{marker}")
+            time.sleep(0.5)
+            print("leaving the child behind", flush=True)
+    """)
+    r = run_ww("run", "--with-exec", "--exec-allow", "/bin/sleep", parent, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "leaving the child behind\n"
+    deadline = time.monotonic() + 5
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+
+
+def test_children_inherit_the_parents_resource_limits(make_cell):
+    parent = make_cell("""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("/bin/dd", "if=/dev/zero", "of=/cell/big", "bs=1M", "count=3")
+            err = child.stderr.read_all().decode()
+            print("status", child.wait())
+            print(err.strip().splitlines()[-1])
+    """)
+    r = run_ww("run", "--fsize", "1M", "--with-exec", "--exec-allow", "/bin/dd", parent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "status 66",
+        "ww: resource limit: the cell wrote a file larger than 1M (--fsize); it was stopped"]

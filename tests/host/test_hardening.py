@@ -1,0 +1,221 @@
+"""The seccomp filter (EPERM by default, exit 67 with --strict) and the resource limits (66).
+
+Every case runs the real `ww run` on a real cell in the real jail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import WW, run_ww
+from ww.host import seccomp
+
+pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64",
+                                reason="the probes below use x86_64 system call numbers")
+
+# A cell that makes each denied call with harmless arguments and prints "name errno".
+# The 32-bit ABI is reached with `int 0x80` from a page of machine code.
+PROBE = r"""
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+NUMBERS = %(numbers)r
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+
+def call(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    if r == 0 and nr == NUMBERS["clone"]:
+        os._exit(0)  # the call was allowed and this is the child: never run on
+    return r, ctypes.get_errno()
+
+wanted = sys.argv[1:]
+for name in wanted:
+    if name == "int80":
+        page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        page.write(b"\xb8\x14\x00\x00\x00\xcd\x80\xc3")  # mov eax, 20 (getpid); int 0x80; ret
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        r = ctypes.CFUNCTYPE(ctypes.c_int)(addr)()
+        print(name, -r if r < 0 else "allowed", flush=True)
+    elif name == "x32":
+        r, e = call(0x40000000 | 39)  # getpid through the x32 ABI
+        print(name, e if r == -1 else "allowed", flush=True)
+    elif name == "clone_newuser":
+        r, e = call(NUMBERS["clone"], CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+        print(name, e if r == -1 else "allowed", flush=True)
+    elif name == "clone3":
+        r, e = call(NUMBERS["clone3"], 0, 0)
+        print(name, e if r == -1 else "allowed", flush=True)
+    else:
+        r, e = call(NUMBERS[name], 0, 0, 0, 0, 0, 0)
+        print(name, e if r == -1 else "allowed", flush=True)
+print("end ok", flush=True)
+"""
+
+
+@pytest.fixture
+def probe(make_cell):
+    numbers = seccomp._ARCHES["x86_64"].numbers
+    return make_cell(PROBE % {"numbers": numbers}, name="probe.py",
+                     shebang="#!/usr/bin/env -S python3 -S")
+
+
+ALL_DENIED = [*seccomp.DENIED, "clone_newuser", "int80", "x32"]
+
+
+def test_every_denied_call_fails_with_eperm(probe):
+    r = run_ww("run", probe, *ALL_DENIED, timeout=60)
+    assert r.returncode == 0, r.stderr
+    results = dict(line.split() for line in r.stdout.splitlines())
+    assert results.pop("end") is not None
+    assert results == {name: str(1) for name in ALL_DENIED}  # 1 = EPERM
+
+
+def test_clone3_is_enosys_so_threads_and_processes_still_work(probe, make_cell):
+    r = run_ww("run", probe, "clone3", timeout=30)
+    assert r.stdout.split()[:2] == ["clone3", "38"]  # ENOSYS: libc falls back to clone
+    cell = make_cell("""
+        import os, subprocess, threading
+        out = []
+        t = threading.Thread(target=out.append, args=("thread",))
+        t.start(); t.join()
+        print(out[0], subprocess.run(["/bin/echo", "child"], capture_output=True,
+                                     text=True).stdout.strip(), os.fork() and "parent")
+    """, shebang="#!/usr/bin/env -S python3 -S")
+    r = run_ww("run", cell, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "thread child parent" in r.stdout
+
+
+def test_seccomp_filter_is_in_force_in_the_cell():
+    r = run_ww("run", "/bin/sh", "-c", "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status")
+    status = dict(line.split() for line in r.stdout.splitlines())
+    assert status == {"Seccomp:": "2", "NoNewPrivs:": "1"}  # 2 = filter mode
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        ("ptrace", "ptrace"),
+        ("mount", "mount"),
+        ("bpf", "bpf"),
+        ("keyctl", "keyctl"),
+        ("clone_newuser", "clone with a namespace flag"),
+        ("int80", "32-bit system call ABI"),
+    ],
+)
+def test_strict_kills_the_cell_on_the_first_denied_call_and_exits_67(probe, call, named):
+    r = run_ww("run", "--strict", probe, call, "getpid_never_reached", timeout=30)
+    assert r.returncode == 67, (r.stdout, r.stderr)
+    assert call not in r.stdout and "end" not in r.stdout  # stopped inside the call
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("ww: isolation violation") and named in lines[0]
+
+
+def test_strict_cell_that_behaves_runs_normally_with_exactly_its_fds(make_cell):
+    cell = make_cell("""
+        import os, threading
+        t = threading.Thread(target=print, args=("from a thread",)); t.start(); t.join()
+        print(sorted(int(n) for n in os.listdir("/proc/self/fd"))[:4])
+        print(os.environ.get("PWD"), open("/proc/self/status").read().count("Seccomp:\\t2"))
+    """, shebang="#!/usr/bin/env -S python3 -S")
+    r = run_ww("run", "--strict", cell, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["from a thread", "[0, 1, 2, 3]", "/cell 1"]
+    assert r.stderr == ""
+
+
+def test_strict_keeps_the_cells_exit_status_and_arguments():
+    r = run_ww("run", "--strict", "/bin/sh", "-c", 'echo "$@"; exit 9', "sh", "a b", "--x")
+    assert r.returncode == 9
+    assert r.stdout == "a b --x\n"
+    assert run_ww("run", "--strict", "no-such-program-ww").returncode == 127
+
+
+# --- resource limits -----------------------------------------------------------------------
+
+LIMIT_CASES = [
+    # flag, value, cell (sh -c), the flag named on the one line
+    ("--memory", "64M", "exec python3 -S -c 'x = bytearray(512 << 20); x[::4096] = "
+     "b\"y\" * (len(x) // 4096); import time; time.sleep(5)'", "--memory"),
+    ("--memory", "16M", "head -c 64000000 /dev/zero > /cell/big 2>/dev/null; sleep 5",
+     "--memory"),
+    ("--cpu-time", "0.5", "while :; do :; done", "--cpu-time"),
+    ("--pids", "20", "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; wait", "--pids"),
+    ("--timeout", "0.5", "sleep 10", "--timeout"),
+    ("--fsize", "1M", "exec head -c 5000000 /dev/zero > /cell/big", "--fsize"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "script", "named"), LIMIT_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(LIMIT_CASES)])
+def test_a_cell_over_a_limit_is_stopped_and_ww_run_exits_66(flag, value, script, named):
+    start = time.monotonic()
+    r = run_ww("run", flag, value, "/bin/sh", "-c", f"PATH=/usr/bin:/bin; {script}",
+               timeout=30)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    ours = [line for line in r.stderr.splitlines() if "ww: resource limit" in line]
+    assert len(ours) == 1 and named in ours[0], r.stderr
+    assert elapsed < 4.5  # stopped, not left to finish its sleep
+
+
+def test_cells_under_their_limits_run_normally():
+    r = run_ww("run", "--memory", "256M", "--cpu-time", "10", "--pids", "50", "--fsize", "1M",
+               "--timeout", "20", "/bin/sh", "-c",
+               "head -c 100000 /dev/zero > /cell/f; wc -c < /cell/f; sleep 0.2 & wait; exit 3")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.strip() == "100000"
+    assert r.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [["--memory", "lots"], ["--memory", "0"], ["--cpu-time", "-1"], ["--pids", "2.5"],
+     ["--timeout", "soon"], ["--fsize", "1X"]],
+)
+def test_bad_limit_is_a_usage_error_naming_the_flag(flag):
+    r = run_ww("run", *flag, "/bin/echo", "cell started")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and flag[0] in r.stderr
+
+
+def test_every_cell_is_first_in_line_for_the_oom_killer_and_dumps_no_core():
+    r = run_ww("run", "/bin/sh", "-c",
+               "cat /proc/self/oom_score_adj; grep 'core file size' /proc/self/limits")
+    adj, limits = r.stdout.splitlines()
+    assert adj == "1000"
+    assert limits.split()[4:6] == ["1", "1"]  # Max core file size, soft and hard
+
+
+def test_signals_still_reach_a_cell_under_limits():
+    proc = subprocess.Popen([WW, "run", "--memory", "128M", "--timeout", "30", "/bin/sh", "-c",
+                             'trap "exit 7" TERM; echo ready; while :; do sleep 0.05; done'],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.terminate()
+        assert proc.wait(timeout=20) == 7
+    finally:
+        proc.kill()
+
+
+# --- setuid --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a setuid file for another user needs root")
+def test_a_setuid_binary_gives_the_cell_no_other_identity(tmp_path):
+    suid = tmp_path / "suid-id"
+    suid.write_bytes(open("/usr/bin/id", "rb").read())
+    os.chown(suid, 65534, 65534)  # nobody: a user the jail does not map
+    suid.chmod(0o6755)
+    assert os.stat(suid).st_mode & 0o6000 == 0o6000
+    r = run_ww("run", str(suid))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("uid=1000") and "euid" not in r.stdout and "egid" not in r.stdout
