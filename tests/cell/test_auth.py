@@ -226,3 +226,38 @@ def test_bad_identity_flags_are_usage_errors(make_cell, tmp_path):
     assert r.returncode == 2 and "cannot read the key file" in r.stderr
     r = run_ww("run", "--allow", "12D3KooWnot-a-peer", "/bin/true")
     assert r.returncode == 2 and r.stderr.startswith("ww: --allow '12D3KooWnot-a-peer': ")
+
+
+def test_the_documented_login_works_from_raw_capnp_without_the_sdk(make_cell, keyfile):
+    """docs/auth.md, step by step, as a cell in another language would do it."""
+    path, peer = keyfile
+    cell = make_cell("""
+        import asyncio, socket, capnp
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        capnp.remove_import_hook()
+        schema = capnp.load("SCHEMA/cell.capnp", imports=["SCHEMA"])
+
+        class Signer(schema.Signer.Server):
+            def __init__(self, key68):
+                assert key68[:4] == b"\\x08\\x01\\x12\\x40"  # Type=Ed25519, Data=seed||public
+                self.key = Ed25519PrivateKey.from_private_bytes(key68[4:36])
+            async def sign(self, challenge, _context, **kwargs):
+                public = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                _context.results.publicKey = b"\\x08\\x01\\x12\\x20" + public
+                _context.results.signature = self.key.sign(b"ww-login-v1\\x00" + challenge)
+
+        async def main():
+            stream = await capnp.AsyncIoStream.create_connection(sock=socket.socket(fileno=3))
+            host = capnp.TwoPartyClient(stream).bootstrap().cast_as(schema.Host)
+            key = bytes((await host.identity()).key)
+            result = await host.login(Signer(key))
+            print(list(result.session.granted))
+            await result.session.console.println("raw login")
+        asyncio.run(capnp.run(main()))
+    """.replace("SCHEMA", run_ww("schema").stdout.strip()))
+    r = run_ww("--json", "run", "--identity", path, "--with-console", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['console']\n"
+    assert "[cell] raw login" in r.stderr
+    assert any(e["event"] == "login" and e["peer"] == peer for e in audit_lines(r.stderr))

@@ -7,7 +7,6 @@ import queue
 import subprocess
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -35,6 +35,7 @@ from ww.schema import load
 _cell = load("cell")
 
 MAX_READ = 1024 * 1024
+MAX_CHILDREN = 32  # sub-cells one login may have running at once (they are outside its --pids)
 MAX_WRITE = 4 * 1024 * 1024
 ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
@@ -141,6 +142,9 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
                     **kwargs: Any) -> None:
         if self._closed:
             raise ValueError("this cell's session is over")
+        self._children = {c for c in self._children if c.running}
+        if len(self._children) >= MAX_CHILDREN:
+            raise self._deny(f"{MAX_CHILDREN} sub-cells are already running; wait for one")
         program = self._program(executable)
         child = self._child_grants(grant)
         env_flags: list[str] = []
@@ -219,6 +223,10 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signum)
 
+    @property
+    def running(self) -> bool:
+        return self._proc.returncode is None
+
     def stop(self) -> None:
         """Kill the child `ww run` (its cell and its own children die with it)."""
         if self._proc.returncode is None:
@@ -227,16 +235,22 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
 
 
 class ByteReaderServer(_cell.ByteReader.Server):  # type: ignore[name-defined,misc]
+    """Reads of a pipe; a cell may keep several in flight, answered in order."""
+
     def __init__(self, stream: asyncio.StreamReader) -> None:
         self._stream = stream
+        self._lock = asyncio.Lock()  # a StreamReader serves one reader at a time
 
     async def read(self, count: int, **kwargs: Any) -> bytes:
         if count == 0:
             return b""
-        return await self._stream.read(min(count, MAX_READ))
+        async with self._lock:
+            return await self._stream.read(min(count, MAX_READ))
 
 
 class ByteWriterServer(_cell.ByteWriter.Server):  # type: ignore[name-defined,misc]
+    """Writes to a pipe, applied in the order they were sent."""
+
     def __init__(self, stream: asyncio.StreamWriter) -> None:
         self._stream = stream
 

@@ -1,13 +1,19 @@
 """Resource limits on a cell: memory, CPU time, processes, file size and wall-clock time.
 
 A cell that goes over a limit is stopped (SIGKILL to the whole jail) and `ww run` exits 66
-naming the limit.  Two mechanisms, so that the host is never the one that runs out:
+naming the limit.  Three mechanisms, so that the host is never the one that runs out:
 
+* **A cgroup per cell for ``--pids`` and ``--memory``** (:mod:`ww.host.cgroups`), where the
+  host can make one (cgroup v2 if delegated, else v1): the kernel refuses the fork past
+  ``--pids`` tasks and the page past ``--memory`` bytes (the OOM killer then kills inside
+  the cell, never outside it).  The watchdog below reads the cgroup's event counters
+  (a refused fork, an OOM kill) every ``INTERVAL`` and stops the cell on the first.
 * **A watchdog thread in the host** samples the cell's process tree every ``INTERVAL``
-  seconds from ``/proc``: the resident memory of every process plus what the cell stored in
-  its tmpfs directories (``/cell``, ``/tmp``), the CPU time of every process alive or reaped,
-  the number of tasks (processes and threads), and the time since the start.  It kills the
-  jail on the first sample over a limit.  It runs only when a limit is set.
+  seconds from ``/proc``: the CPU time of every process alive or reaped and the time since
+  the start; and, for ``--pids`` and ``--memory`` where no cgroup could be made, the number
+  of tasks (processes and threads) and the resident memory of every process plus what the
+  cell stored in its tmpfs directories (``/cell``, ``/tmp``).  It kills the jail on the first
+  sample over a limit.  It runs only when a limit is set.
 * **Kernel limits as a backstop**, set in the forked child before bubblewrap starts and
   inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (for a
   single process the watchdog would miss), ``RLIMIT_FSIZE`` (a write past ``--fsize`` fails
@@ -16,9 +22,9 @@ naming the limit.  Two mechanisms, so that the host is never the one that runs o
   anything of the host) and no core dumps (``RLIMIT_CORE`` 1: neither a core file nor a
   core-dump pipe).
 
-This machine's cgroup v2 hierarchy has no controllers to delegate (they are bound to cgroup
-v1), which is common on hosts that do not run systemd; the watchdog works wherever ``/proc``
-does, with no privileges.
+The ``/proc`` fallback for ``--pids`` and ``--memory`` is sampled: a fork bomb can make
+hundreds of processes and a fast allocator overshoot by what it touches in ``INTERVAL``
+before it is stopped.  It works wherever ``/proc`` does, with no privileges.
 """
 
 from __future__ import annotations
@@ -29,10 +35,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ww.errors import EXIT_RESOURCE_LIMIT, UsageError
 
+if TYPE_CHECKING:
+    from ww.host.cgroups import CellCgroup  # imported only when a cell has --pids/--memory
+
 INTERVAL = 0.01  # seconds between two samples of the cell
+
+# Tasks of a jailed cell that are not the cell's own: bubblewrap and its init in the jail.
+JAIL_TASKS = 2
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?"
@@ -112,12 +125,35 @@ class Limits:
         return None
 
 
-def preexec_setter(limits: Limits | None) -> Callable[[], None]:
+def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
+    """The cell's cgroup with ``--pids`` and ``--memory`` set, where the host can make one.
+
+    ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
+    its init on top.
+    """
+    if limits is None or (limits.pids is None and limits.memory is None):
+        return None
+    from ww.host import cgroups
+
+    wanted: dict[str, int] = {}
+    if limits.pids is not None:
+        wanted["pids"] = limits.pids + (JAIL_TASKS if jailed else 0)
+    if limits.memory is not None:
+        wanted["memory"] = limits.memory
+    return cgroups.create(wanted)
+
+
+def preexec_setter(limits: Limits | None,
+                   cgroup: CellCgroup | None = None) -> Callable[[], None]:
     """A function for the forked child (before bubblewrap): the kernel-side limits.
 
-    Everything is computed here, in the host; the child only makes system calls.
+    Everything is computed here, in the host; the child only makes system calls.  Joining
+    the cell's cgroup comes first, before anything else runs in the child, and fails the
+    spawn if the kernel refuses it: no process of the cell ever exists outside it.
     """
     import resource
+
+    join = cgroup.joiner() if cgroup is not None else None
 
     settings: list[tuple[int, tuple[int, int]]] = []
     _, core_hard = resource.getrlimit(resource.RLIMIT_CORE)
@@ -132,6 +168,8 @@ def preexec_setter(limits: Limits | None) -> Callable[[], None]:
     adj = b"1000"
 
     def apply() -> None:
+        if join is not None:
+            join()
         for which, value in settings:
             try:
                 setrlimit(which, value)
@@ -185,11 +223,19 @@ class Watchdog:
     ``root`` is the process we spawned: bubblewrap (``jailed``: its descendants are the
     jail, the first being bubblewrap's init) or, unjailed, the program itself.
     ``on_exceeded`` is called with the one-line message, then ``stop_cell`` kills the cell.
+    With ``cgroup``, the limits it enforces are read from its event counters, not sampled.
     """
 
     def __init__(self, limits: Limits, root: int, jailed: bool, *,
-                 on_exceeded: Callable[[str], None], stop_cell: Callable[[], None]) -> None:
+                 on_exceeded: Callable[[str], None], stop_cell: Callable[[], None],
+                 cgroup: CellCgroup | None = None) -> None:
         self.limits = limits
+        self._cgroup = cgroup
+        enforced = cgroup.enforced if cgroup is not None else frozenset()
+        self._sampled_pids = limits.pids if "pids" not in enforced else None
+        self._sampled_memory = limits.memory if "memory" not in enforced else None
+        self._sample_tree = any(x is not None for x in (self._sampled_pids,
+                                                        self._sampled_memory, limits.cpu_time))
         self._root = root
         self._include_root = not jailed
         self._on_exceeded = on_exceeded
@@ -265,22 +311,27 @@ class Watchdog:
     def check(self) -> str | None:
         """Which limit the cell is over right now, if any."""
         lim = self.limits
+        if self._cgroup is not None and (which := self._cgroup.exceeded()) is not None:
+            return which
         if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
             return "timeout"
-        if lim.pids is not None and (self._processes_in_jail() or 0) > lim.pids:
+        pids, memory = self._sampled_pids, self._sampled_memory
+        if pids is not None and (self._processes_in_jail() or 0) > pids:
             return "pids"
+        if not self._sample_tree:
+            return None
         s = self.sample()
-        if lim.memory is not None:
+        if memory is not None:
             used = s.rss_pages * self._page + self._tmpfs_bytes()
             self.peak_memory = max(self.peak_memory, used)
-            if used > lim.memory:
+            if used > memory:
                 return "memory"
         if lim.cpu_time is not None and s.cpu_ticks / self._tick > lim.cpu_time:
             return "cpu_time"
         # Unjailed, the root is the program; jailed, it is bubblewrap, and the first task
         # below it is bubblewrap's init inside the jail, which is not the cell's.
         tasks = s.tasks if self._include_root else s.tasks - 1
-        if lim.pids is not None and tasks > lim.pids:
+        if pids is not None and tasks > pids:
             return "pids"
         return None
 

@@ -95,10 +95,6 @@ class Access:
         self.login_timeout = login_timeout  # seconds to log in; None: no login required
         self.audit = audit  # where logins, grants and denials are reported
 
-    @property
-    def identity_required(self) -> bool:
-        return self.anonymous is None
-
     def capabilities(self) -> list[str]:
         """Every capability some login may receive (what the host must be ready to serve)."""
         sets = [g for g in (self.anonymous, *self.identities.values()) if g is not None]

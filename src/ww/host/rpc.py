@@ -107,7 +107,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
 
     def __init__(self, grants: Grants, fail: Callable[[str], None],
                  cell_gone: asyncio.Future[Any]) -> None:
-        self._access = grants.policy()
+        self.access = grants.policy()
         self._cell_gone = cell_gone
         self._factories = grants.factories
         self._made: dict[tuple[str, GrantSet, str | None], Any] = {}
@@ -127,13 +127,13 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
         if self.logged_in or self._key_given:
             raise PermissionError("the identity is handed out once, and only before login")
         self._key_given = True
-        _context.results.key = self._access.identity_key or b""
+        _context.results.key = self.access.identity_key or b""
 
     async def login(self, account: Any, _context: Any, **kwargs: Any) -> None:
-        audit = self._access.audit
+        audit = self.access.audit
         try:
             peer = await self._authenticate(account) if _context.params._has("account") else None
-            grants = self._access.grants_for(peer)
+            grants = self.access.grants_for(peer)
         except AuthenticationFailed as e:
             audit.emit("login-failed", reason=e.reason)
             self._fail(str(e))  # the supervisor stops the cell now
@@ -162,7 +162,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
     async def _authenticate(self, account: Any) -> str:
         """Challenge the cell's Signer; its peer id, or AuthenticationFailed."""
         challenge = os.urandom(CHALLENGE_BYTES)  # fresh for every login: never replayable
-        timeout = self._access.login_timeout or DEFAULT_LOGIN_TIMEOUT
+        timeout = self.access.login_timeout or DEFAULT_LOGIN_TIMEOUT
         try:
             answer = await asyncio.wait_for(account.sign(challenge), timeout)
         except TimeoutError:
@@ -208,7 +208,7 @@ async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
 
     hung_up: asyncio.Future[None] = loop.create_future()  # the cell's end of fd 3 is closed
     host = HostServer(grants, fail, hung_up)
-    access = grants.policy()
+    access = host.access
     timer = None
     if access.login_timeout is not None:
         timeout = access.login_timeout

@@ -138,7 +138,7 @@ class _Cell:
 
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
-           extra: list[int], cwd: str | None) -> subprocess.Popen[bytes]:
+           extra: list[int], cwd: str | None, cgroup: Any = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` with fd 3, the grants, and then ``extra`` fds right after the grants.
 
     ``extra`` are bubblewrap's own fds (its status pipe, the seccomp program, the strict
@@ -151,7 +151,7 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     floor = first_extra + len(extra)
 
     set_pdeathsig = _pdeathsig_setter()
-    set_limits = limits.preexec_setter(config.limits)
+    set_limits = limits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
 
     def child_setup() -> None:
         set_pdeathsig()
@@ -175,6 +175,9 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
         )
     except OSError as e:
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
+    except subprocess.SubprocessError:
+        raise HostError("cannot start the cell: the kernel refused to move it into its "
+                        "cgroup (--pids/--memory)") from None
 
 
 class _Verdict:
@@ -266,15 +269,19 @@ def run(config: RunConfig) -> int:
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
     watchdog: limits.Watchdog | None = None
     verdict = _Verdict()
+    cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
     try:
         try:
             if config.p2p is not None:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
-            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir)
+            cgroup = limits.cgroup_for(config.limits, config.jailed)
+            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup)
         finally:
             cell_sock.close()
             for fd in extra:
                 os.close(fd)
+            if cgroup is not None:
+                cgroup.close()
         cell = _Cell(proc, status_r)
         target.append(cell)
         stop_cell = _stopper(proc, config.jailed)
@@ -285,7 +292,7 @@ def run(config: RunConfig) -> int:
             watchdog = limits.Watchdog(
                 config.limits, proc.pid, config.jailed,
                 on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
-                stop_cell=stop_cell,
+                stop_cell=stop_cell, cgroup=cgroup,
             )
             watchdog.start()
         for signum in pending:
@@ -294,6 +301,9 @@ def run(config: RunConfig) -> int:
                    lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
         if watchdog is not None:
             watchdog.stop()
+        if cgroup is not None and (hit := cgroup.exceeded()) is not None:  # hit as it ended
+            verdict.decide(config.limits.exceeded_message(hit),  # type: ignore[union-attr]
+                           EXIT_RESOURCE_LIMIT)
         if verdict.message is not None:
             raise WwError(verdict.message, exit_code=verdict.exit_code)
         status = _exit_status(cell)
@@ -303,6 +313,8 @@ def run(config: RunConfig) -> int:
                           exit_code=EXIT_RESOURCE_LIMIT)
         return status
     finally:
+        if cgroup is not None:
+            cgroup.remove()  # kills whatever of the cell is left first
         for s, handler in previous.items():
             signal.signal(s, handler)
         if config.p2p is not None:

@@ -53,7 +53,8 @@ struct Session {
   # `granted` names the non-null fields, for cells and for logs.
 
   granted @0 :List(Text);
-  # Names of the capabilities present, e.g. ["console", "ipfs"].
+  # Names of the capabilities present, e.g. ["console", "ipfs"].  "exec" means that the
+  # `exec` result of `Host.login` (beside this session) is set.
 
   console @1 :Console;
   # `--with-console` (or `--with-all`): write lines on the operator's terminal.

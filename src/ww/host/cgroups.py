@@ -1,0 +1,345 @@
+"""Kernel-enforced ``--pids`` and ``--memory``: one cgroup per cell.
+
+With ``--pids`` or ``--memory`` the host creates a cgroup for the cell before it starts,
+sets the limit in it, and the forked child joins it before it executes bubblewrap, so every
+process of the cell, from bubblewrap on, is born inside it and the kernel itself refuses the
+fork past ``pids.max`` and the page past the memory limit.  The watchdog of
+:mod:`ww.host.limits` then only reads the cgroup's event counters to learn that a limit was
+hit, stops the cell and `ww run` exits 66.
+
+Where each controller comes from, per controller:
+
+* **cgroup v2**, when the host's own cgroup in the unified hierarchy lists the controller in
+  ``cgroup.controllers`` and it is (or can be) enabled in its ``cgroup.subtree_control``
+  (a delegated hierarchy: systemd's ``Delegate=yes``, a container's own cgroup namespace);
+* else **cgroup v1**, when the controller's hierarchy is mounted and writable: the cell's
+  cgroup is made under the host's *own* cgroup there, so it stays inside any limit the host
+  itself is under;
+* else nothing: :func:`create` returns None for that controller and the watchdog samples
+  ``/proc`` instead (see :mod:`ww.host.limits`).
+
+Each cell's cgroup is named ``ww-<pid namespace>-<host pid>-<random>``.  The host removes it
+when the cell ends, after killing anything left in it.  A host killed by SIGKILL cannot, so
+every :func:`create` first removes the ``ww-*`` cgroups of hosts (in its own pid namespace)
+that no longer exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+
+CONTROLLERS = ("pids", "memory")
+_PREFIX = "ww-"
+
+
+class _Hierarchy:
+    """Where one controller can be used: a mounted hierarchy and the host's cgroup in it."""
+
+    def __init__(self, version: int, own: str) -> None:
+        self.version = version
+        self.own = own  # the host's own cgroup directory: the cell's goes below it
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _own_cgroups() -> dict[str, str]:
+    """``/proc/self/cgroup``: controller (or "" for the unified hierarchy) -> path."""
+    paths: dict[str, str] = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        hid, names, path = line.split(":", 2)
+        if hid == "0" and names == "":
+            paths[""] = path
+        for name in names.split(","):
+            if name:
+                paths[name] = path
+    return paths
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """The cgroup mounts: (fstype, mount root, mount point, super options)."""
+    found = []
+    for line in _read("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        fields, after = left.split(), right.split()
+        if len(fields) < 5 or len(after) < 3 or after[0] not in ("cgroup", "cgroup2"):
+            continue
+        point = fields[4].replace("\\040", " ")
+        found.append((after[0], fields[3], point, set(after[2].split(","))))
+    return found
+
+
+def _below(point: str, root: str, path: str) -> str | None:
+    """The directory of cgroup ``path`` in a hierarchy mounted at ``point`` from ``root``."""
+    if root != "/":
+        if path != root and not path.startswith(root.rstrip("/") + "/"):
+            return None  # our cgroup is not visible through this mount
+        path = path[len(root.rstrip("/")):]
+    full = os.path.join(point, path.lstrip("/")).rstrip("/") or "/"
+    return full if os.path.isdir(full) else None
+
+
+def _v2_delegable(own: str, controller: str) -> bool:
+    """Whether cells may get ``controller`` below ``own`` in the unified hierarchy."""
+    try:
+        if controller not in _read(os.path.join(own, "cgroup.controllers")).split():
+            return False
+        if controller in _read(os.path.join(own, "cgroup.subtree_control")).split():
+            return True
+        # Enabling it fails (EBUSY) if our own cgroup holds processes and is not the root:
+        # the "no internal processes" rule.  Then v2 is not ours to use.
+        _write(os.path.join(own, "cgroup.subtree_control"), f"+{controller}")
+        return True
+    except OSError:
+        return False
+
+
+def _hierarchies(wanted: list[str]) -> dict[str, _Hierarchy]:
+    """For each wanted controller, the hierarchy to use (v2 first, then v1), if any."""
+    try:
+        own = _own_cgroups()
+        mounts = _mounts()
+    except OSError:
+        return {}
+    found: dict[str, _Hierarchy] = {}
+    for fstype, root, point, _ in mounts:
+        if fstype == "cgroup2" and "" in own:
+            d = _below(point, root, own[""])
+            for c in wanted:
+                if d is not None and c not in found and _v2_delegable(d, c):
+                    found[c] = _Hierarchy(2, d)
+    for fstype, root, point, options in mounts:
+        for c in wanted:
+            if fstype == "cgroup" and c in options and c not in found and c in own:
+                d = _below(point, root, own[c])
+                if d is not None and os.access(d, os.W_OK):
+                    found[c] = _Hierarchy(1, d)
+    return found
+
+
+class CellCgroup:
+    """The cgroups (one per hierarchy used) of one cell, with its limits set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dirs: dict[str, str] = {}  # controller -> the cell's cgroup directory
+        self.versions: dict[str, int] = {}  # controller -> 1 or 2
+        self._procs: list[int] = []  # cgroup.procs of each directory, open for the child
+        self._events: dict[str, int] = {}  # controller -> fd of its event counters
+
+    @property
+    def enforced(self) -> frozenset[str]:
+        """The controllers the kernel enforces for this cell ("pids", "memory")."""
+        return frozenset(self.dirs)
+
+    def _directories(self) -> list[str]:
+        return list(dict.fromkeys(self.dirs.values()))
+
+    def joiner(self) -> Callable[[], None]:
+        """A function for the forked child, before it executes anything: join the cgroups.
+
+        Writing "0" to ``cgroup.procs`` moves the writer.  It raises if the kernel refuses,
+        so that no cell ever starts outside its cgroup (the spawn then fails).
+        """
+        fds = self._procs
+        write = os.write
+
+        def join() -> None:
+            for fd in fds:
+                write(fd, b"0")
+
+        return join
+
+    def exceeded(self) -> str | None:
+        """The limit the kernel enforced at least once ("pids" or "memory"), if any."""
+        for controller, fd in self._events.items():
+            try:
+                counters = _counters(os.pread(fd, 4096, 0))
+            except OSError:
+                continue
+            if controller == "pids" and counters.get("max", 0) > 0:
+                return "pids"
+            if controller == "memory" and (counters.get("oom_kill", 0) > 0
+                                           or counters.get("under_oom", 0) > 0
+                                           or counters.get("oom", 0) > 0):
+                return "memory"
+        return None
+
+    def processes(self) -> list[int]:
+        """The pids (in our pid namespace) of every process in the cell's cgroups."""
+        pids: set[int] = set()
+        for d in self._directories():
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in _read(os.path.join(d, "cgroup.procs")).split())
+        return sorted(pids)
+
+    def kill(self) -> None:
+        """SIGKILL every process in the cell's cgroups (``cgroup.kill`` where there is one)."""
+        for d in self._directories():
+            with contextlib.suppress(OSError):
+                _write(os.path.join(d, "cgroup.kill"), "1")
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Close the files the child needed (the host's copy of them), once it has started."""
+        for fd in self._procs:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._procs = []
+
+    def remove(self) -> None:
+        """Kill whatever is left in the cell's cgroups and remove them."""
+        self.close()
+        for fd in self._events.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._events = {}
+        for d in self._directories():
+            _remove(d)
+
+
+def _counters(data: bytes) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in data.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def _remove(d: str, deadline: float = 2.0) -> bool:
+    """Kill what is in cgroup ``d``, then rmdir it (retrying while the dead are reaped)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            pids = [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+        except FileNotFoundError:
+            return True
+        except OSError:
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.rmdir(d)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.005)
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _remove_stale(parent: str, ns: str) -> None:
+    """Remove the ww-* cgroups under ``parent`` whose host (in our pid namespace) is gone."""
+    try:
+        names = [e.name for e in os.scandir(parent) if e.name.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 4 or parts[1] != ns or not parts[2].isdigit():
+            continue  # another pid namespace's host: not ours to judge
+        try:
+            os.kill(int(parts[2]), 0)
+            continue  # the host is alive (or the pid was reused: left for later)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        _remove(os.path.join(parent, name), deadline=0.5)
+
+
+def _limits_v1(d: str, controller: str, value: int) -> None:
+    if controller == "pids":
+        _write(os.path.join(d, "pids.max"), str(value))
+        return
+    _write(os.path.join(d, "memory.limit_in_bytes"), str(value))
+    # With swap, memory + swap is capped at the same size: a cell cannot swap its way past.
+    if os.path.exists(os.path.join(d, "memory.memsw.limit_in_bytes")):
+        _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(value))
+
+
+def _limits_v2(d: str, controller: str, value: int) -> None:
+    if controller == "pids":
+        _write(os.path.join(d, "pids.max"), str(value))
+        return
+    _write(os.path.join(d, "memory.max"), str(value))
+    for name, text in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+        if os.path.exists(os.path.join(d, name)):
+            _write(os.path.join(d, name), text)
+
+
+_EVENTS = {(1, "pids"): "pids.events", (1, "memory"): "memory.oom_control",
+           (2, "pids"): "pids.events", (2, "memory"): "memory.events"}
+
+
+def create(limits: dict[str, int]) -> CellCgroup | None:
+    """A cgroup for one cell with ``limits`` ({"pids": tasks, "memory": bytes}) set.
+
+    Controllers that cannot be used here are left out (see :attr:`CellCgroup.enforced`);
+    None when none can.  Never raises: a host without cgroups falls back to the watchdog.
+    """
+    wanted = [c for c in CONTROLLERS if c in limits]
+    if not wanted:
+        return None
+    found = _hierarchies(wanted)
+    if not found:
+        return None
+    ns = _pid_namespace()
+    group = CellCgroup(f"{_PREFIX}{ns}-{os.getpid()}-{os.urandom(4).hex()}")
+    made: dict[str, tuple[str, int]] = {}  # own cgroup dir -> the cell's below it, its procs
+    for controller in wanted:
+        h = found.get(controller)
+        if h is None:
+            continue
+        try:
+            if h.own not in made:
+                _remove_stale(h.own, ns)
+                d = os.path.join(h.own, group.name)
+                os.mkdir(d, 0o755)
+                made[h.own] = (d, -1)
+                made[h.own] = (d, os.open(os.path.join(d, "cgroup.procs"),
+                                          os.O_WRONLY | os.O_CLOEXEC))
+            d = made[h.own][0]
+            setter = _limits_v1 if h.version == 1 else _limits_v2
+            setter(d, controller, limits[controller])
+            events = os.open(os.path.join(d, _EVENTS[h.version, controller]),
+                             os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # this controller stays with the watchdog
+        group.dirs[controller] = d
+        group.versions[controller] = h.version
+        group._events[controller] = events
+    for d, procs in made.values():
+        if d in group.dirs.values():
+            group._procs.append(procs)
+            continue
+        if procs >= 0:  # made for a controller that then failed: not needed after all
+            os.close(procs)
+        _remove(d, deadline=0.5)
+    return group if group.dirs else None
