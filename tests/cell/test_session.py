@@ -183,7 +183,7 @@ def test_schema_command_prints_a_directory_a_cell_can_compile_against(tmp_path):
         capture_output=True, text=True, timeout=30,
     )
     assert check.returncode == 0, check.stderr
-    assert check.stdout.strip() == "['console', 'granted', 'ipfs', 'p2p']"
+    assert check.stdout.strip() == "['console', 'exec', 'granted', 'ipfs', 'p2p']"
 
 
 def test_host_errors_reach_the_cell_as_one_line_without_host_tracebacks(make_cell):

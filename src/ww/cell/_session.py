@@ -101,7 +101,6 @@ class Session:
 
     def __init__(self, results: Any, host: Any, signer: Signer | bool | None = None) -> None:
         self._raw = results.session
-        self._results = results
         self._host = host
         self._signer = signer
         self.granted: list[str] = list(self._raw.granted)
@@ -114,8 +113,6 @@ class Session:
     def _cap(self, name: str) -> Any:
         if name not in self.granted:
             raise CapabilityNotGranted(name)
-        if name == "exec":
-            return self._results.exec  # beside the session in login's results
         return getattr(self._raw, name)
 
     @property

@@ -151,10 +151,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
         session = _context.results.session
         session.granted = names
         for name, server in held.items():
-            if name == "exec":
-                _context.results.exec = server  # beside the session, see cell.capnp
-            else:
-                setattr(session, name, server)
+            setattr(session, name, server)
         audit.emit("login", peer=peer, granted=names)
         for name in names:
             audit.emit("grant", capability=name, peer=peer, **grants.describe(name))

@@ -14,7 +14,7 @@ using Ipfs = import "ipfs.capnp";
 interface Host {
   # The bootstrap capability on fd 3.
 
-  login @0 (account :Signer) -> (session :Session, exec :Executor);
+  login @0 (account :Signer) -> (session :Session);
   # Authenticate and obtain the capabilities the operator granted to this cell.
   #
   # Without an identity, pass a null `account`: when the operator configured no identity
@@ -26,9 +26,6 @@ interface Host {
   # bad signature, a key the policy does not know, no answer in time) is an exception whose
   # description starts with "authentication failed: "; the host then stops the cell and
   # `ww run` exits 64.
-  #
-  # `exec` is the process-execution capability (`--with-exec`); it travels beside the
-  # session rather than inside it, and is null unless "exec" is in `session.granted`.
 
   identity @1 () -> (key :Data);
   # The private key the operator handed this cell with `ww run --identity`, in libp2p's
@@ -53,8 +50,7 @@ struct Session {
   # `granted` names the non-null fields, for cells and for logs.
 
   granted @0 :List(Text);
-  # Names of the capabilities present, e.g. ["console", "ipfs"].  "exec" means that the
-  # `exec` result of `Host.login` (beside this session) is set.
+  # Names of the capabilities present, e.g. ["console", "ipfs"].
 
   console @1 :Console;
   # `--with-console` (or `--with-all`): write lines on the operator's terminal.
@@ -64,6 +60,9 @@ struct Session {
 
   p2p @3 :P2P;
   # `--with-p2p` (or `--with-all`): serve this cell to remote peers, call theirs (docs/p2p.md).
+
+  exec @4 :Executor;
+  # `--with-exec` (or `--with-all`): start sub-cells in jails of their own (docs/auth.md).
 }
 
 interface Console {
