@@ -11,7 +11,10 @@ Rows:
   before              the baseline tree: no seccomp filter, no limits
   seccomp (default)   this tree, `ww run` with no flags: the seccomp filter, no watchdog
   + all limits        this tree with --memory, --cpu-time, --pids, --fsize and --timeout
-                      (the watchdog thread sampling the cell every 10 ms)
+                      (the watchdog thread sampling the cell every 10 ms; --pids and
+                      --memory in a cgroup where the host can make one)
+  pids+mem cgroup     this tree with --pids and --memory only: the cell's cgroup
+  pids+mem /proc      the same with WW_CGROUPS=0: the /proc watchdog instead
   --strict            this tree with --strict (a Python helper installs the filter)
 """
 
@@ -31,6 +34,7 @@ WW = str(Path(sys.executable).with_name("ww"))
 CELL = str(HERE / "rpc_cell.py")
 LIMITS = ["--memory", "1G", "--cpu-time", "600", "--pids", "1000", "--fsize", "1G",
           "--timeout", "600"]
+PIDS_MEMORY = ["--memory", "1G", "--pids", "1000"]
 
 
 def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -40,6 +44,8 @@ def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
         "before": ([], before),
         "seccomp (default)": ([], now),
         "+ all limits": (LIMITS, now),
+        "pids+mem cgroup": (PIDS_MEMORY, now),
+        "pids+mem /proc": (PIDS_MEMORY, dict(now, WW_CGROUPS="0")),
         "--strict": (["--strict"], now),
     }
 

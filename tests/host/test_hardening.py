@@ -165,6 +165,23 @@ def test_a_cell_over_a_limit_is_stopped_and_ww_run_exits_66(flag, value, script,
     assert elapsed < 4.5  # stopped, not left to finish its sleep
 
 
+FALLBACK_CASES = [c for c in LIMIT_CASES if c[0] in ("--pids", "--memory")]
+
+
+@pytest.mark.parametrize(("flag", "value", "script", "named"), FALLBACK_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(FALLBACK_CASES)])
+def test_without_cgroups_the_proc_watchdog_stops_the_cell_and_ww_run_exits_66(
+        flag, value, script, named):
+    # WW_CGROUPS=0: what a host that cannot make cgroups (not root, no delegation) does.
+    start = time.monotonic()
+    r = run_ww("run", flag, value, "/bin/sh", "-c", f"PATH=/usr/bin:/bin; {script}",
+               timeout=30, env=dict(os.environ, WW_CGROUPS="0"))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    ours = [line for line in r.stderr.splitlines() if "ww: resource limit" in line]
+    assert len(ours) == 1 and named in ours[0], r.stderr
+    assert time.monotonic() - start < 4.5
+
+
 def test_cells_under_their_limits_run_normally():
     r = run_ww("run", "--memory", "256M", "--cpu-time", "10", "--pids", "50", "--fsize", "1M",
                "--timeout", "20", "/bin/sh", "-c",

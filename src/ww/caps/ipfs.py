@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ww.caps.denied import NOBODY, Caller
@@ -74,7 +74,9 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
     hashes and stores simply waits for its ``write`` calls to return.
     """
 
-    def __init__(self, api: CoreAPI, options: AddOptions) -> None:
+    def __init__(self, api: CoreAPI, options: AddOptions,
+                 on_done: Callable[[str], None] | None = None) -> None:
+        self._on_done = on_done  # told the CID once the file is added
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self._pending = 0
@@ -128,7 +130,10 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
             raise ValueError("done() was already called")
         self._finished = True
         await self._put(_END)
-        return await self._result
+        cid = await self._result
+        if self._on_done is not None:
+            self._on_done(cid)
+        return cid
 
     def __del__(self) -> None:
         # Dropped without done(): let the importer thread give up instead of waiting.
@@ -203,7 +208,15 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             pin=options.pin,
             only_hash=options.onlyHash,
         )
-        _context.results.writer = WriterServer(self._api, opts)
+        on_done = None
+        scope = self.scope
+        if scope is not None and scope.roots and opts.pin and not opts.only_hash:
+            before = scope.pinned_now()  # a pin this add makes is the session's own
+
+            def on_done(cid: str) -> None:
+                scope.pinned(cid, before)
+
+        _context.results.writer = WriterServer(self._api, opts, on_done)
 
     async def cat(self, path: str, offset: int, length: int, _context: Any,
                   **kwargs: Any) -> None:
@@ -230,17 +243,37 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
     async def pin(self, path: str, recursive: bool, **kwargs: Any) -> None:
         self._check("pin", path)
+        scope = self.scope
+        if scope is None or not scope.roots:
+            self._api.pin(path, recursive)
+            return
+        before = scope.pinned_now()  # only a new pin is this session's to unpin later
+        cid = self._api.resolve(path)
         self._api.pin(path, recursive)
+        scope.pinned(cid, before)
 
     async def unpin(self, path: str, **kwargs: Any) -> None:
-        self._check("unpin", path)
+        self._check("unpin")
+        scope = self.scope
+        if scope is None or not scope.roots:
+            self._api.unpin(path)
+            return
+        # Under roots, only the session's own pins: never the operator's (see ipfs_scope).
+        key = scope.own_pin(path)
+        if key is None:
+            raise self._caller.deny("ipfs", "unpin", f"{path} was not pinned by this "
+                                    "capability (a capability limited to roots unpins only "
+                                    "what it pinned itself in this session)")
         self._api.unpin(path)
+        scope.own_pins.discard(key)
 
     async def pins(self, **kwargs: Any) -> list[str]:
         self._check("pins")
         pins = self._api.pins()
-        if self.scope is not None and self.scope.roots:
-            pins = [cid for cid in pins if self.scope.contains(cid)]  # only what it may see
+        scope = self.scope
+        if scope is not None and scope.roots:  # only what it may see, and its own pins
+            pins = [cid for cid in pins if canonical(cid) in scope.own_pins
+                    or scope.contains(cid)]
         return list(pins)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:

@@ -6,6 +6,12 @@ worked out lazily, by listing directories under the roots breadth-first as far a
 needs, and remembered; a walk stops after :data:`MAX_WALK` entries, after which a CID not yet
 seen is refused (a path starting at the root itself always works, however large the DAG).
 CIDs are compared in their CIDv1 form, so ``Qm...`` and ``bafy...`` of one node match.
+
+Pins under roots: pinning only adds, but unpinning lets ``gc`` delete content, and the pin
+set is shared with the operator and every other cell.  So a roots-limited capability may
+``unpin`` only the pins it made itself (``own_pins``: CIDs that its ``pin``, or its ``add``
+with ``pin``, newly pinned in this session, shared with the capabilities narrowed from it);
+anything pinned before, by the operator or anyone else, it cannot unpin.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ def canonical(cid: str | CID) -> str:
 class IpfsScope:
     """The limits of one IPFS capability; ``roots`` empty means any DAG."""
 
-    def __init__(self, api: CoreAPI, read_only: bool = False, roots: Iterable[str] = ()) -> None:
+    def __init__(self, api: CoreAPI, read_only: bool = False, roots: Iterable[str] = (),
+                 own_pins: set[str] | None = None) -> None:
         self._api = api
         self.read_only = read_only
         self.roots: tuple[str, ...] = tuple(dict.fromkeys(canonical(r) for r in roots))
+        # CIDv1 texts this session newly pinned: the only pins a roots-limited scope unpins.
+        self.own_pins: set[str] = own_pins if own_pins is not None else set()
         self._known: set[str] = set(self.roots)
         self._todo: collections.deque[str] = collections.deque(self.roots)
         self._walked = 0
@@ -78,8 +87,31 @@ class IpfsScope:
                 if entry.type is EntryType.DIRECTORY:
                     self._todo.append(key)
 
+    def own_pin(self, path: str) -> str | None:
+        """The CIDv1 text of ``path`` if it is one of this session's own pins, else None."""
+        parsed = parse_path(path)
+        if not parsed.segments:
+            key = canonical(parsed.root)
+        elif self.path_denied(path) is None:  # resolve only paths it may read
+            key = canonical(self._api.resolve(path))
+        else:
+            return None
+        return key if key in self.own_pins else None
+
+    def pinned(self, cid: str, before: set[str]) -> None:
+        """Record ``cid`` as this session's own pin unless it was in ``before``."""
+        key = canonical(cid)
+        if key not in before:
+            self.own_pins.add(key)
+
+    def pinned_now(self) -> set[str]:
+        """The CIDv1 texts of every pin right now (to tell which pins a call adds)."""
+        return {canonical(cid) for cid in self._api.pins()}
+
     def narrowed(self, read_only: bool, roots: Iterable[str]) -> IpfsScope:
         """A scope at most as wide as this one.  ``roots`` must already be checked to be
-        within this scope (:meth:`path_denied`) and resolved to CIDs; empty keeps ours."""
+        within this scope (:meth:`path_denied`) and resolved to CIDs; empty keeps ours.
+        It shares this scope's own pins (one session's)."""
         roots = list(roots)
-        return IpfsScope(self._api, self.read_only or read_only, roots or self.roots)
+        return IpfsScope(self._api, self.read_only or read_only, roots or self.roots,
+                         self.own_pins)

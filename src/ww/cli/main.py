@@ -47,7 +47,8 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="WW_DEBUG", help="Print tracebacks on errors.")
 @click.option("--json", "json", is_flag=True, envvar="WW_JSON",
-              help="Audit trail: one JSON line per login, grant, denial and sub-cell on stderr.")
+              help="Audit trail: one JSON line per login, grant, denial and sub-cell on stderr "
+                   "(where a cell can forge lines; 'ww run --audit FILE' cannot be forged).")
 def cli(debug: bool, json: bool) -> None:
     """Wetware: run programs as cells in a jail, with capabilities over Cap'n Proto on fd 3."""
     global _debug

@@ -35,6 +35,9 @@ _ACCESS_OPTIONS: dict[str, tuple[str | None, dict[str, Any]]] = {
                                                show_default=True, help=(
         "When a signed login is required: stop the cell (exit 64) if it has not logged in "
         "within SECONDS."))),
+    "audit": ("WW_AUDIT", dict(metavar="FILE", help=(
+        "Append the audit trail (JSON lines, as --json) to FILE, created with mode 0600; "
+        "unlike stderr, the cell cannot write to it."))),
 }
 
 
@@ -163,12 +166,15 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
 def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) -> Any:
     """The login policy from the --with-*, attenuation, identity and policy flags."""
     from ww.host import policy
-    from ww.host.audit import Audit
+    from ww.host.audit import open_audit
 
     flags = policy.flag_grants(capabilities, options["ipfs_read_only"], options["ipfs_root"],
                                options["exec_allow"])
+    narrowing = [flag for flag, given in (("--ipfs-read-only", options["ipfs_read_only"]),
+                                          ("--ipfs-root", options["ipfs_root"])) if given]
     return policy.build_access(flags, options["identity"], options["allow"], options["policy"],
-                               options["login_timeout"], Audit(json_audit))
+                               options["login_timeout"],
+                               open_audit(json_audit, options["audit"]), narrowing)
 
 
 def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,

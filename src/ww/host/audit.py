@@ -10,9 +10,13 @@ Events (see docs/auth.md for every field):
 ``denied``        a call refused: ``capability``, ``method``, ``peer``, ``reason``
 ``spawn``/``exit`` a sub-cell started (``program``, ``args``, ``granted``, ``pid``) or ended
 
-Lines go to the host's stderr, written whole in one ``write`` so that they never interleave
-with the cell's own lines.  A sub-cell's ``ww run`` writes to the same stream: its parent
-passes it the fd (``WW_AUDIT_FD``, set only by a parent host, never by a cell).
+Where the lines go (:func:`open_audit`): with ``ww run --audit FILE`` (or ``WW_AUDIT``) to
+FILE, which the host opens with ``O_APPEND|O_CREAT`` (mode 0600 when it creates it) and never
+passes to the cell; else, with ``ww --json``, to the host's stderr.  The cell's stderr *is* the
+host's stderr, so a cell can write lines there that look like audit lines: only FILE is a
+trail the cell cannot forge.  Each line is written whole in one ``write``.  A sub-cell's
+``ww run`` appends to the same destination: its parent passes it the fd (``WW_AUDIT_FD``, set
+only by a parent host, never by a cell) and it audits whenever that is set.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ import os
 import time
 from typing import Any
 
+from ww.errors import UsageError
+
 AUDIT_FD_ENV = "WW_AUDIT_FD"
 
 
 class Audit:
-    """Writes audit events as JSON lines when enabled; does nothing otherwise."""
+    """Writes audit events as JSON lines to ``fd`` when enabled; does nothing otherwise."""
 
-    def __init__(self, enabled: bool = False, fd: int | None = None) -> None:
+    def __init__(self, enabled: bool = False, fd: int = 2) -> None:
         self.enabled = enabled
-        self.fd = fd if fd is not None else _inherited_fd()
+        self.fd = fd
         self._cell = os.getpid()
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -45,15 +51,31 @@ class Audit:
             pass  # the operator's terminal went away; the cell's work goes on
 
 
-def _inherited_fd() -> int:
+def open_audit(json_lines: bool = False, path: str | None = None) -> Audit:
+    """The audit trail of one ``ww run``: FILE (``--audit``), else the trail the parent host
+    passed down to a sub-cell's ``ww run``, else stderr with ``--json``, else none."""
+    if path:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise UsageError(f"--audit {path}: cannot open it for appending: {e.strerror}"
+                             ) from None
+        return Audit(True, fd)
+    inherited = _inherited_fd()
+    if inherited is not None:
+        return Audit(True, inherited)
+    return Audit(json_lines, 2)
+
+
+def _inherited_fd() -> int | None:
     value = os.environ.get(AUDIT_FD_ENV, "")
     if value.isdigit():
         try:
-            os.fstat(int(value))
+            os.set_inheritable(int(value), False)  # never reaches this host's own cell
             return int(value)
         except OSError:
             pass
-    return 2
+    return None
 
 
 NULL = Audit(False)

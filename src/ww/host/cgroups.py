@@ -9,14 +9,15 @@ hit, stops the cell and `ww run` exits 66.
 
 Where each controller comes from, per controller:
 
-* **cgroup v2**, when the host's own cgroup in the unified hierarchy lists the controller in
-  ``cgroup.controllers`` and it is (or can be) enabled in its ``cgroup.subtree_control``
-  (a delegated hierarchy: systemd's ``Delegate=yes``, a container's own cgroup namespace);
+* **cgroup v2**, when the controller is enabled in the ``cgroup.subtree_control`` of the
+  host's own cgroup in the unified hierarchy, so that its children get it (the host never
+  enables it itself);
 * else **cgroup v1**, when the controller's hierarchy is mounted and writable: the cell's
   cgroup is made under the host's *own* cgroup there, so it stays inside any limit the host
   itself is under;
-* else nothing: :func:`create` returns None for that controller and the watchdog samples
-  ``/proc`` instead (see :mod:`ww.host.limits`).
+* else nothing: :func:`create` leaves that controller out and the watchdog samples
+  ``/proc`` instead (see :mod:`ww.host.limits`).  ``WW_CGROUPS=0`` in the host's
+  environment asks for that fallback everywhere.
 
 Each cell's cgroup is named ``ww-<pid namespace>-<host pid>-<random>``.  The host removes it
 when the cell ends, after killing anything left in it.  A host killed by SIGKILL cannot, so
@@ -36,7 +37,7 @@ CONTROLLERS = ("pids", "memory")
 _PREFIX = "ww-"
 
 
-class _Hierarchy:
+class Hierarchy:
     """Where one controller can be used: a mounted hierarchy and the host's cgroup in it."""
 
     def __init__(self, version: int, own: str) -> None:
@@ -94,41 +95,46 @@ def _below(point: str, root: str, path: str) -> str | None:
 
 
 def _v2_delegable(own: str, controller: str) -> bool:
-    """Whether cells may get ``controller`` below ``own`` in the unified hierarchy."""
+    """Whether cells may get ``controller`` below ``own`` in the unified hierarchy.
+
+    Only if it is already enabled for ``own``'s children: the host never changes a
+    ``cgroup.subtree_control`` itself.  (A cgroup holding processes cannot enable one
+    anyway, the "no internal processes" rule, so this is the v2 root, or a host whose
+    cgroup was set up for it.)
+    """
     try:
-        if controller not in _read(os.path.join(own, "cgroup.controllers")).split():
-            return False
-        if controller in _read(os.path.join(own, "cgroup.subtree_control")).split():
-            return True
-        # Enabling it fails (EBUSY) if our own cgroup holds processes and is not the root:
-        # the "no internal processes" rule.  Then v2 is not ours to use.
-        _write(os.path.join(own, "cgroup.subtree_control"), f"+{controller}")
-        return True
+        return controller in _read(os.path.join(own, "cgroup.subtree_control")).split()
     except OSError:
         return False
 
 
-def _hierarchies(wanted: list[str]) -> dict[str, _Hierarchy]:
+def _hierarchies(wanted: list[str]) -> dict[str, Hierarchy]:
     """For each wanted controller, the hierarchy to use (v2 first, then v1), if any."""
     try:
         own = _own_cgroups()
         mounts = _mounts()
     except OSError:
         return {}
-    found: dict[str, _Hierarchy] = {}
+    found: dict[str, Hierarchy] = {}
     for fstype, root, point, _ in mounts:
         if fstype == "cgroup2" and "" in own:
             d = _below(point, root, own[""])
             for c in wanted:
-                if d is not None and c not in found and _v2_delegable(d, c):
-                    found[c] = _Hierarchy(2, d)
+                if (d is not None and c not in found and os.access(d, os.W_OK)
+                        and _v2_delegable(d, c)):
+                    found[c] = Hierarchy(2, d)
     for fstype, root, point, options in mounts:
         for c in wanted:
             if fstype == "cgroup" and c in options and c not in found and c in own:
                 d = _below(point, root, own[c])
                 if d is not None and os.access(d, os.W_OK):
-                    found[c] = _Hierarchy(1, d)
+                    found[c] = Hierarchy(1, d)
     return found
+
+
+def available(controllers: tuple[str, ...] = CONTROLLERS) -> dict[str, Hierarchy]:
+    """The controllers a cell's cgroup can have on this host, each with its hierarchy."""
+    return _hierarchies(list(controllers))
 
 
 class CellCgroup:
@@ -138,7 +144,7 @@ class CellCgroup:
         self.name = name
         self.dirs: dict[str, str] = {}  # controller -> the cell's cgroup directory
         self.versions: dict[str, int] = {}  # controller -> 1 or 2
-        self._procs: list[int] = []  # cgroup.procs of each directory, open for the child
+        self._procs: list[int] = []  # the file of each directory the child joins through
         self._events: dict[str, int] = {}  # controller -> fd of its event counters
 
     @property
@@ -152,8 +158,9 @@ class CellCgroup:
     def joiner(self) -> Callable[[], None]:
         """A function for the forked child, before it executes anything: join the cgroups.
 
-        Writing "0" to ``cgroup.procs`` moves the writer.  It raises if the kernel refuses,
-        so that no cell ever starts outside its cgroup (the spawn then fails).
+        Writing "0" to ``tasks`` (v1) or ``cgroup.procs`` (v2) moves the writer.  It raises
+        if the kernel refuses, so that no cell ever starts outside its cgroup (the spawn
+        then fails).
         """
         fds = self._procs
         write = os.write
@@ -178,23 +185,6 @@ class CellCgroup:
                                            or counters.get("oom", 0) > 0):
                 return "memory"
         return None
-
-    def processes(self) -> list[int]:
-        """The pids (in our pid namespace) of every process in the cell's cgroups."""
-        pids: set[int] = set()
-        for d in self._directories():
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in _read(os.path.join(d, "cgroup.procs")).split())
-        return sorted(pids)
-
-    def kill(self) -> None:
-        """SIGKILL every process in the cell's cgroups (``cgroup.kill`` where there is one)."""
-        for d in self._directories():
-            with contextlib.suppress(OSError):
-                _write(os.path.join(d, "cgroup.kill"), "1")
-        for pid in self.processes():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Close the files the child needed (the host's copy of them), once it has started."""
@@ -294,6 +284,11 @@ def _limits_v2(d: str, controller: str, value: int) -> None:
             _write(os.path.join(d, name), text)
 
 
+# What the child writes "0" to.  In v1, ``tasks`` moves just the writing thread (the whole
+# process: a forked child has one thread) without the kernel's global threadgroup lock,
+# whose first taker waits for an RCU grace period: ``cgroup.procs`` cost 5-20 ms a cell here.
+_JOIN = {1: "tasks", 2: "cgroup.procs"}
+
 _EVENTS = {(1, "pids"): "pids.events", (1, "memory"): "memory.oom_control",
            (2, "pids"): "pids.events", (2, "memory"): "memory.events"}
 
@@ -323,7 +318,7 @@ def create(limits: dict[str, int]) -> CellCgroup | None:
                 d = os.path.join(h.own, group.name)
                 os.mkdir(d, 0o755)
                 made[h.own] = (d, -1)
-                made[h.own] = (d, os.open(os.path.join(d, "cgroup.procs"),
+                made[h.own] = (d, os.open(os.path.join(d, _JOIN[h.version]),
                                           os.O_WRONLY | os.O_CLOEXEC))
             d = made[h.own][0]
             setter = _limits_v1 if h.version == 1 else _limits_v2

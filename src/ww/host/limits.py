@@ -129,10 +129,12 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
     """The cell's cgroup with ``--pids`` and ``--memory`` set, where the host can make one.
 
     ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
-    its init on top.
+    its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.
     """
     if limits is None or (limits.pids is None and limits.memory is None):
         return None
+    if os.environ.get("WW_CGROUPS") == "0":
+        return None  # the operator asked for the /proc watchdog
     from ww.host import cgroups
 
     wanted: dict[str, int] = {}

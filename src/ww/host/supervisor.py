@@ -11,8 +11,9 @@ a host killed even by SIGKILL takes its cell with it.
 Hardening (see docs/security.md): every jailed cell runs under the seccomp filter of
 :mod:`ww.host.seccomp`; with ``--strict`` a thread waits for the kernel's report of a denied
 call and stops the cell (exit 67).  With resource limits, the watchdog thread of
-:mod:`ww.host.limits` stops a cell that goes over one (exit 66).  Neither thread exists when
-it has nothing to do.
+:mod:`ww.host.limits` stops a cell that goes over one (exit 66); ``--pids`` and ``--memory``
+are enforced by the kernel in a cgroup per cell (:mod:`ww.host.cgroups`) where the host can
+make one.  Neither thread exists when it has nothing to do.
 """
 
 from __future__ import annotations

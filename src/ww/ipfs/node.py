@@ -1,8 +1,15 @@
-"""``EmbeddedNode``: the default, offline :class:`~ww.ipfs.api.CoreAPI` backend.
+"""``EmbeddedNode``: the default :class:`~ww.ipfs.api.CoreAPI` backend.
 
-It is a repository directory (``$WW_HOME``, default ``~/.ww``) and nothing else: no daemon,
-no network.  Several processes may use one repository at once; see :mod:`ww.ipfs.repo` for
-how writes, pins and garbage collection stay consistent.
+It is a repository directory (``$WW_HOME``, default ``~/.ww``): no daemon.  Several processes
+may use one repository at once; see :mod:`ww.ipfs.repo` for how writes, pins and garbage
+collection stay consistent.
+
+It is offline until asked otherwise: :meth:`EmbeddedNode.connect` or
+:meth:`EmbeddedNode.listen` start a libp2p host with the node key (:mod:`ww.ipfs.net`), and
+so does a block missing locally while ``WW_IPFS_PEERS`` names peers to dial.  From then on,
+a block the repository lacks is fetched from the connected peers over Bitswap
+(:mod:`ww.ipfs.bitswap`), hashed against its CID and stored (unpinned, like kubo's cache),
+and the repository's blocks are served to peers that want them.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -24,7 +32,6 @@ from .api import (
     NotFoundError,
     PeerInfo,
     Stat,
-    UnsupportedError,
 )
 from .blockstore import Blockstore
 from .cid import CID
@@ -33,7 +40,14 @@ from .path import parse_path
 from .pins import PinKind
 from .repo import GcReport, Repo, RepoCheck, default_repo_path
 
-__all__ = ["EmbeddedNode", "default_repo_path"]
+if TYPE_CHECKING:
+    from .net import Network
+
+__all__ = ["EmbeddedNode", "default_repo_path", "PEERS_ENV"]
+
+PEERS_ENV = "WW_IPFS_PEERS"
+"""Space-separated ``/ip4/.../tcp/.../p2p/<peer id>`` addresses: peers the embedded node dials
+when a block is missing locally (so ``ww import`` and ``ww run /ipfs/...`` fetch over Bitswap)."""
 
 _DEFAULT_OPTIONS = AddOptions()
 
@@ -45,6 +59,9 @@ class EmbeddedNode:
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
+        self._net: Network | None = None
+        self._net_lock = threading.Lock()
+        self._peers_dialled = False
 
     @property
     def repo_path(self) -> Path:
@@ -87,31 +104,41 @@ class EmbeddedNode:
 
     # --- reading ----------------------------------------------------------------------
 
+    def _get_block(self, cid: CID) -> bytes:
+        """A verified block: from the repository, else from the connected peers (stored)."""
+        try:
+            return self._blocks.get(cid)
+        except NotFoundError as err:
+            net = self._net if self._net is not None else self._dial_configured_peers(err)
+            if net is None:
+                raise
+            return net.fetch(cid)
+
     def _node(self, path: str) -> exporter.UnixfsNode:
-        return exporter.resolve(self._blocks.get, parse_path(path))
+        return exporter.resolve(self._get_block, parse_path(path))
 
     def _cid(self, path: str) -> CID:
         """The CID ``path`` names; a bare CID is returned without touching the repository."""
         ipath = parse_path(path)
         if not ipath.segments:
             return ipath.root
-        return exporter.resolve(self._blocks.get, ipath).cid
+        return exporter.resolve(self._get_block, ipath).cid
 
     def cat(self, path: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Stream a file's bytes; blocks outside ``[offset, offset + length)`` are not read."""
-        return exporter.cat(self._blocks.get, self._node(path), offset, length)
+        return self._flushing(exporter.cat(self._get_block, self._node(path), offset, length))
 
     def block(self, cid: str) -> bytes:
         """One block's raw bytes (verified against the CID), like ``ipfs block get``."""
-        return self._blocks.get(self._cid(cid))
+        return self._get_block(self._cid(cid))
 
     def ls(self, path: str) -> list[Entry]:
         ipath = parse_path(path)
-        node = exporter.resolve(self._blocks.get, ipath)
-        return exporter.ls(self._blocks.get, node, ipath.last_name)
+        node = exporter.resolve(self._get_block, ipath)
+        return exporter.ls(self._get_block, node, ipath.last_name)
 
     def stat(self, path: str) -> Stat:
-        return exporter.stat(self._blocks.get, self._node(path))
+        return exporter.stat(self._get_block, self._node(path))
 
     def resolve(self, path: str) -> str:
         return str(self._cid(path))
@@ -119,11 +146,13 @@ class EmbeddedNode:
     def get(self, path: str, dest: Path, executable: bool = False) -> None:
         """Write a file or tree to ``dest`` with ``ww import`` semantics, atomically."""
         ipath = parse_path(path)
-        node = exporter.resolve(self._blocks.get, ipath)
+        node = exporter.resolve(self._get_block, ipath)
         try:
-            exporter.get(self._blocks.get, node, ipath.last_name, Path(dest), executable)
+            exporter.get(self._get_block, node, ipath.last_name, Path(dest), executable)
         except OSError as err:
             raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
+        if self._net is not None:
+            self._net.flush()
 
     # --- pins -------------------------------------------------------------------------
 
@@ -132,10 +161,10 @@ class EmbeddedNode:
         cid = self._cid(path)
         with self._repo.writing():
             if recursive:
-                for _ in exporter.walk(self._blocks.get, cid):
+                for _ in exporter.walk(self._get_block, cid):
                     pass
             else:
-                self._blocks.get(cid)
+                self._get_block(cid)
             self._repo.pins.add(cid, PinKind.RECURSIVE if recursive else PinKind.DIRECT)
 
     def unpin(self, path: str) -> None:
@@ -171,7 +200,7 @@ class EmbeddedNode:
         seen: set[bytes] = set()
         car.write_header(out, cids)
         for cid in cids:
-            for block_cid, block in exporter.walk(self._blocks.get, cid, seen):
+            for block_cid, block in exporter.walk(self._get_block, cid, seen):
                 car.write_block(out, block_cid, block)
 
     def import_car(self, src: BinaryIO) -> list[str]:
@@ -225,24 +254,83 @@ class EmbeddedNode:
 
     # --- network ----------------------------------------------------------------------
 
+    def _network(self, listen: list[str] | None = None) -> Network:
+        """The libp2p host, started on first use (listening where told, else nowhere)."""
+        with self._net_lock:
+            if self._closed:
+                raise IpfsError("the IPFS node is closed")
+            if self._net is None:
+                from . import identity
+                from .net import Network
+
+                ident = identity.load_or_create(self._repo.path)
+                self._net = Network(ident, self._blocks, listen=listen)
+            return self._net
+
+    def _dial_configured_peers(self, missing: NotFoundError) -> Network | None:
+        """Dial the peers of ``$WW_IPFS_PEERS`` once; None if there are none to ask."""
+        addrs = os.environ.get(PEERS_ENV, "").split()
+        if not addrs or self._peers_dialled:
+            return None
+        self._peers_dialled = True
+        net = self._network()
+        failures = []
+        for addr in addrs:
+            try:
+                net.connect(addr)
+            except IpfsError as err:
+                failures.append(str(err))
+        if failures and len(failures) == len(addrs):
+            raise NotFoundError(f"{missing}, and no peer of {PEERS_ENV} could be reached "
+                                f"({failures[0]})") from None
+        return net
+
+    def _flushing(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        yield from chunks
+        if self._net is not None:
+            self._net.flush()
+
+    def listen(self, addrs: list[str]) -> PeerInfo:
+        """Start the libp2p host listening on ``addrs`` (``/ip4/.../tcp/<port>``, port 0: any
+        free port) so that peers can dial this node; returns :meth:`id`.  Only before the host
+        has started (by ``connect``, or a fetch through ``WW_IPFS_PEERS``)."""
+        if self._net is not None:
+            raise IpfsError("the IPFS node is already on the network; listen before connecting")
+        try:
+            self._network(listen=addrs)
+        except ValueError as err:
+            raise IpfsError(f"ipfs: {err}") from None
+        return self.id()
+
     def id(self) -> PeerInfo:
-        """This node's peer id (from the repository's identity key); no addresses: offline."""
+        """This node's peer id (from the repository's identity key); once on the network, the
+        addresses it listens on and the protocols it serves."""
+        if self._net is not None:
+            return self._net.id()
         from . import identity  # imported late: only id() needs the key code
 
         ident = identity.load_or_create(self._repo.path)
         return PeerInfo(id=ident.peer_id, addresses=[], protocols=[])
 
     def peers(self) -> list[PeerInfo]:
-        return []
+        """The peers connected now (none until the node is on the network)."""
+        return self._net.peers() if self._net is not None else []
 
     def connect(self, addr: str) -> None:
-        raise UnsupportedError(
-            "the embedded node is offline and cannot connect to peers; "
-            "use a kubo node (--ipfs / WW_IPFS) for networking"
-        )
+        """Dial a peer (``/ip4/<address>/tcp/<port>/p2p/<peer id>``), starting the host."""
+        self._network().connect(addr)
+
+    def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id``; its outstanding wants go to other peers."""
+        if self._net is not None:
+            self._net.disconnect(peer_id)
 
     def close(self) -> None:
-        self._closed = True
+        with self._net_lock:
+            self._closed = True
+            net, self._net = self._net, None
+        if net is not None:
+            net.close()
 
     def __enter__(self) -> EmbeddedNode:
         return self

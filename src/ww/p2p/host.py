@@ -77,6 +77,17 @@ def _new_host(identity: Identity) -> Any:
         negotiate_timeout=int(DIAL_TIMEOUT),
         disable_identify_address_discovery=True,
     )
+    # py-libp2p's auto-connector dials every peer of the peerstore that has an address --
+    # addresses a remote peer merely announced through identify included -- whenever there
+    # are fewer connections than its watermarks (every 30 s, and after each disconnect).
+    # We dial only what we are told to: it never starts.
+    connector = host.get_network().auto_connector
+
+    async def _never() -> None:
+        return None
+
+    connector.start = _never
+    connector.maybe_connect = _never
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host
@@ -86,10 +97,15 @@ class Node:
     """A libp2p host on its own thread.  Thread-safe: every method may be called anywhere."""
 
     def __init__(self, identity: Identity, listen: list[str] | None = None,
-                 join: list[str] | None = None, *, warn: Callable[[str], None] | None = None
-                 ) -> None:
+                 join: list[str] | None = None, *, warn: Callable[[str], None] | None = None,
+                 handlers: dict[str, Callable[[Any], Any]] | None = None,
+                 serve_ww: bool = True, announce: bool = True) -> None:
         """``listen=None`` means :data:`DEFAULT_LISTEN` (falling back to a free port if it is
-        taken); an empty list listens nowhere (a node that only dials, as `ww call`)."""
+        taken); an empty list listens nowhere (a node that only dials, as `ww call`).
+
+        ``handlers`` maps further protocol ids to async stream handlers (run on the libp2p
+        thread; the embedded IPFS node serves Bitswap this way); ``serve_ww=False`` leaves
+        `/ww/0.1.0` out, ``announce=False`` keeps quiet about a port 0 listen."""
         self.identity = identity
         self.peer_id = identity.peer_id
         self._default = listen is None
@@ -105,6 +121,9 @@ class Node:
         self._stop: trio.Event | None = None
         self._host: Any = None
         self._session_end: list[Callable[[], None]] = []
+        self._handlers = dict(handlers or {})
+        self._serve_ww = serve_ww
+        self._announce = announce
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -165,6 +184,33 @@ class Node:
             future.set_exception(P2PError("p2p: the libp2p host has stopped"))
         return future
 
+    @property
+    def host(self) -> Any:
+        """py-libp2p's host; use it only on the libp2p thread (from :meth:`submit`)."""
+        return self._host
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """Run ``await fn(*args)`` on the libp2p thread; the future gives its result."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        token, nursery = self._token, self._nursery
+
+        async def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(await fn(*args))
+            except Exception as e:
+                future.set_exception(e)
+
+        if token is None or nursery is None:
+            future.set_exception(P2PError("p2p: the libp2p host is not running"))
+            return future
+        try:
+            token.run_sync_soon(nursery.start_soon, run)
+        except trio.RunFinishedError:
+            future.set_exception(P2PError("p2p: the libp2p host has stopped"))
+        return future
+
     # -- the libp2p thread ----------------------------------------------------------------
 
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
@@ -178,7 +224,10 @@ class Node:
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
         host = _new_host(self.identity)
-        host.set_stream_handler(PROTOCOL_ID, self._inbound)
+        if self._serve_ww:
+            host.set_stream_handler(PROTOCOL_ID, self._inbound)
+        for protocol, handler in self._handlers.items():
+            host.set_stream_handler(protocol, handler)
         self._stop = trio.Event()
         async with host.run([]):
             network = host.get_network()
@@ -193,7 +242,7 @@ class Node:
                     self._warn(f"p2p: {addr} is in use; listening on a free port instead "
                                "(choose one with --listen)")
             self.addrs = [str(a) for a in host.get_addrs()]
-            if any(addr.endswith("/tcp/0") for addr in self._listen):
+            if self._announce and any(addr.endswith("/tcp/0") for addr in self._listen):
                 for addr in self.addrs:  # the operator asked for a free port: say which
                     print(f"ww: p2p: listening on {addr}", file=sys.stderr, flush=True)
             self._host = host

@@ -1,0 +1,226 @@
+"""The embedded node on the network: a libp2p host that speaks Bitswap, used from plain threads.
+
+:class:`Network` owns a :class:`ww.p2p.host.Node` (TCP + Noise + Yamux, identify and ping, on a
+trio thread of its own, with the node key of ``$WW_HOME``) that serves
+:data:`ww.ipfs.bitswap.PROTOCOL` and nothing else, and a :class:`ww.ipfs.bitswap.Engine` on
+that thread.  The embedded node calls it synchronously: :meth:`Network.fetch` blocks until a
+block has arrived, been hashed against its CID and stored, or every peer has been tried.
+
+Nothing here is imported until the embedded node needs the network (``connect``, ``listen``,
+or a block missing while ``WW_IPFS_PEERS`` names peers), so ``ww run /bin/true`` never loads
+libp2p.  The host dials only the addresses it is given and listens only where it is told (by
+default nowhere: a peer that dialled us, or that we dialled, can fetch from us either way).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from pathlib import Path
+from typing import Any
+
+from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
+
+from . import bitswap
+from ._fsutil import fsync_dir, sync_filesystem
+from .api import BackendUnavailableError, IpfsError, NotFoundError, PeerInfo
+from .blockstore import Blockstore
+from .cid import CID
+from .identity import Identity
+
+__all__ = ["Network", "CONNECT_TIMEOUT", "FETCH_TIMEOUT"]
+
+CONNECT_TIMEOUT = 10.0  # seconds to dial and secure a connection to a peer
+FETCH_TIMEOUT = 120.0  # the longest a caller waits for one block (each peer is given less)
+STREAM_TIMEOUT = 10.0  # seconds to open a Bitswap stream to a peer
+PROTOCOLS = [bitswap.PROTOCOL, "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"]
+
+
+class Network:
+    """A libp2p host serving Bitswap from ``store``, and fetching into it."""
+
+    def __init__(self, identity: Identity, store: Blockstore, listen: list[str] | None = None,
+                 *, peer_timeout: float = bitswap.PEER_TIMEOUT) -> None:
+        from ww.p2p.host import Node
+
+        self.peer_id = identity.peer_id
+        self._store = store
+        self._engine: bitswap.Engine | None = None
+        self._peer_timeout = peer_timeout
+        listen = [check_listen_addr(a) for a in (listen or [])]
+        self._node = Node(identity, listen=listen, handlers={bitswap.PROTOCOL: self._inbound},
+                          serve_ww=False, announce=False, warn=lambda message: None)
+        self._lock = threading.Lock()
+        try:
+            self._node.start()
+            self._call(self._setup, timeout=CONNECT_TIMEOUT)
+        except P2PError as e:
+            self._node.stop()
+            raise BackendUnavailableError(str(e)) from None
+
+    # -- the libp2p thread -------------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        from libp2p.abc import INotifee
+
+        host = self._node.host
+        engine = bitswap.Engine(self._store, self_id=self.peer_id,
+                                open_stream=self._open_stream, peer_timeout=self._peer_timeout)
+
+        class Notifee(INotifee):
+            async def opened_stream(self, network: Any, stream: Any) -> None: ...
+            async def closed_stream(self, network: Any, stream: Any) -> None: ...
+            async def listen(self, network: Any, multiaddr: Any) -> None: ...
+            async def listen_close(self, network: Any, multiaddr: Any) -> None: ...
+
+            async def connected(self, network: Any, conn: Any) -> None:
+                engine.peer_connected(str(conn.muxed_conn.peer_id))
+
+            async def disconnected(self, network: Any, conn: Any) -> None:
+                peer = conn.muxed_conn.peer_id
+                if not [c for c in network.get_connections(peer) if c is not conn]:
+                    engine.peer_disconnected(str(peer))
+
+        host.get_network().register_notifee(Notifee())
+        self._engine = engine
+        for conn in host.get_network().get_connections():
+            engine.peer_connected(str(conn.muxed_conn.peer_id))
+        self._node.submit(engine.run)
+
+    async def _inbound(self, stream: Any) -> None:
+        engine = self._engine
+        if engine is None:
+            await stream.reset()
+            return
+        await engine.handle_stream(stream)
+
+    async def _open_stream(self, peer: str) -> Any:
+        import trio
+        from libp2p.peer.id import ID
+
+        with trio.fail_after(STREAM_TIMEOUT):
+            return await self._node.host.new_stream(ID.from_base58(peer), [bitswap.PROTOCOL])
+
+    async def _connect(self, addr: str) -> str:
+        import multiaddr
+        import trio
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await self._node.host.connect(info)
+        except trio.TooSlowError:
+            raise P2PError(f"no answer within {CONNECT_TIMEOUT:g} s") from None
+        if self._engine is not None:
+            self._engine.peer_connected(str(info.peer_id))
+        return str(info.peer_id)
+
+    async def _peers(self) -> list[PeerInfo]:
+        host = self._node.host
+        network = host.get_network()
+        store = host.get_peerstore()
+        found: dict[str, PeerInfo] = {}
+        for conn in network.get_connections():
+            peer = conn.muxed_conn.peer_id
+            key = str(peer)
+            addrs = [str(a) for a in conn.get_transport_addresses()]
+            if not addrs:
+                addrs = [str(a) for a in store.addrs(peer)] if peer in store.peer_ids() else []
+            try:
+                protocols = sorted(str(p) for p in store.get_protocols(peer))
+            except Exception:
+                protocols = []
+            if key in found:
+                addrs = found[key].addresses + [a for a in addrs
+                                                if a not in found[key].addresses]
+            found[key] = PeerInfo(id=key, addresses=addrs, protocols=protocols)
+        return sorted(found.values(), key=lambda p: p.id)
+
+    async def _disconnect(self, peer: str) -> None:
+        from libp2p.peer.id import ID
+
+        await self._node.host.get_network().close_peer(ID.from_base58(peer))
+
+    async def _want(self, cid: CID, future: concurrent.futures.Future[bytes]) -> None:
+        assert self._engine is not None
+        self._engine.want(cid, future)
+
+    async def _cancel(self, cid: CID, future: concurrent.futures.Future[bytes]) -> None:
+        if self._engine is not None:
+            self._engine.cancel(cid, future)
+
+    async def _take_dirty(self) -> set[Path]:
+        if self._engine is None:
+            return set()
+        dirty, self._engine.dirty = self._engine.dirty, set()
+        return dirty
+
+    async def _stats(self) -> dict[str, int]:
+        return dict(self._engine.stats) if self._engine else {}
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def _call(self, fn: Any, *args: Any, timeout: float) -> Any:
+        try:
+            return self._node.submit(fn, *args).result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise BackendUnavailableError("ipfs: the libp2p host did not answer in time") \
+                from None
+
+    @property
+    def addrs(self) -> list[str]:
+        """Where the host really listens, each ending in ``/p2p/<peer id>``."""
+        return list(self._node.addrs)
+
+    def id(self) -> PeerInfo:
+        return PeerInfo(id=self.peer_id, addresses=self.addrs, protocols=list(PROTOCOLS))
+
+    def connect(self, addr: str) -> str:
+        """Dial ``/ip4|ip6/<addr>/tcp/<port>/p2p/<peer id>``; returns the peer id."""
+        try:
+            addr = check_join_addr(addr)
+        except ValueError as e:
+            raise IpfsError(f"ipfs: {e}") from None
+        try:
+            return self._call(self._connect, addr, timeout=CONNECT_TIMEOUT + 5)
+        except P2PError as e:
+            raise IpfsError(f"ipfs: cannot connect to {addr} ({e})") from None
+        except IpfsError:
+            raise
+        except Exception as e:
+            from ww.p2p.host import _reason
+
+            raise IpfsError(f"ipfs: cannot connect to {addr} ({_reason(e)})") from None
+
+    def disconnect(self, peer: str) -> None:
+        self._call(self._disconnect, peer, timeout=CONNECT_TIMEOUT)
+
+    def peers(self) -> list[PeerInfo]:
+        return self._call(self._peers, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, int]:
+        """Blocks and bytes received and served so far (for benchmarks and tests)."""
+        return self._call(self._stats, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
+
+    def fetch(self, cid: CID, timeout: float = FETCH_TIMEOUT) -> bytes:
+        """The block ``cid``, from the connected peers: verified, stored, then returned."""
+        future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        self._call(self._want, cid, future, timeout=CONNECT_TIMEOUT)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self._call(self._cancel, cid, future, timeout=CONNECT_TIMEOUT)
+            raise NotFoundError(f"block {cid} did not arrive from any connected peer within "
+                                f"{timeout:g} s") from None
+
+    def flush(self) -> None:
+        """Make every block fetched so far durable (one syncfs, then their directories)."""
+        dirty: set[Path] = self._call(self._take_dirty, timeout=CONNECT_TIMEOUT)
+        if dirty:
+            sync_filesystem(self._store.root)
+            for shard in dirty:
+                fsync_dir(shard)
+
+    def close(self) -> None:
+        self._node.stop()

@@ -1,0 +1,190 @@
+"""``--pids`` and ``--memory`` enforced by the kernel: one cgroup per cell (ww.host.cgroups).
+
+These run only where the host can make the cell's cgroup (root with a writable cgroup v1
+hierarchy, or a delegated cgroup v2 one).  The fork bomb, in particular, starts only after
+the test has seen the cell inside a cgroup whose ``pids.max`` is in force: the kernel, not a
+sampling thread, bounds it, so it cannot take process slots from the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WW, run_ww
+from ww.host import cgroups
+from ww.host.limits import JAIL_TASKS
+
+HIERARCHIES = cgroups.available()
+NO_CGROUP = ("this host cannot give a cell a cgroup with the {} controller (needs root and a "
+             "writable cgroup v1 hierarchy, or a delegated cgroup v2 one): ww falls back to "
+             "the /proc watchdog, under which this test would load the whole machine")
+needs_pids = pytest.mark.skipif("pids" not in HIERARCHIES, reason=NO_CGROUP.format("pids"))
+needs_memory = pytest.mark.skipif("memory" not in HIERARCHIES,
+                                  reason=NO_CGROUP.format("memory"))
+
+
+def cell_cgroup(controller: str, host_pid: int, timeout: float = 10) -> Path:
+    """The cgroup directory the host ``host_pid`` made for its cell, once it exists."""
+    pattern = os.path.join(HIERARCHIES[controller].own, f"ww-*-{host_pid}-*")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = glob.glob(pattern)
+        if found:
+            return Path(found[0])
+        time.sleep(0.01)
+    raise AssertionError(f"no cgroup {pattern}")
+
+
+def limit_file(controller: str) -> str:
+    if controller == "pids":
+        return "pids.max"
+    return "memory.limit_in_bytes" if HIERARCHIES["memory"].version == 1 else "memory.max"
+
+
+def start_waiting_cell(flags: list[str], then: str) -> subprocess.Popen[str]:
+    """A cell that says "ready", waits for a line on stdin, then runs the shell ``then``."""
+    return subprocess.Popen(
+        [WW, "run", *flags, "/bin/sh", "-c", f"PATH=/usr/bin:/bin; echo ready; read go; {then}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_in_force(proc: subprocess.Popen[str], controller: str, value: int) -> Path:
+    """The cell is running inside its cgroup and the kernel limit there is ``value``."""
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    d = cell_cgroup(controller, proc.pid)
+    assert int((d / limit_file(controller)).read_text()) == value
+    members = {int(p) for p in (d / "cgroup.procs").read_text().split()}
+    assert proc.pid not in members  # the host stays outside
+    assert len(members) >= 1 + JAIL_TASKS  # bubblewrap, its init and the shell
+    return d
+
+
+@needs_pids
+def test_a_fork_bomb_under_pids_64_is_capped_by_the_kernel_and_stopped():
+    bomb = "exec 2>/dev/null; b() { b | b & }; b; sleep 30"
+    proc = start_waiting_cell(["--pids", "64"], bomb)
+    failures: list[BaseException] = []
+    peak = 0
+    try:
+        d = assert_in_force(proc, "pids", 64 + JAIL_TASKS)
+        done = threading.Event()
+
+        def fork_meanwhile() -> None:  # the rest of the machine can still start processes
+            while not done.is_set():
+                try:
+                    subprocess.run(["/bin/true"], check=True, timeout=10)
+                except (OSError, subprocess.SubprocessError) as e:
+                    failures.append(e)
+
+        helper = threading.Thread(target=fork_meanwhile)
+        helper.start()
+        start = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        while proc.poll() is None and time.monotonic() - start < 20:
+            try:
+                peak = max(peak, int((d / "pids.current").read_text()))
+            except (OSError, ValueError):
+                pass  # removed as the cell ended
+            time.sleep(0.002)
+        elapsed = time.monotonic() - start
+        done.set()
+        helper.join()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 66, err
+    assert err.strip().splitlines() == [
+        "ww: resource limit: the cell ran more than 64 processes or threads at once (--pids); "
+        "it was stopped"]
+    assert elapsed < 5
+    assert 0 < peak <= 64 + JAIL_TASKS
+    assert failures == []
+    assert not d.exists()  # removed with the cell
+
+
+@needs_memory
+def test_a_cell_allocating_far_past_memory_is_stopped_by_the_kernel_at_the_limit():
+    # 1 MiB at a time, every page touched, the count printed after each: the last count
+    # shows how far the cell got.  It asks for 4 GiB under --memory 64M.
+    grow = ("exec python3 -S -c 'import sys\nchunks = []\nfor i in range(4096):\n"
+            "    chunks.append(bytearray(b\"x\" * (1 << 20)))\n"
+            "    sys.stdout.write(f\"{i + 1}\\n\"); sys.stdout.flush()'")
+    proc = start_waiting_cell(["--memory", "64M"], grow)
+    try:
+        d = assert_in_force(proc, "memory", 64 << 20)
+        start = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 66, err
+    assert err.strip().splitlines() == [
+        "ww: resource limit: the cell used more than 64M of memory (--memory); it was stopped"]
+    counts = [int(n) for n in out.split() if n.isdigit()]
+    assert counts and counts[-1] < 64  # MiB allocated: never past the limit
+    assert elapsed < 10
+    assert not d.exists()
+
+
+@needs_pids
+def test_the_cell_sees_its_own_cgroup_as_the_root_and_cannot_reach_the_hierarchy():
+    r = run_ww("run", "--pids", "8", "/bin/sh", "-c",
+               "grep -E ':(pids|memory):' /proc/self/cgroup; ls /sys/fs/cgroup 2>&1 | wc -l")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:-1] and all(line.endswith(":/") for line in lines[:-1])
+    assert lines[-1] == "1"  # just ls's "No such file or directory"
+
+
+@needs_pids
+def test_pids_counts_only_the_cells_own_tasks():
+    assert run_ww("run", "--pids", "1", "/bin/true").returncode == 0
+    assert run_ww("run", "--pids", "2", "/bin/sh", "-c", "/bin/true; /bin/true").returncode == 0
+    r = run_ww("run", "--pids", "1", "/bin/sh", "-c", "/bin/true; exit 3")
+    assert r.returncode == 66, r.stderr
+    assert run_ww("run", "--jail=none", "--pids", "1", "/bin/true").returncode == 0
+
+
+@needs_pids
+def test_no_process_of_an_unjailed_cell_outlives_it():
+    r = run_ww("run", "--jail=none", "--pids", "10", "/bin/sh", "-c",
+               "setsid sleep 30 >/dev/null 2>&1 < /dev/null & echo $!", timeout=20)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split()[-1])
+    end = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
+        time.sleep(0.01)
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if os.path.exists(
+        f"/proc/{pid}") else "gone"
+    assert state in ("gone", "Z")
+
+
+@needs_pids
+def test_a_cgroup_left_by_a_killed_host_is_removed_by_the_next_run():
+    proc = subprocess.Popen([WW, "run", "--pids", "10", "/bin/sh", "-c", "echo ready; sleep 30"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        d = cell_cgroup("pids", proc.pid)
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    end = time.monotonic() + 5  # the jail dies with its host (PR_SET_PDEATHSIG)
+    while (d / "cgroup.procs").read_text().split() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert d.exists()
+    assert run_ww("run", "--pids", "10", "/bin/true").returncode == 0
+    assert not d.exists()

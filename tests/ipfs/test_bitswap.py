@@ -1,0 +1,252 @@
+"""Bitswap 1.2.0 between embedded nodes on 127.0.0.1, and the wire format.
+
+Real libp2p hosts (TCP + Noise + Yamux) in this process, each with its own repository and node
+key; they dial only each other on the loopback interface.  Interop with a real kubo peer is in
+``test_bitswap_kubo.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ww.ipfs import bitswap
+from ww.ipfs.api import AddOptions, NotFoundError
+from ww.ipfs.bitswap import Message, Presence, WantEntry, WantType
+from ww.ipfs.cid import CID, RAW
+from ww.ipfs.importer import CHUNK_SIZE
+from ww.ipfs.multihash import sha256
+from ww.ipfs.node import EmbeddedNode
+
+pytest.importorskip("libp2p")
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+# --- the wire format ------------------------------------------------------------------------
+
+
+def test_block_prefix_is_go_cids_prefix() -> None:
+    v0 = CID.v0(sha256(b"x"))
+    v1 = CID.v1(RAW, sha256(b"x"))
+    assert bitswap.prefix_of(v0) == bytes([0x00, 0x70, 0x12, 0x20])
+    assert bitswap.prefix_of(v1) == bytes([0x01, 0x55, 0x12, 0x20])
+    assert bitswap.cid_from_block(bitswap.prefix_of(v1), b"x") == v1
+    assert bitswap.cid_from_block(bitswap.prefix_of(v0), b"x") == v0
+
+
+def test_block_with_an_unsupported_hash_is_refused() -> None:
+    blake3_prefix = bytes([0x01, 0x55, 0x1E, 0x20])
+    with pytest.raises(bitswap.BitswapError):
+        bitswap.cid_from_block(blake3_prefix, b"x")
+
+
+def test_message_round_trips_every_field() -> None:
+    cid = bytes(CID.v1(RAW, sha256(b"block")))
+    msg = Message(
+        wants=[WantEntry(cid, 7, want_type=WantType.HAVE, send_dont_have=True),
+               WantEntry(cid, 1, cancel=True)],
+        full=True,
+        blocks=[(bitswap.prefix_of(CID.v1(RAW, sha256(b"block"))), b"block")],
+        presences=[(cid, Presence.DONT_HAVE), (cid, Presence.HAVE)],
+        pending_bytes=12,
+    )
+    assert bitswap.decode(bitswap.encode(msg)) == msg
+
+
+def test_message_bytes_match_kubos_protobuf_layout() -> None:
+    """One want-block entry with send-dont-have, as go-bitswap encodes it (fields 1,2,4,5)."""
+    cid = bytes(CID.v0(sha256(b"a")))
+    wire = bitswap.encode(Message(wants=[WantEntry(cid, 1, send_dont_have=True)]))
+    entry = b"\x0a\x22" + cid + b"\x10\x01" + b"\x28\x01"
+    assert wire == b"\x0a" + bytes([len(entry) + 2]) + b"\x0a" + bytes([len(entry)]) + entry
+
+
+def test_malformed_message_is_an_error() -> None:
+    with pytest.raises(bitswap.BitswapError):
+        bitswap.decode(b"\x0a\xff\x01")
+
+
+def test_bitswap_1_0_blocks_are_read_as_cidv0() -> None:
+    msg = bitswap.decode(b"\x12\x03abc")
+    assert msg.blocks == [(b"\x00\x70\x12\x20", b"abc")]
+
+
+# --- two and three embedded nodes --------------------------------------------------------
+
+
+def _node(tmp_path: Path, name: str, **kw: object) -> EmbeddedNode:
+    return EmbeddedNode(tmp_path / name)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[EmbeddedNode]]:
+    made: list[EmbeddedNode] = []
+    yield made
+    for node in made:
+        node.close()
+
+
+def _data(size: int, seed: int = 1) -> bytes:
+    return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
+
+
+def test_id_peers_and_connect_are_real(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    offline = b.id()
+    assert offline.addresses == [] and b.peers() == []
+    info = a.listen([LOOPBACK])
+    assert info.addresses and info.addresses[0].startswith("/ip4/127.0.0.1/tcp/")
+    assert info.addresses[0].endswith(f"/p2p/{info.id}")
+    assert bitswap.PROTOCOL in info.protocols
+    b.connect(info.addresses[0])
+    assert [p.id for p in b.peers()] == [info.id]
+    assert b.id().id == offline.id  # the same node key, now on the network
+    assert [p.id for p in a.peers()] == [b.id().id]
+
+
+def test_connect_to_nobody_is_one_line(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    a = EmbeddedNode(tmp_path / "a")
+    nodes.append(a)
+    peer = EmbeddedNode(tmp_path / "p").id().id
+    with pytest.raises(Exception) as err:
+        a.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{peer}")
+    assert "cannot connect" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(Exception, match="expected /ip4"):
+        a.connect("/ip4/127.0.0.1/tcp/1")
+
+
+def test_missing_blocks_are_fetched_verified_and_stored(tmp_path: Path,
+                                                        nodes: list[EmbeddedNode]) -> None:
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    data = _data(20 * CHUNK_SIZE + 123)
+    cid = a.add_stream([data])
+    raw = a.add_stream([data[:1000]], AddOptions(cid_version=1))
+    b.connect(a.listen([LOOPBACK]).addresses[0])
+    assert b"".join(b.cat(cid)) == data
+    assert b"".join(b.cat(raw)) == data[:1000]
+    assert b._net is not None and b._net.stats()["blocks_in"] >= 22
+    a.close()  # everything is local now: no network needed
+    assert b"".join(b.cat(cid, offset=5, length=10)) == data[5:15]
+    assert b.check().ok
+
+
+def test_directory_get_over_bitswap(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "x.bin").write_bytes(_data(3 * CHUNK_SIZE, 2))
+    (src / "y.txt").write_bytes(b"y\n")
+    os.symlink("y.txt", src / "link")
+    cid = a.add_path(src)
+    a.listen([LOOPBACK])
+    b.connect(a.id().addresses[0])
+    b.get(cid, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "x.bin").read_bytes() == _data(3 * CHUNK_SIZE, 2)
+    assert os.readlink(tmp_path / "out" / "link") == "y.txt"
+
+
+def test_content_nobody_has_fails_cleanly(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    b.connect(a.listen([LOOPBACK]).addresses[0])
+    missing = CID.v0(sha256(b"nobody has this"))
+    with pytest.raises(NotFoundError, match="none of 1 connected peer") as err:
+        b.get(str(missing), tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_peers_missing_content_is_the_offline_error(tmp_path: Path,
+                                                            nodes: list[EmbeddedNode]) -> None:
+    b = EmbeddedNode(tmp_path / "b")
+    nodes.append(b)
+    with pytest.raises(NotFoundError, match="not in the local repository"):
+        list(b.cat(str(CID.v0(sha256(b"nothing")))))
+    assert b._net is None  # no host was started for it
+
+
+def _drop_after(node: EmbeddedNode, victim: str, blocks: int) -> None:
+    """Make ``node`` hang up on ``victim`` right after serving it ``blocks`` blocks."""
+    net = node._net
+    assert net is not None
+    engine = net._engine
+    assert engine is not None
+    serve = engine._serve
+
+    def serving(peer_id: str, entries: list[WantEntry]) -> None:
+        room = blocks - engine.stats["blocks_out"]
+        if room <= 0:
+            return  # past the limit: the connection is going away
+        wanted = [e for e in entries if not e.cancel and e.want_type == WantType.BLOCK]
+        serve(peer_id, wanted[:room])
+        if engine.stats["blocks_out"] >= blocks:
+            from libp2p.peer.id import ID
+
+            host = net._node.host
+            engine._nursery.start_soon(host.get_network().close_peer, ID.from_base58(victim))
+
+    engine._serve = serving  # type: ignore[method-assign]
+
+
+def test_peer_dropping_mid_transfer_is_resumed_from_another(
+        tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    first, second, b = (EmbeddedNode(tmp_path / n) for n in ("first", "second", "b"))
+    nodes += [first, second, b]
+    data = _data(30 * CHUNK_SIZE, 3)
+    cid = first.add_stream([data])
+    assert second.add_stream([data]) == cid
+    b.connect(first.listen([LOOPBACK]).addresses[0])
+    b.connect(second.listen([LOOPBACK]).addresses[0])
+    _drop_after(first, b.id().id, 5)
+    # b asks `first` (or `second`) for each block; `first` hangs up after 5 blocks
+    b.get(cid, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    served = [n._net._engine.stats["blocks_out"] for n in (first, second)]  # type: ignore
+    assert served[0] == 5 and served[1] >= 26
+
+
+def test_peer_dropping_mid_transfer_alone_fails_cleanly(
+        tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    data = _data(30 * CHUNK_SIZE, 4)
+    cid = a.add_stream([data])
+    b.connect(a.listen([LOOPBACK]).addresses[0])
+    _drop_after(a, b.id().id, 5)
+    with pytest.raises(NotFoundError) as err:
+        b.get(cid, tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert b.check().ok  # the blocks that did arrive are whole
+
+
+def test_a_peer_that_hangs_up_is_not_redialled(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    """py-libp2p's auto-connector would dial peers it merely heard of; ours dials nobody."""
+    import time
+
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    b.connect(a.listen([LOOPBACK]).addresses[0])
+    a.disconnect(b.id().id)
+    time.sleep(0.3)
+    assert a.peers() == [] and b.peers() == []
+    net = b._net
+    assert net is not None
+    connector = net._node.host.get_network().auto_connector
+
+    async def its_periodic_round() -> None:  # what it does every 30 s, without the wait
+        connector.clear_all_cooldowns()
+        await connector.maybe_connect()
+
+    net._node.submit(its_periodic_round).result(5)
+    time.sleep(0.5)
+    assert a.peers() == [] and b.peers() == []
