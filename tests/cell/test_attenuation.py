@@ -134,3 +134,92 @@ def test_a_cell_narrows_its_capability_further_but_never_widens_it(make_cell, tr
         "sub widen roots denied attenuate",
         "full still writes ok str",
     ]
+
+
+def test_a_roots_limited_capability_unpins_only_its_own_pins_never_the_operators(
+        make_cell, trees):
+    root, _ = trees  # `ww export` pinned both trees: the operator's pins
+    from ww.ipfs.cid import CID
+
+    cid = root.removeprefix("/ipfs/")
+    v1 = str(CID.parse(cid).to_v1())
+    cell = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            ipfs = s.ipfs
+            sub = ipfs.resolve("{root}/sub")
+            print("root visible", "{cid}" in ipfs.pins())
+            for label, call in [
+                ("unpin root", lambda: ipfs.unpin("{cid}")),
+                ("unpin root by path", lambda: ipfs.unpin("{root}")),
+                ("unpin root as CIDv1", lambda: ipfs.unpin("{v1}")),
+                ("narrowed unpin root", lambda: ipfs.attenuate(roots=[sub]).unpin("{cid}")),
+            ]:
+                try:
+                    call()
+                    print(label, "allowed")
+                except ww.cell.CapabilityDenied as e:
+                    print(label, "denied:", str(e).split(": ", 3)[3])
+            ipfs.pin(sub)                        # a pin of its own, inside the root
+            print("own pin listed", sub in ipfs.pins())
+            ipfs.attenuate(roots=[sub]).unpin(sub)  # the same session, narrowed: its own
+            mine = ipfs.add(b"a file of the cell's own")  # add pins it: also its own
+            print("own add listed", mine in ipfs.pins())
+            ipfs.unpin(mine)
+            print("own pins gone", sub not in ipfs.pins() and mine not in ipfs.pins())
+            try:
+                ipfs.unpin(sub)                  # no longer pinned by it
+            except ww.cell.CapabilityDenied:
+                print("unpin twice denied")
+            print("root still pinned", "{cid}" in ipfs.pins())
+    """)
+    r = run_ww("run", "--with-ipfs", "--ipfs-root", root, cell)
+    assert r.returncode == 0, r.stderr
+    reason = ("was not pinned by this capability (a capability limited to roots unpins only "
+              "what it pinned itself in this session)")
+    assert r.stdout.splitlines() == [
+        "root visible True",
+        f"unpin root denied: {cid} {reason}",
+        f"unpin root by path denied: {root} {reason}",
+        f"unpin root as CIDv1 denied: {v1} {reason}",
+        f"narrowed unpin root denied: {cid} {reason}",
+        "own pin listed True",
+        "own add listed True",
+        "own pins gone True",
+        "unpin twice denied",
+        "root still pinned True",
+    ]
+    # The operator's content is still pinned, so gc keeps it.
+    assert run_ww("repo", "gc").returncode == 0
+    reader = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            print(s.ipfs.cat("{root}/sub/y.txt").decode().strip())
+    """, name="reader.py")
+    r = run_ww("run", "--with-ipfs", reader)
+    assert (r.returncode, r.stdout) == (0, "why not\n"), r.stderr
+
+
+def test_a_sub_cell_with_roots_cannot_unpin_its_parents_or_the_operators_pins(make_cell, trees):
+    root, _ = trees
+    cid = root.removeprefix("/ipfs/")
+    child = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            try:
+                s.ipfs.unpin("{root}")
+                print("child unpinned")
+            except ww.cell.CapabilityDenied:
+                print("child denied")
+    """, name="child.py")
+    program = export(child)
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            c = s.exec.spawn("{program}", ipfs=True, ipfs_roots=["{root}"])
+            print(c.stdout.read_all().decode().strip(), c.wait())
+            print("root still pinned", "{cid}" in s.ipfs.pins())
+    """)
+    r = run_ww("run", "--with-ipfs", "--with-exec", parent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["child denied 0", "root still pinned True"]

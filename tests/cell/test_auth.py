@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -261,3 +262,64 @@ def test_the_documented_login_works_from_raw_capnp_without_the_sdk(make_cell, ke
     assert r.stdout == "['console']\n"
     assert "[cell] raw login" in r.stderr
     assert any(e["event"] == "login" and e["peer"] == peer for e in audit_lines(r.stderr))
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity", "0", "-1", "1e999"])
+def test_login_timeout_must_be_a_finite_positive_number(keyfile, value):
+    path, _ = keyfile
+    for args, env in [(["--identity", path, "--login-timeout", value], None),
+                      (["--login-timeout", value], None),  # a bad value, even if unused
+                      (["--identity", path], {**os.environ, "WW_LOGIN_TIMEOUT": value})]:
+        r = run_ww("run", *args, "/bin/true", env=env)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("ww: --login-timeout ") and r.stderr.count("\n") == 1
+        assert "expected a finite number of seconds greater than 0" in r.stderr
+
+
+FORGER = """
+import os, sys
+print("fds", sorted(os.listdir("/proc/self/fd")), flush=True)
+import ww.cell
+# The cell's stderr is the host's: it can print lines that look like audit lines.
+sys.stderr.write('{"ts":1,"event":"login","cell":1,"peer":"12D3KooWforged","granted":["exec"]}\\n')
+sys.stderr.flush()
+with ww.cell.session() as s:
+    try:
+        s.ipfs.add(b"not allowed")
+    except ww.cell.CapabilityDenied:
+        print("denied")
+"""
+
+
+def test_audit_file_holds_the_trail_the_cell_cannot_reach_or_forge(make_cell, keyfile,
+                                                                   tmp_path):
+    path, peer = keyfile
+    trail = tmp_path / "audit.jsonl"
+    cell = make_cell(FORGER)
+    r = run_ww("run", "--audit", str(trail), "--identity", path, "--with-ipfs",
+               "--ipfs-read-only", cell)
+    assert r.returncode == 0, r.stderr
+    # The cell sees no fd beyond stdio and fd 3 (4 is listdir's own).
+    assert r.stdout.splitlines() == ["fds ['0', '1', '2', '3', '4']", "denied"]
+    assert "12D3KooWforged" in r.stderr  # its stderr passes through, as the spec says
+    assert '"event":"denied"' not in r.stderr  # the real trail is only in the file
+    assert os.stat(trail).st_mode & 0o777 == 0o600
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["login", "grant", "denied"]
+    assert events[0]["peer"] == peer and events[0]["granted"] == ["ipfs"]
+    assert all("forged" not in json.dumps(e) for e in events)
+    # Appended to, never truncated; WW_AUDIT names it too, and --json adds nothing on stderr.
+    r = run_ww("--json", "run", "--with-ipfs", "--ipfs-read-only", cell,
+               env={**os.environ, "WW_AUDIT": str(trail)})
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if "forged" not in line] == []
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["login", "grant", "denied"] * 2
+    assert events[3]["peer"] is None
+
+
+def test_an_audit_file_that_cannot_be_opened_is_a_usage_error(tmp_path):
+    r = run_ww("run", "--audit", str(tmp_path / "missing" / "audit.jsonl"), "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"ww: --audit {tmp_path}/missing/audit.jsonl: cannot open it")
+    assert r.stderr.count("\n") == 1

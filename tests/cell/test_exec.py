@@ -165,7 +165,7 @@ def test_signals_reach_the_child_and_its_status_says_so(make_cell):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "status 143"
     assert r.stdout.splitlines()[1].startswith("refused: signal 10: only SIGHUP (1)")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25  # killed, not left to sleep its 30 s (bound: load)
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -193,7 +193,7 @@ def test_children_die_with_their_parent(make_cell):
     r = run_ww("run", "--with-exec", "--exec-allow", "/bin/sleep", parent, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "leaving the child behind\n"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20  # generous: a loaded machine reaps slowly
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_with(marker) == []
@@ -213,3 +213,80 @@ def test_children_inherit_the_parents_resource_limits(make_cell):
     assert r.stdout.splitlines() == [
         "status 66",
         "ww: resource limit: the cell wrote a file larger than 1M (--fsize); it was stopped"]
+
+
+def test_sub_cells_append_to_the_parents_audit_file_and_never_hold_it(make_cell, ipfs_child,
+                                                                       tmp_path):
+    program, data = ipfs_child
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("{program}", "{data}", ipfs=True, ipfs_read_only=True)
+            child.stdout.read_all()
+            print("child status", child.wait())
+            ls = s.exec.spawn("/bin/ls", "/proc/self/fd")
+            print("child fds", ls.stdout.read_all().decode().split(), ls.wait())
+    """)
+    trail = tmp_path / "audit.jsonl"
+    r = run_ww("run", "--audit", str(trail), "--with-ipfs", "--with-exec", "--exec-allow",
+               "/bin/ls", parent)
+    assert r.returncode == 0, r.stderr
+    # The sub-cell sees stdio and fd 3 only (the 4th is ls's own directory fd).
+    assert r.stdout.splitlines() == ["child status 0", "child fds ['0', '1', '2', '3', '4'] 0"]
+    assert "{" not in r.stderr
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    spawns = [e for e in events if e["event"] == "spawn"]
+    assert [e["program"] for e in spawns] == [program, "/bin/ls"]
+    # The sub-cell's own `ww run` logged its login and grant to the same file.
+    assert any(e["event"] == "login" and e["cell"] == spawns[0]["pid"] for e in events)
+    grant = next(e for e in events if e["event"] == "grant" and e["cell"] == spawns[0]["pid"])
+    assert grant["capability"] == "ipfs" and grant["read_only"] is True
+
+
+def test_a_parent_killed_with_running_children_leaves_only_its_status_on_stderr(make_cell):
+    parent = make_cell("""
+        import os, time
+        import ww.cell
+        with ww.cell.session() as s:
+            children = [s.exec.spawn("/bin/sleep", "30") for _ in range(8)]
+            print("spawned", flush=True)
+            time.sleep(0.5)  # the children's `ww run`s are up and jailed
+            os.kill(os.getpid(), 9)
+    """)
+    for _ in range(3):  # the warning came from a race: try it a few times
+        r = run_ww("run", "--with-exec", "--exec-allow", "/bin/sleep", parent, timeout=30)
+        assert (r.returncode, r.stdout) == (137, "spawned\n"), r.stderr
+        assert r.stderr == ""  # no "Loop ... that handles pid N is closed"
+
+
+OUTLIVING_HOST = """
+import asyncio, time
+from types import SimpleNamespace
+from ww.caps.denied import Caller
+from ww.caps.exec import ExecSetup, ExecutorServer
+from ww.host.policy import ExecGrant, GrantSet
+
+async def main():
+    # The host's exec capability, starting a stand-in child `ww run` that lives 0.3 s.
+    setup = ExecSetup(ww=["/bin/sh", "-c", "sleep 0.3", "sh"])
+    executor = ExecutorServer(setup, GrantSet(exec=ExecGrant(("/bin/true",))), Caller(), {})
+    grant = SimpleNamespace(console=False, ipfs=False, exec=False, ipfsReadOnly=False,
+                            ipfsRoots=[])
+    await executor.spawn("/bin/true", [], [], grant, SimpleNamespace(results=SimpleNamespace()))
+    print("spawned", flush=True)
+
+asyncio.run(main())
+time.sleep(1)  # the child ends while the host still runs, its event loop closed
+print("done", flush=True)
+"""
+
+
+def test_a_sub_cell_outliving_the_hosts_event_loop_ends_without_a_warning():
+    """The race behind the test above, made certain: the child exits after the loop closed."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", OUTLIVING_HOST], capture_output=True, text=True,
+                       timeout=30)
+    assert (r.returncode, r.stdout) == (0, "spawned\ndone\n"), r.stderr
+    assert r.stderr == ""  # was: Loop <_UnixSelectorEventLoop ...> that handles pid N is closed

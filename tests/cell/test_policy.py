@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -130,3 +131,27 @@ def test_a_bad_policy_file_is_a_one_line_usage_error(tmp_path, text, message):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(f"ww: --policy {policy}") and r.stderr.count("\n") == 1
     assert message in r.stderr
+
+
+def test_policy_with_an_ipfs_narrowing_flag_is_a_usage_error_never_a_wider_grant(
+        make_cell, tmp_path):
+    (tmp_path / "doc.txt").write_text("the document\n")
+    doc = run_ww("export", str(tmp_path / "doc.txt")).stdout.strip()
+    policy = tmp_path / "p3.toml"
+    policy.write_text(f'[anonymous]\nipfs = {{ roots = ["{doc}"] }}\n')  # read-write
+    cell = make_cell(CELL)
+    for flags in (["--ipfs-read-only"], ["--ipfs-root", doc],
+                  ["--ipfs-root", doc, "--ipfs-read-only"]):
+        r = run_ww("run", "--policy", str(policy), *flags, "--with-ipfs", cell)
+        assert (r.returncode, r.stdout) == (2, ""), r.stdout + r.stderr  # no cell started
+        named = "--ipfs-read-only" if "--ipfs-read-only" in flags else "--ipfs-root"
+        assert r.stderr == (
+            f"ww: --policy and {named} cannot be combined: narrow IPFS in the policy "
+            'file instead (mode = "read-only", roots = [...])\n')
+    r = run_ww("run", "--with-ipfs", cell, env={**os.environ, "WW_POLICY": str(policy),
+                                               "WW_IPFS_READ_ONLY": "1"})
+    assert r.returncode == 2 and r.stderr.startswith("ww: --policy and --ipfs-read-only ")
+    # Without the flags, [anonymous] gets exactly the file's grant (--with-* do not add to it).
+    r = run_ww("run", "--policy", str(policy), "--with-all", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["ipfs", "write ok"]

@@ -117,6 +117,49 @@ def test_strict_kills_the_cell_on_the_first_denied_call_and_exits_67(probe, call
     assert lines[0].startswith("ww: isolation violation") and named in lines[0]
 
 
+# A cell that installs a filter of its own answering ptrace with EPERM, then calls ptrace:
+# the kernel ranks a filter's ERRNO above the host's USER_NOTIF, so without a rule against it
+# the call would fail quietly and the cell run on.
+OWN_FILTER = r"""
+import ctypes, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+ins = lambda code, jt, jf, k: struct.pack("=HBBI", code, jt, jf, k)
+code = (ins(0x20, 0, 0, 0) + ins(0x15, 0, 1, 101)  # ld nr; jeq ptrace
+        + ins(0x06, 0, 0, 0x00050000 | 1) + ins(0x06, 0, 0, 0x7FFF0000))  # EPERM; ALLOW
+buf = ctypes.create_string_buffer(code, len(code))
+class P(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = P(len(code) // 8, ctypes.addressof(buf))
+if sys.argv[1] == "seccomp":
+    r = libc.syscall(ctypes.c_long(317), ctypes.c_long(1), ctypes.c_long(0), ctypes.byref(prog))
+else:  # prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)
+    r = libc.prctl(22, 2, ctypes.byref(prog), 0, 0)
+print("installed", r, ctypes.get_errno(), flush=True)
+r = libc.syscall(ctypes.c_long(101), *[ctypes.c_long(0)] * 4)
+print("ptrace", r, ctypes.get_errno(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["seccomp", "prctl"])
+def test_strict_cannot_be_bypassed_by_a_filter_of_the_cells_own(make_cell, how):
+    cell = make_cell(OWN_FILTER, name="own_filter.py", shebang="#!/usr/bin/env -S python3 -S")
+    r = run_ww("run", "--strict", cell, how, timeout=30)
+    assert r.returncode == 67, (r.stdout, r.stderr)
+    assert r.stdout == ""  # stopped inside the call that installs the filter
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ww: isolation violation"), r.stderr
+    assert f"called {how}" in lines[0] and "filter of its own" in lines[0]
+
+
+def test_without_strict_a_filter_of_the_cells_own_cannot_undo_the_hosts(make_cell):
+    # Default mode: the cell may sandbox itself further; the host's EPERM stands either way.
+    cell = make_cell(OWN_FILTER, name="own_filter.py", shebang="#!/usr/bin/env -S python3 -S")
+    r = run_ww("run", cell, "seccomp", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["installed 0 0", "ptrace -1 1"]
+
+
 def test_strict_cell_that_behaves_runs_normally_with_exactly_its_fds(make_cell):
     cell = make_cell("""
         import os, threading
@@ -194,13 +237,24 @@ def test_cells_under_their_limits_run_normally():
 @pytest.mark.parametrize(
     "flag",
     [["--memory", "lots"], ["--memory", "0"], ["--cpu-time", "-1"], ["--pids", "2.5"],
-     ["--timeout", "soon"], ["--fsize", "1X"]],
+     ["--timeout", "soon"], ["--fsize", "1X"],
+     # Less than one byte, digits that are not ASCII, past what the kernel takes:
+     ["--memory", "0.5"], ["--fsize", "0.5"], ["--pids", "\u00b2"], ["--memory", "\u0661M"],
+     ["--pids", "0"], ["--pids", "99999999999999999999"],
+     ["--cpu-time", "100000000000000000000000"], ["--timeout", "5000000000"],
+     ["--fsize", "100000000000T"], ["--memory", "9223372036854775808"]],
 )
 def test_bad_limit_is_a_usage_error_naming_the_flag(flag):
     r = run_ww("run", *flag, "/bin/echo", "cell started")
-    assert r.returncode == 2
+    assert r.returncode == 2, r.stderr
     assert r.stdout == ""
-    assert r.stderr.count("\n") == 1 and flag[0] in r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"ww: {flag[0]} "), r.stderr
+
+
+def test_the_largest_limits_the_kernel_takes_are_accepted():
+    r = run_ww("run", "--pids", "4194302", "--memory", "9223372036854775807", "--cpu-time",
+               "4294967296", "--fsize", "8388607T", "/bin/echo", "cell started")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "cell started\n", "")
 
 
 def test_every_cell_is_first_in_line_for_the_oom_killer_and_dumps_no_core():
@@ -236,3 +290,25 @@ def test_a_setuid_binary_gives_the_cell_no_other_identity(tmp_path):
     r = run_ww("run", str(suid))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("uid=1000") and "euid" not in r.stdout and "egid" not in r.stdout
+
+
+# Shared memory no tmpfs of the cell's own showed: /dev/shm, and a memfd (no mount at all).
+SHM_CASES = {
+    "dev-shm": "head -c 314572800 /dev/zero > /dev/shm/big; sleep 5",
+    "memfd": "exec python3 -S -c 'import os, time; fd = os.memfd_create(\"x\"); "
+             "[os.write(fd, bytes(1 << 20)) for _ in range(300)]; time.sleep(5)'",
+}
+
+
+@pytest.mark.parametrize("cgroups", ["1", "0"], ids=["cgroup", "watchdog"])
+@pytest.mark.parametrize("case", sorted(SHM_CASES))
+def test_shared_memory_counts_against_memory(case, cgroups):
+    start = time.monotonic()
+    r = run_ww("run", "--memory", "32M", "/bin/sh", "-c",
+               f"PATH=/usr/bin:/bin; {SHM_CASES[case]}; echo survived", timeout=60,
+               env=dict(os.environ, WW_CGROUPS=cgroups))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "survived" not in r.stdout
+    ours = [line for line in r.stderr.splitlines() if "ww: resource limit" in line]
+    assert len(ours) == 1 and "--memory" in ours[0], r.stderr
+    assert time.monotonic() - start < 30

@@ -188,3 +188,81 @@ def test_a_cgroup_left_by_a_killed_host_is_removed_by_the_next_run():
     assert d.exists()
     assert run_ww("run", "--pids", "10", "/bin/true").returncode == 0
     assert not d.exists()
+
+
+# --- sub-cells (--with-exec) share their parent's cgroup -----------------------------------
+
+SPAWNER = """
+import sys, time
+import ww.cell
+with ww.cell.session() as s:
+    children = []
+    for i in range(int(sys.argv[1])):
+        try:
+            children.append(s.exec.spawn("/bin/sleep", "30"))
+            print("spawned", i, flush=True)
+        except Exception as e:
+            print("refused", i, type(e).__name__, flush=True)
+    time.sleep(float(sys.argv[2]))
+    print("done", flush=True)
+"""
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+@needs_memory
+def test_sub_cells_count_against_their_parents_memory_limit(make_cell):
+    # Each child `ww run` holds several MiB of the host's memory of its own: six of them
+    # under the parent's --memory 48M do not fit (they used to, each in a cgroup of its own).
+    parent = make_cell(SPAWNER)
+    start = time.monotonic()
+    r = run_ww("run", "--memory", "48M", "--with-exec", "--exec-allow", "/bin/sleep", parent,
+               "6", "8", timeout=60)
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--memory" in r.stderr and "done" not in r.stdout
+    assert time.monotonic() - start < 30
+
+
+@needs_pids
+def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell):
+    parent = make_cell(SPAWNER)
+    proc = subprocess.Popen([WW, "run", "--pids", "40", "--with-exec", "--exec-allow",
+                             "/bin/sleep", parent, "1", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("spawned 0"), proc.stderr.read()
+        group = cell_cgroup("pids", proc.pid)
+        kids = [k for k in _children_of(proc.pid) if open(f"/proc/{k}/comm").read().strip()
+                != "bwrap"]
+        assert kids, "no child ww run"
+        for kid in kids:  # the child `ww run` itself is in the parent cell's pids cgroup
+            line = next(x for x in open(f"/proc/{kid}/cgroup") if ":pids:" in x)
+            assert line.strip().endswith(group.name), line
+        # ... and so is everything below it (its jail and cell, in a cgroup made below the
+        # parent's), counted by the parent's pids.max: jail 2, cell 1, child host 1, its
+        # jail 2 and its sleep 1.
+        end = time.monotonic() + 30
+        while int((group / "pids.current").read_text()) < 2 + 1 + 1 + 2 + 1:
+            assert time.monotonic() < end, (group / "pids.current").read_text()
+            time.sleep(0.05)
+        assert [p.name for p in group.iterdir() if p.name.startswith("ww-")], "no nested cgroup"
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+
+
+def test_without_cgroups_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
+    # Without cgroups, no more sub-cells at once, in the whole tree, than --pids (they used
+    # to get up to 32 each, every one with a fresh copy of the limits).
+    parent = make_cell(SPAWNER)
+    r = run_ww("run", "--pids", "12", "--timeout", "50", "--with-exec", "--exec-allow",
+               "/bin/sleep", parent, "14", "0", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()] == (
+        ["spawned"] * 12 + ["refused"] * 2 + ["done"])

@@ -250,3 +250,46 @@ def test_a_peer_that_hangs_up_is_not_redialled(tmp_path: Path, nodes: list[Embed
     net._node.submit(its_periodic_round).result(5)
     time.sleep(0.5)
     assert a.peers() == [] and b.peers() == []
+
+
+def test_a_dead_address_of_a_peer_does_not_spoil_a_good_one(tmp_path: Path,
+                                                           nodes: list[EmbeddedNode]) -> None:
+    """py-libp2p alone would keep dialling the dead address, and block the peer for 60 s."""
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    good = a.listen([LOOPBACK]).addresses[0]
+    with pytest.raises(Exception, match="cannot connect"):
+        b.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{a.id().id}")
+    b.connect(good)
+    assert [p.id for p in b.peers()] == [a.id().id]
+
+
+def test_a_node_on_a_shared_host_serves_bitswap_once_the_host_runs(
+        tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    """`ww run`'s case: the embedded node is given the p2p host before it starts."""
+    from ww.ipfs.identity import load_or_create
+    from ww.p2p.host import Node
+
+    (tmp_path / "a").mkdir()
+    host = Node(load_or_create(tmp_path / "a"), listen=[LOOPBACK], announce=False)
+    a = EmbeddedNode(tmp_path / "a", host=host)
+    b = EmbeddedNode(tmp_path / "b")
+    nodes += [a, b]
+    try:
+        cid = a.add_stream([_data(3 * CHUNK_SIZE, 6)])
+        assert a.peers() == [] and a.id().addresses == []  # not started: offline
+        host.start()
+        host.start()  # whoever needs it first starts it; the others wait, then go on
+        info = a.id()
+        assert info.addresses == host.addrs
+        assert "/ww/0.1.0" in info.protocols and bitswap.PROTOCOL in info.protocols
+        with pytest.raises(Exception, match="use --listen"):
+            a.listen([LOOPBACK])
+        b.connect(info.addresses[0])
+        assert b"".join(b.cat(cid)) == _data(3 * CHUNK_SIZE, 6)
+        assert [p.id for p in a.peers()] == [b.id().id]
+        a.close()  # the host is its owner's: still up
+        assert host.running
+    finally:
+        host.stop()
+    assert not host.running

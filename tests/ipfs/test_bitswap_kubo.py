@@ -111,28 +111,29 @@ def test_content_neither_has_fails_in_one_line(ns: Namespace, tmp_path: Path) ->
 
 
 def test_ww_import_and_ww_run_fetch_from_kubo(ns: Namespace, tmp_path: Path) -> None:
-    """The command line: WW_IPFS_PEERS names the peer; a fresh $WW_HOME has nothing."""
+    """The command line: --peer (or WW_IPFS_PEERS) names the peer; a fresh $WW_HOME has
+    nothing."""
     program = tmp_path / "hello.sh"
     program.write_text("#!/bin/sh\necho hello from kubo \"$@\"\n")
     program.chmod(0o755)
     cid = ns.call("kubo.add", path=str(program), timeout=20)["cid"]
-    env = {"WW_HOME": str(tmp_path / "cli-home"), "WW_IPFS_PEERS": ns.kubo_addr}
-    out = ns.call("ww.run", argv=[WW, "import", f"/ipfs/{cid}", str(tmp_path / "imported")],
-                  env=env, timeout=40)
+    out = ns.call("ww.run", argv=[WW, "import", "--peer", ns.kubo_addr, f"/ipfs/{cid}",
+                                  str(tmp_path / "imported")],
+                  env={"WW_HOME": str(tmp_path / "cli-home")}, timeout=40)
     assert out["rc"] == 0, out["stderr"]
     assert (tmp_path / "imported").read_text() == program.read_text()
-    ran = ns.call("ww.run", argv=[WW, "run", f"/ipfs/{cid}", "and", "ww"],
-                  env={**env, "WW_HOME": str(tmp_path / "cli-home-2")}, timeout=40)
+    env = {"WW_HOME": str(tmp_path / "cli-home-2"), "WW_IPFS_PEERS": ns.kubo_addr}
+    ran = ns.call("ww.run", argv=[WW, "run", f"/ipfs/{cid}", "and", "ww"], env=env, timeout=40)
     assert ran["rc"] == 0, ran["stderr"]
     assert ran["stdout"] == "hello from kubo and ww\n"
 
 
 def test_cli_with_an_unreachable_peer_is_one_line(ns: Namespace, tmp_path: Path) -> None:
-    env = {"WW_HOME": str(tmp_path / "h"),
-           "WW_IPFS_PEERS": f"/ip4/127.0.0.1/tcp/1/p2p/{ns.kubo_id}"}
+    env = {"WW_HOME": str(tmp_path / "h")}
     cid = str(CID.v0(sha256(b"added nowhere")))
-    out = ns.call("ww.run", argv=[WW, "import", f"/ipfs/{cid}", str(tmp_path / "x")],
-                  env=env, timeout=40)
+    out = ns.call("ww.run", argv=[WW, "import", "--peer",
+                                  f"/ip4/127.0.0.1/tcp/1/p2p/{ns.kubo_id}", f"/ipfs/{cid}",
+                                  str(tmp_path / "x")], env=env, timeout=40)
     assert out["rc"] == 1
     assert len(out["stderr"].strip().splitlines()) == 1, out["stderr"]
     assert "could be reached" in out["stderr"]

@@ -11,7 +11,13 @@ entries are passed as ``--env NAME=VALUE`` only (never ``NAME``, which would cop
 The child's stdin, stdout and stderr are pipes the parent cell reaches through ``Process``.
 No orphans: each child ``ww run`` gets ``PR_SET_PDEATHSIG`` = SIGKILL (its own cell dies with
 it, as every cell dies with its ``ww run``), and the host kills its children when the parent
-cell exits or hangs up fd 3 (:meth:`ExecutorServer.close`).
+cell exits or hangs up fd 3 (:meth:`ExecutorServer.close`), then reaps them
+(:meth:`ExecutorServer.wait_closed`).
+
+Children are started with :class:`subprocess.Popen` and reaped through a pidfd watched by the
+event loop (:class:`_Child`), not with ``asyncio.create_subprocess_exec``: on Python 3.11 its
+child watcher reaps in a thread that logs ``Loop ... that handles pid N is closed`` on the
+operator's terminal whenever a child outlives the host's event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ww.caps.denied import Caller
+from ww.host import limits
 from ww.host.audit import AUDIT_FD_ENV
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
 from ww.schema import load
@@ -35,7 +43,7 @@ from ww.schema import load
 _cell = load("cell")
 
 MAX_READ = 1024 * 1024
-MAX_CHILDREN = 32  # sub-cells one login may have running at once (they are outside its --pids)
+MAX_CHILDREN = 32  # sub-cells one login may have running at once (see also limits.subcells)
 MAX_WRITE = 4 * 1024 * 1024
 ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
@@ -156,21 +164,32 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         setup = self._setup
         argv = [*setup.ww, *setup.global_flags, "run", *setup.run_flags, *child_flags(child),
                 *env_flags, "--", program, *map(str, args)]
-        environment = setup.environment()
+        # The whole tree of sub-cells shares the parent's budget (ww.host.limits).
+        lease = limits.subcells().take()
+        if lease is None:
+            raise self._deny("this tree of cells already runs as many sub-cells at once as "
+                             "it may (32, and no more than --pids); wait for one")
+        environment = {**setup.environment(), **lease.environment()}
         pass_fds: tuple[int, ...] = ()
-        if setup.audit:
-            audit_fd = os.dup(self._caller.audit.fd)
-            environment[AUDIT_FD_ENV] = str(audit_fd)
-            pass_fds = (audit_fd,)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=environment, pass_fds=pass_fds,
-                start_new_session=True, preexec_fn=_pdeathsig_setter(),
-            )
+            if setup.audit:
+                audit_fd = os.dup(self._caller.audit.fd)
+                environment[AUDIT_FD_ENV] = str(audit_fd)
+                pass_fds = (audit_fd,)
+            proc = await _Child.start(argv, environment, pass_fds + lease.pass_fds,
+                                      lease.preexec())
+        except subprocess.SubprocessError:
+            lease.release()
+            raise self._deny("the kernel refused to start the sub-cell in this cell's "
+                             "cgroup") from None
+        except BaseException:
+            lease.release()
+            raise
         finally:
+            lease.spawned()
             for fd in pass_fds:
                 os.close(fd)
+        proc.exited.add_done_callback(lambda _: lease.release())
         server = ProcessServer(proc, self._caller, program)
         self._children.add(server)
         self._caller.audit.emit("spawn", peer=self._caller.peer, program=program,
@@ -183,15 +202,80 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         for child in self._children:
             child.stop()
 
+    async def wait_closed(self, timeout: float) -> None:
+        """After :meth:`close`: reap the killed children (at most ``timeout`` seconds)."""
+        exits = [child.exited for child in self._children if child.running]
+        if exits:
+            await asyncio.wait(exits, timeout=timeout)
+
+
+class _Child:
+    """A child `ww run` with its stdio as asyncio streams, reaped through a pidfd.
+
+    ``exited`` completes with its ``Popen`` return code once it is reaped; a child still
+    running when the event loop closes is reaped by whoever outlives it, silently.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+                 stdout: asyncio.StreamReader, stderr: asyncio.StreamReader) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        pidfd = os.pidfd_open(popen.pid)
+
+        def reap() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if not self.exited.done():
+                self.exited.set_result(popen.wait())  # it has exited: does not block
+
+        loop.add_reader(pidfd, reap)
+
+    @classmethod
+    async def start(cls, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...],
+                    join_budget: Callable[[], None] | None = None) -> _Child:
+        set_pdeathsig = _pdeathsig_setter()
+
+        def setup() -> None:
+            set_pdeathsig()
+            if join_budget is not None:
+                join_budget()  # the parent cell's cgroup, before the child runs anything
+
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, pass_fds=pass_fds, start_new_session=True, preexec_fn=setup,
+        )
+        assert popen.stdin and popen.stdout and popen.stderr
+        loop = asyncio.get_running_loop()
+        readers = []
+        for pipe in (popen.stdout, popen.stderr):
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            readers.append(reader)
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), popen.stdin)
+        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        return cls(popen, stdin, readers[0], readers[1])
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exited.result() if self.exited.done() else None
+
+    def send_signal(self, signum: int) -> None:
+        if not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)  # not reaped yet, so the pid is still its
+
 
 class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
     """One running sub-cell: its stdio as streams, its exit status, signals."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, caller: Caller, program: str) -> None:
+    def __init__(self, proc: _Child, caller: Caller, program: str) -> None:
         self._proc = proc
         self._caller = caller
         self._program = program
-        assert proc.stdin and proc.stdout and proc.stderr
         self._stdin = ByteWriterServer(proc.stdin)
         self._stdout = ByteReaderServer(proc.stdout)
         self._stderr = ByteReaderServer(proc.stderr)
@@ -207,7 +291,7 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
         _context.results.stream = self._stderr
 
     async def wait(self, **kwargs: Any) -> int:
-        rc = await self._proc.wait()
+        rc = await asyncio.shield(self._proc.exited)
         status = 128 - rc if rc < 0 else rc
         if not self._reported:
             self._reported = True
@@ -219,19 +303,19 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
         if signum not in ALLOWED_SIGNALS:
             raise ValueError(f"signal {signum}: only SIGHUP (1), SIGINT (2), SIGTERM (15) and "
                              "SIGKILL (9) can be sent to a sub-cell")
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+        self._proc.send_signal(signum)
 
     @property
     def running(self) -> bool:
         return self._proc.returncode is None
 
+    @property
+    def exited(self) -> asyncio.Future[int]:
+        return self._proc.exited
+
     def stop(self) -> None:
         """Kill the child `ww run` (its cell and its own children die with it)."""
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+        self._proc.send_signal(signal.SIGKILL)
 
 
 class ByteReaderServer(_cell.ByteReader.Server):  # type: ignore[name-defined,misc]

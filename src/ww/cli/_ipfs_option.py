@@ -1,4 +1,4 @@
-"""The ``--ipfs ADDR`` option shared by the commands that use IPFS."""
+"""The ``--ipfs ADDR`` and ``--peer MULTIADDR/p2p/PEERID`` options of the commands that use IPFS."""
 
 from __future__ import annotations
 
@@ -25,3 +25,45 @@ ipfs_option = click.option(
          "/ip4/127.0.0.1/tcp/5001/http, or an http:// URL) instead of the embedded node "
          "in $WW_HOME.",
 )
+
+
+PEERS_ENV = "WW_IPFS_PEERS"
+
+
+def _check_peers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                 ) -> list[str]:
+    """Each ``--peer`` must be a full peer address; a malformed one is a usage error (2)."""
+    if not values:
+        return []
+    from ww.p2p import check_join_addr
+
+    try:
+        return [check_join_addr(value) for value in values]
+    except ValueError as e:
+        if ctx.get_parameter_source("peers") is click.core.ParameterSource.ENVIRONMENT:
+            raise click.BadParameter(f"{PEERS_ENV}: {e}") from None
+        raise click.BadParameter(str(e)) from None
+
+
+peer_option = click.option(
+    "--peer", "peers", multiple=True, envvar=PEERS_ENV, metavar="MULTIADDR/p2p/PEERID",
+    callback=_check_peers,
+    help="A peer to fetch content from over Bitswap when the embedded node lacks it "
+         "(repeatable; WW_IPFS_PEERS: space-separated): /ip4|ip6/<address>/tcp/<port>/p2p/"
+         "<peer id>.  Dialled only when a block is missing; if none can be reached, the "
+         "command fails.",
+)
+
+
+def refuse_peers_with_kubo(ipfs_api: str | None) -> None:
+    """``--peer`` names peers for the embedded node; a kubo node (``--ipfs``) dials its own.
+
+    Given on the command line with ``--ipfs`` it is a usage error; ``WW_IPFS_PEERS`` in the
+    environment is then simply not used."""
+    ctx = click.get_current_context()
+    if ipfs_api and ctx.params.get("peers") and \
+            ctx.get_parameter_source("peers") is click.core.ParameterSource.COMMANDLINE:
+        from ww.errors import UsageError
+
+        raise UsageError("--peer is for the embedded node; with --ipfs, connect the kubo "
+                         "node to its peers itself (ipfs swarm connect)")

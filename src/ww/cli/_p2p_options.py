@@ -52,7 +52,9 @@ def p2p_node(options: dict[str, Any], capabilities: list[str]) -> Any:
     """The libp2p host this run needs (not started yet), or None.
 
     A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
-    for one; its identity is the node key in $WW_HOME.
+    for one; its identity is the node key in $WW_HOME.  It is the run's only host: the
+    embedded IPFS node, if the run uses one, serves Bitswap on it (``--peer`` alone starts
+    none here; the embedded node starts its own only if a block is missing).
     """
     listen, join = list(options["listen"]), list(options["join"])
     if "p2p" not in capabilities and not listen and not join:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option
+from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
 from ww.errors import UsageError
 
 
@@ -15,18 +15,21 @@ from ww.errors import UsageError
 @click.argument("local_path", required=False, type=click.Path(path_type=Path))
 @click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
 @ipfs_option
+@peer_option
 def import_(source: str, local_path: Path | None, executable: bool,
-            ipfs_api: str | None) -> None:
+            ipfs_api: str | None, peers: list[str]) -> None:
     """Write SOURCE to LOCAL-PATH (default: the current directory).
 
     SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
     first (its single root is then written).  A directory is extracted into LOCAL-PATH; a
     file becomes LOCAL-PATH, or goes inside it if LOCAL-PATH is an existing directory.
+    Blocks the repository lacks are fetched from the --peer peers over Bitswap.
     """
     from ww.ipfs.backend import open_backend
 
+    refuse_peers_with_kubo(ipfs_api)
     dest = local_path if local_path is not None else Path.cwd()
-    api = open_backend(ipfs_api, check=bool(ipfs_api))
+    api = open_backend(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         if source.endswith(".car") and not source.startswith("/ipfs/"):
             car = Path(source)

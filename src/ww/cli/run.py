@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option
+from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
 from ww.cli._p2p_options import P2P_OPTIONS, p2p_node, p2p_options
 from ww.host.policy import CAPABILITIES  # what `ww run` can grant, in Session.granted order
 
@@ -100,6 +100,7 @@ def _limits(options: dict[str, Any]) -> Any:
 @click.option("--with-all", is_flag=True, envvar="WW_WITH_ALL",
               help="Grant every capability.")
 @ipfs_option
+@peer_option
 @click.option("--jail", type=click.Choice(["bwrap", "none"]), default="bwrap",
               envvar="WW_JAIL", show_default=True,
               help="How to isolate the cell; 'none' runs it with the host's full authority.")
@@ -109,8 +110,8 @@ def _limits(options: dict[str, Any]) -> Any:
 @click.argument("executable")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: bool,
-        with_ipfs: bool, with_all: bool, ipfs_api: str | None, jail: str, executable: str,
-        args: tuple[str, ...], **hardening: Any) -> int:
+        with_ipfs: bool, with_all: bool, ipfs_api: str | None, peers: list[str], jail: str,
+        executable: str, args: tuple[str, ...], **hardening: Any) -> int:
     """Run EXECUTABLE [ARGS...] as a cell.
 
     The cell gets the host's stdin, stdout and stderr, the Cap'n Proto RPC socket on fd 3,
@@ -134,12 +135,14 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     access = _access([c for c in CAPABILITIES if with_all or wanted.get(c)], access_options,
                      json_audit=bool(root_params.get("json")))
     capabilities = access.capabilities()
+    refuse_peers_with_kubo(ipfs_api)
     node = p2p_node(p2p_flags, capabilities)  # a libp2p host, if p2p is used at all
     api = None
     if "ipfs" in capabilities or executable.startswith("/ipfs/"):
         from ww.ipfs.backend import open_backend
 
-        api = open_backend(ipfs_api, check=True)
+        # One host: the embedded node serves Bitswap on the p2p host, if there is one.
+        api = open_backend(ipfs_api, check=True, peers=peers, host=node)
     if executable.startswith("/ipfs/"):
         from ww.host.fetch import fetch
 

@@ -171,6 +171,13 @@ class CellCgroup:
 
         return join
 
+    def join_files(self) -> list[str]:
+        """The files a process writes "0" to to join this cell's cgroups (for sub-cells)."""
+        seen: dict[str, int] = {}
+        for controller, d in self.dirs.items():
+            seen.setdefault(d, self.versions[controller])
+        return [os.path.join(d, _JOIN[version]) for d, version in seen.items()]
+
     def exceeded(self) -> str | None:
         """The limit the kernel enforced at least once ("pids" or "memory"), if any."""
         for controller, fd in self._events.items():
@@ -214,7 +221,8 @@ def _counters(data: bytes) -> dict[str, int]:
 
 
 def _remove(d: str, deadline: float = 2.0) -> bool:
-    """Kill what is in cgroup ``d``, then rmdir it (retrying while the dead are reaped)."""
+    """Kill what is in cgroup ``d`` and below it, then rmdir them, deepest first (retrying
+    while the dead are reaped).  Below it are the cgroups of sub-cells started in it."""
     end = time.monotonic() + deadline
     while True:
         try:
@@ -226,6 +234,10 @@ def _remove(d: str, deadline: float = 2.0) -> bool:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(d):
+                if entry.is_dir(follow_symlinks=False):
+                    _remove(entry.path, max(0.0, end - time.monotonic()))
         try:
             os.rmdir(d)
             return True

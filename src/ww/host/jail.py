@@ -7,7 +7,8 @@ unprivileged uid, and a root file system made only of what is named below:
 * the system directories read-only (``/usr``, and ``/bin``, ``/sbin``, ``/lib*`` as the
   host has them: directories bound read-only, merged-/usr symlinks recreated);
 * a handful of ``/etc`` files that dynamically linked programs need;
-* its own ``/proc`` and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts, shm);
+* its own ``/proc`` and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts),
+  with ``/dev/shm`` a tmpfs of its own (capped like ``/cell`` and ``/tmp`` with ``--memory``);
 * a fresh empty writable working directory ``/cell`` and a private ``/tmp``, both tmpfs
   mounts that exist only inside the jail and vanish with it, even if the host is killed;
 * the program (and for a script, its interpreter and the interpreter's prefix), read-only
@@ -57,7 +58,7 @@ class JailSpec:
     binds: list[str]  # host paths bound read-only at the same path
     status_fd: int  # fd (in bwrap) where bubblewrap writes its JSON status
     seccomp_fd: int | None = None  # fd (in bwrap) holding the seccomp program to install
-    tmpfs_size: int | None = None  # bytes: the most /cell and /tmp may each hold
+    tmpfs_size: int | None = None  # bytes: the most /cell, /tmp and /dev/shm may each hold
 
 
 def find_bwrap() -> str:
@@ -101,6 +102,7 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
     argv += [
         "--proc", "/proc",
         "--dev", "/dev",
+        *size, "--perms", "01777", "--tmpfs", "/dev/shm",
         *size, "--tmpfs", "/tmp",
         *size, "--tmpfs", CELL_DIR,
     ]  # fmt: skip

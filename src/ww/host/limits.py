@@ -47,30 +47,64 @@ INTERVAL = 0.01  # seconds between two samples of the cell
 # Tasks of a jailed cell that are not the cell's own: bubblewrap and its init in the jail.
 JAIL_TASKS = 2
 
+# The jail's tmpfs mounts, whose contents count as the cell's memory (see ww.host.jail).
+TMPFS_DIRS = ("/cell", "/tmp", "/dev/shm")
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?"
+_SIZE = r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?"
+_SECONDS = r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?"
+
+# The largest values the kernel takes (and the host can hand it): sizes and durations
+# become 64-bit signed rlimits or cgroup values; --pids becomes pids.max, at most
+# PID_MAX_LIMIT (2**22) with the jail's own tasks on top.
+MAX_SIZE = (1 << 63) - 1  # bytes
+MAX_SECONDS = 1 << 32  # about 136 years: RLIMIT_CPU is set a second or two past it
+PID_MAX_LIMIT = 1 << 22
+
+
+def _too_large(flag: str, text: str, largest: str) -> UsageError:
+    return UsageError(f"{flag} {text!r}: too large (at most {largest})")
 
 
 def parse_size(text: str, flag: str) -> int:
-    """``64M``, ``1.5G``, ``4096``, ``10KiB`` -> bytes; a UsageError naming ``flag`` otherwise."""
-    m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
-    if not m or float(m.group(1)) <= 0:
+    """``64M``, ``1.5G``, ``4096``, ``10KiB`` -> a whole, positive number of bytes.
+
+    A UsageError naming ``flag`` otherwise: fewer than one byte (``0.5``), more than
+    :data:`MAX_SIZE`, or not a size at all.  A fraction of a byte is dropped.
+    """
+    from decimal import Decimal
+
+    m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE | re.ASCII)
+    if not m:
         raise UsageError(f"{flag} {text!r}: expected a size such as 4096, 64K, 256M or 2G")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    size = int(Decimal(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < 1:
+        raise UsageError(f"{flag} {text!r}: expected at least one byte, such as 4096, 64K, "
+                         "256M or 2G")
+    if size > MAX_SIZE:
+        raise _too_large(flag, text, "8388607T, 2**63-1 bytes")
+    return size
 
 
 def parse_seconds(text: str, flag: str) -> float:
-    """``2``, ``0.5``, ``3s``, ``2m`` -> seconds."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?", text.strip())
+    """``2``, ``0.5``, ``3s``, ``2m``, ``500ms`` -> seconds, more than 0 and at most
+    :data:`MAX_SECONDS`."""
+    m = re.fullmatch(_SECONDS, text.strip(), re.ASCII)
     if not m or float(m.group(1)) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a duration such as 30, 2.5s, 500ms or 5m")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    return float(m.group(1)) * scale
+    seconds = float(m.group(1)) * scale
+    if seconds > MAX_SECONDS:
+        raise _too_large(flag, text, f"{MAX_SECONDS} seconds")
+    return seconds
 
 
 def parse_count(text: str, flag: str) -> int:
-    if not text.strip().isdigit() or int(text) <= 0:
+    """``--pids``: a whole number from 1 to PID_MAX_LIMIT less the jail's own tasks."""
+    if not re.fullmatch(r"[0-9]+", text.strip(), re.ASCII) or int(text) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a positive whole number")
+    if int(text) > PID_MAX_LIMIT - JAIL_TASKS:
+        raise _too_large(flag, text, str(PID_MAX_LIMIT - JAIL_TASKS))
     return int(text)
 
 
@@ -187,11 +221,142 @@ def preexec_setter(limits: Limits | None,
     return apply
 
 
+# --- sub-cells (--with-exec) -------------------------------------------------------------
+
+SUBCELLS_ENV = "WW_SUBCELLS"  # "READ_FD,WRITE_FD,INODE": the tree's token pipe, for a child
+MAX_SUBCELLS = 32  # sub-cells a whole tree of cells may run at once
+
+
+class SubcellLease:
+    """One running sub-cell's token from its tree's budget."""
+
+    def __init__(self, budget: SubcellBudget) -> None:
+        self._budget = budget
+        self._fds: list[int] = []
+        self._released = False
+
+    @property
+    def pass_fds(self) -> tuple[int, int]:
+        """The token pipe, which the child `ww run` (never its cell) holds."""
+        return self._budget.pipe
+
+    def environment(self) -> dict[str, str]:
+        """What the child `ww run` gets in its environment."""
+        r, w = self._budget.pipe
+        return {SUBCELLS_ENV: f"{r},{w},{os.fstat(r).st_ino}"}
+
+    def preexec(self) -> Callable[[], None]:
+        """For the forked child `ww run`: join the parent cell's cgroups before anything runs.
+
+        It raises (so the spawn fails) if the kernel refuses: a sub-cell never runs outside
+        its parent's cgroup.  Call :meth:`spawned` once the child is started.
+        """
+        self._fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in self._budget.join]
+        fds, write = self._fds, os.write
+
+        def join() -> None:
+            for fd in fds:
+                write(fd, b"0")
+
+        return join
+
+    def spawned(self) -> None:
+        """Close the host's copy of the files the child joined through."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def release(self) -> None:
+        """The sub-cell has exited: its token goes back to the tree."""
+        if not self._released:
+            self._released = True
+            try:
+                os.write(self._budget.pipe[1], b"t")
+            except OSError:
+                pass
+
+
+class SubcellBudget:
+    """The sub-cells a tree of cells may run at once, and the cgroup a child is started in.
+
+    A tree of cells shares one budget.  With a cell cgroup (``--pids``/``--memory`` enforced
+    by the kernel), every child `ww run` is started inside the parent cell's cgroup, so the
+    kernel counts the child host process, its jail and its cell against the parent's
+    ``pids.max`` and memory limit (the child's own cgroup is made below the parent's, never
+    beside it).  In every case the number of sub-cells running at once in the whole tree, at
+    every depth, is bounded: the tree's first host fills a pipe with that many tokens
+    (MAX_SUBCELLS, and no more than ``--pids``), every host of the tree holds the pipe
+    (``WW_SUBCELLS``; never its cell), takes a token to start a sub-cell and puts it back
+    when the sub-cell exits.  The tokens of a host killed outright are lost, never gained.
+    """
+
+    def __init__(self, pipe: tuple[int, int], total: int, join: list[str]) -> None:
+        self.pipe = pipe
+        self.total = total
+        self.join = join  # the files a child writes "0" to to join this cell's cgroups
+
+    def take(self) -> SubcellLease | None:
+        """A lease for one more sub-cell, or None when the tree's budget is used up."""
+        try:
+            if os.read(self.pipe[0], 1):
+                return SubcellLease(self)
+        except (BlockingIOError, OSError):
+            pass
+        return None
+
+
+_subcells: SubcellBudget | None = None
+
+
+def _inherited_pipe() -> tuple[int, int] | None:
+    """The tree's token pipe a parent host handed down, if this host is a sub-cell's."""
+    import stat
+
+    text = os.environ.get(SUBCELLS_ENV, "")
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    pipe, inode = (int(parts[0]), int(parts[1])), int(parts[2])
+    try:
+        if not all(stat.S_ISFIFO(os.fstat(fd).st_mode) and os.fstat(fd).st_ino == inode
+                   for fd in pipe):
+            return None  # not the pipe the parent host named: start a tree of our own
+    except OSError:
+        return None
+    for fd in pipe:
+        os.set_inheritable(fd, False)  # for this host only: never its cell
+    return pipe
+
+
+def share_with_subcells(limits: Limits | None, cgroup: CellCgroup | None) -> None:
+    """Called by the supervisor once the cell's cgroup exists: what sub-cells will share."""
+    global _subcells
+    total = MAX_SUBCELLS
+    if limits is not None and limits.pids is not None:
+        total = min(total, limits.pids)  # each sub-cell is at least one task of the tree
+    pipe = _inherited_pipe()
+    if pipe is None:  # the first host of its tree
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.write(w, b"t" * total)
+        pipe = (r, w)
+    join = cgroup.join_files() if cgroup is not None else []
+    _subcells = SubcellBudget(pipe, total, join)
+
+
+def subcells() -> SubcellBudget:
+    """This host's sub-cell budget (see :class:`SubcellBudget`)."""
+    if _subcells is None:
+        share_with_subcells(None, None)
+    assert _subcells is not None
+    return _subcells
+
+
 class _Sample:
     def __init__(self) -> None:
         self.rss_pages = 0
         self.cpu_ticks = 0
         self.tasks = 0
+        self.pids: list[int] = []  # the cell's processes (jailed: bubblewrap's init too)
 
 
 def children(pid: int) -> list[int]:
@@ -263,6 +428,7 @@ class Watchdog:
             return s
         s.cpu_ticks = int(root[13]) + int(root[14])  # reaped children: cutime + cstime
         if self._include_root:
+            s.pids.append(self._root)
             s.cpu_ticks += int(root[11]) + int(root[12])
             s.rss_pages += int(root[21])
             s.tasks += int(root[17])
@@ -276,6 +442,7 @@ class Watchdog:
             fields = _stat(pid)
             if fields is None:
                 continue
+            s.pids.append(pid)
             s.cpu_ticks += sum(int(x) for x in fields[11:15])
             s.rss_pages += int(fields[21])
             s.tasks += int(fields[17])
@@ -288,12 +455,35 @@ class Watchdog:
             return 0  # unjailed: the cell's files are the host's business
         used = 0
         init = children(self._root)[:1]
-        for path in [f"/proc/{pid}/root{d}" for pid in init for d in ("/cell", "/tmp")]:
+        for path in [f"/proc/{pid}/root{d}" for pid in init for d in TMPFS_DIRS]:
             try:
                 st = os.statvfs(path)
             except OSError:
                 continue
             used += (st.f_blocks - st.f_bfree) * st.f_frsize
+        return used
+
+    @staticmethod
+    def _memfd_bytes(pids: list[int]) -> int:
+        """What the cell's open memfds hold (each once): shared memory no mount shows."""
+        seen: set[tuple[int, int]] = set()
+        used = 0
+        for pid in pids:
+            try:
+                names = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for name in names:
+                path = f"/proc/{pid}/fd/{name}"
+                try:
+                    if not os.readlink(path).startswith("/memfd:"):
+                        continue
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    used += st.st_blocks * 512
         return used
 
     def _processes_in_jail(self) -> int | None:
@@ -324,7 +514,7 @@ class Watchdog:
             return None
         s = self.sample()
         if memory is not None:
-            used = s.rss_pages * self._page + self._tmpfs_bytes()
+            used = s.rss_pages * self._page + self._tmpfs_bytes() + self._memfd_bytes(s.pids)
             self.peak_memory = max(self.peak_memory, used)
             if used > memory:
                 return "memory"

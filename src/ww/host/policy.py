@@ -118,9 +118,7 @@ class Access:
 
 def check_login_timeout(seconds: float) -> float:
     """``--login-timeout``: a finite number of seconds greater than 0 (not nan, not inf)."""
-    import math
-
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not 0 < seconds < float("inf"):  # false for nan too
         raise UsageError(f"--login-timeout {seconds:g}: expected a finite number of seconds "
                          "greater than 0, such as 10 or 2.5")
     return seconds

@@ -176,12 +176,18 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
         except IdentityError as e:
             raise AuthenticationFailed(str(e)) from None
 
-    def close(self) -> None:
-        """The cell is gone or hung up: end what its capabilities started (sub-cells)."""
+    async def close(self) -> None:
+        """The cell is gone or hung up: end what its capabilities started (sub-cells), and
+        give them up to STOP_GRACE seconds to be gone (so that they are reaped quietly)."""
+        closing = []
         for server in self._made.values():
             close = getattr(server, "close", None)
             if close is not None:
                 close()
+            if hasattr(server, "wait_closed"):
+                closing.append(server.wait_closed(STOP_GRACE))
+        if closing:
+            await asyncio.gather(*closing)
 
 
 async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
@@ -237,4 +243,4 @@ async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
         if timer is not None:
             timer.cancel()
         disconnected.cancel()
-        host.close()
+        await host.close()

@@ -16,6 +16,11 @@ Two modes:
   notification (``SECCOMP_RET_USER_NOTIF``): a few lines of Python inside the jail
   (``STRICT_HELPER``) install the filter with a listener, pass the listener to the host
   over a socket and then execute the cell, so the cell never holds the listener.
+  Strict mode also denies installing a seccomp filter (``seccomp`` with
+  ``SECCOMP_SET_MODE_STRICT`` or ``SECCOMP_SET_MODE_FILTER``, ``prctl(PR_SET_SECCOMP)``):
+  the kernel ranks a filter's ``ERRNO`` or ``TRAP`` above ``USER_NOTIF``, so a cell's own
+  filter answering a denied call would otherwise take precedence over the report and the
+  call would fail quietly instead of stopping the cell.
 
 ``clone3`` fails with ``ENOSYS`` in both modes (its flags are behind a pointer the filter
 cannot read), which makes the C library fall back to ``clone``, whose flags it can.
@@ -45,6 +50,11 @@ DENIED = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "reboot", "swapon", "swapoff", "open_by_handle_at", "iopl", "ioperm",
 )  # fmt: skip
+
+# Strict mode only: the calls that install a seccomp filter, (name, first argument values).
+# seccomp(op, ...) with op SECCOMP_SET_MODE_STRICT (0) or SECCOMP_SET_MODE_FILTER (1), and
+# prctl(PR_SET_SECCOMP (22), ...); seccomp's other operations only ask questions.
+STRICT_DENIED = (("seccomp", (0, 1)), ("prctl", (22,)))
 
 # clone(flags, ...) with any of these flags makes a namespace, as unshare would.
 CLONE_NEW_FLAGS = (
@@ -78,7 +88,7 @@ _ARCHES = {
         "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
         "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "iopl": 172, "ioperm": 173,
-        "clone": 56, "clone3": 435,
+        "clone": 56, "clone3": 435, "seccomp": 317, "prctl": 157,
     }),
     # The generic table (asm-generic/unistd.h); aarch64 has no iopl/ioperm.
     "aarch64": _Arch(0xC00000B7, 0x40000028, False, {
@@ -91,7 +101,7 @@ _ARCHES = {
         "kexec_load": 104, "kexec_file_load": 294, "init_module": 105, "finit_module": 273,
         "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265,
-        "clone": 220, "clone3": 435,
+        "clone": 220, "clone3": 435, "seccomp": 277, "prctl": 167,
     }),
 }  # fmt: skip
 
@@ -129,8 +139,10 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
     #   ld arch; jeq native ? +1 : ->bad_abi
     #   ld nr; [jge X32 ->bad_abi]; jeq clone3 ->enosys; jeq clone ? ->clone : +0
     #   jeq n_i ->deny   (for every denied number)
+    #   [strict: jeq seccomp ->seccomp; jeq prctl ->prctl]
     #   ret ALLOW
     # clone: ld arg0 (low word); jset CLONE_NEW* ->deny; ret ALLOW
+    # [strict: seccomp/prctl: ld arg0; jeq v_i ->deny (each value); ret ALLOW]
     # deny: ret DENY;  bad_abi: ret DENY;  enosys: ret ERRNO(ENOSYS)
     prog: list[tuple[int, int, int, int]] = []
     fixups: list[tuple[int, str, str]] = []  # (index, jt label, jf label)
@@ -150,11 +162,20 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
     op(_JEQ_K, arch.numbers["clone"], jt="clone")
     for nr in numbers:
         op(_JEQ_K, nr, jt="deny")
+    by_argument = STRICT_DENIED if mode == STRICT else ()
+    for name, _ in by_argument:
+        op(_JEQ_K, arch.numbers[name], jt=name)
     op(_RET_K, _RET_ALLOW)
     labels["clone"] = len(prog)
     op(_LD_W_ABS, _OFF_ARG0)  # the flags' low 32 bits (little-endian) hold every CLONE_NEW*
     op(_JSET_K, CLONE_NEW_FLAGS, jt="deny")
     op(_RET_K, _RET_ALLOW)
+    for name, values in by_argument:
+        labels[name] = len(prog)
+        op(_LD_W_ABS, _OFF_ARG0)  # an int: the low 32 bits are all of it
+        for value in values:
+            op(_JEQ_K, value, jt="deny")
+        op(_RET_K, _RET_ALLOW)
     labels["deny"] = len(prog)
     op(_RET_K, deny)
     labels["bad_abi"] = len(prog)
@@ -191,6 +212,13 @@ def program_fd(mode: str = DENY) -> int:
     return r
 
 
+_DESCRIBED = {
+    "clone": "clone with a namespace flag",
+    "seccomp": "seccomp to install a filter of its own",
+    "prctl": "prctl(PR_SET_SECCOMP) to install a filter of its own",
+}
+
+
 def syscall_name(nr: int, audit_arch: int) -> str:
     """A person's name for a denied call the kernel reported."""
     arch = _arch()
@@ -200,7 +228,7 @@ def syscall_name(nr: int, audit_arch: int) -> str:
         return f"the x32 system call ABI (call {nr & ~_X32_BIT})"
     for name, number in arch.numbers.items():
         if number == nr:
-            return "clone with a namespace flag" if name == "clone" else name
+            return _DESCRIBED.get(name, name)
     return f"system call {nr}"
 
 
@@ -239,6 +267,16 @@ except OSError as e:
 # struct seccomp_notif is 80 bytes: id u64, pid u32, flags u32, data (nr i32, arch u32, ...).
 _NOTIF_SIZE = 80
 _IOCTL_NOTIF_RECV = 0xC0502100  # SECCOMP_IOWR(0, struct seccomp_notif)
+_IOCTL_NOTIF_ID_VALID = 0x40082102  # SECCOMP_IOW(2, __u64)
+
+
+class Violation:
+    """One denied call the kernel reported: which call, and who is blocked in it."""
+
+    def __init__(self, notif_id: int, pid: int, name: str) -> None:
+        self.id = notif_id  # the kernel's cookie for this notification
+        self.pid = pid  # the caller, in the host's pid namespace
+        self.name = name
 
 
 def receive_listener(sock: socket.socket) -> int | None:
@@ -252,9 +290,8 @@ def receive_listener(sock: socket.socket) -> int | None:
     return fds[0] if fds else None
 
 
-def receive_violation(listener: int) -> tuple[int, str] | None:
-    """Read one notification from the listener: the caller's pid (in our pid namespace) and
-    the denied call's name; None if there was none."""
+def receive_violation(listener: int) -> Violation | None:
+    """Read one notification from the listener; None if there was none."""
     import fcntl
 
     buf = bytearray(_NOTIF_SIZE)
@@ -262,6 +299,51 @@ def receive_violation(listener: int) -> tuple[int, str] | None:
         fcntl.ioctl(listener, _IOCTL_NOTIF_RECV, buf, True)
     except OSError:
         return None
-    pid, = struct.unpack_from("=I", buf, 8)
+    notif_id, pid = struct.unpack_from("=QI", buf, 0)
     nr, audit_arch = struct.unpack_from("=iI", buf, 16)
-    return pid, syscall_name(nr, audit_arch)
+    return Violation(notif_id, pid, syscall_name(nr, audit_arch))
+
+
+def kill_caller(listener: int, violation: Violation) -> None:
+    """SIGKILL the process blocked in the reported call, and no other.
+
+    The pid is pinned with a pidfd first, then the notification is checked to be still
+    pending: if it is, the pid cannot have been reused, because its owner is still blocked
+    in the call.  Once the kill returns the caller has SIGKILL pending, so it never runs
+    another instruction, whatever later happens to the listener.
+    """
+    import fcntl
+    import signal
+
+    try:
+        pidfd = os.pidfd_open(violation.pid)
+    except OSError:
+        return  # already gone
+    try:
+        fcntl.ioctl(listener, _IOCTL_NOTIF_ID_VALID, struct.pack("=Q", violation.id))
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass  # no longer pending: the caller was killed already
+    finally:
+        os.close(pidfd)
+
+
+def wait_until_unused(listener: int, timeout: float) -> bool:
+    """Wait until no process runs under the listener's filter any more (POLLHUP).
+
+    Until then the listener must stay open: closing it answers every call still waiting
+    for the host with ``ENOSYS`` and lets its caller go on.
+    """
+    import select
+    import time
+
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        for _, events in poller.poll(left * 1000):
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return True
+            if events & select.POLLIN and (other := receive_violation(listener)):
+                kill_caller(listener, other)  # another call of the dying cell
+    return False

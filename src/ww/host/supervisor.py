@@ -195,33 +195,41 @@ class _Verdict:
                 self.message, self.exit_code = message, exit_code
 
 
+# How long the host waits, after a denied call, for every process of the cell to be gone.
+_STRICT_DRAIN = 10.0  # seconds
+
+
 def _watch_strict(sock: socket.socket, verdict: _Verdict, stop_cell: Callable[[], None]) -> None:
-    """Thread: wait for the strict helper's listener, then for the first denied call."""
+    """Thread: wait for the strict helper's listener, then for the first denied call.
+
+    The listener is closed only once no process runs under the filter any more: closing it
+    earlier would answer a call still waiting for the host with ENOSYS and let it go on
+    (the caller of a reported call is also killed directly, before anything else).
+    `ww run` waits for this thread before it exits, so its own exit cannot close it early.
+    """
     try:
         listener = seccomp.receive_listener(sock)
     finally:
         sock.close()
     if listener is None:
         return  # the helper failed (it said why) or the cell is gone
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    while True:
-        for _, events in poller.poll():
-            if events & select.POLLIN:
-                found = seccomp.receive_violation(listener)
-                if found is not None:
-                    _, name = found
-                    verdict.decide(f"isolation violation: the cell called {name}, which the "
-                                   "seccomp filter denies (--strict); it was stopped",
+    try:
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        while True:
+            for _, events in poller.poll():
+                if events & select.POLLIN and (found := seccomp.receive_violation(listener)):
+                    seccomp.kill_caller(listener, found)
+                    verdict.decide(f"isolation violation: the cell called {found.name}, which "
+                                   "the seccomp filter denies (--strict); it was stopped",
                                    EXIT_ISOLATION_VIOLATION)
-                    # The caller stays blocked in the call while the whole cell is killed:
-                    # the listener stays open until `ww run` exits, because closing it
-                    # would answer every waiting call (with ENOSYS) and let it go on.
                     stop_cell()
+                    seccomp.wait_until_unused(listener, _STRICT_DRAIN)
                     return
-            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                os.close(listener)  # every process of the cell has exited
-                return
+                if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    return  # every process of the cell has exited
+    finally:
+        os.close(listener)
 
 
 def run(config: RunConfig) -> int:
@@ -276,6 +284,7 @@ def run(config: RunConfig) -> int:
             if config.p2p is not None:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
             cgroup = limits.cgroup_for(config.limits, config.jailed)
+            limits.share_with_subcells(config.limits, cgroup)  # --with-exec: one budget
             proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup)
         finally:
             cell_sock.close()
@@ -286,9 +295,12 @@ def run(config: RunConfig) -> int:
         cell = _Cell(proc, status_r)
         target.append(cell)
         stop_cell = _stopper(proc, config.jailed)
+        strict_thread: threading.Thread | None = None
         if strict_sock is not None:
-            threading.Thread(target=_watch_strict, args=(strict_sock, verdict, stop_cell),
-                             name="ww-strict", daemon=True).start()
+            strict_thread = threading.Thread(target=_watch_strict,
+                                             args=(strict_sock, verdict, stop_cell),
+                                             name="ww-strict", daemon=True)
+            strict_thread.start()
         if config.limits is not None and config.limits.watched:
             watchdog = limits.Watchdog(
                 config.limits, proc.pid, config.jailed,
@@ -300,6 +312,8 @@ def run(config: RunConfig) -> int:
             cell.forward(signum)
         _supervise(cell, host_sock, config,
                    lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
+        if strict_thread is not None:
+            strict_thread.join(_STRICT_DRAIN + 1)  # the listener outlives the cell's processes
         if watchdog is not None:
             watchdog.stop()
         if cgroup is not None and (hit := cgroup.exceeded()) is not None:  # hit as it ended

@@ -1,25 +1,29 @@
-"""The embedded node on the network: a libp2p host that speaks Bitswap, used from plain threads.
+"""The embedded node on the network: Bitswap on a libp2p host, used from plain threads.
 
-:class:`Network` owns a :class:`ww.p2p.host.Node` (TCP + Noise + Yamux, identify and ping, on a
-trio thread of its own, with the node key of ``$WW_HOME``) that serves
-:data:`ww.ipfs.bitswap.PROTOCOL` and nothing else, and a :class:`ww.ipfs.bitswap.Engine` on
-that thread.  The embedded node calls it synchronously: :meth:`Network.fetch` blocks until a
-block has arrived, been hashed against its CID and stored, or every peer has been tried.
+:class:`Network` adds :data:`ww.ipfs.bitswap.PROTOCOL` and a :class:`ww.ipfs.bitswap.Engine` to
+a :class:`ww.p2p.host.Node` (TCP + Noise + Yamux, identify and ping, on a trio thread of its
+own, with the node key of ``$WW_HOME``).  Either the node is the one `ww run` already has for
+p2p (:meth:`Network.on`: one host per `ww run`, so a peer joined with ``--join`` is an IPFS
+peer too, and `/ww/0.1.0` and Bitswap share its connections), or a host of its own that serves
+Bitswap and nothing else (:meth:`Network.own`).  The embedded node calls it synchronously:
+:meth:`Network.fetch` blocks until a block has arrived, been hashed against its CID and
+stored, or every peer has been tried.
 
 Nothing here is imported until the embedded node needs the network (``connect``, ``listen``,
-or a block missing while ``WW_IPFS_PEERS`` names peers), so ``ww run /bin/true`` never loads
-libp2p.  The host dials only the addresses it is given and listens only where it is told (by
-default nowhere: a peer that dialled us, or that we dialled, can fetch from us either way).
+a block missing while peers were named with ``--peer``, or `ww run` has a libp2p host anyway),
+so ``ww run /bin/true`` never loads libp2p.  The host dials only the addresses it is given and
+listens only where it is told (a host of its own: nowhere unless ``listen`` says; a peer that
+dialled us, or that we dialled, can fetch from us either way).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 from pathlib import Path
 from typing import Any
 
 from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
+from ww.p2p.host import Node
 
 from . import bitswap
 from ._fsutil import fsync_dir, sync_filesystem
@@ -33,30 +37,51 @@ __all__ = ["Network", "CONNECT_TIMEOUT", "FETCH_TIMEOUT"]
 CONNECT_TIMEOUT = 10.0  # seconds to dial and secure a connection to a peer
 FETCH_TIMEOUT = 120.0  # the longest a caller waits for one block (each peer is given less)
 STREAM_TIMEOUT = 10.0  # seconds to open a Bitswap stream to a peer
-PROTOCOLS = [bitswap.PROTOCOL, "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"]
 
 
 class Network:
-    """A libp2p host serving Bitswap from ``store``, and fetching into it."""
+    """Bitswap on a libp2p host: serving from ``store``, and fetching into it."""
 
-    def __init__(self, identity: Identity, store: Blockstore, listen: list[str] | None = None,
-                 *, peer_timeout: float = bitswap.PEER_TIMEOUT) -> None:
-        from ww.p2p.host import Node
-
-        self.peer_id = identity.peer_id
+    def __init__(self, node: Node, store: Blockstore, *, owned: bool,
+                 peer_timeout: float = bitswap.PEER_TIMEOUT) -> None:
+        """Use :meth:`on` or :meth:`own`.  ``owned``: :meth:`close` stops ``node`` too."""
+        self.peer_id = node.peer_id
+        self._node = node
+        self._owned = owned
         self._store = store
         self._engine: bitswap.Engine | None = None
         self._peer_timeout = peer_timeout
+        node.add_protocol(bitswap.PROTOCOL, self._inbound, self._setup)
+
+    @classmethod
+    def on(cls, node: Node, store: Blockstore, **kw: Any) -> Network:
+        """Bitswap on ``node``, started or not (it serves as soon as the node runs)."""
+        return cls(node, store, owned=False, **kw)
+
+    @classmethod
+    def own(cls, identity: Identity, store: Blockstore, listen: list[str] | None = None,
+            **kw: Any) -> Network:
+        """A host of its own, started now, serving Bitswap only (listening where told)."""
         listen = [check_listen_addr(a) for a in (listen or [])]
-        self._node = Node(identity, listen=listen, handlers={bitswap.PROTOCOL: self._inbound},
-                          serve_ww=False, announce=False, warn=lambda message: None)
-        self._lock = threading.Lock()
+        node = Node(identity, listen=listen, serve_ww=False, announce=False,
+                    warn=lambda message: None)
+        net = cls(node, store, owned=True, **kw)
+        net.start()
+        return net
+
+    def start(self) -> None:
+        """Start the host if nothing has yet, and wait for its ``--join`` peers to connect."""
         try:
             self._node.start()
-            self._call(self._setup, timeout=CONNECT_TIMEOUT)
         except P2PError as e:
-            self._node.stop()
+            if self._owned:
+                self._node.stop()
             raise BackendUnavailableError(str(e)) from None
+        self._node.wait_joined()
+
+    @property
+    def running(self) -> bool:
+        return self._node.running
 
     # -- the libp2p thread -------------------------------------------------------------------
 
@@ -85,7 +110,7 @@ class Network:
         self._engine = engine
         for conn in host.get_network().get_connections():
             engine.peer_connected(str(conn.muxed_conn.peer_id))
-        self._node.submit(engine.run)
+        self._node.submit(engine.run)  # on the host's nursery: it ends when the host stops
 
     async def _inbound(self, stream: Any) -> None:
         engine = self._engine
@@ -109,7 +134,7 @@ class Network:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                await self._node.host.connect(info)
+                await self._node.dial(info)
         except trio.TooSlowError:
             raise P2PError(f"no answer within {CONNECT_TIMEOUT:g} s") from None
         if self._engine is not None:
@@ -174,7 +199,7 @@ class Network:
         return list(self._node.addrs)
 
     def id(self) -> PeerInfo:
-        return PeerInfo(id=self.peer_id, addresses=self.addrs, protocols=list(PROTOCOLS))
+        return PeerInfo(id=self.peer_id, addresses=self.addrs, protocols=self._node.protocols)
 
     def connect(self, addr: str) -> str:
         """Dial ``/ip4|ip6/<addr>/tcp/<port>/p2p/<peer id>``; returns the peer id."""
@@ -194,9 +219,13 @@ class Network:
             raise IpfsError(f"ipfs: cannot connect to {addr} ({_reason(e)})") from None
 
     def disconnect(self, peer: str) -> None:
+        if not self.running:
+            return
         self._call(self._disconnect, peer, timeout=CONNECT_TIMEOUT)
 
     def peers(self) -> list[PeerInfo]:
+        if not self.running:
+            return []
         return self._call(self._peers, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, int]:
@@ -216,6 +245,8 @@ class Network:
 
     def flush(self) -> None:
         """Make every block fetched so far durable (one syncfs, then their directories)."""
+        if not self.running:
+            return
         dirty: set[Path] = self._call(self._take_dirty, timeout=CONNECT_TIMEOUT)
         if dirty:
             sync_filesystem(self._store.root)
@@ -223,4 +254,6 @@ class Network:
                 fsync_dir(shard)
 
     def close(self) -> None:
-        self._node.stop()
+        """Stop the host if it is this network's own; a shared one is stopped by its owner."""
+        if self._owned:
+            self._node.stop()

@@ -6,10 +6,11 @@ collection stay consistent.
 
 It is offline until asked otherwise: :meth:`EmbeddedNode.connect` or
 :meth:`EmbeddedNode.listen` start a libp2p host with the node key (:mod:`ww.ipfs.net`), and
-so does a block missing locally while ``WW_IPFS_PEERS`` names peers to dial.  From then on,
-a block the repository lacks is fetched from the connected peers over Bitswap
-(:mod:`ww.ipfs.bitswap`), hashed against its CID and stored (unpinned, like kubo's cache),
-and the repository's blocks are served to peers that want them.
+so does a block missing locally when ``peers`` were given (``--peer``) to dial.  Given the
+libp2p host `ww run` already has (``host``), the node serves Bitswap on that one instead of
+starting its own.  From then on, a block the repository lacks is fetched from the connected
+peers over Bitswap (:mod:`ww.ipfs.bitswap`), hashed against its CID and stored (unpinned,
+like kubo's cache), and the repository's blocks are served to peers that want them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import car, exporter
 from ._fsutil import fsync_dir, write_new_file
 from .api import (
     AddOptions,
+    BackendUnavailableError,
     CoreAPI,
     Entry,
     IpfsError,
@@ -41,13 +43,11 @@ from .pins import PinKind
 from .repo import GcReport, Repo, RepoCheck, default_repo_path
 
 if TYPE_CHECKING:
+    from ww.p2p.host import Node
+
     from .net import Network
 
-__all__ = ["EmbeddedNode", "default_repo_path", "PEERS_ENV"]
-
-PEERS_ENV = "WW_IPFS_PEERS"
-"""Space-separated ``/ip4/.../tcp/.../p2p/<peer id>`` addresses: peers the embedded node dials
-when a block is missing locally (so ``ww import`` and ``ww run /ipfs/...`` fetch over Bitswap)."""
+__all__ = ["EmbeddedNode", "default_repo_path"]
 
 _DEFAULT_OPTIONS = AddOptions()
 
@@ -55,13 +55,23 @@ _DEFAULT_OPTIONS = AddOptions()
 class EmbeddedNode:
     """An offline IPFS node over a local repository."""
 
-    def __init__(self, repo: Path | str | None = None) -> None:
+    def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
+                 host: Node | None = None) -> None:
+        """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a
+        block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
+        serve Bitswap on and fetch through, instead of one of the node's own; it must carry
+        the repository's node key, and its owner starts and stops it."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
         self._net: Network | None = None
         self._net_lock = threading.Lock()
+        self._peers = list(peers)
         self._peers_dialled = False
+        if host is not None:
+            from .net import Network
+
+            self._net = Network.on(host, self._blocks)
 
     @property
     def repo_path(self) -> Path:
@@ -109,7 +119,7 @@ class EmbeddedNode:
         try:
             return self._blocks.get(cid)
         except NotFoundError as err:
-            net = self._net if self._net is not None else self._dial_configured_peers(err)
+            net = self._online(err)
             if net is None:
                 raise
             return net.fetch(cid)
@@ -264,26 +274,34 @@ class EmbeddedNode:
                 from .net import Network
 
                 ident = identity.load_or_create(self._repo.path)
-                self._net = Network(ident, self._blocks, listen=listen)
-            return self._net
-
-    def _dial_configured_peers(self, missing: NotFoundError) -> Network | None:
-        """Dial the peers of ``$WW_IPFS_PEERS`` once; None if there are none to ask."""
-        addrs = os.environ.get(PEERS_ENV, "").split()
-        if not addrs or self._peers_dialled:
-            return None
-        self._peers_dialled = True
-        net = self._network()
-        failures = []
-        for addr in addrs:
-            try:
-                net.connect(addr)
-            except IpfsError as err:
-                failures.append(str(err))
-        if failures and len(failures) == len(addrs):
-            raise NotFoundError(f"{missing}, and no peer of {PEERS_ENV} could be reached "
-                                f"({failures[0]})") from None
+                self._net = Network.own(ident, self._blocks, listen=listen)
+            net = self._net
+        net.start()  # a shared host `ww run` has not started yet: now
         return net
+
+    def _online(self, missing: NotFoundError) -> Network | None:
+        """Where to fetch a missing block from; None when there is nobody to ask.
+
+        The first time, the ``peers`` given are dialled (starting the host).  A shared host
+        is started if its owner has not yet (it is about to anyway: `ww run` fetching its
+        ``/ipfs/`` program), and its ``--join`` peers waited for.  Raises
+        :class:`BackendUnavailableError` when peers were given and none could be reached."""
+        if self._peers and not self._peers_dialled:
+            self._peers_dialled = True
+            net = self._network()
+            failures = []
+            for addr in self._peers:
+                try:
+                    net.connect(addr)
+                except IpfsError as err:
+                    failures.append(str(err))
+            if len(failures) == len(self._peers) and not net.peers():
+                raise BackendUnavailableError(f"{missing}, and no peer could be reached "
+                                              f"({failures[0]})") from None
+            return net
+        if self._net is not None:
+            return self._network()
+        return None
 
     def _flushing(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from chunks
@@ -293,9 +311,11 @@ class EmbeddedNode:
     def listen(self, addrs: list[str]) -> PeerInfo:
         """Start the libp2p host listening on ``addrs`` (``/ip4/.../tcp/<port>``, port 0: any
         free port) so that peers can dial this node; returns :meth:`id`.  Only before the host
-        has started (by ``connect``, or a fetch through ``WW_IPFS_PEERS``)."""
+        has started (by ``connect``, or a fetch from ``peers``), and not on a shared host
+        (which listens where its owner says: `ww run --listen`)."""
         if self._net is not None:
-            raise IpfsError("the IPFS node is already on the network; listen before connecting")
+            raise IpfsError("the IPFS node is already on the network; listen before connecting"
+                            " (on `ww run`'s host: use --listen)")
         try:
             self._network(listen=addrs)
         except ValueError as err:
@@ -318,6 +338,12 @@ class EmbeddedNode:
 
     def connect(self, addr: str) -> None:
         """Dial a peer (``/ip4/<address>/tcp/<port>/p2p/<peer id>``), starting the host."""
+        from ww.p2p.addrs import check_join_addr
+
+        try:
+            check_join_addr(addr)  # a malformed address starts nothing
+        except ValueError as err:
+            raise IpfsError(f"ipfs: {err}") from None
         self._network().connect(addr)
 
     def disconnect(self, peer_id: str) -> None:

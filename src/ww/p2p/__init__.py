@@ -5,7 +5,8 @@ Yamux, on a trio thread of its own) accepts a `/ww/0.1.0` stream and splices it 
 a socketpair (:mod:`ww.p2p.bridge`); the other end is served as a Cap'n Proto connection on
 asyncio (:mod:`ww.p2p.protocol`), whose bootstrap hands out the capability the cell exported
 over fd 3 and nothing else.  The cell's `p2p` capability (:mod:`ww.caps.p2p`) is the only way
-in or out.  docs/p2p.md tells the whole story.
+in or out.  The same host serves Bitswap when the run uses the embedded IPFS node
+(:mod:`ww.ipfs.net`): one host, one node key, per `ww run`.  docs/p2p.md tells the whole story.
 
 This package's top level imports neither libp2p nor trio, so command-line checks are cheap;
 only :mod:`ww.p2p.host` does.

@@ -15,6 +15,12 @@ configuration is explicit and closed:
 The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
 :meth:`Node.serve` (a callback that receives one socket per inbound stream); see
 :mod:`ww.p2p.bridge` for how a stream becomes a socket.
+
+One host per `ww run`: the embedded IPFS node adds Bitswap to the same host
+(:meth:`Node.add_protocol`), so a peer joined with ``--join`` is an IPFS peer too, and the
+node key is never used by two hosts at once.  :meth:`Node.start` may therefore be called by
+whichever part needs the host first (fetching an ``/ipfs/`` program, or the supervisor); the
+later calls wait for the same start and return.
 """
 
 from __future__ import annotations
@@ -122,22 +128,69 @@ class Node:
         self._host: Any = None
         self._session_end: list[Callable[[], None]] = []
         self._handlers = dict(handlers or {})
+        self._setups: list[Callable[[], Any]] = []
         self._serve_ww = serve_ww
         self._announce = announce
+        self._ready: concurrent.futures.Future[None] | None = None
+        self._start_lock = threading.Lock()
+        self._joined = threading.Event()  # every --join attempt has ended
 
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Listen, then join in the background; raises :class:`P2PError` if it cannot listen."""
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="ww-p2p",
-                                        daemon=True)
-        self._thread.start()
+        """Listen, then join in the background; raises :class:`P2PError` if it cannot listen.
+
+        Idempotent: a second call waits for the first start and shares its outcome."""
+        with self._start_lock:
+            ready = self._ready
+            if ready is None:
+                ready = self._ready = concurrent.futures.Future()
+                self._thread = threading.Thread(target=self._run, args=(ready,), name="ww-p2p",
+                                                daemon=True)
+                self._thread.start()
         try:
             ready.result(timeout=START_TIMEOUT)
         except concurrent.futures.TimeoutError:
             self.stop()
             raise P2PError("p2p: the libp2p host did not start in time") from None
+
+    @property
+    def running(self) -> bool:
+        """Started, and not stopped since."""
+        return self._nursery is not None
+
+    def wait_joined(self, timeout: float = JOIN_TIMEOUT + 1) -> None:
+        """Wait (at most ``timeout`` seconds) until every ``--join`` has connected or failed."""
+        self._joined.wait(timeout)
+
+    def add_protocol(self, protocol: str, handler: Callable[[Any], Any],
+                     setup: Callable[[], Any] | None = None) -> None:
+        """Serve ``protocol`` with ``handler`` too; ``await setup()`` first on the libp2p thread.
+
+        Before :meth:`start`, both take effect when the host starts (``setup`` after it
+        listens, before any ``--join`` dials); on a running host, at once (this call waits).
+        """
+        with self._start_lock:
+            self._handlers[protocol] = handler
+            ready = self._ready
+            if ready is None:
+                if setup is not None:
+                    self._setups.append(setup)
+                return
+        ready.result(START_TIMEOUT)  # starting on another thread: wait for it
+
+        async def add() -> None:
+            if setup is not None:
+                await setup()
+            self._host.set_stream_handler(protocol, handler)
+
+        self.submit(add).result(START_TIMEOUT)
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols this host serves, libp2p's identify and ping included."""
+        return (([PROTOCOL_ID] if self._serve_ww else []) + list(self._handlers)
+                + ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"])
 
     def stop(self) -> None:
         """Close every connection and end the thread (bounded by :data:`STOP_TIMEOUT`)."""
@@ -221,6 +274,8 @@ class Node:
                 ours = _find(e, P2PError)
                 ready.set_exception(ours or P2PError(f"p2p: the libp2p host failed: "
                                                      f"{_reason(_innermost(e))}"))
+        finally:
+            self._joined.set()
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
         host = _new_host(self.identity)
@@ -249,8 +304,9 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._token = trio.lowlevel.current_trio_token()
-                for addr in self._join:
-                    nursery.start_soon(self._join_one, addr)
+                for setup in self._setups:  # e.g. Bitswap's engine, before any peer joins
+                    await setup()
+                nursery.start_soon(self._join_all)
                 ready.set_result(None)
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
@@ -259,12 +315,34 @@ class Node:
                 scope.shield = True
                 await host.close()
 
+    async def dial(self, info: Any) -> None:
+        """Connect to ``info`` (a py-libp2p PeerInfo) at its addresses, on the libp2p thread.
+
+        The addresses we are told to dial are the ones tried.  py-libp2p on its own would
+        dial only the first TCP address its peerstore holds for the peer (an earlier, dead
+        one included), and refuse for 60 s every dial of a peer whose addresses all failed
+        once (its "negative cache"): a second, good address of a peer would fail too."""
+        network = self._host.get_network()
+        if hasattr(network, "unblock_peer"):
+            network.unblock_peer(info.peer_id)
+        if info.addrs and not network.get_connections(info.peer_id):
+            self._host.get_peerstore().clear_addrs(info.peer_id)
+        await self._host.connect(info)
+
+    async def _join_all(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for addr in self._join:
+                    nursery.start_soon(self._join_one, addr)
+        finally:
+            self._joined.set()
+
     async def _join_one(self, addr: str) -> None:
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
         try:
             with trio.fail_after(JOIN_TIMEOUT):
-                await self._host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                await self.dial(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
         except Exception as e:
             self._warn(f"p2p: --join {addr}: cannot connect ({_reason(e)})")
 
@@ -289,11 +367,11 @@ class Node:
                     if not self._host.get_network().get_connections(peer_id) and not known:
                         raise P2PError(f"p2p: not connected to {peer} and no address known "
                                        "for it (give its full address, or --join it)")
-                    await self._host.connect(PeerInfo(peer_id, known))
+                    await self.dial(PeerInfo(peer_id, known))
                 else:
                     info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
                     peer_id = info.peer_id
-                    await self._host.connect(info)
+                    await self.dial(info)
                 connected = True
                 stream = await self._host.new_stream(peer_id, [PROTOCOL_ID])
         except P2PError as e:
