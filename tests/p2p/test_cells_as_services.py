@@ -26,7 +26,7 @@ async def main():
         try:
             await remote.call("format-disk")
         except ww.cell.RemoteError as e:
-            print("error:", str(e).splitlines()[-1], flush=True)
+            print("error:", repr(str(e)), flush=True)
 
 asyncio.run(main())
 """
@@ -40,7 +40,8 @@ def test_a_cell_calls_a_cell_on_another_host(exporter, start_host, cell_file):
     assert a.addr == "granted p2p"
     assert a.readline() == "from cell A"
     assert a.readline() == "AGAIN"
-    assert "unknown method 'format-disk'" in a.readline()
+    # One line, the remote cell's error itself: none of its traceback or source paths.
+    assert a.readline() == "error: \"ValueError: unknown method 'format-disk'\""
     status, err = a.stop()
     assert status == 0, err
     assert "Traceback" not in err
@@ -226,3 +227,24 @@ def test_ww_call_to_an_unreachable_peer_fails_in_one_line(ww_home):
     assert r.stderr.startswith(f"ww: p2p: cannot reach /ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
     r = ww_call("/ip4/127.0.0.1/tcp/1", "echo")
     assert r.returncode == 2
+
+
+def test_a_port_another_ww_host_listens_on_is_in_use(exporter, make_cell, home):
+    """py-libp2p listens with SO_REUSEPORT; a second host must not share the port."""
+    b = exporter()  # listens on 127.0.0.1:<free port>, holding it while it runs
+    port = b.addr.split("/tcp/")[1].split("/")[0]
+    r = run_ww("run", "--with-p2p", "--listen", f"/ip4/127.0.0.1/tcp/{port}",
+               make_cell("print('the cell ran')"), env=home("second"))
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert f"cannot listen on /ip4/127.0.0.1/tcp/{port}" in r.stderr
+
+
+def test_ww_call_timeout_must_be_finite_and_positive():
+    from ww.ipfs.identity import PrivateKey
+
+    peer = PrivateKey.generate().peer_id
+    for bad in ("nan", "inf", "0", "-1"):
+        r = ww_call("--timeout", bad, f"/ip4/127.0.0.1/tcp/1/p2p/{peer}", "echo")
+        assert r.returncode == 2, (bad, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -47,6 +47,11 @@ def remote_error(e: Exception) -> RemoteError:
     for marker in ("remote exception: ", "failed: ", "message = "):
         if marker in text:
             text = text.split(marker, 1)[1]
+    if "Traceback (most recent call last):" in text:
+        # A server that is not ours (another cell serving a capability) sent its whole
+        # Python traceback: keep its last line, the error itself, not its source paths.
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = lines[-1].strip() if lines else text
     return RemoteError(text)
 
 

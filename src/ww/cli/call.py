@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 
@@ -22,7 +24,7 @@ def call(timeout: float, addr: str, method: str, args: tuple[str, ...]) -> None:
     from ww.errors import UsageError
     from ww.p2p import check_join_addr
 
-    if timeout <= 0:
+    if not (timeout > 0 and math.isfinite(timeout)):
         raise UsageError("--timeout: give a number of seconds greater than 0")
     try:
         addr = check_join_addr(addr)

@@ -59,6 +59,28 @@ def _key_pair(identity: Identity) -> Any:
     return KeyPair(private, private.get_public_key())
 
 
+def _port_free(addr: str) -> bool:
+    """Can ``addr``'s TCP port be bound by us alone?
+
+    py-libp2p listens with SO_REUSEPORT, so its own ``listen`` succeeds on a port another
+    libp2p process (another `ww run`) already holds, and connections are then shared
+    between the two at random.  A plain bind, without SO_REUSEPORT, tells the truth.
+    """
+    parts = addr.strip("/").split("/")
+    if len(parts) < 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp" or parts[3] == "0":
+        return True
+    import socket
+
+    family = socket.AF_INET if parts[0] == "ip4" else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((parts[1], int(parts[3])))
+        except OSError:
+            return False
+    return True
+
+
 def _new_host(identity: Identity) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
@@ -287,7 +309,7 @@ class Node:
         async with host.run([]):
             network = host.get_network()
             for addr in self._listen:
-                if not await network.listen(multiaddr.Multiaddr(addr)):
+                if not _port_free(addr) or not await network.listen(multiaddr.Multiaddr(addr)):
                     if not self._default:
                         raise P2PError(f"p2p: cannot listen on {addr} (in use, or not an "
                                        "address of this machine)")
