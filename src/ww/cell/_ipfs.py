@@ -81,11 +81,15 @@ class Ipfs:
             while in_flight:
                 data = bytes((await in_flight.popleft()).data)
                 if not data:
+                    # The reads still in flight answer "end of file" at once: let them, so
+                    # that closing the session right after sends nothing on a closed socket.
+                    await asyncio.gather(*in_flight, return_exceptions=True)
+                    in_flight.clear()
                     return
                 in_flight.append(asyncio.ensure_future(call(reader.read(CHUNK))))
                 yield data
         finally:
-            for pending in in_flight:
+            for pending in in_flight:  # the caller stopped early
                 pending.cancel()
 
     async def cat(self, path: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -421,6 +421,12 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
     grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories,
                         access=config.access)
     rpc.report_internal_errors(config.debug)
+    if not config.debug:
+        import logging
+
+        # A cell that exits (or hangs up) while replies are still queued makes every pending
+        # send fail; asyncio would log "socket.send() raised exception." for each on stderr.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
