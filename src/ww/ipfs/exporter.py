@@ -35,7 +35,7 @@ from .api import (
     UnsupportedError,
 )
 from .cid import CID, RAW
-from .path import IpfsPath
+from .path import IpfsPath, parse_path
 from .unixfs import DataType
 
 HAMT_MURMUR3 = 0x22
@@ -329,6 +329,17 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Path:
+    """``ww import`` of an IPFS path: resolve it and :func:`get` it, with a file-system
+    failure turned into one IpfsError line.  Both backends' ``get`` is this."""
+    ipath = parse_path(path)
+    node = resolve(getter, ipath)
+    try:
+        return get(getter, node, ipath.last_name, Path(dest), executable)
+    except OSError as err:
+        raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
 
 
 def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable: bool) -> Path:

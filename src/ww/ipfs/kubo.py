@@ -704,12 +704,7 @@ class KuboClient:
         The blocks come from kubo (``block/get``, each verified); writing them out is the
         embedded node's own code (:func:`ww.ipfs.exporter.get`), so both backends behave alike.
         """
-        ipath = parse_path(path)
-        node = exporter.resolve(self._block, ipath)
-        try:
-            exporter.get(self._block, node, ipath.last_name, Path(dest), executable)
-        except OSError as err:
-            raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
+        exporter.get_path(self._block, path, dest, executable)
 
     def _block(self, cid: CID) -> bytes:
         """One raw block from kubo, checked against its CID (an exporter block getter)."""

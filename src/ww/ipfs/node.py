@@ -155,12 +155,7 @@ class EmbeddedNode:
 
     def get(self, path: str, dest: Path, executable: bool = False) -> None:
         """Write a file or tree to ``dest`` with ``ww import`` semantics, atomically."""
-        ipath = parse_path(path)
-        node = exporter.resolve(self._get_block, ipath)
-        try:
-            exporter.get(self._get_block, node, ipath.last_name, Path(dest), executable)
-        except OSError as err:
-            raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
+        exporter.get_path(self._get_block, path, dest, executable)
         if self._net is not None:
             self._net.flush()
 
