@@ -14,9 +14,12 @@ shard and looked up by following the entry name's murmur3 hash, one shard per le
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import secrets
-import shutil
+import stat as stat_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +42,12 @@ from .path import IpfsPath, parse_path
 from .unixfs import DataType
 
 HAMT_MURMUR3 = 0x22
+MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
 
-__all__ = ["BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "walk"]
+__all__ = [
+    "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
+    "check_destination", "walk",
+]
 
 BlockGetter = Callable[[CID], bytes]
 
@@ -122,20 +129,32 @@ def load(getter: BlockGetter, cid: CID) -> UnixfsNode:
 
 
 def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
-    """The entries of a plain or HAMT-sharded directory, in stored order."""
+    """The entries of a plain or HAMT-sharded directory, in stored order.
+
+    Sub-shards are walked with an explicit stack, at most :data:`MAX_HAMT_LEVELS` deep (each
+    level uses at least one bit of the 64-bit name hash, so a deeper HAMT is corrupt).
+    """
     assert node.fs is not None
     if node.fs.type is DataType.DIRECTORY:
         yield from node.links
         return
-    width = len(f"{node.fs.fanout - 1:X}")  # type: ignore[operator]
-    for link in node.links:
+    stack = [(node, iter(node.links))]
+    while stack:
+        shard, links = stack[-1]
+        link = next(links, None)
+        if link is None:
+            stack.pop()
+            continue
+        width = len(f"{shard.fs.fanout - 1:X}")  # type: ignore[union-attr,operator]
         if len(link.name) < width:
-            raise CorruptBlockError(f"{node.cid}: HAMT link name {link.name!r} is too short")
+            raise CorruptBlockError(f"{shard.cid}: HAMT link name {link.name!r} is too short")
         if len(link.name) == width:
+            if len(stack) >= MAX_HAMT_LEVELS:
+                raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
             child = load(getter, link.cid)
             if child.fs is None or child.fs.type is not DataType.HAMT_SHARD:
                 raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
-            yield from _dir_links(getter, child)
+            stack.append((child, iter(child.links)))
         else:
             yield dagpb.PBLink(link.cid, link.name[width:], link.tsize)
 
@@ -237,6 +256,25 @@ def cat(
 def _read(
     getter: BlockGetter, node: UnixfsNode, start: int, end: int, expected: int
 ) -> Iterator[bytes]:
+    """The bytes ``[start, end)`` of a file DAG, depth first with an explicit stack (a file
+    may be any number of levels deep)."""
+    stack = [_pieces(node, start, end, expected)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif isinstance(item, tuple):
+            cid, child_start, child_end, size = item
+            stack.append(_pieces(load(getter, cid), child_start, child_end, size))
+        else:
+            yield item
+
+
+def _pieces(
+    node: UnixfsNode, start: int, end: int, expected: int
+) -> Iterator[bytes | tuple[CID, int, int, int]]:
+    """One node's part of a read: its own bytes, and ``(cid, start, end, size)`` for each child
+    to read in its place."""
     if start >= end:
         return
     if node.content_size != expected:
@@ -256,8 +294,7 @@ def _read(
         if pos >= end:
             break
         if pos + size > start:
-            child = load(getter, link.cid)
-            yield from _read(getter, child, max(0, start - pos), min(size, end - pos), size)
+            yield link.cid, max(0, start - pos), min(size, end - pos), size
         pos += size
 
 
@@ -286,6 +323,14 @@ def walk(
 
 
 # --- writing to disk -----------------------------------------------------------------------
+#
+# Everything is created relative to directory file descriptors, never through a path that a
+# symlink could redirect: new files with O_CREAT|O_EXCL|O_NOFOLLOW, directories with mkdirat
+# and then opened with O_NOFOLLOW.  A symlink the content itself creates is therefore never
+# followed, and no path grows with the DAG's depth (no PATH_MAX, no recursion).
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIRS = 32  # directory fds a deep walk keeps open at once; the rest are reopened by ".."
 
 
 def _check_name(raw: bytes, parent: CID) -> str:
@@ -295,40 +340,236 @@ def _check_name(raw: bytes, parent: CID) -> str:
     return name
 
 
-def _write_node(getter: BlockGetter, node: UnixfsNode, dest: Path, executable: bool) -> None:
-    """Create ``dest`` (which must not exist) from ``node``."""
-    kind = node.type
-    if kind is EntryType.SYMLINK:
-        os.symlink(node.target, dest)
-    elif kind is EntryType.FILE:
-        mode = 0o777 if executable else 0o666  # the umask applies, as for any new file
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "wb") as f:
-            for piece in cat(getter, node):
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        os.mkdir(dest)
-        seen: set[str] = set()
-        for link in _dir_links(getter, node):
-            name = _check_name(link.name, node.cid)
-            if name in seen:
-                raise CorruptBlockError(f"directory {node.cid} has two entries named {name!r}")
-            seen.add(name)
-            _write_node(getter, load(getter, link.cid), dest / name, executable)
+class _DirStack:
+    """Open directories from a base down to the current one, entered and left by name.
+
+    At most :data:`_OPEN_DIRS` fds are open whatever the depth: leaving a directory whose
+    parent's fd was closed reopens the parent as ``..`` and checks it is the same directory
+    (device and inode) it was on the way down.
+    """
+
+    def __init__(self, base_fd: int) -> None:
+        fd = os.dup(base_fd)
+        self._fds = [fd]
+        self._ids = [self._id(fd)]
+
+    @staticmethod
+    def _id(fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
+
+    @property
+    def fd(self) -> int:
+        return self._fds[-1]
+
+    @property
+    def depth(self) -> int:
+        return len(self._fds) - 1
+
+    def enter(self, name: str) -> None:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        self._fds.append(fd)
+        self._ids.append(self._id(fd))
+        old = len(self._fds) - 1 - _OPEN_DIRS
+        if old >= 0 and self._fds[old] >= 0:
+            os.close(self._fds[old])
+            self._fds[old] = -1
+
+    def leave(self) -> None:
+        fd = self._fds.pop()
+        self._ids.pop()
+        try:
+            if self._fds[-1] < 0:
+                parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                if self._id(parent) != self._ids[-1]:
+                    os.close(parent)
+                    raise IpfsError("a directory being written was moved away; stopped")
+                self._fds[-1] = parent
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            if fd >= 0:
+                os.close(fd)
+        self._fds = []
+
+
+def _write_leaf(
+    getter: BlockGetter, node: UnixfsNode, dir_fd: int, name: str, executable: bool
+) -> None:
+    """Create the file or symlink ``name`` in ``dir_fd``; it must not exist."""
+    if node.type is EntryType.SYMLINK:
+        os.symlink(node.target, name, dir_fd=dir_fd)
+        return
+    mode = 0o777 if executable else 0o666  # the umask applies, as for any new file
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    with os.fdopen(fd, "wb") as f:
+        for piece in cat(getter, node):
+            f.write(piece)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_node(
+    getter: BlockGetter, node: UnixfsNode, dir_fd: int, name: str, executable: bool
+) -> None:
+    """Create ``name`` in ``dir_fd`` (it must not exist) from ``node``, depth first with an
+    explicit stack: a DAG of any depth is written with bounded recursion and open fds."""
+    if not node.is_directory:
+        _write_leaf(getter, node, dir_fd, name, executable)
+        return
+    os.mkdir(name, 0o777, dir_fd=dir_fd)
+    dirs = _DirStack(dir_fd)
+    try:
+        dirs.enter(name)
+        # One frame per directory being written: its CID, its entries still to write, and
+        # the names written so far (two entries with one name would write into each other).
+        frames = [(node.cid, _dir_links(getter, node), set())]
+        while frames:
+            parent, links, seen = frames[-1]
+            link = next(links, None)
+            if link is None:
+                frames.pop()
+                dirs.leave()
+                continue
+            child_name = _check_name(link.name, parent)
+            if child_name in seen:
+                raise CorruptBlockError(f"directory {parent} has two entries named {child_name!r}")
+            seen.add(child_name)
+            child = load(getter, link.cid)
+            if child.is_directory:
+                os.mkdir(child_name, 0o777, dir_fd=dirs.fd)
+                dirs.enter(child_name)
+                frames.append((child.cid, _dir_links(getter, child), set()))
+            else:
+                _write_leaf(getter, child, dirs.fd, child_name, executable)
+    finally:
+        dirs.close()
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` in ``dir_fd`` and everything under it, never following a symlink;
+    iterative, so a tree of any depth goes.  Errors are ignored (best-effort cleanup)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass  # a directory (EISDIR on Linux, EPERM elsewhere)
+    dirs = _DirStack(dir_fd)
+    try:
+        dirs.enter(name)
+        frames = [(name, iter(os.listdir(dirs.fd)))]
+        while frames:
+            entry = next(frames[-1][1], None)
+            if entry is None:
+                done, _ = frames.pop()
+                dirs.leave()
+                with contextlib.suppress(OSError):
+                    os.rmdir(done, dir_fd=dirs.fd)
+                continue
+            try:
+                os.unlink(entry, dir_fd=dirs.fd)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                try:
+                    dirs.enter(entry)
+                except OSError:
+                    continue
+                frames.append((entry, iter(os.listdir(dirs.fd))))
+    except OSError:
+        pass
+    finally:
+        dirs.close()
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` (file, symlink or tree), never following symlinks."""
+    with contextlib.suppress(OSError):
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _remove_at(parent, path.name)
+        finally:
+            os.close(parent)
 
 
 def _temp_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.ww-tmp-{secrets.token_hex(6)}"
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` only if ``dst`` does not exist (``renameat2`` with
+    ``RENAME_NOREPLACE``): something that appeared at ``dst`` meanwhile, a symlink for one, is
+    never replaced.  Raises FileExistsError."""
+    fn = _renameat2()
+    if fn is not None:
+        at_fdcwd = -100
+        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # otherwise: unsupported by the fs
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    if os.path.isdir(src) and not os.path.islink(src):
+        os.rename(src, dst)  # no atomic no-replace: checked just above
     else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        os.link(src, dst, follow_symlinks=False)  # fails if dst exists
+        os.unlink(src)
+
+
+@functools.cache
+def _renameat2():  # type: ignore[no-untyped-def]
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def _kind(st: os.stat_result) -> str:
+    mode = st.st_mode
+    if stat_mod.S_ISLNK(mode):
+        return "a symlink"
+    if stat_mod.S_ISCHR(mode) or stat_mod.S_ISBLK(mode):
+        return "a device"
+    if stat_mod.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat_mod.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file or directory"
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _refuse_special(path: Path, st: os.stat_result) -> None:
+    """A destination that is a symlink, device, FIFO or socket is never written through or
+    replaced."""
+    if not (stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISDIR(st.st_mode)):
+        raise IpfsError(
+            f"{path} is {_kind(st)}; ww import never writes through or replaces one "
+            "(remove it or choose another path)"
+        )
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse, before any work, a destination ``ww import`` would refuse anyway: a symlink,
+    device, FIFO or socket (``dest`` itself; what is inside it is checked when writing)."""
+    st = _lstat(Path(dest))
+    if st is not None:
+        _refuse_special(Path(dest), st)
 
 
 def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Path:
@@ -342,66 +583,113 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Pa
         raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
 
 
+def _write_temp(getter: BlockGetter, node: UnixfsNode, tmp: Path, executable: bool) -> None:
+    parent = os.open(tmp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _write_node(getter, node, parent, tmp.name, executable)
+    finally:
+        os.close(parent)
+
+
 def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable: bool) -> Path:
     """Write ``node`` to disk with ``ww import`` semantics; returns what was written.
 
     * A directory is extracted *into* ``dest`` (created if missing).  If ``dest`` already
-      exists, every top-level entry must be new or a file replacing a file.
+      exists, every top-level entry must be new or a file replacing a regular file.
     * A file or symlink becomes ``dest`` itself, or ``dest/<name>`` when ``dest`` is an existing
-      directory; an existing file there is replaced.
+      directory; an existing regular file there is replaced.
+    * A destination (``dest``, ``dest/<name>``, a top-level entry) that is a symlink, device,
+      FIFO or socket is an error: it is neither written through nor replaced.  Inside the tree
+      being written nothing is ever followed (see :func:`_write_node`).
 
     The content is first written completely to a hidden temp sibling, then renamed into place,
     so a failure (a missing block, a full disk, a kill) leaves no half-written file behind.
     """
     dest = Path(dest)
+    st = _lstat(dest)
+    if st is not None:
+        _refuse_special(dest, st)
     if node.is_directory:
-        if not dest.exists():
-            if dest.is_symlink():
-                raise IpfsError(f"{dest} is a dangling symlink; remove it or choose another path")
+        if st is None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = _temp_sibling(dest)
             try:
-                _write_node(getter, node, tmp, executable)
-                os.rename(tmp, dest)
+                _write_temp(getter, node, tmp, executable)
+                _rename_noreplace(tmp, dest)
+            except FileExistsError:
+                _remove(tmp)
+                raise IpfsError(f"{dest} appeared while importing; nothing was written") from None
             except BaseException:
                 _remove(tmp)
                 raise
             return dest
-        if not dest.is_dir():
+        if not stat_mod.S_ISDIR(st.st_mode):
             raise IpfsError(
                 f"{dest} exists and is not a directory; cannot extract a directory into it"
             )
         tmp = _temp_sibling(dest / "import")
         try:
-            _write_node(getter, node, tmp, executable)
+            _write_temp(getter, node, tmp, executable)
             names = sorted(os.listdir(tmp))
             for entry in names:
-                target = dest / entry
-                if target.is_symlink() or target.exists():
-                    new_is_file = not (tmp / entry).is_dir() or (tmp / entry).is_symlink()
-                    old_is_file = target.is_symlink() or target.is_file()
-                    if not (new_is_file and old_is_file):
-                        raise IpfsError(
-                            f"{target} already exists; remove it or import into an empty directory"
-                        )
+                old = _lstat(dest / entry)
+                if old is None:
+                    continue
+                _refuse_special(dest / entry, old)
+                new = os.lstat(tmp / entry)
+                if stat_mod.S_ISDIR(new.st_mode) or stat_mod.S_ISDIR(old.st_mode):
+                    raise IpfsError(
+                        f"{dest / entry} already exists; remove it or import into an empty "
+                        "directory"
+                    )
             for entry in names:
-                os.replace(tmp / entry, dest / entry)
+                if _lstat(dest / entry) is None:
+                    _rename_noreplace(tmp / entry, dest / entry)
+                else:
+                    _replace_regular(tmp / entry, dest / entry)
             os.rmdir(tmp)
+        except FileExistsError as err:
+            _remove(tmp)
+            raise IpfsError(f"{err.filename} appeared while importing; stopped") from None
         except BaseException:
             _remove(tmp)
             raise
         return dest
-    if dest.is_dir():
+    if st is not None and stat_mod.S_ISDIR(st.st_mode):
         dest = dest / name
-        if dest.is_dir() and not dest.is_symlink():
-            raise IpfsError(f"{dest} is a directory; cannot replace it with a {node.type.value}")
-    else:
+        st = _lstat(dest)
+        if st is not None:
+            _refuse_special(dest, st)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise IpfsError(
+                    f"{dest} is a directory; cannot replace it with a {node.type.value}"
+                )
+    elif st is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(dest)
     try:
-        _write_node(getter, node, tmp, executable)
-        os.replace(tmp, dest)
+        _write_temp(getter, node, tmp, executable)
+        if st is None:
+            _rename_noreplace(tmp, dest)
+        else:
+            _replace_regular(tmp, dest)
+    except FileExistsError:
+        _remove(tmp)
+        raise IpfsError(f"{dest} appeared while importing; nothing was written") from None
     except BaseException:
         _remove(tmp)
         raise
     return dest
+
+
+def _replace_regular(src: Path, dst: Path) -> None:
+    """Rename ``src`` over ``dst``, which was a regular file when looked at; refuse if it is
+    anything else now (a symlink planted meanwhile is not replaced)."""
+    st = _lstat(dst)
+    if st is None:
+        _rename_noreplace(src, dst)
+        return
+    _refuse_special(dst, st)
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise IpfsError(f"{dst} already exists; remove it or import into an empty directory")
+    os.replace(src, dst)

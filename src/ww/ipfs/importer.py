@@ -185,11 +185,12 @@ def import_file(
     levels: list[list[Imported]] = [[]]
 
     def push(level: int, item: Imported) -> None:
-        if len(levels[level]) == MAX_LINKS:
+        while len(levels[level]) == MAX_LINKS:
+            parent = _internal(levels[level], params, sink)
+            levels[level] = [item]
             if level + 1 == len(levels):
                 levels.append([])
-            push(level + 1, _internal(levels[level], params, sink))
-            levels[level] = []
+            level, item = level + 1, parent
         levels[level].append(item)
 
     for chunk in rechunk(chunks):
@@ -287,7 +288,37 @@ def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
     starting with ".") inside directories are included unless ``params.hidden`` is false, as
     kubo's command line does by default; ``path`` itself is always added.  Other file types
     (sockets, devices, FIFOs) raise :class:`UnsupportedError`.
+
+    The tree is walked depth first with an explicit stack, so its depth is not bounded by
+    Python's recursion limit.
     """
+    path = Path(os.fsdecode(path))
+    first = _import_entry(path, params, sink)
+    if isinstance(first, Imported):
+        return first
+    # One frame per directory being imported: its path, its sorted entry names and the
+    # entries imported so far (the next one to import is names[len(done)]).
+    stack: list[tuple[Path, list[bytes], list[tuple[bytes, Imported]]]] = [(path, first, [])]
+    while True:
+        dirpath, names, done = stack[-1]
+        if len(done) < len(names):
+            child_path = dirpath / os.fsdecode(names[len(done)])
+            child = _import_entry(child_path, params, sink)
+            if isinstance(child, Imported):
+                done.append((names[len(done)], child))
+            else:
+                stack.append((child_path, child, []))
+            continue
+        stack.pop()
+        imported = import_directory(done, params, sink)
+        if not stack:
+            return imported
+        _, parent_names, parent_done = stack[-1]
+        parent_done.append((parent_names[len(parent_done)], imported))
+
+
+def _import_entry(path: Path, params: ImportParams, sink: BlockSink) -> Imported | list[bytes]:
+    """Import a file or symlink; for a directory, its entry names (sorted) to import next."""
     st = os.lstat(path)
     mode = st.st_mode
     if stat_mod.S_ISLNK(mode):
@@ -296,16 +327,11 @@ def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
         return import_file(file_chunks(path), params, sink)
     if stat_mod.S_ISDIR(mode):
         with os.scandir(path) as it:
-            names = sorted(
+            return sorted(
                 os.fsencode(entry.name)
                 for entry in it
                 if params.hidden or not entry.name.startswith(".")
             )
-        children = [
-            (name, import_path(Path(os.fsdecode(path)) / os.fsdecode(name), params, sink))
-            for name in names
-        ]
-        return import_directory(children, params, sink)
     raise UnsupportedError(
         f"cannot add {os.fsdecode(path)!r}: not a regular file, directory or symlink"
     )
