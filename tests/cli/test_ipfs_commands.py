@@ -171,3 +171,59 @@ def test_malformed_ipfs_address_is_a_usage_error(command):
     r = run_ww(command[0], "--ipfs", "garbage", *command[1:])
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "--ipfs" in r.stderr
+
+
+def _blocks_in(home):
+    return sorted(p.name for p in (home / "blocks").rglob("*") if p.is_file())
+
+
+def test_import_onto_a_symlink_is_refused_and_nothing_is_written(tmp_path, ww_home):
+    """A symlink at the destination (what /dev/stdout is) is neither replaced nor written
+    through: exit 1, one line naming it."""
+    (tmp_path / "hello").write_text("hello world\n")
+    cid = run_ww("export", str(tmp_path / "hello")).stdout.strip()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for target in (victim, "/proc/self/fd/1"):
+        link = tmp_path / "link"
+        os.symlink(target, link)
+        r = run_ww("import", cid, str(link))
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"ww: {link} is a symlink; ww import never writes through or replaces one "
+            "(remove it or choose another path)"
+        ]
+        assert link.is_symlink() and os.readlink(link) == str(target)
+        assert r.stdout == ""
+        link.unlink()
+    assert victim.read_text() == "precious\n"
+
+
+def test_car_import_onto_a_symlink_stores_and_pins_nothing(tmp_path, ww_home):
+    src = make_tree(tmp_path / "src")
+    car = tmp_path / "tree.car"
+    assert run_ww("export", "--car", str(car), str(src)).returncode == 0
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link")
+    r = run_ww("import", str(car), str(tmp_path / "link"))
+    assert r.returncode == 1 and "is a symlink" in r.stderr
+    assert run_ww("repo", "check").returncode == 0
+    assert _blocks_in(ww_home) == []
+    assert list((ww_home / "pins" / "recursive").iterdir()) == []
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_car_import_that_cannot_be_written_leaves_no_pin(tmp_path, ww_home):
+    """The destination is checked while writing (an entry already there): the CAR's blocks
+    were stored, and are unpinned again, so the next gc removes them."""
+    src = make_tree(tmp_path / "src")
+    car = tmp_path / "tree.car"
+    assert run_ww("export", "--car", str(car), str(src)).returncode == 0
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)  # the tree has a directory "sub" too
+    r = run_ww("import", str(car), str(out))
+    assert r.returncode == 1 and "already exists" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["sub"]
+    assert list((ww_home / "pins" / "recursive").iterdir()) == []
+    assert _blocks_in(ww_home) != []
+    assert run_ww("repo", "gc").returncode == 0
+    assert _blocks_in(ww_home) == []

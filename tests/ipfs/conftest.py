@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,11 @@ import pytest
 
 from ww.ipfs.importer import CHUNK_SIZE, MAX_LINKS
 from ww.ipfs.node import EmbeddedNode
+
+# pytest removes the temp directories of earlier runs with shutil.rmtree, which (Python 3.11)
+# recurses once per level: a deep tree left by an interrupted run of test_deep must not make
+# that clean-up, in this or any later session, fail with RecursionError.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
 
 FAN_OUT_BYTES = MAX_LINKS * CHUNK_SIZE  # the largest file with a one-level tree
 
@@ -80,6 +87,33 @@ def make_flat_tree(root: Path, count: int) -> Path:
     return root
 
 
+DEEP_TREE_LEVELS = 1000
+
+
+def make_deep_tree(root: Path, levels: int) -> Path:
+    """``levels`` nested directories ``d/d/d/...`` with a file, a symlink and an empty
+    directory at the bottom and a file every 100 levels: deeper than Python's default
+    recursion limit."""
+    root.mkdir()
+    here = root
+    for level in range(levels):
+        here = here / "d"
+        here.mkdir()
+        if level % 100 == 0:
+            (here / f"at-{level}.txt").write_bytes(b"%d\n" % level)
+    (here / "bottom.txt").write_bytes(b"the bottom\n")
+    os.symlink("../" * levels, here / "up-to-the-top")
+    (here / "empty").mkdir()
+    return root
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree of any depth (``shutil.rmtree`` of Python 3.11 recurses per level)."""
+    from ww.ipfs.exporter import _remove
+
+    _remove(path)
+
+
 @dataclass(frozen=True)
 class Corpus:
     paths: dict[str, Path]
@@ -87,7 +121,7 @@ class Corpus:
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     """Inputs on disk and the CID kubo gives each (one parallel batch, about 10 s)."""
     from .kubo_oracle import kubo_cids
 
@@ -106,6 +140,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     paths["tree_wide"] = make_wide_tree(base / "tree_wide")
     paths["tree_below_sharding"] = make_flat_tree(base / "tree_below_sharding", 2047)
     paths["tree_sharded"] = make_flat_tree(base / "tree_sharded", 2048)
+    paths["tree_deep"] = make_deep_tree(base / "tree_deep", DEEP_TREE_LEVELS)
     empty_only = base / "tree_empty_dirs"
     (empty_only / "x" / "y").mkdir(parents=True)
     (empty_only / "z").mkdir()
@@ -113,7 +148,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     (base / "empty_dir").mkdir()
     paths["empty_dir"] = base / "empty_dir"
     by_path = kubo_cids(tmp_path_factory.mktemp("kubo") / "repo", list(paths.values()))
-    return Corpus(paths, {name: by_path[p] for name, p in paths.items()})
+    yield Corpus(paths, {name: by_path[p] for name, p in paths.items()})
+    remove_tree(paths["tree_deep"])  # shutil.rmtree (pytest's clean-up) recurses per level
 
 
 @pytest.fixture

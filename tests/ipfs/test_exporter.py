@@ -302,3 +302,137 @@ def test_get_refuses_directory_entries_that_would_escape_the_destination(
     with pytest.raises(IpfsError, match="unsafe"):
         node.get(str(root), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil").exists()
+
+
+# --- destinations that are symlinks or special files: never written through or replaced ---
+
+
+def test_get_refuses_a_destination_that_is_a_symlink_and_changes_nothing(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    link = tmp_path / "link"
+    os.symlink(victim, link)
+    stdout_like = tmp_path / "stdout"
+    os.symlink("/proc/self/fd/1", stdout_like)  # what /dev/stdout is
+    cid = node.add_stream([b"new content\n"])
+    for dest in (link, stdout_like):
+        with pytest.raises(IpfsError, match=f"{dest} is a symlink"):
+            node.get(cid, dest)
+        assert dest.is_symlink()
+    assert victim.read_bytes() == b"precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "repo", "stdout", "victim.txt"]
+
+
+def test_get_refuses_a_symlink_to_a_directory_as_the_place_to_extract_into(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    root = node.add_path(make_tree(tmp_path / "src"))
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.symlink(target, tmp_path / "link")
+    with pytest.raises(IpfsError, match="is a symlink"):
+        node.get(root, tmp_path / "link")
+    with pytest.raises(IpfsError, match="is a symlink"):
+        node.get(f"{root}/a/one.txt", tmp_path / "link")
+    assert list(target.iterdir()) == []
+
+
+def test_get_refuses_a_fifo_destination(node: EmbeddedNode, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cid = node.add_stream([b"x"])
+    with pytest.raises(IpfsError, match="is a FIFO"):
+        node.get(cid, fifo)
+    assert stat_mod.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_get_never_replaces_a_symlink_inside_the_destination_directory(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    into = tmp_path / "into"
+    into.mkdir()
+    hello = node.add_stream([b"hello world\n"])
+    os.symlink(victim, into / hello)  # a file lands at into/<cid>: a symlink is there
+    with pytest.raises(IpfsError, match="is a symlink"):
+        node.get(hello, into)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"new\n")
+    os.symlink(victim, into / "a.txt")  # a directory's entry lands on a symlink
+    with pytest.raises(IpfsError, match="a.txt is a symlink"):
+        node.get(node.add_path(src), into)
+    assert victim.read_bytes() == b"precious\n"
+    assert (into / hello).is_symlink() and (into / "a.txt").is_symlink()
+    assert sorted(p.name for p in into.iterdir()) == sorted([hello, "a.txt"])
+
+
+def test_a_symlink_in_the_content_is_never_followed_by_a_later_entry(
+    node: EmbeddedNode, tmp_path: Path
+) -> None:
+    """``a -> <victim dir>`` and then ``a/passwd``: the second ``a`` must not write through the
+    first, whichever way the DAG spells it (plain directory or HAMT shard)."""
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    link = CID.parse(node.add_path(_symlink_to(tmp_path, victim)))
+    passwd = CID.parse(node.add_stream([b"root::0:0::/root:/bin/sh\n"]))
+    directory = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+    inner = _put_node(node, [dagpb.PBLink(passwd, b"passwd", 30)], directory)
+    plain = _put_node(
+        node, [dagpb.PBLink(link, b"a", 10), dagpb.PBLink(inner, b"a", 90)], directory
+    )
+    index = murmur3_64(b"a")[0]
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22, fanout=256)
+    sub = _put_node(
+        node,
+        [dagpb.PBLink(link, b"%02Xa" % 0, 10), dagpb.PBLink(inner, b"%02Xa" % 1, 90)],
+        shard,
+    )
+    hamt = _put_node(node, [dagpb.PBLink(sub, b"%02X" % index, 100)], shard)
+    for root in (plain, hamt):
+        out = tmp_path / f"out-{root}"
+        with pytest.raises(IpfsError, match="two entries named 'a'"):
+            node.get(str(root), out)
+        assert not out.exists()
+    # and into an existing directory, where the symlink already sits from an earlier import
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(victim, dest / "a")
+    with pytest.raises(IpfsError, match="a is a symlink"):
+        node.get(str(_put_node(node, [dagpb.PBLink(inner, b"a", 90)], directory)), dest)
+    assert list(victim.iterdir()) == []
+
+
+def _symlink_to(tmp_path: Path, target: Path) -> Path:
+    link = tmp_path / "a-link"
+    os.symlink(target, link)
+    return link
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_symlink_planted_while_writing_is_not_clobbered_by_the_rename(
+    node: EmbeddedNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """The temp copy is renamed into place only if nothing appeared there meanwhile."""
+    from ww.ipfs import exporter
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    dest = tmp_path / "dest"
+    write_temp = exporter._write_temp
+
+    def write_then_plant(*args, **kwargs):  # type: ignore[no-untyped-def]
+        write_temp(*args, **kwargs)
+        os.symlink(victim, dest)  # another process, between the check and the rename
+
+    monkeypatch.setattr(exporter, "_write_temp", write_then_plant)
+    root = node.add_path(make_tree(tmp_path / "src"))
+    path = f"{root}/a/one.txt" if what == "file" else root
+    with pytest.raises(IpfsError, match="appeared while importing"):
+        node.get(path, dest)
+    assert os.readlink(dest) == str(victim)
+    assert victim.read_bytes() == b"precious\n"
+    assert [p.name for p in tmp_path.iterdir() if "ww-tmp" in p.name] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -26,22 +27,35 @@ def import_(source: str, local_path: Path | None, executable: bool,
     Blocks the repository lacks are fetched from the --peer peers over Bitswap.
     """
     from ww.ipfs.backend import open_backend
+    from ww.ipfs.exporter import check_destination
 
     refuse_peers_with_kubo(ipfs_api)
     dest = local_path if local_path is not None else Path.cwd()
+    check_destination(dest)  # a symlink or device destination: refused before any work
     api = open_backend(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         if source.endswith(".car") and not source.startswith("/ipfs/"):
             car = Path(source)
             if not car.is_file():
                 raise UsageError(f"{source}: no such CAR file")
+            pinned_before = set(api.pins())
             with open(car, "rb") as f:
                 roots = api.import_car(f)
             if len(roots) != 1:
                 raise UsageError(
                     f"{source}: has {len(roots)} roots; import one with 'ww import /ipfs/<cid>'"
                 )
-            source = f"/ipfs/{roots[0]}"
+            try:
+                api.get(f"/ipfs/{roots[0]}", dest, executable=executable)
+            except BaseException:
+                # Nothing was written: leave no pin behind either (the blocks stay, unpinned,
+                # until the next gc, as kubo keeps them after a failed import).
+                for root in roots:
+                    if root not in pinned_before:
+                        with contextlib.suppress(Exception):
+                            api.unpin(root)
+                raise
+            return
         api.get(source, dest, executable=executable)
     finally:
         api.close()
