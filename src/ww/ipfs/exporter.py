@@ -166,7 +166,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
         return next((link.cid for link in _dir_links(getter, node) if link.name == name), None)
     hashed = int.from_bytes(murmur3_64(name), "big")
     consumed = 0
-    while True:
+    for _ in range(MAX_HAMT_LEVELS):
         fanout = node.fs.fanout or 0
         bits = fanout.bit_length() - 1
         if consumed + bits > 64:
@@ -183,6 +183,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
         node = load(getter, link.cid)
         if node.fs is None or node.fs.type is not DataType.HAMT_SHARD:
             raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
+    raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
 
 
 def _name(raw: bytes) -> str:
@@ -612,16 +613,7 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
     if node.is_directory:
         if st is None:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temp_sibling(dest)
-            try:
-                _write_temp(getter, node, tmp, executable)
-                _rename_noreplace(tmp, dest)
-            except FileExistsError:
-                _remove(tmp)
-                raise IpfsError(f"{dest} appeared while importing; nothing was written") from None
-            except BaseException:
-                _remove(tmp)
-                raise
+            _write_and_rename(getter, node, dest, executable, replace=False)
             return dest
         if not stat_mod.S_ISDIR(st.st_mode):
             raise IpfsError(
@@ -643,14 +635,8 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
                         "directory"
                     )
             for entry in names:
-                if _lstat(dest / entry) is None:
-                    _rename_noreplace(tmp / entry, dest / entry)
-                else:
-                    _replace_regular(tmp / entry, dest / entry)
+                _move_into_place(tmp / entry, dest / entry)
             os.rmdir(tmp)
-        except FileExistsError as err:
-            _remove(tmp)
-            raise IpfsError(f"{err.filename} appeared while importing; stopped") from None
         except BaseException:
             _remove(tmp)
             raise
@@ -666,28 +652,40 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
                 )
     elif st is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(dest)
-    try:
-        _write_temp(getter, node, tmp, executable)
-        if st is None:
-            _rename_noreplace(tmp, dest)
-        else:
-            _replace_regular(tmp, dest)
-    except FileExistsError:
-        _remove(tmp)
-        raise IpfsError(f"{dest} appeared while importing; nothing was written") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+    _write_and_rename(getter, node, dest, executable, replace=st is not None)
     return dest
 
 
-def _replace_regular(src: Path, dst: Path) -> None:
-    """Rename ``src`` over ``dst``, which was a regular file when looked at; refuse if it is
-    anything else now (a symlink planted meanwhile is not replaced)."""
+def _write_and_rename(
+    getter: BlockGetter, node: UnixfsNode, dest: Path, executable: bool, replace: bool
+) -> None:
+    """Write ``node`` to a temp sibling of ``dest``, then move it into place: over a regular
+    file if ``replace``, else only where nothing exists."""
+    tmp = _temp_sibling(dest)
+    try:
+        _write_temp(getter, node, tmp, executable)
+        if replace:
+            _move_into_place(tmp, dest)
+        else:
+            _rename_new(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _rename_new(src: Path, dst: Path) -> None:
+    try:
+        _rename_noreplace(src, dst)
+    except FileExistsError:
+        raise IpfsError(f"{dst} appeared while importing; nothing was written there") from None
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` if nothing is there, or over ``dst`` if it is a regular file;
+    anything else there now (a symlink planted meanwhile, say) is refused, not replaced."""
     st = _lstat(dst)
     if st is None:
-        _rename_noreplace(src, dst)
+        _rename_new(src, dst)
         return
     _refuse_special(dst, st)
     if not stat_mod.S_ISREG(st.st_mode):
