@@ -213,3 +213,33 @@ def test_a_block_linked_many_times_is_walked_once(tmp_path: Path, shallow_stack:
 
 def test_make_deep_tree_is_deeper_than_the_lowered_limit() -> None:
     assert DEEP_TREE_LEVELS > LOW_RECURSION_LIMIT * 4
+
+
+def test_a_deep_tree_that_fails_half_way_leaves_nothing_behind(
+    tmp_path: Path, scratch: Path, shallow_stack: None
+) -> None:
+    from ww.ipfs.api import NotFoundError
+
+    node = EmbeddedNode(tmp_path / "repo")
+    root = _deep_dag(node, 1500)
+    bottom = CID.parse(node.resolve(f"{root}/" + "d/" * 1500 + "bottom.txt"))
+    name = bottom.multihash.hex()
+    (node.repo_path / "blocks" / name[-3:-1] / name).unlink()
+    with pytest.raises(NotFoundError):
+        node.get(root, scratch / "out")
+    assert list(scratch.iterdir()) == []  # the 1500-level temp copy is gone too
+
+
+def test_removing_a_deep_temp_tree_follows_no_symlink(
+    tmp_path: Path, scratch: Path, shallow_stack: None
+) -> None:
+    from ww.ipfs.exporter import _remove
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_bytes(b"keep\n")
+    tree = make_deep_tree(scratch / "tree", 1200)
+    os.symlink(victim, tree / "d" / "to-victim")
+    _remove(tree)
+    assert not tree.exists()
+    assert (victim / "keep.txt").read_bytes() == b"keep\n"
