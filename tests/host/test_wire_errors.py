@@ -126,3 +126,47 @@ def test_the_stream_is_cut_into_messages_however_the_writes_fall():
             wrapped.write(stream[pos:pos + step])
             pos += step
         assert bytes(sink.out) == want
+
+
+def test_the_sdk_raises_the_hosts_reason_whole_even_with_failed_inside():
+    """Real Cap'n Proto over a real socket pair, in one process: a Console served through
+    :func:`ww.host.wire.connect` fails with a reason holding "failed: "; the SDK's error is
+    that reason, whole (it used to keep only what followed "failed: ")."""
+    import asyncio
+    import socket
+
+    from ww.cell import CapabilityDenied, RemoteError
+    from ww.cell._session import call
+    from ww.host import wire
+    from ww.schema import load
+
+    cell = load("cell")
+    reasons = ["writing blocks failed: disk full",
+               "capability denied: ipfs: add: this IPFS capability is read-only"]
+
+    class Failing(cell.Console.Server):
+        async def println(self, line, **kwargs):
+            raise ValueError(reasons[int(line)])
+
+    async def main():
+        ours, theirs = socket.socketpair()
+        server_stream = await wire.connect(ours)
+        server = capnp.TwoPartyServer(server_stream, bootstrap=Failing())
+        client_stream = await capnp.AsyncIoStream.create_connection(sock=theirs)
+        client = capnp.TwoPartyClient(client_stream)
+        console = client.bootstrap().cast_as(cell.Console)
+        got = []
+        for i in range(len(reasons)):
+            try:
+                await call(console.println(str(i)))
+            except RemoteError as e:
+                got.append((type(e), str(e)))
+        client_stream.close()
+        server_stream.close()
+        del server
+        return got
+
+    from ww.host.rpc import EXPECTED_ERRORS  # noqa: F401 - installs the one-line error hook
+
+    got = asyncio.run(capnp.run(main()))
+    assert got == [(RemoteError, reasons[0]), (CapabilityDenied, reasons[1])]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ MAX_INSPECTED = 64 * 1024
 anything larger (a chunk of a file) streams through without being held back."""
 
 _rpc: Any = None
+_U32 = struct.Struct("<I")
 
 
 def _rpc_schema() -> Any:
@@ -63,59 +65,56 @@ def exact_reason(message: bytes) -> bytes:
 class _ExactReasons:
     """Wraps an asyncio transport: cuts the outgoing byte stream into Cap'n Proto messages
     (segment table, then segments), holds back only small ones whole, and rewrites those
-    :func:`exact_reason` says to."""
+    :func:`exact_reason` says to.  The stream is the host's own KJ's, so well-formed."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._header = bytearray()
+        self._header = b""  # the start of a segment table that came in pieces
         self._left = 0  # bytes of the current message's segments still to come
         self._held: bytearray | None = None  # a small message being collected
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
-    def _header_size(self) -> int | None:
-        if len(self._header) < 4:
-            return None
-        segments = int.from_bytes(self._header[:4], "little") + 1
-        size = 4 + 4 * segments
-        return size + size % 8
-
     def write(self, data: Any) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            if self._left:
-                piece, view = view[:self._left], view[self._left:]
-                self._left -= len(piece)
-                if self._held is None:
-                    self._transport.write(bytes(piece))
-                else:
-                    self._held += piece
-                    if not self._left:
-                        self._flush_held()
-                continue
-            size = self._header_size()
-            want = (size or 8) - len(self._header)
-            self._header += view[:want]
-            view = view[want:]
-            size = self._header_size()
-            if size is None or len(self._header) < size:
-                continue
-            segments = int.from_bytes(self._header[:4], "little") + 1
-            body = 8 * sum(int.from_bytes(self._header[4 + 4 * i:8 + 4 * i], "little")
-                           for i in range(segments))
-            header, self._header = bytes(self._header), bytearray()
-            self._left = body
-            if body == 0:
-                self._transport.write(header)
-            elif size + body <= MAX_INSPECTED:
-                self._held = bytearray(header)
-            else:
-                self._transport.write(header)
+        data = bytes(data)
+        while data:
+            data = self._segments(data) if self._left else self._table(data)
 
-    def _flush_held(self) -> None:
-        held, self._held = bytes(self._held or b""), None
-        self._transport.write(exact_reason(held))
+    def _table(self, data: bytes) -> bytes:
+        if self._header:
+            data, self._header = self._header + data, b""
+        if len(data) < 4:
+            self._header = data
+            return b""
+        count = _U32.unpack_from(data)[0] + 1
+        size = (4 + 4 * count + 7) & ~7  # the table, padded to a whole word
+        if len(data) < size:
+            self._header = data
+            return b""
+        body = 8 * sum(struct.unpack_from(f"<{count}I", data, 4))
+        if body == 0 or size + body > MAX_INSPECTED:
+            self._transport.write(data[:size])
+            self._left = body
+        elif len(data) >= size + body:  # the whole message at once
+            self._transport.write(exact_reason(data[:size + body]))
+            return data[size + body:]
+        else:
+            self._held = bytearray(data[:size])
+            self._left = body
+        return data[size:]
+
+    def _segments(self, data: bytes) -> bytes:
+        piece = data if len(data) <= self._left else data[:self._left]
+        self._left -= len(piece)
+        if self._held is None:
+            self._transport.write(piece)
+        else:
+            self._held += piece
+            if not self._left:
+                held, self._held = bytes(self._held), None
+                self._transport.write(exact_reason(held))
+        return data[len(piece):] if piece is not data else b""
 
 
 async def connect(sock: socket.socket) -> Any:
