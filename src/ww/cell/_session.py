@@ -40,6 +40,7 @@ _NAMED_ERRORS: tuple[tuple[str, type[RemoteError]], ...] = (
 # What KJ puts before a reason: "remote exception: " for one that came over the wire, a
 # "file:line: kind: " location for one raised locally (a null capability, a hang-up).
 _REMOTE = "remote exception: "
+_PYCAPNP = "message = "
 _LOCAL = re.compile(r"^\S+:\d+: [a-z ]+: ")
 
 
@@ -49,8 +50,10 @@ def remote_error(e: Exception) -> RemoteError:
     text = text.split("\nstack:", 1)[0].strip()
     if text.startswith(_REMOTE):
         # The host sends its reason exactly; a pycapnp server that is not the host (another
-        # cell serving a capability) puts "message = " before it.
-        text = text[len(_REMOTE):].removeprefix("message = ")
+        # cell serving a capability) puts "message = " before it, and each hop that relays
+        # an error (a remote cell's, through its host and ours) one more "remote exception: ".
+        while text.startswith((_REMOTE, _PYCAPNP)):
+            text = text.removeprefix(_REMOTE).removeprefix(_PYCAPNP)
     else:
         text = _LOCAL.sub("", text, count=1)
     for prefix, cls in _NAMED_ERRORS:
