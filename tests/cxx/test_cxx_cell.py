@@ -108,7 +108,7 @@ def test_signed_login_with_the_operators_key_is_that_peer(cxx_cell, keyfile):
     assert '"event":"login","cell":' in r.stderr and f'"peer":"{peer}"' in r.stderr
 
 
-def test_signed_login_as_a_peer_the_policy_does_not_allow_fails_64(cxx_cell, keyfile, tmp_path):
+def test_signed_login_as_a_peer_the_policy_does_not_allow_fails_64(cxx_cell, keyfile):
     path, _ = keyfile
     from ww.ipfs.identity import PrivateKey
 
