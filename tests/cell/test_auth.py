@@ -233,11 +233,12 @@ def test_the_documented_login_works_from_raw_capnp_without_the_sdk(make_cell, ke
     """docs/auth.md, step by step, as a cell in another language would do it."""
     path, peer = keyfile
     cell = make_cell("""
-        import asyncio, socket, capnp
+        import asyncio, os, socket, capnp
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
         capnp.remove_import_hook()
-        schema = capnp.load("SCHEMA/cell.capnp", imports=["SCHEMA"])
+        root = os.path.dirname(os.path.dirname(capnp.__file__))  # its c++.capnp
+        schema = capnp.load("SCHEMA/cell.capnp", imports=["SCHEMA", root])
 
         class Signer(schema.Signer.Server):
             def __init__(self, key68):

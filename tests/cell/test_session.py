@@ -177,8 +177,10 @@ def test_schema_command_prints_a_directory_a_cell_can_compile_against(tmp_path):
     schema_dir = r.stdout.strip()
     check = subprocess.run(
         ["python3" if False else __import__("sys").executable, "-c",
-         "import sys, capnp; capnp.remove_import_hook();"
-         "m = capnp.load(sys.argv[1] + '/cell.capnp', imports=[sys.argv[1]]);"
+         "import os, sys, capnp; capnp.remove_import_hook();"
+         # the schemas import /capnp/c++.capnp, which pycapnp ships in its package
+         "root = os.path.dirname(os.path.dirname(capnp.__file__));"
+         "m = capnp.load(sys.argv[1] + '/cell.capnp', imports=[sys.argv[1], root]);"
          "print(sorted(m.Session.schema.fieldnames))", schema_dir],
         capture_output=True, text=True, timeout=30,
     )

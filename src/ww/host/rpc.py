@@ -26,6 +26,7 @@ import capnp
 
 from ww.caps.denied import Caller
 from ww.errors import WwError
+from ww.host import wire
 from ww.host.policy import (
     ANY_PEER,
     DEFAULT_LOGIN_TIMEOUT,
@@ -223,7 +224,7 @@ async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
                 fail(str(AuthenticationFailed(reason)))
 
         timer = loop.call_later(timeout, deadline)
-    stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+    stream = await wire.connect(sock)  # each error's reason exactly as the host wrote it
     server = capnp.TwoPartyServer(stream, bootstrap=host)
     disconnected = asyncio.ensure_future(server.on_disconnect())
     disconnected.add_done_callback(lambda _: hung_up.done() or hung_up.set_result(None))

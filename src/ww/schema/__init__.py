@@ -20,4 +20,7 @@ def load(name: str = "cell") -> Any:
     import capnp
 
     capnp.remove_import_hook()
-    return capnp.load(str(SCHEMA_DIR / f"{name}.capnp"), imports=[str(SCHEMA_DIR)])
+    # The schemas import "/capnp/c++.capnp" (for their C++ namespace); pycapnp ships that file
+    # in its own package directory, so the directory above it is on the import path.
+    capnp_root = str(Path(capnp.__file__).resolve().parent.parent)
+    return capnp.load(str(SCHEMA_DIR / f"{name}.capnp"), imports=[str(SCHEMA_DIR), capnp_root])

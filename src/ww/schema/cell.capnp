@@ -9,6 +9,9 @@
 # Compatibility: ordinals are never renumbered; new capabilities are new fields of `Session`
 # and new methods are appended, so old cells keep working against newer hosts.
 
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("ww::cell");
+
 using Ipfs = import "ipfs.capnp";
 
 interface Host {

@@ -9,6 +9,9 @@
 # pushes chunks into, `cat` returns a `Reader` the cell pulls chunks from.  A cell may keep
 # several calls in flight (pipelining) for throughput; the host never buffers a whole file.
 
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("ww::ipfs");
+
 interface IPFS {
   add @0 (options :AddOptions) -> (writer :Writer);
   # Start adding one file.  Write its bytes with `writer.write`, then `writer.done` gives
