@@ -120,11 +120,16 @@ class Network:
         await engine.handle_stream(stream)
 
     async def _open_stream(self, peer: str) -> Any:
+        """A Bitswap stream on a connection we have: Bitswap never dials (a peer that went
+        away is not called back at addresses it announced)."""
         import trio
         from libp2p.peer.id import ID
 
+        peer_id = ID.from_base58(peer)
+        if not self._node.host.get_network().get_connections(peer_id):
+            raise P2PError(f"p2p: not connected to {peer}")
         with trio.fail_after(STREAM_TIMEOUT):
-            return await self._node.host.new_stream(ID.from_base58(peer), [bitswap.PROTOCOL])
+            return await self._node.host.new_stream(peer_id, [bitswap.PROTOCOL])
 
     async def _connect(self, addr: str) -> str:
         import multiaddr
