@@ -231,6 +231,8 @@ def _decode_wantlist(data: memoryview, msg: Message) -> None:
     wants = cancels = 0
     for num, wt, value in pb.fields(data):
         if num == 1 and wt == pb.LEN:
+            if wants + cancels >= 2 * MAX_WANTLIST:
+                continue  # past what we keep: not even parsed
             e = WantEntry(b"")
             for n, w, v in pb.fields(value):  # type: ignore[arg-type]
                 if n == 1 and w == pb.LEN:
