@@ -30,7 +30,6 @@ class Flooder:
 
     def __init__(self, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)
-        self.streams_taken = 0  # streams the target opened to us (for its replies)
         self.node = Node(load_or_create(home), listen=[], serve_ww=False, announce=False,
                          warn=lambda message: None,
                          handlers={bitswap.PROTOCOL: self._never_read})
@@ -39,7 +38,6 @@ class Flooder:
     async def _never_read(self, stream: Any) -> None:
         import trio
 
-        self.streams_taken += 1
         await trio.sleep_forever()  # hold the stream open, unread, until we stop
 
     def connect(self, addr: str) -> str:

@@ -98,7 +98,6 @@ def test_a_flooding_peer_is_held_to_its_ledger_and_the_reply_slots(tmp_path: Pat
         # than what fits in its unread stream, not 100 000 copies of 256 KiB.
         fetched = 17 + 1  # the fetcher's leaves and root
         assert stats["blocks_out"] - fetched < 16
-        assert flooder.streams_taken <= 1
     finally:
         flooder.close()
         fetcher.close()

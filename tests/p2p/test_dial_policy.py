@@ -126,6 +126,15 @@ def test_a_bad_allow_dial_is_a_usage_error() -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_sub_cells_are_started_with_the_operators_ranges() -> None:
+    from ww.cli.run import _exec_setup
+
+    setup = _exec_setup({}, "bwrap", None, {}, False, ["127.0.0.0/8", "fd00::/8"])
+    flags = setup.run_flags
+    assert flags[flags.index("--allow-dial"):] == [
+        "--allow-dial", "127.0.0.0/8", "--allow-dial", "fd00::/8"]
+
+
 # --- real cells ---------------------------------------------------------------------------
 
 CONNECTOR = """
