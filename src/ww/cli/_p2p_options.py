@@ -33,6 +33,8 @@ def _check(checker_name: str) -> Any:
 
 def _check_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                   ) -> list[str]:
+    if not values:
+        return []
     from ww.p2p.dial_policy import parse_range
 
     try:
