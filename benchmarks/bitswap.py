@@ -13,6 +13,14 @@ connected over 127.0.0.1 there.  Rows (MiB/s, best and median of the runs):
   ww fetch (get)       the same as ``get`` into a file (``ww import``)
   ww local cat         ww ``cat`` again once the blocks are local (verified reads)
   kubo fetch from ww   kubo's ``Download`` of a file that only ww has (ww serving)
+
+    .venv/bin/python benchmarks/bitswap.py --flood [--mib 100] [--messages 20]
+
+A flood instead (no kubo): a real ``ww run --with-ipfs --listen`` host with a real cell holds a
+file of ``--mib`` MiB; a peer on 127.0.0.1 (tests/ipfs/bitswap_flood.py) sends it
+``--messages`` messages of 20 000 want-blocks for one 256 KiB block each (issue 10 item 5)
+and never reads a reply, while a second peer fetches the whole file.  Prints the host's peak
+RSS (VmHWM) over the run and the second peer's fetch rate.  Target: under 200 MiB.
 """
 
 from __future__ import annotations
@@ -33,11 +41,68 @@ sys.path.insert(0, str(HERE.parent))
 from tests.ipfs.kubo_peer import Namespace  # noqa: E402
 
 
+def flood(mib: int, messages: int) -> None:
+    import select
+    import subprocess
+    import textwrap
+    import time
+
+    from tests.conftest import WW, host_env
+    from tests.ipfs.bitswap_flood import Flooder, want_blocks
+    from tests.p2p.test_one_host import SERVER
+    from ww.ipfs import dagpb
+    from ww.ipfs.cid import CID
+    from ww.ipfs.node import EmbeddedNode
+
+    with tempfile.TemporaryDirectory(prefix="ww-bitswap-flood-") as tmp:
+        base = Path(tmp)
+        with EmbeddedNode(base / "host") as repo:
+            cid = repo.add_stream(hashlib.shake_256(i.to_bytes(4, "big")).digest(1 << 20)
+                                  for i in range(mib))
+            leaf = bytes(dagpb.decode(repo._blocks.get(CID.parse(cid))).links[0].cid)
+        cell = base / "server.py"
+        cell.write_text("#!" + sys.executable + "\n" + textwrap.dedent(SERVER).lstrip())
+        cell.chmod(0o755)
+        host = subprocess.Popen([WW, "run", "--with-ipfs", "--listen", "/ip4/127.0.0.1/tcp/0",
+                                 str(cell)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=host_env(WW_HOME=str(base / "host")))
+        fetcher = EmbeddedNode(base / "fetcher")
+        flooder = Flooder(base / "flooder")
+        try:
+            assert host.stdout is not None
+            if not select.select([host.stdout], [], [], 60)[0]:
+                raise SystemExit("the host did not start")
+            addr = host.stdout.readline().strip()
+            flooder.send(flooder.connect(addr), [want_blocks([leaf] * 20_000)] * messages)
+            fetcher.connect(addr)
+            started = time.perf_counter()
+            size = sum(len(chunk) for chunk in fetcher.cat(cid))
+            seconds = time.perf_counter() - started
+            assert size == mib << 20
+            with open(f"/proc/{host.pid}/status") as f:
+                peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+        finally:
+            flooder.close()
+            fetcher.close()
+            if host.stdin:
+                host.stdin.close()
+            host.wait(30)
+    print(f"# flood: {messages} messages x 20 000 want-blocks of one 256 KiB block; "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"host peak RSS (VmHWM)        {peak >> 10:6d} MiB")
+    print(f"second peer fetch, {mib} MiB  {mib / seconds:6.0f} MiB/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--flood", action="store_true")
+    parser.add_argument("--messages", type=int, default=20)
     args = parser.parse_args()
+    if args.flood:
+        flood(args.mib, args.messages)
+        return
     size = args.mib << 20
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="ww-bitswap-bench-") as tmp:

@@ -11,6 +11,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,21 +180,21 @@ def _drop_after(node: EmbeddedNode, victim: str, blocks: int) -> None:
     assert net is not None
     engine = net._engine
     assert engine is not None
-    serve = engine._serve
+    engine.target_message = 1  # one block per reply
+    reply = engine._reply
 
-    def serving(peer_id: str, entries: list[WantEntry]) -> None:
-        room = blocks - engine.stats["blocks_out"]
-        if room <= 0:
-            return  # past the limit: the connection is going away
-        wanted = [e for e in entries if not e.cancel and e.want_type == WantType.BLOCK]
-        serve(peer_id, wanted[:room])
+    async def replying(peer: Any, stream: Any) -> None:
+        if engine.stats["blocks_out"] >= blocks:
+            peer.ledger.clear()  # past the limit: the connection is going away
+            return
+        await reply(peer, stream)
         if engine.stats["blocks_out"] >= blocks:
             from libp2p.peer.id import ID
 
             host = net._node.host
             engine._nursery.start_soon(host.get_network().close_peer, ID.from_base58(victim))
 
-    engine._serve = serving  # type: ignore[method-assign]
+    engine._reply = replying  # type: ignore[method-assign]
 
 
 def test_peer_dropping_mid_transfer_is_resumed_from_another(

@@ -282,6 +282,10 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
     async def connect(self, addr: str, **kwargs: Any) -> None:
         self._check("connect")
+        from ww.p2p.dial_policy import for_cells
+
+        if reason := for_cells().refusal(addr):  # before anything touches the network
+            raise self._caller.deny("ipfs", "connect", reason)
         self._api.connect(addr)
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:

@@ -2,14 +2,17 @@
 
 A thin adapter from `P2P` (cell.capnp) onto :class:`ww.p2p.host.Node` and
 :mod:`ww.p2p.protocol`.  One server per host: the export it holds is the cell's, and is
-dropped (:meth:`P2PServer.end`) when the cell hangs up fd 3.
+dropped (:meth:`P2PServer.end`) when the cell hangs up fd 3.  A dial is held to the cells'
+dial policy (:mod:`ww.p2p.dial_policy`) before anything is sent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ww.caps.denied import NOBODY, Caller
 from ww.p2p.addrs import check_dial_addr
+from ww.p2p.dial_policy import for_cells
 from ww.p2p.protocol import Dialer, Exports, hold
 from ww.schema import load
 
@@ -19,8 +22,9 @@ _cell = load("cell")
 class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
     """`P2P` over a running :class:`ww.p2p.host.Node`."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, caller: Caller = NOBODY) -> None:
         self._node = node
+        self._caller = caller
         self._exports = Exports()
         self._dialer = Dialer(node)
         node.when_session_ends(self.end)
@@ -34,7 +38,10 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
             self._exports.set(None)
 
     async def dial(self, addr: str, _context: Any, **kwargs: Any) -> None:
-        _context.results.service = await self._dialer.dial(check_dial_addr(addr))
+        addr = check_dial_addr(addr)
+        if reason := for_cells().refusal(addr):  # before anything touches the network
+            raise self._caller.deny("p2p", "dial", reason)
+        _context.results.service = await self._dialer.dial(addr)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         _context.results.peerId = self._node.peer_id

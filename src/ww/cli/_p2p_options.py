@@ -1,4 +1,5 @@
-"""`ww run`'s p2p options: ``--with-p2p``, ``--listen``, ``--join`` (docs/p2p.md).
+"""`ww run`'s p2p options: ``--with-p2p``, ``--listen``, ``--join``, ``--allow-dial``
+(docs/p2p.md).
 
 Parsing only.  libp2p (and trio) are imported only when one of them is used, so that
 `ww run` without them starts as fast as before.
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 # option name -> the flag's settings; the values reach `run` through its **kwargs.
-P2P_OPTIONS = ("with_p2p", "listen", "join")
+P2P_OPTIONS = ("with_p2p", "listen", "join", "allow_dial")
 
 
 def _check(checker_name: str) -> Any:
@@ -30,7 +31,25 @@ def _check(checker_name: str) -> Any:
     return callback
 
 
+def _check_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                  ) -> list[str]:
+    if not values:
+        return []
+    from ww.p2p.dial_policy import parse_range
+
+    try:
+        return [str(parse_range(value)) for value in values]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def p2p_options(f: Any) -> Any:
+    f = click.option(
+        "--allow-dial", "allow_dial", multiple=True, envvar="WW_ALLOW_DIAL", metavar="CIDR",
+        callback=_check_ranges,
+        help="Let cells make the host dial addresses in CIDR (repeatable; WW_ALLOW_DIAL: "
+             "space-separated), e.g. 127.0.0.0/8.  Without it a cell's IPFS connect or p2p "
+             "dial reaches public addresses only, and the --join and --peer addresses.")(f)
     f = click.option(
         "--join", "join", multiple=True, metavar="MULTIADDR/p2p/PEERID",
         callback=_check("check_join_addr"),
@@ -48,7 +67,16 @@ def p2p_options(f: Any) -> Any:
              "/ww/0.1.0 and dials other cells.")(f)
 
 
-def p2p_node(options: dict[str, Any], capabilities: list[str]) -> Any:
+def dial_policy(options: dict[str, Any], peers: list[str]) -> Any:
+    """The dial policy of this run's cells and hosts, now theirs (ww.p2p.dial_policy)."""
+    from ww.p2p.dial_policy import DialPolicy, set_for_cells
+
+    policy = DialPolicy.from_flags(options["allow_dial"], [*options["join"], *peers])
+    set_for_cells(policy)
+    return policy
+
+
+def p2p_node(options: dict[str, Any], capabilities: list[str], policy: Any = None) -> Any:
     """The libp2p host this run needs (not started yet), or None.
 
     A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
@@ -68,4 +96,4 @@ def p2p_node(options: dict[str, Any], capabilities: list[str]) -> Any:
         identity = load_or_create(default_repo_path())
     except (IdentityError, OSError) as e:
         raise P2PError(f"p2p: cannot load the node key: {e}") from None
-    return Node(identity, listen or None, join)
+    return Node(identity, listen or None, join, dial_policy=policy)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
-from ww.cli._p2p_options import P2P_OPTIONS, p2p_node, p2p_options
+from ww.cli._p2p_options import P2P_OPTIONS, dial_policy, p2p_node, p2p_options
 from ww.host.policy import CAPABILITIES  # what `ww run` can grant, in Session.granted order
 
 # Identity, policy and attenuation (see docs/auth.md): option -> (envvar, click settings).
@@ -136,13 +136,16 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
                      json_audit=bool(root_params.get("json")))
     capabilities = access.capabilities()
     refuse_peers_with_kubo(ipfs_api)
-    node = p2p_node(p2p_flags, capabilities)  # a libp2p host, if p2p is used at all
+    uses_network = {"ipfs", "p2p"} & set(capabilities) or executable.startswith("/ipfs/") \
+        or p2p_flags["listen"] or p2p_flags["join"]
+    policy = dial_policy(p2p_flags, peers) if uses_network else None
+    node = p2p_node(p2p_flags, capabilities, policy)  # a libp2p host, if p2p is used at all
     api = None
     if "ipfs" in capabilities or executable.startswith("/ipfs/"):
         from ww.ipfs.backend import open_backend
 
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
-        api = open_backend(ipfs_api, check=True, peers=peers, host=node)
+        api = open_backend(ipfs_api, check=True, peers=peers, host=node, dial_policy=policy)
     if executable.startswith("/ipfs/"):
         from ww.host.fetch import fetch
 
@@ -154,7 +157,8 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         grants=grants,
         capabilities=capabilities,
         capability_factories=_factories(capabilities, api, lambda: _exec_setup(
-            root_params, jail, ipfs_api, hardening, access.audit.enabled), p2p_node=node),
+            root_params, jail, ipfs_api, hardening, access.audit.enabled,
+            p2p_flags["allow_dial"]), p2p_node=node),
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
         debug=bool(click.get_current_context().find_root().params.get("debug")),
@@ -181,12 +185,14 @@ def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) 
 
 
 def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
-                hardening: dict[str, Any], audit: bool) -> Any:
-    """How sub-cells are started: this run's global, jail, IPFS and limit flags."""
+                hardening: dict[str, Any], audit: bool, allow_dial: list[str]) -> Any:
+    """How sub-cells are started: this run's global, jail, IPFS, limit and dial flags."""
     from ww.caps.exec import ExecSetup
 
     global_flags = [f"--{name}" for name in ("json", "debug") if root_params.get(name)]
     run_flags = ["--jail", jail] + (["--ipfs", ipfs_api] if ipfs_api else [])
+    for cidr in allow_dial:  # the operator's ranges hold for sub-cells too
+        run_flags += ["--allow-dial", cidr]
     for name, value in hardening.items():  # every hardening option, as given
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -225,7 +231,7 @@ def _factories(capabilities: list[str], api: Any, exec_setup: Any,
     def p2p(grants: Any, caller: Any, held: Any) -> Any:
         from ww.caps.p2p import P2PServer
 
-        return P2PServer(p2p_node)
+        return P2PServer(p2p_node, caller)
 
     made = {"console": console, "ipfs": ipfs, "exec": exec_, "p2p": p2p}
     return {name: made[name] for name in capabilities}

@@ -22,15 +22,27 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
 
 :class:`Engine` runs on the libp2p host's trio thread (:mod:`ww.ipfs.net` drives it):
 
-* serving: a want-have is answered HAVE or, when asked, DONT_HAVE; a want-block with the block
-  from the local store or, when asked, DONT_HAVE.  The server keeps no ledger of wants it
-  could not satisfy (a peer asks again, as kubo does on its rebroadcast).
+* serving, bounded per peer and overall as go-bitswap's server (boxo) is: each peer has a
+  ledger, its wantlist, keyed by CID (a CID wanted twice is one entry) and capped at
+  :data:`MAX_WANTLIST` entries (more are dropped, as boxo truncates); a want-have is
+  answered HAVE or, when asked, DONT_HAVE; a want-block with the block or, when asked,
+  DONT_HAVE.  Replies are built by one sender per peer, highest priority first, at most
+  :data:`TARGET_MESSAGE` bytes of blocks (plus one block) at a time, read from the store
+  in a worker thread, never on the libp2p thread; at most :data:`REPLY_SLOTS` replies are
+  being read or written at once, all peers together, and a reply that a peer does not
+  take within its send timeout drops that peer.  A peer whose ledger is full is not read
+  from (unless it owes us blocks) until it takes some replies, so its TCP window closes.
+  Inbound messages are at most :data:`MAX_MESSAGE` bytes, and all streams together buffer
+  at most :data:`RECEIVE_BUDGET` bytes of message bodies (more waits).  The server keeps
+  no ledger of wants it could not satisfy (a peer asks again, as kubo does on its
+  rebroadcast).
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
   send-dont-have; a DONT_HAVE, a peer that disconnects or stays silent for
   :data:`PEER_TIMEOUT` moves the want to the next peer (peers that delivered blocks before
   come first); when every peer has been tried, the want fails.  A received dag-pb block's
-  links are wanted at once (prefetch, at most :data:`MAX_PREFETCH` outstanding), so a file
-  arrives at the pace of the link, not of round trips.
+  links are wanted at once (prefetch, at most :data:`MAX_PREFETCH` outstanding, below a
+  server's wantlist cap), so a file arrives at the pace of the link, not of round trips.
+  The engine opens streams only on existing connections: it never dials.
 """
 
 from __future__ import annotations
@@ -66,7 +78,19 @@ PROTOCOL = "/ipfs/bitswap/1.2.0"
 MAX_MESSAGE = 4 << 20  # go-bitswap's network.MessageSizeMax
 TARGET_MESSAGE = 512 << 10  # we pack replies up to about this many block bytes per message
 PEER_TIMEOUT = 15.0  # seconds a peer may stay silent about a want before the next is asked
-MAX_PREFETCH = 2048  # outstanding prefetch wants (blocks nobody asked for yet)
+MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
+
+# What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
+MAX_WANTLIST = 1024  # entries of a peer's ledger (boxo: MaxQueuedWantlistEntriesPerPeer)
+MAX_CID_SIZE = 168  # bytes; wants of longer CIDs are ignored (boxo: MaximumAllowedCid)
+REPLY_SLOTS = 8  # replies being read or written at once, all peers together (boxo: 8 workers)
+REPLY_BATCH = 256  # ledger entries considered for one reply
+RECEIVE_BUDGET = 32 << 20  # bytes of inbound message bodies buffered at once, all streams
+MAX_INBOUND_STREAMS = 4  # Bitswap streams one peer may have open to us at once
+READ_CHUNK = 64 << 10  # bytes read from a stream at a time
+SEND_TIMEOUT = 10.0  # seconds, plus one per MIN_RATE bytes, to write one message
+RECEIVE_TIMEOUT = 30.0  # seconds, plus one per MIN_RATE bytes, for a message body to arrive
+MIN_RATE = 100 << 10  # bytes per second a peer must at least take or give
 _MAX_PRIORITY = (1 << 31) - 1
 
 
@@ -166,7 +190,11 @@ _CIDV0_PREFIX = b"\x00\x70\x12\x20"
 
 
 def decode(data: bytes | memoryview) -> Message:
-    """Parse one message; raises :class:`BitswapError` if it is not well-formed."""
+    """Parse one message; raises :class:`BitswapError` if it is not well-formed.
+
+    At most :data:`MAX_WANTLIST` wants, as many cancels, and as many block presences are
+    kept; the rest are ignored (boxo's server truncates a wantlist the same way), so the
+    objects one message becomes are bounded whatever it holds."""
     msg = Message()
     try:
         for num, wt, value in pb.fields(data):
@@ -189,7 +217,9 @@ def decode(data: bytes | memoryview) -> Message:
                         cid = bytes(v)  # type: ignore[arg-type]
                     elif n == 2 and w == pb.VARINT:
                         kind = int(v)  # type: ignore[arg-type]
-                msg.presences.append((cid, Presence.DONT_HAVE if kind == 1 else Presence.HAVE))
+                if len(msg.presences) < MAX_WANTLIST:
+                    msg.presences.append((cid, Presence.DONT_HAVE if kind == 1
+                                          else Presence.HAVE))
             elif num == 5 and wt == pb.VARINT:
                 msg.pending_bytes = int(value)  # type: ignore[arg-type]
     except pb.ProtobufError as e:
@@ -198,8 +228,11 @@ def decode(data: bytes | memoryview) -> Message:
 
 
 def _decode_wantlist(data: memoryview, msg: Message) -> None:
+    wants = cancels = 0
     for num, wt, value in pb.fields(data):
         if num == 1 and wt == pb.LEN:
+            if wants + cancels >= 2 * MAX_WANTLIST:
+                continue  # past what we keep: not even parsed
             e = WantEntry(b"")
             for n, w, v in pb.fields(value):  # type: ignore[arg-type]
                 if n == 1 and w == pb.LEN:
@@ -213,23 +246,64 @@ def _decode_wantlist(data: memoryview, msg: Message) -> None:
                         e.want_type = WantType.HAVE if v == 1 else WantType.BLOCK
                     elif n == 5:
                         e.send_dont_have = bool(v)
+            if e.cancel:
+                cancels += 1
+                if cancels > MAX_WANTLIST:
+                    continue
+            else:
+                wants += 1
+                if wants > MAX_WANTLIST:
+                    continue
             msg.wants.append(e)
         elif num == 2 and wt == pb.VARINT:
             msg.full = bool(value)
 
 
-class _Reader:
-    """Length-prefixed messages from a libp2p stream (which reads in arbitrary pieces)."""
+class _Budget:
+    """Bytes that all holders together may hold at most; :meth:`acquire` waits for room."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, limit: int) -> None:
+        import trio
+
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._freed = trio.Event()
+
+    async def acquire(self, n: int) -> int:
+        """Wait until ``n`` bytes fit (a claim above the limit waits for all of it)."""
+        n = min(n, self.limit)
+        while self.used + n > self.limit:
+            await self._freed.wait()
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return n
+
+    def release(self, n: int) -> None:
+        import trio
+
+        self.used -= n
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+class _Reader:
+    """Length-prefixed messages from a libp2p stream (which reads in arbitrary pieces).
+
+    A stream holds at most :data:`READ_CHUNK` bytes before a message's length is known;
+    its body is read only once ``budget`` has room for it, and must arrive at
+    :data:`MIN_RATE` or better."""
+
+    def __init__(self, stream: Any, budget: _Budget | None = None) -> None:
         self._stream = stream
+        self._budget = budget
         self._buf = bytearray()
 
-    async def _fill(self) -> bool:
+    async def _fill(self, limit: int = READ_CHUNK) -> bool:
         from libp2p.network.stream.exceptions import StreamEOF
 
         try:
-            data = await self._stream.read(1 << 20)
+            data = await self._stream.read(max(1, min(limit, READ_CHUNK)))
         except StreamEOF:
             data = b""
         if not data:
@@ -237,8 +311,11 @@ class _Reader:
         self._buf += data
         return True
 
-    async def next(self) -> Message | None:
-        """The next message, or None at a clean end of stream."""
+    async def next(self) -> tuple[Message, int] | None:
+        """The next message and the bytes of ``budget`` it holds (give them back with
+        ``budget.release`` once done with it), or None at a clean end of stream."""
+        import trio
+
         while True:
             try:
                 length, pos = varint.decode(self._buf, 0)
@@ -252,12 +329,21 @@ class _Reader:
                     return None
         if length > MAX_MESSAGE:
             raise BitswapError(f"bitswap: message of {length} bytes is over the limit")
-        while len(self._buf) < pos + length:
-            if not await self._fill():
-                raise BitswapError("bitswap: stream ended mid-message")
-        body = bytes(self._buf[pos : pos + length])
-        del self._buf[: pos + length]
-        return decode(body)
+        held = await self._budget.acquire(length) if self._budget is not None else 0
+        try:
+            with trio.move_on_after(RECEIVE_TIMEOUT + length / MIN_RATE) as scope:
+                while len(self._buf) < pos + length:
+                    if not await self._fill(pos + length - len(self._buf)):
+                        raise BitswapError("bitswap: stream ended mid-message")
+            if scope.cancelled_caught:
+                raise BitswapError("bitswap: a message arrived too slowly")
+            body = bytes(self._buf[pos : pos + length])
+            del self._buf[: pos + length]
+            return decode(body), held
+        except BaseException:
+            if self._budget is not None:
+                self._budget.release(held)
+            raise
 
 
 # --- the engine (on the libp2p thread) ------------------------------------------------------
@@ -273,8 +359,19 @@ class _Want:
     asked_at: float = 0.0
 
 
+@dataclass
+class _Task:
+    """One entry of a peer's ledger: a block it wants from us."""
+
+    key: bytes  # the binary CID, as the peer sent it (a reply names it the same way)
+    cid: CID | None  # None: not a CID we can parse (DONT_HAVE, if asked)
+    priority: int
+    want_type: WantType
+    send_dont_have: bool
+
+
 class _Peer:
-    """One connected peer: what we asked of it, and our outbound stream to it."""
+    """One connected peer: what we asked of it, what it asks of us, our stream to it."""
 
     def __init__(self, peer_id: str) -> None:
         import trio
@@ -282,14 +379,23 @@ class _Peer:
         self.id = peer_id
         self.assigned: set[bytes] = set()  # multihashes of wants asked of this peer
         self.delivered = 0  # blocks it gave us (better peers are asked first)
-        self.outbox: list[Message] = []
+        self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
+        self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
+        self.room = trio.Event()  # set when its ledger shrinks
+        self.inbound = 0  # its Bitswap streams open to us
         self.gone = False
         self.sender_running = False
 
     def send(self, msg: Message) -> None:
         self.outbox.append(msg)
         self.wake.set()
+
+    def shrunk(self) -> None:
+        import trio
+
+        self.room.set()
+        self.room = trio.Event()
 
 
 class Engine:
@@ -307,8 +413,21 @@ class Engine:
         self.dirty: set[Path] = set()  # shard directories written since the last flush
         self._priority = itertools.count()
         self._nursery: Any = None
+        self.target_message = TARGET_MESSAGE
+        self._reply_slots: Any = None  # a trio.Semaphore, made on the trio thread
+        self._receive_budget: _Budget | None = None
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
-                      "dropped": 0}
+                      "dropped": 0, "wants_dropped": 0, "ledger_peak": 0,
+                      "reply_bytes": 0, "reply_bytes_peak": 0, "receive_bytes_peak": 0}
+
+    def _limits(self) -> tuple[Any, _Budget]:
+        import trio
+
+        if self._reply_slots is None:
+            self._reply_slots = trio.Semaphore(REPLY_SLOTS)
+        if self._receive_budget is None:
+            self._receive_budget = _Budget(RECEIVE_BUDGET)
+        return self._reply_slots, self._receive_budget
 
     async def run(self) -> None:
         """Keep the engine's background work going (peer timeouts) until cancelled."""
@@ -337,7 +456,9 @@ class Engine:
         if peer is None:
             return
         peer.gone = True
+        peer.ledger.clear()
         peer.wake.set()
+        peer.shrunk()
         for mh in list(peer.assigned):
             want = self.wants.get(mh)
             if want is not None and want.peer == peer_id:
@@ -469,14 +590,41 @@ class Engine:
         """An inbound Bitswap stream: the peer's wants, and its answers to ours."""
         peer_id = str(stream.muxed_conn.peer_id)
         self.peer_connected(peer_id)
-        reader = _Reader(stream)
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.inbound >= MAX_INBOUND_STREAMS:
+            await _reset(stream)
+            return
+        _, budget = self._limits()
+        reader = _Reader(stream, budget)
+        peer.inbound += 1
         try:
-            while (msg := await reader.next()) is not None:
-                self._on_message(peer_id, msg)
+            while True:
+                await self._until_room(peer)
+                got = await reader.next()
+                if got is None:
+                    break
+                if peer.gone:  # dropped (it did not take our replies): it may start over
+                    budget.release(got[1])
+                    raise BitswapError("bitswap: peer dropped")
+                msg, held = got
+                self.stats["receive_bytes_peak"] = budget.peak
+                try:
+                    self._on_message(peer_id, msg)
+                finally:
+                    del msg
+                    budget.release(held)
         except Exception:
             await _reset(stream)
             return
+        finally:
+            peer.inbound -= 1
         await _close(stream)
+
+    async def _until_room(self, peer: _Peer) -> None:
+        """Read no more from a peer whose ledger is full, until it takes some replies; a
+        peer that owes us blocks is read on (its answers are in the same stream)."""
+        while len(peer.ledger) >= MAX_WANTLIST and not peer.assigned and not peer.gone:
+            await peer.room.wait()
 
     def _on_message(self, peer_id: str, msg: Message) -> None:
         for prefix, data in msg.blocks:
@@ -495,70 +643,133 @@ class Engine:
                 if (peer := self.peers.get(peer_id)) is not None:
                     peer.assigned.discard(cid.multihash)
                 self._assign(want)
-        if msg.wants:
-            self._serve(peer_id, msg.wants)
+        if msg.wants or msg.full:
+            self._serve(peer_id, msg.wants, msg.full)
 
-    def _serve(self, peer_id: str, entries: list[WantEntry]) -> None:
+    def _serve(self, peer_id: str, entries: list[WantEntry], full: bool = False) -> None:
+        """Enter ``peer_id``'s wants and cancels in its ledger (see the module docstring)."""
         peer = self.peers.get(peer_id)
         if peer is None:
             return
-        reply = Message()
-        size = 0
-        for entry in sorted(entries, key=lambda e: -e.priority):
+        ledger = peer.ledger
+        before = len(ledger)
+        if full:
+            ledger.clear()
+        for entry in entries:
+            key = entry.cid
+            if len(key) > MAX_CID_SIZE:
+                continue
             if entry.cancel:
+                ledger.pop(key, None)
+                continue
+            task = ledger.get(key)
+            if task is not None:  # wanted again: one entry, the strongest ask
+                task.priority = entry.priority
+                task.want_type = min(task.want_type, entry.want_type)
+                task.send_dont_have = task.send_dont_have or entry.send_dont_have
+                continue
+            if len(ledger) >= MAX_WANTLIST:
+                self.stats["wants_dropped"] += 1
                 continue
             try:
-                cid, _ = CID.decode(entry.cid)
+                cid: CID | None = CID.decode(key)[0]
             except CidError:
-                if entry.send_dont_have:
-                    reply.presences.append((entry.cid, Presence.DONT_HAVE))
+                cid = None
+            ledger[key] = _Task(key, cid, entry.priority, entry.want_type,
+                                entry.send_dont_have)
+        self.stats["ledger_peak"] = max(self.stats["ledger_peak"], len(ledger))
+        if len(ledger) < before:
+            peer.shrunk()
+        if ledger:
+            peer.wake.set()
+            self._ensure_sender(peer)
+
+    def _collect(self, tasks: list[_Task]) -> tuple[bytes, list[_Task], int, int]:
+        """In a worker thread: the reply to ``tasks`` in order, up to the target size.
+
+        Returns the framed message (b"" if there is nothing to say), the tasks it answers,
+        and the blocks and block bytes in it."""
+        reply = Message()
+        done: list[_Task] = []
+        size = blocks = 0
+        for task in tasks:
+            if size >= self.target_message:
+                break
+            done.append(task)
+            cid = task.cid
+            if cid is None or not self.store.has(cid):
+                if task.send_dont_have:
+                    reply.presences.append((task.key, Presence.DONT_HAVE))
+                    size += len(task.key) + 4
                 continue
-            if not self.store.has(cid):
-                if entry.send_dont_have:
-                    reply.presences.append((entry.cid, Presence.DONT_HAVE))
-                continue
-            if entry.want_type == WantType.HAVE:
-                reply.presences.append((entry.cid, Presence.HAVE))
+            if task.want_type == WantType.HAVE:
+                reply.presences.append((task.key, Presence.HAVE))
+                size += len(task.key) + 4
                 continue
             try:
                 data = self.store.get(cid)  # verified: a corrupt copy is never served
             except IpfsError:
-                if entry.send_dont_have:
-                    reply.presences.append((entry.cid, Presence.DONT_HAVE))
+                if task.send_dont_have:
+                    reply.presences.append((task.key, Presence.DONT_HAVE))
                 continue
             reply.blocks.append((prefix_of(cid), data))
-            self.stats["blocks_out"] += 1
-            self.stats["bytes_out"] += len(data)
+            blocks += 1
             size += len(data)
-            if size >= TARGET_MESSAGE:
-                peer.send(reply)
-                reply, size = Message(), 0
-        if reply:
-            peer.send(reply)
-        self._ensure_sender(peer)
+        if not reply:
+            return b"", done, 0, 0
+        framed = frame(reply)
+        return framed, done, blocks, sum(len(d) for _, d in reply.blocks)
+
+    async def _reply(self, peer: _Peer, stream: Any) -> None:
+        """Send ``peer`` one reply from its ledger (holding one of the reply slots)."""
+        import trio
+
+        tasks = sorted(peer.ledger.values(), key=lambda t: -t.priority)[:REPLY_BATCH]
+        framed, done, blocks, block_bytes = await trio.to_thread.run_sync(self._collect, tasks)
+        for task in done:
+            if peer.ledger.get(task.key) is task:  # not wanted anew meanwhile
+                del peer.ledger[task.key]
+        peer.shrunk()
+        if not framed:
+            return
+        stats = self.stats
+        stats["reply_bytes"] += len(framed)
+        stats["reply_bytes_peak"] = max(stats["reply_bytes_peak"], stats["reply_bytes"])
+        try:
+            await _write(stream, framed)
+        finally:
+            stats["reply_bytes"] -= len(framed)
+        stats["blocks_out"] += blocks
+        stats["bytes_out"] += block_bytes
 
     # -- messages out --------------------------------------------------------------------
 
     def _ensure_sender(self, peer: _Peer) -> None:
-        if not peer.sender_running and self._nursery is not None and peer.outbox:
+        if not peer.sender_running and self._nursery is not None and \
+                (peer.outbox or peer.ledger):
             peer.sender_running = True
             self._nursery.start_soon(self._sender, peer)
 
     async def _sender(self, peer: _Peer) -> None:
-        """Write ``peer``'s outbox on one stream of ours; a broken stream drops the peer."""
+        """Write ``peer``'s outbox and replies on one stream of ours; a broken or stalled
+        stream drops the peer."""
         import trio
 
+        slots, _ = self._limits()
         stream = None
         try:
             stream = await self._open_stream(peer.id)
             while not peer.gone:
-                if not peer.outbox:
+                if peer.outbox:
+                    batch, peer.outbox = peer.outbox, []
+                    for data in _pack(batch):
+                        await _write(stream, data)
+                elif peer.ledger:
+                    async with slots:
+                        await self._reply(peer, stream)
+                else:
                     peer.wake = trio.Event()
                     await peer.wake.wait()
-                    continue
-                batch, peer.outbox = peer.outbox, []
-                for data in _pack(batch):
-                    await stream.write(data)
         except Exception:
             if stream is not None:
                 await _reset(stream)
@@ -585,6 +796,16 @@ def _pack(batch: list[Message]) -> list[bytes]:
             last[entry.cid] = entry
         out.insert(0, frame(Message(wants=list(last.values()))))
     return out
+
+
+async def _write(stream: Any, data: bytes) -> None:
+    """Write one message; a peer that does not take it at :data:`MIN_RATE` is given up."""
+    import trio
+
+    with trio.move_on_after(SEND_TIMEOUT + len(data) / MIN_RATE) as scope:
+        await stream.write(data)
+    if scope.cancelled_caught:
+        raise BitswapError("bitswap: the peer does not take what it asked for")
 
 
 async def _reset(stream: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.p2p.host import Node
@@ -31,6 +31,9 @@ from .api import BackendUnavailableError, IpfsError, NotFoundError, PeerInfo
 from .blockstore import Blockstore
 from .cid import CID
 from .identity import Identity
+
+if TYPE_CHECKING:
+    from ww.p2p.dial_policy import DialPolicy
 
 __all__ = ["Network", "CONNECT_TIMEOUT", "FETCH_TIMEOUT"]
 
@@ -60,11 +63,12 @@ class Network:
 
     @classmethod
     def own(cls, identity: Identity, store: Blockstore, listen: list[str] | None = None,
-            **kw: Any) -> Network:
-        """A host of its own, started now, serving Bitswap only (listening where told)."""
+            dial_policy: DialPolicy | None = None, **kw: Any) -> Network:
+        """A host of its own, started now, serving Bitswap only (listening where told,
+        dialing where ``dial_policy`` allows)."""
         listen = [check_listen_addr(a) for a in (listen or [])]
         node = Node(identity, listen=listen, serve_ww=False, announce=False,
-                    warn=lambda message: None)
+                    warn=lambda message: None, dial_policy=dial_policy)
         net = cls(node, store, owned=True, **kw)
         net.start()
         return net
@@ -120,11 +124,16 @@ class Network:
         await engine.handle_stream(stream)
 
     async def _open_stream(self, peer: str) -> Any:
+        """A Bitswap stream on a connection we have: Bitswap never dials (a peer that went
+        away is not called back at addresses it announced)."""
         import trio
         from libp2p.peer.id import ID
 
+        peer_id = ID.from_base58(peer)
+        if not self._node.host.get_network().get_connections(peer_id):
+            raise P2PError(f"p2p: not connected to {peer}")
         with trio.fail_after(STREAM_TIMEOUT):
-            return await self._node.host.new_stream(ID.from_base58(peer), [bitswap.PROTOCOL])
+            return await self._node.host.new_stream(peer_id, [bitswap.PROTOCOL])
 
     async def _connect(self, addr: str) -> str:
         import multiaddr

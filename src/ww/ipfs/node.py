@@ -43,6 +43,7 @@ from .pins import PinKind
 from .repo import GcReport, Repo, RepoCheck, default_repo_path
 
 if TYPE_CHECKING:
+    from ww.p2p.dial_policy import DialPolicy
     from ww.p2p.host import Node
 
     from .net import Network
@@ -56,17 +57,20 @@ class EmbeddedNode:
     """An offline IPFS node over a local repository."""
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
-                 host: Node | None = None) -> None:
+                 host: Node | None = None, dial_policy: DialPolicy | None = None) -> None:
         """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
-        the repository's node key, and its owner starts and stops it."""
+        the repository's node key, and its owner starts and stops it.  ``dial_policy``: where
+        a host of the node's own may connect (:mod:`ww.p2p.dial_policy`; None: anywhere it
+        is told)."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
         self._net: Network | None = None
         self._net_lock = threading.Lock()
         self._peers = list(peers)
+        self._dial_policy = dial_policy
         self._peers_dialled = False
         if host is not None:
             from .net import Network
@@ -269,7 +273,8 @@ class EmbeddedNode:
                 from .net import Network
 
                 ident = identity.load_or_create(self._repo.path)
-                self._net = Network.own(ident, self._blocks, listen=listen)
+                self._net = Network.own(ident, self._blocks, listen=listen,
+                                        dial_policy=self._dial_policy)
             net = self._net
         net.start()  # a shared host `ww run` has not started yet: now
         return net

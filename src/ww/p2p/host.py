@@ -9,6 +9,9 @@ configuration is explicit and closed:
   go-libp2p and kubo speak; mplex is not offered);
 - no mDNS, no bootstrap list, no relay, no UPnP/NAT mapping, no DHT: the node dials only the
   addresses it is given (``--join``, ``dial``) and listens only where it is told;
+- with a dial policy (:mod:`ww.p2p.dial_policy`; `ww run` always has one), every outbound
+  TCP connection is checked against it before it is made -- a peer's announced addresses,
+  dialed for a cell that names the peer by id alone, included;
 - besides libp2p's own identify and ping, one protocol: `/ww/0.1.0`
   (:data:`ww.p2p.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
 
@@ -32,7 +35,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import trio
@@ -40,6 +43,9 @@ import trio
 from ww.ipfs.identity import Identity
 from ww.p2p import bridge
 from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
+
+if TYPE_CHECKING:
+    from ww.p2p.dial_policy import DialPolicy
 
 START_TIMEOUT = 10.0  # seconds to bind every listen address
 DIAL_TIMEOUT = 10.0  # seconds to connect and open a /ww/0.1.0 stream
@@ -81,14 +87,35 @@ def _port_free(addr: str) -> bool:
     return True
 
 
-def _new_host(identity: Identity) -> Any:
+def _guarded_tcp(policy: DialPolicy | None) -> Any:
+    """py-libp2p's TCP transport, refusing to connect where ``policy`` says no."""
+    from libp2p.transport.exceptions import OpenConnectionError
+    from libp2p.transport.tcp.tcp import TCP
+
+    if policy is None:
+        return TCP()
+
+    class GuardedTCP(TCP):  # type: ignore[misc]
+        async def dial(self, maddr: Any) -> Any:
+            if reason := policy.refusal(str(maddr)):
+                raise OpenConnectionError(reason)  # nothing was sent
+            return await super().dial(maddr)
+
+        async def dial_with_source(self, maddr: Any, source: Any) -> Any:
+            if reason := policy.refusal(str(maddr)):
+                raise OpenConnectionError(reason)
+            return await super().dial_with_source(maddr, source)
+
+    return GuardedTCP()
+
+
+def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
     from libp2p.security.noise.transport import Transport as Noise
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
     from libp2p.stream_muxer.yamux.yamux import Yamux
-    from libp2p.transport.tcp.tcp import TCP
 
     if not os.environ.get("LIBP2P_DEBUG"):
         # py-libp2p logs its own failures at ERROR; ours reach the user as one line instead.
@@ -98,7 +125,7 @@ def _new_host(identity: Identity) -> Any:
         key_pair=keys,
         sec_opt={NOISE: Noise(keys, noise_privkey=new_x25519().private_key)},
         muxer_opt={YAMUX: Yamux},
-        transports=[TCP()],
+        transports=[_guarded_tcp(policy)],
         enable_mDNS=False,
         enable_upnp=False,
         bootstrap=None,
@@ -127,14 +154,18 @@ class Node:
     def __init__(self, identity: Identity, listen: list[str] | None = None,
                  join: list[str] | None = None, *, warn: Callable[[str], None] | None = None,
                  handlers: dict[str, Callable[[Any], Any]] | None = None,
-                 serve_ww: bool = True, announce: bool = True) -> None:
+                 serve_ww: bool = True, announce: bool = True,
+                 dial_policy: DialPolicy | None = None) -> None:
         """``listen=None`` means :data:`DEFAULT_LISTEN` (falling back to a free port if it is
         taken); an empty list listens nowhere (a node that only dials, as `ww call`).
 
         ``handlers`` maps further protocol ids to async stream handlers (run on the libp2p
         thread; the embedded IPFS node serves Bitswap this way); ``serve_ww=False`` leaves
-        `/ww/0.1.0` out, ``announce=False`` keeps quiet about a port 0 listen."""
+        `/ww/0.1.0` out, ``announce=False`` keeps quiet about a port 0 listen.
+        ``dial_policy``: where the host may connect (None: wherever it is told, as for
+        `ww call`, whose one address the operator typed)."""
         self.identity = identity
+        self.dial_policy = dial_policy
         self.peer_id = identity.peer_id
         self._default = listen is None
         self._listen = [DEFAULT_LISTEN] if listen is None else list(listen)
@@ -300,7 +331,7 @@ class Node:
             self._joined.set()
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
-        host = _new_host(self.identity)
+        host = _new_host(self.identity, self.dial_policy)
         if self._serve_ww:
             host.set_stream_handler(PROTOCOL_ID, self._inbound)
         for protocol, handler in self._handlers.items():
@@ -348,6 +379,12 @@ class Node:
         if hasattr(network, "unblock_peer"):
             network.unblock_peer(info.peer_id)
         if info.addrs and not network.get_connections(info.peer_id):
+            if self.dial_policy is not None:  # say so now, rather than fail in the transport
+                refusals = [r for a in info.addrs if (r := self.dial_policy.refusal(str(a)))]
+                if len(refusals) == len(info.addrs):
+                    from ww.p2p.dial_policy import AddressNotAllowed
+
+                    raise AddressNotAllowed(f"p2p: {refusals[0]}")
             self._host.get_peerstore().clear_addrs(info.peer_id)
         await self._host.connect(info)
 

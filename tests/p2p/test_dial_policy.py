@@ -1,0 +1,241 @@
+"""A capability is not network reach: the addresses a cell may make the host dial.
+
+Real cells (`ww run`, jailed) against real loopback listeners: a plain TCP socket that
+counts the connections it is offered, and a real embedded IPFS node.  Without
+``--allow-dial`` a cell's IPFS ``connect`` and p2p ``dial`` of a loopback address are
+refused before anything is sent (the listener sees nothing); with it they go through.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_ww
+from ww.ipfs.identity import Identity, PrivateKey
+from ww.ipfs.node import EmbeddedNode
+from ww.p2p import P2PError
+from ww.p2p.dial_policy import STRICT, DialPolicy, special_use
+
+pytest.importorskip("libp2p")
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+PEER = "12D3KooWHzee5NhcNJVjZhUFZ23uqbHPzTkCfvD4yMj2mWmVEEWE"  # nobody
+
+
+class Listener:
+    """A TCP socket on 127.0.0.1 that accepts and at once closes every connection (so a
+    libp2p dial to it fails fast), counting them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._take()
+
+    def _take(self) -> bool:
+        try:
+            conn, _ = self.sock.accept()
+        except (TimeoutError, BlockingIOError):
+            return False
+        conn.close()
+        self.count += 1
+        return True
+
+    def offered(self) -> int:
+        """Connections that reached it so far (the kernel's queue drained first)."""
+        self._stop.set()
+        self._thread.join()
+        self.sock.setblocking(False)
+        while self._take():
+            pass
+        return self.count
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    made = Listener()
+    yield made
+    made.close()
+
+
+# --- the policy itself ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip, kind", [
+    ("127.0.0.1", "loopback"), ("127.9.9.9", "loopback"), ("::1", "loopback"),
+    ("10.1.2.3", "private (RFC 1918)"), ("172.16.0.1", "private (RFC 1918)"),
+    ("192.168.1.1", "private (RFC 1918)"), ("100.64.0.1", "shared address space"),
+    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("fd00::1", "unique local"),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
+    ("ff02::1", "multicast"), ("255.255.255.255", "broadcast"), ("240.0.0.1", "reserved"),
+    ("192.0.2.1", "documentation"), ("2001:db8::1", "documentation"),
+    ("198.18.0.1", "benchmarking"), ("::ffff:127.0.0.1", "loopback, embedded"),
+    ("2002:7f00:1::1", "loopback, embedded"), ("64:ff9b::a00:1", "private (RFC 1918), embedded"),
+])
+def test_special_use_addresses_are_named(ip: str, kind: str) -> None:
+    found = special_use(ipaddress.ip_address(ip))
+    assert found is not None and found[0].startswith(kind)
+    addr = f"/ip{4 if '.' in ip and ':' not in ip else 6}/{ip}/tcp/4001/p2p/{PEER}"
+    reason = STRICT.refusal(addr)
+    assert reason is not None and reason.startswith(f"address not allowed: {addr} (")
+    assert "--allow-dial" in reason and "\n" not in reason
+
+
+@pytest.mark.parametrize("ip", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_are_allowed(ip: str) -> None:
+    assert special_use(ipaddress.ip_address(ip)) is None
+    assert STRICT.refusal(f"/ip{6 if ':' in ip else 4}/{ip}/tcp/4001/p2p/{PEER}") is None
+
+
+def test_allowed_ranges_operator_addresses_names_and_bare_peer_ids() -> None:
+    joined = f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}"
+    policy = DialPolicy.from_flags(["10.0.0.0/8", "fd00::/8"], [joined])
+    assert policy.refusal(joined) is None  # the operator named it
+    assert policy.refusal(f"/ip4/127.0.0.1/tcp/4002/p2p/{PEER}") is not None  # not that one
+    assert policy.refusal(f"/ip4/10.9.8.7/tcp/1/p2p/{PEER}") is None
+    assert policy.refusal(f"/ip6/fd12::1/tcp/1/p2p/{PEER}") is None
+    assert policy.refusal(f"/ip4/192.168.0.1/tcp/1/p2p/{PEER}") is not None
+    dns = policy.refusal(f"/dns4/example.com/tcp/4001/p2p/{PEER}")
+    assert dns is not None and "names are not resolved" in dns
+    assert policy.refusal(PEER) is None and policy.refusal(f"/p2p/{PEER}") is None
+
+
+def test_a_bad_allow_dial_is_a_usage_error() -> None:
+    r = run_ww("run", "--allow-dial", "localhost", "/bin/true")
+    assert r.returncode == 2
+    assert "'localhost' is not an IP address or CIDR range" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_sub_cells_are_started_with_the_operators_ranges() -> None:
+    from ww.cli.run import _exec_setup
+
+    setup = _exec_setup({}, "bwrap", None, {}, False, ["127.0.0.0/8", "fd00::/8"])
+    flags = setup.run_flags
+    assert flags[flags.index("--allow-dial"):] == [
+        "--allow-dial", "127.0.0.0/8", "--allow-dial", "fd00::/8"]
+
+
+# --- real cells ---------------------------------------------------------------------------
+
+CONNECTOR = """
+import sys
+import ww.cell
+with ww.cell.session() as s:
+    for addr in sys.argv[1:]:
+        try:
+            if "{how}" == "ipfs":
+                s.ipfs.connect(addr)
+                print("connected", [p.id for p in s.ipfs.peers()])
+            else:
+                s.p2p.dial_service(addr)
+                print("dialed")
+        except ww.cell.RemoteError as e:
+            print("error:", e)
+"""
+
+
+def test_a_cells_ipfs_connect_to_loopback_is_refused_without_touching_it(
+        make_cell, listener: Listener) -> None:
+    cell = make_cell(CONNECTOR.replace("{how}", "ipfs"))
+    addr = f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PEER}"
+    r = run_ww("--json", "run", "--with-ipfs", cell, addr)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"error: capability denied: ipfs: connect: address not allowed: {addr} (127.0.0.1 is "
+        "loopback; the operator can allow it with --allow-dial 127.0.0.0/8)"]
+    assert listener.offered() == 0  # no SYN ever reached it
+    assert '"event":"denied"' in r.stderr and "address not allowed" in r.stderr
+
+
+def test_with_allow_dial_a_cells_ipfs_connect_reaches_loopback(
+        make_cell, listener: Listener, tmp_path: Path) -> None:
+    peer = EmbeddedNode(tmp_path / "peer")
+    try:
+        real = peer.listen([LOOPBACK]).addresses[0]
+        cell = make_cell(CONNECTOR.replace("{how}", "ipfs"))
+        plain = f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PEER}"
+        r = run_ww("run", "--with-ipfs", "--allow-dial", "127.0.0.0/8", cell, plain, real)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"error: ipfs: cannot connect to {plain}")  # not libp2p
+        assert lines[1] == f"connected {[peer.id().id]}"
+        assert listener.offered() >= 1  # this time the host did dial it
+    finally:
+        peer.close()
+
+
+def test_a_cells_p2p_dial_to_loopback_is_refused_unless_allowed(
+        make_cell, listener: Listener) -> None:
+    cell = make_cell(CONNECTOR.replace("{how}", "p2p"))
+    addr = f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PEER}"
+    r = run_ww("run", "--with-p2p", "--listen", LOOPBACK, cell, addr)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"error: capability denied: p2p: dial: address not allowed: {addr} (127.0.0.1 is "
+        "loopback; the operator can allow it with --allow-dial 127.0.0.0/8)"]
+    assert listener.offered() == 0
+    r = run_ww("run", "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.1",
+               cell, addr)
+    assert r.returncode == 0, r.stderr
+    # Dialed this time: it does not speak libp2p, so the dial fails, as a dial does.
+    assert r.stdout.startswith("error: p2p: ") and "not allowed" not in r.stdout, r.stdout
+    assert listener.offered() >= 1
+
+
+# --- the host's own dials -------------------------------------------------------------------
+
+def test_a_host_with_a_policy_never_dials_a_refused_address(listener: Listener) -> None:
+    """Every outbound connection of a `ww run` host passes the policy: by full address,
+    and by peer id alone with addresses only a peer announced (the transport refuses)."""
+    from ww.p2p.host import Node
+
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                dial_policy=STRICT)
+    node.start()
+    try:
+        addr = f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PEER}"
+        with pytest.raises(P2PError, match="address not allowed"):
+            node.open(addr).result(30)
+
+        async def learned() -> None:  # as if identify had told us this address
+            import multiaddr
+            from libp2p.peer.id import ID
+
+            node.host.get_peerstore().add_addrs(
+                ID.from_base58(PEER), [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{listener.port}")],
+                3600)
+
+        node.submit(learned).result(10)
+        with pytest.raises(P2PError, match="address not allowed"):
+            node.open(f"/p2p/{PEER}").result(30)
+
+        async def swarm_dial() -> None:  # py-libp2p's own path (new_stream to a stranger)
+            from libp2p.peer.id import ID
+
+            await node.host.get_network().dial_peer(ID.from_base58(PEER))
+
+        with pytest.raises(Exception):  # noqa: B017 - py-libp2p's error, whatever its type
+            node.submit(swarm_dial).result(60)
+        assert listener.offered() == 0
+    finally:
+        node.stop()
