@@ -65,6 +65,10 @@ def _hardening_options(f: Any) -> Any:
     for name, (envvar, metavar, help_text) in reversed(_LIMIT_OPTIONS.items()):
         f = click.option(f"--{name.replace('_', '-')}", name, envvar=envvar, metavar=metavar,
                          help=help_text)(f)
+    f = click.option("--interpreter", "interpreter", multiple=True, metavar="PATH", help=(
+        "Let a #! line naming PATH (absolute) have PATH's Python installation or virtualenv "
+        "shown in the jail (repeatable); other interpreters outside the system directories "
+        "are refused, except the Python ww runs on."))(f)
     return click.option("--strict", is_flag=True, envvar="WW_STRICT",
                         help="Kill the cell on its first system call the seccomp filter "
                              "denies, and exit 67 naming it (default: the call fails with "
@@ -126,6 +130,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
 
     access_options = {name: hardening.pop(name) for name in _ACCESS_OPTIONS}
     p2p_flags = {name: hardening.pop(name) for name in P2P_OPTIONS}
+    interpreters = _interpreters(hardening["interpreter"])  # handed on to sub-cells too
     grants = fds.parse_fd_flags(list(fd_flags))
     entries = cell_env.parse_ww_env(os.environ.get("WW_ENV", "")) + list(env_entries)
     environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
@@ -157,6 +162,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
             root_params, jail, ipfs_api, hardening, access.audit.enabled), p2p_node=node),
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
+        interpreters=interpreters,
         debug=bool(click.get_current_context().find_root().params.get("debug")),
         strict=hardening["strict"],
         limits=_limits(hardening),
@@ -164,6 +170,14 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         p2p=node,
     )
     return supervisor.run(config)
+
+
+def _interpreters(paths: tuple[str, ...]) -> list[str]:
+    if not paths:
+        return []
+    from ww.host.executable import check_interpreters
+
+    return check_interpreters(paths)
 
 
 def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) -> Any:
@@ -191,6 +205,9 @@ def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
         flag = "--" + name.replace("_", "-")
         if value is True:
             run_flags.append(flag)
+        elif isinstance(value, tuple):  # a repeatable flag: --interpreter
+            for item in value:
+                run_flags += [flag, str(item)]
         elif value not in (None, False):
             run_flags += [flag, str(value)]
     return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit)
