@@ -258,11 +258,70 @@ def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell)
 
 
 def test_without_cgroups_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
-    # Without cgroups, no more sub-cells at once, in the whole tree, than --pids (they used
-    # to get up to 32 each, every one with a fresh copy of the limits).
+    # Without cgroups the watchdog counts the tasks of the whole tree: each sub-cell's `ww
+    # run`, its jail and its cell.  14 sub-cells under --pids 12 used to run 12 at once, each
+    # with a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--pids", "12", "--timeout", "50", "--with-exec", "--exec-allow",
-               "/bin/sleep", parent, "14", "0", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+               "/bin/sleep", parent, "14", "20", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        "ww: resource limit: the cell ran more than 12 processes or threads at once (--pids); "
+        "it was stopped"]
+    assert "done" not in r.stdout
+
+
+# --- --cpu-time is for the whole tree --------------------------------------------------------
+
+# Sub-cells that spin until they are stopped; the parent waits for them, then says "done".
+BURNER = """
+import sys, time
+import ww.cell
+with ww.cell.session() as s:
+    kids = [s.exec.spawn("/bin/sh", "-c", "echo go; while :; do :; done")
+            for _ in range(int(sys.argv[1]))]
+    for kid in kids:
+        kid.stdout.read(3)  # its "go" line: it is spinning
+    if sys.argv[2:] == ["kill"]:  # killed outright before their own limit, after a while
+        time.sleep(3)
+        for kid in kids:
+            kid.kill(9)
+    print("statuses", [kid.wait() for kid in kids], flush=True)
+    print("done", flush=True)
+"""
+CGROUP_OR_NOT = pytest.mark.parametrize("cgroups", [
+    pytest.param("1", marks=needs_pids, id="cgroup"), pytest.param("0", id="watchdog")])
+
+
+@CGROUP_OR_NOT
+def test_cpu_time_bounds_the_parent_and_its_sub_cells_together(make_cell, cgroups):
+    # Four sub-cells each spin up to their own --cpu-time 1 (they get the parent's flags):
+    # four seconds of CPU in all, which used to leave the parent at exit 0.  --pids makes
+    # the cell a cgroup where the host can (cgroups="1").
+    parent = make_cell(BURNER)
+    r = run_ww("run", "--cpu-time", "1", "--pids", "200", "--with-exec", "--exec-allow",
+               "/bin/sh", parent, "4", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        "ww: resource limit: the cell used more than 1s of CPU time (--cpu-time); it was stopped"]
+    assert "done" not in r.stdout
+
+
+@CGROUP_OR_NOT
+def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell, cgroups):
+    # A sub-cell killed by SIGKILL leaves its jail to die unreaped by anything of the tree:
+    # what it burned counts all the same (the most the watchdog saw of it).
+    parent = make_cell(BURNER)
+    r = run_ww("run", "--cpu-time", "2", "--pids", "200", "--with-exec", "--exec-allow",
+               "/bin/sh", parent, "4", "kill", timeout=120,
+               env=dict(os.environ, WW_CGROUPS=cgroups))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--cpu-time" in r.stderr and "done" not in r.stdout
+
+
+def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
+    parent = make_cell(SPAWNER)
+    r = run_ww("run", "--cpu-time", "30", "--with-exec", "--exec-allow", "/bin/sleep",
+               parent, "2", "0", timeout=120)
     assert r.returncode == 0, r.stderr
-    assert [line.split()[0] for line in r.stdout.splitlines()] == (
-        ["spawned"] * 12 + ["refused"] * 2 + ["done"])
+    assert r.stdout.split() == ["spawned", "0", "spawned", "1", "done"]

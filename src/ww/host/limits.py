@@ -1,18 +1,24 @@
-"""Resource limits on a cell: memory, CPU time, processes, file size and wall-clock time.
+"""Resource limits on a tree of cells: memory, CPU time, processes, file size and time.
 
 A cell that goes over a limit is stopped (SIGKILL to the whole jail) and `ww run` exits 66
-naming the limit.  Three mechanisms, so that the host is never the one that runs out:
+naming the limit.  Every limit is for the whole tree: the cell and the sub-cells it starts
+(``--with-exec``), at every depth, with their own `ww run` host processes.  Three mechanisms,
+so that the host is never the one that runs out:
 
 * **A cgroup per cell for ``--pids`` and ``--memory``** (:mod:`ww.host.cgroups`), where the
   host can make one (cgroup v2 if delegated, else v1): the kernel refuses the fork past
   ``--pids`` tasks and the page past ``--memory`` bytes (the OOM killer then kills inside
-  the cell, never outside it).  The watchdog below reads the cgroup's event counters
-  (a refused fork, an OOM kill) every ``INTERVAL`` and stops the cell on the first.
-* **A watchdog thread in the host** samples the cell's process tree every ``INTERVAL``
-  seconds from ``/proc``: the CPU time of every process alive or reaped and the time since
-  the start; and, for ``--pids`` and ``--memory`` where no cgroup could be made, the number
-  of tasks (processes and threads) and the resident memory of every process plus what the
-  cell stored in its tmpfs directories (``/cell``, ``/tmp``).  It kills the jail on the first
+  the cell, never outside it).  A sub-cell's `ww run` joins its parent cell's cgroup before
+  it runs anything.  The watchdog below reads the cgroup's event counters (a refused fork,
+  an OOM kill) every ``INTERVAL`` and stops the cell on the first.  ``--memory`` is refused
+  (a usage error, exit 2) where no memory cgroup can be made: only the kernel's own
+  accounting sees everything a cell can make it hold (pipe and socket buffers, page tables,
+  ...), and a limit that silently counts less than it says is worse than none.
+* **A watchdog thread in the host** samples the tree every ``INTERVAL`` seconds from
+  ``/proc``: the time since the start; the CPU time of every process of the cell's jail,
+  alive or reaped, and of every sub-cell's `ww run` and everything below it, alive or
+  reaped (:data:`subcell_cpu`); and, for ``--pids`` where no cgroup could be made, the
+  number of tasks (processes and threads) of the same tree.  It kills the jail on the first
   sample over a limit.  It runs only when a limit is set.
 * **Kernel limits as a backstop**, set in the forked child before bubblewrap starts and
   inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (for a
@@ -20,11 +26,11 @@ naming the limit.  Three mechanisms, so that the host is never the one that runs
   and raises SIGXFSZ), and, with ``--memory``, tmpfs mounts no larger than the limit.  Every
   cell also gets ``oom_score_adj`` 1000 (under memory pressure the kernel kills a cell before
   anything of the host) and no core dumps (``RLIMIT_CORE`` 1: neither a core file nor a
-  core-dump pipe).
+  core-dump pipe).  Sub-cells get the same flags, so each cell of a tree is also held to
+  them on its own.
 
-The ``/proc`` fallback for ``--pids`` and ``--memory`` is sampled: a fork bomb can make
-hundreds of processes and a fast allocator overshoot by what it touches in ``INTERVAL``
-before it is stopped.  It works wherever ``/proc`` does, with no privileges.
+The ``/proc`` fallback for ``--pids`` is sampled: a fork bomb can make hundreds of processes
+in ``INTERVAL`` before it is stopped.  It works wherever ``/proc`` does, with no privileges.
 """
 
 from __future__ import annotations
@@ -46,9 +52,6 @@ INTERVAL = 0.01  # seconds between two samples of the cell
 
 # Tasks of a jailed cell that are not the cell's own: bubblewrap and its init in the jail.
 JAIL_TASKS = 2
-
-# The jail's tmpfs mounts, whose contents count as the cell's memory (see ww.host.jail).
-TMPFS_DIRS = ("/cell", "/tmp", "/dev/shm")
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?"
@@ -163,20 +166,30 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
     """The cell's cgroup with ``--pids`` and ``--memory`` set, where the host can make one.
 
     ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
-    its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.
+    its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.  A
+    UsageError when ``--memory`` is given and no memory cgroup can be made (see above).
     """
     if limits is None or (limits.pids is None and limits.memory is None):
         return None
-    if os.environ.get("WW_CGROUPS") == "0":
-        return None  # the operator asked for the /proc watchdog
-    from ww.host import cgroups
+    group = None
+    if os.environ.get("WW_CGROUPS") != "0":  # else the operator asked for no cgroups
+        from ww.host import cgroups
 
-    wanted: dict[str, int] = {}
-    if limits.pids is not None:
-        wanted["pids"] = limits.pids + (JAIL_TASKS if jailed else 0)
-    if limits.memory is not None:
-        wanted["memory"] = limits.memory
-    return cgroups.create(wanted)
+        wanted: dict[str, int] = {}
+        if limits.pids is not None:
+            wanted["pids"] = limits.pids + (JAIL_TASKS if jailed else 0)
+        if limits.memory is not None:
+            wanted["memory"] = limits.memory
+        group = cgroups.create(wanted)
+    if limits.memory is not None and (group is None or "memory" not in group.enforced):
+        if group is not None:
+            group.remove()
+        why = ("WW_CGROUPS=0 turns cgroups off" if os.environ.get("WW_CGROUPS") == "0" else
+               "this host cannot make one (it takes root with a writable cgroup v1 memory "
+               "hierarchy, or a delegated cgroup v2 one)")
+        raise UsageError(f"--memory needs a memory cgroup, and {why}: without one the kernel's "
+                         "pipe and socket buffers would go uncounted; run without --memory")
+    return group
 
 
 def preexec_setter(limits: Limits | None,
@@ -353,10 +366,8 @@ def subcells() -> SubcellBudget:
 
 class _Sample:
     def __init__(self) -> None:
-        self.rss_pages = 0
         self.cpu_ticks = 0
         self.tasks = 0
-        self.pids: list[int] = []  # the cell's processes (jailed: bubblewrap's init too)
 
 
 def children(pid: int) -> list[int]:
@@ -384,13 +395,89 @@ def _stat(pid: int) -> list[bytes] | None:
     return data[data.rindex(b")") + 2:].split()  # fields from the 3rd (state) on
 
 
+def _add_tree(s: _Sample, root: int, include_root: bool) -> int:
+    """Add the CPU time and tasks of ``root``'s descendants (and ``root``) to ``s``.
+
+    A process's CPU time counts with that of its reaped children (``cutime``, ``cstime``),
+    so that nothing is lost when a process of the tree reaps another.  Returns the ticks.
+    """
+    before = s.cpu_ticks
+    fields = _stat(root)
+    if fields is None:
+        return 0
+    if include_root:
+        s.cpu_ticks += sum(int(x) for x in fields[11:15])
+        s.tasks += int(fields[17])
+    else:
+        s.cpu_ticks += int(fields[13]) + int(fields[14])  # its reaped children: cutime + cstime
+    seen = {root}
+    stack = children(root)
+    while stack and len(seen) < 100_000:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        s.cpu_ticks += sum(int(x) for x in fields[11:15])
+        s.tasks += int(fields[17])
+        stack.extend(children(pid))
+    return s.cpu_ticks - before
+
+
+class SubcellCpu:
+    """The CPU time of this host's sub-cells: each child `ww run` and everything below it.
+
+    The executor (:mod:`ww.caps.exec`) calls :meth:`started` for each child `ww run` it
+    starts and :meth:`exited` once it has exited, before it reaps it (the dead child's
+    ``/proc`` entry still holds its CPU time and that of everything it reaped).  The
+    watchdog samples the live ones (:meth:`seen`) and counts, for each, the most it ever
+    saw: a sub-cell killed outright (its jail then dies unreaped by it) loses no more than
+    the CPU time of one ``INTERVAL``, and starting one costs far more than that.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, int] = {}  # pid -> the most CPU ticks seen for its tree
+        self._reaped = 0  # ticks of the sub-cells that have exited
+
+    def started(self, pid: int) -> None:
+        with self._lock:
+            self._live[pid] = 0
+
+    def exited(self, pid: int) -> None:
+        fields = _stat(pid)  # a zombie: its own time and its reaped children's
+        ticks = sum(int(x) for x in fields[11:15]) if fields is not None else 0
+        with self._lock:
+            self._reaped += max(self._live.pop(pid, 0), ticks)
+
+    def live(self) -> list[int]:
+        with self._lock:
+            return list(self._live)
+
+    def seen(self, pid: int, ticks: int) -> None:
+        with self._lock:
+            if pid in self._live:
+                self._live[pid] = max(self._live[pid], ticks)
+
+    def ticks(self) -> int:
+        """Clock ticks of CPU time of every sub-cell tree, alive or exited."""
+        with self._lock:
+            return self._reaped + sum(self._live.values())
+
+
+subcell_cpu = SubcellCpu()
+
+
 class Watchdog:
-    """Samples a cell's process tree and stops it on the first limit it exceeds.
+    """Samples a cell's tree of processes and stops it on the first limit it exceeds.
 
     ``root`` is the process we spawned: bubblewrap (``jailed``: its descendants are the
-    jail, the first being bubblewrap's init) or, unjailed, the program itself.
-    ``on_exceeded`` is called with the one-line message, then ``stop_cell`` kills the cell.
-    With ``cgroup``, the limits it enforces are read from its event counters, not sampled.
+    jail, the first being bubblewrap's init) or, unjailed, the program itself.  The tree
+    also holds this host's sub-cells (:data:`subcell_cpu`).  ``on_exceeded`` is called with
+    the one-line message, then ``stop_cell`` kills the cell.  With ``cgroup``, the limits it
+    enforces are read from its event counters, not sampled.
     """
 
     def __init__(self, limits: Limits, root: int, jailed: bool, *,
@@ -400,19 +487,15 @@ class Watchdog:
         self._cgroup = cgroup
         enforced = cgroup.enforced if cgroup is not None else frozenset()
         self._sampled_pids = limits.pids if "pids" not in enforced else None
-        self._sampled_memory = limits.memory if "memory" not in enforced else None
-        self._sample_tree = any(x is not None for x in (self._sampled_pids,
-                                                        self._sampled_memory, limits.cpu_time))
+        self._sample_tree = self._sampled_pids is not None or limits.cpu_time is not None
         self._root = root
         self._include_root = not jailed
         self._on_exceeded = on_exceeded
         self._stop_cell = stop_cell
         self._done = threading.Event()
         self._start = time.monotonic()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._tick = os.sysconf("SC_CLK_TCK")
         self._thread = threading.Thread(target=self._run, name="ww-watchdog", daemon=True)
-        self.peak_memory = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -422,69 +505,15 @@ class Watchdog:
         self._thread.join(1)
 
     def sample(self) -> _Sample:
+        """CPU time (alive or reaped) and tasks of the cell's jail and of its sub-cells."""
         s = _Sample()
-        root = _stat(self._root)
-        if root is None:
-            return s
-        s.cpu_ticks = int(root[13]) + int(root[14])  # reaped children: cutime + cstime
-        if self._include_root:
-            s.pids.append(self._root)
-            s.cpu_ticks += int(root[11]) + int(root[12])
-            s.rss_pages += int(root[21])
-            s.tasks += int(root[17])
-        seen = {self._root}
-        stack = children(self._root)
-        while stack and len(seen) < 100_000:
-            pid = stack.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            fields = _stat(pid)
-            if fields is None:
-                continue
-            s.pids.append(pid)
-            s.cpu_ticks += sum(int(x) for x in fields[11:15])
-            s.rss_pages += int(fields[21])
-            s.tasks += int(fields[17])
-            stack.extend(children(pid))
+        _add_tree(s, self._root, self._include_root)
+        for pid in subcell_cpu.live():
+            sub = _Sample()
+            subcell_cpu.seen(pid, _add_tree(sub, pid, True))
+            s.tasks += sub.tasks
+        s.cpu_ticks += subcell_cpu.ticks()  # the most seen of each: never less than before
         return s
-
-    def _tmpfs_bytes(self) -> int:
-        """What the cell stored in its tmpfs mounts, seen through its init's root."""
-        if self._include_root:
-            return 0  # unjailed: the cell's files are the host's business
-        used = 0
-        init = children(self._root)[:1]
-        for path in [f"/proc/{pid}/root{d}" for pid in init for d in TMPFS_DIRS]:
-            try:
-                st = os.statvfs(path)
-            except OSError:
-                continue
-            used += (st.f_blocks - st.f_bfree) * st.f_frsize
-        return used
-
-    @staticmethod
-    def _memfd_bytes(pids: list[int]) -> int:
-        """What the cell's open memfds hold (each once): shared memory no mount shows."""
-        seen: set[tuple[int, int]] = set()
-        used = 0
-        for pid in pids:
-            try:
-                names = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for name in names:
-                path = f"/proc/{pid}/fd/{name}"
-                try:
-                    if not os.readlink(path).startswith("/memfd:"):
-                        continue
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    used += st.st_blocks * 512
-        return used
 
     def _processes_in_jail(self) -> int | None:
         """The number of processes in the jail, cheaply: one listing of the jail's own /proc.
@@ -507,17 +536,12 @@ class Watchdog:
             return which
         if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
             return "timeout"
-        pids, memory = self._sampled_pids, self._sampled_memory
+        pids = self._sampled_pids
         if pids is not None and (self._processes_in_jail() or 0) > pids:
             return "pids"
         if not self._sample_tree:
             return None
         s = self.sample()
-        if memory is not None:
-            used = s.rss_pages * self._page + self._tmpfs_bytes() + self._memfd_bytes(s.pids)
-            self.peak_memory = max(self.peak_memory, used)
-            if used > memory:
-                return "memory"
         if lim.cpu_time is not None and s.cpu_ticks / self._tick > lim.cpu_time:
             return "cpu_time"
         # Unjailed, the root is the program; jailed, it is bubblewrap, and the first task
