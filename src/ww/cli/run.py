@@ -48,12 +48,13 @@ def _access_options(f: Any) -> Any:
 
 # Hardening: the seccomp mode and resource limits (see docs/security.md), option -> envvar.
 _LIMIT_OPTIONS = {
-    "memory": ("WW_MEMORY", "SIZE", "Stop the cell (exit 66) when its processes and its "
-               "/cell and /tmp hold more than SIZE of memory (e.g. 256M, 2G)."),
+    "memory": ("WW_MEMORY", "SIZE", "Stop the cell (exit 66) when it and its sub-cells hold "
+               "more than SIZE of memory, kernel buffers included (e.g. 256M, 2G); refused "
+               "where the host cannot make a memory cgroup."),
     "cpu_time": ("WW_CPU_TIME", "SECONDS", "Stop the cell (exit 66) after SECONDS of CPU time, "
-                 "all its processes together."),
-    "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it runs more than N processes and "
-             "threads at once."),
+                 "all its processes and sub-cells together."),
+    "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it and its sub-cells run more than "
+             "N processes and threads at once."),
     "fsize": ("WW_FSIZE", "SIZE", "Stop the cell (exit 66) when it writes a file larger "
               "than SIZE."),
     "timeout": ("WW_TIMEOUT", "SECONDS", "Stop the cell (exit 66) after SECONDS of wall-clock "

@@ -15,9 +15,9 @@ Where each controller comes from, per controller:
 * else **cgroup v1**, when the controller's hierarchy is mounted and writable: the cell's
   cgroup is made under the host's *own* cgroup there, so it stays inside any limit the host
   itself is under;
-* else nothing: :func:`create` leaves that controller out and the watchdog samples
-  ``/proc`` instead (see :mod:`ww.host.limits`).  ``WW_CGROUPS=0`` in the host's
-  environment asks for that fallback everywhere.
+* else nothing: :func:`create` leaves that controller out; the watchdog samples ``/proc``
+  for ``--pids`` instead, and ``--memory`` is refused (see :mod:`ww.host.limits`).
+  ``WW_CGROUPS=0`` in the host's environment asks for that fallback everywhere.
 
 Each cell's cgroup is named ``ww-<pid namespace>-<host pid>-<random>``.  The host removes it
 when the cell ends, after killing anything left in it.  A host killed by SIGKILL cannot, so

@@ -128,7 +128,7 @@ class Limits:
     def __init__(self, memory: int | None = None, cpu_time: float | None = None,
                  pids: int | None = None, fsize: int | None = None,
                  timeout: float | None = None) -> None:
-        self.memory = memory  # bytes: resident memory of all processes + tmpfs contents
+        self.memory = memory  # bytes: the tree's memory cgroup limit (kernel buffers too)
         self.cpu_time = cpu_time  # seconds of CPU, all processes together
         self.pids = pids  # tasks (processes and threads) at once
         self.fsize = fsize  # bytes: the largest file the cell may write
