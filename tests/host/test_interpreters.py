@@ -118,3 +118,22 @@ def test_a_sub_cell_from_ipfs_cannot_bind_a_project_with_its_hashbang(make_cell,
     assert status == "status 126"
     assert out == "stdout b''"
     assert "--interpreter" in err and "project-secret" not in r.stdout
+
+
+def test_interpreter_flags_reach_sub_cells(make_cell, tmp_path):
+    # The operator's --interpreter is handed to sub-cells like the other flags: the same
+    # program the previous test refuses runs when the operator named its interpreter.
+    exe = project(tmp_path / "proj", "/bin/sh")
+    named = script(tmp_path / "named", exe, f"cat {tmp_path}/proj/.env\n")
+    r = run_ww("export", named)
+    assert r.returncode == 0, r.stderr
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("{r.stdout.strip()}")
+            out = child.stdout.read_all()
+            print("status", child.wait(), out.decode().strip())
+    """)
+    r = run_ww("run", "--with-ipfs", "--with-exec", "--interpreter", str(exe), parent,
+               timeout=120)
+    assert (r.returncode, r.stdout) == (0, "status 0 API_KEY=project-secret\n"), r.stderr

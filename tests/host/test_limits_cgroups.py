@@ -325,3 +325,30 @@ def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
                parent, "2", "0", timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["spawned", "0", "spawned", "1", "done"]
+
+
+def test_timeout_stops_the_sub_cells_with_their_parent(make_cell):
+    # Each sub-cell gets the parent's --timeout as its own, started later; the parent's
+    # ends the tree: its sub-cells die with it, not when their own would run out.
+    marker = f"{os.getpid() % 1000 + 40}.{time.monotonic_ns() % 1000:03d}"
+    parent = make_cell(f"""
+        import time
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("/bin/sleep", "{marker}")
+            print("spawned 0", flush=True)
+            time.sleep(30)
+    """)
+    start = time.monotonic()
+    r = run_ww("run", "--timeout", "3", "--with-exec", "--exec-allow", "/bin/sleep", parent,
+               timeout=120)
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--timeout" in r.stderr and r.stdout.startswith("spawned 0")
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).stdout
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left
+    assert time.monotonic() - start < 30
