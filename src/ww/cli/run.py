@@ -86,7 +86,10 @@ def _limits(options: dict[str, Any]) -> Any:
     parse = {"memory": limits.parse_size, "fsize": limits.parse_size,
              "cpu_time": limits.parse_seconds, "timeout": limits.parse_seconds,
              "pids": limits.parse_count}
-    return limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-")) for k, v in given.items()})
+    wanted = limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
+                              for k, v in given.items()})
+    limits.check_memory(wanted)  # no memory cgroup here: refused before anything starts
+    return wanted
 
 
 @click.command(
@@ -132,6 +135,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     access_options = {name: hardening.pop(name) for name in _ACCESS_OPTIONS}
     p2p_flags = {name: hardening.pop(name) for name in P2P_OPTIONS}
     interpreters = _interpreters(hardening["interpreter"])  # handed on to sub-cells too
+    cell_limits = _limits(hardening)  # a bad value fails before any node is opened
     grants = fds.parse_fd_flags(list(fd_flags))
     entries = cell_env.parse_ww_env(os.environ.get("WW_ENV", "")) + list(env_entries)
     environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
@@ -166,7 +170,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         interpreters=interpreters,
         debug=bool(click.get_current_context().find_root().params.get("debug")),
         strict=hardening["strict"],
-        limits=_limits(hardening),
+        limits=cell_limits,
         access=access,
         p2p=node,
     )

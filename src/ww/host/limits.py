@@ -184,12 +184,31 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
     if limits.memory is not None and (group is None or "memory" not in group.enforced):
         if group is not None:
             group.remove()
-        why = ("WW_CGROUPS=0 turns cgroups off" if os.environ.get("WW_CGROUPS") == "0" else
-               "this host cannot make one (it takes root with a writable cgroup v1 memory "
-               "hierarchy, or a delegated cgroup v2 one)")
-        raise UsageError(f"--memory needs a memory cgroup, and {why}: without one the kernel's "
-                         "pipe and socket buffers would go uncounted; run without --memory")
+        raise _memory_refused()
     return group
+
+
+def _memory_refused() -> UsageError:
+    why = ("WW_CGROUPS=0 turns cgroups off" if os.environ.get("WW_CGROUPS") == "0" else
+           "this host cannot make one (it takes root with a writable cgroup v1 memory "
+           "hierarchy, or a delegated cgroup v2 one)")
+    return UsageError(f"--memory needs a memory cgroup, and {why}: without one the kernel's "
+                      "pipe and socket buffers would go uncounted; run without --memory")
+
+
+def check_memory(limits: Limits | None) -> None:
+    """Refuse ``--memory`` on a host with no memory cgroup before anything starts.
+
+    (:func:`cgroup_for` refuses it too, should making the cgroup itself fail.)
+    """
+    if limits is None or limits.memory is None:
+        return
+    if os.environ.get("WW_CGROUPS") == "0":
+        raise _memory_refused()
+    from ww.host import cgroups
+
+    if "memory" not in cgroups.available(("memory",)):
+        raise _memory_refused()
 
 
 def preexec_setter(limits: Limits | None,
