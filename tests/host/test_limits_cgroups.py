@@ -29,6 +29,8 @@ NO_CGROUP = ("this host cannot give a cell a cgroup with the {} controller (need
 needs_pids = pytest.mark.skipif("pids" not in HIERARCHIES, reason=NO_CGROUP.format("pids"))
 needs_memory = pytest.mark.skipif("memory" not in HIERARCHIES,
                                   reason=NO_CGROUP.format("memory"))
+needs_cpu = pytest.mark.skipif("cpu" not in HIERARCHIES,
+                               reason=NO_CGROUP.format("cpuacct (v1) or cpu (v2)"))
 
 
 def cell_cgroup(controller: str, host_pid: int, timeout: float = 10) -> Path:
@@ -290,14 +292,14 @@ with ww.cell.session() as s:
     print("done", flush=True)
 """
 CGROUP_OR_NOT = pytest.mark.parametrize("cgroups", [
-    pytest.param("1", marks=needs_pids, id="cgroup"), pytest.param("0", id="watchdog")])
+    pytest.param("1", marks=needs_cpu, id="cgroup"), pytest.param("0", id="watchdog")])
 
 
 @CGROUP_OR_NOT
 def test_cpu_time_bounds_the_parent_and_its_sub_cells_together(make_cell, cgroups):
     # Four sub-cells each spin up to their own --cpu-time 1 (they get the parent's flags):
-    # four seconds of CPU in all, which used to leave the parent at exit 0.  --pids makes
-    # the cell a cgroup where the host can (cgroups="1").
+    # four seconds of CPU in all, which used to leave the parent at exit 0.  With a cgroup
+    # the kernel counts the tree's CPU time; without, the watchdog sums it from /proc.
     parent = make_cell(BURNER)
     r = run_ww("run", "--cpu-time", "1", "--pids", "200", "--with-exec", "--exec-allow",
                "/bin/sh", parent, "4", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
@@ -352,3 +354,25 @@ def test_timeout_stops_the_sub_cells_with_their_parent(make_cell):
         time.sleep(0.05)
     assert not left
     assert time.monotonic() - start < 30
+
+
+@needs_cpu
+def test_sub_cells_run_inside_their_parents_cpu_cgroup(make_cell):
+    parent = make_cell(SPAWNER)
+    proc = subprocess.Popen([WW, "run", "--cpu-time", "60", "--with-exec", "--exec-allow",
+                             "/bin/sleep", parent, "1", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("spawned 0"), proc.stderr.read()
+        group = cell_cgroup("cpu", proc.pid)
+        kids = [k for k in _children_of(proc.pid) if open(f"/proc/{k}/comm").read().strip()
+                != "bwrap"]
+        assert kids, "no child ww run"
+        name = "cpuacct" if HIERARCHIES["cpu"].version == 1 else ""  # v2: the "0::" line
+        for kid in kids:  # the child `ww run` is in the parent cell's CPU cgroup
+            line = next(x for x in open(f"/proc/{kid}/cgroup")
+                        if name in x.split(":")[1].split(","))
+            assert line.strip().endswith(group.name), line
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)

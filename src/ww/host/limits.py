@@ -5,21 +5,22 @@ naming the limit.  Every limit is for the whole tree: the cell and the sub-cells
 (``--with-exec``), at every depth, with their own `ww run` host processes.  Three mechanisms,
 so that the host is never the one that runs out:
 
-* **A cgroup per cell for ``--pids`` and ``--memory``** (:mod:`ww.host.cgroups`), where the
-  host can make one (cgroup v2 if delegated, else v1): the kernel refuses the fork past
-  ``--pids`` tasks and the page past ``--memory`` bytes (the OOM killer then kills inside
-  the cell, never outside it).  A sub-cell's `ww run` joins its parent cell's cgroup before
+* **A cgroup per cell for ``--pids``, ``--memory`` and ``--cpu-time``**
+  (:mod:`ww.host.cgroups`), where the host can make one (cgroup v2 if delegated, else v1):
+  the kernel refuses the fork past ``--pids`` tasks and the page past ``--memory`` bytes
+  (the OOM killer then kills inside the cell, never outside it), and counts the CPU time
+  of everything in it.  A sub-cell's `ww run` joins its parent cell's cgroup before
   it runs anything.  The watchdog below reads the cgroup's event counters (a refused fork,
   an OOM kill) every ``INTERVAL`` and stops the cell on the first.  ``--memory`` is refused
   (a usage error, exit 2) where no memory cgroup can be made: only the kernel's own
   accounting sees everything a cell can make it hold (pipe and socket buffers, page tables,
   ...), and a limit that silently counts less than it says is worse than none.
 * **A watchdog thread in the host** samples the tree every ``INTERVAL`` seconds from
-  ``/proc``: the time since the start; the CPU time of every process of the cell's jail,
-  alive or reaped, and of every sub-cell's `ww run` and everything below it, alive or
-  reaped (:data:`subcell_cpu`); and, for ``--pids`` where no cgroup could be made, the
-  number of tasks (processes and threads) of the same tree.  It kills the jail on the first
-  sample over a limit.  It runs only when a limit is set.
+  ``/proc``: the time since the start; where no cgroup counts it, the CPU time of every
+  process of the cell's jail, alive or reaped, and of every sub-cell's `ww run` and
+  everything below it, alive or reaped (:data:`subcell_cpu`); and, for ``--pids`` where no
+  cgroup could be made, the number of tasks (processes and threads) of the same tree.  It
+  kills the jail on the first sample over a limit.  It runs only when a limit is set.
 * **Kernel limits as a backstop**, set in the forked child before bubblewrap starts and
   inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (for a
   single process the watchdog would miss), ``RLIMIT_FSIZE`` (a write past ``--fsize`` fails
@@ -163,13 +164,15 @@ class Limits:
 
 
 def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
-    """The cell's cgroup with ``--pids`` and ``--memory`` set, where the host can make one.
+    """The cell's cgroup with ``--pids`` and ``--memory`` set and ``--cpu-time`` counted,
+    where the host can make one.
 
     ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
     its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.  A
     UsageError when ``--memory`` is given and no memory cgroup can be made (see above).
     """
-    if limits is None or (limits.pids is None and limits.memory is None):
+    if limits is None or (limits.pids is None and limits.memory is None
+                          and limits.cpu_time is None):
         return None
     group = None
     if os.environ.get("WW_CGROUPS") != "0":  # else the operator asked for no cgroups
@@ -180,6 +183,8 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
             wanted["pids"] = limits.pids + (JAIL_TASKS if jailed else 0)
         if limits.memory is not None:
             wanted["memory"] = limits.memory
+        if limits.cpu_time is not None:
+            wanted["cpu"] = 0  # nothing to set: the kernel counts the tree's CPU time there
         group = cgroups.create(wanted)
     if limits.memory is not None and (group is None or "memory" not in group.enforced):
         if group is not None:
@@ -506,7 +511,9 @@ class Watchdog:
         self._cgroup = cgroup
         enforced = cgroup.enforced if cgroup is not None else frozenset()
         self._sampled_pids = limits.pids if "pids" not in enforced else None
-        self._sample_tree = self._sampled_pids is not None or limits.cpu_time is not None
+        self._counted_cpu = cgroup if "cpu" in enforced else None  # else sampled from /proc
+        self._sample_tree = self._sampled_pids is not None or (
+            limits.cpu_time is not None and self._counted_cpu is None)
         self._root = root
         self._include_root = not jailed
         self._on_exceeded = on_exceeded
@@ -558,10 +565,14 @@ class Watchdog:
         pids = self._sampled_pids
         if pids is not None and (self._processes_in_jail() or 0) > pids:
             return "pids"
+        if self._counted_cpu is not None and lim.cpu_time is not None:
+            if (self._counted_cpu.cpu_seconds() or 0.0) > lim.cpu_time:
+                return "cpu_time"
         if not self._sample_tree:
             return None
         s = self.sample()
-        if lim.cpu_time is not None and s.cpu_ticks / self._tick > lim.cpu_time:
+        if (lim.cpu_time is not None and self._counted_cpu is None
+                and s.cpu_ticks / self._tick > lim.cpu_time):
             return "cpu_time"
         # Unjailed, the root is the program; jailed, it is bubblewrap, and the first task
         # below it is bubblewrap's init inside the jail, which is not the cell's.
