@@ -231,21 +231,37 @@ def test_sub_cells_count_against_their_parents_memory_limit(make_cell):
     assert time.monotonic() - start < 30
 
 
-@needs_pids
-def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell):
+def spawn_one_and_check_its_host(make_cell, flags: list[str], controller: str,
+                                 v1_name: str) -> tuple[subprocess.Popen[str], Path]:
+    """A parent with ``flags`` that has spawned one sub-cell, whose child `ww run` is in the
+    parent cell's ``controller`` cgroup; the caller kills the parent."""
     parent = make_cell(SPAWNER)
-    proc = subprocess.Popen([WW, "run", "--pids", "40", "--with-exec", "--exec-allow",
+    proc = subprocess.Popen([WW, "run", *flags, "--with-exec", "--exec-allow",
                              "/bin/sleep", parent, "1", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         assert proc.stdout.readline().startswith("spawned 0"), proc.stderr.read()
-        group = cell_cgroup("pids", proc.pid)
+        group = cell_cgroup(controller, proc.pid)
         kids = [k for k in _children_of(proc.pid) if open(f"/proc/{k}/comm").read().strip()
                 != "bwrap"]
         assert kids, "no child ww run"
-        for kid in kids:  # the child `ww run` itself is in the parent cell's pids cgroup
-            line = next(x for x in open(f"/proc/{kid}/cgroup") if ":pids:" in x)
+        name = v1_name if HIERARCHIES[controller].version == 1 else ""  # v2: the "0::" line
+        for kid in kids:  # the child `ww run` itself is in the parent cell's cgroup
+            line = next(x for x in open(f"/proc/{kid}/cgroup")
+                        if name in x.split(":")[1].split(","))
             assert line.strip().endswith(group.name), line
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=20)
+        raise
+    return proc, group
+
+
+@needs_pids
+def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell):
+    proc, group = spawn_one_and_check_its_host(make_cell, ["--pids", "40"], "pids", "pids")
+    try:
         # ... and so is everything below it (its jail and cell, in a cgroup made below the
         # parent's), counted by the parent's pids.max: jail 2, cell 1, child host 1, its
         # jail 2 and its sleep 1.
@@ -358,21 +374,6 @@ def test_timeout_stops_the_sub_cells_with_their_parent(make_cell):
 
 @needs_cpu
 def test_sub_cells_run_inside_their_parents_cpu_cgroup(make_cell):
-    parent = make_cell(SPAWNER)
-    proc = subprocess.Popen([WW, "run", "--cpu-time", "60", "--with-exec", "--exec-allow",
-                             "/bin/sleep", parent, "1", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().startswith("spawned 0"), proc.stderr.read()
-        group = cell_cgroup("cpu", proc.pid)
-        kids = [k for k in _children_of(proc.pid) if open(f"/proc/{k}/comm").read().strip()
-                != "bwrap"]
-        assert kids, "no child ww run"
-        name = "cpuacct" if HIERARCHIES["cpu"].version == 1 else ""  # v2: the "0::" line
-        for kid in kids:  # the child `ww run` is in the parent cell's CPU cgroup
-            line = next(x for x in open(f"/proc/{kid}/cgroup")
-                        if name in x.split(":")[1].split(","))
-            assert line.strip().endswith(group.name), line
-    finally:
-        proc.kill()
-        proc.wait(timeout=20)
+    proc, _ = spawn_one_and_check_its_host(make_cell, ["--cpu-time", "60"], "cpu", "cpuacct")
+    proc.kill()
+    proc.wait(timeout=20)
