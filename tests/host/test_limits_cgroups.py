@@ -377,3 +377,37 @@ def test_sub_cells_run_inside_their_parents_cpu_cgroup(make_cell):
     proc, _ = spawn_one_and_check_its_host(make_cell, ["--cpu-time", "60"], "cpu", "cpuacct")
     proc.kill()
     proc.wait(timeout=20)
+
+
+# A sub-cell that starts spinners of its own and kills each outright after a while.
+KILLS_ITS_OWN = """
+import sys, time
+import ww.cell
+with ww.cell.session() as s:
+    for i in range(int(sys.argv[1])):
+        kid = s.exec.spawn("/bin/sh", "-c", "echo go; while :; do :; done")
+        kid.stdout.read(3)
+        time.sleep(1.2)
+        kid.kill(9)
+        print("killed", i, kid.wait(), flush=True)
+"""
+
+
+def test_cpu_time_counts_a_sub_cells_own_sub_cells_killed_outright(make_cell):
+    # Without cgroups: a sub-cell starts spinners of its own and kills them, one after the
+    # other.  No jail's CPU time reaches its `ww run` (bubblewrap does not reap its init),
+    # so the parent keeps the most it saw of every jail at every depth; it used to see only
+    # the sub-cell's tree as it was at each moment, one spinner at a time.
+    middle = make_cell(KILLS_ITS_OWN, name="middle.py")
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("{middle}", "6", can_exec=True)
+            print("middle", child.wait(), child.stdout.read_all().decode().split(), flush=True)
+            print("done", flush=True)
+    """)
+    r = run_ww("run", "--cpu-time", "4", "--with-exec", "--exec-allow", middle,
+               "--exec-allow", "/bin/sh", parent, timeout=180,
+               env=dict(os.environ, WW_CGROUPS="0"))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--cpu-time" in r.stderr and "done" not in r.stdout

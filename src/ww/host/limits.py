@@ -451,44 +451,84 @@ def _add_tree(s: _Sample, root: int, include_root: bool) -> int:
 
 
 class SubcellCpu:
-    """The CPU time of this host's sub-cells: each child `ww run` and everything below it.
+    """The CPU time of this host's sub-cells, for the watchdog where no cgroup counts it.
 
-    The executor (:mod:`ww.caps.exec`) calls :meth:`started` for each child `ww run` it
-    starts and :meth:`exited` once it has exited, before it reaps it (the dead child's
-    ``/proc`` entry still holds its CPU time and that of everything it reaped).  The
-    watchdog samples the live ones (:meth:`seen`) and counts, for each, the most it ever
-    saw: a sub-cell killed outright (its jail then dies unreaped by it) loses no more than
-    the CPU time of one ``INTERVAL``, and starting one costs far more than that.
+    A sub-cell is a child `ww run` (a host process) with a jail below it, and maybe sub-cells
+    of its own.  Hosts reap the hosts they start, so a host's CPU time, with that of every
+    host below it, reaches its parent (``cutime``).  A jail's never does: bubblewrap learns
+    its cell's status from its init over a pipe and exits without reaping it, so what a jail
+    used leaves ``/proc`` when the jail ends.  So two counts:
+
+    * **hosts**: the executor (:mod:`ww.caps.exec`) calls :meth:`started` for each child
+      `ww run` it starts and :meth:`exited` once it has exited, before it reaps it (the dead
+      child's ``/proc`` entry still holds its CPU time and its reaped hosts'); the live ones
+      are sampled;
+    * **jails**, at every depth: the most the watchdog ever saw of each (:meth:`jail_seen`),
+      kept after the jail is gone.  What a jail uses after the last sample before it ends
+      (at most ``INTERVAL`` per core) is lost; starting a sub-cell costs far more.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._live: dict[int, int] = {}  # pid -> the most CPU ticks seen for its tree
-        self._reaped = 0  # ticks of the sub-cells that have exited
+        self._live: set[int] = set()  # pids of the child `ww run`s running
+        self._reaped = 0  # ticks of the child `ww run`s that have exited (hosts only)
+        self._jails: dict[tuple[int, bytes], int] = {}  # (pid, start time) -> most ticks seen
 
     def started(self, pid: int) -> None:
         with self._lock:
-            self._live[pid] = 0
+            self._live.add(pid)
 
     def exited(self, pid: int) -> None:
         fields = _stat(pid)  # a zombie: its own time and its reaped children's
         ticks = sum(int(x) for x in fields[11:15]) if fields is not None else 0
         with self._lock:
-            self._reaped += max(self._live.pop(pid, 0), ticks)
+            if pid in self._live:
+                self._live.discard(pid)
+                self._reaped += ticks
 
     def live(self) -> list[int]:
         with self._lock:
             return list(self._live)
 
-    def seen(self, pid: int, ticks: int) -> None:
+    def jail_seen(self, key: tuple[int, bytes], ticks: int) -> None:
         with self._lock:
-            if pid in self._live:
-                self._live[pid] = max(self._live[pid], ticks)
+            self._jails[key] = max(self._jails.get(key, 0), ticks)
 
     def ticks(self) -> int:
-        """Clock ticks of CPU time of every sub-cell tree, alive or exited."""
+        """Clock ticks of the exited hosts and of every jail ever seen (the most of each)."""
         with self._lock:
-            return self._reaped + sum(self._live.values())
+            return self._reaped + sum(self._jails.values())
+
+
+def _sample_host(s: _Sample, host: int, counter: SubcellCpu) -> None:
+    """Add a sub-cell's live host process and those below it to ``s``; record its jails."""
+    stack = [host]
+    seen: set[int] = set()
+    while stack and len(seen) < 100_000:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        s.cpu_ticks += sum(int(x) for x in fields[11:15])
+        s.tasks += int(fields[17])
+        for kid in children(pid):
+            try:
+                with open(f"/proc/{kid}/comm", "rb") as f:
+                    is_jail = f.read().strip() == b"bwrap"
+            except OSError:
+                continue
+            if not is_jail:
+                stack.append(kid)  # a host of a sub-cell below (or an unjailed cell)
+                continue
+            jail = _Sample()
+            _add_tree(jail, kid, True)
+            start = _stat(kid)
+            if start is not None:
+                counter.jail_seen((kid, start[19]), jail.cpu_ticks)
+            s.tasks += jail.tasks
 
 
 subcell_cpu = SubcellCpu()
@@ -535,10 +575,8 @@ class Watchdog:
         s = _Sample()
         _add_tree(s, self._root, self._include_root)
         for pid in subcell_cpu.live():
-            sub = _Sample()
-            subcell_cpu.seen(pid, _add_tree(sub, pid, True))
-            s.tasks += sub.tasks
-        s.cpu_ticks += subcell_cpu.ticks()  # the most seen of each: never less than before
+            _sample_host(s, pid, subcell_cpu)  # live hosts here; jails in the counter
+        s.cpu_ticks += subcell_cpu.ticks()  # exited hosts, and the most seen of every jail
         return s
 
     def _processes_in_jail(self) -> int | None:
