@@ -337,10 +337,11 @@ def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell, cgrou
     assert "--cpu-time" in r.stderr and "done" not in r.stdout
 
 
-def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
+@CGROUP_OR_NOT
+def test_a_tree_within_its_cpu_time_runs_normally(make_cell, cgroups):
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--cpu-time", "30", "--with-exec", "--exec-allow", "/bin/sleep",
-               parent, "2", "0", timeout=120)
+               parent, "2", "0", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["spawned", "0", "spawned", "1", "done"]
 

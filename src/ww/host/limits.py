@@ -419,11 +419,13 @@ def _stat(pid: int) -> list[bytes] | None:
     return data[data.rindex(b")") + 2:].split()  # fields from the 3rd (state) on
 
 
-def _add_tree(s: _Sample, root: int, include_root: bool) -> int:
+def _add_tree(s: _Sample, root: int, include_root: bool,
+              descend: Callable[[int], bool] | None = None) -> int:
     """Add the CPU time and tasks of ``root``'s descendants (and ``root``) to ``s``.
 
     A process's CPU time counts with that of its reaped children (``cutime``, ``cstime``),
-    so that nothing is lost when a process of the tree reaps another.  Returns the ticks.
+    so that nothing is lost when a process of the tree reaps another.  ``descend(pid)``,
+    if given, decides for each child whether its subtree is added.  Returns the ticks.
     """
     before = s.cpu_ticks
     fields = _stat(root)
@@ -435,7 +437,7 @@ def _add_tree(s: _Sample, root: int, include_root: bool) -> int:
     else:
         s.cpu_ticks += int(fields[13]) + int(fields[14])  # its reaped children: cutime + cstime
     seen = {root}
-    stack = children(root)
+    stack = [kid for kid in children(root) if descend is None or descend(kid)]
     while stack and len(seen) < 100_000:
         pid = stack.pop()
         if pid in seen:
@@ -446,7 +448,7 @@ def _add_tree(s: _Sample, root: int, include_root: bool) -> int:
             continue
         s.cpu_ticks += sum(int(x) for x in fields[11:15])
         s.tasks += int(fields[17])
-        stack.extend(children(pid))
+        stack.extend(kid for kid in children(pid) if descend is None or descend(kid))
     return s.cpu_ticks - before
 
 
@@ -501,34 +503,25 @@ class SubcellCpu:
 
 
 def _sample_host(s: _Sample, host: int, counter: SubcellCpu) -> None:
-    """Add a sub-cell's live host process and those below it to ``s``; record its jails."""
-    stack = [host]
-    seen: set[int] = set()
-    while stack and len(seen) < 100_000:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        fields = _stat(pid)
-        if fields is None:
-            continue
-        s.cpu_ticks += sum(int(x) for x in fields[11:15])
-        s.tasks += int(fields[17])
-        for kid in children(pid):
-            try:
-                with open(f"/proc/{kid}/comm", "rb") as f:
-                    is_jail = f.read().strip() == b"bwrap"
-            except OSError:
-                continue
-            if not is_jail:
-                stack.append(kid)  # a host of a sub-cell below (or an unjailed cell)
-                continue
-            jail = _Sample()
-            _add_tree(jail, kid, True)
-            start = _stat(kid)
-            if start is not None:
-                counter.jail_seen((kid, start[19]), jail.cpu_ticks)
-            s.tasks += jail.tasks
+    """Add a sub-cell's live host process and the hosts below it to ``s``; their jails'
+    CPU time goes to ``counter`` (the most seen of each), their tasks to ``s``."""
+
+    def descend(kid: int) -> bool:
+        try:
+            with open(f"/proc/{kid}/comm", "rb") as f:
+                if f.read().strip() != b"bwrap":
+                    return True  # a host of a sub-cell below (or an unjailed cell)
+        except OSError:
+            return False
+        jail = _Sample()
+        _add_tree(jail, kid, True)
+        start = _stat(kid)
+        if start is not None:
+            counter.jail_seen((kid, start[19]), jail.cpu_ticks)
+        s.tasks += jail.tasks
+        return False
+
+    _add_tree(s, host, True, descend)
 
 
 subcell_cpu = SubcellCpu()
