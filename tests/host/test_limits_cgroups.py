@@ -403,7 +403,7 @@ def test_cpu_time_counts_a_sub_cells_own_sub_cells_killed_outright(make_cell):
     parent = make_cell(f"""
         import ww.cell
         with ww.cell.session() as s:
-            child = s.exec.spawn("{middle}", "6", can_exec=True)
+            child = s.exec.spawn("{middle}", "12", can_exec=True)
             print("middle", child.wait(), child.stdout.read_all().decode().split(), flush=True)
             print("done", flush=True)
     """)
