@@ -130,7 +130,7 @@ class Limits:
                  pids: int | None = None, fsize: int | None = None,
                  timeout: float | None = None) -> None:
         self.memory = memory  # bytes: the tree's memory cgroup limit (kernel buffers too)
-        self.cpu_time = cpu_time  # seconds of CPU, all processes together
+        self.cpu_time = cpu_time  # seconds of CPU, all processes and sub-cells together
         self.pids = pids  # tasks (processes and threads) at once
         self.fsize = fsize  # bytes: the largest file the cell may write
         self.timeout = timeout  # seconds of wall-clock time
