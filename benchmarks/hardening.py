@@ -14,7 +14,8 @@ Rows:
                       (the watchdog thread sampling the cell every 10 ms; --pids and
                       --memory in a cgroup where the host can make one)
   pids+mem cgroup     this tree with --pids and --memory only: the cell's cgroup
-  pids+mem /proc      the same with WW_CGROUPS=0: the /proc watchdog instead
+  pids /proc          --pids only with WW_CGROUPS=0: the /proc watchdog instead (--memory
+                      is refused without a memory cgroup)
   --strict            this tree with --strict (a Python helper installs the filter)
 """
 
@@ -35,6 +36,7 @@ CELL = str(HERE / "rpc_cell.py")
 LIMITS = ["--memory", "1G", "--cpu-time", "600", "--pids", "1000", "--fsize", "1G",
           "--timeout", "600"]
 PIDS_MEMORY = ["--memory", "1G", "--pids", "1000"]
+PIDS = ["--pids", "1000"]
 
 
 def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -45,7 +47,7 @@ def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
         "seccomp (default)": ([], now),
         "+ all limits": (LIMITS, now),
         "pids+mem cgroup": (PIDS_MEMORY, now),
-        "pids+mem /proc": (PIDS_MEMORY, dict(now, WW_CGROUPS="0")),
+        "pids /proc": (PIDS, dict(now, WW_CGROUPS="0")),
         "--strict": (["--strict"], now),
     }
 

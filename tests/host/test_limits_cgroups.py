@@ -29,6 +29,8 @@ NO_CGROUP = ("this host cannot give a cell a cgroup with the {} controller (need
 needs_pids = pytest.mark.skipif("pids" not in HIERARCHIES, reason=NO_CGROUP.format("pids"))
 needs_memory = pytest.mark.skipif("memory" not in HIERARCHIES,
                                   reason=NO_CGROUP.format("memory"))
+needs_cpu = pytest.mark.skipif("cpu" not in HIERARCHIES,
+                               reason=NO_CGROUP.format("cpuacct (v1) or cpu (v2)"))
 
 
 def cell_cgroup(controller: str, host_pid: int, timeout: float = 10) -> Path:
@@ -229,21 +231,37 @@ def test_sub_cells_count_against_their_parents_memory_limit(make_cell):
     assert time.monotonic() - start < 30
 
 
-@needs_pids
-def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell):
+def spawn_one_and_check_its_host(make_cell, flags: list[str], controller: str,
+                                 v1_name: str) -> tuple[subprocess.Popen[str], Path]:
+    """A parent with ``flags`` that has spawned one sub-cell, whose child `ww run` is in the
+    parent cell's ``controller`` cgroup; the caller kills the parent."""
     parent = make_cell(SPAWNER)
-    proc = subprocess.Popen([WW, "run", "--pids", "40", "--with-exec", "--exec-allow",
+    proc = subprocess.Popen([WW, "run", *flags, "--with-exec", "--exec-allow",
                              "/bin/sleep", parent, "1", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         assert proc.stdout.readline().startswith("spawned 0"), proc.stderr.read()
-        group = cell_cgroup("pids", proc.pid)
+        group = cell_cgroup(controller, proc.pid)
         kids = [k for k in _children_of(proc.pid) if open(f"/proc/{k}/comm").read().strip()
                 != "bwrap"]
         assert kids, "no child ww run"
-        for kid in kids:  # the child `ww run` itself is in the parent cell's pids cgroup
-            line = next(x for x in open(f"/proc/{kid}/cgroup") if ":pids:" in x)
+        name = v1_name if HIERARCHIES[controller].version == 1 else ""  # v2: the "0::" line
+        for kid in kids:  # the child `ww run` itself is in the parent cell's cgroup
+            line = next(x for x in open(f"/proc/{kid}/cgroup")
+                        if name in x.split(":")[1].split(","))
             assert line.strip().endswith(group.name), line
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=20)
+        raise
+    return proc, group
+
+
+@needs_pids
+def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell):
+    proc, group = spawn_one_and_check_its_host(make_cell, ["--pids", "40"], "pids", "pids")
+    try:
         # ... and so is everything below it (its jail and cell, in a cgroup made below the
         # parent's), counted by the parent's pids.max: jail 2, cell 1, child host 1, its
         # jail 2 and its sleep 1.
@@ -258,11 +276,139 @@ def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell)
 
 
 def test_without_cgroups_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
-    # Without cgroups, no more sub-cells at once, in the whole tree, than --pids (they used
-    # to get up to 32 each, every one with a fresh copy of the limits).
+    # Without cgroups the watchdog counts the tasks of the whole tree: each sub-cell's `ww
+    # run`, its jail and its cell.  14 sub-cells under --pids 12 used to run 12 at once, each
+    # with a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--pids", "12", "--timeout", "50", "--with-exec", "--exec-allow",
-               "/bin/sleep", parent, "14", "0", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+               "/bin/sleep", parent, "14", "20", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        "ww: resource limit: the cell ran more than 12 processes or threads at once (--pids); "
+        "it was stopped"]
+    assert "done" not in r.stdout
+
+
+# --- --cpu-time is for the whole tree --------------------------------------------------------
+
+# Sub-cells that spin until they are stopped; the parent waits for them, then says "done".
+BURNER = """
+import sys, time
+import ww.cell
+with ww.cell.session() as s:
+    kids = [s.exec.spawn("/bin/sh", "-c", "echo go; while :; do :; done")
+            for _ in range(int(sys.argv[1]))]
+    for kid in kids:
+        kid.stdout.read(3)  # its "go" line: it is spinning
+    if sys.argv[2:] == ["kill"]:  # killed outright before their own limit, after a while
+        time.sleep(3)
+        for kid in kids:
+            kid.kill(9)
+    print("statuses", [kid.wait() for kid in kids], flush=True)
+    print("done", flush=True)
+"""
+CGROUP_OR_NOT = pytest.mark.parametrize("cgroups", [
+    pytest.param("1", marks=needs_cpu, id="cgroup"), pytest.param("0", id="watchdog")])
+
+
+@CGROUP_OR_NOT
+def test_cpu_time_bounds_the_parent_and_its_sub_cells_together(make_cell, cgroups):
+    # Four sub-cells each spin up to their own --cpu-time 1 (they get the parent's flags):
+    # four seconds of CPU in all, which used to leave the parent at exit 0.  With a cgroup
+    # the kernel counts the tree's CPU time; without, the watchdog sums it from /proc.
+    parent = make_cell(BURNER)
+    r = run_ww("run", "--cpu-time", "1", "--pids", "200", "--with-exec", "--exec-allow",
+               "/bin/sh", parent, "4", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        "ww: resource limit: the cell used more than 1s of CPU time (--cpu-time); it was stopped"]
+    assert "done" not in r.stdout
+
+
+@CGROUP_OR_NOT
+def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell, cgroups):
+    # A sub-cell killed by SIGKILL leaves its jail to die unreaped by anything of the tree:
+    # what it burned counts all the same (the most the watchdog saw of it).
+    parent = make_cell(BURNER)
+    r = run_ww("run", "--cpu-time", "2", "--pids", "200", "--with-exec", "--exec-allow",
+               "/bin/sh", parent, "4", "kill", timeout=120,
+               env=dict(os.environ, WW_CGROUPS=cgroups))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--cpu-time" in r.stderr and "done" not in r.stdout
+
+
+@CGROUP_OR_NOT
+def test_a_tree_within_its_cpu_time_runs_normally(make_cell, cgroups):
+    parent = make_cell(SPAWNER)
+    r = run_ww("run", "--cpu-time", "30", "--with-exec", "--exec-allow", "/bin/sleep",
+               parent, "2", "0", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
     assert r.returncode == 0, r.stderr
-    assert [line.split()[0] for line in r.stdout.splitlines()] == (
-        ["spawned"] * 12 + ["refused"] * 2 + ["done"])
+    assert r.stdout.split() == ["spawned", "0", "spawned", "1", "done"]
+
+
+def test_timeout_stops_the_sub_cells_with_their_parent(make_cell):
+    # Each sub-cell gets the parent's --timeout as its own, started later; the parent's
+    # ends the tree: its sub-cells die with it, not when their own would run out.
+    marker = f"{os.getpid() % 1000 + 40}.{time.monotonic_ns() % 1000:03d}"
+    parent = make_cell(f"""
+        import time
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("/bin/sleep", "{marker}")
+            print("spawned 0", flush=True)
+            time.sleep(30)
+    """)
+    start = time.monotonic()
+    r = run_ww("run", "--timeout", "3", "--with-exec", "--exec-allow", "/bin/sleep", parent,
+               timeout=120)
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--timeout" in r.stderr and r.stdout.startswith("spawned 0")
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).stdout
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left
+    assert time.monotonic() - start < 30
+
+
+@needs_cpu
+def test_sub_cells_run_inside_their_parents_cpu_cgroup(make_cell):
+    proc, _ = spawn_one_and_check_its_host(make_cell, ["--cpu-time", "60"], "cpu", "cpuacct")
+    proc.kill()
+    proc.wait(timeout=20)
+
+
+# A sub-cell that starts spinners of its own and kills each outright after a while.
+KILLS_ITS_OWN = """
+import sys, time
+import ww.cell
+with ww.cell.session() as s:
+    for i in range(int(sys.argv[1])):
+        kid = s.exec.spawn("/bin/sh", "-c", "echo go; while :; do :; done")
+        kid.stdout.read(3)
+        time.sleep(1.2)
+        kid.kill(9)
+        print("killed", i, kid.wait(), flush=True)
+"""
+
+
+def test_cpu_time_counts_a_sub_cells_own_sub_cells_killed_outright(make_cell):
+    # Without cgroups: a sub-cell starts spinners of its own and kills them, one after the
+    # other.  No jail's CPU time reaches its `ww run` (bubblewrap does not reap its init),
+    # so the parent keeps the most it saw of every jail at every depth; it used to see only
+    # the sub-cell's tree as it was at each moment, one spinner at a time.
+    middle = make_cell(KILLS_ITS_OWN, name="middle.py")
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("{middle}", "12", can_exec=True)
+            print("middle", child.wait(), child.stdout.read_all().decode().split(), flush=True)
+            print("done", flush=True)
+    """)
+    r = run_ww("run", "--cpu-time", "4", "--with-exec", "--exec-allow", middle,
+               "--exec-allow", "/bin/sh", parent, timeout=180,
+               env=dict(os.environ, WW_CGROUPS="0"))
+    assert r.returncode == 66, (r.stdout, r.stderr)
+    assert "--cpu-time" in r.stderr and "done" not in r.stdout

@@ -234,8 +234,11 @@ def test_missing_command_exits_127(tmp_path):
 
 
 def test_script_with_missing_interpreter_exits_127(make_cell):
-    cell = make_cell("echo hi", name="s.sh", shebang="#!/nonexistent/interpreter")
+    cell = make_cell("echo hi", name="s.sh", shebang="#!/usr/bin/no-such-interpreter-ww")
     assert run_ww("run", cell).returncode == 127
+    # Outside the system directories it is refused before the host looks for it.
+    cell = make_cell("echo hi", name="t.sh", shebang="#!/nonexistent/interpreter")
+    assert run_ww("run", cell).returncode == 126
 
 
 def test_not_executable_exits_126(tmp_path):

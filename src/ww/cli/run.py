@@ -48,12 +48,13 @@ def _access_options(f: Any) -> Any:
 
 # Hardening: the seccomp mode and resource limits (see docs/security.md), option -> envvar.
 _LIMIT_OPTIONS = {
-    "memory": ("WW_MEMORY", "SIZE", "Stop the cell (exit 66) when its processes and its "
-               "/cell and /tmp hold more than SIZE of memory (e.g. 256M, 2G)."),
+    "memory": ("WW_MEMORY", "SIZE", "Stop the cell (exit 66) when it and its sub-cells hold "
+               "more than SIZE of memory, kernel buffers included (e.g. 256M, 2G); refused "
+               "where the host cannot make a memory cgroup."),
     "cpu_time": ("WW_CPU_TIME", "SECONDS", "Stop the cell (exit 66) after SECONDS of CPU time, "
-                 "all its processes together."),
-    "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it runs more than N processes and "
-             "threads at once."),
+                 "all its processes and sub-cells together."),
+    "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it and its sub-cells run more than "
+             "N processes and threads at once."),
     "fsize": ("WW_FSIZE", "SIZE", "Stop the cell (exit 66) when it writes a file larger "
               "than SIZE."),
     "timeout": ("WW_TIMEOUT", "SECONDS", "Stop the cell (exit 66) after SECONDS of wall-clock "
@@ -65,6 +66,10 @@ def _hardening_options(f: Any) -> Any:
     for name, (envvar, metavar, help_text) in reversed(_LIMIT_OPTIONS.items()):
         f = click.option(f"--{name.replace('_', '-')}", name, envvar=envvar, metavar=metavar,
                          help=help_text)(f)
+    f = click.option("--interpreter", "interpreter", multiple=True, metavar="PATH", help=(
+        "Let a #! line naming PATH (absolute) have PATH's Python installation or virtualenv "
+        "shown in the jail (repeatable); other interpreters outside the system directories "
+        "are refused, except the Python ww runs on."))(f)
     return click.option("--strict", is_flag=True, envvar="WW_STRICT",
                         help="Kill the cell on its first system call the seccomp filter "
                              "denies, and exit 67 naming it (default: the call fails with "
@@ -81,7 +86,10 @@ def _limits(options: dict[str, Any]) -> Any:
     parse = {"memory": limits.parse_size, "fsize": limits.parse_size,
              "cpu_time": limits.parse_seconds, "timeout": limits.parse_seconds,
              "pids": limits.parse_count}
-    return limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-")) for k, v in given.items()})
+    wanted = limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
+                              for k, v in given.items()})
+    limits.check_memory(wanted)  # no memory cgroup here: refused before anything starts
+    return wanted
 
 
 @click.command(
@@ -126,6 +134,8 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
 
     access_options = {name: hardening.pop(name) for name in _ACCESS_OPTIONS}
     p2p_flags = {name: hardening.pop(name) for name in P2P_OPTIONS}
+    interpreters = _interpreters(hardening["interpreter"])  # handed on to sub-cells too
+    cell_limits = _limits(hardening)  # a bad value fails before any node is opened
     grants = fds.parse_fd_flags(list(fd_flags))
     entries = cell_env.parse_ww_env(os.environ.get("WW_ENV", "")) + list(env_entries)
     environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
@@ -161,13 +171,22 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
             p2p_flags["allow_dial"]), p2p_node=node),
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
+        interpreters=interpreters,
         debug=bool(click.get_current_context().find_root().params.get("debug")),
         strict=hardening["strict"],
-        limits=_limits(hardening),
+        limits=cell_limits,
         access=access,
         p2p=node,
     )
     return supervisor.run(config)
+
+
+def _interpreters(paths: tuple[str, ...]) -> list[str]:
+    if not paths:
+        return []
+    from ww.host.executable import check_interpreters
+
+    return check_interpreters(paths)
 
 
 def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) -> Any:
@@ -197,6 +216,9 @@ def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
         flag = "--" + name.replace("_", "-")
         if value is True:
             run_flags.append(flag)
+        elif isinstance(value, tuple):  # a repeatable flag: --interpreter
+            for item in value:
+                run_flags += [flag, str(item)]
         elif value not in (None, False):
             run_flags += [flag, str(value)]
     return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit)

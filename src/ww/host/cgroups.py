@@ -1,11 +1,14 @@
-"""Kernel-enforced ``--pids`` and ``--memory``: one cgroup per cell.
+"""Kernel-enforced ``--pids`` and ``--memory``, kernel-counted ``--cpu-time``: a cgroup per cell.
 
-With ``--pids`` or ``--memory`` the host creates a cgroup for the cell before it starts,
-sets the limit in it, and the forked child joins it before it executes bubblewrap, so every
-process of the cell, from bubblewrap on, is born inside it and the kernel itself refuses the
-fork past ``pids.max`` and the page past the memory limit.  The watchdog of
-:mod:`ww.host.limits` then only reads the cgroup's event counters to learn that a limit was
-hit, stops the cell and `ww run` exits 66.
+With ``--pids``, ``--memory`` or ``--cpu-time`` the host creates a cgroup for the cell
+before it starts, sets the limit in it, and the forked child joins it before it executes
+bubblewrap, so every process of the cell, from bubblewrap on, is born inside it and the
+kernel itself refuses the fork past ``pids.max`` and the page past the memory limit.  The
+watchdog of :mod:`ww.host.limits` then only reads the cgroup's event counters to learn that
+a limit was hit, stops the cell and `ww run` exits 66.  For ``--cpu-time`` (the "cpu"
+controller: ``cpuacct`` in v1, ``cpu`` in v2) there is no limit to set: the watchdog reads
+the CPU time the kernel charged to the cgroup and everything below it (sub-cells join it),
+which no process can take out of it by exiting, being killed or being reparented.
 
 Where each controller comes from, per controller:
 
@@ -15,9 +18,9 @@ Where each controller comes from, per controller:
 * else **cgroup v1**, when the controller's hierarchy is mounted and writable: the cell's
   cgroup is made under the host's *own* cgroup there, so it stays inside any limit the host
   itself is under;
-* else nothing: :func:`create` leaves that controller out and the watchdog samples
-  ``/proc`` instead (see :mod:`ww.host.limits`).  ``WW_CGROUPS=0`` in the host's
-  environment asks for that fallback everywhere.
+* else nothing: :func:`create` leaves that controller out; the watchdog samples ``/proc``
+  for ``--pids`` instead, and ``--memory`` is refused (see :mod:`ww.host.limits`).
+  ``WW_CGROUPS=0`` in the host's environment asks for that fallback everywhere.
 
 Each cell's cgroup is named ``ww-<pid namespace>-<host pid>-<random>``.  The host removes it
 when the cell ends, after killing anything left in it.  A host killed by SIGKILL cannot, so
@@ -33,7 +36,8 @@ import signal
 import time
 from collections.abc import Callable
 
-CONTROLLERS = ("pids", "memory")
+CONTROLLERS = ("pids", "memory", "cpu")
+_V1_NAMES = {"cpu": "cpuacct"}  # the v1 hierarchy that counts CPU time per cgroup
 _PREFIX = "ww-"
 
 
@@ -125,8 +129,9 @@ def _hierarchies(wanted: list[str]) -> dict[str, Hierarchy]:
                     found[c] = Hierarchy(2, d)
     for fstype, root, point, options in mounts:
         for c in wanted:
-            if fstype == "cgroup" and c in options and c not in found and c in own:
-                d = _below(point, root, own[c])
+            v1 = _V1_NAMES.get(c, c)
+            if fstype == "cgroup" and v1 in options and c not in found and v1 in own:
+                d = _below(point, root, own[v1])
                 if d is not None and os.access(d, os.W_OK):
                     found[c] = Hierarchy(1, d)
     return found
@@ -146,6 +151,7 @@ class CellCgroup:
         self.versions: dict[str, int] = {}  # controller -> 1 or 2
         self._procs: list[int] = []  # the file of each directory the child joins through
         self._events: dict[str, int] = {}  # controller -> fd of its event counters
+        self._usage: tuple[int, int] | None = None  # "cpu": (version, fd of its CPU time)
 
     @property
     def enforced(self) -> frozenset[str]:
@@ -193,6 +199,19 @@ class CellCgroup:
                 return "memory"
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """The CPU time charged to the cell's cgroup and below it, if it has "cpu"."""
+        if self._usage is None:
+            return None
+        version, fd = self._usage
+        try:
+            data = os.pread(fd, 4096, 0)
+        except OSError:
+            return None
+        if version == 1:
+            return int(data.split()[0]) / 1e9  # cpuacct.usage: nanoseconds
+        return _counters(data).get("usage_usec", 0) / 1e6
+
     def close(self) -> None:
         """Close the files the child needed (the host's copy of them), once it has started."""
         for fd in self._procs:
@@ -203,10 +222,11 @@ class CellCgroup:
     def remove(self) -> None:
         """Kill whatever is left in the cell's cgroups and remove them."""
         self.close()
-        for fd in self._events.values():
+        for fd in [*self._events.values(), *([self._usage[1]] if self._usage else [])]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._events = {}
+        self._usage = None
         for d in self._directories():
             _remove(d)
 
@@ -303,10 +323,13 @@ _JOIN = {1: "tasks", 2: "cgroup.procs"}
 
 _EVENTS = {(1, "pids"): "pids.events", (1, "memory"): "memory.oom_control",
            (2, "pids"): "pids.events", (2, "memory"): "memory.events"}
+_USAGE = {1: "cpuacct.usage", 2: "cpu.stat"}  # the CPU time charged, for "cpu"
 
 
 def create(limits: dict[str, int]) -> CellCgroup | None:
     """A cgroup for one cell with ``limits`` ({"pids": tasks, "memory": bytes}) set.
+
+    ``"cpu"`` in ``limits`` (its value unused) asks for the CPU time to be counted.
 
     Controllers that cannot be used here are left out (see :attr:`CellCgroup.enforced`);
     None when none can.  Never raises: a host without cgroups falls back to the watchdog.
@@ -333,15 +356,18 @@ def create(limits: dict[str, int]) -> CellCgroup | None:
                 made[h.own] = (d, os.open(os.path.join(d, _JOIN[h.version]),
                                           os.O_WRONLY | os.O_CLOEXEC))
             d = made[h.own][0]
-            setter = _limits_v1 if h.version == 1 else _limits_v2
-            setter(d, controller, limits[controller])
-            events = os.open(os.path.join(d, _EVENTS[h.version, controller]),
-                             os.O_RDONLY | os.O_CLOEXEC)
+            if controller == "cpu":
+                usage = os.open(os.path.join(d, _USAGE[h.version]), os.O_RDONLY | os.O_CLOEXEC)
+                group._usage = (h.version, usage)
+            else:
+                setter = _limits_v1 if h.version == 1 else _limits_v2
+                setter(d, controller, limits[controller])
+                group._events[controller] = os.open(
+                    os.path.join(d, _EVENTS[h.version, controller]), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue  # this controller stays with the watchdog
         group.dirs[controller] = d
         group.versions[controller] = h.version
-        group._events[controller] = events
     for d, procs in made.values():
         if d in group.dirs.values():
             group._procs.append(procs)

@@ -3,9 +3,11 @@
 The host checks the executable before launching anything (bubblewrap would report a
 missing or non-executable program as its own exit 1): 127 when it is not found, 126 when
 it cannot be executed.  For a script, the interpreter named on its ``#!`` line must be
-visible in the jail too, with the interpreter's prefix (for Python: its virtualenv and
-the base installation), so that a Python cell using this project's SDK from the project's
-own virtualenv runs with no extra flags.
+visible in the jail too.  A ``#!`` line is content, so it never decides what of the host is
+bound (see :func:`interpreter_binds`): an interpreter in the system directories needs
+nothing; the Python `ww` itself runs on gets the few files of its installation it needs;
+one the operator named with ``--interpreter`` gets its installation; any other is bound
+alone when it is a system file under another name, and refused otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ww.errors import CommandNotFoundError, NotExecutableError
+from ww.errors import CommandNotFoundError, NotExecutableError, UsageError
 
 # Directories every jail already mounts read-only; nothing under them needs its own bind.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -153,8 +155,104 @@ def _sdk_dir_for(interpreter: str) -> list[str]:
     return [] if package.startswith(sys.prefix + "/") else [package]
 
 
-def prepare(command: str, args: list[str], search_path: str | None = None) -> Program:
-    """Resolve ``command`` and work out the exec argv and read-only binds for the jail."""
+def _is_own_python(path: str) -> bool:
+    """``path`` names the Python `ww` runs on: its executable, a name for it in the same
+    ``bin`` directory (``python3``, ``python3.11``), or the real file they lead to."""
+    own = os.path.realpath(sys.executable)
+    if path in (sys.executable, own):
+        return True
+    return (os.path.dirname(path) == os.path.dirname(sys.executable)
+            and os.path.realpath(path) == own)
+
+
+def _below(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _own_python_binds() -> list[str]:
+    """The files of `ww`'s own Python installation a cell on it needs, and nothing more.
+
+    Its virtualenv's ``pyvenv.cfg`` and the library directories on `ww`'s own ``sys.path``
+    (the standard library, ``lib-dynload``, ``site-packages``), its shared ``libpython``,
+    and the `ww` package: never the directory around them, which for a virtualenv made in
+    a project's root is the whole project.
+    """
+    binds: list[str] = []
+    cfg = os.path.join(sys.prefix, "pyvenv.cfg")
+    if os.path.isfile(cfg):
+        binds.append(cfg)
+    for entry in sys.path:
+        for prefix in (sys.prefix, sys.base_prefix):
+            rel = os.path.relpath(entry, prefix) if entry and _below(entry, prefix) else ""
+            if rel.split("/")[0] in ("lib", "lib64") and os.path.isdir(entry):
+                binds.append(entry)
+    try:
+        with open("/proc/self/maps") as maps:  # the libpython this very interpreter loaded
+            binds += [line.split(None, 5)[5].strip() for line in maps
+                      if "/libpython" in line and len(line.split(None, 5)) == 6]
+    except OSError:
+        pass
+    binds += _sdk_dir_for(sys.executable)
+    # A directory on sys.path inside another (site-packages in the standard library) once.
+    kept: list[str] = []
+    for path in sorted(set(binds), key=len):
+        if not any(_below(path, k) for k in kept):
+            kept.append(path)
+    return [b for b in dict.fromkeys(binds) if b in kept]
+
+
+class UntrustedInterpreterError(NotExecutableError):
+    """A ``#!`` line names an interpreter outside the system directories nobody vouched for."""
+
+
+def interpreter_binds(program: str, interpreter: str,
+                      trusted: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """What the jail must bind for ``interpreter``, named by the ``#!`` line of ``program``.
+
+    The ``#!`` line is content: it chooses the interpreter, never the host directories the
+    jail shows.  So, by the path it names (compared as written, never through symlinks):
+
+    * in the system directories, and a system file: nothing (the jail shows them all);
+    * the Python `ww` itself runs on: the interpreter and :func:`_own_python_binds`;
+    * one in ``trusted`` (``--interpreter``): the interpreter and its installation
+      (:func:`_prefix_dirs`), as the operator asked;
+    * any other that is a system file under another name (a virtualenv's ``python3`` made
+      from the system's): that file alone, at the path named;
+    * anything else: refused (:class:`UntrustedInterpreterError`, exit 126), before the
+      host even looks whether the file exists.
+    """
+    path = os.path.normpath(interpreter)
+    if _is_own_python(path):
+        return [path, *_own_python_binds()]
+    if path in {os.path.normpath(t) for t in trusted}:
+        return [path, *_prefix_dirs(path)]
+    if _is_system(os.path.realpath(path)):
+        return [] if _is_system(path) else [path]
+    raise UntrustedInterpreterError(
+        f"{program}: interpreter {interpreter} is outside the system directories and is "
+        "neither the Python ww runs on nor named with --interpreter: a #! line does not "
+        "choose what of the host the jail shows (pass --interpreter to allow it)")
+
+
+def check_interpreters(paths: list[str] | tuple[str, ...]) -> list[str]:
+    """``--interpreter PATH`` values: absolute paths of executable files, or a UsageError."""
+    checked = []
+    for path in paths:
+        if not os.path.isabs(path):
+            raise UsageError(f"--interpreter {path!r}: expected an absolute path")
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise UsageError(f"--interpreter {path!r}: not an executable file")
+        checked.append(os.path.normpath(path))
+    return checked
+
+
+def prepare(command: str, args: list[str], search_path: str | None = None,
+            interpreters: list[str] | tuple[str, ...] = (), jailed: bool = True) -> Program:
+    """Resolve ``command`` and work out the exec argv and read-only binds for the jail.
+
+    ``interpreters`` are the ones the operator named with ``--interpreter``: a ``#!`` line
+    naming one of them gets its installation bound (see :func:`interpreter_binds`).
+    """
     path = resolve(command, search_path)
     _check_executable(path, command)
     shebang = _read_shebang(path)
@@ -181,8 +279,12 @@ def prepare(command: str, args: list[str], search_path: str | None = None) -> Pr
         interp, interp_arg = found, words[1:]
     elif not os.path.isabs(interp):
         raise NotExecutableError(f"{command}: interpreter {interp!r} is not an absolute path")
+    if jailed:
+        extras = interpreter_binds(command, interp, interpreters)
+    else:
+        extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
-    for extra in [interp, *_prefix_dirs(interp), *_sdk_dir_for(interp)]:
+    for extra in extras:
         if not _is_system(extra) and extra not in binds:
             binds.append(extra)
     return Program(argv=[interp, *interp_arg, path, *args], binds=binds)

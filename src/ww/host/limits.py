@@ -1,30 +1,37 @@
-"""Resource limits on a cell: memory, CPU time, processes, file size and wall-clock time.
+"""Resource limits on a tree of cells: memory, CPU time, processes, file size and time.
 
 A cell that goes over a limit is stopped (SIGKILL to the whole jail) and `ww run` exits 66
-naming the limit.  Three mechanisms, so that the host is never the one that runs out:
+naming the limit.  Every limit is for the whole tree: the cell and the sub-cells it starts
+(``--with-exec``), at every depth, with their own `ww run` host processes.  Three mechanisms,
+so that the host is never the one that runs out:
 
-* **A cgroup per cell for ``--pids`` and ``--memory``** (:mod:`ww.host.cgroups`), where the
-  host can make one (cgroup v2 if delegated, else v1): the kernel refuses the fork past
-  ``--pids`` tasks and the page past ``--memory`` bytes (the OOM killer then kills inside
-  the cell, never outside it).  The watchdog below reads the cgroup's event counters
-  (a refused fork, an OOM kill) every ``INTERVAL`` and stops the cell on the first.
-* **A watchdog thread in the host** samples the cell's process tree every ``INTERVAL``
-  seconds from ``/proc``: the CPU time of every process alive or reaped and the time since
-  the start; and, for ``--pids`` and ``--memory`` where no cgroup could be made, the number
-  of tasks (processes and threads) and the resident memory of every process plus what the
-  cell stored in its tmpfs directories (``/cell``, ``/tmp``).  It kills the jail on the first
-  sample over a limit.  It runs only when a limit is set.
+* **A cgroup per cell for ``--pids``, ``--memory`` and ``--cpu-time``**
+  (:mod:`ww.host.cgroups`), where the host can make one (cgroup v2 if delegated, else v1):
+  the kernel refuses the fork past ``--pids`` tasks and the page past ``--memory`` bytes
+  (the OOM killer then kills inside the cell, never outside it), and counts the CPU time
+  of everything in it.  A sub-cell's `ww run` joins its parent cell's cgroup before
+  it runs anything.  The watchdog below reads the cgroup's event counters (a refused fork,
+  an OOM kill) every ``INTERVAL`` and stops the cell on the first.  ``--memory`` is refused
+  (a usage error, exit 2) where no memory cgroup can be made: only the kernel's own
+  accounting sees everything a cell can make it hold (pipe and socket buffers, page tables,
+  ...), and a limit that silently counts less than it says is worse than none.
+* **A watchdog thread in the host** samples the tree every ``INTERVAL`` seconds from
+  ``/proc``: the time since the start; where no cgroup counts it, the CPU time of every
+  process of the cell's jail, alive or reaped, and of every sub-cell's `ww run` and
+  everything below it, alive or reaped (:data:`subcell_cpu`); and, for ``--pids`` where no
+  cgroup could be made, the number of tasks (processes and threads) of the same tree.  It
+  kills the jail on the first sample over a limit.  It runs only when a limit is set.
 * **Kernel limits as a backstop**, set in the forked child before bubblewrap starts and
   inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (for a
   single process the watchdog would miss), ``RLIMIT_FSIZE`` (a write past ``--fsize`` fails
   and raises SIGXFSZ), and, with ``--memory``, tmpfs mounts no larger than the limit.  Every
   cell also gets ``oom_score_adj`` 1000 (under memory pressure the kernel kills a cell before
   anything of the host) and no core dumps (``RLIMIT_CORE`` 1: neither a core file nor a
-  core-dump pipe).
+  core-dump pipe).  Sub-cells get the same flags, so each cell of a tree is also held to
+  them on its own.
 
-The ``/proc`` fallback for ``--pids`` and ``--memory`` is sampled: a fork bomb can make
-hundreds of processes and a fast allocator overshoot by what it touches in ``INTERVAL``
-before it is stopped.  It works wherever ``/proc`` does, with no privileges.
+The ``/proc`` fallback for ``--pids`` is sampled: a fork bomb can make hundreds of processes
+in ``INTERVAL`` before it is stopped.  It works wherever ``/proc`` does, with no privileges.
 """
 
 from __future__ import annotations
@@ -46,9 +53,6 @@ INTERVAL = 0.01  # seconds between two samples of the cell
 
 # Tasks of a jailed cell that are not the cell's own: bubblewrap and its init in the jail.
 JAIL_TASKS = 2
-
-# The jail's tmpfs mounts, whose contents count as the cell's memory (see ww.host.jail).
-TMPFS_DIRS = ("/cell", "/tmp", "/dev/shm")
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?"
@@ -125,8 +129,8 @@ class Limits:
     def __init__(self, memory: int | None = None, cpu_time: float | None = None,
                  pids: int | None = None, fsize: int | None = None,
                  timeout: float | None = None) -> None:
-        self.memory = memory  # bytes: resident memory of all processes + tmpfs contents
-        self.cpu_time = cpu_time  # seconds of CPU, all processes together
+        self.memory = memory  # bytes: the tree's memory cgroup limit (kernel buffers too)
+        self.cpu_time = cpu_time  # seconds of CPU, all processes and sub-cells together
         self.pids = pids  # tasks (processes and threads) at once
         self.fsize = fsize  # bytes: the largest file the cell may write
         self.timeout = timeout  # seconds of wall-clock time
@@ -160,23 +164,56 @@ class Limits:
 
 
 def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
-    """The cell's cgroup with ``--pids`` and ``--memory`` set, where the host can make one.
+    """The cell's cgroup with ``--pids`` and ``--memory`` set and ``--cpu-time`` counted,
+    where the host can make one.
 
     ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
-    its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.
+    its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.  A
+    UsageError when ``--memory`` is given and no memory cgroup can be made (see above).
     """
-    if limits is None or (limits.pids is None and limits.memory is None):
+    if limits is None or (limits.pids is None and limits.memory is None
+                          and limits.cpu_time is None):
         return None
+    group = None
+    if os.environ.get("WW_CGROUPS") != "0":  # else the operator asked for no cgroups
+        from ww.host import cgroups
+
+        wanted: dict[str, int] = {}
+        if limits.pids is not None:
+            wanted["pids"] = limits.pids + (JAIL_TASKS if jailed else 0)
+        if limits.memory is not None:
+            wanted["memory"] = limits.memory
+        if limits.cpu_time is not None:
+            wanted["cpu"] = 0  # nothing to set: the kernel counts the tree's CPU time there
+        group = cgroups.create(wanted)
+    if limits.memory is not None and (group is None or "memory" not in group.enforced):
+        if group is not None:
+            group.remove()
+        raise _memory_refused()
+    return group
+
+
+def _memory_refused() -> UsageError:
+    why = ("WW_CGROUPS=0 turns cgroups off" if os.environ.get("WW_CGROUPS") == "0" else
+           "this host cannot make one (it takes root with a writable cgroup v1 memory "
+           "hierarchy, or a delegated cgroup v2 one)")
+    return UsageError(f"--memory needs a memory cgroup, and {why}: without one the kernel's "
+                      "pipe and socket buffers would go uncounted; run without --memory")
+
+
+def check_memory(limits: Limits | None) -> None:
+    """Refuse ``--memory`` on a host with no memory cgroup before anything starts.
+
+    (:func:`cgroup_for` refuses it too, should making the cgroup itself fail.)
+    """
+    if limits is None or limits.memory is None:
+        return
     if os.environ.get("WW_CGROUPS") == "0":
-        return None  # the operator asked for the /proc watchdog
+        raise _memory_refused()
     from ww.host import cgroups
 
-    wanted: dict[str, int] = {}
-    if limits.pids is not None:
-        wanted["pids"] = limits.pids + (JAIL_TASKS if jailed else 0)
-    if limits.memory is not None:
-        wanted["memory"] = limits.memory
-    return cgroups.create(wanted)
+    if "memory" not in cgroups.available(("memory",)):
+        raise _memory_refused()
 
 
 def preexec_setter(limits: Limits | None,
@@ -353,10 +390,8 @@ def subcells() -> SubcellBudget:
 
 class _Sample:
     def __init__(self) -> None:
-        self.rss_pages = 0
         self.cpu_ticks = 0
         self.tasks = 0
-        self.pids: list[int] = []  # the cell's processes (jailed: bubblewrap's init too)
 
 
 def children(pid: int) -> list[int]:
@@ -384,13 +419,122 @@ def _stat(pid: int) -> list[bytes] | None:
     return data[data.rindex(b")") + 2:].split()  # fields from the 3rd (state) on
 
 
+def _add_tree(s: _Sample, root: int, include_root: bool,
+              descend: Callable[[int], bool] | None = None) -> int:
+    """Add the CPU time and tasks of ``root``'s descendants (and ``root``) to ``s``.
+
+    A process's CPU time counts with that of its reaped children (``cutime``, ``cstime``),
+    so that nothing is lost when a process of the tree reaps another.  ``descend(pid)``,
+    if given, decides for each child whether its subtree is added.  Returns the ticks.
+    """
+    before = s.cpu_ticks
+    fields = _stat(root)
+    if fields is None:
+        return 0
+    if include_root:
+        s.cpu_ticks += sum(int(x) for x in fields[11:15])
+        s.tasks += int(fields[17])
+    else:
+        s.cpu_ticks += int(fields[13]) + int(fields[14])  # its reaped children: cutime + cstime
+    seen = {root}
+    stack = [kid for kid in children(root) if descend is None or descend(kid)]
+    while stack and len(seen) < 100_000:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        s.cpu_ticks += sum(int(x) for x in fields[11:15])
+        s.tasks += int(fields[17])
+        stack.extend(kid for kid in children(pid) if descend is None or descend(kid))
+    return s.cpu_ticks - before
+
+
+class SubcellCpu:
+    """The CPU time of this host's sub-cells, for the watchdog where no cgroup counts it.
+
+    A sub-cell is a child `ww run` (a host process) with a jail below it, and maybe sub-cells
+    of its own.  Hosts reap the hosts they start, so a host's CPU time, with that of every
+    host below it, reaches its parent (``cutime``).  A jail's never does: bubblewrap learns
+    its cell's status from its init over a pipe and exits without reaping it, so what a jail
+    used leaves ``/proc`` when the jail ends.  So two counts:
+
+    * **hosts**: the executor (:mod:`ww.caps.exec`) calls :meth:`started` for each child
+      `ww run` it starts and :meth:`exited` once it has exited, before it reaps it (the dead
+      child's ``/proc`` entry still holds its CPU time and its reaped hosts'); the live ones
+      are sampled;
+    * **jails**, at every depth: the most the watchdog ever saw of each (:meth:`jail_seen`),
+      kept after the jail is gone.  What a jail uses after the last sample before it ends
+      (at most ``INTERVAL`` per core) is lost; starting a sub-cell costs far more.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[int] = set()  # pids of the child `ww run`s running
+        self._reaped = 0  # ticks of the child `ww run`s that have exited (hosts only)
+        self._jails: dict[tuple[int, bytes], int] = {}  # (pid, start time) -> most ticks seen
+
+    def started(self, pid: int) -> None:
+        with self._lock:
+            self._live.add(pid)
+
+    def exited(self, pid: int) -> None:
+        fields = _stat(pid)  # a zombie: its own time and its reaped children's
+        ticks = sum(int(x) for x in fields[11:15]) if fields is not None else 0
+        with self._lock:
+            if pid in self._live:
+                self._live.discard(pid)
+                self._reaped += ticks
+
+    def live(self) -> list[int]:
+        with self._lock:
+            return list(self._live)
+
+    def jail_seen(self, key: tuple[int, bytes], ticks: int) -> None:
+        with self._lock:
+            self._jails[key] = max(self._jails.get(key, 0), ticks)
+
+    def ticks(self) -> int:
+        """Clock ticks of the exited hosts and of every jail ever seen (the most of each)."""
+        with self._lock:
+            return self._reaped + sum(self._jails.values())
+
+
+def _sample_host(s: _Sample, host: int, counter: SubcellCpu) -> None:
+    """Add a sub-cell's live host process and the hosts below it to ``s``; their jails'
+    CPU time goes to ``counter`` (the most seen of each), their tasks to ``s``."""
+
+    def descend(kid: int) -> bool:
+        try:
+            with open(f"/proc/{kid}/comm", "rb") as f:
+                if f.read().strip() != b"bwrap":
+                    return True  # a host of a sub-cell below (or an unjailed cell)
+        except OSError:
+            return False
+        jail = _Sample()
+        _add_tree(jail, kid, True)
+        start = _stat(kid)
+        if start is not None:
+            counter.jail_seen((kid, start[19]), jail.cpu_ticks)
+        s.tasks += jail.tasks
+        return False
+
+    _add_tree(s, host, True, descend)
+
+
+subcell_cpu = SubcellCpu()
+
+
 class Watchdog:
-    """Samples a cell's process tree and stops it on the first limit it exceeds.
+    """Samples a cell's tree of processes and stops it on the first limit it exceeds.
 
     ``root`` is the process we spawned: bubblewrap (``jailed``: its descendants are the
-    jail, the first being bubblewrap's init) or, unjailed, the program itself.
-    ``on_exceeded`` is called with the one-line message, then ``stop_cell`` kills the cell.
-    With ``cgroup``, the limits it enforces are read from its event counters, not sampled.
+    jail, the first being bubblewrap's init) or, unjailed, the program itself.  The tree
+    also holds this host's sub-cells (:data:`subcell_cpu`).  ``on_exceeded`` is called with
+    the one-line message, then ``stop_cell`` kills the cell.  With ``cgroup``, the limits it
+    enforces are read from its event counters, not sampled.
     """
 
     def __init__(self, limits: Limits, root: int, jailed: bool, *,
@@ -400,19 +544,17 @@ class Watchdog:
         self._cgroup = cgroup
         enforced = cgroup.enforced if cgroup is not None else frozenset()
         self._sampled_pids = limits.pids if "pids" not in enforced else None
-        self._sampled_memory = limits.memory if "memory" not in enforced else None
-        self._sample_tree = any(x is not None for x in (self._sampled_pids,
-                                                        self._sampled_memory, limits.cpu_time))
+        self._counted_cpu = cgroup if "cpu" in enforced else None  # else sampled from /proc
+        self._sample_tree = self._sampled_pids is not None or (
+            limits.cpu_time is not None and self._counted_cpu is None)
         self._root = root
         self._include_root = not jailed
         self._on_exceeded = on_exceeded
         self._stop_cell = stop_cell
         self._done = threading.Event()
         self._start = time.monotonic()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._tick = os.sysconf("SC_CLK_TCK")
         self._thread = threading.Thread(target=self._run, name="ww-watchdog", daemon=True)
-        self.peak_memory = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -422,69 +564,13 @@ class Watchdog:
         self._thread.join(1)
 
     def sample(self) -> _Sample:
+        """CPU time (alive or reaped) and tasks of the cell's jail and of its sub-cells."""
         s = _Sample()
-        root = _stat(self._root)
-        if root is None:
-            return s
-        s.cpu_ticks = int(root[13]) + int(root[14])  # reaped children: cutime + cstime
-        if self._include_root:
-            s.pids.append(self._root)
-            s.cpu_ticks += int(root[11]) + int(root[12])
-            s.rss_pages += int(root[21])
-            s.tasks += int(root[17])
-        seen = {self._root}
-        stack = children(self._root)
-        while stack and len(seen) < 100_000:
-            pid = stack.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            fields = _stat(pid)
-            if fields is None:
-                continue
-            s.pids.append(pid)
-            s.cpu_ticks += sum(int(x) for x in fields[11:15])
-            s.rss_pages += int(fields[21])
-            s.tasks += int(fields[17])
-            stack.extend(children(pid))
+        _add_tree(s, self._root, self._include_root)
+        for pid in subcell_cpu.live():
+            _sample_host(s, pid, subcell_cpu)  # live hosts here; jails in the counter
+        s.cpu_ticks += subcell_cpu.ticks()  # exited hosts, and the most seen of every jail
         return s
-
-    def _tmpfs_bytes(self) -> int:
-        """What the cell stored in its tmpfs mounts, seen through its init's root."""
-        if self._include_root:
-            return 0  # unjailed: the cell's files are the host's business
-        used = 0
-        init = children(self._root)[:1]
-        for path in [f"/proc/{pid}/root{d}" for pid in init for d in TMPFS_DIRS]:
-            try:
-                st = os.statvfs(path)
-            except OSError:
-                continue
-            used += (st.f_blocks - st.f_bfree) * st.f_frsize
-        return used
-
-    @staticmethod
-    def _memfd_bytes(pids: list[int]) -> int:
-        """What the cell's open memfds hold (each once): shared memory no mount shows."""
-        seen: set[tuple[int, int]] = set()
-        used = 0
-        for pid in pids:
-            try:
-                names = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for name in names:
-                path = f"/proc/{pid}/fd/{name}"
-                try:
-                    if not os.readlink(path).startswith("/memfd:"):
-                        continue
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    used += st.st_blocks * 512
-        return used
 
     def _processes_in_jail(self) -> int | None:
         """The number of processes in the jail, cheaply: one listing of the jail's own /proc.
@@ -507,18 +593,17 @@ class Watchdog:
             return which
         if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
             return "timeout"
-        pids, memory = self._sampled_pids, self._sampled_memory
+        pids = self._sampled_pids
         if pids is not None and (self._processes_in_jail() or 0) > pids:
             return "pids"
+        if self._counted_cpu is not None and lim.cpu_time is not None:
+            if (self._counted_cpu.cpu_seconds() or 0.0) > lim.cpu_time:
+                return "cpu_time"
         if not self._sample_tree:
             return None
         s = self.sample()
-        if memory is not None:
-            used = s.rss_pages * self._page + self._tmpfs_bytes() + self._memfd_bytes(s.pids)
-            self.peak_memory = max(self.peak_memory, used)
-            if used > memory:
-                return "memory"
-        if lim.cpu_time is not None and s.cpu_ticks / self._tick > lim.cpu_time:
+        if (lim.cpu_time is not None and self._counted_cpu is None
+                and s.cpu_ticks / self._tick > lim.cpu_time):
             return "cpu_time"
         # Unjailed, the root is the program; jailed, it is bubblewrap, and the first task
         # below it is bubblewrap's init inside the jail, which is not the cell's.

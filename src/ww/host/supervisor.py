@@ -59,6 +59,7 @@ class RunConfig:
     capability_factories: dict[str, Callable[..., Any]] = field(default_factory=dict)
     jailed: bool = True
     search_path: str | None = None
+    interpreters: list[str] = field(default_factory=list)  # --interpreter: bound with prefix
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
@@ -234,7 +235,8 @@ def _watch_strict(sock: socket.socket, verdict: _Verdict, stop_cell: Callable[[]
 
 def run(config: RunConfig) -> int:
     """Run one cell to completion and return the exit status for `ww run`."""
-    program = executable.prepare(config.command, config.args, config.search_path)
+    program = executable.prepare(config.command, config.args, config.search_path,
+                                 config.interpreters, config.jailed)
     bwrap = jail.find_bwrap() if config.jailed else None
     host_sock, cell_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     workdir: str | None = None
