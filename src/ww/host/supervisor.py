@@ -139,11 +139,14 @@ class _Cell:
 
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
-           extra: list[int], cwd: str | None, cgroup: Any = None) -> subprocess.Popen[bytes]:
+           extra: list[int], cwd: str | None, cgroup: Any = None,
+           drop: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` with fd 3, the grants, and then ``extra`` fds right after the grants.
 
     ``extra`` are bubblewrap's own fds (its status pipe, the seccomp program, the strict
-    helper's socket): bwrap_argv names them by the numbers they get here.
+    helper's socket): bwrap_argv names them by the numbers they get here.  ``drop`` (when
+    `ww` runs as root) makes the child unprivileged once it has joined the cgroup; the
+    parent-death signal is set after it, because changing uid clears it.
     """
     grants = config.grants
     first_extra = fds.FIRST_GRANTED_FD + len(grants)
@@ -155,8 +158,10 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     set_limits = limits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
 
     def child_setup() -> None:
-        set_pdeathsig()
         set_limits()
+        if drop is not None:
+            drop()
+        set_pdeathsig()
         # Move the extra fds above every target first, so that installing the grants
         # cannot overwrite one of them.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in extra]
@@ -178,7 +183,8 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
     except subprocess.SubprocessError:
         raise HostError("cannot start the cell: the kernel refused to move it into its "
-                        "cgroup (--pids/--memory)") from None
+                        "cgroup (--pids/--memory) or to make its bound paths reachable by "
+                        "the unprivileged user it runs as") from None
 
 
 class _Verdict:
@@ -238,6 +244,7 @@ def run(config: RunConfig) -> int:
     bwrap = jail.find_bwrap() if config.jailed else None
     host_sock, cell_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     workdir: str | None = None
+    drop: Callable[[], None] | None = None  # root: the cell's uid is nobody's, not root's
     status_r: int | None = None
     extra: list[int] = []  # host fds bubblewrap gets right after the grants
     strict_sock: socket.socket | None = None
@@ -257,6 +264,10 @@ def run(config: RunConfig) -> int:
             tmpfs_size=config.limits.memory if config.limits else None,
         )
         argv = jail.bwrap_argv(bwrap, spec, argv_program)
+        ids = jail.host_ids()
+        if ids is not None:
+            jail.check_executable_by(argv_program[0], ids)
+            drop = jail.dropper(ids, binds)
     else:
         import tempfile
 
@@ -285,7 +296,8 @@ def run(config: RunConfig) -> int:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
             cgroup = limits.cgroup_for(config.limits, config.jailed)
             limits.share_with_subcells(config.limits, cgroup)  # --with-exec: one budget
-            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup)
+            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup,
+                          drop)
         finally:
             cell_sock.close()
             for fd in extra:
