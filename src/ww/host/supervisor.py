@@ -287,6 +287,7 @@ def run(config: RunConfig) -> int:
             pending.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
+    terminals = _Terminals([0, 1, 2, *(g.source for g in config.grants)])
     watchdog: limits.Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
@@ -344,6 +345,7 @@ def run(config: RunConfig) -> int:
             cgroup.remove()  # kills whatever of the cell is left first
         for s, handler in previous.items():
             signal.signal(s, handler)
+        terminals.restore()
         if config.p2p is not None:
             config.p2p.stop()
         host_sock.close()
@@ -351,6 +353,76 @@ def run(config: RunConfig) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# Signals whose default action would end `ww run` without restoring the terminal (SIGINT,
+# SIGTERM and SIGHUP are forwarded to the cell instead, and `ww run` ends normally).
+_FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class _Terminals:
+    """The settings and window size of every terminal the cell inherits, put back after it.
+
+    A cell can change a terminal it holds as stdin, stdout, stderr or a granted fd (modes
+    such as echo and canonical input, rows and columns); `ww run` saves each one before the
+    cell starts and restores it when the cell has exited, on every way out of `ww run` but
+    SIGKILL: a normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS``
+    (restored, then the signal's default action).  Nothing is imported or installed when no
+    fd is a terminal.
+    """
+
+    def __init__(self, fds: list[int]) -> None:
+        self._saved: list[tuple[int, list[Any], bytes]] = []
+        self._previous: dict[int, Any] = {}
+        ttys = []
+        seen = set()
+        for fd in fds:
+            try:
+                if not os.isatty(fd):
+                    continue
+                key = os.fstat(fd).st_rdev
+            except OSError:
+                continue
+            if key not in seen:
+                seen.add(key)
+                ttys.append(fd)
+        if not ttys:
+            return
+        import termios
+
+        for fd in ttys:
+            try:
+                self._saved.append((fd, termios.tcgetattr(fd),
+                                    fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8))))
+            except (OSError, termios.error):
+                continue
+        if self._saved:
+            self._previous = {s: signal.signal(s, self._on_fatal) for s in _FATAL_SIGNALS}
+
+    def _on_fatal(self, signum: int, frame: FrameType | None) -> None:
+        self.restore()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def restore(self) -> None:
+        if not self._saved:
+            return
+        import termios
+
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        # From a background process group, changing a terminal raises SIGTTOU, which would
+        # stop `ww run`; ignored, the change is made.
+        ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            for fd, attrs, size in self._saved:
+                with contextlib.suppress(OSError, termios.error):
+                    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+                    if fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)) != size:
+                        fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+        finally:
+            signal.signal(signal.SIGTTOU, ttou)
+        self._saved = []
 
 
 def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:
