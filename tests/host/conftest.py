@@ -60,27 +60,24 @@ class Who:
     def run(self, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
         if self.ids is None:
             return run_ww(*args, timeout=timeout, **kwargs)
-        env = dict(kwargs.pop("env", None) or os.environ)
-        env["HOME"] = str(self.home)
-        env["WW_HOME"] = str(self.home / ".ww")
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
-        return subprocess.run([WW, *args], env=env, timeout=timeout,
-                              preexec_fn=self.preexec(), **kwargs)
+        return subprocess.run([WW, *args], timeout=timeout, **self._as_user(kwargs))
 
     def popen(self, *args: str, **kwargs) -> subprocess.Popen:
         if self.ids is None:
             return subprocess.Popen([WW, *args], **kwargs)
+        return subprocess.Popen([WW, *args], **self._as_user(kwargs))
+
+    def _as_user(self, kwargs: dict) -> dict:
+        """The subprocess arguments that start `ww` as the test user, in its own home."""
+        assert self.ids is not None
         env = dict(kwargs.pop("env", None) or os.environ)
         env["HOME"] = str(self.home)
         env["WW_HOME"] = str(self.home / ".ww")
-        return subprocess.Popen([WW, *args], env=env, preexec_fn=self.preexec(), **kwargs)
-
-    def preexec(self):
-        assert self.ids is not None
         package = Path(jail.__file__).resolve().parent.parent.parent  # the tree holding ww
         paths = [sys.prefix, sys.base_prefix, str(package), str(self.work), str(self.home)]
-        return jail.dropper(self.ids, paths)
+        return {**kwargs, "env": env, "preexec_fn": jail.dropper(self.ids, paths)}
 
 
 @pytest.fixture(params=["root", "unprivileged"])
