@@ -67,8 +67,8 @@ def probe(make_cell):
 ALL_DENIED = [*seccomp.DENIED, "clone_newuser", "int80", "x32"]
 
 
-def test_every_denied_call_fails_with_eperm(probe):
-    r = run_ww("run", probe, *ALL_DENIED, timeout=60)
+def test_every_denied_call_fails_with_eperm(probe, who):
+    r = who.run("run", probe, *ALL_DENIED, timeout=60)
     assert r.returncode == 0, r.stderr
     results = dict(line.split() for line in r.stdout.splitlines())
     assert results.pop("end") is not None
