@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,20 @@ TEST_USER = "ww-test"
 
 def ensure_test_user() -> tuple[int, int]:
     """The uid and gid of TEST_USER, made first if it does not exist (idempotent)."""
-    try:
-        entry = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                        TEST_USER], capture_output=True, check=False)
-        entry = pwd.getpwnam(TEST_USER)  # made here, or by a concurrent test process
-    return entry.pw_uid, entry.pw_gid
+    for _ in range(100):  # bounded: a concurrent useradd holds the lock for a moment
+        try:
+            entry = pwd.getpwnam(TEST_USER)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            pass
+        made = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                               "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                               TEST_USER], capture_output=True, text=True, check=False)
+        if made.returncode not in (0, 9, 10):  # 9: it exists now; 10: /etc/passwd locked
+            raise RuntimeError(f"useradd {TEST_USER} failed: {made.stderr.strip()}")
+        if made.returncode == 10:
+            time.sleep(0.05)
+    raise RuntimeError(f"useradd {TEST_USER}: /etc/passwd stayed locked")
 
 
 class Who:
