@@ -7,9 +7,9 @@ log, injecting terminal input, or using the 32-bit system call ABI.  The filter 
 exactly those (``DENIED`` below, plus ``clone`` with a namespace flag, the calls of
 ``BY_ARGUMENT`` with the arguments named there, and the whole 32-bit ABI); a call numbered
 above ``LAST_KNOWN`` fails with ``ENOSYS``; everything else is allowed, because the jail's
-namespaces and bubblewrap's dropped capabilities already confine it.  Every call Docker's
-default profile allows is allowed, and every call it denies to a container without
-capabilities is denied too, or listed with the reason in docs/security.md.
+namespaces and bubblewrap's dropped capabilities already confine it.  docs/security.md
+compares the filter with Docker's default profile call by call: every difference is
+listed there with its reason.
 
 Two modes:
 
