@@ -53,11 +53,11 @@ HOST_GID = 65534
 
 # /proc entries bound read-only over themselves, and entries hidden (a file under
 # /dev/null, a directory under an empty read-only tmpfs): Docker's readonly and masked
-# paths, and /proc/kmsg.  Each only where the kernel has it.
+# paths, each only where the kernel has it.
 PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 PROC_HIDDEN = (
-    "/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/kmsg", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/interrupts",
+    "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/interrupts",
     "/proc/acpi", "/proc/asound", "/proc/scsi",
 )  # fmt: skip
 
