@@ -232,6 +232,9 @@ def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_char_p]
+    libc.unshare.argtypes = [ctypes.c_int]
     sources = sorted((p for paths in staged.values() for p in paths), key=len)
     is_dir = {p: os.path.isdir(p) for p in sources}
 
