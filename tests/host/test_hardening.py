@@ -73,8 +73,8 @@ def probe(make_cell):
 ALL_DENIED = [*seccomp.DENIED, "clone_newuser", "int80", "x32"]
 
 
-def test_every_denied_call_fails_with_eperm(probe):
-    r = run_ww("run", probe, *ALL_DENIED, timeout=60)
+def test_every_denied_call_fails_with_eperm(probe, who):
+    r = who.run("run", probe, *ALL_DENIED, timeout=60)
     assert r.returncode == 0, r.stderr
     results = dict(line.split() for line in r.stdout.splitlines())
     assert results.pop("end") is not None
@@ -376,3 +376,47 @@ def test_without_a_memory_cgroup_memory_is_refused_not_under_enforced(kind):
     assert r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("ww: --memory needs a memory cgroup, and WW_CGROUPS=0 turns "
                                "cgroups off"), r.stderr
+
+
+# What Docker's default profile denies beyond DENIED: calls with certain arguments, and
+# call numbers newer than the filter.  Each line: "name result" (an errno, or "allowed").
+DOCKER_PROBE = r"""
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def call(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return "allowed" if r >= 0 else ctypes.get_errno()
+
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+print("io_uring_setup", call(425, 8, ctypes.addressof(params)))
+for name, family, kind in (("af_alg", 38, socket.SOCK_SEQPACKET),
+                           ("af_vsock", 40, socket.SOCK_STREAM)):
+    try:
+        socket.socket(family, kind).close()
+        print(name, "allowed")
+    except OSError as e:
+        print(name, e.errno)
+print("personality_addr_no_randomize", call(135, 0x0040000))
+print("personality_query", call(135, 0xFFFFFFFF))
+print("call_470", call(470))
+"""
+
+
+def test_io_uring_and_the_rest_of_dockers_denials_are_denied(make_cell, who):
+    """io_uring worked in the jail (Docker's default profile blocks it): a real ring."""
+    cell = make_cell(DOCKER_PROBE, name="docker_probe.py", shebang="#!/usr/bin/env -S python3 -S")
+    unjailed = run_ww("run", "--jail=none", cell, timeout=60)
+    jailed = who.run("run", cell, timeout=60)
+    assert jailed.returncode == 0, jailed.stderr
+    results = dict(line.split() for line in jailed.stdout.splitlines())
+    assert results == {"io_uring_setup": "1", "af_alg": "1", "af_vsock": "1",
+                       "personality_addr_no_randomize": "1", "personality_query": "allowed",
+                       "call_470": "38"}  # EPERM; a call newer than the filter: ENOSYS
+    baseline = dict(line.split() for line in unjailed.stdout.splitlines())
+    if baseline["io_uring_setup"] != "allowed":
+        pytest.skip(f"this kernel has no io_uring to deny (errno {baseline['io_uring_setup']})")
+    assert baseline["personality_query"] == "allowed"
+

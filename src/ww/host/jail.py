@@ -2,12 +2,28 @@
 
 Every cell runs under bubblewrap in new user, pid, mount, network, ipc, uts and cgroup
 namespaces, with no capabilities, ``no_new_privs`` (bubblewrap always sets it), an
-unprivileged uid, and a root file system made only of what is named below:
+unprivileged uid, and a root file system made only of what is named below.
+
+A cell never holds host uid 0.  Its uid in the jail (1000) is whatever uid bubblewrap runs
+as on the host, so when `ww` runs as root the forked child drops to ``nobody`` (65534,
+no supplementary groups) before it executes bubblewrap (:func:`dropper`): otherwise the
+cell would *be* host root to every check the kernel makes by uid alone, such as writing
+``/proc/sys``.  bubblewrap then resolves the paths it binds as that user, so a bound path
+below a directory ``nobody`` cannot search (a virtualenv or a Python installation under
+``/root``, mode 0700) is first made reachable in a mount namespace of the child's own:
+the closest such directory gets an empty tmpfs over it, and the bound paths are bound
+back at the same places below it (nothing else of that directory shows).  The host's own
+view of its files never changes.
+
+The jail's file system:
 
 * the system directories read-only (``/usr``, and ``/bin``, ``/sbin``, ``/lib*`` as the
   host has them: directories bound read-only, merged-/usr symlinks recreated);
 * a handful of ``/etc`` files that dynamically linked programs need;
-* its own ``/proc`` and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts),
+* its own ``/proc``, with what container runtimes mask masked (``/proc/sys``, ``/proc/irq``,
+  ``/proc/bus``, ``/proc/sysrq-trigger`` read-only; ``/proc/kcore``, ``/proc/keys``,
+  ``/proc/timer_list`` and the like hidden: see ``PROC_READ_ONLY`` and ``PROC_HIDDEN``),
+  and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts),
   with ``/dev/shm`` a tmpfs of its own (capped like ``/cell`` and ``/tmp`` with ``--memory``);
 * a fresh empty writable working directory ``/cell`` and a private ``/tmp``, both tmpfs
   mounts that exist only inside the jail and vanish with it, even if the host is killed;
@@ -21,15 +37,30 @@ processes, not its network (the cell has only its own loopback).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ww.errors import HostError
+from ww.errors import HostError, NotExecutableError
 from ww.host.executable import which
 
 CELL_DIR = "/cell"
 CELL_UID = 1000
 CELL_GID = 1000
 HOSTNAME = "cell"
+# The cell's uid and gid on the host when `ww` runs as root: nobody and nogroup.
+HOST_UID = 65534
+HOST_GID = 65534
+
+# /proc entries bound read-only over themselves, and files hidden under /dev/null: the
+# ones container runtimes treat so (Docker's read-only paths and masked files) that
+# matter here.  Each only where the kernel has it, since each is one more mount in every
+# start of bubblewrap (about half a millisecond on a busy 2-core machine), and the cell is
+# not host root, so none of them is its only defence.  Docker's other entries (/proc/fs,
+# /proc/interrupts, /proc/acpi, /proc/asound, /proc/scsi) are writable only by host root,
+# or only read and saying nothing about other processes.
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+PROC_HIDDEN = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+               "/proc/latency_stats", "/proc/timer_stats")
 
 _ROOT_LINKS_OR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -99,8 +130,14 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         if os.path.exists(path):
             argv += ["--ro-bind", path, path]
     size = ["--size", str(spec.tmpfs_size)] if spec.tmpfs_size is not None else []
+    argv += ["--proc", "/proc"]
+    for path in PROC_READ_ONLY:
+        if os.path.exists(path):
+            argv += ["--ro-bind", path, path]
+    for path in PROC_HIDDEN:
+        if os.path.exists(path):
+            argv += ["--ro-bind", "/dev/null", path]
     argv += [
-        "--proc", "/proc",
         "--dev", "/dev",
         *size, "--perms", "01777", "--tmpfs", "/dev/shm",
         *size, "--tmpfs", "/tmp",
@@ -111,3 +148,122 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
     # The root itself (bubblewrap's own tmpfs holding the mount points) is read-only too.
     argv += ["--remount-ro", "/", "--chdir", CELL_DIR, "--", *program]
     return argv
+
+
+def host_ids() -> tuple[int, int] | None:
+    """The host uid and gid the cell gets instead of root's, or None when not root."""
+    return (HOST_UID, HOST_GID) if os.geteuid() == 0 else None
+
+
+def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` (no supplementary groups) may search or execute it."""
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid == gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def check_executable_by(path: str, ids: tuple[int, int]) -> None:
+    """Raise NotExecutableError (126) if the cell's host user may not execute ``path``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # bubblewrap reports it
+    if not _searchable(st, *ids):
+        raise NotExecutableError(
+            f"{path}: permission denied for the cell (when ww runs as root, cells run as "
+            f"uid {ids[0]}, which may not execute it)")
+
+
+def _hidden_ancestor(path: str, uid: int, gid: int) -> str | None:
+    """The closest directory above ``path`` that ``uid`` cannot search, if any."""
+    parts = path.split("/")[1:-1]
+    current = ""
+    for part in parts:
+        current += "/" + part
+        try:
+            st = os.stat(current)
+        except OSError:
+            return None  # bubblewrap will say the path is missing
+        if not _searchable(st, uid, gid):
+            return current
+    return None
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+
+
+def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
+    """A function for the forked child, just before it executes bubblewrap: become
+    ``ids`` with no supplementary groups, after making every bound path reachable by them.
+
+    Everything is worked out here, in the host; the child only makes system calls.
+    For a bound path below a directory the ids cannot search, the child, still root,
+    makes a mount namespace of its own, opens the path (``O_PATH``), puts an empty tmpfs
+    over that directory and binds the path back at its place from the open file.  Raises
+    in the child (so the spawn fails) if any of it fails.
+    """
+    uid, gid = ids
+    staged: dict[str, list[str]] = {}  # hidden directory -> the bound paths below it
+    for path in binds:
+        top = _hidden_ancestor(path, uid, gid)
+        if top is not None:
+            if top == "/" or any(top == d or top.startswith(d + "/") for d in
+                                 ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev")):
+                raise HostError(f"{path}: not reachable by the cell's user (uid {uid}): "
+                                f"{top} is not searchable")
+            # The outermost hidden directory wins: one tmpfs covers every path below it.
+            for other in list(staged):
+                if top.startswith(other + "/"):
+                    top = other
+                elif other.startswith(top + "/"):
+                    staged.setdefault(top, []).extend(staged.pop(other))
+            staged.setdefault(top, []).append(path)
+    if not staged:
+        def drop() -> None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+
+        return drop
+
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_char_p]
+    libc.unshare.argtypes = [ctypes.c_int]
+    sources = sorted((p for paths in staged.values() for p in paths), key=len)
+    is_dir = {p: os.path.isdir(p) for p in sources}
+
+    def mount(source: bytes | None, target: str, fstype: bytes | None, flags: int,
+              data: bytes | None) -> None:
+        if libc.mount(source, target.encode(), fstype, flags, data) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
+
+    def stage_and_drop() -> None:
+        if libc.unshare(_CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        mount(None, "/", None, _MS_REC | _MS_PRIVATE, None)  # nothing reaches the host
+        # Opened in the new namespace (a bind's source must be in the caller's), before
+        # the tmpfs hides them.
+        fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in sources]
+        os.umask(0o022)
+        for top in staged:
+            mount(b"tmpfs", top, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755,size=1m")
+        for path, fd in zip(sources, fds, strict=True):
+            if is_dir[path]:
+                os.makedirs(path, 0o755, exist_ok=True)
+            elif not os.path.lexists(path):
+                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            mount(f"/proc/self/fd/{fd}".encode(), path, None, _MS_BIND | _MS_REC, None)
+            os.close(fd)
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+
+    return stage_and_drop

@@ -1,11 +1,15 @@
 """The seccomp filter every jailed cell runs under: the kernel surface a cell never needs.
 
 A cell has no business tracing or reading other processes, mounting, making namespaces,
-loading kernel code or BPF programs, using the kernel keyring, rebooting, swapping, opening
-files by handle, touching I/O ports, or using the 32-bit system call ABI.  The filter denies
-exactly those (``DENIED`` below, plus ``clone`` with a namespace flag, the new mount API and
-the whole 32-bit ABI); everything else is allowed, because the jail's namespaces and
-bubblewrap's dropped capabilities already confine it.
+loading kernel code or BPF programs, using io_uring or the kernel keyring, rebooting,
+swapping, opening files by handle, touching I/O ports, setting the clock, reading the kernel
+log, injecting terminal input, or using the 32-bit system call ABI.  The filter denies
+exactly those (``DENIED`` below, plus ``clone`` with a namespace flag, the calls of
+``BY_ARGUMENT`` with the arguments named there, and the whole 32-bit ABI); a call numbered
+above ``LAST_KNOWN`` fails with ``ENOSYS``; everything else is allowed, because the jail's
+namespaces and bubblewrap's dropped capabilities already confine it.  docs/security.md
+compares the filter with Docker's default profile call by call: every difference is
+listed there with its reason.
 
 Two modes:
 
@@ -39,17 +43,47 @@ import struct
 
 from ww.errors import HostError
 
-# The calls denied, by name, in the order they are checked.
+# The calls denied, by name, in the order they are checked.  Docker's default profile
+# denies every one of them too (docs/security.md compares the two call by call).
 DENIED = (
     "ptrace", "process_vm_readv", "process_vm_writev",
-    "mount", "umount2", "pivot_root",
+    "kcmp", "pidfd_getfd", "process_madvise",
+    "mount", "umount2", "pivot_root", "chroot",
     "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "open_tree_attr",
     "unshare", "setns",
     "keyctl", "add_key", "request_key",
     "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "reboot", "swapon", "swapoff", "open_by_handle_at", "iopl", "ioperm",
+    "syslog", "acct", "vhangup", "quotactl", "quotactl_fd", "fanotify_init",
+    "lookup_dcookie", "uselib", "ustat", "sysfs",
+    "settimeofday", "clock_settime", "sethostname", "setdomainname",
+    "mbind", "set_mempolicy", "get_mempolicy", "set_mempolicy_home_node",
+    "migrate_pages", "move_pages",
+    "lsm_get_self_attr", "lsm_set_self_attr", "lsm_list_modules",
 )  # fmt: skip
+
+# Calls denied for some values of one argument: name -> (argument index, how, values).
+# "deny": these values are denied; "allow": only these values are allowed.  Only the low
+# 32 bits of the argument are compared: each of these is an int (or, for ioctl, an unsigned
+# int request) of which the kernel itself reads only the low 32 bits.
+BY_ARGUMENT = {
+    # AF_ALG (the kernel's crypto API) and AF_VSOCK (reaches the hypervisor, outside every
+    # network namespace), as Docker's profile.
+    "socket": (0, "deny", (38, 40)),
+    # TIOCSTI pushes input into a terminal, TIOCLINUX (selection paste) into a console.
+    "ioctl": (1, "deny", (0x5412, 0x541C)),
+    # Only the personalities Docker's profile allows: Linux, its 32-bit variant, UNAME26
+    # forms, and the query (0xffffffff); never ADDR_NO_RANDOMIZE or READ_IMPLIES_EXEC.
+    "personality": (0, "allow", (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)),
+}
+
+# System calls numbered above the last one this table knows (the same number on x86_64
+# and aarch64: the tables are shared from 424 on) fail with ENOSYS: a call newer than the
+# filter is not trusted until it is reviewed, and ENOSYS makes the C library fall back.
+LAST_KNOWN = 469  # file_setattr, Linux 6.17
 
 # Strict mode only: the calls that install a seccomp filter, (name, first argument values).
 # seccomp(op, ...) with op SECCOMP_SET_MODE_STRICT (0) or SECCOMP_SET_MODE_FILTER (1), and
@@ -88,7 +122,17 @@ _ARCHES = {
         "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
         "delete_module": 176, "reboot": 169, "swapon": 167, "swapoff": 168,
         "open_by_handle_at": 304, "iopl": 172, "ioperm": 173,
+        "kcmp": 312, "pidfd_getfd": 438, "process_madvise": 440, "chroot": 161,
+        "open_tree_attr": 467, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "syslog": 103, "acct": 163, "vhangup": 153,
+        "quotactl": 179, "quotactl_fd": 443, "fanotify_init": 300, "lookup_dcookie": 212,
+        "uselib": 134, "ustat": 136, "sysfs": 139, "settimeofday": 164, "clock_settime": 227,
+        "sethostname": 170, "setdomainname": 171, "mbind": 237, "set_mempolicy": 238,
+        "get_mempolicy": 239, "set_mempolicy_home_node": 450, "migrate_pages": 256,
+        "move_pages": 279, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
+        "lsm_list_modules": 461,
         "clone": 56, "clone3": 435, "seccomp": 317, "prctl": 157,
+        "socket": 41, "ioctl": 16, "personality": 135,
     }),
     # The generic table (asm-generic/unistd.h); aarch64 has no iopl/ioperm.
     "aarch64": _Arch(0xC00000B7, 0x40000028, False, {
@@ -101,7 +145,17 @@ _ARCHES = {
         "kexec_load": 104, "kexec_file_load": 294, "init_module": 105, "finit_module": 273,
         "delete_module": 106, "reboot": 142, "swapon": 224, "swapoff": 225,
         "open_by_handle_at": 265,
+        "kcmp": 272, "pidfd_getfd": 438, "process_madvise": 440, "chroot": 51,
+        "open_tree_attr": 467, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "syslog": 116, "acct": 89, "vhangup": 58,
+        "quotactl": 60, "quotactl_fd": 443, "fanotify_init": 262, "lookup_dcookie": 18,
+        "settimeofday": 170, "clock_settime": 112,
+        "sethostname": 161, "setdomainname": 162, "mbind": 235, "set_mempolicy": 237,
+        "get_mempolicy": 236, "set_mempolicy_home_node": 450, "migrate_pages": 238,
+        "move_pages": 239, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
+        "lsm_list_modules": 461,
         "clone": 220, "clone3": 435, "seccomp": 277, "prctl": 167,
+        "socket": 198, "ioctl": 29, "personality": 92,
     }),
 }  # fmt: skip
 
@@ -110,6 +164,7 @@ _LD_W_ABS = 0x20
 _JEQ_K = 0x15
 _JGE_K = 0x35
 _JSET_K = 0x45
+_JGT_K = 0x25
 _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
@@ -137,13 +192,17 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
     numbers = [arch.numbers[name] for name in DENIED if name in arch.numbers]
     # Layout (each line one instruction; jumps are relative and forward only):
     #   ld arch; jeq native ? +1 : ->bad_abi
-    #   ld nr; [jge X32 ->bad_abi]; jeq clone3 ->enosys; jeq clone ? ->clone : +0
+    #   ld nr; [jge X32 ->bad_abi]; jgt LAST_KNOWN ->enosys; jeq clone3 ->enosys;
+    #   jeq clone ? ->clone : +0
     #   jeq n_i ->deny   (for every denied number)
-    #   [strict: jeq seccomp ->seccomp; jeq prctl ->prctl]
+    #   jeq n ->n        (for every call checked by argument, BY_ARGUMENT and strict's)
     #   ret ALLOW
     # clone: ld arg0 (low word); jset CLONE_NEW* ->deny; ret ALLOW
-    # [strict: seccomp/prctl: ld arg0; jeq v_i ->deny (each value); ret ALLOW]
+    # n (deny values): ld arg (low word); jeq v_i ->deny (each value); ret ALLOW
+    # n (allow values): ld arg (low word); jeq v_i ->allow (each value); ret DENY
     # deny: ret DENY;  bad_abi: ret DENY;  enosys: ret ERRNO(ENOSYS)
+    # (The kernel caches, per call number, that a filter always allows it: only calls that
+    # are denied or checked by argument ever run it.)
     prog: list[tuple[int, int, int, int]] = []
     fixups: list[tuple[int, str, str]] = []  # (index, jt label, jf label)
     labels: dict[str, int] = {}
@@ -158,24 +217,30 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
     op(_LD_W_ABS, _OFF_NR)
     if arch.x32:
         op(_JGE_K, _X32_BIT, jt="bad_abi")
+    op(_JGT_K, LAST_KNOWN, jt="enosys")
     op(_JEQ_K, arch.numbers["clone3"], jt="enosys")
     op(_JEQ_K, arch.numbers["clone"], jt="clone")
     for nr in numbers:
         op(_JEQ_K, nr, jt="deny")
-    by_argument = STRICT_DENIED if mode == STRICT else ()
-    for name, _ in by_argument:
+    by_argument = dict(BY_ARGUMENT)
+    if mode == STRICT:
+        by_argument.update({name: (0, "deny", values) for name, values in STRICT_DENIED})
+    for name in by_argument:
         op(_JEQ_K, arch.numbers[name], jt=name)
     op(_RET_K, _RET_ALLOW)
     labels["clone"] = len(prog)
     op(_LD_W_ABS, _OFF_ARG0)  # the flags' low 32 bits (little-endian) hold every CLONE_NEW*
     op(_JSET_K, CLONE_NEW_FLAGS, jt="deny")
     op(_RET_K, _RET_ALLOW)
-    for name, values in by_argument:
+    for name, (index, how, values) in by_argument.items():
         labels[name] = len(prog)
-        op(_LD_W_ABS, _OFF_ARG0)  # an int: the low 32 bits are all of it
+        op(_LD_W_ABS, _OFF_ARG0 + 8 * index)  # the argument's low 32 bits
         for value in values:
-            op(_JEQ_K, value, jt="deny")
-        op(_RET_K, _RET_ALLOW)
+            op(_JEQ_K, value, jt="deny" if how == "deny" else f"{name}:allow")
+        op(_RET_K, _RET_ALLOW if how == "deny" else deny)
+        if how == "allow":
+            labels[f"{name}:allow"] = len(prog)
+            op(_RET_K, _RET_ALLOW)
     labels["deny"] = len(prog)
     op(_RET_K, deny)
     labels["bad_abi"] = len(prog)
@@ -186,7 +251,8 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
         code, _, _, k = prog[index]
         t = labels[jt] - index - 1 if jt else 0
         f = labels[jf] - index - 1 if jf else 0
-        assert 0 <= t < 256 and 0 <= f < 256
+        if not (0 <= t < 256 and 0 <= f < 256):  # a backward jump ("allow") or too far
+            raise AssertionError(f"seccomp filter: jump out of range at {index}")
         prog[index] = (code, t, f, k)
     return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
 
@@ -216,6 +282,9 @@ _DESCRIBED = {
     "clone": "clone with a namespace flag",
     "seccomp": "seccomp to install a filter of its own",
     "prctl": "prctl(PR_SET_SECCOMP) to install a filter of its own",
+    "socket": "socket for AF_ALG or AF_VSOCK",
+    "ioctl": "ioctl TIOCSTI or TIOCLINUX (terminal input injection)",
+    "personality": "personality with a flag that weakens the process (e.g. no ASLR)",
 }
 
 

@@ -140,11 +140,14 @@ class _Cell:
 
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
-           extra: list[int], cwd: str | None, cgroup: Any = None) -> subprocess.Popen[bytes]:
+           extra: list[int], cwd: str | None, cgroup: Any = None,
+           drop: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` with fd 3, the grants, and then ``extra`` fds right after the grants.
 
     ``extra`` are bubblewrap's own fds (its status pipe, the seccomp program, the strict
-    helper's socket): bwrap_argv names them by the numbers they get here.
+    helper's socket): bwrap_argv names them by the numbers they get here.  ``drop`` (when
+    `ww` runs as root) makes the child unprivileged once it has joined the cgroup; the
+    parent-death signal is set after it, because changing uid clears it.
     """
     grants = config.grants
     first_extra = fds.FIRST_GRANTED_FD + len(grants)
@@ -156,8 +159,10 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     set_limits = limits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
 
     def child_setup() -> None:
-        set_pdeathsig()
         set_limits()
+        if drop is not None:
+            drop()
+        set_pdeathsig()
         # Move the extra fds above every target first, so that installing the grants
         # cannot overwrite one of them.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in extra]
@@ -179,7 +184,8 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
     except subprocess.SubprocessError:
         raise HostError("cannot start the cell: the kernel refused to move it into its "
-                        "cgroup (--pids/--memory)") from None
+                        "cgroup (--pids/--memory) or to make its bound paths reachable by "
+                        "the unprivileged user it runs as") from None
 
 
 class _Verdict:
@@ -240,6 +246,7 @@ def run(config: RunConfig) -> int:
     bwrap = jail.find_bwrap() if config.jailed else None
     host_sock, cell_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     workdir: str | None = None
+    drop: Callable[[], None] | None = None  # root: the cell's uid is nobody's, not root's
     status_r: int | None = None
     extra: list[int] = []  # host fds bubblewrap gets right after the grants
     strict_sock: socket.socket | None = None
@@ -259,6 +266,10 @@ def run(config: RunConfig) -> int:
             tmpfs_size=config.limits.memory if config.limits else None,
         )
         argv = jail.bwrap_argv(bwrap, spec, argv_program)
+        ids = jail.host_ids()
+        if ids is not None:
+            jail.check_executable_by(argv_program[0], ids)
+            drop = jail.dropper(ids, binds)
     else:
         import tempfile
 
@@ -278,6 +289,7 @@ def run(config: RunConfig) -> int:
             pending.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
+    terminals = _Terminals([0, 1, 2, *(g.source for g in config.grants)])
     watchdog: limits.Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
@@ -287,7 +299,8 @@ def run(config: RunConfig) -> int:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
             cgroup = limits.cgroup_for(config.limits, config.jailed)
             limits.share_with_subcells(config.limits, cgroup)  # --with-exec: one budget
-            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup)
+            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup,
+                          drop)
         finally:
             cell_sock.close()
             for fd in extra:
@@ -334,6 +347,7 @@ def run(config: RunConfig) -> int:
             cgroup.remove()  # kills whatever of the cell is left first
         for s, handler in previous.items():
             signal.signal(s, handler)
+        terminals.restore()
         if config.p2p is not None:
             config.p2p.stop()
         host_sock.close()
@@ -341,6 +355,76 @@ def run(config: RunConfig) -> int:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# Signals whose default action would end `ww run` without restoring the terminal (SIGINT,
+# SIGTERM and SIGHUP are forwarded to the cell instead, and `ww run` ends normally).
+_FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class _Terminals:
+    """The settings and window size of every terminal the cell inherits, put back after it.
+
+    A cell can change a terminal it holds as stdin, stdout, stderr or a granted fd (modes
+    such as echo and canonical input, rows and columns); `ww run` saves each one before the
+    cell starts and restores it when the cell has exited, on every way out of `ww run` but
+    SIGKILL: a normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS``
+    (restored, then the signal's default action).  Nothing is imported or installed when no
+    fd is a terminal.
+    """
+
+    def __init__(self, fds: list[int]) -> None:
+        self._saved: list[tuple[int, list[Any], bytes]] = []
+        self._previous: dict[int, Any] = {}
+        ttys = []
+        seen = set()
+        for fd in fds:
+            try:
+                if not os.isatty(fd):
+                    continue
+                key = os.fstat(fd).st_rdev
+            except OSError:
+                continue
+            if key not in seen:
+                seen.add(key)
+                ttys.append(fd)
+        if not ttys:
+            return
+        import termios
+
+        for fd in ttys:
+            try:
+                self._saved.append((fd, termios.tcgetattr(fd),
+                                    fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8))))
+            except (OSError, termios.error):
+                continue
+        if self._saved:
+            self._previous = {s: signal.signal(s, self._on_fatal) for s in _FATAL_SIGNALS}
+
+    def _on_fatal(self, signum: int, frame: FrameType | None) -> None:
+        self.restore()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def restore(self) -> None:
+        if not self._saved:
+            return
+        import termios
+
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        # From a background process group, changing a terminal raises SIGTTOU, which would
+        # stop `ww run`; ignored, the change is made.
+        ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            for fd, attrs, size in self._saved:
+                with contextlib.suppress(OSError, termios.error):
+                    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+                    if fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)) != size:
+                        fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+        finally:
+            signal.signal(signal.SIGTTOU, ttou)
+        self._saved = []
 
 
 def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:

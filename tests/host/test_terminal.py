@@ -1,0 +1,127 @@
+"""A cell on the operator's terminal: it cannot leave the terminal changed or type into it.
+
+Each test gives `ww run` a real pseudo-terminal (os.openpty) as stdin, stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+
+import pytest
+
+from tests.conftest import WW
+
+ROWS, COLS = 40, 100
+
+
+def read_until(master: int, marker: bytes, timeout: float = 30) -> bytes:
+    """What the terminal shows, up to a match of the pattern ``marker`` (bounded in time)."""
+    seen = b""
+    end = time.monotonic() + timeout
+    while not re.search(marker, seen):
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([master], [], [], left)[0]:
+            raise AssertionError(f"{marker!r} never shown; the terminal showed {seen!r}")
+        try:
+            seen += os.read(master, 4096)
+        except OSError:
+            break
+    return seen
+
+
+@pytest.fixture
+def terminal():
+    """A pty with a known size and canonical, echoing modes: (master, slave)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+    attrs = termios.tcgetattr(slave)
+    attrs[3] |= termios.ECHO | termios.ICANON
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    yield master, slave
+    os.close(master)
+    os.close(slave)
+
+
+def state(fd: int) -> tuple[list, tuple[int, int]]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    return termios.tcgetattr(fd), (rows, cols)
+
+
+# The cell turns echo and canonical input off, makes the terminal 11x22, says so, and
+# then exits or waits to be stopped.
+CHANGE = "stty -echo -icanon rows 11 cols 22 && echo changed $(stty size); "
+
+
+@pytest.mark.parametrize("how", ["cell exits", "SIGTERM to ww run", "SIGQUIT to ww run",
+                                 "cell killed by a signal"])
+def test_the_terminal_is_restored_after_the_cell(terminal, how):
+    master, slave = terminal
+    before = state(slave)
+    assert before[1] == (ROWS, COLS)
+    tail = {"cell exits": "exit 3", "cell killed by a signal": "kill -KILL $$"}.get(
+        how, "exec sleep 60")
+    proc = subprocess.Popen([WW, "run", "/bin/sh", "-c", CHANGE + tail],
+                            stdin=slave, stdout=slave, stderr=slave)
+    try:
+        shown = read_until(master, b"changed 11 22")
+        if how == "SIGTERM to ww run":
+            proc.send_signal(signal.SIGTERM)
+        elif how == "SIGQUIT to ww run":
+            proc.send_signal(signal.SIGQUIT)
+        status = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert b"changed 11 22" in shown  # the cell did change it while it ran
+    expected = {"cell exits": 3, "SIGTERM to ww run": 128 + signal.SIGTERM,
+                "SIGQUIT to ww run": -signal.SIGQUIT,
+                "cell killed by a signal": 128 + signal.SIGKILL}[how]
+    assert status == expected
+    assert state(slave) == before
+
+
+def test_a_cell_cannot_push_input_into_a_terminal(terminal, make_cell):
+    """TIOCSTI: not into the operator's terminal (the cell has its own session, so it is not
+    its controlling terminal), and not even into a terminal that is (the seccomp filter)."""
+    master, slave = terminal
+    cell = make_cell(r"""
+        import fcntl, os, termios
+        def push(fd):
+            try:
+                fcntl.ioctl(fd, termios.TIOCSTI, b"x")
+                return "pushed"
+            except OSError as e:
+                return str(e.errno)
+        print("inherited", push(0), flush=True)
+        # A terminal of the cell's own, made its controlling terminal: TIOCSTI would work.
+        m, s = os.openpty()
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+            os.write(1, ("own " + push(s) + "\n").encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    proc = subprocess.Popen([WW, "run", cell], stdin=slave, stdout=slave, stderr=slave)
+    try:
+        shown = read_until(master, rb"own \S+\r?\n")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = dict(line.split() for line in shown.decode().replace("\r", "").splitlines()
+                 if line.startswith(("inherited", "own")))
+    assert lines == {"inherited": "1", "own": "1"}  # EPERM both times
+    # Nothing was typed into the operator's terminal: its input queue is empty.
+    os.set_blocking(slave, False)
+    with pytest.raises(BlockingIOError):
+        os.read(slave, 16)
