@@ -96,7 +96,7 @@ def who(request, tmp_path: Path) -> Who:
         return
     uid, gid = ensure_test_user()
     tmp_path.chmod(0o755)  # the test's own directory: cells are written there
-    home = Path(tempfile.mkdtemp(prefix="ww-test-home-"))
+    home = Path(tempfile.mkdtemp(prefix="unprivileged-test-home-"))
     os.chown(home, uid, gid)
     try:
         yield Who("unprivileged", (uid, gid), home, tmp_path)

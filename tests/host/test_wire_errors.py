@@ -56,8 +56,8 @@ def test_a_denial_reaches_a_raw_pycapnp_client_as_the_documented_text(make_cell)
 def test_a_p2p_error_reaches_a_raw_pycapnp_client_as_one_line_starting_p2p(make_cell):
     cell = make_cell(RAW_CELL)
     nobody = PrivateKey.generate().peer_id  # a port on loopback where no one listens
-    r = run_ww("run", "--with-p2p", "--listen", "/ip4/127.0.0.1/tcp/0", cell,
-               f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}")
+    r = run_ww("run", "--with-p2p", "--listen", "/ip4/127.0.0.1/tcp/0",
+               "--allow-dial", "127.0.0.0/8", cell, f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}")
     assert r.returncode == 0, r.stderr
     [line] = r.stdout.splitlines()
     want = f"remote exception: p2p: cannot reach /ip4/127.0.0.1/tcp/1/p2p/{nobody} ("

@@ -144,7 +144,10 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         *size, "--tmpfs", CELL_DIR,
     ]  # fmt: skip
     for path in spec.binds:
-        argv += ["--ro-bind", path, path]
+        # Bound from where it really is: bubblewrap resolves a source as the user it runs
+        # as, and a symlink (a virtualenv's bin/python3) may lead below a directory only
+        # root can enter, which dropper() stages by its real path.
+        argv += ["--ro-bind", os.path.realpath(path), path]
     # The root itself (bubblewrap's own tmpfs holding the mount points) is read-only too.
     argv += ["--remount-ro", "/", "--chdir", CELL_DIR, "--", *program]
     return argv
@@ -207,7 +210,7 @@ def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
     """
     uid, gid = ids
     staged: dict[str, list[str]] = {}  # hidden directory -> the bound paths below it
-    for path in binds:
+    for path in (os.path.realpath(p) for p in binds):  # bound from there by bwrap_argv
         top = _hidden_ancestor(path, uid, gid)
         if top is not None:
             if top == "/" or any(top == d or top.startswith(d + "/") for d in
