@@ -7,6 +7,7 @@ calls, and cancelling it stops the backend's work.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import random
 import socket
@@ -221,3 +222,25 @@ def test_a_waiting_cat_stalls_no_other_call_and_cancelling_it_stops_the_backend(
         proc.kill()
         proc.wait()
         kubo.close()
+
+
+def test_reads_in_flight_are_answered_in_the_order_sent(make_cell, tmp_path):
+    """64 reads of assorted sizes sent at once: their answers, joined, are the file."""
+    data = random.Random(9).randbytes(3 * 1024 * 1024 + 11)
+    path = expected_cid(tmp_path, data)
+    cell = make_cell(f"""
+        import asyncio, hashlib, random, ww.cell
+        async def main():
+            async with ww.cell.connect() as s:
+                reader = (await s.ipfs._cap.cat("{path}", 0, -1)).reader
+                sizes = [random.Random(i).randrange(1, 200_000) for i in range(64)]
+                answers = await asyncio.gather(*(reader.read(n) for n in sizes))
+                got = b"".join(bytes(a.data) for a in answers)
+                while piece := bytes((await reader.read(1 << 20)).data):
+                    got += piece
+                print(len(got), hashlib.sha256(got).hexdigest())
+        asyncio.run(main())
+    """)
+    r = run_ww("run", "--with-ipfs", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(len(data)), hashlib.sha256(data).hexdigest()]

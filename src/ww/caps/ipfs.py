@@ -63,6 +63,7 @@ MAX_WRITE = 4 * 1024 * 1024
 QUEUE_CHUNKS = 8  # pieces buffered between a writer and its importer thread
 WORKERS = 4  # threads per cell for its IPFS calls (reads, ls, stat, ...)
 MAX_WRITERS = 16  # files one cell may be adding at once (each has an importer thread)
+READ_AHEAD = 2 * 1024 * 1024  # bytes a reader fetches ahead of the cell's reads
 
 T = TypeVar("T")
 
@@ -347,32 +348,71 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
 
 
 class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
-    """Serves ``read(count)`` from the backend's chunk iterator, buffering one chunk at most.
+    """Serves ``read(count)`` from the backend's chunk iterator.
 
-    Reads run in the cell's worker threads one at a time, in the order they arrive (a fair
-    lock); a cancelled read cancels the reader (its position would be unknown).
+    The iterator is advanced in the cell's worker threads, one job at a time, each fetching
+    up to READ_AHEAD bytes ahead of the cell's reads, so that the next pieces are read and
+    verified while the loop sends the last ones.  Reads are answered in the order they arrive
+    (a fair lock); a cancelled read cancels the reader (its position would be unknown).
     """
 
     def __init__(self, cell: _Cell, chunks: Iterator[bytes], token: CancelToken) -> None:
         self._cell = cell
         self._chunks = chunks
         self._token = token
-        self._buffer = memoryview(b"")
+        self._ready: collections.deque[memoryview] = collections.deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._filling: asyncio.Future[None] | None = None
         self._order = asyncio.Lock()
 
+    def _fetch(self, want: int) -> tuple[list[bytes], bool]:
+        """In a worker: the next pieces, ``want`` bytes or more, and whether that is the end."""
+        got: list[bytes] = []
+        size = 0
+        while size < want:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return got, True
+            got.append(chunk)
+            size += len(chunk)
+        return got, False
+
+    def _fill(self, count: int) -> asyncio.Future[None]:
+        """The job fetching ahead, started if none runs."""
+        if self._filling is None:
+            want = max(count, READ_AHEAD) - self._buffered
+            self._filling = asyncio.ensure_future(self._fetch_ahead(want))
+        return self._filling
+
+    async def _fetch_ahead(self, want: int) -> None:
+        # The state is updated before this job counts as done, so whoever sees it done
+        # sees what it fetched.
+        try:
+            chunks, self._eof = await self._cell.run(self._fetch, want, token=self._token)
+            for chunk in chunks:
+                self._ready.append(memoryview(chunk))
+                self._buffered += len(chunk)
+        except asyncio.CancelledError:
+            self._error = CallCancelled("the read was cancelled")
+        except Exception as e:  # the stream's error: raised by the read that reaches it
+            self._error = e
+        finally:
+            self._filling = None
+
     def _take(self, count: int) -> bytes:
-        parts: list[bytes | memoryview] = []
-        wanted = count
-        while wanted > 0:
-            if not self._buffer:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._buffer = memoryview(chunk)
-            piece = self._buffer[:wanted]
-            self._buffer = self._buffer[len(piece):]
+        parts: list[memoryview] = []
+        while count > 0 and self._ready:
+            head = self._ready[0]
+            piece = head[:count]
+            if len(piece) == len(head):
+                self._ready.popleft()
+            else:
+                self._ready[0] = head[len(piece):]
             parts.append(piece)
-            wanted -= len(piece)
+            count -= len(piece)
+            self._buffered -= len(piece)
         return b"".join(parts)
 
     async def read(self, count: int, **kwargs: Any) -> bytes:
@@ -380,8 +420,19 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         if count == 0:
             return b""
         async with self._order:
-            self._token.check()
-            return await self._cell.run(self._take, count, token=self._token)
+            try:
+                while self._buffered < count and not self._eof:
+                    if self._error is not None:
+                        raise self._error
+                    self._token.check()
+                    await asyncio.shield(self._fill(count))
+            except asyncio.CancelledError:
+                self._token.cancel()
+                raise
+            data = self._take(count)
+            if not self._eof and self._error is None and self._buffered < READ_AHEAD:
+                self._fill(count)  # read on while the loop sends this
+            return data
 
     def __del__(self) -> None:
         # Dropped: stop what the backend still does for it, and close its stream.
