@@ -106,6 +106,25 @@ def test_writers_left_open_do_not_keep_ww_run_alive(make_cell):
     assert r.stdout == "written\n"
 
 
+def test_timeout_stops_a_cell_that_holds_open_writers(make_cell):
+    """`--timeout` ends a cell that keeps unfinished writers open, and `ww run` with it
+    (it used to ignore the timeout and SIGTERM once the writers held its threads)."""
+    cell = make_cell("""
+        import asyncio, sys, ww.cell
+        async def main():
+            async with ww.cell.connect() as s:
+                cap = s.ipfs._cap
+                writers = [(await cap.add({})).writer for _ in range(12)]
+                await asyncio.gather(*(w.write(b"x" * 100_000) for w in writers))
+                print("written", flush=True)
+                await asyncio.Event().wait()  # never finishes them
+        asyncio.run(main())
+    """)
+    r = run_ww("run", "--with-ipfs", "--timeout", "5", cell, timeout=120)
+    assert r.returncode == 66, r.stderr
+    assert r.stdout == "written\n"
+
+
 def test_dropped_writers_are_abandoned_and_free_their_places(make_cell):
     """A cell that drops many unfinished writers can still add files afterwards."""
     cell = make_cell("""
