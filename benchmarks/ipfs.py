@@ -1,9 +1,11 @@
 """IPFS throughput: `ww export` of a large random file next to hashlib.sha256 over the same
-bytes, and a jailed cell reading that file through the IPFS capability; host peak memory.
+bytes, and a jailed cell reading that file through the IPFS capability, then adding it
+through the capability; peak memory.
 
     .venv/bin/python benchmarks/ipfs.py [--size-mib 1024]
 
-Targets: export at >= 50 % of the hashing rate (stretch 70 %); a cell reads >= 500 MiB/s.
+Targets: export at >= 50 % of the hashing rate (stretch 70 %); a cell reads >= 500 MiB/s;
+memory flat while the file passes through add.
 Uses a fresh repository ($WW_HOME) in a temporary directory, removed afterwards.
 """
 
@@ -35,10 +37,13 @@ print(r.stdout, end="")
 """
 
 
-def measured(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Run argv in a fresh wrapper process; wall seconds, peak RSS (KiB) of its tree, stdout."""
-    r = subprocess.run([sys.executable, "-c", MEASURE, *argv], env=env, check=True,
-                       capture_output=True, text=True)
+def measured(argv: list[str], env: dict[str, str], stdin: str | None = None
+             ) -> tuple[float, int, str]:
+    """Run argv in a fresh wrapper process (stdin from the file ``stdin``); wall seconds, peak
+    RSS (KiB) of its tree, stdout."""
+    with open(stdin or os.devnull, "rb") as src:
+        r = subprocess.run([sys.executable, "-c", MEASURE, *argv], env=env, check=True,
+                           capture_output=True, text=True, stdin=src)
     head, _, out = r.stdout.partition("\n")
     status, elapsed, rss = head.split()
     if status != "0":
@@ -94,6 +99,14 @@ def main() -> None:
         assert result["bytes"] == size, result
         read_rate = size / result["seconds"] / MIB
 
+        # The same file added by a cell, into a repository of its own (none of it stored yet).
+        add_env = dict(env, WW_HOME=os.path.join(tmp, "add-home"))
+        _, add_rss, out = measured(
+            [WW, "run", "--with-ipfs", str(HERE / "ipfs_cell_add.py")], add_env, stdin=data)
+        result = json.loads(out)
+        assert f"/ipfs/{result['cid']}" == path, (result, path)
+        add_rate = size / result["seconds"] / MIB
+
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"file: {args.size_mib} MiB of random bytes ({path})")
     print(f"{'':34} {'MiB/s':>8} {'vs sha256':>10} {'peak RSS':>10}")
@@ -105,6 +118,8 @@ def main() -> None:
           f"{export_rate / sha_rate:10.0%} {export_rss / 1024:8.0f}MiB")
     print(f"{'cell reads via IPFS capability':34} {read_rate:8.0f} "
           f"{read_rate / sha_rate:10.0%} {read_rss / 1024:8.0f}MiB")
+    print(f"{'cell adds via IPFS capability':34} {add_rate:8.0f} "
+          f"{add_rate / sha_rate:10.0%} {add_rss / 1024:8.0f}MiB")
     print("peak RSS: the largest process of the command (ww itself, or the cell)")
 
 

@@ -1,36 +1,71 @@
 """The IPFS capability: a thin adapter from ipfs.capnp onto :class:`ww.ipfs.api.CoreAPI`.
 
-Data moves in bounded pieces both ways.  ``add`` hands the cell a ``Writer``: each
-``write`` is queued for an importer thread through a small bounded queue, so the host
-holds at most a few chunks of a file at a time, whatever its size.  ``cat`` hands out a
-``Reader`` whose ``read(count)`` returns at most ``count`` bytes (capped at 4 MiB) pulled
-from the backend's streaming ``cat``.
+**Off the event loop.**  The CoreAPI is synchronous and may wait long (a Bitswap fetch from
+a silent peer, a slow kubo node, a scope walk of many ``ls`` calls), so every call that
+touches the backend runs in one of the cell's own worker threads (:class:`_Workers`, at
+most :data:`WORKERS`), never on the event loop that serves fd 3: a waiting ``cat`` does
+not hold up the cell's other calls.  Each call runs under a
+:class:`~ww.ipfs.api.CancelToken`: when the cell cancels the call (or drops the reader or
+writer it works for, or hangs up), the token is cancelled and the backend stops the work
+(the kubo connection is shut down, the Bitswap want withdrawn, the scope walk ends).
+
+**Writing.**  ``add`` hands the cell a ``Writer`` whose ``write`` is a ``-> stream`` method:
+Cap'n Proto delivers a capability's stream calls to the server one at a time, in the order
+sent, so bytes reach the importer in order whatever the number of writes in flight; a cell
+writing faster than the host stores waits for its ``write`` calls to return (flow control),
+and is never refused.  The writes go through a bounded queue (:data:`QUEUE_CHUNKS` pieces)
+to an importer thread of the writer's own, so the host holds a few pieces of a file at a
+time.  At most :data:`MAX_WRITERS` files of one cell are being added at once; one more
+``add`` waits for one to finish.  A writer dropped without ``done()`` (or left open when
+the cell exits) is abandoned: its importer stops and nothing is pinned.
+
+**Reading.**  ``cat`` hands out a ``Reader`` whose ``read(count)`` returns at most ``count``
+bytes (capped at 4 MiB) pulled from the backend's streaming ``cat``, reads applied in the
+order sent.
 
 Attenuation: a server may carry an :class:`~ww.caps.ipfs_scope.IpfsScope` (read-only, and/or
 limited to the DAGs under some roots) and checks every call against it before touching the
-backend; ``attenuate`` hands out a new server with a narrower scope over the same backend.
-A server without a scope is the full capability and pays nothing for the checks.
+backend; ``attenuate`` hands out a new server with a narrower scope over the same backend
+(and the same worker threads).  A server without a scope is the full capability and pays
+nothing for the checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from ww.caps.denied import NOBODY, Caller
 from ww.caps.ipfs_scope import IpfsScope, canonical
-from ww.ipfs.api import AddOptions, CoreAPI, Entry, EntryType, PeerInfo, Stat
+from ww.ipfs.api import (
+    AddOptions,
+    CallCancelled,
+    CancelToken,
+    CoreAPI,
+    Entry,
+    EntryType,
+    PeerInfo,
+    Stat,
+    cancellable,
+)
 from ww.schema import load
 
 _ipfs = load("ipfs")
 
 MAX_READ = 4 * 1024 * 1024
 MAX_WRITE = 4 * 1024 * 1024
-QUEUE_CHUNKS = 8  # chunks buffered between the RPC side and the importer thread
-MAX_PENDING_WRITES = 64  # writes a cell may have in flight before they are refused
+QUEUE_CHUNKS = 8  # pieces buffered between a writer and its importer thread
+WORKERS = 4  # threads per cell for its IPFS calls (reads, ls, stat, ...)
+MAX_WRITERS = 16  # files one cell may be adding at once (each has an importer thread)
+READ_AHEAD = 2 * 1024 * 1024  # bytes a reader fetches ahead of the cell's reads
+
+T = TypeVar("T")
 
 _ENTRY_TYPES = {EntryType.FILE: "file", EntryType.DIRECTORY: "directory",
                 EntryType.SYMLINK: "symlink"}
@@ -64,121 +99,388 @@ def _fill_stat(builder: Any, stat: Stat) -> None:
         builder.target = stat.target
 
 
+class _Workers:
+    """A bounded pool of daemon threads for one cell's blocking IPFS work.
+
+    Daemon threads (not ``concurrent.futures``' pool, whose threads the interpreter joins at
+    exit): work stuck in a backend never keeps ``ww run`` from exiting.  Threads start as
+    work arrives, up to ``size``, and stop at :meth:`close`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0  # threads waiting for a job that no job has been promised to yet
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise CallCancelled("the cell's IPFS capability is closed")
+            self._jobs.put((future, fn, args))
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, name="ww-ipfs", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # handed to the caller
+                    future.set_exception(e)
+            del job, future, args  # nothing of a finished job stays alive while idle
+            with self._lock:
+                self._idle += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
+def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    token.check()  # cancelled while it waited for a thread: do nothing
+    with cancellable(token):
+        return fn(*args)
+
+
+class _Cell:
+    """What one cell's IPFS capability, and those narrowed from it, share: the worker
+    threads, the bound on open writers, and the tokens of the work in progress."""
+
+    def __init__(self) -> None:
+        self.workers = _Workers(WORKERS)
+        self.writers = asyncio.Semaphore(MAX_WRITERS)
+        self.tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+        self.closed = False
+
+    def token(self) -> CancelToken:
+        """A token cancelled when the cell goes away, if not before."""
+        token = CancelToken()
+        if self.closed:
+            token.cancel()
+        self.tokens.add(token)
+        return token
+
+    async def run(self, fn: Callable[..., T], *args: Any,
+                  token: CancelToken | None = None) -> T:
+        """``fn(*args)`` in a worker thread under ``token`` (a new one if None).  If the call
+        is cancelled, so is the token (the work stops) and CancelledError is raised at once."""
+        if token is None:
+            token = self.token()
+        future = self.workers.submit(_within, token, fn, args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+
+    def close(self) -> None:
+        """The cell is gone: stop all its work, abandon its writers."""
+        self.closed = True
+        for token in list(self.tokens):
+            token.cancel()
+        self.workers.close()
+
+
 _END = object()
 
 
-class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
-    """Feeds one file's bytes to ``api.add_stream`` running in a worker thread.
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
-    Writes go through a bounded asyncio queue: a cell that writes faster than the importer
-    hashes and stores simply waits for its ``write`` calls to return.
-    """
 
-    def __init__(self, api: CoreAPI, options: AddOptions,
-                 on_done: Callable[[str], None] | None = None) -> None:
-        self._on_done = on_done  # told the CID once the file is added
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
-        self._pending = 0
-        self._finished = False
-        self._abandoned = threading.Event()
-        self._result: asyncio.Future[str] = self._loop.run_in_executor(
-            None, lambda: api.add_stream(self._chunks(), options)
-        )
-        # A cell that drops the writer never awaits the result: mark its error as seen.
-        self._result.add_done_callback(lambda f: f.cancelled() or f.exception())
+class _Feed:
+    """The pieces of one file, from the event loop to its importer thread, at most
+    QUEUE_CHUNKS waiting.  Nothing here refers to the writer, so that a writer the cell
+    drops is collected (and abandons the import) even while its importer waits."""
 
-    def _chunks(self) -> Iterator[bytes]:
-        """Runs in the worker thread: take chunks off the queue until the end marker."""
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._items: collections.deque[Any] = collections.deque()
+        self._space: asyncio.Future[None] | None = None
+        self._ended = False
+
+    async def put(self, item: Any) -> bool:
+        """On the loop, one caller at a time: queue ``item``, first waiting for room while
+        the queue is full.  False if the import has ended (abandoned or failed)."""
         while True:
-            future = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop)
-            while True:
-                try:
-                    item = future.result(timeout=1.0)
-                    break
-                except concurrent.futures.TimeoutError:
-                    if self._abandoned.is_set() or self._loop.is_closed():
-                        future.cancel()
-                        raise ConnectionAbortedError("the cell dropped the writer") from None
+            with self._cond:
+                if self._ended:
+                    return False
+                if len(self._items) < QUEUE_CHUNKS:
+                    self._items.append(item)
+                    self._cond.notify()
+                    return True
+                space = self._space = self._loop.create_future()
+            await space
+
+    def end(self) -> None:
+        """Any thread: the import is over (abandoned, failed or done); drop what waits."""
+        with self._cond:
+            self._ended = True
+            self._items.clear()
+            self._cond.notify_all()
+            space, self._space = self._space, None
+        if space is not None:
+            self._wake(space)
+
+    def _wake(self, space: asyncio.Future[None]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_resolve, space)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def chunks(self) -> Iterator[bytes]:
+        """The importer thread's input: the pieces in order until the end marker."""
+        while True:
+            with self._cond:
+                while not self._items and not self._ended:
+                    self._cond.wait()
+                if self._ended:
+                    raise CallCancelled("the cell dropped the writer without done()")
+                item = self._items.popleft()
+                space, self._space = self._space, None
+            if space is not None:
+                self._wake(space)
             if item is _END:
                 return
             yield item
 
+
+def _import(api: CoreAPI, options: AddOptions, feed: _Feed, token: CancelToken,
+            loop: asyncio.AbstractEventLoop, result: asyncio.Future[str]) -> None:
+    """An importer thread: one file from ``feed`` into the backend; the CID to ``result``."""
+    try:
+        with cancellable(token):
+            cid = api.add_stream(feed.chunks(), options)
+        outcome: tuple[str | None, BaseException | None] = (cid, None)
+    except BaseException as e:  # handed to the writer
+        outcome = (None, e)
+    feed.end()
+
+    def deliver() -> None:
+        if result.done():
+            return
+        if outcome[1] is not None:
+            result.set_exception(outcome[1])
+        else:
+            result.set_result(outcome[0])  # type: ignore[arg-type]
+
+    try:
+        loop.call_soon_threadsafe(deliver)
+    except RuntimeError:  # the loop is closed: nobody waits for the CID
+        pass
+
+
+class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
+    """Feeds one file's bytes to ``api.add_stream`` running in an importer thread.
+
+    ``write`` is a stream method, so the RPC system hands this server one write at a time in
+    the order sent; ``_order`` (a fair lock) keeps that order even for a server built from a
+    schema without ``-> stream``.  Dropped without ``done()``: the import is abandoned.
+    """
+
+    def __init__(self, cell: _Cell, api: CoreAPI, options: AddOptions,
+                 on_done: Callable[[str], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._on_done = on_done  # told the CID once the file is added
+        self._finished = False
+        self._order = asyncio.Lock()
+        self._feed = _Feed(loop)
+        self._token = cell.token()
+        self._token.on_cancel(self._feed.end)
+        self._result: asyncio.Future[str] = loop.create_future()
+        writers = cell.writers
+
+        def ended(future: asyncio.Future[str]) -> None:
+            writers.release()
+            if not future.cancelled():
+                future.exception()  # a dropped writer's error is nobody's to see
+
+        self._result.add_done_callback(ended)
+        threading.Thread(target=_import, name="ww-ipfs-add", daemon=True,
+                         args=(api, options, self._feed, self._token, loop,
+                               self._result)).start()
+
     async def _put(self, item: Any) -> None:
-        put = asyncio.ensure_future(self._queue.put(item))
-        done, _ = await asyncio.wait([put, self._result], return_when=asyncio.FIRST_COMPLETED)
-        if put not in done:
-            put.cancel()
-            self._result.result()  # the importer failed: raise its error
-            raise ValueError("the file was already finished")
+        async with self._order:
+            if await self._feed.put(item):
+                return
+        await asyncio.shield(self._result)  # the import ended: raise its error
+        raise ValueError("the file was already finished")
 
     async def write(self, data: bytes, **kwargs: Any) -> None:
         if self._finished:
             raise ValueError("write after done()")
         if len(data) > MAX_WRITE:
             raise ValueError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
-        if self._pending >= MAX_PENDING_WRITES:
-            raise ValueError(f"more than {MAX_PENDING_WRITES} writes in flight")
-        self._pending += 1
-        try:
-            await self._put(bytes(data))
-        finally:
-            self._pending -= 1
+        await self._put(bytes(data))
 
     async def done(self, **kwargs: Any) -> str:
         if self._finished:
             raise ValueError("done() was already called")
         self._finished = True
         await self._put(_END)
-        cid = await self._result
+        cid = await asyncio.shield(self._result)
         if self._on_done is not None:
             self._on_done(cid)
         return cid
 
     def __del__(self) -> None:
-        # Dropped without done(): let the importer thread give up instead of waiting.
-        if not self._finished:
-            self._abandoned.set()
+        # Dropped (by the cell, or with its connection): an import not finished is abandoned.
+        self._token.cancel()
 
 
 class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
-    """Serves ``read(count)`` from the backend's chunk iterator, buffering one chunk at most."""
+    """Serves ``read(count)`` from the backend's chunk iterator.
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    The iterator is advanced in the cell's worker threads, one job at a time, each fetching
+    up to READ_AHEAD bytes ahead of the cell's reads, so that the next pieces are read and
+    verified while the loop sends the last ones.  Reads are answered in the order they arrive
+    (a fair lock); a cancelled read cancels the reader (its position would be unknown).
+    """
+
+    def __init__(self, cell: _Cell, chunks: Iterator[bytes], token: CancelToken) -> None:
+        self._cell = cell
         self._chunks = chunks
-        self._buffer = memoryview(b"")
+        self._token = token
+        self._ready: collections.deque[memoryview] = collections.deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._filling: asyncio.Future[None] | None = None
+        self._order = asyncio.Lock()
+
+    def _fetch(self, want: int) -> tuple[list[bytes], bool]:
+        """In a worker: the next pieces, ``want`` bytes or more, and whether that is the end."""
+        got: list[bytes] = []
+        size = 0
+        while size < want:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return got, True
+            got.append(chunk)
+            size += len(chunk)
+        return got, False
+
+    def _fill(self, count: int) -> asyncio.Future[None]:
+        """The job fetching ahead, started if none runs."""
+        if self._filling is None:
+            want = max(count, READ_AHEAD) - self._buffered
+            self._filling = asyncio.ensure_future(self._fetch_ahead(want))
+        return self._filling
+
+    async def _fetch_ahead(self, want: int) -> None:
+        # The state is updated before this job counts as done, so whoever sees it done
+        # sees what it fetched.
+        try:
+            chunks, self._eof = await self._cell.run(self._fetch, want, token=self._token)
+            for chunk in chunks:
+                self._ready.append(memoryview(chunk))
+                self._buffered += len(chunk)
+        except asyncio.CancelledError:
+            self._error = CallCancelled("the read was cancelled")
+        except Exception as e:  # the stream's error: raised by the read that reaches it
+            self._error = e
+        finally:
+            self._filling = None
+
+    def _take(self, count: int) -> bytes:
+        parts: list[memoryview] = []
+        while count > 0 and self._ready:
+            head = self._ready[0]
+            piece = head[:count]
+            if len(piece) == len(head):
+                self._ready.popleft()
+            else:
+                self._ready[0] = head[len(piece):]
+            parts.append(piece)
+            count -= len(piece)
+            self._buffered -= len(piece)
+        return b"".join(parts)
 
     async def read(self, count: int, **kwargs: Any) -> bytes:
         count = min(count, MAX_READ)
         if count == 0:
             return b""
-        parts: list[bytes | memoryview] = []
-        wanted = count
-        while wanted > 0:
-            if not self._buffer:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._buffer = memoryview(chunk)
-            piece = self._buffer[:wanted]
-            self._buffer = self._buffer[len(piece):]
-            parts.append(piece)
-            wanted -= len(piece)
-        return b"".join(parts)
+        async with self._order:
+            try:
+                while self._buffered < count and not self._eof:
+                    if self._error is not None:
+                        raise self._error
+                    self._token.check()
+                    await asyncio.shield(self._fill(count))
+            except asyncio.CancelledError:
+                self._token.cancel()
+                raise
+            data = self._take(count)
+            if not self._eof and self._error is None and self._buffered < READ_AHEAD:
+                self._fill(count)  # read on while the loop sends this
+            return data
+
+    def __del__(self) -> None:
+        # Dropped: stop what the backend still does for it, and close its stream.
+        self._token.cancel()
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            try:
+                self._cell.workers.submit(_close, close)
+            except CallCancelled:
+                pass
+
+
+def _close(close: Callable[[], None]) -> None:
+    try:
+        close()
+    except ValueError:  # still running in a cancelled read: it ends on its own
+        pass
 
 
 class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
-    """The IPFS interface of ipfs.capnp over one CoreAPI backend, within ``scope`` if given."""
+    """The IPFS interface of ipfs.capnp over one CoreAPI backend, within ``scope`` if given.
+
+    The servers narrowed from one (``attenuate``) share its :class:`_Cell`: its worker
+    threads and writers, all stopped by :meth:`close` when the cell is gone.
+    """
 
     def __init__(self, api: CoreAPI, scope: IpfsScope | None = None,
-                 caller: Caller = NOBODY) -> None:
+                 caller: Caller = NOBODY, cell: _Cell | None = None) -> None:
         self._api = api
         self.scope = scope
         self._caller = caller
+        self._cell = cell if cell is not None else _Cell()
+
+    def close(self) -> None:
+        """The cell hung up or is gone: cancel its calls, abandon its writers."""
+        self._cell.close()
 
     def _check(self, method: str, path: str | None = None) -> None:
         if self.scope is not None and (reason := self.scope.denied(method, path)):
             raise self._caller.deny("ipfs", method, reason)
+
+    async def _check_path(self, method: str, path: str) -> None:
+        """``_check`` of a call on ``path``: off the loop when it may walk the roots' DAGs."""
+        scope = self.scope
+        if scope is not None and scope.roots:
+            await self._cell.run(self._check, method, path)
+        else:
+            self._check(method, path)
 
     def narrowed(self, method: str, read_only: bool, roots: list[str]) -> IpfsScope:
         """The scope of a capability narrower than this one (for ``attenuate`` and for a
@@ -192,11 +494,12 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         return scope.narrowed(read_only, resolved)
 
     async def attenuate(self, readOnly: bool, roots: Any, _context: Any, **kwargs: Any) -> None:
-        scope = self.narrowed("attenuate", readOnly, [str(r) for r in roots])
+        scope = await self._cell.run(self.narrowed, "attenuate", readOnly,
+                                     [str(r) for r in roots])
         self._caller.audit.emit("grant", capability="ipfs", peer=self._caller.peer,
                                 via="attenuate", read_only=scope.read_only,
                                 roots=list(scope.roots))
-        _context.results.ipfs = IpfsServer(self._api, scope, self._caller)
+        _context.results.ipfs = IpfsServer(self._api, scope, self._caller, self._cell)
 
     async def add(self, options: Any, _context: Any, **kwargs: Any) -> None:
         self._check("add")
@@ -211,74 +514,95 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         on_done = None
         scope = self.scope
         if scope is not None and scope.roots and opts.pin and not opts.only_hash:
-            before = scope.pinned_now()  # a pin this add makes is the session's own
+            # a pin this add makes is the session's own
+            before = await self._cell.run(scope.pinned_now)
 
             def on_done(cid: str) -> None:
                 scope.pinned(cid, before)
 
-        _context.results.writer = WriterServer(self._api, opts, on_done)
+        await self._cell.writers.acquire()  # released when the writer's import ends
+        try:
+            writer = WriterServer(self._cell, self._api, opts, on_done)
+        except BaseException:
+            self._cell.writers.release()
+            raise
+        _context.results.writer = writer
 
     async def cat(self, path: str, offset: int, length: int, _context: Any,
                   **kwargs: Any) -> None:
-        self._check("cat", path)
-        chunks = self._api.cat(path, offset, None if length < 0 else length)
-        # Fail now on a bad path or a non-file, rather than on the first read.
-        first = next(chunks, b"")
-        _context.results.reader = ReaderServer(_prepend(first, chunks))
+        await self._check_path("cat", path)
+
+        def open_() -> Iterator[bytes]:
+            chunks = self._api.cat(path, offset, None if length < 0 else length)
+            # Fail now on a bad path or a non-file, rather than on the first read.
+            first = next(chunks, b"")
+            return _prepend(first, chunks)
+
+        token = self._cell.token()  # the reader's: its reads run under it
+        chunks = await self._cell.run(open_, token=token)
+        _context.results.reader = ReaderServer(self._cell, chunks, token)
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
-        self._check("ls", path)
-        entries = self._api.ls(path)
+        await self._check_path("ls", path)
+        entries = await self._cell.run(self._api.ls, path)
         out = _context.results.init("entries", len(entries))
         for i, entry in enumerate(entries):
             _fill_entry(out[i], entry)
 
     async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
-        self._check("stat", path)
-        _fill_stat(_context.results.init("info"), self._api.stat(path))
+        await self._check_path("stat", path)
+        _fill_stat(_context.results.init("info"), await self._cell.run(self._api.stat, path))
 
     async def resolve(self, path: str, **kwargs: Any) -> str:
-        self._check("resolve", path)
-        return self._api.resolve(path)
+        await self._check_path("resolve", path)
+        return await self._cell.run(self._api.resolve, path)
 
     async def pin(self, path: str, recursive: bool, **kwargs: Any) -> None:
-        self._check("pin", path)
+        await self._check_path("pin", path)
         scope = self.scope
         if scope is None or not scope.roots:
-            self._api.pin(path, recursive)
+            await self._cell.run(self._api.pin, path, recursive)
             return
-        before = scope.pinned_now()  # only a new pin is this session's to unpin later
-        cid = self._api.resolve(path)
-        self._api.pin(path, recursive)
-        scope.pinned(cid, before)
+
+        def pin_own() -> None:
+            before = scope.pinned_now()  # only a new pin is this session's to unpin later
+            cid = self._api.resolve(path)
+            self._api.pin(path, recursive)
+            scope.pinned(cid, before)
+
+        await self._cell.run(pin_own)
 
     async def unpin(self, path: str, **kwargs: Any) -> None:
         self._check("unpin")
         scope = self.scope
         if scope is None or not scope.roots:
-            self._api.unpin(path)
+            await self._cell.run(self._api.unpin, path)
             return
         # Under roots, only the session's own pins: never the operator's (see ipfs_scope).
-        key = scope.own_pin(path)
+        key = await self._cell.run(scope.own_pin, path)
         if key is None:
             raise self._caller.deny("ipfs", "unpin", f"{path} was not pinned by this "
                                     "capability (a capability limited to roots unpins only "
                                     "what it pinned itself in this session)")
-        self._api.unpin(path)
+        await self._cell.run(self._api.unpin, path)
         scope.own_pins.discard(key)
 
     async def pins(self, **kwargs: Any) -> list[str]:
         self._check("pins")
-        pins = self._api.pins()
         scope = self.scope
-        if scope is not None and scope.roots:  # only what it may see, and its own pins
-            pins = [cid for cid in pins if canonical(cid) in scope.own_pins
-                    or scope.contains(cid)]
-        return list(pins)
+
+        def visible() -> list[str]:
+            pins = self._api.pins()
+            if scope is not None and scope.roots:  # only what it may see, and its own pins
+                pins = [cid for cid in pins if canonical(cid) in scope.own_pins
+                        or scope.contains(cid)]
+            return list(pins)
+
+        return await self._cell.run(visible)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         self._check("id")
-        _fill_peer(_context.results.init("info"), self._api.id())
+        _fill_peer(_context.results.init("info"), await self._cell.run(self._api.id))
 
     async def connect(self, addr: str, **kwargs: Any) -> None:
         self._check("connect")
@@ -290,7 +614,7 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:
         self._check("peers")
-        peers = self._api.peers()
+        peers = await self._cell.run(self._api.peers)
         out = _context.results.init("peers", len(peers))
         for i, peer in enumerate(peers):
             _fill_peer(out[i], peer)

@@ -6,6 +6,8 @@ worked out lazily, by listing directories under the roots breadth-first as far a
 needs, and remembered; a walk stops after :data:`MAX_WALK` entries, after which a CID not yet
 seen is refused (a path starting at the root itself always works, however large the DAG).
 CIDs are compared in their CIDv1 form, so ``Qm...`` and ``bafy...`` of one node match.
+The walk runs in the capability's worker threads (never on the RPC event loop), one at a
+time per scope, and stops between two ``ls`` calls when the call it serves is cancelled.
 
 Pins under roots: pinning only adds, but unpinning lets ``gc`` delete content, and the pin
 set is shared with the operator and every other cell.  So a roots-limited capability may
@@ -17,9 +19,10 @@ anything pinned before, by the operator or anyone else, it cannot unpin.
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Iterable
 
-from ww.ipfs.api import CoreAPI, EntryType, IpfsError
+from ww.ipfs.api import CallCancelled, CoreAPI, EntryType, IpfsError, current_token
 from ww.ipfs.cid import CID
 from ww.ipfs.path import parse_path
 
@@ -45,6 +48,7 @@ class IpfsScope:
         self._known: set[str] = set(self.roots)
         self._todo: collections.deque[str] = collections.deque(self.roots)
         self._walked = 0
+        self._walking = threading.Lock()
 
     def denied(self, method: str, path: str | None = None) -> str | None:
         """Why ``method`` on ``path`` is outside this scope, or None if it is allowed."""
@@ -70,13 +74,21 @@ class IpfsScope:
         if not self.roots:
             return True
         key = canonical(cid)
-        while key not in self._known and self._todo and self._walked < MAX_WALK:
-            self._expand(self._todo.popleft())
-        return key in self._known
+        if key in self._known:
+            return True
+        token = current_token()
+        with self._walking:
+            while key not in self._known and self._todo and self._walked < MAX_WALK:
+                token.check()
+                self._expand(self._todo.popleft())
+            return key in self._known
 
     def _expand(self, directory: str) -> None:
         try:
             entries = self._api.ls(directory)
+        except CallCancelled:
+            self._todo.appendleft(directory)  # not walked: the next question walks it
+            raise
         except IpfsError:
             return  # not available locally: nothing under it can be shown to be reachable
         for entry in entries:

@@ -61,13 +61,19 @@ class Ipfs:
         options = {"cidVersion": cid_version, "pin": pin, "onlyHash": only_hash,
                    "rawLeaves": {None: "default", True: "yes", False: "no"}[raw_leaves]}
         writer = (await call(self._cap.add(options))).writer
+        # The host applies writes one at a time in the order sent (a stream method), so
+        # WINDOW of them in flight keep the pipe full without reordering anything.
         in_flight: collections.deque[Any] = collections.deque()
-        async for piece in _pieces(data):
-            in_flight.append(asyncio.ensure_future(call(writer.write(piece))))
-            if len(in_flight) >= WINDOW:
+        try:
+            async for piece in _pieces(data):
+                in_flight.append(asyncio.ensure_future(call(writer.write(piece))))
+                if len(in_flight) >= WINDOW:
+                    await in_flight.popleft()
+            while in_flight:
                 await in_flight.popleft()
-        while in_flight:
-            await in_flight.popleft()
+        finally:
+            for pending in in_flight:  # a write failed, or the caller gave up
+                pending.cancel()
         return str((await call(writer.done())).cid)
 
     async def cat_stream(self, path: str, offset: int = 0,

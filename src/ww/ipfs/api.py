@@ -16,7 +16,9 @@ Large data always moves in bounded pieces: ``add_stream`` consumes an iterator o
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -48,6 +50,79 @@ class BackendUnavailableError(IpfsError):
 
 class UnsupportedError(IpfsError):
     """The backend cannot do this (for example ``connect`` on the offline embedded node)."""
+
+
+class CallCancelled(IpfsError):
+    """The caller gave up on the call (a cell cancelled it, dropped its reader or writer, or
+    hung up); the work it started has stopped."""
+
+
+class CancelToken:
+    """Tells a call's blocking work that its caller gave up (the role of kubo's ``context``).
+
+    Blocking work runs under a token (:func:`cancellable`) and asks :func:`current_token`
+    for it: a loop checks :meth:`check` between steps, a wait registers :meth:`on_cancel` to
+    be woken (a socket shut down, a future failed).  Thread-safe; ``cancel`` is idempotent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        self._next = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            callbacks, self._callbacks = list(self._callbacks.values()), {}
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a waker of something already gone: nothing left to wake
+                pass
+
+    def check(self) -> None:
+        """Raise :class:`CallCancelled` if the caller gave up."""
+        if self._cancelled:
+            raise CallCancelled("the call was cancelled")
+
+    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Run ``callback`` (from any thread) when cancelled, at once if already; returns a
+        function that forgets it (call it when the wait it would end is over)."""
+        with self._lock:
+            if not self._cancelled:
+                key = self._next
+                self._next += 1
+                self._callbacks[key] = callback
+                return lambda: self._callbacks.pop(key, None) and None
+        callback()
+        return lambda: None
+
+
+_NEVER = CancelToken()  # the token of work nobody can cancel (the CLI's)
+_local = threading.local()
+
+
+def current_token() -> CancelToken:
+    """The token of the call this thread works for (one never cancelled outside any)."""
+    return getattr(_local, "token", _NEVER)
+
+
+@contextmanager
+def cancellable(token: CancelToken) -> Iterator[None]:
+    """Run the block's blocking IPFS work under ``token``."""
+    before = current_token()
+    _local.token = token
+    try:
+        yield
+    finally:
+        _local.token = before
 
 
 class EntryType(enum.Enum):

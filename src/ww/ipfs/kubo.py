@@ -46,6 +46,7 @@ from . import car, exporter, multihash
 from .api import (
     AddOptions,
     BackendUnavailableError,
+    CallCancelled,
     CorruptBlockError,
     Entry,
     EntryType,
@@ -56,6 +57,7 @@ from .api import (
     PeerInfo,
     Stat,
     UnsupportedError,
+    current_token,
 )
 from .cid import CID
 from .importer import file_chunks
@@ -153,7 +155,20 @@ class _Response(http.client.HTTPResponse):
                 self.stream_error = value.strip()
 
 
-class _HTTPConnection(http.client.HTTPConnection):
+class _Cancellable:
+    """A connection that forgets its caller's cancellation hook (:meth:`KuboClient._connect`)
+    once closed."""
+
+    forget: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        forget, self.forget = self.forget, None
+        if forget is not None:
+            forget()
+        super().close()  # type: ignore[misc]
+
+
+class _HTTPConnection(_Cancellable, http.client.HTTPConnection):
     response_class = _Response
 
     def __init__(self, host: str, port: int | None, connect_timeout: float, unix_path: str = ""):
@@ -174,7 +189,7 @@ class _HTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
+class _HTTPSConnection(_Cancellable, http.client.HTTPSConnection):
     response_class = _Response
 
     def __init__(self, host: str, port: int | None, connect_timeout: float, unix_path: str = ""):
@@ -367,6 +382,10 @@ class KuboClient:
     # --- plumbing -----------------------------------------------------------------------
 
     def _connect(self) -> http.client.HTTPConnection:
+        """A fresh connection, shut down when the calling thread's call is cancelled (which
+        wakes whatever waits on it: kubo sees the connection close, and stops the work)."""
+        token = current_token()
+        token.check()
         cls = _HTTPSConnection if self._scheme == "https" else _HTTPConnection
         conn = cls(self._host, self._port, self._connect_timeout, self._unix_path)
         try:
@@ -374,8 +393,10 @@ class KuboClient:
         except OSError as err:
             conn.close()
             raise self._unavailable(err) from None
-        assert conn.sock is not None
-        conn.sock.settimeout(self._timeout)
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(self._timeout)
+        conn.forget = token.on_cancel(lambda: _shutdown(sock))
         return conn
 
     def _unavailable(self, err: BaseException) -> BackendUnavailableError:
@@ -390,7 +411,9 @@ class KuboClient:
             f"cannot reach the kubo RPC API at {self.api} ({reason}); is the kubo daemon running?"
         )
 
-    def _lost(self, command: str, err: BaseException) -> BackendUnavailableError:
+    def _lost(self, command: str, err: BaseException) -> IpfsError:
+        if current_token().cancelled:
+            return CallCancelled(f"{command} was cancelled")
         reason = "timed out" if isinstance(err, TimeoutError) else (str(err) or type(err).__name__)
         return BackendUnavailableError(
             f"connection to the kubo RPC API at {self.api} failed during {command} ({reason})"

@@ -19,6 +19,7 @@ dialled us, or that we dialled, can fetch from us either way).
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,14 @@ from ww.p2p.host import Node
 
 from . import bitswap
 from ._fsutil import fsync_dir, sync_filesystem
-from .api import BackendUnavailableError, IpfsError, NotFoundError, PeerInfo
+from .api import (
+    BackendUnavailableError,
+    CallCancelled,
+    IpfsError,
+    NotFoundError,
+    PeerInfo,
+    current_token,
+)
 from .blockstore import Blockstore
 from .cid import CID
 from .identity import Identity
@@ -243,14 +251,26 @@ class Network:
 
     def fetch(self, cid: CID, timeout: float = FETCH_TIMEOUT) -> bytes:
         """The block ``cid``, from the connected peers: verified, stored, then returned."""
+        token = current_token()
+        token.check()
         future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
         self._call(self._want, cid, future, timeout=CONNECT_TIMEOUT)
+        # The caller giving up (a cell cancelling its cat) ends the wait and withdraws the
+        # want; the engine's future is left to the engine.
+        woken = threading.Event()
+        future.add_done_callback(lambda _: woken.set())
+        forget = token.on_cancel(woken.set)
         try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            self._call(self._cancel, cid, future, timeout=CONNECT_TIMEOUT)
-            raise NotFoundError(f"block {cid} did not arrive from any connected peer within "
-                                f"{timeout:g} s") from None
+            woken.wait(timeout)
+        finally:
+            forget()
+        if future.done():
+            return future.result()
+        self._call(self._cancel, cid, future, timeout=CONNECT_TIMEOUT)
+        if token.cancelled:
+            raise CallCancelled(f"the fetch of block {cid} was cancelled")
+        raise NotFoundError(f"block {cid} did not arrive from any connected peer within "
+                            f"{timeout:g} s")
 
     def flush(self) -> None:
         """Make every block fetched so far durable (one syncfs, then their directories)."""

@@ -69,6 +69,7 @@ class EmbeddedNode:
         self._closed = False
         self._net: Network | None = None
         self._net_lock = threading.Lock()
+        self._dial_lock = threading.Lock()  # the first dial of the given peers
         self._peers = list(peers)
         self._dial_policy = dial_policy
         self._peers_dialled = False
@@ -287,18 +288,23 @@ class EmbeddedNode:
         ``/ipfs/`` program), and its ``--join`` peers waited for.  Raises
         :class:`BackendUnavailableError` when peers were given and none could be reached."""
         if self._peers and not self._peers_dialled:
-            self._peers_dialled = True
-            net = self._network()
-            failures = []
-            for addr in self._peers:
-                try:
-                    net.connect(addr)
-                except IpfsError as err:
-                    failures.append(str(err))
-            if len(failures) == len(self._peers) and not net.peers():
-                raise BackendUnavailableError(f"{missing}, and no peer could be reached "
-                                              f"({failures[0]})") from None
-            return net
+            # One thread dials; others missing blocks meanwhile (the IPFS capability reads
+            # in several threads) wait for it rather than ask before anyone is connected.
+            with self._dial_lock:
+                if not self._peers_dialled:
+                    net = self._network()
+                    failures = []
+                    for addr in self._peers:
+                        try:
+                            net.connect(addr)
+                        except IpfsError as err:
+                            failures.append(str(err))
+                    self._peers_dialled = True
+                    if len(failures) == len(self._peers) and not net.peers():
+                        raise BackendUnavailableError(
+                            f"{missing}, and no peer could be reached ({failures[0]})"
+                        ) from None
+                    return net
         if self._net is not None:
             return self._network()
         return None

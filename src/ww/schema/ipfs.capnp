@@ -62,8 +62,11 @@ struct AddOptions {
 }
 
 interface Writer {
-  write @0 (data :Data) -> ();
-  # Append bytes.  Calls are applied in the order they were sent.
+  write @0 (data :Data) -> stream;
+  # Append bytes.  Calls are applied in the order they were sent, one at a time: a stream
+  # method, so a caller with many writes in flight waits (flow control) and is never refused.
+  # (On the wire a stream method is one returning an empty struct: a client compiled with
+  # `-> ()` works unchanged.)
   done @1 () -> (cid :Text);
   # Finish the file and return its CID.  Dropping the writer without `done` discards it.
 }
