@@ -125,3 +125,72 @@ def test_ww_run_refuses_an_ipfs_program_larger_than_fsize(make_cell, ww_home):
     assert not (ww_home / "exec-cache").is_dir() or not any((ww_home / "exec-cache").iterdir())
     r = run_ww("run", "--fsize", "8M", f"/ipfs/{program}", timeout=120)
     assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+
+
+# B: starts sub-cells (sleepers) until the tree's budget says no or it has 8, then says so.
+STARTS_SLEEPERS = """
+import sys
+import ww.cell
+from ww.cell import CapabilityDenied
+with ww.cell.session() as s:
+    kids = []
+    try:
+        while len(kids) < 8:
+            kids.append(s.exec.spawn("/bin/sleep", "600"))
+    except CapabilityDenied:
+        pass
+    print(len(kids), flush=True)
+    sys.stdin.readline()
+"""
+
+# A: starts B, lets it start its sleepers, then kills B outright ("kill") or leaves it
+# running ("exit": A's host kills its Bs outright when A exits); again until B starts none.
+KILLS_OR_LEAVES_WHAT_IT_STARTED = """
+import sys
+import ww.cell
+from ww.cell import CapabilityDenied
+with ww.cell.session() as s:
+    bs = []
+    for round in range(8):
+        try:
+            b = s.exec.spawn("{b}", can_exec=True)
+        except CapabilityDenied:
+            print("round", round, "no B", flush=True)
+            break
+        bs.append(b)
+        started = int(b.stdout.read(8).decode().split()[0])
+        if sys.argv[1] == "kill":
+            b.kill(9)
+            b.wait()
+        print("round", round, "B started", started, flush=True)
+        if started == 0:
+            break
+"""
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+def test_a_sub_cell_cannot_use_up_its_parents_sub_cell_budget_for_good(make_cell, how):
+    # A sub-cell's host killed outright (A's kill(9) of B, or A's host killing its Bs when A
+    # ends, which is no attack at all) used to take the tokens of its own sub-cells with it:
+    # after A, the root could run 2 (kill) or 5 (exit) sub-cells at once instead of 8.
+    b = make_cell(STARTS_SLEEPERS, name="b.py")
+    a = make_cell(KILLS_OR_LEAVES_WHAT_IT_STARTED.replace("{b}", b), name="a.py")
+    root = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            a = s.exec.spawn("{a}", "{how}", can_exec=True)
+            print("A", a.wait(), a.stdout.read_all().decode().splitlines(), flush=True)
+            kids = []
+            try:  # what the tree's budget still lets the root run at once
+                while len(kids) < 8:
+                    kids.append(s.exec.spawn("/bin/sleep", "600"))
+            except ww.cell.CapabilityDenied:
+                pass
+            print("then", len(kids), flush=True)
+    """, name="root.py")
+    r = run_ww("run", "--with-exec", "--exec-allow", a, "--exec-allow", b, "--exec-allow",
+               "/bin/sleep", root, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("A 0 ['round 0 B started 8'"), r.stdout
+    # A and its B are gone: the root may run 8 sub-cells at once again (it could run 2).
+    assert r.stdout.splitlines()[-1] == "then 8", r.stdout
