@@ -46,6 +46,12 @@ class NotExecutableError(WwError):
     exit_code = EXIT_NOT_EXECUTABLE
 
 
+class ResourceLimitError(WwError):
+    """A limit of the command line (--fsize, ...) refused work before the cell ran (exit 66)."""
+
+    exit_code = EXIT_RESOURCE_LIMIT
+
+
 class HostError(WwError):
     """Any other failure of the host itself (exit 1)."""
 

@@ -56,7 +56,7 @@ _LIMIT_OPTIONS = {
     "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it and its sub-cells run more than "
              "N processes and threads at once."),
     "fsize": ("WW_FSIZE", "SIZE", "Stop the cell (exit 66) when it writes a file larger "
-              "than SIZE."),
+              "than SIZE; an /ipfs/ program larger than SIZE is not fetched."),
     "timeout": ("WW_TIMEOUT", "SECONDS", "Stop the cell (exit 66) after SECONDS of wall-clock "
                 "time (e.g. 30, 2.5s, 5m)."),
 }
@@ -159,7 +159,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     if executable.startswith("/ipfs/"):
         from ww.host.fetch import fetch
 
-        executable = fetch(api, executable)
+        executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
     config = supervisor.RunConfig(
         command=executable,
         args=list(args),

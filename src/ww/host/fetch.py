@@ -7,6 +7,10 @@ cached copy is hashed again before use (about 2 GB/s), so a tampered cache entry
 anew instead of run.  A file chunked some other way (another chunker or layout) cannot be
 re-derived: the embedded node has already checked every block of it against its CID while
 reading, and a kubo node's answer for it is refused as unverifiable.
+
+The size of a program is what its DAG says, and a few blocks linked over and over can say
+terabytes: with ``max_size`` (the run's ``--fsize``, which sub-cells inherit) a larger
+program is refused before a byte is written, and the writing stops should more arrive.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ww.errors import CommandNotFoundError, NotExecutableError, UsageError
+from ww.errors import CommandNotFoundError, NotExecutableError, ResourceLimitError, UsageError
 from ww.ipfs.api import AddOptions, CoreAPI, EntryType, InvalidPathError, NotFoundError
 
 
@@ -49,8 +53,18 @@ def _verified(path: Path, cid: str) -> bool:
     return False
 
 
-def fetch(api: CoreAPI, ipfs_path: str) -> str:
+def _too_large(ipfs_path: str, size: int | str, max_size: int) -> ResourceLimitError:
+    from ww.host.limits import format_size
+
+    return ResourceLimitError(
+        f"resource limit: {ipfs_path} is a program of {size} bytes, larger than "
+        f"{format_size(max_size)} (--fsize); it was not fetched")
+
+
+def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
     """The local path of the executable at ``ipfs_path``, fetching it if not cached.
+
+    A program larger than ``max_size`` bytes is refused (ResourceLimitError, exit 66).
 
     A bare ``/ipfs/<cid>`` is looked up in the cache before the backend is asked anything,
     so a cached program runs even when its blocks are gone or the network is.
@@ -78,11 +92,17 @@ def fetch(api: CoreAPI, ipfs_path: str) -> str:
         if _verified(cached, cid):
             return str(cached)
         cached.unlink()  # tampered with, or stored with other add options: fetch again
+    if max_size is not None and stat.size > max_size:
+        raise _too_large(ipfs_path, stat.size, max_size)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{cid}.", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
+            written = 0
             for chunk in api.cat(cid):
+                written += len(chunk)
+                if max_size is not None and written > max_size:
+                    raise _too_large(ipfs_path, f"more than {written}", max_size)
                 out.write(chunk)
             out.flush()
             os.fchmod(out.fileno(), 0o555)

@@ -260,27 +260,38 @@ def preexec_setter(limits: Limits | None,
 
 # --- sub-cells (--with-exec) -------------------------------------------------------------
 
-SUBCELLS_ENV = "WW_SUBCELLS"  # "READ_FD,WRITE_FD,INODE": the tree's token pipe, for a child
+SUBCELLS_ENV = "WW_SUBCELLS"  # "FD,INODE": the tree's slot file, for a child `ww run`
 MAX_SUBCELLS = 32  # sub-cells a whole tree of cells may run at once
+
+# struct flock for F_OFD_SETLK (64-bit Linux): l_type, l_whence, l_start, l_len, l_pid.
+_FLOCK = "hhqqi4x"
 
 
 class SubcellLease:
-    """One running sub-cell's token from its tree's budget."""
+    """One running sub-cell's slot in its tree's budget: a lock the child `ww run` holds.
 
-    def __init__(self, budget: SubcellBudget) -> None:
+    The slot is a write lock on one byte of the tree's slot file, taken on an open file
+    description of its own (``F_OFD_SETLK``) that only the child `ww run` keeps (never its
+    cell).  The kernel drops the lock when the last descriptor of it closes, that is when the
+    child `ww run` is gone, however it ends: killed outright, its slot comes back all the same
+    (a pipe of tokens used to lose the tokens of a host killed with its sub-cells running).
+    """
+
+    def __init__(self, budget: SubcellBudget, slot_fd: int) -> None:
         self._budget = budget
+        self._slot_fd: int | None = slot_fd
         self._fds: list[int] = []
-        self._released = False
 
     @property
-    def pass_fds(self) -> tuple[int, int]:
-        """The token pipe, which the child `ww run` (never its cell) holds."""
-        return self._budget.pipe
+    def pass_fds(self) -> tuple[int, ...]:
+        """The tree's slot file and this sub-cell's slot, which the child `ww run` (never its
+        cell) holds."""
+        return (self._budget.fd,) + ((self._slot_fd,) if self._slot_fd is not None else ())
 
     def environment(self) -> dict[str, str]:
         """What the child `ww run` gets in its environment."""
-        r, w = self._budget.pipe
-        return {SUBCELLS_ENV: f"{r},{w},{os.fstat(r).st_ino}"}
+        fd = self._budget.fd
+        return {SUBCELLS_ENV: f"{fd},{os.fstat(fd).st_ino}"}
 
     def preexec(self) -> Callable[[], None]:
         """For the forked child `ww run`: join the parent cell's cgroups before anything runs.
@@ -298,19 +309,18 @@ class SubcellLease:
         return join
 
     def spawned(self) -> None:
-        """Close the host's copy of the files the child joined through."""
+        """Close the host's copies: the cgroup files, and the slot, which from now on only the
+        child holds (if it did not start, that frees the slot)."""
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+        self.release()
 
     def release(self) -> None:
-        """The sub-cell has exited: its token goes back to the tree."""
-        if not self._released:
-            self._released = True
-            try:
-                os.write(self._budget.pipe[1], b"t")
-            except OSError:
-                pass
+        """Give up the host's copy of the slot (the child's copy holds it while it runs)."""
+        if self._slot_fd is not None:
+            os.close(self._slot_fd)
+            self._slot_fd = None
 
 
 class SubcellBudget:
@@ -321,48 +331,53 @@ class SubcellBudget:
     kernel counts the child host process, its jail and its cell against the parent's
     ``pids.max`` and memory limit (the child's own cgroup is made below the parent's, never
     beside it).  In every case the number of sub-cells running at once in the whole tree, at
-    every depth, is bounded: the tree's first host fills a pipe with that many tokens
-    (MAX_SUBCELLS, and no more than ``--pids``), every host of the tree holds the pipe
-    (``WW_SUBCELLS``; never its cell), takes a token to start a sub-cell and puts it back
-    when the sub-cell exits.  The tokens of a host killed outright are lost, never gained.
+    every depth, is bounded: the tree's first host makes a slot file of that many bytes
+    (MAX_SUBCELLS, and no more than ``--pids``), every host of the tree holds it
+    (``WW_SUBCELLS``; never its cell), and a sub-cell's `ww run` holds a lock on one byte of
+    it for as long as it runs (:class:`SubcellLease`).
     """
 
-    def __init__(self, pipe: tuple[int, int], total: int, join: list[str]) -> None:
-        self.pipe = pipe
+    def __init__(self, fd: int, total: int, join: list[str]) -> None:
+        self.fd = fd
         self.total = total
         self.join = join  # the files a child writes "0" to to join this cell's cgroups
 
     def take(self) -> SubcellLease | None:
         """A lease for one more sub-cell, or None when the tree's budget is used up."""
-        try:
-            if os.read(self.pipe[0], 1):
-                return SubcellLease(self)
-        except (BlockingIOError, OSError):
-            pass
+        import fcntl
+        import struct
+
+        for slot in range(self.total):
+            fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)  # its own OFD
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
+                            struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
+            except OSError:
+                os.close(fd)  # held by a running sub-cell of the tree
+                continue
+            return SubcellLease(self, fd)
         return None
 
 
 _subcells: SubcellBudget | None = None
 
 
-def _inherited_pipe() -> tuple[int, int] | None:
-    """The tree's token pipe a parent host handed down, if this host is a sub-cell's."""
+def _inherited_slots() -> int | None:
+    """The tree's slot file a parent host handed down, if this host is a sub-cell's."""
     import stat
 
-    text = os.environ.get(SUBCELLS_ENV, "")
-    parts = text.split(",")
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+    parts = os.environ.get(SUBCELLS_ENV, "").split(",")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         return None
-    pipe, inode = (int(parts[0]), int(parts[1])), int(parts[2])
+    fd, inode = int(parts[0]), int(parts[1])
     try:
-        if not all(stat.S_ISFIFO(os.fstat(fd).st_mode) and os.fstat(fd).st_ino == inode
-                   for fd in pipe):
-            return None  # not the pipe the parent host named: start a tree of our own
+        st = os.fstat(fd)
     except OSError:
         return None
-    for fd in pipe:
-        os.set_inheritable(fd, False)  # for this host only: never its cell
-    return pipe
+    if not stat.S_ISREG(st.st_mode) or st.st_ino != inode:
+        return None  # not the file the parent host named: start a tree of our own
+    os.set_inheritable(fd, False)  # for this host only: never its cell
+    return fd
 
 
 def share_with_subcells(limits: Limits | None, cgroup: CellCgroup | None) -> None:
@@ -371,13 +386,14 @@ def share_with_subcells(limits: Limits | None, cgroup: CellCgroup | None) -> Non
     total = MAX_SUBCELLS
     if limits is not None and limits.pids is not None:
         total = min(total, limits.pids)  # each sub-cell is at least one task of the tree
-    pipe = _inherited_pipe()
-    if pipe is None:  # the first host of its tree
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        os.write(w, b"t" * total)
-        pipe = (r, w)
+    fd = _inherited_slots()
+    if fd is None:  # the first host of its tree
+        fd = os.memfd_create("ww-subcells", os.MFD_CLOEXEC)
+        os.ftruncate(fd, total)
+    else:
+        total = os.fstat(fd).st_size  # the first host's count holds for the whole tree
     join = cgroup.join_files() if cgroup is not None else []
-    _subcells = SubcellBudget(pipe, total, join)
+    _subcells = SubcellBudget(fd, total, join)
 
 
 def subcells() -> SubcellBudget:
