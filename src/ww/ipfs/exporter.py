@@ -132,12 +132,16 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     """The entries of a plain or HAMT-sharded directory, in stored order.
 
     Sub-shards are walked with an explicit stack, at most :data:`MAX_HAMT_LEVELS` deep (each
-    level uses at least one bit of the 64-bit name hash, so a deeper HAMT is corrupt).
+    level uses at least one bit of the 64-bit name hash, so a deeper HAMT is corrupt), and
+    each shard once: every shard of a HAMT holds the names of its own hash prefix, so one
+    shard linked twice is corrupt (and would list ``fanout ** depth`` entries from a few
+    blocks: 256 links to one shard, three levels deep, are 16 million entries).
     """
     assert node.fs is not None
     if node.fs.type is DataType.DIRECTORY:
         yield from node.links
         return
+    shards = {node.cid.multihash}
     stack = [(node, iter(node.links))]
     while stack:
         shard, links = stack[-1]
@@ -151,6 +155,9 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
         if len(link.name) == width:
             if len(stack) >= MAX_HAMT_LEVELS:
                 raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
+            if link.cid.multihash in shards:
+                raise CorruptBlockError(f"{node.cid}: HAMT links the shard {link.cid} twice")
+            shards.add(link.cid.multihash)
             child = load(getter, link.cid)
             if child.fs is None or child.fs.type is not DataType.HAMT_SHARD:
                 raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
@@ -230,9 +237,16 @@ def ls(getter: BlockGetter, node: UnixfsNode, name: str) -> list[Entry]:
     if not node.is_directory:
         return [Entry(name, node.type, node.content_size, str(node.cid))]
     entries = []
+    # Each child is read once, however many entries link to it: a 4 MiB directory block can
+    # hold some 80,000 links to one 4 MiB block, which read per entry would be 300 GiB hashed.
+    kinds: dict[bytes, tuple[EntryType, int]] = {}
     for link in _dir_links(getter, node):
-        child = load(getter, link.cid)
-        entries.append(Entry(_name(link.name), child.type, child.content_size, str(link.cid)))
+        key = bytes(link.cid)  # a raw and a dag-pb CID of one block read differently
+        kind = kinds.get(key)
+        if kind is None:
+            child = load(getter, link.cid)
+            kind = kinds[key] = (child.type, child.content_size)
+        entries.append(Entry(_name(link.name), kind[0], kind[1], str(link.cid)))
     return entries
 
 
@@ -331,6 +345,7 @@ def walk(
 # followed, and no path grows with the DAG's depth (no PATH_MAX, no recursion).
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_MAX = 4096  # Linux's limit on a symlink's target, its NUL included
 _OPEN_DIRS = 32  # directory fds a deep walk keeps open at once; the rest are reopened by ".."
 
 
@@ -401,7 +416,12 @@ def _write_leaf(
 ) -> None:
     """Create the file or symlink ``name`` in ``dir_fd``; it must not exist."""
     if node.type is EntryType.SYMLINK:
-        os.symlink(node.target, name, dir_fd=dir_fd)
+        target = node.target
+        why = ("is empty" if not target else "holds a NUL byte" if b"\0" in target
+               else f"is {len(target)} bytes long" if len(target) >= _PATH_MAX else None)
+        if why:
+            raise CorruptBlockError(f"symlink {node.cid}: its target {why}, unsafe on disk")
+        os.symlink(target, name, dir_fd=dir_fd)
         return
     mode = 0o777 if executable else 0o666  # the umask applies, as for any new file
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

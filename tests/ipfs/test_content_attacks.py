@@ -1,0 +1,124 @@
+"""Hostile content: DAGs and CARs shaped to make the host do far more than they are worth, or
+to make `ww import` fail badly.  Each DAG is built block by block, as an attacker would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_ww
+from ww.caps.ipfs_scope import IpfsScope
+from ww.ipfs import car, dagpb, exporter, multihash, unixfs
+from ww.ipfs.api import CorruptBlockError
+from ww.ipfs.cid import CID, RAW
+from ww.ipfs.node import EmbeddedNode
+from ww.ipfs.path import parse_path
+
+Blocks = list[tuple[CID, bytes]]
+
+
+def _node_block(blocks: Blocks, links: list[dagpb.PBLink], fs: unixfs.UnixFSData) -> CID:
+    block = dagpb.encode(dagpb.PBNode(tuple(links), unixfs.encode(fs)))
+    cid = CID.v0(multihash.sha256(block))
+    blocks.append((cid, block))
+    return cid
+
+
+def _raw_block(blocks: Blocks, data: bytes) -> CID:
+    cid = CID.v1(RAW, multihash.sha256(data))
+    blocks.append((cid, data))
+    return cid
+
+
+def _store(node: EmbeddedNode, blocks: Blocks) -> None:
+    for cid, block in blocks:
+        node._blocks.put_verified(cid, block)
+
+
+def _hamt_bomb(blocks: Blocks, levels: int) -> CID:
+    """A HAMT whose every shard links all its 256 slots to one shard below: ``levels + 1``
+    blocks that list as ``256 ** levels`` entries named ``x``."""
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+    leaf = _raw_block(blocks, b"#!/bin/sh\necho hi\n")
+    cid = _node_block(blocks, [dagpb.PBLink(leaf, b"00x", 1)], shard)
+    for _ in range(levels):
+        cid = _node_block(blocks, [dagpb.PBLink(cid, b"%02X" % i, 1) for i in range(256)],
+                          shard)
+    return cid
+
+
+def test_a_hamt_linking_one_shard_many_times_is_corrupt_not_65536_entries(
+    tmp_path: Path,
+) -> None:
+    """3 blocks, 25 KB: listed naively, 65,536 entries (three levels: 16 million; deeper:
+    never ending, with the host's memory growing all along)."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    bomb = _hamt_bomb(blocks, levels=2)
+    _store(node, blocks)
+    with pytest.raises(CorruptBlockError, match="twice"):
+        node.ls(str(bomb))
+    with pytest.raises(CorruptBlockError, match="twice"):
+        node.stat(str(bomb))
+    # A capability limited to the bomb lists it to find what is reachable: refused, not hung.
+    scope = IpfsScope(node, roots=[str(bomb)])
+    assert not scope.contains(str(blocks[0][0]))
+
+
+def test_ww_run_of_a_hamt_bomb_is_one_line(tmp_path: Path) -> None:
+    """`ww run /ipfs/<cid>` stats the CID first; on a bomb that stat never ended."""
+    blocks: Blocks = []
+    bomb = _hamt_bomb(blocks, levels=3)  # 16 million entries as listed before
+    car_file = tmp_path / "bomb.car"
+    with open(car_file, "wb") as out:
+        car.write_car(out, [bomb], blocks)
+    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    assert r.returncode != 0 and not (tmp_path / "out").exists()
+    r = run_ww("run", f"/ipfs/{bomb}", timeout=120)
+    assert r.returncode != 0
+    lowest = blocks[1][0]  # the shard met twice first
+    assert r.stderr.strip().splitlines() == [f"ww: {bomb}: HAMT links the shard {lowest} twice"]
+
+
+def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
+    """A directory block of 4 MiB holds ~80,000 links to one 4 MiB block: read per entry,
+    one `ls` hashed 300 GiB."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    child = _raw_block(blocks, b"y" * 100_000)
+    directory = _node_block(
+        blocks, [dagpb.PBLink(child, b"f%03d" % i, 100_000) for i in range(200)],
+        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    _store(node, blocks)
+    reads: list[CID] = []
+
+    def counting(cid: CID) -> bytes:
+        reads.append(cid)
+        return node._blocks.get(cid)
+
+    entries = exporter.ls(counting, exporter.resolve(counting, parse_path(str(directory))),
+                          "d")
+    assert len(entries) == 200 and {e.size for e in entries} == {100_000}
+    assert reads == [directory, child]
+
+
+@pytest.mark.parametrize("target", [b"a\0b", b"", b"a" * 5000], ids=["nul", "empty", "long"])
+def test_a_symlink_target_no_file_system_holds_is_one_line_and_writes_nothing(
+    tmp_path: Path, target: bytes
+) -> None:
+    blocks: Blocks = []
+    link = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=target))
+    root = _node_block(blocks, [dagpb.PBLink(link, b"link", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    car_file = tmp_path / "link.car"
+    with open(car_file, "wb") as out:
+        car.write_car(out, [root], blocks)
+    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"ww: symlink {link}: its target "
+                                             + {b"a\0b": "holds a NUL byte", b"": "is empty"}
+                                             .get(target, "is 5000 bytes long")
+                                             + ", unsafe on disk"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.car"]
