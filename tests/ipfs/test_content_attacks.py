@@ -3,6 +3,7 @@ to make `ww import` fail badly.  Each DAG is built block by block, as an attacke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,42 @@ def test_a_symlink_target_no_file_system_holds_is_one_line_and_writes_nothing(
                                              .get(target, "is 5000 bytes long")
                                              + ", unsafe on disk"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.car"]
+
+
+def test_a_cell_lists_and_stats_names_that_are_not_utf8_and_sizes_past_uint64(
+    tmp_path: Path, make_cell
+) -> None:
+    """Names are bytes in UnixFS and Text on the wire; Tsizes are the content's word and may
+    add up past 2**64.  Either used to fail the whole ls or stat the cell asked for."""
+    blocks: Blocks = []
+    leaf = _raw_block(blocks, b"hi\n")
+    sym = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=b"caf\xe9"))
+    big = (1 << 63) - 1  # the largest Tsize dag-pb allows
+    root = _node_block(
+        blocks,
+        [dagpb.PBLink(leaf, b"big1", big), dagpb.PBLink(leaf, b"big2", big),
+         dagpb.PBLink(leaf, b"caf\xe9", 3), dagpb.PBLink(sym, b"sym", 10)],
+        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    car_file = tmp_path / "names.car"
+    with open(car_file, "wb") as out:
+        car.write_car(out, [root], blocks)
+    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [b"big1", b"big2",
+                                                                 b"caf\xe9", b"sym"]
+    cell = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            print([e.name for e in s.ipfs.ls("{root}")])
+            st = s.ipfs.stat("{root}")
+            print(st.cumulative_size, [l.name for l in st.links])
+            print(s.ipfs.stat("{root}/sym").target)
+    """)
+    r = run_ww("run", "--with-ipfs", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "['big1', 'big2', 'caf\ufffd', 'sym']",
+        f"{2**64 - 1} ['big1', 'big2', 'caf\ufffd', 'sym']",
+        "caf\ufffd",
+    ]
+

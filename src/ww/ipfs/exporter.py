@@ -42,6 +42,7 @@ from .path import IpfsPath, parse_path
 from .unixfs import DataType
 
 HAMT_MURMUR3 = 0x22
+MAX_UINT64 = (1 << 64) - 1
 MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
 
 __all__ = [
@@ -88,8 +89,9 @@ class UnixfsNode:
 
     @property
     def cumulative_size(self) -> int:
-        """The block plus every linked DAG, by the links' Tsize (kubo's CumulativeSize)."""
-        return len(self.block) + sum(link.tsize for link in self.links)
+        """The block plus every linked DAG, by the links' Tsize (kubo's CumulativeSize);
+        at most 2**64 - 1 (the links are the content's word: they may add up to more)."""
+        return min(len(self.block) + sum(link.tsize for link in self.links), MAX_UINT64)
 
     @property
     def target(self) -> bytes:
