@@ -4,12 +4,13 @@ to make `ww import` fail badly.  Each DAG is built block by block, as an attacke
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import WW, run_ww
 from ww.caps.ipfs_scope import IpfsScope
 from ww.ipfs import car, dagpb, exporter, multihash, unixfs
 from ww.ipfs.api import CorruptBlockError
@@ -197,3 +198,38 @@ def test_a_stat_over_bitswap_fetches_the_root_and_its_entries_not_the_whole_dag(
     finally:
         a.close()
         b.close()
+
+
+def test_a_car_import_killed_while_staging_is_reported_by_check_and_removed_by_gc(
+    tmp_path: Path, ww_home: Path
+) -> None:
+    """kill -9 while a CAR's blocks are being verified and staged: `ww repo check` said
+    'clean' with the staged blocks (up to the whole CAR) left in $WW_HOME/staging."""
+    blocks: Blocks = []
+    leaves = [_raw_block(blocks, os.urandom(64 * 1024)) for _ in range(400)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"f%03d" % i, 64 * 1024)
+                                for i, c in enumerate(leaves)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    car_file = tmp_path / "big.car"
+    with open(car_file, "wb") as out:
+        car.write_car(out, [root], [blocks[-1], *blocks[:-1]])
+    staging = ww_home / "staging"
+    proc = subprocess.Popen([WW, "import", str(car_file), str(tmp_path / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(6000):  # until the import has staged a few blocks: at most a minute
+            if any(len(os.listdir(d)) > 3 for d in staging.glob("car-*")) or \
+                    proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the import ended before it could be killed"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any(staging.iterdir())
+    r = run_ww("repo", "check")
+    assert r.returncode == 1 and "leftover temp file" in r.stdout, r.stdout
+    assert run_ww("repo", "gc").returncode == 0
+    assert not any(staging.iterdir())
+    r = run_ww("repo", "check")
+    assert r.returncode == 0 and "clean" in r.stdout, r.stdout
