@@ -39,6 +39,17 @@ def _store(node: EmbeddedNode, blocks: Blocks) -> None:
         node._blocks.put_verified(cid, block)
 
 
+def _write_car(path: Path, root: CID, blocks: Blocks) -> Path:
+    with open(path, "wb") as out:
+        car.write_car(out, [root], blocks)
+    return path
+
+
+def _import_car(path: Path, root: CID, blocks: Blocks) -> subprocess.CompletedProcess[str]:
+    """`ww import` of a CAR of ``blocks`` into ``out`` beside it."""
+    return run_ww("import", str(_write_car(path, root, blocks)), str(path.parent / "out"))
+
+
 def _hamt_bomb(blocks: Blocks, levels: int) -> CID:
     """A HAMT whose every shard links all its 256 slots to one shard below: ``levels + 1``
     blocks that list as ``256 ** levels`` entries named ``x``."""
@@ -74,10 +85,7 @@ def test_ww_run_of_a_hamt_bomb_is_one_line(tmp_path: Path) -> None:
     """`ww run /ipfs/<cid>` stats the CID first; on a bomb that stat never ended."""
     blocks: Blocks = []
     bomb = _hamt_bomb(blocks, levels=3)  # 16 million entries as listed before
-    car_file = tmp_path / "bomb.car"
-    with open(car_file, "wb") as out:
-        car.write_car(out, [bomb], blocks)
-    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    r = _import_car(tmp_path / "bomb.car", bomb, blocks)
     assert r.returncode != 0 and not (tmp_path / "out").exists()
     r = run_ww("run", f"/ipfs/{bomb}", timeout=120)
     assert r.returncode != 0
@@ -115,10 +123,7 @@ def test_a_symlink_target_no_file_system_holds_is_one_line_and_writes_nothing(
     link = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=target))
     root = _node_block(blocks, [dagpb.PBLink(link, b"link", 1)],
                        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
-    car_file = tmp_path / "link.car"
-    with open(car_file, "wb") as out:
-        car.write_car(out, [root], blocks)
-    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    r = _import_car(tmp_path / "link.car", root, blocks)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"ww: symlink {link}: its target "
                                              + {b"a\0b": "holds a NUL byte", b"": "is empty"}
@@ -141,10 +146,7 @@ def test_a_cell_lists_and_stats_names_that_are_not_utf8_and_sizes_past_uint64(
         [dagpb.PBLink(leaf, b"big1", big), dagpb.PBLink(leaf, b"big2", big),
          dagpb.PBLink(leaf, b"caf\xe9", 3), dagpb.PBLink(sym, b"sym", 10)],
         unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
-    car_file = tmp_path / "names.car"
-    with open(car_file, "wb") as out:
-        car.write_car(out, [root], blocks)
-    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    r = _import_car(tmp_path / "names.car", root, blocks)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [b"big1", b"big2",
                                                                  b"caf\xe9", b"sym"]
@@ -210,9 +212,7 @@ def test_a_car_import_killed_while_staging_is_reported_by_check_and_removed_by_g
     root = _node_block(blocks, [dagpb.PBLink(c, b"f%03d" % i, 64 * 1024)
                                 for i, c in enumerate(leaves)],
                        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
-    car_file = tmp_path / "big.car"
-    with open(car_file, "wb") as out:
-        car.write_car(out, [root], [blocks[-1], *blocks[:-1]])
+    car_file = _write_car(tmp_path / "big.car", root, [blocks[-1], *blocks[:-1]])
     staging = ww_home / "staging"
     proc = subprocess.Popen([WW, "import", str(car_file), str(tmp_path / "out")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -233,3 +233,21 @@ def test_a_car_import_killed_while_staging_is_reported_by_check_and_removed_by_g
     assert not any(staging.iterdir())
     r = run_ww("repo", "check")
     assert r.returncode == 0 and "clean" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "slash"])
+def test_a_megabyte_entry_name_is_a_short_line_naming_the_entry(tmp_path: Path,
+                                                                 kind: str) -> None:
+    """An entry name is as long as the content likes: the error line used to carry all of it
+    (1 MB), and for a symlink named its target instead of the entry."""
+    blocks: Blocks = []
+    leaf = _raw_block(blocks, b"x")
+    sym = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=b"target"))
+    name = b"a/" * 500_000 if kind == "slash" else b"n" * 1_000_000
+    root = _node_block(blocks, [dagpb.PBLink(sym if kind == "symlink" else leaf, name, 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    r = _import_car(tmp_path / "long.car", root, blocks)
+    assert r.returncode == 1
+    [line] = r.stderr.splitlines()
+    assert len(line) < 400 and ("a/a/a/" if kind == "slash" else "nnnnnn") in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.car"]

@@ -153,7 +153,7 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
             continue
         width = len(f"{shard.fs.fanout - 1:X}")  # type: ignore[union-attr,operator]
         if len(link.name) < width:
-            raise CorruptBlockError(f"{shard.cid}: HAMT link name {link.name!r} is too short")
+            raise CorruptBlockError(f"{shard.cid}: HAMT link name {_shown(link.name)} is too short")
         if len(link.name) == width:
             if len(stack) >= MAX_HAMT_LEVELS:
                 raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
@@ -197,6 +197,15 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut for an error line: a name from content may be megabytes long."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _shown(name: object) -> str:
+    return _clip(repr(name))
 
 
 def resolve(getter: BlockGetter, path: IpfsPath) -> UnixfsNode:
@@ -354,7 +363,9 @@ _OPEN_DIRS = 32  # directory fds a deep walk keeps open at once; the rest are re
 def _check_name(raw: bytes, parent: CID) -> str:
     name = _name(raw)
     if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
-        raise CorruptBlockError(f"directory {parent} has an entry named {name!r}, unsafe on disk")
+        raise CorruptBlockError(
+            f"directory {parent} has an entry named {_shown(name)}, unsafe on disk"
+        )
     return name
 
 
@@ -459,7 +470,9 @@ def _write_node(
                 continue
             child_name = _check_name(link.name, parent)
             if child_name in seen:
-                raise CorruptBlockError(f"directory {parent} has two entries named {child_name!r}")
+                raise CorruptBlockError(
+                    f"directory {parent} has two entries named {_shown(child_name)}"
+                )
             seen.add(child_name)
             child = load(getter, link.cid)
             if child.is_directory:
@@ -603,7 +616,9 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Pa
     try:
         return get(getter, node, ipath.last_name, Path(dest), executable)
     except OSError as err:
-        raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
+        # symlink and rename name their destination second
+        where = os.fsdecode(err.filename2 or err.filename or dest)
+        raise IpfsError(f"cannot write {_clip(where)}: {err.strerror}") from None
 
 
 def _write_temp(getter: BlockGetter, node: UnixfsNode, tmp: Path, executable: bool) -> None:
