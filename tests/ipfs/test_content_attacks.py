@@ -251,3 +251,51 @@ def test_a_megabyte_entry_name_is_a_short_line_naming_the_entry(tmp_path: Path,
     [line] = r.stderr.splitlines()
     assert len(line) < 400 and ("a/a/a/" if kind == "slash" else "nnnnnn") in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.car"]
+
+
+def test_a_file_whose_sizes_lie_is_corrupt_before_a_byte_is_used(tmp_path: Path) -> None:
+    """A root declaring 2**63 bytes over a 1-byte leaf, and one whose filesize disagrees with
+    its blocksizes: `cat` anywhere in them and `ww import` are corrupt-block errors."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    leaf = _raw_block(blocks, b"x")
+    huge = 1 << 63
+    liar = _node_block(blocks, [dagpb.PBLink(leaf, b"", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.FILE, filesize=huge, blocksizes=(huge,)))
+    mismatch = _node_block(blocks, [dagpb.PBLink(leaf, b"", 1)],
+                           unixfs.UnixFSData(unixfs.DataType.FILE, filesize=5, blocksizes=(1,)))
+    _store(node, blocks)
+    assert node.stat(str(liar)).size == huge  # what it claims, without reading it
+    for offset in (0, huge - 10):
+        with pytest.raises(CorruptBlockError, match="parent says"):
+            b"".join(node.cat(str(liar), offset=offset, length=10))
+    with pytest.raises(CorruptBlockError, match="filesize disagrees"):
+        node.stat(str(mismatch))
+    with pytest.raises(CorruptBlockError):
+        node.get(str(liar), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
+    tmp_path: Path,
+) -> None:
+    """Reachable means named by a directory entry under a root, compared as CIDv1 with its
+    codec: not the raw-codec form of a reachable dag-pb block, not a HAMT shard, not a file's
+    chunk."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    chunk = _raw_block(blocks, b"c" * 10)
+    file = _node_block(blocks, [dagpb.PBLink(chunk, b"", 10)],
+                       unixfs.UnixFSData(unixfs.DataType.FILE, filesize=10, blocksizes=(10,)))
+    shard_fs = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                                 fanout=256)
+    inner = _node_block(blocks, [dagpb.PBLink(file, b"00f", 1)], shard_fs)
+    hamt = _node_block(blocks, [dagpb.PBLink(inner, b"00", 1)], shard_fs)
+    root = _node_block(blocks, [dagpb.PBLink(hamt, b"h", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    _store(node, blocks)
+    scope = IpfsScope(node, roots=[str(root)])
+    assert scope.contains(str(file)) and scope.contains(str(file.to_v1()))  # v0 or v1: one
+    assert scope.contains(str(hamt))
+    for outside in (inner, chunk, CID.v1(RAW, file.multihash), CID.v1(RAW, root.multihash)):
+        assert scope.path_denied(f"/ipfs/{outside}") is not None, outside
