@@ -299,3 +299,21 @@ def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
     assert scope.contains(str(hamt))
     for outside in (inner, chunk, CID.v1(RAW, file.multihash), CID.v1(RAW, root.multihash)):
         assert scope.path_denied(f"/ipfs/{outside}") is not None, outside
+
+
+def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned(
+    tmp_path: Path, ww_home: Path
+) -> None:
+    """It used to be imported and every root pinned, then refused (exit 2) without saying
+    so: a CAR naming thousands of roots left thousands of pins behind a failed command."""
+    blocks: Blocks = [(CID.v1(RAW, multihash.sha256(b"%d" % i)), b"%d" % i) for i in range(5)]
+    car_file = tmp_path / "roots.car"
+    with open(car_file, "wb") as out:
+        car.write_car(out, [cid for cid, _ in blocks], blocks)
+    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    assert r.returncode == 2
+    [line] = r.stderr.splitlines()
+    assert "has 5 roots" in line and str(blocks[0][0]) in line and "nothing was imported" in line
+    assert not any((ww_home / "pins" / "recursive").iterdir())
+    assert "clean (0 blocks)" in run_ww("repo", "check").stdout
+    assert not (tmp_path / "out").exists()
