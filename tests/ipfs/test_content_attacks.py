@@ -168,13 +168,11 @@ def test_a_cell_lists_and_stats_names_that_are_not_utf8_and_sizes_past_uint64(
 
 
 
-@pytest.mark.xfail(strict=True, reason="attack: a received dag-pb block's links are prefetched "
-                   "whatever fetched it, so one stat (or ls, resolve, a 10-byte cat) of a "
-                   "root a peer serves stores that peer's whole DAG; fix in bitswap: prefetch "
-                   "only below blocks a reader waits for")
 def test_a_stat_over_bitswap_fetches_the_root_and_its_entries_not_the_whole_dag(
     tmp_path: Path,
 ) -> None:
+    """Bitswap prefetched the links of every dag-pb block it received, prefetched ones too:
+    one stat (or ls, resolve, a 10-byte cat) of a root a peer serves stored all of it."""
     a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
     try:
         tree = tmp_path / "tree"

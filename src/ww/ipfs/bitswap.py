@@ -39,9 +39,12 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
   send-dont-have; a DONT_HAVE, a peer that disconnects or stays silent for
   :data:`PEER_TIMEOUT` moves the want to the next peer (peers that delivered blocks before
-  come first); when every peer has been tried, the want fails.  A received dag-pb block's
-  links are wanted at once (prefetch, at most :data:`MAX_PREFETCH` outstanding, below a
-  server's wantlist cap), so a file arrives at the pace of the link, not of round trips.
+  come first); when every peer has been tried, the want fails.  The links of a dag-pb block
+  a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
+  at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
+  arrives at the pace of the link, not of round trips.  Only one level below what is read:
+  a prefetched block's own links wait until it is read, or one ``stat`` of a root would
+  store the whole DAG a peer serves.
   The engine opens streams only on existing connections: it never dials.
 """
 
@@ -567,13 +570,18 @@ class Engine:
             return
         if shard is not None:
             self.dirty.add(shard)
+        read = bool(want.waiters)
         for future in want.waiters:
             if not future.done():
                 future.set_result(data)
-        if cid.codec == DAG_PB:
-            self._prefetch(data)
+        if read and cid.codec == DAG_PB:
+            # Only below a block someone reads: a prefetched block's own links are not
+            # followed, or one stat of a root would store the whole DAG a peer serves.
+            self.prefetch(data)
 
-    def _prefetch(self, data: bytes) -> None:
+    def prefetch(self, data: bytes) -> None:
+        """Want the links of ``data`` (a dag-pb block a reader has just got), ahead of the
+        reader asking for them one by one."""
         from . import dagpb
 
         try:

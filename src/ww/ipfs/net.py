@@ -180,6 +180,10 @@ class Network:
         assert self._engine is not None
         self._engine.want(cid, future)
 
+    async def _prefetch(self, block: bytes) -> None:
+        if self._engine is not None:
+            self._engine.prefetch(block)
+
     async def _cancel(self, cid: CID, future: concurrent.futures.Future[bytes]) -> None:
         if self._engine is not None:
             self._engine.cancel(cid, future)
@@ -251,6 +255,12 @@ class Network:
             self._call(self._cancel, cid, future, timeout=CONNECT_TIMEOUT)
             raise NotFoundError(f"block {cid} did not arrive from any connected peer within "
                                 f"{timeout:g} s") from None
+
+    def prefetch(self, block: bytes) -> None:
+        """Want the links of a dag-pb block a reader got from the repository (one level
+        below what is read; see :meth:`ww.ipfs.bitswap.Engine.prefetch`).  Does not wait."""
+        if self.running:
+            self._node.submit(self._prefetch, block)
 
     def flush(self) -> None:
         """Make every block fetched so far durable (one syncfs, then their directories)."""
