@@ -315,3 +315,21 @@ def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned
     assert not any((ww_home / "pins" / "recursive").iterdir())
     assert "clean (0 blocks)" in run_ww("repo", "check").stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_ww_run_never_follows_a_symlink_in_an_ipfs_program_path(tmp_path: Path) -> None:
+    """`bin -> real` and `sh -> /bin/sh` in the program's tree: neither is followed (on the
+    host, `/bin/sh` would be the host's shell, not content)."""
+    tree = tmp_path / "prog"
+    (tree / "real").mkdir(parents=True)
+    (tree / "real" / "run").write_text("#!/bin/sh\necho real\n")
+    os.symlink("real", tree / "bin")
+    os.symlink("/bin/sh", tree / "sh")
+    r = run_ww("export", str(tree))
+    assert r.returncode == 0, r.stderr
+    root = r.stdout.strip()
+    assert run_ww("run", f"{root}/real/run").stdout == "real\n"
+    r = run_ww("run", f"{root}/bin/run")
+    assert (r.returncode, r.stderr.count("\n")) == (127, 1) and "is a symlink" in r.stderr
+    r = run_ww("run", f"{root}/sh")
+    assert (r.returncode, r.stderr.count("\n")) == (126, 1) and "is a symlink" in r.stderr
