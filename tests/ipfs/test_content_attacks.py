@@ -333,3 +333,26 @@ def test_ww_run_never_follows_a_symlink_in_an_ipfs_program_path(tmp_path: Path) 
     assert (r.returncode, r.stderr.count("\n")) == (127, 1) and "is a symlink" in r.stderr
     r = run_ww("run", f"{root}/sh")
     assert (r.returncode, r.stderr.count("\n")) == (126, 1) and "is a symlink" in r.stderr
+
+
+def test_prefetching_a_huge_directory_stops_at_the_cap(tmp_path: Path) -> None:
+    """A 4 MiB directory block links 80,000 blocks: prefetching its links looked each one up
+    in the repository and recounted the outstanding wants for each (2 s on the thread that
+    serves every peer); it stops once MAX_PREFETCH are wanted."""
+    from ww.ipfs import bitswap
+    from ww.ipfs.blockstore import Blockstore
+
+    class CountingStore(Blockstore):
+        lookups = 0
+
+        def has(self, cid: CID) -> bool:
+            CountingStore.lookups += 1
+            return super().has(cid)
+
+    engine = bitswap.Engine(CountingStore(tmp_path / "blocks"), self_id="me",
+                            open_stream=None)  # not started: wants are queued, not sent
+    engine.peer_connected("a-peer")
+    links = [CID.v1(RAW, multihash.sha256(b"%d" % i)) for i in range(80_000)]
+    engine.prefetch(links)
+    assert len(engine.wants) == bitswap.MAX_PREFETCH
+    assert CountingStore.lookups <= bitswap.MAX_PREFETCH + 1

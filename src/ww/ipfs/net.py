@@ -180,9 +180,9 @@ class Network:
         assert self._engine is not None
         self._engine.want(cid, future)
 
-    async def _prefetch(self, block: bytes) -> None:
+    async def _prefetch(self, links: list[CID]) -> None:
         if self._engine is not None:
-            self._engine.prefetch(block)
+            self._engine.prefetch(links)
 
     async def _cancel(self, cid: CID, future: concurrent.futures.Future[bytes]) -> None:
         if self._engine is not None:
@@ -259,8 +259,8 @@ class Network:
     def prefetch(self, block: bytes) -> None:
         """Want the links of a dag-pb block a reader got from the repository (one level
         below what is read; see :meth:`ww.ipfs.bitswap.Engine.prefetch`).  Does not wait."""
-        if self.running:
-            self._node.submit(self._prefetch, block)
+        if self.running:  # decoded here, in the reader's thread, not on the libp2p one
+            self._node.submit(self._prefetch, bitswap.links_of(block))
 
     def flush(self) -> None:
         """Make every block fetched so far durable (one syncfs, then their directories)."""
