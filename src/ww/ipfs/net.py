@@ -19,6 +19,7 @@ dialled us, or that we dialled, can fetch from us either way).
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -259,8 +260,13 @@ class Network:
     def prefetch(self, block: bytes) -> None:
         """Want the links of a dag-pb block a reader got from the repository (one level
         below what is read; see :meth:`ww.ipfs.bitswap.Engine.prefetch`).  Does not wait."""
-        if self.running:  # decoded here, in the reader's thread, not on the libp2p one
-            self._node.submit(self._prefetch, bitswap.links_of(block))
+        if not self.running:
+            return
+        # Decoded and looked up here, in the reader's thread, not on the libp2p one.
+        missing = (c for c in bitswap.links_of(block) if not self._store.has(c))
+        links = list(itertools.islice(missing, bitswap.MAX_PREFETCH))
+        if links:
+            self._node.submit(self._prefetch, links)
 
     def flush(self) -> None:
         """Make every block fetched so far durable (one syncfs, then their directories)."""
