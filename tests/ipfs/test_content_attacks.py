@@ -356,3 +356,24 @@ def test_prefetching_a_huge_directory_stops_at_the_cap(tmp_path: Path) -> None:
     engine.prefetch(links)
     assert len(engine.wants) == bitswap.MAX_PREFETCH
     assert CountingStore.lookups <= bitswap.MAX_PREFETCH + 1
+
+
+def test_a_unixfs_mode_in_the_content_never_makes_a_setuid_file(tmp_path: Path) -> None:
+    """UnixFS 1.5 nodes may carry a mode (04777: setuid, world-writable): ww import uses its
+    own (0666, or 0777 with -x, less the umask), as kubo's ipfs get does by default."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    data = b"#!/bin/sh\nid\n"
+    file = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.FILE, data=data,
+                                                     filesize=len(data), mode=0o4777))
+    root = _node_block(blocks, [dagpb.PBLink(file, b"tool", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY, mode=0o7777))
+    _store(node, blocks)
+    old = os.umask(0o022)
+    try:
+        node.get(str(root), tmp_path / "out", executable=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "tool").read_bytes() == data
+    assert (tmp_path / "out" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "out").stat().st_mode & 0o7777 == 0o755
