@@ -78,8 +78,14 @@ def _fill_peer(builder: Any, info: PeerInfo) -> None:
     builder.protocols = list(info.protocols)
 
 
+def _text(name: str) -> str:
+    """A name or target from content as Cap'n Proto Text (UTF-8): bytes that are not UTF-8
+    (kept as surrogates) become U+FFFD, as in kubo's JSON, rather than fail the call."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _fill_entry(builder: Any, entry: Entry) -> None:
-    builder.name = entry.name
+    builder.name = _text(entry.name)
     builder.type = _ENTRY_TYPES[entry.type]
     builder.size = entry.size
     builder.cid = entry.cid
@@ -92,11 +98,11 @@ def _fill_stat(builder: Any, stat: Stat) -> None:
     builder.cumulativeSize = stat.cumulative_size
     links = builder.init("links", len(stat.links))
     for i, link in enumerate(stat.links):
-        links[i].name = link.name
+        links[i].name = _text(link.name)
         links[i].size = link.size
         links[i].cid = link.cid
     if stat.target is not None:
-        builder.target = stat.target
+        builder.target = _text(stat.target)
 
 
 class _Workers:

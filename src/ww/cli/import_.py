@@ -38,13 +38,10 @@ def import_(source: str, local_path: Path | None, executable: bool,
             car = Path(source)
             if not car.is_file():
                 raise UsageError(f"{source}: no such CAR file")
+            _one_root(car)  # before anything is stored or pinned
             pinned_before = set(api.pins())
             with open(car, "rb") as f:
                 roots = api.import_car(f)
-            if len(roots) != 1:
-                raise UsageError(
-                    f"{source}: has {len(roots)} roots; import one with 'ww import /ipfs/<cid>'"
-                )
             try:
                 api.get(f"/ipfs/{roots[0]}", dest, executable=executable)
             except BaseException:
@@ -59,3 +56,15 @@ def import_(source: str, local_path: Path | None, executable: bool,
         api.get(source, dest, executable=executable)
     finally:
         api.close()
+
+
+def _one_root(car: Path) -> None:
+    """Refuse a CAR whose header does not name exactly one root: which would be written?"""
+    from ww.ipfs.car import CarReader
+
+    with open(car, "rb") as f:
+        roots = CarReader(f).roots  # a malformed header is its one-line error here
+    if len(roots) != 1:
+        shown = ", ".join(str(r) for r in roots[:3]) + (", ..." if len(roots) > 3 else "")
+        raise UsageError(f"{car}: has {len(roots)} roots ({shown}); ww import writes a CAR "
+                         "with one root (nothing was imported)")

@@ -42,6 +42,7 @@ from .path import IpfsPath, parse_path
 from .unixfs import DataType
 
 HAMT_MURMUR3 = 0x22
+MAX_UINT64 = (1 << 64) - 1
 MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
 
 __all__ = [
@@ -88,8 +89,9 @@ class UnixfsNode:
 
     @property
     def cumulative_size(self) -> int:
-        """The block plus every linked DAG, by the links' Tsize (kubo's CumulativeSize)."""
-        return len(self.block) + sum(link.tsize for link in self.links)
+        """The block plus every linked DAG, by the links' Tsize (kubo's CumulativeSize);
+        at most 2**64 - 1 (the links are the content's word: they may add up to more)."""
+        return min(len(self.block) + sum(link.tsize for link in self.links), MAX_UINT64)
 
     @property
     def target(self) -> bytes:
@@ -132,12 +134,16 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     """The entries of a plain or HAMT-sharded directory, in stored order.
 
     Sub-shards are walked with an explicit stack, at most :data:`MAX_HAMT_LEVELS` deep (each
-    level uses at least one bit of the 64-bit name hash, so a deeper HAMT is corrupt).
+    level uses at least one bit of the 64-bit name hash, so a deeper HAMT is corrupt), and
+    each shard once: every shard of a HAMT holds the names of its own hash prefix, so one
+    shard linked twice is corrupt (and would list ``fanout ** depth`` entries from a few
+    blocks: 256 links to one shard, three levels deep, are 16 million entries).
     """
     assert node.fs is not None
     if node.fs.type is DataType.DIRECTORY:
         yield from node.links
         return
+    shards = {node.cid.multihash}
     stack = [(node, iter(node.links))]
     while stack:
         shard, links = stack[-1]
@@ -147,10 +153,13 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
             continue
         width = len(f"{shard.fs.fanout - 1:X}")  # type: ignore[union-attr,operator]
         if len(link.name) < width:
-            raise CorruptBlockError(f"{shard.cid}: HAMT link name {link.name!r} is too short")
+            raise CorruptBlockError(f"{shard.cid}: HAMT link name {_shown(link.name)} is too short")
         if len(link.name) == width:
             if len(stack) >= MAX_HAMT_LEVELS:
                 raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
+            if link.cid.multihash in shards:
+                raise CorruptBlockError(f"{node.cid}: HAMT links the shard {link.cid} twice")
+            shards.add(link.cid.multihash)
             child = load(getter, link.cid)
             if child.fs is None or child.fs.type is not DataType.HAMT_SHARD:
                 raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
@@ -188,6 +197,15 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` cut for an error line: a name from content may be megabytes long."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _shown(name: object) -> str:
+    return _clip(repr(name))
 
 
 def resolve(getter: BlockGetter, path: IpfsPath) -> UnixfsNode:
@@ -230,9 +248,16 @@ def ls(getter: BlockGetter, node: UnixfsNode, name: str) -> list[Entry]:
     if not node.is_directory:
         return [Entry(name, node.type, node.content_size, str(node.cid))]
     entries = []
+    # Each child is read once, however many entries link to it: a 4 MiB directory block can
+    # hold some 80,000 links to one 4 MiB block, which read per entry would be 300 GiB hashed.
+    kinds: dict[bytes, tuple[EntryType, int]] = {}
     for link in _dir_links(getter, node):
-        child = load(getter, link.cid)
-        entries.append(Entry(_name(link.name), child.type, child.content_size, str(link.cid)))
+        key = bytes(link.cid)  # a raw and a dag-pb CID of one block read differently
+        kind = kinds.get(key)
+        if kind is None:
+            child = load(getter, link.cid)
+            kind = kinds[key] = (child.type, child.content_size)
+        entries.append(Entry(_name(link.name), kind[0], kind[1], str(link.cid)))
     return entries
 
 
@@ -331,13 +356,16 @@ def walk(
 # followed, and no path grows with the DAG's depth (no PATH_MAX, no recursion).
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_MAX = 4096  # Linux's limit on a symlink's target, its NUL included
 _OPEN_DIRS = 32  # directory fds a deep walk keeps open at once; the rest are reopened by ".."
 
 
 def _check_name(raw: bytes, parent: CID) -> str:
     name = _name(raw)
     if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
-        raise CorruptBlockError(f"directory {parent} has an entry named {name!r}, unsafe on disk")
+        raise CorruptBlockError(
+            f"directory {parent} has an entry named {_shown(name)}, unsafe on disk"
+        )
     return name
 
 
@@ -401,7 +429,12 @@ def _write_leaf(
 ) -> None:
     """Create the file or symlink ``name`` in ``dir_fd``; it must not exist."""
     if node.type is EntryType.SYMLINK:
-        os.symlink(node.target, name, dir_fd=dir_fd)
+        target = node.target
+        why = ("is empty" if not target else "holds a NUL byte" if b"\0" in target
+               else f"is {len(target)} bytes long" if len(target) >= _PATH_MAX else None)
+        if why:
+            raise CorruptBlockError(f"symlink {node.cid}: its target {why}, unsafe on disk")
+        os.symlink(target, name, dir_fd=dir_fd)
         return
     mode = 0o777 if executable else 0o666  # the umask applies, as for any new file
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -437,7 +470,9 @@ def _write_node(
                 continue
             child_name = _check_name(link.name, parent)
             if child_name in seen:
-                raise CorruptBlockError(f"directory {parent} has two entries named {child_name!r}")
+                raise CorruptBlockError(
+                    f"directory {parent} has two entries named {_shown(child_name)}"
+                )
             seen.add(child_name)
             child = load(getter, link.cid)
             if child.is_directory:
@@ -581,7 +616,9 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Pa
     try:
         return get(getter, node, ipath.last_name, Path(dest), executable)
     except OSError as err:
-        raise IpfsError(f"cannot write {err.filename or dest}: {err.strerror}") from None
+        # symlink and rename name their destination second
+        where = os.fsdecode(err.filename2 or err.filename or dest)
+        raise IpfsError(f"cannot write {_clip(where)}: {err.strerror}") from None
 
 
 def _write_temp(getter: BlockGetter, node: UnixfsNode, tmp: Path, executable: bool) -> None:

@@ -19,6 +19,7 @@ dialled us, or that we dialled, can fetch from us either way).
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,6 +189,10 @@ class Network:
         assert self._engine is not None
         self._engine.want(cid, future)
 
+    async def _prefetch(self, links: list[CID]) -> None:
+        if self._engine is not None:
+            self._engine.prefetch(links)
+
     async def _cancel(self, cid: CID, future: concurrent.futures.Future[bytes]) -> None:
         if self._engine is not None:
             self._engine.cancel(cid, future)
@@ -271,6 +276,17 @@ class Network:
             raise CallCancelled(f"the fetch of block {cid} was cancelled")
         raise NotFoundError(f"block {cid} did not arrive from any connected peer within "
                             f"{timeout:g} s")
+
+    def prefetch(self, block: bytes) -> None:
+        """Want the links of a dag-pb block a reader got from the repository (one level
+        below what is read; see :meth:`ww.ipfs.bitswap.Engine.prefetch`).  Does not wait."""
+        if not self.running:
+            return
+        # Decoded and looked up here, in the reader's thread, not on the libp2p one.
+        missing = (c for c in bitswap.links_of(block) if not self._store.has(c))
+        links = list(itertools.islice(missing, bitswap.MAX_PREFETCH))
+        if links:
+            self._node.submit(self._prefetch, links)
 
     def flush(self) -> None:
         """Make every block fetched so far durable (one syncfs, then their directories)."""

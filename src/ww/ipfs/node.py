@@ -36,7 +36,7 @@ from .api import (
     Stat,
 )
 from .blockstore import Blockstore
-from .cid import CID
+from .cid import CID, DAG_PB
 from .importer import ImportParams, NullSink, import_file, import_path
 from .path import parse_path
 from .pins import PinKind
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddedNode", "default_repo_path"]
 
 _DEFAULT_OPTIONS = AddOptions()
+_LINK_TAG = b"\x12"  # dag-pb writes its links (field 2) first: a leaf starts otherwise
 
 
 class EmbeddedNode:
@@ -120,9 +121,16 @@ class EmbeddedNode:
     # --- reading ----------------------------------------------------------------------
 
     def _get_block(self, cid: CID) -> bytes:
-        """A verified block: from the repository, else from the connected peers (stored)."""
+        """A verified block: from the repository, else from the connected peers (stored).
+
+        Online, a dag-pb block read from the repository has its links prefetched, as one that
+        arrives for a reader has: the reader is about to ask for them.  So a DAG is fetched one
+        level below what is read, never further."""
         try:
-            return self._blocks.get(cid)
+            block = self._blocks.get(cid)
+            if self._net is not None and cid.codec == DAG_PB and block[:1] == _LINK_TAG:
+                self._net.prefetch(block)
+            return block
         except NotFoundError as err:
             net = self._online(err)
             if net is None:

@@ -156,12 +156,13 @@ class Repo:
             for tmp in temps:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-            for leftover in list(self.staging.iterdir()):
+            staged = list(self.staging.iterdir())
+            for leftover in staged:
                 shutil.rmtree(leftover, ignore_errors=True)
             for tmp in self.path.glob(f"{TEMP_PREFIX}*"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-            return GcReport(removed, freed, len(temps))
+            return GcReport(removed, freed, len(temps) + len(staged))
 
     def check(self) -> RepoCheck:
         """Verify every block against its name and every pin's DAG for completeness.
@@ -194,6 +195,7 @@ class Repo:
         for cid, recursive in pinned:
             missing.extend(self._missing_under(cid, recursive, seen))
         temps = [p for p in self.blocks.temp_files() if not _pid_alive(temp_file_pid(p.name))]
+        temps += self._stale_staging()
         strays = []
         for shard in self.blocks.root.iterdir():
             if not shard.is_dir():
@@ -210,6 +212,19 @@ class Repo:
                 if not ok:
                     strays.append(entry)
         return RepoCheck(count, sorted(corrupt), sorted(set(missing)), temps, sorted(strays))
+
+    def _stale_staging(self) -> list[Path]:
+        """Staging directories (``car-<pid>-<random>``) of CAR imports no longer running: a
+        killed import leaves the blocks it had verified there, up to the whole CAR."""
+        stale = []
+        for entry in sorted(self.staging.iterdir()):
+            try:
+                pid: int | None = int(entry.name.split("-")[1])
+            except (IndexError, ValueError):
+                pid = None
+            if not _pid_alive(pid):
+                stale.append(entry)
+        return stale
 
     def _missing_under(self, root: CID, recursive: bool, seen: set[bytes]) -> list[str]:
         """CIDs under ``root`` that are absent (corrupt ones are reported by the scan)."""

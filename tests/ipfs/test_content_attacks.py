@@ -1,0 +1,379 @@
+"""Hostile content: DAGs and CARs shaped to make the host do far more than they are worth, or
+to make `ww import` fail badly.  Each DAG is built block by block, as an attacker would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WW, run_ww
+from ww.caps.ipfs_scope import IpfsScope
+from ww.ipfs import car, dagpb, exporter, multihash, unixfs
+from ww.ipfs.api import CorruptBlockError
+from ww.ipfs.cid import CID, RAW
+from ww.ipfs.node import EmbeddedNode
+from ww.ipfs.path import parse_path
+
+Blocks = list[tuple[CID, bytes]]
+
+
+def _node_block(blocks: Blocks, links: list[dagpb.PBLink], fs: unixfs.UnixFSData) -> CID:
+    block = dagpb.encode(dagpb.PBNode(tuple(links), unixfs.encode(fs)))
+    cid = CID.v0(multihash.sha256(block))
+    blocks.append((cid, block))
+    return cid
+
+
+def _raw_block(blocks: Blocks, data: bytes) -> CID:
+    cid = CID.v1(RAW, multihash.sha256(data))
+    blocks.append((cid, data))
+    return cid
+
+
+def _store(node: EmbeddedNode, blocks: Blocks) -> None:
+    for cid, block in blocks:
+        node._blocks.put_verified(cid, block)
+
+
+def _write_car(path: Path, root: CID, blocks: Blocks) -> Path:
+    with open(path, "wb") as out:
+        car.write_car(out, [root], blocks)
+    return path
+
+
+def _import_car(path: Path, root: CID, blocks: Blocks) -> subprocess.CompletedProcess[str]:
+    """`ww import` of a CAR of ``blocks`` into ``out`` beside it."""
+    return run_ww("import", str(_write_car(path, root, blocks)), str(path.parent / "out"))
+
+
+def _hamt_bomb(blocks: Blocks, levels: int) -> CID:
+    """A HAMT whose every shard links all its 256 slots to one shard below: ``levels + 1``
+    blocks that list as ``256 ** levels`` entries named ``x``."""
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+    leaf = _raw_block(blocks, b"#!/bin/sh\necho hi\n")
+    cid = _node_block(blocks, [dagpb.PBLink(leaf, b"00x", 1)], shard)
+    for _ in range(levels):
+        cid = _node_block(blocks, [dagpb.PBLink(cid, b"%02X" % i, 1) for i in range(256)],
+                          shard)
+    return cid
+
+
+def test_a_hamt_linking_one_shard_many_times_is_corrupt_not_65536_entries(
+    tmp_path: Path,
+) -> None:
+    """3 blocks, 25 KB: listed naively, 65,536 entries (three levels: 16 million; deeper:
+    never ending, with the host's memory growing all along)."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    bomb = _hamt_bomb(blocks, levels=2)
+    _store(node, blocks)
+    with pytest.raises(CorruptBlockError, match="twice"):
+        node.ls(str(bomb))
+    with pytest.raises(CorruptBlockError, match="twice"):
+        node.stat(str(bomb))
+    # A capability limited to the bomb lists it to find what is reachable: refused, not hung.
+    scope = IpfsScope(node, roots=[str(bomb)])
+    assert not scope.contains(str(blocks[0][0]))
+
+
+def test_ww_run_of_a_hamt_bomb_is_one_line(tmp_path: Path) -> None:
+    """`ww run /ipfs/<cid>` stats the CID first; on a bomb that stat never ended."""
+    blocks: Blocks = []
+    bomb = _hamt_bomb(blocks, levels=3)  # 16 million entries as listed before
+    r = _import_car(tmp_path / "bomb.car", bomb, blocks)
+    assert r.returncode != 0 and not (tmp_path / "out").exists()
+    r = run_ww("run", f"/ipfs/{bomb}", timeout=120)
+    assert r.returncode != 0
+    lowest = blocks[1][0]  # the shard met twice first
+    assert r.stderr.strip().splitlines() == [f"ww: {bomb}: HAMT links the shard {lowest} twice"]
+
+
+def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
+    """A directory block of 4 MiB holds ~80,000 links to one 4 MiB block: read per entry,
+    one `ls` hashed 300 GiB."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    child = _raw_block(blocks, b"y" * 100_000)
+    directory = _node_block(
+        blocks, [dagpb.PBLink(child, b"f%03d" % i, 100_000) for i in range(200)],
+        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    _store(node, blocks)
+    reads: list[CID] = []
+
+    def counting(cid: CID) -> bytes:
+        reads.append(cid)
+        return node._blocks.get(cid)
+
+    entries = exporter.ls(counting, exporter.resolve(counting, parse_path(str(directory))),
+                          "d")
+    assert len(entries) == 200 and {e.size for e in entries} == {100_000}
+    assert reads == [directory, child]
+
+
+@pytest.mark.parametrize("target", [b"a\0b", b"", b"a" * 5000], ids=["nul", "empty", "long"])
+def test_a_symlink_target_no_file_system_holds_is_one_line_and_writes_nothing(
+    tmp_path: Path, target: bytes
+) -> None:
+    blocks: Blocks = []
+    link = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=target))
+    root = _node_block(blocks, [dagpb.PBLink(link, b"link", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    r = _import_car(tmp_path / "link.car", root, blocks)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"ww: symlink {link}: its target "
+                                             + {b"a\0b": "holds a NUL byte", b"": "is empty"}
+                                             .get(target, "is 5000 bytes long")
+                                             + ", unsafe on disk"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.car"]
+
+
+def test_a_cell_lists_and_stats_names_that_are_not_utf8_and_sizes_past_uint64(
+    tmp_path: Path, make_cell
+) -> None:
+    """Names are bytes in UnixFS and Text on the wire; Tsizes are the content's word and may
+    add up past 2**64.  Either used to fail the whole ls or stat the cell asked for."""
+    blocks: Blocks = []
+    leaf = _raw_block(blocks, b"hi\n")
+    sym = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=b"caf\xe9"))
+    big = (1 << 63) - 1  # the largest Tsize dag-pb allows
+    root = _node_block(
+        blocks,
+        [dagpb.PBLink(leaf, b"big1", big), dagpb.PBLink(leaf, b"big2", big),
+         dagpb.PBLink(leaf, b"caf\xe9", 3), dagpb.PBLink(sym, b"sym", 10)],
+        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    r = _import_car(tmp_path / "names.car", root, blocks)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == [b"big1", b"big2",
+                                                                 b"caf\xe9", b"sym"]
+    cell = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            print([e.name for e in s.ipfs.ls("{root}")])
+            st = s.ipfs.stat("{root}")
+            print(st.cumulative_size, [l.name for l in st.links])
+            print(s.ipfs.stat("{root}/sym").target)
+    """)
+    r = run_ww("run", "--with-ipfs", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "['big1', 'big2', 'caf\ufffd', 'sym']",
+        f"{2**64 - 1} ['big1', 'big2', 'caf\ufffd', 'sym']",
+        "caf\ufffd",
+    ]
+
+
+
+def test_a_stat_over_bitswap_fetches_the_root_and_its_entries_not_the_whole_dag(
+    tmp_path: Path,
+) -> None:
+    """Bitswap prefetched the links of every dag-pb block it received, prefetched ones too:
+    one stat (or ls, resolve, a 10-byte cat) of a root a peer serves stored all of it."""
+    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    try:
+        tree = tmp_path / "tree"
+        for i in range(20):
+            (tree / f"d{i}").mkdir(parents=True)
+            (tree / f"d{i}" / "f").write_bytes(b"%d\n" % i)
+        root = a.add_path(tree)  # 41 blocks: the root, 20 directories, 20 files
+        b.connect(a.listen(["/ip4/127.0.0.1/tcp/0"]).addresses[0])
+        assert len(b.stat(root).links) == 20
+        assert b._net is not None
+        engine = b._net._engine
+        assert engine is not None
+
+        async def outstanding() -> int:
+            return len(engine.wants)
+
+        for _ in range(600):  # until b wants nothing more: at most a minute
+            if b._net._call(outstanding, timeout=10) == 0:
+                break
+            time.sleep(0.1)
+        held = len(list(b._blocks.iter_multihashes()))
+        assert held <= 21  # the root, and the entries it names (prefetched); not all 41
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_car_import_killed_while_staging_is_reported_by_check_and_removed_by_gc(
+    tmp_path: Path, ww_home: Path
+) -> None:
+    """kill -9 while a CAR's blocks are being verified and staged: `ww repo check` said
+    'clean' with the staged blocks (up to the whole CAR) left in $WW_HOME/staging."""
+    blocks: Blocks = []
+    leaves = [_raw_block(blocks, os.urandom(64 * 1024)) for _ in range(400)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"f%03d" % i, 64 * 1024)
+                                for i, c in enumerate(leaves)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    car_file = _write_car(tmp_path / "big.car", root, [blocks[-1], *blocks[:-1]])
+    staging = ww_home / "staging"
+    proc = subprocess.Popen([WW, "import", str(car_file), str(tmp_path / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(6000):  # until the import has staged a few blocks: at most a minute
+            if any(len(os.listdir(d)) > 3 for d in staging.glob("car-*")) or \
+                    proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the import ended before it could be killed"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any(staging.iterdir())
+    r = run_ww("repo", "check")
+    assert r.returncode == 1 and "leftover temp file" in r.stdout, r.stdout
+    assert run_ww("repo", "gc").returncode == 0
+    assert not any(staging.iterdir())
+    r = run_ww("repo", "check")
+    assert r.returncode == 0 and "clean" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "slash"])
+def test_a_megabyte_entry_name_is_a_short_line_naming_the_entry(tmp_path: Path,
+                                                                 kind: str) -> None:
+    """An entry name is as long as the content likes: the error line used to carry all of it
+    (1 MB), and for a symlink named its target instead of the entry."""
+    blocks: Blocks = []
+    leaf = _raw_block(blocks, b"x")
+    sym = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.SYMLINK, data=b"target"))
+    name = b"a/" * 500_000 if kind == "slash" else b"n" * 1_000_000
+    root = _node_block(blocks, [dagpb.PBLink(sym if kind == "symlink" else leaf, name, 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    r = _import_car(tmp_path / "long.car", root, blocks)
+    assert r.returncode == 1
+    [line] = r.stderr.splitlines()
+    assert len(line) < 400 and ("a/a/a/" if kind == "slash" else "nnnnnn") in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.car"]
+
+
+def test_a_file_whose_sizes_lie_is_corrupt_before_a_byte_is_used(tmp_path: Path) -> None:
+    """A root declaring 2**63 bytes over a 1-byte leaf, and one whose filesize disagrees with
+    its blocksizes: `cat` anywhere in them and `ww import` are corrupt-block errors."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    leaf = _raw_block(blocks, b"x")
+    huge = 1 << 63
+    liar = _node_block(blocks, [dagpb.PBLink(leaf, b"", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.FILE, filesize=huge, blocksizes=(huge,)))
+    mismatch = _node_block(blocks, [dagpb.PBLink(leaf, b"", 1)],
+                           unixfs.UnixFSData(unixfs.DataType.FILE, filesize=5, blocksizes=(1,)))
+    _store(node, blocks)
+    assert node.stat(str(liar)).size == huge  # what it claims, without reading it
+    for offset in (0, huge - 10):
+        with pytest.raises(CorruptBlockError, match="parent says"):
+            b"".join(node.cat(str(liar), offset=offset, length=10))
+    with pytest.raises(CorruptBlockError, match="filesize disagrees"):
+        node.stat(str(mismatch))
+    with pytest.raises(CorruptBlockError):
+        node.get(str(liar), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
+    tmp_path: Path,
+) -> None:
+    """Reachable means named by a directory entry under a root, compared as CIDv1 with its
+    codec: not the raw-codec form of a reachable dag-pb block, not a HAMT shard, not a file's
+    chunk."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    chunk = _raw_block(blocks, b"c" * 10)
+    file = _node_block(blocks, [dagpb.PBLink(chunk, b"", 10)],
+                       unixfs.UnixFSData(unixfs.DataType.FILE, filesize=10, blocksizes=(10,)))
+    shard_fs = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                                 fanout=256)
+    inner = _node_block(blocks, [dagpb.PBLink(file, b"00f", 1)], shard_fs)
+    hamt = _node_block(blocks, [dagpb.PBLink(inner, b"00", 1)], shard_fs)
+    root = _node_block(blocks, [dagpb.PBLink(hamt, b"h", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    _store(node, blocks)
+    scope = IpfsScope(node, roots=[str(root)])
+    assert scope.contains(str(file)) and scope.contains(str(file.to_v1()))  # v0 or v1: one
+    assert scope.contains(str(hamt))
+    for outside in (inner, chunk, CID.v1(RAW, file.multihash), CID.v1(RAW, root.multihash)):
+        assert scope.path_denied(f"/ipfs/{outside}") is not None, outside
+
+
+def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned(
+    tmp_path: Path, ww_home: Path
+) -> None:
+    """It used to be imported and every root pinned, then refused (exit 2) without saying
+    so: a CAR naming thousands of roots left thousands of pins behind a failed command."""
+    blocks: Blocks = [(CID.v1(RAW, multihash.sha256(b"%d" % i)), b"%d" % i) for i in range(5)]
+    car_file = tmp_path / "roots.car"
+    with open(car_file, "wb") as out:
+        car.write_car(out, [cid for cid, _ in blocks], blocks)
+    r = run_ww("import", str(car_file), str(tmp_path / "out"))
+    assert r.returncode == 2
+    [line] = r.stderr.splitlines()
+    assert "has 5 roots" in line and str(blocks[0][0]) in line and "nothing was imported" in line
+    assert not any((ww_home / "pins" / "recursive").iterdir())
+    assert "clean (0 blocks)" in run_ww("repo", "check").stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_ww_run_never_follows_a_symlink_in_an_ipfs_program_path(tmp_path: Path) -> None:
+    """`bin -> real` and `sh -> /bin/sh` in the program's tree: neither is followed (on the
+    host, `/bin/sh` would be the host's shell, not content)."""
+    tree = tmp_path / "prog"
+    (tree / "real").mkdir(parents=True)
+    (tree / "real" / "run").write_text("#!/bin/sh\necho real\n")
+    os.symlink("real", tree / "bin")
+    os.symlink("/bin/sh", tree / "sh")
+    r = run_ww("export", str(tree))
+    assert r.returncode == 0, r.stderr
+    root = r.stdout.strip()
+    assert run_ww("run", f"{root}/real/run").stdout == "real\n"
+    r = run_ww("run", f"{root}/bin/run")
+    assert (r.returncode, r.stderr.count("\n")) == (127, 1) and "is a symlink" in r.stderr
+    r = run_ww("run", f"{root}/sh")
+    assert (r.returncode, r.stderr.count("\n")) == (126, 1) and "is a symlink" in r.stderr
+
+
+def test_prefetching_a_huge_directory_stops_at_the_cap(tmp_path: Path) -> None:
+    """A 4 MiB directory block links 80,000 blocks: prefetching its links looked each one up
+    in the repository and recounted the outstanding wants for each (2 s on the thread that
+    serves every peer); it stops once MAX_PREFETCH are wanted."""
+    from ww.ipfs import bitswap
+    from ww.ipfs.blockstore import Blockstore
+
+    class CountingStore(Blockstore):
+        lookups = 0
+
+        def has(self, cid: CID) -> bool:
+            CountingStore.lookups += 1
+            return super().has(cid)
+
+    engine = bitswap.Engine(CountingStore(tmp_path / "blocks"), self_id="me",
+                            open_stream=None)  # not started: wants are queued, not sent
+    engine.peer_connected("a-peer")
+    links = [CID.v1(RAW, multihash.sha256(b"%d" % i)) for i in range(80_000)]
+    engine.prefetch(links)
+    assert len(engine.wants) == bitswap.MAX_PREFETCH
+    assert CountingStore.lookups <= bitswap.MAX_PREFETCH + 1
+
+
+def test_a_unixfs_mode_in_the_content_never_makes_a_setuid_file(tmp_path: Path) -> None:
+    """UnixFS 1.5 nodes may carry a mode (04777: setuid, world-writable): ww import uses its
+    own (0666, or 0777 with -x, less the umask), as kubo's ipfs get does by default."""
+    node = EmbeddedNode(tmp_path / "repo")
+    blocks: Blocks = []
+    data = b"#!/bin/sh\nid\n"
+    file = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.FILE, data=data,
+                                                     filesize=len(data), mode=0o4777))
+    root = _node_block(blocks, [dagpb.PBLink(file, b"tool", 1)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY, mode=0o7777))
+    _store(node, blocks)
+    old = os.umask(0o022)
+    try:
+        node.get(str(root), tmp_path / "out", executable=True)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "tool").read_bytes() == data
+    assert (tmp_path / "out" / "tool").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "out").stat().st_mode & 0o7777 == 0o755
