@@ -114,7 +114,7 @@ def test_a_cancelled_bitswap_fetch_from_a_silent_peer_stops(tmp_path: Path,
     engine = a._net._engine  # type: ignore[union-attr]
     asked = threading.Event()
 
-    def silent(peer_id: str, entries: list[Any]) -> None:  # a peer that never answers
+    def silent(peer_id: str, entries: list[Any], full: bool = False) -> None:  # never answers
         asked.set()
 
     engine._serve = silent  # type: ignore[method-assign]
