@@ -449,13 +449,15 @@ def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:
 
 
 def _strict_helper(filter_fd: int, sock_fd: int,
-                   program: executable.Program) -> tuple[list[str], list[str]]:
+                   program: executable.Program
+                   ) -> tuple[list[str], list[executable.Bind]]:
     """The jail's argv and binds when the strict helper runs first (see ww.host.seccomp)."""
     python = os.path.realpath(sys.executable)
     binds = list(program.binds)
     for path in [python, *executable._prefix_dirs(python)]:
-        if not executable._is_system(path) and path not in binds:
-            binds.append(path)
+        extra = executable.bind(path)
+        if not executable._is_system(path) and extra not in binds:
+            binds.append(extra)
     argv = [python, "-I", "-S", "-c", seccomp.STRICT_HELPER, str(filter_fd), str(sock_fd),
             *program.argv]
     return argv, binds
