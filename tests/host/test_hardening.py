@@ -22,6 +22,8 @@ MEMORY_CGROUP = "memory" in cgroups.available(("memory",))
 needs_memory_cgroup = pytest.mark.skipif(
     not MEMORY_CGROUP, reason="this host cannot make a memory cgroup, so --memory is refused "
     "here (test_without_a_memory_cgroup_memory_is_refused_not_under_enforced)")
+# --cpu-time likewise where it cannot make a cpu (cpuacct) cgroup.
+CPU_CGROUP = "cpu" in cgroups.available(("cpu",))
 
 # A cell that makes each denied call with harmless arguments and prints "name errno".
 # The 32-bit ABI is reached with `int 0x80` from a page of machine code.
@@ -206,6 +208,8 @@ LIMIT_CASES = [
 def test_a_cell_over_a_limit_is_stopped_and_ww_run_exits_66(flag, value, script, named):
     if flag == "--memory" and not MEMORY_CGROUP:
         pytest.skip("no memory cgroup here: --memory is refused")
+    if flag == "--cpu-time" and not CPU_CGROUP:
+        pytest.skip("no cpu cgroup here: --cpu-time is refused")
     start = time.monotonic()
     r = run_ww("run", flag, value, "/bin/sh", "-c", f"PATH=/usr/bin:/bin; {script}",
                timeout=30)
@@ -235,7 +239,8 @@ def test_without_cgroups_the_proc_watchdog_stops_the_cell_and_ww_run_exits_66(
 
 def test_cells_under_their_limits_run_normally():
     memory = ["--memory", "256M"] if MEMORY_CGROUP else []
-    r = run_ww("run", *memory, "--cpu-time", "10", "--pids", "50", "--fsize", "1M",
+    cpu = ["--cpu-time", "10"] if CPU_CGROUP else []
+    r = run_ww("run", *memory, *cpu, "--pids", "50", "--fsize", "1M",
                "--timeout", "20", "/bin/sh", "-c",
                "head -c 100000 /dev/zero > /cell/f; wc -c < /cell/f; sleep 0.2 & wait; exit 3")
     assert r.returncode == 3, r.stderr
@@ -376,6 +381,19 @@ def test_without_a_memory_cgroup_memory_is_refused_not_under_enforced(kind):
     assert r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("ww: --memory needs a memory cgroup, and WW_CGROUPS=0 turns "
                                "cgroups off"), r.stderr
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--cpu-time", "1"], "--cpu-time"), (["--pids", "20", "--cpu-time", "1"], "--cpu-time"),
+    (["--cpu-time", "1", "--memory", "64M"], "--memory")])
+def test_without_a_cpu_cgroup_cpu_time_is_refused_with_one_line(flags, named):
+    # The /proc watchdog cannot count CPU time the kernel gives no process (children it reaps
+    # itself: test_attacks_subcells.py), so, as --memory, --cpu-time is refused up front.
+    r = run_ww("run", *flags, "/bin/echo", "cell started", env=dict(os.environ, WW_CGROUPS="0"))
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"ww: {named} needs a "), r.stderr
+    assert r.stderr.rstrip().endswith(f"run without {named}"), r.stderr
 
 
 # What Docker's default profile denies beyond DENIED: calls with certain arguments, and

@@ -88,7 +88,7 @@ def _limits(options: dict[str, Any]) -> Any:
              "pids": limits.parse_count}
     wanted = limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
                               for k, v in given.items()})
-    limits.check_memory(wanted)  # no memory cgroup here: refused before anything starts
+    limits.check_cgroups(wanted)  # no memory or cpu cgroup here: refused before anything starts
     return wanted
 
 
