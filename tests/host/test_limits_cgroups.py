@@ -275,13 +275,14 @@ def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell)
         proc.wait(timeout=20)
 
 
-def test_without_cgroups_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
-    # Without cgroups the watchdog counts the tasks of the whole tree: each sub-cell's `ww
-    # run`, its jail and its cell.  14 sub-cells under --pids 12 used to run 12 at once, each
-    # with a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
+@needs_pids
+def test_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
+    # The parent's pids cgroup counts the tasks of the whole tree: each sub-cell's `ww run`,
+    # its jail and its cell.  14 sub-cells under --pids 12 used to run 12 at once, each with
+    # a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--pids", "12", "--timeout", "50", "--with-exec", "--exec-allow",
-               "/bin/sleep", parent, "14", "20", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+               "/bin/sleep", parent, "14", "20", timeout=90)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert r.stderr.strip().splitlines() == [
         "ww: resource limit: the cell ran more than 12 processes or threads at once (--pids); "

@@ -224,12 +224,10 @@ class _Child:
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
         pidfd = os.pidfd_open(popen.pid)
-        limits.subcell_hosts.started(popen.pid)  # its tasks count against the parent's --pids
 
         def reap() -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-            limits.subcell_hosts.exited(popen.pid)
             if not self.exited.done():
                 self.exited.set_result(popen.wait())  # it has exited: does not block
 

@@ -6,37 +6,29 @@ naming the limit.  Every limit is for the whole tree: the cell and the sub-cells
 so that the host is never the one that runs out:
 
 * **A cgroup per cell for ``--pids``, ``--memory`` and ``--cpu-time``**
-  (:mod:`ww.host.cgroups`), where the host can make one (cgroup v2 if delegated, else v1):
-  the kernel refuses the fork past ``--pids`` tasks and the page past ``--memory`` bytes
-  (the OOM killer then kills inside the cell, never outside it), and counts the CPU time
-  of everything in it.  A sub-cell's `ww run` joins its parent cell's cgroup before
-  it runs anything.  The watchdog below reads the cgroup's event counters (a refused fork,
-  an OOM kill) and its CPU time every ``INTERVAL`` and stops the cell on the first excess.
-  ``--memory`` and ``--cpu-time`` are refused (a usage error, exit 2) where no memory,
-  respectively cpu (``cpuacct``), cgroup can be made: only the kernel's own accounting sees
-  everything a cell can make it hold (pipe and socket buffers, page tables, ...) and all
-  the CPU time it burns (a child the kernel reaps itself, with SIGCHLD ignored, adds its
-  time to no parent's and leaves ``/proc`` between two samples), and a limit that silently
+  (:mod:`ww.host.cgroups`): the kernel refuses the fork past ``--pids`` tasks and the page
+  past ``--memory`` bytes (the OOM killer then kills inside the cell, never outside it), and
+  counts the CPU time of everything in it.  A sub-cell's `ww run` joins its parent cell's
+  cgroup before it runs anything.  Each of the three is refused (a usage error, exit 2)
+  where the host cannot make the cgroup it needs (cgroup v1 as root, or a delegated cgroup
+  v2): only the kernel's own accounting sees everything a cell can make it hold (pipe and
+  socket buffers, page tables, ...), all the CPU time it burns (a child the kernel reaps
+  itself, with SIGCHLD ignored, adds its time to no parent's and leaves ``/proc`` between
+  two samples), and every fork as it happens (a fork bomb made 750 to 2000 processes under
+  ``--pids 50`` before a watchdog sampling ``/proc`` stopped it).  A limit that silently
   counts less than it says is worse than none.
-* **A watchdog thread in the host** samples every ``INTERVAL`` seconds: the time since the
-  start, the cgroup's counters, and, for ``--pids`` where no cgroup could be made, the
-  number of tasks (processes and threads) of the cell's jail and of every sub-cell's
-  `ww run` and everything below it (:data:`subcell_hosts`), from ``/proc``.  It kills the
-  jail on the first sample over a limit.  It runs only when a limit is set.
+* **A watchdog thread in the host** wakes every ``INTERVAL`` seconds: it reads the
+  cgroup's event counters (a refused fork, an OOM kill) and CPU time, and the time since
+  the start, and kills the jail on the first limit exceeded.  It runs only when a limit is
+  set.
 * **Kernel limits as a backstop**, set in the forked child before bubblewrap starts and
   inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (each
-  process on its own, should the host be too busy to sample), ``RLIMIT_FSIZE`` (a write
+  process on its own, should the host be too busy to look), ``RLIMIT_FSIZE`` (a write
   past ``--fsize`` fails and raises SIGXFSZ), and, with ``--memory``, tmpfs mounts no larger
   than the limit.  Every cell also gets ``oom_score_adj`` 1000 (under memory pressure the
   kernel kills a cell before anything of the host) and no core dumps (``RLIMIT_CORE`` 1:
   neither a core file nor a core-dump pipe).  Sub-cells get the same flags, so each cell of
   a tree is also held to them on its own.
-
-The ``/proc`` fallback for ``--pids`` is sampled: a fork bomb can make hundreds of processes
-in ``INTERVAL`` before it is stopped.  It works wherever ``/proc`` does, with no privileges,
-and it is sound where a sampled CPU count is not: ``--pids`` bounds the tasks alive *at once*,
-and a task holds its pid for as long as it lives, so tasks that come and go between two
-samples hold nothing past them, while any that stay are seen by the next sample.
 """
 
 from __future__ import annotations
@@ -174,8 +166,8 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
 
     ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
     its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.  A
-    UsageError when ``--memory`` or ``--cpu-time`` is given and no memory, respectively cpu,
-    cgroup can be made (see above).
+    UsageError when ``--pids``, ``--memory`` or ``--cpu-time`` is given and the cgroup
+    controller it needs cannot be had (see above).
     """
     if limits is None or (limits.pids is None and limits.memory is None
                           and limits.cpu_time is None):
@@ -202,12 +194,15 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
 
 def _needed(limits: Limits) -> list[str]:
     """The cgroup controllers without which ``limits`` are refused, not under-enforced."""
-    return [c for c, value in (("memory", limits.memory), ("cpu", limits.cpu_time))
-            if value is not None]
+    return [c for c, value in (("pids", limits.pids), ("memory", limits.memory),
+                               ("cpu", limits.cpu_time)) if value is not None]
 
 
 def _refused(controller: str) -> UsageError:
     flag, name, hierarchy, uncounted = {
+        "pids": ("--pids", "pids", "pids",
+                 "a fork bomb would make hundreds of processes past it before a sampling "
+                 "watchdog could stop it"),
         "memory": ("--memory", "memory", "memory",
                    "the kernel's pipe and socket buffers would go uncounted"),
         "cpu": ("--cpu-time", "cpu", "cpuacct",
@@ -221,8 +216,8 @@ def _refused(controller: str) -> UsageError:
 
 
 def check_cgroups(limits: Limits | None) -> None:
-    """Refuse ``--memory`` and ``--cpu-time`` on a host without the cgroup each needs,
-    before anything starts.
+    """Refuse ``--pids``, ``--memory`` and ``--cpu-time`` on a host without the cgroup each
+    needs, before anything starts.
 
     (:func:`cgroup_for` refuses them too, should making the cgroup itself fail.)
     """
@@ -443,83 +438,19 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def _threads(pid: int) -> int | None:
-    """The number of tasks (threads) of process ``pid``, None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rindex(b")") + 2:].split()[17])  # num_threads, the 20th field
-
-
-def _count_tree(root: int, include_root: bool) -> int:
-    """The tasks (processes and threads) of ``root``'s descendants (and of ``root``)."""
-    count = 0
-    if include_root:
-        count += _threads(root) or 0
-    seen = {root}
-    stack = children(root)
-    while stack and len(seen) < 100_000:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        threads = _threads(pid)
-        if threads is None:
-            continue
-        count += threads
-        stack.extend(children(pid))
-    return count
-
-
-class SubcellHosts:
-    """This host's running sub-cells, whose tasks count against ``--pids`` where no cgroup
-    counts them: the executor (:mod:`ww.caps.exec`) calls :meth:`started` for each child
-    `ww run` it starts and :meth:`exited` once it has exited."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: set[int] = set()  # pids of the child `ww run`s running
-
-    def started(self, pid: int) -> None:
-        with self._lock:
-            self._live.add(pid)
-
-    def exited(self, pid: int) -> None:
-        with self._lock:
-            self._live.discard(pid)
-
-    def live(self) -> list[int]:
-        with self._lock:
-            return list(self._live)
-
-
-subcell_hosts = SubcellHosts()
-
-
 class Watchdog:
-    """Stops a cell on the first limit it exceeds, sampled every ``INTERVAL``.
+    """Stops a cell on the first limit it exceeds, looked at every ``INTERVAL``.
 
-    ``root`` is the process we spawned: bubblewrap (``jailed``: its descendants are the
-    jail, the first being bubblewrap's init) or, unjailed, the program itself.  ``on_exceeded``
-    is called with the one-line message, then ``stop_cell`` kills the cell.  With ``cgroup``,
-    the limits it enforces are read from its event counters and its CPU time; ``--pids``
-    without one is sampled from ``/proc``: the tasks of the tree, with this host's
-    sub-cells (:data:`subcell_hosts`).  ``--cpu-time`` never runs without a cgroup
-    (:func:`cgroup_for` refuses it).
+    ``on_exceeded`` is called with the one-line message, then ``stop_cell`` kills the cell.
+    ``--pids``, ``--memory`` and ``--cpu-time`` are read from ``cgroup`` (its event counters
+    and its CPU time; :func:`cgroup_for` refuses them without one), ``--timeout`` from the
+    clock.
     """
 
-    def __init__(self, limits: Limits, root: int, jailed: bool, *,
-                 on_exceeded: Callable[[str], None], stop_cell: Callable[[], None],
-                 cgroup: CellCgroup | None = None) -> None:
+    def __init__(self, limits: Limits, *, on_exceeded: Callable[[str], None],
+                 stop_cell: Callable[[], None], cgroup: CellCgroup | None = None) -> None:
         self.limits = limits
         self._cgroup = cgroup
-        enforced = cgroup.enforced if cgroup is not None else frozenset()
-        self._sampled_pids = limits.pids if "pids" not in enforced else None
-        self._counted_cpu = cgroup if "cpu" in enforced else None
-        self._root = root
-        self._include_root = not jailed
         self._on_exceeded = on_exceeded
         self._stop_cell = stop_cell
         self._done = threading.Event()
@@ -533,46 +464,16 @@ class Watchdog:
         self._done.set()
         self._thread.join(1)
 
-    def tasks(self) -> int:
-        """The tasks of the cell's jail (bubblewrap's init in it not counted) and of its
-        sub-cells' hosts and everything below them."""
-        count = _count_tree(self._root, self._include_root)
-        # Unjailed, the root is the program; jailed, it is bubblewrap, and the first task
-        # below it is bubblewrap's init inside the jail, which is not the cell's.
-        if not self._include_root:
-            count -= 1
-        for pid in subcell_hosts.live():
-            count += _count_tree(pid, True)
-        return count
-
-    def _processes_in_jail(self) -> int | None:
-        """The number of processes in the jail, cheaply: one listing of the jail's own /proc.
-
-        A fork bomb is caught by this before a walk of its process tree would even finish.
-        """
-        if self._include_root:
-            return None
-        for init in children(self._root)[:1]:
-            try:
-                return sum(name.isdigit() for name in os.listdir(f"/proc/{init}/root/proc")) - 1
-            except OSError:
-                return None
-        return None
-
     def check(self) -> str | None:
         """Which limit the cell is over right now, if any."""
-        lim = self.limits
-        if self._cgroup is not None and (which := self._cgroup.exceeded()) is not None:
+        lim, group = self.limits, self._cgroup
+        if group is not None and (which := group.exceeded()) is not None:
             return which
         if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
             return "timeout"
-        if self._counted_cpu is not None and lim.cpu_time is not None:
-            if (self._counted_cpu.cpu_seconds() or 0.0) > lim.cpu_time:
+        if group is not None and lim.cpu_time is not None and "cpu" in group.enforced:
+            if (group.cpu_seconds() or 0.0) > lim.cpu_time:
                 return "cpu_time"
-        pids = self._sampled_pids
-        if pids is not None and ((self._processes_in_jail() or 0) > pids
-                                 or self.tasks() > pids):
-            return "pids"
         return None
 
     def _run(self) -> None:

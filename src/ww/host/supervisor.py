@@ -11,9 +11,10 @@ a host killed even by SIGKILL takes its cell with it.
 Hardening (see docs/security.md): every jailed cell runs under the seccomp filter of
 :mod:`ww.host.seccomp`; with ``--strict`` a thread waits for the kernel's report of a denied
 call and stops the cell (exit 67).  With resource limits, the watchdog thread of
-:mod:`ww.host.limits` stops a cell that goes over one (exit 66); ``--pids`` and ``--memory``
-are enforced by the kernel in a cgroup per cell (:mod:`ww.host.cgroups`) where the host can
-make one.  Neither thread exists when it has nothing to do.
+:mod:`ww.host.limits` stops a cell that goes over one (exit 66); ``--pids``, ``--memory``
+and ``--cpu-time`` are enforced (or counted) by the kernel in a cgroup per cell
+(:mod:`ww.host.cgroups`), and refused where the host cannot make one.  Neither thread
+exists when it has nothing to do.
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ def run(config: RunConfig) -> int:
             strict_thread.start()
         if config.limits is not None and config.limits.watched:
             watchdog = limits.Watchdog(
-                config.limits, proc.pid, config.jailed,
+                config.limits,
                 on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
                 stop_cell=stop_cell, cgroup=cgroup,
             )
