@@ -11,11 +11,10 @@ Rows:
   before              the baseline tree: no seccomp filter, no limits
   seccomp (default)   this tree, `ww run` with no flags: the seccomp filter, no watchdog
   + all limits        this tree with --memory, --cpu-time, --pids, --fsize and --timeout
-                      (the watchdog thread sampling the cell every 10 ms; --pids and
-                      --memory in a cgroup where the host can make one)
+                      (the watchdog thread reading the cell's cgroup every 10 ms)
   pids+mem cgroup     this tree with --pids and --memory only: the cell's cgroup
-  pids /proc          --pids only with WW_CGROUPS=0: the /proc watchdog instead (--memory
-                      is refused without a memory cgroup)
+                      (--pids, --memory and --cpu-time are refused without a cgroup, so
+                      there is no /proc variant any more)
   --strict            this tree with --strict (a Python helper installs the filter)
 """
 
@@ -36,7 +35,6 @@ CELL = str(HERE / "rpc_cell.py")
 LIMITS = ["--memory", "1G", "--cpu-time", "600", "--pids", "1000", "--fsize", "1G",
           "--timeout", "600"]
 PIDS_MEMORY = ["--memory", "1G", "--pids", "1000"]
-PIDS = ["--pids", "1000"]
 
 
 def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -47,7 +45,6 @@ def variants(baseline: str) -> dict[str, tuple[list[str], dict[str, str]]]:
         "seccomp (default)": ([], now),
         "+ all limits": (LIMITS, now),
         "pids+mem cgroup": (PIDS_MEMORY, now),
-        "pids /proc": (PIDS, dict(now, WW_CGROUPS="0")),
         "--strict": (["--strict"], now),
     }
 

@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import WW, run_ww
 from ww.host import jail
+from ww.host.executable import bind
 
 TEST_USER = "ww-test"
 
@@ -84,7 +85,8 @@ class Who:
         env["WW_HOME"] = str(self.home / ".ww")
         package = Path(jail.__file__).resolve().parent.parent.parent  # the tree holding ww
         paths = [sys.prefix, sys.base_prefix, str(package), str(self.work), str(self.home)]
-        return {**kwargs, "env": env, "preexec_fn": jail.dropper(self.ids, paths)}
+        drop = jail.dropper(self.ids, [bind(p) for p in paths])
+        return {**kwargs, "env": env, "preexec_fn": drop}
 
 
 @pytest.fixture(params=["root", "unprivileged"])

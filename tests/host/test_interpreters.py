@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,3 +138,68 @@ def test_interpreter_flags_reach_sub_cells(make_cell, tmp_path):
     r = run_ww("run", "--with-ipfs", "--with-exec", "--interpreter", str(exe), parent,
                timeout=120)
     assert (r.returncode, r.stdout) == (0, "status 0 API_KEY=project-secret\n"), r.stderr
+
+
+def flippable_python(tmp_path: Path) -> tuple[Path, Path, str]:
+    """``bin/python3`` -> the system's python (a virtualenv's layout), a non-system program
+    it can be flipped to, and a Python cell whose #! names the symlink."""
+    link = tmp_path / "venv" / "bin" / "python3"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/usr/bin/python3")
+    evil = tmp_path / "evil"
+    evil.write_text("#!/bin/sh\necho not-the-checked-interpreter\n")
+    evil.chmod(0o755)
+    cell = script(tmp_path / "cell.py", link, "import sys\nprint('python', sys.prefix)\n")
+    return link, evil, cell
+
+
+def flip(link: Path, target: Path) -> None:
+    link.unlink()
+    link.symlink_to(target)
+
+
+def test_the_jail_binds_the_interpreter_file_that_was_checked_not_the_path_again(tmp_path):
+    # The #! line names a symlink the host found to lead to a system file.  The bubblewrap
+    # argv binds that real file as the source: flipping the symlink after the check (as a
+    # local user who owns it can) changes nothing of what the jail shows.
+    from ww.host import executable, jail
+
+    link, evil, cell = flippable_python(tmp_path)
+    program = executable.prepare(cell, [])
+    flip(link, evil)
+    argv = jail.bwrap_argv("bwrap", jail.JailSpec(binds=program.binds, status_fd=3),
+                           program.argv)
+    binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert (os.path.realpath("/usr/bin/python3"), str(link)) in binds, binds
+    assert not [src for src, _ in binds if src.startswith(str(tmp_path / "evil"))], binds
+    assert program.argv[0] == str(link)
+
+
+FLIP_AFTER_PREPARE = """
+import os, sys
+from ww.cli.main import main
+from ww.host import executable
+
+link, evil, cell = sys.argv[1:]
+checked = executable.prepare
+
+def prepare(*args, **kwargs):
+    program = checked(*args, **kwargs)
+    os.unlink(link)
+    os.symlink(evil, link)  # flipped after the check, before the jail is built
+    return program
+
+executable.prepare = prepare
+main(["run", cell])
+"""
+
+
+def test_a_hashbang_symlink_flipped_after_the_check_still_runs_the_checked_file(tmp_path):
+    # A real `ww run` (the CLI in a process of its own) whose interpreter symlink is flipped
+    # to a non-system program between the host's check and the jail's start: the cell still
+    # runs on the system's Python the host checked.
+    link, evil, cell = flippable_python(tmp_path)
+    r = subprocess.run([sys.executable, "-c", FLIP_AFTER_PREPARE, str(link), str(evil), cell],
+                       capture_output=True, text=True, timeout=60)
+    assert os.readlink(link) == str(evil)  # the flip did happen
+    assert (r.returncode, r.stdout.split()) == (0, ["python", "/usr"]), r.stderr

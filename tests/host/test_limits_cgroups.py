@@ -275,13 +275,14 @@ def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell)
         proc.wait(timeout=20)
 
 
-def test_without_cgroups_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
-    # Without cgroups the watchdog counts the tasks of the whole tree: each sub-cell's `ww
-    # run`, its jail and its cell.  14 sub-cells under --pids 12 used to run 12 at once, each
-    # with a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
+@needs_pids
+def test_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
+    # The parent's pids cgroup counts the tasks of the whole tree: each sub-cell's `ww run`,
+    # its jail and its cell.  14 sub-cells under --pids 12 used to run 12 at once, each with
+    # a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--pids", "12", "--timeout", "50", "--with-exec", "--exec-allow",
-               "/bin/sleep", parent, "14", "20", timeout=90, env=dict(os.environ, WW_CGROUPS="0"))
+               "/bin/sleep", parent, "14", "20", timeout=90)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert r.stderr.strip().splitlines() == [
         "ww: resource limit: the cell ran more than 12 processes or threads at once (--pids); "
@@ -307,41 +308,39 @@ with ww.cell.session() as s:
     print("statuses", [kid.wait() for kid in kids], flush=True)
     print("done", flush=True)
 """
-CGROUP_OR_NOT = pytest.mark.parametrize("cgroups", [
-    pytest.param("1", marks=needs_cpu, id="cgroup"), pytest.param("0", id="watchdog")])
+# (Without a cpu cgroup --cpu-time is refused: see test_attacks_subcells.py.)
 
 
-@CGROUP_OR_NOT
-def test_cpu_time_bounds_the_parent_and_its_sub_cells_together(make_cell, cgroups):
+@needs_cpu
+def test_cpu_time_bounds_the_parent_and_its_sub_cells_together(make_cell):
     # Four sub-cells each spin up to their own --cpu-time 1 (they get the parent's flags):
-    # four seconds of CPU in all, which used to leave the parent at exit 0.  With a cgroup
-    # the kernel counts the tree's CPU time; without, the watchdog sums it from /proc.
+    # four seconds of CPU in all, which used to leave the parent at exit 0.  The kernel
+    # counts the tree's CPU time in the parent's cgroup, which every sub-cell joins.
     parent = make_cell(BURNER)
     r = run_ww("run", "--cpu-time", "1", "--pids", "200", "--with-exec", "--exec-allow",
-               "/bin/sh", parent, "4", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
+               "/bin/sh", parent, "4", timeout=120)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert r.stderr.strip().splitlines() == [
         "ww: resource limit: the cell used more than 1s of CPU time (--cpu-time); it was stopped"]
     assert "done" not in r.stdout
 
 
-@CGROUP_OR_NOT
-def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell, cgroups):
+@needs_cpu
+def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell):
     # A sub-cell killed by SIGKILL leaves its jail to die unreaped by anything of the tree:
-    # what it burned counts all the same (the most the watchdog saw of it).
+    # what it burned stays charged to the cgroup all the same.
     parent = make_cell(BURNER)
     r = run_ww("run", "--cpu-time", "2", "--pids", "200", "--with-exec", "--exec-allow",
-               "/bin/sh", parent, "4", "kill", timeout=120,
-               env=dict(os.environ, WW_CGROUPS=cgroups))
+               "/bin/sh", parent, "4", "kill", timeout=120)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "--cpu-time" in r.stderr and "done" not in r.stdout
 
 
-@CGROUP_OR_NOT
-def test_a_tree_within_its_cpu_time_runs_normally(make_cell, cgroups):
+@needs_cpu
+def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--cpu-time", "30", "--with-exec", "--exec-allow", "/bin/sleep",
-               parent, "2", "0", timeout=120, env=dict(os.environ, WW_CGROUPS=cgroups))
+               parent, "2", "0", timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["spawned", "0", "spawned", "1", "done"]
 
@@ -394,11 +393,12 @@ with ww.cell.session() as s:
 """
 
 
+@needs_cpu
 def test_cpu_time_counts_a_sub_cells_own_sub_cells_killed_outright(make_cell):
-    # Without cgroups: a sub-cell starts spinners of its own and kills them, one after the
-    # other.  No jail's CPU time reaches its `ww run` (bubblewrap does not reap its init),
-    # so the parent keeps the most it saw of every jail at every depth; it used to see only
-    # the sub-cell's tree as it was at each moment, one spinner at a time.
+    # A sub-cell starts spinners of its own and kills them, one after the other.  No jail's
+    # CPU time reaches its `ww run` (bubblewrap does not reap its init), and a sampling
+    # watchdog used to see only the sub-cell's tree as it was at each moment, one spinner at
+    # a time; the cgroup every host of the tree joins keeps it all.
     middle = make_cell(KILLS_ITS_OWN, name="middle.py")
     parent = make_cell(f"""
         import ww.cell
@@ -408,7 +408,6 @@ def test_cpu_time_counts_a_sub_cells_own_sub_cells_killed_outright(make_cell):
             print("done", flush=True)
     """)
     r = run_ww("run", "--cpu-time", "4", "--with-exec", "--exec-allow", middle,
-               "--exec-allow", "/bin/sh", parent, timeout=180,
-               env=dict(os.environ, WW_CGROUPS="0"))
+               "--exec-allow", "/bin/sh", parent, timeout=180)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "--cpu-time" in r.stderr and "done" not in r.stdout

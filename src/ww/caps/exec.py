@@ -224,12 +224,10 @@ class _Child:
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
         pidfd = os.pidfd_open(popen.pid)
-        limits.subcell_cpu.started(popen.pid)  # its CPU time counts against the parent's
 
         def reap() -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-            limits.subcell_cpu.exited(popen.pid)  # read before it is reaped
             if not self.exited.done():
                 self.exited.set_result(popen.wait())  # it has exited: does not block
 

@@ -52,9 +52,11 @@ _LIMIT_OPTIONS = {
                "more than SIZE of memory, kernel buffers included (e.g. 256M, 2G); refused "
                "where the host cannot make a memory cgroup."),
     "cpu_time": ("WW_CPU_TIME", "SECONDS", "Stop the cell (exit 66) after SECONDS of CPU time, "
-                 "all its processes and sub-cells together."),
+                 "all its processes and sub-cells together; refused where the host cannot "
+                 "make a cpu cgroup."),
     "pids": ("WW_PIDS", "N", "Stop the cell (exit 66) when it and its sub-cells run more than "
-             "N processes and threads at once."),
+             "N processes and threads at once; refused where the host cannot make a pids "
+             "cgroup."),
     "fsize": ("WW_FSIZE", "SIZE", "Stop the cell (exit 66) when it writes a file larger "
               "than SIZE; an /ipfs/ program larger than SIZE is not fetched."),
     "timeout": ("WW_TIMEOUT", "SECONDS", "Stop the cell (exit 66) after SECONDS of wall-clock "
@@ -88,7 +90,7 @@ def _limits(options: dict[str, Any]) -> Any:
              "pids": limits.parse_count}
     wanted = limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
                               for k, v in given.items()})
-    limits.check_memory(wanted)  # no memory cgroup here: refused before anything starts
+    limits.check_cgroups(wanted)  # no memory or cpu cgroup here: refused before anything starts
     return wanted
 
 

@@ -18,9 +18,9 @@ Where each controller comes from, per controller:
 * else **cgroup v1**, when the controller's hierarchy is mounted and writable: the cell's
   cgroup is made under the host's *own* cgroup there, so it stays inside any limit the host
   itself is under;
-* else nothing: :func:`create` leaves that controller out; the watchdog samples ``/proc``
-  for ``--pids`` instead, and ``--memory`` is refused (see :mod:`ww.host.limits`).
-  ``WW_CGROUPS=0`` in the host's environment asks for that fallback everywhere.
+* else nothing: :func:`create` leaves that controller out, and the flag that needs it is
+  refused (see :mod:`ww.host.limits`).  ``WW_CGROUPS=0`` in the host's environment turns
+  cgroups off everywhere.
 
 Each cell's cgroup is named ``ww-<pid namespace>-<host pid>-<random>``.  The host removes it
 when the cell ends, after killing anything left in it.  A host killed by SIGKILL cannot, so
@@ -332,7 +332,8 @@ def create(limits: dict[str, int]) -> CellCgroup | None:
     ``"cpu"`` in ``limits`` (its value unused) asks for the CPU time to be counted.
 
     Controllers that cannot be used here are left out (see :attr:`CellCgroup.enforced`);
-    None when none can.  Never raises: a host without cgroups falls back to the watchdog.
+    None when none can.  Never raises: :func:`ww.host.limits.cgroup_for` refuses a flag
+    whose controller is missing.
     """
     wanted = [c for c in CONTROLLERS if c in limits]
     if not wanted:
@@ -365,7 +366,7 @@ def create(limits: dict[str, int]) -> CellCgroup | None:
                 group._events[controller] = os.open(
                     os.path.join(d, _EVENTS[h.version, controller]), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            continue  # this controller stays with the watchdog
+            continue  # left out: cgroup_for refuses the flag that needs it
         group.dirs[controller] = d
         group.versions[controller] = h.version
     for d, procs in made.values():

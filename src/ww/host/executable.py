@@ -22,12 +22,31 @@ from ww.errors import CommandNotFoundError, NotExecutableError, UsageError
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
+@dataclass(frozen=True)
+class Bind:
+    """One host file or directory the jail shows read-only: ``source`` at ``dest``.
+
+    ``source`` is the real path (no symlink in it) the host resolved and checked, when it
+    checked; ``dest`` is the path the cell knows it by.  The jail binds exactly ``source``,
+    never resolving ``dest`` again: a symlink on the way to ``dest`` that someone flips
+    after the check cannot change what the cell is shown.
+    """
+
+    source: str
+    dest: str
+
+
+def bind(path: str) -> Bind:
+    """``path`` bound at its own place, from where it really is now."""
+    return Bind(os.path.realpath(path), path)
+
+
 @dataclass
 class Program:
     """What the jail must exec and expose for one cell program."""
 
     argv: list[str]  # exec argv: [program, args...] or [interpreter, (interp-arg), script, args...]
-    binds: list[str] = field(default_factory=list)  # host paths to bind read-only, at the same path
+    binds: list[Bind] = field(default_factory=list)  # what the jail shows read-only
 
 
 def _is_system(path: str) -> bool:
@@ -206,7 +225,7 @@ class UntrustedInterpreterError(NotExecutableError):
 
 
 def interpreter_binds(program: str, interpreter: str,
-                      trusted: list[str] | tuple[str, ...] = ()) -> list[str]:
+                      trusted: list[str] | tuple[str, ...] = ()) -> list[Bind]:
     """What the jail must bind for ``interpreter``, named by the ``#!`` line of ``program``.
 
     The ``#!`` line is content: it chooses the interpreter, never the host directories the
@@ -217,17 +236,20 @@ def interpreter_binds(program: str, interpreter: str,
     * one in ``trusted`` (``--interpreter``): the interpreter and its installation
       (:func:`_prefix_dirs`), as the operator asked;
     * any other that is a system file under another name (a virtualenv's ``python3`` made
-      from the system's): that file alone, at the path named;
+      from the system's): that file alone, at the path named, bound from the very real path
+      checked here (never resolved again: whoever can flip a symlink on the path named
+      cannot make the jail show another file in its place);
     * anything else: refused (:class:`UntrustedInterpreterError`, exit 126), before the
       host even looks whether the file exists.
     """
     path = os.path.normpath(interpreter)
     if _is_own_python(path):
-        return [path, *_own_python_binds()]
+        return [bind(p) for p in (path, *_own_python_binds())]
     if path in {os.path.normpath(t) for t in trusted}:
-        return [path, *_prefix_dirs(path)]
-    if _is_system(os.path.realpath(path)):
-        return [] if _is_system(path) else [path]
+        return [bind(p) for p in (path, *_prefix_dirs(path))]
+    real = os.path.realpath(path)
+    if _is_system(real):
+        return [] if _is_system(path) else [Bind(real, path)]
     raise UntrustedInterpreterError(
         f"{program}: interpreter {interpreter} is outside the system directories and is "
         "neither the Python ww runs on nor named with --interpreter: a #! line does not "
@@ -256,7 +278,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     path = resolve(command, search_path)
     _check_executable(path, command)
     shebang = _read_shebang(path)
-    binds = [] if _is_system(path) else [path]
+    binds = [] if _is_system(path) else [bind(path)]
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
     interp, *interp_arg = shebang
@@ -285,6 +307,6 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
         extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
     for extra in extras:
-        if not _is_system(extra) and extra not in binds:
+        if not _is_system(extra.dest) and extra not in binds:
             binds.append(extra)
     return Program(argv=[interp, *interp_arg, path, *args], binds=binds)

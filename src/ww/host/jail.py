@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ww.errors import HostError, NotExecutableError
-from ww.host.executable import which
+from ww.host.executable import Bind, which
 
 CELL_DIR = "/cell"
 CELL_UID = 1000
@@ -86,7 +86,7 @@ BWRAP_MISSING = (
 class JailSpec:
     """Everything that varies between jails."""
 
-    binds: list[str]  # host paths bound read-only at the same path
+    binds: list[Bind]  # host files bound read-only: each source, as checked, at its dest
     status_fd: int  # fd (in bwrap) where bubblewrap writes its JSON status
     seccomp_fd: int | None = None  # fd (in bwrap) holding the seccomp program to install
     tmpfs_size: int | None = None  # bytes: the most /cell, /tmp and /dev/shm may each hold
@@ -143,11 +143,12 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         *size, "--tmpfs", "/tmp",
         *size, "--tmpfs", CELL_DIR,
     ]  # fmt: skip
-    for path in spec.binds:
-        # Bound from where it really is: bubblewrap resolves a source as the user it runs
-        # as, and a symlink (a virtualenv's bin/python3) may lead below a directory only
-        # root can enter, which dropper() stages by its real path.
-        argv += ["--ro-bind", os.path.realpath(path), path]
+    for b in spec.binds:
+        # From the real path the host checked (ww.host.executable.Bind), never resolved
+        # again here: a symlink on the way to the destination flipped since the check
+        # changes nothing.  dropper() stages a source below a directory the cell's user
+        # cannot enter at that same real path.
+        argv += ["--ro-bind", b.source, b.dest]
     # The root itself (bubblewrap's own tmpfs holding the mount points) is read-only too.
     argv += ["--remount-ro", "/", "--chdir", CELL_DIR, "--", *program]
     return argv
@@ -198,7 +199,7 @@ _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
 
 
-def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
+def dropper(ids: tuple[int, int], binds: list[Bind]) -> Callable[[], None]:
     """A function for the forked child, just before it executes bubblewrap: become
     ``ids`` with no supplementary groups, after making every bound path reachable by them.
 
@@ -210,7 +211,7 @@ def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
     """
     uid, gid = ids
     staged: dict[str, list[str]] = {}  # hidden directory -> the bound paths below it
-    for path in (os.path.realpath(p) for p in binds):  # bound from there by bwrap_argv
+    for path in (b.source for b in binds):  # bound from there by bwrap_argv
         top = _hidden_ancestor(path, uid, gid)
         if top is not None:
             if top == "/" or any(top == d or top.startswith(d + "/") for d in

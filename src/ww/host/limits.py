@@ -6,32 +6,29 @@ naming the limit.  Every limit is for the whole tree: the cell and the sub-cells
 so that the host is never the one that runs out:
 
 * **A cgroup per cell for ``--pids``, ``--memory`` and ``--cpu-time``**
-  (:mod:`ww.host.cgroups`), where the host can make one (cgroup v2 if delegated, else v1):
-  the kernel refuses the fork past ``--pids`` tasks and the page past ``--memory`` bytes
-  (the OOM killer then kills inside the cell, never outside it), and counts the CPU time
-  of everything in it.  A sub-cell's `ww run` joins its parent cell's cgroup before
-  it runs anything.  The watchdog below reads the cgroup's event counters (a refused fork,
-  an OOM kill) every ``INTERVAL`` and stops the cell on the first.  ``--memory`` is refused
-  (a usage error, exit 2) where no memory cgroup can be made: only the kernel's own
-  accounting sees everything a cell can make it hold (pipe and socket buffers, page tables,
-  ...), and a limit that silently counts less than it says is worse than none.
-* **A watchdog thread in the host** samples the tree every ``INTERVAL`` seconds from
-  ``/proc``: the time since the start; where no cgroup counts it, the CPU time of every
-  process of the cell's jail, alive or reaped, and of every sub-cell's `ww run` and
-  everything below it, alive or reaped (:data:`subcell_cpu`); and, for ``--pids`` where no
-  cgroup could be made, the number of tasks (processes and threads) of the same tree.  It
-  kills the jail on the first sample over a limit.  It runs only when a limit is set.
+  (:mod:`ww.host.cgroups`): the kernel refuses the fork past ``--pids`` tasks and the page
+  past ``--memory`` bytes (the OOM killer then kills inside the cell, never outside it), and
+  counts the CPU time of everything in it.  A sub-cell's `ww run` joins its parent cell's
+  cgroup before it runs anything.  Each of the three is refused (a usage error, exit 2)
+  where the host cannot make the cgroup it needs (cgroup v1 as root, or a delegated cgroup
+  v2): only the kernel's own accounting sees everything a cell can make it hold (pipe and
+  socket buffers, page tables, ...), all the CPU time it burns (a child the kernel reaps
+  itself, with SIGCHLD ignored, adds its time to no parent's and leaves ``/proc`` between
+  two samples), and every fork as it happens (a fork bomb made 750 to 2000 processes under
+  ``--pids 50`` before a watchdog sampling ``/proc`` stopped it).  A limit that silently
+  counts less than it says is worse than none.
+* **A watchdog thread in the host** wakes every ``INTERVAL`` seconds: it reads the
+  cgroup's event counters (a refused fork, an OOM kill) and CPU time, and the time since
+  the start, and kills the jail on the first limit exceeded.  It runs only when a limit is
+  set.
 * **Kernel limits as a backstop**, set in the forked child before bubblewrap starts and
-  inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (for a
-  single process the watchdog would miss), ``RLIMIT_FSIZE`` (a write past ``--fsize`` fails
-  and raises SIGXFSZ), and, with ``--memory``, tmpfs mounts no larger than the limit.  Every
-  cell also gets ``oom_score_adj`` 1000 (under memory pressure the kernel kills a cell before
-  anything of the host) and no core dumps (``RLIMIT_CORE`` 1: neither a core file nor a
-  core-dump pipe).  Sub-cells get the same flags, so each cell of a tree is also held to
-  them on its own.
-
-The ``/proc`` fallback for ``--pids`` is sampled: a fork bomb can make hundreds of processes
-in ``INTERVAL`` before it is stopped.  It works wherever ``/proc`` does, with no privileges.
+  inherited by everything in the jail: ``RLIMIT_CPU`` a second past ``--cpu-time`` (each
+  process on its own, should the host be too busy to look), ``RLIMIT_FSIZE`` (a write
+  past ``--fsize`` fails and raises SIGXFSZ), and, with ``--memory``, tmpfs mounts no larger
+  than the limit.  Every cell also gets ``oom_score_adj`` 1000 (under memory pressure the
+  kernel kills a cell before anything of the host) and no core dumps (``RLIMIT_CORE`` 1:
+  neither a core file nor a core-dump pipe).  Sub-cells get the same flags, so each cell of
+  a tree is also held to them on its own.
 """
 
 from __future__ import annotations
@@ -169,7 +166,8 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
 
     ``--pids`` counts the cell's own tasks, so a jailed cell's cgroup allows bubblewrap and
     its init on top.  ``WW_CGROUPS=0`` in the host's environment turns cgroups off.  A
-    UsageError when ``--memory`` is given and no memory cgroup can be made (see above).
+    UsageError when ``--pids``, ``--memory`` or ``--cpu-time`` is given and the cgroup
+    controller it needs cannot be had (see above).
     """
     if limits is None or (limits.pids is None and limits.memory is None
                           and limits.cpu_time is None):
@@ -186,34 +184,54 @@ def cgroup_for(limits: Limits | None, jailed: bool) -> CellCgroup | None:
         if limits.cpu_time is not None:
             wanted["cpu"] = 0  # nothing to set: the kernel counts the tree's CPU time there
         group = cgroups.create(wanted)
-    if limits.memory is not None and (group is None or "memory" not in group.enforced):
-        if group is not None:
-            group.remove()
-        raise _memory_refused()
+    for controller in _needed(limits):
+        if group is None or controller not in group.enforced:
+            if group is not None:
+                group.remove()
+            raise _refused(controller)
     return group
 
 
-def _memory_refused() -> UsageError:
+def _needed(limits: Limits) -> list[str]:
+    """The cgroup controllers without which ``limits`` are refused, not under-enforced."""
+    return [c for c, value in (("pids", limits.pids), ("memory", limits.memory),
+                               ("cpu", limits.cpu_time)) if value is not None]
+
+
+def _refused(controller: str) -> UsageError:
+    flag, name, hierarchy, uncounted = {
+        "pids": ("--pids", "pids", "pids",
+                 "a fork bomb would make hundreds of processes past it before a sampling "
+                 "watchdog could stop it"),
+        "memory": ("--memory", "memory", "memory",
+                   "the kernel's pipe and socket buffers would go uncounted"),
+        "cpu": ("--cpu-time", "cpu", "cpuacct",
+                "the CPU time of children the kernel reaps itself would go uncounted"),
+    }[controller]
     why = ("WW_CGROUPS=0 turns cgroups off" if os.environ.get("WW_CGROUPS") == "0" else
-           "this host cannot make one (it takes root with a writable cgroup v1 memory "
+           f"this host cannot make one (it takes root with a writable cgroup v1 {hierarchy} "
            "hierarchy, or a delegated cgroup v2 one)")
-    return UsageError(f"--memory needs a memory cgroup, and {why}: without one the kernel's "
-                      "pipe and socket buffers would go uncounted; run without --memory")
+    return UsageError(f"{flag} needs a {name} cgroup, and {why}: without one {uncounted}; "
+                      f"run without {flag}")
 
 
-def check_memory(limits: Limits | None) -> None:
-    """Refuse ``--memory`` on a host with no memory cgroup before anything starts.
+def check_cgroups(limits: Limits | None) -> None:
+    """Refuse ``--pids``, ``--memory`` and ``--cpu-time`` on a host without the cgroup each
+    needs, before anything starts.
 
-    (:func:`cgroup_for` refuses it too, should making the cgroup itself fail.)
+    (:func:`cgroup_for` refuses them too, should making the cgroup itself fail.)
     """
-    if limits is None or limits.memory is None:
+    needed = _needed(limits) if limits is not None else []
+    if not needed:
         return
     if os.environ.get("WW_CGROUPS") == "0":
-        raise _memory_refused()
+        raise _refused(needed[0])
     from ww.host import cgroups
 
-    if "memory" not in cgroups.available(("memory",)):
-        raise _memory_refused()
+    found = cgroups.available(tuple(needed))
+    for controller in needed:
+        if controller not in found:
+            raise _refused(controller)
 
 
 def preexec_setter(limits: Limits | None,
@@ -404,12 +422,6 @@ def subcells() -> SubcellBudget:
     return _subcells
 
 
-class _Sample:
-    def __init__(self) -> None:
-        self.cpu_ticks = 0
-        self.tasks = 0
-
-
 def children(pid: int) -> list[int]:
     """The pids of a process's children (of all its threads)."""
     kids: list[int] = []
@@ -426,150 +438,23 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def _stat(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:].split()  # fields from the 3rd (state) on
-
-
-def _add_tree(s: _Sample, root: int, include_root: bool,
-              descend: Callable[[int], bool] | None = None) -> int:
-    """Add the CPU time and tasks of ``root``'s descendants (and ``root``) to ``s``.
-
-    A process's CPU time counts with that of its reaped children (``cutime``, ``cstime``),
-    so that nothing is lost when a process of the tree reaps another.  ``descend(pid)``,
-    if given, decides for each child whether its subtree is added.  Returns the ticks.
-    """
-    before = s.cpu_ticks
-    fields = _stat(root)
-    if fields is None:
-        return 0
-    if include_root:
-        s.cpu_ticks += sum(int(x) for x in fields[11:15])
-        s.tasks += int(fields[17])
-    else:
-        s.cpu_ticks += int(fields[13]) + int(fields[14])  # its reaped children: cutime + cstime
-    seen = {root}
-    stack = [kid for kid in children(root) if descend is None or descend(kid)]
-    while stack and len(seen) < 100_000:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        fields = _stat(pid)
-        if fields is None:
-            continue
-        s.cpu_ticks += sum(int(x) for x in fields[11:15])
-        s.tasks += int(fields[17])
-        stack.extend(kid for kid in children(pid) if descend is None or descend(kid))
-    return s.cpu_ticks - before
-
-
-class SubcellCpu:
-    """The CPU time of this host's sub-cells, for the watchdog where no cgroup counts it.
-
-    A sub-cell is a child `ww run` (a host process) with a jail below it, and maybe sub-cells
-    of its own.  Hosts reap the hosts they start, so a host's CPU time, with that of every
-    host below it, reaches its parent (``cutime``).  A jail's never does: bubblewrap learns
-    its cell's status from its init over a pipe and exits without reaping it, so what a jail
-    used leaves ``/proc`` when the jail ends.  So two counts:
-
-    * **hosts**: the executor (:mod:`ww.caps.exec`) calls :meth:`started` for each child
-      `ww run` it starts and :meth:`exited` once it has exited, before it reaps it (the dead
-      child's ``/proc`` entry still holds its CPU time and its reaped hosts'); the live ones
-      are sampled;
-    * **jails**, at every depth: the most the watchdog ever saw of each (:meth:`jail_seen`),
-      kept after the jail is gone.  What a jail uses after the last sample before it ends
-      (at most ``INTERVAL`` per core) is lost; starting a sub-cell costs far more.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: set[int] = set()  # pids of the child `ww run`s running
-        self._reaped = 0  # ticks of the child `ww run`s that have exited (hosts only)
-        self._jails: dict[tuple[int, bytes], int] = {}  # (pid, start time) -> most ticks seen
-
-    def started(self, pid: int) -> None:
-        with self._lock:
-            self._live.add(pid)
-
-    def exited(self, pid: int) -> None:
-        fields = _stat(pid)  # a zombie: its own time and its reaped children's
-        ticks = sum(int(x) for x in fields[11:15]) if fields is not None else 0
-        with self._lock:
-            if pid in self._live:
-                self._live.discard(pid)
-                self._reaped += ticks
-
-    def live(self) -> list[int]:
-        with self._lock:
-            return list(self._live)
-
-    def jail_seen(self, key: tuple[int, bytes], ticks: int) -> None:
-        with self._lock:
-            self._jails[key] = max(self._jails.get(key, 0), ticks)
-
-    def ticks(self) -> int:
-        """Clock ticks of the exited hosts and of every jail ever seen (the most of each)."""
-        with self._lock:
-            return self._reaped + sum(self._jails.values())
-
-
-def _sample_host(s: _Sample, host: int, counter: SubcellCpu) -> None:
-    """Add a sub-cell's live host process and the hosts below it to ``s``; their jails'
-    CPU time goes to ``counter`` (the most seen of each), their tasks to ``s``."""
-
-    def descend(kid: int) -> bool:
-        try:
-            with open(f"/proc/{kid}/comm", "rb") as f:
-                if f.read().strip() != b"bwrap":
-                    return True  # a host of a sub-cell below (or an unjailed cell)
-        except OSError:
-            return False
-        jail = _Sample()
-        _add_tree(jail, kid, True)
-        start = _stat(kid)
-        if start is not None:
-            counter.jail_seen((kid, start[19]), jail.cpu_ticks)
-        s.tasks += jail.tasks
-        return False
-
-    _add_tree(s, host, True, descend)
-
-
-subcell_cpu = SubcellCpu()
-
-
 class Watchdog:
-    """Samples a cell's tree of processes and stops it on the first limit it exceeds.
+    """Stops a cell on the first limit it exceeds, looked at every ``INTERVAL``.
 
-    ``root`` is the process we spawned: bubblewrap (``jailed``: its descendants are the
-    jail, the first being bubblewrap's init) or, unjailed, the program itself.  The tree
-    also holds this host's sub-cells (:data:`subcell_cpu`).  ``on_exceeded`` is called with
-    the one-line message, then ``stop_cell`` kills the cell.  With ``cgroup``, the limits it
-    enforces are read from its event counters, not sampled.
+    ``on_exceeded`` is called with the one-line message, then ``stop_cell`` kills the cell.
+    ``--pids``, ``--memory`` and ``--cpu-time`` are read from ``cgroup`` (its event counters
+    and its CPU time; :func:`cgroup_for` refuses them without one), ``--timeout`` from the
+    clock.
     """
 
-    def __init__(self, limits: Limits, root: int, jailed: bool, *,
-                 on_exceeded: Callable[[str], None], stop_cell: Callable[[], None],
-                 cgroup: CellCgroup | None = None) -> None:
+    def __init__(self, limits: Limits, *, on_exceeded: Callable[[str], None],
+                 stop_cell: Callable[[], None], cgroup: CellCgroup | None = None) -> None:
         self.limits = limits
         self._cgroup = cgroup
-        enforced = cgroup.enforced if cgroup is not None else frozenset()
-        self._sampled_pids = limits.pids if "pids" not in enforced else None
-        self._counted_cpu = cgroup if "cpu" in enforced else None  # else sampled from /proc
-        self._sample_tree = self._sampled_pids is not None or (
-            limits.cpu_time is not None and self._counted_cpu is None)
-        self._root = root
-        self._include_root = not jailed
         self._on_exceeded = on_exceeded
         self._stop_cell = stop_cell
         self._done = threading.Event()
         self._start = time.monotonic()
-        self._tick = os.sysconf("SC_CLK_TCK")
         self._thread = threading.Thread(target=self._run, name="ww-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -579,53 +464,16 @@ class Watchdog:
         self._done.set()
         self._thread.join(1)
 
-    def sample(self) -> _Sample:
-        """CPU time (alive or reaped) and tasks of the cell's jail and of its sub-cells."""
-        s = _Sample()
-        _add_tree(s, self._root, self._include_root)
-        for pid in subcell_cpu.live():
-            _sample_host(s, pid, subcell_cpu)  # live hosts here; jails in the counter
-        s.cpu_ticks += subcell_cpu.ticks()  # exited hosts, and the most seen of every jail
-        return s
-
-    def _processes_in_jail(self) -> int | None:
-        """The number of processes in the jail, cheaply: one listing of the jail's own /proc.
-
-        A fork bomb is caught by this before a walk of its process tree would even finish.
-        """
-        if self._include_root:
-            return None
-        for init in children(self._root)[:1]:
-            try:
-                return sum(name.isdigit() for name in os.listdir(f"/proc/{init}/root/proc")) - 1
-            except OSError:
-                return None
-        return None
-
     def check(self) -> str | None:
         """Which limit the cell is over right now, if any."""
-        lim = self.limits
-        if self._cgroup is not None and (which := self._cgroup.exceeded()) is not None:
+        lim, group = self.limits, self._cgroup
+        if group is not None and (which := group.exceeded()) is not None:
             return which
         if lim.timeout is not None and time.monotonic() - self._start > lim.timeout:
             return "timeout"
-        pids = self._sampled_pids
-        if pids is not None and (self._processes_in_jail() or 0) > pids:
-            return "pids"
-        if self._counted_cpu is not None and lim.cpu_time is not None:
-            if (self._counted_cpu.cpu_seconds() or 0.0) > lim.cpu_time:
+        if group is not None and lim.cpu_time is not None and "cpu" in group.enforced:
+            if (group.cpu_seconds() or 0.0) > lim.cpu_time:
                 return "cpu_time"
-        if not self._sample_tree:
-            return None
-        s = self.sample()
-        if (lim.cpu_time is not None and self._counted_cpu is None
-                and s.cpu_ticks / self._tick > lim.cpu_time):
-            return "cpu_time"
-        # Unjailed, the root is the program; jailed, it is bubblewrap, and the first task
-        # below it is bubblewrap's init inside the jail, which is not the cell's.
-        tasks = s.tasks if self._include_root else s.tasks - 1
-        if pids is not None and tasks > pids:
-            return "pids"
         return None
 
     def _run(self) -> None:

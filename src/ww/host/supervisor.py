@@ -11,9 +11,10 @@ a host killed even by SIGKILL takes its cell with it.
 Hardening (see docs/security.md): every jailed cell runs under the seccomp filter of
 :mod:`ww.host.seccomp`; with ``--strict`` a thread waits for the kernel's report of a denied
 call and stops the cell (exit 67).  With resource limits, the watchdog thread of
-:mod:`ww.host.limits` stops a cell that goes over one (exit 66); ``--pids`` and ``--memory``
-are enforced by the kernel in a cgroup per cell (:mod:`ww.host.cgroups`) where the host can
-make one.  Neither thread exists when it has nothing to do.
+:mod:`ww.host.limits` stops a cell that goes over one (exit 66); ``--pids``, ``--memory``
+and ``--cpu-time`` are enforced (or counted) by the kernel in a cgroup per cell
+(:mod:`ww.host.cgroups`), and refused where the host cannot make one.  Neither thread
+exists when it has nothing to do.
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ def run(config: RunConfig) -> int:
             strict_thread.start()
         if config.limits is not None and config.limits.watched:
             watchdog = limits.Watchdog(
-                config.limits, proc.pid, config.jailed,
+                config.limits,
                 on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
                 stop_cell=stop_cell, cgroup=cgroup,
             )
@@ -449,13 +450,15 @@ def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:
 
 
 def _strict_helper(filter_fd: int, sock_fd: int,
-                   program: executable.Program) -> tuple[list[str], list[str]]:
+                   program: executable.Program
+                   ) -> tuple[list[str], list[executable.Bind]]:
     """The jail's argv and binds when the strict helper runs first (see ww.host.seccomp)."""
     python = os.path.realpath(sys.executable)
     binds = list(program.binds)
     for path in [python, *executable._prefix_dirs(python)]:
-        if not executable._is_system(path) and path not in binds:
-            binds.append(path)
+        extra = executable.bind(path)
+        if not executable._is_system(path) and extra not in binds:
+            binds.append(extra)
     argv = [python, "-I", "-S", "-c", seccomp.STRICT_HELPER, str(filter_fd), str(sock_fd),
             *program.argv]
     return argv, binds
