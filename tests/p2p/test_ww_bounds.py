@@ -155,3 +155,18 @@ def test_a_huge_or_stalled_message_does_not_cost_the_cell_its_session(exporter, 
             sock.close()
     status, stderr = host.stop()
     assert GUARD not in stderr, stderr
+
+
+def test_one_peer_with_many_idle_streams_does_not_shut_the_door(exporter, peer) -> None:
+    """70 `/ww/0.1.0` streams from one peer, sending nothing: the old host served at most 64
+    connections, all of them this peer's, with no end, so every other caller was refused."""
+    from ww.p2p.protocol import MAX_INBOUND
+
+    host = exporter()
+    socks = [peer.open(host.addr).result(30) for _ in range(MAX_INBOUND + 6)]
+    try:
+        r = ww_call(host.addr, "echo", "still", "here")
+        assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    finally:
+        for sock in socks:
+            sock.close()
