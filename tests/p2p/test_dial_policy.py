@@ -352,3 +352,34 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
         except subprocess.TimeoutExpired:
             host.kill()
             host.wait()
+
+
+HUGE_CONNECT = """
+import ww.cell
+with ww.cell.session() as s:
+    for addr in ["/ip4/127.0.0.1/tcp/1\\n{\\"event\\":\\"login\\"}", "/" + "a" * (4 << 20)]:
+        try:
+            s.ipfs.connect(addr)
+        except ww.cell.RemoteError as e:
+            print(len(str(e)), len(str(e).splitlines()), flush=True)
+"""
+
+
+def test_a_refused_address_is_audited_as_one_short_line(make_cell, tmp_path: Path) -> None:
+    """The cell chooses the address a refusal shows: a 4 MiB one made a 12 MB audit line (and
+    error) per call, so a cell could fill the operator's audit file at will; one with a
+    newline made the refusal two lines."""
+    import json
+
+    audit = tmp_path / "audit.log"
+    r = run_ww("run", "--with-ipfs", "--audit", str(audit), make_cell(HUGE_CONNECT))
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        length, lines = map(int, line.split())
+        assert length < 1000 and lines == 1
+    denied = [json.loads(line) for line in audit.read_text().splitlines()
+              if '"denied"' in line]
+    assert len(denied) == 2
+    for event in denied:
+        assert event["reason"].startswith("address not allowed: ")
+        assert "\n" not in event["reason"] and len(event["reason"]) < 1000

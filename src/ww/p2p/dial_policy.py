@@ -129,10 +129,13 @@ class DialPolicy:
         """Why a cell may not make the host dial ``addr``, or None if it may.
 
         A bare peer id (``/p2p/<id>`` or ``<id>``) names no address: allowed here, the
-        addresses the host knows for it are checked when it dials them."""
+        addresses the host knows for it are checked when it dials them.  The reason is one
+        line of bounded length whatever ``addr`` is (it is audited, and a cell chooses it)."""
+        if len(addr) > MAX_ADDR:
+            return f"address not allowed: {_shown(addr)} (longer than {MAX_ADDR} characters)"
         endpoint = _endpoint(addr)
         if isinstance(endpoint, str):
-            return f"address not allowed: {addr} ({endpoint})" if endpoint else None
+            return f"address not allowed: {_shown(addr)} ({endpoint})" if endpoint else None
         ip, port = endpoint
         if (ip, port) in self.operator or any(ip in net for net in self.allowed
                                               if net.version == ip.version):
@@ -141,13 +144,22 @@ class DialPolicy:
         if special is None:
             return None
         kind, net = special
-        return (f"address not allowed: {addr} ({ip} is {kind}; the operator can allow it "
+        return (f"address not allowed: {_shown(addr)} ({ip} is {kind}; the operator can allow it "
                 f"with --allow-dial {net})")
 
     def check(self, addr: str) -> None:
         """Raise :class:`AddressNotAllowed` if :meth:`refusal` has a reason."""
         if reason := self.refusal(addr):
             raise AddressNotAllowed(reason)
+
+
+MAX_ADDR = 1024  # characters: a longer "address" is refused unread
+
+
+def _shown(addr: str) -> str:
+    """``addr`` as a refusal shows it: one line (escaped if need be), at most 200 characters."""
+    text = addr if addr.isprintable() else repr(addr)[1:-1]
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _endpoint(addr: str) -> tuple[Address, int | None] | str:
@@ -160,7 +172,7 @@ def _endpoint(addr: str) -> tuple[Address, int | None] | str:
     try:
         components = parse(text).components
     except MultiaddrError as e:
-        return f"not a peer address: {e}"
+        return f"not a peer address: {_shown(str(e))}"
     if not components:
         return "not a peer address"
     proto, value = components[0]
