@@ -383,3 +383,42 @@ def test_a_refused_address_is_audited_as_one_short_line(make_cell, tmp_path: Pat
     for event in denied:
         assert event["reason"].startswith("address not allowed: ")
         assert "\n" not in event["reason"] and len(event["reason"]) < 1000
+
+
+SLOW_CONNECT = """
+import asyncio, sys
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        slow = asyncio.ensure_future(s.ipfs.connect(sys.argv[1]))
+        await asyncio.sleep(0)  # the connect is sent first
+        await s.ipfs.id()
+        print("connect still under way when id answered:", not slow.done(), flush=True)
+        try:
+            await slow
+        except ww.cell.RemoteError as e:
+            print("connect:", str(e).split(" (")[0])
+
+asyncio.run(main())
+"""
+
+
+def test_a_connect_that_waits_on_the_network_does_not_hold_up_the_cells_other_calls(
+        make_cell) -> None:
+    """A peer that accepts TCP and never answers: the dial waits for its timeout.  The old
+    host dialed on the loop that serves fd 3 (and the export's remote peers), so the cell's
+    next call was answered only after the dial gave up."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # the kernel completes the handshake; nobody ever speaks
+    try:
+        addr = f"/ip4/127.0.0.1/tcp/{silent.getsockname()[1]}/p2p/{PEER}"
+        r = run_ww("run", "--with-ipfs", "--allow-dial", "127.0.0.1", make_cell(SLOW_CONNECT),
+                   addr)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == [
+            "connect still under way when id answered: True",
+            f"connect: ipfs: cannot connect to {addr}"], r.stdout
+    finally:
+        silent.close()

@@ -65,6 +65,19 @@ def _fill_stat(builder: Any, stat: Stat) -> None:
 
 
 _END = object()
+CALL_THREADS = 8  # IPFS calls that may wait on the network at once, for all of a host's cells
+_calls: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def _off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread: a call that may wait on the network (a dial, a block
+    fetched from peers) must not hold up the loop that serves every other call of the cell
+    and its export's remote peers.  A pool of its own, not the loop's default one: the
+    importer threads of ``add`` hold those while the cell writes."""
+    global _calls
+    if _calls is None:
+        _calls = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, "ww-ipfs-call")
+    return await asyncio.get_running_loop().run_in_executor(_calls, lambda: fn(*args))
 
 
 class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
@@ -147,11 +160,25 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._buffer = memoryview(b"")
+        self._lock = asyncio.Lock()  # reads run in a worker thread, one at a time, in order
+        self._orphan: asyncio.Future[bytes] | None = None  # a cancelled read still running
 
     async def read(self, count: int, **kwargs: Any) -> bytes:
         count = min(count, MAX_READ)
         if count == 0:
             return b""
+        async with self._lock:  # a block may have to come from the network: off the loop
+            if self._orphan is not None:  # what a cancelled read took comes next
+                taken, self._orphan = await self._orphan, None
+                self._buffer = memoryview(taken + self._buffer.tobytes())
+            running = asyncio.ensure_future(_off_loop(self._read, count))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                self._orphan = running
+                raise
+
+    def _read(self, count: int) -> bytes:
         parts: list[bytes | memoryview] = []
         wanted = count
         while wanted > 0:
@@ -223,23 +250,23 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         self._check("cat", path)
         chunks = self._api.cat(path, offset, None if length < 0 else length)
         # Fail now on a bad path or a non-file, rather than on the first read.
-        first = next(chunks, b"")
+        first = await _off_loop(next, chunks, b"")
         _context.results.reader = ReaderServer(_prepend(first, chunks))
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         self._check("ls", path)
-        entries = self._api.ls(path)
+        entries = await _off_loop(self._api.ls, path)
         out = _context.results.init("entries", len(entries))
         for i, entry in enumerate(entries):
             _fill_entry(out[i], entry)
 
     async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
         self._check("stat", path)
-        _fill_stat(_context.results.init("info"), self._api.stat(path))
+        _fill_stat(_context.results.init("info"), await _off_loop(self._api.stat, path))
 
     async def resolve(self, path: str, **kwargs: Any) -> str:
         self._check("resolve", path)
-        return self._api.resolve(path)
+        return await _off_loop(self._api.resolve, path)
 
     async def pin(self, path: str, recursive: bool, **kwargs: Any) -> None:
         self._check("pin", path)
@@ -286,11 +313,13 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
         if reason := for_cells().refusal(addr):  # before anything touches the network
             raise self._caller.deny("ipfs", "connect", reason)
-        self._api.connect(addr)
+        # Dialing takes up to its timeout: in a worker thread, so that the cell's other
+        # calls (and remote peers of its export, on the same loop) are served meanwhile.
+        await _off_loop(self._api.connect, addr)
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:
         self._check("peers")
-        peers = self._api.peers()
+        peers = await _off_loop(self._api.peers)
         out = _context.results.init("peers", len(peers))
         for i, peer in enumerate(peers):
             _fill_peer(out[i], peer)
