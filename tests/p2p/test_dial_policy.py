@@ -106,6 +106,37 @@ def test_public_addresses_are_allowed(ip: str) -> None:
     assert STRICT.refusal(f"/ip{6 if ':' in ip else 4}/{ip}/tcp/4001/p2p/{PEER}") is None
 
 
+@pytest.mark.parametrize("addr", [
+    "/ip4/1.2.3.4/ip4/127.0.0.1/tcp/22",  # libp2p dials the last host: 127.0.0.1
+    "/ip4/1.2.3.4/tcp/1/ip4/127.0.0.1/tcp/22",
+    "/ip6/2606:4700::1/ip4/127.0.0.1/tcp/22",
+    "/ip4/1.2.3.4/ip6/::1/tcp/22",
+    f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}/p2p-circuit/p2p/{PEER}",
+    "/ip4/1.2.3.4/udp/4001/quic-v1",
+    "/ip6/2606:4700::1%lo/tcp/22",
+])
+def test_only_one_host_and_a_tcp_port_are_dialed(addr: str) -> None:
+    """An address of any other shape is refused, whatever its first host: py-libp2p takes
+    the host to dial from the end of the address, not from where the policy looked."""
+    from libp2p.utils.multiaddr_utils import extract_ip_from_multiaddr
+
+    reason = STRICT.refusal(addr)
+    assert reason is not None and reason.startswith(f"address not allowed: {addr} (")
+    if "/ip4/127.0.0.1/" in addr:  # what the transport would have dialed
+        import multiaddr
+
+        assert extract_ip_from_multiaddr(multiaddr.Multiaddr(addr)) == "127.0.0.1"
+
+
+@pytest.mark.parametrize("ip, kind", [
+    ("::ffff:0:7f00:1", "loopback, embedded"), ("3fff::1", "documentation"),
+    ("5f00::1", "segment routing"),
+])
+def test_more_special_use_ipv6(ip: str, kind: str) -> None:
+    found = special_use(ipaddress.ip_address(ip))
+    assert found is not None and found[0].startswith(kind)
+
+
 def test_allowed_ranges_operator_addresses_names_and_bare_peer_ids() -> None:
     joined = f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}"
     policy = DialPolicy.from_flags(["10.0.0.0/8", "fd00::/8"], [joined])
@@ -239,3 +270,155 @@ def test_a_host_with_a_policy_never_dials_a_refused_address(listener: Listener) 
         assert listener.offered() == 0
     finally:
         node.stop()
+
+
+ANNOUNCED_DIALER = """
+import sys
+import ww.cell
+with ww.cell.session() as s:
+    for line in sys.stdin:
+        try:
+            s.p2p.dial_service("/p2p/" + line.strip())
+            print("dialed", flush=True)
+        except ww.cell.RemoteError as e:
+            print("error:", e, flush=True)
+"""
+
+
+def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
+        make_cell, listener: Listener, tmp_path: Path) -> None:
+    """A peer connects to a `ww run` host and announces, through identify,
+    /ip4/<public>/ip4/127.0.0.1/tcp/<port>; the cell then dials that peer by id.  The host
+    must not connect to 127.0.0.1:<port> (py-libp2p dials the last host of the address)."""
+    import subprocess
+    import threading
+
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from tests.conftest import WW
+    from ww.ipfs.identity import load_or_create
+    from ww.p2p.host import Node
+
+    crafted = f"/ip4/1.2.3.4/ip4/127.0.0.1/tcp/{listener.port}"
+    cell = make_cell(ANNOUNCED_DIALER)
+    host = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, cell],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peer = Node(load_or_create(tmp_path / "peer"), listen=[], serve_ww=False, announce=False,
+                warn=lambda message: None)
+    try:
+        assert host.stderr is not None and host.stdin is not None and host.stdout is not None
+        line = host.stderr.readline()
+        assert "listening on " in line, line
+        target = info_from_p2p_addr(multiaddr.Multiaddr(line.split("listening on ")[1].strip()))
+        peer.start()
+        asked = threading.Event()
+
+        def announce() -> list:
+            asked.set()  # the host is identifying us
+            return [multiaddr.Multiaddr(crafted)]
+
+        async def rig() -> None:
+            peer.host.get_addrs = announce
+
+        async def connect() -> None:
+            await peer.dial(target)
+
+        async def leave() -> None:
+            await peer.host.get_network().close_peer(target.peer_id)
+
+        peer.submit(rig).result(10)
+        peer.submit(connect).result(30)
+        assert asked.wait(30), "the host never identified the peer"
+        answer = ""
+        for _ in range(50):  # until the host has stored what we announced (bounded)
+            peer.submit(leave).result(10)
+            host.stdin.write(peer.peer_id + "\n")
+            host.stdin.flush()
+            answer = host.stdout.readline().strip()
+            if "no address known" not in answer:
+                break
+            peer.submit(connect).result(30)
+        assert answer.startswith("error:"), answer
+        assert "address not allowed" in answer, answer
+        assert listener.offered() == 0  # never dialed 127.0.0.1
+    finally:
+        peer.stop()
+        if host.stdin is not None:
+            host.stdin.close()
+        try:
+            host.wait(30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()
+
+
+HUGE_CONNECT = """
+import ww.cell
+with ww.cell.session() as s:
+    for addr in ["/ip4/127.0.0.1/tcp/1\\n{\\"event\\":\\"login\\"}", "/" + "a" * (4 << 20)]:
+        try:
+            s.ipfs.connect(addr)
+        except ww.cell.RemoteError as e:
+            print(len(str(e)), len(str(e).splitlines()), flush=True)
+"""
+
+
+def test_a_refused_address_is_audited_as_one_short_line(make_cell, tmp_path: Path) -> None:
+    """The cell chooses the address a refusal shows: a 4 MiB one made a 12 MB audit line (and
+    error) per call, so a cell could fill the operator's audit file at will; one with a
+    newline made the refusal two lines."""
+    import json
+
+    audit = tmp_path / "audit.log"
+    r = run_ww("run", "--with-ipfs", "--audit", str(audit), make_cell(HUGE_CONNECT))
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.splitlines():
+        length, lines = map(int, line.split())
+        assert length < 1000 and lines == 1
+    denied = [json.loads(line) for line in audit.read_text().splitlines()
+              if '"denied"' in line]
+    assert len(denied) == 2
+    for event in denied:
+        assert event["reason"].startswith("address not allowed: ")
+        assert "\n" not in event["reason"] and len(event["reason"]) < 1000
+
+
+SLOW_CONNECT = """
+import asyncio, sys
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        slow = asyncio.ensure_future(s.ipfs.connect(sys.argv[1]))
+        await asyncio.sleep(0)  # the connect is sent first
+        await s.ipfs.id()
+        print("connect still under way when id answered:", not slow.done(), flush=True)
+        try:
+            await slow
+        except ww.cell.RemoteError as e:
+            print("connect:", str(e).split(" (")[0])
+
+asyncio.run(main())
+"""
+
+
+def test_a_connect_that_waits_on_the_network_does_not_hold_up_the_cells_other_calls(
+        make_cell) -> None:
+    """A peer that accepts TCP and never answers: the dial waits for its timeout.  The old
+    host dialed on the loop that serves fd 3 (and the export's remote peers), so the cell's
+    next call was answered only after the dial gave up."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # the kernel completes the handshake; nobody ever speaks
+    try:
+        addr = f"/ip4/127.0.0.1/tcp/{silent.getsockname()[1]}/p2p/{PEER}"
+        r = run_ww("run", "--with-ipfs", "--allow-dial", "127.0.0.1", make_cell(SLOW_CONNECT),
+                   addr)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == [
+            "connect still under way when id answered: True",
+            f"connect: ipfs: cannot connect to {addr}"], r.stdout
+    finally:
+        silent.close()

@@ -61,6 +61,8 @@ _SPECIAL: tuple[tuple[Network, str], ...] = tuple(
         ("64:ff9b:1::/48", "local-use NAT64"),
         ("100::/64", "discard-only"),
         ("2001:db8::/32", "documentation"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "segment routing (SRv6) SIDs"),
         ("2001::/23", "IETF protocol assignments"),
         ("fc00::/7", "unique local (ULA)"),
         ("fe80::/10", "link-local"),
@@ -69,6 +71,7 @@ _SPECIAL: tuple[tuple[Network, str], ...] = tuple(
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (SIIT, RFC 2765)
 
 
 def parse_range(text: str) -> Network:
@@ -85,7 +88,7 @@ def special_use(ip: Address) -> tuple[str, Network] | None:
     to allow), or None for a public unicast address."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
+        if embedded is None and (ip in _NAT64 or ip in _TRANSLATED):
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             inner = special_use(embedded)
@@ -126,10 +129,13 @@ class DialPolicy:
         """Why a cell may not make the host dial ``addr``, or None if it may.
 
         A bare peer id (``/p2p/<id>`` or ``<id>``) names no address: allowed here, the
-        addresses the host knows for it are checked when it dials them."""
+        addresses the host knows for it are checked when it dials them.  The reason is one
+        line of bounded length whatever ``addr`` is (it is audited, and a cell chooses it)."""
+        if len(addr) > MAX_ADDR:
+            return f"address not allowed: {_shown(addr)} (longer than {MAX_ADDR} characters)"
         endpoint = _endpoint(addr)
         if isinstance(endpoint, str):
-            return f"address not allowed: {addr} ({endpoint})" if endpoint else None
+            return f"address not allowed: {_shown(addr)} ({endpoint})" if endpoint else None
         ip, port = endpoint
         if (ip, port) in self.operator or any(ip in net for net in self.allowed
                                               if net.version == ip.version):
@@ -138,13 +144,22 @@ class DialPolicy:
         if special is None:
             return None
         kind, net = special
-        return (f"address not allowed: {addr} ({ip} is {kind}; the operator can allow it "
+        return (f"address not allowed: {_shown(addr)} ({ip} is {kind}; the operator can allow it "
                 f"with --allow-dial {net})")
 
     def check(self, addr: str) -> None:
         """Raise :class:`AddressNotAllowed` if :meth:`refusal` has a reason."""
         if reason := self.refusal(addr):
             raise AddressNotAllowed(reason)
+
+
+MAX_ADDR = 1024  # characters: a longer "address" is refused unread
+
+
+def _shown(addr: str) -> str:
+    """``addr`` as a refusal shows it: one line (escaped if need be), at most 200 characters."""
+    text = addr if addr.isprintable() else repr(addr)[1:-1]
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _endpoint(addr: str) -> tuple[Address, int | None] | str:
@@ -157,7 +172,7 @@ def _endpoint(addr: str) -> tuple[Address, int | None] | str:
     try:
         components = parse(text).components
     except MultiaddrError as e:
-        return f"not a peer address: {e}"
+        return f"not a peer address: {_shown(str(e))}"
     if not components:
         return "not a peer address"
     proto, value = components[0]
@@ -166,8 +181,16 @@ def _endpoint(addr: str) -> tuple[Address, int | None] | str:
     if proto not in ("ip4", "ip6") or value is None:
         return (f"/{proto} addresses are not dialed for a cell (names are not resolved): "
                 "give an /ip4 or /ip6 address")
-    port = next((int(v) for p, v in components[1:] if p in ("tcp", "udp") and v), None)
-    return ipaddress.ip_address(value), port
+    # Exactly one host and one TCP port: libp2p dials the *last* host of a longer address
+    # (/ip4/<public>/ip4/127.0.0.1/tcp/22 reaches 127.0.0.1), so nothing may follow but the
+    # peer id -- a peer's announced addresses included.
+    shape = [p for p, _ in components]
+    if shape not in (["ip4", "tcp"], ["ip6", "tcp"], ["ip4", "tcp", "p2p"], ["ip6", "tcp", "p2p"]):
+        return "only /ip4|ip6/<address>/tcp/<port>[/p2p/<peer id>] addresses are dialed"
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return "an IPv6 address with a zone (%...) is not dialed"
+    return ip, int(components[1][1] or 0)
 
 
 STRICT = DialPolicy()

@@ -173,6 +173,7 @@ class Node:
         self._warn = warn or (lambda message: print(f"ww: warning: {message}", file=sys.stderr))
         self._accept: Accept | None = None
         self._streams = 0
+        self._budget: bridge.Budget | None = None
         self.addrs: list[str] = []  # where we really listen, each ending in /p2p/<peer id>
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -337,6 +338,7 @@ class Node:
         for protocol, handler in self._handlers.items():
             host.set_stream_handler(protocol, handler)
         self._stop = trio.Event()
+        self._budget = bridge.Budget()  # what remote peers' /ww/0.1.0 messages may hold
         async with host.run([]):
             network = host.get_network()
             for addr in self._listen:
@@ -455,7 +457,7 @@ class Node:
         future.set_result(theirs)
         self._streams += 1
         try:
-            await bridge.splice(stream, ours)
+            await bridge.splice(stream, ours, self._budget)
         finally:
             self._streams -= 1
 
@@ -474,7 +476,7 @@ class Node:
             return
         self._streams += 1
         try:
-            await bridge.splice(stream, ours)
+            await bridge.splice(stream, ours, self._budget)
         finally:
             self._streams -= 1
 

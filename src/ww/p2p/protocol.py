@@ -24,7 +24,8 @@ from ww.schema import load
 
 _cell = load("cell")
 
-MAX_INBOUND = 64  # remote connections served at once; more are closed at once
+MAX_INBOUND = 64  # remote connections served at once (see Exports._serve)
+MAX_INBOUND_PER_PEER = 8  # of them from one peer id; more from it are closed at once
 MAX_DIALED = 64  # connections to remote exports kept open by one host
 
 
@@ -53,7 +54,8 @@ class Exports:
     def __init__(self) -> None:
         self.current: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._servers: set[tuple[Any, socket.socket]] = set()
+        # (server, socket) -> the remote peer id, oldest first
+        self._servers: dict[tuple[Any, socket.socket], str] = {}
 
     def set(self, service: Any) -> None:
         """Export ``service`` (a client); ``None`` withdraws the export."""
@@ -67,33 +69,44 @@ class Exports:
         loop = self._loop
         if loop is None or self.current is None:
             raise P2PError("nothing exported")
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._serve(sock)))
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._serve(sock, peer)))
 
-    async def _serve(self, sock: socket.socket) -> None:
-        if self.current is None or len(self._servers) >= MAX_INBOUND:
+    async def _serve(self, sock: socket.socket, peer: str = "") -> None:
+        """Serve one remote connection.  No peer holds the door shut: one peer id has at most
+        :data:`MAX_INBOUND_PER_PEER` connections, and when all :data:`MAX_INBOUND` are taken
+        a newcomer replaces the oldest connection of the peer holding the most."""
+        held = list(self._servers.values())
+        if self.current is None or held.count(peer) >= MAX_INBOUND_PER_PEER:
             sock.close()
             return
+        if len(held) >= MAX_INBOUND:
+            most = max(held, key=held.count)
+            self._close(next(e for e, p in self._servers.items() if p == most))
         stream = await capnp.AsyncIoStream.create_connection(sock=sock)
         server = capnp.TwoPartyServer(stream, bootstrap=GatewayServer(self))
         entry = (server, sock)
-        self._servers.add(entry)
+        self._servers[entry] = peer
         try:
             await server.on_disconnect()
         except Exception:
             pass
         finally:
-            self._servers.discard(entry)
+            self._servers.pop(entry, None)
             sock.close()
+
+    def _close(self, entry: tuple[Any, socket.socket]) -> None:
+        self._servers.pop(entry, None)
+        server, sock = entry
+        try:
+            server.close()
+        except Exception:
+            pass
+        sock.close()
 
     def close_all(self) -> None:
         """Drop every remote connection: their calls fail as disconnected."""
-        for server, sock in list(self._servers):
-            self._servers.discard((server, sock))
-            try:
-                server.close()
-            except Exception:
-                pass
-            sock.close()
+        for entry in list(self._servers):
+            self._close(entry)
 
 
 class Remote:

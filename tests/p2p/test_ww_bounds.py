@@ -1,0 +1,172 @@
+"""What an unauthenticated peer can make a `ww run` host hold over `/ww/0.1.0`.
+
+Real hosts (`ww run --with-p2p` with a cell exporting a `Service`) and a real libp2p peer
+that writes Cap'n Proto RPC frames by hand (built with pycapnp's own ``rpc.capnp``), so it
+can do what a well-behaved client never does: pipeline calls and never read the answers,
+or announce a huge message and stall.  The outcome checked is the one that matters: the
+host keeps its cell's session (its memory guard never fires, which would hang up fd 3 and
+withdraw the export) and still serves another caller.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+
+import capnp
+import pytest
+
+from tests.p2p.conftest import ww_call
+from ww.p2p import bridge
+from ww.schema import load
+
+pytest.importorskip("libp2p")
+
+_cell = load("cell")
+_site = os.path.dirname(os.path.dirname(capnp.__file__))
+rpc = capnp.load(os.path.join(os.path.dirname(capnp.__file__), "rpc.capnp"), imports=[_site])
+GUARD = "held more than"  # what the host prints when it hangs up the cell's fd 3
+
+
+def bootstrap(question: int = 0) -> bytes:
+    m = rpc.Message.new_message()
+    m.init("bootstrap").questionId = question
+    return m.to_bytes()
+
+
+def gateway_service(question: int = 1, boot: int = 0) -> bytes:
+    m = rpc.Message.new_message()
+    c = m.init("call")
+    c.questionId = question
+    c.interfaceId = _cell.Gateway.schema.node.id
+    c.methodId = 0
+    c.target.init("promisedAnswer").questionId = boot
+    c.params.content.as_struct(_cell.Gateway.schema.methods["service"].param_type)
+    return m.to_bytes()
+
+
+def echo(question: int, arg: str, service: int = 1) -> bytes:
+    """``Service.call("echo", [arg])`` on the export (pipelined on the ``service()`` call)."""
+    m = rpc.Message.new_message()
+    c = m.init("call")
+    c.questionId = question
+    c.interfaceId = _cell.Service.schema.node.id
+    c.methodId = 0
+    target = c.target.init("promisedAnswer")
+    target.questionId = service
+    target.init("transform", 1)[0].getPointerField = 0
+    params = c.params.content.as_struct(_cell.Service.schema.methods["call"].param_type)
+    params.method = "echo"
+    params.init("args", 1)[0] = arg
+    return m.to_bytes()
+
+
+def a_return(answer: int) -> bytes:
+    m = rpc.Message.new_message()
+    r = m.init("return")
+    r.answerId = answer
+    r.init("results").content.as_struct(_cell.Service.schema.methods["call"].result_type) \
+        .result = "x" * 5000
+    return m.to_bytes()
+
+
+@pytest.fixture
+def peer(tmp_path: Path):
+    """A bare libp2p node of our own: ``peer.open(addr)`` gives a raw `/ww/0.1.0` socket."""
+    from ww.ipfs.identity import load_or_create
+    from ww.p2p.host import Node
+
+    node = Node(load_or_create(tmp_path / "peer"), listen=[], serve_ww=False, announce=False,
+                warn=lambda message: None)
+    node.start()
+    yield node
+    node.stop()
+
+
+def test_frames_are_classified_as_pycapnp_writes_them() -> None:
+    assert bridge.classify(bootstrap(7)) == (bridge._BOOTSTRAP, 7)
+    assert bridge.classify(gateway_service(9)) == (bridge._CALL, 9)
+    assert bridge.classify(echo(123456, "y" * 10000)) == (bridge._CALL, 123456)
+    assert bridge.classify(a_return(42)) == (bridge._RETURN, 42)
+    finish = rpc.Message.new_message()
+    finish.init("finish").questionId = 3
+    assert bridge.classify(finish.to_bytes()) == (4, -1)
+    message = echo(5, "z")
+    assert bridge._frame_size(message) == len(message)
+    assert bridge._frame_size(message[:3]) is None
+    assert bridge.classify(b"\0" * 16) is None  # a null root: not a message we pass on
+
+
+def _flood(sock: socket.socket, frames: list[bytes]) -> int:
+    """Write ``frames`` until the host stops taking them; how many went."""
+    sent = 0
+    sock.settimeout(60)
+    for frame in frames:
+        try:
+            sock.sendall(frame)
+        except OSError:
+            break
+        sent += 1
+    return sent
+
+
+def test_calls_whose_answers_are_never_read_do_not_cost_the_cell_its_session(
+        exporter, peer) -> None:
+    """200 pipelined 1 MiB echo calls, never reading an answer: the old host read them all
+    and queued 200 MiB of answers, its memory guard fired and hung up the cell's fd 3 (the
+    export was withdrawn for everyone)."""
+    host = exporter()
+    sock = peer.open(host.addr).result(30)
+    try:
+        arg = "x" * (1 << 20)
+        _flood(sock, [bootstrap(), gateway_service()]
+               + [echo(q, arg) for q in range(2, 202)])
+        r = ww_call(host.addr, "echo", "still", "here")
+        assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    finally:
+        sock.close()
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+def test_a_huge_or_stalled_message_does_not_cost_the_cell_its_session(exporter, peer) -> None:
+    """Messages announcing 64 MiB (Cap'n Proto's own default limit), all but their last
+    byte sent, on three streams: the old host took them in, hung up the cell's fd 3 when
+    they passed its memory guard.  Now a message over 8 MiB resets its stream at once."""
+    host = exporter()
+    socks = [peer.open(host.addr).result(30) for _ in range(3)]
+    try:
+        words = (64 << 20) // 8 - 1
+        body = b"\0" * (1 << 20)
+        for sock in socks:
+            _flood(sock, [struct.pack("<II", 0, words)] + [body] * 63 + [body[:-9]])
+        r = ww_call(host.addr, "echo", "still", "here")
+        assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+        for sock in socks:  # each was cut off by the host, not left waiting for its end
+            sock.settimeout(60)
+            try:
+                assert sock.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in socks:
+            sock.close()
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+def test_one_peer_with_many_idle_streams_does_not_shut_the_door(exporter, peer) -> None:
+    """70 `/ww/0.1.0` streams from one peer, sending nothing: the old host served at most 64
+    connections, all of them this peer's, with no end, so every other caller was refused."""
+    from ww.p2p.protocol import MAX_INBOUND
+
+    host = exporter()
+    socks = [peer.open(host.addr).result(30) for _ in range(MAX_INBOUND + 6)]
+    try:
+        r = ww_call(host.addr, "echo", "still", "here")
+        assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    finally:
+        for sock in socks:
+            sock.close()
