@@ -1,0 +1,73 @@
+"""Attacks on the jail from a cell with no flags, against real `ww run` processes.
+
+Each test runs as root and as the unprivileged test user (the ``who`` fixture): the
+victim is always a host process of the uid the cell has on the host (``nobody`` when `ww`
+runs as root, the operator's own uid otherwise).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+
+import pytest
+
+# A cell that takes kernel objects the kernel counts per host uid until it is refused,
+# says how many it holds, and keeps them until its stdin closes.
+HOARD = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+held = []
+while len(held) < 100000:
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    held.append(fd)
+print("held", len(held), flush=True)
+sys.stdin.read()
+"""
+
+
+def inotify_as(ids: tuple[int, int] | None) -> int:
+    """errno of inotify_init1 in a process of the given host uid (0: it worked)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            if ids is not None:
+                os.setgroups([])
+                os.setresgid(ids[1], ids[1], ids[1])
+                os.setresuid(ids[0], ids[0], ids[0])
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(0)
+            os.write(w, str(0 if fd >= 0 else ctypes.get_errno()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    return int(answer)
+
+
+@pytest.mark.xfail(strict=True, reason="attack: a cell with no flags takes every inotify "
+                   "instance its host uid may have (128, fs.inotify.max_user_instances), so "
+                   "every other process of that uid (nobody's, or the operator's own) is "
+                   "refused inotify while it runs; the fix needs a per-cell limit in the "
+                   "cell's own user namespace (/proc/sys/user/max_inotify_instances)")
+def test_a_cell_cannot_take_every_inotify_instance_of_its_host_uid(who, make_cell):
+    cell = make_cell(HOARD, shebang="#!/usr/bin/python3")
+    victim = who.ids if who.unprivileged else (65534, 65534)
+    proc = who.popen("run", cell, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("held "), line
+        refused = inotify_as(victim)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert refused == 0, f"host uid's inotify_init1: {os.strerror(refused)} ({line.strip()})"
