@@ -202,12 +202,29 @@ def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
     Everything is worked out here, in the host; the child only makes system calls.
     For a bound path below a directory the ids cannot search, the child, still root,
     makes a mount namespace of its own, opens the path (``O_PATH``), puts an empty tmpfs
-    over that directory and binds the path back at its place from the open file.  Raises
-    in the child (so the spawn fails) if any of it fails.
+    over that directory and binds the path back at its place from the open file.  A bound
+    path that is a symlink is followed link by link: a link below such a directory is made
+    again in the tmpfs, and the file it ends at is bound back.  Raises in the child (so
+    the spawn fails) if any of it fails.
     """
     uid, gid = ids
     staged: dict[str, list[str]] = {}  # hidden directory -> the bound paths below it
+    links: dict[str, str] = {}  # a symlink on the way to a bound path -> its target
+    wanted: list[str] = []
     for path in binds:
+        # bubblewrap follows a bound symlink as the cell's user: every link on the way
+        # (a virtualenv's python3 -> a pyenv's python3 under /root -> python3.11) and the
+        # file it ends at must be reachable too.
+        current = path
+        for _ in range(40):  # the kernel's own limit on links followed
+            wanted.append(current)
+            if not os.path.islink(current):
+                break
+            links[current] = os.readlink(current)
+            current = os.path.normpath(os.path.join(os.path.dirname(current),
+                                                    links[current]))
+        wanted.append(os.path.realpath(path))
+    for path in dict.fromkeys(wanted):
         top = _hidden_ancestor(path, uid, gid)
         if top is not None:
             if top == "/" or any(top == d or top.startswith(d + "/") for d in
@@ -235,7 +252,9 @@ def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_char_p]
     libc.unshare.argtypes = [ctypes.c_int]
-    sources = sorted((p for paths in staged.values() for p in paths), key=len)
+    below = sorted((p for paths in staged.values() for p in paths), key=len)
+    sources = [p for p in below if p not in links]  # bound back
+    symlinks = [(p, links[p]) for p in below if p in links]  # made again, as they are
     is_dir = {p: os.path.isdir(p) for p in sources}
 
     def mount(source: bytes | None, target: str, fstype: bytes | None, flags: int,
@@ -262,6 +281,10 @@ def dropper(ids: tuple[int, int], binds: list[str]) -> Callable[[], None]:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
             mount(f"/proc/self/fd/{fd}".encode(), path, None, _MS_BIND | _MS_REC, None)
             os.close(fd)
+        for path, target in symlinks:
+            if not os.path.lexists(path):  # else inside a directory bound back already
+                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                os.symlink(target, path)
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
