@@ -71,3 +71,27 @@ def test_a_cell_cannot_take_every_inotify_instance_of_its_host_uid(who, make_cel
         proc.kill()
         proc.wait()
     assert refused == 0, f"host uid's inotify_init1: {os.strerror(refused)} ({line.strip()})"
+
+
+def test_a_directory_cannot_be_granted_with_fd(who, make_cell, tmp_path):
+    """attack: a cell granted a directory with ``--fd`` (meant: that directory) opened
+    ``../../..`` from it and listed the host's root and read /etc/passwd, as its host uid:
+    a directory fd is the whole file system.  Refused: exit 2, one line naming the flag,
+    and the cell never runs."""
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    cell = make_cell("""
+        import os
+        fd = int(os.environ["WW_FD_D"])
+        print("ran", flush=True)
+        up = os.open("../../../../../../../..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        print(sorted(os.listdir(up)))
+    """, shebang="#!/usr/bin/python3")
+    fd = os.open(granted, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        r = who.run("run", "--fd", f"d={fd}", cell, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert "ran" not in r.stdout and "etc" not in r.stdout, r.stdout
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--fd" in r.stderr and "directory" in r.stderr
