@@ -95,3 +95,34 @@ def test_a_directory_cannot_be_granted_with_fd(who, make_cell, tmp_path):
     assert "ran" not in r.stdout and "etc" not in r.stdout, r.stdout
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "--fd" in r.stderr and "directory" in r.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="attack: /proc/self/fd/0 opens the file behind the "
+                   "cell's stdin again, with any mode the cell's host uid may use: for an "
+                   "unprivileged ww that uid owns the operator's files, so a read-only "
+                   "'< file' becomes writable; the fix needs stdio (and --fd grants) that are "
+                   "regular files handed to the cell through a pipe ww relays, or opened anew "
+                   "by nothing (an O_PATH-proof handle), not the host's own open file")
+def test_stdin_from_a_file_cannot_be_opened_for_writing_through_proc_self_fd(who, make_cell,
+                                                                            tmp_path):
+    if not who.unprivileged:
+        pytest.skip("as root the cell is nobody, who owns none of the operator's files")
+    data = tmp_path / "input.txt"
+    data.write_text("the operator's data\n")
+    os.chown(data, *who.ids)
+    data.chmod(0o644)
+    cell = make_cell("""
+        import os
+        print(os.read(0, 100).decode().strip(), flush=True)
+        try:
+            fd = os.open("/proc/self/fd/0", os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, b"overwritten by the cell\\n")
+            print("wrote", flush=True)
+        except OSError as e:
+            print("refused", e.errno, flush=True)
+    """, shebang="#!/usr/bin/python3")
+    with open(data, "rb") as stdin:
+        r = who.run("run", cell, stdin=stdin)
+    assert r.stdout.splitlines()[0] == "the operator's data", r.stderr
+    assert data.read_text() == "the operator's data\n"
+    assert "refused" in r.stdout
