@@ -371,13 +371,14 @@ class _Terminals:
 
     A cell can change a terminal it holds as stdin, stdout, stderr or a granted fd: modes
     such as echo and canonical input, rows and columns, the line discipline (the null one
-    throws away everything typed), exclusive mode (every later open by anyone but root
-    fails); and, terminal or not, the file status flags of the open file it shares with
-    the operator's shell (``O_NONBLOCK`` makes the shell's next read fail with
-    ``EAGAIN``).  `ww run` saves all of it before the cell starts and restores it when
-    the cell has exited, on every way out of `ww run` but SIGKILL: a normal exit, an
-    error, a forwarded signal, or one of ``_FATAL_SIGNALS`` (restored, then the signal's
-    default action).  Nothing is imported or installed when no fd is a terminal.
+    throws away everything typed), stopped output (as by ^S), exclusive mode (every later
+    open by anyone but root fails); and, terminal or not, the file status flags of the
+    open file it shares with the operator's shell (``O_NONBLOCK`` makes the shell's next
+    read fail with ``EAGAIN``).  `ww run` saves all of it before the cell starts and
+    restores it when the cell has exited, on every way out of `ww run` but SIGKILL: a
+    normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS`` (restored,
+    then the signal's default action).  Nothing is imported or installed when no fd is a
+    terminal.
     """
 
     def __init__(self, fds: list[int]) -> None:
@@ -445,6 +446,7 @@ class _Terminals:
                     if excl is None or excl == bytes(4):
                         fcntl.ioctl(fd, _TIOCNXCL)
                     termios.tcsetattr(fd, termios.TCSANOW, attrs)
+                    termios.tcflow(fd, termios.TCOON)  # output the cell stopped flows again
                     if fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)) != size:
                         fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
         finally:
