@@ -126,3 +126,63 @@ def test_stdin_from_a_file_cannot_be_opened_for_writing_through_proc_self_fd(who
     assert r.stdout.splitlines()[0] == "the operator's data", r.stderr
     assert data.read_text() == "the operator's data\n"
     assert "refused" in r.stdout
+
+
+def test_kill_minus_one_in_a_cell_spares_host_processes_of_its_own_host_uid(who, make_cell):
+    """A host process of the uid the cell has on the host (nobody, or the operator) is
+    one the kernel would let the cell signal by uid alone: kill(-1, SIGKILL) in the cell
+    reaches only the cell's own pid namespace, and the host process lives."""
+    ids = who.ids if who.unprivileged else (65534, 65534)
+
+    def as_victim() -> None:
+        os.setgroups([])
+        os.setresgid(ids[1], ids[1], ids[1])
+        os.setresuid(ids[0], ids[0], ids[0])
+
+    victim = subprocess.Popen(["sleep", "600"], preexec_fn=as_victim)
+    try:
+        cell = make_cell("""
+            import os, signal
+            try:
+                os.kill(-1, signal.SIGKILL)
+                print("sent", flush=True)
+            except OSError as e:
+                print("refused", e.errno, flush=True)
+        """, shebang="#!/usr/bin/python3")
+        r = who.run("run", cell)
+        assert victim.poll() is None, "the host process of the cell's host uid was killed"
+        assert r.stdout.split()[0] in ("sent", "refused"), r.stderr
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_a_cell_cannot_reach_another_cell_of_the_same_host_uid(who, make_cell):
+    """Two cells at once are the same host uid (nobody with `ww` as root): one sees no
+    process of the other and its kill(-1, SIGKILL) does not reach it."""
+    other = make_cell("""
+        import sys
+        print("ready", flush=True)
+        sys.stdin.read()
+        print("lived", flush=True)
+    """, name="other.py", shebang="#!/usr/bin/python3")
+    attacker = make_cell("""
+        import os, signal
+        print(sorted(int(p) for p in os.listdir("/proc") if p.isdigit()), flush=True)
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+    """, name="attacker.py", shebang="#!/usr/bin/python3")
+    proc = who.popen("run", other, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        r = who.run("run", attacker)
+        seen = r.stdout.splitlines()[0]
+        proc.stdin.close()
+        assert proc.stdout.read() == "lived\n"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen == "[1, 2]", seen  # bubblewrap's init and the cell itself, nothing else
