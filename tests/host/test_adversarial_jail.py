@@ -186,3 +186,40 @@ def test_a_cell_cannot_reach_another_cell_of_the_same_host_uid(who, make_cell):
         proc.kill()
         proc.wait()
     assert seen == "[1, 2]", seen  # bubblewrap's init and the cell itself, nothing else
+
+
+@pytest.mark.xfail(strict=True, reason="attack: inotify on a bound host directory (/usr/bin) "
+                   "reports every open and read of its files by any host process, so a cell "
+                   "learns which commands the host runs; the fix needs system directories "
+                   "whose inodes are not the host's (an overlay) or inotify denied")
+def test_a_cell_cannot_watch_host_processes_use_the_bound_system_files(who, make_cell):
+    cell = make_cell("""
+        import ctypes, os, struct, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK)
+        assert libc.inotify_add_watch(fd, b"/usr/bin", 0x1 | 0x20) > 0  # IN_ACCESS, IN_OPEN
+        print("watching", flush=True)
+        sys.stdin.read()  # the host has run its command
+        names = set()
+        try:
+            while buf := os.read(fd, 65536):
+                i = 0
+                while i < len(buf):
+                    n = struct.unpack_from("iIII", buf, i)[3]
+                    names.add(buf[i + 16:i + 16 + n].rstrip(b"\\0").decode())
+                    i += 16 + n
+        except BlockingIOError:
+            pass
+        print("getconf" if "getconf" in names else "nothing", flush=True)
+    """, shebang="#!/usr/bin/python3")
+    proc = who.popen("run", cell, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "watching\n"
+        subprocess.run(["/usr/bin/getconf", "PAGESIZE"], capture_output=True, check=True)
+        proc.stdin.close()
+        seen = proc.stdout.read().strip()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen == "nothing", "the cell saw the host run /usr/bin/getconf"
