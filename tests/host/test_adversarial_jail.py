@@ -8,7 +8,9 @@ runs as root, the operator's own uid otherwise).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import struct
 import subprocess
 
 import pytest
@@ -223,3 +225,30 @@ def test_a_cell_cannot_watch_host_processes_use_the_bound_system_files(who, make
         proc.kill()
         proc.wait()
     assert seen == "nothing", "the cell saw the host run /usr/bin/getconf"
+
+
+F_OFD_SETLK = 37  # fcntl.F_OFD_SETLK, not in every Python
+
+
+def test_a_cell_cannot_leave_a_lock_on_a_file_it_shares_with_the_host(who, make_cell,
+                                                                      tmp_path):
+    """attack: flock() and an open file description lock are held by the open file, not by
+    the process: one the cell takes on its stdout (the operator's `>> log`) outlived the
+    cell for as long as the operator's shell kept the file open, and every other program
+    locking the log waited.  `ww run` releases the locks the cell left."""
+    log = tmp_path / "log.txt"
+    log.write_text("")
+    cell = make_cell(f"""
+        import fcntl, struct
+        fcntl.flock(1, fcntl.LOCK_EX)
+        fcntl.fcntl(1, {F_OFD_SETLK}, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+        print("locked", flush=True)
+    """, shebang="#!/usr/bin/python3")
+    with open(log, "a") as shared:
+        r = who.run("run", cell, stdout=shared, stderr=subprocess.PIPE, capture_output=False)
+        assert r.returncode == 0, r.stderr
+        with open(log, "a") as other:  # another program opening the log
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still locked
+            fcntl.fcntl(other, F_OFD_SETLK,
+                        struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+    assert log.read_text() == "locked\n"

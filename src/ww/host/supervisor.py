@@ -25,6 +25,8 @@ import re
 import select
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -366,6 +368,19 @@ _FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2
 _TIOCGETD, _TIOCSETD, _TIOCNXCL, _TIOCGEXCL = 0x5424, 0x5423, 0x540D, 0x80045440
 
 
+_F_OFD_SETLK = 37
+
+
+def _file_locks(fd: int) -> set[str]:
+    """The kinds of lock held through this open file (``FLOCK``, ``OFDLCK``): the ones
+    that outlive the process that took them, as long as the file stays open."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            return {line.split()[2] for line in f if line.startswith("lock:")}
+    except (OSError, IndexError):
+        return set()
+
+
 class _Terminals:
     """What the cell could leave changed in the files it shares with the host, put back.
 
@@ -374,8 +389,10 @@ class _Terminals:
     throws away everything typed), stopped output (as by ^S), exclusive mode (every later
     open by anyone but root fails); and, terminal or not, the file status flags of the
     open file it shares with the operator's shell (``O_NONBLOCK`` makes the shell's next
-    read fail with ``EAGAIN``).  `ww run` saves all of it before the cell starts and
-    restores it when the cell has exited, on every way out of `ww run` but SIGKILL: a
+    read fail with ``EAGAIN``) and the locks held through it (``flock`` and open file
+    description locks outlive the cell while the shell keeps the file open).  `ww run`
+    saves all of it before the cell starts and restores it (a lock the cell took is
+    released) when the cell has exited, on every way out of `ww run` but SIGKILL: a
     normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS`` (restored,
     then the signal's default action).  Nothing is imported or installed when no fd is a
     terminal.
@@ -384,12 +401,15 @@ class _Terminals:
     def __init__(self, fds: list[int]) -> None:
         self._saved: list[tuple[int, list[Any], bytes, bytes, bytes | None]] = []
         self._flags: list[tuple[int, int]] = []  # (fd, file status flags)
+        self._unlocked: list[int] = []  # regular files holding no lock before the cell
         self._previous: dict[int, Any] = {}
         ttys = []
         seen = set()
         for fd in dict.fromkeys(fds):
             try:
                 self._flags.append((fd, fcntl.fcntl(fd, fcntl.F_GETFL)))
+                if stat.S_ISREG(os.fstat(fd).st_mode) and not _file_locks(fd):
+                    self._unlocked.append(fd)
                 if not os.isatty(fd):
                     continue
                 key = os.fstat(fd).st_rdev
@@ -428,6 +448,14 @@ class _Terminals:
                 if fcntl.fcntl(fd, fcntl.F_GETFL) != flags:
                     fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         self._flags = []
+        for fd in self._unlocked:  # locks the cell left on the open file: released
+            with contextlib.suppress(OSError):
+                kinds = _file_locks(fd)
+                if "FLOCK" in kinds:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                if "OFDLCK" in kinds:
+                    fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_UNLCK, 0, 0, 0, 0))
+        self._unlocked = []
         if not self._saved:
             return
         import termios
