@@ -136,7 +136,12 @@ class _Cell:
         if self.proc.returncode is not None:
             return
         try:
-            os.kill(self.program_pid(), signum)
+            pid = self.program_pid()
+            os.kill(pid, signum)
+            # A cell that stopped itself would hold the signal pending for ever (its
+            # session is not the operator's, so the shell never sees it stop): continued,
+            # it takes it, as `kill` does for a stopped job.
+            os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
 
