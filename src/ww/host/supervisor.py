@@ -369,10 +369,9 @@ def run(config: RunConfig) -> int:
 _FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
 
 
-# Terminal ioctls the termios module does not name (asm-generic/ioctls.h).
+# Terminal ioctls the termios module does not name (asm-generic/ioctls.h), and
+# F_OFD_SETLK, which not every Python's fcntl module names.
 _TIOCGETD, _TIOCSETD, _TIOCNXCL, _TIOCGEXCL = 0x5424, 0x5423, 0x540D, 0x80045440
-
-
 _F_OFD_SETLK = 37
 
 
