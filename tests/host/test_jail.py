@@ -7,8 +7,10 @@ Tests taking ``who`` run twice: with `ww` as root and as an unprivileged user
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -272,6 +274,32 @@ def test_a_program_in_a_private_directory_runs_and_nothing_else_of_it_shows(tmp_
     assert r.stdout.split() == ["ran", "prog.sh"]
     assert "private secret" not in r.stdout + r.stderr
     assert oct(private.stat().st_mode & 0o777) == "0o700"  # the host's view is unchanged
+
+
+@root_only
+def test_a_symlink_into_a_private_directory_is_followed_for_the_cell(tmp_path):
+    """A virtualenv's python3 is a symlink to a pyenv's under /root (mode 0700): bubblewrap,
+    running as nobody, follows the link and could not reach its end.  Every link on the
+    way is made again and the file it ends at bound back; nothing else of it shows."""
+    tmp_path.chmod(0o755)
+    private = tmp_path / "private"
+    (private / "bin").mkdir(parents=True)
+    private.chmod(0o700)
+    (private / "secret.txt").write_text("private secret")
+    real = private / "bin" / "tool.sh"
+    real.write_text(f"#!/bin/sh\necho ran; cat {private}/secret.txt; ls {private}/bin\n")
+    real.chmod(0o755)
+    (private / "bin" / "tool").symlink_to("tool.sh")  # a link inside, relative
+    # The link where nobody can reach it (tmp_path may be below a 0700 directory).
+    public = Path(tempfile.mkdtemp(prefix="ww-public-"))
+    try:
+        public.chmod(0o755)
+        (public / "tool").symlink_to(private / "bin" / "tool")
+        r = run_ww("run", str(public / "tool"))
+    finally:
+        shutil.rmtree(public)
+    assert r.stdout.split() == ["ran"], r.stderr  # bubblewrap binds the link's end alone
+    assert "private secret" not in r.stdout + r.stderr
 
 
 @root_only

@@ -88,3 +88,54 @@ def test_cell_dies_when_the_host_is_killed(jail, how):
     while _pids_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pids_with(marker) == []
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (through /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("jail", ["bwrap", "none"])
+def test_a_cell_that_stopped_itself_still_ends_on_a_forwarded_signal(sig, jail):
+    """attack: a cell that sends itself SIGSTOP held every forwarded SIGINT and SIGTERM
+    pending, so ^C never ended `ww run` (its shell does not see the cell stop: it is in a
+    session of its own).  A forwarded signal is followed by SIGCONT, as `kill` does for a
+    stopped job."""
+    proc = start("echo stopping; kill -STOP $$; echo resumed", f"--jail={jail}")
+    try:
+        assert proc.stdout.readline() == "stopping\n"
+        end = time.monotonic() + 60  # an upper bound on waiting for the stop, not a delay
+        while not any(_stopped(p) for p in _descendants(proc.pid)):
+            assert time.monotonic() < end, "the cell never stopped"
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "resumed" not in out
+    assert proc.returncode == 128 + sig

@@ -125,3 +125,55 @@ def test_a_cell_cannot_push_input_into_a_terminal(terminal, make_cell):
     os.set_blocking(slave, False)
     with pytest.raises(BlockingIOError):
         os.read(slave, 16)
+
+
+# ioctl requests the termios module does not name (asm-generic/ioctls.h).
+TIOCEXCL, TIOCGETD, TIOCSETD, TIOCGEXCL = 0x540C, 0x5424, 0x5423, 0x80045440
+N_NULL = 27  # the line discipline that throws every byte typed away
+
+
+def tty_state(fd: int) -> dict[str, object]:
+    """What of a terminal (and of the file the cell shares with the host) outlives a cell
+    that changes it: the modes and size, the line discipline, exclusive mode, O_NONBLOCK."""
+    return {
+        "modes and size": state(fd),
+        "line discipline": struct.unpack("i", fcntl.ioctl(fd, TIOCGETD, bytes(4)))[0],
+        "exclusive": struct.unpack("i", fcntl.ioctl(fd, TIOCGEXCL, bytes(4)))[0],
+        "non-blocking": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
+    }
+
+
+@pytest.mark.parametrize("how", ["cell exits", "cell killed by a signal"])
+def test_a_cell_cannot_leave_the_terminal_deaf_exclusive_or_non_blocking(terminal, make_cell,
+                                                                          how):
+    """attack: the null line discipline (everything the operator types is thrown away once
+    `ww run` has exited), output stopped (TCOOFF, as by ^S: nothing shown any more),
+    exclusive mode (every later open of the terminal by anyone but root fails with EBUSY)
+    and O_NONBLOCK on the file the cell shares with the operator's shell (its next read
+    fails with EAGAIN): none of them is a terminal setting, so a restore of the settings
+    alone left them all in place."""
+    master, slave = terminal
+    before = tty_state(slave)
+    assert before["line discipline"] == 0 and not before["exclusive"]
+    cell = make_cell(f"""
+        import fcntl, os, struct, termios
+        print("changing", flush=True)  # the null line discipline swallows output too
+        fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_NONBLOCK)
+        fcntl.ioctl(0, {TIOCEXCL})
+        termios.tcflow(0, termios.TCOOFF)  # output stopped, as by ^S
+        fcntl.ioctl(0, {TIOCSETD}, struct.pack("i", {N_NULL}))
+        if {how == "cell killed by a signal"}:
+            os.kill(os.getpid(), 9)
+    """, shebang="#!/usr/bin/python3")
+    proc = subprocess.Popen([WW, "run", cell], stdin=slave, stdout=slave, stderr=slave)
+    try:
+        read_until(master, b"changing")
+        status = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert status == (0 if how == "cell exits" else 128 + signal.SIGKILL)
+    assert tty_state(slave) == before
+    os.set_blocking(slave, False)
+    os.write(slave, b"the prompt\n")  # output flows again (stopped, this would block)
+    assert b"the prompt" in read_until(master, b"the prompt")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from ww.errors import UsageError
@@ -37,7 +38,8 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
     """Validate every ``--fd`` flag and assign targets 4, 5, ... in order.
 
     Raises UsageError naming the offending flag for a malformed flag, a bad or duplicate
-    name (case-insensitive) or a source fd that is not open in the host.
+    name (case-insensitive), a source fd that is not open in the host, or one that is a
+    directory (from which ``..`` reaches the whole file system).
     """
     grants: list[FdGrant] = []
     seen: dict[str, str] = {}
@@ -58,9 +60,15 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
         seen[key] = flag
         source = int(num)
         try:
-            os.fstat(source)
+            st = os.fstat(source)
         except (OSError, OverflowError):
             raise UsageError(f"{where}: fd {source} is not open in the host") from None
+        if stat.S_ISDIR(st.st_mode):
+            # openat(fd, "../..") leaves the directory: the cell would get the host's whole
+            # file system with its host uid's permissions, not the directory.
+            raise UsageError(f"{where}: fd {source} is a directory, which would give the cell "
+                             "every file of the host it may read (through '..'), not just "
+                             "that directory")
         grants.append(FdGrant(name=name, source=source, target=FIRST_GRANTED_FD + i))
     return grants
 

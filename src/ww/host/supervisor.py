@@ -26,6 +26,8 @@ import re
 import select
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -135,7 +137,12 @@ class _Cell:
         if self.proc.returncode is not None:
             return
         try:
-            os.kill(self.program_pid(), signum)
+            pid = self.program_pid()
+            os.kill(pid, signum)
+            # A cell that stopped itself would hold the signal pending for ever (its
+            # session is not the operator's, so the shell never sees it stop): continued,
+            # it takes it, as `kill` does for a stopped job.
+            os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
 
@@ -363,24 +370,51 @@ def run(config: RunConfig) -> int:
 _FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGALRM, signal.SIGUSR1, signal.SIGUSR2)
 
 
-class _Terminals:
-    """The settings and window size of every terminal the cell inherits, put back after it.
+# Terminal ioctls the termios module does not name (asm-generic/ioctls.h), and
+# F_OFD_SETLK, which not every Python's fcntl module names.
+_TIOCGETD, _TIOCSETD, _TIOCNXCL, _TIOCGEXCL = 0x5424, 0x5423, 0x540D, 0x80045440
+_F_OFD_SETLK = 37
 
-    A cell can change a terminal it holds as stdin, stdout, stderr or a granted fd (modes
-    such as echo and canonical input, rows and columns); `ww run` saves each one before the
-    cell starts and restores it when the cell has exited, on every way out of `ww run` but
-    SIGKILL: a normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS``
-    (restored, then the signal's default action).  Nothing is imported or installed when no
-    fd is a terminal.
+
+def _file_locks(fd: int) -> set[str]:
+    """The kinds of lock held through this open file (``FLOCK``, ``OFDLCK``): the ones
+    that outlive the process that took them, as long as the file stays open."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            return {line.split()[2] for line in f if line.startswith("lock:")}
+    except (OSError, IndexError):
+        return set()
+
+
+class _Terminals:
+    """What the cell could leave changed in the files it shares with the host, put back.
+
+    A cell can change a terminal it holds as stdin, stdout, stderr or a granted fd: modes
+    such as echo and canonical input, rows and columns, the line discipline (the null one
+    throws away everything typed), stopped output (as by ^S), exclusive mode (every later
+    open by anyone but root fails); and, terminal or not, the file status flags of the
+    open file it shares with the operator's shell (``O_NONBLOCK`` makes the shell's next
+    read fail with ``EAGAIN``) and the locks held through it (``flock`` and open file
+    description locks outlive the cell while the shell keeps the file open).  `ww run`
+    saves all of it before the cell starts and restores it (a lock the cell took is
+    released) when the cell has exited, on every way out of `ww run` but SIGKILL: a
+    normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS`` (restored,
+    then the signal's default action).  Nothing is imported or installed when no fd is a
+    terminal.
     """
 
     def __init__(self, fds: list[int]) -> None:
-        self._saved: list[tuple[int, list[Any], bytes]] = []
+        self._saved: list[tuple[int, list[Any], bytes, bytes, bytes | None]] = []
+        self._flags: list[tuple[int, int]] = []  # (fd, file status flags)
+        self._unlocked: list[int] = []  # regular files holding no lock before the cell
         self._previous: dict[int, Any] = {}
         ttys = []
         seen = set()
-        for fd in fds:
+        for fd in dict.fromkeys(fds):
             try:
+                self._flags.append((fd, fcntl.fcntl(fd, fcntl.F_GETFL)))
+                if stat.S_ISREG(os.fstat(fd).st_mode) and not _file_locks(fd):
+                    self._unlocked.append(fd)
                 if not os.isatty(fd):
                     continue
                 key = os.fstat(fd).st_rdev
@@ -395,10 +429,16 @@ class _Terminals:
 
         for fd in ttys:
             try:
-                self._saved.append((fd, termios.tcgetattr(fd),
-                                    fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8))))
+                attrs = termios.tcgetattr(fd)
+                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8))
+                ldisc = fcntl.ioctl(fd, _TIOCGETD, bytes(4))
             except (OSError, termios.error):
                 continue
+            try:
+                excl: bytes | None = fcntl.ioctl(fd, _TIOCGEXCL, bytes(4))
+            except OSError:
+                excl = None  # before Linux 3.8: not asked, cleared on restore
+            self._saved.append((fd, attrs, size, ldisc, excl))
         if self._saved:
             self._previous = {s: signal.signal(s, self._on_fatal) for s in _FATAL_SIGNALS}
 
@@ -408,6 +448,19 @@ class _Terminals:
         os.kill(os.getpid(), signum)
 
     def restore(self) -> None:
+        for fd, flags in self._flags:
+            with contextlib.suppress(OSError):
+                if fcntl.fcntl(fd, fcntl.F_GETFL) != flags:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        self._flags = []
+        for fd in self._unlocked:  # locks the cell left on the open file: released
+            with contextlib.suppress(OSError):
+                kinds = _file_locks(fd)
+                if "FLOCK" in kinds:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                if "OFDLCK" in kinds:
+                    fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_UNLCK, 0, 0, 0, 0))
+        self._unlocked = []
         if not self._saved:
             return
         import termios
@@ -418,9 +471,15 @@ class _Terminals:
         # stop `ww run`; ignored, the change is made.
         ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         try:
-            for fd, attrs, size in self._saved:
+            for fd, attrs, size, ldisc, excl in self._saved:
                 with contextlib.suppress(OSError, termios.error):
+                    # The line discipline first: the null one refuses the rest.
+                    if fcntl.ioctl(fd, _TIOCGETD, bytes(4)) != ldisc:
+                        fcntl.ioctl(fd, _TIOCSETD, ldisc)
+                    if excl is None or excl == bytes(4):
+                        fcntl.ioctl(fd, _TIOCNXCL)
                     termios.tcsetattr(fd, termios.TCSANOW, attrs)
+                    termios.tcflow(fd, termios.TCOON)  # output the cell stopped flows again
                     if fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)) != size:
                         fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
         finally:
