@@ -21,6 +21,8 @@ def load(name: str = "cell") -> Any:
 
     capnp.remove_import_hook()
     # The schemas import "/capnp/c++.capnp" (for their C++ namespace); pycapnp ships that file
-    # in its own package directory, so the directory above it is on the import path.
+    # in its own package directory, so the directory above it is on the import path.  It
+    # comes first: pycapnp ships "/capnp/stream.capnp" too, and loading this directory's copy
+    # as well would be two files with one ID (pycapnp aborts the process on that).
     capnp_root = str(Path(capnp.__file__).resolve().parent.parent)
-    return capnp.load(str(SCHEMA_DIR / f"{name}.capnp"), imports=[str(SCHEMA_DIR), capnp_root])
+    return capnp.load(str(SCHEMA_DIR / f"{name}.capnp"), imports=[capnp_root, str(SCHEMA_DIR)])
