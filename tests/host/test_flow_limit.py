@@ -4,9 +4,18 @@ built with pycapnp's own rpc.capnp, fed in pieces of random sizes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import queue
 import random
+import re
+import socket
 import struct
+import subprocess
+import threading
+from pathlib import Path
 
+from tests.conftest import WW
 from ww.host import wire
 
 
@@ -153,3 +162,135 @@ def test_far_pointers_are_followed():
         struct.pack("<Q", (0 << 2) | (1 << 32)) + struct.pack("<Q", 99)
     assert wire.classify(struct.pack("<Q", double) + segment1,
                          [1, len(segment1) // 8]) == (wire.CALL, 99)
+
+
+# --- a real cell over a real `ww run` -------------------------------------------------------
+
+class BlockedKubo:
+    """A kubo RPC stand-in on 127.0.0.1 (a mock: kubo's daemon cannot run here) whose ``add``
+    reads nothing of the upload until :attr:`release` is set, so that the host's importer,
+    then its writer, then the cell's writes wait; then it reads the whole upload, keeps the
+    file's bytes in :attr:`received` and answers with :data:`STAND_IN_CID`."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.api = f"/ip4/127.0.0.1/tcp/{self._server.getsockname()[1]}/http"
+        self.release = threading.Event()
+        self.received: bytes | None = None
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = stream.readline()
+                if not line:
+                    return
+                head += line
+            if head.startswith(b"POST /api/v0/id"):
+                body = b'{"ID": "12D3KooWStandIn", "Addresses": [], "Protocols": []}'
+            elif head.startswith(b"POST /api/v0/add"):
+                self.release.wait()
+                boundary = re.search(rb"boundary=(\w+)", head).group(1)
+                upload = bytearray()
+                while size := int(stream.readline(), 16):  # chunked transfer encoding
+                    upload += stream.read(size)
+                    stream.readline()
+                stream.readline()
+                start = upload.index(b"\r\n\r\n") + 4
+                end = len(upload) - len(b"\r\n--%s--\r\n" % boundary)
+                self.received = bytes(upload[start:end])
+                body = b'{"Name": "file", "Hash": "%s", "Size": "0"}\n' % STAND_IN_CID.encode()
+            else:
+                body = b""
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self) -> None:
+        self.release.set()
+        self._server.close()
+
+
+STAND_IN_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # any CID: the bytes are checked
+MIB = 1024 * 1024
+WRITES = 128  # of 1 MiB: four times the flow limit
+
+FLOODING_CELL = """
+import asyncio, random, sys, ww.cell
+
+async def main():
+    loop = asyncio.get_running_loop()
+    step = lambda: loop.run_in_executor(None, sys.stdin.readline)
+    data = random.Random(7).randbytes(WRITES * MIB)
+    async with ww.cell.connect() as s:
+        writer = (await s.ipfs._cap.add({})).writer
+        print("ready", flush=True)
+        await step()
+        writes = [writer.write(data[i:i + MIB]) for i in range(0, len(data), MIB)]
+        ping = s.console.ping(b"behind the writes")
+        print("sent", flush=True)
+        await ping
+        print("ping answered", flush=True)
+        await asyncio.gather(*writes)
+        print((await writer.done()).cid, flush=True)
+        await step()
+
+asyncio.run(main())
+""".replace("WRITES", str(WRITES)).replace("MIB", str(MIB))
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_cell_flooding_writes_the_host_cannot_take_yet_is_paused_not_buffered(make_cell):
+    """128 writes of 1 MiB behind a writer whose backend reads nothing yet, then a ping:
+    the host stops reading at the flow limit (the ping waits behind it) and its memory grows
+    by far less than the data sent; once the backend reads, every write and the ping are
+    answered and the backend got the data whole and in order."""
+    kubo = BlockedKubo()
+    cell = make_cell(FLOODING_CELL)
+    proc = subprocess.Popen([WW, "--json", "run", "--with-ipfs", "--with-console", "--ipfs",
+                             kubo.api, cell], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    events: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [events.put(line) for line in proc.stdout],
+                     daemon=True).start()
+    threading.Thread(target=lambda: [events.put(line) for line in proc.stderr
+                                     if '"flow-limit"' in line], daemon=True).start()
+    try:
+        # Every bound below only stops a hang; the assertions are on the order of events.
+        assert events.get(timeout=120) == "ready\n"
+        before = _kib(proc.pid, "VmRSS")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert events.get(timeout=120) == "sent\n"
+        paused = events.get(timeout=300)
+        assert '"flow-limit"' in paused, f"the host read on: {paused!r}"
+        assert json.loads(paused)["in_flight"] > wire.FLOW_LIMIT
+        kubo.release.set()
+        assert events.get(timeout=300) == "ping answered\n"
+        assert events.get(timeout=300) == STAND_IN_CID + "\n"
+        grown = _kib(proc.pid, "VmHWM") - before
+        proc.stdin.write("bye\n")
+        proc.stdin.flush()
+        assert proc.wait(120) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        kubo.close()
+    data = random.Random(7).randbytes(WRITES * MIB)
+    assert kubo.received is not None and len(kubo.received) == len(data)
+    assert hashlib.sha256(kubo.received).digest() == hashlib.sha256(data).digest()
+    assert grown * 1024 < WRITES * MIB // 2, f"the host grew by {grown} KiB"
