@@ -4,6 +4,7 @@ built with pycapnp's own rpc.capnp, fed in pieces of random sizes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import queue
@@ -12,6 +13,7 @@ import re
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -294,3 +296,120 @@ def test_a_cell_flooding_writes_the_host_cannot_take_yet_is_paused_not_buffered(
     assert kubo.received is not None and len(kubo.received) == len(data)
     assert hashlib.sha256(kubo.received).digest() == hashlib.sha256(data).digest()
     assert grown * 1024 < WRITES * MIB // 2, f"the host grew by {grown} KiB"
+
+
+# --- pycapnp's own RPC system on both ends of a socket pair ---------------------------------
+
+SLOW_SCHEMA = """@0xd3c1f2a4b5e6f701;
+interface Slow {
+  hold @0 (data :Data) -> (size :UInt64);
+}
+"""
+
+
+@functools.cache
+def _slow_schema():
+    """Loaded once per process: pycapnp aborts on a second file with the same ID."""
+    import capnp
+
+    path = Path(tempfile.mkdtemp()) / "slow.capnp"
+    path.write_text(SLOW_SCHEMA)
+    return capnp.load(str(path))
+
+
+def _run_pair(limit: int, scenario) -> None:
+    """``scenario(client, server_state, connection)`` with a pycapnp client on one end of a
+    socket pair and a pycapnp server behind :class:`wire._Connection` on the other."""
+    import asyncio
+
+    import capnp
+
+    schema = _slow_schema()
+
+    class State:
+        arrived = 0
+        gate: asyncio.Event
+
+    class SlowServer(schema.Slow.Server):
+        async def hold(self, data, **kwargs):
+            State.arrived += 1
+            await State.gate.wait()
+            return len(data)
+
+    async def main() -> None:
+        State.gate = asyncio.Event()
+        host_end, cell_end = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(
+            lambda: wire._Connection(limit=limit), sock=host_end)
+        stream = capnp.AsyncIoStream()
+        stream._post_init(connection.inner)
+        server = capnp.TwoPartyServer(stream, bootstrap=SlowServer())
+        client_stream = await capnp.AsyncIoStream.create_connection(sock=cell_end)
+        client = capnp.TwoPartyClient(client_stream).bootstrap().cast_as(schema.Slow)
+        await scenario(client, State, connection)
+        del server
+
+    asyncio.run(capnp.run(main()))
+
+
+async def _until(condition) -> None:
+    import asyncio
+
+    for _ in range(100_000):  # a bound against a hang only; each turn yields to the loop
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("never happened")
+
+
+def test_pycapnp_server_stops_reading_at_the_limit_and_answers_everything_after():
+    import asyncio
+
+    async def scenario(client, state, connection) -> None:
+        calls = [client.hold(bytes([i]) * MIB) for i in range(10)]
+        await _until(lambda: connection.flow.paused)
+        arrived = state.arrived
+        assert arrived <= 5  # 3 MiB limit: the 4th call passes it; none read after that
+        state.gate.set()
+        sizes = [r.size for r in await asyncio.gather(*calls)]
+        assert sizes == [MIB] * 10
+        assert connection.flow.total == 0 and not connection.flow.paused
+
+    _run_pair(3 * MIB, scenario)
+
+
+def test_cancelled_calls_are_returned_and_leave_nothing_counted():
+    """A cell that drops calls (Finish before Return) gets a Return for each from KJ: the
+    count comes back to zero, so an honest cell that cancels never stalls itself."""
+    import asyncio
+
+    async def scenario(client, state, connection) -> None:
+        for _ in range(3):
+            calls = [asyncio.ensure_future(client.hold(b"x" * MIB)) for _ in range(2)]
+            await _until(lambda: state.arrived >= 2)
+            assert connection.flow.total > 2 * MIB
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            await _until(lambda: connection.flow.total == 0)
+            state.arrived = 0
+        state.gate.set()
+        assert (await client.hold(b"y" * 10)).size == 10
+
+    _run_pair(64 * MIB, scenario)
+
+
+def test_one_call_larger_than_the_limit_is_read_whole_and_answered():
+    """Paused only between messages: a call over the limit on its own still arrives."""
+    import asyncio
+
+    async def scenario(client, state, connection) -> None:
+        call = asyncio.ensure_future(client.hold(b"z" * (3 * MIB)))
+        await _until(lambda: state.arrived == 1)
+        assert connection.flow.paused
+        state.gate.set()
+        assert (await call).size == 3 * MIB
+        assert not connection.flow.paused
+
+    _run_pair(MIB, scenario)

@@ -166,8 +166,10 @@ def classify(head: bytes, sizes: list[int]) -> tuple[int, int]:
 
 class _Framer:
     """Cuts a byte stream, fed in pieces of any size, into Cap'n Proto messages and reports
-    each as ``on_message(kind, id, size)`` (see :func:`classify`) once its first :data:`HEAD`
-    bytes are in.  Segments are skipped, not copied.  A segment table past
+    each as ``on_message(kind, id, size)`` (see :func:`classify`, from its first :data:`HEAD`
+    bytes) once its last byte is in: a pause then never stops a message half-read, which
+    would hold up the very call that could bring the count down.  Segments are skipped,
+    not copied.  A segment table past
     :data:`MAX_SEGMENTS` makes the stream unreadable: it and every byte after it are
     reported as UNSURE (KJ drops such a connection anyway)."""
 
@@ -179,6 +181,7 @@ class _Framer:
         self._left = 0  # bytes of the current message's segments still to come
         self._head = bytearray()
         self._want = 0  # bytes of the head still to collect
+        self._kind, self._id = UNSURE, 0  # the current message's, once its head is in
         self.broken = False
 
     def feed(self, data: Any) -> None:
@@ -195,9 +198,11 @@ class _Framer:
                     self._head += view[pos:pos + piece]
                     self._want -= piece
                     if not self._want:
-                        self._report()
+                        self._classify()
                 pos += take
                 self._left -= take
+                if not self._left:
+                    self._on_message(self._kind, self._id, self._size)
             else:
                 pos = self._read_table(view, pos, end)
 
@@ -222,17 +227,17 @@ class _Framer:
         self._table = bytearray()
         self._head = bytearray()
         self._want = min(body, HEAD)
-        if not self._want:
-            self._report()
+        if not body:
+            self._kind, self._id = UNSURE, 0  # no root at all: KJ refuses it
+            self._on_message(UNSURE, 0, self._size)
         return pos
 
-    def _report(self) -> None:
+    def _classify(self) -> None:
         try:
-            kind, ident = classify(bytes(self._head), self._sizes)
+            self._kind, self._id = classify(bytes(self._head), self._sizes)
         except Exception:  # noqa: BLE001 - never raise inside the transport: count it
-            kind, ident = UNSURE, 0
+            self._kind, self._id = UNSURE, 0
         self._head = bytearray()
-        self._on_message(kind, ident, self._size)
 
 
 class FlowLimit:
@@ -332,13 +337,14 @@ class _Connection(asyncio.BufferedProtocol):
     (in the buffer pycapnp lends, without copying) for the :class:`FlowLimit`, and keeps
     reading paused while the cell's calls in flight are over it, whatever pycapnp asks."""
 
-    def __init__(self, on_pause: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_pause: Callable[[int], None] | None = None,
+                 limit: int = FLOW_LIMIT) -> None:
         self.inner = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
         self._on_pause = on_pause
         self._transport: Any = None
         self._reading = False  # what pycapnp last asked for
         self._buffer: Any = None
-        self.flow = FlowLimit(self._pause, self._resume)
+        self.flow = FlowLimit(self._pause, self._resume, limit, limit // 2)
 
     # asyncio's side
     def connection_made(self, transport: Any) -> None:
