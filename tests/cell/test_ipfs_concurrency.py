@@ -59,7 +59,8 @@ if sys.argv[2] == "empty-result":
     assert "-> ();" in text
     open(path, "w").write(text)
     schema_dir = "/tmp/schema"
-schema = capnp.load(schema_dir + "/cell.capnp", imports=[schema_dir])
+root = os.path.dirname(os.path.dirname(capnp.__file__))  # pycapnp's /capnp/c++.capnp
+schema = capnp.load(schema_dir + "/cell.capnp", imports=[root, schema_dir])
 data = random.Random(5).randbytes(IN_FLIGHT * PIECE)
 
 async def main():
