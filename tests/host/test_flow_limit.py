@@ -111,7 +111,21 @@ def test_a_question_id_used_twice_counts_both_calls():
     assert flow.total == 0  # both released by the one Return KJ would send (or the
     # connection is dropped): neither was forgotten while in flight
     flow.incoming.feed(call(5, 1000))
-    assert flow.total == len(call(5, 1000))
+    assert flow.total == wire.CALL_FLOOR  # a small call counts at least this much
+
+
+def test_many_tiny_calls_are_bounded_by_their_number():
+    events: list[str] = []
+    flow = wire.FlowLimit(lambda: events.append("pause"), lambda: events.append("resume"))
+    tiny = [call(q, 0) for q in range(wire.FLOW_LIMIT // wire.CALL_FLOOR + 1)]
+    assert len(tiny[0]) < 200
+    flow.incoming.feed(b"".join(tiny[:-1]))
+    assert events == []
+    flow.incoming.feed(tiny[-1])
+    assert events == ["pause"]
+    for q in range(len(tiny) // 2 + 1):
+        flow.outgoing.feed(answer(q))
+    assert events == ["pause", "resume"]
 
 
 def test_a_root_beyond_the_head_or_garbage_is_counted_and_never_released():

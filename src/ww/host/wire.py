@@ -46,6 +46,10 @@ cell's other calls, and bounds what one cell can pin in the host to a few dozen 
 RESUME_AT = FLOW_LIMIT // 2
 """Reading resumes once the total of unanswered calls is down to this, so that a cell
 writing flat out is paused and resumed a few times per 16 MiB, not per message."""
+CALL_FLOOR = 4096
+"""What a call counts at the least: a call the host has not answered costs it a coroutine and
+RPC bookkeeping whatever its size, so many tiny calls (100k pings queued behind a promise)
+are bounded too, to FLOW_LIMIT / CALL_FLOOR = 8192 at once, far more than any cell needs."""
 HEAD = 4096
 """Bytes of each message's segments kept to find its kind and question/answer id: every
 encoder puts the root and the call/return struct first; a message that points past these
@@ -257,6 +261,7 @@ class FlowLimit:
 
     def _received(self, kind: int, ident: int, size: int) -> None:
         if kind == CALL:
+            size = max(size, CALL_FLOOR)
             self.in_flight[ident] = self.in_flight.get(ident, 0) + size
         elif kind != UNSURE:
             return
