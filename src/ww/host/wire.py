@@ -40,9 +40,12 @@ FLOW_LIMIT = 32 * 1024 * 1024
 reading its connection (C++ Cap'n Proto's ``RpcSystem::setFlowLimit``).  KJ's caveat: while
 over the limit nothing is read, Returns and Finishes included, so a call that can complete
 only after the host reads another message from the cell (a login waiting on the cell's
-``Signer``) cannot complete; "a sufficiently high limit should make this unlikely".  The SDK
-keeps at most 256 writes of 64 KiB in flight (16 MiB): twice that leaves room for an honest
-cell's other calls, and bounds what one cell can pin in the host to a few dozen MiB."""
+``Signer``, a call into a capability the cell exported) cannot complete; "a sufficiently
+high limit should make this unlikely".  The SDK keeps 8 writes of 1 MiB in flight per add, a
+raw client of the tests 256 writes of 64 KiB (16 MiB): twice that leaves room for an honest
+cell's other calls, and bounds what one cell can pin in the host to a few dozen MiB.  Calls
+that the host answers on its own (all of its capabilities' calls) only pause the cell for as
+long as they take."""
 RESUME_AT = FLOW_LIMIT // 2
 """Reading resumes once the total of unanswered calls is down to this, so that a cell
 writing flat out is paused and resumed a few times per 16 MiB, not per message."""
