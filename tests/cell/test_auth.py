@@ -238,7 +238,7 @@ def test_the_documented_login_works_from_raw_capnp_without_the_sdk(make_cell, ke
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
         capnp.remove_import_hook()
         root = os.path.dirname(os.path.dirname(capnp.__file__))  # its c++.capnp
-        schema = capnp.load("SCHEMA/cell.capnp", imports=["SCHEMA", root])
+        schema = capnp.load("SCHEMA/cell.capnp", imports=[root, "SCHEMA"])
 
         class Signer(schema.Signer.Server):
             def __init__(self, key68):

@@ -59,8 +59,8 @@ if sys.argv[2] == "empty-result":
     assert "-> ();" in text
     open(path, "w").write(text)
     schema_dir = "/tmp/schema"
-capnp_root = os.path.dirname(os.path.dirname(capnp.__file__))  # its c++.capnp, stream.capnp
-schema = capnp.load(schema_dir + "/cell.capnp", imports=[schema_dir, capnp_root])
+root = os.path.dirname(os.path.dirname(capnp.__file__))  # pycapnp's /capnp/c++.capnp
+schema = capnp.load(schema_dir + "/cell.capnp", imports=[root, schema_dir])
 data = random.Random(5).randbytes(IN_FLIGHT * PIECE)
 
 async def main():
@@ -147,10 +147,11 @@ def test_dropped_writers_are_abandoned_and_free_their_places(make_cell):
 
 class HangingKubo:
     """A kubo RPC stand-in on 127.0.0.1 (a mock: kubo's daemon cannot run here) that answers
-    ``id`` and never answers ``cat``: it records that the request arrived, then waits until
-    the client closes the connection."""
+    ``id`` and never answers ``hang`` (``cat`` unless told): it records that the request
+    arrived (``cat_received``), then waits until the client closes the connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, hang: str = "cat") -> None:
+        self._hang = b"POST /api/v0/" + hang.encode()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.api = f"/ip4/127.0.0.1/tcp/{self._server.getsockname()[1]}/http"
         self.cat_received = threading.Event()
@@ -179,7 +180,7 @@ class HangingKubo:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 return
-            if not request.startswith(b"POST /api/v0/cat"):
+            if not request.startswith(self._hang):
                 conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
                 return
             self.cat_received.set()
@@ -264,3 +265,53 @@ def test_reads_in_flight_are_answered_in_the_order_sent(make_cell, tmp_path):
     r = run_ww("run", "--with-ipfs", cell)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(len(data)), hashlib.sha256(data).hexdigest()]
+
+
+SLOW_CALL_CELL = """
+import asyncio, sys, ww.cell
+
+async def main():
+    loop = asyncio.get_running_loop()
+    step = lambda: loop.run_in_executor(None, sys.stdin.readline)
+    async with ww.cell.connect() as s:
+        slow = asyncio.ensure_future(CALL)
+        print("sent", flush=True)
+        await step()  # the backend has the request, and does not answer
+        await s.console.ping(b"are you there")
+        print("ping answered, pending:", not slow.done(), flush=True)
+        slow.cancel()
+
+asyncio.run(main())
+"""
+PEER = "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
+
+
+@pytest.mark.parametrize("hang,flags,call", [
+    # kubo dials the peer (nothing here does): a dial can take its whole timeout
+    ("swarm/connect", ["--with-ipfs"],
+     f's.ipfs.connect("/ip4/8.8.8.8/tcp/4001/p2p/{PEER}")'),
+    # a sub-cell's IPFS roots are resolved before it starts
+    ("resolve", ["--with-ipfs", "--with-exec"],
+     f's.exec.spawn("/ipfs/{HELLO_CID}", ipfs=True, ipfs_roots=["/ipfs/{HELLO_CID}/a"])'),
+])
+def test_a_slow_connect_or_spawn_resolve_stalls_no_other_call(make_cell, hang, flags, call):
+    kubo = HangingKubo(hang)
+    cell = make_cell(SLOW_CALL_CELL.replace("CALL", call))
+    proc = subprocess.Popen([WW, "run", *flags, "--with-console", "--ipfs", kubo.api, cell],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout],
+                     daemon=True).start()
+    try:
+        # Every bound below only stops a hang; the assertions are on the order of events.
+        assert lines.get(timeout=60) == "sent\n"
+        assert kubo.cat_received.wait(60), proc.stderr
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert lines.get(timeout=60) == "ping answered, pending: True\n"
+        assert proc.wait(60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        kubo.close()

@@ -180,7 +180,7 @@ def test_schema_command_prints_a_directory_a_cell_can_compile_against(tmp_path):
          "import os, sys, capnp; capnp.remove_import_hook();"
          # the schemas import /capnp/c++.capnp, which pycapnp ships in its package
          "root = os.path.dirname(os.path.dirname(capnp.__file__));"
-         "m = capnp.load(sys.argv[1] + '/cell.capnp', imports=[sys.argv[1], root]);"
+         "m = capnp.load(sys.argv[1] + '/cell.capnp', imports=[root, sys.argv[1]]);"
          "print(sorted(m.Session.schema.fieldnames))", schema_dir],
         capture_output=True, text=True, timeout=30,
     )

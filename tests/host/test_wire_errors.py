@@ -19,8 +19,8 @@ import capnp
 
 capnp.remove_import_hook()
 root = __import__("os").path.dirname(__import__("os").path.dirname(capnp.__file__))
-cell = capnp.load("{SCHEMA_DIR}/cell.capnp", imports=["{SCHEMA_DIR}", root])
-ipfs = capnp.load("{SCHEMA_DIR}/ipfs.capnp", imports=["{SCHEMA_DIR}", root])
+cell = capnp.load("{SCHEMA_DIR}/cell.capnp", imports=[root, "{SCHEMA_DIR}"])
+ipfs = capnp.load("{SCHEMA_DIR}/ipfs.capnp", imports=[root, "{SCHEMA_DIR}"])
 
 async def main():
     stream = await capnp.AsyncIoStream.create_connection(sock=socket.socket(fileno=3))

@@ -130,7 +130,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
                              "local path the operator allowed with --exec-allow)")
         return path
 
-    def _child_grants(self, grant: Any) -> GrantSet:
+    async def _child_grants(self, grant: Any) -> GrantSet:
         """What the child gets: never more than this login holds."""
         holds = {"console": self._grants.console, "ipfs": self._grants.ipfs is not None,
                  "exec": True}
@@ -140,8 +140,8 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         ipfs = None
         if grant.ipfs:
             assert self._ipfs is not None
-            scope = self._ipfs.narrowed("spawn", grant.ipfsReadOnly,
-                                        [str(r) for r in grant.ipfsRoots])
+            scope = await self._ipfs.narrow("spawn", grant.ipfsReadOnly,
+                                            [str(r) for r in grant.ipfsRoots])
             ipfs = IpfsGrant(scope.read_only, scope.roots)
         return GrantSet(console=bool(grant.console), ipfs=ipfs,
                         exec=self._exec if grant.exec else None)
@@ -154,7 +154,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         if len(self._children) >= MAX_CHILDREN:
             raise self._deny(f"{MAX_CHILDREN} sub-cells are already running; wait for one")
         program = self._program(executable)
-        child = self._child_grants(grant)
+        child = await self._child_grants(grant)
         env_flags: list[str] = []
         for entry in env:
             name, sep, _ = str(entry).partition("=")

@@ -499,9 +499,13 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             resolved.append(canonical(self._api.resolve(root)))
         return scope.narrowed(read_only, resolved)
 
+    async def narrow(self, method: str, read_only: bool, roots: list[str]) -> IpfsScope:
+        """:meth:`narrowed` in this cell's worker threads (it resolves paths and may walk the
+        roots' DAGs): the RPC loop serves the cell's other calls meanwhile."""
+        return await self._cell.run(self.narrowed, method, read_only, roots)
+
     async def attenuate(self, readOnly: bool, roots: Any, _context: Any, **kwargs: Any) -> None:
-        scope = await self._cell.run(self.narrowed, "attenuate", readOnly,
-                                     [str(r) for r in roots])
+        scope = await self.narrow("attenuate", readOnly, [str(r) for r in roots])
         self._caller.audit.emit("grant", capability="ipfs", peer=self._caller.peer,
                                 via="attenuate", read_only=scope.read_only,
                                 roots=list(scope.roots))
@@ -616,7 +620,7 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
         if reason := for_cells().refusal(addr):  # before anything touches the network
             raise self._caller.deny("ipfs", "connect", reason)
-        self._api.connect(addr)
+        await self._cell.run(self._api.connect, addr)  # a dial can take its whole timeout
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:
         self._check("peers")

@@ -224,7 +224,12 @@ async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
                 fail(str(AuthenticationFailed(reason)))
 
         timer = loop.call_later(timeout, deadline)
-    stream = await wire.connect(sock)  # each error's reason exactly as the host wrote it
+    def flow_limited(in_flight: int) -> None:
+        access.audit.emit("flow-limit", in_flight=in_flight, limit=wire.FLOW_LIMIT)
+
+    # Each error's reason exactly as the host wrote it; reading paused while the cell's
+    # unanswered calls are over wire.FLOW_LIMIT.
+    stream = await wire.connect(sock, on_pause=flow_limited)
     server = capnp.TwoPartyServer(stream, bootstrap=host)
     disconnected = asyncio.ensure_future(server.on_disconnect())
     disconnected.add_done_callback(lambda _: hung_up.done() or hung_up.set_result(None))

@@ -10,6 +10,12 @@ passes through unchanged, in order.
 
 A cell's Cap'n Proto library shows the reason as it arrived (KJ, in C++ and pycapnp, puts
 ``remote exception: `` before it in the local description).
+
+The same wrapper bounds the calls a cell has in flight (:data:`FLOW_LIMIT`), which is what
+C++'s ``RpcSystem::setFlowLimit`` does and pycapnp does not offer: the incoming byte stream is
+cut into messages too, each ``Call``'s size is counted against its question id until the host
+writes the ``Return`` with that answer id, and while the total is over the limit the host
+stops reading fd 3.  The cell's writes then block in its own socket: pushback, not failure.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +35,37 @@ MAX_INSPECTED = 64 * 1024
 """Messages up to this size are looked at; an exception's one-line reason is far smaller, and
 anything larger (a chunk of a file) streams through without being held back."""
 
+FLOW_LIMIT = 32 * 1024 * 1024
+"""Bytes of calls a cell may have sent that the host has not answered before the host stops
+reading its connection (C++ Cap'n Proto's ``RpcSystem::setFlowLimit``).  KJ's caveat: while
+over the limit nothing is read, Returns and Finishes included, so a call that can complete
+only after the host reads another message from the cell (a login waiting on the cell's
+``Signer``, a call into a capability the cell exported) cannot complete; "a sufficiently
+high limit should make this unlikely".  The SDK keeps 8 writes of 1 MiB in flight per add, a
+raw client of the tests 256 writes of 64 KiB (16 MiB): twice that leaves room for an honest
+cell's other calls, and bounds what one cell can pin in the host to a few dozen MiB.  Calls
+that the host answers on its own (all of its capabilities' calls) only pause the cell for as
+long as they take."""
+RESUME_AT = FLOW_LIMIT // 2
+"""Reading resumes once the total of unanswered calls is down to this, so that a cell
+writing flat out is paused and resumed a few times per 16 MiB, not per message."""
+CALL_FLOOR = 4096
+"""What a call counts at the least: a call the host has not answered costs it a coroutine and
+RPC bookkeeping whatever its size, so many tiny calls (100k pings queued behind a promise)
+are bounded too, to FLOW_LIMIT / CALL_FLOOR = 8192 at once, far more than any cell needs."""
+HEAD = 4096
+"""Bytes of each message's segments kept to find its kind and question/answer id: every
+encoder puts the root and the call/return struct first; a message that points past these
+bytes is counted as a call that never returns (a cell that does that only stalls itself)."""
+MAX_SEGMENTS = 512
+"""KJ refuses a message with more segments; a table this large is not read, see ``_Framer``."""
+
+CALL, RETURN, OTHER, UNSURE = range(4)
+
 _rpc: Any = None
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_U16 = struct.Struct("<H")
 
 
 def _rpc_schema() -> Any:
@@ -62,22 +98,209 @@ def exact_reason(message: bytes) -> bytes:
         return message  # not something to rewrite: pass it on as it was
 
 
+def _struct_at(head: bytes, starts: list[int], sizes: list[int], segment: int,
+               at: int) -> tuple[int, int, int, int] | None:
+    """The struct the pointer in word ``at`` of ``segment`` points to, as (segment, first word,
+    data words, pointer words); (0, 0, 0, 0) for a null pointer (a struct of defaults);
+    None when it is not a struct pointer this reader can follow within ``head``."""
+    for _ in range(3):  # a pointer, a far pointer, a double-far's landing pad at the most
+        if at >= sizes[segment] or 8 * (starts[segment] + at + 1) > len(head):
+            return None
+        word = _U64.unpack_from(head, 8 * (starts[segment] + at))[0]
+        kind = word & 3
+        if word == 0:
+            return 0, 0, 0, 0
+        if kind == 0:  # a struct pointer: signed offset from the word after it
+            offset = (word >> 2) & 0x3FFFFFFF
+            if offset & 0x20000000:
+                offset -= 0x40000000
+            data, pointers = (word >> 32) & 0xFFFF, word >> 48
+            first = at + 1 + offset
+            if first < 0 or first + data + pointers > sizes[segment]:
+                return None
+            return segment, first, data, pointers
+        if kind != 2:  # a list or a capability where a struct belongs: KJ refuses it too
+            return None
+        pad_segment, pad = word >> 32, (word >> 3) & 0x1FFFFFFF
+        if pad_segment >= len(sizes):
+            return None
+        if not (word >> 2) & 1:  # single far: the landing pad is an ordinary pointer
+            segment, at = pad_segment, pad
+            continue
+        # double far: the pad is a far pointer to the content, the word after it its tag
+        if pad + 2 > sizes[pad_segment] or 8 * (starts[pad_segment] + pad + 2) > len(head):
+            return None
+        far, tag = _U64.unpack_from(head, 8 * (starts[pad_segment] + pad))[0], \
+            _U64.unpack_from(head, 8 * (starts[pad_segment] + pad + 1))[0]
+        segment, first = far >> 32, (far >> 3) & 0x1FFFFFFF
+        if far & 7 != 2 or tag & 3 != 0 or segment >= len(sizes):
+            return None
+        data, pointers = (tag >> 32) & 0xFFFF, tag >> 48
+        if first + data + pointers > sizes[segment]:
+            return None
+        return segment, first, data, pointers
+    return None
+
+
+def classify(head: bytes, sizes: list[int]) -> tuple[int, int]:
+    """(kind, id) of a Cap'n Proto RPC message from its segment sizes (in words) and the
+    first bytes of its segments: (CALL, question id), (RETURN, answer id), (OTHER, 0), or
+    (UNSURE, 0) when ``head`` does not show which, read as Cap'n Proto readers do (a field
+    past a struct's end, or behind a null pointer, is 0)."""
+    starts, total = [], 0
+    for size in sizes:
+        starts.append(total)
+        total += size
+    if not sizes:
+        return UNSURE, 0
+    root = _struct_at(head, starts, sizes, 0, 0)
+    if root is None:
+        return UNSURE, 0
+    segment, first, data, pointers = root
+    if data == 0:
+        return OTHER, 0  # discriminant 0: unimplemented
+    which = _U16.unpack_from(head, 8 * (starts[segment] + first))[0]
+    if which not in (2, 3):  # call, return
+        return OTHER, 0
+    body = (0, 0, 0, 0) if pointers == 0 else \
+        _struct_at(head, starts, sizes, segment, first + data)
+    if body is None:
+        return UNSURE, 0
+    segment, first, data, _ = body
+    ident = _U32.unpack_from(head, 8 * (starts[segment] + first))[0] if data else 0
+    return (CALL if which == 2 else RETURN), ident
+
+
+class _Framer:
+    """Cuts a byte stream, fed in pieces of any size, into Cap'n Proto messages and reports
+    each as ``on_message(kind, id, size)`` (see :func:`classify`, from its first :data:`HEAD`
+    bytes) once its last byte is in: a pause then never stops a message half-read, which
+    would hold up the very call that could bring the count down.  Segments are skipped,
+    not copied.  A segment table past
+    :data:`MAX_SEGMENTS` makes the stream unreadable: it and every byte after it are
+    reported as UNSURE (KJ drops such a connection anyway)."""
+
+    def __init__(self, on_message: Callable[[int, int, int], None]) -> None:
+        self._on_message = on_message
+        self._table = bytearray()  # the segment table being collected
+        self._sizes: list[int] = []
+        self._size = 0  # the current message's size, table included
+        self._left = 0  # bytes of the current message's segments still to come
+        self._head = bytearray()
+        self._want = 0  # bytes of the head still to collect
+        self._kind, self._id = UNSURE, 0  # the current message's, once its head is in
+        self.broken = False
+
+    def feed(self, data: Any) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            if self.broken:
+                self._on_message(UNSURE, 0, end - pos)
+                return
+            if self._left:
+                take = min(self._left, end - pos)
+                if self._want:
+                    piece = min(take, self._want)
+                    self._head += view[pos:pos + piece]
+                    self._want -= piece
+                    if not self._want:
+                        self._classify()
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._on_message(self._kind, self._id, self._size)
+            else:
+                pos = self._read_table(view, pos, end)
+
+    def _read_table(self, view: memoryview, pos: int, end: int) -> int:
+        table = self._table
+        need = 4 if len(table) < 4 else \
+            (4 + 4 * (_U32.unpack_from(table)[0] + 1) + 7) & ~7
+        take = min(need - len(table), end - pos)
+        table += view[pos:pos + take]
+        pos += take
+        if len(table) < need:
+            return pos
+        if need == 4:
+            if _U32.unpack_from(table)[0] >= MAX_SEGMENTS:
+                self.broken = True
+                self._on_message(UNSURE, 0, len(table))
+            return pos
+        count = _U32.unpack_from(table)[0] + 1
+        self._sizes = list(struct.unpack_from(f"<{count}I", table, 4))
+        body = 8 * sum(self._sizes)
+        self._size, self._left = len(table) + body, body
+        self._table = bytearray()
+        self._head = bytearray()
+        self._want = min(body, HEAD)
+        if not body:
+            self._kind, self._id = UNSURE, 0  # no root at all: KJ refuses it
+            self._on_message(UNSURE, 0, self._size)
+        return pos
+
+    def _classify(self) -> None:
+        try:
+            self._kind, self._id = classify(bytes(self._head), self._sizes)
+        except Exception:  # noqa: BLE001 - never raise inside the transport: count it
+            self._kind, self._id = UNSURE, 0
+        self._head = bytearray()
+
+
+class FlowLimit:
+    """The calls one peer has in flight: :meth:`received` counts each incoming message,
+    :meth:`sent` each outgoing one; ``pause``/``resume`` are called when the total of
+    unanswered calls passes ``limit`` and falls back to ``resume_at``."""
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
+                 limit: int = FLOW_LIMIT, resume_at: int = RESUME_AT) -> None:
+        self._pause, self._resume = pause, resume
+        self.limit, self.resume_at = limit, resume_at
+        self.in_flight: dict[int, int] = {}  # question id -> bytes of its call(s)
+        self.total = 0  # bytes of unanswered calls, those never to be answered included
+        self.paused = False
+        self.incoming = _Framer(self._received)
+        self.outgoing = _Framer(self._sent)
+
+    def _received(self, kind: int, ident: int, size: int) -> None:
+        if kind == CALL:
+            size = max(size, CALL_FLOOR)
+            self.in_flight[ident] = self.in_flight.get(ident, 0) + size
+        elif kind != UNSURE:
+            return
+        self.total += size  # an UNSURE message is never answered: it stays counted
+        if self.total > self.limit and not self.paused:
+            self.paused = True
+            self._pause()
+
+    def _sent(self, kind: int, ident: int, size: int) -> None:
+        if kind != RETURN:
+            return
+        self.total -= self.in_flight.pop(ident, 0)
+        if self.paused and self.total <= self.resume_at:
+            self.paused = False
+            self._resume()
+
+
 class _ExactReasons:
     """Wraps an asyncio transport: cuts the outgoing byte stream into Cap'n Proto messages
     (segment table, then segments), holds back only small ones whole, and rewrites those
     :func:`exact_reason` says to.  The stream is the host's own KJ's, so well-formed."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, flow: FlowLimit | None = None) -> None:
         self._transport = transport
         self._header = b""  # the start of a segment table that came in pieces
         self._left = 0  # bytes of the current message's segments still to come
         self._held: bytearray | None = None  # a small message being collected
+        self._flow = flow
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
     def write(self, data: Any) -> None:
         data = bytes(data)
+        if self._flow is not None:
+            self._flow.outgoing.feed(data)  # a Return may bring the calls back under the limit
         while data:
             data = self._segments(data) if self._left else self._table(data)
 
@@ -117,15 +340,95 @@ class _ExactReasons:
         return data[len(piece):] if piece is not data else b""
 
 
-async def connect(sock: socket.socket) -> Any:
+class _Connection(asyncio.BufferedProtocol):
+    """Between asyncio's socket transport and pycapnp's protocol: sees every incoming byte
+    (in the buffer pycapnp lends, without copying) for the :class:`FlowLimit`, and keeps
+    reading paused while the cell's calls in flight are over it, whatever pycapnp asks."""
+
+    def __init__(self, on_pause: Callable[[int], None] | None = None,
+                 limit: int = FLOW_LIMIT) -> None:
+        self.inner = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
+        self._on_pause = on_pause
+        self._transport: Any = None
+        self._reading = False  # what pycapnp last asked for
+        self._buffer: Any = None
+        self.flow = FlowLimit(self._pause, self._resume, limit, limit // 2)
+
+    # asyncio's side
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self.inner.connection_made(_Transport(transport, self))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def get_buffer(self, sizehint: int) -> Any:
+        self._buffer = self.inner.get_buffer(sizehint)
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.flow.incoming.feed(memoryview(self._buffer)[:nbytes])
+        except Exception:  # noqa: BLE001 - a bug here must not open the gate: stop counting
+            self.flow.incoming.broken = True
+            self.flow._received(UNSURE, 0, nbytes)  # and all that follows
+        self._buffer = None
+        self.inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> Any:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # pycapnp's side, through _Transport
+    def pause_reading(self) -> None:
+        self._reading = False
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        if not self.flow.paused:
+            self._transport.resume_reading()
+
+    # the flow limit's
+    def _pause(self) -> None:
+        self._transport.pause_reading()
+        if self._on_pause is not None:
+            on_pause, self._on_pause = self._on_pause, None  # reported once per connection
+            on_pause(self.flow.total)
+
+    def _resume(self) -> None:
+        if self._reading and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+
+class _Transport(_ExactReasons):
+    """The transport pycapnp's protocol is given: exact reasons and Returns counted on the
+    way out, its requests to pause and resume reading passed to the :class:`_Connection`."""
+
+    def __init__(self, transport: asyncio.Transport, connection: _Connection) -> None:
+        super().__init__(transport, connection.flow)
+        self._connection = connection
+
+    def pause_reading(self) -> None:
+        self._connection.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._connection.resume_reading()
+
+
+async def connect(sock: socket.socket, on_pause: Callable[[int], None] | None = None) -> Any:
     """A pycapnp stream on ``sock`` whose exceptions carry their reason without pycapnp's
     ``message = `` prefix (what ``capnp.AsyncIoStream.create_connection(sock=…)`` gives,
-    plus that)."""
+    plus that), which stops reading while the peer's calls in flight are over
+    :data:`FLOW_LIMIT`; ``on_pause(bytes in flight)`` is called the first time it does."""
     _rpc_schema()  # loaded here, where a failure can be reported, not inside a write
     loop = asyncio.get_running_loop()
-    protocol_class = capnp.lib.capnp._PyAsyncIoStreamProtocol  # type: ignore[attr-defined]
-    _, protocol = await loop.create_connection(protocol_class, sock=sock)
-    protocol.transport = _ExactReasons(protocol.transport)
+    _, connection = await loop.create_connection(lambda: _Connection(on_pause), sock=sock)
     stream = capnp.AsyncIoStream()
-    stream._post_init(protocol)
+    stream._post_init(connection.inner)
     return stream

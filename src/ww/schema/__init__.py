@@ -21,6 +21,8 @@ def load(name: str = "cell") -> Any:
 
     capnp.remove_import_hook()
     # The schemas import "/capnp/c++.capnp" (for their C++ namespace); pycapnp ships that file
-    # in its own package directory, so the directory above it is on the import path.
+    # in its own package directory, as it does "/capnp/stream.capnp" (for `-> stream`), so
+    # the directory above it is on the import path.  There is one copy of each: two files
+    # with one ID abort the process in pycapnp.
     capnp_root = str(Path(capnp.__file__).resolve().parent.parent)
-    return capnp.load(str(SCHEMA_DIR / f"{name}.capnp"), imports=[str(SCHEMA_DIR), capnp_root])
+    return capnp.load(str(SCHEMA_DIR / f"{name}.capnp"), imports=[capnp_root, str(SCHEMA_DIR)])
