@@ -315,3 +315,31 @@ def test_a_slow_connect_or_spawn_resolve_stalls_no_other_call(make_cell, hang, f
         proc.kill()
         proc.wait()
         kubo.close()
+
+
+BARE_PEER_CELL = """
+import sys, ww.cell
+with ww.cell.session() as s:
+    try:
+        s.ipfs.connect(sys.argv[1])
+        print("connected")
+    except ww.cell.CapabilityDenied as e:
+        print("denied:", e)
+"""
+
+
+@pytest.mark.parametrize("addr", [PEER, f"/p2p/{PEER}"])
+def test_with_kubo_a_bare_peer_id_is_refused_before_kubo_hears_of_it(make_cell, addr):
+    """kubo would dial whatever addresses it knows for a bare peer id (loopback or private
+    ones included), past ww's dial policy: a cell must name a full, checked address."""
+    kubo = HangingKubo("swarm/connect")
+    try:
+        r = run_ww("run", "--with-ipfs", "--ipfs", kubo.api, make_cell(BARE_PEER_CELL), addr,
+                   timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"denied: capability denied: ipfs: connect: address not "
+                                   f"allowed: {addr} "
+                                   "(a bare peer id: the kubo backend"), r.stdout
+        assert not kubo.cat_received.is_set()  # swarm/connect never reached kubo
+    finally:
+        kubo.close()

@@ -618,8 +618,8 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         self._check("connect")
         from ww.p2p.dial_policy import for_cells
 
-        if reason := for_cells().refusal(addr):  # before anything touches the network
-            raise self._caller.deny("ipfs", "connect", reason)
+        if reason := for_cells().refusal(addr, full_address=not self._api.guards_dials):
+            raise self._caller.deny("ipfs", "connect", reason)  # before any network traffic
         await self._cell.run(self._api.connect, addr)  # a dial can take its whole timeout
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:

@@ -183,6 +183,12 @@ class AddOptions:
 class CoreAPI(Protocol):
     """The operations both backends provide."""
 
+    guards_dials: bool
+    """Whether every connection the backend makes passes ww's dial policy
+    (:mod:`ww.p2p.dial_policy`): the embedded node's own transport refuses the others; kubo
+    dials whatever addresses it knows for a peer, so a capability asks it only for a full,
+    checked address."""
+
     # writing
     def add_stream(self, chunks: Iterable[bytes], options: AddOptions = ...) -> str:
         """Add one file's bytes; returns its CID."""

@@ -358,6 +358,8 @@ class KuboClient:
     so a long transfer that keeps moving never times out).
     """
 
+    guards_dials = False  # kubo dials a peer's known addresses with its own filters only
+
     def __init__(
         self,
         api: str = DEFAULT_KUBO_API,

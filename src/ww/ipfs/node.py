@@ -57,6 +57,8 @@ _LINK_TAG = b"\x12"  # dag-pb writes its links (field 2) first: a leaf starts ot
 class EmbeddedNode:
     """An offline IPFS node over a local repository."""
 
+    guards_dials = True  # a host given a dial policy refuses every other connection
+
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
                  host: Node | None = None, dial_policy: DialPolicy | None = None) -> None:
         """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a

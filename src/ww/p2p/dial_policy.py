@@ -125,15 +125,21 @@ class DialPolicy:
                 named.add(endpoint)
         return cls(tuple(parse_range(a) for a in allow), frozenset(named))
 
-    def refusal(self, addr: str) -> str | None:
+    def refusal(self, addr: str, *, full_address: bool = False) -> str | None:
         """Why a cell may not make the host dial ``addr``, or None if it may.
 
         A bare peer id (``/p2p/<id>`` or ``<id>``) names no address: allowed here, the
-        addresses the host knows for it are checked when it dials them.  The reason is one
-        line of bounded length whatever ``addr`` is (it is audited, and a cell chooses it)."""
+        addresses the host knows for it are checked when it dials them -- unless
+        ``full_address`` (a backend such as kubo that would dial them unchecked).  The reason
+        is one line of bounded length whatever ``addr`` is (it is audited, and a cell
+        chooses it)."""
         if len(addr) > MAX_ADDR:
             return f"address not allowed: {_shown(addr)} (longer than {MAX_ADDR} characters)"
         endpoint = _endpoint(addr)
+        if endpoint == "" and full_address:
+            return (f"address not allowed: {_shown(addr)} (a bare peer id: the kubo backend "
+                    "would dial its addresses unchecked; give /ip4|ip6/<address>/tcp/<port>/p2p/"
+                    "<peer id>)")
         if isinstance(endpoint, str):
             return f"address not allowed: {_shown(addr)} ({endpoint})" if endpoint else None
         ip, port = endpoint
