@@ -122,3 +122,39 @@ def test_a_full_disk_is_one_line_and_the_cells_status_stands(tmp_path):
     assert out.stat().st_size == 4096
     problems = [line for line in r.stderr.splitlines() if line.startswith("ww:")]
     assert len(problems) == 1 and "stdout" in problems[0], r.stderr
+
+
+def test_a_forwarded_signal_ends_a_cell_whose_stdin_is_relayed(tmp_path):
+    """SIGTERM to `ww run` while the relay waits on a cell that stopped reading: the cell
+    ends, `ww run` exits 143, and the file's offset is where the cell stopped."""
+    data = tmp_path / "in.bin"
+    data.write_bytes(b"first line\n" + _pattern(BIG))
+    with open(data, "rb") as stdin:
+        proc = subprocess.Popen([WW, "run", "/bin/sh", "-c", "read line; echo $line; "
+                                 "exec sleep 60"], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline() == "first line\n"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        offset = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert offset == len(b"first line\n")  # sh reads a pipe a byte at a time
+
+
+def test_what_a_cell_wrote_before_strict_stopped_it_is_in_the_file(tmp_path, make_cell):
+    out = tmp_path / "out.txt"
+    cell = make_cell("""
+        import ctypes, sys
+        sys.stdout.write("x" * 300000 + "\\nbefore the call\\n")
+        sys.stdout.flush()
+        ctypes.CDLL(None).ptrace(0, 0, 0, 0)  # denied: --strict stops the cell
+        print("after the call", flush=True)
+    """, shebang="#!/usr/bin/python3")
+    with open(out, "w") as f:
+        r = subprocess.run([WW, "run", "--strict", cell], stdout=f, stderr=subprocess.PIPE,
+                           text=True, timeout=60)
+    assert r.returncode == 67, r.stderr
+    assert out.read_text() == "x" * 300000 + "\nbefore the call\n"

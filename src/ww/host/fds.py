@@ -100,3 +100,26 @@ def install_fds(rpc_fd: int, grants: list[FdGrant]) -> None:
         os.dup2(fd, target, inheritable=True)
     for fd in high:
         os.close(fd)
+
+
+def relay_mode(fd: int) -> str | None:
+    """``"read"`` or ``"write"`` if a jailed cell must get ``fd`` through a pipe
+    :mod:`ww.host.relay` fills or drains, else None (it passes as it is).
+
+    A regular file or block device open read-only or write-only: reopened through
+    ``/proc/self/fd``, it would give the cell any mode its host uid may use.  One open
+    read-write gives no more when reopened; other files reopen as themselves.
+    """
+    try:
+        st = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        return None
+    access = flags & os.O_ACCMODE
+    if access == os.O_RDONLY:
+        return "read"
+    if access == os.O_WRONLY:
+        return "write"
+    return None

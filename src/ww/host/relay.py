@@ -34,32 +34,14 @@ import errno
 import fcntl
 import os
 import select
-import stat
 import sys
 import termios
 import threading
 from dataclasses import dataclass, field
 
+from ww.host.fds import relay_mode
+
 CHUNK = 1 << 16
-
-_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
-
-
-def mode_of(fd: int) -> str | None:
-    """``"read"`` or ``"write"`` if the cell must get ``fd`` through a relay, else None."""
-    try:
-        st = os.fstat(fd)
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    except OSError:
-        return None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        return None
-    access = flags & os.O_ACCMODE
-    if access == os.O_RDONLY:
-        return "read"
-    if access == os.O_WRONLY:
-        return "write"
-    return None  # read-write: reopening gives nothing more
 
 
 @dataclass
@@ -94,7 +76,7 @@ class Relay:
 
     def wrap(self, fd: int, what: str) -> int:
         """The fd the cell gets in place of the host's ``fd`` (``fd`` itself if it passes)."""
-        mode = mode_of(fd)
+        mode = relay_mode(fd)
         if mode == "read":
             r, w = os.pipe()
             os.set_blocking(w, False)
@@ -117,10 +99,6 @@ class Relay:
             self._by_file[key] = w
             return w
         return fd
-
-    @staticmethod
-    def name(fd: int) -> str:
-        return _NAMES.get(fd, f"fd {fd}")
 
     @property
     def active(self) -> bool:

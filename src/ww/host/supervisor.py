@@ -44,7 +44,7 @@ from ww.errors import (
     HostError,
     WwError,
 )
-from ww.host import executable, fds, jail, limits, relay, seccomp
+from ww.host import executable, fds, jail, limits, seccomp
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -306,14 +306,18 @@ def run(config: RunConfig) -> int:
     terminals = _Terminals([0, 1, 2, *(g.source for g in config.grants)])
     # Regular files reach a jailed cell as pipes (ww.host.relay): opened anew through
     # /proc/self/fd, the file itself would give the cell any mode its host uid may use.
-    relays = relay.Relay()
+    # Imported only then: `ww run /bin/true` on a terminal or /dev/null pays one fstat a fd.
+    relays = None
     spawn_config, stdio = config, (0, 1, 2)
-    if config.jailed:
+    if config.jailed and any(fds.relay_mode(fd) for fd in [0, 1, 2, *(g.source for g in
+                                                                        config.grants)]):
+        from ww.host.relay import Relay
+
+        relays = Relay()
         stdio = (relays.wrap(0, "stdin"), relays.wrap(1, "stdout"), relays.wrap(2, "stderr"))
-        grants = [dataclasses.replace(g, source=relays.wrap(g.source, f"--fd {g.name}"))
-                  for g in config.grants]
-        if relays.active:
-            spawn_config = dataclasses.replace(config, grants=grants)
+        spawn_config = dataclasses.replace(config, grants=[
+            dataclasses.replace(g, source=relays.wrap(g.source, f"--fd {g.name}"))
+            for g in config.grants])
     watchdog: limits.Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
@@ -327,7 +331,8 @@ def run(config: RunConfig) -> int:
                           cgroup, drop, stdio)
         finally:
             cell_sock.close()
-            relays.start()  # our copies of the cell's ends closed first
+            if relays is not None:
+                relays.start()  # our copies of the cell's ends closed first
             for fd in extra:
                 os.close(fd)
             if cgroup is not None:
@@ -352,7 +357,8 @@ def run(config: RunConfig) -> int:
             cell.forward(signum)
         _supervise(cell, host_sock, config,
                    lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
-        relays.finish()  # the cell has exited: all it wrote reaches its files
+        if relays is not None:
+            relays.finish()  # the cell has exited: all it wrote reaches its files
         if strict_thread is not None:
             strict_thread.join(_STRICT_DRAIN + 1)  # the listener outlives the cell's processes
         if watchdog is not None:
@@ -369,7 +375,8 @@ def run(config: RunConfig) -> int:
                           exit_code=EXIT_RESOURCE_LIMIT)
         return status
     finally:
-        relays.finish(drain=False)  # on an error: what the pipes hold now, no waiting
+        if relays is not None:
+            relays.finish(drain=False)  # on an error: what the pipes hold now, no waiting
         if cgroup is not None:
             cgroup.remove()  # kills whatever of the cell is left first
         for s, handler in previous.items():
