@@ -158,3 +158,26 @@ def test_what_a_cell_wrote_before_strict_stopped_it_is_in_the_file(tmp_path, mak
                            text=True, timeout=60)
     assert r.returncode == 67, r.stderr
     assert out.read_text() == "x" * 300000 + "\nbefore the call\n"
+
+
+def test_console_lines_and_the_cells_own_stderr_keep_their_order_in_a_file(tmp_path,
+                                                                           make_cell):
+    """The console capability writes on the host's stderr; when that is a file ww relays
+    the cell's stderr into, what the cell wrote first is in the file first."""
+    err = tmp_path / "err.txt"
+    cell = make_cell("""
+        import sys
+        import ww.cell
+        with ww.cell.session() as session:
+            for i in range(100):
+                sys.stderr.write(f"own {i} " + "y" * 3000 + "\\n")
+                sys.stderr.flush()
+                session.console.println(f"console {i}")
+    """)
+    with open(err, "w") as f:
+        r = subprocess.run([WW, "run", "--with-console", cell], stderr=f, timeout=120)
+    assert r.returncode == 0, err.read_text()[-2000:]
+    lines = [line.split(" ")[0] + " " + line.split(" ")[1] if line.startswith("own") else line
+             for line in err.read_text().splitlines()]
+    expected = [x for i in range(100) for x in (f"own {i}", f"[cell] console {i}")]
+    assert lines == expected

@@ -12,7 +12,8 @@ opened anew is the same pipe, so the cell gets one instead:
   what the cell read, as if it had read the file itself;
 - one open **write-only** (``>``, ``>>``): a pipe `ww run` drains into the file, through
   the operator's own open file (its offset, ``O_APPEND``); fds of one file share a pipe,
-  so ``> out 2>&1`` keeps the order of the cell's writes;
+  so ``> out 2>&1`` keeps the order of the cell's writes, and the host drains a pipe
+  before it writes on the same file itself (:func:`flush_into`, the console on stderr);
 - one open **read-write** passes as it is: opened anew, it gives no mode the fd does not.
 
 Terminals, pipes, sockets and other character devices (``/dev/null``) pass as they are.
@@ -60,6 +61,11 @@ class _Output:
     dst: int  # the host's open file
     r: int  # the pipe's read end (ww's, non-blocking)
     what: str
+    file: tuple[int, int]  # (st_dev, st_ino) of dst
+    # Held while bytes move or r closes: the relay thread and flush_into() both drain.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: bool = False  # its end seen, or a write failed
+    closed: bool = False
 
 
 @dataclass
@@ -94,7 +100,7 @@ class Relay:
                 return self._by_file[key]
             r, w = os.pipe()
             os.set_blocking(r, False)
-            self._outputs[r] = _Output(dst=fd, r=r, what=what)
+            self._outputs[r] = _Output(dst=fd, r=r, what=what, file=key)
             self._cell_ends.append(w)
             self._by_file[key] = w
             return w
@@ -112,6 +118,7 @@ class Relay:
         if not self.active:
             return
         self._wake = os.pipe()
+        _live.append(self)
         self._thread = threading.Thread(target=self._run, name="ww-relay", daemon=True)
         self._thread.start()
 
@@ -129,6 +136,8 @@ class Relay:
             os.write(self._wake[1], b"x")
         if self._thread is not None:
             self._thread.join()
+        with contextlib.suppress(ValueError):
+            _live.remove(self)
         for fd in self._wake:
             os.close(fd)
         self._wake = None
@@ -138,8 +147,7 @@ class Relay:
         for inp in self._inputs.values():
             self._close_input(inp)
         for out in self._outputs.values():
-            with contextlib.suppress(OSError):
-                os.close(out.r)
+            self._close_output(out)
         self._inputs, self._outputs = {}, {}
 
     def _run(self) -> None:
@@ -161,8 +169,7 @@ class Relay:
                     inputs = {}
                     if self._abandon:
                         for out in outputs.values():
-                            while self._drain(out):
-                                pass
+                            self._drain_now(out)
                         return
                 elif fd in inputs:
                     if not self._feed(inputs[fd], events):
@@ -170,9 +177,7 @@ class Relay:
                         self._close_input(inputs.pop(fd))
                 elif fd in outputs and not self._drain(outputs[fd]):
                     poller.unregister(fd)
-                    os.close(fd)
                     outputs.pop(fd)
-                    self._outputs.pop(fd)
 
     def _feed(self, inp: _Input, events: int) -> bool:
         """Move one chunk from the file into the pipe; False when done with it."""
@@ -217,21 +222,69 @@ class Relay:
                 os.close(fd)
 
     def _drain(self, out: _Output) -> bool:
-        """Move what the pipe holds now into the file; False at its end."""
+        """Thread: move what the pipe holds now into the file; False at its end."""
+        with out.lock:
+            if self._move(out) is not None:
+                return True
+            self._close_output(out, locked=True)
+            return False
+
+    def _drain_now(self, out: _Output, owner: bool = True) -> None:
+        """Move everything the pipe holds into the file, without waiting for more.  Only
+        the thread (the ``owner``) closes the pipe: its poll still watches the fd."""
+        with out.lock:
+            while moved := self._move(out):
+                pass
+            if moved is None and owner:
+                self._close_output(out, locked=True)
+
+    @staticmethod
+    def _move(out: _Output) -> int | None:
+        """One chunk from the pipe into the file (lock held): bytes moved, 0 if none are
+        there now, None at the end of the pipe or after a failed write."""
+        if out.done or out.closed:
+            return None
         try:
             data = os.read(out.r, CHUNK)
         except BlockingIOError:
-            return not self._abandon  # abandoning: nothing more now is the end
+            return 0
         except OSError:
-            return False
-        if not data:
-            return False
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(out.dst, view):]
-        except OSError as e:
-            print(f"ww: cannot write the cell's {out.what} to its file: {e.strerror}",
-                  file=sys.stderr)
-            return False
-        return True
+            data = b""
+        if data:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(out.dst, view):]
+                return len(data)
+            except OSError as e:
+                print(f"ww: cannot write the cell's {out.what} to its file: {e.strerror}",
+                      file=sys.stderr)
+        out.done = True  # the cell's next write fails (EPIPE) once the pipe is closed
+        return None
+
+    @staticmethod
+    def _close_output(out: _Output, locked: bool = False) -> None:
+        with contextlib.nullcontext() if locked else out.lock:
+            if not out.closed:
+                out.closed = True
+                with contextlib.suppress(OSError):
+                    os.close(out.r)
+
+
+# The relays of cells running now, for flush_into().
+_live: list[Relay] = []
+
+
+def flush_into(fd: int) -> None:
+    """Before the host itself writes on ``fd`` (the console capability on stderr): move
+    what the cell has written so far to the same file, so the file keeps the order."""
+    if not _live:
+        return
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return
+    for relay in list(_live):
+        for out in list(relay._outputs.values()):
+            if out.file == (st.st_dev, st.st_ino):
+                relay._drain_now(out, owner=False)
