@@ -99,35 +99,119 @@ def test_a_directory_cannot_be_granted_with_fd(who, make_cell, tmp_path):
     assert r.stderr.count("\n") == 1 and "--fd" in r.stderr and "directory" in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="attack: /proc/self/fd/0 opens the file behind the "
-                   "cell's stdin again, with any mode the cell's host uid may use: for an "
-                   "unprivileged ww that uid owns the operator's files, so a read-only "
-                   "'< file' becomes writable; the fix needs stdio (and --fd grants) that are "
-                   "regular files handed to the cell through a pipe ww relays, or opened anew "
-                   "by nothing (an O_PATH-proof handle), not the host's own open file")
+# Every name under which the kernel reopens a file the process holds as fd N.
+REOPEN_NAMES = ["/proc/self/fd/{n}", "/dev/fd/{n}", "/proc/thread-self/fd/{n}"]
+
+
+def _owned_by_the_cells_host_uid(who, path) -> None:
+    """``path`` owned by the uid the cell has on the host: reopened, it would be the cell's."""
+    os.chown(path, *(who.ids if who.unprivileged else (65534, 65534)))
+    path.chmod(0o644)
+
+
 def test_stdin_from_a_file_cannot_be_opened_for_writing_through_proc_self_fd(who, make_cell,
                                                                             tmp_path):
-    if not who.unprivileged:
-        pytest.skip("as root the cell is nobody, who owns none of the operator's files")
+    """attack: /proc/self/fd/0 (or /dev/stdin, /dev/fd/0, /proc/thread-self/fd/0) opened
+    the file behind the cell's stdin anew, with any mode the cell's host uid may use: for
+    an unprivileged `ww` that uid owns the operator's files, so `ww run cell < file` let
+    the cell rewrite the file.  A read-only regular file now reaches the cell as a pipe."""
     data = tmp_path / "input.txt"
     data.write_text("the operator's data\n")
-    os.chown(data, *who.ids)
-    data.chmod(0o644)
-    cell = make_cell("""
+    _owned_by_the_cells_host_uid(who, data)
+    cell = make_cell(f"""
         import os
         print(os.read(0, 100).decode().strip(), flush=True)
-        try:
-            fd = os.open("/proc/self/fd/0", os.O_WRONLY | os.O_TRUNC)
-            os.write(fd, b"overwritten by the cell\\n")
-            print("wrote", flush=True)
-        except OSError as e:
-            print("refused", e.errno, flush=True)
+        for name in {REOPEN_NAMES + ["/dev/stdin"]!r}:
+            name = name.format(n=0)
+            for mode in (os.O_WRONLY | os.O_TRUNC, os.O_RDWR):
+                try:
+                    fd = os.open(name, mode)
+                    os.write(fd, b"overwritten by the cell\\n")
+                    print("wrote", name, flush=True)
+                except OSError as e:
+                    print("refused", e.errno, flush=True)
     """, shebang="#!/usr/bin/python3")
     with open(data, "rb") as stdin:
         r = who.run("run", cell, stdin=stdin)
     assert r.stdout.splitlines()[0] == "the operator's data", r.stderr
     assert data.read_text() == "the operator's data\n"
-    assert "refused" in r.stdout
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_log_given_as_append_only_stdout_cannot_be_read_back(who, make_cell, tmp_path):
+    """attack: `ww run cell >> log`: reopening /proc/self/fd/1 read-only read the whole
+    log, written before the cell by others.  A write-only file reaches the cell as a pipe
+    `ww run` drains into it: reopened, that pipe holds only what the cell wrote itself."""
+    log = tmp_path / "log.txt"
+    log.write_text("earlier secret line\n")
+    _owned_by_the_cells_host_uid(who, log)
+    cell = make_cell(f"""
+        import os, sys
+        seen = []
+        for name in {REOPEN_NAMES + ["/dev/stdout"]!r}:
+            name = name.format(n=1)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    seen.append(os.read(fd, 4096).decode(errors="replace"))
+                except BlockingIOError:
+                    pass
+            except OSError as e:
+                seen.append(f"refused {{e.errno}}")
+        print("seen:", repr(seen), file=sys.stderr, flush=True)
+        print("the cell's line", flush=True)
+    """, shebang="#!/usr/bin/python3")
+    with open(log, "a") as stdout:
+        r = who.run("run", cell, stdout=stdout, stderr=subprocess.PIPE, capture_output=False)
+    assert r.returncode == 0, r.stderr
+    assert "earlier secret" not in r.stderr, r.stderr
+    assert log.read_text() == "earlier secret line\nthe cell's line\n"
+
+
+def test_a_read_only_fd_grant_cannot_be_opened_for_writing(who, make_cell, tmp_path):
+    """attack: the same upgrade through `--fd NAME=N` of a file open read-only: fd 4
+    reopened for writing rewrote the operator's file."""
+    data = tmp_path / "granted.txt"
+    data.write_text("granted read-only\n")
+    _owned_by_the_cells_host_uid(who, data)
+    cell = make_cell(f"""
+        import os
+        print(os.read(4, 100).decode().strip(), flush=True)
+        for name in {REOPEN_NAMES!r}:
+            try:
+                fd = os.open(name.format(n=4), os.O_WRONLY | os.O_TRUNC)
+                os.write(fd, b"overwritten by the cell\\n")
+                print("wrote", name, flush=True)
+            except OSError as e:
+                print("refused", e.errno, flush=True)
+    """, shebang="#!/usr/bin/python3")
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        r = who.run("run", "--fd", f"data={fd}", cell, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert r.stdout.splitlines()[0] == "granted read-only", r.stderr
+    assert data.read_text() == "granted read-only\n"
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_o_path_handle_cannot_be_granted_with_fd(who, make_cell, tmp_path):
+    """attack: an O_PATH fd reads and writes nothing, but reopened through /proc/self/fd
+    it is the file with any mode: refused as a grant, usage error, exit 2, no cell."""
+    data = tmp_path / "handle.txt"
+    data.write_text("behind an O_PATH handle\n")
+    _owned_by_the_cells_host_uid(who, data)
+    cell = make_cell("""
+        print("ran", flush=True)
+    """, shebang="#!/usr/bin/python3")
+    fd = os.open(data, os.O_PATH)
+    try:
+        r = who.run("run", "--fd", f"h={fd}", cell, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert "ran" not in r.stdout
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--fd" in r.stderr and "O_PATH" in r.stderr
 
 
 def test_kill_minus_one_in_a_cell_spares_host_processes_of_its_own_host_uid(who, make_cell):
@@ -244,7 +328,8 @@ def test_a_cell_cannot_leave_a_lock_on_a_file_it_shares_with_the_host(who, make_
         fcntl.fcntl(1, {F_OFD_SETLK}, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
         print("locked", flush=True)
     """, shebang="#!/usr/bin/python3")
-    with open(log, "a") as shared:
+    # read-write: the cell holds the host's open file itself (write-only would be relayed)
+    with open(log, "a+") as shared:
         r = who.run("run", cell, stdout=shared, stderr=subprocess.PIPE, capture_output=False)
         assert r.returncode == 0, r.stderr
         with open(log, "a") as other:  # another program opening the log

@@ -13,13 +13,18 @@ import pytest
 from tests.conftest import WW, host_env, run_ww
 
 
-def test_stdio_is_the_hosts_own_fds_not_pipes(tmp_path):
+def test_stdio_that_is_a_read_write_file_is_the_hosts_own_fd_not_a_pipe(tmp_path):
+    """A file open read-write passes as it is (reopened, it gives no more than the fd);
+    one open read-only or write-only is relayed through a pipe (tests/host/test_relay.py)."""
     out = tmp_path / "out.txt"
-    with open(out, "w") as f:
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         rc = subprocess.run(
             [WW, "run", "/bin/sh", "-c", "stat -L -c %i /proc/self/fd/1; readlink /proc/self/fd/1"],
-            stdout=f, timeout=30,
+            stdout=fd, timeout=30,
         ).returncode
+    finally:
+        os.close(fd)
     assert rc == 0
     inode, target = out.read_text().split("\n")[:2]
     assert int(inode) == os.stat(out).st_ino
@@ -103,7 +108,7 @@ def test_host_fd_3_as_a_source_moves_to_4_while_rpc_keeps_3(tmp_path):
     script = (
         'cat <&4; echo; for n in 3 4; do readlink /proc/self/fd/$n | cut -d: -f1; done'
     )
-    with open(tmp_path / "three") as f:
+    with open(tmp_path / "three", "r+") as f:  # read-write: passed as it is, not relayed
         # Make the file the host's fd 3 inside the `ww` process.
         r = subprocess.run(
             [WW, "run", "--fd", "db=3", "/bin/sh", "-c", script],

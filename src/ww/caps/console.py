@@ -22,6 +22,12 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
         if len(line) > MAX_LINE:
             raise ValueError(f"console line too long ({len(line)} > {MAX_LINE} characters)")
         out = self._out or sys.stderr
+        if out is sys.stderr:
+            # What the cell wrote on its own stderr first reaches the file first, when
+            # that is a file ww relays for it.
+            from ww.host import relay
+
+            relay.flush_into(2)
         # One write per line so lines from concurrent cells do not interleave mid-line.
         out.write("[cell] " + line.replace("\n", "\\n") + "\n")
         out.flush()

@@ -2,7 +2,9 @@
 
 decisions.md (1) and (3): fd 3 is always the Cap'n Proto RPC socket; the operator's
 ``--fd name=fdnum`` flags land at fd 4, 5, ... in flag order, each announced to the cell
-as ``WW_FD_<NAME>=<n>``.  Nothing else is inherited: fds 0-2 are the host's own stdio.
+as ``WW_FD_<NAME>=<n>``.  Nothing else is inherited: fds 0-2 are the host's own stdio,
+except that a jailed cell gets a regular file open read-only or write-only (as stdio or
+a grant) through a pipe (:mod:`ww.host.relay`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
     """Validate every ``--fd`` flag and assign targets 4, 5, ... in order.
 
     Raises UsageError naming the offending flag for a malformed flag, a bad or duplicate
-    name (case-insensitive), a source fd that is not open in the host, or one that is a
-    directory (from which ``..`` reaches the whole file system).
+    name (case-insensitive), a source fd that is not open in the host, one that is a
+    directory (from which ``..`` reaches the whole file system), or an ``O_PATH`` handle.
     """
     grants: list[FdGrant] = []
     seen: dict[str, str] = {}
@@ -69,6 +71,11 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
             raise UsageError(f"{where}: fd {source} is a directory, which would give the cell "
                              "every file of the host it may read (through '..'), not just "
                              "that directory")
+        if fcntl.fcntl(source, fcntl.F_GETFL) & os.O_PATH:
+            # An O_PATH fd reads and writes nothing, but /proc/self/fd/N opens its file
+            # anew with any mode the cell's host uid may use.
+            raise UsageError(f"{where}: fd {source} is an O_PATH handle, which would let the "
+                             "cell open the file behind it for reading and writing")
         grants.append(FdGrant(name=name, source=source, target=FIRST_GRANTED_FD + i))
     return grants
 
@@ -93,3 +100,26 @@ def install_fds(rpc_fd: int, grants: list[FdGrant]) -> None:
         os.dup2(fd, target, inheritable=True)
     for fd in high:
         os.close(fd)
+
+
+def relay_mode(fd: int) -> str | None:
+    """``"read"`` or ``"write"`` if a jailed cell must get ``fd`` through a pipe
+    :mod:`ww.host.relay` fills or drains, else None (it passes as it is).
+
+    A regular file or block device open read-only or write-only: reopened through
+    ``/proc/self/fd``, it would give the cell any mode its host uid may use.  One open
+    read-write gives no more when reopened; other files reopen as themselves.
+    """
+    try:
+        st = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        return None
+    access = flags & os.O_ACCMODE
+    if access == os.O_RDONLY:
+        return "read"
+    if access == os.O_WRONLY:
+        return "write"
+    return None

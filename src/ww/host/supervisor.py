@@ -20,6 +20,7 @@ exists when it has nothing to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import re
@@ -149,8 +150,10 @@ class _Cell:
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
            extra: list[int], cwd: str | None, cgroup: Any = None,
-           drop: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with fd 3, the grants, and then ``extra`` fds right after the grants.
+           drop: Callable[[], None] | None = None,
+           stdio: tuple[int, int, int] = (0, 1, 2)) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with ``stdio``, fd 3, the grants, and then ``extra`` fds right after
+    the grants.
 
     ``extra`` are bubblewrap's own fds (its status pipe, the seccomp program, the strict
     helper's socket): bwrap_argv names them by the numbers they get here.  ``drop`` (when
@@ -182,6 +185,9 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
         return subprocess.Popen(
             argv,
             env=env,
+            stdin=None if stdio[0] == 0 else stdio[0],
+            stdout=None if stdio[1] == 1 else stdio[1],
+            stderr=None if stdio[2] == 2 else stdio[2],
             pass_fds=keep,
             close_fds=True,
             preexec_fn=child_setup,
@@ -298,6 +304,20 @@ def run(config: RunConfig) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
     terminals = _Terminals([0, 1, 2, *(g.source for g in config.grants)])
+    # Regular files reach a jailed cell as pipes (ww.host.relay): opened anew through
+    # /proc/self/fd, the file itself would give the cell any mode its host uid may use.
+    # Imported only then: `ww run /bin/true` on a terminal or /dev/null pays one fstat a fd.
+    relays = None
+    spawn_config, stdio = config, (0, 1, 2)
+    if config.jailed and any(fds.relay_mode(fd) for fd in [0, 1, 2, *(g.source for g in
+                                                                        config.grants)]):
+        from ww.host.relay import Relay
+
+        relays = Relay()
+        stdio = (relays.wrap(0, "stdin"), relays.wrap(1, "stdout"), relays.wrap(2, "stderr"))
+        spawn_config = dataclasses.replace(config, grants=[
+            dataclasses.replace(g, source=relays.wrap(g.source, f"--fd {g.name}"))
+            for g in config.grants])
     watchdog: limits.Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
@@ -307,10 +327,12 @@ def run(config: RunConfig) -> int:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
             cgroup = limits.cgroup_for(config.limits, config.jailed)
             limits.share_with_subcells(config.limits, cgroup)  # --with-exec: one budget
-            proc = _spawn(argv, config.env, cell_sock.fileno(), config, extra, workdir, cgroup,
-                          drop)
+            proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
+                          cgroup, drop, stdio)
         finally:
             cell_sock.close()
+            if relays is not None:
+                relays.start()  # our copies of the cell's ends closed first
             for fd in extra:
                 os.close(fd)
             if cgroup is not None:
@@ -335,6 +357,8 @@ def run(config: RunConfig) -> int:
             cell.forward(signum)
         _supervise(cell, host_sock, config,
                    lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
+        if relays is not None:
+            relays.finish()  # the cell has exited: all it wrote reaches its files
         if strict_thread is not None:
             strict_thread.join(_STRICT_DRAIN + 1)  # the listener outlives the cell's processes
         if watchdog is not None:
@@ -351,6 +375,8 @@ def run(config: RunConfig) -> int:
                           exit_code=EXIT_RESOURCE_LIMIT)
         return status
     finally:
+        if relays is not None:
+            relays.finish(drain=False)  # on an error: what the pipes hold now, no waiting
         if cgroup is not None:
             cgroup.remove()  # kills whatever of the cell is left first
         for s, handler in previous.items():

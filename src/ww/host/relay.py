@@ -1,0 +1,290 @@
+"""Files a jailed cell gets as stdio or ``--fd`` grants, handed over as pipes `ww run` relays.
+
+An fd is a capability only as far as the kernel checks its access mode.  For a regular
+file it does not: ``/proc/self/fd/N`` (also ``/dev/stdin``, ``/dev/fd/N``,
+``/proc/thread-self/fd/N``) opens the file behind fd N anew, with any mode the cell's
+host uid may use.  For an unprivileged `ww` that uid owns the operator's files, so a
+read-only ``< file`` would become writable and a write-only ``>> log`` readable.  A pipe
+opened anew is the same pipe, so the cell gets one instead:
+
+- a regular file (or block device) open **read-only**: a pipe `ww run` fills from the
+  file, reading at the file's offset; when the cell exits, the offset is left just past
+  what the cell read, as if it had read the file itself;
+- one open **write-only** (``>``, ``>>``): a pipe `ww run` drains into the file, through
+  the operator's own open file (its offset, ``O_APPEND``); fds of one file share a pipe,
+  so ``> out 2>&1`` keeps the order of the cell's writes, and the host drains a pipe
+  before it writes on the same file itself (:func:`flush_into`, the console on stderr);
+- one open **read-write** passes as it is: opened anew, it gives no mode the fd does not.
+
+Terminals, pipes, sockets and other character devices (``/dev/null``) pass as they are.
+A relayed fd cannot be seeked or mapped, and its file's locks are out of the cell's reach.
+
+The relay is one thread, started only when some fd needs it (``ww run /bin/true`` with
+its stdio on a terminal or ``/dev/null`` starts none).  It holds at most one chunk per
+fd, so a cell that never reads costs nothing but a full pipe.  When the cell has exited,
+:meth:`Relay.finish` stops feeding it and drains what it wrote to the end (every process
+of the jail is gone by then, so the end comes); the cell's exit status is not touched.
+A file that cannot be written (a full disk) is reported once on stderr, and the cell's
+next write to that fd fails with ``EPIPE``, as a broken pipe would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import sys
+import termios
+import threading
+from dataclasses import dataclass, field
+
+from ww.host.fds import relay_mode
+
+CHUNK = 1 << 16
+
+
+@dataclass
+class _Input:
+    src: int  # the host's open file
+    w: int  # the pipe's write end (ww's, non-blocking)
+    r: int  # a copy of its read end: how much the cell has not read yet
+    start: int  # the file's offset when the cell started (-1: not seekable)
+    sent: int = 0
+    buf: bytes = b""
+    closed: bool = False
+
+
+@dataclass
+class _Output:
+    dst: int  # the host's open file
+    r: int  # the pipe's read end (ww's, non-blocking)
+    what: str
+    file: tuple[int, int]  # (st_dev, st_ino) of dst
+    # Held while bytes move or r closes: the relay thread and flush_into() both drain.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: bool = False  # its end seen, or a write failed
+    closed: bool = False
+
+
+@dataclass
+class Relay:
+    """The pipes of one cell, and the thread that moves their bytes."""
+
+    _inputs: dict[int, _Input] = field(default_factory=dict)  # keyed by the pipe end polled
+    _outputs: dict[int, _Output] = field(default_factory=dict)
+    _cell_ends: list[int] = field(default_factory=list)
+    _by_file: dict[tuple[int, int], int] = field(default_factory=dict)
+    _thread: threading.Thread | None = None
+    _wake: tuple[int, int] | None = None
+    _abandon: bool = False
+
+    def wrap(self, fd: int, what: str) -> int:
+        """The fd the cell gets in place of the host's ``fd`` (``fd`` itself if it passes)."""
+        mode = relay_mode(fd)
+        if mode == "read":
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_CUR)
+            except OSError:
+                start = -1
+            self._inputs[w] = _Input(src=fd, w=w, r=os.dup(r), start=start)
+            self._cell_ends.append(r)
+            return r
+        if mode == "write":
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in self._by_file:
+                return self._by_file[key]
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            self._outputs[r] = _Output(dst=fd, r=r, what=what, file=key)
+            self._cell_ends.append(w)
+            self._by_file[key] = w
+            return w
+        return fd
+
+    @property
+    def active(self) -> bool:
+        return bool(self._inputs or self._outputs)
+
+    def start(self) -> None:
+        """Once the cell holds its ends: close ours and start moving bytes."""
+        for fd in self._cell_ends:
+            os.close(fd)
+        self._cell_ends = []
+        if not self.active:
+            return
+        self._wake = os.pipe()
+        _live.append(self)
+        self._thread = threading.Thread(target=self._run, name="ww-relay", daemon=True)
+        self._thread.start()
+
+    def finish(self, drain: bool = True) -> None:
+        """Stop feeding the cell; with ``drain``, write out all it wrote (the cell has
+        exited), else only what is in the pipes now.  Idempotent."""
+        for fd in self._cell_ends:  # the cell never started
+            os.close(fd)
+        self._cell_ends = []
+        if self._wake is None:
+            self._close_all()
+            return
+        self._abandon = not drain
+        with contextlib.suppress(OSError):
+            os.write(self._wake[1], b"x")
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(ValueError):
+            _live.remove(self)
+        for fd in self._wake:
+            os.close(fd)
+        self._wake = None
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for inp in self._inputs.values():
+            self._close_input(inp)
+        for out in self._outputs.values():
+            self._close_output(out)
+        self._inputs, self._outputs = {}, {}
+
+    def _run(self) -> None:
+        assert self._wake is not None
+        poller = select.poll()
+        poller.register(self._wake[0], select.POLLIN)
+        for w in self._inputs:
+            poller.register(w, select.POLLOUT)
+        for r in self._outputs:
+            poller.register(r, select.POLLIN)
+        inputs, outputs = dict(self._inputs), dict(self._outputs)
+        while inputs or outputs:
+            for fd, events in poller.poll():
+                if fd == self._wake[0]:
+                    poller.unregister(fd)
+                    for w, inp in inputs.items():
+                        poller.unregister(w)
+                        self._close_input(inp)
+                    inputs = {}
+                    if self._abandon:
+                        for out in outputs.values():
+                            self._drain_now(out)
+                        return
+                elif fd in inputs:
+                    if not self._feed(inputs[fd], events):
+                        poller.unregister(fd)
+                        self._close_input(inputs.pop(fd))
+                elif fd in outputs and not self._drain(outputs[fd]):
+                    poller.unregister(fd)
+                    outputs.pop(fd)
+
+    def _feed(self, inp: _Input, events: int) -> bool:
+        """Move one chunk from the file into the pipe; False when done with it."""
+        if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+            return False
+        if not inp.buf:
+            try:
+                if inp.start >= 0:
+                    inp.buf = os.pread(inp.src, CHUNK, inp.start + inp.sent)
+                else:
+                    inp.buf = os.read(inp.src, CHUNK)
+            except OSError as e:
+                if e.errno == errno.ESPIPE and inp.start >= 0:
+                    inp.start = -1
+                    return True
+                return False  # the cell sees the end of its input
+            if not inp.buf:
+                return False
+        try:
+            n = os.write(inp.w, inp.buf)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        inp.sent += n
+        inp.buf = inp.buf[n:]
+        return True
+
+    def _close_input(self, inp: _Input) -> None:
+        """Close the pipe and leave the file's offset just past what the cell read."""
+        if inp.closed:
+            return
+        inp.closed = True
+        if inp.start >= 0:
+            with contextlib.suppress(OSError):
+                unread = int.from_bytes(fcntl.ioctl(inp.r, termios.FIONREAD, bytes(4)),
+                                        sys.byteorder)
+                # (clamped: the cell may have written into its own stdin pipe)
+                os.lseek(inp.src, inp.start + max(0, inp.sent - unread), os.SEEK_SET)
+        for fd in (inp.w, inp.r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _drain(self, out: _Output) -> bool:
+        """Thread: move what the pipe holds now into the file; False at its end."""
+        with out.lock:
+            if self._move(out) is not None:
+                return True
+            self._close_output(out, locked=True)
+            return False
+
+    def _drain_now(self, out: _Output, owner: bool = True) -> None:
+        """Move everything the pipe holds into the file, without waiting for more.  Only
+        the thread (the ``owner``) closes the pipe: its poll still watches the fd."""
+        with out.lock:
+            while moved := self._move(out):
+                pass
+            if moved is None and owner:
+                self._close_output(out, locked=True)
+
+    @staticmethod
+    def _move(out: _Output) -> int | None:
+        """One chunk from the pipe into the file (lock held): bytes moved, 0 if none are
+        there now, None at the end of the pipe or after a failed write."""
+        if out.done or out.closed:
+            return None
+        try:
+            data = os.read(out.r, CHUNK)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            data = b""
+        if data:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(out.dst, view):]
+                return len(data)
+            except OSError as e:
+                print(f"ww: cannot write the cell's {out.what} to its file: {e.strerror}",
+                      file=sys.stderr)
+        out.done = True  # the cell's next write fails (EPIPE) once the pipe is closed
+        return None
+
+    @staticmethod
+    def _close_output(out: _Output, locked: bool = False) -> None:
+        with contextlib.nullcontext() if locked else out.lock:
+            if not out.closed:
+                out.closed = True
+                with contextlib.suppress(OSError):
+                    os.close(out.r)
+
+
+# The relays of cells running now, for flush_into().
+_live: list[Relay] = []
+
+
+def flush_into(fd: int) -> None:
+    """Before the host itself writes on ``fd`` (the console capability on stderr): move
+    what the cell has written so far to the same file, so the file keeps the order."""
+    if not _live:
+        return
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return
+    for relay in list(_live):
+        for out in list(relay._outputs.values()):
+            if out.file == (st.st_dev, st.st_ino):
+                relay._drain_now(out, owner=False)
