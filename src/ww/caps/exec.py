@@ -49,7 +49,9 @@ ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PR_SET_PDEATHSIG = 1
-KEPT_HOST_VARIABLES = ("WW_HOME",)  # the only WW_* variable a child `ww run` inherits
+# The only WW_* variables a child `ww run` inherits: the repository, and the operator's cap
+# on the size of /ipfs programs (ww.host.fetch), so the whole tree keeps it.
+KEPT_HOST_VARIABLES = ("WW_HOME", "WW_MAX_PROGRAM_SIZE")
 
 
 def ww_command() -> list[str]:
