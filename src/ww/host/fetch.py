@@ -24,7 +24,6 @@ from pathlib import Path
 from ww.errors import CommandNotFoundError, NotExecutableError, ResourceLimitError, UsageError
 from ww.ipfs.api import AddOptions, CoreAPI, EntryType, InvalidPathError, NotFoundError
 
-
 # The largest program fetched from IPFS without --fsize.  Its size is what three blocks a
 # peer serves may claim (terabytes), and a sub-cell's `ww run` would write all of it into
 # the exec cache on the host's disk; 1 GiB is far above any real program (a static binary
