@@ -123,8 +123,13 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
     def _deny(self, reason: str) -> Exception:
         return self._caller.deny("exec", "spawn", reason)
 
-    def _program(self, executable: str) -> str:
+    async def _program(self, executable: str) -> str:
         if executable.startswith("/ipfs/"):
+            # Running it makes the host fetch it: with IPFS narrowed to roots, only a program
+            # the cell could `cat`.  Without IPFS at all, exec implies fetching its programs.
+            if self._ipfs is not None and (reason := await self._ipfs.program_denied(executable)):
+                raise self._deny(f"{reason}; a sub-cell's /ipfs/ program must lie under this "
+                                 "cell's IPFS roots")
             return executable
         path = os.path.normpath(executable) if os.path.isabs(executable) else None
         if path is None or path not in self._exec.allow:
@@ -132,7 +137,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
                              "local path the operator allowed with --exec-allow)")
         return path
 
-    def _child_grants(self, grant: Any) -> GrantSet:
+    async def _child_grants(self, grant: Any) -> GrantSet:
         """What the child gets: never more than this login holds."""
         holds = {"console": self._grants.console, "ipfs": self._grants.ipfs is not None,
                  "exec": True}
@@ -142,8 +147,8 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         ipfs = None
         if grant.ipfs:
             assert self._ipfs is not None
-            scope = self._ipfs.narrowed("spawn", grant.ipfsReadOnly,
-                                        [str(r) for r in grant.ipfsRoots])
+            scope = await self._ipfs.narrowed_for_spawn(grant.ipfsReadOnly,
+                                                        [str(r) for r in grant.ipfsRoots])
             ipfs = IpfsGrant(scope.read_only, scope.roots)
         return GrantSet(console=bool(grant.console), ipfs=ipfs,
                         exec=self._exec if grant.exec else None)
@@ -152,11 +157,11 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
                     **kwargs: Any) -> None:
         if self._closed:
             raise ValueError("this cell's session is over")
+        program = await self._program(executable)
+        child = await self._child_grants(grant)
         self._children = {c for c in self._children if c.running}
         if len(self._children) >= MAX_CHILDREN:
             raise self._deny(f"{MAX_CHILDREN} sub-cells are already running; wait for one")
-        program = self._program(executable)
-        child = self._child_grants(grant)
         env_flags: list[str] = []
         for entry in env:
             name, sep, _ = str(entry).partition("=")

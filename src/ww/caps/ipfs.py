@@ -499,6 +499,19 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             resolved.append(canonical(self._api.resolve(root)))
         return scope.narrowed(read_only, resolved)
 
+    async def narrowed_for_spawn(self, read_only: bool, roots: list[str]) -> IpfsScope:
+        """:meth:`narrowed` for a sub-cell's grant, in the cell's worker threads."""
+        return await self._cell.run(self.narrowed, "spawn", read_only, roots)
+
+    async def program_denied(self, path: str) -> str | None:
+        """Why this capability may not have a sub-cell run the ``/ipfs/`` program ``path``,
+        or None.  The host fetches (so reads) the program for the cell: under roots it must
+        lie within them, as a ``cat`` must.  In the worker threads when it may walk."""
+        scope = self.scope
+        if scope is None or not scope.roots:
+            return None
+        return await self._cell.run(scope.path_denied, path)
+
     async def attenuate(self, readOnly: bool, roots: Any, _context: Any, **kwargs: Any) -> None:
         scope = await self._cell.run(self.narrowed, "attenuate", readOnly,
                                      [str(r) for r in roots])
