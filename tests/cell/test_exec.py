@@ -109,8 +109,8 @@ def test_a_parent_cannot_hand_down_more_than_it_holds(make_cell, ipfs_child, tmp
             child = s.exec.spawn("{program}", "{data}", "--write", ipfs=True)
             print("widened child exits", child.wait())
     """)
-    r = run_ww("run", "--with-ipfs", "--ipfs-read-only", "--ipfs-root", data, "--with-exec",
-               parent)
+    r = run_ww("run", "--with-ipfs", "--ipfs-read-only", "--ipfs-root", data, "--ipfs-root",
+               program, "--with-exec", parent)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
         "console denied: cannot hand down 'console', which this cell does not hold",
@@ -118,6 +118,55 @@ def test_a_parent_cannot_hand_down_more_than_it_holds(make_cell, ipfs_child, tmp
         "this capability is limited to",
         "widened child exits 65",
     ]
+
+
+def test_exec_cannot_run_an_ipfs_program_outside_the_cells_ipfs_roots(make_cell, tmp_path):
+    # attack: a cell whose IPFS is narrowed to some roots was denied `cat` of another CID,
+    # but spawned it as /ipfs/<cid>: the host fetched (read) and ran it for the cell.
+    secret = export(make_cell("echo secret ran\n", name="secret.sh", shebang="#!/bin/sh"))
+    mine = export(make_cell("echo mine ran\n", name="mine.sh", shebang="#!/bin/sh"))
+    parent = make_cell(f"""
+        import sys, ww.cell
+        with ww.cell.session() as s:
+            for label, path in [("cat", "{secret}"), ("spawn", "{secret}"),
+                                ("spawn", "{mine}")]:
+                try:
+                    if label == "cat":
+                        s.ipfs.cat(path)
+                        print(label, "allowed", flush=True)
+                    else:
+                        child = s.exec.spawn(path)
+                        print(label, child.stdout.read_all().decode().strip(), child.wait(),
+                              flush=True)
+                except (ww.cell.CapabilityDenied, ww.cell.CapabilityNotGranted) as e:
+                    print(label, "denied:", e, flush=True)
+            if sys.argv[1:] == ["--uncaught"]:
+                s.exec.spawn("{secret}")
+    """)
+    for flags in (["--ipfs-root", mine], ["--ipfs-root", mine, "--ipfs-read-only"]):
+        r = run_ww("--json", "run", "--with-ipfs", *flags, "--with-exec", parent)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == [
+            f"cat denied: capability denied: ipfs: cat: {secret} is outside the DAGs this "
+            "capability is limited to",
+            f"spawn denied: capability denied: exec: spawn: {secret} is outside the DAGs "
+            "this capability is limited to; a sub-cell's /ipfs/ program must lie under this "
+            "cell's IPFS roots",
+            "spawn mine ran 0"], (flags, r.stdout)
+        denied = [json.loads(x) for x in r.stderr.splitlines() if '"denied"' in x]
+        assert [(d["capability"], d["method"]) for d in denied] == [("ipfs", "cat"),
+                                                                    ("exec", "spawn")]
+        events = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+        assert [e["program"] for e in events if e["event"] == "spawn"] == [mine]
+    # Uncaught, the denial ends the cell as every denial does (exit 65).
+    r = run_ww("run", "--with-ipfs", "--ipfs-root", mine, "--with-exec", parent, "--uncaught")
+    assert r.returncode == 65, (r.stdout, r.stderr)
+    # Read-only without roots reads any CID, and with no IPFS at all exec is the grant to
+    # fetch and run /ipfs programs: both run it.
+    for flags in (["--with-ipfs", "--ipfs-read-only"], []):
+        r = run_ww("run", *flags, "--with-exec", parent)
+        assert r.returncode == 0, r.stderr
+        assert "spawn secret ran 0" in r.stdout.splitlines(), (flags, r.stdout)
 
 
 def test_local_programs_need_the_operators_allow_and_stdin_streams_in(make_cell):

@@ -84,6 +84,74 @@ def test_kill_9_of_ww_import_mid_car_import_leaves_the_repository_consistent(ww_
     assert r.returncode == 0 and "clean" in r.stdout, r.stdout
 
 
+def _import_temps(directory: Path) -> set[str]:
+    """The temp entries of imports in ``directory`` (files or directories, not symlinks)."""
+    import re
+
+    return {p.name for p in directory.iterdir() if not p.is_symlink()
+            and re.fullmatch(r"\..+\.ww-tmp-[0-9a-f]{12}", p.name)}
+
+
+def _import_caught_writing(cid: str, dest: Path) -> tuple[subprocess.Popen, str]:
+    """A `ww import` of ``cid`` to ``dest``, once its temp entry beside ``dest`` exists."""
+    before = _import_temps(dest.parent)
+    proc = subprocess.Popen([WW, "import", cid, str(dest)])
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            _import_temps(dest.parent) - before):
+        time.sleep(0.002)
+    assert proc.poll() is None, "the import ended before it was caught writing"
+    (temp,) = _import_temps(dest.parent) - before
+    return proc, temp
+
+
+def test_the_temp_copy_of_an_import_killed_by_sigkill_is_removed_by_the_next_import(tmp_path):
+    # attack (operator mistake, host fault): `ww import` killed with SIGKILL left its hidden
+    # `.<name>.ww-tmp-<random>` beside the destination forever.  Now the next import into
+    # that directory removes it, but not the temp of an import still running (here one
+    # stopped with SIGSTOP, holding its lock), nor anything not of its own making.
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2000):  # each file is written and fsynced alone: the import takes a while
+        (src / f"f{i:04}").write_bytes(hashlib.sha256(b"%d" % i).digest() * 128)
+    tree = run_ww("export", str(src)).stdout.strip()
+    (tmp_path / "small.txt").write_text("small\n")
+    small = run_ww("export", str(tmp_path / "small.txt")).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    others = {".notes.ww-tmp-notours": "kept", ".kept.ww-tmp-0123456789ab": None, ".other": "kept"}
+    (out / ".notes.ww-tmp-notours").write_text("kept")  # not our form of name
+    (out / ".other").write_text("kept")
+    os.symlink(src, out / ".kept.ww-tmp-0123456789ab")  # our form, but a symlink
+    killed, running = None, None
+    try:
+        killed, killed_temp = _import_caught_writing(tree, out / "killed")
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=10) == -signal.SIGKILL
+        assert killed_temp in _import_temps(out)  # left behind, as before
+        running, running_temp = _import_caught_writing(tree, out / "running")
+        running.send_signal(signal.SIGSTOP)
+        r = run_ww("import", small, str(out / "small.txt"))
+        assert r.returncode == 0, r.stderr
+        assert _import_temps(out) == {running_temp}, "the killed import's temp was not removed"
+        running.send_signal(signal.SIGCONT)
+        assert running.wait(timeout=120) == 0
+    finally:
+        for proc in (killed, running):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert (out / "small.txt").read_text() == "small\n"
+    assert len(os.listdir(out / "running")) == 2000
+    assert not (out / "killed").exists()
+    assert _import_temps(out) == set()
+    for name, text in others.items():
+        if text is None:
+            assert os.readlink(out / name) == str(src)
+        else:
+            assert (out / name).read_text() == text
+
+
 # --- concurrency -----------------------------------------------------------------------
 
 ADD_AND_READ = """

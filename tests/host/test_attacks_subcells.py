@@ -130,6 +130,68 @@ def test_ww_run_refuses_an_ipfs_program_larger_than_fsize(make_cell, ww_home):
     assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
 
 
+def _few_blocks_claiming_gibibytes(node, gib: int) -> tuple[str, int]:
+    """Like :func:`_few_blocks_claiming`, one level deeper: a shell script's first line, then
+    ``gib`` links to a node that links one 64 KiB leaf 16384 times (1 GiB); four blocks."""
+    from ww.ipfs import dagpb
+    from ww.ipfs.cid import CID
+
+    head = b"#!/bin/sh\necho ran\nexit 0\n"
+    leaf = CID.parse(_put_file_node(node, [], b"#" * 65536, ()))
+    gibibyte = CID.parse(_put_file_node(node, [dagpb.PBLink(leaf, b"", 65536)] * 16384, None,
+                                        (65536,) * 16384))
+    head_cid = CID.parse(_put_file_node(node, [], head, ()))
+    links = [dagpb.PBLink(head_cid, b"", len(head))] + [dagpb.PBLink(gibibyte, b"", 1 << 30)] * gib
+    cid = _put_file_node(node, links, None, (len(head),) + (1 << 30,) * gib)
+    return cid, len(head) + (gib << 30)
+
+
+def test_without_fsize_an_ipfs_program_larger_than_the_default_cap_is_not_fetched(
+        make_cell, ww_home):
+    # Four blocks a peer could serve say "4 GiB": without --fsize nothing bounded what
+    # `ww run` wrote into the exec cache.  The default cap (1 GiB) refuses it up front.
+    from ww.ipfs.node import EmbeddedNode
+
+    assert run_ww("export", make_cell("#!/bin/sh\n", name="seed.sh")).returncode == 0
+    with EmbeddedNode() as node:
+        program, size = _few_blocks_claiming_gibibytes(node, 4)
+        assert node.stat(f"/ipfs/{program}").size == size
+    r = run_ww("run", f"/ipfs/{program}", timeout=120)
+    assert (r.returncode, r.stdout) == (66, ""), r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"ww: resource limit: /ipfs/{program} is a program of {size} bytes, larger than "
+        "1G (the cap on programs fetched from IPFS); it was not fetched"]
+    assert not (ww_home / "exec-cache").is_dir() or not any((ww_home / "exec-cache").iterdir())
+
+
+def test_a_sub_cell_program_larger_than_the_operators_cap_is_not_fetched(make_cell, ww_home):
+    # No --fsize: the operator's WW_MAX_PROGRAM_SIZE (here 1M, so the test writes little)
+    # reaches the sub-cell's own `ww run`, which refuses the program before writing a byte.
+    from ww.ipfs.node import EmbeddedNode
+
+    assert run_ww("export", make_cell("#!/bin/sh\n", name="seed.sh")).returncode == 0
+    with EmbeddedNode() as node:
+        program, size = _few_blocks_claiming(node, 32 << 20)
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            child = s.exec.spawn("/ipfs/{program}")
+            print("status", child.wait(), child.stdout.read_all().decode().split(), flush=True)
+            print(child.stderr.read_all().decode(), end="", flush=True)
+    """)
+    r = run_ww("run", "--with-exec", parent, timeout=180,
+               env=dict(os.environ, WW_MAX_PROGRAM_SIZE="1M"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "status 66 []", f"ww: resource limit: /ipfs/{program} is a program of {size} "
+        "bytes, larger than 1M (WW_MAX_PROGRAM_SIZE); it was not fetched"], r.stdout
+    assert not (ww_home / "exec-cache").is_dir() or not any((ww_home / "exec-cache").iterdir())
+    # Within the cap, and --fsize lower than the cap names --fsize.
+    r = run_ww("run", "--fsize", "64K", f"/ipfs/{program}", timeout=120,
+               env=dict(os.environ, WW_MAX_PROGRAM_SIZE="1M"))
+    assert r.returncode == 66 and "(--fsize)" in r.stderr, r.stderr
+
+
 # B: starts sub-cells (sleepers) until the tree's budget says no or it has 8, then says so.
 STARTS_SLEEPERS = """
 import sys

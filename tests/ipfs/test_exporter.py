@@ -425,8 +425,9 @@ def test_a_symlink_planted_while_writing_is_not_clobbered_by_the_rename(
     write_temp = exporter._write_temp
 
     def write_then_plant(*args, **kwargs):  # type: ignore[no-untyped-def]
-        write_temp(*args, **kwargs)
+        written = write_temp(*args, **kwargs)
         os.symlink(victim, dest)  # another process, between the check and the rename
+        return written
 
     monkeypatch.setattr(exporter, "_write_temp", write_then_plant)
     root = node.add_path(make_tree(tmp_path / "src"))

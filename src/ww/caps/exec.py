@@ -49,7 +49,9 @@ ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PR_SET_PDEATHSIG = 1
-KEPT_HOST_VARIABLES = ("WW_HOME",)  # the only WW_* variable a child `ww run` inherits
+# The only WW_* variables a child `ww run` inherits: the repository, and the operator's cap
+# on the size of /ipfs programs (ww.host.fetch), so the whole tree keeps it.
+KEPT_HOST_VARIABLES = ("WW_HOME", "WW_MAX_PROGRAM_SIZE")
 
 
 def ww_command() -> list[str]:
@@ -121,8 +123,13 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
     def _deny(self, reason: str) -> Exception:
         return self._caller.deny("exec", "spawn", reason)
 
-    def _program(self, executable: str) -> str:
+    async def _program(self, executable: str) -> str:
         if executable.startswith("/ipfs/"):
+            # Running it makes the host fetch it: with IPFS narrowed to roots, only a program
+            # the cell could `cat`.  Without IPFS at all, exec implies fetching its programs.
+            if self._ipfs is not None and (reason := await self._ipfs.program_denied(executable)):
+                raise self._deny(f"{reason}; a sub-cell's /ipfs/ program must lie under this "
+                                 "cell's IPFS roots")
             return executable
         path = os.path.normpath(executable) if os.path.isabs(executable) else None
         if path is None or path not in self._exec.allow:
@@ -150,11 +157,11 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
                     **kwargs: Any) -> None:
         if self._closed:
             raise ValueError("this cell's session is over")
+        program = await self._program(executable)
+        child = await self._child_grants(grant)
         self._children = {c for c in self._children if c.running}
         if len(self._children) >= MAX_CHILDREN:
             raise self._deny(f"{MAX_CHILDREN} sub-cells are already running; wait for one")
-        program = self._program(executable)
-        child = await self._child_grants(grant)
         env_flags: list[str] = []
         for entry in env:
             name, sep, _ = str(entry).partition("=")

@@ -504,6 +504,15 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         roots' DAGs): the RPC loop serves the cell's other calls meanwhile."""
         return await self._cell.run(self.narrowed, method, read_only, roots)
 
+    async def program_denied(self, path: str) -> str | None:
+        """Why this capability may not have a sub-cell run the ``/ipfs/`` program ``path``,
+        or None.  The host fetches (so reads) the program for the cell: under roots it must
+        lie within them, as a ``cat`` must.  In the worker threads when it may walk."""
+        scope = self.scope
+        if scope is None or not scope.roots:
+            return None
+        return await self._cell.run(scope.path_denied, path)
+
     async def attenuate(self, readOnly: bool, roots: Any, _context: Any, **kwargs: Any) -> None:
         scope = await self.narrow("attenuate", readOnly, [str(r) for r in roots])
         self._caller.audit.emit("grant", capability="ipfs", peer=self._caller.peer,

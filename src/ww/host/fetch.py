@@ -9,8 +9,10 @@ re-derived: the embedded node has already checked every block of it against its 
 reading, and a kubo node's answer for it is refused as unverifiable.
 
 The size of a program is what its DAG says, and a few blocks linked over and over can say
-terabytes: with ``max_size`` (the run's ``--fsize``, which sub-cells inherit) a larger
-program is refused before a byte is written, and the writing stops should more arrive.
+terabytes: a program larger than :data:`MAX_PROGRAM_SIZE` (1 GiB; the operator's
+``WW_MAX_PROGRAM_SIZE``, which sub-cells' ``ww run`` keep, sets another), or than
+``max_size`` (the run's ``--fsize``, which sub-cells inherit) if that is lower, is refused
+before a byte is written, and the writing stops should more arrive.
 """
 
 from __future__ import annotations
@@ -21,6 +23,25 @@ from pathlib import Path
 
 from ww.errors import CommandNotFoundError, NotExecutableError, ResourceLimitError, UsageError
 from ww.ipfs.api import AddOptions, CoreAPI, EntryType, InvalidPathError, NotFoundError
+
+# The largest program fetched from IPFS without --fsize.  Its size is what three blocks a
+# peer serves may claim (terabytes), and a sub-cell's `ww run` would write all of it into
+# the exec cache on the host's disk; 1 GiB is far above any real program (a static binary
+# of a large Go or Rust service is well under 200 MiB) and still a size a disk can spare.
+MAX_PROGRAM_SIZE = 1 << 30
+MAX_PROGRAM_SIZE_ENV = "WW_MAX_PROGRAM_SIZE"  # another default (a size, as --fsize takes)
+
+
+def program_size_cap(fsize: int | None) -> tuple[int, str]:
+    """The size an ``/ipfs/`` program may have, and the flag or setting that says so."""
+    from ww.host.limits import parse_size
+
+    cap, why = MAX_PROGRAM_SIZE, "the cap on programs fetched from IPFS"
+    if text := os.environ.get(MAX_PROGRAM_SIZE_ENV):
+        cap, why = parse_size(text, MAX_PROGRAM_SIZE_ENV), MAX_PROGRAM_SIZE_ENV
+    if fsize is not None and fsize <= cap:
+        return fsize, "--fsize"
+    return cap, why
 
 
 def is_ipfs_path(command: str) -> bool:
@@ -53,18 +74,19 @@ def _verified(path: Path, cid: str) -> bool:
     return False
 
 
-def _too_large(ipfs_path: str, size: int | str, max_size: int) -> ResourceLimitError:
+def _too_large(ipfs_path: str, size: int | str, max_size: int, why: str) -> ResourceLimitError:
     from ww.host.limits import format_size
 
     return ResourceLimitError(
         f"resource limit: {ipfs_path} is a program of {size} bytes, larger than "
-        f"{format_size(max_size)} (--fsize); it was not fetched")
+        f"{format_size(max_size)} ({why}); it was not fetched")
 
 
 def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
     """The local path of the executable at ``ipfs_path``, fetching it if not cached.
 
-    A program larger than ``max_size`` bytes is refused (ResourceLimitError, exit 66).
+    A program larger than ``max_size`` bytes (``--fsize``), or than the default cap
+    (:func:`program_size_cap`), is refused (ResourceLimitError, exit 66).
 
     A bare ``/ipfs/<cid>`` is looked up in the cache before the backend is asked anything,
     so a cached program runs even when its blocks are gone or the network is.
@@ -75,6 +97,7 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
         parsed = parse_path(ipfs_path)
     except InvalidPathError as e:
         raise UsageError(str(e)) from None
+    max_size, why = program_size_cap(max_size)
     directory = cache_dir()
     if not parsed.segments:
         cached = directory / str(parsed.root)
@@ -92,8 +115,8 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
         if _verified(cached, cid):
             return str(cached)
         cached.unlink()  # tampered with, or stored with other add options: fetch again
-    if max_size is not None and stat.size > max_size:
-        raise _too_large(ipfs_path, stat.size, max_size)
+    if stat.size > max_size:
+        raise _too_large(ipfs_path, stat.size, max_size, why)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{cid}.", dir=directory)
     try:
@@ -101,8 +124,8 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
             written = 0
             for chunk in api.cat(cid):
                 written += len(chunk)
-                if max_size is not None and written > max_size:
-                    raise _too_large(ipfs_path, f"more than {written}", max_size)
+                if written > max_size:
+                    raise _too_large(ipfs_path, f"more than {written}", max_size, why)
                 out.write(chunk)
             out.flush()
             os.fchmod(out.fileno(), 0o555)

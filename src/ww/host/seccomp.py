@@ -27,7 +27,9 @@ Two modes:
   call would fail quietly instead of stopping the cell.
 
 ``clone3`` fails with ``ENOSYS`` in both modes (its flags are behind a pointer the filter
-cannot read), which makes the C library fall back to ``clone``, whose flags it can.
+cannot read), which makes the C library fall back to ``clone``, whose flags it can.  So do
+the inotify calls (``ABSENT``): a cell could take every inotify instance of its host uid, and
+watch the host's processes use the bound system files; ``ENOSYS`` makes programs poll.
 
 The program is written directly in classic BPF: no libseccomp, nothing to import.  Building
 it takes about 50 microseconds, less than reading it back from a cache file would (about
@@ -64,6 +66,17 @@ DENIED = (
     "migrate_pages", "move_pages",
     "lsm_get_self_attr", "lsm_set_self_attr", "lsm_list_modules",
 )  # fmt: skip
+
+# Calls that fail with ENOSYS in both modes, as if the kernel had no inotify (denied, but not
+# a violation under --strict: watching files is ordinary, and these programs have a fallback).
+# The kernel counts inotify instances per host uid across user namespaces (128 by default,
+# fs.inotify.max_user_instances), so a cell could take all of its host uid's and refuse
+# inotify to every other process of that uid; and the bound system files are the host's
+# inodes, so a watch on /usr/bin reports every command any host process runs.  ENOSYS, not
+# EPERM: it is what programs read as "this kernel has no inotify" and fall back to polling
+# quietly (coreutils' `tail -f` warns on any other errno, then polls).  inotify_rm_watch
+# needs an instance, so it is left alone; aarch64 has no inotify_init.
+ABSENT = ("inotify_init", "inotify_init1", "inotify_add_watch")
 
 # Calls denied for some values of one argument: name -> (argument index, how, values).
 # "deny": these values are denied; "allow": only these values are allowed.  Only the low
@@ -133,6 +146,7 @@ _ARCHES = {
         "lsm_list_modules": 461,
         "clone": 56, "clone3": 435, "seccomp": 317, "prctl": 157,
         "socket": 41, "ioctl": 16, "personality": 135,
+        "inotify_init": 253, "inotify_add_watch": 254, "inotify_init1": 294,
     }),
     # The generic table (asm-generic/unistd.h); aarch64 has no iopl/ioperm.
     "aarch64": _Arch(0xC00000B7, 0x40000028, False, {
@@ -156,6 +170,7 @@ _ARCHES = {
         "lsm_list_modules": 461,
         "clone": 220, "clone3": 435, "seccomp": 277, "prctl": 167,
         "socket": 198, "ioctl": 29, "personality": 92,
+        "inotify_init1": 26, "inotify_add_watch": 27,
     }),
 }  # fmt: skip
 
@@ -193,6 +208,7 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
     # Layout (each line one instruction; jumps are relative and forward only):
     #   ld arch; jeq native ? +1 : ->bad_abi
     #   ld nr; [jge X32 ->bad_abi]; jgt LAST_KNOWN ->enosys; jeq clone3 ->enosys;
+    #   jeq a_i ->enosys (for every call of ABSENT);
     #   jeq clone ? ->clone : +0
     #   jeq n_i ->deny   (for every denied number)
     #   jeq n ->n        (for every call checked by argument, BY_ARGUMENT and strict's)
@@ -219,6 +235,9 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
         op(_JGE_K, _X32_BIT, jt="bad_abi")
     op(_JGT_K, LAST_KNOWN, jt="enosys")
     op(_JEQ_K, arch.numbers["clone3"], jt="enosys")
+    for name in ABSENT:
+        if name in arch.numbers:
+            op(_JEQ_K, arch.numbers[name], jt="enosys")
     op(_JEQ_K, arch.numbers["clone"], jt="clone")
     for nr in numbers:
         op(_JEQ_K, nr, jt="deny")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import os
+import re
 import secrets
 import stat as stat_mod
 from collections.abc import Callable, Iterator
@@ -425,9 +427,11 @@ class _DirStack:
 
 
 def _write_leaf(
-    getter: BlockGetter, node: UnixfsNode, dir_fd: int, name: str, executable: bool
+    getter: BlockGetter, node: UnixfsNode, dir_fd: int, name: str, executable: bool,
+    created: Callable[[int], None] | None = None,
 ) -> None:
-    """Create the file or symlink ``name`` in ``dir_fd``; it must not exist."""
+    """Create the file or symlink ``name`` in ``dir_fd``; it must not exist.  ``created`` is
+    called with the new file's fd before anything is written (not for a symlink)."""
     if node.type is EntryType.SYMLINK:
         target = node.target
         why = ("is empty" if not target else "holds a NUL byte" if b"\0" in target
@@ -440,6 +444,8 @@ def _write_leaf(
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, mode, dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
+        if created is not None:
+            created(fd)
         for piece in cat(getter, node):
             f.write(piece)
         f.flush()
@@ -447,17 +453,21 @@ def _write_leaf(
 
 
 def _write_node(
-    getter: BlockGetter, node: UnixfsNode, dir_fd: int, name: str, executable: bool
+    getter: BlockGetter, node: UnixfsNode, dir_fd: int, name: str, executable: bool,
+    created: Callable[[int], None] | None = None,
 ) -> None:
     """Create ``name`` in ``dir_fd`` (it must not exist) from ``node``, depth first with an
-    explicit stack: a DAG of any depth is written with bounded recursion and open fds."""
+    explicit stack: a DAG of any depth is written with bounded recursion and open fds.
+    ``created`` is called with the fd of ``name`` (file or directory) once it exists."""
     if not node.is_directory:
-        _write_leaf(getter, node, dir_fd, name, executable)
+        _write_leaf(getter, node, dir_fd, name, executable, created)
         return
     os.mkdir(name, 0o777, dir_fd=dir_fd)
     dirs = _DirStack(dir_fd)
     try:
         dirs.enter(name)
+        if created is not None:
+            created(dirs.fd)
         # One frame per directory being written: its CID, its entries still to write, and
         # the names written so far (two entries with one name would write into each other).
         frames = [(node.cid, _dir_links(getter, node), set())]
@@ -535,6 +545,72 @@ def _remove(path: Path) -> None:
 
 def _temp_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.ww-tmp-{secrets.token_hex(6)}"
+
+
+# A temp sibling's name (above).  While an import writes one it holds an flock on it (the
+# file, or the directory); one whose lock can be taken belongs to no running import (one
+# killed with SIGKILL, say), and the next import into the same directory removes it.
+_TEMP_NAME = re.compile(r"\..+\.ww-tmp-[0-9a-f]{12}", re.DOTALL)
+
+
+_TEMP_TRIES = 100  # each lost only in the instant between creating and locking it
+
+
+class _Lost(Exception):
+    """The temp entry just made was removed before its lock was taken: make another."""
+
+
+def _locker(dir_fd: int, name: str, held: list[int]) -> Callable[[int], None]:
+    """``created`` for :func:`_write_node`: lock the new temp entry ``name`` for as long as
+    this import runs (a duplicate fd in ``held`` keeps the lock), and check it is still the
+    entry at ``name``: an import cleaning up may have taken it for stale in between."""
+
+    def created(fd: int) -> None:
+        lock = os.dup(fd)
+        held.append(lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a cleaner holds it only while it removes
+        st, now = os.fstat(lock), _lstat_at(dir_fd, name)
+        if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise _Lost(name)
+
+    return created
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _remove_stale_temps(dir_fd: int) -> None:
+    """Remove the temp entries of killed imports in ``dir_fd``: only names of our own form,
+    only a regular file or directory of this user, and only while holding its lock (so no
+    running import's); never a symlink or anything else.  Best effort: errors are ignored."""
+    try:
+        names = [n for n in os.listdir(dir_fd) if _TEMP_NAME.fullmatch(n)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError:
+            continue  # a symlink (ELOOP), gone, or not ours to read
+        try:
+            st = os.fstat(fd)
+            if (not (stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISDIR(st.st_mode))
+                    or st.st_uid != os.geteuid()):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a running import holds it
+            now = _lstat_at(dir_fd, name)
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                _remove_at(dir_fd, name)
+        finally:
+            os.close(fd)
 
 
 _RENAME_NOREPLACE = 1
@@ -621,12 +697,40 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Pa
         raise IpfsError(f"cannot write {_clip(where)}: {err.strerror}") from None
 
 
-def _write_temp(getter: BlockGetter, node: UnixfsNode, tmp: Path, executable: bool) -> None:
-    parent = os.open(tmp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _write_temp(getter: BlockGetter, node: UnixfsNode, dest: Path,
+                executable: bool) -> tuple[Path, int | None]:
+    """Write ``node`` to a new hidden temp sibling of ``dest``, locked while this import runs
+    (a symlink is not: it is made and renamed at once); first remove what killed imports
+    left in that directory.  Returns the temp's path and the fd holding its lock, to close
+    once the temp is renamed away or removed; on failure nothing of it is left."""
+    parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _write_node(getter, node, parent, tmp.name, executable)
+        _remove_stale_temps(parent)
+        for _ in range(_TEMP_TRIES):
+            tmp = _temp_sibling(dest)
+            held: list[int] = []
+            try:
+                _write_node(getter, node, parent, tmp.name, executable,
+                            _locker(parent, tmp.name, held))
+            except _Lost:
+                for fd in held:
+                    os.close(fd)
+                continue  # a cleaner removed it before it was locked: make another
+            except BaseException:
+                _remove_at(parent, tmp.name)
+                for fd in held:
+                    os.close(fd)
+                raise
+            return tmp, (held[0] if held else None)
+        raise IpfsError(f"cannot keep a temporary copy beside {dest}: other imports there "
+                        f"removed {_TEMP_TRIES} in a row before they were locked")
     finally:
         os.close(parent)
+
+
+def _unlock(lock: int | None) -> None:
+    if lock is not None:
+        os.close(lock)
 
 
 def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable: bool) -> Path:
@@ -656,9 +760,8 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
             raise IpfsError(
                 f"{dest} exists and is not a directory; cannot extract a directory into it"
             )
-        tmp = _temp_sibling(dest / "import")
+        tmp, lock = _write_temp(getter, node, dest / "import", executable)
         try:
-            _write_temp(getter, node, tmp, executable)
             names = sorted(os.listdir(tmp))
             for entry in names:
                 old = _lstat(dest / entry)
@@ -677,6 +780,8 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
         except BaseException:
             _remove(tmp)
             raise
+        finally:
+            _unlock(lock)
         return dest
     if st is not None and stat_mod.S_ISDIR(st.st_mode):
         dest = dest / name
@@ -698,9 +803,8 @@ def _write_and_rename(
 ) -> None:
     """Write ``node`` to a temp sibling of ``dest``, then move it into place: over a regular
     file if ``replace``, else only where nothing exists."""
-    tmp = _temp_sibling(dest)
+    tmp, lock = _write_temp(getter, node, dest, executable)
     try:
-        _write_temp(getter, node, tmp, executable)
         if replace:
             _move_into_place(tmp, dest)
         else:
@@ -708,6 +812,8 @@ def _write_and_rename(
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        _unlock(lock)
 
 
 def _rename_new(src: Path, dst: Path) -> None:
