@@ -222,3 +222,40 @@ def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
         host.close()
     finally:
         node.stop()
+
+
+def test_a_burst_of_connections_from_one_peer_gets_no_more_than_its_share() -> None:
+    """Connections from one peer that arrive together (each is handed to the loop by the
+    libp2p thread as its stream opens): the old check counted only connections already set
+    up, and every one of a burst passed it before any was, past MAX_INBOUND_PER_PEER."""
+    import asyncio
+
+    from ww.p2p.protocol import MAX_INBOUND_PER_PEER, Exports
+
+    burst = MAX_INBOUND_PER_PEER + 4
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(object())  # something exported: its calls are never made here
+        pairs = [socket.socketpair() for _ in range(burst)]
+        tasks = [asyncio.ensure_future(exports._serve(ours, "12D3KooWBurst"))
+                 for ours, _ in pairs]
+        try:
+            for _ in range(100_000):  # a bound against a hang only; each turn yields
+                if sum(t.done() for t in tasks) + len(exports._servers) == burst:
+                    break
+                await asyncio.sleep(0.001)
+            assert len(exports._servers) == MAX_INBOUND_PER_PEER
+            refused = [theirs for (_, theirs), task in zip(pairs, tasks, strict=True)
+                       if task.done()]
+            assert len(refused) == burst - MAX_INBOUND_PER_PEER
+            for theirs in refused:
+                theirs.settimeout(30)
+                assert theirs.recv(1) == b""  # closed by the host
+        finally:
+            exports.close_all()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for _, theirs in pairs:
+                theirs.close()
+
+    asyncio.run(capnp.run(main()))
