@@ -91,6 +91,9 @@ class Exports:
         self._starting.append(peer)
         try:
             stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        except Exception:  # it could not be set up: nothing to serve, nobody to tell
+            sock.close()
+            return
         except BaseException:
             sock.close()
             raise
