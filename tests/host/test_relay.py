@@ -181,3 +181,24 @@ def test_console_lines_and_the_cells_own_stderr_keep_their_order_in_a_file(tmp_p
              for line in err.read_text().splitlines()]
     expected = [x for i in range(100) for x in (f"own {i}", f"[cell] console {i}")]
     assert lines == expected
+
+
+def test_the_offset_counts_what_the_cell_read_after_the_relay_reached_the_files_end(
+        tmp_path):
+    """A small file is all in the pipe, and its end seen by the relay, before the cell reads
+    a byte: the offset is still worked out when the cell has exited, not at that end."""
+    data = tmp_path / "in.txt"
+    data.write_bytes(b"all of it\n")
+    # The cell waits until the relay has closed the pipe (POLLHUP: no writer left), then
+    # reads what the pipe holds.
+    script = ("import os, select, sys\n"
+              "p = select.poll(); p.register(0, select.POLLIN)\n"
+              "while not any(e & select.POLLHUP for _, e in p.poll()): pass\n"
+              "sys.stdout.buffer.write(os.read(0, 100))\n")
+    with open(data, "rb") as stdin:
+        r = subprocess.run([WW, "run", "/usr/bin/python3", "-c", script], stdin=stdin,
+                           capture_output=True, timeout=60)
+        offset = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"all of it\n"
+    assert offset == len(b"all of it\n")

@@ -170,3 +170,92 @@ def test_one_peer_with_many_idle_streams_does_not_shut_the_door(exporter, peer) 
     finally:
         for sock in socks:
             sock.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    sock.settimeout(60)  # a bound against a hang only
+    data = b""
+    while len(data) < n:
+        piece = sock.recv(n - len(data))
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
+        tmp_path: Path, peer, monkeypatch) -> None:
+    """A peer pipelines one call past MAX_CALLS, its next message split across writes.  The
+    host takes longer than MESSAGE_GRACE to answer the first call (the slowness is the
+    host's here, so the wait stands for it): the held call then passes, and the rest of the
+    next message, sent as soon as the answer arrives, follows it.  The old splice timed that
+    message from before the wait and reset the stream at once."""
+    import queue
+    import time
+
+    from ww.ipfs.identity import load_or_create
+    from ww.p2p.host import Node
+
+    monkeypatch.setattr(bridge, "MESSAGE_GRACE", 2.0)
+    accepted: queue.Queue[socket.socket] = queue.Queue()
+    node = Node(load_or_create(tmp_path / "host"), listen=["/ip4/127.0.0.1/tcp/0"],
+                announce=False, warn=lambda message: None)
+    node.serve(lambda sock, peer_id: accepted.put(sock))
+    node.start()
+    try:
+        remote = peer.open(node.addrs[0]).result(30)
+        host = accepted.get(timeout=30)
+        calls = [echo(q, "a") for q in range(bridge.MAX_CALLS + 1)]
+        finish = rpc.Message.new_message()
+        finish.init("finish").questionId = 0
+        last = finish.to_bytes()  # not a call: nothing holds it back
+        remote.sendall(b"".join(calls) + last[:8])
+        passed = b"".join(calls[:bridge.MAX_CALLS])
+        assert _recv_exactly(host, len(passed)) == passed
+        time.sleep(2.5 * bridge.MESSAGE_GRACE)  # the host is slow to answer
+        host.sendall(a_return(0))
+        assert _recv_exactly(remote, len(a_return(0))) == a_return(0)
+        remote.sendall(last[8:])  # the peer goes on at once
+        rest = calls[bridge.MAX_CALLS] + last
+        assert _recv_exactly(host, len(rest)) == rest
+        remote.close()
+        host.close()
+    finally:
+        node.stop()
+
+
+def test_a_burst_of_connections_from_one_peer_gets_no_more_than_its_share() -> None:
+    """Connections from one peer that arrive together (each is handed to the loop by the
+    libp2p thread as its stream opens): the old check counted only connections already set
+    up, and every one of a burst passed it before any was, past MAX_INBOUND_PER_PEER."""
+    import asyncio
+
+    from ww.p2p.protocol import MAX_INBOUND_PER_PEER, Exports
+
+    burst = MAX_INBOUND_PER_PEER + 4
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(object())  # something exported: its calls are never made here
+        pairs = [socket.socketpair() for _ in range(burst)]
+        tasks = [asyncio.ensure_future(exports._serve(ours, "12D3KooWBurst"))
+                 for ours, _ in pairs]
+        try:
+            for _ in range(100_000):  # a bound against a hang only; each turn yields
+                if sum(t.done() for t in tasks) + len(exports._servers) == burst:
+                    break
+                await asyncio.sleep(0.001)
+            assert len(exports._servers) == MAX_INBOUND_PER_PEER
+            refused = [theirs for (_, theirs), task in zip(pairs, tasks, strict=True)
+                       if task.done()]
+            assert len(refused) == burst - MAX_INBOUND_PER_PEER
+            for theirs in refused:
+                theirs.settimeout(30)
+                assert theirs.recv(1) == b""  # closed by the host
+        finally:
+            exports.close_all()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for _, theirs in pairs:
+                theirs.close()
+
+    asyncio.run(capnp.run(main()))

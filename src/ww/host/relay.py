@@ -174,7 +174,7 @@ class Relay:
                 elif fd in inputs:
                     if not self._feed(inputs[fd], events):
                         poller.unregister(fd)
-                        self._close_input(inputs.pop(fd))
+                        self._end_input(inputs.pop(fd))
                 elif fd in outputs and not self._drain(outputs[fd]):
                     poller.unregister(fd)
                     outputs.pop(fd)
@@ -206,6 +206,16 @@ class Relay:
         inp.buf = inp.buf[n:]
         return True
 
+    @staticmethod
+    def _end_input(inp: _Input) -> None:
+        """The file's end (or a read error): close the pipe's write end, so the cell sees
+        the end once it has read what the pipe holds.  The offset waits for
+        :meth:`_close_input`: the cell may not have read those bytes yet."""
+        if inp.w >= 0:
+            with contextlib.suppress(OSError):
+                os.close(inp.w)
+            inp.w = -1
+
     def _close_input(self, inp: _Input) -> None:
         """Close the pipe and leave the file's offset just past what the cell read."""
         if inp.closed:
@@ -217,9 +227,9 @@ class Relay:
                                         sys.byteorder)
                 # (clamped: the cell may have written into its own stdin pipe)
                 os.lseek(inp.src, inp.start + max(0, inp.sent - unread), os.SEEK_SET)
-        for fd in (inp.w, inp.r):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._end_input(inp)
+        with contextlib.suppress(OSError):
+            os.close(inp.r)
 
     def _drain(self, out: _Output) -> bool:
         """Thread: move what the pipe holds now into the file; False at its end."""

@@ -198,12 +198,18 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
                 which, ident = kind
                 keep = which in (_CALL, _BOOTSTRAP) and ident not in held
                 if keep:
-                    # Answers (to the host's own calls) still pass while calls wait.
+                    # Nothing behind this call is read meanwhile, answers to the host's own
+                    # calls included (KJ's flow limit has the same caveat): a call the host
+                    # answers only after the remote answers one of its calls waits for ever
+                    # once MAX_CALLS such calls are held.
                     while len(held) >= MAX_CALLS:
                         event = answered
                         await event.wait()
                 await send(memoryview(buf)[:size])
                 del buf[:size]
+                # The next message's clock starts now: the time this one waited for the
+                # host (to take it, or to answer a call) is not the remote's.
+                began = trio.current_time()
                 if keep:
                     held[ident] = size  # still counted, until our answer leaves
                 else:

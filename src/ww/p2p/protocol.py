@@ -56,6 +56,7 @@ class Exports:
         self._loop: asyncio.AbstractEventLoop | None = None
         # (server, socket) -> the remote peer id, oldest first
         self._servers: dict[tuple[Any, socket.socket], str] = {}
+        self._starting: list[str] = []  # the peer ids of connections being set up
 
     def set(self, service: Any) -> None:
         """Export ``service`` (a client); ``None`` withdraws the export."""
@@ -75,14 +76,32 @@ class Exports:
         """Serve one remote connection.  No peer holds the door shut: one peer id has at most
         :data:`MAX_INBOUND_PER_PEER` connections, and when all :data:`MAX_INBOUND` are taken
         a newcomer replaces the oldest connection of the peer holding the most."""
-        held = list(self._servers.values())
+        # Those being set up count too: a burst all passes the check before one is set up.
+        held = [*self._servers.values(), *self._starting]
         if self.current is None or held.count(peer) >= MAX_INBOUND_PER_PEER:
             sock.close()
             return
         if len(held) >= MAX_INBOUND:
-            most = max(held, key=held.count)
+            serving = list(self._servers.values())
+            if not serving:  # every place is being set up: nothing to replace yet
+                sock.close()
+                return
+            most = max(serving, key=held.count)
             self._close(next(e for e, p in self._servers.items() if p == most))
-        stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        self._starting.append(peer)
+        try:
+            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        except Exception:  # it could not be set up: nothing to serve, nobody to tell
+            sock.close()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self._starting.remove(peer)
+        if self.current is None:  # withdrawn meanwhile (close_all did not see this one)
+            sock.close()
+            return
         server = capnp.TwoPartyServer(stream, bootstrap=GatewayServer(self))
         entry = (server, sock)
         self._servers[entry] = peer
