@@ -259,3 +259,69 @@ def test_a_burst_of_connections_from_one_peer_gets_no_more_than_its_share() -> N
                 theirs.close()
 
     asyncio.run(capnp.run(main()))
+
+
+class _DeafStream:
+    """A stand-in for a libp2p stream (named as such: the peer's Yamux window closing is what
+    it stands for) whose peer sends one call and then never takes a byte of the answer."""
+
+    def __init__(self, first: bytes) -> None:
+        import trio
+
+        self._first: bytes | None = first
+        self.reset_called = False
+        self._never = trio.Event()
+
+    async def read(self, n: int) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        await self._never.wait()  # the peer sends nothing more, and does not hang up
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        await self._never.wait()  # its window stays shut
+
+    async def close_write(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        self.reset_called = True
+
+
+def test_a_peer_that_never_takes_its_answers_is_cut_off_and_its_calls_uncounted(
+        monkeypatch) -> None:
+    """A peer whose held calls fill the node's budget and which then stops taking the
+    answers used to keep every peer's streams waiting for as long as it stayed connected."""
+    import trio
+
+    monkeypatch.setattr(bridge, "MESSAGE_GRACE", 0.5)
+    call = echo(1, "q" * 1000)
+    budget = bridge.Budget()
+    stream = _DeafStream(call)
+    host_end, ours = socket.socketpair()
+
+    async def host() -> None:  # takes the call and answers it, as the cell's host does
+        tsock = trio.socket.from_stdlib_socket(host_end)
+        got = b""
+        while len(got) < len(call):
+            got += await tsock.recv(65536)
+        assert bridge.classify(got) == (bridge._CALL, 1)
+        assert budget.used == len(call)  # held until the answer leaves
+        await tsock.send(a_return(1))
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host)
+            with trio.fail_after(60):  # only stops a hang: the splice ends by itself
+                await bridge.splice(stream, ours, budget)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    host_end.close()
+    assert stream.reset_called
+    assert budget.used == 0

@@ -248,7 +248,11 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
                         skip = size - len(buf)
                         buf.clear()
                         break
-            await stream.write(data)  # type: ignore[attr-defined]
+            # A peer that stops taking our answers would keep its calls counted in the
+            # node's budget (and so every peer's streams waiting) for as long as it stays
+            # connected: its answers too must move at MIN_RATE, after MESSAGE_GRACE.
+            with trio.fail_after(MESSAGE_GRACE + len(data) / MIN_RATE):
+                await stream.write(data)  # type: ignore[attr-defined]
 
     try:
         async with trio.open_nursery() as nursery:
