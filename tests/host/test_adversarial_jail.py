@@ -13,8 +13,6 @@ import os
 import struct
 import subprocess
 
-import pytest
-
 # A cell that takes kernel objects the kernel counts per host uid until it is refused,
 # says how many it holds, and keeps them until its stdin closes.
 HOARD = r"""
