@@ -35,6 +35,7 @@ import errno
 import fcntl
 import os
 import select
+import struct
 import sys
 import termios
 import threading
@@ -239,12 +240,17 @@ class Relay:
             self._close_output(out, locked=True)
             return False
 
-    def _drain_now(self, out: _Output, owner: bool = True) -> None:
-        """Move everything the pipe holds into the file, without waiting for more.  Only
-        the thread (the ``owner``) closes the pipe: its poll still watches the fd."""
+    def _drain_now(self, out: _Output, owner: bool = True, limit: int | None = None) -> None:
+        """Move everything the pipe holds into the file, without waiting for more (with
+        ``limit``: about that many bytes at most).  Only the thread (the ``owner``) closes
+        the pipe: its poll still watches the fd."""
         with out.lock:
-            while moved := self._move(out):
-                pass
+            total, moved = 0, 0
+            while limit is None or total < limit:
+                moved = self._move(out)
+                if not moved:
+                    break
+                total += moved
             if moved is None and owner:
                 self._close_output(out, locked=True)
 
@@ -297,4 +303,11 @@ def flush_into(fd: int) -> None:
     for relay in list(_live):
         for out in list(relay._outputs.values()):
             if out.file == (st.st_dev, st.st_ino):
-                relay._drain_now(out, owner=False)
+                # What is there now, not what a cell writing flat out adds meanwhile: this
+                # runs on the RPC loop, which must not be held for as long as the cell likes.
+                try:
+                    pending = struct.unpack("i", fcntl.ioctl(out.r, termios.FIONREAD,
+                                                             b"\0\0\0\0"))[0]
+                except OSError:
+                    continue  # closed meanwhile: the thread has drained it
+                relay._drain_now(out, owner=False, limit=pending)
