@@ -8,6 +8,7 @@ calls, and cancelling it stops the backend's work.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import random
 import socket
@@ -343,3 +344,71 @@ def test_with_kubo_a_bare_peer_id_is_refused_before_kubo_hears_of_it(make_cell, 
         assert not kubo.cat_received.is_set()  # swarm/connect never reached kubo
     finally:
         kubo.close()
+
+
+HALF_LOCAL_CELL = """
+import asyncio, sys, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        async def read_all():
+            return b"".join([p async for p in s.ipfs.cat_stream(sys.argv[1])])
+        cat = asyncio.ensure_future(read_all())
+        await asyncio.sleep(0)  # the reads are sent
+        print("cat sent", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await s.console.ping(b"are you there")
+        print("ping answered, cat pending:", not cat.done(), flush=True)
+        cat.cancel()
+
+asyncio.run(main())
+"""
+
+
+def test_a_read_served_on_the_loop_goes_to_a_worker_where_a_block_is_missing(
+        make_cell, tmp_path):
+    """The embedded node's reads are served on the RPC loop from the repository; where a
+    block is missing (here: the file's third leaf, which only a silent peer has) the reader
+    goes to a worker thread, so the cell's other calls are answered while it waits."""
+    pytest.importorskip("libp2p")
+    from ww.ipfs.cid import CID
+    from ww.ipfs.node import EmbeddedNode
+
+    data = random.Random(7).randbytes(4 * 256 * 1024)
+    peer = EmbeddedNode(tmp_path / "peer")
+    try:
+        cid = peer.add_stream([data])
+        info = peer.listen(["/ip4/127.0.0.1/tcp/0"])
+        engine = peer._net._engine  # type: ignore[union-attr]
+        asked = threading.Event()
+
+        def silent(peer_id, entries, full=False):  # a peer that never answers
+            asked.set()
+
+        engine._serve = silent  # type: ignore[method-assign]
+        home = tmp_path / "home"
+        here = EmbeddedNode(home)
+        root = CID.parse(cid)
+        blocks = [root, *[link.cid for link in peer._node(f"/ipfs/{cid}").links[:2]]]
+        for c in blocks:  # the root and the first two leaves are local, the rest is not
+            here._blocks.put(c, (peer._blocks.get(c),))
+        here.close()
+        proc = subprocess.Popen(
+            [WW, "run", "--with-ipfs", "--with-console", "--peer", info.addresses[0],
+             make_cell(HALF_LOCAL_CELL), f"/ipfs/{cid}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "WW_HOME": str(home)})
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+        try:
+            assert lines.get(timeout=60) == "cat sent\n"
+            assert asked.wait(60), "the reader never asked the peer for the missing leaf"
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert lines.get(timeout=60) == "ping answered, cat pending: True\n"
+            assert proc.wait(60) == 0, proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        peer.close()

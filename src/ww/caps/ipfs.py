@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from ww.caps.denied import NOBODY, Caller
 from ww.caps.ipfs_scope import IpfsScope, canonical
 from ww.ipfs.api import (
+    WOULD_WAIT,
     AddOptions,
     CallCancelled,
     CancelToken,
@@ -53,6 +54,7 @@ from ww.ipfs.api import (
     PeerInfo,
     Stat,
     cancellable,
+    local_only,
 )
 from ww.schema import load
 
@@ -356,16 +358,22 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
 class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
     """Serves ``read(count)`` from the backend's chunk iterator.
 
-    The iterator is advanced in the cell's worker threads, one job at a time, each fetching
-    up to READ_AHEAD bytes ahead of the cell's reads, so that the next pieces are read and
-    verified while the loop sends the last ones.  Reads are answered in the order they arrive
-    (a fair lock); a cancelled read cancels the reader (its position would be unknown).
+    With a backend whose reads can stop short of the network (``local``: the embedded node,
+    see :func:`ww.ipfs.api.local_only`), a read is served on the loop from the repository,
+    one read's worth at a time (at most MAX_READ of verified local blocks), and only where a
+    block is missing does the reader go to the worker threads.  Otherwise the iterator is
+    advanced in the cell's worker threads, one job at a time, each fetching up to READ_AHEAD
+    bytes ahead of the cell's reads, so that the next pieces are read and verified while the
+    loop sends the last ones.  Reads are answered in the order they arrive (a fair lock); a
+    cancelled read cancels the reader (its position would be unknown).
     """
 
-    def __init__(self, cell: _Cell, chunks: Iterator[bytes], token: CancelToken) -> None:
+    def __init__(self, cell: _Cell, chunks: Iterator[bytes], token: CancelToken,
+                 local: bool = False) -> None:
         self._cell = cell
         self._chunks = chunks
         self._token = token
+        self._local = local
         self._ready: collections.deque[memoryview] = collections.deque()
         self._buffered = 0
         self._eof = False
@@ -374,16 +382,34 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         self._order = asyncio.Lock()
 
     def _fetch(self, want: int) -> tuple[list[bytes], bool]:
-        """In a worker: the next pieces, ``want`` bytes or more, and whether that is the end."""
+        """The next pieces, ``want`` bytes or more, and whether that is the end: in a worker,
+        or on the loop under local_only(), where it stops early at a block it would wait for."""
         got: list[bytes] = []
         size = 0
         while size < want:
             chunk = next(self._chunks, None)
             if chunk is None:
                 return got, True
+            if chunk is WOULD_WAIT:
+                break
             got.append(chunk)
             size += len(chunk)
         return got, False
+
+    def _fetch_here(self, want: int) -> bool:
+        """On the loop, from the repository alone: whether ``want`` bytes (or the end) came."""
+        try:
+            with local_only():
+                chunks, self._eof = self._fetch(want)
+        except Exception as e:  # the stream's error: raised by the read that reaches it
+            self._error = e
+            return True
+        got = 0
+        for chunk in chunks:
+            self._ready.append(memoryview(chunk))
+            got += len(chunk)
+        self._buffered += got
+        return self._eof or got >= want
 
     def _fill(self, count: int) -> asyncio.Future[None]:
         """The job fetching ahead, started if none runs."""
@@ -431,12 +457,16 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
                     if self._error is not None:
                         raise self._error
                     self._token.check()
+                    if (self._local and self._filling is None
+                            and self._fetch_here(count - self._buffered)):
+                        continue
                     await asyncio.shield(self._fill(count))
             except asyncio.CancelledError:
                 self._token.cancel()
                 raise
             data = self._take(count)
-            if not self._eof and self._error is None and self._buffered < READ_AHEAD:
+            if (not self._local and not self._eof and self._error is None
+                    and self._buffered < READ_AHEAD):
                 self._fill(count)  # read on while the loop sends this
             return data
 
@@ -559,7 +589,8 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
         token = self._cell.token()  # the reader's: its reads run under it
         chunks = await self._cell.run(open_, token=token)
-        _context.results.reader = ReaderServer(self._cell, chunks, token)
+        _context.results.reader = ReaderServer(self._cell, chunks, token,
+                                               local=self._api.local_reads)
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("ls", path)

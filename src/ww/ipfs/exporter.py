@@ -29,6 +29,7 @@ from pathlib import Path
 from . import dagpb, unixfs
 from ._murmur3 import murmur3_64
 from .api import (
+    WOULD_WAIT,
     CorruptBlockError,
     Entry,
     EntryType,
@@ -38,6 +39,7 @@ from .api import (
     NotFoundError,
     Stat,
     UnsupportedError,
+    WouldWait,
 )
 from .cid import CID, RAW
 from .path import IpfsPath, parse_path
@@ -293,7 +295,13 @@ def _read(
             stack.pop()
         elif isinstance(item, tuple):
             cid, child_start, child_end, size = item
-            stack.append(_pieces(load(getter, cid), child_start, child_end, size))
+            while True:
+                try:
+                    child = load(getter, cid)
+                    break
+                except WouldWait:  # only under api.local_only(): resumed, it tries again
+                    yield WOULD_WAIT
+            stack.append(_pieces(child, child_start, child_end, size))
         else:
             yield item
 

@@ -359,6 +359,7 @@ class KuboClient:
     """
 
     guards_dials = False  # kubo dials a peer's known addresses with its own filters only
+    local_reads = False  # every read is an HTTP response, which may wait
 
     def __init__(
         self,

@@ -34,6 +34,8 @@ from .api import (
     NotFoundError,
     PeerInfo,
     Stat,
+    WouldWait,
+    is_local_only,
 )
 from .blockstore import Blockstore
 from .cid import CID, DAG_PB
@@ -58,6 +60,7 @@ class EmbeddedNode:
     """An offline IPFS node over a local repository."""
 
     guards_dials = True  # a host given a dial policy refuses every other connection
+    local_reads = True  # a read under api.local_only() stops where a block is missing
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
                  host: Node | None = None, dial_policy: DialPolicy | None = None) -> None:
@@ -134,6 +137,8 @@ class EmbeddedNode:
                 self._net.prefetch(block)
             return block
         except NotFoundError as err:
+            if is_local_only():
+                raise WouldWait(f"block {cid} is not in the repository") from err
             net = self._online(err)
             if net is None:
                 raise
