@@ -50,3 +50,15 @@ def host_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    """A key from `ww idgen` (base58 text), and the peer id it belongs to."""
+    r = run_ww("idgen")
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "cell.key"
+    path.write_text(r.stdout)
+    from ww.ipfs.identity import parse_private_key
+
+    return str(path), parse_private_key(r.stdout).peer_id

@@ -9,19 +9,6 @@ import pytest
 
 from tests.conftest import run_ww
 
-
-@pytest.fixture
-def keyfile(tmp_path):
-    """A key from `ww idgen` (base58 text), and the peer id it belongs to."""
-    r = run_ww("idgen")
-    assert r.returncode == 0, r.stderr
-    path = tmp_path / "cell.key"
-    path.write_text(r.stdout)
-    from ww.ipfs.identity import parse_private_key
-
-    return str(path), parse_private_key(r.stdout).peer_id
-
-
 WHO_AM_I = """
 import ww.cell
 with ww.cell.session() as s:

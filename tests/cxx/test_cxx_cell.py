@@ -87,17 +87,6 @@ def test_without_the_console_the_cell_exits_65(cxx_cell):
     assert (r.returncode, r.stdout) == (65, "ipfs\n"), r.stderr
 
 
-@pytest.fixture
-def keyfile(tmp_path):
-    from ww.ipfs.identity import parse_private_key
-
-    r = run_ww("idgen")
-    assert r.returncode == 0, r.stderr
-    path = tmp_path / "cell.key"
-    path.write_text(r.stdout)
-    return str(path), parse_private_key(r.stdout).peer_id
-
-
 def test_signed_login_with_the_operators_key_is_that_peer(cxx_cell, keyfile):
     path, peer = keyfile
     r = run_ww("--json", "run", "--identity", path, "--allow", peer, "--with-console",
