@@ -1,25 +1,24 @@
 """The CoreAPI backend that sends every operation to a kubo node's HTTP RPC API.
 
 ``ww --ipfs /dns4/localhost/tcp/5001/http`` (or ``WW_IPFS``) selects it.  Each call is one or
-a few ``POST /api/v0/<command>`` requests on a fresh connection (so a client is safe to share
-between threads), made with the standard library only.
+a few ``POST /api/v0/<command>`` requests, each on a fresh connection (so a client is safe to
+share between threads), made with the standard library only.
 
 Three things about kubo's RPC protocol shape this module:
 
 * **Errors** come either as a non-200 reply carrying ``{"Message": ..., "Code": ...,
   "Type": "error"}``, or -- once a streamed reply has begun -- in the HTTP trailer
-  ``X-Stream-Error``.  :class:`_Response` keeps that trailer (``http.client`` normally throws
-  trailers away), so a ``cat`` cut short by a missing block raises instead of returning a
-  truncated file.  :func:`_error_from_message` maps kubo's messages onto our error classes.
-* **Uploads are full duplex.**  ``add`` and ``dag/import`` answer with one line per imported
-  file *while* the request body is still arriving.  A client that writes the whole body before
-  reading would deadlock once kubo's replies fill the socket buffers (a tree of a few thousand
-  files).  :meth:`KuboClient._upload` therefore reads the reply on a helper thread while the
-  caller's thread streams the body (so the caller's chunk iterator never changes threads),
-  and a watchdog bounds every wait on kubo without timing out a caller that is slow to
-  produce data.
+  ``X-Stream-Error``, so a ``cat`` cut short by a missing block raises instead of returning a
+  truncated file.  :func:`classify_error` maps them onto our error classes: by kubo's error
+  code and HTTP status where they tell, else by the message (one table, ``_ERROR_PHRASES``).
+* **Uploads are full duplex**: ``add`` and ``dag/import`` answer while the body still
+  arrives (the transport reads the reply on a helper thread, :mod:`ww.ipfs.kubo_transport`).
 * **Bodies are streamed** both ways in bounded pieces: multipart uploads are generated on
   the fly (chunked transfer encoding), ``cat`` and ``dag/export`` are read piecewise.
+
+This module maps the CoreAPI onto kubo's commands; carrying the requests is the transport's
+job (:class:`~ww.ipfs.kubo_transport.HttpTransport` by default; a
+:class:`~ww.ipfs.kubo_transport.MockTransport` tests this mapping without a socket).
 
 ``stat`` and ``get`` fetch raw blocks (``block/get``, each verified against its CID) and run
 the embedded node's own exporter on them, so the two backends report sizes and write trees
@@ -28,14 +27,10 @@ identically.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
-import socket
 import stat as stat_mod
-import threading
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -46,7 +41,6 @@ from . import car, exporter, multihash
 from .api import (
     AddOptions,
     BackendUnavailableError,
-    CallCancelled,
     CorruptBlockError,
     Entry,
     EntryType,
@@ -57,15 +51,15 @@ from .api import (
     PeerInfo,
     Stat,
     UnsupportedError,
-    current_token,
 )
 from .cid import CID
 from .importer import file_chunks
-from .multiaddr import DEFAULT_KUBO_API, MultiaddrError, to_http_url
+from .kubo_transport import HttpTransport, KuboTransport, Query, Reply
+from .multiaddr import DEFAULT_KUBO_API, MultiaddrError
 from .multiaddr import parse as parse_multiaddr
 from .path import parse_path
 
-__all__ = ["KuboClient", "DEFAULT_KUBO_API"]
+__all__ = ["KuboClient", "DEFAULT_KUBO_API", "classify_error"]
 
 _CHUNK = 256 * 1024  # read size for cat / export, and the coalescing size for uploads
 _MAX_BLOCK = 4 << 20  # kubo refuses blocks over 2 MiB (bitswap's limit); allow some slack
@@ -84,9 +78,24 @@ _LS_TYPES = {
     5: EntryType.DIRECTORY,
 }
 
-# Substrings of kubo's error messages, first match wins.  Messages vary across kubo
+# kubo's structured errors: the "Code" of its {"Message", "Code", "Type": "error"} replies is
+# go-ipfs-cmds' ErrorType, and the HTTP status follows from it (ErrClient 400, ErrNotFound 404,
+# ErrForbidden 403, the others 500).  Where the code says what happened, it decides.
+_ERR_NORMAL, _ERR_CLIENT, _ERR_IMPLEMENTATION, _ERR_NOT_FOUND, _ERR_FATAL, _ERR_FORBIDDEN = range(6)
+_BY_CODE: dict[int, type[IpfsError]] = {_ERR_NOT_FOUND: NotFoundError}
+
+
+class _PastTheEnd(IpfsError):
+    """``cat`` from an offset past the end (kubo's error; the embedded node gives no bytes)."""
+
+
+# Where kubo gives only a message -- almost always: its commands answer ErrNormal (Code 0,
+# HTTP 500) for a bad path, a missing block or a directory given to cat alike, and a streamed
+# reply's X-Stream-Error trailer is a bare message -- the message decides, by the phrases
+# below (case-insensitive substrings, first match wins).  Messages vary across kubo
 # versions; each phrase below has been seen in at least one release.
 _ERROR_PHRASES: tuple[tuple[type[IpfsError], tuple[str, ...]], ...] = (
+    (_PastTheEnd, ("offset was past the end",)),
     (
         InvalidPathError,
         (
@@ -128,140 +137,18 @@ _ERROR_PHRASES: tuple[tuple[type[IpfsError], tuple[str, ...]], ...] = (
 )
 
 
-def _error_from_message(message: str, status: int | None = None) -> IpfsError:
-    """The IpfsError subclass that fits one of kubo's error messages, carrying that message."""
-    message = " ".join(message.split()) or f"kubo answered HTTP {status}"
+def classify_error(message: str, code: int | None = None) -> IpfsError:
+    """The IpfsError for one of kubo's errors, carrying its message: by kubo's error code
+    where it tells (``code``, from a ``{"Message", "Code"}`` reply), else by the message."""
+    message = " ".join(message.split()) or "kubo reported an error without a message"
+    by_code = _BY_CODE.get(code) if code is not None else None
+    if by_code is not None:
+        return by_code(message)
     lower = message.lower()
     for cls, phrases in _ERROR_PHRASES:
         if any(phrase in lower for phrase in phrases):
             return cls(message)
     return IpfsError(message)
-
-
-class _Response(http.client.HTTPResponse):
-    """An HTTPResponse that keeps the ``X-Stream-Error`` trailer instead of discarding it."""
-
-    stream_error: str | None = None
-
-    def _read_and_discard_trailer(self) -> None:  # overrides http.client's private hook
-        while True:
-            line = self.fp.readline(http.client._MAXLINE + 1)  # type: ignore[attr-defined]
-            if len(line) > http.client._MAXLINE:  # type: ignore[attr-defined]
-                raise http.client.LineTooLong("trailer line")
-            if line in (b"\r\n", b"\n", b""):
-                return
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "x-stream-error":
-                self.stream_error = value.strip()
-
-
-class _Cancellable:
-    """A connection that forgets its caller's cancellation hook (:meth:`KuboClient._connect`)
-    once closed."""
-
-    forget: Callable[[], None] | None = None
-
-    def close(self) -> None:
-        forget, self.forget = self.forget, None
-        if forget is not None:
-            forget()
-        super().close()  # type: ignore[misc]
-
-
-class _HTTPConnection(_Cancellable, http.client.HTTPConnection):
-    response_class = _Response
-
-    def __init__(self, host: str, port: int | None, connect_timeout: float, unix_path: str = ""):
-        super().__init__(host, port, timeout=connect_timeout)
-        self._unix_path = unix_path
-
-    def connect(self) -> None:
-        if not self._unix_path:
-            super().connect()
-            return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class _HTTPSConnection(_Cancellable, http.client.HTTPSConnection):
-    response_class = _Response
-
-    def __init__(self, host: str, port: int | None, connect_timeout: float, unix_path: str = ""):
-        super().__init__(host, port, timeout=connect_timeout)
-
-
-class _Watchdog:
-    """Bounds the waits on kubo during a full-duplex upload.
-
-    The clock runs only while we wait on kubo: while a send is blocked, and after the body is
-    complete while the reply is still coming.  Time spent waiting for the caller's next chunk
-    does not count.  When the bound is passed the socket is shut down, which wakes both
-    threads with an error.
-    """
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self._sock = sock
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._since: float | None = None  # when the current wait on kubo began
-        self._body_done = False
-        self._stop = threading.Event()
-        self.fired = False
-        self._thread = threading.Thread(target=self._run, name="kubo-watchdog", daemon=True)
-        self._thread.start()
-
-    def sending(self) -> None:
-        with self._lock:
-            self._since = time.monotonic()
-
-    def sent(self) -> None:
-        with self._lock:
-            if not self._body_done:
-                self._since = None
-
-    def body_done(self) -> None:
-        with self._lock:
-            self._body_done = True
-            self._since = time.monotonic()
-
-    def received(self) -> None:
-        with self._lock:
-            if self._body_done:
-                self._since = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        tick = min(0.25, self._timeout / 4)
-        while not self._stop.wait(tick):
-            with self._lock:
-                since = self._since
-            if since is not None and time.monotonic() - since > self._timeout:
-                self.fired = True
-                _shutdown(self._sock)
-                return
-
-
-_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
-
-
-class _SendError(Exception):
-    """Sending the request body failed (as opposed to producing it, which is the caller's)."""
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _normalize_path(path: str) -> str:
@@ -367,116 +254,74 @@ class KuboClient:
         *,
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        transport: KuboTransport | None = None,
     ) -> None:
-        self.api = api
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._unix_path = ""
-        if api.startswith("/unix/"):
-            self._unix_path = str(parse_multiaddr(api).value("unix"))
-            self._scheme, self._host, self._port = "http", "localhost", None
-        else:
-            url = urllib.parse.urlsplit(to_http_url(api))
-            self._scheme, self._host, self._port = url.scheme, url.hostname or "", url.port
+        """``transport``: how requests reach kubo (default: :class:`HttpTransport` to
+        ``api`` with the two timeouts; a :class:`~ww.ipfs.kubo_transport.MockTransport`
+        tests the client without a socket)."""
+        if transport is None:
+            transport = HttpTransport(api, timeout=timeout, connect_timeout=connect_timeout)
+        self._transport = transport
+        self.api = transport.api
 
     def __repr__(self) -> str:
         return f"KuboClient({self.api!r})"
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _connect(self) -> http.client.HTTPConnection:
-        """A fresh connection, shut down when the calling thread's call is cancelled (which
-        wakes whatever waits on it: kubo sees the connection close, and stops the work)."""
-        token = current_token()
-        token.check()
-        cls = _HTTPSConnection if self._scheme == "https" else _HTTPConnection
-        conn = cls(self._host, self._port, self._connect_timeout, self._unix_path)
-        try:
-            conn.connect()
-        except OSError as err:
-            conn.close()
-            raise self._unavailable(err) from None
-        sock = conn.sock
-        assert sock is not None
-        sock.settimeout(self._timeout)
-        conn.forget = token.on_cancel(lambda: _shutdown(sock))
-        return conn
-
-    def _unavailable(self, err: BaseException) -> BackendUnavailableError:
-        if isinstance(err, TimeoutError):
-            reason = "timed out"
-        elif isinstance(err, socket.gaierror):
-            reason = f"cannot resolve {self._host!r}"
-        else:
-            reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-            reason = reason[0].lower() + reason[1:] if reason else reason
-        return BackendUnavailableError(
-            f"cannot reach the kubo RPC API at {self.api} ({reason}); is the kubo daemon running?"
-        )
-
-    def _lost(self, command: str, err: BaseException) -> IpfsError:
-        if current_token().cancelled:
-            return CallCancelled(f"{command} was cancelled")
-        reason = "timed out" if isinstance(err, TimeoutError) else (str(err) or type(err).__name__)
-        return BackendUnavailableError(
-            f"connection to the kubo RPC API at {self.api} failed during {command} ({reason})"
-        )
-
     @staticmethod
-    def _url(command: str, args: Iterable[str], params: dict[str, Any] | None) -> str:
-        query: list[tuple[str, str]] = [("arg", a) for a in args]
+    def _query(args: Iterable[str], params: dict[str, Any] | None) -> Query:
+        query: Query = [("arg", a) for a in args]
         for name, value in (params or {}).items():
             if value is None:
                 continue
             if isinstance(value, bool):
                 value = "true" if value else "false"
             query.append((name, str(value)))
-        url = f"/api/v0/{command}"
-        return f"{url}?{urllib.parse.urlencode(query)}" if query else url
+        return query
 
-    def _check(self, resp: _Response, command: str) -> None:
-        """Raise the error a non-200 reply carries: kubo's own message when it sends one."""
-        if resp.status == 200:
+    def _check(self, reply: Reply, command: str) -> None:
+        """Raise the error a non-200 reply carries (kubo's own, :func:`classify_error`)."""
+        if reply.status == 200:
             return
-        body = resp.read(_MAX_ERROR_BODY)
+        body = reply.read(_MAX_ERROR_BODY)
         try:
             value = json.loads(body)
         except ValueError:
             value = None
+        message, code = None, None
         if isinstance(value, dict) and value.get("Message"):
-            raise _error_from_message(str(value["Message"]), resp.status)
-        text = " ".join(body.decode("utf-8", "replace").split()) or resp.reason
-        if resp.status == 404:
-            raise UnsupportedError(f"the kubo RPC API at {self.api} has no {command!r} ({text})")
-        if resp.status in (401, 403):
+            message = " ".join(str(value["Message"]).split())
+            code = value.get("Code") if isinstance(value.get("Code"), int) else None
+        text = message or " ".join(body.decode("utf-8", "replace").split()) or reply.reason
+        if reply.status in (401, 403) or code == _ERR_FORBIDDEN:
             raise BackendUnavailableError(
-                f"the kubo RPC API at {self.api} refused {command} (HTTP {resp.status}: {text})"
+                f"the kubo RPC API at {self.api} refused {command} (HTTP {reply.status}: {text})"
             )
+        if message:
+            raise classify_error(message, code)
+        if reply.status == 404:  # no JSON: kubo's router has no such command
+            raise UnsupportedError(f"the kubo RPC API at {self.api} has no {command!r} ({text})")
         raise IpfsError(
-            f"the kubo RPC API at {self.api} failed {command} (HTTP {resp.status}: {text})"
+            f"the kubo RPC API at {self.api} failed {command} (HTTP {reply.status}: {text})"
         )
 
     def _post(
         self, command: str, args: Iterable[str] = (), params: dict[str, Any] | None = None
-    ) -> tuple[http.client.HTTPConnection, _Response]:
-        """Send a body-less command; return the open connection and its 200 reply."""
-        conn = self._connect()
+    ) -> Reply:
+        """Send a body-less command; return its 200 reply (the caller closes it)."""
+        reply = self._transport.post(command, self._query(args, params))
         try:
-            conn.request("POST", self._url(command, args, params), headers={"Content-Length": "0"})
-            resp: _Response = conn.getresponse()  # type: ignore[assignment]
-            self._check(resp, command)
-        except _TRANSPORT_ERRORS as err:
-            conn.close()
-            raise self._lost(command, err) from None
+            self._check(reply, command)
         except BaseException:
-            conn.close()
+            reply.close()
             raise
-        return conn, resp
+        return reply
 
-    def _values(self, resp: _Response, command: str) -> Iterator[Any]:
+    def _values(self, reply: Reply, command: str) -> Iterator[Any]:
         """The JSON values of a reply (kubo writes one per line), then its stream error if any."""
         while True:
-            line = resp.readline(_MAX_LINE)
+            line = reply.readline(_MAX_LINE)
             if not line:
                 break
             if line.strip():
@@ -486,19 +331,17 @@ class KuboClient:
                     raise IpfsError(
                         f"the kubo RPC API at {self.api} sent malformed JSON for {command}"
                     ) from None
-        if resp.stream_error:
-            raise _error_from_message(resp.stream_error)
+        if reply.stream_error:
+            raise classify_error(reply.stream_error)
 
     def _json(
         self, command: str, args: Iterable[str] = (), params: dict[str, Any] | None = None
     ) -> list[Any]:
-        conn, resp = self._post(command, args, params)
+        reply = self._post(command, args, params)
         try:
-            return list(self._values(resp, command))
-        except _TRANSPORT_ERRORS as err:
-            raise self._lost(command, err) from None
+            return list(self._values(reply, command))
         finally:
-            conn.close()
+            reply.close()
 
     def _object(
         self, command: str, args: Iterable[str] = (), params: dict[str, Any] | None = None
@@ -512,18 +355,16 @@ class KuboClient:
         self, command: str, args: Iterable[str] = (), params: dict[str, Any] | None = None
     ) -> Iterator[bytes]:
         """Send the command now (so errors raise here), then yield the reply body in pieces."""
-        conn, resp = self._post(command, args, params)
+        reply = self._post(command, args, params)
 
         def pieces() -> Iterator[bytes]:
             try:
-                while piece := resp.read(_CHUNK):
+                while piece := reply.read(_CHUNK):
                     yield piece
-                if resp.stream_error:
-                    raise _error_from_message(resp.stream_error)
-            except _TRANSPORT_ERRORS as err:
-                raise self._lost(command, err) from None
+                if reply.stream_error:
+                    raise classify_error(reply.stream_error)
             finally:
-                conn.close()
+                reply.close()
 
         return pieces()
 
@@ -536,92 +377,19 @@ class KuboClient:
     ) -> None:
         """POST a multipart body while reading kubo's line-by-line reply (see module doc)."""
         boundary = uuid.uuid4().hex
-        conn = self._connect()
-        sock = conn.sock
-        assert sock is not None
-        sock.settimeout(None)  # the watchdog bounds the waits instead
-        watchdog = _Watchdog(sock, self._timeout)
-        outcome: list[BaseException] = []
 
-        def read_reply() -> None:
-            try:
-                resp: _Response = conn.getresponse()  # type: ignore[assignment]
-                watchdog.received()
-                self._check(resp, command)
-                for value in self._values(resp, command):
-                    watchdog.received()
-                    on_value(value)
-            except BaseException as err:  # handed over to the caller's thread
-                outcome.append(err)
-                _shutdown(sock)  # stop the sender at once
+        def on_reply(reply: Reply) -> None:
+            self._check(reply, command)
+            for value in self._values(reply, command):
+                on_value(value)
 
-        reader = threading.Thread(target=read_reply, name=f"kubo-{command}", daemon=True)
-        try:
-            try:
-                conn.putrequest("POST", self._url(command, (), params), skip_accept_encoding=True)
-                conn.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
-                conn.putheader("Transfer-Encoding", "chunked")
-                conn.endheaders()
-            except _TRANSPORT_ERRORS as err:
-                raise self._lost(command, err) from None
-            reader.start()
-            try:
-                self._send_chunked(sock, _multipart(parts, boundary), watchdog, reader)
-            except _SendError as err:  # the connection broke; the reply may tell why
-                outcome.append(err.__cause__ or err)
-            except BaseException:  # the caller's data failed (or a check on it): abort
-                _shutdown(sock)
-                reader.join()
-                raise
-            watchdog.body_done()
-            reader.join()  # bounded: the watchdog shuts the socket if kubo stalls
-        finally:
-            watchdog.stop()
-            conn.close()
-        if outcome:
-            err = outcome[0]
-            if isinstance(err, _TRANSPORT_ERRORS):
-                raise self._lost(command, TimeoutError() if watchdog.fired else err) from None
-            raise err
-
-    @staticmethod
-    def _send_chunked(
-        sock: socket.socket,
-        pieces: Iterable[bytes | memoryview],
-        watchdog: _Watchdog,
-        reader: threading.Thread,
-    ) -> None:
-        """Send ``pieces`` with chunked transfer encoding, coalescing small ones."""
-
-        def send(*data: bytes | memoryview) -> None:
-            watchdog.sending()
-            try:
-                for piece in data:
-                    sock.sendall(piece)
-            except OSError as err:
-                raise _SendError(err) from err
-            watchdog.sent()
-
-        def send_chunk(data: bytes | memoryview) -> None:
-            send(b"%x\r\n" % len(data), data, b"\r\n")
-
-        pending = bytearray()
-        for piece in pieces:
-            if not reader.is_alive():  # kubo has answered already: an error, nothing to add
-                return
-            if len(piece) >= _CHUNK:
-                if pending:
-                    send_chunk(pending)
-                    pending = bytearray()
-                send_chunk(piece)
-            elif piece:
-                pending += piece
-                if len(pending) >= _CHUNK:
-                    send_chunk(pending)
-                    pending = bytearray()
-        if pending:
-            send_chunk(pending)
-        send(b"0\r\n\r\n")
+        self._transport.upload(
+            command,
+            self._query((), params),
+            f"multipart/form-data; boundary={boundary}",
+            _multipart(parts, boundary),
+            on_reply,
+        )
 
     # --- writing ------------------------------------------------------------------------
 
@@ -686,10 +454,8 @@ class KuboClient:
         params = {"offset": offset or None, "length": length}
         try:
             return self._stream("cat", [_normalize_path(path)], params)
-        except IpfsError as err:
-            if "past the end" in str(err):
-                return iter(())
-            raise
+        except _PastTheEnd:
+            return iter(())
 
     def ls(self, path: str) -> list[Entry]:
         """A directory's entries; for a file or symlink, one entry for itself (as Unix ``ls``
@@ -734,15 +500,13 @@ class KuboClient:
 
     def _block(self, cid: CID) -> bytes:
         """One raw block from kubo, checked against its CID (an exporter block getter)."""
-        conn, resp = self._post("block/get", [str(cid)])
+        reply = self._post("block/get", [str(cid)])
         try:
-            block = resp.read(_MAX_BLOCK + 1)
-            if resp.stream_error:
-                raise _error_from_message(resp.stream_error)
-        except _TRANSPORT_ERRORS as err:
-            raise self._lost("block/get", err) from None
+            block = reply.read(_MAX_BLOCK + 1)
+            if reply.stream_error:
+                raise classify_error(reply.stream_error)
         finally:
-            conn.close()
+            reply.close()
         if len(block) > _MAX_BLOCK or not multihash.verify(cid.multihash, block):
             raise CorruptBlockError(f"kubo sent a block that does not hash to its CID {cid}")
         return block
@@ -778,18 +542,16 @@ class KuboClient:
         car.write_header(out, cids)
         seen: set[bytes] = set()
         for cid in cids:
-            conn, resp = self._post("dag/export", [str(cid)])
+            reply = self._post("dag/export", [str(cid)])
             try:
-                for block_cid, block in car.CarReader(resp).blocks():  # type: ignore[arg-type]
+                for block_cid, block in car.CarReader(reply).blocks():  # type: ignore[arg-type]
                     if block_cid.multihash not in seen:
                         seen.add(block_cid.multihash)
                         car.write_block(out, block_cid, block)
-                if resp.stream_error:
-                    raise _error_from_message(resp.stream_error)
-            except _TRANSPORT_ERRORS as err:
-                raise self._lost("dag/export", err) from None
+                if reply.stream_error:
+                    raise classify_error(reply.stream_error)
             finally:
-                conn.close()
+                reply.close()
 
     def import_car(self, src: BinaryIO) -> list[str]:
         """Import a CAR v1, verifying every block before kubo sees it; returns its roots.
@@ -836,4 +598,4 @@ class KuboClient:
         self._json("swarm/connect", [addr])
 
     def close(self) -> None:
-        """Nothing to release: every call uses its own connection."""
+        self._transport.close()

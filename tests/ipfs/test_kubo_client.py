@@ -1,0 +1,124 @@
+"""KuboClient's mapping of the CoreAPI onto kubo's commands, through a MockTransport: no
+socket, the handler plays kubo (its replies are written after kubo's wire conventions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ww.ipfs.api import (
+    BackendUnavailableError,
+    CallCancelled,
+    CancelToken,
+    EntryType,
+    InvalidPathError,
+    IpfsError,
+    NotAFileError,
+    NotFoundError,
+    UnsupportedError,
+    cancellable,
+)
+from ww.ipfs.kubo import KuboClient, classify_error
+from ww.ipfs.kubo_transport import KuboRequest, KuboResponse, MockTransport
+
+CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+
+
+def kubo_error(message: str, code: int = 0, status: int = 500) -> KuboResponse:
+    body = json.dumps({"Message": message, "Code": code, "Type": "error"}).encode() + b"\n"
+    return KuboResponse(status=status, body=body)
+
+
+def client_answering(response: KuboResponse, seen: list[KuboRequest] | None = None) -> KuboClient:
+    def handler(request: KuboRequest) -> KuboResponse:
+        if seen is not None:
+            seen.append(request)
+        return response
+
+    return KuboClient(transport=MockTransport(handler, api="/ip4/127.0.0.1/tcp/5001"))
+
+
+def test_kubos_not_found_code_decides_whatever_the_message():
+    """Code 3 (go-ipfs-cmds' ErrNotFound, HTTP 404) is a NotFoundError even when the message
+    matches no phrase (classified by substring, this was a plain IpfsError)."""
+    client = client_answering(kubo_error("key has no value here", code=3, status=404))
+    with pytest.raises(NotFoundError, match="key has no value here"):
+        client.resolve(CID)
+
+
+def test_kubos_forbidden_code_is_refused():
+    client = client_answering(kubo_error("API access is restricted", code=5, status=403))
+    with pytest.raises(BackendUnavailableError, match="refused pin/ls .*restricted"):
+        client.pins()
+
+
+@pytest.mark.parametrize(
+    ("message", "cls"),
+    [
+        ('invalid path "/ipfs/x": invalid cid', InvalidPathError),
+        ("this dag node is a directory", NotAFileError),
+        ('no link named "nope" under Qm...', NotFoundError),
+        ("block was not found locally (offline)", NotFoundError),
+        ("Qm... is not pinned or pinned indirectly", NotFoundError),
+        ("this action must be run in online mode", UnsupportedError),
+        ("something else went wrong", IpfsError),
+    ],
+)
+def test_a_message_only_error_is_classified_by_its_phrase(message: str, cls: type):
+    error = classify_error(message)
+    assert type(error) is cls and str(error) == message
+    with pytest.raises(cls, match=message[:10]):
+        client_answering(kubo_error(message)).resolve(CID)
+
+
+def test_a_plain_404_is_an_unknown_command():
+    client = client_answering(KuboResponse(status=404, body=b"404 page not found\n"))
+    with pytest.raises(UnsupportedError, match="has no 'pin/ls'"):
+        client.pins()
+
+
+def test_a_stream_error_trailer_raises_after_the_bytes():
+    client = client_answering(KuboResponse(body=b"partial", stream_error="ipld: could not find"))
+    pieces = client.cat(CID)
+    assert next(pieces) == b"partial"
+    with pytest.raises(NotFoundError, match="could not find"):
+        next(pieces)
+
+
+def test_cat_past_the_end_gives_no_bytes():
+    client = client_answering(kubo_error("offset was past the end of file (10 > 5)"))
+    assert list(client.cat(CID, 10)) == []
+
+
+def test_ls_maps_kubos_types_and_sends_the_normalized_path():
+    seen: list[KuboRequest] = []
+    links = [{"Name": "d", "Hash": CID, "Size": 0, "Type": 1},
+             {"Name": "f", "Hash": CID, "Size": 7, "Type": 2},
+             {"Name": "l", "Hash": CID, "Size": 3, "Type": 4}]
+    body = json.dumps({"Objects": [{"Hash": CID, "Links": links}]}).encode() + b"\n"
+    entries = client_answering(KuboResponse(body=body), seen).ls(CID)
+    assert [(e.name, e.type, e.size) for e in entries] == [
+        ("d", EntryType.DIRECTORY, 0), ("f", EntryType.FILE, 7), ("l", EntryType.SYMLINK, 3)]
+    assert seen[0].command == "ls" and seen[0].args == [f"/ipfs/{CID}"]
+
+
+def test_add_parses_the_reply_lines_and_sends_the_body():
+    seen: list[KuboRequest] = []
+    body = b'{"Name":"data","Bytes":5}\n{"Name":"data","Hash":"QmAdded","Size":"13"}\n'
+    cid = client_answering(KuboResponse(body=body), seen).add_stream([b"he", b"llo"])
+    assert cid == "QmAdded"
+    request = seen[0]
+    assert request.command == "add" and request.param("cid-version") == "0"
+    assert request.content_type.startswith("multipart/form-data; boundary=")
+    assert b"\r\n\r\nhello\r\n--" in request.body
+
+
+def test_a_cancelled_call_does_not_reach_the_transport():
+    seen: list[KuboRequest] = []
+    client = client_answering(KuboResponse(body=b"{}\n"), seen)
+    token = CancelToken()
+    token.cancel()
+    with cancellable(token), pytest.raises(CallCancelled):
+        client.id()
+    assert seen == []
