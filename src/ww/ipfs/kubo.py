@@ -437,9 +437,14 @@ class KuboClient:
     def add_path(self, path: Path, options: AddOptions = _DEFAULT_ADD) -> str:
         """Add a file, symlink or directory tree (as ``ipfs add -r``); returns the root CID."""
         path = Path(path)
-        os.lstat(path)  # a missing path is the caller's FileNotFoundError, before any request
         name = path.name or "root"
-        return self._add(_tree_parts(path, name, options.hidden), name, options)
+        try:
+            os.lstat(path)  # a missing path fails before any request
+            return self._add(_tree_parts(path, name, options.hidden), name, options)
+        except FileNotFoundError as err:  # as the embedded node words it
+            raise NotFoundError(f"cannot add {err.filename or path}: no such file") from None
+        except OSError as err:
+            raise IpfsError(f"cannot add {err.filename or path}: {err.strerror}") from None
 
     # --- reading ------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .api import BackendUnavailableError, CallCancelled, IpfsError, current_token
+from .api import BackendUnavailableError, CallCancelled, CancelToken, IpfsError, current_token
 from .multiaddr import parse as parse_multiaddr
 from .multiaddr import to_http_url
 
@@ -235,11 +235,13 @@ class _HttpReply:
         conn: http.client.HTTPConnection,
         resp: _Response,
         lost: Callable[[BaseException], IpfsError],
+        token: CancelToken,
         on_data: Callable[[], None] | None = None,
     ) -> None:
         self._conn = conn
         self._resp = resp
         self._lost = lost
+        self._token = token
         self._on_data = on_data
         self.status = resp.status
         self.reason = resp.reason
@@ -248,7 +250,14 @@ class _HttpReply:
     def stream_error(self) -> str | None:
         return self._resp.stream_error
 
+    def _check(self) -> None:
+        # What is already buffered would still be read after the connection's shutdown: the
+        # call's token says whether its caller is still there.
+        if self._token.cancelled:
+            raise self._lost(ConnectionAbortedError())
+
     def read(self, size: int = -1) -> bytes:
+        self._check()
         try:
             data = self._resp.read(None if size < 0 else size)
         except _TRANSPORT_ERRORS as err:
@@ -258,6 +267,7 @@ class _HttpReply:
         return data
 
     def readline(self, limit: int = -1) -> bytes:
+        self._check()
         try:
             line = self._resp.readline(limit)
         except _TRANSPORT_ERRORS as err:
@@ -330,8 +340,9 @@ class HttpTransport:
             f"cannot reach the kubo RPC API at {self.api} ({reason}); is the kubo daemon running?"
         )
 
-    def _lost(self, command: str, err: BaseException) -> IpfsError:
-        if current_token().cancelled:
+    def _lost(self, command: str, err: BaseException, token: CancelToken) -> IpfsError:
+        """The error for a connection that failed during ``command`` (``token``: its call's)."""
+        if token.cancelled:
             return CallCancelled(f"{command} was cancelled")
         reason = "timed out" if isinstance(err, TimeoutError) else (str(err) or type(err).__name__)
         return BackendUnavailableError(
@@ -344,17 +355,18 @@ class HttpTransport:
         return f"{url}?{urllib.parse.urlencode(query)}" if query else url
 
     def post(self, command: str, query: Query) -> Reply:
+        token = current_token()
         conn = self._connect()
         try:
             conn.request("POST", self._url(command, query), headers={"Content-Length": "0"})
             resp: _Response = conn.getresponse()  # type: ignore[assignment]
         except _TRANSPORT_ERRORS as err:
             conn.close()
-            raise self._lost(command, err) from None
+            raise self._lost(command, err, token) from None
         except BaseException:
             conn.close()
             raise
-        return _HttpReply(conn, resp, lambda err: self._lost(command, err))
+        return _HttpReply(conn, resp, lambda err: self._lost(command, err, token), token)
 
     def upload(
         self,
@@ -364,6 +376,7 @@ class HttpTransport:
         body: Iterable[bytes | memoryview],
         on_reply: Callable[[Reply], None],
     ) -> None:
+        token = current_token()
         conn = self._connect()
         sock = conn.sock
         assert sock is not None
@@ -372,13 +385,13 @@ class HttpTransport:
         outcome: list[BaseException] = []
 
         def lost(err: BaseException) -> IpfsError:
-            return self._lost(command, TimeoutError() if watchdog.fired else err)
+            return self._lost(command, TimeoutError() if watchdog.fired else err, token)
 
         def read_reply() -> None:
             try:
                 resp: _Response = conn.getresponse()  # type: ignore[assignment]
                 watchdog.received()
-                on_reply(_HttpReply(conn, resp, lost, on_data=watchdog.received))
+                on_reply(_HttpReply(conn, resp, lost, token, on_data=watchdog.received))
             except BaseException as err:  # handed over to the caller's thread
                 outcome.append(err)
                 _shutdown(sock)  # stop the sender at once
@@ -391,7 +404,7 @@ class HttpTransport:
                 conn.putheader("Transfer-Encoding", "chunked")
                 conn.endheaders()
             except _TRANSPORT_ERRORS as err:
-                raise self._lost(command, err) from None
+                raise self._lost(command, err, token) from None
             reader.start()
             try:
                 _send_chunked(sock, body, watchdog, reader)

@@ -35,6 +35,7 @@ from .api import (
     PeerInfo,
     Stat,
     WouldWait,
+    current_token,
     is_local_only,
 )
 from .blockstore import Blockstore
@@ -93,6 +94,7 @@ class EmbeddedNode:
     def add_stream(self, chunks: Iterable[bytes], options: AddOptions = _DEFAULT_OPTIONS) -> str:
         """Add one file's bytes (any piece sizes); returns its CID, pinned unless told not to."""
         params = ImportParams.from_options(options)
+        chunks = _checked(chunks)  # a cancelled call stops at the next chunk, adding nothing
         if options.only_hash:
             return str(import_file(chunks, params, NullSink()).cid)
         with self._repo.writing():
@@ -109,6 +111,7 @@ class EmbeddedNode:
         """
         params = ImportParams.from_options(options)
         path = Path(path)
+        current_token().check()
         try:
             if options.only_hash:
                 return str(import_path(path, params, NullSink()).cid)
@@ -130,7 +133,9 @@ class EmbeddedNode:
 
         Online, a dag-pb block read from the repository has its links prefetched, as one that
         arrives for a reader has: the reader is about to ask for them.  So a DAG is fetched one
-        level below what is read, never further."""
+        level below what is read, never further.  A cancelled call stops here, at its next
+        block (:class:`CallCancelled`), as the kubo client's does at its next read."""
+        current_token().check()
         try:
             block = self._blocks.get(cid)
             if self._net is not None and cid.codec == DAG_PB and block[:1] == _LINK_TAG:
@@ -242,6 +247,7 @@ class EmbeddedNode:
                 reader = car.CarReader(src)
                 staged: dict[bytes, Path] = {}
                 for cid, block in reader.blocks():
+                    current_token().check()
                     mh = cid.multihash
                     if mh in staged or self._blocks.has(cid):
                         continue
@@ -388,6 +394,15 @@ class EmbeddedNode:
 
 if TYPE_CHECKING:  # a static check that EmbeddedNode implements CoreAPI
     _check: CoreAPI = EmbeddedNode(Path())
+
+
+def _checked(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks``, stopping with CallCancelled before the next one once the call is cancelled."""
+    token = current_token()
+    for chunk in chunks:
+        token.check()
+        yield chunk
+    token.check()
 
 
 def _stage(path: Path, block: bytes) -> Path:
