@@ -35,26 +35,59 @@ from ww.cell._errors import (
     FdNotProvided,
     RemoteError,
 )
+from ww.cell._exec import Executor, Process, Stream
 from ww.cell._fds import fd
+from ww.cell._ipfs import Entry, EntryType, Ipfs, Link, PeerInfo, Stat
 from ww.cell._p2p import P2P, RemoteService, Service
 from ww.cell._session import Console, Session, Signer, connect
-from ww.cell._sync import SyncSession, session
+from ww.cell._sync import (
+    SyncConsole,
+    SyncExecutor,
+    SyncIpfs,
+    SyncP2P,
+    SyncProcess,
+    SyncRemoteService,
+    SyncSession,
+    SyncStream,
+    session,
+)
 
 __all__ = [
+    # connecting
+    "connect",
+    "session",
+    "fd",
+    "Signer",
+    # the asynchronous face
+    "Session",
+    "Console",
+    "Ipfs",
+    "Executor",
+    "Process",
+    "Stream",
+    "P2P",
+    "RemoteService",
+    "Service",
+    # the synchronous face: the same calls, blocking
+    "SyncSession",
+    "SyncConsole",
+    "SyncIpfs",
+    "SyncExecutor",
+    "SyncProcess",
+    "SyncStream",
+    "SyncP2P",
+    "SyncRemoteService",
+    # values the IPFS calls return
+    "Entry",
+    "EntryType",
+    "Link",
+    "PeerInfo",
+    "Stat",
+    # errors
+    "CellError",
     "AuthenticationFailed",
     "CapabilityDenied",
     "CapabilityNotGranted",
-    "CellError",
-    "Console",
     "FdNotProvided",
-    "P2P",
     "RemoteError",
-    "RemoteService",
-    "Service",
-    "Session",
-    "Signer",
-    "SyncSession",
-    "connect",
-    "fd",
-    "session",
 ]

@@ -67,6 +67,7 @@ class P2P:
         """Keep serving the export: wait ``seconds``, or forever."""
         if seconds is None:
             await asyncio.Event().wait()
+            return
         await asyncio.sleep(seconds)
 
 

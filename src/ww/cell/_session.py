@@ -12,7 +12,7 @@ import contextlib
 import re
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import capnp
 
@@ -25,6 +25,11 @@ from ww.cell._errors import (
 )
 from ww.cell._fds import RPC_FD
 from ww.schema import load
+
+if TYPE_CHECKING:
+    from ww.cell._exec import Executor
+    from ww.cell._ipfs import Ipfs
+    from ww.cell._p2p import P2P
 
 _cell = load("cell")
 _rpc_fd_used = False  # fd 3 carries exactly one connection per cell
@@ -137,14 +142,14 @@ class Session:
         return Console(self._cap("console"))
 
     @property
-    def ipfs(self) -> Any:
+    def ipfs(self) -> Ipfs:
         cap = self._cap("ipfs")
         from ww.cell._ipfs import Ipfs
 
         return Ipfs(cap)
 
     @property
-    def exec(self) -> Any:
+    def exec(self) -> Executor:
         """The process-execution capability: ``spawn`` sub-cells."""
         cap = self._cap("exec")
         from ww.cell._exec import Executor
@@ -152,7 +157,7 @@ class Session:
         return Executor(cap)
 
     @property
-    def p2p(self) -> Any:
+    def p2p(self) -> P2P:
         """The p2p capability: ``export`` this cell, ``dial`` other cells (docs/p2p.md)."""
         cap = self._cap("p2p")
         from ww.cell._p2p import P2P
