@@ -39,18 +39,23 @@ def client_answering(response: KuboResponse, seen: list[KuboRequest] | None = No
     return KuboClient(transport=MockTransport(handler, api="/ip4/127.0.0.1/tcp/5001"))
 
 
-def test_kubos_not_found_code_decides_whatever_the_message():
-    """Code 3 (go-ipfs-cmds' ErrNotFound, HTTP 404) is a NotFoundError even when the message
-    matches no phrase (classified by substring, this was a plain IpfsError)."""
-    client = client_answering(kubo_error("key has no value here", code=3, status=404))
-    with pytest.raises(NotFoundError, match="key has no value here"):
-        client.resolve(CID)
-
-
-def test_kubos_forbidden_code_is_refused():
-    client = client_answering(kubo_error("API access is restricted", code=5, status=403))
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(4, 403), (3, 429)],  # go-ipfs-cmds' ErrForbidden and ErrRateLimited
+)
+def test_kubos_refusal_codes_mean_the_backend_will_not_serve(code, status):
+    client = client_answering(kubo_error("API access is restricted", code=code, status=status))
     with pytest.raises(BackendUnavailableError, match="refused pin/ls .*restricted"):
         client.pins()
+
+
+def test_a_refusal_code_in_a_stream_trailer_is_the_backend_refusing():
+    from ww.ipfs.kubo import classify_error
+
+    assert isinstance(classify_error("slow down", code=3), BackendUnavailableError)
+    # Code 3 is not "not found" (go-ipfs-cmds has no such code): a message that says so is
+    # still a refusal, never a missing block.
+    assert not isinstance(classify_error("not found", code=3), NotFoundError)
 
 
 @pytest.mark.parametrize(

@@ -79,10 +79,13 @@ _LS_TYPES = {
 }
 
 # kubo's structured errors: the "Code" of its {"Message", "Code", "Type": "error"} replies is
-# go-ipfs-cmds' ErrorType, and the HTTP status follows from it (ErrClient 400, ErrNotFound 404,
-# ErrForbidden 403, the others 500).  Where the code says what happened, it decides.
-_ERR_NORMAL, _ERR_CLIENT, _ERR_IMPLEMENTATION, _ERR_NOT_FOUND, _ERR_FATAL, _ERR_FORBIDDEN = range(6)
-_BY_CODE: dict[int, type[IpfsError]] = {_ERR_NOT_FOUND: NotFoundError}
+# go-ipfs-cmds' ErrorType (error.go: ErrNormal 0, ErrClient 1, ErrImplementation 2,
+# ErrRateLimited 3, ErrForbidden 4, ErrBlocked 5; its HTTP handler answers ErrClient with 400,
+# ErrRateLimited with 429, ErrForbidden with 403, the others with 500).  There is no "not
+# found" code: a missing block or name is ErrNormal, so the message decides (below).  A
+# refusal -- forbidden or rate-limited -- means the backend will not serve us.
+_ERR_RATE_LIMITED, _ERR_FORBIDDEN = 3, 4
+_REFUSALS = {_ERR_RATE_LIMITED, _ERR_FORBIDDEN}
 
 
 class _PastTheEnd(IpfsError):
@@ -141,9 +144,8 @@ def classify_error(message: str, code: int | None = None) -> IpfsError:
     """The IpfsError for one of kubo's errors, carrying its message: by kubo's error code
     where it tells (``code``, from a ``{"Message", "Code"}`` reply), else by the message."""
     message = " ".join(message.split()) or "kubo reported an error without a message"
-    by_code = _BY_CODE.get(code) if code is not None else None
-    if by_code is not None:
-        return by_code(message)
+    if code in _REFUSALS:
+        return BackendUnavailableError(message)
     lower = message.lower()
     for cls, phrases in _ERROR_PHRASES:
         if any(phrase in lower for phrase in phrases):
@@ -294,7 +296,7 @@ class KuboClient:
             message = " ".join(str(value["Message"]).split())
             code = value.get("Code") if isinstance(value.get("Code"), int) else None
         text = message or " ".join(body.decode("utf-8", "replace").split()) or reply.reason
-        if reply.status in (401, 403) or code == _ERR_FORBIDDEN:
+        if reply.status in (401, 403, 429) or code in _REFUSALS:
             raise BackendUnavailableError(
                 f"the kubo RPC API at {self.api} refused {command} (HTTP {reply.status}: {text})"
             )
