@@ -63,7 +63,7 @@ def refuse_peers_with_kubo(ipfs_api: str | None) -> None:
     ctx = click.get_current_context()
     if ipfs_api and ctx.params.get("peers") and \
             ctx.get_parameter_source("peers") is click.core.ParameterSource.COMMANDLINE:
-        from ww.errors import UsageError
+        from ww.core.errors import UsageError
 
         raise UsageError("--peer is for the embedded node; with --ipfs, connect the kubo "
                          "node to its peers itself (ipfs swarm connect)")

@@ -21,7 +21,7 @@ def call(timeout: float, addr: str, method: str, args: tuple[str, ...]) -> None:
     identity and listens nowhere.  Exit 1 with the reason if the peer cannot be reached,
     exports nothing, or the call fails.
     """
-    from ww.errors import UsageError
+    from ww.core.errors import UsageError
     from ww.p2p import check_join_addr
 
     if not (timeout > 0 and math.isfinite(timeout)):

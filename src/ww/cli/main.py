@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ww.errors import EXIT_FAILURE, EXIT_USAGE, WwError
+from ww.core.errors import EXIT_FAILURE, EXIT_USAGE, WwError
 
 _debug = False
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ww.errors import EXIT_AUTH_FAILED, UsageError, WwError
+from ww.core.errors import EXIT_AUTH_FAILED, UsageError, WwError
 from ww.host.audit import NULL, Audit
 
 # Capability names, in the order Session.granted lists them.

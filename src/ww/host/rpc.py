@@ -25,7 +25,7 @@ from typing import Any
 import capnp
 
 from ww.caps.denied import Caller
-from ww.errors import WwError
+from ww.core.errors import WwError
 from ww.host import wire
 from ww.host.policy import (
     ANY_PEER,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ww.errors import (
+from ww.core.errors import (
     EXIT_AUTH_FAILED,
     EXIT_ISOLATION_VIOLATION,
     EXIT_RESOURCE_LIMIT,

@@ -9,7 +9,7 @@ contacts exactly the addresses it is given.
 
 from __future__ import annotations
 
-from ww.errors import WwError
+from ww.core.errors import WwError
 
 PROTOCOL_ID = "/ww/0.1.0"
 """The libp2p protocol on which a host serves its cell's export (Cap'n Proto two-party RPC)."""
