@@ -1,7 +1,29 @@
-"""Errors that end a `ww` command, each carrying the exit status the spec gives it.
+"""The one exception tree of ``ww``: every error it raises on purpose is a :class:`WwError`.
 
-The CLI prints ``str(error)`` as one line on stderr and exits with ``error.exit_code``;
-tracebacks appear only with ``--debug``.
+Each class carries the exit status the spec gives it (``exit_code``).  The CLI prints
+``str(error)`` as one line on stderr and exits with ``error.exit_code``; tracebacks appear only
+with ``--debug``.  A capability server answers a cell with the same one line.
+
+The tree, roots of each area (the areas add named subclasses of their own, e.g.
+``ww.ipfs.api.NotFoundError`` or ``ww.cell.CapabilityDenied``)::
+
+    WwError                      1
+    +-- UsageError               2    the command line is wrong; nothing was started
+    |   +-- AddressError         2    a multiaddr, peer address or CIDR is malformed
+    +-- CallError                1    a capability call refused for its arguments or state
+    +-- DeniedError              65   outside what was granted
+    +-- AuthenticationFailed     64   a login failed
+    +-- ResourceLimitError       66   a limit refused work
+    +-- NotExecutableError       126
+    +-- CommandNotFoundError     127
+    +-- HostError                1    any other failure of the host itself
+    +-- IpfsError                1    an IPFS operation failed (ww.ipfs.api has its kinds)
+    +-- P2PError                 1    a peer could not be reached, listened on or called
+    +-- CellError                1    the cell SDK's errors (ww.cell)
+
+Errors of other libraries (pycapnp, py-libp2p, HTTP) become one of these in one place,
+:mod:`ww.core._foreign`.  This module imports nothing, so that every layer (the SDK a cell
+imports included) can use it at no cost.
 """
 
 from __future__ import annotations
@@ -34,6 +56,34 @@ class UsageError(WwError):
     exit_code = EXIT_USAGE
 
 
+class AddressError(UsageError, ValueError):
+    """A network address (multiaddr, peer address, CIDR range) is malformed or of a kind
+    ``ww`` does not speak.  A usage error on the command line; from a cell, the reason its
+    call is refused.  Still a ValueError, as the address checkers raised before."""
+
+
+class CallError(WwError, ValueError):
+    """A capability refused a call because of its arguments or of the state of the object it
+    was made on (a write after ``done()``, a line too long); the message goes to the caller.
+    Still a ValueError, as the capability servers raised before."""
+
+
+class DeniedError(WwError, PermissionError):
+    """The call or action is outside what was granted (exit 65, capability access denied)."""
+
+    exit_code = EXIT_CAP_DENIED
+
+
+class AuthenticationFailed(WwError):
+    """A login failed; ``ww run`` stops the cell and exits 64 with this one line."""
+
+    exit_code = EXIT_AUTH_FAILED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"authentication failed: {reason}")
+        self.reason = reason
+
+
 class CommandNotFoundError(WwError):
     """The executable to run does not exist (exit 127)."""
 
@@ -56,3 +106,22 @@ class HostError(WwError):
     """Any other failure of the host itself (exit 1)."""
 
     exit_code = EXIT_FAILURE
+
+
+class IpfsError(WwError):
+    """Base class of every IPFS error; ``str(err)`` is one line fit for a user (exit 1).
+
+    Its kinds (``InvalidPathError``, ``NotFoundError``, ...) are in :mod:`ww.ipfs.api`."""
+
+
+class P2PError(WwError):
+    """A peer could not be reached, listened on or called; ``str()`` is one line (exit 1)."""
+
+
+class CellError(WwError):
+    """Base class of the cell SDK's errors (:mod:`ww.cell`)."""
+
+
+class RpcError(WwError):
+    """A Cap'n Proto call failed on the other side (or the connection did); ``str()`` is the
+    one-line reason it sent, without KJ's prefixes or a remote traceback (exit 1)."""
