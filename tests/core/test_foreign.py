@@ -88,3 +88,20 @@ def test_importing_the_host_does_not_patch_pycapnp():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "['internal error in the host (KeyError)']\n"
+
+
+def test_a_capability_refusing_a_call_raises_a_named_call_error():
+    """Raised at the source as CallError (still the ValueError callers caught before), and
+    sent to the cell as its one line."""
+    import asyncio
+    import io
+
+    from ww.caps.console import MAX_LINE, ConsoleServer
+
+    out = io.StringIO()
+    with pytest.raises(CallError) as caught:
+        asyncio.run(ConsoleServer(out).println("x" * (MAX_LINE + 1)))
+    assert isinstance(caught.value, ValueError)
+    assert expected_reason(caught.value) == (
+        f"console line too long ({MAX_LINE + 1} > {MAX_LINE} characters)")
+    assert out.getvalue() == ""

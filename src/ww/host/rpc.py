@@ -24,6 +24,7 @@ import capnp
 
 from ww.caps.denied import Caller
 from ww.core._foreign import kj_reason
+from ww.core.errors import DeniedError
 from ww.host import wire
 from ww.host.policy import (
     ANY_PEER,
@@ -87,7 +88,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
 
     async def identity(self, _context: Any, **kwargs: Any) -> None:
         if self.logged_in or self._key_given:
-            raise PermissionError("the identity is handed out once, and only before login")
+            raise DeniedError("the identity is handed out once, and only before login")
         self._key_given = True
         _context.results.key = self.access.identity_key or b""
 
