@@ -4,8 +4,8 @@ As httpx's ``_exceptions.py`` does for its transports: pycapnp's ``KjException``
 nested and often empty exceptions, and the builtins a capability raises on purpose are read
 here, and nowhere else, into one line or a :class:`~ww.core.errors.WwError`.
 
-Nothing is imported at module level: pycapnp is recognised by its exception's attributes, so
-that the SDK of a cell and the CLI can use this module without loading Cap'n Proto.
+pycapnp is not imported here (only by :func:`send_one_line_errors`): its exception is told by
+its class name and attributes, so that the CLI can use this module without loading it.
 """
 
 from __future__ import annotations

@@ -19,11 +19,13 @@ The tree, roots of each area (the areas add named subclasses of their own, e.g.
     +-- HostError                1    any other failure of the host itself
     +-- IpfsError                1    an IPFS operation failed (ww.ipfs.api has its kinds)
     +-- P2PError                 1    a peer could not be reached, listened on or called
+    +-- RpcError                 1    a Cap'n Proto call failed; its one-line reason
     +-- CellError                1    the cell SDK's errors (ww.cell)
 
-Errors of other libraries (pycapnp, py-libp2p, HTTP) become one of these in one place,
-:mod:`ww.core._foreign`.  This module imports nothing, so that every layer (the SDK a cell
-imports included) can use it at no cost.
+Errors of other libraries (pycapnp, py-libp2p, the builtins a capability raises) become one
+of these in one place, :mod:`ww.core._foreign`; a kubo node's HTTP answers become the kinds of
+``IpfsError`` in its client, which alone knows kubo's messages.  This module imports nothing,
+so that every layer (the SDK a cell imports included) can use it at no cost.
 """
 
 from __future__ import annotations
