@@ -169,7 +169,9 @@ def test_the_sdk_raises_the_hosts_reason_whole_even_with_failed_inside():
         del server
         return got
 
-    from ww.host.rpc import EXPECTED_ERRORS  # noqa: F401 - installs the one-line error hook
+    from ww.core._foreign import send_one_line_errors
+
+    send_one_line_errors(debug=False)  # what the supervisor does before serving fd 3
 
     got = asyncio.run(capnp.run(main()))
     assert got == [(RemoteError, reasons[0]), (CapabilityDenied, reasons[1])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from ww.core.errors import CallError
 from ww.schema import load
 
 _cell = load("cell")
@@ -20,7 +21,7 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
 
     async def println(self, line: str, **kwargs: Any) -> None:
         if len(line) > MAX_LINE:
-            raise ValueError(f"console line too long ({len(line)} > {MAX_LINE} characters)")
+            raise CallError(f"console line too long ({len(line)} > {MAX_LINE} characters)")
         out = self._out or sys.stderr
         if out is sys.stderr:
             # What the cell wrote on its own stderr first reaches the file first, when

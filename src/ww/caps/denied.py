@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ww.core.errors import DeniedError
 from ww.host.audit import NULL, Audit
 
 DENIED_PREFIX = "capability denied: "
 
 
-class CapabilityDenied(PermissionError):
+class CapabilityDenied(DeniedError):
     """A call outside the capability's grant: ``capability denied: <cap>: <method>: <why>``."""
 
     def __init__(self, capability: str, method: str, reason: str) -> None:

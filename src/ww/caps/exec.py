@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ww.caps.denied import Caller
+from ww.core.errors import CallError
 from ww.host import limits
 from ww.host.audit import AUDIT_FD_ENV
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
@@ -156,7 +157,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
     async def spawn(self, executable: str, args: Any, env: Any, grant: Any, _context: Any,
                     **kwargs: Any) -> None:
         if self._closed:
-            raise ValueError("this cell's session is over")
+            raise CallError("this cell's session is over")
         program = await self._program(executable)
         child = await self._child_grants(grant)
         self._children = {c for c in self._children if c.running}
@@ -166,7 +167,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         for entry in env:
             name, sep, _ = str(entry).partition("=")
             if not sep or not _ENV_NAME.match(name):
-                raise ValueError(f"environment entry {str(entry)!r}: expected NAME=VALUE")
+                raise CallError(f"environment entry {str(entry)!r}: expected NAME=VALUE")
             env_flags += ["--env", str(entry)]
         setup = self._setup
         argv = [*setup.ww, *setup.global_flags, "run", *setup.run_flags, *child_flags(child),
@@ -308,7 +309,7 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
 
     async def kill(self, signum: int, **kwargs: Any) -> None:
         if signum not in ALLOWED_SIGNALS:
-            raise ValueError(f"signal {signum}: only SIGHUP (1), SIGINT (2), SIGTERM (15) and "
+            raise CallError(f"signal {signum}: only SIGHUP (1), SIGINT (2), SIGTERM (15) and "
                              "SIGKILL (9) can be sent to a sub-cell")
         self._proc.send_signal(signum)
 
@@ -347,14 +348,14 @@ class ByteWriterServer(_cell.ByteWriter.Server):  # type: ignore[name-defined,mi
 
     async def write(self, data: bytes, **kwargs: Any) -> None:
         if len(data) > MAX_WRITE:
-            raise ValueError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
+            raise CallError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
         if self._stream.is_closing():
-            raise ValueError("the sub-cell's stdin is closed")
+            raise CallError("the sub-cell's stdin is closed")
         try:
             self._stream.write(bytes(data))
             await self._stream.drain()
         except (BrokenPipeError, ConnectionResetError):
-            raise ValueError("the sub-cell closed its stdin") from None
+            raise CallError("the sub-cell closed its stdin") from None
 
     async def close(self, **kwargs: Any) -> None:
         if not self._stream.is_closing():

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from ww.caps.denied import NOBODY, Caller
 from ww.caps.ipfs_scope import IpfsScope, canonical
+from ww.core.errors import CallError
 from ww.ipfs.api import (
     WOULD_WAIT,
     AddOptions,
@@ -331,18 +332,18 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
             if await self._feed.put(item):
                 return
         await asyncio.shield(self._result)  # the import ended: raise its error
-        raise ValueError("the file was already finished")
+        raise CallError("the file was already finished")
 
     async def write(self, data: bytes, **kwargs: Any) -> None:
         if self._finished:
-            raise ValueError("write after done()")
+            raise CallError("write after done()")
         if len(data) > MAX_WRITE:
-            raise ValueError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
+            raise CallError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
         await self._put(bytes(data))
 
     async def done(self, **kwargs: Any) -> str:
         if self._finished:
-            raise ValueError("done() was already called")
+            raise CallError("done() was already called")
         self._finished = True
         await self._put(_END)
         cid = await asyncio.shield(self._result)
@@ -553,7 +554,7 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     async def add(self, options: Any, _context: Any, **kwargs: Any) -> None:
         self._check("add")
         if options.cidVersion not in (0, 1):
-            raise ValueError(f"cidVersion {options.cidVersion}: expected 0 or 1")
+            raise CallError(f"cidVersion {options.cidVersion}: expected 0 or 1")
         opts = AddOptions(
             cid_version=options.cidVersion,
             raw_leaves=_RAW_LEAVES[str(options.rawLeaves)],

@@ -1,17 +1,22 @@
-"""Errors a cell can catch, each with a one-line message."""
+"""Errors a cell can catch, each with a one-line message.
+
+They are part of the one tree of ``ww``'s errors (:mod:`ww.core.errors`): ``CellError`` is
+a ``WwError``, and a denial is also a ``DeniedError`` (exit status 65).
+"""
 
 from __future__ import annotations
 
+from ww.core.errors import CellError, DeniedError, RpcError
 
-class CellError(Exception):
-    """Base class of the SDK's errors."""
+__all__ = ["AuthenticationFailed", "CapabilityDenied", "CapabilityNotGranted", "CellError",
+           "FdNotProvided", "RemoteError"]
 
 
 class FdNotProvided(CellError, LookupError):
     """``fd(name)``: the operator did not pass ``--fd name=...``."""
 
 
-class CapabilityNotGranted(CellError, PermissionError):
+class CapabilityNotGranted(CellError, DeniedError):
     """The session does not hold this capability: the operator did not grant it.
 
     A cell that gives up because of it should exit with status 65 (capability access
@@ -28,11 +33,11 @@ class CapabilityNotGranted(CellError, PermissionError):
         self.name = name
 
 
-class RemoteError(CellError):
+class RemoteError(CellError, RpcError):
     """The host answered a call with an error; the message is the host's one line."""
 
 
-class CapabilityDenied(RemoteError, PermissionError):
+class CapabilityDenied(RemoteError, DeniedError):
     """The call is outside the capability's grant (a read-only IPFS asked to add, a path
     outside its roots, a sub-cell asking for more than its parent holds).
 

@@ -9,7 +9,6 @@ challenge; without, it logs in with no account.
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from ww.cell._errors import (
     RemoteError,
 )
 from ww.cell._fds import RPC_FD
+from ww.core._foreign import kj_reason
 from ww.schema import load
 
 if TYPE_CHECKING:
@@ -42,33 +42,12 @@ _NAMED_ERRORS: tuple[tuple[str, type[RemoteError]], ...] = (
 )
 
 
-# What KJ puts before a reason: "remote exception: " for one that came over the wire, a
-# "file:line: kind: " location for one raised locally (a null capability, a hang-up).
-_REMOTE = "remote exception: "
-_PYCAPNP = "message = "
-_LOCAL = re.compile(r"^\S+:\d+: [a-z ]+: ")
-
-
 def remote_error(e: Exception) -> RemoteError:
     """Turn a Cap'n Proto exception into a RemoteError carrying the host's one-line reason."""
-    text = getattr(e, "description", None) or str(e)
-    text = text.split("\nstack:", 1)[0].strip()
-    if text.startswith(_REMOTE):
-        # The host sends its reason exactly; a pycapnp server that is not the host (another
-        # cell serving a capability) puts "message = " before it, and each hop that relays
-        # an error (a remote cell's, through its host and ours) one more "remote exception: ".
-        while text.startswith((_REMOTE, _PYCAPNP)):
-            text = text.removeprefix(_REMOTE).removeprefix(_PYCAPNP)
-    else:
-        text = _LOCAL.sub("", text, count=1)
+    text = kj_reason(e)
     for prefix, cls in _NAMED_ERRORS:
         if prefix in text:
             return cls(prefix + text.split(prefix, 1)[1])
-    if "Traceback (most recent call last):" in text:
-        # A server that is not ours (another cell serving a capability) sent its whole
-        # Python traceback: keep its last line, the error itself, not its source paths.
-        lines = [line for line in text.splitlines() if line.strip()]
-        text = lines[-1].strip() if lines else text
     return RemoteError(text)
 
 

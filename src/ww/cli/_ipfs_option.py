@@ -14,7 +14,7 @@ def check_ipfs_api(ctx: click.Context, param: click.Parameter, value: str | None
 
     try:
         KuboClient(value)  # parses the address; contacts nothing
-    except (IpfsError, ValueError) as e:
+    except IpfsError as e:  # MultiaddrError: the address does not parse
         raise click.BadParameter(str(e)) from None
     return value
 
@@ -35,11 +35,12 @@ def _check_peers(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     """Each ``--peer`` must be a full peer address; a malformed one is a usage error (2)."""
     if not values:
         return []
+    from ww.core.errors import AddressError
     from ww.p2p import check_join_addr
 
     try:
         return [check_join_addr(value) for value in values]
-    except ValueError as e:
+    except AddressError as e:
         if ctx.get_parameter_source("peers") is click.core.ParameterSource.ENVIRONMENT:
             raise click.BadParameter(f"{PEERS_ENV}: {e}") from None
         raise click.BadParameter(str(e)) from None
@@ -63,7 +64,7 @@ def refuse_peers_with_kubo(ipfs_api: str | None) -> None:
     ctx = click.get_current_context()
     if ipfs_api and ctx.params.get("peers") and \
             ctx.get_parameter_source("peers") is click.core.ParameterSource.COMMANDLINE:
-        from ww.errors import UsageError
+        from ww.core.errors import UsageError
 
         raise UsageError("--peer is for the embedded node; with --ipfs, connect the kubo "
                          "node to its peers itself (ipfs swarm connect)")

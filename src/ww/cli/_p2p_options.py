@@ -21,11 +21,12 @@ def _check(checker_name: str) -> Any:
         if not values:
             return []
         from ww import p2p
+        from ww.core.errors import AddressError
 
         checker = getattr(p2p, checker_name)
         try:
             return [checker(value) for value in values]
-        except ValueError as e:
+        except AddressError as e:
             raise click.BadParameter(str(e)) from None
 
     return callback
@@ -35,11 +36,12 @@ def _check_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str,
                   ) -> list[str]:
     if not values:
         return []
+    from ww.core.errors import AddressError
     from ww.p2p.dial_policy import parse_range
 
     try:
         return [str(parse_range(value)) for value in values]
-    except ValueError as e:
+    except AddressError as e:
         raise click.BadParameter(str(e)) from None
 
 

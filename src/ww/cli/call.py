@@ -21,14 +21,14 @@ def call(timeout: float, addr: str, method: str, args: tuple[str, ...]) -> None:
     identity and listens nowhere.  Exit 1 with the reason if the peer cannot be reached,
     exports nothing, or the call fails.
     """
-    from ww.errors import UsageError
+    from ww.core.errors import AddressError, UsageError
     from ww.p2p import check_join_addr
 
     if not (timeout > 0 and math.isfinite(timeout)):
         raise UsageError("--timeout: give a number of seconds greater than 0")
     try:
         addr = check_join_addr(addr)
-    except ValueError as e:
+    except AddressError as e:
         raise UsageError(str(e)) from None
     from ww.p2p.call import call_service
 

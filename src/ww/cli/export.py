@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ww.cli._ipfs_option import ipfs_option
-from ww.errors import UsageError
+from ww.core.errors import UsageError
 
 PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this many bytes
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
-from ww.errors import UsageError
+from ww.core.errors import UsageError
 
 
 @click.command(name="import")

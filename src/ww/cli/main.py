@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ww.errors import EXIT_FAILURE, EXIT_USAGE, WwError
+from ww.core.errors import EXIT_FAILURE, EXIT_USAGE, WwError
 
 _debug = False
 
@@ -61,9 +61,15 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run `ww` with ``argv`` (default: ``sys.argv[1:]``) in this process; its exit status.
 
-
-def main(argv: list[str] | None = None) -> None:
+    Every error ends here as one line on stderr and the status its class carries
+    (:mod:`ww.core.errors`); nothing exits the process, so tests and other Python code can
+    call it.  Only :func:`main`, the console script, exits.
+    """
+    global _debug
+    _debug = False
     try:
         status = cli.main(args=argv, prog_name="ww", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -86,20 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug or an unexpected host failure: still one line
         if _debug:
             _print_traceback()
-        if _is_ipfs_error(e):  # bad input or an unreachable node: the message says it all
-            print(f"ww: {e}", file=sys.stderr)
-            _exit(EXIT_FAILURE)
         print(f"ww: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
               file=sys.stderr)
         status = EXIT_FAILURE
-    _exit(status if isinstance(status, int) else 0)
+    return status if isinstance(status, int) else 0
 
 
-def _is_ipfs_error(e: Exception) -> bool:
-    # ww.ipfs.api is imported only by commands that use IPFS; if it is not loaded, the
-    # error cannot be one of its classes.
-    api = sys.modules.get("ww.ipfs.api")
-    return api is not None and isinstance(e, api.IpfsError)
+def main(argv: list[str] | None = None) -> None:
+    """The console script: :func:`run_cli`, then exit at once with its status."""
+    _exit(run_cli(argv))
 
 
 def _exit(status: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ww.errors import EXIT_FAILURE
+from ww.core.errors import EXIT_FAILURE
 
 
 @click.group()

@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any
 
-from ww.errors import UsageError
+from ww.core.errors import UsageError
 
 AUDIT_FD_ENV = "WW_AUDIT_FD"
 

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ww.errors import CommandNotFoundError, NotExecutableError, UsageError
+from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
 
 # Directories every jail already mounts read-only; nothing under them needs its own bind.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")

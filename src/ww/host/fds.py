@@ -15,7 +15,7 @@ import re
 import stat
 from dataclasses import dataclass
 
-from ww.errors import UsageError
+from ww.core.errors import UsageError
 
 RPC_FD = 3
 FIRST_GRANTED_FD = 4

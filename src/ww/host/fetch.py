@@ -21,7 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ww.errors import CommandNotFoundError, NotExecutableError, ResourceLimitError, UsageError
+from ww.core.errors import CommandNotFoundError, NotExecutableError, ResourceLimitError, UsageError
 from ww.ipfs.api import AddOptions, CoreAPI, EntryType, InvalidPathError, NotFoundError
 
 # The largest program fetched from IPFS without --fsize.  Its size is what three blocks a

@@ -40,7 +40,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ww.errors import HostError, NotExecutableError
+from ww.core.errors import HostError, NotExecutableError
 from ww.host.executable import Bind, which
 
 CELL_DIR = "/cell"

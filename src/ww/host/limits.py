@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ww.errors import EXIT_RESOURCE_LIMIT, UsageError
+from ww.core.errors import EXIT_RESOURCE_LIMIT, UsageError
 
 if TYPE_CHECKING:
     from ww.host.cgroups import CellCgroup  # imported only when a cell has --pids/--memory

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ww.errors import EXIT_AUTH_FAILED, UsageError, WwError
+from ww.core.errors import AuthenticationFailed, UsageError
 from ww.host.audit import NULL, Audit
 
 # Capability names, in the order Session.granted lists them.
@@ -31,16 +31,6 @@ CAPABILITIES = ("console", "ipfs", "exec", "p2p")
 ANY_PEER = "*"  # a policy entry for every verified identity the policy does not name
 
 DEFAULT_LOGIN_TIMEOUT = 10.0
-
-
-class AuthenticationFailed(WwError):
-    """A login failed; ``ww run`` stops the cell and exits 64 with this one line."""
-
-    exit_code = EXIT_AUTH_FAILED
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"authentication failed: {reason}")
-        self.reason = reason
 
 
 # Grants are immutable and hashable (a login's capability servers are cached by them); they

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +23,8 @@ from typing import Any
 import capnp
 
 from ww.caps.denied import Caller
-from ww.errors import WwError
+from ww.core._foreign import kj_reason
+from ww.core.errors import DeniedError
 from ww.host import wire
 from ww.host.policy import (
     ANY_PEER,
@@ -35,46 +34,9 @@ from ww.host.policy import (
     GrantSet,
     flag_grants,
 )
-from ww.ipfs.api import IpfsError
 from ww.schema import load
 
 _cell = load("cell")
-
-# Errors a capability raises on purpose: their message is one line meant for the cell.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    WwError, IpfsError, ValueError, PermissionError, NotImplementedError,
-)
-
-
-class _OneLineErrors:
-    """Stands in for the ``traceback`` module inside pycapnp.
-
-    pycapnp sends a failing server method's whole Python traceback to the caller, which
-    would show the cell the host's source paths and code.  The cell gets one line instead:
-    the message of an expected error, or a generic line for a bug, whose traceback goes to
-    the host's stderr only (with --debug).
-    """
-
-    debug = False
-
-    @classmethod
-    def format_exception(cls, etype: type, exc: BaseException, tb: Any) -> list[str]:
-        if isinstance(exc, capnp.KjException):
-            return [exc.description]
-        if isinstance(exc, EXPECTED_ERRORS):
-            return [str(exc).splitlines()[0] if str(exc) else etype.__name__]
-        if cls.debug:
-            sys.stderr.write("".join(traceback.format_exception(etype, exc, tb)))
-        return [f"internal error in the host ({etype.__name__})"]
-
-
-capnp.lib.capnp._traceback = _OneLineErrors  # type: ignore[attr-defined]
-
-
-def report_internal_errors(debug: bool) -> None:
-    """With --debug, a capability's unexpected error prints its traceback on the host."""
-    _OneLineErrors.debug = debug
-
 
 @dataclass
 class Grants:
@@ -126,7 +88,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
 
     async def identity(self, _context: Any, **kwargs: Any) -> None:
         if self.logged_in or self._key_given:
-            raise PermissionError("the identity is handed out once, and only before login")
+            raise DeniedError("the identity is handed out once, and only before login")
         self._key_given = True
         _context.results.key = self.access.identity_key or b""
 
@@ -168,8 +130,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
                 f"the cell's Signer did not answer the challenge within {timeout:g} s"
             ) from None
         except capnp.KjException as e:
-            reason = (e.description or "").splitlines()[0] if e.description else "no reason"
-            raise AuthenticationFailed(f"the cell's Signer failed: {reason}") from None
+            raise AuthenticationFailed(f"the cell's Signer failed: {kj_reason(e)}") from None
         from ww.ipfs.identity import IdentityError, verify_login
 
         try:

@@ -43,7 +43,7 @@ import os
 import socket
 import struct
 
-from ww.errors import HostError
+from ww.core.errors import HostError
 
 # The calls denied, by name, in the order they are checked.  Docker's default profile
 # denies every one of them too (docs/security.md compares the two call by call).

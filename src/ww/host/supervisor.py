@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from ww.errors import (
+from ww.core.errors import (
     EXIT_AUTH_FAILED,
     EXIT_ISOLATION_VIOLATION,
     EXIT_RESOURCE_LIMIT,
@@ -590,11 +590,13 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
 
     import capnp
 
+    from ww.core._foreign import send_one_line_errors
     from ww.host import rpc
 
     grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories,
                         access=config.access)
-    rpc.report_internal_errors(config.debug)
+    # Before anything is served: pycapnp would send the cell the host's tracebacks.
+    send_one_line_errors(config.debug)
     if not config.debug:
         import logging
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from ww.core.errors import IpfsError
 
-class IpfsError(Exception):
-    """Base class of every IPFS error; ``str(err)`` is one line fit for a user."""
+# IpfsError, the root of the errors below, is defined in the one tree (ww.core.errors).
 
 
 class InvalidPathError(IpfsError):

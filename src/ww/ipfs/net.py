@@ -236,9 +236,9 @@ class Network:
         except IpfsError:
             raise
         except Exception as e:
-            from ww.p2p.host import _reason
+            from ww.core._foreign import chained_reason
 
-            raise IpfsError(f"ipfs: cannot connect to {addr} ({_reason(e)})") from None
+            raise IpfsError(f"ipfs: cannot connect to {addr} ({chained_reason(e)})") from None
 
     def disconnect(self, peer: str) -> None:
         if not self.running:

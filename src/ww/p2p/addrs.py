@@ -9,7 +9,8 @@ contacts exactly the addresses it is given.
 
 from __future__ import annotations
 
-from ww.errors import WwError
+from ww.core.errors import AddressError
+from ww.core.errors import P2PError as P2PError  # re-exported: its home before the one tree
 
 PROTOCOL_ID = "/ww/0.1.0"
 """The libp2p protocol on which a host serves its cell's export (Cap'n Proto two-party RPC)."""
@@ -22,17 +23,13 @@ reaching the host from the network is an explicit ``--listen /ip4/0.0.0.0/tcp/20
 """
 
 
-class P2PError(WwError):
-    """A peer could not be reached, listened on or called; ``str()`` is one line."""
-
-
 def _parse(text: str, what: str) -> list[tuple[str, str | None]]:
     from ww.ipfs.multiaddr import MultiaddrError, parse
 
     try:
         return list(parse(text.strip()).components)
     except MultiaddrError as e:
-        raise ValueError(f"{what}: {e}") from None
+        raise AddressError(f"{what}: {e}") from None
 
 
 def _is_tcp(components: list[tuple[str, str | None]]) -> bool:
@@ -41,19 +38,19 @@ def _is_tcp(components: list[tuple[str, str | None]]) -> bool:
 
 
 def check_listen_addr(text: str) -> str:
-    """``/ip4|ip6/<addr>/tcp/<port>`` (port 0: any free port); raises ValueError otherwise."""
+    """``/ip4|ip6/<addr>/tcp/<port>`` (port 0: any free port); raises AddressError otherwise."""
     components = _parse(text, "listen address")
     if not _is_tcp(components):
-        raise ValueError(f"listen address {text!r}: expected /ip4/<address>/tcp/<port> or "
+        raise AddressError(f"listen address {text!r}: expected /ip4/<address>/tcp/<port> or "
                          "/ip6/<address>/tcp/<port>")
     return "/" + "/".join(f"{p}/{v}" for p, v in components)
 
 
 def check_join_addr(text: str) -> str:
-    """``/ip4|ip6/<addr>/tcp/<port>/p2p/<peer id>``; raises ValueError otherwise."""
+    """``/ip4|ip6/<addr>/tcp/<port>/p2p/<peer id>``; raises AddressError otherwise."""
     components = _parse(text, "peer address")
     if not (len(components) == 3 and _is_tcp(components[:2]) and components[2][0] == "p2p"):
-        raise ValueError(f"peer address {text!r}: expected "
+        raise AddressError(f"peer address {text!r}: expected "
                          "/ip4/<address>/tcp/<port>/p2p/<peer id>")
     return "/" + "/".join(f"{p}/{v}" for p, v in components)
 

@@ -23,7 +23,8 @@ def call_service(addr: str, method: str, args: list[str], timeout: float) -> str
 
 
 async def _call(node: Node, addr: str, method: str, args: list[str], timeout: float) -> str:
-    from ww.p2p.protocol import Dialer, remote_reason
+    from ww.core._foreign import kj_reason
+    from ww.p2p.protocol import Dialer
     from ww.schema import load
 
     dialer = Dialer(node)
@@ -33,7 +34,7 @@ async def _call(node: Node, addr: str, method: str, args: list[str], timeout: fl
             try:
                 return str((await service.call(method, args)).result)
             except capnp.KjException as e:
-                raise P2PError(f"remote error: {remote_reason(e)}") from None
+                raise P2PError(f"remote error: {kj_reason(e)}") from None
     except TimeoutError:
         raise P2PError(f"p2p: {addr}: no answer within {timeout:g} s") from None
     finally:

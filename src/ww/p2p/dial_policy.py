@@ -27,6 +27,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ww.core.errors import AddressError
 from ww.p2p.addrs import P2PError
 
 __all__ = ["AddressNotAllowed", "DialPolicy", "STRICT", "for_cells", "parse_range",
@@ -75,11 +76,11 @@ _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (SIIT, 
 
 
 def parse_range(text: str) -> Network:
-    """``CIDR`` or a single address (``/32`` or ``/128``); raises ValueError naming it."""
+    """``CIDR`` or a single address (``/32`` or ``/128``); raises AddressError naming it."""
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IP address or CIDR range (such as "
+        raise AddressError(f"{text!r} is not an IP address or CIDR range (such as "
                          "127.0.0.0/8 or fd00::/8)") from None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import capnp
 
+from ww.core._foreign import kj_reason
 from ww.p2p.addrs import PROTOCOL_ID, P2PError, peer_of
 from ww.schema import load
 
@@ -199,23 +200,10 @@ class Dialer:
 
 
 def _dial_failure(addr: str, e: capnp.KjException) -> str:
-    reason = remote_reason(e)
+    reason = kj_reason(e)
     if "exports nothing" in reason:
         return f"p2p: the cell at {peer_of(addr)} exports nothing"
     if e.type == "DISCONNECTED" or "disconnect" in reason.lower() or "EOF" in reason:
         return (f"p2p: {peer_of(addr)} serves nothing on {PROTOCOL_ID} (its cell exports "
                 "nothing, or it runs without --with-p2p)")
     return f"p2p: {peer_of(addr)}: {reason}"
-
-
-def remote_reason(e: capnp.KjException) -> str:
-    """The one line a remote failure means, without KJ's prefixes or a remote traceback."""
-    text = (getattr(e, "description", None) or str(e)).split("\nstack:", 1)[0].strip()
-    if "remote exception: " in text:
-        text = text.split("remote exception: ", 1)[1]
-    text = text.removeprefix("message = ")  # pycapnp's way of sending a Python error
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return "no reason given"
-    # A Python server's default answer is its traceback: the last line is the error.
-    return (lines[-1] if lines[0].startswith("Traceback") else lines[0]).strip()[:500]
