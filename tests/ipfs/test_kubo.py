@@ -37,7 +37,7 @@ from ww.ipfs.api import (
 )
 from ww.ipfs.cid import CID
 from ww.ipfs.kubo import KuboClient
-from ww.ipfs.multiaddr import MultiaddrError
+from ww.core.multiaddr import MultiaddrError
 
 from .kubo_fixture import FakeKubo, KuboWorker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ww.ipfs.api import IpfsError
-from ww.ipfs.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
+from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
 
 PEER = "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
 

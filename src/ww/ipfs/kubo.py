@@ -61,8 +61,8 @@ from .api import (
 )
 from .cid import CID
 from .importer import file_chunks
-from .multiaddr import DEFAULT_KUBO_API, MultiaddrError, to_http_url
-from .multiaddr import parse as parse_multiaddr
+from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, to_http_url
+from ww.core.multiaddr import parse as parse_multiaddr
 from .path import parse_path
 
 __all__ = ["KuboClient", "DEFAULT_KUBO_API"]

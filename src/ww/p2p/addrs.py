@@ -27,7 +27,7 @@ class P2PError(WwError):
 
 
 def _parse(text: str, what: str) -> list[tuple[str, str | None]]:
-    from ww.ipfs.multiaddr import MultiaddrError, parse
+    from ww.core.multiaddr import MultiaddrError, parse
 
     try:
         return list(parse(text.strip()).components)

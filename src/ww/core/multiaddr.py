@@ -16,8 +16,8 @@ import ipaddress
 import urllib.parse
 from dataclasses import dataclass
 
-from .api import IpfsError
-from .identity import IdentityError, decode_peer_id
+from ww.ipfs.api import IpfsError
+from ww.ipfs.identity import IdentityError, decode_peer_id
 
 __all__ = ["MultiaddrError", "Multiaddr", "parse", "to_http_url", "DEFAULT_KUBO_API"]
 
