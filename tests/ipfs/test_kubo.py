@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from ww.core.multiaddr import MultiaddrError
 from ww.ipfs import varint
 from ww.ipfs.api import (
     AddOptions,
@@ -37,7 +38,6 @@ from ww.ipfs.api import (
 )
 from ww.ipfs.cid import CID
 from ww.ipfs.kubo import KuboClient
-from ww.core.multiaddr import MultiaddrError
 
 from .kubo_fixture import FakeKubo, KuboWorker
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ww.ipfs.api import IpfsError
 from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
+from ww.ipfs.api import IpfsError
 
 PEER = "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
 
@@ -82,3 +82,37 @@ def test_bad_addresses_give_one_line_errors(text: str, message: str):
         to_http_url(text)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, IpfsError)
+
+
+def test_parsing_goes_through_pypi_multiaddr(monkeypatch: pytest.MonkeyPatch):
+    """One multiaddr implementation in the process: ww's parse is PyPI's (the one libp2p uses)."""
+    import multiaddr
+
+    from ww.core import multiaddr as glue
+
+    seen: list[str] = []
+    real = multiaddr.Multiaddr
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, addr, *args, **kwargs):  # noqa: ANN001
+            seen.append(str(addr))
+            super().__init__(addr, *args, **kwargs)
+
+    monkeypatch.setattr(glue._lib, "Multiaddr", Spy)
+    addr = parse(f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}")
+    assert seen == [f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}"]
+    assert isinstance(addr.lib, real)
+    assert addr.lib.get_peer_id() == PEER
+
+
+def test_no_other_multiaddr_module_in_ww():
+    """No ww module of its own parses multiaddrs: the only one is the glue over PyPI's."""
+    import importlib.util
+    import pkgutil
+
+    import ww
+
+    names = [m.name for m in pkgutil.walk_packages(ww.__path__, "ww.")
+             if "multiaddr" in m.name.rsplit(".", 1)[-1]]
+    assert names == ["ww.core.multiaddr"]
+    assert importlib.util.find_spec("ww.ipfs.multiaddr") is None

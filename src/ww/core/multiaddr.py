@@ -1,9 +1,11 @@
-"""Multiaddrs in their text form, for the addresses ww deals in.
+"""Multiaddrs in their text form, parsed by PyPI's ``multiaddr`` (the one py-libp2p uses).
 
 A multiaddr is a path of ``/protocol[/value]`` components: ``/ip4/127.0.0.1/tcp/5001/http``.
-We parse the protocols a kubo RPC address or a peer address uses (hosts, transports,
-``/p2p/<peer id>``, ``/unix/<path>``) and check every value, so a typo is reported here in
-one line instead of as an obscure failure to connect later.  Binary multiaddrs are not needed.
+The process holds one multiaddr implementation: :func:`parse` hands the text to
+:class:`multiaddr.Multiaddr`, which checks every value; this module only adds what ``ww``
+needs on top -- the old ``/ipfs/`` name of ``/p2p/``, ``/unix`` paths given unescaped, a
+:class:`Multiaddr` view of ``(protocol, value)`` pairs, and a one-line
+:class:`MultiaddrError` naming the bad component instead of the library's exception.
 
 :func:`to_http_url` turns the ``--ipfs`` / ``WW_IPFS`` setting (a multiaddr such as the
 reference default ``/dns4/localhost/tcp/5001/http``, or a plain ``http://host:port`` URL)
@@ -12,26 +14,20 @@ into the base URL of kubo's RPC API.
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import multiaddr as _lib
+from multiaddr.exceptions import Error as _LibError
+from multiaddr.protocols import protocol_with_name
 
 from ww.ipfs.api import IpfsError
-from ww.ipfs.identity import IdentityError, decode_peer_id
 
 __all__ = ["MultiaddrError", "Multiaddr", "parse", "to_http_url", "DEFAULT_KUBO_API"]
 
 DEFAULT_KUBO_API = "/dns4/localhost/tcp/5001/http"
 """The reference implementation's default ``--ipfs`` address."""
 
-# Protocols that take a value, and those that take none.  ``unix`` takes the rest of the path.
-_WITH_VALUE = frozenset(
-    "ip4 ip6 ip6zone dns dns4 dns6 dnsaddr tcp udp sni p2p certhash unix".split()
-)
-_WITHOUT_VALUE = frozenset(
-    "http https tls ws wss quic quic-v1 webtransport webrtc webrtc-direct p2p-circuit noise "
-    "utp udt".split()
-)
 _HOSTS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
 
 
@@ -41,9 +37,14 @@ class MultiaddrError(IpfsError, ValueError):
 
 @dataclass(frozen=True)
 class Multiaddr:
-    """A parsed multiaddr: its ``(protocol, value)`` components in order."""
+    """A parsed multiaddr: its ``(protocol, value)`` components in order.
+
+    ``lib`` is the :class:`multiaddr.Multiaddr` that parsed and checked it (what libp2p
+    takes); ``components`` holds its values, a ``/unix`` path unescaped.
+    """
 
     components: tuple[tuple[str, str | None], ...]
+    lib: _lib.Multiaddr = field(compare=False, repr=False)
 
     def __str__(self) -> str:
         out = []
@@ -95,67 +96,86 @@ def parse(text: str) -> Multiaddr:
     """Parse and check the text form of a multiaddr; raises :class:`MultiaddrError`."""
     if not text.startswith("/"):
         raise MultiaddrError(f"invalid multiaddr {text!r}: must begin with '/'")
+    pieces = _split(text)
+    # The library reads a /unix path percent-escaped; ww takes it as written.
+    canonical = "".join(
+        f"/{proto}" + ("" if value is None else "/" + (urllib.parse.quote(value[1:])
+                                                       if proto == "unix" else value))
+        for proto, value in pieces
+    )
+    try:
+        parsed = _lib.Multiaddr(canonical)
+        components = tuple(
+            (proto.name, None if value is None
+             else urllib.parse.unquote(value) if proto.name == "unix" else str(value))
+            for proto, value in parsed.items()
+        )
+    except (_LibError, ValueError) as err:
+        raise MultiaddrError(f"invalid multiaddr {text!r}: {_why(pieces, err)}") from None
+    return Multiaddr(components, parsed)
+
+
+def _split(text: str) -> list[tuple[str, str | None]]:
+    """``(protocol, value text)`` pairs, as the library's protocol table says which take a value.
+
+    Only the shape is checked here (known names, values present); values are the library's
+    to check.
+    """
     parts = text.split("/")[1:]
-    components: list[tuple[str, str | None]] = []
+    if parts and parts[-1] == "" and len(parts) > 1:  # a trailing slash
+        parts.pop()
+    pieces: list[tuple[str, str | None]] = []
     i = 0
     while i < len(parts):
-        proto = parts[i]
-        if proto == "ipfs":  # the old name of /p2p
-            proto = "p2p"
+        name = "p2p" if parts[i] == "ipfs" else parts[i]  # /ipfs is the old name of /p2p
         i += 1
-        if proto == "" and i == len(parts) and components:  # a trailing slash
-            break
-        if proto == "unix":
+        if name == "unix":
             path = "/" + "/".join(parts[i:])
             if path == "/":
-                raise MultiaddrError(f"invalid multiaddr {text!r}: /unix needs a path")
-            components.append((proto, path))
+                raise _bad(text, "/unix needs a path")
+            pieces.append((name, path))
             break
-        if proto in _WITHOUT_VALUE:
-            components.append((proto, None))
+        try:
+            proto = protocol_with_name(name)
+        except _LibError:
+            raise _bad(text, f"unknown protocol {name or '(empty)'!r}") from None
+        if proto.codec is None:
+            pieces.append((name, None))
             continue
-        if proto not in _WITH_VALUE:
-            shown = proto or "(empty)"
-            raise MultiaddrError(f"invalid multiaddr {text!r}: unknown protocol {shown!r}")
         if i == len(parts) or parts[i] == "":
-            raise MultiaddrError(f"invalid multiaddr {text!r}: /{proto} needs a value")
-        value = _check_value(text, proto, parts[i])
-        components.append((proto, value))
+            raise _bad(text, f"/{name} needs a value")
+        pieces.append((name, parts[i]))
         i += 1
-    if not components:
-        raise MultiaddrError(f"invalid multiaddr {text!r}: it is empty")
-    return Multiaddr(tuple(components))
+    if not pieces:
+        raise _bad(text, "it is empty")
+    return pieces
 
 
-def _check_value(text: str, proto: str, value: str) -> str:
-    def bad(why: str) -> MultiaddrError:
-        return MultiaddrError(f"invalid multiaddr {text!r}: {why}")
+def _why(pieces: list[tuple[str, str | None]], err: Exception) -> str:
+    """One line naming the first component the library refuses."""
+    for proto, value in pieces:
+        if value is None or proto == "unix":
+            continue
+        try:
+            _lib.Multiaddr(f"/{proto}/{value}")
+        except (_LibError, ValueError):
+            if proto == "ip4":
+                return f"{value!r} is not an IPv4 address"
+            if proto == "ip6":
+                return f"{value!r} is not an IPv6 address"
+            if proto in ("tcp", "udp"):
+                return f"{value!r} is not a {proto} port (0-65535)"
+            if proto in ("dns", "dns4", "dns6", "dnsaddr", "sni"):
+                return f"{value!r} is not a DNS name"
+            if proto == "p2p":
+                return f"invalid peer id {value!r}"
+            return f"bad /{proto} value {value!r}"
+    message = getattr(err, "message", None) or str(err)
+    return message.splitlines()[0] if message else type(err).__name__
 
-    if proto == "ip4":
-        try:
-            return str(ipaddress.IPv4Address(value))
-        except ValueError:
-            raise bad(f"{value!r} is not an IPv4 address") from None
-    if proto == "ip6":
-        try:
-            return str(ipaddress.IPv6Address(value))
-        except ValueError:
-            raise bad(f"{value!r} is not an IPv6 address") from None
-    if proto in ("tcp", "udp"):
-        if not value.isdigit() or int(value) > 65535:
-            raise bad(f"{value!r} is not a {proto} port (0-65535)")
-        return str(int(value))
-    if proto in ("dns", "dns4", "dns6", "dnsaddr", "sni"):
-        if len(value) > 253 or not all(c.isascii() and (c.isalnum() or c in "-._") for c in value):
-            raise bad(f"{value!r} is not a DNS name")
-        return value
-    if proto == "p2p":
-        try:
-            decode_peer_id(value)
-        except IdentityError as err:
-            raise bad(str(err)) from None
-        return value
-    return value
+
+def _bad(text: str, why: str) -> MultiaddrError:
+    return MultiaddrError(f"invalid multiaddr {text!r}: {why}")
 
 
 def to_http_url(address: str) -> str:

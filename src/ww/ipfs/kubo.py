@@ -42,6 +42,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, to_http_url
+from ww.core.multiaddr import parse as parse_multiaddr
+
 from . import car, exporter, multihash
 from .api import (
     AddOptions,
@@ -61,8 +64,6 @@ from .api import (
 )
 from .cid import CID
 from .importer import file_chunks
-from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, to_http_url
-from ww.core.multiaddr import parse as parse_multiaddr
 from .path import parse_path
 
 __all__ = ["KuboClient", "DEFAULT_KUBO_API"]
