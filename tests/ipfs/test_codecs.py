@@ -95,3 +95,17 @@ def test_unixfs_accepts_packed_blocksizes_as_protobuf_allows() -> None:
 def test_unixfs_decoder_rejects_malformed_data(data: bytes, message: str) -> None:
     with pytest.raises(CorruptBlockError, match=message):
         unixfs.decode(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "h1"),
+    [
+        # MurmurHash3_x64_128 reference values, first 64 bits, seed 0 (as spaolacci/murmur3).
+        (b"", "0000000000000000"),
+        (b"hello", "cbd8a7b341bd9b02"),
+        (b"a.txt", "59a0c46995547089"),
+        ("é".encode() * 20, "07b73ec7c6ead59b"),  # > 16 bytes: the block loop and a tail
+    ],
+)
+def test_hamt_hash_is_murmur3_x64_128_h1_big_endian(name: bytes, h1: str) -> None:
+    assert unixfs.hamt_hash(name).hex() == h1

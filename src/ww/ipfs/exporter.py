@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dagpb, unixfs
-from ._murmur3 import murmur3_64
 from .api import (
     WOULD_WAIT,
     CorruptBlockError,
@@ -177,7 +176,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
     assert node.fs is not None
     if node.fs.type is not DataType.HAMT_SHARD or node.fs.hash_type != HAMT_MURMUR3:
         return next((link.cid for link in _dir_links(getter, node) if link.name == name), None)
-    hashed = int.from_bytes(murmur3_64(name), "big")
+    hashed = int.from_bytes(unixfs.hamt_hash(name), "big")
     consumed = 0
     for _ in range(MAX_HAMT_LEVELS):
         fanout = node.fs.fanout or 0

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Protocol
 
 from . import dagpb, multihash, unixfs, varint
-from ._murmur3 import murmur3_64
 from .api import AddOptions, UnsupportedError
 from .cid import CID, DAG_PB, RAW
 
@@ -229,7 +228,7 @@ def import_directory(
         if a == b:
             raise ValueError(f"duplicate directory entry {a!r}")
     if sum(len(name) + len(bytes(child.cid)) for name, child in items) >= HAMT_THRESHOLD:
-        keyed = [(murmur3_64(name), name, child) for name, child in items]
+        keyed = [(unixfs.hamt_hash(name), name, child) for name, child in items]
         return _hamt_shard(keyed, 0, params, sink)
     links = tuple(dagpb.PBLink(child.cid, name, child.tsize) for name, child in items)
     block = dagpb.encode(dagpb.PBNode(links, _DIRECTORY_DATA))
