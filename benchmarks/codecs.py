@@ -62,8 +62,9 @@ def main() -> None:
     import multihash as pymultihash
     import varint as pyvarint
 
-    from ww.ipfs import dagpb, multibase, multihash, varint
-    from ww.ipfs.cid import CID, RAW
+    from ww.core import multibase, multihash, varint
+    from ww.core.cid import CID, RAW
+    from ww.ipfs import dagpb
 
     block = os.urandom(256 * 1024)
     mh = multihash.sha256(block)

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ww.ipfs import dagpb, multihash, unixfs
+from ww.core import multihash
+from ww.core.cid import CID
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import CorruptBlockError
-from ww.ipfs.cid import CID
 from ww.ipfs.unixfs import DataType, UnixFSData
 
 HELLO = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import dagpb, multihash, unixfs
+from ww.core import multihash
+from ww.core.cid import CID
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import (
     EntryType,
     IpfsError,
     NotAFileError,
     NotFoundError,
 )
-from ww.ipfs.cid import CID
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
 from ww.ipfs.unixfs import hamt_hash

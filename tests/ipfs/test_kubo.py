@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from ww.core import varint
+from ww.core.cid import CID
 from ww.core.multiaddr import MultiaddrError
-from ww.ipfs import varint
 from ww.ipfs.api import (
     AddOptions,
     BackendUnavailableError,
@@ -36,7 +37,6 @@ from ww.ipfs.api import (
     NotAFileError,
     NotFoundError,
 )
-from ww.ipfs.cid import CID
 from ww.ipfs.kubo import KuboClient
 
 from .kubo_fixture import FakeKubo, KuboWorker

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ww.ipfs import multibase, multihash, varint
+from ww.core import multibase, multihash, varint
+from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs.api import InvalidPathError
-from ww.ipfs.cid import CID, DAG_PB, RAW
 from ww.ipfs.path import parse_path
 
 EMPTY_DIR = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cid import CID, CidError
+from ww.core.cid import CID, CidError
 
 __all__ = ["DagCborError", "encode", "decode"]
 

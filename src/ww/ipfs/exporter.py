@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ww.core.cid import CID, RAW
+
 from . import dagpb, unixfs
 from .api import (
     WOULD_WAIT,
@@ -40,7 +42,6 @@ from .api import (
     UnsupportedError,
     WouldWait,
 )
-from .cid import CID, RAW
 from .path import IpfsPath, parse_path
 from .unixfs import DataType
 

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import dagpb, multihash, unixfs, varint
+from ww.core import multihash, varint
+from ww.core.cid import CID, DAG_PB, RAW
+
+from . import dagpb, unixfs
 from .api import AddOptions, UnsupportedError
-from .cid import CID, DAG_PB, RAW
 
 __all__ = [
     "CHUNK_SIZE",

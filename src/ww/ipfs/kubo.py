@@ -42,10 +42,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ww.core import multihash
+from ww.core.cid import CID
 from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, to_http_url
 from ww.core.multiaddr import parse as parse_multiaddr
 
-from . import car, exporter, multihash
+from . import car, exporter
 from .api import (
     AddOptions,
     BackendUnavailableError,
@@ -62,7 +64,6 @@ from .api import (
     UnsupportedError,
     current_token,
 )
-from .cid import CID
 from .importer import file_chunks
 from .path import parse_path
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import mmh3
 
-from ._protobuf import LEN, VARINT, ProtobufError, bytes_field, fields, key, read_varint
-from ._protobuf import uvarint_field as _uv
+from ww.core.protobuf import LEN, VARINT, ProtobufError, bytes_field, fields, key, read_varint
+from ww.core.protobuf import uvarint_field as _uv
+
 from .api import CorruptBlockError
 
 __all__ = ["DataType", "UnixFSData", "encode", "decode", "hamt_hash", "FILE_LEAF_PREFIX"]

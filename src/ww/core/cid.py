@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ww.ipfs.api import InvalidPathError
+
 from . import multibase, multihash, varint
-from .api import InvalidPathError
 
 __all__ = ["DAG_PB", "RAW", "CID", "CidError"]
 
