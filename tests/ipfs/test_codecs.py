@@ -110,3 +110,24 @@ def test_unixfs_decoder_rejects_malformed_data(data: bytes, message: str) -> Non
 )
 def test_hamt_hash_is_murmur3_x64_128_h1_big_endian(name: bytes, h1: str) -> None:
     assert unixfs.hamt_hash(name).hex() == h1
+
+
+def test_car_header_with_cbor_shared_values_is_refused_at_once() -> None:
+    """CBOR value sharing (tags 28/29) doubles a value per level: 60 levels in 300 bytes.
+
+    cbor2 resolves those tags itself, and walking or re-encoding the result never ends; the
+    header decoder refuses every tag but 42 before anything is built.
+    """
+    import io
+
+    from ww.core import varint
+    from ww.ipfs.car import CarReader, InvalidCarError
+
+    items = [b"\xd8\x1c\x82\x00\x00"]  # shareable([0, 0])
+    for i in range(1, 60):  # shareable([ref(i-1), ref(i-1)])
+        ref = b"\xd8\x1d\x18" + bytes([i - 1])
+        items.append(b"\xd8\x1c\x82" + ref + ref)
+    roots = b"\x98" + bytes([len(items)]) + b"".join(items)
+    header = b"\xa2eroots" + roots + b"gversion\x01"
+    with pytest.raises(InvalidCarError, match="unsupported dag-cbor item"):
+        CarReader(io.BytesIO(varint.encode(len(header)) + header))

@@ -18,6 +18,11 @@ from . import multibase, multihash, varint
 
 __all__ = ["DAG_PB", "RAW", "CID", "CidError"]
 
+# Kept over py-cid, which sits on every block's path (Bitswap, CAR, importer): it is 3.0x
+# slower to decode a binary CID (2.03 us own, 6.06 us library), 5.1x to parse a base32 one
+# (13.4 us, 69.0 us) and 11.8x to print one (5.8 us, 68.3 us) -- benchmarks/codecs.py -- and
+# it accepts the dag-cbor and identity-multihash CIDs this node refuses.
+
 DAG_PB = 0x70
 RAW = 0x55
 _CODEC_NAMES = {DAG_PB: "dag-pb", RAW: "raw"}

@@ -19,6 +19,11 @@ __all__ = [
     "decode",
 ]
 
+# Kept over py-multibase, which every CID string goes through: it is 4.8x slower to decode
+# base58btc (2.65 us own, 12.8 us library) and 11.8x to encode base32 (5.8 us, 68.3 us) --
+# benchmarks/codecs.py -- and it accepts base32 with non-zero trailing bits ("baf" decodes
+# as "bae" does), so two strings would name one CID.
+
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 _B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
