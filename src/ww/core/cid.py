@@ -18,10 +18,11 @@ from . import multibase, multihash, varint
 
 __all__ = ["DAG_PB", "RAW", "CID", "CidError"]
 
-# Kept over py-cid, which sits on every block's path (Bitswap, CAR, importer): it is 3.0x
-# slower to decode a binary CID (2.03 us own, 6.06 us library), 5.1x to parse a base32 one
-# (13.4 us, 69.0 us) and 11.8x to print one (5.8 us, 68.3 us) -- benchmarks/codecs.py -- and
-# it accepts the dag-cbor and identity-multihash CIDs this node refuses.
+# Kept over py-cid, which would sit on every block's path (Bitswap, CAR, importer): it is
+# 1.9-3.0x slower to decode a binary CID (2.0 us own, 3.8-6.1 us library), 4.2-5.1x to parse
+# a base32 one (13 us, 55-69 us) and 12-20x to print one (3.8-5.8 us, 68-74 us) --
+# benchmarks/codecs.py, two runs -- and it accepts the dag-cbor and identity-multihash CIDs
+# this node refuses, so the checks here would stay around it anyway.
 
 DAG_PB = 0x70
 RAW = 0x55

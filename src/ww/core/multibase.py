@@ -19,10 +19,10 @@ __all__ = [
     "decode",
 ]
 
-# Kept over py-multibase, which every CID string goes through: it is 4.8x slower to decode
-# base58btc (2.65 us own, 12.8 us library) and 11.8x to encode base32 (5.8 us, 68.3 us) --
-# benchmarks/codecs.py -- and it accepts base32 with non-zero trailing bits ("baf" decodes
-# as "bae" does), so two strings would name one CID.
+# Kept over py-multibase, which every CID string would go through: it is 5-11x slower to
+# decode base58btc (2.7-4.5 us own, 13-51 us library) and 12-20x to encode base32 (4-6 us,
+# 68-74 us) in two runs of benchmarks/codecs.py; and it accepts base32 with non-zero
+# trailing bits ("baf" decodes as "bae" does), so two strings would name one CID.
 
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
