@@ -116,3 +116,9 @@ def test_no_other_multiaddr_module_in_ww():
              if "multiaddr" in m.name.rsplit(".", 1)[-1]]
     assert names == ["ww.core.multiaddr"]
     assert importlib.util.find_spec("ww.ipfs.multiaddr") is None
+
+
+def test_an_address_the_library_misreads_is_refused():
+    """PyPI multiaddr 0.2.0 writes /ip6zone's value without a length: eth0 reads back as ip4."""
+    with pytest.raises(MultiaddrError, match="/ip6zone is not supported"):
+        parse("/ip6zone/eth0/ip6/fe80::1/tcp/1")

@@ -112,6 +112,15 @@ def parse(text: str) -> Multiaddr:
         )
     except (_LibError, ValueError) as err:
         raise MultiaddrError(f"invalid multiaddr {text!r}: {_why(pieces, err)}") from None
+    # multiaddr 0.2.0 writes an /ip6zone value without its length, so that
+    # /ip6zone/eth0/ip6/fe80::1 reads back as /ip6zone/ip4/101.116.104.48/ip6/fe80::1: take an
+    # address only if it reads back as the protocols written.
+    if [name for name, _ in components] != [name for name, _ in pieces]:
+        same = 0
+        while same < min(len(pieces), len(components)) and pieces[same][0] == components[same][0]:
+            same += 1
+        unsupported = pieces[max(same - 1, 0)][0]  # the last one read back: its value was not
+        raise MultiaddrError(f"invalid multiaddr {text!r}: /{unsupported} is not supported")
     return Multiaddr(components, parsed)
 
 
