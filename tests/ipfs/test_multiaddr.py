@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
 from ww.ipfs.api import IpfsError
@@ -122,3 +124,21 @@ def test_an_address_the_library_misreads_is_refused():
     """PyPI multiaddr 0.2.0 writes /ip6zone's value without a length: eth0 reads back as ip4."""
     with pytest.raises(MultiaddrError, match="/ip6zone is not supported"):
         parse("/ip6zone/eth0/ip6/fe80::1/tcp/1")
+
+
+_PROTOCOLS = ("ip4 ip6 ip6zone dns dns4 dnsaddr tcp udp p2p ipfs certhash unix http tls ws quic-v1 "
+              "onion3 garlic32 memory ipcidr http-path").split()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PROTOCOLS), st.one_of(st.none(), st.text(max_size=20))),
+                min_size=1, max_size=5))
+def test_any_text_is_parsed_or_refused_with_a_one_line_multiaddr_error(
+    pieces: list[tuple[str, str | None]],
+) -> None:
+    """No exception of the library's (or a TypeError, IndexError, ...) reaches ww's caller."""
+    text = "".join(f"/{proto}" + ("" if value is None else f"/{value}") for proto, value in pieces)
+    try:
+        parse(text)
+    except MultiaddrError as err:
+        assert "\n" not in str(err)
