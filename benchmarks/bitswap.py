@@ -50,8 +50,8 @@ def flood(mib: int, messages: int) -> None:
     from tests.conftest import WW, host_env
     from tests.ipfs.bitswap_flood import Flooder, want_blocks
     from tests.p2p.test_one_host import SERVER
+    from ww.core.cid import CID
     from ww.ipfs import dagpb
-    from ww.ipfs.cid import CID
     from ww.ipfs.node import EmbeddedNode
 
     with tempfile.TemporaryDirectory(prefix="ww-bitswap-flood-") as tmp:

@@ -139,7 +139,7 @@ def test_a_cell_narrows_its_capability_further_but_never_widens_it(make_cell, tr
 def test_a_roots_limited_capability_unpins_only_its_own_pins_never_the_operators(
         make_cell, trees):
     root, _ = trees  # `ww export` pinned both trees: the operator's pins
-    from ww.ipfs.cid import CID
+    from ww.core.cid import CID
 
     cid = root.removeprefix("/ipfs/")
     v1 = str(CID.parse(cid).to_v1())

@@ -371,7 +371,7 @@ def test_a_read_served_on_the_loop_goes_to_a_worker_where_a_block_is_missing(
     block is missing (here: the file's third leaf, which only a silent peer has) the reader
     goes to a worker thread, so the cell's other calls are answered while it waits."""
     pytest.importorskip("libp2p")
-    from ww.ipfs.cid import CID
+    from ww.core.cid import CID
     from ww.ipfs.node import EmbeddedNode
 
     data = random.Random(7).randbytes(4 * 256 * 1024)

@@ -57,8 +57,9 @@ def test_without_a_cpu_cgroup_cpu_time_is_refused_not_under_enforced():
 
 
 def _put_file_node(node, links, data: bytes | None, blocksizes: tuple[int, ...]) -> str:
-    from ww.ipfs import dagpb, multihash, unixfs
-    from ww.ipfs.cid import CID
+    from ww.core import multihash
+    from ww.core.cid import CID
+    from ww.ipfs import dagpb, unixfs
 
     fs = unixfs.UnixFSData(unixfs.DataType.FILE, data=data,
                            filesize=len(data or b"") + sum(blocksizes), blocksizes=blocksizes)
@@ -77,7 +78,7 @@ def _few_blocks_claiming(node, size: int) -> tuple[str, int]:
     head = b"#!/bin/sh\necho ran\nexit 0\n"
     leaf = _put_file_node(node, [], b"#" * 65536, ())
     head_cid = _put_file_node(node, [], head, ())
-    from ww.ipfs.cid import CID
+    from ww.core.cid import CID
 
     count = (size - len(head)) // 65536
     links = [dagpb.PBLink(CID.parse(head_cid), b"", len(head))]
@@ -133,8 +134,8 @@ def test_ww_run_refuses_an_ipfs_program_larger_than_fsize(make_cell, ww_home):
 def _few_blocks_claiming_gibibytes(node, gib: int) -> tuple[str, int]:
     """Like :func:`_few_blocks_claiming`, one level deeper: a shell script's first line, then
     ``gib`` links to a node that links one 64 KiB leaf 16384 times (1 GiB); four blocks."""
+    from ww.core.cid import CID
     from ww.ipfs import dagpb
-    from ww.ipfs.cid import CID
 
     head = b"#!/bin/sh\necho ran\nexit 0\n"
     leaf = CID.parse(_put_file_node(node, [], b"#" * 65536, ()))

@@ -44,8 +44,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ww.ipfs import dagpb, unixfs, varint
-from ww.ipfs.cid import CID, RAW
+from ww.core import varint
+from ww.core.cid import CID, RAW
+from ww.ipfs import dagpb, unixfs
 
 WORKER_TIMEOUT = 60.0
 

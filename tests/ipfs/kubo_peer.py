@@ -242,7 +242,7 @@ def driver_main(ww_home: str, kubo_repo: str) -> None:
         if op == "ww.stats":
             return {"stats": node._net.stats() if node._net else {}}
         if op == "ww.has":
-            from ww.ipfs.cid import CID
+            from ww.core.cid import CID
 
             return {"has": node._blocks.has(CID.parse(req["cid"]))}
         if op == "ww.check":

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from ww.core.cid import CID, RAW
+from ww.core.multihash import sha256
 from ww.ipfs import bitswap
 from ww.ipfs.api import AddOptions, NotFoundError
 from ww.ipfs.bitswap import Message, Presence, WantEntry, WantType
-from ww.ipfs.cid import CID, RAW
 from ww.ipfs.importer import CHUNK_SIZE
-from ww.ipfs.multihash import sha256
 from ww.ipfs.node import EmbeddedNode
 
 pytest.importorskip("libp2p")

@@ -23,10 +23,10 @@ import pytest
 from tests.conftest import WW, host_env
 from tests.ipfs.bitswap_flood import Flooder, want_blocks
 from tests.p2p.test_one_host import SERVER  # a cell that prints its IPFS address, then waits
+from ww.core.cid import CID, RAW
+from ww.core.multihash import sha256
 from ww.ipfs import bitswap, dagpb
-from ww.ipfs.cid import CID, RAW
 from ww.ipfs.importer import CHUNK_SIZE
-from ww.ipfs.multihash import sha256
 from ww.ipfs.node import EmbeddedNode
 
 pytest.importorskip("libp2p")

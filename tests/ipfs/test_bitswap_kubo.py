@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs.cid import CID
-from ww.ipfs.multihash import sha256
+from ww.core.cid import CID
+from ww.core.multihash import sha256
 
 from .kubo_peer import DriverError, Namespace
 

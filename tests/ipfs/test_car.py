@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import _dagcbor, car, varint
+from ww.core import varint
+from ww.core.cid import CID
+from ww.ipfs import _dagcbor, car
 from ww.ipfs.api import AddOptions, CorruptBlockError, NotFoundError
 from ww.ipfs.car import CarReader, InvalidCarError
-from ww.ipfs.cid import CID
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
 

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ww.ipfs import dagpb, multihash, unixfs
+from ww.core import multihash
+from ww.core.cid import CID
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import CorruptBlockError
-from ww.ipfs.cid import CID
 from ww.ipfs.unixfs import DataType, UnixFSData
 
 HELLO = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
@@ -95,3 +96,38 @@ def test_unixfs_accepts_packed_blocksizes_as_protobuf_allows() -> None:
 def test_unixfs_decoder_rejects_malformed_data(data: bytes, message: str) -> None:
     with pytest.raises(CorruptBlockError, match=message):
         unixfs.decode(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "h1"),
+    [
+        # MurmurHash3_x64_128 reference values, first 64 bits, seed 0 (as spaolacci/murmur3).
+        (b"", "0000000000000000"),
+        (b"hello", "cbd8a7b341bd9b02"),
+        (b"a.txt", "59a0c46995547089"),
+        ("é".encode() * 20, "07b73ec7c6ead59b"),  # > 16 bytes: the block loop and a tail
+    ],
+)
+def test_hamt_hash_is_murmur3_x64_128_h1_big_endian(name: bytes, h1: str) -> None:
+    assert unixfs.hamt_hash(name).hex() == h1
+
+
+def test_car_header_with_cbor_shared_values_is_refused_at_once() -> None:
+    """CBOR value sharing (tags 28/29) doubles a value per level: 60 levels in 300 bytes.
+
+    cbor2 resolves those tags itself, and walking or re-encoding the result never ends; the
+    header decoder refuses every tag but 42 before anything is built.
+    """
+    import io
+
+    from ww.core import varint
+    from ww.ipfs.car import CarReader, InvalidCarError
+
+    items = [b"\xd8\x1c\x82\x00\x00"]  # shareable([0, 0])
+    for i in range(1, 60):  # shareable([ref(i-1), ref(i-1)])
+        ref = b"\xd8\x1d\x18" + bytes([i - 1])
+        items.append(b"\xd8\x1c\x82" + ref + ref)
+    roots = b"\x98" + bytes([len(items)]) + b"".join(items)
+    header = b"\xa2eroots" + roots + b"gversion\x01"
+    with pytest.raises(InvalidCarError, match="unsupported dag-cbor item"):
+        CarReader(io.BytesIO(varint.encode(len(header)) + header))

@@ -12,9 +12,10 @@ import pytest
 
 from tests.conftest import WW, run_ww
 from ww.caps.ipfs_scope import IpfsScope
-from ww.ipfs import car, dagpb, exporter, multihash, unixfs
+from ww.core import multihash
+from ww.core.cid import CID, RAW
+from ww.ipfs import car, dagpb, exporter, unixfs
 from ww.ipfs.api import CorruptBlockError
-from ww.ipfs.cid import CID, RAW
 from ww.ipfs.node import EmbeddedNode
 from ww.ipfs.path import parse_path
 

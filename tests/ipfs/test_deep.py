@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import dagpb, multihash, unixfs
+from ww.core import multihash
+from ww.core.cid import CID
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import CorruptBlockError
-from ww.ipfs.cid import CID
 from ww.ipfs.importer import ImportParams, import_directory, import_file, import_symlink
 from ww.ipfs.node import EmbeddedNode
 

@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import dagpb, multihash, unixfs
-from ww.ipfs._murmur3 import murmur3_64
+from ww.core import multihash
+from ww.core.cid import CID
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import (
     EntryType,
     IpfsError,
     NotAFileError,
     NotFoundError,
 )
-from ww.ipfs.cid import CID
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
+from ww.ipfs.unixfs import hamt_hash
 
 from .conftest import deterministic_bytes, make_tree
 
@@ -272,7 +273,7 @@ def test_hamt_sharded_directories_from_elsewhere_can_be_listed_resolved_and_fetc
 ) -> None:
     a = CID.parse(node.add_stream([b"A\n"]))
     b = CID.parse(node.add_stream([b"B\n"]))
-    ha, hb = murmur3_64(b"a.txt"), murmur3_64(b"b.txt")
+    ha, hb = hamt_hash(b"a.txt"), hamt_hash(b"b.txt")
     assert ha[0] != hb[0]
     shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22, fanout=256)
     inner = _put_node(node, [dagpb.PBLink(b, b"%02Xb.txt" % hb[1], 10)], shard)
@@ -384,7 +385,7 @@ def test_a_symlink_in_the_content_is_never_followed_by_a_later_entry(
     plain = _put_node(
         node, [dagpb.PBLink(link, b"a", 10), dagpb.PBLink(inner, b"a", 90)], directory
     )
-    index = murmur3_64(b"a")[0]
+    index = hamt_hash(b"a")[0]
     shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22, fanout=256)
     sub = _put_node(
         node,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import multibase
+from ww.core import multibase
 from ww.ipfs.identity import (
     IDENTITY_FILE,
     KEY_TYPE_RSA,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import AddOptions, EntryType, NotFoundError, UnsupportedError
-from ww.ipfs.cid import CID, DAG_PB, RAW
 from ww.ipfs.importer import CHUNK_SIZE, ImportParams, NullSink, import_file, rechunk
 from ww.ipfs.node import EmbeddedNode
 

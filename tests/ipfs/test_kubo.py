@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import varint
+from ww.core import varint
+from ww.core.cid import CID
+from ww.core.multiaddr import MultiaddrError
 from ww.ipfs.api import (
     AddOptions,
     BackendUnavailableError,
@@ -35,9 +37,7 @@ from ww.ipfs.api import (
     NotAFileError,
     NotFoundError,
 )
-from ww.ipfs.cid import CID
 from ww.ipfs.kubo import KuboClient
-from ww.ipfs.multiaddr import MultiaddrError
 
 from .kubo_fixture import FakeKubo, KuboWorker
 

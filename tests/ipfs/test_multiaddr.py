@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
 from ww.ipfs.api import IpfsError
-from ww.ipfs.multiaddr import DEFAULT_KUBO_API, MultiaddrError, parse, to_http_url
 
 PEER = "12D3KooWBtg3aaRMjxwedh83aGiUkwSxDwUZkzuJcfaqUmo7R3pq"
 
@@ -82,3 +84,61 @@ def test_bad_addresses_give_one_line_errors(text: str, message: str):
         to_http_url(text)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, IpfsError)
+
+
+def test_parsing_goes_through_pypi_multiaddr(monkeypatch: pytest.MonkeyPatch):
+    """One multiaddr implementation in the process: ww's parse is PyPI's (the one libp2p uses)."""
+    import multiaddr
+
+    from ww.core import multiaddr as glue
+
+    seen: list[str] = []
+    real = multiaddr.Multiaddr
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, addr, *args, **kwargs):  # noqa: ANN001
+            seen.append(str(addr))
+            super().__init__(addr, *args, **kwargs)
+
+    monkeypatch.setattr(glue._lib, "Multiaddr", Spy)
+    addr = parse(f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}")
+    assert seen == [f"/ip4/1.2.3.4/tcp/4001/p2p/{PEER}"]
+    assert isinstance(addr.lib, real)
+    assert addr.lib.get_peer_id() == PEER
+
+
+def test_no_other_multiaddr_module_in_ww():
+    """No ww module of its own parses multiaddrs: the only one is the glue over PyPI's."""
+    import importlib.util
+    import pkgutil
+
+    import ww
+
+    names = [m.name for m in pkgutil.walk_packages(ww.__path__, "ww.")
+             if "multiaddr" in m.name.rsplit(".", 1)[-1]]
+    assert names == ["ww.core.multiaddr"]
+    assert importlib.util.find_spec("ww.ipfs.multiaddr") is None
+
+
+def test_an_address_the_library_misreads_is_refused():
+    """PyPI multiaddr 0.2.0 writes /ip6zone's value without a length: eth0 reads back as ip4."""
+    with pytest.raises(MultiaddrError, match="/ip6zone is not supported"):
+        parse("/ip6zone/eth0/ip6/fe80::1/tcp/1")
+
+
+_PROTOCOLS = ("ip4 ip6 ip6zone dns dns4 dnsaddr tcp udp p2p ipfs certhash unix http tls ws quic-v1 "
+              "onion3 garlic32 memory ipcidr http-path").split()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PROTOCOLS), st.one_of(st.none(), st.text(max_size=20))),
+                min_size=1, max_size=5))
+def test_any_text_is_parsed_or_refused_with_a_one_line_multiaddr_error(
+    pieces: list[tuple[str, str | None]],
+) -> None:
+    """No exception of the library's (or a TypeError, IndexError, ...) reaches ww's caller."""
+    text = "".join(f"/{proto}" + ("" if value is None else f"/{value}") for proto, value in pieces)
+    try:
+        parse(text)
+    except MultiaddrError as err:
+        assert "\n" not in str(err)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ww.ipfs import multibase, multihash, varint
+from ww.core import multibase, multihash, varint
+from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs.api import InvalidPathError
-from ww.ipfs.cid import CID, DAG_PB, RAW
 from ww.ipfs.path import parse_path
 
 EMPTY_DIR = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
@@ -124,3 +124,28 @@ def test_ipfs_paths_with_and_without_prefix_parse_to_root_and_segments() -> None
 def test_malformed_paths_raise_invalid_path_error(text: str, message: str) -> None:
     with pytest.raises(InvalidPathError, match=message):
         parse_path(text)
+
+
+# Inputs the PyPI libraries accept (varint, py-multihash, py-multibase, py-cid: see the comment
+# at the top of each module in ww/core) and ww refuses, with its own error type: blocks, CARs
+# and cells are hostile, and two encodings of one CID would be two names for one block.
+@pytest.mark.parametrize(
+    ("decode", "data", "error"),
+    [
+        (varint.decode, b"\x80\x00", varint.VarintError),  # PyPI varint: 0
+        (varint.decode, b"\xff" * 19 + b"\x01", varint.VarintError),  # PyPI varint: 141 bits
+        (varint.decode, b"\x80", varint.VarintError),  # PyPI varint: TypeError
+        (multihash.decode, b"\x11\x14" + bytes(20), multihash.MultihashError),  # sha1
+        (multihash.decode, b"\x00\x03abc", multihash.MultihashError),  # identity
+        (multihash.decode, b"\x92\x00\x20" + bytes(32), multihash.MultihashError),  # non-minimal
+        (multibase.decode, "baf", multibase.MultibaseError),  # base32 with stray bits
+        (CID.decode, b"\x01\x71\x12\x20" + bytes(32), InvalidPathError),  # dag-cbor CID
+        (CID.decode, b"\x01\x55\x00\x03abc", InvalidPathError),  # identity-multihash CID
+    ],
+)
+def test_what_the_pypi_libraries_accept_ww_refuses_with_its_own_error(
+    decode: object, data: bytes | str, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as info:
+        decode(data)  # type: ignore[operator]
+    assert "\n" not in str(info.value)

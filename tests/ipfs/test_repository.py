@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from ww.core.cid import CID
 from ww.ipfs import dagpb
 from ww.ipfs.api import AddOptions, CorruptBlockError
-from ww.ipfs.cid import CID
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
 

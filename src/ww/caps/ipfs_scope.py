@@ -22,8 +22,8 @@ import collections
 import threading
 from collections.abc import Iterable
 
+from ww.core.cid import CID
 from ww.ipfs.api import CallCancelled, CoreAPI, EntryType, IpfsError, current_token
-from ww.ipfs.cid import CID
 from ww.ipfs.path import parse_path
 
 READ_METHODS = frozenset({"cat", "ls", "stat", "resolve", "attenuate"})

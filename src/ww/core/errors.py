@@ -17,7 +17,9 @@ The tree, roots of each area (the areas add named subclasses of their own, e.g.
     +-- NotExecutableError       126
     +-- CommandNotFoundError     127
     +-- HostError                1    any other failure of the host itself
-    +-- IpfsError                1    an IPFS operation failed (ww.ipfs.api has its kinds)
+    +-- IpfsError                1    an IPFS operation failed; its kinds: InvalidPathError,
+    |                                 NotFoundError, NotAFileError, CorruptBlockError,
+    |                                 BackendUnavailableError, UnsupportedError, CallCancelled
     +-- P2PError                 1    a peer could not be reached, listened on or called
     +-- RpcError                 1    a Cap'n Proto call failed; its one-line reason
     +-- CellError                1    the cell SDK's errors (ww.cell)
@@ -30,7 +32,7 @@ so that every layer (the SDK a cell imports included) can use it at no cost.
 
 from __future__ import annotations
 
-# Exit statuses, from the Cell API spec and decisions.md.
+# Exit statuses, from the Cell API specification (docs/protocol.md lists them).
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_AUTH_FAILED = 64
@@ -113,7 +115,36 @@ class HostError(WwError):
 class IpfsError(WwError):
     """Base class of every IPFS error; ``str(err)`` is one line fit for a user (exit 1).
 
-    Its kinds (``InvalidPathError``, ``NotFoundError``, ...) are in :mod:`ww.ipfs.api`."""
+    Its kinds follow; :mod:`ww.ipfs` re-exports them beside the CoreAPI."""
+
+
+class InvalidPathError(IpfsError):
+    """The string is not a valid CID or IPFS path."""
+
+
+class NotFoundError(IpfsError):
+    """The content (a block, or a name inside a directory) is not available."""
+
+
+class NotAFileError(IpfsError):
+    """A file was needed (cat, run) but the path names a directory or symlink."""
+
+
+class CorruptBlockError(IpfsError):
+    """A stored or received block does not hash to its CID, or does not decode."""
+
+
+class BackendUnavailableError(IpfsError):
+    """The configured backend (for example a remote kubo node) cannot be reached."""
+
+
+class UnsupportedError(IpfsError):
+    """The backend cannot do this (for example ``connect`` on the offline embedded node)."""
+
+
+class CallCancelled(IpfsError):
+    """The caller gave up on the call (a cell cancelled it, dropped its reader or writer, or
+    hung up); the work it started has stopped."""
 
 
 class P2PError(WwError):

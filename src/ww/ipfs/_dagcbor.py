@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cid import CID, CidError
+from ww.core.cid import CID, CidError
 
 __all__ = ["DagCborError", "encode", "decode"]
 
 _MAX_DEPTH = 16
 _MAX_ITEMS = 1 << 16
+
+# Kept over cbor2 for CAR headers, which come from outside: cbor2 resolves CBOR's value-sharing
+# tags (28/29) and string references (25/256) inside its decoder, so 300 bytes of header
+# expand exponentially when walked or re-encoded (tried: cbor2.dumps of one ran out of time),
+# and it checks none of dag-cbor's canonical rules (minimal integers, key order).  A header is
+# decoded once per CAR: speed does not enter.
 
 
 class DagCborError(ValueError):

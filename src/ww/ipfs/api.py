@@ -23,38 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from ww.core.errors import IpfsError
+from ww.core.errors import (  # noqa: F401 (re-exported, see below)
+    BackendUnavailableError,
+    CallCancelled,
+    CorruptBlockError,
+    InvalidPathError,
+    IpfsError,
+    NotAFileError,
+    NotFoundError,
+    UnsupportedError,
+)
 
-# IpfsError, the root of the errors below, is defined in the one tree (ww.core.errors).
-
-
-class InvalidPathError(IpfsError):
-    """The string is not a valid CID or IPFS path."""
-
-
-class NotFoundError(IpfsError):
-    """The content (a block, or a name inside a directory) is not available."""
-
-
-class NotAFileError(IpfsError):
-    """A file was needed (cat, run) but the path names a directory or symlink."""
-
-
-class CorruptBlockError(IpfsError):
-    """A stored or received block does not hash to its CID, or does not decode."""
-
-
-class BackendUnavailableError(IpfsError):
-    """The configured backend (for example a remote kubo node) cannot be reached."""
-
-
-class UnsupportedError(IpfsError):
-    """The backend cannot do this (for example ``connect`` on the offline embedded node)."""
-
-
-class CallCancelled(IpfsError):
-    """The caller gave up on the call (a cell cancelled it, dropped its reader or writer, or
-    hung up); the work it started has stopped."""
+# The IPFS errors are defined in the one tree (ww.core.errors): the multiformats glue in
+# ww.core raises them too.  They are re-exported here, where the CoreAPI's callers look.
 
 
 class CancelToken:

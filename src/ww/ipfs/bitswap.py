@@ -59,11 +59,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _protobuf as pb
-from . import multihash, varint
+from ww.core import multihash, varint
+from ww.core import protobuf as pb
+from ww.core.cid import CID, DAG_PB, CidError
+
 from .api import IpfsError, NotFoundError
 from .blockstore import MAX_BLOCK_SIZE, Blockstore
-from .cid import CID, DAG_PB, CidError
 
 __all__ = [
     "PROTOCOL",

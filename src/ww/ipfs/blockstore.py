@@ -29,10 +29,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from . import multihash
+from ww.core import multihash
+from ww.core.cid import CID
+
 from ._fsutil import fsync_dir, sync_filesystem, write_new_file
 from .api import CorruptBlockError, IpfsError, NotFoundError
-from .cid import CID
 
 __all__ = ["Blockstore", "BatchWriter", "MAX_BLOCK_SIZE", "TEMP_PREFIX"]
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from . import _dagcbor, multihash, varint
+from ww.core import multihash, varint
+from ww.core.cid import CID, CidError
+
+from . import _dagcbor
 from .api import CorruptBlockError
 from .blockstore import MAX_BLOCK_SIZE
-from .cid import CID, CidError
 
 __all__ = ["InvalidCarError", "write_header", "write_block", "write_car", "CarReader"]
 

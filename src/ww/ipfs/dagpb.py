@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import varint
-from ._protobuf import LEN, VARINT, ProtobufError, fields, key
+from ww.core import varint
+from ww.core.cid import CID, CidError
+from ww.core.protobuf import LEN, VARINT, ProtobufError, fields, key
+
 from .api import CorruptBlockError
-from .cid import CID, CidError
 
 __all__ = ["PBLink", "PBNode", "encode", "decode"]
 

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ww.core.cid import CID, RAW
+
 from . import dagpb, unixfs
-from ._murmur3 import murmur3_64
 from .api import (
     WOULD_WAIT,
     CorruptBlockError,
@@ -41,7 +42,6 @@ from .api import (
     UnsupportedError,
     WouldWait,
 )
-from .cid import CID, RAW
 from .path import IpfsPath, parse_path
 from .unixfs import DataType
 
@@ -177,7 +177,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
     assert node.fs is not None
     if node.fs.type is not DataType.HAMT_SHARD or node.fs.hash_type != HAMT_MURMUR3:
         return next((link.cid for link in _dir_links(getter, node) if link.name == name), None)
-    hashed = int.from_bytes(murmur3_64(name), "big")
+    hashed = int.from_bytes(unixfs.hamt_hash(name), "big")
     consumed = 0
     for _ in range(MAX_HAMT_LEVELS):
         fanout = node.fs.fanout or 0

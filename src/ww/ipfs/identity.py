@@ -26,7 +26,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from . import _protobuf, multibase, varint
+from ww.core import multibase, varint
+from ww.core import protobuf as _protobuf
+
 from ._fsutil import fsync_dir
 
 __all__ = [

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import dagpb, multihash, unixfs, varint
-from ._murmur3 import murmur3_64
+from ww.core import multihash, varint
+from ww.core.cid import CID, DAG_PB, RAW
+
+from . import dagpb, unixfs
 from .api import AddOptions, UnsupportedError
-from .cid import CID, DAG_PB, RAW
 
 __all__ = [
     "CHUNK_SIZE",
@@ -229,7 +230,7 @@ def import_directory(
         if a == b:
             raise ValueError(f"duplicate directory entry {a!r}")
     if sum(len(name) + len(bytes(child.cid)) for name, child in items) >= HAMT_THRESHOLD:
-        keyed = [(murmur3_64(name), name, child) for name, child in items]
+        keyed = [(unixfs.hamt_hash(name), name, child) for name, child in items]
         return _hamt_shard(keyed, 0, params, sink)
     links = tuple(dagpb.PBLink(child.cid, name, child.tsize) for name, child in items)
     block = dagpb.encode(dagpb.PBNode(links, _DIRECTORY_DATA))

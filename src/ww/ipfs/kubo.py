@@ -37,7 +37,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import car, exporter, multihash
+from ww.core import multihash
+from ww.core.cid import CID
+from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError
+from ww.core.multiaddr import parse as parse_multiaddr
+
+from . import car, exporter
 from .api import (
     AddOptions,
     BackendUnavailableError,
@@ -52,11 +57,8 @@ from .api import (
     Stat,
     UnsupportedError,
 )
-from .cid import CID
 from .importer import file_chunks
 from .kubo_transport import HttpTransport, KuboTransport, Query, Reply
-from .multiaddr import DEFAULT_KUBO_API, MultiaddrError
-from .multiaddr import parse as parse_multiaddr
 from .path import parse_path
 
 __all__ = ["KuboClient", "DEFAULT_KUBO_API", "classify_error"]

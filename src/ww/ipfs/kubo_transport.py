@@ -34,9 +34,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ww.core.multiaddr import parse as parse_multiaddr
+from ww.core.multiaddr import to_http_url
+
 from .api import BackendUnavailableError, CallCancelled, CancelToken, IpfsError, current_token
-from .multiaddr import parse as parse_multiaddr
-from .multiaddr import to_http_url
 
 __all__ = [
     "HttpTransport",

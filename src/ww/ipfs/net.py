@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ww.core.cid import CID
 from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.p2p.host import Node
 
@@ -38,7 +39,6 @@ from .api import (
     current_token,
 )
 from .blockstore import Blockstore
-from .cid import CID
 from .identity import Identity
 
 if TYPE_CHECKING:

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ww.core.cid import CID, DAG_PB
+
 from . import car, exporter
 from ._fsutil import fsync_dir, write_new_file
 from .api import (
@@ -39,7 +41,6 @@ from .api import (
     is_local_only,
 )
 from .blockstore import Blockstore
-from .cid import CID, DAG_PB
 from .importer import ImportParams, NullSink, import_file, import_path
 from .path import parse_path
 from .pins import PinKind

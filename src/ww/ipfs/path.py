@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ww.core.cid import CID
+
 from .api import InvalidPathError
-from .cid import CID
 
 __all__ = ["IpfsPath", "parse_path"]
 

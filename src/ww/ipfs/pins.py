@@ -13,9 +13,10 @@ import enum
 import os
 from pathlib import Path
 
+from ww.core.cid import CID, CidError
+
 from ._fsutil import fsync_dir
 from .api import IpfsError
-from .cid import CID, CidError
 
 __all__ = ["PinKind", "PinStore"]
 

@@ -25,10 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dagpb, exporter, multihash
+from ww.core import multihash
+from ww.core.cid import CID, RAW
+
+from . import dagpb, exporter
 from .api import IpfsError
 from .blockstore import TEMP_PREFIX, Blockstore, temp_file_pid
-from .cid import CID, RAW
 from .pins import PinKind, PinStore
 
 __all__ = ["Repo", "RepoCheck", "GcReport", "default_repo_path", "REPO_VERSION"]

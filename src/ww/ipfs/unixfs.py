@@ -12,11 +12,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ._protobuf import LEN, VARINT, ProtobufError, bytes_field, fields, key, read_varint
-from ._protobuf import uvarint_field as _uv
+import mmh3
+
+from ww.core.protobuf import LEN, VARINT, ProtobufError, bytes_field, fields, key, read_varint
+from ww.core.protobuf import uvarint_field as _uv
+
 from .api import CorruptBlockError
 
-__all__ = ["DataType", "UnixFSData", "encode", "decode", "FILE_LEAF_PREFIX"]
+__all__ = ["DataType", "UnixFSData", "encode", "decode", "hamt_hash", "FILE_LEAF_PREFIX"]
 
 
 class DataType(enum.IntEnum):
@@ -143,3 +146,12 @@ def _decode_mtime(body: memoryview) -> tuple[int, int | None]:
     if seconds is None:
         raise ProtobufError("UnixTime without Seconds")
     return seconds, nanos
+
+
+def hamt_hash(name: bytes) -> bytes:
+    """The 8-byte hash a HAMT shard (hashType 0x22) files ``name`` under.
+
+    kubo hashes each entry name with ``murmur3.New64`` (spaolacci/murmur3, seed 0): the first
+    64 bits (h1) of MurmurHash3_x64_128, read big-endian.  ``mmh3`` computes it in C.
+    """
+    return mmh3.hash64(name, 0, signed=False)[0].to_bytes(8, "big")

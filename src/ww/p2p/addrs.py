@@ -24,7 +24,7 @@ reaching the host from the network is an explicit ``--listen /ip4/0.0.0.0/tcp/20
 
 
 def _parse(text: str, what: str) -> list[tuple[str, str | None]]:
-    from ww.ipfs.multiaddr import MultiaddrError, parse
+    from ww.core.multiaddr import MultiaddrError, parse
 
     try:
         return list(parse(text.strip()).components)

@@ -171,7 +171,7 @@ def _shown(addr: str) -> str:
 
 def _endpoint(addr: str) -> tuple[Address, int | None] | str:
     """``(ip, port)`` of a peer address; "" for a bare peer id; else why it is refused."""
-    from ww.ipfs.multiaddr import MultiaddrError, parse
+    from ww.core.multiaddr import MultiaddrError, parse
 
     text = addr.strip()
     if not text.startswith("/"):

@@ -12,6 +12,10 @@ from . import varint
 
 __all__ = ["SHA2_256", "MultihashError", "sha256", "decode", "verify"]
 
+# Kept over py-multihash: it decodes every registered function (sha1, identity, ...) and
+# non-minimal codes, where a CID of this node must be sha2-256; and it is 2.7-3.6x slower
+# per block (benchmarks/codecs.py, two runs: 0.44 us own, 1.2-1.6 us library per decode).
+
 SHA2_256 = 0x12
 _SHA2_256_PREFIX = b"\x12\x20"
 
