@@ -91,3 +91,27 @@ def test_signals_that_arrive_before_the_child_are_held_then_forwarded():
     finally:
         forwarder.restore()
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_serving_a_cell_leaves_asyncios_logger_as_it_found_it(make_cell):
+    """`ww run` silences asyncio's complaints about a cell that hung up (see
+    ww.host.supervisor), but only while it serves fd 3, and only on that thread: the
+    process-wide ``asyncio`` logger is not changed (it was set to CRITICAL for good)."""
+    cell = make_cell("""
+        import ww.cell
+        with ww.cell.session() as session:
+            session.console.ping(b"x")
+    """)
+    # In a process of its own, `ww run` in-process (without its os._exit at the end), then
+    # a warning on asyncio's logger, as any other event loop in the process might log.
+    script = textwrap.dedent(f"""
+        import logging, sys
+        import ww.cli.main
+        ww.cli.main._exit = lambda status: print("status", status)
+        ww.cli.main.main(["run", "--with-console", {cell!r}])
+        logging.getLogger("asyncio").warning("after serving, heard")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert "status 0" in r.stdout, r.stderr
+    assert "after serving, heard" in r.stderr

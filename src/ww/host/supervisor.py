@@ -553,12 +553,10 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
     grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories,
                         access=config.access)
     rpc.report_internal_errors(config.debug)
-    if not config.debug:
-        import logging
-
-        # A cell that exits (or hangs up) while replies are still queued makes every pending
-        # send fail; asyncio would log "socket.send() raised exception." for each on stderr.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    quiet = _QuietAsyncio()
+    # A cell that exits (or hangs up) while replies are still queued makes every pending
+    # send fail; asyncio would log "socket.send() raised exception." for each on stderr.
+    quiet.on = not config.debug
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -576,15 +574,45 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
             if config.p2p is not None:
                 config.p2p.end_session()  # the cell's export lives only as long as fd 3
         if not exited.done():  # over budget: hang up, and keep supervising the cell
-            import logging
-
-            # Replies still queued then fail to send; asyncio would log each one.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            quiet.on = True  # replies still queued then fail to send; asyncio logs each one
             with contextlib.suppress(OSError):
                 host_sock.shutdown(socket.SHUT_RDWR)
         await exited  # the cell may hang up fd 3 and keep running
 
-    asyncio.run(capnp.run(main()))
+    with quiet.installed():
+        asyncio.run(capnp.run(main()))
+
+
+class _QuietAsyncio:
+    """Silences asyncio's log for the thread serving fd 3, while it does, once :attr:`on`.
+
+    A filter on asyncio's logger that drops the records of this one thread (every record
+    carries the id of the thread that made it), put on for :meth:`installed` and taken off
+    after, rather than a level set on that logger: the logger is the whole process's, and a
+    level would silence every other event loop (the libp2p side's, a test's) too, and stay
+    after serving ends.  Only records below CRITICAL are dropped, as such a level did.
+    """
+
+    def __init__(self) -> None:
+        self.on = False
+        self._thread = threading.get_ident()
+
+    def filter(self, record: Any) -> bool:
+        import logging
+
+        return not (self.on and record.thread == self._thread
+                    and record.levelno < logging.CRITICAL)
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        import logging
+
+        logger = logging.getLogger("asyncio")
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
 
 
 # The most memory a cell's RPC connection may make the host hold (answers the cell never
