@@ -546,8 +546,7 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
                auth_failed: Callable[[str], None]) -> None:
     import asyncio
 
-    import capnp
-
+    from ww.core import bridge
     from ww.host import rpc
 
     grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories,
@@ -580,7 +579,7 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
         await exited  # the cell may hang up fd 3 and keep running
 
     with quiet.installed():
-        asyncio.run(capnp.run(main()))
+        bridge.run_capnp(main())
 
 
 class _QuietAsyncio:
