@@ -9,7 +9,7 @@ import pytest
 
 from ww.core import capnp_frames
 from ww.host import wire
-from ww.p2p import bridge as splice
+from ww.p2p import splice
 
 
 def framed(*segments: bytes) -> bytes:

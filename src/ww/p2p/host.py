@@ -17,7 +17,7 @@ configuration is explicit and closed:
 
 The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
 :meth:`Node.serve` (a callback that receives one socket per inbound stream); see
-:mod:`ww.p2p.bridge` for how a stream becomes a socket.
+:mod:`ww.p2p.splice` for how a stream becomes a socket.
 
 One host per `ww run`: the embedded IPFS node adds Bitswap to the same host
 (:meth:`Node.add_protocol`), so a peer joined with ``--join`` is an IPFS peer too, and the
@@ -42,7 +42,7 @@ import trio
 
 from ww.core.bridge import TrioPortal, run_trio
 from ww.ipfs.identity import Identity
-from ww.p2p import bridge
+from ww.p2p import splice
 from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class Node:
         self._warn = warn or (lambda message: print(f"ww: warning: {message}", file=sys.stderr))
         self._accept: Accept | None = None
         self._streams = 0
-        self._budget: bridge.Budget | None = None
+        self._budget: splice.Budget | None = None
         self.addrs: list[str] = []  # where we really listen, each ending in /p2p/<peer id>
         self._thread: threading.Thread | None = None
         # The libp2p thread's trio run, for every other thread (ww.core.bridge).
@@ -316,7 +316,7 @@ class Node:
         for protocol, handler in self._handlers.items():
             host.set_stream_handler(protocol, handler)
         self._stop = trio.Event()
-        self._budget = bridge.Budget()  # what remote peers' /ww/0.1.0 messages may hold
+        self._budget = splice.Budget()  # what remote peers' /ww/0.1.0 messages may hold
         async with host.run([]):
             network = host.get_network()
             for addr in self._listen:
@@ -434,7 +434,7 @@ class Node:
         future.set_result(theirs)
         self._streams += 1
         try:
-            await bridge.splice(stream, ours, self._budget)
+            await splice.splice(stream, ours, self._budget)
         finally:
             self._streams -= 1
 
@@ -453,7 +453,7 @@ class Node:
             return
         self._streams += 1
         try:
-            await bridge.splice(stream, ours, self._budget)
+            await splice.splice(stream, ours, self._budget)
         finally:
             self._streams -= 1
 
