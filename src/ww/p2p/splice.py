@@ -1,17 +1,18 @@
-"""The one place where trio meets asyncio: a libp2p stream spliced to a socketpair.
+"""A libp2p `/ww/0.1.0` stream spliced to a socketpair, bounded on the way.
 
 py-libp2p runs on trio, pycapnp on asyncio, and each wants its own event loop.  Rather than
 teach either about the other, every `/ww/0.1.0` stream is copied to one end of an ``AF_UNIX``
 socketpair on the libp2p thread; the other end is an ordinary socket that the Cap'n Proto
-side opens a two-party connection on.  The only things that cross between the threads are
-sockets and futures.
+side opens a two-party connection on.  Bytes cross between the threads here; every other
+hand-off between them goes through :mod:`ww.core.bridge`.
 
 Closing follows the stream: end of stream on one side is a half-close on the other; a
 reset, an error, or the node stopping closes both.  When the Cap'n Proto side hangs up, the
 remote peer is given a short grace to hang up too, then the stream is reset.
 
 What a remote peer sends is bounded here, where the bytes are still countable (pycapnp
-offers no flow limit of its own).  The remote's Cap'n Proto messages are passed on whole,
+offers no flow limit of its own; messages are cut and read with :mod:`ww.core.capnp_frames`,
+as on fd 3).  The remote's Cap'n Proto messages are passed on whole,
 each at most :data:`MAX_MESSAGE` bytes; a message under way that stops arriving for
 :data:`MESSAGE_GRACE`, or arrives slower than :data:`MIN_RATE`, resets the stream.
 Every byte read from remote peers is counted in the node's :class:`Budget` until it is
