@@ -98,3 +98,18 @@ def test_a_portal_says_whether_its_trio_run_has_not_started_or_has_ended():
     assert portal.call_soon(print) is False  # the run has ended: nothing is called
     with pytest.raises(RuntimeError, match="finished=False"):  # unbound: not running
         portal.submit(trio.sleep, 0).result(10)
+
+
+def test_a_thread_waiting_for_a_future_is_woken_by_its_result_or_by_an_interrupt():
+    done: concurrent.futures.Future[int] = concurrent.futures.Future()
+    threading.Timer(0.01, done.set_result, (5,)).start()
+    assert bridge.wait_in_thread(done, 30) and done.result() == 5
+    registered: list[object] = []
+
+    def interrupt(wake):  # a CancelToken cancelled at once, as its on_cancel does
+        wake()
+        return lambda: registered.append("forgotten")
+
+    pending: concurrent.futures.Future[int] = concurrent.futures.Future()
+    assert bridge.wait_in_thread(pending, 30, interrupt) is False  # woken, not after 30 s
+    assert registered == ["forgotten"] and not pending.done()

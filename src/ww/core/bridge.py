@@ -8,7 +8,8 @@ The host runs three kinds of code that must not wait on one another:
   of its own (:func:`run_trio`), reached from other threads through a :class:`TrioPortal`.
 - **worker threads**, for blocking work: the IPFS backend's reads and imports
   (:class:`DaemonWorkers`, :func:`in_new_thread`, :class:`ThreadFeed`), a Bitswap reply read
-  from the repository (:func:`to_worker`).
+  from the repository (:func:`to_worker`), a reader's wait for a block Bitswap fetches
+  (:func:`wait_in_thread`).
 
 Only futures, callbacks and sockets cross between them, always through this module: a
 thread hands asyncio a callback with :func:`call_in_loop`, asyncio waits for a thread's
@@ -124,6 +125,25 @@ def in_new_thread(loop: asyncio.AbstractEventLoop, name: str, fn: Callable[..., 
 
 
 # -- worker threads ---------------------------------------------------------------------------
+
+
+def wait_in_thread(future: concurrent.futures.Future[Any], timeout: float,
+                   interrupt: Callable[[Callable[[], None]], Callable[[], Any]] | None = None
+                   ) -> bool:
+    """In a worker thread: wait until ``future`` (set by trio, say) is done, at most
+    ``timeout`` seconds, or until ``interrupt`` wakes the wait.  ``interrupt(wake)``
+    registers ``wake`` and returns a function withdrawing it (a
+    :class:`ww.ipfs.api.CancelToken`'s ``on_cancel``: a cancelled call stops waiting at
+    once).  True if ``future`` is done; the future is left alone either way."""
+    woken = threading.Event()
+    future.add_done_callback(lambda _: woken.set())
+    forget = interrupt(woken.set) if interrupt is not None else None
+    try:
+        woken.wait(timeout)
+    finally:
+        if forget is not None:
+            forget()
+    return future.done()
 
 
 class DaemonWorkers:
