@@ -115,3 +115,33 @@ def test_serving_a_cell_leaves_asyncios_logger_as_it_found_it(make_cell):
                        timeout=120)
     assert "status 0" in r.stdout, r.stderr
     assert "after serving, heard" in r.stderr
+
+
+def test_while_serving_asyncios_log_is_dropped_for_the_serving_thread_only():
+    import logging
+    import threading
+
+    from ww.host.supervisor import _QuietAsyncio
+
+    heard: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    logger = logging.getLogger("asyncio")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        quiet = _QuietAsyncio()
+        quiet.on = True
+        with quiet.installed():
+            logger.warning("socket.send() raised exception.")  # this thread's: dropped
+            logger.critical("critical")  # as a level of CRITICAL let through
+            other = threading.Thread(target=logger.warning, args=("another loop's",))
+            other.start()
+            other.join()
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert heard == ["critical", "another loop's", "after"]
