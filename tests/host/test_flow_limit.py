@@ -75,7 +75,7 @@ def test_messages_are_framed_and_classified_whatever_the_chunk_boundaries():
     assert any(struct.unpack_from("<I", m)[0] > 0 for m in messages)  # multi-segment ones too
     for seed in range(5):
         seen: list[tuple[int, int, int]] = []
-        framer = wire._Framer(lambda *r, s=seen: s.append(r))
+        framer = wire._framer(lambda *r, s=seen: s.append(r))
         for piece in pieces(b"".join(messages), random.Random(seed)):
             framer.feed(memoryview(piece))
         assert seen == expected

@@ -19,7 +19,7 @@ import capnp
 import pytest
 
 from tests.p2p.conftest import ww_call
-from ww.p2p import bridge
+from ww.p2p import splice
 from ww.schema import load
 
 pytest.importorskip("libp2p")
@@ -86,17 +86,17 @@ def peer(tmp_path: Path):
 
 
 def test_frames_are_classified_as_pycapnp_writes_them() -> None:
-    assert bridge.classify(bootstrap(7)) == (bridge._BOOTSTRAP, 7)
-    assert bridge.classify(gateway_service(9)) == (bridge._CALL, 9)
-    assert bridge.classify(echo(123456, "y" * 10000)) == (bridge._CALL, 123456)
-    assert bridge.classify(a_return(42)) == (bridge._RETURN, 42)
+    assert splice.classify(bootstrap(7)) == (splice._BOOTSTRAP, 7)
+    assert splice.classify(gateway_service(9)) == (splice._CALL, 9)
+    assert splice.classify(echo(123456, "y" * 10000)) == (splice._CALL, 123456)
+    assert splice.classify(a_return(42)) == (splice._RETURN, 42)
     finish = rpc.Message.new_message()
     finish.init("finish").questionId = 3
-    assert bridge.classify(finish.to_bytes()) == (4, -1)
+    assert splice.classify(finish.to_bytes()) == (4, -1)
     message = echo(5, "z")
-    assert bridge._frame_size(message) == len(message)
-    assert bridge._frame_size(message[:3]) is None
-    assert bridge.classify(b"\0" * 16) is None  # a null root: not a message we pass on
+    assert splice._frame_size(message) == len(message)
+    assert splice._frame_size(message[:3]) is None
+    assert splice.classify(b"\0" * 16) is None  # a null root: not a message we pass on
 
 
 def _flood(sock: socket.socket, frames: list[bytes]) -> int:
@@ -196,7 +196,7 @@ def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
     from ww.ipfs.identity import load_or_create
     from ww.p2p.host import Node
 
-    monkeypatch.setattr(bridge, "MESSAGE_GRACE", 2.0)
+    monkeypatch.setattr(splice, "MESSAGE_GRACE", 2.0)
     accepted: queue.Queue[socket.socket] = queue.Queue()
     node = Node(load_or_create(tmp_path / "host"), listen=["/ip4/127.0.0.1/tcp/0"],
                 announce=False, warn=lambda message: None)
@@ -205,18 +205,18 @@ def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
     try:
         remote = peer.open(node.addrs[0]).result(30)
         host = accepted.get(timeout=30)
-        calls = [echo(q, "a") for q in range(bridge.MAX_CALLS + 1)]
+        calls = [echo(q, "a") for q in range(splice.MAX_CALLS + 1)]
         finish = rpc.Message.new_message()
         finish.init("finish").questionId = 0
         last = finish.to_bytes()  # not a call: nothing holds it back
         remote.sendall(b"".join(calls) + last[:8])
-        passed = b"".join(calls[:bridge.MAX_CALLS])
+        passed = b"".join(calls[:splice.MAX_CALLS])
         assert _recv_exactly(host, len(passed)) == passed
-        time.sleep(2.5 * bridge.MESSAGE_GRACE)  # the host is slow to answer
+        time.sleep(2.5 * splice.MESSAGE_GRACE)  # the host is slow to answer
         host.sendall(a_return(0))
         assert _recv_exactly(remote, len(a_return(0))) == a_return(0)
         remote.sendall(last[8:])  # the peer goes on at once
-        rest = calls[bridge.MAX_CALLS] + last
+        rest = calls[splice.MAX_CALLS] + last
         assert _recv_exactly(host, len(rest)) == rest
         remote.close()
         host.close()
@@ -298,9 +298,9 @@ def test_a_peer_that_never_takes_its_answers_is_cut_off_and_its_calls_uncounted(
     answers used to keep every peer's streams waiting for as long as it stayed connected."""
     import trio
 
-    monkeypatch.setattr(bridge, "MESSAGE_GRACE", 0.5)
+    monkeypatch.setattr(splice, "MESSAGE_GRACE", 0.5)
     call = echo(1, "q" * 1000)
-    budget = bridge.Budget()
+    budget = splice.Budget()
     stream = _DeafStream(call)
     host_end, ours = socket.socketpair()
 
@@ -309,7 +309,7 @@ def test_a_peer_that_never_takes_its_answers_is_cut_off_and_its_calls_uncounted(
         got = b""
         while len(got) < len(call):
             got += await tsock.recv(65536)
-        assert bridge.classify(got) == (bridge._CALL, 1)
+        assert splice.classify(got) == (splice._CALL, 1)
         assert budget.used == len(call)  # held until the answer leaves
         await tsock.send(a_return(1))
         await trio.sleep_forever()
@@ -318,7 +318,7 @@ def test_a_peer_that_never_takes_its_answers_is_cut_off_and_its_calls_uncounted(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(host)
             with trio.fail_after(60):  # only stops a hang: the splice ends by itself
-                await bridge.splice(stream, ours, budget)
+                await splice.splice(stream, ours, budget)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

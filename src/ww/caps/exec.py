@@ -14,10 +14,9 @@ it, as every cell dies with its ``ww run``), and the host kills its children whe
 cell exits or hangs up fd 3 (:meth:`ExecutorServer.close`), then reaps them
 (:meth:`ExecutorServer.wait_closed`).
 
-Children are started with :class:`subprocess.Popen` and reaped through a pidfd watched by the
-event loop (:class:`_Child`), not with ``asyncio.create_subprocess_exec``: on Python 3.11 its
-child watcher reaps in a thread that logs ``Loop ... that handles pid N is closed`` on the
-operator's terminal whenever a child outlives the host's event loop.
+Children are started as a :class:`ww.host.process.Process`, as `ww run` starts its cell, and
+reaped through its pidfd watched by the event loop (:class:`_Child`), not with
+``asyncio.create_subprocess_exec`` (see :mod:`ww.host.process` for why).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from ww.core.errors import CallError
 from ww.host import limits
 from ww.host.audit import AUDIT_FD_ENV
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
+from ww.host.process import Process, exit_status
 from ww.schema import load
 
 _cell = load("cell")
@@ -49,7 +49,6 @@ MAX_WRITE = 4 * 1024 * 1024
 ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_PR_SET_PDEATHSIG = 1
 # The only WW_* variables a child `ww run` inherits: the repository, and the operator's cap
 # on the size of /ipfs programs (ww.host.fetch), so the whole tree keeps it.
 KEPT_HOST_VARIABLES = ("WW_HOME", "WW_MAX_PROGRAM_SIZE")
@@ -93,18 +92,6 @@ def child_flags(grants: GrantSet) -> list[str]:
         for path in grants.exec.allow:
             flags += ["--exec-allow", path]
     return flags
-
-
-def _pdeathsig_setter() -> Callable[[], None]:
-    """For the forked child: die by SIGKILL when the host (this thread) dies."""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def setup() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return setup
 
 
 class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
@@ -218,43 +205,28 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
 
 
 class _Child:
-    """A child `ww run` with its stdio as asyncio streams, reaped through a pidfd.
+    """A child `ww run` with its stdio as asyncio streams, reaped through its pidfd.
 
-    ``exited`` completes with its ``Popen`` return code once it is reaped; a child still
-    running when the event loop closes is reaped by whoever outlives it, silently.
+    ``exited`` completes with its return code once it is reaped (see
+    :meth:`ww.host.process.Process.watch`).
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter,
+    def __init__(self, process: Process, stdin: asyncio.StreamWriter,
                  stdout: asyncio.StreamReader, stderr: asyncio.StreamReader) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+        self.process = process
+        self.pid = process.pid
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
-        loop = asyncio.get_running_loop()
-        self.exited: asyncio.Future[int] = loop.create_future()
-        pidfd = os.pidfd_open(popen.pid)
-
-        def reap() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            if not self.exited.done():
-                self.exited.set_result(popen.wait())  # it has exited: does not block
-
-        loop.add_reader(pidfd, reap)
+        self.exited: asyncio.Future[int] = process.watch(asyncio.get_running_loop())
 
     @classmethod
     async def start(cls, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...],
                     join_budget: Callable[[], None] | None = None) -> _Child:
-        set_pdeathsig = _pdeathsig_setter()
-
-        def setup() -> None:
-            set_pdeathsig()
-            if join_budget is not None:
-                join_budget()  # the parent cell's cgroup, before the child runs anything
-
-        popen = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, pass_fds=pass_fds, start_new_session=True, preexec_fn=setup,
+        # join_budget: the parent cell's cgroup, before the child runs anything
+        process = Process.spawn(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, pass_fds=pass_fds, new_session=True, join=join_budget,
         )
+        popen = process.popen
         assert popen.stdin and popen.stdout and popen.stderr
         loop = asyncio.get_running_loop()
         readers = []
@@ -265,7 +237,7 @@ class _Child:
         transport, protocol = await loop.connect_write_pipe(
             lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), popen.stdin)
         stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-        return cls(popen, stdin, readers[0], readers[1])
+        return cls(process, stdin, readers[0], readers[1])
 
     @property
     def returncode(self) -> int | None:
@@ -273,8 +245,7 @@ class _Child:
 
     def send_signal(self, signum: int) -> None:
         if not self.exited.done():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)  # not reaped yet, so the pid is still its
+            self.process.send_signal(signum)  # not reaped yet, so the pid is still its
 
 
 class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
@@ -299,8 +270,7 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
         _context.results.stream = self._stderr
 
     async def wait(self, **kwargs: Any) -> int:
-        rc = await asyncio.shield(self._proc.exited)
-        status = 128 - rc if rc < 0 else rc
+        status = exit_status(await asyncio.shield(self._proc.exited))
         if not self._reported:
             self._reported = True
             self._caller.audit.emit("exit", peer=self._caller.peer, program=self._program,

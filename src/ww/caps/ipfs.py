@@ -2,9 +2,9 @@
 
 **Off the event loop.**  The CoreAPI is synchronous and may wait long (a Bitswap fetch from
 a silent peer, a slow kubo node, a scope walk of many ``ls`` calls), so every call that
-touches the backend runs in one of the cell's own worker threads (:class:`_Workers`, at
-most :data:`WORKERS`), never on the event loop that serves fd 3: a waiting ``cat`` does
-not hold up the cell's other calls.  Each call runs under a
+touches the backend runs in one of the cell's own worker threads (a
+:class:`ww.core.bridge.DaemonWorkers`, at most :data:`WORKERS`), never on the event loop
+that serves fd 3: a waiting ``cat`` does not hold up the cell's other calls.  Each call runs under a
 :class:`~ww.ipfs.api.CancelToken`: when the cell cancels the call (or drops the reader or
 writer it works for, or hangs up), the token is cancelled and the backend stops the work
 (the kubo connection is shut down, the Bitswap want withdrawn, the scope walk ends).
@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import queue
-import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ww.caps.denied import NOBODY, Caller
 from ww.caps.ipfs_scope import IpfsScope, canonical
+from ww.core import bridge
 from ww.core.errors import CallError
 from ww.ipfs.api import (
     WOULD_WAIT,
@@ -108,58 +106,6 @@ def _fill_stat(builder: Any, stat: Stat) -> None:
         builder.target = _text(stat.target)
 
 
-class _Workers:
-    """A bounded pool of daemon threads for one cell's blocking IPFS work.
-
-    Daemon threads (not ``concurrent.futures``' pool, whose threads the interpreter joins at
-    exit): work stuck in a backend never keeps ``ww run`` from exiting.  Threads start as
-    work arrives, up to ``size``, and stop at :meth:`close`.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0  # threads waiting for a job that no job has been promised to yet
-        self._closed = False
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._lock:
-            if self._closed:
-                raise CallCancelled("the cell's IPFS capability is closed")
-            self._jobs.put((future, fn, args))
-            if self._idle:
-                self._idle -= 1
-            elif self._threads < self._size:
-                self._threads += 1
-                threading.Thread(target=self._work, name="ww-ipfs", daemon=True).start()
-        return future
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            future, fn, args = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as e:  # handed to the caller
-                    future.set_exception(e)
-            del job, future, args  # nothing of a finished job stays alive while idle
-            with self._lock:
-                self._idle += 1
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            threads = self._threads
-        for _ in range(threads):
-            self._jobs.put(None)
-
-
 def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
     token.check()  # cancelled while it waited for a thread: do nothing
     with cancellable(token):
@@ -171,7 +117,8 @@ class _Cell:
     threads, the bound on open writers, and the tokens of the work in progress."""
 
     def __init__(self) -> None:
-        self.workers = _Workers(WORKERS)
+        self.workers = bridge.DaemonWorkers(WORKERS, "ww-ipfs", lambda: CallCancelled(
+            "the cell's IPFS capability is closed"))
         self.writers = asyncio.Semaphore(MAX_WRITERS)
         self.tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
         self.closed = False
@@ -191,11 +138,7 @@ class _Cell:
         if token is None:
             token = self.token()
         future = self.workers.submit(_within, token, fn, args)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            token.cancel()
-            raise
+        return await bridge.wait_future(future, on_cancel=token.cancel)
 
     def close(self) -> None:
         """The cell is gone: stop all its work, abandon its writers."""
@@ -208,93 +151,22 @@ class _Cell:
 _END = object()
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _chunks(feed: bridge.ThreadFeed[Any]) -> Iterator[bytes]:
+    """The importer thread's input: the pieces in order until the end marker."""
+    for item in feed.items():
+        if item is _END:
+            return
+        yield item
 
 
-class _Feed:
-    """The pieces of one file, from the event loop to its importer thread, at most
-    QUEUE_CHUNKS waiting.  Nothing here refers to the writer, so that a writer the cell
-    drops is collected (and abandons the import) even while its importer waits."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._cond = threading.Condition()
-        self._items: collections.deque[Any] = collections.deque()
-        self._space: asyncio.Future[None] | None = None
-        self._ended = False
-
-    async def put(self, item: Any) -> bool:
-        """On the loop, one caller at a time: queue ``item``, first waiting for room while
-        the queue is full.  False if the import has ended (abandoned or failed)."""
-        while True:
-            with self._cond:
-                if self._ended:
-                    return False
-                if len(self._items) < QUEUE_CHUNKS:
-                    self._items.append(item)
-                    self._cond.notify()
-                    return True
-                space = self._space = self._loop.create_future()
-            await space
-
-    def end(self) -> None:
-        """Any thread: the import is over (abandoned, failed or done); drop what waits."""
-        with self._cond:
-            self._ended = True
-            self._items.clear()
-            self._cond.notify_all()
-            space, self._space = self._space, None
-        if space is not None:
-            self._wake(space)
-
-    def _wake(self, space: asyncio.Future[None]) -> None:
-        try:
-            self._loop.call_soon_threadsafe(_resolve, space)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    def chunks(self) -> Iterator[bytes]:
-        """The importer thread's input: the pieces in order until the end marker."""
-        while True:
-            with self._cond:
-                while not self._items and not self._ended:
-                    self._cond.wait()
-                if self._ended:
-                    raise CallCancelled("the cell dropped the writer without done()")
-                item = self._items.popleft()
-                space, self._space = self._space, None
-            if space is not None:
-                self._wake(space)
-            if item is _END:
-                return
-            yield item
-
-
-def _import(api: CoreAPI, options: AddOptions, feed: _Feed, token: CancelToken,
-            loop: asyncio.AbstractEventLoop, result: asyncio.Future[str]) -> None:
-    """An importer thread: one file from ``feed`` into the backend; the CID to ``result``."""
+def _import(api: CoreAPI, options: AddOptions, feed: bridge.ThreadFeed[Any],
+            token: CancelToken) -> str:
+    """An importer thread: one file from ``feed`` into the backend; its CID."""
     try:
         with cancellable(token):
-            cid = api.add_stream(feed.chunks(), options)
-        outcome: tuple[str | None, BaseException | None] = (cid, None)
-    except BaseException as e:  # handed to the writer
-        outcome = (None, e)
-    feed.end()
-
-    def deliver() -> None:
-        if result.done():
-            return
-        if outcome[1] is not None:
-            result.set_exception(outcome[1])
-        else:
-            result.set_result(outcome[0])  # type: ignore[arg-type]
-
-    try:
-        loop.call_soon_threadsafe(deliver)
-    except RuntimeError:  # the loop is closed: nobody waits for the CID
-        pass
+            return api.add_stream(_chunks(feed), options)
+    finally:
+        feed.end()
 
 
 class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
@@ -311,10 +183,13 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
         self._on_done = on_done  # told the CID once the file is added
         self._finished = False
         self._order = asyncio.Lock()
-        self._feed = _Feed(loop)
+        # Nothing in the feed refers to the writer, so that a writer the cell drops is
+        # collected (and abandons the import) even while its importer waits.
+        self._feed: bridge.ThreadFeed[Any] = bridge.ThreadFeed(
+            loop, QUEUE_CHUNKS,
+            lambda: CallCancelled("the cell dropped the writer without done()"))
         self._token = cell.token()
         self._token.on_cancel(self._feed.end)
-        self._result: asyncio.Future[str] = loop.create_future()
         writers = cell.writers
 
         def ended(future: asyncio.Future[str]) -> None:
@@ -322,10 +197,9 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
             if not future.cancelled():
                 future.exception()  # a dropped writer's error is nobody's to see
 
+        self._result: asyncio.Future[str] = bridge.in_new_thread(
+            loop, "ww-ipfs-add", _import, api, options, self._feed, self._token)
         self._result.add_done_callback(ended)
-        threading.Thread(target=_import, name="ww-ipfs-add", daemon=True,
-                         args=(api, options, self._feed, self._token, loop,
-                               self._result)).start()
 
     async def _put(self, item: Any) -> None:
         async with self._order:

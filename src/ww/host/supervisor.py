@@ -4,9 +4,10 @@ Start-up is kept short: the cell is started before anything it does not need.  p
 and asyncio are imported only once the cell sends its first bytes on fd 3, so a cell
 that never speaks RPC (``ww run /bin/true``) never pays for them.
 
-No orphans: the jail (or, with ``--jail=none``, the program) gets ``PR_SET_PDEATHSIG``
-= SIGKILL, and bubblewrap's ``--die-with-parent`` carries that to everything inside, so
-a host killed even by SIGKILL takes its cell with it.
+No orphans: the jail (or, with ``--jail=none``, the program) is a
+:class:`ww.host.process.Process`, which gets ``PR_SET_PDEATHSIG`` = SIGKILL, and
+bubblewrap's ``--die-with-parent`` carries that to everything inside, so a host killed even
+by SIGKILL takes its cell with it.
 
 Hardening (see docs/security.md): every jailed cell runs under the seccomp filter of
 :mod:`ww.host.seccomp`; with ``--strict`` a thread waits for the kernel's report of a denied
@@ -45,10 +46,7 @@ from ww.core.errors import (
     WwError,
 )
 from ww.host import executable, fds, jail, limits, seccomp
-
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-_PR_SET_PDEATHSIG = 1
+from ww.host.process import FORWARDED_SIGNALS, Process, SignalForwarder, exit_status
 
 
 @dataclass
@@ -73,26 +71,10 @@ class RunConfig:
     p2p: Any = None
 
 
-def _pdeathsig_setter() -> Callable[[], None]:
-    """A function for the forked child: die by SIGKILL when the host dies.
-
-    The library is loaded here, in the host, so that the child between fork and exec does
-    nothing but one system call.
-    """
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def set_pdeathsig() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return set_pdeathsig
-
-
 class _Cell:
     """A started cell: the process we spawned and how to reach the program inside."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], status_fd: int | None) -> None:
+    def __init__(self, proc: Process, status_fd: int | None) -> None:
         self.proc = proc
         self.jailed = status_fd is not None
         self._status_fd = status_fd
@@ -134,31 +116,27 @@ class _Cell:
                 pass
         return self.proc.pid  # not started yet: stopping bubblewrap stops the jail
 
-    def forward(self, signum: int, frame: FrameType | None = None) -> None:
+    def forward(self, signum: int) -> None:
         if self.proc.returncode is not None:
             return
-        try:
-            pid = self.program_pid()
-            os.kill(pid, signum)
-            # A cell that stopped itself would hold the signal pending for ever (its
-            # session is not the operator's, so the shell never sees it stop): continued,
-            # it takes it, as `kill` does for a stopped job.
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+        pid = self.program_pid()
+        self.proc.send_signal(signum, pid)
+        # A cell that stopped itself would hold the signal pending for ever (its session
+        # is not the operator's, so the shell never sees it stop): continued, it takes it,
+        # as `kill` does for a stopped job.
+        self.proc.send_signal(signal.SIGCONT, pid)
 
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
            extra: list[int], cwd: str | None, cgroup: Any = None,
            drop: Callable[[], None] | None = None,
-           stdio: tuple[int, int, int] = (0, 1, 2)) -> subprocess.Popen[bytes]:
+           stdio: tuple[int, int, int] = (0, 1, 2)) -> Process:
     """Start ``argv`` with ``stdio``, fd 3, the grants, and then ``extra`` fds right after
     the grants.
 
     ``extra`` are bubblewrap's own fds (its status pipe, the seccomp program, the strict
     helper's socket): bwrap_argv names them by the numbers they get here.  ``drop`` (when
-    `ww` runs as root) makes the child unprivileged once it has joined the cgroup; the
-    parent-death signal is set after it, because changing uid clears it.
+    `ww` runs as root) makes the child unprivileged once it has joined the cgroup.
     """
     grants = config.grants
     first_extra = fds.FIRST_GRANTED_FD + len(grants)
@@ -166,14 +144,7 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     keep = [fds.RPC_FD] + [g.target for g in grants] + targets
     floor = first_extra + len(extra)
 
-    set_pdeathsig = _pdeathsig_setter()
-    set_limits = limits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
-
-    def child_setup() -> None:
-        set_limits()
-        if drop is not None:
-            drop()
-        set_pdeathsig()
+    def install() -> None:
         # Move the extra fds above every target first, so that installing the grants
         # cannot overwrite one of them.
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in extra]
@@ -182,17 +153,15 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
             os.dup2(fd, target, inheritable=True)
 
     try:
-        return subprocess.Popen(
-            argv,
-            env=env,
+        return Process.spawn(
+            argv, env=env,
             stdin=None if stdio[0] == 0 else stdio[0],
             stdout=None if stdio[1] == 1 else stdio[1],
             stderr=None if stdio[2] == 2 else stdio[2],
-            pass_fds=keep,
-            close_fds=True,
-            preexec_fn=child_setup,
-            start_new_session=not config.jailed,  # bubblewrap does its own --new-session
-            cwd=cwd,
+            pass_fds=keep, cwd=cwd,
+            new_session=not config.jailed,  # bubblewrap does its own --new-session
+            join=limits.preexec_setter(config.limits, cgroup),  # joins the cgroup first
+            drop=drop, install=install,
         )
     except OSError as e:
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
@@ -293,16 +262,7 @@ def run(config: RunConfig) -> int:
         argv = program.argv
     # Signals are caught before the cell starts: one that arrives while it is being spawned
     # is held and delivered as soon as there is a cell to deliver it to.
-    pending: list[int] = []
-    target: list[_Cell] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if target:
-            target[0].forward(signum)
-        else:
-            pending.append(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in FORWARDED_SIGNALS}
+    signals = SignalForwarder(FORWARDED_SIGNALS)
     terminals = _Terminals([0, 1, 2, *(g.source for g in config.grants)])
     # Regular files reach a jailed cell as pipes (ww.host.relay): opened anew through
     # /proc/self/fd, the file itself would give the cell any mode its host uid may use.
@@ -338,7 +298,6 @@ def run(config: RunConfig) -> int:
             if cgroup is not None:
                 cgroup.close()
         cell = _Cell(proc, status_r)
-        target.append(cell)
         stop_cell = _stopper(proc, config.jailed)
         strict_thread: threading.Thread | None = None
         if strict_sock is not None:
@@ -353,8 +312,7 @@ def run(config: RunConfig) -> int:
                 stop_cell=stop_cell, cgroup=cgroup,
             )
             watchdog.start()
-        for signum in pending:
-            cell.forward(signum)
+        signals.to(cell.forward)  # those held first
         _supervise(cell, host_sock, config,
                    lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
         if relays is not None:
@@ -379,8 +337,7 @@ def run(config: RunConfig) -> int:
             relays.finish(drain=False)  # on an error: what the pipes hold now, no waiting
         if cgroup is not None:
             cgroup.remove()  # kills whatever of the cell is left first
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        signals.restore()
         terminals.restore()
         if config.p2p is not None:
             config.p2p.stop()
@@ -513,7 +470,7 @@ class _Terminals:
         self._saved = []
 
 
-def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:
+def _stopper(proc: Process, jailed: bool) -> Callable[[], None]:
     """Kill the whole cell at once.
 
     Jailed: first bubblewrap's init inside the jail, whose death makes the kernel kill
@@ -556,7 +513,8 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig,
     When the policy requires a login, RPC is served at once instead, so that the login
     deadline also stops a cell that never speaks; a failed login calls ``auth_failed``.
     """
-    pidfd = os.pidfd_open(cell.proc.pid)
+    pidfd = cell.proc.pidfd
+    assert pidfd is not None
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
@@ -578,9 +536,9 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig,
                     break
                 # The cell closed fd 3 without a word (or is exiting): just wait for it.
                 poller.unregister(host_sock)
-        cell.proc.wait()
+        cell.proc.wait()  # reaps it and closes the pidfd
     finally:
-        os.close(pidfd)
+        cell.proc.close()
     cell.read_status()
 
 
@@ -588,8 +546,7 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
                auth_failed: Callable[[str], None]) -> None:
     import asyncio
 
-    import capnp
-
+    from ww.core import bridge
     from ww.core._foreign import send_one_line_errors
     from ww.host import rpc
 
@@ -597,12 +554,10 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
                         access=config.access)
     # Before anything is served: pycapnp would send the cell the host's tracebacks.
     send_one_line_errors(config.debug)
-    if not config.debug:
-        import logging
-
-        # A cell that exits (or hangs up) while replies are still queued makes every pending
-        # send fail; asyncio would log "socket.send() raised exception." for each on stderr.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    quiet = _QuietAsyncio()
+    # A cell that exits (or hangs up) while replies are still queued makes every pending
+    # send fail; asyncio would log "socket.send() raised exception." for each on stderr.
+    quiet.on = not config.debug
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -620,15 +575,45 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
             if config.p2p is not None:
                 config.p2p.end_session()  # the cell's export lives only as long as fd 3
         if not exited.done():  # over budget: hang up, and keep supervising the cell
-            import logging
-
-            # Replies still queued then fail to send; asyncio would log each one.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            quiet.on = True  # replies still queued then fail to send; asyncio logs each one
             with contextlib.suppress(OSError):
                 host_sock.shutdown(socket.SHUT_RDWR)
         await exited  # the cell may hang up fd 3 and keep running
 
-    asyncio.run(capnp.run(main()))
+    with quiet.installed():
+        bridge.run_capnp(main())
+
+
+class _QuietAsyncio:
+    """Silences asyncio's log for the thread serving fd 3, while it does, once :attr:`on`.
+
+    A filter on asyncio's logger that drops the records of this one thread (every record
+    carries the id of the thread that made it), put on for :meth:`installed` and taken off
+    after, rather than a level set on that logger: the logger is the whole process's, and a
+    level would silence every other event loop (the libp2p side's, a test's) too, and stay
+    after serving ends.  Only records below CRITICAL are dropped, as such a level did.
+    """
+
+    def __init__(self) -> None:
+        self.on = False
+        self._thread = threading.get_ident()
+
+    def filter(self, record: Any) -> bool:
+        import logging
+
+        return not (self.on and record.thread == self._thread
+                    and record.levelno < logging.CRITICAL)
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        import logging
+
+        logger = logging.getLogger("asyncio")
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
 
 
 # The most memory a cell's RPC connection may make the host hold (answers the cell never
@@ -663,7 +648,7 @@ def _exit_status(cell: _Cell) -> int:
     rc = cell.proc.returncode
     assert rc is not None
     if rc < 0:
-        return 128 - rc  # the process we spawned was killed by a signal
+        return exit_status(rc)  # the process we spawned was killed by a signal
     if not cell.jailed:
         return rc
     if cell.exit_code is not None:

@@ -29,6 +29,8 @@ from typing import Any
 
 import capnp
 
+from ww.core import capnp_frames
+
 PYCAPNP_PREFIX = "message = "
 _PREFIX_BYTES = PYCAPNP_PREFIX.encode()
 MAX_INSPECTED = 64 * 1024
@@ -57,16 +59,12 @@ HEAD = 4096
 """Bytes of each message's segments kept to find its kind and question/answer id: every
 encoder puts the root and the call/return struct first; a message that points past these
 bytes is counted as a call that never returns (a cell that does that only stalls itself)."""
-MAX_SEGMENTS = 512
-"""KJ refuses a message with more segments; a table this large is not read, see ``_Framer``."""
 
 CALL, RETURN, OTHER, UNSURE = range(4)
 
 _rpc: Any = None
 _U32 = struct.Struct("<I")
 _EMPTY = memoryview(b"")
-_U64 = struct.Struct("<Q")
-_U16 = struct.Struct("<H")
 
 
 def _rpc_schema() -> Any:
@@ -99,153 +97,26 @@ def exact_reason(message: bytes) -> bytes:
         return message  # not something to rewrite: pass it on as it was
 
 
-def _struct_at(head: bytes, starts: list[int], sizes: list[int], segment: int,
-               at: int) -> tuple[int, int, int, int] | None:
-    """The struct the pointer in word ``at`` of ``segment`` points to, as (segment, first word,
-    data words, pointer words); (0, 0, 0, 0) for a null pointer (a struct of defaults);
-    None when it is not a struct pointer this reader can follow within ``head``."""
-    for _ in range(3):  # a pointer, a far pointer, a double-far's landing pad at the most
-        if at >= sizes[segment] or 8 * (starts[segment] + at + 1) > len(head):
-            return None
-        word = _U64.unpack_from(head, 8 * (starts[segment] + at))[0]
-        kind = word & 3
-        if word == 0:
-            return 0, 0, 0, 0
-        if kind == 0:  # a struct pointer: signed offset from the word after it
-            offset = (word >> 2) & 0x3FFFFFFF
-            if offset & 0x20000000:
-                offset -= 0x40000000
-            data, pointers = (word >> 32) & 0xFFFF, word >> 48
-            first = at + 1 + offset
-            if first < 0 or first + data + pointers > sizes[segment]:
-                return None
-            return segment, first, data, pointers
-        if kind != 2:  # a list or a capability where a struct belongs: KJ refuses it too
-            return None
-        pad_segment, pad = word >> 32, (word >> 3) & 0x1FFFFFFF
-        if pad_segment >= len(sizes):
-            return None
-        if not (word >> 2) & 1:  # single far: the landing pad is an ordinary pointer
-            segment, at = pad_segment, pad
-            continue
-        # double far: the pad is a far pointer to the content, the word after it its tag
-        if pad + 2 > sizes[pad_segment] or 8 * (starts[pad_segment] + pad + 2) > len(head):
-            return None
-        far, tag = _U64.unpack_from(head, 8 * (starts[pad_segment] + pad))[0], \
-            _U64.unpack_from(head, 8 * (starts[pad_segment] + pad + 1))[0]
-        segment, first = far >> 32, (far >> 3) & 0x1FFFFFFF
-        if far & 7 != 2 or tag & 3 != 0 or segment >= len(sizes):
-            return None
-        data, pointers = (tag >> 32) & 0xFFFF, tag >> 48
-        if first + data + pointers > sizes[segment]:
-            return None
-        return segment, first, data, pointers
-    return None
-
-
 def classify(head: bytes, sizes: list[int]) -> tuple[int, int]:
     """(kind, id) of a Cap'n Proto RPC message from its segment sizes (in words) and the
     first bytes of its segments: (CALL, question id), (RETURN, answer id), (OTHER, 0), or
     (UNSURE, 0) when ``head`` does not show which, read as Cap'n Proto readers do (a field
     past a struct's end, or behind a null pointer, is 0)."""
-    starts, total = [], 0
-    for size in sizes:
-        starts.append(total)
-        total += size
-    if not sizes:
+    member = capnp_frames.rpc_member(head, sizes)
+    if member is None:
         return UNSURE, 0
-    root = _struct_at(head, starts, sizes, 0, 0)
-    if root is None:
-        return UNSURE, 0
-    segment, first, data, pointers = root
-    if data == 0:
-        return OTHER, 0  # discriminant 0: unimplemented
-    which = _U16.unpack_from(head, 8 * (starts[segment] + first))[0]
-    if which not in (2, 3):  # call, return
-        return OTHER, 0
-    body = (0, 0, 0, 0) if pointers == 0 else \
-        _struct_at(head, starts, sizes, segment, first + data)
-    if body is None:
-        return UNSURE, 0
-    segment, first, data, _ = body
-    ident = _U32.unpack_from(head, 8 * (starts[segment] + first))[0] if data else 0
-    return (CALL if which == 2 else RETURN), ident
+    which, ident = member
+    if which == capnp_frames.CALL:
+        return CALL, ident or 0
+    if which == capnp_frames.RETURN:
+        return RETURN, ident or 0
+    return OTHER, 0
 
 
-class _Framer:
-    """Cuts a byte stream, fed in pieces of any size, into Cap'n Proto messages and reports
-    each as ``on_message(kind, id, size)`` (see :func:`classify`, from its first :data:`HEAD`
-    bytes) once its last byte is in: a pause then never stops a message half-read, which
-    would hold up the very call that could bring the count down.  Segments are skipped,
-    not copied.  A segment table past
-    :data:`MAX_SEGMENTS` makes the stream unreadable: it and every byte after it are
-    reported as UNSURE (KJ drops such a connection anyway)."""
-
-    def __init__(self, on_message: Callable[[int, int, int], None]) -> None:
-        self._on_message = on_message
-        self._table = bytearray()  # the segment table being collected
-        self._sizes: list[int] = []
-        self._size = 0  # the current message's size, table included
-        self._left = 0  # bytes of the current message's segments still to come
-        self._head = bytearray()
-        self._want = 0  # bytes of the head still to collect
-        self._kind, self._id = UNSURE, 0  # the current message's, once its head is in
-        self.broken = False
-
-    def feed(self, data: Any) -> None:
-        view = memoryview(data)
-        pos, end = 0, len(view)
-        while pos < end:
-            if self.broken:
-                self._on_message(UNSURE, 0, end - pos)
-                return
-            if self._left:
-                take = min(self._left, end - pos)
-                if self._want:
-                    piece = min(take, self._want)
-                    self._head += view[pos:pos + piece]
-                    self._want -= piece
-                    if not self._want:
-                        self._classify()
-                pos += take
-                self._left -= take
-                if not self._left:
-                    self._on_message(self._kind, self._id, self._size)
-            else:
-                pos = self._read_table(view, pos, end)
-
-    def _read_table(self, view: memoryview, pos: int, end: int) -> int:
-        table = self._table
-        need = 4 if len(table) < 4 else \
-            (4 + 4 * (_U32.unpack_from(table)[0] + 1) + 7) & ~7
-        take = min(need - len(table), end - pos)
-        table += view[pos:pos + take]
-        pos += take
-        if len(table) < need:
-            return pos
-        if need == 4:
-            if _U32.unpack_from(table)[0] >= MAX_SEGMENTS:
-                self.broken = True
-                self._on_message(UNSURE, 0, len(table))
-            return pos
-        count = _U32.unpack_from(table)[0] + 1
-        self._sizes = list(struct.unpack_from(f"<{count}I", table, 4))
-        body = 8 * sum(self._sizes)
-        self._size, self._left = len(table) + body, body
-        self._table = bytearray()
-        self._head = bytearray()
-        self._want = min(body, HEAD)
-        if not body:
-            self._kind, self._id = UNSURE, 0  # no root at all: KJ refuses it
-            self._on_message(UNSURE, 0, self._size)
-        return pos
-
-    def _classify(self) -> None:
-        try:
-            self._kind, self._id = classify(bytes(self._head), self._sizes)
-        except Exception:  # noqa: BLE001 - never raise inside the transport: count it
-            self._kind, self._id = UNSURE, 0
-        self._head = bytearray()
+def _framer(on_message: Callable[[int, int, int], None]) -> capnp_frames.Framer:
+    """Cuts a stream into messages classified by :func:`classify` from their first
+    :data:`HEAD` bytes; a stream past Cap'n Proto's segment limit is all UNSURE."""
+    return capnp_frames.Framer(on_message, classify, UNSURE, HEAD)
 
 
 class FlowLimit:
@@ -260,8 +131,8 @@ class FlowLimit:
         self.in_flight: dict[int, int] = {}  # question id -> bytes of its call(s)
         self.total = 0  # bytes of unanswered calls, those never to be answered included
         self.paused = False
-        self.incoming = _Framer(self._received)
-        self.outgoing = _Framer(self._sent)
+        self.incoming = _framer(self._received)
+        self.outgoing = _framer(self._sent)
 
     def _received(self, kind: int, ident: int, size: int) -> None:
         if kind == CALL:
@@ -314,7 +185,7 @@ class _ExactReasons:
             self._header = bytes(data)
             return _EMPTY
         count = _U32.unpack_from(data)[0] + 1
-        size = (4 + 4 * count + 7) & ~7  # the table, padded to a whole word
+        size = capnp_frames.header_size(count)  # the table, padded to a whole word
         if len(data) < size:
             self._header = bytes(data)
             return _EMPTY

@@ -743,10 +743,10 @@ class Engine:
 
     async def _reply(self, peer: _Peer, stream: Any) -> None:
         """Send ``peer`` one reply from its ledger (holding one of the reply slots)."""
-        import trio
+        from ww.core.bridge import to_worker  # trio's worker threads, imported when used
 
         tasks = sorted(peer.ledger.values(), key=lambda t: -t.priority)[:REPLY_BATCH]
-        framed, done, blocks, block_bytes = await trio.to_thread.run_sync(self._collect, tasks)
+        framed, done, blocks, block_bytes = await to_worker(self._collect, tasks)
         for task in done:
             if peer.ledger.get(task.key) is task:  # not wanted anew meanwhile
                 del peer.ledger[task.key]

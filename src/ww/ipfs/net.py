@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ww.core import bridge
 from ww.core.cid import CID
 from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.p2p.host import Node
@@ -262,14 +262,7 @@ class Network:
         self._call(self._want, cid, future, timeout=CONNECT_TIMEOUT)
         # The caller giving up (a cell cancelling its cat) ends the wait and withdraws the
         # want; the engine's future is left to the engine.
-        woken = threading.Event()
-        future.add_done_callback(lambda _: woken.set())
-        forget = token.on_cancel(woken.set)
-        try:
-            woken.wait(timeout)
-        finally:
-            forget()
-        if future.done():
+        if bridge.wait_in_thread(future, timeout, token.on_cancel):
             return future.result()
         self._call(self._cancel, cid, future, timeout=CONNECT_TIMEOUT)
         if token.cancelled:

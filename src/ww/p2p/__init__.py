@@ -1,8 +1,8 @@
-"""Cells as services on the libp2p network: the host, its bridge to Cap'n Proto, `/ww/0.1.0`.
+"""Cells as services on the libp2p network: the host, its splice to Cap'n Proto, `/ww/0.1.0`.
 
 Where a byte from a remote peer goes: the libp2p host (:mod:`ww.p2p.host`, TCP + Noise +
 Yamux, on a trio thread of its own) accepts a `/ww/0.1.0` stream and splices it to one end of
-a socketpair (:mod:`ww.p2p.bridge`); the other end is served as a Cap'n Proto connection on
+a socketpair (:mod:`ww.p2p.splice`); the other end is served as a Cap'n Proto connection on
 asyncio (:mod:`ww.p2p.protocol`), whose bootstrap hands out the capability the cell exported
 over fd 3 and nothing else.  The cell's `p2p` capability (:mod:`ww.caps.p2p`) is the only way
 in or out.  The same host serves Bitswap when the run uses the embedded IPFS node

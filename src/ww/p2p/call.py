@@ -6,6 +6,7 @@ import asyncio
 
 import capnp
 
+from ww.core.bridge import run_capnp
 from ww.ipfs.identity import Identity, PrivateKey
 from ww.p2p.addrs import P2PError
 from ww.p2p.host import Node
@@ -17,7 +18,7 @@ def call_service(addr: str, method: str, args: list[str], timeout: float) -> str
     node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[])
     node.start()
     try:
-        return asyncio.run(capnp.run(_call(node, addr, method, args, timeout)))
+        return run_capnp(_call(node, addr, method, args, timeout))
     finally:
         node.stop()
 

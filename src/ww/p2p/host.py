@@ -17,7 +17,7 @@ configuration is explicit and closed:
 
 The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
 :meth:`Node.serve` (a callback that receives one socket per inbound stream); see
-:mod:`ww.p2p.bridge` for how a stream becomes a socket.
+:mod:`ww.p2p.splice` for how a stream becomes a socket.
 
 One host per `ww run`: the embedded IPFS node adds Bitswap to the same host
 (:meth:`Node.add_protocol`), so a peer joined with ``--join`` is an IPFS peer too, and the
@@ -41,8 +41,9 @@ import multiaddr
 import trio
 
 from ww.core._foreign import chained_reason
+from ww.core.bridge import TrioPortal, run_trio
 from ww.ipfs.identity import Identity
-from ww.p2p import bridge
+from ww.p2p import splice
 from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 
 if TYPE_CHECKING:
@@ -174,11 +175,13 @@ class Node:
         self._warn = warn or (lambda message: print(f"ww: warning: {message}", file=sys.stderr))
         self._accept: Accept | None = None
         self._streams = 0
-        self._budget: bridge.Budget | None = None
+        self._budget: splice.Budget | None = None
         self.addrs: list[str] = []  # where we really listen, each ending in /p2p/<peer id>
         self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._nursery: trio.Nursery | None = None
+        # The libp2p thread's trio run, for every other thread (ww.core.bridge).
+        self._portal = TrioPortal(lambda finished: P2PError(
+            "p2p: the libp2p host has stopped" if finished else
+            "p2p: the libp2p host is not running"))
         self._stop: trio.Event | None = None
         self._host: Any = None
         self._session_end: list[Callable[[], None]] = []
@@ -212,7 +215,7 @@ class Node:
     @property
     def running(self) -> bool:
         """Started, and not stopped since."""
-        return self._nursery is not None
+        return self._portal.open
 
     def wait_joined(self, timeout: float = JOIN_TIMEOUT + 1) -> None:
         """Wait (at most ``timeout`` seconds) until every ``--join`` has connected or failed."""
@@ -250,12 +253,9 @@ class Node:
     def stop(self) -> None:
         """Close every connection and end the thread (bounded by :data:`STOP_TIMEOUT`)."""
         self._accept = None
-        token, stop = self._token, self._stop
-        if token is not None and stop is not None:
-            try:
-                token.run_sync_soon(stop.set)
-            except trio.RunFinishedError:
-                pass
+        stop = self._stop
+        if stop is not None:
+            self._portal.call_soon(stop.set)
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT)
 
@@ -263,7 +263,7 @@ class Node:
         """Hand every new inbound `/ww/0.1.0` stream to ``accept``; ``None`` refuses them.
 
         ``accept`` runs on the libp2p thread and must only hand the socket over (for example
-        with ``loop.call_soon_threadsafe``); if it raises, the stream is reset.
+        with :func:`ww.core.bridge.start_in_loop`); if it raises, the stream is reset.
         """
         self._accept = accept
 
@@ -282,13 +282,9 @@ class Node:
         """Connect to ``addr`` (checked by :func:`ww.p2p.addrs.check_dial_addr`) and open a
         `/ww/0.1.0` stream; the future gives our end of it as a socket, or a P2PError."""
         future: concurrent.futures.Future[socket.socket] = concurrent.futures.Future()
-        token, nursery = self._token, self._nursery
-        if token is None or nursery is None:
+        if not self._portal.open:
             future.set_exception(P2PError("p2p: the libp2p host is not running"))
-            return future
-        try:
-            token.run_sync_soon(nursery.start_soon, self._open, addr, future)
-        except trio.RunFinishedError:
+        elif not self._portal.start_soon(self._open, addr, future):
             future.set_exception(P2PError("p2p: the libp2p host has stopped"))
         return future
 
@@ -299,31 +295,13 @@ class Node:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``await fn(*args)`` on the libp2p thread; the future gives its result."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        token, nursery = self._token, self._nursery
-
-        async def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(await fn(*args))
-            except Exception as e:
-                future.set_exception(e)
-
-        if token is None or nursery is None:
-            future.set_exception(P2PError("p2p: the libp2p host is not running"))
-            return future
-        try:
-            token.run_sync_soon(nursery.start_soon, run)
-        except trio.RunFinishedError:
-            future.set_exception(P2PError("p2p: the libp2p host has stopped"))
-        return future
+        return self._portal.submit(fn, *args)
 
     # -- the libp2p thread ----------------------------------------------------------------
 
     def _run(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            trio.run(self._main, ready)
+            run_trio(self._main, ready)
         except BaseException as e:  # noqa: BLE001 - reported to whoever waits for start()
             if not ready.done():
                 ours = _find(e, P2PError)
@@ -339,7 +317,7 @@ class Node:
         for protocol, handler in self._handlers.items():
             host.set_stream_handler(protocol, handler)
         self._stop = trio.Event()
-        self._budget = bridge.Budget()  # what remote peers' /ww/0.1.0 messages may hold
+        self._budget = splice.Budget()  # what remote peers' /ww/0.1.0 messages may hold
         async with host.run([]):
             network = host.get_network()
             for addr in self._listen:
@@ -358,15 +336,14 @@ class Node:
                     print(f"ww: p2p: listening on {addr}", file=sys.stderr, flush=True)
             self._host = host
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._token = trio.lowlevel.current_trio_token()
+                self._portal.bind(nursery)
                 for setup in self._setups:  # e.g. Bitswap's engine, before any peer joins
                     await setup()
                 nursery.start_soon(self._join_all)
                 ready.set_result(None)
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
-            self._nursery = None
+            self._portal.unbind()
             with trio.move_on_after(STOP_TIMEOUT) as scope:
                 scope.shield = True
                 await host.close()
@@ -458,7 +435,7 @@ class Node:
         future.set_result(theirs)
         self._streams += 1
         try:
-            await bridge.splice(stream, ours, self._budget)
+            await splice.splice(stream, ours, self._budget)
         finally:
             self._streams -= 1
 
@@ -477,7 +454,7 @@ class Node:
             return
         self._streams += 1
         try:
-            await bridge.splice(stream, ours, self._budget)
+            await splice.splice(stream, ours, self._budget)
         finally:
             self._streams -= 1
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import capnp
 
+from ww.core import bridge
 from ww.core._foreign import kj_reason
 from ww.p2p.addrs import PROTOCOL_ID, P2PError, peer_of
 from ww.schema import load
@@ -71,7 +72,8 @@ class Exports:
         loop = self._loop
         if loop is None or self.current is None:
             raise P2PError("nothing exported")
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._serve(sock, peer)))
+        if not bridge.start_in_loop(loop, self._serve, sock, peer):
+            raise P2PError("nothing exported")  # the loop is closed: the cell's session is over
 
     async def _serve(self, sock: socket.socket, peer: str = "") -> None:
         """Serve one remote connection.  No peer holds the door shut: one peer id has at most
@@ -185,7 +187,7 @@ class Dialer:
             raise P2PError(_dial_failure(addr, e)) from None
 
     async def _connect(self, addr: str) -> Remote:
-        sock = await asyncio.wrap_future(self._node.open(addr))
+        sock = await bridge.wait_future(self._node.open(addr))
         try:
             stream = await capnp.AsyncIoStream.create_connection(sock=sock)
             return Remote(capnp.TwoPartyClient(stream), sock)

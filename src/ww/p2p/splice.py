@@ -1,17 +1,18 @@
-"""The one place where trio meets asyncio: a libp2p stream spliced to a socketpair.
+"""A libp2p `/ww/0.1.0` stream spliced to a socketpair, bounded on the way.
 
 py-libp2p runs on trio, pycapnp on asyncio, and each wants its own event loop.  Rather than
 teach either about the other, every `/ww/0.1.0` stream is copied to one end of an ``AF_UNIX``
 socketpair on the libp2p thread; the other end is an ordinary socket that the Cap'n Proto
-side opens a two-party connection on.  The only things that cross between the threads are
-sockets and futures.
+side opens a two-party connection on.  Bytes cross between the threads here; every other
+hand-off between them goes through :mod:`ww.core.bridge`.
 
 Closing follows the stream: end of stream on one side is a half-close on the other; a
 reset, an error, or the node stopping closes both.  When the Cap'n Proto side hangs up, the
 remote peer is given a short grace to hang up too, then the stream is reset.
 
 What a remote peer sends is bounded here, where the bytes are still countable (pycapnp
-offers no flow limit of its own).  The remote's Cap'n Proto messages are passed on whole,
+offers no flow limit of its own; messages are cut and read with :mod:`ww.core.capnp_frames`,
+as on fd 3).  The remote's Cap'n Proto messages are passed on whole,
 each at most :data:`MAX_MESSAGE` bytes; a message under way that stops arriving for
 :data:`MESSAGE_GRACE`, or arrives slower than :data:`MIN_RATE`, resets the stream.
 Every byte read from remote peers is counted in the node's :class:`Budget` until it is
@@ -25,21 +26,22 @@ budget, not its memory.
 from __future__ import annotations
 
 import socket
-import struct
 
 import trio
+
+from ww.core import capnp_frames
 
 CHUNK = 256 * 1024
 HANGUP_GRACE = 2.0  # seconds the remote may take to close after our side hung up
 MAX_MESSAGE = 8 << 20  # bytes in one Cap'n Proto message from a remote peer; more: reset
-MAX_SEGMENTS = 512  # segments in one message (Cap'n Proto's own limit)
+MAX_SEGMENTS = capnp_frames.MAX_SEGMENTS  # segments in one message (Cap'n Proto's own limit)
 MAX_CALLS = 16  # calls one stream may have unanswered; the next is not read until one is
 BUDGET = 32 << 20  # bytes of remote messages held at once, every stream of a node together
 MIN_RATE = 100 * 1024  # bytes/s a message must arrive at on average (after MESSAGE_GRACE)
 MESSAGE_GRACE = 10.0  # seconds a message under way may go without a byte
 
 # rpc.capnp's Message union: the members whose bytes stay counted until answered.
-_CALL, _RETURN, _BOOTSTRAP = 2, 3, 8
+_CALL, _RETURN, _BOOTSTRAP = capnp_frames.CALL, capnp_frames.RETURN, capnp_frames.BOOTSTRAP
 
 
 class ProtocolViolation(Exception):
@@ -74,57 +76,24 @@ class Budget:
 
 def _frame_size(buf: bytes | bytearray) -> int | None:
     """Bytes of the message starting ``buf`` (None: its header is not all there yet)."""
-    if len(buf) < 4:
-        return None
-    segments = struct.unpack_from("<I", buf)[0] + 1
-    if segments > MAX_SEGMENTS:
-        raise ProtocolViolation(f"a message of {segments} segments")
-    header = (4 + 4 * segments + 7) // 8 * 8
-    if len(buf) < header:
-        return None
-    return header + 8 * sum(struct.unpack_from(f"<{segments}I", buf, 4))
-
-
-def _struct_at(seg: memoryview, index: int) -> tuple[int, int, int] | None:
-    """(first word, data words, pointer count) of the struct a near pointer at word ``index``
-    of segment ``seg`` points to, or None (null, not a struct pointer, out of the segment)."""
-    if (index + 1) * 8 > len(seg):
-        return None
-    word = struct.unpack_from("<Q", seg, index * 8)[0]
-    if word == 0 or word & 3 != 0:
-        return None
-    offset = (word >> 2) & 0x3FFFFFFF
-    if offset & 0x20000000:
-        offset -= 0x40000000
-    start, data, pointers = index + 1 + offset, (word >> 32) & 0xFFFF, word >> 48
-    if start < 0 or (start + data + pointers) * 8 > len(seg):
-        return None
-    return start, data, pointers
+    try:
+        return capnp_frames.message_size(buf)
+    except capnp_frames.TooManySegments as e:
+        raise ProtocolViolation(str(e)) from None
 
 
 def classify(message: bytes | bytearray) -> tuple[int, int] | None:
     """(which member of rpc.capnp's ``Message`` union, its question/answer id) for a call,
     return or bootstrap; ``(which, -1)`` for another member; None if unreadable here (the
     root, or the member's struct, not a near pointer within the first segment)."""
-    segments = struct.unpack_from("<I", message)[0] + 1
-    header = (4 + 4 * segments + 7) // 8 * 8
-    size0 = struct.unpack_from("<I", message, 4)[0] * 8
-    seg = memoryview(message)[header:header + size0]
-    root = _struct_at(seg, 0)
-    if root is None:
+    sizes = capnp_frames.segment_sizes(message)
+    if sizes is None:
         return None
-    start, data, pointers = root
-    which = struct.unpack_from("<H", seg, start * 8)[0] if data else 0
-    if which not in (_CALL, _RETURN, _BOOTSTRAP):
-        return which, -1
-    if not pointers:
+    head = memoryview(message)[capnp_frames.header_size(len(sizes)):]
+    member = capnp_frames.rpc_member(head, sizes, (_CALL, _RETURN, _BOOTSTRAP), far=False)
+    if member is None or member[1] is None:
         return None
-    member = _struct_at(seg, start + data)
-    if member is None:
-        return None
-    mstart, mdata, _ = member
-    ident = struct.unpack_from("<I", seg, mstart * 8)[0] if mdata else 0
-    return which, ident
+    return member  # type: ignore[return-value]
 
 
 async def splice(stream: object, sock: socket.socket, budget: Budget | None = None) -> None:

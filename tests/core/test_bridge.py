@@ -1,0 +1,115 @@
+"""ww.core.bridge: the hand-offs between asyncio, trio and threads keep their cancellation
+and end-of-life semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+import trio
+
+from ww.core import bridge
+
+
+def test_a_cancelled_wait_cancels_the_future_and_the_running_work():
+    cancelled = threading.Event()
+
+    async def main() -> concurrent.futures.Future[int]:
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        task = asyncio.ensure_future(bridge.wait_future(future, on_cancel=cancelled.set))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return future
+
+    future = asyncio.run(main())
+    assert cancelled.is_set() and future.cancelled()
+
+
+def test_the_outcome_of_a_thread_reaches_the_loop_and_a_closed_loop_is_no_error():
+    def fails() -> None:
+        raise ValueError("from the thread")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert await bridge.in_new_thread(loop, "t", lambda: 7) == 7
+        with pytest.raises(ValueError, match="from the thread"):
+            await bridge.in_new_thread(loop, "t", fails)
+
+    asyncio.run(main())
+    loop = asyncio.new_event_loop()
+    loop.close()
+    assert bridge.call_in_loop(loop, print) is False
+
+
+def test_a_feed_holds_at_most_its_capacity_and_an_ended_feed_abandons_its_thread():
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        feed: bridge.ThreadFeed[int] = bridge.ThreadFeed(loop, 2, lambda: EOFError("gone"))
+        assert await feed.put(1) and await feed.put(2)
+        third = asyncio.ensure_future(feed.put(3))
+        await asyncio.sleep(0.01)
+        assert not third.done()  # full: waits for room, the loop goes on
+        items = feed.items()
+        got: list[object] = [next(items)]  # room for one: the third goes in
+        assert await third
+        got += [next(items), next(items)]
+        feed.end()
+        assert await feed.put(4) is False
+        with pytest.raises(EOFError):
+            next(items)
+        return got
+
+    assert asyncio.run(main()) == [1, 2, 3]
+
+
+def test_workers_refuse_work_once_closed():
+    workers = bridge.DaemonWorkers(2, "w", lambda: RuntimeError("closed"))
+    assert workers.submit(lambda x: x + 1, 1).result(10) == 2
+    workers.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        workers.submit(print)
+
+
+def test_a_portal_says_whether_its_trio_run_has_not_started_or_has_ended():
+    portal = bridge.TrioPortal(lambda finished: RuntimeError(f"finished={finished}"))
+    with pytest.raises(RuntimeError, match="finished=False"):
+        portal.submit(trio.sleep, 0).result(10)
+    results: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            portal.bind(nursery)
+
+            async def double(x: int) -> int:
+                return 2 * x
+
+            future = portal.submit(double, 21)
+            await trio.to_thread.run_sync(lambda: results.append(future.result(10)))
+            portal.unbind()
+
+    thread = threading.Thread(target=bridge.run_trio, args=(main,))
+    thread.start()
+    thread.join(30)
+    assert results == [42]
+    assert portal.call_soon(print) is False  # the run has ended: nothing is called
+    with pytest.raises(RuntimeError, match="finished=False"):  # unbound: not running
+        portal.submit(trio.sleep, 0).result(10)
+
+
+def test_a_thread_waiting_for_a_future_is_woken_by_its_result_or_by_an_interrupt():
+    done: concurrent.futures.Future[int] = concurrent.futures.Future()
+    threading.Timer(0.01, done.set_result, (5,)).start()
+    assert bridge.wait_in_thread(done, 30) and done.result() == 5
+    registered: list[object] = []
+
+    def interrupt(wake):  # a CancelToken cancelled at once, as its on_cancel does
+        wake()
+        return lambda: registered.append("forgotten")
+
+    pending: concurrent.futures.Future[int] = concurrent.futures.Future()
+    assert bridge.wait_in_thread(pending, 30, interrupt) is False  # woken, not after 30 s
+    assert registered == ["forgotten"] and not pending.done()

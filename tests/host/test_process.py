@@ -1,0 +1,147 @@
+"""ww.host.process: the one way the host spawns, watches and reaps a child; and what serving
+fd 3 leaves of the process's shared state (nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ww.host.process import Process, SignalForwarder, exit_status
+
+
+def test_exit_status_is_the_code_or_128_plus_the_signal():
+    assert exit_status(0) == 0
+    assert exit_status(3) == 3
+    assert exit_status(-signal.SIGKILL) == 128 + 9
+
+
+def test_a_child_is_reaped_from_an_event_loop_through_its_pidfd_with_its_signal():
+    async def main() -> int:
+        child = Process.spawn(["/bin/sh", "-c", "kill -TERM $$"], env={})
+        return await child.watch(asyncio.get_running_loop())
+
+    rc = asyncio.run(main())
+    assert exit_status(rc) == 128 + signal.SIGTERM
+
+
+def test_the_steps_in_the_child_run_join_then_drop_then_install(tmp_path):
+    log = tmp_path / "steps"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        child = Process.spawn(
+            ["/bin/true"], env={},
+            join=lambda: os.write(fd, b"join "),
+            drop=lambda: os.write(fd, b"drop "),
+            install=lambda: os.write(fd, b"install"),
+        )
+        assert child.wait() == 0
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"join drop install"
+    assert child.pidfd is None  # closed once reaped
+
+
+def test_a_step_that_fails_in_the_child_fails_the_spawn():
+    def refuse() -> None:
+        raise OSError("refused")
+
+    with pytest.raises(subprocess.SubprocessError):
+        Process.spawn(["/bin/true"], env={}, join=refuse)
+
+
+def test_a_child_dies_with_the_process_that_spawned_it():
+    # The spawner is itself a process killed by SIGKILL: it has no chance to clean up.
+    spawner = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from ww.host.process import Process
+        child = Process.spawn(["/bin/sleep", "60"], env={}, stdout=subprocess.DEVNULL)
+        print(child.pid, flush=True)
+        sys.stdin.read()
+    """).replace("subprocess.DEVNULL", "-3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        pidfd = os.pidfd_open(int(spawner.stdout.readline()))
+    finally:
+        spawner.kill()
+        spawner.wait()
+    try:
+        # Orphaned, it gets the parent-death signal: its pidfd becomes readable.
+        assert select.select([pidfd], [], [], 30)[0] == [pidfd]
+    finally:
+        os.close(pidfd)
+
+
+def test_signals_that_arrive_before_the_child_are_held_then_forwarded():
+    got: list[int] = []
+    forwarder = SignalForwarder([signal.SIGUSR1])
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert got == []
+        forwarder.to(got.append)
+        assert got == [signal.SIGUSR1]
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert got == [signal.SIGUSR1, signal.SIGUSR1]
+    finally:
+        forwarder.restore()
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_serving_a_cell_leaves_asyncios_logger_as_it_found_it(make_cell):
+    """`ww run` silences asyncio's complaints about a cell that hung up (see
+    ww.host.supervisor), but only while it serves fd 3, and only on that thread: the
+    process-wide ``asyncio`` logger is not changed (it was set to CRITICAL for good)."""
+    cell = make_cell("""
+        import ww.cell
+        with ww.cell.session() as session:
+            session.console.ping(b"x")
+    """)
+    # In a process of its own, `ww run` in-process (without its os._exit at the end), then
+    # a warning on asyncio's logger, as any other event loop in the process might log.
+    script = textwrap.dedent(f"""
+        import logging, sys
+        import ww.cli.main
+        ww.cli.main._exit = lambda status: print("status", status)
+        ww.cli.main.main(["run", "--with-console", {cell!r}])
+        logging.getLogger("asyncio").warning("after serving, heard")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert "status 0" in r.stdout, r.stderr
+    assert "after serving, heard" in r.stderr
+
+
+def test_while_serving_asyncios_log_is_dropped_for_the_serving_thread_only():
+    import logging
+    import threading
+
+    from ww.host.supervisor import _QuietAsyncio
+
+    heard: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    logger = logging.getLogger("asyncio")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        quiet = _QuietAsyncio()
+        quiet.on = True
+        with quiet.installed():
+            logger.warning("socket.send() raised exception.")  # this thread's: dropped
+            logger.critical("critical")  # as a level of CRITICAL let through
+            other = threading.Thread(target=logger.warning, args=("another loop's",))
+            other.start()
+            other.join()
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert heard == ["critical", "another loop's", "after"]
