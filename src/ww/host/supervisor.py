@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ww.errors import (
     EXIT_AUTH_FAILED,
@@ -46,14 +46,27 @@ from ww.errors import (
 )
 from ww.host import executable, fds, jail, limits, seccomp
 
+if TYPE_CHECKING:
+    from ww.host.policy import Access
+
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _PR_SET_PDEATHSIG = 1
 
 
+class P2PHost(Protocol):
+    """The libp2p host of a run (``ww.p2p.host.Node``, built by ww.app), as the host sees it."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def end_session(self) -> None: ...
+
+
 @dataclass
 class RunConfig:
-    """Everything `ww run` decided from its command line."""
+    """Everything `ww run` decided from its configuration (built by ww.app.run)."""
 
     command: str
     args: list[str]
@@ -67,10 +80,10 @@ class RunConfig:
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
-    # ww.host.policy.Access: who may log in, what each gets, the login deadline (exit 64).
-    access: Any = None
-    # ww.p2p.host.Node: the libp2p host, started before the cell and stopped after it.
-    p2p: Any = None
+    # Who may log in, what each gets, the login deadline (exit 64).
+    access: Access | None = None
+    # The libp2p host, started before the cell and stopped after it.
+    p2p: P2PHost | None = None
 
 
 def _pdeathsig_setter() -> Callable[[], None]:
