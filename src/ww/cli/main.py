@@ -63,8 +63,15 @@ def _print_traceback() -> None:
 
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, failure: BaseException | None = None,
+         debug: bool = False) -> None:
+    """Run `ww` with ``argv``; or, given the ``failure`` of a `ww run` that ww.cli.entry
+    parsed and ran without click, report it as if this command had raised it."""
+    global _debug
     try:
+        if failure is not None:
+            _debug = debug
+            raise failure
         status = cli.main(args=argv, prog_name="ww", standalone_mode=False)
     except click.exceptions.Exit as e:
         status = e.exit_code
@@ -103,19 +110,6 @@ def _is_ipfs_error(e: Exception) -> bool:
 
 
 def _exit(status: int) -> None:
-    """Exit at once: flush our output, then skip the interpreter's teardown.
+    from ww.cli.entry import exit_now
 
-    Tearing down the modules a command imported costs `ww run` milliseconds for nothing;
-    every file `ww` writes is closed (and, where it matters, fsynced) by the code that
-    wrote it, before this point.
-    """
-    import os
-
-    for stream in (sys.stdout, sys.stderr):
-        if stream is None:  # started with that fd closed
-            continue
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
+    exit_now(status)
