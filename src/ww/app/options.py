@@ -9,8 +9,8 @@ set is written here once (the click command in :mod:`ww.cli.run` adds the help t
 holds the two together).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: NamedTuple would compile each of its many
+# annotations as a string, which costs every `ww run` a few tenths of a millisecond.
 from typing import NamedTuple
 
 # How a flag takes its value: a switch, one value (the last one given wins), or a repeatable
