@@ -312,12 +312,14 @@ OUTLIVING_HOST = """
 import asyncio, time
 from types import SimpleNamespace
 from ww.caps.denied import Caller
+from ww.app.argv import SubcellCommand
+from ww.app.options import RunOptions
 from ww.caps.exec import ExecSetup, ExecutorServer
 from ww.host.policy import ExecGrant, GrantSet
 
 async def main():
     # The host's exec capability, starting a stand-in child `ww run` that lives 0.3 s.
-    setup = ExecSetup(ww=["/bin/sh", "-c", "sleep 0.3", "sh"])
+    setup = ExecSetup(SubcellCommand(RunOptions(""), ww=["/bin/sh", "-c", "sleep 0.3", "sh"]))
     executor = ExecutorServer(setup, GrantSet(exec=ExecGrant(("/bin/true",))), Caller(), {})
     grant = SimpleNamespace(console=False, ipfs=False, exec=False, ipfsReadOnly=False,
                             ipfsRoots=[])

@@ -29,7 +29,7 @@ def test_with_all_grants_every_capability(make_cell):
             print(",".join(s.granted))
     """)
     r = run_ww("run", "--with-all", cell)
-    from ww.cli.run import CAPABILITIES
+    from ww.host.policy import CAPABILITIES
 
     assert r.stdout.strip() == ",".join(CAPABILITIES), r.stderr
     assert "console" in CAPABILITIES

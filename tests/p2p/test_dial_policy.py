@@ -158,10 +158,13 @@ def test_a_bad_allow_dial_is_a_usage_error() -> None:
 
 
 def test_sub_cells_are_started_with_the_operators_ranges() -> None:
-    from ww.cli.run import _exec_setup
+    from ww.app.argv import SubcellCommand
+    from ww.app.options import RunOptions
+    from ww.host.policy import GrantSet
 
-    setup = _exec_setup({}, "bwrap", None, {}, False, ["127.0.0.0/8", "fd00::/8"])
-    flags = setup.run_flags
+    parent = RunOptions("/bin/true", allow_dial=("127.0.0.0/8", "fd00::/8"))
+    argv = SubcellCommand(parent, ww=["ww"]).argv(GrantSet(), [], "/bin/true", [])
+    flags = argv[:argv.index("--")]
     assert flags[flags.index("--allow-dial"):] == [
         "--allow-dial", "127.0.0.0/8", "--allow-dial", "fd00::/8"]
 

@@ -3,10 +3,12 @@
 Each sub-cell is a real ``ww run`` of its own, started by the host with exactly the flags that
 encode what the parent hands down (``--with-console``, ``--with-ipfs --ipfs-read-only
 --ipfs-root ...``, ``--with-exec --exec-allow ...``) and the parent's own jail, IPFS node and
-resource-limit flags.  So a child is jailed, limited and granted by the same code as any cell,
-and has no more authority than its flags say: the child ``ww run`` gets no ``WW_*`` variable
-of the host's environment (``WW_WITH_ALL=1`` must not reach it), and the cell's environment
-entries are passed as ``--env NAME=VALUE`` only (never ``NAME``, which would copy the host's).
+resource-limit flags (the command line is rendered by :mod:`ww.app.argv`, from the table the
+command line is parsed with).  So a child is jailed, limited and granted by the same code as
+any cell, and has no more authority than its flags say: the child ``ww run`` gets no ``WW_*``
+variable of the host's environment (``WW_WITH_ALL=1`` must not reach it), and the cell's
+environment entries are passed as ``--env NAME=VALUE`` only (never ``NAME``, which would copy
+the host's).
 
 The child's stdin, stdout and stderr are pipes the parent cell reaches through ``Process``.
 No orphans: each child ``ww run`` gets ``PR_SET_PDEATHSIG`` = SIGKILL (its own cell dies with
@@ -27,11 +29,9 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ww.caps.denied import Caller
 from ww.core.errors import CallError
@@ -54,44 +54,27 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 KEPT_HOST_VARIABLES = ("WW_HOME", "WW_MAX_PROGRAM_SIZE")
 
 
-def ww_command() -> list[str]:
-    """How to start `ww`: the console script beside this interpreter, else the module."""
-    script = Path(sys.executable).with_name("ww")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from ww.cli.main import main; main(sys.argv[1:])"]
+class ChildCommand(Protocol):
+    """How the host starts a sub-cell's `ww run` (``ww.app.argv.SubcellCommand``)."""
+
+    def argv(self, grants: GrantSet, env: list[str], program: str, args: list[str]
+             ) -> list[str]: ...
+
+    def grant_flags(self, grants: GrantSet) -> list[str]: ...
 
 
 @dataclass
 class ExecSetup:
-    """What every child `ww run` of this host shares, decided from the host's command line."""
+    """What every child `ww run` of this host shares, decided from the host's configuration."""
 
-    global_flags: list[str] = field(default_factory=list)  # before `run`: --json, --debug
-    run_flags: list[str] = field(default_factory=list)  # --jail, --ipfs, limits, --strict
+    command: ChildCommand  # the child's command line: the host's shared flags, its grants
     audit: bool = False  # pass the host's stderr on for the child's audit lines
-    ww: list[str] = field(default_factory=ww_command)
 
     def environment(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items()
                 if not k.startswith("WW_") or k in KEPT_HOST_VARIABLES}
 
 
-def child_flags(grants: GrantSet) -> list[str]:
-    """The `ww run` flags that grant exactly ``grants``."""
-    flags: list[str] = []
-    if grants.console:
-        flags.append("--with-console")
-    if grants.ipfs is not None:
-        flags.append("--with-ipfs")
-        if grants.ipfs.read_only:
-            flags.append("--ipfs-read-only")
-        for root in grants.ipfs.roots:
-            flags += ["--ipfs-root", root]
-    if grants.exec is not None:
-        flags.append("--with-exec")
-        for path in grants.exec.allow:
-            flags += ["--exec-allow", path]
-    return flags
 
 
 class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
@@ -150,15 +133,14 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         self._children = {c for c in self._children if c.running}
         if len(self._children) >= MAX_CHILDREN:
             raise self._deny(f"{MAX_CHILDREN} sub-cells are already running; wait for one")
-        env_flags: list[str] = []
+        env_entries: list[str] = []
         for entry in env:
             name, sep, _ = str(entry).partition("=")
             if not sep or not _ENV_NAME.match(name):
                 raise CallError(f"environment entry {str(entry)!r}: expected NAME=VALUE")
-            env_flags += ["--env", str(entry)]
+            env_entries.append(str(entry))
         setup = self._setup
-        argv = [*setup.ww, *setup.global_flags, "run", *setup.run_flags, *child_flags(child),
-                *env_flags, "--", program, *map(str, args)]
+        argv = setup.command.argv(child, env_entries, program, list(map(str, args)))
         # The whole tree of sub-cells shares the parent's budget (ww.host.limits).
         lease = limits.subcells().take()
         if lease is None:
@@ -189,7 +171,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         self._children.add(server)
         self._caller.audit.emit("spawn", peer=self._caller.peer, program=program,
                                 args=list(map(str, args)), granted=child.names(),
-                                flags=child_flags(child), pid=proc.pid)
+                                flags=setup.command.grant_flags(child), pid=proc.pid)
         _context.results.process = server
 
     def close(self) -> None:

@@ -57,14 +57,9 @@ peer_option = click.option(
 
 
 def refuse_peers_with_kubo(ipfs_api: str | None) -> None:
-    """``--peer`` names peers for the embedded node; a kubo node (``--ipfs``) dials its own.
+    """``--peer`` with ``--ipfs`` on the command line: a usage error (ww.app.build)."""
+    from ww.app.build import refuse_peers_with_kubo as refuse
 
-    Given on the command line with ``--ipfs`` it is a usage error; ``WW_IPFS_PEERS`` in the
-    environment is then simply not used."""
     ctx = click.get_current_context()
-    if ipfs_api and ctx.params.get("peers") and \
-            ctx.get_parameter_source("peers") is click.core.ParameterSource.COMMANDLINE:
-        from ww.core.errors import UsageError
-
-        raise UsageError("--peer is for the embedded node; with --ipfs, connect the kubo "
-                         "node to its peers itself (ipfs swarm connect)")
+    refuse(ipfs_api, ctx.params.get("peers") or (),
+           ctx.get_parameter_source("peers") is click.core.ParameterSource.COMMANDLINE)

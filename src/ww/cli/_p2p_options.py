@@ -11,9 +11,6 @@ from typing import Any
 
 import click
 
-# option name -> the flag's settings; the values reach `run` through its **kwargs.
-P2P_OPTIONS = ("with_p2p", "listen", "join", "allow_dial")
-
 
 def _check(checker_name: str) -> Any:
     def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
@@ -67,35 +64,3 @@ def p2p_options(f: Any) -> Any:
         "--with-p2p", "with_p2p", is_flag=True, envvar="WW_WITH_P2P",
         help="Grant the p2p capability: the cell exports a capability to remote peers on "
              "/ww/0.1.0 and dials other cells.")(f)
-
-
-def dial_policy(options: dict[str, Any], peers: list[str]) -> Any:
-    """The dial policy of this run's cells and hosts, now theirs (ww.p2p.dial_policy)."""
-    from ww.p2p.dial_policy import DialPolicy, set_for_cells
-
-    policy = DialPolicy.from_flags(options["allow_dial"], [*options["join"], *peers])
-    set_for_cells(policy)
-    return policy
-
-
-def p2p_node(options: dict[str, Any], capabilities: list[str], policy: Any = None) -> Any:
-    """The libp2p host this run needs (not started yet), or None.
-
-    A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
-    for one; its identity is the node key in $WW_HOME.  It is the run's only host: the
-    embedded IPFS node, if the run uses one, serves Bitswap on it (``--peer`` alone starts
-    none here; the embedded node starts its own only if a block is missing).
-    """
-    listen, join = list(options["listen"]), list(options["join"])
-    if "p2p" not in capabilities and not listen and not join:
-        return None
-    from ww.ipfs.identity import IdentityError, load_or_create
-    from ww.ipfs.repo import default_repo_path
-    from ww.p2p import P2PError
-    from ww.p2p.host import Node
-
-    try:
-        identity = load_or_create(default_repo_path())
-    except (IdentityError, OSError) as e:
-        raise P2PError(f"p2p: cannot load the node key: {e}") from None
-    return Node(identity, listen or None, join, dial_policy=policy)

@@ -33,8 +33,8 @@ PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this
 def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
            pin: bool, hidden: bool, ipfs_api: str | None) -> None:
     """Add PATH (a file, symlink or directory tree) and print /ipfs/<cid>."""
+    from ww.app.build import open_embedded, open_ipfs
     from ww.ipfs.api import AddOptions
-    from ww.ipfs.backend import open_backend
 
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{path}: no such file or directory")
@@ -45,14 +45,12 @@ def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool
         if car_file is not None and not ipfs_api:
             # "Instead of storing": build the DAG in a scratch repository beside the CAR
             # file (same file system), which goes away with the command.
-            from ww.ipfs.node import EmbeddedNode
-
             scratch = stack.enter_context(tempfile.TemporaryDirectory(
                 prefix=f".{car_file.name}.", dir=car_file.resolve().parent))
-            api = EmbeddedNode(Path(scratch))
+            api = open_embedded(Path(scratch))
             options = replace(options, pin=False)
         else:
-            api = open_backend(ipfs_api, check=bool(ipfs_api))
+            api = open_ipfs(ipfs_api, check=bool(ipfs_api))
             if car_file is not None:
                 options = replace(options, pin=False)
         cid = _export(api, path, options, car_file)

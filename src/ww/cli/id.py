@@ -17,16 +17,15 @@ def id_(listen: tuple[str, ...]) -> None:
     (--listen or WW_LISTEN, else the default), each followed by /p2p/<peer id>; a port 0
     stands for the free port a running 'ww run' picks and announces.
     """
+    from ww.app.build import node_identity
     from ww.core.errors import AddressError
-    from ww.ipfs.identity import load_or_create
-    from ww.ipfs.repo import default_repo_path
     from ww.p2p import DEFAULT_LISTEN, check_listen_addr
 
     try:
         addrs = [check_listen_addr(a) for a in listen] or [DEFAULT_LISTEN]
     except AddressError as e:
         raise AddressError(f"--listen: {e}") from None
-    peer_id = load_or_create(default_repo_path()).peer_id
+    peer_id = node_identity().peer_id
     click.echo(peer_id)
     for addr in addrs:
         click.echo(f"{addr}/p2p/{peer_id}")

@@ -26,13 +26,13 @@ def import_(source: str, local_path: Path | None, executable: bool,
     file becomes LOCAL-PATH, or goes inside it if LOCAL-PATH is an existing directory.
     Blocks the repository lacks are fetched from the --peer peers over Bitswap.
     """
-    from ww.ipfs.backend import open_backend
+    from ww.app.build import open_ipfs
     from ww.ipfs.exporter import check_destination
 
     refuse_peers_with_kubo(ipfs_api)
     dest = local_path if local_path is not None else Path.cwd()
     check_destination(dest)  # a symlink or device destination: refused before any work
-    api = open_backend(ipfs_api, check=bool(ipfs_api), peers=peers)
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         if source.endswith(".car") and not source.startswith("/ipfs/"):
             car = Path(source)

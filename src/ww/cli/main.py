@@ -61,8 +61,11 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
-def run_cli(argv: list[str] | None = None) -> int:
+def run_cli(argv: list[str] | None = None, failure: BaseException | None = None,
+            debug: bool = False) -> int:
     """Run `ww` with ``argv`` (default: ``sys.argv[1:]``) in this process; its exit status.
+    Or, given the ``failure`` of a `ww run` that :mod:`ww.cli.entry` parsed and ran without
+    click, report it as if this command had raised it.
 
     Every error ends here as one line on stderr and the status its class carries
     (:mod:`ww.core.errors`); nothing exits the process, so tests and other Python code can
@@ -71,6 +74,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     global _debug
     _debug = False
     try:
+        if failure is not None:
+            _debug = debug
+            raise failure
         status = cli.main(args=argv, prog_name="ww", standalone_mode=False)
     except click.exceptions.Exit as e:
         status = e.exit_code
@@ -98,25 +104,13 @@ def run_cli(argv: list[str] | None = None) -> int:
     return status if isinstance(status, int) else 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The console script: :func:`run_cli`, then exit at once with its status."""
-    _exit(run_cli(argv))
+def main(argv: list[str] | None = None, failure: BaseException | None = None,
+         debug: bool = False) -> None:
+    """The console script's click path: :func:`run_cli`, then exit at once with its status."""
+    _exit(run_cli(argv, failure, debug))
 
 
 def _exit(status: int) -> None:
-    """Exit at once: flush our output, then skip the interpreter's teardown.
+    from ww.cli.entry import exit_now
 
-    Tearing down the modules a command imported costs `ww run` milliseconds for nothing;
-    every file `ww` writes is closed (and, where it matters, fsynced) by the code that
-    wrote it, before this point.
-    """
-    import os
-
-    for stream in (sys.stdout, sys.stderr):
-        if stream is None:  # started with that fd closed
-            continue
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
+    exit_now(status)

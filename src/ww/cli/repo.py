@@ -1,7 +1,8 @@
 """`ww repo check` and `ww repo gc`: the embedded IPFS repository in $WW_HOME.
 
-Parsing and exit codes only; the work is in ww.ipfs.  `check` exits 0 when the repository
-is clean and 1 when something needs attention, each with one line on stdout.
+Parsing and exit codes only; the work is in ww.ipfs (the node comes from ww.app).  `check`
+exits 0 when the repository is clean and 1 when something needs attention, each with one
+line on stdout.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def _plural(n: int, what: str) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Also list every file that needs attention.")
 def check(verbose: bool) -> int:
     """Verify every block against its CID and every pin's DAG; exit 1 if anything is wrong."""
-    from ww.ipfs.node import EmbeddedNode
+    from ww.app.build import open_embedded
 
-    node = EmbeddedNode()
+    node = open_embedded()
     try:
         found = node.check()
         where = node.repo_path
@@ -56,9 +57,9 @@ def check(verbose: bool) -> int:
 @repo.command()
 def gc() -> int:
     """Remove unpinned blocks and the leftovers of interrupted writes."""
-    from ww.ipfs.node import EmbeddedNode
+    from ww.app.build import open_embedded
 
-    node = EmbeddedNode()
+    node = open_embedded()
     try:
         report = node.gc()
         where = node.repo_path

@@ -1,4 +1,9 @@
-"""`ww run`: start a program as a cell.  Parsing and exit codes only; the work is in ww.host."""
+"""`ww run`: start a program as a cell.  Parsing only: the work is in ww.app.run.
+
+`ww run` without --help and without any WW_* option variable skips click altogether
+(ww.cli.entry parses it from the same flag table, ww.app.options.FLAGS); this command is
+the reference it agrees with, and what every other command line goes through.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from typing import Any
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
-from ww.cli._p2p_options import P2P_OPTIONS, dial_policy, p2p_node, p2p_options
-from ww.host.policy import CAPABILITIES  # what `ww run` can grant, in Session.granted order
+from ww.app.options import RunOptions
+from ww.cli._ipfs_option import ipfs_option, peer_option
+from ww.cli._p2p_options import p2p_options
 
 # Identity, policy and attenuation (see docs/auth.md): option -> (envvar, click settings).
 _ACCESS_OPTIONS: dict[str, tuple[str | None, dict[str, Any]]] = {
@@ -78,22 +83,6 @@ def _hardening_options(f: Any) -> Any:
                              "EPERM).")(f)
 
 
-def _limits(options: dict[str, Any]) -> Any:
-    """The Limits the options ask for, or None; a bad value is a usage error naming its flag."""
-    given = {k: v for k, v in options.items() if k in _LIMIT_OPTIONS and v is not None}
-    if not given:
-        return None
-    from ww.host import limits
-
-    parse = {"memory": limits.parse_size, "fsize": limits.parse_size,
-             "cpu_time": limits.parse_seconds, "timeout": limits.parse_seconds,
-             "pids": limits.parse_count}
-    wanted = limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
-                              for k, v in given.items()})
-    limits.check_cgroups(wanted)  # no memory or cpu cgroup here: refused before anything starts
-    return wanted
-
-
 @click.command(
     context_settings={"allow_interspersed_args": False}
 )
@@ -121,7 +110,7 @@ def _limits(options: dict[str, Any]) -> Any:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: bool,
         with_ipfs: bool, with_all: bool, ipfs_api: str | None, peers: list[str], jail: str,
-        executable: str, args: tuple[str, ...], **hardening: Any) -> int:
+        executable: str, args: tuple[str, ...], **more: Any) -> int:
     """Run EXECUTABLE [ARGS...] as a cell.
 
     The cell gets the host's stdin, stdout and stderr, the Cap'n Proto RPC socket on fd 3,
@@ -131,131 +120,28 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     /ipfs/<cid>[/path] is fetched once into a verified, content-addressed cache and run
     from there.
     """
-    from ww.host import env as cell_env
-    from ww.host import fds, supervisor
+    from ww.app.run import run as run_cell
 
-    access_options = {name: hardening.pop(name) for name in _ACCESS_OPTIONS}
-    p2p_flags = {name: hardening.pop(name) for name in P2P_OPTIONS}
-    interpreters = _interpreters(hardening["interpreter"])  # handed on to sub-cells too
-    cell_limits = _limits(hardening)  # a bad value fails before any node is opened
-    grants = fds.parse_fd_flags(list(fd_flags))
-    entries = cell_env.parse_ww_env(os.environ.get("WW_ENV", "")) + list(env_entries)
-    environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
-    wanted = {"console": with_console, "ipfs": with_ipfs, "exec": access_options["with_exec"],
-              "p2p": p2p_flags["with_p2p"]}
-    root_params = click.get_current_context().find_root().params
-    access = _access([c for c in CAPABILITIES if with_all or wanted.get(c)], access_options,
-                     json_audit=bool(root_params.get("json")))
-    capabilities = access.capabilities()
-    refuse_peers_with_kubo(ipfs_api)
-    uses_network = {"ipfs", "p2p"} & set(capabilities) or executable.startswith("/ipfs/") \
-        or p2p_flags["listen"] or p2p_flags["join"]
-    policy = dial_policy(p2p_flags, peers) if uses_network else None
-    node = p2p_node(p2p_flags, capabilities, policy)  # a libp2p host, if p2p is used at all
-    api = None
-    if "ipfs" in capabilities or executable.startswith("/ipfs/"):
-        from ww.ipfs.backend import open_backend
-
-        # One host: the embedded node serves Bitswap on the p2p host, if there is one.
-        api = open_backend(ipfs_api, check=True, peers=peers, host=node, dial_policy=policy)
-    if executable.startswith("/ipfs/"):
-        from ww.host.fetch import fetch
-
-        executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
-    config = supervisor.RunConfig(
-        command=executable,
-        args=list(args),
-        env=environment,
-        grants=grants,
-        capabilities=capabilities,
-        capability_factories=_factories(capabilities, api, lambda: _exec_setup(
-            root_params, jail, ipfs_api, hardening, access.audit.enabled,
-            p2p_flags["allow_dial"]), p2p_node=node),
-        jailed=jail != "none",
-        search_path=os.environ.get("PATH", os.defpath),
-        interpreters=interpreters,
-        debug=bool(click.get_current_context().find_root().params.get("debug")),
-        strict=hardening["strict"],
-        limits=cell_limits,
-        access=access,
-        p2p=node,
-    )
-    return supervisor.run(config)
+    ctx = click.get_current_context()
+    root = ctx.find_root().params
+    peers_source = ctx.get_parameter_source("peers")
+    return run_cell(options(
+        ctx.params, debug=bool(root.get("debug")), json=bool(root.get("json")),
+        peers_on_command_line=peers_source is click.core.ParameterSource.COMMANDLINE))
 
 
-def _interpreters(paths: tuple[str, ...]) -> list[str]:
-    if not paths:
-        return []
-    from ww.host.executable import check_interpreters
-
-    return check_interpreters(paths)
+# A click parameter whose RunOptions field has another name.
+_FIELD_OF_PARAMETER = {"interpreter": "interpreters", "ipfs_root": "ipfs_roots"}
 
 
-def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) -> Any:
-    """The login policy from the --with-*, attenuation, identity and policy flags."""
-    from ww.host import policy
-    from ww.host.audit import open_audit
-
-    flags = policy.flag_grants(capabilities, options["ipfs_read_only"], options["ipfs_root"],
-                               options["exec_allow"])
-    narrowing = [flag for flag, given in (("--ipfs-read-only", options["ipfs_read_only"]),
-                                          ("--ipfs-root", options["ipfs_root"])) if given]
-    return policy.build_access(flags, options["identity"], options["allow"], options["policy"],
-                               options["login_timeout"],
-                               open_audit(json_audit, options["audit"]), narrowing)
-
-
-def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
-                hardening: dict[str, Any], audit: bool, allow_dial: list[str]) -> Any:
-    """How sub-cells are started: this run's global, jail, IPFS, limit and dial flags."""
-    from ww.caps.exec import ExecSetup
-
-    global_flags = [f"--{name}" for name in ("json", "debug") if root_params.get(name)]
-    run_flags = ["--jail", jail] + (["--ipfs", ipfs_api] if ipfs_api else [])
-    for cidr in allow_dial:  # the operator's ranges hold for sub-cells too
-        run_flags += ["--allow-dial", cidr]
-    for name, value in hardening.items():  # every hardening option, as given
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            run_flags.append(flag)
-        elif isinstance(value, tuple):  # a repeatable flag: --interpreter
-            for item in value:
-                run_flags += [flag, str(item)]
-        elif value not in (None, False):
-            run_flags += [flag, str(value)]
-    return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit)
-
-
-def _factories(capabilities: list[str], api: Any, exec_setup: Any,
-               p2p_node: Any = None) -> dict[str, Any]:
-    """Builders for the granted capability servers; called only once a cell logs in.
-
-    Each takes the login's grants, its caller (peer id and audit trail) and the servers
-    already built for it (see ww.host.rpc.Grants).
-    """
-
-    def console(grants: Any, caller: Any, held: Any) -> Any:
-        from ww.caps.console import ConsoleServer
-
-        return ConsoleServer()
-
-    def ipfs(grants: Any, caller: Any, held: Any) -> Any:
-        from ww.caps.ipfs import IpfsServer
-        from ww.caps.ipfs_scope import IpfsScope
-
-        narrowed = grants.ipfs.read_only or grants.ipfs.roots
-        scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
-        return IpfsServer(api, scope, caller)
-
-    def exec_(grants: Any, caller: Any, held: Any) -> Any:
-        from ww.caps.exec import ExecutorServer
-
-        return ExecutorServer(exec_setup(), grants, caller, held)
-
-    def p2p(grants: Any, caller: Any, held: Any) -> Any:
-        from ww.caps.p2p import P2PServer
-
-        return P2PServer(p2p_node, caller)
-
-    made = {"console": console, "ipfs": ipfs, "exec": exec_, "p2p": p2p}
-    return {name: made[name] for name in capabilities}
+def options(params: dict[str, Any], *, debug: bool, json: bool,
+            peers_on_command_line: bool) -> RunOptions:
+    """The typed configuration of the parsed command line ``params`` and the environment."""
+    fields: dict[str, Any] = {_FIELD_OF_PARAMETER.get(k, k): v for k, v in params.items()}
+    for name, value in fields.items():
+        if isinstance(value, list | tuple):
+            fields[name] = tuple(value)
+    return RunOptions(**fields, debug=debug, json=json,
+                      peers_on_command_line=peers_on_command_line,
+                      ww_env=os.environ.get("WW_ENV", ""),
+                      search_path=os.environ.get("PATH", os.defpath))

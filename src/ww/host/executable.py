@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
 
@@ -22,8 +22,7 @@ from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """One host file or directory the jail shows read-only: ``source`` at ``dest``.
 
     ``source`` is the real path (no symlink in it) the host resolved and checked, when it
@@ -41,12 +40,11 @@ def bind(path: str) -> Bind:
     return Bind(os.path.realpath(path), path)
 
 
-@dataclass
-class Program:
+class Program(NamedTuple):
     """What the jail must exec and expose for one cell program."""
 
     argv: list[str]  # exec argv: [program, args...] or [interpreter, (interp-arg), script, args...]
-    binds: list[Bind] = field(default_factory=list)  # what the jail shows read-only
+    binds: list[Bind]  # what the jail shows read-only
 
 
 def _is_system(path: str) -> bool:

@@ -13,7 +13,7 @@ import fcntl
 import os
 import re
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ww.core.errors import UsageError
 
@@ -23,8 +23,7 @@ FIRST_GRANTED_FD = 4
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-@dataclass(frozen=True)
-class FdGrant:
+class FdGrant(NamedTuple):
     """One ``--fd`` flag: host fd ``source`` appears in the cell as ``target``."""
 
     name: str

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ww.core.errors import HostError, NotExecutableError
 from ww.host.executable import Bind, which
@@ -82,8 +82,7 @@ BWRAP_MISSING = (
 )
 
 
-@dataclass
-class JailSpec:
+class JailSpec(NamedTuple):
     """Everything that varies between jails."""
 
     binds: list[Bind]  # host files bound read-only: each source, as checked, at its dest

@@ -2,7 +2,10 @@
 
 Start-up is kept short: the cell is started before anything it does not need.  pycapnp
 and asyncio are imported only once the cell sends its first bytes on fd 3, so a cell
-that never speaks RPC (``ww run /bin/true``) never pays for them.
+that never speaks RPC (``ww run /bin/true``) never pays for them.  The plain data on the way
+(:class:`RunConfig`, ``FdGrant``, ``JailSpec``, ``Program``, ``Bind``) are NamedTuples, not
+dataclasses: importing :mod:`dataclasses` (and :mod:`inspect` with it) would cost a `ww run`
+a quarter of its start-up.
 
 No orphans: the jail (or, with ``--jail=none``, the program) is a
 :class:`ww.host.process.Process`, which gets ``PR_SET_PDEATHSIG`` = SIGKILL, and
@@ -21,7 +24,6 @@ exists when it has nothing to do.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 import re
@@ -33,10 +35,9 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType, MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ww.core.errors import (
     EXIT_AUTH_FAILED,
@@ -48,27 +49,40 @@ from ww.core.errors import (
 from ww.host import executable, fds, jail, limits, seccomp
 from ww.host.process import FORWARDED_SIGNALS, Process, SignalForwarder, exit_status
 
+if TYPE_CHECKING:
+    from ww.host.policy import Access
 
-@dataclass
-class RunConfig:
-    """Everything `ww run` decided from its command line."""
+
+class P2PHost(Protocol):
+    """The libp2p host of a run (``ww.p2p.host.Node``, built by ww.app), as the host sees it."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def end_session(self) -> None: ...
+
+
+class RunConfig(NamedTuple):
+    """Everything `ww run` decided from its configuration (built by ww.app.run)."""
 
     command: str
     args: list[str]
     env: dict[str, str]
-    grants: list[fds.FdGrant] = field(default_factory=list)
-    capabilities: list[str] = field(default_factory=list)
-    capability_factories: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    grants: Sequence[fds.FdGrant] = ()
+    capabilities: Sequence[str] = ()
+    # name -> factory(grants, caller, held): the capability servers (see ww.host.rpc.Grants)
+    capability_factories: Mapping[str, Callable[..., object]] = MappingProxyType({})
     jailed: bool = True
     search_path: str | None = None
-    interpreters: list[str] = field(default_factory=list)  # --interpreter: bound with prefix
+    interpreters: Sequence[str] = ()  # --interpreter: bound with prefix
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
-    # ww.host.policy.Access: who may log in, what each gets, the login deadline (exit 64).
-    access: Any = None
-    # ww.p2p.host.Node: the libp2p host, started before the cell and stopped after it.
-    p2p: Any = None
+    # Who may log in, what each gets, the login deadline (exit 64).
+    access: Access | None = None
+    # The libp2p host, started before the cell and stopped after it.
+    p2p: P2PHost | None = None
 
 
 class _Cell:
@@ -275,9 +289,8 @@ def run(config: RunConfig) -> int:
 
         relays = Relay()
         stdio = (relays.wrap(0, "stdin"), relays.wrap(1, "stdout"), relays.wrap(2, "stderr"))
-        spawn_config = dataclasses.replace(config, grants=[
-            dataclasses.replace(g, source=relays.wrap(g.source, f"--fd {g.name}"))
-            for g in config.grants])
+        spawn_config = config._replace(grants=[
+            g._replace(source=relays.wrap(g.source, f"--fd {g.name}")) for g in config.grants])
     watchdog: limits.Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory

@@ -1,0 +1,189 @@
+"""What a configuration builds: the IPFS backend, the libp2p host, the dial policy, the login
+policy, the limits, and the capability servers the host's RPC server hands out.
+
+Each builder imports what it builds only when called, so that a `ww run` that needs none of
+them (``ww run /bin/true``) does not pay for pycapnp, cryptography or libp2p.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from ww.app.options import RunOptions
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ww.caps.denied import Caller
+    from ww.caps.exec import ExecSetup
+    from ww.host.limits import Limits
+    from ww.host.policy import Access, GrantSet
+    from ww.ipfs.api import CoreAPI
+    from ww.ipfs.identity import Identity
+    from ww.ipfs.node import EmbeddedNode
+    from ww.p2p.dial_policy import DialPolicy
+    from ww.p2p.host import Node
+
+# A capability server's builder: called once a cell logs in, with the login's grants, its
+# caller (peer id and audit trail) and the servers already built for it (ww.host.rpc.Grants).
+CapabilityFactory = Callable[["GrantSet", "Caller", dict[str, object]], object]
+
+
+def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
+              host: Node | None = None, dial_policy: DialPolicy | None = None) -> CoreAPI:
+    """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``."""
+    from ww.ipfs.backend import open_backend
+
+    return open_backend(api, check=check, peers=peers, host=host, dial_policy=dial_policy)
+
+
+def open_embedded(repo: Path | None = None) -> EmbeddedNode:
+    """The embedded node on the repository ``repo`` (default: ``$WW_HOME``)."""
+    from ww.ipfs.node import EmbeddedNode
+
+    return EmbeddedNode(repo)
+
+
+def node_identity() -> Identity:
+    """This node's key in ``$WW_HOME`` (created on first use): its libp2p identity."""
+    from ww.ipfs.identity import load_or_create
+    from ww.ipfs.repo import default_repo_path
+
+    return load_or_create(default_repo_path())
+
+
+def refuse_peers_with_kubo(api: str | None, peers: Iterable[str], on_command_line: bool) -> None:
+    """``--peer`` names peers for the embedded node; a kubo node (``--ipfs``) dials its own.
+
+    Given on the command line with ``--ipfs`` it is a usage error; ``WW_IPFS_PEERS`` in the
+    environment is then simply not used."""
+    if api and list(peers) and on_command_line:
+        from ww.core.errors import UsageError
+
+        raise UsageError("--peer is for the embedded node; with --ipfs, connect the kubo "
+                         "node to its peers itself (ipfs swarm connect)")
+
+
+def dial_policy(options: RunOptions) -> DialPolicy:
+    """The dial policy of this run's cells and hosts, now theirs (ww.p2p.dial_policy)."""
+    from ww.p2p.dial_policy import DialPolicy, set_for_cells
+
+    policy = DialPolicy.from_flags(options.allow_dial, [*options.join, *options.peers])
+    set_for_cells(policy)
+    return policy
+
+
+def p2p_node(options: RunOptions, capabilities: Iterable[str],
+             policy: DialPolicy | None = None) -> Node | None:
+    """The libp2p host this run needs (not started yet), or None.
+
+    A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
+    for one; its identity is the node key in $WW_HOME.  It is the run's only host: the
+    embedded IPFS node, if the run uses one, serves Bitswap on it (``--peer`` alone starts
+    none here; the embedded node starts its own only if a block is missing).
+    """
+    listen, join = list(options.listen), list(options.join)
+    if "p2p" not in capabilities and not listen and not join:
+        return None
+    from ww.ipfs.identity import IdentityError
+    from ww.p2p import P2PError
+    from ww.p2p.host import Node
+
+    try:
+        identity = node_identity()
+    except (IdentityError, OSError) as e:
+        raise P2PError(f"p2p: cannot load the node key: {e}") from None
+    return Node(identity, listen or None, join, dial_policy=policy)
+
+
+def limits(options: RunOptions) -> Limits | None:
+    """The Limits the options ask for, or None; a bad value is a usage error naming its flag."""
+    given = {name: getattr(options, name) for name in ("memory", "cpu_time", "pids", "fsize",
+                                                        "timeout")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if not given:
+        return None
+    from ww.host import limits as host_limits
+
+    parse = {"memory": host_limits.parse_size, "fsize": host_limits.parse_size,
+             "cpu_time": host_limits.parse_seconds, "timeout": host_limits.parse_seconds,
+             "pids": host_limits.parse_count}
+    wanted = host_limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[operator]
+                                   for k, v in given.items()})
+    host_limits.check_cgroups(wanted)  # no memory or cpu cgroup here: refused before any start
+    return wanted
+
+
+def interpreters(options: RunOptions) -> list[str]:
+    """The checked ``--interpreter`` paths."""
+    if not options.interpreters:
+        return []
+    from ww.host.executable import check_interpreters
+
+    return check_interpreters(options.interpreters)
+
+
+def capabilities(options: RunOptions) -> list[str]:
+    """The capabilities the ``--with-*`` flags grant, in Session.granted order."""
+    from ww.host.policy import CAPABILITIES
+
+    wanted = {"console": options.with_console, "ipfs": options.with_ipfs,
+              "exec": options.with_exec, "p2p": options.with_p2p}
+    return [c for c in CAPABILITIES if options.with_all or wanted[c]]
+
+
+def access(options: RunOptions, granted: list[str]) -> Access:
+    """The login policy from the --with-*, attenuation, identity and policy flags."""
+    from ww.host import policy
+    from ww.host.audit import open_audit
+
+    flags = policy.flag_grants(granted, options.ipfs_read_only, options.ipfs_roots,
+                               options.exec_allow)
+    narrowing = [flag for flag, given in (("--ipfs-read-only", options.ipfs_read_only),
+                                          ("--ipfs-root", options.ipfs_roots)) if given]
+    return policy.build_access(flags, options.identity, options.allow, options.policy,
+                               options.login_timeout, open_audit(options.json, options.audit),
+                               narrowing)
+
+
+def exec_setup(options: RunOptions, audit: bool) -> ExecSetup:
+    """How sub-cells are started: with this run's global, jail, IPFS, limit and dial flags."""
+    from ww.app.argv import SubcellCommand
+    from ww.caps.exec import ExecSetup
+
+    return ExecSetup(SubcellCommand(options), audit=audit)
+
+
+def capability_factories(granted: list[str], api: CoreAPI | None,
+                         exec_setup: Callable[[], ExecSetup],
+                         node: Node | None = None) -> dict[str, CapabilityFactory]:
+    """Builders for the granted capability servers; called only once a cell logs in."""
+
+    def console(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
+        from ww.caps.console import ConsoleServer
+
+        return ConsoleServer()
+
+    def ipfs(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
+        from ww.caps.ipfs import IpfsServer
+        from ww.caps.ipfs_scope import IpfsScope
+
+        assert grants.ipfs is not None  # the host asks only for what a login was granted
+        narrowed = grants.ipfs.read_only or grants.ipfs.roots
+        scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
+        return IpfsServer(api, scope, caller)
+
+    def exec_(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
+        from ww.caps.exec import ExecutorServer
+
+        return ExecutorServer(exec_setup(), grants, caller, held)
+
+    def p2p(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
+        from ww.caps.p2p import P2PServer
+
+        return P2PServer(node, caller)
+
+    made: dict[str, CapabilityFactory] = {"console": console, "ipfs": ipfs, "exec": exec_,
+                                          "p2p": p2p}
+    return {name: made[name] for name in granted}

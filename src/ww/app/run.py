@@ -1,0 +1,63 @@
+"""`ww run`, from a configuration to a cell's exit status: the composition of one run.
+
+The command line (:mod:`ww.cli.run`, or the fast path of :mod:`ww.cli.entry`) parses flags and
+variables into a :class:`~ww.app.options.RunOptions`; :func:`run` checks what is left to
+check, builds the backends the run needs (and only those), and hands the cell to
+:mod:`ww.host.supervisor`.  Every check that can fail runs before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ww.app import build
+from ww.app.options import RunOptions
+
+
+def run(options: RunOptions) -> int:
+    """Run the cell ``options`` describe; its exit status (see ww.host.supervisor)."""
+    from ww.host import env as cell_env
+    from ww.host import fds, supervisor
+
+    interpreters = build.interpreters(options)  # handed on to sub-cells too
+    cell_limits = build.limits(options)  # a bad value fails before any node is opened
+    grants = fds.parse_fd_flags(list(options.fd_flags))
+    entries = cell_env.parse_ww_env(options.ww_env) + list(options.env_entries)
+    environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
+    access = build.access(options, build.capabilities(options))
+    capabilities = access.capabilities()
+    build.refuse_peers_with_kubo(options.ipfs_api, options.peers, options.peers_on_command_line)
+    executable = options.executable
+    from_ipfs = executable.startswith("/ipfs/")
+    uses_network = {"ipfs", "p2p"} & set(capabilities) or from_ipfs or options.listen \
+        or options.join
+    policy = build.dial_policy(options) if uses_network else None
+    node = build.p2p_node(options, capabilities, policy)  # a libp2p host, if p2p is used
+    api = None
+    if "ipfs" in capabilities or from_ipfs:
+        # One host: the embedded node serves Bitswap on the p2p host, if there is one.
+        api = build.open_ipfs(options.ipfs_api, check=True, peers=options.peers, host=node,
+                              dial_policy=policy)
+    if from_ipfs:
+        from ww.host.fetch import fetch
+
+        executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
+    audit = access.audit.enabled
+    config = supervisor.RunConfig(
+        command=executable,
+        args=list(options.args),
+        env=environment,
+        grants=grants,
+        capabilities=capabilities,
+        capability_factories=build.capability_factories(
+            capabilities, api, lambda: build.exec_setup(options, audit), node),
+        jailed=options.jail != "none",
+        search_path=options.search_path,
+        interpreters=interpreters,
+        debug=options.debug,
+        strict=options.strict,
+        limits=cell_limits,
+        access=access,
+        p2p=node,
+    )
+    return supervisor.run(config)

@@ -1,0 +1,143 @@
+"""`ww`'s console script: a plain `ww run` goes straight to ww.app, all else through click.
+
+Importing click costs a `ww run` more than the rest of its start-up together, so a command
+line of the form ``ww [--debug] [--json] run [FLAGS...] EXECUTABLE [ARGS...]`` is parsed here,
+from the flag table :data:`ww.app.options.FLAGS`, without click.  Anything this parser is not
+sure of -- ``--help``, an unknown or malformed flag, a value a flag's check refuses, a missing
+EXECUTABLE, any ``WW_*`` variable standing for a flag -- goes to the click command instead
+(:mod:`ww.cli.main`), which then prints the same help and the same usage errors as always.
+So the fast path accepts only command lines click would parse to the very same options
+(tests/cli/test_entry.py holds the two together), and never has a message of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ww.app.options import FLAGS, GLOBAL_FLAGS, MANY, SWITCH, RunOptions
+
+_BY_FLAG = {flag.flag: flag for flag in FLAGS}
+_GLOBAL = {flag.flag: flag.field for flag in GLOBAL_FLAGS}
+_JAILS = ("bwrap", "none")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `ww` with ``argv`` (default: the process's arguments); never returns."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = parse_run(args)
+    if options is None:
+        from ww.cli.main import main as click_main
+
+        click_main(args)
+        return
+    try:
+        from ww.app.run import run
+
+        status = run(options)
+    except BaseException as failure:  # reported exactly as the click command reports it
+        from ww.cli.main import main as click_main
+
+        click_main(args, failure=failure, debug=options.debug)
+        return
+    exit_now(status)
+
+
+def parse_run(args: list[str]) -> RunOptions | None:
+    """The options of a plain `ww run` command line, or None: let click parse it."""
+    if any(os.environ.get(flag.envvar) for flag in (*FLAGS, *GLOBAL_FLAGS) if flag.envvar):
+        return None  # click reads (and checks) the variables
+    found: dict[str, object] = {}
+    i = 0
+    while i < len(args) and args[i] in _GLOBAL:
+        found[_GLOBAL[args[i]]] = True
+        i += 1
+    if i == len(args) or args[i] != "run":
+        return None
+    i += 1
+    many: dict[str, list[str]] = {}
+    while i < len(args) and args[i].startswith("-"):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        flag = _BY_FLAG.get(name)
+        if flag is None or (flag.kind == SWITCH and eq):
+            return None
+        if flag.kind == SWITCH:
+            found[flag.field] = True
+            continue
+        if not eq:
+            if i == len(args) or args[i].startswith("-"):
+                return None
+            value = args[i]
+            i += 1
+        if flag.kind == MANY:
+            many.setdefault(flag.field, []).append(value)
+        else:
+            found[flag.field] = value
+    if i == len(args):
+        return None  # no EXECUTABLE
+    try:
+        found.update(_checked(found, many))
+    except ValueError:
+        return None
+    return RunOptions(executable=args[i], args=tuple(args[i + 1:]),
+                      ww_env=os.environ.get("WW_ENV", ""),
+                      search_path=os.environ.get("PATH", os.defpath),
+                      **found)  # type: ignore[arg-type]
+
+
+def _checked(found: dict[str, object], many: dict[str, list[str]]) -> dict[str, object]:
+    """The values as click's types and callbacks make them; ValueError where they refuse."""
+    checked: dict[str, object] = {name: tuple(values) for name, values in many.items()}
+    checked["peers_on_command_line"] = "peers" in many
+    if found.get("jail", "bwrap") not in _JAILS:
+        raise ValueError("--jail")
+    if "login_timeout" in found:
+        checked["login_timeout"] = float(str(found["login_timeout"]))
+    if "ipfs_api" in found:
+        checked["ipfs_api"] = _ipfs_api(str(found["ipfs_api"]))
+    if many.get("peers") or many.get("join") or many.get("listen"):
+        from ww.p2p import check_join_addr, check_listen_addr
+
+        for name, check in (("peers", check_join_addr), ("join", check_join_addr),
+                            ("listen", check_listen_addr)):
+            if name in many:
+                checked[name] = tuple(check(value) for value in many[name])
+    if "allow_dial" in many:
+        from ww.p2p.dial_policy import parse_range
+
+        checked["allow_dial"] = tuple(str(parse_range(value)) for value in many["allow_dial"])
+    return checked
+
+
+def _ipfs_api(value: str) -> str | None:
+    if not value:
+        return None
+    from ww.ipfs.api import IpfsError
+    from ww.ipfs.kubo import KuboClient
+
+    try:
+        KuboClient(value)  # parses the address; contacts nothing
+    except IpfsError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+def exit_now(status: int) -> None:
+    """Exit at once: flush our output, then skip the interpreter's teardown.
+
+    Tearing down the modules a command imported costs `ww run` milliseconds for nothing;
+    every file `ww` writes is closed (and, where it matters, fsynced) by the code that
+    wrote it, before this point.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that fd closed
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
