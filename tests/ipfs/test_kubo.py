@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG
 from ww.ipfs import varint
 from ww.ipfs.api import (
     AddOptions,
@@ -138,7 +139,7 @@ cid = KuboClient({kubo.api!r}, timeout=30).add_stream(pieces())
 print(cid, tracemalloc.get_traced_memory()[1])
 """
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG, check=True
     )
     cid, peak = out.stdout.split()
     (tmp_path / "f").write_bytes(bytes(range(256)) * 4096 * 24)
@@ -394,14 +395,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_node_is_backend_unavailable_quickly():
+def test_unreachable_node_is_backend_unavailable_at_once():
+    # Timeouts a loaded machine never reaches: the refusal itself ends each call, and says
+    # so ("cannot reach"), where a wait that ran out would say "timed out".
     api = f"/ip4/127.0.0.1/tcp/{closed_port()}/http"
-    start = time.monotonic()
     with pytest.raises(BackendUnavailableError, match=f"cannot reach the kubo RPC API at {api}"):
-        KuboClient(api).id()
-    with pytest.raises(BackendUnavailableError):
-        KuboClient(api).add_stream([b"x"])
-    assert time.monotonic() - start < 2
+        KuboClient(api, timeout=HANG, connect_timeout=HANG).id()
+    with pytest.raises(BackendUnavailableError, match="cannot reach"):
+        KuboClient(api, timeout=HANG, connect_timeout=HANG).add_stream([b"x"])
 
 
 def test_missing_unix_socket_is_backend_unavailable(tmp_path: Path):
@@ -452,13 +453,11 @@ class SilentServer:
 def test_a_hung_node_times_out(operation: str):
     server = SilentServer()
     client = KuboClient(f"/ip4/127.0.0.1/tcp/{server.port}", timeout=0.5)
-    start = time.monotonic()
-    try:
+    try:  # the server never answers: only the client's timeout can end the call
         with pytest.raises(BackendUnavailableError, match="timed out"):
             client.id() if operation == "id" else client.add_stream([b"x" * 1000])
     finally:
         server.close()
-    assert time.monotonic() - start < 3
 
 
 def test_upload_is_full_duplex():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 from ww.ipfs.identity import Identity, PrivateKey
 from ww.ipfs.node import EmbeddedNode
 from ww.p2p import P2PError
@@ -330,7 +330,7 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
 
         peer.submit(rig).result(10)
         peer.submit(connect).result(30)
-        assert asked.wait(30), "the host never identified the peer"
+        assert asked.wait(HANG), "the host never identified the peer"
         answer = ""
         for _ in range(50):  # until the host has stored what we announced (bounded)
             peer.submit(leave).result(10)
@@ -348,7 +348,7 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
         if host.stdin is not None:
             host.stdin.close()
         try:
-            host.wait(30)
+            host.wait(HANG)
         except subprocess.TimeoutExpired:
             host.kill()
             host.wait()

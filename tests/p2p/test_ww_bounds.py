@@ -18,6 +18,7 @@ from pathlib import Path
 import capnp
 import pytest
 
+from tests.conftest import HANG
 from tests.p2p.conftest import ww_call
 from ww.p2p import bridge
 from ww.schema import load
@@ -204,7 +205,7 @@ def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
     node.start()
     try:
         remote = peer.open(node.addrs[0]).result(30)
-        host = accepted.get(timeout=30)
+        host = accepted.get(timeout=HANG)
         calls = [echo(q, "a") for q in range(bridge.MAX_CALLS + 1)]
         finish = rpc.Message.new_message()
         finish.init("finish").questionId = 0
