@@ -18,7 +18,8 @@ class KuboStandIn:
 
     def __init__(self) -> None:
         self._server = socket.create_server(("127.0.0.1", 0))
-        self.api = f"/ip4/127.0.0.1/tcp/{self._server.getsockname()[1]}/http"
+        self.port = self._server.getsockname()[1]
+        self.api = f"/ip4/127.0.0.1/tcp/{self.port}/http"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG
+from tests.kubo_stand_in import KuboStandIn
 from ww.ipfs import varint
 from ww.ipfs.api import (
     AddOptions,
@@ -417,26 +418,15 @@ def test_unknown_command_is_unsupported(client: KuboClient):
         client._object("nope")
 
 
-class SilentServer:
-    """Accepts connections and reads, but never answers: a hung kubo."""
+class SilentServer(KuboStandIn):
+    """A kubo stand-in that reads and never answers, not even ``id``: a hung kubo."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket) -> None:
+        self.conns.append(conn)
         try:
             while conn.recv(65536):
                 pass
@@ -444,7 +434,7 @@ class SilentServer:
             pass
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         for conn in self.conns:
             conn.close()
 
