@@ -60,7 +60,7 @@ def kubo(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def client(kubo: FakeKubo) -> KuboClient:
-    return KuboClient(kubo.api, timeout=10, connect_timeout=2)
+    return KuboClient(kubo.api, timeout=HANG, connect_timeout=HANG)
 
 
 def unique_bytes(size: int, seed: str) -> bytes:
@@ -136,7 +136,7 @@ def pieces():
     for i in range(24):
         yield block
 tracemalloc.start()
-cid = KuboClient({kubo.api!r}, timeout=30).add_stream(pieces())
+cid = KuboClient({kubo.api!r}, timeout={HANG}).add_stream(pieces())
 print(cid, tracemalloc.get_traced_memory()[1])
 """
     out = subprocess.run(
@@ -488,10 +488,10 @@ def test_upload_is_full_duplex():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    client = KuboClient(f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}", timeout=10)
+    client = KuboClient(f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}", timeout=HANG)
     block = b"z" * (1 << 20)
     assert client.add_stream(block for _ in range(body_size >> 20)) == "QmDone"
-    thread.join(10)
+    thread.join(HANG)
     listener.close()
     assert received[0] > body_size  # the whole multipart body arrived
 
