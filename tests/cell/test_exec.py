@@ -228,7 +228,8 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def test_children_die_with_their_parent(make_cell):
-    marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 100000}"
+    # A unique sleep, longer than HANG: only the parent's end can stop it within the wait.
+    marker = f"{3600 + os.getpid() % 1000}.{time.monotonic_ns() % 100000}"
     parent = make_cell(f"""
         import time
         import ww.cell

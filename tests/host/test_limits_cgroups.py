@@ -341,7 +341,7 @@ def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
 def test_timeout_stops_the_sub_cells_with_their_parent(make_cell):
     # Each sub-cell gets the parent's --timeout as its own, started later; the parent's
     # ends the tree: its sub-cells die with it, not when their own would run out.
-    marker = f"{os.getpid() % 1000 + 40}.{time.monotonic_ns() % 1000:03d}"
+    marker = f"{os.getpid() % 1000 + 3600}.{time.monotonic_ns() % 1000:03d}"  # > HANG
     parent = make_cell(f"""
         import time
         import ww.cell

@@ -24,7 +24,7 @@ PEER = "12D3KooWHzee5NhcNJVjZhUFZ23uqbHPzTkCfvD4yMj2mWmVEEWE"  # nobody we can r
 MISSING = "/ipfs/QmPfT44cZdJm6svAxQ2Fe9J6DD3cuZNAj2fwbrzUPXXBqq"  # content nobody has
 
 # Serves its $WW_HOME over the host `ww run` started: prints its IPFS address, then waits
-# for stdin to close (or 30 s).
+# for stdin to close (or HANG seconds: a bound against a leak only).
 SERVER = """
 import asyncio, os
 import ww.cell
@@ -36,15 +36,15 @@ async def main():
         eof = asyncio.Event()
         loop.add_reader(0, lambda: os.read(0, 4096) or eof.set())
         try:
-            await asyncio.wait_for(eof.wait(), 30)
+            await asyncio.wait_for(eof.wait(), HANG)
         except TimeoutError:
             pass
 
 asyncio.run(main())
-"""
+""".replace("HANG", str(HANG))
 
 # argv: the peer it --join'ed, and a CID only that peer has.  Prints its IPFS address, then
-# one JSON line of what it saw, then waits for stdin to close (or 30 s).
+# one JSON line of what it saw, then waits for stdin to close (or HANG seconds).
 CLIENT = """
 import asyncio, hashlib, json, os, sys
 import ww.cell
@@ -55,7 +55,7 @@ async def main():
         me = await s.ipfs.id()
         print(me.addresses[0], flush=True)
         peer = joined.rsplit("/p2p/", 1)[1]
-        for _ in range(100):  # --join connects in the background: at most 10 s
+        for _ in range(HANG * 10):  # --join connects in the background: waited for
             peers = await s.ipfs.peers()
             if any(p.id == peer for p in peers):
                 break
@@ -71,12 +71,12 @@ async def main():
         eof = asyncio.Event()
         loop.add_reader(0, lambda: os.read(0, 4096) or eof.set())
         try:
-            await asyncio.wait_for(eof.wait(), 30)
+            await asyncio.wait_for(eof.wait(), HANG)
         except TimeoutError:
             pass
 
 asyncio.run(main())
-"""
+""".replace("HANG", str(HANG))
 
 
 def _tcp_sockets(pid: int) -> list[tuple[str, int, int]]:
