@@ -275,7 +275,7 @@ def test_200_cells_one_after_another_and_20_at_once_leave_nothing_behind(tmp_pat
             f'  "{WW}" run $j /bin/sh -c "{script}" 2>/dev/null; '
             f'  [ $? -eq 3 ] || bad=$((bad+1)); i=$((i+1)); done; echo bad=$bad')
     r = subprocess.run(["/bin/sh", "-c", loop], env=env, capture_output=True, text=True,
-                       timeout=3 * HANG)  # 200 hosts: minutes on a loaded machine
+                       timeout=2 * HANG)  # 200 hosts: minutes on a loaded machine
     assert r.stdout.strip() == "bad=0", r.stderr
     # 20 at once, each speaking RPC on fd 3 (so each host serves a session).
     cell = make_cell(f"""
