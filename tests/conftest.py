@@ -12,9 +12,16 @@ import pytest
 
 WW = str(Path(sys.executable).with_name("ww"))
 
+# Bounds that only stop a hang, generous by design: a test waits for an event (a line, an
+# exit, a file) and asserts on what happened, never on how fast.  A slow machine never
+# reaches them; a test that does has hung.
+HANG = 300
+LOGIN_TIMEOUT = 300
 
-def run_ww(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
-    """Run `ww ARGS...` to completion, capturing stdout and stderr as text."""
+
+def run_ww(*args: str, timeout: float = HANG, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run `ww ARGS...` to completion, capturing stdout and stderr as text (``timeout`` only
+    stops a hang)."""
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
     return subprocess.run([WW, *args], timeout=timeout, **kwargs)
@@ -22,9 +29,14 @@ def run_ww(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedPro
 
 @pytest.fixture(autouse=True)
 def ww_home(tmp_path_factory, monkeypatch) -> Path:
-    """Every test gets its own empty `ww` repository ($WW_HOME), never the user's ~/.ww."""
+    """Every test gets its own empty `ww` repository ($WW_HOME), never the user's ~/.ww.
+
+    A cell that must log in gets LOGIN_TIMEOUT seconds to do it, not the product's 10 s: a
+    Python cell on a loaded machine can take longer than that just to start.  A test of the
+    deadline itself passes its own ``--login-timeout``."""
     home = tmp_path_factory.mktemp("ww-home")
     monkeypatch.setenv("WW_HOME", str(home))
+    monkeypatch.setenv("WW_LOGIN_TIMEOUT", str(LOGIN_TIMEOUT))
     return home
 
 

@@ -6,14 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_both_sample_cells():
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "a line the operator handed to the cell" in r.stdout
     assert "shell cell: WW_FD_INPUT=4" in r.stdout

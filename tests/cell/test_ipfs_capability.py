@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 
 HELLO_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
 
@@ -215,7 +215,7 @@ def test_run_ipfs_path_fetches_once_into_a_verified_cache(tmp_path, ww_home):
     assert run_ww("import", path, str(tmp_path / "copy")).returncode == 0
     subprocess.run([sys.executable, "-c",
                     "from ww.ipfs.node import EmbeddedNode; n = EmbeddedNode();"
-                    f"n.unpin('{cid}'); n.gc()"], check=True, timeout=30)
+                    f"n.unpin('{cid}'); n.gc()"], check=True, timeout=HANG)
     assert run_ww("import", path, str(tmp_path / "gone")).returncode != 0
     r = run_ww("run", path, "again")
     assert r.stdout == "from ipfs: again\n", r.stderr

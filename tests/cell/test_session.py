@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import host_env, run_ww
+from tests.conftest import HANG, host_env, run_ww
 
 SYNC_CELL = """
 import ww.cell
@@ -182,7 +182,7 @@ def test_schema_command_prints_a_directory_a_cell_can_compile_against(tmp_path):
          "root = os.path.dirname(os.path.dirname(capnp.__file__));"
          "m = capnp.load(sys.argv[1] + '/cell.capnp', imports=[root, sys.argv[1]]);"
          "print(sorted(m.Session.schema.fieldnames))", schema_dir],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=HANG,
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "['console', 'exec', 'granted', 'ipfs', 'p2p']"

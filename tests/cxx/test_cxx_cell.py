@@ -9,6 +9,7 @@ libsodium-dev, which `./dev test` installs.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -41,14 +42,23 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 @pytest.fixture(scope="session")
 def cxx_cell(tmp_path_factory) -> str:
-    """tests/cxx/cell.c++ built once per session (per test worker)."""
+    """tests/cxx/cell.c++ built once per test run: pytest-xdist's workers share one build
+    directory of this run, where the first builds under a lock and the others wait for it."""
     _tools_present()
-    build = tmp_path_factory.mktemp("cxx-build")
-    schema = run_ww("schema").stdout.strip()
-    _run(["capnp", "compile", "-oc++", f"-I{schema}", f"--src-prefix={schema}",
-          f"{schema}/cell.capnp", f"{schema}/ipfs.capnp"], build)
-    _run([*CXX, "-I.", "-o", "cell", str(HERE / "cell.c++"), "cell.capnp.c++",
-          "ipfs.capnp.c++", *LIBS], build)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this run's own, the parent of every worker's base
+    build = shared / "cxx-build"
+    with open(shared / "cxx-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (build / "cell").exists():
+            build.mkdir(exist_ok=True)
+            schema = run_ww("schema").stdout.strip()
+            _run(["capnp", "compile", "-oc++", f"-I{schema}", f"--src-prefix={schema}",
+                  f"{schema}/cell.capnp", f"{schema}/ipfs.capnp"], build)
+            _run([*CXX, "-I.", "-o", "cell.part", str(HERE / "cell.c++"), "cell.capnp.c++",
+                  "ipfs.capnp.c++", *LIBS], build)
+            (build / "cell.part").rename(build / "cell")  # whole, or not there
     return str(build / "cell")
 
 

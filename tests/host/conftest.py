@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WW, run_ww
+from tests.conftest import HANG, WW, run_ww
 from ww.host import jail
 from ww.host.executable import bind
 
@@ -65,7 +65,7 @@ class Who:
     def unprivileged(self) -> bool:
         return self.ids is not None
 
-    def run(self, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = HANG, **kwargs) -> subprocess.CompletedProcess[str]:
         if self.ids is None:
             return run_ww(*args, timeout=timeout, **kwargs)
         kwargs.setdefault("capture_output", True)

@@ -13,6 +13,8 @@ import os
 import struct
 import subprocess
 
+from tests.conftest import HANG
+
 # A cell that takes kernel objects the kernel counts per host uid until it is refused,
 # says how many it holds, and keeps them until its stdin closes.
 HOARD = r"""
@@ -62,7 +64,7 @@ def test_a_cell_cannot_take_every_inotify_instance_of_its_host_uid(who, make_cel
         refused = inotify_as(victim)
         assert line == "held 0\n", line  # the filter answers ENOSYS: none taken
         proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=HANG) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -261,7 +263,7 @@ def test_a_cell_cannot_reach_another_cell_of_the_same_host_uid(who, make_cell):
         seen = r.stdout.splitlines()[0]
         proc.stdin.close()
         assert proc.stdout.read() == "lived\n"
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=HANG) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -297,7 +299,7 @@ def test_a_cell_cannot_watch_host_processes_use_the_bound_system_files(who, make
             subprocess.run(["/usr/bin/getconf", "PAGESIZE"], capture_output=True, check=True)
             proc.stdin.close()
             seen = proc.stdout.read().strip()
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=HANG) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -322,7 +324,7 @@ def test_tail_f_in_a_cell_falls_back_to_polling(who, make_cell):
         print(repr(first + second), flush=True)
         print(tail.stderr.read(), end="", flush=True)
     """, shebang="#!/usr/bin/python3")
-    r = who.run("run", cell, timeout=60)
+    r = who.run("run", cell)
     assert r.returncode == 0, r.stderr
     followed, *said = r.stdout.splitlines()
     assert followed == "'one\\ntwo\\n'", r.stdout

@@ -11,7 +11,6 @@ import signal
 import struct
 import subprocess
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -110,11 +109,11 @@ def abuser(tmp_path_factory) -> str:
     return str(path)
 
 
-def _run_abuse(abuser: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    start = time.monotonic()
-    r = run_ww("run", abuser, *args, timeout=timeout)
-    r.elapsed = time.monotonic() - start  # type: ignore[attr-defined]
-    return r
+def _run_abuse(abuser: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The host either answers the abuse or hangs up, and the cell ends on its own (it
+    waits at most a second for more): a host that waited on the abuse would never end,
+    and run_ww's bound, generous by design, would stop the test."""
+    return run_ww("run", abuser, *args)
 
 
 def _host_survived(r: subprocess.CompletedProcess[str]) -> None:
@@ -136,14 +135,12 @@ def _host_survived(r: subprocess.CompletedProcess[str]) -> None:
 def test_random_bytes_on_fd_3_never_crash_the_host(abuser, payload):
     r = _run_abuse(abuser, "bytes", payload.hex())
     _host_survived(r)
-    assert r.elapsed < 15
 
 
 @pytest.mark.parametrize("mode", ["truncated", "oversized", "segments", "nested", "huge"])
 def test_malformed_or_huge_frames_are_refused_and_the_cells_status_kept(abuser, mode):
     r = _run_abuse(abuser, mode)
     _host_survived(r)
-    assert r.elapsed < 20
 
 
 @pytest.mark.parametrize("mode", ["unknown-interface", "unknown-method"])

@@ -37,7 +37,7 @@ print("survived", flush=True)
 def test_cpu_time_counts_children_the_kernel_reaps_itself():
     limit = "0.5"
     r = run_ww("run", "--cpu-time", limit, "--", "/usr/bin/python3", "-c", AUTOREAPED_BURNERS,
-               limit, timeout=120)
+               limit)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "survived" not in r.stdout
 
@@ -49,7 +49,7 @@ def test_without_a_cpu_cgroup_cpu_time_is_refused_not_under_enforced():
     # exited 0.  --cpu-time is refused with one line before anything runs instead.
     limit = "0.5"
     r = run_ww("run", "--cpu-time", limit, "--", "/usr/bin/python3", "-c", AUTOREAPED_BURNERS,
-               limit, timeout=120, env=dict(os.environ, WW_CGROUPS="0"))
+               limit, env=dict(os.environ, WW_CGROUPS="0"))
     assert (r.returncode, r.stdout) == (2, ""), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("ww: --cpu-time needs a cpu cgroup, and WW_CGROUPS=0 turns "
@@ -121,13 +121,13 @@ def test_ww_run_refuses_an_ipfs_program_larger_than_fsize(make_cell, ww_home):
     assert run_ww("export", make_cell("#!/bin/sh\n", name="seed.sh")).returncode == 0
     with EmbeddedNode() as node:
         program, size = _few_blocks_claiming(node, 4 << 20)
-    r = run_ww("run", "--fsize", "64K", f"/ipfs/{program}", timeout=120)
+    r = run_ww("run", "--fsize", "64K", f"/ipfs/{program}")
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert r.stderr.strip().splitlines() == [
         f"ww: resource limit: /ipfs/{program} is a program of {size} bytes, larger than "
         "64K (--fsize); it was not fetched"]
     assert not (ww_home / "exec-cache").is_dir() or not any((ww_home / "exec-cache").iterdir())
-    r = run_ww("run", "--fsize", "8M", f"/ipfs/{program}", timeout=120)
+    r = run_ww("run", "--fsize", "8M", f"/ipfs/{program}")
     assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
 
 
@@ -157,7 +157,7 @@ def test_without_fsize_an_ipfs_program_larger_than_the_default_cap_is_not_fetche
     with EmbeddedNode() as node:
         program, size = _few_blocks_claiming_gibibytes(node, 4)
         assert node.stat(f"/ipfs/{program}").size == size
-    r = run_ww("run", f"/ipfs/{program}", timeout=120)
+    r = run_ww("run", f"/ipfs/{program}")
     assert (r.returncode, r.stdout) == (66, ""), r.stderr
     assert r.stderr.strip().splitlines() == [
         f"ww: resource limit: /ipfs/{program} is a program of {size} bytes, larger than "
@@ -188,7 +188,7 @@ def test_a_sub_cell_program_larger_than_the_operators_cap_is_not_fetched(make_ce
         "bytes, larger than 1M (WW_MAX_PROGRAM_SIZE); it was not fetched"], r.stdout
     assert not (ww_home / "exec-cache").is_dir() or not any((ww_home / "exec-cache").iterdir())
     # Within the cap, and --fsize lower than the cap names --fsize.
-    r = run_ww("run", "--fsize", "64K", f"/ipfs/{program}", timeout=120,
+    r = run_ww("run", "--fsize", "64K", f"/ipfs/{program}",
                env=dict(os.environ, WW_MAX_PROGRAM_SIZE="1M"))
     assert r.returncode == 66 and "(--fsize)" in r.stderr, r.stderr
 

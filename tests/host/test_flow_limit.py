@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
-from tests.conftest import WW
+from tests.conftest import HANG, WW
+from tests.kubo_stand_in import KuboStandIn
 from ww.host import wire
 
 
@@ -182,57 +184,36 @@ def test_far_pointers_are_followed():
 
 # --- a real cell over a real `ww run` -------------------------------------------------------
 
-class BlockedKubo:
-    """A kubo RPC stand-in on 127.0.0.1 (a mock: kubo's daemon cannot run here) whose ``add``
-    reads nothing of the upload until :attr:`release` is set, so that the host's importer,
-    then its writer, then the cell's writes wait; then it reads the whole upload, keeps the
-    file's bytes in :attr:`received` and answers with :data:`STAND_IN_CID`."""
+class BlockedKubo(KuboStandIn):
+    """A kubo stand-in whose ``add`` reads nothing of the upload until :attr:`release` is
+    set, so that the host's importer, then its writer, then the cell's writes wait; then it
+    reads the whole upload, keeps the file's bytes in :attr:`received` and answers with
+    :data:`STAND_IN_CID`."""
 
     def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.api = f"/ip4/127.0.0.1/tcp/{self._server.getsockname()[1]}/http"
         self.release = threading.Event()
         self.received: bytes | None = None
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as stream:
-            head = b""
-            while not head.endswith(b"\r\n\r\n"):
-                line = stream.readline()
-                if not line:
-                    return
-                head += line
-            if head.startswith(b"POST /api/v0/id"):
-                body = b'{"ID": "12D3KooWStandIn", "Addresses": [], "Protocols": []}'
-            elif head.startswith(b"POST /api/v0/add"):
-                self.release.wait()
-                boundary = re.search(rb"boundary=(\w+)", head).group(1)
-                upload = bytearray()
-                while size := int(stream.readline(), 16):  # chunked transfer encoding
-                    upload += stream.read(size)
-                    stream.readline()
-                stream.readline()
-                start = upload.index(b"\r\n\r\n") + 4
-                end = len(upload) - len(b"\r\n--%s--\r\n" % boundary)
-                self.received = bytes(upload[start:end])
-                body = b'{"Name": "file", "Hash": "%s", "Size": "0"}\n' % STAND_IN_CID.encode()
-            else:
-                body = b""
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    def answer(self, head: bytes, stream: BinaryIO, conn: socket.socket) -> None:
+        if not head.startswith(b"POST /api/v0/add"):
+            self.reply(conn, b"")
+            return
+        self.release.wait()
+        boundary = re.search(rb"boundary=(\w+)", head).group(1)
+        upload = bytearray()
+        while size := int(stream.readline(), 16):  # chunked transfer encoding
+            upload += stream.read(size)
+            stream.readline()
+        stream.readline()
+        start = upload.index(b"\r\n\r\n") + 4
+        end = len(upload) - len(b"\r\n--%s--\r\n" % boundary)
+        self.received = bytes(upload[start:end])
+        self.reply(conn, b'{"Name": "file", "Hash": "%s", "Size": "0"}\n' % STAND_IN_CID.encode())
 
     def close(self) -> None:
         self.release.set()
-        self._server.close()
+        super().close()
 
 
 STAND_IN_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # any CID: the bytes are checked
@@ -287,11 +268,11 @@ def test_a_cell_flooding_writes_the_host_cannot_take_yet_is_paused_not_buffered(
                                      if '"flow-limit"' in line], daemon=True).start()
     try:
         # Every bound below only stops a hang; the assertions are on the order of events.
-        assert events.get(timeout=120) == "ready\n"
+        assert events.get(timeout=HANG) == "ready\n"
         before = _kib(proc.pid, "VmRSS")
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        assert events.get(timeout=120) == "sent\n"
+        assert events.get(timeout=HANG) == "sent\n"
         paused = events.get(timeout=300)
         assert '"flow-limit"' in paused, f"the host read on: {paused!r}"
         assert json.loads(paused)["in_flight"] > wire.FLOW_LIMIT
@@ -301,7 +282,7 @@ def test_a_cell_flooding_writes_the_host_cannot_take_yet_is_paused_not_buffered(
         grown = _kib(proc.pid, "VmHWM") - before
         proc.stdin.write("bye\n")
         proc.stdin.flush()
-        assert proc.wait(120) == 0, proc.stderr.read()
+        assert proc.wait(HANG) == 0, proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()

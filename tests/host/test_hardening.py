@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
-from tests.conftest import WW, run_ww
+from tests.conftest import HANG, WW, run_ww
 from ww.host import cgroups, seccomp
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64",
@@ -77,7 +76,7 @@ ALL_DENIED = [*seccomp.DENIED, "clone_newuser", "int80", "x32"]
 
 
 def test_every_denied_call_fails_with_eperm(probe, who):
-    r = who.run("run", probe, *ALL_DENIED, timeout=60)
+    r = who.run("run", probe, *ALL_DENIED)
     assert r.returncode == 0, r.stderr
     results = dict(line.split() for line in r.stdout.splitlines())
     assert results.pop("end") is not None
@@ -85,7 +84,7 @@ def test_every_denied_call_fails_with_eperm(probe, who):
 
 
 def test_clone3_is_enosys_so_threads_and_processes_still_work(probe, make_cell):
-    r = run_ww("run", probe, "clone3", timeout=30)
+    r = run_ww("run", probe, "clone3")
     assert r.stdout.split()[:2] == ["clone3", "38"]  # ENOSYS: libc falls back to clone
     cell = make_cell("""
         import os, subprocess, threading
@@ -95,7 +94,7 @@ def test_clone3_is_enosys_so_threads_and_processes_still_work(probe, make_cell):
         print(out[0], subprocess.run(["/bin/echo", "child"], capture_output=True,
                                      text=True).stdout.strip(), os.fork() and "parent")
     """, shebang="#!/usr/bin/env -S python3 -S")
-    r = run_ww("run", cell, timeout=30)
+    r = run_ww("run", cell)
     assert r.returncode == 0, r.stderr
     assert "thread child parent" in r.stdout
 
@@ -118,7 +117,7 @@ def test_seccomp_filter_is_in_force_in_the_cell():
     ],
 )
 def test_strict_kills_the_cell_on_the_first_denied_call_and_exits_67(probe, call, named):
-    r = run_ww("run", "--strict", probe, call, "getpid_never_reached", timeout=30)
+    r = run_ww("run", "--strict", probe, call, "getpid_never_reached")
     assert r.returncode == 67, (r.stdout, r.stderr)
     assert call not in r.stdout and "end" not in r.stdout  # stopped inside the call
     lines = r.stderr.strip().splitlines()
@@ -153,7 +152,7 @@ print("ptrace", r, ctypes.get_errno(), flush=True)
 @pytest.mark.parametrize("how", ["seccomp", "prctl"])
 def test_strict_cannot_be_bypassed_by_a_filter_of_the_cells_own(make_cell, how):
     cell = make_cell(OWN_FILTER, name="own_filter.py", shebang="#!/usr/bin/env -S python3 -S")
-    r = run_ww("run", "--strict", cell, how, timeout=30)
+    r = run_ww("run", "--strict", cell, how)
     assert r.returncode == 67, (r.stdout, r.stderr)
     assert r.stdout == ""  # stopped inside the call that installs the filter
     lines = r.stderr.strip().splitlines()
@@ -164,7 +163,7 @@ def test_strict_cannot_be_bypassed_by_a_filter_of_the_cells_own(make_cell, how):
 def test_without_strict_a_filter_of_the_cells_own_cannot_undo_the_hosts(make_cell):
     # Default mode: the cell may sandbox itself further; the host's EPERM stands either way.
     cell = make_cell(OWN_FILTER, name="own_filter.py", shebang="#!/usr/bin/env -S python3 -S")
-    r = run_ww("run", cell, "seccomp", timeout=30)
+    r = run_ww("run", cell, "seccomp")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["installed 0 0", "ptrace -1 1"]
 
@@ -176,7 +175,7 @@ def test_strict_cell_that_behaves_runs_normally_with_exactly_its_fds(make_cell):
         print(sorted(int(n) for n in os.listdir("/proc/self/fd"))[:4])
         print(os.environ.get("PWD"), open("/proc/self/status").read().count("Seccomp:\\t2"))
     """, shebang="#!/usr/bin/env -S python3 -S")
-    r = run_ww("run", "--strict", cell, timeout=30)
+    r = run_ww("run", "--strict", cell)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["from a thread", "[0, 1, 2, 3]", "/cell 1"]
     assert r.stderr == ""
@@ -213,14 +212,11 @@ def test_a_cell_over_a_limit_is_stopped_and_ww_run_exits_66(flag, value, script,
         pytest.skip("no cpu cgroup here: --cpu-time is refused")
     if flag == "--pids" and not PIDS_CGROUP:
         pytest.skip("no pids cgroup here: --pids is refused")
-    start = time.monotonic()
-    r = run_ww("run", flag, value, "/bin/sh", "-c", f"PATH=/usr/bin:/bin; {script}",
-               timeout=30)
-    elapsed = time.monotonic() - start
+    r = run_ww("run", flag, value, "/bin/sh", "-c", f"PATH=/usr/bin:/bin; {script}")
+    # Stopped (66), not left to finish its sleep (0): the outcome, whatever the speed.
     assert r.returncode == 66, (r.stdout, r.stderr)
     ours = [line for line in r.stderr.splitlines() if "ww: resource limit" in line]
     assert len(ours) == 1 and named in ours[0], r.stderr
-    assert elapsed < 4.5  # stopped, not left to finish its sleep
 
 
 def test_without_a_pids_cgroup_pids_is_refused_not_sampled():
@@ -228,7 +224,7 @@ def test_without_a_pids_cgroup_pids_is_refused_not_sampled():
     # watchdog sampling /proc let a fork bomb (2047 sh processes at most) make 750 to 2000
     # of them under --pids 50 before it stopped it: --pids is refused with one line instead.
     r = run_ww("run", "--pids", "20", "/bin/sh", "-c",
-               "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; wait", timeout=30,
+               "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); done; wait",
                env=dict(os.environ, WW_CGROUPS="0"))
     assert (r.returncode, r.stdout) == (2, ""), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
@@ -289,7 +285,7 @@ def test_signals_still_reach_a_cell_under_limits():
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.terminate()
-        assert proc.wait(timeout=20) == 7
+        assert proc.wait(timeout=HANG) == 7
     finally:
         proc.kill()
 
@@ -320,14 +316,12 @@ SHM_CASES = {
 @needs_memory_cgroup
 @pytest.mark.parametrize("case", sorted(SHM_CASES))
 def test_shared_memory_counts_against_memory(case):
-    start = time.monotonic()
     r = run_ww("run", "--memory", "32M", "/bin/sh", "-c",
-               f"PATH=/usr/bin:/bin; {SHM_CASES[case]}; echo survived", timeout=60)
+               f"PATH=/usr/bin:/bin; {SHM_CASES[case]}; echo survived")
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "survived" not in r.stdout
     ours = [line for line in r.stderr.splitlines() if "ww: resource limit" in line]
     assert len(ours) == 1 and "--memory" in ours[0], r.stderr
-    assert time.monotonic() - start < 30
 
 
 # What the kernel holds for a cell outside its processes' memory: data queued in socket pairs
@@ -364,7 +358,7 @@ print("queued", total >> 20, "MiB", flush=True)
 @pytest.mark.parametrize("kind", ["socketpair", "pipe"])
 def test_socket_and_pipe_buffers_count_against_memory_in_the_cells_cgroup(kind):
     r = run_ww("run", "--memory", "32M", "/bin/sh", "-c",
-               f"exec /usr/bin/python3 -S -c '{QUEUE}' {kind}", timeout=120)
+               f"exec /usr/bin/python3 -S -c '{QUEUE}' {kind}")
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "queued" not in r.stdout
     assert r.stderr.strip().splitlines() == [
@@ -377,7 +371,7 @@ def test_without_a_memory_cgroup_memory_is_refused_not_under_enforced(kind):
     # /proc watchdog cannot see what the kernel holds for the cell, so --memory is refused
     # with one line before anything runs, never enforced on part of the memory.
     r = run_ww("run", "--memory", "32M", "/bin/sh", "-c",
-               f"exec /usr/bin/python3 -S -c '{QUEUE}' {kind}", timeout=120,
+               f"exec /usr/bin/python3 -S -c '{QUEUE}' {kind}",
                env=dict(os.environ, WW_CGROUPS="0"))
     assert (r.returncode, r.stdout) == (2, ""), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
@@ -428,8 +422,8 @@ print("call_470", call(470))
 def test_io_uring_and_the_rest_of_dockers_denials_are_denied(make_cell, who):
     """io_uring worked in the jail (Docker's default profile blocks it): a real ring."""
     cell = make_cell(DOCKER_PROBE, name="docker_probe.py", shebang="#!/usr/bin/env -S python3 -S")
-    unjailed = run_ww("run", "--jail=none", cell, timeout=60)
-    jailed = who.run("run", cell, timeout=60)
+    unjailed = run_ww("run", "--jail=none", cell)
+    jailed = who.run("run", cell)
     assert jailed.returncode == 0, jailed.stderr
     results = dict(line.split() for line in jailed.stdout.splitlines())
     assert results == {"io_uring_setup": "1", "af_alg": "1", "af_vsock": "1",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 
 
 def project(root: Path, interpreter: str, *, venv: bool = True, link: bool = False) -> Path:
@@ -113,7 +113,7 @@ def test_a_sub_cell_from_ipfs_cannot_bind_a_project_with_its_hashbang(make_cell,
             print("stdout", out)
             print("stderr", err.decode().strip())
     """)
-    r = run_ww("run", "--with-ipfs", "--with-exec", parent, timeout=120)
+    r = run_ww("run", "--with-ipfs", "--with-exec", parent)
     assert r.returncode == 0, r.stderr
     status, out, err = r.stdout.splitlines()
     assert status == "status 126"
@@ -135,8 +135,7 @@ def test_interpreter_flags_reach_sub_cells(make_cell, tmp_path):
             out = child.stdout.read_all()
             print("status", child.wait(), out.decode().strip())
     """)
-    r = run_ww("run", "--with-ipfs", "--with-exec", "--interpreter", str(exe), parent,
-               timeout=120)
+    r = run_ww("run", "--with-ipfs", "--with-exec", "--interpreter", str(exe), parent)
     assert (r.returncode, r.stdout) == (0, "status 0 API_KEY=project-secret\n"), r.stderr
 
 
@@ -200,6 +199,6 @@ def test_a_hashbang_symlink_flipped_after_the_check_still_runs_the_checked_file(
     # runs on the system's Python the host checked.
     link, evil, cell = flippable_python(tmp_path)
     r = subprocess.run([sys.executable, "-c", FLIP_AFTER_PREPARE, str(link), str(evil), cell],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=HANG)
     assert os.readlink(link) == str(evil)  # the flip did happen
     assert (r.returncode, r.stdout.split()) == (0, ["python", "/usr"]), r.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 from ww.host import jail
 
 
@@ -68,7 +68,7 @@ def test_cannot_read_the_invoking_directory(who):
 def test_cannot_see_host_processes(who):
     marker = f"ww-marker-{uuid.uuid4().hex}"
     # A host process whose command line carries the marker.
-    host_proc = subprocess.Popen(["/bin/sh", "-c", f"sleep 30; : {marker}"])
+    host_proc = subprocess.Popen(["/bin/sh", "-c", f"sleep 3600; : {marker}"])
     try:
         r = sh("cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo; ls -d /proc/[0-9]* | wc -l", who)
     finally:
@@ -80,7 +80,7 @@ def test_cannot_see_host_processes(who):
 
 
 def test_cannot_signal_host_processes(who):
-    victim = subprocess.Popen(["/bin/sleep", "30"])
+    victim = subprocess.Popen(["/bin/sleep", "3600"])  # alive unless the cell killed it
     try:
         r = sh(f"kill -TERM {victim.pid}; echo rc=$?", who)
         assert victim.poll() is None  # still alive
@@ -183,7 +183,7 @@ def test_an_interpreter_outside_an_installation_is_bound_alone(who):
     assert r.stdout.split() == ["bin"]  # only the path down to the interpreter exists
 
 
-def _process_with_argv(argv: list[str], timeout: float = 30) -> int:
+def _process_with_argv(argv: list[str], timeout: float = HANG) -> int:
     """The host pid of the one process running exactly ``argv`` (bounded in time)."""
     wanted = "\0".join(argv).encode() + b"\0"
     end = time.monotonic() + timeout

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WW, run_ww
+from tests.conftest import HANG, WW, run_ww
 from ww.host import cgroups
 from ww.host.limits import JAIL_TASKS
 
@@ -33,7 +33,7 @@ needs_cpu = pytest.mark.skipif("cpu" not in HIERARCHIES,
                                reason=NO_CGROUP.format("cpuacct (v1) or cpu (v2)"))
 
 
-def cell_cgroup(controller: str, host_pid: int, timeout: float = 10) -> Path:
+def cell_cgroup(controller: str, host_pid: int, timeout: float = HANG) -> Path:
     """The cgroup directory the host ``host_pid`` made for its cell, once it exists."""
     pattern = os.path.join(HIERARCHIES[controller].own, f"ww-*-{host_pid}-*")
     end = time.monotonic() + timeout
@@ -72,7 +72,7 @@ def assert_in_force(proc: subprocess.Popen[str], controller: str, value: int) ->
 
 @needs_pids
 def test_a_fork_bomb_under_pids_64_is_capped_by_the_kernel_and_stopped():
-    bomb = "exec 2>/dev/null; b() { b | b & }; b; sleep 30"
+    bomb = "exec 2>/dev/null; b() { b | b & }; b; sleep 3600"  # ends only if stopped
     proc = start_waiting_cell(["--pids", "64"], bomb)
     failures: list[BaseException] = []
     peak = 0
@@ -83,7 +83,7 @@ def test_a_fork_bomb_under_pids_64_is_capped_by_the_kernel_and_stopped():
         def fork_meanwhile() -> None:  # the rest of the machine can still start processes
             while not done.is_set():
                 try:
-                    subprocess.run(["/bin/true"], check=True, timeout=10)
+                    subprocess.run(["/bin/true"], check=True, timeout=HANG)
                 except (OSError, subprocess.SubprocessError) as e:
                     failures.append(e)
 
@@ -92,23 +92,21 @@ def test_a_fork_bomb_under_pids_64_is_capped_by_the_kernel_and_stopped():
         start = time.monotonic()
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        while proc.poll() is None and time.monotonic() - start < 20:
+        while proc.poll() is None and time.monotonic() - start < HANG:  # only stops a hang
             try:
                 peak = max(peak, int((d / "pids.current").read_text()))
             except (OSError, ValueError):
                 pass  # removed as the cell ended
             time.sleep(0.002)
-        elapsed = time.monotonic() - start
         done.set()
         helper.join()
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=HANG)
     finally:
         proc.kill()
     assert proc.returncode == 66, err
     assert err.strip().splitlines() == [
         "ww: resource limit: the cell ran more than 64 processes or threads at once (--pids); "
         "it was stopped"]
-    assert elapsed < 5
     assert 0 < peak <= 64 + JAIL_TASKS
     assert failures == []
     assert not d.exists()  # removed with the cell
@@ -124,11 +122,9 @@ def test_a_cell_allocating_far_past_memory_is_stopped_by_the_kernel_at_the_limit
     proc = start_waiting_cell(["--memory", "64M"], grow)
     try:
         d = assert_in_force(proc, "memory", 64 << 20)
-        start = time.monotonic()
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        out, err = proc.communicate(timeout=30)
-        elapsed = time.monotonic() - start
+        out, err = proc.communicate(timeout=HANG)
     finally:
         proc.kill()
     assert proc.returncode == 66, err
@@ -136,7 +132,6 @@ def test_a_cell_allocating_far_past_memory_is_stopped_by_the_kernel_at_the_limit
         "ww: resource limit: the cell used more than 64M of memory (--memory); it was stopped"]
     counts = [int(n) for n in out.split() if n.isdigit()]
     assert counts and counts[-1] < 64  # MiB allocated: never past the limit
-    assert elapsed < 10
     assert not d.exists()
 
 
@@ -162,10 +157,10 @@ def test_pids_counts_only_the_cells_own_tasks():
 @needs_pids
 def test_no_process_of_an_unjailed_cell_outlives_it():
     r = run_ww("run", "--jail=none", "--pids", "10", "/bin/sh", "-c",
-               "setsid sleep 30 >/dev/null 2>&1 < /dev/null & echo $!", timeout=20)
+               "setsid sleep 3600 >/dev/null 2>&1 < /dev/null & echo $!")
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.split()[-1])
-    end = time.monotonic() + 5
+    end = time.monotonic() + HANG  # waited for; the sleep would outlive the bound
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
         time.sleep(0.01)
     state = Path(f"/proc/{pid}/stat").read_text().split()[2] if os.path.exists(
@@ -175,16 +170,16 @@ def test_no_process_of_an_unjailed_cell_outlives_it():
 
 @needs_pids
 def test_a_cgroup_left_by_a_killed_host_is_removed_by_the_next_run():
-    proc = subprocess.Popen([WW, "run", "--pids", "10", "/bin/sh", "-c", "echo ready; sleep 30"],
+    proc = subprocess.Popen([WW, "run", "--pids", "10", "/bin/sh", "-c", "echo ready; sleep 3600"],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
         d = cell_cgroup("pids", proc.pid)
         proc.send_signal(signal.SIGKILL)  # no chance to clean up
-        proc.wait(timeout=10)
+        proc.wait(timeout=HANG)
     finally:
         proc.kill()
-    end = time.monotonic() + 5  # the jail dies with its host (PR_SET_PDEATHSIG)
+    end = time.monotonic() + HANG  # the jail dies with its host (PR_SET_PDEATHSIG)
     while (d / "cgroup.procs").read_text().split() and time.monotonic() < end:
         time.sleep(0.01)
     assert d.exists()
@@ -223,12 +218,10 @@ def test_sub_cells_count_against_their_parents_memory_limit(make_cell):
     # Each child `ww run` holds several MiB of the host's memory of its own: six of them
     # under the parent's --memory 48M do not fit (they used to, each in a cgroup of its own).
     parent = make_cell(SPAWNER)
-    start = time.monotonic()
     r = run_ww("run", "--memory", "48M", "--with-exec", "--exec-allow", "/bin/sleep", parent,
-               "6", "8", timeout=60)
+               "6", "3600")  # ends only if stopped
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "--memory" in r.stderr and "done" not in r.stdout
-    assert time.monotonic() - start < 30
 
 
 def spawn_one_and_check_its_host(make_cell, flags: list[str], controller: str,
@@ -253,7 +246,7 @@ def spawn_one_and_check_its_host(make_cell, flags: list[str], controller: str,
             assert line.strip().endswith(group.name), line
     except BaseException:
         proc.kill()
-        proc.wait(timeout=20)
+        proc.wait(timeout=HANG)
         raise
     return proc, group
 
@@ -265,14 +258,14 @@ def test_sub_cells_run_inside_their_parents_cgroup_and_its_pids_limit(make_cell)
         # ... and so is everything below it (its jail and cell, in a cgroup made below the
         # parent's), counted by the parent's pids.max: jail 2, cell 1, child host 1, its
         # jail 2 and its sleep 1.
-        end = time.monotonic() + 30
+        end = time.monotonic() + HANG  # waited for; the bound only stops a hang
         while int((group / "pids.current").read_text()) < 2 + 1 + 1 + 2 + 1:
             assert time.monotonic() < end, (group / "pids.current").read_text()
             time.sleep(0.05)
         assert [p.name for p in group.iterdir() if p.name.startswith("ww-")], "no nested cgroup"
     finally:
         proc.kill()
-        proc.wait(timeout=20)
+        proc.wait(timeout=HANG)
 
 
 @needs_pids
@@ -282,7 +275,7 @@ def test_a_tree_of_sub_cells_is_bounded_by_the_parents_pids(make_cell):
     # a fresh copy of the limit; a few sub-cells are already more than 12 tasks.
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--pids", "12", "--timeout", "50", "--with-exec", "--exec-allow",
-               "/bin/sleep", parent, "14", "20", timeout=90)
+               "/bin/sleep", parent, "14", "20")
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert r.stderr.strip().splitlines() == [
         "ww: resource limit: the cell ran more than 12 processes or threads at once (--pids); "
@@ -318,7 +311,7 @@ def test_cpu_time_bounds_the_parent_and_its_sub_cells_together(make_cell):
     # counts the tree's CPU time in the parent's cgroup, which every sub-cell joins.
     parent = make_cell(BURNER)
     r = run_ww("run", "--cpu-time", "1", "--pids", "200", "--with-exec", "--exec-allow",
-               "/bin/sh", parent, "4", timeout=120)
+               "/bin/sh", parent, "4")
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert r.stderr.strip().splitlines() == [
         "ww: resource limit: the cell used more than 1s of CPU time (--cpu-time); it was stopped"]
@@ -331,7 +324,7 @@ def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell):
     # what it burned stays charged to the cgroup all the same.
     parent = make_cell(BURNER)
     r = run_ww("run", "--cpu-time", "2", "--pids", "200", "--with-exec", "--exec-allow",
-               "/bin/sh", parent, "4", "kill", timeout=120)
+               "/bin/sh", parent, "4", "kill")
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "--cpu-time" in r.stderr and "done" not in r.stdout
 
@@ -340,7 +333,7 @@ def test_sub_cells_killed_outright_still_count_against_cpu_time(make_cell):
 def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
     parent = make_cell(SPAWNER)
     r = run_ww("run", "--cpu-time", "30", "--with-exec", "--exec-allow", "/bin/sleep",
-               parent, "2", "0", timeout=120)
+               parent, "2", "0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["spawned", "0", "spawned", "1", "done"]
 
@@ -348,35 +341,32 @@ def test_a_tree_within_its_cpu_time_runs_normally(make_cell):
 def test_timeout_stops_the_sub_cells_with_their_parent(make_cell):
     # Each sub-cell gets the parent's --timeout as its own, started later; the parent's
     # ends the tree: its sub-cells die with it, not when their own would run out.
-    marker = f"{os.getpid() % 1000 + 40}.{time.monotonic_ns() % 1000:03d}"
+    marker = f"{os.getpid() % 1000 + 3600}.{time.monotonic_ns() % 1000:03d}"  # > HANG
     parent = make_cell(f"""
         import time
         import ww.cell
         with ww.cell.session() as s:
             child = s.exec.spawn("/bin/sleep", "{marker}")
             print("spawned 0", flush=True)
-            time.sleep(30)
+            time.sleep(3600)  # ends only if stopped
     """)
-    start = time.monotonic()
-    r = run_ww("run", "--timeout", "3", "--with-exec", "--exec-allow", "/bin/sleep", parent,
-               timeout=120)
+    r = run_ww("run", "--timeout", "3", "--with-exec", "--exec-allow", "/bin/sleep", parent)
     assert r.returncode == 66, (r.stdout, r.stderr)
     assert "--timeout" in r.stderr and r.stdout.startswith("spawned 0")
-    end = time.monotonic() + 10
+    end = time.monotonic() + HANG  # waited for; the bound only stops a hang
     while time.monotonic() < end:
         left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).stdout
         if not left:
             break
         time.sleep(0.05)
     assert not left
-    assert time.monotonic() - start < 30
 
 
 @needs_cpu
 def test_sub_cells_run_inside_their_parents_cpu_cgroup(make_cell):
     proc, _ = spawn_one_and_check_its_host(make_cell, ["--cpu-time", "60"], "cpu", "cpuacct")
     proc.kill()
-    proc.wait(timeout=20)
+    proc.wait(timeout=HANG)
 
 
 # A sub-cell that starts spinners of its own and kills each outright after a while.

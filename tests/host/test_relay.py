@@ -11,7 +11,7 @@ import resource
 import signal
 import subprocess
 
-from tests.conftest import WW, run_ww
+from tests.conftest import HANG, WW, run_ww
 
 BIG = 3 * (1 << 20) + 12345  # several pipe buffers and relay chunks, not a round number
 
@@ -26,7 +26,7 @@ def test_a_large_stdin_file_reaches_the_cell_whole_through_a_pipe(tmp_path):
     with open(data, "rb") as stdin:
         r = subprocess.run([WW, "run", "/bin/sh", "-c",
                             "readlink /proc/self/fd/0 | cut -d: -f1 >&2; sha256sum"],
-                           stdin=stdin, capture_output=True, timeout=60)
+                           stdin=stdin, capture_output=True, timeout=HANG)
     assert r.returncode == 0, r.stderr
     assert r.stderr.decode().strip() == "pipe"
     expected = subprocess.run(["sha256sum"], input=_pattern(BIG), capture_output=True)
@@ -41,7 +41,7 @@ def test_all_a_cell_writes_to_files_is_there_when_ww_exits_in_order(tmp_path):
               "head -c 1000000 /dev/zero | tr '\\0' x; echo; exit 7")
     with open(out, "w") as f:
         r = subprocess.run([WW, "run", "/bin/sh", "-c", script], stdout=f, stderr=f,
-                           timeout=60)
+                           timeout=HANG)
     assert r.returncode == 7
     lines = out.read_text().split("\n")
     expected = [f"{kind} {i}" for i in range(2000) for kind in ("out", "err")]
@@ -53,7 +53,7 @@ def test_append_keeps_what_the_file_held(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text("before\n")
     with open(log, "a") as f:
-        r = subprocess.run([WW, "run", "/bin/echo", "from the cell"], stdout=f, timeout=30)
+        r = subprocess.run([WW, "run", "/bin/echo", "from the cell"], stdout=f, timeout=HANG)
     assert r.returncode == 0
     assert log.read_text() == "before\nfrom the cell\n"
 
@@ -65,7 +65,7 @@ def test_the_offset_is_left_past_what_the_cell_read(tmp_path):
     data.write_bytes(b"12345" + b"rest" * 50000)
     with open(data, "rb") as stdin:
         r = subprocess.run([WW, "run", "/usr/bin/head", "-c", "5"], stdin=stdin,
-                           capture_output=True, timeout=30)
+                           capture_output=True, timeout=HANG)
         offset = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"12345"
@@ -77,7 +77,7 @@ def test_a_cell_that_never_reads_its_input_still_lets_ww_exit(tmp_path):
     data.write_bytes(_pattern(BIG))
     with open(data, "rb") as stdin:
         r = subprocess.run([WW, "run", "/bin/sh", "-c", "exec 0<&-; exit 3"], stdin=stdin,
-                           capture_output=True, timeout=60)
+                           capture_output=True, timeout=HANG)
     assert r.returncode == 3, r.stderr
     assert r.stderr == b""
 
@@ -116,7 +116,7 @@ def test_a_full_disk_is_one_line_and_the_cells_status_stands(tmp_path):
     with open(out, "w") as f:
         r = subprocess.run([WW, "run", "/bin/sh", "-c",
                             "head -c 100000 /dev/zero; echo done >&2; exit 5"],
-                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=60,
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=HANG,
                            preexec_fn=small_files)
     assert r.returncode == 5, r.stderr
     assert out.stat().st_size == 4096
@@ -136,7 +136,7 @@ def test_a_forwarded_signal_ends_a_cell_whose_stdin_is_relayed(tmp_path):
         try:
             assert proc.stdout.readline() == "first line\n"
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
+            _, err = proc.communicate(timeout=HANG)
         finally:
             proc.kill()
         offset = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)
@@ -155,7 +155,7 @@ def test_what_a_cell_wrote_before_strict_stopped_it_is_in_the_file(tmp_path, mak
     """, shebang="#!/usr/bin/python3")
     with open(out, "w") as f:
         r = subprocess.run([WW, "run", "--strict", cell], stdout=f, stderr=subprocess.PIPE,
-                           text=True, timeout=60)
+                           text=True, timeout=HANG)
     assert r.returncode == 67, r.stderr
     assert out.read_text() == "x" * 300000 + "\nbefore the call\n"
 
@@ -175,7 +175,7 @@ def test_console_lines_and_the_cells_own_stderr_keep_their_order_in_a_file(tmp_p
                 session.console.println(f"console {i}")
     """)
     with open(err, "w") as f:
-        r = subprocess.run([WW, "run", "--with-console", cell], stderr=f, timeout=120)
+        r = subprocess.run([WW, "run", "--with-console", cell], stderr=f, timeout=HANG)
     assert r.returncode == 0, err.read_text()[-2000:]
     lines = [line.split(" ")[0] + " " + line.split(" ")[1] if line.startswith("own") else line
              for line in err.read_text().splitlines()]
@@ -197,7 +197,7 @@ def test_the_offset_counts_what_the_cell_read_after_the_relay_reached_the_files_
               "sys.stdout.buffer.write(os.read(0, 100))\n")
     with open(data, "rb") as stdin:
         r = subprocess.run([WW, "run", "/usr/bin/python3", "-c", script], stdin=stdin,
-                           capture_output=True, timeout=60)
+                           capture_output=True, timeout=HANG)
         offset = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"all of it\n"

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import WW, host_env, run_ww
+from tests.conftest import HANG, WW, host_env, run_ww
 
 
 def test_stdio_that_is_a_read_write_file_is_the_hosts_own_fd_not_a_pipe(tmp_path):
@@ -21,7 +21,7 @@ def test_stdio_that_is_a_read_write_file_is_the_hosts_own_fd_not_a_pipe(tmp_path
     try:
         rc = subprocess.run(
             [WW, "run", "/bin/sh", "-c", "stat -L -c %i /proc/self/fd/1; readlink /proc/self/fd/1"],
-            stdout=fd, timeout=30,
+            stdout=fd, timeout=HANG,
         ).returncode
     finally:
         os.close(fd)
@@ -112,7 +112,7 @@ def test_host_fd_3_as_a_source_moves_to_4_while_rpc_keeps_3(tmp_path):
         # Make the file the host's fd 3 inside the `ww` process.
         r = subprocess.run(
             [WW, "run", "--fd", "db=3", "/bin/sh", "-c", script],
-            capture_output=True, text=True, pass_fds=(3,), timeout=30,
+            capture_output=True, text=True, pass_fds=(3,), timeout=HANG,
             preexec_fn=lambda: os.dup2(f.fileno(), 3),
         )
     assert r.returncode == 0, r.stderr
@@ -195,7 +195,7 @@ def test_fd_number_out_of_range_is_a_usage_error():
 def test_closed_stdout_and_stderr_do_not_change_the_status():
     for fd in (1, 2):
         r = subprocess.run(["/bin/sh", "-c", f'exec {fd}>&-; exec "$@"', "sh", WW, "run",
-                            "/bin/sh", "-c", "exit 5"], timeout=30)
+                            "/bin/sh", "-c", "exit 5"], timeout=HANG)
         assert r.returncode == 5
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import WW
+from tests.conftest import HANG, WW
 
 TRAP = (
     'trap "echo got {name}; exit 7" {name}; echo ready; '
@@ -31,7 +31,7 @@ def test_signal_to_ww_run_is_forwarded_to_the_cell(sig, jail):
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=HANG)
     finally:
         proc.kill()
     assert out == f"got {name}\n"
@@ -43,7 +43,7 @@ def test_cell_killed_by_a_forwarded_signal_gives_128_plus_n():
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
+        proc.communicate(timeout=HANG)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
@@ -75,16 +75,16 @@ def _pids_with(marker: str) -> list[int]:
     ],
 )
 def test_cell_dies_when_the_host_is_killed(jail, how):
-    marker = f"60.{uuid.uuid4().int % 10**12:012d}"  # a unique sleep duration
+    marker = f"3600.{uuid.uuid4().int % 10**12:012d}"  # a unique sleep, longer than HANG
     proc = start("echo ready; " + how.format(t=marker), f"--jail={jail}")
     assert proc.stdout.readline() == "ready\n"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HANG  # waited for; the bound only stops a hang
     while len(_pids_with(marker)) < how.count("sleep") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(_pids_with(marker)) == how.count("sleep")  # the cell is running
     proc.kill()  # SIGKILL: the host gets no chance to clean up
-    proc.wait(timeout=10)
-    deadline = time.monotonic() + 10
+    proc.wait(timeout=HANG)
+    deadline = time.monotonic() + HANG
     while _pids_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pids_with(marker) == []
@@ -128,12 +128,12 @@ def test_a_cell_that_stopped_itself_still_ends_on_a_forwarded_signal(sig, jail):
     proc = start("echo stopping; kill -STOP $$; echo resumed", f"--jail={jail}")
     try:
         assert proc.stdout.readline() == "stopping\n"
-        end = time.monotonic() + 60  # an upper bound on waiting for the stop, not a delay
+        end = time.monotonic() + HANG  # an upper bound on waiting for the stop, not a delay
         while not any(_stopped(p) for p in _descendants(proc.pid)):
             assert time.monotonic() < end, "the cell never stopped"
             time.sleep(0.01)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=HANG)
     finally:
         proc.kill()
         proc.wait()

@@ -17,12 +17,12 @@ import time
 
 import pytest
 
-from tests.conftest import WW
+from tests.conftest import HANG, WW
 
 ROWS, COLS = 40, 100
 
 
-def read_until(master: int, marker: bytes, timeout: float = 30) -> bytes:
+def read_until(master: int, marker: bytes, timeout: float = HANG) -> bytes:
     """What the terminal shows, up to a match of the pattern ``marker`` (bounded in time)."""
     seen = b""
     end = time.monotonic() + timeout
@@ -76,7 +76,7 @@ def test_the_terminal_is_restored_after_the_cell(terminal, how):
             proc.send_signal(signal.SIGTERM)
         elif how == "SIGQUIT to ww run":
             proc.send_signal(signal.SIGQUIT)
-        status = proc.wait(timeout=30)
+        status = proc.wait(timeout=HANG)
     finally:
         proc.kill()
         proc.wait()
@@ -114,7 +114,7 @@ def test_a_cell_cannot_push_input_into_a_terminal(terminal, make_cell):
     proc = subprocess.Popen([WW, "run", cell], stdin=slave, stdout=slave, stderr=slave)
     try:
         shown = read_until(master, rb"own \S+\r?\n")
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=HANG) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -168,7 +168,7 @@ def test_a_cell_cannot_leave_the_terminal_deaf_exclusive_or_non_blocking(termina
     proc = subprocess.Popen([WW, "run", cell], stdin=slave, stdout=slave, stderr=slave)
     try:
         read_until(master, b"changing")
-        status = proc.wait(timeout=30)
+        status = proc.wait(timeout=HANG)
     finally:
         proc.kill()
         proc.wait()

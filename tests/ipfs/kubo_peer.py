@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-CALL_TIMEOUT = 60.0
+CALL_TIMEOUT = 300.0  # a bound that only stops a hang, generous by design (a loaded machine)
 _HERE = Path(__file__).resolve()
 
 
@@ -254,7 +254,7 @@ def driver_main(ww_home: str, kubo_repo: str) -> None:
         if op == "ww.run":  # a real `ww` command in this namespace (env passed through)
             env = {**os.environ, **req.get("env", {})}
             p = subprocess.run(req["argv"], env=env, capture_output=True, text=True,
-                               timeout=req.get("timeout", 60), cwd=req.get("cwd"))
+                               timeout=req.get("timeout", CALL_TIMEOUT), cwd=req.get("cwd"))
             return {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
         if op == "ww.close":
             node.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import HANG
 from ww.core.cid import CID, RAW
 from ww.core.multihash import sha256
 from ww.ipfs import bitswap
@@ -238,7 +239,9 @@ def test_a_peer_that_hangs_up_is_not_redialled(tmp_path: Path, nodes: list[Embed
     nodes += [a, b]
     b.connect(a.listen([LOOPBACK]).addresses[0])
     a.disconnect(b.id().id)
-    time.sleep(0.3)
+    deadline = time.monotonic() + HANG  # the hang-up reaches both: waited for, not slept on
+    while (a.peers() or b.peers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert a.peers() == [] and b.peers() == []
     net = b._net
     assert net is not None
@@ -248,7 +251,7 @@ def test_a_peer_that_hangs_up_is_not_redialled(tmp_path: Path, nodes: list[Embed
         connector.clear_all_cooldowns()
         await connector.maybe_connect()
 
-    net._node.submit(its_periodic_round).result(5)
+    net._node.submit(its_periodic_round).result(HANG)
     time.sleep(0.5)
     assert a.peers() == [] and b.peers() == []
 

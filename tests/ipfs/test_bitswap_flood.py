@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WW, host_env
+from tests.conftest import HANG, WW, host_env
 from tests.ipfs.bitswap_flood import Flooder, want_blocks
 from tests.p2p.test_one_host import SERVER  # a cell that prints its IPFS address, then waits
 from ww.core.cid import CID, RAW
@@ -170,7 +170,7 @@ def test_ww_run_host_memory_stays_bounded_under_the_flood(tmp_path: Path) -> Non
         if proc.stdin:
             proc.stdin.close()
         try:
-            proc.wait(30)
+            proc.wait(HANG)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -40,8 +40,8 @@ def _data(size: int, seed: int) -> bytes:
 def ns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
     space = Namespace(tmp_path_factory.mktemp("netns"))
     try:
-        space.call("ww.listen", timeout=15)
-        space.call("ww.connect", addr=space.kubo_addr, timeout=15)
+        space.call("ww.listen")
+        space.call("ww.connect", addr=space.kubo_addr)
         yield space
     finally:
         space.close()
@@ -49,22 +49,22 @@ def ns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
 
 def test_the_handshake_works_both_ways(ns: Namespace) -> None:
     """Noise + Yamux + multistream between py-libp2p and go-libp2p; identify both ways."""
-    peers = ns.call("ww.peers", timeout=10)["peers"]
+    peers = ns.call("ww.peers")["peers"]
     assert [p["id"] for p in peers] == [ns.kubo_id]
     assert peers[0]["addrs"] and peers[0]["addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
-    me = ns.call("ww.id", timeout=10)
-    assert me["id"] in ns.call("kubo.peers", timeout=10)["peers"]
+    me = ns.call("ww.id")
+    assert me["id"] in ns.call("kubo.peers")["peers"]
     assert me["addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
 
 
 def test_ww_cats_a_file_added_on_kubo(ns: Namespace, tmp_path: Path) -> None:
     data = _data(3 * MiB + 17, 1)  # 13 blocks of kubo's default chunking under one root
     (tmp_path / "f").write_bytes(data)
-    cid = ns.call("kubo.add", path=str(tmp_path / "f"), timeout=20)["cid"]
-    got = ns.call("ww.cat", path=cid, timeout=20)
+    cid = ns.call("kubo.add", path=str(tmp_path / "f"))["cid"]
+    got = ns.call("ww.cat", path=cid)
     assert got["size"] == len(data) and got["sha256"] == hashlib.sha256(data).hexdigest()
-    assert ns.call("ww.has", cid=cid, timeout=10)["has"]  # stored, so a second read is local
-    assert ns.call("ww.check", timeout=20)["ok"]
+    assert ns.call("ww.has", cid=cid)["has"]  # stored, so a second read is local
+    assert ns.call("ww.check")["ok"]
 
 
 def test_ww_gets_a_directory_added_on_kubo(ns: Namespace, tmp_path: Path) -> None:
@@ -73,8 +73,8 @@ def test_ww_gets_a_directory_added_on_kubo(ns: Namespace, tmp_path: Path) -> Non
     (src / "a" / "b" / "deep.bin").write_bytes(_data(600_000, 2))
     (src / "top.txt").write_bytes(b"top\n")
     (src / "empty").mkdir()
-    cid = ns.call("kubo.add", path=str(src), timeout=20)["cid"]
-    ns.call("ww.get", path=cid, dest=str(tmp_path / "out"), timeout=20)
+    cid = ns.call("kubo.add", path=str(src))["cid"]
+    ns.call("ww.get", path=cid, dest=str(tmp_path / "out"))
     assert (tmp_path / "out" / "a" / "b" / "deep.bin").read_bytes() == _data(600_000, 2)
     assert (tmp_path / "out" / "top.txt").read_bytes() == b"top\n"
     assert (tmp_path / "out" / "empty").is_dir()
@@ -83,28 +83,28 @@ def test_ww_gets_a_directory_added_on_kubo(ns: Namespace, tmp_path: Path) -> Non
 def test_kubo_fetches_content_exported_by_ww(ns: Namespace, tmp_path: Path) -> None:
     data = _data(2 * MiB + 5, 3)
     (tmp_path / "mine").write_bytes(data)
-    cid = ns.call("ww.add_path", path=str(tmp_path / "mine"), timeout=20)["cid"]
-    before = ns.call("ww.stats", timeout=10)["stats"]["blocks_out"]
-    reply = ns.call("kubo.download", cid=cid, dest=str(tmp_path / "got"), timeout=20)
+    cid = ns.call("ww.add_path", path=str(tmp_path / "mine"))["cid"]
+    before = ns.call("ww.stats")["stats"]["blocks_out"]
+    reply = ns.call("kubo.download", cid=cid, dest=str(tmp_path / "got"))
     assert reply["code"] == 0
     assert (tmp_path / "got").read_bytes() == data
-    assert ns.call("ww.stats", timeout=10)["stats"]["blocks_out"] - before >= 9
+    assert ns.call("ww.stats")["stats"]["blocks_out"] - before >= 9
 
 
 def test_kubo_dials_ww_and_fetches(ns: Namespace, tmp_path: Path) -> None:
     """kubo as the dialer: ww's listen address, then a fetch from ww over that connection."""
-    me = ns.call("ww.id", timeout=10)
-    assert ns.call("kubo.connect", addr=me["addrs"][0], timeout=15)["code"] == 0
+    me = ns.call("ww.id")
+    assert ns.call("kubo.connect", addr=me["addrs"][0])["code"] == 0
     (tmp_path / "small").write_bytes(b"dialled the other way\n")
-    cid = ns.call("ww.add_path", path=str(tmp_path / "small"), timeout=10)["cid"]
-    assert ns.call("kubo.download", cid=cid, dest=str(tmp_path / "got"), timeout=20)["code"] == 0
+    cid = ns.call("ww.add_path", path=str(tmp_path / "small"))["cid"]
+    assert ns.call("kubo.download", cid=cid, dest=str(tmp_path / "got"))["code"] == 0
     assert (tmp_path / "got").read_bytes() == b"dialled the other way\n"
 
 
 def test_content_neither_has_fails_in_one_line(ns: Namespace, tmp_path: Path) -> None:
     missing = str(CID.v0(sha256(b"added nowhere")))
     with pytest.raises(DriverError) as err:
-        ns.call("ww.get", path=missing, dest=str(tmp_path / "out"), timeout=30)
+        ns.call("ww.get", path=missing, dest=str(tmp_path / "out"))
     assert err.value.reply["type"] == "NotFoundError"
     assert "none of 1 connected peer" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
@@ -116,14 +116,14 @@ def test_ww_import_and_ww_run_fetch_from_kubo(ns: Namespace, tmp_path: Path) -> 
     program = tmp_path / "hello.sh"
     program.write_text("#!/bin/sh\necho hello from kubo \"$@\"\n")
     program.chmod(0o755)
-    cid = ns.call("kubo.add", path=str(program), timeout=20)["cid"]
+    cid = ns.call("kubo.add", path=str(program))["cid"]
     out = ns.call("ww.run", argv=[WW, "import", "--peer", ns.kubo_addr, f"/ipfs/{cid}",
                                   str(tmp_path / "imported")],
-                  env={"WW_HOME": str(tmp_path / "cli-home")}, timeout=40)
+                  env={"WW_HOME": str(tmp_path / "cli-home")})
     assert out["rc"] == 0, out["stderr"]
     assert (tmp_path / "imported").read_text() == program.read_text()
     env = {"WW_HOME": str(tmp_path / "cli-home-2"), "WW_IPFS_PEERS": ns.kubo_addr}
-    ran = ns.call("ww.run", argv=[WW, "run", f"/ipfs/{cid}", "and", "ww"], env=env, timeout=40)
+    ran = ns.call("ww.run", argv=[WW, "run", f"/ipfs/{cid}", "and", "ww"], env=env)
     assert ran["rc"] == 0, ran["stderr"]
     assert ran["stdout"] == "hello from kubo and ww\n"
 
@@ -133,7 +133,7 @@ def test_cli_with_an_unreachable_peer_is_one_line(ns: Namespace, tmp_path: Path)
     cid = str(CID.v0(sha256(b"added nowhere")))
     out = ns.call("ww.run", argv=[WW, "import", "--peer",
                                   f"/ip4/127.0.0.1/tcp/1/p2p/{ns.kubo_id}", f"/ipfs/{cid}",
-                                  str(tmp_path / "x")], env=env, timeout=40)
+                                  str(tmp_path / "x")], env=env)
     assert out["rc"] == 1
     assert len(out["stderr"].strip().splitlines()) == 1, out["stderr"]
     assert "could be reached" in out["stderr"]
@@ -145,18 +145,18 @@ def test_kubo_dying_mid_transfer_fails_cleanly(tmp_path: Path) -> None:
     space = Namespace(tmp_path / "ns")
     try:
         (tmp_path / "big").write_bytes(_data(40 * MiB, 5))
-        cid = space.call("kubo.add", path=str(tmp_path / "big"), timeout=30)["cid"]
-        space.call("ww.connect", addr=space.kubo_addr, timeout=15)
+        cid = space.call("kubo.add", path=str(tmp_path / "big"))["cid"]
+        space.call("ww.connect", addr=space.kubo_addr)
         with pytest.raises(DriverError) as err:
-            space.call("ww.get", path=cid, dest=str(tmp_path / "out"), timeout=40,
+            space.call("ww.get", path=cid, dest=str(tmp_path / "out"),
                        kill_kubo_after_blocks=8)
         assert err.value.reply["type"] == "NotFoundError", err.value.reply
         assert "\n" not in str(err.value)
         assert not (tmp_path / "out").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
-        stats = space.call("ww.stats", timeout=10)["stats"]
+        stats = space.call("ww.stats")["stats"]
         assert 8 <= stats["blocks_in"] < 160
-        assert space.call("ww.check", timeout=20)["ok"]  # what arrived is whole
+        assert space.call("ww.check")["ok"]  # what arrived is whole
         assert os.path.getsize(tmp_path / "big") == 40 * MiB
     finally:
         space.close()

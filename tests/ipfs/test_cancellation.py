@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import HANG
 from ww.caps.ipfs_scope import IpfsScope
 from ww.ipfs.api import CallCancelled, CancelToken, cancellable
 from ww.ipfs.kubo import KuboClient
@@ -73,13 +74,13 @@ def test_a_cancelled_kubo_call_closes_its_connection_and_raises_call_cancelled(c
     token = CancelToken()
     thread, outcome = in_thread(token, work)
     try:
-        assert server.received.wait(60)
+        assert server.received.wait(HANG)
         assert thread.is_alive()  # waiting on kubo
         token.cancel()
         thread.join(60)
         assert not thread.is_alive()
         assert isinstance(outcome[0], CallCancelled), outcome
-        assert server.closed.wait(60)
+        assert server.closed.wait(HANG)
     finally:
         server.close()
 
@@ -121,7 +122,7 @@ def test_a_cancelled_bitswap_fetch_from_a_silent_peer_stops(tmp_path: Path,
     b.connect(info.addresses[0])
     token = CancelToken()
     thread, outcome = in_thread(token, lambda: b"".join(b.cat(cid)))
-    assert asked.wait(60)
+    assert asked.wait(HANG)
     assert thread.is_alive()  # waiting for the block (up to the peer timeout, 15 s)
     token.cancel()
     thread.join(60)

@@ -88,7 +88,7 @@ def test_ww_run_of_a_hamt_bomb_is_one_line(tmp_path: Path) -> None:
     bomb = _hamt_bomb(blocks, levels=3)  # 16 million entries as listed before
     r = _import_car(tmp_path / "bomb.car", bomb, blocks)
     assert r.returncode != 0 and not (tmp_path / "out").exists()
-    r = run_ww("run", f"/ipfs/{bomb}", timeout=120)
+    r = run_ww("run", f"/ipfs/{bomb}")
     assert r.returncode != 0
     lowest = blocks[1][0]  # the shard met twice first
     assert r.stderr.strip().splitlines() == [f"ww: {bomb}: HAMT links the shard {lowest} twice"]

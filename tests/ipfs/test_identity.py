@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG
 from ww.core import multibase
 from ww.ipfs.identity import (
     IDENTITY_FILE,
@@ -183,7 +184,7 @@ def test_load_or_create_reports_a_corrupt_key_file(tmp_path: Path):
 
 
 def _race(repo: str, start, results) -> None:
-    start.wait(10)
+    start.wait(HANG)
     results.put(load_or_create(Path(repo)).peer_id)
 
 
@@ -196,7 +197,7 @@ def test_load_or_create_is_safe_when_processes_race(tmp_path: Path):
     for p in procs:
         p.start()
     start.set()
-    ids = [results.get(timeout=30) for _ in procs]
+    ids = [results.get(timeout=HANG) for _ in procs]
     for p in procs:
         p.join(10)
     assert len(set(ids)) == 1

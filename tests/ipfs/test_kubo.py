@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG
+from tests.kubo_stand_in import KuboStandIn
 from ww.core import varint
 from ww.core.cid import CID
 from ww.core.multiaddr import MultiaddrError
@@ -58,7 +60,7 @@ def kubo(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def client(kubo: FakeKubo) -> KuboClient:
-    return KuboClient(kubo.api, timeout=10, connect_timeout=2)
+    return KuboClient(kubo.api, timeout=HANG, connect_timeout=HANG)
 
 
 def unique_bytes(size: int, seed: str) -> bytes:
@@ -134,11 +136,11 @@ def pieces():
     for i in range(24):
         yield block
 tracemalloc.start()
-cid = KuboClient({kubo.api!r}, timeout=30).add_stream(pieces())
+cid = KuboClient({kubo.api!r}, timeout={HANG}).add_stream(pieces())
 print(cid, tracemalloc.get_traced_memory()[1])
 """
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG, check=True
     )
     cid, peak = out.stdout.split()
     (tmp_path / "f").write_bytes(bytes(range(256)) * 4096 * 24)
@@ -394,14 +396,14 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_node_is_backend_unavailable_quickly():
+def test_unreachable_node_is_backend_unavailable_at_once():
+    # Timeouts a loaded machine never reaches: the refusal itself ends each call, and says
+    # so ("cannot reach"), where a wait that ran out would say "timed out".
     api = f"/ip4/127.0.0.1/tcp/{closed_port()}/http"
-    start = time.monotonic()
     with pytest.raises(BackendUnavailableError, match=f"cannot reach the kubo RPC API at {api}"):
-        KuboClient(api).id()
-    with pytest.raises(BackendUnavailableError):
-        KuboClient(api).add_stream([b"x"])
-    assert time.monotonic() - start < 2
+        KuboClient(api, timeout=HANG, connect_timeout=HANG).id()
+    with pytest.raises(BackendUnavailableError, match="cannot reach"):
+        KuboClient(api, timeout=HANG, connect_timeout=HANG).add_stream([b"x"])
 
 
 def test_missing_unix_socket_is_backend_unavailable(tmp_path: Path):
@@ -416,26 +418,15 @@ def test_unknown_command_is_unsupported(client: KuboClient):
         client._object("nope")
 
 
-class SilentServer:
-    """Accepts connections and reads, but never answers: a hung kubo."""
+class SilentServer(KuboStandIn):
+    """A kubo stand-in that reads and never answers, not even ``id``: a hung kubo."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket) -> None:
+        self.conns.append(conn)
         try:
             while conn.recv(65536):
                 pass
@@ -443,7 +434,7 @@ class SilentServer:
             pass
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         for conn in self.conns:
             conn.close()
 
@@ -452,13 +443,11 @@ class SilentServer:
 def test_a_hung_node_times_out(operation: str):
     server = SilentServer()
     client = KuboClient(f"/ip4/127.0.0.1/tcp/{server.port}", timeout=0.5)
-    start = time.monotonic()
-    try:
+    try:  # the server never answers: only the client's timeout can end the call
         with pytest.raises(BackendUnavailableError, match="timed out"):
             client.id() if operation == "id" else client.add_stream([b"x" * 1000])
     finally:
         server.close()
-    assert time.monotonic() - start < 3
 
 
 def test_upload_is_full_duplex():
@@ -499,10 +488,10 @@ def test_upload_is_full_duplex():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    client = KuboClient(f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}", timeout=10)
+    client = KuboClient(f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}", timeout=HANG)
     block = b"z" * (1 << 20)
     assert client.add_stream(block for _ in range(body_size >> 20)) == "QmDone"
-    thread.join(10)
+    thread.join(HANG)
     listener.close()
     assert received[0] > body_size  # the whole multipart body arrived
 

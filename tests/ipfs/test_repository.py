@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG
 from ww.core.cid import CID
 from ww.ipfs import dagpb
 from ww.ipfs.api import AddOptions, CorruptBlockError
@@ -143,8 +144,8 @@ def test_several_processes_add_into_one_repo_while_gc_runs_and_nothing_is_lost(
     with ctx.Pool(5) as pool:
         gc_job = pool.apply_async(_collector, (str(repo), 15))
         jobs = [pool.apply_async(_adder, (str(repo), w, 4)) for w in range(4)]
-        results = [job.get(timeout=90) for job in jobs]
-        gc_job.get(timeout=90)
+        results = [job.get(timeout=HANG) for job in jobs]
+        gc_job.get(timeout=HANG)
     node = EmbeddedNode(repo)
     cids = {cid for result in results for cid in result}
     assert len(cids) == 1 + 4 * 4
@@ -179,13 +180,13 @@ def test_kill_9_mid_add_leaves_no_corrupt_block_and_gc_cleans_up(tmp_path: Path)
     kept = node.add_stream([DATA])
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_ADDER, str(repo)])
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG  # waited for; the bound only stops a hang
         while len(_block_files(repo)) < 100 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, "the adder ended before it was killed"
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=HANG)
     report = node.check()
     assert report.corrupt_blocks == [] and report.missing_blocks == []
     assert report.blocks >= 100

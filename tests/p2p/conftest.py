@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WW, host_env
+from tests.conftest import HANG, WW, host_env
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 # A cell that exports a generic Service, prints the address to dial it, and serves until its
-# stdin closes (or 30 s pass).  argv[1] == "hangup": close fd 3 right after printing, and
-# keep running until stdin closes.
+# stdin closes (or HANG seconds pass: a bound against a leak only).  argv[1] == "hangup":
+# close fd 3 right after printing, and keep running until stdin closes.
 EXPORTER = """
 import asyncio, os, sys
 import ww.cell
@@ -38,7 +38,7 @@ async def wait_for_stdin_eof():
             eof.set()
     asyncio.get_running_loop().add_reader(0, readable)
     try:
-        await asyncio.wait_for(eof.wait(), 30)
+        await asyncio.wait_for(eof.wait(), HANG)
     except TimeoutError:
         pass
 
@@ -54,7 +54,7 @@ async def main():
     await wait_for_stdin_eof()
 
 asyncio.run(main())
-"""
+""".replace("HANG", str(HANG))
 
 
 class Host:
@@ -87,13 +87,13 @@ class Host:
             raise AssertionError(f"the cell's {name} ended: {''.join(self._stderr)}")
         return line
 
-    def readline(self, timeout: float = 10) -> str:
+    def readline(self, timeout: float = HANG) -> str:
         return self._next("stdout", timeout)
 
-    def stderr_line(self, timeout: float = 10) -> str:
+    def stderr_line(self, timeout: float = HANG) -> str:
         return self._next("stderr", timeout)
 
-    def stop(self, timeout: float = 15) -> tuple[int, str]:
+    def stop(self, timeout: float = HANG) -> tuple[int, str]:
         """Close the cell's stdin (it exits), wait; (status, all of stderr)."""
         if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()
@@ -103,7 +103,7 @@ class Host:
             self.proc.kill()
             self.proc.wait()
         for pump in self._pumps:  # the streams end when the last process holding them does
-            pump.join(5)
+            pump.join(HANG)
         return self.proc.returncode, "".join(self._stderr)
 
 
@@ -134,7 +134,7 @@ def home(tmp_path: Path):
 def start_host(home) -> Iterator:
     started: list[Host] = []
 
-    def start(name: str, *args: str, timeout: float = 20) -> Host:
+    def start(name: str, *args: str, timeout: float = HANG) -> Host:
         proc = subprocess.Popen([WW, "run", *args], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=home(name))
@@ -165,7 +165,11 @@ def exporter(start_host, cell_file):
     return start
 
 
-def ww_call(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def ww_call(*args: str, timeout: float = HANG) -> subprocess.CompletedProcess[str]:
+    """`ww call ARGS...`; unless the test passes its own, with a --timeout generous by design
+    instead of the product's 10 s (a call on a loaded machine may take longer)."""
     env = dict(os.environ)
+    if "--timeout" not in args:
+        args = ("--timeout", str(HANG), *args)
     return subprocess.run([WW, "call", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout + 60, env=env)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import capnp
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 from tests.p2p.conftest import LOOPBACK, ww_call
 
 DIALER = """
@@ -50,11 +49,9 @@ def test_a_cell_calls_a_cell_on_another_host(exporter, start_host, cell_file):
 
 def test_ww_call_calls_the_exported_service_from_the_shell(exporter):
     b = exporter()
-    started = time.monotonic()
     r = ww_call(b.addr, "echo", "hello", "--not-a-flag", "world")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "hello --not-a-flag world\n"
-    assert time.monotonic() - started < 10
     r = ww_call(b.addr, "nope")
     assert r.returncode == 1
     assert r.stderr.strip() == "ww: remote error: ValueError: unknown method 'nope'"
@@ -98,7 +95,7 @@ def test_a_remote_caller_gets_the_export_and_nothing_of_the_host(exporter):
         return seen
 
     try:
-        seen = asyncio.run(capnp.run(asyncio.wait_for(probe(), 20)))
+        seen = asyncio.run(capnp.run(asyncio.wait_for(probe(), HANG)))
     finally:
         node.stop()
     assert seen == ["ok"] + [f"{what}: refused" for what in (
@@ -114,12 +111,11 @@ def test_the_export_ends_when_the_cell_hangs_up_and_the_host_when_it_exits(expor
     assert "serves nothing on /ww/0.1.0" in r.stderr or "exports nothing" in r.stderr, r.stderr
     status, err = b.stop()
     assert status == 0, err
-    started = time.monotonic()
     r = ww_call(b.addr, "echo", "x")
     assert r.returncode == 1
+    # Refused at once, not the call's --timeout running out ("no answer within").
     assert r.stderr.startswith("ww: p2p: cannot reach "), r.stderr
     assert len(r.stderr.splitlines()) == 1
-    assert time.monotonic() - started < 10
 
 
 def test_no_p2p_capability_without_the_flag(start_host, cell_file, make_cell):
@@ -166,7 +162,7 @@ def test_join_lets_a_cell_dial_a_peer_by_its_id_alone(exporter, start_host, cell
         import ww.cell
         async def main():
             async with ww.cell.connect() as s:
-                for _ in range(50):  # --join connects in the background at start
+                for _ in range(3000):  # --join connects in the background: waited for
                     try:
                         remote = await s.p2p.dial_service(sys.argv[1])
                         break

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 from ww.ipfs.identity import Identity, PrivateKey
 from ww.ipfs.node import EmbeddedNode
 from ww.p2p import P2PError
@@ -249,7 +249,7 @@ def test_a_host_with_a_policy_never_dials_a_refused_address(listener: Listener) 
     try:
         addr = f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PEER}"
         with pytest.raises(P2PError, match="address not allowed"):
-            node.open(addr).result(30)
+            node.open(addr).result(HANG)
 
         async def learned() -> None:  # as if identify had told us this address
             import multiaddr
@@ -259,9 +259,9 @@ def test_a_host_with_a_policy_never_dials_a_refused_address(listener: Listener) 
                 ID.from_base58(PEER), [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{listener.port}")],
                 3600)
 
-        node.submit(learned).result(10)
+        node.submit(learned).result(HANG)
         with pytest.raises(P2PError, match="address not allowed"):
-            node.open(f"/p2p/{PEER}").result(30)
+            node.open(f"/p2p/{PEER}").result(HANG)
 
         async def swarm_dial() -> None:  # py-libp2p's own path (new_stream to a stranger)
             from libp2p.peer.id import ID
@@ -269,7 +269,7 @@ def test_a_host_with_a_policy_never_dials_a_refused_address(listener: Listener) 
             await node.host.get_network().dial_peer(ID.from_base58(PEER))
 
         with pytest.raises(Exception):  # noqa: B017 - py-libp2p's error, whatever its type
-            node.submit(swarm_dial).result(60)
+            node.submit(swarm_dial).result(HANG)
         assert listener.offered() == 0
     finally:
         node.stop()
@@ -331,18 +331,18 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
         async def leave() -> None:
             await peer.host.get_network().close_peer(target.peer_id)
 
-        peer.submit(rig).result(10)
-        peer.submit(connect).result(30)
-        assert asked.wait(30), "the host never identified the peer"
+        peer.submit(rig).result(HANG)
+        peer.submit(connect).result(HANG)
+        assert asked.wait(HANG), "the host never identified the peer"
         answer = ""
         for _ in range(50):  # until the host has stored what we announced (bounded)
-            peer.submit(leave).result(10)
+            peer.submit(leave).result(HANG)
             host.stdin.write(peer.peer_id + "\n")
             host.stdin.flush()
             answer = host.stdout.readline().strip()
             if "no address known" not in answer:
                 break
-            peer.submit(connect).result(30)
+            peer.submit(connect).result(HANG)
         assert answer.startswith("error:"), answer
         assert "address not allowed" in answer, answer
         assert listener.offered() == 0  # never dialed 127.0.0.1
@@ -351,7 +351,7 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
         if host.stdin is not None:
             host.stdin.close()
         try:
-            host.wait(30)
+            host.wait(HANG)
         except subprocess.TimeoutExpired:
             host.kill()
             host.wait()

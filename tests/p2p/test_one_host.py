@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WW
+from tests.conftest import HANG, WW
 from tests.p2p.conftest import LOOPBACK
 
 pytest.importorskip("libp2p")
@@ -24,7 +24,7 @@ PEER = "12D3KooWHzee5NhcNJVjZhUFZ23uqbHPzTkCfvD4yMj2mWmVEEWE"  # nobody we can r
 MISSING = "/ipfs/QmPfT44cZdJm6svAxQ2Fe9J6DD3cuZNAj2fwbrzUPXXBqq"  # content nobody has
 
 # Serves its $WW_HOME over the host `ww run` started: prints its IPFS address, then waits
-# for stdin to close (or 30 s).
+# for stdin to close (or HANG seconds: a bound against a leak only).
 SERVER = """
 import asyncio, os
 import ww.cell
@@ -36,15 +36,15 @@ async def main():
         eof = asyncio.Event()
         loop.add_reader(0, lambda: os.read(0, 4096) or eof.set())
         try:
-            await asyncio.wait_for(eof.wait(), 30)
+            await asyncio.wait_for(eof.wait(), HANG)
         except TimeoutError:
             pass
 
 asyncio.run(main())
-"""
+""".replace("HANG", str(HANG))
 
 # argv: the peer it --join'ed, and a CID only that peer has.  Prints its IPFS address, then
-# one JSON line of what it saw, then waits for stdin to close (or 30 s).
+# one JSON line of what it saw, then waits for stdin to close (or HANG seconds).
 CLIENT = """
 import asyncio, hashlib, json, os, sys
 import ww.cell
@@ -55,7 +55,7 @@ async def main():
         me = await s.ipfs.id()
         print(me.addresses[0], flush=True)
         peer = joined.rsplit("/p2p/", 1)[1]
-        for _ in range(100):  # --join connects in the background: at most 10 s
+        for _ in range(HANG * 10):  # --join connects in the background: waited for
             peers = await s.ipfs.peers()
             if any(p.id == peer for p in peers):
                 break
@@ -71,12 +71,12 @@ async def main():
         eof = asyncio.Event()
         loop.add_reader(0, lambda: os.read(0, 4096) or eof.set())
         try:
-            await asyncio.wait_for(eof.wait(), 30)
+            await asyncio.wait_for(eof.wait(), HANG)
         except TimeoutError:
             pass
 
 asyncio.run(main())
-"""
+""".replace("HANG", str(HANG))
 
 
 def _tcp_sockets(pid: int) -> list[tuple[str, int, int]]:
@@ -107,7 +107,7 @@ def _port(addr: str) -> int:
 def _export(tmp_path: Path, env: dict[str, str], name: str, data: bytes) -> str:
     (tmp_path / name).write_bytes(data)
     out = subprocess.run([WW, "export", str(tmp_path / name)], capture_output=True, text=True,
-                         env=env, timeout=30)
+                         env=env, timeout=HANG)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().removeprefix("/ipfs/")
 
@@ -121,7 +121,7 @@ def test_joined_peer_is_an_ipfs_peer_of_the_one_host(tmp_path: Path, home, start
     a = start_host("a", "--with-ipfs", "--listen", LOOPBACK, cell_file(SERVER, "server.py"))
     b = start_host("b", "--with-p2p", "--with-ipfs", "--listen", LOOPBACK, "--join", a.addr,
                    cell_file(CLIENT, "client.py"), a.addr, cid_a)
-    seen = json.loads(b.readline(30))
+    seen = json.loads(b.readline())
     # The IPFS capability sees the p2p host: its addresses, its protocols, its --join peer.
     assert seen["addresses"] == [b.addr] == seen["p2p"][1]
     assert seen["id"] == seen["p2p"][0]
@@ -136,7 +136,7 @@ def test_joined_peer_is_an_ipfs_peer_of_the_one_host(tmp_path: Path, home, start
     # ... and it serves Bitswap to anyone: `ww import --peer` from a fresh $WW_HOME.
     out = subprocess.run([WW, "import", "--peer", b.addr, f"/ipfs/{cid_b}",
                           str(tmp_path / "got")], capture_output=True, text=True,
-                         env=home("c"), timeout=60)
+                         env=home("c"), timeout=HANG)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "got").read_bytes() == data_b
     status, stderr = b.stop()
@@ -152,17 +152,17 @@ def test_ww_import_and_ww_run_with_peer_fetch_from_a_ww_node(tmp_path: Path, hom
     cid = _export(tmp_path, home("a"), "hello.sh", program.read_bytes())
     a = start_host("a", "--with-ipfs", "--listen", LOOPBACK, cell_file(SERVER, "server.py"))
     got = subprocess.run([WW, "import", "--peer", a.addr, f"/ipfs/{cid}", str(tmp_path / "x")],
-                         capture_output=True, text=True, env=home("b"), timeout=60)
+                         capture_output=True, text=True, env=home("b"), timeout=HANG)
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "x").read_bytes() == program.read_bytes()
     ran = subprocess.run([WW, "run", "--peer", a.addr, f"/ipfs/{cid}", "and", "ww"],
-                         capture_output=True, text=True, env=home("c"), timeout=60)
+                         capture_output=True, text=True, env=home("c"), timeout=HANG)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "hello over bitswap and ww\n"
     # The environment form, space-separated; an unreachable peer beside a good one is fine.
     env = {**home("d"), "WW_IPFS_PEERS": f"/ip4/127.0.0.1/tcp/1/p2p/{PEER} {a.addr}"}
     again = subprocess.run([WW, "import", f"/ipfs/{cid}", str(tmp_path / "y")],
-                           capture_output=True, text=True, env=env, timeout=60)
+                           capture_output=True, text=True, env=env, timeout=HANG)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "y").read_bytes() == program.read_bytes()
     assert a.stop()[0] == 0
@@ -178,14 +178,13 @@ def test_ww_import_and_ww_run_with_peer_fetch_from_a_ww_node(tmp_path: Path, hom
      f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}", "/bin/true"],  # kubo dials its own peers
 ])
 def test_a_bad_peer_is_a_one_line_usage_error(args: list[str], ww) -> None:
-    out = ww(*args, timeout=30)
+    out = ww(*args)
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.splitlines()) == 1 and "--peer" in out.stderr, out.stderr
 
 
 def test_a_bad_peer_in_the_environment_names_the_variable(ww) -> None:
-    out = ww("run", "/bin/true", env={**os.environ, "WW_IPFS_PEERS": "/ip4/127.0.0.1/tcp/1"},
-             timeout=30)
+    out = ww("run", "/bin/true", env={**os.environ, "WW_IPFS_PEERS": "/ip4/127.0.0.1/tcp/1"})
     assert out.returncode == 2
     assert len(out.stderr.splitlines()) == 1 and "WW_IPFS_PEERS" in out.stderr, out.stderr
 
@@ -194,8 +193,7 @@ def test_a_bad_peer_in_the_environment_names_the_variable(ww) -> None:
 def test_an_unreachable_peer_is_one_line_and_exit_1(command: list[str], ww,
                                                     tmp_path: Path) -> None:
     dest = [str(tmp_path / "x")] if command == ["import"] else []
-    out = ww(*command, "--peer", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}", MISSING, *dest,
-             timeout=60)
+    out = ww(*command, "--peer", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}", MISSING, *dest)
     assert out.returncode == 1, out.stderr
     assert len(out.stderr.splitlines()) == 1 and "no peer could be reached" in out.stderr
     assert not (tmp_path / "x").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 import capnp
 import pytest
 
+from tests.conftest import HANG
 from tests.p2p.conftest import ww_call
 from ww.p2p import splice
 from ww.schema import load
@@ -102,7 +103,7 @@ def test_frames_are_classified_as_pycapnp_writes_them() -> None:
 def _flood(sock: socket.socket, frames: list[bytes]) -> int:
     """Write ``frames`` until the host stops taking them; how many went."""
     sent = 0
-    sock.settimeout(60)
+    sock.settimeout(HANG)
     for frame in frames:
         try:
             sock.sendall(frame)
@@ -118,7 +119,7 @@ def test_calls_whose_answers_are_never_read_do_not_cost_the_cell_its_session(
     and queued 200 MiB of answers, its memory guard fired and hung up the cell's fd 3 (the
     export was withdrawn for everyone)."""
     host = exporter()
-    sock = peer.open(host.addr).result(30)
+    sock = peer.open(host.addr).result(HANG)
     try:
         arg = "x" * (1 << 20)
         _flood(sock, [bootstrap(), gateway_service()]
@@ -136,7 +137,7 @@ def test_a_huge_or_stalled_message_does_not_cost_the_cell_its_session(exporter, 
     byte sent, on three streams: the old host took them in, hung up the cell's fd 3 when
     they passed its memory guard.  Now a message over 8 MiB resets its stream at once."""
     host = exporter()
-    socks = [peer.open(host.addr).result(30) for _ in range(3)]
+    socks = [peer.open(host.addr).result(HANG) for _ in range(3)]
     try:
         words = (64 << 20) // 8 - 1
         body = b"\0" * (1 << 20)
@@ -145,7 +146,7 @@ def test_a_huge_or_stalled_message_does_not_cost_the_cell_its_session(exporter, 
         r = ww_call(host.addr, "echo", "still", "here")
         assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
         for sock in socks:  # each was cut off by the host, not left waiting for its end
-            sock.settimeout(60)
+            sock.settimeout(HANG)
             try:
                 assert sock.recv(1) == b""
             except ConnectionResetError:
@@ -163,7 +164,7 @@ def test_one_peer_with_many_idle_streams_does_not_shut_the_door(exporter, peer) 
     from ww.p2p.protocol import MAX_INBOUND
 
     host = exporter()
-    socks = [peer.open(host.addr).result(30) for _ in range(MAX_INBOUND + 6)]
+    socks = [peer.open(host.addr).result(HANG) for _ in range(MAX_INBOUND + 6)]
     try:
         r = ww_call(host.addr, "echo", "still", "here")
         assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
@@ -173,7 +174,7 @@ def test_one_peer_with_many_idle_streams_does_not_shut_the_door(exporter, peer) 
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    sock.settimeout(60)  # a bound against a hang only
+    sock.settimeout(HANG)  # a bound against a hang only
     data = b""
     while len(data) < n:
         piece = sock.recv(n - len(data))
@@ -203,8 +204,8 @@ def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
     node.serve(lambda sock, peer_id: accepted.put(sock))
     node.start()
     try:
-        remote = peer.open(node.addrs[0]).result(30)
-        host = accepted.get(timeout=30)
+        remote = peer.open(node.addrs[0]).result(HANG)
+        host = accepted.get(timeout=HANG)
         calls = [echo(q, "a") for q in range(splice.MAX_CALLS + 1)]
         finish = rpc.Message.new_message()
         finish.init("finish").questionId = 0
@@ -250,7 +251,7 @@ def test_a_burst_of_connections_from_one_peer_gets_no_more_than_its_share() -> N
                        if task.done()]
             assert len(refused) == burst - MAX_INBOUND_PER_PEER
             for theirs in refused:
-                theirs.settimeout(30)
+                theirs.settimeout(HANG)
                 assert theirs.recv(1) == b""  # closed by the host
         finally:
             exports.close_all()
@@ -317,7 +318,7 @@ def test_a_peer_that_never_takes_its_answers_is_cut_off_and_its_calls_uncounted(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(host)
-            with trio.fail_after(60):  # only stops a hang: the splice ends by itself
+            with trio.fail_after(HANG):  # only stops a hang: the splice ends by itself
                 await splice.splice(stream, ours, budget)
             nursery.cancel_scope.cancel()
 

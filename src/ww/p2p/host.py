@@ -49,7 +49,9 @@ from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 if TYPE_CHECKING:
     from ww.p2p.dial_policy import DialPolicy
 
-START_TIMEOUT = 10.0  # seconds to bind every listen address
+# Seconds to start: import libp2p (seconds on a loaded machine), bind every listen address.
+# Only stops a hang: an address that cannot be bound fails at once, not by this bound.
+START_TIMEOUT = 60.0
 DIAL_TIMEOUT = 10.0  # seconds to connect and open a /ww/0.1.0 stream
 JOIN_TIMEOUT = 10.0  # seconds for each --join at start-up
 STOP_TIMEOUT = 3.0  # seconds to close connections when stopping
