@@ -14,7 +14,7 @@ import sys
 import click
 import pytest
 
-from tests.conftest import WW
+from tests.conftest import HANG, WW
 from ww.app.argv import SubcellCommand, run_argv
 from ww.app.options import FLAGS, GLOBAL_FLAGS, MANY, ONE, SWITCH, RunOptions
 from ww.cli.entry import parse_run
@@ -109,7 +109,7 @@ def click_path(argv: list[str]) -> subprocess.CompletedProcess[str]:
     """`ww ARGV` through the click command only, as every command went before."""
     code = "import sys; from ww.cli.main import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=HANG)
 
 
 @pytest.mark.parametrize("argv", [
@@ -128,7 +128,7 @@ def click_path(argv: list[str]) -> subprocess.CompletedProcess[str]:
 ], ids=" ".join)
 def test_the_console_script_answers_as_the_click_command(argv):
     """Same stdout, stderr and exit status, whichever path the command line takes."""
-    script = subprocess.run([WW, *argv], capture_output=True, text=True, timeout=60)
+    script = subprocess.run([WW, *argv], capture_output=True, text=True, timeout=HANG)
     reference = click_path(argv)
     assert (script.returncode, script.stdout, script.stderr) == \
         (reference.returncode, reference.stdout, reference.stderr)
@@ -201,5 +201,5 @@ def test_a_plain_run_imports_neither_click_nor_pycapnp_cryptography_or_libp2p():
         " if m in sys.modules]\n"
         "print(status, heavy)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG)
     assert r.stdout == "0 []\n", r.stderr

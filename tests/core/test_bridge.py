@@ -10,6 +10,7 @@ import threading
 import pytest
 import trio
 
+from tests.conftest import HANG
 from ww.core import bridge
 
 
@@ -68,7 +69,7 @@ def test_a_feed_holds_at_most_its_capacity_and_an_ended_feed_abandons_its_thread
 
 def test_workers_refuse_work_once_closed():
     workers = bridge.DaemonWorkers(2, "w", lambda: RuntimeError("closed"))
-    assert workers.submit(lambda x: x + 1, 1).result(10) == 2
+    assert workers.submit(lambda x: x + 1, 1).result(HANG) == 2
     workers.close()
     with pytest.raises(RuntimeError, match="closed"):
         workers.submit(print)
@@ -77,7 +78,7 @@ def test_workers_refuse_work_once_closed():
 def test_a_portal_says_whether_its_trio_run_has_not_started_or_has_ended():
     portal = bridge.TrioPortal(lambda finished: RuntimeError(f"finished={finished}"))
     with pytest.raises(RuntimeError, match="finished=False"):
-        portal.submit(trio.sleep, 0).result(10)
+        portal.submit(trio.sleep, 0).result(HANG)
     results: list[int] = []
 
     async def main() -> None:
@@ -88,7 +89,7 @@ def test_a_portal_says_whether_its_trio_run_has_not_started_or_has_ended():
                 return 2 * x
 
             future = portal.submit(double, 21)
-            await trio.to_thread.run_sync(lambda: results.append(future.result(10)))
+            await trio.to_thread.run_sync(lambda: results.append(future.result(HANG)))
             portal.unbind()
 
     thread = threading.Thread(target=bridge.run_trio, args=(main,))
@@ -97,7 +98,7 @@ def test_a_portal_says_whether_its_trio_run_has_not_started_or_has_ended():
     assert results == [42]
     assert portal.call_soon(print) is False  # the run has ended: nothing is called
     with pytest.raises(RuntimeError, match="finished=False"):  # unbound: not running
-        portal.submit(trio.sleep, 0).result(10)
+        portal.submit(trio.sleep, 0).result(HANG)
 
 
 def test_a_thread_waiting_for_a_future_is_woken_by_its_result_or_by_an_interrupt():

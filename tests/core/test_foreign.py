@@ -9,6 +9,7 @@ import sys
 import capnp
 import pytest
 
+from tests.conftest import HANG
 from ww.core._foreign import chained_reason, expected_reason, kj_reason, map_foreign
 from ww.core.errors import CallError, DeniedError, RpcError, UsageError, WwError
 
@@ -85,7 +86,7 @@ def test_importing_the_host_does_not_patch_pycapnp():
         "assert capnp.lib.capnp._traceback is not traceback\n"
         "print(capnp.lib.capnp._traceback.format_exception(KeyError, KeyError('x'), None))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "['internal error in the host (KeyError)']\n"
 

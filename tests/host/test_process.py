@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+from tests.conftest import HANG
 from ww.host.process import Process, SignalForwarder, exit_status
 
 
@@ -112,7 +113,7 @@ def test_serving_a_cell_leaves_asyncios_logger_as_it_found_it(make_cell):
         logging.getLogger("asyncio").warning("after serving, heard")
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=HANG)
     assert "status 0" in r.stdout, r.stderr
     assert "after serving, heard" in r.stderr
 

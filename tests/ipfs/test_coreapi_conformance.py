@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG
 from ww.ipfs import (
     AddOptions,
     AsyncCoreAPI,
@@ -70,7 +71,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoreAPI]:
         backend = EmbeddedNode(tmp_path / "repo")
     else:
         fake = request.getfixturevalue("fake_kubo")
-        backend = KuboClient(fake.api, timeout=30, connect_timeout=5)  # type: ignore[attr-defined]
+        backend = KuboClient(fake.api, timeout=HANG, connect_timeout=HANG)  # type: ignore[attr-defined]
     yield backend
     backend.close()
 
