@@ -4,6 +4,7 @@ hundreds of cells, a cell making 100 000 calls.  The host and the repository sur
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -92,16 +93,37 @@ def _import_temps(directory: Path) -> set[str]:
             and re.fullmatch(r"\..+\.ww-tmp-[0-9a-f]{12}", p.name)}
 
 
+def _locked(path: Path) -> bool:
+    """Whether some process holds the flock on ``path`` (an import writing it does)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if this test took it
+    return False
+
+
 def _import_caught_writing(cid: str, dest: Path) -> tuple[subprocess.Popen, str]:
-    """A `ww import` of ``cid`` to ``dest``, once its temp entry beside ``dest`` exists."""
+    """A `ww import` of ``cid`` to ``dest``, once its temp entry beside ``dest`` exists and
+    the import holds its lock (between creating and locking it, another import may take the
+    entry for a dead one's: the import then makes another, so wait for the lock, not the
+    name)."""
     before = _import_temps(dest.parent)
     proc = subprocess.Popen([WW, "import", cid, str(dest)])
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline and not (
-            _import_temps(dest.parent) - before):
+    deadline = time.monotonic() + HANG  # only stops a hang
+
+    def caught() -> set[str]:
+        return {t for t in _import_temps(dest.parent) - before if _locked(dest.parent / t)}
+
+    while proc.poll() is None and time.monotonic() < deadline and not caught():
         time.sleep(0.002)
     assert proc.poll() is None, "the import ended before it was caught writing"
-    (temp,) = _import_temps(dest.parent) - before
+    (temp,) = caught()
     return proc, temp
 
 
