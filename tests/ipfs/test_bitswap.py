@@ -268,7 +268,7 @@ def test_a_dead_address_of_a_peer_does_not_spoil_a_good_one(tmp_path: Path,
 def test_a_node_on_a_shared_host_serves_bitswap_once_the_host_runs(
         tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
     """`ww run`'s case: the embedded node is given the p2p host before it starts."""
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.p2p.host import Node
 
     (tmp_path / "a").mkdir()

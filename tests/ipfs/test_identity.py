@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ww.ipfs import multibase
-from ww.ipfs.identity import (
+from ww.core.identity import (
     IDENTITY_FILE,
     KEY_TYPE_RSA,
     IdentityError,
@@ -26,6 +25,7 @@ from ww.ipfs.identity import (
     sign_login,
     verify_login,
 )
+from ww.ipfs import multibase
 
 # The Ed25519 test vector of the libp2p peer-id spec; go-libp2p's own tests (peer-id auth)
 # give this key the peer id below.

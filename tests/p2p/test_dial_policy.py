@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_ww
-from ww.ipfs.identity import Identity, PrivateKey
+from ww.core.identity import Identity, PrivateKey
 from ww.ipfs.node import EmbeddedNode
 from ww.p2p import P2PError
 from ww.p2p.dial_policy import STRICT, DialPolicy, special_use
@@ -297,7 +297,7 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
     from tests.conftest import WW
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.p2p.host import Node
 
     crafted = f"/ip4/1.2.3.4/ip4/127.0.0.1/tcp/{listener.port}"

@@ -87,7 +87,7 @@ def p2p_node(options: dict[str, Any], capabilities: list[str], policy: Any = Non
     listen, join = list(options["listen"]), list(options["join"])
     if "p2p" not in capabilities and not listen and not join:
         return None
-    from ww.ipfs.identity import IdentityError, load_or_create
+    from ww.core.identity import IdentityError, load_or_create
     from ww.ipfs.repo import default_repo_path
     from ww.p2p import P2PError
     from ww.p2p.host import Node

@@ -17,8 +17,8 @@ def id_(listen: tuple[str, ...]) -> None:
     (--listen or WW_LISTEN, else the default), each followed by /p2p/<peer id>; a port 0
     stands for the free port a running 'ww run' picks and announces.
     """
+    from ww.core.identity import load_or_create
     from ww.errors import UsageError
-    from ww.ipfs.identity import load_or_create
     from ww.ipfs.repo import default_repo_path
     from ww.p2p import DEFAULT_LISTEN, check_listen_addr
 

@@ -175,7 +175,7 @@ def canonical_peer_id(text: str, where: str) -> str:
 
     Only Ed25519 identities can log in, so the peer id must carry an Ed25519 public key.
     """
-    from ww.ipfs.identity import IdentityError, public_key_from_peer_id
+    from ww.core.identity import IdentityError, public_key_from_peer_id
 
     try:
         return public_key_from_peer_id(text).peer_id
@@ -185,7 +185,7 @@ def canonical_peer_id(text: str, where: str) -> str:
 
 def load_identity(spec: str) -> bytes:
     """``--identity KEYFILE`` (raw or base58, as ``ww idgen`` writes) or ``new``: key bytes."""
-    from ww.ipfs.identity import IdentityError, PrivateKey, parse_private_key
+    from ww.core.identity import IdentityError, PrivateKey, parse_private_key
 
     if spec == "new":
         return PrivateKey.generate().to_protobuf()
@@ -201,7 +201,7 @@ def load_identity(spec: str) -> bytes:
 
 
 def peer_of_key(key: bytes) -> str:
-    from ww.ipfs.identity import PrivateKey
+    from ww.core.identity import PrivateKey
 
     return PrivateKey.from_protobuf(key).peer_id
 

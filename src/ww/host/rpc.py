@@ -2,7 +2,7 @@
 
 Login (docs/auth.md): a cell without an identity passes a null ``account``; a cell with one
 passes its ``Signer``, which the host asks to sign a fresh random nonce (domain-separated,
-see :func:`ww.ipfs.identity.login_message`).  The verified public key gives the peer id, the
+see :func:`ww.core.identity.login_message`).  The verified public key gives the peer id, the
 policy (:mod:`ww.host.policy`) gives that peer's grants.  A failed login, or no login before
 the policy's deadline, ends :func:`serve` with a one-line reason: the supervisor then stops
 the cell and ``ww run`` exits 64.
@@ -170,7 +170,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
         except capnp.KjException as e:
             reason = (e.description or "").splitlines()[0] if e.description else "no reason"
             raise AuthenticationFailed(f"the cell's Signer failed: {reason}") from None
-        from ww.ipfs.identity import IdentityError, verify_login
+        from ww.core.identity import IdentityError, verify_login
 
         try:
             return verify_login(bytes(answer.publicKey), challenge, bytes(answer.signature))

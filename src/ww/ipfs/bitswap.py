@@ -59,7 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _protobuf as pb
+from ww.core import protobuf as pb
+
 from . import multihash, varint
 from .api import IpfsError, NotFoundError
 from .blockstore import MAX_BLOCK_SIZE, Blockstore

@@ -29,8 +29,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from ww.core.fsutil import fsync_dir, sync_filesystem, write_new_file
+
 from . import multihash
-from ._fsutil import fsync_dir, sync_filesystem, write_new_file
 from .api import CorruptBlockError, IpfsError, NotFoundError
 from .cid import CID
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ww.core.protobuf import LEN, VARINT, ProtobufError, fields, key
+
 from . import varint
-from ._protobuf import LEN, VARINT, ProtobufError, fields, key
 from .api import CorruptBlockError
 from .cid import CID, CidError
 

@@ -16,8 +16,9 @@ import ipaddress
 import urllib.parse
 from dataclasses import dataclass
 
+from ww.core.identity import IdentityError, decode_peer_id
+
 from .api import IpfsError
-from .identity import IdentityError, decode_peer_id
 
 __all__ = ["MultiaddrError", "Multiaddr", "parse", "to_http_url", "DEFAULT_KUBO_API"]
 

@@ -24,11 +24,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ww.core.fsutil import fsync_dir, sync_filesystem
+from ww.core.identity import Identity
 from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.p2p.host import Node
 
 from . import bitswap
-from ._fsutil import fsync_dir, sync_filesystem
 from .api import (
     BackendUnavailableError,
     CallCancelled,
@@ -39,7 +40,6 @@ from .api import (
 )
 from .blockstore import Blockstore
 from .cid import CID
-from .identity import Identity
 
 if TYPE_CHECKING:
     from ww.p2p.dial_policy import DialPolicy

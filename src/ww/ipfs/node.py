@@ -23,8 +23,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ww.core.fsutil import fsync_dir, write_new_file
+
 from . import car, exporter
-from ._fsutil import fsync_dir, write_new_file
 from .api import (
     AddOptions,
     BackendUnavailableError,
@@ -285,7 +286,8 @@ class EmbeddedNode:
             if self._closed:
                 raise IpfsError("the IPFS node is closed")
             if self._net is None:
-                from . import identity
+                from ww.core import identity
+
                 from .net import Network
 
                 ident = identity.load_or_create(self._repo.path)
@@ -348,7 +350,7 @@ class EmbeddedNode:
         addresses it listens on and the protocols it serves."""
         if self._net is not None:
             return self._net.id()
-        from . import identity  # imported late: only id() needs the key code
+        from ww.core import identity  # imported late: only id() needs the key code
 
         ident = identity.load_or_create(self._repo.path)
         return PeerInfo(id=ident.peer_id, addresses=[], protocols=[])

@@ -13,7 +13,8 @@ import enum
 import os
 from pathlib import Path
 
-from ._fsutil import fsync_dir
+from ww.core.fsutil import fsync_dir
+
 from .api import IpfsError
 from .cid import CID, CidError
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ._protobuf import LEN, VARINT, ProtobufError, bytes_field, fields, key, read_varint
-from ._protobuf import uvarint_field as _uv
+from ww.core.protobuf import LEN, VARINT, ProtobufError, bytes_field, fields, key, read_varint
+from ww.core.protobuf import uvarint_field as _uv
+
 from .api import CorruptBlockError
 
 __all__ = ["DataType", "UnixFSData", "encode", "decode", "FILE_LEAF_PREFIX"]

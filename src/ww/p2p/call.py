@@ -6,7 +6,7 @@ import asyncio
 
 import capnp
 
-from ww.ipfs.identity import Identity, PrivateKey
+from ww.core.identity import Identity, PrivateKey
 from ww.p2p.addrs import P2PError
 from ww.p2p.host import Node
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import multiaddr
 import trio
 
-from ww.ipfs.identity import Identity
+from ww.core.identity import Identity
 from ww.p2p import bridge
 from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 

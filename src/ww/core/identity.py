@@ -26,8 +26,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from . import _protobuf, multibase, varint
-from ._fsutil import fsync_dir
+from ww.core import protobuf as _protobuf
+from ww.core.fsutil import fsync_dir
+from ww.ipfs import multibase, varint
 
 __all__ = [
     "KEY_TYPE_RSA",

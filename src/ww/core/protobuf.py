@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from . import varint
+from ww.ipfs import varint
 
 VARINT = 0
 LEN = 2
