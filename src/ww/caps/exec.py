@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ww.caps.denied import Caller
 from ww.host import limits
 from ww.host.audit import AUDIT_FD_ENV
+from ww.host.denied import Caller
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
 from ww.schema import load
 

@@ -41,8 +41,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ww.caps.denied import NOBODY, Caller
 from ww.caps.ipfs_scope import IpfsScope, canonical
+from ww.host.denied import NOBODY, Caller
 from ww.ipfs.api import (
     WOULD_WAIT,
     AddOptions,

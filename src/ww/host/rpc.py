@@ -24,9 +24,9 @@ from typing import Any
 
 import capnp
 
-from ww.caps.denied import Caller
 from ww.errors import WwError
 from ww.host import wire
+from ww.host.denied import Caller
 from ww.host.policy import (
     ANY_PEER,
     DEFAULT_LOGIN_TIMEOUT,
@@ -82,7 +82,7 @@ class Grants:
 
     ``factories[name](grants, caller, held)`` builds the server of capability ``name`` for
     one login: ``grants`` is that login's :class:`~ww.host.policy.GrantSet`, ``caller`` its
-    :class:`~ww.caps.denied.Caller`, ``held`` the servers already built for it (in
+    :class:`~ww.host.denied.Caller`, ``held`` the servers already built for it (in
     ``CAPABILITIES`` order).  ``access`` is the login policy; without one, any login gets
     the capabilities in ``names``.
     """
