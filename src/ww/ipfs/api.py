@@ -15,13 +15,15 @@ Large data always moves in bounded pieces: ``add_stream`` consumes an iterator o
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+
+# The values CoreAPI returns, shared with the cell SDK; re-exported from here.
+from ww.core.ipfs_values import Entry, EntryType, Link, PeerInfo, Stat  # noqa: F401
 
 
 class IpfsError(Exception):
@@ -157,48 +159,6 @@ def local_only() -> Iterator[None]:
         yield
     finally:
         _local.local_only = before
-
-
-class EntryType(enum.Enum):
-    FILE = "file"
-    DIRECTORY = "directory"
-    SYMLINK = "symlink"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One directory entry, as ``ls`` returns it."""
-
-    name: str
-    type: EntryType
-    size: int  # file content size in bytes; 0 for directories
-    cid: str
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    size: int  # Tsize of the link, as dag-pb records it
-    cid: str
-
-
-@dataclass(frozen=True)
-class Stat:
-    """What ``stat`` knows of a node."""
-
-    cid: str
-    type: EntryType
-    size: int  # content size: file bytes, 0 for a directory, target length for a symlink
-    cumulative_size: int  # the whole DAG's encoded size, as kubo's CumulativeSize
-    links: list[Link] = field(default_factory=list)  # a directory's entries
-    target: str | None = None  # a symlink's target
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    id: str
-    addresses: list[str]
-    protocols: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
