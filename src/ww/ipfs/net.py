@@ -24,9 +24,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ww.core.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.core.fsutil import fsync_dir, sync_filesystem
 from ww.core.identity import Identity
-from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.p2p.host import Node
 
 from . import bitswap

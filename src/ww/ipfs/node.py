@@ -361,7 +361,7 @@ class EmbeddedNode:
 
     def connect(self, addr: str) -> None:
         """Dial a peer (``/ip4/<address>/tcp/<port>/p2p/<peer id>``), starting the host."""
-        from ww.p2p.addrs import check_join_addr
+        from ww.core.addrs import check_join_addr
 
         try:
             check_join_addr(addr)  # a malformed address starts nothing

@@ -14,7 +14,7 @@ only :mod:`ww.p2p.host` does.
 
 from __future__ import annotations
 
-from ww.p2p.addrs import (
+from ww.core.addrs import (
     DEFAULT_LISTEN,
     PROTOCOL_ID,
     P2PError,

@@ -6,8 +6,8 @@ import asyncio
 
 import capnp
 
+from ww.core.addrs import P2PError
 from ww.core.identity import Identity, PrivateKey
-from ww.p2p.addrs import P2PError
 from ww.p2p.host import Node
 
 

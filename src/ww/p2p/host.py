@@ -13,7 +13,7 @@ configuration is explicit and closed:
   TCP connection is checked against it before it is made -- a peer's announced addresses,
   dialed for a cell that names the peer by id alone, included;
 - besides libp2p's own identify and ping, one protocol: `/ww/0.1.0`
-  (:data:`ww.p2p.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
+  (:data:`ww.core.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
 
 The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
 :meth:`Node.serve` (a callback that receives one socket per inbound stream); see
@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import multiaddr
 import trio
 
+from ww.core.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 from ww.core.identity import Identity
 from ww.p2p import bridge
-from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 
 if TYPE_CHECKING:
     from ww.p2p.dial_policy import DialPolicy
@@ -278,7 +278,7 @@ class Node:
             callback()
 
     def open(self, addr: str) -> concurrent.futures.Future[socket.socket]:
-        """Connect to ``addr`` (checked by :func:`ww.p2p.addrs.check_dial_addr`) and open a
+        """Connect to ``addr`` (checked by :func:`ww.core.addrs.check_dial_addr`) and open a
         `/ww/0.1.0` stream; the future gives our end of it as a socket, or a P2PError."""
         future: concurrent.futures.Future[socket.socket] = concurrent.futures.Future()
         token, nursery = self._token, self._nursery

@@ -19,7 +19,7 @@ from typing import Any
 
 import capnp
 
-from ww.p2p.addrs import PROTOCOL_ID, P2PError, peer_of
+from ww.core.addrs import PROTOCOL_ID, P2PError, peer_of
 from ww.schema import load
 
 _cell = load("cell")
