@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import run_ww
 from ww.core.identity import Identity, PrivateKey
 from ww.ipfs.node import EmbeddedNode
-from ww.p2p import P2PError
+from ww.p2p import P2PError, host_for_ipfs
 from ww.p2p.dial_policy import STRICT, DialPolicy, special_use
 
 pytest.importorskip("libp2p")
@@ -200,7 +200,7 @@ def test_a_cells_ipfs_connect_to_loopback_is_refused_without_touching_it(
 
 def test_with_allow_dial_a_cells_ipfs_connect_reaches_loopback(
         make_cell, listener: Listener, tmp_path: Path) -> None:
-    peer = EmbeddedNode(tmp_path / "peer")
+    peer = EmbeddedNode(tmp_path / "peer", new_host=host_for_ipfs())
     try:
         real = peer.listen([LOOPBACK]).addresses[0]
         cell = make_cell(CONNECTOR.replace("{how}", "ipfs"))

@@ -28,11 +28,12 @@ def import_(source: str, local_path: Path | None, executable: bool,
     """
     from ww.ipfs.backend import open_backend
     from ww.ipfs.exporter import check_destination
+    from ww.p2p import host_for_ipfs
 
     refuse_peers_with_kubo(ipfs_api)
     dest = local_path if local_path is not None else Path.cwd()
     check_destination(dest)  # a symlink or device destination: refused before any work
-    api = open_backend(ipfs_api, check=bool(ipfs_api), peers=peers)
+    api = open_backend(ipfs_api, check=bool(ipfs_api), peers=peers, new_host=host_for_ipfs())
     try:
         if source.endswith(".car") and not source.startswith("/ipfs/"):
             car = Path(source)

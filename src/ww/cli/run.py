@@ -155,9 +155,11 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     api = None
     if "ipfs" in capabilities or executable.startswith("/ipfs/"):
         from ww.ipfs.backend import open_backend
+        from ww.p2p import host_for_ipfs
 
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
-        api = open_backend(ipfs_api, check=True, peers=peers, host=node, dial_policy=policy)
+        api = open_backend(ipfs_api, check=True, peers=peers, host=node,
+                           new_host=host_for_ipfs(policy))
     if executable.startswith("/ipfs/"):
         from ww.host.fetch import fetch
 

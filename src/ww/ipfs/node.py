@@ -46,10 +46,7 @@ from .pins import PinKind
 from .repo import GcReport, Repo, RepoCheck, default_repo_path
 
 if TYPE_CHECKING:
-    from ww.p2p.dial_policy import DialPolicy
-    from ww.p2p.host import Node
-
-    from .net import Network
+    from .net import Host, Network, NewHost
 
 __all__ = ["EmbeddedNode", "default_repo_path"]
 
@@ -64,13 +61,13 @@ class EmbeddedNode:
     local_reads = True  # a read under api.local_only() stops where a block is missing
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
-                 host: Node | None = None, dial_policy: DialPolicy | None = None) -> None:
+                 host: Host | None = None, new_host: NewHost | None = None) -> None:
         """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
-        the repository's node key, and its owner starts and stops it.  ``dial_policy``: where
-        a host of the node's own may connect (:mod:`ww.p2p.dial_policy`; None: anywhere it
-        is told)."""
+        the repository's node key, and its owner starts and stops it.  ``new_host``: how to
+        make a host of the node's own when it goes on the network (``ww.p2p.host.for_ipfs``,
+        which carries where it may dial); without it nor ``host`` the node stays offline."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
@@ -78,7 +75,7 @@ class EmbeddedNode:
         self._net_lock = threading.Lock()
         self._dial_lock = threading.Lock()  # the first dial of the given peers
         self._peers = list(peers)
-        self._dial_policy = dial_policy
+        self._new_host = new_host
         self._peers_dialled = False
         if host is not None:
             from .net import Network
@@ -290,9 +287,11 @@ class EmbeddedNode:
 
                 from .net import Network
 
+                if self._new_host is None:
+                    raise BackendUnavailableError(
+                        "ipfs: this node was given no libp2p host to go on the network with")
                 ident = identity.load_or_create(self._repo.path)
-                self._net = Network.own(ident, self._blocks, listen=listen,
-                                        dial_policy=self._dial_policy)
+                self._net = Network.own(ident, self._blocks, self._new_host, listen=listen)
             net = self._net
         net.start()  # a shared host `ww run` has not started yet: now
         return net

@@ -42,6 +42,7 @@ import trio
 
 from ww.core.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 from ww.core.identity import Identity
+from ww.core.reasons import one_line_reason
 from ww.p2p import bridge
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ class Node:
             if not ready.done():
                 ours = _find(e, P2PError)
                 ready.set_exception(ours or P2PError(f"p2p: the libp2p host failed: "
-                                                     f"{_reason(_innermost(e))}"))
+                                                     f"{one_line_reason(_innermost(e))}"))
         finally:
             self._joined.set()
 
@@ -405,7 +406,7 @@ class Node:
             with trio.fail_after(JOIN_TIMEOUT):
                 await self.dial(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
         except Exception as e:
-            self._warn(f"p2p: --join {addr}: cannot connect ({_reason(e)})")
+            self._warn(f"p2p: --join {addr}: cannot connect ({one_line_reason(e)})")
 
     async def _open(self, addr: str, future: concurrent.futures.Future[socket.socket]) -> None:
         from libp2p.peer.id import ID
@@ -446,7 +447,7 @@ class Node:
                 _fail(future, P2PError(f"p2p: {peer} serves nothing on {PROTOCOL_ID} (its cell "
                                        "exports nothing, or it runs without --with-p2p)"))
             else:
-                _fail(future, P2PError(f"p2p: cannot reach {addr} ({_reason(e)})"))
+                _fail(future, P2PError(f"p2p: cannot reach {addr} ({one_line_reason(e)})"))
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if not future.set_running_or_notify_cancel():
@@ -502,10 +503,3 @@ def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
     if future.set_running_or_notify_cancel():  # False: the caller gave up and cancelled it
         future.set_exception(error)
 
-
-def _reason(e: BaseException) -> str:
-    """A one-line reason from libp2p's exceptions (which nest, and are often empty)."""
-    while not str(e) and (e.__cause__ or e.__context__):
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:200]
