@@ -130,7 +130,7 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
             out.flush()
             os.fchmod(out.fileno(), 0o555)
             os.fsync(out.fileno())
-        if not _verified(Path(tmp), cid) and not _block_verified(api):
+        if not _verified(Path(tmp), cid) and not api.verifies_blocks:
             raise NotExecutableError(
                 f"{ipfs_path}: the bytes received do not hash to {cid} with kubo's fixed-size "
                 "chunking, so they cannot be verified; add the program with default options"
@@ -141,9 +141,3 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
         raise
     return str(cached)
 
-
-def _block_verified(api: CoreAPI) -> bool:
-    """Whether the backend checks every block it returns against its CID (the embedded node)."""
-    from ww.ipfs.node import EmbeddedNode
-
-    return isinstance(api, EmbeddedNode)

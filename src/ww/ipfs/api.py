@@ -178,14 +178,18 @@ class CoreAPI(Protocol):
     """The operations both backends provide."""
 
     guards_dials: bool
-    local_reads: bool
-    """Whether a file's chunk iterator honours :func:`local_only` (the embedded node: its
-    blocks are local files); kubo's are HTTP responses, which may always wait."""
-
     """Whether every connection the backend makes passes ww's dial policy
     (:mod:`ww.p2p.dial_policy`): the embedded node's own transport refuses the others; kubo
     dials whatever addresses it knows for a peer, so a capability asks it only for a full,
     checked address."""
+
+    local_reads: bool
+    """Whether a file's chunk iterator honours :func:`local_only` (the embedded node: its
+    blocks are local files); kubo's are HTTP responses, which may always wait."""
+
+    verifies_blocks: bool
+    """Whether every block the backend returns was hashed against its CID here (the embedded
+    node); a kubo node's answers are taken as they come."""
 
     # writing
     def add_stream(self, chunks: Iterable[bytes], options: AddOptions = ...) -> str:

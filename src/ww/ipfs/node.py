@@ -59,6 +59,7 @@ class EmbeddedNode:
 
     guards_dials = True  # a host given a dial policy refuses every other connection
     local_reads = True  # a read under api.local_only() stops where a block is missing
+    verifies_blocks = True  # every block read or fetched is hashed against its CID
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
                  host: Host | None = None, new_host: NewHost | None = None) -> None:
