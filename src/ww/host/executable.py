@@ -133,7 +133,7 @@ def _never_bound(prefix: str) -> bool:
     return home == real or home.startswith(real.rstrip("/") + "/")
 
 
-def _prefix_dirs(interpreter: str) -> list[str]:
+def prefix_dirs(interpreter: str) -> list[str]:
     """The installation a Python interpreter needs: a virtualenv and its base installation.
 
     Any other interpreter outside the system directories is bound alone (the file itself).
@@ -234,7 +234,7 @@ def interpreter_binds(program: str, interpreter: str,
     * in the system directories, and a system file: nothing (the jail shows them all);
     * the Python `ww` itself runs on: the interpreter and :func:`_own_python_binds`;
     * one in ``trusted`` (``--interpreter``): the interpreter and its installation
-      (:func:`_prefix_dirs`), as the operator asked;
+      (:func:`prefix_dirs`), as the operator asked;
     * any other that is a system file under another name (a virtualenv's ``python3`` made
       from the system's): that file alone, at the path named, bound from the very real path
       checked here (never resolved again: whoever can flip a symlink on the path named
@@ -246,7 +246,7 @@ def interpreter_binds(program: str, interpreter: str,
     if _is_own_python(path):
         return [bind(p) for p in (path, *_own_python_binds())]
     if path in {os.path.normpath(t) for t in trusted}:
-        return [bind(p) for p in (path, *_prefix_dirs(path))]
+        return [bind(p) for p in (path, *prefix_dirs(path))]
     real = os.path.realpath(path)
     if _is_system(real):
         return [] if _is_system(path) else [Bind(real, path)]

@@ -540,7 +540,7 @@ def _strict_helper(filter_fd: int, sock_fd: int,
     """The jail's argv and binds when the strict helper runs first (see ww.host.seccomp)."""
     python = os.path.realpath(sys.executable)
     binds = list(program.binds)
-    for path in [python, *executable._prefix_dirs(python)]:
+    for path in [python, *executable.prefix_dirs(python)]:
         extra = executable.bind(path)
         if not executable._is_system(path) and extra not in binds:
             binds.append(extra)
