@@ -34,16 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ww.host import limits
 from ww.host.audit import AUDIT_FD_ENV
 from ww.host.denied import Caller
+from ww.host.limits.subcells import SubcellBudget
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
 from ww.schema import load
 
 _cell = load("cell")
 
 MAX_READ = 1024 * 1024
-MAX_CHILDREN = 32  # sub-cells one login may have running at once (see also limits.subcells)
+MAX_CHILDREN = 32  # sub-cells one login may have running at once (see also SubcellBudget)
 MAX_WRITE = 4 * 1024 * 1024
 ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
@@ -69,6 +69,7 @@ class ExecSetup:
     global_flags: list[str] = field(default_factory=list)  # before `run`: --json, --debug
     run_flags: list[str] = field(default_factory=list)  # --jail, --ipfs, limits, --strict
     audit: bool = False  # pass the host's stderr on for the child's audit lines
+    subcells: SubcellBudget = field(default_factory=SubcellBudget)  # the tree's, shared
     ww: list[str] = field(default_factory=ww_command)
 
     def environment(self) -> dict[str, str]:
@@ -172,7 +173,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         argv = [*setup.ww, *setup.global_flags, "run", *setup.run_flags, *child_flags(child),
                 *env_flags, "--", program, *map(str, args)]
         # The whole tree of sub-cells shares the parent's budget (ww.host.limits).
-        lease = limits.subcells().take()
+        lease = self._setup.subcells.take()
         if lease is None:
             raise self._deny("this tree of cells already runs as many sub-cells at once as "
                              "it may (32, and no more than --pids); wait for one")

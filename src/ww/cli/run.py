@@ -83,14 +83,15 @@ def _limits(options: dict[str, Any]) -> Any:
     given = {k: v for k, v in options.items() if k in _LIMIT_OPTIONS and v is not None}
     if not given:
         return None
-    from ww.host import limits
+    from ww.host.limits import Limits, flags
+    from ww.host.limits.cgroup import check_cgroups
 
-    parse = {"memory": limits.parse_size, "fsize": limits.parse_size,
-             "cpu_time": limits.parse_seconds, "timeout": limits.parse_seconds,
-             "pids": limits.parse_count}
-    wanted = limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
-                              for k, v in given.items()})
-    limits.check_cgroups(wanted)  # no memory or cpu cgroup here: refused before anything starts
+    parse = {"memory": flags.parse_size, "fsize": flags.parse_size,
+             "cpu_time": flags.parse_seconds, "timeout": flags.parse_seconds,
+             "pids": flags.parse_count}
+    wanted = Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))
+                       for k, v in given.items()})
+    check_cgroups(wanted)  # no memory or cpu cgroup here: refused before anything starts
     return wanted
 
 
@@ -133,6 +134,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     """
     from ww.host import env as cell_env
     from ww.host import fds, supervisor
+    from ww.host.limits.subcells import SubcellBudget
 
     access_options = {name: hardening.pop(name) for name in _ACCESS_OPTIONS}
     p2p_flags = {name: hardening.pop(name) for name in P2P_OPTIONS}
@@ -164,6 +166,7 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         from ww.host.fetch import fetch
 
         executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
+    subcells = SubcellBudget(cell_limits)  # the tree's: shared by the supervisor and exec
     config = supervisor.RunConfig(
         command=executable,
         args=list(args),
@@ -172,13 +175,14 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
         capabilities=capabilities,
         capability_factories=_factories(capabilities, api, lambda: _exec_setup(
             root_params, jail, ipfs_api, hardening, access.audit.enabled,
-            p2p_flags["allow_dial"]), p2p_node=node),
+            p2p_flags["allow_dial"], subcells), p2p_node=node),
         jailed=jail != "none",
         search_path=os.environ.get("PATH", os.defpath),
         interpreters=interpreters,
         debug=bool(click.get_current_context().find_root().params.get("debug")),
         strict=hardening["strict"],
         limits=cell_limits,
+        subcells=subcells,
         access=access,
         p2p=node,
     )
@@ -208,7 +212,8 @@ def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) 
 
 
 def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
-                hardening: dict[str, Any], audit: bool, allow_dial: list[str]) -> Any:
+                hardening: dict[str, Any], audit: bool, allow_dial: list[str],
+                subcells: Any) -> Any:
     """How sub-cells are started: this run's global, jail, IPFS, limit and dial flags."""
     from ww.caps.exec import ExecSetup
 
@@ -225,7 +230,8 @@ def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
                 run_flags += [flag, str(item)]
         elif value not in (None, False):
             run_flags += [flag, str(value)]
-    return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit)
+    return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit,
+                     subcells=subcells)
 
 
 def _factories(capabilities: list[str], api: Any, exec_setup: Any,

@@ -45,6 +45,10 @@ from ww.errors import (
     WwError,
 )
 from ww.host import executable, fds, jail, limits, seccomp
+from ww.host.limits import rlimits
+from ww.host.limits.cgroup import cgroup_for
+from ww.host.limits.subcells import SubcellBudget
+from ww.host.limits.watchdog import Watchdog
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -67,6 +71,7 @@ class RunConfig:
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
+    subcells: SubcellBudget = field(default_factory=SubcellBudget)  # --with-exec: the tree's
     # ww.host.policy.Access: who may log in, what each gets, the login deadline (exit 64).
     access: Any = None
     # ww.p2p.host.Node: the libp2p host, started before the cell and stopped after it.
@@ -167,7 +172,7 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     floor = first_extra + len(extra)
 
     set_pdeathsig = _pdeathsig_setter()
-    set_limits = limits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
+    set_limits = rlimits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
 
     def child_setup() -> None:
         set_limits()
@@ -318,15 +323,15 @@ def run(config: RunConfig) -> int:
         spawn_config = dataclasses.replace(config, grants=[
             dataclasses.replace(g, source=relays.wrap(g.source, f"--fd {g.name}"))
             for g in config.grants])
-    watchdog: limits.Watchdog | None = None
+    watchdog: Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
     try:
         try:
             if config.p2p is not None:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
-            cgroup = limits.cgroup_for(config.limits, config.jailed)
-            limits.share_with_subcells(config.limits, cgroup)  # --with-exec: one budget
+            cgroup = cgroup_for(config.limits, config.jailed)
+            config.subcells.share(cgroup)  # --with-exec: one budget
             proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
                           cgroup, drop, stdio)
         finally:
@@ -347,7 +352,7 @@ def run(config: RunConfig) -> int:
                                              name="ww-strict", daemon=True)
             strict_thread.start()
         if config.limits is not None and config.limits.watched:
-            watchdog = limits.Watchdog(
+            watchdog = Watchdog(
                 config.limits,
                 on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
                 stop_cell=stop_cell, cgroup=cgroup,
@@ -526,7 +531,7 @@ def _stopper(proc: subprocess.Popen[bytes], jailed: bool) -> Callable[[], None]:
             if not jailed:
                 os.killpg(proc.pid, signal.SIGKILL)
                 return
-            for init in limits.children(proc.pid):
+            for init in jail.children(proc.pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(init, signal.SIGKILL)
             os.kill(proc.pid, signal.SIGKILL)
