@@ -199,7 +199,7 @@ def _interpreters(paths: tuple[str, ...]) -> list[str]:
 
 def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) -> Any:
     """The login policy from the --with-*, attenuation, identity and policy flags."""
-    from ww.host import policy
+    from ww.host import policy_config as policy
     from ww.host.audit import open_audit
 
     flags = policy.flag_grants(capabilities, options["ipfs_read_only"], options["ipfs_root"],

@@ -33,8 +33,8 @@ from ww.host.policy import (
     Access,
     AuthenticationFailed,
     GrantSet,
-    flag_grants,
 )
+from ww.host.policy_config import flag_grants
 from ww.ipfs.api import IpfsError
 from ww.schema import load
 
