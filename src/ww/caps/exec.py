@@ -172,7 +172,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
         setup = self._setup
         argv = [*setup.ww, *setup.global_flags, "run", *setup.run_flags, *child_flags(child),
                 *env_flags, "--", program, *map(str, args)]
-        # The whole tree of sub-cells shares the parent's budget (ww.host.limits).
+        # The whole tree of sub-cells shares the parent's budget (ww.host.limits.subcells).
         lease = self._setup.subcells.take()
         if lease is None:
             raise self._deny("this tree of cells already runs as many sub-cells at once as "
