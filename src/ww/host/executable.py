@@ -49,7 +49,7 @@ class Program:
     binds: list[Bind] = field(default_factory=list)  # what the jail shows read-only
 
 
-def _is_system(path: str) -> bool:
+def is_system(path: str) -> bool:
     return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
 
 
@@ -126,7 +126,7 @@ def _is_installation(prefix: str) -> bool:
 
 def _never_bound(prefix: str) -> bool:
     """The root, the system directories, and the home directory or any directory above it."""
-    if prefix == "/" or _is_system(prefix):
+    if prefix == "/" or is_system(prefix):
         return True
     home = os.path.realpath(os.path.expanduser("~"))
     real = os.path.realpath(prefix)
@@ -248,8 +248,8 @@ def interpreter_binds(program: str, interpreter: str,
     if path in {os.path.normpath(t) for t in trusted}:
         return [bind(p) for p in (path, *prefix_dirs(path))]
     real = os.path.realpath(path)
-    if _is_system(real):
-        return [] if _is_system(path) else [Bind(real, path)]
+    if is_system(real):
+        return [] if is_system(path) else [Bind(real, path)]
     raise UntrustedInterpreterError(
         f"{program}: interpreter {interpreter} is outside the system directories and is "
         "neither the Python ww runs on nor named with --interpreter: a #! line does not "
@@ -278,7 +278,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     path = resolve(command, search_path)
     _check_executable(path, command)
     shebang = _read_shebang(path)
-    binds = [] if _is_system(path) else [bind(path)]
+    binds = [] if is_system(path) else [bind(path)]
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
     interp, *interp_arg = shebang
@@ -307,6 +307,6 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
         extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
     for extra in extras:
-        if not _is_system(extra.dest) and extra not in binds:
+        if not is_system(extra.dest) and extra not in binds:
             binds.append(extra)
     return Program(argv=[interp, *interp_arg, path, *args], binds=binds)

@@ -547,7 +547,7 @@ def _strict_helper(filter_fd: int, sock_fd: int,
     binds = list(program.binds)
     for path in [python, *executable.prefix_dirs(python)]:
         extra = executable.bind(path)
-        if not executable._is_system(path) and extra not in binds:
+        if not executable.is_system(path) and extra not in binds:
             binds.append(extra)
     argv = [python, "-I", "-S", "-c", seccomp.STRICT_HELPER, str(filter_fd), str(sock_fd),
             *program.argv]
