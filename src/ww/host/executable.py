@@ -50,6 +50,8 @@ class Program:
 
 
 def is_system(path: str) -> bool:
+    """Whether ``path`` is one of :data:`SYSTEM_DIRS` or below one: every jail mounts those,
+    so nothing there needs a bind of its own."""
     return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
 
 
