@@ -213,7 +213,7 @@ def _access(capabilities: list[str], options: dict[str, Any], json_audit: bool) 
 
 def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
                 hardening: dict[str, Any], audit: bool, allow_dial: list[str],
-                subcells: Any) -> Any:
+                subcells: Any = None) -> Any:
     """How sub-cells are started: this run's global, jail, IPFS, limit and dial flags."""
     from ww.caps.exec import ExecSetup
 
@@ -230,8 +230,10 @@ def _exec_setup(root_params: dict[str, Any], jail: str, ipfs_api: str | None,
                 run_flags += [flag, str(item)]
         elif value not in (None, False):
             run_flags += [flag, str(value)]
-    return ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit,
-                     subcells=subcells)
+    setup = ExecSetup(global_flags=global_flags, run_flags=run_flags, audit=audit)
+    if subcells is not None:  # the run's budget, shared with its supervisor
+        setup.subcells = subcells
+    return setup
 
 
 def _factories(capabilities: list[str], api: Any, exec_setup: Any,

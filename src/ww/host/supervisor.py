@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ww.errors import (
     EXIT_AUTH_FAILED,
@@ -45,10 +45,10 @@ from ww.errors import (
     WwError,
 )
 from ww.host import executable, fds, jail, limits, seccomp
-from ww.host.limits import rlimits
-from ww.host.limits.cgroup import cgroup_for
-from ww.host.limits.subcells import SubcellBudget
-from ww.host.limits.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from ww.host.limits.subcells import SubcellBudget
+    from ww.host.limits.watchdog import Watchdog
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -71,7 +71,8 @@ class RunConfig:
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
-    subcells: SubcellBudget = field(default_factory=SubcellBudget)  # --with-exec: the tree's
+    # --with-exec: the tree's budget, which the exec capability shares (ww run makes it).
+    subcells: SubcellBudget | None = None
     # ww.host.policy.Access: who may log in, what each gets, the login deadline (exit 64).
     access: Any = None
     # ww.p2p.host.Node: the libp2p host, started before the cell and stopped after it.
@@ -171,8 +172,10 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
     keep = [fds.RPC_FD] + [g.target for g in grants] + targets
     floor = first_extra + len(extra)
 
+    from ww.host.limits.rlimits import preexec_setter
+
     set_pdeathsig = _pdeathsig_setter()
-    set_limits = rlimits.preexec_setter(config.limits, cgroup)  # joins the cgroup first
+    set_limits = preexec_setter(config.limits, cgroup)  # joins the cgroup first
 
     def child_setup() -> None:
         set_limits()
@@ -330,8 +333,11 @@ def run(config: RunConfig) -> int:
         try:
             if config.p2p is not None:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
+            from ww.host.limits.cgroup import cgroup_for
+
             cgroup = cgroup_for(config.limits, config.jailed)
-            config.subcells.share(cgroup)  # --with-exec: one budget
+            if config.subcells is not None:
+                config.subcells.share(cgroup)  # --with-exec: one budget
             proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
                           cgroup, drop, stdio)
         finally:
@@ -352,6 +358,8 @@ def run(config: RunConfig) -> int:
                                              name="ww-strict", daemon=True)
             strict_thread.start()
         if config.limits is not None and config.limits.watched:
+            from ww.host.limits.watchdog import Watchdog
+
             watchdog = Watchdog(
                 config.limits,
                 on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
