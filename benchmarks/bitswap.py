@@ -53,10 +53,11 @@ def flood(mib: int, messages: int) -> None:
     from ww.core.cid import CID
     from ww.ipfs import dagpb
     from ww.ipfs.node import EmbeddedNode
+    from ww.p2p import host_for_ipfs
 
     with tempfile.TemporaryDirectory(prefix="ww-bitswap-flood-") as tmp:
         base = Path(tmp)
-        with EmbeddedNode(base / "host") as repo:
+        with EmbeddedNode(base / "host", new_host=host_for_ipfs()) as repo:
             cid = repo.add_stream(hashlib.shake_256(i.to_bytes(4, "big")).digest(1 << 20)
                                   for i in range(mib))
             leaf = bytes(dagpb.decode(repo._blocks.get(CID.parse(cid))).links[0].cid)
@@ -66,7 +67,7 @@ def flood(mib: int, messages: int) -> None:
         host = subprocess.Popen([WW, "run", "--with-ipfs", "--listen", "/ip4/127.0.0.1/tcp/0",
                                  str(cell)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True, env=host_env(WW_HOME=str(base / "host")))
-        fetcher = EmbeddedNode(base / "fetcher")
+        fetcher = EmbeddedNode(base / "fetcher", new_host=host_for_ipfs())
         flooder = Flooder(base / "flooder")
         try:
             assert host.stdout is not None

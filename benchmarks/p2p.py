@@ -122,7 +122,7 @@ def peer_round(addr: str, calls: int) -> dict[str, float]:
     """This process as the remote peer: a libp2p node, one /ww/0.1.0 connection."""
     import capnp
 
-    from ww.ipfs.identity import Identity, PrivateKey
+    from ww.core.identity import Identity, PrivateKey
     from ww.p2p.host import Node
     from ww.p2p.protocol import Dialer
     from ww.schema import load

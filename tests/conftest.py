@@ -71,6 +71,6 @@ def keyfile(tmp_path):
     assert r.returncode == 0, r.stderr
     path = tmp_path / "cell.key"
     path.write_text(r.stdout)
-    from ww.ipfs.identity import parse_private_key
+    from ww.core.identity import parse_private_key
 
     return str(path), parse_private_key(r.stdout).peer_id

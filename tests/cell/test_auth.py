@@ -36,7 +36,7 @@ def test_good_login_with_the_operators_key_gives_the_flags_grants(make_cell, key
 def test_raw_key_file_and_a_fresh_identity_per_run(make_cell, tmp_path):
     raw = run_ww("idgen", "--raw", text=False)
     (tmp_path / "raw.key").write_bytes(raw.stdout)
-    from ww.ipfs.identity import parse_private_key
+    from ww.core.identity import parse_private_key
 
     cell = make_cell(WHO_AM_I)
     r = run_ww("run", "--identity", str(tmp_path / "raw.key"), "--with-console", cell)
@@ -133,7 +133,7 @@ def test_a_bare_nonce_signature_is_not_a_login(make_cell, keyfile):
             async def sign(self, challenge, _context, **kwargs):
                 _context.results.publicKey = self.key.public_key.to_protobuf()
                 _context.results.signature = self.key.sign(bytes(challenge))
-        from ww.ipfs.identity import parse_private_key
+        from ww.core.identity import parse_private_key
         key = parse_private_key(open(0, "rb").read())
         with ww.cell.session(identity=Bare(key)) as s:
             print("logged in")
@@ -150,7 +150,7 @@ def test_a_wrong_key_is_refused(make_cell, keyfile):
     path, _ = keyfile
     cell = make_cell("""
         import ww.cell
-        from ww.ipfs.identity import PrivateKey
+        from ww.core.identity import PrivateKey
         with ww.cell.session(identity=PrivateKey.generate()) as s:
             print("logged in")
     """)
@@ -198,7 +198,7 @@ def test_login_without_identity_where_one_is_required_fails(make_cell, keyfile):
 def test_without_identity_flags_a_cell_may_still_sign_and_gets_the_flags_grants(make_cell):
     cell = make_cell("""
         import ww.cell
-        from ww.ipfs.identity import PrivateKey
+        from ww.core.identity import PrivateKey
         key = PrivateKey.generate()
         with ww.cell.session(identity=key) as s:
             print(s.peer_id == key.peer_id, s.granted)

@@ -310,9 +310,9 @@ def test_a_parent_killed_with_running_children_leaves_only_its_status_on_stderr(
 OUTLIVING_HOST = """
 import asyncio, time
 from types import SimpleNamespace
-from ww.caps.denied import Caller
 from ww.app.argv import SubcellCommand
 from ww.app.options import RunOptions
+from ww.host.denied import Caller
 from ww.caps.exec import ExecSetup, ExecutorServer
 from ww.host.policy import ExecGrant, GrantSet
 

@@ -350,9 +350,10 @@ def test_a_read_served_on_the_loop_goes_to_a_worker_where_a_block_is_missing(
     pytest.importorskip("libp2p")
     from ww.core.cid import CID
     from ww.ipfs.node import EmbeddedNode
+    from ww.p2p import host_for_ipfs
 
     data = random.Random(7).randbytes(4 * 256 * 1024)
-    peer = EmbeddedNode(tmp_path / "peer")
+    peer = EmbeddedNode(tmp_path / "peer", new_host=host_for_ipfs())
     try:
         cid = peer.add_stream([data])
         info = peer.listen(["/ip4/127.0.0.1/tcp/0"])
@@ -364,7 +365,7 @@ def test_a_read_served_on_the_loop_goes_to_a_worker_where_a_block_is_missing(
 
         engine._serve = silent  # type: ignore[method-assign]
         home = tmp_path / "home"
-        here = EmbeddedNode(home)
+        here = EmbeddedNode(home, new_host=host_for_ipfs())
         root = CID.parse(cid)
         blocks = [root, *[link.cid for link in peer._node(f"/ipfs/{cid}").links[:2]]]
         for c in blocks:  # the root and the first two leaves are local, the rest is not

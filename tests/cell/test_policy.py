@@ -23,7 +23,7 @@ with ww.cell.session() as s:
 
 
 def new_key(tmp_path, name: str) -> tuple[str, str]:
-    from ww.ipfs.identity import PrivateKey
+    from ww.core.identity import PrivateKey
 
     key = PrivateKey.generate()
     path = tmp_path / f"{name}.key"

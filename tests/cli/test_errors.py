@@ -57,7 +57,7 @@ def test_every_error_class_carries_an_exit_status():
 
 def test_the_exit_statuses_of_the_spec_are_kept():
     from ww import cell
-    from ww.caps.denied import CapabilityDenied
+    from ww.host.denied import CapabilityDenied
     from ww.ipfs.api import NotFoundError
     from ww.p2p.dial_policy import AddressNotAllowed
 
@@ -74,7 +74,7 @@ def test_the_exit_statuses_of_the_spec_are_kept():
 
 def test_the_areas_errors_are_in_the_one_tree():
     from ww import cell
-    from ww.caps.denied import CapabilityDenied
+    from ww.host.denied import CapabilityDenied
     from ww.host.policy import AuthenticationFailed
     from ww.ipfs.api import IpfsError
     from ww.p2p import P2PError
@@ -150,7 +150,7 @@ def test_a_malformed_address_is_an_address_error_exiting_2(capsys):
 
 
 def test_idgen_in_process_prints_a_key_that_parses(capsys):
-    from ww.ipfs.identity import parse_private_key
+    from ww.core.identity import parse_private_key
 
     assert run_cli(["idgen"]) == 0
     out, err = capsys.readouterr()

@@ -125,7 +125,7 @@ def test_export_of_a_missing_path_is_a_usage_error(tmp_path):
 
 
 def test_idgen_prints_a_base58_libp2p_ed25519_key_and_raw_with_raw(tmp_path):
-    from ww.ipfs.identity import parse_private_key
+    from ww.core.identity import parse_private_key
 
     r = run_ww("idgen")
     assert r.returncode == 0

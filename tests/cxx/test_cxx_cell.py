@@ -109,7 +109,7 @@ def test_signed_login_with_the_operators_key_is_that_peer(cxx_cell, keyfile):
 
 def test_signed_login_as_a_peer_the_policy_does_not_allow_fails_64(cxx_cell, keyfile):
     path, _ = keyfile
-    from ww.ipfs.identity import PrivateKey
+    from ww.core.identity import PrivateKey
 
     other = PrivateKey.generate().peer_id
     r = run_ww("run", "--identity", path, "--allow", other, "--with-console", cxx_cell, "signed")

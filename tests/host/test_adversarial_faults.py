@@ -202,8 +202,9 @@ def test_20_concurrent_cells_adding_and_reading_in_one_repository_lose_nothing(w
     r = _check(ww_home)
     assert r.returncode == 0 and "clean" in r.stdout, r.stdout
     from ww.ipfs.node import EmbeddedNode
+    from ww.p2p import host_for_ipfs
 
-    node = EmbeddedNode(ww_home)
+    node = EmbeddedNode(ww_home, new_host=host_for_ipfs())
     try:
         pinned = set(node.pins())
         for n, cid in enumerate(cids):

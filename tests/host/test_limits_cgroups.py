@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import HANG, WW, run_ww
 from ww.host import cgroups
-from ww.host.limits import JAIL_TASKS
+from ww.host.limits.flags import JAIL_TASKS
 
 HIERARCHIES = cgroups.available()
 NO_CGROUP = ("this host cannot give a cell a cgroup with the {} controller (needs root and a "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import capnp
 
 from tests.conftest import run_ww
+from ww.core.identity import PrivateKey
 from ww.host.wire import _rpc_schema, exact_reason
-from ww.ipfs.identity import PrivateKey
 from ww.schema import SCHEMA_DIR
 
 RAW_CELL = f"""

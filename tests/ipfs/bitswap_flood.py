@@ -12,9 +12,9 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any
 
+from ww.core.identity import load_or_create
 from ww.ipfs import bitswap
 from ww.ipfs.bitswap import Message, WantEntry, WantType
-from ww.ipfs.identity import load_or_create
 from ww.p2p.host import Node
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from ww.ipfs.importer import CHUNK_SIZE, MAX_LINKS
 from ww.ipfs.node import EmbeddedNode
+from ww.p2p import host_for_ipfs
 
 # pytest removes the temp directories of earlier runs with shutil.rmtree, which (Python 3.11)
 # recurses once per level: a deep tree left by an interrupted run of test_deep must not make
@@ -154,4 +155,4 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> EmbeddedNode:
-    return EmbeddedNode(tmp_path / "repo")
+    return EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())

@@ -175,6 +175,7 @@ def driver_main(ww_home: str, kubo_repo: str) -> None:
     ``ww.*`` and ``kubo.*`` commands on stdin."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from ww.ipfs.node import EmbeddedNode
+    from ww.p2p import host_for_ipfs
 
     worker = _Lines(subprocess.Popen(
         [sys.executable, str(_HERE), "kubo", kubo_repo], stdin=subprocess.PIPE,
@@ -191,7 +192,7 @@ def driver_main(ww_home: str, kubo_repo: str) -> None:
     if "error" in ready:
         reply(ready)
         return
-    node = EmbeddedNode(ww_home)
+    node = EmbeddedNode(ww_home, new_host=host_for_ipfs())
 
     def handle(req: dict) -> dict:
         op: str = req.pop("op")

@@ -23,6 +23,7 @@ from ww.ipfs.api import AddOptions, NotFoundError
 from ww.ipfs.bitswap import Message, Presence, WantEntry, WantType
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
+from ww.p2p import host_for_ipfs
 
 pytest.importorskip("libp2p")
 
@@ -82,7 +83,7 @@ def test_bitswap_1_0_blocks_are_read_as_cidv0() -> None:
 
 
 def _node(tmp_path: Path, name: str, **kw: object) -> EmbeddedNode:
-    return EmbeddedNode(tmp_path / name)
+    return EmbeddedNode(tmp_path / name, new_host=host_for_ipfs())
 
 
 @pytest.fixture
@@ -98,7 +99,8 @@ def _data(size: int, seed: int = 1) -> bytes:
 
 
 def test_id_peers_and_connect_are_real(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     offline = b.id()
     assert offline.addresses == [] and b.peers() == []
@@ -113,9 +115,9 @@ def test_id_peers_and_connect_are_real(tmp_path: Path, nodes: list[EmbeddedNode]
 
 
 def test_connect_to_nobody_is_one_line(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
-    a = EmbeddedNode(tmp_path / "a")
+    a = EmbeddedNode(tmp_path / "a", new_host=host_for_ipfs())
     nodes.append(a)
-    peer = EmbeddedNode(tmp_path / "p").id().id
+    peer = EmbeddedNode(tmp_path / "p", new_host=host_for_ipfs()).id().id
     with pytest.raises(Exception) as err:
         a.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{peer}")
     assert "cannot connect" in str(err.value) and "\n" not in str(err.value)
@@ -125,7 +127,8 @@ def test_connect_to_nobody_is_one_line(tmp_path: Path, nodes: list[EmbeddedNode]
 
 def test_missing_blocks_are_fetched_verified_and_stored(tmp_path: Path,
                                                         nodes: list[EmbeddedNode]) -> None:
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     data = _data(20 * CHUNK_SIZE + 123)
     cid = a.add_stream([data])
@@ -140,7 +143,8 @@ def test_missing_blocks_are_fetched_verified_and_stored(tmp_path: Path,
 
 
 def test_directory_get_over_bitswap(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     src = tmp_path / "tree"
     (src / "sub").mkdir(parents=True)
@@ -156,7 +160,8 @@ def test_directory_get_over_bitswap(tmp_path: Path, nodes: list[EmbeddedNode]) -
 
 
 def test_content_nobody_has_fails_cleanly(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     b.connect(a.listen([LOOPBACK]).addresses[0])
     missing = CID.v0(sha256(b"nobody has this"))
@@ -168,7 +173,7 @@ def test_content_nobody_has_fails_cleanly(tmp_path: Path, nodes: list[EmbeddedNo
 
 def test_without_peers_missing_content_is_the_offline_error(tmp_path: Path,
                                                             nodes: list[EmbeddedNode]) -> None:
-    b = EmbeddedNode(tmp_path / "b")
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
     nodes.append(b)
     with pytest.raises(NotFoundError, match="not in the local repository"):
         list(b.cat(str(CID.v0(sha256(b"nothing")))))
@@ -200,7 +205,8 @@ def _drop_after(node: EmbeddedNode, victim: str, blocks: int) -> None:
 
 def test_peer_dropping_mid_transfer_is_resumed_from_another(
         tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
-    first, second, b = (EmbeddedNode(tmp_path / n) for n in ("first", "second", "b"))
+    first, second, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+                        for n in ("first", "second", "b"))
     nodes += [first, second, b]
     data = _data(30 * CHUNK_SIZE, 3)
     cid = first.add_stream([data])
@@ -217,7 +223,8 @@ def test_peer_dropping_mid_transfer_is_resumed_from_another(
 
 def test_peer_dropping_mid_transfer_alone_fails_cleanly(
         tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     data = _data(30 * CHUNK_SIZE, 4)
     cid = a.add_stream([data])
@@ -235,7 +242,8 @@ def test_a_peer_that_hangs_up_is_not_redialled(tmp_path: Path, nodes: list[Embed
     """py-libp2p's auto-connector would dial peers it merely heard of; ours dials nobody."""
     import time
 
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     b.connect(a.listen([LOOPBACK]).addresses[0])
     a.disconnect(b.id().id)
@@ -259,7 +267,8 @@ def test_a_peer_that_hangs_up_is_not_redialled(tmp_path: Path, nodes: list[Embed
 def test_a_dead_address_of_a_peer_does_not_spoil_a_good_one(tmp_path: Path,
                                                            nodes: list[EmbeddedNode]) -> None:
     """py-libp2p alone would keep dialling the dead address, and block the peer for 60 s."""
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     good = a.listen([LOOPBACK]).addresses[0]
     with pytest.raises(Exception, match="cannot connect"):
@@ -271,13 +280,13 @@ def test_a_dead_address_of_a_peer_does_not_spoil_a_good_one(tmp_path: Path,
 def test_a_node_on_a_shared_host_serves_bitswap_once_the_host_runs(
         tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
     """`ww run`'s case: the embedded node is given the p2p host before it starts."""
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.p2p.host import Node
 
     (tmp_path / "a").mkdir()
     host = Node(load_or_create(tmp_path / "a"), listen=[LOOPBACK], announce=False)
-    a = EmbeddedNode(tmp_path / "a", host=host)
-    b = EmbeddedNode(tmp_path / "b")
+    a = EmbeddedNode(tmp_path / "a", host=host, new_host=host_for_ipfs())
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
     nodes += [a, b]
     try:
         cid = a.add_stream([_data(3 * CHUNK_SIZE, 6)])

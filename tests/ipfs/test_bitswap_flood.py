@@ -28,6 +28,7 @@ from ww.core.multihash import sha256
 from ww.ipfs import bitswap, dagpb
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
+from ww.p2p import host_for_ipfs
 
 pytest.importorskip("libp2p")
 
@@ -61,7 +62,8 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) ->
 
 
 def test_a_flooding_peer_is_held_to_its_ledger_and_the_reply_slots(tmp_path: Path) -> None:
-    server, fetcher = EmbeddedNode(tmp_path / "server"), EmbeddedNode(tmp_path / "fetcher")
+    server, fetcher = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+                       for n in ("server", "fetcher"))
     flooder = Flooder(tmp_path / "flooder")
     try:
         flood_file = server.add_stream([_data(8 * CHUNK_SIZE, 1)])
@@ -130,7 +132,7 @@ def test_ww_run_host_memory_stays_bounded_under_the_flood(tmp_path: Path) -> Non
     loopback; its peak RSS during the flood stays within the allowance, and another peer's
     fetch completes meanwhile."""
     home = tmp_path / "host"
-    with EmbeddedNode(home) as repo:
+    with EmbeddedNode(home, new_host=host_for_ipfs()) as repo:
         flood_file = repo.add_stream([_data(8 * CHUNK_SIZE, 3)])
         wanted = _data(32 * CHUNK_SIZE + 9, 4)
         wanted_cid = repo.add_stream([wanted])
@@ -142,7 +144,7 @@ def test_ww_run_host_memory_stays_bounded_under_the_flood(tmp_path: Path) -> Non
     proc = subprocess.Popen([WW, "run", "--with-ipfs", "--listen", LOOPBACK, str(cell)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=host_env(WW_HOME=str(home)), preexec_fn=_limit_address_space)
-    fetcher = EmbeddedNode(tmp_path / "fetcher")
+    fetcher = EmbeddedNode(tmp_path / "fetcher", new_host=host_for_ipfs())
     flooder = Flooder(tmp_path / "flooder")
     try:
         assert proc.stdout is not None

@@ -16,6 +16,7 @@ from ww.caps.ipfs_scope import IpfsScope
 from ww.ipfs.api import CallCancelled, CancelToken, cancellable
 from ww.ipfs.kubo import KuboClient
 from ww.ipfs.node import EmbeddedNode
+from ww.p2p import host_for_ipfs
 
 HELLO_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
 
@@ -108,7 +109,8 @@ def nodes() -> Iterator[list[EmbeddedNode]]:
 def test_a_cancelled_bitswap_fetch_from_a_silent_peer_stops(tmp_path: Path,
                                                             nodes: list[EmbeddedNode]):
     pytest.importorskip("libp2p")
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     nodes += [a, b]
     cid = a.add_stream([b"only a has this\n"])
     info = a.listen(["/ip4/127.0.0.1/tcp/0"])
@@ -131,7 +133,7 @@ def test_a_cancelled_bitswap_fetch_from_a_silent_peer_stops(tmp_path: Path,
 
 
 def test_a_cancelled_scope_walk_stops_between_ls_calls_and_resumes_later(tmp_path: Path):
-    node = EmbeddedNode(tmp_path / "repo")
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
     try:
         tree = tmp_path / "tree"
         deep = tree

@@ -18,6 +18,7 @@ from ww.ipfs import car, dagpb, exporter, unixfs
 from ww.ipfs.api import CorruptBlockError
 from ww.ipfs.node import EmbeddedNode
 from ww.ipfs.path import parse_path
+from ww.p2p import host_for_ipfs
 
 Blocks = list[tuple[CID, bytes]]
 
@@ -69,7 +70,7 @@ def test_a_hamt_linking_one_shard_many_times_is_corrupt_not_65536_entries(
 ) -> None:
     """3 blocks, 25 KB: listed naively, 65,536 entries (three levels: 16 million; deeper:
     never ending, with the host's memory growing all along)."""
-    node = EmbeddedNode(tmp_path / "repo")
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
     blocks: Blocks = []
     bomb = _hamt_bomb(blocks, levels=2)
     _store(node, blocks)
@@ -97,7 +98,7 @@ def test_ww_run_of_a_hamt_bomb_is_one_line(tmp_path: Path) -> None:
 def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
     """A directory block of 4 MiB holds ~80,000 links to one 4 MiB block: read per entry,
     one `ls` hashed 300 GiB."""
-    node = EmbeddedNode(tmp_path / "repo")
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
     blocks: Blocks = []
     child = _raw_block(blocks, b"y" * 100_000)
     directory = _node_block(
@@ -174,7 +175,8 @@ def test_a_stat_over_bitswap_fetches_the_root_and_its_entries_not_the_whole_dag(
 ) -> None:
     """Bitswap prefetched the links of every dag-pb block it received, prefetched ones too:
     one stat (or ls, resolve, a 10-byte cat) of a root a peer serves stored all of it."""
-    a, b = EmbeddedNode(tmp_path / "a"), EmbeddedNode(tmp_path / "b")
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+            for n in ("a", "b"))
     try:
         tree = tmp_path / "tree"
         for i in range(20):
@@ -255,7 +257,7 @@ def test_a_megabyte_entry_name_is_a_short_line_naming_the_entry(tmp_path: Path,
 def test_a_file_whose_sizes_lie_is_corrupt_before_a_byte_is_used(tmp_path: Path) -> None:
     """A root declaring 2**63 bytes over a 1-byte leaf, and one whose filesize disagrees with
     its blocksizes: `cat` anywhere in them and `ww import` are corrupt-block errors."""
-    node = EmbeddedNode(tmp_path / "repo")
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
     blocks: Blocks = []
     leaf = _raw_block(blocks, b"x")
     huge = 1 << 63
@@ -281,7 +283,7 @@ def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
     """Reachable means named by a directory entry under a root, compared as CIDv1 with its
     codec: not the raw-codec form of a reachable dag-pb block, not a HAMT shard, not a file's
     chunk."""
-    node = EmbeddedNode(tmp_path / "repo")
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
     blocks: Blocks = []
     chunk = _raw_block(blocks, b"c" * 10)
     file = _node_block(blocks, [dagpb.PBLink(chunk, b"", 10)],
@@ -362,7 +364,7 @@ def test_prefetching_a_huge_directory_stops_at_the_cap(tmp_path: Path) -> None:
 def test_a_unixfs_mode_in_the_content_never_makes_a_setuid_file(tmp_path: Path) -> None:
     """UnixFS 1.5 nodes may carry a mode (04777: setuid, world-writable): ww import uses its
     own (0666, or 0777 with -x, less the umask), as kubo's ipfs get does by default."""
-    node = EmbeddedNode(tmp_path / "repo")
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
     blocks: Blocks = []
     data = b"#!/bin/sh\nid\n"
     file = _node_block(blocks, [], unixfs.UnixFSData(unixfs.DataType.FILE, data=data,

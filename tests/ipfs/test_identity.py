@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import HANG
 from ww.core import multibase
-from ww.ipfs.identity import (
+from ww.core.identity import (
     IDENTITY_FILE,
     KEY_TYPE_RSA,
     IdentityError,

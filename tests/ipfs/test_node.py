@@ -64,3 +64,16 @@ def test_a_repository_that_cannot_be_created_gives_a_one_line_error(tmp_path: Pa
     with pytest.raises(IpfsError) as info:
         EmbeddedNode(tmp_path / "file" / "repo")
     assert "cannot open the repository" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_node_given_no_libp2p_host_stays_offline(tmp_path: Path) -> None:
+    """ww.ipfs never makes a libp2p host itself: without ``host`` or ``new_host`` a connect
+    or listen is one line, and nothing is started."""
+    node = EmbeddedNode(tmp_path / "repo")
+    peer = node.id().id
+    with pytest.raises(IpfsError, match="no libp2p host") as err:
+        node.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{peer}")
+    assert "\n" not in str(err.value)
+    with pytest.raises(IpfsError, match="no libp2p host"):
+        node.listen(["/ip4/127.0.0.1/tcp/0"])
+    assert node.peers() == [] and node.id().addresses == []

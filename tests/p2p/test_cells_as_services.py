@@ -60,7 +60,7 @@ def test_ww_call_calls_the_exported_service_from_the_shell(exporter):
 def test_a_remote_caller_gets_the_export_and_nothing_of_the_host(exporter):
     """A peer speaking /ww/0.1.0 by hand: the bootstrap is a Gateway whose one method gives
     the export; casting either to the host's own interfaces gets it nothing."""
-    from ww.ipfs.identity import Identity, PrivateKey
+    from ww.core.identity import Identity, PrivateKey
     from ww.p2p.host import Node
     from ww.schema import load
 
@@ -177,7 +177,7 @@ def test_join_lets_a_cell_dial_a_peer_by_its_id_alone(exporter, start_host, cell
 
 
 def test_ww_id_prints_the_node_peer_id_and_listen_addresses(ww_home):
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
 
     r = run_ww("id")
     assert r.returncode == 0, r.stderr
@@ -213,7 +213,7 @@ def test_a_listen_address_in_use_fails_before_the_cell_starts(make_cell):
 
 
 def test_ww_call_to_an_unreachable_peer_fails_in_one_line(ww_home):
-    from ww.ipfs.identity import PrivateKey
+    from ww.core.identity import PrivateKey
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -238,7 +238,7 @@ def test_a_port_another_ww_host_listens_on_is_in_use(exporter, make_cell, home):
 
 
 def test_ww_call_timeout_must_be_finite_and_positive():
-    from ww.ipfs.identity import PrivateKey
+    from ww.core.identity import PrivateKey
 
     peer = PrivateKey.generate().peer_id
     for bad in ("nan", "inf", "0", "-1"):

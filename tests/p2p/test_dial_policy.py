@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, run_ww
-from ww.ipfs.identity import Identity, PrivateKey
+from ww.core.identity import Identity, PrivateKey
 from ww.ipfs.node import EmbeddedNode
-from ww.p2p import P2PError
+from ww.p2p import P2PError, host_for_ipfs
 from ww.p2p.dial_policy import STRICT, DialPolicy, special_use
 
 pytest.importorskip("libp2p")
@@ -203,7 +203,7 @@ def test_a_cells_ipfs_connect_to_loopback_is_refused_without_touching_it(
 
 def test_with_allow_dial_a_cells_ipfs_connect_reaches_loopback(
         make_cell, listener: Listener, tmp_path: Path) -> None:
-    peer = EmbeddedNode(tmp_path / "peer")
+    peer = EmbeddedNode(tmp_path / "peer", new_host=host_for_ipfs())
     try:
         real = peer.listen([LOOPBACK]).addresses[0]
         cell = make_cell(CONNECTOR.replace("{how}", "ipfs"))
@@ -300,7 +300,7 @@ def test_a_peer_cannot_announce_a_public_looking_address_that_reaches_loopback(
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
     from tests.conftest import WW
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.p2p.host import Node
 
     crafted = f"/ip4/1.2.3.4/ip4/127.0.0.1/tcp/{listener.port}"

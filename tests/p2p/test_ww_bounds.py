@@ -76,7 +76,7 @@ def a_return(answer: int) -> bytes:
 @pytest.fixture
 def peer(tmp_path: Path):
     """A bare libp2p node of our own: ``peer.open(addr)`` gives a raw `/ww/0.1.0` socket."""
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.p2p.host import Node
 
     node = Node(load_or_create(tmp_path / "peer"), listen=[], serve_ww=False, announce=False,
@@ -194,7 +194,7 @@ def test_a_host_slow_to_answer_does_not_cost_an_honest_peer_its_stream(
     import queue
     import time
 
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.p2p.host import Node
 
     monkeypatch.setattr(splice, "MESSAGE_GRACE", 2.0)

@@ -15,12 +15,13 @@ from ww.app.options import RunOptions
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ww.caps.denied import Caller
     from ww.caps.exec import ExecSetup
+    from ww.core.identity import Identity
+    from ww.host.denied import Caller
     from ww.host.limits import Limits
+    from ww.host.limits.subcells import SubcellBudget
     from ww.host.policy import Access, GrantSet
     from ww.ipfs.api import CoreAPI
-    from ww.ipfs.identity import Identity
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p.dial_policy import DialPolicy
     from ww.p2p.host import Node
@@ -32,10 +33,16 @@ CapabilityFactory = Callable[["GrantSet", "Caller", dict[str, object]], object]
 
 def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
               host: Node | None = None, dial_policy: DialPolicy | None = None) -> CoreAPI:
-    """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``."""
-    from ww.ipfs.backend import open_backend
+    """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``.
 
-    return open_backend(api, check=check, peers=peers, host=host, dial_policy=dial_policy)
+    The embedded node serves Bitswap on ``host`` if there is one; else, if a block is
+    missing, it starts a quiet libp2p host of its own under ``dial_policy`` (ww.p2p builds
+    it: the ipfs layer does not import p2p)."""
+    from ww.ipfs.backend import open_backend
+    from ww.p2p import host_for_ipfs
+
+    return open_backend(api, check=check, peers=peers, host=host,
+                        new_host=host_for_ipfs(dial_policy))
 
 
 def open_embedded(repo: Path | None = None) -> EmbeddedNode:
@@ -47,7 +54,7 @@ def open_embedded(repo: Path | None = None) -> EmbeddedNode:
 
 def node_identity() -> Identity:
     """This node's key in ``$WW_HOME`` (created on first use): its libp2p identity."""
-    from ww.ipfs.identity import load_or_create
+    from ww.core.identity import load_or_create
     from ww.ipfs.repo import default_repo_path
 
     return load_or_create(default_repo_path())
@@ -86,7 +93,7 @@ def p2p_node(options: RunOptions, capabilities: Iterable[str],
     listen, join = list(options.listen), list(options.join)
     if "p2p" not in capabilities and not listen and not join:
         return None
-    from ww.ipfs.identity import IdentityError
+    from ww.core.identity import IdentityError
     from ww.p2p import P2PError
     from ww.p2p.host import Node
 
@@ -104,14 +111,15 @@ def limits(options: RunOptions) -> Limits | None:
     given = {name: value for name, value in given.items() if value is not None}
     if not given:
         return None
-    from ww.host import limits as host_limits
+    from ww.host.limits import Limits, flags
+    from ww.host.limits.cgroup import check_cgroups
 
-    parse = {"memory": host_limits.parse_size, "fsize": host_limits.parse_size,
-             "cpu_time": host_limits.parse_seconds, "timeout": host_limits.parse_seconds,
-             "pids": host_limits.parse_count}
-    wanted = host_limits.Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[operator]
-                                   for k, v in given.items()})
-    host_limits.check_cgroups(wanted)  # no memory or cpu cgroup here: refused before any start
+    parse = {"memory": flags.parse_size, "fsize": flags.parse_size,
+             "cpu_time": flags.parse_seconds, "timeout": flags.parse_seconds,
+             "pids": flags.parse_count}
+    wanted = Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[operator]
+                       for k, v in given.items()})
+    check_cgroups(wanted)  # no memory or cpu cgroup here: refused before any start
     return wanted
 
 
@@ -135,7 +143,7 @@ def capabilities(options: RunOptions) -> list[str]:
 
 def access(options: RunOptions, granted: list[str]) -> Access:
     """The login policy from the --with-*, attenuation, identity and policy flags."""
-    from ww.host import policy
+    from ww.host import policy_config as policy
     from ww.host.audit import open_audit
 
     flags = policy.flag_grants(granted, options.ipfs_read_only, options.ipfs_roots,
@@ -147,12 +155,13 @@ def access(options: RunOptions, granted: list[str]) -> Access:
                                narrowing)
 
 
-def exec_setup(options: RunOptions, audit: bool) -> ExecSetup:
-    """How sub-cells are started: with this run's global, jail, IPFS, limit and dial flags."""
+def exec_setup(options: RunOptions, audit: bool, subcells: SubcellBudget) -> ExecSetup:
+    """How sub-cells are started: with this run's global, jail, IPFS, limit and dial flags,
+    drawing on the tree's budget ``subcells`` (which the supervisor shares with them)."""
     from ww.app.argv import SubcellCommand
     from ww.caps.exec import ExecSetup
 
-    return ExecSetup(SubcellCommand(options), audit=audit)
+    return ExecSetup(SubcellCommand(options), audit=audit, subcells=subcells)
 
 
 def capability_factories(granted: list[str], api: CoreAPI | None,

@@ -43,6 +43,9 @@ def run(options: RunOptions) -> int:
 
         executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
     audit = access.audit.enabled
+    from ww.host.limits.subcells import SubcellBudget
+
+    subcells = SubcellBudget(cell_limits)  # the tree's: shared by the supervisor and exec
     config = supervisor.RunConfig(
         command=executable,
         args=list(options.args),
@@ -50,13 +53,14 @@ def run(options: RunOptions) -> int:
         grants=grants,
         capabilities=capabilities,
         capability_factories=build.capability_factories(
-            capabilities, api, lambda: build.exec_setup(options, audit), node),
+            capabilities, api, lambda: build.exec_setup(options, audit, subcells), node),
         jailed=options.jail != "none",
         search_path=options.search_path,
         interpreters=interpreters,
         debug=options.debug,
         strict=options.strict,
         limits=cell_limits,
+        subcells=subcells,
         access=access,
         p2p=node,
     )

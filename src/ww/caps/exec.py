@@ -30,13 +30,13 @@ import re
 import signal
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ww.caps.denied import Caller
 from ww.core.errors import CallError
-from ww.host import limits
 from ww.host.audit import AUDIT_FD_ENV
+from ww.host.denied import Caller
+from ww.host.limits.subcells import SubcellBudget
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
 from ww.host.process import Process, exit_status
 from ww.schema import load
@@ -44,7 +44,7 @@ from ww.schema import load
 _cell = load("cell")
 
 MAX_READ = 1024 * 1024
-MAX_CHILDREN = 32  # sub-cells one login may have running at once (see also limits.subcells)
+MAX_CHILDREN = 32  # sub-cells one login may have running at once (see also SubcellBudget)
 MAX_WRITE = 4 * 1024 * 1024
 ALLOWED_SIGNALS = {signal.SIGHUP: "SIGHUP", signal.SIGINT: "SIGINT",
                    signal.SIGTERM: "SIGTERM", signal.SIGKILL: "SIGKILL"}
@@ -69,6 +69,7 @@ class ExecSetup:
 
     command: ChildCommand  # the child's command line: the host's shared flags, its grants
     audit: bool = False  # pass the host's stderr on for the child's audit lines
+    subcells: SubcellBudget = field(default_factory=SubcellBudget)  # the tree's, shared
 
     def environment(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items()
@@ -141,8 +142,8 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
             env_entries.append(str(entry))
         setup = self._setup
         argv = setup.command.argv(child, env_entries, program, list(map(str, args)))
-        # The whole tree of sub-cells shares the parent's budget (ww.host.limits).
-        lease = limits.subcells().take()
+        # The whole tree of sub-cells shares the parent's budget (ww.host.limits.subcells).
+        lease = self._setup.subcells.take()
         if lease is None:
             raise self._deny("this tree of cells already runs as many sub-cells at once as "
                              "it may (32, and no more than --pids); wait for one")

@@ -38,10 +38,10 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ww.caps.denied import NOBODY, Caller
 from ww.caps.ipfs_scope import IpfsScope, canonical
 from ww.core import bridge
 from ww.core.errors import CallError
+from ww.host.denied import NOBODY, Caller
 from ww.ipfs.api import (
     WOULD_WAIT,
     AddOptions,

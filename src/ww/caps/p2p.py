@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ww.caps.denied import NOBODY, Caller
-from ww.p2p.addrs import check_dial_addr
+from ww.core.addrs import check_dial_addr
+from ww.host.denied import NOBODY, Caller
 from ww.p2p.dial_policy import for_cells
 from ww.p2p.protocol import Dialer, Exports, hold
 from ww.schema import load

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any, BinaryIO
 
 from ww.cell._session import call
-from ww.ipfs.api import Entry, EntryType, Link, PeerInfo, Stat
+from ww.core.ipfs_values import Entry, EntryType, Link, PeerInfo, Stat
 
 CHUNK = 1024 * 1024  # bytes per write or read call
 WINDOW = 8  # calls kept in flight while streaming

@@ -75,13 +75,13 @@ class Console:
 class Signer(_cell.Signer.Server):  # type: ignore[name-defined,misc]
     """Answers the host's login challenge with an Ed25519 key.
 
-    ``key`` is a :class:`ww.ipfs.identity.PrivateKey` or a key as ``ww idgen`` writes it
+    ``key`` is a :class:`ww.core.identity.PrivateKey` or a key as ``ww idgen`` writes it
     (raw protobuf bytes or base58 text).  The signature covers the domain-separated message
     ``b"ww-login-v1\\x00" + challenge``, never the bare nonce.
     """
 
     def __init__(self, key: Any) -> None:
-        from ww.ipfs.identity import PrivateKey, parse_private_key
+        from ww.core.identity import PrivateKey, parse_private_key
 
         self.key = key if isinstance(key, PrivateKey) else parse_private_key(key)
 
@@ -90,7 +90,7 @@ class Signer(_cell.Signer.Server):  # type: ignore[name-defined,misc]
         return str(self.key.peer_id)
 
     async def sign(self, challenge: bytes, _context: Any, **kwargs: Any) -> None:
-        from ww.ipfs.identity import sign_login
+        from ww.core.identity import sign_login
 
         public_key, signature = sign_login(self.key, bytes(challenge))
         _context.results.publicKey = public_key

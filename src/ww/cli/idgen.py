@@ -11,7 +11,7 @@ import click
 @click.option("--raw", is_flag=True, help="Write the protobuf bytes instead of base58btc text.")
 def idgen(raw: bool) -> None:
     """Generate an Ed25519 private key (libp2p protobuf encoding, base58btc unless --raw)."""
-    from ww.ipfs.identity import PrivateKey
+    from ww.core.identity import PrivateKey
 
     key = PrivateKey.generate()
     if raw:

@@ -1,0 +1,1 @@
+"""What every layer shares: keys and identities, value types, errors, framing."""

@@ -4,7 +4,7 @@ With ``--pids``, ``--memory`` or ``--cpu-time`` the host creates a cgroup for th
 before it starts, sets the limit in it, and the forked child joins it before it executes
 bubblewrap, so every process of the cell, from bubblewrap on, is born inside it and the
 kernel itself refuses the fork past ``pids.max`` and the page past the memory limit.  The
-watchdog of :mod:`ww.host.limits` then only reads the cgroup's event counters to learn that
+watchdog of :mod:`ww.host.limits.watchdog` then only reads the cgroup's event counters to learn that
 a limit was hit, stops the cell and `ww run` exits 66.  For ``--cpu-time`` (the "cpu"
 controller: ``cpuacct`` in v1, ``cpu`` in v2) there is no limit to set: the watchdog reads
 the CPU time the kernel charged to the cgroup and everything below it (sub-cells join it),
@@ -332,7 +332,7 @@ def create(limits: dict[str, int]) -> CellCgroup | None:
     ``"cpu"`` in ``limits`` (its value unused) asks for the CPU time to be counted.
 
     Controllers that cannot be used here are left out (see :attr:`CellCgroup.enforced`);
-    None when none can.  Never raises: :func:`ww.host.limits.cgroup_for` refuses a flag
+    None when none can.  Never raises: :func:`ww.host.limits.cgroup.cgroup_for` refuses a flag
     whose controller is missing.
     """
     wanted = [c for c in CONTROLLERS if c in limits]

@@ -47,7 +47,9 @@ class Program(NamedTuple):
     binds: list[Bind]  # what the jail shows read-only
 
 
-def _is_system(path: str) -> bool:
+def is_system(path: str) -> bool:
+    """Whether ``path`` is one of :data:`SYSTEM_DIRS` or below one: every jail mounts those,
+    so nothing there needs a bind of its own."""
     return any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS)
 
 
@@ -124,14 +126,14 @@ def _is_installation(prefix: str) -> bool:
 
 def _never_bound(prefix: str) -> bool:
     """The root, the system directories, and the home directory or any directory above it."""
-    if prefix == "/" or _is_system(prefix):
+    if prefix == "/" or is_system(prefix):
         return True
     home = os.path.realpath(os.path.expanduser("~"))
     real = os.path.realpath(prefix)
     return home == real or home.startswith(real.rstrip("/") + "/")
 
 
-def _prefix_dirs(interpreter: str) -> list[str]:
+def prefix_dirs(interpreter: str) -> list[str]:
     """The installation a Python interpreter needs: a virtualenv and its base installation.
 
     Any other interpreter outside the system directories is bound alone (the file itself).
@@ -232,7 +234,7 @@ def interpreter_binds(program: str, interpreter: str,
     * in the system directories, and a system file: nothing (the jail shows them all);
     * the Python `ww` itself runs on: the interpreter and :func:`_own_python_binds`;
     * one in ``trusted`` (``--interpreter``): the interpreter and its installation
-      (:func:`_prefix_dirs`), as the operator asked;
+      (:func:`prefix_dirs`), as the operator asked;
     * any other that is a system file under another name (a virtualenv's ``python3`` made
       from the system's): that file alone, at the path named, bound from the very real path
       checked here (never resolved again: whoever can flip a symlink on the path named
@@ -244,10 +246,10 @@ def interpreter_binds(program: str, interpreter: str,
     if _is_own_python(path):
         return [bind(p) for p in (path, *_own_python_binds())]
     if path in {os.path.normpath(t) for t in trusted}:
-        return [bind(p) for p in (path, *_prefix_dirs(path))]
+        return [bind(p) for p in (path, *prefix_dirs(path))]
     real = os.path.realpath(path)
-    if _is_system(real):
-        return [] if _is_system(path) else [Bind(real, path)]
+    if is_system(real):
+        return [] if is_system(path) else [Bind(real, path)]
     raise UntrustedInterpreterError(
         f"{program}: interpreter {interpreter} is outside the system directories and is "
         "neither the Python ww runs on nor named with --interpreter: a #! line does not "
@@ -276,7 +278,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     path = resolve(command, search_path)
     _check_executable(path, command)
     shebang = _read_shebang(path)
-    binds = [] if _is_system(path) else [bind(path)]
+    binds = [] if is_system(path) else [bind(path)]
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
     interp, *interp_arg = shebang
@@ -305,6 +307,6 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
         extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
     for extra in extras:
-        if not _is_system(extra.dest) and extra not in binds:
+        if not is_system(extra.dest) and extra not in binds:
             binds.append(extra)
     return Program(argv=[interp, *interp_arg, path, *args], binds=binds)

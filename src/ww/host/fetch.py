@@ -34,7 +34,7 @@ MAX_PROGRAM_SIZE_ENV = "WW_MAX_PROGRAM_SIZE"  # another default (a size, as --fs
 
 def program_size_cap(fsize: int | None) -> tuple[int, str]:
     """The size an ``/ipfs/`` program may have, and the flag or setting that says so."""
-    from ww.host.limits import parse_size
+    from ww.host.limits.flags import parse_size
 
     cap, why = MAX_PROGRAM_SIZE, "the cap on programs fetched from IPFS"
     if text := os.environ.get(MAX_PROGRAM_SIZE_ENV):
@@ -75,7 +75,7 @@ def _verified(path: Path, cid: str) -> bool:
 
 
 def _too_large(ipfs_path: str, size: int | str, max_size: int, why: str) -> ResourceLimitError:
-    from ww.host.limits import format_size
+    from ww.host.limits.flags import format_size
 
     return ResourceLimitError(
         f"resource limit: {ipfs_path} is a program of {size} bytes, larger than "
@@ -130,7 +130,7 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
             out.flush()
             os.fchmod(out.fileno(), 0o555)
             os.fsync(out.fileno())
-        if not _verified(Path(tmp), cid) and not _block_verified(api):
+        if not _verified(Path(tmp), cid) and not api.verifies_blocks:
             raise NotExecutableError(
                 f"{ipfs_path}: the bytes received do not hash to {cid} with kubo's fixed-size "
                 "chunking, so they cannot be verified; add the program with default options"
@@ -141,9 +141,3 @@ def fetch(api: CoreAPI, ipfs_path: str, max_size: int | None = None) -> str:
         raise
     return str(cached)
 
-
-def _block_verified(api: CoreAPI) -> bool:
-    """Whether the backend checks every block it returns against its CID (the embedded node)."""
-    from ww.ipfs.node import EmbeddedNode
-
-    return isinstance(api, EmbeddedNode)

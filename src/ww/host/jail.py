@@ -270,3 +270,19 @@ def dropper(ids: tuple[int, int], binds: list[Bind]) -> Callable[[], None]:
         os.setresuid(uid, uid, uid)
 
     return stage_and_drop
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (of all its threads)."""
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(k) for k in f.read().split())
+        except OSError:
+            pass
+    return kids

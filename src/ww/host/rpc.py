@@ -2,7 +2,7 @@
 
 Login (docs/auth.md): a cell without an identity passes a null ``account``; a cell with one
 passes its ``Signer``, which the host asks to sign a fresh random nonce (domain-separated,
-see :func:`ww.ipfs.identity.login_message`).  The verified public key gives the peer id, the
+see :func:`ww.core.identity.login_message`).  The verified public key gives the peer id, the
 policy (:mod:`ww.host.policy`) gives that peer's grants.  A failed login, or no login before
 the policy's deadline, ends :func:`serve` with a one-line reason: the supervisor then stops
 the cell and ``ww run`` exits 64.
@@ -22,18 +22,18 @@ from typing import Any
 
 import capnp
 
-from ww.caps.denied import Caller
 from ww.core._foreign import kj_reason
 from ww.core.errors import DeniedError
 from ww.host import wire
+from ww.host.denied import Caller
 from ww.host.policy import (
     ANY_PEER,
     DEFAULT_LOGIN_TIMEOUT,
     Access,
     AuthenticationFailed,
     GrantSet,
-    flag_grants,
 )
+from ww.host.policy_config import flag_grants
 from ww.schema import load
 
 _cell = load("cell")
@@ -44,7 +44,7 @@ class Grants:
 
     ``factories[name](grants, caller, held)`` builds the server of capability ``name`` for
     one login: ``grants`` is that login's :class:`~ww.host.policy.GrantSet`, ``caller`` its
-    :class:`~ww.caps.denied.Caller`, ``held`` the servers already built for it (in
+    :class:`~ww.host.denied.Caller`, ``held`` the servers already built for it (in
     ``CAPABILITIES`` order).  ``access`` is the login policy; without one, any login gets
     the capabilities in ``names``.
     """
@@ -131,7 +131,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
             ) from None
         except capnp.KjException as e:
             raise AuthenticationFailed(f"the cell's Signer failed: {kj_reason(e)}") from None
-        from ww.ipfs.identity import IdentityError, verify_login
+        from ww.core.identity import IdentityError, verify_login
 
         try:
             return verify_login(bytes(answer.publicKey), challenge, bytes(answer.signature))

@@ -50,6 +50,8 @@ from ww.host import executable, fds, jail, limits, seccomp
 from ww.host.process import FORWARDED_SIGNALS, Process, SignalForwarder, exit_status
 
 if TYPE_CHECKING:
+    from ww.host.limits.subcells import SubcellBudget
+    from ww.host.limits.watchdog import Watchdog
     from ww.host.policy import Access
 
 
@@ -79,6 +81,8 @@ class RunConfig(NamedTuple):
     debug: bool = False
     strict: bool = False  # kill the cell on its first denied system call (exit 67)
     limits: limits.Limits | None = None
+    # --with-exec: the tree's budget, which the exec capability shares (ww run makes it).
+    subcells: SubcellBudget | None = None
     # Who may log in, what each gets, the login deadline (exit 64).
     access: Access | None = None
     # The libp2p host, started before the cell and stopped after it.
@@ -166,6 +170,8 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
         for fd, target in zip(high, targets, strict=True):
             os.dup2(fd, target, inheritable=True)
 
+    from ww.host.limits.rlimits import preexec_setter
+
     try:
         return Process.spawn(
             argv, env=env,
@@ -174,7 +180,7 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
             stderr=None if stdio[2] == 2 else stdio[2],
             pass_fds=keep, cwd=cwd,
             new_session=not config.jailed,  # bubblewrap does its own --new-session
-            join=limits.preexec_setter(config.limits, cgroup),  # joins the cgroup first
+            join=preexec_setter(config.limits, cgroup),  # joins the cgroup first
             drop=drop, install=install,
         )
     except OSError as e:
@@ -291,15 +297,18 @@ def run(config: RunConfig) -> int:
         stdio = (relays.wrap(0, "stdin"), relays.wrap(1, "stdout"), relays.wrap(2, "stderr"))
         spawn_config = config._replace(grants=[
             g._replace(source=relays.wrap(g.source, f"--fd {g.name}")) for g in config.grants])
-    watchdog: limits.Watchdog | None = None
+    watchdog: Watchdog | None = None
     verdict = _Verdict()
     cgroup = None  # ww.host.cgroups.CellCgroup: the kernel's --pids and --memory
     try:
         try:
             if config.p2p is not None:
                 config.p2p.start()  # listening before the cell runs; a bad --listen fails here
-            cgroup = limits.cgroup_for(config.limits, config.jailed)
-            limits.share_with_subcells(config.limits, cgroup)  # --with-exec: one budget
+            from ww.host.limits.cgroup import cgroup_for
+
+            cgroup = cgroup_for(config.limits, config.jailed)
+            if config.subcells is not None:
+                config.subcells.share(cgroup)  # --with-exec: one budget
             proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
                           cgroup, drop, stdio)
         finally:
@@ -319,7 +328,9 @@ def run(config: RunConfig) -> int:
                                              name="ww-strict", daemon=True)
             strict_thread.start()
         if config.limits is not None and config.limits.watched:
-            watchdog = limits.Watchdog(
+            from ww.host.limits.watchdog import Watchdog
+
+            watchdog = Watchdog(
                 config.limits,
                 on_exceeded=lambda message: verdict.decide(message, EXIT_RESOURCE_LIMIT),
                 stop_cell=stop_cell, cgroup=cgroup,
@@ -496,7 +507,7 @@ def _stopper(proc: Process, jailed: bool) -> Callable[[], None]:
             if not jailed:
                 os.killpg(proc.pid, signal.SIGKILL)
                 return
-            for init in limits.children(proc.pid):
+            for init in jail.children(proc.pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(init, signal.SIGKILL)
             os.kill(proc.pid, signal.SIGKILL)
@@ -510,9 +521,9 @@ def _strict_helper(filter_fd: int, sock_fd: int,
     """The jail's argv and binds when the strict helper runs first (see ww.host.seccomp)."""
     python = os.path.realpath(sys.executable)
     binds = list(program.binds)
-    for path in [python, *executable._prefix_dirs(python)]:
+    for path in [python, *executable.prefix_dirs(python)]:
         extra = executable.bind(path)
-        if not executable._is_system(path) and extra not in binds:
+        if not executable.is_system(path) and extra not in binds:
             binds.append(extra)
     argv = [python, "-I", "-S", "-c", seccomp.STRICT_HELPER, str(filter_fd), str(sock_fd),
             *program.argv]

@@ -15,11 +15,10 @@ Large data always moves in bounded pieces: ``add_stream`` consumes an iterator o
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -33,6 +32,9 @@ from ww.core.errors import (  # noqa: F401 (re-exported, see below)
     NotFoundError,
     UnsupportedError,
 )
+
+# The values CoreAPI returns, shared with the cell SDK; re-exported from here.
+from ww.core.ipfs_values import Entry, EntryType, Link, PeerInfo, Stat  # noqa: F401
 
 # The IPFS errors are defined in the one tree (ww.core.errors): the multiformats glue in
 # ww.core raises them too.  They are re-exported here, where the CoreAPI's callers look.
@@ -140,48 +142,6 @@ def local_only() -> Iterator[None]:
         _local.local_only = before
 
 
-class EntryType(enum.Enum):
-    FILE = "file"
-    DIRECTORY = "directory"
-    SYMLINK = "symlink"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One directory entry, as ``ls`` returns it."""
-
-    name: str
-    type: EntryType
-    size: int  # file content size in bytes; 0 for directories
-    cid: str
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    size: int  # Tsize of the link, as dag-pb records it
-    cid: str
-
-
-@dataclass(frozen=True)
-class Stat:
-    """What ``stat`` knows of a node."""
-
-    cid: str
-    type: EntryType
-    size: int  # content size: file bytes, 0 for a directory, target length for a symlink
-    cumulative_size: int  # the whole DAG's encoded size, as kubo's CumulativeSize
-    links: list[Link] = field(default_factory=list)  # a directory's entries
-    target: str | None = None  # a symlink's target
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    id: str
-    addresses: list[str]
-    protocols: list[str] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class AddOptions:
     """kubo ``ipfs add`` options we match byte for byte."""
@@ -199,14 +159,18 @@ class CoreAPI(Protocol):
     """The operations both backends provide."""
 
     guards_dials: bool
-    local_reads: bool
-    """Whether a file's chunk iterator honours :func:`local_only` (the embedded node: its
-    blocks are local files); kubo's are HTTP responses, which may always wait."""
-
     """Whether every connection the backend makes passes ww's dial policy
     (:mod:`ww.p2p.dial_policy`): the embedded node's own transport refuses the others; kubo
     dials whatever addresses it knows for a peer, so a capability asks it only for a full,
     checked address."""
+
+    local_reads: bool
+    """Whether a file's chunk iterator honours :func:`local_only` (the embedded node: its
+    blocks are local files); kubo's are HTTP responses, which may always wait."""
+
+    verifies_blocks: bool
+    """Whether every block the backend returns was hashed against its CID here (the embedded
+    node); a kubo node's answers are taken as they come."""
 
     # writing
     def add_stream(self, chunks: Iterable[bytes], options: AddOptions = ...) -> str:

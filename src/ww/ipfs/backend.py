@@ -9,19 +9,19 @@ from ww.ipfs.api import CoreAPI
 
 
 def open_backend(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
-                 host: Any = None, dial_policy: Any = None) -> CoreAPI:
+                 host: Any = None, new_host: Any = None) -> CoreAPI:
     """The embedded node in ``$WW_HOME`` when ``api`` is empty, else a kubo RPC client.
 
     With ``check``, a kubo node is asked for its identity first, so that an unreachable
     address fails now with one BackendUnavailableError line instead of on first use.
     ``peers`` (``--peer``) and ``host`` (`ww run`'s libp2p host, a ``ww.p2p.host.Node``) are
-    the embedded node's, as is ``dial_policy`` (see :class:`ww.ipfs.node.EmbeddedNode`); a
-    kubo node has its own.
+    the embedded node's, as is ``new_host`` (how it makes a host of its own, carrying where
+    that may dial; see :class:`ww.ipfs.node.EmbeddedNode`); a kubo node has its own.
     """
     if not api:
         from ww.ipfs.node import EmbeddedNode
 
-        return EmbeddedNode(peers=peers, host=host, dial_policy=dial_policy)
+        return EmbeddedNode(peers=peers, host=host, new_host=new_host)
     from ww.ipfs.kubo import KuboClient
 
     client = KuboClient(api)

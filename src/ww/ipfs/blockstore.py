@@ -31,8 +31,8 @@ from types import TracebackType
 
 from ww.core import multihash
 from ww.core.cid import CID
+from ww.core.fsutil import fsync_dir, sync_filesystem, write_new_file
 
-from ._fsutil import fsync_dir, sync_filesystem, write_new_file
 from .api import CorruptBlockError, IpfsError, NotFoundError
 
 __all__ = ["Blockstore", "BatchWriter", "MAX_BLOCK_SIZE", "TEMP_PREFIX"]

@@ -251,6 +251,7 @@ class KuboClient:
 
     guards_dials = False  # kubo dials a peer's known addresses with its own filters only
     local_reads = False  # every read is an HTTP response, which may wait
+    verifies_blocks = False  # kubo's answers are taken as they come
 
     def __init__(
         self,

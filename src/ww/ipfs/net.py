@@ -1,8 +1,10 @@
 """The embedded node on the network: Bitswap on a libp2p host, used from plain threads.
 
 :class:`Network` adds :data:`ww.ipfs.bitswap.PROTOCOL` and a :class:`ww.ipfs.bitswap.Engine` to
-a :class:`ww.p2p.host.Node` (TCP + Noise + Yamux, identify and ping, on a trio thread of its
-own, with the node key of ``$WW_HOME``).  Either the node is the one `ww run` already has for
+a libp2p host (a :class:`Host`: ``ww.p2p.host.Node`` is the one `ww` has, TCP + Noise + Yamux,
+identify and ping, on a trio thread of its own, with the node key of ``$WW_HOME``).  This
+layer never imports the p2p one: the host, or the means to make one (:data:`NewHost`), is
+handed in by whoever builds the node.  Either the host is the one `ww run` already has for
 p2p (:meth:`Network.on`: one host per `ww run`, so a peer joined with ``--join`` is an IPFS
 peer too, and `/ww/0.1.0` and Bitswap share its connections), or a host of its own that serves
 Bitswap and nothing else (:meth:`Network.own`).  The embedded node calls it synchronously:
@@ -20,16 +22,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ww.core import bridge
+from ww.core.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.core.cid import CID
-from ww.p2p.addrs import P2PError, check_join_addr, check_listen_addr
-from ww.p2p.host import Node
+from ww.core.fsutil import fsync_dir, sync_filesystem
+from ww.core.identity import Identity
 
 from . import bitswap
-from ._fsutil import fsync_dir, sync_filesystem
 from .api import (
     BackendUnavailableError,
     CallCancelled,
@@ -39,22 +42,55 @@ from .api import (
     current_token,
 )
 from .blockstore import Blockstore
-from .identity import Identity
 
-if TYPE_CHECKING:
-    from ww.p2p.dial_policy import DialPolicy
-
-__all__ = ["Network", "CONNECT_TIMEOUT", "FETCH_TIMEOUT"]
+__all__ = ["Host", "NewHost", "Network", "CONNECT_TIMEOUT", "FETCH_TIMEOUT"]
 
 CONNECT_TIMEOUT = 10.0  # seconds to dial and secure a connection to a peer
 FETCH_TIMEOUT = 120.0  # the longest a caller waits for one block (each peer is given less)
 STREAM_TIMEOUT = 10.0  # seconds to open a Bitswap stream to a peer
 
 
+class Host(Protocol):
+    """What Bitswap needs of a libp2p host on a thread of its own (``ww.p2p.host.Node``).
+
+    Its failures to start or dial are :class:`ww.core.addrs.P2PError`, one line each."""
+
+    peer_id: str
+    addrs: list[str]  # where it really listens, each ending in /p2p/<peer id>
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def protocols(self) -> list[str]: ...
+
+    @property
+    def host(self) -> Any:
+        """py-libp2p's host, to use on the host's thread only."""
+
+    def add_protocol(self, protocol: str, handler: Callable[[Any], Any],
+                     setup: Callable[[], Any] | None = None) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_joined(self) -> None: ...
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]: ...
+
+    async def dial(self, info: Any) -> None: ...
+
+
+NewHost = Callable[[Identity, list[str]], Host]
+"""Makes a host of the node's own with its key, listening on the (checked) addresses given,
+serving nothing until Bitswap is added, dialing where its maker's dial policy allows."""
+
+
 class Network:
     """Bitswap on a libp2p host: serving from ``store``, and fetching into it."""
 
-    def __init__(self, node: Node, store: Blockstore, *, owned: bool,
+    def __init__(self, node: Host, store: Blockstore, *, owned: bool,
                  peer_timeout: float = bitswap.PEER_TIMEOUT) -> None:
         """Use :meth:`on` or :meth:`own`.  ``owned``: :meth:`close` stops ``node`` too."""
         self.peer_id = node.peer_id
@@ -66,18 +102,17 @@ class Network:
         node.add_protocol(bitswap.PROTOCOL, self._inbound, self._setup)
 
     @classmethod
-    def on(cls, node: Node, store: Blockstore, **kw: Any) -> Network:
+    def on(cls, node: Host, store: Blockstore, **kw: Any) -> Network:
         """Bitswap on ``node``, started or not (it serves as soon as the node runs)."""
         return cls(node, store, owned=False, **kw)
 
     @classmethod
-    def own(cls, identity: Identity, store: Blockstore, listen: list[str] | None = None,
-            dial_policy: DialPolicy | None = None, **kw: Any) -> Network:
-        """A host of its own, started now, serving Bitswap only (listening where told,
-        dialing where ``dial_policy`` allows)."""
+    def own(cls, identity: Identity, store: Blockstore, new_host: NewHost,
+            listen: list[str] | None = None, **kw: Any) -> Network:
+        """A host of its own made by ``new_host``, started now, serving Bitswap only
+        (listening where told)."""
         listen = [check_listen_addr(a) for a in (listen or [])]
-        node = Node(identity, listen=listen, serve_ww=False, announce=False,
-                    warn=lambda message: None, dial_policy=dial_policy)
+        node = new_host(identity, listen)
         net = cls(node, store, owned=True, **kw)
         net.start()
         return net

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ww.core.cid import CID, DAG_PB
+from ww.core.fsutil import fsync_dir, write_new_file
 
 from . import car, exporter
-from ._fsutil import fsync_dir, write_new_file
 from .api import (
     AddOptions,
     BackendUnavailableError,
@@ -47,10 +47,7 @@ from .pins import PinKind
 from .repo import GcReport, Repo, RepoCheck, default_repo_path
 
 if TYPE_CHECKING:
-    from ww.p2p.dial_policy import DialPolicy
-    from ww.p2p.host import Node
-
-    from .net import Network
+    from .net import Host, Network, NewHost
 
 __all__ = ["EmbeddedNode", "default_repo_path"]
 
@@ -63,15 +60,16 @@ class EmbeddedNode:
 
     guards_dials = True  # a host given a dial policy refuses every other connection
     local_reads = True  # a read under api.local_only() stops where a block is missing
+    verifies_blocks = True  # every block read or fetched is hashed against its CID
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
-                 host: Node | None = None, dial_policy: DialPolicy | None = None) -> None:
+                 host: Host | None = None, new_host: NewHost | None = None) -> None:
         """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
-        the repository's node key, and its owner starts and stops it.  ``dial_policy``: where
-        a host of the node's own may connect (:mod:`ww.p2p.dial_policy`; None: anywhere it
-        is told)."""
+        the repository's node key, and its owner starts and stops it.  ``new_host``: how to
+        make a host of the node's own when it goes on the network (``ww.p2p.host.for_ipfs``,
+        which carries where it may dial); without it nor ``host`` the node stays offline."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
@@ -79,7 +77,7 @@ class EmbeddedNode:
         self._net_lock = threading.Lock()
         self._dial_lock = threading.Lock()  # the first dial of the given peers
         self._peers = list(peers)
-        self._dial_policy = dial_policy
+        self._new_host = new_host
         self._peers_dialled = False
         if host is not None:
             from .net import Network
@@ -292,12 +290,15 @@ class EmbeddedNode:
             if self._closed:
                 raise IpfsError("the IPFS node is closed")
             if self._net is None:
-                from . import identity
+                from ww.core import identity
+
                 from .net import Network
 
+                if self._new_host is None:
+                    raise BackendUnavailableError(
+                        "ipfs: this node was given no libp2p host to go on the network with")
                 ident = identity.load_or_create(self._repo.path)
-                self._net = Network.own(ident, self._blocks, listen=listen,
-                                        dial_policy=self._dial_policy)
+                self._net = Network.own(ident, self._blocks, self._new_host, listen=listen)
             net = self._net
         net.start()  # a shared host `ww run` has not started yet: now
         return net
@@ -355,7 +356,7 @@ class EmbeddedNode:
         addresses it listens on and the protocols it serves."""
         if self._net is not None:
             return self._net.id()
-        from . import identity  # imported late: only id() needs the key code
+        from ww.core import identity  # imported late: only id() needs the key code
 
         ident = identity.load_or_create(self._repo.path)
         return PeerInfo(id=ident.peer_id, addresses=[], protocols=[])
@@ -366,7 +367,7 @@ class EmbeddedNode:
 
     def connect(self, addr: str) -> None:
         """Dial a peer (``/ip4/<address>/tcp/<port>/p2p/<peer id>``), starting the host."""
-        from ww.p2p.addrs import check_join_addr
+        from ww.core.addrs import check_join_addr
 
         try:
             check_join_addr(addr)  # a malformed address starts nothing

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from ww.core.cid import CID, CidError
+from ww.core.fsutil import fsync_dir
 
-from ._fsutil import fsync_dir
 from .api import IpfsError
 
 __all__ = ["PinKind", "PinStore"]

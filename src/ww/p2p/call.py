@@ -6,9 +6,9 @@ import asyncio
 
 import capnp
 
+from ww.core.addrs import P2PError
 from ww.core.bridge import run_capnp
-from ww.ipfs.identity import Identity, PrivateKey
-from ww.p2p.addrs import P2PError
+from ww.core.identity import Identity, PrivateKey
 from ww.p2p.host import Node
 
 

@@ -27,8 +27,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ww.core.addrs import P2PError
 from ww.core.errors import AddressError
-from ww.p2p.addrs import P2PError
 
 __all__ = ["AddressNotAllowed", "DialPolicy", "STRICT", "for_cells", "parse_range",
            "set_for_cells"]

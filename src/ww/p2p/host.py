@@ -13,7 +13,7 @@ configuration is explicit and closed:
   TCP connection is checked against it before it is made -- a peer's announced addresses,
   dialed for a cell that names the peer by id alone, included;
 - besides libp2p's own identify and ping, one protocol: `/ww/0.1.0`
-  (:data:`ww.p2p.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
+  (:data:`ww.core.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
 
 The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
 :meth:`Node.serve` (a callback that receives one socket per inbound stream); see
@@ -41,10 +41,10 @@ import multiaddr
 import trio
 
 from ww.core._foreign import chained_reason
+from ww.core.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 from ww.core.bridge import TrioPortal, run_trio
-from ww.ipfs.identity import Identity
+from ww.core.identity import Identity
 from ww.p2p import splice
-from ww.p2p.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 
 if TYPE_CHECKING:
     from ww.p2p.dial_policy import DialPolicy
@@ -136,10 +136,28 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
         negotiate_timeout=int(DIAL_TIMEOUT),
         disable_identify_address_discovery=True,
     )
-    # py-libp2p's auto-connector dials every peer of the peerstore that has an address --
-    # addresses a remote peer merely announced through identify included -- whenever there
-    # are fewer connections than its watermarks (every 30 s, and after each disconnect).
-    # We dial only what we are told to: it never starts.
+    _disable_auto_connector(host)
+    if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
+        raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
+    return host
+
+
+def _disable_auto_connector(host: Any) -> None:
+    """Stop py-libp2p's auto-connector from ever dialing: we dial only what we are told to.
+
+    py-libp2p 0.8.1 starts an ``AutoConnector`` on every swarm: it dials every peer of the
+    peerstore that has an address -- addresses a remote peer merely announced through
+    identify included -- whenever there are fewer connections than its target (every 30 s,
+    and after each disconnect): any peer could make the host dial addresses it announced.
+    py-libp2p has no switch for it: its target is the midpoint of the low and high watermarks of
+    ``ConnectionConfig``, so a zero low watermark still dials up to half the high one, and a
+    zero high watermark makes the connection pruner close every connection.  So the
+    connector's two entry points (``start``, which runs its periodic task, and
+    ``maybe_connect``, which the swarm calls on a disconnect) are replaced here, on this
+    host's own instance, with coroutines that do nothing
+    (``tests/ipfs/test_bitswap.py::test_a_peer_that_hangs_up_is_not_redialled`` checks it).
+    Revisit when upgrading libp2p (pinned in pyproject.toml).
+    """
     connector = host.get_network().auto_connector
 
     async def _never() -> None:
@@ -147,9 +165,6 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
 
     connector.start = _never
     connector.maybe_connect = _never
-    if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
-        raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
-    return host
 
 
 class Node:
@@ -281,7 +296,7 @@ class Node:
             callback()
 
     def open(self, addr: str) -> concurrent.futures.Future[socket.socket]:
-        """Connect to ``addr`` (checked by :func:`ww.p2p.addrs.check_dial_addr`) and open a
+        """Connect to ``addr`` (checked by :func:`ww.core.addrs.check_dial_addr`) and open a
         `/ww/0.1.0` stream; the future gives our end of it as a socket, or a P2PError."""
         future: concurrent.futures.Future[socket.socket] = concurrent.futures.Future()
         if not self._portal.open:

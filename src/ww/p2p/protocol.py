@@ -21,7 +21,7 @@ import capnp
 
 from ww.core import bridge
 from ww.core._foreign import kj_reason
-from ww.p2p.addrs import PROTOCOL_ID, P2PError, peer_of
+from ww.core.addrs import PROTOCOL_ID, P2PError, peer_of
 from ww.schema import load
 
 _cell = load("cell")

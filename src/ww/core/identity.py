@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ww.core import multibase, varint
 from ww.core import protobuf as _protobuf
-
-from ._fsutil import fsync_dir
+from ww.core.fsutil import fsync_dir
 
 __all__ = [
     "KEY_TYPE_RSA",
