@@ -20,10 +20,14 @@ This module is imported by every ``ww run``: it holds plain data and imports not
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
 
 from ww.core.errors import AuthenticationFailed, UsageError
+from ww.core.records import NamedTuple
 from ww.host.audit import NULL, Audit
+
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 # Capability names, in the order Session.granted lists them.
 CAPABILITIES = ("console", "ipfs", "exec", "p2p")
