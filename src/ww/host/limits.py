@@ -34,15 +34,13 @@ so that the host is never the one that runs out:
 from __future__ import annotations
 
 import os
-import re
 import signal
-import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ww.core.errors import EXIT_RESOURCE_LIMIT, UsageError
 
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
     from ww.host.cgroups import CellCgroup  # imported only when a cell has --pids/--memory
 
@@ -73,6 +71,7 @@ def parse_size(text: str, flag: str) -> int:
     A UsageError naming ``flag`` otherwise: fewer than one byte (``0.5``), more than
     :data:`MAX_SIZE`, or not a size at all.  A fraction of a byte is dropped.
     """
+    import re
     from decimal import Decimal
 
     m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE | re.ASCII)
@@ -90,6 +89,8 @@ def parse_size(text: str, flag: str) -> int:
 def parse_seconds(text: str, flag: str) -> float:
     """``2``, ``0.5``, ``3s``, ``2m``, ``500ms`` -> seconds, more than 0 and at most
     :data:`MAX_SECONDS`."""
+    import re
+
     m = re.fullmatch(_SECONDS, text.strip(), re.ASCII)
     if not m or float(m.group(1)) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a duration such as 30, 2.5s, 500ms or 5m")
@@ -102,6 +103,8 @@ def parse_seconds(text: str, flag: str) -> float:
 
 def parse_count(text: str, flag: str) -> int:
     """``--pids``: a whole number from 1 to PID_MAX_LIMIT less the jail's own tasks."""
+    import re
+
     if not re.fullmatch(r"[0-9]+", text.strip(), re.ASCII) or int(text) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a positive whole number")
     if int(text) > PID_MAX_LIMIT - JAIL_TASKS:
@@ -449,6 +452,8 @@ class Watchdog:
 
     def __init__(self, limits: Limits, *, on_exceeded: Callable[[str], None],
                  stop_cell: Callable[[], None], cgroup: CellCgroup | None = None) -> None:
+        import threading  # here: `ww run` without a watched limit does without it
+
         self.limits = limits
         self._cgroup = cgroup
         self._on_exceeded = on_exceeded
