@@ -33,8 +33,8 @@ so that the host is never the one that runs out:
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py imports enum, which costs `ww run` ms
 import os
-import signal
 import time
 from collections.abc import Callable
 

@@ -26,10 +26,10 @@ before the spawn and handed on to the child.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py imports enum, which costs `ww run` ms
 import errno
 import fcntl
 import os
-import signal
 from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds

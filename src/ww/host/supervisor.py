@@ -23,12 +23,12 @@ exists when it has nothing to do.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py imports enum, which costs `ww run` ms
 import _socket  # socket's C module: the socket module costs `ww run` milliseconds
 import _thread
 import fcntl
 import os
 import select
-import signal
 import stat
 import struct
 import sys
