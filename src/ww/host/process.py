@@ -120,14 +120,14 @@ class Process:
         the caller says what that means to its user.
         """
         set_pdeathsig = _pdeathsig_setter()
-        argv = [os.fsencode(a) for a in argv]  # type: ignore[misc]
+        args = [os.fsencode(a) for a in argv]
         envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
-        executables = [os.fsencode(e) for e in _executables(os.fsdecode(argv[0]), env)]
+        executables = [os.fsencode(e) for e in _executables(os.fsdecode(args[0]), env)]
         keep = sorted(set(pass_fds))
         for name, value in envb.items():  # refused here, as Popen does, not in the child
             if not name or b"=" in name or b"\0" in name or b"\0" in value:
                 raise ValueError(f"illegal environment variable: {os.fsdecode(name)!r}")
-        if any(b"\0" in a for a in argv):
+        if any(b"\0" in a for a in args):
             raise ValueError("embedded null byte")
         closing: list[int] = []  # fds of ours that the host closes once the child is forked
         ours: list[int] = []  # the host's ends of PIPE, closed if the spawn fails
@@ -156,7 +156,7 @@ class Process:
                 os.close(err_r)
                 raise
             if pid == 0:  # the child: system calls and our steps only, then exec or exit
-                _child(err_w, executables, argv, envb, sources, cwd, new_session, keep,
+                _child(err_w, executables, args, envb, sources, cwd, new_session, keep,
                        join, drop, set_pdeathsig, install)
         except BaseException:
             for fd in ours:
@@ -178,15 +178,15 @@ class Process:
             kind, _, number = report.partition(b":")
             if kind == b"exec":
                 code = int(number)
-                raise OSError(code, os.strerror(code), os.fsdecode(argv[0]))
+                raise OSError(code, os.strerror(code), os.fsdecode(args[0]))
             raise ChildSetupError("a step of the child before exec failed: "
                                   + number.decode(errors="replace"))
-        files = [None, None, None]
+        files: list[IO[bytes] | None] = [None, None, None]
         it = iter(ours)
         for i, given in enumerate((stdin, stdout, stderr)):
             if given == PIPE:
                 files[i] = open(next(it), "wb" if i == 0 else "rb")  # noqa: SIM115
-        return cls(pid, *files)  # type: ignore[arg-type]
+        return cls(pid, *files)
 
     @property
     def returncode(self) -> int | None:
@@ -283,7 +283,7 @@ def _child(err_w: int, executables: list[bytes], argv: list[bytes], env: dict[by
                 low = max(low, fd + 1)
         except OSError as e:
             if step in (b"stdio", b"cwd"):  # as subprocess reports them: an OSError
-                os.write(err_w, b"exec:%d" % e.errno)
+                os.write(err_w, b"exec:%d" % (e.errno or 0))
             else:
                 os.write(err_w, b"setup:" + step)
             raise
@@ -295,7 +295,7 @@ def _child(err_w: int, executables: list[bytes], argv: list[bytes], env: dict[by
             try:
                 os.execve(path, argv, env)
             except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                if e.errno is not None and e.errno not in (errno.ENOENT, errno.ENOTDIR):
                     failure = e.errno
         os.write(err_w, b"exec:%d" % failure)
     finally:
