@@ -203,3 +203,35 @@ def test_a_plain_run_imports_neither_click_nor_pycapnp_cryptography_or_libp2p():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG)
     assert r.stdout == "0 []\n", r.stderr
+
+
+# What the plain path of `ww run /bin/true` once imported and no longer does (issue 11,
+# start-up): typing (with re, enum, functools, contextlib), subprocess (with threading,
+# locale, selectors), socket, signal (with enum), dataclasses (with inspect, ast, dis,
+# tokenize), and click.  With --jail=none, tempfile and shutil (for the cell's working
+# directory) still bring re, enum, functools and warnings.
+NOT_ON_THE_PLAIN_PATH = ("typing", "re", "enum", "functools", "subprocess", "threading",
+                         "locale", "socket", "selectors", "signal", "contextlib", "warnings",
+                         "dataclasses", "inspect", "click", "asyncio", "capnp")
+
+
+@pytest.mark.parametrize(("argv", "allowed"), [
+    (["run", "/bin/true"], ()),
+    (["run", "--jail=none", "/bin/true"], ("re", "enum", "functools", "warnings")),
+])
+def test_a_plain_run_imports_none_of_the_modules_start_up_does_without(argv, allowed):
+    # The console script itself, up to its exit: which of the modules had been imported.
+    code = (
+        "import os, sys\n"
+        "import ww.cli.entry as entry\n"
+        "def report(status):\n"
+        f"    found = [m for m in {NOT_ON_THE_PLAIN_PATH!r} if m in sys.modules"
+        f" and m not in {allowed!r}]\n"
+        "    os.write(1, f'{status} {found}'.encode())\n"
+        "    os._exit(0)\n"
+        "entry.exit_now = report\n"
+        f"entry.main({argv!r})\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.stdout == "0 []", r.stderr

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from tests.conftest import HANG
-from ww.host.process import Process, SignalForwarder, exit_status
+from ww.host.process import PIPE, ChildSetupError, Process, SignalForwarder, exit_status
 
 
 def test_exit_status_is_the_code_or_128_plus_the_signal():
@@ -53,7 +53,7 @@ def test_a_step_that_fails_in_the_child_fails_the_spawn():
     def refuse() -> None:
         raise OSError("refused")
 
-    with pytest.raises(subprocess.SubprocessError):
+    with pytest.raises(ChildSetupError):
         Process.spawn(["/bin/true"], env={}, join=refuse)
 
 
@@ -146,3 +146,46 @@ def test_while_serving_asyncios_log_is_dropped_for_the_serving_thread_only():
     finally:
         logger.removeHandler(handler)
     assert heard == ["critical", "another loop's", "after"]
+
+
+# What subprocess.Popen did for the host before Process forked and executed the child itself
+# (issue 11, start-up): the same, checked on the real child.
+
+
+def test_a_program_that_cannot_be_executed_is_an_oserror_and_leaves_no_child(tmp_path):
+    (tmp_path / "data").write_text("not a program\n")
+    (tmp_path / "data").chmod(0o644)
+    with pytest.raises(FileNotFoundError):
+        Process.spawn(["/nonexistent/program"], env={})
+    with pytest.raises(PermissionError):
+        Process.spawn([str(tmp_path / "data")], env={})
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # reaped: no zombie of ours is left
+
+
+def test_the_child_gets_stdio_and_pass_fds_only_with_sigpipe_at_its_default(tmp_path):
+    r, w = os.pipe()  # close-on-exec, as every fd Python opens
+    kept, dropped = os.pipe()
+    try:
+        child = Process.spawn(
+            ["/bin/sh", "-c", "ls /proc/self/fd; grep SigIgn /proc/self/status"],
+            env={"PATH": "/usr/bin:/bin"}, stdout=PIPE, pass_fds=[kept],
+        )
+        assert child.stdout is not None
+        out = child.stdout.read().decode().split()
+        child.stdout.close()
+        assert child.wait() == 0
+    finally:
+        for fd in (r, w, kept, dropped):
+            os.close(fd)
+    fds = {int(x) for x in out if x.isdigit()}
+    assert {0, 1, 2, kept} <= fds and dropped not in fds and w not in fds
+    ignored = int(out[out.index("SigIgn:") + 1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))  # Python ignores it; the program not
+
+
+def test_a_program_is_looked_up_on_the_path_of_its_environment():
+    child = Process.spawn(["true"], env={"PATH": "/nonexistent:/bin"})
+    assert child.wait() == 0
+    with pytest.raises(FileNotFoundError):
+        Process.spawn(["true"], env={"PATH": "/nonexistent"})

@@ -8,10 +8,10 @@ them (``ww run /bin/true``) does not pay for pycapnp, cryptography or libp2p.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from ww.app.options import RunOptions
 
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
     from pathlib import Path
 

@@ -11,7 +11,7 @@ holds the two together).
 
 # No `from __future__ import annotations` here: NamedTuple would compile each of its many
 # annotations as a string, which costs every `ww run` a few tenths of a millisecond.
-from typing import NamedTuple
+from ww.core.records import NamedTuple  # typing's, without importing typing
 
 # How a flag takes its value: a switch, one value (the last one given wins), or a repeatable
 # flag whose values accumulate.

@@ -28,7 +28,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,7 +37,7 @@ from ww.host.audit import AUDIT_FD_ENV
 from ww.host.denied import Caller
 from ww.host.limits.subcells import SubcellBudget
 from ww.host.policy import ExecGrant, GrantSet, IpfsGrant
-from ww.host.process import Process, exit_status
+from ww.host.process import PIPE, ChildSetupError, Process, exit_status
 from ww.schema import load
 
 _cell = load("cell")
@@ -156,7 +155,7 @@ class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
                 pass_fds = (audit_fd,)
             proc = await _Child.start(argv, environment, pass_fds + lease.pass_fds,
                                       lease.preexec())
-        except subprocess.SubprocessError:
+        except ChildSetupError:
             lease.release()
             raise self._deny("the kernel refused to start the sub-cell in this cell's "
                              "cgroup") from None
@@ -206,19 +205,18 @@ class _Child:
                     join_budget: Callable[[], None] | None = None) -> _Child:
         # join_budget: the parent cell's cgroup, before the child runs anything
         process = Process.spawn(
-            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, pass_fds=pass_fds, new_session=True, join=join_budget,
+            argv, env=env, stdin=PIPE, stdout=PIPE, stderr=PIPE, pass_fds=pass_fds,
+            new_session=True, join=join_budget,
         )
-        popen = process.popen
-        assert popen.stdin and popen.stdout and popen.stderr
+        assert process.stdin and process.stdout and process.stderr
         loop = asyncio.get_running_loop()
         readers = []
-        for pipe in (popen.stdout, popen.stderr):
+        for pipe in (process.stdout, process.stderr):
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
             readers.append(reader)
         transport, protocol = await loop.connect_write_pipe(
-            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), popen.stdin)
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), process.stdin)
         stdin = asyncio.StreamWriter(transport, protocol, None, loop)
         return cls(process, stdin, readers[0], readers[1])
 

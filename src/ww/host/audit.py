@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from ww.core.errors import UsageError
+
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 AUDIT_FD_ENV = "WW_AUDIT_FD"
 

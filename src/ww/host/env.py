@@ -7,12 +7,11 @@ win.  No other host variable reaches the cell.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 from ww.core.errors import UsageError
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*\Z"  # matched with re, imported only for a variable
 
 
 def parse_ww_env(value: str) -> list[str]:
@@ -32,8 +31,10 @@ def build_env(
     """
     env: dict[str, str] = {}
     for entry in entries:
+        import re  # here: `ww run` without variables does without it
+
         name, sep, value = entry.partition("=")
-        if not _NAME.match(name):
+        if not re.match(_NAME, name):
             raise UsageError(
                 f"invalid environment entry {entry!r}: expected NAME or NAME=VALUE "
                 "with NAME made of letters, digits and '_'"

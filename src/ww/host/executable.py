@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NamedTuple
 
 from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
+from ww.core.records import NamedTuple
 
 # Directories every jail already mounts read-only; nothing under them needs its own bind.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")

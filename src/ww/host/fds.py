@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import stat
-from typing import NamedTuple
 
 from ww.core.errors import UsageError
+from ww.core.records import NamedTuple
 
 RPC_FD = 3
 FIRST_GRANTED_FD = 4
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*\Z"  # matched with re, imported only for an --fd flag
 
 
 class FdGrant(NamedTuple):
@@ -49,7 +48,9 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
         name, sep, num = flag.partition("=")
         if not sep:
             raise UsageError(f"{where}: expected name=fdnum, for example --fd db=5")
-        if not _NAME.match(name):
+        import re
+
+        if not re.match(_NAME, name):
             raise UsageError(
                 f"{where}: the name must be letters, digits and '_', not starting with a digit"
             )

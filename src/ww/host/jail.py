@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import NamedTuple
 
 from ww.core.errors import HostError, NotExecutableError
+from ww.core.records import NamedTuple
 from ww.host.executable import Bind, which
 
 CELL_DIR = "/cell"

@@ -40,10 +40,13 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
 
 from ww.core.errors import HostError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 # The calls denied, by name, in the order they are checked.  Docker's default profile
 # denies every one of them too (docs/security.md compares the two call by call).
@@ -369,6 +372,8 @@ class Violation:
 
 def receive_listener(sock: socket.socket) -> int | None:
     """The listener the strict helper sent, or None if it closed the socket without one."""
+    import socket  # here: only --strict needs it
+
     try:
         _, fds, _, _ = socket.recv_fds(sock, 16, 1)
     except OSError:

@@ -23,21 +23,17 @@ exists when it has nothing to do.
 
 from __future__ import annotations
 
-import contextlib
+import _signal as signal  # the C module: signal.py imports enum, which costs `ww run` ms
+import _socket  # socket's C module: the socket module costs `ww run` milliseconds
+import _thread
 import fcntl
 import os
-import re
 import select
-import signal
-import socket
 import stat
 import struct
-import subprocess
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from types import FrameType, MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from types import MappingProxyType
 
 from ww.core.errors import (
     EXIT_AUTH_FAILED,
@@ -46,23 +42,36 @@ from ww.core.errors import (
     HostError,
     WwError,
 )
+from ww.core.records import NamedTuple
 from ww.host import executable, fds, jail, limits, seccomp
-from ww.host.process import FORWARDED_SIGNALS, Process, SignalForwarder, exit_status
+from ww.host.process import (
+    FORWARDED_SIGNALS,
+    ChildSetupError,
+    Process,
+    SignalForwarder,
+    exit_status,
+)
 
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
+    import socket
+    import threading
+    from types import FrameType
+    from typing import Any, Protocol
+
     from ww.host.limits.subcells import SubcellBudget
     from ww.host.limits.watchdog import Watchdog
     from ww.host.policy import Access
 
+    class P2PHost(Protocol):
+        """The libp2p host of a run (``ww.p2p.host.Node``, built by ww.app), as the host
+        sees it."""
 
-class P2PHost(Protocol):
-    """The libp2p host of a run (``ww.p2p.host.Node``, built by ww.app), as the host sees it."""
+        def start(self) -> None: ...
 
-    def start(self) -> None: ...
+        def stop(self) -> None: ...
 
-    def stop(self) -> None: ...
-
-    def end_session(self) -> None: ...
+        def end_session(self) -> None: ...
 
 
 class RunConfig(NamedTuple):
@@ -114,10 +123,10 @@ class _Cell:
                 self._status_fd = None
                 break
             self._status += chunk
-        if self.child_pid is None and (m := re.search(rb'"child-pid"\s*:\s*(\d+)', self._status)):
-            self.child_pid = int(m.group(1))
-        if m := re.search(rb'"exit-code"\s*:\s*(\d+)', self._status):
-            self.exit_code = int(m.group(1))
+        if self.child_pid is None:
+            self.child_pid = _json_int(self._status, b'"child-pid"')
+        if (code := _json_int(self._status, b'"exit-code"')) is not None:
+            self.exit_code = code
 
     def program_pid(self) -> int:
         """The pid to signal: the cell's program itself, not bubblewrap around it."""
@@ -143,6 +152,24 @@ class _Cell:
         # is not the operator's, so the shell never sees it stop): continued, it takes it,
         # as `kill` does for a stopped job.
         self.proc.send_signal(signal.SIGCONT, pid)
+
+
+_SPACE = b" \t\n\r\f\v"
+
+
+def _json_int(status: bytes, key: bytes) -> int | None:
+    """The number after the first ``key`` followed by ``:`` and digits in bubblewrap's JSON
+    status (as ``re.search(rb'"key"\\s*:\\s*(\\d+)')`` finds it, without importing re)."""
+    at = status.find(key)
+    while at >= 0:
+        rest = status[at + len(key):].lstrip(_SPACE)
+        if rest[:1] == b":":
+            rest = rest[1:].lstrip(_SPACE)
+            digits = len(rest) - len(rest.lstrip(b"0123456789"))
+            if digits:
+                return int(rest[:digits])
+        at = status.find(key, at + 1)
+    return None
 
 
 def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
@@ -185,7 +212,7 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
         )
     except OSError as e:
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
-    except subprocess.SubprocessError:
+    except ChildSetupError:
         raise HostError("cannot start the cell: the kernel refused to move it into its "
                         "cgroup (--pids/--memory) or to make its bound paths reachable by "
                         "the unprivileged user it runs as") from None
@@ -197,7 +224,7 @@ class _Verdict:
     def __init__(self) -> None:
         self.message: str | None = None
         self.exit_code = 0
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def decide(self, message: str, exit_code: int) -> None:
         with self._lock:
@@ -247,7 +274,7 @@ def run(config: RunConfig) -> int:
     program = executable.prepare(config.command, config.args, config.search_path,
                                  config.interpreters, config.jailed)
     bwrap = jail.find_bwrap() if config.jailed else None
-    host_sock, cell_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_sock, cell_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     workdir: str | None = None
     drop: Callable[[], None] | None = None  # root: the cell's uid is nobody's, not root's
     status_r: int | None = None
@@ -260,6 +287,8 @@ def run(config: RunConfig) -> int:
         extra = [status_w, seccomp.program_fd(seccomp.STRICT if config.strict else seccomp.DENY)]
         argv_program, binds = program.argv, program.binds
         if config.strict:
+            import socket
+
             strict_sock, helper_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             extra.append(helper_sock.detach())
             argv_program, binds = _strict_helper(first + 1, first + 2, program)
@@ -323,6 +352,8 @@ def run(config: RunConfig) -> int:
         stop_cell = _stopper(proc, config.jailed)
         strict_thread: threading.Thread | None = None
         if strict_sock is not None:
+            import threading
+
             strict_thread = threading.Thread(target=_watch_strict,
                                              args=(strict_sock, verdict, stop_cell),
                                              name="ww-strict", daemon=True)
@@ -456,20 +487,25 @@ class _Terminals:
 
     def restore(self) -> None:
         for fd, flags in self._flags:
-            with contextlib.suppress(OSError):
+            try:
                 if fcntl.fcntl(fd, fcntl.F_GETFL) != flags:
                     fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            except OSError:
+                pass
         self._flags = []
         for fd in self._unlocked:  # locks the cell left on the open file: released
-            with contextlib.suppress(OSError):
+            try:
                 kinds = _file_locks(fd)
                 if "FLOCK" in kinds:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 if "OFDLCK" in kinds:
                     fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_UNLCK, 0, 0, 0, 0))
+            except OSError:
+                pass
         self._unlocked = []
         if not self._saved:
             return
+        import contextlib
         import termios
 
         for s, handler in self._previous.items():
@@ -503,6 +539,8 @@ def _stopper(proc: Process, jailed: bool) -> Callable[[], None]:
     """
 
     def stop() -> None:
+        import contextlib
+
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if not jailed:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -530,7 +568,7 @@ def _strict_helper(filter_fd: int, sock_fd: int,
     return argv, binds
 
 
-def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig,
+def _supervise(cell: _Cell, host_sock: _socket.socket, config: RunConfig,
                auth_failed: Callable[[str], None]) -> None:
     """Wait for the cell to exit; start serving RPC if it speaks on fd 3 first.
 
@@ -552,7 +590,7 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig,
                 break
             if host_sock.fileno() in ready:
                 try:
-                    spoke = host_sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+                    spoke = host_sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) != b""
                 except (BlockingIOError, ConnectionError):
                     spoke = False
                 if spoke:
@@ -566,14 +604,19 @@ def _supervise(cell: _Cell, host_sock: socket.socket, config: RunConfig,
     cell.read_status()
 
 
-def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
+def _serve_rpc(pidfd: int, host_sock: _socket.socket, config: RunConfig,
                auth_failed: Callable[[str], None]) -> None:
     import asyncio
+    import contextlib
+    import socket
 
     from ww.core import bridge
     from ww.core._foreign import send_one_line_errors
     from ww.host import rpc
 
+    # fd 3's socket as the socket module makes it, for asyncio (a duplicate: the caller's
+    # object keeps the socket open as long as before).
+    sock = socket.socket(fileno=os.dup(host_sock.fileno()))
     grants = rpc.Grants(names=list(config.capabilities), factories=config.capability_factories,
                         access=config.access)
     # Before anything is served: pycapnp would send the cell the host's tracebacks.
@@ -593,7 +636,7 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
         guard = asyncio.ensure_future(_guard_memory(stop))
         try:
             # A failed login stops the cell at once (`ww run` exits 64).
-            await rpc.serve(host_sock, grants, stop, on_failure=auth_failed)
+            await rpc.serve(sock, grants, stop, on_failure=auth_failed)
         finally:
             guard.cancel()
             if config.p2p is not None:
@@ -601,11 +644,14 @@ def _serve_rpc(pidfd: int, host_sock: socket.socket, config: RunConfig,
         if not exited.done():  # over budget: hang up, and keep supervising the cell
             quiet.on = True  # replies still queued then fail to send; asyncio logs each one
             with contextlib.suppress(OSError):
-                host_sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
         await exited  # the cell may hang up fd 3 and keep running
 
-    with quiet.installed():
-        bridge.run_capnp(main())
+    try:
+        with quiet.installed():
+            bridge.run_capnp(main())
+    finally:
+        sock.close()
 
 
 class _QuietAsyncio:
@@ -620,7 +666,7 @@ class _QuietAsyncio:
 
     def __init__(self) -> None:
         self.on = False
-        self._thread = threading.get_ident()
+        self._thread = _thread.get_ident()
 
     def filter(self, record: Any) -> bool:
         import logging
@@ -628,16 +674,20 @@ class _QuietAsyncio:
         return not (self.on and record.thread == self._thread
                     and record.levelno < logging.CRITICAL)
 
-    @contextlib.contextmanager
-    def installed(self) -> Any:
+    def installed(self) -> _QuietAsyncio:
+        """The filter on asyncio's logger for the ``with`` block it opens."""
+        return self
+
+    def __enter__(self) -> _QuietAsyncio:
         import logging
 
-        logger = logging.getLogger("asyncio")
-        logger.addFilter(self)
-        try:
-            yield self
-        finally:
-            logger.removeFilter(self)
+        logging.getLogger("asyncio").addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        logging.getLogger("asyncio").removeFilter(self)
 
 
 # The most memory a cell's RPC connection may make the host hold (answers the cell never

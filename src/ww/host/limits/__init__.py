@@ -37,7 +37,7 @@ This package's modules, one job each: :class:`Limits` (here) is what the flags a
 
 from __future__ import annotations
 
-import signal
+import _signal as signal  # the C module: signal.py imports enum, which costs `ww run` ms
 
 from ww.core.errors import EXIT_RESOURCE_LIMIT
 from ww.host.limits.flags import format_size

@@ -6,8 +6,6 @@ largest values the kernel takes (and the host can hand it).
 
 from __future__ import annotations
 
-import re
-
 from ww.core.errors import UsageError
 
 # Tasks of a jailed cell that are not the cell's own: bubblewrap and its init in the jail.
@@ -35,6 +33,7 @@ def parse_size(text: str, flag: str) -> int:
     A UsageError naming ``flag`` otherwise: fewer than one byte (``0.5``), more than
     :data:`MAX_SIZE`, or not a size at all.  A fraction of a byte is dropped.
     """
+    import re  # here: a `ww run` without limits does without it
     from decimal import Decimal
 
     m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE | re.ASCII)
@@ -52,6 +51,8 @@ def parse_size(text: str, flag: str) -> int:
 def parse_seconds(text: str, flag: str) -> float:
     """``2``, ``0.5``, ``3s``, ``2m``, ``500ms`` -> seconds, more than 0 and at most
     :data:`MAX_SECONDS`."""
+    import re  # here: a `ww run` without limits does without it
+
     m = re.fullmatch(_SECONDS, text.strip(), re.ASCII)
     if not m or float(m.group(1)) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a duration such as 30, 2.5s, 500ms or 5m")
@@ -64,6 +65,8 @@ def parse_seconds(text: str, flag: str) -> float:
 
 def parse_count(text: str, flag: str) -> int:
     """``--pids``: a whole number from 1 to PID_MAX_LIMIT less the jail's own tasks."""
+    import re  # here: a `ww run` without limits does without it
+
     if not re.fullmatch(r"[0-9]+", text.strip(), re.ASCII) or int(text) <= 0:
         raise UsageError(f"{flag} {text!r}: expected a positive whole number")
     if int(text) > PID_MAX_LIMIT - JAIL_TASKS:

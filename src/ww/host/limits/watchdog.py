@@ -6,7 +6,6 @@ time since the start; it runs only when a limit is set.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,6 +30,8 @@ class Watchdog:
 
     def __init__(self, limits: Limits, *, on_exceeded: Callable[[str], None],
                  stop_cell: Callable[[], None], cgroup: CellCgroup | None = None) -> None:
+        import threading  # here: `ww run` without a watched limit does without it
+
         self.limits = limits
         self._cgroup = cgroup
         self._on_exceeded = on_exceeded
