@@ -21,8 +21,6 @@ Ed25519 code are imported only when a flag needs them).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ww.core.errors import AuthenticationFailed
 from ww.core.records import NamedTuple
 from ww.host.audit import NULL, Audit
@@ -30,6 +28,7 @@ from ww.host.audit import NULL, Audit
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
     from typing import Any
+
 
 # Capability names, in the order Session.granted lists them.
 CAPABILITIES = ("console", "ipfs", "exec", "p2p")

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from ww.core.errors import UsageError
 from ww.host.audit import NULL, Audit
@@ -22,6 +21,10 @@ from ww.host.policy import (
     GrantSet,
     IpfsGrant,
 )
+
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def check_login_timeout(seconds: float) -> float:

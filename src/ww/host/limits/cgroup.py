@@ -8,10 +8,11 @@ error (exit 2), never enforced by sampling.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ww.core.errors import UsageError
 from ww.host.limits.flags import JAIL_TASKS
+
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 
 if TYPE_CHECKING:
     from ww.host.cgroups import CellCgroup  # imported only when a cell has --pids/--memory

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 
 if TYPE_CHECKING:
     from ww.host.cgroups import CellCgroup
