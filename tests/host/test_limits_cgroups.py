@@ -92,9 +92,12 @@ def test_a_fork_bomb_under_pids_64_is_capped_by_the_kernel_and_stopped():
         start = time.monotonic()
         proc.stdin.write("go\n")
         proc.stdin.flush()
+        # pids.peak (Linux 6.1+) is the kernel's own high-water mark, so one sample suffices;
+        # pids.current is sampled where it is missing.
+        sampled = d / "pids.peak" if (d / "pids.peak").exists() else d / "pids.current"
         while proc.poll() is None and time.monotonic() - start < HANG:  # only stops a hang
             try:
-                peak = max(peak, int((d / "pids.current").read_text()))
+                peak = max(peak, int(sampled.read_text()))
             except (OSError, ValueError):
                 pass  # removed as the cell ended
             time.sleep(0.002)
@@ -107,7 +110,9 @@ def test_a_fork_bomb_under_pids_64_is_capped_by_the_kernel_and_stopped():
     assert err.strip().splitlines() == [
         "ww: resource limit: the cell ran more than 64 processes or threads at once (--pids); "
         "it was stopped"]
-    assert 0 < peak <= 64 + JAIL_TASKS
+    # The message says the kernel refused a fork (pids.events "max"): the cap held.  On a
+    # loaded machine the cell may be stopped before this thread samples at all (peak 0).
+    assert peak <= 64 + JAIL_TASKS
     assert failures == []
     assert not d.exists()  # removed with the cell
 
