@@ -281,6 +281,14 @@ def _child(err_w: int, executables: list[bytes], argv: list[bytes], env: dict[by
                 if fd > low:
                     os.closerange(low, fd)
                 low = max(low, fd + 1)
+            # An fd above the soft limit (inherited, the limit lowered since) is closed too.
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) > 2 and int(name) not in spared:
+                    try:
+                        os.close(int(name))
+                    except OSError as e:  # the listing's own fd, closed by now
+                        if e.errno != errno.EBADF:
+                            raise
         except OSError as e:
             if step in (b"stdio", b"cwd"):  # as subprocess reports them: an OSError
                 os.write(err_w, b"exec:%d" % (e.errno or 0))
