@@ -93,15 +93,14 @@ def test_a_child_whose_host_died_before_its_parent_death_signal_never_executes(t
     checks its parent after setting the signal and exits instead."""
     marker = tmp_path / "ran"
     spawner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import os
+        import os, select
         from ww.host.process import Process
         report = os.dup(1)
-        r, w = os.pipe()
 
-        def drop():  # the child: tell its pid, then wait until the host is gone
+        def drop():  # the child: tell its pid, then wait until the host has exited
+            host = os.pidfd_open(os.getppid())
             os.write(report, b"%d\\n" % os.getpid())
-            os.close(w)
-            os.read(r, 1)  # end of file: the host and its end of the pipe are gone
+            select.select([host], [], [])  # readable once it has exited and we are reparented
 
         Process.spawn(["/bin/sh", "-c", "echo ran > {marker}"], env={{}}, drop=drop)
     """)], stdout=subprocess.PIPE, text=True)
