@@ -67,16 +67,45 @@ def test_a_child_dies_with_the_process_that_spawned_it():
         sys.stdin.read()
     """).replace("subprocess.DEVNULL", "-3")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True)
+    # Orphaned, it gets the parent-death signal: its pidfd becomes readable.
+    assert _child_exits_once_its_spawner_is_killed(spawner, 30)
+
+
+def _child_exits_once_its_spawner_is_killed(spawner: subprocess.Popen[str],
+                                            bound: float) -> bool:
+    """Kill ``spawner`` (SIGKILL), which printed its child's pid: has the child exited
+    within ``bound`` seconds?"""
     try:
         pidfd = os.pidfd_open(int(spawner.stdout.readline()))
     finally:
         spawner.kill()
         spawner.wait()
     try:
-        # Orphaned, it gets the parent-death signal: its pidfd becomes readable.
-        assert select.select([pidfd], [], [], 30)[0] == [pidfd]
+        return select.select([pidfd], [], [], bound)[0] == [pidfd]
     finally:
         os.close(pidfd)
+
+
+def test_a_child_whose_host_died_before_its_parent_death_signal_never_executes(tmp_path):
+    """The host killed (SIGKILL) after the fork but before the child set its parent-death
+    signal (during ``join`` or ``drop``, say): the orphan's signal never comes, so it went on
+    to execute the program (for `ww run`, bubblewrap: a cell no one supervises).  The child
+    checks its parent after setting the signal and exits instead."""
+    marker = tmp_path / "ran"
+    spawner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, select
+        from ww.host.process import Process
+        report = os.dup(1)
+
+        def drop():  # the child: tell its pid, then wait until the host has exited
+            host = os.pidfd_open(os.getppid())
+            os.write(report, b"%d\\n" % os.getpid())
+            select.select([host], [], [])  # readable once it has exited and we are reparented
+
+        Process.spawn(["/bin/sh", "-c", "echo ran > {marker}"], env={{}}, drop=drop)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert _child_exits_once_its_spawner_is_killed(spawner, HANG)
+    assert not marker.exists()
 
 
 def test_signals_that_arrive_before_the_child_are_held_then_forwarded():

@@ -5,7 +5,9 @@ Every test runs the real `ww` command, which starts a real cell in the real jail
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
 import subprocess
 
 import pytest
@@ -152,6 +154,34 @@ def test_cell_sees_exactly_stdio_rpc_and_granted_fds(tmp_path, make_cell):
     listing, kind = r.stdout.splitlines()
     assert listing == "0 1 2 3 4"
     assert kind == "socket"
+
+
+@pytest.mark.parametrize("jail", ["bwrap", "none"])
+def test_an_fd_above_the_hosts_soft_fd_limit_never_reaches_the_cell(make_cell, tmp_path, jail):
+    """An fd `ww run` inherits above its soft RLIMIT_NOFILE (a shell's ``exec 1500<file``,
+    then ``ulimit -Sn 1024``) is closed for the cell like any other (the forked child closed
+    fds only up to that limit, so fd 1500 reached the jailed cell)."""
+    cell = make_cell(FD_LISTING, shebang="#!/usr/bin/env -S python3 -S")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1500:
+        pytest.skip("the hard fd limit is below 1501")
+    (tmp_path / "secret").write_text("not granted")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1501), hard))
+    fd = os.open(tmp_path / "secret", os.O_RDONLY)
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD, 1500)  # inheritable
+        try:
+            r = subprocess.run(
+                ["/bin/sh", "-c", 'ulimit -Sn 1024 && exec "$0" "$@"', WW, "run", "--jail", jail,
+                 cell], pass_fds=(high,), capture_output=True, text=True, timeout=HANG)
+        finally:
+            os.close(high)
+    finally:
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert high >= 1500
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "0 1 2 3"
 
 
 def test_fd_3_is_a_unix_stream_socket(make_cell):

@@ -7,7 +7,8 @@ so the rules every child of the host obeys are written once:
 - No orphans: the child gets ``PR_SET_PDEATHSIG`` = SIGKILL, so a host killed even by
   SIGKILL takes it with it (bubblewrap's ``--die-with-parent`` carries that into a jail, a
   child `ww run` to its own cell).  It is set *after* the child changes its uid (``drop``),
-  because the kernel clears it then.
+  because the kernel clears it then; a child whose host died before that exits rather
+  than execute (the signal would never come).
 - Between fork and exec the child runs, in this order: ``join`` (the cell's cgroup and
   rlimits, or a sub-cell's share of its parent's cgroup: first, so that no process of a cell
   ever runs outside it), ``drop`` (when `ww` runs as root: become ``nobody``, see
@@ -150,6 +151,7 @@ class Process:
                     sources.append(given if isinstance(given, int) else given.fileno())
             err_r, err_w = os.pipe()  # close-on-exec: EOF tells the exec succeeded
             closing.append(err_w)
+            host = os.getpid()
             try:
                 pid = os.fork()
             except BaseException:
@@ -157,7 +159,7 @@ class Process:
                 raise
             if pid == 0:  # the child: system calls and our steps only, then exec or exit
                 _child(err_w, executables, args, envb, sources, cwd, new_session, keep,
-                       join, drop, set_pdeathsig, install)
+                       join, drop, set_pdeathsig, install, host)
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -245,7 +247,8 @@ class Process:
 def _child(err_w: int, executables: list[bytes], argv: list[bytes], env: dict[bytes, bytes],
            sources: list[int | None], cwd: str | None, new_session: bool, keep: list[int],
            join: Callable[[], None] | None, drop: Callable[[], None] | None,
-           set_pdeathsig: Callable[[], None], install: Callable[[], None] | None) -> None:
+           set_pdeathsig: Callable[[], None], install: Callable[[], None] | None,
+           host: int) -> None:
     """The forked child: set up, exec; on any failure tell the host on ``err_w`` and exit."""
     step = b"stdio"
     try:
@@ -270,6 +273,8 @@ def _child(err_w: int, executables: list[bytes], argv: list[bytes], env: dict[by
             if drop is not None:
                 drop()
             set_pdeathsig()  # after drop: changing uid clears it
+            if os.getppid() != host:  # the host died before: the signal will never come
+                raise ChildSetupError("the host exited")
             step = b"install"
             if install is not None:
                 install()
@@ -281,6 +286,14 @@ def _child(err_w: int, executables: list[bytes], argv: list[bytes], env: dict[by
                 if fd > low:
                     os.closerange(low, fd)
                 low = max(low, fd + 1)
+            # An fd above the soft limit (inherited, the limit lowered since) is closed too.
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) > 2 and int(name) not in spared:
+                    try:
+                        os.close(int(name))
+                    except OSError as e:  # the listing's own fd, closed by now
+                        if e.errno != errno.EBADF:
+                            raise
         except OSError as e:
             if step in (b"stdio", b"cwd"):  # as subprocess reports them: an OSError
                 os.write(err_w, b"exec:%d" % (e.errno or 0))
