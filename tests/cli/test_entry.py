@@ -100,8 +100,45 @@ def test_what_the_fast_path_is_unsure_of_goes_to_click(argv):
     assert parse_run(argv) is None
 
 
-def test_a_ww_variable_standing_for_a_flag_sends_the_command_line_to_click(monkeypatch):
-    monkeypatch.setenv("WW_WITH_CONSOLE", "1")
+ENVIRONMENTS = [
+    {"WW_WITH_CONSOLE": "1"},
+    {"WW_WITH_CONSOLE": "yes", "WW_WITH_IPFS": "False", "WW_STRICT": " on "},
+    {"WW_WITH_ALL": "0", "WW_JAIL": "none", "WW_LOGIN_TIMEOUT": "300"},
+    {"WW_DEBUG": "1", "WW_JSON": "true", "WW_IPFS_READ_ONLY": "t"},
+    {"WW_MEMORY": "64M", "WW_TIMEOUT": "5m", "WW_PIDS": "10", "WW_FSIZE": "1K",
+     "WW_CPU_TIME": "2"},
+    {"WW_IDENTITY": "new", "WW_POLICY": "p.toml", "WW_AUDIT": "/tmp/a",
+     "WW_IPFS": "/ip4/127.0.0.1/tcp/5001/http"},
+    {"WW_WITH_EXEC": "n", "WW_WITH_P2P": "off", "WW_IPFS": ""},
+]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS, ids=lambda e: ",".join(sorted(e)))
+@pytest.mark.parametrize("argv", [
+    ["run", "/bin/true"],
+    ["run", "--with-console", "--jail", "bwrap", "--login-timeout", "2", "--timeout", "1",
+     "/bin/true"],
+], ids=" ".join)
+def test_the_fast_path_reads_the_ww_variables_as_click_does(argv, env, monkeypatch):
+    """A ``WW_*`` variable sets what its flag sets; the command line beats it (click's rule)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    fast = parse_run(argv)
+    assert fast is not None
+    assert fast == click_options(argv, monkeypatch)
+
+
+@pytest.mark.parametrize("env", [
+    {"WW_LISTEN": "/ip4/127.0.0.1/tcp/0"},  # a repeatable flag's variable: click splits it
+    {"WW_IPFS_PEERS": f"/ip4/127.0.0.1/tcp/4002/p2p/{PEER}"},
+    {"WW_ALLOW_DIAL": "10.0.0.1"},
+    {"WW_WITH_CONSOLE": "maybe"},  # not a boolean: click's error
+    {"WW_STRICT": "2"},
+], ids=lambda e: ",".join(sorted(e)))
+def test_a_ww_variable_the_fast_path_is_unsure_of_sends_the_command_line_to_click(
+        env, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     assert parse_run(["run", "/bin/true"]) is None
 
 

@@ -4,7 +4,8 @@ Importing click costs a `ww run` more than the rest of its start-up together, so
 line of the form ``ww [--debug] [--json] run [FLAGS...] EXECUTABLE [ARGS...]`` is parsed here,
 from the flag table :data:`ww.app.options.FLAGS`, without click.  Anything this parser is not
 sure of -- ``--help``, an unknown or malformed flag, a value a flag's check refuses, a missing
-EXECUTABLE, any ``WW_*`` variable standing for a flag -- goes to the click command instead
+EXECUTABLE, a ``WW_*`` variable of a repeatable flag or a switch's variable that is not
+plainly true or false -- goes to the click command instead
 (:mod:`ww.cli.main`), which then prints the same help and the same usage errors as always.
 So the fast path accepts only command lines click would parse to the very same options
 (tests/cli/test_entry.py holds the two together), and never has a message of its own.
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def parse_run(args: list[str]) -> RunOptions | None:
     """The options of a plain `ww run` command line, or None: let click parse it."""
-    if any(os.environ.get(flag.envvar) for flag in (*FLAGS, *GLOBAL_FLAGS) if flag.envvar):
-        return None  # click reads (and checks) the variables
+    from_env = _from_environment()
+    if from_env is None:
+        return None  # a variable this parser is not sure of: click reads and checks it
     found: dict[str, object] = {}
     i = 0
     while i < len(args) and args[i] in _GLOBAL:
@@ -79,6 +81,8 @@ def parse_run(args: list[str]) -> RunOptions | None:
             found[flag.field] = value
     if i == len(args):
         return None  # no EXECUTABLE
+    for field, value in from_env.items():  # as click: the command line beats the variable
+        found.setdefault(field, value)
     try:
         found.update(_checked(found, many))
     except ValueError:
@@ -87,6 +91,34 @@ def parse_run(args: list[str]) -> RunOptions | None:
                       ww_env=os.environ.get("WW_ENV", ""),
                       search_path=os.environ.get("PATH", os.defpath),
                       **found)  # type: ignore[arg-type]
+
+
+# click's reading of a boolean flag's variable (BoolParamType); any other value is an error
+# click reports, so such a command line goes to click.
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
+
+
+def _from_environment() -> dict[str, object] | None:
+    """The options the ``WW_*`` variables set, as click reads them: a switch's variable is a
+    boolean, a one-value flag's is its value, an empty variable is unset.  None where this
+    parser is not sure: a variable of a repeatable flag (click splits it), or a switch's
+    value that is not a plain boolean."""
+    found: dict[str, object] = {}
+    for flag in (*FLAGS, *GLOBAL_FLAGS):
+        value = os.environ.get(flag.envvar) if flag.envvar else None
+        if not value:
+            continue
+        if flag.kind == MANY:
+            return None
+        if flag.kind == SWITCH:
+            word = value.strip().lower()
+            if word not in _TRUE + _FALSE:
+                return None
+            found[flag.field] = word in _TRUE
+        else:
+            found[flag.field] = value
+    return found
 
 
 def _checked(found: dict[str, object], many: dict[str, list[str]]) -> dict[str, object]:
