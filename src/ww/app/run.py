@@ -53,7 +53,8 @@ def run(options: RunOptions) -> int:
         grants=grants,
         capabilities=capabilities,
         capability_factories=build.capability_factories(
-            capabilities, api, lambda: build.exec_setup(options, audit, subcells), node),
+            capabilities, api, lambda: build.exec_setup(options, audit, subcells), node,
+            policy),
         jailed=options.jail != "none",
         search_path=options.search_path,
         interpreters=interpreters,
