@@ -114,10 +114,11 @@ def limits(options: RunOptions) -> Limits | None:
     from ww.host.limits import Limits, flags
     from ww.host.limits.cgroup import check_cgroups
 
-    parse = {"memory": flags.parse_size, "fsize": flags.parse_size,
-             "cpu_time": flags.parse_seconds, "timeout": flags.parse_seconds,
-             "pids": flags.parse_count}
-    wanted = Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[operator]
+    parse: dict[str, Callable[[str, str], float]] = {
+        "memory": flags.parse_size, "fsize": flags.parse_size,
+        "cpu_time": flags.parse_seconds, "timeout": flags.parse_seconds,
+        "pids": flags.parse_count}
+    wanted = Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[arg-type]
                        for k, v in given.items()})
     check_cgroups(wanted)  # no memory or cpu cgroup here: refused before any start
     return wanted

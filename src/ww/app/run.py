@@ -41,6 +41,7 @@ def run(options: RunOptions) -> int:
     if from_ipfs:
         from ww.host.fetch import fetch
 
+        assert api is not None  # opened above for an /ipfs/ program
         executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
     audit = access.audit.enabled
     from ww.host.limits.subcells import SubcellBudget
