@@ -202,3 +202,17 @@ def test_debug_belongs_to_its_own_call_when_calls_overlap(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "ww: message-value\n" in err and err.endswith("ww: held\n")
     assert err.count("Traceback (most recent call last)") == 1
+
+
+def test_a_corrupt_node_key_is_one_line_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    from ww.core.identity import IDENTITY_FILE
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / IDENTITY_FILE).write_bytes(b"garbage\n")
+    monkeypatch.setenv("WW_HOME", str(home))
+    assert run_cli(["id"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"ww: {home / IDENTITY_FILE}: private key is not a libp2p protobuf key "
+                   "(protobuf field number 0)\n")
