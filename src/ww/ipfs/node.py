@@ -68,7 +68,7 @@ class EmbeddedNode:
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
         the repository's node key, and its owner starts and stops it.  ``new_host``: how to
-        make a host of the node's own when it goes on the network (``ww.p2p.host.for_ipfs``,
+        make a host of the node's own when it goes on the network (``ww.p2p.host_for_ipfs``,
         which carries where it may dial); without it nor ``host`` the node stays offline."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
