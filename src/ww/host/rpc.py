@@ -22,8 +22,8 @@ from typing import Any
 
 import capnp
 
-from ww.core._foreign import kj_reason
 from ww.core.errors import DeniedError
+from ww.core.foreign import kj_reason
 from ww.host import wire
 from ww.host.denied import Caller
 from ww.host.policy import (

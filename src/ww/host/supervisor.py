@@ -611,7 +611,7 @@ def _serve_rpc(pidfd: int, host_sock: _socket.socket, config: RunConfig,
     import socket
 
     from ww.core import bridge
-    from ww.core._foreign import send_one_line_errors
+    from ww.core.foreign import send_one_line_errors
     from ww.host import rpc
 
     # fd 3's socket as the socket module makes it, for asyncio (a duplicate: the caller's

@@ -271,7 +271,7 @@ class Network:
         except IpfsError:
             raise
         except Exception as e:
-            from ww.core._foreign import chained_reason
+            from ww.core.foreign import chained_reason
 
             raise IpfsError(f"ipfs: cannot connect to {addr} ({chained_reason(e)})") from None
 

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import multiaddr
 import trio
 
-from ww.core._foreign import chained_reason
 from ww.core.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 from ww.core.bridge import TrioPortal, run_trio
+from ww.core.foreign import chained_reason
 from ww.core.identity import Identity
 from ww.p2p import splice
 

@@ -20,8 +20,8 @@ from typing import Any
 import capnp
 
 from ww.core import bridge
-from ww.core._foreign import kj_reason
 from ww.core.addrs import PROTOCOL_ID, P2PError, peer_of
+from ww.core.foreign import kj_reason
 from ww.schema import load
 
 _cell = load("cell")
