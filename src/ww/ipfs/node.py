@@ -368,10 +368,11 @@ class EmbeddedNode:
     def connect(self, addr: str) -> None:
         """Dial a peer (``/ip4/<address>/tcp/<port>/p2p/<peer id>``), starting the host."""
         from ww.core.addrs import check_join_addr
+        from ww.core.errors import AddressError
 
         try:
             check_join_addr(addr)  # a malformed address starts nothing
-        except ValueError as err:
+        except AddressError as err:
             raise IpfsError(f"ipfs: {err}") from None
         self._network().connect(addr)
 
