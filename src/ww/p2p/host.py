@@ -98,15 +98,16 @@ def _guarded_tcp(policy: DialPolicy | None) -> Any:
 
     if policy is None:
         return TCP()
+    guard: DialPolicy = policy  # (the classes below close over it, known not None)
 
     class GuardedTCP(TCP):  # type: ignore[misc]
         async def dial(self, maddr: Any) -> Any:
-            if reason := policy.refusal(str(maddr)):
+            if reason := guard.refusal(str(maddr)):
                 raise OpenConnectionError(reason)  # nothing was sent
             return await super().dial(maddr)
 
         async def dial_with_source(self, maddr: Any, source: Any) -> Any:
-            if reason := policy.refusal(str(maddr)):
+            if reason := guard.refusal(str(maddr)):
                 raise OpenConnectionError(reason)
             return await super().dial_with_source(maddr, source)
 
