@@ -168,3 +168,51 @@ def test_schema_in_process_prints_the_directory_of_the_schema_files(capsys):
 def test_help_exits_0(capsys):
     assert run_cli(["--help"]) == 0
     assert "Usage: ww" in capsys.readouterr().out
+
+
+def test_debug_belongs_to_its_own_call_when_calls_overlap(monkeypatch, capsys):
+    """Two `ww` calls in one process at once (threads): the one without --debug, started and
+    finished while the other runs, does not switch the other's --debug off (it was a module
+    global each call reset)."""
+    import threading
+
+    from tests.conftest import HANG
+
+    inside, release = threading.Event(), threading.Event()
+
+    @click.command()
+    def hold() -> None:
+        inside.set()
+        assert release.wait(HANG)
+        raise errors.HostError("held")
+
+    monkeypatch.setitem(cli_main.COMMANDS, "hold", f"{__name__}:_held")
+    monkeypatch.setattr(f"{__name__}._held", hold, raising=False)
+    monkeypatch.setitem(cli_main.COMMANDS, "raise", f"{__name__}:_raise")
+    statuses: list[int] = []
+    debugged = threading.Thread(target=lambda: statuses.append(run_cli(["--debug", "hold"])))
+    debugged.start()
+    try:
+        assert inside.wait(HANG)
+        assert run_cli(["raise", str(ALL_ERRORS.index(errors.HostError))]) == 1
+    finally:
+        release.set()
+        debugged.join(HANG)
+    assert statuses == [1]
+    err = capsys.readouterr().err
+    assert "ww: message-value\n" in err and err.endswith("ww: held\n")
+    assert err.count("Traceback (most recent call last)") == 1
+
+
+def test_a_corrupt_node_key_is_one_line_not_an_internal_error(tmp_path, monkeypatch, capsys):
+    from ww.core.identity import IDENTITY_FILE
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / IDENTITY_FILE).write_bytes(b"garbage\n")
+    monkeypatch.setenv("WW_HOME", str(home))
+    assert run_cli(["id"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"ww: {home / IDENTITY_FILE}: private key is not a libp2p protobuf key "
+                   "(protobuf field number 0)\n")

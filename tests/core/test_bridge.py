@@ -30,6 +30,29 @@ def test_a_cancelled_wait_cancels_the_future_and_the_running_work():
     assert cancelled.is_set() and future.cancelled()
 
 
+def test_a_cancelled_executor_call_is_told_to_stop_and_waited_for():
+    """bridge.in_executor (AsyncCoreAPI's hand-off): the caller's CancelledError comes once
+    the work has ended, after on_cancel told it to stop; the work's own error is dropped."""
+    started, stop, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def work() -> int:
+        started.set()
+        assert stop.wait(HANG)
+        ended.set()
+        raise RuntimeError("stopped early")  # what a cancelled backend call raises
+
+    async def main() -> None:
+        assert await bridge.in_executor(None, lambda: 7, on_cancel=stop.set) == 7
+        task = asyncio.ensure_future(bridge.in_executor(None, work, on_cancel=stop.set))
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, HANG)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended.is_set()  # not raised before the work ended
+
+    asyncio.run(main())
+
+
 def test_the_outcome_of_a_thread_reaches_the_loop_and_a_closed_loop_is_no_error():
     def fails() -> None:
         raise ValueError("from the thread")

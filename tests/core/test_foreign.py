@@ -1,4 +1,4 @@
-"""ww.core._foreign: the one place where pycapnp's, py-libp2p's and the builtins' errors become
+"""ww.core.foreign: the one place where pycapnp's, py-libp2p's and the builtins' errors become
 one line or an error of the tree.  Real pycapnp exceptions, as KJ describes them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import capnp
 import pytest
 
 from tests.conftest import HANG
-from ww.core._foreign import chained_reason, expected_reason, kj_reason, map_foreign
 from ww.core.errors import CallError, DeniedError, RpcError, UsageError, WwError
+from ww.core.foreign import chained_reason, expected_reason, kj_reason, map_foreign
 
 
 @pytest.mark.parametrize(("description", "reason"), [
@@ -81,7 +81,7 @@ def test_importing_the_host_does_not_patch_pycapnp():
         "import capnp, ww.host.rpc, ww.host.supervisor, ww.cell\n"
         "import traceback\n"
         "assert capnp.lib.capnp._traceback is traceback, capnp.lib.capnp._traceback\n"
-        "from ww.core._foreign import send_one_line_errors\n"
+        "from ww.core.foreign import send_one_line_errors\n"
         "send_one_line_errors(False)\n"
         "assert capnp.lib.capnp._traceback is not traceback\n"
         "print(capnp.lib.capnp._traceback.format_exception(KeyError, KeyError('x'), None))\n"

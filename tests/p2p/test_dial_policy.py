@@ -425,3 +425,29 @@ def test_a_connect_that_waits_on_the_network_does_not_hold_up_the_cells_other_ca
             f"connect: ipfs: cannot connect to {addr}"], r.stdout
     finally:
         silent.close()
+
+
+def test_each_run_hands_its_own_dial_policy_to_its_capability_servers(tmp_path: Path) -> None:
+    """The policy a cell's dials are held to is the one its run built, passed to the IPFS
+    and p2p servers (ww.app.build), not a process-wide setting the last run overwrote."""
+    from ww.app import build
+    from ww.app.options import RunOptions
+    from ww.host.denied import NOBODY
+    from ww.host.policy import GrantSet, IpfsGrant
+
+    loopback = "/ip4/127.0.0.1/tcp/4001"
+    widened = build.dial_policy(RunOptions("/bin/true", allow_dial=("127.0.0.0/8",)))
+    api = build.open_embedded(tmp_path / "repo")
+    factories = build.capability_factories(["ipfs"], api, lambda: None,  # type: ignore[arg-type,return-value]
+                                           policy=widened)
+    build.dial_policy(RunOptions("/bin/true"))  # another run in the same process: strict
+    strict_factories = build.capability_factories(["ipfs"], api, lambda: None)  # type: ignore[arg-type,return-value]
+    grants = GrantSet(ipfs=IpfsGrant())
+    server = factories["ipfs"](grants, NOBODY, {})
+    strict_server = strict_factories["ipfs"](grants, NOBODY, {})
+    assert server.dial_policy.refusal(loopback) is None  # type: ignore[attr-defined]
+    refusal = strict_server.dial_policy.refusal(loopback)  # type: ignore[attr-defined]
+    assert refusal is not None and refusal.startswith("address not allowed")
+    import ww.p2p.dial_policy as module
+
+    assert not hasattr(module, "set_for_cells")  # no module-global policy left to set

@@ -73,12 +73,12 @@ def refuse_peers_with_kubo(api: str | None, peers: Iterable[str], on_command_lin
 
 
 def dial_policy(options: RunOptions) -> DialPolicy:
-    """The dial policy of this run's cells and hosts, now theirs (ww.p2p.dial_policy)."""
-    from ww.p2p.dial_policy import DialPolicy, set_for_cells
+    """The dial policy of this run's cells and hosts (ww.p2p.dial_policy): handed to the
+    libp2p host and the IPFS backend's own host, and to the servers that dial for a cell
+    (:func:`capability_factories`)."""
+    from ww.p2p.dial_policy import DialPolicy
 
-    policy = DialPolicy.from_flags(options.allow_dial, [*options.join, *options.peers])
-    set_for_cells(policy)
-    return policy
+    return DialPolicy.from_flags(options.allow_dial, [*options.join, *options.peers])
 
 
 def p2p_node(options: RunOptions, capabilities: Iterable[str],
@@ -114,10 +114,11 @@ def limits(options: RunOptions) -> Limits | None:
     from ww.host.limits import Limits, flags
     from ww.host.limits.cgroup import check_cgroups
 
-    parse = {"memory": flags.parse_size, "fsize": flags.parse_size,
-             "cpu_time": flags.parse_seconds, "timeout": flags.parse_seconds,
-             "pids": flags.parse_count}
-    wanted = Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[operator]
+    parse: dict[str, Callable[[str, str], float]] = {
+        "memory": flags.parse_size, "fsize": flags.parse_size,
+        "cpu_time": flags.parse_seconds, "timeout": flags.parse_seconds,
+        "pids": flags.parse_count}
+    wanted = Limits(**{k: parse[k](v, "--" + k.replace("_", "-"))  # type: ignore[arg-type]
                        for k, v in given.items()})
     check_cgroups(wanted)  # no memory or cpu cgroup here: refused before any start
     return wanted
@@ -166,8 +167,12 @@ def exec_setup(options: RunOptions, audit: bool, subcells: SubcellBudget) -> Exe
 
 def capability_factories(granted: list[str], api: CoreAPI | None,
                          exec_setup: Callable[[], ExecSetup],
-                         node: Node | None = None) -> dict[str, CapabilityFactory]:
-    """Builders for the granted capability servers; called only once a cell logs in."""
+                         node: Node | None = None,
+                         policy: DialPolicy | None = None) -> dict[str, CapabilityFactory]:
+    """Builders for the granted capability servers; called only once a cell logs in.
+
+    The IPFS and p2p servers hold the cell's dials to ``policy`` (None: public addresses
+    only, :data:`ww.p2p.dial_policy.STRICT`)."""
 
     def console(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
         from ww.caps.console import ConsoleServer
@@ -177,11 +182,13 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
     def ipfs(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
         from ww.caps.ipfs import IpfsServer
         from ww.caps.ipfs_scope import IpfsScope
+        from ww.p2p.dial_policy import STRICT
 
-        assert grants.ipfs is not None  # the host asks only for what a login was granted
+        # the host asks only for what a login was granted, and opens a backend for ipfs
+        assert grants.ipfs is not None and api is not None
         narrowed = grants.ipfs.read_only or grants.ipfs.roots
         scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
-        return IpfsServer(api, scope, caller)
+        return IpfsServer(api, scope, caller, dial_policy=policy or STRICT)
 
     def exec_(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
         from ww.caps.exec import ExecutorServer
@@ -190,8 +197,10 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
 
     def p2p(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
         from ww.caps.p2p import P2PServer
+        from ww.p2p.dial_policy import STRICT
 
-        return P2PServer(node, caller)
+        assert node is not None  # a run that may grant p2p builds a host (p2p_node)
+        return P2PServer(node, caller, policy or STRICT)
 
     made: dict[str, CapabilityFactory] = {"console": console, "ipfs": ipfs, "exec": exec_,
                                           "p2p": p2p}

@@ -12,6 +12,7 @@ holds the two together).
 # No `from __future__ import annotations` here: NamedTuple would compile each of its many
 # annotations as a string, which costs every `ww run` a few tenths of a millisecond.
 from ww.core.records import NamedTuple  # typing's, without importing typing
+from ww.host.policy import DEFAULT_LOGIN_TIMEOUT  # (every `ww run` imports it anyway)
 
 # How a flag takes its value: a switch, one value (the last one given wins), or a repeatable
 # flag whose values accumulate.
@@ -67,7 +68,6 @@ GLOBAL_FLAGS: tuple[Flag, ...] = (
 )
 
 DEFAULT_JAIL = "bwrap"
-DEFAULT_LOGIN_TIMEOUT = 10.0  # the same as ww.host.policy's, which is not imported here
 
 
 class RunOptions(NamedTuple):

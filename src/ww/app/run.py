@@ -41,6 +41,7 @@ def run(options: RunOptions) -> int:
     if from_ipfs:
         from ww.host.fetch import fetch
 
+        assert api is not None  # opened above for an /ipfs/ program
         executable = fetch(api, executable, cell_limits.fsize if cell_limits else None)
     audit = access.audit.enabled
     from ww.host.limits.subcells import SubcellBudget
@@ -53,7 +54,8 @@ def run(options: RunOptions) -> int:
         grants=grants,
         capabilities=capabilities,
         capability_factories=build.capability_factories(
-            capabilities, api, lambda: build.exec_setup(options, audit, subcells), node),
+            capabilities, api, lambda: build.exec_setup(options, audit, subcells), node,
+            policy),
         jailed=options.jail != "none",
         search_path=options.search_path,
         interpreters=interpreters,

@@ -75,8 +75,6 @@ class ExecSetup:
                 if not k.startswith("WW_") or k in KEPT_HOST_VARIABLES}
 
 
-
-
 class ExecutorServer(_cell.Executor.Server):  # type: ignore[name-defined,misc]
     """``spawn`` for one login: hands down at most what that login holds."""
 

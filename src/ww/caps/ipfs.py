@@ -55,6 +55,7 @@ from ww.ipfs.api import (
     cancellable,
     local_only,
 )
+from ww.p2p.dial_policy import STRICT, DialPolicy
 from ww.schema import load
 
 _ipfs = load("ipfs")
@@ -371,11 +372,13 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     """
 
     def __init__(self, api: CoreAPI, scope: IpfsScope | None = None,
-                 caller: Caller = NOBODY, cell: _Cell | None = None) -> None:
+                 caller: Caller = NOBODY, cell: _Cell | None = None,
+                 dial_policy: DialPolicy = STRICT) -> None:
         self._api = api
         self.scope = scope
         self._caller = caller
         self._cell = cell if cell is not None else _Cell()
+        self.dial_policy = dial_policy  # where `connect` may make the host dial
 
     def close(self) -> None:
         """The cell hung up or is gone: cancel its calls, abandon its writers."""
@@ -423,7 +426,8 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         self._caller.audit.emit("grant", capability="ipfs", peer=self._caller.peer,
                                 via="attenuate", read_only=scope.read_only,
                                 roots=list(scope.roots))
-        _context.results.ipfs = IpfsServer(self._api, scope, self._caller, self._cell)
+        _context.results.ipfs = IpfsServer(self._api, scope, self._caller, self._cell,
+                                           self.dial_policy)
 
     async def add(self, options: Any, _context: Any, **kwargs: Any) -> None:
         self._check("add")
@@ -531,9 +535,7 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
     async def connect(self, addr: str, **kwargs: Any) -> None:
         self._check("connect")
-        from ww.p2p.dial_policy import for_cells
-
-        if reason := for_cells().refusal(addr, full_address=not self._api.guards_dials):
+        if reason := self.dial_policy.refusal(addr, full_address=not self._api.guards_dials):
             raise self._caller.deny("ipfs", "connect", reason)  # before any network traffic
         await self._cell.run(self._api.connect, addr)  # a dial can take its whole timeout
 

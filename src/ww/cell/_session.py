@@ -23,7 +23,7 @@ from ww.cell._errors import (
     RemoteError,
 )
 from ww.cell._fds import RPC_FD
-from ww.core._foreign import kj_reason
+from ww.core.foreign import kj_reason
 from ww.schema import load
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool
            pin: bool, hidden: bool, ipfs_api: str | None) -> None:
     """Add PATH (a file, symlink or directory tree) and print /ipfs/<cid>."""
     from ww.app.build import open_embedded, open_ipfs
-    from ww.ipfs.api import AddOptions
+    from ww.ipfs.api import AddOptions, CoreAPI
 
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{path}: no such file or directory")
@@ -47,7 +47,7 @@ def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool
             # file (same file system), which goes away with the command.
             scratch = stack.enter_context(tempfile.TemporaryDirectory(
                 prefix=f".{car_file.name}.", dir=car_file.resolve().parent))
-            api = open_embedded(Path(scratch))
+            api: CoreAPI = open_embedded(Path(scratch))
             options = replace(options, pin=False)
         else:
             api = open_ipfs(ipfs_api, check=bool(ipfs_api))

@@ -12,7 +12,14 @@ import click
 
 from ww.core.errors import EXIT_FAILURE, EXIT_USAGE, WwError
 
-_debug = False
+
+class _Invocation:
+    """What one :func:`run_cli` call was asked for that its error report needs: ``--debug``
+    (set by the group's callback through click's context object, so that two calls in one
+    process, in threads or one after the other, each keep their own)."""
+
+    def __init__(self, debug: bool = False) -> None:
+        self.debug = debug
 
 
 # Every subcommand: name -> "module:attribute".  A command's module is imported only when
@@ -49,10 +56,11 @@ class _LazyGroup(click.Group):
 @click.option("--json", "json", is_flag=True, envvar="WW_JSON",
               help="Audit trail: one JSON line per login, grant, denial and sub-cell on stderr "
                    "(where a cell can forge lines; 'ww run --audit FILE' cannot be forged).")
-def cli(debug: bool, json: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, json: bool) -> None:
     """Wetware: run programs as cells in a jail, with capabilities over Cap'n Proto on fd 3."""
-    global _debug
-    _debug = debug
+    if isinstance(ctx.obj, _Invocation):
+        ctx.obj.debug = debug
 
 
 def _print_traceback() -> None:
@@ -71,13 +79,12 @@ def run_cli(argv: list[str] | None = None, failure: BaseException | None = None,
     (:mod:`ww.core.errors`); nothing exits the process, so tests and other Python code can
     call it.  Only :func:`main`, the console script, exits.
     """
-    global _debug
-    _debug = False
+    invocation = _Invocation()
     try:
         if failure is not None:
-            _debug = debug
+            invocation.debug = debug
             raise failure
-        status = cli.main(args=argv, prog_name="ww", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="ww", standalone_mode=False, obj=invocation)
     except click.exceptions.Exit as e:
         status = e.exit_code
     except click.ClickException as e:
@@ -89,14 +96,14 @@ def run_cli(argv: list[str] | None = None, failure: BaseException | None = None,
     except click.Abort:
         status = 128 + 2
     except WwError as e:
-        if _debug:
+        if invocation.debug:
             _print_traceback()
         print(f"ww: {e}", file=sys.stderr)
         status = e.exit_code
     except KeyboardInterrupt:
         status = 128 + 2
     except Exception as e:  # a bug or an unexpected host failure: still one line
-        if _debug:
+        if invocation.debug:
             _print_traceback()
         print(f"ww: internal error: {type(e).__name__}: {e} (rerun with --debug for details)",
               file=sys.stderr)

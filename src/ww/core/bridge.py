@@ -7,7 +7,8 @@ The host runs three kinds of code that must not wait on one another:
 - **trio**, where py-libp2p runs the libp2p host (Bitswap, `/ww/0.1.0` streams), on a thread
   of its own (:func:`run_trio`), reached from other threads through a :class:`TrioPortal`.
 - **worker threads**, for blocking work: the IPFS backend's reads and imports
-  (:class:`DaemonWorkers`, :func:`in_new_thread`, :class:`ThreadFeed`), a Bitswap reply read
+  (:class:`DaemonWorkers`, :func:`in_new_thread`, :class:`ThreadFeed`; an embedder's
+  executor, :func:`in_executor`, for :class:`ww.ipfs.aio.AsyncCoreAPI`), a Bitswap reply read
   from the repository (:func:`to_worker`), a reader's wait for a block Bitswap fetches
   (:func:`wait_in_thread`).
 
@@ -93,6 +94,27 @@ async def wait_future(future: concurrent.futures.Future[T],
     except asyncio.CancelledError:
         if on_cancel is not None:
             on_cancel()
+        raise
+
+
+async def in_executor(executor: concurrent.futures.Executor | None, fn: Callable[[], T],
+                      on_cancel: Callable[[], Any]) -> T:
+    """On an asyncio loop: ``fn()`` in ``executor`` (None: the loop's default one).
+
+    Unlike :func:`wait_future`, a cancelled caller waits for the work to end: ``on_cancel``
+    is called (to make it stop early, for example a :class:`ww.ipfs.api.CancelToken`'s
+    ``cancel``), then CancelledError is raised once ``fn`` has returned or raised, so
+    nothing keeps running for a caller that left (the work's own error is dropped)."""
+    import asyncio
+
+    future = asyncio.get_running_loop().run_in_executor(executor, fn)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        on_cancel()
+        await asyncio.wait([future])  # on_cancel wakes whatever the work waits on
+        if not future.cancelled():
+            future.exception()  # retrieved: an error nobody else will see
         raise
 
 

@@ -25,7 +25,7 @@ The tree, roots of each area (the areas add named subclasses of their own, e.g.
     +-- CellError                1    the cell SDK's errors (ww.cell)
 
 Errors of other libraries (pycapnp, py-libp2p, the builtins a capability raises) become one
-of these in one place, :mod:`ww.core._foreign`; a kubo node's HTTP answers become the kinds of
+of these in one place, :mod:`ww.core.foreign`; a kubo node's HTTP answers become the kinds of
 ``IpfsError`` in its client, which alone knows kubo's messages.  This module imports nothing,
 so that every layer (the SDK a cell imports included) can use it at no cost.
 """

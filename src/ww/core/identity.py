@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ww.core import multibase, varint
 from ww.core import protobuf as _protobuf
+from ww.core.errors import WwError
 from ww.core.fsutil import fsync_dir
 
 __all__ = [
@@ -70,8 +71,11 @@ _PUBLIC_LEN = 32
 _SIGNATURE_LEN = 64
 
 
-class IdentityError(ValueError):
-    """A key, peer id or signature is malformed or does not check out; ``str()`` is one line."""
+class IdentityError(WwError, ValueError):
+    """A key, peer id or signature is malformed or does not check out; ``str()`` is one line.
+
+    (Exit status 1 where nothing more specific maps it, as for a corrupt node key under
+    `ww id`; still the ValueError callers caught before.)"""
 
 
 def _encode_key_protobuf(key_type: int, data: bytes) -> bytes:

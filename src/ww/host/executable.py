@@ -18,6 +18,10 @@ import sys
 from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
 from ww.core.records import NamedTuple
 
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 # Directories every jail already mounts read-only; nothing under them needs its own bind.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -225,7 +229,7 @@ class UntrustedInterpreterError(NotExecutableError):
 
 
 def interpreter_binds(program: str, interpreter: str,
-                      trusted: list[str] | tuple[str, ...] = ()) -> list[Bind]:
+                      trusted: Sequence[str] = ()) -> list[Bind]:
     """What the jail must bind for ``interpreter``, named by the ``#!`` line of ``program``.
 
     The ``#!`` line is content: it chooses the interpreter, never the host directories the
@@ -269,7 +273,7 @@ def check_interpreters(paths: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def prepare(command: str, args: list[str], search_path: str | None = None,
-            interpreters: list[str] | tuple[str, ...] = (), jailed: bool = True) -> Program:
+            interpreters: Sequence[str] = (), jailed: bool = True) -> Program:
     """Resolve ``command`` and work out the exec argv and read-only binds for the jail.
 
     ``interpreters`` are the ones the operator named with ``--interpreter``: a ``#!`` line

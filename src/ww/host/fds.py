@@ -16,6 +16,10 @@ import stat
 from ww.core.errors import UsageError
 from ww.core.records import NamedTuple
 
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 RPC_FD = 3
 FIRST_GRANTED_FD = 4
 
@@ -85,7 +89,7 @@ def fd_env(grants: list[FdGrant]) -> dict[str, str]:
     return {g.env_name: str(g.target) for g in grants}
 
 
-def install_fds(rpc_fd: int, grants: list[FdGrant]) -> None:
+def install_fds(rpc_fd: int, grants: Sequence[FdGrant]) -> None:
     """In the forked child, before exec: put the RPC socket at 3 and each grant at its target.
 
     Sources are first duplicated above every target, so that a source which happens to

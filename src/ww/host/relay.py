@@ -245,7 +245,8 @@ class Relay:
         ``limit``: about that many bytes at most).  Only the thread (the ``owner``) closes
         the pipe: its poll still watches the fd."""
         with out.lock:
-            total, moved = 0, 0
+            total = 0
+            moved: int | None = 0
             while limit is None or total < limit:
                 moved = self._move(out)
                 if not moved:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import capnp
 
-from ww.core._foreign import kj_reason
 from ww.core.errors import DeniedError
+from ww.core.foreign import kj_reason
 from ww.host import wire
 from ww.host.denied import Caller
 from ww.host.policy import (
@@ -50,7 +50,7 @@ class Grants:
     """
 
     names: list[str] = field(default_factory=list)
-    factories: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    factories: Mapping[str, Callable[..., object]] = field(default_factory=dict)
     access: Access | None = None
 
     def policy(self) -> Access:
@@ -153,7 +153,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
 
 
 async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
-                on_failure: Callable[[str], None] | None = None) -> str | None:
+                on_failure: Callable[[str], object] | None = None) -> str | None:
     """Serve `Host` on ``sock`` until ``until`` completes, the cell hangs up, or a login fails.
 
     A failed login calls ``on_failure`` with its one-line reason at once, before the

@@ -569,7 +569,7 @@ def _strict_helper(filter_fd: int, sock_fd: int,
 
 
 def _supervise(cell: _Cell, host_sock: _socket.socket, config: RunConfig,
-               auth_failed: Callable[[str], None]) -> None:
+               auth_failed: Callable[[str], object]) -> None:
     """Wait for the cell to exit; start serving RPC if it speaks on fd 3 first.
 
     When the policy requires a login, RPC is served at once instead, so that the login
@@ -605,13 +605,13 @@ def _supervise(cell: _Cell, host_sock: _socket.socket, config: RunConfig,
 
 
 def _serve_rpc(pidfd: int, host_sock: _socket.socket, config: RunConfig,
-               auth_failed: Callable[[str], None]) -> None:
+               auth_failed: Callable[[str], object]) -> None:
     import asyncio
     import contextlib
     import socket
 
     from ww.core import bridge
-    from ww.core._foreign import send_one_line_errors
+    from ww.core.foreign import send_one_line_errors
     from ww.host import rpc
 
     # fd 3's socket as the socket module makes it, for asyncio (a duplicate: the caller's

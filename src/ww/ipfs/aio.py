@@ -20,11 +20,12 @@ The method names, arguments and results are the CoreAPI's; ``cat`` is an async i
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
+
+from ww.core import bridge
 
 from .api import AddOptions, CancelToken, CoreAPI, Entry, PeerInfo, Stat, cancellable
 
@@ -60,15 +61,7 @@ class AsyncCoreAPI:
             with cancellable(token):
                 return fn()
 
-        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            token.cancel()
-            await asyncio.wait([future])  # the token wakes whatever the work waits on
-            if not future.cancelled():
-                future.exception()  # retrieved: a CallCancelled nobody else will see
-            raise
+        return await bridge.in_executor(self._executor, work, on_cancel=token.cancel)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await self._run(CancelToken(), fn)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ww.ipfs.api import CoreAPI
 
+if TYPE_CHECKING:
+    from ww.ipfs.net import Host, NewHost
+
 
 def open_backend(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
-                 host: Any = None, new_host: Any = None) -> CoreAPI:
+                 host: Host | None = None, new_host: NewHost | None = None) -> CoreAPI:
     """The embedded node in ``$WW_HOME`` when ``api`` is empty, else a kubo RPC client.
 
     With ``check``, a kubo node is asked for its identity first, so that an unreachable

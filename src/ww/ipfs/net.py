@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from ww.core import bridge
 from ww.core.addrs import P2PError, check_join_addr, check_listen_addr
 from ww.core.cid import CID
+from ww.core.errors import AddressError
 from ww.core.fsutil import fsync_dir, sync_filesystem
 from ww.core.identity import Identity
 
@@ -262,7 +263,7 @@ class Network:
         """Dial ``/ip4|ip6/<addr>/tcp/<port>/p2p/<peer id>``; returns the peer id."""
         try:
             addr = check_join_addr(addr)
-        except ValueError as e:
+        except AddressError as e:
             raise IpfsError(f"ipfs: {e}") from None
         try:
             return self._call(self._connect, addr, timeout=CONNECT_TIMEOUT + 5)
@@ -271,7 +272,7 @@ class Network:
         except IpfsError:
             raise
         except Exception as e:
-            from ww.core._foreign import chained_reason
+            from ww.core.foreign import chained_reason
 
             raise IpfsError(f"ipfs: cannot connect to {addr} ({chained_reason(e)})") from None
 

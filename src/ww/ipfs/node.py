@@ -68,7 +68,7 @@ class EmbeddedNode:
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
         the repository's node key, and its owner starts and stops it.  ``new_host``: how to
-        make a host of the node's own when it goes on the network (``ww.p2p.host.for_ipfs``,
+        make a host of the node's own when it goes on the network (``ww.p2p.host_for_ipfs``,
         which carries where it may dial); without it nor ``host`` the node stays offline."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
@@ -368,10 +368,11 @@ class EmbeddedNode:
     def connect(self, addr: str) -> None:
         """Dial a peer (``/ip4/<address>/tcp/<port>/p2p/<peer id>``), starting the host."""
         from ww.core.addrs import check_join_addr
+        from ww.core.errors import AddressError
 
         try:
             check_join_addr(addr)  # a malformed address starts nothing
-        except ValueError as err:
+        except AddressError as err:
             raise IpfsError(f"ipfs: {err}") from None
         self._network().connect(addr)
 

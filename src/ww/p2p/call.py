@@ -24,7 +24,7 @@ def call_service(addr: str, method: str, args: list[str], timeout: float) -> str
 
 
 async def _call(node: Node, addr: str, method: str, args: list[str], timeout: float) -> str:
-    from ww.core._foreign import kj_reason
+    from ww.core.foreign import kj_reason
     from ww.p2p.protocol import Dialer
     from ww.schema import load
 

@@ -16,9 +16,10 @@ A refused dial never reaches the network: :meth:`DialPolicy.refusal` is a pure f
 the address, checked before anything is sent (the capability refuses the call; the host's
 TCP transport refuses the connection, for addresses the host learned from peers too).
 
-``ww run`` sets the policy for its cells once (:func:`set_for_cells`); until then cells get
-:data:`STRICT` (public addresses only).  ``ww call`` and ``ww import`` dial only what the
-operator typed and use no policy.
+``ww run`` builds the policy from its flags (:func:`ww.app.build.dial_policy`) and hands it
+to its libp2p host and to the capability servers that dial for its cells; a server given
+none holds its cells to :data:`STRICT` (public addresses only).  ``ww call`` and ``ww import``
+dial only what the operator typed and use no policy.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from dataclasses import dataclass, field
 from ww.core.addrs import P2PError
 from ww.core.errors import AddressError
 
-__all__ = ["AddressNotAllowed", "DialPolicy", "STRICT", "for_cells", "parse_range",
-           "set_for_cells"]
+__all__ = ["AddressNotAllowed", "DialPolicy", "STRICT", "parse_range"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -200,15 +200,4 @@ def _endpoint(addr: str) -> tuple[Address, int | None] | str:
     return ip, int(components[1][1] or 0)
 
 
-STRICT = DialPolicy()
-_for_cells = STRICT
-
-
-def set_for_cells(policy: DialPolicy) -> None:
-    """The policy every cell of this process is held to (`ww run` sets it from its flags)."""
-    global _for_cells
-    _for_cells = policy
-
-
-def for_cells() -> DialPolicy:
-    return _for_cells
+STRICT = DialPolicy()  # public unicast addresses only

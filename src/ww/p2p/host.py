@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import multiaddr
 import trio
 
-from ww.core._foreign import chained_reason
 from ww.core.addrs import DEFAULT_LISTEN, PROTOCOL_ID, P2PError, peer_of
 from ww.core.bridge import TrioPortal, run_trio
+from ww.core.foreign import chained_reason
 from ww.core.identity import Identity
 from ww.p2p import splice
 
@@ -98,15 +98,16 @@ def _guarded_tcp(policy: DialPolicy | None) -> Any:
 
     if policy is None:
         return TCP()
+    guard: DialPolicy = policy  # (the classes below close over it, known not None)
 
     class GuardedTCP(TCP):  # type: ignore[misc]
         async def dial(self, maddr: Any) -> Any:
-            if reason := policy.refusal(str(maddr)):
+            if reason := guard.refusal(str(maddr)):
                 raise OpenConnectionError(reason)  # nothing was sent
             return await super().dial(maddr)
 
         async def dial_with_source(self, maddr: Any, source: Any) -> Any:
-            if reason := policy.refusal(str(maddr)):
+            if reason := guard.refusal(str(maddr)):
                 raise OpenConnectionError(reason)
             return await super().dial_with_source(maddr, source)
 

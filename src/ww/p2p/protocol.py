@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import capnp
 
 from ww.core import bridge
-from ww.core._foreign import kj_reason
 from ww.core.addrs import PROTOCOL_ID, P2PError, peer_of
+from ww.core.foreign import kj_reason
 from ww.schema import load
+
+if TYPE_CHECKING:
+    from ww.p2p.host import Node
 
 _cell = load("cell")
 
@@ -164,7 +167,7 @@ class Dialer:
     one more address closes the least recently dialed one (and the capabilities from it).
     """
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self._node = node
         self._remotes: dict[str, Remote] = {}
 
