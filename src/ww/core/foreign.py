@@ -2,7 +2,7 @@
 
 As httpx's ``_exceptions.py`` does for its transports: pycapnp's ``KjException``, py-libp2p's
 nested and often empty exceptions, and the builtins a capability raises on purpose are read
-here, and nowhere else, into one line or a :class:`~ww.core.errors.WwError`.
+here, and nowhere else, into one line (the reason a caller is told).
 
 pycapnp is not imported here (only by :func:`send_one_line_errors`): its exception is told by
 its class name and attributes, so that the CLI can use this module without loading it.
@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Any
 
-from ww.core.errors import CallError, DeniedError, RpcError, WwError
+from ww.core.errors import WwError
 
 # Builtins a capability server raises on purpose (its arguments or state are wrong, the call
 # is not allowed, not implemented): their message is one line meant for the caller.  Any
@@ -77,21 +77,6 @@ def expected_reason(e: BaseException) -> str | None:
         return str(getattr(e, "description", ""))
     if isinstance(e, EXPECTED_ERRORS):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return None
-
-
-def map_foreign(e: BaseException) -> WwError | None:
-    """``e`` as an error of the tree: itself if it is one, a :class:`RpcError` carrying the
-    reason of a Cap'n Proto failure, a :class:`DeniedError` or :class:`CallError` for the
-    builtins raised on purpose; None for anything else (a bug: its traceback matters)."""
-    if isinstance(e, WwError):
-        return e
-    if is_kj_exception(e):
-        return RpcError(kj_reason(e))
-    if isinstance(e, PermissionError):
-        return DeniedError(expected_reason(e) or "permission denied")
-    if isinstance(e, ValueError | NotImplementedError):
-        return CallError(expected_reason(e) or type(e).__name__)
     return None
 
 
