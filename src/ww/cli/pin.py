@@ -52,13 +52,13 @@ def rm(paths: tuple[str, ...], ipfs_api: str | None) -> None:
     api = open_ipfs(ipfs_api, check=bool(ipfs_api))
     try:
         for path in paths:
-            cid = api.resolve(path)
-            pinned = api.pin_ls("recursive") | api.pin_ls("direct")
-            if cid not in pinned:
+            cid = api.resolve(path)  # a missing block or name: its own error, not "not pinned"
+            try:
+                api.unpin(cid)
+            except NotFoundError:
                 how = ("it is pinned indirectly, through a recursive pin"
                        if cid in api.pin_ls("indirect") else "it is not pinned")
-                raise NotFoundError(f"cannot unpin {path}: {how}")
-            api.unpin(cid)
+                raise NotFoundError(f"cannot unpin {path}: {how}") from None
             click.echo(f"unpinned {cid}")
     finally:
         api.close()
