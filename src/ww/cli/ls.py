@@ -25,8 +25,10 @@ def ls(paths: tuple[str, ...], headers: bool, size: bool, ipfs_api: str | None) 
     api = open_ipfs(ipfs_api, check=bool(ipfs_api))
     try:
         listings = []
+        targets: dict[str, str] = {}  # a symlink's CID -> its target, each read once
         for path in paths:  # every path is listed before anything is printed: all or nothing
-            listings.append((path, [_row(api, entry, size) for entry in api.ls(path)]))
+            rows = [_row(api, entry, size, targets) for entry in api.ls(path)]
+            listings.append((path, rows))
         for i, (path, rows) in enumerate(listings):
             if len(paths) > 1:
                 click.echo(f"{path}:")
@@ -43,10 +45,13 @@ def ls(paths: tuple[str, ...], headers: bool, size: bool, ipfs_api: str | None) 
     return 0
 
 
-def _row(api, entry: Entry, size: bool) -> list[str]:  # type: ignore[no-untyped-def]
+def _row(api, entry: Entry, size: bool,  # type: ignore[no-untyped-def]
+         targets: dict[str, str]) -> list[str]:
     name = entry.name
     if entry.type is EntryType.DIRECTORY:
         return [entry.cid, "-", name + "/"] if size else [entry.cid, name + "/"]
     if entry.type is EntryType.SYMLINK:
-        name = f"{name} -> {api.stat(entry.cid).target}"
+        if entry.cid not in targets:
+            targets[entry.cid] = api.stat(entry.cid).target or ""
+        name = f"{name} -> {targets[entry.cid]}"
     return [entry.cid, str(entry.size), name] if size else [entry.cid, name]
