@@ -513,7 +513,10 @@ def _handler(kubo: FakeKubo) -> type[BaseHTTPRequestHandler]:
                         for cid, _ in kubo.dag(CID.parse(root)):
                             if pins.get(str(cid)) != "recursive":
                                 keys.setdefault(str(cid), {"Type": "indirect"})
-            self._json({"Keys": keys})
+            if opts.get("stream") == "true":  # one {"Cid", "Type"} per pin, as kubo streams
+                self._json(*({"Cid": c, "Name": "", "Type": v["Type"]} for c, v in keys.items()))
+            else:
+                self._json({"Keys": keys})
 
         def cmd_repo_stat(self, args: list[str], opts: dict[str, str], body: bytes) -> None:
             # kubo's fields and its default StorageMax (10 GB); the size counts the flatfs

@@ -541,17 +541,35 @@ class KuboClient:
         return sorted(cids)
 
     def pin_ls(self, type: str = "all") -> dict[str, str]:
-        """kubo's ``pin/ls`` of one type (or all), each CID once with its type."""
+        """kubo's ``pin/ls`` of one type (or all), each CID once with its type.
+
+        Asked to stream, kubo writes one ``{"Cid", "Type"}`` line per pin, so a repository
+        with millions of indirect pins is not one JSON value; a kubo that ignores ``stream``
+        answers with one ``{"Keys": {cid: {"Type"}}}``, which is read as well."""
         check_pin_type(type)
-        keys = self._object("pin/ls", (), {"type": type}).get("Keys") or {}
         found: dict[str, str] = {}
-        for cid, value in keys.items():
+
+        def record(cid: object, value: object) -> None:
             # kubo names an indirect pin "indirect" (or, asked about one path, "indirect
             # through <cid>"): the type is its first word.
-            kind = str((value or {}).get("Type") or "").split(" ", 1)[0]
+            kind = str(value or "").split(" ", 1)[0]
             if kind not in PIN_TYPES:
                 raise IpfsError(f"kubo listed pin {cid} with unknown type {kind!r}")
-            found[str(cid)] = kind
+            found.setdefault(str(cid), kind)
+
+        reply = self._post("pin/ls", (), {"type": type, "stream": True})
+        try:
+            for value in self._values(reply, "pin/ls"):
+                if not isinstance(value, dict):
+                    raise IpfsError(
+                        f"the kubo RPC API at {self.api} sent an unexpected reply to pin/ls")
+                if "Keys" in value:
+                    for cid, info in (value["Keys"] or {}).items():
+                        record(cid, (info or {}).get("Type"))
+                else:
+                    record(value.get("Cid"), value.get("Type"))
+        finally:
+            reply.close()
         return found
 
     # --- the repository -------------------------------------------------------------------
