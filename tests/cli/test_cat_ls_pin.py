@@ -226,6 +226,18 @@ def test_pin_add_ls_and_rm(ww, tree: Path):
     assert ww("pin", "ls", "-t", "direct").text == f"{index} direct\n"
 
 
+@pytest.mark.parametrize(("spelling", "how"), [
+    (["-r"], "recursively"), (["--recursive"], "recursively"), ([], "recursively"),
+    (["--recursive=true"], "recursively"), (["--recursive=false"], "directly"),
+    (["--no-recursive"], "directly"),
+])
+def test_pin_add_takes_kubos_spellings_of_recursive(ww, tree: Path, spelling: list[str],
+                                                     how: str):
+    top = export(ww, tree, "--no-pin")
+    r = ww("pin", "add", *spelling, top)  # -r before the path: a switch, not a value
+    assert (r.status, r.text) == (0, f"pinned {top.removeprefix('/ipfs/')} {how}\n"), r.err
+
+
 def test_pin_rm_of_what_is_not_pinned_is_an_error_naming_it(ww, tree: Path):
     top = export(ww, tree)
     r = ww("pin", "rm", f"{top}/sub")

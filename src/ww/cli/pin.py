@@ -20,11 +20,32 @@ def pin() -> None:
     """Pin, list and unpin content: a pinned DAG survives `ww repo gc`."""
 
 
-@pin.command()
+class _KuboBooleans(click.Command):
+    """Takes kubo's spelling of a boolean, ``--recursive=false``, for ``--no-recursive``
+    (and ``--recursive=true`` for ``--recursive``), so that `-r` stays a plain switch."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        args = [_kubo_boolean(a) for a in args[:end]] + args[end:]
+        return super().parse_args(ctx, args)
+
+
+def _kubo_boolean(arg: str) -> str:
+    name, equals, value = arg.partition("=")
+    if not equals or name != "--recursive":
+        return arg
+    if value.lower() in ("false", "f", "0", "no"):
+        return "--no-recursive"
+    if value.lower() in ("true", "t", "1", "yes"):
+        return "--recursive"
+    return arg  # click reports it
+
+
+@pin.command(cls=_KuboBooleans)
 @click.argument("paths", nargs=-1, required=True, metavar="IPFS-PATH...")
-@click.option("-r", "--recursive", type=click.BOOL, default=True, is_flag=False,
-              flag_value=True, show_default=True, metavar="[=BOOL]",
-              help="Pin the whole DAG (--recursive=false: only its root block, a direct pin).")
+@click.option("-r", "--recursive/--no-recursive", default=True, show_default=True,
+              help="Pin the whole DAG; --no-recursive (kubo's --recursive=false): only its "
+                   "root block, a direct pin.")
 @ipfs_option
 def add(paths: tuple[str, ...], recursive: bool, ipfs_api: str | None) -> None:
     """Pin what each IPFS-PATH names; every block of a recursive pin must be present."""
