@@ -176,9 +176,10 @@ def test_ls_prints_kubos_columns(ww, tree: Path):
     assert (r.status, r.lines) == (0, expected)
     r = ww("ls", "-v", top)
     assert r.lines == [f"{'Hash':<{width}}{'Size':<{size}}Name", *expected]
-    r = ww("ls", "--no-size", top)
-    assert r.lines == [f"{cid['big.bin']} big.bin", f"{cid['index.html']} index.html",
-                       f"{cid['link']} link -> index.html", f"{cid['sub']} sub/"]
+    for no_size in ("--no-size", "--size=false"):
+        r = ww("ls", no_size, top)
+        assert r.lines == [f"{cid['big.bin']} big.bin", f"{cid['index.html']} index.html",
+                           f"{cid['link']} link -> index.html", f"{cid['sub']} sub/"]
 
 
 def test_ls_of_several_paths_heads_each_and_of_a_file_lists_it(ww, tree: Path):

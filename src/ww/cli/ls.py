@@ -5,15 +5,17 @@ from __future__ import annotations
 import click
 
 from ww.cli._ipfs_option import ipfs_option
+from ww.cli._kubo_bools import kubo_booleans
 from ww.cli._output import columns, reader_gone
 from ww.core.ipfs_values import Entry, EntryType
 
 
-@click.command()
+@click.command(cls=kubo_booleans("size"))
 @click.argument("paths", nargs=-1, required=True, metavar="IPFS-PATH...")
 @click.option("-v", "--headers", is_flag=True, help="Print a header line (Hash Size Name).")
 @click.option("--size/--no-size", default=True, show_default=True,
-              help="Print each file's size (a directory's is '-').")
+              help="Print each file's size (a directory's is '-'); kubo's --size=false is "
+                   "--no-size.")
 @ipfs_option
 def ls(paths: tuple[str, ...], headers: bool, size: bool, ipfs_api: str | None) -> int:
     """List the directories at IPFS-PATH: one line per entry, '<cid> <size> <name>', as

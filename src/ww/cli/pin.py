@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from ww.cli._ipfs_option import ipfs_option
+from ww.cli._kubo_bools import kubo_booleans
 from ww.cli._output import reader_gone
 
 _TYPES = ("direct", "recursive", "indirect", "all")
@@ -20,28 +21,7 @@ def pin() -> None:
     """Pin, list and unpin content: a pinned DAG survives `ww repo gc`."""
 
 
-class _KuboBooleans(click.Command):
-    """Takes kubo's spelling of a boolean, ``--recursive=false``, for ``--no-recursive``
-    (and ``--recursive=true`` for ``--recursive``), so that `-r` stays a plain switch."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        end = args.index("--") if "--" in args else len(args)
-        args = [_kubo_boolean(a) for a in args[:end]] + args[end:]
-        return super().parse_args(ctx, args)
-
-
-def _kubo_boolean(arg: str) -> str:
-    name, equals, value = arg.partition("=")
-    if not equals or name != "--recursive":
-        return arg
-    if value.lower() in ("false", "f", "0", "no"):
-        return "--no-recursive"
-    if value.lower() in ("true", "t", "1", "yes"):
-        return "--recursive"
-    return arg  # click reports it
-
-
-@pin.command(cls=_KuboBooleans)
+@pin.command(cls=kubo_booleans("recursive"))
 @click.argument("paths", nargs=-1, required=True, metavar="IPFS-PATH...")
 @click.option("-r", "--recursive/--no-recursive", default=True, show_default=True,
               help="Pin the whole DAG; --no-recursive (kubo's --recursive=false): only its "
