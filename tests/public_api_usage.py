@@ -62,6 +62,7 @@ from ww.ipfs import (
     NotAFileError,
     NotFoundError,
     PeerInfo,
+    RepoStat,
     Stat,
     UnsupportedError,
     cancellable,
@@ -94,6 +95,10 @@ def use_ipfs_sync(tmp: Path) -> None:
     assert_type(backend.pin(cid, recursive=False), None)
     assert_type(backend.unpin(cid), None)
     assert_type(backend.pins(), list[str])
+    assert_type(backend.pin_ls("indirect"), dict[str, str])
+    usage = backend.repo_stat()
+    assert_type(usage, RepoStat)
+    assert_type(usage.storage_max, int | None)
     assert_type(backend.export_car([cid], io.BytesIO()), None)
     assert_type(backend.import_car(io.BytesIO()), list[str])
     assert_type(backend.id(), PeerInfo)
@@ -125,6 +130,8 @@ async def use_ipfs_async(tmp: Path) -> None:
         assert_type(await ipfs.pin(cid, recursive=True), None)
         assert_type(await ipfs.unpin(cid), None)
         assert_type(await ipfs.pins(), list[str])
+        assert_type(await ipfs.pin_ls(), dict[str, str])
+        assert_type(await ipfs.repo_stat(), RepoStat)
         assert_type(await ipfs.export_car([cid], io.BytesIO()), None)
         assert_type(await ipfs.import_car(io.BytesIO()), list[str])
         assert_type(await ipfs.id(), PeerInfo)

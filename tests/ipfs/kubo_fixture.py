@@ -501,9 +501,33 @@ def _handler(kubo: FakeKubo) -> type[BaseHTTPRequestHandler]:
 
         def cmd_pin_ls(self, args: list[str], opts: dict[str, str], body: bytes) -> None:
             kind = opts.get("type", "all")
+            if kind not in ("all", "recursive", "direct", "indirect"):
+                raise KuboError(f"invalid type '{kind}', must be one of {{direct, indirect, "
+                                "recursive, all}")
             with kubo.lock:
-                keys = {c: {"Type": t} for c, t in kubo.pins.items() if kind in ("all", t)}
-            self._json({"Keys": keys})
+                pins = dict(kubo.pins)
+            keys = {c: {"Type": t} for c, t in pins.items() if kind in ("all", t)}
+            if kind in ("all", "indirect"):  # every other block under a recursive pin
+                for root, t in pins.items():
+                    if t == "recursive":
+                        for cid, _ in kubo.dag(CID.parse(root)):
+                            if pins.get(str(cid)) != "recursive":
+                                keys.setdefault(str(cid), {"Type": "indirect"})
+            if opts.get("stream") == "true":  # one {"Cid", "Type"} per pin, as kubo streams
+                self._json(*({"Cid": c, "Name": "", "Type": v["Type"]} for c, v in keys.items()))
+            else:
+                self._json({"Keys": keys})
+
+        def cmd_repo_stat(self, args: list[str], opts: dict[str, str], body: bytes) -> None:
+            # kubo's fields and its default StorageMax (10 GB); the size counts the flatfs
+            # blocks kubo wrote and those imported from CARs.
+            files = list((kubo.worker.repo / "blocks").glob("*/*.data"))
+            size = sum(f.stat().st_size for f in files)
+            with kubo.lock:
+                size += sum(len(block) for block in kubo.imported.values())
+                count = len(files) + len(kubo.imported)
+            self._json({"RepoSize": size, "StorageMax": 10_000_000_000, "NumObjects": count,
+                        "RepoPath": str(kubo.worker.repo), "Version": "fs-repo@14"})
 
         def cmd_dag_export(self, args: list[str], opts: dict[str, str], body: bytes) -> None:
             cid = kubo.resolve(args[0])

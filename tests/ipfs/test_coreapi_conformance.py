@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG
+from ww.core.errors import UsageError
 from ww.ipfs import (
     AddOptions,
     AsyncCoreAPI,
@@ -295,6 +296,48 @@ def test_unpin_of_what_is_not_pinned_is_not_found(api: CoreAPI):
 def test_pin_of_a_missing_block_is_not_found(api: CoreAPI):
     with pytest.raises(NotFoundError):
         api.pin(MISSING_CID)
+
+
+def test_pin_ls_tells_recursive_direct_and_indirect_apart(api: CoreAPI, tmp_path: Path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a").write_bytes(unique_bytes(100, "pin-ls-a"))
+    (folder / "b").write_bytes(unique_bytes(100, "pin-ls-b"))
+    root = api.add_path(folder, AddOptions(pin=False))
+    leaves = [link.cid for link in api.stat(root).links]
+    assert len(leaves) == 2
+    single = api.add_stream([unique_bytes(10, "pin-ls-direct")], AddOptions(pin=False))
+    assert root not in api.pin_ls() and leaves[0] not in api.pin_ls()
+    api.pin(root)
+    api.pin(single, recursive=False)
+    everything = api.pin_ls()
+    assert everything[root] == "recursive" and everything[single] == "direct"
+    assert {everything[leaf] for leaf in leaves} == {"indirect"}
+    assert root in api.pin_ls("recursive") and single not in api.pin_ls("recursive")
+    assert single in api.pin_ls("direct") and root not in api.pin_ls("direct")
+    indirect = api.pin_ls("indirect")
+    assert set(leaves) <= set(indirect) and root not in indirect and single not in indirect
+    api.unpin(root)
+    assert root not in api.pin_ls() and leaves[0] not in api.pin_ls("indirect")
+
+
+def test_pin_ls_of_an_unknown_type_is_a_usage_error(api: CoreAPI):
+    with pytest.raises(UsageError, match="pin type"):
+        api.pin_ls("sideways")
+
+
+# --- the repository -----------------------------------------------------------------------
+
+
+def test_repo_stat_counts_the_blocks_added(api: CoreAPI):
+    before = api.repo_stat()
+    data = unique_bytes(3 * CHUNK + 5, "repo-stat")  # five new blocks: a root, four leaves
+    api.add_stream([data])
+    after = api.repo_stat()
+    assert after.num_objects >= before.num_objects + 5
+    assert after.repo_size >= before.repo_size + len(data)
+    assert after.repo_path and after.version
+    assert after.storage_max is None or after.storage_max > 0
 
 
 # --- CAR export and import ----------------------------------------------------------------

@@ -127,3 +127,36 @@ def test_a_cancelled_call_does_not_reach_the_transport():
     with cancellable(token), pytest.raises(CallCancelled):
         client.id()
     assert seen == []
+
+
+def test_pin_ls_reads_kubos_streamed_lines_and_its_keys_map():
+    seen: list[KuboRequest] = []
+    other = "QmNLei78zWmzUdbeRB3CiUfAizWUrbeeZh5K1rhAQKCh51"
+    streamed = b"".join(json.dumps(v).encode() + b"\n" for v in [
+        {"Cid": CID, "Name": "", "Type": "recursive"}, {"Cid": other, "Type": "indirect"}])
+    client = client_answering(KuboResponse(status=200, body=streamed), seen)
+    assert client.pin_ls() == {CID: "recursive", other: "indirect"}
+    assert ("stream", "true") in seen[0].query and ("type", "all") in seen[0].query
+    # a kubo that does not stream answers with one map; "indirect through <cid>" is indirect
+    keys = {"Keys": {CID: {"Type": f"indirect through {other}"}}}
+    client = client_answering(KuboResponse(status=200, body=json.dumps(keys).encode()))
+    assert client.pin_ls("indirect") == {CID: "indirect"}
+
+
+def test_pin_ls_of_an_unknown_pin_type_in_kubos_reply_is_an_error():
+    body = json.dumps({"Cid": CID, "Type": "sideways"}).encode()
+    client = client_answering(KuboResponse(status=200, body=body))
+    with pytest.raises(IpfsError, match="unknown type 'sideways'"):
+        client.pin_ls()
+
+
+def test_repo_stat_maps_kubos_fields_and_its_no_limit():
+    fields = {"RepoSize": 123, "StorageMax": 2**64 - 1, "NumObjects": 4,
+              "RepoPath": "/data/ipfs", "Version": "fs-repo@15"}
+    client = client_answering(KuboResponse(status=200, body=json.dumps(fields).encode()))
+    info = client.repo_stat()
+    assert (info.repo_size, info.num_objects, info.storage_max) == (123, 4, None)
+    assert (info.repo_path, info.version) == ("/data/ipfs", "fs-repo@15")
+    client = client_answering(KuboResponse(status=200, body=b'{"RepoSize": "x"}'))
+    with pytest.raises(IpfsError, match="unexpected reply to repo/stat"):
+        client.repo_stat()

@@ -33,6 +33,9 @@ COMMANDS = {
     "id": "ww.cli.id:id_",
     "call": "ww.cli.call:call",
     "repo": "ww.cli.repo:repo",
+    "cat": "ww.cli.cat:cat",
+    "ls": "ww.cli.ls:ls",
+    "pin": "ww.cli.pin:pin",
 }
 
 

@@ -1,20 +1,23 @@
-"""`ww repo check` and `ww repo gc`: the embedded IPFS repository in $WW_HOME.
+"""`ww repo check`, `ww repo gc` and `ww repo stat`: the IPFS repository.
 
 Parsing and exit codes only; the work is in ww.ipfs (the node comes from ww.app).  `check`
-exits 0 when the repository is clean and 1 when something needs attention, each with one
-line on stdout.
+and `gc` work on the embedded repository in $WW_HOME; `stat` also on a kubo node's
+(``--ipfs``).  `check` exits 0 when the repository is clean and 1 when something needs
+attention, each with one line on stdout.
 """
 
 from __future__ import annotations
 
 import click
 
+from ww.cli._ipfs_option import ipfs_option
+from ww.cli._output import columns
 from ww.core.errors import EXIT_FAILURE
 
 
 @click.group()
 def repo() -> None:
-    """Check or clean the embedded IPFS repository ($WW_HOME, default ~/.ww)."""
+    """Check, clean or measure the IPFS repository ($WW_HOME, default ~/.ww)."""
 
 
 def _plural(n: int, what: str) -> str:
@@ -69,3 +72,40 @@ def gc() -> int:
                f"({report.freed_bytes} bytes) and "
                f"{_plural(report.removed_temp_files, 'temp file')}")
     return 0
+
+
+_MIB = 1024 * 1024
+
+
+@repo.command()
+@click.option("-s", "--size-only", is_flag=True, help="Print only RepoSize and StorageMax.")
+@click.option("-H", "--human", is_flag=True, help="Print the sizes in MiB (as kubo does).")
+@ipfs_option
+def stat(size_only: bool, human: bool, ipfs_api: str | None) -> None:
+    """Print the repository's size and block count, as kubo's ipfs repo stat: NumObjects,
+    RepoSize (the blocks' bytes), StorageMax (only where there is a limit: kubo's),
+    RepoPath and Version."""
+    from ww.app.build import open_ipfs
+
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api))
+    try:
+        info = api.repo_stat()
+    finally:
+        api.close()
+    rows = []
+    if not size_only:
+        rows.append(["NumObjects:", str(info.num_objects)])
+    rows.append(_size("RepoSize", info.repo_size, human))
+    if info.storage_max is not None:
+        rows.append(_size("StorageMax", info.storage_max, human))
+    if not size_only:
+        rows += [["RepoPath:", info.repo_path], ["Version:", info.version]]
+    for line in columns(rows):
+        click.echo(line)
+
+
+def _size(label: str, value: int, human: bool) -> list[str]:
+    """kubo's line: in whole MiB with --human, unless that rounds it to 0."""
+    if human and value // _MIB > 0:
+        return [f"{label} (MiB):", str(value // _MIB)]
+    return [f"{label}:", str(value)]

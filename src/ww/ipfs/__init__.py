@@ -38,6 +38,7 @@ from .api import (
     NotAFileError,
     NotFoundError,
     PeerInfo,
+    RepoStat,
     Stat,
     UnsupportedError,
     cancellable,
@@ -63,6 +64,7 @@ __all__ = [
     "EntryType",
     "Link",
     "PeerInfo",
+    "RepoStat",
     "Stat",
     # cancellation
     "CancelToken",

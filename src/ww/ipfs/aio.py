@@ -27,7 +27,7 @@ from typing import BinaryIO, TypeVar
 
 from ww.core import bridge
 
-from .api import AddOptions, CancelToken, CoreAPI, Entry, PeerInfo, Stat, cancellable
+from .api import AddOptions, CancelToken, CoreAPI, Entry, PeerInfo, RepoStat, Stat, cancellable
 
 __all__ = ["AsyncCoreAPI"]
 
@@ -118,6 +118,14 @@ class AsyncCoreAPI:
 
     async def pins(self) -> list[str]:
         return await self._call(self.backend.pins)
+
+    async def pin_ls(self, type: str = "all") -> dict[str, str]:
+        return await self._call(lambda: self.backend.pin_ls(type))
+
+    # the repository
+
+    async def repo_stat(self) -> RepoStat:
+        return await self._call(self.backend.repo_stat)
 
     # CAR interchange
 

@@ -31,6 +31,7 @@ from ww.core.errors import (  # noqa: F401 (re-exported, see below)
     NotAFileError,
     NotFoundError,
     UnsupportedError,
+    UsageError,
 )
 
 # The values CoreAPI returns, shared with the cell SDK; re-exported from here.
@@ -155,6 +156,28 @@ class AddOptions:
     hidden: bool = True
 
 
+PIN_TYPES = ("recursive", "direct", "indirect")
+"""What a pin can be, as kubo names them: a recursive pin keeps a whole DAG, a direct pin one
+block, and every other block of a recursively pinned DAG is pinned indirectly."""
+
+
+def check_pin_type(type: str) -> None:
+    """Refuse a pin type that is neither one of :data:`PIN_TYPES` nor ``"all"``."""
+    if type != "all" and type not in PIN_TYPES:
+        raise UsageError(f"invalid pin type {type!r}: use one of {', '.join(PIN_TYPES)} or all")
+
+
+@dataclass(frozen=True)
+class RepoStat:
+    """What ``repo_stat`` reports, with kubo's ``ipfs repo stat`` fields."""
+
+    repo_size: int  # bytes stored (the embedded node: its blocks; kubo: its repository)
+    num_objects: int  # blocks stored
+    repo_path: str
+    version: str  # the repository format, e.g. "ww-repo@1" or kubo's "fs-repo@15"
+    storage_max: int | None = None  # kubo's Datastore.StorageMax; None: no limit
+
+
 class CoreAPI(Protocol):
     """The operations both backends provide."""
 
@@ -204,6 +227,15 @@ class CoreAPI(Protocol):
     def unpin(self, path: str) -> None: ...
 
     def pins(self) -> list[str]: ...
+
+    def pin_ls(self, type: str = "all") -> dict[str, str]:
+        """Pinned CIDs -> their pin type (one of :data:`PIN_TYPES`), as ``ipfs pin ls``:
+        ``type`` is one of them or ``"all"``.  A CID pinned in several ways is reported once,
+        as recursive before direct before indirect."""
+
+    # the repository
+    def repo_stat(self) -> RepoStat:
+        """Size and block count of the repository (``ipfs repo stat``)."""
 
     # CAR interchange
     def export_car(self, roots: list[str], out: BinaryIO) -> None: ...

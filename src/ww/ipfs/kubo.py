@@ -44,6 +44,7 @@ from ww.core.multiaddr import parse as parse_multiaddr
 
 from . import car, exporter
 from .api import (
+    PIN_TYPES,
     AddOptions,
     BackendUnavailableError,
     CorruptBlockError,
@@ -54,8 +55,10 @@ from .api import (
     NotAFileError,
     NotFoundError,
     PeerInfo,
+    RepoStat,
     Stat,
     UnsupportedError,
+    check_pin_type,
 )
 from .importer import file_chunks
 from .kubo_transport import HttpTransport, KuboTransport, Query, Reply
@@ -67,6 +70,7 @@ _CHUNK = 256 * 1024  # read size for cat / export, and the coalescing size for u
 _MAX_BLOCK = 4 << 20  # kubo refuses blocks over 2 MiB (bitswap's limit); allow some slack
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_LINE = 16 << 20
+_NO_LIMIT = (1 << 64) - 1  # kubo's repo stat StorageMax when there is none
 _ADD_FILE_NAME = "data"  # the multipart file name for add_stream; it never reaches the CID
 _DEFAULT_ADD = AddOptions()
 
@@ -535,6 +539,58 @@ class KuboClient:
         for kind in ("recursive", "direct"):
             cids.update((self._object("pin/ls", (), {"type": kind}).get("Keys") or {}).keys())
         return sorted(cids)
+
+    def pin_ls(self, type: str = "all") -> dict[str, str]:
+        """kubo's ``pin/ls`` of one type (or all), each CID once with its type.
+
+        Asked to stream, kubo writes one ``{"Cid", "Type"}`` line per pin, so a repository
+        with millions of indirect pins is not one JSON value; a kubo that ignores ``stream``
+        answers with one ``{"Keys": {cid: {"Type"}}}``, which is read as well."""
+        check_pin_type(type)
+        found: dict[str, str] = {}
+
+        def record(cid: object, value: object) -> None:
+            # kubo names an indirect pin "indirect" (or, asked about one path, "indirect
+            # through <cid>"): the type is its first word.
+            kind = str(value or "").split(" ", 1)[0]
+            if kind not in PIN_TYPES:
+                raise IpfsError(f"kubo listed pin {cid} with unknown type {kind!r}")
+            found.setdefault(str(cid), kind)
+
+        reply = self._post("pin/ls", (), {"type": type, "stream": True})
+        try:
+            for value in self._values(reply, "pin/ls"):
+                if not isinstance(value, dict):
+                    raise IpfsError(
+                        f"the kubo RPC API at {self.api} sent an unexpected reply to pin/ls")
+                if "Keys" in value:
+                    for cid, info in (value["Keys"] or {}).items():
+                        record(cid, (info or {}).get("Type"))
+                else:
+                    record(value.get("Cid"), value.get("Type"))
+        finally:
+            reply.close()
+        return found
+
+    # --- the repository -------------------------------------------------------------------
+
+    def repo_stat(self) -> RepoStat:
+        """kubo's ``repo/stat``: its repository's size on disk, blocks, path and version."""
+        info = self._object("repo/stat")
+        try:
+            storage_max = int(info.get("StorageMax") or 0)
+            return RepoStat(
+                repo_size=int(info["RepoSize"]),
+                num_objects=int(info["NumObjects"]),
+                repo_path=str(info.get("RepoPath") or ""),
+                version=str(info.get("Version") or ""),
+                # kubo reports "no limit" as the largest uint64 (corerepo.NoLimit)
+                storage_max=storage_max if 0 < storage_max < _NO_LIMIT else None,
+            )
+        except (KeyError, TypeError, ValueError):
+            raise IpfsError(
+                f"the kubo RPC API at {self.api} sent an unexpected reply to repo/stat"
+            ) from None
 
     # --- CAR interchange ------------------------------------------------------------------
 

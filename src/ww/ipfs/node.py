@@ -35,8 +35,10 @@ from .api import (
     IpfsError,
     NotFoundError,
     PeerInfo,
+    RepoStat,
     Stat,
     WouldWait,
+    check_pin_type,
     current_token,
     is_local_only,
 )
@@ -44,7 +46,7 @@ from .blockstore import Blockstore
 from .importer import ImportParams, NullSink, import_file, import_path
 from .path import parse_path
 from .pins import PinKind
-from .repo import GcReport, Repo, RepoCheck, default_repo_path
+from .repo import REPO_VERSION, GcReport, Repo, RepoCheck, default_repo_path
 
 if TYPE_CHECKING:
     from .net import Host, Network, NewHost
@@ -205,6 +207,31 @@ class EmbeddedNode:
         """Every pinned CID, recursive and direct."""
         return [str(cid) for cid in self._repo.pins.list()]
 
+    def pin_ls(self, type: str = "all") -> dict[str, str]:
+        """Pinned CIDs -> ``"recursive"``, ``"direct"`` or ``"indirect"`` (``ipfs pin ls``).
+
+        The indirect pins are found by walking every recursive pin's DAG (each block once);
+        a block of one that is missing is a NotFoundError naming the pin."""
+        check_pin_type(type)
+        found: dict[str, str] = {}
+        recursive = self._repo.pins.list(PinKind.RECURSIVE)
+        if type in ("all", "recursive"):
+            found.update((str(cid), "recursive") for cid in recursive)
+        if type in ("all", "direct"):
+            for cid in self._repo.pins.list(PinKind.DIRECT):
+                found.setdefault(str(cid), "direct")
+        if type in ("all", "indirect"):
+            roots = {cid.multihash for cid in recursive}
+            seen: set[bytes] = set()
+            for root in recursive:
+                try:
+                    for cid, _ in exporter.walk(self._blocks.get, root, seen):
+                        if cid.multihash not in roots:
+                            found.setdefault(str(cid), "indirect")
+                except NotFoundError as err:
+                    raise NotFoundError(f"the DAG pinned as {root} is incomplete: {err}") from None
+        return found
+
     def pins_by_kind(self) -> dict[str, list[str]]:
         """``{"recursive": [...], "direct": [...]}``."""
         return {k.value: [str(c) for c in self._repo.pins.list(k)] for k in PinKind}
@@ -214,6 +241,12 @@ class EmbeddedNode:
     def gc(self) -> GcReport:
         """Remove unpinned blocks and leftovers of interrupted writes."""
         return self._repo.gc()
+
+    def repo_stat(self) -> RepoStat:
+        """The blocks stored and their bytes; there is no storage limit (``storage_max``)."""
+        usage = self._repo.usage()
+        return RepoStat(repo_size=usage.bytes, num_objects=usage.blocks,
+                        repo_path=str(self._repo.path), version=f"ww-repo@{REPO_VERSION}")
 
     def check(self) -> RepoCheck:
         """Verify the repository: corrupt or missing blocks, leftover temp files."""

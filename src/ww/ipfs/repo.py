@@ -33,7 +33,7 @@ from .api import IpfsError
 from .blockstore import TEMP_PREFIX, Blockstore, temp_file_pid
 from .pins import PinKind, PinStore
 
-__all__ = ["Repo", "RepoCheck", "GcReport", "default_repo_path", "REPO_VERSION"]
+__all__ = ["Repo", "RepoCheck", "GcReport", "BlockUsage", "default_repo_path", "REPO_VERSION"]
 
 REPO_VERSION = "1"
 
@@ -56,6 +56,14 @@ class RepoCheck:
     @property
     def ok(self) -> bool:
         return not (self.corrupt_blocks or self.missing_blocks or self.temp_files)
+
+
+@dataclass(frozen=True)
+class BlockUsage:
+    """What the block store holds: how many blocks, how many bytes."""
+
+    blocks: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,16 @@ class Repo:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def usage(self) -> BlockUsage:
+        """Count the stored blocks and their bytes (a block gc removes meanwhile is skipped).
+        Takes no lock: a writer or gc running at the same time makes it a moment's view."""
+        count = size = 0
+        for mh in self.blocks.iter_multihashes():
+            with contextlib.suppress(FileNotFoundError):
+                size += self.blocks.path_for(mh).stat().st_size
+                count += 1
+        return BlockUsage(count, size)
 
     # --- reachability -----------------------------------------------------------------
 

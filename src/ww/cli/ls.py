@@ -1,0 +1,59 @@
+"""`ww ls PATH... [-v] [--size/--no-size]`: a directory's entries in IPFS (``ipfs ls``)."""
+
+from __future__ import annotations
+
+import click
+
+from ww.cli._ipfs_option import ipfs_option
+from ww.cli._kubo_bools import kubo_booleans
+from ww.cli._output import columns, reader_gone
+from ww.core.ipfs_values import Entry, EntryType
+
+
+@click.command(cls=kubo_booleans("size"))
+@click.argument("paths", nargs=-1, required=True, metavar="IPFS-PATH...")
+@click.option("-v", "--headers", is_flag=True, help="Print a header line (Hash Size Name).")
+@click.option("--size/--no-size", default=True, show_default=True,
+              help="Print each file's size (a directory's is '-'); kubo's --size=false is "
+                   "--no-size.")
+@ipfs_option
+def ls(paths: tuple[str, ...], headers: bool, size: bool, ipfs_api: str | None) -> int:
+    """List the directories at IPFS-PATH: one line per entry, '<cid> <size> <name>', as
+    kubo's ipfs ls prints them: a directory's name ends in '/' and its size is '-', a
+    symlink's is followed by '-> <target>'.  A file is listed as itself.  Several paths
+    are listed one after the other, each under a '<path>:' line."""
+    from ww.app.build import open_ipfs
+
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api))
+    try:
+        listings = []
+        targets: dict[str, str] = {}  # a symlink's CID -> its target, each read once
+        for path in paths:  # every path is listed before anything is printed: all or nothing
+            rows = [_row(api, entry, size, targets) for entry in api.ls(path)]
+            listings.append((path, rows))
+        for i, (path, rows) in enumerate(listings):
+            if len(paths) > 1:
+                click.echo(f"{path}:")
+            if headers:
+                rows = [["Hash", "Size", "Name"] if size else ["Hash", "Name"], *rows]
+            for line in columns(rows):
+                click.echo(line)
+            if len(paths) > 1 and i < len(paths) - 1:
+                click.echo("")
+    except BrokenPipeError:
+        return reader_gone()
+    finally:
+        api.close()
+    return 0
+
+
+def _row(api, entry: Entry, size: bool,  # type: ignore[no-untyped-def]
+         targets: dict[str, str]) -> list[str]:
+    name = entry.name
+    if entry.type is EntryType.DIRECTORY:
+        return [entry.cid, "-", name + "/"] if size else [entry.cid, name + "/"]
+    if entry.type is EntryType.SYMLINK:
+        if entry.cid not in targets:
+            targets[entry.cid] = api.stat(entry.cid).target or ""
+        name = f"{name} -> {targets[entry.cid]}"
+    return [entry.cid, str(entry.size), name] if size else [entry.cid, name]
