@@ -219,6 +219,14 @@ def test_the_same_error_from_the_command_line_names_no_variable(argv):
     assert "WW_" not in line and argv[0].lstrip("-").split("-")[0] in line, line
 
 
+def test_a_repository_ww_home_names_that_cannot_be_opened_names_the_variable(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    r = run_ww("repo", "check", env=host_env(WW_HOME=str(tmp_path / "a-file" / "repo")))
+    assert r.returncode == 1, r
+    [line] = r.stderr.splitlines()
+    assert "(WW_HOME)" in line and str(tmp_path / "a-file") in line, line
+
+
 # --- ww repo check --------------------------------------------------------------------------
 
 def test_repo_check_names_each_corrupt_block(tmp_path, ww_home):
