@@ -126,6 +126,11 @@ def test_the_fast_path_reads_the_ww_variables_as_click_does(argv, env, monkeypat
     fast = parse_run(argv)
     assert fast is not None
     assert fast == click_options(argv, monkeypatch)
+    # Which values a variable set (so that an error about one names it): those the command
+    # line did not give.
+    given = {arg.partition("=")[0] for arg in argv if arg.startswith("--")}
+    assert set(fast.from_env) == {flag.field for flag in FLAGS
+                                  if env.get(flag.envvar or "") and flag.flag not in given}
 
 
 @pytest.mark.parametrize("env", [
@@ -184,8 +189,11 @@ def test_the_flag_table_is_the_click_commands_flag_set():
         assert (flag.field, flag.kind, flag.envvar) == \
             (_FIELD_OF_PARAMETER.get(param.name, param.name), kind, param.envvar)
     group = {p.opts[0]: p.envvar for p in cli.params if isinstance(p, click.Option)}
+    # --help and --version end the command at once: click's alone (not in the fast path's
+    # table, a command line with them goes to click).
     assert {flag.flag: flag.envvar for flag in GLOBAL_FLAGS} == \
-        {k: v for k, v in group.items() if k != "--help"}
+        {k: v for k, v in group.items() if k not in ("--help", "--version")}
+    assert parse_run(["--version", "run", "/bin/true"]) is None
 
 
 @pytest.mark.parametrize("grants", [

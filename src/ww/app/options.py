@@ -119,3 +119,15 @@ class RunOptions(NamedTuple):
     debug: bool = False
     json: bool = False
     search_path: str | None = None
+    # The fields of FLAGS whose value came from their WW_* variable (in FLAGS order), so
+    # that an error about such a value names the variable.
+    from_env: tuple[str, ...] = ()
+
+
+def flag_source(options: RunOptions, field: str) -> str:
+    """The flag of ``field`` as an error about its value names it: ``--memory``, or
+    ``--memory (from WW_MEMORY)`` when the variable set it."""
+    flag = next(f for f in FLAGS if f.field == field)
+    if field in options.from_env and flag.envvar:
+        return f"{flag.flag} (from {flag.envvar})"
+    return flag.flag

@@ -11,7 +11,20 @@ from __future__ import annotations
 import os
 
 from ww.app import build
-from ww.app.options import RunOptions
+from ww.app.options import RunOptions, flag_source
+from ww.core.errors import UsageError
+
+
+def _naming_the_variable(error: UsageError, options: RunOptions) -> UsageError:
+    """``error`` about a flag's value (its message starts with the flag, as every check's
+    does), naming the ``WW_*`` variable instead when that set the value."""
+    message = str(error)
+    for field in options.from_env:
+        flag = flag_source(options, field)
+        plain = flag.partition(" ")[0]
+        if message.startswith(plain + " ") and flag != plain:
+            return UsageError(flag + message[len(plain):])
+    return error
 
 
 def run(options: RunOptions) -> int:
@@ -19,12 +32,20 @@ def run(options: RunOptions) -> int:
     from ww.host import env as cell_env
     from ww.host import fds, supervisor
 
-    interpreters = build.interpreters(options)  # handed on to sub-cells too
-    cell_limits = build.limits(options)  # a bad value fails before any node is opened
-    grants = fds.parse_fd_flags(list(options.fd_flags))
-    entries = cell_env.parse_ww_env(options.ww_env) + list(options.env_entries)
-    environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
-    access = build.access(options, build.capabilities(options))
+    try:
+        interpreters = build.interpreters(options)  # handed on to sub-cells too
+        cell_limits = build.limits(options)  # a bad value fails before any node is opened
+        grants = fds.parse_fd_flags(list(options.fd_flags))
+        from_variable = cell_env.parse_ww_env(options.ww_env)
+        try:
+            cell_env.build_env(from_variable, {}, {})
+        except UsageError as e:
+            raise UsageError(f"WW_ENV: {e}") from None
+        entries = from_variable + list(options.env_entries)
+        environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
+        access = build.access(options, build.capabilities(options))
+    except UsageError as e:
+        raise _naming_the_variable(e, options) from None
     capabilities = access.capabilities()
     build.refuse_peers_with_kubo(options.ipfs_api, options.peers, options.peers_on_command_line)
     executable = options.executable

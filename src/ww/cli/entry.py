@@ -81,8 +81,10 @@ def parse_run(args: list[str]) -> RunOptions | None:
             found[flag.field] = value
     if i == len(args):
         return None  # no EXECUTABLE
-    for field, value in from_env.items():  # as click: the command line beats the variable
-        found.setdefault(field, value)
+    env_fields = {f for f in from_env if f not in found and f not in many}
+    for field, setting in from_env.items():  # as click: the command line beats the variable
+        found.setdefault(field, setting)
+    found["from_env"] = tuple(f.field for f in FLAGS if f.field in env_fields)
     try:
         found.update(_checked(found, many))
     except ValueError:

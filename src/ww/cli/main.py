@@ -51,12 +51,40 @@ class _LazyGroup(click.Group):
 
         module, _, attribute = target.partition(":")
         command: click.Command = getattr(importlib.import_module(module), attribute)
+        _show_envvars(command)
         return command
 
 
+def _show_envvars(command: click.Command) -> None:
+    """Have ``--help`` name the ``WW_*`` variable of each option of ``command`` (and of its
+    subcommands) that reads one: ``[env var: WW_JAIL]``."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _show_envvars(sub)
+
+
+def _from_environment(e: click.BadParameter) -> str | None:
+    """The variable a refused option value came from, if it came from one."""
+    param, ctx = e.param, e.ctx
+    if param is None or ctx is None or param.name is None or not param.envvar:
+        return None
+    if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.ENVIRONMENT:
+        return None
+    import os
+
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+    return next((name for name in names if os.environ.get(name)), names[0])
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, envvar="WW_DEBUG", help="Print tracebacks on errors.")
-@click.option("--json", "json", is_flag=True, envvar="WW_JSON",
+@click.version_option(package_name="wetware", prog_name="ww", message="%(prog)s %(version)s",
+                      help="Print the version of ww and exit.")
+@click.option("--debug", is_flag=True, envvar="WW_DEBUG", show_envvar=True,
+              help="Print tracebacks on errors.")
+@click.option("--json", "json", is_flag=True, envvar="WW_JSON", show_envvar=True,
               help="Audit trail: one JSON line per login, grant, denial and sub-cell on stderr "
                    "(where a cell can forge lines; 'ww run --audit FILE' cannot be forged).")
 @click.pass_context
@@ -90,7 +118,16 @@ def run_cli(argv: list[str] | None = None, failure: BaseException | None = None,
         status = cli.main(args=argv, prog_name="ww", standalone_mode=False, obj=invocation)
     except click.exceptions.Exit as e:
         status = e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:  # a bare `ww` (or `ww repo`) asks for help
+        click.echo(e.ctx.get_help())
+        status = 0
     except click.ClickException as e:
+        if isinstance(e, click.BadParameter) and isinstance(e.param, click.Option):
+            # The option as given; click (8.2 on) would name its variable even when the
+            # value came from the command line.
+            flags = " / ".join(f"'{opt}'" for opt in e.param.opts)
+            name = _from_environment(e)
+            e.param_hint = f"{flags} (from {name})" if name else flags
         hint = ""
         if isinstance(e, click.UsageError) and e.ctx is not None:
             hint = f" (see '{e.ctx.command_path} --help')"

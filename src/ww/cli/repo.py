@@ -8,6 +8,8 @@ attention, each with one line on stdout.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ww.cli._ipfs_option import ipfs_option
@@ -25,7 +27,9 @@ def _plural(n: int, what: str) -> str:
 
 
 @repo.command()
-@click.option("-v", "--verbose", is_flag=True, help="Also list every file that needs attention.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also list leftover temp files and stray files (corrupt and missing "
+                   "blocks are always listed).")
 def check(verbose: bool) -> int:
     """Verify every block against its CID and every pin's DAG; exit 1 if anything is wrong."""
     from ww.app.build import open_embedded
@@ -49,12 +53,26 @@ def check(verbose: bool) -> int:
         hint = " (run 'ww repo gc' to remove leftovers)" if found.temp_files else ""
         click.echo(f"repository {where}: {', '.join(problems)} "
                    f"of {_plural(found.blocks, 'block')}{strays}{hint}")
+    for path in found.corrupt_blocks:  # always: each is data lost, and which one matters
+        click.echo(f"  corrupt {_multihash_of(path)} {path}")
+    for cid in found.missing_blocks:
+        click.echo(f"  missing {cid}")
     if verbose:
-        for path in [*found.corrupt_blocks, *found.temp_files, *found.stray_files]:
+        for path in [*found.temp_files, *found.stray_files]:
             click.echo(f"  {path}")
-        for cid in found.missing_blocks:
-            click.echo(f"  missing {cid}")
     return 0 if found.ok else EXIT_FAILURE
+
+
+def _multihash_of(path: Path) -> str:
+    """A stored block's name as kubo's ``ipfs refs local`` prints it: the CIDv1 of its
+    multihash (the file's name, in hex) with the raw codec, since the blockstore keeps no
+    codec."""
+    from ww.core.cid import CID, RAW
+
+    try:
+        return str(CID.v1(RAW, bytes.fromhex(path.name)))
+    except ValueError:
+        return "(unnamed)"
 
 
 @repo.command()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ww.app.options import RunOptions
+from ww.app.options import FLAGS, RunOptions
 from ww.cli._ipfs_option import ipfs_option, peer_option
 from ww.cli._p2p_options import p2p_options
 
@@ -125,9 +125,12 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     ctx = click.get_current_context()
     root = ctx.find_root().params
     peers_source = ctx.get_parameter_source("peers")
+    from_env = {name for name in ctx.params
+                if ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT}
     return run_cell(options(
         ctx.params, debug=bool(root.get("debug")), json=bool(root.get("json")),
-        peers_on_command_line=peers_source is click.core.ParameterSource.COMMANDLINE))
+        peers_on_command_line=peers_source is click.core.ParameterSource.COMMANDLINE,
+        from_env=from_env))
 
 
 # A click parameter whose RunOptions field has another name.
@@ -135,13 +138,16 @@ _FIELD_OF_PARAMETER = {"interpreter": "interpreters", "ipfs_root": "ipfs_roots"}
 
 
 def options(params: dict[str, Any], *, debug: bool, json: bool,
-            peers_on_command_line: bool) -> RunOptions:
-    """The typed configuration of the parsed command line ``params`` and the environment."""
+            peers_on_command_line: bool, from_env: set[str] | None = None) -> RunOptions:
+    """The typed configuration of the parsed command line ``params`` and the environment
+    (``from_env``: the parameters their variable set)."""
     fields: dict[str, Any] = {_FIELD_OF_PARAMETER.get(k, k): v for k, v in params.items()}
     for name, value in fields.items():
         if isinstance(value, list | tuple):
             fields[name] = tuple(value)
+    env_fields = {_FIELD_OF_PARAMETER.get(k, k) for k in from_env or ()}
     return RunOptions(**fields, debug=debug, json=json,
                       peers_on_command_line=peers_on_command_line,
+                      from_env=tuple(f.field for f in FLAGS if f.field in env_fields),
                       ww_env=os.environ.get("WW_ENV", ""),
                       search_path=os.environ.get("PATH", os.defpath))

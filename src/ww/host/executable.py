@@ -83,7 +83,10 @@ def resolve(command: str, search_path: str | None = None) -> str:
         for d in (search_path or os.environ.get("PATH", os.defpath)).split(os.pathsep):
             if d and os.path.isfile(os.path.join(d, command)):
                 raise NotExecutableError(f"{command}: permission denied (not executable)")
-        raise CommandNotFoundError(f"{command}: command not found")
+        # As a shell, a bare name is looked up in PATH only, never in the current directory;
+        # but say so when the file is right there.
+        hint = f" (did you mean ./{command}?)" if os.path.isfile(command) else ""
+        raise CommandNotFoundError(f"{command}: command not found{hint}")
     return found
 
 
@@ -96,12 +99,71 @@ def _check_executable(path: str, shown: str) -> None:
         raise NotExecutableError(f"{shown}: permission denied (not executable)")
 
 
-def _read_shebang(path: str) -> list[str] | None:
+def _read_head(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(256)
+            return f.read(256)
     except OSError as e:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
+
+
+# What an ELF header says about the machine it is for: (EI_CLASS, EI_DATA, e_machine).
+# Besides the host's own kind, the 32-bit kind its kernel commonly runs too.
+_ELF_COMPAT = {(2, 1, 62): {(1, 1, 3)},  # x86-64 also runs i386
+               (2, 1, 183): {(1, 1, 40)}}  # aarch64 also runs 32-bit arm
+_ET_EXEC, _ET_DYN = 2, 3
+_host_elf: tuple[int, int, int] | None = None
+
+
+def _elf_kind(head: bytes) -> tuple[int, int, int] | None:
+    """(class, data, machine) of an ELF executable's header, None if it is not one the
+    kernel could load (no ELF magic, not an executable or shared object, a program header
+    size that does not fit its class, no program headers)."""
+    if len(head) < 64 or not head.startswith(b"\x7fELF") or head[4] not in (1, 2):
+        return None
+    klass, data = head[4], head[5]
+    if data not in (1, 2):
+        return None
+
+    def half(offset: int) -> int:
+        return int.from_bytes(head[offset:offset + 2], "big" if data == 2 else "little")
+
+    phentsize, phnum = (half(54), half(56)) if klass == 2 else (half(42), half(44))
+    if half(16) not in (_ET_EXEC, _ET_DYN) or phnum == 0 or phentsize != (56 if klass == 2
+                                                                           else 32):
+        return None
+    return klass, data, half(18)
+
+
+def _runs_here(head: bytes) -> bool:
+    """Whether ``head`` starts an ELF executable for this machine (the one the Python `ww`
+    runs on is for, or the 32-bit kind of it :data:`_ELF_COMPAT` names)."""
+    global _host_elf
+    kind = _elf_kind(head)
+    if kind is None:
+        return False
+    if _host_elf is None:
+        _host_elf = _elf_kind(_read_head("/proc/self/exe")) or (0, 0, 0)
+    return kind == _host_elf or kind in _ELF_COMPAT.get(_host_elf, ())
+
+
+def _check_format(head: bytes, shown: str) -> None:
+    """Refuse (126, "Exec format error") what the kernel would not execute: a file that is
+    neither a script with a ``#!`` line naming its interpreter nor an ELF executable for
+    this machine.
+
+    The kernel answers such a file with ENOEXEC, and ``execvp`` (bubblewrap's) then hands
+    it to ``/bin/sh`` as a shell script: an HTML page or a text file without ``#!`` would run
+    as commands, jailed, while ``--jail=none`` (``execve``) refuses it.  The host decides
+    first, the same way for both: nothing runs by accident.
+    """
+    if _read_shebang(head) is None and not _runs_here(head):
+        raise NotExecutableError(
+            f"{shown}: cannot execute: Exec format error (neither an ELF executable for this "
+            "machine nor a script starting with #!)")
+
+
+def _read_shebang(head: bytes) -> list[str] | None:
     if not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
@@ -281,7 +343,9 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     """
     path = resolve(command, search_path)
     _check_executable(path, command)
-    shebang = _read_shebang(path)
+    head = _read_head(path)
+    _check_format(head, command)
+    shebang = _read_shebang(head)
     binds = [] if is_system(path) else [bind(path)]
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
@@ -310,6 +374,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     else:
         extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
+    _check_format(_read_head(interp), f"{command}: interpreter {interp}")
     for extra in extras:
         if not is_system(extra.dest) and extra not in binds:
             binds.append(extra)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import _signal as signal  # the C module: signal.py imports enum, which costs `ww run` ms
 import _socket  # socket's C module: the socket module costs `ww run` milliseconds
 import _thread
+import errno
 import fcntl
 import os
 import select
@@ -40,6 +41,7 @@ from ww.core.errors import (
     EXIT_ISOLATION_VIOLATION,
     EXIT_RESOURCE_LIMIT,
     HostError,
+    NotExecutableError,
     WwError,
 )
 from ww.core.records import NamedTuple
@@ -211,6 +213,8 @@ def _spawn(argv: list[str], env: dict[str, str], rpc_fd: int, config: RunConfig,
             drop=drop, install=install,
         )
     except OSError as e:
+        if e.errno in (errno.ENOEXEC, errno.EACCES):  # changed since the host checked it
+            raise NotExecutableError(f"{argv[0]}: cannot execute: {e.strerror}") from None
         raise HostError(f"cannot start {argv[0]}: {e.strerror}") from None
     except ChildSetupError:
         raise HostError("cannot start the cell: the kernel refused to move it into its "

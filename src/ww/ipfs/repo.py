@@ -111,7 +111,10 @@ class Repo:
             self._lock_path = self.path / "gc.lock"
             self._lock_path.touch(exist_ok=True)
         except OSError as err:
-            raise IpfsError(f"cannot open the repository {self.path}: {err.strerror}") from err
+            home = os.environ.get("WW_HOME")
+            named = " (WW_HOME)" if home and Path(home).expanduser() == self.path else ""
+            raise IpfsError(f"cannot open the repository {self.path}{named}: "
+                            f"{err.strerror}") from err
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

@@ -1,0 +1,252 @@
+"""The command line a kubo and bubblewrap user expects (issue 12): what a shell says for a
+bare name in the current directory, exit 126 "Exec format error" for what the kernel cannot
+execute (jailed and not), ``--version``, ``python -m ww``, the ``WW_*`` variables named in
+``--help`` and in errors they cause, help for a bare ``ww``, and ``ww repo check`` naming
+each corrupt block.
+
+Through the real console script (run_ww) where the process or the jail matters, in-process
+(run_cli) where only parsing does.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from tests.conftest import HANG, WW, host_env, run_ww
+from ww.app.options import FLAGS
+from ww.cli.main import COMMANDS, cli, run_cli
+
+JAILS = ["bwrap", "none"]
+
+
+def _executable(path: Path, content: bytes) -> str:
+    path.write_bytes(content)
+    path.chmod(0o755)
+    return str(path)
+
+
+# --- a bare name ----------------------------------------------------------------------------
+
+def test_a_bare_name_found_only_in_the_current_directory_suggests_dot_slash(tmp_path):
+    _executable(tmp_path / "cell.py", b"#!/bin/sh\necho ran\n")
+    r = run_ww("run", "cell.py", cwd=tmp_path)
+    assert r.returncode == 127, r
+    assert r.stderr == "ww: cell.py: command not found (did you mean ./cell.py?)\n"
+    # As a shell would have it, ./cell.py runs.
+    r = run_ww("run", "./cell.py", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+
+
+def test_a_bare_name_found_nowhere_has_no_suggestion(tmp_path):
+    r = run_ww("run", "no-such-cell-ww", cwd=tmp_path)
+    assert r.returncode == 127
+    assert r.stderr == "ww: no-such-cell-ww: command not found\n"
+
+
+def test_the_identity_example_of_docs_auth_md_runs_as_written(tmp_path):
+    """The shell block of docs/auth.md's "Giving a cell an identity", in a directory holding
+    cell.py (a cell that exits on its own without logging in: its own status)."""
+    text = (Path(__file__).parents[2] / "docs" / "auth.md").read_text()
+    section = text.split("## Giving a cell an identity", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    _executable(tmp_path / "cell.py", b"#!/usr/bin/env python3\nprint('ran')\n")
+    env = host_env(PATH=f"{Path(WW).parent}:{host_env()['PATH']}")
+    r = subprocess.run(["bash", "-euc", block.group(1)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ran\nran\n"
+
+
+# --- what the kernel cannot execute ---------------------------------------------------------
+
+def _bad_elf(tmp_path: Path) -> str:
+    """/bin/true for another machine (e_machine SPARC): the kernel says ENOEXEC."""
+    data = bytearray(Path(shutil.which("true") or "/bin/true").read_bytes())
+    data[18:20] = (2).to_bytes(2, "little" if data[5] == 1 else "big")
+    return _executable(tmp_path / "other-machine", bytes(data))
+
+
+NOT_EXECUTABLE = {
+    "text without #!": lambda tmp: _executable(tmp / "plain.sh", b"echo ran\n"),
+    "html page": lambda tmp: _executable(
+        tmp / "page", b"<!DOCTYPE html>\n<html><body>echo ran</body></html>\n"),
+    "empty #! line": lambda tmp: _executable(tmp / "empty-shebang", b"#!\necho ran\n"),
+    "bad elf": _bad_elf,
+    "truncated elf": lambda tmp: _executable(
+        tmp / "truncated", Path(shutil.which("true") or "/bin/true").read_bytes()[:40]),
+}
+
+
+@pytest.mark.parametrize("jail", JAILS)
+@pytest.mark.parametrize("kind", NOT_EXECUTABLE)
+def test_what_the_kernel_cannot_execute_exits_126_exec_format_error(kind, jail, tmp_path):
+    """Jailed, bubblewrap's execvp used to hand such a file to /bin/sh (127, or 2 for an
+    HTML page); --jail=none said "cannot start" and exited 1.  Now both refuse it alike,
+    before anything starts: nothing runs."""
+    program = NOT_EXECUTABLE[kind](tmp_path)
+    r = run_ww("run", f"--jail={jail}", program)
+    assert r.returncode == 126, r
+    assert "ran" not in r.stdout
+    [line] = r.stderr.splitlines()
+    assert line.startswith(f"ww: {program}: cannot execute: Exec format error"), line
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_a_script_whose_interpreter_cannot_be_executed_exits_126(jail, tmp_path):
+    interpreter = _executable(tmp_path / "interp", b"not a program\n")
+    script = _executable(tmp_path / "s", f"#!{interpreter}\necho ran\n".encode())
+    r = run_ww("run", f"--jail={jail}", f"--interpreter={interpreter}", script)
+    assert r.returncode == 126, r
+    assert "Exec format error" in r.stderr and "ran" not in r.stdout
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_an_html_page_added_with_ww_export_and_run_from_ipfs_exits_126(jail, tmp_path):
+    page = tmp_path / "index.html"
+    page.write_text("<!DOCTYPE html>\n<html><head><title>(x)</title></head></html>\n")
+    added = run_ww("export", str(page))
+    assert added.returncode == 0, added.stderr
+    path = added.stdout.strip()
+    assert path.startswith("/ipfs/")
+    r = run_ww("run", f"--jail={jail}", path)
+    assert r.returncode == 126, r
+    [line] = r.stderr.splitlines()
+    assert "Exec format error" in line, line
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_an_elf_executable_and_a_script_still_run(jail, make_cell):
+    script = make_cell("echo script", name="s.sh", shebang="#!/bin/sh")
+    for argv, out in ((["/bin/echo", "elf"], "elf\n"), ([script], "script\n")):
+        r = run_ww("run", f"--jail={jail}", *argv)
+        assert (r.returncode, r.stdout) == (0, out), r.stderr
+
+
+# --- version, python -m ww, help ------------------------------------------------------------
+
+def test_version_prints_the_package_version():
+    expected = f"ww {importlib.metadata.version('wetware')}\n"
+    r = run_ww("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, expected, "")
+    r = subprocess.run([sys.executable, "-m", "ww", "--version"], capture_output=True,
+                       text=True, timeout=HANG)
+    assert (r.returncode, r.stdout, r.stderr) == (0, expected, "")
+
+
+def test_python_m_ww_runs_a_cell_as_the_console_script_does():
+    r = subprocess.run([sys.executable, "-m", "ww", "run", "/bin/sh", "-c", "echo hi; exit 3"],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout) == (3, "hi\n"), r.stderr
+
+
+def test_a_bare_ww_prints_help_on_stdout_and_exits_0():
+    r = run_ww()
+    assert r.returncode == 0, r
+    assert r.stdout.startswith("Usage: ww ") and "Commands:" in r.stdout
+    assert r.stderr == ""
+
+
+def test_a_bare_group_prints_its_help_on_stdout_and_exits_0(capsys):
+    assert run_cli(["repo"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("Usage: ww repo ") and err == ""
+
+
+def _options_with_variables(command: click.Command, path: list[str]):
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            yield path, param
+    if isinstance(command, click.Group):
+        for name in command.list_commands(click.Context(command)):
+            sub = command.get_command(click.Context(command), name)
+            assert sub is not None
+            yield from _options_with_variables(sub, [*path, name])
+
+
+def test_help_names_the_variable_of_every_option_that_reads_one(capsys):
+    found = list(_options_with_variables(cli, []))
+    names = {param.envvar for _, param in found}
+    # Every `ww run` flag with a variable, and the global ones, are among them.
+    assert {f.envvar for f in FLAGS if f.envvar} | {"WW_DEBUG", "WW_JSON"} <= names
+    assert {path[0] for path, _ in found if path} >= {"run", "export"}
+    for path, param in found:
+        assert run_cli([*path, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())  # as wrapped, joined again
+        assert isinstance(param.envvar, str)
+        assert f"env var: {param.envvar}" in out, (path, param.envvar)
+    assert set(COMMANDS) >= {"run", "repo"}
+
+
+# --- errors a WW_* variable causes name it --------------------------------------------------
+
+VARIABLE_ERRORS = [
+    ("WW_JAIL", "chroot"),  # click's choice
+    ("WW_LOGIN_TIMEOUT", "soon"),  # click's float
+    ("WW_STRICT", "maybe"),  # click's boolean
+    ("WW_DEBUG", "maybe"),  # the group's boolean
+    ("WW_MEMORY", "12q"),  # ww.app's checks
+    ("WW_TIMEOUT", "later"),
+    ("WW_PIDS", "-1"),
+    ("WW_IDENTITY", "/nonexistent/cell.key"),
+    ("WW_POLICY", "/nonexistent/policy.toml"),
+    ("WW_ENV", "1BAD"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), VARIABLE_ERRORS, ids=[n for n, _ in VARIABLE_ERRORS])
+def test_an_error_a_variable_causes_names_the_variable(name, value):
+    r = run_ww("run", "/bin/true", env=host_env(**{name: value}))
+    assert r.returncode == 2, r
+    [line] = r.stderr.splitlines()
+    assert name in line, line
+
+
+@pytest.mark.parametrize("argv", [["--jail", "chroot"], ["--memory", "12q"],
+                                  ["--env", "1BAD"], ["--login-timeout", "soon"]])
+def test_the_same_error_from_the_command_line_names_no_variable(argv):
+    r = run_ww("run", *argv, "/bin/true")
+    assert r.returncode == 2, r
+    [line] = r.stderr.splitlines()
+    assert "WW_" not in line and argv[0].lstrip("-").split("-")[0] in line, line
+
+
+def test_a_repository_ww_home_names_that_cannot_be_opened_names_the_variable(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    r = run_ww("repo", "check", env=host_env(WW_HOME=str(tmp_path / "a-file" / "repo")))
+    assert r.returncode == 1, r
+    [line] = r.stderr.splitlines()
+    assert "(WW_HOME)" in line and str(tmp_path / "a-file") in line, line
+
+
+# --- ww repo check --------------------------------------------------------------------------
+
+def test_repo_check_names_each_corrupt_block(tmp_path, ww_home):
+    paths = []
+    for i in range(2):
+        f = tmp_path / f"f{i}"
+        f.write_text(f"content {i}\n")
+        added = run_ww("export", "--cid-version", "1", str(f))
+        assert added.returncode == 0, added.stderr
+        paths.append(added.stdout.strip().removeprefix("/ipfs/"))
+    assert run_ww("repo", "check").returncode == 0
+    blocks = sorted(p for p in (ww_home / "blocks").rglob("*") if p.is_file())
+    assert len(blocks) == 2
+    for block in blocks:
+        block.chmod(0o644)
+        block.write_bytes(b"not what was stored")
+    r = run_ww("repo", "check")
+    assert r.returncode == 1, r
+    assert "2 corrupt blocks" in r.stdout
+    for cid in paths:  # a one-block raw file: its CID is the block's own name
+        assert re.search(rf"^  corrupt {cid} ", r.stdout, re.M), r.stdout
+    for block in blocks:
+        assert str(block) in r.stdout
