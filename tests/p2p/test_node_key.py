@@ -107,3 +107,35 @@ def test_p2p_md_node_key_example_runs_as_written(tmp_path, ww_home):
     assert _peer(new_run) not in (home, made)
     assert _peer(file_run) == made != home
     assert not (ROOT / "node.key").exists()
+
+
+def test_sub_cells_get_the_parents_node_key(make_cell, tmp_path):
+    """A sub-cell's `ww run` is given the parent's --node-key: a file makes it the same peer
+    as its parent, `new` a peer of its own (never $WW_HOME's).  Seen through the IPFS
+    capability's id(), whose node a sub-cell's `ww run` opens with that key."""
+    child = make_cell("""
+        import ww.cell
+        with ww.cell.session() as s:
+            print("child", s.ipfs.id().id, flush=True)
+    """, name="child.py")
+    parent = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            print("parent", s.ipfs.id().id, flush=True)
+            print("status", s.exec.spawn({child!r}, ipfs=True).wait(), flush=True)
+    """, name="parent.py")
+    key = tmp_path / "node.key"
+    made = run_ww("idgen", "-o", str(key)).stdout.strip()
+    home_peer = run_ww("id").stdout.splitlines()[0]
+
+    def ids(node_key: str) -> dict[str, str]:
+        r = run_ww("run", "--with-ipfs", "--with-exec", "--exec-allow", child,
+                   "--node-key", node_key, parent, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        seen = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+        assert seen.pop("status") == "0", r.stderr
+        return seen
+
+    assert ids("node.key") == {"parent": made, "child": made}  # relative to ww run's cwd
+    fresh = ids("new")
+    assert len({fresh["parent"], fresh["child"], home_peer, made}) == 4
