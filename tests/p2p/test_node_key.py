@@ -122,7 +122,9 @@ def test_sub_cells_get_the_parents_node_key(make_cell, tmp_path):
         import ww.cell
         with ww.cell.session() as s:
             print("parent", s.ipfs.id().id, flush=True)
-            print("status", s.exec.spawn({child!r}, ipfs=True).wait(), flush=True)
+            child = s.exec.spawn({child!r}, ipfs=True)
+            print(child.stdout.read_all().decode(), end="", flush=True)
+            print("status", child.wait(), flush=True)
     """, name="parent.py")
     key = tmp_path / "node.key"
     made = run_ww("idgen", "-o", str(key)).stdout.strip()
