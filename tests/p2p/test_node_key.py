@@ -54,10 +54,16 @@ def test_two_runs_of_one_home_are_two_peers_that_dial_each_other(start_host, cel
     assert len({a_peer, b_peer, home_peer}) == 3  # `new` is neither b's nor $WW_HOME's key
     assert a_peer.startswith("12D3KooW")
 
-    # Without --node-key a run is the peer of $WW_HOME's key, as every other run of it is.
+    # Without --node-key a run is the peer of $WW_HOME's key, as every other run of it is,
+    # and a cell of one cannot dial a cell of another: what --node-key is for.
     c = start_host("one", "--with-p2p", "--listen", LOOPBACK,
                    cell_file(EXPORTER, "exporter.py"))
     assert _peer(c.addr) == home_peer
+    r = run_ww("run", "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8",
+               cell_file(DIALER, "dialer.py"), c.addr, env=env)
+    assert r.stdout.splitlines() == [home_peer]
+    assert r.returncode != 0
+    assert f"p2p: {c.addr} is this host itself" in r.stderr, r.stderr
 
 
 def test_a_fresh_node_key_per_run(start_host, cell_file):
