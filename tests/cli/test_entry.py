@@ -8,6 +8,7 @@ flag table both are built from is the click command's flag set.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -61,6 +62,8 @@ PLAIN_COMMAND_LINES = [
      f"/ip4/127.0.0.1/tcp/4002/p2p/{PEER}", "/bin/true"],
     ["run", "--ipfs", "/ip4/127.0.0.1/tcp/5001/http", "/ipfs/" + ROOT],
     ["run", "--ipfs=", "/bin/true"],
+    ["run", "--with-p2p", "--node-key", "new", "/bin/true"],
+    ["run", "--node-key=node.key", "--node-key", "/tmp/other.key", "/bin/true"],
 ]
 
 
@@ -110,6 +113,7 @@ ENVIRONMENTS = [
     {"WW_IDENTITY": "new", "WW_POLICY": "p.toml", "WW_AUDIT": "/tmp/a",
      "WW_IPFS": "/ip4/127.0.0.1/tcp/5001/http"},
     {"WW_WITH_EXEC": "n", "WW_WITH_P2P": "off", "WW_IPFS": ""},
+    {"WW_NODE_KEY": "new", "WW_WITH_P2P": "1"},
 ]
 
 
@@ -221,6 +225,22 @@ def test_a_sub_cells_command_line_parses_back_to_its_configuration(grants):
         ipfs_roots=grants.ipfs.roots if grants.ipfs else (),
         with_exec=grants.exec is not None,
         exec_allow=grants.exec.allow if grants.exec else ())
+
+
+@pytest.mark.parametrize("given, handed_down", [
+    (None, None),
+    ("new", "new"),  # a fresh key for each sub-cell too, never $WW_HOME's
+    ("/keys/node.key", "/keys/node.key"),
+    ("node.key", "{cwd}/node.key"),  # the same file, wherever the sub-cell's ww starts
+])
+def test_a_sub_cell_gets_the_parents_node_key(given, handed_down):
+    parent = RunOptions("/bin/parent", node_key=given, with_p2p=True)
+    argv = SubcellCommand(parent, ww=[]).argv(GrantSet(p2p=True), [], "/bin/child", [])
+    child = parse_run(argv)
+    assert child is not None
+    expected = handed_down.format(cwd=os.getcwd()) if handed_down else None
+    assert (child.node_key, child.with_p2p) == (expected, True)
+    assert ("--node-key" in argv) == (given is not None)
 
 
 def test_a_sub_cells_grant_flags_in_the_audit_trail_keep_their_order():

@@ -3,8 +3,8 @@
 A sub-cell is a real `ww run` of its own, so it is jailed, limited and granted by the same
 code as any cell.  Its command line is rendered from a configuration here, from the same
 :data:`ww.app.options.FLAGS` the command line is parsed with: the parent's jail, IPFS node,
-dial ranges and limits, the grants the parent hands down, and the environment entries it asked
-for (as ``--env NAME=VALUE``).
+dial ranges, node key (``--node-key``) and limits, the grants the parent hands down, and
+the environment entries it asked for (as ``--env NAME=VALUE``).
 """
 
 from __future__ import annotations
@@ -71,12 +71,19 @@ class SubcellCommand:
 
     def __init__(self, parent: RunOptions, ww: list[str] | None = None) -> None:
         # What every sub-cell shares with its parent: `ww`'s own options, the jail, the IPFS
-        # node, the dial ranges and the limits; nothing else of the parent's command line.
+        # node, the dial ranges, the node key and the limits; nothing else of the parent's
+        # command line.  The node key as the parent was given it: a file (made absolute, as
+        # the sub-cell's `ww run` reads it) is the same peer; `new` is a fresh key for each
+        # sub-cell too, so that none takes $WW_HOME's, which the operator chose not to use.
+        node_key = parent.node_key
+        if node_key is not None and node_key != "new":
+            node_key = os.path.abspath(node_key)
         self.base = RunOptions(
             executable="", debug=parent.debug, json=parent.json, jail=parent.jail,
-            ipfs_api=parent.ipfs_api, allow_dial=parent.allow_dial, strict=parent.strict,
-            interpreters=parent.interpreters, memory=parent.memory, cpu_time=parent.cpu_time,
-            pids=parent.pids, fsize=parent.fsize, timeout=parent.timeout)
+            ipfs_api=parent.ipfs_api, allow_dial=parent.allow_dial, node_key=node_key,
+            strict=parent.strict, interpreters=parent.interpreters, memory=parent.memory,
+            cpu_time=parent.cpu_time, pids=parent.pids, fsize=parent.fsize,
+            timeout=parent.timeout)
         self.ww = ww_command() if ww is None else ww
 
     def argv(self, grants: GrantSet, env: list[str], program: str, args: list[str]) -> list[str]:

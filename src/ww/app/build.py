@@ -32,17 +32,19 @@ CapabilityFactory = Callable[["GrantSet", "Caller", dict[str, object]], object]
 
 
 def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
-              host: Node | None = None, dial_policy: DialPolicy | None = None) -> CoreAPI:
+              host: Node | None = None, dial_policy: DialPolicy | None = None,
+              identity: Identity | None = None) -> CoreAPI:
     """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``.
 
     The embedded node serves Bitswap on ``host`` if there is one; else, if a block is
     missing, it starts a quiet libp2p host of its own under ``dial_policy`` (ww.p2p builds
-    it: the ipfs layer does not import p2p)."""
+    it: the ipfs layer does not import p2p), with the key ``identity`` (``--node-key``;
+    None: the node key in ``$WW_HOME``)."""
     from ww.ipfs.backend import open_backend
     from ww.p2p import host_for_ipfs
 
     return open_backend(api, check=check, peers=peers, host=host,
-                        new_host=host_for_ipfs(dial_policy))
+                        new_host=host_for_ipfs(dial_policy), identity=identity)
 
 
 def open_embedded(repo: Path | None = None) -> EmbeddedNode:
@@ -58,6 +60,17 @@ def node_identity() -> Identity:
     from ww.ipfs.repo import default_repo_path
 
     return load_or_create(default_repo_path())
+
+
+def node_key(options: RunOptions) -> Identity | None:
+    """The libp2p identity ``--node-key`` asks for (a key file, or ``new``: a fresh key), or
+    None: the node key in ``$WW_HOME``.  A key file that cannot be read or is not a key is a
+    usage error naming the flag, before anything starts."""
+    if options.node_key is None:
+        return None
+    from ww.core.identity import Identity, key_from_flag
+
+    return Identity.from_private_key(key_from_flag("--node-key", options.node_key))
 
 
 def refuse_peers_with_kubo(api: str | None, peers: Iterable[str], on_command_line: bool) -> None:
@@ -82,13 +95,14 @@ def dial_policy(options: RunOptions) -> DialPolicy:
 
 
 def p2p_node(options: RunOptions, capabilities: Iterable[str],
-             policy: DialPolicy | None = None) -> Node | None:
+             policy: DialPolicy | None = None, identity: Identity | None = None) -> Node | None:
     """The libp2p host this run needs (not started yet), or None.
 
     A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
-    for one; its identity is the node key in $WW_HOME.  It is the run's only host: the
-    embedded IPFS node, if the run uses one, serves Bitswap on it (``--peer`` alone starts
-    none here; the embedded node starts its own only if a block is missing).
+    for one; its identity is ``identity`` (:func:`node_key`), else the node key in
+    $WW_HOME.  It is the run's only host: the embedded IPFS node, if the run uses one, serves
+    Bitswap on it (``--peer`` alone starts none here; the embedded node starts its own only
+    if a block is missing).
     """
     listen, join = list(options.listen), list(options.join)
     if "p2p" not in capabilities and not listen and not join:
@@ -97,10 +111,11 @@ def p2p_node(options: RunOptions, capabilities: Iterable[str],
     from ww.p2p import P2PError
     from ww.p2p.host import Node
 
-    try:
-        identity = node_identity()
-    except (IdentityError, OSError) as e:
-        raise P2PError(f"p2p: cannot load the node key: {e}") from None
+    if identity is None:
+        try:
+            identity = node_identity()
+        except (IdentityError, OSError) as e:
+            raise P2PError(f"p2p: cannot load the node key: {e}") from None
     return Node(identity, listen or None, join, dial_policy=policy)
 
 

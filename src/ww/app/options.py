@@ -37,6 +37,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("allow_dial", "--allow-dial", MANY, "WW_ALLOW_DIAL"),
     Flag("listen", "--listen", MANY, "WW_LISTEN"),
     Flag("join", "--join", MANY),
+    Flag("node_key", "--node-key", ONE, "WW_NODE_KEY"),
     Flag("strict", "--strict", SWITCH, "WW_STRICT"),
     Flag("interpreters", "--interpreter", MANY),
     Flag("memory", "--memory", ONE, "WW_MEMORY"),
@@ -102,9 +103,11 @@ class RunOptions(NamedTuple):
     ipfs_api: str | None = None
     peers: tuple[str, ...] = ()
     peers_on_command_line: bool = False  # not from WW_IPFS_PEERS, which --ipfs ignores
-    # The libp2p host.
+    # The libp2p host: where it listens, whom it joins, its key (a file, "new", or None for
+    # the node key in $WW_HOME).
     listen: tuple[str, ...] = ()
     join: tuple[str, ...] = ()
+    node_key: str | None = None
     allow_dial: tuple[str, ...] = ()
     # The jail and the limits, as given (e.g. "256M"): checked when the run starts.
     jail: str = DEFAULT_JAIL

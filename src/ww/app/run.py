@@ -53,12 +53,13 @@ def run(options: RunOptions) -> int:
     uses_network = {"ipfs", "p2p"} & set(capabilities) or from_ipfs or options.listen \
         or options.join
     policy = build.dial_policy(options) if uses_network else None
-    node = build.p2p_node(options, capabilities, policy)  # a libp2p host, if p2p is used
+    host_key = build.node_key(options)  # --node-key: checked even if no host is started
+    node = build.p2p_node(options, capabilities, policy, host_key)  # if p2p is used
     api = None
     if "ipfs" in capabilities or from_ipfs:
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
         api = build.open_ipfs(options.ipfs_api, check=True, peers=options.peers, host=node,
-                              dial_policy=policy)
+                              dial_policy=policy, identity=host_key)
     if from_ipfs:
         from ww.host.fetch import fetch
 

@@ -1,5 +1,5 @@
-"""`ww run`'s p2p options: ``--with-p2p``, ``--listen``, ``--join``, ``--allow-dial``
-(docs/p2p.md).
+"""`ww run`'s p2p options: ``--with-p2p``, ``--listen``, ``--join``, ``--node-key``,
+``--allow-dial`` (docs/p2p.md).
 
 Parsing only.  libp2p (and trio) are imported only when one of them is used, so that
 `ww run` without them starts as fast as before.
@@ -49,6 +49,12 @@ def p2p_options(f: Any) -> Any:
         help="Let cells make the host dial addresses in CIDR (repeatable; WW_ALLOW_DIAL: "
              "space-separated), e.g. 127.0.0.0/8.  Without it a cell's IPFS connect or p2p "
              "dial reaches public addresses only, and the --join and --peer addresses.")(f)
+    f = click.option(
+        "--node-key", "node_key", envvar="WW_NODE_KEY", metavar="FILE|new",
+        help="The libp2p host's key for this run instead of the node key in $WW_HOME, which "
+             "every 'ww run' of one $WW_HOME shares: a key file from 'ww idgen', or 'new' for "
+             "a fresh throwaway key (a peer id of its own).  Passed on to sub-cells: FILE "
+             "makes them the same peer, 'new' gives each its own.")(f)
     f = click.option(
         "--join", "join", multiple=True, metavar="MULTIADDR/p2p/PEERID",
         callback=_check("check_join_addr"),

@@ -9,12 +9,23 @@ import click
 
 @click.command()
 @click.option("--raw", is_flag=True, help="Write the protobuf bytes instead of base58btc text.")
-def idgen(raw: bool) -> None:
-    """Generate an Ed25519 private key (libp2p protobuf encoding, base58btc unless --raw)."""
-    from ww.core.identity import PrivateKey
+@click.option("-o", "--output", "output", metavar="FILE",
+              help="Write the key to FILE, a new file of mode 0600 (never over an existing "
+                   "file or symlink), and print its peer id instead.")
+def idgen(raw: bool, output: str | None) -> None:
+    """Generate an Ed25519 private key (libp2p protobuf encoding, base58btc unless --raw).
+
+    Without -o the key goes to stdout.  With -o FILE it is written to FILE, complete or not
+    at all, readable by its owner only, and the key's peer id is printed (what --allow and
+    a policy name it by; 'ww id --key FILE' prints it again later).
+    """
+    from ww.core.identity import PrivateKey, write_key_file
 
     key = PrivateKey.generate()
-    if raw:
+    if output is not None:
+        write_key_file(output, key, raw=raw)
+        click.echo(key.peer_id)
+    elif raw:
         sys.stdout.buffer.write(key.to_protobuf())
         sys.stdout.buffer.flush()
     else:

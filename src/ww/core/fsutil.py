@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +46,8 @@ def write_new_file(
     A caller that passes ``sync=False`` must make the file durable itself before relying on
     it (see :func:`sync_filesystem`).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
     try:
         pending = [memoryview(p) for p in parts if len(p)]
         while pending:
@@ -63,3 +66,63 @@ def write_new_file(
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` with ``data`` and ``mode``, complete or not at all, never replacing.
+
+    The bytes go to a temporary sibling (``.<name>.ww-tmp-<12 hex digits>``, created with
+    ``O_EXCL``/``O_NOFOLLOW`` and ``mode`` from the start, so never readable by others, even
+    empty), are fsynced, and the file is renamed into place with :func:`rename_noreplace`.
+    Anything at ``path`` -- a file, a directory, a symlink, dangling or not -- raises
+    FileExistsError and is left as it was; on any failure the temporary file is removed.
+    """
+    import secrets
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.ww-tmp-{secrets.token_hex(6)}"
+    write_new_file(tmp, [data], mode)
+    try:
+        rename_noreplace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` only if ``dst`` does not exist (``renameat2`` with
+    ``RENAME_NOREPLACE``): something that appeared at ``dst`` meanwhile, a symlink for one, is
+    never replaced.  Raises FileExistsError."""
+    import ctypes
+
+    fn = _renameat2()
+    if fn is not None:
+        at_fdcwd = -100
+        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # otherwise: unsupported by the fs
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    if os.path.isdir(src) and not os.path.islink(src):
+        os.rename(src, dst)  # no atomic no-replace: checked just above
+    else:
+        os.link(src, dst, follow_symlinks=False)  # fails if dst exists
+        os.unlink(src)
+
+
+@functools.cache
+def _renameat2():  # type: ignore[no-untyped-def]
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ww.core import multibase, varint
 from ww.core import protobuf as _protobuf
-from ww.core.errors import WwError
-from ww.core.fsutil import fsync_dir
+from ww.core.errors import UsageError, WwError
+from ww.core.fsutil import fsync_dir, publish_new_file
 
 __all__ = [
     "KEY_TYPE_RSA",
@@ -37,6 +37,8 @@ __all__ = [
     "IDENTITY_FILE",
     "LOGIN_CONTEXT",
     "IdentityError",
+    "KeyFileError",
+    "MAX_KEY_FILE_SIZE",
     "PublicKey",
     "PrivateKey",
     "Identity",
@@ -46,6 +48,9 @@ __all__ = [
     "decode_peer_id",
     "public_key_from_peer_id",
     "load_or_create",
+    "read_key_file",
+    "key_from_flag",
+    "write_key_file",
     "login_message",
     "sign_login",
     "verify_login",
@@ -76,6 +81,15 @@ class IdentityError(WwError, ValueError):
 
     (Exit status 1 where nothing more specific maps it, as for a corrupt node key under
     `ww id`; still the ValueError callers caught before.)"""
+
+
+class KeyFileError(WwError):
+    """A key file cannot be written where it was asked for (exit 1): ``ww idgen -o`` onto a
+    name that exists, or into a directory that does not or that it may not write."""
+
+
+MAX_KEY_FILE_SIZE = 4096
+"""A key file is at most this long (``ww idgen`` writes 68 bytes, or 93 characters)."""
 
 
 def _encode_key_protobuf(key_type: int, data: bytes) -> bytes:
@@ -346,6 +360,68 @@ def _read_key_file(path: Path) -> PrivateKey:
         return parse_private_key(data)
     except IdentityError as err:
         raise IdentityError(f"{path}: {err}") from None
+
+
+def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:
+    """The key in a file as ``ww idgen`` writes it, base58btc text or ``--raw`` bytes.
+
+    Raises :class:`IdentityError` whose one line names what is wrong but not the file (the
+    caller names its flag and the file): unreadable, too long, not a key."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE_SIZE + 1)
+    except OSError as e:
+        raise IdentityError(f"cannot read the key file: {e.strerror or e}") from None
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise IdentityError(f"not a private key: the file is longer than {MAX_KEY_FILE_SIZE} "
+                            "bytes")
+    return parse_private_key(data)
+
+
+def key_from_flag(flag: str, spec: str, new: bool = True) -> PrivateKey:
+    """The key a command-line flag names: a key file (``read_key_file``) or, where ``new`` is
+    allowed, ``new`` for a fresh one.  Anything wrong is a usage error (exit 2) of one line
+    naming the flag and the file: ``--node-key 'x.key': cannot read the key file: ...``."""
+    if new and spec == "new":
+        return PrivateKey.generate()
+    try:
+        return read_key_file(spec)
+    except IdentityError as e:
+        raise UsageError(f"{flag} {spec!r}: {e}") from None
+
+
+def write_key_file(path: str | os.PathLike[str], key: PrivateKey, raw: bool = False) -> None:
+    """Write ``key`` to a new file ``path`` (mode 0600), as ``ww idgen -o`` does: base58btc
+    text and a newline, or with ``raw`` the 68 protobuf bytes.
+
+    The file appears complete or not at all and is never readable by others
+    (:func:`ww.core.fsutil.publish_new_file`); anything already at ``path`` -- a symlink
+    included, dangling or not -- is a :class:`KeyFileError` naming it, and is left alone."""
+    data = key.to_protobuf() if raw else (key.to_text() + "\n").encode("ascii")
+    try:
+        publish_new_file(Path(path), data, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{os.fspath(path)} exists ({_what_is_at(path)}); a key is never "
+                           "written over anything: remove it or choose another name") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot write the key to {os.fspath(path)}: "
+                           f"{e.strerror or e}") from None
+
+
+def _what_is_at(path: str | os.PathLike[str]) -> str:
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "it appeared meanwhile"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a file"
+    return "not a regular file"
 
 
 def login_message(challenge: bytes) -> bytes:

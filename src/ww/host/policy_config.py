@@ -96,19 +96,9 @@ def canonical_peer_id(text: str, where: str) -> str:
 
 def load_identity(spec: str) -> bytes:
     """``--identity KEYFILE`` (raw or base58, as ``ww idgen`` writes) or ``new``: key bytes."""
-    from ww.core.identity import IdentityError, PrivateKey, parse_private_key
+    from ww.core.identity import key_from_flag
 
-    if spec == "new":
-        return PrivateKey.generate().to_protobuf()
-    try:
-        with open(spec, "rb") as f:
-            data = f.read(4096)
-    except OSError as e:
-        raise UsageError(f"--identity {spec!r}: cannot read the key file: {e.strerror}") from None
-    try:
-        return parse_private_key(data).to_protobuf()
-    except IdentityError as e:
-        raise UsageError(f"--identity {spec!r}: {e}") from None
+    return key_from_flag("--identity", spec).to_protobuf()
 
 
 def peer_of_key(key: bytes) -> str:

@@ -14,10 +14,7 @@ shard and looked up by following the entry name's murmur3 hash, one shard per le
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
-import functools
 import os
 import re
 import secrets
@@ -27,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ww.core.cid import CID, RAW
+from ww.core.fsutil import rename_noreplace as _rename_noreplace
 
 from . import dagpb, unixfs
 from .api import (
@@ -619,39 +617,6 @@ def _remove_stale_temps(dir_fd: int) -> None:
                 _remove_at(dir_fd, name)
         finally:
             os.close(fd)
-
-
-_RENAME_NOREPLACE = 1
-
-
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst`` only if ``dst`` does not exist (``renameat2`` with
-    ``RENAME_NOREPLACE``): something that appeared at ``dst`` meanwhile, a symlink for one, is
-    never replaced.  Raises FileExistsError."""
-    fn = _renameat2()
-    if fn is not None:
-        at_fdcwd = -100
-        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS):  # otherwise: unsupported by the fs
-            raise OSError(err, os.strerror(err), str(dst))
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    if os.path.isdir(src) and not os.path.islink(src):
-        os.rename(src, dst)  # no atomic no-replace: checked just above
-    else:
-        os.link(src, dst, follow_symlinks=False)  # fails if dst exists
-        os.unlink(src)
-
-
-@functools.cache
-def _renameat2():  # type: ignore[no-untyped-def]
-    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        fn.restype = ctypes.c_int
-    return fn
 
 
 def _kind(st: os.stat_result) -> str:

@@ -49,6 +49,8 @@ from .pins import PinKind
 from .repo import REPO_VERSION, GcReport, Repo, RepoCheck, default_repo_path
 
 if TYPE_CHECKING:
+    from ww.core.identity import Identity
+
     from .net import Host, Network, NewHost
 
 __all__ = ["EmbeddedNode", "default_repo_path"]
@@ -65,13 +67,16 @@ class EmbeddedNode:
     verifies_blocks = True  # every block read or fetched is hashed against its CID
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
-                 host: Host | None = None, new_host: NewHost | None = None) -> None:
+                 host: Host | None = None, new_host: NewHost | None = None,
+                 identity: Identity | None = None) -> None:
         """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
         the repository's node key, and its owner starts and stops it.  ``new_host``: how to
         make a host of the node's own when it goes on the network (``ww.p2p.host_for_ipfs``,
-        which carries where it may dial); without it nor ``host`` the node stays offline."""
+        which carries where it may dial); without it nor ``host`` the node stays offline.
+        ``identity``: the node's libp2p key instead of the repository's (`ww run --node-key`);
+        a ``host`` given must carry it."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
@@ -80,6 +85,7 @@ class EmbeddedNode:
         self._dial_lock = threading.Lock()  # the first dial of the given peers
         self._peers = list(peers)
         self._new_host = new_host
+        self._identity = identity
         self._peers_dialled = False
         if host is not None:
             from .net import Network
@@ -330,7 +336,7 @@ class EmbeddedNode:
                 if self._new_host is None:
                     raise BackendUnavailableError(
                         "ipfs: this node was given no libp2p host to go on the network with")
-                ident = identity.load_or_create(self._repo.path)
+                ident = self._identity or identity.load_or_create(self._repo.path)
                 self._net = Network.own(ident, self._blocks, self._new_host, listen=listen)
             net = self._net
         net.start()  # a shared host `ww run` has not started yet: now
@@ -391,7 +397,7 @@ class EmbeddedNode:
             return self._net.id()
         from ww.core import identity  # imported late: only id() needs the key code
 
-        ident = identity.load_or_create(self._repo.path)
+        ident = self._identity or identity.load_or_create(self._repo.path)
         return PeerInfo(id=ident.peer_id, addresses=[], protocols=[])
 
     def peers(self) -> list[PeerInfo]:

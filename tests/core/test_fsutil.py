@@ -1,0 +1,38 @@
+"""ww.core.fsutil.publish_new_file: a file complete or not at all, never over anything."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ww.core import fsutil
+
+
+def test_a_symlink_planted_while_writing_is_not_replaced(tmp_path, monkeypatch):
+    """The check is the rename itself (RENAME_NOREPLACE): what appears at the name between
+    the write and the rename stays, and the temporary file goes."""
+    dest = tmp_path / "cell.key"
+    target = tmp_path / "elsewhere"
+    write = fsutil.write_new_file
+
+    def write_then_plant(path, parts, mode=0o444, sync=True):
+        write(path, parts, mode, sync)
+        dest.symlink_to(target)  # someone else, after our write, before our rename
+
+    monkeypatch.setattr(fsutil, "write_new_file", write_then_plant)
+    with pytest.raises(FileExistsError):
+        fsutil.publish_new_file(dest, b"secret", 0o600)
+    assert dest.is_symlink() and not target.exists()
+    assert sorted(os.listdir(tmp_path)) == ["cell.key"]
+
+
+def test_the_mode_is_the_files_from_creation_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        fsutil.publish_new_file(tmp_path / "k", b"secret", 0o600)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+    assert (tmp_path / "k").read_bytes() == b"secret"
