@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import pytest
 
-from tests.conftest import HANG, WW, host_env, run_ww
+from tests.conftest import HANG, host_env, run_ww
 from ww.app.options import FLAGS
 from ww.cli.main import COMMANDS, cli, run_cli
 
@@ -49,21 +49,6 @@ def test_a_bare_name_found_nowhere_has_no_suggestion(tmp_path):
     r = run_ww("run", "no-such-cell-ww", cwd=tmp_path)
     assert r.returncode == 127
     assert r.stderr == "ww: no-such-cell-ww: command not found\n"
-
-
-def test_the_identity_example_of_docs_auth_md_runs_as_written(tmp_path):
-    """The shell block of docs/auth.md's "Giving a cell an identity", in a directory holding
-    cell.py (a cell that exits on its own without logging in: its own status)."""
-    text = (Path(__file__).parents[2] / "docs" / "auth.md").read_text()
-    section = text.split("## Giving a cell an identity", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block is not None
-    _executable(tmp_path / "cell.py", b"#!/usr/bin/env python3\nprint('ran')\n")
-    env = host_env(PATH=f"{Path(WW).parent}:{host_env()['PATH']}")
-    r = subprocess.run(["bash", "-euc", block.group(1)], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=HANG)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "ran\nran\n"
 
 
 # --- what the kernel cannot execute ---------------------------------------------------------
