@@ -184,3 +184,17 @@ def test_a_forced_import_that_fails_leaves_the_old_destination_whole(tmp_path, w
     r = run_ww("import", src_of_the_missing, "-o", str(dest), "--force")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert snapshot(out) == before and _no_temps(out)
+
+
+@pytest.mark.parametrize("where", [".", "..", "/", "sub/.."])
+def test_a_path_naming_no_entry_is_a_usage_error_even_with_force(tmp_path, where):
+    """`-o .` with --force must not try to replace the current directory."""
+    paths, _ = _sources(tmp_path)
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    r = run_ww("import", paths["dir"], "-o", where, "--force", cwd=work)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"ww: {where.rstrip('/') or '/'} names no entry to write (give a path such as ./copy)"]
+    assert snapshot(tmp_path) == before

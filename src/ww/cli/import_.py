@@ -57,6 +57,9 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
         dest = (Path(output) if output is not None else local_path
                 if local_path is not None else _default_name(source, car))
         if dest is not None:
+            if dest.name in ("", ".", ".."):
+                raise UsageError(f"{dest} names no entry to write (give a path such as "
+                                 "./copy)")
             # a symlink or device, or (without --force) anything: refused before any work
             check_destination(dest, force)
     api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)

@@ -834,6 +834,8 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
 def _put(getter: BlockGetter, node: UnixfsNode, dest: Path, executable: bool,
          force: bool) -> Path:
     """:func:`get`'s one rule (``force`` a bool)."""
+    if dest.name in ("", ".", ".."):
+        raise IpfsError(f"{dest} names no entry to write")
     check_destination(dest, force)
     if _lstat(dest) is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
