@@ -213,16 +213,18 @@ def test_car_import_onto_a_symlink_stores_and_pins_nothing(tmp_path, ww_home):
 
 
 def test_car_import_that_cannot_be_written_leaves_no_pin(tmp_path, ww_home):
-    """The destination is checked while writing (an entry already there): the CAR's blocks
-    were stored, and are unpinned again, so the next gc removes them."""
+    """A destination that cannot be written (its parent is a file) fails only when written:
+    the CAR's blocks were stored, and are unpinned again, so the next gc removes them."""
     src = make_tree(tmp_path / "src")
     car = tmp_path / "tree.car"
     assert run_ww("export", "--car", str(car), str(src)).returncode == 0
-    out = tmp_path / "out"
-    (out / "sub").mkdir(parents=True)  # the tree has a directory "sub" too
+    (tmp_path / "afile").write_text("not a directory\n")
+    out = tmp_path / "afile" / "out"
     r = run_ww("import", str(car), str(out))
-    assert r.returncode == 1 and "already exists" in r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["sub"]
+    assert r.returncode == 1, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"ww: cannot write {out.parent}: ")
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
     assert list((ww_home / "pins" / "recursive").iterdir()) == []
     assert _blocks_in(ww_home) != []
     assert run_ww("repo", "gc").returncode == 0

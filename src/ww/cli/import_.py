@@ -1,64 +1,122 @@
-"""`ww import IPFS-PATH [LOCAL-PATH] [-x]`: write a file or tree from IPFS (or a CAR) to disk."""
+"""`ww import IPFS-PATH [-o PATH] [--force] [-x]`: write a file or tree from IPFS (or a CAR)."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
-from ww.core.errors import UsageError
+from ww.core.errors import NotAFileError, UsageError
+
+if TYPE_CHECKING:
+    from ww.ipfs.api import CoreAPI
 
 
 @click.command(name="import")
 @click.argument("source")
 @click.argument("local_path", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", metavar="PATH",
+              help="Write to PATH (default ./<last path element>, the CID for a bare "
+                   "/ipfs/<cid>); '-' writes a file to stdout.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing regular file or directory at PATH (never a symlink).")
 @click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
 @ipfs_option
 @peer_option
-def import_(source: str, local_path: Path | None, executable: bool,
-            ipfs_api: str | None, peers: list[str]) -> None:
-    """Write SOURCE to LOCAL-PATH (default: the current directory).
+def import_(source: str, local_path: Path | None, output: str | None, force: bool,
+            executable: bool, ipfs_api: str | None, peers: list[str]) -> None:
+    """Write SOURCE to PATH: a file, a symlink or a directory alike.
 
     SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
-    first (its single root is then written).  A directory is extracted into LOCAL-PATH; a
-    file becomes LOCAL-PATH, or goes inside it if LOCAL-PATH is an existing directory.
-    Blocks the repository lacks are fetched from the --peer peers over Bitswap.
+    first (its single root is then written).  PATH is -o/--output PATH, or LOCAL-PATH (the
+    older spelling); without either, ./<name> where <name> is SOURCE's last path element,
+    or the CID for a bare /ipfs/<cid> or a CAR (as `ipfs get` does).  A PATH that exists is
+    an error unless --force, which replaces a regular file or directory there atomically; a
+    symlink, device, FIFO or socket there is never replaced.  `-o -` writes a file to
+    stdout.  Blocks the repository lacks are fetched from the --peer peers over Bitswap.
     """
     from ww.app.build import open_ipfs
     from ww.ipfs.exporter import check_destination
 
     refuse_peers_with_kubo(ipfs_api)
-    dest = local_path if local_path is not None else Path.cwd()
-    check_destination(dest)  # a symlink or device destination: refused before any work
+    if output is not None and local_path is not None:
+        raise UsageError(f"both LOCAL-PATH ({local_path}) and -o/--output ({output}) given; "
+                         "give one")
+    car = None
+    if source.endswith(".car") and not source.startswith("/ipfs/"):
+        car = Path(source)
+        if not car.is_file():
+            raise UsageError(f"{source}: no such CAR file")
+    to_stdout = output == "-"
+    dest = None
+    if not to_stdout:
+        dest = (Path(output) if output is not None else local_path
+                if local_path is not None else _default_name(source, car))
+        if dest is not None:
+            if dest.name in ("", ".", ".."):
+                raise UsageError(f"{dest} names no entry to write (give a path such as "
+                                 "./copy)")
+            # a symlink or device, or (without --force) anything: refused before any work
+            check_destination(dest, force)
     api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
-        if source.endswith(".car") and not source.startswith("/ipfs/"):
-            car = Path(source)
-            if not car.is_file():
-                raise UsageError(f"{source}: no such CAR file")
-            _one_root(car)  # before anything is stored or pinned
-            pinned_before = set(api.pins())
-            with open(car, "rb") as f:
-                roots = api.import_car(f)
-            try:
-                api.get(f"/ipfs/{roots[0]}", dest, executable=executable)
-            except BaseException:
-                # Nothing was written: leave no pin behind either (the blocks stay, unpinned,
-                # until the next gc, as kubo keeps them after a failed import).
-                for root in roots:
-                    if root not in pinned_before:
-                        with contextlib.suppress(Exception):
-                            api.unpin(root)
-                raise
+        if car is None:
+            _write(api, source, dest, executable, force, to_stdout)
             return
-        api.get(source, dest, executable=executable)
+        roots = _one_root(car)  # before anything is stored or pinned
+        if dest is None and not to_stdout:
+            dest = Path(roots[0])
+            check_destination(dest, force)
+        pinned_before = set(api.pins())
+        with open(car, "rb") as f:
+            roots = api.import_car(f)
+        try:
+            _write(api, f"/ipfs/{roots[0]}", dest, executable, force, to_stdout)
+        except BaseException:
+            # Nothing was written: leave no pin behind either (the blocks stay, unpinned,
+            # until the next gc, as kubo keeps them after a failed import).
+            for root in roots:
+                if root not in pinned_before:
+                    with contextlib.suppress(Exception):
+                        api.unpin(root)
+            raise
     finally:
         api.close()
 
 
-def _one_root(car: Path) -> None:
+def _default_name(source: str, car: Path | None) -> Path | None:
+    """``./<last path element>`` (the CID for a bare root), as ``ipfs get`` names it; None for
+    a CAR, whose root is known once its header is read."""
+    if car is not None:
+        return None
+    from ww.ipfs.path import parse_path
+
+    return Path(parse_path(source).last_name)
+
+
+def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: bool,
+           to_stdout: bool) -> None:
+    if not to_stdout:
+        assert dest is not None
+        api.get(path, dest, executable=executable, force=force)
+        return
+    from ww.core.ipfs_values import EntryType
+
+    kind = api.stat(path).type
+    if kind is not EntryType.FILE:
+        raise NotAFileError(f"{path} is a {kind.value}; -o - writes only a file to stdout "
+                            "(give -o PATH to write it to disk)")
+    out = sys.stdout.buffer
+    for piece in api.cat(path):
+        out.write(piece)
+    out.flush()
+
+
+def _one_root(car: Path) -> list[str]:
     """Refuse a CAR whose header does not name exactly one root: which would be written?"""
     from ww.ipfs.car import CarReader
 
@@ -68,3 +126,4 @@ def _one_root(car: Path) -> None:
         shown = ", ".join(str(r) for r in roots[:3]) + (", ..." if len(roots) > 3 else "")
         raise UsageError(f"{car}: has {len(roots)} roots ({shown}); ww import writes a CAR "
                          "with one root (nothing was imported)")
+    return [str(r) for r in roots]

@@ -126,6 +126,15 @@ class NotFoundError(IpfsError):
     """The content (a block, or a name inside a directory) is not available."""
 
 
+class DestinationExistsError(IpfsError):
+    """``ww import``'s destination exists and ``--force`` was not given (exit 1)."""
+
+
+class UnsafeDestinationError(IpfsError):
+    """``ww import``'s destination is a symlink, device, FIFO or socket: never written
+    through or replaced, even with ``--force`` (exit 1)."""
+
+
 class NotAFileError(IpfsError):
     """A file was needed (cat, run) but the path names a directory or symlink."""
 

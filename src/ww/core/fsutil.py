@@ -117,6 +117,26 @@ def rename_noreplace(src: Path, dst: Path) -> None:
         os.unlink(src)
 
 
+_RENAME_EXCHANGE = 2
+
+
+def rename_exchange(src: Path | str, dst: Path | str) -> bool:
+    """Swap ``src`` and ``dst`` in one step (``renameat2`` with ``RENAME_EXCHANGE``); both must
+    exist.  False if the file system (or libc) cannot: the caller then does without."""
+    import ctypes
+
+    fn = _renameat2()
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS):  # unsupported by the file system
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
 @functools.cache
 def _renameat2():  # type: ignore[no-untyped-def]
     import ctypes

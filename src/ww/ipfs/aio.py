@@ -105,8 +105,9 @@ class AsyncCoreAPI:
     async def resolve(self, path: str) -> str:
         return await self._call(lambda: self.backend.resolve(path))
 
-    async def get(self, path: str, dest: Path, executable: bool = False) -> None:
-        await self._call(lambda: self.backend.get(path, dest, executable))
+    async def get(self, path: str, dest: Path, executable: bool = False,
+                  force: bool | None = None) -> None:
+        await self._call(lambda: self.backend.get(path, dest, executable, force))
 
     # pins
 

@@ -218,8 +218,14 @@ class CoreAPI(Protocol):
     def resolve(self, path: str) -> str:
         """``/ipfs/<cid>/a/b`` -> the CID of ``b``."""
 
-    def get(self, path: str, dest: Path, executable: bool = False) -> None:
-        """Write a file or a tree to ``dest`` atomically (nothing half-written on failure)."""
+    def get(self, path: str, dest: Path, executable: bool = False,
+            force: bool | None = None) -> None:
+        """Write a file or a tree to ``dest`` atomically (nothing half-written on failure).
+
+        ``force`` a bool: ``ww import``'s rule -- ``dest`` is the path written; one that
+        exists is an error unless ``force``, which replaces a regular file or directory there
+        (never a symlink, device, FIFO or socket).  None: a directory is merged into an
+        existing ``dest``, a file goes inside an existing directory ``dest``."""
 
     # pins
     def pin(self, path: str, recursive: bool = True) -> None: ...

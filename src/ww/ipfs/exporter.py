@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ww.core.cid import CID, RAW
+from ww.core.errors import DestinationExistsError, UnsafeDestinationError
+from ww.core.fsutil import rename_exchange
 from ww.core.fsutil import rename_noreplace as _rename_noreplace
 
 from . import dagpb, unixfs
@@ -635,35 +637,46 @@ def _kind(st: os.stat_result) -> str:
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # a parent that is a file: nothing there, and writing it fails
 
 
 def _refuse_special(path: Path, st: os.stat_result) -> None:
     """A destination that is a symlink, device, FIFO or socket is never written through or
     replaced."""
     if not (stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISDIR(st.st_mode)):
-        raise IpfsError(
+        raise UnsafeDestinationError(
             f"{path} is {_kind(st)}; ww import never writes through or replaces one "
             "(remove it or choose another path)"
         )
 
 
-def check_destination(dest: Path) -> None:
+def check_destination(dest: Path, force: bool | None = None) -> None:
     """Refuse, before any work, a destination ``ww import`` would refuse anyway: a symlink,
-    device, FIFO or socket (``dest`` itself; what is inside it is checked when writing)."""
+    device, FIFO or socket (``dest`` itself; what is inside it is checked when writing), and,
+    when ``force`` is False, anything that exists (see :func:`get`)."""
     st = _lstat(Path(dest))
     if st is not None:
         _refuse_special(Path(dest), st)
+        if force is False:
+            raise _exists(Path(dest))
 
 
-def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool) -> Path:
+def _exists(dest: Path) -> DestinationExistsError:
+    what = "a directory" if dest.is_dir() else "a file"
+    return DestinationExistsError(
+        f"{dest} already exists ({what}); ww import replaces it only with --force"
+    )
+
+
+def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool,
+             force: bool | None = None) -> Path:
     """``ww import`` of an IPFS path: resolve it and :func:`get` it, with a file-system
     failure turned into one IpfsError line.  Both backends' ``get`` is this."""
     ipath = parse_path(path)
     node = resolve(getter, ipath)
     try:
-        return get(getter, node, ipath.last_name, Path(dest), executable)
+        return get(getter, node, ipath.last_name, Path(dest), executable, force)
     except OSError as err:
         # symlink and rename name their destination second
         where = os.fsdecode(err.filename2 or err.filename or dest)
@@ -706,8 +719,19 @@ def _unlock(lock: int | None) -> None:
         os.close(lock)
 
 
-def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable: bool) -> Path:
-    """Write ``node`` to disk with ``ww import`` semantics; returns what was written.
+def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable: bool,
+        force: bool | None = None) -> Path:
+    """Write ``node`` to disk; returns what was written.
+
+    With ``force`` a bool, ``ww import``'s one rule, the same for a file, a symlink and a
+    directory: ``dest`` is the path written.  If it exists it is an error
+    (:class:`DestinationExistsError`) unless ``force``, and then a regular file or directory
+    there is replaced atomically: the new content is written to a temp sibling and swapped
+    in (``renameat2`` ``RENAME_EXCHANGE``), then the old one removed.  A symlink, device,
+    FIFO or socket at ``dest`` is never replaced, even with ``force``
+    (:class:`UnsafeDestinationError`).
+
+    With ``force`` None (the CoreAPI's ``get``), the older rules:
 
     * A directory is extracted *into* ``dest`` (created if missing).  If ``dest`` already
       exists, every top-level entry must be new or a file replacing a regular file.
@@ -721,6 +745,8 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
     so a failure (a missing block, a full disk, a kill) leaves no half-written file behind.
     """
     dest = Path(dest)
+    if force is not None:
+        return _put(getter, node, dest, executable, force)
     st = _lstat(dest)
     if st is not None:
         _refuse_special(dest, st)
@@ -769,6 +795,59 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
         dest.parent.mkdir(parents=True, exist_ok=True)
     _write_and_rename(getter, node, dest, executable, replace=st is not None)
     return dest
+
+
+def _put(getter: BlockGetter, node: UnixfsNode, dest: Path, executable: bool,
+         force: bool) -> Path:
+    """:func:`get`'s one rule (``force`` a bool)."""
+    if dest.name in ("", ".", ".."):
+        raise IpfsError(f"{dest} names no entry to write")
+    check_destination(dest, force)
+    if _lstat(dest) is None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp, lock = _write_temp(getter, node, dest, executable)
+    try:
+        if _lstat(dest) is None:
+            _rename_new(tmp, dest)
+        elif not force:
+            raise _exists(dest)  # appeared while writing
+        else:
+            _swap_in(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        raise
+    finally:
+        _unlock(lock)
+    return dest
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Put ``new`` at ``dest`` in one step, replacing the regular file or directory there, and
+    remove the old one (which is at ``new``'s name meanwhile: a kill then leaves it where the
+    next import's clean-up of dead temp entries removes it).  Something else found at
+    ``dest`` in the swap (a symlink planted meanwhile) is swapped back, not replaced."""
+    st = _lstat(dest)
+    if st is None:
+        _rename_new(new, dest)
+        return
+    _refuse_special(dest, st)
+    if rename_exchange(new, dest):
+        old = os.lstat(new)
+        if not (stat_mod.S_ISREG(old.st_mode) or stat_mod.S_ISDIR(old.st_mode)):
+            rename_exchange(new, dest)  # something planted meanwhile: put it back
+            _refuse_special(dest, old)
+        _remove(new)
+        return
+    # No atomic exchange on this file system: move the old one aside, then the new one in.
+    aside = _temp_sibling(dest)
+    os.rename(dest, aside)
+    try:
+        _rename_noreplace(new, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _rename_noreplace(aside, dest)
+        raise
+    _remove(aside)
 
 
 def _write_and_rename(

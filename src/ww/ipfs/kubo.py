@@ -504,13 +504,14 @@ class KuboClient:
         """Type, sizes and links of a node, computed from its blocks as the embedded node does."""
         return exporter.stat(self._block, exporter.resolve(self._block, parse_path(path)))
 
-    def get(self, path: str, dest: Path, executable: bool = False) -> None:
-        """Write a file or tree to ``dest`` with ``ww import`` semantics, atomically.
+    def get(self, path: str, dest: Path, executable: bool = False,
+            force: bool | None = None) -> None:
+        """Write a file or tree to ``dest`` atomically (``force``: see the CoreAPI's ``get``).
 
         The blocks come from kubo (``block/get``, each verified); writing them out is the
         embedded node's own code (:func:`ww.ipfs.exporter.get`), so both backends behave alike.
         """
-        exporter.get_path(self._block, path, dest, executable)
+        exporter.get_path(self._block, path, dest, executable, force)
 
     def _block(self, cid: CID) -> bytes:
         """One raw block from kubo, checked against its CID (an exporter block getter)."""

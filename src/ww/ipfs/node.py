@@ -185,9 +185,10 @@ class EmbeddedNode:
     def resolve(self, path: str) -> str:
         return str(self._cid(path))
 
-    def get(self, path: str, dest: Path, executable: bool = False) -> None:
-        """Write a file or tree to ``dest`` with ``ww import`` semantics, atomically."""
-        exporter.get_path(self._get_block, path, dest, executable)
+    def get(self, path: str, dest: Path, executable: bool = False,
+            force: bool | None = None) -> None:
+        """Write a file or tree to ``dest`` atomically (``force``: see the CoreAPI's ``get``)."""
+        exporter.get_path(self._get_block, path, dest, executable, force)
         if self._net is not None:
             self._net.flush()
 

@@ -1,0 +1,200 @@
+"""`ww import`'s one rule for a file, a symlink and a directory alike (issue 12): an existing
+destination is an error naming it unless --force, which replaces a regular file or directory
+atomically; a symlink, device or FIFO there is never replaced; `-o -` writes a file to
+stdout; with no destination, ./<last path element> (./<CID> for a bare root), as `ipfs get`.
+Every test runs the real `ww` command."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.cli.test_ipfs_commands import snapshot
+from tests.conftest import run_ww
+from ww.core.cid import CID
+from ww.ipfs import dagpb
+
+
+def _sources(tmp_path):
+    """A file and a directory in one exported tree: {"file": /ipfs/…, "dir": /ipfs/…} and the
+    local originals to compare against."""
+    src = tmp_path / "src"
+    (src / "d" / "inner").mkdir(parents=True)
+    (src / "d" / "x.txt").write_text("new x\n")
+    (src / "d" / "inner" / "y").write_bytes(os.urandom(300_000))
+    (src / "f.bin").write_bytes(os.urandom(700_000))  # several chunks
+    r = run_ww("export", str(src))
+    assert r.returncode == 0, r.stderr
+    root = r.stdout.strip()
+    return {"file": f"{root}/f.bin", "dir": f"{root}/d"}, {"file": src / "f.bin", "dir": src / "d"}
+
+
+def _same(written, original):
+    if written.is_symlink():
+        return False
+    if original.is_dir():
+        return written.is_dir() and snapshot(written) == snapshot(original)
+    return written.is_file() and written.read_bytes() == original.read_bytes()
+
+
+def _make_old(path, kind):
+    if kind == "file":
+        path.write_text("old\n")
+    else:
+        (path / "keep").mkdir(parents=True)
+        (path / "keep" / "old.txt").write_text("old\n")
+    return snapshot(path.parent)
+
+
+def _no_temps(directory):
+    return [n for n in os.listdir(directory) if ".ww-tmp-" in n] == []
+
+
+@pytest.mark.parametrize("old", ["file", "dir"])
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_an_existing_destination_is_an_error_naming_it_unless_force(tmp_path, kind, old):
+    paths, originals = _sources(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "dest"
+    before = _make_old(dest, old)
+    for argv in (["import", paths[kind], str(dest)], ["import", paths[kind], "-o", str(dest)]):
+        r = run_ww(*argv)
+        assert r.returncode == 1, r.stderr
+        what = "a directory" if old == "dir" else "a file"
+        assert r.stderr.strip().splitlines() == [
+            f"ww: {dest} already exists ({what}); ww import replaces it only with --force"]
+        assert snapshot(out) == before  # nothing written, nothing moved
+    r = run_ww("import", paths[kind], "-o", str(dest), "--force")
+    assert r.returncode == 0, r.stderr
+    assert _same(dest, originals[kind])  # replaced whole: nothing of the old one is kept
+    assert sorted(os.listdir(out)) == ["dest"]  # the old copy and the temp are gone
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_symlink_destination_is_never_replaced_even_with_force(tmp_path, kind, force):
+    paths, _ = _sources(tmp_path)
+    victim_file = tmp_path / "victim.txt"
+    victim_file.write_text("precious\n")
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    for target in (victim_file, victim_dir, tmp_path / "dangling"):
+        link = tmp_path / "link"
+        os.symlink(target, link)
+        r = run_ww("import", paths[kind], "-o", str(link), *force)
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [
+            f"ww: {link} is a symlink; ww import never writes through or replaces one "
+            "(remove it or choose another path)"]
+        assert os.readlink(link) == str(target)
+        link.unlink()
+    assert victim_file.read_text() == "precious\n" and os.listdir(victim_dir) == []
+    assert not (tmp_path / "dangling").exists() and _no_temps(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_fifo_destination_is_never_replaced_even_with_force(tmp_path, kind):
+    paths, _ = _sources(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = run_ww("import", paths[kind], str(fifo), "--force")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"ww: {fifo} is a FIFO; ww import never writes through or replaces one "
+        "(remove it or choose another path)"]
+    assert os.path.exists(fifo) and not os.path.isfile(fifo) and _no_temps(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_no_destination_writes_the_last_path_element_or_the_cid_as_ipfs_get(tmp_path, kind):
+    paths, originals = _sources(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    cid = run_ww("export", str(originals[kind])).stdout.strip().removeprefix("/ipfs/")
+    assert run_ww("import", paths[kind], cwd=work).returncode == 0
+    name = paths[kind].rsplit("/", 1)[1]  # /ipfs/<root>/d -> ./d, as `ipfs get` writes
+    assert _same(work / name, originals[kind])
+    assert run_ww("import", f"/ipfs/{cid}", cwd=work).returncode == 0  # a bare root: ./<cid>
+    assert _same(work / cid, originals[kind])
+    assert sorted(os.listdir(work)) == sorted([name, cid])  # nothing spilled into the cwd
+    r = run_ww("import", cid, cwd=work)  # the default name follows the rule too
+    assert r.returncode == 1 and r.stderr.startswith(f"ww: {cid} already exists")
+    assert run_ww("import", cid, "--force", cwd=work).returncode == 0
+    assert _same(work / cid, originals[kind])
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_car_with_no_destination_writes_its_root_cid(tmp_path, kind):
+    _, originals = _sources(tmp_path)
+    car = tmp_path / "x.car"
+    assert run_ww("export", "--car", str(car), str(originals[kind])).returncode == 0
+    cid = run_ww("export", "--no-pin", str(originals[kind])).stdout.strip().removeprefix("/ipfs/")
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run_ww("import", str(car), cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(work) == [cid] and _same(work / cid, originals[kind])
+
+
+def test_output_dash_writes_a_file_to_stdout_byte_exact(tmp_path):
+    paths, originals = _sources(tmp_path)
+    r = run_ww("import", paths["file"], "-o", "-", text=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == originals["file"].read_bytes()
+    r = run_ww("import", paths["file"], "--output", "-", text=False, cwd=tmp_path)
+    assert r.stdout == originals["file"].read_bytes()
+    assert not (tmp_path / "-").exists()
+
+
+def test_output_dash_of_a_directory_is_an_error_naming_it(tmp_path):
+    paths, _ = _sources(tmp_path)
+    r = run_ww("import", paths["dir"], "-o", "-", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"ww: {paths['dir']} is a directory; -o - writes only a file to stdout "
+        "(give -o PATH to write it to disk)"]
+
+
+def test_a_destination_given_twice_is_a_usage_error(tmp_path):
+    paths, _ = _sources(tmp_path)
+    r = run_ww("import", paths["file"], str(tmp_path / "a"), "-o", str(tmp_path / "b"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "give one" in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_forced_import_that_fails_leaves_the_old_destination_whole(tmp_path, ww_home, kind):
+    """A block missing half-way: the old file or directory is untouched, no temp is left."""
+    paths, originals = _sources(tmp_path)
+    big = run_ww("export", str(tmp_path / "src" / "d" / "inner" / "y")).stdout.strip()
+    # the last block of y's content: its leaves are the blocks other than y's root
+    root_mh = CID.parse(big.removeprefix("/ipfs/")).multihash.hex()
+    y_root = next(p for p in (ww_home / "blocks").rglob(root_mh))
+    leaf = dagpb.decode(y_root.read_bytes()).links[-1].cid
+    (ww_home / "blocks").joinpath(leaf.multihash.hex()[-3:-1], leaf.multihash.hex()).unlink()
+    src_of_the_missing = {"file": paths["dir"] + "/inner/y", "dir": paths["dir"]}[kind]
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "dest"
+    before = _make_old(dest, "dir" if kind == "dir" else "file")
+    r = run_ww("import", src_of_the_missing, "-o", str(dest), "--force")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert snapshot(out) == before and _no_temps(out)
+
+
+@pytest.mark.parametrize("where", [".", "..", "/", "sub/.."])
+def test_a_path_naming_no_entry_is_a_usage_error_even_with_force(tmp_path, where):
+    """`-o .` with --force must not try to replace the current directory."""
+    paths, _ = _sources(tmp_path)
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    r = run_ww("import", paths["dir"], "-o", where, "--force", cwd=work)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"ww: {where.rstrip('/') or '/'} names no entry to write (give a path such as ./copy)"]
+    assert snapshot(tmp_path) == before
