@@ -150,7 +150,9 @@ def test_policy_with_an_ipfs_narrowing_flag_is_a_usage_error_never_a_wider_grant
             'file instead (mode = "read-only", roots = [...])\n')
     r = run_ww("run", "--with-ipfs", cell, env={**os.environ, "WW_POLICY": str(policy),
                                                "WW_IPFS_READ_ONLY": "1"})
-    assert r.returncode == 2 and r.stderr.startswith("ww: --policy and --ipfs-read-only ")
+    # Each value that came from a variable is named by it (issue 12).
+    assert r.returncode == 2 and r.stderr.startswith(
+        "ww: --policy (from WW_POLICY) and --ipfs-read-only (from WW_IPFS_READ_ONLY) cannot ")
     # Without the flags, [anonymous] gets exactly the file's grant (--with-* do not add to it).
     r = run_ww("run", "--policy", str(policy), "--with-all", cell)
     assert r.returncode == 0, r.stderr

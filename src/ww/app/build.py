@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ww.app.options import RunOptions
+from ww.app.options import RunOptions, flag_source
 
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
@@ -164,8 +164,8 @@ def access(options: RunOptions, granted: list[str]) -> Access:
 
     flags = policy.flag_grants(granted, options.ipfs_read_only, options.ipfs_roots,
                                options.exec_allow)
-    narrowing = [flag for flag, given in (("--ipfs-read-only", options.ipfs_read_only),
-                                          ("--ipfs-root", options.ipfs_roots)) if given]
+    narrowing = [flag_source(options, field) for field, given in (
+        ("ipfs_read_only", options.ipfs_read_only), ("ipfs_roots", options.ipfs_roots)) if given]
     return policy.build_access(flags, options.identity, options.allow, options.policy,
                                options.login_timeout, open_audit(options.json, options.audit),
                                narrowing)
