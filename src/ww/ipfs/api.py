@@ -150,6 +150,8 @@ class AddOptions:
     raw_leaves: bool | None = None
     pin: bool = True
     only_hash: bool = False
+    chunk_size: int = 262144  # kubo's --chunker size-N
+    wrap: bool = False  # add_path only, kubo's -w: the result is a directory holding the path
     # Directory trees: include names starting with "." (kubo's library does; its command line,
     # and so `ww export`, skips them unless --hidden is given).
     hidden: bool = True

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 262144
+MAX_CHUNK_SIZE = 1048576  # boxo's ChunkSizeLimit: kubo refuses a larger --chunker size-N
 MAX_LINKS = 174
 HAMT_THRESHOLD = 262144  # kubo's Internal.UnixFSShardingSizeThreshold default, 256 KiB
 HAMT_FANOUT = 256
@@ -71,14 +72,19 @@ class ImportParams:
     cid_version: int = 0
     raw_leaves: bool = False
     hidden: bool = True  # include directory entries whose names start with "."
+    chunk_size: int = CHUNK_SIZE
+    wrap: bool = False  # import_path: put the result in a directory of its own, as kubo's -w
 
     @classmethod
     def from_options(cls, options: AddOptions) -> ImportParams:
         if options.cid_version not in (0, 1):
             raise UnsupportedError(f"unsupported CID version {options.cid_version} (use 0 or 1)")
+        if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
+            raise UnsupportedError(
+                f"chunk size {options.chunk_size} out of range (1 to {MAX_CHUNK_SIZE}, as kubo)")
         raw = options.raw_leaves
         return cls(options.cid_version, options.cid_version == 1 if raw is None else raw,
-                   options.hidden)
+                   options.hidden, options.chunk_size, options.wrap)
 
     def node_cid(self, mh: bytes) -> CID:
         return CID.v0(mh) if self.cid_version == 0 else CID.v1(DAG_PB, mh)
@@ -194,7 +200,7 @@ def import_file(
             level, item = level + 1, parent
         levels[level].append(item)
 
-    for chunk in rechunk(chunks):
+    for chunk in rechunk(chunks, params.chunk_size):
         push(0, _leaf(chunk, params, sink))
 
     if not levels[0]:
@@ -291,9 +297,18 @@ def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
     (sockets, devices, FIFOs) raise :class:`UnsupportedError`.
 
     The tree is walked depth first with an explicit stack, so its depth is not bounded by
-    Python's recursion limit.
+    Python's recursion limit.  With ``params.wrap`` the result is a directory holding it under
+    ``path``'s base name (kubo's ``ipfs add -w``).
     """
     path = Path(os.fsdecode(path))
+    root = _import_tree(path, params, sink)
+    if not params.wrap:
+        return root
+    name = os.fsencode(Path(os.path.abspath(path)).name)
+    return import_directory([(name, root)], params, sink)
+
+
+def _import_tree(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
     first = _import_entry(path, params, sink)
     if isinstance(first, Imported):
         return first
