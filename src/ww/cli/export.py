@@ -82,6 +82,9 @@ def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool 
     options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin and not only_hash,
                          hidden=hidden, only_hash=only_hash, chunk_size=_chunk_size(chunker),
                          wrap=wrap)
+    added: list[str] = []
+    if quiet and not quieter:
+        options = replace(options, on_added=lambda _name, cid: added.append(cid))
     if car_file is not None:
         _check_car_destination(car_file)
     with contextlib.ExitStack() as stack:
@@ -97,7 +100,12 @@ def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool 
             if car_file is not None:
                 options = replace(options, pin=False)
         cid = _export(api, source, options, car_file)
-    click.echo(cid if quiet or quieter else f"/ipfs/{cid}")
+    if quieter:
+        click.echo(cid)
+    elif quiet:  # as kubo's ipfs add -q: every file, then every directory, the root last
+        click.echo("".join(f"{c}\n" for c in added), nl=False)
+    else:
+        click.echo(f"/ipfs/{cid}")
 
 
 def _is_stdin(path: str) -> bool:

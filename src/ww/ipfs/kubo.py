@@ -424,6 +424,8 @@ class KuboClient:
         def on_value(value: Any) -> None:
             if isinstance(value, dict) and value.get("Hash"):
                 found["last"] = value["Hash"]
+                if o.on_added is not None:
+                    o.on_added(value.get("Name", ""), value["Hash"])
                 if value.get("Name") == root:
                     found["root"] = value["Hash"]
 
