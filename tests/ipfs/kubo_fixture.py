@@ -417,6 +417,8 @@ def _handler(kubo: FakeKubo) -> type[BaseHTTPRequestHandler]:
                     raise KuboError(f"the fake kubo supports only {name}={wanted}")
             if opts.get("chunker", "size-262144") != "size-262144":
                 raise KuboError("the fake kubo supports only the default chunker")
+            if opts.get("wrap-with-directory", "false") != "false":
+                raise KuboError("the fake kubo cannot wrap with a directory")
             only_hash = opts.get("only-hash") == "true"
             with tempfile.TemporaryDirectory(dir=kubo.scratch) as tmp:
                 root_name = None
