@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, WW, run_ww
+from tests.ipfs import conftest as ipfs_conftest
 from tests.ipfs.conftest import deterministic_bytes
+
+fake_kubo = ipfs_conftest.fake_kubo  # the kubo RPC stand-in of tests/ipfs, as a fixture here
 
 JS_ORACLE = Path(__file__).resolve().parent.parent / "ipfs" / "js_oracle"
 CHUNK = 262144
@@ -278,6 +281,19 @@ def test_w_wraps_in_a_directory_as_kubo_does(tmp_path: Path, kubo, what: str) ->
         assert r.stdout == f"{kubo(wrapper)}\n"
     listed = run_ww("export", "-w", "-q", str(src)).stdout.splitlines()
     assert listed[-1] == kubo(wrapper) and kubo(src) in listed
+
+
+def test_w_through_a_kubo_node_gives_the_same_wrapper(tmp_path: Path, kubo, fake_kubo) -> None:
+    """With --ipfs, kubo wraps (wrap-with-directory) and ww takes the wrapper, not the entry,
+    as the root; -q lists what kubo reports, the wrapper last."""
+    src = make_tree(tmp_path / "in" / "tree")
+    wrapper = kubo(src.parent)  # a directory holding only the tree
+    r = run_ww("export", "--ipfs", fake_kubo.api, "-w", str(src))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"/ipfs/{wrapper}\n"
+    r = run_ww("export", "--ipfs", fake_kubo.api, "-w", "-q", str(src))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == wrapper and kubo(src) in r.stdout.splitlines()
 
 
 # --- --chunker, --raw-leaves ---------------------------------------------------------------
