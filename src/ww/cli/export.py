@@ -1,9 +1,11 @@
 """`ww export PATH`: add a file or directory to IPFS (like `ipfs add -r`), print its path."""
+# Flags are spelled as kubo's `ipfs add` spells them; each gives kubo's CIDs.
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from dataclasses import replace
@@ -15,10 +17,32 @@ from ww.cli._ipfs_option import ipfs_option
 from ww.core.errors import UsageError
 
 PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this many bytes
+STDIN_PATHS = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+READ_SIZE = 1 << 20  # stdin is read and added in pieces of this size: never whole
 
 
-@click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+class _KuboBooleans(click.Command):
+    """Accept kubo's spelling ``--pin=false`` / ``--raw-leaves=true`` beside ``--no-pin``."""
+
+    BOOLEANS = ("--pin", "--raw-leaves")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if eq and name in self.BOOLEANS:
+                if value.lower() not in ("true", "false"):
+                    raise UsageError(f"{name}={value}: the value must be true or false")
+                arg = name if value.lower() == "true" else f"--no-{name[2:]}"
+            elif arg == "--":
+                out.extend(args[len(out):])
+                break
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+@click.command(cls=_KuboBooleans)
+@click.argument("path")
 @click.option("--car", "car_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Write the DAG as a CAR v1 file instead of storing it in the repository.")
 @click.option("--cid-version", type=click.IntRange(0, 1), default=0, show_default=True,
@@ -29,16 +53,38 @@ PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this
 @click.option("-H", "--hidden", is_flag=True,
               help="Include files and directories whose names start with '.' (as kubo's "
                    "ipfs add --hidden; skipped by default, as by ipfs add).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the CID of each thing added.")
+@click.option("-Q", "--quieter", is_flag=True, help="Print only the root CID.")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Accepted for kubo's ipfs add -r: directories are always added recursively.")
+@click.option("-n", "--only-hash", is_flag=True,
+              help="Compute the CID only: store and pin nothing.")
+@click.option("-w", "--wrap-with-directory", "wrap", is_flag=True,
+              help="Add PATH inside a directory of its own (named by PATH's base name).")
+@click.option("--chunker", default="size-262144", show_default=True, metavar="size-N",
+              help="Cut files into N-byte chunks (N at most 1048576, as kubo).")
 @ipfs_option
-def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
-           pin: bool, hidden: bool, ipfs_api: str | None) -> None:
-    """Add PATH (a file, symlink or directory tree) and print /ipfs/<cid>."""
+def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
+           pin: bool, hidden: bool, quiet: bool, quieter: bool, recursive: bool,
+           only_hash: bool, wrap: bool, chunker: str, ipfs_api: str | None) -> None:
+    """Add PATH (a file, symlink or directory tree; - is stdin) and print /ipfs/<cid>."""
     from ww.app.build import open_embedded, open_ipfs
     from ww.ipfs.api import AddOptions, CoreAPI
 
-    if not path.exists() and not path.is_symlink():
+    del recursive  # directories are recursive anyway
+    source: Path | None = None if _is_stdin(path) else Path(path)
+    if source is not None and not source.exists() and not source.is_symlink():
         raise UsageError(f"{path}: no such file or directory")
-    options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin, hidden=hidden)
+    if source is None and wrap:
+        raise UsageError("-w needs a PATH to name the entry; stdin has none")
+    if only_hash and car_file is not None:
+        raise UsageError("--only-hash stores nothing, so there is no DAG for --car to write")
+    options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin and not only_hash,
+                         hidden=hidden, only_hash=only_hash, chunk_size=_chunk_size(chunker),
+                         wrap=wrap)
+    added: list[str] = []
+    if quiet and not quieter:
+        options = replace(options, on_added=lambda _name, cid: added.append(cid))
     if car_file is not None:
         _check_car_destination(car_file)
     with contextlib.ExitStack() as stack:
@@ -53,8 +99,29 @@ def export(path: Path, car_file: Path | None, cid_version: int, raw_leaves: bool
             api = open_ipfs(ipfs_api, check=bool(ipfs_api))
             if car_file is not None:
                 options = replace(options, pin=False)
-        cid = _export(api, path, options, car_file)
-    click.echo(f"/ipfs/{cid}")
+        cid = _export(api, source, options, car_file)
+    if quieter:
+        click.echo(cid)
+    elif quiet:  # as kubo's ipfs add -q: every file, then every directory, the root last
+        click.echo("".join(f"{c}\n" for c in added), nl=False)
+    else:
+        click.echo(f"/ipfs/{cid}")
+
+
+def _is_stdin(path: str) -> bool:
+    """``-`` and the names of standard input: its data is added, not the symlink /dev/stdin is."""
+    return path in STDIN_PATHS
+
+
+def _chunk_size(chunker: str) -> int:
+    match = re.fullmatch(r"size-([0-9]+)", chunker)
+    if match is None:
+        raise UsageError(f"--chunker {chunker}: only size-N is supported (kubo's rabin and "
+                         "buzhash chunkers are not)")
+    size = int(match.group(1))
+    if not 1 <= size <= 1048576:
+        raise UsageError(f"--chunker {chunker}: N must be 1 to 1048576, as kubo allows")
+    return size
 
 
 def _check_car_destination(car_file: Path) -> None:
@@ -68,9 +135,12 @@ def _check_car_destination(car_file: Path) -> None:
         raise UsageError(f"--car {car_file}: cannot write in {parent}")
 
 
-def _export(api, path: Path, options, car_file: Path | None) -> str:  # type: ignore[no-untyped-def]
+def _export(api, path: Path | None, options, car_file: Path | None) -> str:  # type: ignore[no-untyped-def]
     try:
-        if path.is_file() and not path.is_symlink():
+        if path is None:
+            stdin = sys.stdin.buffer
+            cid = api.add_stream(iter(lambda: stdin.read(READ_SIZE), b""), options)
+        elif path.is_file() and not path.is_symlink() and not options.wrap:
             cid = _add_file(api, path, options)
         else:
             cid = api.add_path(path, options)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -151,6 +151,11 @@ class AddOptions:
     raw_leaves: bool | None = None
     pin: bool = True
     only_hash: bool = False
+    chunk_size: int = 262144  # kubo's --chunker size-N
+    wrap: bool = False  # add_path only, kubo's -w: the result is a directory holding the path
+    # Called with (name, CID) for each file, symlink and directory added, in the order kubo's
+    # `ipfs add` reports them: files as they are added, then directories children first.
+    on_added: Callable[[str, str], None] | None = field(default=None, compare=False)
     # Directory trees: include names starting with "." (kubo's library does; its command line,
     # and so `ww export`, skips them unless --hidden is given).
     hidden: bool = True

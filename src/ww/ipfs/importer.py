@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as stat_mod
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 262144
+MAX_CHUNK_SIZE = 1048576  # boxo's ChunkSizeLimit: kubo refuses a larger --chunker size-N
 MAX_LINKS = 174
 HAMT_THRESHOLD = 262144  # kubo's Internal.UnixFSShardingSizeThreshold default, 256 KiB
 HAMT_FANOUT = 256
@@ -71,14 +72,20 @@ class ImportParams:
     cid_version: int = 0
     raw_leaves: bool = False
     hidden: bool = True  # include directory entries whose names start with "."
+    chunk_size: int = CHUNK_SIZE
+    wrap: bool = False  # import_path: put the result in a directory of its own, as kubo's -w
+    on_added: Callable[[str, str], None] | None = field(default=None, compare=False)
 
     @classmethod
     def from_options(cls, options: AddOptions) -> ImportParams:
         if options.cid_version not in (0, 1):
             raise UnsupportedError(f"unsupported CID version {options.cid_version} (use 0 or 1)")
+        if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
+            raise UnsupportedError(
+                f"chunk size {options.chunk_size} out of range (1 to {MAX_CHUNK_SIZE}, as kubo)")
         raw = options.raw_leaves
         return cls(options.cid_version, options.cid_version == 1 if raw is None else raw,
-                   options.hidden)
+                   options.hidden, options.chunk_size, options.wrap, options.on_added)
 
     def node_cid(self, mh: bytes) -> CID:
         return CID.v0(mh) if self.cid_version == 0 else CID.v1(DAG_PB, mh)
@@ -194,7 +201,7 @@ def import_file(
             level, item = level + 1, parent
         levels[level].append(item)
 
-    for chunk in rechunk(chunks):
+    for chunk in rechunk(chunks, params.chunk_size):
         push(0, _leaf(chunk, params, sink))
 
     if not levels[0]:
@@ -291,30 +298,55 @@ def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:
     (sockets, devices, FIFOs) raise :class:`UnsupportedError`.
 
     The tree is walked depth first with an explicit stack, so its depth is not bounded by
-    Python's recursion limit.
+    Python's recursion limit.  With ``params.wrap`` the result is a directory holding it under
+    ``path``'s base name (kubo's ``ipfs add -w``).
     """
     path = Path(os.fsdecode(path))
+    name = Path(os.path.abspath(path)).name
+    dirs: list[tuple[str, Imported]] = []  # reported after the files, as kubo does
+    root = _import_tree(path, name, params, sink, dirs)
+    if params.wrap:
+        root = import_directory([(os.fsencode(name), root)], params, sink)
+        dirs.append(("", root))
+    if params.on_added is not None:
+        for dir_name, imported in dirs:
+            params.on_added(dir_name, str(imported.cid))
+    return root
+
+
+def _import_tree(
+    path: Path, name: str, params: ImportParams, sink: BlockSink, dirs: list[tuple[str, Imported]]
+) -> Imported:
+    report = params.on_added
     first = _import_entry(path, params, sink)
     if isinstance(first, Imported):
+        if report is not None:
+            report(name, str(first.cid))
         return first
-    # One frame per directory being imported: its path, its sorted entry names and the
-    # entries imported so far (the next one to import is names[len(done)]).
-    stack: list[tuple[Path, list[bytes], list[tuple[bytes, Imported]]]] = [(path, first, [])]
+    # One frame per directory being imported: its path, its name as reported, its sorted entry
+    # names and the entries imported so far (the next one to import is names[len(done)]).
+    stack: list[tuple[Path, str, list[bytes], list[tuple[bytes, Imported]]]] = [
+        (path, name, first, [])
+    ]
     while True:
-        dirpath, names, done = stack[-1]
+        dirpath, dirname, names, done = stack[-1]
         if len(done) < len(names):
             child_path = dirpath / os.fsdecode(names[len(done)])
+            child_name = f"{dirname}/{os.fsdecode(names[len(done)])}"
             child = _import_entry(child_path, params, sink)
             if isinstance(child, Imported):
                 done.append((names[len(done)], child))
+                if report is not None:
+                    report(child_name, str(child.cid))
             else:
-                stack.append((child_path, child, []))
+                stack.append((child_path, child_name, child, []))
             continue
         stack.pop()
         imported = import_directory(done, params, sink)
+        dirs.append((dirname, imported))
         if not stack:
             return imported
-        _, parent_names, parent_done = stack[-1]
+        _, _, parent_names, parent_done = stack[-1]
         parent_done.append((parent_names[len(parent_done)], imported))
 
 

@@ -413,11 +413,11 @@ class KuboClient:
         return {
             "cid-version": options.cid_version,
             "raw-leaves": raw_leaves,
-            "chunker": "size-262144",
+            "chunker": f"size-{options.chunk_size}",
             "hash": "sha2-256",
             "pin": options.pin,
             "only-hash": options.only_hash,
-            "wrap-with-directory": False,
+            "wrap-with-directory": options.wrap,
         }
 
     def _add(
@@ -428,11 +428,14 @@ class KuboClient:
         def on_value(value: Any) -> None:
             if isinstance(value, dict) and value.get("Hash"):
                 found["last"] = value["Hash"]
+                if o.on_added is not None:
+                    o.on_added(value.get("Name", ""), value["Hash"])
                 if value.get("Name") == root:
                     found["root"] = value["Hash"]
 
         self._upload("add", self._add_params(o), parts, on_value)
-        cid = found.get("root") or found.get("last")
+        # -w: the wrapping directory, named "", comes last
+        cid = found.get("last") if o.wrap else found.get("root") or found.get("last")
         if not cid:
             raise IpfsError(f"the kubo RPC API at {self.api} added nothing (no CID in its reply)")
         return cid

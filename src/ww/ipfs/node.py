@@ -103,12 +103,15 @@ class EmbeddedNode:
         params = ImportParams.from_options(options)
         chunks = _checked(chunks)  # a cancelled call stops at the next chunk, adding nothing
         if options.only_hash:
-            return str(import_file(chunks, params, NullSink()).cid)
-        with self._repo.writing():
-            with self._blocks.writer() as sink:
-                root = import_file(chunks, params, sink)
-            if options.pin:
-                self._repo.pins.add(root.cid, PinKind.RECURSIVE)
+            root = import_file(chunks, params, NullSink())
+        else:
+            with self._repo.writing():
+                with self._blocks.writer() as sink:
+                    root = import_file(chunks, params, sink)
+                if options.pin:
+                    self._repo.pins.add(root.cid, PinKind.RECURSIVE)
+        if options.on_added is not None:
+            options.on_added("", str(root.cid))
         return str(root.cid)
 
     def add_path(self, path: Path, options: AddOptions = _DEFAULT_OPTIONS) -> str:
