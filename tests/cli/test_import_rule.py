@@ -198,3 +198,19 @@ def test_a_path_naming_no_entry_is_a_usage_error_even_with_force(tmp_path, where
     assert r.stderr.strip().splitlines() == [
         f"ww: {where.rstrip('/') or '/'} names no entry to write (give a path such as ./copy)"]
     assert snapshot(tmp_path) == before
+
+
+def test_output_dash_into_a_pipe_closed_early_ends_quietly_as_ww_cat(tmp_path):
+    """`ww import … -o - | head -c1`: the status of a program killed by SIGPIPE (141), as
+    `ww cat` and kubo end, and nothing on stderr."""
+    import subprocess
+
+    from tests.conftest import HANG, WW
+
+    big = tmp_path / "huge.bin"
+    big.write_bytes(os.urandom(4 << 20))  # far more than a pipe holds
+    path = run_ww("export", str(big)).stdout.strip()
+    shell = f"{subprocess.list2cmdline([WW, 'import', path, '-o', '-'])} | head -c1 >/dev/null; " \
+            'echo "${PIPESTATUS[0]}"'
+    r = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=HANG)
+    assert (r.stdout, r.stderr) == ("141\n", "")

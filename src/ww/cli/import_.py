@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
+from ww.cli._output import reader_gone
 from ww.core.errors import NotAFileError, UsageError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 @ipfs_option
 @peer_option
 def import_(source: str, local_path: Path | None, output: str | None, force: bool,
-            executable: bool, ipfs_api: str | None, peers: list[str]) -> None:
+            executable: bool, ipfs_api: str | None, peers: list[str]) -> int:
     """Write SOURCE to PATH: a file, a symlink or a directory alike.
 
     SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
@@ -66,7 +67,7 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     try:
         if car is None:
             _write(api, source, dest, executable, force, to_stdout)
-            return
+            return 0
         roots = _one_root(car)  # before anything is stored or pinned
         if dest is None and not to_stdout:
             dest = Path(roots[0])
@@ -84,8 +85,11 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
                     with contextlib.suppress(Exception):
                         api.unpin(root)
             raise
+    except BrokenPipeError:  # `-o -` into a reader that went away, as `ww cat` ends
+        return reader_gone()
     finally:
         api.close()
+    return 0
 
 
 def _default_name(source: str, car: Path | None) -> Path | None:
