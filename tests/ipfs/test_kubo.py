@@ -230,13 +230,6 @@ def test_get_writes_a_tree(client: KuboClient, tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_get_file_executable(client: KuboClient, tmp_path: Path):
-    cid = client.add_stream([b"#!/bin/sh\necho hi\n"])
-    client.get(cid, tmp_path / "prog", executable=True)
-    assert os.access(tmp_path / "prog", os.X_OK)
-    assert (tmp_path / "prog").read_bytes() == b"#!/bin/sh\necho hi\n"
-
-
 def test_get_has_ww_import_semantics(client: KuboClient, tmp_path: Path):
     """A file into an existing directory keeps its name; a tree is extracted into ``dest``."""
     tree = make_tree(tmp_path / "tree")
