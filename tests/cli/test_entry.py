@@ -50,6 +50,7 @@ PLAIN_COMMAND_LINES = [
     ["run", "--jail=none", "/bin/echo", "--with-console", "-x", "--"],
     ["--json", "--debug", "run", "--with-console", "--with-ipfs", "/bin/true", "a", "b"],
     ["run", "--fd", "db=0", "--fd=log=1", "--env", "A=1", "--env", "B", "--", "/bin/env"],
+    ["run", "--dir", "data=/srv/data", "--dir=out=./o:rw", "--dir", "c=/a:b:ro", "/bin/true"],
     ["run", "--with-exec", "--exec-allow", "/bin/true", "--ipfs-read-only",
      "--ipfs-root", ROOT, "--with-all", "--strict", "--interpreter", "/usr/bin/python3",
      "/bin/true"],
@@ -141,6 +142,7 @@ def test_the_fast_path_reads_the_ww_variables_as_click_does(argv, env, monkeypat
     {"WW_LISTEN": "/ip4/127.0.0.1/tcp/0"},  # a repeatable flag's variable: click splits it
     {"WW_IPFS_PEERS": f"/ip4/127.0.0.1/tcp/4002/p2p/{PEER}"},
     {"WW_ALLOW_DIAL": "10.0.0.1"},
+    {"WW_DIR": "data=/srv/data out=/srv/out:rw"},
     {"WW_WITH_CONSOLE": "maybe"},  # not a boolean: click's error
     {"WW_STRICT": "2"},
 ], ids=lambda e: ",".join(sorted(e)))

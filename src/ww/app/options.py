@@ -59,6 +59,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("login_timeout", "--login-timeout", ONE, "WW_LOGIN_TIMEOUT"),
     Flag("audit", "--audit", ONE, "WW_AUDIT"),
     Flag("fd_flags", "--fd", MANY),
+    Flag("dir_flags", "--dir", MANY, "WW_DIR"),
     Flag("env_entries", "--env", MANY),
 )
 
@@ -80,10 +81,12 @@ class RunOptions(NamedTuple):
 
     executable: str
     args: tuple[str, ...] = ()
-    # The cell's environment and fds: WW_ENV (comma-separated, as given), --env, --fd.
+    # The cell's environment, fds and directories: WW_ENV (comma-separated, as given),
+    # --env, --fd, --dir.
     ww_env: str = ""
     env_entries: tuple[str, ...] = ()
     fd_flags: tuple[str, ...] = ()
+    dir_flags: tuple[str, ...] = ()  # --dir NAME=PATH[:ro|:rw] (WW_DIR: space-separated)
     # Grants, and their narrowing.
     with_console: bool = False
     with_ipfs: bool = False

@@ -14,6 +14,10 @@ from ww.app import build
 from ww.app.options import RunOptions, flag_source
 from ww.core.errors import UsageError
 
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from ww.host.dirs import DirGrant
+
 
 def _naming_the_variable(error: UsageError, options: RunOptions) -> UsageError:
     """``error`` about a flag's value (its message starts with the flag, as every check's
@@ -36,13 +40,21 @@ def run(options: RunOptions) -> int:
         interpreters = build.interpreters(options)  # handed on to sub-cells too
         cell_limits = build.limits(options)  # a bad value fails before any node is opened
         grants = fds.parse_fd_flags(list(options.fd_flags))
+        dir_grants: list[DirGrant] = []
+        if options.dir_flags:  # imported only then, as every `ww run` imports this
+            from ww.host import dirs
+
+            dir_grants = dirs.parse_dir_flags(list(options.dir_flags))
         from_variable = cell_env.parse_ww_env(options.ww_env)
         try:
             cell_env.build_env(from_variable, {}, {})
         except UsageError as e:
             raise UsageError(f"WW_ENV: {e}") from None
         entries = from_variable + list(options.env_entries)
-        environment = cell_env.build_env(entries, os.environ, fds.fd_env(grants))
+        announced = fds.fd_env(grants)
+        if dir_grants:
+            announced.update(dirs.dir_env(dir_grants, jailed=options.jail != "none"))
+        environment = cell_env.build_env(entries, os.environ, announced)
         access = build.access(options, build.capabilities(options))
     except UsageError as e:
         raise _naming_the_variable(e, options) from None
@@ -74,6 +86,7 @@ def run(options: RunOptions) -> int:
         args=list(options.args),
         env=environment,
         grants=grants,
+        dirs=dir_grants,
         capabilities=capabilities,
         capability_factories=build.capability_factories(
             capabilities, api, lambda: build.exec_setup(options, audit, subcells), node,

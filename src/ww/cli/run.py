@@ -92,6 +92,11 @@ def _hardening_options(f: Any) -> Any:
 @click.option("--fd", "fd_flags", multiple=True, metavar="NAME=FDNUM",
               help="Hand the host's fd FDNUM to the cell at fd 4, 5, ... in flag order, "
                    "announced as WW_FD_<NAME> (repeatable).")
+@click.option("--dir", "dir_flags", multiple=True, envvar="WW_DIR", metavar="NAME=PATH[:rw]",
+              help="Bind the host directory PATH read-only (':rw': read-write) in the jail at "
+                   "/run/ww/dir/NAME, announced as WW_DIR_<NAME> (repeatable; WW_DIR: "
+                   "space-separated).  Not the root, the home or a directory above it, nor "
+                   "/proc, /sys, /dev, /run.")
 @click.option("--with-console", is_flag=True, envvar="WW_WITH_CONSOLE",
               help="Grant the console capability (print lines on the host's stderr).")
 @click.option("--with-ipfs", is_flag=True, envvar="WW_WITH_IPFS",

@@ -1,4 +1,5 @@
-"""The cell's environment: built from WW_ENV, --env and the WW_FD_* variables, nothing else.
+"""The cell's environment: built from WW_ENV, --env and the WW_FD_* and WW_DIR_* variables,
+nothing else.
 
 decisions.md (2): an entry is ``NAME`` (pass the host's value through, if it has one) or
 ``NAME=VALUE`` (set it).  ``WW_ENV`` is comma-separated, ``--env`` repeats; later entries
@@ -26,8 +27,9 @@ def build_env(
 ) -> dict[str, str]:
     """Return the cell's whole environment.
 
-    ``entries`` come from WW_ENV first, then each ``--env`` in order.  The ``WW_FD_*``
-    variables are set last so that no entry can make them lie about the fd layout.
+    ``entries`` come from WW_ENV first, then each ``--env`` in order.  The ``WW_FD_*`` and
+    ``WW_DIR_*`` variables (``fd_vars``) are set last, and no entry may name one, so that
+    none can make them lie about the fd layout or the granted directories.
     """
     env: dict[str, str] = {}
     for entry in entries:
@@ -39,10 +41,10 @@ def build_env(
                 f"invalid environment entry {entry!r}: expected NAME or NAME=VALUE "
                 "with NAME made of letters, digits and '_'"
             )
-        if name.upper().startswith("WW_FD_"):
+        if name.upper().startswith(("WW_FD_", "WW_DIR_")):
             raise UsageError(
-                f"invalid environment entry {entry!r}: WW_FD_* variables are set by the host "
-                "from --fd"
+                f"invalid environment entry {entry!r}: WW_FD_* and WW_DIR_* variables are "
+                "set by the host from --fd and --dir"
             )
         if sep:
             env[name] = value

@@ -28,7 +28,9 @@ The jail's file system:
 * a fresh empty writable working directory ``/cell`` and a private ``/tmp``, both tmpfs
   mounts that exist only inside the jail and vanish with it, even if the host is killed;
 * the program (and for a script, its interpreter and the interpreter's prefix), read-only
-  at their host paths.
+  at their host paths;
+* each directory granted with ``--dir NAME=PATH`` at ``/run/ww/dir/NAME``, read-only unless
+  granted ``:rw`` (:mod:`ww.host.dirs`).
 
 Nothing else of the host is visible: not its home, not the invoking directory, not other
 processes, not its network (the cell has only its own loopback).
@@ -89,6 +91,8 @@ class JailSpec(NamedTuple):
     status_fd: int  # fd (in bwrap) where bubblewrap writes its JSON status
     seccomp_fd: int | None = None  # fd (in bwrap) holding the seccomp program to install
     tmpfs_size: int | None = None  # bytes: the most /cell, /tmp and /dev/shm may each hold
+    # --dir: bubblewrap's --ro-bind-fd/--bind-fd arguments (ww.host.dirs.bwrap_args)
+    dir_binds: tuple[str, ...] = ()
 
 
 def find_bwrap() -> str:
@@ -148,6 +152,9 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         # changes nothing.  dropper() stages a source below a directory the cell's user
         # cannot enter at that same real path.
         argv += ["--ro-bind", b.source, b.dest]
+    # The granted directories, from their open handles (ww.host.dirs), last: below
+    # /run/ww/dir, where nothing above is mounted.
+    argv += spec.dir_binds
     # The root itself (bubblewrap's own tmpfs holding the mount points) is read-only too.
     argv += ["--remount-ro", "/", "--chdir", CELL_DIR, "--", *program]
     return argv
@@ -198,7 +205,8 @@ _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
 
 
-def dropper(ids: tuple[int, int], binds: list[Bind]) -> Callable[[], None]:
+def dropper(ids: tuple[int, int], binds: list[Bind],
+            dirs: tuple[str, ...] = ()) -> Callable[[], None]:
     """A function for the forked child, just before it executes bubblewrap: become
     ``ids`` with no supplementary groups, after making every bound path reachable by them.
 
@@ -207,10 +215,14 @@ def dropper(ids: tuple[int, int], binds: list[Bind]) -> Callable[[], None]:
     makes a mount namespace of its own, opens the path (``O_PATH``), puts an empty tmpfs
     over that directory and binds the path back at its place from the open file.  Raises
     in the child (so the spawn fails) if any of it fails.
+
+    ``dirs`` are the real paths of the ``--dir`` grants: bubblewrap binds each by the path
+    its handle's ``/proc/self/fd`` link names (then checks the mount is the handle's
+    directory), resolved as the ids, so one below a hidden directory is staged the same way.
     """
     uid, gid = ids
     staged: dict[str, list[str]] = {}  # hidden directory -> the bound paths below it
-    for path in (b.source for b in binds):  # bound from there by bwrap_argv
+    for path in [*(b.source for b in binds), *dirs]:  # bound from there by bwrap_argv
         top = _hidden_ancestor(path, uid, gid)
         if top is not None:
             if top == "/" or any(top == d or top.startswith(d + "/") for d in

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any, Protocol
 
+    from ww.host.dirs import DirGrant
     from ww.host.limits.subcells import SubcellBudget
     from ww.host.limits.watchdog import Watchdog
     from ww.host.policy import Access
@@ -83,6 +84,7 @@ class RunConfig(NamedTuple):
     args: list[str]
     env: dict[str, str]
     grants: Sequence[fds.FdGrant] = ()
+    dirs: Sequence[DirGrant] = ()  # --dir: open handles, closed once the cell is started
     capabilities: Sequence[str] = ()
     # name -> factory(grants, caller, held): the capability servers (see ww.host.rpc.Grants)
     capability_factories: Mapping[str, Callable[..., object]] = MappingProxyType({})
@@ -296,16 +298,23 @@ def run(config: RunConfig) -> int:
             strict_sock, helper_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             extra.append(helper_sock.detach())
             argv_program, binds = _strict_helper(first + 1, first + 2, program)
+        dir_binds: tuple[str, ...] = ()
+        if config.dirs:
+            from ww.host.dirs import bwrap_args
+
+            dir_binds = tuple(bwrap_args(config.dirs, first + len(extra)))
+            extra += [g.fd for g in config.dirs]  # closed with the others once spawned
         spec = jail.JailSpec(
             binds=binds, status_fd=first,
             seccomp_fd=None if config.strict else first + 1,
             tmpfs_size=config.limits.memory if config.limits else None,
+            dir_binds=dir_binds,
         )
         argv = jail.bwrap_argv(bwrap, spec, argv_program)
         ids = jail.host_ids()
         if ids is not None:
             jail.check_executable_by(argv_program[0], ids)
-            drop = jail.dropper(ids, binds)
+            drop = jail.dropper(ids, binds, tuple(g.path for g in config.dirs))
     else:
         import tempfile
 
@@ -313,6 +322,8 @@ def run(config: RunConfig) -> int:
               "(no namespaces, no private file system)", file=sys.stderr)
         workdir = tempfile.mkdtemp(prefix="ww-cell-")
         argv = program.argv
+        for g in config.dirs:
+            os.close(g.fd)  # unjailed, the cell gets the directory's host path (WW_DIR_*)
     # Signals are caught before the cell starts: one that arrives while it is being spawned
     # is held and delivered as soon as there is a cell to deliver it to.
     signals = SignalForwarder(FORWARDED_SIGNALS)

@@ -1,0 +1,205 @@
+"""Host directories granted to a cell: ``--dir NAME=PATH[:ro|:rw]``.
+
+Each granted directory is bound into the jail at ``/run/ww/dir/<NAME>`` (:data:`MOUNT_ROOT`:
+below bubblewrap's own read-only root, where none of the jail's other mounts is), read-only
+unless the flag ends in ``:rw``, and announced to the cell as ``WW_DIR_<NAME>`` (upper-case,
+like ``WW_FD_<NAME>``).  With ``--jail=none`` nothing is bound: the variable names the
+directory's host path, and nothing keeps the cell inside it or from writing it.
+
+The flag's value: the name (the rule of ``--fd`` names: letters, digits and ``_``, not
+starting with a digit; names are compared without case), ``=``, the path, then an optional
+``:ro`` or ``:rw``.  Only those two exact suffixes are a mode; every other ``:`` belongs to
+the path, so ``/srv/a:b`` is the path ``/srv/a:b``, and a path that itself ends in ``:ro``
+or ``:rw`` is given with a mode after it (``/srv/x:rw:ro``).
+
+Checked before anything starts (one line, exit 2): the path exists and is a directory, and
+it is none of :func:`refusal`'s: not the root, not the user's home or a directory above it,
+nothing below ``/proc``, ``/sys``, ``/dev`` or ``/run``, and not ``/etc``, ``/var`` or
+``/tmp`` themselves.
+
+No race between the check and the bind: the path is opened once, here, as an ``O_PATH``
+directory handle, and everything is checked on that handle (its ``fstat``, and its real
+path as the kernel reports it through ``/proc/self/fd``), never on the path again.
+bubblewrap gets the handle itself (``--ro-bind-fd N``/``--bind-fd N``).  It cannot mount
+the handle directly (it comes from another user namespace), so it mounts the path the
+handle's ``/proc/self/fd/N`` link names and then compares the mounted directory's device
+and inode with the handle's: if anything on the way (a symlink, a parent directory, a
+mount) was swapped since the check, the two differ and bubblewrap refuses to start ("Race
+condition binding dirfd"), so the cell never sees another directory than the one checked.
+``--ro-bind PATH`` would resolve the operator's path afresh and bind whatever it names then.
+When `ww` runs as root, bubblewrap resolves that path as the cell's unprivileged user, so a
+directory below one that user cannot enter is staged first (:func:`ww.host.jail.dropper`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ww.core.errors import UsageError
+from ww.core.records import NamedTuple
+
+TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+MOUNT_ROOT = "/run/ww/dir"
+ENV_PREFIX = "WW_DIR_"
+
+# Refused, and every directory below them: the kernel's interfaces (/proc/<pid>/root is a
+# way into every process's file system), the devices, and the services' sockets (a unix
+# socket is reachable through a read-only bind: connecting writes nothing).
+_REFUSED_TREES = ("/proc", "/sys", "/dev", "/run")
+# Refused themselves (a directory below them is fine): all of the host's configuration,
+# its variable data, and every user's temporary files and sockets.
+_REFUSED_EXACTLY = ("/etc", "/var", "/tmp")
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*\Z"  # the rule of --fd names (ww.host.fds)
+
+
+class DirGrant(NamedTuple):
+    """One ``--dir`` flag: the directory open as ``fd`` (``O_PATH``), found at ``path`` on
+    the host, bound at :attr:`dest` in the jail, writable or not."""
+
+    name: str
+    path: str  # the real path the handle had when checked
+    fd: int  # O_PATH | O_DIRECTORY, close-on-exec; bubblewrap binds from it
+    writable: bool
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def dest(self) -> str:
+        return f"{MOUNT_ROOT}/{self.name}"
+
+
+def split_flag(flag: str) -> tuple[str, str, bool]:
+    """``NAME=PATH[:ro|:rw]`` as (name, path, writable); the form only, nothing opened."""
+    name, sep, rest = flag.partition("=")
+    if not sep or not rest:
+        raise UsageError(f"--dir {flag!r}: expected NAME=PATH[:ro|:rw], for example "
+                         "--dir data=./data")
+    writable = False
+    if rest.endswith((":ro", ":rw")):
+        rest, writable = rest[:-3], rest.endswith(":rw")
+    if not rest:
+        raise UsageError(f"--dir {flag!r}: the path is empty")
+    return name, rest, writable
+
+
+def _home_dirs() -> list[str]:
+    """The user's home directories: ``$HOME``, and the password database's for the uid."""
+    homes = [os.environ.get("HOME", "")]
+    try:
+        import pwd
+
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except (KeyError, ImportError):
+        pass
+    return [os.path.realpath(h) for h in homes if h.startswith("/")]
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def refusal(real: str, st: os.stat_result) -> str | None:
+    """Why the directory at real path ``real`` (``st`` its stat) must not be granted, if so.
+
+    Compared both by path and by identity (device and inode), so that the same directory
+    reached another way (a bind mount of ``/`` elsewhere) is refused too."""
+    ident = (st.st_dev, st.st_ino)
+
+    def same(path: str) -> bool:
+        try:
+            other = os.stat(path)
+        except OSError:
+            return False
+        return (other.st_dev, other.st_ino) == ident
+
+    if real == "/" or same("/"):
+        return "it is the root of the host's file system"
+    for home in _home_dirs():
+        if _within(home, real) or same(home):
+            what = "the home directory" if real == home or same(home) else \
+                f"a directory holding the home directory {home}"
+            return f"it is {what}: grant the directory the cell needs, below it"
+    for top in _REFUSED_TREES:
+        if _within(real, top) or same(top):
+            return f"{top} and everything below it are the host's own, never granted"
+    for top in _REFUSED_EXACTLY:
+        if real == top or same(top):
+            return f"{top} itself is too broad: grant the directory the cell needs, below it"
+    return None
+
+
+def parse_dir_flags(flags: list[str]) -> list[DirGrant]:
+    """Check every ``--dir`` flag and open its directory (see the module's docstring).
+
+    Raises UsageError naming the flag: a malformed flag, a bad or duplicate name (without
+    case), a path that is missing or not a directory, or one :func:`refusal` refuses.  On an
+    error, the handles opened so far are closed."""
+    grants: list[DirGrant] = []
+    seen: dict[str, str] = {}
+    try:
+        for flag in flags:
+            where = f"--dir {flag!r}"
+            name, path, writable = split_flag(flag)
+            import re
+
+            if not re.match(_NAME, name):
+                raise UsageError(f"{where}: the name must be letters, digits and '_', not "
+                                 "starting with a digit")
+            key = name.upper()
+            if key in seen:
+                raise UsageError(f"{where}: the name {name!r} is already used by "
+                                 f"--dir {seen[key]!r}")
+            seen[key] = flag
+            try:
+                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise UsageError(f"{where}: {path} does not exist") from None
+            except NotADirectoryError:
+                raise UsageError(f"{where}: {path} is not a directory") from None
+            except OSError as e:
+                raise UsageError(f"{where}: cannot open {path}: {e.strerror}") from None
+            grants.append(DirGrant(name=name, path="", fd=fd, writable=writable))
+            st = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode):  # O_DIRECTORY saw to it; checked on the handle
+                raise UsageError(f"{where}: {path} is not a directory")
+            real = os.readlink(f"/proc/self/fd/{fd}")  # what the handle is, not the path
+            why = refusal(real, st)
+            if why is not None:
+                shown = path if path == real else f"{path} ({real})"
+                raise UsageError(f"{where}: refused to grant {shown}: {why}")
+            grants[-1] = grants[-1]._replace(path=real)
+    except BaseException:
+        close(grants)
+        raise
+    return grants
+
+
+def close(grants: Sequence[DirGrant]) -> None:
+    """Close the grants' handles (once the jail is started, or on an error)."""
+    for g in grants:
+        try:
+            os.close(g.fd)
+        except OSError:
+            pass
+
+
+def dir_env(grants: Sequence[DirGrant], jailed: bool) -> dict[str, str]:
+    """The ``WW_DIR_*`` variables: each directory's place in the jail, or with
+    ``--jail=none`` its host path."""
+    return {g.env_name: g.dest if jailed else g.path for g in grants}
+
+
+def bwrap_args(grants: Sequence[DirGrant], first_fd: int) -> list[str]:
+    """bubblewrap's arguments binding ``grants``, their handles at ``first_fd``, ... in the
+    process that executes bubblewrap (after the mounts of the jail's own)."""
+    argv: list[str] = []
+    for i, g in enumerate(grants):
+        argv += ["--bind-fd" if g.writable else "--ro-bind-fd", str(first_fd + i), g.dest]
+    return argv
