@@ -206,7 +206,7 @@ _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000
 
 
 def dropper(ids: tuple[int, int], binds: list[Bind],
-            dirs: tuple[str, ...] = ()) -> Callable[[], None]:
+            dirs: tuple[tuple[str, int], ...] = ()) -> Callable[[], None]:
     """A function for the forked child, just before it executes bubblewrap: become
     ``ids`` with no supplementary groups, after making every bound path reachable by them.
 
@@ -216,13 +216,16 @@ def dropper(ids: tuple[int, int], binds: list[Bind],
     over that directory and binds the path back at its place from the open file.  Raises
     in the child (so the spawn fails) if any of it fails.
 
-    ``dirs`` are the real paths of the ``--dir`` grants: bubblewrap binds each by the path
-    its handle's ``/proc/self/fd`` link names (then checks the mount is the handle's
-    directory), resolved as the ids, so one below a hidden directory is staged the same way.
+    ``dirs`` are the ``--dir`` grants' real paths and open handles: bubblewrap binds each
+    by the path its handle's ``/proc/self/fd`` link names (then checks the mount is the
+    handle's directory), resolved as the ids, so one below a hidden directory is staged the
+    same way, and only if the path, opened again in the child, is still the handle's
+    directory (the handle itself cannot be bound: it belongs to the host's mount namespace).
     """
     uid, gid = ids
     staged: dict[str, list[str]] = {}  # hidden directory -> the bound paths below it
-    for path in [*(b.source for b in binds), *dirs]:  # bound from there by bwrap_argv
+    handles = dict(dirs)
+    for path in [*(b.source for b in binds), *handles]:  # bound from there by bwrap_argv
         top = _hidden_ancestor(path, uid, gid)
         if top is not None:
             if top == "/" or any(top == d or top.startswith(d + "/") for d in
@@ -266,6 +269,10 @@ def dropper(ids: tuple[int, int], binds: list[Bind],
         # Opened in the new namespace (a bind's source must be in the caller's), before
         # the tmpfs hides them.
         fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in sources]
+        for path, fd in zip(sources, fds, strict=True):
+            if path in handles and not os.path.samestat(os.fstat(fd),
+                                                        os.fstat(handles[path])):
+                raise OSError(f"{path}: not the directory checked for --dir any more")
         os.umask(0o022)
         for top in staged:
             mount(b"tmpfs", top, b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755,size=1m")

@@ -314,7 +314,7 @@ def run(config: RunConfig) -> int:
         ids = jail.host_ids()
         if ids is not None:
             jail.check_executable_by(argv_program[0], ids)
-            drop = jail.dropper(ids, binds, tuple(g.path for g in config.dirs))
+            drop = jail.dropper(ids, binds, tuple((g.path, g.fd) for g in config.dirs))
     else:
         import tempfile
 
