@@ -414,3 +414,20 @@ def test_the_jail_docs_dir_example_runs_as_written(tmp_path):
     r = run_ww(*argv[1:], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "results" / "index.html").read_text() == "<h1>hi</h1>\n"
+
+
+def test_a_directory_holding_wws_own_files_is_refused(ww_home, tmp_path):
+    """$WW_HOME holds the node key; the audit trail, key and policy files are the run's own:
+    a grant of one of their directories (or one above) would hand them to the cell."""
+    for path in (ww_home, ww_home.parent):
+        r = run_ww("run", "--dir", f"x={path}", "/bin/true")
+        assert (r.returncode, r.stdout) == (2, ""), r.stderr
+        assert r.stderr.count("\n") == 1 and "ww's repository ($WW_HOME)" in r.stderr
+    d = tmp_path / "run-files"
+    d.mkdir()
+    for flags, what in ((["--audit", f"{d}/audit.log"], "the --audit file"),
+                        (["--identity", f"{d}/cell.key"], "the --identity key"),
+                        (["--policy", f"{d}/policy.toml"], "the --policy file")):
+        r = run_ww("run", *flags, "--dir", f"x={d}:rw", "/bin/true")
+        assert (r.returncode, r.stdout) == (2, ""), r.stderr
+        assert r.stderr.count("\n") == 1 and f"it holds {what}" in r.stderr, r.stderr

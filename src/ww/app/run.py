@@ -31,6 +31,20 @@ def _naming_the_variable(error: UsageError, options: RunOptions) -> UsageError:
     return error
 
 
+def _own_files(options: RunOptions) -> list[tuple[str, str]]:
+    """`ww`'s own files for this run, which no ``--dir`` grant may hold: its repository (the
+    node key, the blocks), the audit file, the key files, the policy."""
+    from ww.ipfs.repo import default_repo_path
+
+    files = [("ww's repository ($WW_HOME)", str(default_repo_path()))]
+    for what, path in (("the --audit file", options.audit), ("the --policy file", options.policy),
+                       ("the --identity key", options.identity),
+                       ("the --node-key key", options.node_key)):
+        if path and path != "new":
+            files.append((what, path))
+    return files
+
+
 def run(options: RunOptions) -> int:
     """Run the cell ``options`` describe; its exit status (see ww.host.supervisor)."""
     from ww.host import env as cell_env
@@ -44,7 +58,7 @@ def run(options: RunOptions) -> int:
         if options.dir_flags:  # imported only then, as every `ww run` imports this
             from ww.host import dirs
 
-            dir_grants = dirs.parse_dir_flags(list(options.dir_flags))
+            dir_grants = dirs.parse_dir_flags(list(options.dir_flags), _own_files(options))
         from_variable = cell_env.parse_ww_env(options.ww_env)
         try:
             cell_env.build_env(from_variable, {}, {})

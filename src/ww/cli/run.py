@@ -95,8 +95,8 @@ def _hardening_options(f: Any) -> Any:
 @click.option("--dir", "dir_flags", multiple=True, envvar="WW_DIR", metavar="NAME=PATH[:rw]",
               help="Bind the host directory PATH read-only (':rw': read-write) in the jail at "
                    "/run/ww/dir/NAME, announced as WW_DIR_<NAME> (repeatable; WW_DIR: "
-                   "space-separated).  Not the root, the home or a directory above it, nor "
-                   "/proc, /sys, /dev, /run.")
+                   "space-separated).  Not the root, the home or a directory above it, "
+                   "/proc, /sys, /dev, /run, nor one holding $WW_HOME.")
 @click.option("--with-console", is_flag=True, envvar="WW_WITH_CONSOLE",
               help="Grant the console capability (print lines on the host's stderr).")
 @click.option("--with-ipfs", is_flag=True, envvar="WW_WITH_IPFS",
@@ -119,9 +119,10 @@ def run(env_entries: tuple[str, ...], fd_flags: tuple[str, ...], with_console: b
     """Run EXECUTABLE [ARGS...] as a cell.
 
     The cell gets the host's stdin, stdout and stderr, the Cap'n Proto RPC socket on fd 3,
-    the --fd grants from fd 4 on, and an environment made only of WW_ENV, --env and
-    WW_FD_*.  ww run exits with the cell's status (127 not found, 126 not executable,
-    128+n killed by signal n, 2 usage error, 1 host failure).  An EXECUTABLE of the form
+    the --fd grants from fd 4 on, the --dir directories at /run/ww/dir/NAME, and an
+    environment made only of WW_ENV, --env, WW_FD_* and WW_DIR_*.  ww run exits with the
+    cell's status (127 not found, 126 not executable, 128+n killed by signal n, 2 usage
+    error, 1 host failure).  An EXECUTABLE of the form
     /ipfs/<cid>[/path] is fetched once into a verified, content-addressed cache and run
     from there.
     """

@@ -14,8 +14,10 @@ or ``:rw`` is given with a mode after it (``/srv/x:rw:ro``).
 
 Checked before anything starts (one line, exit 2): the path exists and is a directory, and
 it is none of :func:`refusal`'s: not the root, not the user's home or a directory above it,
-nothing below ``/proc``, ``/sys``, ``/dev`` or ``/run``, and not ``/etc``, ``/var`` or
-``/tmp`` themselves.
+nothing below ``/proc``, ``/sys``, ``/dev`` or ``/run``, not ``/etc``, ``/var`` or ``/tmp``
+themselves, and no directory holding `ww`'s own files for the run (``$WW_HOME`` with the
+node key, the ``--audit`` file, the ``--identity``/``--node-key`` key files, the
+``--policy`` file).
 
 No race between the check and the bind: the path is opened once, here, as an ``O_PATH``
 directory handle, and everything is checked on that handle (its ``fstat``, and its real
@@ -105,11 +107,14 @@ def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def refusal(real: str, st: os.stat_result) -> str | None:
+def refusal(real: str, st: os.stat_result,
+            protected: Sequence[tuple[str, str]] = ()) -> str | None:
     """Why the directory at real path ``real`` (``st`` its stat) must not be granted, if so.
 
     Compared both by path and by identity (device and inode), so that the same directory
-    reached another way (a bind mount of ``/`` elsewhere) is refused too."""
+    reached another way (a bind mount of ``/`` elsewhere) is refused too.  ``protected``
+    are (what, path) pairs of `ww`'s own files for this run (its repository with the node
+    key, the audit file, key and policy files): a directory holding one is refused."""
     ident = (st.st_dev, st.st_ino)
 
     def same(path: str) -> bool:
@@ -132,15 +137,20 @@ def refusal(real: str, st: os.stat_result) -> str | None:
     for top in _REFUSED_EXACTLY:
         if real == top or same(top):
             return f"{top} itself is too broad: grant the directory the cell needs, below it"
+    for what, path in protected:
+        mine = os.path.realpath(path)
+        if _within(mine, real) or same(mine):
+            return f"it holds {what} ({mine}), which the cell must not reach"
     return None
 
 
-def parse_dir_flags(flags: list[str]) -> list[DirGrant]:
+def parse_dir_flags(flags: list[str],
+                    protected: Sequence[tuple[str, str]] = ()) -> list[DirGrant]:
     """Check every ``--dir`` flag and open its directory (see the module's docstring).
 
     Raises UsageError naming the flag: a malformed flag, a bad or duplicate name (without
-    case), a path that is missing or not a directory, or one :func:`refusal` refuses.  On an
-    error, the handles opened so far are closed."""
+    case), a path that is missing or not a directory, or one :func:`refusal` refuses (with
+    ``protected``).  On an error, the handles opened so far are closed."""
     grants: list[DirGrant] = []
     seen: dict[str, str] = {}
     try:
@@ -170,7 +180,7 @@ def parse_dir_flags(flags: list[str]) -> list[DirGrant]:
             if not stat.S_ISDIR(st.st_mode):  # O_DIRECTORY saw to it; checked on the handle
                 raise UsageError(f"{where}: {path} is not a directory")
             real = os.readlink(f"/proc/self/fd/{fd}")  # what the handle is, not the path
-            why = refusal(real, st)
+            why = refusal(real, st, protected)
             if why is not None:
                 shown = path if path == real else f"{path} ({real})"
                 raise UsageError(f"{where}: refused to grant {shown}: {why}")
