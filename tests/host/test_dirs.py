@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, WW, run_ww
 from ww.app.argv import SubcellCommand
 from ww.app.options import RunOptions
 from ww.host import jail
@@ -342,13 +342,17 @@ def test_a_sub_cell_does_not_inherit_its_parents_directories():
     assert "--dir" not in argv and not any("/srv/data" in a for a in argv)
 
 
+@pytest.mark.parametrize("given_by", ["flag", "variable"])
 def test_a_real_sub_cell_sees_none_of_its_parents_directories_and_cannot_forge_one(
-        make_cell, tmp_path):
+        given_by, make_cell, tmp_path):
+    """Also when the operator granted the directory with WW_DIR: the sub-cell's `ww run`
+    gets none of the host's WW_* variables."""
     tmp_path.chmod(0o755)
     d = tmp_path / "granted"
     d.mkdir(mode=0o755)
     parent = make_cell("""
-        import ww.cell
+        import os, ww.cell
+        print("parent:[" + os.environ["WW_DIR_DATA"] + "]", flush=True)
         with ww.cell.session() as s:
             child = s.exec.spawn("/bin/sh", "-c",
                                  'echo "child:[$WW_DIR_DATA]"; '
@@ -358,11 +362,32 @@ def test_a_real_sub_cell_sees_none_of_its_parents_directories_and_cannot_forge_o
             forged = s.exec.spawn("/bin/true", env={"WW_DIR_DATA": "/run/ww/dir/data"})
             print("forged status", forged.wait())
     """)
-    r = run_ww("run", "--dir", f"data={d}", "--with-exec", "--exec-allow", "/bin/sh",
-               "--exec-allow", "/bin/true", parent)
+    flags = ["--dir", f"data={d}"] if given_by == "flag" else []
+    env = {**os.environ, "WW_DIR": f"data={d}"} if given_by == "variable" else None
+    r = run_ww("run", *flags, "--with-exec", "--exec-allow", "/bin/sh",
+               "--exec-allow", "/bin/true", parent, env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["child:[]", "absent", "status 0",
-                                     "forged status 2"]
+    assert r.stdout.splitlines() == ["parent:[/run/ww/dir/data]", "child:[]", "absent",
+                                     "status 0", "forged status 2"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_mount_inside_a_read_only_grant_is_read_only_too(tmp_path):
+    """The bind is recursive: a writable file system mounted below the granted directory
+    comes along, and is read-only in the jail as well.  (The tmpfs is mounted in a mount
+    namespace of `ww`'s own, which the host never sees.)"""
+    tmp_path.chmod(0o755)
+    d = tmp_path / "granted"
+    (d / "mnt").mkdir(parents=True)
+    d.chmod(0o755)
+    script = ('touch "$WW_DIR_DATA/mnt/x" 2>/dev/null && echo wrote || echo read-only; '
+              'cat "$WW_DIR_DATA/mnt/seen"')
+    inner = (f'mount -t tmpfs -o mode=0777 ww-test "{d}/mnt" && echo seen > "{d}/mnt/seen" && '
+             f'exec "$0" run --dir data={d} -- /bin/sh -c \'{script}\'')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["read-only", "seen"]
 
 
 def test_no_handle_of_a_granted_directory_is_open_in_the_cell(who):
