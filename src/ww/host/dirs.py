@@ -40,6 +40,7 @@ import stat
 
 from ww.core.errors import UsageError
 from ww.core.records import NamedTuple
+from ww.host.fds import NAME_PATTERN  # one rule for --fd and --dir names
 
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ _REFUSED_TREES = ("/proc", "/sys", "/dev", "/run")
 # Refused themselves (a directory below them is fine): all of the host's configuration,
 # its variable data, and every user's temporary files and sockets.
 _REFUSED_EXACTLY = ("/etc", "/var", "/tmp")
-
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*\Z"  # the rule of --fd names (ww.host.fds)
 
 
 class DirGrant(NamedTuple):
@@ -159,7 +158,7 @@ def parse_dir_flags(flags: list[str],
             name, path, writable = split_flag(flag)
             import re
 
-            if not re.match(_NAME, name):
+            if not re.match(NAME_PATTERN, name):
                 raise UsageError(f"{where}: the name must be letters, digits and '_', not "
                                  "starting with a digit")
             key = name.upper()

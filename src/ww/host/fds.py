@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 RPC_FD = 3
 FIRST_GRANTED_FD = 4
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*\Z"  # matched with re, imported only for an --fd flag
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*\Z"  # --fd and --dir names; re is imported only for one
 
 
 class FdGrant(NamedTuple):
@@ -54,7 +54,7 @@ def parse_fd_flags(flags: list[str]) -> list[FdGrant]:
             raise UsageError(f"{where}: expected name=fdnum, for example --fd db=5")
         import re
 
-        if not re.match(_NAME, name):
+        if not re.match(NAME_PATTERN, name):
             raise UsageError(
                 f"{where}: the name must be letters, digits and '_', not starting with a digit"
             )
