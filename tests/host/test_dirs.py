@@ -170,11 +170,15 @@ def test_a_grant_below_a_directory_the_cell_may_not_enter_is_still_bound(tmp_pat
     (private / "secret.txt").write_text("private secret")
     (private / "shared" / "file.txt").write_text("shared data")
     (private / "shared").chmod(0o755)
-    r = run_ww("run", "--dir", f"data={private / 'shared'}", "--", "/bin/sh", "-c",
-               'cat "$WW_DIR_DATA/file.txt"; echo; '
+    (private / "out").mkdir()
+    os.chown(private / "out", 65534, 65534)
+    r = run_ww("run", "--dir", f"data={private / 'shared'}", "--dir", f"out={private / 'out'}:rw",
+               "--", "/bin/sh", "-c",
+               'cat "$WW_DIR_DATA/file.txt"; echo; echo written > "$WW_DIR_OUT/new"; '
                f'cat {private}/secret.txt 2>/dev/null; ls {private} 2>/dev/null; echo end')
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["shared data", "end"]
+    assert (private / "out" / "new").read_text() == "written\n"
     assert oct(private.stat().st_mode & 0o777) == "0o700"
 
 
