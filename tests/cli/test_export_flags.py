@@ -338,15 +338,3 @@ def test_a_chunker_kubo_would_refuse_or_ww_lacks_is_a_usage_error(
     assert r.returncode == 2
     assert r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and chunker in r.stderr
-
-
-def test_the_docs_stdin_example_prints_what_its_comment_says() -> None:
-    """docs/ipfs.md's `echo ... | ww export -Q -` line, run by bash, prints the CID it shows."""
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "ipfs.md").read_text()
-    (line,) = [x.strip() for x in doc.splitlines() if "| ww export -Q -" in x]
-    command, _, comment = line.partition("#")
-    env = {**os.environ, "PATH": f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env,
-                       timeout=HANG)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == f"{comment.strip()}\n"
