@@ -261,17 +261,21 @@ def test_doc_block(block: Block, tmp_path: Path, ww_home: Path) -> None:
     text = "\n".join(block.setup) + "\n" + merge + script.text
     env = dict(os.environ, PATH=f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}",
                WW_HOME=str(ww_home))
-    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", text], cwd=work, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=HANG)
-    finally:
-        try:  # whatever the block started and left running
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    # Output to files, not pipes: the block is over when bash exits, even if something it
+    # left running (a failed block's coprocess) still holds them open.
+    with open(tmp_path / "stdout", "w+") as stdout, open(tmp_path / "stderr", "w+") as stderr:
+        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", text], cwd=work, env=env,
+                                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=HANG)
+        finally:
+            try:  # whatever the block started and left running
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert proc.returncode == 0, (f"{block.id} exited {proc.returncode}:\n"
                                   f"{SPLIT.sub('', out)}\nstderr:\n{err}")
     check_output(block, script, out, err)
