@@ -34,9 +34,13 @@ async def main() -> None:
         await session.p2p.export(Echo(addrs))
         for addr in addrs:
             print(addr, flush=True)
-        eof = asyncio.Event()
-        asyncio.get_running_loop().add_reader(0, lambda: os.read(0, 4096) or eof.set())
-        await eof.wait()
+        # In a thread: stdin may be a file or /dev/null, which epoll (add_reader) refuses.
+        await asyncio.to_thread(_until_eof)
+
+
+def _until_eof() -> None:
+    while os.read(0, 4096):
+        pass
 
 
 asyncio.run(main())

@@ -325,23 +325,3 @@ def test_the_commands_on_a_kubo_node(ww, fake_kubo, tmp_path: Path):  # noqa: F8
     assert list(fields) == ["NumObjects", "RepoSize", "StorageMax", "RepoPath", "Version"]
     assert int(fields["RepoSize"]) >= len(body)
     assert fields["Version"].strip().startswith("fs-repo@")
-
-
-def test_the_reclaiming_example_of_docs_ipfs_runs(tmp_path: Path):
-    from tests.conftest import WW
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "ipfs.md").read_text()
-    start = text.index("### Reclaiming space")
-    script = text[start:].split("```sh\n", 1)[1].split("```", 1)[0]
-    env = {**os.environ, "PATH": f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=HANG)
-    assert r.returncode == 0 and r.stderr == "", r.stderr
-    lines = r.stdout.splitlines()
-    stored = lines.index("NumObjects: 9")
-    assert lines[stored + 1].startswith("RepoSize:   2097")
-    freed = lines[stored + 1].split()[1]
-    assert "removed 0 blocks" in lines[stored + 4]
-    assert lines[stored + 5].startswith("unpinned Qm")
-    assert f"removed 9 blocks ({freed} bytes)" in lines[stored + 6]
-    assert lines[stored + 7:stored + 9] == ["NumObjects: 0", "RepoSize:   0"]

@@ -140,11 +140,42 @@ def test_dev_stdin_adds_the_data_not_the_symlink(tmp_path: Path, kubo) -> None:
     assert r.stdout == expected
 
 
-def test_stdin_with_w_is_a_usage_error(tmp_path: Path) -> None:
-    r = ww_bytes("export", "-w", "-", data=b"x")
+def test_stdin_with_w_is_named_by_its_cid_as_kubo_names_it(tmp_path: Path, kubo) -> None:
+    """kubo's `ipfs add -w` of stdin without --stdin-name names the entry by the file's own
+    CID (its adder names an unnamed file so): the oracle adds a directory holding the data
+    under that name."""
+    data = deterministic_bytes(CHUNK + 3, seed=7)
+    (tmp_path / "f").write_bytes(data)
+    file_cid = kubo(tmp_path / "f")
+    wrapper = tmp_path / "wrapper"
+    wrapper.mkdir()
+    (wrapper / file_cid).write_bytes(data)
+    r = ww_bytes("export", "-w", "-Q", "-", data=data)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == f"{kubo(wrapper)}\n"
+    listed = ww_bytes("export", "-w", "-q", "-", data=data)  # the file, then the wrapper
+    assert listed.stdout.decode().splitlines() == [file_cid, kubo(wrapper)]
+
+
+def test_stdin_name_names_stdin_in_the_wrapper_as_kubo_does(tmp_path: Path, kubo) -> None:
+    wrapper = tmp_path / "wrapper"
+    wrapper.mkdir()
+    (wrapper / "notes.txt").write_bytes(b"hello\n")
+    r = ww_bytes("export", "-w", "--stdin-name", "notes.txt", "-", data=b"hello\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == f"/ipfs/{kubo(wrapper)}\n"
+    # Without -w the name changes nothing, as in kubo: the file is the root.
+    (tmp_path / "f").write_bytes(b"hello\n")
+    r = ww_bytes("export", "--stdin-name", "notes.txt", "-Q", "-", data=b"hello\n")
+    assert r.stdout.decode() == f"{kubo(tmp_path / 'f')}\n"
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "."])
+def test_a_stdin_name_that_is_not_one_name_is_a_usage_error(name: str) -> None:
+    r = ww_bytes("export", "-w", "--stdin-name", name, "-", data=b"x")
     assert r.returncode == 2
     assert r.stdout == b""
-    assert r.stderr.decode() == "ww: -w needs a PATH to name the entry; stdin has none\n"
+    assert len(r.stderr.splitlines()) == 1 and b"--stdin-name" in r.stderr, r.stderr
 
 
 # --- output: -q, -Q ------------------------------------------------------------------------
@@ -296,6 +327,21 @@ def test_w_through_a_kubo_node_gives_the_same_wrapper(tmp_path: Path, kubo, fake
     assert r.stdout.splitlines()[-1] == wrapper and kubo(src) in r.stdout.splitlines()
 
 
+def test_w_of_stdin_through_a_kubo_node(tmp_path: Path, kubo, fake_kubo) -> None:
+    """kubo's RPC API names the wrapped upload as ww names it, --stdin-name; with no name it
+    cannot name it by its CID as kubo's command line does: one line, nothing added."""
+    wrapper = tmp_path / "wrapper"
+    wrapper.mkdir()
+    (wrapper / "notes.txt").write_bytes(b"hello\n")
+    r = ww_bytes("export", "--ipfs", fake_kubo.api, "-w", "--stdin-name", "notes.txt", "-",
+                 data=b"hello\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == f"/ipfs/{kubo(wrapper)}\n"
+    r = ww_bytes("export", "--ipfs", fake_kubo.api, "-w", "-", data=b"hello\n")
+    assert r.returncode == 1 and r.stdout == b""
+    assert len(r.stderr.splitlines()) == 1 and b"--stdin-name" in r.stderr, r.stderr
+
+
 # --- --chunker, --raw-leaves ---------------------------------------------------------------
 
 
@@ -338,15 +384,3 @@ def test_a_chunker_kubo_would_refuse_or_ww_lacks_is_a_usage_error(
     assert r.returncode == 2
     assert r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and chunker in r.stderr
-
-
-def test_the_docs_stdin_example_prints_what_its_comment_says() -> None:
-    """docs/ipfs.md's `echo ... | ww export -Q -` line, run by bash, prints the CID it shows."""
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "ipfs.md").read_text()
-    (line,) = [x.strip() for x in doc.splitlines() if "| ww export -Q -" in x]
-    command, _, comment = line.partition("#")
-    env = {**os.environ, "PATH": f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env,
-                       timeout=HANG)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == f"{comment.strip()}\n"

@@ -2,9 +2,9 @@
 
 It proves that docs/protocol.md is enough to write a cell in another language: the anonymous
 and the signed login (libsodium signs), the console, named fds, IPFS add with many writes in
-flight and cat, a denial with its documented text and exit status, and the page's own example
-compiled with the page's own command.  Needs Debian's capnproto, libcapnp-dev and
-libsodium-dev, which `./dev test` installs.
+flight and cat, a denial with its documented text and exit status.  (The page's own example,
+compiled with the page's own command, is run by tests/test_doc_blocks.py.)  Needs Debian's
+capnproto, libcapnp-dev and libsodium-dev, which `./dev test` installs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WW, run_ww
+from tests.conftest import run_ww
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL_MD = HERE.parent.parent / "docs" / "protocol.md"
@@ -146,19 +146,3 @@ def test_a_denial_is_the_documented_text_and_exit_65(cxx_cell):
     r = run_ww("run", "--with-ipfs", "--ipfs-read-only", cxx_cell, "deny")
     assert r.returncode == 65
     assert (r.stdout, r.stderr) == ("", DENIAL_DOCUMENTED + "\n")
-
-
-def test_the_docs_example_builds_with_the_docs_command_and_runs(tmp_path):
-    _tools_present()
-    section = _docs_cxx_section()
-    (tmp_path / "hello.c++").write_text(_block(section, "c++"))
-    commands = _block(section, "sh")
-    assert "hello.c++" in commands and "ww run --with-console ./hello" in commands
-    env = dict(os.environ, PATH=f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}")
-    r = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "[cell] hello from C++\n" in r.stderr
-    # And without the console it gives up as the page says: 65.
-    r = run_ww("run", str(tmp_path / "hello"))
-    assert r.returncode == 65, r.stderr

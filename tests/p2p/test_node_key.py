@@ -6,11 +6,7 @@ run is the peer its key makes it, so two cells on one machine can dial each othe
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
-from tests.conftest import HANG, WW, run_ww
+from tests.conftest import run_ww
 from tests.p2p.conftest import EXPORTER, LOOPBACK
 
 # Prints its own peer id, then dials argv[1] and prints the answer.
@@ -92,27 +88,6 @@ def test_the_embedded_ipfs_node_is_the_peer_of_the_node_key(make_cell, tmp_path,
     r = run_ww("run", "--with-ipfs", cell)
     assert r.returncode == 0, r.stderr
     assert r.stdout == run_ww("id").stdout.splitlines()[0] + "\n"
-
-
-def test_p2p_md_node_key_example_runs_as_written(tmp_path, ww_home):
-    """docs/p2p.md's --node-key example, line by line in a shell from the repository's root
-    (each service cell ends at once: its stdin is empty)."""
-    from tests.test_examples import ROOT, sh_block
-
-    commands = sh_block("p2p.md", "## The node key and `ww id`")
-    env = dict(os.environ, PATH=f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}")
-    out = []
-    for command in commands:
-        command = command.replace("node.key", str(tmp_path / "node.key"))
-        r = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, input="",
-                           capture_output=True, text=True, timeout=HANG)
-        assert r.returncode == 0, (command, r.stderr)
-        out.append(r.stdout.splitlines()[0])
-    home, default_run, new_run, made, file_run = out
-    assert _peer(default_run) == home
-    assert _peer(new_run) not in (home, made)
-    assert _peer(file_run) == made != home
-    assert not (ROOT / "node.key").exists()
 
 
 def test_sub_cells_get_the_parents_node_key(make_cell, tmp_path):

@@ -1,4 +1,5 @@
-"""One libp2p host per `ww run`: `/ww/0.1.0` and Bitswap on the same host, and `--peer`.
+"""One libp2p host per `ww run`: `/ww/0.1.0` and Bitswap on the same host, and `--peer`
+(`ww import`, `ww run`, `ww cat`, `ww ls`, `ww pin add`).
 
 Real `ww run` hosts on 127.0.0.1 (port 0), each with its own $WW_HOME; they dial only each
 other's loopback addresses.  Fetching from a real kubo peer with `--peer` is in
@@ -168,7 +169,61 @@ def test_ww_import_and_ww_run_with_peer_fetch_from_a_ww_node(tmp_path: Path, hom
     assert a.stop()[0] == 0
 
 
+def test_cat_ls_and_pin_add_with_peer_fetch_from_a_ww_node(tmp_path: Path, home, start_host,
+                                                             cell_file, ww) -> None:
+    """`ww cat`, `ww ls` and `ww pin add --peer` read from a serving `ww run` what their own
+    repository lacks; `pin add` stores the whole DAG, so it stays readable with the peer gone."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    big = hashlib.shake_256(b"big").digest(600_000)  # three chunks
+    (tree / "big.bin").write_bytes(big)
+    (tree / "sub" / "note.txt").write_text("a note\n")
+    out = subprocess.run([WW, "export", str(tree)], capture_output=True, text=True,
+                         env=home("a"), timeout=HANG)
+    assert out.returncode == 0, out.stderr
+    root = out.stdout.strip()
+    listed = ww("ls", root, env=home("a"))
+    assert listed.returncode == 0, listed.stderr
+    a = start_host("a", "--with-ipfs", "--listen", LOOPBACK, cell_file(SERVER, "server.py"))
+
+    cat = subprocess.run([WW, "cat", "--peer", a.addr, f"{root}/big.bin"], capture_output=True,
+                         env=home("b"), timeout=HANG)
+    assert cat.returncode == 0, cat.stderr
+    assert hashlib.sha256(cat.stdout).digest() == hashlib.sha256(big).digest()
+    ls = ww("ls", "--peer", a.addr, root, env=home("c"))
+    assert ls.returncode == 0, ls.stderr
+    assert ls.stdout == listed.stdout
+    pinned = ww("pin", "add", "--peer", a.addr, root, env=home("d"))
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout == f"pinned {root.removeprefix('/ipfs/')} recursively\n"
+    assert a.stop()[0] == 0
+
+    # The peer is gone: what pin add fetched is all in d's repository, and verifies.
+    again = ww("cat", f"{root}/sub/note.txt", env=home("d"))
+    assert again.returncode == 0 and again.stdout == "a note\n", again.stderr
+    check = ww("repo", "check", env=home("d"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    # ... and without a peer, what the repository lacks is one line, exit 1.
+    lost = ww("cat", f"{root}/sub/note.txt", env=home("e"))
+    assert lost.returncode == 1 and lost.stdout == ""
+    assert lost.stderr.count("\n") == 1 and "not in the local repository" in lost.stderr
+
+
+@pytest.mark.parametrize("command", [["cat"], ["ls"], ["pin", "add"]])
+def test_a_missing_block_without_peers_is_one_line_and_exit_1(command: list[str], ww) -> None:
+    out = ww(*command, MISSING, env={**os.environ, "WW_IPFS_PEERS": ""})
+    assert out.returncode == 1, out.stderr
+    assert out.stdout == ""
+    assert out.stderr == (f"ww: block {MISSING.removeprefix('/ipfs/')} is not in the local "
+                          "repository\n")
+
+
 @pytest.mark.parametrize("args", [
+    ["cat", "--peer", "/ip4/127.0.0.1/tcp/4001", MISSING],  # no peer id
+    ["ls", "--peer", PEER, MISSING],  # a peer id alone
+    ["pin", "add", "--peer", f"/dns4/example.com/tcp/4001/p2p/{PEER}", MISSING],  # a name
+    ["cat", "--ipfs", "/ip4/127.0.0.1/tcp/5001/http", "--peer",
+     f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}", MISSING],  # kubo dials its own peers
     ["import", "--peer", "/ip4/127.0.0.1/tcp/4001", MISSING],  # no peer id
     ["import", "--peer", f"/dns4/example.com/tcp/4001/p2p/{PEER}", MISSING],  # a name
     ["import", "--peer", PEER, MISSING],  # a peer id alone
@@ -189,7 +244,7 @@ def test_a_bad_peer_in_the_environment_names_the_variable(ww) -> None:
     assert len(out.stderr.splitlines()) == 1 and "WW_IPFS_PEERS" in out.stderr, out.stderr
 
 
-@pytest.mark.parametrize("command", [["import"], ["run"]])
+@pytest.mark.parametrize("command", [["import"], ["run"], ["cat"], ["ls"], ["pin", "add"]])
 def test_an_unreachable_peer_is_one_line_and_exit_1(command: list[str], ww,
                                                     tmp_path: Path) -> None:
     dest = [str(tmp_path / "x")] if command == ["import"] else []

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option
+from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
 from ww.cli._output import reader_gone
 from ww.core.ipfs_values import EntryType
 
@@ -18,15 +18,18 @@ from ww.core.ipfs_values import EntryType
 @click.option("-l", "--length", type=click.IntRange(min=0), default=None, metavar="BYTES",
               help="Write at most this many bytes.")
 @ipfs_option
+@peer_option
 def cat(paths: tuple[str, ...], offset: int, length: int | None,
-        ipfs_api: str | None) -> int:
+        ipfs_api: str | None, peers: list[str]) -> int:
     """Write the files at IPFS-PATH (/ipfs/<cid>[/path] or <cid>[/path]) to stdout, one after
-    the other, streaming: a file of any size passes through in bounded pieces."""
+    the other, streaming: a file of any size passes through in bounded pieces.  Blocks the
+    repository lacks are fetched from the --peer peers over Bitswap."""
     from ww.app.build import open_ipfs
     from ww.ipfs.api import IpfsError, NotAFileError
 
+    refuse_peers_with_kubo(ipfs_api)
     out = sys.stdout.buffer
-    api = open_ipfs(ipfs_api, check=bool(ipfs_api))
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         for path in paths:
             if length == 0:

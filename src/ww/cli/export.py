@@ -60,13 +60,18 @@ class _KuboBooleans(click.Command):
 @click.option("-n", "--only-hash", is_flag=True,
               help="Compute the CID only: store and pin nothing.")
 @click.option("-w", "--wrap-with-directory", "wrap", is_flag=True,
-              help="Add PATH inside a directory of its own (named by PATH's base name).")
+              help="Add PATH inside a directory of its own (named by PATH's base name; "
+                   "stdin by --stdin-name, else by its CID, as kubo).")
+@click.option("--stdin-name", default="", metavar="NAME",
+              help="The name stdin's data gets in the -w directory (kubo's --stdin-name; "
+                   "default: its own CID, as kubo names it).")
 @click.option("--chunker", default="size-262144", show_default=True, metavar="size-N",
               help="Cut files into N-byte chunks (N at most 1048576, as kubo).")
 @ipfs_option
 def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
            pin: bool, hidden: bool, quiet: bool, quieter: bool, recursive: bool,
-           only_hash: bool, wrap: bool, chunker: str, ipfs_api: str | None) -> None:
+           only_hash: bool, wrap: bool, stdin_name: str, chunker: str,
+           ipfs_api: str | None) -> None:
     """Add PATH (a file, symlink or directory tree; - is stdin) and print /ipfs/<cid>."""
     from ww.app.build import open_embedded, open_ipfs
     from ww.ipfs.api import AddOptions, CoreAPI
@@ -75,13 +80,13 @@ def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool 
     source: Path | None = None if _is_stdin(path) else Path(path)
     if source is not None and not source.exists() and not source.is_symlink():
         raise UsageError(f"{path}: no such file or directory")
-    if source is None and wrap:
-        raise UsageError("-w needs a PATH to name the entry; stdin has none")
+    if "/" in stdin_name or stdin_name in (".", ".."):
+        raise UsageError(f"--stdin-name {stdin_name}: a name in a directory, without '/'")
     if only_hash and car_file is not None:
         raise UsageError("--only-hash stores nothing, so there is no DAG for --car to write")
     options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin and not only_hash,
                          hidden=hidden, only_hash=only_hash, chunk_size=_chunk_size(chunker),
-                         wrap=wrap)
+                         wrap=wrap, stdin_name=stdin_name)
     added: list[str] = []
     if quiet and not quieter:
         options = replace(options, on_added=lambda _name, cid: added.append(cid))

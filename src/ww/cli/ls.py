@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option
+from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
 from ww.cli._kubo_bools import kubo_booleans
 from ww.cli._output import columns, reader_gone
 from ww.core.ipfs_values import Entry, EntryType
@@ -17,14 +17,18 @@ from ww.core.ipfs_values import Entry, EntryType
               help="Print each file's size (a directory's is '-'); kubo's --size=false is "
                    "--no-size.")
 @ipfs_option
-def ls(paths: tuple[str, ...], headers: bool, size: bool, ipfs_api: str | None) -> int:
+@peer_option
+def ls(paths: tuple[str, ...], headers: bool, size: bool, ipfs_api: str | None,
+       peers: list[str]) -> int:
     """List the directories at IPFS-PATH: one line per entry, '<cid> <size> <name>', as
     kubo's ipfs ls prints them: a directory's name ends in '/' and its size is '-', a
     symlink's is followed by '-> <target>'.  A file is listed as itself.  Several paths
-    are listed one after the other, each under a '<path>:' line."""
+    are listed one after the other, each under a '<path>:' line.  Blocks the repository
+    lacks are fetched from the --peer peers over Bitswap."""
     from ww.app.build import open_ipfs
 
-    api = open_ipfs(ipfs_api, check=bool(ipfs_api))
+    refuse_peers_with_kubo(ipfs_api)
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         listings = []
         targets: dict[str, str] = {}  # a symlink's CID -> its target, each read once

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option
+from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
 from ww.cli._kubo_bools import kubo_booleans
 from ww.cli._output import reader_gone
 
@@ -27,11 +27,15 @@ def pin() -> None:
               help="Pin the whole DAG; --no-recursive (kubo's --recursive=false): only its "
                    "root block, a direct pin.")
 @ipfs_option
-def add(paths: tuple[str, ...], recursive: bool, ipfs_api: str | None) -> None:
-    """Pin what each IPFS-PATH names; every block of a recursive pin must be present."""
+@peer_option
+def add(paths: tuple[str, ...], recursive: bool, ipfs_api: str | None,
+        peers: list[str]) -> None:
+    """Pin what each IPFS-PATH names; every block of a recursive pin must be present: those
+    the repository lacks are fetched from the --peer peers over Bitswap (and stored)."""
     from ww.app.build import open_ipfs
 
-    api = open_ipfs(ipfs_api, check=bool(ipfs_api))
+    refuse_peers_with_kubo(ipfs_api)
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         for path in paths:
             cid = api.resolve(path)

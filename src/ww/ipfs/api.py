@@ -152,7 +152,10 @@ class AddOptions:
     pin: bool = True
     only_hash: bool = False
     chunk_size: int = 262144  # kubo's --chunker size-N
-    wrap: bool = False  # add_path only, kubo's -w: the result is a directory holding the path
+    wrap: bool = False  # kubo's -w: the result is a directory holding the path (or the stream)
+    # kubo's --stdin-name: the name a wrapped stream (add_stream with wrap) gets in its
+    # directory; "" names it by its own CID, as kubo does.
+    stdin_name: str = ""
     # Called with (name, CID) for each file, symlink and directory added, in the order kubo's
     # `ipfs add` reports them: files as they are added, then directories children first.
     on_added: Callable[[str, str], None] | None = field(default=None, compare=False)

@@ -441,10 +441,16 @@ class KuboClient:
         return cid
 
     def add_stream(self, chunks: Iterable[bytes], options: AddOptions = _DEFAULT_ADD) -> str:
-        """Add one file's bytes; returns its CID.  Memory stays bounded by the chunk size."""
-        return self._add(
-            [(_ADD_FILE_NAME, "application/octet-stream", chunks)], _ADD_FILE_NAME, options
-        )
+        """Add one file's bytes; returns its CID.  Memory stays bounded by the chunk size.
+
+        With ``options.wrap`` the file is named ``options.stdin_name`` in the directory: the
+        RPC API names it by its upload's file name, and only kubo's command line names an
+        unnamed stream by its CID, so a wrapped stream needs a name here."""
+        if options.wrap and not options.stdin_name:
+            raise UnsupportedError("a kubo node names a wrapped stream only as given: "
+                                   "name it (ww export -w --stdin-name NAME)")
+        name = options.stdin_name or _ADD_FILE_NAME
+        return self._add([(name, "application/octet-stream", chunks)], name, options)
 
     def add_path(self, path: Path, options: AddOptions = _DEFAULT_ADD) -> str:
         """Add a file, symlink or directory tree (as ``ipfs add -r``); returns the root CID."""

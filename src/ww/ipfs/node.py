@@ -43,7 +43,15 @@ from .api import (
     is_local_only,
 )
 from .blockstore import Blockstore
-from .importer import ImportParams, NullSink, import_file, import_path
+from .importer import (
+    BlockSink,
+    Imported,
+    ImportParams,
+    NullSink,
+    import_directory,
+    import_file,
+    import_path,
+)
 from .path import parse_path
 from .pins import PinKind
 from .repo import REPO_VERSION, GcReport, Repo, RepoCheck, default_repo_path
@@ -99,19 +107,37 @@ class EmbeddedNode:
     # --- writing ----------------------------------------------------------------------
 
     def add_stream(self, chunks: Iterable[bytes], options: AddOptions = _DEFAULT_OPTIONS) -> str:
-        """Add one file's bytes (any piece sizes); returns its CID, pinned unless told not to."""
+        """Add one file's bytes (any piece sizes); returns its CID, pinned unless told not to.
+
+        With ``options.wrap``, as kubo's ``ipfs add -w`` of stdin: the result is a directory
+        holding the file under ``options.stdin_name``, or, as kubo names it when no name is
+        given, under the file's own CID."""
         params = ImportParams.from_options(options)
         chunks = _checked(chunks)  # a cancelled call stops at the next chunk, adding nothing
+        added: list[tuple[str, Imported]] = []
+
+        def build(sink: BlockSink) -> Imported:
+            file = import_file(chunks, params, sink)
+            if not options.wrap:
+                added.append(("", file))
+                return file
+            name = options.stdin_name or str(file.cid)
+            added.append((name, file))
+            wrapper = import_directory([(os.fsencode(name), file)], params, sink)
+            added.append(("", wrapper))
+            return wrapper
+
         if options.only_hash:
-            root = import_file(chunks, params, NullSink())
+            root = build(NullSink())
         else:
             with self._repo.writing():
                 with self._blocks.writer() as sink:
-                    root = import_file(chunks, params, sink)
+                    root = build(sink)
                 if options.pin:
                     self._repo.pins.add(root.cid, PinKind.RECURSIVE)
         if options.on_added is not None:
-            options.on_added("", str(root.cid))
+            for name, imported in added:
+                options.on_added(name, str(imported.cid))
         return str(root.cid)
 
     def add_path(self, path: Path, options: AddOptions = _DEFAULT_OPTIONS) -> str:
