@@ -407,42 +407,6 @@ def test_no_handle_of_a_granted_directory_is_open_in_the_cell(who):
         assert r.stdout.splitlines() == ["end"], strict
 
 
-def test_the_readmes_dir_example_runs_as_written(tmp_path):
-    """README's "Using ww" line for --dir, run as written from a directory holding ./site."""
-    import shlex
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    (line,) = [x for x in readme.splitlines() if x.startswith("ww run --dir ")]
-    argv = shlex.split(line.split("  #", 1)[0])
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "index.html").write_text("<h1>hi</h1>\n")
-    tmp_path.chmod(0o755)
-    site.chmod(0o755)
-    (site / "index.html").chmod(0o644)
-    r = run_ww(*argv[1:], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["index.html"]
-
-
-def test_the_jail_docs_dir_example_runs_as_written(tmp_path):
-    """docs/jail.md's example under "Directories": ./site copied into ./results:rw."""
-    import shlex
-
-    from tests.test_examples import sh_block
-
-    (command,) = sh_block("jail.md", "## Directories")
-    argv = shlex.split(command)
-    tmp_path.chmod(0o755)
-    (tmp_path / "site").mkdir(mode=0o755)
-    (tmp_path / "site" / "index.html").write_text("<h1>hi</h1>\n")
-    (tmp_path / "site" / "index.html").chmod(0o644)
-    (tmp_path / "results").mkdir()
-    if os.geteuid() == 0:
-        os.chown(tmp_path / "results", 65534, 65534)  # the cell is nobody on the host
-    r = run_ww(*argv[1:], cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "results" / "index.html").read_text() == "<h1>hi</h1>\n"
 
 
 def test_a_directory_holding_wws_own_files_is_refused(ww_home, tmp_path):
