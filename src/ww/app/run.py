@@ -59,7 +59,8 @@ def run(options: RunOptions) -> int:
     if "ipfs" in capabilities or from_ipfs:
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
         api = build.open_ipfs(options.ipfs_api, check=True, peers=options.peers, host=node,
-                              dial_policy=policy, identity=host_key)
+                              dial_policy=policy, identity=host_key,
+                              routing=options.routing, bootstrap=options.bootstrap)
     if from_ipfs:
         from ww.host.fetch import fetch
 
