@@ -51,6 +51,7 @@ def driver_main(base: str, count: int) -> None:
         if "error" in ready:
             reply(ready)
             return
+    spawned: list[subprocess.Popen[str]] = []
     nodes = []
     for w in workers:
         info = w.call("id")
@@ -68,6 +69,17 @@ def driver_main(base: str, count: int) -> None:
             p = subprocess.run(req["argv"], env=env, capture_output=True, text=True,
                                timeout=req.get("limit", CALL_TIMEOUT), cwd=req.get("cwd"))
             return {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+        if op == "spawn":  # a process that runs on: its first stdout line, then "finish"
+            proc = subprocess.Popen(req["argv"], env={**os.environ, **req.get("env", {})},
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=req.get("cwd"))
+            spawned.append(proc)
+            assert proc.stdout is not None
+            return {"n": len(spawned) - 1, "line": proc.stdout.readline()}
+        if op == "finish":  # its stdin closed; it should end
+            proc = spawned[req["n"]]
+            stdout, stderr = proc.communicate(timeout=req.get("limit", CALL_TIMEOUT))
+            return {"rc": proc.returncode, "stdout": stdout, "stderr": stderr}
         return {"error": f"unknown op {op}"}
 
     def serve(req: dict) -> None:
@@ -113,6 +125,18 @@ class KuboLan:
         if "error" in reply:
             raise RuntimeError(f"run {argv[0]}: {reply['error']}")
         return reply
+
+    def spawn(self, argv: list[str], **kw: Any) -> tuple[int, str]:
+        """Start ``argv`` in the namespace; its number and first line of output (it runs on
+        until :meth:`finish`)."""
+        reply = self._lines.call("spawn", timeout=CALL_TIMEOUT, argv=argv, **kw)
+        if "error" in reply:
+            raise RuntimeError(f"spawn {argv[0]}: {reply['error']}")
+        return reply["n"], reply["line"]
+
+    def finish(self, n: int) -> dict:
+        """Close the stdin of process ``n`` and wait for it to end."""
+        return self._lines.call("finish", timeout=CALL_TIMEOUT + 5, n=n)
 
     def close(self) -> None:
         self._lines.close()

@@ -107,3 +107,25 @@ def test_without_routing_ww_import_asks_only_the_bootstrap_peer(
     assert r["rc"] != 0
     assert len(r["stderr"].strip().splitlines()) == 1, r["stderr"]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_kubo_node_finds_what_ww_announced_through_the_dht(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """ww adds a file, announces it (ADD_PROVIDER to the closest kubo nodes, from kubo 1) and
+    drops every connection; kubo 2 then downloads it: its Bitswap has no connected peer with
+    the blocks, so kubo looks ww up in the LAN DHT and dials it."""
+    data = random.Random(41).randbytes(600 * 1024) + b"%d" % time.monotonic_ns()
+    (tmp_path / "mine.bin").write_bytes(data)
+    n, line = lan.spawn([sys.executable, str(ROOT / "tests/p2p/ww_provider.py"),
+                         str(tmp_path / "ww-home"), lan.addr(1), str(tmp_path / "mine.bin")],
+                        cwd=str(ROOT))
+    try:
+        announced = json.loads(line)
+        assert announced["told"] >= 1
+        assert announced["peers_left"] == []
+        got = lan.kubo(2, "download", cid=announced["cid"], dest=str(tmp_path / "got.bin"))
+        assert got["code"] == 0, got
+        assert (tmp_path / "got.bin").read_bytes() == data
+    finally:
+        done = lan.finish(n)
+    assert done["rc"] == 0, done["stderr"][-2000:]

@@ -398,6 +398,17 @@ class EmbeddedNode:
             raise IpfsError(f"ipfs: {err}") from None
         return self.id()
 
+    def provide(self, cid: str) -> int:
+        """Announce through the router (``--routing dht``) that this node provides ``cid``
+        (a block it has), at the addresses it listens on; how many peers were told.  A node
+        that listens nowhere, or has no router, tells nobody (0)."""
+        root = CID.parse(cid)
+        if not self._blocks.has(root):
+            raise NotFoundError(f"cannot provide {cid}: the block is not in the repository")
+        if self._router is None:
+            return 0
+        return self._network().provide(root)
+
     def id(self) -> PeerInfo:
         """This node's peer id (from the repository's identity key); once on the network, the
         addresses it listens on and the protocols it serves."""
