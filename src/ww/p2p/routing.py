@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ww.core.cid import CID
+from ww.core.identity import IdentityError, decode_peer_id
 from ww.ipfs.api import PeerInfo
 
 __all__ = [
@@ -67,13 +68,21 @@ def _ip_of(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+# go-multiaddr's private ranges (manet.IsPrivateAddr), which kubo's LAN DHT keeps
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.168.0.0/16", "::1/128", "fc00::/7", "fe80::/10"))
+
+
 def lan_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Kept on the LAN DHT: what kubo's LAN DHT keeps (not globally routable)."""
-    return not ip.is_global and not ip.is_multicast and not ip.is_unspecified
+    """Kept on the LAN DHT: loopback, RFC 1918, CGNAT, link-local and ULA addresses (what
+    kubo's LAN DHT keeps)."""
+    return any(ip in net for net in _PRIVATE)
 
 
 def wan_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return ip.is_global
+    """Kept on the WAN DHT: globally routable unicast addresses."""
+    return ip.is_global and not ip.is_multicast
 
 
 @dataclass
@@ -94,8 +103,9 @@ class Dht:
     host is connected to that serve ``protocol``.  Its coroutines run on the host's thread."""
 
     def __init__(self, node: Any, bootstrap: Iterable[str] = (),
-                 protocol: str = LAN_PROTOCOL) -> None:
+                 protocol: str = LAN_PROTOCOL, max_contacted: int = MAX_CONTACTED) -> None:
         self._node = node
+        self._max_contacted = max_contacted
         self.protocol = protocol
         self._in_scope = lan_scope if protocol == LAN_PROTOCOL else wan_scope
         self._bootstrap = list(bootstrap)
@@ -110,8 +120,10 @@ class Dht:
 
         try:
             peer_id = ID(bytes(pb.id))
-            ID.from_base58(peer_id.to_base58())  # a multihash of a key, or refused
-        except Exception:
+            # an identity or sha2-256 multihash of a key, as go-libp2p's peer.IDFromBytes
+            if decode_peer_id(peer_id.to_base58()) != bytes(pb.id):
+                return None
+        except (IdentityError, ValueError):
             return None
         addrs = []
         for raw in list(pb.addrs)[:MAX_ADDRS_PER_PEER]:
@@ -223,14 +235,14 @@ class Dht:
                     learn(found)
 
         with trio.move_on_after(QUERY_TIMEOUT):
-            while len(queried) < MAX_CONTACTED:
+            while len(queried) < self._max_contacted:
                 if want_providers and len(providers) >= want_providers:
                     break
                 closest = sorted(known.values(), key=lambda p: p.distance)
                 # converged: the K closest that may still answer have all been asked
                 live = [p for p in closest if p.id not in queried or p.id in answered][:K]
                 batch = [p for p in live if p.id not in queried][:ALPHA]
-                batch = batch[:MAX_CONTACTED - len(queried)]
+                batch = batch[:self._max_contacted - len(queried)]
                 if not batch:
                     break
                 async with trio.open_nursery() as nursery:
