@@ -129,3 +129,40 @@ def test_a_kubo_node_finds_what_ww_announced_through_the_dht(
     finally:
         done = lan.finish(n)
     assert done["rc"] == 0, done["stderr"][-2000:]
+
+
+def test_ww_run_fetches_its_program_through_the_dht_where_the_dial_policy_allows(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """`ww run /ipfs/CID --bootstrap <kubo 2>`: the provider kubo 0 is on loopback, which a
+    `ww run` host dials only with --allow-dial; with it, the program runs."""
+    program = tmp_path / "hello.sh"
+    program.write_text(f"#!/bin/sh\necho hello through the DHT {time.monotonic_ns()} \"$@\"\n")
+    program.chmod(0o755)
+    cid = _add(lan, 0, tmp_path, program.read_bytes())
+    argv = [WW, "run", "--bootstrap", lan.addr(2), f"/ipfs/{cid}", "ok"]
+    deadline = time.monotonic() + HANG
+    while True:  # kubo 0's provider record spreads on kubo's schedule: poll, bounded
+        ran = lan.run([WW, "run", "--allow-dial", "127.0.0.0/8", *argv[2:]],
+                      env={"WW_HOME": str(tmp_path / "home-1")})
+        if ran["rc"] == 0 or time.monotonic() > deadline:
+            break
+        assert "found no provider" in ran["stderr"], ran["stderr"]
+    assert ran["rc"] == 0, ran["stderr"]
+    assert ran["stdout"] == program.read_text().splitlines()[1].split('"$@"')[0].replace(
+        "echo ", "") + "ok\n"
+    # the record is there now; without --allow-dial the provider is not dialed
+    refused = lan.run(argv, env={"WW_HOME": str(tmp_path / "home-2")})
+    assert refused["rc"] != 0
+    assert refused["stderr"].count("\n") == 1, refused["stderr"]
+    assert "none of the 1 provider(s) the DHT found could be reached" in refused["stderr"]
+    assert "127.0.0.1" in refused["stderr"], refused["stderr"]
+
+
+def test_a_cid_nobody_provides_fails_in_one_line(lan: KuboLan, tmp_path: Path) -> None:
+    cid = "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"  # no node has it
+    r = lan.run([WW, "import", f"/ipfs/{cid}", "-o", str(tmp_path / "x"), "--bootstrap",
+                 lan.addr(2)], env={"WW_HOME": str(tmp_path / "home")})
+    assert r["rc"] != 0
+    assert r["stderr"].count("\n") == 1, r["stderr"]
+    assert r["stderr"].endswith(", and the DHT found no provider\n"), r["stderr"]
+    assert not (tmp_path / "x").exists()

@@ -240,33 +240,41 @@ class Network:
             found[key] = PeerInfo(id=key, addresses=addrs, protocols=protocols)
         return sorted(found.values(), key=lambda p: p.id)
 
-    async def _search(self, cid: CID) -> int:
+    async def _search(self, cid: CID) -> tuple[int, int, str]:
         """Ask the router who provides ``cid`` and connect to those we are not connected to
-        (each within :data:`CONNECT_TIMEOUT`); how many providers are connected now."""
+        (each within :data:`CONNECT_TIMEOUT`): how many it named, how many are connected
+        now, and why the first that could not be dialed could not."""
+        import multiaddr
         import trio
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
 
+        from ww.core.foreign import chained_reason
+
         assert self._router is not None
         network = self._node.host.get_network()
+        found = [p for p in await self._router.find_providers(cid, MAX_PROVIDERS)
+                 if p.id != self.peer_id]
         connected = 0
-        for found in await self._router.find_providers(cid, MAX_PROVIDERS):
-            if found.id == self.peer_id:
-                continue
-            peer_id = ID.from_base58(found.id)
+        reason = ""
+        for provider in found:
+            peer_id = ID.from_base58(provider.id)
             if not network.get_connections(peer_id):
-                import multiaddr
-
-                info = LibPeerInfo(peer_id, [multiaddr.Multiaddr(a) for a in found.addresses])
+                info = LibPeerInfo(peer_id, [multiaddr.Multiaddr(a)
+                                             for a in provider.addresses])
                 try:
                     with trio.fail_after(CONNECT_TIMEOUT):
                         await self._node.dial(info)
-                except Exception:
+                except trio.TooSlowError:
+                    reason = reason or f"no answer within {CONNECT_TIMEOUT:g} s"
+                    continue
+                except Exception as e:
+                    reason = reason or chained_reason(e)
                     continue
             connected += 1
             if self._engine is not None:
-                self._engine.peer_connected(found.id)
-        return connected
+                self._engine.peer_connected(provider.id)
+        return len(found), connected, reason
 
     async def _provide(self, cid: CID) -> int:
         assert self._router is not None
@@ -365,11 +373,14 @@ class Network:
                 return self._give_up(cid, future, token, timeout)
             search = self._node.submit(self._search, cid)
             bridge.wait_in_thread(search, min(SEARCH_TIMEOUT, timeout), token.on_cancel)
-            found = search.done() and search.exception() is None and search.result() > 0
+            named, connected, reason = (search.result() if search.done()
+                                        and search.exception() is None else (0, 0, ""))
             if done:  # every connected peer said no: ask again, the providers included
-                if not found:
-                    raise NotFoundError(f"{future.exception()}, and the DHT found no provider "
-                                        "that could be reached")
+                if not named:
+                    raise NotFoundError(f"{future.exception()}, and the DHT found no provider")
+                if not connected:
+                    raise NotFoundError(f"{future.exception()}, and none of the {named} "
+                                        f"provider(s) the DHT found could be reached ({reason})")
                 future = self._ask(cid)
         # The caller giving up (a cell cancelling its cat) ends the wait and withdraws the
         # want; the engine's future is left to the engine.
