@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,12 @@ class Network:
         self.peer_id = node.peer_id
         self._node = node
         self._router = router(node) if router is not None else None
+        # One provider search at a time: fetches of the same block share it, a fetch of
+        # another waits for it to end first (the providers it connected may have that block
+        # too), so a slow provider cannot make many readers start a lookup each.
+        self._search_lock = threading.Lock()
+        self._searching: tuple[CID, concurrent.futures.Future[tuple[int, int, str]]] | None \
+            = None
         self._owned = owned
         self._store = store
         self._engine: bitswap.Engine | None = None
@@ -371,7 +378,7 @@ class Network:
                 return future.result()
             if token.cancelled:
                 return self._give_up(cid, future, token, timeout)
-            search = self._node.submit(self._search, cid)
+            search = self._search_for(cid, token)
             bridge.wait_in_thread(search, min(SEARCH_TIMEOUT, timeout), token.on_cancel)
             named, connected, reason = (search.result() if search.done()
                                         and search.exception() is None else (0, 0, ""))
@@ -388,6 +395,19 @@ class Network:
                                  token.on_cancel):
             return future.result()
         return self._give_up(cid, future, token, timeout)
+
+    def _search_for(self, cid: CID, token: Any) -> concurrent.futures.Future[tuple[int, int, str]]:
+        """The provider search for ``cid``: the one in flight, or a new one once any search
+        for another block has ended."""
+        with self._search_lock:
+            current = self._searching
+        if current is not None and current[0] != cid and not current[1].done():
+            bridge.wait_in_thread(current[1], SEARCH_TIMEOUT, token.on_cancel)
+        with self._search_lock:
+            current = self._searching
+            if current is None or current[0] != cid or current[1].done():
+                current = self._searching = (cid, self._node.submit(self._search, cid))
+            return current[1]
 
     def _ask(self, cid: CID) -> concurrent.futures.Future[bytes]:
         future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
