@@ -46,7 +46,9 @@ def main(bootstrap: str, provider: str, cid_text: str) -> dict:
         out["ping"] = node.submit(dht.ping, str(info.peer_id)).result(BOUND)
         found = node.submit(dht.find_node, provider).result(BOUND)
         out["find_node"] = [p.id for p in found]
+        t = time.perf_counter()
         providers = node.submit(dht.find_providers, cid, 5).result(BOUND)
+        out["get_providers_seconds"] = time.perf_counter() - t
         out["get_providers"] = [{"id": p.id, "addrs": p.addresses} for p in providers]
         out["lan_stats"] = dict(dht.stats)
         wan = Dht(node, [bootstrap], WAN_PROTOCOL)
