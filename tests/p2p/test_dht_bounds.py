@@ -8,9 +8,13 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.p2p.kubo_dht import KuboLan
+from ww.cli.main import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
+CID_TEXT = "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"
 
 
 def test_dht_replies_are_checked_and_queries_bounded(tmp_path: Path) -> None:
@@ -39,3 +43,23 @@ def test_dht_replies_are_checked_and_queries_bounded(tmp_path: Path) -> None:
 
     huge = out["huge"]  # a 10 MiB length prefix: refused before reading, the query ends
     assert huge["stats"] == {"rpcs": 1, "failed": 1, "dropped_addrs": 0}
+
+
+PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+@pytest.mark.parametrize("command", [["import", "/ipfs/" + CID_TEXT, "-o", "x"],
+                                     ["run", "--jail", "none", "/bin/true"]])
+@pytest.mark.parametrize("flags", [["--bootstrap", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}"],
+                                   ["--routing", "dht"]])
+def test_routing_flags_with_a_kubo_node_are_a_usage_error(command, flags, tmp_path,
+                                                           monkeypatch, capsys) -> None:
+    """A kubo node (--ipfs) routes on its own: --bootstrap or --routing dht with it would be
+    silently unused, so it is refused before anything is contacted."""
+    monkeypatch.chdir(tmp_path)
+    status = run_cli([command[0], "--ipfs", "/ip4/127.0.0.1/tcp/1/http", *flags, *command[1:]])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bootstrap and --routing are for the embedded node" \
+        in err, err
+    assert not (tmp_path / "x").exists()

@@ -100,6 +100,17 @@ def refuse_peers_with_kubo(api: str | None, peers: Iterable[str], on_command_lin
                          "node to its peers itself (ipfs swarm connect)")
 
 
+def refuse_routing_with_kubo(api: str | None, bootstrap: Iterable[str],
+                             routing: str | None) -> None:
+    """``--bootstrap`` and ``--routing dht`` are the embedded node's; a kubo node routes on
+    its own: with ``--ipfs`` they are a usage error rather than silently unused."""
+    if api and (list(bootstrap) or routing == "dht"):
+        from ww.core.errors import UsageError
+
+        raise UsageError("--bootstrap and --routing are for the embedded node; a kubo node "
+                         "(--ipfs) finds providers through its own routing")
+
+
 def dial_policy(options: RunOptions) -> DialPolicy:
     """The dial policy of this run's cells and hosts (ww.p2p.dial_policy): handed to the
     libp2p host and the IPFS backend's own host, and to the servers that dial for a cell

@@ -48,6 +48,7 @@ def run(options: RunOptions) -> int:
         raise _naming_the_variable(e, options) from None
     capabilities = access.capabilities()
     build.refuse_peers_with_kubo(options.ipfs_api, options.peers, options.peers_on_command_line)
+    build.refuse_routing_with_kubo(options.ipfs_api, options.bootstrap, options.routing)
     executable = options.executable
     from_ipfs = executable.startswith("/ipfs/")
     uses_network = {"ipfs", "p2p"} & set(capabilities) or from_ipfs or options.listen \

@@ -48,10 +48,11 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     stdout.  Blocks the repository lacks are fetched from the --peer peers over Bitswap,
     and, with --routing dht, from the providers kubo's LAN DHT names (from --bootstrap).
     """
-    from ww.app.build import open_ipfs
+    from ww.app.build import open_ipfs, refuse_routing_with_kubo
     from ww.ipfs.exporter import check_destination
 
     refuse_peers_with_kubo(ipfs_api)
+    refuse_routing_with_kubo(ipfs_api, bootstrap, routing)
     if output is not None and local_path is not None:
         raise UsageError(f"both LOCAL-PATH ({local_path}) and -o/--output ({output}) given; "
                          "give one")
