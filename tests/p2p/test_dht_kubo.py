@@ -166,3 +166,33 @@ def test_a_cid_nobody_provides_fails_in_one_line(lan: KuboLan, tmp_path: Path) -
     assert r["stderr"].count("\n") == 1, r["stderr"]
     assert r["stderr"].endswith(", and the DHT found no provider\n"), r["stderr"]
     assert not (tmp_path / "x").exists()
+
+
+def test_ww_call_finds_a_cell_by_its_peer_id_through_the_dht(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """A service cell joins kubo 1; `ww call PEERID --bootstrap <kubo 2>` looks the peer id up
+    (FIND_NODE: kubo 2 names kubo 1, kubo 1 names the cell's address) and calls it."""
+    n, line = lan.spawn([WW, "run", "--with-p2p", "--node-key", "new", "--listen",
+                         "/ip4/127.0.0.1/tcp/0", "--join", lan.addr(1),
+                         str(ROOT / "examples/service_cell.py")],
+                        env={"WW_HOME": str(tmp_path / "service-home")}, cwd=str(ROOT))
+    try:
+        peer = line.strip().rsplit("/p2p/", 1)[1]
+        deadline = time.monotonic() + HANG
+        while peer not in lan.kubo(1, "peers")["peers"]:  # --join runs in the background
+            assert time.monotonic() < deadline, "the cell never joined kubo 1"
+            time.sleep(0.05)  # a poll interval: kubo tells no one of a new connection
+        r = lan.run([WW, "call", "--bootstrap", lan.addr(2), peer, "echo", "found", "by", "id"],
+                    env={"WW_HOME": str(tmp_path / "caller-home")})
+        assert r["rc"] == 0, r["stderr"]
+        assert r["stdout"] == "found by id\n"
+        unknown = PEER_NOBODY
+        r = lan.run([WW, "call", "--bootstrap", lan.addr(2), unknown, "echo"],
+                    env={"WW_HOME": str(tmp_path / "caller-home")})
+        assert r["rc"] == 1 and r["stderr"].count("\n") == 1, r["stderr"]
+        assert "the DHT knows no address of it" in r["stderr"], r["stderr"]
+    finally:
+        lan.finish(n)
+
+
+PEER_NOBODY = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"

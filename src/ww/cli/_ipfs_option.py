@@ -75,9 +75,11 @@ def routing_options(f: click.decorators.FC) -> click.decorators.FC:
              "'dht' asks kubo's LAN DHT (/ipfs/lan/kad/1.0.0), starting from the --bootstrap "
              "peers; 'none' asks only the peers connected (default: dht when --bootstrap is "
              "given, else none).")(f)
-    return click.option(
-        "--bootstrap", "bootstrap", multiple=True, metavar="MULTIADDR/p2p/PEERID",
-        callback=_check_peers,
-        help="A DHT peer to start provider lookups from (repeatable): /ip4|ip6/<address>/"
-             "tcp/<port>/p2p/<peer id>.  None is built in: ww contacts no peer it is not "
-             "told of.")(f)
+    return bootstrap_option(f)
+
+
+bootstrap_option = click.option(
+    "--bootstrap", "bootstrap", multiple=True, metavar="MULTIADDR/p2p/PEERID",
+    callback=_check_peers,
+    help="A DHT peer to start lookups from (repeatable): /ip4|ip6/<address>/tcp/<port>/p2p/"
+         "<peer id>.  None is built in: ww contacts no peer it is not told of.")

@@ -192,10 +192,12 @@ class Dht:
                 seeds[peer_id] = _Peer(peer_id)
         return list(seeds.values())
 
-    async def _lookup(self, key: bytes, kind: int, want_providers: int = 0
-                      ) -> tuple[list[_Peer], dict[Any, _Peer]]:
+    async def _lookup(self, key: bytes, kind: int, want_providers: int = 0,
+                      target: Any = None) -> tuple[list[_Peer], dict[Any, _Peer]]:
         """Iterative lookup of ``key``: the closest peers that answered (at most :data:`K`) and
-        the providers found (a ``GET_PROVIDERS`` lookup stops once ``want_providers``)."""
+        the providers found (a ``GET_PROVIDERS`` lookup stops once ``want_providers``; a
+        ``FIND_NODE`` lookup once a peer names ``target`` with an address, which is then
+        the one peer returned)."""
         import trio
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
@@ -232,11 +234,15 @@ class Dht:
             for pb in list(answer.closerPeers)[:MAX_PEERS_PER_REPLY]:
                 found = self._peer(pb)
                 if found is not None and found.addrs:
+                    if found.id == target:
+                        providers[found.id] = found
                     learn(found)
 
         with trio.move_on_after(QUERY_TIMEOUT):
             while len(queried) < self._max_contacted:
                 if want_providers and len(providers) >= want_providers:
+                    break
+                if target is not None and target in providers:
                     break
                 closest = sorted(known.values(), key=lambda p: p.distance)
                 # converged: the K closest that may still answer have all been asked
@@ -301,6 +307,15 @@ class Dht:
 
         answer = await self._rpc(_Peer(ID.from_base58(peer_id)), Message(type=Message.PING))
         return bool(answer.type == Message.PING)
+
+    async def find_peer(self, peer_id: str) -> list[str]:
+        """Addresses (in scope) that the DHT knows for ``peer_id``; empty if none."""
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.peer.id import ID
+
+        target = ID.from_base58(peer_id)
+        _, named = await self._lookup(target.to_bytes(), Message.FIND_NODE, target=target)
+        return [str(a) for a in named[target].addrs] if target in named else []
 
     async def find_node(self, peer_id: str) -> list[PeerInfo]:
         """The closest peers to ``peer_id`` that answered a ``FIND_NODE`` lookup."""
