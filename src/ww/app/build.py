@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ww.host.limits.subcells import SubcellBudget
     from ww.host.policy import Access, GrantSet
     from ww.ipfs.api import CoreAPI
+    from ww.ipfs.net import NewRouter
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p.dial_policy import DialPolicy
     from ww.p2p.host import Node
@@ -33,18 +34,32 @@ CapabilityFactory = Callable[["GrantSet", "Caller", dict[str, object]], object]
 
 def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
               host: Node | None = None, dial_policy: DialPolicy | None = None,
-              identity: Identity | None = None) -> CoreAPI:
+              identity: Identity | None = None, routing: str | None = None,
+              bootstrap: Iterable[str] = ()) -> CoreAPI:
     """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``.
 
     The embedded node serves Bitswap on ``host`` if there is one; else, if a block is
     missing, it starts a quiet libp2p host of its own under ``dial_policy`` (ww.p2p builds
     it: the ipfs layer does not import p2p), with the key ``identity`` (``--node-key``;
-    None: the node key in ``$WW_HOME``)."""
+    None: the node key in ``$WW_HOME``).  ``routing``: ``dht`` finds providers of a missing
+    block through kubo's LAN DHT from the ``bootstrap`` peers (:mod:`ww.p2p.routing`),
+    ``none`` asks only the peers connected; None: ``dht`` if ``bootstrap`` names peers."""
     from ww.ipfs.backend import open_backend
     from ww.p2p import host_for_ipfs
 
     return open_backend(api, check=check, peers=peers, host=host,
-                        new_host=host_for_ipfs(dial_policy), identity=identity)
+                        new_host=host_for_ipfs(dial_policy), identity=identity,
+                        router=router(routing, bootstrap))
+
+
+def router(routing: str | None, bootstrap: Iterable[str]) -> NewRouter | None:
+    """How the embedded node finds providers (``--routing``, ``--bootstrap``)."""
+    bootstrap = list(bootstrap)
+    if routing == "none" or (routing is None and not bootstrap):
+        return None
+    from ww.p2p.routing import new_router
+
+    return new_router(bootstrap)  # type: ignore[no-any-return]
 
 
 def open_embedded(repo: Path | None = None) -> EmbeddedNode:
@@ -85,13 +100,25 @@ def refuse_peers_with_kubo(api: str | None, peers: Iterable[str], on_command_lin
                          "node to its peers itself (ipfs swarm connect)")
 
 
+def refuse_routing_with_kubo(api: str | None, bootstrap: Iterable[str],
+                             routing: str | None) -> None:
+    """``--bootstrap`` and ``--routing dht`` are the embedded node's; a kubo node routes on
+    its own: with ``--ipfs`` they are a usage error rather than silently unused."""
+    if api and (list(bootstrap) or routing == "dht"):
+        from ww.core.errors import UsageError
+
+        raise UsageError("--bootstrap and --routing are for the embedded node; a kubo node "
+                         "(--ipfs) finds providers through its own routing")
+
+
 def dial_policy(options: RunOptions) -> DialPolicy:
     """The dial policy of this run's cells and hosts (ww.p2p.dial_policy): handed to the
     libp2p host and the IPFS backend's own host, and to the servers that dial for a cell
     (:func:`capability_factories`)."""
     from ww.p2p.dial_policy import DialPolicy
 
-    return DialPolicy.from_flags(options.allow_dial, [*options.join, *options.peers])
+    return DialPolicy.from_flags(options.allow_dial,
+                                 [*options.join, *options.peers, *options.bootstrap])
 
 
 def p2p_node(options: RunOptions, capabilities: Iterable[str],

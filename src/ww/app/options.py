@@ -34,6 +34,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("jail", "--jail", ONE, "WW_JAIL"),
     Flag("ipfs_api", "--ipfs", ONE, "WW_IPFS"),
     Flag("peers", "--peer", MANY, "WW_IPFS_PEERS"),
+    Flag("bootstrap", "--bootstrap", MANY),
+    Flag("routing", "--routing", ONE),
     Flag("allow_dial", "--allow-dial", MANY, "WW_ALLOW_DIAL"),
     Flag("listen", "--listen", MANY, "WW_LISTEN"),
     Flag("join", "--join", MANY),
@@ -106,6 +108,9 @@ class RunOptions(NamedTuple):
     ipfs_api: str | None = None
     peers: tuple[str, ...] = ()
     peers_on_command_line: bool = False  # not from WW_IPFS_PEERS, which --ipfs ignores
+    # Content routing: the DHT peers to start from, and dht|none (None: dht if bootstrap).
+    bootstrap: tuple[str, ...] = ()
+    routing: str | None = None
     # The libp2p host: where it listens, whom it joins, its key (a file, "new", or None for
     # the node key in $WW_HOME).
     listen: tuple[str, ...] = ()

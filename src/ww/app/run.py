@@ -74,6 +74,7 @@ def run(options: RunOptions) -> int:
         raise _naming_the_variable(e, options) from None
     capabilities = access.capabilities()
     build.refuse_peers_with_kubo(options.ipfs_api, options.peers, options.peers_on_command_line)
+    build.refuse_routing_with_kubo(options.ipfs_api, options.bootstrap, options.routing)
     executable = options.executable
     from_ipfs = executable.startswith("/ipfs/")
     uses_network = {"ipfs", "p2p"} & set(capabilities) or from_ipfs or options.listen \
@@ -85,7 +86,8 @@ def run(options: RunOptions) -> int:
     if "ipfs" in capabilities or from_ipfs:
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
         api = build.open_ipfs(options.ipfs_api, check=True, peers=options.peers, host=node,
-                              dial_policy=policy, identity=host_key)
+                              dial_policy=policy, identity=host_key,
+                              routing=options.routing, bootstrap=options.bootstrap)
     if from_ipfs:
         from ww.host.fetch import fetch
 

@@ -32,7 +32,8 @@ PEERS_ENV = "WW_IPFS_PEERS"
 
 def _check_peers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
                  ) -> list[str]:
-    """Each ``--peer`` must be a full peer address; a malformed one is a usage error (2)."""
+    """Each ``--peer`` (``--bootstrap``) must be a full peer address; a malformed one is a
+    usage error (2)."""
     if not values:
         return []
     from ww.core.errors import AddressError
@@ -41,8 +42,9 @@ def _check_peers(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     try:
         return [check_join_addr(value) for value in values]
     except AddressError as e:
-        if ctx.get_parameter_source("peers") is click.core.ParameterSource.ENVIRONMENT:
-            raise click.BadParameter(f"{PEERS_ENV}: {e}") from None
+        if ctx.get_parameter_source(param.name or "") is \
+                click.core.ParameterSource.ENVIRONMENT:
+            raise click.BadParameter(f"{param.envvar}: {e}") from None
         raise click.BadParameter(str(e)) from None
 
 
@@ -63,3 +65,21 @@ def refuse_peers_with_kubo(ipfs_api: str | None) -> None:
     ctx = click.get_current_context()
     refuse(ipfs_api, ctx.params.get("peers") or (),
            ctx.get_parameter_source("peers") is click.core.ParameterSource.COMMANDLINE)
+
+
+def routing_options(f: click.decorators.FC) -> click.decorators.FC:
+    """``--bootstrap MULTIADDR/p2p/PEERID`` (repeatable) and ``--routing dht|none``."""
+    f = click.option(
+        "--routing", "routing", type=click.Choice(["dht", "none"]), default=None,
+        help="How the embedded node finds peers that have a block no connected peer has: "
+             "'dht' asks kubo's LAN DHT (/ipfs/lan/kad/1.0.0), starting from the --bootstrap "
+             "peers; 'none' asks only the peers connected (default: dht when --bootstrap is "
+             "given, else none).")(f)
+    return bootstrap_option(f)
+
+
+bootstrap_option = click.option(
+    "--bootstrap", "bootstrap", multiple=True, metavar="MULTIADDR/p2p/PEERID",
+    callback=_check_peers,
+    help="A DHT peer to start lookups from (repeatable): /ip4|ip6/<address>/tcp/<port>/p2p/"
+         "<peer id>.  None is built in: ww contacts no peer it is not told of.")

@@ -129,15 +129,17 @@ def _checked(found: dict[str, object], many: dict[str, list[str]]) -> dict[str, 
     checked["peers_on_command_line"] = "peers" in many
     if found.get("jail", "bwrap") not in _JAILS:
         raise ValueError("--jail")
+    if found.get("routing", "dht") not in ("dht", "none"):
+        raise ValueError("--routing")
     if "login_timeout" in found:
         checked["login_timeout"] = float(str(found["login_timeout"]))
     if "ipfs_api" in found:
         checked["ipfs_api"] = _ipfs_api(str(found["ipfs_api"]))
-    if many.get("peers") or many.get("join") or many.get("listen"):
+    if many.get("peers") or many.get("join") or many.get("listen") or many.get("bootstrap"):
         from ww.p2p import check_join_addr, check_listen_addr
 
         for name, check in (("peers", check_join_addr), ("join", check_join_addr),
-                            ("listen", check_listen_addr)):
+                            ("listen", check_listen_addr), ("bootstrap", check_join_addr)):
             if name in many:
                 checked[name] = tuple(check(value) for value in many[name])
     if "allow_dial" in many:

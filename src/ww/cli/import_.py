@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
+from ww.cli._ipfs_option import (
+    ipfs_option,
+    peer_option,
+    refuse_peers_with_kubo,
+    routing_options,
+)
 from ww.cli._output import reader_gone
 from ww.core.errors import NotAFileError, UsageError
 
@@ -28,8 +33,10 @@ if TYPE_CHECKING:
 @click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
 @ipfs_option
 @peer_option
+@routing_options
 def import_(source: str, local_path: Path | None, output: str | None, force: bool,
-            executable: bool, ipfs_api: str | None, peers: list[str]) -> int:
+            executable: bool, ipfs_api: str | None, peers: list[str], bootstrap: list[str],
+            routing: str | None) -> int:
     """Write SOURCE to PATH: a file, a symlink or a directory alike.
 
     SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
@@ -38,12 +45,14 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     or the CID for a bare /ipfs/<cid> or a CAR (as `ipfs get` does).  A PATH that exists is
     an error unless --force, which replaces a regular file or directory there atomically; a
     symlink, device, FIFO or socket there is never replaced.  `-o -` writes a file to
-    stdout.  Blocks the repository lacks are fetched from the --peer peers over Bitswap.
+    stdout.  Blocks the repository lacks are fetched from the --peer peers over Bitswap,
+    and, with --routing dht, from the providers kubo's LAN DHT names (from --bootstrap).
     """
-    from ww.app.build import open_ipfs
+    from ww.app.build import open_ipfs, refuse_routing_with_kubo
     from ww.ipfs.exporter import check_destination
 
     refuse_peers_with_kubo(ipfs_api)
+    refuse_routing_with_kubo(ipfs_api, bootstrap, routing)
     if output is not None and local_path is not None:
         raise UsageError(f"both LOCAL-PATH ({local_path}) and -o/--output ({output}) given; "
                          "give one")
@@ -63,7 +72,8 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
                                  "./copy)")
             # a symlink or device, or (without --force) anything: refused before any work
             check_destination(dest, force)
-    api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
+    api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers,
+                    routing=routing, bootstrap=bootstrap)
     try:
         if car is None:
             _write(api, source, dest, executable, force, to_stdout)

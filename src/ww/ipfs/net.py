@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,11 +46,15 @@ from .api import (
 )
 from .blockstore import Blockstore
 
-__all__ = ["Host", "NewHost", "Network", "CONNECT_TIMEOUT", "FETCH_TIMEOUT"]
+__all__ = ["Host", "NewHost", "NewRouter", "Network", "Router", "CONNECT_TIMEOUT",
+           "FETCH_TIMEOUT"]
 
 CONNECT_TIMEOUT = 10.0  # seconds to dial and secure a connection to a peer
 FETCH_TIMEOUT = 120.0  # the longest a caller waits for one block (each peer is given less)
 STREAM_TIMEOUT = 10.0  # seconds to open a Bitswap stream to a peer
+SEARCH_DELAY = 1.0  # seconds the connected peers have for a block before the router is asked
+SEARCH_TIMEOUT = 60.0  # the longest a provider search and its dials may take
+MAX_PROVIDERS = 3  # providers a search asks for and dials
 
 
 class Host(Protocol):
@@ -88,14 +94,39 @@ NewHost = Callable[[Identity, list[str]], Host]
 serving nothing until Bitswap is added, dialing where its maker's dial policy allows."""
 
 
+class Router(Protocol):
+    """Content routing: who provides a CID (``ww.p2p.routing.Dht``, kubo's DHT).  Its
+    coroutines run on the host's thread; each is bounded in time and in peers contacted."""
+
+    async def find_providers(self, cid: CID, limit: int) -> list[PeerInfo]:
+        """At most ``limit`` peers that say they provide ``cid``, with addresses to dial."""
+
+    async def provide(self, cid: CID) -> int:
+        """Announce that this host provides ``cid``; how many peers were told."""
+
+
+NewRouter = Callable[[Host], Router]
+"""Makes the router of a host (``ww.p2p.routing.new_router``: the DHT, its bootstrap peers)."""
+
+
 class Network:
     """Bitswap on a libp2p host: serving from ``store``, and fetching into it."""
 
     def __init__(self, node: Host, store: Blockstore, *, owned: bool,
-                 peer_timeout: float = bitswap.PEER_TIMEOUT) -> None:
-        """Use :meth:`on` or :meth:`own`.  ``owned``: :meth:`close` stops ``node`` too."""
+                 peer_timeout: float = bitswap.PEER_TIMEOUT,
+                 router: NewRouter | None = None) -> None:
+        """Use :meth:`on` or :meth:`own`.  ``owned``: :meth:`close` stops ``node`` too.
+        ``router``: how to find providers of a block no connected peer has (None: ask only
+        the connected peers)."""
         self.peer_id = node.peer_id
         self._node = node
+        self._router = router(node) if router is not None else None
+        # One provider search at a time: fetches of the same block share it, a fetch of
+        # another waits for it to end first (the providers it connected may have that block
+        # too), so a slow provider cannot make many readers start a lookup each.
+        self._search_lock = threading.Lock()
+        self._searching: tuple[CID, concurrent.futures.Future[tuple[int, int, str]]] | None \
+            = None
         self._owned = owned
         self._store = store
         self._engine: bitswap.Engine | None = None
@@ -216,6 +247,46 @@ class Network:
             found[key] = PeerInfo(id=key, addresses=addrs, protocols=protocols)
         return sorted(found.values(), key=lambda p: p.id)
 
+    async def _search(self, cid: CID) -> tuple[int, int, str]:
+        """Ask the router who provides ``cid`` and connect to those we are not connected to
+        (each within :data:`CONNECT_TIMEOUT`): how many it named, how many are connected
+        now, and why the first that could not be dialed could not."""
+        import multiaddr
+        import trio
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
+
+        from ww.core.foreign import chained_reason
+
+        assert self._router is not None
+        network = self._node.host.get_network()
+        found = [p for p in await self._router.find_providers(cid, MAX_PROVIDERS)
+                 if p.id != self.peer_id]
+        connected = 0
+        reason = ""
+        for provider in found:
+            peer_id = ID.from_base58(provider.id)
+            if not network.get_connections(peer_id):
+                info = LibPeerInfo(peer_id, [multiaddr.Multiaddr(a)
+                                             for a in provider.addresses])
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        await self._node.dial(info)
+                except trio.TooSlowError:
+                    reason = reason or f"no answer within {CONNECT_TIMEOUT:g} s"
+                    continue
+                except Exception as e:
+                    reason = reason or chained_reason(e)
+                    continue
+            connected += 1
+            if self._engine is not None:
+                self._engine.peer_connected(provider.id)
+        return len(found), connected, reason
+
+    async def _provide(self, cid: CID) -> int:
+        assert self._router is not None
+        return await self._router.provide(cid)
+
     async def _disconnect(self, peer: str) -> None:
         from libp2p.peer.id import ID
 
@@ -291,20 +362,71 @@ class Network:
         return self._call(self._stats, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
 
     def fetch(self, cid: CID, timeout: float = FETCH_TIMEOUT) -> bytes:
-        """The block ``cid``, from the connected peers: verified, stored, then returned."""
+        """The block ``cid``, from the connected peers: verified, stored, then returned.
+
+        With a router, a block the connected peers have not given within
+        :data:`SEARCH_DELAY` (or have all said they lack) is looked up: the providers the
+        router finds are connected to and asked too (once per fetch, within
+        :data:`SEARCH_TIMEOUT`)."""
         token = current_token()
         token.check()
-        future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-        self._call(self._want, cid, future, timeout=CONNECT_TIMEOUT)
+        deadline = time.monotonic() + timeout
+        future = self._ask(cid)
+        if self._router is not None:
+            done = bridge.wait_in_thread(future, min(SEARCH_DELAY, timeout), token.on_cancel)
+            if done and future.exception() is None:
+                return future.result()
+            if token.cancelled:
+                return self._give_up(cid, future, token, timeout)
+            search = self._search_for(cid, token)
+            bridge.wait_in_thread(search, min(SEARCH_TIMEOUT, timeout), token.on_cancel)
+            named, connected, reason = (search.result() if search.done()
+                                        and search.exception() is None else (0, 0, ""))
+            if done:  # every connected peer said no: ask again, the providers included
+                if not named:
+                    raise NotFoundError(f"{future.exception()}, and the DHT found no provider")
+                if not connected:
+                    raise NotFoundError(f"{future.exception()}, and none of the {named} "
+                                        f"provider(s) the DHT found could be reached ({reason})")
+                future = self._ask(cid)
         # The caller giving up (a cell cancelling its cat) ends the wait and withdraws the
         # want; the engine's future is left to the engine.
-        if bridge.wait_in_thread(future, timeout, token.on_cancel):
+        if bridge.wait_in_thread(future, max(0.0, deadline - time.monotonic()),
+                                 token.on_cancel):
             return future.result()
+        return self._give_up(cid, future, token, timeout)
+
+    def _search_for(self, cid: CID, token: Any) -> concurrent.futures.Future[tuple[int, int, str]]:
+        """The provider search for ``cid``: the one in flight, or a new one once any search
+        for another block has ended."""
+        with self._search_lock:
+            current = self._searching
+        if current is not None and current[0] != cid and not current[1].done():
+            bridge.wait_in_thread(current[1], SEARCH_TIMEOUT, token.on_cancel)
+        with self._search_lock:
+            current = self._searching
+            if current is None or current[0] != cid or current[1].done():
+                current = self._searching = (cid, self._node.submit(self._search, cid))
+            return current[1]
+
+    def _ask(self, cid: CID) -> concurrent.futures.Future[bytes]:
+        future: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        self._call(self._want, cid, future, timeout=CONNECT_TIMEOUT)
+        return future
+
+    def _give_up(self, cid: CID, future: concurrent.futures.Future[bytes], token: Any,
+                 timeout: float) -> bytes:
         self._call(self._cancel, cid, future, timeout=CONNECT_TIMEOUT)
         if token.cancelled:
             raise CallCancelled(f"the fetch of block {cid} was cancelled")
         raise NotFoundError(f"block {cid} did not arrive from any connected peer within "
                             f"{timeout:g} s")
+
+    def provide(self, cid: CID, timeout: float = SEARCH_TIMEOUT) -> int:
+        """Announce ``cid`` through the router; how many peers were told (0 without one)."""
+        if self._router is None:
+            return 0
+        return self._call(self._provide, cid, timeout=timeout)  # type: ignore[no-any-return]
 
     def prefetch(self, block: bytes) -> None:
         """Want the links of a dag-pb block a reader got from the repository (one level

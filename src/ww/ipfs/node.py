@@ -59,7 +59,7 @@ from .repo import REPO_VERSION, GcReport, Repo, RepoCheck, default_repo_path
 if TYPE_CHECKING:
     from ww.core.identity import Identity
 
-    from .net import Host, Network, NewHost
+    from .net import Host, Network, NewHost, NewRouter
 
 __all__ = ["EmbeddedNode", "default_repo_path"]
 
@@ -76,7 +76,7 @@ class EmbeddedNode:
 
     def __init__(self, repo: Path | str | None = None, *, peers: Iterable[str] = (),
                  host: Host | None = None, new_host: NewHost | None = None,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, router: NewRouter | None = None) -> None:
         """``peers``: ``/ip4/.../tcp/.../p2p/<peer id>`` addresses to dial the first time a
         block is missing locally (``--peer``).  ``host``: a libp2p host (started or not) to
         serve Bitswap on and fetch through, instead of one of the node's own; it must carry
@@ -84,7 +84,9 @@ class EmbeddedNode:
         make a host of the node's own when it goes on the network (``ww.p2p.host_for_ipfs``,
         which carries where it may dial); without it nor ``host`` the node stays offline.
         ``identity``: the node's libp2p key instead of the repository's (`ww run --node-key`);
-        a ``host`` given must carry it."""
+        a ``host`` given must carry it.  ``router``: how to find providers of a block no
+        connected peer has (`--routing dht`; :class:`ww.ipfs.net.Router`); with one, a
+        missing block takes the node online even with no ``peers``."""
         self._repo = Repo(Path(repo) if repo is not None else default_repo_path())
         self._blocks: Blockstore = self._repo.blocks
         self._closed = False
@@ -95,10 +97,11 @@ class EmbeddedNode:
         self._new_host = new_host
         self._identity = identity
         self._peers_dialled = False
+        self._router = router
         if host is not None:
             from .net import Network
 
-            self._net = Network.on(host, self._blocks)
+            self._net = Network.on(host, self._blocks, router=router)
 
     @property
     def repo_path(self) -> Path:
@@ -367,7 +370,8 @@ class EmbeddedNode:
                     raise BackendUnavailableError(
                         "ipfs: this node was given no libp2p host to go on the network with")
                 ident = self._identity or identity.load_or_create(self._repo.path)
-                self._net = Network.own(ident, self._blocks, self._new_host, listen=listen)
+                self._net = Network.own(ident, self._blocks, self._new_host, listen=listen,
+                                        router=self._router)
             net = self._net
         net.start()  # a shared host `ww run` has not started yet: now
         return net
@@ -397,7 +401,7 @@ class EmbeddedNode:
                             f"{missing}, and no peer could be reached ({failures[0]})"
                         ) from None
                     return net
-        if self._net is not None:
+        if self._net is not None or self._router is not None:
             return self._network()
         return None
 
@@ -419,6 +423,17 @@ class EmbeddedNode:
         except ValueError as err:
             raise IpfsError(f"ipfs: {err}") from None
         return self.id()
+
+    def provide(self, cid: str) -> int:
+        """Announce through the router (``--routing dht``) that this node provides ``cid``
+        (a block it has), at the addresses it listens on; how many peers were told.  A node
+        that listens nowhere, or has no router, tells nobody (0)."""
+        root = CID.parse(cid)
+        if not self._blocks.has(root):
+            raise NotFoundError(f"cannot provide {cid}: the block is not in the repository")
+        if self._router is None:
+            return 0
+        return self._network().provide(root)
 
     def id(self) -> PeerInfo:
         """This node's peer id (from the repository's identity key); once on the network, the

@@ -1,0 +1,65 @@
+"""What a DHT peer says is checked, and a query is bounded: ww.p2p.routing against a peer of
+ours that lies (tests/p2p/dht_liar.py), all in a network namespace the test creates, so that
+nothing could reach beyond it even if an address were dialled that should not be."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.p2p.kubo_dht import KuboLan
+from ww.cli.main import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+CID_TEXT = "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"
+
+
+def test_dht_replies_are_checked_and_queries_bounded(tmp_path: Path) -> None:
+    ns = KuboLan(tmp_path, 0)  # the namespace alone, no kubo node
+    try:
+        r = ns.run([sys.executable, str(ROOT / "tests/p2p/dht_liar.py")], cwd=str(ROOT))
+    finally:
+        ns.close()
+    assert r["rc"] == 0, r["stderr"][-2000:]
+    out = json.loads(r["stdout"].strip().splitlines()[-1])
+    liar = out["liar"].split("/p2p/")[0]
+
+    lies = out["addresses"]
+    # public, documentation, DNS, IPv6 global and UDP addresses dropped, both for closer and
+    # provider peers (5 each); the ids that are no peer id dropped with their peers
+    assert lies["stats"]["dropped_addrs"] == 10
+    # only the honest provider, at its loopback address, is returned
+    assert lies["providers"] == [{"id": out["honest"], "addrs": ["/ip4/127.0.0.1/tcp/9"]}]
+    # nothing was dialled but the liar itself (the closer peers had no address left, or no id)
+    assert lies["dialled"] == [liar]
+    assert lies["stats"]["rpcs"] == 1
+
+    flood = out["flood"]  # 40 new closer peers a reply: the query stops at its bound
+    assert flood["stats"]["rpcs"] == out["flood_bound"]
+    assert flood["providers"] == []
+
+    huge = out["huge"]  # a 10 MiB length prefix: refused before reading, the query ends
+    assert huge["stats"] == {"rpcs": 1, "failed": 1, "dropped_addrs": 0}
+
+
+PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+@pytest.mark.parametrize("command", [["import", "/ipfs/" + CID_TEXT, "-o", "x"],
+                                     ["run", "--jail", "none", "/bin/true"]])
+@pytest.mark.parametrize("flags", [["--bootstrap", f"/ip4/127.0.0.1/tcp/1/p2p/{PEER}"],
+                                   ["--routing", "dht"]])
+def test_routing_flags_with_a_kubo_node_are_a_usage_error(command, flags, tmp_path,
+                                                           monkeypatch, capsys) -> None:
+    """A kubo node (--ipfs) routes on its own: --bootstrap or --routing dht with it would be
+    silently unused, so it is refused before anything is contacted."""
+    monkeypatch.chdir(tmp_path)
+    status = run_cli([command[0], "--ipfs", "/ip4/127.0.0.1/tcp/1/http", *flags, *command[1:]])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bootstrap and --routing are for the embedded node" \
+        in err, err
+    assert not (tmp_path / "x").exists()
