@@ -11,6 +11,7 @@ Through the real console script (run_ww) where the process or the jail matters, 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -83,6 +84,30 @@ def test_what_the_kernel_cannot_execute_exits_126_exec_format_error(kind, jail, 
     assert "ran" not in r.stdout
     [line] = r.stderr.splitlines()
     assert line.startswith(f"ww: {program}: cannot execute: Exec format error"), line
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_a_fifo_as_the_program_exits_126_without_waiting_for_a_writer(jail, tmp_path):
+    """Reading the program's first bytes opened a FIFO with the executable bit, which waits
+    for a writer: `ww run ./fifo` hung forever (jailed or not).  The kernel executes only a
+    regular file (EACCES otherwise): 126 at once, and the FIFO is never opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o755)
+    r = run_ww("run", f"--jail={jail}", str(fifo))
+    assert r.returncode == 126, r
+    [line] = r.stderr.splitlines()
+    assert "Permission denied (a FIFO" in line, line
+
+
+def test_a_script_whose_interpreter_is_a_fifo_exits_126_without_waiting(tmp_path):
+    """A #! line is content: `#!/path/of/a/fifo` made `ww run --jail=none script` wait for a
+    writer forever while checking the interpreter's format."""
+    fifo = tmp_path / "interp"
+    os.mkfifo(fifo, 0o755)
+    script = _executable(tmp_path / "s", f"#!{fifo}\necho ran\n".encode())
+    r = run_ww("run", "--jail=none", script)
+    assert r.returncode == 126, r
+    assert "Permission denied (a FIFO" in r.stderr and "ran" not in r.stdout
 
 
 @pytest.mark.parametrize("jail", JAILS)

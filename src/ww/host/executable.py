@@ -13,6 +13,7 @@ alone when it is a system file under another name, and refused otherwise.
 from __future__ import annotations
 
 import os
+import stat  # os imports it anyway: free
 import sys
 
 from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
@@ -100,11 +101,35 @@ def _check_executable(path: str, shown: str) -> None:
 
 
 def _read_head(path: str) -> bytes:
+    """The first 256 bytes of ``path`` (what the kernel reads to choose a loader), or a 126
+    error: the kernel executes only a regular file, so anything else (a FIFO, whose ``open``
+    would wait for a writer forever; a device, whose ``open`` may act) is refused from its
+    ``stat``, before it is opened; and once more from the file opened, which might have been
+    swapped meanwhile (opened without waiting)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(256)
+        _require_regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        _require_regular(os.fstat(fd), path)
+        head = b""
+        while len(head) < 256 and (more := os.read(fd, 256 - len(head))):
+            head += more
+        return head
+    except OSError as e:
+        raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _require_regular(st: os.stat_result, path: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        raise NotExecutableError(f"{path}: cannot execute: Permission denied ({kind}; only a "
+                                 "regular file is a program)")
 
 
 # What an ELF header says about the machine it is for: (EI_CLASS, EI_DATA, e_machine).
