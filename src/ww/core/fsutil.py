@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,42 +95,58 @@ def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
 _RENAME_NOREPLACE = 1
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
+def rename_noreplace(src: Path | str, dst: Path | str, *, src_dir_fd: int | None = None,
+                     dst_dir_fd: int | None = None) -> None:
     """Rename ``src`` to ``dst`` only if ``dst`` does not exist (``renameat2`` with
     ``RENAME_NOREPLACE``): something that appeared at ``dst`` meanwhile, a symlink for one, is
-    never replaced.  Raises FileExistsError."""
+    never replaced.  Relative names are taken in ``src_dir_fd``/``dst_dir_fd`` when given
+    (``renameat2``'s directory fds), so a directory on the way that is swapped for a symlink
+    cannot move the rename elsewhere.  Raises FileExistsError."""
     import ctypes
 
     fn = _renameat2()
     if fn is not None:
-        at_fdcwd = -100
-        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        if fn(_at(src_dir_fd), os.fsencode(src), _at(dst_dir_fd), os.fsencode(dst),
+              _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS):  # otherwise: unsupported by the fs
             raise OSError(err, os.strerror(err), str(dst))
-    if os.path.lexists(dst):
+    try:
+        os.stat(dst, dir_fd=dst_dir_fd, follow_symlinks=False)
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    if os.path.isdir(src) and not os.path.islink(src):
-        os.rename(src, dst)  # no atomic no-replace: checked just above
+    except FileNotFoundError:
+        pass
+    st = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        # no atomic no-replace: checked just above
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
     else:
-        os.link(src, dst, follow_symlinks=False)  # fails if dst exists
-        os.unlink(src)
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
+                follow_symlinks=False)  # fails if dst exists
+        os.unlink(src, dir_fd=src_dir_fd)
 
 
+def _at(dir_fd: int | None) -> int:
+    return _AT_FDCWD if dir_fd is None else dir_fd
+
+
+_AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-def rename_exchange(src: Path | str, dst: Path | str) -> bool:
+def rename_exchange(src: Path | str, dst: Path | str, *, src_dir_fd: int | None = None,
+                    dst_dir_fd: int | None = None) -> bool:
     """Swap ``src`` and ``dst`` in one step (``renameat2`` with ``RENAME_EXCHANGE``); both must
-    exist.  False if the file system (or libc) cannot: the caller then does without."""
+    exist.  Relative names are taken in ``src_dir_fd``/``dst_dir_fd`` when given.  False if
+    the file system (or libc) cannot: the caller then does without."""
     import ctypes
 
     fn = _renameat2()
     if fn is None:
         return False
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_EXCHANGE) == 0:
+    if fn(_at(src_dir_fd), os.fsencode(src), _at(dst_dir_fd), os.fsencode(dst),
+          _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS):  # unsupported by the file system
