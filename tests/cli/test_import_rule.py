@@ -214,3 +214,59 @@ def test_output_dash_into_a_pipe_closed_early_ends_quietly_as_ww_cat(tmp_path):
             'echo "${PIPESTATUS[0]}"'
     r = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=HANG)
     assert (r.stdout, r.stderr) == ("141\n", "")
+
+
+
+def _in_a_mount_of_its_own(options, tmp_path, *ww_args):
+    """`ww ARGS` in a mount namespace of its own (``unshare -m``; as a mapped root where
+    the tests do not run as root) where ``{mnt}`` in ``ww_args`` is a tmpfs holding the file
+    ``old``, remounted with ``options`` (read-only, or tiny): a file system that fails,
+    without touching the host's mounts.  Returns ww's result and what the tmpfs holds after
+    it (names and the content of ``old``), seen from inside the namespace."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import HANG, WW
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    userns = [] if os.geteuid() == 0 else ["-r"]
+    script = ('mount -t tmpfs tmpfs "$2" && printf "old\\n" > "$2/old" && '
+              'mount -o "remount,$1" "$2" || exit 99; '
+              'm="$2"; shift 2; "$@"; rc=$?; echo "--after--"; ls -A "$m"; cat "$m/old"; '
+              'exit $rc')
+    args = [a.replace("{mnt}", str(mnt)) for a in ww_args]
+    r = subprocess.run([unshare, *userns, "-m", "sh", "-c", script, "sh", options, str(mnt),
+                        WW, *args], capture_output=True, text=True, timeout=HANG)
+    if r.returncode == 99 or "unshare:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {r.stderr.strip()}")
+    out, _, after = r.stdout.partition("--after--\n")
+    return r, out, after
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_destination_that_cannot_be_written_is_named_never_the_temporary_copy(
+        tmp_path, force):
+    """A read-only file system: the error named the hidden temporary copy, a name the user
+    never gave (`cannot write .out.ww-tmp-28d5ec0fbbfc: Read-only file system`)."""
+    paths, _ = _sources(tmp_path)
+    r, _, after = _in_a_mount_of_its_own("ro", tmp_path, "import", paths["file"], "-o",
+                                         "{mnt}/out", *(["--force"] if force else []))
+    assert r.returncode == 1, r
+    assert r.stderr == f"ww: cannot write {tmp_path / 'mnt' / 'out'}: Read-only file system\n"
+    assert after == "old\nold\n"
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_full_disk_half_way_leaves_the_old_destination_whole(tmp_path, kind):
+    """A tmpfs of 64 KiB holding the old destination; --force with 700 KB of new content:
+    one line naming the destination, the old file whole, no temporary copy left."""
+    paths, _ = _sources(tmp_path)
+    r, _, after = _in_a_mount_of_its_own("size=64k", tmp_path, "import", paths[kind], "-o",
+                                         "{mnt}/old", "--force")
+    assert r.returncode == 1, r
+    assert r.stderr == f"ww: cannot write {tmp_path / 'mnt' / 'old'}: No space left on device\n"
+    assert after == "old\nold\n"  # ls: only `old`; cat: its old content

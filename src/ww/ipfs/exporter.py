@@ -680,6 +680,10 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool,
     except OSError as err:
         # symlink and rename name their destination second
         where = os.fsdecode(err.filename2 or err.filename or dest)
+        if where == Path(dest).name or _TEMP_NAME.fullmatch(where):
+            # a name taken in dest's directory fd: the temp copy, unknown to the user, or
+            # dest's own last element; the user knows it as dest
+            where = os.fspath(dest)
         raise IpfsError(f"cannot write {_clip(where)}: {err.strerror}") from None
 
 
