@@ -89,6 +89,21 @@ def test_idgen_o_into_a_missing_directory_is_one_line(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+def test_idgen_o_dash_is_stdout_and_an_empty_file_a_usage_error(tmp_path):
+    """`-o -` wrote the private key to a file named ./- (and printed the peer id where a
+    pipe expected the key); `-o ''` said "ww:  exists (it appeared meanwhile)"."""
+    r = run_ww("idgen", "-o", "-", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    parse_private_key(r.stdout.encode())  # the key itself, as without -o
+    raw = run_ww("idgen", "--raw", "-o", "-", cwd=tmp_path, text=False)
+    assert len(raw.stdout) == 68 and raw.stdout[:1] == b"\x08"
+    empty = run_ww("idgen", "-o", "", cwd=tmp_path)
+    assert empty.returncode == 2
+    assert empty.stderr.splitlines() == [
+        "ww: -o '': an empty FILE names no file (give a path such as ./cell.key)"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_id_key_prints_the_peer_id_of_either_form_ww_idgen_writes(tmp_path, capsys, ww_home):
     text = run_ww("idgen")
     raw = run_ww("idgen", "--raw", text=False)
