@@ -61,6 +61,33 @@ def _bad_elf(tmp_path: Path) -> str:
     return _executable(tmp_path / "other-machine", bytes(data))
 
 
+def _elf_then_shell(tmp_path: Path, name: str, edit) -> str:  # type: ignore[no-untyped-def]
+    """/bin/true with ``edit`` applied to its bytes, then a line of shell: a header that
+    looks right to a check of its first 64 bytes, but that the kernel's ELF loader answers
+    with ENOEXEC, on which bubblewrap's execvp ran the file as a shell script."""
+    data = bytearray(Path(shutil.which("true") or "/bin/true").read_bytes())
+    return _executable(tmp_path / name, bytes(edit(data)) + b"\necho ran\n")
+
+
+def _set(data: bytearray, offset: int, size: int, value: int) -> bytearray:
+    data[offset:offset + size] = value.to_bytes(size, "little" if data[5] == 1 else "big")
+    return data
+
+
+def _interp_without_nul(data: bytearray) -> bytearray:
+    """The PT_INTERP path's closing NUL made an 'x' (64-bit /bin/true only)."""
+    order = "little" if data[5] == 1 else "big"
+    phoff, phnum = int.from_bytes(data[32:40], order), int.from_bytes(data[56:58], order)
+    for i in range(phnum):
+        entry = phoff + 56 * i
+        if int.from_bytes(data[entry:entry + 4], order) == 3:
+            offset = int.from_bytes(data[entry + 8:entry + 16], order)
+            size = int.from_bytes(data[entry + 32:entry + 40], order)
+            data[offset + size - 1] = ord("x")
+            return data
+    pytest.skip("/bin/true has no PT_INTERP here")
+
+
 NOT_EXECUTABLE = {
     "text without #!": lambda tmp: _executable(tmp / "plain.sh", b"echo ran\n"),
     "html page": lambda tmp: _executable(
@@ -69,6 +96,11 @@ NOT_EXECUTABLE = {
     "bad elf": _bad_elf,
     "truncated elf": lambda tmp: _executable(
         tmp / "truncated", Path(shutil.which("true") or "/bin/true").read_bytes()[:40]),
+    "elf header then shell": lambda tmp: _elf_then_shell(tmp, "header-only", lambda d: d[:64]),
+    "elf with 2000 program headers": lambda tmp: _elf_then_shell(
+        tmp, "many-headers", lambda d: _set(d[:64], 56, 2, 2000)),
+    "elf whose interpreter path has no NUL": lambda tmp: _elf_then_shell(
+        tmp, "interp-no-nul", _interp_without_nul),
 }
 
 

@@ -102,10 +102,16 @@ def _check_executable(path: str, shown: str) -> None:
 
 def _read_head(path: str) -> bytes:
     """The first 256 bytes of ``path`` (what the kernel reads to choose a loader), or a 126
-    error: the kernel executes only a regular file, so anything else (a FIFO, whose ``open``
-    would wait for a writer forever; a device, whose ``open`` may act) is refused from its
-    ``stat``, before it is opened; and once more from the file opened, which might have been
-    swapped meanwhile (opened without waiting)."""
+    error (see :func:`_read_at`)."""
+    return _read_at(path, 0, 256)
+
+
+def _read_at(path: str, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``path`` from ``offset``, or a 126 error: the kernel executes
+    only a regular file, so anything else (a FIFO, whose ``open`` would wait for a writer
+    forever; a device, whose ``open`` may act) is refused from its ``stat``, before it is
+    opened; and once more from the file opened, which might have been swapped meanwhile
+    (opened without waiting)."""
     try:
         _require_regular(os.stat(path), path)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -113,10 +119,10 @@ def _read_head(path: str) -> bytes:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
     try:
         _require_regular(os.fstat(fd), path)
-        head = b""
-        while len(head) < 256 and (more := os.read(fd, 256 - len(head))):
-            head += more
-        return head
+        data = b""
+        while len(data) < size and (more := os.pread(fd, size - len(data), offset + len(data))):
+            data += more
+        return data
     except OSError as e:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
     finally:
@@ -137,6 +143,8 @@ def _require_regular(st: os.stat_result, path: str) -> None:
 _ELF_COMPAT = {(2, 1, 62): {(1, 1, 3)},  # x86-64 also runs i386
                (2, 1, 183): {(1, 1, 40)}}  # aarch64 also runs 32-bit arm
 _ET_EXEC, _ET_DYN = 2, 3
+_PT_INTERP = 3
+_PATH_MAX = 4096
 _host_elf: tuple[int, int, int] | None = None
 
 
@@ -172,17 +180,54 @@ def _runs_here(head: bytes) -> bool:
     return kind == _host_elf or kind in _ELF_COMPAT.get(_host_elf, ())
 
 
-def _check_format(head: bytes, shown: str) -> None:
+def _program_headers_load(path: str, head: bytes) -> bool:
+    """Whether the kernel's ELF loader gets past the program headers of ``path`` (whose
+    header ``head`` is one :func:`_runs_here` accepts) without ``ENOEXEC``, as
+    ``load_elf_binary`` checks them: at most a page of them (and 64 KiB), all inside the
+    file, and the first ``PT_INTERP``, if any, 2 to ``PATH_MAX`` bytes ending in a NUL.
+
+    These are the checks that answer ``ENOEXEC``, on which bubblewrap's ``execvp`` runs the
+    file with ``/bin/sh``: a file with a valid-looking ELF header and shell commands after
+    it ran as a shell script, jailed (``--jail=none``'s ``execve`` refused it)."""
+    klass, order = head[4], "big" if head[5] == 2 else "little"
+
+    def word(data: bytes, offset: int, size: int) -> int:
+        return int.from_bytes(data[offset:offset + size], order)
+
+    phoff = word(head, 32, 8) if klass == 2 else word(head, 28, 4)
+    phentsize, phnum = (word(head, 54, 2), word(head, 56, 2)) if klass == 2 else (
+        word(head, 42, 2), word(head, 44, 2))
+    size = phentsize * phnum
+    if size > min(65536, max(os.sysconf("SC_PAGE_SIZE"), 4096)):
+        return False
+    table = _read_at(path, phoff, size)
+    if len(table) != size:
+        return False
+    for i in range(phnum):
+        entry = table[i * phentsize:(i + 1) * phentsize]
+        if word(entry, 0, 4) != _PT_INTERP:
+            continue
+        offset, filesz = ((word(entry, 8, 8), word(entry, 32, 8)) if klass == 2
+                          else (word(entry, 4, 4), word(entry, 16, 4)))
+        if not 2 <= filesz <= _PATH_MAX:
+            return False
+        return _read_at(path, offset + filesz - 1, 1) == b"\0"
+    return True
+
+
+def _check_format(path: str, head: bytes, shown: str) -> None:
     """Refuse (126, "Exec format error") what the kernel would not execute: a file that is
     neither a script with a ``#!`` line naming its interpreter nor an ELF executable for
-    this machine.
+    this machine (whose program headers the kernel would load: see
+    :func:`_program_headers_load`).
 
     The kernel answers such a file with ENOEXEC, and ``execvp`` (bubblewrap's) then hands
     it to ``/bin/sh`` as a shell script: an HTML page or a text file without ``#!`` would run
     as commands, jailed, while ``--jail=none`` (``execve``) refuses it.  The host decides
     first, the same way for both: nothing runs by accident.
     """
-    if _read_shebang(head) is None and not _runs_here(head):
+    if _read_shebang(head) is None and not (_runs_here(head)
+                                            and _program_headers_load(path, head)):
         raise NotExecutableError(
             f"{shown}: cannot execute: Exec format error (neither an ELF executable for this "
             "machine nor a script starting with #!)")
@@ -369,7 +414,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     path = resolve(command, search_path)
     _check_executable(path, command)
     head = _read_head(path)
-    _check_format(head, command)
+    _check_format(path, head, command)
     shebang = _read_shebang(head)
     binds = [] if is_system(path) else [bind(path)]
     if shebang is None:
@@ -399,7 +444,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     else:
         extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
-    _check_format(_read_head(interp), f"{command}: interpreter {interp}")
+    _check_format(interp, _read_head(interp), f"{command}: interpreter {interp}")
     for extra in extras:
         if not is_system(extra.dest) and extra not in binds:
             binds.append(extra)
