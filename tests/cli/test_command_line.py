@@ -119,6 +119,18 @@ def test_what_the_kernel_cannot_execute_exits_126_exec_format_error(kind, jail, 
 
 
 @pytest.mark.parametrize("jail", JAILS)
+def test_a_tab_after_the_interpreter_on_the_hash_bang_line_ends_its_path(jail, tmp_path):
+    """The kernel ends the interpreter's path at a space or a tab (`#!/bin/sh<TAB>-e` runs
+    /bin/sh with -e); ww ended it at a space only, and refused the script: "interpreter
+    /bin/sh<TAB>-e: no such file", 127."""
+    script = _executable(tmp_path / "s", b"#!/bin/sh\t-e\necho ran\n")
+    assert subprocess.run([script], capture_output=True, timeout=HANG).stdout == b"ran\n"
+    r = run_ww("run", f"--jail={jail}", script)
+    assert r.returncode == 0, r
+    assert r.stdout == "ran\n"
+
+
+@pytest.mark.parametrize("jail", JAILS)
 def test_a_fifo_as_the_program_exits_126_without_waiting_for_a_writer(jail, tmp_path):
     """Reading the program's first bytes opened a FIFO with the executable bit, which waits
     for a writer: `ww run ./fifo` hung forever (jailed or not).  The kernel executes only a

@@ -239,9 +239,10 @@ def _read_shebang(head: bytes) -> list[str] | None:
     line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     if not line:
         return None
-    # The kernel passes everything after the interpreter as one argument.
-    interp, _, arg = line.partition(" ")
-    arg = arg.strip()
+    # The interpreter ends at the first space or tab, as the kernel reads it; everything
+    # after it is passed as one argument.
+    cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=len(line))
+    interp, arg = line[:cut], line[cut:].strip()
     return [interp] + ([arg] if arg else [])
 
 
