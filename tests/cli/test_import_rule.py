@@ -217,12 +217,13 @@ def test_output_dash_into_a_pipe_closed_early_ends_quietly_as_ww_cat(tmp_path):
 
 
 
-def _in_a_mount_of_its_own(options, tmp_path, *ww_args):
+def _in_a_mount_of_its_own(options, tmp_path, *ww_args, mnt=None):
     """`ww ARGS` in a mount namespace of its own (``unshare -m``; as a mapped root where
-    the tests do not run as root) where ``{mnt}`` in ``ww_args`` is a tmpfs holding the file
-    ``old``, remounted with ``options`` (read-only, or tiny): a file system that fails,
-    without touching the host's mounts.  Returns ww's result and what the tmpfs holds after
-    it (names and the content of ``old``), seen from inside the namespace."""
+    the tests do not run as root) where ``{mnt}`` in ``ww_args`` (``mnt``, by default
+    ``tmp_path/mnt``) is a tmpfs holding the file ``old``, remounted with ``options``
+    (read-only, or tiny): a file system that fails, without touching the host's mounts.
+    Returns ww's result and what the tmpfs holds after it (names and the content of
+    ``old``), seen from inside the namespace."""
     import shutil
     import subprocess
 
@@ -231,8 +232,8 @@ def _in_a_mount_of_its_own(options, tmp_path, *ww_args):
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("unshare is not installed")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    mnt = mnt or tmp_path / "mnt"
+    mnt.mkdir(parents=True)
     userns = [] if os.geteuid() == 0 else ["-r"]
     script = ('mount -t tmpfs tmpfs "$2" && printf "old\\n" > "$2/old" && '
               'mount -o "remount,$1" "$2" || exit 99; '
@@ -270,3 +271,58 @@ def test_a_full_disk_half_way_leaves_the_old_destination_whole(tmp_path, kind):
     assert r.returncode == 1, r
     assert r.stderr == f"ww: cannot write {tmp_path / 'mnt' / 'old'}: No space left on device\n"
     assert after == "old\nold\n"  # ls: only `old`; cat: its old content
+
+
+@pytest.mark.parametrize("where", ["tree", "mount point"])
+def test_force_never_replaces_a_mount_point_or_a_tree_with_a_mount_inside(tmp_path, where):
+    """`--force` over a directory with a file system mounted in it removed the old tree
+    through the mount: the mounted file system's files were deleted (a bind mount of a
+    home directory, say), and the old tree stayed behind under a hidden temporary name,
+    still holding the mount.  A mount point itself failed with "Device or resource busy".
+    Both are refused now before anything is written, naming the mount."""
+    paths, _ = _sources(tmp_path)
+    tree = tmp_path / "tree"
+    mnt = tree / "m"
+    (tree / "own.txt").parent.mkdir()
+    (tree / "own.txt").write_text("mine\n")
+    dest = tree if where == "tree" else mnt
+    r, _, after = _in_a_mount_of_its_own("rw", tmp_path, "import", paths["dir"], "-o",
+                                         str(dest), "--force", mnt=mnt)
+    assert r.returncode == 1, r
+    said = ("has a file system mounted in it" if where == "tree" else "is a mount point")
+    assert r.stderr.startswith(f"ww: {dest} {said}") and r.stderr.count("\n") == 1, r.stderr
+    assert after == "old\nold\n"  # the mounted file system: whole
+    assert (tree / "own.txt").read_text() == "mine\n" and _no_temps(tmp_path)
+
+
+def test_removing_an_old_tree_never_enters_a_mount_that_appeared_in_it(tmp_path):
+    """The removal of a replaced tree itself stops at a mount (one mounted after the check,
+    say): the tree's own files go, the mounted file system's stay."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import HANG
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    tree = tmp_path / "tree"
+    (tree / "sub" / "m").mkdir(parents=True)
+    (tree / "sub" / "own.txt").write_text("mine\n")
+    code = ("import os, sys\n"
+            "from ww.ipfs.exporter import _remove_at\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "_remove_at(fd, 'tree')\n"
+            "print(sorted(os.listdir(sys.argv[2])), open(sys.argv[2] + '/old').read())\n")
+    script = ('mount -t tmpfs tmpfs "$1" && printf "old\\n" > "$1/old" || exit 99; '
+              'exec "$2" -c "$3" "$4" "$1"')
+    userns = [] if os.geteuid() == 0 else ["-r"]
+    r = subprocess.run([unshare, *userns, "-m", "sh", "-c", script, "sh", str(tree / "sub" / "m"),
+                        sys.executable, code, str(tmp_path)],
+                       capture_output=True, text=True, timeout=HANG)
+    if r.returncode == 99 or "unshare:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['old'] old\n\n"
+    assert not (tree / "sub" / "own.txt").exists()  # the tree's own files went

@@ -163,3 +163,39 @@ def _renameat2():  # type: ignore[no-untyped-def]
         fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
         fn.restype = ctypes.c_int
     return fn
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount the open file ``fd`` is on (``mnt_id`` in
+    ``/proc/self/fdinfo``): it tells a bind mount of the same file system apart, which
+    ``st_dev`` does not.  None where /proc does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def mount_points_in(directory: str) -> list[str]:
+    """The mount points at or below the real path ``directory`` (this mount namespace's, from
+    ``/proc/self/mountinfo``); empty where /proc cannot say."""
+    import re
+
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    top = os.fsencode(directory).rstrip(b"/")
+    found = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+        if point == top or point.startswith(top + b"/"):
+            found.append(os.fsdecode(point))
+    return found

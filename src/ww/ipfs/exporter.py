@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ww.core.cid import CID, RAW
 from ww.core.errors import DestinationExistsError, UnsafeDestinationError
-from ww.core.fsutil import rename_exchange
+from ww.core.fsutil import mount_id, mount_points_in, rename_exchange
 from ww.core.fsutil import rename_noreplace as _rename_noreplace
 
 from . import dagpb, unixfs
@@ -504,8 +504,10 @@ def _write_node(
 
 
 def _remove_at(dir_fd: int, name: str) -> None:
-    """Remove ``name`` in ``dir_fd`` and everything under it, never following a symlink;
-    iterative, so a tree of any depth goes.  Errors are ignored (best-effort cleanup)."""
+    """Remove ``name`` in ``dir_fd`` and everything under it, never following a symlink and
+    never entering another mount (a file system, or a bind mount, mounted somewhere in the
+    tree: its content is not the tree's, and stays); iterative, so a tree of any depth goes.
+    Errors are ignored (best-effort cleanup)."""
     try:
         os.unlink(name, dir_fd=dir_fd)
         return
@@ -513,9 +515,12 @@ def _remove_at(dir_fd: int, name: str) -> None:
         return
     except OSError:
         pass  # a directory (EISDIR on Linux, EPERM elsewhere)
+    home = mount_id(dir_fd)
     dirs = _DirStack(dir_fd)
     try:
         dirs.enter(name)
+        if mount_id(dirs.fd) != home:
+            return  # a mount point: what is mounted there is not ours to remove
         frames = [(name, iter(os.listdir(dirs.fd)))]
         while frames:
             entry = next(frames[-1][1], None)
@@ -533,6 +538,9 @@ def _remove_at(dir_fd: int, name: str) -> None:
                 try:
                     dirs.enter(entry)
                 except OSError:
+                    continue
+                if mount_id(dirs.fd) != home:
+                    dirs.leave()
                     continue
                 frames.append((entry, iter(os.listdir(dirs.fd))))
     except OSError:
@@ -660,6 +668,21 @@ def check_destination(dest: Path, force: bool | None = None) -> None:
         _refuse_special(Path(dest), st)
         if force is False:
             raise _exists(Path(dest))
+        if force:
+            _refuse_mounts(Path(dest))
+
+
+def _refuse_mounts(dest: Path) -> None:
+    """``--force`` never replaces a mount point, nor a tree with something mounted in it: the
+    old tree is removed once replaced, and what is mounted there is not its content."""
+    real = os.path.realpath(dest)
+    points = mount_points_in(real)
+    if points:
+        where = ("is a mount point" if points[0] == real.rstrip("/") or real == "/" else
+                 f"has a file system mounted in it ({_clip(points[0])})")
+        raise UnsafeDestinationError(
+            f"{dest} {where}; ww import --force never replaces a mount point or a tree with "
+            "one inside (unmount it first)")
 
 
 def _exists(dest: Path) -> DestinationExistsError:
