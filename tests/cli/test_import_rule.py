@@ -326,3 +326,26 @@ def test_removing_an_old_tree_never_enters_a_mount_that_appeared_in_it(tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "['old'] old\n\n"
     assert not (tree / "sub" / "own.txt").exists()  # the tree's own files went
+
+
+@pytest.mark.parametrize("where", ["blocks", "the repository", "inside", "above"])
+def test_the_repository_read_from_is_never_the_destination(tmp_path, ww_home, monkeypatch,
+                                                           where):
+    """`ww import --force <cid> -o $WW_HOME/blocks` swapped the tree in for the block store
+    and removed the old one: every block deleted while reading from it (`ww repo check`:
+    missing blocks).  At, inside or above the repository: refused before any work."""
+    paths, _ = _sources(tmp_path)  # stored in ww_home
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = ww_home
+    if where == "above":  # a repository in ~/.ww, and -o ~ --force
+        repo = ww_home.rename(home / ".ww")
+        monkeypatch.setenv("WW_HOME", str(repo))
+    dest = {"blocks": repo / "blocks", "the repository": repo, "inside": repo / "copy",
+            "above": home}[where]
+    before = snapshot(repo)
+    r = run_ww("import", paths["dir"], "-o", str(dest), "--force")
+    assert r.returncode == 1, r
+    assert r.stderr.count("\n") == 1 and "repository" in r.stderr, r.stderr
+    assert snapshot(repo) == before
+    assert run_ww("repo", "check").returncode == 0

@@ -63,6 +63,7 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
                                  "./copy)")
             # a symlink or device, or (without --force) anything: refused before any work
             check_destination(dest, force)
+            _check_outside_repository(dest, ipfs_api)
     api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         if car is None:
@@ -72,6 +73,7 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
         if dest is None and not to_stdout:
             dest = Path(roots[0])
             check_destination(dest, force)
+            _check_outside_repository(dest, ipfs_api)
         pinned_before = set(api.pins())
         with open(car, "rb") as f:
             roots = api.import_car(f)
@@ -90,6 +92,16 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     finally:
         api.close()
     return 0
+
+
+def _check_outside_repository(dest: Path, ipfs_api: str | None) -> None:
+    """The embedded node's repository is never the destination, inside it or under it;
+    checked before any work (the node checks again when writing)."""
+    if not ipfs_api:
+        from ww.ipfs.exporter import check_outside_repository
+        from ww.ipfs.repo import default_repo_path
+
+        check_outside_repository(dest, default_repo_path())
 
 
 def _default_name(source: str, car: Path | None) -> Path | None:

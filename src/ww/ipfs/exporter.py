@@ -51,7 +51,7 @@ MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
-    "check_destination", "walk",
+    "check_destination", "check_outside_repository", "walk",
 ]
 
 BlockGetter = Callable[[CID], bytes]
@@ -670,6 +670,22 @@ def check_destination(dest: Path, force: bool | None = None) -> None:
             raise _exists(Path(dest))
         if force:
             _refuse_mounts(Path(dest))
+
+
+def check_outside_repository(dest: Path, repo: Path) -> None:
+    """Refuse a destination at or inside ``repo``, the repository the content is read from
+    (written there it is a stray entry in the store; with ``--force`` onto ``blocks`` it
+    deleted every block), or one that holds it (``--force`` would remove the repository
+    while reading from it)."""
+    real, store = os.path.realpath(dest), os.path.realpath(repo)
+    if real == store or real.startswith(store.rstrip("/") + "/"):
+        raise UnsafeDestinationError(
+            f"{dest} is inside the repository {repo} that ww import reads from; it never "
+            "writes there (choose a path outside it)")
+    if store.startswith(real.rstrip("/") + "/"):
+        raise UnsafeDestinationError(
+            f"{dest} holds the repository {repo} that ww import reads from; it never "
+            "replaces it (choose another path)")
 
 
 def _refuse_mounts(dest: Path) -> None:
