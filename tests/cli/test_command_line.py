@@ -304,3 +304,37 @@ def test_repo_check_names_each_corrupt_block(tmp_path, ww_home):
         assert re.search(rf"^  corrupt {cid} ", r.stdout, re.M), r.stdout
     for block in blocks:
         assert str(block) in r.stdout
+
+
+# --- closed or failing stdout ---------------------------------------------------------------
+
+def _close_stdout() -> None:
+    os.close(1)  # in the child, before exec: `ww ... >&-`
+
+
+def test_a_cell_cannot_write_into_the_audit_trail_through_a_closed_stdout(tmp_path):
+    """With fd 1 closed by the caller (`ww run --audit trail.jsonl cell >&-`), the audit
+    file was opened as fd 1, and the host relayed the cell's stdout into it: a cell could
+    write forged records into the operator's trail.  fds 0-2 a caller closed are now taken
+    by /dev/null (writing fails as on the closed fd); the trail holds the host's records."""
+    trail = tmp_path / "audit.jsonl"
+    forged = '{"event":"grant","peer":"12D3KooWforged","granted":["exec"]}'
+    cell = _executable(tmp_path / "cell", f"#!/bin/sh\necho '{forged}'\n".encode())
+    r = run_ww("run", "--audit", str(trail), cell, preexec_fn=_close_stdout)
+    assert "forged" not in (trail.read_text() if trail.exists() else ""), r
+
+
+@pytest.mark.parametrize("command", ["cat", "import"])
+def test_cat_into_a_closed_or_full_stdout_is_one_line_not_an_internal_error(tmp_path, command):
+    """`ww cat X >&-` said "internal error: AttributeError: 'NoneType' object has no
+    attribute 'buffer'", `ww cat X > /dev/full` "internal error: OSError: [Errno 28] ..."."""
+    (tmp_path / "f").write_bytes(b"some bytes\n")
+    path = run_ww("export", "-Q", str(tmp_path / "f")).stdout.strip()
+    args = ["cat", path] if command == "cat" else ["import", path, "-o", "-"]
+    closed = run_ww(*args, preexec_fn=_close_stdout)
+    assert (closed.returncode, closed.stderr) == (1, "ww: cannot write to stdout: it is closed\n")
+    if not os.path.exists("/dev/full"):
+        return
+    with open("/dev/full", "wb") as full:
+        r = run_ww(*args, stdout=full, capture_output=False, stderr=subprocess.PIPE)
+    assert (r.returncode, r.stderr) == (1, "ww: cannot write to stdout: No space left on device\n")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
-from ww.cli._output import reader_gone
+from ww.cli._output import binary_stdout, reader_gone, write_out
 from ww.core.errors import NotAFileError, UsageError
 
 if TYPE_CHECKING:
@@ -126,10 +125,10 @@ def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: 
     if kind is not EntryType.FILE:
         raise NotAFileError(f"{path} is a {kind.value}; -o - writes only a file to stdout "
                             "(give -o PATH to write it to disk)")
-    out = sys.stdout.buffer
+    out = binary_stdout()
     for piece in api.cat(path):
-        out.write(piece)
-    out.flush()
+        write_out(out, piece)
+    write_out(out)
 
 
 def _one_root(car: Path) -> list[str]:
