@@ -338,3 +338,21 @@ def test_cat_into_a_closed_or_full_stdout_is_one_line_not_an_internal_error(tmp_
     with open("/dev/full", "wb") as full:
         r = run_ww(*args, stdout=full, capture_output=False, stderr=subprocess.PIPE)
     assert (r.returncode, r.stderr) == (1, "ww: cannot write to stdout: No space left on device\n")
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_a_program_named_through_proc_or_dev_fd_runs_as_the_file_it_names(jail, tmp_path):
+    """`ww run /dev/fd/5 5<prog` or `/proc/self/root/...`: the jail mounts a /proc and a
+    /dev of its own, and bubblewrap failed to bind the program over them ("Can't bind mount
+    ... on /newroot/proc/self/...", exit 1).  The host runs the file it resolved and
+    checked, by its real path."""
+    script = _executable(tmp_path / "cell", b"#!/bin/sh\necho ran \"$@\"\n")
+    fd = os.open(script, os.O_RDONLY)
+    try:
+        r = run_ww("run", f"--jail={jail}", f"/dev/fd/{fd}", "x", pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert (r.returncode, r.stdout) == (0, "ran x\n"), r
+    echo = shutil.which("echo") or "/bin/echo"
+    r = run_ww("run", f"--jail={jail}", f"/proc/self/root{echo}", "hi")
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r

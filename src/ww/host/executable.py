@@ -417,6 +417,12 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     head = _read_head(path)
     _check_format(path, head, command)
     shebang = _read_shebang(head)
+    if _below(path, "/proc") or _below(path, "/dev"):
+        # /proc/self/exe, /dev/fd/5: in the cell they name something else or nothing (the
+        # cell is another process, which gets no fd of the host's but 0-3; a jail mounts a
+        # /proc and a /dev of its own, and bubblewrap cannot bind over them): the program is
+        # the file the host resolved and checked, exec'd by its real path.
+        path = os.path.realpath(path)
     binds = [] if is_system(path) else [bind(path)]
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
