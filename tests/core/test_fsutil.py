@@ -66,3 +66,26 @@ def test_rename_noreplace_takes_names_in_the_directory_fds_given(tmp_path, monke
     assert sorted(os.listdir(tmp_path / "a.moved")) == []
     assert (b / "y").is_dir() == (kind == "directory")
     assert sorted(os.listdir(b)) == ["taken", "y"]
+
+
+def test_a_concurrent_import_cleaning_the_directory_does_not_take_the_temporary_file(
+        tmp_path, monkeypatch):
+    """`ww idgen -o dir/cell.key` wrote `.cell.key.ww-tmp-<hex>`, the form of name `ww
+    import` gives its own temporary copies, unlocked: an import into the same directory
+    meanwhile took it for one a killed import left, and removed it (idgen then failed)."""
+    from ww.ipfs import exporter
+
+    dest = tmp_path / "cell.key"
+    write = fsutil.write_new_file
+
+    def write_then_an_import_cleans_up(path, parts, mode=0o444, sync=True):
+        write(path, parts, mode, sync)
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            exporter._remove_stale_temps(fd)  # what `ww import` into tmp_path does first
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(fsutil, "write_new_file", write_then_an_import_cleans_up)
+    fsutil.publish_new_file(dest, b"secret", 0o600)
+    assert dest.read_bytes() == b"secret" and sorted(os.listdir(tmp_path)) == ["cell.key"]

@@ -72,7 +72,7 @@ def write_new_file(
 def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Create ``path`` with ``data`` and ``mode``, complete or not at all, never replacing.
 
-    The bytes go to a temporary sibling (``.<name>.ww-tmp-<12 hex digits>``, created with
+    The bytes go to a temporary sibling (``.<name>.ww-new-<12 hex digits>``, created with
     ``O_EXCL``/``O_NOFOLLOW`` and ``mode`` from the start, so never readable by others, even
     empty), are fsynced, and the file is renamed into place with :func:`rename_noreplace`.
     Anything at ``path`` -- a file, a directory, a symlink, dangling or not -- raises
@@ -81,7 +81,9 @@ def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     import secrets
 
     path = Path(path)
-    tmp = path.parent / f".{path.name}.ww-tmp-{secrets.token_hex(6)}"
+    # not `ww import`'s ``.ww-tmp-`` form: an import into the same directory removes
+    # those it finds unlocked as left by a killed import, this one too, mid-write
+    tmp = path.parent / f".{path.name}.ww-new-{secrets.token_hex(6)}"
     write_new_file(tmp, [data], mode)
     try:
         rename_noreplace(tmp, path)
