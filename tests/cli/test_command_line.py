@@ -101,6 +101,8 @@ NOT_EXECUTABLE = {
         tmp, "many-headers", lambda d: _set(d[:64], 56, 2, 2000)),
     "elf whose interpreter path has no NUL": lambda tmp: _elf_then_shell(
         tmp, "interp-no-nul", _interp_without_nul),
+    "elf whose program headers are at 2**64-1": lambda tmp: _elf_then_shell(
+        tmp, "far-headers", lambda d: _set(d, 32, 8, 2**64 - 1)),
 }
 
 

@@ -119,6 +119,8 @@ def _read_at(path: str, offset: int, size: int) -> bytes:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
     try:
         _require_regular(os.fstat(fd), path)
+        if offset + size > _MAX_OFFSET:  # an offset from an ELF header: past any file's end
+            return b""
         data = b""
         while len(data) < size and (more := os.pread(fd, size - len(data), offset + len(data))):
             data += more
@@ -127,6 +129,9 @@ def _read_at(path: str, offset: int, size: int) -> bytes:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+_MAX_OFFSET = (1 << 63) - 1  # off_t's
 
 
 def _require_regular(st: os.stat_result, path: str) -> None:
