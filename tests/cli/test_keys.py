@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, WW, run_ww
 from ww.app.options import FLAGS
 from ww.cli.main import run_cli
 from ww.core.identity import parse_private_key
@@ -164,3 +165,23 @@ def test_a_bad_node_key_is_a_usage_error_before_anything_starts(tmp_path, how):
     assert r.stderr == (f"ww: --node-key {str(path)!r}: cannot read the key file: "
                         "No such file or directory\n")
     assert not marker.exists()
+
+
+def test_a_node_key_fifo_without_a_writer_is_one_line_and_a_pipe_with_one_is_read(tmp_path):
+    """`--node-key FIFO` with nobody writing to it waited for a writer forever; now it reads
+    as empty at once (exit 2), while a pipe with its writer (`--node-key <(cat node.key)`)
+    is still read to its end."""
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    r = run_ww("id", "--key", str(fifo))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"ww: --key {str(fifo)!r}: not a private key: the input "
+                                      "is empty"]
+    key = tmp_path / "node.key"
+    peer = run_ww("idgen", "-o", str(key)).stdout.strip()
+    with open(key, "rb") as f:
+        r = run_ww("id", "--key", "/dev/stdin", stdin=f)  # a file
+    assert r.stdout.strip() == peer, r.stderr
+    r = subprocess.run(["sh", "-c", 'cat "$1" | "$2" id --key /dev/stdin', "sh", str(key), WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.stdout.strip() == peer, r.stderr
