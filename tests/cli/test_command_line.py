@@ -11,6 +11,7 @@ Through the real console script (run_ww) where the process or the jail matters, 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -60,6 +61,33 @@ def _bad_elf(tmp_path: Path) -> str:
     return _executable(tmp_path / "other-machine", bytes(data))
 
 
+def _elf_then_shell(tmp_path: Path, name: str, edit) -> str:  # type: ignore[no-untyped-def]
+    """/bin/true with ``edit`` applied to its bytes, then a line of shell: a header that
+    looks right to a check of its first 64 bytes, but that the kernel's ELF loader answers
+    with ENOEXEC, on which bubblewrap's execvp ran the file as a shell script."""
+    data = bytearray(Path(shutil.which("true") or "/bin/true").read_bytes())
+    return _executable(tmp_path / name, bytes(edit(data)) + b"\necho ran\n")
+
+
+def _set(data: bytearray, offset: int, size: int, value: int) -> bytearray:
+    data[offset:offset + size] = value.to_bytes(size, "little" if data[5] == 1 else "big")
+    return data
+
+
+def _interp_without_nul(data: bytearray) -> bytearray:
+    """The PT_INTERP path's closing NUL made an 'x' (64-bit /bin/true only)."""
+    order = "little" if data[5] == 1 else "big"
+    phoff, phnum = int.from_bytes(data[32:40], order), int.from_bytes(data[56:58], order)
+    for i in range(phnum):
+        entry = phoff + 56 * i
+        if int.from_bytes(data[entry:entry + 4], order) == 3:
+            offset = int.from_bytes(data[entry + 8:entry + 16], order)
+            size = int.from_bytes(data[entry + 32:entry + 40], order)
+            data[offset + size - 1] = ord("x")
+            return data
+    pytest.skip("/bin/true has no PT_INTERP here")
+
+
 NOT_EXECUTABLE = {
     "text without #!": lambda tmp: _executable(tmp / "plain.sh", b"echo ran\n"),
     "html page": lambda tmp: _executable(
@@ -68,6 +96,13 @@ NOT_EXECUTABLE = {
     "bad elf": _bad_elf,
     "truncated elf": lambda tmp: _executable(
         tmp / "truncated", Path(shutil.which("true") or "/bin/true").read_bytes()[:40]),
+    "elf header then shell": lambda tmp: _elf_then_shell(tmp, "header-only", lambda d: d[:64]),
+    "elf with 2000 program headers": lambda tmp: _elf_then_shell(
+        tmp, "many-headers", lambda d: _set(d[:64], 56, 2, 2000)),
+    "elf whose interpreter path has no NUL": lambda tmp: _elf_then_shell(
+        tmp, "interp-no-nul", _interp_without_nul),
+    "elf whose program headers are at 2**64-1": lambda tmp: _elf_then_shell(
+        tmp, "far-headers", lambda d: _set(d, 32, 8, 2**64 - 1)),
 }
 
 
@@ -83,6 +118,42 @@ def test_what_the_kernel_cannot_execute_exits_126_exec_format_error(kind, jail, 
     assert "ran" not in r.stdout
     [line] = r.stderr.splitlines()
     assert line.startswith(f"ww: {program}: cannot execute: Exec format error"), line
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_a_tab_after_the_interpreter_on_the_hash_bang_line_ends_its_path(jail, tmp_path):
+    """The kernel ends the interpreter's path at a space or a tab (`#!/bin/sh<TAB>-e` runs
+    /bin/sh with -e); ww ended it at a space only, and refused the script: "interpreter
+    /bin/sh<TAB>-e: no such file", 127."""
+    script = _executable(tmp_path / "s", b"#!/bin/sh\t-e\necho ran\n")
+    assert subprocess.run([script], capture_output=True, timeout=HANG).stdout == b"ran\n"
+    r = run_ww("run", f"--jail={jail}", script)
+    assert r.returncode == 0, r
+    assert r.stdout == "ran\n"
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_a_fifo_as_the_program_exits_126_without_waiting_for_a_writer(jail, tmp_path):
+    """Reading the program's first bytes opened a FIFO with the executable bit, which waits
+    for a writer: `ww run ./fifo` hung forever (jailed or not).  The kernel executes only a
+    regular file (EACCES otherwise): 126 at once, and the FIFO is never opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o755)
+    r = run_ww("run", f"--jail={jail}", str(fifo))
+    assert r.returncode == 126, r
+    [line] = r.stderr.splitlines()
+    assert "Permission denied (a FIFO" in line, line
+
+
+def test_a_script_whose_interpreter_is_a_fifo_exits_126_without_waiting(tmp_path):
+    """A #! line is content: `#!/path/of/a/fifo` made `ww run --jail=none script` wait for a
+    writer forever while checking the interpreter's format."""
+    fifo = tmp_path / "interp"
+    os.mkfifo(fifo, 0o755)
+    script = _executable(tmp_path / "s", f"#!{fifo}\necho ran\n".encode())
+    r = run_ww("run", "--jail=none", script)
+    assert r.returncode == 126, r
+    assert "Permission denied (a FIFO" in r.stderr and "ran" not in r.stdout
 
 
 @pytest.mark.parametrize("jail", JAILS)
@@ -235,3 +306,55 @@ def test_repo_check_names_each_corrupt_block(tmp_path, ww_home):
         assert re.search(rf"^  corrupt {cid} ", r.stdout, re.M), r.stdout
     for block in blocks:
         assert str(block) in r.stdout
+
+
+# --- closed or failing stdout ---------------------------------------------------------------
+
+def _close_stdout() -> None:
+    os.close(1)  # in the child, before exec: `ww ... >&-`
+
+
+def test_a_cell_cannot_write_into_the_audit_trail_through_a_closed_stdout(tmp_path):
+    """With fd 1 closed by the caller (`ww run --audit trail.jsonl cell >&-`), the audit
+    file was opened as fd 1, and the host relayed the cell's stdout into it: a cell could
+    write forged records into the operator's trail.  fds 0-2 a caller closed are now taken
+    by /dev/null (writing fails as on the closed fd); the trail holds the host's records."""
+    trail = tmp_path / "audit.jsonl"
+    forged = '{"event":"grant","peer":"12D3KooWforged","granted":["exec"]}'
+    cell = _executable(tmp_path / "cell", f"#!/bin/sh\necho '{forged}'\n".encode())
+    r = run_ww("run", "--audit", str(trail), cell, preexec_fn=_close_stdout)
+    assert "forged" not in (trail.read_text() if trail.exists() else ""), r
+
+
+@pytest.mark.parametrize("command", ["cat", "import"])
+def test_cat_into_a_closed_or_full_stdout_is_one_line_not_an_internal_error(tmp_path, command):
+    """`ww cat X >&-` said "internal error: AttributeError: 'NoneType' object has no
+    attribute 'buffer'", `ww cat X > /dev/full` "internal error: OSError: [Errno 28] ..."."""
+    (tmp_path / "f").write_bytes(b"some bytes\n")
+    path = run_ww("export", "-Q", str(tmp_path / "f")).stdout.strip()
+    args = ["cat", path] if command == "cat" else ["import", path, "-o", "-"]
+    closed = run_ww(*args, preexec_fn=_close_stdout)
+    assert (closed.returncode, closed.stderr) == (1, "ww: cannot write to stdout: it is closed\n")
+    if not os.path.exists("/dev/full"):
+        return
+    with open("/dev/full", "wb") as full:
+        r = run_ww(*args, stdout=full, capture_output=False, stderr=subprocess.PIPE)
+    assert (r.returncode, r.stderr) == (1, "ww: cannot write to stdout: No space left on device\n")
+
+
+@pytest.mark.parametrize("jail", JAILS)
+def test_a_program_named_through_proc_or_dev_fd_runs_as_the_file_it_names(jail, tmp_path):
+    """`ww run /dev/fd/5 5<prog` or `/proc/self/root/...`: the jail mounts a /proc and a
+    /dev of its own, and bubblewrap failed to bind the program over them ("Can't bind mount
+    ... on /newroot/proc/self/...", exit 1).  The host runs the file it resolved and
+    checked, by its real path."""
+    script = _executable(tmp_path / "cell", b"#!/bin/sh\necho ran \"$@\"\n")
+    fd = os.open(script, os.O_RDONLY)
+    try:
+        r = run_ww("run", f"--jail={jail}", f"/dev/fd/{fd}", "x", pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert (r.returncode, r.stdout) == (0, "ran x\n"), r
+    echo = shutil.which("echo") or "/bin/echo"
+    r = run_ww("run", f"--jail={jail}", f"/proc/self/root{echo}", "hi")
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r

@@ -272,6 +272,27 @@ def test_only_hash_with_car_is_a_usage_error(tmp_path: Path) -> None:
     assert r.stderr == "ww: --only-hash stores nothing, so there is no DAG for --car to write\n"
 
 
+def test_car_is_never_written_through_a_symlink_planted_at_its_temporary_name(
+        tmp_path: Path) -> None:
+    """`ww export --car out.car` wrote to `.out.car.<pid>.tmp`, opened following symlinks: a
+    symlink planted there in advance (the pid is easy to guess) had the CAR written over the
+    file it points at, and was then renamed to out.car.  The shell's `exec` keeps its pid,
+    so the symlink below is planted at the very name the old code used."""
+    (tmp_path / "f").write_text("x\n")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    r = subprocess.run(
+        ["sh", "-c", 'ln -s "$1" ".out.car.$$.tmp" && exec "$2" export --car out.car f',
+         "sh", str(victim), WW],
+        cwd=tmp_path, capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_bytes() == b"precious\n"
+    out = tmp_path / "out.car"
+    assert not out.is_symlink() and out.read_bytes()[:1] != b"p"
+    assert run_ww("import", str(out), "-o", str(tmp_path / "back")).returncode == 0
+    assert (tmp_path / "back").read_text() == "x\n"
+
+
 @pytest.mark.parametrize("spelling", [["--pin=false"], ["--no-pin"]])
 def test_pin_false_stores_without_pinning(
     tmp_path: Path, kubo, ww_home: Path, spelling: list[str]

@@ -214,3 +214,138 @@ def test_output_dash_into_a_pipe_closed_early_ends_quietly_as_ww_cat(tmp_path):
             'echo "${PIPESTATUS[0]}"'
     r = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=HANG)
     assert (r.stdout, r.stderr) == ("141\n", "")
+
+
+
+def _in_a_mount_of_its_own(options, tmp_path, *ww_args, mnt=None):
+    """`ww ARGS` in a mount namespace of its own (``unshare -m``; as a mapped root where
+    the tests do not run as root) where ``{mnt}`` in ``ww_args`` (``mnt``, by default
+    ``tmp_path/mnt``) is a tmpfs holding the file ``old``, remounted with ``options``
+    (read-only, or tiny): a file system that fails, without touching the host's mounts.
+    Returns ww's result and what the tmpfs holds after it (names and the content of
+    ``old``), seen from inside the namespace."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import HANG, WW
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    mnt = mnt or tmp_path / "mnt"
+    mnt.mkdir(parents=True)
+    userns = [] if os.geteuid() == 0 else ["-r"]
+    script = ('mount -t tmpfs tmpfs "$2" && printf "old\\n" > "$2/old" && '
+              'mount -o "remount,$1" "$2" || exit 99; '
+              'm="$2"; shift 2; "$@"; rc=$?; echo "--after--"; ls -A "$m"; cat "$m/old"; '
+              'exit $rc')
+    args = [a.replace("{mnt}", str(mnt)) for a in ww_args]
+    r = subprocess.run([unshare, *userns, "-m", "sh", "-c", script, "sh", options, str(mnt),
+                        WW, *args], capture_output=True, text=True, timeout=HANG)
+    if r.returncode == 99 or "unshare:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {r.stderr.strip()}")
+    out, _, after = r.stdout.partition("--after--\n")
+    return r, out, after
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_destination_that_cannot_be_written_is_named_never_the_temporary_copy(
+        tmp_path, force):
+    """A read-only file system: the error named the hidden temporary copy, a name the user
+    never gave (`cannot write .out.ww-tmp-28d5ec0fbbfc: Read-only file system`)."""
+    paths, _ = _sources(tmp_path)
+    r, _, after = _in_a_mount_of_its_own("ro", tmp_path, "import", paths["file"], "-o",
+                                         "{mnt}/out", *(["--force"] if force else []))
+    assert r.returncode == 1, r
+    assert r.stderr == f"ww: cannot write {tmp_path / 'mnt' / 'out'}: Read-only file system\n"
+    assert after == "old\nold\n"
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_a_full_disk_half_way_leaves_the_old_destination_whole(tmp_path, kind):
+    """A tmpfs of 64 KiB holding the old destination; --force with 700 KB of new content:
+    one line naming the destination, the old file whole, no temporary copy left."""
+    paths, _ = _sources(tmp_path)
+    r, _, after = _in_a_mount_of_its_own("size=64k", tmp_path, "import", paths[kind], "-o",
+                                         "{mnt}/old", "--force")
+    assert r.returncode == 1, r
+    assert r.stderr == f"ww: cannot write {tmp_path / 'mnt' / 'old'}: No space left on device\n"
+    assert after == "old\nold\n"  # ls: only `old`; cat: its old content
+
+
+@pytest.mark.parametrize("where", ["tree", "mount point"])
+def test_force_never_replaces_a_mount_point_or_a_tree_with_a_mount_inside(tmp_path, where):
+    """`--force` over a directory with a file system mounted in it removed the old tree
+    through the mount: the mounted file system's files were deleted (a bind mount of a
+    home directory, say), and the old tree stayed behind under a hidden temporary name,
+    still holding the mount.  A mount point itself failed with "Device or resource busy".
+    Both are refused now before anything is written, naming the mount."""
+    paths, _ = _sources(tmp_path)
+    tree = tmp_path / "tree"
+    mnt = tree / "m"
+    (tree / "own.txt").parent.mkdir()
+    (tree / "own.txt").write_text("mine\n")
+    dest = tree if where == "tree" else mnt
+    r, _, after = _in_a_mount_of_its_own("rw", tmp_path, "import", paths["dir"], "-o",
+                                         str(dest), "--force", mnt=mnt)
+    assert r.returncode == 1, r
+    said = ("has a file system mounted in it" if where == "tree" else "is a mount point")
+    assert r.stderr.startswith(f"ww: {dest} {said}") and r.stderr.count("\n") == 1, r.stderr
+    assert after == "old\nold\n"  # the mounted file system: whole
+    assert (tree / "own.txt").read_text() == "mine\n" and _no_temps(tmp_path)
+
+
+def test_removing_an_old_tree_never_enters_a_mount_that_appeared_in_it(tmp_path):
+    """The removal of a replaced tree itself stops at a mount (one mounted after the check,
+    say): the tree's own files go, the mounted file system's stay."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import HANG
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not installed")
+    tree = tmp_path / "tree"
+    (tree / "sub" / "m").mkdir(parents=True)
+    (tree / "sub" / "own.txt").write_text("mine\n")
+    code = ("import os, sys\n"
+            "from ww.ipfs.exporter import _remove_at\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "_remove_at(fd, 'tree')\n"
+            "print(sorted(os.listdir(sys.argv[2])), open(sys.argv[2] + '/old').read())\n")
+    script = ('mount -t tmpfs tmpfs "$1" && printf "old\\n" > "$1/old" || exit 99; '
+              'exec "$2" -c "$3" "$4" "$1"')
+    userns = [] if os.geteuid() == 0 else ["-r"]
+    r = subprocess.run([unshare, *userns, "-m", "sh", "-c", script, "sh", str(tree / "sub" / "m"),
+                        sys.executable, code, str(tmp_path)],
+                       capture_output=True, text=True, timeout=HANG)
+    if r.returncode == 99 or "unshare:" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['old'] old\n\n"
+    assert not (tree / "sub" / "own.txt").exists()  # the tree's own files went
+
+
+@pytest.mark.parametrize("where", ["blocks", "the repository", "inside", "above"])
+def test_the_repository_read_from_is_never_the_destination(tmp_path, ww_home, monkeypatch,
+                                                           where):
+    """`ww import --force <cid> -o $WW_HOME/blocks` swapped the tree in for the block store
+    and removed the old one: every block deleted while reading from it (`ww repo check`:
+    missing blocks).  At, inside or above the repository: refused before any work."""
+    paths, _ = _sources(tmp_path)  # stored in ww_home
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = ww_home
+    if where == "above":  # a repository in ~/.ww, and -o ~ --force
+        repo = ww_home.rename(home / ".ww")
+        monkeypatch.setenv("WW_HOME", str(repo))
+    dest = {"blocks": repo / "blocks", "the repository": repo, "inside": repo / "copy",
+            "above": home}[where]
+    before = snapshot(repo)
+    r = run_ww("import", paths["dir"], "-o", str(dest), "--force")
+    assert r.returncode == 1, r
+    assert r.stderr.count("\n") == 1 and "repository" in r.stderr, r.stderr
+    assert snapshot(repo) == before
+    assert run_ww("repo", "check").returncode == 0

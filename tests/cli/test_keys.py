@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, WW, run_ww
 from ww.app.options import FLAGS
 from ww.cli.main import run_cli
 from ww.core.identity import parse_private_key
@@ -89,6 +90,21 @@ def test_idgen_o_into_a_missing_directory_is_one_line(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+def test_idgen_o_dash_is_stdout_and_an_empty_file_a_usage_error(tmp_path):
+    """`-o -` wrote the private key to a file named ./- (and printed the peer id where a
+    pipe expected the key); `-o ''` said "ww:  exists (it appeared meanwhile)"."""
+    r = run_ww("idgen", "-o", "-", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    parse_private_key(r.stdout.encode())  # the key itself, as without -o
+    raw = run_ww("idgen", "--raw", "-o", "-", cwd=tmp_path, text=False)
+    assert len(raw.stdout) == 68 and raw.stdout[:1] == b"\x08"
+    empty = run_ww("idgen", "-o", "", cwd=tmp_path)
+    assert empty.returncode == 2
+    assert empty.stderr.splitlines() == [
+        "ww: -o '': an empty FILE names no file (give a path such as ./cell.key)"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_id_key_prints_the_peer_id_of_either_form_ww_idgen_writes(tmp_path, capsys, ww_home):
     text = run_ww("idgen")
     raw = run_ww("idgen", "--raw", text=False)
@@ -149,3 +165,23 @@ def test_a_bad_node_key_is_a_usage_error_before_anything_starts(tmp_path, how):
     assert r.stderr == (f"ww: --node-key {str(path)!r}: cannot read the key file: "
                         "No such file or directory\n")
     assert not marker.exists()
+
+
+def test_a_node_key_fifo_without_a_writer_is_one_line_and_a_pipe_with_one_is_read(tmp_path):
+    """`--node-key FIFO` with nobody writing to it waited for a writer forever; now it reads
+    as empty at once (exit 2), while a pipe with its writer (`--node-key <(cat node.key)`)
+    is still read to its end."""
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    r = run_ww("id", "--key", str(fifo))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"ww: --key {str(fifo)!r}: not a private key: the input "
+                                      "is empty"]
+    key = tmp_path / "node.key"
+    peer = run_ww("idgen", "-o", str(key)).stdout.strip()
+    with open(key, "rb") as f:
+        r = run_ww("id", "--key", "/dev/stdin", stdin=f)  # a file
+    assert r.stdout.strip() == peer, r.stderr
+    r = subprocess.run(["sh", "-c", 'cat "$1" | "$2" id --key /dev/stdin', "sh", str(key), WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.stdout.strip() == peer, r.stderr

@@ -438,3 +438,48 @@ def test_a_symlink_planted_while_writing_is_not_clobbered_by_the_rename(
     assert os.readlink(dest) == str(victim)
     assert victim.read_bytes() == b"precious\n"
     assert [p.name for p in tmp_path.iterdir() if "ww-tmp" in p.name] == []
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "no-exchange"])
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_parent_swapped_for_a_symlink_while_writing_moves_no_rename_elsewhere(
+    node: EmbeddedNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str,
+    exchange: bool,
+) -> None:
+    """`ww import --force` wrote its temp copy in dest's directory, then renamed and removed
+    by path: with that directory swapped for a symlink meanwhile (by whoever may rename it),
+    RENAME_EXCHANGE acted in the directory the symlink names, where a file planted at the
+    temp's name (possible in a sticky /tmp) was swapped in for someone else's entry, which
+    was then deleted (without RENAME_EXCHANGE: moved aside and deleted).  Everything now
+    happens in the directory opened once: the import lands where it was written, the other
+    directory is untouched."""
+    from ww.ipfs import exporter
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    (work / "out").write_bytes(b"old\n")
+    (other / "out").write_bytes(b"someone else's\n")
+    write_node = exporter._write_node
+    planted: list[str] = []
+
+    def write_then_swap_parent(getter, unixfs_node, dir_fd, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        write_node(getter, unixfs_node, dir_fd, name, *args, **kwargs)
+        if name.startswith(".out.ww-tmp-"):
+            (other / name).write_bytes(b"planted\n")
+            planted.append(name)
+            work.rename(tmp_path / "work.moved")
+            os.symlink(other, work)
+
+    monkeypatch.setattr(exporter, "_write_node", write_then_swap_parent)
+    if not exchange:  # a file system without RENAME_EXCHANGE: moved aside, then in
+        monkeypatch.setattr(exporter, "rename_exchange", lambda *args, **kwargs: False)
+    root = node.add_path(make_tree(tmp_path / "src"))
+    path = f"{root}/a/one.txt" if what == "file" else root
+    node.get(path, work / "out", force=True)
+    assert planted
+    assert (other / "out").read_bytes() == b"someone else's\n"
+    assert (other / planted[0]).read_bytes() == b"planted\n"
+    landed = tmp_path / "work.moved" / "out"
+    assert landed.is_dir() == (what == "directory")
+    assert [p.name for p in (tmp_path / "work.moved").iterdir()] == ["out"]

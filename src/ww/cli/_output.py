@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from typing import BinaryIO
+
+from ww.core.errors import OutputError
 
 EXIT_BROKEN_PIPE = 128 + 13
 
@@ -39,3 +42,26 @@ def reader_gone() -> int:
     except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture)
         pass
     return EXIT_BROKEN_PIPE
+
+
+def binary_stdout() -> BinaryIO:
+    """stdout for bytes, or :class:`OutputError` when the caller closed it (``>&-``): Python
+    then has no ``sys.stdout`` at all."""
+    if sys.stdout is None:
+        raise OutputError("cannot write to stdout: it is closed")
+    return sys.stdout.buffer
+
+
+def write_out(out: BinaryIO, data: bytes | None = None) -> None:
+    """Write ``data`` to ``out`` (with None: flush it); a failure other than EPIPE (which
+    the command turns into :func:`reader_gone`) is one :class:`OutputError` line: a full
+    disk, an I/O error, a descriptor not open for writing."""
+    try:
+        if data is None:
+            out.flush()
+        else:
+            out.write(data)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write to stdout: {e.strerror or e}") from None

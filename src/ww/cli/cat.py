@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
-from ww.cli._output import reader_gone
+from ww.cli._output import binary_stdout, reader_gone, write_out
 from ww.core.ipfs_values import EntryType
 
 
@@ -28,7 +26,7 @@ def cat(paths: tuple[str, ...], offset: int, length: int | None,
     from ww.ipfs.api import IpfsError, NotAFileError
 
     refuse_peers_with_kubo(ipfs_api)
-    out = sys.stdout.buffer
+    out = binary_stdout()
     api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         for path in paths:
@@ -43,7 +41,7 @@ def cat(paths: tuple[str, ...], offset: int, length: int | None,
                     continue
             try:
                 for chunk in api.cat(path, offset, length):
-                    out.write(chunk)
+                    write_out(out, chunk)
                     if length is not None:
                         length -= len(chunk)
             except NotAFileError as err:
@@ -53,7 +51,7 @@ def cat(paths: tuple[str, ...], offset: int, length: int | None,
                     raise err from None
                 raise NotAFileError(_not_a_file(path, kind)) from None
             offset = 0
-        out.flush()
+        write_out(out)
     except BrokenPipeError:
         return reader_gone()
     finally:

@@ -25,6 +25,7 @@ _JAILS = ("bwrap", "none")
 
 def main(argv: list[str] | None = None) -> None:
     """Run `ww` with ``argv`` (default: the process's arguments); never returns."""
+    occupy_closed_stdio()
     args = list(sys.argv[1:] if argv is None else argv)
     options = parse_run(args)
     if options is None:
@@ -160,6 +161,27 @@ def _ipfs_api(value: str) -> str | None:
     except IpfsError as e:
         raise ValueError(str(e)) from None
     return value
+
+
+def occupy_closed_stdio() -> None:
+    """Open ``/dev/null`` on any of fds 0, 1 and 2 the caller closed (``ww … >&-``), in the
+    direction that fails (read-only for 1 and 2, write-only for 0), inheritable as they are.
+
+    Writing to stdout still fails, as on the closed fd (EBADF); but the number is taken, so
+    no file `ww` opens later gets it: `ww run --audit trail.log cell >&-` opened the audit
+    trail as fd 1, and the cell's relayed output was written into it, forged records and all.
+    """
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_RDONLY)):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        new = os.open(os.devnull, flags)  # the lowest free number: fd, as those below are open
+        if new != fd:
+            os.dup2(new, fd)
+            os.close(new)
+        os.set_inheritable(fd, True)
 
 
 def exit_now(status: int) -> None:

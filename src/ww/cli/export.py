@@ -173,10 +173,19 @@ def _add_file(api, path: Path, options) -> str:  # type: ignore[no-untyped-def]
 
 
 def _write_car(api, cid: str, car_file: Path) -> None:  # type: ignore[no-untyped-def]
-    """Write the CAR next to its destination first, then rename: never half a file."""
-    tmp = car_file.resolve().parent / f".{car_file.name}.{os.getpid()}.tmp"
+    """Write the CAR next to its destination first, then rename: never half a file.
+
+    The temporary file has a random name and is created new (``O_EXCL``, ``O_NOFOLLOW``):
+    a name guessed in advance (it was ``.<name>.<pid>.tmp``) and planted as a symlink would
+    have had the CAR written through it, over whatever it points at, and the symlink
+    renamed to ``car_file``."""
+    import secrets
+
+    tmp = car_file.parent / f".{car_file.name}.ww-car-{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o666)  # the umask applies, as for any new file
     try:
-        with open(tmp, "wb") as out:
+        with open(fd, "wb") as out:
             api.export_car([cid], out)
             out.flush()
             os.fsync(out.fileno())

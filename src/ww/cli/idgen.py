@@ -11,7 +11,8 @@ import click
 @click.option("--raw", is_flag=True, help="Write the protobuf bytes instead of base58btc text.")
 @click.option("-o", "--output", "output", metavar="FILE",
               help="Write the key to FILE, a new file of mode 0600 (never over an existing "
-                   "file or symlink), and print its peer id instead.")
+                   "file or symlink), and print its peer id instead; '-' is stdout, as "
+                   "without -o.")
 def idgen(raw: bool, output: str | None) -> None:
     """Generate an Ed25519 private key (libp2p protobuf encoding, base58btc unless --raw).
 
@@ -19,8 +20,13 @@ def idgen(raw: bool, output: str | None) -> None:
     at all, readable by its owner only, and the key's peer id is printed (what --allow and
     a policy name it by; 'ww id --key FILE' prints it again later).
     """
+    from ww.core.errors import UsageError
     from ww.core.identity import PrivateKey, write_key_file
 
+    if output == "":
+        raise UsageError("-o '': an empty FILE names no file (give a path such as ./cell.key)")
+    if output == "-":  # stdout, as `ww import -o -`: never a key left in a file named ./-
+        output = None
     key = PrivateKey.generate()
     if output is not None:
         write_key_file(output, key, raw=raw)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,7 @@ from ww.cli._ipfs_option import (
     refuse_peers_with_kubo,
     routing_options,
 )
-from ww.cli._output import reader_gone
+from ww.cli._output import binary_stdout, reader_gone, write_out
 from ww.core.errors import NotAFileError, UsageError
 
 if TYPE_CHECKING:
@@ -72,6 +71,7 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
                                  "./copy)")
             # a symlink or device, or (without --force) anything: refused before any work
             check_destination(dest, force)
+            _check_outside_repository(dest, ipfs_api)
     api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers,
                     routing=routing, bootstrap=bootstrap)
     try:
@@ -82,6 +82,7 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
         if dest is None and not to_stdout:
             dest = Path(roots[0])
             check_destination(dest, force)
+            _check_outside_repository(dest, ipfs_api)
         pinned_before = set(api.pins())
         with open(car, "rb") as f:
             roots = api.import_car(f)
@@ -100,6 +101,16 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     finally:
         api.close()
     return 0
+
+
+def _check_outside_repository(dest: Path, ipfs_api: str | None) -> None:
+    """The embedded node's repository is never the destination, inside it or under it;
+    checked before any work (the node checks again when writing)."""
+    if not ipfs_api:
+        from ww.ipfs.exporter import check_outside_repository
+        from ww.ipfs.repo import default_repo_path
+
+        check_outside_repository(dest, default_repo_path())
 
 
 def _default_name(source: str, car: Path | None) -> Path | None:
@@ -124,10 +135,10 @@ def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: 
     if kind is not EntryType.FILE:
         raise NotAFileError(f"{path} is a {kind.value}; -o - writes only a file to stdout "
                             "(give -o PATH to write it to disk)")
-    out = sys.stdout.buffer
+    out = binary_stdout()
     for piece in api.cat(path):
-        out.write(piece)
-    out.flush()
+        write_out(out, piece)
+    write_out(out)
 
 
 def _one_root(car: Path) -> list[str]:

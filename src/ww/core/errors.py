@@ -112,6 +112,11 @@ class HostError(WwError):
     exit_code = EXIT_FAILURE
 
 
+class OutputError(HostError):
+    """A command's stdout cannot be written: closed by the caller, a full disk, an I/O error
+    (exit 1).  A reader that went away (EPIPE) is not this: see ``ww.cli._output``."""
+
+
 class IpfsError(WwError):
     """Base class of every IPFS error; ``str(err)`` is one line fit for a user (exit 1).
 

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def write_new_file(
 def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Create ``path`` with ``data`` and ``mode``, complete or not at all, never replacing.
 
-    The bytes go to a temporary sibling (``.<name>.ww-tmp-<12 hex digits>``, created with
+    The bytes go to a temporary sibling (``.<name>.ww-new-<12 hex digits>``, created with
     ``O_EXCL``/``O_NOFOLLOW`` and ``mode`` from the start, so never readable by others, even
     empty), are fsynced, and the file is renamed into place with :func:`rename_noreplace`.
     Anything at ``path`` -- a file, a directory, a symlink, dangling or not -- raises
@@ -80,7 +81,9 @@ def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     import secrets
 
     path = Path(path)
-    tmp = path.parent / f".{path.name}.ww-tmp-{secrets.token_hex(6)}"
+    # not `ww import`'s ``.ww-tmp-`` form: an import into the same directory removes
+    # those it finds unlocked as left by a killed import, this one too, mid-write
+    tmp = path.parent / f".{path.name}.ww-new-{secrets.token_hex(6)}"
     write_new_file(tmp, [data], mode)
     try:
         rename_noreplace(tmp, path)
@@ -94,42 +97,58 @@ def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
 _RENAME_NOREPLACE = 1
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
+def rename_noreplace(src: Path | str, dst: Path | str, *, src_dir_fd: int | None = None,
+                     dst_dir_fd: int | None = None) -> None:
     """Rename ``src`` to ``dst`` only if ``dst`` does not exist (``renameat2`` with
     ``RENAME_NOREPLACE``): something that appeared at ``dst`` meanwhile, a symlink for one, is
-    never replaced.  Raises FileExistsError."""
+    never replaced.  Relative names are taken in ``src_dir_fd``/``dst_dir_fd`` when given
+    (``renameat2``'s directory fds), so a directory on the way that is swapped for a symlink
+    cannot move the rename elsewhere.  Raises FileExistsError."""
     import ctypes
 
     fn = _renameat2()
     if fn is not None:
-        at_fdcwd = -100
-        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        if fn(_at(src_dir_fd), os.fsencode(src), _at(dst_dir_fd), os.fsencode(dst),
+              _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS):  # otherwise: unsupported by the fs
             raise OSError(err, os.strerror(err), str(dst))
-    if os.path.lexists(dst):
+    try:
+        os.stat(dst, dir_fd=dst_dir_fd, follow_symlinks=False)
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    if os.path.isdir(src) and not os.path.islink(src):
-        os.rename(src, dst)  # no atomic no-replace: checked just above
+    except FileNotFoundError:
+        pass
+    st = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        # no atomic no-replace: checked just above
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
     else:
-        os.link(src, dst, follow_symlinks=False)  # fails if dst exists
-        os.unlink(src)
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
+                follow_symlinks=False)  # fails if dst exists
+        os.unlink(src, dir_fd=src_dir_fd)
 
 
+def _at(dir_fd: int | None) -> int:
+    return _AT_FDCWD if dir_fd is None else dir_fd
+
+
+_AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-def rename_exchange(src: Path | str, dst: Path | str) -> bool:
+def rename_exchange(src: Path | str, dst: Path | str, *, src_dir_fd: int | None = None,
+                    dst_dir_fd: int | None = None) -> bool:
     """Swap ``src`` and ``dst`` in one step (``renameat2`` with ``RENAME_EXCHANGE``); both must
-    exist.  False if the file system (or libc) cannot: the caller then does without."""
+    exist.  Relative names are taken in ``src_dir_fd``/``dst_dir_fd`` when given.  False if
+    the file system (or libc) cannot: the caller then does without."""
     import ctypes
 
     fn = _renameat2()
     if fn is None:
         return False
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_EXCHANGE) == 0:
+    if fn(_at(src_dir_fd), os.fsencode(src), _at(dst_dir_fd), os.fsencode(dst),
+          _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS):  # unsupported by the file system
@@ -146,3 +165,39 @@ def _renameat2():  # type: ignore[no-untyped-def]
         fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
         fn.restype = ctypes.c_int
     return fn
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount the open file ``fd`` is on (``mnt_id`` in
+    ``/proc/self/fdinfo``): it tells a bind mount of the same file system apart, which
+    ``st_dev`` does not.  None where /proc does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def mount_points_in(directory: str) -> list[str]:
+    """The mount points at or below the real path ``directory`` (this mount namespace's, from
+    ``/proc/self/mountinfo``); empty where /proc cannot say."""
+    import re
+
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    top = os.fsencode(directory).rstrip(b"/")
+    found = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+        if point == top or point.startswith(top + b"/"):
+            found.append(os.fsdecode(point))
+    return found

@@ -368,7 +368,12 @@ def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:
     Raises :class:`IdentityError` whose one line names what is wrong but not the file (the
     caller names its flag and the file): unreadable, too long, not a key."""
     try:
-        with open(path, "rb") as f:
+        # Without waiting for a writer: a FIFO nobody writes to reads as empty at once (it
+        # hung `ww run --node-key FIFO` forever); a pipe with its writer, `--node-key
+        # <(pass show node.key)`, is read to its end, as blocking as ever once open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as f:
             data = f.read(MAX_KEY_FILE_SIZE + 1)
     except OSError as e:
         raise IdentityError(f"cannot read the key file: {e.strerror or e}") from None

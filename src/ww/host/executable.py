@@ -13,6 +13,7 @@ alone when it is a system file under another name, and refused otherwise.
 from __future__ import annotations
 
 import os
+import stat  # os imports it anyway: free
 import sys
 
 from ww.core.errors import CommandNotFoundError, NotExecutableError, UsageError
@@ -100,11 +101,46 @@ def _check_executable(path: str, shown: str) -> None:
 
 
 def _read_head(path: str) -> bytes:
+    """The first 256 bytes of ``path`` (what the kernel reads to choose a loader), or a 126
+    error (see :func:`_read_at`)."""
+    return _read_at(path, 0, 256)
+
+
+def _read_at(path: str, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``path`` from ``offset``, or a 126 error: the kernel executes
+    only a regular file, so anything else (a FIFO, whose ``open`` would wait for a writer
+    forever; a device, whose ``open`` may act) is refused from its ``stat``, before it is
+    opened; and once more from the file opened, which might have been swapped meanwhile
+    (opened without waiting)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(256)
+        _require_regular(os.stat(path), path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        _require_regular(os.fstat(fd), path)
+        if offset + size > _MAX_OFFSET:  # an offset from an ELF header: past any file's end
+            return b""
+        data = b""
+        while len(data) < size and (more := os.pread(fd, size - len(data), offset + len(data))):
+            data += more
+        return data
+    except OSError as e:
+        raise NotExecutableError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+_MAX_OFFSET = (1 << 63) - 1  # off_t's
+
+
+def _require_regular(st: os.stat_result, path: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+        raise NotExecutableError(f"{path}: cannot execute: Permission denied ({kind}; only a "
+                                 "regular file is a program)")
 
 
 # What an ELF header says about the machine it is for: (EI_CLASS, EI_DATA, e_machine).
@@ -112,6 +148,8 @@ def _read_head(path: str) -> bytes:
 _ELF_COMPAT = {(2, 1, 62): {(1, 1, 3)},  # x86-64 also runs i386
                (2, 1, 183): {(1, 1, 40)}}  # aarch64 also runs 32-bit arm
 _ET_EXEC, _ET_DYN = 2, 3
+_PT_INTERP = 3
+_PATH_MAX = 4096
 _host_elf: tuple[int, int, int] | None = None
 
 
@@ -147,17 +185,54 @@ def _runs_here(head: bytes) -> bool:
     return kind == _host_elf or kind in _ELF_COMPAT.get(_host_elf, ())
 
 
-def _check_format(head: bytes, shown: str) -> None:
+def _program_headers_load(path: str, head: bytes) -> bool:
+    """Whether the kernel's ELF loader gets past the program headers of ``path`` (whose
+    header ``head`` is one :func:`_runs_here` accepts) without ``ENOEXEC``, as
+    ``load_elf_binary`` checks them: at most a page of them (and 64 KiB), all inside the
+    file, and the first ``PT_INTERP``, if any, 2 to ``PATH_MAX`` bytes ending in a NUL.
+
+    These are the checks that answer ``ENOEXEC``, on which bubblewrap's ``execvp`` runs the
+    file with ``/bin/sh``: a file with a valid-looking ELF header and shell commands after
+    it ran as a shell script, jailed (``--jail=none``'s ``execve`` refused it)."""
+    klass, order = head[4], "big" if head[5] == 2 else "little"
+
+    def word(data: bytes, offset: int, size: int) -> int:
+        return int.from_bytes(data[offset:offset + size], order)
+
+    phoff = word(head, 32, 8) if klass == 2 else word(head, 28, 4)
+    phentsize, phnum = (word(head, 54, 2), word(head, 56, 2)) if klass == 2 else (
+        word(head, 42, 2), word(head, 44, 2))
+    size = phentsize * phnum
+    if size > min(65536, max(os.sysconf("SC_PAGE_SIZE"), 4096)):
+        return False
+    table = _read_at(path, phoff, size)
+    if len(table) != size:
+        return False
+    for i in range(phnum):
+        entry = table[i * phentsize:(i + 1) * phentsize]
+        if word(entry, 0, 4) != _PT_INTERP:
+            continue
+        offset, filesz = ((word(entry, 8, 8), word(entry, 32, 8)) if klass == 2
+                          else (word(entry, 4, 4), word(entry, 16, 4)))
+        if not 2 <= filesz <= _PATH_MAX:
+            return False
+        return _read_at(path, offset + filesz - 1, 1) == b"\0"
+    return True
+
+
+def _check_format(path: str, head: bytes, shown: str) -> None:
     """Refuse (126, "Exec format error") what the kernel would not execute: a file that is
     neither a script with a ``#!`` line naming its interpreter nor an ELF executable for
-    this machine.
+    this machine (whose program headers the kernel would load: see
+    :func:`_program_headers_load`).
 
     The kernel answers such a file with ENOEXEC, and ``execvp`` (bubblewrap's) then hands
     it to ``/bin/sh`` as a shell script: an HTML page or a text file without ``#!`` would run
     as commands, jailed, while ``--jail=none`` (``execve``) refuses it.  The host decides
     first, the same way for both: nothing runs by accident.
     """
-    if _read_shebang(head) is None and not _runs_here(head):
+    if _read_shebang(head) is None and not (_runs_here(head)
+                                            and _program_headers_load(path, head)):
         raise NotExecutableError(
             f"{shown}: cannot execute: Exec format error (neither an ELF executable for this "
             "machine nor a script starting with #!)")
@@ -169,9 +244,10 @@ def _read_shebang(head: bytes) -> list[str] | None:
     line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     if not line:
         return None
-    # The kernel passes everything after the interpreter as one argument.
-    interp, _, arg = line.partition(" ")
-    arg = arg.strip()
+    # The interpreter ends at the first space or tab, as the kernel reads it; everything
+    # after it is passed as one argument.
+    cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=len(line))
+    interp, arg = line[:cut], line[cut:].strip()
     return [interp] + ([arg] if arg else [])
 
 
@@ -344,8 +420,14 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     path = resolve(command, search_path)
     _check_executable(path, command)
     head = _read_head(path)
-    _check_format(head, command)
+    _check_format(path, head, command)
     shebang = _read_shebang(head)
+    if _below(path, "/proc") or _below(path, "/dev"):
+        # /proc/self/exe, /dev/fd/5: in the cell they name something else or nothing (the
+        # cell is another process, which gets no fd of the host's but 0-3; a jail mounts a
+        # /proc and a /dev of its own, and bubblewrap cannot bind over them): the program is
+        # the file the host resolved and checked, exec'd by its real path.
+        path = os.path.realpath(path)
     binds = [] if is_system(path) else [bind(path)]
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
@@ -374,7 +456,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     else:
         extras = []  # --jail=none: nothing is bound, the interpreter runs on the host
     _check_executable(interp, f"{command}: interpreter {interp}")
-    _check_format(_read_head(interp), f"{command}: interpreter {interp}")
+    _check_format(interp, _read_head(interp), f"{command}: interpreter {interp}")
     for extra in extras:
         if not is_system(extra.dest) and extra not in binds:
             binds.append(extra)

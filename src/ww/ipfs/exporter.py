@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ww.core.cid import CID, RAW
 from ww.core.errors import DestinationExistsError, UnsafeDestinationError
-from ww.core.fsutil import rename_exchange
+from ww.core.fsutil import mount_id, mount_points_in, rename_exchange
 from ww.core.fsutil import rename_noreplace as _rename_noreplace
 
 from . import dagpb, unixfs
@@ -51,7 +51,7 @@ MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
-    "check_destination", "walk",
+    "check_destination", "check_outside_repository", "walk",
 ]
 
 BlockGetter = Callable[[CID], bytes]
@@ -504,8 +504,10 @@ def _write_node(
 
 
 def _remove_at(dir_fd: int, name: str) -> None:
-    """Remove ``name`` in ``dir_fd`` and everything under it, never following a symlink;
-    iterative, so a tree of any depth goes.  Errors are ignored (best-effort cleanup)."""
+    """Remove ``name`` in ``dir_fd`` and everything under it, never following a symlink and
+    never entering another mount (a file system, or a bind mount, mounted somewhere in the
+    tree: its content is not the tree's, and stays); iterative, so a tree of any depth goes.
+    Errors are ignored (best-effort cleanup)."""
     try:
         os.unlink(name, dir_fd=dir_fd)
         return
@@ -513,9 +515,12 @@ def _remove_at(dir_fd: int, name: str) -> None:
         return
     except OSError:
         pass  # a directory (EISDIR on Linux, EPERM elsewhere)
+    home = mount_id(dir_fd)
     dirs = _DirStack(dir_fd)
     try:
         dirs.enter(name)
+        if mount_id(dirs.fd) != home:
+            return  # a mount point: what is mounted there is not ours to remove
         frames = [(name, iter(os.listdir(dirs.fd)))]
         while frames:
             entry = next(frames[-1][1], None)
@@ -533,6 +538,9 @@ def _remove_at(dir_fd: int, name: str) -> None:
                 try:
                     dirs.enter(entry)
                 except OSError:
+                    continue
+                if mount_id(dirs.fd) != home:
+                    dirs.leave()
                     continue
                 frames.append((entry, iter(os.listdir(dirs.fd))))
     except OSError:
@@ -660,6 +668,37 @@ def check_destination(dest: Path, force: bool | None = None) -> None:
         _refuse_special(Path(dest), st)
         if force is False:
             raise _exists(Path(dest))
+        if force:
+            _refuse_mounts(Path(dest))
+
+
+def check_outside_repository(dest: Path, repo: Path) -> None:
+    """Refuse a destination at or inside ``repo``, the repository the content is read from
+    (written there it is a stray entry in the store; with ``--force`` onto ``blocks`` it
+    deleted every block), or one that holds it (``--force`` would remove the repository
+    while reading from it)."""
+    real, store = os.path.realpath(dest), os.path.realpath(repo)
+    if real == store or real.startswith(store.rstrip("/") + "/"):
+        raise UnsafeDestinationError(
+            f"{dest} is inside the repository {repo} that ww import reads from; it never "
+            "writes there (choose a path outside it)")
+    if store.startswith(real.rstrip("/") + "/"):
+        raise UnsafeDestinationError(
+            f"{dest} holds the repository {repo} that ww import reads from; it never "
+            "replaces it (choose another path)")
+
+
+def _refuse_mounts(dest: Path) -> None:
+    """``--force`` never replaces a mount point, nor a tree with something mounted in it: the
+    old tree is removed once replaced, and what is mounted there is not its content."""
+    real = os.path.realpath(dest)
+    points = mount_points_in(real)
+    if points:
+        where = ("is a mount point" if points[0] == real.rstrip("/") or real == "/" else
+                 f"has a file system mounted in it ({_clip(points[0])})")
+        raise UnsafeDestinationError(
+            f"{dest} {where}; ww import --force never replaces a mount point or a tree with "
+            "one inside (unmount it first)")
 
 
 def _exists(dest: Path) -> DestinationExistsError:
@@ -680,38 +719,49 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool,
     except OSError as err:
         # symlink and rename name their destination second
         where = os.fsdecode(err.filename2 or err.filename or dest)
+        if where == Path(dest).name or _TEMP_NAME.fullmatch(where):
+            # a name taken in dest's directory fd: the temp copy, unknown to the user, or
+            # dest's own last element; the user knows it as dest
+            where = os.fspath(dest)
         raise IpfsError(f"cannot write {_clip(where)}: {err.strerror}") from None
 
 
 def _write_temp(getter: BlockGetter, node: UnixfsNode, dest: Path,
                 executable: bool) -> tuple[Path, int | None]:
-    """Write ``node`` to a new hidden temp sibling of ``dest``, locked while this import runs
-    (a symlink is not: it is made and renamed at once); first remove what killed imports
-    left in that directory.  Returns the temp's path and the fd holding its lock, to close
-    once the temp is renamed away or removed; on failure nothing of it is left."""
+    """:func:`_write_temp_at` in ``dest``'s parent, opened by its path; the temp's path."""
     parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _remove_stale_temps(parent)
-        for _ in range(_TEMP_TRIES):
-            tmp = _temp_sibling(dest)
-            held: list[int] = []
-            try:
-                _write_node(getter, node, parent, tmp.name, executable,
-                            _locker(parent, tmp.name, held))
-            except _Lost:
-                for fd in held:
-                    os.close(fd)
-                continue  # a cleaner removed it before it was locked: make another
-            except BaseException:
-                _remove_at(parent, tmp.name)
-                for fd in held:
-                    os.close(fd)
-                raise
-            return tmp, (held[0] if held else None)
-        raise IpfsError(f"cannot keep a temporary copy beside {dest}: other imports there "
-                        f"removed {_TEMP_TRIES} in a row before they were locked")
+        name, lock = _write_temp_at(getter, node, parent, dest, executable)
+        return dest.parent / name, lock
     finally:
         os.close(parent)
+
+
+def _write_temp_at(getter: BlockGetter, node: UnixfsNode, parent: int, dest: Path,
+                   executable: bool) -> tuple[str, int | None]:
+    """Write ``node`` to a new hidden temp sibling of ``dest`` in the directory ``parent``
+    (an fd), locked while this import runs (a symlink is not: it is made and renamed at
+    once); first remove what killed imports left in that directory.  Returns the temp's
+    name and the fd holding its lock, to close once the temp is renamed away or removed; on
+    failure nothing of it is left."""
+    _remove_stale_temps(parent)
+    for _ in range(_TEMP_TRIES):
+        tmp = _temp_sibling(dest).name
+        held: list[int] = []
+        try:
+            _write_node(getter, node, parent, tmp, executable, _locker(parent, tmp, held))
+        except _Lost:
+            for fd in held:
+                os.close(fd)
+            continue  # a cleaner removed it before it was locked: make another
+        except BaseException:
+            _remove_at(parent, tmp)
+            for fd in held:
+                os.close(fd)
+            raise
+        return tmp, (held[0] if held else None)
+    raise IpfsError(f"cannot keep a temporary copy beside {dest}: other imports there "
+                    f"removed {_TEMP_TRIES} in a row before they were locked")
 
 
 def _unlock(lock: int | None) -> None:
@@ -799,55 +849,68 @@ def get(getter: BlockGetter, node: UnixfsNode, name: str, dest: Path, executable
 
 def _put(getter: BlockGetter, node: UnixfsNode, dest: Path, executable: bool,
          force: bool) -> Path:
-    """:func:`get`'s one rule (``force`` a bool)."""
+    """:func:`get`'s one rule (``force`` a bool).
+
+    The destination's directory is opened once, and the temp copy is written, renamed into
+    place, and the old entry removed, all relative to that one fd: a directory on the way to
+    ``dest`` swapped for a symlink meanwhile cannot move the rename or the removal into
+    another directory (where ``RENAME_EXCHANGE`` would swap out, and then delete, an entry
+    of someone else's, past a sticky bit)."""
     if dest.name in ("", ".", ".."):
         raise IpfsError(f"{dest} names no entry to write")
     check_destination(dest, force)
     if _lstat(dest) is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp, lock = _write_temp(getter, node, dest, executable)
+    parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _lstat(dest) is None:
-            _rename_new(tmp, dest)
-        elif not force:
-            raise _exists(dest)  # appeared while writing
-        else:
-            _swap_in(tmp, dest)
-    except BaseException:
-        _remove(tmp)
-        raise
+        tmp, lock = _write_temp_at(getter, node, parent, dest, executable)
+        try:
+            if _lstat_at(parent, dest.name) is None:
+                _rename_new(tmp, dest, parent)
+            elif not force:
+                raise _exists(dest)  # appeared while writing
+            else:
+                _swap_in(parent, tmp, dest)
+        except BaseException:
+            _remove_at(parent, tmp)
+            raise
+        finally:
+            _unlock(lock)
     finally:
-        _unlock(lock)
+        os.close(parent)
     return dest
 
 
-def _swap_in(new: Path, dest: Path) -> None:
-    """Put ``new`` at ``dest`` in one step, replacing the regular file or directory there, and
-    remove the old one (which is at ``new``'s name meanwhile: a kill then leaves it where the
-    next import's clean-up of dead temp entries removes it).  Something else found at
-    ``dest`` in the swap (a symlink planted meanwhile) is swapped back, not replaced."""
-    st = _lstat(dest)
+def _swap_in(parent: int, new: str, dest: Path) -> None:
+    """Put the entry ``new`` of the directory ``parent`` at ``dest``'s name there in one step,
+    replacing the regular file or directory there, and remove the old one (which is at
+    ``new``'s name meanwhile: a kill then leaves it where the next import's clean-up of dead
+    temp entries removes it).  Something else found at ``dest`` in the swap (a symlink
+    planted meanwhile) is swapped back, not replaced."""
+    name = dest.name
+    st = _lstat_at(parent, name)
     if st is None:
-        _rename_new(new, dest)
+        _rename_new(new, dest, parent)
         return
     _refuse_special(dest, st)
-    if rename_exchange(new, dest):
-        old = os.lstat(new)
+    if rename_exchange(new, name, src_dir_fd=parent, dst_dir_fd=parent):
+        old = os.stat(new, dir_fd=parent, follow_symlinks=False)
         if not (stat_mod.S_ISREG(old.st_mode) or stat_mod.S_ISDIR(old.st_mode)):
-            rename_exchange(new, dest)  # something planted meanwhile: put it back
+            # something planted meanwhile: put it back
+            rename_exchange(new, name, src_dir_fd=parent, dst_dir_fd=parent)
             _refuse_special(dest, old)
-        _remove(new)
+        _remove_at(parent, new)
         return
     # No atomic exchange on this file system: move the old one aside, then the new one in.
-    aside = _temp_sibling(dest)
-    os.rename(dest, aside)
+    aside = _temp_sibling(dest).name
+    os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
     try:
-        _rename_noreplace(new, dest)
+        _rename_noreplace(new, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
         with contextlib.suppress(OSError):
-            _rename_noreplace(aside, dest)
+            _rename_noreplace(aside, name, src_dir_fd=parent, dst_dir_fd=parent)
         raise
-    _remove(aside)
+    _remove_at(parent, aside)
 
 
 def _write_and_rename(
@@ -868,9 +931,14 @@ def _write_and_rename(
         _unlock(lock)
 
 
-def _rename_new(src: Path, dst: Path) -> None:
+def _rename_new(src: Path | str, dst: Path, parent: int | None = None) -> None:
+    """Rename ``src`` to ``dst`` where nothing is; with ``parent``, both are names in that
+    directory (an fd)."""
     try:
-        _rename_noreplace(src, dst)
+        if parent is None:
+            _rename_noreplace(src, dst)
+        else:
+            _rename_noreplace(src, dst.name, src_dir_fd=parent, dst_dir_fd=parent)
     except FileExistsError:
         raise IpfsError(f"{dst} appeared while importing; nothing was written there") from None
 

@@ -219,7 +219,9 @@ class EmbeddedNode:
 
     def get(self, path: str, dest: Path, executable: bool = False,
             force: bool | None = None) -> None:
-        """Write a file or tree to ``dest`` atomically (``force``: see the CoreAPI's ``get``)."""
+        """Write a file or tree to ``dest`` atomically (``force``: see the CoreAPI's ``get``);
+        never at, inside or over this node's own repository."""
+        exporter.check_outside_repository(Path(dest), self.repo_path)
         exporter.get_path(self._get_block, path, dest, executable, force)
         if self._net is not None:
             self._net.flush()
