@@ -151,7 +151,7 @@ class AddOptions:
     raw_leaves: bool | None = None
     pin: bool = True
     only_hash: bool = False
-    chunk_size: int = 262144  # kubo's --chunker size-N
+    chunker: str = "size-262144"  # kubo's --chunker: size-N, rabin[-AVG|-MIN-AVG-MAX], buzhash
     wrap: bool = False  # add_path only, kubo's -w: the result is a directory holding the path
     # Called with (name, CID) for each file, symlink and directory added, in the order kubo's
     # `ipfs add` reports them: files as they are added, then directories children first.
