@@ -367,13 +367,15 @@ def test_a_chunker_kubo_refuses_is_a_usage_error_with_kubos_reason(
     assert r.stderr == f"ww: --chunker {case['chunker']}: {case['error']}\n"
 
 
-def test_the_docs_stdin_example_prints_what_its_comment_says() -> None:
-    """docs/ipfs.md's `echo ... | ww export -Q -` line, run by bash, prints the CID it shows."""
+def test_the_docs_stdin_examples_print_what_their_comments_say() -> None:
+    """docs/ipfs.md's `... | ww export -Q ... -` lines, run by bash, print the CIDs they show."""
     doc = (Path(__file__).resolve().parents[2] / "docs" / "ipfs.md").read_text()
-    (line,) = [x.strip() for x in doc.splitlines() if "| ww export -Q -" in x]
-    command, _, comment = line.partition("#")
-    env = {**os.environ, "PATH": f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env,
-                       timeout=HANG)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == f"{comment.strip()}\n"
+    lines = [x.strip() for x in doc.splitlines() if "| ww export -Q" in x]
+    assert len(lines) == 2
+    for line in lines:
+        command, _, comment = line.partition("#")
+        env = {**os.environ, "PATH": f"{Path(WW).parent}{os.pathsep}{os.environ['PATH']}"}
+        r = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env,
+                           timeout=HANG)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"{comment.strip()}\n", line

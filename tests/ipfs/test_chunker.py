@@ -237,3 +237,18 @@ def test_input_that_makes_every_position_a_candidate_is_checked_in_bulk(
     assert [len(c) for c in chunkers._split(_pieces(data, 65536), cutter)] == [
         500_000, 500_000, 200_000]  # never zero: cut at MAX
     assert checks == []
+
+
+def test_bytes_that_make_every_position_a_rabin_candidate_are_checked_in_bulk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real input of that kind: the byte 0x06 over and over has a rabin hash whose low 8 bits
+    are zero but not its 18 (kubo's default mask) at every position."""
+    checks = []
+    original = chunkers._Cutter._hash
+    monkeypatch.setattr(chunkers._Cutter, "_hash",
+                        lambda self, d, end: checks.append(end) or original(self, d, end))
+    data = b"\x06" * 1_000_000
+    assert _lengths("rabin", data) == [393216, 393216, 213568]
+    assert checks == []
+

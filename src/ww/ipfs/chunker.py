@@ -88,7 +88,7 @@ _BUZHASH_TABLE = (
 )
 
 _BLOCK = 1 << 16  # positions scanned per bulk step
-_FEW = 32  # candidates checked one by one; more, and the next 8 bits are computed in bulk
+_FEW = 1024  # candidates checked one by one (random data: 256 a block); more: next 8 bits in bulk
 _SCALAR = 64  # a range this short is scanned position by position
 
 
