@@ -5,6 +5,13 @@ Needs the oracle built from main.go (Go, with boxo v0.11.0 from the Go module pr
     cd tests/ipfs/go_oracle && go mod tidy && go build -o oracle .
     python -m tests.ipfs.go_oracle.record tests/ipfs/go_oracle/oracle
 The tests (tests/ipfs/test_chunker.py) read the JSON; they do not need Go.
+
+The JSON in the repository was recorded on a machine without the Go module proxy: there the
+oracle was built with ``replace`` directives pointing at the sources of the three modules the
+chunker package compiles from -- boxo v0.11.0's chunker/ directory, github.com/whyrusleeping/
+chunker (its Rabin fingerprint) and github.com/libp2p/go-buffer-pool -- and a stand-in for
+github.com/ipfs/go-log/v2 (the chunker only logs a rejected label; the error it returns is
+unchanged), with Go 1.27.
 """
 
 from __future__ import annotations
