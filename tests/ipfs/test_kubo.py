@@ -101,6 +101,13 @@ def test_add_sends_every_cid_deciding_option_explicitly(client: KuboClient, kubo
     assert query["pin"] == ["false"] and query["wrap-with-directory"] == ["false"]
 
 
+def test_add_sends_the_chunker_string_as_given(client: KuboClient, kubo: FakeKubo):
+    """kubo cuts with its own chunker: rabin and buzhash strings go to it untouched."""
+    with pytest.raises(IpfsError, match="only the default chunker"):
+        client.add_stream([b"chunked\n"], AddOptions(chunker="rabin-min:16-avg:32-max:64"))
+    assert last_request(kubo, "add")["chunker"] == ["rabin-min:16-avg:32-max:64"]
+
+
 def test_cid_version_1_implies_raw_leaves(client: KuboClient, kubo: FakeKubo):
     with pytest.raises(IpfsError, match="fake kubo supports only"):
         client.add_stream([b"v1\n"], AddOptions(cid_version=1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import tempfile
 from dataclasses import replace
@@ -14,7 +13,7 @@ from pathlib import Path
 import click
 
 from ww.cli._ipfs_option import ipfs_option
-from ww.core.errors import UsageError
+from ww.core.errors import ChunkerError, UsageError
 
 PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this many bytes
 STDIN_PATHS = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
@@ -65,8 +64,12 @@ class _KuboBooleans(click.Command):
 @click.option("--stdin-name", default="", metavar="NAME",
               help="The name stdin's data gets in the -w directory (kubo's --stdin-name; "
                    "default: its own CID, as kubo names it).")
-@click.option("--chunker", default="size-262144", show_default=True, metavar="size-N",
-              help="Cut files into N-byte chunks (N at most 1048576, as kubo).")
+@click.option("--chunker", default="size-262144", show_default=True,
+              metavar="size-N|rabin[-AVG|-MIN-AVG-MAX]|buzhash",
+              help="How files are cut into blocks, as kubo's ipfs add --chunker: N-byte chunks "
+                   "(N at most 1048576), or content-defined ones: rabin (average AVG bytes, "
+                   "default 262144; MIN at least 16, MAX at most 1048576) or buzhash (128 to "
+                   "512 KiB).")
 @ipfs_option
 def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
            pin: bool, hidden: bool, quiet: bool, quieter: bool, recursive: bool,
@@ -85,7 +88,7 @@ def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool 
     if only_hash and car_file is not None:
         raise UsageError("--only-hash stores nothing, so there is no DAG for --car to write")
     options = AddOptions(cid_version=cid_version, raw_leaves=raw_leaves, pin=pin and not only_hash,
-                         hidden=hidden, only_hash=only_hash, chunk_size=_chunk_size(chunker),
+                         hidden=hidden, only_hash=only_hash, chunker=_chunker(chunker),
                          wrap=wrap, stdin_name=stdin_name)
     added: list[str] = []
     if quiet and not quieter:
@@ -118,15 +121,15 @@ def _is_stdin(path: str) -> bool:
     return path in STDIN_PATHS
 
 
-def _chunk_size(chunker: str) -> int:
-    match = re.fullmatch(r"size-([0-9]+)", chunker)
-    if match is None:
-        raise UsageError(f"--chunker {chunker}: only size-N is supported (kubo's rabin and "
-                         "buzhash chunkers are not)")
-    size = int(match.group(1))
-    if not 1 <= size <= 1048576:
-        raise UsageError(f"--chunker {chunker}: N must be 1 to 1048576, as kubo allows")
-    return size
+def _chunker(chunker: str) -> str:
+    """Refuse, before any work, a chunker string kubo would refuse, with kubo's reason."""
+    from ww.ipfs.chunker import parse
+
+    try:
+        parse(chunker)
+    except ChunkerError as e:
+        raise ChunkerError(f"--chunker {chunker}: {e}") from None
+    return chunker
 
 
 def _check_car_destination(car_file: Path) -> None:

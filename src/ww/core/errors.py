@@ -10,6 +10,7 @@ The tree, roots of each area (the areas add named subclasses of their own, e.g.
     WwError                      1
     +-- UsageError               2    the command line is wrong; nothing was started
     |   +-- AddressError         2    a multiaddr, peer address or CIDR is malformed
+    |   +-- ChunkerError         2    a chunker string (size-N, rabin..., buzhash) kubo refuses
     +-- CallError                1    a capability call refused for its arguments or state
     +-- DeniedError              65   outside what was granted
     +-- AuthenticationFailed     64   a login failed
@@ -64,6 +65,11 @@ class AddressError(UsageError, ValueError):
     """A network address (multiaddr, peer address, CIDR range) is malformed or of a kind
     ``ww`` does not speak.  A usage error on the command line; from a cell, the reason its
     call is refused.  Still a ValueError, as the address checkers raised before."""
+
+
+class ChunkerError(UsageError, ValueError):
+    """A chunker string (``ww export --chunker``) that kubo's ``ipfs add`` would refuse, with
+    kubo's own reason.  Still a ValueError: the string is a bad value wherever it comes from."""
 
 
 class CallError(WwError, ValueError):

@@ -151,7 +151,7 @@ class AddOptions:
     raw_leaves: bool | None = None
     pin: bool = True
     only_hash: bool = False
-    chunk_size: int = 262144  # kubo's --chunker size-N
+    chunker: str = "size-262144"  # kubo's --chunker: size-N, rabin[-AVG|-MIN-AVG-MAX], buzhash
     wrap: bool = False  # kubo's -w: the result is a directory holding the path (or the stream)
     # kubo's --stdin-name: the name a wrapped stream (add_stream with wrap) gets in its
     # directory; "" names it by its own CID, as kubo does.

@@ -1,9 +1,10 @@
 """The UnixFS importer: files, directories and symlinks to dag-pb blocks, as ``ipfs add`` does.
 
-Byte-compatible with kubo's defaults (boxo's balanced layout): fixed 262144-byte chunks,
-leaves that are dag-pb UnixFS ``File`` nodes (or raw blocks with ``raw_leaves``), at most 174
-links per node, every leaf at the same depth, and a lone chunk being the root itself.  An
-empty file is a single leaf with no data.  CIDv1 (``cid_version=1``) implies raw leaves.
+Byte-compatible with kubo (boxo's balanced layout): chunks of 262144 bytes by default, or
+cut by any of kubo's chunkers (:mod:`ww.ipfs.chunker`: size-N, rabin, buzhash); leaves that
+are dag-pb UnixFS ``File`` nodes (or raw blocks with ``raw_leaves``), at most 174 links per
+node, every leaf at the same depth, and a lone chunk being the root itself.  An empty file is
+a single leaf with no data.  CIDv1 (``cid_version=1``) implies raw leaves.
 Directories are single nodes with sorted links, or HAMT-sharded once they reach kubo's 256 KiB
 sharding threshold.
 
@@ -26,8 +27,10 @@ from typing import Protocol
 from ww.core import multihash, varint
 from ww.core.cid import CID, DAG_PB, RAW
 
+from . import chunker as chunkers
 from . import dagpb, unixfs
 from .api import AddOptions, UnsupportedError
+from .chunker import rechunk
 
 __all__ = [
     "CHUNK_SIZE",
@@ -43,8 +46,7 @@ __all__ = [
     "import_path",
 ]
 
-CHUNK_SIZE = 262144
-MAX_CHUNK_SIZE = 1048576  # boxo's ChunkSizeLimit: kubo refuses a larger --chunker size-N
+CHUNK_SIZE = chunkers.DEFAULT_SIZE
 MAX_LINKS = 174
 HAMT_THRESHOLD = 262144  # kubo's Internal.UnixFSShardingSizeThreshold default, 256 KiB
 HAMT_FANOUT = 256
@@ -72,7 +74,7 @@ class ImportParams:
     cid_version: int = 0
     raw_leaves: bool = False
     hidden: bool = True  # include directory entries whose names start with "."
-    chunk_size: int = CHUNK_SIZE
+    chunker: chunkers.Chunker = chunkers.parse(chunkers.DEFAULT)
     wrap: bool = False  # import_path: put the result in a directory of its own, as kubo's -w
     on_added: Callable[[str, str], None] | None = field(default=None, compare=False)
 
@@ -80,12 +82,10 @@ class ImportParams:
     def from_options(cls, options: AddOptions) -> ImportParams:
         if options.cid_version not in (0, 1):
             raise UnsupportedError(f"unsupported CID version {options.cid_version} (use 0 or 1)")
-        if not 1 <= options.chunk_size <= MAX_CHUNK_SIZE:
-            raise UnsupportedError(
-                f"chunk size {options.chunk_size} out of range (1 to {MAX_CHUNK_SIZE}, as kubo)")
+        chunker = chunkers.parse(options.chunker)  # ChunkerError: kubo's reason
         raw = options.raw_leaves
         return cls(options.cid_version, options.cid_version == 1 if raw is None else raw,
-                   options.hidden, options.chunk_size, options.wrap, options.on_added)
+                   options.hidden, chunker, options.wrap, options.on_added)
 
     def node_cid(self, mh: bytes) -> CID:
         return CID.v0(mh) if self.cid_version == 0 else CID.v1(DAG_PB, mh)
@@ -99,38 +99,6 @@ class Imported:
     cid: CID
     tsize: int
     filesize: int
-
-
-def rechunk(
-    chunks: Iterable[bytes | bytearray | memoryview], size: int = CHUNK_SIZE
-) -> Iterator[bytes | memoryview]:
-    """Cut a stream of arbitrary pieces into ``size``-byte chunks (the last may be shorter).
-
-    Pieces that are ``bytes`` are sliced without copying; mutable pieces are copied first so a
-    caller reusing its buffer cannot change a chunk after the fact.  Empty input yields nothing.
-    """
-    buf = bytearray()
-    for piece in chunks:
-        if not isinstance(piece, bytes):
-            piece = bytes(piece)
-        if not piece:
-            continue
-        view = memoryview(piece)
-        if buf:
-            need = size - len(buf)
-            buf += view[:need]
-            view = view[need:]
-            if len(buf) < size:
-                continue
-            yield bytes(buf)
-            buf = bytearray()
-        while len(view) >= size:
-            yield view[:size]
-            view = view[size:]
-        if view:
-            buf += view
-    if buf:
-        yield bytes(buf)
 
 
 def _leaf(chunk: bytes | memoryview, params: ImportParams, sink: BlockSink) -> Imported:
@@ -201,7 +169,7 @@ def import_file(
             level, item = level + 1, parent
         levels[level].append(item)
 
-    for chunk in rechunk(chunks, params.chunk_size):
+    for chunk in params.chunker.split(chunks):
         push(0, _leaf(chunk, params, sink))
 
     if not levels[0]:

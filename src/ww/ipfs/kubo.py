@@ -413,7 +413,7 @@ class KuboClient:
         return {
             "cid-version": options.cid_version,
             "raw-leaves": raw_leaves,
-            "chunker": f"size-{options.chunk_size}",
+            "chunker": options.chunker,
             "hash": "sha2-256",
             "pin": options.pin,
             "only-hash": options.only_hash,
