@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,14 +11,16 @@ from typing import TYPE_CHECKING
 import click
 
 from ww.cli._ipfs_option import ipfs_option, peer_option, refuse_peers_with_kubo
+from ww.cli._kubo_bools import kubo_booleans
 from ww.cli._output import reader_gone
+from ww.cli._progress import progress_bar
 from ww.core.errors import NotAFileError, UsageError
 
 if TYPE_CHECKING:
     from ww.ipfs.api import CoreAPI
 
 
-@click.command(name="import")
+@click.command(name="import", cls=kubo_booleans("progress"))
 @click.argument("source")
 @click.argument("local_path", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", metavar="PATH",
@@ -26,10 +29,13 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True,
               help="Replace an existing regular file or directory at PATH (never a symlink).")
 @click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
+@click.option("-p", "--progress/--no-progress", default=True,
+              help="Show a progress bar on stderr when it is a terminal (--progress=false, "
+                   "as kubo's ipfs get, shows none).")
 @ipfs_option
 @peer_option
 def import_(source: str, local_path: Path | None, output: str | None, force: bool,
-            executable: bool, ipfs_api: str | None, peers: list[str]) -> int:
+            executable: bool, progress: bool, ipfs_api: str | None, peers: list[str]) -> int:
     """Write SOURCE to PATH: a file, a symlink or a directory alike.
 
     SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
@@ -66,17 +72,19 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     api = open_ipfs(ipfs_api, check=bool(ipfs_api), peers=peers)
     try:
         if car is None:
-            _write(api, source, dest, executable, force, to_stdout)
+            _write(api, source, dest, executable, force, to_stdout, progress)
             return 0
         roots = _one_root(car)  # before anything is stored or pinned
         if dest is None and not to_stdout:
             dest = Path(roots[0])
             check_destination(dest, force)
         pinned_before = set(api.pins())
-        with open(car, "rb") as f:
+        with open(car, "rb") as f, progress_bar(f"importing {car.name}", progress) as bar:
+            if bar is not None:
+                bar.expect(os.fstat(f.fileno()).st_size)
             roots = api.import_car(f)
         try:
-            _write(api, f"/ipfs/{roots[0]}", dest, executable, force, to_stdout)
+            _write(api, f"/ipfs/{roots[0]}", dest, executable, force, to_stdout, progress)
         except BaseException:
             # Nothing was written: leave no pin behind either (the blocks stay, unpinned,
             # until the next gc, as kubo keeps them after a failed import).
@@ -103,20 +111,29 @@ def _default_name(source: str, car: Path | None) -> Path | None:
 
 
 def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: bool,
-           to_stdout: bool) -> None:
+           to_stdout: bool, progress: bool) -> None:
     if not to_stdout:
         assert dest is not None
-        api.get(path, dest, executable=executable, force=force)
+        with progress_bar(f"saving {dest.name}", progress):  # the exporter reports
+            api.get(path, dest, executable=executable, force=force)
         return
     from ww.core.ipfs_values import EntryType
 
-    kind = api.stat(path).type
-    if kind is not EntryType.FILE:
-        raise NotAFileError(f"{path} is a {kind.value}; -o - writes only a file to stdout "
-                            "(give -o PATH to write it to disk)")
+    info = api.stat(path)
+    if info.type is not EntryType.FILE:
+        raise NotAFileError(f"{path} is a {info.type.value}; -o - writes only a file to "
+                            "stdout (give -o PATH to write it to disk)")
     out = sys.stdout.buffer
-    for piece in api.cat(path):
-        out.write(piece)
+    with progress_bar("saving to stdout", progress) as bar:
+        if bar is None:
+            for piece in api.cat(path):
+                out.write(piece)
+        else:
+            bar.expect(info.size, 1)
+            for piece in api.cat(path):
+                out.write(piece)
+                bar.advance(len(piece))
+            bar.advance(files=1)
     out.flush()
 
 

@@ -1,0 +1,174 @@
+"""Progress bars on a terminal, in the spirit of kubo's ``ipfs add`` and ``ipfs get``.
+
+Long work reports how far it has come through :mod:`ww.core.progress` (the IPFS layer
+counts; nothing here is known to it).  A :class:`TerminalBar` draws those counts on stderr as
+one line redrawn in place -- bytes done of the total, files, blocks fetched from peers, rate
+and time left where the total is known -- at most :data:`REDRAWS_PER_SECOND` times a second
+from a thread of its own (the work itself only adds to integers), and a last time when the
+work ends, so that the final state is always what stays on the screen.
+
+Nothing is drawn when stderr is not a terminal, when the command was told to be quiet
+(``-q``, ``--progress=false``), or for work too small to be worth a bar (under
+:data:`MIN_BYTES` and :data:`MIN_FILES`); ``rich``, which draws it, is imported only once a
+bar is shown.  Never on stdout: it may carry a file's bytes or CIDs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from ww.core.progress import Progress, reporting
+
+MIN_BYTES = 8 << 20  # as kubo's `ipfs cat`, no bar for less (its progressBarMinSize)
+MIN_FILES = 1000  # ... unless there are this many files
+REDRAWS_PER_SECOND = 10
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool = True,
+                 stream: TextIO | None = None) -> Iterator[TerminalBar | None]:
+    """A bar for the block's work (in this thread) on ``stream`` (stderr), or None when none
+    is to be drawn: ``enabled`` false, or the stream not a terminal."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled or not _is_terminal(stream):
+        yield None
+        return
+    bar = TerminalBar(label, stream)
+    finished = False
+    try:
+        with reporting(bar):
+            yield bar
+        finished = True
+    finally:
+        bar.close(finished)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a file at all
+        return False
+
+
+class TerminalBar(Progress):
+    """Counts reported by the work, drawn once they pass :data:`MIN_BYTES` or
+    :data:`MIN_FILES` (expected or done)."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self.total_bytes: int | None = None
+        self.total_files: int | None = None
+        self.bytes = self.files = self.blocks = 0
+        self.fetched_blocks = 0
+        self._stream = stream
+        self._drawn: Any = None  # rich's Progress, once shown
+        self._task: Any = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._started = time.monotonic()
+
+    # --- what the work reports (its thread) ---------------------------------------------
+
+    def expect(self, nbytes: int | None = None, files: int | None = None) -> None:
+        if nbytes is not None:
+            self.total_bytes = nbytes
+        if files is not None:
+            self.total_files = files
+        if self._drawn is None and ((nbytes or 0) >= MIN_BYTES or (files or 0) >= MIN_FILES):
+            self._show()
+
+    def advance(self, nbytes: int = 0, files: int = 0, blocks: int = 0) -> None:
+        self.bytes += nbytes
+        self.files += files
+        self.blocks += blocks
+        if self._drawn is None and (self.bytes >= MIN_BYTES or self.files >= MIN_FILES):
+            self._show()
+
+    def fetched(self, blocks: int, nbytes: int) -> None:
+        self.fetched_blocks = blocks
+
+    # --- drawing ------------------------------------------------------------------------
+
+    @property
+    def shown(self) -> bool:
+        return self._drawn is not None
+
+    def info(self) -> str:
+        """The counts beside the bytes: files, blocks fetched from peers."""
+        parts = []
+        if self.total_files is not None:
+            parts.append(f"{self.files}/{_count(self.total_files, 'file')}")
+        elif self.files:
+            parts.append(_count(self.files, "file"))
+        elif self.blocks and not self.fetched_blocks:
+            parts.append(_count(self.blocks, "block"))
+        if self.fetched_blocks:
+            parts.append(f"{_count(self.fetched_blocks, 'block')} fetched")
+        return "  ".join(parts)
+
+    def _show(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        console = Console(file=self._stream, force_terminal=True, highlight=False)
+        drawn = Progress(
+            TextColumn("{task.description}"), BarColumn(bar_width=24),
+            DownloadColumn(binary_units=True), TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            console=console, auto_refresh=False, transient=False,
+            redirect_stdout=False, redirect_stderr=False)
+        self._task = drawn.add_task(self.label, total=self.total_bytes, info="", rate="")
+        drawn.start()
+        self._drawn = drawn
+        self._draw()
+        self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1 / REDRAWS_PER_SECOND):
+            self._draw()
+
+    def _draw(self) -> None:
+        drawn, task = self._drawn, self._task
+        drawn.update(task, total=self.total_bytes, completed=self.bytes, info=self.info())
+        elapsed = time.monotonic() - self._started
+        rate = self.bytes / elapsed if elapsed > 0 and self.bytes else 0  # the mean so far
+        drawn.update(task, rate=f"{_binary(rate)}/s" if rate else "")
+        drawn.refresh()
+
+    def close(self, finished: bool) -> None:
+        """Stop redrawing and draw the final state (the line is left, ended)."""
+        if self._drawn is None:
+            return
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        if finished and self.total_bytes is None:
+            self.total_bytes = self.bytes  # done: all there was
+        self._draw()
+        self._drawn.stop()
+
+
+def _binary(n: float) -> str:
+    """``n`` bytes in KiB, MiB, GiB..., as kubo's bars show them."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.1f} {units[i]}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
