@@ -15,6 +15,7 @@ bar is shown.  Never on stdout: it may carry a file's bytes or CIDs.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -120,12 +121,20 @@ class TerminalBar(Progress):
             TextColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
-        console = Console(file=self._stream, force_terminal=True, highlight=False)
+        def cell() -> Column:  # a narrow terminal crops the line: it never wraps
+            return Column(no_wrap=True)
+
+        console = Console(file=self._stream, force_terminal=True, highlight=False,
+                          width=_columns(self._stream))
         drawn = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=24),
-            DownloadColumn(binary_units=True), TextColumn("{task.fields[info]}"),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            TextColumn("{task.description}", table_column=cell()),
+            BarColumn(bar_width=24, table_column=cell()),
+            DownloadColumn(binary_units=True, table_column=cell()),
+            TextColumn("{task.fields[info]}", table_column=cell()),
+            TextColumn("{task.fields[rate]}", table_column=cell()),
+            TimeRemainingColumn(table_column=cell()),
             console=console, auto_refresh=False, transient=False,
             redirect_stdout=False, redirect_stderr=False)
         self._task = drawn.add_task(self.label, total=self.total_bytes, info="", rate="")
@@ -158,6 +167,15 @@ class TerminalBar(Progress):
             self.total_bytes = self.bytes  # done: all there was
         self._draw()
         self._drawn.stop()
+
+
+def _columns(stream: TextIO) -> int | None:
+    """The width of the terminal ``stream`` is on (rich would ask stdin and stdout first,
+    which may be another terminal, or none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _binary(n: float) -> str:
