@@ -25,6 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, WW, run_ww
+from tests.ipfs import conftest as ipfs_conftest
+
+fake_kubo = ipfs_conftest.fake_kubo  # the kubo RPC stand-in of tests/ipfs, as a fixture here
 
 MIB = 1 << 20
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -248,3 +251,19 @@ def test_import_from_a_peer_counts_the_blocks_fetched(big, tmp_path):
     last = final_frame(terminal)
     assert last.startswith("saving got") and f"{blocks} blocks fetched" in last, terminal
     assert (tmp_path / "got").read_bytes() == big.read_bytes()
+
+
+def test_through_a_kubo_node_the_same_bars_are_drawn(tree, tmp_path, fake_kubo):
+    """With --ipfs the files read for the upload and the blocks read from kubo are counted
+    as the embedded node's are (kubo's RPC API: a stand-in over kubo's own adder)."""
+    status, out, terminal = run_on_terminal("export", "--ipfs", fake_kubo.api, str(tree))
+    assert status == 0, terminal
+    last = final_frame(terminal)
+    assert f"{mib(9 * MIB)}/{mib(9 * MIB)} MiB" in last and "3/3 files" in last
+    cid = out.decode().strip().removeprefix("/ipfs/")
+    status, out, terminal = run_on_terminal("import", "--ipfs", fake_kubo.api, f"/ipfs/{cid}",
+                                            "-o", str(tmp_path / "copy"))
+    assert status == 0, terminal
+    last = final_frame(terminal)
+    assert last.startswith("saving copy") and "3 files" in last
+    assert (tmp_path / "copy" / "f0.bin").read_bytes() == (tree / "f0.bin").read_bytes()
