@@ -33,13 +33,16 @@ MIB = 1 << 20
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def run_on_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, bytes, str]:
-    """Run `ww ARGS` with stderr on a pseudo-terminal 200 columns wide; returns its exit
-    status, its stdout (bytes) and what reached the terminal (text, escapes left in)."""
+def run_on_terminal(*args: str, env: dict[str, str] | None = None,
+                    stdin: Path | None = None) -> tuple[int, bytes, str]:
+    """Run `ww ARGS` with stderr on a pseudo-terminal 200 columns wide (stdin: the file
+    ``stdin``, else /dev/null); returns its exit status, its stdout (bytes) and what reached
+    the terminal (text, escapes left in)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    proc = subprocess.Popen([WW, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave, env=env)
+    with open(stdin or os.devnull, "rb") as source:
+        proc = subprocess.Popen([WW, *args], stdin=source, stdout=subprocess.PIPE,
+                                stderr=slave, env=env)
     os.close(slave)
     out: list[bytes] = []
     reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
@@ -123,6 +126,15 @@ def test_export_of_a_large_file_draws_its_bytes(big):
     assert last.startswith("adding big.bin") and f"{size}/{size} MiB" in last
     assert "1/1 file" in last
     assert out.decode() == run_ww("export", "--cid-version", "1", str(big)).stdout
+
+
+def test_export_of_stdin_draws_the_bytes_read(big):
+    status, out, terminal = run_on_terminal("export", "-", stdin=big)
+    assert status == 0, terminal
+    last = final_frame(terminal)
+    size = mib(big.stat().st_size)
+    assert last.startswith("adding stdin") and f"{size}/{size} MiB" in last and "1 file" in last
+    assert out.decode() == run_ww("export", str(big)).stdout
 
 
 @pytest.mark.parametrize("flags", [["-q"], ["-Q"], ["--progress=false"], ["--no-progress"]])
