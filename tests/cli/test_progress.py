@@ -279,3 +279,23 @@ def test_through_a_kubo_node_the_same_bars_are_drawn(tree, tmp_path, fake_kubo):
     last = final_frame(terminal)
     assert last.startswith("saving copy") and "3 files" in last
     assert (tmp_path / "copy" / "f0.bin").read_bytes() == (tree / "f0.bin").read_bytes()
+
+
+def test_a_failure_ends_the_bar_before_its_one_line_error(big, tmp_path, ww_home):
+    """A block missing half-way: the bar is drawn a last time where the work stopped and its
+    line ended, then the error has a line of its own; nothing is written."""
+    cid = run_ww("export", "-Q", "--cid-version", "1", str(big)).stdout.strip()
+    from ww.ipfs.node import EmbeddedNode
+
+    with EmbeddedNode(ww_home) as node:
+        leaves = node._node(f"/ipfs/{cid}").links
+        assert len(leaves) > 10
+        assert node._blocks.delete(leaves[-5].cid.multihash)
+    status, out, terminal = run_on_terminal("import", f"/ipfs/{cid}", "-o",
+                                            str(tmp_path / "copy"))
+    assert status == 1
+    plain = _ESCAPES.sub("", terminal).replace("\r\n", "\n")  # the terminal's newline
+    lines = plain.rstrip("\n").split("\n")
+    assert lines[-1].startswith("ww: ") and "\r" not in lines[-1]
+    assert lines[-2].split("\r")[-1].startswith("saving copy")
+    assert not (tmp_path / "copy").exists()
