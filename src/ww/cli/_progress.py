@@ -95,10 +95,6 @@ class TerminalBar(Progress):
 
     # --- drawing ------------------------------------------------------------------------
 
-    @property
-    def shown(self) -> bool:
-        return self._drawn is not None
-
     def info(self) -> str:
         """The counts beside the bytes: files, blocks fetched from peers."""
         parts = []
@@ -149,12 +145,11 @@ class TerminalBar(Progress):
             self._draw()
 
     def _draw(self) -> None:
-        drawn, task = self._drawn, self._task
-        drawn.update(task, total=self.total_bytes, completed=self.bytes, info=self.info())
         elapsed = time.monotonic() - self._started
         rate = self.bytes / elapsed if elapsed > 0 and self.bytes else 0  # the mean so far
-        drawn.update(task, rate=f"{_binary(rate)}/s" if rate else "")
-        drawn.refresh()
+        self._drawn.update(self._task, total=self.total_bytes, completed=self.bytes,
+                           info=self.info(), rate=f"{_binary(rate)}/s" if rate else "")
+        self._drawn.refresh()
 
     def close(self, finished: bool) -> None:
         """Stop redrawing and draw the final state (the line is left, ended)."""
