@@ -159,6 +159,16 @@ def test_small_work_draws_no_bar(tmp_path):
     assert out.startswith(b"/ipfs/")
 
 
+def test_many_small_files_draw_a_bar(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(1000):  # 1000 files: a bar, though their bytes are few
+        (root / f"{i:04}").write_bytes(b"%d" % i)
+    status, _, terminal = run_on_terminal("export", "-n", str(root))  # -n: hash, no store
+    assert status == 0, terminal
+    assert "1000/1000 files" in final_frame(terminal)
+
+
 def test_without_a_bar_rich_is_not_imported(tree):
     code = ("import sys\nfrom ww.cli.main import run_cli\n"
             f"status = run_cli(['export', '-Q', {str(tree)!r}])\n"
