@@ -33,19 +33,21 @@ MIB = 1 << 20
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def run_on_terminal(*args: str, env: dict[str, str] | None = None,
-                    stdin: Path | None = None) -> tuple[int, bytes, str]:
-    """Run `ww ARGS` with stderr on a pseudo-terminal 200 columns wide (stdin: the file
-    ``stdin``, else /dev/null); returns its exit status, its stdout (bytes) and what reached
-    the terminal (text, escapes left in)."""
+def run_on_terminal(*args: str, env: dict[str, str] | None = None, stdin: Path | None = None,
+                    stdout_too: bool = False) -> tuple[int, bytes, str]:
+    """Run `ww ARGS` with stderr (and stdout, if ``stdout_too``) on a pseudo-terminal 200
+    columns wide (stdin: the file ``stdin``, else /dev/null); returns its exit status, its
+    stdout (bytes; empty if on the terminal) and what reached the terminal (text, escapes
+    left in)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
     with open(stdin or os.devnull, "rb") as source:
-        proc = subprocess.Popen([WW, *args], stdin=source, stdout=subprocess.PIPE,
-                                stderr=slave, env=env)
+        proc = subprocess.Popen([WW, *args], stdin=source, env=env, stderr=slave,
+                                stdout=slave if stdout_too else subprocess.PIPE)
     os.close(slave)
     out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout
+                                                        else b""), daemon=True)
     reader.start()
     seen = bytearray()
     try:
@@ -218,6 +220,16 @@ def test_file_to_stdout_is_byte_identical_with_and_without_the_bar(big, command)
     quiet_status, quiet_out, quiet = run_on_terminal(*command, "--progress=false",
                                                      f"/ipfs/{cid}")
     assert (quiet_status, quiet, quiet_out) == (0, "", out)
+
+
+@pytest.mark.parametrize("command", [["cat"], ["import", "-o", "-"]])
+def test_no_bar_is_drawn_over_a_file_written_to_the_same_terminal(tmp_path, command):
+    text = tmp_path / "text"
+    text.write_bytes(b"0123456789abcdef\n" * (9 * MIB // 17))  # no "MiB" in it
+    cid = run_ww("export", "-Q", str(text)).stdout.strip()
+    status, _, terminal = run_on_terminal(*command, f"/ipfs/{cid}", stdout_too=True)
+    assert status == 0
+    assert "MiB" not in terminal and terminal.count("0123456789abcdef") == 9 * MIB // 17
 
 
 def test_cat_with_offset_and_length_counts_what_it_writes(big):

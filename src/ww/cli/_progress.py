@@ -31,12 +31,14 @@ REDRAWS_PER_SECOND = 10
 
 
 @contextmanager
-def progress_bar(label: str, enabled: bool = True,
-                 stream: TextIO | None = None) -> Iterator[TerminalBar | None]:
+def progress_bar(label: str, enabled: bool = True, stream: TextIO | None = None, *,
+                 data_on_stdout: bool = False) -> Iterator[TerminalBar | None]:
     """A bar for the block's work (in this thread) on ``stream`` (stderr), or None when none
-    is to be drawn: ``enabled`` false, or the stream not a terminal."""
+    is to be drawn: ``enabled`` false, the stream not a terminal, or (``data_on_stdout``: the
+    work writes a file's bytes to stdout) stdout a terminal too, where the bar would be
+    drawn over the data."""
     stream = sys.stderr if stream is None else stream
-    if not enabled or not _is_terminal(stream):
+    if not enabled or not _is_terminal(stream) or (data_on_stdout and _is_terminal(sys.stdout)):
         yield None
         return
     bar = TerminalBar(label, stream)

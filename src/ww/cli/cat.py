@@ -37,7 +37,7 @@ def cat(paths: tuple[str, ...], offset: int, length: int | None, progress: bool,
     out = sys.stdout.buffer
     api = open_ipfs(ipfs_api, check=bool(ipfs_api))
     try:
-        with progress_bar("cat", progress) as bar:
+        with progress_bar("cat", progress, data_on_stdout=True) as bar:
             if bar is not None:
                 _expect(bar, api, paths, offset, length)
             return _cat(api, out, paths, offset, length, bar)

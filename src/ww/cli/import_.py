@@ -124,7 +124,7 @@ def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: 
         raise NotAFileError(f"{path} is a {info.type.value}; -o - writes only a file to "
                             "stdout (give -o PATH to write it to disk)")
     out = sys.stdout.buffer
-    with progress_bar("saving to stdout", progress) as bar:
+    with progress_bar("saving to stdout", progress, data_on_stdout=True) as bar:
         if bar is None:
             for piece in api.cat(path):
                 out.write(piece)
