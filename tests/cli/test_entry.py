@@ -284,7 +284,7 @@ def test_a_plain_run_imports_neither_click_nor_pycapnp_cryptography_or_libp2p():
 # directory) still bring re, enum, functools and warnings.
 NOT_ON_THE_PLAIN_PATH = ("typing", "re", "enum", "functools", "subprocess", "threading",
                          "locale", "socket", "selectors", "signal", "contextlib", "warnings",
-                         "dataclasses", "inspect", "click", "asyncio", "capnp")
+                         "dataclasses", "inspect", "click", "asyncio", "capnp", "rich")
 
 
 @pytest.mark.parametrize(("argv", "allowed"), [

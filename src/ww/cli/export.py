@@ -7,23 +7,29 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ww.cli._ipfs_option import ipfs_option
+from ww.cli._progress import progress_bar
 from ww.core.errors import ChunkerError, UsageError
 
-PROGRESS_THRESHOLD = 16 * 1024 * 1024  # show a progress bar on a TTY above this many bytes
+if TYPE_CHECKING:
+    from ww.cli._progress import TerminalBar
+
 STDIN_PATHS = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 READ_SIZE = 1 << 20  # stdin is read and added in pieces of this size: never whole
 
 
 class _KuboBooleans(click.Command):
-    """Accept kubo's spelling ``--pin=false`` / ``--raw-leaves=true`` beside ``--no-pin``."""
+    """Accept kubo's spelling ``--pin=false`` / ``--raw-leaves=true`` / ``--progress=false``
+    beside ``--no-pin``."""
 
-    BOOLEANS = ("--pin", "--raw-leaves")
+    BOOLEANS = ("--pin", "--raw-leaves", "--progress")
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         out = []
@@ -70,10 +76,13 @@ class _KuboBooleans(click.Command):
                    "(N at most 1048576), or content-defined ones: rabin (average AVG bytes, "
                    "default 262144; MIN at least 16, MAX at most 1048576) or buzhash (128 to "
                    "512 KiB).")
+@click.option("-p", "--progress/--no-progress", default=None,
+              help="Show a progress bar on stderr when it is a terminal (the default, unless "
+                   "-q or -Q; --progress=false as in kubo).")
 @ipfs_option
 def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool | None,
            pin: bool, hidden: bool, quiet: bool, quieter: bool, recursive: bool,
-           only_hash: bool, wrap: bool, stdin_name: str, chunker: str,
+           only_hash: bool, wrap: bool, stdin_name: str, chunker: str, progress: bool | None,
            ipfs_api: str | None) -> None:
     """Add PATH (a file, symlink or directory tree; - is stdin) and print /ipfs/<cid>."""
     from ww.app.build import open_embedded, open_ipfs
@@ -107,7 +116,8 @@ def export(path: str, car_file: Path | None, cid_version: int, raw_leaves: bool 
             api = open_ipfs(ipfs_api, check=bool(ipfs_api))
             if car_file is not None:
                 options = replace(options, pin=False)
-        cid = _export(api, source, options, car_file)
+        show = not (quiet or quieter) if progress is None else progress  # as kubo decides
+        cid = _export(api, source, options, car_file, show)
     if quieter:
         click.echo(cid)
     elif quiet:  # as kubo's ipfs add -q: every file, then every directory, the root last
@@ -143,36 +153,43 @@ def _check_car_destination(car_file: Path) -> None:
         raise UsageError(f"--car {car_file}: cannot write in {parent}")
 
 
-def _export(api, path: Path | None, options, car_file: Path | None) -> str:  # type: ignore[no-untyped-def]
+def _export(api, path: Path | None, options, car_file: Path | None,  # type: ignore[no-untyped-def]
+            show: bool) -> str:
+    from ww.ipfs.importer import file_chunks, tree_size
+
     try:
-        if path is None:
-            stdin = sys.stdin.buffer
-            cid = api.add_stream(iter(lambda: stdin.read(READ_SIZE), b""), options)
-        elif path.is_file() and not path.is_symlink() and not options.wrap:
-            cid = _add_file(api, path, options)
-        else:
-            cid = api.add_path(path, options)
+        name = "stdin" if path is None else path.name or str(path)
+        with progress_bar(f"adding {name}", show) as bar:
+            if path is None:
+                stdin = sys.stdin.buffer
+                cid = api.add_stream(_counted(iter(lambda: stdin.read(READ_SIZE), b""), bar),
+                                     options)
+            else:
+                if bar is not None:
+                    with contextlib.suppress(OSError):  # the add itself reports what fails
+                        files, nbytes = tree_size(path, options.hidden)
+                        bar.expect(nbytes, files)
+                if path.is_file() and not path.is_symlink() and not options.wrap:
+                    cid = api.add_stream(file_chunks(path), options)
+                else:
+                    cid = api.add_path(path, options)
         if car_file is not None:
-            _write_car(api, cid, car_file)
+            with progress_bar(f"writing {car_file.name}", show):
+                _write_car(api, cid, car_file)
     finally:
         api.close()
     return cid
 
 
-def _add_file(api, path: Path, options) -> str:  # type: ignore[no-untyped-def]
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        chunks = iter(lambda: f.read(1 << 20), b"")
-        if size < PROGRESS_THRESHOLD or not sys.stderr.isatty():
-            return api.add_stream(chunks, options)
-        with click.progressbar(length=size, label=f"adding {path.name}", file=sys.stderr) as bar:
-
-            def counted():  # type: ignore[no-untyped-def]
-                for chunk in chunks:
-                    bar.update(len(chunk))
-                    yield chunk
-
-            return api.add_stream(counted(), options)
+def _counted(chunks: Iterator[bytes], bar: TerminalBar | None) -> Iterator[bytes]:
+    """Standard input's pieces, reported to ``bar`` (which cannot know a total)."""
+    if bar is None:
+        yield from chunks
+        return
+    for chunk in chunks:
+        bar.advance(len(chunk))
+        yield chunk
+    bar.advance(files=1)
 
 
 def _write_car(api, cid: str, car_file: Path) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,14 +15,16 @@ from ww.cli._ipfs_option import (
     refuse_peers_with_kubo,
     routing_options,
 )
+from ww.cli._kubo_bools import kubo_booleans
 from ww.cli._output import binary_stdout, reader_gone, write_out
+from ww.cli._progress import progress_bar
 from ww.core.errors import NotAFileError, UsageError
 
 if TYPE_CHECKING:
     from ww.ipfs.api import CoreAPI
 
 
-@click.command(name="import")
+@click.command(name="import", cls=kubo_booleans("progress"))
 @click.argument("source")
 @click.argument("local_path", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", metavar="PATH",
@@ -30,12 +33,15 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True,
               help="Replace an existing regular file or directory at PATH (never a symlink).")
 @click.option("-x", "--executable", is_flag=True, help="Mark the files written executable.")
+@click.option("-p", "--progress/--no-progress", default=True,
+              help="Show a progress bar on stderr when it is a terminal (--progress=false, "
+                   "as kubo's ipfs get, shows none).")
 @ipfs_option
 @peer_option
 @routing_options
 def import_(source: str, local_path: Path | None, output: str | None, force: bool,
-            executable: bool, ipfs_api: str | None, peers: list[str], bootstrap: list[str],
-            routing: str | None) -> int:
+            executable: bool, progress: bool, ipfs_api: str | None, peers: list[str],
+            bootstrap: list[str], routing: str | None) -> int:
     """Write SOURCE to PATH: a file, a symlink or a directory alike.
 
     SOURCE is /ipfs/<cid>[/path], <cid>[/path], or a .car file whose blocks are imported
@@ -76,7 +82,7 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
                     routing=routing, bootstrap=bootstrap)
     try:
         if car is None:
-            _write(api, source, dest, executable, force, to_stdout)
+            _write(api, source, dest, executable, force, to_stdout, progress)
             return 0
         roots = _one_root(car)  # before anything is stored or pinned
         if dest is None and not to_stdout:
@@ -84,10 +90,12 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
             check_destination(dest, force)
             _check_outside_repository(dest, ipfs_api)
         pinned_before = set(api.pins())
-        with open(car, "rb") as f:
+        with open(car, "rb") as f, progress_bar(f"importing {car.name}", progress) as bar:
+            if bar is not None:
+                bar.expect(os.fstat(f.fileno()).st_size)
             roots = api.import_car(f)
         try:
-            _write(api, f"/ipfs/{roots[0]}", dest, executable, force, to_stdout)
+            _write(api, f"/ipfs/{roots[0]}", dest, executable, force, to_stdout, progress)
         except BaseException:
             # Nothing was written: leave no pin behind either (the blocks stay, unpinned,
             # until the next gc, as kubo keeps them after a failed import).
@@ -124,20 +132,28 @@ def _default_name(source: str, car: Path | None) -> Path | None:
 
 
 def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: bool,
-           to_stdout: bool) -> None:
+           to_stdout: bool, progress: bool) -> None:
     if not to_stdout:
         assert dest is not None
-        api.get(path, dest, executable=executable, force=force)
+        with progress_bar(f"saving {dest.name}", progress):  # the exporter reports
+            api.get(path, dest, executable=executable, force=force)
         return
     from ww.core.ipfs_values import EntryType
 
-    kind = api.stat(path).type
-    if kind is not EntryType.FILE:
-        raise NotAFileError(f"{path} is a {kind.value}; -o - writes only a file to stdout "
-                            "(give -o PATH to write it to disk)")
+    info = api.stat(path)
+    if info.type is not EntryType.FILE:
+        raise NotAFileError(f"{path} is a {info.type.value}; -o - writes only a file to "
+                            "stdout (give -o PATH to write it to disk)")
     out = binary_stdout()
-    for piece in api.cat(path):
-        write_out(out, piece)
+    with progress_bar("saving to stdout", progress, data_on_stdout=True) as bar:
+        if bar is not None:
+            bar.expect(info.size, 1)
+        for piece in api.cat(path):
+            write_out(out, piece)
+            if bar is not None:
+                bar.advance(len(piece))
+        if bar is not None:
+            bar.advance(files=1)
     write_out(out)
 
 

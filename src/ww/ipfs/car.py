@@ -27,16 +27,22 @@ class InvalidCarError(CorruptBlockError):
     """The stream is not a valid CAR v1 (truncated, malformed or with a corrupt block)."""
 
 
-def write_header(out: BinaryIO, roots: list[CID]) -> None:
+def write_header(out: BinaryIO, roots: list[CID]) -> int:
+    """Write the header; returns the bytes written."""
     header = _dagcbor.encode({"roots": list(roots), "version": 1})
-    out.write(varint.encode(len(header)) + header)
+    framed = varint.encode(len(header)) + header
+    out.write(framed)
+    return len(framed)
 
 
-def write_block(out: BinaryIO, cid: CID, block: bytes) -> None:
+def write_block(out: BinaryIO, cid: CID, block: bytes) -> int:
+    """Write one section; returns the bytes written."""
     raw_cid = bytes(cid)
-    out.write(varint.encode(len(raw_cid) + len(block)))
+    length = varint.encode(len(raw_cid) + len(block))
+    out.write(length)
     out.write(raw_cid)
     out.write(block)
+    return len(length) + len(raw_cid) + len(block)
 
 
 def write_car(out: BinaryIO, roots: list[CID], blocks: Iterable[tuple[CID, bytes]]) -> None:
@@ -68,6 +74,11 @@ class CarReader:
         if not all(isinstance(r, CID) for r in roots):
             raise InvalidCarError("CAR roots must be CIDs")
         self.roots: list[CID] = roots
+
+    @property
+    def offset(self) -> int:
+        """The bytes of the archive read so far."""
+        return self._offset
 
     def blocks(self) -> Iterator[tuple[CID, bytes]]:
         """Yield every ``(cid, block)``, each verified against its CID."""

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ww.core import progress as _progress
 from ww.core.cid import CID, RAW
 from ww.core.errors import DestinationExistsError, UnsafeDestinationError
 from ww.core.fsutil import mount_id, mount_points_in, rename_exchange
@@ -458,6 +459,9 @@ def _write_leaf(
             f.write(piece)
         f.flush()
         os.fsync(f.fileno())
+    progress = _progress.active()
+    if progress is not None:
+        progress.advance(files=1)
 
 
 def _write_node(
@@ -714,6 +718,11 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool,
     failure turned into one IpfsError line.  Both backends' ``get`` is this."""
     ipath = parse_path(path)
     node = resolve(getter, ipath)
+    progress = _progress.active()
+    if progress is not None:  # the DAG's bytes read, of its cumulative size, and files
+        progress.expect(node.cumulative_size)
+        progress.advance(len(node.block), blocks=1)
+        getter = _counted(getter, progress)
     try:
         return get(getter, node, ipath.last_name, Path(dest), executable, force)
     except OSError as err:
@@ -724,6 +733,18 @@ def get_path(getter: BlockGetter, path: str, dest: Path, executable: bool,
             # dest's own last element; the user knows it as dest
             where = os.fspath(dest)
         raise IpfsError(f"cannot write {_clip(where)}: {err.strerror}") from None
+
+
+def _counted(getter: BlockGetter, progress: _progress.Progress) -> BlockGetter:
+    """``getter``, reporting each block it returns: a DAG written to disk reads each block
+    once for each link to it, so the bytes add up to the root's cumulative size."""
+
+    def get_block(cid: CID) -> bytes:
+        block = getter(cid)
+        progress.advance(len(block), blocks=1)
+        return block
+
+    return get_block
 
 
 def _write_temp(getter: BlockGetter, node: UnixfsNode, dest: Path,

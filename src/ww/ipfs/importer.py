@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ww.core import multihash, varint
+from ww.core import progress as _progress
 from ww.core.cid import CID, DAG_PB, RAW
 
 from . import chunker as chunkers
@@ -44,6 +45,8 @@ __all__ = [
     "import_symlink",
     "import_directory",
     "import_path",
+    "file_chunks",
+    "tree_size",
 ]
 
 CHUNK_SIZE = chunkers.DEFAULT_SIZE
@@ -248,13 +251,40 @@ def _hamt_shard(
 
 
 def file_chunks(path: Path | str, size: int = 1 << 20) -> Iterator[bytes]:
-    """Read a file in ``size``-byte pieces (a multiple of the chunk size keeps slicing free)."""
+    """Read a file in ``size``-byte pieces (a multiple of the chunk size keeps slicing free).
+
+    Each piece read, and the file once read to its end, is reported to the thread's
+    progress (:mod:`ww.core.progress`), if anyone listens."""
+    progress = _progress.active()
     with open(path, "rb", buffering=0) as f:
         while True:
             piece = f.read(size)
             if not piece:
+                if progress is not None:
+                    progress.advance(files=1)
                 return
+            if progress is not None:
+                progress.advance(len(piece))
             yield piece
+
+
+def tree_size(path: Path, hidden: bool = True) -> tuple[int, int]:
+    """The regular files under ``path`` (``path`` itself if it is one) that
+    :func:`import_path` would add, and their bytes: ``(files, bytes)``.  Symlinks are not
+    followed; ``hidden`` as :attr:`ImportParams.hidden`."""
+    files = nbytes = 0
+    stack = [os.fsdecode(path)]
+    while stack:
+        current = stack.pop()
+        st = os.lstat(current)
+        if stat_mod.S_ISREG(st.st_mode):
+            files += 1
+            nbytes += st.st_size
+        elif stat_mod.S_ISDIR(st.st_mode):
+            with os.scandir(current) as it:
+                stack.extend(entry.path for entry in it
+                             if hidden or not entry.name.startswith("."))
+    return files, nbytes
 
 
 def import_path(path: Path, params: ImportParams, sink: BlockSink) -> Imported:

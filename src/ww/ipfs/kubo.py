@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ww.core import multihash
+from ww.core import progress as _progress
 from ww.core.cid import CID
 from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError
 from ww.core.multiaddr import parse as parse_multiaddr
@@ -231,12 +232,16 @@ def _car_pieces(src: BinaryIO) -> Iterator[bytes]:
     stores it.
     """
     reader = car.CarReader(src)
+    progress = _progress.current()  # of the caller's thread, which iterates the pieces
 
     def pieces() -> Iterator[bytes]:
         buf = io.BytesIO()
         car.write_header(buf, reader.roots)
         yield buf.getvalue()
+        read = 0
         for cid, block in reader.blocks():
+            progress.advance(reader.offset - read, blocks=1)
+            read = reader.offset
             buf = io.BytesIO()
             car.write_block(buf, cid, block)
             yield buf.getvalue()
@@ -611,11 +616,13 @@ class KuboClient:
         in its header and each block once.
         """
         cids = [CID.parse(self.resolve(root)) for root in roots]
+        progress = _progress.current()
         if len(cids) == 1:
             for piece in self._stream("dag/export", [str(cids[0])]):
                 out.write(piece)
+                progress.advance(len(piece))
             return
-        car.write_header(out, cids)
+        progress.advance(car.write_header(out, cids))
         seen: set[bytes] = set()
         for cid in cids:
             reply = self._post("dag/export", [str(cid)])
@@ -623,7 +630,7 @@ class KuboClient:
                 for block_cid, block in car.CarReader(reply).blocks():  # type: ignore[arg-type]
                     if block_cid.multihash not in seen:
                         seen.add(block_cid.multihash)
-                        car.write_block(out, block_cid, block)
+                        progress.advance(car.write_block(out, block_cid, block), blocks=1)
                 if reply.stream_error:
                     raise classify_error(reply.stream_error)
             finally:

@@ -361,6 +361,14 @@ class Network:
         """Blocks and bytes received and served so far (for benchmarks and tests)."""
         return self._call(self._stats, timeout=CONNECT_TIMEOUT)  # type: ignore[no-any-return]
 
+    def received(self) -> tuple[int, int]:
+        """Blocks and bytes received from peers so far, as the engine's counters stand: read
+        without a hop to the libp2p thread, for a progress display to follow cheaply."""
+        engine = self._engine
+        if engine is None:
+            return 0, 0
+        return engine.stats["blocks_in"], engine.stats["bytes_in"]
+
     def fetch(self, cid: CID, timeout: float = FETCH_TIMEOUT) -> bytes:
         """The block ``cid``, from the connected peers: verified, stored, then returned.
 

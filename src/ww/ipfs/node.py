@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ww.core import progress as _progress
 from ww.core.cid import CID, DAG_PB
 from ww.core.fsutil import fsync_dir, write_new_file
 
@@ -179,14 +180,24 @@ class EmbeddedNode:
             block = self._blocks.get(cid)
             if self._net is not None and cid.codec == DAG_PB and block[:1] == _LINK_TAG:
                 self._net.prefetch(block)
-            return block
         except NotFoundError as err:
             if is_local_only():
                 raise WouldWait(f"block {cid} is not in the repository") from err
             net = self._online(err)
             if net is None:
                 raise
-            return net.fetch(cid)
+            block = net.fetch(cid)
+        if self._net is not None:
+            self._report_fetched()
+        return block
+
+    def _report_fetched(self) -> None:
+        """Tell the thread's progress, if anyone listens, what has come from peers so far
+        (prefetched blocks arrive unasked for: the engine's counters see them all)."""
+        progress = _progress.active()
+        net = self._net
+        if progress is not None and net is not None:
+            progress.fetched(*net.received())
 
     def _node(self, path: str) -> exporter.UnixfsNode:
         return exporter.resolve(self._get_block, parse_path(path))
@@ -225,6 +236,7 @@ class EmbeddedNode:
         exporter.get_path(self._get_block, path, dest, executable, force)
         if self._net is not None:
             self._net.flush()
+            self._report_fetched()
 
     # --- pins -------------------------------------------------------------------------
 
@@ -301,10 +313,11 @@ class EmbeddedNode:
             raise IpfsError("export_car needs at least one root")
         cids = [self._cid(r) for r in roots]
         seen: set[bytes] = set()
-        car.write_header(out, cids)
+        progress = _progress.current()
+        progress.advance(car.write_header(out, cids))
         for cid in cids:
             for block_cid, block in exporter.walk(self._get_block, cid, seen):
-                car.write_block(out, block_cid, block)
+                progress.advance(car.write_block(out, block_cid, block), blocks=1)
 
     def import_car(self, src: BinaryIO) -> list[str]:
         """Import a CAR v1 all or nothing, pin its roots recursively, return the roots.
@@ -319,8 +332,12 @@ class EmbeddedNode:
             try:
                 reader = car.CarReader(src)
                 staged: dict[bytes, Path] = {}
+                progress = _progress.current()
+                read = 0
                 for cid, block in reader.blocks():
                     current_token().check()
+                    progress.advance(reader.offset - read, blocks=1)
+                    read = reader.offset
                     mh = cid.multihash
                     if mh in staged or self._blocks.has(cid):
                         continue
