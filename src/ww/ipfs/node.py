@@ -19,7 +19,7 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -43,7 +43,7 @@ from .api import (
     is_local_only,
 )
 from .blockstore import Blockstore
-from .importer import ImportParams, NullSink, import_file, import_path
+from .importer import ImportParams, NullSink, TreeEntry, import_entries, import_file, import_path
 from .path import parse_path
 from .pins import PinKind
 from .repo import REPO_VERSION, GcReport, Repo, RepoCheck, default_repo_path
@@ -113,6 +113,53 @@ class EmbeddedNode:
         if options.on_added is not None:
             options.on_added("", str(root.cid))
         return str(root.cid)
+
+    def add_entries(self, entries: Iterable[TreeEntry], options: AddOptions = _DEFAULT_OPTIONS,
+                    report: Callable[[str, str, int], None] | None = None
+                    ) -> list[tuple[str, str]]:
+        """Add a tree that arrives entry by entry (kubo's multipart ``add``, see
+        :func:`ww.ipfs.importer.import_entries`); returns its top-level entries' names and
+        CIDs, with ``options.wrap`` the wrapping directory's alone (named "").  ``report``
+        is called with each entry's path, CID and cumulative size as kubo reports them.
+
+        Pinned as kubo pins it: the one top-level entry, else the directory holding them.
+        Cancelled or failed midway, nothing is pinned (the blocks written are whole, and the
+        next gc reclaims them)."""
+        params = ImportParams.from_options(options)
+        entries = _checked(entries)
+        told = None if report is None else (
+            lambda name, node: report(name, str(node.cid), node.tsize))
+        if options.only_hash:
+            tops, wrapper = import_entries(entries, params, NullSink(), told)
+        else:
+            with self._repo.writing():
+                with self._blocks.writer() as sink:
+                    tops, wrapper = import_entries(entries, params, sink, told)
+                if options.pin:
+                    root = tops[0][1] if len(tops) == 1 and not options.wrap else wrapper
+                    self._repo.pins.add(root.cid, PinKind.RECURSIVE)
+        if options.wrap:
+            return [("", str(wrapper.cid))]
+        return [(name, str(node.cid)) for name, node in tops]
+
+    def put_block(self, data: bytes, codec: int, cid_version: int = 1,
+                  pin: bool = False) -> str:
+        """Store one block as it is (``ipfs block put``); its CID (sha2-256)."""
+        from ww.core import multihash
+
+        mh = multihash.sha256(data)
+        cid = CID.v0(mh) if cid_version == 0 else CID.v1(codec, mh)
+        with self._repo.writing():
+            shard = self._blocks.put(cid, (data,))
+            if shard is not None:
+                fsync_dir(shard)
+            if pin:
+                self._repo.pins.add(cid, PinKind.DIRECT)
+        return str(cid)
+
+    def block_size(self, cid: str) -> int:
+        """The size of a block (``ipfs block stat``), fetched if missing."""
+        return len(self.block(cid))
 
     def add_path(self, path: Path, options: AddOptions = _DEFAULT_OPTIONS) -> str:
         """Add a file, symlink or directory tree (``ipfs add -r``); returns the root CID.
@@ -275,7 +322,7 @@ class EmbeddedNode:
             for block_cid, block in exporter.walk(self._get_block, cid, seen):
                 car.write_block(out, block_cid, block)
 
-    def import_car(self, src: BinaryIO) -> list[str]:
+    def import_car(self, src: BinaryIO, pin: bool = True) -> list[str]:
         """Import a CAR v1 all or nothing, pin its roots recursively, return the roots.
 
         Every block is verified and staged first; only when the whole stream has been read and
@@ -319,7 +366,7 @@ class EmbeddedNode:
                         dirty.add(shard)
                 for shard in dirty:
                     fsync_dir(shard)
-                for root in reader.roots:
+                for root in reader.roots if pin else ():
                     self._repo.pins.add(root, PinKind.RECURSIVE)
                 return [str(root) for root in reader.roots]
             finally:
