@@ -37,7 +37,15 @@ import anyio.from_thread
 import anyio.to_thread
 
 from ww.core.cid import DAG_PB, RAW
-from ww.core.errors import CallCancelled, IpfsError, UsageError, WwError
+from ww.core.errors import (
+    CallCancelled,
+    InvalidPathError,
+    IpfsError,
+    NotAFileError,
+    NotFoundError,
+    UsageError,
+    WwError,
+)
 from ww.ipfs.api import AddOptions, CancelToken, EntryType, cancellable
 from ww.ipfs.node import EmbeddedNode
 
@@ -329,7 +337,7 @@ def _part_path(headers: dict[str, str]) -> str:
 
     _, params = parse_options_header(headers.get("content-disposition", ""))
     name = params.get(b"filename") or b""
-    return urllib.parse.unquote(name.decode("utf-8", "replace")).strip("/")
+    return urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -549,7 +557,7 @@ def _block_put(api: RpcApi, request: Request) -> None:
 @command("dag/export")
 def _dag_export(api: RpcApi, request: Request) -> None:
     root = request.arg("root")
-    api.node.resolve(root)  # a missing root is an error reply, not a cut stream
+    api.node.block(api.node.resolve(root))  # a missing root: an error reply, not a cut stream
     request.start("application/vnd.ipld.car", extra=[("X-Stream-Output", "1")])
     out = _Writer(request)
     api.node.export_car([root], out)  # type: ignore[arg-type]
@@ -675,6 +683,22 @@ def _repo_gc(api: RpcApi, request: Request) -> None:
     api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes)
 
 
+@command("resolve")
+def _resolve(api: RpcApi, request: Request) -> None:
+    request.reply({"Path": "/ipfs/" + api.node.resolve(request.arg("name"))})
+
+
+@command("repo/stat")
+def _repo_stat(api: RpcApi, request: Request) -> None:
+    stat = api.node.repo_stat()
+    size_only = request.flag("size-only")
+    reply: dict[str, Any] = {"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1}
+    if not size_only:
+        reply.update(NumObjects=stat.num_objects, RepoPath=stat.repo_path,
+                     Version=stat.version)
+    request.reply(reply)
+
+
 @command("routing/findprovs")
 def _findprovs(api: RpcApi, request: Request) -> None:
     request.arg("key")
@@ -750,7 +774,7 @@ class RpcApi:
             self.log("rpc-error", command=name, error=str(err))
             if not request.started:
                 status, code = (400, 1) if isinstance(err, UsageError) else (500, 0)
-                await _reply(send, status, _error(str(err), code))
+                await _reply(send, status, _error(_kubo_message(err), code))
             else:
                 raise _CutShort(str(err)) from None
         except _CutShort:
@@ -801,6 +825,19 @@ class RpcApi:
 
 async def receive_message(request: Request) -> dict[str, Any]:
     return await request._receive()  # type: ignore[no-any-return]
+
+
+def _kubo_message(err: WwError) -> str:
+    """The error's message, with the words kubo's own message has for its kind (clients such
+    as ww's KuboClient tell the kinds apart by them)."""
+    message = str(err)
+    if isinstance(err, NotFoundError) and "not found" not in message:
+        return f"not found: {message}"
+    if isinstance(err, InvalidPathError) and "invalid" not in message:
+        return f"invalid path: {message}"
+    if isinstance(err, NotAFileError) and "not a file" not in message:
+        return f"not a file: {message}"
+    return message
 
 
 class _CutShort(Exception):
