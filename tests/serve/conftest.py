@@ -45,8 +45,9 @@ class Daemon:
 
     def post(self, command: str, *args: str, body: bytes | None = None,
              headers: dict[str, str] | None = None, **options: Any
-             ) -> tuple[int, dict[str, str], bytes]:
-        """POST /api/v0/<command>; (status, headers, body) whatever the status."""
+             ) -> tuple[int, Any, bytes]:
+        """POST /api/v0/<command>; (status, headers (case-insensitive), body) whatever the
+        status."""
         query = [("arg", a) for a in args] + [
             (k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v))
             for k, v in options.items()]
@@ -55,9 +56,9 @@ class Daemon:
                                          headers=headers or {})
         try:
             with urllib.request.urlopen(request, timeout=HANG) as reply:
-                return reply.status, dict(reply.headers), reply.read()
+                return reply.status, reply.headers, reply.read()
         except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), err.read()
+            return err.code, err.headers, err.read()
 
     def json(self, command: str, *args: str, **options: Any) -> list[Any]:
         status, _, body = self.post(command, *args, **options)
