@@ -8,9 +8,10 @@ implementations): each behaviour of :class:`ww.ipfs.CoreAPI` runs against
 * ``daemon`` -- :class:`ww.ipfs.KuboClient` to a real `ww daemon` (kubo's RPC API served by
   ww itself, ``tests/serve``).
 
-The kubo stand-in and the daemon keep their blocks and pins for the whole module, so every test adds content
-no other test adds (``unique``).  Cancellation is checked through the synchronous token
-(``cancellable``) and through the asynchronous face (:class:`ww.ipfs.AsyncCoreAPI`).
+The kubo stand-in and the daemon keep their blocks and pins for the whole module, so every
+test adds content no other test adds (``unique``).  Cancellation is checked through the
+synchronous token (``cancellable``) and through the asynchronous face
+(:class:`ww.ipfs.AsyncCoreAPI`).
 """
 
 from __future__ import annotations
