@@ -566,28 +566,13 @@ def _dag_export(api: RpcApi, request: Request) -> None:
 
 @command("dag/import")
 def _dag_import(api: RpcApi, request: Request) -> None:
+    """Each CAR part imported whole or not at all (verified, staged, then moved in); its
+    roots pinned unless ``pin-roots=false``.  (kubo's ``stats`` is not reported.)"""
     pin = request.flag("pin-roots", default=True)
-    stats = request.flag("stats")
     roots: list[str] = []
     for _, data in _parts(request):
-        counted = _Counting(data)
-        roots += api.node.import_car(io.BufferedReader(_Reader(counted)), pin=pin)
-        if stats:
-            request.json_lines([{"Stats": {"BlockCount": counted.blocks,
-                                           "BlockBytesCount": counted.bytes}}])
+        roots += api.node.import_car(io.BufferedReader(_Reader(data)), pin=pin)
     request.json_lines({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}} for root in roots)
-
-
-class _Counting:
-    def __init__(self, pieces: Iterable[bytes]) -> None:
-        self._pieces = pieces
-        self.bytes = 0
-        self.blocks = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for piece in self._pieces:
-            self.bytes += len(piece)
-            yield piece
 
 
 @command("pin/add")
