@@ -741,18 +741,21 @@ class RpcApi:
         request = Request(scope, receive, send)
         path = scope.get("path", "")
         name = path[len("/api/v0/"):].strip("/") if path.startswith("/api/v0/") else None
+        if name is None:
+            await _plain(send, 404, b"404 page not found\n")
+            return
         if self._cross_origin(request):
             await _plain(send, 403, b"403 - Forbidden\n")
             return
         if scope.get("method") != "POST":
             await _plain(send, 405, b"405 - Method Not Allowed\n")
             return
-        handler = COMMANDS.get(name) if name is not None else None
+        handler = COMMANDS.get(name)
         if handler is None:
             await _reply(send, 404, _error(f"unknown command {path!r}", 0))
             return
         try:
-            await self._run(request, handler, name or "")
+            await self._run(request, handler, name)
         except WwError as err:
             if isinstance(err, CallCancelled):
                 return
