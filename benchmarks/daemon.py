@@ -3,7 +3,8 @@ file, and requests per second for a small `cat`.
 
     .venv/bin/python benchmarks/daemon.py [--size-mib 300] [--requests 500] [--dir DIR]
 
-Target (issue 13): `add` through the RPC API within 80 % of `ww export`'s rate.  Each side
+Target (issue 13): `add` through the RPC API within 80 % of `ww export`'s rate, the daemon's
+memory flat (its peak resident size is printed).  Each side
 gets a fresh repository ($WW_HOME) in a temporary directory under DIR (default: the system's
 temporary directory), removed afterwards.  The upload is a streamed multipart body (chunked,
 1 MiB pieces), as kubo's clients send it; the `cat`s go one after the other over one
@@ -85,6 +86,14 @@ def cats(host: str, port: int, cid: str, n: int, keep_alive: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _peak_rss_mib(pid: int) -> float:
+    """The daemon's peak resident memory so far (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=300)
@@ -107,6 +116,7 @@ def main() -> None:
         proc, host, port = start_daemon(root / "daemon-home")
         try:
             add_s, add_cid = rpc_add(host, port, data)
+            peak = _peak_rss_mib(proc.pid)
             if add_cid != export_cid:
                 raise SystemExit(f"CIDs differ: {add_cid} != {export_cid}")
             (root / "hello").write_bytes(b"hello world\n")
@@ -125,7 +135,7 @@ def main() -> None:
     print(f"{'':38}{'MiB/s':>8}{'vs export':>11}")
     print(f"{'ww export (whole command)':38}{size / export_s:8.0f}{100:10.0f}%")
     print(f"{'add through the RPC API (ww daemon)':38}{size / add_s:8.0f}"
-          f"{100 * export_s / add_s:10.0f}%")
+          f"{100 * export_s / add_s:10.0f}%   daemon peak RSS {peak:.0f} MiB")
     print(f"small cat, one keep-alive connection: {kept:6.0f} requests/s "
           f"({args.requests} requests)")
     print(f"small cat, a new connection each:     {fresh:6.0f} requests/s")
