@@ -138,16 +138,29 @@ class Request:
         return None
 
     def body(self) -> Iterator[bytes]:
-        """The request body, piece by piece, as the client sends it (from the worker)."""
+        """The request body, piece by piece, as the client sends it (from the worker).
+
+        The pieces come over from the event loop up to :data:`PIECE` bytes at a time (one
+        hand-off per piece the server received would cost a third of an `add`'s rate)."""
         while not self.body_done:
-            message = anyio.from_thread.run(self._receive)
+            pieces = anyio.from_thread.run(self._receive_some)
+            self.token.check()
+            yield from pieces
+
+    async def _receive_some(self) -> list[bytes]:
+        """On the event loop: the body's next messages, until :data:`PIECE` bytes or its end."""
+        pieces: list[bytes] = []
+        size = 0
+        while size < PIECE and not self.body_done:
+            message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.token.cancel()
                 raise CallCancelled("the client hung up")
             self.body_done = not message.get("more_body", False)
             if message.get("body"):
-                yield message["body"]
-            self.token.check()
+                pieces.append(message["body"])
+                size += len(message["body"])
+        return pieces
 
     # --- the reply (from the worker) ----------------------------------------------------
 
