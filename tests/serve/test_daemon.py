@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 from tests.conftest import run_ww
@@ -43,7 +44,6 @@ def test_log_lines_are_json_with_json_and_one_line_per_event_without(ww_home, tm
         assert {"ts", "event", "daemon"} <= event.keys()
         assert event["daemon"] == d.proc.pid
     assert [e["event"] for e in events][:1] == ["started"]
-    import os
     import subprocess
 
     from tests.conftest import WW
@@ -75,3 +75,30 @@ def test_a_bad_api_address_is_a_usage_error_and_leaves_no_lock_held(ww_home):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("ww: ") and r.stderr.count("\n") == 1, r.stderr
     Daemon(ww_home).stop()
+
+
+def test_it_serves_bitswap_to_peers_and_swarm_connect_reaches_another_daemon(
+        daemon, tmp_path):
+    data = os.urandom(600_000)
+    body, headers = multipart([("f", "application/octet-stream", data)])
+    status, _, reply = daemon.post("add", body=body, headers=headers)
+    assert status == 200, reply
+    cid = json.loads(reply.splitlines()[-1])["Hash"]
+    p2p = next(e["listening"] for e in daemon.events if e["event"] == "p2p")
+    # another node, another repository: it can only get the blocks from the daemon
+    other = tmp_path / "other-home"
+    r = run_ww("import", "--peer", p2p, f"/ipfs/{cid}", "-o", str(tmp_path / "copy"),
+               env={**os.environ, "WW_HOME": str(other)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "copy").read_bytes() == data
+    # a second daemon (its own repository and key) dials the first through swarm/connect
+    second = Daemon(tmp_path / "second-home", "--allow-dial", "127.0.0.0/8")
+    try:
+        assert second.json("swarm/connect", p2p) == [
+            {"Strings": [f"connect {daemon.peer_id} success"]}]
+        peers = second.json("swarm/peers")[0]["Peers"]
+        assert [p["Peer"] for p in peers] == [daemon.peer_id]
+        status, _, got = second.post("cat", f"/ipfs/{cid}")  # fetched over Bitswap
+        assert (status, got) == (200, data)
+    finally:
+        second.stop()
