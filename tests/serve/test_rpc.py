@@ -273,3 +273,17 @@ def test_a_hundred_concurrent_requests_each_get_their_answer(daemon):
         else:
             assert (status, body) == (200, b"hello world\n")
     assert daemon.json("version")
+
+
+def test_dag_import_with_pin_roots_false_stores_without_pinning(daemon, tmp_path):
+    (tmp_path / "f").write_bytes(b"car content\n")
+    r = run_ww("export", "--car", str(tmp_path / "f.car"), str(tmp_path / "f"),
+               env={**os.environ, "WW_HOME": str(tmp_path / "elsewhere")})
+    assert r.returncode == 0, r.stderr
+    body, headers = multipart([("car", "application/octet-stream",
+                                (tmp_path / "f.car").read_bytes())])
+    status, _, reply = daemon.post("dag/import", body=body, headers=headers, pin_roots=False)
+    assert status == 200, reply
+    root = json.loads(reply)["Root"]["Cid"]["/"]
+    assert daemon.post("cat", root)[2] == b"car content\n"
+    assert daemon.json("pin/ls") == [{"Keys": {}}]

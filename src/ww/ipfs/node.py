@@ -21,7 +21,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ww.core.cid import CID, DAG_PB
 from ww.core.fsutil import fsync_dir, write_new_file
@@ -322,8 +322,14 @@ class EmbeddedNode:
             for block_cid, block in exporter.walk(self._get_block, cid, seen):
                 car.write_block(out, block_cid, block)
 
-    def import_car(self, src: BinaryIO, pin: bool = True) -> list[str]:
-        """Import a CAR v1 all or nothing, pin its roots recursively, return the roots.
+    def import_car(self, src: BinaryIO) -> list[str]:
+        """Import a CAR v1 all or nothing, pin its roots recursively, return the roots
+        (:meth:`import_car_pinning`, pinning)."""
+        return self.import_car_pinning(src, True)
+
+    def import_car_pinning(self, src: BinaryIO, pin: bool) -> list[str]:
+        """Import a CAR v1 all or nothing, pin its roots recursively if ``pin`` (kubo's
+        ``dag import --pin-roots``), return the roots.
 
         Every block is verified and staged first; only when the whole stream has been read and
         every root's DAG is complete (from the CAR and blocks already here) are the blocks moved
@@ -489,7 +495,10 @@ if TYPE_CHECKING:  # a static check that EmbeddedNode implements CoreAPI
     _check: CoreAPI = EmbeddedNode(Path())
 
 
-def _checked(chunks: Iterable[bytes]) -> Iterator[bytes]:
+_T = TypeVar("_T")
+
+
+def _checked(chunks: Iterable[_T]) -> Iterator[_T]:
     """``chunks``, stopping with CallCancelled before the next one once the call is cancelled."""
     token = current_token()
     for chunk in chunks:

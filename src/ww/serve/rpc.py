@@ -584,7 +584,7 @@ def _dag_import(api: RpcApi, request: Request) -> None:
     pin = request.flag("pin-roots", default=True)
     roots: list[str] = []
     for _, data in _parts(request):
-        roots += api.node.import_car(io.BufferedReader(_Reader(data)), pin=pin)
+        roots += api.node.import_car_pinning(io.BufferedReader(_Reader(data)), pin)
     request.json_lines({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}} for root in roots)
 
 
