@@ -379,8 +379,9 @@ def _add_options(request: Request) -> AddOptions:
     hash_name = request.option("hash", "H") or "sha2-256"
     if hash_name != "sha2-256":
         raise IpfsError(f"hash {hash_name!r} is not supported here: only sha2-256")
-    for unsupported in ("trickle", "inline", "nocopy", "fscache", "raw-leaves-false"):
-        if request.flag(unsupported, "t" if unsupported == "trickle" else unsupported):
+    for unsupported, alias in (("trickle", "t"), ("inline", "inline"), ("nocopy", "nocopy"),
+                               ("fscache", "fscache")):
+        if request.flag(unsupported, alias):
             raise IpfsError(f"add option {unsupported!r} is not supported here")
     if request.option("to-files"):
         raise IpfsError("add option 'to-files' is not supported here")
@@ -408,12 +409,12 @@ def _add(api: RpcApi, request: Request) -> None:
         request.json_lines([{"Name": name, "Hash": cid, "Size": str(tsize)}])
 
     def counted(name: str, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        done = reported = 0
+        done = told = 0
         for piece in pieces:
             done += len(piece)
-            if progress and done - reported >= options.chunk_size:
+            if progress and done - told >= options.chunk_size:
                 request.json_lines([{"Name": name, "Bytes": done}])
-                reported = done
+                told = done
             yield piece
         if progress:
             request.json_lines([{"Name": name, "Bytes": done}])
@@ -431,7 +432,8 @@ def _add(api: RpcApi, request: Request) -> None:
             if kind == "application/x-directory":
                 yield path, "dir", None
             elif kind == "application/symlink":
-                yield path, "symlink", b"".join(_bounded(data, 4096, "a symlink target"))
+                yield path, "symlink", b"".join(_bounded(
+                    data, 4096, ClientError("a symlink target is longer than 4096 bytes")))
             else:
                 yield path, "file", counted("" if path == _UNNAMED else path, data)
 
@@ -444,12 +446,13 @@ def _add(api: RpcApi, request: Request) -> None:
 _UNNAMED = "\0"
 
 
-def _bounded(pieces: Iterable[bytes], limit: int, what: str) -> Iterator[bytes]:
+def _bounded(pieces: Iterable[bytes], limit: int, error: Exception) -> Iterator[bytes]:
+    """``pieces``, raising ``error`` (and reading no further) past ``limit`` bytes."""
     total = 0
     for piece in pieces:
         total += len(piece)
         if total > limit:
-            raise ClientError(f"{what} is larger than {limit} bytes")
+            raise error
         yield piece
 
 
@@ -503,6 +506,7 @@ def _get(api: RpcApi, request: Request) -> None:
     from ww.ipfs.path import parse_path
 
     top = parse_path(path).last_name
+    api.node.stat(path)  # a missing path: an error reply, not a cut stream
     request.start("application/x-tar", extra=[("X-Stream-Output", "1")])
     out = _Writer(request)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -557,11 +561,11 @@ def _block_put(api: RpcApi, request: Request) -> None:
     pin = request.flag("pin")
     results = []
     for _, data in _parts(request):
-        block = b"".join(_bounded(data, limit, "the block"))
-        if len(block) > limit:
-            raise IpfsError("produced block is over 1MiB: big blocks can't be exchanged with "
-                            "other peers. consider using UnixFS for automatic chunking of "
-                            "bigger files, or pass --allow-big-block to override")
+        block = b"".join(_bounded(data, limit, IpfsError(
+            "produced block is over 1MiB: big blocks can't be exchanged with other peers. "
+            "consider using UnixFS for automatic chunking of bigger files, or pass "
+            "--allow-big-block to override" if limit == BLOCK_LIMIT else
+            f"the block is over {limit} bytes")))
         cid = api.node.put_block(block, codec, version, pin)
         results.append({"Key": cid, "Size": len(block)})
     request.json_lines(results)
