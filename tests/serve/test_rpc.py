@@ -203,6 +203,8 @@ def test_malformed_bodies_one_error_each_and_the_daemon_keeps_serving(daemon):
          {"Content-Type": "multipart/form-data; boundary=zz"}),
         (b"hello", {"Content-Type": "text/plain"}),
         (multipart([("../escape", "application/octet-stream", b"x")])),
+        (b"--zz\r\nX-Endless: " + b"a" * (1 << 20) + b"\r\n\r\nx\r\n--zz--\r\n",
+         {"Content-Type": "multipart/form-data; boundary=zz"}),
     ]
     for body, headers in cases:
         status, err = error_of(daemon.post("add", body=body, headers=headers))

@@ -56,6 +56,7 @@ SEND_STALL = 120.0  # seconds a client may leave a piece of its reply unread bef
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 BLOCK_LIMIT = 1 << 20  # kubo's soft block limit: block/put refuses more without allow-big-block
 BIG_BLOCK_LIMIT = 4 << 20  # and never more than this, as the repository reads no larger block
+MAX_PART_HEADERS = 64 * 1024  # bytes of one multipart part's headers
 VERSION = "0.1.0"
 
 # kubo's ls "Type": the UnixFS data type (unixfs.pb): Directory 1, File 2, Symlink 4.
@@ -286,15 +287,24 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
     value: list[bytes] = []
     headers: dict[str, str] = {}
 
+    header_bytes = [0]
+
+    def header_piece(into: list[bytes], data: bytes, start: int, end: int) -> None:
+        header_bytes[0] += end - start
+        if header_bytes[0] > MAX_PART_HEADERS:
+            raise ClientError(f"malformed multipart body: a part's headers are over "
+                              f"{MAX_PART_HEADERS} bytes")
+        into.append(data[start:end])
+
     def header_end() -> None:
         headers[b"".join(field).decode("latin-1").lower()] = b"".join(value).decode("latin-1")
         field.clear()
         value.clear()
 
     callbacks = {
-        "on_part_begin": lambda: headers.clear(),
-        "on_header_field": lambda d, s, e: field.append(d[s:e]),
-        "on_header_value": lambda d, s, e: value.append(d[s:e]),
+        "on_part_begin": lambda: (headers.clear(), header_bytes.__setitem__(0, 0)),
+        "on_header_field": lambda d, s, e: header_piece(field, d, s, e),
+        "on_header_value": lambda d, s, e: header_piece(value, d, s, e),
         "on_header_end": header_end,
         "on_headers_finished": lambda: events.append(("begin", dict(headers))),
         "on_part_data": lambda d, s, e: events.append(("data", bytes(d[s:e]))),
