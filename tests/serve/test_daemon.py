@@ -102,3 +102,25 @@ def test_it_serves_bitswap_to_peers_and_swarm_connect_reaches_another_daemon(
         assert (status, got) == (200, data)
     finally:
         second.stop()
+
+
+def test_sigterm_during_an_upload_stops_cleanly_with_nothing_half_written(ww_home):
+    import socket
+
+    d = Daemon(ww_home)
+    body, headers = multipart([("big", "application/octet-stream", os.urandom(8 << 20))])
+    host, port = d.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(f"POST /api/v0/add HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}"
+                 f"\r\n\r\n".encode() + body[: len(body) // 2])  # then it stalls
+    status, _, _ = d.post("version")  # the upload is under way beside other requests
+    assert status == 200
+    code, events = d.stop()  # the upload never finishes: it is cancelled after the grace
+    sock.close()
+    assert code == 0, events
+    assert [e["event"] for e in events][-1] == "stopped"
+    r = run_ww("repo", "check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_ww("pin", "ls")
+    assert r.returncode == 0 and r.stdout == "", r.stdout
