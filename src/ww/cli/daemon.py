@@ -33,7 +33,7 @@ def daemon(ctx: click.Context, api: str, listen: list[str], join: list[str],
            peers: tuple[str, ...], node_key: str | None, allow_dial: list[str]) -> None:
     """Run the embedded node on $WW_HOME until SIGINT or SIGTERM: Bitswap on the libp2p
     host, and kubo's RPC API on --api for kubo's clients (ww run --ipfs
-    /ip4/127.0.0.1/tcp/5001/http, the ipfs command line, kubo-rpc-client).
+    /ip4/127.0.0.1/tcp/5001/http, ww cat --ipfs, kubo-rpc-client).
 
     One daemon per repository.  One log line per event on stderr ('ww --json daemon': JSON).
     """
