@@ -22,10 +22,12 @@ class Daemon:
     """`ww --json daemon --api /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/tcp/0`, started
     and waited for (its ``api`` log line); :meth:`stop` sends SIGTERM and returns its status."""
 
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(self, home: Path, *extra: str, api: str | None = "/ip4/127.0.0.1/tcp/0"
+                 ) -> None:
+        """``api=None``: no --api, the default address."""
         self.home = home
         self.proc = subprocess.Popen(
-            [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0",
+            [WW, "--json", "daemon", *(["--api", api] if api else []),
              "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "WW_HOME": str(home)}, text=True)

@@ -38,3 +38,37 @@ def test_a_cell_adds_and_reads_through_the_ipfs_capability_with_the_daemon_as_ba
                env={**os.environ, "WW_HOME": str(other_home)})
     assert r.returncode == 0, r.stderr
     assert r.stdout == data
+
+
+def test_ww_run_ipfs_at_kubos_default_address_reaches_ww_daemons_default(ww_home, make_cell,
+                                                                          tmp_path):
+    """The address kubo's documentation uses, /ip4/127.0.0.1/tcp/5001/http, is where a plain
+    `ww daemon` listens (skipped when something else holds the port)."""
+    import socket
+
+    import pytest
+
+    from .conftest import Daemon
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 5001))
+        except OSError:
+            pytest.skip("127.0.0.1:5001 is taken by another program")
+    try:
+        daemon = Daemon(ww_home, api=None)
+    except AssertionError as err:  # taken between the probe and the start
+        pytest.skip(f"127.0.0.1:5001 was taken meanwhile: {err}")
+    try:
+        assert daemon.api == "/ip4/127.0.0.1/tcp/5001/http"
+        cell = make_cell("""
+            import ww.cell
+            with ww.cell.session() as s:
+                print(s.ipfs.cat("/ipfs/" + s.ipfs.add(b"at kubo's address\\n")).decode(), end="")
+        """)
+        r = run_ww("run", "--with-ipfs", "--ipfs", "/ip4/127.0.0.1/tcp/5001/http", cell,
+                   env={**os.environ, "WW_HOME": str(tmp_path / "elsewhere")})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "at kubo's address\n"
+    finally:
+        daemon.stop()
