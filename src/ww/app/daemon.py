@@ -99,7 +99,7 @@ def run(options: DaemonOptions) -> int:
     sites: list[Site] = []
     node = host = None
     try:
-        sock, loopback = bind(options.api)
+        api_socket = bind(options.api)  # a bad or taken address fails before anything starts
         policy = build.dial_policy(run_options)
         key = build.node_key(run_options)
         host = build.p2p_node(run_options, ["p2p"], policy, key, announce=False,
@@ -109,10 +109,12 @@ def run(options: DaemonOptions) -> int:
         assert host is not None
         host.start()
         rpc = RpcApi(node, dial_refusal=policy.refusal, log=log)  # type: ignore[arg-type]
-        sites.append(Site(rpc, sock, "api"))
-        rpc.allow_port(sock.getsockname()[1])
-        # (issue 13's gateway: sites.append(Site(gateway_app(node), bind(gateway)[0],
-        # "gateway")) -- one more site, served beside the API by the same serve() below)
+        api = Site(rpc, *api_socket, "api")
+        rpc.allow_port(api.sock.getsockname()[1])
+        sites.append(api)
+        # Each HTTP face is one Site (an ASGI app on its bound socket); serve() below serves
+        # them all and stops them together.  The gateway is one more:
+        #     sites.append(Site(GatewayApp(node), *bind(options.gateway), "gateway"))
         info = node.id()
 
         def announce() -> None:
@@ -122,11 +124,12 @@ def run(options: DaemonOptions) -> int:
                 log("p2p", listening=f"{addr}/p2p/{info.id}" if "/p2p/" not in addr else addr)
             for site in sites:
                 log(site.name, listening=site.multiaddr)
-            if not loopback:
-                log("warning", api=f"{sites[0].multiaddr} is reachable beyond this machine: "
-                    "anyone who can reach it can add, pin and remove content")
+            for site in sites:
+                if not site.loopback:
+                    log("warning", **{site.name: f"{site.multiaddr} is reachable beyond this "
+                                      "machine: anyone who can reach it may use it"})
 
-        (repo / "api").write_text(sites[0].multiaddr.removesuffix("/http") + "\n")
+        (repo / "api").write_text(api.multiaddr.removesuffix("/http") + "\n")
 
         async def main() -> None:
             stop = trio.Event()

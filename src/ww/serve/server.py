@@ -30,6 +30,7 @@ class Site:
 
     app: ASGIApp
     sock: socket.socket
+    loopback: bool  # whether only this machine can reach it (bind()'s second value)
     name: str  # for the log: "api", "gateway"
 
     @property
