@@ -278,9 +278,9 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
-    kind, params = parse_options_header(request.header(b"content-type") or "")
+    mime, params = parse_options_header(request.header(b"content-type") or "")
     boundary = params.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
+    if mime != b"multipart/form-data" or not boundary:
         raise ClientError("expected a multipart/form-data body with a boundary")
     events: list[tuple[str, Any]] = []
     field: list[bytes] = []
@@ -296,18 +296,22 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
                               f"{MAX_PART_HEADERS} bytes")
         into.append(data[start:end])
 
+    def part_begin() -> None:
+        headers.clear()
+        header_bytes[0] = 0
+
     def header_end() -> None:
         headers[b"".join(field).decode("latin-1").lower()] = b"".join(value).decode("latin-1")
         field.clear()
         value.clear()
 
     callbacks = {
-        "on_part_begin": lambda: (headers.clear(), header_bytes.__setitem__(0, 0)),
+        "on_part_begin": part_begin,
         "on_header_field": lambda d, s, e: header_piece(field, d, s, e),
         "on_header_value": lambda d, s, e: header_piece(value, d, s, e),
         "on_header_end": header_end,
         "on_headers_finished": lambda: events.append(("begin", dict(headers))),
-        "on_part_data": lambda d, s, e: events.append(("data", bytes(d[s:e]))),
+        "on_part_data": lambda d, s, e: events.append(("data", d[s:e])),
         "on_part_end": lambda: events.append(("end", None)),
         "on_end": lambda: events.append(("done", None)),
     }
