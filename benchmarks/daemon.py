@@ -4,7 +4,8 @@ file, and requests per second for a small `cat`.
     .venv/bin/python benchmarks/daemon.py [--size-mib 300] [--requests 500] [--dir DIR]
 
 Target (issue 13): `add` through the RPC API within 80 % of `ww export`'s rate, the daemon's
-memory flat (its peak resident size is printed).  Each side
+memory flat (its peak resident size is printed).  The CPU time each side used is printed too:
+on a busy machine it varies less than the rates.  Each side
 gets a fresh repository ($WW_HOME) in a temporary directory under DIR (default: the system's
 temporary directory), removed afterwards.  The upload is a streamed multipart body (chunked,
 1 MiB pieces), as kubo's clients send it; the `cat`s go one after the other over one
@@ -18,6 +19,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -86,6 +88,17 @@ def cats(host: str, port: int, cid: str, n: int, keep_alive: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mib(pid: int) -> float:
     """The daemon's peak resident memory so far (VmHWM), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -106,16 +119,19 @@ def main() -> None:
         with open(data, "wb") as f:
             for _ in range(args.size_mib):
                 f.write(os.urandom(MIB))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _children_cpu()
         r = subprocess.run([WW, "export", str(data)], capture_output=True, text=True,
                            env={**os.environ, "WW_HOME": str(root / "export-home")})
         export_s = time.perf_counter() - start
+        export_cpu = _children_cpu() - cpu
         if r.returncode != 0:
             raise SystemExit(r.stderr)
         export_cid = r.stdout.split()[-1].removeprefix("/ipfs/")
         proc, host, port = start_daemon(root / "daemon-home")
         try:
+            cpu = _cpu_seconds(proc.pid)
             add_s, add_cid = rpc_add(host, port, data)
+            add_cpu = _cpu_seconds(proc.pid) - cpu
             peak = _peak_rss_mib(proc.pid)
             if add_cid != export_cid:
                 raise SystemExit(f"CIDs differ: {add_cid} != {export_cid}")
@@ -132,10 +148,11 @@ def main() -> None:
     size = args.size_mib
     print(f"# {size} MiB of random bytes (/ipfs/{export_cid}); {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"{'':38}{'MiB/s':>8}{'vs export':>11}")
-    print(f"{'ww export (whole command)':38}{size / export_s:8.0f}{100:10.0f}%")
+    print(f"{'':38}{'MiB/s':>8}{'vs export':>11}{'CPU s':>8}")
+    print(f"{'ww export (whole command)':38}{size / export_s:8.0f}{100:10.0f}%"
+          f"{export_cpu:8.1f}")
     print(f"{'add through the RPC API (ww daemon)':38}{size / add_s:8.0f}"
-          f"{100 * export_s / add_s:10.0f}%   daemon peak RSS {peak:.0f} MiB")
+          f"{100 * export_s / add_s:10.0f}%{add_cpu:8.1f}   daemon peak RSS {peak:.0f} MiB")
     print(f"small cat, one keep-alive connection: {kept:6.0f} requests/s "
           f"({args.requests} requests)")
     print(f"small cat, a new connection each:     {fresh:6.0f} requests/s")
