@@ -72,6 +72,7 @@ class Daemon:
             self.proc.send_signal(sig)
         _, err = self.proc.communicate(timeout=HANG)
         self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        self.other_lines = [line for line in err.splitlines() if not line.startswith("{")]
         return self.proc.returncode, self.events
 
 

@@ -39,7 +39,10 @@ def test_sigterm_and_sigint_stop_it_cleanly_and_the_repository_checks_clean(ww_h
 
 def test_log_lines_are_json_with_json_and_one_line_per_event_without(ww_home, tmp_path):
     d = Daemon(ww_home)
+    assert d.post("cat", "not-a-cid")[0] == 500  # an event of its own: rpc-error
     _, events = d.stop()
+    assert d.other_lines == []  # every line JSON
+    assert "rpc-error" in [e["event"] for e in events]
     for event in events:
         assert {"ts", "event", "daemon"} <= event.keys()
         assert event["daemon"] == d.proc.pid
