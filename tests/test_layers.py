@@ -1,7 +1,8 @@
 """The layering is a contract (pyproject.toml, ``[tool.importlinter]``) that this test enforces.
 
-``cli > app > caps > host | p2p > ipfs > core``: a package imports only those below it, and
-``host`` and ``p2p`` not each other; the cell SDK imports only ``schema`` and ``core``.
+``cli > app > caps | serve > host | p2p > ipfs > core``: a package imports only those below
+it, and ``caps`` and ``serve``, ``host`` and ``p2p`` not each other; the cell SDK imports
+only ``schema`` and ``core``.
 """
 
 import os

@@ -50,21 +50,16 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def js_importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def js_importer() -> Iterator:
     """The npm UnixFS importer's CID of a file: ``(path, chunker, cid_version, raw_leaves)``,
     the chunker being a chunk size or ``lengths:PATH`` (cut where PATH's lengths say).
 
-    Installed from the npm registry (versions pinned in js_oracle/package.json) into a scratch
-    directory; skipped where node or npm is missing or the registry cannot be reached."""
-    if not shutil.which("node") or not shutil.which("npm"):
-        pytest.skip("the JavaScript oracle needs node and npm")
-    where = tmp_path_factory.mktemp("js-oracle")
-    for name in ("package.json", "add.mjs"):
-        shutil.copy(JS_ORACLE / name, where / name)
-    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=where,
-                       capture_output=True, text=True, timeout=HANG)
-    if r.returncode != 0:
-        pytest.skip(f"npm install of the JavaScript oracle failed: {r.stderr.strip()[-300:]}")
+    Installed by ``./dev test`` (``npm ci`` in tests/ipfs/js_oracle, versions pinned by its
+    package-lock.json); skipped where node or the installed packages are missing."""
+    if not shutil.which("node") or not (JS_ORACLE / "node_modules" / "ipfs-unixfs-importer"
+                                        ).is_dir():
+        pytest.skip("the JavaScript oracle is not installed: run ./dev test (it runs npm ci)")
+    where = JS_ORACLE
 
     def cid(path: Path, chunker: int | str, cid_version: int, raw_leaves: bool) -> str:
         args = [str(path), str(chunker), str(cid_version), json.dumps(raw_leaves)]

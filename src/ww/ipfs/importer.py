@@ -47,6 +47,8 @@ __all__ = [
     "import_path",
     "file_chunks",
     "tree_size",
+    "import_entries",
+    "TreeEntry",
 ]
 
 CHUNK_SIZE = chunkers.DEFAULT_SIZE
@@ -366,3 +368,89 @@ def _import_entry(path: Path, params: ImportParams, sink: BlockSink) -> Imported
     raise UnsupportedError(
         f"cannot add {os.fsdecode(path)!r}: not a regular file, directory or symlink"
     )
+
+
+# One entry of a tree that arrives as a stream (kubo's multipart ``add``): its slash-separated
+# path, its kind ("file", "dir" or "symlink") and its content (a file's pieces, consumed
+# before the next entry is taken; a symlink's target; None for a directory).
+TreeEntry = tuple[str, str, "Iterable[bytes] | bytes | None"]
+MAX_TREE_DEPTH = 256  # directory levels of a streamed tree (built recursively)
+
+
+@dataclass
+class _Dir:
+    children: dict[bytes, Imported | _Dir] = field(default_factory=dict)
+
+
+def import_entries(
+    entries: Iterable[TreeEntry], params: ImportParams, sink: BlockSink,
+    report: Callable[[str, Imported], None] | None = None,
+) -> tuple[list[tuple[str, Imported]], Imported]:
+    """Import a tree given entry by entry, in any order (a file before or without its parent
+    directory's own entry), as kubo's ``add`` reads a multipart body: each file is imported as
+    its bytes stream in, the directories once every entry is in.
+
+    Reports (``report``, else ``params.on_added`` with the CID alone) each file and symlink
+    as it is added, then the directories children first, then with ``params.wrap`` the
+    wrapping directory named "".  Returns the top-level entries (name, node) in name order
+    and the directory holding them (the root kubo pins when there are several, and ``-w``'s
+    result).  A path with an empty, ``.`` or ``..`` component, or given twice, raises
+    :class:`UnsupportedError`."""
+    root = _Dir()
+    if report is None and params.on_added is not None:
+        on_added = params.on_added
+        report = lambda name, node: on_added(name, str(node.cid))  # noqa: E731
+    for path, kind, content in entries:
+        parts = path.split("/")
+        if len(parts) > MAX_TREE_DEPTH:
+            raise UnsupportedError(f"{path[:80]!r}...: deeper than {MAX_TREE_DEPTH} levels")
+        if any(p in ("", ".", "..") for p in parts):
+            raise UnsupportedError(f"invalid path {path!r} in the added tree")
+        where = root
+        for part in parts[:-1]:
+            below = where.children.setdefault(os.fsencode(part), _Dir())
+            if not isinstance(below, _Dir):
+                raise UnsupportedError(f"{path!r}: a parent in the added tree is not a directory")
+            where = below
+        name = os.fsencode(parts[-1])
+        there = where.children.get(name)
+        if kind == "dir":
+            if there is None:
+                where.children[name] = _Dir()
+            elif not isinstance(there, _Dir):
+                raise UnsupportedError(f"{path!r} is given twice in the added tree")
+            continue
+        if there is not None:
+            raise UnsupportedError(f"{path!r} is given twice in the added tree")
+        if kind == "symlink":
+            assert isinstance(content, bytes)
+            node = import_symlink(content, params, sink)
+        else:
+            assert content is not None and not isinstance(content, bytes)
+            node = import_file(content, params, sink)
+        where.children[name] = node
+        if report is not None:
+            report(path, node)
+    dirs: list[tuple[str, Imported]] = []
+
+    def build(d: _Dir, prefix: str) -> Imported:
+        done = []
+        for name in sorted(d.children):
+            child = d.children[name]
+            if isinstance(child, _Dir):
+                path = f"{prefix}{os.fsdecode(name)}"
+                child = build(child, path + "/")
+                dirs.append((path, child))
+            done.append((name, child))
+        return import_directory(done, params, sink)
+
+    wrapper = build(root, "")
+    if report is not None:
+        for path, node in dirs:
+            report(path, node)
+        if params.wrap:
+            report("", wrapper)
+    built = dict(dirs)
+    tops = [(os.fsdecode(name), child if isinstance(child, Imported) else built[os.fsdecode(name)])
+            for name, child in sorted(root.children.items())]
+    return tops, wrapper

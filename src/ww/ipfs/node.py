@@ -19,9 +19,9 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ww.core import progress as _progress
 from ww.core.cid import CID, DAG_PB
@@ -49,7 +49,9 @@ from .importer import (
     Imported,
     ImportParams,
     NullSink,
+    TreeEntry,
     import_directory,
+    import_entries,
     import_file,
     import_path,
 )
@@ -143,6 +145,53 @@ class EmbeddedNode:
             for name, imported in added:
                 options.on_added(name, str(imported.cid))
         return str(root.cid)
+
+    def add_entries(self, entries: Iterable[TreeEntry], options: AddOptions = _DEFAULT_OPTIONS,
+                    report: Callable[[str, str, int], None] | None = None
+                    ) -> list[tuple[str, str]]:
+        """Add a tree that arrives entry by entry (kubo's multipart ``add``, see
+        :func:`ww.ipfs.importer.import_entries`); returns its top-level entries' names and
+        CIDs, with ``options.wrap`` the wrapping directory's alone (named "").  ``report``
+        is called with each entry's path, CID and cumulative size as kubo reports them.
+
+        Pinned as kubo pins it: the one top-level entry, else the directory holding them.
+        Cancelled or failed midway, nothing is pinned (the blocks written are whole, and the
+        next gc reclaims them)."""
+        params = ImportParams.from_options(options)
+        entries = _checked(entries)
+        told = None if report is None else (
+            lambda name, node: report(name, str(node.cid), node.tsize))
+        if options.only_hash:
+            tops, wrapper = import_entries(entries, params, NullSink(), told)
+        else:
+            with self._repo.writing():
+                with self._blocks.writer() as sink:
+                    tops, wrapper = import_entries(entries, params, sink, told)
+                if options.pin:
+                    root = tops[0][1] if len(tops) == 1 and not options.wrap else wrapper
+                    self._repo.pins.add(root.cid, PinKind.RECURSIVE)
+        if options.wrap:
+            return [("", str(wrapper.cid))]
+        return [(name, str(node.cid)) for name, node in tops]
+
+    def put_block(self, data: bytes, codec: int, cid_version: int = 1,
+                  pin: bool = False) -> str:
+        """Store one block as it is (``ipfs block put``); its CID (sha2-256)."""
+        from ww.core import multihash
+
+        mh = multihash.sha256(data)
+        cid = CID.v0(mh) if cid_version == 0 else CID.v1(codec, mh)
+        with self._repo.writing():
+            shard = self._blocks.put(cid, (data,))
+            if shard is not None:
+                fsync_dir(shard)
+            if pin:
+                self._repo.pins.add(cid, PinKind.DIRECT)
+        return str(cid)
+
+    def block_size(self, cid: str) -> int:
+        """The size of a block (``ipfs block stat``), fetched if missing."""
+        return len(self.block(cid))
 
     def add_path(self, path: Path, options: AddOptions = _DEFAULT_OPTIONS) -> str:
         """Add a file, symlink or directory tree (``ipfs add -r``); returns the root CID.
@@ -320,7 +369,13 @@ class EmbeddedNode:
                 progress.advance(car.write_block(out, block_cid, block), blocks=1)
 
     def import_car(self, src: BinaryIO) -> list[str]:
-        """Import a CAR v1 all or nothing, pin its roots recursively, return the roots.
+        """Import a CAR v1 all or nothing, pin its roots recursively, return the roots
+        (:meth:`import_car_pinning`, pinning)."""
+        return self.import_car_pinning(src, True)
+
+    def import_car_pinning(self, src: BinaryIO, pin: bool) -> list[str]:
+        """Import a CAR v1 all or nothing, pin its roots recursively if ``pin`` (kubo's
+        ``dag import --pin-roots``), return the roots.
 
         Every block is verified and staged first; only when the whole stream has been read and
         every root's DAG is complete (from the CAR and blocks already here) are the blocks moved
@@ -367,7 +422,7 @@ class EmbeddedNode:
                         dirty.add(shard)
                 for shard in dirty:
                     fsync_dir(shard)
-                for root in reader.roots:
+                for root in reader.roots if pin else ():
                     self._repo.pins.add(root, PinKind.RECURSIVE)
                 return [str(root) for root in reader.roots]
             finally:
@@ -502,7 +557,10 @@ if TYPE_CHECKING:  # a static check that EmbeddedNode implements CoreAPI
     _check: CoreAPI = EmbeddedNode(Path())
 
 
-def _checked(chunks: Iterable[bytes]) -> Iterator[bytes]:
+_T = TypeVar("_T")
+
+
+def _checked(chunks: Iterable[_T]) -> Iterator[_T]:
     """``chunks``, stopping with CallCancelled before the next one once the call is cancelled."""
     token = current_token()
     for chunk in chunks:

@@ -1,0 +1,162 @@
+"""`ww daemon`'s kubo RPC API: `add` of a large file through it next to `ww export` of the same
+file, and requests per second for a small `cat`.
+
+    .venv/bin/python benchmarks/daemon.py [--size-mib 300] [--requests 500] [--dir DIR]
+
+Target (issue 13): `add` through the RPC API within 80 % of `ww export`'s rate, the daemon's
+memory flat (its peak resident size is printed).  The CPU time each side used is printed too:
+on a busy machine it varies less than the rates.  Each side
+gets a fresh repository ($WW_HOME) in a temporary directory under DIR (default: the system's
+temporary directory), removed afterwards.  The upload is a streamed multipart body (chunked,
+1 MiB pieces), as kubo's clients send it; the `cat`s go one after the other over one
+keep-alive connection, and over a new connection each, as most of kubo's clients make them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+WW = str(Path(sys.executable).with_name("ww"))
+MIB = 1024 * 1024
+BOUNDARY = "benchmarkboundary"
+
+
+def start_daemon(home: Path) -> tuple[subprocess.Popen[str], str, int]:
+    proc = subprocess.Popen(
+        [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen",
+         "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WW_HOME": str(home)})
+    assert proc.stderr is not None
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            raise SystemExit("ww daemon did not start")
+        event = json.loads(line)
+        if event["event"] == "api":
+            parts = event["listening"].split("/")
+            return proc, parts[2], int(parts[4])
+
+
+def body(path: Path) -> Iterator[bytes]:
+    yield (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+           f"filename=\"{path.name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+           ).encode()
+    with open(path, "rb") as f:
+        while piece := f.read(MIB):
+            yield piece
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def rpc_add(host: str, port: int, path: Path) -> tuple[float, str]:
+    conn = http.client.HTTPConnection(host, port, timeout=3600)
+    start = time.perf_counter()
+    conn.request("POST", "/api/v0/add", body=body(path), encode_chunked=True, headers={
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Transfer-Encoding": "chunked"})
+    reply = conn.getresponse()
+    lines = reply.read().splitlines()
+    elapsed = time.perf_counter() - start
+    if reply.status != 200:
+        raise SystemExit(f"add failed: {lines}")
+    return elapsed, json.loads(lines[-1])["Hash"]
+
+
+def cats(host: str, port: int, cid: str, n: int, keep_alive: bool) -> float:
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    start = time.perf_counter()
+    for _ in range(n):
+        if not keep_alive:
+            conn = http.client.HTTPConnection(host, port, timeout=600)
+        conn.request("POST", f"/api/v0/cat?arg={cid}")
+        reply = conn.getresponse()
+        if reply.read() != b"hello world\n" or reply.status != 200:
+            raise SystemExit("cat failed")
+        if not keep_alive:
+            conn.close()
+    return n / (time.perf_counter() - start)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The daemon's peak resident memory so far (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--dir", default=None, help="where the file and repositories go")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
+        root = Path(scratch)
+        data = root / "data.bin"
+        with open(data, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(MIB))
+        start, cpu = time.perf_counter(), _children_cpu()
+        r = subprocess.run([WW, "export", str(data)], capture_output=True, text=True,
+                           env={**os.environ, "WW_HOME": str(root / "export-home")})
+        export_s = time.perf_counter() - start
+        export_cpu = _children_cpu() - cpu
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        export_cid = r.stdout.split()[-1].removeprefix("/ipfs/")
+        proc, host, port = start_daemon(root / "daemon-home")
+        try:
+            cpu = _cpu_seconds(proc.pid)
+            add_s, add_cid = rpc_add(host, port, data)
+            add_cpu = _cpu_seconds(proc.pid) - cpu
+            peak = _peak_rss_mib(proc.pid)
+            if add_cid != export_cid:
+                raise SystemExit(f"CIDs differ: {add_cid} != {export_cid}")
+            (root / "hello").write_bytes(b"hello world\n")
+            conn = http.client.HTTPConnection(host, port)
+            conn.request("POST", "/api/v0/add", body=b"".join(body(root / "hello")),
+                          headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            hello = json.loads(conn.getresponse().read().splitlines()[-1])["Hash"]
+            kept = cats(host, port, hello, args.requests, keep_alive=True)
+            fresh = cats(host, port, hello, args.requests, keep_alive=False)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=600)
+    size = args.size_mib
+    print(f"# {size} MiB of random bytes (/ipfs/{export_cid}); {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"{'':38}{'MiB/s':>8}{'vs export':>11}{'CPU s':>8}")
+    print(f"{'ww export (whole command)':38}{size / export_s:8.0f}{100:10.0f}%"
+          f"{export_cpu:8.1f}")
+    print(f"{'add through the RPC API (ww daemon)':38}{size / add_s:8.0f}"
+          f"{100 * export_s / add_s:10.0f}%{add_cpu:8.1f}   daemon peak RSS {peak:.0f} MiB")
+    print(f"small cat, one keep-alive connection: {kept:6.0f} requests/s "
+          f"({args.requests} requests)")
+    print(f"small cat, a new connection each:     {fresh:6.0f} requests/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""`ww daemon`: the embedded node as a long-running service on ``$WW_HOME``.
+
+It composes what exists: the libp2p host with Bitswap serving (as `ww run --listen` builds
+it, :mod:`ww.app.build`), the embedded node on it, and the HTTP faces of :mod:`ww.serve`
+(the kubo RPC API; a gateway plugs in as one more :class:`ww.serve.server.Site`), served by
+hypercorn on a trio run in the main thread until SIGINT or SIGTERM.  One daemon per
+repository: it holds ``$WW_HOME/daemon.lock`` (an flock, with its pid in it) and, like
+kubo, writes its API address to ``$WW_HOME/api`` while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ww.app.options import RunOptions
+from ww.core.errors import HostError
+from ww.core.records import NamedTuple
+
+DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"  # kubo's
+
+
+class DaemonOptions(NamedTuple):
+    api: str = DEFAULT_API
+    listen: tuple[str, ...] = ()
+    join: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    node_key: str | None = None
+    allow_dial: tuple[str, ...] = ()
+    json: bool = False
+
+
+class EventLog:
+    """One line per event on stderr: ``ww daemon: <what>``, or with ``--json`` one JSON
+    object (``ts``, ``event``, ``daemon``: the pid, and the event's fields)."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json = json_lines
+        self.pid = os.getpid()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        if self.json:
+            record = {"ts": round(time.time(), 6), "event": event, "daemon": self.pid, **fields}
+            line = json.dumps(record, separators=(",", ":"))
+        else:
+            details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+            line = f"ww daemon: {event}" + (f": {details}" if details else "")
+        try:
+            os.write(2, (line + "\n").encode())
+        except OSError:
+            pass
+
+
+class RepoLock:
+    """``$WW_HOME/daemon.lock``: held (flock) by the one daemon of a repository."""
+
+    def __init__(self, repo: Path) -> None:
+        import fcntl
+
+        self.path = repo / "daemon.lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise HostError(f"the repository {repo} is served by another ww daemon "
+                            f"(pid {holder}); stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.close(self._fd)
+
+
+def run(options: DaemonOptions) -> int:
+    """Serve until SIGINT or SIGTERM; 0 after a clean stop."""
+    import signal
+
+    import trio
+
+    from ww.app import build
+    from ww.ipfs.repo import default_repo_path
+    from ww.serve.rpc import RpcApi
+    from ww.serve.server import Site, bind, serve
+
+    log = EventLog(options.json)
+    run_options = RunOptions(executable="", listen=options.listen, join=options.join,
+                             peers=options.peers, node_key=options.node_key,
+                             allow_dial=options.allow_dial)
+    repo = default_repo_path()
+    repo.mkdir(parents=True, exist_ok=True)
+    lock = RepoLock(repo)
+    sites: list[Site] = []
+    node = host = None
+    try:
+        api_socket = bind(options.api)  # a bad or taken address fails before anything starts
+        policy = build.dial_policy(run_options)
+        key = build.node_key(run_options)
+        host = build.p2p_node(run_options, ["p2p"], policy, key, announce=False,
+                              serve_ww=False, warn=lambda m: log("warning", p2p=m))
+        node = build.open_ipfs(None, peers=options.peers, host=host, dial_policy=policy,
+                               identity=key)
+        assert host is not None
+        host.start()
+        rpc = RpcApi(node, dial_refusal=policy.refusal, log=log)  # type: ignore[arg-type]
+        api = Site(rpc, *api_socket, "api")
+        rpc.allow_port(api.sock.getsockname()[1])
+        sites.append(api)
+        # Each HTTP face is one Site (an ASGI app on its bound socket); serve() below serves
+        # them all and stops them together.  The gateway is one more:
+        #     sites.append(Site(GatewayApp(node), *bind(options.gateway), "gateway"))
+        info = node.id()
+
+        def announce() -> None:
+            """The start's log lines: once they are out, SIGINT and SIGTERM stop it cleanly."""
+            log("started", peer_id=info.id, repo=str(repo), pid=os.getpid())
+            for addr in info.addresses:
+                log("p2p", listening=f"{addr}/p2p/{info.id}" if "/p2p/" not in addr else addr)
+            for site in sites:
+                log(site.name, listening=site.multiaddr)
+            for site in sites:
+                if not site.loopback:
+                    log("warning", **{site.name: f"{site.multiaddr} is reachable beyond this "
+                                      "machine: anyone who can reach it may use it"})
+
+        (repo / "api").write_text(api.multiaddr.removesuffix("/http") + "\n")
+
+        async def main() -> None:
+            stop = trio.Event()
+
+            async def on_signal(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    task_status.started()
+                    async for signum in signals:
+                        log("stopping", signal=signal.Signals(signum).name)
+                        stop.set()
+                        return
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(on_signal)
+                announce()
+                await serve(sites, stop)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+    finally:
+        for name in ("api",):
+            try:
+                (repo / name).unlink()
+            except FileNotFoundError:
+                pass
+        if node is not None:
+            node.close()
+        if host is not None:
+            host.stop()
+        lock.release()
+    log("stopped")
+    return 0

@@ -1,0 +1,45 @@
+"""`ww daemon`: parsing only; the daemon itself is :mod:`ww.app.daemon`."""
+
+from __future__ import annotations
+
+import click
+
+from ww.cli._ipfs_option import peer_option
+from ww.cli._p2p_options import _check, _check_ranges
+
+
+@click.command(name="daemon")
+@click.option("--api", "api", default="/ip4/127.0.0.1/tcp/5001", show_default=True,
+              envvar="WW_API", show_envvar=True, metavar="MULTIADDR",
+              help="Where kubo's RPC API (/api/v0) listens: /ip4|ip6/<address>/tcp/<port> "
+                   "(port 0: a free one).  Loopback unless you name another address; "
+                   "whoever reaches it can add, pin and remove content.")
+@click.option("--listen", "listen", multiple=True, envvar="WW_LISTEN", metavar="MULTIADDR",
+              callback=_check("check_listen_addr"),
+              help="Listen for libp2p peers (Bitswap) on MULTIADDR (repeatable).  Default: "
+                   "/ip4/127.0.0.1/tcp/2020, loopback only.")
+@click.option("--join", "join", multiple=True, metavar="MULTIADDR/p2p/PEERID",
+              callback=_check("check_join_addr"),
+              help="Connect to this peer at start (repeatable); it is an IPFS peer.")
+@peer_option
+@click.option("--node-key", "node_key", envvar="WW_NODE_KEY", metavar="FILE|new",
+              help="The libp2p host's key instead of the node key in $WW_HOME.")
+@click.option("--allow-dial", "allow_dial", multiple=True, envvar="WW_ALLOW_DIAL",
+              metavar="CIDR", callback=_check_ranges,
+              help="Let swarm/connect dial addresses in CIDR (repeatable); otherwise only "
+                   "public addresses and the --join/--peer ones.")
+@click.pass_context
+def daemon(ctx: click.Context, api: str, listen: list[str], join: list[str],
+           peers: tuple[str, ...], node_key: str | None, allow_dial: list[str]) -> None:
+    """Run the embedded node on $WW_HOME until SIGINT or SIGTERM: Bitswap on the libp2p
+    host, and kubo's RPC API on --api for kubo's clients (ww run --ipfs
+    /ip4/127.0.0.1/tcp/5001/http, ww cat --ipfs, kubo-rpc-client).
+
+    One daemon per repository.  One log line per event on stderr ('ww --json daemon': JSON).
+    """
+    from ww.app.daemon import DaemonOptions, run
+
+    json_lines = bool(ctx.find_root().params.get("json"))
+    ctx.exit(run(DaemonOptions(api=api, listen=tuple(listen), join=tuple(join),
+                               peers=tuple(peers), node_key=node_key,
+                               allow_dial=tuple(allow_dial), json=json_lines)))

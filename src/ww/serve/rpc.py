@@ -1,0 +1,877 @@
+"""kubo's RPC API (``/api/v0``) over the embedded node: an ASGI app for `ww daemon`.
+
+Every command is ``POST /api/v0/<command>?arg=...&<option>=...``, answered as kubo answers:
+one JSON value per line (``add``, ``pin/ls?stream=true``, ``repo/gc`` stream them as they
+happen), raw bytes for ``cat``, ``get`` (a tar), ``block/get`` and ``dag/export`` (a CAR),
+and errors as ``{"Message", "Code", "Type": "error"}`` -- HTTP 500 with Code 0 for a failed
+command (kubo's ErrNormal), 400 with Code 1 for a malformed request (ErrClient), 404 for an
+unknown command.  A browser page of another origin is refused with 403, as kubo refuses it
+(its ``Origin`` or ``Referer`` must be the API's own address).
+
+How it runs: the node's calls block (files, locks), so each command runs in a worker thread
+(at most :data:`WORKERS` at once; the rest wait their turn) under a
+:class:`ww.ipfs.api.CancelToken`.  The thread pulls the request body and pushes the response
+through the event loop one piece at a time (``anyio.from_thread``), so memory per request is
+one piece either way: a 300 MiB ``add`` goes from the socket into the blockstore, a ``cat``
+from the blockstore to the socket.  A client that hangs up cancels its command at the next
+piece; one that stops reading holds its command (and one worker) until it reads again or
+:data:`SEND_STALL` seconds pass, when its connection is dropped; others are served meanwhile.
+An error after the reply has begun cuts the connection short (kubo sends it as the
+``X-Stream-Error`` trailer, which HTTP/1.1 clients rarely ask for): the client sees a
+truncated body, never a silently short one.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import platform
+import tarfile
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from ww.core.cid import DAG_PB, RAW
+from ww.core.errors import (
+    CallCancelled,
+    InvalidPathError,
+    IpfsError,
+    NotAFileError,
+    NotFoundError,
+    UsageError,
+    WwError,
+)
+from ww.ipfs.api import AddOptions, CancelToken, EntryType, cancellable
+from ww.ipfs.node import EmbeddedNode
+
+__all__ = ["RpcApi", "WORKERS", "SEND_STALL"]
+
+WORKERS = 64  # commands running at once; the others wait (a bound on threads, not requests)
+SEND_STALL = 120.0  # seconds a client may leave a piece of its reply unread before it is dropped
+PIECE = 256 * 1024  # the size of the pieces a reply is sent in
+BLOCK_LIMIT = 1 << 20  # kubo's soft block limit: block/put refuses more without allow-big-block
+BIG_BLOCK_LIMIT = 4 << 20  # and never more than this, as the repository reads no larger block
+MAX_PART_HEADERS = 64 * 1024  # bytes of one multipart part's headers
+VERSION = "0.1.0"
+
+# kubo's ls "Type": the UnixFS data type (unixfs.pb): Directory 1, File 2, Symlink 4.
+_LS_TYPE = {EntryType.DIRECTORY: 1, EntryType.FILE: 2, EntryType.SYMLINK: 4}
+_CODECS = {"raw": RAW, "dag-pb": DAG_PB, "protobuf": DAG_PB, "v0": DAG_PB}
+
+
+class ClientError(UsageError):
+    """A malformed request (a missing argument, an option's bad value): kubo's ErrClient,
+    HTTP 400 with Code 1."""
+
+
+class Request:
+    """One command: its arguments and options, its body and its reply, used from the worker
+    thread that runs it."""
+
+    def __init__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.token = CancelToken()
+        self.started = False
+        self.body_done = False
+        self._send_scope: anyio.CancelScope | None = None
+        query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                       keep_blank_values=True)
+        self.args = [value for name, value in query if name == "arg"]
+        self.options: dict[str, str] = {}
+        for name, value in query:
+            if name != "arg":
+                self.options.setdefault(name, value)
+
+    # --- the request --------------------------------------------------------------------
+
+    def arg(self, what: str) -> str:
+        """The first ``arg``; kubo's 400 error when there is none."""
+        if not self.args:
+            raise ClientError(f'argument "{what}" is required')
+        return self.args[0]
+
+    def all_args(self, what: str) -> list[str]:
+        """Every ``arg``, at least one (kubo's 400 error when there is none)."""
+        self.arg(what)
+        return self.args
+
+    def option(self, *names: str) -> str | None:
+        for name in names:
+            if name in self.options:
+                return self.options[name]
+        return None
+
+    def flag(self, *names: str, default: bool = False) -> bool:
+        """A boolean option, as kubo parses it (Go's strconv.ParseBool; present and empty is
+        true)."""
+        value = self.option(*names)
+        if value is None:
+            return default
+        if value in ("", "1", "t", "T", "true", "TRUE", "True"):
+            return True
+        if value in ("0", "f", "F", "false", "FALSE", "False"):
+            return False
+        raise ClientError(f"invalid value {value!r} for boolean option {names[0]!r}")
+
+    def number(self, *names: str, default: int | None = None) -> int | None:
+        value = self.option(*names)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ClientError(f"invalid value {value!r} for option {names[0]!r}") from None
+        if number < 0:
+            raise ClientError(f"option {names[0]!r} must not be negative")
+        return number
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope.get("headers", ()):
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    def body(self) -> Iterator[bytes]:
+        """The request body, piece by piece, as the client sends it (from the worker).
+
+        The pieces come over from the event loop up to :data:`PIECE` bytes at a time (one
+        hand-off per piece the server received would cost a third of an `add`'s rate)."""
+        while not self.body_done:
+            pieces = anyio.from_thread.run(self._receive_some)
+            self.token.check()
+            if pieces:  # one piece: fewer, larger steps for the parsers and the importer
+                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _receive_some(self) -> list[bytes]:
+        """On the event loop: the body's next messages, until :data:`PIECE` bytes or its end."""
+        pieces: list[bytes] = []
+        size = 0
+        while size < PIECE and not self.body_done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.token.cancel()
+                raise CallCancelled("the client hung up")
+            self.body_done = not message.get("more_body", False)
+            if message.get("body"):
+                pieces.append(message["body"])
+                size += len(message["body"])
+        return pieces
+
+    # --- the reply (from the worker) ----------------------------------------------------
+
+    def start(self, content_type: str, streamed: bool = True,
+              extra: Iterable[tuple[str, str]] = ()) -> None:
+        headers = [("Content-Type", content_type), ("Vary", "Origin"),
+                   ("Access-Control-Expose-Headers",
+                    "X-Stream-Output, X-Chunked-Output, X-Content-Length"), *extra]
+        if streamed:
+            headers += [("Trailer", "X-Stream-Error")]
+        self.send({"type": "http.response.start", "status": 200,
+                   "headers": [(k.lower().encode(), v.encode()) for k, v in headers]})
+        self.started = True
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    def json_lines(self, values: Iterable[Any]) -> None:
+        """Stream one JSON value per line (kubo's X-Chunked-Output)."""
+        for value in values:
+            if not self.started:
+                self.start("application/json", extra=[("X-Chunked-Output", "1")])
+            self.write(_json(value))
+        if not self.started:
+            self.start("application/json", extra=[("X-Chunked-Output", "1")])
+
+    def reply(self, value: Any) -> None:
+        """One JSON value, the whole reply."""
+        self.start("application/json", streamed=False)
+        self.write(_json(value))
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.token.check()
+        anyio.from_thread.run(self._send_bounded, message)
+
+    async def _send_bounded(self, message: dict[str, Any]) -> None:
+        with anyio.move_on_after(SEND_STALL) as scope:
+            self._send_scope = scope
+            try:
+                await self._send(message)
+            finally:
+                self._send_scope = None
+        if scope.cancelled_caught:
+            self.token.cancel()
+            raise CallCancelled("the client stopped reading")
+
+    def cancel(self) -> None:
+        """On the event loop: the client left (or the daemon stops): stop the command."""
+        self.token.cancel()
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+
+
+class _Writer(io.RawIOBase):
+    """A file the worker writes a reply into (``tarfile``, ``export_car``), sent in pieces."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._buffer += data
+        if len(self._buffer) >= PIECE:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            self._request.write(data)
+
+
+class _Reader(io.RawIOBase):
+    """A file over pieces of bytes (a multipart part, a cat), for code that reads files."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = iter(pieces)
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._rest:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._rest = piece
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def _error(message: str, code: int = 0) -> bytes:
+    return _json({"Message": message, "Code": code, "Type": "error"})
+
+
+# --- multipart bodies (kubo's add, block/put, dag/import) -----------------------------------
+
+
+def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+    """The parts of a ``multipart/form-data`` body as they arrive: each part's headers
+    (lower-case names) and an iterator of its bytes, which must be consumed (or dropped)
+    before the next part is taken.  Malformed bodies raise :class:`ClientError`."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    mime, params = parse_options_header(request.header(b"content-type") or "")
+    boundary = params.get(b"boundary")
+    if mime != b"multipart/form-data" or not boundary:
+        raise ClientError("expected a multipart/form-data body with a boundary")
+    events: list[tuple[str, Any]] = []
+    field: list[bytes] = []
+    value: list[bytes] = []
+    headers: dict[str, str] = {}
+
+    header_bytes = [0]
+
+    def header_piece(into: list[bytes], data: bytes, start: int, end: int) -> None:
+        header_bytes[0] += end - start
+        if header_bytes[0] > MAX_PART_HEADERS:
+            raise ClientError(f"malformed multipart body: a part's headers are over "
+                              f"{MAX_PART_HEADERS} bytes")
+        into.append(data[start:end])
+
+    def part_begin() -> None:
+        headers.clear()
+        header_bytes[0] = 0
+
+    def header_end() -> None:
+        headers[b"".join(field).decode("latin-1").lower()] = b"".join(value).decode("latin-1")
+        field.clear()
+        value.clear()
+
+    callbacks = {
+        "on_part_begin": part_begin,
+        "on_header_field": lambda d, s, e: header_piece(field, d, s, e),
+        "on_header_value": lambda d, s, e: header_piece(value, d, s, e),
+        "on_header_end": header_end,
+        "on_headers_finished": lambda: events.append(("begin", dict(headers))),
+        "on_part_data": lambda d, s, e: events.append(("data", d[s:e])),
+        "on_part_end": lambda: events.append(("end", None)),
+        "on_end": lambda: events.append(("done", None)),
+    }
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+
+    def stream() -> Iterator[tuple[str, Any]]:
+        for piece in request.body():
+            try:
+                parser.write(piece)
+            except MultipartParseError as err:
+                raise ClientError(f"malformed multipart body: {err}") from None
+            yield from events
+            events.clear()
+        try:
+            parser.finalize()
+        except MultipartParseError as err:
+            raise ClientError(f"malformed multipart body: {err}") from None
+        yield from events
+        events.clear()
+
+    flow = stream()
+    done = False
+
+    def data() -> Iterator[bytes]:
+        nonlocal done
+        for kind, item in flow:
+            if kind == "data":
+                yield item
+            elif kind == "end":
+                return
+        done = True
+        raise ClientError("malformed multipart body: it ends inside a part")
+
+    for kind, item in flow:
+        if kind == "begin":
+            part = data()
+            yield item, part
+            for _ in part:  # what the consumer left of the part
+                pass
+            if done:
+                return
+        elif kind == "done":
+            return
+    raise ClientError("malformed multipart body: no closing boundary")
+
+
+def _part_path(headers: dict[str, str]) -> str:
+    """The path a part of kubo's add carries: its urlencoded ``filename``."""
+    from python_multipart.multipart import parse_options_header
+
+    _, params = parse_options_header(headers.get("content-disposition", ""))
+    name = params.get(b"filename") or b""
+    return urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+Command = Callable[["RpcApi", Request], None]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _add_options(request: Request) -> AddOptions:
+    cid_version = request.number("cid-version", default=0)
+    assert cid_version is not None
+    raw = request.option("raw-leaves")
+    chunker = request.option("chunker", "s") or "size-262144"
+    if chunker == "default":
+        chunker = "size-262144"
+    if not chunker.startswith("size-") or not chunker[5:].isdigit():
+        raise IpfsError(f"chunker {chunker!r} is not supported here: use size-N")
+    hash_name = request.option("hash", "H") or "sha2-256"
+    if hash_name != "sha2-256":
+        raise IpfsError(f"hash {hash_name!r} is not supported here: only sha2-256")
+    for unsupported, alias in (("trickle", "t"), ("inline", "inline"), ("nocopy", "nocopy"),
+                               ("fscache", "fscache")):
+        if request.flag(unsupported, alias):
+            raise IpfsError(f"add option {unsupported!r} is not supported here")
+    if request.option("to-files"):
+        raise IpfsError("add option 'to-files' is not supported here")
+    return AddOptions(
+        cid_version=cid_version,
+        raw_leaves=None if raw is None else request.flag("raw-leaves"),
+        pin=request.flag("pin", default=True),
+        only_hash=request.flag("only-hash", "n"),
+        chunk_size=int(chunker[5:]),
+        wrap=request.flag("wrap-with-directory", "w"),
+    )
+
+
+@command("add")
+def _add(api: RpcApi, request: Request) -> None:
+    """Each file, symlink and directory as it is added ({"Name", "Hash", "Size"}), with
+    ``progress`` also {"Name", "Bytes"} as a file's bytes go in.  ``quiet``, ``quieter`` and
+    ``silent`` change only what kubo's command line prints, not this stream."""
+    progress = request.flag("progress", "p")
+    options = _add_options(request)
+
+    def reported(name: str, cid: str, tsize: int) -> None:
+        if name == _UNNAMED:  # a file without a name (kubo's stdin) is named by its CID
+            name = cid
+        request.json_lines([{"Name": name, "Hash": cid, "Size": str(tsize)}])
+
+    def counted(name: str, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        done = told = 0
+        for piece in pieces:
+            done += len(piece)
+            if progress and done - told >= options.chunk_size:
+                request.json_lines([{"Name": name, "Bytes": done}])
+                told = done
+            yield piece
+        if progress:
+            request.json_lines([{"Name": name, "Bytes": done}])
+
+    def entries() -> Iterator[tuple[str, str, Any]]:
+        unnamed = 0
+        for headers, data in _parts(request):
+            path = _part_path(headers)
+            kind = headers.get("content-type", "application/octet-stream").split(";")[0]
+            if not path:
+                unnamed += 1
+                if unnamed > 1 or options.wrap:
+                    raise ClientError("a file without a name can only be added alone")
+                path = _UNNAMED
+            if kind == "application/x-directory":
+                yield path, "dir", None
+            elif kind == "application/symlink":
+                yield path, "symlink", b"".join(_bounded(
+                    data, 4096, ClientError("a symlink target is longer than 4096 bytes")))
+            else:
+                yield path, "file", counted("" if path == _UNNAMED else path, data)
+
+    added = api.node.add_entries(entries(), options, reported)
+    if not added:
+        raise ClientError("no files were given to add")
+    request.json_lines(())
+
+
+_UNNAMED = "\0"
+
+
+def _bounded(pieces: Iterable[bytes], limit: int, error: Exception) -> Iterator[bytes]:
+    """``pieces``, raising ``error`` (and reading no further) past ``limit`` bytes."""
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise error
+        yield piece
+
+
+def _path(request: Request, what: str = "ipfs-path") -> str:
+    return request.arg(what)
+
+
+@command("cat")
+def _cat(api: RpcApi, request: Request) -> None:
+    path = _path(request)
+    offset = request.number("offset", "o", default=0) or 0
+    length = request.number("length", "l")
+    size = api.node.stat(path)
+    if size.type != EntryType.FILE:
+        raise IpfsError("this dag node is a directory" if size.type == EntryType.DIRECTORY
+                        else "cannot cat a symlink")
+    if offset > size.size:
+        raise IpfsError(f"offset was past the end of the file ({offset} > {size.size})")
+    pieces = api.node.cat(path, offset, length)
+    rest = size.size - offset if length is None else min(length, size.size - offset)
+    request.start("text/plain", extra=[("X-Stream-Output", "1"),
+                                       ("X-Content-Length", str(rest))])
+    for piece in pieces:
+        request.write(piece)
+
+
+@command("ls")
+def _ls(api: RpcApi, request: Request) -> None:
+    objects = []
+    for path in request.all_args("ipfs-path"):
+        info = api.node.stat(path)
+        links = []
+        if info.type == EntryType.DIRECTORY:
+            for entry in api.node.ls(path):
+                link: dict[str, Any] = {"Name": entry.name, "Hash": entry.cid,
+                                        "Size": entry.size, "Type": _LS_TYPE[entry.type],
+                                        "Target": ""}
+                if entry.type == EntryType.SYMLINK:
+                    link["Target"] = api.node.stat(entry.cid).target or ""
+                links.append(link)
+        objects.append({"Hash": path, "Links": links})
+    request.reply({"Objects": objects})
+
+
+@command("get")
+def _get(api: RpcApi, request: Request) -> None:
+    """A tar of the file or tree, entries named from the path's last component (as kubo)."""
+    path = _path(request)
+    if request.flag("compress", "C"):
+        raise IpfsError("get: compression is not supported here")
+    from ww.ipfs.path import parse_path
+
+    top = parse_path(path).last_name
+    api.node.stat(path)  # a missing path: an error reply, not a cut stream
+    request.start("application/x-tar", extra=[("X-Stream-Output", "1")])
+    out = _Writer(request)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        stack = [(path, top)]
+        while stack:
+            where, name = stack.pop()
+            info = api.node.stat(where)
+            member = tarfile.TarInfo(name)
+            member.mtime = 0
+            if info.type == EntryType.DIRECTORY:
+                member.type, member.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(member)
+                entries = api.node.ls(where)
+                stack.extend((f"{where}/{e.name}", f"{name}/{e.name}") for e in reversed(entries))
+            elif info.type == EntryType.SYMLINK:
+                member.type, member.mode = tarfile.SYMTYPE, 0o777
+                member.linkname = info.target or ""
+                tar.addfile(member)
+            else:
+                member.size, member.mode = info.size, 0o644
+                tar.addfile(member, _Reader(api.node.cat(where)))  # type: ignore[arg-type]
+    out.flush()
+
+
+@command("block/get")
+def _block_get(api: RpcApi, request: Request) -> None:
+    block = api.node.block(_cid_arg(api, request))
+    request.start("text/plain", extra=[("X-Stream-Output", "1")])
+    request.write(block)
+
+
+@command("block/stat")
+def _block_stat(api: RpcApi, request: Request) -> None:
+    cid = _cid_arg(api, request)
+    request.reply({"Key": cid, "Size": api.node.block_size(cid)})
+
+
+def _cid_arg(api: RpcApi, request: Request) -> str:
+    return api.node.resolve(request.arg("cid"))
+
+
+@command("block/put")
+def _block_put(api: RpcApi, request: Request) -> None:
+    codec_name = request.option("cid-codec") or request.option("format", "f") or "raw"
+    codec = _CODECS.get(codec_name)
+    if codec is None:
+        raise IpfsError(f"cid-codec {codec_name!r} is not supported here: raw or dag-pb")
+    if (request.option("mhtype") or "sha2-256") != "sha2-256":
+        raise IpfsError("only the sha2-256 multihash is supported here")
+    limit = BIG_BLOCK_LIMIT if request.flag("allow-big-block") else BLOCK_LIMIT
+    version = 0 if codec_name in ("v0", "protobuf") else 1
+    pin = request.flag("pin")
+    results = []
+    for _, data in _parts(request):
+        block = b"".join(_bounded(data, limit, IpfsError(
+            "produced block is over 1MiB: big blocks can't be exchanged with other peers. "
+            "consider using UnixFS for automatic chunking of bigger files, or pass "
+            "--allow-big-block to override" if limit == BLOCK_LIMIT else
+            f"the block is over {limit} bytes")))
+        cid = api.node.put_block(block, codec, version, pin)
+        results.append({"Key": cid, "Size": len(block)})
+    request.json_lines(results)
+
+
+@command("dag/export")
+def _dag_export(api: RpcApi, request: Request) -> None:
+    root = request.arg("root")
+    api.node.block(api.node.resolve(root))  # a missing root: an error reply, not a cut stream
+    request.start("application/vnd.ipld.car", extra=[("X-Stream-Output", "1")])
+    out = _Writer(request)
+    api.node.export_car([root], out)  # type: ignore[arg-type]
+    out.flush()
+
+
+@command("dag/import")
+def _dag_import(api: RpcApi, request: Request) -> None:
+    """Each CAR part imported whole or not at all (verified, staged, then moved in); its
+    roots pinned unless ``pin-roots=false``.  (kubo's ``stats`` is not reported.)"""
+    pin = request.flag("pin-roots", default=True)
+    roots: list[str] = []
+    for _, data in _parts(request):
+        roots += api.node.import_car_pinning(io.BufferedReader(_Reader(data)), pin)
+    request.json_lines({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}} for root in roots)
+
+
+@command("pin/add")
+def _pin_add(api: RpcApi, request: Request) -> None:
+    recursive = request.flag("recursive", "r", default=True)
+    pins = []
+    for path in request.all_args("ipfs-path"):
+        api.node.pin(path, recursive)
+        pins.append(api.node.resolve(path))
+    request.reply({"Pins": pins})
+
+
+@command("pin/rm")
+def _pin_rm(api: RpcApi, request: Request) -> None:
+    pins = []
+    for path in request.all_args("ipfs-path"):
+        try:
+            api.node.unpin(path)
+        except IpfsError:
+            raise IpfsError("not pinned or pinned indirectly") from None
+        pins.append(api.node.resolve(path))
+    request.reply({"Pins": pins})
+
+
+@command("pin/ls")
+def _pin_ls(api: RpcApi, request: Request) -> None:
+    kind = request.option("type", "t") or "all"
+    found = api.node.pin_ls(kind)
+    if request.args:
+        chosen = {}
+        for path in request.args:
+            cid = api.node.resolve(path)
+            if cid not in found:
+                raise IpfsError(f"path '{path}' is not pinned")
+            chosen[cid] = found[cid]
+        found = chosen
+    if request.flag("stream", "s"):
+        request.json_lines({"Cid": cid, "Type": kind, "Name": ""} for cid, kind in found.items())
+    else:
+        request.reply({"Keys": {cid: {"Type": kind, "Name": ""} for cid, kind in found.items()}})
+
+
+@command("id")
+def _id(api: RpcApi, request: Request) -> None:
+    from ww.core.identity import public_key_from_peer_id
+
+    if request.args:
+        raise IpfsError("id: only this node's own identity is known here")
+    info = api.node.id()
+    key = base64.b64encode(public_key_from_peer_id(info.id).to_protobuf()).decode()
+    request.reply({"ID": info.id, "PublicKey": key,
+                   "Addresses": [f"{a}/p2p/{info.id}" if "/p2p/" not in a else a
+                                 for a in info.addresses],
+                   "AgentVersion": f"ww/{VERSION}", "Protocols": info.protocols})
+
+
+@command("version")
+def _version(api: RpcApi, request: Request) -> None:
+    from ww.ipfs.repo import REPO_VERSION
+
+    request.reply({"Version": VERSION, "Commit": "", "Repo": str(REPO_VERSION),
+                   "System": f"{platform.machine()}/{platform.system().lower()}",
+                   "Golang": f"python{platform.python_version()}"})
+
+
+@command("swarm/peers")
+def _swarm_peers(api: RpcApi, request: Request) -> None:
+    peers = []
+    for peer in api.node.peers():
+        for addr in peer.addresses or [""]:
+            peers.append({"Addr": addr, "Peer": peer.id, "Latency": "", "Muxer": "",
+                          "Direction": 0, "Streams": None})
+    request.reply({"Peers": peers})
+
+
+@command("swarm/connect")
+def _swarm_connect(api: RpcApi, request: Request) -> None:
+    done = []
+    for addr in request.all_args("address"):
+        if api.dial_refusal is not None and (why := api.dial_refusal(addr)):
+            raise IpfsError(f"connect {addr} failure: {why}")
+        api.node.connect(addr)
+        done.append(f"connect {addr.rsplit('/p2p/', 1)[-1]} success")
+    request.reply({"Strings": done})
+
+
+@command("repo/gc")
+def _repo_gc(api: RpcApi, request: Request) -> None:
+    report = api.node.gc()
+    # kubo streams {"Key": {"/": cid}} per block removed; the embedded node's gc counts them
+    # without naming them, so the stream is empty and the daemon's log has the counts
+    request.json_lines(())
+    api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes)
+
+
+@command("resolve")
+def _resolve(api: RpcApi, request: Request) -> None:
+    request.reply({"Path": "/ipfs/" + api.node.resolve(request.arg("name"))})
+
+
+@command("repo/stat")
+def _repo_stat(api: RpcApi, request: Request) -> None:
+    stat = api.node.repo_stat()
+    size_only = request.flag("size-only")
+    reply: dict[str, Any] = {"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1}
+    if not size_only:
+        reply.update(NumObjects=stat.num_objects, RepoPath=stat.repo_path,
+                     Version=stat.version)
+    request.reply(reply)
+
+
+@command("routing/findprovs")
+def _findprovs(api: RpcApi, request: Request) -> None:
+    request.arg("key")
+    raise IpfsError("routing: operation or key not supported")  # no router: kubo's error
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+class RpcApi:
+    """The ASGI app of kubo's RPC API over ``node``.
+
+    ``origins``: the browser origins allowed besides none at all (kubo's default: the API's
+    own address, as ``http://127.0.0.1:<port>``, ``http://localhost:<port>``, and https).
+    ``dial_refusal``: the daemon's dial policy (a reason, or None) for ``swarm/connect``.
+    ``log(event, **fields)``: one line on the daemon's log."""
+
+    def __init__(self, node: EmbeddedNode, *, origins: Iterable[str] = (),
+                 dial_refusal: Callable[[str], str | None] | None = None,
+                 log: Callable[..., None] | None = None, workers: int = WORKERS) -> None:
+        self.node = node
+        self.origins = set(origins)
+        self.dial_refusal = dial_refusal
+        self.log = log or (lambda event, **fields: None)
+        self._limiter = anyio.CapacityLimiter(workers)
+
+    def allow_port(self, port: int) -> None:
+        """Allow the API's own origins (kubo's defaults), once its port is known."""
+        for host in ("127.0.0.1", "localhost", "[::1]"):
+            for scheme in ("http", "https"):
+                self.origins.add(f"{scheme}://{host}:{port}")
+
+    def _cross_origin(self, request: Request) -> bool:
+        """A browser request from a page of another origin (kubo answers 403)."""
+        origin = request.header(b"origin")
+        if origin is not None:
+            return origin not in self.origins
+        referer = request.header(b"referer")
+        if referer:
+            parts = urllib.parse.urlsplit(referer)
+            return f"{parts.scheme}://{parts.netloc}" not in self.origins
+        return False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive, send)
+        path = scope.get("path", "")
+        name = path[len("/api/v0/"):].strip("/") if path.startswith("/api/v0/") else None
+        if name is None:
+            await _plain(send, 404, b"404 page not found\n")
+            return
+        if self._cross_origin(request):
+            await _plain(send, 403, b"403 - Forbidden\n")
+            return
+        if scope.get("method") != "POST":
+            await _plain(send, 405, b"405 - Method Not Allowed\n")
+            return
+        handler = COMMANDS.get(name)
+        if handler is None:
+            await _reply(send, 404, _error(f"unknown command {path!r}", 0))
+            return
+        try:
+            await self._run(request, handler, name)
+        except WwError as err:
+            if isinstance(err, CallCancelled):
+                return
+            self.log("rpc-error", command=name, error=str(err))
+            if not request.started:
+                status, code = (400, 1) if isinstance(err, UsageError) else (500, 0)
+                await _reply(send, status, _error(_kubo_message(err), code))
+            else:
+                raise _CutShort(str(err)) from None
+        except _CutShort:
+            raise
+        except Exception as err:  # a defect of ours: kubo's ErrImplementation
+            self.log("rpc-error", command=name, error=f"{type(err).__name__}: {err}")
+            if not request.started:
+                await _reply(send, 500, _error(f"internal error: {type(err).__name__}: {err}", 2))
+            else:
+                raise _CutShort(str(err)) from None
+
+    async def _run(self, request: Request, handler: Command, name: str) -> None:
+        def work() -> None:
+            with cancellable(request.token):
+                handler(self, request)
+                if not request.started:
+                    request.json_lines(())
+                request.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        has_body = name in ("add", "block/put", "dag/import")
+
+        async def watch() -> None:
+            try:
+                if has_body:
+                    await anyio.sleep_forever()
+                while (await receive_message(request))["type"] != "http.disconnect":
+                    pass
+            finally:
+                request.cancel()
+
+        failure: list[BaseException] = []
+
+        async def work_in_thread() -> None:
+            try:
+                await anyio.to_thread.run_sync(work, limiter=self._limiter)
+            except Exception as err:  # raised below, outside the task group (no group)
+                failure.append(err)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch)
+            try:
+                await work_in_thread()
+            finally:
+                tasks.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+
+
+async def receive_message(request: Request) -> dict[str, Any]:
+    return await request._receive()  # type: ignore[no-any-return]
+
+
+def _kubo_message(err: WwError) -> str:
+    """The error's message, with the words kubo's own message has for its kind (clients such
+    as ww's KuboClient tell the kinds apart by them)."""
+    message = str(err)
+    if isinstance(err, NotFoundError) and "not found" not in message:
+        return f"not found: {message}"
+    if isinstance(err, InvalidPathError) and "invalid" not in message:
+        return f"invalid path: {message}"
+    if isinstance(err, NotAFileError) and "not a file" not in message:
+        return f"not a file: {message}"
+    return message
+
+
+class _CutShort(Exception):
+    """Raised to the server once a reply has begun: the connection is cut, not finished."""
+
+
+async def _plain(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _reply(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"vary", b"Origin")]})
+    await send({"type": "http.response.body", "body": body})
+

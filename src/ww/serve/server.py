@@ -1,0 +1,88 @@
+"""Hypercorn on trio: ASGI apps, each on its own listening sockets, until told to stop.
+
+`ww daemon` runs :func:`serve` as its trio run's main task, in the main thread (the libp2p
+host has a trio run of its own on another thread): the kubo RPC API on one address and,
+given ``--gateway``, the trustless gateway on another -- one :class:`Site` each.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from ww.core.errors import AddressError
+
+__all__ = ["Site", "serve", "bind", "GRACE"]
+
+GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+@dataclass
+class Site:
+    """An ASGI app and the socket it is served on (bound and listening: see :func:`bind`)."""
+
+    app: ASGIApp
+    sock: socket.socket
+    loopback: bool  # whether only this machine can reach it (bind()'s second value)
+    name: str  # for the log: "api", "gateway"
+
+    @property
+    def multiaddr(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        proto = "ip6" if self.sock.family == socket.AF_INET6 else "ip4"
+        return f"/{proto}/{host}/tcp/{port}/http"
+
+
+def bind(addr: str) -> tuple[socket.socket, bool]:
+    """A listening TCP socket for ``/ip4|ip6/<address>/tcp/<port>[/http]`` (port 0: a free
+    one), and whether the address is loopback only."""
+    import ipaddress
+
+    parts = addr.strip("/").split("/")
+    if parts and parts[-1] == "http":
+        parts = parts[:-1]
+    if len(parts) != 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp" \
+            or not parts[3].isdigit() or int(parts[3]) > 65535:
+        raise AddressError(f"{addr!r}: expected /ip4/<address>/tcp/<port> or "
+                           "/ip6/<address>/tcp/<port>")
+    try:
+        ip = ipaddress.ip_address(parts[1])
+    except ValueError:
+        raise AddressError(f"{addr!r}: {parts[1]!r} is not an IP address") from None
+    if (ip.version == 4) != (parts[0] == "ip4"):
+        raise AddressError(f"{addr!r}: {parts[1]!r} is not an {parts[0]} address")
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(ip), int(parts[3])))
+        sock.listen(1024)
+    except OSError as err:
+        sock.close()
+        raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
+    return sock, ip.is_loopback
+
+
+async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> None:
+    """Serve every site until ``stop`` is set; then stop accepting, let the requests in
+    flight finish for at most ``grace`` seconds, cancel the rest, and return."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    async with trio.open_nursery() as nursery:
+        for site in sites:
+            config = Config()
+            config.bind = [f"fd://{site.sock.detach()}"]
+            config.accesslog = None
+            config.errorlog = None  # the daemon logs one line per event itself
+            config.graceful_timeout = grace
+            config.h11_max_incomplete_size = 64 * 1024  # request line and headers
+            nursery.start_soon(partial(hypercorn_serve, site.app, config,  # type: ignore[arg-type]
+                                       shutdown_trigger=stop.wait, mode="asgi"))

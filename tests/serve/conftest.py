@@ -1,0 +1,96 @@
+"""A real `ww daemon` in a subprocess, on its own $WW_HOME and free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import HANG, WW
+
+
+class Daemon:
+    """`ww --json daemon --api /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/tcp/0`, started
+    and waited for (its ``api`` log line); :meth:`stop` sends SIGTERM and returns its status."""
+
+    def __init__(self, home: Path, *extra: str, api: str | None = "/ip4/127.0.0.1/tcp/0"
+                 ) -> None:
+        """``api=None``: no --api, the default address."""
+        self.home = home
+        self.proc = subprocess.Popen(
+            [WW, "--json", "daemon", *(["--api", api] if api else []),
+             "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "WW_HOME": str(home)}, text=True)
+        self.events: list[dict[str, Any]] = []
+        self.api = ""
+        while not self.api:
+            line = self.proc.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                raise AssertionError(f"ww daemon ended before listening: {self.events}")
+            event = json.loads(line)
+            self.events.append(event)
+            if event["event"] == "api":
+                self.api = event["listening"]
+        host_port = self.api.split("/")
+        self.url = f"http://{host_port[2]}:{host_port[4]}"
+        self.peer_id = self.events[0]["peer_id"]
+
+    def post(self, command: str, *args: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None, **options: Any
+             ) -> tuple[int, Any, bytes]:
+        """POST /api/v0/<command>; (status, headers (case-insensitive), body) whatever the
+        status."""
+        query = [("arg", a) for a in args] + [
+            (k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in options.items()]
+        url = f"{self.url}/api/v0/{command}?{urllib.parse.urlencode(query)}"
+        request = urllib.request.Request(url, data=body or b"", method="POST",
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=HANG) as reply:
+                return reply.status, reply.headers, reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers, err.read()
+
+    def json(self, command: str, *args: str, **options: Any) -> list[Any]:
+        status, _, body = self.post(command, *args, **options)
+        assert status == 200, body
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, list[dict[str, Any]]]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=HANG)
+        self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        self.other_lines = [line for line in err.splitlines() if not line.startswith("{")]
+        return self.proc.returncode, self.events
+
+
+@pytest.fixture
+def daemon(ww_home: Path) -> Iterator[Daemon]:
+    d = Daemon(ww_home)
+    yield d
+    if d.proc.poll() is None:
+        d.stop()
+
+
+def multipart(parts: list[tuple[str, str, bytes]], boundary: str = "wwtestboundary"
+              ) -> tuple[bytes, dict[str, str]]:
+    """A body as kubo's clients send ``add``: (urlencoded path, content type, bytes) parts."""
+    body = b""
+    for name, content_type, data in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 f"filename=\"{urllib.parse.quote(name, safe='')}\"\r\n"
+                 f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}

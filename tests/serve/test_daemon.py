@@ -1,0 +1,129 @@
+"""`ww daemon`'s life: start, one per repository, a clean stop, the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from tests.conftest import run_ww
+
+from .conftest import Daemon, multipart
+
+
+def test_a_second_daemon_on_the_repository_names_the_first_ones_pid(daemon):
+    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert f"pid {daemon.proc.pid}" in r.stderr and "another ww daemon" in r.stderr
+
+
+def test_sigterm_and_sigint_stop_it_cleanly_and_the_repository_checks_clean(ww_home):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        d = Daemon(ww_home)
+        body, headers = multipart([("a.bin", "application/octet-stream", b"x" * 700_000)])
+        status, _, reply = d.post("add", body=body, headers=headers)
+        assert status == 200, reply
+        assert (ww_home / "api").read_text().strip() == d.api.removesuffix("/http")
+        code, events = d.stop(sig)
+        assert code == 0, events
+        names = [e["event"] for e in events]
+        assert names[-2:] == ["stopping", "stopped"], names
+        assert events[-2]["signal"] == signal.Signals(sig).name
+        assert not (ww_home / "api").exists()
+        r = run_ww("repo", "check")
+        assert r.returncode == 0, r.stdout + r.stderr
+    # the lock went with it: a new daemon starts
+    Daemon(ww_home).stop()
+
+
+def test_log_lines_are_json_with_json_and_one_line_per_event_without(ww_home, tmp_path):
+    d = Daemon(ww_home)
+    assert d.post("cat", "not-a-cid")[0] == 500  # an event of its own: rpc-error
+    _, events = d.stop()
+    assert d.other_lines == []  # every line JSON
+    assert "rpc-error" in [e["event"] for e in events]
+    for event in events:
+        assert {"ts", "event", "daemon"} <= event.keys()
+        assert event["daemon"] == d.proc.pid
+    assert [e["event"] for e in events][:1] == ["started"]
+    import subprocess
+
+    from tests.conftest import WW
+
+    proc = subprocess.Popen([WW, "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen",
+                             "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WW_HOME": str(ww_home)})
+    lines = []
+    while not any(" api: " in line for line in lines):
+        line = proc.stderr.readline()
+        assert line, lines
+        lines.append(line)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    lines += rest.splitlines(keepends=True)
+    assert proc.returncode == 0
+    assert all(line.startswith("ww daemon: ") for line in lines), lines
+    assert lines[-1] == "ww daemon: stopped\n"
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        raise AssertionError(f"a JSON line without --json: {line}")
+
+
+def test_a_bad_api_address_is_a_usage_error_and_leaves_no_lock_held(ww_home):
+    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/udp/5001")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("ww: ") and r.stderr.count("\n") == 1, r.stderr
+    Daemon(ww_home).stop()
+
+
+def test_it_serves_bitswap_to_peers_and_swarm_connect_reaches_another_daemon(
+        daemon, tmp_path):
+    data = os.urandom(600_000)
+    body, headers = multipart([("f", "application/octet-stream", data)])
+    status, _, reply = daemon.post("add", body=body, headers=headers)
+    assert status == 200, reply
+    cid = json.loads(reply.splitlines()[-1])["Hash"]
+    p2p = next(e["listening"] for e in daemon.events if e["event"] == "p2p")
+    # another node, another repository: it can only get the blocks from the daemon
+    other = tmp_path / "other-home"
+    r = run_ww("import", "--peer", p2p, f"/ipfs/{cid}", "-o", str(tmp_path / "copy"),
+               env={**os.environ, "WW_HOME": str(other)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "copy").read_bytes() == data
+    # a second daemon (its own repository and key) dials the first through swarm/connect
+    second = Daemon(tmp_path / "second-home", "--allow-dial", "127.0.0.0/8")
+    try:
+        assert second.json("swarm/connect", p2p) == [
+            {"Strings": [f"connect {daemon.peer_id} success"]}]
+        peers = second.json("swarm/peers")[0]["Peers"]
+        assert [p["Peer"] for p in peers] == [daemon.peer_id]
+        status, _, got = second.post("cat", f"/ipfs/{cid}")  # fetched over Bitswap
+        assert (status, got) == (200, data)
+    finally:
+        second.stop()
+
+
+def test_sigterm_during_an_upload_stops_cleanly_with_nothing_half_written(ww_home):
+    import socket
+
+    d = Daemon(ww_home)
+    body, headers = multipart([("big", "application/octet-stream", os.urandom(8 << 20))])
+    host, port = d.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(f"POST /api/v0/add HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}"
+                 f"\r\n\r\n".encode() + body[: len(body) // 2])  # then it stalls
+    status, _, _ = d.post("version")  # the upload is under way beside other requests
+    assert status == 200
+    code, events = d.stop()  # the upload never finishes: it is cancelled after the grace
+    sock.close()
+    assert code == 0, events
+    assert [e["event"] for e in events][-1] == "stopped"
+    r = run_ww("repo", "check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_ww("pin", "ls")
+    assert r.returncode == 0 and r.stdout == "", r.stdout

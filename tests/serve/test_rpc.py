@@ -1,0 +1,292 @@
+"""kubo's RPC API as `ww daemon` serves it: each command's shapes, kubo's options, and bad
+input answered with one error each while the daemon keeps serving."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import socket
+import tarfile
+
+import pytest
+
+from tests.conftest import HANG, run_ww
+
+from .conftest import multipart
+
+CHUNK = 262144
+
+
+def export(*args: str) -> str:
+    r = run_ww("export", *args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1].removeprefix("/ipfs/")
+
+
+def add(daemon, parts, **options) -> list[dict]:
+    body, headers = multipart(parts)
+    status, _, reply = daemon.post("add", body=body, headers=headers, **options)
+    assert status == 200, reply
+    return [json.loads(line) for line in reply.splitlines()]
+
+
+def error_of(reply: tuple[int, dict, bytes]) -> tuple[int, dict]:
+    status, headers, body = reply
+    assert body.count(b"\n") <= 1, body
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize("options,flags", [
+    ({}, []),
+    ({"cid_version": 1}, ["--cid-version", "1"]),
+    ({"raw_leaves": True}, ["--raw-leaves"]),
+    ({"chunker": "size-1000", "cid_version": 1, "raw_leaves": False},
+     ["--chunker", "size-1000", "--cid-version", "1", "--raw-leaves=false"]),
+])
+def test_add_of_a_file_gives_ww_exports_cid_with_kubos_options(daemon, tmp_path, options,
+                                                                flags):
+    data = os.urandom(2 * CHUNK + 5)
+    (tmp_path / "f.bin").write_bytes(data)
+    events = add(daemon, [("f.bin", "application/octet-stream", data)], **options)
+    assert [e["Name"] for e in events] == ["f.bin"]
+    assert events[0]["Hash"] == export(*flags, "-n", str(tmp_path / "f.bin"))
+    assert int(events[0]["Size"]) >= len(data)
+
+
+def test_add_of_a_tree_reports_as_kubo_and_pins_the_root(daemon, tmp_path):
+    site = tmp_path / "site"
+    (site / "sub").mkdir(parents=True)
+    (site / "a.txt").write_bytes(b"alpha\n")
+    (site / "sub" / "b.txt").write_bytes(b"beta\n")
+    os.symlink("a.txt", site / "link")
+    events = add(daemon, [
+        ("site", "application/x-directory", b""),
+        ("site/a.txt", "application/octet-stream", b"alpha\n"),
+        ("site/link", "application/symlink", b"a.txt"),
+        ("site/sub", "application/x-directory", b""),
+        ("site/sub/b.txt", "application/octet-stream", b"beta\n"),
+    ])
+    names = [e["Name"] for e in events]
+    # files as they are added, then the directories children first (kubo's order)
+    assert names == ["site/a.txt", "site/link", "site/sub/b.txt", "site/sub", "site"]
+    root = events[-1]["Hash"]
+    assert root == export(str(site))
+    pins = daemon.json("pin/ls", type="recursive")[0]["Keys"]
+    assert list(pins) == [root]
+
+
+def test_add_wrap_only_hash_pin_false_and_progress(daemon, tmp_path):
+    data = os.urandom(3 * CHUNK)
+    (tmp_path / "x.bin").write_bytes(data)
+    part = [("x.bin", "application/octet-stream", data)]
+    progress = add(daemon, part, progress=True, only_hash=True)
+    counts = [e["Bytes"] for e in progress if "Bytes" in e]
+    assert counts == sorted(counts) and counts[-1] == len(data) and len(counts) > 1
+    cid = progress[-1]["Hash"]
+    status, _, _ = daemon.post("block/stat", cid)  # only-hash stored nothing
+    assert status == 500
+    wrapped = add(daemon, part, wrap_with_directory=True)
+    assert wrapped[-1]["Name"] == "" and wrapped[-1]["Hash"] == export(
+        "-w", "-n", str(tmp_path / "x.bin"))
+    add(daemon, part, pin=False)
+    assert cid not in daemon.json("pin/ls", type="recursive")[0]["Keys"]
+
+
+def test_an_unnamed_file_is_named_by_its_cid_as_kubos_stdin(daemon):
+    events = add(daemon, [("", "application/octet-stream", b"hello world\n")])
+    cid = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # `ipfs add` of the same
+    assert events == [{"Name": cid, "Hash": cid, "Size": "20"}]
+
+
+def test_cat_ls_get_and_the_kubo_error_shapes(daemon, tmp_path):
+    data = os.urandom(CHUNK + 100)
+    tree = tmp_path / "t"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f.bin").write_bytes(data)
+    (tree / "top.txt").write_bytes(b"top\n")
+    root = add(daemon, [("t/d/f.bin", "application/octet-stream", data),
+                        ("t/top.txt", "application/octet-stream", b"top\n")])[-1]["Hash"]
+    status, headers, body = daemon.post("cat", f"/ipfs/{root}/d/f.bin", offset=CHUNK - 3,
+                                        length=10)
+    assert status == 200 and body == data[CHUNK - 3:CHUNK + 7]
+    assert headers["X-Stream-Output"] == "1"
+    (listing,) = daemon.json("ls", root)
+    links = listing["Objects"][0]["Links"]
+    assert [(link["Name"], link["Type"]) for link in links] == [("d", 1), ("top.txt", 2)]
+    assert listing["Objects"][0]["Hash"] == root
+    status, headers, body = daemon.post("get", f"/ipfs/{root}/d")
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert tar.getnames() == ["d", "d/f.bin"]
+        assert tar.extractfile("d/f.bin").read() == data  # type: ignore[union-attr]
+    # errors: one JSON line each, kubo's shape and codes
+    status, err = error_of(daemon.post("cat", root))
+    assert status == 500 and err["Type"] == "error" and err["Code"] == 0
+    assert "directory" in err["Message"]
+    status, err = error_of(daemon.post("cat", "not-a-cid"))
+    assert status == 500 and "invalid" in err["Message"].lower()
+    status, err = error_of(daemon.post("cat", f"/ipfs/{root}/../x"))
+    assert status == 500 and err["Code"] == 0
+    status, err = error_of(daemon.post("cat"))
+    assert (status, err["Code"]) == (400, 1) and "required" in err["Message"]
+    status, err = error_of(daemon.post("cat", f"/ipfs/{root}/nope"))
+    assert status == 500 and "not found" in err["Message"]
+    status, err = error_of(daemon.post("no/such/command"))
+    assert status == 404 and err["Type"] == "error"
+    status, err = error_of(daemon.post("routing/findprovs", root))
+    assert status == 500 and "not supported" in err["Message"]
+
+
+def test_blocks_dag_car_pins_gc_and_the_node(daemon, tmp_path):
+    body, headers = multipart([("b", "application/octet-stream", b"a raw block")])
+    (put,) = [json.loads(line) for line in daemon.post(
+        "block/put", body=body, headers=headers)[2].splitlines()]
+    cid = put["Key"]
+    assert cid.startswith("bafkrei") and put["Size"] == 11
+    assert daemon.post("block/get", cid)[2] == b"a raw block"
+    assert daemon.json("block/stat", cid) == [{"Key": cid, "Size": 11}]
+    big, headers = multipart([("b", "application/octet-stream", b"x" * ((1 << 20) + 1))])
+    status, err = error_of(daemon.post("block/put", body=big, headers=headers))
+    assert status == 500 and "over 1MiB" in err["Message"]
+    (tmp_path / "f").write_bytes(os.urandom(3 * CHUNK))
+    root = add(daemon, [("f", "application/octet-stream", (tmp_path / "f").read_bytes())]
+               )[-1]["Hash"]
+    status, _, car = daemon.post("dag/export", root)
+    assert status == 200
+    r = run_ww("export", "--car", str(tmp_path / "ww.car"), str(tmp_path / "f"))
+    assert r.returncode == 0 and car == (tmp_path / "ww.car").read_bytes()
+    assert daemon.json("pin/rm", root) == [{"Pins": [root]}]
+    status, err = error_of(daemon.post("pin/rm", root))
+    assert status == 500 and "not pinned" in err["Message"]
+    daemon.json("repo/gc")
+    assert daemon.post("block/stat", root)[0] == 500  # collected
+    body, headers = multipart([("car", "application/octet-stream", car)])
+    status, _, reply = daemon.post("dag/import", body=body, headers=headers)
+    assert status == 200
+    assert json.loads(reply) == {"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}}
+    assert daemon.json("pin/ls", root, type="recursive") == [
+        {"Keys": {root: {"Type": "recursive", "Name": ""}}}]
+    assert daemon.json("pin/add", root) == [{"Pins": [root]}]
+    (ident,) = daemon.json("id")
+    assert ident["ID"] == daemon.peer_id and ident["Addresses"]
+    assert daemon.json("version")[0]["Version"]
+    assert daemon.json("swarm/peers") == [{"Peers": []}]
+    status, err = error_of(daemon.post("swarm/connect", "/ip4/10.1.2.3/tcp/4001/p2p/"
+                                       + daemon.peer_id))
+    assert status == 500  # a private address nobody allowed: the dial policy refuses it
+
+
+def test_browser_requests_from_other_origins_are_refused_as_kubo_does(daemon):
+    port = daemon.url.rsplit(":", 1)[1]
+    for header in ({"Origin": "http://evil.example"},
+                   {"Referer": "http://evil.example/page"},
+                   {"Origin": "null"}):
+        status, _, body = daemon.post("version", headers=header)
+        assert status == 403, header
+    for header in ({"Origin": f"http://127.0.0.1:{port}"},
+                   {"Referer": f"http://localhost:{port}/webui"}):
+        assert daemon.post("version", headers=header)[0] == 200
+    request = "GET /api/v0/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=HANG) as sock:
+        sock.sendall(request.encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 405")
+
+
+def test_malformed_bodies_one_error_each_and_the_daemon_keeps_serving(daemon):
+    cases = [
+        (b"garbage", {"Content-Type": "multipart/form-data; boundary=zz"}),
+        (b"--zz\r\nContent-Type: application/octet-stream\r\n\r\nunfinished",
+         {"Content-Type": "multipart/form-data; boundary=zz"}),
+        (b"hello", {"Content-Type": "text/plain"}),
+        (multipart([("../escape", "application/octet-stream", b"x")])),
+        (b"--zz\r\nX-Endless: " + b"a" * (1 << 20) + b"\r\n\r\nx\r\n--zz--\r\n",
+         {"Content-Type": "multipart/form-data; boundary=zz"}),
+    ]
+    for body, headers in cases:
+        status, err = error_of(daemon.post("add", body=body, headers=headers))
+        assert status in (400, 500) and err["Type"] == "error", (body, err)
+        assert "\n" not in err["Message"]
+    # an error once the reply has begun (the second "a", after the first was reported) cuts
+    # the connection short: the client never takes the stream for a complete one
+    body, headers = multipart([("a", "application/octet-stream", b"x"),
+                               ("a", "application/octet-stream", b"y")])
+    with pytest.raises(http.client.IncompleteRead):
+        daemon.post("add", body=body, headers=headers)
+    assert daemon.json("pin/ls") == [{"Keys": {}}]
+    assert add(daemon, [("ok", "application/octet-stream", b"fine\n")])[0]["Name"] == "ok"
+    daemon.stop()
+    r = run_ww("repo", "check", env={**os.environ, "WW_HOME": str(daemon.home)})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _raw_request(daemon, command: str, body: bytes = b"", headers: str = "") -> socket.socket:
+    host, port = daemon.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=HANG)
+    sock.sendall(f"POST /api/v0/{command} HTTP/1.1\r\nHost: x\r\n{headers}"
+                 f"\r\n".encode() + body)
+    return sock
+
+
+def test_a_client_that_stops_reading_or_hangs_up_midway_holds_nothing_up(daemon, tmp_path):
+    data = os.urandom(40 << 20)  # far more than the socket buffers hold
+    (tmp_path / "big").write_bytes(data)
+    root = add(daemon, [("big", "application/octet-stream", data)])[0]["Hash"]
+    stalled = _raw_request(daemon, f"cat?arg={root}", headers="Content-Length: 0\r\n")
+    stalled.recv(1)  # the reply has begun; now read nothing more
+    # an upload cut short: half a multipart body, then the client hangs up
+    body, headers = multipart([("half", "application/octet-stream", os.urandom(4 << 20))])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    gone = _raw_request(daemon, "add", body[: len(body) // 2],
+                        head + f"Content-Length: {len(body)}\r\n")
+    gone.close()
+    # meanwhile the daemon serves others, and whole
+    assert daemon.post("cat", f"/ipfs/{root}", length=5)[2] == data[:5]
+    small = add(daemon, [("small", "application/octet-stream", b"s\n")])[0]
+    assert small["Name"] == "small"
+    stalled.close()
+    assert daemon.post("cat", f"/ipfs/{root}", offset=len(data) - 3)[2] == data[-3:]
+    code, _ = daemon.stop()
+    assert code == 0
+    env = {**os.environ, "WW_HOME": str(daemon.home)}
+    r = run_ww("repo", "check", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_ww("pin", "ls", "-q", "--type", "recursive", env=env)  # none of the half upload
+    assert set(r.stdout.split()) == {root, small["Hash"]}
+
+
+def test_a_hundred_concurrent_requests_each_get_their_answer(daemon):
+    events = add(daemon, [("h", "application/octet-stream", b"hello world\n")])
+    cid = events[0]["Hash"]
+
+    def one(i: int) -> tuple[int, bytes]:
+        if i % 4 == 3:
+            status, _, body = daemon.post("cat", f"bad-{i}")
+        else:
+            status, _, body = daemon.post("cat", cid)
+        return status, body
+
+    with concurrent.futures.ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(one, range(100)))
+    for i, (status, body) in enumerate(results):
+        if i % 4 == 3:
+            assert status == 500 and json.loads(body)["Type"] == "error"
+        else:
+            assert (status, body) == (200, b"hello world\n")
+    assert daemon.json("version")
+
+
+def test_dag_import_with_pin_roots_false_stores_without_pinning(daemon, tmp_path):
+    (tmp_path / "f").write_bytes(b"car content\n")
+    r = run_ww("export", "--car", str(tmp_path / "f.car"), str(tmp_path / "f"),
+               env={**os.environ, "WW_HOME": str(tmp_path / "elsewhere")})
+    assert r.returncode == 0, r.stderr
+    body, headers = multipart([("car", "application/octet-stream",
+                                (tmp_path / "f.car").read_bytes())])
+    status, _, reply = daemon.post("dag/import", body=body, headers=headers, pin_roots=False)
+    assert status == 200, reply
+    root = json.loads(reply)["Root"]["Cid"]["/"]
+    assert daemon.post("cat", root)[2] == b"car content\n"
+    assert daemon.json("pin/ls") == [{"Keys": {}}]
