@@ -1,0 +1,1 @@
+"""HTTP faces of the node for ww daemon: the kubo RPC API and the trustless gateway."""
