@@ -66,7 +66,7 @@ _FORMATS = {"raw": _RAW, "car": _CAR}
 _PROBE = "bafkqaaa"  # the empty identity CID, the specification's probe path
 # A CAR v1 header whose one root is bafkqaaa, which ww.core.cid cannot hold (identity hash):
 # dag-cbor {"roots": [CID(bafkqaaa)], "version": 1}, after its varint length.
-_PROBE_CAR = bytes.fromhex("19a265726f6f747381d82a450001550000676576657273696f6e01")
+_PROBE_CAR = bytes.fromhex("19a265726f6f747381d82a4500015500006776657273696f6e01")
 
 
 class GatewayBackend(CoreAPI, Protocol):
