@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from ww.core.cid import CID, RAW
+from ww.core.cid import CID
 from ww.core.errors import CorruptBlockError, NotFoundError
 from ww.core.ipfs_values import Link
-from ww.ipfs import dagpb, exporter
+from ww.ipfs import exporter
 from ww.ipfs.exporter import UnixfsNode
 from ww.ipfs.path import IpfsPath
 from ww.ipfs.unixfs import DataType
@@ -78,10 +78,9 @@ def car_blocks(getter: BlockGetter, resolved: Resolved, scope: str,
     range ``[start, end)``).  ``dups``: a block is sent each time the walk meets it, else
     once.  Each block is read when its turn comes, so memory holds the walk's stack of CIDs,
     not the DAG."""
-    seen: set[bytes] | None = None if dups else set()
+    seen: set[bytes] = set()
     for cid in resolved.traversal[:-1]:
-        if seen is not None:
-            seen.add(cid.multihash)
+        seen.add(cid.multihash)
         yield cid, getter(cid)
     node = resolved.node
     if scope == "block":
@@ -91,24 +90,7 @@ def car_blocks(getter: BlockGetter, resolved: Resolved, scope: str,
     elif scope == "entity" and entity_bytes is not None and node.fs is not None:
         yield from _range_blocks(getter, node, *entity_bytes)
     else:  # a whole entity (a file, a symlink, a raw block) is its whole DAG
-        yield from _dag(getter, node.cid, seen)
-
-
-def _dag(getter: BlockGetter, root: CID, seen: set[bytes] | None) -> Iterator[tuple[CID, bytes]]:
-    """Every block of the DAG under ``root``, depth first in link order: each once if
-    ``seen`` is given (a block met again is skipped with its links), else each time."""
-    stack = [root]
-    while stack:
-        cid = stack.pop()
-        if seen is not None:
-            if cid.multihash in seen:
-                continue
-            seen.add(cid.multihash)
-        block = getter(cid)
-        yield cid, block
-        if cid.codec != RAW:
-            links = dagpb.decode(block).links
-            stack.extend(link.cid for link in reversed(links))
+        yield from exporter.walk(getter, node.cid, seen, once=not dups)
 
 
 def _directory_blocks(getter: BlockGetter, node: UnixfsNode) -> Iterator[tuple[CID, bytes]]:
