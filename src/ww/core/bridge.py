@@ -10,7 +10,8 @@ The host runs three kinds of code that must not wait on one another:
   (:class:`DaemonWorkers`, :func:`in_new_thread`, :class:`ThreadFeed`; an embedder's
   executor, :func:`in_executor`, for :class:`ww.ipfs.aio.AsyncCoreAPI`), a Bitswap reply read
   from the repository (:func:`to_worker`), a reader's wait for a block Bitswap fetches
-  (:func:`wait_in_thread`).
+  (:func:`wait_in_thread`), the blocking work of an ASGI app of `ww daemon`
+  (:func:`in_worker_thread`).
 
 Only futures, callbacks and sockets cross between them, always through this module: a
 thread hands asyncio a callback with :func:`call_in_loop`, asyncio waits for a thread's
@@ -368,3 +369,43 @@ class TrioPortal:
         elif not self.start_soon(run):
             future.set_exception(self._stopped(True))
         return future
+
+
+# -- anyio (the ASGI apps of `ww daemon`, served by hypercorn) ---------------------------------
+
+
+async def in_worker_thread(fn: Callable[[], T], on_cancel: Callable[[], Any]) -> T:
+    """In an ASGI app (anyio, on trio or asyncio): ``fn()`` in one of anyio's worker threads.
+
+    If the calling task is cancelled (its client went away), ``on_cancel`` is called (to make
+    the work stop early, for example a :class:`ww.ipfs.api.CancelToken`'s ``cancel``) and the
+    work is waited for before the cancellation goes on: nothing keeps running for a caller
+    that left, and what the work used (an iterator, say) is free again when this returns."""
+    import anyio
+
+    outcome: list[tuple[bool, Any]] = []
+
+    def work() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as err:  # handed to the awaiting task
+            outcome.append((False, err))
+
+    finished = False
+
+    async def stop_work_if_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if not finished:
+                on_cancel()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(stop_work_if_cancelled)
+        await anyio.to_thread.run_sync(work)  # not abandoned: the thread is waited for
+        finished = True
+        tasks.cancel_scope.cancel()
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
@@ -35,7 +34,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ww.core import varint
+from ww.core import bridge, varint
 from ww.core.cid import CID
 from ww.core.errors import (
     BackendUnavailableError,
@@ -164,36 +163,15 @@ class _Gateway:
         return self._api.block(str(cid))
 
     async def _run(self, token: CancelToken, fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker thread, under ``token`` and without waiting on the network.
-        Cancelled (the client went away), the token is cancelled and the work awaited: it
-        stops at its next block, and nothing runs on for a caller that left."""
-        outcome: list[tuple[bool, object]] = []
+        """``fn()`` in a worker thread, under ``token`` and without waiting on the network;
+        a cancelled call cancels the token and waits for the work, which stops at its next
+        block."""
 
-        def work() -> None:
-            try:
-                with cancellable(token), local_only():
-                    outcome.append((True, fn()))
-            except BaseException as err:  # handed to the awaiting task
-                outcome.append((False, err))
+        def work() -> T:
+            with cancellable(token), local_only():
+                return fn()
 
-        finished = False
-
-        async def cancel_token_if_cancelled() -> None:
-            try:
-                await anyio.sleep_forever()
-            finally:
-                if not finished:
-                    token.cancel()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(cancel_token_if_cancelled)
-            await anyio.to_thread.run_sync(work)  # not abandoned: the thread is waited for
-            finished = True
-            tasks.cancel_scope.cancel()
-        ok, value = outcome[0]
-        if ok:
-            return value  # type: ignore[return-value]
-        raise value  # type: ignore[misc]
+        return await bridge.in_worker_thread(work, on_cancel=token.cancel)
 
     # --- /ipfs/ ----------------------------------------------------------------------------
 
