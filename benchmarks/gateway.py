@@ -1,7 +1,7 @@
 """The trustless gateway's rate: a large file downloaded whole and as a CAR (``?format=car``)
 with curl, next to `ww cat` of the same file to /dev/null.
 
-    .venv/bin/python benchmarks/gateway.py [--size-mib 300] [--runs 3] [--dir /dev/shm]
+    .venv/bin/python benchmarks/gateway.py [--size-mib 300] [--runs 3]
 
 Target (issue 13): each download at least 50 % of `ww cat`'s rate.  The gateway runs in a
 process of its own (hypercorn on trio, as `ww daemon` serves it) over a fresh repository in
@@ -58,12 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dir", default=None,
-                        help="where to put the data and the repository (default: the system's "
-                             "temporary directory); /dev/shm takes the disk out of the picture")
     args = parser.parse_args()
     size = args.size_mib * MIB
-    with tempfile.TemporaryDirectory(prefix="ww-bench-", dir=args.dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="ww-gateway-") as tmp:
         home = os.path.join(tmp, "home")
         env = dict(os.environ, WW_HOME=home)
         data = os.path.join(tmp, "random.bin")
