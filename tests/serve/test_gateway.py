@@ -16,6 +16,7 @@ import http.client
 import io
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -527,3 +528,25 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
         assert first.wait(HANG)  # the read is closed once its client has gone
         assert request(url, f"/ipfs/{cid}", method="HEAD").status == 200
     node.close()
+
+
+# --- docs/gateway.md ------------------------------------------------------------------------
+
+
+def test_the_docs_curl_examples_run(gw: str, site: Site, tmp_path: Path) -> None:
+    """docs/gateway.md's examples, line by line in bash against this server (each curl -f:
+    an HTTP error fails it), and what they wrote checked."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    block = doc.split("## Examples\n", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(lines) == 7
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line.replace("http://127.0.0.1:8080", gw)],
+                              cwd=tmp_path, env={**os.environ, "CID": site.root},
+                              capture_output=True, timeout=HANG)
+        assert done.returncode == 0, (line, done.stderr)
+    assert car_of((tmp_path / "site.car").read_bytes())[0] == [CID.parse(site.root)]
+    assert _hashes_to(site.root, (tmp_path / "block.bin").read_bytes())
+    hello = CID.parse(site.cid("hello.txt"))
+    assert car_of((tmp_path / "file.car").read_bytes())[1] == [CID.parse(site.root), hello]
+    assert car_of((tmp_path / "head.car").read_bytes())[1] == [CID.parse(site.root), hello]
