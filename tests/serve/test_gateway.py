@@ -28,6 +28,7 @@ import pytest
 
 from tests.serve.gateway_server import HANG, served
 from ww.core.cid import CID
+from ww.core.errors import BackendUnavailableError
 from ww.ipfs import dagpb
 from ww.ipfs.api import AddOptions
 from ww.ipfs.car import CarReader
@@ -468,6 +469,50 @@ def test_a_hundred_concurrent_requests_are_each_answered(gw: str, site: Site) ->
         for outcome in [pool.submit(run, job) for job in jobs]:
             outcome.result(timeout=HANG)
     assert request(gw, f"/ipfs/{site.root}/hello.txt").body == b"hello\n"
+
+
+def test_content_the_repository_lacks_is_404_even_with_peers_to_ask(tmp_path: Path) -> None:
+    """The gateway reads the repository alone: a node that would go to its peers for a
+    missing block (here it fails at once, having no libp2p host to dial with) answers the
+    gateway 404 without trying, so no request can make the node fetch, store or wait."""
+    peer = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWJWEKvSFbben74C7H4YtKjhPMTDxd7gP7zxWSUEeF27st"
+    node = EmbeddedNode(tmp_path / "repo", peers=[peer])
+    absent = node.add_stream([b"elsewhere"], AddOptions(only_hash=True))
+    with pytest.raises(BackendUnavailableError):  # asked directly, the node goes online
+        list(node.cat(absent))
+    node.close()
+    node = EmbeddedNode(tmp_path / "repo", peers=[peer])
+    with served(node) as url:
+        assert_one_line(request(url, f"/ipfs/{absent}"), 404, "not in the repository")
+        assert_one_line(request(url, f"/ipfs/{absent}?format=car"), 404, "not in the")
+    node.close()
+
+
+def test_a_block_missing_mid_stream_cuts_the_response_short(tmp_path: Path) -> None:
+    """Once the status is sent, a missing block can only end the response early: the client
+    must see it incomplete (a file short of its Content-Length, a CAR without its last
+    chunk), never complete-looking; the gateway says so in one log line."""
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream([os.urandom(CHUNK) for _ in range(12)])
+    gone = links(node, cid)[8]  # past the first batch: the status is sent by then
+    # Its file removed, as a failing disk would lose it (no API removes a pinned block).
+    node._blocks.path_for(gone.multihash).unlink()
+    log: list[str] = []
+    with served(node, log) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for path in (f"/ipfs/{cid}", f"/ipfs/{cid}?format=car"):
+            conn = http.client.HTTPConnection(host, int(port), timeout=HANG)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            assert response.status == 200
+            with pytest.raises(http.client.IncompleteRead):
+                response.read()
+            conn.close()
+        assert request(url, f"/ipfs/{cid}", {"Range": "bytes=0-9"}).status == 206
+    assert len(log) == 2, log
+    assert f"/ipfs/{cid}: cut short: a block of the file is not in the repository" in log[0]
+    assert f"/ipfs/{cid} as a CAR: cut short: block {gone} is not in the repository" in log[1]
+    node.close()
 
 
 # --- a client that stops reading ------------------------------------------------------------
