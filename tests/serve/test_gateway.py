@@ -37,6 +37,7 @@ from ww.ipfs.node import EmbeddedNode
 CHUNK = 262144
 BIG = os.urandom(3 * 1024 * 1024 + 12345)  # 13 leaves of 256 KiB (the last one short)
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(100)
+HAMT_ENTRIES = 3000
 
 
 class Site:
@@ -53,6 +54,9 @@ class Site:
         (tree / "www" / "index.html").write_bytes(b"<html><body><h1>the index</h1></body></html>")
         (tree / "www" / "other.txt").write_bytes(b"other\n")
         (tree / "sp ace & <b>.txt").write_bytes(b"odd name\n")
+        (tree / "many").mkdir()  # past kubo's 256 KiB threshold: a HAMT-sharded directory
+        for i in range(HAMT_ENTRIES):
+            (tree / "many" / f"{i:04d}-{'n' * 60}").write_bytes(b"%d\n" % i)
         self.tree = tree
         self.node = EmbeddedNode(tmp / "repo")
         self.root = self.node.add_path(tree)
@@ -157,6 +161,30 @@ def test_a_file_without_an_extension_gets_the_type_its_bytes_show(gw: str, site:
     reply = request(gw, f"/ipfs/{site.root}/hello.txt?download=true&filename=h%C3%A9.txt")
     assert reply.headers["content-disposition"] == (
         "attachment; filename=\"h_.txt\"; filename*=UTF-8''h%C3%A9.txt")
+
+
+def test_a_hamt_sharded_directory_is_listed_and_walked(gw: str, site: Site) -> None:
+    many = site.cid("many")
+    shard = site.node.block(many)
+    assert dagpb.decode(shard).links[0].name[:2].isalnum() and len(
+        dagpb.decode(shard).links) <= 256  # a HAMT: links named by hash index
+    parser = _Anchors()
+    parser.feed(request(gw, f"/ipfs/{site.root}/many/").text)
+    names = {text for href, text in parser.links if href == text != ".."}
+    assert len(names) == HAMT_ENTRIES and f"1234-{'n' * 60}" in names
+    name = f"2345-{'n' * 60}"
+    reply = request(gw, f"/ipfs/{site.root}/many/{name}")
+    assert reply.body == b"2345\n"
+    assert reply.headers["x-ipfs-roots"].split(",")[1] == many
+    # The CAR proves the path: the root, the HAMT shards on the way to the entry, the entry.
+    _, blocks = car_of(request(gw, f"/ipfs/{site.root}/many/{name}?format=car").body)
+    assert blocks[:2] == [CID.parse(site.root), CID.parse(many)]
+    assert blocks[-1] == CID.parse(site.cid(f"many/{name}"))
+    # The directory's entity: every shard, no entry.
+    _, blocks = car_of(request(gw, f"/ipfs/{many}?format=car&dag-scope=entity").body)
+    entries = {CID.parse(entry.cid) for entry in site.node.ls(many)}
+    assert blocks[0] == CID.parse(many) and len(blocks) > 1
+    assert not entries & set(blocks)
 
 
 def test_a_directory_named_without_its_slash_is_redirected(gw: str, site: Site) -> None:

@@ -142,6 +142,20 @@ def test_a_directorys_car_is_verified_and_unpacked_to_the_tree(
 
 
 @needs_node
+def test_a_hamt_sharded_directorys_car_is_unpacked_to_the_tree(
+        gw: str, node: EmbeddedNode, tmp_path: Path) -> None:
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(3000):  # past kubo's 256 KiB threshold: HAMT-sharded
+        (many / f"{i:04d}-{'n' * 60}").write_bytes(b"%d\n" % i)
+    cid = node.add_path(many)
+    car = download(f"{gw}/ipfs/{cid}?format=car", tmp_path / "many.car")
+    seen = verify_car(car)
+    assert sorted(seen["blocks"]) == sorted(dag_blocks(node, cid))  # type: ignore[arg-type]
+    same_tree(many, unpack(car, tmp_path / "out"))
+
+
+@needs_node
 def test_a_paths_car_proves_the_path_and_unpacks_the_file_it_names(
         gw: str, node: EmbeddedNode, tree: Path, tmp_path: Path) -> None:
     cid = node.add_path(tree)

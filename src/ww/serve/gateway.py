@@ -361,9 +361,9 @@ def _negotiate(query: QueryParams, accept: str) -> tuple[str | None, dict[str, s
     if fmt == "car" and best is not None and best[2] == "car":
         params = dict(best[3])
     for name in ("version", "order", "dups"):
-        value = query.get(f"car-{name}")
-        if value is not None:
-            params[name] = value
+        given = query.get(f"car-{name}")
+        if given is not None:
+            params[name] = given
     if fmt == "car":
         if params.get("version", "1") != "1":
             raise _HttpError(400, f"unsupported CAR version {params['version']!r}: "
