@@ -54,6 +54,7 @@ class Site:
         (tree / "www" / "index.html").write_bytes(b"<html><body><h1>the index</h1></body></html>")
         (tree / "www" / "other.txt").write_bytes(b"other\n")
         (tree / "sp ace & <b>.txt").write_bytes(b"odd name\n")
+        (tree / "link").symlink_to("hello.txt")
         (tree / "many").mkdir()  # past kubo's 256 KiB threshold: a HAMT-sharded directory
         for i in range(HAMT_ENTRIES):
             (tree / "many" / f"{i:04d}-{'n' * 60}").write_bytes(b"%d\n" % i)
@@ -185,6 +186,12 @@ def test_a_hamt_sharded_directory_is_listed_and_walked(gw: str, site: Site) -> N
     entries = {CID.parse(entry.cid) for entry in site.node.ls(many)}
     assert blocks[0] == CID.parse(many) and len(blocks) > 1
     assert not entries & set(blocks)
+
+
+def test_a_symlink_is_its_target_as_text_never_followed(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/link")
+    assert reply.status == 200 and reply.body == b"hello.txt"
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
 
 
 def test_a_directory_named_without_its_slash_is_redirected(gw: str, site: Site) -> None:

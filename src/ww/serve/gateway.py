@@ -45,7 +45,15 @@ from ww.core.errors import (
     WwError,
 )
 from ww.ipfs import car
-from ww.ipfs.api import WOULD_WAIT, CancelToken, CoreAPI, WouldWait, cancellable, local_only
+from ww.ipfs.api import (
+    WOULD_WAIT,
+    CancelToken,
+    CoreAPI,
+    EntryType,
+    WouldWait,
+    cancellable,
+    local_only,
+)
 from ww.ipfs.path import IpfsPath, parse_path
 
 from . import gateway_content as content
@@ -228,6 +236,10 @@ class _Gateway:
                     location += "?" + request.url.query
                 return Response(status_code=301, headers={"location": location, **common})
             return await self._directory(request, resolved, common, token, head)
+        if node.type is EntryType.SYMLINK:  # not followed: its target, as text
+            return Response(b"" if head else node.target, headers={
+                **common, "etag": f'"{node.cid}"', "content-type": "text/plain; charset=utf-8",
+                "content-length": str(len(node.target))})
         name = ipath.segments[-1] if ipath.segments else None
         return await self._file(request, resolved.node.cid, resolved.node.content_size,
                                 name, common, token, head)
