@@ -495,7 +495,8 @@ def _probe(fmt: str | None, head: bool) -> Response:
         headers = {"content-type": f"{_CAR}; version=1; order=dfs; dups=n",
                    "cache-control": IMMUTABLE, "etag": f'"{_PROBE}.car"',
                    "x-content-type-options": "nosniff",
-                   "content-disposition": f'attachment; filename="{_PROBE}.car"'}
+                   "content-disposition": f'attachment; filename="{_PROBE}.car"',
+                   "content-length": str(len(_PROBE_CAR))}
         return Response(b"" if head else _PROBE_CAR, headers=headers)
     kind = _RAW if fmt == "raw" else "text/plain; charset=utf-8"
     return Response(b"", headers={"content-type": kind, "cache-control": IMMUTABLE,
