@@ -141,6 +141,7 @@ def test_a_file_comes_with_its_type_and_the_gateway_headers(gw: str, site: Site)
     assert reply.headers["x-ipfs-path"] == f"/ipfs/{site.root}/hello.txt"
     assert reply.headers["x-ipfs-roots"] == f"{site.root},{file_cid}"
     assert reply.headers["accept-ranges"] == "bytes"
+    assert "access-control-allow-origin" not in reply.headers  # no other origin reads it
 
 
 def test_a_large_file_streams_whole_through_nested_directories(gw: str, site: Site) -> None:
