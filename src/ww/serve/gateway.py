@@ -171,15 +171,16 @@ class _Gateway:
         return self._api.block(str(cid))
 
     async def _run(self, token: CancelToken, fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker thread, under ``token`` and without waiting on the network;
-        a cancelled call cancels the token and waits for the work, which stops at its next
-        block."""
+        """``fn()`` in a worker thread, under ``token``, never waiting on the network.
+
+        Such work is short (a path's blocks, a batch of a file, all local), so a request
+        cancelled meanwhile simply waits for it: it needs no task to cancel it early."""
 
         def work() -> T:
             with cancellable(token), local_only():
                 return fn()
 
-        return await bridge.in_worker_thread(work, on_cancel=token.cancel)
+        return await bridge.in_worker_thread(work)
 
     # --- /ipfs/ ----------------------------------------------------------------------------
 
