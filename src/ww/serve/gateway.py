@@ -563,8 +563,8 @@ class _Body:
         return batch
 
     def close(self) -> None:
-        """Stop: the work is cancelled and the iterator closed (no worker runs it then: a
-        cancelled read is waited for)."""
+        """Stop: the token cancelled and the iterator closed (no worker runs it then: a
+        request cancelled during a read waits for that read)."""
         self._token.cancel()
         close = getattr(self._pieces, "close", None)
         if close is not None:
