@@ -551,6 +551,24 @@ def test_a_block_missing_mid_stream_cuts_the_response_short(tmp_path: Path) -> N
     node.close()
 
 
+def test_a_corrupt_block_is_a_500_and_one_log_line(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a\nb").write_bytes(b"will rot\n")
+    node = EmbeddedNode(tmp_path / "repo")
+    root = node.add_path(tree)
+    rotten = CID.parse(node.resolve(f"/ipfs/{root}/a\nb"))
+    node._blocks.path_for(rotten.multihash).write_bytes(b"not what was stored")  # a bad disk
+    log: list[str] = []
+    with served(node, log) as url:
+        reply = request(url, f"/ipfs/{root}/a%0Ab")
+        assert_one_line(reply, 500, str(rotten))
+        assert request(url, f"/ipfs/{root}/", method="HEAD").status == 200
+    assert len(log) == 1 and "\n" not in log[0], log
+    assert log[0].startswith(f"gateway: GET /ipfs/{root}/a%0Ab: 500 ")
+    node.close()
+
+
 # --- a client that stops reading ------------------------------------------------------------
 
 

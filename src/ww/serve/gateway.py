@@ -26,12 +26,9 @@ from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ww.core import bridge, varint
@@ -89,17 +86,32 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
     asyncio).  ``log``: told one line for each response that failed on the server's side
     (a 5xx, or a stream cut short by a block gone bad)."""
     gateway = _Gateway(api, log or (lambda line: None))
-    routes = Starlette(
-        routes=[
-            Route("/ipfs/{rest:path}", gateway.ipfs, methods=["GET", "HEAD"]),
-            Route("/ipns/{rest:path}", _ipns, methods=["GET", "HEAD"]),
-        ],
-        exception_handlers={HTTPException: _http_exception},
-    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # a websocket: nothing here speaks it
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        # Routed by hand: a path may hold any character a UnixFS name does (a newline too),
+        # which a router's patterns do not match.
+        request = Request(scope, receive)
+        path: str = scope["path"]
+        head = request.method == "HEAD"
+        if not path.startswith(("/ipfs/", "/ipns/")):
+            response = _error(404, f"not found: {request.url.path} (this gateway serves "
+                                   "/ipfs/<cid>)", head=head)
+        elif request.method not in ("GET", "HEAD"):
+            response = _error(405, f"method {request.method} is not allowed: use GET or HEAD",
+                              {"allow": "GET, HEAD"})
+        elif path.startswith("/ipns/"):
+            response = _error(501, "/ipns/ paths are not supported by this gateway: use "
+                                   "/ipfs/<cid>", head=head)
+        else:
+            response = await gateway.ipfs(request, path[len("/ipfs/"):])
         try:
-            await routes(scope, receive, send)
+            await response(scope, receive, send)
         except _StreamAborted:
             # Logged where it happened.  Ending here without the body's last message makes
             # the server close the connection mid-body: the client sees a truncated response
@@ -107,6 +119,17 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
             pass
 
     return app
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: the node is the caller's."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class _HttpError(Exception):
@@ -131,21 +154,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None,
                              "content-length": str(len(body)), **(headers or {})})
 
 
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return _error(404, f"not found: {request.url.path} (this gateway serves /ipfs/<cid>)")
-    if exc.status_code == 405:
-        return _error(405, f"method {request.method} is not allowed: use GET or HEAD",
-                      {"allow": "GET, HEAD"})
-    return _error(exc.status_code, str(exc.detail))
-
-
-async def _ipns(request: Request) -> Response:
-    return _error(501, "/ipns/ paths are not supported by this gateway: use /ipfs/<cid>",
-                  head=request.method == "HEAD")
-
-
 def _status(err: WwError, only_if_cached: bool) -> int:
     if isinstance(err, WouldWait):
         return 412 if only_if_cached else 404
@@ -165,7 +173,11 @@ def _status(err: WwError, only_if_cached: bool) -> int:
 class _Gateway:
     def __init__(self, api: GatewayBackend, log: Callable[[str], object]) -> None:
         self._api = api
-        self._log = log
+        self._sink = log
+
+    def _log(self, line: str) -> None:
+        """One line, whatever a path in it holds (a name may contain a newline)."""
+        self._sink("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
 
     def _get(self, cid: CID) -> bytes:
         return self._api.block(str(cid))
@@ -184,21 +196,22 @@ class _Gateway:
 
     # --- /ipfs/ ----------------------------------------------------------------------------
 
-    async def ipfs(self, request: Request) -> Response:
+    async def ipfs(self, request: Request, rest: str) -> Response:
+        """The answer to ``GET`` or ``HEAD /ipfs/<rest>``."""
         head = request.method == "HEAD"
         only_if_cached = "only-if-cached" in request.headers.get("cache-control", "").lower()
         try:
-            return await self._ipfs(request, head)
+            return await self._ipfs(request, rest, head)
         except _HttpError as err:
             return _error(err.status, err.message, err.headers, head)
         except WwError as err:
             status = _status(err, only_if_cached)
             if status >= 500:
-                self._log(f"gateway: {request.method} {request.url.path}: {status} {err}")
+                path = (request.scope.get("raw_path") or b"").decode("latin-1")
+                self._log(f"gateway: {request.method} {path}: {status} {err}")
             return _error(status, str(err), head=head)
 
-    async def _ipfs(self, request: Request, head: bool) -> Response:
-        rest: str = request.path_params["rest"]
+    async def _ipfs(self, request: Request, rest: str, head: bool) -> Response:
         query = request.query_params
         fmt, car_params, negotiated = _negotiate(query, request.headers.get("accept", ""))
         trailing = rest.endswith("/")
