@@ -137,3 +137,46 @@ def test_a_thread_waiting_for_a_future_is_woken_by_its_result_or_by_an_interrupt
     pending: concurrent.futures.Future[int] = concurrent.futures.Future()
     assert bridge.wait_in_thread(pending, 30, interrupt) is False  # woken, not after 30 s
     assert registered == ["forgotten"] and not pending.done()
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_cancelled_worker_thread_call_is_told_to_stop_and_waited_for(backend: str) -> None:
+    """bridge.in_worker_thread (the ASGI apps' hand-off, on anyio): on cancellation on_cancel
+    is called and the cancellation waits for the work to end; without on_cancel it waits for
+    the work as it is; results and errors pass through."""
+    import anyio
+
+    started, stop, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def work() -> int:
+        started.set()
+        assert stop.wait(HANG)
+        ended.set()
+        raise RuntimeError("stopped early")
+
+    def fail() -> int:
+        raise ValueError("the work's error")
+
+    async def main() -> None:
+        assert await bridge.in_worker_thread(lambda: 7) == 7
+        assert await bridge.in_worker_thread(lambda: 8, on_cancel=stop.set) == 8
+        with pytest.raises(ValueError, match="the work's error"):
+            await bridge.in_worker_thread(fail, on_cancel=stop.set)
+        assert not stop.is_set()  # finished work is never told to stop
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(bridge.in_worker_thread, work, stop.set)
+                assert await anyio.to_thread.run_sync(started.wait, HANG)
+                scope.cancel()
+        assert scope.cancelled_caught and stop.is_set()
+        assert ended.is_set()  # the cancellation waited for the work
+        started.clear(), stop.clear(), ended.clear()
+        with anyio.CancelScope() as scope:  # no on_cancel: the work is waited for as it is
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(bridge.in_worker_thread, work)
+                assert await anyio.to_thread.run_sync(started.wait, HANG)
+                scope.cancel()
+                stop.set()
+        assert ended.is_set()
+
+    anyio.run(main, backend=backend)

@@ -339,9 +339,10 @@ def _pieces(
 
 
 def walk(
-    getter: BlockGetter, cid: CID, seen: set[bytes] | None = None
+    getter: BlockGetter, cid: CID, seen: set[bytes] | None = None, once: bool = True
 ) -> Iterator[tuple[CID, bytes]]:
-    """Every block of the DAG under ``cid``, depth first, each once (by multihash).
+    """Every block of the DAG under ``cid``, depth first, each once (by multihash; those in
+    ``seen`` are skipped with their links); ``once=False``: each time a link leads to it.
 
     Any codec this node stores is followed: dag-pb links, raw leaves.
     """
@@ -349,9 +350,10 @@ def walk(
     stack = [cid]
     while stack:
         current = stack.pop()
-        if current.multihash in seen:
-            continue
-        seen.add(current.multihash)
+        if once:
+            if current.multihash in seen:
+                continue
+            seen.add(current.multihash)
         block = getter(current)
         yield current, block
         if current.codec != RAW:

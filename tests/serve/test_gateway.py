@@ -1,0 +1,651 @@
+"""The trustless gateway over HTTP: a real hypercorn server on trio, a real embedded node, and
+requests made with the standard library's HTTP client.
+
+What the specification promises (https://specs.ipfs.tech/http-gateways/trustless-gateway/
+and path-gateway/) is checked here on the wire: raw blocks hash to their CIDs, CARs hold the
+blocks a scope asks for in depth-first order, files and directories come with the headers
+a browser and a cache need, and every bad request gets one line and the right status while
+the server goes on serving.  The CARs are also read by clients nobody here wrote in
+test_gateway_clients.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serve.gateway_server import HANG, served
+from ww.core.cid import CID
+from ww.core.errors import BackendUnavailableError
+from ww.ipfs import dagpb
+from ww.ipfs.api import AddOptions
+from ww.ipfs.car import CarReader
+from ww.ipfs.node import EmbeddedNode
+
+CHUNK = 262144
+BIG = os.urandom(3 * 1024 * 1024 + 12345)  # 13 leaves of 256 KiB (the last one short)
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(100)
+HAMT_ENTRIES = 3000
+
+
+class Site:
+    """A repository holding a small site, served by the gateway for the whole module."""
+
+    def __init__(self, tmp: Path) -> None:
+        tree = tmp / "site"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "www").mkdir()
+        (tree / "hello.txt").write_bytes(b"hello\n")
+        (tree / "sub" / "big.bin").write_bytes(BIG)
+        (tree / "page").write_bytes(b"<!DOCTYPE html><html><body><p>sniffed</p></body></html>")
+        (tree / "picture").write_bytes(PNG)
+        (tree / "www" / "index.html").write_bytes(b"<html><body><h1>the index</h1></body></html>")
+        (tree / "www" / "other.txt").write_bytes(b"other\n")
+        (tree / "sp ace & <b>.txt").write_bytes(b"odd name\n")
+        (tree / "link").symlink_to("hello.txt")
+        (tree / "many").mkdir()  # past kubo's 256 KiB threshold: a HAMT-sharded directory
+        for i in range(HAMT_ENTRIES):
+            (tree / "many" / f"{i:04d}-{'n' * 60}").write_bytes(b"%d\n" % i)
+        self.tree = tree
+        self.node = EmbeddedNode(tmp / "repo")
+        self.root = self.node.add_path(tree)
+        self.absent = self.node.add_stream([b"never stored"], AddOptions(only_hash=True))
+        # Four identical chunks: one leaf CID, linked four times.
+        self.repeated = self.node.add_stream([b"r" * (4 * CHUNK)])
+        self.log: list[str] = []
+
+    def cid(self, path: str) -> str:
+        return self.node.resolve(f"/ipfs/{self.root}/{path}" if path else self.root)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    s = Site(tmp_path_factory.mktemp("gateway"))
+    yield s
+    s.node.close()
+
+
+@pytest.fixture(scope="module")
+def gw(site: Site) -> Iterator[str]:
+    with served(site.node, site.log) as url:
+        yield url
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def request(url: str, path: str, headers: dict[str, str] | None = None,
+            method: str = "GET") -> Reply:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=HANG)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+def car_of(body: bytes) -> tuple[list[CID], list[CID]]:
+    """The roots and block CIDs of a CAR, each block verified against its CID."""
+    reader = CarReader(io.BytesIO(body))
+    return reader.roots, [cid for cid, _ in reader.blocks()]
+
+
+def links(node: EmbeddedNode, cid: str) -> list[CID]:
+    return [link.cid for link in dagpb.decode(node.block(cid)).links]
+
+
+def assert_one_line(reply: Reply, status: int, *words: str) -> None:
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+    assert reply.text.endswith("\n") and reply.text.count("\n") == 1, reply.text
+    for word in words:
+        assert word in reply.text, reply.text
+    assert "cache-control" not in reply.headers  # an error is not cached as immutable
+
+
+# --- files and directories ------------------------------------------------------------------
+
+
+def test_a_file_comes_with_its_type_and_the_gateway_headers(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt")
+    assert reply.status == 200
+    assert reply.body == b"hello\n"
+    file_cid = site.cid("hello.txt")
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+    assert reply.headers["content-length"] == "6"
+    assert reply.headers["etag"] == f'"{file_cid}"'
+    assert reply.headers["cache-control"] == "public, max-age=29030400, immutable"
+    assert reply.headers["x-ipfs-path"] == f"/ipfs/{site.root}/hello.txt"
+    assert reply.headers["x-ipfs-roots"] == f"{site.root},{file_cid}"
+    assert reply.headers["accept-ranges"] == "bytes"
+    assert "access-control-allow-origin" not in reply.headers  # no other origin reads it
+
+
+def test_a_large_file_streams_whole_through_nested_directories(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sub/big.bin")
+    assert reply.status == 200
+    assert reply.body == BIG
+    assert reply.headers["x-ipfs-roots"].split(",") == [
+        site.root, site.cid("sub"), site.cid("sub/big.bin")]
+
+
+def test_a_file_without_an_extension_gets_the_type_its_bytes_show(gw: str, site: Site) -> None:
+    assert request(gw, f"/ipfs/{site.root}/page").headers["content-type"] == \
+        "text/html; charset=utf-8"
+    assert request(gw, f"/ipfs/{site.root}/picture").headers["content-type"] == "image/png"
+    # ?filename= names the download and gives the type
+    reply = request(gw, f"/ipfs/{site.root}/picture?filename=p.gif")
+    assert reply.headers["content-type"] == "image/gif"
+    assert reply.headers["content-disposition"] == 'inline; filename="p.gif"'
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt?download=true&filename=h%C3%A9.txt")
+    assert reply.headers["content-disposition"] == (
+        "attachment; filename=\"h_.txt\"; filename*=UTF-8''h%C3%A9.txt")
+
+
+def test_a_hamt_sharded_directory_is_listed_and_walked(gw: str, site: Site) -> None:
+    many = site.cid("many")
+    shard = site.node.block(many)
+    assert dagpb.decode(shard).links[0].name[:2].isalnum() and len(
+        dagpb.decode(shard).links) <= 256  # a HAMT: links named by hash index
+    parser = _Anchors()
+    parser.feed(request(gw, f"/ipfs/{site.root}/many/").text)
+    names = {text for href, text in parser.links if href == text != ".."}
+    assert len(names) == HAMT_ENTRIES and f"1234-{'n' * 60}" in names
+    name = f"2345-{'n' * 60}"
+    reply = request(gw, f"/ipfs/{site.root}/many/{name}")
+    assert reply.body == b"2345\n"
+    assert reply.headers["x-ipfs-roots"].split(",")[1] == many
+    # The CAR proves the path: the root, the HAMT shards on the way to the entry, the entry.
+    _, blocks = car_of(request(gw, f"/ipfs/{site.root}/many/{name}?format=car").body)
+    assert blocks[:2] == [CID.parse(site.root), CID.parse(many)]
+    assert blocks[-1] == CID.parse(site.cid(f"many/{name}"))
+    # The directory's entity: every shard, no entry.
+    _, blocks = car_of(request(gw, f"/ipfs/{many}?format=car&dag-scope=entity").body)
+    entries = {CID.parse(entry.cid) for entry in site.node.ls(many)}
+    assert blocks[0] == CID.parse(many) and len(blocks) > 1
+    assert not entries & set(blocks)
+
+
+def test_a_symlink_is_its_target_as_text_never_followed(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/link")
+    assert reply.status == 200 and reply.body == b"hello.txt"
+    assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_a_directory_named_without_its_slash_is_redirected(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sub?x=1")
+    assert reply.status == 301
+    assert reply.headers["location"] == f"/ipfs/{site.root}/sub/?x=1"
+    reply = request(gw, f"/ipfs/{site.root}")
+    assert reply.status == 301
+    assert reply.headers["location"] == f"/ipfs/{site.root}/"
+
+
+def test_a_directory_with_an_index_html_serves_it(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/www/")
+    assert reply.status == 200
+    assert reply.body == b"<html><body><h1>the index</h1></body></html>"
+    assert reply.headers["content-type"] == "text/html; charset=utf-8"
+    assert reply.headers["etag"] == f'"{site.cid("www/index.html")}"'
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self.links.append((self._href, data))
+            self._href = None
+
+
+def test_a_directory_without_an_index_is_listed(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/html; charset=utf-8"
+    assert reply.headers["etag"].startswith('"DirIndex-')
+    assert site.root in reply.headers["etag"]
+    parser = _Anchors()
+    parser.feed(reply.text)
+    names = sorted(entry.name for entry in site.node.ls(site.root))
+    entries = [(href, text) for href, text in parser.links if not href.startswith("/ipfs/")]
+    assert sorted(text for _, text in entries) == names
+    assert ("sp%20ace%20%26%20%3Cb%3E.txt", "sp ace & <b>.txt") in entries  # escaped, encoded
+    cids = [text for href, text in parser.links if href.startswith("/ipfs/")]
+    assert sorted(cids) == sorted(entry.cid for entry in site.node.ls(site.root))
+    # a listing below the root links to its parent
+    sub = _Anchors()
+    sub.feed(request(gw, f"/ipfs/{site.root}/sub/").text)
+    assert ("..", "..") in sub.links and ("big.bin", "big.bin") in sub.links
+
+
+def test_an_odd_name_is_reached_through_its_encoded_link(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sp%20ace%20%26%20%3Cb%3E.txt")
+    assert reply.status == 200 and reply.body == b"odd name\n"
+
+
+def test_head_sends_the_headers_alone(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sub/big.bin", method="HEAD")
+    assert reply.status == 200 and reply.body == b""
+    assert reply.headers["content-length"] == str(len(BIG))
+    reply = request(gw, f"/ipfs/{site.root}?format=car", method="HEAD")
+    assert reply.status == 200 and reply.body == b""
+    assert reply.headers["content-type"].startswith("application/vnd.ipld.car")
+    assert request(gw, f"/ipfs/{site.absent}", method="HEAD").status == 404
+
+
+def test_a_matching_if_none_match_is_answered_304(gw: str, site: Site) -> None:
+    etag = request(gw, f"/ipfs/{site.root}/hello.txt").headers["etag"]
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt", {"If-None-Match": etag})
+    assert reply.status == 304 and reply.body == b""
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt", {"If-None-Match": '"other"'})
+    assert reply.status == 200
+
+
+# --- Range ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header, start, end", [
+    ("bytes=0-0", 0, 1),
+    ("bytes=10-20", 10, 21),
+    ("bytes=-5", len(BIG) - 5, len(BIG)),
+    ("bytes=262140-786440", 262140, 786441),  # across three leaves
+    (f"bytes={len(BIG) - 3}-", len(BIG) - 3, len(BIG)),
+    (f"bytes=5-{len(BIG) * 2}", 5, len(BIG)),  # the last byte clipped to the file's
+])
+def test_a_single_range_is_answered_206(gw: str, site: Site, header: str, start: int,
+                                        end: int) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sub/big.bin", {"Range": header})
+    assert reply.status == 206
+    assert reply.body == BIG[start:end]
+    assert reply.headers["content-range"] == f"bytes {start}-{end - 1}/{len(BIG)}"
+    assert reply.headers["content-length"] == str(end - start)
+
+
+@pytest.mark.parametrize("header, why", [
+    (f"bytes={len(BIG)}-", "not satisfiable"),
+    ("bytes=-0", "not satisfiable"),
+    ("bytes=9-3", "invalid range"),
+    ("bytes=abc", "invalid range"),
+    ("bytes=1-x", "invalid range"),
+    ("bytes=-", "invalid range"),
+])
+def test_a_bad_range_is_answered_416(gw: str, site: Site, header: str, why: str) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sub/big.bin", {"Range": header})
+    assert_one_line(reply, 416, why)
+    assert reply.headers["content-range"] == f"bytes */{len(BIG)}"
+
+
+@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "items=0-1"])
+def test_ranges_it_does_not_serve_are_ignored(gw: str, site: Site, header: str) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt", {"Range": header})
+    assert reply.status == 200 and reply.body == b"hello\n"
+
+
+def test_a_range_of_a_raw_block(gw: str, site: Site) -> None:
+    cid = site.cid("hello.txt")
+    whole = request(gw, f"/ipfs/{cid}?format=raw").body
+    reply = request(gw, f"/ipfs/{cid}?format=raw", {"Range": "bytes=2-5"})
+    assert reply.status == 206 and reply.body == whole[2:6]
+
+
+# --- raw blocks -----------------------------------------------------------------------------
+
+
+def _hashes_to(cid: str, block: bytes) -> bool:
+    return CID.parse(cid).multihash == b"\x12\x20" + hashlib.sha256(block).digest()
+
+
+def test_raw_blocks_hash_to_their_cids(gw: str, site: Site) -> None:
+    big = site.cid("sub/big.bin")
+    cids = [site.root, site.cid("sub"), site.cid("hello.txt"), big,
+            *map(str, links(site.node, big))]
+    for cid in cids:
+        reply = request(gw, f"/ipfs/{cid}?format=raw")
+        assert reply.status == 200
+        assert _hashes_to(cid, reply.body), cid
+        assert reply.headers["content-type"] == "application/vnd.ipld.raw"
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["etag"] == f'"{cid}.raw"'
+        assert reply.headers["content-disposition"] == f'attachment; filename="{cid}.bin"'
+        assert "content-location" not in reply.headers
+
+
+def test_the_accept_header_asks_for_a_raw_block(gw: str, site: Site) -> None:
+    cid = site.cid("hello.txt")
+    reply = request(gw, f"/ipfs/{cid}", {"Accept": "application/vnd.ipld.raw"})
+    assert reply.headers["content-type"] == "application/vnd.ipld.raw"
+    assert _hashes_to(cid, reply.body)
+    assert reply.headers["content-location"] == f"/ipfs/{cid}?format=raw"
+    # a browser's Accept gets the file
+    reply = request(gw, f"/ipfs/{cid}", {"Accept": "text/html,*/*;q=0.8"})
+    assert reply.body == b"hello\n"
+
+
+def test_a_raw_block_at_the_end_of_a_path(gw: str, site: Site) -> None:
+    reply = request(gw, f"/ipfs/{site.root}/sub/big.bin?format=raw")
+    assert _hashes_to(site.cid("sub/big.bin"), reply.body)
+
+
+# --- CARs -----------------------------------------------------------------------------------
+
+
+def test_a_car_of_a_directory_is_the_nodes_own_export(gw: str, site: Site) -> None:
+    """dag-scope=all, order=dfs, dups=n: every block once, depth first in link order, which
+    is what the node's own CAR export writes, byte for byte."""
+    reply = request(gw, f"/ipfs/{site.root}?format=car")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == \
+        "application/vnd.ipld.car; version=1; order=dfs; dups=n"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    assert reply.headers["content-disposition"] == f'attachment; filename="{site.root}.car"'
+    assert reply.headers["etag"].startswith(f'"{site.root}.car.')
+    assert "content-length" not in reply.headers  # streamed
+    exported = io.BytesIO()
+    site.node.export_car([site.root], exported)
+    assert reply.body == exported.getvalue()
+    roots, blocks = car_of(reply.body)
+    assert roots == [CID.parse(site.root)]
+    assert len(blocks) == len(set(blocks))
+
+
+def test_the_accept_header_asks_for_a_car(gw: str, site: Site) -> None:
+    cid = site.cid("hello.txt")
+    reply = request(gw, f"/ipfs/{cid}",
+                    {"Accept": "application/vnd.ipld.car; version=1; order=dfs; dups=y"})
+    assert reply.headers["content-type"] == \
+        "application/vnd.ipld.car; version=1; order=dfs; dups=y"
+    assert reply.headers["content-location"] == f"/ipfs/{cid}?format=car"
+    assert car_of(reply.body)[1] == [CID.parse(cid)]
+
+
+def test_a_car_of_a_path_starts_with_the_blocks_proving_it(gw: str, site: Site) -> None:
+    big = site.cid("sub/big.bin")
+    path = f"/ipfs/{site.root}/sub/big.bin?format=car"
+    proof = [CID.parse(site.root), CID.parse(site.cid("sub"))]
+    roots, blocks = car_of(request(gw, path).body)
+    assert roots == [CID.parse(site.root)]
+    assert blocks == [*proof, CID.parse(big), *links(site.node, big)]
+    _, blocks = car_of(request(gw, path + "&dag-scope=block").body)
+    assert blocks == [*proof, CID.parse(big)]
+    _, blocks = car_of(request(gw, path + "&dag-scope=entity").body)
+    assert blocks == [*proof, CID.parse(big), *links(site.node, big)]
+    # a directory's entity is its own block, not its entries
+    _, blocks = car_of(request(gw, f"/ipfs/{site.root}/sub?format=car&dag-scope=entity").body)
+    assert blocks == [CID.parse(site.root), CID.parse(site.cid("sub"))]
+
+
+@pytest.mark.parametrize("spec, first, last", [
+    ("0:0", 0, 0),
+    ("0:*", 0, 12),
+    ("300000:600000", 1, 2),
+    ("-1:*", 12, 12),
+    ("262144:-1000000", 1, 8),  # a negative end counts from the end: byte 2158073
+])
+def test_entity_bytes_sends_the_leaves_of_the_range(gw: str, site: Site, spec: str,
+                                                    first: int, last: int) -> None:
+    big = site.cid("sub/big.bin")
+    leaves = links(site.node, big)
+    assert len(leaves) == 13
+    reply = request(gw, f"/ipfs/{big}?format=car&entity-bytes={spec}")
+    assert reply.status == 200
+    assert car_of(reply.body)[1] == [CID.parse(big), *leaves[first:last + 1]]
+
+
+def test_an_empty_entity_bytes_range_sends_the_root_alone(gw: str, site: Site) -> None:
+    big = site.cid("sub/big.bin")
+    reply = request(gw, f"/ipfs/{big}?format=car&entity-bytes=10:5")
+    assert car_of(reply.body)[1] == [CID.parse(big)]
+
+
+def test_duplicate_blocks_are_sent_once_unless_asked(gw: str, site: Site) -> None:
+    leaf = links(site.node, site.repeated)
+    assert len(set(leaf)) == 1 and len(leaf) == 4
+    _, once = car_of(request(gw, f"/ipfs/{site.repeated}?format=car").body)
+    assert once == [CID.parse(site.repeated), leaf[0]]
+    reply = request(gw, f"/ipfs/{site.repeated}?format=car&car-dups=y")
+    assert reply.headers["content-type"].endswith("dups=y")
+    assert car_of(reply.body)[1] == [CID.parse(site.repeated), *leaf]
+    assert request(gw, f"/ipfs/{site.repeated}?format=car").headers["etag"] != \
+        reply.headers["etag"]
+
+
+def test_the_probe_path_answers(gw: str) -> None:
+    reply = request(gw, "/ipfs/bafkqaaa?format=raw")
+    assert reply.status == 200 and reply.body == b""
+    reply = request(gw, "/ipfs/bafkqaaa?format=car")
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("application/vnd.ipld.car; version=1")
+    assert reply.body[0] == len(reply.body) - 1  # a header alone; its root is checked in JS
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def bad_requests(site: Site) -> list[tuple[str, str, dict[str, str], int, str]]:
+    """(method, path, headers, status, a word of the one-line answer)."""
+    return [
+        ("GET", "/ipfs/bafyfoo", {}, 400, "invalid CID"),
+        ("GET", "/ipfs/QmNotACid", {}, 400, "invalid CID"),
+        ("GET", "/ipfs/", {}, 400, "no CID"),
+        ("GET", f"/ipfs/{site.root}/nope", {}, 404, "no entry named 'nope'"),
+        ("GET", f"/ipfs/{site.root}/hello.txt/more", {}, 404, "it has no entry 'more'"),
+        ("GET", f"/ipfs/{site.absent}", {}, 404, "not in the repository"),
+        ("GET", f"/ipfs/{site.absent}?format=car", {}, 404, "not in the repository"),
+        ("GET", f"/ipfs/{site.absent}", {"Cache-Control": "only-if-cached"}, 412, "not in"),
+        ("GET", f"/ipfs/{site.root}/../{site.root}", {}, 400, "invalid path component '..'"),
+        ("GET", f"/ipfs/{site.root}/%2e%2e/x", {}, 400, "invalid path component '..'"),
+        ("GET", f"/ipfs/{site.root}//hello.txt", {}, 400, "invalid path component"),
+        ("GET", f"/ipfs/{site.root}?format=tar", {}, 400, "unsupported format 'tar'"),
+        ("GET", f"/ipfs/{site.root}?format=car&car-version=2", {}, 400, "CAR version"),
+        ("GET", f"/ipfs/{site.root}?format=car&car-order=foo", {}, 400, "CAR order"),
+        ("GET", f"/ipfs/{site.root}?format=car&car-dups=maybe", {}, 400, "dups"),
+        ("GET", f"/ipfs/{site.root}?format=car&dag-scope=most", {}, 400, "dag-scope"),
+        ("GET", f"/ipfs/{site.root}?format=car&entity-bytes=a:b", {}, 400, "entity-bytes"),
+        ("GET", f"/ipfs/{site.cid('hello.txt')}?format=car&entity-bytes=100:*", {}, 400,
+         "outside the file"),
+        ("GET", f"/ipfs/{site.root}", {"Service-Worker": "script"}, 400, "service worker"),
+        ("GET", "/ipns/example.com", {}, 501, "/ipns/"),
+        ("GET", "/", {}, 404, "/ipfs/<cid>"),
+        ("POST", f"/ipfs/{site.root}/hello.txt", {}, 405, "GET or HEAD"),
+    ]
+
+
+def test_bad_requests_get_one_line_each(gw: str, site: Site) -> None:
+    for method, path, headers, status, word in bad_requests(site):
+        assert_one_line(request(gw, path, headers, method), status, word)
+    assert request(gw, f"/ipfs/{site.root}/hello.txt").body == b"hello\n"
+    assert site.log == []  # no request failed on the server's side
+
+
+def test_a_hundred_concurrent_requests_are_each_answered(gw: str, site: Site) -> None:
+    cases = [(m, p, h, s, None) for m, p, h, s, _ in bad_requests(site)]
+    cases += [("GET", f"/ipfs/{site.root}/hello.txt", {}, 200, b"hello\n"),
+              ("GET", f"/ipfs/{site.root}/sub/big.bin", {}, 200, BIG),
+              ("GET", f"/ipfs/{site.root}/sub/big.bin", {"Range": "bytes=-10"}, 206, BIG[-10:])]
+    jobs = [cases[i % len(cases)] for i in range(100)]
+
+    def run(job: tuple[str, str, dict[str, str], int, bytes | None]) -> None:
+        method, path, headers, status, body = job
+        reply = request(gw, path, headers, method)
+        assert reply.status == status, (path, reply.status, reply.body[:200])
+        if body is not None:
+            assert reply.body == body
+
+    with ThreadPoolExecutor(100) as pool:
+        for outcome in [pool.submit(run, job) for job in jobs]:
+            outcome.result(timeout=HANG)
+    assert request(gw, f"/ipfs/{site.root}/hello.txt").body == b"hello\n"
+
+
+def test_content_the_repository_lacks_is_404_even_with_peers_to_ask(tmp_path: Path) -> None:
+    """The gateway reads the repository alone: a node that would go to its peers for a
+    missing block (here it fails at once, having no libp2p host to dial with) answers the
+    gateway 404 without trying, so no request can make the node fetch, store or wait."""
+    peer = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWJWEKvSFbben74C7H4YtKjhPMTDxd7gP7zxWSUEeF27st"
+    node = EmbeddedNode(tmp_path / "repo", peers=[peer])
+    absent = node.add_stream([b"elsewhere"], AddOptions(only_hash=True))
+    with pytest.raises(BackendUnavailableError):  # asked directly, the node goes online
+        list(node.cat(absent))
+    node.close()
+    node = EmbeddedNode(tmp_path / "repo", peers=[peer])
+    with served(node) as url:
+        assert_one_line(request(url, f"/ipfs/{absent}"), 404, "not in the repository")
+        assert_one_line(request(url, f"/ipfs/{absent}?format=car"), 404, "not in the")
+    node.close()
+
+
+def test_a_block_missing_mid_stream_cuts_the_response_short(tmp_path: Path) -> None:
+    """Once the status is sent, a missing block can only end the response early: the client
+    must see it incomplete (a file short of its Content-Length, a CAR without its last
+    chunk), never complete-looking; the gateway says so in one log line."""
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream([os.urandom(CHUNK) for _ in range(12)])
+    gone = links(node, cid)[8]  # past the first batch: the status is sent by then
+    # Its file removed, as a failing disk would lose it (no API removes a pinned block).
+    node._blocks.path_for(gone.multihash).unlink()
+    log: list[str] = []
+    with served(node, log) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for path in (f"/ipfs/{cid}", f"/ipfs/{cid}?format=car"):
+            conn = http.client.HTTPConnection(host, int(port), timeout=HANG)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            assert response.status == 200
+            with pytest.raises(http.client.IncompleteRead):
+                response.read()
+            conn.close()
+        assert request(url, f"/ipfs/{cid}", {"Range": "bytes=0-9"}).status == 206
+    assert len(log) == 2, log
+    assert f"/ipfs/{cid}: cut short: a block of the file is not in the repository" in log[0]
+    assert f"/ipfs/{cid} as a CAR: cut short: block {gone} is not in the repository" in log[1]
+    node.close()
+
+
+def test_a_corrupt_block_is_a_500_and_one_log_line(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a\nb").write_bytes(b"will rot\n")
+    node = EmbeddedNode(tmp_path / "repo")
+    root = node.add_path(tree)
+    rotten = CID.parse(node.resolve(f"/ipfs/{root}/a\nb"))
+    node._blocks.path_for(rotten.multihash).write_bytes(b"not what was stored")  # a bad disk
+    log: list[str] = []
+    with served(node, log) as url:
+        reply = request(url, f"/ipfs/{root}/a%0Ab")
+        assert_one_line(reply, 500, str(rotten))
+        assert request(url, f"/ipfs/{root}/", method="HEAD").status == 200
+    assert len(log) == 1 and "\n" not in log[0], log
+    assert log[0].startswith(f"gateway: GET /ipfs/{root}/a%0Ab: 500 ")
+    node.close()
+
+
+# --- a client that stops reading ------------------------------------------------------------
+
+
+class CountingNode:
+    """The embedded node, counting the bytes its file reads produce and telling when each
+    read is closed: what a response holds in memory is what it read and has not sent."""
+
+    def __init__(self, node: EmbeddedNode) -> None:
+        self._node = node
+        self.read = 0
+        self.reads: list[threading.Event] = []  # one per read of a whole file, set when closed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def cat(self, path: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        closed = threading.Event()
+        if length is None or length > 512:  # not the read that sniffs the type
+            self.reads.append(closed)
+        try:
+            for piece in self._node.cat(path, offset, length):
+                self.read += len(piece)
+                yield piece
+        finally:
+            closed.set()
+
+
+def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
+        tmp_path: Path) -> None:
+    size = 64 << 20
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
+    counting = CountingNode(node)
+    with served(counting) as url:
+        host, port = url.removeprefix("http://").split(":")
+        stalled = socket.socket()
+        try:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            stalled.settimeout(HANG)
+            stalled.connect((host, int(port)))
+            stalled.sendall(f"GET /ipfs/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+            # While it stalls, another client downloads the whole file: the server keeps
+            # serving, and a server reading ahead of the stalled client would read all of it
+            # meanwhile.
+            other = request(url, f"/ipfs/{cid}?filename=x.bin")
+            assert len(other.body) == size
+            held = counting.read - size
+            # Kernel buffers (the server's send buffer grows to 4 MiB) and a batch or two.
+            assert held < 16 << 20, f"the stalled response read {held} bytes ahead"
+            first = counting.reads[0]
+            assert not first.is_set()
+        finally:
+            # (hypercorn cannot stop while a client stalls a response: it shields its writes)
+            stalled.close()
+        assert first.wait(HANG)  # the read is closed once its client has gone
+        assert request(url, f"/ipfs/{cid}", method="HEAD").status == 200
+    node.close()
+
+
+# --- docs/gateway.md ------------------------------------------------------------------------
+
+
+def test_the_docs_curl_examples_run(gw: str, site: Site, tmp_path: Path) -> None:
+    """docs/gateway.md's examples, line by line in bash against this server (each curl -f:
+    an HTTP error fails it), and what they wrote checked."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    block = doc.split("## Examples\n", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(lines) == 7
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line.replace("http://127.0.0.1:8080", gw)],
+                              cwd=tmp_path, env={**os.environ, "CID": site.root},
+                              capture_output=True, timeout=HANG)
+        assert done.returncode == 0, (line, done.stderr)
+    assert car_of((tmp_path / "site.car").read_bytes())[0] == [CID.parse(site.root)]
+    assert _hashes_to(site.root, (tmp_path / "block.bin").read_bytes())
+    hello = CID.parse(site.cid("hello.txt"))
+    assert car_of((tmp_path / "file.car").read_bytes())[1] == [CID.parse(site.root), hello]
+    assert car_of((tmp_path / "head.car").read_bytes())[1] == [CID.parse(site.root), hello]
