@@ -19,20 +19,23 @@ from tests.conftest import HANG, WW
 
 
 class Daemon:
-    """`ww --json daemon --api /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/tcp/0`, started
-    and waited for (its ``api`` log line); :meth:`stop` sends SIGTERM and returns its status."""
+    """`ww --json daemon --api /ip4/127.0.0.1/tcp/0 --gateway /ip4/127.0.0.1/tcp/0 --listen
+    /ip4/127.0.0.1/tcp/0`, started and waited for (its ``api`` log line, which follows the
+    ``gateway`` one); :meth:`stop` sends SIGTERM and returns its status."""
 
-    def __init__(self, home: Path, *extra: str, api: str | None = "/ip4/127.0.0.1/tcp/0"
-                 ) -> None:
-        """``api=None``: no --api, the default address."""
+    def __init__(self, home: Path, *extra: str, api: str | None = "/ip4/127.0.0.1/tcp/0",
+                 gateway: str | None = "/ip4/127.0.0.1/tcp/0") -> None:
+        """``api=None``, ``gateway=None``: no --api, --gateway: the default addresses."""
         self.home = home
         self.proc = subprocess.Popen(
             [WW, "--json", "daemon", *(["--api", api] if api else []),
+             *(["--gateway", gateway] if gateway else []),
              "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "WW_HOME": str(home)}, text=True)
         self.events: list[dict[str, Any]] = []
         self.api = ""
+        self.gateway = ""  # its multiaddr; "" with --gateway off
         while not self.api:
             line = self.proc.stderr.readline()  # type: ignore[union-attr]
             if not line:
@@ -41,6 +44,8 @@ class Daemon:
             self.events.append(event)
             if event["event"] == "api":
                 self.api = event["listening"]
+            elif event["event"] == "gateway":
+                self.gateway = event["listening"]
         host_port = self.api.split("/")
         self.url = f"http://{host_port[2]}:{host_port[4]}"
         self.peer_id = self.events[0]["peer_id"]

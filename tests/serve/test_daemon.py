@@ -6,13 +6,14 @@ import json
 import os
 import signal
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, run_ww
 
 from .conftest import Daemon, multipart
 
 
 def test_a_second_daemon_on_the_repository_names_the_first_ones_pid(daemon):
-    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0")
+    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off", "--listen",
+               "/ip4/127.0.0.1/tcp/0")
     assert r.returncode == 1, r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     assert f"pid {daemon.proc.pid}" in r.stderr and "another ww daemon" in r.stderr
@@ -51,8 +52,9 @@ def test_log_lines_are_json_with_json_and_one_line_per_event_without(ww_home, tm
 
     from tests.conftest import WW
 
-    proc = subprocess.Popen([WW, "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen",
-                             "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([WW, "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway",
+                             "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0"],
+                            stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "WW_HOME": str(ww_home)})
     lines = []
     while not any(" api: " in line for line in lines):
@@ -127,3 +129,37 @@ def test_sigterm_during_an_upload_stops_cleanly_with_nothing_half_written(ww_hom
     assert r.returncode == 0, r.stdout + r.stderr
     r = run_ww("pin", "ls")
     assert r.returncode == 0 and r.stdout == "", r.stdout
+
+
+def test_the_daemon_serves_the_gateway_beside_the_api_and_off_means_none(tmp_path):
+    """What is added through the RPC API is served by the daemon's trustless gateway: the
+    file, its raw block (hashed against its CID) and a CAR; `--gateway off` serves none."""
+    import hashlib
+    import urllib.request
+
+    from ww.core.cid import CID
+
+    d = Daemon(tmp_path / "home")
+    try:
+        assert d.gateway.startswith("/ip4/127.0.0.1/tcp/") and d.gateway.endswith("/http")
+        body, headers = multipart([("a.txt", "application/octet-stream", b"via the gateway\n")])
+        status, _, reply_body = d.post("add", body=body, headers=headers, cid_version=1)
+        assert status == 200, reply_body
+        cid = json.loads(reply_body.splitlines()[-1])["Hash"]
+        parts = d.gateway.split("/")
+        base = f"http://{parts[2]}:{parts[4]}/ipfs/{cid}"
+        with urllib.request.urlopen(base, timeout=HANG) as reply:
+            assert reply.read() == b"via the gateway\n"
+        with urllib.request.urlopen(base + "?format=raw", timeout=HANG) as reply:
+            block = reply.read()
+        assert CID.parse(cid).digest == hashlib.sha256(block).digest()
+        with urllib.request.urlopen(base + "?format=car", timeout=HANG) as reply:
+            assert reply.headers["Content-Type"].startswith("application/vnd.ipld.car")
+            assert block in reply.read()
+    finally:
+        assert d.stop()[0] == 0
+    off = Daemon(tmp_path / "home", gateway="off")
+    try:
+        assert off.gateway == "" and not any(e["event"] == "gateway" for e in off.events)
+    finally:
+        assert off.stop()[0] == 0

@@ -43,24 +43,27 @@ def test_a_cell_adds_and_reads_through_the_ipfs_capability_with_the_daemon_as_ba
 def test_ww_run_ipfs_at_kubos_default_address_reaches_ww_daemons_default(ww_home, make_cell,
                                                                           tmp_path):
     """The address kubo's documentation uses, /ip4/127.0.0.1/tcp/5001/http, is where a plain
-    `ww daemon` listens (skipped when something else holds the port)."""
+    `ww daemon` listens, its gateway on kubo's 8080 (skipped when something else holds a
+    port)."""
     import socket
 
     import pytest
 
     from .conftest import Daemon
 
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 5001))
-        except OSError:
-            pytest.skip("127.0.0.1:5001 is taken by another program")
+    for port in (5001, 8080):  # kubo's API and gateway
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"127.0.0.1:{port} is taken by another program")
     try:
-        daemon = Daemon(ww_home, api=None)
+        daemon = Daemon(ww_home, api=None, gateway=None)
     except AssertionError as err:  # taken between the probe and the start
-        pytest.skip(f"127.0.0.1:5001 was taken meanwhile: {err}")
+        pytest.skip(f"127.0.0.1:5001 or 8080 was taken meanwhile: {err}")
     try:
         assert daemon.api == "/ip4/127.0.0.1/tcp/5001/http"
+        assert daemon.gateway == "/ip4/127.0.0.1/tcp/8080/http"
         cell = make_cell("""
             import ww.cell
             with ww.cell.session() as s:

@@ -5,7 +5,8 @@ it, :mod:`ww.app.build`), the embedded node on it, and the HTTP faces of :mod:`w
 (the kubo RPC API; a gateway plugs in as one more :class:`ww.serve.server.Site`), served by
 hypercorn on a trio run in the main thread until SIGINT or SIGTERM.  One daemon per
 repository: it holds ``$WW_HOME/daemon.lock`` (an flock, with its pid in it) and, like
-kubo, writes its API address to ``$WW_HOME/api`` while it runs.
+kubo, writes its API address to ``$WW_HOME/api`` while it runs (and the gateway's URL to
+``$WW_HOME/gateway``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from ww.core.errors import HostError
 from ww.core.records import NamedTuple
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"  # kubo's
+DEFAULT_GATEWAY = "/ip4/127.0.0.1/tcp/8080"  # kubo's Addresses.Gateway
 
 
 class DaemonOptions(NamedTuple):
     api: str = DEFAULT_API
+    gateway: str | None = DEFAULT_GATEWAY  # None: no gateway (--gateway off)
     listen: tuple[str, ...] = ()
     join: tuple[str, ...] = ()
     peers: tuple[str, ...] = ()
@@ -86,6 +89,7 @@ def run(options: DaemonOptions) -> int:
 
     from ww.app import build
     from ww.ipfs.repo import default_repo_path
+    from ww.serve.gateway import gateway_app
     from ww.serve.rpc import RpcApi
     from ww.serve.server import Site, bind, serve
 
@@ -99,7 +103,9 @@ def run(options: DaemonOptions) -> int:
     sites: list[Site] = []
     node = host = None
     try:
-        api_socket = bind(options.api)  # a bad or taken address fails before anything starts
+        # A bad or taken address fails before anything starts.
+        api_socket = bind(options.api)
+        gateway_socket = bind(options.gateway) if options.gateway is not None else None
         policy = build.dial_policy(run_options)
         key = build.node_key(run_options)
         host = build.p2p_node(run_options, ["p2p"], policy, key, announce=False,
@@ -113,8 +119,11 @@ def run(options: DaemonOptions) -> int:
         rpc.allow_port(api.sock.getsockname()[1])
         sites.append(api)
         # Each HTTP face is one Site (an ASGI app on its bound socket); serve() below serves
-        # them all and stops them together.  The gateway is one more:
-        #     sites.append(Site(GatewayApp(node), *bind(options.gateway), "gateway"))
+        # them all and stops them together.
+        if gateway_socket is not None:
+            gateway = gateway_app(node, log=lambda line: log("gateway-error", error=line))
+            # logged before the API, whose line tells a client that everything is up
+            sites.insert(0, Site(gateway, *gateway_socket, "gateway"))
         info = node.id()
 
         def announce() -> None:
@@ -130,6 +139,11 @@ def run(options: DaemonOptions) -> int:
                                       "machine: anyone who can reach it may use it"})
 
         (repo / "api").write_text(api.multiaddr.removesuffix("/http") + "\n")
+        for site in sites:
+            if site.name == "gateway":  # its URL, for scripts (kubo writes no such file)
+                address, port = site.sock.getsockname()[:2]
+                bracketed = f"[{address}]" if ":" in address else address
+                (repo / "gateway").write_text(f"http://{bracketed}:{port}\n")
 
         async def main() -> None:
             stop = trio.Event()
@@ -150,7 +164,7 @@ def run(options: DaemonOptions) -> int:
 
         trio.run(main)
     finally:
-        for name in ("api",):
+        for name in ("api", "gateway"):
             try:
                 (repo / name).unlink()
             except FileNotFoundError:

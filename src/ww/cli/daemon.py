@@ -14,6 +14,11 @@ from ww.cli._p2p_options import _check, _check_ranges
               help="Where kubo's RPC API (/api/v0) listens: /ip4|ip6/<address>/tcp/<port> "
                    "(port 0: a free one).  Loopback unless you name another address; "
                    "whoever reaches it can add, pin and remove content.")
+@click.option("--gateway", "gateway", default="/ip4/127.0.0.1/tcp/8080", show_default=True,
+              envvar="WW_GATEWAY", show_envvar=True, metavar="MULTIADDR|off",
+              help="Where the trustless gateway (/ipfs/<cid>[/path], raw blocks, CARs, files "
+                   "and directory listings) listens, as --api; 'off': no gateway.  It serves "
+                   "only what the repository holds, to anyone who reaches it.")
 @click.option("--listen", "listen", multiple=True, envvar="WW_LISTEN", metavar="MULTIADDR",
               callback=_check("check_listen_addr"),
               help="Listen for libp2p peers (Bitswap) on MULTIADDR (repeatable).  Default: "
@@ -29,17 +34,19 @@ from ww.cli._p2p_options import _check, _check_ranges
               help="Let swarm/connect dial addresses in CIDR (repeatable); otherwise only "
                    "public addresses and the --join/--peer ones.")
 @click.pass_context
-def daemon(ctx: click.Context, api: str, listen: list[str], join: list[str],
+def daemon(ctx: click.Context, api: str, gateway: str, listen: list[str], join: list[str],
            peers: tuple[str, ...], node_key: str | None, allow_dial: list[str]) -> None:
     """Run the embedded node on $WW_HOME until SIGINT or SIGTERM: Bitswap on the libp2p
-    host, and kubo's RPC API on --api for kubo's clients (ww run --ipfs
-    /ip4/127.0.0.1/tcp/5001/http, ww cat --ipfs, kubo-rpc-client).
+    host, kubo's RPC API on --api for kubo's clients (ww run --ipfs
+    /ip4/127.0.0.1/tcp/5001/http, ww cat --ipfs, kubo-rpc-client), and the trustless
+    gateway on --gateway for browsers and IPFS HTTP clients.
 
     One daemon per repository.  One log line per event on stderr ('ww --json daemon': JSON).
     """
     from ww.app.daemon import DaemonOptions, run
 
     json_lines = bool(ctx.find_root().params.get("json"))
-    ctx.exit(run(DaemonOptions(api=api, listen=tuple(listen), join=tuple(join),
+    ctx.exit(run(DaemonOptions(api=api, gateway=None if gateway == "off" else gateway,
+                               listen=tuple(listen), join=tuple(join),
                                peers=tuple(peers), node_key=node_key,
                                allow_dial=tuple(allow_dial), json=json_lines)))

@@ -39,6 +39,7 @@ import anyio.to_thread
 from ww.core.cid import DAG_PB, RAW
 from ww.core.errors import (
     CallCancelled,
+    ChunkerError,
     InvalidPathError,
     IpfsError,
     NotAFileError,
@@ -46,6 +47,7 @@ from ww.core.errors import (
     UsageError,
     WwError,
 )
+from ww.ipfs import chunker as chunkers
 from ww.ipfs.api import AddOptions, CancelToken, EntryType, cancellable
 from ww.ipfs.node import EmbeddedNode
 
@@ -54,6 +56,7 @@ __all__ = ["RpcApi", "WORKERS", "SEND_STALL"]
 WORKERS = 64  # commands running at once; the others wait (a bound on threads, not requests)
 SEND_STALL = 120.0  # seconds a client may leave a piece of its reply unread before it is dropped
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
+PROGRESS_STEP = 256 * 1024  # add?progress=true: a {"Name","Bytes"} line per this many bytes
 BLOCK_LIMIT = 1 << 20  # kubo's soft block limit: block/put refuses more without allow-big-block
 BIG_BLOCK_LIMIT = 4 << 20  # and never more than this, as the repository reads no larger block
 MAX_PART_HEADERS = 64 * 1024  # bytes of one multipart part's headers
@@ -387,10 +390,10 @@ def _add_options(request: Request) -> AddOptions:
     assert cid_version is not None
     raw = request.option("raw-leaves")
     chunker = request.option("chunker", "s") or "size-262144"
-    if chunker == "default":
-        chunker = "size-262144"
-    if not chunker.startswith("size-") or not chunker[5:].isdigit():
-        raise IpfsError(f"chunker {chunker!r} is not supported here: use size-N")
+    try:
+        chunkers.parse(chunker)  # kubo's strings, rules and reasons: size-N, rabin, buzhash
+    except ChunkerError as err:
+        raise IpfsError(f"chunker {chunker!r}: {err}") from None
     hash_name = request.option("hash", "H") or "sha2-256"
     if hash_name != "sha2-256":
         raise IpfsError(f"hash {hash_name!r} is not supported here: only sha2-256")
@@ -405,7 +408,7 @@ def _add_options(request: Request) -> AddOptions:
         raw_leaves=None if raw is None else request.flag("raw-leaves"),
         pin=request.flag("pin", default=True),
         only_hash=request.flag("only-hash", "n"),
-        chunk_size=int(chunker[5:]),
+        chunker=chunker,
         wrap=request.flag("wrap-with-directory", "w"),
     )
 
@@ -427,7 +430,7 @@ def _add(api: RpcApi, request: Request) -> None:
         done = told = 0
         for piece in pieces:
             done += len(piece)
-            if progress and done - told >= options.chunk_size:
+            if progress and done - told >= PROGRESS_STEP:
                 request.json_lines([{"Name": name, "Bytes": done}])
                 told = done
             yield piece
