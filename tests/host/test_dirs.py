@@ -460,3 +460,49 @@ def test_a_directory_holding_wws_own_files_is_refused(ww_home, tmp_path):
         r = run_ww("run", *flags, "--dir", f"x={d}:rw", "/bin/true")
         assert (r.returncode, r.stdout) == (2, ""), r.stderr
         assert r.stderr.count("\n") == 1 and f"it holds {what}" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+@pytest.mark.parametrize(("fstype", "where"), [
+    ("proc", "granted"), ("proc", "granted/chroot/proc"), ("sysfs", "granted/chroot/sys"),
+])
+def test_a_kernel_file_system_at_or_below_a_grant_is_refused(fstype, where, tmp_path):
+    """The bind is recursive: a chroot's /proc mounted below the granted directory would be
+    the host's /proc in the jail (every host process and its command line).  A file system
+    of the kernel's interfaces, at the granted directory or at any mount below it, is
+    refused like /proc itself (a fresh proc mount is not /proc by device and inode)."""
+    tmp_path.chmod(0o755)
+    d = tmp_path / "granted"
+    (tmp_path / where).mkdir(parents=True, exist_ok=True)
+    script = 'ls "$WW_DIR_DATA"/chroot/proc "$WW_DIR_DATA" | grep -c "^[0-9]"'
+    inner = (f'mount -t {fstype} ww-test "{tmp_path / where}" && '
+             f'exec "$0" run --dir data={d} -- /bin/sh -c \'{script}\'')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"ww: --dir 'data={d}': refused to grant "), r.stderr
+    assert f"{fstype}" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+@pytest.mark.parametrize("what", ["home", "wws_repository"])
+def test_a_directory_above_home_or_wws_files_reached_through_a_bind_mount_is_refused(
+        what, tmp_path):
+    """``/home`` bound at ``/mnt/home`` (or the directory above $WW_HOME bound elsewhere) is
+    a directory above the home (the repository) whatever its path: compared by device and
+    inode with every directory above them, not only with themselves."""
+    tmp_path.chmod(0o755)
+    top = tmp_path / "top"
+    (top / "home" / "me" / ".ww").mkdir(parents=True)
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    env = {**os.environ, "HOME": str(top / "home" / "me")}
+    if what == "wws_repository":
+        env = {**os.environ, "WW_HOME": str(top / "home" / "me" / ".ww")}
+    inner = f'mount --bind "{top}" "{alias}" && exec "$0" run --dir x={alias}/home /bin/true'
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG, env=env)
+    assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"ww: --dir 'x={alias}/home': refused to grant "), r.stderr

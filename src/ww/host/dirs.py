@@ -17,7 +17,11 @@ it is none of :func:`refusal`'s: not the root, not the user's home or a director
 nothing below ``/proc``, ``/sys``, ``/dev`` or ``/run``, not ``/etc``, ``/var`` or ``/tmp``
 themselves, and no directory holding `ww`'s own files for the run (``$WW_HOME`` with the
 node key, the ``--audit`` file, the ``--identity``/``--node-key`` key files, the
-``--policy`` file).
+``--policy`` file), compared by path and by device and inode with them and every
+directory above them.  The bind is recursive, so the mounts below the path are checked
+too: none may be a file system of the kernel's interfaces (a chroot's ``/proc`` below a
+granted directory would show the cell every host process), nor one :func:`refusal`
+refuses; nor may the directory itself be on such a file system.
 
 No race between the check and the bind: the path is opened once, here, as an ``O_PATH``
 directory handle, and everything is checked on that handle (its ``fstat``, and its real
@@ -56,6 +60,15 @@ _REFUSED_TREES = ("/proc", "/sys", "/dev", "/run")
 # Refused themselves (a directory below them is fine): all of the host's configuration,
 # its variable data, and every user's temporary files and sockets.
 _REFUSED_EXACTLY = ("/etc", "/var", "/tmp")
+# File systems that are the kernel's interfaces, refused at the granted directory and at
+# every mount below it (the bind is recursive, so those come along): a chroot's /proc
+# mounted below a granted directory is the host's /proc in the jail, every host process
+# and its command line; a fresh proc mount elsewhere is not /proc by device and inode.
+_REFUSED_TYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "debugfs",
+    "tracefs", "securityfs", "bpf", "configfs", "efivarfs", "pstore", "binfmt_misc",
+    "fusectl", "selinuxfs", "nsfs", "rpc_pipefs", "nfsd",
+})
 
 
 class DirGrant(NamedTuple):
@@ -106,6 +119,46 @@ def _within(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
+def _above(path: str) -> list[str]:
+    """``path`` and every directory above it, up to ``/``."""
+    found = [path]
+    while path != "/":
+        path = os.path.dirname(path)
+        found.append(path)
+    return found
+
+
+def _unescape(field: bytes) -> str:
+    r"""A path as /proc/self/mountinfo writes it (space, tab, newline and ``\`` as
+    ``\ooo``), as os.readlink returns paths."""
+    import re
+
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
+
+
+def mounts(fd: int, real: str) -> list[tuple[str | None, str]]:
+    """(mount point, file system type) of the mount the handle ``fd`` is on (its mount
+    point given as None) and of every other mount at or below ``real``, its real path, as
+    this process's mount namespace has them (the one bubblewrap binds from)."""
+    mnt_id = b""
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"mnt_id:"):
+                mnt_id = line.split()[1]
+    found = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields, _, rest = line.partition(b" - ")
+            parts = fields.split()
+            point = _unescape(parts[4])
+            fstype = rest.split()[0].decode(errors="replace")
+            if parts[0] == mnt_id:
+                found.append((None, fstype))
+            elif _within(point, real):
+                found.append((point, fstype))
+    return found
+
+
 def refusal(real: str, st: os.stat_result,
             protected: Sequence[tuple[str, str]] = ()) -> str | None:
     """Why the directory at real path ``real`` (``st`` its stat) must not be granted, if so.
@@ -123,10 +176,13 @@ def refusal(real: str, st: os.stat_result,
             return False
         return (other.st_dev, other.st_ino) == ident
 
+    def holds(path: str) -> bool:  # the directory is, by identity, path or one above it
+        return any(same(p) for p in _above(path))
+
     if real == "/" or same("/"):
         return "it is the root of the host's file system"
     for home in _home_dirs():
-        if _within(home, real) or same(home):
+        if _within(home, real) or holds(home):
             what = "the home directory" if real == home or same(home) else \
                 f"a directory holding the home directory {home}"
             return f"it is {what}: grant the directory the cell needs, below it"
@@ -138,8 +194,25 @@ def refusal(real: str, st: os.stat_result,
             return f"{top} itself is too broad: grant the directory the cell needs, below it"
     for what, path in protected:
         mine = os.path.realpath(path)
-        if _within(mine, real) or same(mine):
+        if _within(mine, real) or holds(mine):
             return f"it holds {what} ({mine}), which the cell must not reach"
+    return None
+
+
+def _mount_refusal(fd: int, real: str, protected: Sequence[tuple[str, str]]) -> str | None:
+    """Why a mount the grant would bring along (its own, or one below it: the bind is
+    recursive) must not be granted, if so."""
+    for point, fstype in mounts(fd, real):
+        where = "it" if point is None else f"{point}, a mount below it,"
+        if fstype in _REFUSED_TYPES:
+            return f"{where} is a {fstype} file system (the kernel's interfaces), never granted"
+        if point is not None:
+            try:
+                why = refusal(point, os.stat(point), protected)
+            except OSError:
+                continue
+            if why is not None:
+                return f"{point}, a mount below it: {why}"
     return None
 
 
@@ -180,6 +253,8 @@ def parse_dir_flags(flags: list[str],
                 raise UsageError(f"{where}: {path} is not a directory")
             real = os.readlink(f"/proc/self/fd/{fd}")  # what the handle is, not the path
             why = refusal(real, st, protected)
+            if why is None:
+                why = _mount_refusal(fd, real, protected)
             if why is not None:
                 shown = path if path == real else f"{path} ({real})"
                 raise UsageError(f"{where}: refused to grant {shown}: {why}")
