@@ -506,3 +506,28 @@ def test_a_directory_above_home_or_wws_files_reached_through_a_bind_mount_is_ref
     assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"ww: --dir 'x={alias}/home': refused to grant "), r.stderr
+
+
+SET_ID_BITS = """
+d=$WW_DIR_DATA
+cp /bin/true "$d/prog"
+for mode in 4755 2755 6755 u+s g+s; do chmod $mode "$d/prog" 2>/dev/null && echo "chmod $mode"; done
+mkdir "$d/sub"; chmod g+s "$d/sub" 2>/dev/null && echo "chmod g+s sub"
+chmod 2777 "$d" 2>/dev/null && echo "chmod 2777 dir"
+chmod 755 "$d/prog" && echo plain
+"""
+
+
+@pytest.mark.parametrize("strict", [[], ["--strict"]], ids=["default", "strict"])
+def test_a_cell_cannot_leave_a_setuid_or_setgid_file_in_a_read_write_grant(who, strict):
+    """nosuid holds in the jail only: a program the cell made setuid (its host uid: nobody,
+    or the operator's) in a :rw grant would run as that uid for any host user who runs it
+    there, and a setgid directory hands its group to what host users create in it.  The
+    cell's chmod may not set either bit (EPERM, also under --strict, where it is no
+    violation); an ordinary chmod works."""
+    d = granted_dir(who, owned=True)
+    r = sh(who, *strict, "--dir", f"data={d}:rw", script=SET_ID_BITS)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["plain"]
+    for path in (d, d / "prog", d / "sub"):
+        assert not path.stat().st_mode & 0o6000, oct(path.stat().st_mode)
