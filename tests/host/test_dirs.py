@@ -290,6 +290,8 @@ def test_a_grant_of_the_host_at_large_is_refused_with_one_line_and_exit_2(
     ("x={d}/missing", "does not exist"),
     ("x={d}/file.txt", "is not a directory"),
     ("x={d}:wr", "does not exist"),  # not a mode: part of the path
+    # The mount point's name: bubblewrap failed on it (exit 1, two lines) before the fix.
+    ("a" * 256 + "={d}", "the name is longer than 255 characters"),
 ])
 def test_a_malformed_or_missing_grant_is_one_line_and_exit_2(flag, message, tmp_path):
     (tmp_path / "file.txt").write_text("x")

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 MOUNT_ROOT = "/run/ww/dir"
 ENV_PREFIX = "WW_DIR_"
+NAME_MAX = 255  # a name is the mount point's file name
 
 # Refused, and every directory below them: the kernel's interfaces (/proc/<pid>/root is a
 # way into every process's file system), the devices, and the services' sockets (a unix
@@ -234,6 +235,8 @@ def parse_dir_flags(flags: list[str],
             if not re.match(NAME_PATTERN, name):
                 raise UsageError(f"{where}: the name must be letters, digits and '_', not "
                                  "starting with a digit")
+            if len(name) > NAME_MAX:  # it names the mount point: one file name
+                raise UsageError(f"{where}: the name is longer than {NAME_MAX} characters")
             key = name.upper()
             if key in seen:
                 raise UsageError(f"{where}: the name {name!r} is already used by "
