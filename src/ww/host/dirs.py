@@ -24,7 +24,8 @@ granted directory would show the cell every host process), nor one :func:`refusa
 refuses; nor may the directory itself be on such a file system.
 
 No race between the check and the bind: the path is opened once, here, as an ``O_PATH``
-directory handle, and everything is checked on that handle (its ``fstat``, and its real
+directory handle (:func:`open_guarded`: a symlink another user planted in ``/tmp`` is not
+followed), and everything is checked on that handle (its ``fstat``, and its real
 path as the kernel reports it through ``/proc/self/fd``), never on the path again.
 bubblewrap gets the handle itself (``--ro-bind-fd N``/``--bind-fd N``).  It cannot mount
 the handle directly (it comes from another user namespace), so it mounts the path the
@@ -200,6 +201,73 @@ def refusal(real: str, st: os.stat_result,
     return None
 
 
+_MAX_LINKS = 40  # symlinks followed for one path at most, as the kernel (ELOOP)
+
+
+class _Planted(Exception):
+    """A symlink :func:`open_guarded` will not follow: why, in words."""
+
+
+def open_guarded(path: str) -> int:
+    """``path`` opened as an ``O_PATH`` handle (close-on-exec), each component opened from
+    the one before it without following a symlink, and every symlink on the way (also in
+    a link's target) followed by hand under the rule of the kernel's
+    ``fs.protected_symlinks``, which a host may have off: a link in a sticky,
+    world-writable directory (``/tmp``) is followed only if it belongs to this process's
+    user or to that directory's owner.  Another local user cannot point the operator's
+    ``--dir /tmp/build`` at a directory of the operator's; and since the handle is the
+    end of that walk, nothing can be swapped between the check and the open.
+
+    Raises OSError as ``open(path, O_PATH | O_DIRECTORY)`` would (missing, not a
+    directory, permission, ``ELOOP``), and :class:`_Planted` for a link refused."""
+    import errno
+
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    todo = [p for p in reversed(path.split("/")) if p]  # the next component last
+    current = os.open("/" if path.startswith("/") else ".", flags | os.O_DIRECTORY)
+    links = 0
+    try:
+        while todo:
+            part = todo.pop()
+            if part == ".":
+                continue
+            try:  # O_DIRECTORY: an automount point is mounted, as open() would
+                following = os.open(part, flags | os.O_DIRECTORY, dir_fd=current)
+            except NotADirectoryError:  # a symlink (O_NOFOLLOW), or not a directory
+                following = os.open(part, flags, dir_fd=current)
+            else:
+                os.close(current)
+                current = following
+                continue
+            st = os.fstat(following)
+            if not stat.S_ISLNK(st.st_mode):
+                os.close(following)
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            try:
+                parent = os.fstat(current)
+                if parent.st_mode & 0o1002 == 0o1002 and \
+                        st.st_uid not in (os.geteuid(), parent.st_uid):
+                    where = os.readlink(f"/proc/self/fd/{current}")
+                    raise _Planted(
+                        f"the symlink {os.path.join(where, part)} belongs to another user "
+                        f"(uid {st.st_uid}) in the sticky, world-writable directory {where}, "
+                        "which anyone may have put there: name the directory itself")
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                target = os.readlink("", dir_fd=following)  # the link opened, not its name
+            finally:
+                os.close(following)
+            todo.extend(reversed([p for p in target.split("/") if p]))
+            if target.startswith("/"):
+                os.close(current)
+                current = os.open("/", flags | os.O_DIRECTORY)
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
 def _mount_refusal(fd: int, real: str, protected: Sequence[tuple[str, str]]) -> str | None:
     """Why a mount the grant would bring along (its own, or one below it: the bind is
     recursive) must not be granted, if so."""
@@ -243,7 +311,9 @@ def parse_dir_flags(flags: list[str],
                                  f"--dir {seen[key]!r}")
             seen[key] = flag
             try:
-                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = open_guarded(path)
+            except _Planted as e:
+                raise UsageError(f"{where}: refused to grant {path}: {e}") from None
             except FileNotFoundError:
                 raise UsageError(f"{where}: {path} does not exist") from None
             except NotADirectoryError:
@@ -252,7 +322,7 @@ def parse_dir_flags(flags: list[str],
                 raise UsageError(f"{where}: cannot open {path}: {e.strerror}") from None
             grants.append(DirGrant(name=name, path="", fd=fd, writable=writable))
             st = os.fstat(fd)
-            if not stat.S_ISDIR(st.st_mode):  # O_DIRECTORY saw to it; checked on the handle
+            if not stat.S_ISDIR(st.st_mode):  # open_guarded saw to it; checked on the handle
                 raise UsageError(f"{where}: {path} is not a directory")
             real = os.readlink(f"/proc/self/fd/{fd}")  # what the handle is, not the path
             why = refusal(real, st, protected)
