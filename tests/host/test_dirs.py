@@ -567,3 +567,28 @@ def test_a_symlink_another_user_planted_in_a_sticky_directory_is_not_followed(tm
     r = run_ww("run", "--dir", f"x={shared / 'mine'}", "--", "/bin/cat",
                "/run/ww/dir/x/file.txt")
     assert (r.returncode, r.stdout) == (0, "the operator's"), r.stderr
+
+
+@pytest.mark.parametrize("below", ["blocks", "blocks/65", "staging", "keys"])
+def test_a_directory_inside_wws_repository_is_refused(below, ww_home):
+    """$WW_HOME is `ww`'s alone: a grant of its blocks would hand the cell every block,
+    whatever --ipfs-root allows, and with :rw let it rewrite the blocks and pins the host
+    serves and trusts.  A directory inside it is refused like the repository itself."""
+    (ww_home / below).mkdir(parents=True)
+    r = run_ww("run", "--dir", f"x={ww_home / below}:rw", "/bin/true")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.count("\n") == 1 and "ww's repository ($WW_HOME)" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_directory_inside_wws_repository_reached_through_a_bind_mount_is_refused(
+        ww_home, tmp_path):
+    (ww_home / "blocks").mkdir()
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    inner = (f'mount --bind "{ww_home}" "{alias}" && '
+             f'exec "$0" run --dir x={alias}/blocks /bin/true')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "ww's repository ($WW_HOME)" in r.stderr, r.stderr

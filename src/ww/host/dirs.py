@@ -15,9 +15,9 @@ or ``:rw`` is given with a mode after it (``/srv/x:rw:ro``).
 Checked before anything starts (one line, exit 2): the path exists and is a directory, and
 it is none of :func:`refusal`'s: not the root, not the user's home or a directory above it,
 nothing below ``/proc``, ``/sys``, ``/dev`` or ``/run``, not ``/etc``, ``/var`` or ``/tmp``
-themselves, and no directory holding `ww`'s own files for the run (``$WW_HOME`` with the
-node key, the ``--audit`` file, the ``--identity``/``--node-key`` key files, the
-``--policy`` file), compared by path and by device and inode with them and every
+themselves, nothing inside ``$WW_HOME``, and no directory holding `ww`'s own files for the
+run (``$WW_HOME`` with the node key, the ``--audit`` file, the ``--identity``/``--node-key``
+key files, the ``--policy`` file), compared by path and by device and inode with them and every
 directory above them.  The bind is recursive, so the mounts below the path are checked
 too: none may be a file system of the kernel's interfaces (a chroot's ``/proc`` below a
 granted directory would show the cell every host process), nor one :func:`refusal`
@@ -168,7 +168,8 @@ def refusal(real: str, st: os.stat_result,
     Compared both by path and by identity (device and inode), so that the same directory
     reached another way (a bind mount of ``/`` elsewhere) is refused too.  ``protected``
     are (what, path) pairs of `ww`'s own files for this run (its repository with the node
-    key, the audit file, key and policy files): a directory holding one is refused."""
+    key, the audit file, key and policy files): a directory holding one is refused, and,
+    for a directory of them (the repository), every directory inside it."""
     ident = (st.st_dev, st.st_ino)
 
     def same(path: str) -> bool:
@@ -198,7 +199,26 @@ def refusal(real: str, st: os.stat_result,
         mine = os.path.realpath(path)
         if _within(mine, real) or holds(mine):
             return f"it holds {what} ({mine}), which the cell must not reach"
+        if os.path.isdir(mine) and (_within(real, mine) or _inside(real, mine)):
+            return f"it is inside {what} ({mine}), which the cell must not reach"
     return None
+
+
+def _inside(real: str, top: str) -> bool:
+    """Whether a directory above ``real`` (its real path) is, by device and inode, ``top``:
+    ``top`` reached through a bind mount elsewhere."""
+    try:
+        st = os.stat(top)
+    except OSError:
+        return False
+    for path in _above(real)[1:]:
+        try:
+            other = os.stat(path)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 _MAX_LINKS = 40  # symlinks followed for one path at most, as the kernel (ELOOP)
