@@ -592,3 +592,24 @@ def test_a_directory_inside_wws_repository_reached_through_a_bind_mount_is_refus
                        capture_output=True, text=True, timeout=HANG)
     assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1 and "ww's repository ($WW_HOME)" in r.stderr, r.stderr
+
+
+def test_a_read_write_grant_of_wws_own_code_is_refused_a_read_only_one_is_not():
+    """A cell that may write `ww`'s code (its package, the libraries and the program it
+    runs on) runs its own code unjailed the next time the operator runs `ww`: a project
+    granted ``:rw`` with its virtualenv inside is the common way to get there.  Reading
+    that code is harmless (and ``--dir src=.`` in such a project ordinary)."""
+    import sysconfig
+
+    import ww
+
+    package = Path(ww.__file__).resolve().parent
+    libraries = Path(sysconfig.get_paths()["purelib"])  # WW runs on this interpreter
+    for path in (package, package / "host", package.parent, libraries, libraries.parent,
+                 Path(WW).parent):
+        r = run_ww("run", "--dir", f"x={path}:rw", "/bin/true")
+        assert (r.returncode, r.stdout) == (2, ""), (path, r.stderr)
+        assert r.stderr.count("\n") == 1 and "ww's own code" in r.stderr, r.stderr
+    r = run_ww("run", "--dir", f"x={package}", "--", "/bin/sh", "-c",
+               'test -f "$WW_DIR_X/__init__.py" && echo read')
+    assert (r.returncode, r.stdout) == (0, "read\n"), r.stderr

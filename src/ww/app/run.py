@@ -45,6 +45,23 @@ def _own_files(options: RunOptions) -> list[tuple[str, str]]:
     return files
 
 
+def _own_code() -> list[tuple[str, str]]:
+    """`ww`'s own code, which no ``:rw`` grant may hold or be inside of: a cell that may
+    write it runs unjailed the next time `ww` runs.  The ``ww`` package, the libraries of
+    the Python running it (its dependencies), and the directory of the ``ww`` program and
+    of that Python (a virtualenv's ``bin``)."""
+    import sys
+    import sysconfig
+
+    import ww
+
+    paths = sysconfig.get_paths()
+    return [("ww's own code", path) for path in (
+        os.path.dirname(ww.__file__), paths["purelib"], paths["platlib"],
+        os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv[0] else "",
+        os.path.dirname(sys.executable)) if path]
+
+
 def run(options: RunOptions) -> int:
     """Run the cell ``options`` describe; its exit status (see ww.host.supervisor)."""
     from ww.host import env as cell_env
@@ -58,7 +75,8 @@ def run(options: RunOptions) -> int:
         if options.dir_flags:  # imported only then, as every `ww run` imports this
             from ww.host import dirs
 
-            dir_grants = dirs.parse_dir_flags(list(options.dir_flags), _own_files(options))
+            dir_grants = dirs.parse_dir_flags(list(options.dir_flags), _own_files(options),
+                                              _own_code())
         from_variable = cell_env.parse_ww_env(options.ww_env)
         try:
             cell_env.build_env(from_variable, {}, {})

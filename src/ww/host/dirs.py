@@ -305,13 +305,14 @@ def _mount_refusal(fd: int, real: str, protected: Sequence[tuple[str, str]]) -> 
     return None
 
 
-def parse_dir_flags(flags: list[str],
-                    protected: Sequence[tuple[str, str]] = ()) -> list[DirGrant]:
+def parse_dir_flags(flags: list[str], protected: Sequence[tuple[str, str]] = (),
+                    code: Sequence[tuple[str, str]] = ()) -> list[DirGrant]:
     """Check every ``--dir`` flag and open its directory (see the module's docstring).
 
     Raises UsageError naming the flag: a malformed flag, a bad or duplicate name (without
     case), a path that is missing or not a directory, or one :func:`refusal` refuses (with
-    ``protected``).  On an error, the handles opened so far are closed."""
+    ``protected``, and for a ``:rw`` grant ``code`` too: `ww`'s own code, which a cell must
+    not rewrite).  On an error, the handles opened so far are closed."""
     grants: list[DirGrant] = []
     seen: dict[str, str] = {}
     try:
@@ -345,9 +346,10 @@ def parse_dir_flags(flags: list[str],
             if not stat.S_ISDIR(st.st_mode):  # open_guarded saw to it; checked on the handle
                 raise UsageError(f"{where}: {path} is not a directory")
             real = os.readlink(f"/proc/self/fd/{fd}")  # what the handle is, not the path
-            why = refusal(real, st, protected)
+            mine = [*protected, *code] if writable else protected
+            why = refusal(real, st, mine)
             if why is None:
-                why = _mount_refusal(fd, real, protected)
+                why = _mount_refusal(fd, real, mine)
             if why is not None:
                 shown = path if path == real else f"{path} ({real})"
                 raise UsageError(f"{where}: refused to grant {shown}: {why}")
