@@ -613,3 +613,26 @@ def test_a_read_write_grant_of_wws_own_code_is_refused_a_read_only_one_is_not():
     r = run_ww("run", "--dir", f"x={package}", "--", "/bin/sh", "-c",
                'test -f "$WW_DIR_X/__init__.py" && echo read')
     assert (r.returncode, r.stdout) == (0, "read\n"), r.stderr
+
+
+def test_a_cell_cannot_take_a_lease_on_a_granted_file(who):
+    """A read lease (``F_SETLEASE``) on a file of a read-only grant that the cell's host uid
+    owns made every host program that opened it for writing wait for the cell, 45 s a
+    time (fs.lease-break-time).  The seccomp filter denies it (EPERM); a lock the cell
+    takes on its own files (``F_SETLK``) still works."""
+    d = granted_dir(who, owned=True)
+    script = """
+import fcntl, os
+fd = os.open(os.environ["WW_DIR_DATA"] + "/file.txt", os.O_RDONLY)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    print("lease taken")
+except PermissionError:
+    print("no lease")
+with open("/tmp/own", "w") as f:
+    fcntl.lockf(f, fcntl.LOCK_EX)
+    print("own lock")
+"""
+    r = who.run("run", "--dir", f"data={d}", "--", "/usr/bin/python3", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["no lease", "own lock"]

@@ -94,6 +94,9 @@ BY_ARGUMENT = {
     # Only the personalities Docker's profile allows: Linux, its 32-bit variant, UNAME26
     # forms, and the query (0xffffffff); never ADDR_NO_RANDOMIZE or READ_IMPLIES_EXEC.
     "personality": (0, "allow", (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)),
+    # F_SETLEASE (1024): a lease on a host file (a `--dir` grant's, which the cell's host
+    # uid owns) makes every host program that opens it for writing wait for the cell.
+    "fcntl": (1, "deny", (1024,)),
 }
 
 # chmod and its kin may not set the setuid or setgid bit: name -> index of the mode
@@ -158,7 +161,7 @@ _ARCHES = {
         "move_pages": 279, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
         "lsm_list_modules": 461,
         "clone": 56, "clone3": 435, "seccomp": 317, "prctl": 157,
-        "socket": 41, "ioctl": 16, "personality": 135,
+        "socket": 41, "ioctl": 16, "personality": 135, "fcntl": 72,
         "inotify_init": 253, "inotify_add_watch": 254, "inotify_init1": 294,
         "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
     }),
@@ -183,7 +186,7 @@ _ARCHES = {
         "move_pages": 239, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
         "lsm_list_modules": 461,
         "clone": 220, "clone3": 435, "seccomp": 277, "prctl": 167,
-        "socket": 198, "ioctl": 29, "personality": 92,
+        "socket": 198, "ioctl": 29, "personality": 92, "fcntl": 25,
         "inotify_init1": 26, "inotify_add_watch": 27,
         "fchmod": 52, "fchmodat": 53, "fchmodat2": 452,
     }),
