@@ -535,37 +535,36 @@ def test_a_cell_cannot_leave_a_setuid_or_setgid_file_in_a_read_write_grant(who, 
         assert not path.stat().st_mode & 0o6000, oct(path.stat().st_mode)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="ww as root only")
-def test_a_symlink_another_user_planted_in_a_sticky_directory_is_not_followed(tmp_path):
+def test_a_symlink_another_user_planted_in_a_sticky_directory_is_not_followed(who):
     """Another local user squats the path the operator will grant (``/tmp/build``) with a
     symlink to a directory of the operator's: the grant would be that directory.  As the
     kernel's fs.protected_symlinks (off on some hosts), a symlink in a sticky,
     world-writable directory is followed only if it belongs to the operator or to that
     directory's owner; the operator's own link there still works."""
-    from tests.host.conftest import ensure_test_user
-
-    uid, gid = ensure_test_user()
-    tmp_path.chmod(0o755)
-    private = tmp_path / "private"
+    other = 65534 if who.unprivileged else jail.HOST_UID  # nobody: neither operator nor root
+    private = who.work / "private"
     private.mkdir(mode=0o755)
     (private / "file.txt").write_text("the operator's")
     (private / "file.txt").chmod(0o644)
-    shared = tmp_path / "shared-tmp"
+    shared = who.work / "shared-tmp"
     shared.mkdir()
-    shared.chmod(0o1777)
+    shared.chmod(0o1777)  # owned by root, as /tmp
     (shared / "build").symlink_to(private)
-    os.lchown(shared / "build", uid, gid)
+    os.lchown(shared / "build", other, other)
     (shared / "mine").symlink_to(private)
     (shared / "via").symlink_to(shared / "build")  # the operator's link to the planted one
+    if who.unprivileged:
+        for name in ("mine", "via"):
+            os.lchown(shared / name, *who.ids)
     for name in ("build", "via"):
-        r = run_ww("run", "--dir", f"x={shared / name}", "/bin/true")
+        r = who.run("run", "--dir", f"x={shared / name}", "/bin/true")
         assert (r.returncode, r.stdout) == (2, ""), r.stderr
         assert r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith(f"ww: --dir 'x={shared / name}': refused to grant "), \
             r.stderr
-        assert f"uid {uid}" in r.stderr, r.stderr
-    r = run_ww("run", "--dir", f"x={shared / 'mine'}", "--", "/bin/cat",
-               "/run/ww/dir/x/file.txt")
+        assert f"uid {other}" in r.stderr, r.stderr
+    r = who.run("run", "--dir", f"x={shared / 'mine'}", "--", "/bin/cat",
+                "/run/ww/dir/x/file.txt")
     assert (r.returncode, r.stdout) == (0, "the operator's"), r.stderr
 
 
