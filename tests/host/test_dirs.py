@@ -594,18 +594,20 @@ def test_a_directory_inside_wws_repository_reached_through_a_bind_mount_is_refus
 
 
 def test_a_read_write_grant_of_wws_own_code_is_refused_a_read_only_one_is_not():
-    """A cell that may write `ww`'s code (its package, the libraries and the program it
-    runs on) runs its own code unjailed the next time the operator runs `ww`: a project
-    granted ``:rw`` with its virtualenv inside is the common way to get there.  Reading
-    that code is harmless (and ``--dir src=.`` in such a project ordinary)."""
+    """A cell that may write `ww`'s code (its package, the libraries and the standard
+    library it imports, the program it runs on) runs its own code unjailed the next time
+    the operator runs `ww`: a project granted ``:rw`` with its virtualenv inside is the
+    common way to get there.  Reading that code is harmless (and ``--dir src=.`` in such a
+    project ordinary)."""
     import sysconfig
 
     import ww
 
     package = Path(ww.__file__).resolve().parent
     libraries = Path(sysconfig.get_paths()["purelib"])  # WW runs on this interpreter
+    stdlib = Path(os.__file__).parent
     for path in (package, package / "host", package.parent, libraries, libraries.parent,
-                 Path(WW).parent):
+                 stdlib, stdlib / "json", Path(WW).parent):
         r = run_ww("run", "--dir", f"x={path}:rw", "/bin/true")
         assert (r.returncode, r.stdout) == (2, ""), (path, r.stderr)
         assert r.stderr.count("\n") == 1 and "ww's own code" in r.stderr, r.stderr

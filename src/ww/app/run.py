@@ -47,19 +47,26 @@ def _own_files(options: RunOptions) -> list[tuple[str, str]]:
 
 def _own_code() -> list[tuple[str, str]]:
     """`ww`'s own code, which no ``:rw`` grant may hold or be inside of: a cell that may
-    write it runs unjailed the next time `ww` runs.  The ``ww`` package, the libraries of
-    the Python running it (its dependencies), and the directory of the ``ww`` program and
-    of that Python (a virtualenv's ``bin``)."""
+    write it runs unjailed the next time `ww` runs.  The ``ww`` package, the standard and
+    site libraries of the Python running it (`ww`'s dependencies; the user's too when
+    Python imports from there), and the directory of the ``ww`` program and of that
+    Python (a virtualenv's ``bin``).  Not every directory on ``sys.path``: that may be the
+    current directory, below which ``:rw`` grants are ordinary."""
+    import site
     import sys
     import sysconfig
 
     import ww
 
-    paths = sysconfig.get_paths()
-    return [("ww's own code", path) for path in (
-        os.path.dirname(ww.__file__), paths["purelib"], paths["platlib"],
-        os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv[0] else "",
-        os.path.dirname(sys.executable)) if path]
+    libraries = sysconfig.get_paths()
+    paths = [os.path.dirname(ww.__file__), os.path.dirname(sys.executable),
+             *(libraries[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))]
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else ""
+    if user in sys.path:
+        paths.append(user)
+    if sys.argv and os.path.isfile(sys.argv[0]):  # not "-c"
+        paths.append(os.path.dirname(os.path.abspath(sys.argv[0])))
+    return [("ww's own code", path) for path in dict.fromkeys(paths) if path]
 
 
 def run(options: RunOptions) -> int:
