@@ -290,6 +290,8 @@ def test_a_grant_of_the_host_at_large_is_refused_with_one_line_and_exit_2(
     ("x={d}/missing", "does not exist"),
     ("x={d}/file.txt", "is not a directory"),
     ("x={d}:wr", "does not exist"),  # not a mode: part of the path
+    # The mount point's name: bubblewrap failed on it (exit 1, two lines) before the fix.
+    ("a" * 256 + "={d}", "the name is longer than 255 characters"),
 ])
 def test_a_malformed_or_missing_grant_is_one_line_and_exit_2(flag, message, tmp_path):
     (tmp_path / "file.txt").write_text("x")
@@ -424,3 +426,178 @@ def test_a_directory_holding_wws_own_files_is_refused(ww_home, tmp_path):
         r = run_ww("run", *flags, "--dir", f"x={d}:rw", "/bin/true")
         assert (r.returncode, r.stdout) == (2, ""), r.stderr
         assert r.stderr.count("\n") == 1 and f"it holds {what}" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+@pytest.mark.parametrize(("fstype", "where"), [
+    ("proc", "granted"), ("proc", "granted/chroot/proc"), ("sysfs", "granted/chroot/sys"),
+])
+def test_a_kernel_file_system_at_or_below_a_grant_is_refused(fstype, where, tmp_path):
+    """The bind is recursive: a chroot's /proc mounted below the granted directory would be
+    the host's /proc in the jail (every host process and its command line).  A file system
+    of the kernel's interfaces, at the granted directory or at any mount below it, is
+    refused like /proc itself (a fresh proc mount is not /proc by device and inode)."""
+    tmp_path.chmod(0o755)
+    d = tmp_path / "granted"
+    (tmp_path / where).mkdir(parents=True, exist_ok=True)
+    script = 'ls "$WW_DIR_DATA"/chroot/proc "$WW_DIR_DATA" | grep -c "^[0-9]"'
+    inner = (f'mount -t {fstype} ww-test "{tmp_path / where}" && '
+             f'exec "$0" run --dir data={d} -- /bin/sh -c \'{script}\'')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"ww: --dir 'data={d}': refused to grant "), r.stderr
+    assert f"{fstype}" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+@pytest.mark.parametrize("what", ["home", "wws_repository"])
+def test_a_directory_above_home_or_wws_files_reached_through_a_bind_mount_is_refused(
+        what, tmp_path):
+    """``/home`` bound at ``/mnt/home`` (or the directory above $WW_HOME bound elsewhere) is
+    a directory above the home (the repository) whatever its path: compared by device and
+    inode with every directory above them, not only with themselves."""
+    tmp_path.chmod(0o755)
+    top = tmp_path / "top"
+    (top / "home" / "me" / ".ww").mkdir(parents=True)
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    env = {**os.environ, "HOME": str(top / "home" / "me")}
+    if what == "wws_repository":
+        env = {**os.environ, "WW_HOME": str(top / "home" / "me" / ".ww")}
+    inner = f'mount --bind "{top}" "{alias}" && exec "$0" run --dir x={alias}/home /bin/true'
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG, env=env)
+    assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"ww: --dir 'x={alias}/home': refused to grant "), r.stderr
+
+
+SET_ID_BITS = """
+d=$WW_DIR_DATA
+cp /bin/true "$d/prog"
+for mode in 4755 2755 6755 u+s g+s; do chmod $mode "$d/prog" 2>/dev/null && echo "chmod $mode"; done
+mkdir "$d/sub"; chmod g+s "$d/sub" 2>/dev/null && echo "chmod g+s sub"
+chmod 2777 "$d" 2>/dev/null && echo "chmod 2777 dir"
+chmod 755 "$d/prog" && echo plain
+"""
+
+
+@pytest.mark.parametrize("strict", [[], ["--strict"]], ids=["default", "strict"])
+def test_a_cell_cannot_leave_a_setuid_or_setgid_file_in_a_read_write_grant(who, strict):
+    """nosuid holds in the jail only: a program the cell made setuid (its host uid: nobody,
+    or the operator's) in a :rw grant would run as that uid for any host user who runs it
+    there, and a setgid directory hands its group to what host users create in it.  The
+    cell's chmod may not set either bit (EPERM, also under --strict, where it is no
+    violation); an ordinary chmod works."""
+    d = granted_dir(who, owned=True)
+    r = sh(who, *strict, "--dir", f"data={d}:rw", script=SET_ID_BITS)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["plain"]
+    for path in (d, d / "prog", d / "sub"):
+        assert not path.stat().st_mode & 0o6000, oct(path.stat().st_mode)
+
+
+def test_a_symlink_another_user_planted_in_a_sticky_directory_is_not_followed(who):
+    """Another local user squats the path the operator will grant (``/tmp/build``) with a
+    symlink to a directory of the operator's: the grant would be that directory.  As the
+    kernel's fs.protected_symlinks (off on some hosts), a symlink in a sticky,
+    world-writable directory is followed only if it belongs to the operator or to that
+    directory's owner; the operator's own link there still works."""
+    other = 65534 if who.unprivileged else jail.HOST_UID  # nobody: neither operator nor root
+    private = who.work / "private"
+    private.mkdir(mode=0o755)
+    (private / "file.txt").write_text("the operator's")
+    (private / "file.txt").chmod(0o644)
+    shared = who.work / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # owned by root, as /tmp
+    (shared / "build").symlink_to(private)
+    os.lchown(shared / "build", other, other)
+    (shared / "mine").symlink_to(private)
+    (shared / "via").symlink_to(shared / "build")  # the operator's link to the planted one
+    if who.unprivileged:
+        for name in ("mine", "via"):
+            os.lchown(shared / name, *who.ids)
+    for name in ("build", "via"):
+        r = who.run("run", "--dir", f"x={shared / name}", "/bin/true")
+        assert (r.returncode, r.stdout) == (2, ""), r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"ww: --dir 'x={shared / name}': refused to grant "), \
+            r.stderr
+        assert f"uid {other}" in r.stderr, r.stderr
+    r = who.run("run", "--dir", f"x={shared / 'mine'}", "--", "/bin/cat",
+                "/run/ww/dir/x/file.txt")
+    assert (r.returncode, r.stdout) == (0, "the operator's"), r.stderr
+
+
+@pytest.mark.parametrize("below", ["blocks", "blocks/65", "staging", "keys"])
+def test_a_directory_inside_wws_repository_is_refused(below, ww_home):
+    """$WW_HOME is `ww`'s alone: a grant of its blocks would hand the cell every block,
+    whatever --ipfs-root allows, and with :rw let it rewrite the blocks and pins the host
+    serves and trusts.  A directory inside it is refused like the repository itself."""
+    (ww_home / below).mkdir(parents=True)
+    r = run_ww("run", "--dir", f"x={ww_home / below}:rw", "/bin/true")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.count("\n") == 1 and "ww's repository ($WW_HOME)" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_directory_inside_wws_repository_reached_through_a_bind_mount_is_refused(
+        ww_home, tmp_path):
+    (ww_home / "blocks").mkdir()
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    inner = (f'mount --bind "{ww_home}" "{alias}" && '
+             f'exec "$0" run --dir x={alias}/blocks /bin/true')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", inner, WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout) == (2, ""), (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "ww's repository ($WW_HOME)" in r.stderr, r.stderr
+
+
+def test_a_read_write_grant_of_wws_own_code_is_refused_a_read_only_one_is_not():
+    """A cell that may write `ww`'s code (its package, the libraries and the standard
+    library it imports, the program it runs on) runs its own code unjailed the next time
+    the operator runs `ww`: a project granted ``:rw`` with its virtualenv inside is the
+    common way to get there.  Reading that code is harmless (and ``--dir src=.`` in such a
+    project ordinary)."""
+    import sysconfig
+
+    import ww
+
+    package = Path(ww.__file__).resolve().parent
+    libraries = Path(sysconfig.get_paths()["purelib"])  # WW runs on this interpreter
+    stdlib = Path(os.__file__).parent
+    for path in (package, package / "host", package.parent, libraries, libraries.parent,
+                 stdlib, stdlib / "json", Path(WW).parent):
+        r = run_ww("run", "--dir", f"x={path}:rw", "/bin/true")
+        assert (r.returncode, r.stdout) == (2, ""), (path, r.stderr)
+        assert r.stderr.count("\n") == 1 and "ww's own code" in r.stderr, r.stderr
+    r = run_ww("run", "--dir", f"x={package}", "--", "/bin/sh", "-c",
+               'test -f "$WW_DIR_X/__init__.py" && echo read')
+    assert (r.returncode, r.stdout) == (0, "read\n"), r.stderr
+
+
+def test_a_cell_cannot_take_a_lease_on_a_granted_file(who):
+    """A read lease (``F_SETLEASE``) on a file of a read-only grant that the cell's host uid
+    owns made every host program that opened it for writing wait for the cell, 45 s a
+    time (fs.lease-break-time).  The seccomp filter denies it (EPERM); a lock the cell
+    takes on its own files (``F_SETLK``) still works."""
+    d = granted_dir(who, owned=True)
+    script = """
+import fcntl, os
+fd = os.open(os.environ["WW_DIR_DATA"] + "/file.txt", os.O_RDONLY)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    print("lease taken")
+except PermissionError:
+    print("no lease")
+with open("/tmp/own", "w") as f:
+    fcntl.lockf(f, fcntl.LOCK_EX)
+    print("own lock")
+"""
+    r = who.run("run", "--dir", f"data={d}", "--", "/usr/bin/python3", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["no lease", "own lock"]

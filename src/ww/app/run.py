@@ -45,6 +45,30 @@ def _own_files(options: RunOptions) -> list[tuple[str, str]]:
     return files
 
 
+def _own_code() -> list[tuple[str, str]]:
+    """`ww`'s own code, which no ``:rw`` grant may hold or be inside of: a cell that may
+    write it runs unjailed the next time `ww` runs.  The ``ww`` package, the standard and
+    site libraries of the Python running it (`ww`'s dependencies; the user's too when
+    Python imports from there), and the directory of the ``ww`` program and of that
+    Python (a virtualenv's ``bin``).  Not every directory on ``sys.path``: that may be the
+    current directory, below which ``:rw`` grants are ordinary."""
+    import site
+    import sys
+    import sysconfig
+
+    import ww
+
+    libraries = sysconfig.get_paths()
+    paths = [os.path.dirname(ww.__file__), os.path.dirname(sys.executable),
+             *(libraries[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))]
+    user = site.getusersitepackages() if site.ENABLE_USER_SITE else ""
+    if user in sys.path:
+        paths.append(user)
+    if sys.argv and os.path.isfile(sys.argv[0]):  # not "-c"
+        paths.append(os.path.dirname(os.path.abspath(sys.argv[0])))
+    return [("ww's own code", path) for path in dict.fromkeys(paths) if path]
+
+
 def run(options: RunOptions) -> int:
     """Run the cell ``options`` describe; its exit status (see ww.host.supervisor)."""
     from ww.host import env as cell_env
@@ -58,7 +82,8 @@ def run(options: RunOptions) -> int:
         if options.dir_flags:  # imported only then, as every `ww run` imports this
             from ww.host import dirs
 
-            dir_grants = dirs.parse_dir_flags(list(options.dir_flags), _own_files(options))
+            dir_grants = dirs.parse_dir_flags(list(options.dir_flags), _own_files(options),
+                                              _own_code())
         from_variable = cell_env.parse_ww_env(options.ww_env)
         try:
             cell_env.build_env(from_variable, {}, {})

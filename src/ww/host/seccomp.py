@@ -94,7 +94,20 @@ BY_ARGUMENT = {
     # Only the personalities Docker's profile allows: Linux, its 32-bit variant, UNAME26
     # forms, and the query (0xffffffff); never ADDR_NO_RANDOMIZE or READ_IMPLIES_EXEC.
     "personality": (0, "allow", (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)),
+    # F_SETLEASE (1024): a lease on a host file (a `--dir` grant's, which the cell's host
+    # uid owns) makes every host program that opens it for writing wait for the cell.
+    "fcntl": (1, "deny", (1024,)),
 }
+
+# chmod and its kin may not set the setuid or setgid bit: name -> index of the mode
+# argument.  They fail with EPERM in both modes (not a violation under --strict: `cp -p` and
+# `tar -p` ask for the bits as a matter of course).  nosuid holds in the jail only: a
+# program the cell made setuid in a `--dir NAME=PATH:rw` grant would run as the cell's host
+# uid (nobody, or the operator's) for any host user who runs it there, and a setgid
+# directory would hand the cell's group to what host users create in it.  A file created
+# with these bits (open, mknod) is empty, and writing or extending it clears them.
+NO_SET_ID = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
+SET_ID_BITS = 0o6000
 
 # System calls numbered above the last one this table knows (the same number on x86_64
 # and aarch64: the tables are shared from 424 on) fail with ENOSYS: a call newer than the
@@ -148,8 +161,9 @@ _ARCHES = {
         "move_pages": 279, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
         "lsm_list_modules": 461,
         "clone": 56, "clone3": 435, "seccomp": 317, "prctl": 157,
-        "socket": 41, "ioctl": 16, "personality": 135,
+        "socket": 41, "ioctl": 16, "personality": 135, "fcntl": 72,
         "inotify_init": 253, "inotify_add_watch": 254, "inotify_init1": 294,
+        "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452,
     }),
     # The generic table (asm-generic/unistd.h); aarch64 has no iopl/ioperm.
     "aarch64": _Arch(0xC00000B7, 0x40000028, False, {
@@ -172,8 +186,9 @@ _ARCHES = {
         "move_pages": 239, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
         "lsm_list_modules": 461,
         "clone": 220, "clone3": 435, "seccomp": 277, "prctl": 167,
-        "socket": 198, "ioctl": 29, "personality": 92,
+        "socket": 198, "ioctl": 29, "personality": 92, "fcntl": 25,
         "inotify_init1": 26, "inotify_add_watch": 27,
+        "fchmod": 52, "fchmodat": 53, "fchmodat2": 452,
     }),
 }  # fmt: skip
 
@@ -215,11 +230,13 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
     #   jeq clone ? ->clone : +0
     #   jeq n_i ->deny   (for every denied number)
     #   jeq n ->n        (for every call checked by argument, BY_ARGUMENT and strict's)
+    #   jeq m ->m:mode   (for every call of NO_SET_ID)
     #   ret ALLOW
     # clone: ld arg0 (low word); jset CLONE_NEW* ->deny; ret ALLOW
     # n (deny values): ld arg (low word); jeq v_i ->deny (each value); ret ALLOW
     # n (allow values): ld arg (low word); jeq v_i ->allow (each value); ret DENY
-    # deny: ret DENY;  bad_abi: ret DENY;  enosys: ret ERRNO(ENOSYS)
+    # m:mode: ld mode (low word); jset SET_ID_BITS ->eperm; ret ALLOW
+    # deny: ret DENY;  eperm: ret ERRNO(EPERM);  bad_abi: ret DENY;  enosys: ret ERRNO(ENOSYS)
     # (The kernel caches, per call number, that a filter always allows it: only calls that
     # are denied or checked by argument ever run it.)
     prog: list[tuple[int, int, int, int]] = []
@@ -249,6 +266,9 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
         by_argument.update({name: (0, "deny", values) for name, values in STRICT_DENIED})
     for name in by_argument:
         op(_JEQ_K, arch.numbers[name], jt=name)
+    set_id = {name: index for name, index in NO_SET_ID.items() if name in arch.numbers}
+    for name in set_id:
+        op(_JEQ_K, arch.numbers[name], jt=f"{name}:mode")
     op(_RET_K, _RET_ALLOW)
     labels["clone"] = len(prog)
     op(_LD_W_ABS, _OFF_ARG0)  # the flags' low 32 bits (little-endian) hold every CLONE_NEW*
@@ -263,8 +283,15 @@ def build(mode: str = DENY, machine: str | None = None) -> bytes:
         if how == "allow":
             labels[f"{name}:allow"] = len(prog)
             op(_RET_K, _RET_ALLOW)
+    for name, index in set_id.items():
+        labels[f"{name}:mode"] = len(prog)
+        op(_LD_W_ABS, _OFF_ARG0 + 8 * index)  # mode_t: the low 32 bits
+        op(_JSET_K, SET_ID_BITS, jt="eperm")
+        op(_RET_K, _RET_ALLOW)
     labels["deny"] = len(prog)
     op(_RET_K, deny)
+    labels["eperm"] = len(prog)
+    op(_RET_K, _RET_ERRNO | errno.EPERM)
     labels["bad_abi"] = len(prog)
     op(_RET_K, deny)
     labels["enosys"] = len(prog)
