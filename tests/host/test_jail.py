@@ -159,6 +159,48 @@ def test_proc_1_root_does_not_lead_to_the_host(who):
         "/etc/hostname").read_text().strip()
 
 
+def test_no_fd_bubblewraps_init_holds_is_reachable_from_the_cell(who, tmp_path):
+    """bubblewrap's init (pid 1 in the jail, a process of the cell's uid) holds every fd
+    bubblewrap had until it closes them, just after it forked the cell: its O_PATH handle
+    of the host's /proc among them, and ``..`` from that is the host's root.  A cell that
+    opened /proc/1/fd/N in that window walked the host's files.  Here init holds a handle
+    of a host directory for its whole life (bubblewrap's own ``--sync-fd``), so the
+    window never closes and no timing decides: the cell reaches none of init's fds, and
+    cannot open init's memory (whose code it could rewrite) either."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host data")
+    tmp_path.chmod(0o755)
+    outside.chmod(0o755)
+    handle = os.open(outside, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    status_r, status_w = os.pipe()
+    script = ('for f in /proc/1/fd/* /proc/1/task/*/fd/*; do [ -d "$f" ] && echo "$f" && '
+              'ls "$f/"; done; (exec 5<>/proc/1/mem) 2>/dev/null && echo MEM; echo end')
+    spec = jail.JailSpec(binds=[], status_fd=status_w)
+    bwrap, *rest = jail.bwrap_argv(jail.find_bwrap(), spec, ["/bin/sh", "-c", script])
+    ids = who.ids or jail.host_ids()  # as `ww` runs it: never as host root
+    try:
+        r = subprocess.run([bwrap, "--sync-fd", str(handle), *rest], pass_fds=(handle, status_w),
+                           preexec_fn=jail.dropper(ids, []) if ids else None,
+                           capture_output=True, text=True, timeout=HANG)
+    finally:
+        for fd in (handle, status_r, status_w):
+            os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["end"]
+
+
+def test_nothing_of_bubblewraps_init_opens_in_the_cell(who):
+    """The same through `ww run` (and with --strict): init's fds, its threads' fds, its
+    memory and environment cannot be opened."""
+    script = ("for p in /proc/1/fd /proc/1/task/1/fd /proc/1/mem /proc/1/environ; do "
+              "(exec 5<$p) 2>/dev/null && echo $p; done; ls /proc/1; echo end")
+    for strict in ([], ["--strict"]):
+        r = who.run("run", *strict, "/bin/sh", "-c", script)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["end"], strict
+
+
 def test_hostname_is_the_cells_own():
     r = sh("cat /proc/sys/kernel/hostname")
     assert r.stdout.strip() == "cell"

@@ -23,6 +23,7 @@ The jail's file system:
 * its own ``/proc``, with what container runtimes mask masked (``/proc/sys``, ``/proc/irq``,
   ``/proc/bus``, ``/proc/sysrq-trigger`` read-only; ``/proc/kcore``, ``/proc/keys``,
   ``/proc/timer_list`` and the like hidden: see ``PROC_READ_ONLY`` and ``PROC_HIDDEN``),
+  and bubblewrap's init (pid 1) covered by an empty directory (``INIT_PROC``),
   and a minimal ``/dev`` (null, zero, full, random, urandom, tty, pts),
   with ``/dev/shm`` a tmpfs of its own (capped like ``/cell`` and ``/tmp`` with ``--memory``);
 * a fresh empty writable working directory ``/cell`` and a private ``/tmp``, both tmpfs
@@ -63,6 +64,14 @@ HOST_GID = 65534
 PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 PROC_HIDDEN = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
                "/proc/latency_stats", "/proc/timer_stats")
+
+# bubblewrap's init (pid 1 in the jail) as the jail's /proc shows it, covered by an empty
+# read-only tmpfs.  Right after it forks the cell, init still holds every fd bubblewrap had
+# (its O_PATH handle of the host's /proc among them: ``..`` from it is the host's root)
+# until it closes them; its process runs as the cell's uid, so /proc/1/fd/N, opened by the
+# cell in that window, led out of the jail, and /proc/1/mem let the cell rewrite init's
+# code.  Covered, none of init's entries can be opened at any time, so the window is none.
+INIT_PROC = "/proc/1"
 
 _ROOT_LINKS_OR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
@@ -140,6 +149,8 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
     for path in PROC_HIDDEN:
         if os.path.exists(path):
             argv += ["--ro-bind", "/dev/null", path]
+    # bubblewrap's init, pid 1, is no process of the cell's: nothing of it is reachable.
+    argv += ["--perms", "0555", "--tmpfs", INIT_PROC, "--remount-ro", INIT_PROC]
     argv += [
         "--dev", "/dev",
         *size, "--perms", "01777", "--tmpfs", "/dev/shm",
