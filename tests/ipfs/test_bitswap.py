@@ -221,6 +221,25 @@ def test_peer_dropping_mid_transfer_is_resumed_from_another(
     assert served[0] == 5 and served[1] >= 26
 
 
+def test_wants_are_spread_over_the_peers_that_hold_a_file(
+        tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    """Three peers holding a file each send part of it (issue 14: three peers at once are
+    to be faster than one); it arrives whole and verified."""
+    servers = [EmbeddedNode(tmp_path / f"s{i}", new_host=host_for_ipfs()) for i in range(3)]
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    nodes += [*servers, b]
+    data = _data(30 * CHUNK_SIZE, 5)
+    cids = {server.add_stream([data]) for server in servers}
+    assert len(cids) == 1
+    for server in servers:
+        b.connect(server.listen([LOOPBACK]).addresses[0])
+    b.get(cids.pop(), tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    served = [s._net._engine.stats["blocks_out"] for s in servers]  # type: ignore[union-attr]
+    assert sum(served) == 31 and all(n > 0 for n in served), served
+    assert b.check().ok
+
+
 def test_peer_dropping_mid_transfer_alone_fails_cleanly(
         tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
     a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
