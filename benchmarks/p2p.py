@@ -11,6 +11,8 @@ a `Service` that echoes.  Three measurements of `Service.call("echo", [])`, best
   the call crosses one libp2p connection and B's fd 3.
 - "fd 3 only": the same cell code calling its own host's console `ping` over fd 3, for
   scale (no network at all).
+- "libp2p echo": two libp2p hosts in this process, a 100-byte echo on a bare stream: the
+  part of a remote call that is py-libp2p's (TCP + Noise + Yamux, trio), nothing else.
 
 Sequential calls give the latency (median, p99); "pipelined" keeps 64 calls in flight.
 Also timed: one `ww call` from the shell, start to finish (process start-up included).
@@ -148,8 +150,59 @@ def peer_round(addr: str, calls: int) -> dict[str, float]:
         node.stop()
 
 
+ECHO = "/ww-bench/echo/1.0.0"
+
+
+def libp2p_round(calls: int) -> dict[str, float]:
+    """Two libp2p hosts in this process (ww's Node: TCP + Noise + Yamux on trio threads), a
+    100-byte echo on a bare stream: the libp2p part of a remote call, without Cap'n Proto,
+    the splice to a socketpair or any cell."""
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
+
+    from ww.core.identity import Identity, PrivateKey
+    from ww.p2p.host import Node
+
+    async def echo(stream: Any) -> None:
+        while data := await stream.read(65536):
+            await stream.write(data)
+
+    server = Node(Identity.from_private_key(PrivateKey.generate()), listen=[LOOPBACK],
+                  handlers={ECHO: echo}, serve_ww=False, announce=False)
+    client = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                  serve_ww=False, announce=False)
+
+    async def run() -> dict[str, float]:
+        info = info_from_p2p_addr(Multiaddr(server.addrs[0]))
+        await client.dial(info)
+        stream = await client.host.new_stream(info.peer_id, [ECHO])
+        message, times = b"x" * 100, []
+        for i in range(calls + 50):
+            started = time.perf_counter()
+            await stream.write(message)
+            got = 0
+            while got < len(message):
+                got += len(await stream.read(65536))
+            if i >= 50:  # warmed up
+                times.append(time.perf_counter() - started)
+        await stream.reset()
+        times.sort()
+        return {"median_us": statistics.median(times) * 1e6,
+                "p99_us": times[int(len(times) * 0.99) - 1] * 1e6,
+                "sequential_per_s": calls / sum(times), "pipelined_per_s": float("nan")}
+
+    server.start()
+    client.start()
+    try:
+        return client.submit(run).result(300)
+    finally:
+        client.stop()
+        server.stop()
+
+
 def cell_round(directory: str, caller: str, addr: str, calls: int) -> dict[str, float]:
-    flags = ["--with-console"] if addr == "-" else ["--with-p2p", "--listen", LOOPBACK]
+    flags = ["--with-console"] if addr == "-" else [
+        "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"]
     out = subprocess.run([WW, "run", *flags, "--env", "PYTHONDONTWRITEBYTECODE=1", caller,
                           addr, str(calls)],
                          check=True, capture_output=True, text=True, timeout=300,
@@ -184,6 +237,8 @@ def main() -> None:
                                       for _ in range(options.rounds)]),
                 "fd 3 only": best([cell_round(directory, caller, "-", options.calls)
                                    for _ in range(options.rounds)]),
+                "libp2p echo": best([libp2p_round(options.calls)
+                                     for _ in range(options.rounds)]),
             }
             shell = []
             for _ in range(options.rounds):

@@ -12,6 +12,9 @@ kubo configuration is rewritten loopback-only before ``RunNode`` as well
 
 The test process speaks to the driver by JSON lines on its stdin/stdout (:class:`Namespace`);
 the driver forwards ``kubo.*`` commands to the worker the same way.  Every call is bounded.
+``Namespace(kubos=3)`` starts three kubo workers (``kubo.*``, ``kubo2.*``, ``kubo3.*``), each
+its own node, in the same namespace (benchmarks/bitswap.py: kubo fetching from kubo, and ww
+fetching from three peers at once).
 """
 
 from __future__ import annotations
@@ -172,16 +175,22 @@ class _Lines:
 # --- the driver: the ww side, in the namespace, with the kubo worker as its child -------------
 
 
-def driver_main(ww_home: str, kubo_repo: str) -> None:
-    """Run an EmbeddedNode (libp2p on 127.0.0.1 of this namespace) and a kubo worker; serve
-    ``ww.*`` and ``kubo.*`` commands on stdin."""
+def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1) -> None:
+    """Run an EmbeddedNode (libp2p on 127.0.0.1 of this namespace) and ``kubos`` kubo
+    workers; serve ``ww.*``, ``kubo.*`` (the first kubo) and ``kubo2.*``, ``kubo3.*``...
+    commands on stdin."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p import host_for_ipfs
 
-    worker = _Lines(subprocess.Popen(
-        [sys.executable, str(_HERE), "kubo", kubo_repo], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), "kubo worker")
+    workers = {}
+    for n in range(1, kubos + 1):
+        repo = kubo_repo if n == 1 else f"{kubo_repo}-{n}"
+        Path(repo).mkdir(parents=True, exist_ok=True)
+        workers["kubo" if n == 1 else f"kubo{n}"] = _Lines(subprocess.Popen(
+            [sys.executable, str(_HERE), "kubo", repo], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo worker {n}")
+    worker = workers["kubo"]
     out = sys.stdout
     lock = threading.Lock()
 
@@ -190,18 +199,20 @@ def driver_main(ww_home: str, kubo_repo: str) -> None:
             out.write(json.dumps(value) + "\n")
             out.flush()
 
-    ready = worker.ready()
-    if "error" in ready:
-        reply(ready)
-        return
+    for each in workers.values():
+        ready = each.ready()
+        if "error" in ready:
+            reply(ready)
+            return
     node = EmbeddedNode(ww_home, new_host=host_for_ipfs())
 
     def handle(req: dict) -> dict:
         op: str = req.pop("op")
         req.pop("tag", None)
-        if op.startswith("kubo."):
+        if op.startswith("kubo"):
             timeout = req.pop("timeout", CALL_TIMEOUT)
-            result = worker.call(op[5:], timeout=timeout, **req)
+            name, _, op = op.partition(".")
+            result = workers[name].call(op, timeout=timeout, **req)
             result.pop("tag", None)
             return result
         if op == "ww.listen":
@@ -273,11 +284,12 @@ def driver_main(ww_home: str, kubo_repo: str) -> None:
                       "trace": traceback.format_exc()}
         reply({"tag": tag, **result})
 
-    reply({"ready": True, "kubo": worker.call("id")})
+    reply({"ready": True, **{name: each.call("id") for name, each in workers.items()}})
     for line in sys.stdin:
         threading.Thread(target=serve, args=(json.loads(line),), daemon=True).start()
     node.close()
-    worker.close()
+    for each in workers.values():
+        each.close()
     os._exit(0)
 
 
@@ -300,7 +312,9 @@ def start_driver(argv: list[str], stderr: Any, env: dict[str, str] | None, what:
     proc = subprocess.Popen(
         [unshare, "-n", sys.executable, *argv],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
-        env={**os.environ, **(env or {}), "PYTHONPATH": str(_HERE.parents[2])},
+        env={**os.environ, **(env or {}),  # a PYTHONPATH given (another checkout) kept
+             "PYTHONPATH": os.pathsep.join(filter(None, [
+                 str(_HERE.parents[2]), {**os.environ, **(env or {})}.get("PYTHONPATH")]))},
     )
     lines = _Lines(proc, what)
     ready = lines.ready()
@@ -317,7 +331,7 @@ class Namespace:
     :class:`DriverError` with the driver's one-line error.
     """
 
-    def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, base: Path, env: dict[str, str] | None = None, kubos: int = 1) -> None:
         self.base = base
         self.ww_home = base / "ww-home"
         self.kubo_repo = base / "kubo-repo"
@@ -325,15 +339,21 @@ class Namespace:
         self.stderr = base / "driver.stderr"
         self._stderr = open(self.stderr, "w")
         self._lines, ready = start_driver(
-            [str(_HERE), "driver", str(self.ww_home), str(self.kubo_repo)], self._stderr,
-            env, "namespace driver")
+            [str(_HERE), "driver", str(self.ww_home), str(self.kubo_repo), str(kubos)],
+            self._stderr, env, "namespace driver")
         self.kubo_id: str = ready["kubo"]["id"]
         self.kubo_addrs: list[str] = ready["kubo"]["addrs"]
+        self._kubos = {name: ready[name] for name in ready if name.startswith("kubo")}
 
     @property
     def kubo_addr(self) -> str:
-        tcp = [a for a in self.kubo_addrs if a.startswith("/ip4/127.0.0.1/tcp/")]
-        return f"{tcp[0]}/p2p/{self.kubo_id}"
+        return self.addr_of("kubo")
+
+    def addr_of(self, kubo: str) -> str:
+        """The 127.0.0.1 address of kubo worker ``kubo`` ("kubo", "kubo2", ...)."""
+        info = self._kubos[kubo]
+        tcp = [a for a in info["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/")]
+        return f"{tcp[0]}/p2p/{info['id']}"
 
     def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> dict:
         reply = self._lines.call(op, timeout=timeout + 5, **args)
@@ -351,4 +371,4 @@ if __name__ == "__main__":
         kubo_main(*sys.argv[2:4])
     elif sys.argv[1] == "driver":
         sys.path.insert(0, str(_HERE.parents[2]))
-        driver_main(sys.argv[2], sys.argv[3])
+        driver_main(sys.argv[2], sys.argv[3], int(sys.argv[4]) if sys.argv[4:] else 1)

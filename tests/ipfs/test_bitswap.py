@@ -221,6 +221,25 @@ def test_peer_dropping_mid_transfer_is_resumed_from_another(
     assert served[0] == 5 and served[1] >= 26
 
 
+def test_wants_are_spread_over_the_peers_that_hold_a_file(
+        tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    """Three peers holding a file each send part of it (issue 14: three peers at once are
+    to be faster than one); it arrives whole and verified."""
+    servers = [EmbeddedNode(tmp_path / f"s{i}", new_host=host_for_ipfs()) for i in range(3)]
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    nodes += [*servers, b]
+    data = _data(30 * CHUNK_SIZE, 5)
+    cids = {server.add_stream([data]) for server in servers}
+    assert len(cids) == 1
+    for server in servers:
+        b.connect(server.listen([LOOPBACK]).addresses[0])
+    b.get(cids.pop(), tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+    served = [s._net._engine.stats["blocks_out"] for s in servers]  # type: ignore[union-attr]
+    assert sum(served) == 31 and all(n > 0 for n in served), served
+    assert b.check().ok
+
+
 def test_peer_dropping_mid_transfer_alone_fails_cleanly(
         tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
     a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
@@ -306,3 +325,66 @@ def test_a_node_on_a_shared_host_serves_bitswap_once_the_host_runs(
     finally:
         host.stop()
     assert not host.running
+
+
+def test_a_peers_streams_past_the_fourth_wait_their_turn(tmp_path: Path,
+                                                         nodes: list[EmbeddedNode]) -> None:
+    """kubo sends each Bitswap message on a stream of its own.  Streams a peer opens while
+    four of its streams are being read wait their turn; they were reset, and the blocks in
+    them lost until the want timed out and failed."""
+    import concurrent.futures
+    import threading
+    import time
+
+    from tests.ipfs.bitswap_flood import Flooder
+
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    nodes.append(b)
+    addr = b.listen([LOOPBACK]).addresses[0]
+    net = b._net
+    assert net is not None
+    blocks = [_data(1000, 40 + i) for i in range(6)]
+    cids = [CID(1, RAW, sha256(block)) for block in blocks]
+    peer = Flooder(tmp_path / "peer")
+    release = threading.Event()
+
+    def until(condition: Any, what: str) -> None:  # a bound that only stops a hang
+        deadline = time.monotonic() + HANG
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.01)
+
+    async def each_on_a_stream_of_its_own() -> None:
+        import trio
+        from libp2p.peer.id import ID
+
+        streams = []
+        for cid, block in zip(cids, blocks, strict=True):
+            stream = await peer.node.host.new_stream(ID.from_base58(b_id), [bitswap.PROTOCOL])
+            streams.append(stream)
+            try:
+                await stream.write(bitswap.frame(Message(blocks=[
+                    (bitswap.prefix_of(cid), block)])))
+            except Exception:
+                pass  # reset by b
+        await trio.to_thread.run_sync(release.wait)  # all held open until b took four
+        for stream in streams:
+            try:
+                await stream.close()
+            except Exception:
+                pass
+
+    try:
+        b_id = peer.connect(addr)
+        until(lambda: b.peers(), "b sees the peer")
+        with concurrent.futures.ThreadPoolExecutor(len(cids)) as pool:
+            fetches = [pool.submit(net.fetch, cid) for cid in cids]
+            until(lambda: len(net._engine.wants) == len(cids), "b wants the blocks")
+            sent = peer.node.submit(each_on_a_stream_of_its_own)
+            until(lambda: net.stats()["blocks_in"] >= 4, "b takes four blocks")
+            release.set()
+            assert [f.result(HANG) for f in fetches] == blocks
+            sent.result(HANG)
+    finally:
+        release.set()
+        peer.close()

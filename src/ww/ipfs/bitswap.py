@@ -33,13 +33,17 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   take within its send timeout drops that peer.  A peer whose ledger is full is not read
   from (unless it owes us blocks) until it takes some replies, so its TCP window closes.
   Inbound messages are at most :data:`MAX_MESSAGE` bytes, and all streams together buffer
-  at most :data:`RECEIVE_BUDGET` bytes of message bodies (more waits).  The server keeps
-  no ledger of wants it could not satisfy (a peer asks again, as kubo does on its
-  rebroadcast).
+  at most :data:`RECEIVE_BUDGET` bytes of message bodies (more waits); a peer's streams are
+  read :data:`MAX_INBOUND_STREAMS` at a time, :data:`MAX_WAITING_STREAMS` more wait their
+  turn (kubo sends each message on a stream of its own), and past those a stream is reset.
+  Received blocks are hashed and stored in a worker thread, not on the libp2p thread.
+  The server keeps no ledger of wants it could not satisfy (a peer asks again, as kubo does
+  on its rebroadcast).
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
   send-dont-have; a DONT_HAVE, a peer that disconnects or stays silent for
-  :data:`PEER_TIMEOUT` moves the want to the next peer (peers that delivered blocks before
-  come first); when every peer has been tried, the want fails.  The links of a dag-pb block
+  :data:`PEER_TIMEOUT` moves the want to the next peer; wants are spread over the peers,
+  fewest outstanding first (peers that answer DONT_HAVE more often than they deliver come
+  last); when every peer has been tried, the want fails.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -90,7 +94,10 @@ MAX_CID_SIZE = 168  # bytes; wants of longer CIDs are ignored (boxo: MaximumAllo
 REPLY_SLOTS = 8  # replies being read or written at once, all peers together (boxo: 8 workers)
 REPLY_BATCH = 256  # ledger entries considered for one reply
 RECEIVE_BUDGET = 32 << 20  # bytes of inbound message bodies buffered at once, all streams
-MAX_INBOUND_STREAMS = 4  # Bitswap streams one peer may have open to us at once
+MAX_INBOUND_STREAMS = 4  # Bitswap streams of one peer read at once
+# More of its streams wait their turn (kubo opens one for each message it sends); past these
+# a stream is reset.
+MAX_WAITING_STREAMS = 64
 READ_CHUNK = 64 << 10  # bytes read from a stream at a time
 SEND_TIMEOUT = 10.0  # seconds, plus one per MIN_RATE bytes, to write one message
 RECEIVE_TIMEOUT = 30.0  # seconds, plus one per MIN_RATE bytes, for a message body to arrive
@@ -382,12 +389,15 @@ class _Peer:
 
         self.id = peer_id
         self.assigned: set[bytes] = set()  # multihashes of wants asked of this peer
-        self.delivered = 0  # blocks it gave us (better peers are asked first)
+        self.delivered = 0  # blocks it gave us
+        self.dont_have = 0  # DONT_HAVEs it answered to our wants (such peers are asked last)
         self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
         self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
         self.room = trio.Event()  # set when its ledger shrinks
-        self.inbound = 0  # its Bitswap streams open to us
+        self.inbound = 0  # its Bitswap streams open to us, being read
+        self.waiting = 0  # more of its streams, waiting for one of those to end
+        self.stream_ended = trio.Event()  # set when one of those ends
         self.gone = False
         self.sender_running = False
 
@@ -473,6 +483,7 @@ class Engine:
         peer.gone = True
         peer.ledger.clear()
         peer.wake.set()
+        peer.stream_ended.set()
         peer.shrunk()
         for mh in list(peer.assigned):
             want = self.wants.get(mh)
@@ -519,7 +530,10 @@ class Engine:
         if not candidates:
             self._fail(want)
             return
-        peer = max(candidates, key=lambda p: p.delivered)
+        # Spread over the peers that serve: fewest wants outstanding first, so that three
+        # peers holding a file each send a third of it; a peer that has answered DONT_HAVE
+        # more often than it delivered comes after those that deliver.
+        peer = min(candidates, key=lambda p: (p.dont_have > p.delivered, len(p.assigned)))
         want.peer = peer.id
         want.asked_at = time.monotonic()
         peer.assigned.add(want.cid.multihash)
@@ -550,17 +564,46 @@ class Engine:
                 want.peer = None
                 self._assign(want)
 
-    def _received(self, peer_id: str, prefix: bytes, data: bytes) -> None:
-        try:
-            cid = cid_from_block(prefix, data)
-        except BitswapError:
+    def _hash_and_store(self, blocks: list[tuple[bytes, bytes]],
+                        wanted: dict[bytes, CID]) -> list[tuple[CID | None, Any]]:
+        """In a worker thread: each block's CID (None: a prefix we do not take), computed from
+        its bytes, and the outcome of storing it when it was wanted (``wanted``: the wants'
+        CIDs by multihash as the message arrived): a shard directory to flush, None, or the
+        OSError.  The libp2p thread, which every stream shares, neither hashes nor writes."""
+        out: list[tuple[CID | None, Any]] = []
+        for prefix, data in blocks:
+            try:
+                cid: CID | None = cid_from_block(prefix, data)
+            except BitswapError:
+                out.append((None, None))
+                continue
+            assert cid is not None
+            ours = wanted.get(cid.multihash)
+            stored: Any = None
+            if ours is not None and len(data) <= MAX_BLOCK_SIZE:
+                try:  # the CID we asked for (a v0 and a v1 share the multihash)
+                    stored = self.store.put(ours, (data,), sync=False)  # verified: hashed
+                except OSError as e:
+                    stored = e
+            out.append((cid, stored))
+        return out
+
+    def _received(self, peer_id: str, cid: CID | None, data: bytes, stored: Any) -> None:
+        """A block has arrived, been hashed and (if wanted) stored: hand it to its readers."""
+        if cid is None:
             self.stats["dropped"] += 1
             return
-        want = self.wants.pop(cid.multihash, None)
+        want = self.wants.get(cid.multihash)
         if want is None or len(data) > MAX_BLOCK_SIZE:
-            self.stats["dropped"] += 1  # unsolicited: never stored
+            self.stats["dropped"] += 1  # unsolicited (or no longer wanted): nobody waits
             return
-        cid = want.cid  # the CID we asked for (a v0 and a v1 share the multihash)
+        if stored is None and not self.store.has(want.cid):
+            try:  # wanted only since the message arrived (so not stored yet)
+                stored = self.store.put(want.cid, (data,), sync=False)
+            except OSError as e:
+                stored = e
+        del self.wants[cid.multihash]
+        cid = want.cid
         self.stats["blocks_in"] += 1
         self.stats["bytes_in"] += len(data)
         peer = self.peers.get(peer_id)
@@ -572,16 +615,14 @@ class Engine:
             if other is not None:
                 other.assigned.discard(cid.multihash)
                 other.send(Message(wants=[WantEntry(bytes(cid), cancel=True)]))
-        try:
-            shard = self.store.put(cid, (data,), sync=False)  # verified above: hashed here
-        except OSError as e:
-            error = IpfsError(f"cannot store block {cid}: {e.strerror}")
+        if isinstance(stored, OSError):
+            error = IpfsError(f"cannot store block {cid}: {stored.strerror}")
             for future in want.waiters:
                 if not future.done():
                     future.set_exception(error)
             return
-        if shard is not None:
-            self.dirty.add(shard)
+        if stored is not None:
+            self.dirty.add(stored)
         read = bool(want.waiters)
         for future in want.waiters:
             if not future.done():
@@ -609,12 +650,26 @@ class Engine:
 
     async def handle_stream(self, stream: Any) -> None:
         """An inbound Bitswap stream: the peer's wants, and its answers to ours."""
+        import trio
+
         peer_id = str(stream.muxed_conn.peer_id)
         self.peer_connected(peer_id)
         peer = self.peers.get(peer_id)
-        if peer is None or peer.inbound >= MAX_INBOUND_STREAMS:
+        if peer is None or peer.waiting >= MAX_WAITING_STREAMS:
             await _reset(stream)
             return
+        if peer.inbound >= MAX_INBOUND_STREAMS:
+            peer.waiting += 1  # wait for a turn: resetting would lose the blocks it carries
+            try:
+                while peer.inbound >= MAX_INBOUND_STREAMS and not peer.gone:
+                    await peer.stream_ended.wait()
+            finally:
+                peer.waiting -= 1
+            if peer.gone:
+                await _reset(stream)
+                return
+        from ww.core.bridge import to_worker
+
         _, budget = self._limits()
         reader = _Reader(stream, budget)
         peer.inbound += 1
@@ -630,7 +685,11 @@ class Engine:
                 msg, held = got
                 self.stats["receive_bytes_peak"] = budget.peak
                 try:
-                    self._on_message(peer_id, msg)
+                    arrived: list[tuple[CID | None, Any]] = []
+                    if msg.blocks:
+                        wanted = {mh: w.cid for mh, w in self.wants.items()}
+                        arrived = await to_worker(self._hash_and_store, msg.blocks, wanted)
+                    self._on_message(peer_id, msg, arrived)
                 finally:
                     del msg
                     budget.release(held)
@@ -639,6 +698,8 @@ class Engine:
             return
         finally:
             peer.inbound -= 1
+            peer.stream_ended.set()
+            peer.stream_ended = trio.Event()
         await _close(stream)
 
     async def _until_room(self, peer: _Peer) -> None:
@@ -647,9 +708,11 @@ class Engine:
         while len(peer.ledger) >= MAX_WANTLIST and not peer.assigned and not peer.gone:
             await peer.room.wait()
 
-    def _on_message(self, peer_id: str, msg: Message) -> None:
-        for prefix, data in msg.blocks:
-            self._received(peer_id, prefix, data)
+    def _on_message(self, peer_id: str, msg: Message,
+                    arrived: list[tuple[CID | None, Any]]) -> None:
+        """``arrived``: :meth:`_hash_and_store`'s outcome for ``msg.blocks``."""
+        for (_, data), (cid, stored) in zip(msg.blocks, arrived, strict=True):
+            self._received(peer_id, cid, data, stored)
         for raw, kind in msg.presences:
             if kind != Presence.DONT_HAVE:
                 continue
@@ -663,6 +726,7 @@ class Engine:
                 want.peer = None
                 if (peer := self.peers.get(peer_id)) is not None:
                     peer.assigned.discard(cid.multihash)
+                    peer.dont_have += 1
                 self._assign(want)
         if msg.wants or msg.full:
             self._serve(peer_id, msg.wants, msg.full)

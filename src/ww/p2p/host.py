@@ -6,7 +6,8 @@ configuration is explicit and closed:
 
 - transport TCP only; security Noise only (py-libp2p's default list also offers TLS, SECIO
   and *plaintext*, which we never accept); stream muxer Yamux only (``/yamux/1.0.0``, what
-  go-libp2p and kubo speak; mplex is not offered);
+  go-libp2p and kubo speak; mplex is not offered), py-libp2p's with the costs that showed in
+  profiles taken out (:mod:`ww.p2p.yamux`);
 - no mDNS, no bootstrap list, no relay, no UPnP/NAT mapping, no DHT: the node dials only the
   addresses it is given (``--join``, ``dial``) and listens only where it is told;
 - with a dial policy (:mod:`ww.p2p.dial_policy`; `ww run` always has one), every outbound
@@ -120,7 +121,8 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
     from libp2p.security.noise.transport import Transport as Noise
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
-    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    from ww.p2p.yamux import Yamux  # py-libp2p's, mended where it was slow
 
     if not os.environ.get("LIBP2P_DEBUG"):
         # py-libp2p logs its own failures at ERROR; ours reach the user as one line instead.
@@ -138,6 +140,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
         disable_identify_address_discovery=True,
     )
     _disable_auto_connector(host)
+    _use_muxer_given(host)
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host
@@ -166,6 +169,27 @@ def _disable_auto_connector(host: Any) -> None:
 
     connector.start = _never
     connector.maybe_connect = _never
+
+
+def _use_muxer_given(host: Any) -> None:
+    """Make the host build its connections with the Yamux class it was given.
+
+    py-libp2p 0.8.1's ``MuxerMultistream.new_conn`` constructs its own ``Yamux`` whenever
+    ``/yamux/1.0.0`` is negotiated, whatever class ``muxer_opt`` names for it, so
+    :class:`ww.p2p.yamux.Yamux` would never run.  This host's own instance gets a
+    ``new_conn`` that negotiates as py-libp2p's does and then uses the class given
+    (``tests/p2p/test_yamux.py`` checks that both ends' streams are ours).  Revisit when
+    upgrading libp2p (pinned in pyproject.toml).
+    """
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
+
+    muxers = host.get_network().upgrader.muxer_multistream
+
+    async def new_conn(conn: Any, peer_id: Any) -> Any:
+        transport = await muxers.select_transport(conn)  # Yamux only is offered
+        return muxers._annotate_connection(transport(conn, peer_id), conn, YAMUX)
+
+    muxers.new_conn = new_conn
 
 
 class Node:

@@ -1,0 +1,98 @@
+"""ww.p2p.yamux: py-libp2p's Yamux as the host runs it, between two real hosts on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ww.core.identity import Identity, PrivateKey
+from ww.p2p.host import Node
+from ww.p2p.yamux import MAX_FRAME_PAYLOAD, RECEIVE_WINDOW, Stream
+
+BULK = "/ww-test/bulk/1.0.0"
+SIZE = 6 * RECEIVE_WINDOW + 12345  # several windows' worth, not a whole number of frames
+TIMEOUT = 300  # a bound that only stops a hang (tests/conftest.py HANG)
+
+
+def _payload() -> bytes:
+    return hashlib.shake_256(b"yamux").digest(SIZE)
+
+
+def test_a_bulk_stream_arrives_whole_on_our_streams_in_batched_credit() -> None:
+    """Several receive windows cross intact; both ends are ww's Stream; the receiver gives
+    window back in batches (py-libp2p's own stream sent an update for every read)."""
+    seen: dict[str, object] = {}
+
+    async def sink(stream: object) -> None:
+        muxed = stream.muxed_stream  # type: ignore[attr-defined]
+        seen["server_stream"] = muxed
+        updates = 0
+        send_update = muxed.send_window_update
+
+        async def counting(increment: int, skip_lock: bool = False) -> None:
+            nonlocal updates
+            updates += 1
+            await send_update(increment, skip_lock)
+
+        muxed.send_window_update = counting
+        digest = hashlib.sha256()
+        got = reads = 0
+        while True:
+            try:
+                data = await stream.read(65536)  # type: ignore[attr-defined]
+            except Exception:
+                break
+            if not data:
+                break
+            reads += 1
+            got += len(data)
+            digest.update(data)
+        seen.update(reads=reads, updates=updates)
+        await stream.write(f"{got} {digest.hexdigest()}".encode())  # type: ignore[attr-defined]
+        await stream.close()  # type: ignore[attr-defined]
+
+    server = Node(Identity.from_private_key(PrivateKey.generate()),
+                  listen=["/ip4/127.0.0.1/tcp/0"], handlers={BULK: sink}, serve_ww=False,
+                  announce=False)
+    client = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                  serve_ww=False, announce=False)
+    server.start()
+    client.start()
+    try:
+        async def send() -> bytes:
+            from libp2p.peer.peerinfo import info_from_p2p_addr
+            from multiaddr import Multiaddr
+
+            info = info_from_p2p_addr(Multiaddr(server.addrs[0]))
+            await client.dial(info)
+            stream = await client.host.new_stream(info.peer_id, [BULK])
+            seen["client_stream"] = stream.muxed_stream
+            await stream.write(_payload())
+            await stream.close_write()
+            reply = b""
+            while True:
+                try:
+                    data = await stream.read()
+                except Exception:
+                    break
+                if not data:
+                    break
+                reply += data
+            return reply
+
+        reply = client.submit(send).result(TIMEOUT)
+    finally:
+        client.stop()
+        server.stop()
+    assert reply.decode() == f"{SIZE} {hashlib.sha256(_payload()).hexdigest()}"
+    assert isinstance(seen["client_stream"], Stream)
+    assert isinstance(seen["server_stream"], Stream)
+    # Credit goes back once half the window is read: far fewer updates than reads.
+    assert seen["reads"] > SIZE // 65536
+    assert seen["updates"] <= SIZE // (RECEIVE_WINDOW // 2) + 2  # type: ignore[operator]
+
+
+def test_a_frame_with_its_header_fits_one_noise_message() -> None:
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
+    from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE
+
+    assert MAX_FRAME_PAYLOAD + HEADER_SIZE == MAX_PLAINTEXT_LENGTH
