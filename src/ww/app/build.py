@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ww.host.limits.subcells import SubcellBudget
     from ww.host.policy import Access, GrantSet
     from ww.ipfs.api import CoreAPI
-    from ww.ipfs.net import NewRouter
+    from ww.ipfs.net import NewRouter, Router
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p.dial_policy import DialPolicy
     from ww.p2p.host import Node
@@ -35,7 +35,7 @@ CapabilityFactory = Callable[["GrantSet", "Caller", dict[str, object]], object]
 def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
               host: Node | None = None, dial_policy: DialPolicy | None = None,
               identity: Identity | None = None, routing: str | None = None,
-              bootstrap: Iterable[str] = ()) -> CoreAPI:
+              bootstrap: Iterable[str] = (), dht: Router | None = None) -> CoreAPI:
     """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``.
 
     The embedded node serves Bitswap on ``host`` if there is one; else, if a block is
@@ -43,13 +43,15 @@ def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[st
     it: the ipfs layer does not import p2p), with the key ``identity`` (``--node-key``;
     None: the node key in ``$WW_HOME``).  ``routing``: ``dht`` finds providers of a missing
     block through kubo's LAN DHT from the ``bootstrap`` peers (:mod:`ww.p2p.routing`),
-    ``none`` asks only the peers connected; None: ``dht`` if ``bootstrap`` names peers."""
+    ``none`` asks only the peers connected; None: ``dht`` if ``bootstrap`` names peers.
+    ``dht``: the router already made on ``host`` (:func:`host_dht`), used instead."""
     from ww.ipfs.backend import open_backend
     from ww.p2p import host_for_ipfs
 
     return open_backend(api, check=check, peers=peers, host=host,
                         new_host=host_for_ipfs(dial_policy), identity=identity,
-                        router=router(routing, bootstrap))
+                        router=(lambda _host: dht) if dht is not None
+                        else router(routing, bootstrap))
 
 
 def router(routing: str | None, bootstrap: Iterable[str]) -> NewRouter | None:
@@ -60,6 +62,19 @@ def router(routing: str | None, bootstrap: Iterable[str]) -> NewRouter | None:
     from ww.p2p.routing import new_router
 
     return new_router(bootstrap)  # type: ignore[no-any-return]
+
+
+def host_dht(options: RunOptions, node: Node | None) -> Router | None:
+    """The DHT of the run's host (``--routing``), made before the host starts: a client
+    (``dht``; the default when ``--bootstrap`` is given) or a server (``dhtserver``: it answers
+    other peers' queries and keeps their provider records); None without a host or with
+    ``--routing none``."""
+    routing = options.routing
+    if node is None or routing == "none" or (routing is None and not options.bootstrap):
+        return None
+    from ww.p2p.routing import Dht
+
+    return Dht(node, options.bootstrap, server=routing == "dhtserver")
 
 
 def open_embedded(repo: Path | None = None) -> EmbeddedNode:
@@ -104,11 +119,20 @@ def refuse_routing_with_kubo(api: str | None, bootstrap: Iterable[str],
                              routing: str | None) -> None:
     """``--bootstrap`` and ``--routing dht`` are the embedded node's; a kubo node routes on
     its own: with ``--ipfs`` they are a usage error rather than silently unused."""
-    if api and (list(bootstrap) or routing == "dht"):
+    if api and (list(bootstrap) or routing in ("dht", "dhtserver")):
         from ww.core.errors import UsageError
 
         raise UsageError("--bootstrap and --routing are for the embedded node; a kubo node "
                          "(--ipfs) finds providers through its own routing")
+
+
+def refuse_server_without_listen(options: RunOptions) -> None:
+    """``--routing dhtserver`` answers other peers: a host that listens nowhere cannot."""
+    if options.routing == "dhtserver" and not options.listen:
+        from ww.core.errors import UsageError
+
+        raise UsageError("--routing dhtserver answers other peers' DHT queries: it needs "
+                         "--listen (an address they can reach)")
 
 
 def dial_policy(options: RunOptions) -> DialPolicy:

@@ -108,7 +108,8 @@ class RunOptions(NamedTuple):
     ipfs_api: str | None = None
     peers: tuple[str, ...] = ()
     peers_on_command_line: bool = False  # not from WW_IPFS_PEERS, which --ipfs ignores
-    # Content routing: the DHT peers to start from, and dht|none (None: dht if bootstrap).
+    # Content routing: the DHT peers to start from, and dht|dhtserver|none (None: dht if
+    # bootstrap).
     bootstrap: tuple[str, ...] = ()
     routing: str | None = None
     # The libp2p host: where it listens, whom it joins, its key (a file, "new", or None for
