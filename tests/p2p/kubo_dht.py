@@ -120,6 +120,12 @@ class KuboLan:
             raise RuntimeError(f"kubo {i} {cmd}: {reply['error']}")
         return reply
 
+    def fetched(self, i: int, cid: str, dest: Path) -> bytes:
+        """What kubo ``i`` downloads of ``cid`` (into ``dest``)."""
+        got = self.kubo(i, "download", cid=cid, dest=str(dest))
+        assert got["code"] == 0, got
+        return dest.read_bytes()
+
     def run(self, argv: list[str], timeout: float = CALL_TIMEOUT, **kw: Any) -> dict:
         reply = self._lines.call("run", timeout=timeout + 5, argv=argv, limit=timeout, **kw)
         if "error" in reply:

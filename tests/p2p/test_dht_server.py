@@ -69,9 +69,7 @@ def test_kubo_nodes_find_each_other_and_content_through_a_ww_dht_server(
         # (FIND_NODE) and dials who ww names.  Either way it heard of kubo 1 from ww only.
         found = lan.kubo(0, "findpeer", peer=kubo1)["found"]
         assert "/ip4/127.0.0.1/tcp/" in found, found
-        got = lan.kubo(0, "download", cid=cid, dest=str(tmp_path / "got.bin"))
-        assert got["code"] == 0, got
-        assert (tmp_path / "got.bin").read_bytes() == data
+        assert lan.fetched(0, cid, tmp_path / "got.bin") == data
     finally:
         done = lan.finish(n)
     assert done["rc"] == 0, done["stderr"][-2000:]

@@ -77,6 +77,32 @@ def host_dht(options: RunOptions, node: Node | None) -> Router | None:
     return Dht(node, options.bootstrap, server=routing == "dhtserver")
 
 
+def reprovide(options: RunOptions, dht: Router | None, api: CoreAPI | None) -> None:
+    """Announce what the embedded node pins through the host's DHT on a schedule:
+    ``--reprovide-interval`` (default kubo's 22 h; ``0``: never).  A bad value, or one given
+    where nothing would be announced (no DHT on a host, or no embedded node), is a usage
+    error rather than silently unused."""
+    text = options.reprovide_interval
+    interval: float | None = None
+    if text is not None and text.strip() != "0":
+        from ww.host.limits.flags import parse_seconds
+
+        interval = parse_seconds(text, "--reprovide-interval")
+    pins = getattr(api, "pins", None) if not options.ipfs_api else None
+    if dht is None or pins is None:
+        if text is not None:
+            from ww.core.errors import UsageError
+
+            raise UsageError("--reprovide-interval announces what the embedded IPFS node pins "
+                             "through the host's DHT: it needs --with-ipfs, --listen and "
+                             "--bootstrap or --routing dht|dhtserver")
+        return
+    if text is None:
+        from ww.p2p.routing import REPROVIDE_INTERVAL as interval
+    if interval is not None:
+        dht.reprovide(pins, interval)  # type: ignore[attr-defined]
+
+
 def open_embedded(repo: Path | None = None) -> EmbeddedNode:
     """The embedded node on the repository ``repo`` (default: ``$WW_HOME``)."""
     from ww.ipfs.node import EmbeddedNode

@@ -90,6 +90,7 @@ def run(options: RunOptions) -> int:
         api = build.open_ipfs(options.ipfs_api, check=True, peers=options.peers, host=node,
                               dial_policy=policy, identity=host_key,
                               routing=options.routing, bootstrap=options.bootstrap, dht=dht)
+    build.reprovide(options, dht, api)
     if from_ipfs:
         from ww.host.fetch import fetch
 

@@ -82,6 +82,11 @@ def run_routing_options(f: click.decorators.FC) -> click.decorators.FC:
         help=_ROUTING_HELP + "; 'dhtserver' is 'dht' that also answers other peers' queries "
              "and keeps their provider records (kubo's Routing.Type dhtserver; needs "
              "--listen).")(f)
+    f = click.option(
+        "--reprovide-interval", "reprovide_interval", metavar="DURATION", default=None,
+        help="How often a host with the DHT announces again what the embedded node pins "
+             "(as kubo's Reprovider.Interval; the first round a minute after the start, or "
+             "after DURATION if shorter): 30s, 5m, 22h ... (default: 22h; 0: never).")(f)
     return bootstrap_option(f)
 
 

@@ -30,7 +30,7 @@ import hashlib
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,10 @@ MAX_REQUESTS_PER_STREAM = 32  # requests answered on one inbound stream, then it
 INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
 MAX_CHECKS = 8  # candidates for the routing table checked (a FIND_NODE) at a time
 FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NODE) at most
+# Reproviding (a long-running host announces what it pins again, as kubo's Reprovider does)
+REPROVIDE_INTERVAL = 22 * 3600.0  # seconds between rounds (kubo's Reprovider.Interval)
+REPROVIDE_FIRST = 60.0  # seconds after the start the first round begins, at most
+MAX_REPROVIDE = 10_000  # CIDs announced in one round at most
 
 
 def _ip_of(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -237,7 +241,7 @@ class Dht:
         self._in_scope = lan_scope if protocol == LAN_PROTOCOL else wan_scope
         self._bootstrap = list(bootstrap)
         self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0, "answered": 0,
-                      "refused": 0, "wrong_provider": 0}
+                      "refused": 0, "wrong_provider": 0, "reprovided": 0}
         # the peers serving the DHT this host has met, kept for the whole run
         self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
         self.server = server
@@ -487,6 +491,37 @@ class Dht:
         return [PeerInfo(id=p.id.to_base58(), addresses=[str(a) for a in p.addrs],
                          protocols=[]) for p in closest]
 
+
+    # -- reproviding ------------------------------------------------------------------------
+
+    def reprovide(self, roots: Callable[[], Iterable[str]],
+                  interval: float = REPROVIDE_INTERVAL) -> None:
+        """Announce the CIDs ``roots()`` names (what the node pins; called on a worker
+        thread) every ``interval`` seconds while the host runs, the first round
+        ``min(interval, REPROVIDE_FIRST)`` after it starts.  A round announces at most
+        :data:`MAX_REPROVIDE` CIDs, one after another; the next round starts ``interval``
+        after it ends, so rounds never overlap."""
+
+        async def start() -> None:
+            self._node.submit(self._reprovide, roots, interval)  # ends with the host
+
+        self._node.when_started(start)
+
+    async def _reprovide(self, roots: Callable[[], Iterable[str]], interval: float) -> None:
+        import itertools
+
+        import trio
+
+        await trio.sleep(min(interval, REPROVIDE_FIRST))  # the schedule, not a wait
+        while True:
+            cids = await trio.to_thread.run_sync(
+                lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
+            for text in cids:
+                try:
+                    self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
+                except Exception:  # a bad CID in the pin set, a lookup that failed
+                    self.stats["failed"] += 1
+            await trio.sleep(interval)
 
     # -- server mode (``dhtserver``) -------------------------------------------------------
 
