@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,10 +169,11 @@ def test_a_cid_nobody_provides_fails_in_one_line(lan: KuboLan, tmp_path: Path) -
     assert not (tmp_path / "x").exists()
 
 
-def test_ww_call_finds_a_cell_by_its_peer_id_through_the_dht(
-        lan: KuboLan, tmp_path: Path) -> None:
+def test_ww_call_and_a_cells_dial_find_a_cell_by_its_peer_id_through_the_dht(
+        lan: KuboLan, tmp_path: Path, make_cell: Any) -> None:
     """A service cell joins kubo 1; `ww call PEERID --bootstrap <kubo 2>` looks the peer id up
-    (FIND_NODE: kubo 2 names kubo 1, kubo 1 names the cell's address) and calls it."""
+    (FIND_NODE: kubo 2 names kubo 1, kubo 1 names the cell's address) and calls it, and so
+    does a cell's P2P.dial(PEERID) on a host with --bootstrap <kubo 2>."""
     n, line = lan.spawn([WW, "run", "--with-p2p", "--node-key", "new", "--listen",
                          "/ip4/127.0.0.1/tcp/0", "--join", lan.addr(1),
                          str(ROOT / "examples/service_cell.py")],
@@ -191,8 +193,40 @@ def test_ww_call_finds_a_cell_by_its_peer_id_through_the_dht(
                     env={"WW_HOME": str(tmp_path / "caller-home")})
         assert r["rc"] == 1 and r["stderr"].count("\n") == 1, r["stderr"]
         assert "the DHT knows no address of it" in r["stderr"], r["stderr"]
+        # a cell's P2P.dial(PEERID): the host (--bootstrap <kubo 2>) looks the id up the same
+        # way, and dials what it finds under the run's dial policy
+        cell = make_cell(DIAL_BY_ID)
+        home = {"WW_HOME": str(tmp_path / "dialer-home")}
+        r = lan.run([WW, "run", "--with-p2p", "--bootstrap", lan.addr(2), "--allow-dial",
+                     "127.0.0.0/8", cell, peer, unknown], env=home)
+        assert r["rc"] == 0, r["stderr"]
+        assert r["stdout"].splitlines() == [
+            "from a cell", f"error: p2p: dial: not connected to {unknown}, and the DHT knows "
+            "no address of it"]
+        # without --allow-dial the host may not reach the DHT peers kubo 2 names, nor the cell
+        r = lan.run([WW, "run", "--with-p2p", "--bootstrap", lan.addr(2), cell, peer],
+                    env=home)
+        assert r["rc"] == 0, r["stderr"]
+        assert r["stdout"].startswith("error: "), r["stdout"]
     finally:
         lan.finish(n)
+
+
+DIAL_BY_ID = """
+import asyncio, sys
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        for peer in sys.argv[1:]:
+            try:
+                remote = await s.p2p.dial_service(peer)
+                print(await remote.call("echo", "from", "a", "cell"), flush=True)
+            except ww.cell.RemoteError as e:
+                print("error:", e, flush=True)
+
+asyncio.run(main())
+"""
 
 
 PEER_NOBODY = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"

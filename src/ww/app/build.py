@@ -260,7 +260,8 @@ def exec_setup(options: RunOptions, audit: bool, subcells: SubcellBudget) -> Exe
 def capability_factories(granted: list[str], api: CoreAPI | None,
                          exec_setup: Callable[[], ExecSetup],
                          node: Node | None = None,
-                         policy: DialPolicy | None = None) -> dict[str, CapabilityFactory]:
+                         policy: DialPolicy | None = None,
+                         dht: Router | None = None) -> dict[str, CapabilityFactory]:
     """Builders for the granted capability servers; called only once a cell logs in.
 
     The IPFS and p2p servers hold the cell's dials to ``policy`` (None: public addresses
@@ -292,7 +293,7 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
         from ww.p2p.dial_policy import STRICT
 
         assert node is not None  # a run that may grant p2p builds a host (p2p_node)
-        return P2PServer(node, caller, policy or STRICT)
+        return P2PServer(node, caller, policy or STRICT, dht)
 
     made: dict[str, CapabilityFactory] = {"console": console, "ipfs": ipfs, "exec": exec_,
                                           "p2p": p2p}

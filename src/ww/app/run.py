@@ -109,7 +109,7 @@ def run(options: RunOptions) -> int:
         capabilities=capabilities,
         capability_factories=build.capability_factories(
             capabilities, api, lambda: build.exec_setup(options, audit, subcells), node,
-            policy),
+            policy, dht),
         jailed=options.jail != "none",
         search_path=options.search_path,
         interpreters=interpreters,
