@@ -77,6 +77,26 @@ def host_dht(options: RunOptions, node: Node | None) -> Router | None:
     return Dht(node, options.bootstrap, server=routing == "dhtserver")
 
 
+def mdns(options: RunOptions, node: Node | None) -> None:
+    """``--mdns``: announce the host on the LAN and dial who announces itself, once the host
+    has started; without a host, a usage error rather than silently unused."""
+    if not options.mdns:
+        return
+    if node is None:
+        from ww.core.errors import UsageError
+
+        raise UsageError("--mdns announces the libp2p host on the local network: it needs a "
+                         "host (--listen, --join or --with-p2p)")
+    from ww.p2p.mdns import Mdns
+
+    discovery = Mdns(node)
+
+    async def start() -> None:
+        discovery.start()
+
+    node.when_started(start)
+
+
 def reprovide(options: RunOptions, dht: Router | None, api: CoreAPI | None) -> None:
     """Announce what the embedded node pins through the host's DHT on a schedule:
     ``--reprovide-interval`` (default kubo's 22 h; ``0``: never).  A bad value, or one given

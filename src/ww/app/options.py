@@ -37,6 +37,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("bootstrap", "--bootstrap", MANY),
     Flag("routing", "--routing", ONE),
     Flag("reprovide_interval", "--reprovide-interval", ONE),
+    Flag("mdns", "--mdns", SWITCH),
     Flag("allow_dial", "--allow-dial", MANY, "WW_ALLOW_DIAL"),
     Flag("listen", "--listen", MANY, "WW_LISTEN"),
     Flag("join", "--join", MANY),
@@ -114,6 +115,7 @@ class RunOptions(NamedTuple):
     bootstrap: tuple[str, ...] = ()
     routing: str | None = None
     reprovide_interval: str | None = None  # a duration; None: kubo's 22 h, "0": never
+    mdns: bool = False  # LAN discovery with multicast DNS, as kubo's
     # The libp2p host: where it listens, whom it joins, its key (a file, "new", or None for
     # the node key in $WW_HOME).
     listen: tuple[str, ...] = ()

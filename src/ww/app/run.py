@@ -84,6 +84,7 @@ def run(options: RunOptions) -> int:
     host_key = build.node_key(options)  # --node-key: checked even if no host is started
     node = build.p2p_node(options, capabilities, policy, host_key)  # if p2p is used
     dht = build.host_dht(options, node)  # the host's one DHT, for IPFS and p2p alike
+    build.mdns(options, node)
     api = None
     if "ipfs" in capabilities or from_ipfs:
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
