@@ -264,3 +264,22 @@ def test_reprovide_interval_needs_a_dht_on_a_host() -> None:
     assert r.stderr.count("\n") == 1 and "--reprovide-interval" in r.stderr, r.stderr
     r = run_ww("run", "--reprovide-interval", "soon", "/bin/true")
     assert r.returncode == 2 and "--reprovide-interval 'soon'" in r.stderr, r.stderr
+
+
+def test_lookups_start_from_the_routing_table_the_run_has_built(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """A ww DHT learns kubo 1 and kubo 0 through kubo 2, then forgets kubo 2 as its bootstrap
+    peer and drops every connection: a provider lookup still finds kubo 0, starting from the
+    peers its routing table kept (with their addresses)."""
+    cid = _add(lan, 0, tmp_path, b"for the routing table %d\n" % time.monotonic_ns())
+    deadline = time.monotonic() + HANG
+    while True:  # kubo 0 provides in the background after the add: poll, bounded
+        r = lan.run([sys.executable, str(ROOT / "tests/p2p/dht_table_probe.py"), lan.addr(2),
+                     cid], cwd=str(ROOT))
+        assert r["rc"] == 0, r["stderr"][-2000:]
+        out = json.loads(r["stdout"].strip().splitlines()[-1])
+        if out["providers"] or time.monotonic() > deadline:
+            break
+    assert out["learned"] >= 2  # kubo 2 and the peers it named
+    assert out["connections_left"] == 0
+    assert out["providers"] == [lan.nodes[0]["id"]]

@@ -628,6 +628,7 @@ class Dht:
                     self.stats["answered"] += 1
                     data = answer.SerializeToString()
                     await stream.write(varint.encode(len(data)) + data)
+                    self._consider(requester)  # a server asking us may join the table
                     continue
                 break  # idle too long
             await stream.close()
@@ -635,7 +636,6 @@ class Dht:
             self.stats["refused"] += 1
             with trio.move_on_after(RPC_TIMEOUT):
                 await stream.reset()
-        self._consider(requester)
 
     def _pb_peer(self, peer_id: Any, addrs: list[Any]) -> Any:
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
