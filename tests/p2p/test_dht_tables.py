@@ -118,3 +118,42 @@ def _info(node: Node) -> object:
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
     return info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0]))
+
+
+def test_a_dht_server_answers_as_kubo_does(hosts: tuple[Node, Node]) -> None:
+    """PING with a PING; FIND_NODE of the server's own id with itself and its address;
+    GET_VALUE with no record (it keeps none); PUT_VALUE refused: the stream is reset."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message, Record
+    from libp2p.peer.id import ID
+
+    from ww.p2p.routing import Dht
+
+    server_node, client_node = hosts
+    Dht(server_node, server=True)
+    server_node.start()
+    client_node.start()
+    client = Dht(client_node)
+    client_node.submit(client_node.dial, _info(server_node)).result(BOUND)
+    server = _Peer(ID.from_base58(server_node.peer_id))
+
+    def ask(message: object) -> object:
+        return client_node.submit(client._rpc, server, message).result(BOUND)
+
+    assert ask(Message(type=Message.PING)).type == Message.PING
+    me = ask(Message(type=Message.FIND_NODE, key=server.id.to_bytes()))
+    assert [bytes(p.id) for p in me.closerPeers] == [server.id.to_bytes()]
+    assert [multiaddr_text(a) for a in me.closerPeers[0].addrs] == [
+        server_node.addrs[0].split("/p2p/")[0]]
+    got = ask(Message(type=Message.GET_VALUE, key=b"/ipns/anything"))
+    assert got.type == Message.GET_VALUE and not got.HasField("record")
+    record = Record(key=b"/ipns/anything", value=b"x")
+    with pytest.raises(Exception) as refused:  # noqa: B017 - py-libp2p's stream errors
+        ask(Message(type=Message.PUT_VALUE, key=b"/ipns/anything", record=record))
+    assert "TooSlow" not in type(refused.value).__name__, refused.value  # reset, not silent
+    assert ask(Message(type=Message.PING)).type == Message.PING  # the server still serves
+
+
+def multiaddr_text(raw: bytes) -> str:
+    import multiaddr
+
+    return str(multiaddr.Multiaddr(raw))
