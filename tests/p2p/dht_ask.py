@@ -1,6 +1,5 @@
 """Run inside the test's network namespace (tests/p2p/kubo_dht.py): a fresh ww libp2p host asks
-the DHT, starting from BOOTSTRAP_ADDR only, who provides CID; prints the peer ids as one JSON
-line.
+BOOTSTRAP_ADDR, and no other peer, who provides CID; prints the peer ids as one JSON line.
 
 ``python dht_ask.py BOOTSTRAP_ADDR CID``"""
 
@@ -22,7 +21,7 @@ def main(bootstrap: str, cid: str) -> list[str]:
                 announce=False, warn=lambda message: None)
     node.start()
     try:
-        dht = Dht(node, [bootstrap])
+        dht = Dht(node, [bootstrap], max_contacted=1)
         return [p.id for p in node.submit(dht.find_providers, CID.parse(cid), 5).result(BOUND)]
     finally:
         node.stop()
