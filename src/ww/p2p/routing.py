@@ -1,15 +1,21 @@
-"""Content routing through kubo's Kademlia DHT: who provides a CID, and telling peers we do.
+"""Content and peer routing through kubo's Kademlia DHT: who provides a CID, where a peer
+is, telling peers we provide one, and (server mode) answering them.
 
-A client of go-libp2p-kad-dht's wire protocol (what kubo runs), on a `ww` libp2p host
-(:class:`ww.p2p.host.Node`).  py-libp2p 0.8.1 ships ``libp2p.kad_dht``, but it cannot speak
-to kubo's LAN DHT: it opens and serves streams only under the hard-coded ``/ipfs/kad/1.0.0``
-(its ``protocol_prefix`` argument is stored and never used), and kubo's WAN DHT refuses
-loopback and private peers.  So the messages are ours (docs/p2p.md, "DHT", has the evidence);
-the protobuf classes are py-libp2p's (``libp2p.kad_dht.pb.kademlia_pb2``: the same field
-numbers as go-libp2p-kad-dht's ``pb/dht.proto``).
+A client, and optionally a server (``--routing dhtserver``), of go-libp2p-kad-dht's wire
+protocol (what kubo runs), on a `ww` libp2p host (:class:`ww.p2p.host.Node`).  Each
+:class:`Dht` keeps a :class:`RoutingTable` for the run; a server keeps a
+:class:`ProviderStore` too, both bounded.
 
-Framing: one message per stream each way, an unsigned-varint length then the protobuf
-``Message`` (kubo reads and writes several per stream; one is allowed).  ``GET_PROVIDERS`` and
+py-libp2p 0.8.1 ships ``libp2p.kad_dht``, but it cannot speak to kubo's LAN DHT: it opens and
+serves streams only under the hard-coded ``/ipfs/kad/1.0.0`` (its ``protocol_prefix``
+argument is stored and never used), and kubo's WAN DHT refuses loopback and private peers.
+So the messages are ours (docs/p2p.md, "DHT", has the evidence); the protobuf classes are
+py-libp2p's (``libp2p.kad_dht.pb.kademlia_pb2``: the same field numbers as
+go-libp2p-kad-dht's ``pb/dht.proto``).
+
+Framing: one message per stream each way when asking, an unsigned-varint length then the
+protobuf ``Message`` (kubo reads and writes several per stream; one is allowed); as a server,
+several requests on one stream are answered in order.  ``GET_PROVIDERS`` and
 ``ADD_PROVIDER`` key on the CID's multihash, ``FIND_NODE`` on the peer id's bytes; distance
 is XOR of the SHA-256 of keys, as go-libp2p-kbucket computes it.
 
