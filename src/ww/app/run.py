@@ -100,6 +100,7 @@ def run(options: RunOptions) -> int:
     capabilities = access.capabilities()
     build.refuse_peers_with_kubo(options.ipfs_api, options.peers, options.peers_on_command_line)
     build.refuse_routing_with_kubo(options.ipfs_api, options.bootstrap, options.routing)
+    build.refuse_server_without_listen(options)
     executable = options.executable
     from_ipfs = executable.startswith("/ipfs/")
     uses_network = {"ipfs", "p2p"} & set(capabilities) or from_ipfs or options.listen \
@@ -107,12 +108,15 @@ def run(options: RunOptions) -> int:
     policy = build.dial_policy(options) if uses_network else None
     host_key = build.node_key(options)  # --node-key: checked even if no host is started
     node = build.p2p_node(options, capabilities, policy, host_key)  # if p2p is used
+    dht = build.host_dht(options, node)  # the host's one DHT, for IPFS and p2p alike
+    build.mdns(options, node)
     api = None
     if "ipfs" in capabilities or from_ipfs:
         # One host: the embedded node serves Bitswap on the p2p host, if there is one.
         api = build.open_ipfs(options.ipfs_api, check=True, peers=options.peers, host=node,
                               dial_policy=policy, identity=host_key,
-                              routing=options.routing, bootstrap=options.bootstrap)
+                              routing=options.routing, bootstrap=options.bootstrap, dht=dht)
+    build.reprovide(options, dht, api)
     if from_ipfs:
         from ww.host.fetch import fetch
 
@@ -131,7 +135,7 @@ def run(options: RunOptions) -> int:
         capabilities=capabilities,
         capability_factories=build.capability_factories(
             capabilities, api, lambda: build.exec_setup(options, audit, subcells), node,
-            policy),
+            policy, dht),
         jailed=options.jail != "none",
         search_path=options.search_path,
         interpreters=interpreters,

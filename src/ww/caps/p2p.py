@@ -4,13 +4,17 @@ A thin adapter from `P2P` (cell.capnp) onto :class:`ww.p2p.host.Node` and
 :mod:`ww.p2p.protocol`.  One server per host: the export it holds is the cell's, and is
 dropped (:meth:`P2PServer.end`) when the cell hangs up fd 3.  A dial is held to the run's
 dial policy (:mod:`ww.p2p.dial_policy`, given by :mod:`ww.app.build`) before anything is sent.
+A bare peer id the host is not connected to is looked up in the host's DHT, if it has one
+(`--bootstrap`, `--routing`): the first address found that the policy allows is dialed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ww.core.addrs import check_dial_addr
+from ww.core.addrs import check_dial_addr, peer_of
+from ww.core.errors import P2PError
 from ww.host.denied import NOBODY, Caller
 from ww.p2p.dial_policy import STRICT, DialPolicy
 from ww.p2p.protocol import Dialer, Exports, hold
@@ -26,8 +30,10 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
     """`P2P` over a running :class:`ww.p2p.host.Node`."""
 
     def __init__(self, node: Node, caller: Caller = NOBODY,
-                 dial_policy: DialPolicy = STRICT) -> None:
+                 dial_policy: DialPolicy = STRICT, dht: Any = None) -> None:
+        """``dht``: the host's :class:`ww.p2p.routing.Dht`, where a peer id is looked up."""
         self._node = node
+        self._dht = dht
         self._caller = caller
         self.dial_policy = dial_policy  # where `dial` may make the host connect
         self._exports = Exports()
@@ -44,9 +50,34 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
 
     async def dial(self, addr: str, _context: Any, **kwargs: Any) -> None:
         addr = check_dial_addr(addr)
+        if addr.startswith("/p2p/") and self._dht is not None:
+            addr = await self._locate(peer_of(addr))
         if reason := self.dial_policy.refusal(addr):  # before anything touches the network
             raise self._caller.deny("p2p", "dial", reason)
         _context.results.service = await self._dialer.dial(addr)
+
+    async def _locate(self, peer: str) -> str:
+        """``/p2p/PEER`` if the host is connected to it, else its first address from the DHT
+        that the dial policy allows (or the first found, to be refused by name); a
+        :class:`P2PError` if the DHT knows none."""
+        dht = self._dht
+
+        async def find() -> list[str] | None:
+            from libp2p.peer.id import ID
+
+            if self._node.host.get_network().get_connections(ID.from_base58(peer)):
+                return None
+            return await dht.find_peer(peer)  # type: ignore[no-any-return]
+
+        found = await asyncio.wrap_future(self._node.submit(find))
+        if found is None:
+            return f"/p2p/{peer}"
+        if not found:
+            raise P2PError(f"p2p: dial: not connected to {peer}, and the DHT knows no address "
+                           "of it")
+        addrs = [f"{a}/p2p/{peer}" for a in found]
+        allowed = [a for a in addrs if not self.dial_policy.refusal(a)]
+        return (allowed or addrs)[0]
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         _context.results.peerId = self._node.peer_id

@@ -71,11 +71,30 @@ def routing_options(f: click.decorators.FC) -> click.decorators.FC:
     """``--bootstrap MULTIADDR/p2p/PEERID`` (repeatable) and ``--routing dht|none``."""
     f = click.option(
         "--routing", "routing", type=click.Choice(["dht", "none"]), default=None,
-        help="How the embedded node finds peers that have a block no connected peer has: "
-             "'dht' asks kubo's LAN DHT (/ipfs/lan/kad/1.0.0), starting from the --bootstrap "
-             "peers; 'none' asks only the peers connected (default: dht when --bootstrap is "
-             "given, else none).")(f)
+        help=_ROUTING_HELP + ".")(f)
     return bootstrap_option(f)
+
+
+def run_routing_options(f: click.decorators.FC) -> click.decorators.FC:
+    """`ww run`'s: ``--routing`` may also be ``dhtserver`` (a long-running host's)."""
+    f = click.option(
+        "--routing", "routing", type=click.Choice(["dht", "dhtserver", "none"]), default=None,
+        help=_ROUTING_HELP + "; 'dhtserver' is 'dht' that also answers other peers' queries "
+             "and keeps their provider records (kubo's Routing.Type dhtserver; needs "
+             "--listen).")(f)
+    f = click.option(
+        "--reprovide-interval", "reprovide_interval", metavar="DURATION", default=None,
+        help="How often a host with the DHT announces again what the embedded node pins "
+             "(as kubo's Reprovider.Interval; the first round a minute after the start, or "
+             "after DURATION if shorter): 30s, 5m, 22h ... (default: 22h; 0: never).")(f)
+    return bootstrap_option(f)
+
+
+_ROUTING_HELP = (
+    "How the embedded node finds peers that have a block no connected peer has: "
+    "'dht' asks kubo's LAN DHT (/ipfs/lan/kad/1.0.0), starting from the --bootstrap "
+    "peers; 'none' asks only the peers connected (default: dht when --bootstrap is "
+    "given, else none)")
 
 
 bootstrap_option = click.option(

@@ -44,6 +44,12 @@ def _check_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str,
 
 def p2p_options(f: Any) -> Any:
     f = click.option(
+        "--mdns", "mdns", is_flag=True,
+        help="Announce the host on the local network with multicast DNS and dial the peers "
+             "that announce themselves (kubo's Discovery.MDNS: service _p2p._udp.local), "
+             "under the dial policy (a LAN peer needs --allow-dial for its range).  Needs a "
+             "host (--listen, --join or --with-p2p).")(f)
+    f = click.option(
         "--allow-dial", "allow_dial", multiple=True, envvar="WW_ALLOW_DIAL", metavar="CIDR",
         callback=_check_ranges,
         help="Let cells make the host dial addresses in CIDR (repeatable; WW_ALLOW_DIAL: "

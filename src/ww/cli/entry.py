@@ -130,7 +130,7 @@ def _checked(found: dict[str, object], many: dict[str, list[str]]) -> dict[str, 
     checked["peers_on_command_line"] = "peers" in many
     if found.get("jail", "bwrap") not in _JAILS:
         raise ValueError("--jail")
-    if found.get("routing", "dht") not in ("dht", "none"):
+    if found.get("routing", "dht") not in ("dht", "dhtserver", "none"):
         raise ValueError("--routing")
     if "login_timeout" in found:
         checked["login_timeout"] = float(str(found["login_timeout"]))

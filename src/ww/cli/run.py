@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ww.app.options import FLAGS, RunOptions
-from ww.cli._ipfs_option import ipfs_option, peer_option, routing_options
+from ww.cli._ipfs_option import ipfs_option, peer_option, run_routing_options
 from ww.cli._p2p_options import p2p_options
 
 # Identity, policy and attenuation (see docs/auth.md): option -> (envvar, click settings).
@@ -105,7 +105,7 @@ def _hardening_options(f: Any) -> Any:
               help="Grant every capability.")
 @ipfs_option
 @peer_option
-@routing_options
+@run_routing_options
 @click.option("--jail", type=click.Choice(["bwrap", "none"]), default="bwrap",
               envvar="WW_JAIL", show_default=True,
               help="How to isolate the cell; 'none' runs it with the host's full authority.")

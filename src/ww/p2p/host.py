@@ -286,6 +286,17 @@ class Node:
 
         self.submit(add).result(START_TIMEOUT)
 
+    def when_started(self, setup: Callable[[], Any]) -> None:
+        """``await setup()`` on the libp2p thread once the host listens (before any
+        ``--join`` dials); on a running host, at once (this call waits)."""
+        with self._start_lock:
+            ready = self._ready
+            if ready is None:
+                self._setups.append(setup)
+                return
+        ready.result(START_TIMEOUT)
+        self.submit(setup).result(START_TIMEOUT)
+
     @property
     def protocols(self) -> list[str]:
         """The protocols this host serves, libp2p's identify and ping included."""

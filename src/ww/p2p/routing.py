@@ -1,15 +1,21 @@
-"""Content routing through kubo's Kademlia DHT: who provides a CID, and telling peers we do.
+"""Content and peer routing through kubo's Kademlia DHT: who provides a CID, where a peer
+is, telling peers we provide one, and (server mode) answering them.
 
-A client of go-libp2p-kad-dht's wire protocol (what kubo runs), on a `ww` libp2p host
-(:class:`ww.p2p.host.Node`).  py-libp2p 0.8.1 ships ``libp2p.kad_dht``, but it cannot speak
-to kubo's LAN DHT: it opens and serves streams only under the hard-coded ``/ipfs/kad/1.0.0``
-(its ``protocol_prefix`` argument is stored and never used), and kubo's WAN DHT refuses
-loopback and private peers.  So the messages are ours (docs/p2p.md, "DHT", has the evidence);
-the protobuf classes are py-libp2p's (``libp2p.kad_dht.pb.kademlia_pb2``: the same field
-numbers as go-libp2p-kad-dht's ``pb/dht.proto``).
+A client, and optionally a server (``--routing dhtserver``), of go-libp2p-kad-dht's wire
+protocol (what kubo runs), on a `ww` libp2p host (:class:`ww.p2p.host.Node`).  Each
+:class:`Dht` keeps a :class:`RoutingTable` for the run; a server keeps a
+:class:`ProviderStore` too, both bounded.
 
-Framing: one message per stream each way, an unsigned-varint length then the protobuf
-``Message`` (kubo reads and writes several per stream; one is allowed).  ``GET_PROVIDERS`` and
+py-libp2p 0.8.1 ships ``libp2p.kad_dht``, but it cannot speak to kubo's LAN DHT: it opens and
+serves streams only under the hard-coded ``/ipfs/kad/1.0.0`` (its ``protocol_prefix``
+argument is stored and never used), and kubo's WAN DHT refuses loopback and private peers.
+So the messages are ours (docs/p2p.md, "DHT", has the evidence); the protobuf classes are
+py-libp2p's (``libp2p.kad_dht.pb.kademlia_pb2``: the same field numbers as
+go-libp2p-kad-dht's ``pb/dht.proto``).
+
+Framing: one message per stream each way when asking, an unsigned-varint length then the
+protobuf ``Message`` (kubo reads and writes several per stream; one is allowed); as a server,
+several requests on one stream are answered in order.  ``GET_PROVIDERS`` and
 ``ADD_PROVIDER`` key on the CID's multihash, ``FIND_NODE`` on the peer id's bytes; distance
 is XOR of the SHA-256 of keys, as go-libp2p-kbucket computes it.
 
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +63,20 @@ MAX_MESSAGE = 256 * 1024  # bytes a reply may have (kubo's are a few KiB)
 MAX_PEERS_PER_REPLY = 40  # closer or provider peers looked at in one reply
 MAX_ADDRS_PER_PEER = 16
 MAX_KNOWN = 1000  # peers a query remembers as candidates
+
+# Server mode (kubo's Routing.Type dhtserver): what this host keeps for others, bounded.
+PROVIDER_TTL = 48 * 3600.0  # seconds a provider record lives (go-libp2p-kad-dht's 48 h)
+MAX_PROVIDERS_PER_KEY = 20  # providers kept for one key; the oldest record gives way
+MAX_PROVIDER_RECORDS = 10_000  # provider records kept in all; new keys are refused beyond
+MAX_KEY = 80  # bytes of a provider key (go-libp2p-kad-dht refuses longer ones)
+MAX_REQUESTS_PER_STREAM = 32  # requests answered on one inbound stream, then it is closed
+INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
+MAX_CHECKS = 8  # candidates for the routing table checked (a FIND_NODE) at a time
+FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NODE) at most
+# Reproviding (a long-running host announces what it pins again, as kubo's Reprovider does)
+REPROVIDE_INTERVAL = 22 * 3600.0  # seconds between rounds (kubo's Reprovider.Interval)
+REPROVIDE_FIRST = 60.0  # seconds after the start the first round begins, at most
+MAX_REPROVIDE = 10_000  # CIDs announced in one round at most
 
 
 def _ip_of(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -97,19 +119,143 @@ def _distance(a: bytes, b: bytes) -> int:
         hashlib.sha256(b).digest(), "big")
 
 
+def _hashed(key: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(key).digest(), "big")
+
+
+class RoutingTable:
+    """Kademlia k-buckets: peers that serve the DHT, by the length of the prefix the SHA-256
+    of their id shares with ours (go-libp2p-kbucket's keyspace), at most ``k`` a bucket.
+
+    A full bucket keeps the peers it has (Kademlia's preference for peers long seen) until
+    one of them fails to answer (:meth:`remove`); a peer seen again moves to the bucket's
+    end.  Bounded: 257 buckets of ``k``."""
+
+    def __init__(self, self_id: bytes, k: int = K) -> None:
+        self._me = _hashed(self_id)
+        self.k = k
+        self._buckets: dict[int, OrderedDict[bytes, _Peer]] = {}
+
+    def _bucket(self, peer_id: bytes) -> int:
+        return 256 - (self._me ^ _hashed(peer_id)).bit_length()
+
+    def add(self, peer: _Peer) -> bool:
+        """Keep ``peer`` (with its addresses, if it came with some); False if its bucket is
+        full or it is us."""
+        raw = peer.id.to_bytes()
+        index = self._bucket(raw)
+        if index == 256:
+            return False
+        bucket = self._buckets.setdefault(index, OrderedDict())
+        if raw in bucket:
+            if peer.addrs:
+                bucket[raw].addrs = list(peer.addrs)
+            bucket.move_to_end(raw)
+            return True
+        if len(bucket) >= self.k:
+            return False
+        bucket[raw] = _Peer(peer.id, list(peer.addrs))
+        return True
+
+    def remove(self, peer_id: Any) -> None:
+        raw = peer_id.to_bytes()
+        self._buckets.get(self._bucket(raw), {}).pop(raw, None)  # type: ignore[call-overload]
+
+    def get(self, peer_id: Any) -> _Peer | None:
+        raw = peer_id.to_bytes()
+        return self._buckets.get(self._bucket(raw), {}).get(raw)
+
+    def closest(self, key: bytes, count: int = K) -> list[_Peer]:
+        """The ``count`` peers closest to ``key`` (XOR of SHA-256s)."""
+        target = _hashed(key)
+        peers = [p for bucket in self._buckets.values() for p in bucket.values()]
+        peers.sort(key=lambda p: _hashed(p.id.to_bytes()) ^ target)
+        return [_Peer(p.id, list(p.addrs)) for p in peers[:count]]
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+
+class ProviderStore:
+    """Who said they provide a key (``ADD_PROVIDER``), each record for :data:`PROVIDER_TTL`.
+
+    Bounded: :data:`MAX_PROVIDERS_PER_KEY` a key (the record that expires first gives way
+    to a new provider), :data:`MAX_PROVIDER_RECORDS` in all (a record for a new provider is
+    refused while the store is full of live ones)."""
+
+    def __init__(self, ttl: float = PROVIDER_TTL, per_key: int = MAX_PROVIDERS_PER_KEY,
+                 total: int = MAX_PROVIDER_RECORDS,
+                 clock: Any = time.monotonic) -> None:
+        self.ttl, self.per_key, self.total = ttl, per_key, total
+        self._clock = clock
+        self._keys: dict[bytes, dict[bytes, tuple[float, list[Any]]]] = {}
+        self._count = 0
+
+    def _expire(self, key: bytes, now: float) -> dict[bytes, tuple[float, list[Any]]]:
+        records = self._keys.get(key, {})
+        for peer in [p for p, (until, _) in records.items() if until <= now]:
+            del records[peer]
+            self._count -= 1
+        if not records:
+            self._keys.pop(key, None)
+        return records
+
+    def _sweep(self, now: float) -> None:
+        for key in list(self._keys):
+            self._expire(key, now)
+
+    def add(self, key: bytes, peer_id: bytes, addrs: list[Any]) -> bool:
+        """Record that ``peer_id`` provides ``key`` (at ``addrs``); False if refused."""
+        now = self._clock()
+        records = self._expire(key, now)
+        if peer_id not in records:
+            if self._count >= self.total:
+                self._sweep(now)
+                records = self._expire(key, now)
+                if self._count >= self.total:
+                    return False
+            if len(records) >= self.per_key:
+                oldest = min(records, key=lambda p: records[p][0])
+                del records[oldest]
+                self._count -= 1
+            self._count += 1
+        records[peer_id] = (now + self.ttl, list(addrs))
+        self._keys[key] = records
+        return True
+
+    def get(self, key: bytes) -> list[tuple[bytes, list[Any]]]:
+        """The live providers of ``key`` and the addresses each gave."""
+        return [(peer, addrs) for peer, (_, addrs) in self._expire(key, self._clock()).items()]
+
+    def __len__(self) -> int:
+        return self._count
+
+
 class Dht:
     """One DHT (``protocol``) on a ww libp2p host: provider lookups and announcements,
     starting from the ``bootstrap`` peers (``/ip4/../tcp/../p2p/<id>``) and the peers this
     host is connected to that serve ``protocol``.  Its coroutines run on the host's thread."""
 
     def __init__(self, node: Any, bootstrap: Iterable[str] = (),
-                 protocol: str = LAN_PROTOCOL, max_contacted: int = MAX_CONTACTED) -> None:
+                 protocol: str = LAN_PROTOCOL, max_contacted: int = MAX_CONTACTED,
+                 server: bool = False) -> None:
+        """``server``: answer other peers' queries on ``protocol`` too and keep their
+        provider records (kubo's ``dhtserver``); set before the host starts."""
         self._node = node
         self._max_contacted = max_contacted
         self.protocol = protocol
         self._in_scope = lan_scope if protocol == LAN_PROTOCOL else wan_scope
         self._bootstrap = list(bootstrap)
-        self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0}
+        self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0, "answered": 0,
+                      "refused": 0, "wrong_provider": 0, "reprovided": 0}
+        # the peers serving the DHT this host has met, kept for the whole run
+        self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
+        self.server = server
+        self.providers = ProviderStore() if server else None
+        self._checks: Any = None  # trio channel of peers to check for the table (server)
+        self._checking: set[Any] = set()
+        if server:
+            node.add_protocol(protocol, self._inbound, self._setup)
 
     # -- checking what peers say -------------------------------------------------------------
 
@@ -170,13 +316,13 @@ class Dht:
             finally:
                 await stream.close()
 
-    async def _seeds(self) -> list[_Peer]:
-        """Where a query starts: the bootstrap peers and the connected peers serving the
-        protocol."""
+    async def _seeds(self, key: bytes) -> list[_Peer]:
+        """Where a query starts: the :data:`K` peers of the routing table closest to ``key``,
+        the bootstrap peers and the connected peers serving the protocol."""
         import multiaddr
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
-        seeds: dict[Any, _Peer] = {}
+        seeds: dict[Any, _Peer] = {p.id: p for p in self.table.closest(key)}
         for text in self._bootstrap:
             info = info_from_p2p_addr(multiaddr.Multiaddr(text))
             seeds[info.peer_id] = _Peer(info.peer_id, list(info.addrs))
@@ -213,7 +359,7 @@ class Dht:
             peer.distance = _distance(peer.id.to_bytes(), key)
             known[peer.id] = peer
 
-        for seed in await self._seeds():
+        for seed in await self._seeds(key):
             learn(seed)
 
         async def ask(peer: _Peer) -> None:
@@ -222,8 +368,10 @@ class Dht:
                 answer = await self._rpc(peer, request)
             except Exception:
                 self.stats["failed"] += 1
+                self.table.remove(peer.id)
                 return
             answered[peer.id] = peer
+            self.table.add(_Peer(peer.id, peer.addrs or self._known_addrs(peer.id)))
             for pb in list(answer.providerPeers)[:MAX_PEERS_PER_REPLY]:
                 found = self._peer(pb)
                 if found is not None and found.id != me and (
@@ -262,10 +410,30 @@ class Dht:
 
     async def find_providers(self, cid: CID, limit: int) -> list[PeerInfo]:
         """Peers that say they provide ``cid``, with their checked addresses (at most
-        ``limit``; those with no address in scope are left out)."""
+        ``limit``).  A provider named without an address in scope is looked up
+        (``FIND_NODE``, at most :data:`FIND_PROVIDER_ADDRS` of them, within
+        :data:`QUERY_TIMEOUT` together); one still without an address is left out."""
+        import trio
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
         _, providers = await self._lookup(cid.multihash, Message.GET_PROVIDERS, limit)
+        bare = [p for p in providers.values() if not p.addrs][:FIND_PROVIDER_ADDRS]
+        if bare and len(providers) - len(bare) < limit:
+
+            async def locate(peer: _Peer) -> None:
+                known = self.table.get(peer.id)
+                if known is not None and known.addrs:
+                    peer.addrs = list(known.addrs)
+                    return
+                _, named = await self._lookup(peer.id.to_bytes(), Message.FIND_NODE,
+                                              target=peer.id)
+                if peer.id in named:
+                    peer.addrs = list(named[peer.id].addrs)
+
+            with trio.move_on_after(QUERY_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    for peer in bare:
+                        nursery.start_soon(locate, peer)
         found = [PeerInfo(id=p.id.to_base58(), addresses=[str(a) for a in p.addrs],
                           protocols=[]) for p in providers.values() if p.addrs]
         return found[:limit]
@@ -281,6 +449,9 @@ class Dht:
                  and self._in_scope(ip)]
         if not addrs:
             return 0
+        if self.providers is not None:  # a server answers for itself too
+            self.providers.add(cid.multihash, host.get_id().to_bytes(),
+                               [_strip_p2p(a) for a in addrs])
         closest, _ = await self._lookup(cid.multihash, Message.FIND_NODE)
         me = Message.Peer(id=host.get_id().to_bytes(),
                           addrs=[_strip_p2p(a).to_bytes() for a in addrs])
@@ -327,6 +498,224 @@ class Dht:
                          protocols=[]) for p in closest]
 
 
+    # -- reproviding ------------------------------------------------------------------------
+
+    def reprovide(self, roots: Callable[[], Iterable[str]],
+                  interval: float = REPROVIDE_INTERVAL) -> None:
+        """Announce the CIDs ``roots()`` names (what the node pins; called on a worker
+        thread) every ``interval`` seconds while the host runs, the first round
+        ``min(interval, REPROVIDE_FIRST)`` after it starts.  A round announces at most
+        :data:`MAX_REPROVIDE` CIDs, one after another; the next round starts ``interval``
+        after it ends, so rounds never overlap."""
+
+        async def start() -> None:
+            self._node.submit(self._reprovide, roots, interval)  # ends with the host
+
+        self._node.when_started(start)
+
+    async def _reprovide(self, roots: Callable[[], Iterable[str]], interval: float) -> None:
+        import itertools
+
+        import trio
+
+        await trio.sleep(min(interval, REPROVIDE_FIRST))  # the schedule, not a wait
+        while True:
+            cids = await trio.to_thread.run_sync(
+                lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
+            for text in cids:
+                try:
+                    self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
+                except Exception:  # a bad CID in the pin set, a lookup that failed
+                    self.stats["failed"] += 1
+            await trio.sleep(interval)
+
+    # -- server mode (``dhtserver``) -------------------------------------------------------
+
+    def _known_addrs(self, peer_id: Any) -> list[Any]:
+        """The addresses in scope the host's peerstore has for ``peer_id`` (from identify)."""
+        try:
+            addrs = list(self._node.host.get_peerstore().addrs(peer_id))
+        except Exception:
+            return []
+        return [a for a in addrs[:MAX_ADDRS_PER_PEER]
+                if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)]
+
+    async def _setup(self) -> None:
+        """On the host's thread as it starts: check each peer that connects for the routing
+        table, then join the DHT (bootstrap peers, a lookup of our own id)."""
+        import trio
+        from libp2p.abc import INotifee
+
+        send, receive = trio.open_memory_channel[Any](64)
+        self._checks = send
+        dht = self
+
+        class Notifee(INotifee):
+            async def opened_stream(self, network: Any, stream: Any) -> None: ...
+            async def closed_stream(self, network: Any, stream: Any) -> None: ...
+            async def listen(self, network: Any, multiaddr: Any) -> None: ...
+            async def listen_close(self, network: Any, multiaddr: Any) -> None: ...
+            async def disconnected(self, network: Any, conn: Any) -> None: ...
+
+            async def connected(self, network: Any, conn: Any) -> None:
+                dht._consider(conn.muxed_conn.peer_id)
+
+        self._node.host.get_network().register_notifee(Notifee())
+        self._node.submit(self._maintain, receive)  # on the host's nursery: ends with it
+
+    async def _maintain(self, receive: Any) -> None:
+        import trio
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+        async with trio.open_nursery() as nursery:
+            if self._bootstrap:  # join: the lookup fills the table and makes us known
+                nursery.start_soon(self._lookup, self._node.host.get_id().to_bytes(),
+                                   Message.FIND_NODE)
+            async for peer_id in receive:
+                nursery.start_soon(self._check, peer_id)
+
+    def _consider(self, peer_id: Any) -> None:
+        """Check ``peer_id`` for the routing table soon (on the host's thread); a peer
+        already there, or already being checked, or more than :data:`MAX_CHECKS` checks
+        at a time: nothing to do."""
+        import trio
+
+        if (self._checks is None or peer_id in self._checking
+                or len(self._checking) >= MAX_CHECKS or self.table.get(peer_id) is not None):
+            return
+        self._checking.add(peer_id)
+        try:
+            self._checks.send_nowait(peer_id)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self._checking.discard(peer_id)
+
+    async def _check(self, peer_id: Any) -> None:
+        """A peer joins the table once it answers a ``FIND_NODE`` on the DHT's protocol
+        (as go-libp2p-kad-dht checks a peer), at its addresses in scope."""
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+        try:
+            answer = await self._rpc(_Peer(peer_id), Message(
+                type=Message.FIND_NODE, key=self._node.host.get_id().to_bytes()))
+            addrs = self._known_addrs(peer_id)
+            if answer.type == Message.FIND_NODE and addrs:
+                self.table.add(_Peer(peer_id, addrs))
+        except Exception:
+            self.stats["failed"] += 1
+        finally:
+            self._checking.discard(peer_id)
+
+    async def _inbound(self, stream: Any) -> None:
+        """Answer a peer's requests on one stream: at most :data:`MAX_REQUESTS_PER_STREAM`,
+        each at most :data:`MAX_MESSAGE` bytes, the stream closed after
+        :data:`INBOUND_IDLE` seconds without one."""
+        import trio
+        import varint
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+        requester = stream.muxed_conn.peer_id
+        try:
+            for _ in range(MAX_REQUESTS_PER_STREAM):
+                with trio.move_on_after(INBOUND_IDLE):
+                    try:
+                        raw = await read_varint_prefixed_bytes_limited(stream, MAX_MESSAGE)
+                    except Exception:  # the stream ended, or said too much
+                        break
+                    request = Message()
+                    request.ParseFromString(raw)
+                    answer = self._answer(requester, request)
+                    if answer is None:
+                        if request.type != Message.ADD_PROVIDER:
+                            self.stats["refused"] += 1
+                            await stream.reset()
+                            return
+                        continue
+                    self.stats["answered"] += 1
+                    data = answer.SerializeToString()
+                    await stream.write(varint.encode(len(data)) + data)
+                    self._consider(requester)  # a server asking us may join the table
+                    continue
+                break  # idle too long
+            await stream.close()
+        except Exception:  # a message that does not parse, a peer that went away
+            self.stats["refused"] += 1
+            with trio.move_on_after(RPC_TIMEOUT):
+                await stream.reset()
+
+    def _pb_peer(self, peer_id: Any, addrs: list[Any]) -> Any:
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+        connected = bool(self._node.host.get_network().get_connections(peer_id))
+        return Message.Peer(id=peer_id.to_bytes(),
+                            addrs=[_strip_p2p(a).to_bytes() for a in addrs],
+                            connection=Message.CONNECTED if connected
+                            else Message.NOT_CONNECTED)
+
+    def _closer(self, key: bytes, requester: Any) -> list[Any]:
+        """The peers of the table closest to ``key``, with addresses; never the requester."""
+        found = []
+        for peer in self.table.closest(key, K + 1):
+            if peer.id == requester:
+                continue
+            addrs = peer.addrs or self._known_addrs(peer.id)
+            if addrs:
+                found.append(self._pb_peer(peer.id, addrs))
+        return found[:K]
+
+    def _answer(self, requester: Any, request: Any) -> Any:
+        """The reply to ``request`` from ``requester``; None: no reply (``ADD_PROVIDER``),
+        or refused (the stream is reset), as go-libp2p-kad-dht does."""
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.peer.id import ID
+
+        kind, key = request.type, bytes(request.key)
+        me = self._node.host.get_id()
+        if kind == Message.PING:
+            return Message(type=Message.PING)
+        if kind == Message.FIND_NODE:
+            answer = Message(type=kind, key=key)
+            if key == me.to_bytes():
+                addrs = [a for a in self._node.host.get_addrs()
+                         if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)]
+                answer.closerPeers.append(self._pb_peer(me, addrs))
+                return answer
+            closer = self._closer(key, requester)
+            try:  # a connected peer asked for by id is named too (go-libp2p-kad-dht does)
+                target = ID(key)
+            except Exception:
+                target = None
+            if target is not None and target != requester and all(
+                    bytes(p.id) != key for p in closer) and \
+                    self._node.host.get_network().get_connections(target):
+                addrs = self._known_addrs(target)
+                if addrs:
+                    closer.append(self._pb_peer(target, addrs))
+            answer.closerPeers.extend(closer)
+            return answer
+        if kind == Message.GET_VALUE:  # no record kept here: only closer peers
+            answer = Message(type=kind, key=key)
+            answer.closerPeers.extend(self._closer(key, requester))
+            return answer
+        if kind not in (Message.GET_PROVIDERS, Message.ADD_PROVIDER) or not key \
+                or len(key) > MAX_KEY or self.providers is None:
+            return None  # PUT_VALUE: no record type is accepted here (kubo's validators)
+        if kind == Message.GET_PROVIDERS:
+            answer = Message(type=kind, key=key)
+            for raw, addrs in self.providers.get(key)[:MAX_PEERS_PER_REPLY]:
+                answer.providerPeers.append(self._pb_peer(ID(raw), addrs))
+            answer.closerPeers.extend(self._closer(key, requester))
+            return answer
+        for pb in list(request.providerPeers)[:MAX_PEERS_PER_REPLY]:
+            if bytes(pb.id) != requester.to_bytes():  # a peer announces itself only
+                self.stats["wrong_provider"] += 1
+                continue
+            peer = self._peer(pb)
+            if peer is not None and peer.addrs:  # go-libp2p-kad-dht drops one without
+                self.providers.add(key, bytes(pb.id), peer.addrs)
+        return None
+
+
 def _strip_p2p(addr: Any) -> Any:
     """``addr`` without a trailing ``/p2p/<id>``."""
     import multiaddr
@@ -335,11 +724,13 @@ def _strip_p2p(addr: Any) -> Any:
     return multiaddr.Multiaddr(text.split("/p2p/")[0]) if "/p2p/" in text else addr
 
 
-def new_router(bootstrap: Iterable[str], protocol: str = LAN_PROTOCOL) -> Any:
-    """How a ``ww.ipfs`` network makes its router on the host it has (``NewRouter``)."""
+def new_router(bootstrap: Iterable[str], protocol: str = LAN_PROTOCOL,
+               server: bool = False) -> Any:
+    """How a ``ww.ipfs`` network makes its router on the host it has (``NewRouter``);
+    ``server``: it answers other peers' queries too (:class:`Dht`)."""
     addrs = list(bootstrap)
 
     def make(node: Any) -> Dht:
-        return Dht(node, addrs, protocol)
+        return Dht(node, addrs, protocol, server=server)
 
     return make

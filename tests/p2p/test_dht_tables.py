@@ -1,0 +1,159 @@
+"""The DHT server's bounded state (ww.p2p.routing): its routing table, its provider store, and
+what it does with an ADD_PROVIDER that names another peer.  Real ww libp2p hosts on 127.0.0.1
+for the wire test; the tables alone for the bounds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from libp2p.peer.id import ID
+
+from ww.core.cid import CID
+from ww.core.identity import Identity, PrivateKey
+from ww.p2p.host import Node
+from ww.p2p.routing import ProviderStore, RoutingTable, _Peer
+
+BOUND = 60.0  # a bound that only stops a hang
+
+
+def _peer_id() -> ID:
+    return ID.from_base58(Identity.from_private_key(PrivateKey.generate()).peer_id)
+
+
+def test_a_full_bucket_keeps_the_peers_it_has_until_one_is_removed() -> None:
+    me = _peer_id()
+    table = RoutingTable(me.to_bytes(), k=2)
+    # peers in the far half of the keyspace all share bucket 0: fill it with 2, the third waits
+    far = []
+    while len(far) < 3:
+        p = _peer_id()
+        if table._bucket(p.to_bytes()) == 0:
+            far.append(p)
+    assert table.add(_Peer(far[0])) and table.add(_Peer(far[1]))
+    assert not table.add(_Peer(far[2]))
+    assert len(table) == 2 and table.get(far[2]) is None
+    assert not table.add(_Peer(me))  # never ourselves
+    table.remove(far[0])
+    assert table.add(_Peer(far[2]))
+    assert {p.id for p in table.closest(b"any key", 20)} == {far[1], far[2]}
+
+
+def test_the_provider_store_is_bounded_per_key_in_all_and_in_time() -> None:
+    now = [0.0]
+    store = ProviderStore(ttl=100.0, per_key=2, total=3, clock=lambda: now[0])
+    assert store.add(b"k1", b"a", []) and store.add(b"k1", b"b", [])
+    now[0] = 1.0
+    assert store.add(b"k1", b"c", [])  # the oldest record (a) gives way
+    assert sorted(p for p, _ in store.get(b"k1")) == [b"b", b"c"]
+    assert store.add(b"k2", b"a", [])
+    assert len(store) == 3
+    assert not store.add(b"k3", b"a", [])  # full of live records: refused
+    now[0] = 100.5  # b's and k2's records (added at 0) have expired; c's has not
+    assert [p for p, _ in store.get(b"k1")] == [b"c"]
+    assert store.add(b"k3", b"a", [])
+    now[0] = 201.0
+    assert store.get(b"k1") == [] and store.get(b"k3") == []
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[Node, Node]]:
+    made = [Node(Identity.from_private_key(PrivateKey.generate()),
+                 listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                 warn=lambda message: None) for _ in range(2)]
+    try:
+        yield made[0], made[1]
+    finally:
+        for node in made:
+            node.stop()
+
+
+def test_add_provider_is_kept_only_from_the_provider_itself(hosts: tuple[Node, Node]) -> None:
+    """A peer that announces another peer as provider is ignored (as go-libp2p-kad-dht does);
+    its own announcement is kept, at the address it gave, and answered to GET_PROVIDERS."""
+    import multiaddr
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    from ww.p2p.routing import Dht
+
+    server_node, client_node = hosts
+    server = Dht(server_node, server=True)
+    server_node.start()
+    client_node.start()
+    client = Dht(client_node, [server_node.addrs[0]])
+    cid = CID.parse("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
+    target = _Peer(ID.from_base58(server_node.peer_id),
+                   [multiaddr.Multiaddr(server_node.addrs[0].split("/p2p/")[0])])
+    addr = multiaddr.Multiaddr(client_node.addrs[0].split("/p2p/")[0]).to_bytes()
+
+    async def add_then_get(peer_id: bytes) -> list[tuple[bytes, list[bytes]]]:
+        """ADD_PROVIDER naming ``peer_id``, then GET_PROVIDERS, on one stream: the server
+        answers a stream's requests in order, so the reply sees the first."""
+        import varint
+        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+        stream = await client_node.host.new_stream(target.id, [client.protocol])
+        try:
+            for message in (
+                    Message(type=Message.ADD_PROVIDER, key=cid.multihash,
+                            providerPeers=[Message.Peer(id=peer_id, addrs=[addr])]),
+                    Message(type=Message.GET_PROVIDERS, key=cid.multihash)):
+                data = message.SerializeToString()
+                await stream.write(varint.encode(len(data)) + data)
+            answer = Message()
+            answer.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 16))
+            return [(bytes(p.id), list(p.addrs)) for p in answer.providerPeers]
+        finally:
+            await stream.close()
+
+    client_node.submit(client_node.dial, _info(server_node)).result(BOUND)
+    assert client_node.submit(add_then_get, _peer_id().to_bytes()).result(BOUND) == []
+    assert server.stats["wrong_provider"] == 1
+    mine = ID.from_base58(client_node.peer_id).to_bytes()
+    assert client_node.submit(add_then_get, mine).result(BOUND) == [(mine, [addr])]
+
+
+def _info(node: Node) -> object:
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    return info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0]))
+
+
+def test_a_dht_server_answers_as_kubo_does(hosts: tuple[Node, Node]) -> None:
+    """PING with a PING; FIND_NODE of the server's own id with itself and its address;
+    GET_VALUE with no record (it keeps none); PUT_VALUE refused: the stream is reset."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message, Record
+    from libp2p.peer.id import ID
+
+    from ww.p2p.routing import Dht
+
+    server_node, client_node = hosts
+    Dht(server_node, server=True)
+    server_node.start()
+    client_node.start()
+    client = Dht(client_node)
+    client_node.submit(client_node.dial, _info(server_node)).result(BOUND)
+    server = _Peer(ID.from_base58(server_node.peer_id))
+
+    def ask(message: object) -> object:
+        return client_node.submit(client._rpc, server, message).result(BOUND)
+
+    assert ask(Message(type=Message.PING)).type == Message.PING
+    me = ask(Message(type=Message.FIND_NODE, key=server.id.to_bytes()))
+    assert [bytes(p.id) for p in me.closerPeers] == [server.id.to_bytes()]
+    assert [multiaddr_text(a) for a in me.closerPeers[0].addrs] == [
+        server_node.addrs[0].split("/p2p/")[0]]
+    got = ask(Message(type=Message.GET_VALUE, key=b"/ipns/anything"))
+    assert got.type == Message.GET_VALUE and not got.HasField("record")
+    record = Record(key=b"/ipns/anything", value=b"x")
+    with pytest.raises(Exception) as refused:  # noqa: B017 - py-libp2p's stream errors
+        ask(Message(type=Message.PUT_VALUE, key=b"/ipns/anything", record=record))
+    assert "TooSlow" not in type(refused.value).__name__, refused.value  # reset, not silent
+    assert ask(Message(type=Message.PING)).type == Message.PING  # the server still serves
+
+
+def multiaddr_text(raw: bytes) -> str:
+    import multiaddr
+
+    return str(multiaddr.Multiaddr(raw))
