@@ -1,13 +1,13 @@
 """Bitswap with Helia, a second IPFS implementation nobody here wrote.
 
-The Helia node (tests/ipfs/helia_peer/: helia 7's light core, js-libp2p 3 with TCP, Noise
+The Helia node (tests/ipfs/js_helia/: helia 7's light core, js-libp2p 3 with TCP, Noise
 and Yamux, @helia/bitswap 4) listens on 127.0.0.1 only, with no bootstrap list, no
 discovery and no router but Bitswap: it reaches only the `ww` node the test tells it of.  It
-is installed from the npm registry into a scratch directory (versions pinned in
-helia_peer/package.json); the test is skipped where node or npm is missing or the registry
-cannot be reached.  The current Helia line wants Node.js 22; on Node.js 20 it runs with three
+is installed by ``./dev test`` (``npm ci`` in tests/ipfs/js_helia, versions pinned by its
+package-lock.json); the test is skipped where node or the installed packages are missing.
+The current Helia line wants Node.js 22; on Node.js 20 it runs with three
 of its dependencies held at their previous major versions and ``Promise.withResolvers``
-supplied (helia_peer/node20.mjs), see docs/p2p.md ("Helia").
+supplied (js_helia/node20.mjs), see docs/p2p.md ("Helia").
 """
 
 from __future__ import annotations
@@ -25,29 +25,24 @@ from tests.ipfs.kubo_peer import _Lines
 from ww.ipfs.node import EmbeddedNode
 from ww.p2p import host_for_ipfs
 
-HELIA = Path(__file__).resolve().parent / "helia_peer"
+HELIA = Path(__file__).resolve().parent / "js_helia"
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
 @pytest.fixture(scope="module")
 def helia(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Lines]:
-    if not shutil.which("node") or not shutil.which("npm"):
-        pytest.skip("the Helia peer needs node and npm")
-    where = tmp_path_factory.mktemp("helia")
-    for name in ("package.json", "helia_peer.mjs", "node20.mjs"):
-        shutil.copy(HELIA / name, where / name)
-    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=where,
-                       capture_output=True, text=True, timeout=HANG)
-    if r.returncode != 0:
-        pytest.skip(f"npm install of the Helia peer failed: {r.stderr.strip()[-300:]}")
-    stderr = open(where / "helia.stderr", "w")
+    if not shutil.which("node") or not (HELIA / "node_modules" / "helia").is_dir():
+        pytest.skip("the Helia peer is not installed: run ./dev test (it runs npm ci)")
+    where = HELIA
+    logs = tmp_path_factory.mktemp("helia")
+    stderr = open(logs / "helia.stderr", "w")
     proc = subprocess.Popen(["node", "--import", "./node20.mjs", "helia_peer.mjs"], cwd=where,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                             text=True)
     lines = _Lines(proc, "helia")
     try:
         ready = lines.ready()
-        assert ready == {"ready": True}, (ready, (where / "helia.stderr").read_text()[-2000:])
+        assert ready == {"ready": True}, (ready, (logs / "helia.stderr").read_text()[-2000:])
         yield lines
     finally:
         lines.close()
