@@ -622,11 +622,38 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
             first = counting.reads[0]
             assert not first.is_set()
         finally:
-            # (hypercorn cannot stop while a client stalls a response: it shields its writes)
             stalled.close()
         assert first.wait(HANG)  # the read is closed once its client has gone
         assert request(url, f"/ipfs/{cid}", method="HEAD").status == 200
     node.close()
+
+
+def test_a_client_that_stops_reading_cannot_hold_the_server_from_stopping(
+        tmp_path: Path) -> None:
+    """Hypercorn shields its writes from cancellation: a client that never reads kept the
+    server from stopping (past its graceful timeout, for as long as the client stayed).
+    The socket the gateway is served on drops such a connection (limit_stalls), so the
+    server stops and the client sees its connection end."""
+    size = 32 << 20  # more than the kernel buffers on both sides and a batch
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        stalled.settimeout(HANG)
+        with served(node, stall_timeout=1) as url:  # its end waits for the server to stop
+            host, port = url.removeprefix("http://").split(":")
+            stalled.connect((host, int(port)))
+            stalled.sendall(f"GET /ipfs/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        received = 4096
+        with pytest.raises(OSError):  # the connection was dropped: reset or timed out
+            while chunk := stalled.recv(1 << 20):
+                received += len(chunk)
+        assert received < size
+    finally:
+        stalled.close()
+        node.close()
 
 
 # --- docs/gateway.md ------------------------------------------------------------------------

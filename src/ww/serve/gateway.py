@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 from urllib.parse import quote
@@ -56,12 +57,16 @@ from ww.ipfs.path import IpfsPath, parse_path
 from . import gateway_content as content
 from .gateway_content import Resolved
 
-__all__ = ["gateway_app", "GatewayBackend", "BATCH"]
+__all__ = ["gateway_app", "GatewayBackend", "BATCH", "STALL_TIMEOUT", "limit_stalls"]
 
 T = TypeVar("T")
 
 BATCH = 1 << 20
 """Bytes a response reads ahead of what it has sent: one batch, read in a worker thread."""
+
+STALL_TIMEOUT = 60.0
+"""Seconds a client may leave a response unread before its connection is dropped
+(:func:`limit_stalls`)."""
 
 IMMUTABLE = "public, max-age=29030400, immutable"
 _RAW = "application/vnd.ipld.raw"
@@ -119,6 +124,22 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
             pass
 
     return app
+
+
+def limit_stalls(sock: socket.socket, seconds: float = STALL_TIMEOUT) -> None:
+    """Make the kernel drop a connection accepted on the listening socket ``sock`` once data
+    sent to it has waited ``seconds`` unacknowledged or unread (its client's receive window
+    shut): ``TCP_USER_TIMEOUT``, which accepted connections inherit on Linux.
+
+    Call it on the socket the gateway is served from (``Config.bind = ["fd://<fd>"]``).
+    Hypercorn shields each write from cancellation, so without it a client that stops
+    reading holds its connection, one batch of memory and the server's shutdown (which
+    waits for that write past its graceful timeout) for as long as it likes; with it, the
+    write fails after ``seconds`` and the connection closes.  A no-op where the option does
+    not exist."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
