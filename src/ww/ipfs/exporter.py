@@ -51,7 +51,7 @@ MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
-    "check_destination", "walk",
+    "check_destination", "walk", "entries",
 ]
 
 BlockGetter = Callable[[CID], bytes]
@@ -170,6 +170,13 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
             stack.append((child, iter(child.links)))
         else:
             yield dagpb.PBLink(link.cid, link.name[width:], link.tsize)
+
+
+def entries(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
+    """A plain or HAMT-sharded directory's entries one at a time, in stored order, each shard
+    read as the walk reaches it: what holds one shard's links at a time, where :func:`stat`
+    holds them all (a directory may have millions)."""
+    return _dir_links(getter, node)
 
 
 def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:

@@ -369,9 +369,8 @@ class _Gateway:
             return Response(status_code=304, headers=headers)
         if head:
             return _head(headers)
-        stat = await self._run(token, lambda: self._api.stat(str(node.cid)))
         title = request.url.path
-        pieces = content.listing(title, node.cid, stat.links, bool(resolved.path.segments))
+        pieces = content.listing(self._get, title, node, bool(resolved.path.segments))
         return _Streaming(_Body(self, token, pieces, title), 200, headers)
 
 

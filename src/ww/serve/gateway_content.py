@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import html
 import mimetypes
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from ww.core.cid import CID
 from ww.core.errors import CorruptBlockError, NotFoundError
-from ww.core.ipfs_values import Link
 from ww.ipfs import exporter
 from ww.ipfs.exporter import UnixfsNode
 from ww.ipfs.path import IpfsPath
@@ -233,19 +232,21 @@ td.size {{ text-align: right; }}
 _PAGE_TAIL = "</tbody>\n</table>\n</body>\n</html>\n"
 
 
-def listing(title: str, cid: CID, links: Iterable[Link], parent: bool) -> Iterator[bytes]:
+def listing(getter: BlockGetter, title: str, node: UnixfsNode, parent: bool) -> Iterator[bytes]:
     """A directory's HTML index, a few rows at a time: each entry links to itself relative
     to the directory's URL (which ends in ``/``), with its size (the DAG's, from the link)
-    and its CID; ``parent``: a ``..`` row first."""
-    yield _PAGE_HEAD.format(title=html.escape(title), cid=cid).encode()
+    and its CID; ``parent``: a ``..`` row first.  The entries are read as the rows are
+    made, a HAMT shard at a time: a directory of millions of entries is never held whole."""
+    yield _PAGE_HEAD.format(title=html.escape(title), cid=node.cid).encode()
     rows = []
     if parent:
         rows.append('<tr><td><a href="..">..</a></td><td></td><td></td></tr>\n')
-    for link in links:
-        name = html.escape(link.name)
-        href = quote(link.name.encode("utf-8", "surrogateescape"), safe="")
+    for link in exporter.entries(getter, node):
+        raw_name = link.name.decode("utf-8", "surrogateescape")
+        name = html.escape(raw_name)
+        href = quote(link.name, safe="")
         rows.append(
-            f'<tr><td><a href="{href}">{name}</a></td><td class="size">{link.size}</td>'
+            f'<tr><td><a href="{href}">{name}</a></td><td class="size">{link.tsize}</td>'
             f'<td class="cid"><a href="/ipfs/{link.cid}">{link.cid}</a></td></tr>\n'
         )
         if len(rows) >= 256:
