@@ -20,6 +20,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -596,6 +597,23 @@ class CountingNode:
             closed.set()
 
 
+@contextmanager
+def stalled_get(url: str, path: str) -> Iterator[socket.socket]:
+    """A client that sends ``GET path``, reads the first bytes of a 200 and stops reading
+    (a small receive buffer, so the server's writes soon block); closed at the end."""
+    host, port = url.removeprefix("http://").split(":")
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        stalled.settimeout(HANG)
+        stalled.connect((host, int(port)))
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        yield stalled
+    finally:
+        stalled.close()
+
+
 def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
         tmp_path: Path) -> None:
     size = 64 << 20
@@ -603,14 +621,7 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
     cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
     counting = CountingNode(node)
     with served(counting) as url:
-        host, port = url.removeprefix("http://").split(":")
-        stalled = socket.socket()
-        try:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-            stalled.settimeout(HANG)
-            stalled.connect((host, int(port)))
-            stalled.sendall(f"GET /ipfs/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        with stalled_get(url, f"/ipfs/{cid}"):
             # While it stalls, another client downloads the whole file: the server keeps
             # serving, and a server reading ahead of the stalled client would read all of it
             # meanwhile.
@@ -621,8 +632,6 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
             assert held < 16 << 20, f"the stalled response read {held} bytes ahead"
             first = counting.reads[0]
             assert not first.is_set()
-        finally:
-            stalled.close()
         assert first.wait(HANG)  # the read is closed once its client has gone
         assert request(url, f"/ipfs/{cid}", method="HEAD").status == 200
     node.close()
@@ -637,23 +646,15 @@ def test_a_client_that_stops_reading_cannot_hold_the_server_from_stopping(
     size = 32 << 20  # more than the kernel buffers on both sides and a batch
     node = EmbeddedNode(tmp_path / "repo")
     cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
-    stalled = socket.socket()
-    try:
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-        stalled.settimeout(HANG)
+    with ExitStack() as stack:
         with served(node, stall_timeout=1) as url:  # its end waits for the server to stop
-            host, port = url.removeprefix("http://").split(":")
-            stalled.connect((host, int(port)))
-            stalled.sendall(f"GET /ipfs/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+            stalled = stack.enter_context(stalled_get(url, f"/ipfs/{cid}"))
         received = 4096
         with pytest.raises(OSError):  # the connection was dropped: reset or timed out
             while chunk := stalled.recv(1 << 20):
                 received += len(chunk)
         assert received < size
-    finally:
-        stalled.close()
-        node.close()
+    node.close()
 
 
 def test_a_huge_directory_is_listed_as_the_client_reads(tmp_path: Path) -> None:
@@ -681,19 +682,10 @@ def test_a_huge_directory_is_listed_as_the_client_reads(tmp_path: Path) -> None:
         assert whole.status == 200 and whole.body.count(b"<td class=\"size\">") == 24000
         shards = reads[0]
         reads[0] = 0
-        host, port = url.removeprefix("http://").split(":")
-        stalled = socket.socket()
-        try:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-            stalled.settimeout(HANG)
-            stalled.connect((host, int(port)))
-            stalled.sendall(f"GET /ipfs/{root}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        with stalled_get(url, f"/ipfs/{root}/"):
             assert request(url, f"/ipfs/{root}/").body == whole.body
             held = reads[0] - shards
             assert held < shards * 3 // 4, f"the stalled listing read {held} of {shards} shards"
-        finally:
-            stalled.close()
     node.close()
 
 
