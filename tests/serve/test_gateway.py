@@ -145,6 +145,26 @@ def test_a_file_comes_with_its_type_and_the_gateway_headers(gw: str, site: Site)
     assert "access-control-allow-origin" not in reply.headers  # no other origin reads it
 
 
+def test_every_response_forbids_type_sniffing(gw: str, site: Site) -> None:
+    """``X-Content-Type-Options: nosniff`` on every answer, not only raw blocks and CARs:
+    without it a page of another site could load any text file here as a script, whose
+    ``onload`` told it the daemon holds that file (Chromium does: test_gateway_clients)."""
+    paths = [f"/ipfs/{site.root}/{name}" for name in
+             ("hello.txt", "page", "picture", "link", "sub", "sub/", "www/", "nope")]
+    paths += [f"/ipfs/{site.root}/hello.txt?format=raw", f"/ipfs/{site.root}?format=car",
+              "/ipfs/bafkqaaa", "/"]
+    for method in ("GET", "HEAD"):
+        for path in paths:
+            reply = request(gw, path, method=method)
+            assert reply.headers.get("x-content-type-options") == "nosniff", (method, path)
+    for method, path, headers, _, _ in bad_requests(site):
+        reply = request(gw, path, headers, method)
+        assert reply.headers.get("x-content-type-options") == "nosniff", (method, path)
+    etag = request(gw, f"/ipfs/{site.root}/hello.txt").headers["etag"]
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt", {"If-None-Match": etag})
+    assert reply.status == 304 and reply.headers["x-content-type-options"] == "nosniff"
+
+
 def test_a_large_file_streams_whole_through_nested_directories(gw: str, site: Site) -> None:
     reply = request(gw, f"/ipfs/{site.root}/sub/big.bin")
     assert reply.status == 200

@@ -24,13 +24,14 @@ import hashlib
 import io
 import socket
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ww.core import bridge, varint
 from ww.core.cid import CID
@@ -116,7 +117,7 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
         else:
             response = await gateway.ipfs(request, path[len("/ipfs/"):])
         try:
-            await response(scope, receive, send)
+            await response(scope, receive, partial(_nosniff, send))
         except _StreamAborted:
             # Logged where it happened.  Ending here without the body's last message makes
             # the server close the connection mid-body: the client sees a truncated response
@@ -140,6 +141,16 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL_TIMEOUT) -> None:
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if option is not None:
         sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
+
+
+async def _nosniff(send: Send, message: Message) -> None:
+    """``send`` with ``X-Content-Type-Options: nosniff`` on every response: what a file's
+    type says is all a browser may do with it (content shares one origin, and a page of
+    another site must not run a text file as a script, which told it the file was here)."""
+    if message["type"] == "http.response.start":
+        message = {**message, "headers": [*message.get("headers", ()),
+                                          (b"x-content-type-options", b"nosniff")]}
+    await send(message)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -286,7 +297,7 @@ class _Gateway:
         node = resolved.node
         etag = f'"{node.cid}.raw"'
         headers = {**common, "etag": etag, "content-type": _RAW,
-                   "x-content-type-options": "nosniff", "accept-ranges": "bytes",
+                   "accept-ranges": "bytes",
                    "content-disposition": _disposition(
                        "attachment", request.query_params.get("filename") or f"{node.cid}.bin")}
         if _not_modified(request, etag):
@@ -311,7 +322,7 @@ class _Gateway:
         etag = f'"{root}.car.{hashlib.sha256(variant.encode()).hexdigest()[:16]}"'
         headers = {**common, "etag": etag,
                    "content-type": f"{_CAR}; version=1; order=dfs; dups={'y' if dups else 'n'}",
-                   "x-content-type-options": "nosniff", "accept-ranges": "none",
+                   "accept-ranges": "none",
                    "content-disposition": _disposition(
                        "attachment", request.query_params.get("filename") or f"{root}.car")}
         if _not_modified(request, etag):
@@ -528,7 +539,6 @@ def _probe(fmt: str | None, head: bool) -> Response:
     if fmt == "car":
         headers = {"content-type": f"{_CAR}; version=1; order=dfs; dups=n",
                    "cache-control": IMMUTABLE, "etag": f'"{_PROBE}.car"',
-                   "x-content-type-options": "nosniff",
                    "content-disposition": f'attachment; filename="{_PROBE}.car"',
                    "content-length": str(len(_PROBE_CAR))}
         return Response(b"" if head else _PROBE_CAR, headers=headers)
