@@ -124,7 +124,9 @@ def assert_one_line(reply: Reply, status: int, *words: str) -> None:
     assert reply.text.endswith("\n") and reply.text.count("\n") == 1, reply.text
     for word in words:
         assert word in reply.text, reply.text
-    assert "cache-control" not in reply.headers  # an error is not cached as immutable
+    # No cache keeps an error: a 404 without Cache-Control is one a cache may keep a while
+    # (heuristically cacheable), and the content may arrive, the request be fixed.
+    assert reply.headers.get("cache-control") == "no-store", reply.headers
 
 
 # --- files and directories ------------------------------------------------------------------

@@ -179,10 +179,12 @@ class _StreamAborted(Exception):
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None,
            head: bool = False) -> Response:
-    """One line of text; no caching (the content may arrive, the request may be fixed)."""
+    """One line of text, never stored by a cache (the content may arrive, the request may be
+    fixed): a 404 without ``Cache-Control`` is one a cache may keep (RFC 9111, 4.2.2)."""
     body = (" ".join(message.split()) + "\n").encode("utf-8", "replace")
     return Response(b"" if head else body, status_code=status,
                     headers={"content-type": "text/plain; charset=utf-8",
+                             "cache-control": "no-store",
                              "content-length": str(len(body)), **(headers or {})})
 
 
