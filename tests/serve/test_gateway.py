@@ -34,6 +34,7 @@ from ww.ipfs import dagpb
 from ww.ipfs.api import AddOptions
 from ww.ipfs.car import CarReader
 from ww.ipfs.node import EmbeddedNode
+from ww.serve.gateway import THREADS
 
 CHUNK = 262144
 BIG = os.urandom(3 * 1024 * 1024 + 12345)  # 13 leaves of 256 KiB (the last one short)
@@ -528,6 +529,55 @@ def test_a_hundred_concurrent_requests_are_each_answered(gw: str, site: Site) ->
         for outcome in [pool.submit(run, job) for job in jobs]:
             outcome.result(timeout=HANG)
     assert request(gw, f"/ipfs/{site.root}/hello.txt").body == b"hello\n"
+
+
+class HeldNode:
+    """The embedded node, its block reads held until released: how many run at once."""
+
+    def __init__(self, node: EmbeddedNode) -> None:
+        self._node = node
+        self.active = 0
+        self.changed = threading.Condition()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def block(self, cid: str) -> bytes:
+        with self.changed:
+            self.active += 1
+            self.changed.notify_all()
+        try:
+            assert self.release.wait(HANG)
+            return self._node.block(cid)
+        finally:
+            with self.changed:
+                self.active -= 1
+
+
+def test_the_gateway_uses_a_few_threads_at_once_however_many_requests(tmp_path: Path) -> None:
+    """Its blocking work ran in anyio's default pool, 40 threads shared by everything on the
+    daemon's event loop: 40 requests for a directory of 75,000 entries (one 3.6 MB block,
+    about a second of decoding each) held all of them, the GIL with them, and a request
+    needing no thread waited 18.6 s.  The gateway has THREADS of its own; here three times
+    as many requests block in their first read, and no more than THREADS are ever in it."""
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream([b"content\n"])
+    held = HeldNode(node)
+    jobs = 3 * THREADS
+    with served(held) as url, ThreadPoolExecutor(jobs) as pool:
+        try:
+            replies = [pool.submit(request, url, f"/ipfs/{cid}?format=raw")
+                       for _ in range(jobs)]
+            with held.changed:
+                assert held.changed.wait_for(lambda: held.active >= THREADS, HANG)
+                # What must not happen: the old code had all of them in at once.
+                more = held.changed.wait_for(lambda: held.active > THREADS, 5)
+            assert not more, f"{held.active} block reads at once"
+        finally:
+            held.release.set()
+        assert all(reply.result(HANG).status == 200 for reply in replies)
+    node.close()
 
 
 def test_content_the_repository_lacks_is_404_even_with_peers_to_ask(tmp_path: Path) -> None:

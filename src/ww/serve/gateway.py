@@ -28,6 +28,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
+import anyio
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -58,9 +59,15 @@ from ww.ipfs.path import IpfsPath, parse_path
 from . import gateway_content as content
 from .gateway_content import Resolved
 
-__all__ = ["gateway_app", "GatewayBackend", "BATCH", "STALL_TIMEOUT", "limit_stalls"]
+__all__ = ["gateway_app", "GatewayBackend", "BATCH", "THREADS", "STALL_TIMEOUT", "limit_stalls"]
 
 T = TypeVar("T")
+
+THREADS = 4
+"""Worker threads a gateway uses at once, at most.  Its work (reading, hashing, decoding
+blocks) holds the GIL: more threads add no speed, and anyio's default pool (40 threads)
+is shared by everything on the daemon's event loop, which forty requests for a directory
+of 75,000 entries kept busy for seconds each."""
 
 BATCH = 1 << 20
 """Bytes a response reads ahead of what it has sent: one batch, read in a worker thread."""
@@ -208,6 +215,7 @@ class _Gateway:
     def __init__(self, api: GatewayBackend, log: Callable[[str], object]) -> None:
         self._api = api
         self._sink = log
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
 
     def _log(self, line: str) -> None:
         """One line, whatever a path in it holds (a name may contain a newline)."""
@@ -226,7 +234,9 @@ class _Gateway:
             with cancellable(token), local_only():
                 return fn()
 
-        return await bridge.in_worker_thread(work)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(THREADS)
+        return await bridge.in_worker_thread(work, limiter=self._limiter)
 
     # --- /ipfs/ ----------------------------------------------------------------------------
 
