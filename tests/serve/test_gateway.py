@@ -30,9 +30,10 @@ import pytest
 from tests.serve.gateway_server import HANG, served
 from ww.core.cid import CID
 from ww.core.errors import BackendUnavailableError
-from ww.ipfs import dagpb
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import AddOptions
 from ww.ipfs.car import CarReader
+from ww.ipfs.exporter import MAX_FILE_DEPTH
 from ww.ipfs.node import EmbeddedNode
 from ww.serve.gateway import THREADS
 
@@ -639,6 +640,35 @@ def test_a_corrupt_block_is_a_500_and_one_log_line(tmp_path: Path) -> None:
         assert request(url, f"/ipfs/{root}/", method="HEAD").status == 200
     assert len(log) == 1 and "\n" not in log[0], log
     assert log[0].startswith(f"gateway: GET /ipfs/{root}/a%0Ab: 500 ")
+    node.close()
+
+
+def chain(node: EmbeddedNode, depth: int) -> str:
+    """A one-byte file ``depth`` levels deep: each node links to the next alone (content
+    someone added as a CAR; no importer makes it)."""
+    child = CID.parse(node.add_stream([b"x"]))
+    data = unixfs.encode(unixfs.UnixFSData(unixfs.DataType.FILE, filesize=1, blocksizes=(1,)))
+    for _ in range(depth):
+        block = dagpb.encode(dagpb.PBNode([dagpb.PBLink(child, b"", 1)], data))
+        child = CID.v0(b"\x12\x20" + hashlib.sha256(block).digest())
+        node._blocks.put(child, (block,), sync=False)
+    return str(child)
+
+
+def test_a_file_dag_deeper_than_any_importer_makes_is_refused(tmp_path: Path) -> None:
+    """A read holds about 1 KiB for each level of a file DAG it is in: a chain of a million
+    one-link nodes (some 50 MB of blocks) held a GiB for each request, a stalled one too.
+    Past ww.ipfs.exporter.MAX_FILE_DEPTH levels the DAG is corrupt: one line, the server
+    goes on; a DAG within the bound is served."""
+    node = EmbeddedNode(tmp_path / "repo")
+    shallow, deep = chain(node, 100), chain(node, MAX_FILE_DEPTH + 1)
+    log: list[str] = []
+    with served(node, log) as url:
+        assert request(url, f"/ipfs/{shallow}").body == b"x"
+        assert_one_line(request(url, f"/ipfs/{deep}"), 500, "deeper than")
+        with pytest.raises(http.client.IncompleteRead):  # its status sent before a read
+            request(url, f"/ipfs/{deep}?filename=x.bin")
+    assert len(log) == 2 and all("deeper than" in line for line in log), log
     node.close()
 
 

@@ -48,6 +48,11 @@ from .unixfs import DataType
 HAMT_MURMUR3 = 0x22
 MAX_UINT64 = (1 << 64) - 1
 MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
+MAX_FILE_DEPTH = 1024
+"""Levels of a file DAG a read goes down, at most: a read holds about 1 KiB a level, and a
+chain of a million one-link nodes (some 50 MB of blocks) held a GiB per read.  Importers
+make far shallower DAGs (kubo's balanced layout: 5 levels for a PiB; its trickle layout
+grows with the logarithm of the size)."""
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
@@ -308,6 +313,9 @@ def _read(
                     break
                 except WouldWait:  # only under api.local_only(): resumed, it tries again
                     yield WOULD_WAIT
+            if len(stack) >= MAX_FILE_DEPTH:
+                raise CorruptBlockError(
+                    f"{node.cid}: file DAG deeper than {MAX_FILE_DEPTH} levels")
             stack.append(_pieces(child, child_start, child_end, size))
         else:
             yield item
