@@ -512,6 +512,24 @@ def test_bad_requests_get_one_line_each(gw: str, site: Site) -> None:
     assert site.log == []  # no request failed on the server's side
 
 
+def test_a_request_framed_two_ways_ends_its_connection(gw: str, site: Site) -> None:
+    """``Content-Length`` and ``Transfer-Encoding`` both: h11 reads the chunked body and
+    went on to the next request on the connection, which a proxy in front reading the
+    other length would not have seen as one (request smuggling).  Refused, connection
+    closed (RFC 9112, 6.1): the request after it is never answered."""
+    host, port = gw.removeprefix("http://").split(":")
+    smuggled = (f"GET /ipfs/{site.root}/hello.txt HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                "GET /ipfs/bafkqaaa HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=HANG) as conn:
+        conn.sendall(smuggled)
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b"Transfer-Encoding and Content-Length" in answer
+
+
 def test_a_hundred_concurrent_requests_are_each_answered(gw: str, site: Site) -> None:
     cases = [(m, p, h, s, None) for m, p, h, s, _ in bad_requests(site)]
     cases += [("GET", f"/ipfs/{site.root}/hello.txt", {}, 200, b"hello\n"),

@@ -112,7 +112,14 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
         request = Request(scope, receive)
         path: str = scope["path"]
         head = request.method == "HEAD"
-        if not path.startswith(("/ipfs/", "/ipns/")):
+        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+            # Read one way here and another by a proxy in front, the rest of the connection
+            # would be requests the proxy never saw: refused, the connection closed (RFC
+            # 9112, 6.1), never read on (h11 takes Transfer-Encoding and reads on).
+            response = _error(400, "a request with both Transfer-Encoding and "
+                                   "Content-Length is refused", {"connection": "close"},
+                              head=head)
+        elif not path.startswith(("/ipfs/", "/ipns/")):
             response = _error(404, f"not found: {request.url.path} (this gateway serves "
                                    "/ipfs/<cid>)", head=head)
         elif request.method not in ("GET", "HEAD"):
