@@ -690,6 +690,34 @@ def test_a_file_dag_deeper_than_any_importer_makes_is_refused(tmp_path: Path) ->
     node.close()
 
 
+def test_a_hamt_linking_a_shard_twice_is_not_sent_as_a_car(tmp_path: Path) -> None:
+    """``dag-scope=entity`` of a HAMT-sharded directory is its shards.  A hostile HAMT
+    links one shard from many slots, level after level: the CAR held each shard as often
+    as it was linked (a dups=n CAR with duplicates; 256 links a level, three levels deep,
+    16 million blocks of four).  A shard linked twice is corrupt, as a listing says: the
+    CAR is cut short, one log line (the listing too)."""
+    node = EmbeddedNode(tmp_path / "repo")
+    leaf = CID.parse(node.add_stream([b"x"]))
+
+    def shard(links: list[dagpb.PBLink]) -> CID:
+        data = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                                 fanout=256)
+        block = dagpb.encode(dagpb.PBNode(links, unixfs.encode(data)))
+        cid = CID.v0(b"\x12\x20" + hashlib.sha256(block).digest())
+        node._blocks.put(cid, (block,), sync=False)
+        return cid
+
+    inner = shard([dagpb.PBLink(leaf, b"00name", 9)])
+    root = shard([dagpb.PBLink(inner, b"%02X" % i, 60) for i in range(256)])
+    log: list[str] = []
+    with served(node, log) as url:
+        for path in (f"/ipfs/{root}?format=car&dag-scope=entity", f"/ipfs/{root}/"):
+            with pytest.raises(http.client.IncompleteRead):  # the CAR; the listing too
+                request(url, path)
+    assert len(log) == 2 and all("twice" in line for line in log), log
+    node.close()
+
+
 # --- a client that stops reading ------------------------------------------------------------
 
 

@@ -93,18 +93,29 @@ def car_blocks(getter: BlockGetter, resolved: Resolved, scope: str,
 
 
 def _directory_blocks(getter: BlockGetter, node: UnixfsNode) -> Iterator[tuple[CID, bytes]]:
-    """A directory's own blocks: the node, and for a HAMT every shard (not the entries)."""
+    """A directory's own blocks: the node, and for a HAMT every shard (not the entries).
+
+    As a listing does (ww.ipfs.exporter), each shard once and at most MAX_HAMT_LEVELS deep:
+    a shard linked twice is corrupt, and would make a CAR of ``fanout ** depth`` blocks of
+    a few (256 links to one shard, three levels deep: 16 million)."""
     yield node.cid, node.block
     assert node.fs is not None
     if node.fs.type is not DataType.HAMT_SHARD:
         return
-    stack = list(reversed(_sub_shards(node)))
+    shards = {node.cid.multihash}
+    stack = [(cid, 1) for cid in reversed(_sub_shards(node))]
     while stack:
-        shard = exporter.load(getter, stack.pop())
+        cid, depth = stack.pop()
+        if cid.multihash in shards:
+            raise CorruptBlockError(f"{node.cid}: HAMT links the shard {cid} twice")
+        if depth >= exporter.MAX_HAMT_LEVELS:
+            raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
+        shards.add(cid.multihash)
+        shard = exporter.load(getter, cid)
         if shard.fs is None or shard.fs.type is not DataType.HAMT_SHARD:
             raise CorruptBlockError(f"{shard.cid}: expected a HAMT shard")
         yield shard.cid, shard.block
-        stack.extend(reversed(_sub_shards(shard)))
+        stack.extend((sub, depth + 1) for sub in reversed(_sub_shards(shard)))
 
 
 def _sub_shards(shard: UnixfsNode) -> list[CID]:
