@@ -462,6 +462,12 @@ def test_duplicate_blocks_are_sent_once_unless_asked(gw: str, site: Site) -> Non
     assert car_of(reply.body)[1] == [CID.parse(site.repeated), *leaf]
     assert request(gw, f"/ipfs/{site.repeated}?format=car").headers["etag"] != \
         reply.headers["etag"]
+    # A byte range of the file too: its leaf once (it was sent for each time it was linked).
+    ranged = request(gw, f"/ipfs/{site.repeated}?format=car&entity-bytes=0:*")
+    assert ranged.headers["content-type"].endswith("dups=n")
+    assert car_of(ranged.body)[1] == [CID.parse(site.repeated), leaf[0]]
+    ranged = request(gw, f"/ipfs/{site.repeated}?format=car&entity-bytes=0:*&car-dups=y")
+    assert car_of(ranged.body)[1] == [CID.parse(site.repeated), *leaf]
 
 
 def test_the_probe_path_answers(gw: str) -> None:

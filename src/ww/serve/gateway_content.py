@@ -87,7 +87,10 @@ def car_blocks(getter: BlockGetter, resolved: Resolved, scope: str,
     elif scope == "entity" and node.is_directory:
         yield from _directory_blocks(getter, node)
     elif scope == "entity" and entity_bytes is not None and node.fs is not None:
-        yield from _range_blocks(getter, node, *entity_bytes)
+        for cid, block in _range_blocks(getter, node, *entity_bytes):
+            if dups or cid.multihash not in seen:  # a subtree met again is walked, not resent
+                seen.add(cid.multihash)
+                yield cid, block
     else:  # a whole entity (a file, a symlink, a raw block) is its whole DAG
         yield from exporter.walk(getter, node.cid, seen, once=not dups)
 
