@@ -23,7 +23,7 @@ def served(api: Any, log: list[str] | None = None,
            stall_timeout: float = STALL_TIMEOUT) -> Iterator[str]:
     """Serve ``api``'s gateway; yields its base URL (``http://127.0.0.1:<port>``).  As the
     daemon does: on a socket bound here (given to hypercorn as ``fd://``), its stalled
-    clients dropped after ``stall_timeout`` seconds."""
+    clients dropped after ``stall_timeout`` seconds (the socket's and the app's)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     limit_stalls(sock, stall_timeout)
@@ -31,7 +31,8 @@ def served(api: Any, log: list[str] | None = None,
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.graceful_timeout = 5
-    app = gateway_app(api, log=log.append if log is not None else None)
+    app = gateway_app(api, log=log.append if log is not None else None,
+                      stall_timeout=stall_timeout)
     started = threading.Event()
     state: dict[str, Any] = {}
 

@@ -25,6 +25,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from tests.serve.gateway_server import HANG, served
@@ -808,6 +811,42 @@ def test_a_client_that_stops_reading_cannot_hold_the_server_from_stopping(
             while chunk := stalled.recv(1 << 20):
                 received += len(chunk)
         assert received < size
+    node.close()
+
+
+def test_http2_streams_without_a_window_are_given_up(tmp_path: Path) -> None:
+    """Hypercorn speaks HTTP/2 (prior knowledge) on the gateway's port.  A client that opens
+    streams and never grants them a flow-control window keeps its TCP connection alive, so
+    the kernel's timeout never fires: each stream held its batch for ever (a connection
+    has 100 streams: 100 MiB, as many connections as a client likes).  The app gives up a
+    response that waited ``stall_timeout`` for its client: every stream's read is closed,
+    and the connection, left idle, is ended."""
+    size = 8 << 20
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
+    counting = CountingNode(node)
+    streams = [1, 3, 5, 7]
+    with served(counting, stall_timeout=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=HANG) as conn:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            for stream in streams:
+                client.send_headers(stream, [(":method", "GET"), (":path", f"/ipfs/{cid}"),
+                                             (":scheme", "http"), (":authority", "x")],
+                                    end_stream=True)
+            conn.sendall(client.data_to_send())
+            received = 0
+            # The data is never acknowledged (no window), until the server lets go of the
+            # streams and, with nothing left to serve, ends the idle connection.
+            while data := conn.recv(65536):
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        received += len(event.data)
+                conn.sendall(client.data_to_send())
+        assert received < len(streams) * size  # cut short, not sent whole
+        assert len(counting.reads) == len(streams)
+        assert all(read.wait(HANG) for read in counting.reads)  # every read closed
     node.close()
 
 

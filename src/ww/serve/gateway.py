@@ -69,6 +69,8 @@ blocks) holds the GIL: more threads add no speed, and anyio's default pool (40 t
 is shared by everything on the daemon's event loop, which forty requests for a directory
 of 75,000 entries kept busy for seconds each."""
 
+_PIECE = 64 << 10  # bytes of a batch handed to the server at once (see _send)
+
 BATCH = 1 << 20
 """Bytes a response reads ahead of what it has sent: one batch, read in a worker thread."""
 
@@ -94,10 +96,14 @@ class GatewayBackend(CoreAPI, Protocol):
         """One block's bytes, verified against ``cid``."""
 
 
-def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = None) -> ASGIApp:
+def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = None,
+                stall_timeout: float = STALL_TIMEOUT) -> ASGIApp:
     """The gateway as an ASGI application over ``api`` (serve it with hypercorn, on trio or
     asyncio).  ``log``: told one line for each response that failed on the server's side
-    (a 5xx, or a stream cut short by a block gone bad)."""
+    (a 5xx, or a stream cut short by a block gone bad).  ``stall_timeout``: seconds one
+    piece of a response may wait for its client (an HTTP/2 stream whose client grants no
+    flow-control window waits in the app, where the kernel's ``TCP_USER_TIMEOUT`` of
+    :func:`limit_stalls` cannot see it); then the response is given up."""
     gateway = _Gateway(api, log or (lambda line: None))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,11 +137,12 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
         else:
             response = await gateway.ipfs(request, path[len("/ipfs/"):])
         try:
-            await response(scope, receive, partial(_nosniff, send))
-        except _StreamAborted:
-            # Logged where it happened.  Ending here without the body's last message makes
-            # the server close the connection mid-body: the client sees a truncated response
-            # (a chunked CAR without its last chunk), never a complete-looking one.
+            await response(scope, receive, partial(_send, send, stall_timeout))
+        except (_StreamAborted, TimeoutError):
+            # Logged where it happened, or a client that stopped reading.  Ending here
+            # without the body's last message makes the server close the connection (reset
+            # the HTTP/2 stream) mid-body: the client sees a truncated response (a chunked
+            # CAR without its last chunk), never a complete-looking one.
             pass
 
     return app
@@ -157,14 +164,27 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL_TIMEOUT) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
-async def _nosniff(send: Send, message: Message) -> None:
-    """``send`` with ``X-Content-Type-Options: nosniff`` on every response: what a file's
-    type says is all a browser may do with it (content shares one origin, and a page of
-    another site must not run a text file as a script, which told it the file was here)."""
+async def _send(send: Send, stall_timeout: float, message: Message) -> None:
+    """``send``, TimeoutError after ``stall_timeout`` seconds of waiting for the client (an
+    HTTP/2 stream held without a window held its batch for ever: a connection's 100 streams,
+    100 MiB), and ``X-Content-Type-Options: nosniff`` on every response: what a file's type
+    says is all a browser may do with it (content shares one origin, and a page of another
+    site must not run a text file as a script, which told it the file was here)."""
     if message["type"] == "http.response.start":
         message = {**message, "headers": [*message.get("headers", ()),
                                           (b"x-content-type-options", b"nosniff")]}
-    await send(message)
+    body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+    if len(body) <= _PIECE:
+        with anyio.fail_after(stall_timeout):
+            await send(message)
+        return
+    # In pieces, each given stall_timeout: a slow client (1 KiB/s) is not a stalled one.
+    more = message.get("more_body", False)
+    for start in range(0, len(body), _PIECE):
+        piece = body[start:start + _PIECE]
+        with anyio.fail_after(stall_timeout):
+            await send({"type": "http.response.body", "body": piece,
+                        "more_body": more or start + _PIECE < len(body)})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
