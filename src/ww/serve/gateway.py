@@ -69,7 +69,7 @@ blocks) holds the GIL: more threads add no speed, and anyio's default pool (40 t
 is shared by everything on the daemon's event loop, which forty requests for a directory
 of 75,000 entries kept busy for seconds each."""
 
-_PIECE = 64 << 10  # bytes of a batch handed to the server at once (see _send)
+_PIECE = 256 << 10  # bytes of a batch handed to the server at once (see _send)
 
 BATCH = 1 << 20
 """Bytes a response reads ahead of what it has sent: one batch, read in a worker thread."""
@@ -178,7 +178,7 @@ async def _send(send: Send, stall_timeout: float, message: Message) -> None:
         with anyio.fail_after(stall_timeout):
             await send(message)
         return
-    # In pieces, each given stall_timeout: a slow client (1 KiB/s) is not a stalled one.
+    # In pieces, each given stall_timeout: a slow client (5 KB/s) is not a stalled one.
     more = message.get("more_body", False)
     for start in range(0, len(body), _PIECE):
         piece = body[start:start + _PIECE]
