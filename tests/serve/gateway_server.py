@@ -3,6 +3,7 @@ port the system picks; stopped (gracefully, its connections closed) when the blo
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,19 +13,26 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from ww.serve.gateway import gateway_app
+from ww.serve.gateway import STALL_TIMEOUT, gateway_app, limit_stalls
 
 HANG = 300  # a bound that only stops a hang
 
 
 @contextmanager
-def served(api: Any, log: list[str] | None = None) -> Iterator[str]:
-    """Serve ``api``'s gateway; yields its base URL (``http://127.0.0.1:<port>``)."""
+def served(api: Any, log: list[str] | None = None,
+           stall_timeout: float = STALL_TIMEOUT) -> Iterator[str]:
+    """Serve ``api``'s gateway; yields its base URL (``http://127.0.0.1:<port>``).  As the
+    daemon does: on a socket bound here (given to hypercorn as ``fd://``), its stalled
+    clients dropped after ``stall_timeout`` seconds (the socket's and the app's)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    limit_stalls(sock, stall_timeout)
     config = Config()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.graceful_timeout = 5
-    app = gateway_app(api, log=log.append if log is not None else None)
+    app = gateway_app(api, log=log.append if log is not None else None,
+                      stall_timeout=stall_timeout)
     started = threading.Event()
     state: dict[str, Any] = {}
 

@@ -20,19 +20,25 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from tests.serve.gateway_server import HANG, served
 from ww.core.cid import CID
 from ww.core.errors import BackendUnavailableError
-from ww.ipfs import dagpb
+from ww.ipfs import dagpb, unixfs
 from ww.ipfs.api import AddOptions
 from ww.ipfs.car import CarReader
+from ww.ipfs.exporter import MAX_FILE_DEPTH
 from ww.ipfs.node import EmbeddedNode
+from ww.serve.gateway import THREADS
 
 CHUNK = 262144
 BIG = os.urandom(3 * 1024 * 1024 + 12345)  # 13 leaves of 256 KiB (the last one short)
@@ -123,7 +129,9 @@ def assert_one_line(reply: Reply, status: int, *words: str) -> None:
     assert reply.text.endswith("\n") and reply.text.count("\n") == 1, reply.text
     for word in words:
         assert word in reply.text, reply.text
-    assert "cache-control" not in reply.headers  # an error is not cached as immutable
+    # No cache keeps an error: a 404 without Cache-Control is one a cache may keep a while
+    # (heuristically cacheable), and the content may arrive, the request be fixed.
+    assert reply.headers.get("cache-control") == "no-store", reply.headers
 
 
 # --- files and directories ------------------------------------------------------------------
@@ -142,6 +150,26 @@ def test_a_file_comes_with_its_type_and_the_gateway_headers(gw: str, site: Site)
     assert reply.headers["x-ipfs-roots"] == f"{site.root},{file_cid}"
     assert reply.headers["accept-ranges"] == "bytes"
     assert "access-control-allow-origin" not in reply.headers  # no other origin reads it
+
+
+def test_every_response_forbids_type_sniffing(gw: str, site: Site) -> None:
+    """``X-Content-Type-Options: nosniff`` on every answer, not only raw blocks and CARs:
+    without it a page of another site could load any text file here as a script, whose
+    ``onload`` told it the daemon holds that file (Chromium does: test_gateway_clients)."""
+    paths = [f"/ipfs/{site.root}/{name}" for name in
+             ("hello.txt", "page", "picture", "link", "sub", "sub/", "www/", "nope")]
+    paths += [f"/ipfs/{site.root}/hello.txt?format=raw", f"/ipfs/{site.root}?format=car",
+              "/ipfs/bafkqaaa", "/"]
+    for method in ("GET", "HEAD"):
+        for path in paths:
+            reply = request(gw, path, method=method)
+            assert reply.headers.get("x-content-type-options") == "nosniff", (method, path)
+    for method, path, headers, _, _ in bad_requests(site):
+        reply = request(gw, path, headers, method)
+        assert reply.headers.get("x-content-type-options") == "nosniff", (method, path)
+    etag = request(gw, f"/ipfs/{site.root}/hello.txt").headers["etag"]
+    reply = request(gw, f"/ipfs/{site.root}/hello.txt", {"If-None-Match": etag})
+    assert reply.status == 304 and reply.headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_large_file_streams_whole_through_nested_directories(gw: str, site: Site) -> None:
@@ -437,6 +465,12 @@ def test_duplicate_blocks_are_sent_once_unless_asked(gw: str, site: Site) -> Non
     assert car_of(reply.body)[1] == [CID.parse(site.repeated), *leaf]
     assert request(gw, f"/ipfs/{site.repeated}?format=car").headers["etag"] != \
         reply.headers["etag"]
+    # A byte range of the file too: its leaf once (it was sent for each time it was linked).
+    ranged = request(gw, f"/ipfs/{site.repeated}?format=car&entity-bytes=0:*")
+    assert ranged.headers["content-type"].endswith("dups=n")
+    assert car_of(ranged.body)[1] == [CID.parse(site.repeated), leaf[0]]
+    ranged = request(gw, f"/ipfs/{site.repeated}?format=car&entity-bytes=0:*&car-dups=y")
+    assert car_of(ranged.body)[1] == [CID.parse(site.repeated), *leaf]
 
 
 def test_the_probe_path_answers(gw: str) -> None:
@@ -487,6 +521,24 @@ def test_bad_requests_get_one_line_each(gw: str, site: Site) -> None:
     assert site.log == []  # no request failed on the server's side
 
 
+def test_a_request_framed_two_ways_ends_its_connection(gw: str, site: Site) -> None:
+    """``Content-Length`` and ``Transfer-Encoding`` both: h11 reads the chunked body and
+    went on to the next request on the connection, which a proxy in front reading the
+    other length would not have seen as one (request smuggling).  Refused, connection
+    closed (RFC 9112, 6.1): the request after it is never answered."""
+    host, port = gw.removeprefix("http://").split(":")
+    smuggled = (f"GET /ipfs/{site.root}/hello.txt HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                "GET /ipfs/bafkqaaa HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=HANG) as conn:
+        conn.sendall(smuggled)
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b"Transfer-Encoding and Content-Length" in answer
+
+
 def test_a_hundred_concurrent_requests_are_each_answered(gw: str, site: Site) -> None:
     cases = [(m, p, h, s, None) for m, p, h, s, _ in bad_requests(site)]
     cases += [("GET", f"/ipfs/{site.root}/hello.txt", {}, 200, b"hello\n"),
@@ -505,6 +557,55 @@ def test_a_hundred_concurrent_requests_are_each_answered(gw: str, site: Site) ->
         for outcome in [pool.submit(run, job) for job in jobs]:
             outcome.result(timeout=HANG)
     assert request(gw, f"/ipfs/{site.root}/hello.txt").body == b"hello\n"
+
+
+class HeldNode:
+    """The embedded node, its block reads held until released: how many run at once."""
+
+    def __init__(self, node: EmbeddedNode) -> None:
+        self._node = node
+        self.active = 0
+        self.changed = threading.Condition()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def block(self, cid: str) -> bytes:
+        with self.changed:
+            self.active += 1
+            self.changed.notify_all()
+        try:
+            assert self.release.wait(HANG)
+            return self._node.block(cid)
+        finally:
+            with self.changed:
+                self.active -= 1
+
+
+def test_the_gateway_uses_a_few_threads_at_once_however_many_requests(tmp_path: Path) -> None:
+    """Its blocking work ran in anyio's default pool, 40 threads shared by everything on the
+    daemon's event loop: 40 requests for a directory of 75,000 entries (one 3.6 MB block,
+    about a second of decoding each) held all of them, the GIL with them, and a request
+    needing no thread waited 18.6 s.  The gateway has THREADS of its own; here three times
+    as many requests block in their first read, and no more than THREADS are ever in it."""
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream([b"content\n"])
+    held = HeldNode(node)
+    jobs = 3 * THREADS
+    with served(held) as url, ThreadPoolExecutor(jobs) as pool:
+        try:
+            replies = [pool.submit(request, url, f"/ipfs/{cid}?format=raw")
+                       for _ in range(jobs)]
+            with held.changed:
+                assert held.changed.wait_for(lambda: held.active >= THREADS, HANG)
+                # What must not happen: the old code had all of them in at once.
+                more = held.changed.wait_for(lambda: held.active > THREADS, 5)
+            assert not more, f"{held.active} block reads at once"
+        finally:
+            held.release.set()
+        assert all(reply.result(HANG).status == 200 for reply in replies)
+    node.close()
 
 
 def test_content_the_repository_lacks_is_404_even_with_peers_to_ask(tmp_path: Path) -> None:
@@ -569,6 +670,63 @@ def test_a_corrupt_block_is_a_500_and_one_log_line(tmp_path: Path) -> None:
     node.close()
 
 
+def chain(node: EmbeddedNode, depth: int) -> str:
+    """A one-byte file ``depth`` levels deep: each node links to the next alone (content
+    someone added as a CAR; no importer makes it)."""
+    child = CID.parse(node.add_stream([b"x"]))
+    data = unixfs.encode(unixfs.UnixFSData(unixfs.DataType.FILE, filesize=1, blocksizes=(1,)))
+    for _ in range(depth):
+        block = dagpb.encode(dagpb.PBNode([dagpb.PBLink(child, b"", 1)], data))
+        child = CID.v0(b"\x12\x20" + hashlib.sha256(block).digest())
+        node._blocks.put(child, (block,), sync=False)
+    return str(child)
+
+
+def test_a_file_dag_deeper_than_any_importer_makes_is_refused(tmp_path: Path) -> None:
+    """A read holds about 1 KiB for each level of a file DAG it is in: a chain of a million
+    one-link nodes (some 50 MB of blocks) held a GiB for each request, a stalled one too.
+    Past ww.ipfs.exporter.MAX_FILE_DEPTH levels the DAG is corrupt: one line, the server
+    goes on; a DAG within the bound is served."""
+    node = EmbeddedNode(tmp_path / "repo")
+    shallow, deep = chain(node, 100), chain(node, MAX_FILE_DEPTH + 1)
+    log: list[str] = []
+    with served(node, log) as url:
+        assert request(url, f"/ipfs/{shallow}").body == b"x"
+        assert_one_line(request(url, f"/ipfs/{deep}"), 500, "deeper than")
+        with pytest.raises(http.client.IncompleteRead):  # its status sent before a read
+            request(url, f"/ipfs/{deep}?filename=x.bin")
+    assert len(log) == 2 and all("deeper than" in line for line in log), log
+    node.close()
+
+
+def test_a_hamt_linking_a_shard_twice_is_not_sent_as_a_car(tmp_path: Path) -> None:
+    """``dag-scope=entity`` of a HAMT-sharded directory is its shards.  A hostile HAMT
+    links one shard from many slots, level after level: the CAR held each shard as often
+    as it was linked (a dups=n CAR with duplicates; 256 links a level, three levels deep,
+    16 million blocks of four).  A shard linked twice is corrupt, as a listing says: the
+    CAR is cut short, one log line (the listing too)."""
+    node = EmbeddedNode(tmp_path / "repo")
+    leaf = CID.parse(node.add_stream([b"x"]))
+
+    def shard(links: list[dagpb.PBLink]) -> CID:
+        data = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                                 fanout=256)
+        block = dagpb.encode(dagpb.PBNode(links, unixfs.encode(data)))
+        cid = CID.v0(b"\x12\x20" + hashlib.sha256(block).digest())
+        node._blocks.put(cid, (block,), sync=False)
+        return cid
+
+    inner = shard([dagpb.PBLink(leaf, b"00name", 9)])
+    root = shard([dagpb.PBLink(inner, b"%02X" % i, 60) for i in range(256)])
+    log: list[str] = []
+    with served(node, log) as url:
+        for path in (f"/ipfs/{root}?format=car&dag-scope=entity", f"/ipfs/{root}/"):
+            with pytest.raises(http.client.IncompleteRead):  # the CAR; the listing too
+                request(url, path)
+    assert len(log) == 2 and all("twice" in line for line in log), log
+    node.close()
+
+
 # --- a client that stops reading ------------------------------------------------------------
 
 
@@ -596,6 +754,23 @@ class CountingNode:
             closed.set()
 
 
+@contextmanager
+def stalled_get(url: str, path: str) -> Iterator[socket.socket]:
+    """A client that sends ``GET path``, reads the first bytes of a 200 and stops reading
+    (a small receive buffer, so the server's writes soon block); closed at the end."""
+    host, port = url.removeprefix("http://").split(":")
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        stalled.settimeout(HANG)
+        stalled.connect((host, int(port)))
+        stalled.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        yield stalled
+    finally:
+        stalled.close()
+
+
 def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
         tmp_path: Path) -> None:
     size = 64 << 20
@@ -603,14 +778,7 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
     cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
     counting = CountingNode(node)
     with served(counting) as url:
-        host, port = url.removeprefix("http://").split(":")
-        stalled = socket.socket()
-        try:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-            stalled.settimeout(HANG)
-            stalled.connect((host, int(port)))
-            stalled.sendall(f"GET /ipfs/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            assert stalled.recv(4096).startswith(b"HTTP/1.1 200")
+        with stalled_get(url, f"/ipfs/{cid}"):
             # While it stalls, another client downloads the whole file: the server keeps
             # serving, and a server reading ahead of the stalled client would read all of it
             # meanwhile.
@@ -621,11 +789,96 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
             assert held < 16 << 20, f"the stalled response read {held} bytes ahead"
             first = counting.reads[0]
             assert not first.is_set()
-        finally:
-            # (hypercorn cannot stop while a client stalls a response: it shields its writes)
-            stalled.close()
         assert first.wait(HANG)  # the read is closed once its client has gone
         assert request(url, f"/ipfs/{cid}", method="HEAD").status == 200
+    node.close()
+
+
+def test_a_client_that_stops_reading_cannot_hold_the_server_from_stopping(
+        tmp_path: Path) -> None:
+    """Hypercorn shields its writes from cancellation: a client that never reads kept the
+    server from stopping (past its graceful timeout, for as long as the client stayed).
+    The socket the gateway is served on drops such a connection (limit_stalls), so the
+    server stops and the client sees its connection end."""
+    size = 32 << 20  # more than the kernel buffers on both sides and a batch
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
+    with ExitStack() as stack:
+        with served(node, stall_timeout=1) as url:  # its end waits for the server to stop
+            stalled = stack.enter_context(stalled_get(url, f"/ipfs/{cid}"))
+        received = 4096
+        with pytest.raises(OSError):  # the connection was dropped: reset or timed out
+            while chunk := stalled.recv(1 << 20):
+                received += len(chunk)
+        assert received < size
+    node.close()
+
+
+def test_http2_streams_without_a_window_are_given_up(tmp_path: Path) -> None:
+    """Hypercorn speaks HTTP/2 (prior knowledge) on the gateway's port.  A client that opens
+    streams and never grants them a flow-control window keeps its TCP connection alive, so
+    the kernel's timeout never fires: each stream held its batch for ever (a connection
+    has 100 streams: 100 MiB, as many connections as a client likes).  The app gives up a
+    response that waited ``stall_timeout`` for its client: every stream's read is closed,
+    and the connection, left idle, is ended."""
+    size = 8 << 20
+    node = EmbeddedNode(tmp_path / "repo")
+    cid = node.add_stream(os.urandom(CHUNK) for _ in range(size // CHUNK))
+    counting = CountingNode(node)
+    streams = [1, 3, 5, 7]
+    with served(counting, stall_timeout=1) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=HANG) as conn:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            for stream in streams:
+                client.send_headers(stream, [(":method", "GET"), (":path", f"/ipfs/{cid}"),
+                                             (":scheme", "http"), (":authority", "x")],
+                                    end_stream=True)
+            conn.sendall(client.data_to_send())
+            received = 0
+            # The data is never acknowledged (no window), until the server lets go of the
+            # streams and, with nothing left to serve, ends the idle connection.
+            while data := conn.recv(65536):
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        received += len(event.data)
+                conn.sendall(client.data_to_send())
+        assert received < len(streams) * size  # cut short, not sent whole
+        assert len(counting.reads) == len(streams)
+        assert all(read.wait(HANG) for read in counting.reads)  # every read closed
+    node.close()
+
+
+def test_a_huge_directory_is_listed_as_the_client_reads(tmp_path: Path) -> None:
+    """A listing reads the directory's shards as its rows are sent: the server used to read
+    every entry into one list before the first byte (11 MiB for these 24,000 entries, some
+    470 bytes an entry, for each request; a worker thread held meanwhile).  Here a client
+    stalls after the first bytes of a 16 MB listing while another reads it whole: the
+    stalled one has read only part of the shards."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(24000):
+        (tree / f"{i:05d}{'n' * 195}").write_bytes(b"x")
+    node = EmbeddedNode(tmp_path / "repo")
+    root = node.add_path(tree)
+    get_block = node._get_block
+    reads = [0]
+
+    def counting(cid: CID) -> bytes:
+        reads[0] += 1
+        return get_block(cid)
+
+    node._get_block = counting  # type: ignore[method-assign]
+    with served(node) as url:
+        whole = request(url, f"/ipfs/{root}/")
+        assert whole.status == 200 and whole.body.count(b"<td class=\"size\">") == 24000
+        shards = reads[0]
+        reads[0] = 0
+        with stalled_get(url, f"/ipfs/{root}/"):
+            assert request(url, f"/ipfs/{root}/").body == whole.body
+            held = reads[0] - shards
+            assert held < shards * 3 // 4, f"the stalled listing read {held} of {shards} shards"
     node.close()
 
 

@@ -9,10 +9,13 @@ The npm packages are pinned in tests/serve/js_car/package-lock.json (``./dev tes
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -179,7 +182,7 @@ def test_the_probe_car_names_the_empty_identity_cid(gw: str, tmp_path: Path) -> 
 # --- a browser ------------------------------------------------------------------------------
 
 
-def render(url: str, profile: Path) -> str:
+def render(url: str, profile: Path, *flags: str) -> str:
     """The DOM headless Chromium builds for ``url`` (its background networking off: it
     talks to the gateway alone)."""
     assert CHROMIUM is not None
@@ -187,7 +190,7 @@ def render(url: str, profile: Path) -> str:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-default-apps", "--no-first-run", "--disable-extensions",
             "--disable-domain-reliability", "--no-pings", f"--user-data-dir={profile}",
-            "--dump-dom", url]
+            *flags, "--dump-dom", url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -226,3 +229,45 @@ def test_chromium_renders_a_listing_and_a_file(gw: str, node: EmbeddedNode, tree
     shown = _Rendered()
     shown.feed(render(f"{gw}/ipfs/{cid}/hello.txt", tmp_path / "profile"))
     assert "hello from the gateway" in "".join(shown.text)
+
+
+_PROBING_PAGE = """<html><body><pre id="out"></pre><script>
+for (const [name, url] of [["held", "{held}"], ["absent", "{absent}"]]) {{
+  const script = document.createElement("script");
+  script.src = url;
+  const out = document.getElementById("out");
+  const note = (what) => {{ out.textContent += `${{name}} ${{what}};`; }};
+  script.onload = () => note("load");
+  script.onerror = () => note("error");
+  document.body.appendChild(script);
+}}
+</script></body></html>"""
+
+
+@needs_chromium
+def test_a_page_of_another_site_cannot_tell_a_held_text_file_by_loading_it_as_a_script(
+        gw: str, node: EmbeddedNode, tmp_path: Path) -> None:
+    """A page of another site (``localhost``; the gateway is ``127.0.0.1``) adds
+    ``<script src>`` for a text file the daemon holds and for one it lacks: without
+    ``nosniff`` Chromium ran the text as a script and fired ``load`` for the one held,
+    ``error`` for the other, so the page learned what the daemon holds (and ran it)."""
+    held = node.add_stream([b"held = 1;\n"], AddOptions())
+    absent = node.add_stream([b"absent = 1;\n"], AddOptions(only_hash=True))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "probe.html").write_text(_PROBING_PAGE.format(
+        held=f"{gw}/ipfs/{held}?filename=held.txt", absent=f"{gw}/ipfs/{absent}"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    pages = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=pages.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dom = render(f"http://localhost:{pages.server_address[1]}/probe.html",
+                     tmp_path / "profile", "--virtual-time-budget=10000")
+    finally:
+        pages.shutdown()
+        thread.join(HANG)
+    out = dom.split('<pre id="out">', 1)[1].split("</pre>", 1)[0]
+    outcomes = sorted(part for part in out.split(";") if part)
+    assert outcomes[0] == "absent error"  # the page ran: both scripts were tried
+    assert outcomes == ["absent error", "held error"]

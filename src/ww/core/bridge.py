@@ -375,7 +375,8 @@ class TrioPortal:
 
 
 async def in_worker_thread(fn: Callable[[], T],
-                           on_cancel: Callable[[], Any] | None = None) -> T:
+                           on_cancel: Callable[[], Any] | None = None,
+                           limiter: Any = None) -> T:
     """In an ASGI app (anyio, on trio or asyncio): ``fn()`` in one of anyio's worker threads.
 
     The work is never abandoned: if the calling task is cancelled (its client went away),
@@ -384,12 +385,14 @@ async def in_worker_thread(fn: Callable[[], T],
     may wait long (on the network) gives ``on_cancel``, called at once on cancellation to make
     it stop early (a :class:`ww.ipfs.api.CancelToken`'s ``cancel``); short work does without
     it, which saves a task per call (a third of the CPU of a gateway download's 1 MiB steps).
-    A cancelled caller gets the cancellation, not the error of work it stopped."""
+    A cancelled caller gets the cancellation, not the error of work it stopped.
+    ``limiter``: an ``anyio.CapacityLimiter`` bounding this caller's threads, instead of
+    anyio's default pool (40 threads, shared by everything on the event loop)."""
     import anyio
 
     if on_cancel is None:
         try:
-            return await anyio.to_thread.run_sync(fn)
+            return await anyio.to_thread.run_sync(fn, limiter=limiter)
         except Exception:
             await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled meanwhile: that wins
             raise
@@ -412,7 +415,7 @@ async def in_worker_thread(fn: Callable[[], T],
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(stop_work_if_cancelled)
-        await anyio.to_thread.run_sync(work)  # not abandoned: the thread is waited for
+        await anyio.to_thread.run_sync(work, limiter=limiter)  # not abandoned: waited for
         finished = True
         tasks.cancel_scope.cancel()
     ok, value = outcome[0]

@@ -49,10 +49,15 @@ from .unixfs import DataType
 HAMT_MURMUR3 = 0x22
 MAX_UINT64 = (1 << 64) - 1
 MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
+MAX_FILE_DEPTH = 1024
+"""Levels of a file DAG a read goes down, at most: a read holds about 1 KiB a level, and a
+chain of a million one-link nodes (some 50 MB of blocks) held a GiB per read.  Importers
+make far shallower DAGs (kubo's balanced layout: 5 levels for a PiB; its trickle layout
+grows with the logarithm of the size)."""
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
-    "check_destination", "check_outside_repository", "walk",
+    "check_destination", "check_outside_repository", "walk", "entries",
 ]
 
 BlockGetter = Callable[[CID], bytes]
@@ -171,6 +176,13 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
             stack.append((child, iter(child.links)))
         else:
             yield dagpb.PBLink(link.cid, link.name[width:], link.tsize)
+
+
+def entries(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
+    """A plain or HAMT-sharded directory's entries one at a time, in stored order, each shard
+    read as the walk reaches it: what holds one shard's links at a time, where :func:`stat`
+    holds them all (a directory may have millions)."""
+    return _dir_links(getter, node)
 
 
 def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
@@ -302,6 +314,9 @@ def _read(
                     break
                 except WouldWait:  # only under api.local_only(): resumed, it tries again
                     yield WOULD_WAIT
+            if len(stack) >= MAX_FILE_DEPTH:
+                raise CorruptBlockError(
+                    f"{node.cid}: file DAG deeper than {MAX_FILE_DEPTH} levels")
             stack.append(_pieces(child, child_start, child_end, size))
         else:
             yield item

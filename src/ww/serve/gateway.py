@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
+import anyio
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ww.core import bridge, varint
 from ww.core.cid import CID
@@ -56,12 +59,24 @@ from ww.ipfs.path import IpfsPath, parse_path
 from . import gateway_content as content
 from .gateway_content import Resolved
 
-__all__ = ["gateway_app", "GatewayBackend", "BATCH"]
+__all__ = ["gateway_app", "GatewayBackend", "BATCH", "THREADS", "STALL_TIMEOUT", "limit_stalls"]
 
 T = TypeVar("T")
 
+THREADS = 4
+"""Worker threads a gateway uses at once, at most.  Its work (reading, hashing, decoding
+blocks) holds the GIL: more threads add no speed, and anyio's default pool (40 threads)
+is shared by everything on the daemon's event loop, which forty requests for a directory
+of 75,000 entries kept busy for seconds each."""
+
+_PIECE = 256 << 10  # bytes of a batch handed to the server at once (see _send)
+
 BATCH = 1 << 20
 """Bytes a response reads ahead of what it has sent: one batch, read in a worker thread."""
+
+STALL_TIMEOUT = 60.0
+"""Seconds a client may leave a response unread before its connection is dropped
+(:func:`limit_stalls`)."""
 
 IMMUTABLE = "public, max-age=29030400, immutable"
 _RAW = "application/vnd.ipld.raw"
@@ -81,10 +96,14 @@ class GatewayBackend(CoreAPI, Protocol):
         """One block's bytes, verified against ``cid``."""
 
 
-def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = None) -> ASGIApp:
+def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = None,
+                stall_timeout: float = STALL_TIMEOUT) -> ASGIApp:
     """The gateway as an ASGI application over ``api`` (serve it with hypercorn, on trio or
     asyncio).  ``log``: told one line for each response that failed on the server's side
-    (a 5xx, or a stream cut short by a block gone bad)."""
+    (a 5xx, or a stream cut short by a block gone bad).  ``stall_timeout``: seconds one
+    piece of a response may wait for its client (an HTTP/2 stream whose client grants no
+    flow-control window waits in the app, where the kernel's ``TCP_USER_TIMEOUT`` of
+    :func:`limit_stalls` cannot see it); then the response is given up."""
     gateway = _Gateway(api, log or (lambda line: None))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,7 +118,14 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
         request = Request(scope, receive)
         path: str = scope["path"]
         head = request.method == "HEAD"
-        if not path.startswith(("/ipfs/", "/ipns/")):
+        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+            # Read one way here and another by a proxy in front, the rest of the connection
+            # would be requests the proxy never saw: refused, the connection closed (RFC
+            # 9112, 6.1), never read on (h11 takes Transfer-Encoding and reads on).
+            response = _error(400, "a request with both Transfer-Encoding and "
+                                   "Content-Length is refused", {"connection": "close"},
+                              head=head)
+        elif not path.startswith(("/ipfs/", "/ipns/")):
             response = _error(404, f"not found: {request.url.path} (this gateway serves "
                                    "/ipfs/<cid>)", head=head)
         elif request.method not in ("GET", "HEAD"):
@@ -111,14 +137,54 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
         else:
             response = await gateway.ipfs(request, path[len("/ipfs/"):])
         try:
-            await response(scope, receive, send)
-        except _StreamAborted:
-            # Logged where it happened.  Ending here without the body's last message makes
-            # the server close the connection mid-body: the client sees a truncated response
-            # (a chunked CAR without its last chunk), never a complete-looking one.
+            await response(scope, receive, partial(_send, send, stall_timeout))
+        except (_StreamAborted, TimeoutError):
+            # Logged where it happened, or a client that stopped reading.  Ending here
+            # without the body's last message makes the server close the connection (reset
+            # the HTTP/2 stream) mid-body: the client sees a truncated response (a chunked
+            # CAR without its last chunk), never a complete-looking one.
             pass
 
     return app
+
+
+def limit_stalls(sock: socket.socket, seconds: float = STALL_TIMEOUT) -> None:
+    """Make the kernel drop a connection accepted on the listening socket ``sock`` once data
+    sent to it has waited ``seconds`` unacknowledged or unread (its client's receive window
+    shut): ``TCP_USER_TIMEOUT``, which accepted connections inherit on Linux.
+
+    Call it on the socket the gateway is served from (``Config.bind = ["fd://<fd>"]``).
+    Hypercorn shields each write from cancellation, so without it a client that stops
+    reading holds its connection, one batch of memory and the server's shutdown (which
+    waits for that write past its graceful timeout) for as long as it likes; with it, the
+    write fails after ``seconds`` and the connection closes.  A no-op where the option does
+    not exist."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
+
+
+async def _send(send: Send, stall_timeout: float, message: Message) -> None:
+    """``send``, TimeoutError after ``stall_timeout`` seconds of waiting for the client (an
+    HTTP/2 stream held without a window held its batch for ever: a connection's 100 streams,
+    100 MiB), and ``X-Content-Type-Options: nosniff`` on every response: what a file's type
+    says is all a browser may do with it (content shares one origin, and a page of another
+    site must not run a text file as a script, which told it the file was here)."""
+    if message["type"] == "http.response.start":
+        message = {**message, "headers": [*message.get("headers", ()),
+                                          (b"x-content-type-options", b"nosniff")]}
+    body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+    if len(body) <= _PIECE:
+        with anyio.fail_after(stall_timeout):
+            await send(message)
+        return
+    # In pieces, each given stall_timeout: a slow client (5 KB/s) is not a stalled one.
+    more = message.get("more_body", False)
+    for start in range(0, len(body), _PIECE):
+        piece = body[start:start + _PIECE]
+        with anyio.fail_after(stall_timeout):
+            await send({"type": "http.response.body", "body": piece,
+                        "more_body": more or start + _PIECE < len(body)})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -147,10 +213,12 @@ class _StreamAborted(Exception):
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None,
            head: bool = False) -> Response:
-    """One line of text; no caching (the content may arrive, the request may be fixed)."""
+    """One line of text, never stored by a cache (the content may arrive, the request may be
+    fixed): a 404 without ``Cache-Control`` is one a cache may keep (RFC 9111, 4.2.2)."""
     body = (" ".join(message.split()) + "\n").encode("utf-8", "replace")
     return Response(b"" if head else body, status_code=status,
                     headers={"content-type": "text/plain; charset=utf-8",
+                             "cache-control": "no-store",
                              "content-length": str(len(body)), **(headers or {})})
 
 
@@ -174,6 +242,7 @@ class _Gateway:
     def __init__(self, api: GatewayBackend, log: Callable[[str], object]) -> None:
         self._api = api
         self._sink = log
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop
 
     def _log(self, line: str) -> None:
         """One line, whatever a path in it holds (a name may contain a newline)."""
@@ -192,7 +261,9 @@ class _Gateway:
             with cancellable(token), local_only():
                 return fn()
 
-        return await bridge.in_worker_thread(work)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(THREADS)
+        return await bridge.in_worker_thread(work, limiter=self._limiter)
 
     # --- /ipfs/ ----------------------------------------------------------------------------
 
@@ -265,7 +336,7 @@ class _Gateway:
         node = resolved.node
         etag = f'"{node.cid}.raw"'
         headers = {**common, "etag": etag, "content-type": _RAW,
-                   "x-content-type-options": "nosniff", "accept-ranges": "bytes",
+                   "accept-ranges": "bytes",
                    "content-disposition": _disposition(
                        "attachment", request.query_params.get("filename") or f"{node.cid}.bin")}
         if _not_modified(request, etag):
@@ -290,7 +361,7 @@ class _Gateway:
         etag = f'"{root}.car.{hashlib.sha256(variant.encode()).hexdigest()[:16]}"'
         headers = {**common, "etag": etag,
                    "content-type": f"{_CAR}; version=1; order=dfs; dups={'y' if dups else 'n'}",
-                   "x-content-type-options": "nosniff", "accept-ranges": "none",
+                   "accept-ranges": "none",
                    "content-disposition": _disposition(
                        "attachment", request.query_params.get("filename") or f"{root}.car")}
         if _not_modified(request, etag):
@@ -348,9 +419,8 @@ class _Gateway:
             return Response(status_code=304, headers=headers)
         if head:
             return _head(headers)
-        stat = await self._run(token, lambda: self._api.stat(str(node.cid)))
         title = request.url.path
-        pieces = content.listing(title, node.cid, stat.links, bool(resolved.path.segments))
+        pieces = content.listing(self._get, title, node, bool(resolved.path.segments))
         return _Streaming(_Body(self, token, pieces, title), 200, headers)
 
 
@@ -508,7 +578,6 @@ def _probe(fmt: str | None, head: bool) -> Response:
     if fmt == "car":
         headers = {"content-type": f"{_CAR}; version=1; order=dfs; dups=n",
                    "cache-control": IMMUTABLE, "etag": f'"{_PROBE}.car"',
-                   "x-content-type-options": "nosniff",
                    "content-disposition": f'attachment; filename="{_PROBE}.car"',
                    "content-length": str(len(_PROBE_CAR))}
         return Response(b"" if head else _PROBE_CAR, headers=headers)

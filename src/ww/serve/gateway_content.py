@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import html
 import mimetypes
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from ww.core.cid import CID
 from ww.core.errors import CorruptBlockError, NotFoundError
-from ww.core.ipfs_values import Link
 from ww.ipfs import exporter
 from ww.ipfs.exporter import UnixfsNode
 from ww.ipfs.path import IpfsPath
@@ -88,24 +87,38 @@ def car_blocks(getter: BlockGetter, resolved: Resolved, scope: str,
     elif scope == "entity" and node.is_directory:
         yield from _directory_blocks(getter, node)
     elif scope == "entity" and entity_bytes is not None and node.fs is not None:
-        yield from _range_blocks(getter, node, *entity_bytes)
+        for cid, block in _range_blocks(getter, node, *entity_bytes):
+            if dups or cid.multihash not in seen:  # a subtree met again is walked, not resent
+                seen.add(cid.multihash)
+                yield cid, block
     else:  # a whole entity (a file, a symlink, a raw block) is its whole DAG
         yield from exporter.walk(getter, node.cid, seen, once=not dups)
 
 
 def _directory_blocks(getter: BlockGetter, node: UnixfsNode) -> Iterator[tuple[CID, bytes]]:
-    """A directory's own blocks: the node, and for a HAMT every shard (not the entries)."""
+    """A directory's own blocks: the node, and for a HAMT every shard (not the entries).
+
+    As a listing does (ww.ipfs.exporter), each shard once and at most MAX_HAMT_LEVELS deep:
+    a shard linked twice is corrupt, and would make a CAR of ``fanout ** depth`` blocks of
+    a few (256 links to one shard, three levels deep: 16 million)."""
     yield node.cid, node.block
     assert node.fs is not None
     if node.fs.type is not DataType.HAMT_SHARD:
         return
-    stack = list(reversed(_sub_shards(node)))
+    shards = {node.cid.multihash}
+    stack = [(cid, 1) for cid in reversed(_sub_shards(node))]
     while stack:
-        shard = exporter.load(getter, stack.pop())
+        cid, depth = stack.pop()
+        if cid.multihash in shards:
+            raise CorruptBlockError(f"{node.cid}: HAMT links the shard {cid} twice")
+        if depth >= exporter.MAX_HAMT_LEVELS:
+            raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
+        shards.add(cid.multihash)
+        shard = exporter.load(getter, cid)
         if shard.fs is None or shard.fs.type is not DataType.HAMT_SHARD:
             raise CorruptBlockError(f"{shard.cid}: expected a HAMT shard")
         yield shard.cid, shard.block
-        stack.extend(reversed(_sub_shards(shard)))
+        stack.extend((sub, depth + 1) for sub in reversed(_sub_shards(shard)))
 
 
 def _sub_shards(shard: UnixfsNode) -> list[CID]:
@@ -233,19 +246,21 @@ td.size {{ text-align: right; }}
 _PAGE_TAIL = "</tbody>\n</table>\n</body>\n</html>\n"
 
 
-def listing(title: str, cid: CID, links: Iterable[Link], parent: bool) -> Iterator[bytes]:
+def listing(getter: BlockGetter, title: str, node: UnixfsNode, parent: bool) -> Iterator[bytes]:
     """A directory's HTML index, a few rows at a time: each entry links to itself relative
     to the directory's URL (which ends in ``/``), with its size (the DAG's, from the link)
-    and its CID; ``parent``: a ``..`` row first."""
-    yield _PAGE_HEAD.format(title=html.escape(title), cid=cid).encode()
+    and its CID; ``parent``: a ``..`` row first.  The entries are read as the rows are
+    made, a HAMT shard at a time: a directory of millions of entries is never held whole."""
+    yield _PAGE_HEAD.format(title=html.escape(title), cid=node.cid).encode()
     rows = []
     if parent:
         rows.append('<tr><td><a href="..">..</a></td><td></td><td></td></tr>\n')
-    for link in links:
-        name = html.escape(link.name)
-        href = quote(link.name.encode("utf-8", "surrogateescape"), safe="")
+    for link in exporter.entries(getter, node):
+        raw_name = link.name.decode("utf-8", "surrogateescape")
+        name = html.escape(raw_name)
+        href = quote(link.name, safe="")
         rows.append(
-            f'<tr><td><a href="{href}">{name}</a></td><td class="size">{link.size}</td>'
+            f'<tr><td><a href="{href}">{name}</a></td><td class="size">{link.tsize}</td>'
             f'<td class="cid"><a href="/ipfs/{link.cid}">{link.cid}</a></td></tr>\n'
         )
         if len(rows) >= 256:
