@@ -35,8 +35,8 @@ BOUNDARY = "benchmarkboundary"
 
 def start_daemon(home: Path) -> tuple[subprocess.Popen[str], str, int]:
     proc = subprocess.Popen(
-        [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen",
-         "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
+        [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off",
+         "--listen", "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
         env={**os.environ, "WW_HOME": str(home)})
     assert proc.stderr is not None
     while True:
