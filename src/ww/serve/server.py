@@ -96,9 +96,10 @@ def _read_in_larger_pieces() -> None:
     hypercorn reads 64 KiB at a time (``MAX_RECV``, a module constant that no Config field
     sets), and each read makes a round on the event loop: h11 parses it, hypercorn queues it
     for the app, the app's worker thread takes it over.  For a 300 MiB upload that is 4,800
-    rounds, and measured they were most of what an RPC ``add`` cost beyond ``ww export``:
+    rounds, and profiled they were most of what an RPC ``add`` cost beyond ``ww export``:
     reading 256 KiB at a time cut the daemon's CPU time for a 200 MiB ``add`` from 1.1 s to
-    0.6 s (``ww export``: 0.6 s); 1 MiB was slower again (docs/benchmarks.md).  The buffer
+    0.6 s at load 2-3 (``ww export``: 0.6 s), its user time by a quarter at load 5-7; 1 MiB
+    was slower again (docs/benchmarks.md).  The buffer
     lives only during a read, so an idle connection holds none of it; a request body waiting
     for its app is at most hypercorn's ``max_app_queue_size`` (10) reads, 2.5 MiB now.
     """
