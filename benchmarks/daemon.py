@@ -1,12 +1,13 @@
 """`ww daemon`'s kubo RPC API: `add` of a large file through it next to `ww export` of the same
 file, and requests per second for a small `cat`.
 
-    .venv/bin/python benchmarks/daemon.py [--size-mib 300] [--requests 500] [--dir DIR]
+    .venv/bin/python benchmarks/daemon.py [--size-mib 300] [--runs 3] [--requests 500] [--dir DIR]
 
 Target (issue 13): `add` through the RPC API within 80 % of `ww export`'s rate, the daemon's
 memory flat (its peak resident size is printed).  The CPU time each side used is printed too:
-on a busy machine it varies less than the rates.  Each side
-gets a fresh repository ($WW_HOME) in a temporary directory under DIR (default: the system's
+on a busy machine it varies less than the rates.  The two sides alternate, ``--runs`` times
+each (the median is printed, then every run), each on a fresh repository ($WW_HOME) and, for
+the daemon, a fresh daemon, in a temporary directory under DIR (default: the system's
 temporary directory), removed afterwards.  The upload is a streamed multipart body (chunked,
 1 MiB pieces), as kubo's clients send it; the `cat`s go one after the other over one
 keep-alive connection, and over a new connection each, as most of kubo's clients make them.
@@ -20,7 +21,9 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,8 +38,8 @@ BOUNDARY = "benchmarkboundary"
 
 def start_daemon(home: Path) -> tuple[subprocess.Popen[str], str, int]:
     proc = subprocess.Popen(
-        [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--listen",
-         "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
+        [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off",
+         "--listen", "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
         env={**os.environ, "WW_HOME": str(home)})
     assert proc.stderr is not None
     while True:
@@ -107,34 +110,62 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def export(data: Path, home: Path) -> tuple[float, float, str]:
+    """`ww export` of ``data``: wall seconds, CPU seconds, the CID."""
+    start, cpu = time.perf_counter(), _children_cpu()
+    r = subprocess.run([WW, "export", str(data)], capture_output=True, text=True,
+                       env={**os.environ, "WW_HOME": str(home)})
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    if r.returncode != 0:
+        raise SystemExit(r.stderr)
+    return wall, cpu, r.stdout.split()[-1].removeprefix("/ipfs/")
+
+
+def daemon_add(data: Path, home: Path) -> tuple[float, float, str, float]:
+    """`add` of ``data`` through a fresh daemon: wall seconds, the daemon's CPU seconds, the
+    CID, the daemon's peak resident MiB."""
+    proc, host, port = start_daemon(home)
+    try:
+        cpu = _cpu_seconds(proc.pid)
+        wall, cid = rpc_add(host, port, data)
+        return wall, _cpu_seconds(proc.pid) - cpu, cid, _peak_rss_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=600)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--dir", default=None, help="where the file and repositories go")
     args = parser.parse_args()
+    exports: list[tuple[float, float]] = []
+    adds: list[tuple[float, float]] = []
+    peak = 0.0
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
         root = Path(scratch)
         data = root / "data.bin"
         with open(data, "wb") as f:
             for _ in range(args.size_mib):
                 f.write(os.urandom(MIB))
-        start, cpu = time.perf_counter(), _children_cpu()
-        r = subprocess.run([WW, "export", str(data)], capture_output=True, text=True,
-                           env={**os.environ, "WW_HOME": str(root / "export-home")})
-        export_s = time.perf_counter() - start
-        export_cpu = _children_cpu() - cpu
-        if r.returncode != 0:
-            raise SystemExit(r.stderr)
-        export_cid = r.stdout.split()[-1].removeprefix("/ipfs/")
-        proc, host, port = start_daemon(root / "daemon-home")
-        try:
-            cpu = _cpu_seconds(proc.pid)
-            add_s, add_cid = rpc_add(host, port, data)
-            add_cpu = _cpu_seconds(proc.pid) - cpu
-            peak = _peak_rss_mib(proc.pid)
+        for run in range(args.runs):  # alternating, so that a change of load hits both
+            sides = ["export", "add"] if run % 2 == 0 else ["add", "export"]
+            for side in sides:
+                home = root / f"{side}-home"
+                if side == "export":
+                    wall, cpu, export_cid = export(data, home)
+                    exports.append((wall, cpu))
+                else:
+                    wall, cpu, add_cid, rss = daemon_add(data, home)
+                    adds.append((wall, cpu))
+                    peak = max(peak, rss)
+                shutil.rmtree(home)
             if add_cid != export_cid:
                 raise SystemExit(f"CIDs differ: {add_cid} != {export_cid}")
+        proc, host, port = start_daemon(root / "daemon-home")
+        try:
             (root / "hello").write_bytes(b"hello world\n")
             conn = http.client.HTTPConnection(host, port)
             conn.request("POST", "/api/v0/add", body=b"".join(body(root / "hello")),
@@ -146,17 +177,25 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=600)
     size = args.size_mib
+    export_s = statistics.median(wall for wall, _ in exports)
+    add_s = statistics.median(wall for wall, _ in adds)
+    export_cpu = statistics.median(cpu for _, cpu in exports)
+    add_cpu = statistics.median(cpu for _, cpu in adds)
     print(f"# {size} MiB of random bytes (/ipfs/{export_cid}); {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"{'':38}{'MiB/s':>8}{'vs export':>11}{'CPU s':>8}")
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; median of "
+          f"{args.runs} runs, alternating; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'':38}{'MiB/s':>8}{'vs export':>11}{'CPU s':>8}{'vs export':>11}")
     print(f"{'ww export (whole command)':38}{size / export_s:8.0f}{100:10.0f}%"
-          f"{export_cpu:8.1f}")
+          f"{export_cpu:8.2f}{100:10.0f}%")
     print(f"{'add through the RPC API (ww daemon)':38}{size / add_s:8.0f}"
-          f"{100 * export_s / add_s:10.0f}%{add_cpu:8.1f}   daemon peak RSS {peak:.0f} MiB")
+          f"{100 * export_s / add_s:10.0f}%{add_cpu:8.2f}{100 * export_cpu / add_cpu:10.0f}%"
+          f"   daemon peak RSS {peak:.0f} MiB")
+    for name, runs in (("export", exports), ("add", adds)):
+        print(f"# {name} runs (wall s, CPU s): "
+              + ", ".join(f"{wall:.2f} {cpu:.2f}" for wall, cpu in runs))
     print(f"small cat, one keep-alive connection: {kept:6.0f} requests/s "
           f"({args.requests} requests)")
     print(f"small cat, a new connection each:     {fresh:6.0f} requests/s")
-
 
 if __name__ == "__main__":
     main()

@@ -17,9 +17,10 @@ import trio
 
 from ww.core.errors import AddressError
 
-__all__ = ["Site", "serve", "bind", "GRACE"]
+__all__ = ["Site", "serve", "bind", "GRACE", "READ_SIZE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
+READ_SIZE = 256 * 1024  # bytes hypercorn reads from a connection at once (its own: 64 KiB)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -76,6 +77,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> No
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
+    _read_in_larger_pieces()
     async with trio.open_nursery() as nursery:
         for site in sites:
             config = Config()
@@ -86,3 +88,23 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> No
             config.h11_max_incomplete_size = 64 * 1024  # request line and headers
             nursery.start_soon(partial(hypercorn_serve, site.app, config,  # type: ignore[arg-type]
                                        shutdown_trigger=stop.wait, mode="asgi"))
+
+
+def _read_in_larger_pieces() -> None:
+    """Make hypercorn read up to :data:`READ_SIZE` bytes from a socket at once.
+
+    hypercorn reads 64 KiB at a time (``MAX_RECV``, a module constant that no Config field
+    sets), and each read makes a round on the event loop: h11 parses it, hypercorn queues it
+    for the app, the app's worker thread takes it over.  For a 300 MiB upload that is 4,800
+    rounds, and profiled they were most of what an RPC ``add`` cost beyond ``ww export``:
+    reading 256 KiB at a time cut the daemon's CPU time for a 200 MiB ``add`` from 1.1 s to
+    0.6 s at load 2-3 (``ww export``: 0.6 s), its user time by a quarter at load 5-7; 1 MiB
+    was slower again (docs/benchmarks.md).  The buffer
+    lives only during a read, so an idle connection holds none of it; a request body waiting
+    for its app is at most hypercorn's ``max_app_queue_size`` (10) reads, 2.5 MiB now.
+    """
+    from hypercorn.trio import tcp_server
+
+    # Read first: should hypercorn rename it, this raises rather than silently doing nothing.
+    if tcp_server.MAX_RECV < READ_SIZE:
+        tcp_server.MAX_RECV = READ_SIZE
