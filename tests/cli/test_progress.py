@@ -287,6 +287,32 @@ def test_import_from_a_peer_counts_the_blocks_fetched(big, tmp_path):
     assert (tmp_path / "got").read_bytes() == big.read_bytes()
 
 
+def test_cat_from_a_peer_counts_the_blocks_fetched(big, tmp_path):
+    """`ww cat --peer`: the bar on the terminal counts the blocks fetched over Bitswap, and
+    stdout (a pipe) carries the file's bytes alone."""
+    pytest.importorskip("libp2p")
+    from ww.core.cid import CID
+    from ww.ipfs import exporter
+    from ww.ipfs.node import EmbeddedNode
+    from ww.p2p import host_for_ipfs
+
+    peer = EmbeddedNode(tmp_path / "peer", new_host=host_for_ipfs())
+    try:
+        cid = peer.add_stream([big.read_bytes()])
+        blocks = sum(1 for _ in exporter.walk(lambda c: peer.block(str(c)), CID.parse(cid)))
+        info = peer.listen(["/ip4/127.0.0.1/tcp/0"])
+        env = {**os.environ, "WW_HOME": str(tmp_path / "empty-home")}
+        status, out, terminal = run_on_terminal("cat", "--peer", info.addresses[0],
+                                                f"/ipfs/{cid}", env=env)
+    finally:
+        peer.close()
+    assert status == 0, terminal
+    last = final_frame(terminal)
+    assert last.startswith("cat") and f"{blocks} blocks fetched" in last, terminal
+    assert f"{mib(big.stat().st_size)}/{mib(big.stat().st_size)} MiB" in last
+    assert out == big.read_bytes()
+
+
 def test_through_a_kubo_node_the_same_bars_are_drawn(tree, tmp_path, fake_kubo):
     """With --ipfs the files read for the upload and the blocks read from kubo are counted
     as the embedded node's are (kubo's RPC API: a stand-in over kubo's own adder)."""
