@@ -283,6 +283,14 @@ DAEMON_ERRORS = [
 ]
 
 
+def test_a_bad_peer_in_the_variable_names_it_once():
+    r = run_ww("cat", "/ipfs/QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN",
+               env=host_env(WW_IPFS_PEERS="/ip4/127.0.0.1/tcp/1"))
+    assert r.returncode == 2, r
+    [line] = r.stderr.splitlines()
+    assert "(from WW_IPFS_PEERS)" in line and line.count("WW_IPFS_PEERS") == 1, line
+
+
 @pytest.mark.parametrize(("flag", "name", "value"), DAEMON_ERRORS,
                          ids=[n for _, n, _ in DAEMON_ERRORS])
 def test_a_bad_ww_daemon_value_names_its_flag_or_variable(flag, name, value):
