@@ -34,13 +34,13 @@ _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def run_on_terminal(*args: str, env: dict[str, str] | None = None, stdin: Path | None = None,
-                    stdout_too: bool = False) -> tuple[int, bytes, str]:
-    """Run `ww ARGS` with stderr (and stdout, if ``stdout_too``) on a pseudo-terminal 200
-    columns wide (stdin: the file ``stdin``, else /dev/null); returns its exit status, its
-    stdout (bytes; empty if on the terminal) and what reached the terminal (text, escapes
+                    stdout_too: bool = False, columns: int = 200) -> tuple[int, bytes, str]:
+    """Run `ww ARGS` with stderr (and stdout, if ``stdout_too``) on a pseudo-terminal
+    ``columns`` wide (stdin: the file ``stdin``, else /dev/null); returns its exit status,
+    its stdout (bytes; empty if on the terminal) and what reached the terminal (text, escapes
     left in)."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     with open(stdin or os.devnull, "rb") as source:
         proc = subprocess.Popen([WW, *args], stdin=source, env=env, stderr=slave,
                                 stdout=slave if stdout_too else subprocess.PIPE)
@@ -178,6 +178,17 @@ def test_without_a_bar_rich_is_not_imported(tree):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=HANG)
     assert r.stderr == "0 False\n"
+
+
+def test_on_an_80_column_terminal_the_whole_line_fits(big, tmp_path):
+    """The usual terminal width: the counts, the rate and the time left are drawn whole,
+    never cropped (a narrower bar makes room)."""
+    status, out, terminal = run_on_terminal("export", "--car", str(tmp_path / "snapshot.car"),
+                                            str(big), columns=80)
+    assert status == 0, terminal
+    last = final_frame(terminal)
+    assert "…" not in last and re.search(r"\d+ blocks [\d.]+ MiB/s 0:00:00$", last), last
+    assert len(last) <= 80
 
 
 def test_import_draws_the_dag_written_and_its_files(tree, tmp_path, ww_home):
