@@ -255,6 +255,7 @@ VARIABLE_ERRORS = [
     ("WW_IDENTITY", "/nonexistent/cell.key"),
     ("WW_POLICY", "/nonexistent/policy.toml"),
     ("WW_ENV", "1BAD"),
+    ("WW_NODE_KEY", "/nonexistent/node.key"),
 ]
 
 
@@ -273,6 +274,37 @@ def test_the_same_error_from_the_command_line_names_no_variable(argv):
     assert r.returncode == 2, r
     [line] = r.stderr.splitlines()
     assert "WW_" not in line and argv[0].lstrip("-").split("-")[0] in line, line
+
+
+DAEMON_ERRORS = [
+    ("--api", "WW_API", "/ip4/127.0.0.1/udp/5001"),
+    ("--gateway", "WW_GATEWAY", "nowhere"),
+    ("--node-key", "WW_NODE_KEY", "/nonexistent/node.key"),
+]
+
+
+def test_a_bad_peer_in_the_variable_names_it_once():
+    r = run_ww("cat", "/ipfs/QmZULkCELmmk5XNfCgTnCyFgAVxBRBXyDHGGMVoLFLiXEN",
+               env=host_env(WW_IPFS_PEERS="/ip4/127.0.0.1/tcp/1"))
+    assert r.returncode == 2, r
+    [line] = r.stderr.splitlines()
+    assert "(from WW_IPFS_PEERS)" in line and line.count("WW_IPFS_PEERS") == 1, line
+
+
+@pytest.mark.parametrize(("flag", "name", "value"), DAEMON_ERRORS,
+                         ids=[n for _, n, _ in DAEMON_ERRORS])
+def test_a_bad_ww_daemon_value_names_its_flag_or_variable(flag, name, value):
+    """`ww daemon` refuses a bad address or key before it starts, in one line naming the
+    flag, and the variable when that gave the value."""
+    given = run_ww("daemon", "--listen", "/ip4/127.0.0.1/tcp/0", flag, value)
+    assert given.returncode == 2, given
+    [line] = given.stderr.splitlines()
+    assert line.startswith(f"ww: {flag} ") and "WW_" not in line, line
+    from_variable = run_ww("daemon", "--listen", "/ip4/127.0.0.1/tcp/0",
+                           env=host_env(**{name: value}))
+    assert from_variable.returncode == 2, from_variable
+    [line] = from_variable.stderr.splitlines()
+    assert line.startswith(f"ww: {flag} (from {name}) "), line
 
 
 def test_a_repository_ww_home_names_that_cannot_be_opened_names_the_variable(tmp_path):

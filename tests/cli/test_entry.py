@@ -9,8 +9,10 @@ flag table both are built from is the click command's flag set.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -307,3 +309,37 @@ def test_a_plain_run_imports_none_of_the_modules_start_up_does_without(argv, all
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        stdin=subprocess.DEVNULL)
     assert r.stdout == "0 []", r.stderr
+
+
+def _readme_flag_table() -> list[tuple[set[str], set[str]]]:
+    """README's flag table: per row, the flags its first column names and the WW_* variables
+    its second names."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = []
+    for line in readme.splitlines():
+        if not line.startswith("| `--"):
+            continue
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        rows.append((set(re.findall(r"`(--[a-z0-9-]+)", cells[0])),
+                     set(re.findall(r"`(WW_[A-Z0-9_]+)`", cells[1]))))
+    return rows
+
+
+def test_readme_flag_table_lists_every_run_flag_with_its_variable():
+    """Every option `ww run --help` shows (and the group's --debug, --json) has a row in the
+    README's table, the row names the variable that sets it, and names no variable none of
+    its flags reads."""
+    from ww.cli.main import cli
+    from ww.cli.run import run
+
+    rows = _readme_flag_table()
+    options = [p for p in (*run.params, *cli.params)
+               if isinstance(p, click.Option) and p.opts[0] not in ("--help", "--version")]
+    variables = {p.opts[0]: {p.envvar} if p.envvar else set() for p in options}
+    variables["--env"] = {"WW_ENV"}  # read by hand (comma-separated); its help names it
+    assert "WW_ENV" in (next(p for p in options if p.opts[0] == "--env").help or "")
+    listed = set().union(*(flags for flags, _ in rows))
+    assert sorted(set(variables) - listed) == []
+    assert sorted(listed - set(variables)) == []
+    for flags, named in rows:
+        assert named == set().union(*(variables[f] for f in flags)), sorted(flags)

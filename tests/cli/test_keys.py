@@ -162,7 +162,8 @@ def test_a_bad_node_key_is_a_usage_error_before_anything_starts(tmp_path, how):
     else:
         r = run_ww(*argv, env={**os.environ, "WW_NODE_KEY": str(path)})
     assert r.returncode == 2
-    assert r.stderr == (f"ww: --node-key {str(path)!r}: cannot read the key file: "
+    flag = "--node-key" if how == "flag" else "--node-key (from WW_NODE_KEY)"
+    assert r.stderr == (f"ww: {flag} {str(path)!r}: cannot read the key file: "
                         "No such file or directory\n")
     assert not marker.exists()
 

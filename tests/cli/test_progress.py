@@ -34,13 +34,13 @@ _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def run_on_terminal(*args: str, env: dict[str, str] | None = None, stdin: Path | None = None,
-                    stdout_too: bool = False) -> tuple[int, bytes, str]:
-    """Run `ww ARGS` with stderr (and stdout, if ``stdout_too``) on a pseudo-terminal 200
-    columns wide (stdin: the file ``stdin``, else /dev/null); returns its exit status, its
-    stdout (bytes; empty if on the terminal) and what reached the terminal (text, escapes
+                    stdout_too: bool = False, columns: int = 200) -> tuple[int, bytes, str]:
+    """Run `ww ARGS` with stderr (and stdout, if ``stdout_too``) on a pseudo-terminal
+    ``columns`` wide (stdin: the file ``stdin``, else /dev/null); returns its exit status,
+    its stdout (bytes; empty if on the terminal) and what reached the terminal (text, escapes
     left in)."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     with open(stdin or os.devnull, "rb") as source:
         proc = subprocess.Popen([WW, *args], stdin=source, env=env, stderr=slave,
                                 stdout=slave if stdout_too else subprocess.PIPE)
@@ -180,6 +180,17 @@ def test_without_a_bar_rich_is_not_imported(tree):
     assert r.stderr == "0 False\n"
 
 
+def test_on_an_80_column_terminal_the_whole_line_fits(big, tmp_path):
+    """The usual terminal width: the counts, the rate and the time left are drawn whole,
+    never cropped (a narrower bar makes room)."""
+    status, out, terminal = run_on_terminal("export", "--car", str(tmp_path / "snapshot.car"),
+                                            str(big), columns=80)
+    assert status == 0, terminal
+    last = final_frame(terminal)
+    assert "…" not in last and re.search(r"\d+ blocks [\d.]+ MiB/s 0:00:00$", last), last
+    assert len(last) <= 80
+
+
 def test_import_draws_the_dag_written_and_its_files(tree, tmp_path, ww_home):
     cid = run_ww("export", "-Q", str(tree)).stdout.strip()
     from ww.ipfs.node import EmbeddedNode
@@ -263,28 +274,36 @@ def test_car_export_and_import_draw_their_bars(big, tmp_path):
     assert (tmp_path / "back").read_bytes() == big.read_bytes()
 
 
-def test_import_from_a_peer_counts_the_blocks_fetched(big, tmp_path):
+@pytest.mark.parametrize("command", ["import", "cat"])
+def test_a_fetch_from_a_peer_counts_the_blocks_fetched(big, tmp_path, command):
+    """`ww import --peer` and `ww cat --peer`: the bar counts the blocks fetched over
+    Bitswap; what is written is the file's bytes alone."""
     pytest.importorskip("libp2p")
     from ww.core.cid import CID
     from ww.ipfs import exporter
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p import host_for_ipfs
 
+    output = ["-o", str(tmp_path / "got")] if command == "import" else []
     peer = EmbeddedNode(tmp_path / "peer", new_host=host_for_ipfs())
     try:
         cid = peer.add_stream([big.read_bytes()])
         blocks = sum(1 for _ in exporter.walk(lambda c: peer.block(str(c)), CID.parse(cid)))
         info = peer.listen(["/ip4/127.0.0.1/tcp/0"])
         env = {**os.environ, "WW_HOME": str(tmp_path / "empty-home")}
-        status, out, terminal = run_on_terminal("import", "--peer", info.addresses[0],
-                                                f"/ipfs/{cid}", "-o", str(tmp_path / "got"),
-                                                env=env)
+        status, out, terminal = run_on_terminal(command, "--peer", info.addresses[0],
+                                                f"/ipfs/{cid}", *output, env=env)
     finally:
         peer.close()
     assert status == 0, terminal
     last = final_frame(terminal)
-    assert last.startswith("saving got") and f"{blocks} blocks fetched" in last, terminal
-    assert (tmp_path / "got").read_bytes() == big.read_bytes()
+    assert last.startswith("saving got" if output else "cat"), terminal
+    assert f"{blocks} blocks fetched" in last, terminal
+    if output:
+        assert (tmp_path / "got").read_bytes() == big.read_bytes()
+    else:
+        size = mib(big.stat().st_size)
+        assert f"{size}/{size} MiB" in last and out == big.read_bytes()
 
 
 def test_through_a_kubo_node_the_same_bars_are_drawn(tree, tmp_path, fake_kubo):

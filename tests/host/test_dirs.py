@@ -102,6 +102,31 @@ def test_a_read_write_grant_is_written_through_to_the_host(who):
     assert (d / "out.txt").stat().st_uid == cell_ids(who)[0]  # written as the cell's uid
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="ww as root only: the cell is nobody then")
+def test_a_grant_the_cell_cannot_use_is_made_with_a_warning_naming_it(tmp_path):
+    """As root the cell is nobody: a :rw directory nobody cannot write in, or one it cannot
+    list, is bound as documented, with one warning line each saying so; a usable one and
+    the read-only grant of a readable one get none."""
+    root_owned = tmp_path / "root-owned"  # 0755, root's: nobody reads but cannot write
+    private = tmp_path / "private"  # 0700, root's: nobody cannot even list it
+    usable = tmp_path / "usable"
+    for d in (root_owned, private, usable):
+        d.mkdir()
+    root_owned.chmod(0o755)
+    private.chmod(0o700)
+    os.chown(usable, 65534, 65534)
+    r = run_ww("run", "--dir", f"out={root_owned}:rw", "--dir", f"secret={private}",
+               "--dir", f"ok={usable}:rw", "--dir", f"read={root_owned}", "--",
+               "/bin/sh", "-c", 'echo x > "$WW_DIR_OK/y" && echo ok')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n"
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("ww: warning: ")]
+    assert len(warnings) == 2, r.stderr
+    assert warnings[0].startswith("ww: warning: --dir out: ") and "cannot write" in warnings[0]
+    assert warnings[1].startswith("ww: warning: --dir secret: ") and "cannot list" in warnings[1]
+    assert "uid 65534" in warnings[0]
+
+
 def test_a_read_write_grant_cannot_be_made_a_device_or_setuid_door(who):
     """The bind is nosuid and nodev: what the cell leaves there runs as no one else."""
     d = granted_dir(who, owned=True)

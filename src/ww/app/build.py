@@ -146,7 +146,8 @@ def node_key(options: RunOptions) -> Identity | None:
         return None
     from ww.core.identity import Identity, key_from_flag
 
-    return Identity.from_private_key(key_from_flag("--node-key", options.node_key))
+    return Identity.from_private_key(key_from_flag(flag_source(options, "node_key"),
+                                                   options.node_key))
 
 
 def refuse_peers_with_kubo(api: str | None, peers: Iterable[str], on_command_line: bool) -> None:

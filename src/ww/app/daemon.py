@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from ww.app.options import RunOptions
-from ww.core.errors import HostError
+from ww.core.errors import AddressError, HostError
 from ww.core.records import NamedTuple
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"  # kubo's
@@ -34,6 +35,25 @@ class DaemonOptions(NamedTuple):
     node_key: str | None = None
     allow_dial: tuple[str, ...] = ()
     json: bool = False
+    # The fields whose value came from their WW_* variable ("api", "gateway", "node_key"),
+    # so that an error about such a value names the variable.
+    from_env: tuple[str, ...] = ()
+
+
+def _bind(options: DaemonOptions, field: str, addr: str) -> tuple[socket.socket, bool]:
+    """:func:`ww.serve.server.bind`, its error naming the flag (and the variable that gave
+    the address): ``--api (from WW_API) '...': expected ...``."""
+    from ww.serve.server import bind
+
+    try:
+        return bind(addr)
+    except AddressError as e:
+        flag = f"--{field}"
+        if field in options.from_env:
+            flag += f" (from WW_{field.upper()})"
+        message = str(e)
+        raise AddressError(f"{flag} {message}" if message.startswith("'") else
+                           f"{flag}: {message}") from None
 
 
 class EventLog:
@@ -91,12 +111,13 @@ def run(options: DaemonOptions) -> int:
     from ww.ipfs.repo import default_repo_path
     from ww.serve.gateway import gateway_app
     from ww.serve.rpc import RpcApi
-    from ww.serve.server import Site, bind, serve
+    from ww.serve.server import Site, serve
 
     log = EventLog(options.json)
     run_options = RunOptions(executable="", listen=options.listen, join=options.join,
                              peers=options.peers, node_key=options.node_key,
-                             allow_dial=options.allow_dial)
+                             allow_dial=options.allow_dial,
+                             from_env=("node_key",) if "node_key" in options.from_env else ())
     repo = default_repo_path()
     repo.mkdir(parents=True, exist_ok=True)
     lock = RepoLock(repo)
@@ -104,8 +125,9 @@ def run(options: DaemonOptions) -> int:
     node = host = None
     try:
         # A bad or taken address fails before anything starts.
-        api_socket = bind(options.api)
-        gateway_socket = bind(options.gateway) if options.gateway is not None else None
+        api_socket = _bind(options, "api", options.api)
+        gateway_socket = _bind(options, "gateway", options.gateway) \
+            if options.gateway is not None else None
         policy = build.dial_policy(run_options)
         key = build.node_key(run_options)
         host = build.p2p_node(run_options, ["p2p"], policy, key, announce=False,

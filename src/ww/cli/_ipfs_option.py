@@ -30,7 +30,7 @@ ipfs_option = click.option(
 PEERS_ENV = "WW_IPFS_PEERS"
 
 
-def _check_peers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+def _check_peers(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
                  ) -> list[str]:
     """Each ``--peer`` (``--bootstrap``) must be a full peer address; a malformed one is a
     usage error (2)."""
@@ -41,10 +41,7 @@ def _check_peers(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 
     try:
         return [check_join_addr(value) for value in values]
-    except AddressError as e:
-        if ctx.get_parameter_source(param.name or "") is \
-                click.core.ParameterSource.ENVIRONMENT:
-            raise click.BadParameter(f"{param.envvar}: {e}") from None
+    except AddressError as e:  # ww.cli.main names the variable when it gave the value
         raise click.BadParameter(str(e)) from None
 
 

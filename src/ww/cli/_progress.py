@@ -124,11 +124,11 @@ class TerminalBar(Progress):
         def cell() -> Column:  # a narrow terminal crops the line: it never wraps
             return Column(no_wrap=True)
 
-        console = Console(file=self._stream, force_terminal=True, highlight=False,
-                          width=_columns(self._stream))
+        width = _columns(self._stream)
+        console = Console(file=self._stream, force_terminal=True, highlight=False, width=width)
         drawn = Progress(
             TextColumn("{task.description}", table_column=cell()),
-            BarColumn(bar_width=24, table_column=cell()),
+            BarColumn(bar_width=_bar_width(width), table_column=cell()),
             DownloadColumn(binary_units=True, table_column=cell()),
             TextColumn("{task.fields[info]}", table_column=cell()),
             TextColumn("{task.fields[rate]}", table_column=cell()),
@@ -164,6 +164,12 @@ class TerminalBar(Progress):
             self.total_bytes = self.bytes  # done: all there was
         self._draw()
         self._drawn.stop()
+
+
+def _bar_width(columns: int | None) -> int:
+    """The bar's own width: 24 columns, or 10 on a terminal narrower than 100 columns, so
+    that on the usual 80 the counts, rate and time left fit beside it."""
+    return 24 if columns is None or columns >= 100 else 10
 
 
 def _columns(stream: TextIO) -> int | None:

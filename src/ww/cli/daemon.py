@@ -46,7 +46,10 @@ def daemon(ctx: click.Context, api: str, gateway: str, listen: list[str], join: 
     from ww.app.daemon import DaemonOptions, run
 
     json_lines = bool(ctx.find_root().params.get("json"))
+    from_env = tuple(name for name in ("api", "gateway", "node_key")
+                     if ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT)
     ctx.exit(run(DaemonOptions(api=api, gateway=None if gateway == "off" else gateway,
                                listen=tuple(listen), join=tuple(join),
                                peers=tuple(peers), node_key=node_key,
-                               allow_dial=tuple(allow_dial), json=json_lines)))
+                               allow_dial=tuple(allow_dial), json=json_lines,
+                               from_env=from_env)))

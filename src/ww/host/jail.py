@@ -40,7 +40,7 @@ processes, not its network (the cell has only its own loopback).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ww.core.errors import HostError, NotExecutableError
 from ww.core.records import NamedTuple
@@ -183,6 +183,31 @@ def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
     if st.st_gid == gid:
         return bool(st.st_mode & 0o010)
     return bool(st.st_mode & 0o001)
+
+
+def _allowed(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+    """Whether ``uid``/``gid`` (no supplementary groups) has every permission in ``bits``
+    (an ``rwx`` mask for the owner: 0o700, 0o300...) on it."""
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+    mask = bits >> (6 - shift)
+    return st.st_mode & mask == mask
+
+
+def dir_warnings(dirs: Iterable[tuple[str, int, bool]], ids: tuple[int, int]) -> list[str]:
+    """For each ``--dir`` grant (name, handle, writable) the cell's host user cannot list
+    (or, for ``:rw``, write in), the line that says so: the grant is made all the same, as
+    documented, but its files' owner is the one who can fix it."""
+    lines = []
+    for name, fd, writable in dirs:
+        st = os.fstat(fd)
+        if not _allowed(st, *ids, 0o500):
+            lines.append(f"--dir {name}: the cell (uid {ids[0]}, as cells run when ww runs "
+                         "as root) cannot list the directory: make it readable by that uid")
+        elif writable and not _allowed(st, *ids, 0o300):
+            lines.append(f"--dir {name}: the cell (uid {ids[0]}, as cells run when ww runs "
+                         "as root) cannot write in the directory (:rw): make it writable "
+                         "by that uid")
+    return lines
 
 
 def check_executable_by(path: str, ids: tuple[int, int]) -> None:

@@ -314,6 +314,9 @@ def run(config: RunConfig) -> int:
         ids = jail.host_ids()
         if ids is not None:
             jail.check_executable_by(argv_program[0], ids)
+            for line in jail.dir_warnings(((g.name, g.fd, g.writable) for g in config.dirs),
+                                          ids):
+                print(f"ww: warning: {line}", file=sys.stderr)
             drop = jail.dropper(ids, binds, tuple((g.path, g.fd) for g in config.dirs))
     else:
         import tempfile
