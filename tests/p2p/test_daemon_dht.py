@@ -125,6 +125,24 @@ def test_the_daemon_announces_what_it_pins_when_it_starts(
         assert (tmp_path / "got.bin").read_bytes() == data
 
 
+def test_pin_add_through_the_daemon_announces_what_it_pins(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """A block put unpinned is not announced; pinned afterwards with ``pin/add``, it is, and
+    kubo 2 (not connected to the daemon) finds it through the DHT."""
+    data = b"pinned through pin/add %d\n" % time.monotonic_ns()
+    (tmp_path / "block.bin").write_bytes(data)
+    for fresh in _daemon(lan, tmp_path / "home", "dht"):
+        status, body = fresh.call("block/put", "cid-codec=raw&pin=false", tmp_path / "block.bin")
+        assert status == 200, body
+        cid = json.loads(body)["Key"]
+        status, body = fresh.call("pin/add", f"arg={cid}")
+        assert status == 200 and json.loads(body)["Pins"] == [cid], body
+        assert fresh.id not in lan.kubo(2, "peers")["peers"]
+        got = lan.kubo(2, "download", cid=cid, dest=str(tmp_path / "got.bin"), timeout=HANG)
+        assert got["code"] == 0, got
+        assert (tmp_path / "got.bin").read_bytes() == data
+
+
 def test_what_is_added_through_a_dhtserver_daemon_is_fetched_by_kubo(
         lan: KuboLan, daemon: Daemon, tmp_path: Path) -> None:
     """The same through a daemon that serves the DHT (kubo 2 may meet it through the DHT's
@@ -152,6 +170,34 @@ def test_findprovs_on_the_daemon_answers_from_the_dht_as_kubo_does(
     assert events == [{"Extra": "", "ID": "", "Type": 4, "Responses": [
         {"ID": lan.nodes[0]["id"], "Addrs": events[0]["Responses"][0]["Addrs"]}]}]
     assert set(events[0]["Responses"][0]["Addrs"]) & set(lan.nodes[0]["addrs"])
+
+
+def test_the_daemon_fetches_a_missing_block_from_a_provider_the_dht_names(
+        lan: KuboLan, daemon: Daemon, tmp_path: Path) -> None:
+    """kubo 0 adds a file; once the DHT names kubo 0 as its provider (asked through another
+    daemon), ``cat`` through a fresh daemon, connected to nobody and bootstrapped from kubo 1
+    (which lacks the file), returns it: its node asks the DHT for providers of the missing
+    block and dials kubo 0, as `ww run`'s does."""
+    data = random.Random(10).randbytes(400 * 1024) + b"%d" % time.monotonic_ns()
+    (tmp_path / "kubo0.bin").write_bytes(data)
+    cid = lan.kubo(0, "add", path=str(tmp_path / "kubo0.bin"))["cid"]
+    deadline = time.monotonic() + HANG
+    while True:  # kubo 0 provides in the background after its add: poll, bounded
+        status, body = daemon.call("routing/findprovs", f"arg={cid}")
+        assert status == 200, body
+        if body.strip() or time.monotonic() > deadline:
+            break
+    for fresh in _daemon(lan, tmp_path / "home", "dht"):
+        status, body = fresh.call("swarm/peers")
+        assert status == 200 and json.loads(body)["Peers"] == [], body
+        r = lan.run([sys.executable, "-c", "import sys, urllib.request; sys.stdout.write("
+                     "urllib.request.urlopen(urllib.request.Request(sys.argv[1], "
+                     "method='POST'), timeout=300).read().hex())",
+                     f"{fresh.api}/api/v0/cat?arg={cid}"])
+        assert r["rc"] == 0, r["stderr"][-2000:]
+        assert bytes.fromhex(r["stdout"]) == data
+        status, body = fresh.call("swarm/peers")
+        assert lan.nodes[0]["id"] in [p["Peer"] for p in json.loads(body)["Peers"]], body
 
 
 def test_findprovs_refuses_a_bad_key_and_count(daemon: Daemon) -> None:
