@@ -512,7 +512,7 @@ class Dht:
         thread, without waiting.  One task on the host's thread announces them one after
         another, in order; at most :data:`MAX_PENDING_PROVIDES` wait, and one more is dropped
         (counted in ``stats["dropped_provides"]``: the reprovide schedule announces what is
-        pinned anyway).  How many were queued; none once the host has stopped."""
+        pinned anyway).  How many were queued (0 if the host has stopped)."""
         queued = 0
         with self._pending_lock:
             for text in cids:
