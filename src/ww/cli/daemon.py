@@ -31,8 +31,8 @@ from ww.cli._p2p_options import _check, _check_ranges
               help="The libp2p host's key instead of the node key in $WW_HOME.")
 @click.option("--allow-dial", "allow_dial", multiple=True, envvar="WW_ALLOW_DIAL",
               metavar="CIDR", callback=_check_ranges,
-              help="Let swarm/connect dial addresses in CIDR (repeatable); otherwise only "
-                   "public addresses and the --join/--peer ones.")
+              help="Let swarm/connect and the DHT dial addresses in CIDR (repeatable); "
+                   "otherwise only public addresses and the --join/--peer/--bootstrap ones.")
 @run_routing_options
 @click.option("--mdns", "mdns", is_flag=True,
               help="Announce the host on the local network with multicast DNS and dial the "
