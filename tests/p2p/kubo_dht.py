@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(_HERE.parents[2]))
 from tests.ipfs.kubo_peer import CALL_TIMEOUT, _Lines, start_driver  # noqa: E402
 
 
-def driver_main(base: str, count: int, mdns: str = "") -> None:
+def driver_main(base: str, count: int, mdns: str = "", clients: str = "0") -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     if mdns == "mdns":  # multicast DNS on the namespace's loopback, its only interface
         subprocess.run(["ip", "link", "set", "lo", "multicast", "on"], check=True)
@@ -39,7 +40,8 @@ def driver_main(base: str, count: int, mdns: str = "") -> None:
         repo = Path(base) / f"kubo{i}"
         repo.mkdir(parents=True, exist_ok=True)
         workers.append(_Lines(subprocess.Popen(
-            [sys.executable, str(kubo_peer), "kubo", str(repo), "dht", mdns],
+            [sys.executable, str(kubo_peer), "kubo", str(repo),
+             "dhtclient" if i >= count - int(clients) else "dht", mdns],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo {i}"))
     out = sys.stdout
@@ -106,11 +108,13 @@ class KuboLan:
     """N kubo nodes in a network namespace of the test's own; ``addr(i)`` is node i's
     ``/ip4/127.0.0.1/tcp/PORT/p2p/ID``."""
 
-    def __init__(self, base: Path, count: int, mdns: bool = False) -> None:
-        """``mdns``: loopback multicast on, and kubo's mDNS discovery with it."""
+    def __init__(self, base: Path, count: int, mdns: bool = False, clients: int = 0) -> None:
+        """``mdns``: loopback multicast on, and kubo's mDNS discovery with it.  ``clients``:
+        the last so many nodes are DHT clients (``Routing.Type: dhtclient``): they ask the
+        DHT but answer nobody's queries, so no peer learns of them through it."""
         self._stderr = open(base / "driver.stderr", "w")
         self._lines, ready = start_driver([str(_HERE), "driver", str(base), str(count),
-                                           "mdns" if mdns else ""],
+                                           "mdns" if mdns else "", str(clients)],
                                           self._stderr, None, "kubo LAN driver")
         self.nodes: list[dict] = ready["nodes"]
 
@@ -155,6 +159,18 @@ class KuboLan:
         self._stderr.close()
 
 
+def kubo_line(base: Path, clients: int = 0) -> Iterator[KuboLan]:
+    """kubo 0 - kubo 1 - kubo 2, connected in a line: kubo 2 knows kubo 0 only through kubo
+    1's DHT (``clients``: as :class:`KuboLan`'s); for a fixture to yield from."""
+    net = KuboLan(base, 3, clients=clients)
+    try:
+        assert net.kubo(1, "connect", addr=net.addr(0))["code"] == 0
+        assert net.kubo(2, "connect", addr=net.addr(1))["code"] == 0
+        yield net
+    finally:
+        net.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "driver":
-        driver_main(sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])
+        driver_main(sys.argv[2], int(sys.argv[3]), *sys.argv[4:6])

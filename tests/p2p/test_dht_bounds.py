@@ -66,3 +66,27 @@ def test_routing_flags_with_a_kubo_node_are_a_usage_error(command, flags, tmp_pa
     assert err.count("\n") == 1 and "--bootstrap and --routing are for the embedded node" \
         in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_announcements_waiting_in_the_background_are_bounded() -> None:
+    """Dht.provide_soon (what `ww daemon` announces after an add) queues at most
+    MAX_PENDING_PROVIDES CIDs and counts the rest as dropped.  The host listens nowhere and
+    knows no peer: nothing is dialled."""
+    import hashlib
+
+    from ww.core.cid import CID, RAW
+    from ww.core.identity import Identity, PrivateKey
+    from ww.p2p.host import Node
+    from ww.p2p.routing import MAX_PENDING_PROVIDES, Dht
+
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[], serve_ww=False,
+                announce=False, warn=lambda message: None)
+    node.start()
+    try:
+        dht = Dht(node)
+        cids = [str(CID.v1(RAW, b"\x12\x20" + hashlib.sha256(b"%d" % i).digest()))
+                for i in range(MAX_PENDING_PROVIDES + 10)]
+        assert dht.provide_soon(cids) == MAX_PENDING_PROVIDES
+        assert dht.stats["dropped_provides"] == 10
+    finally:
+        node.stop()

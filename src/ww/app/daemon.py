@@ -15,12 +15,14 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ww.app.options import RunOptions
-from ww.core.errors import AddressError, HostError
+from ww.core.errors import AddressError, HostError, IpfsError, WwError
 from ww.core.records import NamedTuple
+from ww.ipfs.api import CancelToken, PeerInfo
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"  # kubo's
 DEFAULT_GATEWAY = "/ip4/127.0.0.1/tcp/8080"  # kubo's Addresses.Gateway
@@ -34,6 +36,12 @@ class DaemonOptions(NamedTuple):
     peers: tuple[str, ...] = ()
     node_key: str | None = None
     allow_dial: tuple[str, ...] = ()
+    # content routing, as on `ww run`: the DHT peers to start from, dht|dhtserver|none
+    # (None: dht if bootstrap), the reprovide schedule (None: 22 h; "0": never), mDNS
+    bootstrap: tuple[str, ...] = ()
+    routing: str | None = None
+    reprovide_interval: str | None = None
+    mdns: bool = False
     json: bool = False
     # The fields whose value came from their WW_* variable ("api", "gateway", "node_key"),
     # so that an error about such a value names the variable.
@@ -101,6 +109,43 @@ class RepoLock:
         os.close(self._fd)
 
 
+class DhtRouting:
+    """The RPC API's content routing (:class:`ww.serve.rpc.Routing`) on the host's DHT."""
+
+    def __init__(self, dht: Any, host: Any) -> None:
+        self._dht = dht
+        self._host = host
+
+    def announce(self, cids: Iterable[str]) -> None:
+        self._dht.provide_soon(cids)  # bounded, on the host's thread, in the background
+
+    def find_providers(self, cid: str, limit: int, token: CancelToken) -> list[PeerInfo]:
+        import threading
+
+        from ww.core.cid import CID
+        from ww.core.errors import CallCancelled
+        from ww.p2p.routing import QUERY_TIMEOUT, RPC_TIMEOUT
+
+        done = threading.Event()
+        future = self._host.submit(self._dht.find_providers, CID.parse(cid), limit)
+        future.add_done_callback(lambda _: done.set())
+        forget = token.on_cancel(done.set)
+        try:
+            # the lookup ends within its own bounds (a query, then finding addresses)
+            if not done.wait(2 * QUERY_TIMEOUT + RPC_TIMEOUT):
+                raise IpfsError("routing: the DHT lookup did not end in time")
+        finally:
+            forget()
+        if not future.done():
+            raise CallCancelled("routing/findprovs was cancelled")
+        try:
+            return list(future.result())
+        except WwError:
+            raise
+        except Exception as err:
+            raise IpfsError(f"routing: {err}") from None
+
+
 def run(options: DaemonOptions) -> int:
     """Serve until SIGINT or SIGTERM; 0 after a clean stop."""
     import signal
@@ -116,7 +161,10 @@ def run(options: DaemonOptions) -> int:
     log = EventLog(options.json)
     run_options = RunOptions(executable="", listen=options.listen, join=options.join,
                              peers=options.peers, node_key=options.node_key,
-                             allow_dial=options.allow_dial,
+                             allow_dial=options.allow_dial, bootstrap=options.bootstrap,
+                             routing=options.routing,
+                             reprovide_interval=options.reprovide_interval,
+                             mdns=options.mdns,
                              from_env=("node_key",) if "node_key" in options.from_env else ())
     repo = default_repo_path()
     repo.mkdir(parents=True, exist_ok=True)
@@ -132,11 +180,20 @@ def run(options: DaemonOptions) -> int:
         key = build.node_key(run_options)
         host = build.p2p_node(run_options, ["p2p"], policy, key, announce=False,
                               serve_ww=False, warn=lambda m: log("warning", p2p=m))
-        node = build.open_ipfs(None, peers=options.peers, host=host, dial_policy=policy,
-                               identity=key)
         assert host is not None
+        # With routing, the host's one DHT: it finds providers of missing blocks, announces
+        # what is pinned (at start, after each pin, on the reprovide schedule) and answers
+        # routing/findprovs; as dhtserver it also answers other peers.
+        dht = build.host_dht(run_options, host)
+        build.mdns(run_options, host)
+        node = build.open_ipfs(None, peers=options.peers, host=host, dial_policy=policy,
+                               identity=key, routing=options.routing,
+                               bootstrap=options.bootstrap, dht=dht)
+        build.reprovide(run_options, dht, node, at_start=True,
+                        needs="--bootstrap or --routing dht|dhtserver")
         host.start()
-        rpc = RpcApi(node, dial_refusal=policy.refusal, log=log)  # type: ignore[arg-type]
+        rpc = RpcApi(node, dial_refusal=policy.refusal, log=log,  # type: ignore[arg-type]
+                     routing=DhtRouting(dht, host) if dht is not None else None)
         api = Site(rpc, *api_socket, "api")
         rpc.allow_port(api.sock.getsockname()[1])
         sites.append(api)

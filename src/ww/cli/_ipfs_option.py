@@ -73,12 +73,13 @@ def routing_options(f: click.decorators.FC) -> click.decorators.FC:
 
 
 def run_routing_options(f: click.decorators.FC) -> click.decorators.FC:
-    """`ww run`'s: ``--routing`` may also be ``dhtserver`` (a long-running host's)."""
+    """`ww run`'s and `ww daemon`'s: ``--routing`` may also be ``dhtserver`` (a long-running
+    host's), and ``--reprovide-interval``."""
     f = click.option(
         "--routing", "routing", type=click.Choice(["dht", "dhtserver", "none"]), default=None,
         help=_ROUTING_HELP + "; 'dhtserver' is 'dht' that also answers other peers' queries "
-             "and keeps their provider records (kubo's Routing.Type dhtserver; needs "
-             "--listen).")(f)
+             "and keeps their provider records (kubo's Routing.Type dhtserver; `ww run` "
+             "needs --listen for it).")(f)
     f = click.option(
         "--reprovide-interval", "reprovide_interval", metavar="DURATION", default=None,
         help="How often a host with the DHT announces again what the embedded node pins "

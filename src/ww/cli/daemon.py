@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ww.cli._ipfs_option import peer_option
+from ww.cli._ipfs_option import peer_option, run_routing_options
 from ww.cli._p2p_options import _check, _check_ranges
 
 
@@ -31,15 +31,27 @@ from ww.cli._p2p_options import _check, _check_ranges
               help="The libp2p host's key instead of the node key in $WW_HOME.")
 @click.option("--allow-dial", "allow_dial", multiple=True, envvar="WW_ALLOW_DIAL",
               metavar="CIDR", callback=_check_ranges,
-              help="Let swarm/connect dial addresses in CIDR (repeatable); otherwise only "
-                   "public addresses and the --join/--peer ones.")
+              help="Let swarm/connect and the DHT dial addresses in CIDR (repeatable); "
+                   "otherwise only public addresses and the --join/--peer/--bootstrap ones.")
+@run_routing_options
+@click.option("--mdns", "mdns", is_flag=True,
+              help="Announce the host on the local network with multicast DNS and dial the "
+                   "peers that announce themselves (kubo's Discovery.MDNS: service "
+                   "_p2p._udp.local), under the dial policy (a LAN peer needs --allow-dial "
+                   "for its range).")
 @click.pass_context
 def daemon(ctx: click.Context, api: str, gateway: str, listen: list[str], join: list[str],
-           peers: tuple[str, ...], node_key: str | None, allow_dial: list[str]) -> None:
+           peers: tuple[str, ...], node_key: str | None, allow_dial: list[str],
+           bootstrap: list[str], routing: str | None, reprovide_interval: str | None,
+           mdns: bool) -> None:
     """Run the embedded node on $WW_HOME until SIGINT or SIGTERM: Bitswap on the libp2p
     host, kubo's RPC API on --api for kubo's clients (ww run --ipfs
     /ip4/127.0.0.1/tcp/5001/http, ww cat --ipfs, kubo-rpc-client), and the trustless
     gateway on --gateway for browsers and IPFS HTTP clients.
+
+    With --bootstrap or --routing dht|dhtserver it announces what it pins on kubo's LAN DHT
+    (at start, after each add, pin/add and dag/import, and every --reprovide-interval),
+    fetches missing blocks from the providers the DHT names, and answers routing/findprovs.
 
     One daemon per repository.  One log line per event on stderr ('ww --json daemon': JSON).
     """
@@ -51,5 +63,6 @@ def daemon(ctx: click.Context, api: str, gateway: str, listen: list[str], join: 
     ctx.exit(run(DaemonOptions(api=api, gateway=None if gateway == "off" else gateway,
                                listen=tuple(listen), join=tuple(join),
                                peers=tuple(peers), node_key=node_key,
-                               allow_dial=tuple(allow_dial), json=json_lines,
-                               from_env=from_env)))
+                               allow_dial=tuple(allow_dial), bootstrap=tuple(bootstrap),
+                               routing=routing, reprovide_interval=reprovide_interval,
+                               mdns=mdns, json=json_lines, from_env=from_env)))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -77,6 +78,7 @@ FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NO
 REPROVIDE_INTERVAL = 22 * 3600.0  # seconds between rounds (kubo's Reprovider.Interval)
 REPROVIDE_FIRST = 60.0  # seconds after the start the first round begins, at most
 MAX_REPROVIDE = 10_000  # CIDs announced in one round at most
+MAX_PENDING_PROVIDES = 1024  # CIDs waiting to be announced (provide_soon); more are dropped
 
 
 def _ip_of(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -247,11 +249,16 @@ class Dht:
         self._in_scope = lan_scope if protocol == LAN_PROTOCOL else wan_scope
         self._bootstrap = list(bootstrap)
         self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0, "answered": 0,
-                      "refused": 0, "wrong_provider": 0, "reprovided": 0}
+                      "refused": 0, "wrong_provider": 0, "reprovided": 0, "provided": 0,
+                      "dropped_provides": 0}
         # the peers serving the DHT this host has met, kept for the whole run
         self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
         self.server = server
         self.providers = ProviderStore() if server else None
+        # provide_soon's queue: CIDs in arrival order, announced one at a time by one task
+        self._pending: dict[str, None] = {}
+        self._pending_lock = threading.Lock()
+        self._draining = False
         self._checks: Any = None  # trio channel of peers to check for the table (server)
         self._checking: set[Any] = set()
         if server:
@@ -498,27 +505,75 @@ class Dht:
                          protocols=[]) for p in closest]
 
 
+    # -- announcing in the background ---------------------------------------------------------
+
+    def provide_soon(self, cids: Iterable[str]) -> int:
+        """Announce ``cids`` (text CIDs) in the background, off the caller's path: from any
+        thread, without waiting.  One task on the host's thread announces them one after
+        another, in order; at most :data:`MAX_PENDING_PROVIDES` wait, and one more is dropped
+        (counted in ``stats["dropped_provides"]``: the reprovide schedule announces what is
+        pinned anyway).  How many were queued (0 if the host has stopped)."""
+        queued = 0
+        with self._pending_lock:
+            for text in cids:
+                if text in self._pending:
+                    continue
+                if len(self._pending) >= MAX_PENDING_PROVIDES:
+                    self.stats["dropped_provides"] += 1
+                    continue
+                self._pending[text] = None
+                queued += 1
+            start = bool(self._pending) and not self._draining
+            self._draining = self._draining or start
+        if start:
+            try:
+                self._node.submit(self._drain)
+            except Exception:  # the host has stopped: nobody to tell
+                with self._pending_lock:
+                    self._pending.clear()
+                    self._draining = False
+                return 0
+        return queued
+
+    async def _drain(self) -> None:
+        while True:
+            with self._pending_lock:
+                if not self._pending:
+                    self._draining = False
+                    return
+                text = next(iter(self._pending))
+                del self._pending[text]
+            try:
+                self.stats["provided"] += bool(await self.provide(CID.parse(text)))
+            except Exception:  # a bad CID, a lookup that failed: the next round tries again
+                self.stats["failed"] += 1
+
     # -- reproviding ------------------------------------------------------------------------
 
     def reprovide(self, roots: Callable[[], Iterable[str]],
-                  interval: float = REPROVIDE_INTERVAL) -> None:
+                  interval: float | None = REPROVIDE_INTERVAL,
+                  first: float | None = None) -> None:
         """Announce the CIDs ``roots()`` names (what the node pins; called on a worker
-        thread) every ``interval`` seconds while the host runs, the first round
-        ``min(interval, REPROVIDE_FIRST)`` after it starts.  A round announces at most
+        thread) every ``interval`` seconds while the host runs (None: only the first round),
+        the first round ``first`` seconds after it starts (None: ``min(interval,
+        REPROVIDE_FIRST)``; `ww daemon`'s: 0, at once).  A round announces at most
         :data:`MAX_REPROVIDE` CIDs, one after another; the next round starts ``interval``
         after it ends, so rounds never overlap."""
+        if first is None:
+            first = min(interval if interval is not None else REPROVIDE_FIRST, REPROVIDE_FIRST)
 
         async def start() -> None:
-            self._node.submit(self._reprovide, roots, interval)  # ends with the host
+            self._node.submit(self._reprovide, roots, interval, first)  # ends with the host
 
         self._node.when_started(start)
 
-    async def _reprovide(self, roots: Callable[[], Iterable[str]], interval: float) -> None:
+    async def _reprovide(self, roots: Callable[[], Iterable[str]], interval: float | None,
+                         first: float) -> None:
         import itertools
 
         import trio
 
-        await trio.sleep(min(interval, REPROVIDE_FIRST))  # the schedule, not a wait
+        await trio.sleep(first)  # the schedule, not a wait
         while True:
             cids = await trio.to_thread.run_sync(
                 lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
@@ -527,6 +582,8 @@ class Dht:
                     self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
                 except Exception:  # a bad CID in the pin set, a lookup that failed
                     self.stats["failed"] += 1
+            if interval is None:
+                return
             await trio.sleep(interval)
 
     # -- server mode (``dhtserver``) -------------------------------------------------------

@@ -30,7 +30,7 @@ import platform
 import tarfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.from_thread
@@ -48,10 +48,10 @@ from ww.core.errors import (
     WwError,
 )
 from ww.ipfs import chunker as chunkers
-from ww.ipfs.api import AddOptions, CancelToken, EntryType, cancellable
+from ww.ipfs.api import AddOptions, CancelToken, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
 
-__all__ = ["RpcApi", "WORKERS", "SEND_STALL"]
+__all__ = ["RpcApi", "Routing", "WORKERS", "SEND_STALL"]
 
 WORKERS = 64  # commands running at once; the others wait (a bound on threads, not requests)
 SEND_STALL = 120.0  # seconds a client may leave a piece of its reply unread before it is dropped
@@ -60,6 +60,8 @@ PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 # between threads, and 1 MiB rather than 256 KiB cut a 300 MiB add's CPU time by about a
 # tenth (docs/benchmarks.md); the worker holds one piece at a time.
 BODY_PIECE = 1 << 20
+DEFAULT_PROVIDERS = 20  # routing/findprovs: kubo's default num-providers
+MAX_PROVIDERS = 100  # and the most one request may ask for
 PROGRESS_STEP = 256 * 1024  # add?progress=true: a {"Name","Bytes"} line per this many bytes
 BLOCK_LIMIT = 1 << 20  # kubo's soft block limit: block/put refuses more without allow-big-block
 BIG_BLOCK_LIMIT = 4 << 20  # and never more than this, as the repository reads no larger block
@@ -464,6 +466,8 @@ def _add(api: RpcApi, request: Request) -> None:
     added = api.node.add_entries(entries(), options, reported)
     if not added:
         raise ClientError("no files were given to add")
+    if options.pin and not options.only_hash:
+        api.announce(cid for _, cid in added)
     request.json_lines(())
 
 
@@ -613,6 +617,8 @@ def _dag_import(api: RpcApi, request: Request) -> None:
     roots: list[str] = []
     for _, data in _parts(request):
         roots += api.node.import_car_pinning(io.BufferedReader(_Reader(data)), pin)
+    if pin:
+        api.announce(roots)
     request.json_lines({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}} for root in roots)
 
 
@@ -623,6 +629,7 @@ def _pin_add(api: RpcApi, request: Request) -> None:
     for path in request.all_args("ipfs-path"):
         api.node.pin(path, recursive)
         pins.append(api.node.resolve(path))
+    api.announce(pins)
     request.reply({"Pins": pins})
 
 
@@ -727,8 +734,38 @@ def _repo_stat(api: RpcApi, request: Request) -> None:
 
 @command("routing/findprovs")
 def _findprovs(api: RpcApi, request: Request) -> None:
-    request.arg("key")
-    raise IpfsError("routing: operation or key not supported")  # no router: kubo's error
+    """The providers the DHT names for the key, as kubo streams them: one QueryEvent per
+    provider, ``{"Extra": "", "ID": "", "Responses": [{"Addrs": [...], "ID": peer}],
+    "Type": 4}`` (kubo's routing.Provider); without a router, kubo's error."""
+    key = request.arg("key")
+    limit = request.number("num-providers", "n", default=DEFAULT_PROVIDERS)
+    assert limit is not None
+    if limit < 1:
+        raise ClientError("number of providers must be greater than 0")
+    if api.routing is None:
+        raise IpfsError("routing: operation or key not supported")  # kubo's, without a router
+    from ww.core.cid import CID, CidError
+
+    try:
+        cid = str(CID.parse(key))
+    except CidError as err:
+        raise ClientError(str(err)) from None
+    found = api.routing.find_providers(cid, min(limit, MAX_PROVIDERS), request.token)
+    request.json_lines({"Extra": "", "ID": "", "Type": 4,
+                        "Responses": [{"Addrs": list(p.addresses), "ID": p.id}]}
+                       for p in found)
+
+
+class Routing(Protocol):
+    """Content routing for the API (`ww daemon` with a DHT: :mod:`ww.app.daemon`)."""
+
+    def announce(self, cids: Iterable[str]) -> None:
+        """Announce ``cids`` in the background; returns at once."""
+
+    def find_providers(self, cid: str, limit: int, token: CancelToken) -> list[PeerInfo]:
+        """Up to ``limit`` providers of ``cid``; blocks (a worker thread), ends when
+        ``token`` is cancelled (raising :class:`CallCancelled`)."""
+        ...
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -740,16 +777,25 @@ class RpcApi:
     ``origins``: the browser origins allowed besides none at all (kubo's default: the API's
     own address, as ``http://127.0.0.1:<port>``, ``http://localhost:<port>``, and https).
     ``dial_refusal``: the daemon's dial policy (a reason, or None) for ``swarm/connect``.
-    ``log(event, **fields)``: one line on the daemon's log."""
+    ``log(event, **fields)``: one line on the daemon's log.  ``routing``: announces what
+    ``add``, ``pin/add`` and ``dag/import`` pin, and answers ``routing/findprovs`` (None:
+    nothing is announced, and findprovs fails as kubo's does without a router)."""
 
     def __init__(self, node: EmbeddedNode, *, origins: Iterable[str] = (),
                  dial_refusal: Callable[[str], str | None] | None = None,
-                 log: Callable[..., None] | None = None, workers: int = WORKERS) -> None:
+                 log: Callable[..., None] | None = None, workers: int = WORKERS,
+                 routing: Routing | None = None) -> None:
         self.node = node
+        self.routing = routing
         self.origins = set(origins)
         self.dial_refusal = dial_refusal
         self.log = log or (lambda event, **fields: None)
         self._limiter = anyio.CapacityLimiter(workers)
+
+    def announce(self, cids: Iterable[str]) -> None:
+        """Announce ``cids`` (just pinned) through the router, off the request's path."""
+        if self.routing is not None:
+            self.routing.announce(list(cids))
 
     def allow_port(self, port: int) -> None:
         """Allow the API's own origins (kubo's defaults), once its port is known."""
