@@ -163,3 +163,35 @@ def test_the_daemon_serves_the_gateway_beside_the_api_and_off_means_none(tmp_pat
         assert off.gateway == "" and not any(e["event"] == "gateway" for e in off.events)
     finally:
         assert off.stop()[0] == 0
+
+
+def test_sigterm_with_clients_that_stopped_reading_stops_after_the_grace(ww_home):
+    """Clients that stop reading a large `cat` (their TCP window shut) must not keep the
+    daemon alive: hypercorn's trio server shields its socket writes from cancellation, so the
+    old daemon, told to stop, waited for them forever.  After the grace its connections are
+    closed, and it stops."""
+    import socket
+
+    d = Daemon(ww_home)
+    body, headers = multipart([("big", "application/octet-stream", os.urandom(24 << 20))])
+    status, _, reply = d.post("add", body=body, headers=headers)
+    assert status == 200, reply
+    cid = json.loads(reply.splitlines()[-1])["Hash"]
+    host, port = d.url.removeprefix("http://").split(":")
+    stalled = []
+    for _ in range(3):
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"POST /api/v0/cat?arg={cid} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        assert sock.recv(1)  # the reply has begun; it is never read further
+        stalled.append(sock)
+    assert d.post("version")[0] == 200  # served beside them
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        d.proc.wait(timeout=HANG)  # (the kernel's own STALL bound is not what ends it)
+    finally:
+        for sock in stalled:
+            sock.close()
+    code, events = d.stop()
+    assert code == 0 and [e["event"] for e in events][-1] == "stopped", events

@@ -15,7 +15,8 @@ through the event loop one piece at a time (``anyio.from_thread``), so memory pe
 one piece either way: a 300 MiB ``add`` goes from the socket into the blockstore, a ``cat``
 from the blockstore to the socket.  A client that hangs up cancels its command at the next
 piece; one that stops reading holds its command (and one worker) until it reads again or
-:data:`SEND_STALL` seconds pass, when its connection is dropped; others are served meanwhile.
+:data:`SEND_STALL` seconds pass, when its connection is dropped (by the kernel:
+``TCP_USER_TIMEOUT``, see :mod:`ww.serve.server`); others are served meanwhile.
 An error after the reply has begun cuts the connection short (kubo sends it as the
 ``X-Stream-Error`` trailer, which HTTP/1.1 clients rarely ask for): the client sees a
 truncated body, never a silently short one.
@@ -50,11 +51,12 @@ from ww.core.errors import (
 from ww.ipfs import chunker as chunkers
 from ww.ipfs.api import AddOptions, CancelToken, EntryType, cancellable
 from ww.ipfs.node import EmbeddedNode
+from ww.serve.server import STALL
 
 __all__ = ["RpcApi", "WORKERS", "SEND_STALL"]
 
 WORKERS = 64  # commands running at once; the others wait (a bound on threads, not requests)
-SEND_STALL = 120.0  # seconds a client may leave a piece of its reply unread before it is dropped
+SEND_STALL = STALL  # seconds a client may leave a piece of its reply unread before it is dropped
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 PROGRESS_STEP = 256 * 1024  # add?progress=true: a {"Name","Bytes"} line per this many bytes
 BLOCK_LIMIT = 1 << 20  # kubo's soft block limit: block/put refuses more without allow-big-block
