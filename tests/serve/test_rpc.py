@@ -331,3 +331,49 @@ def test_gc_running_again_and_again_during_an_add_removes_none_of_its_blocks(dae
     assert code == 0
     r = run_ww("repo", "check", env={**os.environ, "WW_HOME": str(daemon.home)})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_uploads_that_stall_cannot_take_every_worker(daemon):
+    """64 uploads that send a few bytes of their body and then nothing (a slowloris): the old
+    daemon gave each a worker, all 64, and answered nobody else.  Uploads have their own
+    smaller pool: other commands are served beside them, and the uploads wait their turn."""
+    from ww.serve.rpc import WORKERS
+
+    cid = add(daemon, [("h", "application/octet-stream", b"hello\n")])[0]["Hash"]
+    body, headers = multipart([("f", "application/octet-stream", b"x" * 1000)])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    stalled = [_raw_request(daemon, "add", body[:50], head + f"Content-Length: {len(body)}\r\n")
+               for _ in range(WORKERS)]
+    try:
+        assert daemon.json("version")[0]["Version"]
+        assert daemon.post("cat", cid)[2] == b"hello\n"
+        # one of them finishes its body: it is answered once a place is free (or now)
+        stalled[-1].sendall(body[50:])
+    finally:
+        for sock in stalled[:-1]:
+            sock.close()
+    reply = b""
+    while not reply.endswith(b"0\r\n\r\n"):
+        piece = stalled[-1].recv(65536)
+        assert piece, reply
+        reply += piece
+    stalled[-1].close()
+    assert reply.startswith(b"HTTP/1.1 200")
+
+
+def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(daemon):
+    """A body that brings nothing for BODY_STALL seconds: a 400, one line, nothing pinned."""
+    body, headers = multipart([("f", "application/octet-stream", b"x" * 1000)])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    upload = _raw_request(daemon, "block/put", body[:50],
+                          head + f"Content-Length: {len(body)}\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n0\r\n\r\n"):  # the reply's end, or the server hangs up
+        piece = upload.recv(65536)  # the server's bound ends the wait (HANG: only a hang)
+        if not piece:
+            break
+        reply += piece
+    upload.close()
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert b"the request body brought nothing" in reply
+    assert daemon.json("pin/ls") == [{"Keys": {}}]

@@ -9,7 +9,8 @@ unknown command.  A browser page of another origin is refused with 403, as kubo 
 (its ``Origin`` or ``Referer`` must be the API's own address).
 
 How it runs: the node's calls block (files, locks), so each command runs in a worker thread
-(at most :data:`WORKERS` at once; the rest wait their turn) under a
+(at most :data:`WORKERS` at once, of which :data:`UPLOADS` commands with a body; the rest
+wait their turn; an upload whose body stalls for :data:`BODY_STALL` seconds is refused) under a
 :class:`ww.ipfs.api.CancelToken`.  The thread pulls the request body and pushes the response
 through the event loop one piece at a time (``anyio.from_thread``), so memory per request is
 one piece either way: a 300 MiB ``add`` goes from the socket into the blockstore, a ``cat``
@@ -53,9 +54,11 @@ from ww.ipfs.api import AddOptions, CancelToken, EntryType, cancellable
 from ww.ipfs.node import EmbeddedNode
 from ww.serve.server import STALL
 
-__all__ = ["RpcApi", "WORKERS", "SEND_STALL"]
+__all__ = ["RpcApi", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
 WORKERS = 64  # commands running at once; the others wait (a bound on threads, not requests)
+UPLOADS = 16  # of which commands with a body (add, block/put, dag/import): they wait on clients
+BODY_STALL = 60.0  # seconds an upload's body may bring no byte before the command is refused
 SEND_STALL = STALL  # seconds a client may leave a piece of its reply unread before it is dropped
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 PROGRESS_STEP = 256 * 1024  # add?progress=true: a {"Name","Bytes"} line per this many bytes
@@ -159,7 +162,11 @@ class Request:
         pieces: list[bytes] = []
         size = 0
         while size < PIECE and not self.body_done:
-            message = await self._receive()
+            message = None
+            with anyio.move_on_after(BODY_STALL):  # a stalled upload holds a worker
+                message = await self._receive()
+            if message is None:
+                raise ClientError(f"the request body brought nothing for {BODY_STALL:g} s")
             if message["type"] == "http.disconnect":
                 self.token.cancel()
                 raise CallCancelled("the client hung up")
@@ -746,6 +753,9 @@ class RpcApi:
         self.dial_refusal = dial_refusal
         self.log = log or (lambda event, **fields: None)
         self._limiter = anyio.CapacityLimiter(workers)
+        # Uploads wait on their clients: they take a place in their own smaller pool first,
+        # so clients that upload slowly (or never finish) cannot take every worker.
+        self._uploads = anyio.CapacityLimiter(min(UPLOADS, workers))
 
     def allow_port(self, port: int) -> None:
         """Allow the API's own origins (kubo's defaults), once its port is known."""
@@ -834,7 +844,11 @@ class RpcApi:
 
         async def work_in_thread() -> None:
             try:
-                await anyio.to_thread.run_sync(work, limiter=self._limiter)
+                if has_body:
+                    async with self._uploads:
+                        await anyio.to_thread.run_sync(work, limiter=self._limiter)
+                else:
+                    await anyio.to_thread.run_sync(work, limiter=self._limiter)
             except Exception as err:  # raised below, outside the task group (no group)
                 failure.append(err)
 
