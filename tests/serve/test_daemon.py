@@ -195,3 +195,30 @@ def test_sigterm_with_clients_that_stopped_reading_stops_after_the_grace(ww_home
             sock.close()
     code, events = d.stop()
     assert code == 0 and [e["event"] for e in events][-1] == "stopped", events
+
+
+def test_symlinks_planted_for_the_lock_and_api_files_are_never_written_through(ww_home,
+                                                                              tmp_path):
+    """$WW_HOME/api (a stale one, or a symlink) is replaced, never written through; a
+    daemon.lock that is a symlink is refused with one line: the old daemon truncated and
+    overwrote the files they named."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    ww_home.mkdir(parents=True, exist_ok=True)
+    (ww_home / "api").symlink_to(victim)
+    (ww_home / "gateway").symlink_to(victim)
+    d = Daemon(ww_home)
+    try:
+        assert victim.read_text() == "precious\n"
+        assert (ww_home / "api").read_text().strip() == d.api.removesuffix("/http")
+        assert not (ww_home / "api").is_symlink()
+    finally:
+        code, _ = d.stop()
+    assert code == 0 and not (ww_home / "api").exists()
+    (ww_home / "daemon.lock").unlink()
+    (ww_home / "daemon.lock").symlink_to(victim)
+    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off", "--listen",
+               "/ip4/127.0.0.1/tcp/0", env={**os.environ, "WW_HOME": str(ww_home)})
+    assert r.returncode != 0 and "daemon.lock" in r.stderr and "symlink" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert victim.read_text() == "precious\n"
