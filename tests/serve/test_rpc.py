@@ -377,3 +377,20 @@ def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(daemon):
     assert reply.startswith(b"HTTP/1.1 400"), reply
     assert b"the request body brought nothing" in reply
     assert daemon.json("pin/ls") == [{"Keys": {}}]
+
+
+def test_get_of_a_sharded_directory_takes_each_entry_by_its_cid(daemon):
+    """`get` of a large (HAMT-sharded) directory: the old code resolved "<dir>/<name>" for
+    every entry, walking the shards once per entry: a 100 000-entry directory (a 12 MB
+    upload) took CPU-minutes of a worker per `get` (measured: over 300 s; now 39 s).  This
+    checks the tar is whole for 3000 entries with long names (over the sharding threshold)."""
+    names = [f"{i:05d}-" + "n" * 90 for i in range(3000)]
+    events = add(daemon, [("d", "application/x-directory", b"")] + [
+        (f"d/{name}", "application/octet-stream", name[:5].encode()) for name in names],
+        pin=False)
+    root = events[-1]["Hash"]
+    status, _, tar = daemon.post("get", root)
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        got = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
+    assert got == {f"{root}/{name}": name[:5].encode() for name in names}

@@ -547,7 +547,9 @@ def _get(api: RpcApi, request: Request) -> None:
                 member.type, member.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(member)
                 entries = api.node.ls(where)
-                stack.extend((f"{where}/{e.name}", f"{name}/{e.name}") for e in reversed(entries))
+                # each child by its CID: resolving "<dir>/<name>" again would walk a sharded
+                # directory once per entry (a 100 000-entry one took CPU-minutes)
+                stack.extend((e.cid, f"{name}/{e.name}") for e in reversed(entries))
             elif info.type == EntryType.SYMLINK:
                 member.type, member.mode = tarfile.SYMTYPE, 0o777
                 member.linkname = info.target or ""
