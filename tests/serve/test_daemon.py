@@ -163,3 +163,62 @@ def test_the_daemon_serves_the_gateway_beside_the_api_and_off_means_none(tmp_pat
         assert off.gateway == "" and not any(e["event"] == "gateway" for e in off.events)
     finally:
         assert off.stop()[0] == 0
+
+
+def test_sigterm_with_clients_that_stopped_reading_stops_after_the_grace(ww_home):
+    """Clients that stop reading a large `cat` (their TCP window shut) must not keep the
+    daemon alive: hypercorn's trio server shields its socket writes from cancellation, so the
+    old daemon, told to stop, waited for them forever.  After the grace its connections are
+    closed, and it stops."""
+    import socket
+
+    d = Daemon(ww_home)
+    body, headers = multipart([("big", "application/octet-stream", os.urandom(24 << 20))])
+    status, _, reply = d.post("add", body=body, headers=headers)
+    assert status == 200, reply
+    cid = json.loads(reply.splitlines()[-1])["Hash"]
+    host, port = d.url.removeprefix("http://").split(":")
+    stalled = []
+    for _ in range(3):
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"POST /api/v0/cat?arg={cid} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        assert sock.recv(1)  # the reply has begun; it is never read further
+        stalled.append(sock)
+    assert d.post("version")[0] == 200  # served beside them
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        d.proc.wait(timeout=HANG)  # (the kernel's own STALL bound is not what ends it)
+    finally:
+        for sock in stalled:
+            sock.close()
+    code, events = d.stop()
+    assert code == 0 and [e["event"] for e in events][-1] == "stopped", events
+
+
+def test_symlinks_planted_for_the_lock_and_api_files_are_never_written_through(ww_home,
+                                                                              tmp_path):
+    """$WW_HOME/api (a stale one, or a symlink) is replaced, never written through; a
+    daemon.lock that is a symlink is refused with one line: the old daemon truncated and
+    overwrote the files they named."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    ww_home.mkdir(parents=True, exist_ok=True)
+    (ww_home / "api").symlink_to(victim)
+    (ww_home / "gateway").symlink_to(victim)
+    d = Daemon(ww_home)
+    try:
+        assert victim.read_text() == "precious\n"
+        assert (ww_home / "api").read_text().strip() == d.api.removesuffix("/http")
+        assert not (ww_home / "api").is_symlink()
+    finally:
+        code, _ = d.stop()
+    assert code == 0 and not (ww_home / "api").exists()
+    (ww_home / "daemon.lock").unlink()
+    (ww_home / "daemon.lock").symlink_to(victim)
+    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off", "--listen",
+               "/ip4/127.0.0.1/tcp/0", env={**os.environ, "WW_HOME": str(ww_home)})
+    assert r.returncode != 0 and "daemon.lock" in r.stderr and "symlink" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert victim.read_text() == "precious\n"

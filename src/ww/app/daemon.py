@@ -11,6 +11,7 @@ kubo, writes its API address to ``$WW_HOME/api`` while it runs (and the gateway'
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -92,7 +93,13 @@ class RepoLock:
         import fcntl
 
         self.path = repo / "daemon.lock"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:  # not through a symlink: the pid written would truncate whatever it names
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
+        except OSError as err:
+            raise HostError(f"cannot open {self.path}: "
+                            f"{'it is a symlink' if err.errno == errno.ELOOP else err.strerror}"
+                            "; remove it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,6 +151,19 @@ class DhtRouting:
             raise
         except Exception as err:
             raise IpfsError(f"routing: {err}") from None
+
+
+def _publish(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a reader never sees half of it), replacing what is
+    there -- a file left by a daemon that was killed, or a symlink, never followed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def run(options: DaemonOptions) -> int:
@@ -217,12 +237,12 @@ def run(options: DaemonOptions) -> int:
                     log("warning", **{site.name: f"{site.multiaddr} is reachable beyond this "
                                       "machine: anyone who can reach it may use it"})
 
-        (repo / "api").write_text(api.multiaddr.removesuffix("/http") + "\n")
+        _publish(repo / "api", api.multiaddr.removesuffix("/http") + "\n")
         for site in sites:
             if site.name == "gateway":  # its URL, for scripts (kubo writes no such file)
                 address, port = site.sock.getsockname()[:2]
                 bracketed = f"[{address}]" if ":" in address else address
-                (repo / "gateway").write_text(f"http://{bracketed}:{port}\n")
+                _publish(repo / "gateway", f"http://{bracketed}:{port}\n")
 
         async def main() -> None:
             stop = trio.Event()

@@ -9,13 +9,15 @@ unknown command.  A browser page of another origin is refused with 403, as kubo 
 (its ``Origin`` or ``Referer`` must be the API's own address).
 
 How it runs: the node's calls block (files, locks), so each command runs in a worker thread
-(at most :data:`WORKERS` at once; the rest wait their turn) under a
+(at most :data:`WORKERS` at once, of which :data:`UPLOADS` commands with a body; the rest
+wait their turn; an upload whose body stalls for :data:`BODY_STALL` seconds is refused) under a
 :class:`ww.ipfs.api.CancelToken`.  The thread pulls the request body and pushes the response
 through the event loop one piece at a time (``anyio.from_thread``), so memory per request is
 one piece either way: a 300 MiB ``add`` goes from the socket into the blockstore, a ``cat``
 from the blockstore to the socket.  A client that hangs up cancels its command at the next
 piece; one that stops reading holds its command (and one worker) until it reads again or
-:data:`SEND_STALL` seconds pass, when its connection is dropped; others are served meanwhile.
+:data:`SEND_STALL` seconds pass, when its connection is dropped (by the kernel:
+``TCP_USER_TIMEOUT``, see :mod:`ww.serve.server`); others are served meanwhile.
 An error after the reply has begun cuts the connection short (kubo sends it as the
 ``X-Stream-Error`` trailer, which HTTP/1.1 clients rarely ask for): the client sees a
 truncated body, never a silently short one.
@@ -50,11 +52,14 @@ from ww.core.errors import (
 from ww.ipfs import chunker as chunkers
 from ww.ipfs.api import AddOptions, CancelToken, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
+from ww.serve.server import STALL
 
-__all__ = ["RpcApi", "Routing", "WORKERS", "SEND_STALL"]
+__all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
 WORKERS = 64  # commands running at once; the others wait (a bound on threads, not requests)
-SEND_STALL = 120.0  # seconds a client may leave a piece of its reply unread before it is dropped
+UPLOADS = 16  # of which commands with a body (add, block/put, dag/import): they wait on clients
+BODY_STALL = 60.0  # seconds an upload's body may bring no byte before the command is refused
+SEND_STALL = STALL  # seconds a client may leave a piece of its reply unread before it is dropped
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 # The size of the pieces a request body is taken over to the worker in: each is one hand-off
 # between threads, and 1 MiB rather than 256 KiB cut a 300 MiB add's CPU time by about a
@@ -165,7 +170,11 @@ class Request:
         pieces: list[bytes] = []
         size = 0
         while size < BODY_PIECE and not self.body_done:
-            message = await self._receive()
+            message = None
+            with anyio.move_on_after(BODY_STALL):  # a stalled upload holds a worker
+                message = await self._receive()
+            if message is None:
+                raise ClientError(f"the request body brought nothing for {BODY_STALL:g} s")
             if message["type"] == "http.disconnect":
                 self.token.cancel()
                 raise CallCancelled("the client hung up")
@@ -548,7 +557,9 @@ def _get(api: RpcApi, request: Request) -> None:
                 member.type, member.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(member)
                 entries = api.node.ls(where)
-                stack.extend((f"{where}/{e.name}", f"{name}/{e.name}") for e in reversed(entries))
+                # each child by its CID: resolving "<dir>/<name>" again would walk a sharded
+                # directory once per entry (a 100 000-entry one took CPU-minutes)
+                stack.extend((e.cid, f"{name}/{e.name}") for e in reversed(entries))
             elif info.type == EntryType.SYMLINK:
                 member.type, member.mode = tarfile.SYMTYPE, 0o777
                 member.linkname = info.target or ""
@@ -791,6 +802,9 @@ class RpcApi:
         self.dial_refusal = dial_refusal
         self.log = log or (lambda event, **fields: None)
         self._limiter = anyio.CapacityLimiter(workers)
+        # Uploads wait on their clients: they take a place in their own smaller pool first,
+        # so clients that upload slowly (or never finish) cannot take every worker.
+        self._uploads = anyio.CapacityLimiter(min(UPLOADS, workers))
 
     def announce(self, cids: Iterable[str]) -> None:
         """Announce ``cids`` (just pinned) through the router, off the request's path."""
@@ -884,7 +898,11 @@ class RpcApi:
 
         async def work_in_thread() -> None:
             try:
-                await anyio.to_thread.run_sync(work, limiter=self._limiter)
+                if has_body:
+                    async with self._uploads:
+                        await anyio.to_thread.run_sync(work, limiter=self._limiter)
+                else:
+                    await anyio.to_thread.run_sync(work, limiter=self._limiter)
             except Exception as err:  # raised below, outside the task group (no group)
                 failure.append(err)
 

@@ -17,9 +17,10 @@ import trio
 
 from ww.core.errors import AddressError
 
-__all__ = ["Site", "serve", "bind", "GRACE", "READ_SIZE"]
+__all__ = ["Site", "serve", "bind", "GRACE", "STALL", "READ_SIZE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
+STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
 READ_SIZE = 256 * 1024  # bytes hypercorn reads from a connection at once (its own: 64 KiB)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -63,6 +64,10 @@ def bind(addr: str) -> tuple[socket.socket, bool]:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by every accepted connection: one whose reader stopped (its TCP window
+        # shut) is dropped by the kernel after STALL seconds.  hypercorn's trio server
+        # shields its writes from cancellation, so nothing else can end such a write.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALL * 1000))
         sock.bind((str(ip), int(parts[3])))
         sock.listen(1024)
     except OSError as err:
@@ -73,21 +78,69 @@ def bind(addr: str) -> tuple[socket.socket, bool]:
 
 async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> None:
     """Serve every site until ``stop`` is set; then stop accepting, let the requests in
-    flight finish for at most ``grace`` seconds, cancel the rest, and return."""
+    flight finish for at most ``grace`` seconds, cancel the rest, and return.
+
+    A request whose client stopped reading is stuck in a write hypercorn shields from
+    cancellation: once the grace is over, the connections still open are shut down under it
+    (which ends such a write), so a stop takes at most about ``grace`` seconds."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
     _read_in_larger_pieces()
-    async with trio.open_nursery() as nursery:
-        for site in sites:
-            config = Config()
-            config.bind = [f"fd://{site.sock.detach()}"]
-            config.accesslog = None
-            config.errorlog = None  # the daemon logs one line per event itself
-            config.graceful_timeout = grace
-            config.h11_max_incomplete_size = 64 * 1024  # request line and headers
-            nursery.start_soon(partial(hypercorn_serve, site.app, config,  # type: ignore[arg-type]
-                                       shutdown_trigger=stop.wait, mode="asgi"))
+    local = {site.sock.getsockname()[:2] for site in sites}
+
+    async def close_after_grace() -> None:
+        await stop.wait()
+        await trio.sleep(grace + 1)  # hypercorn cancels what is left after its grace
+        while True:
+            _shut_down_connections(local)
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(close_after_grace)
+        async with trio.open_nursery() as nursery:
+            for site in sites:
+                config = Config()
+                config.bind = [f"fd://{site.sock.detach()}"]
+                config.accesslog = None
+                config.errorlog = None  # the daemon logs one line per event itself
+                config.graceful_timeout = grace
+                config.h11_max_incomplete_size = 64 * 1024  # request line and headers
+                nursery.start_soon(partial(hypercorn_serve, site.app, config,  # type: ignore[arg-type]
+                                           shutdown_trigger=stop.wait, mode="asgi"))
+        outer.cancel_scope.cancel()
+
+
+def _shut_down_connections(local: set[tuple[str, int]]) -> None:
+    """Shut down this process's accepted TCP connections to the ``local`` (address, port)s
+    (the sites' own: not their listening sockets, not the libp2p host's connections), which
+    wakes whatever waits on them."""
+    import os
+
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue  # not a socket (or already closed)
+        try:
+            if sock.type == socket.SOCK_STREAM \
+                    and sock.family in (socket.AF_INET, socket.AF_INET6) \
+                    and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) \
+                    and _served(sock.getsockname()[:2], local):
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+def _served(address: tuple[str, int], local: set[tuple[str, int]]) -> bool:
+    host, port = address
+    return any(port == p and h in (host, "0.0.0.0", "::") for h, p in local)
 
 
 def _read_in_larger_pieces() -> None:
