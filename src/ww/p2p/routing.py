@@ -68,6 +68,7 @@ MAX_KNOWN = 1000  # peers a query remembers as candidates
 PROVIDER_TTL = 48 * 3600.0  # seconds a provider record lives (go-libp2p-kad-dht's 48 h)
 MAX_PROVIDERS_PER_KEY = 20  # providers kept for one key; the oldest record gives way
 MAX_PROVIDER_RECORDS = 10_000  # provider records kept in all; new keys are refused beyond
+SWEEP_EVERY = 60.0  # seconds between sweeps of a full provider store, at least
 MAX_KEY = 80  # bytes of a provider key (go-libp2p-kad-dht refuses longer ones)
 MAX_REQUESTS_PER_STREAM = 32  # requests answered on one inbound stream, then it is closed
 INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
@@ -180,8 +181,12 @@ class ProviderStore:
     """Who said they provide a key (``ADD_PROVIDER``), each record for :data:`PROVIDER_TTL`.
 
     Bounded: :data:`MAX_PROVIDERS_PER_KEY` a key (the record that expires first gives way
-    to a new provider), :data:`MAX_PROVIDER_RECORDS` in all (a record for a new provider is
-    refused while the store is full of live ones)."""
+    to a new provider), :data:`MAX_PROVIDER_RECORDS` in all.  While the store is full of live
+    records, a record from a new provider takes the room of the oldest record of the peer
+    holding the most (if that peer holds more than the newcomer would): one peer, or a few
+    sybil ids, cannot fill the store and lock every other provider out for 48 h.  Expired
+    records are swept when the store is full, at most once every :data:`SWEEP_EVERY`
+    seconds (a sweep walks every key)."""
 
     def __init__(self, ttl: float = PROVIDER_TTL, per_key: int = MAX_PROVIDERS_PER_KEY,
                  total: int = MAX_PROVIDER_RECORDS,
@@ -189,38 +194,58 @@ class ProviderStore:
         self.ttl, self.per_key, self.total = ttl, per_key, total
         self._clock = clock
         self._keys: dict[bytes, dict[bytes, tuple[float, list[Any]]]] = {}
+        # each peer's keys, oldest first: whose record gives way when the store is full
+        self._of_peer: dict[bytes, OrderedDict[bytes, None]] = {}
         self._count = 0
+        self._next_sweep = -float("inf")
 
-    def _expire(self, key: bytes, now: float) -> dict[bytes, tuple[float, list[Any]]]:
+    def _drop(self, key: bytes, peer: bytes) -> None:
         records = self._keys.get(key, {})
-        for peer in [p for p, (until, _) in records.items() if until <= now]:
-            del records[peer]
-            self._count -= 1
+        if records.pop(peer, None) is None:
+            return
+        self._count -= 1
         if not records:
             self._keys.pop(key, None)
-        return records
+        keys = self._of_peer.get(peer)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._of_peer[peer]
 
-    def _sweep(self, now: float) -> None:
-        for key in list(self._keys):
-            self._expire(key, now)
+    def _expire(self, key: bytes, now: float) -> dict[bytes, tuple[float, list[Any]]]:
+        for peer in [p for p, (until, _) in self._keys.get(key, {}).items() if until <= now]:
+            self._drop(key, peer)
+        return self._keys.get(key, {})
+
+    def _make_room(self, peer_id: bytes, now: float) -> bool:
+        """Room for one more record of ``peer_id`` in a full store: expired records swept
+        (not too often), else the oldest record of the peer holding the most given up."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            for key in list(self._keys):
+                self._expire(key, now)
+            if self._count < self.total:
+                return True
+        hog = max(self._of_peer, key=lambda p: len(self._of_peer[p]))
+        if len(self._of_peer[hog]) <= len(self._of_peer.get(peer_id, ())) + 1:
+            return False  # the newcomer would hold as many as anyone: refused
+        self._drop(next(iter(self._of_peer[hog])), hog)
+        return True
 
     def add(self, key: bytes, peer_id: bytes, addrs: list[Any]) -> bool:
         """Record that ``peer_id`` provides ``key`` (at ``addrs``); False if refused."""
         now = self._clock()
         records = self._expire(key, now)
         if peer_id not in records:
-            if self._count >= self.total:
-                self._sweep(now)
-                records = self._expire(key, now)
-                if self._count >= self.total:
-                    return False
             if len(records) >= self.per_key:
-                oldest = min(records, key=lambda p: records[p][0])
-                del records[oldest]
-                self._count -= 1
+                self._drop(key, min(records, key=lambda p: records[p][0]))
+            elif self._count >= self.total and not self._make_room(peer_id, now):
+                return False
             self._count += 1
-        records[peer_id] = (now + self.ttl, list(addrs))
-        self._keys[key] = records
+        self._keys.setdefault(key, {})[peer_id] = (now + self.ttl, list(addrs))
+        keys = self._of_peer.setdefault(peer_id, OrderedDict())
+        keys[key] = None
+        keys.move_to_end(key)
         return True
 
     def get(self, key: bytes) -> list[tuple[bytes, list[Any]]]:
