@@ -4,7 +4,18 @@ ww libp2p hosts on 127.0.0.1 where the wire matters; the tables alone for the bo
 
 from __future__ import annotations
 
-from ww.p2p.routing import ProviderStore
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import varint
+from libp2p.peer.id import ID
+
+from ww.core.identity import Identity, PrivateKey
+from ww.p2p.host import Node
+from ww.p2p.routing import LAN_PROTOCOL, Dht, ProviderStore, _distance, _Peer
 
 
 def test_one_peer_cannot_fill_the_provider_store_and_lock_everyone_out() -> None:
@@ -32,3 +43,86 @@ def test_one_peer_cannot_fill_the_provider_store_and_lock_everyone_out() -> None
     # records of a key that gives way to newer ones leave no count behind
     now[0] += 200.0  # everything expired
     assert store.add(b"x", b"alice", []) and len(store) == 1
+
+
+BOUND = 120.0  # a bound that only stops a hang
+
+
+def _node(**kwargs: Any) -> Node:
+    return Node(Identity.from_private_key(PrivateKey.generate()),
+                listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                warn=lambda message: None, **kwargs)
+
+
+def _ma(text: str) -> Any:
+    import multiaddr
+
+    return multiaddr.Multiaddr(text)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., Node]]:
+    made: list[Node] = []
+
+    def make(**kwargs: Any) -> Node:
+        made.append(_node(**kwargs))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.stop()
+
+
+def test_a_liar_cannot_evict_honest_peers_from_the_routing_table(
+        nodes: Callable[..., Node]) -> None:
+    """A peer answering a lookup names an honest peer of our routing table (one not among the
+    20 closest to the key, so not a seed) at an address where nothing listens.  The old lookup
+    dialled that address, failed, and removed the honest peer from the table: a liar could
+    empty a table, bucket by bucket, for its sybils to fill.  Now a peer the table knows is
+    dialled at the table's addresses, never at what a third peer says."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    closed = _closed_port()
+    honest_node = nodes()
+    honest = ID.from_base58(honest_node.peer_id)
+
+    async def liar(stream: Any) -> None:
+        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+        request = Message()
+        request.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 16))
+        reply = Message(type=request.type, key=request.key)
+        reply.closerPeers.add(id=honest.to_bytes(),
+                              addrs=[_ma(f"/ip4/127.0.0.1/tcp/{closed}").to_bytes()])
+        data = reply.SerializeToString()
+        await stream.write(varint.encode(len(data)) + data)
+        await stream.close()
+
+    liar_node = nodes(handlers={LAN_PROTOCOL: liar})
+    victim = nodes()
+    Dht(honest_node, server=True)
+    for node in (honest_node, liar_node, victim):
+        node.start()
+    dht = Dht(victim, [liar_node.addrs[0]])
+    honest_addr = _ma(honest_node.addrs[0].split("/p2p/")[0])
+    assert dht.table.add(_Peer(honest, [honest_addr]))
+    # a key far from the honest peer, and 20 table peers closer to it (nobody listens there)
+    key = next(k for k in (secrets.token_bytes(34) for _ in range(1000))
+               if _distance(honest.to_bytes(), k) >> 255)
+    closer = 0
+    while closer < 20:
+        fake = ID.from_base58(PrivateKey.generate().peer_id)
+        if _distance(fake.to_bytes(), key) < _distance(honest.to_bytes(), key):
+            closer += dht.table.add(_Peer(fake, [_ma(f"/ip4/127.0.0.1/tcp/{closed}")]))
+    victim.submit(dht._lookup, key, Message.FIND_NODE).result(BOUND)
+    kept = dht.table.get(honest)
+    assert kept is not None, "the liar evicted an honest peer from the routing table"
+    assert kept.addrs == [honest_addr]

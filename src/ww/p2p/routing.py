@@ -381,6 +381,9 @@ class Dht:
         def learn(peer: _Peer) -> None:
             if peer.id == me or peer.id in known or len(known) >= MAX_KNOWN:
                 return
+            kept = self.table.get(peer.id)
+            if kept is not None and kept.addrs:  # what the table knows, not what others say:
+                peer = _Peer(peer.id, list(kept.addrs))  # a failure would remove it
             peer.distance = _distance(peer.id.to_bytes(), key)
             known[peer.id] = peer
 
