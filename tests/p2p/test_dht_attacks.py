@@ -15,7 +15,14 @@ from libp2p.peer.id import ID
 
 from ww.core.identity import Identity, PrivateKey
 from ww.p2p.host import Node
-from ww.p2p.routing import LAN_PROTOCOL, Dht, ProviderStore, _distance, _Peer
+from ww.p2p.routing import (
+    LAN_PROTOCOL,
+    MAX_INBOUND_PER_PEER,
+    Dht,
+    ProviderStore,
+    _distance,
+    _Peer,
+)
 
 
 def test_one_peer_cannot_fill_the_provider_store_and_lock_everyone_out() -> None:
@@ -126,3 +133,58 @@ def test_a_liar_cannot_evict_honest_peers_from_the_routing_table(
     kept = dht.table.get(honest)
     assert kept is not None, "the liar evicted an honest peer from the routing table"
     assert kept.addrs == [honest_addr]
+
+
+def test_one_peer_cannot_hold_more_than_its_share_of_inbound_dht_streams(
+        nodes: Callable[..., Node]) -> None:
+    """A peer opens 16 streams to a DHT server and keeps them open (a request each, then
+    idle, or a message of 256 KiB sent a byte at a time).  The old server served every one
+    (Yamux sets no limit), each for up to 32 requests of 256 KiB with 60 s between: as many
+    streams, and as much memory, as the peer liked.  Now a peer has at most 8 streams at a
+    time (all peers together 128): the others are reset at once, and the server still
+    answers once the peer gives some up."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+    server_node, attacker = nodes(), nodes()
+    Dht(server_node, server=True)
+    server_node.start()
+    attacker.start()
+    server = ID.from_base58(server_node.peer_id)
+    ping = Message(type=Message.PING).SerializeToString()
+
+    async def attack() -> tuple[int, int, bool]:
+        import trio
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        await attacker.dial(info_from_p2p_addr(_ma(server_node.addrs[0])))
+        streams = []
+        held = reset = 0
+        for _ in range(16):
+            try:
+                stream = await attacker.host.new_stream(server, [LAN_PROTOCOL])
+                streams.append(stream)
+                await stream.write(varint.encode(len(ping)) + ping)
+                await read_varint_prefixed_bytes_limited(stream, 1024)
+                held += 1  # answered, and the server waits for its next request
+            except Exception:  # noqa: BLE001 - py-libp2p's stream errors: reset
+                reset += 1
+        # a fresh stream once the held ones are given up: the server still answers
+        for stream in streams:
+            await stream.reset()
+        answered = False
+        for _ in range(50):  # the server notices the resets: a bound, not a deadline
+            try:
+                stream = await attacker.host.new_stream(server, [LAN_PROTOCOL])
+                await stream.write(varint.encode(len(ping)) + ping)
+                answer = Message()
+                answer.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1024))
+                answered = answer.type == Message.PING
+                break
+            except Exception:  # noqa: BLE001 - still counted: try again
+                await trio.sleep(0.1)
+        return held, reset, answered
+
+    held, reset, answered = attacker.submit(attack).result(BOUND)
+    assert held <= MAX_INBOUND_PER_PEER, f"the server held {held} streams of one peer"
+    assert reset == 16 - held and answered

@@ -71,6 +71,8 @@ MAX_PROVIDER_RECORDS = 10_000  # provider records kept in all; new keys are refu
 SWEEP_EVERY = 60.0  # seconds between sweeps of a full provider store, at least
 MAX_KEY = 80  # bytes of a provider key (go-libp2p-kad-dht refuses longer ones)
 MAX_REQUESTS_PER_STREAM = 32  # requests answered on one inbound stream, then it is closed
+MAX_INBOUND_PER_PEER = 8  # inbound streams one peer may have open at a time
+MAX_INBOUND = 128  # inbound streams all peers together may have open at a time
 INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
 MAX_CHECKS = 8  # candidates for the routing table checked (a FIND_NODE) at a time
 FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NODE) at most
@@ -279,6 +281,7 @@ class Dht:
         self.providers = ProviderStore() if server else None
         self._checks: Any = None  # trio channel of peers to check for the table (server)
         self._checking: set[Any] = set()
+        self._inbound_streams: dict[Any, int] = {}  # inbound streams open, by peer
         if server:
             node.add_protocol(protocol, self._inbound, self._setup)
 
@@ -636,13 +639,33 @@ class Dht:
     async def _inbound(self, stream: Any) -> None:
         """Answer a peer's requests on one stream: at most :data:`MAX_REQUESTS_PER_STREAM`,
         each at most :data:`MAX_MESSAGE` bytes, the stream closed after
-        :data:`INBOUND_IDLE` seconds without one."""
+        :data:`INBOUND_IDLE` seconds without one.  A peer has at most
+        :data:`MAX_INBOUND_PER_PEER` such streams at a time, all peers :data:`MAX_INBOUND`
+        (Yamux sets no limit); a stream beyond is reset at once."""
+        import trio
+
+        requester = stream.muxed_conn.peer_id
+        held = self._inbound_streams.get(requester, 0)
+        if held >= MAX_INBOUND_PER_PEER or sum(self._inbound_streams.values()) >= MAX_INBOUND:
+            self.stats["refused"] += 1
+            with trio.move_on_after(RPC_TIMEOUT):
+                await stream.reset()
+            return
+        self._inbound_streams[requester] = held + 1
+        try:
+            await self._serve(stream, requester)
+        finally:
+            if self._inbound_streams[requester] <= 1:
+                del self._inbound_streams[requester]
+            else:
+                self._inbound_streams[requester] -= 1
+
+    async def _serve(self, stream: Any, requester: Any) -> None:
         import trio
         import varint
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
         from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-        requester = stream.muxed_conn.peer_id
         try:
             for _ in range(MAX_REQUESTS_PER_STREAM):
                 with trio.move_on_after(INBOUND_IDLE):
