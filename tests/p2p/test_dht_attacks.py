@@ -7,12 +7,14 @@ from __future__ import annotations
 import secrets
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import varint
 from libp2p.peer.id import ID
 
+from tests.p2p.kubo_dht import script_in_namespace
 from ww.core.identity import Identity, PrivateKey
 from ww.p2p.host import Node
 from ww.p2p.routing import (
@@ -53,6 +55,7 @@ def test_one_peer_cannot_fill_the_provider_store_and_lock_everyone_out() -> None
 
 
 BOUND = 120.0  # a bound that only stops a hang
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _node(**kwargs: Any) -> Node:
@@ -188,3 +191,18 @@ def test_one_peer_cannot_hold_more_than_its_share_of_inbound_dht_streams(
     held, reset, answered = attacker.submit(attack).result(BOUND)
     assert held <= MAX_INBOUND_PER_PEER, f"the server held {held} streams of one peer"
     assert reset == 16 - held and answered
+
+
+def test_a_remote_peer_cannot_point_askers_at_their_own_loopback(tmp_path: Path) -> None:
+    """A peer reached over the LAN (here at 10.99.0.1, an address the test gives the loopback
+    interface of a namespace of its own) names a provider at ``127.0.0.1:5001``: a loopback
+    address of the peer is nobody else's, so each asker would connect to a service of its own
+    (kubo's RPC API, sshd)
+    -- a `ww import` or `ww call` with no dial policy did, and a DHT server kept such an
+    address from the announcer and handed it to every asker.  Now a loopback address is kept
+    only from a peer reached over loopback (go-libp2p's identify keeps loopback addresses
+    from such peers only); from one on loopback it is still kept."""
+    out = script_in_namespace(tmp_path, "tests/p2p/dht_loopback.py")
+    assert out["stored"] == [out["announcer"]]
+    assert out["found"] == []
+    assert out["liar_on_loopback"] == ["/ip4/127.0.0.1/tcp/5001"]

@@ -26,8 +26,9 @@ reply longer than :data:`MAX_MESSAGE` bytes is refused before it is read, and on
 are looked at.  What peers say is checked: a peer id must parse as a libp2p peer id, an
 address as a multiaddr ``/ip4|ip6/<ip>/tcp/<port>``, and the address must belong to the DHT's
 scope -- on the LAN DHT (``/ipfs/lan/kad/1.0.0``) loopback and private addresses only, as
-kubo's LAN DHT keeps them, on the WAN DHT public ones only; anything else is dropped, never
-dialled.  The host's dial policy (`ww run`) still applies on top.
+kubo's LAN DHT keeps them (loopback ones only from a peer reached over loopback), on the WAN
+DHT public ones only; anything else is dropped, never dialled.  The host's dial policy
+(`ww run`) still applies on top.
 """
 
 from __future__ import annotations
@@ -287,8 +288,11 @@ class Dht:
 
     # -- checking what peers say -------------------------------------------------------------
 
-    def _peer(self, pb: Any) -> _Peer | None:
-        """A peer of a reply, its id and addresses checked; None if its id is not one."""
+    def _peer(self, pb: Any, loopback: bool = True) -> _Peer | None:
+        """A peer of a reply, its id and addresses checked; None if its id is not one.
+        ``loopback``: the peer that named it was reached over loopback; if not, a loopback
+        address it names is dropped (it would be the asker's own: go-libp2p's identify
+        keeps loopback addresses only from peers on loopback)."""
         import multiaddr
         from libp2p.peer.id import ID
 
@@ -307,11 +311,16 @@ class Dht:
                 self.stats["dropped_addrs"] += 1
                 continue
             ip = _ip_of(addr)
-            if ip is None or not self._in_scope(ip):
+            if ip is None or not self._in_scope(ip) or (ip.is_loopback and not loopback):
                 self.stats["dropped_addrs"] += 1
                 continue
             addrs.append(addr)
         return _Peer(peer_id, addrs)
+
+    def _over_loopback(self, peer_id: Any) -> bool:
+        """Whether the host's connection to ``peer_id`` is over loopback (False if none)."""
+        conns = self._node.host.get_network().get_connections(peer_id)
+        return bool(conns) and _loopback_end(conns[0].muxed_conn)
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -402,16 +411,17 @@ class Dht:
                 self.table.remove(peer.id)
                 return
             answered[peer.id] = peer
+            loopback = self._over_loopback(peer.id)
             self.table.add(_Peer(peer.id, peer.addrs or self._known_addrs(peer.id)))
             for pb in list(answer.providerPeers)[:MAX_PEERS_PER_REPLY]:
-                found = self._peer(pb)
+                found = self._peer(pb, loopback)
                 if found is not None and found.id != me and (
                         found.addrs or found.id not in providers):
                     if found.id == peer.id and not found.addrs:
                         found.addrs = peer.addrs
                     providers[found.id] = found
             for pb in list(answer.closerPeers)[:MAX_PEERS_PER_REPLY]:
-                found = self._peer(pb)
+                found = self._peer(pb, loopback)
                 if found is not None and found.addrs:
                     if found.id == target:
                         providers[found.id] = found
@@ -568,8 +578,10 @@ class Dht:
             addrs = list(self._node.host.get_peerstore().addrs(peer_id))
         except Exception:
             return []
+        loopback = self._over_loopback(peer_id)
         return [a for a in addrs[:MAX_ADDRS_PER_PEER]
-                if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)]
+                if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)
+                and (loopback or not ip.is_loopback)]
 
     async def _setup(self) -> None:
         """On the host's thread as it starts: check each peer that connects for the routing
@@ -675,7 +687,7 @@ class Dht:
                         break
                     request = Message()
                     request.ParseFromString(raw)
-                    answer = self._answer(requester, request)
+                    answer = self._answer(requester, request, _loopback_end(stream))
                     if answer is None:
                         if request.type != Message.ADD_PROVIDER:
                             self.stats["refused"] += 1
@@ -714,7 +726,7 @@ class Dht:
                 found.append(self._pb_peer(peer.id, addrs))
         return found[:K]
 
-    def _answer(self, requester: Any, request: Any) -> Any:
+    def _answer(self, requester: Any, request: Any, loopback: bool = True) -> Any:
         """The reply to ``request`` from ``requester``; None: no reply (``ADD_PROVIDER``),
         or refused (the stream is reset), as go-libp2p-kad-dht does."""
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -761,10 +773,19 @@ class Dht:
             if bytes(pb.id) != requester.to_bytes():  # a peer announces itself only
                 self.stats["wrong_provider"] += 1
                 continue
-            peer = self._peer(pb)
+            peer = self._peer(pb, loopback)
             if peer is not None and peer.addrs:  # go-libp2p-kad-dht drops one without
                 self.providers.add(key, bytes(pb.id), peer.addrs)
         return None
+
+
+def _loopback_end(conn: Any) -> bool:
+    """Whether the far end of ``conn`` (a connection or stream) is a loopback address."""
+    try:
+        remote = conn.get_remote_address()
+        return remote is not None and ipaddress.ip_address(remote[0]).is_loopback
+    except Exception:  # no address known: not loopback
+        return False
 
 
 def _strip_p2p(addr: Any) -> Any:
