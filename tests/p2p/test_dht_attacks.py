@@ -206,3 +206,49 @@ def test_a_remote_peer_cannot_point_askers_at_their_own_loopback(tmp_path: Path)
     assert out["stored"] == [out["announcer"]]
     assert out["found"] == []
     assert out["liar_on_loopback"] == ["/ip4/127.0.0.1/tcp/5001"]
+
+
+def test_a_cell_dialling_many_peer_ids_at_once_runs_few_lookups_at_a_time(
+        nodes: Callable[..., Node]) -> None:
+    """A cell may have thousands of calls in flight (the fd-3 flow limit counts bytes): 16
+    `P2P.dial("/p2p/<peer id>")` at once for peers nobody knows were 16 DHT lookups at once,
+    each up to 60 peers and 30 s (a cell could make its host flood the LAN with thousands).
+    Now a cell's lookups run 4 at a time; the others wait their turn (flow control, not a
+    failure), and each still ends in one line saying the DHT knows no address."""
+    import asyncio
+
+    import trio
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    from ww.caps.p2p import MAX_LOOKUPS, P2PServer
+    from ww.core.errors import P2PError
+
+    active = [0, 0]  # requests the DHT peer is holding, the most at once
+
+    async def slow(stream: Any) -> None:
+        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+        request = Message()
+        request.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 16))
+        active[0] += 1
+        active[1] = max(active)
+        await trio.sleep(0.5)  # holds the lookup a while: overlap, not a deadline
+        active[0] -= 1
+        data = Message(type=request.type, key=request.key).SerializeToString()
+        await stream.write(varint.encode(len(data)) + data)
+        await stream.close()
+
+    peer_node = nodes(handlers={LAN_PROTOCOL: slow})
+    host = nodes()
+    peer_node.start()
+    host.start()
+    server = P2PServer(host, dht=Dht(host, [peer_node.addrs[0]]))
+
+    async def dial_all() -> list[BaseException | str]:
+        wanted = [PrivateKey.generate().peer_id for _ in range(16)]
+        return await asyncio.gather(*(server._locate(p) for p in wanted),
+                                    return_exceptions=True)
+
+    results = asyncio.run(asyncio.wait_for(dial_all(), BOUND))
+    assert all(isinstance(r, P2PError) and "knows no address" in str(r) for r in results)
+    assert active[1] <= MAX_LOOKUPS, f"{active[1]} lookups at once"
