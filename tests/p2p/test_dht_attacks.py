@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,25 @@ def nodes() -> Iterator[Callable[..., Node]]:
             node.stop()
 
 
+def _answering(answer: Callable[[Any, Any], Awaitable[None]]) -> Callable[[Any], Any]:
+    """A DHT stream handler of a peer of ours (a stand-in for a hostile kubo peer): it reads
+    one request, fills the reply (``await answer(request, reply)``) and sends it."""
+
+    async def handle(stream: Any) -> None:
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+        request = Message()
+        request.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 16))
+        reply = Message(type=request.type, key=request.key)
+        await answer(request, reply)
+        data = reply.SerializeToString()
+        await stream.write(varint.encode(len(data)) + data)
+        await stream.close()
+
+    return handle
+
+
 def test_a_liar_cannot_evict_honest_peers_from_the_routing_table(
         nodes: Callable[..., Node]) -> None:
     """A peer answering a lookup names an honest peer of our routing table (one not among the
@@ -104,19 +123,11 @@ def test_a_liar_cannot_evict_honest_peers_from_the_routing_table(
     honest_node = nodes()
     honest = ID.from_base58(honest_node.peer_id)
 
-    async def liar(stream: Any) -> None:
-        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
-
-        request = Message()
-        request.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 16))
-        reply = Message(type=request.type, key=request.key)
+    async def liar(request: Any, reply: Any) -> None:
         reply.closerPeers.add(id=honest.to_bytes(),
                               addrs=[_ma(f"/ip4/127.0.0.1/tcp/{closed}").to_bytes()])
-        data = reply.SerializeToString()
-        await stream.write(varint.encode(len(data)) + data)
-        await stream.close()
 
-    liar_node = nodes(handlers={LAN_PROTOCOL: liar})
+    liar_node = nodes(handlers={LAN_PROTOCOL: _answering(liar)})
     victim = nodes()
     Dht(honest_node, server=True)
     for node in (honest_node, liar_node, victim):
@@ -218,27 +229,19 @@ def test_a_cell_dialling_many_peer_ids_at_once_runs_few_lookups_at_a_time(
     import asyncio
 
     import trio
-    from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
     from ww.caps.p2p import MAX_LOOKUPS, P2PServer
     from ww.core.errors import P2PError
 
     active = [0, 0]  # requests the DHT peer is holding, the most at once
 
-    async def slow(stream: Any) -> None:
-        from libp2p.utils.varint import read_varint_prefixed_bytes_limited
-
-        request = Message()
-        request.ParseFromString(await read_varint_prefixed_bytes_limited(stream, 1 << 16))
+    async def slow(request: Any, reply: Any) -> None:
         active[0] += 1
         active[1] = max(active)
         await trio.sleep(0.5)  # holds the lookup a while: overlap, not a deadline
         active[0] -= 1
-        data = Message(type=request.type, key=request.key).SerializeToString()
-        await stream.write(varint.encode(len(data)) + data)
-        await stream.close()
 
-    peer_node = nodes(handlers={LAN_PROTOCOL: slow})
+    peer_node = nodes(handlers={LAN_PROTOCOL: _answering(slow)})
     host = nodes()
     peer_node.start()
     host.start()
@@ -252,3 +255,37 @@ def test_a_cell_dialling_many_peer_ids_at_once_runs_few_lookups_at_a_time(
     results = asyncio.run(asyncio.wait_for(dial_all(), BOUND))
     assert all(isinstance(r, P2PError) and "knows no address" in str(r) for r in results)
     assert active[1] <= MAX_LOOKUPS, f"{active[1]} lookups at once"
+
+
+def test_a_liar_naming_the_peer_looked_up_at_a_wrong_address_does_not_end_the_lookup(
+        nodes: Callable[..., Node]) -> None:
+    """Looking a peer id up (a cell's `P2P.dial("/p2p/<id>")`, a provider without address):
+    the first peer to answer names the target at an address where nothing listens, and an
+    honest DHT server it names too.  The old lookup stopped at the first peer naming the
+    target and returned what it said: one liar on the path made every dial of that peer
+    fail.  Now the lookup goes on; what each peer said of the target is tried (a connection
+    proves the id: Noise), and the first that connects is returned."""
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    closed = _closed_port()
+    target, honest_node = nodes(), nodes()
+    Dht(honest_node, server=True)
+    target.start()
+    honest_node.start()
+    honest_addr = honest_node.addrs[0].split("/p2p/")[0]
+
+    async def liar(request: Any, reply: Any) -> None:
+        reply.closerPeers.add(id=ID.from_base58(target.peer_id).to_bytes(),
+                              addrs=[_ma(f"/ip4/127.0.0.1/tcp/{closed}").to_bytes()])
+        reply.closerPeers.add(id=ID.from_base58(honest_node.peer_id).to_bytes(),
+                              addrs=[_ma(honest_addr).to_bytes()])
+
+    liar_node = nodes(handlers={LAN_PROTOCOL: _answering(liar)})
+    asker = nodes()
+    liar_node.start()
+    asker.start()
+    # the target is connected to the honest server, which names it to whoever asks
+    target.submit(target.dial, info_from_p2p_addr(_ma(honest_node.addrs[0]))).result(BOUND)
+    dht = Dht(asker, [liar_node.addrs[0]])
+    found = asker.submit(dht.find_peer, target.peer_id).result(BOUND)
+    assert found == [target.addrs[0].split("/p2p/")[0]]

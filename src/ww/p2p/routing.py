@@ -64,6 +64,7 @@ MAX_MESSAGE = 256 * 1024  # bytes a reply may have (kubo's are a few KiB)
 MAX_PEERS_PER_REPLY = 40  # closer or provider peers looked at in one reply
 MAX_ADDRS_PER_PEER = 16
 MAX_KNOWN = 1000  # peers a query remembers as candidates
+MAX_CLAIMS = 4  # addresses of a peer looked up, as peers told them, tried at most
 
 # Server mode (kubo's Routing.Type dhtserver): what this host keeps for others, bounded.
 PROVIDER_TTL = 48 * 3600.0  # seconds a provider record lives (go-libp2p-kad-dht's 48 h)
@@ -376,11 +377,13 @@ class Dht:
         return list(seeds.values())
 
     async def _lookup(self, key: bytes, kind: int, want_providers: int = 0,
-                      target: Any = None) -> tuple[list[_Peer], dict[Any, _Peer]]:
+                      target: Any = None, claims: list[_Peer] | None = None,
+                      ) -> tuple[list[_Peer], dict[Any, _Peer]]:
         """Iterative lookup of ``key``: the closest peers that answered (at most :data:`K`) and
-        the providers found (a ``GET_PROVIDERS`` lookup stops once ``want_providers``; a
-        ``FIND_NODE`` lookup once a peer names ``target`` with an address, which is then
-        the one peer returned)."""
+        the providers found (a ``GET_PROVIDERS`` lookup stops once ``want_providers``).  A
+        ``FIND_NODE`` lookup of ``target`` stops once the target itself answered (it is then
+        the first of the closest); what each peer said of it (one claim a peer, addresses
+        unproven) is appended to ``claims``."""
         import trio
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
@@ -388,6 +391,7 @@ class Dht:
         queried: set[Any] = set()
         answered: dict[Any, _Peer] = {}
         providers: dict[Any, _Peer] = {}
+        claimed: set[Any] = set()  # the peers that said where ``target`` is
         me = self._node.host.get_id()
 
         def learn(peer: _Peer) -> None:
@@ -423,15 +427,18 @@ class Dht:
             for pb in list(answer.closerPeers)[:MAX_PEERS_PER_REPLY]:
                 found = self._peer(pb, loopback)
                 if found is not None and found.addrs:
-                    if found.id == target:
-                        providers[found.id] = found
+                    if found.id == target and claims is not None and len(claims) < MAX_CLAIMS \
+                            and peer.id not in claimed and all(c.addrs != found.addrs
+                                                               for c in claims):
+                        claimed.add(peer.id)  # one claim a peer
+                        claims.append(_Peer(found.id, list(found.addrs)))
                     learn(found)
 
         with trio.move_on_after(QUERY_TIMEOUT):
             while len(queried) < self._max_contacted:
                 if want_providers and len(providers) >= want_providers:
                     break
-                if target is not None and target in providers:
+                if target is not None and target in answered:
                     break
                 closest = sorted(known.values(), key=lambda p: p.distance)
                 # converged: the K closest that may still answer have all been asked
@@ -466,10 +473,7 @@ class Dht:
                 if known is not None and known.addrs:
                     peer.addrs = list(known.addrs)
                     return
-                _, named = await self._lookup(peer.id.to_bytes(), Message.FIND_NODE,
-                                              target=peer.id)
-                if peer.id in named:
-                    peer.addrs = list(named[peer.id].addrs)
+                peer.addrs = await self._addrs_of(peer.id)
 
             with trio.move_on_after(QUERY_TIMEOUT):
                 async with trio.open_nursery() as nursery:
@@ -522,12 +526,32 @@ class Dht:
 
     async def find_peer(self, peer_id: str) -> list[str]:
         """Addresses (in scope) that the DHT knows for ``peer_id``; empty if none."""
-        from libp2p.kad_dht.pb.kademlia_pb2 import Message
         from libp2p.peer.id import ID
 
-        target = ID.from_base58(peer_id)
-        _, named = await self._lookup(target.to_bytes(), Message.FIND_NODE, target=target)
-        return [str(a) for a in named[target].addrs] if target in named else []
+        return [str(a) for a in await self._addrs_of(ID.from_base58(peer_id))]
+
+    async def _addrs_of(self, target: Any) -> list[Any]:
+        """Where ``target`` is, by a ``FIND_NODE`` lookup: where it answered the lookup, else
+        the first of what peers said of it (at most :data:`MAX_CLAIMS`, in the order heard)
+        at which it can be connected to (Noise proves its id); empty if none.  A peer that
+        names it at a wrong address (a liar, an old record) does not end the search."""
+        import trio
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
+
+        claims: list[_Peer] = []
+        closest, _ = await self._lookup(target.to_bytes(), Message.FIND_NODE, target=target,
+                                        claims=claims)
+        if closest and closest[0].id == target and closest[0].addrs:
+            return list(closest[0].addrs)
+        for claim in claims:
+            try:
+                with trio.fail_after(RPC_TIMEOUT):
+                    await self._node.dial(LibPeerInfo(target, claim.addrs))
+                return list(claim.addrs)
+            except Exception:  # a wrong address, refused by the dial policy, unreachable
+                self.stats["failed"] += 1
+        return []
 
     async def find_node(self, peer_id: str) -> list[PeerInfo]:
         """The closest peers to ``peer_id`` that answered a ``FIND_NODE`` lookup."""
