@@ -289,3 +289,41 @@ def test_a_liar_naming_the_peer_looked_up_at_a_wrong_address_does_not_end_the_lo
     dht = Dht(asker, [liar_node.addrs[0]])
     found = asker.submit(dht.find_peer, target.peer_id).result(BOUND)
     assert found == [target.addrs[0].split("/p2p/")[0]]
+
+
+def test_providers_that_cannot_be_reached_do_not_hide_one_that_can(
+        tmp_path: Path, nodes: Callable[..., Node]) -> None:
+    """A DHT peer answers GET_PROVIDERS with three made-up providers at an address where
+    nothing listens, then the real one.  The old fetch took the first three the DHT named,
+    failed to reach any and gave up ("none of the 3 provider(s) ... could be reached"): three
+    lies hid every real provider.  Now the search goes down the list until three providers
+    are connected (or the list, at most 20, ends) and the block arrives."""
+    from ww.ipfs.node import EmbeddedNode
+    from ww.p2p import host_for_ipfs
+    from ww.p2p.routing import new_router
+
+    closed = _closed_port()
+    provider = EmbeddedNode(tmp_path / "provider", new_host=host_for_ipfs())
+    made = [provider]
+    try:
+        info = provider.listen(["/ip4/127.0.0.1/tcp/0"])
+        cid = provider.put_block(b"what the real provider has", codec=0x55)
+        where = _ma(info.addresses[0].split("/p2p/")[0]).to_bytes()
+
+        async def liar(request: Any, reply: Any) -> None:
+            for _ in range(3):
+                reply.providerPeers.add(
+                    id=ID.from_base58(PrivateKey.generate().peer_id).to_bytes(),
+                    addrs=[_ma(f"/ip4/127.0.0.1/tcp/{closed}").to_bytes()])
+            reply.providerPeers.add(id=ID.from_base58(info.id).to_bytes(), addrs=[where])
+
+        liar_node = nodes(handlers={LAN_PROTOCOL: _answering(liar)})
+        liar_node.start()
+        fetcher = EmbeddedNode(tmp_path / "fetcher", new_host=host_for_ipfs(),
+                               router=new_router([liar_node.addrs[0]]))
+        made.append(fetcher)
+        fetcher.listen(["/ip4/127.0.0.1/tcp/0"])
+        assert fetcher.block(cid) == b"what the real provider has"
+    finally:
+        for node in made:
+            node.close()
