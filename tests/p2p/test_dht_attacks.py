@@ -327,3 +327,41 @@ def test_providers_that_cannot_be_reached_do_not_hide_one_that_can(
     finally:
         for node in made:
             node.close()
+
+
+def test_peers_holding_every_inbound_dht_stream_do_not_shut_out_a_newcomer(
+        nodes: Callable[..., Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """All inbound DHT streams taken (128: 16 sybil ids of 8 streams; here the total is
+    lowered to 8 so that one peer fills it): the old server reset every other peer's stream
+    while the hog kept its own open.  Now a newcomer's stream takes the place of the oldest
+    stream of the peer holding the most, if that peer holds more than the newcomer would."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+    from ww.p2p import routing
+
+    monkeypatch.setattr(routing, "MAX_INBOUND", MAX_INBOUND_PER_PEER)
+    server_node, hog, newcomer = nodes(), nodes(), nodes()
+    Dht(server_node, server=True)
+    for node in (server_node, hog, newcomer):
+        node.start()
+    server = ID.from_base58(server_node.peer_id)
+    ping = Message(type=Message.PING).SerializeToString()
+
+    async def pinged(node: Node, count: int) -> int:
+        """Streams opened that the server answered a PING on (and keeps open)."""
+        await node.dial(info_from_p2p_addr(_ma(server_node.addrs[0])))
+        answered = 0
+        for _ in range(count):
+            try:
+                stream = await node.host.new_stream(server, [LAN_PROTOCOL])
+                await stream.write(varint.encode(len(ping)) + ping)
+                await read_varint_prefixed_bytes_limited(stream, 1024)
+                answered += 1
+            except Exception:  # noqa: BLE001 - py-libp2p's stream errors: reset
+                pass
+        return answered
+
+    assert hog.submit(pinged, hog, MAX_INBOUND_PER_PEER).result(BOUND) == MAX_INBOUND_PER_PEER
+    assert newcomer.submit(pinged, newcomer, 1).result(BOUND) == 1

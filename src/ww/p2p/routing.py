@@ -283,7 +283,7 @@ class Dht:
         self.providers = ProviderStore() if server else None
         self._checks: Any = None  # trio channel of peers to check for the table (server)
         self._checking: set[Any] = set()
-        self._inbound_streams: dict[Any, int] = {}  # inbound streams open, by peer
+        self._inbound_streams: dict[Any, list[Any]] = {}  # open inbound, by peer, oldest 1st
         if server:
             node.add_protocol(protocol, self._inbound, self._setup)
 
@@ -676,25 +676,39 @@ class Dht:
         """Answer a peer's requests on one stream: at most :data:`MAX_REQUESTS_PER_STREAM`,
         each at most :data:`MAX_MESSAGE` bytes, the stream closed after
         :data:`INBOUND_IDLE` seconds without one.  A peer has at most
-        :data:`MAX_INBOUND_PER_PEER` such streams at a time, all peers :data:`MAX_INBOUND`
-        (Yamux sets no limit); a stream beyond is reset at once."""
+        :data:`MAX_INBOUND_PER_PEER` such streams at a time (a stream beyond is reset at
+        once), all peers :data:`MAX_INBOUND` (Yamux sets no limit): when all are taken, a
+        newcomer's stream takes the place of the oldest stream of the peer holding the most,
+        if that peer holds more than the newcomer would; otherwise it is reset."""
         import trio
 
         requester = stream.muxed_conn.peer_id
-        held = self._inbound_streams.get(requester, 0)
-        if held >= MAX_INBOUND_PER_PEER or sum(self._inbound_streams.values()) >= MAX_INBOUND:
+        open_ = self._inbound_streams
+        mine = open_.setdefault(requester, [])
+        evicted = None
+        if len(mine) < MAX_INBOUND_PER_PEER and sum(map(len, open_.values())) >= MAX_INBOUND:
+            hog = max(open_.values(), key=len)
+            if len(hog) > len(mine) + 1:
+                evicted = hog.pop(0)
+        if len(mine) >= MAX_INBOUND_PER_PEER or (
+                evicted is None and sum(map(len, open_.values())) >= MAX_INBOUND):
+            if not mine:
+                del open_[requester]
+            evicted = stream
+        if evicted is not None:
             self.stats["refused"] += 1
             with trio.move_on_after(RPC_TIMEOUT):
-                await stream.reset()
-            return
-        self._inbound_streams[requester] = held + 1
+                await evicted.reset()
+            if evicted is stream:
+                return
+        mine.append(stream)
         try:
             await self._serve(stream, requester)
         finally:
-            if self._inbound_streams[requester] <= 1:
-                del self._inbound_streams[requester]
-            else:
-                self._inbound_streams[requester] -= 1
+            if stream in mine:
+                mine.remove(stream)
+            if not mine and open_.get(requester) is mine:
+                del open_[requester]
 
     async def _serve(self, stream: Any, requester: Any) -> None:
         import trio
