@@ -15,11 +15,13 @@ import varint
 from libp2p.peer.id import ID
 
 from tests.p2p.kubo_dht import script_in_namespace
+from ww.core.cid import CID
 from ww.core.identity import Identity, PrivateKey
 from ww.p2p.host import Node
 from ww.p2p.routing import (
     LAN_PROTOCOL,
     MAX_INBOUND_PER_PEER,
+    RPC_TIMEOUT,
     Dht,
     ProviderStore,
     _distance,
@@ -365,3 +367,42 @@ def test_peers_holding_every_inbound_dht_stream_do_not_shut_out_a_newcomer(
 
     assert hog.submit(pinged, hog, MAX_INBOUND_PER_PEER).result(BOUND) == MAX_INBOUND_PER_PEER
     assert newcomer.submit(pinged, newcomer, 1).result(BOUND) == 1
+
+
+def test_a_stalling_peer_does_not_make_a_reprovide_round_go_one_cid_at_a_time(
+        nodes: Callable[..., Node]) -> None:
+    """A DHT peer that holds every request until the asker gives up (10 s) made each CID of a
+    reprovide round cost a lookup's worth of timeouts, one CID after another: 10 000 pins
+    took days, longer than the 48 h a record lives.  Now a round announces several CIDs at
+    a time.  The stalling peer here lets requests go once two are held at once (else after
+    8 s, within the asker's timeout), so the old one-at-a-time round shows as one held at
+    most."""
+    import trio
+
+    held = [0, 0]  # requests held now, the most at once
+    both: list[Any] = []  # the event, made on the peer's own thread
+
+    async def stall(request: Any, reply: Any) -> None:
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+        if request.type != Message.FIND_NODE:  # the lookups stall, not the announcements
+            return
+        if not both:
+            both.append(trio.Event())
+        held[0] += 1
+        held[1] = max(held)
+        if held[0] >= 2:
+            both[0].set()
+        with trio.move_on_after(0.8 * RPC_TIMEOUT):  # a bound, within the asker's timeout
+            await both[0].wait()
+        held[0] -= 1
+
+    peer_node = nodes(handlers={LAN_PROTOCOL: _answering(stall)})
+    host = nodes()
+    peer_node.start()
+    host.start()
+    dht = Dht(host, [peer_node.addrs[0]])
+    cids = [str(CID.parse("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")),
+            "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"]
+    host.submit(dht._reprovide_round, cids).result(BOUND)
+    assert held[1] >= 2, "the round announced one CID at a time"

@@ -82,6 +82,7 @@ FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NO
 REPROVIDE_INTERVAL = 22 * 3600.0  # seconds between rounds (kubo's Reprovider.Interval)
 REPROVIDE_FIRST = 60.0  # seconds after the start the first round begins, at most
 MAX_REPROVIDE = 10_000  # CIDs announced in one round at most
+REPROVIDE_AT_ONCE = 8  # CIDs of a round announced at a time
 
 
 def _ip_of(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -570,8 +571,8 @@ class Dht:
         """Announce the CIDs ``roots()`` names (what the node pins; called on a worker
         thread) every ``interval`` seconds while the host runs, the first round
         ``min(interval, REPROVIDE_FIRST)`` after it starts.  A round announces at most
-        :data:`MAX_REPROVIDE` CIDs, one after another; the next round starts ``interval``
-        after it ends, so rounds never overlap."""
+        :data:`MAX_REPROVIDE` CIDs, :data:`REPROVIDE_AT_ONCE` at a time; the next round
+        starts ``interval`` after it ends, so rounds never overlap."""
 
         async def start() -> None:
             self._node.submit(self._reprovide, roots, interval)  # ends with the host
@@ -587,12 +588,26 @@ class Dht:
         while True:
             cids = await trio.to_thread.run_sync(
                 lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
-            for text in cids:
+            await self._reprovide_round(cids)
+            await trio.sleep(interval)
+
+    async def _reprovide_round(self, cids: list[str]) -> None:
+        """Announce ``cids``, :data:`REPROVIDE_AT_ONCE` at a time (one at a time, peers that
+        stall every request until it times out made 10 000 take days)."""
+        import trio
+
+        queue = iter(cids)
+
+        async def worker() -> None:
+            for text in queue:
                 try:
                     self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
                 except Exception:  # a bad CID in the pin set, a lookup that failed
                     self.stats["failed"] += 1
-            await trio.sleep(interval)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(REPROVIDE_AT_ONCE):
+                nursery.start_soon(worker)
 
     # -- server mode (``dhtserver``) -------------------------------------------------------
 
