@@ -171,6 +171,19 @@ def kubo_line(base: Path, clients: int = 0) -> Iterator[KuboLan]:
         net.close()
 
 
+def script_in_namespace(base: Path, script: str) -> dict:
+    """Run ``script`` (a path from the repository's root) alone in a network namespace of its
+    own (no kubo node); the JSON of its last line of output.  It must exit 0."""
+    root = _HERE.parents[2]
+    ns = KuboLan(base, 0)
+    try:
+        r = ns.run([sys.executable, str(root / script)], cwd=str(root))
+    finally:
+        ns.close()
+    assert r["rc"] == 0, r["stderr"][-2000:]
+    return json.loads(r["stdout"].strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "driver":
         driver_main(sys.argv[2], int(sys.argv[3]), *sys.argv[4:6])

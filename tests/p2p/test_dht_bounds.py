@@ -4,13 +4,11 @@ nothing could reach beyond it even if an address were dialled that should not be
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.p2p.kubo_dht import KuboLan
+from tests.p2p.kubo_dht import script_in_namespace
 from ww.cli.main import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,13 +16,7 @@ CID_TEXT = "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"
 
 
 def test_dht_replies_are_checked_and_queries_bounded(tmp_path: Path) -> None:
-    ns = KuboLan(tmp_path, 0)  # the namespace alone, no kubo node
-    try:
-        r = ns.run([sys.executable, str(ROOT / "tests/p2p/dht_liar.py")], cwd=str(ROOT))
-    finally:
-        ns.close()
-    assert r["rc"] == 0, r["stderr"][-2000:]
-    out = json.loads(r["stdout"].strip().splitlines()[-1])
+    out = script_in_namespace(tmp_path, "tests/p2p/dht_liar.py")
     liar = out["liar"].split("/p2p/")[0]
 
     lies = out["addresses"]

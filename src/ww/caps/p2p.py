@@ -6,6 +6,8 @@ dropped (:meth:`P2PServer.end`) when the cell hangs up fd 3.  A dial is held to 
 dial policy (:mod:`ww.p2p.dial_policy`, given by :mod:`ww.app.build`) before anything is sent.
 A bare peer id the host is not connected to is looked up in the host's DHT, if it has one
 (`--bootstrap`, `--routing`): the first address found that the policy allows is dialed.
+A cell's lookups run :data:`MAX_LOOKUPS` at a time, the others wait (a cell may have
+thousands of calls in flight: each would be a lookup of up to 60 peers).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from ww.p2p.host import Node
 
 _cell = load("cell")
+MAX_LOOKUPS = 4  # DHT lookups one cell's dials run at a time; the others wait
 
 
 class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
@@ -34,6 +37,7 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
         """``dht``: the host's :class:`ww.p2p.routing.Dht`, where a peer id is looked up."""
         self._node = node
         self._dht = dht
+        self._lookups = asyncio.Semaphore(MAX_LOOKUPS)  # a cell's lookups, a few at a time
         self._caller = caller
         self.dial_policy = dial_policy  # where `dial` may make the host connect
         self._exports = Exports()
@@ -69,7 +73,8 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
                 return None
             return await dht.find_peer(peer)  # type: ignore[no-any-return]
 
-        found = await asyncio.wrap_future(self._node.submit(find))
+        async with self._lookups:
+            found = await asyncio.wrap_future(self._node.submit(find))
         if found is None:
             return f"/p2p/{peer}"
         if not found:

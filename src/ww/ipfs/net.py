@@ -54,7 +54,10 @@ FETCH_TIMEOUT = 120.0  # the longest a caller waits for one block (each peer is 
 STREAM_TIMEOUT = 10.0  # seconds to open a Bitswap stream to a peer
 SEARCH_DELAY = 1.0  # seconds the connected peers have for a block before the router is asked
 SEARCH_TIMEOUT = 60.0  # the longest a provider search and its dials may take
-MAX_PROVIDERS = 3  # providers a search asks for and dials
+MAX_PROVIDERS = 3  # providers a search connects to
+# providers a search asks the router for, tried in turn until MAX_PROVIDERS are connected:
+# providers named that cannot be reached (lies, old records) hide no others
+MAX_NAMED = 20
 
 
 class Host(Protocol):
@@ -248,8 +251,9 @@ class Network:
         return sorted(found.values(), key=lambda p: p.id)
 
     async def _search(self, cid: CID) -> tuple[int, int, str]:
-        """Ask the router who provides ``cid`` and connect to those we are not connected to
-        (each within :data:`CONNECT_TIMEOUT`): how many it named, how many are connected
+        """Ask the router who provides ``cid`` (at most :data:`MAX_NAMED`) and connect to
+        those we are not connected to, in turn, until :data:`MAX_PROVIDERS` are connected
+        (each dial within :data:`CONNECT_TIMEOUT`): how many it named, how many are connected
         now, and why the first that could not be dialed could not."""
         import multiaddr
         import trio
@@ -260,11 +264,13 @@ class Network:
 
         assert self._router is not None
         network = self._node.host.get_network()
-        found = [p for p in await self._router.find_providers(cid, MAX_PROVIDERS)
+        found = [p for p in await self._router.find_providers(cid, MAX_NAMED)
                  if p.id != self.peer_id]
         connected = 0
         reason = ""
         for provider in found:
+            if connected >= MAX_PROVIDERS:
+                break
             peer_id = ID.from_base58(provider.id)
             if not network.get_connections(peer_id):
                 info = LibPeerInfo(peer_id, [multiaddr.Multiaddr(a)

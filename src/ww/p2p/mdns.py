@@ -9,9 +9,12 @@ second and later addresses under the keys ``dnsaddr2``, ``dnsaddr3`` ..., which 
 does not read, and it only fills the peerstore.
 
 Bounded: at most :data:`MAX_ADDRS` addresses are read from one announcement and
-:data:`MAX_PEERS` peers are dialed in a run (each at most once, under the host's dial
-policy); announcements wait in a queue of :data:`QUEUE` (more are dropped), each resolved
-within :data:`RESOLVE_TIMEOUT`.
+:data:`MAX_PEERS` peers are dialed in a run (each once, under the host's dial policy); only
+a dial that succeeded counts, so that made-up announcements cannot use the 64 up, and a peer
+announced at addresses that could not be dialed is tried again when announced at others
+(one host claiming an honest peer's id cannot shadow it); the latest :data:`MAX_FAILED`
+failed announcements are not tried again.  Announcements wait in a queue of :data:`QUEUE`
+(more are dropped), each resolved within :data:`RESOLVE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import queue
 import secrets
 import string
 import threading
+from collections import OrderedDict
 from typing import Any
 
 __all__ = ["SERVICE", "Mdns", "txt_addrs"]
@@ -28,6 +32,7 @@ SERVICE = "_p2p._udp.local."
 PREFIX = b"dnsaddr="
 MAX_ADDRS = 16  # addresses read from one announcement
 MAX_PEERS = 64  # peers dialed in one run at most
+MAX_FAILED = 1024  # announcements (peer and addresses) remembered as not dialable
 QUEUE = 64  # announcements waiting to be resolved
 RESOLVE_TIMEOUT = 3.0  # seconds to resolve one announcement
 DIAL_TIMEOUT = 10.0  # seconds for one dial
@@ -78,7 +83,9 @@ class Mdns:
         self._node = node
         self._zc: Any = None
         self._names: queue.Queue[str] = queue.Queue(QUEUE)
-        self._dialed: set[str] = set()
+        self._dialed: set[str] = set()  # peers dialed: each counts against MAX_PEERS
+        # (peer, addresses) that could not be dialed, the latest MAX_FAILED
+        self._failed: OrderedDict[tuple[str, tuple[str, ...]], None] = OrderedDict()
         self._stopped = threading.Event()
         self.found: list[str] = []  # peer ids dialed, in order
 
@@ -135,16 +142,20 @@ class Mdns:
         if info is None:
             return
         for peer, addrs in txt_addrs(info.text or b"").items():
+            tried = (peer, tuple(addrs))
             if peer == self._node.peer_id or peer in self._dialed \
-                    or len(self._dialed) >= MAX_PEERS:
+                    or len(self._dialed) >= MAX_PEERS or tried in self._failed:
                 continue
-            self._dialed.add(peer)
             import multiaddr
 
             info_ = info_from_p2p_addr(multiaddr.Multiaddr(f"{addrs[0]}/p2p/{peer}"))
             info_.addrs = [multiaddr.Multiaddr(a) for a in addrs]
             try:
                 self._node.submit(self._node.dial, info_).result(DIAL_TIMEOUT)
-                self.found.append(peer)
             except Exception:  # refused by the dial policy, or unreachable: as any dial
+                self._failed[tried] = None  # not tried again at these addresses
+                if len(self._failed) > MAX_FAILED:
+                    self._failed.popitem(last=False)
                 continue
+            self._dialed.add(peer)
+            self.found.append(peer)

@@ -26,8 +26,9 @@ reply longer than :data:`MAX_MESSAGE` bytes is refused before it is read, and on
 are looked at.  What peers say is checked: a peer id must parse as a libp2p peer id, an
 address as a multiaddr ``/ip4|ip6/<ip>/tcp/<port>``, and the address must belong to the DHT's
 scope -- on the LAN DHT (``/ipfs/lan/kad/1.0.0``) loopback and private addresses only, as
-kubo's LAN DHT keeps them, on the WAN DHT public ones only; anything else is dropped, never
-dialled.  The host's dial policy (`ww run`) still applies on top.
+kubo's LAN DHT keeps them (loopback ones only from a peer reached over loopback), on the WAN
+DHT public ones only; anything else is dropped, never dialled.  The host's dial policy
+(`ww run`) still applies on top.
 """
 
 from __future__ import annotations
@@ -64,13 +65,17 @@ MAX_MESSAGE = 256 * 1024  # bytes a reply may have (kubo's are a few KiB)
 MAX_PEERS_PER_REPLY = 40  # closer or provider peers looked at in one reply
 MAX_ADDRS_PER_PEER = 16
 MAX_KNOWN = 1000  # peers a query remembers as candidates
+MAX_CLAIMS = 4  # addresses of a peer looked up, as peers told them, tried at most
 
 # Server mode (kubo's Routing.Type dhtserver): what this host keeps for others, bounded.
 PROVIDER_TTL = 48 * 3600.0  # seconds a provider record lives (go-libp2p-kad-dht's 48 h)
 MAX_PROVIDERS_PER_KEY = 20  # providers kept for one key; the oldest record gives way
 MAX_PROVIDER_RECORDS = 10_000  # provider records kept in all; new keys are refused beyond
+SWEEP_EVERY = 60.0  # seconds between sweeps of a full provider store, at least
 MAX_KEY = 80  # bytes of a provider key (go-libp2p-kad-dht refuses longer ones)
 MAX_REQUESTS_PER_STREAM = 32  # requests answered on one inbound stream, then it is closed
+MAX_INBOUND_PER_PEER = 8  # inbound streams one peer may have open at a time
+MAX_INBOUND = 128  # inbound streams all peers together may have open at a time
 INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
 MAX_CHECKS = 8  # candidates for the routing table checked (a FIND_NODE) at a time
 FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NODE) at most
@@ -79,6 +84,7 @@ REPROVIDE_INTERVAL = 22 * 3600.0  # seconds between rounds (kubo's Reprovider.In
 REPROVIDE_FIRST = 60.0  # seconds after the start the first round begins, at most
 MAX_REPROVIDE = 10_000  # CIDs announced in one round at most
 MAX_PENDING_PROVIDES = 1024  # CIDs waiting to be announced (provide_soon); more are dropped
+REPROVIDE_AT_ONCE = 8  # CIDs of a round announced at a time
 
 
 def _ip_of(addr: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -182,8 +188,12 @@ class ProviderStore:
     """Who said they provide a key (``ADD_PROVIDER``), each record for :data:`PROVIDER_TTL`.
 
     Bounded: :data:`MAX_PROVIDERS_PER_KEY` a key (the record that expires first gives way
-    to a new provider), :data:`MAX_PROVIDER_RECORDS` in all (a record for a new provider is
-    refused while the store is full of live ones)."""
+    to a new provider), :data:`MAX_PROVIDER_RECORDS` in all.  While the store is full of live
+    records, a record from a new provider takes the room of the oldest record of the peer
+    holding the most (if that peer holds more than the newcomer would): one peer, or a few
+    sybil ids, cannot fill the store and lock every other provider out for 48 h.  Expired
+    records are swept when the store is full, at most once every :data:`SWEEP_EVERY`
+    seconds (a sweep walks every key)."""
 
     def __init__(self, ttl: float = PROVIDER_TTL, per_key: int = MAX_PROVIDERS_PER_KEY,
                  total: int = MAX_PROVIDER_RECORDS,
@@ -191,38 +201,58 @@ class ProviderStore:
         self.ttl, self.per_key, self.total = ttl, per_key, total
         self._clock = clock
         self._keys: dict[bytes, dict[bytes, tuple[float, list[Any]]]] = {}
+        # each peer's keys, oldest first: whose record gives way when the store is full
+        self._of_peer: dict[bytes, OrderedDict[bytes, None]] = {}
         self._count = 0
+        self._next_sweep = -float("inf")
 
-    def _expire(self, key: bytes, now: float) -> dict[bytes, tuple[float, list[Any]]]:
+    def _drop(self, key: bytes, peer: bytes) -> None:
         records = self._keys.get(key, {})
-        for peer in [p for p, (until, _) in records.items() if until <= now]:
-            del records[peer]
-            self._count -= 1
+        if records.pop(peer, None) is None:
+            return
+        self._count -= 1
         if not records:
             self._keys.pop(key, None)
-        return records
+        keys = self._of_peer.get(peer)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._of_peer[peer]
 
-    def _sweep(self, now: float) -> None:
-        for key in list(self._keys):
-            self._expire(key, now)
+    def _expire(self, key: bytes, now: float) -> dict[bytes, tuple[float, list[Any]]]:
+        for peer in [p for p, (until, _) in self._keys.get(key, {}).items() if until <= now]:
+            self._drop(key, peer)
+        return self._keys.get(key, {})
+
+    def _make_room(self, peer_id: bytes, now: float) -> bool:
+        """Room for one more record of ``peer_id`` in a full store: expired records swept
+        (not too often), else the oldest record of the peer holding the most given up."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            for key in list(self._keys):
+                self._expire(key, now)
+            if self._count < self.total:
+                return True
+        hog = max(self._of_peer, key=lambda p: len(self._of_peer[p]))
+        if len(self._of_peer[hog]) <= len(self._of_peer.get(peer_id, ())) + 1:
+            return False  # the newcomer would hold as many as anyone: refused
+        self._drop(next(iter(self._of_peer[hog])), hog)
+        return True
 
     def add(self, key: bytes, peer_id: bytes, addrs: list[Any]) -> bool:
         """Record that ``peer_id`` provides ``key`` (at ``addrs``); False if refused."""
         now = self._clock()
         records = self._expire(key, now)
         if peer_id not in records:
-            if self._count >= self.total:
-                self._sweep(now)
-                records = self._expire(key, now)
-                if self._count >= self.total:
-                    return False
             if len(records) >= self.per_key:
-                oldest = min(records, key=lambda p: records[p][0])
-                del records[oldest]
-                self._count -= 1
+                self._drop(key, min(records, key=lambda p: records[p][0]))
+            elif self._count >= self.total and not self._make_room(peer_id, now):
+                return False
             self._count += 1
-        records[peer_id] = (now + self.ttl, list(addrs))
-        self._keys[key] = records
+        self._keys.setdefault(key, {})[peer_id] = (now + self.ttl, list(addrs))
+        keys = self._of_peer.setdefault(peer_id, OrderedDict())
+        keys[key] = None
+        keys.move_to_end(key)
         return True
 
     def get(self, key: bytes) -> list[tuple[bytes, list[Any]]]:
@@ -261,13 +291,17 @@ class Dht:
         self._draining = False
         self._checks: Any = None  # trio channel of peers to check for the table (server)
         self._checking: set[Any] = set()
+        self._inbound_streams: dict[Any, list[Any]] = {}  # open inbound, by peer, oldest 1st
         if server:
             node.add_protocol(protocol, self._inbound, self._setup)
 
     # -- checking what peers say -------------------------------------------------------------
 
-    def _peer(self, pb: Any) -> _Peer | None:
-        """A peer of a reply, its id and addresses checked; None if its id is not one."""
+    def _peer(self, pb: Any, loopback: bool = True) -> _Peer | None:
+        """A peer of a reply, its id and addresses checked; None if its id is not one.
+        ``loopback``: the peer that named it was reached over loopback; if not, a loopback
+        address it names is dropped (it would be the asker's own: go-libp2p's identify
+        keeps loopback addresses only from peers on loopback)."""
         import multiaddr
         from libp2p.peer.id import ID
 
@@ -286,11 +320,16 @@ class Dht:
                 self.stats["dropped_addrs"] += 1
                 continue
             ip = _ip_of(addr)
-            if ip is None or not self._in_scope(ip):
+            if ip is None or not self._in_scope(ip) or (ip.is_loopback and not loopback):
                 self.stats["dropped_addrs"] += 1
                 continue
             addrs.append(addr)
         return _Peer(peer_id, addrs)
+
+    def _over_loopback(self, peer_id: Any) -> bool:
+        """Whether the host's connection to ``peer_id`` is over loopback (False if none)."""
+        conns = self._node.host.get_network().get_connections(peer_id)
+        return bool(conns) and _loopback_end(conns[0].muxed_conn)
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -346,11 +385,13 @@ class Dht:
         return list(seeds.values())
 
     async def _lookup(self, key: bytes, kind: int, want_providers: int = 0,
-                      target: Any = None) -> tuple[list[_Peer], dict[Any, _Peer]]:
+                      target: Any = None, claims: list[_Peer] | None = None,
+                      ) -> tuple[list[_Peer], dict[Any, _Peer]]:
         """Iterative lookup of ``key``: the closest peers that answered (at most :data:`K`) and
-        the providers found (a ``GET_PROVIDERS`` lookup stops once ``want_providers``; a
-        ``FIND_NODE`` lookup once a peer names ``target`` with an address, which is then
-        the one peer returned)."""
+        the providers found (a ``GET_PROVIDERS`` lookup stops once ``want_providers``).  A
+        ``FIND_NODE`` lookup of ``target`` stops once the target itself answered (it is then
+        the first of the closest); what each peer said of it (one claim a peer, addresses
+        unproven) is appended to ``claims``."""
         import trio
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
@@ -358,11 +399,15 @@ class Dht:
         queried: set[Any] = set()
         answered: dict[Any, _Peer] = {}
         providers: dict[Any, _Peer] = {}
+        claimed: set[Any] = set()  # the peers that said where ``target`` is
         me = self._node.host.get_id()
 
         def learn(peer: _Peer) -> None:
             if peer.id == me or peer.id in known or len(known) >= MAX_KNOWN:
                 return
+            kept = self.table.get(peer.id)
+            if kept is not None and kept.addrs:  # what the table knows, not what others say:
+                peer = _Peer(peer.id, list(kept.addrs))  # a failure would remove it
             peer.distance = _distance(peer.id.to_bytes(), key)
             known[peer.id] = peer
 
@@ -378,26 +423,30 @@ class Dht:
                 self.table.remove(peer.id)
                 return
             answered[peer.id] = peer
+            loopback = self._over_loopback(peer.id)
             self.table.add(_Peer(peer.id, peer.addrs or self._known_addrs(peer.id)))
             for pb in list(answer.providerPeers)[:MAX_PEERS_PER_REPLY]:
-                found = self._peer(pb)
+                found = self._peer(pb, loopback)
                 if found is not None and found.id != me and (
                         found.addrs or found.id not in providers):
                     if found.id == peer.id and not found.addrs:
                         found.addrs = peer.addrs
                     providers[found.id] = found
             for pb in list(answer.closerPeers)[:MAX_PEERS_PER_REPLY]:
-                found = self._peer(pb)
+                found = self._peer(pb, loopback)
                 if found is not None and found.addrs:
-                    if found.id == target:
-                        providers[found.id] = found
+                    if found.id == target and claims is not None and len(claims) < MAX_CLAIMS \
+                            and peer.id not in claimed and all(c.addrs != found.addrs
+                                                               for c in claims):
+                        claimed.add(peer.id)  # one claim a peer
+                        claims.append(_Peer(found.id, list(found.addrs)))
                     learn(found)
 
         with trio.move_on_after(QUERY_TIMEOUT):
             while len(queried) < self._max_contacted:
                 if want_providers and len(providers) >= want_providers:
                     break
-                if target is not None and target in providers:
+                if target is not None and target in answered:
                     break
                 closest = sorted(known.values(), key=lambda p: p.distance)
                 # converged: the K closest that may still answer have all been asked
@@ -432,10 +481,7 @@ class Dht:
                 if known is not None and known.addrs:
                     peer.addrs = list(known.addrs)
                     return
-                _, named = await self._lookup(peer.id.to_bytes(), Message.FIND_NODE,
-                                              target=peer.id)
-                if peer.id in named:
-                    peer.addrs = list(named[peer.id].addrs)
+                peer.addrs = await self._addrs_of(peer.id)
 
             with trio.move_on_after(QUERY_TIMEOUT):
                 async with trio.open_nursery() as nursery:
@@ -488,12 +534,32 @@ class Dht:
 
     async def find_peer(self, peer_id: str) -> list[str]:
         """Addresses (in scope) that the DHT knows for ``peer_id``; empty if none."""
-        from libp2p.kad_dht.pb.kademlia_pb2 import Message
         from libp2p.peer.id import ID
 
-        target = ID.from_base58(peer_id)
-        _, named = await self._lookup(target.to_bytes(), Message.FIND_NODE, target=target)
-        return [str(a) for a in named[target].addrs] if target in named else []
+        return [str(a) for a in await self._addrs_of(ID.from_base58(peer_id))]
+
+    async def _addrs_of(self, target: Any) -> list[Any]:
+        """Where ``target`` is, by a ``FIND_NODE`` lookup: where it answered the lookup, else
+        the first of what peers said of it (at most :data:`MAX_CLAIMS`, in the order heard)
+        at which it can be connected to (Noise proves its id); empty if none.  A peer that
+        names it at a wrong address (a liar, an old record) does not end the search."""
+        import trio
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
+
+        claims: list[_Peer] = []
+        closest, _ = await self._lookup(target.to_bytes(), Message.FIND_NODE, target=target,
+                                        claims=claims)
+        if closest and closest[0].id == target and closest[0].addrs:
+            return list(closest[0].addrs)
+        for claim in claims:
+            try:
+                with trio.fail_after(RPC_TIMEOUT):
+                    await self._node.dial(LibPeerInfo(target, claim.addrs))
+                return list(claim.addrs)
+            except Exception:  # a wrong address, refused by the dial policy, unreachable
+                self.stats["failed"] += 1
+        return []
 
     async def find_node(self, peer_id: str) -> list[PeerInfo]:
         """The closest peers to ``peer_id`` that answered a ``FIND_NODE`` lookup."""
@@ -557,8 +623,8 @@ class Dht:
         thread) every ``interval`` seconds while the host runs (None: only the first round),
         the first round ``first`` seconds after it starts (None: ``min(interval,
         REPROVIDE_FIRST)``; `ww daemon`'s: 0, at once).  A round announces at most
-        :data:`MAX_REPROVIDE` CIDs, one after another; the next round starts ``interval``
-        after it ends, so rounds never overlap."""
+        :data:`MAX_REPROVIDE` CIDs, :data:`REPROVIDE_AT_ONCE` at a time; the next round
+        starts ``interval`` after it ends, so rounds never overlap."""
         if first is None:
             first = min(interval if interval is not None else REPROVIDE_FIRST, REPROVIDE_FIRST)
 
@@ -577,14 +643,28 @@ class Dht:
         while True:
             cids = await trio.to_thread.run_sync(
                 lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
-            for text in cids:
+            await self._reprovide_round(cids)
+            if interval is None:
+                return
+            await trio.sleep(interval)
+
+    async def _reprovide_round(self, cids: list[str]) -> None:
+        """Announce ``cids``, :data:`REPROVIDE_AT_ONCE` at a time (one at a time, peers that
+        stall every request until it times out made 10 000 take days)."""
+        import trio
+
+        queue = iter(cids)
+
+        async def worker() -> None:
+            for text in queue:
                 try:
                     self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
                 except Exception:  # a bad CID in the pin set, a lookup that failed
                     self.stats["failed"] += 1
-            if interval is None:
-                return
-            await trio.sleep(interval)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(REPROVIDE_AT_ONCE):
+                nursery.start_soon(worker)
 
     # -- server mode (``dhtserver``) -------------------------------------------------------
 
@@ -594,8 +674,10 @@ class Dht:
             addrs = list(self._node.host.get_peerstore().addrs(peer_id))
         except Exception:
             return []
+        loopback = self._over_loopback(peer_id)
         return [a for a in addrs[:MAX_ADDRS_PER_PEER]
-                if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)]
+                if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)
+                and (loopback or not ip.is_loopback)]
 
     async def _setup(self) -> None:
         """On the host's thread as it starts: check each peer that connects for the routing
@@ -665,13 +747,47 @@ class Dht:
     async def _inbound(self, stream: Any) -> None:
         """Answer a peer's requests on one stream: at most :data:`MAX_REQUESTS_PER_STREAM`,
         each at most :data:`MAX_MESSAGE` bytes, the stream closed after
-        :data:`INBOUND_IDLE` seconds without one."""
+        :data:`INBOUND_IDLE` seconds without one.  A peer has at most
+        :data:`MAX_INBOUND_PER_PEER` such streams at a time (a stream beyond is reset at
+        once), all peers :data:`MAX_INBOUND` (Yamux sets no limit): when all are taken, a
+        newcomer's stream takes the place of the oldest stream of the peer holding the most,
+        if that peer holds more than the newcomer would; otherwise it is reset."""
+        import trio
+
+        requester = stream.muxed_conn.peer_id
+        open_ = self._inbound_streams
+        mine = open_.setdefault(requester, [])
+        evicted = None
+        if len(mine) < MAX_INBOUND_PER_PEER and sum(map(len, open_.values())) >= MAX_INBOUND:
+            hog = max(open_.values(), key=len)
+            if len(hog) > len(mine) + 1:
+                evicted = hog.pop(0)
+        if len(mine) >= MAX_INBOUND_PER_PEER or (
+                evicted is None and sum(map(len, open_.values())) >= MAX_INBOUND):
+            if not mine:
+                del open_[requester]
+            evicted = stream
+        if evicted is not None:
+            self.stats["refused"] += 1
+            with trio.move_on_after(RPC_TIMEOUT):
+                await evicted.reset()
+            if evicted is stream:
+                return
+        mine.append(stream)
+        try:
+            await self._serve(stream, requester)
+        finally:
+            if stream in mine:
+                mine.remove(stream)
+            if not mine and open_.get(requester) is mine:
+                del open_[requester]
+
+    async def _serve(self, stream: Any, requester: Any) -> None:
         import trio
         import varint
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
         from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-        requester = stream.muxed_conn.peer_id
         try:
             for _ in range(MAX_REQUESTS_PER_STREAM):
                 with trio.move_on_after(INBOUND_IDLE):
@@ -681,7 +797,7 @@ class Dht:
                         break
                     request = Message()
                     request.ParseFromString(raw)
-                    answer = self._answer(requester, request)
+                    answer = self._answer(requester, request, _loopback_end(stream))
                     if answer is None:
                         if request.type != Message.ADD_PROVIDER:
                             self.stats["refused"] += 1
@@ -720,7 +836,7 @@ class Dht:
                 found.append(self._pb_peer(peer.id, addrs))
         return found[:K]
 
-    def _answer(self, requester: Any, request: Any) -> Any:
+    def _answer(self, requester: Any, request: Any, loopback: bool = True) -> Any:
         """The reply to ``request`` from ``requester``; None: no reply (``ADD_PROVIDER``),
         or refused (the stream is reset), as go-libp2p-kad-dht does."""
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -767,10 +883,19 @@ class Dht:
             if bytes(pb.id) != requester.to_bytes():  # a peer announces itself only
                 self.stats["wrong_provider"] += 1
                 continue
-            peer = self._peer(pb)
+            peer = self._peer(pb, loopback)
             if peer is not None and peer.addrs:  # go-libp2p-kad-dht drops one without
                 self.providers.add(key, bytes(pb.id), peer.addrs)
         return None
+
+
+def _loopback_end(conn: Any) -> bool:
+    """Whether the far end of ``conn`` (a connection or stream) is a loopback address."""
+    try:
+        remote = conn.get_remote_address()
+        return remote is not None and ipaddress.ip_address(remote[0]).is_loopback
+    except Exception:  # no address known: not loopback
+        return False
 
 
 def _strip_p2p(addr: Any) -> Any:
