@@ -58,6 +58,7 @@ from ww.ipfs.path import IpfsPath, parse_path
 
 from . import gateway_content as content
 from .gateway_content import Resolved
+from .server import lifespan
 
 __all__ = ["gateway_app", "GatewayBackend", "BATCH", "THREADS", "STALL_TIMEOUT", "limit_stalls"]
 
@@ -108,7 +109,7 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":  # a websocket: nothing here speaks it
             await send({"type": "websocket.close", "code": 1003})
@@ -185,17 +186,6 @@ async def _send(send: Send, stall_timeout: float, message: Message) -> None:
         with anyio.fail_after(stall_timeout):
             await send({"type": "http.response.body", "body": piece,
                         "more_body": more or start + _PIECE < len(body)})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    """Nothing to start or stop: the node is the caller's."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class _HttpError(Exception):

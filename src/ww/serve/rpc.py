@@ -52,7 +52,7 @@ from ww.core.errors import (
 from ww.ipfs import chunker as chunkers
 from ww.ipfs.api import AddOptions, CancelToken, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
-from ww.serve.server import STALL
+from ww.serve.server import STALL, lifespan
 
 __all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
@@ -830,13 +830,8 @@ class RpcApi:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive, send)

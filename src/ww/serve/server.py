@@ -143,6 +143,18 @@ def _served(address: tuple[str, int], local: set[tuple[str, int]]) -> bool:
     return any(port == p and h in (host, "0.0.0.0", "::") for h, p in local)
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """An app's side of the ASGI lifespan protocol, with nothing to start or stop (the node
+    is the caller's): the RPC API's and the gateway's."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def _read_in_larger_pieces() -> None:
     """Make hypercorn read up to :data:`READ_SIZE` bytes from a socket at once.
 
