@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +200,7 @@ def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1) -> None:
             [sys.executable, str(_HERE), "kubo", repo], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo worker {n}")
     worker = workers["kubo"]
-    out = sys.stdout
-    lock = threading.Lock()
-
-    def reply(value: dict) -> None:
-        with lock:
-            out.write(json.dumps(value) + "\n")
-            out.flush()
+    reply = stdout_replier()
 
     for each in workers.values():
         ready = each.ready()
@@ -305,6 +300,19 @@ class DriverError(RuntimeError):
     def __init__(self, reply: dict) -> None:
         super().__init__(reply["error"])
         self.reply = reply
+
+
+def stdout_replier() -> Callable[[dict], None]:
+    """A driver's reply: one JSON line on stdout, whole, whichever thread writes it."""
+    out = sys.stdout
+    lock = threading.Lock()
+
+    def reply(value: dict) -> None:
+        with lock:
+            out.write(json.dumps(value) + "\n")
+            out.flush()
+
+    return reply
 
 
 def start_driver(argv: list[str], stderr: Any, env: dict[str, str] | None, what: str

@@ -27,7 +27,12 @@ from typing import Any
 _HERE = Path(__file__).resolve()
 sys.path.insert(0, str(_HERE.parents[2]))
 
-from tests.ipfs.kubo_peer import CALL_TIMEOUT, _Lines, start_driver  # noqa: E402
+from tests.ipfs.kubo_peer import (  # noqa: E402
+    CALL_TIMEOUT,
+    _Lines,
+    start_driver,
+    stdout_replier,
+)
 
 
 def driver_main(base: str, count: int, mdns: str = "", clients: str = "0") -> None:
@@ -44,13 +49,7 @@ def driver_main(base: str, count: int, mdns: str = "", clients: str = "0") -> No
              "dhtclient" if i >= count - int(clients) else "dht", mdns],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo {i}"))
-    out = sys.stdout
-    lock = threading.Lock()
-
-    def reply(value: dict) -> None:
-        with lock:
-            out.write(json.dumps(value) + "\n")
-            out.flush()
+    reply = stdout_replier()
 
     for w in workers:
         ready = w.ready()
