@@ -451,7 +451,7 @@ def _add(api: RpcApi, request: Request) -> None:
                 request.json_lines([{"Name": name, "Bytes": done}])
                 told = done
             yield piece
-        if progress and (done > told or not done):  # the end, unless just told
+        if progress:
             request.json_lines([{"Name": name, "Bytes": done}])
 
     def entries() -> Iterator[tuple[str, str, Any]]:
