@@ -45,6 +45,8 @@ def error_of(reply: tuple[int, dict, bytes]) -> tuple[int, dict]:
     ({"raw_leaves": True}, ["--raw-leaves"]),
     ({"chunker": "size-1000", "cid_version": 1, "raw_leaves": False},
      ["--chunker", "size-1000", "--cid-version", "1", "--raw-leaves=false"]),
+    ({"chunker": "rabin"}, ["--chunker", "rabin"]),
+    ({"chunker": "buzhash", "cid_version": 1}, ["--chunker", "buzhash", "--cid-version", "1"]),
 ])
 def test_add_of_a_file_gives_ww_exports_cid_with_kubos_options(daemon, tmp_path, options,
                                                                 flags):
@@ -95,6 +97,23 @@ def test_add_wrap_only_hash_pin_false_and_progress(daemon, tmp_path):
         "-w", "-n", str(tmp_path / "x.bin"))
     add(daemon, part, pin=False)
     assert cid not in daemon.json("pin/ls", type="recursive")[0]["Keys"]
+
+
+@pytest.mark.parametrize("options,field", [
+    ({"mode": "0644"}, "file"), ({"mtime": "1700000000"}, "file"),
+    ({"mtime_nsecs": "5"}, "file"), ({"preserve_mode": True}, "file"),
+    ({"preserve_mtime": True}, "file"),
+    ({}, "file?mode=0755"), ({}, "file?mtime=1700000000&mtime-nsecs=5"),  # kubo-rpc-client's
+])
+def test_a_mode_or_mtime_is_refused_not_dropped(daemon, options, field):
+    """kubo stores a file's mode and mtime in its UnixFS node when asked (the query's
+    options, or kubo-rpc-client's ``name="file?mode=…"`` part), which changes its CID; the
+    importer here writes neither, so it refuses rather than answer another CID."""
+    body, headers = multipart([("m.txt", "application/octet-stream", b"mode\n")])
+    body = body.replace(b'name="file"', f'name="{field}"'.encode())
+    status, err = error_of(daemon.post("add", body=body, headers=headers, **options))
+    assert status == 500 and "not supported" in err["Message"], err
+    assert daemon.json("version")  # still serving
 
 
 def test_an_unnamed_file_is_named_by_its_cid_as_kubos_stdin(daemon):

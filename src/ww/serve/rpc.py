@@ -380,10 +380,16 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
 
 
 def _part_path(headers: dict[str, str]) -> str:
-    """The path a part of kubo's add carries: its urlencoded ``filename``."""
+    """The path a part of kubo's add carries: its urlencoded ``filename``.  A ``mode`` or
+    ``mtime`` in its field name (kubo-rpc-client's ``name="file?mode=0644"``) is refused, as
+    the query's are."""
     from python_multipart.multipart import parse_options_header
 
     _, params = parse_options_header(headers.get("content-disposition", ""))
+    field = (params.get(b"name") or b"").decode("utf-8", "replace")
+    for kept in urllib.parse.parse_qs(field.partition("?")[2]):
+        if kept in ("mode", "mtime", "mtime-nsecs"):
+            raise IpfsError(f"add: a part's {kept!r} is not supported here")
     name = params.get(b"filename") or b""
     return urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
 
@@ -420,6 +426,14 @@ def _add_options(request: Request) -> AddOptions:
             raise IpfsError(f"add option {unsupported!r} is not supported here")
     if request.option("to-files"):
         raise IpfsError("add option 'to-files' is not supported here")
+    # kubo keeps a mode and an mtime in the file's UnixFS node (another CID); the importer
+    # here writes neither, so it refuses rather than answer a CID kubo would not
+    for kept in ("preserve-mode", "preserve-mtime"):
+        if request.flag(kept):
+            raise IpfsError(f"add option {kept!r} is not supported here")
+    for kept in ("mode", "mtime", "mtime-nsecs"):
+        if request.option(kept) is not None:
+            raise IpfsError(f"add option {kept!r} is not supported here")
     return AddOptions(
         cid_version=cid_version,
         raw_leaves=None if raw is None else request.flag("raw-leaves"),
