@@ -161,6 +161,25 @@ def test_cat_ls_get_and_the_kubo_error_shapes(daemon, tmp_path):
     assert status == 500 and "not supported" in err["Message"]
 
 
+def test_ls_with_stream_gives_a_line_per_link_as_kubo(daemon):
+    """kubo's ``ls --stream``: one {"Objects": [{"Hash": path, "Links": [link]}]} line per
+    link, the links those of the whole reply; a file: one line without links."""
+    parts = [(f"s/f{i:02}.txt", "application/octet-stream", b"%d\n" % i) for i in range(12)]
+    root = add(daemon, parts)[-1]["Hash"]
+    (whole,) = daemon.json("ls", root)
+    lines = daemon.json("ls", root, stream=True)
+    assert len(lines) == 12
+    assert all(len(line["Objects"]) == 1 and line["Objects"][0]["Hash"] == root
+               and len(line["Objects"][0]["Links"]) == 1 for line in lines)
+    assert [line["Objects"][0]["Links"][0] for line in lines] == \
+        whole["Objects"][0]["Links"]
+    file_path = f"{root}/f00.txt"
+    assert daemon.json("ls", file_path, stream=True) == [
+        {"Objects": [{"Hash": file_path, "Links": []}]}]
+    status, err = error_of(daemon.post("ls", f"{root}/nope", stream=True))
+    assert status == 500 and err["Type"] == "error"
+
+
 def test_blocks_dag_car_pins_gc_and_the_node(daemon, tmp_path):
     body, headers = multipart([("b", "application/octet-stream", b"a raw block")])
     (put,) = [json.loads(line) for line in daemon.post(

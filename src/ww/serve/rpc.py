@@ -532,20 +532,39 @@ def _cat(api: RpcApi, request: Request) -> None:
 
 @command("ls")
 def _ls(api: RpcApi, request: Request) -> None:
-    objects = []
-    for path in request.all_args("ipfs-path"):
-        info = api.node.stat(path)
-        links = []
-        if info.type == EntryType.DIRECTORY:
-            for entry in api.node.ls(path):
-                link: dict[str, Any] = {"Name": entry.name, "Hash": entry.cid,
-                                        "Size": entry.size, "Type": _LS_TYPE[entry.type],
-                                        "Target": ""}
-                if entry.type == EntryType.SYMLINK:
-                    link["Target"] = api.node.stat(entry.cid).target or ""
-                links.append(link)
-        objects.append({"Hash": path, "Links": links})
-    request.reply({"Objects": objects})
+    """{"Objects": [{"Hash": path, "Links": [...]}, ...]}; with ``stream`` (``s``), as kubo,
+    one such line per link as it is read, so a directory of millions of entries is never
+    held whole (a path without links: one line with none)."""
+    stream = request.flag("stream", "s")
+    paths = request.all_args("ipfs-path")
+    for path in paths:
+        api.node.stat(path)  # a missing path: an error reply, not a cut stream
+
+    def links(path: str) -> Iterator[dict[str, Any]]:
+        if api.node.stat(path).type != EntryType.DIRECTORY:
+            return
+        for entry in api.node.ls(path):
+            link: dict[str, Any] = {"Name": entry.name, "Hash": entry.cid,
+                                    "Size": entry.size, "Type": _LS_TYPE[entry.type],
+                                    "Target": ""}
+            if entry.type == EntryType.SYMLINK:
+                link["Target"] = api.node.stat(entry.cid).target or ""
+            yield link
+
+    if not stream:
+        request.reply({"Objects": [{"Hash": p, "Links": list(links(p))} for p in paths]})
+        return
+
+    def lines() -> Iterator[dict[str, Any]]:
+        for path in paths:
+            empty = True
+            for link in links(path):
+                empty = False
+                yield {"Objects": [{"Hash": path, "Links": [link]}]}
+            if empty:
+                yield {"Objects": [{"Hash": path, "Links": []}]}
+
+    request.json_lines(lines())
 
 
 @command("get")
