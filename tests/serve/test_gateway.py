@@ -414,6 +414,9 @@ def test_the_accept_header_asks_for_a_car(gw: str, site: Site) -> None:
         "application/vnd.ipld.car; version=1; order=dfs; dups=y"
     assert reply.headers["content-location"] == f"/ipfs/{cid}?format=car"
     assert car_of(reply.body)[1] == [CID.parse(cid)]
+    # order=unk, "any order": answered in dfs, the one order served
+    unk = request(gw, f"/ipfs/{cid}", {"Accept": "application/vnd.ipld.car; order=unk"})
+    assert unk.headers["content-type"] == "application/vnd.ipld.car; version=1; order=dfs; dups=n"
 
 
 def test_a_car_of_a_path_starts_with_the_blocks_proving_it(gw: str, site: Site) -> None:

@@ -45,6 +45,8 @@ def error_of(reply: tuple[int, dict, bytes]) -> tuple[int, dict]:
     ({"raw_leaves": True}, ["--raw-leaves"]),
     ({"chunker": "size-1000", "cid_version": 1, "raw_leaves": False},
      ["--chunker", "size-1000", "--cid-version", "1", "--raw-leaves=false"]),
+    ({"chunker": "rabin"}, ["--chunker", "rabin"]),
+    ({"chunker": "buzhash", "cid_version": 1}, ["--chunker", "buzhash", "--cid-version", "1"]),
 ])
 def test_add_of_a_file_gives_ww_exports_cid_with_kubos_options(daemon, tmp_path, options,
                                                                 flags):
@@ -79,12 +81,14 @@ def test_add_of_a_tree_reports_as_kubo_and_pins_the_root(daemon, tmp_path):
 
 
 def test_add_wrap_only_hash_pin_false_and_progress(daemon, tmp_path):
-    data = os.urandom(3 * CHUNK)
+    data = os.urandom(12 * CHUNK)  # larger than the pieces the body arrives in
     (tmp_path / "x.bin").write_bytes(data)
     part = [("x.bin", "application/octet-stream", data)]
     progress = add(daemon, part, progress=True, only_hash=True)
     counts = [e["Bytes"] for e in progress if "Bytes" in e]
-    assert counts == sorted(counts) and counts[-1] == len(data) and len(counts) > 1
+    # counts as the bytes go in, the last the file's size; kubo too may repeat the last one
+    # (once at the step, once at the end), so it takes two distinct counts to show progress
+    assert counts == sorted(counts) and counts[-1] == len(data) and len(set(counts)) > 1
     cid = progress[-1]["Hash"]
     status, _, _ = daemon.post("block/stat", cid)  # only-hash stored nothing
     assert status == 500
@@ -93,6 +97,23 @@ def test_add_wrap_only_hash_pin_false_and_progress(daemon, tmp_path):
         "-w", "-n", str(tmp_path / "x.bin"))
     add(daemon, part, pin=False)
     assert cid not in daemon.json("pin/ls", type="recursive")[0]["Keys"]
+
+
+@pytest.mark.parametrize("options,field", [
+    ({"mode": "0644"}, "file"), ({"mtime": "1700000000"}, "file"),
+    ({"mtime_nsecs": "5"}, "file"), ({"preserve_mode": True}, "file"),
+    ({"preserve_mtime": True}, "file"),
+    ({}, "file?mode=0755"), ({}, "file?mtime=1700000000&mtime-nsecs=5"),  # kubo-rpc-client's
+])
+def test_a_mode_or_mtime_is_refused_not_dropped(daemon, options, field):
+    """kubo stores a file's mode and mtime in its UnixFS node when asked (the query's
+    options, or kubo-rpc-client's ``name="file?mode=…"`` part), which changes its CID; the
+    importer here writes neither, so it refuses rather than answer another CID."""
+    body, headers = multipart([("m.txt", "application/octet-stream", b"mode\n")])
+    body = body.replace(b'name="file"', f'name="{field}"'.encode())
+    status, err = error_of(daemon.post("add", body=body, headers=headers, **options))
+    assert status == 500 and "not supported" in err["Message"], err
+    assert daemon.json("version")  # still serving
 
 
 def test_an_unnamed_file_is_named_by_its_cid_as_kubos_stdin(daemon):
@@ -138,6 +159,25 @@ def test_cat_ls_get_and_the_kubo_error_shapes(daemon, tmp_path):
     assert status == 404 and err["Type"] == "error"
     status, err = error_of(daemon.post("routing/findprovs", root))
     assert status == 500 and "not supported" in err["Message"]
+
+
+def test_ls_with_stream_gives_a_line_per_link_as_kubo(daemon):
+    """kubo's ``ls --stream``: one {"Objects": [{"Hash": path, "Links": [link]}]} line per
+    link, the links those of the whole reply; a file: one line without links."""
+    parts = [(f"s/f{i:02}.txt", "application/octet-stream", b"%d\n" % i) for i in range(12)]
+    root = add(daemon, parts)[-1]["Hash"]
+    (whole,) = daemon.json("ls", root)
+    lines = daemon.json("ls", root, stream=True)
+    assert len(lines) == 12
+    assert all(len(line["Objects"]) == 1 and line["Objects"][0]["Hash"] == root
+               and len(line["Objects"][0]["Links"]) == 1 for line in lines)
+    assert [line["Objects"][0]["Links"][0] for line in lines] == \
+        whole["Objects"][0]["Links"]
+    file_path = f"{root}/f00.txt"
+    assert daemon.json("ls", file_path, stream=True) == [
+        {"Objects": [{"Hash": file_path, "Links": []}]}]
+    status, err = error_of(daemon.post("ls", f"{root}/nope", stream=True))
+    assert status == 500 and err["Type"] == "error"
 
 
 def test_blocks_dag_car_pins_gc_and_the_node(daemon, tmp_path):

@@ -380,10 +380,16 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
 
 
 def _part_path(headers: dict[str, str]) -> str:
-    """The path a part of kubo's add carries: its urlencoded ``filename``."""
+    """The path a part of kubo's add carries: its urlencoded ``filename``.  A ``mode`` or
+    ``mtime`` in its field name (kubo-rpc-client's ``name="file?mode=0644"``) is refused, as
+    the query's are."""
     from python_multipart.multipart import parse_options_header
 
     _, params = parse_options_header(headers.get("content-disposition", ""))
+    field = (params.get(b"name") or b"").decode("utf-8", "replace")
+    for kept in urllib.parse.parse_qs(field.partition("?")[2]):
+        if kept in ("mode", "mtime", "mtime-nsecs"):
+            raise IpfsError(f"add: a part's {kept!r} is not supported here")
     name = params.get(b"filename") or b""
     return urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
 
@@ -420,6 +426,14 @@ def _add_options(request: Request) -> AddOptions:
             raise IpfsError(f"add option {unsupported!r} is not supported here")
     if request.option("to-files"):
         raise IpfsError("add option 'to-files' is not supported here")
+    # kubo keeps a mode and an mtime in the file's UnixFS node (another CID); the importer
+    # here writes neither, so it refuses rather than answer a CID kubo would not
+    for kept in ("preserve-mode", "preserve-mtime"):
+        if request.flag(kept):
+            raise IpfsError(f"add option {kept!r} is not supported here")
+    for kept in ("mode", "mtime", "mtime-nsecs"):
+        if request.option(kept) is not None:
+            raise IpfsError(f"add option {kept!r} is not supported here")
     return AddOptions(
         cid_version=cid_version,
         raw_leaves=None if raw is None else request.flag("raw-leaves"),
@@ -518,20 +532,39 @@ def _cat(api: RpcApi, request: Request) -> None:
 
 @command("ls")
 def _ls(api: RpcApi, request: Request) -> None:
-    objects = []
-    for path in request.all_args("ipfs-path"):
-        info = api.node.stat(path)
-        links = []
-        if info.type == EntryType.DIRECTORY:
-            for entry in api.node.ls(path):
-                link: dict[str, Any] = {"Name": entry.name, "Hash": entry.cid,
-                                        "Size": entry.size, "Type": _LS_TYPE[entry.type],
-                                        "Target": ""}
-                if entry.type == EntryType.SYMLINK:
-                    link["Target"] = api.node.stat(entry.cid).target or ""
-                links.append(link)
-        objects.append({"Hash": path, "Links": links})
-    request.reply({"Objects": objects})
+    """{"Objects": [{"Hash": path, "Links": [...]}, ...]}; with ``stream`` (``s``), as kubo,
+    one such line per link as it is read, so a directory of millions of entries is never
+    held whole (a path without links: one line with none)."""
+    stream = request.flag("stream", "s")
+    paths = request.all_args("ipfs-path")
+    for path in paths:
+        api.node.stat(path)  # a missing path: an error reply, not a cut stream
+
+    def links(path: str) -> Iterator[dict[str, Any]]:
+        if api.node.stat(path).type != EntryType.DIRECTORY:
+            return
+        for entry in api.node.ls(path):
+            link: dict[str, Any] = {"Name": entry.name, "Hash": entry.cid,
+                                    "Size": entry.size, "Type": _LS_TYPE[entry.type],
+                                    "Target": ""}
+            if entry.type == EntryType.SYMLINK:
+                link["Target"] = api.node.stat(entry.cid).target or ""
+            yield link
+
+    if not stream:
+        request.reply({"Objects": [{"Hash": p, "Links": list(links(p))} for p in paths]})
+        return
+
+    def lines() -> Iterator[dict[str, Any]]:
+        for path in paths:
+            empty = True
+            for link in links(path):
+                empty = False
+                yield {"Objects": [{"Hash": path, "Links": [link]}]}
+            if empty:
+                yield {"Objects": [{"Hash": path, "Links": []}]}
+
+    request.json_lines(lines())
 
 
 @command("get")
