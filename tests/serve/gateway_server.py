@@ -13,7 +13,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from ww.serve.gateway import STALL_TIMEOUT, gateway_app, limit_stalls
+from ww.serve.gateway import STALL_TIMEOUT, gateway_app
+from ww.serve.server import limit_stalls
 
 HANG = 300  # a bound that only stops a hang
 

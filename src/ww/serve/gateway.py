@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Protocol, TypeVar
@@ -60,7 +59,7 @@ from . import gateway_content as content
 from .gateway_content import Resolved
 from .server import lifespan
 
-__all__ = ["gateway_app", "GatewayBackend", "BATCH", "THREADS", "STALL_TIMEOUT", "limit_stalls"]
+__all__ = ["gateway_app", "GatewayBackend", "BATCH", "THREADS", "STALL_TIMEOUT"]
 
 T = TypeVar("T")
 
@@ -76,8 +75,8 @@ BATCH = 1 << 20
 """Bytes a response reads ahead of what it has sent: one batch, read in a worker thread."""
 
 STALL_TIMEOUT = 60.0
-"""Seconds a client may leave a response unread before its connection is dropped
-(:func:`limit_stalls`)."""
+"""Seconds one piece of a response may wait for its client before the response is given up
+(the socket's own bound is :func:`ww.serve.server.limit_stalls`)."""
 
 IMMUTABLE = "public, max-age=29030400, immutable"
 _RAW = "application/vnd.ipld.raw"
@@ -104,7 +103,7 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
     (a 5xx, or a stream cut short by a block gone bad).  ``stall_timeout``: seconds one
     piece of a response may wait for its client (an HTTP/2 stream whose client grants no
     flow-control window waits in the app, where the kernel's ``TCP_USER_TIMEOUT`` of
-    :func:`limit_stalls` cannot see it); then the response is given up."""
+    :func:`ww.serve.server.limit_stalls` cannot see it); then the response is given up."""
     gateway = _Gateway(api, log or (lambda line: None))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,22 +146,6 @@ def gateway_app(api: GatewayBackend, *, log: Callable[[str], object] | None = No
             pass
 
     return app
-
-
-def limit_stalls(sock: socket.socket, seconds: float = STALL_TIMEOUT) -> None:
-    """Make the kernel drop a connection accepted on the listening socket ``sock`` once data
-    sent to it has waited ``seconds`` unacknowledged or unread (its client's receive window
-    shut): ``TCP_USER_TIMEOUT``, which accepted connections inherit on Linux.
-
-    Call it on the socket the gateway is served from (``Config.bind = ["fd://<fd>"]``).
-    Hypercorn shields each write from cancellation, so without it a client that stops
-    reading holds its connection, one batch of memory and the server's shutdown (which
-    waits for that write past its graceful timeout) for as long as it likes; with it, the
-    write fails after ``seconds`` and the connection closes.  A no-op where the option does
-    not exist."""
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if option is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
 async def _send(send: Send, stall_timeout: float, message: Message) -> None:

@@ -17,7 +17,7 @@ import trio
 
 from ww.core.errors import AddressError
 
-__all__ = ["Site", "serve", "bind", "GRACE", "STALL", "READ_SIZE"]
+__all__ = ["Site", "serve", "bind", "limit_stalls", "GRACE", "STALL", "READ_SIZE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -64,16 +64,28 @@ def bind(addr: str) -> tuple[socket.socket, bool]:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Inherited by every accepted connection: one whose reader stopped (its TCP window
-        # shut) is dropped by the kernel after STALL seconds.  hypercorn's trio server
-        # shields its writes from cancellation, so nothing else can end such a write.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALL * 1000))
+        limit_stalls(sock)
         sock.bind((str(ip), int(parts[3])))
         sock.listen(1024)
     except OSError as err:
         sock.close()
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     return sock, ip.is_loopback
+
+
+def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
+    """Make the kernel drop a connection accepted on the listening socket ``sock`` once data
+    sent to it has waited ``seconds`` unacknowledged or unread (its client's receive window
+    shut): ``TCP_USER_TIMEOUT``, which accepted connections inherit on Linux.
+
+    hypercorn's trio server shields each write from cancellation, so without it a client
+    that stops reading holds its connection, a piece of memory and the server's shutdown
+    (which waits for that write past its graceful timeout) for as long as it likes; with it,
+    the write fails after ``seconds`` and the connection closes.  :func:`bind` calls it; a
+    no-op where the option does not exist."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
 async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> None:
