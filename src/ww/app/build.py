@@ -42,8 +42,9 @@ def open_ipfs(api: str | None = None, *, check: bool = False, peers: Iterable[st
     missing, it starts a quiet libp2p host of its own under ``dial_policy`` (ww.p2p builds
     it: the ipfs layer does not import p2p), with the key ``identity`` (``--node-key``;
     None: the node key in ``$WW_HOME``).  ``routing``: ``dht`` finds providers of a missing
-    block through kubo's LAN DHT from the ``bootstrap`` peers (:mod:`ww.p2p.routing`),
-    ``none`` asks only the peers connected; None: ``dht`` if ``bootstrap`` names peers.
+    block through kubo's dual (LAN and WAN) DHT from the ``bootstrap`` peers
+    (:mod:`ww.p2p.routing`), ``none`` asks only the peers connected; None: ``dht`` if
+    ``bootstrap`` names peers.
     ``dht``: the router already made on ``host`` (:func:`host_dht`), used instead."""
     from ww.ipfs.backend import open_backend
     from ww.p2p import host_for_ipfs
@@ -67,14 +68,15 @@ def router(routing: str | None, bootstrap: Iterable[str]) -> NewRouter | None:
 def host_dht(options: RunOptions, node: Node | None) -> Router | None:
     """The DHT of the run's host (``--routing``), made before the host starts: a client
     (``dht``; the default when ``--bootstrap`` is given) or a server (``dhtserver``: it answers
-    other peers' queries and keeps their provider records); None without a host or with
-    ``--routing none``."""
+    other peers' queries and keeps their provider records: on the LAN DHT always, on the WAN
+    DHT if the host listens on a public address); kubo's dual DHT
+    (:class:`ww.p2p.routing.DualDht`).  None without a host or with ``--routing none``."""
     routing = options.routing
     if node is None or routing == "none" or (routing is None and not options.bootstrap):
         return None
-    from ww.p2p.routing import Dht
+    from ww.p2p.routing import DualDht
 
-    return Dht(node, options.bootstrap, server=routing == "dhtserver")
+    return DualDht(node, options.bootstrap, server=routing == "dhtserver")
 
 
 def mdns(options: RunOptions, node: Node | None) -> None:

@@ -34,7 +34,7 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
 
     def __init__(self, node: Node, caller: Caller = NOBODY,
                  dial_policy: DialPolicy = STRICT, dht: Any = None) -> None:
-        """``dht``: the host's :class:`ww.p2p.routing.Dht`, where a peer id is looked up."""
+        """``dht``: the host's :class:`ww.p2p.routing.DualDht`, where a peer id is looked up."""
         self._node = node
         self._dht = dht
         self._lookups = asyncio.Semaphore(MAX_LOOKUPS)  # a cell's lookups, a few at a time

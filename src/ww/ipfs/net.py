@@ -98,7 +98,7 @@ serving nothing until Bitswap is added, dialing where its maker's dial policy al
 
 
 class Router(Protocol):
-    """Content routing: who provides a CID (``ww.p2p.routing.Dht``, kubo's DHT).  Its
+    """Content routing: who provides a CID (``ww.p2p.routing.DualDht``, kubo's dual DHT).  Its
     coroutines run on the host's thread; each is bounded in time and in peers contacted."""
 
     async def find_providers(self, cid: CID, limit: int) -> list[PeerInfo]:

@@ -32,10 +32,10 @@ def _find(node: Node, peer_id: str, bootstrap: list[str], timeout: float) -> str
     """``/ip4/.../tcp/.../p2p/<peer_id>``: an address of ``peer_id`` the DHT names."""
     import concurrent.futures
 
-    from ww.p2p.routing import Dht
+    from ww.p2p.routing import DualDht
 
     try:
-        addrs = node.submit(Dht(node, bootstrap).find_peer, peer_id).result(timeout)
+        addrs = node.submit(DualDht(node, bootstrap).find_peer, peer_id).result(timeout)
     except concurrent.futures.TimeoutError:
         raise P2PError(f"p2p: {peer_id}: not found in the DHT within {timeout:g} s") from None
     if not addrs:

@@ -298,6 +298,12 @@ class Node:
         self.submit(setup).result(START_TIMEOUT)
 
     @property
+    def listen_addrs(self) -> list[str]:
+        """The addresses the host was told to listen on (``--listen``), as given: known
+        before it starts, where :attr:`addrs` is filled only once it listens."""
+        return list(self._listen)
+
+    @property
     def protocols(self) -> list[str]:
         """The protocols this host serves, libp2p's identify and ping included."""
         return (([PROTOCOL_ID] if self._serve_ww else []) + list(self._handlers)

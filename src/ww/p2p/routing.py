@@ -50,6 +50,7 @@ __all__ = [
     "LAN_PROTOCOL",
     "WAN_PROTOCOL",
     "Dht",
+    "DualDht",
     "new_router",
 ]
 
@@ -113,6 +114,9 @@ def lan_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 def wan_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Kept on the WAN DHT: globally routable unicast addresses."""
     return ip.is_global and not ip.is_multicast
+
+
+Scope = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
 
 
 @dataclass
@@ -263,32 +267,143 @@ class ProviderStore:
         return self._count
 
 
-class Dht:
-    """One DHT (``protocol``) on a ww libp2p host: provider lookups and announcements,
-    starting from the ``bootstrap`` peers (``/ip4/../tcp/../p2p/<id>``) and the peers this
-    host is connected to that serve ``protocol``.  Its coroutines run on the host's thread."""
+class _Announcer:
+    """Announcing in the background (:meth:`provide_soon`) and on a schedule
+    (:meth:`reprovide`) through ``self.provide``: shared by :class:`Dht` and
+    :class:`DualDht`."""
 
-    def __init__(self, node: Any, bootstrap: Iterable[str] = (),
-                 protocol: str = LAN_PROTOCOL, max_contacted: int = MAX_CONTACTED,
-                 server: bool = False) -> None:
-        """``server``: answer other peers' queries on ``protocol`` too and keep their
-        provider records (kubo's ``dhtserver``); set before the host starts."""
-        self._node = node
-        self._max_contacted = max_contacted
-        self.protocol = protocol
-        self._in_scope = lan_scope if protocol == LAN_PROTOCOL else wan_scope
-        self._bootstrap = list(bootstrap)
-        self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0, "answered": 0,
-                      "refused": 0, "wrong_provider": 0, "reprovided": 0, "provided": 0,
-                      "dropped_provides": 0}
-        # the peers serving the DHT this host has met, kept for the whole run
-        self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
-        self.server = server
-        self.providers = ProviderStore() if server else None
+    _node: Any
+    stats: dict[str, int]
+
+    async def provide(self, cid: CID) -> int:
+        raise NotImplementedError
+
+    def _init_announcer(self) -> None:
         # provide_soon's queue: CIDs in arrival order, announced one at a time by one task
         self._pending: dict[str, None] = {}
         self._pending_lock = threading.Lock()
         self._draining = False
+
+    def provide_soon(self, cids: Iterable[str]) -> int:
+        """Announce ``cids`` (text CIDs) in the background, off the caller's path: from any
+        thread, without waiting.  One task on the host's thread announces them one after
+        another, in order; at most :data:`MAX_PENDING_PROVIDES` wait, and one more is dropped
+        (counted in ``stats["dropped_provides"]``: the reprovide schedule announces what is
+        pinned anyway).  How many were queued (0 if the host has stopped)."""
+        queued = 0
+        with self._pending_lock:
+            for text in cids:
+                if text in self._pending:
+                    continue
+                if len(self._pending) >= MAX_PENDING_PROVIDES:
+                    self.stats["dropped_provides"] += 1
+                    continue
+                self._pending[text] = None
+                queued += 1
+            start = bool(self._pending) and not self._draining
+            self._draining = self._draining or start
+        if start:
+            try:
+                self._node.submit(self._drain)
+            except Exception:  # the host has stopped: nobody to tell
+                with self._pending_lock:
+                    self._pending.clear()
+                    self._draining = False
+                return 0
+        return queued
+
+    async def _drain(self) -> None:
+        while True:
+            with self._pending_lock:
+                if not self._pending:
+                    self._draining = False
+                    return
+                text = next(iter(self._pending))
+                del self._pending[text]
+            try:
+                self.stats["provided"] += bool(await self.provide(CID.parse(text)))
+            except Exception:  # a bad CID, a lookup that failed: the next round tries again
+                self.stats["failed"] += 1
+
+    def reprovide(self, roots: Callable[[], Iterable[str]],
+                  interval: float | None = REPROVIDE_INTERVAL,
+                  first: float | None = None) -> None:
+        """Announce the CIDs ``roots()`` names (what the node pins; called on a worker
+        thread) every ``interval`` seconds while the host runs (None: only the first round),
+        the first round ``first`` seconds after it starts (None: ``min(interval,
+        REPROVIDE_FIRST)``; `ww daemon`'s: 0, at once).  A round announces at most
+        :data:`MAX_REPROVIDE` CIDs, :data:`REPROVIDE_AT_ONCE` at a time; the next round
+        starts ``interval`` after it ends, so rounds never overlap."""
+        if first is None:
+            first = min(interval if interval is not None else REPROVIDE_FIRST, REPROVIDE_FIRST)
+
+        async def start() -> None:
+            self._node.submit(self._reprovide, roots, interval, first)  # ends with the host
+
+        self._node.when_started(start)
+
+    async def _reprovide(self, roots: Callable[[], Iterable[str]], interval: float | None,
+                         first: float) -> None:
+        import itertools
+
+        import trio
+
+        await trio.sleep(first)  # the schedule, not a wait
+        while True:
+            cids = await trio.to_thread.run_sync(
+                lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
+            await self._reprovide_round(cids)
+            if interval is None:
+                return
+            await trio.sleep(interval)
+
+    async def _reprovide_round(self, cids: list[str]) -> None:
+        """Announce ``cids``, :data:`REPROVIDE_AT_ONCE` at a time (one at a time, peers that
+        stall every request until it times out made 10 000 take days)."""
+        import trio
+
+        queue = iter(cids)
+
+        async def worker() -> None:
+            for text in queue:
+                try:
+                    self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
+                except Exception:  # a bad CID in the pin set, a lookup that failed
+                    self.stats["failed"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(REPROVIDE_AT_ONCE):
+                nursery.start_soon(worker)
+
+
+class Dht(_Announcer):
+    """One DHT (``protocol``) on a ww libp2p host: provider lookups and announcements,
+    starting from the ``bootstrap`` peers (``/ip4/../tcp/../p2p/<id>``) and the peers this
+    host is connected to that serve ``protocol`` and have an address in its scope.  Its
+    coroutines run on the host's thread.  A run uses two, as kubo does: :class:`DualDht`."""
+
+    def __init__(self, node: Any, bootstrap: Iterable[str] = (),
+                 protocol: str = LAN_PROTOCOL, max_contacted: int = MAX_CONTACTED,
+                 server: bool = False, *, scope: Scope | None = None) -> None:
+        """``server``: answer other peers' queries on ``protocol`` too and keep their
+        provider records (kubo's ``dhtserver``); set before the host starts.  ``scope``: the
+        addresses this DHT keeps and dials (default: :func:`lan_scope` for
+        :data:`LAN_PROTOCOL`, else :func:`wan_scope`)."""
+        self._node = node
+        self._max_contacted = max_contacted
+        self.protocol = protocol
+        self._in_scope: Scope = scope or (lan_scope if protocol == LAN_PROTOCOL
+                                          else wan_scope)
+        self._bootstrap = list(bootstrap)
+        self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0, "answered": 0,
+                      "refused": 0, "wrong_provider": 0, "reprovided": 0, "provided": 0,
+                      "dropped_provides": 0}
+        # the peers serving the DHT this host has met, with an address in its scope, kept
+        # for the whole run
+        self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
+        self.server = server
+        self.providers = ProviderStore() if server else None
+        self._init_announcer()
         self._checks: Any = None  # trio channel of peers to check for the table (server)
         self._checking: set[Any] = set()
         self._inbound_streams: dict[Any, list[Any]] = {}  # open inbound, by peer, oldest 1st
@@ -325,6 +440,11 @@ class Dht:
                 continue
             addrs.append(addr)
         return _Peer(peer_id, addrs)
+
+    def _scoped(self, addrs: Iterable[Any]) -> list[Any]:
+        """Those of ``addrs`` in this DHT's scope."""
+        return [a for a in addrs if (ip := _ip_of(_strip_p2p(a))) is not None
+                and self._in_scope(ip)]
 
     def _over_loopback(self, peer_id: Any) -> bool:
         """Whether the host's connection to ``peer_id`` is over loopback (False if none)."""
@@ -380,8 +500,9 @@ class Dht:
                 speaks = self.protocol in [str(p) for p in store.get_protocols(peer_id)]
             except Exception:
                 speaks = False
-            if speaks and peer_id not in seeds:
-                seeds[peer_id] = _Peer(peer_id)
+            # a peer of this DHT: one with an address in its scope (kubo's query filters)
+            if speaks and peer_id not in seeds and (addrs := self._known_addrs(peer_id)):
+                seeds[peer_id] = _Peer(peer_id, addrs)
         return list(seeds.values())
 
     async def _lookup(self, key: bytes, kind: int, want_providers: int = 0,
@@ -424,7 +545,12 @@ class Dht:
                 return
             answered[peer.id] = peer
             loopback = self._over_loopback(peer.id)
-            self.table.add(_Peer(peer.id, peer.addrs or self._known_addrs(peer.id)))
+            # the table keeps a peer only at addresses in this DHT's scope: a peer reached
+            # over the LAN goes into the LAN DHT's table, one with a public address into
+            # the WAN DHT's (kubo's routing table filters)
+            kept = self._scoped(peer.addrs) or self._known_addrs(peer.id)
+            if kept:
+                self.table.add(_Peer(peer.id, kept))
             for pb in list(answer.providerPeers)[:MAX_PEERS_PER_REPLY]:
                 found = self._peer(pb, loopback)
                 if found is not None and found.id != me and (
@@ -498,8 +624,7 @@ class Dht:
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
         host = self._node.host
-        addrs = [a for a in host.get_addrs() if (ip := _ip_of(_strip_p2p(a))) is not None
-                 and self._in_scope(ip)]
+        addrs = self._scoped(host.get_addrs())
         if not addrs:
             return 0
         if self.providers is not None:  # a server answers for itself too
@@ -569,102 +694,6 @@ class Dht:
         closest, _ = await self._lookup(ID.from_base58(peer_id).to_bytes(), Message.FIND_NODE)
         return [PeerInfo(id=p.id.to_base58(), addresses=[str(a) for a in p.addrs],
                          protocols=[]) for p in closest]
-
-
-    # -- announcing in the background ---------------------------------------------------------
-
-    def provide_soon(self, cids: Iterable[str]) -> int:
-        """Announce ``cids`` (text CIDs) in the background, off the caller's path: from any
-        thread, without waiting.  One task on the host's thread announces them one after
-        another, in order; at most :data:`MAX_PENDING_PROVIDES` wait, and one more is dropped
-        (counted in ``stats["dropped_provides"]``: the reprovide schedule announces what is
-        pinned anyway).  How many were queued (0 if the host has stopped)."""
-        queued = 0
-        with self._pending_lock:
-            for text in cids:
-                if text in self._pending:
-                    continue
-                if len(self._pending) >= MAX_PENDING_PROVIDES:
-                    self.stats["dropped_provides"] += 1
-                    continue
-                self._pending[text] = None
-                queued += 1
-            start = bool(self._pending) and not self._draining
-            self._draining = self._draining or start
-        if start:
-            try:
-                self._node.submit(self._drain)
-            except Exception:  # the host has stopped: nobody to tell
-                with self._pending_lock:
-                    self._pending.clear()
-                    self._draining = False
-                return 0
-        return queued
-
-    async def _drain(self) -> None:
-        while True:
-            with self._pending_lock:
-                if not self._pending:
-                    self._draining = False
-                    return
-                text = next(iter(self._pending))
-                del self._pending[text]
-            try:
-                self.stats["provided"] += bool(await self.provide(CID.parse(text)))
-            except Exception:  # a bad CID, a lookup that failed: the next round tries again
-                self.stats["failed"] += 1
-
-    # -- reproviding ------------------------------------------------------------------------
-
-    def reprovide(self, roots: Callable[[], Iterable[str]],
-                  interval: float | None = REPROVIDE_INTERVAL,
-                  first: float | None = None) -> None:
-        """Announce the CIDs ``roots()`` names (what the node pins; called on a worker
-        thread) every ``interval`` seconds while the host runs (None: only the first round),
-        the first round ``first`` seconds after it starts (None: ``min(interval,
-        REPROVIDE_FIRST)``; `ww daemon`'s: 0, at once).  A round announces at most
-        :data:`MAX_REPROVIDE` CIDs, :data:`REPROVIDE_AT_ONCE` at a time; the next round
-        starts ``interval`` after it ends, so rounds never overlap."""
-        if first is None:
-            first = min(interval if interval is not None else REPROVIDE_FIRST, REPROVIDE_FIRST)
-
-        async def start() -> None:
-            self._node.submit(self._reprovide, roots, interval, first)  # ends with the host
-
-        self._node.when_started(start)
-
-    async def _reprovide(self, roots: Callable[[], Iterable[str]], interval: float | None,
-                         first: float) -> None:
-        import itertools
-
-        import trio
-
-        await trio.sleep(first)  # the schedule, not a wait
-        while True:
-            cids = await trio.to_thread.run_sync(
-                lambda: list(itertools.islice(roots(), MAX_REPROVIDE)))
-            await self._reprovide_round(cids)
-            if interval is None:
-                return
-            await trio.sleep(interval)
-
-    async def _reprovide_round(self, cids: list[str]) -> None:
-        """Announce ``cids``, :data:`REPROVIDE_AT_ONCE` at a time (one at a time, peers that
-        stall every request until it times out made 10 000 take days)."""
-        import trio
-
-        queue = iter(cids)
-
-        async def worker() -> None:
-            for text in queue:
-                try:
-                    self.stats["reprovided"] += bool(await self.provide(CID.parse(text)))
-                except Exception:  # a bad CID in the pin set, a lookup that failed
-                    self.stats["failed"] += 1
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(REPROVIDE_AT_ONCE):
-                nursery.start_soon(worker)
 
     # -- server mode (``dhtserver``) -------------------------------------------------------
 
@@ -849,8 +878,7 @@ class Dht:
         if kind == Message.FIND_NODE:
             answer = Message(type=kind, key=key)
             if key == me.to_bytes():
-                addrs = [a for a in self._node.host.get_addrs()
-                         if (ip := _ip_of(_strip_p2p(a))) is not None and self._in_scope(ip)]
+                addrs = self._scoped(self._node.host.get_addrs())
                 answer.closerPeers.append(self._pb_peer(me, addrs))
                 return answer
             closer = self._closer(key, requester)
@@ -889,6 +917,117 @@ class Dht:
         return None
 
 
+class DualDht(_Announcer):
+    """kubo's dual DHT (go-libp2p-kad-dht's ``dual``): a :class:`Dht` on the LAN protocol
+    (:attr:`lan`, private and loopback addresses) and one on the WAN protocol (:attr:`wan`,
+    public addresses), each with its own routing table and bounds.  Lookups ask both at once
+    and merge what they find; announcements go to both.  ``bootstrap`` peers go to the DHT
+    whose scope their address is in (an address without an IP, such as ``/dns4``, to both).
+
+    ``server`` (``--routing dhtserver``): the LAN DHT answers other peers' queries; the WAN
+    DHT only if the host is told to listen on an address in the WAN scope (a public
+    address): a host nobody on the internet can reach is not named to others (kubo's WAN
+    DHT is in server mode only when it believes itself publicly reachable).  Else both are
+    clients.
+
+    ``scopes`` (LAN, WAN): which addresses each DHT keeps; the default is kubo's
+    (:func:`lan_scope`, :func:`wan_scope`).  Tests, which may dial no public address, pass
+    a stand-in that splits loopback in two."""
+
+    def __init__(self, node: Any, bootstrap: Iterable[str] = (), server: bool = False, *,
+                 max_contacted: int = MAX_CONTACTED,
+                 scopes: tuple[Scope, Scope] = (lan_scope, wan_scope)) -> None:
+        lan, wan = scopes
+        boot = list(bootstrap)
+        public = any(_scope_of(a, wan) for a in node.listen_addrs)
+        self._node = node
+        self.lan = Dht(node, [b for b in boot if _scope_of(b, lan) is not False],
+                       LAN_PROTOCOL, max_contacted, server, scope=lan)
+        self.wan = Dht(node, [b for b in boot if _scope_of(b, wan) is not False],
+                       WAN_PROTOCOL, max_contacted, server and public, scope=wan)
+        self.stats = {"failed": 0, "reprovided": 0, "provided": 0, "dropped_provides": 0}
+        self._init_announcer()
+
+    @property
+    def dhts(self) -> tuple[Dht, Dht]:
+        return self.lan, self.wan
+
+    async def _both(self, call: Callable[[Dht], Any],
+                    done: Callable[[Any], bool] = lambda result: False) -> list[Any]:
+        """``call`` on both DHTs at once; their results in the order they came (a DHT that
+        failed gives none; both failed: the first error).  Once a result is ``done``, the
+        other call is cancelled."""
+        import trio
+
+        results: list[Any] = []
+        errors: list[Exception] = []
+
+        async with trio.open_nursery() as nursery:
+
+            async def one(dht: Dht) -> None:
+                try:
+                    result = await call(dht)
+                except Exception as e:  # the other DHT may still answer (kubo's rule)
+                    errors.append(e)
+                    return
+                results.append(result)
+                if done(result):
+                    nursery.cancel_scope.cancel()
+
+            for dht in self.dhts:
+                nursery.start_soon(one, dht)
+        if errors and not results:
+            raise errors[0]
+        return results
+
+    async def find_providers(self, cid: CID, limit: int) -> list[PeerInfo]:
+        """The providers of ``cid`` both DHTs find (at most ``limit``), each peer once with
+        the addresses both gave (at most :data:`MAX_ADDRS_PER_PEER`); once one DHT alone has
+        found ``limit``, the other lookup is cancelled (kubo's stops at the count)."""
+        found = await self._both(lambda dht: dht.find_providers(cid, limit),
+                                 lambda result: len(result) >= limit)
+        merged: dict[str, PeerInfo] = {}
+        for providers in found:
+            for info in providers:
+                seen = merged.get(info.id)
+                if seen is None:
+                    if len(merged) < limit:
+                        merged[info.id] = PeerInfo(id=info.id, addresses=list(info.addresses),
+                                                   protocols=[])
+                    continue
+                for addr in info.addresses:
+                    if addr not in seen.addresses and len(seen.addresses) < MAX_ADDRS_PER_PEER:
+                        seen.addresses.append(addr)
+        return list(merged.values())
+
+    async def provide(self, cid: CID) -> int:
+        """Announce ``cid`` on both DHTs at once (each at this host's listening addresses in
+        its scope; a DHT with none announces nothing); how many peers were told in all."""
+        return sum(await self._both(lambda dht: dht.provide(cid)))
+
+    async def find_peer(self, peer_id: str) -> list[str]:
+        """Where ``peer_id`` is: the first address list either DHT finds (each proved by a
+        connection to the peer, so the first answer is used and the other lookup
+        cancelled); empty if neither knows."""
+        from libp2p.peer.id import ID
+
+        ID.from_base58(peer_id)  # a bad id fails once, here, not in each DHT
+        found = await self._both(lambda dht: dht.find_peer(peer_id), bool)
+        return next((addrs for addrs in found if addrs), [])
+
+
+def _scope_of(addr: str, scope: Scope) -> bool | None:
+    """Whether the IP of ``addr`` (a multiaddr, ``/p2p/..`` or not) is in ``scope``; None if
+    it has none (``/dns4/..``, or not a multiaddr)."""
+    import multiaddr
+
+    try:
+        ip = _ip_of(_strip_p2p(multiaddr.Multiaddr(addr)))
+    except Exception:
+        return None
+    return None if ip is None else scope(ip)
+
+
 def _loopback_end(conn: Any) -> bool:
     """Whether the far end of ``conn`` (a connection or stream) is a loopback address."""
     try:
@@ -906,13 +1045,12 @@ def _strip_p2p(addr: Any) -> Any:
     return multiaddr.Multiaddr(text.split("/p2p/")[0]) if "/p2p/" in text else addr
 
 
-def new_router(bootstrap: Iterable[str], protocol: str = LAN_PROTOCOL,
-               server: bool = False) -> Any:
-    """How a ``ww.ipfs`` network makes its router on the host it has (``NewRouter``);
-    ``server``: it answers other peers' queries too (:class:`Dht`)."""
+def new_router(bootstrap: Iterable[str], server: bool = False) -> Any:
+    """How a ``ww.ipfs`` network makes its router on the host it has (``NewRouter``): kubo's
+    dual DHT (:class:`DualDht`); ``server``: it answers other peers' queries too."""
     addrs = list(bootstrap)
 
-    def make(node: Any) -> Dht:
-        return Dht(node, addrs, protocol, server=server)
+    def make(node: Any) -> DualDht:
+        return DualDht(node, addrs, server)
 
     return make
