@@ -16,7 +16,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from ww.core.cid import CID
 from ww.core.identity import Identity, PrivateKey
 from ww.p2p.host import Node
-from ww.p2p.routing import LAN_PROTOCOL, WAN_PROTOCOL, Dht
+from ww.p2p.routing import LAN_PROTOCOL, WAN_PROTOCOL, Dht, DualDht
 
 BOUND = 60.0  # a bound that only stops a hang
 
@@ -55,6 +55,12 @@ def main(bootstrap: str, provider: str, cid_text: str) -> dict:
         out["wan_get_providers"] = [p.id for p in
                                     node.submit(wan.find_providers, cid, 5).result(BOUND)]
         out["wan_stats"] = dict(wan.stats)
+        # kubo's dual DHT as ww runs it: the bootstrap peer is on loopback, so only the LAN
+        # DHT starts from it; the merged lookup finds what the LAN DHT finds
+        dual = DualDht(node, [bootstrap])
+        out["dual_get_providers"] = [p.id for p in
+                                     node.submit(dual.find_providers, cid, 5).result(BOUND)]
+        out["dual_wan_rpcs"] = dual.wan.stats["rpcs"]
         # ADD_PROVIDER: tell the kubo nodes we provide a CID nobody else has, then ask again
         mine = CID.parse("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
         out["provide_told"] = node.submit(dht.provide, mine).result(BOUND)

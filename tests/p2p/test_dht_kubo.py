@@ -62,6 +62,10 @@ def test_wire_against_kubo_lan_dht(lan: KuboLan, tmp_path: Path) -> None:
     assert out["get_providers"][0]["addrs"] == [a for a in lan.nodes[0]["addrs"]
                                                  if a.startswith("/ip4/127.0.0.1/")]
     assert out["wan_get_providers"] == [] and out["wan_stats"]["failed"] == 1
+    # the dual lookup (what `ww` runs): the LAN DHT finds kubo 0; the WAN DHT has no peer
+    # in its scope to ask (kubo on loopback is no WAN peer)
+    assert out["dual_get_providers"] == [lan.nodes[0]["id"]]
+    assert out["dual_wan_rpcs"] == 0
     # ADD_PROVIDER: kubo lists ww as a provider, at the address ww gave
     assert out["provide_told"] >= 1
     assert out["ww"] in [p["id"] for p in out["kubo_lists_ww"]]

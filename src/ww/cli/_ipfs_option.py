@@ -78,7 +78,8 @@ def run_routing_options(f: click.decorators.FC) -> click.decorators.FC:
     f = click.option(
         "--routing", "routing", type=click.Choice(["dht", "dhtserver", "none"]), default=None,
         help=_ROUTING_HELP + "; 'dhtserver' is 'dht' that also answers other peers' queries "
-             "and keeps their provider records (kubo's Routing.Type dhtserver; `ww run` "
+             "and keeps their provider records (kubo's Routing.Type dhtserver): on the LAN "
+             "DHT always, on the WAN DHT when --listen names a public address (`ww run` "
              "needs --listen for it).")(f)
     f = click.option(
         "--reprovide-interval", "reprovide_interval", metavar="DURATION", default=None,
@@ -90,9 +91,9 @@ def run_routing_options(f: click.decorators.FC) -> click.decorators.FC:
 
 _ROUTING_HELP = (
     "How the embedded node finds peers that have a block no connected peer has: "
-    "'dht' asks kubo's LAN DHT (/ipfs/lan/kad/1.0.0), starting from the --bootstrap "
-    "peers; 'none' asks only the peers connected (default: dht when --bootstrap is "
-    "given, else none)")
+    "'dht' asks kubo's dual DHT, LAN (/ipfs/lan/kad/1.0.0) and WAN (/ipfs/kad/1.0.0) "
+    "at once, starting from the --bootstrap peers; 'none' asks only the peers connected "
+    "(default: dht when --bootstrap is given, else none)")
 
 
 bootstrap_option = click.option(

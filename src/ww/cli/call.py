@@ -20,8 +20,8 @@ def call(timeout: float, bootstrap: list[str], addr: str, method: str, args: tup
          ) -> None:
     """Call METHOD with ARGS on the cell exported at MULTIADDR/p2p/PEERID; print the result.
 
-    With --bootstrap, ADDR may be a bare PEERID: its address is looked up in kubo's LAN DHT
-    from the --bootstrap peers.
+    With --bootstrap, ADDR may be a bare PEERID: its address is looked up in kubo's dual
+    (LAN and WAN) DHT from the --bootstrap peers.
 
     The remote cell must export the generic Service interface (cell.capnp): this is
     Service.call(METHOD, ARGS) over /ww/0.1.0.  ww call dials from a fresh, throw-away

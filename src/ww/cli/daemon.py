@@ -49,9 +49,10 @@ def daemon(ctx: click.Context, api: str, gateway: str, listen: list[str], join: 
     /ip4/127.0.0.1/tcp/5001/http, ww cat --ipfs, kubo-rpc-client), and the trustless
     gateway on --gateway for browsers and IPFS HTTP clients.
 
-    With --bootstrap or --routing dht|dhtserver it announces what it pins on kubo's LAN DHT
-    (at start, after each add, pin/add and dag/import, and every --reprovide-interval),
-    fetches missing blocks from the providers the DHT names, and answers routing/findprovs.
+    With --bootstrap or --routing dht|dhtserver it announces what it pins on kubo's dual
+    (LAN and WAN) DHT (at start, after each add, pin/add and dag/import, and every
+    --reprovide-interval), fetches missing blocks from the providers the DHT names, and
+    answers routing/findprovs.
 
     One daemon per repository.  One log line per event on stderr ('ww --json daemon': JSON).
     """

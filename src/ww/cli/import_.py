@@ -51,7 +51,8 @@ def import_(source: str, local_path: Path | None, output: str | None, force: boo
     an error unless --force, which replaces a regular file or directory there atomically; a
     symlink, device, FIFO or socket there is never replaced.  `-o -` writes a file to
     stdout.  Blocks the repository lacks are fetched from the --peer peers over Bitswap,
-    and, with --routing dht, from the providers kubo's LAN DHT names (from --bootstrap).
+    and, with --routing dht, from the providers kubo's dual (LAN and WAN) DHT
+    names (from --bootstrap).
     """
     from ww.app.build import open_ipfs, refuse_routing_with_kubo
     from ww.ipfs.exporter import check_destination

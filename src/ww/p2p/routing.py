@@ -2,9 +2,10 @@
 is, telling peers we provide one, and (server mode) answering them.
 
 A client, and optionally a server (``--routing dhtserver``), of go-libp2p-kad-dht's wire
-protocol (what kubo runs), on a `ww` libp2p host (:class:`ww.p2p.host.Node`).  Each
-:class:`Dht` keeps a :class:`RoutingTable` for the run; a server keeps a
-:class:`ProviderStore` too, both bounded.
+protocol (what kubo runs), on a `ww` libp2p host (:class:`ww.p2p.host.Node`).  A run has
+kubo's dual DHT (:class:`DualDht`): a :class:`Dht` on the LAN protocol and one on the WAN
+protocol, each keeping a :class:`RoutingTable` of the peers in its scope for the run; a
+server keeps a :class:`ProviderStore` too, all bounded, each DHT on its own.
 
 py-libp2p 0.8.1 ships ``libp2p.kad_dht``, but it cannot speak to kubo's LAN DHT: it opens and
 serves streams only under the hard-coded ``/ipfs/kad/1.0.0`` (its ``protocol_prefix``
