@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from ww.core.cid import CID, RAW
@@ -86,12 +87,19 @@ def main() -> dict:
                           "lan_rpcs": dht.lan.stats["rpcs"] - before[0],
                           "wan_rpcs": dht.wan.stats["rpcs"] - before[1]}
         out["told"] = told
-        out["records"] = {
-            "lan_server": {name: [_id_of(raw) for raw, _ in lan_server.lan.providers.get(
-                cid.multihash)] for name, cid in CIDS.items()},  # type: ignore[union-attr]
-            "wan_server": {name: [_id_of(raw) for raw, _ in wan_server.wan.providers.get(
-                cid.multihash)] for name, cid in CIDS.items()},  # type: ignore[union-attr]
-        }
+
+        def records() -> dict:
+            return {server: {name: [_id_of(raw) for raw, _ in store.get(cid.multihash)]
+                             for name, cid in CIDS.items()}
+                    for server, store in (("lan_server", lan_server.lan.providers),
+                                          ("wan_server", wan_server.wan.providers))}
+
+        # ADD_PROVIDER has no reply: a server stores the record once it has read it
+        deadline = time.monotonic() + BOUND
+        while len(sum((v for r in records().values() for v in r.values()), [])) < 4 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out["records"] = records()
         asker_node, asker = host("127.0.0.4", bootstrap=(lan_node, wan_node))
         found = {}
         for name, cid in CIDS.items():
@@ -116,11 +124,40 @@ def main() -> dict:
             "p_wan": p_wan_node, "p_both": p_both_node}.items()}
         out["addrs"] = {name: [a.split("/p2p/")[0] for a in node.addrs] for name, node in {
             "p_lan": p_lan_node, "p_wan": p_wan_node, "p_both": p_both_node}.items()}
+        out["stall"] = stall(host, lan_node, p_lan_node)
         out["flood"] = flood(host)
     finally:
         for node in nodes:
             node.stop()
     return out
+
+
+def stall(host: Any, lan_node: Node, p_lan_node: Node) -> dict:
+    """The WAN DHT's only peer takes every request and never answers (each request would
+    fail after its 10 s); the LAN DHT finds the peer and the provider looked up.  The first
+    useful answer ends the dual lookup: the WAN request is cancelled, not failed."""
+    import trio
+
+    async def never_answer(stream: Any) -> None:
+        await stream.read(1)
+        await trio.sleep_forever()  # until the asker gives up, or the host stops
+
+    node = Node(Identity.from_private_key(PrivateKey.generate()),
+                listen=["/ip4/127.0.2.7/tcp/0"], serve_ww=False, announce=False,
+                warn=lambda message: None, handlers={WAN_PROTOCOL: never_answer})
+    node.start()
+    try:
+        asker_node, _ = host("127.0.0.7")
+        asker = DualDht(asker_node, [*lan_node.addrs, *node.addrs], scopes=TEST_ONLY_SCOPES)
+        out: dict = {"find_peer": asker_node.submit(
+            asker.find_peer, p_lan_node.peer_id).result(BOUND)}
+        out["find_peer_wan"] = dict(asker.wan.stats)
+        out["find_providers"] = [p.id for p in asker_node.submit(
+            asker.find_providers, CIDS["lan"], 1).result(BOUND)]
+        out["find_providers_wan"] = dict(asker.wan.stats)
+        return out
+    finally:
+        node.stop()
 
 
 def flood(host: Any) -> dict:

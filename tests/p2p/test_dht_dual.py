@@ -110,6 +110,18 @@ def test_lookups_ask_both_dhts_and_merge_what_they_find(wire: dict) -> None:
     assert wire["find_peer_lan_only"] == addrs["p_lan"]
 
 
+def test_the_first_useful_answer_ends_a_lookup_on_both(wire: dict) -> None:
+    """The WAN DHT's only peer holds every request; the LAN DHT finds the peer id looked up,
+    and the one provider asked for: each dual lookup returns that and cancels the WAN
+    request (which waiting for both would have seen fail after its 10 s)."""
+    stall, ids, addrs = wire["stall"], wire["ids"], wire["addrs"]
+    assert stall["find_peer"] == addrs["p_lan"]
+    assert stall["find_peer_wan"]["rpcs"] == 1 and stall["find_peer_wan"]["failed"] == 0
+    assert stall["find_providers"] == [ids["p_lan"]]
+    assert stall["find_providers_wan"]["rpcs"] == 2
+    assert stall["find_providers_wan"]["failed"] == 0
+
+
 def test_each_dht_holds_its_own_lookup_bound(wire: dict) -> None:
     """A peer flooding both protocols with new closer peers: each DHT's lookup stops at its
     bound of peers contacted, neither taking the other's."""
