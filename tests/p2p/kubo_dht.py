@@ -35,7 +35,8 @@ from tests.ipfs.kubo_peer import (  # noqa: E402
 )
 
 
-def driver_main(base: str, count: int, mdns: str = "", clients: str = "0") -> None:
+def driver_main(base: str, count: int, mdns: str = "", clients: str = "0",
+                servers: str = "0") -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     if mdns == "mdns":  # multicast DNS on the namespace's loopback, its only interface
         subprocess.run(["ip", "link", "set", "lo", "multicast", "on"], check=True)
@@ -46,7 +47,8 @@ def driver_main(base: str, count: int, mdns: str = "", clients: str = "0") -> No
         repo.mkdir(parents=True, exist_ok=True)
         workers.append(_Lines(subprocess.Popen(
             [sys.executable, str(kubo_peer), "kubo", str(repo),
-             "dhtclient" if i >= count - int(clients) else "dht", mdns],
+             "dhtclient" if i >= count - int(clients)
+             else "dhtserver" if i < int(servers) else "dht", mdns],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo {i}"))
     reply = stdout_replier()
@@ -107,13 +109,17 @@ class KuboLan:
     """N kubo nodes in a network namespace of the test's own; ``addr(i)`` is node i's
     ``/ip4/127.0.0.1/tcp/PORT/p2p/ID``."""
 
-    def __init__(self, base: Path, count: int, mdns: bool = False, clients: int = 0) -> None:
+    def __init__(self, base: Path, count: int, mdns: bool = False, clients: int = 0,
+                 servers: int = 0) -> None:
         """``mdns``: loopback multicast on, and kubo's mDNS discovery with it.  ``clients``:
         the last so many nodes are DHT clients (``Routing.Type: dhtclient``): they ask the
-        DHT but answer nobody's queries, so no peer learns of them through it."""
+        DHT but answer nobody's queries, so no peer learns of them through it.  ``servers``:
+        the first so many are DHT servers (``Routing.Type: dhtserver``): both halves of
+        kubo's dual DHT, the WAN one too, serve whatever kubo believes of its reachability."""
         self._stderr = open(base / "driver.stderr", "w")
         self._lines, ready = start_driver([str(_HERE), "driver", str(base), str(count),
-                                           "mdns" if mdns else "", str(clients)],
+                                           "mdns" if mdns else "", str(clients),
+                                           str(servers)],
                                           self._stderr, None, "kubo LAN driver")
         self.nodes: list[dict] = ready["nodes"]
 
@@ -185,4 +191,4 @@ def script_in_namespace(base: Path, script: str) -> dict:
 
 if __name__ == "__main__":
     if sys.argv[1] == "driver":
-        driver_main(sys.argv[2], int(sys.argv[3]), *sys.argv[4:6])
+        driver_main(sys.argv[2], int(sys.argv[3]), *sys.argv[4:7])

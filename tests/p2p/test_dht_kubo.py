@@ -75,6 +75,24 @@ def test_wire_against_kubo_lan_dht(lan: KuboLan, tmp_path: Path) -> None:
     assert out["py_libp2p"]["providers"] == []
 
 
+def test_kubo_serves_no_wan_dht_on_loopback_even_as_a_dht_server(tmp_path: Path) -> None:
+    """kubo with ``Routing.Type: dhtserver`` (both halves of its dual DHT in server mode) on
+    loopback, in a namespace of the test's own: it still lists only the LAN protocol, and a
+    WAN (``/ipfs/kad/1.0.0``) request to it fails at protocol negotiation, so ww's WAN DHT
+    cannot be proven against kubo here (it is between ww hosts: test_dht_dual).  Should a
+    kubo serve it, this fails and docs/p2p.md must say what it answers (the probe asks)."""
+    net = KuboLan(tmp_path, 1, servers=1)
+    try:
+        r = net.run([sys.executable, str(ROOT / "tests/p2p/dht_wan_kubo.py"), net.addr(0)],
+                    cwd=str(ROOT))
+    finally:
+        net.close()
+    assert r["rc"] == 0, r["stderr"][-2000:]
+    out = json.loads(r["stdout"].strip().splitlines()[-1])
+    assert out["kubo_protocols"] == ["/ipfs/lan/kad/1.0.0"], out
+    assert out["ping"] is not True and "StreamFailure" in out["ping"], out
+
+
 def test_ww_import_finds_a_provider_it_is_not_connected_to_through_the_dht(
         lan: KuboLan, tmp_path: Path, ww_home: Path) -> None:
     """kubo 0 adds a file; `ww import --bootstrap <kubo 2>` (kubo 2 knows kubo 0 only through
