@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import multiaddr
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -21,27 +22,38 @@ from ww.p2p.routing import LAN_PROTOCOL, WAN_PROTOCOL, Dht, DualDht
 BOUND = 60.0  # a bound that only stops a hang
 
 
-def main(bootstrap: str, provider: str, cid_text: str) -> dict:
-    cid = CID.parse(cid_text)
+def connected(kubo: str) -> tuple[Node, Any, list[str]]:
+    """A started ww host on 127.0.0.1 connected to ``kubo`` (``/ip4/../p2p/<id>``): the host,
+    kubo's peer info, and the DHT protocols kubo lists once identify has told them (the
+    caller stops the host)."""
     node = Node(Identity.from_private_key(PrivateKey.generate()),
                 listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
                 warn=lambda message: None)
     node.start()
-    out: dict = {"ww": node.peer_id}
+    info = info_from_p2p_addr(multiaddr.Multiaddr(kubo))
+    kad: list[str] = []
     try:
-        info = info_from_p2p_addr(multiaddr.Multiaddr(bootstrap))
         node.submit(node.dial, info).result(BOUND)
 
         async def protocols() -> list[str]:
             return sorted(str(p) for p in node.host.get_peerstore().get_protocols(info.peer_id))
 
         deadline = time.monotonic() + BOUND  # identify runs after the connection is up
-        while time.monotonic() < deadline:
-            out["kubo_protocols"] = [p for p in node.submit(protocols).result(BOUND)
-                                     if "kad" in p]
-            if out["kubo_protocols"]:
-                break
-            time.sleep(0.05)
+        while not kad and time.monotonic() < deadline:
+            kad = [p for p in node.submit(protocols).result(BOUND) if "kad" in p]
+            if not kad:
+                time.sleep(0.05)
+    except BaseException:
+        node.stop()
+        raise
+    return node, info, kad
+
+
+def main(bootstrap: str, provider: str, cid_text: str) -> dict:
+    cid = CID.parse(cid_text)
+    node, info, kad = connected(bootstrap)
+    out: dict = {"ww": node.peer_id, "kubo_protocols": kad}
+    try:
         dht = Dht(node, [bootstrap], LAN_PROTOCOL)
         out["ping"] = node.submit(dht.ping, str(info.peer_id)).result(BOUND)
         found = node.submit(dht.find_node, provider).result(BOUND)

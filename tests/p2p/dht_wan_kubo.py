@@ -15,17 +15,16 @@ import hashlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import multiaddr
-from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from ww.core.cid import CID, RAW
-from ww.core.identity import Identity, PrivateKey
-from ww.p2p.host import Node
 from ww.p2p.routing import WAN_PROTOCOL, Dht, _Peer
 
-BOUND = 60.0  # only stops a hang
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.p2p.dht_probe import BOUND, connected  # noqa: E402
 
 
 def test_only_wan_scope(ip: Any) -> bool:
@@ -37,25 +36,9 @@ def main(kubo: str) -> dict:
     from libp2p.kad_dht.pb.kademlia_pb2 import Message
     from libp2p.peer.id import ID
 
-    node = Node(Identity.from_private_key(PrivateKey.generate()),
-                listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
-                warn=lambda message: None)
-    node.start()
-    out: dict = {"ww": node.peer_id}
+    node, info, kad = connected(kubo)
+    out: dict = {"ww": node.peer_id, "kubo_protocols": kad}
     try:
-        info = info_from_p2p_addr(multiaddr.Multiaddr(kubo))
-        node.submit(node.dial, info).result(BOUND)
-
-        async def protocols() -> list[str]:
-            return sorted(str(p) for p in node.host.get_peerstore().get_protocols(info.peer_id))
-
-        deadline = time.monotonic() + BOUND  # identify runs after the connection is up
-        while time.monotonic() < deadline:
-            out["kubo_protocols"] = [p for p in node.submit(protocols).result(BOUND)
-                                     if "kad" in p]
-            if out["kubo_protocols"]:
-                break
-            time.sleep(0.05)
         wan = Dht(node, [kubo], WAN_PROTOCOL, scope=test_only_wan_scope)
         try:
             out["ping"] = node.submit(wan.ping, str(info.peer_id)).result(BOUND)
