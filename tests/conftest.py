@@ -71,6 +71,7 @@ def keyfile(tmp_path):
     assert r.returncode == 0, r.stderr
     path = tmp_path / "cell.key"
     path.write_text(r.stdout)
+    path.chmod(0o600)  # a private key others can read is refused
     from ww.core.identity import parse_private_key
 
     return str(path), parse_private_key(r.stdout).peer_id

@@ -36,6 +36,7 @@ def test_good_login_with_the_operators_key_gives_the_flags_grants(make_cell, key
 def test_raw_key_file_and_a_fresh_identity_per_run(make_cell, tmp_path):
     raw = run_ww("idgen", "--raw", text=False)
     (tmp_path / "raw.key").write_bytes(raw.stdout)
+    (tmp_path / "raw.key").chmod(0o600)
     from ww.core.identity import parse_private_key
 
     cell = make_cell(WHO_AM_I)
@@ -210,6 +211,7 @@ def test_without_identity_flags_a_cell_may_still_sign_and_gets_the_flags_grants(
 
 def test_bad_identity_flags_are_usage_errors(make_cell, tmp_path):
     (tmp_path / "junk.key").write_text("not a key")
+    (tmp_path / "junk.key").chmod(0o600)
     r = run_ww("run", "--identity", str(tmp_path / "junk.key"), "/bin/true")
     assert r.returncode == 2
     assert r.stderr.startswith("ww: --identity ") and r.stderr.count("\n") == 1

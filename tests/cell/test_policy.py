@@ -28,6 +28,7 @@ def new_key(tmp_path, name: str) -> tuple[str, str]:
     key = PrivateKey.generate()
     path = tmp_path / f"{name}.key"
     path.write_text(key.to_text())
+    path.chmod(0o600)  # a private key others can read is refused
     return str(path), key.peer_id
 
 

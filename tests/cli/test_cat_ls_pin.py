@@ -198,6 +198,73 @@ def test_ls_of_a_missing_name_is_one_line_and_prints_nothing(ww, tree: Path):
     assert len(r.err.splitlines()) == 1 and "nope" in r.err
 
 
+def _directory(node, names: list[bytes]) -> str:
+    """A directory of ``names``, each an empty file, built straight into ``node``'s blocks
+    (as ``ww export`` would make it: HAMT-sharded past kubo's 256 KiB threshold)."""
+    from ww.core.cid import CID
+    from ww.ipfs import importer
+
+    empty = importer.Imported(CID.parse(node.add_stream([b""])), 6, 0)
+    root = importer.import_directory(((name, empty) for name in names),
+                                     importer.ImportParams(), node._blocks)
+    return str(root.cid)
+
+
+_PEAK_RSS = """import resource, subprocess, sys
+status = subprocess.run(sys.argv[1:]).returncode
+print(status, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+"""  # in a Python of its own, whose one child `ww ls` is: its peak RSS, in KiB
+
+
+def _ls_peak_rss(cid: str, out: Path) -> int:
+    from tests.conftest import WW
+
+    with open(out, "wb") as f:
+        r = subprocess.run([sys.executable, "-c", _PEAK_RSS, WW, "ls", cid], stdout=f,
+                           stderr=subprocess.PIPE, text=True, timeout=HANG)
+    status, kib = r.stderr.split()[-2:]
+    assert status == "0", r.stderr
+    return int(kib) * 1024
+
+
+def test_ls_of_a_huge_directory_prints_as_it_reads_never_holding_the_rows(tmp_path: Path):
+    """`ww ls` built every row of a directory (and their lines) before printing one: its
+    memory grew with the directory, some 600 bytes an entry.  It prints as it reads, a
+    batch at a time: listing 60,000 entries takes less memory above listing 1,000 than the
+    text it prints (the old code: several times that text)."""
+    from ww.ipfs import EmbeddedNode
+
+    tail = b"-" + b"n" * 100  # long names: the rows' text is what a held listing grows by
+    with EmbeddedNode() as node:
+        small = _directory(node, [b"%06d" % i + tail for i in range(1000)])
+        huge = _directory(node, [b"%06d" % i + tail for i in range(60000)])
+        assert node.stat(huge).type.value == "directory"
+    base = _ls_peak_rss(small, tmp_path / "small.txt")
+    peak = _ls_peak_rss(huge, tmp_path / "huge.txt")
+    text = (tmp_path / "huge.txt").read_bytes()
+    names = [line.rsplit(b" ", 1)[1] for line in text.splitlines()]
+    assert sorted(names) == [b"%06d" % i + tail for i in range(60000)]
+    assert peak - base < len(text), (base, peak, len(text))
+
+
+def test_ls_aligns_a_batch_at_a_time_never_narrower_than_above(ww, tmp_path, monkeypatch):
+    """Past a batch (1024 rows), a listing is aligned a batch at a time: each batch's
+    columns as wide as every batch above or wider, so that the output still lines up."""
+    from ww.cli import ls as ls_module
+
+    monkeypatch.setattr(ls_module, "BATCH", 2)
+    root = tmp_path / "d"
+    root.mkdir()
+    for name, size in (("a", 1), ("b", 1), ("c", 12345), ("d", 1), ("e", 123)):
+        (root / name).write_bytes(b"x" * size)
+    r = ww("ls", export(ww, root))
+    assert r.status == 0, r.err
+    assert [line[-1] for line in r.lines] == list("abcde")
+    starts = [len(line) - 1 for line in r.lines]  # where each name starts
+    assert starts == [starts[0], starts[0], starts[2], starts[2], starts[2]]
+    assert starts[0] < starts[2]  # the first batch: as narrow as its own sizes
+
+
 # --- pins ---------------------------------------------------------------------------------
 
 

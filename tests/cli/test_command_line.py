@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import HANG, host_env, run_ww
 from ww.app.options import FLAGS
 from ww.cli.main import COMMANDS, cli, run_cli
+from ww.core.cid import CID, RAW
 
 JAILS = ["bwrap", "none"]
 
@@ -338,6 +339,25 @@ def test_repo_check_names_each_corrupt_block(tmp_path, ww_home):
         assert re.search(rf"^  corrupt {cid} ", r.stdout, re.M), r.stdout
     for block in blocks:
         assert str(block) in r.stdout
+
+
+def test_repo_check_names_a_corrupt_block_also_as_pin_ls_does(tmp_path, ww_home):
+    """`ww repo check` named a corrupt block only as kubo's `ipfs repo verify` does, the
+    CIDv1 raw form of its multihash (`bafkrei...`), while `ww export` and `ww pin ls` name
+    it `Qm...`: nothing in the report matched the pin.  A sha2-256 block now has both."""
+    f = tmp_path / "f"
+    f.write_text("content\n")
+    added = run_ww("export", str(f))  # CIDv0: a dag-pb block, `Qm...`
+    assert added.returncode == 0, added.stderr
+    cid = added.stdout.strip().removeprefix("/ipfs/")
+    assert run_ww("pin", "ls", "-q").stdout.split() == [cid]
+    [block] = [p for p in (ww_home / "blocks").rglob("*") if p.is_file()]
+    block.chmod(0o644)
+    block.write_bytes(b"not what was stored")
+    r = run_ww("repo", "check")
+    assert r.returncode == 1, r
+    raw = str(CID.v1(RAW, CID.parse(cid).multihash))
+    assert f"  corrupt {raw} ({cid}) {block}\n" in r.stdout, r.stdout
 
 
 # --- closed or failing stdout ---------------------------------------------------------------

@@ -210,6 +210,7 @@ def test_a_corrupt_node_key_is_one_line_not_an_internal_error(tmp_path, monkeypa
     home = tmp_path / "home"
     home.mkdir()
     (home / IDENTITY_FILE).write_bytes(b"garbage\n")
+    (home / IDENTITY_FILE).chmod(0o600)
     monkeypatch.setenv("WW_HOME", str(home))
     assert run_cli(["id"]) == 1
     out, err = capsys.readouterr()

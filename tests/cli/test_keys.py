@@ -110,6 +110,8 @@ def test_id_key_prints_the_peer_id_of_either_form_ww_idgen_writes(tmp_path, caps
     raw = run_ww("idgen", "--raw", text=False)
     (tmp_path / "text.key").write_text(text.stdout)
     (tmp_path / "raw.key").write_bytes(raw.stdout)
+    for name in ("text.key", "raw.key"):
+        (tmp_path / name).chmod(0o600)
     for name, data in (("text.key", text.stdout), ("raw.key", raw.stdout)):
         assert run_cli(["id", "--key", str(tmp_path / name)]) == 0
         assert capsys.readouterr().out == parse_private_key(data).peer_id + "\n"
@@ -130,6 +132,7 @@ def test_id_key_with_a_bad_key_is_one_line_and_exit_2(tmp_path, content, reason)
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
+        path.chmod(0o600)
     r = run_ww("id", "--key", str(path))
     assert r.returncode == 2
     assert r.stdout == ""
@@ -186,3 +189,95 @@ def test_a_node_key_fifo_without_a_writer_is_one_line_and_a_pipe_with_one_is_rea
     r = subprocess.run(["sh", "-c", 'cat "$1" | "$2" id --key /dev/stdin', "sh", str(key), WW],
                        capture_output=True, text=True, timeout=HANG)
     assert r.stdout.strip() == peer, r.stderr
+
+
+def _key_in(path, mode: int) -> str:
+    """A key written by `ww idgen -o` at ``path``, then given ``mode``; its peer id."""
+    peer = run_ww("idgen", "-o", str(path)).stdout.strip()
+    path.chmod(mode)
+    return peer
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o610], ids=oct)
+@pytest.mark.parametrize("how", ["id --key", "run --node-key", "run --identity"])
+def test_a_key_file_open_to_group_or_others_is_refused_as_openssh_does(tmp_path, how, mode):
+    """A private key file others could read (`ww idgen > cell.key` makes one 0644) or change
+    was used as it was; now it is refused, as OpenSSH refuses such a key: one line naming
+    the file, its mode and the fix, exit 2 (the flag named it), and nothing starts."""
+    path = tmp_path / "cell.key"
+    _key_in(path, mode)
+    marker = tmp_path / "ran"
+    command, flag = how.split()
+    argv = [command, flag, str(path)]
+    if command == "run":
+        argv += ["--jail", "none", "/bin/touch", str(marker)]
+    r = run_ww(*argv)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.splitlines() == [
+        f"ww: {flag} {str(path)!r}: the key file is accessible by group or others (mode "
+        f"{mode:04o}): a private key must be its owner's only: chmod 600 {path}"]
+    assert not marker.exists()
+    path.chmod(0o600)  # the fix the line names
+    assert run_ww("id", "--key", str(path)).returncode == 0
+
+
+def test_the_node_key_in_ww_home_open_to_others_is_refused(ww_home):
+    """The node key `ww` keeps in $WW_HOME (made 0600) is held to the same rule: exit 1."""
+    first = run_ww("id")
+    assert first.returncode == 0, first.stderr
+    path = ww_home / "identity.key"
+    path.chmod(0o644)
+    r = run_ww("id")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.splitlines() == [
+        f"ww: {path}: the key file is accessible by group or others (mode 0644): a private "
+        f"key must be its owner's only: chmod 600 {path}"]
+    path.chmod(0o600)
+    assert run_ww("id").stdout == first.stdout  # the same key, nothing replaced
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_key_file_of_another_user_is_refused_and_roots_is_not(tmp_path):
+    """A key file another user owns (and so may change or swap) is refused, mode 0600 or
+    not, as sshd refuses such files; root's own is the user's here (root runs the test)."""
+    path = tmp_path / "cell.key"
+    peer = _key_in(path, 0o600)
+    os.chown(path, 65534, 65534)  # nobody
+    r = run_ww("id", "--key", str(path))
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.splitlines() == [
+        f"ww: --key {str(path)!r}: the key file belongs to uid 65534, not to uid 0 running "
+        "ww (nor to root): a private key must be its user's own (ww idgen -o FILE makes one)"]
+    os.chown(path, 0, 0)
+    assert run_ww("id", "--key", str(path)).stdout == peer + "\n"
+
+
+def test_a_key_through_a_pipe_or_fifo_is_not_held_to_a_files_mode(tmp_path):
+    """What only passes a key through -- a pipe (`--key <(pass show key)`, /dev/stdin), a
+    FIFO -- has no mode that says who can read the key at rest: it is read as before."""
+    path = tmp_path / "cell.key"
+    peer = _key_in(path, 0o600)
+    r = subprocess.run(["sh", "-c", 'cat "$1" | "$2" id --key /dev/stdin', "sh", str(path), WW],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout, r.stderr) == (0, peer + "\n", "")
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo, 0o666)
+    os.chmod(fifo, 0o666)
+    r = subprocess.run(["sh", "-c", 'cat "$1" > "$3" & "$2" id --key "$3"; wait', "sh",
+                        str(path), WW, str(fifo)], capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout, r.stderr) == (0, peer + "\n", "")
+
+
+@pytest.mark.parametrize("umask, warned", [(0o022, True), (0o077, False)])
+def test_idgen_to_a_file_others_can_read_warns_and_names_o(tmp_path, umask, warned):
+    """`ww idgen > cell.key` leaves the key in a file the shell made 0644: the key is still
+    written, as asked, with one warning line naming -o (which writes 0600); a file of the
+    owner's only gets no warning."""
+    path = tmp_path / "cell.key"
+    r = subprocess.run(["sh", "-c", f'umask {umask:03o}; "$1" idgen > "$2"', "sh", WW,
+                        str(path)], capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0
+    parse_private_key(path.read_bytes())  # the key, whole, where the shell asked
+    expected = [f"ww: warning: the private key goes to a file group or others can read (mode "
+                f"{0o666 & ~umask:04o}); 'ww idgen -o FILE' writes a new file of mode 0600"]
+    assert r.stderr.splitlines() == (expected if warned else [])

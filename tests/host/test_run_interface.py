@@ -276,6 +276,36 @@ def test_script_with_missing_interpreter_exits_127(make_cell):
     assert run_ww("run", cell).returncode == 126
 
 
+@pytest.mark.parametrize("jail", ["bwrap", "none"])
+@pytest.mark.parametrize(("shebang", "named"), [
+    ("#!/bin/sh\r", "'/bin/sh\\r'"), ("#!/usr/bin/env sh\r", "'sh\\r'"),
+    ("#!/bin/sh \r", None),
+])
+def test_a_crlf_shebang_is_not_found_as_the_kernel_says(make_cell, jail, shebang, named):
+    """`#!/bin/sh\r` (a script saved with CRLF line endings) ran under ww, which stripped
+    the carriage return, where the kernel looks for an interpreter named "/bin/sh\r" and
+    bash says "required file not found" (127): now ww says so, in one line, and runs
+    nothing.  (`#!/bin/sh \r`: the kernel passes "\r" to /bin/sh as its argument.)"""
+    cell = make_cell("echo ran", name="crlf.sh", shebang=shebang)
+    r = run_ww("run", f"--jail={jail}", cell)
+    assert "ran" not in r.stdout
+    if named is None:  # the interpreter is found; the "\r" is its argument, as a file
+        assert r.returncode != 0 and "carriage return" not in r.stderr
+        return
+    assert (r.returncode, r.stdout) == (127, "")
+    assert r.stderr.splitlines() == [
+        f"ww: {cell}: interpreter {named} not found: the #! line ends in a carriage return "
+        "(CRLF line endings; convert the script with dos2unix)"]
+
+
+def test_env_s_splits_a_crlf_shebang_at_its_carriage_return_as_env_does(make_cell):
+    """`env -S` splits at any white space, "\r" included: GNU env runs `#!/usr/bin/env -S
+    sh\r`, and so does ww."""
+    cell = make_cell("echo ran", name="crlf.sh", shebang="#!/usr/bin/env -S sh\r")
+    r = run_ww("run", cell)
+    assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+
+
 def test_not_executable_exits_126(tmp_path):
     plain = tmp_path / "plain.sh"
     plain.write_text("#!/bin/sh\necho hi\n")

@@ -224,6 +224,16 @@ def test_ls_of_a_file_is_one_entry_named_after_it(api: CoreAPI, tree: tuple[str,
     assert entry == Entry("deep.txt", EntryType.FILE, 5, api.resolve(f"{root}/a/b/deep.txt"))
 
 
+def test_iter_ls_gives_what_ls_does_one_at_a_time(api: CoreAPI, tree: tuple[str, Path]):
+    root, _ = tree
+    entries = api.iter_ls(root)
+    assert not isinstance(entries, list)  # an iterator: `ww ls` prints as it reads
+    assert list(entries) == api.ls(root)
+    assert list(api.iter_ls(f"{root}/a/b/deep.txt")) == api.ls(f"{root}/a/b/deep.txt")
+    with pytest.raises(NotFoundError):
+        api.iter_ls(f"{root}/a/nope")  # before the first entry is asked for
+
+
 def test_ls_of_a_missing_name_is_not_found(api: CoreAPI, tree: tuple[str, Path]):
     with pytest.raises(NotFoundError):
         api.ls(f"{tree[0]}/a/nope")

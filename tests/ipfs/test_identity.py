@@ -174,11 +174,13 @@ def test_load_or_create_makes_a_private_key_once(tmp_path: Path):
 def test_load_or_create_reads_a_hand_placed_text_key(tmp_path: Path):
     key = PrivateKey.from_protobuf(SPEC_PRIVATE)
     tmp_path.joinpath(IDENTITY_FILE).write_text(key.to_text() + "\n")
+    tmp_path.joinpath(IDENTITY_FILE).chmod(0o600)
     assert load_or_create(tmp_path).peer_id == SPEC_PEER_ID
 
 
 def test_load_or_create_reports_a_corrupt_key_file(tmp_path: Path):
     tmp_path.joinpath(IDENTITY_FILE).write_bytes(b"\x08\x01\x12\x40" + bytes(10))
+    tmp_path.joinpath(IDENTITY_FILE).chmod(0o600)
     with pytest.raises(IdentityError, match=f"{IDENTITY_FILE}: private key is not a libp2p"):
         load_or_create(tmp_path)
 

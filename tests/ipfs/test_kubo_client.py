@@ -108,6 +108,20 @@ def test_ls_maps_kubos_types_and_sends_the_normalized_path():
     assert seen[0].command == "ls" and seen[0].args == [f"/ipfs/{CID}"]
 
 
+def test_iter_ls_asks_kubo_to_stream_and_reads_a_line_per_link():
+    """`ww ls --ipfs` held kubo's whole answer (one JSON value of every link); it asks for
+    kubo's stream (a line per link) and gives each entry as its line is read."""
+    seen: list[KuboRequest] = []
+    lines = [{"Objects": [{"Hash": CID, "Links": [link]}]} for link in (
+        {"Name": "d", "Hash": CID, "Size": 0, "Type": 1},
+        {"Name": "f", "Hash": CID, "Size": 7, "Type": 2})]
+    body = b"".join(json.dumps(v).encode() + b"\n" for v in lines)
+    entries = client_answering(KuboResponse(body=body), seen).iter_ls(CID)
+    assert seen[0].command == "ls" and seen[0].param("stream") == "true"
+    assert [(e.name, e.type, e.size) for e in entries] == [
+        ("d", EntryType.DIRECTORY, 0), ("f", EntryType.FILE, 7)]
+
+
 def test_add_parses_the_reply_lines_and_sends_the_body():
     seen: list[KuboRequest] = []
     body = b'{"Name":"data","Bytes":5}\n{"Name":"data","Hash":"QmAdded","Size":"13"}\n'

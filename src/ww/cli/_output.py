@@ -16,11 +16,14 @@ from ww.core.errors import OutputError
 EXIT_BROKEN_PIPE = 128 + 13
 
 
-def columns(rows: Iterable[Sequence[str]]) -> list[str]:
+def columns(rows: Iterable[Sequence[str]], widths: list[int] | None = None) -> list[str]:
     """``rows`` as lines whose cells are padded to a common width plus one space, the last
-    cell of each row as it is (what Go's tabwriter makes of kubo's tab-separated output)."""
+    cell of each row as it is (what Go's tabwriter makes of kubo's tab-separated output).
+
+    ``widths``, if given, are the columns' widths so far and are widened in place: rows
+    printed a batch at a time line up with every batch before (never narrower)."""
     rows = [list(row) for row in rows]
-    widths: list[int] = []
+    widths = [] if widths is None else widths
     for row in rows:
         for i, cell in enumerate(row[:-1]):
             if i == len(widths):

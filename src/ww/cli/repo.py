@@ -64,15 +64,20 @@ def check(verbose: bool) -> int:
 
 
 def _multihash_of(path: Path) -> str:
-    """A stored block's name as kubo's ``ipfs refs local`` prints it: the CIDv1 of its
-    multihash (the file's name, in hex) with the raw codec, since the blockstore keeps no
-    codec."""
+    """A stored block's name as kubo's ``ipfs repo verify`` and ``ipfs refs local`` print
+    it: the CIDv1 of its multihash (the file's name, in hex) with the raw codec, since the
+    blockstore keeps no codec.  A sha2-256 block is also named in the CIDv0 form
+    (``(Qm...)``) that ``ww export``, ``ww pin ls`` and ``ww ls`` print for a dag-pb block:
+    both name the one block stored under that multihash."""
     from ww.core.cid import CID, RAW
+    from ww.core.multihash import SHA2_256
 
     try:
-        return str(CID.v1(RAW, bytes.fromhex(path.name)))
+        mh = bytes.fromhex(path.name)
+        name = str(CID.v1(RAW, mh))
     except ValueError:
         return "(unnamed)"
+    return f"{name} ({CID.v0(mh)})" if len(mh) == 34 and mh[:2] == bytes([SHA2_256, 32]) else name
 
 
 @repo.command()

@@ -38,6 +38,7 @@ __all__ = [
     "LOGIN_CONTEXT",
     "IdentityError",
     "KeyFileError",
+    "UnprotectedKeyError",
     "MAX_KEY_FILE_SIZE",
     "PublicKey",
     "PrivateKey",
@@ -49,6 +50,7 @@ __all__ = [
     "public_key_from_peer_id",
     "load_or_create",
     "read_key_file",
+    "require_private",
     "key_from_flag",
     "write_key_file",
     "login_message",
@@ -86,6 +88,11 @@ class IdentityError(WwError, ValueError):
 class KeyFileError(WwError):
     """A key file cannot be written where it was asked for (exit 1): ``ww idgen -o`` onto a
     name that exists, or into a directory that does not or that it may not write."""
+
+
+class UnprotectedKeyError(IdentityError):
+    """A key file others may read or change, or one owned by another user: refused, as
+    OpenSSH refuses such a private key (exit 1; 2 where a flag named the file)."""
 
 
 MAX_KEY_FILE_SIZE = 4096
@@ -328,7 +335,8 @@ def load_or_create(repo: Path) -> Identity:
     The key file (:data:`IDENTITY_FILE`, mode 0600) appears complete or not at all: it is
     written to a private temporary file and hard-linked into place, and ``link`` refuses to
     replace an existing file.  Two processes racing here therefore both end with the one key
-    that won.  Either ``ww idgen`` form is accepted if the file was put there by hand.
+    that won.  Either ``ww idgen`` form is accepted if the file was put there by hand, if
+    it is private (:func:`require_private`).
     """
     repo = Path(repo)
     path = repo / IDENTITY_FILE
@@ -355,28 +363,63 @@ def load_or_create(repo: Path) -> Identity:
 
 
 def _read_key_file(path: Path) -> PrivateKey:
-    data = path.read_bytes()
-    try:
-        return parse_private_key(data)
-    except IdentityError as err:
-        raise IdentityError(f"{path}: {err}") from None
+    with open(path, "rb") as f:
+        try:
+            require_private(os.fstat(f.fileno()), path)
+            return parse_private_key(f.read(MAX_KEY_FILE_SIZE + 1))
+        except IdentityError as err:
+            raise type(err)(f"{path}: {err}") from None
+
+
+def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
+    """Refuse a key file, by its ``stat`` (taken of the file opened), as OpenSSH refuses a
+    private key: one that group or others may read, write or execute (``mode & 0o077``), or
+    that belongs to neither the user running ``ww`` nor root.  Raises
+    :class:`UnprotectedKeyError`, whose line names the mode and the fix (``chmod 600 FILE``).
+
+    Only a regular file is checked: a pipe (``--node-key <(pass show node.key)``,
+    ``/dev/fd/N``, ``/dev/stdin``), a FIFO or a terminal passes the key through rather than
+    keeping it, and its mode says nothing of who can read the key at rest."""
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        return
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise UnprotectedKeyError(
+            f"the key file belongs to uid {st.st_uid}, not to uid {me} running ww (nor to "
+            "root): a private key must be its user's own (ww idgen -o FILE makes one)")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        import shlex
+
+        raise UnprotectedKeyError(
+            f"the key file is accessible by group or others (mode {mode:04o}): a private key "
+            f"must be its owner's only: chmod 600 {shlex.quote(os.fspath(path))}")
 
 
 def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:
     """The key in a file as ``ww idgen`` writes it, base58btc text or ``--raw`` bytes.
 
     Raises :class:`IdentityError` whose one line names what is wrong but not the file (the
-    caller names its flag and the file): unreadable, too long, not a key."""
+    caller names its flag and the file): unreadable, open to others or another user's
+    (:func:`require_private`), too long, not a key."""
     try:
         # Without waiting for a writer: a FIFO nobody writes to reads as empty at once (it
         # hung `ww run --node-key FIFO` forever); a pipe with its writer, `--node-key
         # <(pass show node.key)`, is read to its end, as blocking as ever once open.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise IdentityError(f"cannot read the key file: {e.strerror or e}") from None
+    try:
+        require_private(os.fstat(fd), path)  # the file opened: no swap after a check
         os.set_blocking(fd, True)
-        with open(fd, "rb") as f:
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(MAX_KEY_FILE_SIZE + 1)
     except OSError as e:
         raise IdentityError(f"cannot read the key file: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_KEY_FILE_SIZE:
         raise IdentityError(f"not a private key: the file is longer than {MAX_KEY_FILE_SIZE} "
                             "bytes")

@@ -239,16 +239,30 @@ def _check_format(path: str, head: bytes, shown: str) -> None:
 
 
 def _read_shebang(head: bytes) -> list[str] | None:
+    """The interpreter and its one argument on a ``#!`` line, read as the kernel reads them
+    (``binfmt_script``): only spaces and tabs are trimmed or separate, so a carriage return
+    (a script with CRLF line endings) stays in the name: ``#!/bin/sh\r`` names
+    ``/bin/sh\r``, which the kernel does not find."""
     if not head.startswith(b"#!"):
         return None
-    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip(" \t")
     if not line:
         return None
     # The interpreter ends at the first space or tab, as the kernel reads it; everything
     # after it is passed as one argument.
     cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=len(line))
-    interp, arg = line[:cut], line[cut:].strip()
+    interp, arg = line[:cut], line[cut:].strip(" \t")
     return [interp] + ([arg] if arg else [])
+
+
+def _refuse_carriage_return(command: str, interp: str, found: bool) -> None:
+    """``#!/bin/sh\r``: the kernel looks for an interpreter named ``/bin/sh\r`` and answers
+    ENOENT (bash: "required file not found", 127); so does ``ww``, saying why (unless a file
+    of that very name exists: the kernel would run it)."""
+    if interp.endswith("\r") and not found:
+        raise CommandNotFoundError(
+            f"{command}: interpreter {interp!r} not found: the #! line ends in a carriage "
+            "return (CRLF line endings; convert the script with dos2unix)")
 
 
 def _is_installation(prefix: str) -> bool:
@@ -432,13 +446,15 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
     interp, *interp_arg = shebang
+    _refuse_carriage_return(command, interp, os.path.lexists(interp))
     if os.path.basename(interp) == "env" and interp_arg:
         # `#!/usr/bin/env NAME`: the jail has no PATH of the host's, so resolve NAME here,
         # first in the environment `ww` itself runs from (its virtualenv's bin), so that a
         # `#!/usr/bin/env python3` cell finds the interpreter that has this SDK installed.
-        words = interp_arg[0].split()
-        if words[0] == "-S":  # env's split-string option: `#!/usr/bin/env -S python3 -S`
-            words = words[1:]
+        # env gets the rest of the line as one argument, a "\r" at its end included ...
+        words = [w for w in interp_arg[0].replace("\t", " ").split(" ") if w]
+        if words[0] == "-S":  # ... but its split-string option, `#!/usr/bin/env -S python3
+            words = interp_arg[0].split()[1:]  # -S`, splits at any white space, "\r" too
         if not words or words[0].startswith("-"):
             raise NotExecutableError(
                 f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]}"
@@ -446,6 +462,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
         name = words[0]
         own_bin = os.path.dirname(sys.executable)
         found = which(name, os.pathsep.join([own_bin, search_path or os.defpath]))
+        _refuse_carriage_return(command, name, found is not None)
         if found is None:
             raise CommandNotFoundError(f"{command}: interpreter {name!r} not found in PATH")
         interp, interp_arg = found, words[1:]

@@ -221,6 +221,10 @@ class CoreAPI(Protocol):
         """A directory's entries in link order (sorted by name); for a file or symlink, one
         entry describing it, named after the path's last component (as Unix ``ls`` does)."""
 
+    def iter_ls(self, path: str) -> Iterator[Entry]:
+        """:meth:`ls` one entry at a time, as the directory is read, never held whole (kubo's
+        ``ls --stream``); a path that does not resolve raises before the first entry."""
+
     def stat(self, path: str) -> Stat: ...
 
     def resolve(self, path: str) -> str:

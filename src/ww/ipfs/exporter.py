@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import stat as stat_mod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,20 +263,38 @@ def stat(getter: BlockGetter, node: UnixfsNode) -> Stat:
 def ls(getter: BlockGetter, node: UnixfsNode, name: str) -> list[Entry]:
     """A directory's entries (in link order, which is sorted by name); for a file or symlink,
     a single entry for itself named ``name``, as Unix ``ls`` does."""
+    return list(iter_ls(getter, node, name))
+
+
+KIND_CACHE = 4096
+"""How many children's (type, size) :func:`iter_ls` remembers, the most recently used: a
+child linked again within that many distinct children is not read again."""
+
+
+def iter_ls(getter: BlockGetter, node: UnixfsNode, name: str) -> Iterator[Entry]:
+    """:func:`ls` one entry at a time, as the directory is read: what it holds is one HAMT
+    shard's links (or the one directory block) and :data:`KIND_CACHE` children's kinds,
+    however many entries the directory has."""
     if not node.is_directory:
-        return [Entry(name, node.type, node.content_size, str(node.cid))]
-    entries = []
-    # Each child is read once, however many entries link to it: a 4 MiB directory block can
-    # hold some 80,000 links to one 4 MiB block, which read per entry would be 300 GiB hashed.
-    kinds: dict[bytes, tuple[EntryType, int]] = {}
+        yield Entry(name, node.type, node.content_size, str(node.cid))
+        return
+    # Each child is read once while it is remembered, however many entries link to it: a
+    # 4 MiB directory block can hold some 80,000 links to one 4 MiB block, which read per
+    # entry would be 300 GiB hashed.  Bounded, so that the kinds of a directory of millions
+    # of entries are not all kept; to make it read a block again, a directory must link
+    # KIND_CACHE other children in between.
+    kinds: OrderedDict[bytes, tuple[EntryType, int]] = OrderedDict()
     for link in _dir_links(getter, node):
         key = bytes(link.cid)  # a raw and a dag-pb CID of one block read differently
         kind = kinds.get(key)
         if kind is None:
             child = load(getter, link.cid)
             kind = kinds[key] = (child.type, child.content_size)
-        entries.append(Entry(_name(link.name), kind[0], kind[1], str(link.cid)))
-    return entries
+            if len(kinds) > KIND_CACHE:
+                kinds.popitem(last=False)
+        else:
+            kinds.move_to_end(key)
+        yield Entry(_name(link.name), kind[0], kind[1], str(link.cid))
 
 
 # --- files ---------------------------------------------------------------------------------

@@ -488,24 +488,42 @@ class KuboClient:
     def ls(self, path: str) -> list[Entry]:
         """A directory's entries; for a file or symlink, one entry for itself (as Unix ``ls``
         and the embedded node do -- kubo itself answers with no entries)."""
+        return list(self.iter_ls(path))
+
+    def iter_ls(self, path: str) -> Iterator[Entry]:
+        """:meth:`ls` with kubo's ``stream`` option: a JSON line per link, read and given
+        one at a time (a kubo that ignores the option sends one line with them all: read
+        the same way).  The request is sent now, so that a missing path raises here."""
         ipath = parse_path(path)
-        obj = self._object("ls", [str(ipath)])
-        objects = obj.get("Objects") or []
-        if len(objects) != 1:
-            raise IpfsError(f"the kubo RPC API at {self.api} sent an unexpected reply to ls")
-        entries = []
-        for link in objects[0].get("Links") or []:
-            kind = _LS_TYPES.get(link.get("Type"))
-            if kind is None:
-                raise IpfsError(
-                    f"kubo listed {link.get('Name')!r} with unknown type {link.get('Type')}"
-                )
-            entries.append(Entry(link["Name"], kind, int(link.get("Size") or 0), link["Hash"]))
-        if not entries:
-            info = self.stat(str(ipath))
-            if info.type != EntryType.DIRECTORY:
-                return [Entry(ipath.last_name, info.type, info.size, info.cid)]
-        return entries
+        reply = self._post("ls", [str(ipath)], {"stream": True})
+
+        def entries() -> Iterator[Entry]:
+            listed = False
+            try:
+                for value in self._values(reply, "ls"):
+                    objects = value.get("Objects") if isinstance(value, dict) else None
+                    if not isinstance(objects, list) or len(objects) != 1 \
+                            or not isinstance(objects[0], dict):
+                        raise IpfsError(
+                            f"the kubo RPC API at {self.api} sent an unexpected reply to ls")
+                    for link in objects[0].get("Links") or []:
+                        listed = True
+                        yield self._entry(link)
+            finally:
+                reply.close()
+            if not listed:
+                info = self.stat(str(ipath))
+                if info.type != EntryType.DIRECTORY:
+                    yield Entry(ipath.last_name, info.type, info.size, info.cid)
+
+        return entries()
+
+    def _entry(self, link: Any) -> Entry:
+        kind = _LS_TYPES.get(link.get("Type"))
+        if kind is None:
+            raise IpfsError(
+                f"kubo listed {link.get('Name')!r} with unknown type {link.get('Type')}")
+        return Entry(link["Name"], kind, int(link.get("Size") or 0), link["Hash"])
 
     def resolve(self, path: str) -> str:
         result = self._object("resolve", [_normalize_path(path)], {"recursive": True})

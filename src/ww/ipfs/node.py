@@ -267,9 +267,14 @@ class EmbeddedNode:
         return self._get_block(self._cid(cid))
 
     def ls(self, path: str) -> list[Entry]:
+        return list(self.iter_ls(path))
+
+    def iter_ls(self, path: str) -> Iterator[Entry]:
+        """:meth:`ls` one entry at a time, as the directory is read (a HAMT shard at a
+        time); the path is resolved now, so that a missing one raises here."""
         ipath = parse_path(path)
         node = exporter.resolve(self._get_block, ipath)
-        return exporter.ls(self._get_block, node, ipath.last_name)
+        return exporter.iter_ls(self._get_block, node, ipath.last_name)
 
     def stat(self, path: str) -> Stat:
         return exporter.stat(self._get_block, self._node(path))
