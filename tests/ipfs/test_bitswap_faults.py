@@ -110,6 +110,24 @@ def test_a_liar_alone_fails_the_import_with_one_line_and_writes_nothing(
     assert not _blocks_holding(ww_home, b"not the block ")
 
 
+def test_ww_import_past_a_liar_gets_the_file_from_an_honest_peer(
+        tmp_path: Path, made: list, ww_home: Path) -> None:
+    """The command line, a liar named first: the file arrives whole, the lie stored nowhere."""
+    liar = HostilePeer(tmp_path / "liar", "wrong")
+    honest = EmbeddedNode(tmp_path / "honest", new_host=host_for_ipfs())
+    made += [liar, honest]
+    data = _data(5 * CHUNK_SIZE + 3, 15)
+    cid = honest.add_stream([data])
+    r = run_ww("import", "--no-progress", "--peer", liar.addr, "--peer",
+               honest.listen([LOOPBACK]).addresses[0], f"/ipfs/{cid}", "-o",
+               str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == data
+    assert liar.lies >= 1
+    assert run_ww("repo", "check").returncode == 0
+    assert not _blocks_holding(ww_home, b"not the block ")
+
+
 @pytest.mark.parametrize("slow", SLOW)
 def test_a_slow_peer_loses_its_want_to_an_honest_one_and_is_asked_last(
         tmp_path: Path, made: list, slow: str) -> None:
