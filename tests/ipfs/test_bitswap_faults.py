@@ -12,6 +12,7 @@ of its own: HANG only stops a hang.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ww.core.cid import CID
 from ww.core.errors import EXIT_FAILURE
 from ww.core.multihash import sha256
 from ww.ipfs import bitswap
+from ww.ipfs.api import NotFoundError
 from ww.ipfs.importer import CHUNK_SIZE
 from ww.ipfs.node import EmbeddedNode
 from ww.p2p import host_for_ipfs
@@ -126,6 +128,29 @@ def test_ww_import_past_a_liar_gets_the_file_from_an_honest_peer(
     assert liar.lies >= 1
     assert run_ww("repo", "check").returncode == 0
     assert not _blocks_holding(ww_home, b"not the block ")
+
+
+def test_a_liar_stays_one_for_later_fetches_and_after_it_reconnects(
+        tmp_path: Path, made: list) -> None:
+    """A later fetch said "no peers connected" with the liar connected; a liar that hung up
+    and came back was asked again."""
+    liar = HostilePeer(tmp_path / "liar", "wrong")
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    made += [liar, b]
+    first, second, third = (str(CID.v0(sha256(b"block %d" % i))) for i in range(3))
+    b.connect(liar.addr)
+    with pytest.raises(NotFoundError, match=f"{first} .*1 sent wrong data"):
+        list(b.cat(first))
+    with pytest.raises(NotFoundError, match=f"{second} .*1 sent wrong data"):
+        list(b.cat(second))
+    b.disconnect(liar.peer_id)
+    deadline = time.monotonic() + HANG  # the hang-up is waited for, not slept on
+    while b.peers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.connect(liar.addr)
+    with pytest.raises(NotFoundError, match=f"{third} .*1 sent wrong data"):
+        list(b.cat(third))
+    assert liar.wants == [bytes(CID.parse(first))]
 
 
 @pytest.mark.parametrize("slow", SLOW)

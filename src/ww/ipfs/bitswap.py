@@ -47,7 +47,8 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   line counting why each did not give it.  A peer that sends a block neither wanted nor
   among the last :data:`ASKED_MEMORY` asked of it (bytes that are not the block asked, a
   prefix we never ask for), or a malformed message, is a liar: it is asked nothing more
-  while connected, and its wants move on at once.  The links of a dag-pb block
+  (the last :data:`MAX_LIARS` are remembered, so one that hangs up and comes back is one
+  still), and its wants move on at once.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -94,6 +95,7 @@ MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
 # Blocks last asked of a peer that are remembered, so that one arriving late (after another
 # peer gave it, or after the want moved on) is not taken for a block it was never asked for.
 ASKED_MEMORY = 4 * MAX_PREFETCH
+MAX_LIARS = 1024  # peer ids remembered as liars (one that hangs up and comes back is one still)
 # Why a peer did not give a block (a failed fetch's line counts them)
 WRONG_DATA = "sent wrong data"
 NO_BLOCK = "does not have it"
@@ -454,6 +456,7 @@ class Engine:
         self.peer_timeout = peer_timeout
         self.peers: dict[str, _Peer] = {}
         self.wants: dict[bytes, _Want] = {}  # by multihash
+        self.liars: dict[str, None] = {}  # the last MAX_LIARS peers that lied, oldest first
         self.dirty: set[Path] = set()  # shard directories written since the last flush
         self._priority = itertools.count()
         self._nursery: Any = None
@@ -490,7 +493,8 @@ class Engine:
     def peer_connected(self, peer_id: str) -> None:
         if peer_id == self.self_id or peer_id in self.peers:
             return
-        self.peers[peer_id] = _Peer(peer_id)
+        peer = self.peers[peer_id] = _Peer(peer_id)
+        peer.liar = peer_id in self.liars
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
             if want.peer is None:
                 self._assign(want)
@@ -518,12 +522,15 @@ class Engine:
     def _lied(self, peer_id: str) -> None:
         """``peer_id`` sent a block it was not asked for (bytes that are not the block asked,
         a hash function or codec we never ask for) or a malformed message: it is asked
-        nothing more while connected, and what it was asked goes to the next peer now."""
+        nothing more (:attr:`liars`), and what it was asked goes to the next peer now."""
         peer = self.peers.get(peer_id)
         if peer is None or peer.liar:
             return
         peer.liar = True
         self.stats["liars"] += 1
+        self.liars[peer_id] = None
+        if len(self.liars) > MAX_LIARS:
+            del self.liars[next(iter(self.liars))]
         self._move_on(peer, WRONG_DATA)
         peer.assigned.clear()
 
@@ -585,6 +592,9 @@ class Engine:
 
     def _fail(self, want: _Want) -> None:
         self.wants.pop(want.cid.multihash, None)
+        for peer in self.peers.values():  # not asked: they lied before
+            if peer.liar and peer.id not in want.tried:
+                want.tried[peer.id] = WRONG_DATA
         if want.tried:
             counts: dict[str, int] = {}
             for why in want.tried.values():
