@@ -7,7 +7,10 @@ Each phase sets what the liar answers to every request:
   and with ids that are no peer id, and one honest provider at a loopback address;
 - ``flood``: 40 new closer peers in every reply, each at a loopback port nobody listens on
   (asked with a query bound of :data:`FLOOD_BOUND` peers, so that the bound is reached);
-- ``huge``: a length prefix of 10 MiB.
+- ``huge``: a length prefix of 10 MiB;
+- ``other_key``: the honest provider, in a reply naming another key than the one asked;
+- ``self``: the asker itself as closer peer and as provider, at a loopback address;
+- ``many``: 200 providers, each at a malformed address and 24 loopback ones.
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ def _ma(text: str) -> bytes:
 async def liar(stream: object) -> None:
     from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-    await read_varint_prefixed_bytes_limited(stream, 1 << 16)  # type: ignore[arg-type]
+    request = Message()
+    request.ParseFromString(await read_varint_prefixed_bytes_limited(
+        stream, 1 << 16))  # type: ignore[arg-type]
     now = phase["now"]
     if now == "huge":
         await stream.write(varint.encode(10 * 1024 * 1024) + b"\0" * 1024)  # type: ignore
         await stream.close()  # type: ignore[attr-defined]
         return
-    reply = Message(type=Message.GET_PROVIDERS)
+    reply = Message(type=request.type, key=request.key)  # as kubo's replies
     if now == "addresses":
         bad = [_ma("/ip4/8.8.8.8/tcp/4001"), _ma("/ip4/192.0.2.1/tcp/4001"),
                _ma("/dns4/example.com/tcp/4001"), _ma("/ip6/2001:4860::8888/tcp/4001"),
@@ -63,12 +68,27 @@ async def liar(stream: object) -> None:
     elif now == "flood":
         for _ in range(40):
             reply.closerPeers.add(id=_peer_id(), addrs=[_ma("/ip4/127.0.0.1/tcp/9")])
+    elif now == "other_key":
+        reply.key = CID.parse(OTHER).multihash
+        reply.providerPeers.add(id=HONEST, addrs=[_ma("/ip4/127.0.0.1/tcp/9")])
+        reply.closerPeers.add(id=_peer_id(), addrs=[_ma("/ip4/127.0.0.1/tcp/9")])
+    elif now == "self":
+        me = ID.from_base58(asker_id["id"]).to_bytes()
+        reply.closerPeers.add(id=me, addrs=[_ma("/ip4/127.0.0.1/tcp/9")])
+        reply.providerPeers.add(id=me, addrs=[_ma("/ip4/127.0.0.1/tcp/9")])
+    elif now == "many":
+        addrs = [MALFORMED] + [_ma(f"/ip4/127.0.0.1/tcp/{port}") for port in range(1, 25)]
+        for _ in range(200):
+            reply.providerPeers.add(id=_peer_id(), addrs=addrs)
     data = reply.SerializeToString()
     await stream.write(varint.encode(len(data)) + data)  # type: ignore[attr-defined]
     await stream.close()  # type: ignore[attr-defined]
 
 
 HONEST = _peer_id()
+OTHER = "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"  # not CID_
+MALFORMED = b"\x04\x7f\x00\x00\x01\x06\x00"  # /ip4/127.0.0.1/tcp/ cut short
+asker_id: dict[str, str] = {}
 
 
 def main() -> dict:
@@ -79,6 +99,7 @@ def main() -> dict:
                  serve_ww=False, announce=False, warn=lambda message: None)
     liar_node.start()
     asker.start()
+    asker_id["id"] = str(asker.peer_id)
     real_dial = asker.dial
 
     async def counting_dial(info: object) -> None:
@@ -88,7 +109,7 @@ def main() -> dict:
     asker.dial = counting_dial  # type: ignore[method-assign]
     out: dict = {}
     try:
-        for now in ("addresses", "flood", "huge"):
+        for now in ("addresses", "flood", "huge", "other_key", "self", "many"):
             phase["now"] = now
             dialled.clear()
             dht = Dht(asker, [liar_node.addrs[0]], LAN_PROTOCOL,

@@ -39,6 +39,23 @@ def test_dht_replies_are_checked_and_queries_bounded(tmp_path: Path) -> None:
     assert {k: huge["stats"][k] for k in ("rpcs", "failed", "dropped_addrs")} == {
         "rpcs": 1, "failed": 1, "dropped_addrs": 0}
 
+    other = out["other_key"]  # a reply about another key: nothing in it is taken
+    # (the asker is still connected to the liar from the phases before: nothing is dialled)
+    assert other["providers"] == [] and other["dialled"] == []
+    assert {k: other["stats"][k] for k in ("rpcs", "wrong_reply", "dropped_addrs")} == {
+        "rpcs": 1, "wrong_reply": 1, "dropped_addrs": 0}
+
+    me = out["self"]  # the asker named as closer peer and provider: never dialled nor found
+    assert me["providers"] == [] and me["dialled"] == []
+    assert me["stats"]["rpcs"] == 1
+
+    many = out["many"]  # 200 providers of 25 addresses: the first 40 looked at, 20 kept,
+    # each with the first 16 addresses less the malformed one
+    assert len(many["providers"]) == 20
+    assert all(p["addrs"] == [f"/ip4/127.0.0.1/tcp/{port}" for port in range(1, 16)]
+               for p in many["providers"])
+    assert many["stats"]["dropped_addrs"] == 40 and many["stats"]["rpcs"] == 1
+
 
 PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 

@@ -42,8 +42,13 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
   send-dont-have; a DONT_HAVE, a peer that disconnects or stays silent for
   :data:`PEER_TIMEOUT` moves the want to the next peer; wants are spread over the peers,
-  fewest outstanding first (peers that answer DONT_HAVE more often than they deliver come
-  last); when every peer has been tried, the want fails.  The links of a dag-pb block
+  fewest outstanding first (peers that answer DONT_HAVE or let wants time out more often
+  than they deliver come last); when every peer has been tried, the want fails with one
+  line counting why each did not give it.  A peer that sends a block neither wanted nor
+  among the last :data:`ASKED_MEMORY` asked of it (bytes that are not the block asked, a
+  prefix we never ask for), or a malformed message, is a liar: it is asked nothing more
+  (the last :data:`MAX_LIARS` are remembered, so one that hangs up and comes back is one
+  still), and its wants move on at once.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -87,6 +92,14 @@ MAX_MESSAGE = 4 << 20  # go-bitswap's network.MessageSizeMax
 TARGET_MESSAGE = 512 << 10  # we pack replies up to about this many block bytes per message
 PEER_TIMEOUT = 15.0  # seconds a peer may stay silent about a want before the next is asked
 MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
+# Blocks last asked of a peer that are remembered, so that one arriving late (after another
+# peer gave it, or after the want moved on) is not taken for a block it was never asked for.
+ASKED_MEMORY = 4 * MAX_PREFETCH
+MAX_LIARS = 1024  # peer ids remembered as liars (one that hangs up and comes back is one still)
+# Why a peer did not give a block (a failed fetch's line counts them)
+WRONG_DATA = "sent wrong data"
+NO_BLOCK = "does not have it"
+WENT_AWAY = "went away"
 
 # What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
 MAX_WANTLIST = 1024  # entries of a peer's ledger (boxo: MaxQueuedWantlistEntriesPerPeer)
@@ -107,6 +120,11 @@ _MAX_PRIORITY = (1 << 31) - 1
 
 class BitswapError(IpfsError):
     """A malformed Bitswap message, or a stream that broke mid-message."""
+
+
+class MalformedError(BitswapError):
+    """What no Bitswap peer sends: a message that does not parse, or one over the limit
+    (the peer that sent it is asked nothing more)."""
 
 
 class WantType(enum.IntEnum):
@@ -234,7 +252,7 @@ def decode(data: bytes | memoryview) -> Message:
             elif num == 5 and wt == pb.VARINT:
                 msg.pending_bytes = int(value)  # type: ignore[arg-type]
     except pb.ProtobufError as e:
-        raise BitswapError(f"bitswap: malformed message: {e}") from None
+        raise MalformedError(f"bitswap: malformed message: {e}") from None
     return msg
 
 
@@ -333,13 +351,13 @@ class _Reader:
                 break
             except varint.VarintError:
                 if len(self._buf) >= 10:
-                    raise BitswapError("bitswap: bad message length") from None
+                    raise MalformedError("bitswap: bad message length") from None
                 if not await self._fill():
                     if self._buf:
                         raise BitswapError("bitswap: stream ended mid-message") from None
                     return None
         if length > MAX_MESSAGE:
-            raise BitswapError(f"bitswap: message of {length} bytes is over the limit")
+            raise MalformedError(f"bitswap: message of {length} bytes is over the limit")
         held = await self._budget.acquire(length) if self._budget is not None else 0
         try:
             with trio.move_on_after(RECEIVE_TIMEOUT + length / MIN_RATE) as scope:
@@ -365,7 +383,7 @@ class _Want:
     cid: CID
     priority: int
     waiters: list[concurrent.futures.Future[bytes]] = field(default_factory=list)
-    tried: set[str] = field(default_factory=set)
+    tried: dict[str, str] = field(default_factory=dict)  # peer id: why it did not give it
     peer: str | None = None
     asked_at: float = 0.0
 
@@ -389,8 +407,11 @@ class _Peer:
 
         self.id = peer_id
         self.assigned: set[bytes] = set()  # multihashes of wants asked of this peer
+        self.asked: dict[bytes, None] = {}  # the last ASKED_MEMORY multihashes asked of it
         self.delivered = 0  # blocks it gave us
         self.dont_have = 0  # DONT_HAVEs it answered to our wants (such peers are asked last)
+        self.timeouts = 0  # wants it kept past the peer timeout (so are these)
+        self.liar = False  # it sent what no honest peer sends: it is asked nothing more
         self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
         self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
@@ -435,6 +456,7 @@ class Engine:
         self.peer_timeout = peer_timeout
         self.peers: dict[str, _Peer] = {}
         self.wants: dict[bytes, _Want] = {}  # by multihash
+        self.liars: dict[str, None] = {}  # the last MAX_LIARS peers that lied, oldest first
         self.dirty: set[Path] = set()  # shard directories written since the last flush
         self._priority = itertools.count()
         self._nursery: Any = None
@@ -442,7 +464,7 @@ class Engine:
         self._reply_slots: Any = None  # a trio.Semaphore, made on the trio thread
         self._receive_budget: _Budget | None = None
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
-                      "dropped": 0, "wants_dropped": 0, "ledger_peak": 0,
+                      "dropped": 0, "liars": 0, "wants_dropped": 0, "ledger_peak": 0,
                       "reply_bytes": 0, "reply_bytes_peak": 0, "receive_bytes_peak": 0}
 
     def _limits(self) -> tuple[Any, _Budget]:
@@ -471,7 +493,8 @@ class Engine:
     def peer_connected(self, peer_id: str) -> None:
         if peer_id == self.self_id or peer_id in self.peers:
             return
-        self.peers[peer_id] = _Peer(peer_id)
+        peer = self.peers[peer_id] = _Peer(peer_id)
+        peer.liar = peer_id in self.liars
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
             if want.peer is None:
                 self._assign(want)
@@ -485,12 +508,31 @@ class Engine:
         peer.wake.set()
         peer.stream_ended.set()
         peer.shrunk()
+        self._move_on(peer, WENT_AWAY)
+
+    def _move_on(self, peer: _Peer, why: str) -> None:
+        """Give the wants asked of ``peer`` to the next peers, noting ``why`` it failed them."""
         for mh in list(peer.assigned):
             want = self.wants.get(mh)
-            if want is not None and want.peer == peer_id:
-                want.tried.add(peer_id)
+            if want is not None and want.peer == peer.id:
+                want.tried[peer.id] = why
                 want.peer = None
                 self._assign(want)
+
+    def _lied(self, peer_id: str) -> None:
+        """``peer_id`` sent a block it was not asked for (bytes that are not the block asked,
+        a hash function or codec we never ask for) or a malformed message: it is asked
+        nothing more (:attr:`liars`), and what it was asked goes to the next peer now."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.liar:
+            return
+        peer.liar = True
+        self.stats["liars"] += 1
+        self.liars[peer_id] = None
+        if len(self.liars) > MAX_LIARS:
+            del self.liars[next(iter(self.liars))]
+        self._move_on(peer, WRONG_DATA)
+        peer.assigned.clear()
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -526,26 +568,40 @@ class Engine:
             want.waiters.remove(future)
 
     def _assign(self, want: _Want) -> None:
-        candidates = [p for p in self.peers.values() if p.id not in want.tried]
+        candidates = [p for p in self.peers.values()
+                      if p.id not in want.tried and not p.liar]
         if not candidates:
             self._fail(want)
             return
         # Spread over the peers that serve: fewest wants outstanding first, so that three
         # peers holding a file each send a third of it; a peer that has answered DONT_HAVE
-        # more often than it delivered comes after those that deliver.
-        peer = min(candidates, key=lambda p: (p.dont_have > p.delivered, len(p.assigned)))
+        # or let a want time out more often than it delivered comes after those that deliver.
+        peer = min(candidates, key=lambda p: (p.dont_have + p.timeouts > p.delivered,
+                                              len(p.assigned)))
         want.peer = peer.id
         want.asked_at = time.monotonic()
-        peer.assigned.add(want.cid.multihash)
+        mh = want.cid.multihash
+        peer.assigned.add(mh)
+        peer.asked.pop(mh, None)
+        peer.asked[mh] = None
+        if len(peer.asked) > ASKED_MEMORY:
+            del peer.asked[next(iter(peer.asked))]
         peer.send(Message(wants=[WantEntry(bytes(want.cid), want.priority,
                                            want_type=WantType.BLOCK, send_dont_have=True)]))
         self._ensure_sender(peer)
 
     def _fail(self, want: _Want) -> None:
         self.wants.pop(want.cid.multihash, None)
+        for peer in self.peers.values():  # not asked: they lied before
+            if peer.liar and peer.id not in want.tried:
+                want.tried[peer.id] = WRONG_DATA
         if want.tried:
+            counts: dict[str, int] = {}
+            for why in want.tried.values():
+                counts[why] = counts.get(why, 0) + 1
+            whys = ", ".join(f"{n} {why}" for why, n in sorted(counts.items()))
             reason = (f"block {want.cid} is not in the local repository and none of "
-                      f"{len(want.tried)} connected peer(s) gave it")
+                      f"{len(want.tried)} connected peer(s) gave it ({whys})")
         else:
             reason = f"block {want.cid} is not in the local repository (no peers connected)"
         for future in want.waiters:
@@ -559,8 +615,9 @@ class Engine:
                 peer = self.peers.get(want.peer)
                 if peer is not None:
                     peer.assigned.discard(want.cid.multihash)
+                    peer.timeouts += 1
                     peer.send(Message(wants=[WantEntry(bytes(want.cid), cancel=True)]))
-                want.tried.add(want.peer)
+                want.tried[want.peer] = f"did not answer within {self.peer_timeout:g} s"
                 want.peer = None
                 self._assign(want)
 
@@ -590,12 +647,17 @@ class Engine:
 
     def _received(self, peer_id: str, cid: CID | None, data: bytes, stored: Any) -> None:
         """A block has arrived, been hashed and (if wanted) stored: hand it to its readers."""
-        if cid is None:
+        peer = self.peers.get(peer_id)
+        want = self.wants.get(cid.multihash) if cid is not None else None
+        if cid is None or (want is None and peer is not None
+                           and cid.multihash not in peer.asked):
+            # Neither wanted nor ever asked of it: not the bytes of the block asked, a lie
+            # (a block wanted is taken from anyone: its bytes hash to what we want).
             self.stats["dropped"] += 1
+            self._lied(peer_id)
             return
-        want = self.wants.get(cid.multihash)
         if want is None or len(data) > MAX_BLOCK_SIZE:
-            self.stats["dropped"] += 1  # unsolicited (or no longer wanted): nobody waits
+            self.stats["dropped"] += 1  # no longer wanted (another peer gave it first)
             return
         if stored is None and not self.store.has(want.cid):
             try:  # wanted only since the message arrived (so not stored yet)
@@ -606,7 +668,6 @@ class Engine:
         cid = want.cid
         self.stats["blocks_in"] += 1
         self.stats["bytes_in"] += len(data)
-        peer = self.peers.get(peer_id)
         if peer is not None:
             peer.delivered += 1
             peer.assigned.discard(cid.multihash)
@@ -693,6 +754,10 @@ class Engine:
                 finally:
                     del msg
                     budget.release(held)
+        except MalformedError:
+            self._lied(peer_id)
+            await _reset(stream)
+            return
         except Exception:
             await _reset(stream)
             return
@@ -722,7 +787,7 @@ class Engine:
                 continue
             want = self.wants.get(cid.multihash)
             if want is not None and want.peer == peer_id:
-                want.tried.add(peer_id)
+                want.tried[peer_id] = NO_BLOCK
                 want.peer = None
                 if (peer := self.peers.get(peer_id)) is not None:
                     peer.assigned.discard(cid.multihash)

@@ -396,9 +396,9 @@ class Dht(_Announcer):
         self._in_scope: Scope = scope or (lan_scope if protocol == LAN_PROTOCOL
                                           else wan_scope)
         self._bootstrap = list(bootstrap)
-        self.stats = {"rpcs": 0, "failed": 0, "dropped_addrs": 0, "answered": 0,
-                      "refused": 0, "wrong_provider": 0, "reprovided": 0, "provided": 0,
-                      "dropped_provides": 0}
+        self.stats = {"rpcs": 0, "failed": 0, "wrong_reply": 0, "dropped_addrs": 0,
+                      "answered": 0, "refused": 0, "wrong_provider": 0, "reprovided": 0,
+                      "provided": 0, "dropped_provides": 0}
         # the peers serving the DHT this host has met, with an address in its scope, kept
         # for the whole run
         self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
@@ -431,7 +431,9 @@ class Dht(_Announcer):
         addrs = []
         for raw in list(pb.addrs)[:MAX_ADDRS_PER_PEER]:
             try:
-                addr = multiaddr.Multiaddr(bytes(raw))
+                # py-multiaddr checks bytes only when printed: a truncated address would
+                # pass here, then fail every later use (the lookup that returns it)
+                addr = multiaddr.Multiaddr(str(multiaddr.Multiaddr(bytes(raw))))
             except Exception:
                 self.stats["dropped_addrs"] += 1
                 continue
@@ -542,6 +544,12 @@ class Dht(_Announcer):
                 answer = await self._rpc(peer, request)
             except Exception:
                 self.stats["failed"] += 1
+                self.table.remove(peer.id)
+                return
+            if answer.type != kind or (answer.key and bytes(answer.key) != key):
+                # A reply to another question (kubo and js-libp2p echo the key, rust-libp2p
+                # leaves it out): what it names is not about ``key``.
+                self.stats["wrong_reply"] += 1
                 self.table.remove(peer.id)
                 return
             answered[peer.id] = peer

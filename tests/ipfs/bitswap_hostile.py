@@ -1,0 +1,148 @@
+"""Hostile Bitswap providers for tests: a peer that lies about blocks, or is slow to give them.
+
+Built from ww's own pieces, as :mod:`tests.ipfs.bitswap_flood` is: a :class:`ww.p2p.host.Node`
+(real TCP + Noise + Yamux, listening on 127.0.0.1) with its own node key, speaking
+`/ipfs/bitswap/1.2.0`.  It reads the wants the target writes on the stream the target opens,
+and answers on a stream of its own, as a Bitswap peer does, according to its ``behaviour``:
+
+lies (each reply sent as soon as a want-block arrives)
+    ``wrong``        the wanted CID's prefix with bytes that are not the block
+    ``unasked``      a block nobody asked for (its own bytes, a raw CID)
+    ``huge``         a block of almost :data:`ww.ipfs.bitswap.MAX_MESSAGE` bytes of junk
+    ``oversize``     a message whose length is over :data:`ww.ipfs.bitswap.MAX_MESSAGE`
+    ``other_hash``   a prefix claiming a hash function ww does not take (blake2b-256)
+    ``other_codec``  the wanted CID's digest length and hash, another codec, wrong bytes
+slow
+    ``silent``       takes the wants, says nothing
+    ``have``         answers HAVE, never sends the block
+    ``late``         answers DONT_HAVE only once the want is cancelled (it has moved on)
+    ``stall``        sends the first half of a message carrying a block, then nothing
+
+Every want-block it is sent is recorded in :attr:`wants` (binary CIDs, in order), every lie it
+told in :attr:`lies`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ww.core import varint
+from ww.core.cid import CID, RAW
+from ww.core.identity import load_or_create
+from ww.core.multihash import sha256
+from ww.ipfs import bitswap
+from ww.ipfs.bitswap import Message, Presence, WantType
+from ww.p2p.host import Node
+
+LIES = ("wrong", "unasked", "huge", "oversize", "other_hash", "other_codec")
+SLOW = ("silent", "have", "late", "stall")
+BLAKE2B_256 = 0xB220
+DAG_CBOR = 0x71  # a codec ww does not take
+
+
+def lie_for(cid: bytes) -> bytes:
+    """The wrong bytes a ``wrong`` liar sends for ``cid`` (a test looks for them on disk)."""
+    return b"not the block " + cid
+
+
+class HostilePeer:
+    """A Bitswap provider on 127.0.0.1 that behaves as ``behaviour`` says (module docstring)."""
+
+    def __init__(self, home: Path, behaviour: str) -> None:
+        assert behaviour in LIES + SLOW, behaviour
+        self.behaviour = behaviour
+        self.wants: list[bytes] = []
+        self.cancels: list[bytes] = []
+        self.lies = 0
+        self.asked = threading.Event()  # set at the first want-block
+        self._held: list[Any] = []  # streams a ``stall`` peer keeps open
+        home.mkdir(parents=True, exist_ok=True)
+        self.node = Node(load_or_create(home), listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False,
+                         announce=False, warn=lambda message: None,
+                         handlers={bitswap.PROTOCOL: self._read})
+        self.node.start()
+
+    @property
+    def addr(self) -> str:
+        """Where it listens, ``/ip4/127.0.0.1/tcp/<port>/p2p/<peer id>``."""
+        return self.node.addrs[0]
+
+    @property
+    def peer_id(self) -> str:
+        return self.node.peer_id
+
+    async def _read(self, stream: Any) -> None:
+        """The target's stream: its wants (and cancels), answered on a stream of ours."""
+        peer = stream.muxed_conn.peer_id
+        reader = bitswap._Reader(stream)
+        try:
+            while (got := await reader.next()) is not None:
+                msg, _ = got
+                wanted = []
+                for entry in msg.wants:
+                    if entry.cancel:
+                        self.cancels.append(entry.cid)
+                        if self.behaviour == "late":
+                            await self._send(peer, Message(presences=[
+                                (entry.cid, Presence.DONT_HAVE)]))
+                    elif entry.want_type == WantType.BLOCK:
+                        self.wants.append(entry.cid)
+                        wanted.append(entry.cid)
+                if wanted:
+                    self.asked.set()
+                    await self._answer(peer, wanted)
+        except Exception:
+            pass  # the target reset the stream, or went away
+
+    async def _answer(self, peer: Any, wanted: list[bytes]) -> None:
+        kind = self.behaviour
+        if kind in ("silent", "late"):
+            return
+        if kind == "have":
+            await self._send(peer, Message(presences=[(c, Presence.HAVE) for c in wanted]))
+            return
+        for raw in wanted:
+            cid, _ = CID.decode(raw)
+            self.lies += kind in LIES
+            if kind == "wrong":
+                block = (bitswap.prefix_of(cid), lie_for(raw))
+            elif kind == "unasked":
+                data = b"nobody asked for this " + raw
+                block = (bitswap.prefix_of(CID.v1(RAW, sha256(data))), data)
+            elif kind == "huge":
+                block = (bitswap.prefix_of(cid), b"\0" * (bitswap.MAX_MESSAGE - 1024))
+            elif kind == "other_hash":
+                prefix = b"".join(varint.encode(v) for v in (1, RAW, BLAKE2B_256, 32))
+                block = (prefix, lie_for(raw))
+            elif kind == "other_codec":
+                prefix = b"".join(varint.encode(v) for v in (1, DAG_CBOR, 0x12, 32))
+                block = (prefix, lie_for(raw))
+            elif kind == "oversize":
+                await self._write(peer, varint.encode(bitswap.MAX_MESSAGE + 1)
+                                  + b"\0" * (bitswap.MAX_MESSAGE + 1))
+                continue
+            else:  # stall: half a message, and the stream held open
+                framed = bitswap.frame(Message(blocks=[(bitswap.prefix_of(cid),
+                                                        b"\0" * 100_000)]))
+                await self._write(peer, framed[: len(framed) // 2], hold=True)
+                continue
+            await self._send(peer, Message(blocks=[block]))
+
+    async def _send(self, peer: Any, msg: Message) -> None:
+        await self._write(peer, bitswap.frame(msg))
+
+    async def _write(self, peer: Any, data: bytes, hold: bool = False) -> None:
+        try:
+            stream = await self.node.host.new_stream(peer, [bitswap.PROTOCOL])
+            await stream.write(data)
+            if hold:
+                self._held.append(stream)
+            else:
+                await stream.close()
+        except Exception:
+            pass  # refused, reset: what a target does with a liar
+
+    def close(self) -> None:
+        self.node.stop()

@@ -1,0 +1,179 @@
+"""Providers that lie or are slow (issue 14, "Faults"): hostile Bitswap peers of
+tests/ipfs/bitswap_hostile.py, real libp2p on 127.0.0.1, against an embedded node or the real
+`ww import --peer`.
+
+A liar's blocks never reach the repository (each block is hashed against what was asked), the
+liar is asked nothing more, and the fetch goes on with an honest peer; alone, it fails at once
+with one line.  A slow peer keeps a want :data:`ww.ipfs.bitswap.PEER_TIMEOUT` seconds at most,
+then is asked last; alone, the fetch fails after that with one line.  No test waits on a clock
+of its own: HANG only stops a hang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HANG, run_ww
+from tests.ipfs.bitswap_hostile import LIES, SLOW, HostilePeer
+from ww.core.cid import CID
+from ww.core.errors import EXIT_FAILURE
+from ww.core.multihash import sha256
+from ww.ipfs import bitswap
+from ww.ipfs.api import NotFoundError
+from ww.ipfs.importer import CHUNK_SIZE
+from ww.ipfs.node import EmbeddedNode
+from ww.p2p import host_for_ipfs
+
+pytest.importorskip("libp2p")
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+def _data(size: int, seed: int) -> bytes:
+    return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Iterator[list]:
+    things: list = []
+    yield things
+    for thing in reversed(things):
+        thing.close()
+
+
+def _blocks_holding(home: Path, needle: bytes) -> list[Path]:
+    """The files under ``home`` (a repository) whose bytes contain ``needle``."""
+    return [p for p in home.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def _engine(node: EmbeddedNode) -> bitswap.Engine:
+    assert node._net is not None and node._net._engine is not None
+    return node._net._engine
+
+
+def _fetch_past_a_hostile_peer(tmp_path: Path, made: list, behaviour: str,
+                               peer_timeout: float | None = None
+                               ) -> tuple[HostilePeer, EmbeddedNode, EmbeddedNode, str, bytes]:
+    """``b`` connects to a hostile peer first (so the first want, the root's, is its), then to
+    an honest one holding a file; ``b`` gets the file."""
+    hostile = HostilePeer(tmp_path / "hostile", behaviour)
+    honest = EmbeddedNode(tmp_path / "honest", new_host=host_for_ipfs())
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    made += [hostile, honest, b]
+    data = _data(12 * CHUNK_SIZE + 7, 14)
+    cid = honest.add_stream([data])
+    b.connect(hostile.addr)
+    b.connect(honest.listen([LOOPBACK]).addresses[0])
+    if peer_timeout is not None:
+        _engine(b).peer_timeout = peer_timeout
+    b.get(cid, tmp_path / "out")
+    return hostile, honest, b, cid, data
+
+
+@pytest.mark.parametrize("lie", LIES)
+def test_a_liar_is_asked_nothing_more_and_an_honest_peer_gives_the_file(
+        tmp_path: Path, made: list, lie: str) -> None:
+    """The peer timeout is made longer than the hang guard: only seeing the lie can move the
+    root's want on.  A lie was ignored as an unwanted block, the want left with the liar."""
+    liar, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, lie,
+                                                            peer_timeout=10 * HANG)
+    assert (tmp_path / "out").read_bytes() == data
+    root = bytes(CID.parse(cid))
+    assert liar.wants == [root] and liar.lies == 1  # asked once, never again
+    assert _engine(honest).stats["blocks_out"] == 14
+    assert _engine(b).stats["liars"] == 1
+    assert b.check().ok
+    assert not _blocks_holding(b.repo_path, b"not the block ")
+
+
+def _import(peer: str, cid: str, out: Path):  # type: ignore[no-untyped-def]
+    return run_ww("import", "--no-progress", "--peer", peer, f"/ipfs/{cid}", "-o", str(out))
+
+
+@pytest.mark.parametrize("lie", ["wrong", "other_hash", "oversize"])
+def test_a_liar_alone_fails_the_import_with_one_line_and_writes_nothing(
+        tmp_path: Path, made: list, ww_home: Path, lie: str) -> None:
+    liar = HostilePeer(tmp_path / "liar", lie)
+    made.append(liar)
+    cid = str(CID.v0(sha256(b"the liar has not got this")))
+    r = _import(liar.addr, cid, tmp_path / "out")
+    assert r.returncode == EXIT_FAILURE, r.stderr
+    assert r.stderr.count("\n") == 1 and cid in r.stderr, r.stderr
+    assert "1 sent wrong data" in r.stderr, r.stderr
+    assert liar.wants == [bytes(CID.parse(cid))]
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert run_ww("repo", "check").returncode == 0
+    assert not _blocks_holding(ww_home, b"not the block ")
+
+
+def test_ww_import_past_a_liar_gets_the_file_from_an_honest_peer(
+        tmp_path: Path, made: list, ww_home: Path) -> None:
+    """The command line, a liar named first: the file arrives whole, the lie stored nowhere."""
+    liar = HostilePeer(tmp_path / "liar", "wrong")
+    honest = EmbeddedNode(tmp_path / "honest", new_host=host_for_ipfs())
+    made += [liar, honest]
+    data = _data(5 * CHUNK_SIZE + 3, 15)
+    cid = honest.add_stream([data])
+    r = run_ww("import", "--no-progress", "--peer", liar.addr, "--peer",
+               honest.listen([LOOPBACK]).addresses[0], f"/ipfs/{cid}", "-o",
+               str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == data
+    assert liar.lies >= 1
+    assert run_ww("repo", "check").returncode == 0
+    assert not _blocks_holding(ww_home, b"not the block ")
+
+
+def test_a_liar_stays_one_for_later_fetches_and_after_it_reconnects(
+        tmp_path: Path, made: list) -> None:
+    """A later fetch said "no peers connected" with the liar connected; a liar that hung up
+    and came back was asked again."""
+    liar = HostilePeer(tmp_path / "liar", "wrong")
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    made += [liar, b]
+    first, second, third = (str(CID.v0(sha256(b"block %d" % i))) for i in range(3))
+    b.connect(liar.addr)
+    with pytest.raises(NotFoundError, match=f"{first} .*1 sent wrong data"):
+        list(b.cat(first))
+    with pytest.raises(NotFoundError, match=f"{second} .*1 sent wrong data"):
+        list(b.cat(second))
+    b.disconnect(liar.peer_id)
+    deadline = time.monotonic() + HANG  # the hang-up is waited for, not slept on
+    while b.peers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.connect(liar.addr)
+    with pytest.raises(NotFoundError, match=f"{third} .*1 sent wrong data"):
+        list(b.cat(third))
+    assert liar.wants == [bytes(CID.parse(first))]
+
+
+@pytest.mark.parametrize("slow", SLOW)
+def test_a_slow_peer_loses_its_want_to_an_honest_one_and_is_asked_last(
+        tmp_path: Path, made: list, slow: str) -> None:
+    """After PEER_TIMEOUT the root's want goes to the honest peer; the leaves then go to the
+    peer that delivers, not to the one that timed out (they went to both, half of them
+    waiting another PEER_TIMEOUT)."""
+    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, slow)
+    assert (tmp_path / "out").read_bytes() == data
+    assert peer.wants == [bytes(CID.parse(cid))]
+    assert _engine(honest).stats["blocks_out"] == 14
+    assert b.check().ok
+
+
+def test_a_slow_peer_alone_fails_the_import_with_one_line(
+        tmp_path: Path, made: list) -> None:
+    peer = HostilePeer(tmp_path / "slow", "silent")
+    made.append(peer)
+    cid = str(CID.v0(sha256(b"the slow peer has not got this")))
+    r = _import(peer.addr, cid, tmp_path / "out")
+    assert r.returncode == EXIT_FAILURE, r.stderr
+    assert r.stderr.count("\n") == 1 and cid in r.stderr, r.stderr
+    assert f"1 did not answer within {bitswap.PEER_TIMEOUT:g} s" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+    assert run_ww("repo", "check").returncode == 0
