@@ -92,6 +92,21 @@ def test_rechunk_copies_mutable_pieces_so_buffer_reuse_cannot_alter_chunks() -> 
     assert bytes(chunks[0]) == b"a" * CHUNK_SIZE and bytes(chunks[1]) == b"a" * 10
 
 
+def test_rechunk_slices_views_of_bytes_without_copying_and_copies_views_of_buffers() -> None:
+    """The RPC API's add hands the importer views of the body's bytes (not copies); a view of
+    a mutable buffer is still copied, as the buffer itself is."""
+    data = bytes(range(256)) * (CHUNK_SIZE // 128 + 1)
+    chunks = list(rechunk([memoryview(data)[3:]]))
+    assert all(isinstance(c, memoryview) and c.obj is data for c in chunks[:-1])
+    assert b"".join(chunks) == data[3:]
+    buf = bytearray(b"a" * (CHUNK_SIZE + 10))
+    kept = []
+    for chunk in rechunk([memoryview(buf)]):
+        kept.append(chunk)
+        buf[:] = b"b" * len(buf)
+    assert bytes(kept[0]) == b"a" * CHUNK_SIZE and bytes(kept[1]) == b"a" * 10
+
+
 def test_add_stream_memory_stays_bounded_for_a_large_stream(node: EmbeddedNode) -> None:
     piece = os.urandom(1 << 20)
     total_mib = 96

@@ -197,12 +197,15 @@ def rechunk(
 ) -> Iterator[bytes | memoryview]:
     """Cut a stream of arbitrary pieces into ``size``-byte chunks (the last may be shorter).
 
-    Pieces that are ``bytes`` are sliced without copying; mutable pieces are copied first so a
-    caller reusing its buffer cannot change a chunk after the fact.  Empty input yields nothing.
+    Pieces that are ``bytes``, or memoryviews of ``bytes``, are sliced without copying; mutable
+    pieces are copied first so a caller reusing its buffer cannot change a chunk after the fact.
+    Empty input yields nothing.
     """
     buf = bytearray()
     for piece in chunks:
-        if not isinstance(piece, bytes):
+        if not isinstance(piece, bytes) and not (
+                isinstance(piece, memoryview) and isinstance(piece.obj, bytes)
+                and piece.itemsize == 1):
             piece = bytes(piece)
         if not piece:
             continue

@@ -169,19 +169,21 @@ class Request:
         end."""
         pieces: list[bytes] = []
         size = 0
-        while size < BODY_PIECE and not self.body_done:
-            message = None
-            with anyio.move_on_after(BODY_STALL):  # a stalled upload holds a worker
+        # A stalled upload holds a worker: the deadline moves on with each message, in one
+        # cancel scope per piece rather than one per message (fewer rounds through anyio).
+        with anyio.CancelScope() as stall:
+            while size < BODY_PIECE and not self.body_done:
+                stall.deadline = anyio.current_time() + BODY_STALL
                 message = await self._receive()
-            if message is None:
-                raise ClientError(f"the request body brought nothing for {BODY_STALL:g} s")
-            if message["type"] == "http.disconnect":
-                self.token.cancel()
-                raise CallCancelled("the client hung up")
-            self.body_done = not message.get("more_body", False)
-            if message.get("body"):
-                pieces.append(message["body"])
-                size += len(message["body"])
+                if message["type"] == "http.disconnect":
+                    self.token.cancel()
+                    raise CallCancelled("the client hung up")
+                self.body_done = not message.get("more_body", False)
+                if message.get("body"):
+                    pieces.append(message["body"])
+                    size += len(message["body"])
+        if stall.cancelled_caught:
+            raise ClientError(f"the request body brought nothing for {BODY_STALL:g} s")
         return pieces
 
     # --- the reply (from the worker) ----------------------------------------------------
@@ -262,9 +264,9 @@ class _Writer(io.RawIOBase):
 class _Reader(io.RawIOBase):
     """A file over pieces of bytes (a multipart part, a cat), for code that reads files."""
 
-    def __init__(self, pieces: Iterable[bytes]) -> None:
+    def __init__(self, pieces: Iterable[bytes | memoryview]) -> None:
         self._pieces = iter(pieces)
-        self._rest = b""
+        self._rest = memoryview(b"")  # a view: taking n bytes off the front copies nothing
 
     def readable(self) -> bool:
         return True
@@ -274,7 +276,7 @@ class _Reader(io.RawIOBase):
             piece = next(self._pieces, None)
             if piece is None:
                 return 0
-            self._rest = piece
+            self._rest = memoryview(piece)
         n = min(len(buffer), len(self._rest))
         buffer[:n] = self._rest[:n]
         self._rest = self._rest[n:]
@@ -292,7 +294,8 @@ def _error(message: str, code: int = 0) -> bytes:
 # --- multipart bodies (kubo's add, block/put, dag/import) -----------------------------------
 
 
-def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+def _parts(
+        request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes | memoryview]]]:
     """The parts of a ``multipart/form-data`` body as they arrive: each part's headers
     (lower-case names) and an iterator of its bytes, which must be consumed (or dropped)
     before the next part is taken.  Malformed bodies raise :class:`ClientError`."""
@@ -332,7 +335,11 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
         "on_header_value": lambda d, s, e: header_piece(value, d, s, e),
         "on_header_end": header_end,
         "on_headers_finished": lambda: events.append(("begin", dict(headers))),
-        "on_part_data": lambda d, s, e: events.append(("data", d[s:e])),
+        # a view, not a copy: the body's bytes are not copied between the socket's buffer
+        # and the block writer's (python-multipart passes the bytes given to it, or its
+        # boundary's bytes; anything mutable is copied)
+        "on_part_data": lambda d, s, e: events.append(
+            ("data", memoryview(d)[s:e] if isinstance(d, bytes) else bytes(d[s:e]))),
         "on_part_end": lambda: events.append(("end", None)),
         "on_end": lambda: events.append(("done", None)),
     }
@@ -356,7 +363,7 @@ def _parts(request: Request) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]
     flow = stream()
     done = False
 
-    def data() -> Iterator[bytes]:
+    def data() -> Iterator[bytes | memoryview]:
         nonlocal done
         for kind, item in flow:
             if kind == "data":
@@ -457,7 +464,8 @@ def _add(api: RpcApi, request: Request) -> None:
             name = cid
         request.json_lines([{"Name": name, "Hash": cid, "Size": str(tsize)}])
 
-    def counted(name: str, pieces: Iterator[bytes]) -> Iterator[bytes]:
+    def counted(name: str, pieces: Iterator[bytes | memoryview]
+                ) -> Iterator[bytes | memoryview]:
         done = told = 0
         for piece in pieces:
             done += len(piece)
@@ -497,7 +505,8 @@ def _add(api: RpcApi, request: Request) -> None:
 _UNNAMED = "\0"
 
 
-def _bounded(pieces: Iterable[bytes], limit: int, error: Exception) -> Iterator[bytes]:
+def _bounded(pieces: Iterable[bytes | memoryview], limit: int,
+             error: Exception) -> Iterator[bytes | memoryview]:
     """``pieces``, raising ``error`` (and reading no further) past ``limit`` bytes."""
     total = 0
     for piece in pieces:
