@@ -298,6 +298,8 @@ def test_pin_rm_then_gc_reclaims_what_export_stored(ww, tmp_path: Path):
     assert ww("pin", "rm", path).status == 0
     r = ww("repo", "gc")
     assert r.status == 0 and f"removed 9 blocks ({added} bytes)" in r.text
+    named = [line.split()[1] for line in r.text.splitlines() if line.startswith("removed ")]
+    assert len(set(named)) == 9 and all(c.startswith("bafkrei") for c in named)  # as kubo
     assert stat_fields(ww) == before
     assert ww("cat", kept_path).out == b"stays pinned\n"  # what is still pinned stays
     r = ww("cat", path)

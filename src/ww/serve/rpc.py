@@ -737,7 +737,7 @@ def _swarm_peers(api: RpcApi, request: Request) -> None:
         for addr in peer.addresses or [""]:
             peers.append({"Addr": addr, "Peer": peer.id, "Latency": "", "Muxer": "",
                           "Direction": 0, "Streams": None})
-    request.reply({"Peers": peers})
+    request.reply({"Peers": peers or None})  # kubo's nil slice: {"Peers":null}
 
 
 @command("swarm/connect")
@@ -753,11 +753,35 @@ def _swarm_connect(api: RpcApi, request: Request) -> None:
 
 @command("repo/gc")
 def _repo_gc(api: RpcApi, request: Request) -> None:
-    report = api.node.gc()
-    # kubo streams {"Key": {"/": cid}} per block removed; the embedded node's gc counts them
-    # without naming them, so the stream is empty and the daemon's log has the counts
-    request.json_lines(())
-    api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes)
+    """Each block as gc removes it, as kubo streams them: ``{"Key": {"/": cid}}`` (its CIDv1
+    with the raw codec, ``bafkrei...``, as kubo names a stored block); ``silent``: no lines;
+    ``quiet`` changes only what kubo's command line prints.  A block that cannot be removed
+    ends the reply with an error once gc is done; with ``stream-errors`` it is also a line
+    of its own, ``{"Key": null, "Error": reason}``, as it happens.  A client that leaves
+    does not stop gc (as kubo's): what it removes is the same."""
+    silent = request.flag("silent")
+    stream_errors = request.flag("stream-errors")
+    request.flag("quiet", "q")  # a bad value is refused, as kubo's option parser does
+
+    def line(value: dict[str, Any]) -> None:
+        if silent or request.token.cancelled:
+            return
+        try:
+            request.json_lines([value])
+        except CallCancelled:
+            pass  # the client left: gc goes on, unreported
+
+    def failed(cid: str, reason: str) -> None:
+        api.log("gc-error", error=reason)
+        if stream_errors:
+            line({"Key": None, "Error": reason})
+
+    report = api.node.gc(lambda cid: line({"Key": {"/": cid}}), failed)
+    api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes,
+            failed_blocks=report.failed_blocks)
+    if report.failed_blocks:
+        raise IpfsError("encountered errors during gc run" if stream_errors else
+                        "garbage collection incomplete: could not delete some blocks")
 
 
 @command("resolve")
