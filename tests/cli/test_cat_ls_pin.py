@@ -327,3 +327,21 @@ def test_the_commands_on_a_kubo_node(ww, fake_kubo, tmp_path: Path):  # noqa: F8
     assert list(fields) == ["NumObjects", "RepoSize", "StorageMax", "RepoPath", "Version"]
     assert int(fields["RepoSize"]) >= len(body)
     assert fields["Version"].strip().startswith("fs-repo@")
+
+
+def test_cat_and_ls_read_identity_cids_and_any_multibase(ww, tmp_path: Path):
+    """`ww cat` of an identity CID prints the block the CID holds (no repository has it);
+    a CIDv1 in upper-case base32 or base36 names the same content as kubo's base32."""
+    from ww.core import multibase
+    from ww.core.cid import CID
+
+    assert ww("cat", "bafkqablimvwgy3y").out == b"hello"
+    assert ww("cat", "BAFKQABLIMVWGY3Y").out == b"hello"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_bytes(b"in a directory\n")
+    root = CID.parse(export(ww, tmp_path / "d", "--cid-version", "1").removeprefix("/ipfs/"))
+    for form in (str(root).upper(), multibase.encode(bytes(root), "base36")):
+        assert ww("cat", f"{form}/f.txt").out == b"in a directory\n", form
+        assert "f.txt" in ww("ls", form).text
+    r = ww("cat", "b" + multibase.b32encode(b"\x01\x55\x00\x81\x01" + bytes(129)))
+    assert r.status != 0 and "maximum 128" in r.err and len(r.err.splitlines()) == 1

@@ -82,15 +82,75 @@ def test_cidv0_and_cidv1_parse_format_and_convert() -> None:
         ("QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3N0", "base58"),
         ("QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3N", "prefix"),
         ("bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", "dag-cbor"),
-        ("BAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF354", "prefix"),
         ("bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf35", "base32|truncated"),
-        ("mAXASIA", "prefix"),
+        ("BAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF35", "base32|truncated"),
+        ("Bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354", "base32"),  # mixed
+        ("bAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF354", "base32"),
+        ("cafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354", "padding"),
+        ("mAXASIA", "truncated"),
         ("hello", "prefix"),
+        ("\x00abc", "prefix"),  # the identity multibase: not read
+        ("bafkqbaib" + "a" * 207, "digest too large"),  # an identity CID of 129 bytes
     ],
 )
 def test_invalid_cid_strings_raise_invalid_path_error_saying_why(text: str, message: str) -> None:
     with pytest.raises(InvalidPathError, match=message):
         CID.parse(text)
+
+
+# EMPTY_DIR_V1 in every multibase go-multibase (kubo) reads that ww reads too, as py-multibase
+# writes them (an encoder that is not ww's own).
+EMPTY_DIR_V1_FORMS = [
+    "BAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF354",
+    "cafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354======",
+    "CAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF354======",
+    "v05o1482pii23i1iv55gptt0ig35ricluab2mr6e5iplmbo0h28sv165rts",
+    "V05O1482PII23I1IV55GPTT0IG35RICLUAB2MR6E5IPLMBO0H28SV165RTS",
+    "t05o1482pii23i1iv55gptt0ig35ricluab2mr6e5iplmbo0h28sv165rts======",
+    "T05O1482PII23I1IV55GPTT0IG35RICLUAB2MR6E5IPLMBO0H28SV165RTS======",
+    "k2jmtxtlhjl3fhmgndf92e48by79ryjuvqp3y2qgehpao6v3lurvnmcv",
+    "K2JMTXTLHJL3FHMGNDF92E48BY79RYJUVQP3Y2QGEHPAO6V3LURVNMCV",
+    "zdj7WbTaiJT1fgatdet9Ei9iDB5hdCxkbVyhyh8YTUnXMiwYi",
+    "ZCJ7vAszHis1EFzTCDT9eH9Hdb5GCcXKAuYGYG8xstMwmHWxH",
+    "mAXASIFmUhDkGXylhnvQSgMu5Mr5SxW2ZxZZrZeAREjnwmLvv",
+    "MAXASIFmUhDkGXylhnvQSgMu5Mr5SxW2ZxZZrZeAREjnwmLvv",
+    "uAXASIFmUhDkGXylhnvQSgMu5Mr5SxW2ZxZZrZeAREjnwmLvv",
+    "UAXASIFmUhDkGXylhnvQSgMu5Mr5SxW2ZxZZrZeAREjnwmLvv",
+    "f0170122059948439065f29619ef41280cbb932be52c56d99c5966b65e0111239f098bbef",
+    "F0170122059948439065F29619EF41280CBB932BE52C56D99C5966B65E0111239F098BBEF",
+    "92793123848386796143997158668923767632961188355898973890330677065315373453501431069679",
+    "0" + "".join(f"{b:08b}" for b in bytes.fromhex(
+        "0170122059948439065f29619ef41280cbb932be52c56d99c5966b65e0111239f098bbef")),
+]
+
+
+@pytest.mark.parametrize("text", EMPTY_DIR_V1_FORMS, ids=lambda t: t[0])
+def test_a_cidv1_parses_in_every_multibase_kubo_reads(text: str) -> None:
+    cid = CID.parse(text)
+    assert str(cid) == EMPTY_DIR_V1  # printed as kubo prints it: base32 lower case
+    assert parse_path(f"/ipfs/{text}/a").root == cid
+
+
+def test_base36_round_trips_as_kubo_writes_it() -> None:
+    raw = bytes(CID.parse(EMPTY_DIR_V1))
+    assert multibase.encode(raw, "base36") == EMPTY_DIR_V1_FORMS[7]
+    assert multibase.decode(multibase.encode(b"\0\0\x01", "base36")) == b"\0\0\x01"
+
+
+def test_identity_cids_hold_their_block_up_to_kubos_128_bytes() -> None:
+    probe = CID.parse("bafkqaaa")  # the gateway specification's probe: the empty block
+    assert (probe.version, probe.codec, probe.inline) == (1, RAW, b"")
+    hello = CID.v1(RAW, b"\x00\x05hello")
+    assert str(hello) == "bafkqablimvwgy3y" and CID.parse("bafkqablimvwgy3y").inline == b"hello"
+    assert multihash.verify(hello.multihash, b"hello")
+    assert not multihash.verify(hello.multihash, b"hellO")
+    most = CID.v1(RAW, b"\x00\x80\x01" + bytes(128))
+    assert CID.parse(str(most)).inline == bytes(128) and most.digest == bytes(128)
+    with pytest.raises(InvalidPathError, match="digest too large.*129 bytes, maximum 128"):
+        CID.v1(RAW, b"\x00\x81\x01" + bytes(129))
+    with pytest.raises(InvalidPathError, match="CIDv0"):
+        CID.v0(b"\x00\x05hello")
+    assert CID.parse(EMPTY_DIR).inline is None
 
 
 def test_invalid_cid_error_is_one_line() -> None:
@@ -136,11 +196,11 @@ def test_malformed_paths_raise_invalid_path_error(text: str, message: str) -> No
         (varint.decode, b"\xff" * 19 + b"\x01", varint.VarintError),  # PyPI varint: 141 bits
         (varint.decode, b"\x80", varint.VarintError),  # PyPI varint: TypeError
         (multihash.decode, b"\x11\x14" + bytes(20), multihash.MultihashError),  # sha1
-        (multihash.decode, b"\x00\x03abc", multihash.MultihashError),  # identity
+        (multihash.decode, b"\x00\x81\x01" + bytes(129), multihash.MultihashError),  # >128
         (multihash.decode, b"\x92\x00\x20" + bytes(32), multihash.MultihashError),  # non-minimal
         (multibase.decode, "baf", multibase.MultibaseError),  # base32 with stray bits
         (CID.decode, b"\x01\x71\x12\x20" + bytes(32), InvalidPathError),  # dag-cbor CID
-        (CID.decode, b"\x01\x55\x00\x03abc", InvalidPathError),  # identity-multihash CID
+        (CID.decode, b"\x01\x55\x00\x81\x01" + bytes(129), InvalidPathError),  # >128
     ],
 )
 def test_what_the_pypi_libraries_accept_ww_refuses_with_its_own_error(

@@ -468,3 +468,42 @@ def test_repo_gc_streams_each_removed_block_as_kubo_and_swarm_peers_is_null(daem
     assert str(CID.v1(RAW, stuck)) in errors[0]["Error"]
     assert {"Key": {"/": str(CID.v1(RAW, CID.parse(last[-1]["Hash"]).multihash))}} in lines
     assert daemon.post("block/stat", last[-1]["Hash"])[0] == 500  # gc went on
+
+
+def test_cids_in_any_multibase_and_identity_cids_in_arguments_as_kubo(daemon):
+    """A CIDv1 argument in any multibase kubo reads (upper-case base32, base36, base58btc)
+    names the same content; an identity CID's block is the CID itself (no repository has
+    it): `cat`, `ls`, `get`, `block/get` and `block/stat` answer it, inside a directory too,
+    where they answered kubo's error for a CID they could not parse."""
+    from ww.core import multibase, varint
+    from ww.core.cid import CID, DAG_PB, RAW
+    from ww.ipfs import dagpb, unixfs
+
+    hello = CID.v1(RAW, b"\x00\x05hello")
+    stored = add(daemon, [("s", "application/octet-stream", b"stored\n")])[-1]["Hash"]
+    block = dagpb.encode(dagpb.PBNode(
+        [dagpb.PBLink(hello, b"hello.txt", 5), dagpb.PBLink(CID.parse(stored), b"s", 15)],
+        unixfs.encode(unixfs.UnixFSData(unixfs.DataType.DIRECTORY))))
+    body, headers = multipart([("d", "application/octet-stream", block)])
+    status, _, reply = daemon.post("block/put", body=body, headers=headers,
+                                   cid_codec="dag-pb")
+    assert status == 200, reply
+    directory = CID.parse(json.loads(reply)["Key"])
+    assert directory.codec == DAG_PB
+    raw = bytes(directory)
+    for form in (str(directory).upper(), multibase.encode(raw, "base36"),
+                 multibase.encode(raw, "base58btc")):
+        assert daemon.post("cat", f"/ipfs/{form}/s")[2] == b"stored\n", form
+        assert daemon.post("cat", f"{form}/hello.txt")[2] == b"hello", form
+    assert daemon.post("cat", str(hello).upper())[2] == b"hello"
+    assert daemon.post("block/get", str(hello))[2] == b"hello"
+    assert daemon.json("block/stat", str(hello)) == [{"Key": str(hello), "Size": 5}]
+    (listing,) = daemon.json("ls", str(directory))
+    assert [(link["Name"], link["Hash"], link["Size"]) for link in listing["Objects"][0][
+        "Links"]] == [("hello.txt", str(hello), 5), ("s", stored, 7)]
+    status, _, tar = daemon.post("get", str(directory))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        assert archive.extractfile(f"{directory}/hello.txt").read() == b"hello"
+    too_big = "b" + multibase.b32encode(b"\x01\x55\x00" + varint.encode(129) + bytes(129))
+    status, err = error_of(daemon.post("cat", too_big))
+    assert status == 500 and "maximum 128" in err["Message"]
