@@ -792,12 +792,15 @@ def _resolve(api: RpcApi, request: Request) -> None:
 @command("repo/stat")
 def _repo_stat(api: RpcApi, request: Request) -> None:
     stat = api.node.repo_stat()
-    size_only = request.flag("size-only")
-    reply: dict[str, Any] = {"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1}
-    if not size_only:
-        reply.update(NumObjects=stat.num_objects, RepoPath=stat.repo_path,
-                     Version=stat.version)
-    request.reply(reply)
+    # kubo's corerepo.Stat has no omitempty: with size-only its other fields are zero, not
+    # absent (kubo-rpc-client's repo.stat reads NumObjects either way)
+    if request.flag("size-only", "s"):
+        request.reply({"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1,
+                       "NumObjects": 0, "RepoPath": "", "Version": ""})
+        return
+    request.reply({"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1,
+                   "NumObjects": stat.num_objects, "RepoPath": stat.repo_path,
+                   "Version": stat.version})
 
 
 @command("routing/findprovs")
