@@ -732,11 +732,13 @@ def _version(api: RpcApi, request: Request) -> None:
 
 @command("swarm/peers")
 def _swarm_peers(api: RpcApi, request: Request) -> None:
+    # kubo's connInfo fields are all omitempty, and Latency, Muxer, Direction and Streams are
+    # only filled when asked for (which is not supported here): each peer is its "Addr" and
+    # "Peer" (a Direction of 0 read as "inbound" in kubo-rpc-client)
     peers = []
     for peer in api.node.peers():
         for addr in peer.addresses or [""]:
-            peers.append({"Addr": addr, "Peer": peer.id, "Latency": "", "Muxer": "",
-                          "Direction": 0, "Streams": None})
+            peers.append({"Addr": addr, "Peer": peer.id} if addr else {"Peer": peer.id})
     request.reply({"Peers": peers or None})  # kubo's nil slice: {"Peers":null}
 
 
