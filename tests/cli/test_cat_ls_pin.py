@@ -295,6 +295,7 @@ def test_pin_rm_then_gc_reclaims_what_export_stored(ww, tmp_path: Path):
     assert int(stored["NumObjects"]) - int(before["NumObjects"]) == 9  # 8 chunks and a root
     r = ww("repo", "gc")  # pinned by ww export: nothing to reclaim
     assert "removed 0 blocks" in r.text
+    assert ww("repo", "gc", "-q").out == b""  # -q: only the removed blocks' CIDs
     assert ww("pin", "rm", path).status == 0
     r = ww("repo", "gc")
     assert r.status == 0 and f"removed 9 blocks ({added} bytes)" in r.text
