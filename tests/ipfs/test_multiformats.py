@@ -221,16 +221,19 @@ def test_what_the_pypi_libraries_accept_ww_refuses_with_its_own_error(
 
 
 def multibase_forms(raw: bytes) -> list[str]:
-    """``raw`` in the other multibases ww reads, written by the standard library (but a
-    base64 text with a ``/``, which a path would split, kubo's too)."""
+    """``raw`` in the other multibases ww reads, written by the standard library and
+    py-multibase (but a base64 text with a ``/``, which a path would split, kubo's too)."""
     import base64
+
+    import multibase as pypi_multibase
 
     b32, b32hex = base64.b32encode(raw).decode(), base64.b32hexencode(raw).decode()
     b64, url64 = base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()
     forms = ["c" + b32.lower(), "C" + b32, "v" + b32hex.rstrip("=").lower(),
              "V" + b32hex.rstrip("="), "t" + b32hex.lower(), "T" + b32hex,
              "m" + b64.rstrip("="), "M" + b64, "u" + url64.rstrip("="), "U" + url64,
-             "0" + "".join(f"{byte:08b}" for byte in raw)]
+             "0" + "".join(f"{byte:08b}" for byte in raw),
+             pypi_multibase.encode("base58flickr", raw).decode()]
     return [form for form in forms if "/" not in form]
 
 
