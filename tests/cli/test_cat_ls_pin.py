@@ -362,9 +362,12 @@ def test_pin_rm_then_gc_reclaims_what_export_stored(ww, tmp_path: Path):
     assert int(stored["NumObjects"]) - int(before["NumObjects"]) == 9  # 8 chunks and a root
     r = ww("repo", "gc")  # pinned by ww export: nothing to reclaim
     assert "removed 0 blocks" in r.text
+    assert ww("repo", "gc", "-q").out == b""  # -q: only the removed blocks' CIDs
     assert ww("pin", "rm", path).status == 0
     r = ww("repo", "gc")
     assert r.status == 0 and f"removed 9 blocks ({added} bytes)" in r.text
+    named = [line.split()[1] for line in r.text.splitlines() if line.startswith("removed ")]
+    assert len(set(named)) == 9 and all(c.startswith("bafkrei") for c in named)  # as kubo
     assert stat_fields(ww) == before
     assert ww("cat", kept_path).out == b"stays pinned\n"  # what is still pinned stays
     r = ww("cat", path)
@@ -392,3 +395,21 @@ def test_the_commands_on_a_kubo_node(ww, fake_kubo, tmp_path: Path):  # noqa: F8
     assert list(fields) == ["NumObjects", "RepoSize", "StorageMax", "RepoPath", "Version"]
     assert int(fields["RepoSize"]) >= len(body)
     assert fields["Version"].strip().startswith("fs-repo@")
+
+
+def test_cat_and_ls_read_identity_cids_and_any_multibase(ww, tmp_path: Path):
+    """`ww cat` of an identity CID prints the block the CID holds (no repository has it);
+    a CIDv1 in upper-case base32 or base36 names the same content as kubo's base32."""
+    from ww.core import multibase
+    from ww.core.cid import CID
+
+    assert ww("cat", "bafkqablimvwgy3y").out == b"hello"
+    assert ww("cat", "BAFKQABLIMVWGY3Y").out == b"hello"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_bytes(b"in a directory\n")
+    root = CID.parse(export(ww, tmp_path / "d", "--cid-version", "1").removeprefix("/ipfs/"))
+    for form in (str(root).upper(), multibase.encode(bytes(root), "base36")):
+        assert ww("cat", f"{form}/f.txt").out == b"in a directory\n", form
+        assert "f.txt" in ww("ls", form).text
+    r = ww("cat", "b" + multibase.b32encode(b"\x01\x55\x00\x81\x01" + bytes(129)))
+    assert r.status != 0 and "maximum 128" in r.err and len(r.err.splitlines()) == 1

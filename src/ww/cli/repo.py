@@ -81,19 +81,25 @@ def _multihash_of(path: Path) -> str:
 
 
 @repo.command()
-def gc() -> int:
-    """Remove unpinned blocks and the leftovers of interrupted writes."""
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only the CIDs of the removed blocks, without the summary.")
+def gc(quiet: bool) -> int:
+    """Remove unpinned blocks and the leftovers of interrupted writes.
+
+    Prints each block as it is removed (``removed <cid>``, as kubo's ipfs repo gc: the CIDv1
+    of its multihash with the raw codec), then what was freed."""
     from ww.app.build import open_embedded
 
     node = open_embedded()
     try:
-        report = node.gc()
+        report = node.gc(lambda cid: click.echo(cid if quiet else f"removed {cid}"))
         where = node.repo_path
     finally:
         node.close()
-    click.echo(f"repository {where}: removed {_plural(report.removed_blocks, 'block')} "
-               f"({report.freed_bytes} bytes) and "
-               f"{_plural(report.removed_temp_files, 'temp file')}")
+    if not quiet:
+        click.echo(f"repository {where}: removed {_plural(report.removed_blocks, 'block')} "
+                   f"({report.freed_bytes} bytes) and "
+                   f"{_plural(report.removed_temp_files, 'temp file')}")
     return 0
 
 

@@ -4,6 +4,9 @@
 * CIDv1: ``<varint 1><varint codec><multihash>``, written with a multibase prefix; kubo
   prints base32 lower case (``bafy...`` for dag-pb, ``bafk...`` for raw).
 
+A CIDv1's multihash is sha2-256, or identity (``bafkq...`` for raw): the block is the CID's
+own bytes, at most 128 (see :mod:`ww.core.multihash`), and no store holds it.
+
 Equality follows go-cid: a CIDv0 and the CIDv1 of the same block are *different* CIDs (but
 name the same bytes, see :attr:`CID.multihash`).
 """
@@ -21,8 +24,8 @@ __all__ = ["DAG_PB", "RAW", "CID", "CidError"]
 # Kept over py-cid, which would sit on every block's path (Bitswap, CAR, importer): it is
 # 1.9-3.0x slower to decode a binary CID (2.0 us own, 3.8-6.1 us library), 4.2-5.1x to parse
 # a base32 one (13 us, 55-69 us) and 12-20x to print one (3.8-5.8 us, 68-74 us) --
-# benchmarks/codecs.py, two runs -- and it accepts the dag-cbor and identity-multihash CIDs
-# this node refuses, so the checks here would stay around it anyway.
+# benchmarks/codecs.py, two runs -- and it accepts the dag-cbor CIDs this node refuses and
+# identity-multihash CIDs of any size, so the checks here would stay around it anyway.
 
 DAG_PB = 0x70
 RAW = 0x55
@@ -58,6 +61,8 @@ class CID:
             raise CidError(f"invalid CID multihash: {err}") from None
         if end != len(self.multihash):
             raise CidError("trailing bytes after the CID multihash")
+        if self.version == 0 and self.multihash[:1] != b"\x12":
+            raise CidError("a CIDv0 is always a sha2-256 multihash")
 
     # --- constructors ---------------------------------------------------------------
 
@@ -71,7 +76,8 @@ class CID:
 
     @classmethod
     def parse(cls, text: str) -> CID:
-        """Parse a CID string (``Qm...`` base58btc v0, or a ``b``/``z`` multibase v1)."""
+        """Parse a CID string (``Qm...`` base58btc v0, or a CIDv1 in any multibase
+        :mod:`ww.core.multibase` reads: ``b`` base32, ``B``, ``k`` base36, ``z``, ...)."""
         if not isinstance(text, str) or not text:
             raise CidError("empty CID")
         if len(text) == 46 and text.startswith("Qm"):
@@ -135,8 +141,14 @@ class CID:
 
     @property
     def digest(self) -> bytes:
-        """The raw sha2-256 digest."""
-        return self.multihash[2:]
+        """The raw digest: sha2-256's 32 bytes, or an identity CID's content."""
+        return multihash.decode(self.multihash)[1]
+
+    @property
+    def inline(self) -> bytes | None:
+        """The block an identity CID holds in itself (no store has it: it *is* the CID);
+        None for a CID that names its block by hash."""
+        return multihash.inline(self.multihash)
 
     def to_v1(self) -> CID:
         return CID.v1(self.codec, self.multihash)

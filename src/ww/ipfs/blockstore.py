@@ -67,10 +67,14 @@ class Blockstore:
     # --- reading ----------------------------------------------------------------------
 
     def has(self, cid: CID) -> bool:
-        return self.path_for(cid.multihash).is_file()
+        return cid.inline is not None or self.path_for(cid.multihash).is_file()
 
     def get(self, cid: CID) -> bytes:
-        """The verified bytes of ``cid``'s block."""
+        """The verified bytes of ``cid``'s block (an identity CID's: its own, never read
+        from disk, as kubo's identity store answers them)."""
+        content = cid.inline
+        if content is not None:
+            return content
         path = self.path_for(cid.multihash)
         try:
             with open(path, "rb", buffering=0) as f:
@@ -86,6 +90,9 @@ class Blockstore:
         return data
 
     def size(self, cid: CID) -> int | None:
+        content = cid.inline
+        if content is not None:
+            return len(content)
         try:
             return self.path_for(cid.multihash).stat().st_size
         except FileNotFoundError:
@@ -125,6 +132,8 @@ class Blockstore:
         ``sync=False`` the block is renamed into place without its own fsync: readers still
         see all of it or nothing, and the caller makes the batch durable at once.
         """
+        if cid.inline is not None:  # the CID holds it: nothing to store
+            return None
         final = self.path_for(cid.multihash)
         if self._holds(final, cid.multihash, sum(len(p) for p in parts)):
             return None
@@ -162,7 +171,7 @@ class Blockstore:
         """Move an already verified, fsynced file into place (from a staging directory on the
         same file system); returns the shard directory to fsync, or None if already present."""
         final = self.path_for(mh)
-        if self._holds(final, mh, staged.stat().st_size):
+        if multihash.inline(mh) is not None or self._holds(final, mh, staged.stat().st_size):
             staged.unlink()
             return None
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -345,9 +345,11 @@ class EmbeddedNode:
 
     # --- maintenance ------------------------------------------------------------------
 
-    def gc(self) -> GcReport:
-        """Remove unpinned blocks and leftovers of interrupted writes."""
-        return self._repo.gc()
+    def gc(self, removed: Callable[[str], object] | None = None,
+           failed: Callable[[str, str], object] | None = None) -> GcReport:
+        """Remove unpinned blocks and leftovers of interrupted writes; ``removed(cid)`` is
+        told each block as it goes (see :meth:`ww.ipfs.repo.Repo.gc`)."""
+        return self._repo.gc(removed, failed)
 
     def repo_stat(self) -> RepoStat:
         """The blocks stored and their bytes; there is no storage limit (``storage_max``)."""

@@ -21,12 +21,12 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ww.core import multihash
-from ww.core.cid import CID, RAW
+from ww.core.cid import CID, RAW, CidError
 
 from . import dagpb, exporter
 from .api import IpfsError
@@ -71,6 +71,16 @@ class GcReport:
     removed_blocks: int = 0
     freed_bytes: int = 0
     removed_temp_files: int = 0
+    failed_blocks: int = 0  # blocks gc could not remove (each told to ``failed``)
+
+
+def _block_name(mh: bytes) -> str:
+    """A stored block's name as kubo's ``repo gc`` and ``refs local`` print it: the CIDv1 of
+    its multihash with the raw codec; a stray name that is no multihash, in hex."""
+    try:
+        return str(CID.v1(RAW, mh))
+    except CidError:
+        return mh.hex()
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -160,20 +170,43 @@ class Repo:
 
     # --- maintenance ------------------------------------------------------------------
 
-    def gc(self) -> GcReport:
-        """Remove every block not reachable from a pin, and leftover temp files."""
+    def gc(self, removed: Callable[[str], object] | None = None,
+           failed: Callable[[str, str], object] | None = None) -> GcReport:
+        """Remove every block not reachable from a pin, and leftover temp files.
+
+        ``removed(cid)`` is told each block as it goes, named as kubo's ``repo gc`` names it:
+        the CIDv1 of its multihash with the raw codec (``bafkrei...``; the store keeps no
+        codec).  A block that cannot be removed is told to ``failed(cid, reason)`` and gc goes
+        on (as kubo's); without ``failed``, gc ends with an :class:`IpfsError` once done.
+        Memory: the live set (the pinned DAGs' multihashes) and one directory entry at a
+        time -- the stored blocks are never listed whole."""
         with self._lock(fcntl.LOCK_EX):
             live = self._live()
-            removed = freed = 0
-            for mh in list(self.blocks.iter_multihashes()):
+            count = freed = failures = 0
+            first_failure = ""
+            # Lazily, one shard directory at a time: with the lock held no writer adds a
+            # name, and removing names already read does not disturb the listing (POSIX
+            # readdir leaves only the removed entries themselves unspecified).
+            for mh in self.blocks.iter_multihashes():
                 if mh in live:
                     continue
                 path = self.blocks.path_for(mh)
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     size = path.stat().st_size
                     path.unlink()
-                    removed += 1
-                    freed += size
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    failures += 1
+                    reason = f"could not remove block {_block_name(mh)}: {err.strerror}"
+                    first_failure = first_failure or reason
+                    if failed is not None:
+                        failed(_block_name(mh), reason)
+                    continue
+                count += 1
+                freed += size
+                if removed is not None:
+                    removed(_block_name(mh))
             # With the lock held exclusively no writer is running: every temp file is stale.
             temps = self.blocks.temp_files()
             for tmp in temps:
@@ -185,7 +218,10 @@ class Repo:
             for tmp in self.path.glob(f"{TEMP_PREFIX}*"):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-            return GcReport(removed, freed, len(temps) + len(staged))
+            if failures and failed is None:
+                raise IpfsError(f"garbage collection incomplete: {failures} block(s) could "
+                                f"not be removed ({first_failure})")
+            return GcReport(count, freed, len(temps) + len(staged), failures)
 
     def check(self) -> RepoCheck:
         """Verify every block against its name and every pin's DAG for completeness.

@@ -82,10 +82,6 @@ IMMUTABLE = "public, max-age=29030400, immutable"
 _RAW = "application/vnd.ipld.raw"
 _CAR = "application/vnd.ipld.car"
 _FORMATS = {"raw": _RAW, "car": _CAR}
-_PROBE = "bafkqaaa"  # the empty identity CID, the specification's probe path
-# A CAR v1 header whose one root is bafkqaaa, which ww.core.cid cannot hold (identity hash):
-# dag-cbor {"roots": [CID(bafkqaaa)], "version": 1}, after its varint length.
-_PROBE_CAR = bytes.fromhex("19a265726f6f747381d82a4500015500006776657273696f6e01")
 
 
 class GatewayBackend(CoreAPI, Protocol):
@@ -259,8 +255,6 @@ class _Gateway:
         query = request.query_params
         fmt, car_params, negotiated = _negotiate(query, request.headers.get("accept", ""))
         trailing = rest.endswith("/")
-        if rest.rstrip("/") == _PROBE:
-            return _probe(fmt, head)
         ipath = parse_path("/ipfs/" + rest)
         if (not ipath.segments and not trailing
                 and request.headers.get("service-worker", "").lower() == "script"):
@@ -546,27 +540,19 @@ def _head(headers: dict[str, str]) -> Response:
     return response
 
 
-def _probe(fmt: str | None, head: bool) -> Response:
-    """The specification's probe, ``/ipfs/bafkqaaa``: the empty block, or a CAR of it."""
-    if fmt == "car":
-        headers = {"content-type": f"{_CAR}; version=1; order=dfs; dups=n",
-                   "cache-control": IMMUTABLE, "etag": f'"{_PROBE}.car"',
-                   "content-disposition": f'attachment; filename="{_PROBE}.car"',
-                   "content-length": str(len(_PROBE_CAR))}
-        return Response(b"" if head else _PROBE_CAR, headers=headers)
-    kind = _RAW if fmt == "raw" else "text/plain; charset=utf-8"
-    return Response(b"", headers={"content-type": kind, "cache-control": IMMUTABLE,
-                                  "etag": f'"{_PROBE}.raw"', "content-length": "0"})
-
-
 # --- streaming -------------------------------------------------------------------------------
 
 
 def _car_bytes(root: CID, blocks: Iterator[tuple[CID, bytes]]) -> Iterator[bytes]:
+    """A CAR of ``blocks`` but those of identity CIDs, which hold their block in themselves
+    (as boxo's gateway writes CARs: go-car's ``StoreIdentityCIDs`` off): the CAR of
+    ``bafkqaaa``, the specification's probe, is a header alone."""
     header = io.BytesIO()
     car.write_header(header, [root])
     yield header.getvalue()
     for cid, block in blocks:
+        if cid.inline is not None:
+            continue
         raw_cid = bytes(cid)
         yield varint.encode(len(raw_cid) + len(block)) + raw_cid
         yield block

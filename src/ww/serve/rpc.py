@@ -741,12 +741,14 @@ def _version(api: RpcApi, request: Request) -> None:
 
 @command("swarm/peers")
 def _swarm_peers(api: RpcApi, request: Request) -> None:
+    # kubo's connInfo fields are all omitempty, and Latency, Muxer, Direction and Streams are
+    # only filled when asked for (which is not supported here): each peer is its "Addr" and
+    # "Peer" (a Direction of 0 read as "inbound" in kubo-rpc-client)
     peers = []
     for peer in api.node.peers():
         for addr in peer.addresses or [""]:
-            peers.append({"Addr": addr, "Peer": peer.id, "Latency": "", "Muxer": "",
-                          "Direction": 0, "Streams": None})
-    request.reply({"Peers": peers})
+            peers.append({"Addr": addr, "Peer": peer.id} if addr else {"Peer": peer.id})
+    request.reply({"Peers": peers or None})  # kubo's nil slice: {"Peers":null}
 
 
 @command("swarm/connect")
@@ -762,11 +764,35 @@ def _swarm_connect(api: RpcApi, request: Request) -> None:
 
 @command("repo/gc")
 def _repo_gc(api: RpcApi, request: Request) -> None:
-    report = api.node.gc()
-    # kubo streams {"Key": {"/": cid}} per block removed; the embedded node's gc counts them
-    # without naming them, so the stream is empty and the daemon's log has the counts
-    request.json_lines(())
-    api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes)
+    """Each block as gc removes it, as kubo streams them: ``{"Key": {"/": cid}}`` (its CIDv1
+    with the raw codec, ``bafkrei...``, as kubo names a stored block); ``silent``: no lines;
+    ``quiet`` changes only what kubo's command line prints.  A block that cannot be removed
+    ends the reply with an error once gc is done; with ``stream-errors`` it is also a line
+    of its own, ``{"Key": null, "Error": reason}``, as it happens.  A client that leaves
+    does not stop gc (as kubo's): what it removes is the same."""
+    silent = request.flag("silent")
+    stream_errors = request.flag("stream-errors")
+    request.flag("quiet", "q")  # a bad value is refused, as kubo's option parser does
+
+    def line(value: dict[str, Any]) -> None:
+        if silent or request.token.cancelled:
+            return
+        try:
+            request.json_lines([value])
+        except CallCancelled:
+            pass  # the client left: gc goes on, unreported
+
+    def failed(cid: str, reason: str) -> None:
+        api.log("gc-error", error=reason)
+        if stream_errors:
+            line({"Key": None, "Error": reason})
+
+    report = api.node.gc(lambda cid: line({"Key": {"/": cid}}), failed)
+    api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes,
+            failed_blocks=report.failed_blocks)
+    if report.failed_blocks:
+        raise IpfsError("encountered errors during gc run" if stream_errors else
+                        "garbage collection incomplete: could not delete some blocks")
 
 
 @command("resolve")
@@ -777,12 +803,15 @@ def _resolve(api: RpcApi, request: Request) -> None:
 @command("repo/stat")
 def _repo_stat(api: RpcApi, request: Request) -> None:
     stat = api.node.repo_stat()
-    size_only = request.flag("size-only")
-    reply: dict[str, Any] = {"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1}
-    if not size_only:
-        reply.update(NumObjects=stat.num_objects, RepoPath=stat.repo_path,
-                     Version=stat.version)
-    request.reply(reply)
+    # kubo's corerepo.Stat has no omitempty: with size-only its other fields are zero, not
+    # absent (kubo-rpc-client's repo.stat reads NumObjects either way)
+    if request.flag("size-only", "s"):
+        request.reply({"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1,
+                       "NumObjects": 0, "RepoPath": "", "Version": ""})
+        return
+    request.reply({"RepoSize": stat.repo_size, "StorageMax": (1 << 64) - 1,
+                   "NumObjects": stat.num_objects, "RepoPath": stat.repo_path,
+                   "Version": stat.version})
 
 
 @command("routing/findprovs")

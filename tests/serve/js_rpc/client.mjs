@@ -1,7 +1,8 @@
 // Drives kubo's own JavaScript RPC client (npm kubo-rpc-client) against an RPC API:
 //   node client.mjs <api url> <file> <directory> <car file>
 // adds the file, the directory (as kubo's `ipfs add -r` names it) and the CAR, cats the
-// file back, lists the directory, unpins and pins the file; prints one JSON object.
+// file back, lists the directory, unpins and pins the file, lists the peers, measures the
+// repository and collects its garbage; prints one JSON object.
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { basename, dirname } from 'node:path'
@@ -53,5 +54,14 @@ await client.pin.add(out.file)
 out.pinnedAfterAdd2 = await pinned(out.file)
 out.id = (await client.id()).id.toString()
 out.version = (await client.version()).version
+out.peers = (await client.swarm.peers()).length
+const sizes = await client.repo.stat({ sizeOnly: true })
+out.repoSize = Number(sizes.repoSize)
+out.numObjects = Number((await client.repo.stat()).numObjects)
+await client.pin.rm(out.file)
+out.gc = []
+for await (const result of client.repo.gc()) {
+  out.gc.push(result.err ? `error: ${result.err.message}` : result.cid.toString())
+}
 
 console.log(JSON.stringify(out))
