@@ -40,10 +40,17 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   The server keeps no ledger of wants it could not satisfy (a peer asks again, as kubo does
   on its rebroadcast).
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
-  send-dont-have; a DONT_HAVE, a peer that disconnects or stays silent for
-  :data:`PEER_TIMEOUT` moves the want to the next peer; wants are spread over the peers,
-  fewest outstanding first (peers that answer DONT_HAVE more often than they deliver come
-  last); when every peer has been tried, the want fails.  The links of a dag-pb block
+  send-dont-have; a DONT_HAVE, a peer that disconnects, or one that stays silent about it
+  moves the want to the next peer; when every peer has been tried, the want fails.  Silent
+  means: nothing from that peer, no block we wanted and no DONT_HAVE, for
+  :data:`PEER_TIMEOUT` since the want was asked or since its last answer (a peer behind a
+  slow link that works through our wants in turn keeps them however long the queue), or
+  a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
+  are spread over the peers, fewest outstanding first (peers that answer DONT_HAVE more
+  often than they deliver come last), at most :data:`PEER_WANTS` at a time each; the rest
+  wait in turn (a want a reader waits for goes first) and are asked of whichever peer
+  answers next, so a faster peer takes more of a file and a slow one holds at most its
+  window at the end.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -54,6 +61,7 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import enum
 import itertools
@@ -86,6 +94,9 @@ PROTOCOL = "/ipfs/bitswap/1.2.0"
 MAX_MESSAGE = 4 << 20  # go-bitswap's network.MessageSizeMax
 TARGET_MESSAGE = 512 << 10  # we pack replies up to about this many block bytes per message
 PEER_TIMEOUT = 15.0  # seconds a peer may stay silent about a want before the next is asked
+# Want-blocks outstanding at one peer at a time: 8 MiB of 256 KiB blocks, enough to keep a
+# fast link busy; the rest wait and go to whichever peer answers next.
+PEER_WANTS = 32
 MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
 
 # What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
@@ -368,6 +379,8 @@ class _Want:
     tried: set[str] = field(default_factory=set)
     peer: str | None = None
     asked_at: float = 0.0
+    answered_before: int = 0  # the peer's answers when it was asked (see _expire)
+    queued: bool = False  # waiting for a peer with room (Engine._queue)
 
 
 @dataclass
@@ -391,6 +404,7 @@ class _Peer:
         self.assigned: set[bytes] = set()  # multihashes of wants asked of this peer
         self.delivered = 0  # blocks it gave us
         self.dont_have = 0  # DONT_HAVEs it answered to our wants (such peers are asked last)
+        self.heard = 0.0  # time.monotonic() of its last answer to one of our wants
         self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
         self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
@@ -435,6 +449,7 @@ class Engine:
         self.peer_timeout = peer_timeout
         self.peers: dict[str, _Peer] = {}
         self.wants: dict[bytes, _Want] = {}  # by multihash
+        self._queue: collections.deque[bytes] = collections.deque()  # wants waiting for room
         self.dirty: set[Path] = set()  # shard directories written since the last flush
         self._priority = itertools.count()
         self._nursery: Any = None
@@ -473,8 +488,9 @@ class Engine:
             return
         self.peers[peer_id] = _Peer(peer_id)
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
-            if want.peer is None:
+            if want.peer is None and not want.queued:
                 self._assign(want)
+        self._refill()
 
     def peer_disconnected(self, peer_id: str) -> None:
         peer = self.peers.pop(peer_id, None)
@@ -491,6 +507,7 @@ class Engine:
                 want.tried.add(peer_id)
                 want.peer = None
                 self._assign(want)
+        self._refill()
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -502,6 +519,9 @@ class Engine:
         if existing is not None:
             if future is not None:
                 existing.waiters.append(future)
+                if existing.queued:  # a reader waits for it now: it goes first
+                    self._queue.appendleft(cid.multihash)
+                    self._refill()
             return
         if self.store.has(cid):
             if future is not None:
@@ -530,18 +550,47 @@ class Engine:
         if not candidates:
             self._fail(want)
             return
+        candidates = [p for p in candidates if len(p.assigned) < PEER_WANTS]
+        if not candidates:  # every peer has its window full: wait for the next answer
+            want.peer = None
+            if not want.queued:
+                want.queued = True
+                if want.waiters:
+                    self._queue.appendleft(want.cid.multihash)
+                else:
+                    self._queue.append(want.cid.multihash)
+            return
         # Spread over the peers that serve: fewest wants outstanding first, so that three
         # peers holding a file each send a third of it; a peer that has answered DONT_HAVE
         # more often than it delivered comes after those that deliver.
         peer = min(candidates, key=lambda p: (p.dont_have > p.delivered, len(p.assigned)))
+        want.queued = False
         want.peer = peer.id
         want.asked_at = time.monotonic()
+        want.answered_before = peer.delivered + peer.dont_have
         peer.assigned.add(want.cid.multihash)
         peer.send(Message(wants=[WantEntry(bytes(want.cid), want.priority,
                                            want_type=WantType.BLOCK, send_dont_have=True)]))
         self._ensure_sender(peer)
 
+    def _refill(self) -> None:
+        """Ask the wants waiting in turn of peers that have room now (in order, a reader's
+        first)."""
+        while self._queue:
+            want = self.wants.get(self._queue[0])
+            if want is None or not want.queued:  # fetched, failed, or asked meanwhile
+                self._queue.popleft()
+                continue
+            if not any(len(p.assigned) < PEER_WANTS for p in self.peers.values()
+                       if p.id not in want.tried):
+                if any(p.id not in want.tried for p in self.peers.values()):
+                    return  # its peers are busy: wait for their next answer
+            self._queue.popleft()
+            want.queued = False
+            self._assign(want)
+
     def _fail(self, want: _Want) -> None:
+        want.queued = False
         self.wants.pop(want.cid.multihash, None)
         if want.tried:
             reason = (f"block {want.cid} is not in the local repository and none of "
@@ -553,16 +602,24 @@ class Engine:
                 future.set_exception(NotFoundError(reason))
 
     def _expire(self) -> None:
+        """Move the wants a peer is silent about to the next peer (see the module doc): no
+        answer from it since the want was asked or since its last answer, or the want
+        passed over while it answered more than :data:`PEER_WANTS` others."""
         now = time.monotonic()
         for want in list(self.wants.values()):
-            if want.peer is not None and now - want.asked_at > self.peer_timeout:
-                peer = self.peers.get(want.peer)
-                if peer is not None:
-                    peer.assigned.discard(want.cid.multihash)
-                    peer.send(Message(wants=[WantEntry(bytes(want.cid), cancel=True)]))
-                want.tried.add(want.peer)
-                want.peer = None
-                self._assign(want)
+            if want.peer is None or now - want.asked_at <= self.peer_timeout:
+                continue
+            peer = self.peers.get(want.peer)
+            if peer is not None and now - peer.heard <= self.peer_timeout and \
+                    peer.delivered + peer.dont_have - want.answered_before <= PEER_WANTS:
+                continue  # it answers, and has not passed this one over: its turn comes
+            if peer is not None:
+                peer.assigned.discard(want.cid.multihash)
+                peer.send(Message(wants=[WantEntry(bytes(want.cid), cancel=True)]))
+            want.tried.add(want.peer)
+            want.peer = None
+            self._assign(want)
+        self._refill()
 
     def _hash_and_store(self, blocks: list[tuple[bytes, bytes]],
                         wanted: dict[bytes, CID]) -> list[tuple[CID | None, Any]]:
@@ -609,6 +666,7 @@ class Engine:
         peer = self.peers.get(peer_id)
         if peer is not None:
             peer.delivered += 1
+            peer.heard = time.monotonic()
             peer.assigned.discard(cid.multihash)
         if want.peer is not None and want.peer != peer_id:
             other = self.peers.get(want.peer)
@@ -727,7 +785,9 @@ class Engine:
                 if (peer := self.peers.get(peer_id)) is not None:
                     peer.assigned.discard(cid.multihash)
                     peer.dont_have += 1
+                    peer.heard = time.monotonic()
                 self._assign(want)
+        self._refill()
         if msg.wants or msg.full:
             self._serve(peer_id, msg.wants, msg.full)
 
