@@ -108,11 +108,12 @@ ROWS = ["kubo local read", "kubo <- kubo", "kubo <- 3 kubos", "ww <- kubo", "ww 
 
 
 def one_round(base: Path, run: int, data_file: Path, mine: Path, mib: int,
-              src: str | None = None, rate: float | None = None) -> dict[str, Any]:
+              src: str | None = None, rate: list[float] | None = None) -> dict[str, Any]:
     """Every row once, in one namespace with four kubo nodes; seconds by row (and the
     blocks each kubo gave ww <- 3 kubos, under "shares").  ``src``: the ww package of
     another checkout's ``src`` directory instead of this one's; ``rate``: each node on a link
-    of its own, its upload shaped to that many bytes per second."""
+    of its own, its upload shaped to that many bytes per second (kubo N the Nth, the last
+    for the rest; ww the first)."""
     size = mib << 20
     seconds: dict[str, Any] = {}
     space = Namespace(base / f"run{run}", env={"PYTHONPATH": src} if src else None, kubos=4,
@@ -177,8 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", "--size-mib", dest="mib", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--provider-rate", type=float, metavar="MIB_S",
-                        help="each node on a link of its own, its upload shaped to MIB_S MiB/s "
+    parser.add_argument("--provider-rate", metavar="MIB_S[,MIB_S...]",
+                        help="each node on a link of its own, its upload shaped to MIB_S MiB/s; "
+                             "a list: kubo N's the Nth (the last for the rest), ww's the first "
                              "(default: all on loopback, unshaped)")
     parser.add_argument("--flood", action="store_true")
     parser.add_argument("--messages", type=int, default=20)
@@ -189,7 +191,8 @@ def main() -> None:
     if args.flood:
         flood(args.mib, args.messages)
         return
-    rate = args.provider_rate * (1 << 20) if args.provider_rate else None
+    rate = [float(r) * (1 << 20) for r in args.provider_rate.split(",")] \
+        if args.provider_rate else None
     variants = {"": None} if not args.compare else {"this ": None, "SRC ": args.compare}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="ww-bitswap-bench-") as tmp:
@@ -210,7 +213,7 @@ def main() -> None:
     print(f"# {args.mib} MiB, {args.runs} runs; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, load average {load[0]:.1f} {load[1]:.1f} "
           f"{load[2]:.1f} at the end"
-          + (f"; every node's upload shaped to {args.provider_rate:g} MiB/s" if rate else
+          + (f"; every node's upload shaped to {args.provider_rate} MiB/s" if rate else
              "; loopback, unshaped")
           + (f"; SRC = {args.compare}" if args.compare else ""))
     print(f"{'':23}{'best MiB/s':>12}{'median MiB/s':>14}{'median ratio to kubo<-kubo':>28}")

@@ -25,6 +25,7 @@ dial beyond them.  With ``rate`` (bytes per second) every node's upload on each 
 shaped to that rate by the kernel: ``tc qdisc ... tbf`` on the kubo side of its link (all
 that kubo sends), and on the driver's side an ``htb`` class matching the driver's own source
 address (ww's upload to that kubo; traffic forwarded from another kubo is not shaped twice).
+A list of rates gives kubo worker N the Nth (the last one for the rest), and ww the first.
 """
 
 from __future__ import annotations
@@ -249,13 +250,13 @@ class _Lines:
 def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1, link: str = "") -> None:
     """Run an EmbeddedNode (libp2p on 127.0.0.1 of this namespace) and ``kubos`` kubo
     workers; serve ``ww.*``, ``kubo.*`` (the first kubo) and ``kubo2.*``, ``kubo3.*``...
-    commands on stdin.  ``link``: ``RATE``, each kubo worker in a namespace of its own on a
-    link shaped to RATE bytes per second (0: unshaped); see the module doc."""
+    commands on stdin.  ``link``: ``RATE[,RATE...]``, each kubo worker in a namespace of its
+    own on a link shaped to RATE bytes per second (0: unshaped); see the module doc."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p import host_for_ipfs
 
-    rate = float(link) if link else 0.0
+    rates = [float(r) for r in link.split(",")] if link else [0.0]
     if link:  # this namespace routes between the links (and, having no other, nowhere else)
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
     workers = {}
@@ -264,7 +265,7 @@ def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1, link: str = "") ->
         Path(repo).mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, str(_HERE), "kubo", repo]
         if link:
-            argv = ["unshare", "-n", *argv, "none", "", f"{n}:{rate}"]
+            argv = ["unshare", "-n", *argv, "none", "", f"{n}:{rates[min(n, len(rates)) - 1]}"]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         if link:  # the veth pair: our end here, eth0 in the worker's namespace
@@ -276,8 +277,8 @@ def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1, link: str = "") ->
                  "netns", str(proc.pid))
             _run("ip", "addr", "add", f"{ours}/24", "dev", f"kubo{n}")
             _run("ip", "link", "set", f"kubo{n}", "up")
-            if rate:
-                _shape(f"kubo{n}", rate, src=ours)
+            if rates[0]:
+                _shape(f"kubo{n}", rates[0], src=ours)
             proc.stdin.write("link\n")
             proc.stdin.flush()
         workers["kubo" if n == 1 else f"kubo{n}"] = _Lines(proc, f"kubo worker {n}")
@@ -434,7 +435,7 @@ class Namespace:
     """
 
     def __init__(self, base: Path, env: dict[str, str] | None = None, kubos: int = 1,
-                 links: bool = False, rate: float = 0.0) -> None:
+                 links: bool = False, rate: float | list[float] = 0.0) -> None:
         self.base = base
         self.ww_home = base / "ww-home"
         self.kubo_repo = base / "kubo-repo"
@@ -444,7 +445,7 @@ class Namespace:
         self._prefix = "/ip4/10.14." if links else "/ip4/127.0.0.1/"
         self._lines, ready = start_driver(
             [str(_HERE), "driver", str(self.ww_home), str(self.kubo_repo), str(kubos),
-             str(rate) if links else ""],
+             ",".join(map(str, rate if isinstance(rate, list) else [rate])) if links else ""],
             self._stderr, env, "namespace driver")
         self.kubo_id: str = ready["kubo"]["id"]
         self.kubo_addrs: list[str] = ready["kubo"]["addrs"]

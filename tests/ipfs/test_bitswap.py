@@ -8,6 +8,7 @@ key; they dial only each other on the loopback interface.  Interop with a real k
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -530,3 +531,25 @@ def test_a_stalled_peer_holds_at_most_its_window(tmp_path: Path,
     assert sum(served) == count + 1, served  # no block asked (or sent) twice
     assert served[2] == before + held and all(n > 0 for n in served[:2]), served
     assert b._net is not None and b._net.stats()["dropped"] == 0
+
+
+def test_a_peers_window_is_what_it_answers_in_queue_seconds() -> None:
+    """How many wants a peer holds at once follows the pace of its answers while it has
+    wants of ours, not the time it had none: a slow peer holds few, so that when the last
+    wants of a file are out it is not left holding the end of it long after the others."""
+    fast, slow = bitswap._Peer("fast"), bitswap._Peer("slow")
+    assert fast.window() == bitswap.START_WANTS  # before it has answered
+    for peer, gap in ((fast, 0.01), (slow, 0.3)):  # 100 answers a second, and 3.3
+        peer.assigned = {b"one", b"more"}  # it always has more to answer
+        for i in range(20):
+            peer.answered(1000.0 + i * gap)
+    pace = math.ceil(bitswap.QUEUE_SECONDS / 0.3)
+    assert fast.window() == bitswap.PEER_WANTS
+    assert bitswap.MIN_WANTS < slow.window() == pace < bitswap.START_WANTS
+    slow.assigned = set()
+    slow.answered(1006.0)  # its last want answered, at its pace; then nothing for an hour
+    slow.idle()
+    slow.assigned = {b"again"}
+    slow.answered(4610.0)  # the first answer after: its latency, not its pace
+    slow.answered(4610.3)
+    assert slow.window() == pace

@@ -46,11 +46,13 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   :data:`PEER_TIMEOUT` since the want was asked or since its last answer (a peer behind a
   slow link that works through our wants in turn keeps them however long the queue), or
   a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
-  are spread over the peers, fewest outstanding first (peers that answer DONT_HAVE more
-  often than they deliver come last), at most :data:`PEER_WANTS` at a time each; the rest
-  wait in turn (a want a reader waits for goes first) and are asked of whichever peer
-  answers next, so a faster peer takes more of a file and a slow one holds at most its
-  window at the end.  The links of a dag-pb block
+  are spread over the peers, least loaded first (peers that answer DONT_HAVE more often
+  than they deliver come last), each peer holding a window of them: what it answers in
+  :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
+  :data:`PEER_WANTS`.  The rest wait in turn (a want a reader waits for goes first) and are
+  asked of whichever peer has room next, so a faster peer takes more of a file, and when
+  the last wants are out every peer holds about as many seconds of work: a slow one does
+  not hold the end of a file for long after the fast ones are done.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -65,6 +67,7 @@ import collections
 import concurrent.futures
 import enum
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,9 +97,14 @@ PROTOCOL = "/ipfs/bitswap/1.2.0"
 MAX_MESSAGE = 4 << 20  # go-bitswap's network.MessageSizeMax
 TARGET_MESSAGE = 512 << 10  # we pack replies up to about this many block bytes per message
 PEER_TIMEOUT = 15.0  # seconds a peer may stay silent about a want before the next is asked
-# Want-blocks outstanding at one peer at a time: 8 MiB of 256 KiB blocks, enough to keep a
-# fast link busy; the rest wait and go to whichever peer answers next.
+# Want-blocks outstanding at one peer at a time: what it answers in QUEUE_SECONDS (at the
+# pace of its answers so far; START_WANTS before it has answered twice), at least
+# MIN_WANTS and at most PEER_WANTS (8 MiB of 256 KiB blocks: enough to keep a fast link
+# busy).  QUEUE_SECONDS must exceed a peer's latency, or its window would shrink.
 PEER_WANTS = 32
+MIN_WANTS = 4
+START_WANTS = 8
+QUEUE_SECONDS = 2.0
 MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
 
 # What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
@@ -405,6 +413,8 @@ class _Peer:
         self.delivered = 0  # blocks it gave us
         self.dont_have = 0  # DONT_HAVEs it answered to our wants (such peers are asked last)
         self.heard = 0.0  # time.monotonic() of its last answer to one of our wants
+        self._busy_at: float | None = None  # ... if it still had wants of ours after it
+        self._gap: float | None = None  # seconds between its answers while busy (average)
         self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
         self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
@@ -418,6 +428,28 @@ class _Peer:
     def send(self, msg: Message) -> None:
         self.outbox.append(msg)
         self.wake.set()
+
+    def answered(self, now: float) -> None:
+        """It has answered one of our wants (a block, or DONT_HAVE), at ``now``; call once
+        that want is no longer in ``assigned``.  Only the time between answers while it
+        had wants outstanding is its pace (not the time it had nothing to do)."""
+        if self._busy_at is not None:
+            gap = now - self._busy_at
+            self._gap = gap if self._gap is None else 0.75 * self._gap + 0.25 * gap
+        self.heard = now
+        self._busy_at = now if self.assigned else None
+
+    def idle(self) -> None:
+        """It had none of our wants until now: the wait for its next answer is not its pace."""
+        self._busy_at = None
+
+    def window(self) -> int:
+        """How many of our wants it may hold at once (see :data:`QUEUE_SECONDS`)."""
+        if self._gap is None:
+            return START_WANTS
+        if self._gap <= QUEUE_SECONDS / PEER_WANTS:
+            return PEER_WANTS
+        return max(MIN_WANTS, min(PEER_WANTS, math.ceil(QUEUE_SECONDS / self._gap)))
 
     def shrunk(self) -> None:
         import trio
@@ -550,7 +582,7 @@ class Engine:
         if not candidates:
             self._fail(want)
             return
-        candidates = [p for p in candidates if len(p.assigned) < PEER_WANTS]
+        candidates = [p for p in candidates if len(p.assigned) < p.window()]
         if not candidates:  # every peer has its window full: wait for the next answer
             want.peer = None
             if not want.queued:
@@ -560,10 +592,13 @@ class Engine:
                 else:
                     self._queue.append(want.cid.multihash)
             return
-        # Spread over the peers that serve: fewest wants outstanding first, so that three
-        # peers holding a file each send a third of it; a peer that has answered DONT_HAVE
-        # more often than it delivered comes after those that deliver.
-        peer = min(candidates, key=lambda p: (p.dont_have > p.delivered, len(p.assigned)))
+        # Spread over the peers that serve: least loaded (for its window) first, so that
+        # three peers holding a file each send their share of it; a peer that has answered
+        # DONT_HAVE more often than it delivered comes after those that deliver.
+        peer = min(candidates, key=lambda p: (p.dont_have > p.delivered,
+                                              len(p.assigned) / p.window()))
+        if not peer.assigned:
+            peer.idle()
         want.queued = False
         want.peer = peer.id
         want.asked_at = time.monotonic()
@@ -581,7 +616,7 @@ class Engine:
             if want is None or not want.queued:  # fetched, failed, or asked meanwhile
                 self._queue.popleft()
                 continue
-            if not any(len(p.assigned) < PEER_WANTS for p in self.peers.values()
+            if not any(len(p.assigned) < p.window() for p in self.peers.values()
                        if p.id not in want.tried):
                 if any(p.id not in want.tried for p in self.peers.values()):
                     return  # its peers are busy: wait for their next answer
@@ -666,8 +701,8 @@ class Engine:
         peer = self.peers.get(peer_id)
         if peer is not None:
             peer.delivered += 1
-            peer.heard = time.monotonic()
             peer.assigned.discard(cid.multihash)
+            peer.answered(time.monotonic())
         if want.peer is not None and want.peer != peer_id:
             other = self.peers.get(want.peer)
             if other is not None:
@@ -785,7 +820,7 @@ class Engine:
                 if (peer := self.peers.get(peer_id)) is not None:
                     peer.assigned.discard(cid.multihash)
                     peer.dont_have += 1
-                    peer.heard = time.monotonic()
+                    peer.answered(time.monotonic())
                 self._assign(want)
         self._refill()
         if msg.wants or msg.full:
