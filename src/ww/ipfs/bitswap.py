@@ -414,7 +414,9 @@ class _Peer:
         self.dont_have = 0  # DONT_HAVEs it answered to our wants (such peers are asked last)
         self.heard = 0.0  # time.monotonic() of its last answer to one of our wants
         self._busy_at: float | None = None  # ... if it still had wants of ours after it
-        self._gap: float | None = None  # seconds between its answers while busy (average)
+        # seconds between its last answers while busy (a mean over a few: answers come in
+        # bursts, several blocks read at once, and windows are computed right after them)
+        self._gaps: collections.deque[float] = collections.deque(maxlen=16)
         self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
         self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
@@ -434,8 +436,7 @@ class _Peer:
         that want is no longer in ``assigned``.  Only the time between answers while it
         had wants outstanding is its pace (not the time it had nothing to do)."""
         if self._busy_at is not None:
-            gap = now - self._busy_at
-            self._gap = gap if self._gap is None else 0.75 * self._gap + 0.25 * gap
+            self._gaps.append(now - self._busy_at)
         self.heard = now
         self._busy_at = now if self.assigned else None
 
@@ -445,11 +446,12 @@ class _Peer:
 
     def window(self) -> int:
         """How many of our wants it may hold at once (see :data:`QUEUE_SECONDS`)."""
-        if self._gap is None:
+        if not self._gaps:
             return START_WANTS
-        if self._gap <= QUEUE_SECONDS / PEER_WANTS:
+        gap = sum(self._gaps) / len(self._gaps)
+        if gap <= QUEUE_SECONDS / PEER_WANTS:
             return PEER_WANTS
-        return max(MIN_WANTS, min(PEER_WANTS, math.ceil(QUEUE_SECONDS / self._gap)))
+        return max(MIN_WANTS, min(PEER_WANTS, math.ceil(QUEUE_SECONDS / gap)))
 
     def shrunk(self) -> None:
         import trio
