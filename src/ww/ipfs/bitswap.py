@@ -40,15 +40,24 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   The server keeps no ledger of wants it could not satisfy (a peer asks again, as kubo does
   on its rebroadcast).
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
-  send-dont-have; a DONT_HAVE, a peer that disconnects or stays silent for
-  :data:`PEER_TIMEOUT` moves the want to the next peer; wants are spread over the peers,
-  fewest outstanding first (peers that answer DONT_HAVE or let wants time out more often
-  than they deliver come last); when every peer has been tried, the want fails with one
-  line counting why each did not give it.  A peer that sends a block neither wanted nor
-  among the last :data:`ASKED_MEMORY` asked of it (bytes that are not the block asked, a
-  prefix we never ask for), or a malformed message, is a liar: it is asked nothing more
-  (the last :data:`MAX_LIARS` are remembered, so one that hangs up and comes back is one
-  still), and its wants move on at once.  The links of a dag-pb block
+  send-dont-have; a DONT_HAVE, a peer that disconnects, or one that stays silent about it
+  moves the want to the next peer; when every peer has been tried, the want fails with one
+  line counting why each did not give it.  Silent
+  means: nothing from that peer, no block we wanted and no DONT_HAVE, for
+  :data:`PEER_TIMEOUT` since the want was asked or since its last answer (a peer behind a
+  slow link that works through our wants in turn keeps them however long the queue), or
+  a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
+  are spread over the peers, least loaded first (peers that answer DONT_HAVE or let wants
+  time out more often than they deliver come last), each peer holding a window of them: what it answers in
+  :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
+  :data:`PEER_WANTS`.  The rest wait in turn (a want a reader waits for goes first) and are
+  asked of whichever peer has room next, so a faster peer takes more of a file, and when
+  the last wants are out every peer holds about as many seconds of work: a slow one does
+  not hold the end of a file for long after the fast ones are done.  A peer that sends a
+  block neither wanted nor among the last :data:`ASKED_MEMORY` asked of it (bytes that are
+  not the block asked, a prefix we never ask for), or a malformed message, is a liar: it is
+  asked nothing more (the last :data:`MAX_LIARS` are remembered, so one that hangs up and
+  comes back is one still), and its wants move on at once.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -59,9 +68,11 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import enum
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +102,14 @@ PROTOCOL = "/ipfs/bitswap/1.2.0"
 MAX_MESSAGE = 4 << 20  # go-bitswap's network.MessageSizeMax
 TARGET_MESSAGE = 512 << 10  # we pack replies up to about this many block bytes per message
 PEER_TIMEOUT = 15.0  # seconds a peer may stay silent about a want before the next is asked
+# Want-blocks outstanding at one peer at a time: what it answers in QUEUE_SECONDS (at the
+# pace of its answers so far; START_WANTS before it has answered twice), at least
+# MIN_WANTS and at most PEER_WANTS (8 MiB of 256 KiB blocks: enough to keep a fast link
+# busy).  QUEUE_SECONDS must exceed a peer's latency, or its window would shrink.
+PEER_WANTS = 32
+MIN_WANTS = 4
+START_WANTS = 8
+QUEUE_SECONDS = 2.0
 MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
 # Blocks last asked of a peer that are remembered, so that one arriving late (after another
 # peer gave it, or after the want moved on) is not taken for a block it was never asked for.
@@ -386,6 +405,8 @@ class _Want:
     tried: dict[str, str] = field(default_factory=dict)  # peer id: why it did not give it
     peer: str | None = None
     asked_at: float = 0.0
+    answered_before: int = 0  # the peer's answers when it was asked (see _expire)
+    queued: bool = False  # waiting for a peer with room (Engine._queue)
 
 
 @dataclass
@@ -412,6 +433,11 @@ class _Peer:
         self.dont_have = 0  # DONT_HAVEs it answered to our wants (such peers are asked last)
         self.timeouts = 0  # wants it kept past the peer timeout (so are these)
         self.liar = False  # it sent what no honest peer sends: it is asked nothing more
+        self.heard = 0.0  # time.monotonic() of its last answer to one of our wants
+        self._busy_at: float | None = None  # ... if it still had wants of ours after it
+        # seconds between its last answers while busy (a mean over a few: answers come in
+        # bursts, several blocks read at once, and windows are computed right after them)
+        self._gaps: collections.deque[float] = collections.deque(maxlen=16)
         self.outbox: list[Message] = []  # our wants and cancels (bounded by our wants)
         self.ledger: dict[bytes, _Task] = {}  # its wants, by binary CID
         self.wake = trio.Event()
@@ -425,6 +451,28 @@ class _Peer:
     def send(self, msg: Message) -> None:
         self.outbox.append(msg)
         self.wake.set()
+
+    def answered(self, now: float) -> None:
+        """It has answered one of our wants (a block, or DONT_HAVE), at ``now``; call once
+        that want is no longer in ``assigned``.  Only the time between answers while it
+        had wants outstanding is its pace (not the time it had nothing to do)."""
+        if self._busy_at is not None:
+            self._gaps.append(now - self._busy_at)
+        self.heard = now
+        self._busy_at = now if self.assigned else None
+
+    def idle(self) -> None:
+        """It had none of our wants until now: the wait for its next answer is not its pace."""
+        self._busy_at = None
+
+    def window(self) -> int:
+        """How many of our wants it may hold at once (see :data:`QUEUE_SECONDS`)."""
+        if not self._gaps:
+            return START_WANTS
+        gap = sum(self._gaps) / len(self._gaps)
+        if gap <= QUEUE_SECONDS / PEER_WANTS:
+            return PEER_WANTS
+        return max(MIN_WANTS, min(PEER_WANTS, math.ceil(QUEUE_SECONDS / gap)))
 
     def shrunk(self) -> None:
         import trio
@@ -457,6 +505,7 @@ class Engine:
         self.peers: dict[str, _Peer] = {}
         self.wants: dict[bytes, _Want] = {}  # by multihash
         self.liars: dict[str, None] = {}  # the last MAX_LIARS peers that lied, oldest first
+        self._queue: collections.deque[bytes] = collections.deque()  # wants waiting for room
         self.dirty: set[Path] = set()  # shard directories written since the last flush
         self._priority = itertools.count()
         self._nursery: Any = None
@@ -496,8 +545,9 @@ class Engine:
         peer = self.peers[peer_id] = _Peer(peer_id)
         peer.liar = peer_id in self.liars
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
-            if want.peer is None:
+            if want.peer is None and not want.queued:
                 self._assign(want)
+        self._refill()
 
     def peer_disconnected(self, peer_id: str) -> None:
         peer = self.peers.pop(peer_id, None)
@@ -518,6 +568,7 @@ class Engine:
                 want.tried[peer.id] = why
                 want.peer = None
                 self._assign(want)
+        self._refill()
 
     def _lied(self, peer_id: str) -> None:
         """``peer_id`` sent a block it was not asked for (bytes that are not the block asked,
@@ -544,6 +595,9 @@ class Engine:
         if existing is not None:
             if future is not None:
                 existing.waiters.append(future)
+                if existing.queued:  # a reader waits for it now: it goes first
+                    self._queue.appendleft(cid.multihash)
+                    self._refill()
             return
         if self.store.has(cid):
             if future is not None:
@@ -573,13 +627,28 @@ class Engine:
         if not candidates:
             self._fail(want)
             return
-        # Spread over the peers that serve: fewest wants outstanding first, so that three
-        # peers holding a file each send a third of it; a peer that has answered DONT_HAVE
-        # or let a want time out more often than it delivered comes after those that deliver.
+        candidates = [p for p in candidates if len(p.assigned) < p.window()]
+        if not candidates:  # every peer has its window full: wait for the next answer
+            want.peer = None
+            if not want.queued:
+                want.queued = True
+                if want.waiters:
+                    self._queue.appendleft(want.cid.multihash)
+                else:
+                    self._queue.append(want.cid.multihash)
+            return
+        # Spread over the peers that serve: least loaded (for its window) first, so that
+        # three peers holding a file each send their share of it; a peer that has answered
+        # DONT_HAVE or let a want time out more often than it delivered comes after those
+        # that deliver.
         peer = min(candidates, key=lambda p: (p.dont_have + p.timeouts > p.delivered,
-                                              len(p.assigned)))
+                                              len(p.assigned) / p.window()))
+        if not peer.assigned:
+            peer.idle()
+        want.queued = False
         want.peer = peer.id
         want.asked_at = time.monotonic()
+        want.answered_before = peer.delivered + peer.dont_have
         mh = want.cid.multihash
         peer.assigned.add(mh)
         peer.asked.pop(mh, None)
@@ -590,7 +659,24 @@ class Engine:
                                            want_type=WantType.BLOCK, send_dont_have=True)]))
         self._ensure_sender(peer)
 
+    def _refill(self) -> None:
+        """Ask the wants waiting in turn of peers that have room now (in order, a reader's
+        first)."""
+        while self._queue:
+            want = self.wants.get(self._queue[0])
+            if want is None or not want.queued:  # fetched, failed, or asked meanwhile
+                self._queue.popleft()
+                continue
+            askable = [p for p in self.peers.values()
+                       if p.id not in want.tried and not p.liar]
+            if askable and not any(len(p.assigned) < p.window() for p in askable):
+                return  # its peers are busy: wait for their next answer
+            self._queue.popleft()
+            want.queued = False
+            self._assign(want)
+
     def _fail(self, want: _Want) -> None:
+        want.queued = False
         self.wants.pop(want.cid.multihash, None)
         for peer in self.peers.values():  # not asked: they lied before
             if peer.liar and peer.id not in want.tried:
@@ -609,17 +695,25 @@ class Engine:
                 future.set_exception(NotFoundError(reason))
 
     def _expire(self) -> None:
+        """Move the wants a peer is silent about to the next peer (see the module doc): no
+        answer from it since the want was asked or since its last answer, or the want
+        passed over while it answered more than :data:`PEER_WANTS` others."""
         now = time.monotonic()
         for want in list(self.wants.values()):
-            if want.peer is not None and now - want.asked_at > self.peer_timeout:
-                peer = self.peers.get(want.peer)
-                if peer is not None:
-                    peer.assigned.discard(want.cid.multihash)
-                    peer.timeouts += 1
-                    peer.send(Message(wants=[WantEntry(bytes(want.cid), cancel=True)]))
-                want.tried[want.peer] = f"did not answer within {self.peer_timeout:g} s"
-                want.peer = None
-                self._assign(want)
+            if want.peer is None or now - want.asked_at <= self.peer_timeout:
+                continue
+            peer = self.peers.get(want.peer)
+            if peer is not None and now - peer.heard <= self.peer_timeout and \
+                    peer.delivered + peer.dont_have - want.answered_before <= PEER_WANTS:
+                continue  # it answers, and has not passed this one over: its turn comes
+            if peer is not None:
+                peer.assigned.discard(want.cid.multihash)
+                peer.timeouts += 1
+                peer.send(Message(wants=[WantEntry(bytes(want.cid), cancel=True)]))
+            want.tried[want.peer] = f"did not answer within {self.peer_timeout:g} s"
+            want.peer = None
+            self._assign(want)
+        self._refill()
 
     def _hash_and_store(self, blocks: list[tuple[bytes, bytes]],
                         wanted: dict[bytes, CID]) -> list[tuple[CID | None, Any]]:
@@ -671,6 +765,7 @@ class Engine:
         if peer is not None:
             peer.delivered += 1
             peer.assigned.discard(cid.multihash)
+            peer.answered(time.monotonic())
         if want.peer is not None and want.peer != peer_id:
             other = self.peers.get(want.peer)
             if other is not None:
@@ -792,7 +887,9 @@ class Engine:
                 if (peer := self.peers.get(peer_id)) is not None:
                     peer.assigned.discard(cid.multihash)
                     peer.dont_have += 1
+                    peer.answered(time.monotonic())
                 self._assign(want)
+        self._refill()
         if msg.wants or msg.full:
             self._serve(peer_id, msg.wants, msg.full)
 
