@@ -66,9 +66,10 @@ SEND_STALL = STALL  # seconds a client may leave a piece of its reply unread bef
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 # The size of the pieces a request body is taken over to the worker in: each is one hand-off
 # between threads, and 1 MiB rather than 256 KiB cut a 300 MiB add's CPU time by about a
-# tenth (docs/benchmarks.md); the worker holds one piece at a time.
+# tenth (docs/benchmarks.md).
 BODY_PIECE = 1 << 20
-# How many such pieces the event loop reads ahead of the worker (docs/benchmarks.md).
+# How many such pieces the event loop reads ahead of the worker (docs/benchmarks.md): with the
+# one it gathers and the one the worker holds, an upload holds at most 4 MiB of its body here.
 BODY_AHEAD = 2
 DEFAULT_PROVIDERS = 20  # routing/findprovs: kubo's default num-providers
 MAX_PROVIDERS = 100  # and the most one request may ask for
