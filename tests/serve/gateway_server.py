@@ -1,5 +1,6 @@
-"""The gateway served for real: hypercorn on trio, in a thread of its own, on 127.0.0.1 at a
-port the system picks; stopped (gracefully, its connections closed) when the block ends."""
+"""The gateway (or another ASGI app) served for real: hypercorn on trio, in a thread of its
+own, on 127.0.0.1 at a port the system picks; stopped (gracefully, its connections closed)
+when the block ends."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def served(api: Any, log: list[str] | None = None,
     """Serve ``api``'s gateway; yields its base URL (``http://127.0.0.1:<port>``).  As the
     daemon does: on a socket bound here (given to hypercorn as ``fd://``), its stalled
     clients dropped after ``stall_timeout`` seconds (the socket's and the app's)."""
+    app = gateway_app(api, log=log.append if log is not None else None,
+                      stall_timeout=stall_timeout)
+    with served_app(app, stall_timeout) as url:
+        yield url
+
+
+@contextmanager
+def served_app(app: Any, stall_timeout: float = STALL_TIMEOUT) -> Iterator[str]:
+    """Serve the ASGI ``app`` as :func:`served` serves the gateway; yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     limit_stalls(sock, stall_timeout)
@@ -32,8 +42,6 @@ def served(api: Any, log: list[str] | None = None,
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.graceful_timeout = 5
-    app = gateway_app(api, log=log.append if log is not None else None,
-                      stall_timeout=stall_timeout)
     started = threading.Event()
     state: dict[str, Any] = {}
 

@@ -11,10 +11,11 @@ unknown command.  A browser page of another origin is refused with 403, as kubo 
 How it runs: the node's calls block (files, locks), so each command runs in a worker thread
 (at most :data:`WORKERS` at once, of which :data:`UPLOADS` commands with a body; the rest
 wait their turn; an upload whose body stalls for :data:`BODY_STALL` seconds is refused) under a
-:class:`ww.ipfs.api.CancelToken`.  The thread pulls the request body and pushes the response
-through the event loop one piece at a time (``anyio.from_thread``), so memory per request is
-one piece either way: a 300 MiB ``add`` goes from the socket into the blockstore, a ``cat``
-from the blockstore to the socket.  A client that hangs up cancels its command at the next
+:class:`ww.ipfs.api.CancelToken`.  A task on the event loop reads the request body ahead of the
+thread, a few pieces at most, and the thread pushes the response through the event loop one
+piece at a time (``anyio.from_thread``), so memory per request is a few pieces either way:
+a 300 MiB ``add`` goes from the socket into the blockstore, a ``cat`` from the blockstore to
+the socket.  A client that hangs up cancels its command at the next
 piece; one that stops reading holds its command (and one worker) until it reads again or
 :data:`SEND_STALL` seconds pass, when its connection is dropped (by the kernel:
 ``TCP_USER_TIMEOUT``, see :mod:`ww.serve.server`); others are served meanwhile.
@@ -29,6 +30,7 @@ import base64
 import io
 import json
 import platform
+import queue
 import tarfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +39,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import trio
 
 from ww.core.cid import DAG_PB, RAW
 from ww.core.errors import (
@@ -63,8 +66,11 @@ SEND_STALL = STALL  # seconds a client may leave a piece of its reply unread bef
 PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 # The size of the pieces a request body is taken over to the worker in: each is one hand-off
 # between threads, and 1 MiB rather than 256 KiB cut a 300 MiB add's CPU time by about a
-# tenth (docs/benchmarks.md); the worker holds one piece at a time.
+# tenth (docs/benchmarks.md).
 BODY_PIECE = 1 << 20
+# How many such pieces the event loop reads ahead of the worker (docs/benchmarks.md): with the
+# one it gathers and the one the worker holds, an upload holds at most 4 MiB of its body here.
+BODY_AHEAD = 2
 DEFAULT_PROVIDERS = 20  # routing/findprovs: kubo's default num-providers
 MAX_PROVIDERS = 100  # and the most one request may ask for
 PROGRESS_STEP = 256 * 1024  # add?progress=true: a {"Name","Bytes"} line per this many bytes
@@ -94,6 +100,13 @@ class Request:
         self.token = CancelToken()
         self.started = False
         self.body_done = False
+        # the body's hand-off from the event loop to the worker (see body()): pieces, then
+        # None at its end or the exception that ended it
+        self._body: queue.SimpleQueue[list[bytes] | BaseException | None] = queue.SimpleQueue()
+        self._body_allowed = 0  # pieces the pump may have put so far: the worker moves it on
+        self._body_put = 0  # and the pieces it has put
+        self._room: trio.Event | None = None  # what the pump waits on for room
+        self._trio_token = trio.lowlevel.current_trio_token()
         self._send_scope: anyio.CancelScope | None = None
         query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                        keep_blank_values=True)
@@ -155,18 +168,69 @@ class Request:
     def body(self) -> Iterator[bytes]:
         """The request body, piece by piece, as the client sends it (from the worker).
 
-        The pieces come over from the event loop up to :data:`BODY_PIECE` bytes at a time
-        (one hand-off per piece the server received would cost a third of an `add`'s rate).
+        A task on the event loop (:meth:`pump_body`) reads the body ahead of the worker, in
+        pieces of up to :data:`BODY_PIECE` bytes, at most :data:`BODY_AHEAD` of them waiting:
+        the worker takes a piece that is there without waiting on the loop, and the loop reads
+        on while there is room without waiting on the worker.
         """
-        while not self.body_done:
-            pieces = anyio.from_thread.run(self._receive_some)
+        self._body_open()
+        while True:
+            item = self._body.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._body_taken()
             self.token.check()
-            if pieces:  # one piece: fewer, larger steps for the parsers and the importer
-                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            yield item[0] if len(item) == 1 else b"".join(item)
 
-    async def _receive_some(self) -> list[bytes]:
-        """On the event loop: the body's next messages, until :data:`BODY_PIECE` bytes or its
-        end."""
+    def _body_open(self) -> None:
+        """From the worker: let the pump read :data:`BODY_AHEAD` pieces ahead."""
+        self._body_allowed += BODY_AHEAD
+        self._wake_pump()
+
+    def _body_taken(self) -> None:
+        """From the worker: a piece was taken, so there is room for one more."""
+        self._body_allowed += 1  # only the worker writes it; the pump reads it
+        self._wake_pump()
+
+    def _wake_pump(self) -> None:
+        # After _body_allowed moved on: the pump, which sets _room before it looks at
+        # _body_allowed again, either sees the new count or is woken here.
+        room = self._room
+        if room is not None and not room.is_set():
+            self._trio_token.run_sync_soon(room.set)
+
+    async def pump_body(self) -> None:
+        """On the event loop, beside the worker: read the body into the worker's hand-off, a
+        piece of up to :data:`BODY_PIECE` bytes at a time, at most :data:`BODY_AHEAD` pieces
+        ahead of it (and none before the worker asks for the body).
+
+        What ends the body ends the worker's reading too: its end (``None``), a client that
+        hangs up (:class:`CallCancelled`; the command's token is cancelled), one that brings
+        nothing for :data:`BODY_STALL` seconds (:class:`ClientError`), or the request's
+        cancellation (the daemon stops)."""
+        ended: BaseException | None = CallCancelled("the request was cancelled")
+        try:
+            while True:
+                if self._body_put >= self._body_allowed:
+                    self._room = trio.Event()
+                    if self._body_put >= self._body_allowed:  # see _wake_pump
+                        await self._room.wait()
+                    continue
+                pieces = await self._receive_piece()
+                self._body_put += 1
+                self._body.put(pieces)
+                if self.body_done:
+                    ended = None
+                    return
+        except (CallCancelled, ClientError) as err:
+            ended = err
+        finally:
+            self._body.put(ended)
+
+    async def _receive_piece(self) -> list[bytes]:
+        """The body's next messages, until :data:`BODY_PIECE` bytes or its end."""
         pieces: list[bytes] = []
         size = 0
         # A stalled upload holds a worker: the deadline moves on with each message, in one
@@ -954,7 +1018,9 @@ class RpcApi:
         async def watch() -> None:
             try:
                 if has_body:
-                    await anyio.sleep_forever()
+                    await request.pump_body()
+                    if not request.body_done:  # it ended otherwise: nothing more to watch
+                        await anyio.sleep_forever()
                 while (await receive_message(request))["type"] != "http.disconnect":
                     pass
             finally:

@@ -99,6 +99,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> No
     from hypercorn.trio import serve as hypercorn_serve
 
     _read_in_larger_pieces()
+    _copy_bodies_once()
     local = {site.sock.getsockname()[:2] for site in sites}
 
     async def close_after_grace() -> None:
@@ -185,3 +186,31 @@ def _read_in_larger_pieces() -> None:
     # Read first: should hypercorn rename it, this raises rather than silently doing nothing.
     if tcp_server.MAX_RECV < READ_SIZE:
         tcp_server.MAX_RECV = READ_SIZE
+
+
+def _copy_bodies_once() -> None:
+    """Make h11 hand a request body's bytes over with one copy out of its receive buffer.
+
+    h11's ``ReceiveBuffer.maybe_extract_at_most`` (each piece of a body it parses) slices the
+    buffer once to see whether it is empty, drops that slice, and slices it again, a
+    ``bytearray`` which hypercorn then copies into ``bytes`` (``bytes(event.data)``): three
+    copies of each byte on the event loop, under the interpreter lock.  This one copies the
+    buffer's first ``count`` bytes once, into ``bytes`` (which hypercorn's ``bytes()`` then
+    returns as they are), and otherwise does what h11's does (docs/benchmarks.md).
+    """
+    from h11._receivebuffer import ReceiveBuffer
+
+    ReceiveBuffer()._data  # noqa: B018 -- read first: should h11 rename it, this raises
+
+    def maybe_extract_at_most(self: ReceiveBuffer, count: int) -> bytes | None:
+        data = self._data
+        if not data:
+            return None
+        with memoryview(data) as view, view[:count] as head:
+            out = bytes(head)
+        del data[:len(out)]
+        self._next_line_search = 0
+        self._multiple_lines_search = 0
+        return out
+
+    ReceiveBuffer.maybe_extract_at_most = maybe_extract_at_most  # type: ignore[method-assign]
