@@ -48,8 +48,9 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   slow link that works through our wants in turn keeps them however long the queue), or
   a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
   are spread over the peers, least loaded first (peers that answer DONT_HAVE or let wants
-  time out more often than they deliver come last), each peer holding a window of them: what it answers in
-  :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
+  time out more often than they deliver come last: a want waits for room at a peer that
+  delivers rather than go to one of those), each peer holding a window of them: what it
+  answers in :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
   :data:`PEER_WANTS`.  The rest wait in turn (a want a reader waits for goes first) and are
   asked of whichever peer has room next, so a faster peer takes more of a file, and when
   the last wants are out every peer holds about as many seconds of work: a slow one does
@@ -622,8 +623,7 @@ class Engine:
             want.waiters.remove(future)
 
     def _assign(self, want: _Want) -> None:
-        candidates = [p for p in self.peers.values()
-                      if p.id not in want.tried and not p.liar]
+        candidates = self._askable(want)
         if not candidates:
             self._fail(want)
             return
@@ -638,11 +638,8 @@ class Engine:
                     self._queue.append(want.cid.multihash)
             return
         # Spread over the peers that serve: least loaded (for its window) first, so that
-        # three peers holding a file each send their share of it; a peer that has answered
-        # DONT_HAVE or let a want time out more often than it delivered comes after those
-        # that deliver.
-        peer = min(candidates, key=lambda p: (p.dont_have + p.timeouts > p.delivered,
-                                              len(p.assigned) / p.window()))
+        # three peers holding a file each send their share of it.
+        peer = min(candidates, key=lambda p: len(p.assigned) / p.window())
         if not peer.assigned:
             peer.idle()
         want.queued = False
@@ -659,6 +656,15 @@ class Engine:
                                            want_type=WantType.BLOCK, send_dont_have=True)]))
         self._ensure_sender(peer)
 
+    def _askable(self, want: _Want) -> list[_Peer]:
+        """The peers ``want`` may go to: those not tried for it that never lied; of them, if
+        any delivers more than it fails (answers DONT_HAVE or lets a want time out), only
+        those: the others are asked last, once no peer that delivers is left to try, and a
+        want waits for room at one that delivers rather than go to one that does not."""
+        peers = [p for p in self.peers.values() if p.id not in want.tried and not p.liar]
+        good = [p for p in peers if p.dont_have + p.timeouts <= p.delivered]
+        return good or peers
+
     def _refill(self) -> None:
         """Ask the wants waiting in turn of peers that have room now (in order, a reader's
         first)."""
@@ -667,8 +673,7 @@ class Engine:
             if want is None or not want.queued:  # fetched, failed, or asked meanwhile
                 self._queue.popleft()
                 continue
-            askable = [p for p in self.peers.values()
-                       if p.id not in want.tried and not p.liar]
+            askable = self._askable(want)
             if askable and not any(len(p.assigned) < p.window() for p in askable):
                 return  # its peers are busy: wait for their next answer
             self._queue.popleft()
