@@ -17,6 +17,7 @@ synchronous token (``cancellable``) and through the asynchronous face
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import threading
@@ -252,6 +253,12 @@ def test_stat_of_a_file_a_directory_and_a_symlink(api: CoreAPI, tree: tuple[str,
     assert top == reference.stat(root)  # sizes as the embedded exporter counts them
     link = api.stat(f"{root}/link")
     assert (link.type, link.target, link.size) == (EntryType.SYMLINK, "a/b/deep.txt", 12)
+    # links=False: the same without a directory's entries (none are read: a directory may
+    # have millions); a file's and a symlink's Stat have none either way
+    bare = api.stat(root, links=False)
+    assert bare.links == [] and bare == dataclasses.replace(top, links=[])
+    assert api.stat(f"{root}/link", links=False) == link
+    assert api.stat(f"{root}/big.bin", links=False) == big
 
 
 def test_stat_of_a_missing_block_is_not_found(api: CoreAPI):

@@ -225,7 +225,10 @@ class CoreAPI(Protocol):
         """:meth:`ls` one entry at a time, as the directory is read, never held whole (kubo's
         ``ls --stream``); a path that does not resolve raises before the first entry."""
 
-    def stat(self, path: str) -> Stat: ...
+    def stat(self, path: str, links: bool = True) -> Stat:
+        """Type, sizes and (``links``) every entry of a directory, all held at once; with
+        ``links=False`` none, and only the node itself is read (what :meth:`iter_ls` lists
+        one at a time, without holding them)."""
 
     def resolve(self, path: str) -> str:
         """``/ipfs/<cid>/a/b`` -> the CID of ``b``."""

@@ -243,10 +243,12 @@ def resolve(getter: BlockGetter, path: IpfsPath) -> UnixfsNode:
     return node
 
 
-def stat(getter: BlockGetter, node: UnixfsNode) -> Stat:
-    links: list[Link] = []
-    if node.is_directory:
-        links = [Link(_name(lk.name), lk.tsize, str(lk.cid)) for lk in _dir_links(getter, node)]
+def stat(getter: BlockGetter, node: UnixfsNode, links: bool = True) -> Stat:
+    """What ``node`` is; ``links``: with every entry of a directory (all of them held: a
+    directory may have millions), else none (the node alone is read)."""
+    listed: list[Link] = []
+    if links and node.is_directory:
+        listed = [Link(_name(lk.name), lk.tsize, str(lk.cid)) for lk in _dir_links(getter, node)]
     target = None
     if node.type is EntryType.SYMLINK:
         target = _name(node.target)
@@ -255,7 +257,7 @@ def stat(getter: BlockGetter, node: UnixfsNode) -> Stat:
         type=node.type,
         size=node.content_size,
         cumulative_size=node.cumulative_size,
-        links=links,
+        links=listed,
         target=target,
     )
 

@@ -532,9 +532,10 @@ class KuboClient:
             raise IpfsError(f"kubo resolved {path!r} to {resolved!r}, not to a CID")
         return resolved[len("/ipfs/") :]
 
-    def stat(self, path: str) -> Stat:
-        """Type, sizes and links of a node, computed from its blocks as the embedded node does."""
-        return exporter.stat(self._block, exporter.resolve(self._block, parse_path(path)))
+    def stat(self, path: str, links: bool = True) -> Stat:
+        """Type, sizes and links of a node, computed from its blocks as the embedded node does
+        (``links=False``: without a directory's entries, which are then not read)."""
+        return exporter.stat(self._block, exporter.resolve(self._block, parse_path(path)), links)
 
     def get(self, path: str, dest: Path, executable: bool = False,
             force: bool | None = None) -> None:

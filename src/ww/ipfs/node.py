@@ -276,8 +276,10 @@ class EmbeddedNode:
         node = exporter.resolve(self._get_block, ipath)
         return exporter.iter_ls(self._get_block, node, ipath.last_name)
 
-    def stat(self, path: str) -> Stat:
-        return exporter.stat(self._get_block, self._node(path))
+    def stat(self, path: str, links: bool = True) -> Stat:
+        """What ``path`` names; ``links=False``: without a directory's entries, which are
+        then not read (:meth:`iter_ls` reads them one at a time)."""
+        return exporter.stat(self._get_block, self._node(path), links)
 
     def resolve(self, path: str) -> str:
         return str(self._cid(path))

@@ -53,7 +53,7 @@ from ww.core.errors import (
     WwError,
 )
 from ww.ipfs import chunker as chunkers
-from ww.ipfs.api import AddOptions, CancelToken, EntryType, PeerInfo, cancellable
+from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
 from ww.serve.server import STALL, lifespan
 
@@ -309,11 +309,16 @@ class _Writer(io.RawIOBase):
     def __init__(self, request: Request) -> None:
         self._request = request
         self._buffer = bytearray()
+        self._written = 0
 
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        return self._written
+
     def write(self, data: Any) -> int:
+        self._written += len(data)
         self._buffer += data
         if len(self._buffer) >= PIECE:
             self.flush()
@@ -589,7 +594,7 @@ def _cat(api: RpcApi, request: Request) -> None:
     path = _path(request)
     offset = request.number("offset", "o", default=0) or 0
     length = request.number("length", "l")
-    size = api.node.stat(path)
+    size = api.node.stat(path, links=False)  # a directory's entries are not read
     if size.type != EntryType.FILE:
         raise IpfsError("this dag node is a directory" if size.type == EntryType.DIRECTORY
                         else "cannot cat a symlink")
@@ -607,31 +612,34 @@ def _cat(api: RpcApi, request: Request) -> None:
 def _ls(api: RpcApi, request: Request) -> None:
     """{"Objects": [{"Hash": path, "Links": [...]}, ...]}; with ``stream`` (``s``), as kubo,
     one such line per link as it is read, so a directory of millions of entries is never
-    held whole (a path without links: one line with none)."""
+    held whole (a path without links: one line with none).  Without it the reply is built
+    whole, as kubo builds it (its links, once)."""
     stream = request.flag("stream", "s")
     paths = request.all_args("ipfs-path")
-    for path in paths:
-        api.node.stat(path)  # a missing path: an error reply, not a cut stream
+    # each path resolved first (a missing one: an error reply, not a cut stream), the node
+    # alone: a directory's entries are read one at a time, below
+    kinds = [api.node.stat(path, links=False).type for path in paths]
 
-    def links(path: str) -> Iterator[dict[str, Any]]:
-        if api.node.stat(path).type != EntryType.DIRECTORY:
+    def links(path: str, kind: EntryType) -> Iterator[dict[str, Any]]:
+        if kind != EntryType.DIRECTORY:
             return
-        for entry in api.node.ls(path):
+        for entry in api.node.iter_ls(path):
             link: dict[str, Any] = {"Name": entry.name, "Hash": entry.cid,
                                     "Size": entry.size, "Type": _LS_TYPE[entry.type],
                                     "Target": ""}
             if entry.type == EntryType.SYMLINK:
-                link["Target"] = api.node.stat(entry.cid).target or ""
+                link["Target"] = api.node.stat(entry.cid, links=False).target or ""
             yield link
 
     if not stream:
-        request.reply({"Objects": [{"Hash": p, "Links": list(links(p))} for p in paths]})
+        request.reply({"Objects": [{"Hash": path, "Links": list(links(path, kind))}
+                                   for path, kind in zip(paths, kinds, strict=True)]})
         return
 
     def lines() -> Iterator[dict[str, Any]]:
-        for path in paths:
+        for path, kind in zip(paths, kinds, strict=True):
             empty = True
-            for link in links(path):
+            for link in links(path, kind):
                 empty = False
                 yield {"Objects": [{"Hash": path, "Links": [link]}]}
             if empty:
@@ -640,40 +648,75 @@ def _ls(api: RpcApi, request: Request) -> None:
     request.json_lines(lines())
 
 
+MAX_GET_DEPTH = 1024
+"""Directory levels a ``get`` goes down, at most: it holds one listing (a HAMT shard's links
+or a directory block) and one name a level."""
+
+
 @command("get")
 def _get(api: RpcApi, request: Request) -> None:
-    """A tar of the file or tree, entries named from the path's last component (as kubo)."""
+    """A tar of the file or tree, entries named from the path's last component (as kubo).
+
+    Depth first, each directory read an entry at a time as the tar is written: what is held
+    is one open listing and one name per directory level (at most :data:`MAX_GET_DEPTH`), never a
+    directory's entries, and nothing per entry written (``tarfile`` would keep a member per
+    entry: the headers are written here)."""
     path = _path(request)
     if request.flag("compress", "C"):
         raise IpfsError("get: compression is not supported here")
     from ww.ipfs.path import parse_path
 
     top = parse_path(path).last_name
-    api.node.stat(path)  # a missing path: an error reply, not a cut stream
+    info = api.node.stat(path, links=False)  # a missing path: an error reply, not a cut stream
     request.start("application/x-tar", extra=[("X-Stream-Output", "1")])
     out = _Writer(request)
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        stack = [(path, top)]
-        while stack:
-            where, name = stack.pop()
-            info = api.node.stat(where)
-            member = tarfile.TarInfo(name)
-            member.mtime = 0
-            if info.type == EntryType.DIRECTORY:
-                member.type, member.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(member)
-                entries = api.node.ls(where)
-                # each child by its CID: resolving "<dir>/<name>" again would walk a sharded
-                # directory once per entry (a 100 000-entry one took CPU-minutes)
-                stack.extend((e.cid, f"{name}/{e.name}") for e in reversed(entries))
-            elif info.type == EntryType.SYMLINK:
-                member.type, member.mode = tarfile.SYMTYPE, 0o777
-                member.linkname = info.target or ""
-                tar.addfile(member)
-            else:
-                member.size, member.mode = info.size, 0o644
-                tar.addfile(member, _Reader(api.node.cat(where)))  # type: ignore[arg-type]
+    # one frame per directory being written: its own name and its entries still to go
+    # (each child by its CID: resolving "<dir>/<name>" again would walk a sharded directory
+    # once per entry; a 100 000-entry one took CPU-minutes)
+    frames: list[tuple[str, Iterator[Entry]]] = []
+
+    def put(own: str, where: str, kind: EntryType, size: int) -> None:
+        # the path is made here from each level's own name: a frame holding its whole path
+        # would hold the square of the depth
+        member = tarfile.TarInfo("/".join([*(name for name, _ in frames), own]))
+        member.mtime = 0
+        if kind == EntryType.DIRECTORY:
+            if len(frames) >= MAX_GET_DEPTH:
+                raise IpfsError(f"get: {path} is more than {MAX_GET_DEPTH} directories deep")
+            member.type, member.mode = tarfile.DIRTYPE, 0o755
+            _tar_header(out, member)
+            frames.append((own, api.node.iter_ls(where)))
+        elif kind == EntryType.SYMLINK:
+            member.type, member.mode = tarfile.SYMTYPE, 0o777
+            member.linkname = api.node.stat(where, links=False).target or ""
+            _tar_header(out, member)
+        else:
+            member.size, member.mode = size, 0o644
+            _tar_header(out, member)
+            written = 0
+            for piece in api.node.cat(where):
+                written += len(piece)
+                out.write(piece)
+            if written != size:
+                raise IpfsError(f"get: {where} has {written} bytes where it says {size}")
+            out.write(bytes(-size % tarfile.BLOCKSIZE))
+
+    put(top, path, info.type, info.size)
+    while frames:
+        entry = next(frames[-1][1], None)
+        if entry is None:
+            frames.pop()
+            continue
+        put(entry.name, entry.cid, entry.type, entry.size)
+    # tarfile's end of archive: two zero blocks, the whole padded to a record
+    out.write(bytes(2 * tarfile.BLOCKSIZE))
+    out.write(bytes(-out.tell() % tarfile.RECORDSIZE))
     out.flush()
+
+
+def _tar_header(out: _Writer, member: tarfile.TarInfo) -> None:
+    """``member``'s header, as ``tarfile.open(mode="w|", format=PAX_FORMAT)`` writes it."""
+    out.write(member.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
 
 
 @command("block/get")
