@@ -155,3 +155,36 @@ def test_get_of_a_tree_deeper_than_its_bound_is_cut_short(ww_home: Path):
     finally:
         daemon.stop()
     assert b"deep" not in body and body.count(b"/d/d/d") > 0
+
+
+def test_get_cuts_the_tar_short_at_a_name_that_steps_out_of_its_directory(ww_home: Path):
+    """Names come from the content: one that is ``..``, holds a ``/`` or is empty would, in
+    a tar, put a file outside (or across) the directory a client unpacks into.  `get` cuts
+    the tar short there, as `ww get` refuses to write such a tree; the daemon serves on."""
+    import http.client
+
+    from ww.core.cid import CID
+    from ww.ipfs import EmbeddedNode, importer
+
+    roots = {}
+    with EmbeddedNode(ww_home) as node:
+        evil = node.add_stream([b"evil file\n"])
+        leaf = importer.Imported(CID.parse(evil), node.block_size(evil), 10)
+        for name in (b"..", b"a/../../x", b""):
+            roots[name] = importer.import_directory(
+                [(b"+fine", leaf), (name, leaf)], importer.ImportParams(), node._blocks).cid
+    daemon = Daemon(ww_home)
+    try:
+        for name, root in roots.items():
+            with _open(daemon, "get", str(root)) as reply:
+                try:
+                    body = reply.read()
+                except http.client.IncompleteRead as cut:
+                    body = cut.partial
+                else:
+                    raise AssertionError(f"the tar with an entry named {name!r} was sent whole")
+            assert body.count(b"evil file") <= 1, name  # never the bad entry's
+            assert name == b"" or name not in body, name
+        assert daemon.json("version")  # and the daemon serves on
+    finally:
+        daemon.stop()

@@ -411,11 +411,18 @@ _OPEN_DIRS = 32  # directory fds a deep walk keeps open at once; the rest are re
 
 def _check_name(raw: bytes, parent: CID) -> str:
     name = _name(raw)
-    if not raw or raw in (b".", b"..") or b"/" in raw or b"\0" in raw:
+    check_entry_name(name, str(parent))
+    return name
+
+
+def check_entry_name(name: str, parent: str) -> None:
+    """Refuse a directory entry's name that would step out of, or across, the directory it
+    is written into (on disk, or as a path in a tar): empty, ``.``, ``..``, holding ``/`` or
+    a NUL; ``parent`` names the directory in the error."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise CorruptBlockError(
             f"directory {parent} has an entry named {_shown(name)}, unsafe on disk"
         )
-    return name
 
 
 class _DirStack:

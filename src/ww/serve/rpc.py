@@ -53,6 +53,7 @@ from ww.core.errors import (
     WwError,
 )
 from ww.ipfs import chunker as chunkers
+from ww.ipfs import exporter
 from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
 from ww.serve.server import STALL, lifespan
@@ -707,6 +708,9 @@ def _get(api: RpcApi, request: Request) -> None:
         if entry is None:
             frames.pop()
             continue
+        # a name from the content that would step out of its directory when unpacked (``..``,
+        # ``a/../..``): the tar is cut short there, as `ww get` refuses to write it to disk
+        exporter.check_entry_name(entry.name, "/".join(name for name, _ in frames))
         put(entry.name, entry.cid, entry.type, entry.size)
     # tarfile's end of archive: two zero blocks, the whole padded to a record
     out.write(bytes(2 * tarfile.BLOCKSIZE))
