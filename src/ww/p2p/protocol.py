@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import capnp
 
-from ww.core import bridge, capnp_stream
+from ww.core import bridge
 from ww.core.addrs import PROTOCOL_ID, P2PError, peer_of
 from ww.core.foreign import kj_reason
 from ww.schema import load
@@ -96,7 +96,7 @@ class Exports:
             self._close(next(e for e, p in self._servers.items() if p == most))
         self._starting.append(peer)
         try:
-            stream = await capnp_stream.connect(sock)
+            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
         except Exception:  # it could not be set up: nothing to serve, nobody to tell
             sock.close()
             return
@@ -192,7 +192,7 @@ class Dialer:
     async def _connect(self, addr: str) -> Remote:
         sock = await bridge.wait_future(self._node.open(addr))
         try:
-            stream = await capnp_stream.connect(sock)
+            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
             return Remote(capnp.TwoPartyClient(stream), sock)
         except Exception:
             sock.close()
