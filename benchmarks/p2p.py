@@ -1,9 +1,10 @@
 """Remote calls over /ww/0.1.0 on loopback: call rate and latency, cell to cell and shell to cell.
 
-    .venv/bin/python benchmarks/p2p.py [--calls 2000] [--rounds 3]
+    .venv/bin/python benchmarks/p2p.py [--calls 2000] [--rounds 3] [--compare OTHER/src]
 
 Host B is a real `ww run --with-p2p --listen /ip4/127.0.0.1/tcp/0` whose jailed cell exports
-a `Service` that echoes.  Three measurements of `Service.call("echo", [])`, best of --rounds:
+a `Service` that echoes.  Three measurements of `Service.call("echo", [])`, each the median of
+--rounds rounds:
 
 - "cell -> cell": a jailed cell on host A (`ww run --with-p2p`) dials B and calls: the call
   crosses A's fd 3, A's libp2p host, TCP + Noise + Yamux, B's libp2p host and B's fd 3.
@@ -15,8 +16,14 @@ a `Service` that echoes.  Three measurements of `Service.call("echo", [])`, best
   part of a remote call that is py-libp2p's (TCP + Noise + Yamux, trio), nothing else.
 
 Sequential calls give the latency (median, p99); "pipelined" keeps 64 calls in flight.
-Also timed: one `ww call` from the shell, start to finish (process start-up included).
-Everything listens on 127.0.0.1 only, and every peer is stopped at the end.
+"B CPU" is the CPU time host B and its cell spent per call over the round (Linux /proc): far
+less disturbed by a busy machine than the times are.  Also timed: one `ww call` from the
+shell, start to finish (process start-up included).  Everything listens on 127.0.0.1 only,
+and every peer is stopped at the end.
+
+``--compare OTHER/src`` runs every round a second time, in turns, with the ww package of
+another checkout (its host B, its `ww run` callers, and its libp2p node as the peer, each a
+process started with ``PYTHONPATH=OTHER/src``): a before/after in one run, on the same load.
 """
 
 from __future__ import annotations
@@ -120,6 +127,35 @@ def _home(directory: str, name: str) -> dict[str, str]:
     return {**os.environ, "WW_HOME": home}
 
 
+def _child(src: str | None, *args: str) -> dict[str, float]:
+    """Run one in-process round (``--child ...``) in a process of its own, with the ww of
+    ``src`` (None: this checkout)."""
+    env = {**os.environ, "PYTHONPATH": src} if src else None
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
+                         capture_output=True, text=True, timeout=600, env=env).stdout
+    return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and every process under it (Linux /proc)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12]))
+                                 / os.sysconf("SC_CLK_TCK"))
+    total, todo = 0.0, [pid]
+    while todo:
+        here = todo.pop()
+        total += stats.get(here, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in stats.items() if parent == here]
+    return total
+
+
 def peer_round(addr: str, calls: int) -> dict[str, float]:
     """This process as the remote peer: a libp2p node, one /ww/0.1.0 connection."""
     import capnp
@@ -200,70 +236,128 @@ def libp2p_round(calls: int) -> dict[str, float]:
         server.stop()
 
 
-def cell_round(directory: str, caller: str, addr: str, calls: int) -> dict[str, float]:
+def cell_round(directory: str, caller: str, addr: str, calls: int,
+               src: str | None = None) -> dict[str, float]:
     flags = ["--with-console"] if addr == "-" else [
         "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"]
+    env = _home(directory, "a")
+    if src:  # the host's ww, and its cell's (the jail shows the package the host runs)
+        env["PYTHONPATH"] = src
+        flags += ["--env", f"PYTHONPATH={src}"]
     out = subprocess.run([WW, "run", *flags, "--env", "PYTHONDONTWRITEBYTECODE=1", caller,
                           addr, str(calls)],
                          check=True, capture_output=True, text=True, timeout=300,
-                         env=_home(directory, "a")).stdout
-    return json.loads(out.splitlines()[-1])
+                         env=env).stdout
+    return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def best(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return min(rounds, key=lambda r: r["median_us"])
+def on_b(b: subprocess.Popen[str], calls: int, one: Any, *args: Any) -> dict[str, float]:
+    """``one(*args)``'s result, with the CPU host B (and its cell) spent per call meanwhile."""
+    before = _tree_cpu(b.pid)
+    result = one(*args)
+    result["b_cpu_us"] = (_tree_cpu(b.pid) - before) / (2 * calls + 50) * 1e6
+    return result  # type: ignore[no-any-return]
+
+
+def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {key: statistics.median(r.get(key, float("nan")) for r in rounds)
+            for key in rounds[0]}
+
+
+def start_b(directory: str, exporter: str, name: str,
+            src: str | None) -> tuple[subprocess.Popen[str], str]:
+    env, flags = _home(directory, name), []
+    if src:
+        env["PYTHONPATH"] = src
+        flags = ["--env", f"PYTHONPATH={src}"]
+    b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, *flags, exporter],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, env=env)
+    assert b.stdout is not None
+    addr = b.stdout.readline().strip()
+    if not addr:
+        raise SystemExit("host B did not start")
+    return b, addr
+
+
+def stop_b(b: subprocess.Popen[str]) -> None:
+    if b.stdin:
+        b.stdin.close()
+    try:
+        b.wait(15)
+    except subprocess.TimeoutExpired:
+        b.kill()
+        b.wait()
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":  # one in-process round, as JSON
+        kind, rest = sys.argv[2], sys.argv[3:]
+        result = (peer_round(rest[0], int(rest[1])) if kind == "peer"
+                  else libp2p_round(int(rest[0])))
+        print(json.dumps(result))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", metavar="SRC",
+                        help="also run every round with the ww of SRC (another checkout's "
+                             "src directory), in turns with this one")
     options = parser.parse_args()
+    variants: dict[str, str | None] = (
+        {"": None} if not options.compare
+        else {"this ": None, "SRC ": os.path.abspath(options.compare)})
+    paths = ["cell -> cell", "peer -> cell", "fd 3 only", "libp2p echo"]
+    rounds: dict[tuple[str, str], list[dict[str, float]]] = {
+        (v, p): [] for v in variants for p in paths}
+    shell: dict[str, list[float]] = {v: [] for v in variants}
+    calls = options.calls
     with tempfile.TemporaryDirectory(prefix="ww-bench-p2p-") as directory:
         exporter = _cell(directory, "exporter.py", EXPORTER)
         caller = _cell(directory, "caller.py", CALLER)
-        b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, exporter],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=_home(directory, "b"))
+        hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:
-            assert b.stdout is not None
-            addr = b.stdout.readline().strip()
-            if not addr:
-                raise SystemExit("host B did not start")
-            results: dict[str, Any] = {
-                "cell -> cell": best([cell_round(directory, caller, addr, options.calls)
-                                      for _ in range(options.rounds)]),
-                "peer -> cell": best([peer_round(addr, options.calls)
-                                      for _ in range(options.rounds)]),
-                "fd 3 only": best([cell_round(directory, caller, "-", options.calls)
-                                   for _ in range(options.rounds)]),
-                "libp2p echo": best([libp2p_round(options.calls)
-                                     for _ in range(options.rounds)]),
-            }
-            shell = []
-            for _ in range(options.rounds):
-                started = time.perf_counter()
-                subprocess.run([WW, "call", addr, "echo"], check=True, capture_output=True,
-                               timeout=60)
-                shell.append(time.perf_counter() - started)
+            for i, (variant, src) in enumerate(variants.items()):
+                hosts[variant] = start_b(directory, exporter, f"b{i}", src)
+            for n in range(options.rounds):
+                order = list(variants.items())
+                for variant, src in order if n % 2 == 0 else order[::-1]:
+                    b, addr = hosts[variant]
+                    got = {
+                        "cell -> cell": on_b(b, calls, cell_round, directory, caller, addr,
+                                             calls, src),
+                        "peer -> cell": on_b(b, calls, _child, src, "peer", addr, str(calls)),
+                        "fd 3 only": cell_round(directory, caller, "-", calls, src),
+                        "libp2p echo": _child(src, "libp2p", str(calls)),
+                    }
+                    for path, result in got.items():
+                        rounds[(variant, path)].append(result)
+                    env = {**os.environ, "PYTHONPATH": src} if src else None
+                    started = time.perf_counter()
+                    subprocess.run([WW, "call", addr, "echo"], check=True,
+                                   capture_output=True, timeout=60, env=env)
+                    shell[variant].append(time.perf_counter() - started)
         finally:
-            if b.stdin:
-                b.stdin.close()
-            try:
-                b.wait(15)
-            except subprocess.TimeoutExpired:
-                b.kill()
-                b.wait()
+            for b, _ in hosts.values():
+                stop_b(b)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}, "
-          f"{options.calls} calls, best of {options.rounds}")
-    print(f"{'path':<14}{'median':>10}{'p99':>10}{'seq calls/s':>13}"
-          f"{'pipelined calls/s':>19}")
-    for name, r in results.items():
-        print(f"{name:<14}{r['median_us']:>8.0f}us{r['p99_us']:>8.0f}us"
-              f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}")
-    print(f"one `ww call` from the shell, start to finish: "
-          f"{statistics.median(shell) * 1000:.0f} ms (median)")
+          f"{calls} calls, median of {options.rounds} rounds, load average "
+          f"{os.getloadavg()[0]:.1f} at the end"
+          + (f"; SRC = {options.compare}" if options.compare else ""))
+    print(f"{'path':<19}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
+          f"{'pipelined calls/s':>19}{'B CPU/call':>12}")
+    for path in paths:
+        for variant in variants:
+            r = median_round(rounds[(variant, path)])
+            cpu = r.get("b_cpu_us", float("nan"))
+            print(f"{variant + path:<19}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
+                  f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}"
+                  + (f"{cpu:>10.0f}us" if cpu == cpu else f"{'':>12}"))
+    for variant in variants:
+        print(f"{variant}one `ww call` from the shell, start to finish: "
+              f"{statistics.median(shell[variant]) * 1000:.0f} ms (median)")
 
 
 if __name__ == "__main__":
