@@ -56,7 +56,7 @@ def _expect(bar: TerminalBar, api: CoreAPI, paths: tuple[str, ...], offset: int,
     from ww.ipfs.api import IpfsError
 
     try:
-        sizes = [api.stat(path) for path in paths]
+        sizes = [api.stat(path, links=False) for path in paths]
     except IpfsError:
         return
     if any(info.type is not EntryType.FILE for info in sizes):
@@ -73,7 +73,7 @@ def _cat(api: CoreAPI, out: BinaryIO, paths: tuple[str, ...], offset: int,
         if length == 0:
             break
         if offset and len(paths) > 1:  # the offset runs over the files together
-            info = api.stat(path)
+            info = api.stat(path, links=False)
             if info.type is not EntryType.FILE:
                 raise NotAFileError(_not_a_file(path, info.type))
             if offset >= info.size:
@@ -88,7 +88,7 @@ def _cat(api: CoreAPI, out: BinaryIO, paths: tuple[str, ...], offset: int,
                     bar.advance(len(chunk))
         except NotAFileError as err:
             try:
-                kind = api.stat(path).type
+                kind = api.stat(path, links=False).type
             except IpfsError:
                 raise err from None
             raise NotAFileError(_not_a_file(path, kind)) from None

@@ -141,7 +141,7 @@ def _write(api: CoreAPI, path: str, dest: Path | None, executable: bool, force: 
         return
     from ww.core.ipfs_values import EntryType
 
-    info = api.stat(path)
+    info = api.stat(path, links=False)
     if info.type is not EntryType.FILE:
         raise NotAFileError(f"{path} is a {info.type.value}; -o - writes only a file to "
                             "stdout (give -o PATH to write it to disk)")

@@ -99,8 +99,8 @@ class AsyncCoreAPI:
     async def ls(self, path: str) -> list[Entry]:
         return await self._call(lambda: self.backend.ls(path))
 
-    async def stat(self, path: str) -> Stat:
-        return await self._call(lambda: self.backend.stat(path))
+    async def stat(self, path: str, links: bool = True) -> Stat:
+        return await self._call(lambda: self.backend.stat(path, links))
 
     async def resolve(self, path: str) -> str:
         return await self._call(lambda: self.backend.resolve(path))
