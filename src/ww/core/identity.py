@@ -69,6 +69,10 @@ LOGIN_CONTEXT = b"ww-login-v1\x00"
 """Prefix of every signed login challenge, so a login signature can never mean anything else."""
 
 _MAX_INLINE_KEY_LEN = 42  # go-libp2p: keys whose protobuf is longer are hashed into the id
+# The longest peer id in bytes: the CID form's version and codec, then an identity multihash's
+# code, length and inline key.  A longer text is refused before decoding (base58 and base36
+# decode in time quadratic in the length: a cell's or a client's megabyte would hold a thread).
+_MAX_PEER_ID_BYTES = 2 + 2 + 2 + _MAX_INLINE_KEY_LEN
 _MH_IDENTITY = 0x00
 _MH_SHA2_256 = 0x12
 _CID_V1 = 0x01
@@ -151,26 +155,27 @@ def decode_peer_id(text: str) -> bytes:
     Accepts base58btc (``12D3KooW...``, ``Qm...``) and the CIDv1 form (``bafz...``, codec
     libp2p-key), as go-libp2p's ``peer.Decode`` does.
     """
+    shown = text if len(text) <= 80 else text[:77] + "..."  # an error never echoes a megabyte
     try:
         if text.startswith(("1", "Qm")):
-            mh = multibase.b58decode(text)
+            mh = multibase.b58decode(text, _MAX_PEER_ID_BYTES)
         else:
-            raw = multibase.decode(text)
+            raw = multibase.decode(text, _MAX_PEER_ID_BYTES)
             version, pos = varint.decode(raw)
             codec, pos = varint.decode(raw, pos)
             if version != _CID_V1 or codec != _CODEC_LIBP2P_KEY:
-                raise IdentityError(f"invalid peer id {text!r}: not a libp2p-key CID")
+                raise IdentityError(f"invalid peer id {shown!r}: not a libp2p-key CID")
             mh = raw[pos:]
         code, pos = varint.decode(mh)
         length, pos = varint.decode(mh, pos)
     except (multibase.MultibaseError, varint.VarintError) as err:
-        raise IdentityError(f"invalid peer id {text!r}: {err}") from None
+        raise IdentityError(f"invalid peer id {shown!r}: {err}") from None
     if code not in (_MH_IDENTITY, _MH_SHA2_256) or len(mh) - pos != length:
-        raise IdentityError(f"invalid peer id {text!r}: not an identity or sha2-256 multihash")
+        raise IdentityError(f"invalid peer id {shown!r}: not an identity or sha2-256 multihash")
     if code == _MH_SHA2_256 and length != 32:
-        raise IdentityError(f"invalid peer id {text!r}: sha2-256 digest is not 32 bytes")
+        raise IdentityError(f"invalid peer id {shown!r}: sha2-256 digest is not 32 bytes")
     if code == _MH_IDENTITY and length > _MAX_INLINE_KEY_LEN:
-        raise IdentityError(f"invalid peer id {text!r}: inline key longer than 42 bytes")
+        raise IdentityError(f"invalid peer id {shown!r}: inline key longer than 42 bytes")
     return mh
 
 
