@@ -16,6 +16,7 @@ its identity to the host.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -382,12 +383,16 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
     that belongs to neither the user running ``ww`` nor root.  Raises
     :class:`UnprotectedKeyError`, whose line names the mode and the fix (``chmod 600 FILE``).
 
-    Only a regular file is checked: a pipe (``--node-key <(pass show node.key)``,
+    Only a regular file's mode is checked: a pipe (``--node-key <(pass show node.key)``,
     ``/dev/fd/N``, ``/dev/stdin``), a FIFO or a terminal passes the key through rather than
-    keeping it, and its mode says nothing of who can read the key at rest."""
+    keeping it, and its mode says nothing of who can read the key at rest.  A named FIFO's
+    owner is checked as a file's: another user's FIFO where the key file was expected (a
+    name in ``/tmp``) would feed ``ww`` a key that user chose, and knows.  A pipe's owner is
+    whoever made it (a shell of another user's piping into ``sudo -u``): not checked."""
     import stat
 
-    if not stat.S_ISREG(st.st_mode):
+    named_fifo = stat.S_ISFIFO(st.st_mode) and st.st_dev != _pipe_device()
+    if not stat.S_ISREG(st.st_mode) and not named_fifo:
         return
     me = os.geteuid()
     if st.st_uid not in (me, 0):
@@ -395,12 +400,23 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
             f"the key file belongs to uid {st.st_uid}, not to uid {me} running ww (nor to "
             "root): a private key must be its user's own (ww idgen -o FILE makes one)")
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
+    if not named_fifo and mode & 0o077:
         import shlex
 
         raise UnprotectedKeyError(
             f"the key file is accessible by group or others (mode {mode:04o}): a private key "
             f"must be its owner's only: chmod 600 {shlex.quote(os.fspath(path))}")
+
+
+@functools.cache
+def _pipe_device() -> int:
+    """The device of the kernel's pipes (pipefs): a FIFO on any other is a named one."""
+    read, write = os.pipe()
+    try:
+        return os.fstat(read).st_dev
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:
