@@ -281,3 +281,24 @@ def test_idgen_to_a_file_others_can_read_warns_and_names_o(tmp_path, umask, warn
     expected = [f"ww: warning: the private key goes to a file group or others can read (mode "
                 f"{0o666 & ~umask:04o}); 'ww idgen -o FILE' writes a new file of mode 0600"]
     assert r.stderr.splitlines() == (expected if warned else [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a FIFO to another user needs root")
+def test_a_fifo_of_another_user_cannot_feed_a_key(tmp_path):
+    """(found by attack) The owner check held a regular file to its user, but a FIFO passed
+    unchecked: another user who made ``/tmp/node.key`` a FIFO of theirs (the name free in a
+    shared directory) fed ww a key they chose, and so knew the node's private key.  A named
+    FIFO is now held to its owner as a file is; a pipe (``<(pass show key)``, /dev/stdin)
+    still passes, whoever made it."""
+    path = tmp_path / "cell.key"
+    _key_in(path, 0o600)
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo, 0o600)
+    os.chown(fifo, 65534, 65534)  # nobody's, as another user's in /tmp
+    r = subprocess.run(["sh", "-c", 'cat "$1" > "$3" & "$2" id --key "$3"; s=$?; '
+                        'kill $! 2>/dev/null; exit $s', "sh", str(path), WW, str(fifo)],
+                       capture_output=True, text=True, timeout=HANG)
+    assert (r.returncode, r.stdout) == (2, ""), r
+    assert r.stderr.splitlines() == [
+        f"ww: --key {str(fifo)!r}: the key file belongs to uid 65534, not to uid 0 running "
+        "ww (nor to root): a private key must be its user's own (ww idgen -o FILE makes one)"]

@@ -146,3 +146,49 @@ class HostilePeer:
 
     def close(self) -> None:
         self.node.stop()
+
+
+class ResettingPeer(HostilePeer):
+    """An honest provider of ``blocks`` that resets the stream the target opened to it when
+    the first want-block arrives, without answering then (as a peer over its stream limits,
+    or restarting its Bitswap server, does), and sends that block later, when the test says
+    (:meth:`send_held`) on a stream of its own: the connection itself stays up.  Every later
+    want-block is answered with the block, as an honest peer answers."""
+
+    def __init__(self, home: Path, blocks: list[bytes]) -> None:
+        self.blocks = {sha256(b): b for b in blocks}  # raw blocks, by multihash
+        self.held: list[tuple[Any, bytes]] = []
+        self.reset_once = threading.Event()
+        super().__init__(home, "silent")
+
+    async def _read(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id
+        reader = bitswap._Reader(stream)
+        try:
+            while (got := await reader.next()) is not None:
+                wanted = [e.cid for e in got[0].wants
+                          if not e.cancel and e.want_type == WantType.BLOCK]
+                self.wants += wanted
+                if wanted and not self.reset_once.is_set():
+                    self.held += [(peer, raw) for raw in wanted]
+                    await stream.reset()
+                    self.reset_once.set()
+                    return
+                if wanted:
+                    await self._blocks_to(peer, wanted)
+        except Exception:
+            pass
+
+    async def _blocks_to(self, peer: Any, wanted: list[bytes]) -> None:
+        for raw in wanted:
+            cid, _ = CID.decode(raw)
+            if cid.multihash in self.blocks:
+                await self._send(peer, Message(blocks=[(bitswap.prefix_of(cid),
+                                                        self.blocks[cid.multihash])]))
+
+    def send_held(self) -> None:
+        """Send the blocks asked before the reset, now (from the test's thread)."""
+        async def send() -> None:
+            for peer, raw in self.held:
+                await self._blocks_to(peer, [raw])
+        self.node.submit(send).result()

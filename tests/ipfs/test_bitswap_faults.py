@@ -177,3 +177,43 @@ def test_a_slow_peer_alone_fails_the_import_with_one_line(
     assert f"1 did not answer within {bitswap.PEER_TIMEOUT:g} s" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
     assert run_ww("repo", "check").returncode == 0
+
+
+def test_an_honest_peer_dropped_for_a_broken_stream_is_not_taken_for_a_liar(
+        tmp_path: Path, made: list) -> None:
+    """(found by attack) The stream ww writes its wants on breaks (the peer reset it: over its
+    stream limits, restarting its Bitswap server) while the connection stays up: ww drops the
+    peer's record, and with it what it had asked of it.  The peer, honest, then sends the
+    block it was asked on a stream of its own: not wanted any more and not among the new
+    record's asked blocks, it was taken for a lie, and the peer was asked nothing more, ever
+    (the liar list outlives reconnections).  Now what was asked of a dropped peer is kept
+    with the liar list's bound, so the late block is dropped as unwanted, and the peer serves
+    the next fetch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.ipfs.bitswap_hostile import ResettingPeer
+    from ww.core.cid import RAW
+
+    blocks = [_data(1000 + i, 40 + i) for i in range(3)]
+    cids = [str(CID.v1(RAW, sha256(block))) for block in blocks]
+    peer = ResettingPeer(tmp_path / "resetting", blocks)
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    made += [peer, b]
+    b.connect(peer.addr)
+    engine = _engine(b)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(b.block, cids[0])
+        assert peer.reset_once.wait(HANG)
+        # The next want is written on the reset stream: the write fails, the peer is dropped
+        # and every want asked of it fails (it was the only peer).
+        with pytest.raises(NotFoundError):
+            b.block(cids[1])
+        with pytest.raises(NotFoundError):
+            first.result(HANG)
+    peer.send_held()  # the honest answer to the first want, late
+    deadline = time.monotonic() + HANG
+    while engine.stats["dropped"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats["dropped"] == 1
+    assert engine.stats["liars"] == 0
+    assert b.block(cids[2]) == blocks[2]

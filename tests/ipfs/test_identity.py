@@ -155,6 +155,16 @@ def test_invalid_peer_ids_are_refused(bad: str):
         decode_peer_id(bad)
 
 
+@pytest.mark.parametrize("prefix", ["1", "Qm", "k", "z", "b"])
+def test_a_peer_id_longer_than_any_is_refused_before_it_is_decoded(prefix: str):
+    """A peer id from a cell (``connect``) or a client is base58 or base36: decoding those is
+    quadratic in the length, so a megabyte of text held a thread for minutes.  Refused
+    unread, and the error does not echo the megabyte."""
+    with pytest.raises(IdentityError, match="too long") as info:
+        decode_peer_id(prefix + "z" * 1_000_000)
+    assert len(str(info.value)) < 300
+
+
 def test_peer_id_cid_form_is_accepted():
     mh = decode_peer_id(SPEC_PEER_ID)
     as_cid = multibase.encode(b"\x01\x72" + mh, "base32")

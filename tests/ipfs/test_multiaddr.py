@@ -142,3 +142,24 @@ def test_any_text_is_parsed_or_refused_with_a_one_line_multiaddr_error(
         parse(text)
     except MultiaddrError as err:
         assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize("prefix", ["/p2p/1", "/p2p/k", "/p2p/f", "/ip4/1.2.3.4/tcp/1/p2p/z"])
+def test_an_address_longer_than_any_libp2p_uses_is_refused_before_it_is_read(prefix: str):
+    """(found by attack) The library decodes a ``/p2p/`` value in time quadratic in its
+    length: 100,000 characters took 10 s, a base36 one minutes, on the event loop of the
+    host serving a cell's ``P2P.dial`` (check_dial_addr), or in a worker for IPFS
+    ``connect`` and ``swarm/connect``.  A text over MAX_TEXT is refused unread, in one short
+    line; the longest address ww takes still parses."""
+    from ww.core.addrs import check_dial_addr
+    from ww.core.errors import AddressError
+
+    with pytest.raises(MultiaddrError, match="longer than 1024") as info:
+        parse(prefix + "z" * 1_000_000)
+    assert len(str(info.value)) < 200
+    with pytest.raises(AddressError, match="longer than 1024"):
+        check_dial_addr(prefix + "z" * 1_000_000)
+    from ww.core.multiaddr import MAX_TEXT
+
+    unix = "/unix/" + "d" * (MAX_TEXT - len("/unix/"))
+    assert parse(unix).value("unix") == "/" + "d" * (MAX_TEXT - len("/unix/"))

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ww.core import cid as cid_module
 from ww.core import multibase, multihash, varint
 from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs.api import InvalidPathError
@@ -160,6 +161,22 @@ def test_identity_cids_hold_their_block_up_to_kubos_128_bytes() -> None:
     with pytest.raises(InvalidPathError, match="CIDv0"):
         CID.v0(b"\x00\x05hello")
     assert CID.parse(EMPTY_DIR).inline is None
+
+
+@pytest.mark.parametrize("prefix", ["k", "K", "z", "Z", "0", "f", "b", "B", "m", "u"])
+def test_a_cid_text_longer_than_any_cid_is_refused_before_it_is_decoded(prefix: str) -> None:
+    """Base36 and base58 decode in time quadratic in the text (60,000 characters took 1-2 s,
+    a cell's megabyte path would hold a host thread for minutes, a gateway URL of 60 KiB the
+    event loop for seconds): a text longer than the longest CID's base2 form is refused
+    unread.  The longest CID itself (128 identity bytes) still reads in base2."""
+    with pytest.raises(InvalidPathError, match="too long") as info:
+        CID.parse(prefix + "1" * 1_000_000)
+    assert len(str(info.value)) < 300  # the error does not echo the text
+    most = CID.v1(RAW, b"\x00\x80\x01" + bytes(128))
+    raw = bytes(most)
+    base2 = "0" + "".join(f"{byte:08b}" for byte in raw)
+    assert len(raw) == cid_module.MAX_BYTES and len(base2) == multibase.longest(len(raw))
+    assert CID.parse(base2) == most
 
 
 def test_invalid_cid_error_is_one_line() -> None:

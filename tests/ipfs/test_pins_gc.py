@@ -171,3 +171,27 @@ def test_a_block_gc_cannot_remove_is_reported_and_gc_goes_on(node: EmbeddedNode)
         node.gc()
     assert [str(CID.v1(RAW, mh)) for mh in blocks.iter_multihashes()] == [
         str(CID.v1(RAW, stuck))]
+
+
+def test_gc_leaves_the_temp_files_of_writers_still_running(node: EmbeddedNode) -> None:
+    """(found by attack) Bitswap stores the blocks it fetches (for a ``cat``, in the daemon
+    or in any ``ww`` sharing the repository) without the repository's writer lock, so gc's
+    exclusive lock does not mean no writer runs: gc removed every temp file, an in-flight
+    fetch's included, and the fetch failed ("cannot store block ...: No such file").  A temp
+    file is named after its writer's pid: gc now removes those of writers that are gone (as
+    ``repo check`` counts them), never those of a live one."""
+    import os
+    import subprocess
+
+    node.add_stream([b"a block to make a shard directory"], UNPINNED)
+    shard = next(p for p in (node.repo_path / "blocks").iterdir() if p.is_dir())
+    in_flight = shard / f".tmp-{os.getpid()}-0123456789abcdef"  # this process's Bitswap
+    in_flight.write_bytes(b"half a block")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = shard / f".tmp-{gone.pid}-fedcba9876543210"  # a writer killed mid-write
+    left.write_bytes(b"left by a crash")
+    report = node.gc()
+    assert in_flight.exists()
+    assert not left.exists()
+    assert report.removed_temp_files == 1

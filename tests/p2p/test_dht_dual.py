@@ -129,3 +129,19 @@ def test_each_dht_holds_its_own_lookup_bound(wire: dict) -> None:
     assert flood["found"] == []
     assert flood["lan"]["rpcs"] == flood["bound"] and flood["wan"]["rpcs"] == flood["bound"]
     assert flood["lan"]["dropped_addrs"] == 0 and flood["wan"]["dropped_addrs"] == 0
+
+
+def test_a_peer_reached_over_the_internet_cannot_claim_a_place_in_the_lan_dht(
+        tmp_path) -> None:
+    """(found by attack) A peer the host reached at its public address claims, in identify, a
+    LAN address too, and speaks the LAN DHT protocol (tests/p2p/dht_lan_intruder.py): the LAN
+    DHT took it as one of its peers by that claim, asked it, and dialled the LAN addresses it
+    named (an internal service at 127.0.0.77 was connected to four times) and returned them
+    as a provider -- the internal network probed from outside, whatever ``--allow-dial``
+    opened to LAN peers.  Now a connected peer belongs to the DHT whose scope its connection
+    is in (kubo's routing table filters): the LAN DHT never asks it."""
+    out = script_in_namespace(tmp_path, "tests/p2p/dht_lan_intruder.py")
+    assert out["connected_over"] == ["127.0.2.9"]  # the "public" address
+    assert out["probed"] == []
+    assert out["providers"] == []
+    assert out["lan_stats"]["rpcs"] == 0

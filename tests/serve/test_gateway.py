@@ -556,6 +556,16 @@ def test_cids_in_every_multibase_and_identity_cids_are_served_as_kubo_serves_the
 # --- bad input ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefix", ["k", "z", "Z"])
+def test_a_cid_longer_than_any_cid_is_refused_unread(gw: str, site: Site, prefix: str) -> None:
+    """Base36 and base58 decode in time quadratic in the text's length, on the event loop:
+    the 64 KiB request line ``ww daemon`` allows held every other request for some 2 s.  A
+    CID text longer than the longest CID's base2 form is a 400 before it is decoded."""
+    assert_one_line(request(gw, f"/ipfs/{prefix}{'z' * 15000}"), 400, "too long")
+    assert request(gw, f"/ipfs/{site.root}/hello.txt").body == b"hello\n"
+
+
+
 def bad_requests(site: Site) -> list[tuple[str, str, dict[str, str], int, str]]:
     """(method, path, headers, status, a word of the one-line answer)."""
     return [

@@ -19,7 +19,7 @@ from ww.core.errors import InvalidPathError
 
 from . import multibase, multihash, varint
 
-__all__ = ["DAG_PB", "RAW", "CID", "CidError"]
+__all__ = ["DAG_PB", "RAW", "MAX_BYTES", "CID", "CidError"]
 
 # Kept over py-cid, which would sit on every block's path (Bitswap, CAR, importer): it is
 # 1.9-3.0x slower to decode a binary CID (2.0 us own, 3.8-6.1 us library), 4.2-5.1x to parse
@@ -31,6 +31,12 @@ DAG_PB = 0x70
 RAW = 0x55
 _CODEC_NAMES = {DAG_PB: "dag-pb", RAW: "raw"}
 _KNOWN_CODECS = {0x71: "dag-cbor", 0x0129: "dag-json", 0x0200: "json", 0x51: "cbor"}
+
+
+MAX_BYTES = 5 + multihash.MAX_IDENTITY
+"""The longest binary CID read: version, codec, identity code and a two-byte digest length
+(one byte each but the length), then :data:`ww.core.multihash.MAX_IDENTITY` bytes.  Its text
+is at most :func:`ww.core.multibase.longest` of it; a longer one is refused unread."""
 
 
 class CidError(InvalidPathError):
@@ -89,7 +95,7 @@ class CID:
                 raise CidError(f"invalid CIDv0 {text!r}: not a sha2-256 multihash")
             return cls.v0(raw)
         try:
-            raw = multibase.decode(text)
+            raw = multibase.decode(text, MAX_BYTES)
         except multibase.MultibaseError as err:
             raise CidError(f"invalid CID {_short(text)!r}: {err}") from None
         if raw[:1] == b"\x12":

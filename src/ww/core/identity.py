@@ -16,6 +16,7 @@ its identity to the host.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -69,6 +70,10 @@ LOGIN_CONTEXT = b"ww-login-v1\x00"
 """Prefix of every signed login challenge, so a login signature can never mean anything else."""
 
 _MAX_INLINE_KEY_LEN = 42  # go-libp2p: keys whose protobuf is longer are hashed into the id
+# The longest peer id in bytes: the CID form's version and codec, then an identity multihash's
+# code, length and inline key.  A longer text is refused before decoding (base58 and base36
+# decode in time quadratic in the length: a cell's or a client's megabyte would hold a thread).
+_MAX_PEER_ID_BYTES = 2 + 2 + 2 + _MAX_INLINE_KEY_LEN
 _MH_IDENTITY = 0x00
 _MH_SHA2_256 = 0x12
 _CID_V1 = 0x01
@@ -151,26 +156,27 @@ def decode_peer_id(text: str) -> bytes:
     Accepts base58btc (``12D3KooW...``, ``Qm...``) and the CIDv1 form (``bafz...``, codec
     libp2p-key), as go-libp2p's ``peer.Decode`` does.
     """
+    shown = text if len(text) <= 80 else text[:77] + "..."  # an error never echoes a megabyte
     try:
         if text.startswith(("1", "Qm")):
-            mh = multibase.b58decode(text)
+            mh = multibase.b58decode(text, _MAX_PEER_ID_BYTES)
         else:
-            raw = multibase.decode(text)
+            raw = multibase.decode(text, _MAX_PEER_ID_BYTES)
             version, pos = varint.decode(raw)
             codec, pos = varint.decode(raw, pos)
             if version != _CID_V1 or codec != _CODEC_LIBP2P_KEY:
-                raise IdentityError(f"invalid peer id {text!r}: not a libp2p-key CID")
+                raise IdentityError(f"invalid peer id {shown!r}: not a libp2p-key CID")
             mh = raw[pos:]
         code, pos = varint.decode(mh)
         length, pos = varint.decode(mh, pos)
     except (multibase.MultibaseError, varint.VarintError) as err:
-        raise IdentityError(f"invalid peer id {text!r}: {err}") from None
+        raise IdentityError(f"invalid peer id {shown!r}: {err}") from None
     if code not in (_MH_IDENTITY, _MH_SHA2_256) or len(mh) - pos != length:
-        raise IdentityError(f"invalid peer id {text!r}: not an identity or sha2-256 multihash")
+        raise IdentityError(f"invalid peer id {shown!r}: not an identity or sha2-256 multihash")
     if code == _MH_SHA2_256 and length != 32:
-        raise IdentityError(f"invalid peer id {text!r}: sha2-256 digest is not 32 bytes")
+        raise IdentityError(f"invalid peer id {shown!r}: sha2-256 digest is not 32 bytes")
     if code == _MH_IDENTITY and length > _MAX_INLINE_KEY_LEN:
-        raise IdentityError(f"invalid peer id {text!r}: inline key longer than 42 bytes")
+        raise IdentityError(f"invalid peer id {shown!r}: inline key longer than 42 bytes")
     return mh
 
 
@@ -377,12 +383,16 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
     that belongs to neither the user running ``ww`` nor root.  Raises
     :class:`UnprotectedKeyError`, whose line names the mode and the fix (``chmod 600 FILE``).
 
-    Only a regular file is checked: a pipe (``--node-key <(pass show node.key)``,
+    Only a regular file's mode is checked: a pipe (``--node-key <(pass show node.key)``,
     ``/dev/fd/N``, ``/dev/stdin``), a FIFO or a terminal passes the key through rather than
-    keeping it, and its mode says nothing of who can read the key at rest."""
+    keeping it, and its mode says nothing of who can read the key at rest.  A named FIFO's
+    owner is checked as a file's: another user's FIFO where the key file was expected (a
+    name in ``/tmp``) would feed ``ww`` a key that user chose, and knows.  A pipe's owner is
+    whoever made it (a shell of another user's piping into ``sudo -u``): not checked."""
     import stat
 
-    if not stat.S_ISREG(st.st_mode):
+    named_fifo = stat.S_ISFIFO(st.st_mode) and st.st_dev != _pipe_device()
+    if not stat.S_ISREG(st.st_mode) and not named_fifo:
         return
     me = os.geteuid()
     if st.st_uid not in (me, 0):
@@ -390,12 +400,23 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
             f"the key file belongs to uid {st.st_uid}, not to uid {me} running ww (nor to "
             "root): a private key must be its user's own (ww idgen -o FILE makes one)")
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
+    if not named_fifo and mode & 0o077:
         import shlex
 
         raise UnprotectedKeyError(
             f"the key file is accessible by group or others (mode {mode:04o}): a private key "
             f"must be its owner's only: chmod 600 {shlex.quote(os.fspath(path))}")
+
+
+@functools.cache
+def _pipe_device() -> int:
+    """The device of the kernel's pipes (pipefs): a FIFO on any other is a named one."""
+    read, write = os.pipe()
+    try:
+        return os.fstat(read).st_dev
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:

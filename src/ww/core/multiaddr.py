@@ -23,12 +23,20 @@ from multiaddr.protocols import protocol_with_name
 
 from ww.core.errors import IpfsError
 
-__all__ = ["MultiaddrError", "Multiaddr", "parse", "to_http_url", "DEFAULT_KUBO_API"]
+__all__ = ["MultiaddrError", "Multiaddr", "MAX_TEXT", "parse", "to_http_url",
+           "DEFAULT_KUBO_API"]
 
 DEFAULT_KUBO_API = "/dns4/localhost/tcp/5001/http"
 """The reference implementation's default ``--ipfs`` address."""
 
 _HOSTS = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
+
+MAX_TEXT = 1024
+"""The longest multiaddr text parsed (libp2p's are under 300 characters: a DNS name is at
+most 253, a ``/unix`` path 107 bytes, a peer id 385 even in base2).  The library decodes a
+``/p2p/`` value in time quadratic in its length (100,000 characters took 10 s, a base36 one
+minutes), so a longer text is refused before it is read: a cell's ``P2P.dial`` or IPFS
+``connect``, a client's ``swarm/connect``, hand it the text."""
 
 
 class MultiaddrError(IpfsError, ValueError):
@@ -94,6 +102,9 @@ class Multiaddr:
 
 def parse(text: str) -> Multiaddr:
     """Parse and check the text form of a multiaddr; raises :class:`MultiaddrError`."""
+    if len(text) > MAX_TEXT:
+        raise MultiaddrError(f"invalid multiaddr {_short(text)!r}: longer than {MAX_TEXT} "
+                             "characters")
     if not text.startswith("/"):
         raise MultiaddrError(f"invalid multiaddr {text!r}: must begin with '/'")
     pieces = _split(text)
@@ -181,6 +192,10 @@ def _why(pieces: list[tuple[str, str | None]], err: Exception) -> str:
             return f"bad /{proto} value {value!r}"
     message = getattr(err, "message", None) or str(err)
     return message.splitlines()[0] if message else type(err).__name__
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _bad(text: str, why: str) -> MultiaddrError:

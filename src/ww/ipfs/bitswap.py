@@ -58,7 +58,10 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   block neither wanted nor among the last :data:`ASKED_MEMORY` asked of it (bytes that are
   not the block asked, a prefix we never ask for), or a malformed message, is a liar: it is
   asked nothing more (the last :data:`MAX_LIARS` are remembered, so one that hangs up and
-  comes back is one still), and its wants move on at once.  The links of a dag-pb block
+  comes back is one still), and its wants move on at once.  What was asked of a peer
+  outlives its dropping (for the last :data:`MAX_DROPPED` peers dropped): an honest peer
+  whose stream broke while the connection stayed up may still send what it was asked, and
+  is no liar for that.  The links of a dag-pb block
   a reader gets (received for it, or read from the repository) are wanted at once (prefetch,
   at most :data:`MAX_PREFETCH` outstanding, below a server's wantlist cap), so a file
   arrives at the pace of the link, not of round trips.  Only one level below what is read:
@@ -116,6 +119,10 @@ MAX_PREFETCH = 512  # outstanding prefetch wants (blocks nobody asked for yet)
 # peer gave it, or after the want moved on) is not taken for a block it was never asked for.
 ASKED_MEMORY = 4 * MAX_PREFETCH
 MAX_LIARS = 1024  # peer ids remembered as liars (one that hangs up and comes back is one still)
+# Peers dropped (gone, or their stream broke) whose asked blocks are remembered, so that one
+# that answers a want after the drop, on a stream of its own, is not taken for a liar: at
+# most MAX_DROPPED * ASKED_MEMORY multihashes (some 13 MiB), kept only while they are recent.
+MAX_DROPPED = 64
 # Why a peer did not give a block (a failed fetch's line counts them)
 WRONG_DATA = "sent wrong data"
 NO_BLOCK = "does not have it"
@@ -507,6 +514,8 @@ class Engine:
         self.wants: dict[bytes, _Want] = {}  # by multihash
         self.liars: dict[str, None] = {}  # the last MAX_LIARS peers that lied, oldest first
         self._queue: collections.deque[bytes] = collections.deque()  # wants waiting for room
+        # what was asked of the last MAX_DROPPED peers dropped, by peer id, oldest first
+        self.dropped_asked: dict[str, dict[bytes, None]] = {}
         self.dirty: set[Path] = set()  # shard directories written since the last flush
         self._priority = itertools.count()
         self._nursery: Any = None
@@ -545,6 +554,7 @@ class Engine:
             return
         peer = self.peers[peer_id] = _Peer(peer_id)
         peer.liar = peer_id in self.liars
+        peer.asked = self.dropped_asked.pop(peer_id, peer.asked)
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
             if want.peer is None and not want.queued:
                 self._assign(want)
@@ -555,6 +565,10 @@ class Engine:
         if peer is None:
             return
         peer.gone = True
+        if peer.asked and not peer.liar:  # it may still answer: see MAX_DROPPED
+            self.dropped_asked[peer_id] = peer.asked
+            if len(self.dropped_asked) > MAX_DROPPED:
+                del self.dropped_asked[next(iter(self.dropped_asked))]
         peer.ledger.clear()
         peer.wake.set()
         peer.stream_ended.set()

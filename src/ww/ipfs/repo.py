@@ -207,8 +207,11 @@ class Repo:
                 freed += size
                 if removed is not None:
                     removed(_block_name(mh))
-            # With the lock held exclusively no writer is running: every temp file is stale.
-            temps = self.blocks.temp_files()
+            # The lock stops every writer that takes it, not Bitswap, which stores what it
+            # fetches without it (in this process or another sharing the repository): a temp
+            # file of a live writer may be a block in flight.  Those of writers gone go.
+            temps = [p for p in self.blocks.temp_files()
+                     if not _pid_alive(temp_file_pid(p.name))]
             for tmp in temps:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()

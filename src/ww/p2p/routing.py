@@ -449,6 +449,28 @@ class Dht(_Announcer):
         return [a for a in addrs if (ip := _ip_of(_strip_p2p(a))) is not None
                 and self._in_scope(ip)]
 
+    def _member_addrs(self, peer_id: Any) -> list[Any]:
+        """:meth:`_known_addrs` of a connected peer this DHT would ask or keep in its table:
+        none unless a connection to it has its far end in scope.
+
+        What identify says is the peer's own claim: a peer reached over the internet that
+        claimed a LAN address was asked by the LAN DHT, which then dialled the LAN addresses
+        it named (an internal network probed from outside).  As kubo's routing table filters
+        (go-libp2p-kad-dht's ``PrivateRoutingTableFilter``, ``PublicRoutingTableFilter``),
+        the connection decides which DHT a connected peer belongs to."""
+        return self._known_addrs(peer_id) if self._connected_in_scope(peer_id) else []
+
+    def _connected_in_scope(self, peer_id: Any) -> bool:
+        """Whether a connection of the host's to ``peer_id`` has its far end in scope."""
+        for conn in self._node.host.get_network().get_connections(peer_id):
+            try:
+                remote = conn.muxed_conn.get_remote_address()
+                if remote is not None and self._in_scope(ipaddress.ip_address(remote[0])):
+                    return True
+            except Exception:  # no address known: not in scope
+                continue
+        return False
+
     def _over_loopback(self, peer_id: Any) -> bool:
         """Whether the host's connection to ``peer_id`` is over loopback (False if none)."""
         conns = self._node.host.get_network().get_connections(peer_id)
@@ -504,7 +526,7 @@ class Dht(_Announcer):
             except Exception:
                 speaks = False
             # a peer of this DHT: one with an address in its scope (kubo's query filters)
-            if speaks and peer_id not in seeds and (addrs := self._known_addrs(peer_id)):
+            if speaks and peer_id not in seeds and (addrs := self._member_addrs(peer_id)):
                 seeds[peer_id] = _Peer(peer_id, addrs)
         return list(seeds.values())
 
@@ -557,7 +579,7 @@ class Dht(_Announcer):
             # the table keeps a peer only at addresses in this DHT's scope: a peer reached
             # over the LAN goes into the LAN DHT's table, one with a public address into
             # the WAN DHT's (kubo's routing table filters)
-            kept = self._scoped(peer.addrs) or self._known_addrs(peer.id)
+            kept = self._scoped(peer.addrs) or self._member_addrs(peer.id)
             if kept:
                 self.table.add(_Peer(peer.id, kept))
             for pb in list(answer.providerPeers)[:MAX_PEERS_PER_REPLY]:
@@ -774,7 +796,7 @@ class Dht(_Announcer):
         try:
             answer = await self._rpc(_Peer(peer_id), Message(
                 type=Message.FIND_NODE, key=self._node.host.get_id().to_bytes()))
-            addrs = self._known_addrs(peer_id)
+            addrs = self._member_addrs(peer_id)
             if answer.type == Message.FIND_NODE and addrs:
                 self.table.add(_Peer(peer_id, addrs))
         except Exception:
