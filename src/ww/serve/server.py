@@ -21,7 +21,8 @@ __all__ = ["Site", "serve", "bind", "limit_stalls", "GRACE", "STALL", "READ_SIZE
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
-READ_SIZE = 256 * 1024  # bytes hypercorn reads from a connection at once (its own: 64 KiB)
+READ_SIZE = 1 << 20  # bytes hypercorn reads from a connection at once (its own: 64 KiB)
+APP_QUEUE = 4  # reads of a request body hypercorn holds for the app (its own: 10)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -100,6 +101,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> No
 
     _read_in_larger_pieces()
     _copy_bodies_once()
+    _keep_freed_buffers()
     local = {site.sock.getsockname()[:2] for site in sites}
 
     async def close_after_grace() -> None:
@@ -119,6 +121,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> No
                 config.errorlog = None  # the daemon logs one line per event itself
                 config.graceful_timeout = grace
                 config.h11_max_incomplete_size = 64 * 1024  # request line and headers
+                config.max_app_queue_size = APP_QUEUE
                 nursery.start_soon(partial(hypercorn_serve, site.app, config,  # type: ignore[arg-type]
                                            shutdown_trigger=stop.wait, mode="asgi"))
         outer.cancel_scope.cancel()
@@ -176,16 +179,45 @@ def _read_in_larger_pieces() -> None:
     for the app, the app's worker thread takes it over.  For a 300 MiB upload that is 4,800
     rounds, and profiled they were most of what an RPC ``add`` cost beyond ``ww export``:
     reading 256 KiB at a time cut the daemon's CPU time for a 200 MiB ``add`` from 1.1 s to
-    0.6 s at load 2-3 (``ww export``: 0.6 s), its user time by a quarter at load 5-7; 1 MiB
-    was slower again (docs/benchmarks.md).  The buffer
+    0.6 s at load 2-3 (``ww export``: 0.6 s), its user time by a quarter at load 5-7.  1 MiB
+    was slower again until the allocator kept freed buffers (:func:`_keep_freed_buffers`):
+    with both, a 300 MiB ``add`` took 0.45 s against 0.53 s (docs/benchmarks.md).  The buffer
     lives only during a read, so an idle connection holds none of it; a request body waiting
-    for its app is at most hypercorn's ``max_app_queue_size`` (10) reads, 2.5 MiB now.
+    for its app is at most :data:`APP_QUEUE` reads (hypercorn's ``max_app_queue_size``),
+    4 MiB.
     """
     from hypercorn.trio import tcp_server
 
     # Read first: should hypercorn rename it, this raises rather than silently doing nothing.
     if tcp_server.MAX_RECV < READ_SIZE:
         tcp_server.MAX_RECV = READ_SIZE
+
+
+# glibc's mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED = 32 << 20  # bytes of freed heap glibc may keep rather than give back at once
+
+
+def _keep_freed_buffers() -> None:
+    """Have glibc's allocator reuse the MiB-sized buffers a request body passes through.
+
+    Each read of :data:`READ_SIZE` is a fresh ``bytes``; glibc serves a request that large
+    with ``mmap`` (its threshold starts at 128 KiB and only creeps up) and gives it back with
+    ``munmap`` once freed, so every read of an upload faulted 256 fresh pages in, on the
+    event loop, under the interpreter lock.  Served from the heap and kept there when freed
+    (up to :data:`KEEP_FREED`), the same few buffers are reused: a 300 MiB ``add`` faulted
+    27,000 pages instead of 32,700 and took 0.45 s against 0.53 s (median of 10, alternating;
+    docs/benchmarks.md).  The cost: up to :data:`KEEP_FREED` of freed memory the process
+    keeps for reuse.  Not glibc (or no ``mallopt``): nothing is changed.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, KEEP_FREED // 2)
+    mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)
 
 
 def _copy_bodies_once() -> None:
