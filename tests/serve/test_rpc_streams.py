@@ -188,3 +188,21 @@ def test_get_cuts_the_tar_short_at_a_name_that_steps_out_of_its_directory(ww_hom
         assert daemon.json("version")  # and the daemon serves on
     finally:
         daemon.stop()
+
+
+def test_ls_without_stream_lists_a_sharded_directory_sorted_by_name(ww_home: Path):
+    """kubo's ls without ``stream`` sorts each path's links by name before it answers
+    (core/commands/ls.go); a HAMT shard holds them in hash order, which the streamed `ls`
+    keeps, as kubo's does."""
+    cid = _directory(ww_home, 1500)
+    daemon = Daemon(ww_home)
+    try:
+        (reply,) = daemon.json("ls", cid)
+        names = [link["Name"] for link in reply["Objects"][0]["Links"]]
+        streamed = [line["Objects"][0]["Links"][0]["Name"]
+                    for line in daemon.json("ls", cid, stream=True)]
+    finally:
+        daemon.stop()
+    expected = [f"{i:06d}{TAIL}" for i in range(1500)]
+    assert streamed != expected and sorted(streamed) == expected  # a HAMT: hash order
+    assert names == expected

@@ -614,7 +614,7 @@ def _ls(api: RpcApi, request: Request) -> None:
     """{"Objects": [{"Hash": path, "Links": [...]}, ...]}; with ``stream`` (``s``), as kubo,
     one such line per link as it is read, so a directory of millions of entries is never
     held whole (a path without links: one line with none).  Without it the reply is built
-    whole, as kubo builds it (its links, once)."""
+    whole, as kubo builds it (its links, once, sorted by name)."""
     stream = request.flag("stream", "s")
     paths = request.all_args("ipfs-path")
     # each path resolved first (a missing one: an error reply, not a cut stream), the node
@@ -633,8 +633,11 @@ def _ls(api: RpcApi, request: Request) -> None:
             yield link
 
     if not stream:
-        request.reply({"Objects": [{"Hash": path, "Links": list(links(path, kind))}
-                                   for path, kind in zip(paths, kinds, strict=True)]})
+        # kubo sorts each path's links by name (Go's byte order) before it answers: a HAMT
+        # shard holds them in hash order
+        request.reply({"Objects": [{"Hash": path, "Links": sorted(
+            links(path, kind), key=lambda link: link["Name"].encode("utf-8", "surrogateescape"))}
+            for path, kind in zip(paths, kinds, strict=True)]})
         return
 
     def lines() -> Iterator[dict[str, Any]]:
