@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import platform
 import queue
 import tarfile
@@ -79,6 +80,13 @@ BLOCK_LIMIT = 1 << 20  # kubo's soft block limit: block/put refuses more without
 BIG_BLOCK_LIMIT = 4 << 20  # and never more than this, as the repository reads no larger block
 MAX_PART_HEADERS = 64 * 1024  # bytes of one multipart part's headers
 VERSION = "0.1.0"
+
+# python-multipart logs a warning of its own for a malformed body before it raises; the
+# daemon reports that error as one event (rpc-error), and with no logging set up Python's
+# last-resort handler would print the warning as a stray line in the log (not JSON under --json)
+_MULTIPART_LOG = logging.getLogger("python_multipart")
+_MULTIPART_LOG.addHandler(logging.NullHandler())
+_MULTIPART_LOG.propagate = False
 
 # kubo's ls "Type": the UnixFS data type (unixfs.pb): Directory 1, File 2, Symlink 4.
 _LS_TYPE = {EntryType.DIRECTORY: 1, EntryType.FILE: 2, EntryType.SYMLINK: 4}
