@@ -202,6 +202,8 @@ def test_ls_lists_entries_with_types_and_sizes(client: KuboClient, tmp_path: Pat
     assert client.ls(f"{root}/empty-dir") == []
     deep = client.ls(f"/ipfs/{root}/a/b/deep.txt")
     assert deep == [entries["a"].__class__("deep.txt", EntryType.FILE, 5, deep[0].cid)]
+    # kubo lists a file of several blocks by its blocks' links (named ""): still the file
+    assert client.ls(f"{root}/big.bin") == [entries["big.bin"]]
 
 
 def test_stat_of_file_directory_and_symlink(client: KuboClient, kubo: FakeKubo, tmp_path: Path):

@@ -487,7 +487,8 @@ class KuboClient:
 
     def ls(self, path: str) -> list[Entry]:
         """A directory's entries; for a file or symlink, one entry for itself (as Unix ``ls``
-        and the embedded node do -- kubo itself answers with no entries)."""
+        and the embedded node do -- kubo itself answers with no entries, or with the unnamed
+        links of a file's blocks)."""
         return list(self.iter_ls(path))
 
     def iter_ls(self, path: str) -> Iterator[Entry]:
@@ -507,8 +508,16 @@ class KuboClient:
                         raise IpfsError(
                             f"the kubo RPC API at {self.api} sent an unexpected reply to ls")
                     for link in objects[0].get("Links") or []:
+                        if not listed and isinstance(link, dict) and link.get("Name") == "" \
+                                and self.stat(str(ipath)).type != EntryType.DIRECTORY:
+                            # kubo lists a file of several blocks by its blocks' links,
+                            # unnamed (core/coreapi/unixfs.go: lsFromLinks): not entries
+                            break
                         listed = True
                         yield self._entry(link)
+                    else:
+                        continue
+                    break
             finally:
                 reply.close()
             if not listed:
