@@ -891,7 +891,8 @@ def _repo_gc(api: RpcApi, request: Request) -> None:
     ``quiet`` changes only what kubo's command line prints.  A block that cannot be removed
     ends the reply with an error once gc is done; with ``stream-errors`` it is also a line
     of its own, ``{"Key": null, "Error": reason}``, as it happens.  A client that leaves
-    does not stop gc (as kubo's): what it removes is the same."""
+    does not stop gc (kubo's stops with the request's context, gc/gc.go): what it removes is
+    the same."""
     silent = request.flag("silent")
     stream_errors = request.flag("stream-errors")
     request.flag("quiet", "q")  # a bad value is refused, as kubo's option parser does
