@@ -70,8 +70,11 @@ PIECE = 256 * 1024  # the size of the pieces a reply is sent in
 # between threads, and 1 MiB rather than 256 KiB cut a 300 MiB add's CPU time by about a
 # tenth (docs/benchmarks.md).
 BODY_PIECE = 1 << 20
+# (A piece ends with the message that brings it to BODY_PIECE: it is less than BODY_PIECE and
+# one read of the server's, READ_SIZE, so under 2 MiB.)
 # How many such pieces the event loop reads ahead of the worker (docs/benchmarks.md): with the
-# one it gathers and the one the worker holds, an upload holds at most 4 MiB of its body here.
+# one it gathers and the one the worker holds, an upload holds at most four pieces of its body
+# here, 4 to 8 MiB.
 BODY_AHEAD = 2
 DEFAULT_PROVIDERS = 20  # routing/findprovs: kubo's default num-providers
 MAX_PROVIDERS = 100  # and the most one request may ask for
@@ -178,9 +181,10 @@ class Request:
         """The request body, piece by piece, as the client sends it (from the worker).
 
         A task on the event loop (:meth:`pump_body`) reads the body ahead of the worker, in
-        pieces of up to :data:`BODY_PIECE` bytes, at most :data:`BODY_AHEAD` of them waiting:
-        the worker takes a piece that is there without waiting on the loop, and the loop reads
-        on while there is room without waiting on the worker.
+        pieces of :data:`BODY_PIECE` bytes and at most one read more, at most
+        :data:`BODY_AHEAD` of them waiting: the worker takes a piece that is there without
+        waiting on the loop, and the loop reads on while there is room without waiting on the
+        worker.
         """
         self._body_open()
         while True:
@@ -212,8 +216,8 @@ class Request:
 
     async def pump_body(self) -> None:
         """On the event loop, beside the worker: read the body into the worker's hand-off, a
-        piece of up to :data:`BODY_PIECE` bytes at a time, at most :data:`BODY_AHEAD` pieces
-        ahead of it (and none before the worker asks for the body).
+        piece of :data:`BODY_PIECE` bytes (and at most one read more) at a time, at most
+        :data:`BODY_AHEAD` pieces ahead of it (and none before the worker asks for the body).
 
         What ends the body ends the worker's reading too: its end (``None``), a client that
         hangs up (:class:`CallCancelled`; the command's token is cancelled), one that brings
