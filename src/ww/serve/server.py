@@ -195,7 +195,7 @@ def _read_in_larger_pieces() -> None:
 
 # glibc's mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-KEEP_FREED = 32 << 20  # bytes of freed heap glibc may keep per arena rather than give back
+KEEP_FREED = 8 << 20  # bytes of freed heap glibc may keep per arena rather than give back
 
 
 def _keep_freed_buffers() -> None:
@@ -210,8 +210,12 @@ def _keep_freed_buffers() -> None:
     docs/benchmarks.md).  The cost: freed memory kept for reuse, up to :data:`KEEP_FREED`
     in each of glibc's arenas (the threshold is per arena, and glibc makes up to 8 per core
     for the threads that allocate: the worker threads' are arenas of their own; 8 threads
-    each freeing 28 MiB of 1 MiB buffers left 237 MiB resident, 18 MiB untuned).  Not glibc
-    (or no ``mallopt``): nothing is changed.
+    each freeing 28 MiB of 1 MiB buffers left 237 MiB resident with 32 MiB, 18 MiB untuned).
+    So it is 8 MiB (no ``mmap`` below 4 MiB): at most 16 arenas on 2 cores keep at most
+    128 MiB between them, a few in practice, and the ``add`` is as fast as with 32 MiB
+    (0.651 against 0.649 s, 12 alternating rounds); capping glibc at 2 arenas instead
+    (``M_ARENA_MAX``) cost 8 % (docs/benchmarks.md).  Not glibc (or no ``mallopt``):
+    nothing is changed.
     """
     import ctypes
 
