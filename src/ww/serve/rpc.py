@@ -480,7 +480,11 @@ def _part_path(headers: dict[str, str]) -> str:
         if kept in ("mode", "mtime", "mtime-nsecs"):
             raise IpfsError(f"add: a part's {kept!r} is not supported here")
     name = params.get(b"filename") or b""
-    return urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
+    path = urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
+    if path and any(part in ("", ".", "..") for part in path.split("/")):
+        raise ClientError(f"add: a part's file name {path[:200]!r} steps out of the tree "
+                          "(an empty, '.' or '..' component)")
+    return path
 
 
 # --- the commands ---------------------------------------------------------------------------
