@@ -1042,6 +1042,15 @@ class RpcApi:
         if name is None:
             await _plain(send, 404, b"404 page not found\n")
             return
+        if request.header(b"transfer-encoding") is not None \
+                and request.header(b"content-length") is not None:
+            # Read one way here and another by a proxy in front, the rest of the connection
+            # would be requests the proxy never saw: refused, the connection closed (RFC
+            # 9112, 6.1), never read on (h11 takes Transfer-Encoding and reads on).
+            await _reply(send, 400, _error("a request with both Transfer-Encoding and "
+                                           "Content-Length is refused", 1),
+                         [(b"connection", b"close")])
+            return
         if self._cross_origin(request):
             await _plain(send, 403, b"403 - Forbidden\n")
             return
@@ -1142,8 +1151,10 @@ async def _plain(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _reply(send: Any, status: int, body: bytes) -> None:
+async def _reply(send: Any, status: int, body: bytes,
+                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"vary", b"Origin")]})
+                "headers": [(b"content-type", b"application/json"), (b"vary", b"Origin"),
+                            *(extra or ())]})
     await send({"type": "http.response.body", "body": body})
 
