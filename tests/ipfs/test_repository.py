@@ -195,3 +195,33 @@ def test_kill_9_mid_add_leaves_no_corrupt_block_and_gc_cleans_up(tmp_path: Path)
     after = node.check()
     assert after.ok and after.blocks == 6 and after.temp_files == []
     assert b"".join(node.cat(kept)) == DATA
+
+
+def test_a_batch_writer_remembers_a_bounded_number_of_blocks_and_still_writes_repeats_once(
+        tmp_path: Path) -> None:
+    """The writer skips a block it queued a moment ago (a file of zeros repeats one block),
+    but what it remembers for that is bounded, not a multihash per block of the upload."""
+    from ww.core.multihash import sha256
+    from ww.ipfs.blockstore import BatchWriter, Blockstore
+
+    store = Blockstore(tmp_path / "blocks")
+    writes = []
+    real_put = store.put
+
+    def counting_put(cid, parts, sync=True):  # type: ignore[no-untyped-def]
+        writes.append(cid.multihash)
+        return real_put(cid, parts, sync=sync)
+
+    store.put = counting_put  # type: ignore[method-assign]
+    count = BatchWriter._REMEMBERED * 2 + 10
+    with BatchWriter(store) as writer:
+        zero = b"\0" * 64
+        for _ in range(3):
+            writer.put(CID.v0(sha256(zero)), [zero])
+        for i in range(count):
+            data = b"%d" % i
+            writer.put(CID.v0(sha256(data)), [data])
+        remembered = len(writer._queued)
+    assert remembered <= BatchWriter._REMEMBERED
+    assert len(writes) == count + 1  # the repeated block once, every other block once
+    assert store.has(CID.v0(sha256(b"%d" % (count - 1))))

@@ -215,13 +215,17 @@ class BatchWriter:
     # Blocks handed to a writer at once: each hand-off between threads wakes one (a lock, a
     # condition, the interpreter lock changing hands), so fewer, larger ones cost less.
     _BATCH = 4
+    # Blocks remembered as already queued, the most recent: a repeated block (a file of
+    # zeros) repeats within a few blocks; remembering every block of an upload grew with it
+    # (about 100 bytes a block: 50 MB for 100 GiB), and writing a block twice is harmless.
+    _REMEMBERED = 4096
 
     def __init__(self, store: Blockstore, threads: int = 2) -> None:
         self._store = store
         self._queue: queue.Queue[object] = queue.Queue(self._QUEUE_BLOCKS // self._BATCH)
         self._batch: list[tuple[CID, tuple[bytes, ...]]] = []
         self._dirty: set[Path] = set()
-        self._queued: set[bytes] = set()
+        self._queued: dict[bytes, None] = {}  # the last _REMEMBERED queued, oldest first
         self._error: BaseException | None = None
         self._closed = False
         self._threads = [
@@ -235,8 +239,10 @@ class BatchWriter:
         if self._error is not None:
             raise IpfsError(f"writing blocks failed: {self._error}") from self._error
         if cid.multihash in self._queued:
-            return  # a repeated block (a file of zeros, say) is written once per batch
-        self._queued.add(cid.multihash)
+            return  # a repeated block (a file of zeros, say) is written once
+        self._queued[cid.multihash] = None
+        if len(self._queued) > self._REMEMBERED:
+            del self._queued[next(iter(self._queued))]
         # A view into the caller's larger buffer would keep that whole buffer alive while
         # queued; a copy costs far less than the disk write that follows.
         owned = tuple(bytes(p) if isinstance(p, memoryview) else p for p in parts)
