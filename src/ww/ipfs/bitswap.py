@@ -123,6 +123,7 @@ MAX_LIARS = 1024  # peer ids remembered as liars (one that hangs up and comes ba
 # that answers a want after the drop, on a stream of its own, is not taken for a liar: at
 # most MAX_DROPPED * ASKED_MEMORY multihashes (some 13 MiB), kept only while they are recent.
 MAX_DROPPED = 64
+_STORED = object()  # _hash_and_store's mark: stored, no new shard directory to flush
 # Why a peer did not give a block (a failed fetch's line counts them)
 WRONG_DATA = "sent wrong data"
 NO_BLOCK = "does not have it"
@@ -753,6 +754,8 @@ class Engine:
             if ours is not None and len(data) <= MAX_BLOCK_SIZE:
                 try:  # the CID we asked for (a v0 and a v1 share the multihash)
                     stored = self.store.put(ours, (data,), sync=False)  # verified: hashed
+                    if stored is None:
+                        stored = _STORED
                 except OSError as e:
                     stored = e
             out.append((cid, stored))
@@ -771,6 +774,14 @@ class Engine:
             return
         if want is None or len(data) > MAX_BLOCK_SIZE:
             self.stats["dropped"] += 1  # no longer wanted (another peer gave it first)
+            if want is None and stored is not None and not isinstance(stored, OSError):
+                # stored as it arrived, for a want that ended before it was handed over (it
+                # failed meanwhile on a loaded machine): it came from a peer all the same, and
+                # a reader will find it in the repository
+                self.stats["blocks_in"] += 1
+                self.stats["bytes_in"] += len(data)
+                if stored is not _STORED:
+                    self.dirty.add(stored)
             return
         if stored is None and not self.store.has(want.cid):
             try:  # wanted only since the message arrived (so not stored yet)
@@ -796,7 +807,7 @@ class Engine:
                 if not future.done():
                     future.set_exception(error)
             return
-        if stored is not None:
+        if stored is not None and stored is not _STORED:
             self.dirty.add(stored)
         read = bool(want.waiters)
         for future in want.waiters:
