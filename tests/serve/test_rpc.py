@@ -319,9 +319,10 @@ def test_a_request_framed_two_ways_ends_its_connection(daemon):
             answer += chunk
     assert b'"Version"' not in answer, answer
     assert answer.count(b"HTTP/1.1 ") <= 1, answer
-    if answer:  # hypercorn may end such a connection before the 400 goes out
+    if answer:  # hypercorn may end such a connection before the 400, or its body, goes out
         assert answer.startswith(b"HTTP/1.1 400 "), answer
-        assert b"Transfer-Encoding and Content-Length" in answer
+        _, _, reply = answer.partition(b"\r\n\r\n")
+        assert not reply or b"Transfer-Encoding and Content-Length" in reply, answer
     assert daemon.json("pin/ls", type="recursive") == [{"Keys": {}}]
 
 
