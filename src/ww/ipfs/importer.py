@@ -382,6 +382,12 @@ class _Dir:
     children: dict[bytes, Imported | _Dir] = field(default_factory=dict)
 
 
+def steps_out(parts: list[str]) -> bool:
+    """Whether a path's ``parts`` (split at ``/``) would step out of, or across, the tree it
+    names a place in: an empty, ``.`` or ``..`` component."""
+    return any(p in ("", ".", "..") for p in parts)
+
+
 def import_entries(
     entries: Iterable[TreeEntry], params: ImportParams, sink: BlockSink,
     report: Callable[[str, Imported], None] | None = None,
@@ -404,7 +410,7 @@ def import_entries(
         parts = path.split("/")
         if len(parts) > MAX_TREE_DEPTH:
             raise UnsupportedError(f"{path[:80]!r}...: deeper than {MAX_TREE_DEPTH} levels")
-        if any(p in ("", ".", "..") for p in parts):
+        if steps_out(parts):
             raise UnsupportedError(f"invalid path {path!r} in the added tree")
         where = root
         for part in parts[:-1]:

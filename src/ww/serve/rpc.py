@@ -54,7 +54,7 @@ from ww.core.errors import (
     WwError,
 )
 from ww.ipfs import chunker as chunkers
-from ww.ipfs import exporter
+from ww.ipfs import exporter, importer
 from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
 from ww.serve.server import STALL, lifespan
@@ -481,7 +481,7 @@ def _part_path(headers: dict[str, str]) -> str:
             raise IpfsError(f"add: a part's {kept!r} is not supported here")
     name = params.get(b"filename") or b""
     path = urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
-    if path and any(part in ("", ".", "..") for part in path.split("/")):
+    if path and importer.steps_out(path.split("/")):
         raise ClientError(f"add: a part's file name {path[:200]!r} steps out of the tree "
                           "(an empty, '.' or '..' component)")
     return path
