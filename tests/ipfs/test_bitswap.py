@@ -143,6 +143,51 @@ def test_missing_blocks_are_fetched_verified_and_stored(tmp_path: Path,
     assert b.check().ok
 
 
+def test_a_flush_waits_for_blocks_stored_but_not_yet_counted(
+        tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
+    """A block is in the repository a moment before the engine has counted it: a reader can
+    find it there first.  A flush (which ends every read) waits for that moment to pass, so
+    that the blocks are both durable and counted -- `ww cat --peer`'s bar once showed 37 of
+    38 blocks fetched."""
+    import threading
+
+    a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs()) for n in ("a", "b"))
+    nodes += [a, b]
+    cid = a.add_stream([_data(3 * CHUNK_SIZE)])
+    root = a.block(cid)
+    leaves = bitswap.links_of(root)
+    b.connect(a.listen([LOOPBACK]).addresses[0])
+    assert b._net is not None
+    engine = b._net._engine
+    stored, release = threading.Event(), threading.Event()
+    store_and_wait = engine._hash_and_store
+
+    def gated(blocks: Any, wanted: Any) -> Any:  # in the worker thread, after storing
+        out = store_and_wait(blocks, wanted)
+        stored.set()
+        release.wait(HANG)
+        return out
+
+    engine._hash_and_store = gated  # type: ignore[method-assign]
+    events: list[str] = []
+    flushing = threading.Thread(target=lambda: (b._net.flush(), events.append("flushed")))
+    try:
+        b._net.prefetch(root)
+        assert stored.wait(HANG)
+        assert any(b._blocks.has(leaf) for leaf in leaves)  # in the repository, uncounted
+        flushing.start()
+        flushing.join(0.5)  # only gives a flush that would not wait the time to return
+        events.append("released")
+    finally:
+        release.set()
+        flushing.join(HANG)
+    engine._hash_and_store = store_and_wait  # type: ignore[method-assign]
+    assert events == ["released", "flushed"]
+    _until(lambda: all(b._blocks.has(leaf) for leaf in leaves), "the other leaves")
+    b._net.flush()
+    assert b._net.received()[0] == len(leaves)
+
+
 def test_directory_get_over_bitswap(tmp_path: Path, nodes: list[EmbeddedNode]) -> None:
     a, b = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
             for n in ("a", "b"))

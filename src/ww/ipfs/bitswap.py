@@ -518,6 +518,9 @@ class Engine:
         # what was asked of the last MAX_DROPPED peers dropped, by peer id, oldest first
         self.dropped_asked: dict[str, dict[bytes, None]] = {}
         self.dirty: set[Path] = set()  # shard directories written since the last flush
+        # One event per message whose blocks a worker is storing: stored there (a reader may
+        # already find them in the repository), counted and handed over once it is set.
+        self.storing: set[Any] = set()  # trio.Events
         self._priority = itertools.count()
         self._nursery: Any = None
         self.target_message = TARGET_MESSAGE
@@ -818,6 +821,14 @@ class Engine:
             # followed, or one stat of a root would store the whole DAG a peer serves.
             self.prefetch(links_of(data))
 
+    async def settled(self) -> None:
+        """Return once every block stored so far has been counted and handed over: a block
+        is in the repository (a reader may find it there) a moment before the message that
+        brought it is done with, and a flush or a final count must not run in that moment.
+        Messages that arrive meanwhile are not waited for."""
+        for handed_over in list(self.storing):
+            await handed_over.wait()
+
     def prefetch(self, links: list[CID]) -> None:
         """Want ``links`` (of a dag-pb block a reader has just got), ahead of the reader
         asking for them one by one."""
@@ -874,8 +885,16 @@ class Engine:
                     arrived: list[tuple[CID | None, Any]] = []
                     if msg.blocks:
                         wanted = {mh: w.cid for mh, w in self.wants.items()}
-                        arrived = await to_worker(self._hash_and_store, msg.blocks, wanted)
-                    self._on_message(peer_id, msg, arrived)
+                        handed_over = trio.Event()
+                        self.storing.add(handed_over)
+                        try:
+                            arrived = await to_worker(self._hash_and_store, msg.blocks, wanted)
+                            self._on_message(peer_id, msg, arrived)
+                        finally:
+                            self.storing.discard(handed_over)
+                            handed_over.set()
+                    else:
+                        self._on_message(peer_id, msg, arrived)
                 finally:
                     del msg
                     budget.release(held)

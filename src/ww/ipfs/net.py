@@ -313,6 +313,7 @@ class Network:
     async def _take_dirty(self) -> set[Path]:
         if self._engine is None:
             return set()
+        await self._engine.settled()
         dirty, self._engine.dirty = self._engine.dirty, set()
         return dirty
 
@@ -454,7 +455,8 @@ class Network:
             self._node.submit(self._prefetch, links)
 
     def flush(self) -> None:
-        """Make every block fetched so far durable (one syncfs, then their directories)."""
+        """Make every block fetched so far durable (one syncfs, then their directories), and
+        count it in :meth:`received`."""
         if not self.running:
             return
         dirty: set[Path] = self._call(self._take_dirty, timeout=CONNECT_TIMEOUT)

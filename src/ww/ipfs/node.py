@@ -492,6 +492,7 @@ class EmbeddedNode:
         yield from chunks
         if self._net is not None:
             self._net.flush()
+            self._report_fetched()  # the last blocks read may have been counted only now
 
     def listen(self, addrs: list[str]) -> PeerInfo:
         """Start the libp2p host listening on ``addrs`` (``/ip4/.../tcp/<port>``, port 0: any
