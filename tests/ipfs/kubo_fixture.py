@@ -536,9 +536,9 @@ def _handler(kubo: FakeKubo) -> type[BaseHTTPRequestHandler]:
                             if pins.get(str(cid)) != "recursive":
                                 keys.setdefault(str(cid), {"Type": "indirect"})
             if opts.get("stream") == "true":  # one {"Cid", "Type"} per pin, as kubo streams
-                self._json(*({"Cid": c, "Name": "", "Type": v["Type"]} for c, v in keys.items()))
-            else:
-                self._json({"Keys": keys})
+                self._json(*({"Cid": c, "Type": v["Type"]} for c, v in keys.items()))
+            else:  # kubo's Keys is omitempty: nothing pinned is {}
+                self._json({"Keys": keys} if keys else {})
 
         def cmd_repo_stat(self, args: list[str], opts: dict[str, str], body: bytes) -> None:
             # kubo's fields and its default StorageMax (10 GB); the size counts the flatfs

@@ -255,7 +255,7 @@ def test_malformed_bodies_one_error_each_and_the_daemon_keeps_serving(daemon):
                                ("a", "application/octet-stream", b"y")])
     with pytest.raises(http.client.IncompleteRead):
         daemon.post("add", body=body, headers=headers)
-    assert daemon.json("pin/ls") == [{"Keys": {}}]
+    assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
     assert add(daemon, [("ok", "application/octet-stream", b"fine\n")])[0]["Name"] == "ok"
     daemon.stop()
     # each error is one event of the log, which stays JSON (python-multipart logs a warning
@@ -323,7 +323,7 @@ def test_a_request_framed_two_ways_ends_its_connection(daemon):
         assert answer.startswith(b"HTTP/1.1 400 "), answer
         _, _, reply = answer.partition(b"\r\n\r\n")
         assert not reply or b"Transfer-Encoding and Content-Length" in reply, answer
-    assert daemon.json("pin/ls", type="recursive") == [{"Keys": {}}]
+    assert daemon.json("pin/ls", type="recursive") == [{}]
 
 
 def test_a_hundred_concurrent_requests_each_get_their_answer(daemon):
@@ -358,7 +358,7 @@ def test_dag_import_with_pin_roots_false_stores_without_pinning(daemon, tmp_path
     assert status == 200, reply
     root = json.loads(reply)["Root"]["Cid"]["/"]
     assert daemon.post("cat", root)[2] == b"car content\n"
-    assert daemon.json("pin/ls") == [{"Keys": {}}]
+    assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
 
 
 def test_gc_running_again_and_again_during_an_add_removes_none_of_its_blocks(daemon):
@@ -445,7 +445,7 @@ def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(daemon):
     upload.close()
     assert reply.startswith(b"HTTP/1.1 400"), reply
     assert b"the request body brought nothing" in reply
-    assert daemon.json("pin/ls") == [{"Keys": {}}]
+    assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
 
 
 def test_get_of_a_sharded_directory_takes_each_entry_by_its_cid(daemon):
@@ -493,7 +493,7 @@ def test_repo_gc_streams_each_removed_block_as_kubo_and_swarm_peers_is_null(daem
         daemon.post("repo/gc", stream_errors=True)
     lines = [json.loads(line) for line in cut.value.partial.splitlines()]
     errors = [x for x in lines if "Error" in x]
-    assert len(errors) == 1 and errors[0]["Key"] is None
+    assert len(errors) == 2 and errors[0]["Key"] is None  # the block, then kubo's summary
     assert str(CID.v1(RAW, stuck)) in errors[0]["Error"]
     assert {"Key": {"/": str(CID.v1(RAW, CID.parse(last[-1]["Hash"]).multihash))}} in lines
     assert daemon.post("block/stat", last[-1]["Hash"])[0] == 500  # gc went on

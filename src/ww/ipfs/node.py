@@ -341,6 +341,19 @@ class EmbeddedNode:
                     raise NotFoundError(f"the DAG pinned as {root} is incomplete: {err}") from None
         return found
 
+    def pinned_via(self, cid: str) -> str | None:
+        """The first recursive pin whose DAG holds ``cid`` below its root (kubo's ``pin ls
+        <cid>``: "indirect through <root>"), or None."""
+        target = CID.parse(cid).multihash
+        seen: set[bytes] = set()
+        for root in self._repo.pins.list(PinKind.RECURSIVE):
+            if root.multihash == target:
+                continue
+            for found, _ in exporter.walk(self._blocks.get, root, seen):
+                if found.multihash == target:
+                    return str(root)
+        return None
+
     def pins_by_kind(self) -> dict[str, list[str]]:
         """``{"recursive": [...], "direct": [...]}``."""
         return {k.value: [str(c) for c in self._repo.pins.list(k)] for k in PinKind}

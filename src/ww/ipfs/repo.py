@@ -198,7 +198,7 @@ class Repo:
                     continue
                 except OSError as err:
                     failures += 1
-                    reason = f"could not remove block {_block_name(mh)}: {err.strerror}"
+                    reason = f"could not remove {_block_name(mh)}: {err.strerror}"  # kubo's words
                     first_failure = first_failure or reason
                     if failed is not None:
                         failed(_block_name(mh), reason)

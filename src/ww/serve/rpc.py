@@ -19,9 +19,10 @@ the socket.  A client that hangs up cancels its command at the next
 piece; one that stops reading holds its command (and one worker) until it reads again or
 :data:`SEND_STALL` seconds pass, when its connection is dropped (by the kernel:
 ``TCP_USER_TIMEOUT``, see :mod:`ww.serve.server`); others are served meanwhile.
-An error after the reply has begun cuts the connection short (kubo sends it as the
-``X-Stream-Error`` trailer, which HTTP/1.1 clients rarely ask for): the client sees a
-truncated body, never a silently short one.
+An error after the reply has begun is kubo's ``X-Stream-Error`` trailer over HTTP/2 to a
+request that accepts trailers (``te: trailers``); over HTTP/1.1 it cuts the connection short
+(hypercorn sends no trailers over HTTP/1.1): the client sees a truncated body, never a
+silently short one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import logging
 import platform
 import queue
 import tarfile
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -111,6 +113,7 @@ class Request:
         self._send = send
         self.token = CancelToken()
         self.started = False
+        self.trailers = False  # the reply ends with trailers (see start())
         self.body_done = False
         # the body's hand-off from the event loop to the worker (see body()): pieces, then
         # None at its end or the exception that ended it
@@ -272,8 +275,16 @@ class Request:
                     "X-Stream-Output, X-Chunked-Output, X-Content-Length"), *extra]
         if streamed:
             headers += [("Trailer", "X-Stream-Error")]
-        self.send({"type": "http.response.start", "status": 200,
-                   "headers": [(k.lower().encode(), v.encode()) for k, v in headers]})
+        message: dict[str, Any] = {
+            "type": "http.response.start", "status": 200,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers]}
+        # kubo's X-Stream-Error trailer, where the server can send one: hypercorn sends
+        # trailers over HTTP/2 (and 3) to a request that accepts them ("te: trailers"),
+        # never over HTTP/1.1 (its h11 protocol ends a reply without them)
+        if streamed and "http.response.trailers" in self.scope.get("extensions", {}) \
+                and "trailers" in (self.header(b"te") or "").lower():
+            message["trailers"] = self.trailers = True
+        self.send(message)
         self.started = True
 
     def write(self, data: bytes) -> None:
@@ -686,7 +697,14 @@ def _get(api: RpcApi, request: Request) -> None:
         raise IpfsError("get: compression is not supported here")
     from ww.ipfs.path import parse_path
 
-    top = parse_path(path).last_name
+    # the top entry is named by the path's last component as the client wrote it (kubo's
+    # path keeps its text: a CID in another multibase is not rewritten)
+    parsed = parse_path(path)
+    top = parsed.segments[-1] if parsed.segments else \
+        path.removeprefix("/ipfs/").strip("/").split("/")[0]
+    # kubo's entries carry the time they are written (UnixFS here keeps none: boxo's
+    # TarWriter takes time.Now()); one whole second for the reply
+    now = int(time.time())
     info = api.node.stat(path, links=False)  # a missing path: an error reply, not a cut stream
     request.start("application/x-tar", extra=[("X-Stream-Output", "1")])
     out = _Writer(request)
@@ -698,8 +716,8 @@ def _get(api: RpcApi, request: Request) -> None:
     def put(own: str, where: str, kind: EntryType, size: int) -> None:
         # the path is made here from each level's own name: a frame holding its whole path
         # would hold the square of the depth
-        member = tarfile.TarInfo("/".join([*(name for name, _ in frames), own]))
-        member.mtime = 0
+        member = _KuboTarInfo("/".join([*(name for name, _ in frames), own]))
+        member.mtime = now
         if kind == EntryType.DIRECTORY:
             if len(frames) >= MAX_GET_DEPTH:
                 raise IpfsError(f"get: {path} is more than {MAX_GET_DEPTH} directories deep")
@@ -735,6 +753,14 @@ def _get(api: RpcApi, request: Request) -> None:
     out.write(bytes(2 * tarfile.BLOCKSIZE))
     out.write(bytes(-out.tell() % tarfile.RECORDSIZE))
     out.flush()
+
+
+class _KuboTarInfo(tarfile.TarInfo):
+    """A member as kubo's tar names it: a directory's name without the trailing ``/``
+    ``tarfile`` adds (boxo's TarWriter writes ``path.Join``'s names as they are)."""
+
+    def get_info(self) -> Any:
+        return {**super().get_info(), "name": self.name}
 
 
 def _tar_header(out: _Writer, member: tarfile.TarInfo) -> None:
@@ -830,6 +856,11 @@ def _pin_rm(api: RpcApi, request: Request) -> None:
 
 @command("pin/ls")
 def _pin_ls(api: RpcApi, request: Request) -> None:
+    """kubo's shapes (0.26 on, core/commands/pin/pin.go): ``{"Keys": {cid: {"Type", "Name"}}}``
+    (a Go map: its keys sorted), ``{}`` when nothing is pinned (``Keys`` is omitempty); with
+    ``stream``, one ``{"Cid", "Type"}`` line each (``Name`` omitted when empty, as kubo's
+    omitempty).  An argument pinned indirectly is ``"indirect through <root>"``: the first
+    recursive pin found holding it."""
     kind = request.option("type", "t") or "all"
     found = api.node.pin_ls(kind)
     if request.args:
@@ -839,11 +870,17 @@ def _pin_ls(api: RpcApi, request: Request) -> None:
             if cid not in found:
                 raise IpfsError(f"path '{path}' is not pinned")
             chosen[cid] = found[cid]
+            if chosen[cid] == "indirect":
+                via = api.node.pinned_via(cid)
+                if via is not None:
+                    chosen[cid] = f"indirect through {via}"
         found = chosen
     if request.flag("stream", "s"):
-        request.json_lines({"Cid": cid, "Type": kind, "Name": ""} for cid, kind in found.items())
+        request.json_lines({"Cid": cid, "Type": kind} for cid, kind in found.items())
+    elif found:
+        request.reply({"Keys": {cid: {"Type": found[cid], "Name": ""} for cid in sorted(found)}})
     else:
-        request.reply({"Keys": {cid: {"Type": kind, "Name": ""} for cid, kind in found.items()}})
+        request.reply({})
 
 
 @command("id")
@@ -869,16 +906,26 @@ def _version(api: RpcApi, request: Request) -> None:
                    "Golang": f"python{platform.python_version()}"})
 
 
+# kubo's IdOutput unset (core/commands/id.go): swarm/peers' "Identify" has no omitempty, so
+# every entry carries it, zero unless ``identify`` is asked for (kubo 0.20 on)
+_NO_IDENTIFY = {"ID": "", "PublicKey": "", "Addresses": None, "AgentVersion": "",
+                "Protocols": None}
+
+
 @command("swarm/peers")
 def _swarm_peers(api: RpcApi, request: Request) -> None:
-    # kubo's connInfo fields are all omitempty, and Latency, Muxer, Direction and Streams are
-    # only filled when asked for (which is not supported here): each peer is its "Addr" and
-    # "Peer" (a Direction of 0 read as "inbound" in kubo-rpc-client)
+    """kubo's connInfos (core/commands/swarm.go): one entry per connection, its remote
+    ``Addr`` and ``Peer`` (the omitempty ``Latency``, ``Muxer``, ``Direction``, ``Streams``
+    are not filled in: asking for them is not supported here) and the zero ``Identify``,
+    sorted by ``Addr``; ``{"Peers":null}`` (Go's nil slice) when there is none."""
     peers = []
     for peer in api.node.peers():
         for addr in peer.addresses or [""]:
-            peers.append({"Addr": addr, "Peer": peer.id} if addr else {"Peer": peer.id})
-    request.reply({"Peers": peers or None})  # kubo's nil slice: {"Peers":null}
+            entry: dict[str, Any] = {"Addr": addr} if addr else {}
+            entry |= {"Peer": peer.id, "Identify": dict(_NO_IDENTIFY)}
+            peers.append(entry)
+    peers.sort(key=lambda entry: entry.get("Addr", "").encode())
+    request.reply({"Peers": peers or None})
 
 
 @command("swarm/connect")
@@ -892,21 +939,32 @@ def _swarm_connect(api: RpcApi, request: Request) -> None:
     request.reply({"Strings": done})
 
 
+GC_INCOMPLETE = "garbage collection incomplete: could not delete some blocks"
+MAX_GC_REASONS = 100  # failures named in the error of a gc without stream-errors, at most
+
+
 @command("repo/gc")
 def _repo_gc(api: RpcApi, request: Request) -> None:
-    """Each block as gc removes it, as kubo streams them: ``{"Key": {"/": cid}}`` (its CIDv1
-    with the raw codec, ``bafkrei...``, as kubo names a stored block); ``silent``: no lines;
-    ``quiet`` changes only what kubo's command line prints.  A block that cannot be removed
-    ends the reply with an error once gc is done; with ``stream-errors`` it is also a line
-    of its own, ``{"Key": null, "Error": reason}``, as it happens.  A client that leaves
-    does not stop gc (kubo's stops with the request's context, gc/gc.go): what it removes is
-    the same."""
+    """Each block as gc removes it, as kubo streams them (core/commands/repo.go):
+    ``{"Key": {"/": cid}}`` (its CIDv1 with the raw codec, ``bafkrei...``, as kubo names a
+    stored block); ``silent``: no lines (unless ``stream-errors``: kubo's streams every line
+    then); ``quiet`` changes only what kubo's command line prints.
+
+    A block that cannot be removed: with ``stream-errors``, a line ``{"Key": null, "Error":
+    "could not remove <cid>: <reason>"}`` as it happens, then ``{"Key": null, "Error":
+    "garbage collection incomplete: could not delete some blocks"}`` once gc is done and the
+    error ``encountered errors during gc run``; without, the error names the failures and
+    that summary, joined by ``; `` (kubo's MultiError; here the first
+    :data:`MAX_GC_REASONS`).  An error after the first line cuts the reply short (see the
+    module's doc).  A client that leaves does not stop gc (kubo's stops with the request's
+    context, gc/gc.go): what it removes is the same."""
     silent = request.flag("silent")
     stream_errors = request.flag("stream-errors")
     request.flag("quiet", "q")  # a bad value is refused, as kubo's option parser does
+    reasons: list[str] = []
 
     def line(value: dict[str, Any]) -> None:
-        if silent or request.token.cancelled:
+        if (silent and not stream_errors) or request.token.cancelled:
             return
         try:
             request.json_lines([value])
@@ -917,13 +975,17 @@ def _repo_gc(api: RpcApi, request: Request) -> None:
         api.log("gc-error", error=reason)
         if stream_errors:
             line({"Key": None, "Error": reason})
+        elif len(reasons) < MAX_GC_REASONS:
+            reasons.append(reason)
 
     report = api.node.gc(lambda cid: line({"Key": {"/": cid}}), failed)
     api.log("gc", removed_blocks=report.removed_blocks, freed_bytes=report.freed_bytes,
             failed_blocks=report.failed_blocks)
     if report.failed_blocks:
-        raise IpfsError("encountered errors during gc run" if stream_errors else
-                        "garbage collection incomplete: could not delete some blocks")
+        if stream_errors:
+            line({"Key": None, "Error": GC_INCOMPLETE})
+            raise IpfsError("encountered errors during gc run")
+        raise IpfsError("; ".join([*reasons, GC_INCOMPLETE]))
 
 
 @command("resolve")
@@ -1070,6 +1132,8 @@ class RpcApi:
             if not request.started:
                 status, code = (400, 1) if isinstance(err, UsageError) else (500, 0)
                 await _reply(send, status, _error(_kubo_message(err), code))
+            elif request.trailers:
+                await _stream_error(request, _kubo_message(err))
             else:
                 raise _CutShort(str(err)) from None
         except _CutShort:
@@ -1078,6 +1142,8 @@ class RpcApi:
             self.log("rpc-error", command=name, error=f"{type(err).__name__}: {err}")
             if not request.started:
                 await _reply(send, 500, _error(f"internal error: {type(err).__name__}: {err}", 2))
+            elif request.trailers:
+                await _stream_error(request, f"internal error: {type(err).__name__}: {err}")
             else:
                 raise _CutShort(str(err)) from None
 
@@ -1088,6 +1154,9 @@ class RpcApi:
                 if not request.started:
                     request.json_lines(())
                 request.send({"type": "http.response.body", "body": b"", "more_body": False})
+                if request.trailers:
+                    request.send({"type": "http.response.trailers", "headers": [],
+                                  "more_trailers": False})
 
         has_body = name in ("add", "block/put", "dag/import")
 
@@ -1139,6 +1208,19 @@ def _kubo_message(err: WwError) -> str:
     if isinstance(err, NotAFileError) and "not a file" not in message:
         return f"not a file: {message}"
     return message
+
+
+async def _stream_error(request: Request, message: str) -> None:
+    """End a reply that has begun with kubo's ``X-Stream-Error`` trailer (HTTP/2)."""
+    value = " ".join(message.split()).encode("latin-1", "replace")  # one line, no CR/LF
+    try:
+        await request._send_bounded({"type": "http.response.body", "body": b"",
+                                     "more_body": False})
+        await request._send_bounded({"type": "http.response.trailers",
+                                     "headers": [(b"x-stream-error", value)],
+                                     "more_trailers": False})
+    except (CallCancelled, OSError):
+        pass  # the client left
 
 
 class _CutShort(Exception):
