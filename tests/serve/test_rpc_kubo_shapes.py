@@ -104,18 +104,22 @@ def test_get_writes_directories_without_a_slash_the_time_and_the_top_name_as_wri
     """boxo's TarWriter (kubo's `get`) writes ``path.Join``'s names: a directory's without
     the trailing ``/`` tarfile adds; each entry's time is when it is written (UnixFS here
     keeps none: kubo's time.Now(), not 0); the top entry is named by the argument as the
-    client wrote it (a CID in base36 stays base36)."""
+    client wrote it (a CID in base36 stays base36); ``X-Content-Length`` is the node's size
+    as kubo's (a directory's cumulative DAG size, a file's bytes, a symlink's target's)."""
     from ww.core import multibase
     from ww.core.cid import CID
 
-    root = add(daemon, [("t", "application/x-directory", b""),
-                        ("t/sub", "application/x-directory", b""),
-                        ("t/sub/f", "application/octet-stream", b"f\n"),
-                        ("t/l", "application/symlink", b"sub/f")])[-1]["Hash"]
+    events = add(daemon, [("t", "application/x-directory", b""),
+                          ("t/sub", "application/x-directory", b""),
+                          ("t/sub/f", "application/octet-stream", b"f\n"),
+                          ("t/l", "application/symlink", b"sub/f")])
+    root = events[-1]["Hash"]
     base36 = multibase.encode(bytes(CID.parse(root).to_v1()), "base36")
     before = int(time.time())
-    status, _, tar = daemon.post("get", f"/ipfs/{base36}/")
+    status, headers, tar = daemon.post("get", f"/ipfs/{base36}/")
     assert status == 200
+    # kubo's X-Content-Length: the directory's cumulative DAG size (add's Size of it)
+    assert headers["X-Content-Length"] == events[-1]["Size"]
     after = int(time.time())
     assert _names(tar) == [n.encode() for n in (base36, f"{base36}/l", f"{base36}/sub",
                                                 f"{base36}/sub/f")]
@@ -126,8 +130,12 @@ def test_get_writes_directories_without_a_slash_the_time_and_the_top_name_as_wri
             (tarfile.REGTYPE, 0o644)]
         assert all(before <= m.mtime <= after for m in members)
         assert members[1].linkname == "sub/f"
-    status, _, tar = daemon.post("get", f"{root}/sub/f")
+    status, headers, tar = daemon.post("get", f"{root}/sub/f")
     assert status == 200 and _names(tar) == [b"f"]
+    assert headers["X-Content-Length"] == "2"  # a file's bytes
+    status, headers, tar = daemon.post("get", f"{root}/l")
+    assert status == 200 and _names(tar) == [b"l"]
+    assert headers["X-Content-Length"] == "5"  # a symlink's target's
 
 
 def _h2_post(daemon, command: str, **query: str) -> tuple[dict, bytes, dict | None, bool]:

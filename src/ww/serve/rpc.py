@@ -706,7 +706,12 @@ def _get(api: RpcApi, request: Request) -> None:
     # TarWriter takes time.Now()); one whole second for the reply
     now = int(time.time())
     info = api.node.stat(path, links=False)  # a missing path: an error reply, not a cut stream
-    request.start("application/x-tar", extra=[("X-Stream-Output", "1")])
+    # kubo's X-Content-Length (res.SetLength of the node's Size()): a file's bytes, a
+    # directory's cumulative DAG size, a symlink's target's bytes
+    length = {EntryType.FILE: info.size, EntryType.DIRECTORY: info.cumulative_size}.get(
+        info.type, len((info.target or "").encode("utf-8", "surrogateescape")))
+    request.start("application/x-tar", extra=[("X-Stream-Output", "1"),
+                                              ("X-Content-Length", str(length))])
     out = _Writer(request)
     # one frame per directory being written: its own name and its entries still to go
     # (each child by its CID: resolving "<dir>/<name>" again would walk a sharded directory
