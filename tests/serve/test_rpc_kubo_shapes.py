@@ -19,7 +19,8 @@ def test_pin_ls_is_kubos_bytes_empty_full_streamed_and_for_an_indirect_pin(daemo
     """kubo's PinLsList has ``Keys`` omitempty: nothing pinned is ``{}`` (was ``{"Keys":{}}``);
     its PinLsObject has ``Name`` omitempty, so a streamed line is ``{"Cid","Type"}`` (was
     ``"Name":""`` besides); the Keys map is sorted, as Go writes a map; a CID pinned
-    through a directory, asked for by name, is ``indirect through <root>``."""
+    through a directory, asked for by name, is ``indirect through <root>``; a bad type is
+    kubo's 500 (was a 400 in words of ours)."""
     for kind in ("all", "recursive", "direct", "indirect"):
         assert daemon.post("pin/ls", type=kind)[2] == b"{}\n", kind
         status, headers, body = daemon.post("pin/ls", type=kind, stream=True)
@@ -50,6 +51,11 @@ def test_pin_ls_is_kubos_bytes_empty_full_streamed_and_for_an_indirect_pin(daemo
         f'{{"Keys":{{"{files[1]}":{{"Type":"indirect through {root}","Name":""}}}}}}\n'.encode()
     status, err = error_of(daemon.post("pin/ls", files[0], type="recursive"))
     assert status == 500 and err["Message"] == f"path '{files[0]}' is not pinned"
+    for bad in ("bogus", ""):  # kubo's error (a 500, Code 0), an empty type too
+        assert daemon.post("pin/ls", type=bad)[:3:2] == (500, json.dumps({
+            "Message": f"invalid type '{bad}', must be one of {{direct, indirect, recursive, "
+                       "all}", "Code": 0, "Type": "error"}, separators=(",", ":")).encode()
+            + b"\n")
 
 
 def _stuck_block(daemon, content: bytes) -> str:

@@ -866,7 +866,11 @@ def _pin_ls(api: RpcApi, request: Request) -> None:
     ``stream``, one ``{"Cid", "Type"}`` line each (``Name`` omitted when empty, as kubo's
     omitempty).  An argument pinned indirectly is ``"indirect through <root>"``: the first
     recursive pin found holding it."""
-    kind = request.option("type", "t") or "all"
+    kind = request.option("type", "t")
+    kind = "all" if kind is None else kind  # kubo's default; given empty, it is refused
+    if kind not in ("direct", "indirect", "recursive", "all"):
+        raise IpfsError(f"invalid type '{kind}', must be one of "
+                        "{direct, indirect, recursive, all}")  # kubo's, a 500
     found = api.node.pin_ls(kind)
     if request.args:
         chosen = {}
