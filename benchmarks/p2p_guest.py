@@ -27,6 +27,9 @@ on a trio thread, pycapnp through the socketpair):
 - "libp2p echo": a 100-byte echo on a bare stream to the host's echo protocol: py-libp2p's
   share alone (no Cap'n Proto, no splice), the host's trio in its thread or as a guest.
 
+``--both``: the caller of each guest host runs the same guest mode, its own stream spliced
+directly too (:func:`guest_peer`), as landing the design would change both ends.
+
 Printed: each round's figures, each figure's median over the rounds, and for each guest
 mode its ratio to the thread's in the same round.  Nothing of ww is changed; only this
 benchmark's host processes run the guest modes.
@@ -48,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from p2p import ECHO, IN_FLIGHT, _tree_cpu, echo, peer_round, stop_b, time_echo  # noqa: E402
+from p2p import ECHO, IN_FLIGHT, MEASURE, _tree_cpu, echo, peer_round, stop_b, time_echo  # noqa: E402
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 MODES = ("thread", "guest", "guest-io")
@@ -246,22 +249,16 @@ def direct_splice() -> Any:
     return scope["splice"]
 
 
-def host(mode: str) -> None:
-    """A serving host (``mode``: thread or guest): prints its address, serves until stdin
-    closes."""
-    import capnp
+def guest_node_class() -> Any:
+    """ww's Node, its trio run a guest of the running asyncio loop (:meth:`start_guest`),
+    its `/ww/0.1.0` streams spliced directly to pycapnp: each inbound one handed to the
+    ``accept`` callback as a :class:`Pipe`, each outbound one from :meth:`open_pipe`."""
     import trio
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
 
-    from ww.core.identity import Identity, PrivateKey
+    from ww.core.addrs import PROTOCOL_ID
     from ww.p2p.host import MAX_STREAMS, Node
-    from ww.p2p.protocol import Exports, GatewayServer
-    from ww.schema import load
-
-    cell = load("cell")
-
-    class Echo(cell.Service.Server):  # type: ignore[name-defined,misc]
-        async def call(self, method: str, args: Any, **kwargs: Any) -> str:
-            return ""
 
     splice_to_pipe = direct_splice()
 
@@ -303,12 +300,62 @@ def host(mode: str) -> None:
             finally:
                 self._streams -= 1
 
+        async def _open_pipe(self, addr: str, future: concurrent.futures.Future[Pipe]) -> None:
+            info = info_from_p2p_addr(Multiaddr(addr))
+            try:
+                await self.dial(info)
+                stream = await self._host.new_stream(info.peer_id, [PROTOCOL_ID])
+            except Exception as e:
+                future.set_exception(e)
+                return
+            pipe = Pipe()
+            future.set_result(pipe)
+            self._streams += 1
+            try:
+                await splice_to_pipe(stream, pipe, self._budget)
+            finally:
+                self._streams -= 1
+
+        def open_pipe(self, addr: str) -> concurrent.futures.Future[Pipe]:
+            """Dial ``addr`` and open a `/ww/0.1.0` stream: the future gives a :class:`Pipe`."""
+            future: concurrent.futures.Future[Pipe] = concurrent.futures.Future()
+            self._portal.start_soon(self._open_pipe, addr, future)
+            return future
+
+
+    return GuestNode
+
+
+def capnp_on(pipe: Pipe) -> Any:
+    """On the asyncio loop: a pycapnp stream on ``pipe`` (what ``capnp.AsyncIoStream.
+    create_connection(sock=...)`` gives on a socket)."""
+    import capnp
+
+    protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
+    pipe.connect(protocol)
+    stream = capnp.AsyncIoStream()
+    stream._post_init(protocol)
+    return stream
+
+
+def host(mode: str) -> None:
+    """A serving host (``mode``: thread or guest): prints its address, serves until stdin
+    closes."""
+    import capnp
+
+    from ww.core.identity import Identity, PrivateKey
+    from ww.p2p.host import Node
+    from ww.p2p.protocol import Exports, GatewayServer
+    from ww.schema import load
+
+    cell = load("cell")
+
+    class Echo(cell.Service.Server):  # type: ignore[name-defined,misc]
+        async def call(self, method: str, args: Any, **kwargs: Any) -> str:
+            return ""
+
     async def serve_pipe(exports: Exports, pipe: Pipe) -> None:
-        protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
-        pipe.connect(protocol)
-        stream = capnp.AsyncIoStream()
-        stream._post_init(protocol)
-        server = capnp.TwoPartyServer(stream, bootstrap=GatewayServer(exports))
+        server = capnp.TwoPartyServer(capnp_on(pipe), bootstrap=GatewayServer(exports))
         try:
             await server.on_disconnect()
         except Exception:
@@ -320,7 +367,7 @@ def host(mode: str) -> None:
         loop = asyncio.get_running_loop()
         exports = Exports()
         exports.set(Echo())
-        kind = Node if mode == "thread" else GuestNode
+        kind = Node if mode == "thread" else guest_node_class()
         node = kind(Identity.from_private_key(PrivateKey.generate()), listen=[LOOPBACK],
                     announce=False, handlers={ECHO: echo})
         if mode == "guest-io":
@@ -342,6 +389,39 @@ def host(mode: str) -> None:
             node.stop()
 
     asyncio.run(capnp.run(main()))
+
+
+def guest_peer(addr: str, calls: int, mode: str) -> dict[str, float]:
+    """The remote peer in guest mode too (``mode``: guest or guest-io), its stream spliced
+    directly: the same calls as :func:`p2p.peer_round`."""
+    import capnp
+
+    from ww.core.identity import Identity, PrivateKey
+    from ww.p2p.protocol import hold
+    from ww.schema import load
+
+    scope: dict[str, Any] = {}
+    exec(MEASURE, scope)
+    if mode == "guest-io":
+        wait_on_host_loop()
+
+    async def run() -> dict[str, float]:
+        node = guest_node_class()(Identity.from_private_key(PrivateKey.generate()), listen=[])
+        done = await node.start_guest()
+        client = None
+        try:
+            pipe = await asyncio.wrap_future(node.open_pipe(addr))
+            client = capnp.TwoPartyClient(capnp_on(pipe))
+            gateway = client.bootstrap().cast_as(load("cell").Gateway)
+            cap = hold((await gateway.service()).service).cast_as(load("cell").Service)
+            return await scope["measure"](lambda: cap.call("echo", []), calls)  # type: ignore[no-any-return]
+        finally:
+            if client is not None:
+                client.close()
+            node._stop.set()
+            (await done).unwrap()
+
+    return asyncio.run(capnp.run(run()))
 
 
 def echo_peer(addr: str, calls: int) -> dict[str, float]:
@@ -373,8 +453,8 @@ def switches(pid: int) -> int:
     return total
 
 
-def child(kind: str, addr: str, calls: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, f"--{kind}", addr, str(calls)],
+def child(kind: str, addr: str, calls: int, *more: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, f"--{kind}", addr, str(calls), *more],
                          check=True, capture_output=True, text=True, timeout=600).stdout
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -383,13 +463,18 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--host":
         host(sys.argv[2])
         return
-    if len(sys.argv) == 4 and sys.argv[1] in ("--peer", "--echo"):
-        fn = peer_round if sys.argv[1] == "--peer" else echo_peer
-        print(json.dumps(fn(sys.argv[2], int(sys.argv[3]))))
+    children: dict[str, Any] = {"--peer": peer_round, "--echo": echo_peer,
+                                "--guest-peer": guest_peer}  # ADDR CALLS [MODE]: one round
+    if len(sys.argv) >= 4 and sys.argv[1] in children:
+        addr, calls, *mode = sys.argv[2:]
+        print(json.dumps(children[sys.argv[1]](addr, int(calls), *mode)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=6)
+    for flag, default in (("--calls", 1000), ("--rounds", 6)):
+        parser.add_argument(flag, type=int, default=default)
+    parser.add_argument("--both", action="store_true",
+                        help="the caller of a guest host runs the same guest mode, its stream "
+                             "spliced directly too (both ends changed, as landing it would)")
     options = parser.parse_args()
     calls = options.calls
     loads = [os.getloadavg()[0]]
@@ -409,7 +494,8 @@ def main() -> None:
             for mode in MODES[n % len(MODES):] + MODES[:n % len(MODES)]:
                 server, addr = hosts[mode]
                 before, switched = _tree_cpu(server.pid), switches(server.pid)
-                got = child("peer", addr, calls)
+                got = (child("guest-peer", addr, calls, mode) if options.both and mode != "thread"
+                       else child("peer", addr, calls))
                 got["host_cpu_us"] = (_tree_cpu(server.pid) - before) / (2 * calls + 50) * 1e6
                 got["host_switches"] = (switches(server.pid) - switched) / (2 * calls + 50)
                 results[(mode, "peer")].append(got)
