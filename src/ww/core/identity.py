@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ww.core import multibase, varint
 from ww.core import protobuf as _protobuf
 from ww.core.errors import UsageError, WwError
-from ww.core.fsutil import fsync_dir, publish_new_file
+from ww.core.fsutil import fsync_dir, private_directory, publish_new_file
 
 __all__ = [
     "KEY_TYPE_RSA",
@@ -345,12 +345,12 @@ def load_or_create(repo: Path) -> Identity:
     it is private (:func:`require_private`).
     """
     repo = Path(repo)
+    private_directory(repo)  # the user's own, 0700: see the function
     path = repo / IDENTITY_FILE
     try:
         return Identity.from_private_key(_read_key_file(path))
     except FileNotFoundError:
         pass
-    repo.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = PrivateKey.generate()
     fd, tmp = tempfile.mkstemp(prefix=f".{IDENTITY_FILE}.", dir=repo)  # mode 0600
     try:
