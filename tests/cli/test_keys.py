@@ -236,6 +236,28 @@ def test_the_node_key_in_ww_home_open_to_others_is_refused(ww_home):
     assert run_ww("id").stdout == first.stdout  # the same key, nothing replaced
 
 
+@pytest.mark.parametrize("what, make, reason", [
+    ("a directory", lambda p: p.mkdir(), "cannot read the key file: Is a directory"),
+    ("a dangling symlink", lambda p: p.symlink_to("gone.key"),
+     "cannot read the key file: No such file or directory"),
+    ("a symlink to itself", lambda p: p.symlink_to(p.name),
+     "cannot read the key file: Too many levels of symbolic links"),
+    ("a FIFO nobody writes to", lambda p: os.mkfifo(p, 0o600),
+     "not a private key: the input is empty"),
+])
+def test_a_node_key_in_ww_home_that_is_no_file_is_one_line(ww_home, what, make, reason):
+    """Something other than a key file at $WW_HOME/identity.key: a directory, a dangling
+    symlink or a loop was an "internal error: IsADirectoryError" (FileNotFoundError,
+    OSError); a FIFO hung `ww id` (and `ww run`, `ww daemon`) for ever, as `--node-key FIFO`
+    once did.  Now one line naming the file, exit 1, and the entry left as it was."""
+    path = ww_home / "identity.key"
+    make(path)
+    r = run_ww("id")
+    assert (r.returncode, r.stdout) == (1, ""), (what, r.stderr)
+    assert r.stderr.splitlines() == [f"ww: {path}: {reason}"], what
+    assert os.path.lexists(path)  # left as it was: no key written through or over it
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_a_key_file_of_another_user_is_refused_and_roots_is_not(tmp_path):
     """A key file another user owns (and so may change or swap) is refused, mode 0600 or

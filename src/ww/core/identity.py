@@ -347,10 +347,9 @@ def load_or_create(repo: Path) -> Identity:
     repo = Path(repo)
     private_directory(repo)  # the user's own, 0700: see the function
     path = repo / IDENTITY_FILE
-    try:
-        return Identity.from_private_key(_read_key_file(path))
-    except FileNotFoundError:
-        pass
+    found = _read_key_file(path)
+    if found is not None:
+        return Identity.from_private_key(found)
     key = PrivateKey.generate()
     fd, tmp = tempfile.mkstemp(prefix=f".{IDENTITY_FILE}.", dir=repo)  # mode 0600
     try:
@@ -360,21 +359,28 @@ def load_or_create(repo: Path) -> Identity:
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)
-        except FileExistsError:
-            return Identity.from_private_key(_read_key_file(path))  # another process won
+        except FileExistsError:  # another process won
+            found = _read_key_file(path)
+            if found is None:  # ... and its file is gone again: a key to use after all
+                raise IdentityError(f"{path}: the node key came and went; try again") from None
+            return Identity.from_private_key(found)
     finally:
         os.unlink(tmp)
     fsync_dir(repo)
     return Identity.from_private_key(key)
 
 
-def _read_key_file(path: Path) -> PrivateKey:
-    with open(path, "rb") as f:
-        try:
-            require_private(os.fstat(f.fileno()), path)
-            return parse_private_key(f.read(MAX_KEY_FILE_SIZE + 1))
-        except IdentityError as err:
-            raise type(err)(f"{path}: {err}") from None
+def _read_key_file(path: Path) -> PrivateKey | None:
+    """The node key at ``path``, or None where nothing is there.  Read as a key file a flag
+    names (:func:`read_key_file`): anything else at that name -- a directory, a dangling
+    symlink, a FIFO nobody writes to -- is one line naming it (it was an "internal error",
+    and a FIFO hung `ww id`, `ww run` and `ww daemon` for ever)."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        return read_key_file(path)
+    except IdentityError as err:
+        raise type(err)(f"{path}: {err}") from None
 
 
 def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
