@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, run_ww
-from tests.ipfs.bitswap_hostile import LIES, SLOW, HostilePeer
+from tests.ipfs.bitswap_hostile import FLOODS, LIES, SLOW, HostilePeer
 from ww.core.cid import CID
 from ww.core.errors import EXIT_FAILURE
 from ww.core.multihash import sha256
@@ -89,6 +89,27 @@ def test_a_liar_is_asked_nothing_more_and_an_honest_peer_gives_the_file(
     assert _engine(b).stats["liars"] == 1
     assert b.check().ok
     assert not _blocks_holding(b.repo_path, b"not the block ")
+
+
+@pytest.mark.parametrize("flood", FLOODS)
+def test_a_message_of_millions_of_tiny_fields_is_refused_before_they_are_read(
+        tmp_path: Path, made: list, flood: str) -> None:
+    """A provider answers the root's want with one 4 MiB message of two-byte fields: two
+    million empty blocks (the old engine decoded them on the libp2p thread, 3 s, then hashed
+    every one, 11 s and 600 MB, and dropped them one by one), two million presences or a
+    million wantlist fields (each 3-5 s of the thread every peer shares; the wantlist fields
+    became a million wants, past the 1024 the decoder was to keep; the presences were no lie
+    and left the want with the peer).  Now such a message is malformed from its 1025th
+    block or presence (no honest peer answers more than it was asked) or its 2065th field:
+    the peer is a liar, and the honest peer gives the file."""
+    liar, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, flood,
+                                                            peer_timeout=10 * HANG)
+    assert (tmp_path / "out").read_bytes() == data
+    assert liar.wants == [bytes(CID.parse(cid))] and liar.lies == 1
+    stats = _engine(b).stats
+    assert stats["liars"] == 1
+    assert stats["dropped"] <= bitswap.MAX_WANTLIST  # MAX_BLOCKS; the old engine: 2,097,144
+    assert b.check().ok
 
 
 def _import(peer: str, cid: str, out: Path):  # type: ignore[no-untyped-def]
