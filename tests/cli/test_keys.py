@@ -6,8 +6,11 @@ console script (run_ww) or the in-process command (run_cli)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -324,3 +327,36 @@ def test_a_fifo_of_another_user_cannot_feed_a_key(tmp_path):
     assert r.stderr.splitlines() == [
         f"ww: --key {str(fifo)!r}: the key file belongs to uid 65534, not to uid 0 running "
         "ww (nor to root): a private key must be its user's own (ww idgen -o FILE makes one)"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_a_pipe_of_another_user_behind_a_symlink_cannot_feed_root_a_key():
+    """The FIFO rule, got round: another user (here ``nobody``) writes a key of their choice
+    into a pipe of their own and plants a symlink at the key's expected name to
+    ``/proc/<their pid>/fd/<the pipe>``; root, who may open any process's fds, followed it
+    and ran with that key (``ww id --key`` printed its peer id, exit 0), as a pipe's owner
+    was never checked.  A pipe (or terminal) of another user that is none of ww's own fds
+    is now refused: one line naming its uid, exit 2."""
+    from ww.core.identity import PrivateKey
+
+    key = PrivateKey.generate()
+    shared = Path(tempfile.mkdtemp(prefix="ww-shared-"))  # a shared directory, as /tmp
+    shared.chmod(0o1777)
+    link = shared / "node.key"
+    planter = subprocess.Popen(  # bash: the test's own Python may be out of nobody's reach
+        ["bash", "-c", 'exec 3< <(printf %s "$1"); ln -s "/proc/$$/fd/3" "$2"; '
+                       'echo planted; read -r _', "planter", key.to_text(), str(link)],
+        user=65534, group=65534, extra_groups=[], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert planter.stdout.readline() == "planted\n"
+        r = run_ww("id", "--key", str(link))
+    finally:
+        planter.communicate("\n", timeout=HANG)
+        shutil.rmtree(shared, ignore_errors=True)
+    assert key.peer_id not in r.stdout
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.splitlines() == [
+        f"ww: --key {str(link)!r}: the key comes through a pipe of uid 65534, not of uid 0 "
+        "running ww (nor of root), that is none of ww's own file descriptors: whoever holds "
+        "that pipe chooses the key"]

@@ -383,7 +383,8 @@ def _read_key_file(path: Path) -> PrivateKey | None:
         raise type(err)(f"{path}: {err}") from None
 
 
-def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
+def require_private(st: os.stat_result, path: str | os.PathLike[str],
+                    opened: int | None = None) -> None:
     """Refuse a key file, by its ``stat`` (taken of the file opened), as OpenSSH refuses a
     private key: one that group or others may read, write or execute (``mode & 0o077``), or
     that belongs to neither the user running ``ww`` nor root.  Raises
@@ -394,13 +395,25 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
     keeping it, and its mode says nothing of who can read the key at rest.  A named FIFO's
     owner is checked as a file's: another user's FIFO where the key file was expected (a
     name in ``/tmp``) would feed ``ww`` a key that user chose, and knows.  A pipe's owner is
-    whoever made it (a shell of another user's piping into ``sudo -u``): not checked."""
+    whoever made it (a shell of another user's piping into ``sudo -u``): not checked, as
+    long as it is one of ``ww``'s own file descriptors (stdin, ``<(...)``'s ``/dev/fd/63``);
+    ``opened`` is the descriptor the caller opened the key with, which does not count.  A
+    pipe reached through another process's ``/proc/PID/fd/N`` (a symlink another user
+    planted at the key's name, followed by root), or another user's terminal
+    (``/dev/pts/N``), is held to the owner rule: it fed root a key that user chose, past
+    the FIFO rule."""
     import stat
 
+    me = os.geteuid()
     named_fifo = stat.S_ISFIFO(st.st_mode) and st.st_dev != _pipe_device()
     if not stat.S_ISREG(st.st_mode) and not named_fifo:
+        if st.st_uid not in (me, 0) and not _one_of_our_fds(st, opened):
+            what = "pipe" if stat.S_ISFIFO(st.st_mode) else "device"
+            raise UnprotectedKeyError(
+                f"the key comes through a {what} of uid {st.st_uid}, not of uid {me} running "
+                f"ww (nor of root), that is none of ww's own file descriptors: whoever holds "
+                f"that {what} chooses the key")
         return
-    me = os.geteuid()
     if st.st_uid not in (me, 0):
         raise UnprotectedKeyError(
             f"the key file belongs to uid {st.st_uid}, not to uid {me} running ww (nor to "
@@ -412,6 +425,24 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
         raise UnprotectedKeyError(
             f"the key file is accessible by group or others (mode {mode:04o}): a private key "
             f"must be its owner's only: chmod 600 {shlex.quote(os.fspath(path))}")
+
+
+def _one_of_our_fds(st: os.stat_result, opened: int | None) -> bool:
+    """Is the pipe ``st`` one this process holds on a descriptor other than ``opened``?"""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for name in names:
+        if not name.isdigit() or int(name) == opened:
+            continue
+        try:
+            other = os.fstat(int(name))
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 @functools.cache
@@ -439,7 +470,7 @@ def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:
     except OSError as e:
         raise IdentityError(f"cannot read the key file: {e.strerror or e}") from None
     try:
-        require_private(os.fstat(fd), path)  # the file opened: no swap after a check
+        require_private(os.fstat(fd), path, fd)  # the file opened: no swap after a check
         os.set_blocking(fd, True)
         with open(fd, "rb", closefd=False) as f:
             data = f.read(MAX_KEY_FILE_SIZE + 1)
