@@ -187,6 +187,25 @@ def test_a_slow_peer_loses_its_want_to_an_honest_one_and_is_asked_last(
     assert b.check().ok
 
 
+def test_a_slow_peer_that_reconnects_is_asked_last_still(tmp_path: Path, made: list) -> None:
+    """A silent peer lets the root's want time out (PEER_TIMEOUT) and is asked last; it
+    hangs up and comes back: its record was new, so it was asked first again for the next
+    file's blocks, another PEER_TIMEOUT each time it reconnected.  Its record (delivered,
+    DONT_HAVEs, timeouts) now outlives the connection, as a liar's mark does."""
+    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, "silent")
+    assert peer.wants == [bytes(CID.parse(cid))]
+    b.disconnect(peer.peer_id)
+    deadline = time.monotonic() + HANG  # the hang-up is waited for, not slept on
+    while peer.peer_id in _engine(b).peers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.connect(peer.addr)
+    second = _data(12 * CHUNK_SIZE + 7, 15)
+    cid2 = honest.add_stream([second])
+    b.get(cid2, tmp_path / "out2")
+    assert (tmp_path / "out2").read_bytes() == second
+    assert peer.wants == [bytes(CID.parse(cid))]  # the old engine: the new root, or a leaf
+
+
 def test_a_slow_peer_alone_fails_the_import_with_one_line(
         tmp_path: Path, made: list) -> None:
     peer = HostilePeer(tmp_path / "slow", "silent")

@@ -49,7 +49,9 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
   are spread over the peers, least loaded first (peers that answer DONT_HAVE or let wants
   time out more often than they deliver come last: a want waits for room at a peer that
-  delivers rather than go to one of those), each peer holding a window of them: what it
+  delivers rather than go to one of those; the last :data:`MAX_LIARS` such peers that
+  hung up are remembered, so one that comes back is asked last still), each peer holding
+  a window of them: what it
   answers in :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
   :data:`PEER_WANTS`.  The rest wait in turn (a want a reader waits for goes first) and are
   asked of whichever peer has room next, so a faster peer takes more of a file, and when
@@ -542,6 +544,11 @@ class Engine:
         self.peers: dict[str, _Peer] = {}
         self.wants: dict[bytes, _Want] = {}  # by multihash
         self.liars: dict[str, None] = {}  # the last MAX_LIARS peers that lied, oldest first
+        # what the last MAX_LIARS peers that left while asked last (they failed more wants
+        # than they delivered) had done: delivered, DONT_HAVEs, timeouts, by peer id; one
+        # that hangs up and comes back is asked last still (it was asked first again, a
+        # PEER_TIMEOUT per reconnection)
+        self.slow: dict[str, tuple[int, int, int]] = {}
         self._queue: collections.deque[bytes] = collections.deque()  # wants waiting for room
         # what was asked of the last MAX_DROPPED peers dropped, by peer id, oldest first
         self.dropped_asked: dict[str, dict[bytes, None]] = {}
@@ -586,6 +593,8 @@ class Engine:
             return
         peer = self.peers[peer_id] = _Peer(peer_id)
         peer.liar = peer_id in self.liars
+        if (record := self.slow.pop(peer_id, None)) is not None:
+            peer.delivered, peer.dont_have, peer.timeouts = record
         peer.asked = self.dropped_asked.pop(peer_id, peer.asked)
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
             if want.peer is None and not want.queued:
@@ -597,6 +606,10 @@ class Engine:
         if peer is None:
             return
         peer.gone = True
+        if peer.dont_have + peer.timeouts > peer.delivered:  # asked last: it stays so
+            self.slow[peer_id] = (peer.delivered, peer.dont_have, peer.timeouts)
+            if len(self.slow) > MAX_LIARS:
+                del self.slow[next(iter(self.slow))]
         if peer.asked and not peer.liar:  # it may still answer: see MAX_DROPPED
             self.dropped_asked[peer_id] = peer.asked
             if len(self.dropped_asked) > MAX_DROPPED:
