@@ -6,8 +6,11 @@ console script (run_ww) or the in-process command (run_cli)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -236,6 +239,28 @@ def test_the_node_key_in_ww_home_open_to_others_is_refused(ww_home):
     assert run_ww("id").stdout == first.stdout  # the same key, nothing replaced
 
 
+@pytest.mark.parametrize("what, make, reason", [
+    ("a directory", lambda p: p.mkdir(), "cannot read the key file: Is a directory"),
+    ("a dangling symlink", lambda p: p.symlink_to("gone.key"),
+     "cannot read the key file: No such file or directory"),
+    ("a symlink to itself", lambda p: p.symlink_to(p.name),
+     "cannot read the key file: Too many levels of symbolic links"),
+    ("a FIFO nobody writes to", lambda p: os.mkfifo(p, 0o600),
+     "not a private key: the input is empty"),
+])
+def test_a_node_key_in_ww_home_that_is_no_file_is_one_line(ww_home, what, make, reason):
+    """Something other than a key file at $WW_HOME/identity.key: a directory, a dangling
+    symlink or a loop was an "internal error: IsADirectoryError" (FileNotFoundError,
+    OSError); a FIFO hung `ww id` (and `ww run`, `ww daemon`) for ever, as `--node-key FIFO`
+    once did.  Now one line naming the file, exit 1, and the entry left as it was."""
+    path = ww_home / "identity.key"
+    make(path)
+    r = run_ww("id")
+    assert (r.returncode, r.stdout) == (1, ""), (what, r.stderr)
+    assert r.stderr.splitlines() == [f"ww: {path}: {reason}"], what
+    assert os.path.lexists(path)  # left as it was: no key written through or over it
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_a_key_file_of_another_user_is_refused_and_roots_is_not(tmp_path):
     """A key file another user owns (and so may change or swap) is refused, mode 0600 or
@@ -302,3 +327,36 @@ def test_a_fifo_of_another_user_cannot_feed_a_key(tmp_path):
     assert r.stderr.splitlines() == [
         f"ww: --key {str(fifo)!r}: the key file belongs to uid 65534, not to uid 0 running "
         "ww (nor to root): a private key must be its user's own (ww idgen -o FILE makes one)"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_a_pipe_of_another_user_behind_a_symlink_cannot_feed_root_a_key():
+    """The FIFO rule, got round: another user (here ``nobody``) writes a key of their choice
+    into a pipe of their own and plants a symlink at the key's expected name to
+    ``/proc/<their pid>/fd/<the pipe>``; root, who may open any process's fds, followed it
+    and ran with that key (``ww id --key`` printed its peer id, exit 0), as a pipe's owner
+    was never checked.  A pipe (or terminal) of another user that is none of ww's own fds
+    is now refused: one line naming its uid, exit 2."""
+    from ww.core.identity import PrivateKey
+
+    key = PrivateKey.generate()
+    shared = Path(tempfile.mkdtemp(prefix="ww-shared-"))  # a shared directory, as /tmp
+    shared.chmod(0o1777)
+    link = shared / "node.key"
+    planter = subprocess.Popen(  # bash: the test's own Python may be out of nobody's reach
+        ["bash", "-c", 'exec 3< <(printf %s "$1"); ln -s "/proc/$$/fd/3" "$2"; '
+                       'echo planted; read -r _', "planter", key.to_text(), str(link)],
+        user=65534, group=65534, extra_groups=[], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert planter.stdout.readline() == "planted\n"
+        r = run_ww("id", "--key", str(link))
+    finally:
+        planter.communicate("\n", timeout=HANG)
+        shutil.rmtree(shared, ignore_errors=True)
+    assert key.peer_id not in r.stdout
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.splitlines() == [
+        f"ww: --key {str(link)!r}: the key comes through a pipe of uid 65534, not of uid 0 "
+        "running ww (nor of root), that is none of ww's own file descriptors: whoever holds "
+        "that pipe chooses the key"]

@@ -306,6 +306,22 @@ def test_env_s_splits_a_crlf_shebang_at_its_carriage_return_as_env_does(make_cel
     assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
 
 
+@pytest.mark.parametrize("jail", ["bwrap", "none"])
+@pytest.mark.parametrize("rest", ['python3 -c "print(1)"', "python3 -c 'print(1)'",
+                                  "sh -c echo\\ ran", "sh ${HOME}", "sh # comment"])
+def test_env_s_with_quotes_escapes_or_variables_is_refused_not_misread(make_cell, jail, rest):
+    """GNU `env -S` reads quotes, backslash escapes, `${VAR}` and `#` comments; ww split
+    the line at white space alone, so `#!/usr/bin/env -S python3 -c "print(1)"` ran
+    `python3 -c '"print(1)"'` (a string expression: nothing printed, exit 0) where the
+    kernel and env print 1.  Such a line is refused, 126, one line, nothing run."""
+    cell = make_cell("echo ran", name="envs.sh", shebang=f"#!/usr/bin/env -S {rest}")
+    r = run_ww("run", f"--jail={jail}", cell)
+    assert (r.returncode, r.stdout) == (126, ""), r.stderr
+    assert [line for line in r.stderr.splitlines() if "--jail=none" not in line] == [
+        f"ww: {cell}: unsupported interpreter line: #!/usr/bin/env -S {rest} (quotes, "
+        "backslashes, $ and # after env -S are not read as env reads them)"]
+
+
 def test_not_executable_exits_126(tmp_path):
     plain = tmp_path / "plain.sh"
     plain.write_text("#!/bin/sh\necho hi\n")

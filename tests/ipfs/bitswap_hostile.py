@@ -12,6 +12,10 @@ lies (each reply sent as soon as a want-block arrives)
     ``oversize``     a message whose length is over :data:`ww.ipfs.bitswap.MAX_MESSAGE`
     ``other_hash``   a prefix claiming a hash function ww does not take (blake2b-256)
     ``other_codec``  the wanted CID's digest length and hash, another codec, wrong bytes
+floods (one message of almost :data:`ww.ipfs.bitswap.MAX_MESSAGE` bytes of two-byte fields)
+    ``flood_blocks``      two million empty blocks
+    ``flood_presences``   two million empty block presences
+    ``flood_wantlists``   a million wantlist fields of one empty entry each
 slow
     ``silent``       takes the wants, says nothing
     ``have``         answers HAVE, never sends the block
@@ -37,7 +41,10 @@ from ww.ipfs.bitswap import Message, Presence, WantType
 from ww.p2p.host import Node
 
 LIES = ("wrong", "unasked", "huge", "oversize", "other_hash", "other_codec")
+FLOODS = ("flood_blocks", "flood_presences", "flood_wantlists")
 SLOW = ("silent", "have", "late", "stall")
+_FLOOD_FIELDS = {"flood_blocks": b"\x12\x00", "flood_presences": b"\x22\x00",
+                 "flood_wantlists": b"\x0a\x02\x0a\x00"}
 BLAKE2B_256 = 0xB220
 DAG_CBOR = 0x71  # a codec ww does not take
 
@@ -51,7 +58,7 @@ class HostilePeer:
     """A Bitswap provider on 127.0.0.1 that behaves as ``behaviour`` says (module docstring)."""
 
     def __init__(self, home: Path, behaviour: str) -> None:
-        assert behaviour in LIES + SLOW, behaviour
+        assert behaviour in LIES + FLOODS + SLOW, behaviour
         self.behaviour = behaviour
         self.wants: list[bytes] = []
         self.cancels: list[bytes] = []
@@ -99,6 +106,12 @@ class HostilePeer:
     async def _answer(self, peer: Any, wanted: list[bytes]) -> None:
         kind = self.behaviour
         if kind in ("silent", "late"):
+            return
+        if kind in FLOODS:
+            self.lies += 1
+            field = _FLOOD_FIELDS[kind]
+            body = field * ((bitswap.MAX_MESSAGE - 16) // len(field))
+            await self._write(peer, varint.encode(len(body)) + body)
             return
         if kind == "have":
             await self._send(peer, Message(presences=[(c, Presence.HAVE) for c in wanted]))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, run_ww
-from tests.ipfs.bitswap_hostile import LIES, SLOW, HostilePeer
+from tests.ipfs.bitswap_hostile import FLOODS, LIES, SLOW, HostilePeer
 from ww.core.cid import CID
 from ww.core.errors import EXIT_FAILURE
 from ww.core.multihash import sha256
@@ -89,6 +89,27 @@ def test_a_liar_is_asked_nothing_more_and_an_honest_peer_gives_the_file(
     assert _engine(b).stats["liars"] == 1
     assert b.check().ok
     assert not _blocks_holding(b.repo_path, b"not the block ")
+
+
+@pytest.mark.parametrize("flood", FLOODS)
+def test_a_message_of_millions_of_tiny_fields_is_refused_before_they_are_read(
+        tmp_path: Path, made: list, flood: str) -> None:
+    """A provider answers the root's want with one 4 MiB message of two-byte fields: two
+    million empty blocks (the old engine decoded them on the libp2p thread, 3 s, then hashed
+    every one, 11 s and 600 MB, and dropped them one by one), two million presences or a
+    million wantlist fields (each 3-5 s of the thread every peer shares; the wantlist fields
+    became a million wants, past the 1024 the decoder was to keep; the presences were no lie
+    and left the want with the peer).  Now such a message is malformed from its 1025th
+    block or presence (no honest peer answers more than it was asked) or its 2065th field:
+    the peer is a liar, and the honest peer gives the file."""
+    liar, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, flood,
+                                                            peer_timeout=10 * HANG)
+    assert (tmp_path / "out").read_bytes() == data
+    assert liar.wants == [bytes(CID.parse(cid))] and liar.lies == 1
+    stats = _engine(b).stats
+    assert stats["liars"] == 1
+    assert stats["dropped"] <= bitswap.MAX_WANTLIST  # MAX_BLOCKS; the old engine: 2,097,144
+    assert b.check().ok
 
 
 def _import(peer: str, cid: str, out: Path):  # type: ignore[no-untyped-def]
@@ -164,6 +185,25 @@ def test_a_slow_peer_loses_its_want_to_an_honest_one_and_is_asked_last(
     assert peer.wants == [bytes(CID.parse(cid))]
     assert _engine(honest).stats["blocks_out"] == 14
     assert b.check().ok
+
+
+def test_a_slow_peer_that_reconnects_is_asked_last_still(tmp_path: Path, made: list) -> None:
+    """A silent peer lets the root's want time out (PEER_TIMEOUT) and is asked last; it
+    hangs up and comes back: its record was new, so it was asked first again for the next
+    file's blocks, another PEER_TIMEOUT each time it reconnected.  Its record (delivered,
+    DONT_HAVEs, timeouts) now outlives the connection, as a liar's mark does."""
+    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, "silent")
+    assert peer.wants == [bytes(CID.parse(cid))]
+    b.disconnect(peer.peer_id)
+    deadline = time.monotonic() + HANG  # the hang-up is waited for, not slept on
+    while peer.peer_id in _engine(b).peers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.connect(peer.addr)
+    second = _data(12 * CHUNK_SIZE + 7, 15)
+    cid2 = honest.add_stream([second])
+    b.get(cid2, tmp_path / "out2")
+    assert (tmp_path / "out2").read_bytes() == second
+    assert peer.wants == [bytes(CID.parse(cid))]  # the old engine: the new root, or a leaf
 
 
 def test_a_slow_peer_alone_fails_the_import_with_one_line(

@@ -22,6 +22,7 @@ from typing import Any
 
 from ww.app.options import RunOptions
 from ww.core.errors import AddressError, HostError, IpfsError, WwError
+from ww.core.fsutil import private_directory
 from ww.core.records import NamedTuple
 from ww.ipfs.api import CancelToken, PeerInfo
 
@@ -187,7 +188,7 @@ def run(options: DaemonOptions) -> int:
                              mdns=options.mdns,
                              from_env=("node_key",) if "node_key" in options.from_env else ())
     repo = default_repo_path()
-    repo.mkdir(parents=True, exist_ok=True)
+    private_directory(repo)
     lock = RepoLock(repo)
     sites: list[Site] = []
     node = host = None

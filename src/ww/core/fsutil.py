@@ -10,6 +10,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from ww.core.errors import WwError
+
 
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (renames, creations, removals) durable."""
@@ -67,6 +69,40 @@ def write_new_file(
             os.unlink(path)
         raise
     os.close(fd)
+
+
+class ForeignDirectoryError(WwError):
+    """``$WW_HOME`` belongs to another user (exit 1): refused, as OpenSSH refuses a
+    ``~/.ssh`` that is not its user's."""
+
+
+def private_directory(path: Path) -> None:
+    """Make ``path`` (``$WW_HOME``: ww's repository, node key and exec cache) a directory of
+    the user running ``ww`` that no one else may enter.
+
+    Created with mode 0700 (its parents as ``mkdir -p`` makes them).  One that exists is
+    checked on the directory opened: another user's -- even root's, for a user, or a user's
+    for root -- is refused with :class:`ForeignDirectoryError`, since its owner could change
+    what ``ww`` reads and runs from it (swap an exec-cache entry between its check and its
+    use, fill ``gc.lock``'s place); one of our own that group or others may enter is made
+    0700: its blocks are the user's files, and anyone who can open ``gc.lock`` can ``flock``
+    it and stall every write.  A mode that cannot be changed (a read-only mount) is left."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        me = os.geteuid()
+        if st.st_uid != me:
+            raise ForeignDirectoryError(
+                f"{path} belongs to uid {st.st_uid}, not to uid {me} running ww: its owner "
+                "could change what ww reads and runs from it; use a directory of your own "
+                "(WW_HOME)")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, mode & 0o700)
+    finally:
+        os.close(fd)
 
 
 def publish_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:

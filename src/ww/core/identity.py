@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ww.core import multibase, varint
 from ww.core import protobuf as _protobuf
 from ww.core.errors import UsageError, WwError
-from ww.core.fsutil import fsync_dir, publish_new_file
+from ww.core.fsutil import fsync_dir, private_directory, publish_new_file
 
 __all__ = [
     "KEY_TYPE_RSA",
@@ -345,12 +345,11 @@ def load_or_create(repo: Path) -> Identity:
     it is private (:func:`require_private`).
     """
     repo = Path(repo)
+    private_directory(repo)  # the user's own, 0700: see the function
     path = repo / IDENTITY_FILE
-    try:
-        return Identity.from_private_key(_read_key_file(path))
-    except FileNotFoundError:
-        pass
-    repo.mkdir(mode=0o700, parents=True, exist_ok=True)
+    found = _read_key_file(path)
+    if found is not None:
+        return Identity.from_private_key(found)
     key = PrivateKey.generate()
     fd, tmp = tempfile.mkstemp(prefix=f".{IDENTITY_FILE}.", dir=repo)  # mode 0600
     try:
@@ -360,24 +359,32 @@ def load_or_create(repo: Path) -> Identity:
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)
-        except FileExistsError:
-            return Identity.from_private_key(_read_key_file(path))  # another process won
+        except FileExistsError:  # another process won
+            found = _read_key_file(path)
+            if found is None:  # ... and its file is gone again: a key to use after all
+                raise IdentityError(f"{path}: the node key came and went; try again") from None
+            return Identity.from_private_key(found)
     finally:
         os.unlink(tmp)
     fsync_dir(repo)
     return Identity.from_private_key(key)
 
 
-def _read_key_file(path: Path) -> PrivateKey:
-    with open(path, "rb") as f:
-        try:
-            require_private(os.fstat(f.fileno()), path)
-            return parse_private_key(f.read(MAX_KEY_FILE_SIZE + 1))
-        except IdentityError as err:
-            raise type(err)(f"{path}: {err}") from None
+def _read_key_file(path: Path) -> PrivateKey | None:
+    """The node key at ``path``, or None where nothing is there.  Read as a key file a flag
+    names (:func:`read_key_file`): anything else at that name -- a directory, a dangling
+    symlink, a FIFO nobody writes to -- is one line naming it (it was an "internal error",
+    and a FIFO hung `ww id`, `ww run` and `ww daemon` for ever)."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        return read_key_file(path)
+    except IdentityError as err:
+        raise type(err)(f"{path}: {err}") from None
 
 
-def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
+def require_private(st: os.stat_result, path: str | os.PathLike[str],
+                    opened: int | None = None) -> None:
     """Refuse a key file, by its ``stat`` (taken of the file opened), as OpenSSH refuses a
     private key: one that group or others may read, write or execute (``mode & 0o077``), or
     that belongs to neither the user running ``ww`` nor root.  Raises
@@ -388,13 +395,25 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
     keeping it, and its mode says nothing of who can read the key at rest.  A named FIFO's
     owner is checked as a file's: another user's FIFO where the key file was expected (a
     name in ``/tmp``) would feed ``ww`` a key that user chose, and knows.  A pipe's owner is
-    whoever made it (a shell of another user's piping into ``sudo -u``): not checked."""
+    whoever made it (a shell of another user's piping into ``sudo -u``): not checked, as
+    long as it is one of ``ww``'s own file descriptors (stdin, ``<(...)``'s ``/dev/fd/63``);
+    ``opened`` is the descriptor the caller opened the key with, which does not count.  A
+    pipe reached through another process's ``/proc/PID/fd/N`` (a symlink another user
+    planted at the key's name, followed by root), or another user's terminal
+    (``/dev/pts/N``), is held to the owner rule: it fed root a key that user chose, past
+    the FIFO rule."""
     import stat
 
+    me = os.geteuid()
     named_fifo = stat.S_ISFIFO(st.st_mode) and st.st_dev != _pipe_device()
     if not stat.S_ISREG(st.st_mode) and not named_fifo:
+        if st.st_uid not in (me, 0) and not _one_of_our_fds(st, opened):
+            what = "pipe" if stat.S_ISFIFO(st.st_mode) else "device"
+            raise UnprotectedKeyError(
+                f"the key comes through a {what} of uid {st.st_uid}, not of uid {me} running "
+                f"ww (nor of root), that is none of ww's own file descriptors: whoever holds "
+                f"that {what} chooses the key")
         return
-    me = os.geteuid()
     if st.st_uid not in (me, 0):
         raise UnprotectedKeyError(
             f"the key file belongs to uid {st.st_uid}, not to uid {me} running ww (nor to "
@@ -406,6 +425,24 @@ def require_private(st: os.stat_result, path: str | os.PathLike[str]) -> None:
         raise UnprotectedKeyError(
             f"the key file is accessible by group or others (mode {mode:04o}): a private key "
             f"must be its owner's only: chmod 600 {shlex.quote(os.fspath(path))}")
+
+
+def _one_of_our_fds(st: os.stat_result, opened: int | None) -> bool:
+    """Is the pipe ``st`` one this process holds on a descriptor other than ``opened``?"""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for name in names:
+        if not name.isdigit() or int(name) == opened:
+            continue
+        try:
+            other = os.fstat(int(name))
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 @functools.cache
@@ -433,7 +470,7 @@ def read_key_file(path: str | os.PathLike[str]) -> PrivateKey:
     except OSError as e:
         raise IdentityError(f"cannot read the key file: {e.strerror or e}") from None
     try:
-        require_private(os.fstat(fd), path)  # the file opened: no swap after a check
+        require_private(os.fstat(fd), path, fd)  # the file opened: no swap after a check
         os.set_blocking(fd, True)
         with open(fd, "rb", closefd=False) as f:
             data = f.read(MAX_KEY_FILE_SIZE + 1)

@@ -424,6 +424,9 @@ def check_interpreters(paths: list[str] | tuple[str, ...]) -> list[str]:
     return checked
 
 
+_ENV_S_SYNTAX = frozenset("\"'\\$#")  # what GNU env -S reads besides white space
+
+
 def prepare(command: str, args: list[str], search_path: str | None = None,
             interpreters: Sequence[str] = (), jailed: bool = True) -> Program:
     """Resolve ``command`` and work out the exec argv and read-only binds for the jail.
@@ -455,6 +458,14 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
         words = [w for w in interp_arg[0].replace("\t", " ").split(" ") if w]
         if words[0] == "-S":  # ... but its split-string option, `#!/usr/bin/env -S python3
             words = interp_arg[0].split()[1:]  # -S`, splits at any white space, "\r" too
+            if any(c in _ENV_S_SYNTAX for c in interp_arg[0]):
+                # GNU env also reads quotes, backslash escapes, ${VAR} and # comments there:
+                # split as plain words, `-S python3 -c "print(1)"` ran `python3 -c
+                # '"print(1)"'`, a program the author never wrote (it printed nothing)
+                raise NotExecutableError(
+                    f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]} "
+                    "(quotes, backslashes, $ and # after env -S are not read as env reads "
+                    "them)")
         if not words or words[0].startswith("-"):
             raise NotExecutableError(
                 f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]}"

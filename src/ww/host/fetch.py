@@ -49,9 +49,12 @@ def is_ipfs_path(command: str) -> bool:
 
 
 def cache_dir() -> Path:
+    from ww.core.fsutil import private_directory
     from ww.ipfs.repo import default_repo_path
 
-    return default_repo_path() / "exec-cache"
+    home = default_repo_path()
+    private_directory(home)  # its owner alone may change what is run from the cache
+    return home / "exec-cache"
 
 
 def _verified(path: Path, cid: str) -> bool:

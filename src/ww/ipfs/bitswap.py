@@ -49,7 +49,9 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
   are spread over the peers, least loaded first (peers that answer DONT_HAVE or let wants
   time out more often than they deliver come last: a want waits for room at a peer that
-  delivers rather than go to one of those), each peer holding a window of them: what it
+  delivers rather than go to one of those; the last :data:`MAX_LIARS` such peers that
+  hung up are remembered, so one that comes back is asked last still), each peer holding
+  a window of them: what it
   answers in :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
   :data:`PEER_WANTS`.  The rest wait in turn (a want a reader waits for goes first) and are
   asked of whichever peer has room next, so a faster peer takes more of a file, and when
@@ -132,6 +134,12 @@ WENT_AWAY = "went away"
 # What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
 MAX_WANTLIST = 1024  # entries of a peer's ledger (boxo: MaxQueuedWantlistEntriesPerPeer)
 MAX_CID_SIZE = 168  # bytes; wants of longer CIDs are ignored (boxo: MaximumAllowedCid)
+# Blocks in one message: an honest peer answers the wants we asked of it, PEER_WANTS at a
+# time (and a few late ones); more is a lie, refused before a block is hashed.
+MAX_BLOCKS = MAX_WANTLIST
+_MAX_ENTRY_FIELDS = 16  # fields of one want, block or presence entry (5 at most are ours)
+# fields of one message: a wantlist, the blocks and presences, pendingBytes, a few spare
+_MAX_FIELDS = MAX_BLOCKS + MAX_WANTLIST + _MAX_ENTRY_FIELDS
 REPLY_SLOTS = 8  # replies being read or written at once, all peers together (boxo: 8 workers)
 REPLY_BATCH = 256  # ledger entries considered for one reply
 RECEIVE_BUDGET = 32 << 20  # bytes of inbound message bodies buffered at once, all streams
@@ -249,34 +257,48 @@ _CIDV0_PREFIX = b"\x00\x70\x12\x20"
 def decode(data: bytes | memoryview) -> Message:
     """Parse one message; raises :class:`BitswapError` if it is not well-formed.
 
-    At most :data:`MAX_WANTLIST` wants, as many cancels, and as many block presences are
-    kept; the rest are ignored (boxo's server truncates a wantlist the same way), so the
-    objects one message becomes are bounded whatever it holds."""
+    At most :data:`MAX_WANTLIST` wants and as many cancels are kept, in all the message's
+    wantlist fields together; past twice that many entries the rest of the wantlist is not
+    read (boxo's server truncates a wantlist the same way).  More than :data:`MAX_BLOCKS`
+    blocks, more than :data:`MAX_WANTLIST` block presences, more than :data:`_MAX_FIELDS`
+    fields in all, or an entry of more than :data:`_MAX_ENTRY_FIELDS` fields, is malformed
+    (no honest peer sends one: it answers at most the :data:`PEER_WANTS` wants we asked).
+    So the objects one message becomes, and the fields read to make them, are bounded
+    whatever it holds: a 4 MiB message of two-byte fields was two million of them (blocks:
+    600 MB and 14 s of CPU; presences or wantlist entries: 5 s on the libp2p thread)."""
     msg = Message()
+    entries = [0, 0]  # wantlist entries read, and cancels kept, in all its wantlist fields
     try:
-        for num, wt, value in pb.fields(data):
+        for n_field, (num, wt, value) in enumerate(pb.fields(data)):
+            if n_field >= _MAX_FIELDS:
+                raise MalformedError(f"bitswap: more than {_MAX_FIELDS} fields in a message")
             if num == 1 and wt == pb.LEN:
-                _decode_wantlist(value, msg)  # type: ignore[arg-type]
-            elif num == 2 and wt == pb.LEN:  # Bitswap 1.0.0 blocks: CIDv0 implied
-                msg.blocks.append((_CIDV0_PREFIX, bytes(value)))  # type: ignore[arg-type]
-            elif num == 3 and wt == pb.LEN:
+                _decode_wantlist(value, msg, entries)  # type: ignore[arg-type]
+            elif num in (2, 3) and wt == pb.LEN:
+                if len(msg.blocks) >= MAX_BLOCKS:
+                    raise MalformedError(f"bitswap: more than {MAX_BLOCKS} blocks in a message")
+                if num == 2:  # Bitswap 1.0.0 blocks: CIDv0 implied
+                    msg.blocks.append((_CIDV0_PREFIX, bytes(value)))  # type: ignore[arg-type]
+                    continue
                 prefix, block = b"", b""
-                for n, w, v in pb.fields(value):  # type: ignore[arg-type]
+                for n, w, v in _entry_fields(value):  # type: ignore[arg-type]
                     if n == 1 and w == pb.LEN:
                         prefix = bytes(v)  # type: ignore[arg-type]
                     elif n == 2 and w == pb.LEN:
                         block = bytes(v)  # type: ignore[arg-type]
                 msg.blocks.append((prefix, block))
             elif num == 4 and wt == pb.LEN:
+                if len(msg.presences) >= MAX_WANTLIST:
+                    raise MalformedError(f"bitswap: more than {MAX_WANTLIST} block presences "
+                                         "in a message")
                 cid, kind = b"", 0
-                for n, w, v in pb.fields(value):  # type: ignore[arg-type]
+                for n, w, v in _entry_fields(value):  # type: ignore[arg-type]
                     if n == 1 and w == pb.LEN:
                         cid = bytes(v)  # type: ignore[arg-type]
                     elif n == 2 and w == pb.VARINT:
                         kind = int(v)  # type: ignore[arg-type]
-                if len(msg.presences) < MAX_WANTLIST:
-                    msg.presences.append((cid, Presence.DONT_HAVE if kind == 1
-                                          else Presence.HAVE))
+                msg.presences.append((cid, Presence.DONT_HAVE if kind == 1
+                                      else Presence.HAVE))
             elif num == 5 and wt == pb.VARINT:
                 msg.pending_bytes = int(value)  # type: ignore[arg-type]
     except pb.ProtobufError as e:
@@ -284,14 +306,24 @@ def decode(data: bytes | memoryview) -> Message:
     return msg
 
 
-def _decode_wantlist(data: memoryview, msg: Message) -> None:
-    wants = cancels = 0
+def _entry_fields(data: memoryview) -> Any:
+    """The fields of one entry (a want, a block, a presence): a handful in any honest one."""
+    for i, field_ in enumerate(pb.fields(data)):
+        if i >= _MAX_ENTRY_FIELDS:
+            raise MalformedError(f"bitswap: an entry of more than {_MAX_ENTRY_FIELDS} fields")
+        yield field_
+
+
+def _decode_wantlist(data: memoryview, msg: Message, entries: list[int]) -> None:
+    """One wantlist field into ``msg``; ``entries``: the entries read and the cancels kept so
+    far in the message (a message may repeat the field: protobuf merges them)."""
     for num, wt, value in pb.fields(data):
+        entries[0] += 1
+        if entries[0] > 2 * MAX_WANTLIST + _MAX_ENTRY_FIELDS:
+            return  # past what we keep: the rest (its `full` flag too) is not read
         if num == 1 and wt == pb.LEN:
-            if wants + cancels >= 2 * MAX_WANTLIST:
-                continue  # past what we keep: not even parsed
             e = WantEntry(b"")
-            for n, w, v in pb.fields(value):  # type: ignore[arg-type]
+            for n, w, v in _entry_fields(value):  # type: ignore[arg-type]
                 if n == 1 and w == pb.LEN:
                     e.cid = bytes(v)  # type: ignore[arg-type]
                 elif w == pb.VARINT:
@@ -304,13 +336,11 @@ def _decode_wantlist(data: memoryview, msg: Message) -> None:
                     elif n == 5:
                         e.send_dont_have = bool(v)
             if e.cancel:
-                cancels += 1
-                if cancels > MAX_WANTLIST:
+                if entries[1] >= MAX_WANTLIST:
                     continue
-            else:
-                wants += 1
-                if wants > MAX_WANTLIST:
-                    continue
+                entries[1] += 1
+            elif len(msg.wants) - entries[1] >= MAX_WANTLIST:
+                continue
             msg.wants.append(e)
         elif num == 2 and wt == pb.VARINT:
             msg.full = bool(value)
@@ -514,6 +544,11 @@ class Engine:
         self.peers: dict[str, _Peer] = {}
         self.wants: dict[bytes, _Want] = {}  # by multihash
         self.liars: dict[str, None] = {}  # the last MAX_LIARS peers that lied, oldest first
+        # what the last MAX_LIARS peers that left while asked last (they failed more wants
+        # than they delivered) had done: delivered, DONT_HAVEs, timeouts, by peer id; one
+        # that hangs up and comes back is asked last still (it was asked first again, a
+        # PEER_TIMEOUT per reconnection)
+        self.slow: dict[str, tuple[int, int, int]] = {}
         self._queue: collections.deque[bytes] = collections.deque()  # wants waiting for room
         # what was asked of the last MAX_DROPPED peers dropped, by peer id, oldest first
         self.dropped_asked: dict[str, dict[bytes, None]] = {}
@@ -558,6 +593,8 @@ class Engine:
             return
         peer = self.peers[peer_id] = _Peer(peer_id)
         peer.liar = peer_id in self.liars
+        if (record := self.slow.pop(peer_id, None)) is not None:
+            peer.delivered, peer.dont_have, peer.timeouts = record
         peer.asked = self.dropped_asked.pop(peer_id, peer.asked)
         for want in list(self.wants.values()):  # wants that were waiting for anyone at all
             if want.peer is None and not want.queued:
@@ -569,6 +606,10 @@ class Engine:
         if peer is None:
             return
         peer.gone = True
+        if peer.dont_have + peer.timeouts > peer.delivered:  # asked last: it stays so
+            self.slow[peer_id] = (peer.delivered, peer.dont_have, peer.timeouts)
+            if len(self.slow) > MAX_LIARS:
+                del self.slow[next(iter(self.slow))]
         if peer.asked and not peer.liar:  # it may still answer: see MAX_DROPPED
             self.dropped_asked[peer_id] = peer.asked
             if len(self.dropped_asked) > MAX_DROPPED:

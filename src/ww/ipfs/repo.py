@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ww.core import multihash
 from ww.core.cid import CID, RAW, CidError
+from ww.core.fsutil import private_directory
 
 from . import dagpb, exporter
 from .api import IpfsError
@@ -101,7 +102,7 @@ class Repo:
     def __init__(self, path: Path) -> None:
         self.path = Path(path).expanduser()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            private_directory(self.path)  # 0700, the user's own: see the function
             version_file = self.path / "version"
             if version_file.exists():
                 found = version_file.read_text().strip()
