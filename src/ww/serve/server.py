@@ -243,10 +243,11 @@ class _Trim:
 
 
 def give_back_freed() -> None:
-    """Have glibc give the system back the freed memory it keeps (``malloc_trim(0)``: in
-    every arena, the free pages inside the heaps as well as at their tops), in a thread of
-    its own; returns at once.  Asked again while it runs, it trims once more when done.  A
-    no-op where there is no ``malloc_trim`` (not glibc).
+    """Have glibc give the system back the freed memory it keeps (``malloc_trim(0)``: the
+    free pages inside every arena's heaps, and the main heap's free top; not a thread
+    arena's top, see :data:`ARENAS`), in a thread of its own; returns at once.  Asked again
+    while it runs, it trims once more when done.  A no-op where there is no ``malloc_trim``
+    (not glibc).
 
     :func:`_keep_freed_buffers` lets each arena keep up to :data:`KEEP_FREED` of freed
     memory, and the main arena's heap shrinks only from its top: after 40 uploads that
