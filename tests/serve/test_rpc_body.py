@@ -136,3 +136,46 @@ def test_a_slow_worker_makes_the_loop_read_only_a_few_pieces_ahead(hang_up):
                                                           hashlib.sha256(data).digest())
         finally:
             sock.close()
+
+
+def test_an_add_cut_short_is_freed_without_the_garbage_collector(tmp_path, monkeypatch):
+    """An `add` (RpcApi's own, served for real) whose client hangs up halfway: its request,
+    and the pieces of body its frames held, are freed as soon as it ends, the garbage
+    collector off.  The old code left each upload cut short in a reference cycle (the
+    exception that ended its body, held by locals of frames in its own traceback, and by
+    trio's to_thread.run_sync), freed only by a full collection, which an idle daemon need
+    never make: 40 stalled uploads kept 150 MiB so (docs/benchmarks.md)."""
+    import gc
+    import weakref
+
+    from tests.serve.conftest import multipart
+    from ww.ipfs import EmbeddedNode
+    from ww.serve import rpc
+
+    requests: list[weakref.ref[Request]] = []
+
+    class Tracked(Request):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            requests.append(weakref.ref(self))
+
+    monkeypatch.setattr(rpc, "Request", Tracked)
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]  # the part's data follows
+    with EmbeddedNode(tmp_path / "repo") as node, served_app(rpc.RpcApi(node)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        gc.collect()
+        gc.disable()
+        try:
+            with socket.create_connection((host, int(port)), timeout=HANG) as sock:
+                sock.sendall(f"POST /api/v0/add HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                             f"{headers['Content-Type']}\r\nContent-Length: {1 << 40}\r\n\r\n"
+                             .encode() + opening)
+                threading.Thread(target=lambda: _send(sock, os.urandom(16 << 20)),
+                                 daemon=True).start()
+                # the worker has taken pieces of the body: its frames hold some
+                _wait_for(lambda: bool(requests) and requests[0]() is not None
+                          and requests[0]()._body_put >= BODY_AHEAD + 2)
+            _wait_for(lambda: all(ref() is None for ref in requests))
+        finally:
+            gc.enable()

@@ -59,7 +59,7 @@ from ww.ipfs import chunker as chunkers
 from ww.ipfs import exporter, importer
 from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
-from ww.serve.server import STALL, lifespan
+from ww.serve.server import STALL, give_back_freed, lifespan
 
 __all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
@@ -195,10 +195,16 @@ class Request:
             if item is None:
                 return
             if isinstance(item, BaseException):
-                raise item
+                try:
+                    raise item
+                finally:
+                    del item  # see pump_body: no cycle through this frame
             self._body_taken()
             self.token.check()
-            yield item[0] if len(item) == 1 else b"".join(item)
+            piece = item[0] if len(item) == 1 else b"".join(item)
+            del item  # the piece alone is held while the consumer works on it
+            yield piece
+            del piece
 
     def _body_open(self) -> None:
         """From the worker: let the pump read :data:`BODY_AHEAD` pieces ahead."""
@@ -226,6 +232,11 @@ class Request:
         hangs up (:class:`CallCancelled`; the command's token is cancelled), one that brings
         nothing for :data:`BODY_STALL` seconds (:class:`ClientError`), or the request's
         cancellation (the daemon stops)."""
+        # No local here holds the exception that ends the body, nor a piece once it is put:
+        # the exception's traceback holds this frame (and the worker's, which raises it
+        # again), so either would make a reference cycle, which keeps every piece its frames
+        # hold until the garbage collector's next full pass, in an idle daemon perhaps never
+        # (40 uploads cut short held 150 MiB so: docs/benchmarks.md).
         ended: BaseException | None = CallCancelled("the request was cancelled")
         try:
             while True:
@@ -234,9 +245,8 @@ class Request:
                     if self._body_put >= self._body_allowed:  # see _wake_pump
                         await self._room.wait()
                     continue
-                pieces = await self._receive_piece()
+                self._body.put(await self._receive_piece())
                 self._body_put += 1
-                self._body.put(pieces)
                 if self.body_done:
                     ended = None
                     return
@@ -244,6 +254,7 @@ class Request:
             ended = err
         finally:
             self._body.put(ended)
+            ended = None
 
     async def _receive_piece(self) -> list[bytes]:
         """The body's next messages, until :data:`BODY_PIECE` bytes or its end."""
@@ -265,6 +276,16 @@ class Request:
         if stall.cancelled_caught:
             raise ClientError(f"the request body brought nothing for {BODY_STALL:g} s")
         return pieces
+
+    def drop_body(self) -> None:
+        """Once the command and the pump are done: drop what the pump put and the worker
+        never took (a piece, the exception that ended the body, whose traceback holds the
+        pump's frame and so this request: a reference cycle)."""
+        while True:
+            try:
+                self._body.get_nowait()
+            except queue.Empty:
+                return
 
     # --- the reply (from the worker) ----------------------------------------------------
 
@@ -1078,6 +1099,25 @@ class RpcApi:
         # Uploads wait on their clients: they take a place in their own smaller pool first,
         # so clients that upload slowly (or never finish) cannot take every worker.
         self._uploads = anyio.CapacityLimiter(min(UPLOADS, workers))
+        # Uploads under way (waiting for a place or not), and the most since the memory the
+        # allocator keeps was last given back (see _upload_ended).
+        self._uploading = 0
+        self._uploading_peak = 0
+
+    def _upload_began(self) -> None:
+        self._uploading += 1
+        self._uploading_peak = max(self._uploading_peak, self._uploading)
+
+    def _upload_ended(self) -> None:
+        """Once the uploads under way fall to half the most there were since the last time
+        (or to none), have the allocator give back the memory it keeps freed
+        (:func:`ww.serve.server.give_back_freed`): uploads that stalled with their bodies half
+        read, or many at once, leave it hundreds of MiB that it would otherwise keep for
+        good; halving, a few uploads that stay (a client that trickles) keep none of it."""
+        self._uploading -= 1
+        if self._uploading <= self._uploading_peak // 2:
+            self._uploading_peak = self._uploading
+            give_back_freed()
 
     def announce(self, cids: Iterable[str]) -> None:
         """Announce ``cids`` (just pinned) through the router, off the request's path."""
@@ -1157,15 +1197,27 @@ class RpcApi:
                 raise _CutShort(str(err)) from None
 
     async def _run(self, request: Request, handler: Command, name: str) -> None:
+        failure: list[BaseException] = []  # what the command raised, raised below
+
         def work() -> None:
-            with cancellable(request.token):
-                handler(self, request)
-                if not request.started:
-                    request.json_lines(())
-                request.send({"type": "http.response.body", "body": b"", "more_body": False})
-                if request.trailers:
-                    request.send({"type": "http.response.trailers", "headers": [],
-                                  "more_trailers": False})
+            # What the command raises is handed over here rather than raised out of the
+            # thread: raised through trio's to_thread.run_sync, or returned from it, it would
+            # be kept in a reference cycle (its traceback holds this frame, whose caller's
+            # frame holds the outcome that holds it), and with it every frame of the command
+            # and the pieces of body they hold, until a full garbage collection (see
+            # Request.pump_body).  Taken out of the list on the loop, it is in no cycle.
+            try:
+                with cancellable(request.token):
+                    handler(self, request)
+                    if not request.started:
+                        request.json_lines(())
+                    request.send({"type": "http.response.body", "body": b"",
+                                  "more_body": False})
+                    if request.trailers:
+                        request.send({"type": "http.response.trailers", "headers": [],
+                                      "more_trailers": False})
+            except Exception as err:
+                failure.append(err)
 
         has_body = name in ("add", "block/put", "dag/import")
 
@@ -1180,8 +1232,6 @@ class RpcApi:
             finally:
                 request.cancel()
 
-        failure: list[BaseException] = []
-
         async def work_in_thread() -> None:
             try:
                 if has_body:
@@ -1192,14 +1242,26 @@ class RpcApi:
             except Exception as err:  # raised below, outside the task group (no group)
                 failure.append(err)
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(watch)
-            try:
-                await work_in_thread()
-            finally:
-                tasks.cancel_scope.cancel()
+        if has_body:
+            self._upload_began()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(watch)
+                try:
+                    await work_in_thread()
+                finally:
+                    tasks.cancel_scope.cancel()
+        finally:
+            request.drop_body()
+            if has_body:
+                self._upload_ended()
         if failure:
-            raise failure[0]
+            error = failure[0]
+            failure.clear()
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame (see Request.pump_body)
 
 
 async def receive_message(request: Request) -> dict[str, Any]:

@@ -7,7 +7,9 @@ given ``--gateway``, the trustless gateway on another -- one :class:`Site` each.
 
 from __future__ import annotations
 
+import ctypes
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +19,8 @@ import trio
 
 from ww.core.errors import AddressError
 
-__all__ = ["Site", "serve", "bind", "limit_stalls", "GRACE", "STALL", "READ_SIZE"]
+__all__ = ["Site", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE", "STALL",
+           "READ_SIZE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -194,8 +197,9 @@ def _read_in_larger_pieces() -> None:
 
 
 # glibc's mallopt() parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 KEEP_FREED = 8 << 20  # bytes of freed heap glibc may keep per arena rather than give back
+ARENAS = 4  # glibc's arenas at most (its own: 8 per core)
 
 
 def _keep_freed_buffers() -> None:
@@ -211,20 +215,67 @@ def _keep_freed_buffers() -> None:
     in each of glibc's arenas (the threshold is per arena, and glibc makes up to 8 per core
     for the threads that allocate: the worker threads' are arenas of their own; 8 threads
     each freeing 28 MiB of 1 MiB buffers left 237 MiB resident with 32 MiB, 18 MiB untuned).
-    So it is 8 MiB (no ``mmap`` below 4 MiB): at most 16 arenas on 2 cores keep at most
-    128 MiB between them, a few in practice, and the ``add`` is as fast as with 32 MiB
-    (0.651 against 0.649 s, 12 alternating rounds); capping glibc at 2 arenas instead
-    (``M_ARENA_MAX``) cost 8 % (docs/benchmarks.md).  Not glibc (or no ``mallopt``):
-    nothing is changed.
+    So it is 8 MiB (no ``mmap`` below 4 MiB), and the ``add`` is as fast as with 32 MiB
+    (0.651 against 0.649 s, 12 alternating rounds).  And glibc makes at most :data:`ARENAS`
+    arenas (``M_ARENA_MAX``; its own bound is 16 on 2 cores), which keep at most 32 MiB
+    between them: the free heap at the top of a thread's arena goes back only past the
+    threshold, never through ``malloc_trim`` (:func:`give_back_freed`), so with 16 arenas,
+    40 stalled uploads that had ended left 50-60 MiB there, with 4 about 14 MiB.  One
+    ``add`` runs on 4 threads (the event loop, its worker, two block writers) and is as fast
+    with 4 arenas; with 2 it took 8 % longer (docs/benchmarks.md).  Not glibc (or no
+    ``mallopt``): nothing is changed.
     """
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
     mallopt(_M_MMAP_THRESHOLD, KEEP_FREED // 2)
     mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)
+    mallopt(_M_ARENA_MAX, ARENAS)
+
+
+class _Trim:
+    """The state of :func:`give_back_freed`'s thread, under ``lock``."""
+
+    lock = threading.Lock()
+    running = False  # a thread is under way
+    wanted = False  # and it is to trim (once more) before it ends
+
+
+def give_back_freed() -> None:
+    """Have glibc give the system back the freed memory it keeps (``malloc_trim(0)``: the
+    free pages inside every arena's heaps, and the main heap's free top; not a thread
+    arena's top, see :data:`ARENAS`), in a thread of its own; returns at once.  Asked again
+    while it runs, it trims once more when done.  A no-op where there is no ``malloc_trim``
+    (not glibc).
+
+    :func:`_keep_freed_buffers` lets each arena keep up to :data:`KEEP_FREED` of freed
+    memory, and the main arena's heap shrinks only from its top: after 40 uploads that
+    stalled with their bodies half read had ended, the daemon stayed at about 350 MiB (95 at
+    rest), freed but kept (docs/benchmarks.md).  The RPC API calls this as its uploads end
+    (:class:`ww.serve.rpc.RpcApi`).  A trim that gave 200 MiB back took 21 ms, off the
+    event loop and without the interpreter lock (``ctypes`` releases it); what it costs
+    after is the next upload's first buffers faulted in again."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    with _Trim.lock:
+        _Trim.wanted = True
+        if _Trim.running:
+            return
+        _Trim.running = True
+
+    def trim_until_done() -> None:
+        while True:
+            with _Trim.lock:
+                if not _Trim.wanted:
+                    _Trim.running = False
+                    return
+                _Trim.wanted = False
+            trim(0)
+
+    trio.lowlevel.start_thread_soon(trim_until_done, lambda _: None, name="ww-malloc-trim")
 
 
 def _copy_bodies_once() -> None:
