@@ -24,7 +24,8 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
 
 * serving, bounded per peer and overall as go-bitswap's server (boxo) is: each peer has a
   ledger, its wantlist, keyed by CID (a CID wanted twice is one entry) and capped at
-  :data:`MAX_WANTLIST` entries (more are dropped, as boxo truncates); a want-have is
+  :data:`MAX_WANTLIST` entries (more are dropped, as boxo truncates), and all ledgers
+  together at :data:`MAX_LEDGERS` but for :data:`LEDGER_RESERVE` a peer; a want-have is
   answered HAVE or, when asked, DONT_HAVE; a want-block with the block or, when asked,
   DONT_HAVE.  Replies are built by one sender per peer, highest priority first, at most
   :data:`TARGET_MESSAGE` bytes of blocks (plus one block) at a time, read from the store
@@ -131,6 +132,14 @@ WENT_AWAY = "went away"
 
 # What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
 MAX_WANTLIST = 1024  # entries of a peer's ledger (boxo: MaxQueuedWantlistEntriesPerPeer)
+MAX_LEDGERS = 16 * MAX_WANTLIST
+"""Entries of all ledgers together past which a peer holding :data:`LEDGER_RESERVE` or more
+has its new wants dropped: 100 peers that never read their replies held 102,000 entries,
+RSS +85 MiB (300 peers, the 1024 each: some 250 MiB); now 16,384 (some 9 MiB) plus the
+reserve of each peer."""
+LEDGER_RESERVE = 64
+"""Entries a peer may always hold, whatever the others hold: a ww peer asks at most
+:data:`PEER_WANTS` of one peer at a time, so flooders never shut it out."""
 MAX_CID_SIZE = 168  # bytes; wants of longer CIDs are ignored (boxo: MaximumAllowedCid)
 REPLY_SLOTS = 8  # replies being read or written at once, all peers together (boxo: 8 workers)
 REPLY_BATCH = 256  # ledger entries considered for one reply
@@ -534,7 +543,8 @@ class Engine:
         self._receive_budget: _Budget | None = None
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
                       "dropped": 0, "liars": 0, "wants_dropped": 0, "ledger_peak": 0,
-                      "reply_bytes": 0, "reply_bytes_peak": 0, "receive_bytes_peak": 0}
+                      "ledgers_peak": 0, "reply_bytes": 0, "reply_bytes_peak": 0,
+                      "receive_bytes_peak": 0}
 
     def _limits(self) -> tuple[Any, _Budget]:
         import trio
@@ -957,6 +967,9 @@ class Engine:
         before = len(ledger)
         if full:
             ledger.clear()
+        # All ledgers' entries (only this method adds any; once per message: a message holds
+        # at most 2 * MAX_WANTLIST entries, and the peers are a few hundred at most).
+        total = sum(len(p.ledger) for p in self.peers.values())
         for entry in entries:
             key = entry.cid
             if len(key) > MAX_CID_SIZE:
@@ -970,7 +983,8 @@ class Engine:
                 task.want_type = min(task.want_type, entry.want_type)
                 task.send_dont_have = task.send_dont_have or entry.send_dont_have
                 continue
-            if len(ledger) >= MAX_WANTLIST:
+            if len(ledger) >= MAX_WANTLIST or (
+                    total >= MAX_LEDGERS and len(ledger) >= LEDGER_RESERVE):
                 self.stats["wants_dropped"] += 1
                 continue
             try:
@@ -979,7 +993,9 @@ class Engine:
                 cid = None
             ledger[key] = _Task(key, cid, entry.priority, entry.want_type,
                                 entry.send_dont_have)
+            total += 1
         self.stats["ledger_peak"] = max(self.stats["ledger_peak"], len(ledger))
+        self.stats["ledgers_peak"] = max(self.stats["ledgers_peak"], total)
         if len(ledger) < before:
             peer.shrunk()
         if ledger:
