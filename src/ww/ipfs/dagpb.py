@@ -27,7 +27,7 @@ past this.  A link costs some 8 us to decode and 180 bytes to hold whatever its 
 the smallest takes 8 bytes (an empty identity CID, no name): a 4 MiB block held 524,000,
 4.3 s and 92 MiB per read, and 8.6 s for `ww ls`.  A link to a sha2-256 block takes 42 bytes
 at least, so every such block up to the block size limit (99,800 links) is under this;
-kubo writes at most 174 links a file node, 1,024 a HAMT shard, and shards a directory
+kubo writes at most 174 links a file node, 256 a HAMT shard, and shards a directory
 before its links reach 256 KiB."""
 
 
