@@ -25,8 +25,9 @@ MAX_LINKS = 1 << 17
 """Links a node may have, at most; a node with more is corrupt, refused at the first link
 past this.  A link costs some 8 us to decode and 180 bytes to hold whatever its size, and
 the smallest takes 8 bytes (an empty identity CID, no name): a 4 MiB block held 524,000,
-4.3 s and 92 MiB per read, and 8.6 s for `ww ls`.  A link to a sha2-256 block takes 42 bytes
-at least, so every such block up to the block size limit (99,800 links) is under this;
+4.3 s and 92 MiB per read, and 8.6 s for `ww ls`.  A link to a sha2-256 block takes 38 bytes
+at least (42 as kubo writes it, Name and Tsize always present), so every such block up to
+the block size limit (110,400 links at most) is under this;
 kubo writes at most 174 links a file node, 256 a HAMT shard, and shards a directory
 before its links reach 256 KiB."""
 
