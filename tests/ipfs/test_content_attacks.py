@@ -444,3 +444,37 @@ def test_a_block_of_tiny_links_is_refused_at_the_first_link_past_the_cap(
             assert r.returncode == 1 and r.stdout == ""
             [line] = r.stderr.splitlines()
             assert line.startswith(f"ww: {cid}: invalid "), line
+
+
+def test_reading_a_block_online_looks_up_a_bounded_number_of_its_links(tmp_path: Path) -> None:
+    """Online, a dag-pb block read from the repository has its missing links prefetched: all
+    its links were decoded and looked up until 512 missing ones were found, so a block of
+    131,000 links all present cost each read (a gateway request: 4-5 s of CPU) a lookup
+    each.  Now at most PREFETCH_SCAN links are looked at."""
+    from ww.ipfs import bitswap
+
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    try:
+        node.listen(["/ip4/127.0.0.1/tcp/0"])
+        net = node._net
+        assert net is not None and net.running
+        blocks: Blocks = []
+        child = _raw_block(blocks, b"here")
+        links = 3 * bitswap.PREFETCH_SCAN
+        directory = _node_block(blocks, [dagpb.PBLink(child, b"f%06d" % i, 4)
+                                         for i in range(links)],
+                                unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+        _store(node, blocks)
+        lookups = 0
+        has = net._store.has
+
+        def counting(cid: CID) -> bool:
+            nonlocal lookups
+            lookups += 1
+            return has(cid)
+
+        net._store.has = counting  # type: ignore[method-assign]
+        assert node.stat(str(directory), links=False).cid == str(directory)
+        assert 0 < lookups <= bitswap.PREFETCH_SCAN
+    finally:
+        node.close()
