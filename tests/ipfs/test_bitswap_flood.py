@@ -106,6 +106,61 @@ def test_a_flooding_peer_is_held_to_its_ledger_and_the_reply_slots(tmp_path: Pat
         server.close()
 
 
+def test_peers_that_never_read_are_held_to_a_share_of_all_ledgers_and_others_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each peer's ledger was capped, all of them together not: 100 peers that want the 8
+    blocks of a file and 1016 more, and never read a reply (the writes block, the ledgers
+    stay), held 102,000 entries, RSS +85 MiB.  All ledgers together now stop at
+    MAX_LEDGERS (made 2 ledgers' worth here, for 6 flooders), but for the LEDGER_RESERVE
+    of each peer, so another peer's fetch still gets in."""
+    monkeypatch.setattr(bitswap, "MAX_LEDGERS", 2 * bitswap.MAX_WANTLIST, raising=False)
+    server, fetcher = (EmbeddedNode(tmp_path / n, new_host=host_for_ipfs())
+                       for n in ("server", "fetcher"))
+    flooders = [Flooder(tmp_path / f"flooder{i}") for i in range(6)]
+    try:
+        held = server.add_stream([_data(8 * CHUNK_SIZE, 6)])
+        leaves = [bytes(link.cid) for link in
+                  dagpb.decode(server._blocks.get(CID.parse(held))).links]
+        wanted = _data(4 * CHUNK_SIZE + 3, 7)
+        wanted_cid = server.add_stream([wanted])
+        addr = server.listen([LOOPBACK]).addresses[0]
+        net = server._net
+        assert net is not None
+        per_flooder = bitswap.MAX_WANTLIST  # the 8 leaves first: 2 MiB of replies no one reads
+        for i, flooder in enumerate(flooders):
+            others = [bytes(CID.v1(RAW, sha256(b"%d absent %d" % (i, j))))
+                      for j in range(per_flooder - len(leaves))]
+            flooder.send(flooder.connect(addr), [want_blocks(leaves + others)])
+        engine = net._engine
+        assert engine is not None
+        ids = {flooder.node.peer_id for flooder in flooders}
+
+        async def entered() -> int:  # on the engine's thread: flooders whose wants are in
+            # (held: the reply to the first few, 512 KiB of leaves, is never read)
+            return sum(1 for peer in engine.peers.values() if peer.id in ids and peer.ledger)
+
+        async def held_now() -> int:
+            return sum(len(peer.ledger) for peer in engine.peers.values())
+
+        _wait_for(lambda: net._call(entered, timeout=HANG) == len(flooders),
+                  "every flooder's wants were entered")
+        bound = bitswap.MAX_LEDGERS + (len(flooders) + 1) * bitswap.LEDGER_RESERVE
+        assert net._call(held_now, timeout=HANG) <= bound
+
+        fetcher.connect(addr)
+        assert b"".join(fetcher.cat(wanted_cid)) == wanted
+
+        stats = net.stats()
+        assert stats["ledgers_peak"] <= bound
+        assert stats["ledger_peak"] == bitswap.MAX_WANTLIST  # the first flooder's, whole
+    finally:
+        for flooder in flooders:
+            flooder.close()
+        fetcher.close()
+        server.close()
+
+
 # What the flood may add to the host's peak resident memory: the design bound (reply slots,
 # receive budget, one ledger) is about 50 MiB; the old engine went past 2 GiB.
 RSS_ALLOWANCE = 96 << 20

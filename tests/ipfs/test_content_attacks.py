@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import WW, run_ww
 from ww.caps.ipfs_scope import IpfsScope
-from ww.core import multihash
-from ww.core.cid import CID, RAW
+from ww.core import multihash, varint
+from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs import car, dagpb, exporter, unixfs
 from ww.ipfs.api import CorruptBlockError
 from ww.ipfs.node import EmbeddedNode
@@ -380,3 +380,101 @@ def test_a_unixfs_mode_in_the_content_never_makes_a_setuid_file(tmp_path: Path) 
     assert (tmp_path / "out" / "tool").read_bytes() == data
     assert (tmp_path / "out" / "tool").stat().st_mode & 0o7777 == 0o755
     assert (tmp_path / "out").stat().st_mode & 0o7777 == 0o755
+
+
+def _tiny_link(cid: CID) -> bytes:
+    """A PBLink with a Hash and nothing else: 8 bytes for an empty identity CID."""
+    body = b"\x0a" + bytes([len(bytes(cid))]) + bytes(cid)
+    return b"\x12" + bytes([len(body)]) + body
+
+
+def _pb_data(fs: unixfs.UnixFSData, extra: bytes = b"") -> bytes:
+    data = unixfs.encode(fs) + extra
+    return b"\x0a" + varint.encode(len(data)) + data
+
+
+def test_a_block_of_tiny_links_is_refused_at_the_first_link_past_the_cap(
+    tmp_path: Path, ww_home: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 4 MiB block holds 524,000 8-byte links (an empty identity CID each): every read
+    decoded all of them, 4.3 s and 92 MiB (`ww ls`: 8.6 s, 122 MiB; the Bitswap thread, to
+    prefetch, 4.3 s); and 4 million packed blocksizes in a node linking nothing, 2 s and
+    66 MiB.  Now a node is refused at the first link past MAX_LINKS, at the first blocksize
+    past its link count, and a prefetch decodes only the links it can want."""
+    from ww.ipfs import bitswap
+
+    empty = CID.v1(RAW, b"\x00\x00")
+    directory = _tiny_link(empty) * (dagpb.MAX_LINKS + 1000) + _pb_data(
+        unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    sizes = 1 << 20  # one byte each, packed: all in one field
+    no_links = _pb_data(unixfs.UnixFSData(unixfs.DataType.FILE),
+                        b"\x22" + varint.encode(sizes) + b"\x01" * sizes)
+    node = EmbeddedNode(ww_home)
+    dir_cid = node.put_block(directory, DAG_PB)
+    file_cid = node.put_block(no_links, DAG_PB)
+
+    decoded = 0
+    decode_link = dagpb._decode_link
+
+    def counting(body: memoryview) -> dagpb.PBLink:
+        nonlocal decoded
+        decoded += 1
+        return decode_link(body)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dagpb, "_decode_link", counting)
+        for read in (node.ls, node.stat, lambda cid: b"".join(node.cat(cid))):
+            decoded = 0
+            with pytest.raises(CorruptBlockError,
+                               match=f"^{dir_cid}: invalid dag-pb block: more than "
+                                     f"{dagpb.MAX_LINKS} links$"):
+                read(dir_cid)
+            assert decoded == dagpb.MAX_LINKS
+            with pytest.raises(CorruptBlockError,
+                               match=f"^{file_cid}: invalid UnixFS data: more blocksizes than the "
+                                     "node's 0 links$"):
+                read(file_cid)
+        decoded = 0
+        assert bitswap.links_of(directory, bitswap.MAX_PREFETCH) == [empty] * bitswap.MAX_PREFETCH
+        assert decoded == bitswap.MAX_PREFETCH
+
+    for cid in (dir_cid, file_cid):  # the CLI: one line each
+        for command in ("ls", "cat"):
+            r = run_ww(command, f"/ipfs/{cid}")
+            assert r.returncode == 1 and r.stdout == ""
+            [line] = r.stderr.splitlines()
+            assert line.startswith(f"ww: {cid}: invalid "), line
+
+
+def test_reading_a_block_online_looks_up_a_bounded_number_of_its_links(tmp_path: Path) -> None:
+    """Online, a dag-pb block read from the repository has its missing links prefetched: all
+    its links were decoded and looked up until 512 missing ones were found, so a block of
+    131,000 links all present cost each read (a gateway request: 4-5 s of CPU) a lookup
+    each.  Now at most PREFETCH_SCAN links are looked at."""
+    from ww.ipfs import bitswap
+
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    try:
+        node.listen(["/ip4/127.0.0.1/tcp/0"])
+        net = node._net
+        assert net is not None and net.running
+        blocks: Blocks = []
+        child = _raw_block(blocks, b"here")
+        links = 3 * bitswap.PREFETCH_SCAN
+        directory = _node_block(blocks, [dagpb.PBLink(child, b"f%06d" % i, 4)
+                                         for i in range(links)],
+                                unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+        _store(node, blocks)
+        lookups = 0
+        has = net._store.has
+
+        def counting(cid: CID) -> bool:
+            nonlocal lookups
+            lookups += 1
+            return has(cid)
+
+        net._store.has = counting  # type: ignore[method-assign]
+        assert node.stat(str(directory), links=False).cid == str(directory)
+        assert 0 < lookups <= bitswap.PREFETCH_SCAN
+    finally:
+        node.close()

@@ -115,11 +115,14 @@ def load(getter: BlockGetter, cid: CID) -> UnixfsNode:
     block = getter(cid)
     if cid.codec == RAW:
         return UnixfsNode(cid, block, (), None)
-    pb = dagpb.decode(block)
-    if pb.data is None:
-        raise CorruptBlockError(f"{cid} is a dag-pb node without UnixFS data")
-    fs = unixfs.decode(pb.data)
-    links = tuple(pb.links)
+    try:
+        pb = dagpb.decode(block)
+        if pb.data is None:
+            raise CorruptBlockError("a dag-pb node without UnixFS data")
+        links = tuple(pb.links)
+        fs = unixfs.decode(pb.data, max_blocksizes=len(links))
+    except CorruptBlockError as err:
+        raise CorruptBlockError(f"{cid}: {err}") from None
     if fs.type in _FILE_TYPES:
         if len(fs.blocksizes) != len(links):
             raise CorruptBlockError(

@@ -449,7 +449,8 @@ class Network:
         if not self.running:
             return
         # Decoded and looked up here, in the reader's thread, not on the libp2p one.
-        missing = (c for c in bitswap.links_of(block) if not self._store.has(c))
+        scanned = bitswap.links_of(block, bitswap.PREFETCH_SCAN)
+        missing = (c for c in scanned if not self._store.has(c))
         links = list(itertools.islice(missing, bitswap.MAX_PREFETCH))
         if links:
             self._node.submit(self._prefetch, links)

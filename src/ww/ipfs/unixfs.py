@@ -75,28 +75,39 @@ def encode(d: UnixFSData) -> bytes:
     return b"".join(parts)
 
 
-def decode(data: bytes | memoryview) -> UnixFSData:
-    """Decode strictly; raises :class:`CorruptBlockError` for anything malformed."""
+def decode(data: bytes | memoryview, max_blocksizes: int | None = None) -> UnixFSData:
+    """Decode strictly; raises :class:`CorruptBlockError` for anything malformed.
+
+    ``max_blocksizes``: refuse more ``blocksizes`` than that, at the first one past it (the
+    node's link count: one size a link).  A 4 MiB block packs 4 million one-byte sizes,
+    2 s and 66 MiB to decode, all for a node that links nothing."""
     try:
-        return _decode(data)
+        return _decode(data, max_blocksizes)
     except ProtobufError as err:
         raise CorruptBlockError(f"invalid UnixFS data: {err}") from None
 
 
-def _decode(data: bytes | memoryview) -> UnixFSData:
+def _decode(data: bytes | memoryview, max_blocksizes: int | None) -> UnixFSData:
     values: dict[int, object] = {}
     blocksizes: list[int] = []
+    limit = -1 if max_blocksizes is None else max_blocksizes
+
+    def add(size: int) -> None:
+        if len(blocksizes) == limit:
+            raise ProtobufError(f"more blocksizes than the node's {limit} links")
+        blocksizes.append(size)
+
     for num, wire, value in fields(data):
         if num == 4:
             if wire == VARINT:
                 assert isinstance(value, int)
-                blocksizes.append(value)
+                add(value)
             elif wire == LEN:  # packed encoding, legal protobuf although kubo never writes it
                 assert isinstance(value, memoryview)
                 pos = 0
                 while pos < len(value):
                     size, pos = read_varint(value, pos)
-                    blocksizes.append(size)
+                    add(size)
             else:
                 raise ProtobufError("blocksizes has the wrong wire type")
             continue
