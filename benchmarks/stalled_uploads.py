@@ -7,12 +7,13 @@ a large file each send part of their body and then nothing, and after they end.
 Each client sends the start of a multipart `add` of a file of 1 TiB, then as much of the
 file as the daemon reads, up to ``--mib`` MiB, until no client has been able to send for 3
 seconds: the 16 that hold an upload place (``ww.serve.rpc.UPLOADS``) are taken in by their
-`add`s, the others wait for a place with what hypercorn read of their bodies.  Then they end:
-``close``, the clients hang up; ``cut``, the clients stay and the daemon refuses each body
-that brought nothing for 60 s (``BODY_STALL``), 16 at a time, so about three minutes for 40.
-The daemon's resident size (VmRSS) is printed each second until it has not changed for 5
-seconds (``close``), or once every upload has been answered (``cut``), with its peak
-(VmHWM).  A fresh daemon on a fresh repository in a temporary directory under DIR (default:
+`add`s, the others wait for a place with what hypercorn read of their bodies (and beyond
+``ww.serve.server.CONNECTIONS``, 128, in the kernel's backlog, not yet accepted). Then they
+end: ``close``, the clients hang up; ``cut``, the clients stay and the daemon refuses each
+body that brought nothing for 60 s (``BODY_STALL``), 16 at a time, so about three minutes
+for 40. The daemon's resident size (VmRSS) is printed each second until it has not changed
+for 5 seconds (``close``), or once every upload has been answered (``cut``), with its peak
+(VmHWM). A fresh daemon on a fresh repository in a temporary directory under DIR (default:
 the system's temporary directory), removed afterwards.
 """
 

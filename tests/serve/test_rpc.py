@@ -329,6 +329,37 @@ def test_a_request_framed_two_ways_ends_its_connection(daemon):
     assert daemon.json("pin/ls", type="recursive") == [{}]
 
 
+def test_a_request_answered_unread_ends_its_connection(daemon):
+    """A request the API answers without reading its body (an unknown command, with a body
+    larger than hypercorn's queue for the app): the old daemon held the connection for as
+    long as it ran, after the client had gone too (the reply's end waited for room in the
+    queue to say the request was over, the read loop for room to put the next read), and
+    a stop waited out its whole grace.  Now the reply is followed by the connection's end."""
+    sock = _raw_request(daemon, "no-such-command", headers=f"Content-Length: {1 << 40}\r\n")
+    sock.setblocking(False)
+    piece, answer = os.urandom(1 << 20), b""
+    deadline = time.monotonic() + HANG  # only stops a hang
+    with sock:
+        while True:
+            assert time.monotonic() < deadline, f"the connection was held: {answer[:40]!r}"
+            readable, writable, _ = select.select([sock], [sock], [], HANG)
+            if readable:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break  # closed with the client's bytes unread: a reset
+                if not chunk:
+                    break
+                answer += chunk
+            elif writable:
+                try:
+                    sock.send(piece)
+                except (BlockingIOError, ConnectionError):
+                    pass
+    assert answer.startswith(b"HTTP/1.1 404 "), answer
+    assert daemon.json("version")[0]["Version"]
+
+
 def test_a_hundred_concurrent_requests_each_get_their_answer(daemon):
     events = add(daemon, [("h", "application/octet-stream", b"hello world\n")])
     cid = events[0]["Hash"]
@@ -501,6 +532,61 @@ def test_memory_of_stalled_uploads_is_given_back_once_they_end(daemon):
         time.sleep(0.05)
     # and it still serves uploads
     assert add(daemon, [("s", "application/octet-stream", b"s\n")])[0]["Name"] == "s"
+
+
+def test_many_stalled_uploads_hold_a_bounded_memory(daemon):
+    """250 clients each start an `add` of a large file and send what the daemon (and the
+    kernel) take, then stall.  The daemon serves at most `CONNECTIONS` connections (the
+    others wait in the listening socket's backlog), 16 of which hold an upload place; the
+    others hold what hypercorn read of their body, `APP_QUEUE` reads and the one it holds.
+    So its memory stays within rest + 16 x 8 MiB + the rest of its connections x 3 MiB (and
+    a margin); the old daemon took every connection and read 6 MiB of each: 800 MiB for
+    200 (96 at rest).  Once the clients hang up, a normal `add` is served and the repository
+    is whole."""
+    from ww.serve.rpc import UPLOADS
+    from ww.serve.server import APP_QUEUE, CONNECTIONS, READ_SIZE
+
+    clients = 250
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]  # the part's data follows
+    start = _rss(daemon)
+    bound = start + UPLOADS * (8 << 20) \
+        + (CONNECTIONS - UPLOADS) * (APP_QUEUE + 1) * READ_SIZE + (64 << 20)
+    socks = [_raw_request(daemon, "add?pin=false", opening,
+                          head + f"Content-Length: {1 << 40}\r\n") for _ in range(clients)]
+    sent = dict.fromkeys(socks, 0)
+    piece = os.urandom(1 << 20)
+    most = 0
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+        # each sends until it has sent 16 MiB or the daemon and the kernel take no more of
+        # it (none could send for 2 s: the rest are stalled), the daemon's size read between
+        deadline = time.monotonic() + HANG  # only stops a hang
+        while sending := [sock for sock in socks if sent[sock] < 16 << 20]:
+            assert time.monotonic() < deadline, "the clients never stalled"
+            most = max(most, _rss(daemon))
+            assert most <= bound, f"the daemon holds {(most - start) >> 20} MiB over rest"
+            _, writable, _ = select.select([], sending, [], 2)
+            if not writable:
+                break
+            for sock in writable:
+                try:
+                    sent[sock] += sock.send(piece)
+                except BlockingIOError:
+                    pass
+        most = max(most, _rss(daemon))
+        assert most <= bound, f"the daemon holds {(most - start) >> 20} MiB over rest"
+        assert sum(sent.values()) > clients << 20  # they did push
+    finally:
+        for sock in socks:
+            sock.close()
+    assert add(daemon, [("s", "application/octet-stream", b"s\n")])[0]["Name"] == "s"
+    code, _ = daemon.stop()
+    assert code == 0
+    r = run_ww("repo", "check", env={**os.environ, "WW_HOME": str(daemon.home)})
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_get_of_a_sharded_directory_takes_each_entry_by_its_cid(daemon):

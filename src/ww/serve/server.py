@@ -8,11 +8,11 @@ given ``--gateway``, the trustless gateway on another -- one :class:`Site` each.
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
@@ -20,12 +20,19 @@ import trio
 from ww.core.errors import AddressError
 
 __all__ = ["Site", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE", "STALL",
-           "READ_SIZE"]
+           "READ_SIZE", "CONNECTIONS"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
 READ_SIZE = 1 << 20  # bytes hypercorn reads from a connection at once (its own: 64 KiB)
-APP_QUEUE = 4  # reads of a request body hypercorn holds for the app (its own: 10)
+# Reads of a request body hypercorn holds for the app (its own: 10); a waiting upload holds
+# these and the one hypercorn waits to put.  2 rather than 4 (6 MiB a waiting upload): a
+# 300 MiB add took as much CPU (1 rather than 2: about 6 % more; docs/benchmarks.md).
+APP_QUEUE = 2
+# Connections a site serves at once; the next waits to be accepted (in the listening socket's
+# backlog, its client's data in the kernel's buffers) until one ends: see serve().
+CONNECTIONS = 128
+BACKLOG = 1024  # connections the kernel completes and holds for accept() (somaxconn caps it)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -70,7 +77,7 @@ def bind(addr: str) -> tuple[socket.socket, bool]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         limit_stalls(sock)
         sock.bind((str(ip), int(parts[3])))
-        sock.listen(1024)
+        sock.listen(BACKLOG)
     except OSError as err:
         sock.close()
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
@@ -92,24 +99,33 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
-async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> None:
+async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
+                connections: int = CONNECTIONS) -> None:
     """Serve every site until ``stop`` is set; then stop accepting, let the requests in
     flight finish for at most ``grace`` seconds, cancel the rest, and return.
+
+    Each site serves at most ``connections`` connections at once: the next is accepted only
+    once one has ended, so what the daemon holds for its clients is bounded by design,
+    whatever a local process opens (each connection holds at most a few MiB: its headers,
+    64 KiB at most; what hypercorn read of a body, :data:`APP_QUEUE` reads and the one it
+    holds; an upload with a place, a few pieces more: docs/daemon.md).  Beyond it the
+    client waits (backpressure): its connection is completed by the kernel and held in the
+    listening socket's backlog, its data in the kernel's buffers, until it is accepted.
+    An idle connection ends after hypercorn's keep-alive timeout (5 s), a connection that
+    never sends its headers too, so waiting clients move on.
 
     A request whose client stopped reading is stuck in a write hypercorn shields from
     cancellation: once the grace is over, the connections still open are shut down under it
     (which ends such a write), so a stop takes at most about ``grace`` seconds."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
     _read_in_larger_pieces()
     _copy_bodies_once()
     _keep_freed_buffers()
+    _drop_what_apps_leave_unread()
     local = {site.sock.getsockname()[:2] for site in sites}
 
     async def close_after_grace() -> None:
         await stop.wait()
-        await trio.sleep(grace + 1)  # hypercorn cancels what is left after its grace
+        await trio.sleep(grace + 1)  # what is left is cancelled after the grace
         while True:
             _shut_down_connections(local)
             await trio.sleep(1)
@@ -118,16 +134,134 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE) -> No
         outer.start_soon(close_after_grace)
         async with trio.open_nursery() as nursery:
             for site in sites:
-                config = Config()
-                config.bind = [f"fd://{site.sock.detach()}"]
-                config.accesslog = None
-                config.errorlog = None  # the daemon logs one line per event itself
-                config.graceful_timeout = grace
-                config.h11_max_incomplete_size = 64 * 1024  # request line and headers
-                config.max_app_queue_size = APP_QUEUE
-                nursery.start_soon(partial(hypercorn_serve, site.app, config,  # type: ignore[arg-type]
-                                           shutdown_trigger=stop.wait, mode="asgi"))
+                nursery.start_soon(_serve_site, site, stop, grace, connections)
         outer.cancel_scope.cancel()
+
+
+def _config(grace: float) -> Any:
+    from hypercorn.config import Config
+
+    config = Config()
+    config.accesslog = None
+    config.errorlog = None  # the daemon logs one line per event itself
+    config.graceful_timeout = grace
+    config.h11_max_incomplete_size = 64 * 1024  # request line and headers
+    config.max_app_queue_size = APP_QUEUE
+    return config
+
+
+# accept() failing for want of resources: wait a little and try again (as trio's
+# serve_listeners does) rather than end the site
+_ACCEPT_CAPACITY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: int) -> None:
+    """hypercorn's own serving loop (``hypercorn.trio.run.worker_serve``), for one ASGI app
+    on its socket, with an accept loop of ours that takes a connection only while fewer than
+    ``connections`` are open (hypercorn's accepts every connection at once, each with its
+    task, its buffers and a file descriptor, as many as clients open).  The apps' lifespan
+    has nothing to do (:func:`lifespan`), so it is not run."""
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.typing import ConnectionState
+    from hypercorn.utils import wrap_app
+
+    config = _config(grace)
+    app = wrap_app(site.app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    context = WorkerContext(None)
+    state = ConnectionState({})
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(site.sock))
+    slots = trio.Semaphore(connections)
+
+    async def serve_connection(stream: trio.SocketStream) -> None:
+        try:
+            await TCPServer(app, config, context, state, stream)  # type: ignore[arg-type]
+        finally:
+            slots.release()
+            await trio.aclose_forcefully(stream)
+
+    async def accept(conns: trio.Nursery) -> None:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as err:
+                slots.release()
+                if err.errno not in _ACCEPT_CAPACITY:
+                    raise
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            conns.start_soon(serve_connection, stream)
+
+    async with trio.open_nursery() as conns:
+        async with trio.open_nursery() as accepting:
+            accepting.start_soon(accept, conns)
+            await stop.wait()
+            accepting.cancel_scope.cancel()
+        await listener.aclose()
+        # as hypercorn: idle connections close now, the others once their reply is done
+        # (keep-alive ends); what is left after the grace is cancelled
+        await context.terminated.set()
+        conns.cancel_scope.deadline = trio.current_time() + grace
+
+
+def _drop_what_apps_leave_unread() -> None:
+    """Have hypercorn drop what is left of a request its app did not read once the request
+    is over, rather than wait for the app to take it.
+
+    hypercorn hands a request's body to the app through a queue of :data:`APP_QUEUE` reads
+    and, once the reply is sent (or the client left), puts ``http.disconnect`` in it too,
+    waiting for room.  An app that answers without reading the body (an unknown command, a
+    refused request, with a body of a few MiB) left the queue full: its last send waited for
+    that room (hypercorn puts the ``http.disconnect`` from inside it), the connection's
+    read loop to put the next read, for ever, so the connection and its reads were held
+    after the client had gone, until the daemon stopped (and, with :data:`CONNECTIONS`,
+    its place).  Now ``http.disconnect`` takes the place of what is left unread, the queue's
+    app end is closed when the app returns, and what is put after is dropped: hypercorn
+    then closes the connection, as it does when a reply is done before its request."""
+    from hypercorn.trio import task_group, tcp_server
+
+    base = task_group.TaskGroup
+    if tcp_server.TaskGroup is not base:  # done already
+        return
+    handle = task_group._handle  # read first: should hypercorn rename it, this raises
+
+    class TaskGroup(base):  # type: ignore[misc,valid-type]
+        async def spawn_app(self, app: Any, config: Any, scope: Any, send: Any) -> Any:
+            put_end, take_end = trio.open_memory_channel[Any](config.max_app_queue_size)
+
+            async def run_app(*args: Any) -> None:
+                try:
+                    await app(*args)
+                finally:
+                    take_end.close()  # what is queued is dropped, and so what is put after
+
+            async def put(message: Any) -> None:
+                if message.get("type") == "http.disconnect":
+                    # the request is over (its reply is done, or its client left): never
+                    # wait for the app to make room, drop what it left unread instead
+                    for _ in range(config.max_app_queue_size + 2):
+                        try:
+                            put_end.send_nowait(message)
+                            return
+                        except trio.WouldBlock:
+                            take_end.receive_nowait()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+                    return
+                try:
+                    await put_end.send(message)
+                except trio.BrokenResourceError:
+                    pass  # the app has returned
+
+            self._nursery.start_soon(handle, run_app, config, scope, take_end.receive, send,
+                                     trio.to_thread.run_sync, trio.from_thread.run)
+            return put
+
+    tcp_server.TaskGroup = TaskGroup
 
 
 def _shut_down_connections(local: set[tuple[str, int]]) -> None:
@@ -186,8 +320,8 @@ def _read_in_larger_pieces() -> None:
     was slower again until the allocator kept freed buffers (:func:`_keep_freed_buffers`):
     with both, a 300 MiB ``add`` took 0.45 s against 0.53 s (docs/benchmarks.md).  The buffer
     lives only during a read, so an idle connection holds none of it; a request body waiting
-    for its app is at most :data:`APP_QUEUE` reads (hypercorn's ``max_app_queue_size``),
-    4 MiB.
+    for its app is at most :data:`APP_QUEUE` reads (hypercorn's ``max_app_queue_size``) and
+    the one hypercorn waits to put, 3 MiB.
     """
     from hypercorn.trio import tcp_server
 
