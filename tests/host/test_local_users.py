@@ -122,3 +122,32 @@ def test_an_unprivileged_user_refuses_a_ww_home_root_made_for_everyone(user_home
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "belongs to uid 0" in result.stderr, result.stderr
     assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("export", "{file}"), ("id",)])
+def test_an_open_directory_that_is_no_ww_home_is_refused_not_made_private(tmp_path: Path,
+                                                                            command):
+    """``WW_HOME=/tmp`` as root (or ``$HOME``, a project's directory): ww made any open
+    directory of the user's 0700 and dropped its sticky bit, under every other user of it.
+    Such a directory is now refused with one line and left as it was; an empty one, or one
+    ww already uses, is still made private, its sticky bit kept."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "someone-elses.txt").write_text("x\n")
+    file = tmp_path / "f.txt"
+    file.write_text("x\n")
+    argv = [part.format(file=file) for part in command]
+    result = run_ww(*argv, env={**os.environ, "WW_HOME": str(shared)})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "is open to other users and is not a ww home" in result.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert sorted(p.name for p in shared.iterdir()) == ["someone-elses.txt"]
+
+    empty = tmp_path / "empty-open"
+    empty.mkdir()
+    empty.chmod(0o1777)
+    result = run_ww(*argv, env={**os.environ, "WW_HOME": str(empty)})
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert stat.S_IMODE(empty.stat().st_mode) == 0o1700

@@ -230,3 +230,20 @@ def test_symlinks_planted_for_the_lock_and_api_files_are_never_written_through(w
     assert r.returncode != 0 and "daemon.lock" in r.stderr and "symlink" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert victim.read_text() == "precious\n"
+
+
+def test_shutting_down_connections_leaks_no_descriptor():
+    """After the grace period the daemon shuts down its sites' connections once a second, by
+    looking at every descriptor it holds: each one that was not a socket leaked the
+    duplicate made to look at it (1024 descriptors in about 20 s with 50 files open)."""
+    from ww.serve import server
+
+    files = [open(os.devnull, "rb") for _ in range(5)]  # noqa: SIM115 (closed below)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            server._shut_down_connections(set())
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        for f in files:
+            f.close()

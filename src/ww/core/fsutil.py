@@ -76,6 +76,11 @@ class ForeignDirectoryError(WwError):
     ``~/.ssh`` that is not its user's."""
 
 
+# What a directory holds once ww has used it as $WW_HOME (one of them is enough).
+_WW_HOME_NAMES = frozenset({"version", "blocks", "pins", "staging", "identity.key", "gc.lock",
+                            "exec-cache", "daemon.lock", "api", "gateway"})
+
+
 def private_directory(path: Path) -> None:
     """Make ``path`` (``$WW_HOME``: ww's repository, node key and exec cache) a directory of
     the user running ``ww`` that no one else may enter.
@@ -85,8 +90,11 @@ def private_directory(path: Path) -> None:
     for root -- is refused with :class:`ForeignDirectoryError`, since its owner could change
     what ``ww`` reads and runs from it (swap an exec-cache entry between its check and its
     use, fill ``gc.lock``'s place); one of our own that group or others may enter is made
-    0700: its blocks are the user's files, and anyone who can open ``gc.lock`` can ``flock``
-    it and stall every write.  A mode that cannot be changed (a read-only mount) is left."""
+    private (``go-rwx``, its other bits kept) if it is empty or already a ww home: its blocks
+    are the user's files, and anyone who can open ``gc.lock`` can ``flock`` it and stall every
+    write.  Any other open directory (``WW_HOME=/tmp``, ``$HOME``, a project's directory) is
+    refused rather than changed under its other users.  A mode that cannot be changed (a
+    read-only mount) is left."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -99,8 +107,14 @@ def private_directory(path: Path) -> None:
                 "(WW_HOME)")
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
+            names = set(os.listdir(fd))
+            if names and not names & _WW_HOME_NAMES:
+                raise ForeignDirectoryError(
+                    f"{path} is open to other users and is not a ww home: ww will not make "
+                    "it private under them; use a directory of its own (WW_HOME), or "
+                    f"`chmod go-rwx {path}`")
             with contextlib.suppress(OSError):
-                os.fchmod(fd, mode & 0o700)
+                os.fchmod(fd, mode & ~0o077)
     finally:
         os.close(fd)
 

@@ -50,6 +50,7 @@ __all__ = ["Host", "NewHost", "NewRouter", "Network", "Router", "CONNECT_TIMEOUT
            "FETCH_TIMEOUT"]
 
 CONNECT_TIMEOUT = 10.0  # seconds to dial and secure a connection to a peer
+SETTLE_WAIT = 5.0  # seconds a flush waits for blocks stored but not yet counted
 FETCH_TIMEOUT = 120.0  # the longest a caller waits for one block (each peer is given less)
 STREAM_TIMEOUT = 10.0  # seconds to open a Bitswap stream to a peer
 SEARCH_DELAY = 1.0  # seconds the connected peers have for a block before the router is asked
@@ -313,7 +314,12 @@ class Network:
     async def _take_dirty(self) -> set[Path]:
         if self._engine is None:
             return set()
-        await self._engine.settled()
+        import trio
+
+        # Bounded well inside _call's timeout: past it, what is dirty now is taken (the
+        # blocks are stored all the same; only a count may lag), never a failed read.
+        with trio.move_on_after(SETTLE_WAIT):
+            await self._engine.settled()
         dirty, self._engine.dirty = self._engine.dirty, set()
         return dirty
 

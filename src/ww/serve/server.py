@@ -274,11 +274,20 @@ def _shut_down_connections(local: set[tuple[str, int]]) -> None:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return
+    import stat
+
     for fd in fds:
         try:
-            sock = socket.socket(fileno=os.dup(fd))
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue  # a file, a pipe
+            dup = os.dup(fd)
         except OSError:
-            continue  # not a socket (or already closed)
+            continue  # closed meanwhile
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)  # not kept by a socket object: closed here, not leaked
+            continue
         try:
             if sock.type == socket.SOCK_STREAM \
                     and sock.family in (socket.AF_INET, socket.AF_INET6) \
@@ -409,7 +418,12 @@ def give_back_freed() -> None:
                 _Trim.wanted = False
             trim(0)
 
-    trio.lowlevel.start_thread_soon(trim_until_done, lambda _: None, name="ww-malloc-trim")
+    try:
+        trio.lowlevel.start_thread_soon(trim_until_done, lambda _: None, name="ww-malloc-trim")
+    except BaseException:
+        with _Trim.lock:  # no thread: the next call tries again
+            _Trim.running = False
+        raise
 
 
 def _copy_bodies_once() -> None:
