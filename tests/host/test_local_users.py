@@ -87,6 +87,18 @@ def test_another_local_user_can_neither_read_the_repository_nor_lock_it(user_hom
     assert nobody_reaches_it() == []
 
 
+def _refused(tmp_path: Path, command: tuple[str, ...], home: Path):
+    """``command`` run with ``WW_HOME=home`` (``{file}``: a small file of the test's): it
+    must fail with exit 1 and one line."""
+    file = tmp_path / "f.txt"
+    file.write_text("x\n")
+    argv = [part.format(file=file) for part in command]
+    result = run_ww(*argv, env={**os.environ, "WW_HOME": str(home)})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result
+
+
 @pytest.mark.parametrize("command", [("export", "{file}"), ("id",)])
 def test_a_ww_home_of_another_user_is_refused_with_one_line(tmp_path: Path, command):
     """A ``$WW_HOME`` another user owns (one made in advance in a shared place, such as
@@ -97,12 +109,7 @@ def test_a_ww_home_of_another_user_is_refused_with_one_line(tmp_path: Path, comm
     home.mkdir(mode=0o777)
     home.chmod(0o777)
     os.chown(home, NOBODY, NOBODY)
-    file = tmp_path / "f.txt"
-    file.write_text("x\n")
-    argv = [part.format(file=file) for part in command]
-    result = run_ww(*argv, env={**os.environ, "WW_HOME": str(home)})
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stderr.count("\n") == 1, result.stderr
+    result = _refused(tmp_path, command, home)
     assert f"belongs to uid {NOBODY}, not to uid 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(home.iterdir()) == []
@@ -135,12 +142,7 @@ def test_an_open_directory_that_is_no_ww_home_is_refused_not_made_private(tmp_pa
     shared.mkdir()
     shared.chmod(0o1777)
     (shared / "someone-elses.txt").write_text("x\n")
-    file = tmp_path / "f.txt"
-    file.write_text("x\n")
-    argv = [part.format(file=file) for part in command]
-    result = run_ww(*argv, env={**os.environ, "WW_HOME": str(shared)})
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stderr.count("\n") == 1, result.stderr
+    result = _refused(tmp_path, command, shared)
     assert "is open to other users and is not a ww home" in result.stderr
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
     assert sorted(p.name for p in shared.iterdir()) == ["someone-elses.txt"]
@@ -148,6 +150,7 @@ def test_an_open_directory_that_is_no_ww_home_is_refused_not_made_private(tmp_pa
     empty = tmp_path / "empty-open"
     empty.mkdir()
     empty.chmod(0o1777)
+    argv = [part.format(file=tmp_path / "f.txt") for part in command]
     result = run_ww(*argv, env={**os.environ, "WW_HOME": str(empty)})
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert stat.S_IMODE(empty.stat().st_mode) == 0o1700
