@@ -942,21 +942,17 @@ class Engine:
                     raise BitswapError("bitswap: peer dropped")
                 msg, held = got
                 self.stats["receive_bytes_peak"] = budget.peak
+                handed_over = trio.Event()
+                self.storing.add(handed_over)
                 try:
                     arrived: list[tuple[CID | None, Any]] = []
                     if msg.blocks:
                         wanted = {mh: w.cid for mh, w in self.wants.items()}
-                        handed_over = trio.Event()
-                        self.storing.add(handed_over)
-                        try:
-                            arrived = await to_worker(self._hash_and_store, msg.blocks, wanted)
-                            self._on_message(peer_id, msg, arrived)
-                        finally:
-                            self.storing.discard(handed_over)
-                            handed_over.set()
-                    else:
-                        self._on_message(peer_id, msg, arrived)
+                        arrived = await to_worker(self._hash_and_store, msg.blocks, wanted)
+                    self._on_message(peer_id, msg, arrived)
                 finally:
+                    self.storing.discard(handed_over)
+                    handed_over.set()
                     del msg
                     budget.release(held)
         except MalformedError:
