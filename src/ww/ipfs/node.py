@@ -316,10 +316,8 @@ class EmbeddedNode:
         """Every pinned CID, recursive and direct."""
         return [str(cid) for cid in self._repo.pins.list()]
 
-    def pin_ls(self, type: str = "all", *, through: bool = False) -> dict[str, str]:
-        """Pinned CIDs -> ``"recursive"``, ``"direct"`` or ``"indirect"`` (``ipfs pin ls``);
-        ``through``: an indirect one as ``"indirect through <root>"``, the first recursive
-        pin the walk found it under (kubo's ``pin ls <cid>``).
+    def pin_ls(self, type: str = "all") -> dict[str, str]:
+        """Pinned CIDs -> ``"recursive"``, ``"direct"`` or ``"indirect"`` (``ipfs pin ls``).
 
         The indirect pins are found by walking every recursive pin's DAG (each block once);
         a block of one that is missing is a NotFoundError naming the pin."""
@@ -338,11 +336,23 @@ class EmbeddedNode:
                 try:
                     for cid, _ in exporter.walk(self._blocks.get, root, seen):
                         if cid.multihash not in roots:
-                            found.setdefault(str(cid), f"indirect through {root}" if through
-                                             else "indirect")
+                            found.setdefault(str(cid), "indirect")
                 except NotFoundError as err:
                     raise NotFoundError(f"the DAG pinned as {root} is incomplete: {err}") from None
         return found
+
+    def pinned_via(self, cid: str) -> str | None:
+        """The first recursive pin whose DAG holds ``cid`` below its root (kubo's ``pin ls
+        <cid>``: "indirect through <root>"), or None."""
+        target = CID.parse(cid).multihash
+        seen: set[bytes] = set()
+        for root in self._repo.pins.list(PinKind.RECURSIVE):
+            if root.multihash == target:
+                continue
+            for found, _ in exporter.walk(self._blocks.get, root, seen):
+                if found.multihash == target:
+                    return str(root)
+        return None
 
     def pins_by_kind(self) -> dict[str, list[str]]:
         """``{"recursive": [...], "direct": [...]}``."""

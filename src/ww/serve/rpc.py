@@ -892,7 +892,7 @@ def _pin_ls(api: RpcApi, request: Request) -> None:
     if kind not in ("direct", "indirect", "recursive", "all"):
         raise IpfsError(f"invalid type '{kind}', must be one of "
                         "{direct, indirect, recursive, all}")  # kubo's, a 500
-    found = api.node.pin_ls(kind, through=bool(request.args))
+    found = api.node.pin_ls(kind)
     if request.args:
         chosen = {}
         for path in request.args:
@@ -900,6 +900,10 @@ def _pin_ls(api: RpcApi, request: Request) -> None:
             if cid not in found:
                 raise IpfsError(f"path '{path}' is not pinned")
             chosen[cid] = found[cid]
+            if chosen[cid] == "indirect":
+                via = api.node.pinned_via(cid)
+                if via is not None:
+                    chosen[cid] = f"indirect through {via}"
         found = chosen
     if request.flag("stream", "s"):
         request.json_lines({"Cid": cid, "Type": kind} for cid, kind in found.items())
