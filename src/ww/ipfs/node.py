@@ -344,15 +344,26 @@ class EmbeddedNode:
     def pinned_via(self, cid: str) -> str | None:
         """The first recursive pin whose DAG holds ``cid`` below its root (kubo's ``pin ls
         <cid>``: "indirect through <root>"), or None."""
-        target = CID.parse(cid).multihash
+        return self.pinned_through([cid]).get(cid)
+
+    def pinned_through(self, cids: Iterable[str]) -> dict[str, str]:
+        """For each of ``cids`` held below the root of a recursive pin, the first such pin:
+        one walk of the recursive pins for all of them (each block once), stopping as soon
+        as every one is found.  CIDs held by none are left out."""
+        wanted: dict[bytes, list[str]] = {}
+        for cid in cids:
+            wanted.setdefault(CID.parse(cid).multihash, []).append(cid)
+        through: dict[str, str] = {}
         seen: set[bytes] = set()
         for root in self._repo.pins.list(PinKind.RECURSIVE):
-            if root.multihash == target:
-                continue
+            if not wanted:
+                break
             for found, _ in exporter.walk(self._blocks.get, root, seen):
-                if found.multihash == target:
-                    return str(root)
-        return None
+                if found.multihash != root.multihash and found.multihash in wanted:
+                    for cid in wanted.pop(found.multihash):
+                        through[cid] = str(root)
+            seen.difference_update(wanted)  # a wanted root, walked as itself, is still found
+        return through                      # below another (its own blocks stay seen)
 
     def pins_by_kind(self) -> dict[str, list[str]]:
         """``{"recursive": [...], "direct": [...]}``."""

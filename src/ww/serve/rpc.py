@@ -900,10 +900,9 @@ def _pin_ls(api: RpcApi, request: Request) -> None:
             if cid not in found:
                 raise IpfsError(f"path '{path}' is not pinned")
             chosen[cid] = found[cid]
-            if chosen[cid] == "indirect":
-                via = api.node.pinned_via(cid)
-                if via is not None:
-                    chosen[cid] = f"indirect through {via}"
+        indirect = [cid for cid, kind in chosen.items() if kind == "indirect"]
+        for cid, root in api.node.pinned_through(indirect).items():  # one walk for them all
+            chosen[cid] = f"indirect through {root}"
         found = chosen
     if request.flag("stream", "s"):
         request.json_lines({"Cid": cid, "Type": kind} for cid, kind in found.items())
