@@ -1149,8 +1149,7 @@ class Engine:
             finally:
                 stats["reply_bytes"] -= len(framed)
             if failed is not None:
-                if isinstance(failed, BitswapError):  # one of our bounds, not a reset
-                    stats["replies_given_up"] += 1
+                stats["replies_given_up"] += 1
                 raise failed
             stats["blocks_out"] += blocks
             stats["bytes_out"] += block_bytes
