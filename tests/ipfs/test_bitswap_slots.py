@@ -89,9 +89,10 @@ def _window_shut(server: EmbeddedNode, peer: str) -> bool:
 def test_a_peer_that_never_reads_does_not_hold_the_reply_slot_others_wait_for(
         tmp_path: Path, made: list[Any], one_slot: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The old engine held the slot for the whole write, until the peer was given up (15 s
-    for a 512 KiB reply): with 8 such peers (here 1 for the 1 slot), every other peer's
-    fetch waited for that.  Now the write goes on outside the slot past REPLY_SLICE, and
+    """The old engine held the slot for the whole write, until the peer was given up (10 s
+    plus 1 s per 100 KiB: 15 s for a 512 KiB reply; or Yamux's 5 s without window, made
+    long here): with 8 such peers (here 1, for the 1 slot), every other peer's fetch waited
+    for that.  Now the write goes on outside the slot past REPLY_SLICE, and
     the other peer's fetch completes while the stalled one is still held."""
     monkeypatch.setattr(bitswap, "STALL_TIMEOUT", 600.0, raising=False)  # never, here
     server, addr, leaves, small_cid, small = _serving(tmp_path, made)
