@@ -32,10 +32,10 @@ class Flooder:
         home.mkdir(parents=True, exist_ok=True)
         self.node = Node(load_or_create(home), listen=[], serve_ww=False, announce=False,
                          warn=lambda message: None,
-                         handlers={bitswap.PROTOCOL: self._never_read})
+                         handlers={bitswap.PROTOCOL: self._on_stream})
         self.node.start()
 
-    async def _never_read(self, stream: Any) -> None:
+    async def _on_stream(self, stream: Any) -> None:
         import trio
 
         await trio.sleep_forever()  # hold the stream open, unread, until we stop
@@ -69,3 +69,67 @@ class Flooder:
 
     def close(self) -> None:
         self.node.stop()
+
+
+class SlowReader(Flooder):
+    """A peer that reads the target's replies slowly, ``step`` bytes every ``pause`` seconds,
+    giving the target back window for each read as it goes (a peer behind a slow link), until
+    :meth:`release` lets it read at full speed.  :attr:`blocks` holds the CIDs of the blocks
+    received, each computed from its bytes; :attr:`broken` is set if the target reset or
+    closed the stream before :attr:`expected` blocks arrived, :attr:`complete` once they
+    have."""
+
+    def __init__(self, home: Path, expected: int, step: int = 12 << 10,
+                 pause: float = 0.25) -> None:
+        import threading
+
+        self.expected = expected
+        self.step = step
+        self.pause = pause
+        self.blocks: set[Any] = set()
+        self.received = 0  # bytes
+        self.complete = threading.Event()
+        self.broken = threading.Event()
+        self._slow = True
+        super().__init__(home)
+
+    def release(self) -> None:
+        self._slow = False
+
+    async def _on_stream(self, stream: Any) -> None:
+        import trio
+
+        from ww.core import varint
+
+        muxed = stream.muxed_stream
+        muxed.target_recv_window = 0  # no window back but what each read gives (below)
+        buf = bytearray()
+        try:
+            while len(self.blocks) < self.expected:
+                data = await stream.read(self.step if self._slow else 1 << 20)
+                if not data:
+                    break
+                self.received += len(data)
+                buf += data
+                async with muxed.window_lock:
+                    muxed.recv_window += len(data)
+                await muxed.send_window_update(len(data))
+                while True:
+                    try:
+                        length, pos = varint.decode(buf, 0)
+                    except varint.VarintError:
+                        break
+                    if len(buf) < pos + length:
+                        break
+                    msg = bitswap.decode(bytes(buf[pos:pos + length]))
+                    del buf[:pos + length]
+                    for prefix, block in msg.blocks:
+                        self.blocks.add(bitswap.cid_from_block(prefix, block))
+                if self._slow:
+                    await trio.sleep(self.pause)
+        except Exception:
+            pass
+        if len(self.blocks) >= self.expected:
+            self.complete.set()
+        else:
+            self.broken.set()

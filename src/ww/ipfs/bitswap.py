@@ -29,10 +29,17 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   answered HAVE or, when asked, DONT_HAVE; a want-block with the block or, when asked,
   DONT_HAVE.  Replies are built by one sender per peer, highest priority first, at most
   :data:`TARGET_MESSAGE` bytes of blocks (plus one block) at a time, read from the store
-  in a worker thread, never on the libp2p thread; at most :data:`REPLY_SLOTS` replies are
-  being read or written at once, all peers together, and a reply that a peer does not
-  take within its send timeout drops that peer.  A peer whose ledger is full is not read
-  from (unless it owes us blocks) until it takes some replies, so its TCP window closes.
+  in a worker thread, never on the libp2p thread.  A reply holds one of
+  :data:`REPLY_SLOTS` (all peers together) while it is read and for the first
+  :data:`REPLY_SLICE` of its write; a write still going then continues in one of
+  :data:`OVERDUE_SLOTS`, and the slot serves the next peer, so a peer that reads slowly or
+  not at all holds no slot another peer waits for (unless :data:`OVERDUE_SLOTS` such peers
+  are being written to already).  One sender per peer: a peer holds one slot at most.  A
+  write that moves nothing for :data:`STALL_TIMEOUT`, or averages less than
+  :data:`MIN_SEND_RATE`, is given up: the stream is reset, the slot freed and the peer
+  dropped (its ledger with it; it may ask again); a slow peer that keeps taking gets all.
+  A peer whose ledger is full is not read from (unless it owes us blocks) until it takes
+  some replies, so its TCP window closes.
   Inbound messages are at most :data:`MAX_MESSAGE` bytes, and all streams together buffer
   at most :data:`RECEIVE_BUDGET` bytes of message bodies (more waits); a peer's streams are
   read :data:`MAX_INBOUND_STREAMS` at a time, :data:`MAX_WAITING_STREAMS` more wait their
@@ -153,7 +160,16 @@ MAX_BLOCKS = MAX_WANTLIST
 _MAX_ENTRY_FIELDS = 16  # fields of one want, block or presence entry (5 at most are ours)
 # fields of one message: a wantlist, the blocks and presences, pendingBytes, a few spare
 _MAX_FIELDS = MAX_BLOCKS + MAX_WANTLIST + _MAX_ENTRY_FIELDS
-REPLY_SLOTS = 8  # replies being read or written at once, all peers together (boxo: 8 workers)
+REPLY_SLOTS = 8  # replies being read or written at pace, all peers together (boxo: 8 workers)
+REPLY_SLICE = 1.0
+"""Seconds a reply's write holds its reply slot: a write still going then (its peer takes it
+slowly, or not at all) goes on in one of :data:`OVERDUE_SLOTS`, and its reply slot serves the
+next peer (a slow or stalled peer held a slot for the whole write: 8 of them, every other peer
+waited)."""
+OVERDUE_SLOTS = REPLY_SLOTS  # replies being written slowly at once, all peers together
+STALL_TIMEOUT = 10.0  # seconds a reply's write may move nothing before it is given up
+MIN_SEND_RATE = 12_500  # bytes per second a write must average, after SEND_TIMEOUT (boxo's)
+WRITE_CHUNK = 60 << 10  # bytes handed to the stream at a time (one Yamux frame): its progress
 REPLY_BATCH = 256  # ledger entries considered for one reply
 RECEIVE_BUDGET = 32 << 20  # bytes of inbound message bodies buffered at once, all streams
 MAX_INBOUND_STREAMS = 4  # Bitswap streams of one peer read at once
@@ -161,9 +177,9 @@ MAX_INBOUND_STREAMS = 4  # Bitswap streams of one peer read at once
 # a stream is reset.
 MAX_WAITING_STREAMS = 64
 READ_CHUNK = 64 << 10  # bytes read from a stream at a time
-SEND_TIMEOUT = 10.0  # seconds, plus one per MIN_RATE bytes, to write one message
+SEND_TIMEOUT = 10.0  # seconds, plus one per MIN_SEND_RATE bytes, to write one message
 RECEIVE_TIMEOUT = 30.0  # seconds, plus one per MIN_RATE bytes, for a message body to arrive
-MIN_RATE = 100 << 10  # bytes per second a peer must at least take or give
+MIN_RATE = 100 << 10  # bytes per second a peer must at least give
 _MAX_PRIORITY = (1 << 31) - 1
 
 
@@ -272,13 +288,19 @@ def decode(data: bytes | memoryview) -> Message:
 
     At most :data:`MAX_WANTLIST` wants and as many cancels are kept, in all the message's
     wantlist fields together; past twice that many entries the rest of the wantlist is not
-    read (boxo's server truncates a wantlist the same way).  More than :data:`MAX_BLOCKS`
-    blocks, more than :data:`MAX_WANTLIST` block presences, more than :data:`_MAX_FIELDS`
-    fields in all, or an entry of more than :data:`_MAX_ENTRY_FIELDS` fields, is malformed
-    (no honest peer sends one: it answers at most the :data:`PEER_WANTS` wants we asked).
-    So the objects one message becomes, and the fields read to make them, are bounded
-    whatever it holds: a 4 MiB message of two-byte fields was two million of them (blocks:
-    600 MB and 14 s of CPU; presences or wantlist entries: 5 s on the libp2p thread)."""
+    read (boxo's server truncates a wantlist the same way), and the message is taken as
+    ``full``: the peer's whole wantlist, the wants kept replacing its ledger.  Its own
+    ``full`` flag comes after the entries, unread: a peer that sends so many at once is
+    most likely sending its whole wantlist (Helia does on connecting, in messages of up to
+    2 MiB; kubo's never set the flag, each carries what changed), and a flag taken as false
+    would keep the peer's stale wants in its ledger beside the new ones.  More than
+    :data:`MAX_BLOCKS` blocks, more than :data:`MAX_WANTLIST` block presences, more than
+    :data:`_MAX_FIELDS` fields in all, or an entry of more than :data:`_MAX_ENTRY_FIELDS`
+    fields, is malformed (no honest peer sends one: it answers at most the
+    :data:`PEER_WANTS` wants we asked).  So the objects one message becomes, and the fields
+    read to make them, are bounded whatever it holds: a 4 MiB message of two-byte fields
+    was two million of them (blocks: 600 MB and 14 s of CPU; presences or wantlist
+    entries: 5 s on the libp2p thread)."""
     msg = Message()
     entries = [0, 0]  # wantlist entries read, and cancels kept, in all its wantlist fields
     try:
@@ -333,7 +355,10 @@ def _decode_wantlist(data: memoryview, msg: Message, entries: list[int]) -> None
     for num, wt, value in pb.fields(data):
         entries[0] += 1
         if entries[0] > 2 * MAX_WANTLIST + _MAX_ENTRY_FIELDS:
-            return  # past what we keep: the rest (its `full` flag too) is not read
+            # Past what we keep, the rest is not read, its `full` flag (after the entries)
+            # with it: taken as the peer's whole wantlist, whatever that flag says.
+            msg.full = True
+            return
         if num == 1 and wt == pb.LEN:
             e = WantEntry(b"")
             for n, w, v in _entry_fields(value):  # type: ignore[arg-type]
@@ -462,6 +487,13 @@ class _Want:
 
 
 @dataclass
+class _Hold:
+    """The slot a reply holds: a reply slot, then (past :data:`REPLY_SLICE`) an overdue one."""
+
+    slot: Any  # a trio.Semaphore it has acquired
+
+
+@dataclass
 class _Task:
     """One entry of a peer's ledger: a block it wants from us."""
 
@@ -579,20 +611,24 @@ class Engine:
         self._nursery: Any = None
         self.target_message = TARGET_MESSAGE
         self._reply_slots: Any = None  # a trio.Semaphore, made on the trio thread
+        self._overdue_slots: Any = None  # another
         self._receive_budget: _Budget | None = None
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
                       "dropped": 0, "liars": 0, "wants_dropped": 0, "ledger_peak": 0,
                       "ledgers_peak": 0, "reply_bytes": 0, "reply_bytes_peak": 0,
-                      "receive_bytes_peak": 0}
+                      "receive_bytes_peak": 0, "replies_overdue": 0, "replies_given_up": 0}
 
-    def _limits(self) -> tuple[Any, _Budget]:
+    def _limits(self) -> tuple[Any, Any, _Budget]:
+        """The reply slots, the overdue slots and the receive budget (made on first use, on
+        the trio thread)."""
         import trio
 
         if self._reply_slots is None:
             self._reply_slots = trio.Semaphore(REPLY_SLOTS)
+            self._overdue_slots = trio.Semaphore(OVERDUE_SLOTS)
         if self._receive_budget is None:
             self._receive_budget = _Budget(RECEIVE_BUDGET)
-        return self._reply_slots, self._receive_budget
+        return self._reply_slots, self._overdue_slots, self._receive_budget
 
     async def run(self) -> None:
         """Keep the engine's background work going (peer timeouts) until cancelled."""
@@ -928,7 +964,7 @@ class Engine:
                 return
         from ww.core.bridge import to_worker
 
-        _, budget = self._limits()
+        _, _, budget = self._limits()
         reader = _Reader(stream, budget)
         peer.inbound += 1
         try:
@@ -1080,26 +1116,58 @@ class Engine:
         return framed, done, blocks, sum(len(d) for _, d in reply.blocks)
 
     async def _reply(self, peer: _Peer, stream: Any) -> None:
-        """Send ``peer`` one reply from its ledger (holding one of the reply slots)."""
+        """Send ``peer`` one reply from its ledger: read and written holding one of the
+        reply slots, the write going on in an overdue slot past :data:`REPLY_SLICE`."""
+        import trio
+
         from ww.core.bridge import to_worker  # trio's worker threads, imported when used
 
-        tasks = sorted(peer.ledger.values(), key=lambda t: -t.priority)[:REPLY_BATCH]
-        framed, done, blocks, block_bytes = await to_worker(self._collect, tasks)
-        for task in done:
-            if peer.ledger.get(task.key) is task:  # not wanted anew meanwhile
-                del peer.ledger[task.key]
-        peer.shrunk()
-        if not framed:
-            return
-        stats = self.stats
-        stats["reply_bytes"] += len(framed)
-        stats["reply_bytes_peak"] = max(stats["reply_bytes_peak"], stats["reply_bytes"])
+        slots, overdue, _ = self._limits()
+        await slots.acquire()
+        hold = _Hold(slots)
         try:
-            await _write(stream, framed)
+            tasks = sorted(peer.ledger.values(), key=lambda t: -t.priority)[:REPLY_BATCH]
+            framed, done, blocks, block_bytes = await to_worker(self._collect, tasks)
+            for task in done:
+                if peer.ledger.get(task.key) is task:  # not wanted anew meanwhile
+                    del peer.ledger[task.key]
+            peer.shrunk()
+            if not framed:
+                return
+            stats = self.stats
+            stats["reply_bytes"] += len(framed)
+            stats["reply_bytes_peak"] = max(stats["reply_bytes_peak"], stats["reply_bytes"])
+            failed: Exception | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._overdue_after, hold, overdue)
+                    try:
+                        await _write(stream, framed)
+                    except Exception as e:  # stalled, too slow, reset: the peer is dropped
+                        failed = e
+                    nursery.cancel_scope.cancel()
+            finally:
+                stats["reply_bytes"] -= len(framed)
+            if failed is not None:
+                stats["replies_given_up"] += 1
+                raise failed
+            stats["blocks_out"] += blocks
+            stats["bytes_out"] += block_bytes
         finally:
-            stats["reply_bytes"] -= len(framed)
-        stats["blocks_out"] += blocks
-        stats["bytes_out"] += block_bytes
+            hold.slot.release()
+
+    async def _overdue_after(self, hold: _Hold, overdue: Any) -> None:
+        """Past :data:`REPLY_SLICE`, move a reply still being written from its reply slot to
+        an overdue slot (once one is free): the next peer's reply need not wait for it."""
+        import trio
+
+        await trio.sleep(REPLY_SLICE)
+        await overdue.acquire()
+        # Nothing is awaited from here on, so this task is never cancelled half-way: the
+        # hold always names the one slot the reply holds, which _reply releases.
+        hold.slot.release()
+        hold.slot = overdue
+        self.stats["replies_overdue"] += 1
 
     # -- messages out --------------------------------------------------------------------
 
@@ -1114,7 +1182,6 @@ class Engine:
         stream drops the peer."""
         import trio
 
-        slots, _ = self._limits()
         stream = None
         try:
             stream = await self._open_stream(peer.id)
@@ -1124,8 +1191,7 @@ class Engine:
                     for data in _pack(batch):
                         await _write(stream, data)
                 elif peer.ledger:
-                    async with slots:
-                        await self._reply(peer, stream)
+                    await self._reply(peer, stream)
                 else:
                     peer.wake = trio.Event()
                     await peer.wake.wait()
@@ -1158,12 +1224,19 @@ def _pack(batch: list[Message]) -> list[bytes]:
 
 
 async def _write(stream: Any, data: bytes) -> None:
-    """Write one message; a peer that does not take it at :data:`MIN_RATE` is given up."""
+    """Write one message, :data:`WRITE_CHUNK` bytes at a time: a peer that takes none of a
+    chunk for :data:`STALL_TIMEOUT`, or takes the message slower than :data:`MIN_SEND_RATE`
+    (after :data:`SEND_TIMEOUT`), is given up; one that takes it slowly gets all of it."""
     import trio
 
-    with trio.move_on_after(SEND_TIMEOUT + len(data) / MIN_RATE) as scope:
-        await stream.write(data)
-    if scope.cancelled_caught:
+    view = memoryview(data)
+    with trio.move_on_after(SEND_TIMEOUT + len(data) / MIN_SEND_RATE) as whole:
+        for start in range(0, len(data), WRITE_CHUNK):
+            with trio.move_on_after(STALL_TIMEOUT) as step:
+                await stream.write(bytes(view[start:start + WRITE_CHUNK]))
+            if step.cancelled_caught:
+                raise BitswapError(f"bitswap: the peer took nothing for {STALL_TIMEOUT:g} s")
+    if whole.cancelled_caught:
         raise BitswapError("bitswap: the peer does not take what it asked for")
 
 

@@ -1,0 +1,206 @@
+"""The Bitswap server's reply slots: a peer that reads its replies slowly, or not at all,
+holds no slot another peer waits for; a stalled write is given up, a slow one is not.
+
+Real libp2p peers on 127.0.0.1 throughout (tests/ipfs/bitswap_flood.py: a peer that never
+reads, and one that reads slowly and gives window back as it reads).  The server has one
+reply slot (``REPLY_SLOTS`` = 1), so that one peer holding it would stop every other; the
+outcomes are asserted in the order events happen, never against a clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ipfs.bitswap_flood import Flooder, SlowReader, want_blocks
+from tests.ipfs.test_bitswap import _on_engine, _until
+from ww.core.cid import CID, RAW
+from ww.core.multihash import sha256
+from ww.ipfs import bitswap, dagpb
+from ww.ipfs.blockstore import Blockstore
+from ww.ipfs.importer import CHUNK_SIZE
+from ww.ipfs.node import EmbeddedNode
+from ww.p2p import host_for_ipfs
+
+pytest.importorskip("libp2p")
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+LEAVES = 16  # 4 MiB asked by a peer that reads slowly or not at all: more than any window
+
+
+def _data(size: int, seed: int) -> bytes:
+    return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
+
+
+@pytest.fixture
+def one_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One reply slot; Yamux's own wait for window made long, so that a stalled write is
+    ended by Bitswap's bounds, the ones under test (its 5 s would end it first)."""
+    from ww.p2p import yamux
+
+    monkeypatch.setattr(bitswap, "REPLY_SLOTS", 1)
+    monkeypatch.setattr(yamux, "WINDOW_WAIT", 600.0)
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Iterator[list[Any]]:
+    """Nodes and peers to close at the end, last made first."""
+    things: list[Any] = []
+    yield things
+    for thing in reversed(things):
+        thing.close()
+
+
+def _serving(tmp_path: Path, made: list[Any]) -> tuple[EmbeddedNode, str, list[bytes],
+                                                       str, bytes]:
+    """A listening server holding a file of LEAVES leaves (what the hostile peers ask for)
+    and a file of 4 leaves (what an honest peer fetches): the server, its address, the big
+    file's leaves, the small file's CID and its bytes."""
+    server = EmbeddedNode(tmp_path / "server", new_host=host_for_ipfs())
+    made.append(server)
+    big = server.add_stream([_data(LEAVES * CHUNK_SIZE, 1)])
+    leaves = [bytes(link.cid) for link in
+              dagpb.decode(server._blocks.get(CID.parse(big))).links]
+    assert len(leaves) == LEAVES
+    small = _data(4 * CHUNK_SIZE + 7, 2)
+    small_cid = server.add_stream([small])
+    return server, server.listen([LOOPBACK]).addresses[0], leaves, small_cid, small
+
+
+def _window_shut(server: EmbeddedNode, peer: str) -> bool:
+    """Whether the server's writing to ``peer`` waits for window: ``peer`` takes nothing
+    more until it reads (on the host's thread, where the connections live)."""
+    from libp2p.peer.id import ID
+
+    def shut(engine: Any) -> bool:
+        host = server._net._node.host  # type: ignore[union-attr]
+        for conn in host.get_network().get_connections(ID.from_base58(peer)):
+            if any(s.send_window <= 0 for s in conn.muxed_conn.streams.values()):
+                return True
+        return False
+
+    return bool(_on_engine(server, shut))
+
+
+def test_a_peer_that_never_reads_does_not_hold_the_reply_slot_others_wait_for(
+        tmp_path: Path, made: list[Any], one_slot: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old engine held the slot for the whole write, until the peer was given up (10 s
+    plus 1 s per 100 KiB: 15 s for a 512 KiB reply; or Yamux's 5 s without window, made
+    long here): with 8 such peers (here 1, for the 1 slot), every other peer's fetch waited
+    for that.  Now the write goes on outside the slot past REPLY_SLICE, and
+    the other peer's fetch completes while the stalled one is still held."""
+    monkeypatch.setattr(bitswap, "STALL_TIMEOUT", 600.0, raising=False)  # never, here
+    server, addr, leaves, small_cid, small = _serving(tmp_path, made)
+    flooder = Flooder(tmp_path / "flooder")
+    made.append(flooder)
+    idle = flooder.connect(addr)
+    flooder.send(idle, [want_blocks(leaves)])
+    _until(lambda: _window_shut(server, flooder.node.peer_id),
+           "the server's replies to the flooder wait for window")
+
+    fetcher = EmbeddedNode(tmp_path / "fetcher", new_host=host_for_ipfs())
+    made.append(fetcher)
+    fetcher.connect(addr)
+    assert b"".join(fetcher.cat(small_cid)) == small
+
+    def still_held(engine: Any) -> bool:  # the flooder's reply is being written still
+        peer = engine.peers.get(flooder.node.peer_id)
+        return peer is not None and not peer.gone and engine.stats["reply_bytes"] > 0
+
+    assert _on_engine(server, still_held), "the fetch waited for the flooder to be given up"
+    assert _window_shut(server, flooder.node.peer_id)
+
+
+def test_a_slow_reader_gets_everything_and_a_stalled_one_is_given_up_meanwhile(
+        tmp_path: Path, made: list[Any], one_slot: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that reads 12 KiB every 0.25 s (48 KiB/s, under the old engine's 100 KiB/s:
+    its reply was cut, the peer dropped, 6 s into a 512 KiB reply with SEND_TIMEOUT at 1 s
+    as here) gets all it asked for; one that reads nothing is given up after STALL_TIMEOUT
+    (its stream reset, its slot freed, its ledger gone with it); and neither holds up a
+    third peer's fetch."""
+    monkeypatch.setattr(bitswap, "SEND_TIMEOUT", 1.0)
+    monkeypatch.setattr(bitswap, "STALL_TIMEOUT", 5.0, raising=False)
+    server, addr, leaves, small_cid, small = _serving(tmp_path, made)
+    slow = SlowReader(tmp_path / "slow", expected=LEAVES)
+    staller = Flooder(tmp_path / "staller")
+    made += [slow, staller]
+    for peer in (slow, staller):
+        peer.send(peer.connect(addr), [want_blocks(leaves)])
+    for peer in (slow, staller):
+        _until(lambda p=peer: _window_shut(server, p.node.peer_id),
+               "the server's replies wait for the peer's window")
+
+    fetcher = EmbeddedNode(tmp_path / "fetcher", new_host=host_for_ipfs())
+    made.append(fetcher)
+    fetcher.connect(addr)
+    assert b"".join(fetcher.cat(small_cid)) == small
+    assert not slow.broken.is_set(), "the slow reader was given up"
+    assert not slow.complete.is_set()  # it had 4 MiB to take at 48 KiB/s: it is taking it
+
+    _until(lambda: _on_engine(server, lambda e: staller.node.peer_id not in e.peers),
+           "the stalled peer was given up")
+    assert not slow.broken.is_set(), "the slow reader was given up"
+    slow.release()  # it reads at full speed now
+    _until(lambda: slow.complete.is_set() or slow.broken.is_set(), "the slow reader ended")
+    assert slow.complete.is_set(), "the slow reader did not get everything"
+    assert slow.blocks == {CID.decode(leaf)[0] for leaf in leaves}
+
+    def settled(engine: Any) -> bool:
+        return engine.stats["reply_bytes"] == 0
+
+    _until(lambda: _on_engine(server, settled), "the replies ended")
+
+    def state(engine: Any) -> tuple[int, int, int, int]:
+        return (engine._reply_slots.value, engine._overdue_slots.value,
+                engine.stats["replies_given_up"], engine.stats["replies_overdue"])
+
+    free, overdue_free, given_up, overdue = _on_engine(server, state)
+    assert (free, overdue_free) == (1, bitswap.OVERDUE_SLOTS)  # every slot back
+    assert given_up == 1  # the staller's, and only its
+    assert overdue >= 2  # the staller's reply and the slow reader's went on outside the slot
+
+
+# -- a full wantlist cut short -----------------------------------------------------------
+
+
+def _absent(n: int, seed: str) -> list[bytes]:
+    return [bytes(CID.v1(RAW, sha256(b"%s %d" % (seed.encode(), i)))) for i in range(n)]
+
+
+def _wantlist(cids: list[bytes], full: bool) -> bitswap.Message:
+    """A wantlist of ``cids`` as a peer sends it, read back as the server reads it."""
+    sent = bitswap.Message(wants=[bitswap.WantEntry(c) for c in cids], full=full)
+    return bitswap.decode(bitswap.encode(sent))
+
+
+def test_a_full_wantlist_past_what_is_read_is_taken_as_full() -> None:
+    """Its `full` flag comes after the entries: the old decode stopped reading before it and
+    took the message as an update."""
+    entries = _absent(3000, "full")
+    got = _wantlist(entries, full=True)
+    assert got.full
+    assert [w.cid for w in got.wants] == entries[:bitswap.MAX_WANTLIST]
+    for full in (True, False):  # one that fits is read as it is, full or not
+        assert _wantlist(entries[:100], full).full is full
+
+
+def test_a_full_wantlist_cut_short_replaces_the_ledger(tmp_path: Path) -> None:
+    """A peer's ledger after a few wants, then its whole wantlist of 3000 entries: the
+    wants kept (the first 1024) replace the ledger; the old engine kept the old ones
+    beside them."""
+    engine = bitswap.Engine(Blockstore(tmp_path / "blocks"), self_id="us",
+                            open_stream=lambda peer: None)
+    engine.peer_connected("them")
+    old = _absent(10, "old")
+    engine._serve("them", _wantlist(old, full=False).wants)
+    assert list(engine.peers["them"].ledger) == old
+    whole = _absent(3000, "whole")
+    msg = _wantlist(whole, full=True)
+    engine._serve("them", msg.wants, msg.full)
+    assert list(engine.peers["them"].ledger) == whole[:bitswap.MAX_WANTLIST]
