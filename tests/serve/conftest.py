@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -46,8 +48,9 @@ class Daemon:
                 self.api = event["listening"]
             elif event["event"] == "gateway":
                 self.gateway = event["listening"]
+        self.unix = self.api.removeprefix("/unix") if self.api.startswith("/unix/") else ""
         host_port = self.api.split("/")
-        self.url = f"http://{host_port[2]}:{host_port[4]}"
+        self.url = "http://localhost" if self.unix else f"http://{host_port[2]}:{host_port[4]}"
         self.peer_id = self.events[0]["peer_id"]
 
     def post(self, command: str, *args: str, body: bytes | None = None,
@@ -59,6 +62,15 @@ class Daemon:
             (k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v))
             for k, v in options.items()]
         url = f"{self.url}/api/v0/{command}?{urllib.parse.urlencode(query)}"
+        if self.unix:  # --api /unix/<path>: HTTP on the unix socket
+            conn = _UnixConnection(self.unix)
+            try:
+                conn.request("POST", url.removeprefix(self.url), body=body or b"",
+                             headers=headers or {})
+                reply = conn.getresponse()
+                return reply.status, reply.headers, reply.read()
+            finally:
+                conn.close()
         request = urllib.request.Request(url, data=body or b"", method="POST",
                                          headers=headers or {})
         try:
@@ -79,6 +91,19 @@ class Daemon:
         self.events += [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         self.other_lines = [line for line in err.splitlines() if not line.startswith("{")]
         return self.proc.returncode, self.events
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to ``localhost`` over the unix socket at ``path``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=HANG)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(HANG)
+        self.sock.connect(self.path)
 
 
 @pytest.fixture

@@ -56,7 +56,7 @@ def _bind(options: DaemonOptions, field: str, addr: str) -> tuple[socket.socket,
     from ww.serve.server import bind
 
     try:
-        return bind(addr)
+        return bind(addr, unix=field == "api")  # a unix socket: for the API (kubo's too)
     except AddressError as e:
         flag = f"--{field}"
         if field in options.from_env:
@@ -177,7 +177,7 @@ def run(options: DaemonOptions) -> int:
     from ww.ipfs.repo import default_repo_path
     from ww.serve.gateway import gateway_app
     from ww.serve.rpc import RpcApi
-    from ww.serve.server import Site, serve
+    from ww.serve.server import Site, SocketFile, serve
 
     log = EventLog(options.json)
     run_options = RunOptions(executable="", listen=options.listen, join=options.join,
@@ -192,9 +192,11 @@ def run(options: DaemonOptions) -> int:
     lock = RepoLock(repo)
     sites: list[Site] = []
     node = host = None
+    api_file: SocketFile | None = None  # --api /unix/<path>: removed once stopped
     try:
         # A bad or taken address fails before anything starts.
         api_socket = _bind(options, "api", options.api)
+        api_file = SocketFile.of(api_socket[0])
         gateway_socket = _bind(options, "gateway", options.gateway) \
             if options.gateway is not None else None
         policy = build.dial_policy(run_options)
@@ -216,7 +218,8 @@ def run(options: DaemonOptions) -> int:
         rpc = RpcApi(node, dial_refusal=policy.refusal, log=log,  # type: ignore[arg-type]
                      routing=DhtRouting(dht, host) if dht is not None else None)
         api = Site(rpc, *api_socket, "api")
-        rpc.allow_port(api.sock.getsockname()[1])
+        if api_file is None:  # no browser reaches a unix socket: no origin to allow
+            rpc.allow_port(api.sock.getsockname()[1])
         sites.append(api)
         # Each HTTP face is one Site (an ASGI app on its bound socket); serve() below serves
         # them all and stops them together.
@@ -269,6 +272,8 @@ def run(options: DaemonOptions) -> int:
                 (repo / name).unlink()
             except FileNotFoundError:
                 pass
+        if api_file is not None:
+            api_file.remove()
         if node is not None:
             node.close()
         if host is not None:

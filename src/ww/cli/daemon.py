@@ -12,8 +12,10 @@ from ww.cli._p2p_options import _check, _check_ranges
 @click.option("--api", "api", default="/ip4/127.0.0.1/tcp/5001", show_default=True,
               envvar="WW_API", show_envvar=True, metavar="MULTIADDR",
               help="Where kubo's RPC API (/api/v0) listens: /ip4|ip6/<address>/tcp/<port> "
-                   "(port 0: a free one).  Loopback unless you name another address; "
-                   "whoever reaches it can add, pin and remove content.")
+                   "(port 0: a free one), or /unix/<path>: a unix socket only your user "
+                   "may connect to (mode 0600), which keeps other local users out.  "
+                   "Loopback unless you name another address; whoever reaches it can add, "
+                   "pin and remove content.")
 @click.option("--gateway", "gateway", default="/ip4/127.0.0.1/tcp/8080", show_default=True,
               envvar="WW_GATEWAY", show_envvar=True, metavar="MULTIADDR|off",
               help="Where the trustless gateway (/ipfs/<cid>[/path], raw blocks, CARs, files "

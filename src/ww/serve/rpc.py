@@ -59,7 +59,7 @@ from ww.ipfs import chunker as chunkers
 from ww.ipfs import exporter, importer
 from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
-from ww.serve.server import STALL, give_back_freed, lifespan
+from ww.serve.server import EVICT_AFTER, STALL, give_back_freed, lifespan
 
 __all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
@@ -123,6 +123,11 @@ class Request:
         self._room: trio.Event | None = None  # what the pump waits on for room
         self._trio_token = trio.lowlevel.current_trio_token()
         self._send_scope: anyio.CancelScope | None = None
+        # whether another upload waits for a place (RpcApi sets it for an upload): this
+        # one's body may then bring nothing for EVICT_AFTER seconds only, not BODY_STALL
+        self.place_wanted: Callable[[], bool] = lambda: False
+        self._stall: anyio.CancelScope | None = None  # while the pump waits on the client
+        self._heard = 0.0  # when the pump last heard from it (anyio's clock)
         query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                        keep_blank_values=True)
         self.args = [value for name, value in query if name == "arg"]
@@ -263,19 +268,35 @@ class Request:
         # A stalled upload holds a worker: the deadline moves on with each message, in one
         # cancel scope per piece rather than one per message (fewer rounds through anyio).
         with anyio.CancelScope() as stall:
-            while size < BODY_PIECE and not self.body_done:
-                stall.deadline = anyio.current_time() + BODY_STALL
-                message = await self._receive()
-                if message["type"] == "http.disconnect":
-                    self.token.cancel()
-                    raise CallCancelled("the client hung up")
-                self.body_done = not message.get("more_body", False)
-                if message.get("body"):
-                    pieces.append(message["body"])
-                    size += len(message["body"])
+            self._stall = stall
+            try:
+                while size < BODY_PIECE and not self.body_done:
+                    self._heard = anyio.current_time()
+                    stall.deadline = self._heard + (EVICT_AFTER if self.place_wanted()
+                                                    else BODY_STALL)
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        self.token.cancel()
+                        raise CallCancelled("the client hung up")
+                    self.body_done = not message.get("more_body", False)
+                    if message.get("body"):
+                        pieces.append(message["body"])
+                        size += len(message["body"])
+            finally:
+                self._stall = None
         if stall.cancelled_caught:
+            if anyio.current_time() - self._heard < BODY_STALL:
+                raise ClientError(f"the request body brought nothing for {EVICT_AFTER:g} s "
+                                  "while other uploads waited for its place")
             raise ClientError(f"the request body brought nothing for {BODY_STALL:g} s")
         return pieces
+
+    def hurry(self) -> None:
+        """On the event loop: another upload waits for this one's place, so its body may
+        bring nothing for :data:`EVICT_AFTER` seconds only (counted from the last it
+        brought)."""
+        if self._stall is not None:
+            self._stall.deadline = min(self._stall.deadline, self._heard + EVICT_AFTER)
 
     def drop_body(self) -> None:
         """Once the command and the pump are done: drop what the pump put and the worker
@@ -1098,6 +1119,8 @@ class RpcApi:
         # Uploads wait on their clients: they take a place in their own smaller pool first,
         # so clients that upload slowly (or never finish) cannot take every worker.
         self._uploads = anyio.CapacityLimiter(min(UPLOADS, workers))
+        self._placed: set[Request] = set()  # the uploads with a place
+        self._place_wanted = 0  # uploads waiting for one
         # Uploads under way (waiting for a place or not), and the most since the memory the
         # allocator keeps was last given back (see _upload_ended).
         self._uploading = 0
@@ -1117,6 +1140,25 @@ class RpcApi:
         if self._uploading <= self._uploading_peak // 2:
             self._uploading_peak = self._uploading
             give_back_freed()
+
+    async def _upload_place(self, request: Request) -> None:
+        """Take a place among the :data:`UPLOADS` for ``request``.  While it waits, an
+        upload with a place whose body keeps the daemon waiting on its client gives it up
+        after :data:`EVICT_AFTER` seconds (a 400, as after :data:`BODY_STALL` seconds of
+        nothing), so that uploads that trickle a byte now and then cannot hold every place
+        for as long as they like."""
+        request.place_wanted = lambda: self._place_wanted > 0
+        if self._uploads.available_tokens < 1:
+            self._place_wanted += 1
+            try:
+                for placed in self._placed:
+                    placed.hurry()
+                await self._uploads.acquire()
+            finally:
+                self._place_wanted -= 1
+        else:
+            await self._uploads.acquire()
+        self._placed.add(request)
 
     def announce(self, cids: Iterable[str]) -> None:
         """Announce ``cids`` (just pinned) through the router, off the request's path."""
@@ -1234,8 +1276,12 @@ class RpcApi:
         async def work_in_thread() -> None:
             try:
                 if has_body:
-                    async with self._uploads:
+                    await self._upload_place(request)
+                    try:
                         await anyio.to_thread.run_sync(work, limiter=self._limiter)
+                    finally:
+                        self._placed.discard(request)
+                        self._uploads.release()
                 else:
                     await anyio.to_thread.run_sync(work, limiter=self._limiter)
             except Exception as err:  # raised below, outside the task group (no group)

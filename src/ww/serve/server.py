@@ -19,8 +19,8 @@ import trio
 
 from ww.core.errors import AddressError
 
-__all__ = ["Site", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE", "STALL",
-           "READ_SIZE", "CONNECTIONS"]
+__all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
+           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -32,6 +32,11 @@ APP_QUEUE = 2
 # Connections a site serves at once; the next waits to be accepted (in the listening socket's
 # backlog, its client's data in the kernel's buffers) until one ends: see serve().
 CONNECTIONS = 128
+# Seconds the daemon may wait on a client in the middle of a request (its body not all sent)
+# before, with every place taken and another client waiting, its connection gives its place
+# up; a connection with no request under way (idle, or its request head not complete) gives
+# it up at once.  hypercorn's keep-alive timeout, which ends an idle connection in any case.
+EVICT_AFTER = 5.0
 BACKLOG = 1024  # connections the kernel completes and holds for accept() (somaxconn caps it)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -48,23 +53,29 @@ class Site:
 
     @property
     def multiaddr(self) -> str:
+        if self.sock.family == socket.AF_UNIX:
+            return f"/unix{self.sock.getsockname()}"  # as kubo's Addresses.API names one
         host, port = self.sock.getsockname()[:2]
         proto = "ip6" if self.sock.family == socket.AF_INET6 else "ip4"
         return f"/{proto}/{host}/tcp/{port}/http"
 
 
-def bind(addr: str) -> tuple[socket.socket, bool]:
+def bind(addr: str, unix: bool = False) -> tuple[socket.socket, bool]:
     """A listening TCP socket for ``/ip4|ip6/<address>/tcp/<port>[/http]`` (port 0: a free
-    one), and whether the address is loopback only."""
+    one), and whether the address is loopback only; with ``unix``, also a unix socket for
+    ``/unix/<path>`` (:func:`bind_unix`), which only this machine reaches."""
     import ipaddress
 
+    if unix and addr.startswith("/unix/"):
+        return bind_unix(addr), True
     parts = addr.strip("/").split("/")
     if parts and parts[-1] == "http":
         parts = parts[:-1]
     if len(parts) != 4 or parts[0] not in ("ip4", "ip6") or parts[2] != "tcp" \
             or not parts[3].isdigit() or int(parts[3]) > 65535:
-        raise AddressError(f"{addr!r}: expected /ip4/<address>/tcp/<port> or "
-                           "/ip6/<address>/tcp/<port>")
+        raise AddressError(f"{addr!r}: expected /ip4/<address>/tcp/<port>"
+                           + (", /ip6/<address>/tcp/<port> or /unix/<path>" if unix else
+                              " or /ip6/<address>/tcp/<port>"))
     try:
         ip = ipaddress.ip_address(parts[1])
     except ValueError:
@@ -82,6 +93,109 @@ def bind(addr: str) -> tuple[socket.socket, bool]:
         sock.close()
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     return sock, ip.is_loopback
+
+
+def bind_unix(addr: str) -> socket.socket:
+    """A listening unix socket for ``/unix/<path>`` (kubo's form of ``Addresses.API``) that
+    only this user may connect to: its file is made with mode 0600 (connecting to a unix
+    socket takes write permission on its file) and checked before it listens, so there is
+    no moment another user could connect.  A socket file left at the path by a daemon that
+    was killed (this user's, no one listening on it) is replaced; anything else there is
+    refused.  :class:`SocketFile` removes the file once it is done."""
+    import os
+    import stat
+
+    path = addr[len("/unix"):]
+    if "\0" in path or len(os.fsencode(path)) > 107:
+        raise AddressError(f"{addr!r}: a unix socket's path is at most 107 bytes")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    made = None
+    try:
+        try:
+            _bind_private(sock, path)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE or not _stale_socket(path):
+                raise
+            os.unlink(path)
+            _bind_private(sock, path)
+        made = SocketFile.of(sock)
+        st = os.lstat(path)
+        if made is None or (st.st_dev, st.st_ino) != (made.dev, made.ino) \
+                or not stat.S_ISSOCK(st.st_mode) or stat.S_IMODE(st.st_mode) & 0o077:
+            raise OSError(errno.EPERM, "its file is not the private socket made")
+        sock.listen(BACKLOG)
+    except OSError as err:
+        if made is not None:
+            made.remove()
+        sock.close()
+        raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
+    return sock
+
+
+def _bind_private(sock: socket.socket, path: str) -> None:
+    """Bind ``sock`` to ``path``, its file made mode 0600 (the umask, for the one call: the
+    daemon binds before it starts any other thread)."""
+    import os
+
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+
+
+def _stale_socket(path: str) -> bool:
+    """Whether ``path`` is a socket file of this user's that no one listens on."""
+    import os
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+@dataclass(frozen=True)
+class SocketFile:
+    """The file of a unix socket :func:`bind_unix` made, by path, device and inode."""
+
+    path: str
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> SocketFile | None:
+        """The file of ``sock``, a bound unix socket (None for a TCP socket)."""
+        import os
+
+        if sock.family != socket.AF_UNIX or not sock.getsockname():
+            return None
+        path = sock.getsockname()
+        st = os.lstat(path)
+        return cls(path, st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        """Remove the file if it is still the socket's (not one put at its path since)."""
+        import os
+
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+                os.unlink(self.path)
+        except OSError:
+            pass
 
 
 def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
@@ -121,7 +235,8 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     _copy_bodies_once()
     _keep_freed_buffers()
     _drop_what_apps_leave_unread()
-    local = {site.sock.getsockname()[:2] for site in sites}
+    local = {site.sock.getsockname()[:2] if site.sock.family != socket.AF_UNIX
+             else site.sock.getsockname() for site in sites}
 
     async def close_after_grace() -> None:
         await stop.wait()
@@ -159,9 +274,18 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     """hypercorn's own serving loop (``hypercorn.trio.run.worker_serve``), for one ASGI app
     on its socket, with an accept loop of ours that takes a connection only while fewer than
     ``connections`` are open (hypercorn's accepts every connection at once, each with its
-    task, its buffers and a file descriptor, as many as clients open).  The apps' lifespan
-    has nothing to do (:func:`lifespan`), so it is not run."""
-    from hypercorn.trio.tcp_server import TCPServer
+    task, its buffers and a file descriptor, as many as clients open).
+
+    With every place taken, a client that waits to be accepted gets the place of a
+    connection that keeps the daemon waiting for nothing: one with no request under way
+    (idle between requests, or that has not sent a whole request head), the one waited on
+    longest first; else one whose request has kept the daemon waiting on its body for
+    :data:`EVICT_AFTER` seconds.  Its socket is shut down, as if its client had hung up (a
+    request under way is cancelled).  Connections the daemon itself holds up (a request it
+    works on, a body it does not read yet: an upload waiting for a place) keep theirs.  So
+    idle connections and uploads that trickle a byte now and then no longer shut the others
+    out for as long as they are held (docs/security.md).  The apps' lifespan has nothing to
+    do (:func:`lifespan`), so it is not run."""
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
     from hypercorn.utils import wrap_app
@@ -172,17 +296,37 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     state = ConnectionState({})
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(site.sock))
     slots = trio.Semaphore(connections)
+    served: set[Any] = set()  # the connections' servers (_server_class())
+    server_class = _server_class()
 
     async def serve_connection(stream: trio.SocketStream) -> None:
+        server = server_class(app, config, context, state, stream)
+        served.add(server)
         try:
-            await TCPServer(app, config, context, state, stream)  # type: ignore[arg-type]
+            await server
         finally:
+            served.discard(server)
             slots.release()
             await trio.aclose_forcefully(stream)
 
+    async def take_place() -> None:
+        while True:
+            try:
+                slots.acquire_nowait()
+                return
+            except trio.WouldBlock:
+                pass
+            await trio.lowlevel.wait_readable(site.sock.fileno())  # a client waits to be taken
+            victim, wait = _longest_waited_on(served, trio.current_time())
+            if victim is not None:
+                victim.give_up_place()
+            with trio.move_on_after(wait):
+                await slots.acquire()  # the victim's, or any that ends meanwhile
+                return
+
     async def accept(conns: trio.Nursery) -> None:
         while True:
-            await slots.acquire()
+            await take_place()
             try:
                 stream = await listener.accept()
             except OSError as err:
@@ -206,6 +350,88 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         # (keep-alive ends); what is left after the grace is cancelled
         await context.terminated.set()
         conns.cancel_scope.deadline = trio.current_time() + grace
+
+
+def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
+    """The connection to give its place to a waiting client (or None), and how long to wait
+    for a place before looking again: until the first in the middle of a request could
+    give its place up."""
+    best, best_key = None, (2, now)
+    wait = EVICT_AFTER
+    for server in served:
+        key = server.waited_on()
+        if key is None:
+            continue
+        if key[0] == 1 and now - key[1] < EVICT_AFTER:
+            wait = min(wait, key[1] + EVICT_AFTER - now)
+            continue
+        if key < best_key:
+            best, best_key = server, key
+    return best, (1.0 if best is not None else max(wait, 0.05))
+
+
+_SERVER_CLASS: list[type] = []
+
+
+def _server_class() -> type:
+    """hypercorn's ``TCPServer`` with a read loop that notes since when it waits on its
+    client, and a way to give its place up (:func:`_serve_site`)."""
+    if _SERVER_CLASS:
+        return _SERVER_CLASS[0]
+    import math
+
+    import h11
+    from hypercorn.events import Closed, RawData
+    from hypercorn.trio import tcp_server
+
+    class Server(tcp_server.TCPServer):  # type: ignore[misc]
+        waiting_since: float | None = None  # trio time; None: not reading from the client
+        given_up = False
+
+        async def _read_data(self) -> None:  # hypercorn's, noting the wait
+            while True:
+                self.waiting_since = trio.current_time()
+                try:
+                    with trio.fail_after(self.config.read_timeout or math.inf):
+                        data = await self.stream.receive_some(tcp_server.MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError,
+                        trio.TooSlowError):
+                    break
+                finally:
+                    self.waiting_since = None
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+            await self.protocol.handle(Closed())
+
+        def waited_on(self) -> tuple[int, float] | None:
+            """(0, since when) if the read loop waits on a client with no request under way
+            (idle, or its request head not whole); (1, since when) if it waits on the body
+            of a request (HTTP/2: on anything); None if it does not wait on the client (the
+            daemon reads nothing now, or the request is whole and the reply the daemon's
+            to give)."""
+            since = self.waiting_since
+            if since is None or self.given_up:
+                return None
+            protocol = getattr(getattr(self, "protocol", None), "protocol", None)
+            connection = getattr(protocol, "connection", None)
+            if not isinstance(connection, h11.Connection):
+                return (1, since) if connection is not None else None
+            if connection.their_state is h11.IDLE:
+                return 0, since
+            return (1, since) if connection.their_state is h11.SEND_BODY else None
+
+        def give_up_place(self) -> None:
+            """Shut the connection down, as if its client had hung up: the read loop sees
+            its end, a request under way is cancelled, and the place is freed."""
+            self.given_up = True
+            try:
+                self.stream.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+            except OSError:
+                pass
+
+    _SERVER_CLASS.append(Server)
+    return Server
 
 
 def _drop_what_apps_leave_unread() -> None:
@@ -264,10 +490,10 @@ def _drop_what_apps_leave_unread() -> None:
     tcp_server.TaskGroup = TaskGroup
 
 
-def _shut_down_connections(local: set[tuple[str, int]]) -> None:
+def _shut_down_connections(local: set[tuple[str, int] | str]) -> None:
     """Shut down this process's accepted TCP connections to the ``local`` (address, port)s
-    (the sites' own: not their listening sockets, not the libp2p host's connections), which
-    wakes whatever waits on them."""
+    and unix ones to the ``local`` paths (the sites' own: not their listening sockets, not
+    the libp2p host's connections), which wakes whatever waits on them."""
     import os
 
     try:
@@ -290,9 +516,9 @@ def _shut_down_connections(local: set[tuple[str, int]]) -> None:
             continue
         try:
             if sock.type == socket.SOCK_STREAM \
-                    and sock.family in (socket.AF_INET, socket.AF_INET6) \
+                    and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) \
                     and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) \
-                    and _served(sock.getsockname()[:2], local):
+                    and _served(sock.getsockname(), local):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -300,9 +526,12 @@ def _shut_down_connections(local: set[tuple[str, int]]) -> None:
             sock.close()
 
 
-def _served(address: tuple[str, int], local: set[tuple[str, int]]) -> bool:
-    host, port = address
-    return any(port == p and h in (host, "0.0.0.0", "::") for h, p in local)
+def _served(address: tuple[Any, ...] | str, local: set[tuple[str, int] | str]) -> bool:
+    if isinstance(address, str):  # a unix socket's path ("" for an unnamed one)
+        return bool(address) and address in local
+    host, port = address[:2]
+    return any(not isinstance(served, str) and port == served[1]
+               and served[0] in (host, "0.0.0.0", "::") for served in local)
 
 
 async def lifespan(receive: Any, send: Any) -> None:

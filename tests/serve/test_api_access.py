@@ -1,0 +1,212 @@
+"""Who can reach `ww daemon`'s RPC API, and who can keep others from it: an API on a unix
+socket only its user may connect to (`--api /unix/<path>`, kubo's `Addresses.API` form),
+places given up by connections that keep the daemon waiting for nothing, and a client that
+half-closes its connection.  Real daemons, real sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HANG, run_ww
+
+from .conftest import Daemon, multipart
+
+NOBODY = 65534
+
+# Run as another user: does connecting to the unix socket at argv[1] work?  (the system's
+# Python: the test's virtualenv may be closed to that user)
+_CONNECT = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n"
+            "    s.connect(sys.argv[1])\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__)\n"
+            "else:\n"
+            "    print('connected')\n")
+
+
+@pytest.fixture
+def open_place() -> Iterator[Path]:
+    """A directory anyone may enter (as /tmp or /run are), for a socket."""
+    place = Path(tempfile.mkdtemp(prefix="ww-api-"))
+    place.chmod(0o755)
+    try:
+        yield place
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def _as_nobody_connects(path: Path) -> str:
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    r = subprocess.run([python, "-c", _CONNECT, str(path)], user=NOBODY, group=NOBODY,
+                       extra_groups=[], capture_output=True, text=True, timeout=HANG,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_an_api_on_a_unix_socket_serves_its_users_clients_and_no_other_user(
+        ww_home, open_place, tmp_path):
+    """`--api /unix/<path>`: the API listens on a unix socket made mode 0600, so no other
+    local user can connect (connecting takes write permission on the socket's file) while
+    the user's clients -- ww's kubo client (`ww export`/`ww cat --ipfs /unix/...`), plain
+    HTTP -- are served; `$WW_HOME/api` names it as kubo does, and it is removed on stop.
+    The old daemon refused the address (exit 2)."""
+    path = open_place / "api.sock"
+    d = Daemon(ww_home, api=f"/unix{path}")
+    try:
+        assert d.api == f"/unix{path}"
+        assert (ww_home / "api").read_text() == f"/unix{path}\n"
+        st = path.lstat()
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert d.json("id")[0]["ID"] == d.peer_id
+        (tmp_path / "f.txt").write_text("over the unix socket\n")
+        added = run_ww("export", "--ipfs", d.api, str(tmp_path / "f.txt"))
+        assert added.returncode == 0, added.stderr
+        cid = added.stdout.strip()
+        got = run_ww("cat", "--ipfs", d.api, cid)
+        assert got.returncode == 0 and got.stdout == "over the unix socket\n", got.stderr
+        if os.geteuid() == 0:
+            # the check itself: another user reaches a socket left open to them ...
+            other = socket.socket(socket.AF_UNIX)
+            other.bind(str(open_place / "open.sock"))
+            (open_place / "open.sock").chmod(0o666)
+            other.listen()
+            try:
+                assert _as_nobody_connects(open_place / "open.sock") == "connected"
+            finally:
+                other.close()
+            # ... but not the API's
+            assert _as_nobody_connects(path) == "PermissionError"
+    finally:
+        code, events = d.stop()
+    assert code == 0, events
+    assert not path.exists() and not (ww_home / "api").exists()
+
+
+def test_a_unix_socket_left_by_a_killed_daemon_is_replaced_anything_else_refused(
+        ww_home, open_place):
+    """A daemon killed outright leaves its socket file; the next one on the path replaces
+    it (no one listens on it).  A file that is no such socket is refused with one line,
+    exit 2, and left as it was; the gateway takes TCP only."""
+    path = open_place / "api.sock"
+    d = Daemon(ww_home, api=f"/unix{path}")
+    d.stop(signal.SIGKILL)
+    assert stat.S_ISSOCK(path.lstat().st_mode)  # left behind
+    d = Daemon(ww_home, api=f"/unix{path}")
+    assert d.json("id")[0]["ID"] == d.peer_id
+    code, _ = d.stop()
+    assert code == 0
+    path.write_text("not a socket\n")
+    r = run_ww("daemon", "--api", f"/unix{path}", "--gateway", "off",
+               env={**os.environ, "WW_HOME": str(ww_home)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("ww: --api: cannot listen on /unix/"), r.stderr
+    assert path.read_text() == "not a socket\n"
+    r = run_ww("daemon", "--api", "/ip4/127.0.0.1/tcp/0",
+               "--gateway", f"/unix{open_place}/gw.sock",
+               env={**os.environ, "WW_HOME": str(ww_home)})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert not (open_place / "gw.sock").exists()
+
+
+def _stalled_upload(daemon: Daemon) -> socket.socket:
+    """A connection with an `add` under way whose client sent the head and the start of a
+    1 GiB body, and nothing more (yet)."""
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]
+    host, port = daemon.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=HANG)
+    sock.sendall(f"POST /api/v0/add?pin=false HTTP/1.1\r\nHost: x\r\n{head}"
+                 f"Content-Length: {1 << 30}\r\n\r\n".encode() + opening)
+    return sock
+
+
+def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
+    """A local process takes every one of the API's places (`CONNECTIONS`) with an `add`
+    whose body it trickles, a byte every 10 s on each (under the 60 s after which a body
+    that brings nothing is refused).  The old daemon served no one else for as long as it
+    went on (the client below waited out its `HANG`); now, with every place taken and a
+    client waiting, a connection whose request has kept the daemon waiting on its body for
+    `EVICT_AFTER` seconds gives its place up: the client is served, and the trickled
+    upload is cut off (the daemon shut its connection down)."""
+    from ww.serve.server import CONNECTIONS
+
+    socks = [_stalled_upload(daemon) for _ in range(CONNECTIONS)]
+    done = threading.Event()
+
+    def trickle() -> None:
+        while not done.wait(10):
+            for sock in socks:
+                try:
+                    sock.send(b"x")
+                except OSError:
+                    pass  # cut off
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        body, headers = multipart([("s", "application/octet-stream", b"served\n")])
+        status, _, reply = daemon.post("add", body=body, headers=headers)
+        assert status == 200, reply
+        assert b'"Name":"s"' in reply
+    finally:
+        done.set()
+        trickler.join(HANG)
+    cut = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            sock.recv(1 << 16)  # its end (or a reset): nothing is sent to a stalled upload
+            cut += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            cut += 1
+        sock.close()
+    assert cut >= 1
+
+
+def test_a_client_that_half_closes_after_its_request_gets_it_cancelled_as_kubos(daemon):
+    """A client that sends a whole request (here an `add`, with its body) and then shuts
+    down its side for writing (`shutdown(SHUT_WR)`) gets no reply: the daemon reads the
+    end of its connection as the client having hung up, and cancels the request, as kubo's
+    server (Go's net/http cancels a request's context when its connection reads EOF) does.
+    A client that really went away looks the same at that point -- one FIN either way --
+    and is told apart only by the reset a write to it draws, so keeping such requests
+    running would keep running those of clients that are gone (docs/daemon.md).  The same
+    request without the shutdown is answered, and the daemon serves on."""
+    # a body larger than the sockets' buffers: the end of the connection reaches the daemon
+    # while the add is still at work on the body's last pieces
+    body, headers = multipart([("h", "application/octet-stream", os.urandom(8 << 20))])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (f"POST /api/v0/add?pin=false HTTP/1.1\r\nHost: x\r\n{head}"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    host, port = daemon.url.removeprefix("http://").split(":")
+
+    def send(half_close: bool) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=HANG) as sock:
+            sock.sendall(request)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            got = b""
+            while b'"Name":"h"' not in got and (piece := sock.recv(1 << 16)):
+                got += piece
+            return got
+
+    assert send(half_close=True) == b""  # closed, unanswered
+    answered = send(half_close=False)
+    assert answered.startswith(b"HTTP/1.1 200 ") and b'"Name":"h"' in answered
