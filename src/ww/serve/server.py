@@ -133,15 +133,13 @@ def bind_unix(addr: str) -> socket.socket:
 
 
 def _bind_private(sock: socket.socket, path: str) -> None:
-    """Bind ``sock`` to ``path``, its file made mode 0600 (the umask, for the one call: the
-    daemon binds before it starts any other thread)."""
+    """Bind ``sock`` to ``path``, its file made mode 0600: Linux gives the file the socket
+    inode's mode less the umask (``unix_bind``), so the mode is set on the socket first --
+    no umask change, which would hold for every thread of the process."""
     import os
 
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
+    os.fchmod(sock.fileno(), 0o600)
+    sock.bind(path)
 
 
 def _stale_socket(path: str) -> bool:
