@@ -1,0 +1,746 @@
+"""Design (e): a native libp2p connection under pycapnp, on one asyncio thread.
+
+    .venv/bin/python benchmarks/p2p_native.py [--calls 1000] [--rounds 3]
+
+``native_p2p.c`` (next to this file; built here with gcc and libsodium into a temporary
+directory) is a libp2p connection in C: multistream-select, Noise XX with libp2p's
+handshake payload, Yamux.  Python drives it from the asyncio loop (``add_reader`` on the TCP
+socket); a `/ww/0.1.0` stream's bytes go from the C parser straight into pycapnp's asyncio
+protocol by a call on the same thread, and pycapnp's writes of one loop turn leave as one
+Yamux frame.  Only stream set-up (multistream-select on a stream) and the dispatch of each
+batch of frames are Python.  The handshake runs blocking in a worker thread.
+
+Measured, each in a process of its own, in turns, every round:
+
+- "native -> py host": interop first: the native side dials a real ww py-libp2p host
+  (``p2p_guest.py --host thread``: ww's Node serving an echoing ``Service`` on `/ww/0.1.0`),
+  completes Noise and Yamux, and calls through `/ww/0.1.0`;
+- "py -> native host": today's py-libp2p peer (``p2p.peer_round``) calling the native host;
+- "py -> py host": today's peer calling today's host, the baseline;
+- "native -> native": the native lane at both ends;
+- "capnp unix": a bare pycapnp call over a unix socket to the native host process, no
+  libp2p (the fd 3 scale);
+- "native echo": a 100-byte echo on a bare stream, native at both ends (the Python
+  dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``).
+
+Sequential calls give median, 10th and 99th percentiles; "pipelined" keeps 64 in flight.
+Everything listens on 127.0.0.1 only.  Nothing of ww is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import platform
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from p2p import ECHO, IN_FLIGHT, MEASURE, peer_round, stop_b  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "native_p2p.c"
+WW = "/ww/0.1.0"
+PING = "/ipfs/ping/1.0.0"
+F_SYN, F_ACK, F_FIN, F_RST = 1, 2, 4, 8
+EVENT = struct.Struct("=IHHI")  # stream, flags, kind, length (native_p2p.c's records)
+EV_GOAWAY = 1
+NEGOTIATION_LIMIT = 1024  # bytes of multistream-select a stream may take
+INBOX_LIMIT = 1 << 20  # bytes a stream holds that pycapnp has not taken: reset past it
+
+
+def build(directory: str) -> str:
+    """``native_p2p.c`` as a shared library in ``directory``."""
+    out = os.path.join(directory, "native_p2p.so")
+    r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-o", out,
+                        str(SOURCE), "-lsodium"], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"gcc failed (needs gcc and libsodium-dev):\n{r.stderr}")
+    return out
+
+
+def load_lib(path: str) -> Any:
+    lib = ctypes.CDLL(path)
+    p, u8p = ctypes.c_void_p, ctypes.c_char_p
+    for name, res, args in (
+            ("ww_conn_new", p, [ctypes.c_int, ctypes.c_int]),
+            ("ww_conn_free", None, [p]),
+            ("ww_conn_error", ctypes.c_char_p, [p]),
+            ("ww_conn_remote_key", p, [p]),
+            ("ww_conn_handshake", ctypes.c_int, [p, u8p, u8p]),
+            ("ww_conn_read", ctypes.c_long, [p]),
+            ("ww_conn_events", p, [p]),
+            ("ww_conn_flush", ctypes.c_long, [p]),
+            ("ww_stream_open", ctypes.c_uint32, [p]),
+            ("ww_stream_write", ctypes.c_int, [p, ctypes.c_uint32, u8p, ctypes.c_size_t,
+                                               ctypes.c_int]),
+            ("ww_conn_ping", ctypes.c_int, [p, ctypes.c_uint32])):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib
+
+
+def ms_line(proto: str) -> bytes:
+    line = proto.encode() + b"\n"
+    assert len(line) < 128
+    return bytes([len(line)]) + line
+
+
+class NativeStream:
+    """One Yamux stream: multistream-select first, then the asyncio transport under a
+    protocol (pycapnp's, or an echo)."""
+
+    def __init__(self, conn: NativeConn, sid: int, outbound: bool) -> None:
+        self.conn, self.sid = conn, sid
+        self.outbound = outbound
+        self.proto: str | None = None
+        self.negotiated: asyncio.Future[str] = conn.loop.create_future()
+        self._neg = bytearray()
+        self._neg_state = 0  # lines of multistream read
+        self.protocol: Any = None
+        self._reading = False
+        self._inbox = bytearray()
+        self._eof = self._eof_given = False
+        self._closed = False
+        self.on_data: Any = self._negotiate
+
+    # -- multistream-select on the stream --
+
+    def _lines(self) -> list[str]:
+        out = []
+        buf = self._neg
+        while buf:
+            n = buf[0]
+            if n >= 0x80 or n == 0:
+                raise ValueError("multistream: bad length")
+            if len(buf) < 1 + n:
+                break
+            line = bytes(buf[1:1 + n])
+            del buf[:1 + n]
+            if not line.endswith(b"\n"):
+                raise ValueError("multistream: no newline")
+            out.append(line[:-1].decode())
+        if len(self._neg) > NEGOTIATION_LIMIT:
+            raise ValueError("multistream: too long")
+        return out
+
+    def _negotiate(self, data: bytes) -> None:
+        self._neg += data
+        try:
+            lines = self._lines()
+        except ValueError:
+            self.reset()
+            return
+        for i, line in enumerate(lines):
+            self._neg_state += 1
+            if self.outbound:
+                if self._neg_state == 1 and line != "/multistream/1.0.0" or (
+                        self._neg_state == 2 and line != self.proto):
+                    self.reset()
+                    if not self.negotiated.done():
+                        self.negotiated.set_exception(ConnectionError(f"refused: {line}"))
+                    return
+                if self._neg_state == 2:
+                    self._done(b"".join(ms_line(x) for x in lines[i + 1:]))
+                    return
+            else:
+                if self._neg_state == 1:
+                    if line != "/multistream/1.0.0":
+                        self.reset()
+                        return
+                    self.write(ms_line(line))
+                elif line in self.conn.handlers:
+                    self.proto = line
+                    self.write(ms_line(line))
+                    self._done(b"")
+                    self.conn.handlers[line](self)
+                    return
+                elif self._neg_state > 8:
+                    self.reset()
+                    return
+                else:
+                    self.write(ms_line("na"))
+
+    def _done(self, rest: bytes) -> None:
+        self.on_data = self._data
+        rest += bytes(self._neg)
+        self._neg.clear()
+        if rest:
+            self._inbox += rest
+        if not self.negotiated.done():
+            self.negotiated.set_result(self.proto or "")
+
+    # -- the transport, under a protocol --
+
+    def connect(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.connection_made(self)
+        self._reading = True
+        self._deliver()
+
+    def _data(self, data: bytes) -> None:
+        if self._reading and not self._inbox:
+            protocol = self.protocol
+            view = memoryview(data)
+            while view:
+                buffer = protocol.get_buffer(len(view))
+                n = min(len(buffer), len(view))
+                buffer[:n] = view[:n]
+                view = view[n:]
+                protocol.buffer_updated(n)
+                if not self._reading:
+                    self._inbox += view
+                    break
+        else:
+            self._inbox += data
+            if len(self._inbox) > INBOX_LIMIT:
+                self.reset()
+                return
+            self._deliver()
+
+    def _deliver(self) -> None:
+        protocol = self.protocol
+        if protocol is None:
+            return
+        inbox = self._inbox
+        while self._reading and inbox:
+            buffer = protocol.get_buffer(len(inbox))
+            n = min(len(buffer), len(inbox))
+            buffer[:n] = inbox[:n]
+            del inbox[:n]
+            protocol.buffer_updated(n)
+        if self._reading and not inbox and self._eof and not self._eof_given:
+            self._eof_given = True
+            protocol.eof_received()
+
+    def remote_closed(self, reset: bool) -> None:
+        self._eof = True
+        if reset:
+            self._lost()
+        else:
+            self._deliver()
+
+    def _lost(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.conn.streams.pop(self.sid, None)
+        if not self.negotiated.done():
+            self.negotiated.set_exception(ConnectionError("stream reset"))
+            self.negotiated.exception()  # retrieved: whoever awaits it still gets it
+        if self.protocol is not None:
+            self.protocol.connection_lost(None)
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self.conn.queue(self, data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        self.conn.queue(self, b"", F_FIN)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        self._deliver()
+
+    def get_extra_info(self, _name: str, default: Any = None) -> Any:
+        return default
+
+    def reset(self) -> None:
+        if not self._closed:
+            self.conn.queue(self, b"", F_RST)
+            self._lost()
+
+    def close(self) -> None:
+        if not self._closed:
+            self.conn.queue(self, b"", F_FIN)
+            self._lost()
+
+    def abort(self) -> None:
+        self.reset()
+
+
+class NativeConn:
+    """A native libp2p connection on the running asyncio loop."""
+
+    def __init__(self, lib: Any, sock: socket.socket, initiator: bool,
+                 handlers: dict[str, Any]) -> None:
+        self.lib, self.sock, self.initiator = lib, sock, initiator
+        self.loop = asyncio.get_running_loop()
+        self.handlers = handlers
+        self.c = lib.ww_conn_new(sock.fileno(), int(initiator))
+        if not self.c:
+            raise MemoryError("ww_conn_new")
+        self.streams: dict[int, NativeStream] = {}
+        self._out: dict[int, list[tuple[bytes, int]]] = {}
+        self._flush_scheduled = False
+        self._writing = False
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.remote_key = b""
+
+    async def handshake(self, seed: bytes, expect: bytes | None) -> None:
+        self.sock.setblocking(True)
+        self.sock.settimeout(None)
+        rc = await self.loop.run_in_executor(
+            None, self.lib.ww_conn_handshake, self.c, seed, expect)
+        if rc:
+            raise ConnectionError(self.lib.ww_conn_error(self.c).decode())
+        self.remote_key = ctypes.string_at(self.lib.ww_conn_remote_key(self.c), 32)
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._readable()  # bytes that came with the handshake's last read
+
+    def _readable(self) -> None:
+        lib = self.lib
+        n = lib.ww_conn_read(self.c)
+        if n < 0:
+            self._fail(lib.ww_conn_error(self.c).decode() if n == -1 else "")
+            return
+        if n:
+            events = ctypes.string_at(lib.ww_conn_events(self.c), n)
+            off = 0
+            unpack = EVENT.unpack_from
+            streams = self.streams
+            while off < n:
+                sid, flags, kind, length = unpack(events, off)
+                off += 12
+                data = events[off:off + length]
+                off += length
+                if kind == EV_GOAWAY:
+                    continue
+                stream = streams.get(sid)
+                if stream is None:
+                    if not flags & F_SYN:
+                        continue
+                    stream = streams[sid] = NativeStream(self, sid, False)
+                if data:
+                    stream.on_data(data)
+                if flags & (F_FIN | F_RST):
+                    stream.remote_closed(bool(flags & F_RST))
+        self._flush()
+
+    def queue(self, stream: NativeStream, data: bytes, flags: int = 0) -> None:
+        """pycapnp's writes of one loop turn leave together, as one Yamux frame."""
+        self._out.setdefault(stream.sid, []).append((data, flags))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        lib, c = self.lib, self.c
+        if c is None:
+            return
+        if self._out:
+            out, self._out = self._out, {}
+            for sid, chunks in out.items():
+                flags = 0
+                for _, f in chunks:
+                    flags |= f
+                data = b"".join(d for d, _ in chunks)
+                if lib.ww_stream_write(c, sid, data, len(data), flags) and not flags:
+                    self._fail(lib.ww_conn_error(c).decode() or "write on a closed stream")
+                    return
+        left = lib.ww_conn_flush(c)
+        if left < 0:
+            self._fail(lib.ww_conn_error(c).decode())
+        elif left and not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        left = self.lib.ww_conn_flush(self.c)
+        if left <= 0:
+            self._writing = False
+            self.loop.remove_writer(self.sock.fileno())
+            if left < 0:
+                self._fail(self.lib.ww_conn_error(self.c).decode())
+
+    def open(self, proto: str) -> NativeStream:
+        sid = self.lib.ww_stream_open(self.c)
+        if not sid:
+            raise ConnectionError("cannot open a stream")
+        stream = self.streams[sid] = NativeStream(self, sid, True)
+        stream.proto = proto
+        stream.write(ms_line("/multistream/1.0.0") + ms_line(proto))
+        return stream
+
+    def _fail(self, why: str) -> None:
+        if self.closed.done():
+            return
+        self.loop.remove_reader(self.sock.fileno())
+        if self._writing:
+            self.loop.remove_writer(self.sock.fileno())
+        for stream in list(self.streams.values()):
+            stream._lost()
+        self.closed.set_result(None)
+        if why:
+            print(f"native conn: {why}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.c is None:
+            return
+        self._flush()  # a last reset or FIN
+        self._fail("")
+        self.sock.close()
+        self.lib.ww_conn_free(self.c)
+        self.c = None
+
+
+def ed25519_of_peer(peer: str) -> bytes:
+    from ww.core.identity import public_key_from_peer_id
+
+    return public_key_from_peer_id(peer).raw
+
+
+def peer_id_of(key: bytes) -> str:
+    from ww.core.identity import marshal_public_key, peer_id_from_public_key
+
+    return peer_id_from_public_key(marshal_public_key(1, key))
+
+
+async def dial(lib: Any, addr: str, handlers: dict[str, Any] | None = None) -> NativeConn:
+    """Dial /ip4/127.0.0.1/tcp/PORT/p2p/PEER natively: checks the peer is PEER."""
+    parts = addr.strip("/").split("/")
+    host, port, peer = parts[1], int(parts[3]), parts[5]
+    if host != "127.0.0.1":
+        raise SystemExit("loopback only")
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = NativeConn(lib, sock, True, handlers or {})
+    await conn.handshake(os.urandom(32), ed25519_of_peer(peer))
+    assert peer_id_of(conn.remote_key) == peer
+    return conn
+
+
+def capnp_stream(stream: NativeStream) -> Any:
+    import capnp
+
+    protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
+    stream.connect(protocol)
+    s = capnp.AsyncIoStream()
+    s._post_init(protocol)
+    return s
+
+
+def echo_handler(stream: NativeStream) -> None:
+    class Echo:
+        def connection_made(self, _t: Any) -> None: ...
+        def get_buffer(self, n: int) -> bytearray:
+            self.buf = bytearray(max(n, 1))
+            return self.buf
+        def buffer_updated(self, n: int) -> None:
+            stream.write(bytes(self.buf[:n]))
+        def eof_received(self) -> None:
+            stream.close()
+        def connection_lost(self, _e: Any) -> None: ...
+
+    stream.connect(Echo())
+
+
+def native_host(lib_path: str) -> None:
+    """A host: native libp2p on 127.0.0.1, `/ww/0.1.0` (echoing Service), echo and ping;
+    also pycapnp alone on a unix socket.  Prints both addresses; serves until stdin closes."""
+    import capnp
+
+    from ww.core.identity import PrivateKey
+    from ww.p2p.protocol import Exports, GatewayServer
+    from ww.schema import load
+
+    cell = load("cell")
+    lib = load_lib(lib_path)
+
+    class Echo(cell.Service.Server):  # type: ignore[name-defined,misc]
+        async def call(self, method: str, args: Any, **kwargs: Any) -> str:
+            return ""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        exports = Exports()
+        exports.set(Echo())
+        tasks = set()
+
+        async def serve_capnp(stream: Any) -> None:
+            server = capnp.TwoPartyServer(stream, bootstrap=GatewayServer(exports))
+            try:
+                await server.on_disconnect()
+            except Exception:
+                pass
+
+        def on_ww(stream: NativeStream) -> None:
+            task = asyncio.ensure_future(serve_capnp(capnp_stream(stream)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        handlers = {WW: on_ww, ECHO: echo_handler, PING: echo_handler}
+        seed = os.urandom(32)
+        peer = PrivateKey(seed).peer_id()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        listener.setblocking(False)
+
+        async def inbound(sock: socket.socket) -> None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = NativeConn(lib, sock, False, handlers)
+            try:
+                await conn.handshake(seed, None)
+            except ConnectionError as e:
+                print(f"native host: handshake: {e}", file=sys.stderr)
+                conn.close()
+                return
+            await conn.closed
+            conn.close()
+
+        def accept() -> None:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            task = asyncio.ensure_future(inbound(sock))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_reader(listener.fileno(), accept)
+        unix_dir = tempfile.mkdtemp(prefix="ww-native-")
+        unix_path = os.path.join(unix_dir, "capnp.sock")
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind(unix_path)
+        unix.listen(8)
+        unix.setblocking(False)
+
+        def accept_unix() -> None:
+            try:
+                sock, _ = unix.accept()
+            except BlockingIOError:
+                return
+
+            async def serve() -> None:
+                await serve_capnp(await capnp.AsyncIoStream.create_connection(sock=sock))
+
+            task = asyncio.ensure_future(serve())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_reader(unix.fileno(), accept_unix)
+        port = listener.getsockname()[1]
+        print(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer} {unix_path}", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        exports.close_all()
+        os.unlink(unix_path)
+        os.rmdir(unix_dir)
+
+    asyncio.run(capnp.run(main()))
+
+
+def native_peer(lib_path: str, addr: str, calls: int) -> dict[str, float]:
+    """Dial ``addr`` natively; the same calls as ``p2p.peer_round`` over `/ww/0.1.0`."""
+    import capnp
+
+    from ww.p2p.protocol import hold
+    from ww.schema import load
+
+    lib = load_lib(lib_path)
+    scope: dict[str, Any] = {}
+    exec(MEASURE, scope)
+
+    async def run() -> dict[str, float]:
+        conn = await dial(lib, addr, {PING: echo_handler})
+        client = None
+        try:
+            stream = conn.open(WW)
+            await stream.negotiated
+            client = capnp.TwoPartyClient(capnp_stream(stream))
+            gateway = client.bootstrap().cast_as(load("cell").Gateway)
+            cap = hold((await gateway.service()).service).cast_as(load("cell").Service)
+            return await scope["measure"](lambda: cap.call("echo", []), calls)  # type: ignore[no-any-return]
+        finally:
+            if client is not None:
+                client.close()
+            conn.close()
+
+    return asyncio.run(capnp.run(run()))
+
+
+def native_echo(lib_path: str, addr: str, calls: int, proto: str = ECHO) -> dict[str, float]:
+    """Sequential 100-byte echoes (or 32-byte pings, ``proto`` ping) on a bare stream."""
+    lib = load_lib(lib_path)
+    size = 32 if proto == PING else 100
+
+    async def run() -> dict[str, float]:
+        conn = await dial(lib, addr)
+        try:
+            stream = conn.open(proto)
+            await stream.negotiated
+            got = bytearray()
+            waiter: list[asyncio.Future[None]] = []
+
+            class Reader:
+                def connection_made(self, _t: Any) -> None: ...
+                def get_buffer(self, n: int) -> bytearray:
+                    self.buf = bytearray(max(n, 1))
+                    return self.buf
+                def buffer_updated(self, n: int) -> None:
+                    got.extend(self.buf[:n])
+                    if len(got) >= size and waiter and not waiter[0].done():
+                        waiter[0].set_result(None)
+                def eof_received(self) -> None: ...
+                def connection_lost(self, _e: Any) -> None:
+                    if waiter and not waiter[0].done():
+                        waiter[0].set_exception(ConnectionError("stream lost"))
+
+            stream.connect(Reader())
+            times = []
+            for i in range(calls + 50):
+                message = os.urandom(size)
+                started = time.perf_counter()
+                waiter[:] = [asyncio.get_running_loop().create_future()]
+                stream.write(message)
+                await waiter[0]
+                if bytes(got[:size]) != message:
+                    raise SystemExit("echo: wrong bytes back")
+                del got[:size]
+                if i >= 50:
+                    times.append(time.perf_counter() - started)
+            stream.reset()
+            times.sort()
+            return {"median_us": statistics.median(times) * 1e6,
+                    "p10_us": times[len(times) // 10] * 1e6,
+                    "p99_us": times[int(len(times) * 0.99) - 1] * 1e6,
+                    "sequential_per_s": calls / sum(times), "pipelined_per_s": float("nan")}
+        finally:
+            conn.close()
+
+    return asyncio.run(run())
+
+
+def unix_peer(path: str, calls: int) -> dict[str, float]:
+    """pycapnp alone over a unix socket: the same calls, no libp2p."""
+    import capnp
+
+    from ww.p2p.protocol import hold
+    from ww.schema import load
+
+    scope: dict[str, Any] = {}
+    exec(MEASURE, scope)
+
+    async def run() -> dict[str, float]:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        client = capnp.TwoPartyClient(await capnp.AsyncIoStream.create_connection(sock=sock))
+        try:
+            gateway = client.bootstrap().cast_as(load("cell").Gateway)
+            cap = hold((await gateway.service()).service).cast_as(load("cell").Service)
+            return await scope["measure"](lambda: cap.call("echo", []), calls)  # type: ignore[no-any-return]
+        finally:
+            client.close()
+
+    return asyncio.run(capnp.run(run()))
+
+
+def py_echo(addr: str, calls: int) -> dict[str, float]:
+    from p2p_guest import echo_peer
+
+    return echo_peer(addr, calls)  # type: ignore[no-any-return]
+
+
+CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
+            "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
+
+
+def child(kind: str, *args: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, f"--{kind}", *args], check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--native-host":
+        native_host(sys.argv[2])
+        return
+    if len(sys.argv) >= 3 and sys.argv[1] in CHILDREN:
+        fn = CHILDREN[sys.argv[1]]
+        args: list[Any] = [int(a) if a.isdigit() else a for a in sys.argv[2:]]
+        print(json.dumps(fn(*args)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    calls = str(options.calls)
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="ww-native-build-") as build_dir:
+        lib = build(build_dir)
+        py_host = subprocess.Popen([sys.executable, str(HERE / "p2p_guest.py"), "--host",
+                                    "thread"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True)
+        nat_host = subprocess.Popen([sys.executable, __file__, "--native-host", lib],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert py_host.stdout is not None and nat_host.stdout is not None
+            py_addr = py_host.stdout.readline().strip()
+            nat_addr, unix_path = nat_host.stdout.readline().split()
+            # Interop first: the native side against a real ww py-libp2p host.
+            ping = child("native-echo", lib, py_addr, "20", PING)
+            print(f"interop: native -> py-libp2p host, {PING}: {ping['median_us']:.0f} us",
+                  flush=True)
+            paths = {
+                "native -> py host": ("native-peer", lib, py_addr, calls),
+                "py -> native host": ("py-peer", nat_addr, calls),
+                "py -> py host": ("py-peer", py_addr, calls),
+                "native -> native": ("native-peer", lib, nat_addr, calls),
+                "capnp unix": ("unix-peer", unix_path, calls),
+                "native echo": ("native-echo", lib, nat_addr, calls),
+                "py echo": ("py-echo", py_addr, calls),
+            }
+            results: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
+            names = list(paths)
+            for n in range(options.rounds):
+                for name in names[n % len(names):] + names[:n % len(names)]:
+                    got = child(*paths[name])
+                    results[name].append(got)
+                    print(f"round {n + 1} {name:<18} median {got['median_us']:6.0f} us, "
+                          f"p10 {got['p10_us']:6.0f} us, pipelined "
+                          f"{got['pipelined_per_s']:6.0f}/s; load {os.getloadavg()[0]:.1f}",
+                          flush=True)
+                    loads.append(os.getloadavg()[0])
+        finally:
+            stop_b(py_host)
+            stop_b(nat_host)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{platform.python_implementation()} {platform.python_version()}, "
+          f"{options.calls} calls, {IN_FLIGHT} in flight, median of {options.rounds} rounds, "
+          f"load average {min(loads):.1f}-{max(loads):.1f}")
+    print(f"{'path':<20}{'median':>8}{'p10':>9}{'p99':>9}{'seq calls/s':>13}"
+          f"{'pipelined calls/s':>19}")
+    for name, rounds in results.items():
+        med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+        print(f"{name:<20}{med['median_us']:>6.0f}us{med['p10_us']:>7.0f}us"
+              f"{med['p99_us']:>7.0f}us{med['sequential_per_s']:>13.0f}"
+              f"{med['pipelined_per_s']:>19.0f}")
+
+
+if __name__ == "__main__":
+    main()
