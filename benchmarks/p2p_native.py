@@ -496,7 +496,7 @@ def native_host(lib_path: str) -> None:
 
         handlers = {WW: on_ww, ECHO: echo_handler, PING: echo_handler}
         seed = os.urandom(32)
-        peer = PrivateKey(seed).peer_id()
+        peer = PrivateKey(seed).peer_id
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(64)
