@@ -51,7 +51,7 @@ typedef struct {
     uint32_t send_window;   /* bytes the peer will still take */
     uint32_t recv_left;     /* bytes the peer may still send */
     uint32_t recv_unacked;  /* read, credit not yet returned */
-    int local_fin, remote_fin;
+    int local_fin, remote_fin, fin_pending;
     buf_t pending;          /* written, waiting for window */
 } stream_t;
 
@@ -556,21 +556,15 @@ static int noise_decrypt_all(conn_t *c) {
     return 0;
 }
 
-/* Blocking: read until one more Noise message is decrypted. */
+/* Blocking: read until the plaintext grows (one more Noise message, or several). */
 static int noise_read_msg(conn_t *c) {
     size_t before = c->plain.len;
-    for (;;) {
-        if (c->in.len >= 2) {
-            size_t len = (size_t)c->in.p[0] << 8 | c->in.p[1];
-            if (raw_fill(c, 2 + len)) return -1;
-        } else if (raw_fill(c, 2)) {
-            return -1;
-        }
+    while (c->plain.len == before) {
+        if (raw_fill(c, 2)) return -1;
+        if (raw_fill(c, 2 + ((size_t)c->in.p[0] << 8 | c->in.p[1]))) return -1;
         if (noise_decrypt_all(c)) return -1;
-        if (c->plain.len > before || c->in.len == 0) {
-            if (c->plain.len > before) return 0;
-        }
     }
+    return 0;
 }
 
 static int flush_blocking(conn_t *c) {
@@ -623,6 +617,8 @@ static int yamux_send(conn_t *c, uint8_t type, uint16_t flags, uint32_t id, uint
 }
 
 /* Send what the window allows of the stream's pending bytes. */
+static int send_fin(conn_t *c, stream_t *s);
+
 static int drain(conn_t *c, stream_t *s) {
     size_t off = 0;
     while (off < s->pending.len && s->send_window) {
@@ -634,6 +630,16 @@ static int drain(conn_t *c, stream_t *s) {
         off += n;
     }
     if (off) buf_drop(&s->pending, off);
+    if (s->fin_pending && !s->pending.len) return send_fin(c, s);
+    return 0;
+}
+
+/* FIN after everything written; may free s (both sides closed). */
+static int send_fin(conn_t *c, stream_t *s) {
+    s->fin_pending = 0;
+    s->local_fin = 1;
+    if (yamux_send(c, Y_WINDOW, F_FIN, s->id, 0, NULL, 0)) return -1;
+    if (s->remote_fin) drop_stream(c, s);
     return 0;
 }
 
@@ -690,7 +696,9 @@ static int yamux_parse(conn_t *c) {
         if (type == Y_WINDOW) {
             if (len > UINT32_MAX - s->send_window) { rc = fail(c, "yamux: window overflow"); break; }
             s->send_window += len;
+            int closing = s->fin_pending && s->remote_fin; /* drain may free s */
             if (drain(c, s)) { rc = -1; break; }
+            if (closing && !find(c, id)) s = NULL;
         } else if (body) {
             if (body > s->recv_left || s->remote_fin) { rc = fail(c, "yamux: peer overran the window"); break; }
             s->recv_left -= (uint32_t)body;
@@ -705,6 +713,7 @@ static int yamux_parse(conn_t *c) {
         if (body || shown) {
             if (event(c, id, shown, EV_DATA, data, (uint32_t)body)) { rc = -1; break; }
         }
+        if (!s) continue;
         if (flags & F_FIN) s->remote_fin = 1;
         if (flags & F_RST || (s->remote_fin && s->local_fin)) drop_stream(c, s);
     }
@@ -811,11 +820,12 @@ uint32_t ww_stream_open(conn_t *c) {
 }
 
 /* Queue data on a stream (framed and encrypted now, what the window allows); flags F_FIN
- * closes our side after it, F_RST resets.  -1 on failure or an unknown stream. */
+ * closes our side after it, F_RST resets.  -1 on failure of the connection, -2 for a
+ * stream that is gone (reset, or closed). */
 int ww_stream_write(conn_t *c, uint32_t id, const uint8_t *data, size_t n, int flags) {
     if (c->failed) return -1;
     stream_t *s = find(c, id);
-    if (!s || s->local_fin) return -1;
+    if (!s || s->local_fin || s->fin_pending) return -2;
     if (flags & F_RST) {
         int rc = yamux_send(c, Y_WINDOW, F_RST, id, 0, NULL, 0);
         drop_stream(c, s);
@@ -824,10 +834,8 @@ int ww_stream_write(conn_t *c, uint32_t id, const uint8_t *data, size_t n, int f
     if (buf_put(&s->pending, data, n)) return fail(c, "stream buffer limit");
     if (drain(c, s)) return -1;
     if (flags & F_FIN) {
-        if (s->pending.len) return 0; /* prototype: FIN waits for the window (not sent) */
-        s->local_fin = 1;
-        if (yamux_send(c, Y_WINDOW, F_FIN, id, 0, NULL, 0)) return -1;
-        if (s->remote_fin) drop_stream(c, s);
+        if (s->pending.len) s->fin_pending = 1; /* sent once the window lets the rest go */
+        else return send_fin(c, s);
     }
     return 0;
 }

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from p2p import ECHO, IN_FLIGHT, MEASURE, peer_round, stop_b  # noqa: E402
+from p2p import ECHO, IN_FLIGHT, MEASURE, _tree_cpu, peer_round, stop_b  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "native_p2p.c"
@@ -57,6 +57,7 @@ EVENT = struct.Struct("=IHHI")  # stream, flags, kind, length (native_p2p.c's re
 EV_GOAWAY = 1
 NEGOTIATION_LIMIT = 1024  # bytes of multistream-select a stream may take
 INBOX_LIMIT = 1 << 20  # bytes a stream holds that pycapnp has not taken: reset past it
+HANDSHAKE_TIMEOUT = 10  # seconds the handshake may wait on the peer at each read or write
 
 
 def build(directory: str) -> str:
@@ -116,67 +117,59 @@ class NativeStream:
 
     # -- multistream-select on the stream --
 
-    def _lines(self) -> list[str]:
-        out = []
+    def _line(self) -> str | None:
+        """The next whole multistream-select message, or None for more bytes first."""
         buf = self._neg
-        while buf:
-            n = buf[0]
-            if n >= 0x80 or n == 0:
-                raise ValueError("multistream: bad length")
-            if len(buf) < 1 + n:
-                break
-            line = bytes(buf[1:1 + n])
-            del buf[:1 + n]
-            if not line.endswith(b"\n"):
-                raise ValueError("multistream: no newline")
-            out.append(line[:-1].decode())
-        if len(self._neg) > NEGOTIATION_LIMIT:
-            raise ValueError("multistream: too long")
-        return out
+        if not buf:
+            return None
+        n = buf[0]
+        if n >= 0x80 or n == 0:  # every line ww speaks is shorter than 128 bytes
+            raise ValueError("multistream: bad length")
+        if len(buf) < 1 + n:
+            return None
+        line = bytes(buf[1:1 + n])
+        del buf[:1 + n]
+        if not line.endswith(b"\n"):
+            raise ValueError("multistream: no newline")
+        return line[:-1].decode()
 
     def _negotiate(self, data: bytes) -> None:
         self._neg += data
-        try:
-            lines = self._lines()
-        except ValueError:
+        if len(self._neg) > NEGOTIATION_LIMIT:
             self.reset()
             return
-        for i, line in enumerate(lines):
-            self._neg_state += 1
-            if self.outbound:
-                if self._neg_state == 1 and line != "/multistream/1.0.0" or (
-                        self._neg_state == 2 and line != self.proto):
-                    self.reset()
-                    if not self.negotiated.done():
-                        self.negotiated.set_exception(ConnectionError(f"refused: {line}"))
-                    return
-                if self._neg_state == 2:
-                    self._done(b"".join(ms_line(x) for x in lines[i + 1:]))
-                    return
-            else:
-                if self._neg_state == 1:
+        try:
+            while self.on_data == self._negotiate and (line := self._line()) is not None:
+                self._neg_state += 1
+                if self.outbound:
+                    expected = "/multistream/1.0.0" if self._neg_state == 1 else self.proto
+                    if line != expected:
+                        raise ValueError(f"refused: {line}")
+                    if self._neg_state == 2:
+                        self._done()
+                elif self._neg_state == 1:
                     if line != "/multistream/1.0.0":
-                        self.reset()
-                        return
+                        raise ValueError("multistream: bad header")
                     self.write(ms_line(line))
                 elif line in self.conn.handlers:
                     self.proto = line
                     self.write(ms_line(line))
-                    self._done(b"")
+                    self._done()
                     self.conn.handlers[line](self)
-                    return
                 elif self._neg_state > 8:
-                    self.reset()
-                    return
+                    raise ValueError("multistream: too many proposals")
                 else:
                     self.write(ms_line("na"))
+        except ValueError as e:  # UnicodeDecodeError included
+            if not self.negotiated.done():
+                self.negotiated.set_exception(ConnectionError(str(e)))
+            self.reset()
 
-    def _done(self, rest: bytes) -> None:
+    def _done(self) -> None:
+        """Negotiated: what came after the last line is the protocol's."""
         self.on_data = self._data
-        rest += bytes(self._neg)
+        self._inbox += self._neg
         self._neg.clear()
-        if rest:
-            self._inbox += rest
         if not self.negotiated.done():
             self.negotiated.set_result(self.proto or "")
 
@@ -301,8 +294,12 @@ class NativeConn:
         self.remote_key = b""
 
     async def handshake(self, seed: bytes, expect: bytes | None) -> None:
+        # A blocking socket for the C handshake (Python's timeouts make it non-blocking),
+        # bounded by the kernel's own timeouts instead.
         self.sock.setblocking(True)
-        self.sock.settimeout(None)
+        bound = struct.pack("ll", HANDSHAKE_TIMEOUT, 0)
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self.sock.setsockopt(socket.SOL_SOCKET, option, bound)
         rc = await self.loop.run_in_executor(
             None, self.lib.ww_conn_handshake, self.c, seed, expect)
         if rc:
@@ -360,9 +357,9 @@ class NativeConn:
                 for _, f in chunks:
                     flags |= f
                 data = b"".join(d for d, _ in chunks)
-                if lib.ww_stream_write(c, sid, data, len(data), flags) and not flags:
-                    self._fail(lib.ww_conn_error(c).decode() or "write on a closed stream")
-                    return
+                if lib.ww_stream_write(c, sid, data, len(data), flags) == -1:
+                    self._fail(lib.ww_conn_error(c).decode())
+                    return  # (-2: the stream is gone, reset by the peer: its bytes dropped)
         left = lib.ww_conn_flush(c)
         if left < 0:
             self._fail(lib.ww_conn_error(c).decode())
@@ -706,24 +703,31 @@ def main() -> None:
             ping = child("native-echo", lib, py_addr, "20", PING)
             print(f"interop: native -> py-libp2p host, {PING}: {ping['median_us']:.0f} us",
                   flush=True)
+            # each path: the child's arguments, and the host whose CPU is counted
             paths = {
-                "native -> py host": ("native-peer", lib, py_addr, calls),
-                "py -> native host": ("py-peer", nat_addr, calls),
-                "py -> py host": ("py-peer", py_addr, calls),
-                "native -> native": ("native-peer", lib, nat_addr, calls),
-                "capnp unix": ("unix-peer", unix_path, calls),
-                "native echo": ("native-echo", lib, nat_addr, calls),
-                "py echo": ("py-echo", py_addr, calls),
+                "native -> py host": (("native-peer", lib, py_addr, calls), py_host),
+                "py -> native host": (("py-peer", nat_addr, calls), nat_host),
+                "py -> py host": (("py-peer", py_addr, calls), py_host),
+                "native -> native": (("native-peer", lib, nat_addr, calls), nat_host),
+                "capnp unix": (("unix-peer", unix_path, calls), nat_host),
+                "native echo": (("native-echo", lib, nat_addr, calls), nat_host),
+                "py echo": (("py-echo", py_addr, calls), py_host),
             }
             results: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
             names = list(paths)
             for n in range(options.rounds):
                 for name in names[n % len(names):] + names[:n % len(names)]:
-                    got = child(*paths[name])
+                    args, server = paths[name]
+                    before = _tree_cpu(server.pid)
+                    got = child(*args)
+                    # over the warm-up, the sequential and (calls only) the pipelined ones
+                    done = 50 + options.calls * (1 if "echo" in name else 2)
+                    got["host_cpu_us"] = (_tree_cpu(server.pid) - before) / done * 1e6
                     results[name].append(got)
                     print(f"round {n + 1} {name:<18} median {got['median_us']:6.0f} us, "
                           f"p10 {got['p10_us']:6.0f} us, pipelined "
-                          f"{got['pipelined_per_s']:6.0f}/s; load {os.getloadavg()[0]:.1f}",
+                          f"{got['pipelined_per_s']:6.0f}/s, host CPU "
+                          f"{got['host_cpu_us']:4.0f} us; load {os.getloadavg()[0]:.1f}",
                           flush=True)
                     loads.append(os.getloadavg()[0])
         finally:
@@ -734,12 +738,12 @@ def main() -> None:
           f"{options.calls} calls, {IN_FLIGHT} in flight, median of {options.rounds} rounds, "
           f"load average {min(loads):.1f}-{max(loads):.1f}")
     print(f"{'path':<20}{'median':>8}{'p10':>9}{'p99':>9}{'seq calls/s':>13}"
-          f"{'pipelined calls/s':>19}")
+          f"{'pipelined calls/s':>19}{'host CPU/call':>15}")
     for name, rounds in results.items():
         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         print(f"{name:<20}{med['median_us']:>6.0f}us{med['p10_us']:>7.0f}us"
               f"{med['p99_us']:>7.0f}us{med['sequential_per_s']:>13.0f}"
-              f"{med['pipelined_per_s']:>19.0f}")
+              f"{med['pipelined_per_s']:>19.0f}{med['host_cpu_us']:>13.0f}us")
 
 
 if __name__ == "__main__":
