@@ -85,7 +85,8 @@ def load_lib(path: str) -> Any:
             ("ww_stream_open", ctypes.c_uint32, [p]),
             ("ww_stream_write", ctypes.c_int, [p, ctypes.c_uint32, u8p, ctypes.c_size_t,
                                                ctypes.c_int]),
-            ("ww_conn_ping", ctypes.c_int, [p, ctypes.c_uint32])):
+            ("ww_conn_ping", ctypes.c_int, [p, ctypes.c_uint32]),
+            ("ww_bench_pingpong", ctypes.c_double, [p, p, ctypes.c_size_t, ctypes.c_long])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     return lib
@@ -657,6 +658,35 @@ def unix_peer(path: str, calls: int) -> dict[str, float]:
     return asyncio.run(capnp.run(run()))
 
 
+def native_pingpong(lib_path: str, rounds: int, size: int = 100) -> dict[str, float]:
+    """The transport's own cost: two native connections in this thread over a unix
+    socketpair (handshaken, initiator and responder), ``ww_bench_pingpong``'s echoes: each
+    round trip frames, encrypts, sends, reads, decrypts and parses twice, with no event loop
+    and no wake-ups between processes."""
+    from ww.core.identity import PrivateKey
+
+    lib = load_lib(lib_path)
+
+    async def run() -> dict[str, float]:
+        x, y = socket.socketpair()
+        a, b = NativeConn(lib, x, True, {}), NativeConn(lib, y, False, {})
+        seed = os.urandom(32)
+        try:
+            await asyncio.gather(a.handshake(os.urandom(32), ed25519_of_peer(
+                PrivateKey(seed).peer_id)), b.handshake(seed, None))
+            ns = lib.ww_bench_pingpong(a.c, b.c, size, rounds)
+            if ns < 0:
+                raise SystemExit(f"pingpong failed: {lib.ww_conn_error(a.c).decode()} "
+                                 f"{lib.ww_conn_error(b.c).decode()}")
+            return {"median_us": ns / 1e3, "p10_us": float("nan"), "p99_us": float("nan"),
+                    "sequential_per_s": 1e9 / ns, "pipelined_per_s": float("nan")}
+        finally:
+            a.close()
+            b.close()
+
+    return asyncio.run(run())
+
+
 def py_echo(addr: str, calls: int) -> dict[str, float]:
     from p2p_guest import echo_peer
 
@@ -664,6 +694,7 @@ def py_echo(addr: str, calls: int) -> dict[str, float]:
 
 
 CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
+            "--native-pingpong": native_pingpong,
             "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
 
 
@@ -712,17 +743,19 @@ def main() -> None:
                 "capnp unix": (("unix-peer", unix_path, calls), nat_host),
                 "native echo": (("native-echo", lib, nat_addr, calls), nat_host),
                 "py echo": (("py-echo", py_addr, calls), py_host),
+                "native in-thread": (("native-pingpong", lib, str(20 * options.calls)), None),
             }
             results: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
             names = list(paths)
             for n in range(options.rounds):
                 for name in names[n % len(names):] + names[:n % len(names)]:
                     args, server = paths[name]
-                    before = _tree_cpu(server.pid)
+                    before = _tree_cpu(server.pid) if server else 0.0
                     got = child(*args)
                     # over the warm-up, the sequential and (calls only) the pipelined ones
                     done = 50 + options.calls * (1 if "echo" in name else 2)
-                    got["host_cpu_us"] = (_tree_cpu(server.pid) - before) / done * 1e6
+                    got["host_cpu_us"] = ((_tree_cpu(server.pid) - before) / done * 1e6
+                                          if server else float("nan"))
                     results[name].append(got)
                     print(f"round {n + 1} {name:<18} median {got['median_us']:6.0f} us, "
                           f"p10 {got['p10_us']:6.0f} us, pipelined "
