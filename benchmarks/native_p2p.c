@@ -168,7 +168,7 @@ static size_t encrypt_and_hash(sym_t *s, const uint8_t *pt, size_t n, uint8_t *o
                                                   s->k);
         len = (size_t)clen;
     } else {
-        memmove(out, pt, n);
+        if (n) memmove(out, pt, n);
     }
     mix_hash(s, out, len);
     return len;
@@ -188,7 +188,7 @@ static int decrypt_and_hash(sym_t *s, const uint8_t *ct, size_t n, uint8_t *out,
             return -1;
         *outn = (size_t)mlen;
     } else {
-        memmove(out, ct, n);
+        if (n) memmove(out, ct, n);
         *outn = n;
     }
     mix_hash(s, ct, n);

@@ -21,7 +21,13 @@ Measured, each in a process of its own, in turns, every round:
 - "capnp unix": a bare pycapnp call over a unix socket to the native host process, no
   libp2p (the fd 3 scale);
 - "native echo": a 100-byte echo on a bare stream, native at both ends (the Python
-  dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``).
+  dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``);
+- "native in-thread": the transport's own cost, two native connections in one thread
+  (``ww_bench_pingpong``: a 100-byte echo, framed, encrypted, sent, read, decrypted and
+  parsed both ways, no event loop and no wake-ups).
+
+"host CPU/call": the CPU the serving host process spent per call (or echo) over the round
+(Linux /proc), the warm-up and the pipelined calls included: less moved by load than times.
 
 Sequential calls give median, 10th and 99th percentiles; "pipelined" keeps 64 in flight.
 Everything listens on 127.0.0.1 only.  Nothing of ww is changed.
