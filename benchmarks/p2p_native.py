@@ -22,6 +22,7 @@ Measured, each in a process of its own, in turns, every round:
   libp2p (the fd 3 scale);
 - "native echo": a 100-byte echo on a bare stream, native at both ends (the Python
   dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``);
+  "asyncio echo": the same over a plain asyncio TCP connection (no libp2p at all);
 - "native in-thread": the transport's own cost, two native connections in one thread
   (``ww_bench_pingpong``: a 100-byte echo, framed, encrypted, sent, read, decrypted and
   parsed both ways, no event loop and no wake-ups).
@@ -549,8 +550,17 @@ def native_host(lib_path: str) -> None:
             task.add_done_callback(tasks.discard)
 
         loop.add_reader(unix.fileno(), accept_unix)
-        port = listener.getsockname()[1]
-        print(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer} {unix_path}", flush=True)
+
+        class PlainEcho(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(data)
+
+        plain = await loop.create_server(PlainEcho, "127.0.0.1", 0)
+        port, plain_port = listener.getsockname()[1], plain.sockets[0].getsockname()[1]
+        print(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer} {unix_path} {plain_port}", flush=True)
         await loop.run_in_executor(None, sys.stdin.read)
         exports.close_all()
         os.unlink(unix_path)
@@ -588,54 +598,87 @@ def native_peer(lib_path: str, addr: str, calls: int) -> dict[str, float]:
     return asyncio.run(capnp.run(run()))
 
 
+class EchoReader(asyncio.BufferedProtocol):
+    """A protocol that collects echoed bytes and wakes :attr:`waiter` once ``size`` are in
+    (asyncio's ``BufferedProtocol`` calls, which a :class:`NativeStream` makes too)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.got = bytearray()
+        self.buf = bytearray(65536)
+        self.waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, _transport: Any) -> None: ...
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, n: int) -> None:
+        self.got += self.buf[:n]
+        if len(self.got) >= self.size and self.waiter and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def eof_received(self) -> None: ...
+
+    def connection_lost(self, _exc: Any) -> None:
+        if self.waiter and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+
+async def time_echoes(write: Any, reader: EchoReader, calls: int) -> dict[str, float]:
+    """``calls`` sequential echoes of ``reader.size`` random bytes (after 50 to warm up),
+    each checked."""
+    loop = asyncio.get_running_loop()
+    size, times = reader.size, []
+    for i in range(calls + 50):
+        message = os.urandom(size)
+        started = time.perf_counter()
+        reader.waiter = loop.create_future()
+        write(message)
+        await reader.waiter
+        if reader.got[:size] != message:
+            raise SystemExit("echo: wrong bytes back")
+        del reader.got[:size]
+        if i >= 50:
+            times.append(time.perf_counter() - started)
+    times.sort()
+    return {"median_us": statistics.median(times) * 1e6,
+            "p10_us": times[len(times) // 10] * 1e6,
+            "p99_us": times[int(len(times) * 0.99) - 1] * 1e6,
+            "sequential_per_s": calls / sum(times), "pipelined_per_s": float("nan")}
+
+
 def native_echo(lib_path: str, addr: str, calls: int, proto: str = ECHO) -> dict[str, float]:
     """Sequential 100-byte echoes (or 32-byte pings, ``proto`` ping) on a bare stream."""
     lib = load_lib(lib_path)
-    size = 32 if proto == PING else 100
 
     async def run() -> dict[str, float]:
         conn = await dial(lib, addr)
         try:
             stream = conn.open(proto)
             await stream.negotiated
-            got = bytearray()
-            waiter: list[asyncio.Future[None]] = []
-
-            class Reader:
-                def connection_made(self, _t: Any) -> None: ...
-                def get_buffer(self, n: int) -> bytearray:
-                    self.buf = bytearray(max(n, 1))
-                    return self.buf
-                def buffer_updated(self, n: int) -> None:
-                    got.extend(self.buf[:n])
-                    if len(got) >= size and waiter and not waiter[0].done():
-                        waiter[0].set_result(None)
-                def eof_received(self) -> None: ...
-                def connection_lost(self, _e: Any) -> None:
-                    if waiter and not waiter[0].done():
-                        waiter[0].set_exception(ConnectionError("stream lost"))
-
-            stream.connect(Reader())
-            times = []
-            for i in range(calls + 50):
-                message = os.urandom(size)
-                started = time.perf_counter()
-                waiter[:] = [asyncio.get_running_loop().create_future()]
-                stream.write(message)
-                await waiter[0]
-                if bytes(got[:size]) != message:
-                    raise SystemExit("echo: wrong bytes back")
-                del got[:size]
-                if i >= 50:
-                    times.append(time.perf_counter() - started)
+            reader = EchoReader(32 if proto == PING else 100)
+            stream.connect(reader)
+            got = await time_echoes(stream.write, reader, calls)
             stream.reset()
-            times.sort()
-            return {"median_us": statistics.median(times) * 1e6,
-                    "p10_us": times[len(times) // 10] * 1e6,
-                    "p99_us": times[int(len(times) * 0.99) - 1] * 1e6,
-                    "sequential_per_s": calls / sum(times), "pipelined_per_s": float("nan")}
+            return got
         finally:
             conn.close()
+
+    return asyncio.run(run())
+
+
+def asyncio_echo(port: int, calls: int) -> dict[str, float]:
+    """The same echoes over a plain asyncio TCP connection: no libp2p, no encryption."""
+
+    async def run() -> dict[str, float]:
+        reader = EchoReader(100)
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: reader, "127.0.0.1", port)
+        try:
+            return await time_echoes(transport.write, reader, calls)
+        finally:
+            transport.close()
 
     return asyncio.run(run())
 
@@ -700,7 +743,7 @@ def py_echo(addr: str, calls: int) -> dict[str, float]:
 
 
 CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
-            "--native-pingpong": native_pingpong,
+            "--native-pingpong": native_pingpong, "--asyncio-echo": asyncio_echo,
             "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
 
 
@@ -735,7 +778,7 @@ def main() -> None:
         try:
             assert py_host.stdout is not None and nat_host.stdout is not None
             py_addr = py_host.stdout.readline().strip()
-            nat_addr, unix_path = nat_host.stdout.readline().split()
+            nat_addr, unix_path, plain_port = nat_host.stdout.readline().split()
             # Interop first: the native side against a real ww py-libp2p host.
             ping = child("native-echo", lib, py_addr, "20", PING)
             print(f"interop: native -> py-libp2p host, {PING}: {ping['median_us']:.0f} us",
@@ -749,6 +792,7 @@ def main() -> None:
                 "capnp unix": (("unix-peer", unix_path, calls), nat_host),
                 "native echo": (("native-echo", lib, nat_addr, calls), nat_host),
                 "py echo": (("py-echo", py_addr, calls), py_host),
+                "asyncio echo": (("asyncio-echo", plain_port, calls), nat_host),
                 "native in-thread": (("native-pingpong", lib, str(20 * options.calls)), None),
             }
             results: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
