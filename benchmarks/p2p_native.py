@@ -757,10 +757,17 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--native-host":
         native_host(sys.argv[2])
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--build":  # DIR: build, print the library
+        print(build(sys.argv[2]))
+        return
     if len(sys.argv) >= 3 and sys.argv[1] in CHILDREN:
         fn = CHILDREN[sys.argv[1]]
         args: list[Any] = [int(a) if a.isdigit() else a for a in sys.argv[2:]]
-        print(json.dumps(fn(*args)))
+        try:
+            print(json.dumps(fn(*args)))
+        except ConnectionError as e:  # a refused handshake or stream: one line
+            print(f"native: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=1000)
