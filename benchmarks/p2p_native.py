@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import math
 import os
 import platform
 import socket
@@ -831,9 +832,11 @@ def main() -> None:
           f"{'pipelined calls/s':>19}{'host CPU/call':>15}")
     for name, rounds in results.items():
         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-        print(f"{name:<20}{med['median_us']:>6.0f}us{med['p10_us']:>7.0f}us"
-              f"{med['p99_us']:>7.0f}us{med['sequential_per_s']:>13.0f}"
-              f"{med['pipelined_per_s']:>19.0f}{med['host_cpu_us']:>13.0f}us")
+        print(f"{name:<20}" + "".join(
+            f"{'-' if math.isnan(med[key]) else f'{med[key]:.0f}{unit}':>{width}}"
+            for key, width, unit in (("median_us", 8, "us"), ("p10_us", 9, "us"),
+                                     ("p99_us", 9, "us"), ("sequential_per_s", 13, ""),
+                                     ("pipelined_per_s", 19, ""), ("host_cpu_us", 15, "us"))))
 
 
 if __name__ == "__main__":
