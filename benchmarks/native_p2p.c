@@ -52,7 +52,8 @@ typedef struct {
     uint32_t recv_left;     /* bytes the peer may still send */
     uint32_t recv_unacked;  /* read, credit not yet returned */
     int local_fin, remote_fin, fin_pending;
-    buf_t pending;          /* written, waiting for window */
+    buf_t pending;          /* written, waiting for window (from pending_off on) */
+    size_t pending_off;
 } stream_t;
 
 typedef struct {
@@ -620,7 +621,7 @@ static int yamux_send(conn_t *c, uint8_t type, uint16_t flags, uint32_t id, uint
 static int send_fin(conn_t *c, stream_t *s);
 
 static int drain(conn_t *c, stream_t *s) {
-    size_t off = 0;
+    size_t off = s->pending_off;
     while (off < s->pending.len && s->send_window) {
         size_t n = s->pending.len - off;
         if (n > YAMUX_FRAME_MAX) n = YAMUX_FRAME_MAX;
@@ -629,7 +630,14 @@ static int drain(conn_t *c, stream_t *s) {
         s->send_window -= (uint32_t)n;
         off += n;
     }
-    if (off) buf_drop(&s->pending, off);
+    if (off == s->pending.len) {
+        s->pending.len = 0;
+        off = 0;
+    } else if (off > s->pending.len / 2) { /* compact now and then, not at every frame */
+        buf_drop(&s->pending, off);
+        off = 0;
+    }
+    s->pending_off = off;
     if (s->fin_pending && !s->pending.len) return send_fin(c, s);
     return 0;
 }

