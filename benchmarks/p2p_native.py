@@ -441,8 +441,13 @@ async def dial(lib: Any, addr: str, handlers: dict[str, Any] | None = None) -> N
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = NativeConn(lib, sock, True, handlers or {})
-    await conn.handshake(os.urandom(32), ed25519_of_peer(peer))
-    assert peer_id_of(conn.remote_key) == peer
+    try:
+        await conn.handshake(os.urandom(32), ed25519_of_peer(peer))
+        if peer_id_of(conn.remote_key) != peer:  # the C checked the key; checked again here
+            raise ConnectionError("the peer's key is not the dialed peer id's")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
