@@ -413,7 +413,8 @@ class NativeConn:
     def close(self) -> None:
         if self.c is None:
             return
-        self._flush()  # a last reset or FIN
+        if self.remote_key and not self.closed.done():
+            self._flush()  # a last reset or FIN
         self._fail("")
         self.sock.close()
         self.lib.ww_conn_free(self.c)
