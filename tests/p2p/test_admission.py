@@ -20,7 +20,7 @@ import trio
 from tests.conftest import HANG
 from tests.p2p.conftest import ww_call
 from tests.p2p.sybils import connect
-from ww.p2p.admission import MAX_HANDSHAKES, MAX_INBOUND, MAX_PER_IP, MAX_STREAMS_PER_CONN
+from ww.p2p.admission import MAX_HANDSHAKES, MAX_INBOUND, MAX_NEGOTIATING, MAX_PER_IP
 
 pytest.importorskip("libp2p")
 
@@ -160,8 +160,8 @@ def test_connections_from_one_address_are_bounded(exporter) -> None:
     assert trio.run(main) == (MAX_PER_IP, 2, True)
 
 
-def test_streams_past_the_cap_of_a_connection_are_reset_at_once(exporter) -> None:
-    """One connection opens MAX_STREAMS_PER_CONN + 36 streams and never names a protocol.
+def test_streams_that_never_name_a_protocol_are_bounded_per_connection(exporter) -> None:
+    """One connection opens MAX_NEGOTIATING + 36 streams and never names a protocol.
     py-libp2p's Yamux sets no limit: the old host negotiated every one until its 10 s
     timeout, so the first streams to end were the first opened.  Now the streams past the
     cap are reset as they arrive, while the others are still within their 10 s: the first
@@ -172,7 +172,7 @@ def test_streams_past_the_cap_of_a_connection_are_reset_at_once(exporter) -> Non
     async def main() -> list[int]:
         ended: list[int] = []
         all_ended = trio.Event()
-        total = MAX_STREAMS_PER_CONN + extra
+        total = MAX_NEGOTIATING + extra
 
         async def watch(i: int, stream) -> None:
             try:
@@ -194,5 +194,5 @@ def test_streams_past_the_cap_of_a_connection_are_reset_at_once(exporter) -> Non
         return ended
 
     ended = trio.run(main)
-    assert sorted(ended[:extra]) == list(range(MAX_STREAMS_PER_CONN,
-                                               MAX_STREAMS_PER_CONN + extra)), ended
+    assert sorted(ended[:extra]) == list(range(MAX_NEGOTIATING,
+                                               MAX_NEGOTIATING + extra)), ended
