@@ -14,7 +14,9 @@ configuration is explicit and closed:
   TCP connection is checked against it before it is made -- a peer's announced addresses,
   dialed for a cell that names the peer by id alone, included;
 - besides libp2p's own identify and ping, one protocol: `/ww/0.1.0`
-  (:data:`ww.core.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set.
+  (:data:`ww.core.addrs.PROTOCOL_ID`), served only while an ``accept`` callback is set;
+- inbound connections bounded at the door: in their handshake, in all, per remote address,
+  and their streams (:mod:`ww.p2p.admission`).
 
 The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
 :meth:`Node.serve` (a callback that receives one socket per inbound stream); see
@@ -118,10 +120,12 @@ def _guarded_tcp(policy: DialPolicy | None) -> Any:
 def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+    from libp2p.network.config import ConnectionConfig
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
     from libp2p.security.noise.transport import Transport as Noise
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
 
+    from ww.p2p import admission
     from ww.p2p.yamux import Yamux  # py-libp2p's, mended where it was slow
 
     if not os.environ.get("LIBP2P_DEBUG"):
@@ -138,9 +142,13 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
         bootstrap=None,
         negotiate_timeout=int(DIAL_TIMEOUT),
         disable_identify_address_discovery=True,
+        connection_config=ConnectionConfig(  # py-libp2p's defaults, ours said out loud
+            inbound_upgrade_timeout=admission.HANDSHAKE_TIMEOUT,
+            inbound_stream_protocol_negotiation_timeout=admission.STREAM_NEGOTIATE_TIMEOUT),
     )
     _disable_auto_connector(host)
     _use_muxer_given(host)
+    admission.install(host)  # what remote peers' connections may hold
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host

@@ -1,0 +1,232 @@
+"""What remote peers' connections may make the libp2p host hold: bounded at the door.
+
+A peer id costs a new ed25519 key and a TCP connection costs nothing, so counts per peer id
+bound nothing: what is bounded is the connections the host *accepts*, by state and by remote
+address, and the streams each of them may have.  :func:`install` puts these bounds on one
+py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
+
+- **connections being set up** (TCP accepted, Noise and Yamux not finished): at most
+  :data:`MAX_HANDSHAKES` at a time, each within :data:`HANDSHAKE_TIMEOUT`;
+- **inbound connections in all** (set up or being set up): at most :data:`MAX_INBOUND`;
+- **inbound connections per remote IP address** (set up or being set up; an IPv6 /56 is
+  one address): at most :data:`MAX_PER_IP` (127.0.0.1 and ::1 excepted: see
+  :data:`MAX_PER_IP`);
+- **inbound streams per connection not yet past protocol negotiation**: at most
+  :data:`MAX_NEGOTIATING`, each within :data:`STREAM_NEGOTIATE_TIMEOUT`; once a stream has
+  named its protocol, that protocol's own bounds hold it (Bitswap 4 streams a peer, each
+  DHT 8, ping 2, `/ww/0.1.0` 256 in all), and :data:`MAX_STREAMS_PER_CONN` in all backs
+  them up.
+
+A connection over a bound is refused when it is accepted: closed before any byte is read or
+any key computed, so the newest goes and the connections already there are untouched (a
+connection counts from its accept, so no handshake can finish past a bound).  A stream over
+the bound is reset as it arrives.  The connections this host dials are never counted nor
+closed here: they are the user's work.
+
+Why not py-libp2p's own: 0.8.1 caps inbound connections at 250 with a slot taken at accept
+and given back only when the *swarm* stops (its handler waits for that, since the TCP
+listener closes a socket when its handler returns), so 250 connections over the host's life,
+each closed at once, shut the door on every later peer (checked:
+``tests/p2p/test_admission.py::test_connections_that_came_and_went_do_not_shut_the_door``).
+Its other bounds are kept: 300 connections in all (``ConnectionConfig.max_connections``,
+above :data:`MAX_INBOUND`, so the host's own dials always have room) and 3 per peer id.
+
+What go-libp2p (kubo) does, for comparison: its upgrader sets up at most 16 inbound
+connections at a time (``AcceptQueueLength``; it stops accepting beyond) within 15 s; its
+resource manager allows 8 connections per IPv4 address (/32) and per IPv6 /56, loopback
+excepted; kubo's connection manager trims to 32 connections once there are more than 96
+(closing the least useful, after a 20 s grace period).  The numbers here are measured in
+docs/benchmarks.md ("Connections from remote peers").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import trio
+
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND", "MAX_NEGOTIATING",
+           "MAX_PER_IP", "MAX_STREAMS_PER_CONN", "STREAM_NEGOTIATE_TIMEOUT", "Admission",
+           "install"]
+
+# Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
+# allows 15): an honest handshake is a few round trips.
+HANDSHAKE_TIMEOUT = 10.0
+# Inbound connections in their handshake at once (go-libp2p: 16).  Each costs a socket and a
+# task; the Noise handshake itself is the CPU a stranger can make us spend, so these few are
+# plenty for honest arrivals (the handshake is quick) and bound the work of a flood.
+MAX_HANDSHAKES = 32
+# Inbound connections in all, set up or being set up.  Measured at about 0.06 MiB each idle
+# and 0.2 MiB with 16 streams in negotiation (docs/benchmarks.md): some 30 MiB for all 128
+# at their worst.  kubo keeps 32 to 96 connections in all; a ww host serves a few cells'
+# peers.
+MAX_INBOUND = 128
+# Inbound connections from one IP address (go-libp2p's default).  127.0.0.1 and ::1 are not
+# counted (go-libp2p spares all of loopback): a peer there runs as a user of this machine,
+# and local tests and tools run many peers there; the totals above still hold for them.
+# Other loopback addresses (127.0.0.2, ...) are counted, so the bound can be tested.
+MAX_PER_IP = 8
+# Inbound streams of one connection that have not named their protocol yet.  A stream in
+# negotiation is work any peer can ask for (some 10 KiB and a task each, measured) and no
+# protocol's bound holds it yet; a ww or kubo peer opens a few at once (its identify, ping,
+# a Bitswap and a DHT stream).  py-libp2p's Yamux sets no limit at all (go-yamux: 1000).
+MAX_NEGOTIATING = 16
+# Inbound streams of one connection in all: a backstop under the protocols' own bounds, as
+# many as /ww/0.1.0 carries for the whole host (ww.p2p.host.MAX_STREAMS).
+MAX_STREAMS_PER_CONN = 256
+# Seconds a new inbound stream may take to name its protocol (py-libp2p's default).
+STREAM_NEGOTIATE_TIMEOUT = 10
+
+IP6_PREFIX = 56  # an IPv6 peer's addresses counted as one: those of its /56
+_UNCOUNTED = frozenset({"127.0.0.1", "::1"})
+
+
+class Admission:
+    """The counts, and what was refused (for tests and for a look with a debugger)."""
+
+    def __init__(self) -> None:
+        self.handshakes = 0  # inbound connections in their handshake
+        self.inbound = 0  # inbound connections, set up or in their handshake
+        self.per_ip: dict[str, int] = {}
+        self.streams: dict[Any, int] = {}  # inbound streams, by muxed connection
+        self.negotiating: dict[Any, int] = {}  # of which not past negotiation
+        self.refused: dict[str, int] = {}  # refusals by the bound that made them
+
+    def refusal(self, ip: str | None) -> str | None:
+        """The bound a new inbound connection from ``ip`` would exceed, if any."""
+        if self.handshakes >= MAX_HANDSHAKES:
+            return "handshakes"
+        if self.inbound >= MAX_INBOUND:
+            return "inbound"
+        if ip is not None and ip not in _UNCOUNTED and self.per_ip.get(ip, 0) >= MAX_PER_IP:
+            return "per_ip"
+        return None
+
+    def _refuse(self, bound: str) -> None:
+        self.refused[bound] = self.refused.get(bound, 0) + 1
+
+    def _take(self, ip: str | None) -> None:
+        self.handshakes += 1
+        self.inbound += 1
+        if ip is not None:
+            _count(self.per_ip, ip, 1)
+
+    def _give_back(self, ip: str | None) -> None:
+        self.inbound -= 1
+        if ip is not None:
+            _count(self.per_ip, ip, -1)
+
+
+def install(host: Any) -> Admission:
+    """Put the bounds on ``host`` (py-libp2p 0.8.1's BasicHost); revisit when upgrading."""
+    network = host.get_network()
+    admission = Admission()
+    network.admission = admission
+    network._handle_inbound_connection = _inbound_handler(network, admission)
+    network.set_stream_handler(_stream_handler(network.common_stream_handler, admission))
+    host.multiselect.negotiate = _negotiation(host.multiselect.negotiate, admission)
+    return admission
+
+
+def _count(counts: dict[Any, int], key: Any, change: int) -> None:
+    left = counts.get(key, 0) + change
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+def _remote_ip(stream: Any) -> str | None:
+    """The remote address ``stream`` comes from, as counted: an IPv4 address, or an IPv6
+    address's /56 (one subscriber's usual share, go-libp2p's rule), loopback as it is."""
+    try:
+        address = stream.get_remote_address()
+        ip = ipaddress.ip_address(str(address[0]).split("%")[0])
+    except Exception:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if not ip.is_loopback:
+            return str(ipaddress.ip_network(f"{ip}/{IP6_PREFIX}", strict=False))
+    return str(ip)
+
+
+def _inbound_handler(network: Any, admission: Admission) -> Any:
+    """Replaces ``Swarm._handle_inbound_connection`` (what the TCP listener calls)."""
+    from libp2p.network.connection.raw_connection import RawConnection
+
+    async def handle(stream: Any, maddr: Any) -> None:
+        ip = _remote_ip(stream)
+        bound = admission.refusal(ip)
+        if bound is not None:  # no await between the check and the count below
+            admission._refuse(bound)
+            await stream.close()
+            return
+        admission._take(ip)
+        handshaking = True
+        try:
+            raw = RawConnection(stream, False)
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    secured = await network.upgrader.upgrade_security(raw, False)
+                    muxed = await network.upgrader.upgrade_connection(
+                        secured, secured.get_remote_peer())
+            except Exception:  # trio.TooSlowError included
+                admission._refuse("handshake_failed")
+                await raw.close()
+                return
+            admission.handshakes -= 1
+            handshaking = False
+            try:
+                conn = await network.add_conn(muxed, direction="inbound")
+            except Exception:  # py-libp2p's own limits (300 in all, its resource manager)
+                await muxed.close()
+                return
+            # The TCP listener closes the socket when this returns: wait for the end.
+            await conn.event_closed.wait()
+        finally:
+            if handshaking:
+                admission.handshakes -= 1
+            admission._give_back(ip)
+
+    return handle
+
+
+def _stream_handler(inner: Any, admission: Admission) -> Any:
+    """Wraps the swarm's handler of every inbound stream (the host's protocol negotiation,
+    then the protocol's handler)."""
+
+    async def handle(stream: Any) -> None:
+        conn = stream.muxed_conn
+        if admission.streams.get(conn, 0) >= MAX_STREAMS_PER_CONN:
+            admission._refuse("streams")
+            await stream.reset()
+            return
+        _count(admission.streams, conn, 1)
+        try:
+            await inner(stream)
+        finally:
+            _count(admission.streams, conn, -1)
+
+    return handle
+
+
+def _negotiation(negotiate: Any, admission: Admission) -> Any:
+    """Wraps the host's ``Multiselect.negotiate`` (inbound streams only: ours dial with
+    ``MultiselectClient``); refusing is raising, and the host then resets the stream."""
+    from libp2p.protocol_muxer.exceptions import MultiselectError
+
+    async def bounded(communicator: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = getattr(communicator.read_writer, "muxed_conn", None)
+        if admission.negotiating.get(conn, 0) >= MAX_NEGOTIATING:
+            admission._refuse("negotiating")
+            raise MultiselectError(f"more than {MAX_NEGOTIATING} streams in negotiation")
+        _count(admission.negotiating, conn, 1)
+        try:
+            return await negotiate(communicator, *args, **kwargs)
+        finally:
+            _count(admission.negotiating, conn, -1)
+
+    return bounded
