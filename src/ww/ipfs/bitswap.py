@@ -624,6 +624,7 @@ class Engine:
         self._reply_slots: Any = None  # a trio.Semaphore, made on the trio thread
         self._overdue_slots: Any = None  # another
         self._overdue: set[_Hold] = set()  # the replies that hold an overdue slot
+        self._giving_up: set[_Hold] = set()  # replies given up for others, slot not yet freed
         self._receive_budget: _Budget | None = None
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
                       "dropped": 0, "liars": 0, "wants_dropped": 0, "ledger_peak": 0,
@@ -1172,6 +1173,7 @@ class Engine:
             stats["bytes_out"] += block_bytes
         finally:
             self._overdue.discard(hold)
+            self._giving_up.discard(hold)
             hold.slot.release()
 
     async def _overdue_after(self, hold: _Hold, slots: Any, overdue: Any) -> None:
@@ -1191,7 +1193,7 @@ class Engine:
                 break
             except trio.WouldBlock:
                 pass
-            if slots.statistics().tasks_waiting and self._make_room(hold):
+            if self._make_room(hold, slots.statistics().tasks_waiting):
                 return  # this one was given up: _reply ends, its slot freed
             await trio.sleep(REPLY_SLICE)
         # Nothing is awaited from here on, so this task is never cancelled half-way: the
@@ -1201,17 +1203,20 @@ class Engine:
         self._overdue.add(hold)
         self.stats["replies_overdue"] += 1
 
-    def _make_room(self, hold: _Hold) -> bool:
-        """Give up the slowest of the overdue writes and ``hold``'s (whose reply waits for an
-        overdue slot, holding a reply slot another reply waits for); True if that was
-        ``hold``'s.  One at a time: none while one given up has not yet freed its slot."""
+    def _make_room(self, hold: _Hold, waiting: int) -> bool:
+        """For ``waiting`` replies waiting for a reply slot, give up the slowest of the
+        overdue writes and ``hold``'s (whose reply waits for an overdue slot, holding a
+        reply slot); True if that was ``hold``'s.  One for each reply waiting: none while
+        as many given up have not yet freed their slots."""
         import trio
 
-        if any(h.given_up for h in self._overdue):
+        if len(self._giving_up) >= waiting:
             return False
         now = trio.current_time()
-        slowest = min([*self._overdue, hold], key=lambda h: h.rate(now))
+        slowest = min([h for h in (*self._overdue, hold) if not h.given_up],
+                      key=lambda h: h.rate(now))
         slowest.given_up = True
+        self._giving_up.add(slowest)
         slowest.scope.cancel()
         return slowest is hold
 
