@@ -1193,7 +1193,7 @@ class Engine:
                 break
             except trio.WouldBlock:
                 pass
-            if self._make_room(hold, slots.statistics().tasks_waiting):
+            if hold.given_up or self._make_room(hold, slots.statistics().tasks_waiting):
                 return  # this one was given up: _reply ends, its slot freed
             await trio.sleep(REPLY_SLICE)
         # Nothing is awaited from here on, so this task is never cancelled half-way: the
@@ -1213,8 +1213,10 @@ class Engine:
         if len(self._giving_up) >= waiting:
             return False
         now = trio.current_time()
-        slowest = min([h for h in (*self._overdue, hold) if not h.given_up],
-                      key=lambda h: h.rate(now))
+        candidates = [h for h in (*self._overdue, hold) if not h.given_up]
+        if not candidates:  # every one already given up, its slot on its way back
+            return False
+        slowest = min(candidates, key=lambda h: h.rate(now))
         slowest.given_up = True
         self._giving_up.add(slowest)
         slowest.scope.cancel()
