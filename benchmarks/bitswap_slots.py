@@ -1,14 +1,17 @@
 """A peer's fetch while other peers ask for blocks and never read the replies.
 
     .venv/bin/python benchmarks/bitswap_slots.py [--stallers 8] [--mib 8] [--runs 3]
-                                                 [--src OTHER/src]
+                                                 [--trickle] [--src OTHER/src]
 
 A server (an embedded node, ww's own libp2p host, on 127.0.0.1) holds a file of 16 leaves,
 which each staller asks for (tests/ipfs/bitswap_flood.py's peer that never reads a reply),
 and again every second on a stream of its own (as a peer that was given up comes back), and
-a file of ``--mib`` MiB, which a fetcher then fetches.  Prints the fetch's time without the
-stallers and with them (median of ``--runs``, a new fetcher each time).  ``--src`` runs
-another checkout's ww (``git archive main src | tar -x -C /tmp/main``), to compare.
+a file of ``--mib`` MiB, which a fetcher then fetches.  With ``--trickle`` the stallers read
+their replies at 16 KiB/s, just fast enough never to be given up for it (SlowReader, 4 KiB
+every 0.25 s).  Prints the fetch's time without the stallers and with them (median of
+``--runs``, a new fetcher each time; a fetch that fails counts as its time, and is said).
+``--src`` runs another checkout's ww (``git archive main src | tar -x -C /tmp/main``), to
+compare.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ def main() -> None:
     parser.add_argument("--stallers", type=int, default=8)
     parser.add_argument("--mib", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--trickle", action="store_true")
     parser.add_argument("--src", type=Path, default=HERE.parent / "src")
     args = parser.parse_args()
     sys.path[:0] = [str(args.src.resolve()), str(HERE.parent)]
 
-    from tests.ipfs.bitswap_flood import Flooder, want_blocks
+    from tests.ipfs.bitswap_flood import Flooder, SlowReader, want_blocks
     from ww.core.cid import CID
     from ww.ipfs import bitswap, dagpb
     from ww.ipfs.node import EmbeddedNode
@@ -47,11 +51,17 @@ def main() -> None:
     def data(size: int, seed: int) -> bytes:
         return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
 
+    failed: list[str] = []
+
     def fetch(base: Path, name: str, addr: str, cid: str) -> float:
         with EmbeddedNode(base / name, new_host=host_for_ipfs()) as fetcher:
             fetcher.connect(addr)
             started = time.perf_counter()
-            size = sum(len(chunk) for chunk in fetcher.cat(cid))
+            try:
+                size = sum(len(chunk) for chunk in fetcher.cat(cid))
+            except Exception as e:  # noqa: BLE001 - the outcome measured
+                failed.append(f"{name}: {e}")
+                size = args.mib << 20
             seconds = time.perf_counter() - started
         assert size == args.mib << 20
         return seconds
@@ -82,7 +92,8 @@ def main() -> None:
             alone = [fetch(base, f"alone{i}", addr, cid) for i in range(args.runs)]
             frame = want_blocks(leaves)
             for i in range(args.stallers):
-                staller = Flooder(base / f"staller{i}")
+                staller = (SlowReader(base / f"staller{i}", expected=LEAVES, step=4 << 10)
+                           if args.trickle else Flooder(base / f"staller{i}"))
                 stallers.append((staller, staller.connect(addr)))
 
             def again() -> None:
@@ -101,13 +112,16 @@ def main() -> None:
             for staller, _ in stallers:
                 staller.close()
             server.close()
-    print(f"# {args.stallers} stallers, fetch of {args.mib} MiB, {args.runs} runs; ww from "
+    kind = "trickling" if args.trickle else "stalling"
+    print(f"# {args.stallers} {kind} stallers, fetch of {args.mib} MiB, {args.runs} runs; ww from "
           f"{args.src}; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     print(f"fetch alone                {statistics.median(alone):6.2f} s  "
           f"({', '.join(f'{s:.2f}' for s in alone)})")
     print(f"fetch beside the stallers  {statistics.median(stalled):6.2f} s  "
           f"({', '.join(f'{s:.2f}' for s in stalled)})")
+    for line in failed:
+        print(f"FAILED {line}")
     print(f"server: replies given up {stats.get('replies_given_up', '-')}, "
           f"gone overdue {stats.get('replies_overdue', '-')}")
 

@@ -204,3 +204,43 @@ def test_a_full_wantlist_cut_short_replaces_the_ledger(tmp_path: Path) -> None:
     msg = _wantlist(whole, full=True)
     engine._serve("them", msg.wants, msg.full)
     assert list(engine.peers["them"].ledger) == whole[:bitswap.MAX_WANTLIST]
+
+
+# -- (found by attack) peers that keep taking, just fast enough -----------------------------
+
+
+def test_peers_that_read_just_fast_enough_do_not_hold_every_slot_while_others_wait(
+        tmp_path: Path, made: list[Any], one_slot: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that reads its reply slowly but above MIN_SEND_RATE is never given up: one
+    such peer filled the overdue slots, the next held its reply slot until the first one's
+    write ended (here 768 KiB at 16 KiB/s, some 48 s; 16 sybil peer ids at 13 kB/s held all
+    8 + 8 for a minute a reply, again and again, and a third peer's fetch waited that long
+    for each of its replies).  Now, while a peer waits for a reply slot and the overdue
+    slots are full, the slowest of those writes is given up: the fetch completes while the
+    peer that was not given up is still taking its first reply."""
+    monkeypatch.setattr(bitswap, "OVERDUE_SLOTS", 1)
+    monkeypatch.setattr(bitswap, "MIN_SEND_RATE", 1_000)  # they are never too slow for it
+    server, addr, leaves, small_cid, small = _serving(tmp_path, made)
+    first = SlowReader(tmp_path / "first", expected=LEAVES, step=4 << 10)
+    second = SlowReader(tmp_path / "second", expected=LEAVES, step=4 << 10)
+    made += [first, second]
+    first.send(first.connect(addr), [want_blocks(leaves)])
+    _until(lambda: _on_engine(server, lambda e: e.stats["replies_overdue"] >= 1),
+           "the first peer's reply went on in the overdue slot")
+    second.send(second.connect(addr), [want_blocks(leaves)])
+    _until(lambda: _window_shut(server, second.node.peer_id)
+           and _on_engine(server, lambda e: e._reply_slots.value == 0),
+           "the second peer's reply holds the reply slot")
+
+    fetcher = EmbeddedNode(tmp_path / "fetcher", new_host=host_for_ipfs())
+    made.append(fetcher)
+    fetcher.connect(addr)
+    assert b"".join(fetcher.cat(small_cid)) == small
+    # Neither slow write had ended: the fetch did not wait for one of them to end ...
+    assert not first.blocks and not second.blocks, "the fetch waited for a slow reply"
+    # ... one of them was given up for it, and the other is still being written to.
+    _until(lambda: first.broken.is_set() or second.broken.is_set(),
+           "one of the slow peers was given up")
+    assert not (first.broken.is_set() and second.broken.is_set())
+    assert _on_engine(server, lambda e: e.stats["replies_given_up"]) == 1

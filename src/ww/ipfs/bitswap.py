@@ -33,11 +33,13 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   :data:`REPLY_SLOTS` (all peers together) while it is read and for the first
   :data:`REPLY_SLICE` of its write; a write still going then continues in one of
   :data:`OVERDUE_SLOTS`, and the slot serves the next peer, so a peer that reads slowly or
-  not at all holds no slot another peer waits for (unless :data:`OVERDUE_SLOTS` such peers
-  are being written to already).  One sender per peer: a peer holds one slot at most.  A
-  write that moves nothing for :data:`STALL_TIMEOUT`, or averages less than
-  :data:`MIN_SEND_RATE`, is given up: the stream is reset, the slot freed and the peer
-  dropped (its ledger with it; it may ask again); a slow peer that keeps taking gets all.
+  not at all holds no slot another peer waits for (while :data:`OVERDUE_SLOTS` such peers
+  are being written to already, a ninth keeps its reply slot; if another reply waits for
+  one, the slowest of those writes is given up).  One sender per peer: a peer holds one
+  slot at most.  A write that moves nothing for :data:`STALL_TIMEOUT`, or averages less
+  than :data:`MIN_SEND_RATE`, is given up: the stream is reset, the slot freed and the
+  peer dropped (its ledger with it; it may ask again); a slow peer that keeps taking gets
+  all, unless it is the slowest while others wait.
   A peer whose ledger is full is not read from (unless it owes us blocks) until it takes
   some replies, so its TCP window closes.
   Inbound messages are at most :data:`MAX_MESSAGE` bytes, and all streams together buffer
@@ -486,11 +488,20 @@ class _Want:
     queued: bool = False  # waiting for a peer with room (Engine._queue)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Hold:
-    """The slot a reply holds: a reply slot, then (past :data:`REPLY_SLICE`) an overdue one."""
+    """The slot a reply holds: a reply slot, then (past :data:`REPLY_SLICE`) an overdue one;
+    and how its write goes (so that the slowest can be given up for a peer that waits)."""
 
     slot: Any  # a trio.Semaphore it has acquired
+    scope: Any = None  # a trio.CancelScope around its write: cancelled to give it up
+    started: float = 0.0  # trio.current_time() when its write began
+    sent: int = 0  # bytes written so far
+    given_up: bool = False  # for another peer's reply (see Engine._make_room)
+
+    def rate(self, now: float) -> float:
+        """Bytes a second its write has averaged."""
+        return self.sent / max(now - self.started, 1e-3)
 
 
 @dataclass
@@ -612,6 +623,8 @@ class Engine:
         self.target_message = TARGET_MESSAGE
         self._reply_slots: Any = None  # a trio.Semaphore, made on the trio thread
         self._overdue_slots: Any = None  # another
+        self._overdue: set[_Hold] = set()  # the replies that hold an overdue slot
+        self._giving_up: set[_Hold] = set()  # replies given up for others, slot not yet freed
         self._receive_budget: _Budget | None = None
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
                       "dropped": 0, "liars": 0, "wants_dropped": 0, "ledger_peak": 0,
@@ -1140,11 +1153,16 @@ class Engine:
             failed: Exception | None = None
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._overdue_after, hold, overdue)
-                    try:
-                        await _write(stream, framed)
-                    except Exception as e:  # stalled, too slow, reset: the peer is dropped
-                        failed = e
+                    nursery.start_soon(self._overdue_after, hold, slots, overdue)
+                    hold.started = trio.current_time()
+                    with trio.CancelScope() as hold.scope:
+                        try:
+                            await _write(stream, framed, hold)
+                        except Exception as e:  # stalled, too slow, reset: peer dropped
+                            failed = e
+                    if hold.given_up:
+                        failed = BitswapError("bitswap: the peer took its reply slower "
+                                              "than the others, while another waited")
                     nursery.cancel_scope.cancel()
             finally:
                 stats["reply_bytes"] -= len(framed)
@@ -1154,20 +1172,55 @@ class Engine:
             stats["blocks_out"] += blocks
             stats["bytes_out"] += block_bytes
         finally:
+            self._overdue.discard(hold)
+            self._giving_up.discard(hold)
             hold.slot.release()
 
-    async def _overdue_after(self, hold: _Hold, overdue: Any) -> None:
+    async def _overdue_after(self, hold: _Hold, slots: Any, overdue: Any) -> None:
         """Past :data:`REPLY_SLICE`, move a reply still being written from its reply slot to
-        an overdue slot (once one is free): the next peer's reply need not wait for it."""
+        an overdue slot (once one is free): the next peer's reply need not wait for it.
+        While the overdue slots are full and another reply waits for a reply slot, the
+        slowest of those writes (this one among them) is given up (:meth:`_make_room`):
+        peers that read just fast enough never to be given up held all of them, every
+        other peer waiting a slow write's end for each reply (long enough to fail a
+        fetch)."""
         import trio
 
         await trio.sleep(REPLY_SLICE)
-        await overdue.acquire()
+        while True:
+            try:
+                overdue.acquire_nowait()
+                break
+            except trio.WouldBlock:
+                pass
+            if hold.given_up or self._make_room(hold, slots.statistics().tasks_waiting):
+                return  # this one was given up: _reply ends, its slot freed
+            await trio.sleep(REPLY_SLICE)
         # Nothing is awaited from here on, so this task is never cancelled half-way: the
         # hold always names the one slot the reply holds, which _reply releases.
         hold.slot.release()
         hold.slot = overdue
+        self._overdue.add(hold)
         self.stats["replies_overdue"] += 1
+
+    def _make_room(self, hold: _Hold, waiting: int) -> bool:
+        """For ``waiting`` replies waiting for a reply slot, give up the slowest of the
+        overdue writes and ``hold``'s (whose reply waits for an overdue slot, holding a
+        reply slot); True if that was ``hold``'s.  One for each reply waiting: none while
+        as many given up have not yet freed their slots."""
+        import trio
+
+        if len(self._giving_up) >= waiting:
+            return False
+        now = trio.current_time()
+        candidates = [h for h in (*self._overdue, hold) if not h.given_up]
+        if not candidates:  # every one already given up, its slot on its way back
+            return False
+        slowest = min(candidates, key=lambda h: h.rate(now))
+        slowest.given_up = True
+        self._giving_up.add(slowest)
+        slowest.scope.cancel()
+        return slowest is hold
 
     # -- messages out --------------------------------------------------------------------
 
@@ -1223,10 +1276,11 @@ def _pack(batch: list[Message]) -> list[bytes]:
     return out
 
 
-async def _write(stream: Any, data: bytes) -> None:
+async def _write(stream: Any, data: bytes, hold: _Hold | None = None) -> None:
     """Write one message, :data:`WRITE_CHUNK` bytes at a time: a peer that takes none of a
     chunk for :data:`STALL_TIMEOUT`, or takes the message slower than :data:`MIN_SEND_RATE`
-    (after :data:`SEND_TIMEOUT`), is given up; one that takes it slowly gets all of it."""
+    (after :data:`SEND_TIMEOUT`), is given up; one that takes it slowly gets all of it.
+    ``hold.sent`` counts the bytes written."""
     import trio
 
     view = memoryview(data)
@@ -1234,6 +1288,8 @@ async def _write(stream: Any, data: bytes) -> None:
         for start in range(0, len(data), WRITE_CHUNK):
             with trio.move_on_after(STALL_TIMEOUT) as step:
                 await stream.write(bytes(view[start:start + WRITE_CHUNK]))
+                if hold is not None:
+                    hold.sent = min(len(data), start + WRITE_CHUNK)
             if step.cancelled_caught:
                 raise BitswapError(f"bitswap: the peer took nothing for {STALL_TIMEOUT:g} s")
     if whole.cancelled_caught:
