@@ -1101,13 +1101,13 @@ def main() -> None:
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{options.calls} calls, {IN_FLIGHT} in flight, median of {options.rounds} rounds, "
           f"load average {min(loads):.1f}-{max(loads):.1f}")
-    print(f"{'path':<20}{'median':>8}{'p10':>9}{'p99':>9}{'seq calls/s':>13}"
-          f"{'pipelined calls/s':>19}{'host CPU/call':>15}")
     for a, b in RATIOS:
         per = [ra["median_us"] / rb["median_us"]
                for ra, rb in zip(results[a], results[b], strict=True)]
         print(f"ratio {a} / {b}: per round " + " ".join(f"{r:.2f}" for r in per)
               + f"; median {statistics.median(per):.2f}")
+    print(f"{'path':<20}{'median':>8}{'p10':>9}{'p99':>9}{'seq calls/s':>13}"
+          f"{'pipelined calls/s':>19}{'host CPU/call':>15}")
     for name, rounds in results.items():
         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         print(f"{name:<20}" + "".join(
