@@ -26,6 +26,14 @@ Measured, each in a process of its own, in turns, every round:
 - "native echo": a 100-byte echo on a bare stream, native at both ends (the Python
   dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``);
   "asyncio echo": the same over a plain asyncio TCP connection (no libp2p at all);
+- "ext -> ext", "ext echo": the same calls and echoes with ``native_p2p_ext.c`` at both
+  ends: the C connection as a CPython extension type, built here against the running
+  Python's headers.  Its ``readable`` is the add_reader callback; it hands a stream's bytes
+  to pycapnp's protocol (``get_buffer`` / ``buffer_updated``) from C, and the stream's
+  ``write`` is C that queues, one flush per loop turn framing, encrypting and sending.  No
+  ctypes calls, no event records parsed in Python; multistream-select on a stream and the
+  handshake's thread stay as they are.  Per-round ratios compare it with the ctypes path,
+  pycapnp over a unix socket and the asyncio echo within the same round;
 - "native in-thread": the transport's own cost, two native connections in one thread
   (``ww_bench_pingpong``: a 100-byte echo, framed, encrypted, sent, read, decrypted and
   parsed both ways, no event loop and no wake-ups).
@@ -42,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import importlib.util
 import json
 import math
 import os
@@ -52,6 +61,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +93,20 @@ def build(directory: str) -> str:
     return out
 
 
+def build_ext(directory: str) -> str:
+    """``native_p2p_ext.c`` (which includes ``native_p2p.c``) as an extension module of
+    the running Python, in ``directory``."""
+    out = os.path.join(directory, "native_p2p_ext" + sysconfig.get_config_var("EXT_SUFFIX"))
+    r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC",
+                        f"-I{sysconfig.get_paths()['include']}", "-o", out,
+                        str(HERE / "native_p2p_ext.c"), "-lsodium"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"gcc failed (needs gcc, libsodium-dev and Python's headers):\n"
+                         f"{r.stderr}")
+    return out
+
+
 def load_lib(path: str) -> Any:
     lib = ctypes.CDLL(path)
     p, u8p = ctypes.c_void_p, ctypes.c_char_p
@@ -111,25 +135,29 @@ def ms_line(proto: str) -> bytes:
     return bytes([len(line)]) + line
 
 
-class NativeStream:
-    """One Yamux stream: multistream-select first, then the asyncio transport under a
-    protocol (pycapnp's, or an echo)."""
+class Negotiation:
+    """multistream-select on a stream, before a protocol takes it (NativeStream's and the
+    extension's ExtStream's); the stream's ``write``, ``reset``, ``_done`` and ``conn``
+    (with ``handlers``) are the class's own."""
 
-    def __init__(self, conn: NativeConn, sid: int, outbound: bool) -> None:
-        self.conn, self.sid = conn, sid
+    conn: Any
+    write: Any
+    reset: Any
+    _done: Any
+
+    def _start(self, loop: asyncio.AbstractEventLoop, outbound: bool) -> None:
         self.outbound = outbound
         self.proto: str | None = None
-        self.negotiated: asyncio.Future[str] = conn.loop.create_future()
+        self.negotiated: asyncio.Future[str] = loop.create_future()
         self._neg = bytearray()
         self._neg_state = 0  # lines of multistream read
-        self.protocol: Any = None
-        self._reading = False
-        self._inbox = bytearray()
-        self._eof = self._eof_given = False
-        self._closed = False
         self.on_data: Any = self._negotiate
 
-    # -- multistream-select on the stream --
+    def _unattached_lost(self) -> None:
+        """Gone before a protocol took it: whoever awaits the negotiation is told."""
+        if not self.negotiated.done():
+            self.negotiated.set_exception(ConnectionError("stream reset"))
+            self.negotiated.exception()  # retrieved: whoever awaits it still gets it
 
     def _line(self) -> str | None:
         """The next whole multistream-select message, or None for more bytes first."""
@@ -178,6 +206,20 @@ class NativeStream:
             if not self.negotiated.done():
                 self.negotiated.set_exception(ConnectionError(str(e)))
             self.reset()
+
+
+class NativeStream(Negotiation):
+    """One Yamux stream: multistream-select first, then the asyncio transport under a
+    protocol (pycapnp's, or an echo)."""
+
+    def __init__(self, conn: NativeConn, sid: int, outbound: bool) -> None:
+        self.conn, self.sid = conn, sid
+        self._start(conn.loop, outbound)
+        self.protocol: Any = None
+        self._reading = False
+        self._inbox = bytearray()
+        self._eof = self._eof_given = False
+        self._closed = False
 
     def _done(self) -> None:
         """Negotiated: what came after the last line is the protocol's."""
@@ -242,9 +284,7 @@ class NativeStream:
             return
         self._closed = True
         self.conn.streams.pop(self.sid, None)
-        if not self.negotiated.done():
-            self.negotiated.set_exception(ConnectionError("stream reset"))
-            self.negotiated.exception()  # retrieved: whoever awaits it still gets it
+        self._unattached_lost()
         if self.protocol is not None:
             self.protocol.connection_lost(None)
 
@@ -308,12 +348,7 @@ class NativeConn:
         self.remote_key = b""
 
     async def handshake(self, seed: bytes, expect: bytes | None) -> None:
-        # A blocking socket for the C handshake (Python's timeouts make it non-blocking),
-        # bounded by the kernel's own timeouts instead.
-        self.sock.setblocking(True)
-        bound = struct.pack("ll", HANDSHAKE_TIMEOUT, 0)
-        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-            self.sock.setsockopt(socket.SOL_SOCKET, option, bound)
+        blocking_for_handshake(self.sock)
         rc = await self.loop.run_in_executor(
             None, self.lib.ww_conn_handshake, self.c, seed, expect)
         if rc:
@@ -399,16 +434,7 @@ class NativeConn:
         return stream
 
     def _fail(self, why: str) -> None:
-        if self.closed.done():
-            return
-        self.loop.remove_reader(self.sock.fileno())
-        if self._writing:
-            self.loop.remove_writer(self.sock.fileno())
-        for stream in list(self.streams.values()):
-            stream._lost()
-        self.closed.set_result(None)
-        if why:
-            print(f"native conn: {why}", file=sys.stderr)
+        fail_conn(self, self._writing, why)
 
     def close(self) -> None:
         if self.c is None:
@@ -419,6 +445,116 @@ class NativeConn:
         self.sock.close()
         self.lib.ww_conn_free(self.c)
         self.c = None
+
+
+def blocking_for_handshake(sock: socket.socket) -> None:
+    """A blocking socket for the C handshake (Python's timeouts make it non-blocking),
+    bounded by the kernel's own timeouts instead."""
+    sock.setblocking(True)
+    bound = struct.pack("ll", HANDSHAKE_TIMEOUT, 0)
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        sock.setsockopt(socket.SOL_SOCKET, option, bound)
+
+
+def fail_conn(conn: Any, writing: bool, why: str) -> None:
+    """A connection (either kind) is done: off the loop, every stream told."""
+    if conn.closed.done():
+        return
+    conn.loop.remove_reader(conn.sock.fileno())
+    if writing:
+        conn.loop.remove_writer(conn.sock.fileno())
+    for stream in list(conn.streams.values()):
+        stream._lost()
+    conn.closed.set_result(None)
+    if why:
+        print(f"native conn: {why}", file=sys.stderr)
+
+
+def load_ext(path: str) -> Any:
+    """The extension built from ``native_p2p_ext.c``: a connection class, ``ExtConn``,
+    with the interface of :class:`NativeConn` (``make(sock, initiator, handlers)``)."""
+    spec = importlib.util.spec_from_file_location("native_p2p_ext", path)
+    assert spec is not None and spec.loader is not None
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+
+    class ExtStream(ext.Stream, Negotiation):  # type: ignore[misc,name-defined]
+        """The transport is C (write queues; one flush per loop turn); multistream-select
+        is Python until the protocol is attached, and from then on C feeds it."""
+
+        def __init__(self, conn: Any, sid: int, outbound: bool) -> None:
+            super().__init__(conn, sid)
+            self._start(conn.loop, outbound)
+            self._early_eof = False
+
+        def _done(self) -> None:
+            self.on_data = self._neg.extend  # held for the protocol
+            if not self.negotiated.done():
+                self.negotiated.set_result(self.proto or "")
+
+        def connect(self, protocol: Any) -> None:
+            held = bytes(self._neg)
+            self._neg.clear()
+            self.attach(protocol, held, self._early_eof)
+
+        def remote_closed(self, reset: bool) -> None:  # before a protocol took it
+            if reset:
+                self._lost()
+            else:
+                self._early_eof = True
+
+    class ExtConn(ext.Conn):  # type: ignore[misc,name-defined]
+        def __init__(self, sock: socket.socket, initiator: bool,
+                     handlers: dict[str, Any]) -> None:
+            loop = asyncio.get_running_loop()
+            super().__init__(sock.fileno(), initiator, loop)
+            self.sock, self.handlers = sock, handlers
+            self.closed: asyncio.Future[None] = loop.create_future()
+            self.remote_key = b""
+            self.freed = False
+
+        async def handshake(self, seed: bytes, expect: bytes | None) -> None:
+            blocking_for_handshake(self.sock)
+            self.remote_key = await self.loop.run_in_executor(
+                None, ext.Conn.handshake, self, seed, expect)
+            self.sock.setblocking(False)
+            self.loop.add_reader(self.sock.fileno(), self.readable)
+            self.readable()  # bytes that came with the handshake's last read
+
+        def _new_stream(self, sid: int) -> ExtStream:
+            stream = self.streams[sid] = ExtStream(self, sid, False)
+            return stream
+
+        def _fail(self, why: str) -> None:
+            fail_conn(self, self.writing, why)
+
+        def open(self, proto: str) -> ExtStream:
+            sid = ext.Conn.open(self)
+            stream = self.streams[sid] = ExtStream(self, sid, True)
+            stream.proto = proto
+            stream.write(ms_line("/multistream/1.0.0") + ms_line(proto))
+            return stream
+
+        def close(self) -> None:
+            if self.freed:
+                return
+            self.freed = True
+            if self.remote_key and not self.closed.done():
+                self.flush()  # a last reset or FIN
+            self._fail("")
+            self.sock.close()
+            self.free()
+
+    return ExtConn
+
+
+def connector(path: str) -> Any:
+    """``make(sock, initiator, handlers)``: a connection of the library at ``path``, the
+    ctypes one or the extension."""
+    if Path(path).name.startswith("native_p2p_ext"):
+        return load_ext(path)
+    lib = load_lib(path)
+    return lambda sock, initiator, handlers: NativeConn(lib, sock, initiator, handlers)
 
 
 def ed25519_of_peer(peer: str) -> bytes:
@@ -433,7 +569,7 @@ def peer_id_of(key: bytes) -> str:
     return peer_id_from_public_key(marshal_public_key(1, key))
 
 
-async def dial(lib: Any, addr: str, handlers: dict[str, Any] | None = None) -> NativeConn:
+async def dial(make: Any, addr: str, handlers: dict[str, Any] | None = None) -> Any:
     """Dial /ip4/127.0.0.1/tcp/PORT/p2p/PEER natively: checks the peer is PEER."""
     parts = addr.strip("/").split("/")
     host, port, peer = parts[1], int(parts[3]), parts[5]
@@ -441,7 +577,7 @@ async def dial(lib: Any, addr: str, handlers: dict[str, Any] | None = None) -> N
         raise SystemExit("loopback only")
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = NativeConn(lib, sock, True, handlers or {})
+    conn = make(sock, True, handlers or {})
     try:
         await conn.handshake(os.urandom(32), ed25519_of_peer(peer))
         if peer_id_of(conn.remote_key) != peer:  # the C checked the key; checked again here
@@ -452,7 +588,7 @@ async def dial(lib: Any, addr: str, handlers: dict[str, Any] | None = None) -> N
     return conn
 
 
-def capnp_stream(stream: NativeStream) -> Any:
+def capnp_stream(stream: Any) -> Any:
     import capnp
 
     protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
@@ -462,7 +598,7 @@ def capnp_stream(stream: NativeStream) -> Any:
     return s
 
 
-def echo_handler(stream: NativeStream) -> None:
+def echo_handler(stream: Any) -> None:
     class Echo:
         def connection_made(self, _t: Any) -> None: ...
         def get_buffer(self, n: int) -> bytearray:
@@ -487,7 +623,7 @@ def native_host(lib_path: str) -> None:
     from ww.schema import load
 
     cell = load("cell")
-    lib = load_lib(lib_path)
+    make = connector(lib_path)
 
     class Echo(cell.Service.Server):  # type: ignore[name-defined,misc]
         async def call(self, method: str, args: Any, **kwargs: Any) -> str:
@@ -506,7 +642,7 @@ def native_host(lib_path: str) -> None:
             except Exception:
                 pass
 
-        def on_ww(stream: NativeStream) -> None:
+        def on_ww(stream: Any) -> None:
             task = asyncio.ensure_future(serve_capnp(capnp_stream(stream)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -521,7 +657,7 @@ def native_host(lib_path: str) -> None:
 
         async def inbound(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = NativeConn(lib, sock, False, handlers)
+            conn = make(sock, False, handlers)
             try:
                 await conn.handshake(seed, None)
             except ConnectionError as e:
@@ -588,12 +724,12 @@ def native_peer(lib_path: str, addr: str, calls: int) -> dict[str, float]:
     from ww.p2p.protocol import hold
     from ww.schema import load
 
-    lib = load_lib(lib_path)
+    make = connector(lib_path)
     scope: dict[str, Any] = {}
     exec(MEASURE, scope)
 
     async def run() -> dict[str, float]:
-        conn = await dial(lib, addr, {PING: echo_handler})
+        conn = await dial(make, addr, {PING: echo_handler})
         client = None
         try:
             stream = conn.open(WW)
@@ -662,10 +798,10 @@ async def time_echoes(write: Any, reader: EchoReader, calls: int) -> dict[str, f
 
 def native_echo(lib_path: str, addr: str, calls: int, proto: str = ECHO) -> dict[str, float]:
     """Sequential 100-byte echoes (or 32-byte pings, ``proto`` ping) on a bare stream."""
-    lib = load_lib(lib_path)
+    make = connector(lib_path)
 
     async def run() -> dict[str, float]:
-        conn = await dial(lib, addr)
+        conn = await dial(make, addr)
         try:
             stream = conn.open(proto)
             await stream.negotiated
@@ -684,10 +820,10 @@ def native_bulk(lib_path: str, addr: str, size: int) -> dict[str, float]:
     """``size`` random bytes in one write to the echo protocol, all read back and checked:
     Yamux's windows both ways (the sender waiting for credit, the reader returning it) and
     data larger than one Noise message."""
-    lib = load_lib(lib_path)
+    make = connector(lib_path)
 
     async def run() -> dict[str, float]:
-        conn = await dial(lib, addr)
+        conn = await dial(make, addr)
         try:
             stream = conn.open(ECHO)
             await stream.negotiated
@@ -846,6 +982,11 @@ CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
             "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
 
 
+# medians compared within each round (the same load)
+RATIOS = (("ext -> ext", "native -> native"), ("ext -> ext", "capnp unix"),
+          ("ext echo", "native echo"), ("ext echo", "asyncio echo"))
+
+
 def child(kind: str, *args: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, f"--{kind}", *args], check=True,
                          capture_output=True, text=True, timeout=600).stdout
@@ -856,8 +997,9 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--native-host":
         native_host(sys.argv[2])
         return
-    if len(sys.argv) == 3 and sys.argv[1] == "--build":  # DIR: build, print the library
+    if len(sys.argv) == 3 and sys.argv[1] == "--build":  # DIR: build, print both libraries
         print(build(sys.argv[2]))
+        print(build_ext(sys.argv[2]))
         return
     if len(sys.argv) >= 3 and sys.argv[1] in CHILDREN:
         fn = CHILDREN[sys.argv[1]]
@@ -875,20 +1017,27 @@ def main() -> None:
     calls = str(options.calls)
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="ww-native-build-") as build_dir:
-        lib = build(build_dir)
+        lib, ext = build(build_dir), build_ext(build_dir)
         py_host = subprocess.Popen([sys.executable, str(HERE / "p2p_guest.py"), "--host",
                                     "thread"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True)
         nat_host = subprocess.Popen([sys.executable, __file__, "--native-host", lib],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ext_host = subprocess.Popen([sys.executable, __file__, "--native-host", ext],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert py_host.stdout is not None and nat_host.stdout is not None
+            assert ext_host.stdout is not None
             py_addr = py_host.stdout.readline().strip()
             nat_addr, unix_path, plain_port = nat_host.stdout.readline().split()
+            ext_addr = ext_host.stdout.readline().split()[0]
             # Interop first: the native side against a real ww py-libp2p host.
             ping = child("native-echo", lib, py_addr, "20", PING)
             print(f"interop: native -> py-libp2p host, {PING}: {ping['median_us']:.0f} us",
                   flush=True)
+            ext_calls = child("native-peer", ext, py_addr, "100")
+            print(f"interop: native ext -> py-libp2p host, {WW} calls: median "
+                  f"{ext_calls['median_us']:.0f} us", flush=True)
             if shutil.which("unshare"):  # and with go-libp2p, in a namespace of its own
                 kubo = subprocess.run(
                     ["unshare", "-n", sys.executable, __file__, "--kubo-interop", lib,
@@ -920,6 +1069,8 @@ def main() -> None:
                 "py echo": (("py-echo", py_addr, calls), py_host),
                 "asyncio echo": (("asyncio-echo", plain_port, calls), nat_host),
                 "native in-thread": (("native-pingpong", lib, str(20 * options.calls)), None),
+                "ext -> ext": (("native-peer", ext, ext_addr, calls), ext_host),
+                "ext echo": (("native-echo", ext, ext_addr, calls), ext_host),
             }
             results: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
             names = list(paths)
@@ -939,13 +1090,22 @@ def main() -> None:
                           f"{got['host_cpu_us']:4.0f} us; load {os.getloadavg()[0]:.1f}",
                           flush=True)
                     loads.append(os.getloadavg()[0])
+                print(f"round {n + 1} ratios (median): " + ", ".join(
+                    f"{a} / {b} {results[a][-1]['median_us'] / results[b][-1]['median_us']:.2f}"
+                    for a, b in RATIOS), flush=True)
         finally:
             stop_b(py_host)
             stop_b(nat_host)
+            stop_b(ext_host)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{options.calls} calls, {IN_FLIGHT} in flight, median of {options.rounds} rounds, "
           f"load average {min(loads):.1f}-{max(loads):.1f}")
+    for a, b in RATIOS:
+        per = [ra["median_us"] / rb["median_us"]
+               for ra, rb in zip(results[a], results[b], strict=True)]
+        print(f"ratio {a} / {b}: per round " + " ".join(f"{r:.2f}" for r in per)
+              + f"; median {statistics.median(per):.2f}")
     print(f"{'path':<20}{'median':>8}{'p10':>9}{'p99':>9}{'seq calls/s':>13}"
           f"{'pipelined calls/s':>19}{'host CPU/call':>15}")
     for name, rounds in results.items():

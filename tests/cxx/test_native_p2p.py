@@ -39,11 +39,22 @@ def _calls(*args: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory: pytest.TempPathFactory) -> str:
+def built(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The ctypes library and the CPython extension (native_p2p_ext.c)."""
     _tools_present()
     r = _native("--build", str(tmp_path_factory.mktemp("native")))
     assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+    return r.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def lib(built: list[str]) -> str:
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def ext(built: list[str]) -> str:
+    return built[1]
 
 
 def _host(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
@@ -82,6 +93,31 @@ def test_native_dials_a_ww_host_and_calls_it(lib: str, py_host: str) -> None:
     assert calls["pipelined_per_s"] > 0
     # 4 MiB in one write and back, checked: both sides wait for and return Yamux credit
     assert _calls("--native-bulk", lib, py_host, str(4 << 20))["mib_per_s"] > 0
+
+
+def test_extension_dials_a_ww_host_and_calls_it(ext: str, py_host: str) -> None:
+    """The extension path (the add_reader callback, pycapnp's protocol fed and the stream
+    written from C) against ww's py-libp2p host: ping, /ww/0.1.0 calls, a 4 MiB echo; and
+    it refuses a peer it did not dial, as the ctypes path does."""
+    ping = _calls("--native-echo", ext, py_host, "5", "/ipfs/ping/1.0.0")
+    assert ping["sequential_per_s"] > 0
+    calls = _calls("--native-peer", ext, py_host, "20")
+    assert calls["pipelined_per_s"] > 0
+    assert _calls("--native-bulk", ext, py_host, str(4 << 20))["mib_per_s"] > 0
+    stranger = py_host.rsplit("/", 1)[0] + "/" + PrivateKey.generate().peer_id
+    r = _native("--native-echo", ext, stranger, "1", "/ipfs/ping/1.0.0")
+    assert (r.returncode, r.stderr.strip()) == (1, "native: noise: peer is not the one dialed")
+
+
+def test_py_libp2p_dials_the_extension_host(ext: str) -> None:
+    """ww's py-libp2p node dials a host on the extension (its responder side, inbound
+    streams negotiated in Python and handed to pycapnp in C) and calls its Service."""
+    host, line = _host(NATIVE, "--native-host", ext)
+    try:
+        assert _calls("--py-peer", line[0], "20")["pipelined_per_s"] > 0
+        assert _calls("--native-peer", ext, line[0], "20")["pipelined_per_s"] > 0
+    finally:
+        _stop(host)
 
 
 def test_native_refuses_a_peer_it_did_not_dial(lib: str, py_host: str) -> None:

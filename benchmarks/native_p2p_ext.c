@@ -1,0 +1,584 @@
+/* native_p2p.c as a CPython extension: design (e) without the Python glue between the
+ * socket and pycapnp (docs/benchmarks.md, "Design (e)"); a prototype, not part of ww.
+ *
+ * Conn.readable is the asyncio loop's add_reader callback itself: it reads, decrypts and
+ * parses (native_p2p.c), and hands a stream's bytes to the protocol attached to it
+ * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as
+ * pycapnp's _PyAsyncIoStreamProtocol takes them) from C.  Stream is the protocol's
+ * transport: write() appends to the stream's queue and schedules one Conn.flush per loop
+ * turn, which frames, encrypts and sends everything queued.  Streams not yet attached (the
+ * multistream-select exchange), inbound SYNs and failures go to Python methods of the
+ * subclasses (on_data, remote_closed, _unattached_lost, _new_stream, _fail).
+ *
+ * Built by p2p_native.py: gcc -shared -fPIC -I<python include> native_p2p_ext.c -lsodium
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include "native_p2p.c"
+
+#define INBOX_LIMIT (1u << 20) /* bytes a stream holds that its protocol has not taken */
+
+typedef struct ConnObject ConnObject;
+
+typedef struct {
+    PyObject_HEAD
+    ConnObject *conn;
+    uint32_t sid;
+    PyObject *protocol; /* NULL until attached */
+    buf_t inbox, out;
+    size_t inbox_off;
+    int out_flags, dirty, reading, closed, eof, eof_given;
+} StreamObject;
+
+struct ConnObject {
+    PyObject_HEAD
+    conn_t *c;
+    int fd;
+    PyObject *loop, *streams, *dirty; /* loop; dict sid -> Stream; list of Streams */
+    int scheduled, writing;
+};
+
+static PyTypeObject StreamType, ConnType;
+
+/* ---- calls into Python ---- */
+
+static void report(void) { /* an exception in a callback: shown, the connection goes on */
+    if (PyErr_Occurred()) PyErr_WriteUnraisable(NULL);
+}
+
+static void call_method(PyObject *o, const char *name, PyObject *arg) {
+    PyObject *r = arg ? PyObject_CallMethod(o, name, "O", arg) : PyObject_CallMethod(o, name, NULL);
+    if (!r) report();
+    Py_XDECREF(r);
+}
+
+static void conn_fail(ConnObject *self, const char *why) {
+    PyObject *s = PyUnicode_FromString(why);
+    if (!s) { report(); return; }
+    call_method((PyObject *)self, "_fail", s);
+    Py_DECREF(s);
+}
+
+/* ---- Stream ---- */
+
+static void stream_lost(StreamObject *s) {
+    if (s->closed) return;
+    s->closed = 1;
+    Py_INCREF(s);
+    if (s->conn) {
+        PyObject *key = PyLong_FromUnsignedLong(s->sid);
+        if (key && PyDict_GetItem(s->conn->streams, key) == (PyObject *)s)
+            PyDict_DelItem(s->conn->streams, key);
+        Py_XDECREF(key);
+        PyErr_Clear();
+    }
+    if (s->protocol) {
+        PyObject *p = s->protocol;
+        Py_INCREF(p);
+        call_method(p, "connection_lost", Py_None);
+        Py_DECREF(p);
+    } else {
+        call_method((PyObject *)s, "_unattached_lost", NULL);
+    }
+    Py_DECREF(s);
+}
+
+/* Copy n bytes into the protocol's buffers while it reads; returns the bytes taken. */
+static size_t hand_over(StreamObject *s, const uint8_t *p, size_t n) {
+    PyObject *proto = s->protocol;
+    size_t done = 0;
+    if (!proto) return 0;
+    Py_INCREF(proto);
+    while (done < n && s->reading && !s->closed) {
+        PyObject *b = PyObject_CallMethod(proto, "get_buffer", "n", (Py_ssize_t)(n - done));
+        if (!b) { report(); break; }
+        Py_buffer view;
+        if (PyObject_GetBuffer(b, &view, PyBUF_WRITABLE | PyBUF_SIMPLE)) {
+            Py_DECREF(b);
+            report();
+            break;
+        }
+        size_t k = (size_t)view.len < n - done ? (size_t)view.len : n - done;
+        memcpy(view.buf, p + done, k);
+        PyBuffer_Release(&view);
+        Py_DECREF(b);
+        done += k;
+        PyObject *r = PyObject_CallMethod(proto, "buffer_updated", "n", (Py_ssize_t)k);
+        if (!r) report();
+        Py_XDECREF(r);
+        if (!k) break;
+    }
+    Py_DECREF(proto);
+    return done;
+}
+
+static void deliver(StreamObject *s) {
+    if (!s->protocol) return;
+    Py_INCREF(s);
+    if (s->inbox.len > s->inbox_off) {
+        s->inbox_off += hand_over(s, s->inbox.p + s->inbox_off, s->inbox.len - s->inbox_off);
+        if (s->inbox_off == s->inbox.len) s->inbox.len = s->inbox_off = 0;
+    }
+    if (s->reading && s->inbox.len == s->inbox_off && s->eof && !s->eof_given && !s->closed) {
+        s->eof_given = 1;
+        call_method(s->protocol, "eof_received", NULL);
+    }
+    Py_DECREF(s);
+}
+
+static void stream_data(StreamObject *s, const uint8_t *p, size_t n) {
+    if (!s->protocol) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+        if (!b) { report(); return; }
+        call_method((PyObject *)s, "on_data", b);
+        Py_DECREF(b);
+        return;
+    }
+    if (s->inbox.len == s->inbox_off) {
+        size_t k = hand_over(s, p, n);
+        p += k;
+        n -= k;
+    }
+    if (!n || s->closed) return;
+    if (s->inbox.len - s->inbox_off + n > INBOX_LIMIT || buf_put(&s->inbox, p, n)) {
+        PyObject *r = PyObject_CallMethod((PyObject *)s, "reset", NULL);
+        if (!r) report();
+        Py_XDECREF(r);
+    }
+}
+
+static void conn_schedule(ConnObject *c);
+
+static int queue(StreamObject *s, const void *p, size_t n, int flags) {
+    if (!s->conn || !s->conn->c) return 0;
+    if (buf_put(&s->out, p, n)) {
+        PyErr_SetString(PyExc_MemoryError, "stream buffer limit");
+        return -1;
+    }
+    s->out_flags |= flags;
+    if (!s->dirty) {
+        if (PyList_Append(s->conn->dirty, (PyObject *)s)) return -1;
+        s->dirty = 1;
+    }
+    conn_schedule(s->conn);
+    return 0;
+}
+
+static int Stream_init(StreamObject *self, PyObject *args, PyObject *kw) {
+    PyObject *conn;
+    unsigned long sid;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "O!k", &ConnType, &conn, &sid)) return -1;
+    Py_INCREF(conn);
+    Py_XSETREF(self->conn, (ConnObject *)conn);
+    self->sid = (uint32_t)sid;
+    return 0;
+}
+
+static void Stream_dealloc(StreamObject *self) {
+    Py_XDECREF(self->conn);
+    Py_XDECREF(self->protocol);
+    free(self->inbox.p);
+    free(self->out.p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Stream_write(StreamObject *self, PyObject *data) {
+    Py_buffer view;
+    if (self->closed) Py_RETURN_NONE;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)) return NULL;
+    int rc = queue(self, view.buf, (size_t)view.len, 0);
+    PyBuffer_Release(&view);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_writelines(StreamObject *self, PyObject *chunks) {
+    PyObject *it = PyObject_GetIter(chunks), *item;
+    if (!it) return NULL;
+    while ((item = PyIter_Next(it))) {
+        PyObject *r = Stream_write(self, item);
+        Py_DECREF(item);
+        if (!r) { Py_DECREF(it); return NULL; }
+        Py_DECREF(r);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_write_eof(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->closed && queue(self, NULL, 0, F_FIN)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* FIN or RST after what is queued; the stream is gone for its protocol. */
+static PyObject *stream_end(StreamObject *self, int flag) {
+    if (self->closed) Py_RETURN_NONE;
+    if (queue(self, NULL, 0, flag)) return NULL;
+    stream_lost(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_close(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    return stream_end(self, F_FIN);
+}
+
+static PyObject *Stream_reset(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    return stream_end(self, F_RST);
+}
+
+static PyObject *Stream_lost(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    stream_lost(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_pause_reading(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    self->reading = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_resume_reading(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    self->reading = 1;
+    deliver(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_true(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Stream_is_closing(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *Stream_get_extra_info(PyObject *self, PyObject *args) {
+    PyObject *name, *dflt = Py_None;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O|O", &name, &dflt)) return NULL;
+    Py_INCREF(dflt);
+    return dflt;
+}
+
+/* attach(protocol, leftover, eof): the protocol reads from here on; leftover: bytes that
+ * came with the negotiation; eof: the peer closed its side already. */
+static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
+    PyObject *protocol;
+    Py_buffer left;
+    int eof;
+    if (!PyArg_ParseTuple(args, "Oy*p", &protocol, &left, &eof)) return NULL;
+    int rc = buf_put(&self->inbox, left.buf, (size_t)left.len);
+    PyBuffer_Release(&left);
+    if (rc) return PyErr_NoMemory();
+    Py_INCREF(protocol);
+    Py_XSETREF(self->protocol, protocol);
+    self->reading = 1; /* before connection_made, which may pause it */
+    self->eof = self->eof || eof;
+    PyObject *r = PyObject_CallMethod(protocol, "connection_made", "O", (PyObject *)self);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    deliver(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Stream_methods[] = {
+    {"write", (PyCFunction)Stream_write, METH_O, "queue bytes; sent at the loop turn's flush"},
+    {"writelines", (PyCFunction)Stream_writelines, METH_O, NULL},
+    {"write_eof", (PyCFunction)Stream_write_eof, METH_NOARGS, NULL},
+    {"can_write_eof", (PyCFunction)Stream_true, METH_NOARGS, NULL},
+    {"is_closing", (PyCFunction)Stream_is_closing, METH_NOARGS, NULL},
+    {"pause_reading", (PyCFunction)Stream_pause_reading, METH_NOARGS, NULL},
+    {"resume_reading", (PyCFunction)Stream_resume_reading, METH_NOARGS, NULL},
+    {"get_extra_info", (PyCFunction)Stream_get_extra_info, METH_VARARGS, NULL},
+    {"attach", (PyCFunction)Stream_attach, METH_VARARGS, NULL},
+    {"close", (PyCFunction)Stream_close, METH_NOARGS, "FIN, and the protocol is told"},
+    {"reset", (PyCFunction)Stream_reset, METH_NOARGS, "RST, and the protocol is told"},
+    {"abort", (PyCFunction)Stream_reset, METH_NOARGS, NULL},
+    {"_lost", (PyCFunction)Stream_lost, METH_NOARGS, "gone: the protocol is told"},
+    {NULL, NULL, 0, NULL}};
+
+static PyMemberDef Stream_members[] = {
+    {"sid", T_UINT, offsetof(StreamObject, sid), READONLY, NULL},
+    {"conn", T_OBJECT, offsetof(StreamObject, conn), READONLY, NULL},
+    {"protocol", T_OBJECT, offsetof(StreamObject, protocol), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyTypeObject StreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "native_p2p_ext.Stream",
+    .tp_basicsize = sizeof(StreamObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Stream_init,
+    .tp_dealloc = (destructor)Stream_dealloc,
+    .tp_methods = Stream_methods,
+    .tp_members = Stream_members,
+};
+
+/* ---- Conn ---- */
+
+static void conn_schedule(ConnObject *self) {
+    if (self->scheduled) return;
+    PyObject *cb = PyObject_GetAttrString((PyObject *)self, "flush");
+    PyObject *r = cb ? PyObject_CallMethod(self->loop, "call_soon", "O", cb) : NULL;
+    Py_XDECREF(cb);
+    if (!r) { report(); return; }
+    Py_DECREF(r);
+    self->scheduled = 1;
+}
+
+static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw) {
+    int fd, initiator;
+    PyObject *loop;
+    (void)kw;
+    if (!PyArg_ParseTuple(args, "ipO", &fd, &initiator, &loop)) return -1;
+    if (self->c) { PyErr_SetString(PyExc_RuntimeError, "initialised twice"); return -1; }
+    self->c = ww_conn_new(fd, initiator);
+    if (!self->c) { PyErr_NoMemory(); return -1; }
+    self->fd = fd;
+    Py_INCREF(loop);
+    self->loop = loop;
+    self->streams = PyDict_New();
+    self->dirty = PyList_New(0);
+    if (!self->streams || !self->dirty) return -1;
+    return 0;
+}
+
+static void conn_free(ConnObject *self) {
+    if (self->c) ww_conn_free(self->c);
+    self->c = NULL;
+    Py_CLEAR(self->streams); /* (breaks conn -> stream -> conn) */
+    Py_CLEAR(self->dirty);
+}
+
+static void Conn_dealloc(ConnObject *self) {
+    conn_free(self);
+    Py_XDECREF(self->loop);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Conn_free(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    conn_free(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *closed_error(void) {
+    PyErr_SetString(PyExc_ConnectionError, "connection closed");
+    return NULL;
+}
+
+/* handshake(seed, expect or None): blocking, the GIL released (run it in a thread). */
+static PyObject *Conn_handshake(ConnObject *self, PyObject *args) {
+    Py_buffer seed, expect = {0};
+    PyObject *e;
+    if (!PyArg_ParseTuple(args, "y*O", &seed, &e)) return NULL;
+    if (e != Py_None && PyObject_GetBuffer(e, &expect, PyBUF_SIMPLE)) {
+        PyBuffer_Release(&seed);
+        return NULL;
+    }
+    if (seed.len != 32 || (expect.buf && expect.len != 32) || !self->c) {
+        PyBuffer_Release(&seed);
+        if (expect.buf) PyBuffer_Release(&expect);
+        if (!self->c) return closed_error();
+        PyErr_SetString(PyExc_ValueError, "keys are 32 bytes");
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ww_conn_handshake(self->c, seed.buf, expect.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&seed);
+    if (expect.buf) PyBuffer_Release(&expect);
+    if (rc) {
+        PyErr_SetString(PyExc_ConnectionError, ww_conn_error(self->c));
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)ww_conn_remote_key(self->c), 32);
+}
+
+static PyObject *Conn_flush(ConnObject *self, PyObject *unused);
+
+/* The add_reader callback. */
+static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->c) Py_RETURN_NONE;
+    long n = ww_conn_read(self->c);
+    if (n < 0) {
+        conn_fail(self, n == -1 ? ww_conn_error(self->c) : "");
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(self);
+    const uint8_t *ev = ww_conn_events(self->c);
+    for (long off = 0; off + 12 <= n && self->c;) {
+        uint32_t sid, len;
+        uint16_t flags, kind;
+        memcpy(&sid, ev + off, 4);
+        memcpy(&flags, ev + off + 4, 2);
+        memcpy(&kind, ev + off + 6, 2);
+        memcpy(&len, ev + off + 8, 4);
+        const uint8_t *data = ev + off + 12;
+        off += 12 + (long)len;
+        if (kind == EV_GOAWAY) continue;
+        PyObject *key = PyLong_FromUnsignedLong(sid);
+        if (!key) { report(); break; }
+        StreamObject *s = (StreamObject *)PyDict_GetItem(self->streams, key);
+        Py_XINCREF(s);
+        if (!s && flags & F_SYN)
+            s = (StreamObject *)PyObject_CallMethod((PyObject *)self, "_new_stream", "O", key);
+        Py_DECREF(key);
+        if (!s) { report(); continue; }
+        if (!PyObject_TypeCheck((PyObject *)s, &StreamType)) { Py_DECREF(s); continue; }
+        if (len) stream_data(s, data, len);
+        if (flags & (F_FIN | F_RST) && !s->closed) {
+            if (!s->protocol) {
+                PyObject *r = PyObject_CallMethod((PyObject *)s, "remote_closed", "O",
+                                                  flags & F_RST ? Py_True : Py_False);
+                if (!r) report();
+                Py_XDECREF(r);
+            } else if (flags & F_RST) {
+                s->eof = 1;
+                stream_lost(s);
+            } else {
+                s->eof = 1;
+                deliver(s);
+            }
+        }
+        Py_DECREF(s);
+    }
+    PyObject *r = Conn_flush(self, NULL);
+    Py_DECREF(self);
+    return r;
+}
+
+static PyObject *Conn_writable(ConnObject *self, PyObject *unused);
+
+/* Frames and encrypts what the streams queued, sends what the socket takes. */
+static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    self->scheduled = 0;
+    if (!self->c) Py_RETURN_NONE;
+    Py_ssize_t k = PyList_GET_SIZE(self->dirty);
+    if (k) {
+        PyObject *dirty = self->dirty;
+        self->dirty = PyList_New(0);
+        if (!self->dirty) { self->dirty = dirty; return NULL; }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            StreamObject *s = (StreamObject *)PyList_GET_ITEM(dirty, i);
+            int rc = ww_stream_write(self->c, s->sid, s->out.p, s->out.len, s->out_flags);
+            s->out.len = 0;
+            s->out_flags = 0;
+            s->dirty = 0;
+            if (rc == -1) { /* (-2: a stream the peer reset; its bytes dropped) */
+                Py_DECREF(dirty);
+                conn_fail(self, ww_conn_error(self->c));
+                Py_RETURN_NONE;
+            }
+        }
+        Py_DECREF(dirty);
+    }
+    long left = ww_conn_flush(self->c);
+    if (left < 0) {
+        conn_fail(self, ww_conn_error(self->c));
+    } else if (left && !self->writing) {
+        PyObject *cb = PyObject_GetAttrString((PyObject *)self, "writable");
+        if (!cb) return NULL;
+        PyObject *r = PyObject_CallMethod(self->loop, "add_writer", "iO", self->fd, cb);
+        Py_DECREF(cb);
+        if (!r) return NULL;
+        Py_DECREF(r);
+        self->writing = 1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_writable(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    long left = self->c ? ww_conn_flush(self->c) : 0;
+    if (left <= 0 && self->writing) {
+        self->writing = 0;
+        PyObject *r = PyObject_CallMethod(self->loop, "remove_writer", "i", self->fd);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
+    if (left < 0) conn_fail(self, ww_conn_error(self->c));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_open(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->c) return closed_error();
+    uint32_t sid = ww_stream_open(self->c);
+    if (!sid) {
+        PyErr_SetString(PyExc_ConnectionError, "cannot open a stream");
+        return NULL;
+    }
+    conn_schedule(self);
+    return PyLong_FromUnsignedLong(sid);
+}
+
+static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyBool_FromLong(self->writing);
+}
+
+static PyMethodDef Conn_methods[] = {
+    {"handshake", (PyCFunction)Conn_handshake, METH_VARARGS,
+     "blocking handshake, the GIL released; the peer's Ed25519 key"},
+    {"readable", (PyCFunction)Conn_readable, METH_NOARGS, "the add_reader callback"},
+    {"flush", (PyCFunction)Conn_flush, METH_NOARGS, "send what the streams queued"},
+    {"writable", (PyCFunction)Conn_writable, METH_NOARGS, "the add_writer callback"},
+    {"open", (PyCFunction)Conn_open, METH_NOARGS, "a new stream's id"},
+    {"free", (PyCFunction)Conn_free, METH_NOARGS, "free the C connection"},
+    {NULL, NULL, 0, NULL}};
+
+static PyMemberDef Conn_members[] = {
+    {"streams", T_OBJECT, offsetof(ConnObject, streams), READONLY, "sid -> Stream"},
+    {"loop", T_OBJECT, offsetof(ConnObject, loop), READONLY, NULL},
+    {"fd", T_INT, offsetof(ConnObject, fd), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyGetSetDef Conn_getset[] = {
+    {"writing", (getter)Conn_get_writing, NULL, "a writer is registered", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ConnType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "native_p2p_ext.Conn",
+    .tp_basicsize = sizeof(ConnObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Conn_init,
+    .tp_dealloc = (destructor)Conn_dealloc,
+    .tp_methods = Conn_methods,
+    .tp_members = Conn_members,
+    .tp_getset = Conn_getset,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_p2p_ext",
+                                    "native_p2p.c as a CPython extension", -1, NULL,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit_native_p2p_ext(void) {
+    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&StreamType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ConnType);
+    Py_INCREF(&StreamType);
+    if (PyModule_AddObject(m, "Conn", (PyObject *)&ConnType) ||
+        PyModule_AddObject(m, "Stream", (PyObject *)&StreamType)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
