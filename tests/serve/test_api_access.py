@@ -122,6 +122,47 @@ def test_a_unix_socket_left_by_a_killed_daemon_is_replaced_anything_else_refused
     assert not (open_place / "gw.sock").exists()
 
 
+def test_a_socket_path_another_user_could_repoint_is_refused(ww_home, open_place):
+    """(found by attack) Another user who may rename entries on the socket's path -- in a
+    directory of theirs, one others may write that is not sticky, or through a symlink of
+    theirs -- could move the daemon's socket away once it listens and listen at its path
+    themselves: the user's clients (`$WW_HOME/api`, `ww --ipfs /unix/...`) then sent their
+    requests, their files, to them (done by hand as `nobody` against the old daemon, which
+    listened there).  Now such a path is refused with one line, exit 2, before anything is
+    made there; a directory of the user's own, or a sticky one such as /tmp, is taken."""
+    env = {**os.environ, "WW_HOME": str(ww_home)}
+
+    def refused(path: Path, why: str) -> None:
+        r = run_ww("daemon", "--api", f"/unix{path}", "--gateway", "off", env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("ww: --api: cannot listen on /unix/"), r.stderr
+        assert why in r.stderr, r.stderr
+        assert not os.path.lexists(path) and not (ww_home / "api").exists()
+
+    shared = open_place / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename what is in it
+    refused(shared / "api.sock", f"others may write to {shared}")
+    sticky = open_place / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /tmp: the user's entries are the user's to move
+    d = Daemon(ww_home, api=f"/unix{sticky}/api.sock", gateway="off")
+    assert d.json("id")[0]["ID"] == d.peer_id
+    assert d.stop()[0] == 0
+    if os.geteuid() == 0:
+        theirs = open_place / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, NOBODY, NOBODY)
+        refused(theirs / "api.sock", f"{theirs} is another user's")
+        # a symlink of theirs in the sticky directory, to a directory of the user's own
+        own = open_place / "own"
+        own.mkdir()
+        (sticky / "link").symlink_to(own)
+        os.lchown(sticky / "link", NOBODY, NOBODY)
+        refused(sticky / "link" / "api.sock", f"{sticky / 'link'} is another user's")
+        assert not (own / "api.sock").exists()
+
+
 def _stalled_upload(daemon: Daemon) -> socket.socket:
     """A connection with an `add` under way whose client sent the head and the start of a
     1 GiB body, and nothing more (yet)."""

@@ -108,6 +108,10 @@ def bind_unix(addr: str) -> socket.socket:
     path = addr[len("/unix"):]
     if "\0" in path or len(os.fsencode(path)) > 107:
         raise AddressError(f"{addr!r}: a unix socket's path is at most 107 bytes")
+    try:
+        _check_directories(path)
+    except OSError as err:
+        raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     made = None
     try:
@@ -130,6 +134,45 @@ def bind_unix(addr: str) -> socket.socket:
         sock.close()
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     return sock
+
+
+def _check_directories(path: str) -> None:
+    """Refuse (``OSError``) a socket path that another user could point elsewhere once the
+    daemon listens on it: every directory the path goes through, and every symlink it
+    follows on the way, must be this user's or root's, and a directory others may write must
+    be sticky (as ``/tmp``: there no one else may rename or remove this user's entries).
+    Otherwise another user could rename the socket away and listen at its path -- the
+    user's clients (``$WW_HOME/api``) would then talk to theirs -- or turn the path to
+    another directory before the daemon removes the file."""
+    import os
+    import stat
+
+    mine = (0, os.geteuid())
+    parts = path.split("/")[:-1]
+    current, hops = "/", 0
+    while True:
+        st = os.lstat(current)
+        if st.st_uid not in mine:
+            raise OSError(errno.EPERM, f"{current} is another user's")
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+            target = os.readlink(current)
+            parts = target.split("/") + parts
+            current = "/" if target.startswith("/") else os.path.dirname(current)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, f"{current} is not a directory")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise OSError(errno.EPERM, f"others may write to {current}")
+        while parts and parts[0] in ("", "."):
+            parts.pop(0)
+        if not parts:
+            return
+        name = parts.pop(0)
+        # ".." leads to a directory checked already: where ``current`` was reached from
+        current = os.path.dirname(current) if name == ".." else os.path.join(current, name)
 
 
 def _bind_private(sock: socket.socket, path: str) -> None:
