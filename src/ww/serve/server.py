@@ -421,7 +421,9 @@ def _server_class() -> type:
         return _SERVER_CLASS[0]
     import math
 
+    import h2.connection
     import h11
+    from h2.stream import StreamState
     from hypercorn.events import Closed, RawData
     from hypercorn.trio import tcp_server
 
@@ -448,16 +450,27 @@ def _server_class() -> type:
         def waited_on(self) -> tuple[int, float] | None:
             """(0, since when) if the read loop waits on a client with no request under way
             (idle, or its request head not whole); (1, since when) if it waits on the body
-            of a request (HTTP/2: on anything); None if it does not wait on the client (the
-            daemon reads nothing now, or the request is whole and the reply the daemon's
-            to give)."""
+            of a request; None if it does not wait on the client (the daemon reads nothing
+            now, or a request is whole and the reply the daemon's to give).  HTTP/2: with
+            no stream, as idle; with every stream still receiving its request, (1, since);
+            with any request whole (its reply the daemon's, whether it works on it, sends
+            it, or waits for the client to make room for it), None."""
             since = self.waiting_since
             if since is None or self.given_up:
                 return None
             protocol = getattr(getattr(self, "protocol", None), "protocol", None)
             connection = getattr(protocol, "connection", None)
+            if isinstance(connection, h2.connection.H2Connection):
+                streams = getattr(protocol, "streams", {})
+                if not streams:
+                    return 0, since
+                for stream_id in streams:
+                    stream = connection.streams.get(stream_id)
+                    if stream is None or stream.state_machine.state is not StreamState.OPEN:
+                        return None  # its request whole (or ended): the daemon's turn
+                return 1, since
             if not isinstance(connection, h11.Connection):
-                return (1, since) if connection is not None else None
+                return None
             if connection.their_state is h11.IDLE:
                 return 0, since
             return (1, since) if connection.their_state is h11.SEND_BODY else None
