@@ -5,6 +5,7 @@ half-closes its connection.  Real daemons, real sockets."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -122,6 +123,47 @@ def test_a_unix_socket_left_by_a_killed_daemon_is_replaced_anything_else_refused
     assert not (open_place / "gw.sock").exists()
 
 
+def test_a_socket_path_another_user_could_repoint_is_refused(ww_home, open_place):
+    """(found by attack) Another user who may rename entries on the socket's path -- in a
+    directory of theirs, one others may write that is not sticky, or through a symlink of
+    theirs -- could move the daemon's socket away once it listens and listen at its path
+    themselves: the user's clients (`$WW_HOME/api`, `ww --ipfs /unix/...`) then sent their
+    requests, their files, to them (done by hand as `nobody` against the old daemon, which
+    listened there).  Now such a path is refused with one line, exit 2, before anything is
+    made there; a directory of the user's own, or a sticky one such as /tmp, is taken."""
+    env = {**os.environ, "WW_HOME": str(ww_home)}
+
+    def refused(path: Path, why: str) -> None:
+        r = run_ww("daemon", "--api", f"/unix{path}", "--gateway", "off", env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("ww: --api: cannot listen on /unix/"), r.stderr
+        assert why in r.stderr, r.stderr
+        assert not os.path.lexists(path) and not (ww_home / "api").exists()
+
+    shared = open_place / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename what is in it
+    refused(shared / "api.sock", f"others may write to {shared}")
+    sticky = open_place / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /tmp: the user's entries are the user's to move
+    d = Daemon(ww_home, api=f"/unix{sticky}/api.sock", gateway="off")
+    assert d.json("id")[0]["ID"] == d.peer_id
+    assert d.stop()[0] == 0
+    if os.geteuid() == 0:
+        theirs = open_place / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, NOBODY, NOBODY)
+        refused(theirs / "api.sock", f"{theirs} is another user's")
+        # a symlink of theirs in the sticky directory, to a directory of the user's own
+        own = open_place / "own"
+        own.mkdir()
+        (sticky / "link").symlink_to(own)
+        os.lchown(sticky / "link", NOBODY, NOBODY)
+        refused(sticky / "link" / "api.sock", f"{sticky / 'link'} is another user's")
+        assert not (own / "api.sock").exists()
+
+
 def _stalled_upload(daemon: Daemon) -> socket.socket:
     """A connection with an `add` under way whose client sent the head and the start of a
     1 GiB body, and nothing more (yet)."""
@@ -178,6 +220,118 @@ def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
             cut += 1
         sock.close()
     assert cut >= 1
+
+
+def _waiting_to_be_accepted(port: int) -> int:
+    """How many connections wait in the backlog of the listening socket on 127.0.0.1:port
+    (the kernel's count, /proc/net/tcp's rx_queue of a socket in LISTEN)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class _H2Cat:
+    """A `cat` over HTTP/2 (prior knowledge, as `curl --http2-prior-knowledge` sends it) by
+    a client that reads its reply at its own pace: :meth:`read` takes what has come, and
+    the daemon may send more only as it gives the room back (HTTP/2's flow control)."""
+
+    def __init__(self, daemon: Daemon, cid: str) -> None:
+        import h2.config
+        import h2.connection
+
+        host, port = daemon.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=HANG)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.conn.send_headers(1, [(":method", "POST"), (":scheme", "http"),
+                                   (":authority", "localhost"),
+                                   (":path", f"/api/v0/cat?arg={cid}")], end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        self.body = b""
+        self.status = ""
+        self.ended = False
+
+    def read(self, until: int) -> None:
+        """Read (giving the room back) until ``until`` bytes of the reply came, it ended,
+        or the connection did."""
+        import h2.events
+
+        while not self.ended and len(self.body) < until:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    self.status = dict(event.headers)[b":status"].decode()
+                elif isinstance(event, h2.events.DataReceived):
+                    self.body += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset,
+                                        h2.events.ConnectionTerminated)):
+                    self.ended = True
+            self.sock.sendall(self.conn.data_to_send())
+
+
+def test_an_http2_reply_the_daemon_is_sending_keeps_its_place(daemon):
+    """(found by attack) With every place taken and a client waiting, a connection gives its
+    place up only while the daemon waits on its client.  Over HTTP/1.1 a request read whole
+    is the daemon's to answer, but over HTTP/2 the old daemon counted any connection whose
+    read loop waited as one waiting on its client: a `cat` whose reader paused (its reply
+    piped into something slow) for `EVICT_AFTER` seconds was cut off midway to let another
+    client in.  Now an HTTP/2 connection with a request read whole keeps its place as an
+    HTTP/1.1 one does; the reply is read in full once the reader goes on."""
+    from ww.serve.server import CONNECTIONS, EVICT_AFTER
+
+    data = os.urandom(16 << 20)  # more than the sockets' buffers hold
+    body, headers = multipart([("big", "application/octet-stream", data)])
+    status, _, reply = daemon.post("add", body=body, headers=headers)
+    assert status == 200, reply
+    cid = json.loads(reply)["Hash"]
+    h2 = _H2Cat(daemon, cid)
+    h2.read(until=1)
+    assert h2.status == "200" and not h2.ended
+    # the other places: HTTP/1.1 `cat`s of the same file whose clients read nothing (the
+    # daemon holds them up: their replies, or the workers they wait for)
+    host, port = daemon.url.removeprefix("http://").split(":")
+    others = []
+    for _ in range(CONNECTIONS - 1):
+        other = socket.socket()
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        other.settimeout(HANG)
+        other.connect((host, int(port)))
+        other.sendall(f"POST /api/v0/cat?arg={cid} HTTP/1.1\r\nHost: x\r\n"
+                      "Content-Length: 0\r\n\r\n".encode())
+        others.append(other)
+    for _ in range(HANG * 10):  # until the daemon took every one (a place each)
+        if not _waiting_to_be_accepted(int(port)):
+            break
+        threading.Event().wait(0.1)
+    served = threading.Event()
+
+    def version() -> None:
+        if daemon.post("version")[0] == 200:
+            served.set()
+
+    waiting = threading.Thread(target=version, daemon=True)
+    waiting.start()
+    try:
+        # the old daemon cut the paused HTTP/2 reply off after EVICT_AFTER seconds and let
+        # the waiting client in; now the client waits until a place frees (a while to see
+        # that no place is taken from the reply, not a time anything must happen within)
+        served.wait(3 * EVICT_AFTER)
+    finally:
+        for other in others:
+            other.close()
+    waiting.join(HANG)
+    assert served.is_set()
+    h2.read(until=len(data))
+    h2.sock.close()
+    assert len(h2.body) == len(data)
+    assert h2.body == data
 
 
 def test_a_client_that_half_closes_after_its_request_gets_it_cancelled_as_kubos(daemon):

@@ -108,6 +108,10 @@ def bind_unix(addr: str) -> socket.socket:
     path = addr[len("/unix"):]
     if "\0" in path or len(os.fsencode(path)) > 107:
         raise AddressError(f"{addr!r}: a unix socket's path is at most 107 bytes")
+    try:
+        _check_directories(path)
+    except OSError as err:
+        raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     made = None
     try:
@@ -130,6 +134,45 @@ def bind_unix(addr: str) -> socket.socket:
         sock.close()
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     return sock
+
+
+def _check_directories(path: str) -> None:
+    """Refuse (``OSError``) a socket path that another user could point elsewhere once the
+    daemon listens on it: every directory the path goes through, and every symlink it
+    follows on the way, must be this user's or root's, and a directory others may write must
+    be sticky (as ``/tmp``: there no one else may rename or remove this user's entries).
+    Otherwise another user could rename the socket away and listen at its path -- the
+    user's clients (``$WW_HOME/api``) would then talk to theirs -- or turn the path to
+    another directory before the daemon removes the file."""
+    import os
+    import stat
+
+    mine = (0, os.geteuid())
+    parts = path.split("/")[:-1]
+    current, hops = "/", 0
+    while True:
+        st = os.lstat(current)
+        if st.st_uid not in mine:
+            raise OSError(errno.EPERM, f"{current} is another user's")
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+            target = os.readlink(current)
+            parts = target.split("/") + parts
+            current = "/" if target.startswith("/") else os.path.dirname(current)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, f"{current} is not a directory")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise OSError(errno.EPERM, f"others may write to {current}")
+        while parts and parts[0] in ("", "."):
+            parts.pop(0)
+        if not parts:
+            return
+        name = parts.pop(0)
+        # ".." leads to a directory checked already: where ``current`` was reached from
+        current = os.path.dirname(current) if name == ".." else os.path.join(current, name)
 
 
 def _bind_private(sock: socket.socket, path: str) -> None:
@@ -378,7 +421,9 @@ def _server_class() -> type:
         return _SERVER_CLASS[0]
     import math
 
+    import h2.connection
     import h11
+    from h2.stream import StreamState
     from hypercorn.events import Closed, RawData
     from hypercorn.trio import tcp_server
 
@@ -405,16 +450,27 @@ def _server_class() -> type:
         def waited_on(self) -> tuple[int, float] | None:
             """(0, since when) if the read loop waits on a client with no request under way
             (idle, or its request head not whole); (1, since when) if it waits on the body
-            of a request (HTTP/2: on anything); None if it does not wait on the client (the
-            daemon reads nothing now, or the request is whole and the reply the daemon's
-            to give)."""
+            of a request; None if it does not wait on the client (the daemon reads nothing
+            now, or a request is whole and the reply the daemon's to give).  HTTP/2: with
+            no stream, as idle; with every stream still receiving its request, (1, since);
+            with any request whole (its reply the daemon's, whether it works on it, sends
+            it, or waits for the client to make room for it), None."""
             since = self.waiting_since
             if since is None or self.given_up:
                 return None
             protocol = getattr(getattr(self, "protocol", None), "protocol", None)
             connection = getattr(protocol, "connection", None)
+            if isinstance(connection, h2.connection.H2Connection):
+                streams = getattr(protocol, "streams", {})
+                if not streams:
+                    return 0, since
+                for stream_id in streams:
+                    stream = connection.streams.get(stream_id)
+                    if stream is None or stream.state_machine.state is not StreamState.OPEN:
+                        return None  # its request whole (or ended): the daemon's turn
+                return 1, since
             if not isinstance(connection, h11.Connection):
-                return (1, since) if connection is not None else None
+                return None
             if connection.their_state is h11.IDLE:
                 return 0, since
             return (1, since) if connection.their_state is h11.SEND_BODY else None
