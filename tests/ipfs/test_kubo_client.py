@@ -174,3 +174,21 @@ def test_repo_stat_maps_kubos_fields_and_its_no_limit():
     client = client_answering(KuboResponse(status=200, body=b'{"RepoSize": "x"}'))
     with pytest.raises(IpfsError, match="unexpected reply to repo/stat"):
         client.repo_stat()
+
+
+@pytest.mark.parametrize(("call", "body"), [
+    (lambda c: c.id(), {"Addresses": []}),
+    (lambda c: c.id(), {"ID": "x", "Addresses": 5}),
+    (lambda c: c.peers(), {"Peers": [{"Addr": "/ip4/127.0.0.1/tcp/1"}]}),
+    (lambda c: c.peers(), {"Peers": ["not a peer"]}),
+    (lambda c: c.pin_ls(), {"Keys": ["not", "a", "map"]}),
+    (lambda c: c.pin_ls(), {"Keys": {CID: "recursive"}}),
+    (lambda c: c.ls(f"/ipfs/{CID}"), {"Objects": [{"Links": [{"Type": 2}]}]}),
+], ids=["id-no-ID", "id-addresses", "peers-no-Peer", "peers-not-maps", "pin_ls-keys-list",
+        "pin_ls-info-str", "ls-link-no-name"])
+def test_a_reply_without_kubos_fields_is_one_line_not_an_internal_error(call, body):
+    """A broken or foreign server at the API address (a KeyError or TypeError reading its
+    reply was an internal error with a traceback)."""
+    client = client_answering(KuboResponse(status=200, body=json.dumps(body).encode()))
+    with pytest.raises(IpfsError, match="sent an unexpected reply to"):
+        call(client)

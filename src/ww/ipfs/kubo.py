@@ -362,8 +362,13 @@ class KuboClient:
     ) -> dict[str, Any]:
         values = self._json(command, args, params)
         if len(values) != 1 or not isinstance(values[0], dict):
-            raise IpfsError(f"the kubo RPC API at {self.api} sent an unexpected reply to {command}")
+            raise self._unexpected(command)
         return values[0]
+
+    def _unexpected(self, command: str) -> IpfsError:
+        """A reply without the fields kubo sends (a broken or foreign server): one line, not
+        the KeyError or TypeError reading it met."""
+        return IpfsError(f"the kubo RPC API at {self.api} sent an unexpected reply to {command}")
 
     def _stream(
         self, command: str, args: Iterable[str] = (), params: dict[str, Any] | None = None
@@ -505,8 +510,7 @@ class KuboClient:
                     objects = value.get("Objects") if isinstance(value, dict) else None
                     if not isinstance(objects, list) or len(objects) != 1 \
                             or not isinstance(objects[0], dict):
-                        raise IpfsError(
-                            f"the kubo RPC API at {self.api} sent an unexpected reply to ls")
+                        raise self._unexpected("ls")
                     for link in objects[0].get("Links") or []:
                         if not listed and isinstance(link, dict) and link.get("Name") == "" \
                                 and self.stat(str(ipath)).type != EntryType.DIRECTORY:
@@ -532,7 +536,10 @@ class KuboClient:
         if kind is None:
             raise IpfsError(
                 f"kubo listed {link.get('Name')!r} with unknown type {link.get('Type')}")
-        return Entry(link["Name"], kind, int(link.get("Size") or 0), link["Hash"])
+        try:
+            return Entry(str(link["Name"]), kind, int(link.get("Size") or 0), str(link["Hash"]))
+        except (KeyError, TypeError, ValueError):
+            raise self._unexpected("ls") from None
 
     def resolve(self, path: str) -> str:
         result = self._object("resolve", [_normalize_path(path)], {"recursive": True})
@@ -604,13 +611,15 @@ class KuboClient:
         try:
             for value in self._values(reply, "pin/ls"):
                 if not isinstance(value, dict):
-                    raise IpfsError(
-                        f"the kubo RPC API at {self.api} sent an unexpected reply to pin/ls")
-                if "Keys" in value:
-                    for cid, info in (value["Keys"] or {}).items():
-                        record(cid, (info or {}).get("Type"))
-                else:
-                    record(value.get("Cid"), value.get("Type"))
+                    raise self._unexpected("pin/ls")
+                try:
+                    if "Keys" in value:
+                        for cid, info in (value["Keys"] or {}).items():
+                            record(cid, (info or {}).get("Type"))
+                    else:
+                        record(value.get("Cid"), value.get("Type"))
+                except (AttributeError, TypeError):
+                    raise self._unexpected("pin/ls") from None
         finally:
             reply.close()
         return found
@@ -631,9 +640,7 @@ class KuboClient:
                 storage_max=storage_max if 0 < storage_max < _NO_LIMIT else None,
             )
         except (KeyError, TypeError, ValueError):
-            raise IpfsError(
-                f"the kubo RPC API at {self.api} sent an unexpected reply to repo/stat"
-            ) from None
+            raise self._unexpected("repo/stat") from None
 
     # --- CAR interchange ------------------------------------------------------------------
 
@@ -676,9 +683,14 @@ class KuboClient:
         def on_value(value: Any) -> None:
             root = value.get("Root") if isinstance(value, dict) else None
             if root:
-                roots.append(str(root["Cid"]["/"]))
-                if root.get("PinErrorMsg"):
-                    failures.append(f"{root['Cid']['/']}: {root['PinErrorMsg']}")
+                try:
+                    cid = str(root["Cid"]["/"])
+                    error = root.get("PinErrorMsg")
+                except (KeyError, TypeError, AttributeError):
+                    raise self._unexpected("dag/import") from None
+                roots.append(cid)
+                if error:
+                    failures.append(f"{cid}: {error}")
 
         part = ("data.car", "application/octet-stream", _car_pieces(src))
         self._upload("dag/import", {"pin-roots": True}, [part], on_value)
@@ -690,16 +702,21 @@ class KuboClient:
 
     def id(self) -> PeerInfo:
         info = self._object("id")
-        return PeerInfo(
-            str(info["ID"]), list(info.get("Addresses") or []), list(info.get("Protocols") or [])
-        )
+        try:
+            return PeerInfo(str(info["ID"]), [str(a) for a in info.get("Addresses") or []],
+                            [str(p) for p in info.get("Protocols") or []])
+        except (KeyError, TypeError):
+            raise self._unexpected("id") from None
 
     def peers(self) -> list[PeerInfo]:
         by_peer: dict[str, list[str]] = {}
-        for peer in self._object("swarm/peers").get("Peers") or []:
-            addresses = by_peer.setdefault(str(peer["Peer"]), [])
-            if peer.get("Addr"):
-                addresses.append(str(peer["Addr"]))
+        try:
+            for peer in self._object("swarm/peers").get("Peers") or []:
+                addresses = by_peer.setdefault(str(peer["Peer"]), [])
+                if peer.get("Addr"):
+                    addresses.append(str(peer["Addr"]))
+        except (KeyError, TypeError, AttributeError):
+            raise self._unexpected("swarm/peers") from None
         return [PeerInfo(peer, addresses) for peer, addresses in by_peer.items()]
 
     def connect(self, addr: str) -> None:
