@@ -20,7 +20,13 @@ import trio
 from tests.conftest import HANG
 from tests.p2p.conftest import ww_call
 from tests.p2p.sybils import connect
-from ww.p2p.admission import MAX_HANDSHAKES, MAX_INBOUND, MAX_NEGOTIATING, MAX_PER_IP
+from ww.p2p.admission import (
+    MAX_HANDSHAKES,
+    MAX_INBOUND,
+    MAX_NEGOTIATING,
+    MAX_PER_IP,
+    MAX_STREAMS_PER_CONN,
+)
 
 pytest.importorskip("libp2p")
 
@@ -196,3 +202,83 @@ def test_streams_that_never_name_a_protocol_are_bounded_per_connection(exporter)
     ended = trio.run(main)
     assert sorted(ended[:extra]) == list(range(MAX_NEGOTIATING,
                                                MAX_NEGOTIATING + extra)), ended
+
+
+def test_a_peer_that_sends_past_its_receive_window_is_cut_off(exporter) -> None:
+    """A peer negotiates identify (whose handler answers and returns, never to read the
+    stream again), then ignores the Yamux receive window and sends 64 MiB.  py-libp2p 0.8.1
+    only logged a warning and buffered it all, for as long as the connection stayed (found
+    by attack: 200 MiB sent, the host's memory grew by 200 MiB).  Now the host closes the
+    connection once the window is exceeded, and a well-behaved caller is still served."""
+    from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    host = exporter()
+
+    async def main() -> int:
+        sent = 0
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                conn = await connect(host.addr, nursery)
+                stream = await conn.open_stream()
+                await MultiselectClient().select_one_of(["/ipfs/id/1.0.0"],
+                                                        MultiselectCommunicator(stream))
+                stream.send_window = 1 << 40  # the attacker's own side: no window
+                chunk = b"x" * (1 << 20)
+                try:
+                    while sent < 64 << 20:
+                        await stream.write(chunk)
+                        sent += len(chunk)
+                except Exception:
+                    pass
+            nursery.cancel_scope.cancel()
+        return sent
+
+    assert trio.run(main) < 64 << 20  # the host hung up before taking it all
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+
+
+def test_streams_left_open_after_their_answer_are_bounded_and_reset(exporter) -> None:
+    """One connection opens MAX_STREAMS_PER_CONN + 44 identify streams, reads each answer
+    and never closes its side.  py-libp2p keeps such a stream (and what the peer sends on
+    it, up to its window) until the peer closes it, and the host counted a stream only
+    while its handler ran: found by attack, 600 of them with 200 KB each made the host hold
+    600 streams and 129 MiB more.  Now a stream stays counted until the peer closes its
+    side, at most STREAM_LINGER seconds after its handler returned, and is then reset:
+    every one of these streams ends reset."""
+    from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+    from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+
+    host = exporter()
+    total = MAX_STREAMS_PER_CONN + 44
+
+    async def main() -> int:
+        reset = 0
+
+        async def one(conn) -> None:
+            nonlocal reset
+            stream = await conn.open_stream()
+            try:
+                await MultiselectClient().select_one_of(["/ipfs/id/1.0.0"],
+                                                        MultiselectCommunicator(stream))
+            except Exception:  # reset as it arrived: over the bound
+                reset += 1
+                return
+            while not stream.reset_received:  # bounded by fail_after below
+                await trio.sleep(0.05)
+            reset += 1
+
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                conn = await connect(host.addr, nursery)
+                conn.stream_backlog_semaphore = trio.Semaphore(total)  # our side's cap
+                async with trio.open_nursery() as streams:
+                    for _ in range(total):
+                        streams.start_soon(one, conn)
+            nursery.cancel_scope.cancel()
+        return reset
+
+    assert trio.run(main) == total
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr

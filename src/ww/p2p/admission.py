@@ -15,7 +15,8 @@ py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
   :data:`MAX_NEGOTIATING`, each within :data:`STREAM_NEGOTIATE_TIMEOUT`; once a stream has
   named its protocol, that protocol's own bounds hold it (Bitswap 4 streams a peer, each
   DHT 8, ping 2, `/ww/0.1.0` 256 in all), and :data:`MAX_STREAMS_PER_CONN` in all backs
-  them up.
+  them up, a stream counted until the peer closes its side (at most
+  :data:`STREAM_LINGER` seconds after its handler returned; then it is reset).
 
 A connection over a bound is refused when it is accepted: closed before any byte is read or
 any key computed, so the newest goes and the connections already there are untouched (a
@@ -47,8 +48,8 @@ from typing import Any
 import trio
 
 __all__ = ["HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND", "MAX_NEGOTIATING",
-           "MAX_PER_IP", "MAX_STREAMS_PER_CONN", "STREAM_NEGOTIATE_TIMEOUT", "Admission",
-           "install"]
+           "MAX_PER_IP", "MAX_STREAMS_PER_CONN", "STREAM_LINGER", "STREAM_NEGOTIATE_TIMEOUT",
+           "Admission", "install"]
 
 # Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
 # allows 15): an honest handshake is a few round trips.
@@ -77,6 +78,9 @@ MAX_NEGOTIATING = 16
 MAX_STREAMS_PER_CONN = 256
 # Seconds a new inbound stream may take to name its protocol (py-libp2p's default).
 STREAM_NEGOTIATE_TIMEOUT = 10
+# Seconds a peer has to close its side of a stream whose handler has returned (the host
+# will not read it again): it is then reset.  It stays counted meanwhile.
+STREAM_LINGER = 10
 
 IP6_PREFIX = 56  # an IPv6 peer's addresses counted as one: those of its /56
 _UNCOUNTED = frozenset({"127.0.0.1", "::1"})
@@ -207,10 +211,39 @@ def _stream_handler(inner: Any, admission: Admission) -> Any:
         _count(admission.streams, conn, 1)
         try:
             await inner(stream)
+            await _linger(stream)
         finally:
             _count(admission.streams, conn, -1)
 
     return handle
+
+
+async def _linger(stream: Any) -> None:
+    """After a stream's handler has returned the host never reads it again, but py-libp2p's
+    Yamux keeps it, and what the peer sends on it, until the peer closes its side: a peer
+    that never did held any number of streams (each with up to its receive window of
+    data) past :data:`MAX_STREAMS_PER_CONN`.  So the stream stays counted while the peer
+    has :data:`STREAM_LINGER` seconds to close its side (an honest one reads the answer
+    and closes); what it sends meanwhile is dropped, and then the stream is reset."""
+    muxed = getattr(stream, "muxed_stream", None)
+    events = getattr(getattr(muxed, "conn", None), "stream_events", None)
+    buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
+    if events is None or buffers is None:
+        return
+    with trio.move_on_after(STREAM_LINGER):
+        while not (muxed.recv_closed or muxed.closed):
+            buffers.get(muxed.stream_id, bytearray()).clear()
+            event = events.get(muxed.stream_id)
+            if event is None:  # the stream is gone
+                return
+            await event.wait()
+            events[muxed.stream_id] = trio.Event()  # nobody else waits: the reader is done
+        return
+    buffers.get(muxed.stream_id, bytearray()).clear()
+    try:
+        await stream.reset()
+    except Exception:  # the connection went meanwhile: nothing left to reset
+        pass
 
 
 def _negotiation(negotiate: Any, admission: Admission) -> Any:

@@ -17,6 +17,11 @@ goes"):
   one ``send`` -- for every read, one per *byte* while multistream-select negotiates a
   stream.  The window a stream starts with grows to :data:`RECEIVE_WINDOW` at the first read
   (go-yamux's initial 256 KiB, the most a peer may send before that, is the protocol's).
+- **The receive window holds**: a peer that sends a stream more than the window it was
+  given is cut off (its connection closed, as go-yamux does).  py-libp2p 0.8.1 only logged a
+  warning and buffered the data, so one peer could make the host hold any amount of memory
+  (200 MiB sent to an identify stream, whose handler had returned and would never read it:
+  the host's memory grew by 200 MiB, for as long as the connection stayed).
 - **One Noise message per frame**: data frames carry at most
   :data:`MAX_FRAME_PAYLOAD` bytes, so header and payload fit in one Noise transport message
   (py-libp2p's 64 KiB frames took two, the second of 17 bytes); and no per-frame debug
@@ -38,7 +43,7 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
-__all__ = ["MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW", "Stream", "Yamux"]
+__all__ = ["MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW", "Stream", "WindowExceeded", "Yamux"]
 
 RECEIVE_WINDOW = 1 << 20  # bytes a peer may send on one stream before we read them
 # The largest data frame payload whose frame (12-byte header) fits one Noise message.
@@ -62,6 +67,7 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         stream.__class__ = cls
         assert isinstance(stream, Stream)
         stream._send_window = window
+        stream._recv_window = stream.__dict__.pop("recv_window", _yamux.DEFAULT_WINDOW_SIZE)
         stream._window_changed = trio.Event()
         stream.target_recv_window = max(stream.target_recv_window, RECEIVE_WINDOW)
         return stream
@@ -77,6 +83,17 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         if grew:
             self._window_changed.set()
             self._window_changed = trio.Event()
+
+    @property
+    def recv_window(self) -> int:
+        return self._recv_window
+
+    @recv_window.setter
+    def recv_window(self, value: int) -> None:
+        if value < 0:  # py-libp2p's reader only warns, and buffers the data anyway
+            raise WindowExceeded(f"stream {self.stream_id}: the peer sent {-value} bytes "
+                                 "past its receive window")
+        self._recv_window = value
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -118,6 +135,12 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
             self._pending_recv_release = 0
         if delta > 0:
             await self.send_window_update(delta, skip_lock=True)
+
+
+class WindowExceeded(trio.TooSlowError):
+    """A peer sent a stream more than its receive window: a protocol violation (go-yamux
+    closes the session for it).  A ``TooSlowError`` because that is what py-libp2p 0.8.1's
+    frame reader lets through to where it closes the connection."""
 
 
 class _Streams(dict):  # type: ignore[type-arg]
