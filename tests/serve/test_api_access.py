@@ -123,6 +123,33 @@ def test_a_unix_socket_left_by_a_killed_daemon_is_replaced_anything_else_refused
     assert not (open_place / "gw.sock").exists()
 
 
+def test_a_socket_whose_listener_accepts_nobody_is_refused_not_waited_on(ww_home, open_place):
+    """A socket at the path whose listener is alive but accepts no one (a daemon of the
+    user's that hangs, its backlog full): the next daemon's look for a stale socket used to
+    wait in ``connect`` for as long as that lasted; it is refused at once, one line, exit 2,
+    and left as it was."""
+    path = open_place / "api.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(0)
+        waiting.setblocking(False)
+        waiting.connect(str(path))  # the backlog (0: one connection) is now full
+        try:
+            r = run_ww("daemon", "--api", f"/unix{path}", "--gateway", "off",
+                       timeout=120, env={**os.environ, "WW_HOME": str(ww_home)})
+        except subprocess.TimeoutExpired:
+            pytest.fail("the daemon waited on a listener that accepts no one")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("ww: --api: cannot listen on /unix/"), r.stderr
+        assert "in use" in r.stderr, r.stderr
+        assert stat.S_ISSOCK(path.lstat().st_mode)  # still the listener's
+    finally:
+        waiting.close()
+        listener.close()
+
+
 def test_a_socket_path_another_user_could_repoint_is_refused(ww_home, open_place):
     """(found by attack) Another user who may rename entries on the socket's path -- in a
     directory of theirs, one others may write that is not sticky, or through a symlink of

@@ -511,7 +511,10 @@ class KuboClient:
                     if not isinstance(objects, list) or len(objects) != 1 \
                             or not isinstance(objects[0], dict):
                         raise self._unexpected("ls")
-                    for link in objects[0].get("Links") or []:
+                    links = objects[0].get("Links") or []
+                    if not isinstance(links, list):
+                        raise self._unexpected("ls")
+                    for link in links:
                         if not listed and isinstance(link, dict) and link.get("Name") == "" \
                                 and self.stat(str(ipath)).type != EntryType.DIRECTORY:
                             # kubo lists a file of several blocks by its blocks' links,
@@ -532,13 +535,18 @@ class KuboClient:
         return entries()
 
     def _entry(self, link: Any) -> Entry:
-        kind = _LS_TYPES.get(link.get("Type"))
+        if not isinstance(link, dict):
+            raise self._unexpected("ls")
+        try:
+            kind = _LS_TYPES.get(link.get("Type"))
+        except TypeError:  # unhashable: a list or a map
+            raise self._unexpected("ls") from None
         if kind is None:
             raise IpfsError(
                 f"kubo listed {link.get('Name')!r} with unknown type {link.get('Type')}")
         try:
             return Entry(str(link["Name"]), kind, int(link.get("Size") or 0), str(link["Hash"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise self._unexpected("ls") from None
 
     def resolve(self, path: str) -> str:
@@ -587,7 +595,10 @@ class KuboClient:
         """Every direct and recursive pin (not the blocks pinned indirectly through them)."""
         cids: set[str] = set()
         for kind in ("recursive", "direct"):
-            cids.update((self._object("pin/ls", (), {"type": kind}).get("Keys") or {}).keys())
+            keys = self._object("pin/ls", (), {"type": kind}).get("Keys") or {}
+            if not isinstance(keys, dict):
+                raise self._unexpected("pin/ls")
+            cids.update(keys)
         return sorted(cids)
 
     def pin_ls(self, type: str = "all") -> dict[str, str]:
@@ -639,7 +650,7 @@ class KuboClient:
                 # kubo reports "no limit" as the largest uint64 (corerepo.NoLimit)
                 storage_max=storage_max if 0 < storage_max < _NO_LIMIT else None,
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise self._unexpected("repo/stat") from None
 
     # --- CAR interchange ------------------------------------------------------------------

@@ -197,6 +197,9 @@ def _stale_socket(path: str) -> bool:
     if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
         return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Not blocking: a listener whose backlog is full (a daemon that hangs) makes a blocking
+    # connect wait until it accepts; not blocking, that is EAGAIN: someone listens.
+    probe.setblocking(False)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
