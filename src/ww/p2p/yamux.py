@@ -47,6 +47,7 @@ pyproject.toml): ``tests/p2p/test_yamux.py`` fails if a stream stops being one o
 from __future__ import annotations
 
 import struct
+import threading
 import weakref
 from typing import Any
 
@@ -100,17 +101,19 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         want = min(want, _yamux.MAX_WINDOW_SIZE)
         if not self._may_grow or want <= self.target_recv_window or self.closed:
             return
-        got = min(want - self.target_recv_window, GROWN_WINDOWS - grown())
-        if got > 0:
-            self.target_recv_window += got
-            self._grown += got
-            _growing.add(self)
+        with _growing_lock:
+            got = min(want - self.target_recv_window, GROWN_WINDOWS - grown())
+            if got > 0:
+                self.target_recv_window += got
+                self._grown += got
+                _growing.add(self)
 
     def _release(self) -> None:
         """The stream is gone from its connection: its growth goes back to the budget (the
         data it still buffers was received within its window and is dropped with it)."""
-        self._grown = 0
-        _growing.discard(self)
+        with _growing_lock:
+            self._grown = 0
+            _growing.discard(self)
 
     @property  # type: ignore[override]
     def send_window(self) -> int:
@@ -196,12 +199,16 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         return grow
 
 
-_growing: weakref.WeakSet[Stream] = weakref.WeakSet()  # streams holding growth
+# Streams holding growth (a stream dropped without being removed from its connection is
+# forgotten when collected); a lock, since hosts in one process run on threads of their own.
+_growing: weakref.WeakSet[Stream] = weakref.WeakSet()
+_growing_lock = threading.RLock()
 
 
 def grown() -> int:
     """Bytes of receive window grown past the protocol's initial window, all streams."""
-    return sum(stream._grown for stream in list(_growing))
+    with _growing_lock:
+        return sum(stream._grown for stream in list(_growing))
 
 
 def allow_growth(stream: Any) -> None:
