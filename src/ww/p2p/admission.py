@@ -16,7 +16,12 @@ py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
   named its protocol, that protocol's own bounds hold it (Bitswap 4 streams a peer, each
   DHT 8, ping 2, `/ww/0.1.0` 256 in all), and :data:`MAX_STREAMS_PER_CONN` in all backs
   them up, a stream counted until the peer closes its side (at most
-  :data:`STREAM_LINGER` seconds after its handler returned; then it is reset).
+  :data:`STREAM_LINGER` seconds after its handler returned; then it is reset);
+- **inbound streams in all** (all connections together, counted alike): at most
+  :data:`MAX_INBOUND_STREAMS`.  Each may hold the protocol's initial Yamux receive window
+  (256 KiB) of unread data, so this bounds that memory; what windows grow beyond it is
+  bounded by :data:`ww.p2p.yamux.GROWN_WINDOWS` (an inbound stream grows only once its
+  protocol is chosen, which :func:`install` tells the muxer).
 
 A connection over a bound is refused when it is accepted: closed before any byte is read or
 any key computed, so the newest goes and the connections already there are untouched (a
@@ -30,7 +35,11 @@ listener closes a socket when its handler returns), so 250 connections over the 
 each closed at once, shut the door on every later peer (checked:
 ``tests/p2p/test_admission.py::test_connections_that_came_and_went_do_not_shut_the_door``).
 Its other bounds are kept: 300 connections in all (``ConnectionConfig.max_connections``,
-above :data:`MAX_INBOUND`, so the host's own dials always have room) and 3 per peer id.
+above :data:`MAX_INBOUND`, so the host's own dials always have room).  Its "3 per peer id"
+(``max_connections_per_peer``) is no bound on what a peer holds: the excess is trimmed only
+when another connection of that peer is added, and never a connection younger than its
+20 s grace period, so any number arriving within 20 s stay (an attacker held 6 of one peer
+id); :data:`MAX_PER_IP` and :data:`MAX_INBOUND` are what hold.
 
 What go-libp2p (kubo) does, for comparison: its upgrader sets up at most 16 inbound
 connections at a time (``AcceptQueueLength``; it stops accepting beyond) within 15 s; its
@@ -47,9 +56,11 @@ from typing import Any
 
 import trio
 
-__all__ = ["HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND", "MAX_NEGOTIATING",
-           "MAX_PER_IP", "MAX_STREAMS_PER_CONN", "STREAM_LINGER", "STREAM_NEGOTIATE_TIMEOUT",
-           "Admission", "install"]
+from ww.p2p.yamux import allow_growth
+
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND", "MAX_INBOUND_STREAMS",
+           "MAX_NEGOTIATING", "MAX_PER_IP", "MAX_STREAMS_PER_CONN", "STREAM_LINGER",
+           "STREAM_NEGOTIATE_TIMEOUT", "Admission", "install"]
 
 # Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
 # allows 15): an honest handshake is a few round trips.
@@ -76,6 +87,11 @@ MAX_NEGOTIATING = 16
 # Inbound streams of one connection in all: a backstop under the protocols' own bounds, as
 # many as /ww/0.1.0 carries for the whole host (ww.p2p.host.MAX_STREAMS).
 MAX_STREAMS_PER_CONN = 256
+# Inbound streams of all connections together.  An honest peer keeps a few open (identify,
+# ping, up to 4 Bitswap, a DHT query's), so 8 for each of MAX_INBOUND connections; and each
+# stream may hold 256 KiB of unread data (the protocol's initial window), so at most
+# 256 MiB, where MAX_INBOUND x MAX_STREAMS_PER_CONN streams could hold 8 GiB.
+MAX_INBOUND_STREAMS = 1024
 # Seconds a new inbound stream may take to name its protocol (py-libp2p's default).
 STREAM_NEGOTIATE_TIMEOUT = 10
 # Seconds a peer has to close its side of a stream whose handler has returned (the host
@@ -94,6 +110,7 @@ class Admission:
         self.inbound = 0  # inbound connections, set up or in their handshake
         self.per_ip: dict[str, int] = {}
         self.streams: dict[Any, int] = {}  # inbound streams, by muxed connection
+        self.all_streams = 0  # inbound streams of all connections
         self.negotiating: dict[Any, int] = {}  # of which not past negotiation
         self.refused: dict[str, int] = {}  # refusals by the bound that made them
 
@@ -204,16 +221,20 @@ def _stream_handler(inner: Any, admission: Admission) -> Any:
 
     async def handle(stream: Any) -> None:
         conn = stream.muxed_conn
-        if admission.streams.get(conn, 0) >= MAX_STREAMS_PER_CONN:
-            admission._refuse("streams")
+        bound = ("streams" if admission.streams.get(conn, 0) >= MAX_STREAMS_PER_CONN else
+                 "all_streams" if admission.all_streams >= MAX_INBOUND_STREAMS else None)
+        if bound is not None:
+            admission._refuse(bound)
             await stream.reset()
             return
         _count(admission.streams, conn, 1)
+        admission.all_streams += 1
         try:
             await inner(stream)
             await _linger(stream)
         finally:
             _count(admission.streams, conn, -1)
+            admission.all_streams -= 1
 
     return handle
 
@@ -258,8 +279,10 @@ def _negotiation(negotiate: Any, admission: Admission) -> Any:
             raise MultiselectError(f"more than {MAX_NEGOTIATING} streams in negotiation")
         _count(admission.negotiating, conn, 1)
         try:
-            return await negotiate(communicator, *args, **kwargs)
+            chosen = await negotiate(communicator, *args, **kwargs)
         finally:
             _count(admission.negotiating, conn, -1)
+        allow_growth(communicator.read_writer)  # its receive window may grow now
+        return chosen
 
     return bounded

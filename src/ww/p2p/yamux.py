@@ -15,8 +15,19 @@ goes"):
   half the window has been read, not after every read.  py-libp2p's default
   (``PY_YAMUX_RELEASE_ON_READ``) sent a 12-byte WINDOW_UPDATE frame -- one Noise message,
   one ``send`` -- for every read, one per *byte* while multistream-select negotiates a
-  stream.  The window a stream starts with grows to :data:`RECEIVE_WINDOW` at the first read
-  (go-yamux's initial 256 KiB, the most a peer may send before that, is the protocol's).
+  stream.
+- **Grown windows come out of one budget**: a stream's receive window starts at the
+  protocol's 256 KiB (go-yamux's initial window, the most a peer may send before we say
+  more) and grows, to :data:`RECEIVE_WINDOW` at its first read past protocol negotiation and
+  then by py-libp2p's auto-tuning (doubling up to 16 MiB while reads keep up), only as far as
+  :data:`GROWN_WINDOWS` -- the growth of all streams of the process together -- allows; the
+  growth is given back when the stream goes.  A stream refused growth keeps 256 KiB: slower,
+  never failing (flow control makes its sender wait).  py-libp2p grew every stream, so the
+  unread data remote peers could make the host hold was multiplied out by the streams they
+  may open (an inbound stream grew at its first read, and multistream-select negotiation is
+  one: 16 streams in negotiation on each of 128 connections could hold 2 GiB).  An inbound
+  stream grows only once its protocol is chosen (:func:`allow_growth`, which
+  :mod:`ww.p2p.admission` calls); the streams we open may grow at once.
 - **The receive window holds**: a peer that sends a stream more than the window it was
   given is cut off (its connection closed, as go-yamux does).  py-libp2p 0.8.1 only logged a
   warning and buffered the data, so one peer could make the host hold any amount of memory
@@ -36,6 +47,8 @@ pyproject.toml): ``tests/p2p/test_yamux.py`` fails if a stream stops being one o
 from __future__ import annotations
 
 import struct
+import threading
+import weakref
 from typing import Any
 
 import trio
@@ -43,9 +56,18 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
-__all__ = ["MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW", "Stream", "WindowExceeded", "Yamux"]
+__all__ = ["GROWN_WINDOWS", "MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW", "Stream", "WindowExceeded",
+           "Yamux", "allow_growth", "grown"]
 
-RECEIVE_WINDOW = 1 << 20  # bytes a peer may send on one stream before we read them
+# Bytes a peer may send on one stream before we read them, once the stream has grown (the
+# protocol's initial window is 256 KiB); py-libp2p's auto-tuning may grow it further.
+RECEIVE_WINDOW = 1 << 20
+# Bytes of receive window grown past the protocol's 256 KiB, all streams of the process
+# together: what unread data peers may make us hold beyond 256 KiB a stream.  64 streams at
+# RECEIVE_WINDOW, or 4 auto-tuned to 16 MiB; a Bitswap fetch needs one or two grown streams
+# (docs/benchmarks.md).  The streams' 256 KiB are bounded by counting streams
+# (ww.p2p.admission.MAX_INBOUND_STREAMS).
+GROWN_WINDOWS = 64 << 20
 # The largest data frame payload whose frame (12-byte header) fits one Noise message.
 MAX_FRAME_PAYLOAD = MAX_PLAINTEXT_LENGTH - _yamux.HEADER_SIZE
 WINDOW_WAIT = 5.0  # seconds a writer waits for the peer to open its window (py-libp2p's)
@@ -69,8 +91,29 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         stream._send_window = window
         stream._recv_window = stream.__dict__.pop("recv_window", _yamux.DEFAULT_WINDOW_SIZE)
         stream._window_changed = trio.Event()
-        stream.target_recv_window = max(stream.target_recv_window, RECEIVE_WINDOW)
+        stream._grown = 0
+        stream._may_grow = bool(stream.is_initiator)  # ours; a peer's once negotiated
         return stream
+
+    def _grow_target(self, want: int) -> None:
+        """Raise ``target_recv_window`` toward ``want`` as far as :data:`GROWN_WINDOWS`
+        allows (only a target: the window itself follows at the next window update)."""
+        want = min(want, _yamux.MAX_WINDOW_SIZE)
+        if not self._may_grow or want <= self.target_recv_window or self.closed:
+            return
+        with _growing_lock:
+            got = min(want - self.target_recv_window, GROWN_WINDOWS - grown())
+            if got > 0:
+                self.target_recv_window += got
+                self._grown += got
+                _growing.add(self)
+
+    def _release(self) -> None:
+        """The stream is gone from its connection: its growth goes back to the budget (the
+        data it still buffers was received within its window and is dropped with it)."""
+        with _growing_lock:
+            self._grown = 0
+            _growing.discard(self)
 
     @property  # type: ignore[override]
     def send_window(self) -> int:
@@ -127,6 +170,7 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
     async def _auto_tune_and_send_window_update(self, *, bytes_read: int = 0) -> None:
         """Give the peer back the window it has used once that is half the target."""
         async with self.window_lock:
+            self._grow_target(RECEIVE_WINDOW)
             buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
             delta = self.target_recv_window - (self.recv_window + buffered)
             if delta <= 0 or delta < self.target_recv_window // 2:
@@ -135,6 +179,44 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
             self._pending_recv_release = 0
         if delta > 0:
             await self.send_window_update(delta, skip_lock=True)
+
+
+    def _apply_autotune_epoch(self, buffered: int) -> int:
+        """py-libp2p's auto-tuning (the target doubles when window updates come within 4
+        round trips), its growth taken from :data:`GROWN_WINDOWS`."""
+        rtt = self._effective_rtt()
+        now = trio.current_time()
+        quick = rtt > 0 and not (self.epoch_start > 0 and now - self.epoch_start >= rtt * 4)
+        self.epoch_start = now
+        if not quick:
+            return 0
+        before = self.target_recv_window
+        self._grow_target(before * 2)
+        grow = self.target_recv_window - (self.recv_window + buffered)
+        if self.target_recv_window == before or grow <= 0:
+            return 0
+        self.recv_window += grow
+        return grow
+
+
+# Streams holding growth (a stream dropped without being removed from its connection is
+# forgotten when collected); a lock, since hosts in one process run on threads of their own.
+_growing: weakref.WeakSet[Stream] = weakref.WeakSet()
+_growing_lock = threading.RLock()
+
+
+def grown() -> int:
+    """Bytes of receive window grown past the protocol's initial window, all streams."""
+    with _growing_lock:
+        return sum(stream._grown for stream in list(_growing))
+
+
+def allow_growth(stream: Any) -> None:
+    """Let ``stream`` (a Yamux stream, or a libp2p stream over one) grow its receive window:
+    for an inbound stream once its protocol is chosen."""
+    muxed = getattr(stream, "muxed_stream", stream)
+    if isinstance(muxed, Stream):
+        muxed._may_grow = True
 
 
 class WindowExceeded(trio.TooSlowError):
@@ -148,6 +230,24 @@ class _Streams(dict):  # type: ignore[type-arg]
 
     def __setitem__(self, stream_id: int, stream: Any) -> None:
         super().__setitem__(stream_id, Stream.adopt(stream))
+
+    def __delitem__(self, stream_id: int) -> None:
+        _release(self.get(stream_id))
+        super().__delitem__(stream_id)
+
+    def pop(self, stream_id: int, *default: Any) -> Any:
+        _release(self.get(stream_id))
+        return super().pop(stream_id, *default)
+
+    def clear(self) -> None:
+        for stream in self.values():
+            _release(stream)
+        super().clear()
+
+
+def _release(stream: Any) -> None:
+    if isinstance(stream, Stream):
+        stream._release()
 
 
 class Yamux(_yamux.Yamux):  # type: ignore[misc]
