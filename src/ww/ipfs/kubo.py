@@ -537,8 +537,9 @@ class KuboClient:
     def _entry(self, link: Any) -> Entry:
         if not isinstance(link, dict):
             raise self._unexpected("ls")
+        listed_type: Any = link.get("Type")
         try:
-            kind = _LS_TYPES.get(link.get("Type"))
+            kind = _LS_TYPES.get(listed_type)
         except TypeError:  # unhashable: a list or a map
             raise self._unexpected("ls") from None
         if kind is None:
