@@ -322,6 +322,28 @@ def test_env_s_with_quotes_escapes_or_variables_is_refused_not_misread(make_cell
         "backslashes, $ and # after env -S are not read as env reads them)"]
 
 
+@pytest.mark.parametrize("jail", ["bwrap", "none"])
+@pytest.mark.parametrize("line", ["#!/usr/bin/env -S GREETING=hi LC_ALL=C sh",
+                                  "#!/usr/bin/env GREETING=hi sh"])
+def test_env_assignments_in_the_interpreter_line_set_the_cells_environment(
+        make_cell, jail, line):
+    """`#!/usr/bin/env -S NAME=VALUE cmd`: env sets NAME for cmd.  ww took NAME=VALUE for
+    the interpreter's name and exited 127 ("interpreter 'GREETING=hi' not found")."""
+    cell = make_cell('echo "$GREETING ${LC_ALL:-unset}"', name="assign.sh", shebang=line)
+    r = run_ww("run", f"--jail={jail}", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("hi C\n" if "LC_ALL" in line else "hi unset\n")
+
+
+@pytest.mark.parametrize("rest", ["-S GREETING=hi", "-S A=1 -i sh"])
+def test_env_assignments_without_a_command_are_refused(make_cell, rest):
+    cell = make_cell("echo ran", name="assign.sh", shebang=f"#!/usr/bin/env {rest}")
+    r = run_ww("run", cell)
+    assert (r.returncode, r.stdout) == (126, ""), r.stderr
+    assert r.stderr.splitlines() == [
+        f"ww: {cell}: unsupported interpreter line: #!/usr/bin/env {rest}"]
+
+
 def test_not_executable_exits_126(tmp_path):
     plain = tmp_path / "plain.sh"
     plain.write_text("#!/bin/sh\necho hi\n")

@@ -449,6 +449,7 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     if shebang is None:
         return Program(argv=[path, *args], binds=binds)
     interp, *interp_arg = shebang
+    env_prefix: list[str] = []  # `env NAME=VALUE...` run before the interpreter
     _refuse_carriage_return(command, interp, os.path.lexists(interp))
     if os.path.basename(interp) == "env" and interp_arg:
         # `#!/usr/bin/env NAME`: the jail has no PATH of the host's, so resolve NAME here,
@@ -466,10 +467,22 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
                     f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]} "
                     "(quotes, backslashes, $ and # after env -S are not read as env reads "
                     "them)")
-        if not words or words[0].startswith("-"):
+        # env's NAME=VALUE words before the command set the command's environment
+        # (`#!/usr/bin/env -S LC_ALL=C python3`): env itself is kept to set them
+        assignments = []
+        while words and "=" in words[0][1:]:
+            assignments.append(words.pop(0))
+        if not words or words[0].startswith("-") or "=" in words[0]:
             raise NotExecutableError(
                 f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]}"
             )
+        if assignments:
+            if not is_system(interp):  # every jail has the system's env, and only that
+                raise NotExecutableError(
+                    f"{command}: unsupported interpreter line: #!{interp} {interp_arg[0]} "
+                    "(NAME=VALUE is set only by a system env)")
+            _check_executable(interp, f"{command}: interpreter {interp}")
+            env_prefix = [interp, *assignments]
         name = words[0]
         own_bin = os.path.dirname(sys.executable)
         found = which(name, os.pathsep.join([own_bin, search_path or os.defpath]))
@@ -488,4 +501,4 @@ def prepare(command: str, args: list[str], search_path: str | None = None,
     for extra in extras:
         if not is_system(extra.dest) and extra not in binds:
             binds.append(extra)
-    return Program(argv=[interp, *interp_arg, path, *args], binds=binds)
+    return Program(argv=[*env_prefix, interp, *interp_arg, path, *args], binds=binds)
