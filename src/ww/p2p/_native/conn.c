@@ -1,5 +1,6 @@
-/* A libp2p connection in C, as much of it as a ww host speaks: a prototype for
- * benchmarks/p2p_native.py (design (e) in docs/benchmarks.md), not part of ww.
+/* A libp2p connection in C, as much of it as a ww host speaks (design (e) in
+ * docs/benchmarks.md): included by ext.c (the ww.p2p._native._ext module, not used by the
+ * ww host yet) and by tests/cxx/native_p2p_fuzz.c (the sanitizer harness).
  *
  * - multistream-select 1.0 on the raw TCP connection (/multistream/1.0.0, /noise) and inside
  *   Noise (/yamux/1.0.0); stream-level negotiation (/ww/0.1.0 ...) is left to the caller;
@@ -11,7 +12,7 @@
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
  * The handshake is blocking (the caller runs it in a worker thread, the GIL released by
- * ctypes); afterwards the socket is non-blocking and driven by the caller's event loop:
+ * ext.c or ctypes); afterwards the socket is non-blocking and driven by the caller's event loop:
  * ww_conn_read() when the socket is readable gives the events (records, see EV_*) the
  * peer's frames carried, ww_stream_write() frames and encrypts, ww_conn_flush() sends.
  * Every length read from the wire is checked before use; each direction's nonce is a
@@ -729,7 +730,7 @@ static int yamux_parse(conn_t *c) {
     return rc;
 }
 
-/* ---- the API (ctypes) ---- */
+/* ---- the API (ext.c, and ctypes in benchmarks/p2p_native.py) ---- */
 
 conn_t *ww_conn_new(int fd, int initiator) {
     if (sodium_init() < 0) return NULL;
