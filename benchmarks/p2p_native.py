@@ -10,7 +10,8 @@ file, which exports them) from the asyncio loop (``add_reader`` on the TCP
 socket); a `/ww/0.1.0` stream's bytes go from the C parser straight into pycapnp's asyncio
 protocol by a call on the same thread, and pycapnp's writes of one loop turn leave as one
 Yamux frame.  Only stream set-up (multistream-select on a stream) and the dispatch of each
-batch of frames are Python.  The handshake runs blocking in a worker thread.
+batch of frames are Python.  The handshake runs blocking in a worker thread (conn.c's
+``ww_conn_handshake``, polling between the steps of its state machine).
 
 Measured, each in a process of its own, in turns, every round:
 
@@ -33,9 +34,11 @@ Measured, each in a process of its own, in turns, every round:
   ends.  Its ``readable`` is the add_reader callback; it hands a stream's bytes
   to pycapnp's protocol (``get_buffer`` / ``buffer_updated``) from C, and the stream's
   ``write`` is C that queues, one flush per loop turn framing, encrypting and sending.  No
-  ctypes calls, no event records parsed in Python; multistream-select on a stream and the
-  handshake's thread stay as they are.  Per-round ratios compare it with the ctypes path,
-  pycapnp over a unix socket and the asyncio echo within the same round;
+  ctypes calls, no event records parsed in Python; multistream-select on a stream stays
+  Python, and the handshake is the same state machine driven from the loop (``add_reader``,
+  one ``handshake_step`` a readiness, no thread) under a deadline.  Per-round ratios
+  compare it with the ctypes path, pycapnp over a unix socket and the asyncio echo within
+  the same round;
 - "native in-thread": the transport's own cost, two native connections in one thread
   (``ww_bench_pingpong``: a 100-byte echo, framed, encrypted, sent, read, decrypted and
   parsed both ways, no event loop and no wake-ups).
@@ -84,7 +87,9 @@ EV_GOAWAY = 1
 NEGOTIATION_LIMIT = 1024  # bytes of multistream-select a stream may take
 INBOX_LIMIT = 1 << 20  # bytes a stream holds that pycapnp has not taken: reset past it
 BULK = 8 << 20  # bytes of the one-write echo
-HANDSHAKE_TIMEOUT = 10  # seconds the handshake may wait on the peer at each read or write
+# seconds the extension's whole handshake may take (the tests shorten it); the ctypes path's
+# blocking handshake bounds each wait on the peer at 10 s instead (conn.c's HS_WAIT_MS)
+HANDSHAKE_TIMEOUT = float(os.environ.get("WW_NATIVE_HANDSHAKE_TIMEOUT", "10"))
 
 
 def load_lib() -> Any:
@@ -331,13 +336,12 @@ class NativeConn:
         self.remote_key = b""
 
     async def handshake(self, seed: bytes, expect: bytes | None) -> None:
-        blocking_for_handshake(self.sock)
+        self.sock.setblocking(False)  # ww_conn_handshake polls between its steps
         rc = await self.loop.run_in_executor(
             None, self.lib.ww_conn_handshake, self.c, seed, expect)
         if rc:
             raise ConnectionError(self.lib.ww_conn_error(self.c).decode())
         self.remote_key = ctypes.string_at(self.lib.ww_conn_remote_key(self.c), 32)
-        self.sock.setblocking(False)
         self.loop.add_reader(self.sock.fileno(), self._readable)
         self._readable()  # bytes that came with the handshake's last read
 
@@ -430,15 +434,6 @@ class NativeConn:
         self.c = None
 
 
-def blocking_for_handshake(sock: socket.socket) -> None:
-    """A blocking socket for the C handshake (Python's timeouts make it non-blocking),
-    bounded by the kernel's own timeouts instead."""
-    sock.setblocking(True)
-    bound = struct.pack("ll", HANDSHAKE_TIMEOUT, 0)
-    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-        sock.setsockopt(socket.SOL_SOCKET, option, bound)
-
-
 def fail_conn(conn: Any, writing: bool, why: str) -> None:
     """A connection (either kind) is done: off the loop, every stream told."""
     if conn.closed.done():
@@ -494,11 +489,33 @@ def load_ext() -> Any:
             self.freed = False
 
         async def handshake(self, seed: bytes, expect: bytes | None) -> None:
-            blocking_for_handshake(self.sock)
-            self.remote_key = await self.loop.run_in_executor(
-                None, ext.Conn.handshake, self, seed, expect)
+            """The C state machine on this loop: each readiness one ``handshake_step``,
+            the whole bounded by ``HANDSHAKE_TIMEOUT``; no thread, nothing waits."""
+            fd = self.sock.fileno()
             self.sock.setblocking(False)
-            self.loop.add_reader(self.sock.fileno(), self.readable)
+            done: asyncio.Future[bytes] = self.loop.create_future()
+
+            def step() -> None:
+                if done.done():
+                    return
+                try:
+                    key = self.handshake_step()
+                except ConnectionError as e:
+                    done.set_exception(e)
+                    return
+                if key is not None:
+                    done.set_result(key)
+
+            self.start_handshake(seed, expect)
+            self.loop.add_reader(fd, step)
+            try:
+                step()
+                self.remote_key = await asyncio.wait_for(done, HANDSHAKE_TIMEOUT)
+            except TimeoutError:
+                raise ConnectionError("handshake: timed out") from None
+            finally:
+                self.loop.remove_reader(fd)
+            self.loop.add_reader(fd, self.readable)
             self.readable()  # bytes that came with the handshake's last read
 
         def _new_stream(self, sid: int) -> ExtStream:

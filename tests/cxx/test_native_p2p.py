@@ -10,9 +10,13 @@ fuzz harness needs gcc and libsodium-dev, which `./dev` installs before building
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -181,7 +185,50 @@ def test_extension_connections_leave_nothing_behind() -> None:
     into 64 KiB at least)."""
     got = _calls("--leak-check", "200")
     assert (got["conns_alive"], got["streams_alive"]) == (0, 0), got
-    assert got["rss_growth_kib"] < 4096, got
+    assert got["rss_growth_kib"] < 8192, got  # 20 MiB when connections leaked
+
+
+def _slow_peer(listener: socket.socket, stop: threading.Event) -> None:
+    """Accepts one dialer and answers as slowly as a peer can without ever going silent: a
+    valid multistream-select exchange for /noise, then a Noise message of 65535 bytes, one
+    byte every 0.2 s (hours), until the dialer hangs up or the test ends."""
+    conn, _ = listener.accept()
+    line = b"\x13/multistream/1.0.0\n\x07/noise\n\xff\xff"
+    with conn:
+        for i in range(len(line) + 65535):
+            if stop.wait(0.2):  # the pace of the slow peer, and the test's end
+                return
+            try:
+                conn.sendall(line[i : i + 1] if i < len(line) else b"\x00")
+            except OSError:  # the dialer gave up
+                return
+
+
+def test_extension_handshake_has_a_deadline() -> None:
+    """The extension's handshake is a state machine on the loop with a deadline for the
+    whole (here 2 s): a peer that trickles a byte every 0.2 s, never silent long enough for
+    a per-read timeout, is dropped at the deadline with one clear line."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    peer = threading.Thread(target=_slow_peer, args=(listener, stop), daemon=True)
+    peer.start()
+    addr = f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}/p2p/{PrivateKey.generate().peer_id}"
+    try:
+        started = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, NATIVE, "--native-echo", "ext", addr, "1", "/ipfs/ping/1.0.0"],
+            capture_output=True,
+            text=True,
+            timeout=HANG,
+            env={**os.environ, "WW_NATIVE_HANDSHAKE_TIMEOUT": "2"},
+        )
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        peer.join(60)
+        listener.close()
+    assert (r.returncode, r.stderr.strip()) == (1, "native: handshake: timed out"), r.stderr
+    assert took < HANG / 2  # (a hang is what the deadline prevents)
 
 
 def test_native_and_kubo_connect_both_ways(lib: str, tmp_path: Path) -> None:

@@ -2,14 +2,15 @@
 
 ``conn.c`` is multistream-select, Noise XX with libp2p's handshake payload (Ed25519
 identities) and Yamux over libsodium; ``ext.c`` wraps it as the extension module
-:mod:`ww.p2p._native._ext`, built with the package (``pyproject.toml``; ``./dev`` installs gcc
-and libsodium-dev first).  Its two types:
+:mod:`ww.p2p._native._ext`, built with the package (``setup.py``; ``./dev`` installs gcc,
+libsodium-dev and Python's headers first).  Its two types:
 
-- :class:`Conn` ``(fd, initiator, loop)``: ``handshake(seed, expect)`` (blocking, the GIL
-  released: run it in a worker thread), then ``readable`` is the loop's ``add_reader``
-  callback, which decrypts and parses and hands each stream's bytes to the asyncio
-  ``BufferedProtocol`` attached to it; ``flush`` sends what the streams queued (scheduled
-  once per loop turn); ``free()`` releases the C connection.
+- :class:`Conn` ``(fd, initiator, loop)``: ``start_handshake(seed, expect)``, then
+  ``handshake_step`` is the loop's ``add_reader`` callback until it returns the peer's key
+  (a state machine that never waits; the caller bounds the whole with a deadline); from
+  then on ``readable`` is that callback: it decrypts and parses and hands each stream's
+  bytes to the asyncio ``BufferedProtocol`` attached to it; ``flush`` sends what the
+  streams queued (scheduled once per loop turn); ``free()`` releases the C connection.
 - :class:`Stream` ``(conn, sid)``: that protocol's transport (``write``, ``close``,
   ``pause_reading`` ...); ``attach(protocol, leftover, eof)`` hands the stream to it.
 

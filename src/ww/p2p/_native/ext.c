@@ -415,36 +415,51 @@ static PyObject *closed_error(void) {
     return NULL;
 }
 
-/* handshake(seed, expect or None): blocking, the GIL released (run it in a thread). */
-static PyObject *Conn_handshake(ConnObject *self, PyObject *args) {
+static PyObject *Conn_flush(ConnObject *self, PyObject *unused);
+
+static PyObject *conn_error(ConnObject *self) {
+    PyErr_SetString(PyExc_ConnectionError, ww_conn_error(self->c));
+    return NULL;
+}
+
+/* start_handshake(seed, expect or None): our Ed25519 seed, the dialed peer's Ed25519 key;
+ * the dialer's first bytes are sent (or queued, with a writer). */
+static PyObject *Conn_start_handshake(ConnObject *self, PyObject *args) {
     Py_buffer seed, expect = {0};
     PyObject *e;
+    if (!self->c) return closed_error();
     if (!PyArg_ParseTuple(args, "y*O", &seed, &e)) return NULL;
     if (e != Py_None && PyObject_GetBuffer(e, &expect, PyBUF_SIMPLE)) {
         PyBuffer_Release(&seed);
         return NULL;
     }
-    if (seed.len != 32 || (expect.buf && expect.len != 32) || !self->c) {
-        PyBuffer_Release(&seed);
-        if (expect.buf) PyBuffer_Release(&expect);
-        if (!self->c) return closed_error();
+    int bad = seed.len != 32 || (expect.buf && expect.len != 32);
+    int rc = bad ? 0 : ww_conn_handshake_start(self->c, seed.buf, expect.buf);
+    PyBuffer_Release(&seed);
+    if (expect.buf) PyBuffer_Release(&expect);
+    if (bad) {
         PyErr_SetString(PyExc_ValueError, "keys are 32 bytes");
         return NULL;
     }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ww_conn_handshake(self->c, seed.buf, expect.buf);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&seed);
-    if (expect.buf) PyBuffer_Release(&expect);
-    if (rc) {
-        PyErr_SetString(PyExc_ConnectionError, ww_conn_error(self->c));
-        return NULL;
-    }
+    if (rc) return conn_error(self);
+    return Conn_flush(self, NULL);
+}
+
+/* handshake_step(): the add_reader callback while the handshake runs (never waits): None
+ * while it goes on, the peer's Ed25519 key once done; ConnectionError when it failed. */
+static PyObject *Conn_handshake_step(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->c) return closed_error();
+    int rc = ww_conn_handshake_step(self->c);
+    if (rc < 0) return conn_error(self);
+    PyObject *r = Conn_flush(self, NULL);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    if (self->c && ww_conn_error(self->c)[0]) return conn_error(self); /* the flush failed */
+    if (!rc) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)ww_conn_remote_key(self->c), 32);
 }
 
-static PyObject *Conn_flush(ConnObject *self, PyObject *unused);
 
 /* The add_reader callback. */
 static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
@@ -570,8 +585,10 @@ static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
 }
 
 static PyMethodDef Conn_methods[] = {
-    {"handshake", (PyCFunction)Conn_handshake, METH_VARARGS,
-     "blocking handshake, the GIL released; the peer's Ed25519 key"},
+    {"start_handshake", (PyCFunction)Conn_start_handshake, METH_VARARGS,
+     "start_handshake(seed, expect or None): the handshake's first bytes"},
+    {"handshake_step", (PyCFunction)Conn_handshake_step, METH_NOARGS,
+     "the add_reader callback during the handshake: None, or the peer's key once done"},
     {"readable", (PyCFunction)Conn_readable, METH_NOARGS, "the add_reader callback"},
     {"flush", (PyCFunction)Conn_flush, METH_NOARGS, "send what the streams queued"},
     {"writable", (PyCFunction)Conn_writable, METH_NOARGS, "the add_writer callback"},
