@@ -498,7 +498,10 @@ static int noise_read(conn_t *c, const uint8_t *msg, size_t n) {
     if (decrypt_and_hash(&h->s, msg + off, 48, rs, &ptn)) { fail(c, which); goto out; } /* s */
     if (dh(shared, h->e_sk, rs)) { fail(c, "noise: bad static key"); goto out; }
     mix_key(&h->s, shared, 32); /* es (initiator) or se (responder) */
-    if (decrypt_and_hash(&h->s, msg + off + 48, n - off - 48, pt, &ptn)) { fail(c, which); goto out; }
+    if (decrypt_and_hash(&h->s, msg + off + 48, n - off - 48, pt, &ptn)) {
+        fail(c, which);
+        goto out;
+    }
     rc = check_payload(c, pt, ptn, rs, h->has_expect ? h->expect : NULL);
 out:
     sodium_memzero(shared, 32);

@@ -1,10 +1,12 @@
 /* ww.p2p._native._ext: conn.c (the libp2p connection in C) as a CPython extension, built by
- * setuptools with the package (pyproject.toml, [[tool.setuptools.ext-modules]]) and linked
- * with libsodium.  Design (e) in docs/benchmarks.md; the ww host does not use it yet.
+ * setuptools with the package (setup.py) and linked with libsodium.  Design (e) in
+ * docs/benchmarks.md; the ww host does not use it yet.
  *
- * Conn.readable is the asyncio loop's add_reader callback itself: it reads, decrypts and
- * parses (conn.c), and hands a stream's bytes to the protocol attached to it (asyncio's
- * BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as pycapnp's
+ * Conn.start_handshake, then Conn.handshake_step as the asyncio loop's add_reader callback
+ * until it returns the peer's key: the handshake (conn.c's state machine; nothing waits, the
+ * caller sets the deadline).  Then Conn.readable is the add_reader callback: it reads,
+ * decrypts and parses (conn.c), and hands a stream's bytes to the protocol attached to it
+ * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as pycapnp's
  * _PyAsyncIoStreamProtocol takes them) from C.  Stream is the protocol's transport: write()
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
  * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
