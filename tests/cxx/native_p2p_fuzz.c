@@ -1,13 +1,14 @@
-/* Random and mutated input into native_p2p.c's parsers, for a build with
+/* Random and mutated input into src/ww/p2p/_native/conn.c's parsers, for a build with
  * -fsanitize=address,undefined: multistream-select and the Noise handshake (as responder
  * and as initiator, over a socketpair whose other end sends the bytes and closes), the
  * handshake payload's protobuf, Noise transport frames, Yamux frames.  Every case must end
  * in a clean failure or a clean parse; a sanitizer report or a crash is a bug.
  *
- *     gcc -g -O1 -fsanitize=address,undefined -o fuzz native_p2p_fuzz.c -lsodium
+ *     gcc -g -O1 -fsanitize=address,undefined -I src/ww/p2p/_native -o fuzz \
+ *         tests/cxx/native_p2p_fuzz.c -lsodium
  *     ./fuzz [CASES] [SEED]
  */
-#include "native_p2p.c"
+#include "conn.c" /* src/ww/p2p/_native, on the include path */
 
 
 static uint32_t rng;

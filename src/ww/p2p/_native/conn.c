@@ -1,5 +1,6 @@
-/* A libp2p connection in C, as much of it as a ww host speaks: a prototype for
- * benchmarks/p2p_native.py (design (e) in docs/benchmarks.md), not part of ww.
+/* A libp2p connection in C, as much of it as a ww host speaks (design (e) in
+ * docs/benchmarks.md): included by ext.c (the ww.p2p._native._ext module, not used by the
+ * ww host yet) and by tests/cxx/native_p2p_fuzz.c (the sanitizer harness).
  *
  * - multistream-select 1.0 on the raw TCP connection (/multistream/1.0.0, /noise) and inside
  *   Noise (/yamux/1.0.0); stream-level negotiation (/ww/0.1.0 ...) is left to the caller;
@@ -10,10 +11,11 @@
  *   initial window, credit returned once half of it has been read.
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
- * The handshake is blocking (the caller runs it in a worker thread, the GIL released by
- * ctypes); afterwards the socket is non-blocking and driven by the caller's event loop:
- * ww_conn_read() when the socket is readable gives the events (records, see EV_*) the
- * peer's frames carried, ww_stream_write() frames and encrypts, ww_conn_flush() sends.
+ * Nothing here waits on the socket except ww_conn_handshake (poll between steps, for the
+ * ctypes driver and the fuzz harness): the caller's event loop calls
+ * ww_conn_handshake_step() when the socket is readable until the handshake is done, then
+ * ww_conn_read(), which gives the events (records, see EV_*) the peer's frames carried;
+ * ww_stream_write() frames and encrypts, ww_conn_flush() sends what the socket takes.
  * Every length read from the wire is checked before use; each direction's nonce is a
  * counter that only goes up, and the connection fails before it could wrap.
  */
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -69,6 +72,7 @@ typedef struct {
     int nstreams;
     uint32_t next_id;
     uint8_t remote_ed25519[32];
+    struct hs_state *hs; /* from ww_conn_handshake_start until the handshake ends */
     int failed, eof;
     char err[160];
 } conn_t;
@@ -200,33 +204,27 @@ static int dh(uint8_t out[32], const uint8_t sk[32], const uint8_t pk[32]) {
     return crypto_scalarmult(out, sk, pk); /* fails on a low-order point (all-zero result) */
 }
 
-/* ---- blocking I/O for the handshake ---- */
+/* ---- the handshake's I/O: never waits (the caller's loop, or ww_conn_handshake, does) ---- */
 
-static int raw_fill(conn_t *c, size_t need) {
-    while (c->in.len < need) {
-        if (buf_reserve(&c->in, 16384)) return fail(c, "buffer limit");
-        ssize_t r = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
+#define HS_IN_MAX (4u * NOISE_MAX) /* bytes of the handshake read and not yet used */
+#define HS_WAIT_MS 10000           /* ww_conn_handshake: how long one wait on the peer lasts */
+
+/* Read what the socket has now into c->in: 1 if bytes came, 0 if none yet, -1 on failure
+ * (end of file among them). */
+static int hs_recv(conn_t *c) {
+    if (c->in.len > HS_IN_MAX) return fail(c, "handshake: too many bytes unused");
+    if (buf_reserve(&c->in, 16384)) return fail(c, "buffer limit");
+    for (;;) {
+        ssize_t r = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
+        if (r > 0) {
+            c->in.len += (size_t)r;
+            return 1;
+        }
         if (r == 0) return fail(c, "connection closed during the handshake");
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return fail(c, "recv failed during the handshake");
-        }
-        c->in.len += (size_t)r;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        return fail(c, "recv failed during the handshake");
     }
-    return 0;
-}
-
-static int send_all(conn_t *c, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return fail(c, "send failed during the handshake");
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
 }
 
 /* multistream-select messages: uvarint length, the line, '\n' (in the length) */
@@ -239,86 +237,79 @@ static size_t ms_encode(const char *proto, uint8_t *out) {
     return i + n;
 }
 
-/* A source of bytes for multistream: raw TCP, or Noise-decrypted. */
-static int noise_read_msg(conn_t *c);
+static int noise_send(conn_t *c, const uint8_t *pt, size_t n);
+static int noise_decrypt_all(conn_t *c);
 
-static int src_fill(conn_t *c, int secure, size_t need) {
-    if (!secure) return raw_fill(c, need);
-    while (c->plain.len < need)
-        if (noise_read_msg(c)) return -1;
-    return 0;
-}
-
-/* Read one multistream message into line (without '\n'); -1 on a malformed one. */
-static int ms_read(conn_t *c, int secure, char *line, size_t cap) {
-    buf_t *b = secure ? &c->plain : &c->in;
+/* One multistream message from b into line (without '\n'): 1, 0 for more bytes first, or
+ * -1 on a malformed one. */
+static int ms_take(conn_t *c, buf_t *b, char *line, size_t cap) {
     size_t v = 0, i = 0;
     for (;;) {
-        if (src_fill(c, secure, i + 1)) return -1;
+        if (i >= b->len) return 0;
         uint8_t byte = b->p[i++];
         v |= (size_t)(byte & 0x7f) << (7 * (i - 1));
         if (!(byte & 0x80)) break;
         if (i >= 2) return fail(c, "multistream: message too long");
     }
     if (v < 1 || v > cap) return fail(c, "multistream: bad message length");
-    if (src_fill(c, secure, i + v)) return -1;
+    if (b->len < i + v) return 0;
     if (b->p[i + v - 1] != '\n') return fail(c, "multistream: no newline");
     memcpy(line, b->p + i, v - 1);
     line[v - 1] = 0;
     buf_drop(b, i + v);
-    return 0;
+    return 1;
 }
 
-static int noise_send(conn_t *c, const uint8_t *pt, size_t n);
-static int flush_blocking(conn_t *c);
-
-static int ms_write(conn_t *c, int secure, const char *a, const char *b) {
+/* Queue one or two multistream messages, raw or inside Noise. */
+static int ms_send(conn_t *c, int secure, const char *a, const char *b) {
     uint8_t msg[256];
     size_t n = ms_encode(a, msg);
     if (b) n += ms_encode(b, msg + n);
-    if (!secure) return send_all(c, msg, n);
-    if (noise_send(c, msg, n)) return -1;
-    return flush_blocking(c);
+    if (secure) return noise_send(c, msg, n);
+    return buf_put(&c->out, msg, n) ? fail(c, "send buffer limit") : 0;
 }
 
-/* Negotiate proto as dialer (propose it) or listener (accept only it). */
-static int ms_negotiate(conn_t *c, int secure, const char *proto) {
+static const char MS_HEADER[] = "/multistream/1.0.0";
+
+/* multistream-select of proto, as dialer (proposed when the phase began) or listener
+ * (accepting only proto), from what has come: 1 once agreed, 0 for more bytes first, -1. */
+static int ms_step(conn_t *c, int secure, const char *proto, int *header_seen, int *tries) {
+    buf_t *b = secure ? &c->plain : &c->in;
     char line[128];
-    const char *header = "/multistream/1.0.0";
-    if (c->initiator) {
-        if (ms_write(c, secure, header, proto)) return -1;
-        if (ms_read(c, secure, line, sizeof line)) return -1;
-        if (strcmp(line, header)) return fail(c, "multistream: bad header");
-        if (ms_read(c, secure, line, sizeof line)) return -1;
-        if (strcmp(line, proto)) return fail(c, "multistream: protocol refused");
-        return 0;
+    for (;;) {
+        int r = ms_take(c, b, line, sizeof line);
+        if (r <= 0) return r;
+        if (!*header_seen) {
+            if (strcmp(line, MS_HEADER)) return fail(c, "multistream: bad header");
+            *header_seen = 1;
+            if (!c->initiator && ms_send(c, secure, MS_HEADER, NULL)) return -1;
+            continue;
+        }
+        if (c->initiator)
+            return strcmp(line, proto) ? fail(c, "multistream: protocol refused") : 1;
+        if (!strcmp(line, proto)) return ms_send(c, secure, proto, NULL) ? -1 : 1;
+        if (++*tries >= 8) return fail(c, "multistream: too many proposals");
+        if (ms_send(c, secure, "na", NULL)) return -1;
     }
-    if (ms_read(c, secure, line, sizeof line)) return -1;
-    if (strcmp(line, header)) return fail(c, "multistream: bad header");
-    if (ms_write(c, secure, header, NULL)) return -1;
-    for (int tries = 0; tries < 8; tries++) {
-        if (ms_read(c, secure, line, sizeof line)) return -1;
-        if (!strcmp(line, proto)) return ms_write(c, secure, proto, NULL);
-        if (ms_write(c, secure, "na", NULL)) return -1;
-    }
-    return fail(c, "multistream: too many proposals");
 }
 
-static int hs_write(conn_t *c, const uint8_t *msg, size_t n) {
+/* Handshake messages: a 2-byte big-endian length, then the message. */
+static int hs_put(conn_t *c, const uint8_t *msg, size_t n) {
     uint8_t len[2] = {(uint8_t)(n >> 8), (uint8_t)n};
     if (n > NOISE_MAX) return fail(c, "noise: handshake message too long");
-    if (send_all(c, len, 2)) return -1;
-    return send_all(c, msg, n);
+    if (buf_put(&c->out, len, 2) || buf_put(&c->out, msg, n)) return fail(c, "buffer limit");
+    return 0;
 }
 
-static int hs_read(conn_t *c, uint8_t *msg, size_t *n) {
-    if (raw_fill(c, 2)) return -1;
+/* The next whole handshake message from c->in: 1, or 0 for more bytes first. */
+static int hs_take(conn_t *c, uint8_t *msg, size_t *n) {
+    if (c->in.len < 2) return 0;
     size_t len = (size_t)c->in.p[0] << 8 | c->in.p[1];
-    if (raw_fill(c, 2 + len)) return -1;
+    if (c->in.len < 2 + len) return 0;
     memcpy(msg, c->in.p + 2, len);
     buf_drop(&c->in, 2 + len);
     *n = len;
-    return 0;
+    return 1;
 }
 
 static const char SIG_PREFIX[] = "noise-libp2p-static-key:";
@@ -428,87 +419,179 @@ static size_t make_payload(const uint8_t id_sk[64], const uint8_t s_pub[32], uin
     return n + pb_bytes(out + n, 2, sig, sizeof sig);
 }
 
-static int noise_xx(conn_t *c, const uint8_t id_sk[64], const uint8_t *expect) {
-    static const char NAME[] = "Noise_XX_25519_ChaChaPoly_SHA256";
-    sym_t s = {0};
-    uint8_t s_sk[32], s_pub[32], e_sk[32], e_pub[32], re[32], rs[32], shared[32];
-    uint8_t msg[NOISE_MAX], pt[NOISE_MAX], payload[160];
-    size_t n, ptn, m;
+/* ---- the handshake as a state machine: multistream /noise, Noise XX, multistream /yamux ----
+ * ww_conn_handshake_step() takes what the socket has, goes as far as it lets, and queues
+ * what to send (ww_conn_flush sends it); the caller calls it again when the socket is
+ * readable, and bounds the whole with a deadline of its own. */
+
+enum { HS_MS_NOISE, HS_NOISE_1, HS_NOISE_2, HS_NOISE_3, HS_MS_YAMUX, HS_DONE };
+
+struct hs_state {
+    int state, header_seen, tries, has_expect;
+    sym_t s;
+    uint8_t id_sk[64], s_sk[32], s_pub[32], e_sk[32], e_pub[32], re[32], expect[32];
+};
+
+static void hs_end(conn_t *c) {
+    if (!c->hs) return;
+    sodium_memzero(c->hs, sizeof *c->hs);
+    free(c->hs);
+    c->hs = NULL;
+}
+
+/* The message this side sends next: e (initiator, first), e ee s es payload (responder), or
+ * s se payload (initiator, last). */
+static int noise_write(conn_t *c) {
+    struct hs_state *h = c->hs;
+    uint8_t msg[256], payload[160], shared[32];
+    size_t m = 0;
     int rc = -1;
-    memcpy(s.h, NAME, 32);
-    memcpy(s.ck, s.h, 32);
-    mix_hash(&s, NULL, 0); /* empty prologue */
-    randombytes_buf(s_sk, 32);
-    crypto_scalarmult_base(s_pub, s_sk);
-    randombytes_buf(e_sk, 32);
-    crypto_scalarmult_base(e_pub, e_sk);
-    size_t payload_n = make_payload(id_sk, s_pub, payload);
-    if (c->initiator) {
-        /* -> e */
-        memcpy(msg, e_pub, 32);
-        mix_hash(&s, e_pub, 32);
-        n = 32 + encrypt_and_hash(&s, NULL, 0, msg + 32);
-        if (hs_write(c, msg, n)) goto out;
-        /* <- e, ee, s, es, payload */
-        if (hs_read(c, msg, &n)) goto out;
-        if (n < 32 + 48) { fail(c, "noise: short message 2"); goto out; }
-        memcpy(re, msg, 32);
-        mix_hash(&s, re, 32);
-        if (dh(shared, e_sk, re)) { fail(c, "noise: bad ephemeral key"); goto out; }
-        mix_key(&s, shared, 32);
-        if (decrypt_and_hash(&s, msg + 32, 48, rs, &ptn)) { fail(c, "noise: message 2 does not decrypt"); goto out; }
-        if (dh(shared, e_sk, rs)) { fail(c, "noise: bad static key"); goto out; }
-        mix_key(&s, shared, 32);
-        if (decrypt_and_hash(&s, msg + 80, n - 80, pt, &ptn)) { fail(c, "noise: message 2 does not decrypt"); goto out; }
-        if (check_payload(c, pt, ptn, rs, expect)) goto out;
-        /* -> s, se, payload */
-        m = encrypt_and_hash(&s, s_pub, 32, msg);
-        if (dh(shared, s_sk, re)) { fail(c, "noise: bad ephemeral key"); goto out; }
-        mix_key(&s, shared, 32);
-        m += encrypt_and_hash(&s, payload, payload_n, msg + m);
-        if (hs_write(c, msg, m)) goto out;
-    } else {
-        /* <- e */
-        if (hs_read(c, msg, &n)) goto out;
-        if (n < 32) { fail(c, "noise: short message 1"); goto out; }
-        memcpy(re, msg, 32);
-        mix_hash(&s, re, 32);
-        if (decrypt_and_hash(&s, msg + 32, n - 32, pt, &ptn)) goto out;
-        /* -> e, ee, s, es, payload */
-        memcpy(msg, e_pub, 32);
-        mix_hash(&s, e_pub, 32);
-        if (dh(shared, e_sk, re)) { fail(c, "noise: bad ephemeral key"); goto out; }
-        mix_key(&s, shared, 32);
-        m = 32 + encrypt_and_hash(&s, s_pub, 32, msg + 32);
-        if (dh(shared, s_sk, re)) { fail(c, "noise: bad ephemeral key"); goto out; }
-        mix_key(&s, shared, 32);
-        m += encrypt_and_hash(&s, payload, payload_n, msg + m);
-        if (hs_write(c, msg, m)) goto out;
-        /* <- s, se, payload */
-        if (hs_read(c, msg, &n)) goto out;
-        if (n < 48) { fail(c, "noise: short message 3"); goto out; }
-        if (decrypt_and_hash(&s, msg, 48, rs, &ptn)) { fail(c, "noise: message 3 does not decrypt"); goto out; }
-        if (dh(shared, e_sk, rs)) { fail(c, "noise: bad static key"); goto out; }
-        mix_key(&s, shared, 32);
-        if (decrypt_and_hash(&s, msg + 48, n - 48, pt, &ptn)) { fail(c, "noise: message 3 does not decrypt"); goto out; }
-        if (check_payload(c, pt, ptn, rs, expect)) goto out;
+    if (h->state == HS_MS_NOISE) { /* -> e */
+        memcpy(msg, h->e_pub, 32);
+        mix_hash(&h->s, h->e_pub, 32);
+        return hs_put(c, msg, 32 + encrypt_and_hash(&h->s, NULL, 0, msg + 32));
     }
-    {
-        uint8_t k1[32], k2[32];
-        hkdf2(s.ck, NULL, 0, k1, k2);
-        memcpy(c->initiator ? c->tx_key : c->rx_key, k1, 32);
-        memcpy(c->initiator ? c->rx_key : c->tx_key, k2, 32);
-        sodium_memzero(k1, 32);
-        sodium_memzero(k2, 32);
+    size_t payload_n = make_payload(h->id_sk, h->s_pub, payload);
+    if (!c->initiator) { /* -> e, ee */
+        memcpy(msg, h->e_pub, 32);
+        mix_hash(&h->s, h->e_pub, 32);
+        if (dh(shared, h->e_sk, h->re)) { fail(c, "noise: bad ephemeral key"); goto out; }
+        mix_key(&h->s, shared, 32);
+        m = 32;
     }
-    c->tx_n = c->rx_n = 0;
-    rc = 0;
+    m += encrypt_and_hash(&h->s, h->s_pub, 32, msg + m); /* s */
+    if (dh(shared, h->s_sk, h->re)) { fail(c, "noise: bad ephemeral key"); goto out; }
+    mix_key(&h->s, shared, 32); /* es (responder) or se (initiator) */
+    m += encrypt_and_hash(&h->s, payload, payload_n, msg + m);
+    rc = hs_put(c, msg, m);
 out:
-    sodium_memzero(&s, sizeof s);
-    sodium_memzero(s_sk, 32);
-    sodium_memzero(e_sk, 32);
     sodium_memzero(shared, 32);
     return rc;
+}
+
+/* The message the peer sent: e (to the responder), e ee s es payload (to the initiator),
+ * s se payload (to the responder, last); its static key and identity checked. */
+static int noise_read(conn_t *c, const uint8_t *msg, size_t n) {
+    struct hs_state *h = c->hs;
+    uint8_t pt[NOISE_MAX], rs[32], shared[32];
+    size_t ptn, off = 0;
+    int rc = -1;
+    if (h->state == HS_NOISE_1) { /* <- e */
+        if (n < 32) return fail(c, "noise: short message 1");
+        memcpy(h->re, msg, 32);
+        mix_hash(&h->s, h->re, 32);
+        return decrypt_and_hash(&h->s, msg + 32, n - 32, pt, &ptn)
+            ? fail(c, "noise: message 1 does not decrypt") : 0;
+    }
+    const char *which = h->state == HS_NOISE_2 ? "noise: message 2 does not decrypt"
+                                               : "noise: message 3 does not decrypt";
+    if (h->state == HS_NOISE_2) { /* <- e, ee */
+        if (n < 32 + 48) return fail(c, "noise: short message 2");
+        memcpy(h->re, msg, 32);
+        mix_hash(&h->s, h->re, 32);
+        if (dh(shared, h->e_sk, h->re)) { fail(c, "noise: bad ephemeral key"); goto out; }
+        mix_key(&h->s, shared, 32);
+        off = 32;
+    } else if (n < 48) {
+        return fail(c, "noise: short message 3");
+    }
+    if (decrypt_and_hash(&h->s, msg + off, 48, rs, &ptn)) { fail(c, which); goto out; } /* s */
+    if (dh(shared, h->e_sk, rs)) { fail(c, "noise: bad static key"); goto out; }
+    mix_key(&h->s, shared, 32); /* es (initiator) or se (responder) */
+    if (decrypt_and_hash(&h->s, msg + off + 48, n - off - 48, pt, &ptn)) {
+        fail(c, which);
+        goto out;
+    }
+    rc = check_payload(c, pt, ptn, rs, h->has_expect ? h->expect : NULL);
+out:
+    sodium_memzero(shared, 32);
+    return rc;
+}
+
+/* Noise is done: the transport keys, then multistream /yamux inside it. */
+static int noise_split(conn_t *c) {
+    struct hs_state *h = c->hs;
+    uint8_t k1[32], k2[32];
+    hkdf2(h->s.ck, NULL, 0, k1, k2);
+    memcpy(c->initiator ? c->tx_key : c->rx_key, k1, 32);
+    memcpy(c->initiator ? c->rx_key : c->tx_key, k2, 32);
+    sodium_memzero(k1, 32);
+    sodium_memzero(k2, 32);
+    c->tx_n = c->rx_n = 0;
+    h->state = HS_MS_YAMUX;
+    h->header_seen = h->tries = 0;
+    return c->initiator ? ms_send(c, 1, MS_HEADER, "/yamux/1.0.0") : 0;
+}
+
+/* id_seed: our Ed25519 seed; expect: the peer's Ed25519 public key, or NULL.  Queues the
+ * dialer's first bytes.  0, or -1 (ww_conn_error). */
+int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect) {
+    static const char NAME[] = "Noise_XX_25519_ChaChaPoly_SHA256";
+    uint8_t pk[32];
+    if (c->hs || c->failed) return fail(c, "handshake already started");
+    struct hs_state *h = c->hs = calloc(1, sizeof *h);
+    if (!h) return fail(c, "out of memory");
+    crypto_sign_seed_keypair(pk, h->id_sk, id_seed);
+    if (expect) {
+        memcpy(h->expect, expect, 32);
+        h->has_expect = 1;
+    }
+    memcpy(h->s.h, NAME, 32);
+    memcpy(h->s.ck, h->s.h, 32);
+    mix_hash(&h->s, NULL, 0); /* empty prologue */
+    randombytes_buf(h->s_sk, 32);
+    crypto_scalarmult_base(h->s_pub, h->s_sk);
+    randombytes_buf(h->e_sk, 32);
+    crypto_scalarmult_base(h->e_pub, h->e_sk);
+    h->state = HS_MS_NOISE;
+    return c->initiator ? ms_send(c, 0, MS_HEADER, "/noise") : 0;
+}
+
+/* What has come so far, as far as it goes: 1 once the handshake is done (bytes that came
+ * after it wait for ww_conn_read), 0 for more bytes first, -1 on failure (ww_conn_error).
+ * What to send is queued; ww_conn_flush sends it. */
+int ww_conn_handshake_step(conn_t *c) {
+    uint8_t msg[NOISE_MAX];
+    struct hs_state *h = c->hs;
+    if (c->failed) return -1;
+    if (!h) return fail(c, "no handshake started");
+    for (;;) {
+        int r = 0;
+        size_t n;
+        switch (h->state) {
+        case HS_MS_NOISE:
+            r = ms_step(c, 0, "/noise", &h->header_seen, &h->tries);
+            if (r == 1) {
+                if (c->initiator && noise_write(c)) return -1;
+                h->state = c->initiator ? HS_NOISE_2 : HS_NOISE_1;
+            }
+            break;
+        case HS_NOISE_1:
+        case HS_NOISE_2:
+        case HS_NOISE_3:
+            r = hs_take(c, msg, &n);
+            if (r == 1) {
+                if (noise_read(c, msg, n)) return -1;
+                if (h->state == HS_NOISE_1) {
+                    if (noise_write(c)) return -1;
+                    h->state = HS_NOISE_3;
+                } else {
+                    if (h->state == HS_NOISE_2 && noise_write(c)) return -1;
+                    if (noise_split(c)) return -1;
+                }
+            }
+            break;
+        default:
+            if (noise_decrypt_all(c)) return -1;
+            r = ms_step(c, 1, "/yamux/1.0.0", &h->header_seen, &h->tries);
+            if (r == 1) {
+                hs_end(c);
+                return 1;
+            }
+        }
+        if (r < 0) return -1;
+        if (r == 0 && (r = hs_recv(c)) <= 0) return r;
+    }
 }
 
 /* ---- transport messages ---- */
@@ -554,23 +637,6 @@ static int noise_decrypt_all(conn_t *c) {
         off += 2 + len;
     }
     if (off) buf_drop(&c->in, off);
-    return 0;
-}
-
-/* Blocking: read until the plaintext grows (one more Noise message, or several). */
-static int noise_read_msg(conn_t *c) {
-    size_t before = c->plain.len;
-    while (c->plain.len == before) {
-        if (raw_fill(c, 2)) return -1;
-        if (raw_fill(c, 2 + ((size_t)c->in.p[0] << 8 | c->in.p[1]))) return -1;
-        if (noise_decrypt_all(c)) return -1;
-    }
-    return 0;
-}
-
-static int flush_blocking(conn_t *c) {
-    if (send_all(c, c->out.p, c->out.len)) return -1;
-    c->out.len = 0;
     return 0;
 }
 
@@ -729,7 +795,7 @@ static int yamux_parse(conn_t *c) {
     return rc;
 }
 
-/* ---- the API (ctypes) ---- */
+/* ---- the API (ext.c, and ctypes in benchmarks/p2p_native.py) ---- */
 
 conn_t *ww_conn_new(int fd, int initiator) {
     if (sodium_init() < 0) return NULL;
@@ -743,6 +809,7 @@ conn_t *ww_conn_new(int fd, int initiator) {
 
 void ww_conn_free(conn_t *c) {
     if (!c) return;
+    hs_end(c);
     while (c->nstreams) drop_stream(c, c->streams[0]);
     sodium_memzero(c->tx_key, 32);
     sodium_memzero(c->rx_key, 32);
@@ -757,20 +824,22 @@ const char *ww_conn_error(conn_t *c) { return c->err; }
 
 const uint8_t *ww_conn_remote_key(conn_t *c) { return c->remote_ed25519; }
 
-/* Blocking (socket in blocking mode): multistream /noise, Noise XX, multistream /yamux.
- * id_seed: our Ed25519 seed; expect: the peer's Ed25519 public key, or NULL. */
+long ww_conn_flush(conn_t *c);
+
+/* The whole handshake, waiting on the socket (poll) between steps, each wait bounded by
+ * HS_WAIT_MS: for the ctypes driver (in a worker thread) and the fuzz harness. */
 int ww_conn_handshake(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect) {
-    uint8_t pk[32], sk[64];
-    crypto_sign_seed_keypair(pk, sk, id_seed);
-    int rc = -1;
-    if (ms_negotiate(c, 0, "/noise")) goto out;
-    if (noise_xx(c, sk, expect)) goto out;
-    if (noise_decrypt_all(c)) goto out; /* anything that came after the handshake */
-    if (ms_negotiate(c, 1, "/yamux/1.0.0")) goto out;
-    rc = 0;
-out:
-    sodium_memzero(sk, sizeof sk);
-    return rc;
+    if (ww_conn_handshake_start(c, id_seed, expect)) return -1;
+    for (int done = 0;;) {
+        if (!done && (done = ww_conn_handshake_step(c)) < 0) return -1;
+        long left = ww_conn_flush(c);
+        if (left < 0) return -1;
+        if (done && !left) return 0;
+        struct pollfd p = {c->fd, (short)((done ? 0 : POLLIN) | (left ? POLLOUT : 0)), 0};
+        int k = poll(&p, 1, HS_WAIT_MS);
+        if (k == 0) return fail(c, "handshake: the peer went silent");
+        if (k < 0 && errno != EINTR) return fail(c, "poll failed during the handshake");
+    }
 }
 
 /* Non-blocking: read what the socket has (up to READ_BUDGET), decrypt, parse.  Returns the
@@ -804,7 +873,7 @@ long ww_conn_flush(conn_t *c) {
     if (c->failed) return -1;
     size_t off = 0;
     while (off < c->out.len) {
-        ssize_t w = send(c->fd, c->out.p + off, c->out.len - off, MSG_NOSIGNAL);
+        ssize_t w = send(c->fd, c->out.p + off, c->out.len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;

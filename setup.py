@@ -1,0 +1,21 @@
+"""The one thing pyproject.toml does not say: the C extension ww.p2p._native._ext.
+
+conn.c (the libp2p connection in C, design (e) in docs/benchmarks.md), wrapped by ext.c and
+linked with libsodium; ./dev installs gcc, libsodium-dev and Python's headers before the
+build.  The ww host does not use it yet.  (Here rather than in pyproject.toml's
+``[tool.setuptools] ext-modules``, which setuptools still calls experimental.)
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "ww.p2p._native._ext",
+            sources=["src/ww/p2p/_native/ext.c"],
+            depends=["src/ww/p2p/_native/conn.c"],
+            libraries=["sodium"],
+            extra_compile_args=["-Wall", "-Wextra"],
+        )
+    ]
+)

@@ -1,0 +1,30 @@
+"""A libp2p connection in C (design (e) in docs/benchmarks.md, issue 14): not used by ww yet.
+
+``conn.c`` is multistream-select, Noise XX with libp2p's handshake payload (Ed25519
+identities) and Yamux over libsodium; ``ext.c`` wraps it as the extension module
+:mod:`ww.p2p._native._ext`, built with the package (``setup.py``; ``./dev`` installs gcc,
+libsodium-dev and Python's headers first).  Its two types:
+
+- :class:`Conn` ``(fd, initiator, loop)``: ``start_handshake(seed, expect)``, then
+  ``handshake_step`` is the loop's ``add_reader`` callback until it returns the peer's key
+  (a state machine that never waits; the caller bounds the whole with a deadline); from
+  then on ``readable`` is that callback: it decrypts and parses and hands each stream's
+  bytes to the asyncio ``BufferedProtocol`` attached to it; ``flush`` sends what the
+  streams queued (scheduled once per loop turn); ``free()`` releases the C connection.
+- :class:`Stream` ``(conn, sid)``: that protocol's transport (``write``, ``close``,
+  ``pause_reading`` ...); ``attach(protocol, leftover, eof)`` hands the stream to it.
+
+Subclasses supply the Python side (multistream-select on a stream, inbound streams,
+failures): ``benchmarks/p2p_native.py`` has the ones the benchmarks and
+``tests/cxx/test_native_p2p.py`` drive.  Both types take part in the cyclic GC, so a
+connection or stream dropped in a cycle is collected with its C memory.
+
+No ww host, command or capability imports this package: the host's `/ww/0.1.0` still runs on
+py-libp2p (:mod:`ww.p2p.host`).  What wiring it in would take is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from ww.p2p._native._ext import Conn, Stream
+
+__all__ = ["Conn", "Stream"]
