@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG, run_ww
+from tests.conftest import HANG, WW, run_ww
 
-from .conftest import Daemon, multipart
+from .conftest import Daemon, _UnixConnection, multipart
 
 NOBODY = 65534
 
@@ -391,3 +391,97 @@ def test_a_client_that_half_closes_after_its_request_gets_it_cancelled_as_kubos(
     assert send(half_close=True) == b""  # closed, unanswered
     answered = send(half_close=False)
     assert answered.startswith(b"HTTP/1.1 200 ") and b'"Name":"h"' in answered
+
+
+def _start_daemon(home: Path, api: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [WW, "--json", "daemon", "--api", api, "--gateway", "off",
+         "--listen", "/ip4/127.0.0.1/tcp/0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "WW_HOME": str(home)}, text=True)
+
+
+def _serves_or_ends(proc: subprocess.Popen[str]) -> tuple[dict[str, str] | None, list[str]]:
+    """Read the daemon's stderr until its `api` line (it serves: that event and the lines
+    before) or its end (None, and its lines)."""
+    lines = []
+    while line := proc.stderr.readline():  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("{") and json.loads(line)["event"] == "api":
+            return json.loads(line), lines
+    proc.wait(HANG)
+    return None, lines
+
+
+def test_a_daemon_starting_on_a_socket_path_another_is_starting_on_leaves_it_alone(
+        ww_home, open_place):
+    """A daemon between `bind` and `listen` on `/unix/<path>` (its socket file made,
+    nobody listening on it yet) holds the path's lock (`<path>.lock`).  The old daemon
+    took such a socket for one left by a killed daemon (connecting to it is refused) and
+    replaced it: two daemons starting at once on a path could remove each other's socket,
+    and one served on a socket no client could reach.  Now the next daemon is refused with
+    one line, exit 2, and the socket is left as it was.  (The first daemon is played here
+    by the test: it holds the lock and the bound socket, as a daemon does at that point.)"""
+    import fcntl
+
+    path = open_place / "api.sock"
+    starting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        starting.bind(str(path))  # not listening yet
+        made = path.lstat().st_ino
+        proc = _start_daemon(ww_home, f"/unix{path}")
+        try:
+            served, lines = _serves_or_ends(proc)
+            assert served is None, f"it replaced the socket of a daemon starting: {lines}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(HANG)
+        assert proc.returncode == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"ww: --api: cannot listen on /unix{path}: "), lines
+        assert "in use by another daemon" in lines[0], lines
+        assert path.lstat().st_ino == made  # still the first daemon's
+    finally:
+        starting.close()
+        os.close(lock)
+
+
+def test_two_daemons_started_at_once_on_one_socket_path_one_serves(tmp_path, open_place):
+    """Two daemons (each its own $WW_HOME) started at the same moment on one
+    `--api /unix/<path>`, a few times over: exactly one serves, and its socket, the one at
+    the path, answers; the other is refused with one line, exit 2.  The old daemons could
+    each take the other's socket, bound but not yet listening, for a stale one and replace
+    it (both then said they served, one on a socket removed from the path), or fail with
+    an error about the socket's file rather than that another daemon has it."""
+    path = open_place / "api.sock"
+    for round_ in range(3):
+        homes = [tmp_path / f"home-{round_}-{i}" for i in range(2)]
+        for home in homes:
+            home.mkdir(mode=0o700)
+        procs = [_start_daemon(home, f"/unix{path}") for home in homes]
+        try:
+            outcomes = [_serves_or_ends(proc) for proc in procs]
+            serving = [i for i, (served, _) in enumerate(outcomes) if served is not None]
+            assert len(serving) == 1, outcomes
+            winner, loser = serving[0], 1 - serving[0]
+            lines = outcomes[loser][1]
+            assert procs[loser].returncode == 2 and len(lines) == 1, lines
+            assert lines[0].startswith(f"ww: --api: cannot listen on /unix{path}: "), lines
+            assert "in use by another daemon" in lines[0], lines
+            conn = _UnixConnection(str(path))
+            try:
+                conn.request("POST", "/api/v0/id")
+                answer = conn.getresponse()
+                status, reply = answer.status, answer.read()
+            finally:
+                conn.close()
+            peer_id = json.loads(outcomes[winner][1][0])["peer_id"]
+            assert status == 200 and json.loads(reply)["ID"] == peer_id, reply
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=HANG)
+        assert not path.exists() and not os.path.exists(f"{path}.lock")
