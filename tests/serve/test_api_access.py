@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -260,6 +261,25 @@ def _waiting_to_be_accepted(port: int) -> int:
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def _version_once_all_taken(daemon: Daemon, port: int
+                            ) -> tuple[threading.Thread, threading.Event]:
+    """Once the daemon has taken every connection waiting on 127.0.0.1:port (a place
+    each), a client that asks for `version` (in a thread), and the event set once served."""
+    for _ in range(HANG * 10):  # until the daemon took every one
+        if not _waiting_to_be_accepted(port):
+            break
+        threading.Event().wait(0.1)
+    served = threading.Event()
+
+    def version() -> None:
+        if daemon.post("version")[0] == 200:
+            served.set()
+
+    client = threading.Thread(target=version, daemon=True)
+    client.start()
+    return client, served
+
+
 class _H2Cat:
     """A `cat` over HTTP/2 (prior knowledge, as `curl --http2-prior-knowledge` sends it) by
     a client that reads its reply at its own pace: :meth:`read` takes what has come, and
@@ -333,18 +353,7 @@ def test_an_http2_reply_the_daemon_is_sending_keeps_its_place(daemon):
         other.sendall(f"POST /api/v0/cat?arg={cid} HTTP/1.1\r\nHost: x\r\n"
                       "Content-Length: 0\r\n\r\n".encode())
         others.append(other)
-    for _ in range(HANG * 10):  # until the daemon took every one (a place each)
-        if not _waiting_to_be_accepted(int(port)):
-            break
-        threading.Event().wait(0.1)
-    served = threading.Event()
-
-    def version() -> None:
-        if daemon.post("version")[0] == 200:
-            served.set()
-
-    waiting = threading.Thread(target=version, daemon=True)
-    waiting.start()
+    waiting, served = _version_once_all_taken(daemon, int(port))
     try:
         # the old daemon cut the paused HTTP/2 reply off after EVICT_AFTER seconds and let
         # the waiting client in; now the client waits until a place frees (a while to see
@@ -485,3 +494,68 @@ def test_two_daemons_started_at_once_on_one_socket_path_one_serves(tmp_path, ope
                     proc.send_signal(signal.SIGTERM)
                 proc.communicate(timeout=HANG)
         assert not path.exists() and not os.path.exists(f"{path}.lock")
+
+
+def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_client(daemon):
+    """With every place taken and a client waiting, the daemon cuts one connection that
+    keeps it waiting on its client -- and that one may be slow to end: an `add` waiting for
+    an upload place sees the end of its connection only once it has a place.  The old
+    daemon cut another each second meanwhile (five or so here for the one client); now a
+    connection being cut counts as a place about to free, and it is the only one cut.
+    Here the 16 upload places are held by uploads that keep sending (so they are not cut)
+    and the other 112 connections by uploads waiting for a place, silent; once one of
+    those is cut the senders go silent, are refused after `EVICT_AFTER` seconds, and the
+    waiting client is served."""
+    from ww.serve.rpc import UPLOADS
+    from ww.serve.server import CONNECTIONS
+
+    host, port = daemon.url.removeprefix("http://").split(":")
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]
+    request = (f"POST /api/v0/add?pin=false&progress=true HTTP/1.1\r\nHost: x\r\n{head}"
+               f"Content-Length: {1 << 30}\r\n\r\n").encode() + opening
+    placed = []
+    for _ in range(UPLOADS):
+        sock = socket.create_connection((host, int(port)), timeout=HANG)
+        sock.sendall(request + bytes(2 << 20))  # a piece for its worker: a progress line
+        got = b""
+        while b'"Bytes"' not in got:  # it has a place
+            piece = sock.recv(1 << 16)
+            assert piece, got
+            got += piece
+        placed.append(sock)
+    stop_sending = threading.Event()
+
+    def send_on() -> None:
+        while not stop_sending.wait(0.5):
+            for sock in placed:
+                sock.sendall(b"x")
+
+    sender = threading.Thread(target=send_on, daemon=True)
+    sender.start()
+    waiting = []
+    try:
+        for _ in range(CONNECTIONS - UPLOADS):
+            sock = socket.create_connection((host, int(port)), timeout=HANG)
+            sock.sendall(request)
+            waiting.append(sock)
+        client, served = _version_once_all_taken(daemon, int(port))
+        readable, _, _ = select.select(waiting, [], [], HANG)  # the first cut
+        assert readable, "no connection gave its place up"
+    finally:
+        stop_sending.set()
+        sender.join(HANG)
+    client.join(HANG)
+    assert served.is_set()
+    readable, _, _ = select.select(waiting, [], [], 0)
+    cut = []
+    for sock in readable:
+        try:
+            if sock.recv(1 << 16) == b"":
+                cut.append(sock)
+        except OSError:
+            cut.append(sock)
+    for sock in placed + waiting:
+        sock.close()
+    assert len(cut) == 1, f"{len(cut)} connections were cut for one client"

@@ -397,7 +397,9 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     (idle between requests, or that has not sent a whole request head), the one waited on
     longest first; else one whose request has kept the daemon waiting on its body for
     :data:`EVICT_AFTER` seconds.  Its socket is shut down, as if its client had hung up (a
-    request under way is cancelled).  Connections the daemon itself holds up (a request it
+    request under way is cancelled); until it has ended (its app may be slow to return: an
+    upload waiting for its place sees the end only once it has one), its place counts as
+    about to free, and no other is cut.  Connections the daemon itself holds up (a request it
     works on, a body it does not read yet: an upload waiting for a place) keep theirs.  So
     idle connections and uploads that trickle a byte now and then no longer shut the others
     out for as long as they are held (docs/security.md).  The apps' lifespan has nothing to
@@ -433,9 +435,14 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             except trio.WouldBlock:
                 pass
             await trio.lowlevel.wait_readable(site.sock.fileno())  # a client waits to be taken
-            victim, wait = _longest_waited_on(served, trio.current_time())
-            if victim is not None:
-                victim.give_up_place()
+            if any(server.given_up for server in served):
+                # one cut for this client is still to end (its app to return): its place is
+                # about to free, and cutting another would take two places for one client
+                wait = 1.0
+            else:
+                victim, wait = _longest_waited_on(served, trio.current_time())
+                if victim is not None:
+                    victim.give_up_place()
             with trio.move_on_after(wait):
                 await slots.acquire()  # the victim's, or any that ends meanwhile
                 return
