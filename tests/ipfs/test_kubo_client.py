@@ -191,10 +191,13 @@ def test_repo_stat_maps_kubos_fields_and_its_no_limit():
      {"Objects": [{"Links": [{"Name": "a", "Type": 2, "Size": 1e999, "Hash": CID}]}]}),
     (lambda c: c.repo_stat(), {"RepoSize": 1e999, "NumObjects": 1}),
     (lambda c: c.pins(), {"Keys": ["not", "a", "map"]}),
+    (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": 5}),
+    (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": [CID]}),
+    (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": None}),
 ], ids=["id-no-ID", "id-addresses", "peers-no-Peer", "peers-not-maps", "pin_ls-keys-list",
         "pin_ls-info-str", "ls-link-no-name", "ls-link-not-a-map", "ls-links-not-a-list",
         "ls-type-unhashable", "ls-size-infinite", "repo_stat-size-infinite",
-        "pins-keys-list"])
+        "pins-keys-list", "add-hash-number", "add-hash-list", "add-hash-null"])
 def test_a_reply_without_kubos_fields_is_one_line_not_an_internal_error(call, body):
     """A broken or foreign server at the API address (a KeyError or TypeError reading its
     reply was an internal error with a traceback)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG, run_ww
+from tests.conftest import HANG, WW, run_ww
 
-from .conftest import Daemon, multipart
+from .conftest import Daemon, _UnixConnection, multipart
 
 NOBODY = 65534
 
@@ -260,6 +261,25 @@ def _waiting_to_be_accepted(port: int) -> int:
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def _version_once_all_taken(daemon: Daemon, port: int
+                            ) -> tuple[threading.Thread, threading.Event]:
+    """Once the daemon has taken every connection waiting on 127.0.0.1:port (a place
+    each), a client that asks for `version` (in a thread), and the event set once served."""
+    for _ in range(HANG * 10):  # until the daemon took every one
+        if not _waiting_to_be_accepted(port):
+            break
+        threading.Event().wait(0.1)
+    served = threading.Event()
+
+    def version() -> None:
+        if daemon.post("version")[0] == 200:
+            served.set()
+
+    client = threading.Thread(target=version, daemon=True)
+    client.start()
+    return client, served
+
+
 class _H2Cat:
     """A `cat` over HTTP/2 (prior knowledge, as `curl --http2-prior-knowledge` sends it) by
     a client that reads its reply at its own pace: :meth:`read` takes what has come, and
@@ -333,18 +353,7 @@ def test_an_http2_reply_the_daemon_is_sending_keeps_its_place(daemon):
         other.sendall(f"POST /api/v0/cat?arg={cid} HTTP/1.1\r\nHost: x\r\n"
                       "Content-Length: 0\r\n\r\n".encode())
         others.append(other)
-    for _ in range(HANG * 10):  # until the daemon took every one (a place each)
-        if not _waiting_to_be_accepted(int(port)):
-            break
-        threading.Event().wait(0.1)
-    served = threading.Event()
-
-    def version() -> None:
-        if daemon.post("version")[0] == 200:
-            served.set()
-
-    waiting = threading.Thread(target=version, daemon=True)
-    waiting.start()
+    waiting, served = _version_once_all_taken(daemon, int(port))
     try:
         # the old daemon cut the paused HTTP/2 reply off after EVICT_AFTER seconds and let
         # the waiting client in; now the client waits until a place frees (a while to see
@@ -391,3 +400,162 @@ def test_a_client_that_half_closes_after_its_request_gets_it_cancelled_as_kubos(
     assert send(half_close=True) == b""  # closed, unanswered
     answered = send(half_close=False)
     assert answered.startswith(b"HTTP/1.1 200 ") and b'"Name":"h"' in answered
+
+
+def _start_daemon(home: Path, api: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [WW, "--json", "daemon", "--api", api, "--gateway", "off",
+         "--listen", "/ip4/127.0.0.1/tcp/0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "WW_HOME": str(home)}, text=True)
+
+
+def _serves_or_ends(proc: subprocess.Popen[str]) -> tuple[dict[str, str] | None, list[str]]:
+    """Read the daemon's stderr until its `api` line (it serves: that event and the lines
+    before) or its end (None, and its lines)."""
+    lines = []
+    while line := proc.stderr.readline():  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("{") and json.loads(line)["event"] == "api":
+            return json.loads(line), lines
+    proc.wait(HANG)
+    return None, lines
+
+
+def test_a_daemon_starting_on_a_socket_path_another_is_starting_on_leaves_it_alone(
+        ww_home, open_place):
+    """A daemon between `bind` and `listen` on `/unix/<path>` (its socket file made,
+    nobody listening on it yet) holds the path's lock (`<path>.lock`).  The old daemon
+    took such a socket for one left by a killed daemon (connecting to it is refused) and
+    replaced it: two daemons starting at once on a path could remove each other's socket,
+    and one served on a socket no client could reach.  Now the next daemon is refused with
+    one line, exit 2, and the socket is left as it was.  (The first daemon is played here
+    by the test: it holds the lock and the bound socket, as a daemon does at that point.)"""
+    import fcntl
+
+    path = open_place / "api.sock"
+    starting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        starting.bind(str(path))  # not listening yet
+        made = path.lstat().st_ino
+        proc = _start_daemon(ww_home, f"/unix{path}")
+        try:
+            served, lines = _serves_or_ends(proc)
+            assert served is None, f"it replaced the socket of a daemon starting: {lines}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(HANG)
+        assert proc.returncode == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"ww: --api: cannot listen on /unix{path}: "), lines
+        assert "in use by another daemon" in lines[0], lines
+        assert path.lstat().st_ino == made  # still the first daemon's
+    finally:
+        starting.close()
+        os.close(lock)
+
+
+def test_two_daemons_started_at_once_on_one_socket_path_one_serves(tmp_path, open_place):
+    """Two daemons (each its own $WW_HOME) started at the same moment on one
+    `--api /unix/<path>`, a few times over: exactly one serves, and its socket, the one at
+    the path, answers; the other is refused with one line, exit 2.  The old daemons could
+    each take the other's socket, bound but not yet listening, for a stale one and replace
+    it (both then said they served, one on a socket removed from the path), or fail with
+    an error about the socket's file rather than that another daemon has it."""
+    path = open_place / "api.sock"
+    for round_ in range(3):
+        homes = [tmp_path / f"home-{round_}-{i}" for i in range(2)]
+        for home in homes:
+            home.mkdir(mode=0o700)
+        procs = [_start_daemon(home, f"/unix{path}") for home in homes]
+        try:
+            outcomes = [_serves_or_ends(proc) for proc in procs]
+            serving = [i for i, (served, _) in enumerate(outcomes) if served is not None]
+            assert len(serving) == 1, outcomes
+            winner, loser = serving[0], 1 - serving[0]
+            lines = outcomes[loser][1]
+            assert procs[loser].returncode == 2 and len(lines) == 1, lines
+            assert lines[0].startswith(f"ww: --api: cannot listen on /unix{path}: "), lines
+            assert "in use by another daemon" in lines[0], lines
+            conn = _UnixConnection(str(path))
+            try:
+                conn.request("POST", "/api/v0/id")
+                answer = conn.getresponse()
+                status, reply = answer.status, answer.read()
+            finally:
+                conn.close()
+            peer_id = json.loads(outcomes[winner][1][0])["peer_id"]
+            assert status == 200 and json.loads(reply)["ID"] == peer_id, reply
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=HANG)
+        assert not path.exists() and not os.path.exists(f"{path}.lock")
+
+
+def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_client(daemon):
+    """With every place taken and a client waiting, the daemon cuts one connection that
+    keeps it waiting on its client -- and that one may be slow to end: an `add` waiting for
+    an upload place sees the end of its connection only once it has a place.  The old
+    daemon cut another each second meanwhile (five or so here for the one client); now a
+    connection being cut counts as a place about to free, and it is the only one cut.
+    Here the 16 upload places are held by uploads that keep sending (so they are not cut)
+    and the other 112 connections by uploads waiting for a place, silent; once one of
+    those is cut the senders go silent, are refused after `EVICT_AFTER` seconds, and the
+    waiting client is served."""
+    from ww.serve.rpc import UPLOADS
+    from ww.serve.server import CONNECTIONS
+
+    host, port = daemon.url.removeprefix("http://").split(":")
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]
+    request = (f"POST /api/v0/add?pin=false&progress=true HTTP/1.1\r\nHost: x\r\n{head}"
+               f"Content-Length: {1 << 30}\r\n\r\n").encode() + opening
+    placed = []
+    for _ in range(UPLOADS):
+        sock = socket.create_connection((host, int(port)), timeout=HANG)
+        sock.sendall(request + bytes(2 << 20))  # a piece for its worker: a progress line
+        got = b""
+        while b'"Bytes"' not in got:  # it has a place
+            piece = sock.recv(1 << 16)
+            assert piece, got
+            got += piece
+        placed.append(sock)
+    stop_sending = threading.Event()
+
+    def send_on() -> None:
+        while not stop_sending.wait(0.5):
+            for sock in placed:
+                sock.sendall(b"x")
+
+    sender = threading.Thread(target=send_on, daemon=True)
+    sender.start()
+    waiting = []
+    try:
+        for _ in range(CONNECTIONS - UPLOADS):
+            sock = socket.create_connection((host, int(port)), timeout=HANG)
+            sock.sendall(request)
+            waiting.append(sock)
+        client, served = _version_once_all_taken(daemon, int(port))
+        readable, _, _ = select.select(waiting, [], [], HANG)  # the first cut
+        assert readable, "no connection gave its place up"
+    finally:
+        stop_sending.set()
+        sender.join(HANG)
+    client.join(HANG)
+    assert served.is_set()
+    readable, _, _ = select.select(waiting, [], [], 0)
+    cut = []
+    for sock in readable:
+        try:
+            if sock.recv(1 << 16) == b"":
+                cut.append(sock)
+        except OSError:
+            cut.append(sock)
+    for sock in placed + waiting:
+        sock.close()
+    assert len(cut) == 1, f"{len(cut)} connections were cut for one client"

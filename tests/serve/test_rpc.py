@@ -12,6 +12,7 @@ import platform
 import select
 import socket
 import tarfile
+import threading
 import time
 
 import pytest
@@ -683,3 +684,69 @@ def test_cids_in_any_multibase_and_identity_cids_in_arguments_as_kubo(daemon):
     too_big = "b" + multibase.b32encode(b"\x01\x55\x00" + varint.encode(129) + bytes(129))
     status, err = error_of(daemon.post("cat", too_big))
     assert status == 500 and "maximum 128" in err["Message"]
+
+
+def _placed_upload(daemon) -> socket.socket:
+    """An `add?progress=true` of a 1 GiB file whose client sends its head and 2 MiB of its
+    body, then nothing: once it has an upload place its worker reads the body and the
+    reply begins with a progress line."""
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]
+    return _raw_request(daemon, "add?pin=false&progress=true", opening + bytes(2 << 20),
+                        head + f"Content-Length: {1 << 30}\r\n")
+
+
+def _reply_until(sock: socket.socket, end: bytes) -> bytes:
+    """What comes on ``sock`` until ``end`` has come or the daemon closes it."""
+    got = b""
+    while end not in got and (piece := sock.recv(1 << 16)):
+        got += piece
+    return got
+
+
+def test_once_no_upload_waits_the_placed_ones_get_the_full_body_stall_again(daemon):
+    """With the 16 upload places taken and another upload waiting, a placed upload whose
+    body brings nothing for `EVICT_AFTER` seconds gives its place up (a 400).  Once the
+    waiting one has its place (here: the one that went silent first gave its own up) nobody
+    waits: the old daemon still held the others to `EVICT_AFTER` seconds of silence, for
+    good (until their next byte), so an upload that paused 5 s was refused though nobody
+    wanted its place.  Now they are back to `BODY_STALL`: each is refused only after
+    `BODY_STALL` seconds of nothing, with the message that says so."""
+    from ww.serve.rpc import BODY_STALL, UPLOADS
+
+    first = _placed_upload(daemon)  # silent from the start: the one to give its place up
+    assert b'"Bytes"' in _reply_until(first, b'"Bytes"')
+    others = []
+    for _ in range(UPLOADS - 1):
+        others.append(_placed_upload(daemon))
+        assert b'"Bytes"' in _reply_until(others[-1], b'"Bytes"')  # it has a place
+    stop_trickle = threading.Event()
+
+    def trickle() -> None:  # the others keep sending while the waiting one waits
+        while not stop_trickle.wait(0.5):
+            for sock in others:
+                sock.sendall(b"x")
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        waiting = _placed_upload(daemon)
+        # its reply begun, the refusal cuts it short (it is on the daemon's log)
+        assert _reply_until(first, b"\r\n0\r\n\r\n") == b""
+        assert b'"Bytes"' in _reply_until(waiting, b'"Bytes"')  # it took the place
+    finally:
+        stop_trickle.set()
+        trickler.join(HANG)
+    # nobody waits now: each of the others is refused after BODY_STALL s of nothing
+    for sock in [*others, waiting]:
+        assert _reply_until(sock, b"\r\n0\r\n\r\n") == b""  # cut short, as the first
+        sock.close()
+    first.close()
+    code, events = daemon.stop()
+    assert code == 0
+    errors = [e["error"] for e in events if e["event"] == "rpc-error"]
+    assert len(errors) == UPLOADS + 1, errors
+    assert "while other uploads waited for its place" in errors[0], errors
+    assert errors[1:] == [f"the request body brought nothing for {BODY_STALL:g} s"] \
+        * UPLOADS, errors

@@ -436,6 +436,9 @@ class KuboClient:
         found: dict[str, str] = {}
 
         def on_value(value: Any) -> None:
+            if isinstance(value, dict) and "Hash" in value \
+                    and not isinstance(value["Hash"], str):
+                raise self._unexpected("add")  # a number, a list, null: no CID
             if isinstance(value, dict) and value.get("Hash"):
                 found["last"] = value["Hash"]
                 if o.on_added is not None:

@@ -298,6 +298,13 @@ class Request:
         if self._stall is not None:
             self._stall.deadline = min(self._stall.deadline, self._heard + EVICT_AFTER)
 
+    def relax(self) -> None:
+        """On the event loop: no upload waits for a place any more, so its body may bring
+        nothing for :data:`BODY_STALL` seconds again (counted from the last it brought),
+        undoing :meth:`hurry`."""
+        if self._stall is not None:
+            self._stall.deadline = self._heard + BODY_STALL
+
     def drop_body(self) -> None:
         """Once the command and the pump are done: drop what the pump put and the worker
         never took (a piece, the exception that ended the body, whose traceback holds the
@@ -1146,7 +1153,8 @@ class RpcApi:
         upload with a place whose body keeps the daemon waiting on its client gives it up
         after :data:`EVICT_AFTER` seconds (a 400, as after :data:`BODY_STALL` seconds of
         nothing), so that uploads that trickle a byte now and then cannot hold every place
-        for as long as they like."""
+        for as long as they like; once none waits, they may wait :data:`BODY_STALL` seconds
+        again."""
         request.place_wanted = lambda: self._place_wanted > 0
         if self._uploads.available_tokens < 1:
             self._place_wanted += 1
@@ -1156,6 +1164,9 @@ class RpcApi:
                 await self._uploads.acquire()
             finally:
                 self._place_wanted -= 1
+                if not self._place_wanted:  # the others go back to BODY_STALL
+                    for placed in self._placed:
+                        placed.relax()
         else:
             await self._uploads.acquire()
         self._placed.add(request)

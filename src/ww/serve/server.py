@@ -101,7 +101,10 @@ def bind_unix(addr: str) -> socket.socket:
     socket takes write permission on its file) and checked before it listens, so there is
     no moment another user could connect.  A socket file left at the path by a daemon that
     was killed (this user's, no one listening on it) is replaced; anything else there is
-    refused.  :class:`SocketFile` removes the file once it is done."""
+    refused.  That look and the replacement are made under the path's lock
+    (:func:`_lock_socket_path`), held while the socket is served, so a daemon starting at
+    the same moment never takes this one's socket, bound and not yet listening, for a
+    stale one.  :class:`SocketFile` removes the file (and the lock) once it is done."""
     import os
     import stat
 
@@ -110,6 +113,10 @@ def bind_unix(addr: str) -> socket.socket:
         raise AddressError(f"{addr!r}: a unix socket's path is at most 107 bytes")
     try:
         _check_directories(path)
+    except OSError as err:
+        raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
+    try:
+        _lock_socket_path(path)
     except OSError as err:
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -130,10 +137,74 @@ def bind_unix(addr: str) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as err:
         if made is not None:
-            made.remove()
+            made.remove()  # and the lock with it
+        else:
+            _unlock_socket_path(path)
         sock.close()
         raise AddressError(f"cannot listen on {addr}: {err.strerror}") from None
     return sock
+
+
+# The lock files of the unix sockets this process listens on (by socket path), each an open
+# file held locked (flock) until the socket's file is removed (SocketFile.remove).
+_LOCKS: dict[str, int] = {}
+
+
+def _lock_socket_path(path: str) -> None:
+    """Take the lock on the socket path ``path`` for this process: an exclusive ``flock``
+    on ``path + ".lock"``, a file of this user's made mode 0600 in the socket's (checked)
+    directory, held for as long as the socket is served.  Only its holder looks for a stale
+    socket at the path and replaces it: without it, two daemons starting at once on the
+    path could each take the other's socket, bound but not yet listening, for one left by
+    a killed daemon, and remove it.  The lock goes with the process, so a killed daemon
+    leaves none; its file is removed by its holder (:class:`SocketFile`), and one taken
+    on a file since removed (a holder that was just done) is taken again on the new one.
+    ``OSError`` (``EADDRINUSE``) if another process holds it."""
+    import fcntl
+    import os
+    import stat
+
+    lock_path = path + ".lock"
+    for _ in range(8):  # another holder removes the file only as it stops: a few rounds
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
+                    or stat.S_IMODE(st.st_mode) & 0o077:
+                raise OSError(errno.EPERM, f"{lock_path} is not a lock file of this user's")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OSError(errno.EADDRINUSE,
+                              "the socket is in use by another daemon (it holds "
+                              f"{os.path.basename(lock_path)})") from None
+            try:
+                now = os.lstat(lock_path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                _LOCKS[path] = fd
+                return
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder removed it meanwhile: the lock of a file gone
+    raise OSError(errno.EADDRINUSE, f"{lock_path} keeps being replaced")
+
+
+def _unlock_socket_path(path: str) -> None:
+    """Give up the lock :func:`_lock_socket_path` took on ``path``, removing its file
+    (held locked while it is removed, so no other process holds a lock on it then)."""
+    import os
+
+    fd = _LOCKS.pop(path, None)
+    if fd is None:
+        return
+    try:
+        os.unlink(path + ".lock")
+    except OSError:
+        pass
+    os.close(fd)
 
 
 def _check_directories(path: str) -> None:
@@ -240,6 +311,7 @@ class SocketFile:
                 os.unlink(self.path)
         except OSError:
             pass
+        _unlock_socket_path(self.path)
 
 
 def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
@@ -325,7 +397,9 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     (idle between requests, or that has not sent a whole request head), the one waited on
     longest first; else one whose request has kept the daemon waiting on its body for
     :data:`EVICT_AFTER` seconds.  Its socket is shut down, as if its client had hung up (a
-    request under way is cancelled).  Connections the daemon itself holds up (a request it
+    request under way is cancelled); until it has ended (its app may be slow to return: an
+    upload waiting for its place sees the end only once it has one), its place counts as
+    about to free, and no other is cut.  Connections the daemon itself holds up (a request it
     works on, a body it does not read yet: an upload waiting for a place) keep theirs.  So
     idle connections and uploads that trickle a byte now and then no longer shut the others
     out for as long as they are held (docs/security.md).  The apps' lifespan has nothing to
@@ -361,9 +435,14 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             except trio.WouldBlock:
                 pass
             await trio.lowlevel.wait_readable(site.sock.fileno())  # a client waits to be taken
-            victim, wait = _longest_waited_on(served, trio.current_time())
-            if victim is not None:
-                victim.give_up_place()
+            if any(server.given_up for server in served):
+                # one cut for this client is still to end (its app to return): its place is
+                # about to free, and cutting another would take two places for one client
+                wait = 1.0
+            else:
+                victim, wait = _longest_waited_on(served, trio.current_time())
+                if victim is not None:
+                    victim.give_up_place()
             with trio.move_on_after(wait):
                 await slots.acquire()  # the victim's, or any that ends meanwhile
                 return
