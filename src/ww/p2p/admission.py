@@ -9,14 +9,19 @@ py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
   :data:`MAX_HANDSHAKES` at a time, each within :data:`HANDSHAKE_TIMEOUT`;
 - **inbound connections in all** (set up or being set up): at most :data:`MAX_INBOUND`;
 - **inbound connections per remote IP address** (set up or being set up; an IPv6 /56 is
-  one address): at most :data:`MAX_PER_IP` (127.0.0.1 and ::1 excepted: see
-  :data:`MAX_PER_IP`);
+  one address, an IPv4-mapped ``::ffff:a.b.c.d`` its IPv4 address): at most
+  :data:`MAX_PER_IP` (127.0.0.1 and ::1 excepted: see :data:`MAX_PER_IP`), and when all
+  :data:`MAX_INBOUND` places are taken they are shared among addresses (below);
 - **inbound streams per connection not yet past protocol negotiation**: at most
   :data:`MAX_NEGOTIATING`, each within :data:`STREAM_NEGOTIATE_TIMEOUT`; once a stream has
   named its protocol, that protocol's own bounds hold it (Bitswap 4 streams a peer, each
   DHT 8, ping 2, `/ww/0.1.0` 256 in all), and :data:`MAX_STREAMS_PER_CONN` in all backs
   them up, a stream counted until the peer closes its side (at most
   :data:`STREAM_LINGER` seconds after its handler returned; then it is reset);
+- **inbound streams per remote IP address** (all its connections together, an IPv6 /56 one
+  address, 127.0.0.1 and ::1 excepted as for :data:`MAX_PER_IP`): at most
+  :data:`MAX_STREAMS_PER_IP`, so that one address cannot take the host-wide streams below
+  (its 8 connections x 256 would be 2048);
 - **inbound streams in all** (all connections together, counted alike): at most
   :data:`MAX_INBOUND_STREAMS`.  Each may hold the protocol's initial Yamux receive window
   (256 KiB) of unread data, so this bounds that memory; what windows grow beyond it is
@@ -27,7 +32,23 @@ A connection over a bound is refused when it is accepted: closed before any byte
 any key computed, so the newest goes and the connections already there are untouched (a
 connection counts from its accept, so no handshake can finish past a bound).  A stream over
 the bound is reset as it arrives.  The connections this host dials are never counted nor
-closed here: they are the user's work.
+closed here: they are the user's work (a peer dialing us while we dial it makes one inbound
+connection, counted and given back like any other).
+
+One exception, so that a few addresses cannot shut the door on all others (16 addresses x 8
+connections fill :data:`MAX_INBOUND`): when the host is full and a connection comes from an
+address holding fewer connections than another by at least 2, that other address gives up
+one of its set-up connections (see :meth:`Admission.victim`: its oldest the peer has no
+stream open on, set up at least :data:`EVICT_GRACE` seconds ago, else its oldest), closed
+at once, and the newcomer takes its place.  The places end up shared out evenly among the
+addresses asking for them: an address holding one connection is never trimmed, and an
+address trimmed to one below another's cannot take it back by connecting again.  This is
+go-libp2p's connection manager's answer (trim rather than keep the door shut), made fair
+per address and done at once rather than down to a low water mark.  What it leaves: the
+trimming is decided at accept, before the newcomer's handshake (so the count never goes
+past MAX_INBOUND), so one address's bare TCP connections can trim others' (at most
+MAX_PER_IP at a time, each holding its place until its handshake times out); and 128
+addresses of one connection each still fill the host, as they would any bound.
 
 Why not py-libp2p's own: 0.8.1 caps inbound connections at 250 with a slot taken at accept
 and given back only when the *swarm* stops (its handler waits for that, since the TCP
@@ -58,9 +79,10 @@ import trio
 
 from ww.p2p.yamux import allow_growth
 
-__all__ = ["HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND", "MAX_INBOUND_STREAMS",
-           "MAX_NEGOTIATING", "MAX_PER_IP", "MAX_STREAMS_PER_CONN", "STREAM_LINGER",
-           "STREAM_NEGOTIATE_TIMEOUT", "Admission", "install"]
+__all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND",
+           "MAX_INBOUND_STREAMS", "MAX_NEGOTIATING", "MAX_PER_IP", "MAX_STREAMS_PER_CONN",
+           "MAX_STREAMS_PER_IP", "STREAM_LINGER", "STREAM_NEGOTIATE_TIMEOUT", "Admission",
+           "install"]
 
 # Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
 # allows 15): an honest handshake is a few round trips.
@@ -92,6 +114,17 @@ MAX_STREAMS_PER_CONN = 256
 # stream may hold 256 KiB of unread data (the protocol's initial window), so at most
 # 256 MiB, where MAX_INBOUND x MAX_STREAMS_PER_CONN streams could hold 8 GiB.
 MAX_INBOUND_STREAMS = 1024
+# Inbound streams of one remote address (all its connections; counted and excepted as for
+# MAX_PER_IP).  A fair share: MAX_INBOUND_STREAMS / MAX_PER_IP, so it takes 8 addresses to
+# fill the host, and 16 an honest peer's stream for each of the MAX_PER_IP connections an
+# address may hold (twice the 8 counted above).  It is below MAX_STREAMS_PER_CONN: one
+# connection from a remote address may hold half of what /ww/0.1.0 carries for the host,
+# the rest left to other addresses; a connection from 127.0.0.1 still holds 256.
+MAX_STREAMS_PER_IP = 128
+# Seconds a set-up inbound connection is spared from being the one its address gives up
+# when it has no stream open (a new connection has not opened its first yet): those older
+# and idle go first.  go-libp2p's connection manager spares new connections 20 s.
+EVICT_GRACE = 10.0
 # Seconds a new inbound stream may take to name its protocol (py-libp2p's default).
 STREAM_NEGOTIATE_TIMEOUT = 10
 # Seconds a peer has to close its side of a stream whose handler has returned (the host
@@ -110,6 +143,11 @@ class Admission:
         self.inbound = 0  # inbound connections, set up or in their handshake
         self.per_ip: dict[str, int] = {}
         self.streams: dict[Any, int] = {}  # inbound streams, by muxed connection
+        self.ip_streams: dict[str, int] = {}  # inbound streams, by counted remote address
+        # set-up inbound connections of counted addresses, oldest first, with when set up
+        self.held: dict[str, dict[Any, float]] = {}
+        self.ip_of: dict[Any, str | None] = {}  # inbound muxed connections' addresses
+        self.evicted: set[Any] = set()  # given their place to a newcomer, still closing
         self.all_streams = 0  # inbound streams of all connections
         self.negotiating: dict[Any, int] = {}  # of which not past negotiation
         self.refused: dict[str, int] = {}  # refusals by the bound that made them
@@ -124,6 +162,28 @@ class Admission:
             return "per_ip"
         return None
 
+    def victim(self, ip: str | None) -> tuple[str, Any] | None:
+        """Which connection (with its address) gives its place to a new one from ``ip`` when
+        the host is full (None: none, the newcomer is refused).  The address holding the most
+        connections (set up or being set up; 127.0.0.1 and ::1 never) gives one up if it
+        holds at least 2 more than ``ip``: its oldest on which the peer has no stream open
+        (ours, identify and the like, do not count) set up at least
+        :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
+        handshake has its own timeout).  Only when the host is full: then a look at each
+        address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_IP
+        connections."""
+        if ip is None or not self.held:
+            return None
+        heaviest = max(self.held, key=self.per_ip.__getitem__)
+        if self.per_ip[heaviest] < self.per_ip.get(ip, 0) + 2:
+            return None
+        conns = self.held[heaviest]
+        now = trio.current_time()
+        for conn, since in conns.items():  # oldest first, at most MAX_PER_IP
+            if now - since >= EVICT_GRACE and conn.muxed_conn not in self.streams:
+                return heaviest, conn
+        return heaviest, next(iter(conns))
+
     def _refuse(self, bound: str) -> None:
         self.refused[bound] = self.refused.get(bound, 0) + 1
 
@@ -137,6 +197,25 @@ class Admission:
         self.inbound -= 1
         if ip is not None:
             _count(self.per_ip, ip, -1)
+
+    def _hold(self, ip: str | None, conn: Any) -> None:
+        if ip is not None and ip not in _UNCOUNTED:
+            self.held.setdefault(ip, {})[conn] = trio.current_time()
+
+    def _let_go(self, ip: str | None, conn: Any) -> None:
+        conns = None if ip is None else self.held.get(ip)
+        if ip is None or conns is None:
+            return
+        conns.pop(conn, None)
+        if not conns:
+            del self.held[ip]
+
+    def _evict(self, ip: str, conn: Any) -> None:
+        """``conn`` gives its place back now (its handler will not again)."""
+        self._let_go(ip, conn)
+        self._give_back(ip)
+        self.evicted.add(conn)
+        self._refuse("evicted")
 
 
 def install(host: Any) -> Admission:
@@ -159,10 +238,17 @@ def _count(counts: dict[Any, int], key: Any, change: int) -> None:
 
 
 def _remote_ip(stream: Any) -> str | None:
-    """The remote address ``stream`` comes from, as counted: an IPv4 address, or an IPv6
-    address's /56 (one subscriber's usual share, go-libp2p's rule), loopback as it is."""
+    """The remote address ``stream`` (py-libp2p's TCP stream, or a connection) comes from, as
+    counted: an IPv4 address (an IPv4-mapped IPv6 one, ``::ffff:a.b.c.d``, as what it maps:
+    an IPv4 peer of a dual-stack listener), or an IPv6 address's /56 (one subscriber's usual
+    share, go-libp2p's rule), loopback as it is.  The socket is asked first: py-libp2p 0.8.1's
+    ``get_remote_address`` gives None for every IPv6 socket (its peer name is a 4-tuple),
+    which left IPv6 and dual-stack peers counted by no address at all."""
     try:
-        address = stream.get_remote_address()
+        try:
+            address = stream.stream.socket.getpeername()
+        except AttributeError:  # not a TCP stream of py-libp2p's: ask it
+            address = stream.get_remote_address()
         ip = ipaddress.ip_address(str(address[0]).split("%")[0])
     except Exception:
         return None
@@ -181,13 +267,20 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
     async def handle(stream: Any, maddr: Any) -> None:
         ip = _remote_ip(stream)
         bound = admission.refusal(ip)
-        if bound is not None:  # no await between the check and the count below
+        victim = admission.victim(ip) if bound == "inbound" else None
+        if bound is not None and victim is None:  # no await between the check and the count
             admission._refuse(bound)
             await stream.close()
             return
+        if victim is not None:
+            admission._evict(*victim)
         admission._take(ip)
         handshaking = True
+        conn = muxed = None
         try:
+            if victim is not None:
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                    await _close(victim[1])
             raw = RawConnection(stream, False)
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -200,17 +293,24 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
                 return
             admission.handshakes -= 1
             handshaking = False
+            admission.ip_of[muxed] = ip  # for its streams (py-libp2p cannot say, for IPv6)
             try:
                 conn = await network.add_conn(muxed, direction="inbound")
             except Exception:  # py-libp2p's own limits (300 in all, its resource manager)
                 await muxed.close()
                 return
+            admission._hold(ip, conn)
             # The TCP listener closes the socket when this returns: wait for the end.
             await conn.event_closed.wait()
         finally:
             if handshaking:
                 admission.handshakes -= 1
-            admission._give_back(ip)
+            admission.ip_of.pop(muxed, None)
+            if conn in admission.evicted:  # its place is another's already
+                admission.evicted.discard(conn)
+            else:
+                admission._let_go(ip, conn)
+                admission._give_back(ip)
 
     return handle
 
@@ -221,22 +321,38 @@ def _stream_handler(inner: Any, admission: Admission) -> Any:
 
     async def handle(stream: Any) -> None:
         conn = stream.muxed_conn
+        ip = admission.ip_of[conn] if conn in admission.ip_of else _remote_ip(conn)
+        if ip in _UNCOUNTED:
+            ip = None
         bound = ("streams" if admission.streams.get(conn, 0) >= MAX_STREAMS_PER_CONN else
+                 "ip_streams" if ip is not None and admission.ip_streams.get(ip, 0) >=
+                 MAX_STREAMS_PER_IP else
                  "all_streams" if admission.all_streams >= MAX_INBOUND_STREAMS else None)
         if bound is not None:
             admission._refuse(bound)
             await stream.reset()
             return
         _count(admission.streams, conn, 1)
+        if ip is not None:
+            _count(admission.ip_streams, ip, 1)
         admission.all_streams += 1
         try:
             await inner(stream)
             await _linger(stream)
         finally:
             _count(admission.streams, conn, -1)
+            if ip is not None:
+                _count(admission.ip_streams, ip, -1)
             admission.all_streams -= 1
 
     return handle
+
+
+async def _close(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception:  # it was going anyway
+        pass
 
 
 async def _linger(stream: Any) -> None:

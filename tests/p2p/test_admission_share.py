@@ -1,0 +1,189 @@
+"""What one remote address, or a few, may take of what the host shares among all peers: its
+inbound streams (ww.p2p.admission.MAX_STREAMS_PER_IP), its places among the inbound
+connections (ww.p2p.admission.MAX_INBOUND, shared out when full), and that simultaneous
+opens and IPv4 peers on an IPv6 socket are counted right.
+
+Real hosts (:class:`ww.p2p.host.Node` in this process, so that the bounds can be made small
+and the counts looked at) and real libp2p connections of fresh peer ids
+(:mod:`tests.p2p.sybils`) from loopback addresses 127.0.0.2, 127.0.0.3, ... (each counted
+as a remote address; 127.0.0.1 is not).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conftest import HANG
+from tests.p2p.sybils import connect
+from tests.p2p.test_stream_memory import HOLD, _hold, _on_host, _open
+from ww.core.identity import Identity, PrivateKey
+from ww.p2p import admission
+from ww.p2p.host import Node
+
+pytest.importorskip("libp2p")
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def make(listen: str = "/ip4/127.0.0.1/tcp/0") -> Node:
+        node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[listen],
+                    handlers={HOLD: _hold}, serve_ww=False, announce=False,
+                    warn=lambda message: None)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def _counts(host: Any) -> dict[str, Any]:
+    a = host.get_network().admission
+    held = getattr(a, "held", {})  # getattr: what the host before these bounds lacked
+    return {"handshakes": a.handshakes, "inbound": a.inbound, "per_ip": dict(a.per_ip),
+            "streams": len(a.streams), "ip_streams": dict(getattr(a, "ip_streams", {})),
+            "all_streams": a.all_streams, "held": {ip: len(c) for ip, c in held.items()},
+            "evicted": len(getattr(a, "evicted", ()))}
+
+
+def test_one_address_takes_no_more_than_its_share_of_the_streams(start, monkeypatch) -> None:
+    """The host-wide cap made 12 and the per-address 4.  127.0.0.1 (not counted per address)
+    holds 5 streams; then 127.0.0.2 opens 8 on two connections: 4 are held and 4 reset.
+    Before, nothing bounded an address but the host-wide cap: 127.0.0.2 took the 7 left
+    (8 connections x 256 streams of one address could take all 1024), and a peer from
+    127.0.0.3 had its stream reset.  Now 127.0.0.3 is served."""
+    monkeypatch.setattr(admission, "MAX_INBOUND_STREAMS", 12, raising=False)
+    monkeypatch.setattr(admission, "MAX_STREAMS_PER_IP", 4, raising=False)
+    server = start()
+
+    async def main() -> tuple[int, int, bool]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                local = await connect(server.addrs[0], nursery)
+                held_local = sum([await _open(local) is not None for _ in range(5)])
+                held = 0
+                for _ in range(2):
+                    conn = await connect(server.addrs[0], nursery, source="127.0.0.2")
+                    for _ in range(4):
+                        held += await _open(conn) is not None
+                other = await connect(server.addrs[0], nursery, source="127.0.0.3")
+                served = await _open(other) is not None
+            nursery.cancel_scope.cancel()
+        return held_local, held, served
+
+    assert trio.run(main) == (5, 4, True)
+
+
+def test_a_full_host_shares_its_places_among_addresses(start, monkeypatch) -> None:
+    """MAX_INBOUND made 6, MAX_PER_IP 3: 127.0.0.2 and 127.0.0.3 hold 3 connections each,
+    the host is full (before: every other address was refused for as long as they stayed).
+    127.0.0.4 connects: 127.0.0.2 (holding the most, first) gives up its oldest idle
+    connection (the oldest of all has a stream open: spared); again: 127.0.0.3 gives up its
+    oldest.  A third from 127.0.0.4 is refused (2 each now), and so is 127.0.0.2 coming
+    back for its place: the places are shared, not taken back and forth."""
+    monkeypatch.setattr(admission, "MAX_INBOUND", 6, raising=False)
+    monkeypatch.setattr(admission, "MAX_PER_IP", 3, raising=False)
+    monkeypatch.setattr(admission, "EVICT_GRACE", 0.0, raising=False)
+    server = start()
+
+    async def attempt(nursery: trio.Nursery, source: str) -> Any:
+        try:
+            return await connect(server.addrs[0], nursery, source=source)
+        except Exception:
+            return None
+
+    async def main() -> tuple[list[list[bool]], list[bool], dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                full = {ip: [await connect(server.addrs[0], nursery, source=ip)
+                             for _ in range(3)] for ip in ("127.0.0.2", "127.0.0.3")}
+                assert await _open(full["127.0.0.2"][0]) is not None  # in use
+                newcomers = [await attempt(nursery, "127.0.0.4") for _ in range(2)]
+                if None not in newcomers:  # (else the assertions below fail)
+                    for gone in (full["127.0.0.2"][1], full["127.0.0.3"][0]):
+                        await gone.event_shutting_down.wait()  # the host hung up
+                later = [await attempt(nursery, ip) for ip in ("127.0.0.4", "127.0.0.2")]
+                alive = [[not c.event_shutting_down.is_set() for c in conns]
+                         for conns in full.values()]
+                alive.append([c is not None and not c.event_shutting_down.is_set()
+                              for c in newcomers])
+                counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+            nursery.cancel_scope.cancel()
+        return alive, [c is not None for c in later], counts
+
+    alive, later, counts = trio.run(main)
+    assert alive == [[True, False, True], [False, True, True], [True, True]]
+    assert later == [False, False]
+    assert (counts["inbound"], counts["held"]) == (6, {"127.0.0.2": 2, "127.0.0.3": 2,
+                                                       "127.0.0.4": 2})
+
+
+def test_ipv4_peers_of_a_dual_stack_listener_are_counted_by_their_ipv4_address(
+        start, monkeypatch) -> None:
+    """A host listening on an IPv6 socket that takes IPv4 too (bound to ::ffff:127.0.0.1,
+    the loopback share of a dual-stack ::) sees IPv4 peers as ::ffff:a.b.c.d.  Counted as
+    IPv6 /56, every IPv4 peer would share one place of MAX_PER_IP (and ::ffff:127.0.0.1
+    would be counted).  Before, none was counted at all: py-libp2p gives no remote address for
+    an IPv6 socket, so MAX_PER_IP (made 1 here) held no IPv6 peer.  Now each is counted by its
+    IPv4 address, 127.0.0.1 not at all."""
+    monkeypatch.setattr(admission, "MAX_PER_IP", 1, raising=False)
+    server = start("/ip6/::ffff:127.0.0.1/tcp/0")
+    port = server.addrs[0].split("/tcp/")[1].split("/")[0]
+    peer = server.addrs[0].split("/p2p/")[1]
+    addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"
+
+    async def main() -> tuple[list[bool], dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                let_in = []
+                for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3", None, None):
+                    try:
+                        await connect(addr, nursery, source=source)
+                        let_in.append(True)
+                    except Exception:
+                        let_in.append(False)
+                counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+            nursery.cancel_scope.cancel()
+        return let_in, counts
+
+    assert server.addrs[0].startswith("/ip6/")
+    let_in, counts = trio.run(main)
+    assert let_in == [True, False, True, True, True]
+    assert counts["per_ip"] == {"127.0.0.1": 2, "127.0.0.2": 1, "127.0.0.3": 1}
+    assert counts["held"] == {"127.0.0.2": 1, "127.0.0.3": 1}
+
+
+def test_a_simultaneous_open_leaves_nothing_counted(start) -> None:
+    """Two hosts dial each other at the same time, open a stream each way, and the one
+    goes: our own dial is never counted, the other's is counted once, and every count
+    is back at zero on both sides afterwards."""
+    a, b = start(), start()
+
+    async def dial(node: Node, other: Node) -> None:
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        info = info_from_p2p_addr(Multiaddr(other.addrs[0]))
+        await node.dial(info)
+        stream = await node.host.new_stream(info.peer_id, [HOLD])
+        await stream.write(b"!")
+
+    for end in [a.submit(dial, a, b), b.submit(dial, b, a)]:
+        end.result(HANG)
+    during = [_on_host(node, _counts)["inbound"] for node in (a, b)]
+    assert during in ([1, 1], [1, 0], [0, 1]), during  # our own dial never counted
+    b.stop()
+    zero = {"handshakes": 0, "inbound": 0, "per_ip": {}, "streams": 0, "ip_streams": {},
+            "all_streams": 0, "held": {}, "evicted": 0}
+    deadline = time.monotonic() + HANG
+    while _on_host(a, _counts) != zero and time.monotonic() < deadline:
+        time.sleep(0.05)  # until a has seen b go
+    assert _on_host(a, _counts) == zero
