@@ -233,3 +233,61 @@ def test_a_peer_that_fails_once_stays_in_the_routing_table(hosts: tuple[Node, No
     assert client.stats["failed"] == 1 + MAX_FAILURES
     assert client.table.get(server_id) is None  # failing in a row: it is gone
     idle(held)
+
+
+def test_a_request_given_up_gives_its_stream_back_to_the_server() -> None:
+    """A request the asker gives up (a dual lookup cancels the other DHT's once one has its
+    answer; a reply later than 10 s) left its stream open: the old asker's close, awaited in
+    a cancelled scope, never reached the wire, so the server counted the stream as one of
+    the asker's 8 for its idle 60 s (8 such lookups in a minute and every stream of ours was
+    reset).  Now a stream given up is reset: the server sees its end at once."""
+    import threading
+
+    import trio
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    from ww.p2p.routing import LAN_PROTOCOL, Dht
+
+    asked, ended = threading.Event(), []
+
+    async def hold_then_watch(stream: object) -> None:
+        await stream.read(1)  # type: ignore[attr-defined]
+        asked.set()  # a request came: the asker is waiting for its reply
+        try:
+            while await stream.read(1024):  # type: ignore[attr-defined]
+                pass
+            ended.append("closed")
+        except Exception:  # noqa: BLE001 - py-libp2p's stream errors: reset
+            ended.append("reset")
+
+    client_node = Node(Identity.from_private_key(PrivateKey.generate()),
+                       listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                       warn=lambda message: None)
+    server_node = Node(Identity.from_private_key(PrivateKey.generate()),
+                       listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                       warn=lambda message: None, handlers={LAN_PROTOCOL: hold_then_watch})
+    try:
+        server_node.start()
+        client_node.start()
+        client = Dht(client_node)
+        client_node.submit(client_node.dial, _info(server_node)).result(BOUND)
+        server = _Peer(ID.from_base58(server_node.peer_id))
+
+        async def ask_then_give_up() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._rpc, server, Message(type=Message.PING))
+                await trio.to_thread.run_sync(asked.wait, BOUND)
+                nursery.cancel_scope.cancel()  # as a dual lookup cancels the other DHT's
+
+        client_node.submit(ask_then_give_up).result(BOUND)
+
+        async def end_seen() -> None:
+            with trio.move_on_after(BOUND / 2):  # only stops a hang (the old code's case)
+                while not ended:
+                    await trio.sleep(0.01)  # a state change polled on the server's thread
+
+        server_node.submit(end_seen).result(BOUND)
+        assert ended == ["reset"], "the server still counts a stream the asker gave up"
+    finally:
+        for node in (client_node, server_node):
+            node.stop()

@@ -497,7 +497,8 @@ class Dht(_Announcer):
 
     async def _rpc(self, peer: _Peer, message: Any, reply: bool = True) -> Any:
         """Send ``message`` to ``peer`` on a stream of its own; its reply, or None (no reply
-        wanted).  Dials ``peer`` at its checked addresses if not connected."""
+        wanted).  Dials ``peer`` at its checked addresses if not connected.  The stream is
+        closed once answered, reset if given up."""
         import trio
         import varint
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -515,14 +516,23 @@ class Dht(_Announcer):
             try:
                 data = message.SerializeToString()
                 await stream.write(varint.encode(len(data)) + data)
-                if not reply:
-                    return None
-                answer = Message()
-                answer.ParseFromString(await read_varint_prefixed_bytes_limited(
-                    stream, MAX_MESSAGE))
-                return answer
-            finally:
-                await stream.close()
+                answer = None
+                if reply:
+                    answer = Message()
+                    answer.ParseFromString(await read_varint_prefixed_bytes_limited(
+                        stream, MAX_MESSAGE))
+            except BaseException:
+                # given up (a failure, a timeout, a lookup cancelled): reset, even in a
+                # cancelled scope, or the peer counts the stream as ours until it idles out
+                with trio.CancelScope(deadline=trio.current_time() + RPC_TIMEOUT,
+                                      shield=True):
+                    try:
+                        await stream.reset()
+                    except Exception:  # the connection went meanwhile
+                        pass
+                raise
+            await stream.close()
+            return answer
 
     async def _seeds(self, key: bytes) -> list[_Peer]:
         """Where a query starts: the :data:`K` peers of the routing table closest to ``key``,
