@@ -291,3 +291,51 @@ def test_a_request_given_up_gives_its_stream_back_to_the_server() -> None:
     finally:
         for node in (client_node, server_node):
             node.stop()
+
+
+def test_a_request_over_a_closing_connection_dials_anew(hosts: tuple[Node, Node]) -> None:
+    """(found by stressing test_dht_dual: the asker's requests to its only WAN server failed
+    with py-libp2p's "no valid connections available") A connection that closes (its peer
+    hung up) stays listed for a while, longer under load: the old request took it for a
+    connection, dialled nothing, and failed on it, every request until it was gone.  Now a
+    request dials anew over one that is closing.  The one stand-in: the test holds the
+    connection in that state (its removal from the host's list waits on an event)."""
+    import trio
+
+    from ww.p2p.routing import Dht
+
+    server_node, client_node = hosts
+    server = Dht(server_node, server=True)
+    server_node.start()
+    client_node.start()
+    client = Dht(client_node, [server_node.addrs[0]])
+    server_id = ID.from_base58(server_node.peer_id)
+    anyone = _peer_id().to_base58()
+    client_node.submit(client.find_node, anyone).result(BOUND)
+    answered = server.stats["answered"]
+    network = client_node.host.get_network()
+
+    async def lookup_while_closing() -> None:
+        conn = network.get_connections(server_id)[0]
+        release = trio.Event()
+        cleanup = conn._cleanup  # removes it from the host's list
+
+        async def held() -> None:
+            await release.wait()
+            await cleanup()
+
+        conn._cleanup = held  # the stand-in: the removal waits for the lookup below
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.close)
+            with trio.fail_after(BOUND):
+                await conn.event_closed.wait()
+            try:
+                assert conn in network.get_connections(server_id)  # closed, still listed
+                await client.find_node(anyone)
+            finally:
+                release.set()
+
+    client_node.submit(lookup_while_closing).result(BOUND)
+    assert client.stats["failed"] == 0, "the request failed on the closing connection"
+    assert server.stats["answered"] == answered + 1
+    assert [c for c in network.get_connections(server_id) if not c.is_closed]

@@ -46,6 +46,7 @@ from typing import Any
 from ww.core.cid import CID
 from ww.core.identity import IdentityError, decode_peer_id
 from ww.ipfs.api import PeerInfo
+from ww.p2p.host import open_connections
 
 __all__ = [
     "LAN_PROTOCOL",
@@ -508,7 +509,7 @@ class Dht(_Announcer):
         host = self._node.host
         self.stats["rpcs"] += 1
         with trio.fail_after(RPC_TIMEOUT):
-            if not host.get_network().get_connections(peer.id):
+            if not open_connections(host.get_network(), peer.id):  # closing ones: dial anew
                 if not peer.addrs:
                     raise ConnectionError(f"no address in scope for {peer.id}")
                 await self._node.dial(LibPeerInfo(peer.id, peer.addrs))
