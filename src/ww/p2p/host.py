@@ -425,7 +425,8 @@ class Node:
         network = self._host.get_network()
         if hasattr(network, "unblock_peer"):
             network.unblock_peer(info.peer_id)
-        if info.addrs and not network.get_connections(info.peer_id):
+        listed = network.get_connections(info.peer_id)
+        if info.addrs and not open_connections(network, info.peer_id):
             if self.dial_policy is not None:  # say so now, rather than fail in the transport
                 refusals = [r for a in info.addrs if (r := self.dial_policy.refusal(str(a)))]
                 if len(refusals) == len(info.addrs):
@@ -433,6 +434,10 @@ class Node:
 
                     raise AddressNotAllowed(f"p2p: {refusals[0]}")
             self._host.get_peerstore().clear_addrs(info.peer_id)
+            if listed:  # only closing ones, which py-libp2p's connect takes for a connection
+                self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 120)
+                await network.dial_peer(info.peer_id)  # skips closed ones: dials anew
+                return
         await self._host.connect(info)
 
     async def _join_all(self) -> None:
@@ -541,6 +546,13 @@ def _innermost(e: BaseException) -> BaseException:
     while isinstance(e, BaseExceptionGroup) and e.exceptions:
         e = e.exceptions[0]
     return e
+
+
+def open_connections(network: Any, peer_id: Any) -> list[Any]:
+    """The host's connections to ``peer_id`` that are not closed.  A connection closing (its
+    peer hung up, under load) stays listed for a while: py-libp2p's ``new_stream`` then
+    fails on it ("no valid connections") and its ``connect`` dials nothing."""
+    return [c for c in network.get_connections(peer_id) if not c.is_closed]
 
 
 def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:

@@ -46,6 +46,7 @@ from typing import Any
 from ww.core.cid import CID
 from ww.core.identity import IdentityError, decode_peer_id
 from ww.ipfs.api import PeerInfo
+from ww.p2p.host import open_connections
 
 __all__ = [
     "LAN_PROTOCOL",
@@ -79,6 +80,7 @@ MAX_REQUESTS_PER_STREAM = 32  # requests answered on one inbound stream, then it
 MAX_INBOUND_PER_PEER = 8  # inbound streams one peer may have open at a time
 MAX_INBOUND = 128  # inbound streams all peers together may have open at a time
 INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
+MAX_FAILURES = 3  # requests in a row a peer of the routing table fails before it leaves
 MAX_CHECKS = 8  # candidates for the routing table checked (a FIND_NODE) at a time
 FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NODE) at most
 # Reproviding (a long-running host announces what it pins again, as kubo's Reprovider does)
@@ -125,6 +127,7 @@ class _Peer:
     id: Any  # libp2p.peer.id.ID
     addrs: list[Any] = field(default_factory=list)  # multiaddr.Multiaddr, checked
     distance: int = 0
+    failures: int = 0  # requests failed in a row (a peer of the routing table)
 
 
 def _distance(a: bytes, b: bytes) -> int:
@@ -141,8 +144,10 @@ class RoutingTable:
     of their id shares with ours (go-libp2p-kbucket's keyspace), at most ``k`` a bucket.
 
     A full bucket keeps the peers it has (Kademlia's preference for peers long seen) until
-    one of them fails to answer (:meth:`remove`); a peer seen again moves to the bucket's
-    end.  Bounded: 257 buckets of ``k``."""
+    one of them fails to answer :data:`MAX_FAILURES` requests in a row (:meth:`failed`: one
+    failure may be a busy or slow moment, a stream reset because the peer had no room for
+    it) or answers wrongly (:meth:`remove`); a peer seen again moves to the bucket's end and
+    its failures are forgotten.  Bounded: 257 buckets of ``k``."""
 
     def __init__(self, self_id: bytes, k: int = K) -> None:
         self._me = _hashed(self_id)
@@ -163,11 +168,24 @@ class RoutingTable:
         if raw in bucket:
             if peer.addrs:
                 bucket[raw].addrs = list(peer.addrs)
+            bucket[raw].failures = 0
             bucket.move_to_end(raw)
             return True
         if len(bucket) >= self.k:
             return False
         bucket[raw] = _Peer(peer.id, list(peer.addrs))
+        return True
+
+    def failed(self, peer_id: Any) -> bool:
+        """Count a request ``peer_id`` failed (no answer, a reset stream, a failed dial); it
+        is removed at the :data:`MAX_FAILURES`-th in a row.  Whether it was removed."""
+        kept = self.get(peer_id)
+        if kept is None:
+            return False
+        kept.failures += 1
+        if kept.failures < MAX_FAILURES:
+            return False
+        self.remove(peer_id)
         return True
 
     def remove(self, peer_id: Any) -> None:
@@ -480,7 +498,8 @@ class Dht(_Announcer):
 
     async def _rpc(self, peer: _Peer, message: Any, reply: bool = True) -> Any:
         """Send ``message`` to ``peer`` on a stream of its own; its reply, or None (no reply
-        wanted).  Dials ``peer`` at its checked addresses if not connected."""
+        wanted).  Dials ``peer`` at its checked addresses if not connected.  The stream is
+        closed once answered, reset if given up."""
         import trio
         import varint
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
@@ -490,7 +509,7 @@ class Dht(_Announcer):
         host = self._node.host
         self.stats["rpcs"] += 1
         with trio.fail_after(RPC_TIMEOUT):
-            if not host.get_network().get_connections(peer.id):
+            if not open_connections(host.get_network(), peer.id):  # closing ones: dial anew
                 if not peer.addrs:
                     raise ConnectionError(f"no address in scope for {peer.id}")
                 await self._node.dial(LibPeerInfo(peer.id, peer.addrs))
@@ -498,14 +517,23 @@ class Dht(_Announcer):
             try:
                 data = message.SerializeToString()
                 await stream.write(varint.encode(len(data)) + data)
-                if not reply:
-                    return None
-                answer = Message()
-                answer.ParseFromString(await read_varint_prefixed_bytes_limited(
-                    stream, MAX_MESSAGE))
-                return answer
-            finally:
-                await stream.close()
+                answer = None
+                if reply:
+                    answer = Message()
+                    answer.ParseFromString(await read_varint_prefixed_bytes_limited(
+                        stream, MAX_MESSAGE))
+            except BaseException:
+                # given up (a failure, a timeout, a lookup cancelled): reset, even in a
+                # cancelled scope, or the peer counts the stream as ours until it idles out
+                with trio.CancelScope(deadline=trio.current_time() + RPC_TIMEOUT,
+                                      shield=True):
+                    try:
+                        await stream.reset()
+                    except Exception:  # the connection went meanwhile
+                        pass
+                raise
+            await stream.close()
+            return answer
 
     async def _seeds(self, key: bytes) -> list[_Peer]:
         """Where a query starts: the :data:`K` peers of the routing table closest to ``key``,
@@ -553,7 +581,7 @@ class Dht(_Announcer):
                 return
             kept = self.table.get(peer.id)
             if kept is not None and kept.addrs:  # what the table knows, not what others say:
-                peer = _Peer(peer.id, list(kept.addrs))  # a failure would remove it
+                peer = _Peer(peer.id, list(kept.addrs))  # failures would remove it
             peer.distance = _distance(peer.id.to_bytes(), key)
             known[peer.id] = peer
 
@@ -566,7 +594,7 @@ class Dht(_Announcer):
                 answer = await self._rpc(peer, request)
             except Exception:
                 self.stats["failed"] += 1
-                self.table.remove(peer.id)
+                self.table.failed(peer.id)  # removed only after MAX_FAILURES in a row
                 return
             if answer.type != kind or (answer.key and bytes(answer.key) != key):
                 # A reply to another question (kubo and js-libp2p echo the key, rust-libp2p
