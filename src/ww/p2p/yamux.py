@@ -295,5 +295,5 @@ class Yamux(_yamux.Yamux):  # type: ignore[misc]
                         except Exception:
                             pass
                     raise ConnectionClosedError(
-                        f"yamux: the peer took no frame for {CONNECTION_WRITE_TIMEOUT:g} s")
+                        f"yamux: a frame's send took over {CONNECTION_WRITE_TIMEOUT:g} s")
         await trio.lowlevel.cancel_shielded_checkpoint()  # others' turn; no cancel here
