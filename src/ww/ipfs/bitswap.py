@@ -1199,6 +1199,10 @@ class Engine:
                     nursery.start_soon(self._overdue_after, hold, slots, overdue)
                     try:  # stalled, too slow, given up, reset: the peer is dropped
                         await _write(stream, framed, hold)
+                    except Exception:
+                        if not hold.given_up:  # counted as given up already otherwise
+                            stats["replies_given_up"] += 1
+                        raise
                     finally:
                         nursery.cancel_scope.cancel()
             finally:
