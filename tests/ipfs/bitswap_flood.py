@@ -133,3 +133,50 @@ class SlowReader(Flooder):
             self.complete.set()
         else:
             self.broken.set()
+
+
+class Freezer(Flooder):
+    """A peer that stops reading its connection altogether once the target's first reply
+    stream arrives: it opens that stream's window wide (:data:`WIDE`, so the target sends
+    all it has), then holds its libp2p thread (a peer process stopped, or behind a link that
+    went dead) until :meth:`thaw`.  It reads nothing of that first stream; later reply
+    streams it reads, :attr:`blocks` holding the CIDs of the blocks they bring (each
+    computed from its bytes)."""
+
+    WIDE = 16 << 20
+
+    def __init__(self, home: Path) -> None:
+        import threading
+
+        self.frozen = threading.Event()  # set as its thread stops
+        self._thaw = threading.Event()
+        self.streams = 0
+        self.blocks: set[Any] = set()
+        super().__init__(home)
+
+    def thaw(self) -> None:
+        self._thaw.set()
+
+    async def _on_stream(self, stream: Any) -> None:
+        import trio
+
+        self.streams += 1
+        if self.streams == 1:
+            muxed = stream.muxed_stream
+            async with muxed.window_lock:
+                muxed.recv_window += self.WIDE
+            await muxed.send_window_update(self.WIDE)  # written to the socket on return
+            self.frozen.set()
+            self._thaw.wait()  # the whole thread: no socket of this peer is read
+            await trio.sleep_forever()
+        reader = bitswap._Reader(stream)
+        try:
+            while (got := await reader.next()) is not None:
+                for prefix, block in got[0].blocks:
+                    self.blocks.add(bitswap.cid_from_block(prefix, block))
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self.thaw()
+        super().close()

@@ -21,6 +21,8 @@ slow
     ``have``         answers HAVE, never sends the block
     ``late``         answers DONT_HAVE only once the want is cancelled (it has moved on)
     ``stall``        sends the first half of a message carrying a block, then nothing
+    ``gives_up``     sends the first half of a message carrying a block, then resets the
+                     stream (a server that gave up a reply the target did not take)
 
 Every want-block it is sent is recorded in :attr:`wants` (binary CIDs, in order), every lie it
 told in :attr:`lies`.
@@ -43,6 +45,7 @@ from ww.p2p.host import Node
 LIES = ("wrong", "unasked", "huge", "oversize", "other_hash", "other_codec")
 FLOODS = ("flood_blocks", "flood_presences", "flood_wantlists")
 SLOW = ("silent", "have", "late", "stall")
+GIVES_UP = "gives_up"
 _FLOOD_FIELDS = {"flood_blocks": b"\x12\x00", "flood_presences": b"\x22\x00",
                  "flood_wantlists": b"\x0a\x02\x0a\x00"}
 BLAKE2B_256 = 0xB220
@@ -58,7 +61,7 @@ class HostilePeer:
     """A Bitswap provider on 127.0.0.1 that behaves as ``behaviour`` says (module docstring)."""
 
     def __init__(self, home: Path, behaviour: str) -> None:
-        assert behaviour in LIES + FLOODS + SLOW, behaviour
+        assert behaviour in (*LIES, *FLOODS, *SLOW, GIVES_UP), behaviour
         self.behaviour = behaviour
         self.wants: list[bytes] = []
         self.cancels: list[bytes] = []
@@ -136,10 +139,12 @@ class HostilePeer:
                 await self._write(peer, varint.encode(bitswap.MAX_MESSAGE + 1)
                                   + b"\0" * (bitswap.MAX_MESSAGE + 1))
                 continue
-            else:  # stall: half a message, and the stream held open
+            else:  # stall, gives_up: half a message, the stream held open or reset
                 framed = bitswap.frame(Message(blocks=[(bitswap.prefix_of(cid),
                                                         b"\0" * 100_000)]))
                 await self._write(peer, framed[: len(framed) // 2], hold=True)
+                if kind == GIVES_UP and self._held:
+                    await self._held.pop().reset()
                 continue
             await self._send(peer, Message(blocks=[block]))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, run_ww
-from tests.ipfs.bitswap_hostile import FLOODS, LIES, SLOW, HostilePeer
+from tests.ipfs.bitswap_hostile import FLOODS, GIVES_UP, LIES, SLOW, HostilePeer
 from ww.core.cid import CID
 from ww.core.errors import EXIT_FAILURE
 from ww.core.multihash import sha256
@@ -185,6 +185,37 @@ def test_a_slow_peer_loses_its_want_to_an_honest_one_and_is_asked_last(
     assert peer.wants == [bytes(CID.parse(cid))]
     assert _engine(honest).stats["blocks_out"] == 14
     assert b.check().ok
+
+
+def test_a_provider_that_gives_up_its_reply_loses_the_want_at_once_to_an_honest_one(
+        tmp_path: Path, made: list) -> None:
+    """A provider resets the stream its reply was on, half-way (a server giving up a reply:
+    it drops our wants with it).  The old engine went on waiting for the block, PEER_TIMEOUT
+    (made longer than the hang guard here); now the reset moves the want on at once, and the
+    provider, having failed it, is asked last: the honest peer gives the file."""
+    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, GIVES_UP,
+                                                            peer_timeout=10 * HANG)
+    assert (tmp_path / "out").read_bytes() == data
+    assert peer.wants == [bytes(CID.parse(cid))]
+    assert _engine(honest).stats["blocks_out"] == 14
+    assert _engine(b).stats["liars"] == 0  # half a message reset is no lie
+    assert b.check().ok
+
+
+def test_a_provider_that_gives_up_its_reply_alone_fails_the_fetch_at_once(
+        tmp_path: Path, made: list) -> None:
+    """Alone, the fetch fails on the reset, with the line naming it, not after the peer
+    timeout (made longer than the hang guard here)."""
+    peer = HostilePeer(tmp_path / "gives_up", GIVES_UP)
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    made += [peer, b]
+    b.connect(peer.addr)
+    _engine(b).peer_timeout = 10 * HANG
+    cid = str(CID.v0(sha256(b"the provider gives this up")))
+    with pytest.raises(NotFoundError, match=f"1 {bitswap.RESET}"):
+        b.block(cid)
+    assert peer.wants == [bytes(CID.parse(cid))]
+    assert peer.peer_id in _engine(b).peers  # still connected, still a peer
 
 
 def test_a_slow_peer_that_reconnects_is_asked_last_still(tmp_path: Path, made: list) -> None:

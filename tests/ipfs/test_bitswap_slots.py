@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.ipfs.bitswap_flood import Flooder, SlowReader, want_blocks
+from tests.conftest import HANG
+from tests.ipfs.bitswap_flood import Flooder, Freezer, SlowReader, want_blocks
 from tests.ipfs.test_bitswap import _on_engine, _until
 from ww.core.cid import CID, RAW
 from ww.core.multihash import sha256
@@ -244,3 +245,93 @@ def test_peers_that_read_just_fast_enough_do_not_hold_every_slot_while_others_wa
            "one of the slow peers was given up")
     assert not (first.broken.is_set() and second.broken.is_set())
     assert _on_engine(server, lambda e: e.stats["replies_given_up"]) == 1
+
+
+# -- a reply given up mid-frame ------------------------------------------------------------
+
+
+def _connections(node: Any, peer: str) -> list[Any]:
+    """The Yamux connections of ``node`` (a host's Node) to ``peer``; on its thread."""
+    from libp2p.peer.id import ID
+
+    return [c.muxed_conn for c in node.host.get_network().get_connections(ID.from_base58(peer))]
+
+
+def _server_connections(server: EmbeddedNode, peer: str) -> list[Any]:
+    return list(_on_engine(server, lambda e: _connections(server._net._node, peer)))
+
+
+def _small_send_buffer(server: EmbeddedNode, peer: str) -> None:
+    """Make the server's socket to ``peer`` buffer little (16 KiB asked): a peer that stops
+    reading fills it within a frame, as it does on a slow link, rather than within the
+    megabytes a loopback socket may grow to."""
+    import socket
+
+    def shrink(engine: Any) -> None:
+        for muxed in _connections(server._net._node, peer):
+            raw = muxed.secured_conn.conn.read_writer.read_write_closer  # the TCP connection
+            raw.stream.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
+
+    _on_engine(server, shrink)
+
+
+def _freeze_mid_reply(tmp_path: Path, made: list[Any], monkeypatch: pytest.MonkeyPatch,
+                      ) -> tuple[EmbeddedNode, Freezer, str, list[bytes], str]:
+    """A server, and a peer that asks for LEAVES blocks and stops reading its connection
+    once their reply is under way: the server's write of it waits, half-way through a frame,
+    for the socket.  Returns the server, the peer, the server's peer id, the big file's
+    leaves and the small file's CID."""
+    monkeypatch.setattr(bitswap, "STALL_TIMEOUT", 1.0, raising=False)
+    server, addr, leaves, small_cid, _ = _serving(tmp_path, made)
+    freezer = Freezer(tmp_path / "freezer")
+    made.append(freezer)
+    server_id = freezer.connect(addr)
+    _small_send_buffer(server, freezer.node.peer_id)
+    freezer.send(server_id, [want_blocks(leaves)])
+    assert freezer.frozen.wait(HANG), "the server's reply never came"
+    return server, freezer, server_id, leaves, small_cid
+
+
+def test_a_reply_given_up_mid_frame_leaves_the_peers_connection_usable(
+        tmp_path: Path, made: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Giving a reply up cancelled its write wherever it was: inside a Yamux frame, after
+    Noise had taken the frame's nonce or half-way through the socket's send (as here: the
+    peer stopped reading its socket), so the rest of the connection was garbage to the peer,
+    which closed it: every other stream of that peer died with the one given up.  Now the
+    write stops at the frame's end and only the stream is reset: once the peer reads again,
+    the same connection carries its next want and the reply."""
+    from ww.p2p import yamux
+
+    monkeypatch.setattr(yamux, "CONNECTION_WRITE_TIMEOUT", 600.0, raising=False)  # not here
+    server, freezer, server_id, leaves, small_cid = _freeze_mid_reply(tmp_path, made,
+                                                                      monkeypatch)
+    _until(lambda: _on_engine(server, lambda e: e.stats["replies_given_up"]) >= 1,
+           "the reply to the peer that stopped reading was given up")
+    [before] = _server_connections(server, freezer.node.peer_id)
+    freezer.thaw()
+    _until(lambda: _on_engine(server, lambda e: freezer.node.peer_id not in e.peers),
+           "the server dropped the peer it gave up")
+
+    leaf = dagpb.decode(server._blocks.get(CID.parse(small_cid))).links[0].cid
+    freezer.send(server_id, [want_blocks([bytes(leaf)])])
+    _until(lambda: leaf in freezer.blocks or not _server_connections(
+        server, freezer.node.peer_id), "the peer's next want was answered")
+    assert leaf in freezer.blocks, "the connection was lost with the reply given up"
+    assert _server_connections(server, freezer.node.peer_id) == [before]
+    assert not before.is_closed
+
+
+def test_a_peer_that_stops_reading_its_connection_is_cut_off(
+        tmp_path: Path, made: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reset that follows a reply given up waits for the frame under way, and that
+    waited for as long as the peer read nothing (the old engine: its reset, shielded,
+    forever, the peer never dropped).  Now a frame whose send takes longer than
+    CONNECTION_WRITE_TIMEOUT closes the connection, and the peer is dropped."""
+    from ww.p2p import yamux
+
+    monkeypatch.setattr(yamux, "CONNECTION_WRITE_TIMEOUT", 2.0, raising=False)
+    server, freezer, _, _, _ = _freeze_mid_reply(tmp_path, made, monkeypatch)
+    peer = freezer.node.peer_id
+    _until(lambda: not _server_connections(server, peer), "the connection was closed")
+    _until(lambda: _on_engine(server, lambda e: peer not in e.peers
+                              and e.stats["reply_bytes"] == 0), "the peer was dropped")

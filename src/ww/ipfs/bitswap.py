@@ -37,9 +37,11 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   are being written to already, a ninth keeps its reply slot; if another reply waits for
   one, the slowest of those writes is given up).  One sender per peer: a peer holds one
   slot at most.  A write that moves nothing for :data:`STALL_TIMEOUT`, or averages less
-  than :data:`MIN_SEND_RATE`, is given up: the stream is reset, the slot freed and the
-  peer dropped (its ledger with it; it may ask again); a slow peer that keeps taking gets
-  all, unless it is the slowest while others wait.
+  than :data:`MIN_SEND_RATE`, is given up: the write stops at the end of the Yamux frame
+  under way (:mod:`ww.p2p.yamux` never cuts one short: the connection carries the peer's
+  other streams), the stream is reset, the slot freed and the peer dropped (its ledger
+  with it; it may ask again); a slow peer that keeps taking gets all, unless it is the
+  slowest while others wait.
   A peer whose ledger is full is not read from (unless it owes us blocks) until it takes
   some replies, so its TCP window closes.
   Inbound messages are at most :data:`MAX_MESSAGE` bytes, and all streams together buffer
@@ -50,19 +52,20 @@ else (unwanted blocks, hash functions we do not use, oversized messages) is drop
   The server keeps no ledger of wants it could not satisfy (a peer asks again, as kubo does
   on its rebroadcast).
 * fetching: each wanted block is asked of one connected peer at a time as want-block with
-  send-dont-have; a DONT_HAVE, a peer that disconnects, or one that stays silent about it
-  moves the want to the next peer; when every peer has been tried, the want fails with one
-  line counting why each did not give it.  Silent
+  send-dont-have; a DONT_HAVE, a peer that disconnects, one that resets the stream it
+  answers on (a server giving up its reply drops our wants with it), or one that stays
+  silent about it moves the want to the next peer; when every peer has been tried, the
+  want fails with one line counting why each did not give it.  Silent
   means: nothing from that peer, no block we wanted and no DONT_HAVE, for
   :data:`PEER_TIMEOUT` since the want was asked or since its last answer (a peer behind a
   slow link that works through our wants in turn keeps them however long the queue), or
   a want passed over while the peer answered :data:`PEER_WANTS` others after it.  Wants
-  are spread over the peers, least loaded first (peers that answer DONT_HAVE or let wants
-  time out more often than they deliver come last: a want waits for room at a peer that
-  delivers rather than go to one of those; the last :data:`MAX_LIARS` such peers that
-  hung up are remembered, so one that comes back is asked last still), each peer holding
-  a window of them: what it
-  answers in :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
+  are spread over the peers, least loaded first (peers that answer DONT_HAVE, let wants
+  time out or reset their answers more often than they deliver come last: a want waits
+  for room at a peer that delivers rather than go to one of those; the last
+  :data:`MAX_LIARS` such peers that hung up are remembered, so one that comes back is
+  asked last still), each peer holding a window of them: what it answers in
+  :data:`QUEUE_SECONDS` at the pace it has been answering, :data:`MIN_WANTS` to
   :data:`PEER_WANTS`.  The rest wait in turn (a want a reader waits for goes first) and are
   asked of whichever peer has room next, so a faster peer takes more of a file, and when
   the last wants are out every peer holds about as many seconds of work: a slow one does
@@ -144,6 +147,7 @@ _STORED = object()  # _hash_and_store's mark: stored, no new shard directory to 
 WRONG_DATA = "sent wrong data"
 NO_BLOCK = "does not have it"
 WENT_AWAY = "went away"
+RESET = "reset its reply"
 
 # What one peer, and all of them, can make the server hold (boxo's defaults where it has one).
 MAX_WANTLIST = 1024  # entries of a peer's ledger (boxo: MaxQueuedWantlistEntriesPerPeer)
@@ -490,18 +494,41 @@ class _Want:
 
 @dataclass(eq=False)
 class _Hold:
-    """The slot a reply holds: a reply slot, then (past :data:`REPLY_SLICE`) an overdue one;
-    and how its write goes (so that the slowest can be given up for a peer that waits)."""
+    """A write and how it goes; for a reply, the slot it holds: a reply slot, then (past
+    :data:`REPLY_SLICE`) an overdue one (so that the slowest can be given up for a peer that
+    waits)."""
 
-    slot: Any  # a trio.Semaphore it has acquired
+    slot: Any = None  # a trio.Semaphore it has acquired (a reply's)
     scope: Any = None  # a trio.CancelScope around its write: cancelled to give it up
     started: float = 0.0  # trio.current_time() when its write began
+    moved: float = 0.0  # ... when its last chunk went out (or it began)
     sent: int = 0  # bytes written so far
-    given_up: bool = False  # for another peer's reply (see Engine._make_room)
+    size: int = 0  # bytes to write
+    given_up: bool = False  # too slow, stalled, or for another peer's reply (_make_room)
+    why: str = ""  # why it was given up
+    stats: dict[str, int] | None = None  # the engine's, counting replies given up
 
     def rate(self, now: float) -> float:
         """Bytes a second its write has averaged."""
         return self.sent / max(now - self.started, 1e-3)
+
+    @property
+    def ongoing(self) -> bool:
+        """Its write goes on: neither given up nor done."""
+        return not self.given_up and (self.sent < self.size or not self.size)
+
+    def give_up(self, why: str) -> None:
+        """Stop the write: at once if it waits for the peer's window, at the end of the
+        frame it is sending otherwise (:mod:`ww.p2p.yamux` never cuts one short, or the
+        peer's whole connection would be lost, not just the stream)."""
+        if not self.ongoing:
+            return
+        self.given_up = True
+        self.why = why
+        if self.stats is not None:
+            self.stats["replies_given_up"] += 1
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 @dataclass
@@ -698,6 +725,19 @@ class Engine:
                 want.peer = None
                 self._assign(want)
         self._refill()
+
+    def _reply_reset(self, peer_id: str) -> None:
+        """``peer_id`` reset a stream it sent us its messages on: what it was sending is lost,
+        and a peer that resets one has given up on us (a ww or kubo server gives up a reply
+        the network does not take, and drops our wants with it), so what it was asked goes
+        to the next peer now, not after :data:`PEER_TIMEOUT` (alone, it fails now).  It
+        stays a peer: a later want may be asked of it again."""
+        peer = self.peers.get(peer_id)
+        if peer is None or not peer.assigned:
+            return
+        peer.timeouts += len(peer.assigned)  # failed as if they had timed out: asked last
+        self._move_on(peer, RESET)
+        peer.assigned.clear()
 
     def _lied(self, peer_id: str) -> None:
         """``peer_id`` sent a block it was not asked for (bytes that are not the block asked,
@@ -1008,13 +1048,17 @@ class Engine:
             self._lied(peer_id)
             await _reset(stream)
             return
-        except Exception:
+        except Exception as e:
+            if _was_reset(stream, e):
+                self._reply_reset(peer_id)
             await _reset(stream)
             return
         finally:
             peer.inbound -= 1
             peer.stream_ended.set()
             peer.stream_ended = trio.Event()
+        if _was_reset(stream):  # between messages
+            self._reply_reset(peer_id)
         await _close(stream)
 
     async def _until_room(self, peer: _Peer) -> None:
@@ -1137,7 +1181,7 @@ class Engine:
 
         slots, overdue, _ = self._limits()
         await slots.acquire()
-        hold = _Hold(slots)
+        hold = _Hold(slots, stats=self.stats)
         try:
             tasks = sorted(peer.ledger.values(), key=lambda t: -t.priority)[:REPLY_BATCH]
             framed, done, blocks, block_bytes = await to_worker(self._collect, tasks)
@@ -1150,25 +1194,19 @@ class Engine:
             stats = self.stats
             stats["reply_bytes"] += len(framed)
             stats["reply_bytes_peak"] = max(stats["reply_bytes_peak"], stats["reply_bytes"])
-            failed: Exception | None = None
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._overdue_after, hold, slots, overdue)
-                    hold.started = trio.current_time()
-                    with trio.CancelScope() as hold.scope:
-                        try:
-                            await _write(stream, framed, hold)
-                        except Exception as e:  # stalled, too slow, reset: peer dropped
-                            failed = e
-                    if hold.given_up:
-                        failed = BitswapError("bitswap: the peer took its reply slower "
-                                              "than the others, while another waited")
-                    nursery.cancel_scope.cancel()
+                    try:  # stalled, too slow, given up, reset: the peer is dropped
+                        await _write(stream, framed, hold)
+                    except Exception:
+                        if not hold.given_up:  # counted as given up already otherwise
+                            stats["replies_given_up"] += 1
+                        raise
+                    finally:
+                        nursery.cancel_scope.cancel()
             finally:
                 stats["reply_bytes"] -= len(framed)
-            if failed is not None:
-                stats["replies_given_up"] += 1
-                raise failed
             stats["blocks_out"] += blocks
             stats["bytes_out"] += block_bytes
         finally:
@@ -1213,13 +1251,13 @@ class Engine:
         if len(self._giving_up) >= waiting:
             return False
         now = trio.current_time()
-        candidates = [h for h in (*self._overdue, hold) if not h.given_up]
-        if not candidates:  # every one already given up, its slot on its way back
+        candidates = [h for h in (*self._overdue, hold) if h.ongoing]
+        if not candidates:  # every one given up or done, its slot on its way back
             return False
         slowest = min(candidates, key=lambda h: h.rate(now))
-        slowest.given_up = True
         self._giving_up.add(slowest)
-        slowest.scope.cancel()
+        slowest.give_up("the peer took its reply slower than the others, while another "
+                        "waited")
         return slowest is hold
 
     # -- messages out --------------------------------------------------------------------
@@ -1280,20 +1318,57 @@ async def _write(stream: Any, data: bytes, hold: _Hold | None = None) -> None:
     """Write one message, :data:`WRITE_CHUNK` bytes at a time: a peer that takes none of a
     chunk for :data:`STALL_TIMEOUT`, or takes the message slower than :data:`MIN_SEND_RATE`
     (after :data:`SEND_TIMEOUT`), is given up; one that takes it slowly gets all of it.
-    ``hold.sent`` counts the bytes written."""
+    ``hold`` follows the write (and may be given up from outside, :meth:`_Hold.give_up`);
+    :class:`BitswapError` if it was given up."""
     import trio
 
+    hold = hold if hold is not None else _Hold()
     view = memoryview(data)
-    with trio.move_on_after(SEND_TIMEOUT + len(data) / MIN_SEND_RATE) as whole:
-        for start in range(0, len(data), WRITE_CHUNK):
-            with trio.move_on_after(STALL_TIMEOUT) as step:
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as hold.scope:
+            hold.started = hold.moved = trio.current_time()
+            hold.size = len(data)
+            nursery.start_soon(_watch, hold, len(data))
+            for start in range(0, len(data), WRITE_CHUNK):
+                if hold.given_up:  # while the last frame went out: stop between chunks
+                    break
                 await stream.write(bytes(view[start:start + WRITE_CHUNK]))
-                if hold is not None:
-                    hold.sent = min(len(data), start + WRITE_CHUNK)
-            if step.cancelled_caught:
-                raise BitswapError(f"bitswap: the peer took nothing for {STALL_TIMEOUT:g} s")
-    if whole.cancelled_caught:
-        raise BitswapError("bitswap: the peer does not take what it asked for")
+                hold.sent = min(len(data), start + WRITE_CHUNK)
+                hold.moved = trio.current_time()
+        nursery.cancel_scope.cancel()
+    if hold.given_up:
+        raise BitswapError(f"bitswap: {hold.why}")
+
+
+async def _watch(hold: _Hold, size: int) -> None:
+    """Give ``hold``'s write of ``size`` bytes up once it is stalled or too slow."""
+    import trio
+
+    until = hold.started + SEND_TIMEOUT + size / MIN_SEND_RATE
+    while hold.ongoing:
+        await trio.sleep_until(min(until, hold.moved + STALL_TIMEOUT))
+        now = trio.current_time()
+        if now >= until:
+            hold.give_up("the peer does not take what it asked for")
+        elif now >= hold.moved + STALL_TIMEOUT:
+            hold.give_up(f"the peer took nothing for {STALL_TIMEOUT:g} s")
+
+
+def _was_reset(stream: Any, error: Exception | None = None) -> bool:
+    """Whether the peer reset ``stream`` (reading it ended with ``error``, or at its end)
+    while the connection stays: py-libp2p 0.8.1's Yamux reads a stream reset, once it has
+    given what it holds, as its end (the stream is gone from the connection), so the
+    stream's flag says it; a connection that breaks flags each of its streams so too (the
+    peer went away: :meth:`Engine.peer_disconnected` follows)."""
+    from libp2p.network.stream.exceptions import StreamReset
+
+    muxed = getattr(stream, "muxed_stream", None)
+    conn = getattr(stream, "muxed_conn", None)
+    shutting = getattr(conn, "event_shutting_down", None)
+    if getattr(conn, "is_closed", False) is True or (
+            shutting is not None and shutting.is_set()):
+        return False
+    return isinstance(error, StreamReset) or getattr(muxed, "reset_received", False) is True
 
 
 async def _reset(stream: Any) -> None:

@@ -33,6 +33,16 @@ goes"):
   warning and buffered the data, so one peer could make the host hold any amount of memory
   (200 MiB sent to an identify stream, whose handler had returned and would never read it:
   the host's memory grew by 200 MiB, for as long as the connection stayed).
+- **A frame is written whole, or the connection closed**: py-libp2p writes a frame (Noise
+  encrypts it, then sends it) in a task the caller may cancel -- Bitswap giving up a reply
+  does -- and a cancellation that lands after the frame's Noise nonce was taken (the send's
+  first checkpoint) or half-way through a send a slow socket holds corrupted the connection:
+  the peer's next decryption failed and every stream of the connection died with it, not the
+  one stream given up.  Here the send is shielded: a cancelled writer stops at the frame's
+  end, so a stream given up is reset (one RST frame) and the connection goes on.  A frame's
+  send that takes longer than :data:`CONNECTION_WRITE_TIMEOUT` closes the connection
+  (go-yamux's ``ConnectionWriteTimeout``): a peer that stops reading its socket holds no
+  task longer, and a frame cut short leaves nothing worth keeping.
 - **One Noise message per frame**: data frames carry at most
   :data:`MAX_FRAME_PAYLOAD` bytes, so header and payload fit in one Noise transport message
   (py-libp2p's 64 KiB frames took two, the second of 17 bytes); and no per-frame debug
@@ -52,12 +62,13 @@ import weakref
 from typing import Any
 
 import trio
+from libp2p.io.exceptions import ConnectionClosedError
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
-__all__ = ["GROWN_WINDOWS", "MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW", "Stream", "WindowExceeded",
-           "Yamux", "allow_growth", "grown"]
+__all__ = ["CONNECTION_WRITE_TIMEOUT", "GROWN_WINDOWS", "MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW",
+           "Stream", "WindowExceeded", "Yamux", "allow_growth", "grown"]
 
 # Bytes a peer may send on one stream before we read them, once the stream has grown (the
 # protocol's initial window is 256 KiB); py-libp2p's auto-tuning may grow it further.
@@ -71,6 +82,7 @@ GROWN_WINDOWS = 64 << 20
 # The largest data frame payload whose frame (12-byte header) fits one Noise message.
 MAX_FRAME_PAYLOAD = MAX_PLAINTEXT_LENGTH - _yamux.HEADER_SIZE
 WINDOW_WAIT = 5.0  # seconds a writer waits for the peer to open its window (py-libp2p's)
+CONNECTION_WRITE_TIMEOUT = 10.0  # seconds a frame's send may take (go-yamux's, the same)
 _RECHECK = 0.05  # seconds between looks at a closed flag while waiting for window
 
 
@@ -156,7 +168,11 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
                             view[:n]
                         view = view[n:]
             if frame is not None:
-                await self.conn._write_frame(frame)
+                try:
+                    await self.conn._write_frame(frame)
+                except trio.Cancelled:  # before the frame went out (see _write_frame)
+                    self._send_window += len(frame) - _yamux.HEADER_SIZE
+                    raise
                 continue
             with trio.move_on_after(WINDOW_WAIT) as scope:
                 while self._send_window <= 0 and not self.closed:
@@ -263,7 +279,21 @@ class Yamux(_yamux.Yamux):  # type: ignore[misc]
         return stream
 
     async def _write_frame(self, data: bytes) -> None:
-        """Write one frame (py-libp2p's, without formatting a debug line for each)."""
+        """Write one frame whole (py-libp2p's, without formatting a debug line for each):
+        a cancellation stops the writer before the frame (while it waits for its turn; then
+        nothing was sent, and :class:`trio.Cancelled` comes out of here) or after it, at its
+        next checkpoint, never inside it (see the module doc).  A frame whose send takes longer
+        than :data:`CONNECTION_WRITE_TIMEOUT` closes the connection."""
         async with self._write_lock:
-            await self.secured_conn.write(data)
-        await trio.lowlevel.checkpoint()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(CONNECTION_WRITE_TIMEOUT) as stalled:
+                    await self.secured_conn.write(data)
+                if stalled.cancelled_caught:  # cut short: what follows would be garbage
+                    with trio.move_on_after(CONNECTION_WRITE_TIMEOUT):
+                        try:
+                            await self.secured_conn.close()
+                        except Exception:
+                            pass
+                    raise ConnectionClosedError(
+                        f"yamux: a frame's send took over {CONNECTION_WRITE_TIMEOUT:g} s")
+        await trio.lowlevel.cancel_shielded_checkpoint()  # others' turn; no cancel here
