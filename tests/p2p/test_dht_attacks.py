@@ -406,3 +406,109 @@ def test_a_stalling_peer_does_not_make_a_reprovide_round_go_one_cid_at_a_time(
             "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"]
     host.submit(dht._reprovide_round, cids).result(BOUND)
     assert held[1] >= 2, "the round announced one CID at a time"
+
+
+def _socket_of(conn: Any) -> Any:
+    """The TCP socket under a py-libp2p connection (Yamux over Noise over TCP)."""
+    seen = [conn]
+    for _ in range(12):  # a bounded walk down the layers
+        layer = seen[-1]
+        if hasattr(layer, "socket") and hasattr(layer.socket, "fileno"):
+            return layer.socket
+        below = next((getattr(layer, name) for name in (
+            "secured_conn", "conn", "read_writer", "read_write_closer", "stream")
+            if getattr(layer, name, None) is not None), None)
+        if below is None:
+            break
+        seen.append(below)
+    raise AssertionError(f"no socket under {conn!r}")
+
+
+def test_a_peer_that_stops_reading_cannot_hold_up_a_request_given_up(
+        nodes: Callable[..., Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """(attack on wip/dhtflake's reset of a stream given up) A peer takes our DHT request,
+    sends a flood of Yamux pings (each answered by the asker's connection) and stops reading,
+    as a stopped process: the asker's writes on that connection wait for a socket that never
+    drains.  The request given up (cancelled: a dual lookup ends the other DHT's, a lookup
+    reaches its QUERY_TIMEOUT, the host stops) reset its stream in a shielded scope, waiting
+    on those writes for up to RPC_TIMEOUT more: a lookup's 30 s became 40 s, a stop waited,
+    every request to such a peer cost two RPC_TIMEOUTs.  Here RPC_TIMEOUT is set far beyond
+    the bound, so the old wait shows as a hang; now the request ends when given up and the
+    reset goes on in the host's nursery, bounded by RPC_TIMEOUT."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    import threading
+
+    import trio
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from ww.p2p import routing
+
+    monkeypatch.setattr(routing, "RPC_TIMEOUT", 3600.0)  # only the cancel ends the request
+    asked, frozen, release = threading.Event(), threading.Event(), threading.Event()
+    ping = struct.pack("!BBHII", 0, 2, 1, 0, 7)  # Yamux PING with SYN: the far end answers
+
+    async def flood(stream: Any) -> None:
+        await stream.read(1)  # the asker's request came: it waits for a reply
+        # the peer's own socket, its own choice: a small receive window
+        _socket_of(stream.muxed_conn).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        asked.set()
+        await stream.muxed_conn._write_frame(ping * 300_000)
+
+    async def stop_reading() -> None:
+        frozen.set()
+        release.wait(BOUND)  # the whole host stands still (reads nothing), as if stopped
+
+    asker_node, hostile = nodes(), nodes(handlers={LAN_PROTOCOL: flood})
+    try:
+        hostile.start()
+        asker_node.start()
+        asker = Dht(asker_node)
+        hostile_id = ID.from_base58(hostile.peer_id)
+        asker_node.submit(asker_node.dial, info_from_p2p_addr(_ma(hostile.addrs[0]))).result(
+            BOUND)
+        conn = asker_node.host.get_network().get_connections(hostile_id)[0]
+        sock = _socket_of(conn.muxed_conn)
+        stalled = threading.Event()
+
+        async def ask_then_give_up() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(asker._rpc, _Peer(hostile_id), Message(type=Message.PING))
+                await trio.to_thread.run_sync(stalled.wait, BOUND)
+                nursery.cancel_scope.cancel()  # given up, as a dual lookup does
+
+        def fill() -> None:
+            for _ in range(int(BOUND / 0.05)):  # a state polled: the asker's socket is full
+                if not select.select([], [sock], [], 0)[1]:
+                    return
+                threading.Event().wait(0.05)
+            raise AssertionError("the asker's socket never filled")
+
+        def queued() -> tuple[int, int]:  # bytes the asker has yet to read, yet to send
+            return (struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0],
+                    struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
+
+        given_up = asker_node.submit(ask_then_give_up)
+        assert asked.wait(BOUND)
+        fill()  # the asker answers pings faster than the peer reads
+        hostile.submit(stop_reading)
+        assert frozen.wait(BOUND)
+        # the peer reading nothing more: the asker's reader, pings still to answer, stops
+        # for good on a write (nothing it sends leaves; what it has to read stays)
+        before, same = queued(), 0
+        for _ in range(int(BOUND / 0.05)):
+            threading.Event().wait(0.05)
+            now = queued()
+            same = same + 1 if now == before and now[0] > 0 else 0
+            before = now
+            if same >= 20:
+                break
+        else:
+            raise AssertionError(f"the asker's connection never stood still: {before}")
+        stalled.set()
+        given_up.result(BOUND / 2)  # the old code: waiting on the full socket (a hang here)
+    finally:
+        release.set()

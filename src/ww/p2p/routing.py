@@ -395,6 +395,18 @@ class _Announcer:
                 nursery.start_soon(worker)
 
 
+async def _reset(stream: Any) -> None:
+    """Reset ``stream`` (a request given up), within :data:`RPC_TIMEOUT`; run in the host's
+    nursery, so it ends with the host."""
+    import trio
+
+    with trio.move_on_after(RPC_TIMEOUT):
+        try:
+            await stream.reset()
+        except Exception:  # the connection went meanwhile
+            pass
+
+
 class Dht(_Announcer):
     """One DHT (``protocol``) on a ww libp2p host: provider lookups and announcements,
     starting from the ``bootstrap`` peers (``/ip4/../tcp/../p2p/<id>``) and the peers this
@@ -523,14 +535,11 @@ class Dht(_Announcer):
                     answer.ParseFromString(await read_varint_prefixed_bytes_limited(
                         stream, MAX_MESSAGE))
             except BaseException:
-                # given up (a failure, a timeout, a lookup cancelled): reset, even in a
-                # cancelled scope, or the peer counts the stream as ours until it idles out
-                with trio.CancelScope(deadline=trio.current_time() + RPC_TIMEOUT,
-                                      shield=True):
-                    try:
-                        await stream.reset()
-                    except Exception:  # the connection went meanwhile
-                        pass
+                # given up (a failure, a timeout, a lookup cancelled): reset, or the peer
+                # counts the stream as ours until it idles out -- in the host's nursery, not
+                # here: a reset waits on the connection's writes, which a peer that stops
+                # reading holds up, and the request must end when given up
+                self._node.submit(_reset, stream)
                 raise
             await stream.close()
             return answer
