@@ -216,6 +216,7 @@ def test_a_provider_that_gives_up_its_reply_alone_fails_the_fetch_at_once(
         b.block(cid)
     assert peer.wants == [bytes(CID.parse(cid))]
     assert peer.peer_id in _engine(b).peers  # still connected, still a peer
+    assert _engine(b).stats["resets_in"] == 1
 
 
 def test_a_slow_peer_that_reconnects_is_asked_last_still(tmp_path: Path, made: list) -> None:

@@ -91,6 +91,26 @@ def test_kubo_fetches_content_exported_by_ww(ns: Namespace, tmp_path: Path) -> N
     assert ns.call("ww.stats")["stats"]["blocks_out"] - before >= 9
 
 
+def test_kubo_ending_its_replies_is_never_taken_for_a_reset(ns: Namespace,
+                                                            tmp_path: Path) -> None:
+    """ww moves its wants on when a provider resets the stream it answers on (its flag read
+    where py-libp2p reports a reset as a plain end of stream).  kubo ends each reply stream
+    and its wantlist stream its own way (go-yamux's Close: CloseRead, then a FIN): none of
+    that, over a fetch of many messages each way, is ever taken for a reset."""
+    before = ns.call("ww.stats")["stats"]["resets_in"]
+    data = _data(24 * MiB + 3, 5)  # ~100 blocks, many reply messages and streams from kubo
+    (tmp_path / "theirs").write_bytes(data)
+    cid = ns.call("kubo.add", path=str(tmp_path / "theirs"))["cid"]
+    got = ns.call("ww.cat", path=cid)
+    assert got["size"] == len(data) and got["sha256"] == hashlib.sha256(data).hexdigest()
+    mine = _data(8 * MiB + 1, 6)
+    (tmp_path / "mine").write_bytes(mine)
+    ours = ns.call("ww.add_path", path=str(tmp_path / "mine"))["cid"]
+    assert ns.call("kubo.download", cid=ours, dest=str(tmp_path / "got"))["code"] == 0
+    assert (tmp_path / "got").read_bytes() == mine
+    assert ns.call("ww.stats")["stats"]["resets_in"] == before
+
+
 def test_kubo_dials_ww_and_fetches(ns: Namespace, tmp_path: Path) -> None:
     """kubo as the dialer: ww's listen address, then a fetch from ww over that connection."""
     me = ns.call("ww.id")

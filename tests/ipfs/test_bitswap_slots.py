@@ -31,6 +31,7 @@ pytest.importorskip("libp2p")
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 LEAVES = 16  # 4 MiB asked by a peer that reads slowly or not at all: more than any window
+STOP_HANG = 60  # seconds; only stops a hang (the host stops within STOP_TIMEOUT, 3 s)
 
 
 def _data(size: int, seed: int) -> bytes:
@@ -335,3 +336,28 @@ def test_a_peer_that_stops_reading_its_connection_is_cut_off(
     _until(lambda: not _server_connections(server, peer), "the connection was closed")
     _until(lambda: _on_engine(server, lambda e: peer not in e.peers
                               and e.stats["reply_bytes"] == 0), "the peer was dropped")
+
+
+def test_stopping_the_host_does_not_wait_for_a_frame_a_frozen_peer_holds(
+        tmp_path: Path, made: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by attack.  A frame's send is shielded (a give-up never cuts one short) and may
+    take CONNECTION_WRITE_TIMEOUT; stopping the host waited for it too -- Bitswap's sender,
+    whose frame a frozen peer held, and then each connection's GO_AWAY, written one
+    connection after the other, each shielded as well -- so the host's thread outlived
+    ``stop()`` (STOP_TIMEOUT) by CONNECTION_WRITE_TIMEOUT for every peer that stopped
+    reading.  Nothing is left to protect once the host closes its connections: their frames
+    under way are cut, and the thread ends with ``stop()``."""
+    from ww.p2p import yamux
+
+    # made longer than the bound below, so that only the stop can end the frame's send
+    monkeypatch.setattr(yamux, "CONNECTION_WRITE_TIMEOUT", 10 * HANG, raising=False)
+    server, freezer, _, _, _ = _freeze_mid_reply(tmp_path, made, monkeypatch)
+    _until(lambda: _on_engine(server, lambda e: e.stats["replies_given_up"]) >= 1,
+           "the reply to the peer that stopped reading was given up")
+    net = server._net
+    assert net is not None and net._node._thread is not None
+    thread = net._node._thread
+    server.close()  # stop() returns after STOP_TIMEOUT at most, the thread ended or not
+    thread.join(STOP_HANG)
+    assert not thread.is_alive(), "the host's thread waited for the frozen peer's frame"
+    assert not freezer._thaw.is_set()  # the peer was frozen all along

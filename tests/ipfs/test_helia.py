@@ -74,6 +74,8 @@ def test_helia_fetches_from_ww(helia: _Lines, node: EmbeddedNode, tmp_path: Path
     _call(helia, "dial", addr=addr)
     _call(helia, "cat", cid=cid, dest=str(tmp_path / "got.bin"), seconds=120)
     assert (tmp_path / "got.bin").read_bytes() == data
+    assert node._net is not None
+    assert node._net.stats()["resets_in"] == 0  # Helia's stream ends are no resets
 
 
 def test_ww_fetches_from_helia(helia: _Lines, tmp_path: Path) -> None:
@@ -85,5 +87,7 @@ def test_ww_fetches_from_helia(helia: _Lines, tmp_path: Path) -> None:
     node = EmbeddedNode(tmp_path / "ww", peers=[addr], new_host=host_for_ipfs())
     try:
         assert b"".join(node.cat(cid)) == data
+        assert node._net is not None
+        assert node._net.stats()["resets_in"] == 0  # Helia's stream ends are no resets
     finally:
         node.close()

@@ -656,7 +656,8 @@ class Engine:
         self.stats = {"blocks_in": 0, "bytes_in": 0, "blocks_out": 0, "bytes_out": 0,
                       "dropped": 0, "liars": 0, "wants_dropped": 0, "ledger_peak": 0,
                       "ledgers_peak": 0, "reply_bytes": 0, "reply_bytes_peak": 0,
-                      "receive_bytes_peak": 0, "replies_overdue": 0, "replies_given_up": 0}
+                      "receive_bytes_peak": 0, "replies_overdue": 0, "replies_given_up": 0,
+                      "resets_in": 0}
 
     def _limits(self) -> tuple[Any, Any, _Budget]:
         """The reply slots, the overdue slots and the receive budget (made on first use, on
@@ -732,6 +733,7 @@ class Engine:
         the network does not take, and drops our wants with it), so what it was asked goes
         to the next peer now, not after :data:`PEER_TIMEOUT` (alone, it fails now).  It
         stays a peer: a later want may be asked of it again."""
+        self.stats["resets_in"] += 1
         peer = self.peers.get(peer_id)
         if peer is None or not peer.assigned:
             return

@@ -409,6 +409,7 @@ class Node:
                 nursery.start_soon(self._join_all)
                 ready.set_result(None)
                 await self._stop.wait()
+                _cut_sends(host)  # every connection closes below: no frame is waited for
                 nursery.cancel_scope.cancel()
             self._portal.unbind()
             with trio.move_on_after(STOP_TIMEOUT) as scope:
@@ -558,3 +559,17 @@ def open_connections(network: Any, peer_id: Any) -> list[Any]:
 def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
     if future.set_running_or_notify_cancel():  # False: the caller gave up and cancelled it
         future.set_exception(error)
+
+
+def _cut_sends(host: Any) -> None:
+    """The host stops: each connection's frame under way is cut and later ones are bounded
+    (:meth:`ww.p2p.yamux.Yamux.cut_sends`), so that stopping never waits on a peer that
+    reads nothing (a frame's send is otherwise shielded, up to
+    :data:`ww.p2p.yamux.CONNECTION_WRITE_TIMEOUT`, and the GO_AWAYs are written in turn)."""
+    from ww.p2p.yamux import Yamux
+
+    for conns in list(host.get_network().connections.values()):
+        for conn in list(conns):
+            muxed = getattr(conn, "muxed_conn", None)
+            if isinstance(muxed, Yamux):
+                muxed.cut_sends()

@@ -42,7 +42,11 @@ goes"):
   end, so a stream given up is reset (one RST frame) and the connection goes on.  A frame's
   send that takes longer than :data:`CONNECTION_WRITE_TIMEOUT` closes the connection
   (go-yamux's ``ConnectionWriteTimeout``): a peer that stops reading its socket holds no
-  task longer, and a frame cut short leaves nothing worth keeping.
+  task longer, and a frame cut short leaves nothing worth keeping.  Once the connection is
+  being closed (:meth:`Yamux.cut_sends`: py-libp2p closes it, or the host stops) there is
+  nothing left to keep whole: the frame under way is cut, and later ones (the GO_AWAY) are
+  not shielded and wait :data:`CLOSING_WRITE_TIMEOUT` at most, so a stop never waits on a
+  peer that reads nothing.
 - **One Noise message per frame**: data frames carry at most
   :data:`MAX_FRAME_PAYLOAD` bytes, so header and payload fit in one Noise transport message
   (py-libp2p's 64 KiB frames took two, the second of 17 bytes); and no per-frame debug
@@ -67,8 +71,9 @@ from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.stream_muxer.yamux import yamux as _yamux
 
-__all__ = ["CONNECTION_WRITE_TIMEOUT", "GROWN_WINDOWS", "MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW",
-           "Stream", "WindowExceeded", "Yamux", "allow_growth", "grown"]
+__all__ = ["CLOSING_WRITE_TIMEOUT", "CONNECTION_WRITE_TIMEOUT", "GROWN_WINDOWS",
+           "MAX_FRAME_PAYLOAD", "RECEIVE_WINDOW", "Stream", "WindowExceeded", "Yamux",
+           "allow_growth", "grown"]
 
 # Bytes a peer may send on one stream before we read them, once the stream has grown (the
 # protocol's initial window is 256 KiB); py-libp2p's auto-tuning may grow it further.
@@ -83,6 +88,7 @@ GROWN_WINDOWS = 64 << 20
 MAX_FRAME_PAYLOAD = MAX_PLAINTEXT_LENGTH - _yamux.HEADER_SIZE
 WINDOW_WAIT = 5.0  # seconds a writer waits for the peer to open its window (py-libp2p's)
 CONNECTION_WRITE_TIMEOUT = 10.0  # seconds a frame's send may take (go-yamux's, the same)
+CLOSING_WRITE_TIMEOUT = 1.0  # ... once the connection is being closed (its GO_AWAY)
 _RECHECK = 0.05  # seconds between looks at a closed flag while waiting for window
 
 
@@ -272,28 +278,57 @@ class Yamux(_yamux.Yamux):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.streams = _Streams()
+        self._closing = False  # see cut_sends
+        self._sending: trio.CancelScope | None = None  # the frame under way's
 
     async def open_stream(self) -> Stream:
         stream = await super().open_stream()
         assert isinstance(stream, Stream)
         return stream
 
+    async def close(self, error_code: int = _yamux.GO_AWAY_NORMAL) -> None:
+        """Close the connection: a frame under way is cut (:meth:`cut_sends`), then
+        py-libp2p's close (its GO_AWAY frame bounded by :data:`CLOSING_WRITE_TIMEOUT`)."""
+        self.cut_sends()
+        await super().close(error_code)
+
+    def cut_sends(self) -> None:
+        """The connection is being closed: the frame under way stops now (the connection
+        is closed with it), and later frames are neither shielded nor waited for past
+        :data:`CLOSING_WRITE_TIMEOUT`.  A frame is kept whole only to keep the connection;
+        once it goes anyway, waiting on a peer that reads nothing only held the host's stop
+        (each connection's GO_AWAY in turn, each up to :data:`CONNECTION_WRITE_TIMEOUT`)."""
+        self._closing = True
+        if self._sending is not None:
+            self._sending.cancel()
+
     async def _write_frame(self, data: bytes) -> None:
         """Write one frame whole (py-libp2p's, without formatting a debug line for each):
         a cancellation stops the writer before the frame (while it waits for its turn; then
         nothing was sent, and :class:`trio.Cancelled` comes out of here) or after it, at its
         next checkpoint, never inside it (see the module doc).  A frame whose send takes longer
-        than :data:`CONNECTION_WRITE_TIMEOUT` closes the connection."""
+        than :data:`CONNECTION_WRITE_TIMEOUT` closes the connection, and so does one cut by
+        :meth:`cut_sends`."""
         async with self._write_lock:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(CONNECTION_WRITE_TIMEOUT) as stalled:
-                    await self.secured_conn.write(data)
-                if stalled.cancelled_caught:  # cut short: what follows would be garbage
-                    with trio.move_on_after(CONNECTION_WRITE_TIMEOUT):
+            closing = self._closing
+            sent = False
+            try:
+                with trio.CancelScope(shield=not closing) as self._sending:
+                    with trio.move_on_after(CLOSING_WRITE_TIMEOUT if closing
+                                            else CONNECTION_WRITE_TIMEOUT):
+                        await self.secured_conn.write(data)
+                        sent = True
+            finally:
+                self._sending = None
+                if not sent:  # cut short (or failed): what follows would be garbage
+                    with trio.CancelScope(shield=True), \
+                            trio.move_on_after(CLOSING_WRITE_TIMEOUT):
                         try:
                             await self.secured_conn.close()
                         except Exception:
                             pass
-                    raise ConnectionClosedError(
-                        f"yamux: a frame's send took over {CONNECTION_WRITE_TIMEOUT:g} s")
+            if not sent:
+                raise ConnectionClosedError(
+                    "yamux: the connection is closing" if self._closing else
+                    f"yamux: a frame's send took over {CONNECTION_WRITE_TIMEOUT:g} s")
         await trio.lowlevel.cancel_shielded_checkpoint()  # others' turn; no cancel here
