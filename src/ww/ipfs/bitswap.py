@@ -729,10 +729,13 @@ class Engine:
 
     def _reply_reset(self, peer_id: str) -> None:
         """``peer_id`` reset a stream it sent us its messages on: what it was sending is lost,
-        and a peer that resets one has given up on us (a ww or kubo server gives up a reply
-        the network does not take, and drops our wants with it), so what it was asked goes
-        to the next peer now, not after :data:`PEER_TIMEOUT` (alone, it fails now).  It
-        stays a peer: a later want may be asked of it again."""
+        and a peer that resets one has given up on us (a ww server gives up a reply the
+        network does not take, and drops our wants with it; whether another implementation
+        keeps them is not relied on), so what it was asked goes to the next peer now, not
+        after :data:`PEER_TIMEOUT` (alone, it fails now).  A reply given up while its last
+        frame was already going out is lost the same way: py-libp2p drops what the reader
+        had not read when the reset comes.  It stays a peer: a later want may be asked of
+        it again."""
         self.stats["resets_in"] += 1
         peer = self.peers.get(peer_id)
         if peer is None or not peer.assigned:
