@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 from ww.core import multihash
 from ww.core import progress as _progress
-from ww.core.cid import CID
+from ww.core.cid import CID, CidError
 from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError
 from ww.core.multiaddr import parse as parse_multiaddr
 
@@ -436,9 +436,11 @@ class KuboClient:
         found: dict[str, str] = {}
 
         def on_value(value: Any) -> None:
-            if isinstance(value, dict) and "Hash" in value \
-                    and not isinstance(value["Hash"], str):
-                raise self._unexpected("add")  # a number, a list, null: no CID
+            if isinstance(value, dict) and "Hash" in value:
+                try:  # a number, a list, null, text that is no CID (escapes for a terminal)
+                    CID.parse(value["Hash"])
+                except CidError:
+                    raise self._unexpected("add") from None
             if isinstance(value, dict) and value.get("Hash"):
                 found["last"] = value["Hash"]
                 if o.on_added is not None:
