@@ -207,3 +207,14 @@ def test_a_reply_without_kubos_fields_is_one_line_not_an_internal_error(call, bo
     client = client_answering(KuboResponse(status=200, body=json.dumps(body).encode()))
     with pytest.raises(IpfsError, match="sent an unexpected reply to"):
         call(client)
+
+
+@pytest.mark.parametrize("status", [200, 500], ids=["reply", "error"])
+def test_json_nested_too_deep_is_one_line_not_a_recursion_error(status):
+    """(found by attack) A broken or foreign server at the API address answers an `add` with
+    JSON nested 100,000 deep (100 kB: a line, or an error's body): Python's parser raised
+    RecursionError, which the old client let through (`ww: internal error: RecursionError`,
+    as for a bug of ww's).  Now it is the line for malformed JSON, or the error's status."""
+    client = client_answering(KuboResponse(status=status, body=b"[" * 100_000 + b"\n"))
+    with pytest.raises(IpfsError, match="the kubo RPC API at"):
+        client.add_stream([b"x"])

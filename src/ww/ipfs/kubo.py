@@ -301,7 +301,7 @@ class KuboClient:
         body = reply.read(_MAX_ERROR_BODY)
         try:
             value = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             value = None
         message, code = None, None
         if isinstance(value, dict) and value.get("Message"):
@@ -340,11 +340,12 @@ class KuboClient:
                 break
             if line.strip():
                 try:
-                    yield json.loads(line)
-                except ValueError:
+                    value = json.loads(line)
+                except (ValueError, RecursionError):  # RecursionError: nested too deep
                     raise IpfsError(
                         f"the kubo RPC API at {self.api} sent malformed JSON for {command}"
                     ) from None
+                yield value
         if reply.stream_error:
             raise classify_error(reply.stream_error)
 
