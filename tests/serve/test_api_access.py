@@ -532,9 +532,10 @@ def _every_upload_place_taken(daemon: Daemon
 def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_client(daemon):
     """With every place taken and a client waiting, the daemon cuts one connection that
     keeps it waiting on its client -- and that one may be slow to end: an `add` waiting for
-    an upload place sees the end of its connection only once it has a place.  The old
-    daemon cut another each second meanwhile (five or so here for the one client); now a
-    connection being cut counts as a place about to free, and it is the only one cut.
+    an upload place saw the end of its connection only once it had a place (it is cancelled
+    now).  The old daemon cut another each second meanwhile (five or so here for the one
+    client); now a connection being cut counts as a place about to free, and it is the only
+    one cut.
     Here the 16 upload places are held by uploads that keep sending (so they are not cut)
     and the other 112 connections by uploads waiting for a place, silent; once one of
     those is cut the senders go silent, are refused after `EVICT_AFTER` seconds, and the
