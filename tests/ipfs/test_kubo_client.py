@@ -124,9 +124,9 @@ def test_iter_ls_asks_kubo_to_stream_and_reads_a_line_per_link():
 
 def test_add_parses_the_reply_lines_and_sends_the_body():
     seen: list[KuboRequest] = []
-    body = b'{"Name":"data","Bytes":5}\n{"Name":"data","Hash":"QmAdded","Size":"13"}\n'
+    body = b'{"Name":"data","Bytes":5}\n{"Name":"data","Hash":"%s","Size":"13"}\n' % CID.encode()
     cid = client_answering(KuboResponse(body=body), seen).add_stream([b"he", b"llo"])
-    assert cid == "QmAdded"
+    assert cid == CID
     request = seen[0]
     assert request.command == "add" and request.param("cid-version") == "0"
     assert request.content_type.startswith("multipart/form-data; boundary=")
@@ -194,13 +194,27 @@ def test_repo_stat_maps_kubos_fields_and_its_no_limit():
     (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": 5}),
     (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": [CID]}),
     (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": None}),
+    (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": "\x1b]0;owned\x07" + CID}),
+    (lambda c: c.add_stream([b"x"]), {"Name": "data", "Hash": "not a CID\nadded " + CID}),
 ], ids=["id-no-ID", "id-addresses", "peers-no-Peer", "peers-not-maps", "pin_ls-keys-list",
         "pin_ls-info-str", "ls-link-no-name", "ls-link-not-a-map", "ls-links-not-a-list",
         "ls-type-unhashable", "ls-size-infinite", "repo_stat-size-infinite",
-        "pins-keys-list", "add-hash-number", "add-hash-list", "add-hash-null"])
+        "pins-keys-list", "add-hash-number", "add-hash-list", "add-hash-null",
+        "add-hash-terminal-escape", "add-hash-two-lines"])
 def test_a_reply_without_kubos_fields_is_one_line_not_an_internal_error(call, body):
     """A broken or foreign server at the API address (a KeyError or TypeError reading its
     reply was an internal error with a traceback)."""
     client = client_answering(KuboResponse(status=200, body=json.dumps(body).encode()))
     with pytest.raises(IpfsError, match="sent an unexpected reply to"):
         call(client)
+
+
+@pytest.mark.parametrize("status", [200, 500], ids=["reply", "error"])
+def test_json_nested_too_deep_is_one_line_not_a_recursion_error(status):
+    """(found by attack) A broken or foreign server at the API address answers an `add` with
+    JSON nested 100,000 deep (100 kB: a line, or an error's body): Python's parser raised
+    RecursionError, which the old client let through (`ww: internal error: RecursionError`,
+    as for a bug of ww's).  Now it is the line for malformed JSON, or the error's status."""
+    client = client_answering(KuboResponse(status=status, body=b"[" * 100_000 + b"\n"))
+    with pytest.raises(IpfsError, match="the kubo RPC API at"):
+        client.add_stream([b"x"])

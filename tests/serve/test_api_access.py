@@ -422,6 +422,22 @@ def _serves_or_ends(proc: subprocess.Popen[str]) -> tuple[dict[str, str] | None,
     return None, lines
 
 
+def _refused_to_start(home: Path, path: Path, served: str) -> str:
+    """Start a daemon on `/unix<path>`; it must be refused (``served`` says what it did
+    otherwise) with one line, exit 2: that line."""
+    proc = _start_daemon(home, f"/unix{path}")
+    try:
+        api, lines = _serves_or_ends(proc)
+        assert api is None, f"{served}: {lines}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(HANG)
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"ww: --api: cannot listen on /unix{path}: "), lines
+    return lines[0]
+
+
 def test_a_daemon_starting_on_a_socket_path_another_is_starting_on_leaves_it_alone(
         ww_home, open_place):
     """A daemon between `bind` and `listen` on `/unix/<path>` (its socket file made,
@@ -440,17 +456,8 @@ def test_a_daemon_starting_on_a_socket_path_another_is_starting_on_leaves_it_alo
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         starting.bind(str(path))  # not listening yet
         made = path.lstat().st_ino
-        proc = _start_daemon(ww_home, f"/unix{path}")
-        try:
-            served, lines = _serves_or_ends(proc)
-            assert served is None, f"it replaced the socket of a daemon starting: {lines}"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(HANG)
-        assert proc.returncode == 2 and len(lines) == 1, lines
-        assert lines[0].startswith(f"ww: --api: cannot listen on /unix{path}: "), lines
-        assert "in use by another daemon" in lines[0], lines
+        line = _refused_to_start(ww_home, path, "it replaced the socket of a daemon starting")
+        assert "in use by another daemon" in line, line
         assert path.lstat().st_ino == made  # still the first daemon's
     finally:
         starting.close()
@@ -496,18 +503,12 @@ def test_two_daemons_started_at_once_on_one_socket_path_one_serves(tmp_path, ope
         assert not path.exists() and not os.path.exists(f"{path}.lock")
 
 
-def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_client(daemon):
-    """With every place taken and a client waiting, the daemon cuts one connection that
-    keeps it waiting on its client -- and that one may be slow to end: an `add` waiting for
-    an upload place sees the end of its connection only once it has a place.  The old
-    daemon cut another each second meanwhile (five or so here for the one client); now a
-    connection being cut counts as a place about to free, and it is the only one cut.
-    Here the 16 upload places are held by uploads that keep sending (so they are not cut)
-    and the other 112 connections by uploads waiting for a place, silent; once one of
-    those is cut the senders go silent, are refused after `EVICT_AFTER` seconds, and the
-    waiting client is served."""
+def _every_upload_place_taken(daemon: Daemon
+                              ) -> tuple[str, int, bytes, list[socket.socket]]:
+    """The daemon's host and port, the head and body opening of an `add` of 1 GiB (with
+    progress lines), and `UPLOADS` connections sending it that each have an upload place
+    (its first progress line came back)."""
     from ww.serve.rpc import UPLOADS
-    from ww.serve.server import CONNECTIONS
 
     host, port = daemon.url.removeprefix("http://").split(":")
     body, headers = multipart([("big", "application/octet-stream", b"")])
@@ -525,6 +526,23 @@ def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_cli
             assert piece, got
             got += piece
         placed.append(sock)
+    return host, int(port), request, placed
+
+
+def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_client(daemon):
+    """With every place taken and a client waiting, the daemon cuts one connection that
+    keeps it waiting on its client -- and that one may be slow to end: an `add` waiting for
+    an upload place saw the end of its connection only once it had a place (it is cancelled
+    now).  The old daemon cut another each second meanwhile (five or so here for the one
+    client); now a connection being cut counts as a place about to free, and it is the only
+    one cut.
+    Here the 16 upload places are held by uploads that keep sending (so they are not cut)
+    and the other 112 connections by uploads waiting for a place, silent; once one of
+    those is cut the senders go silent, are refused after `EVICT_AFTER` seconds, and the
+    waiting client is served."""
+    from ww.serve.server import CONNECTIONS
+
+    host, port, request, placed = _every_upload_place_taken(daemon)
     stop_sending = threading.Event()
 
     def send_on() -> None:
@@ -536,7 +554,7 @@ def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_cli
     sender.start()
     waiting = []
     try:
-        for _ in range(CONNECTIONS - UPLOADS):
+        for _ in range(CONNECTIONS - len(placed)):
             sock = socket.create_connection((host, int(port)), timeout=HANG)
             sock.sendall(request)
             waiting.append(sock)
@@ -559,3 +577,115 @@ def test_a_connection_slow_to_end_once_cut_is_the_only_one_cut_for_a_waiting_cli
     for sock in placed + waiting:
         sock.close()
     assert len(cut) == 1, f"{len(cut)} connections were cut for one client"
+
+
+def _server_side_unread(port: int, client: socket.socket) -> int:
+    """How many bytes ``client`` sent the daemon on 127.0.0.1:port that it has not read yet
+    (the kernel's count, /proc/net/tcp's rx_queue of the daemon's end)."""
+    local, remote = f"0100007F:{port:04X}", f"0100007F:{client.getsockname()[1]:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError("no such connection")
+
+
+def _read_by_the_daemon(port: int, sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` on ``sock`` and wait until the daemon has read it: one read of its."""
+    sock.sendall(data)
+    for _ in range(HANG * 100):
+        if not _server_side_unread(port, sock):
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the daemon never read it")
+
+
+@pytest.mark.parametrize("queue_full", [False, True], ids=["silent", "queue-full"])
+def test_uploads_that_keep_their_places_and_silent_ones_waiting_lock_no_one_out(
+        daemon, queue_full):
+    """(found by attack) The 16 upload places are held by uploads that keep sending (a byte
+    every 0.5 s: they hold their places, as docs/security.md says), and the 112 other
+    places by `add`s waiting for an upload place that send nothing more -- their body's
+    start only (`silent`), or enough that hypercorn holds what it read for the app and
+    reads no more (`queue-full`).  The old daemon cut one of the silent ones for a client
+    waiting to be accepted, but its `add`, waiting for a place, saw that end only once it
+    had one (never), and the cut counted as a place about to free for good: no one else was
+    served, `version` waited out `HANG`; one that hypercorn did not read from counted as
+    held up by the daemon and was never cut.  Now cutting a connection cancels its request,
+    and an upload that has waited `EVICT_AFTER` seconds for a place gives its connection's
+    place up as one that brings nothing does: 16 connections that keep sending no longer
+    shut everyone out."""
+    from ww.serve.server import CONNECTIONS
+
+    host, port, request, placed = _every_upload_place_taken(daemon)
+    stop_sending = threading.Event()
+
+    def send_on() -> None:
+        while not stop_sending.wait(0.5):
+            for sock in placed:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    pass
+
+    sender = threading.Thread(target=send_on, daemon=True)
+    sender.start()
+    waiting = []
+    try:
+        for _ in range(CONNECTIONS - len(placed)):
+            sock = socket.create_connection((host, port), timeout=HANG)
+            waiting.append(sock)
+            if queue_full:  # one read queued, a second, and a third waits for room
+                _read_by_the_daemon(port, sock, request)
+                _read_by_the_daemon(port, sock, b"x" * 1000)
+                _read_by_the_daemon(port, sock, b"x" * 1000)
+                sock.sendall(b"x" * 1000)
+            else:
+                sock.sendall(request)
+        client, served = _version_once_all_taken(daemon, port)
+        assert served.wait(HANG), "version was never served"
+        client.join(HANG)
+    finally:
+        stop_sending.set()
+        sender.join(HANG)
+        for sock in placed + waiting:
+            sock.close()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "socket", "hard link"])
+def test_a_lock_path_that_is_no_lock_file_of_the_users_own_is_refused_and_named(
+        ww_home, open_place, tmp_path, kind):
+    """(found by attack) `<path>.lock` is something other than a lock file of the user's
+    with that one name: a symlink (to a file of the user's), a directory, a socket, or a
+    hard link to a file of the user's (mode 0600: its key, say; another user who may make
+    one, where `fs.protected_hardlinks` is 0, or a mistake of the user's).  The old daemon
+    refused the first three with a line naming the socket's path only (`Too many levels of
+    symbolic links`, `Is a directory`, `No such device or address`, as if the socket were
+    at fault), and took the hard link for its lock: it held the other file locked for as
+    long as it served (whoever locks that file waited) and unlinked the name when it
+    stopped.  Now each is refused with one line naming `api.sock.lock`, exit 2, and left as
+    it was."""
+    path = open_place / "api.sock"
+    lock = open_place / "api.sock.lock"
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other = tmp_path / "key"
+    other.write_bytes(b"the user's own\n")
+    other.chmod(0o600)
+    if kind == "symlink":
+        lock.symlink_to(other)
+    elif kind == "directory":
+        lock.mkdir()
+    elif kind == "socket":
+        held.bind(str(lock))
+    else:
+        os.link(other, lock)
+    before = lock.lstat()
+    try:
+        line = _refused_to_start(ww_home, path, f"it served with a {kind} as its lock")
+        assert line.startswith(f"ww: --api: cannot listen on /unix{path}: {lock}"), line
+        after = lock.lstat()
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+        assert other.read_bytes() == b"the user's own\n"
+        assert not path.exists()
+    finally:
+        held.close()

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 from ww.core import multihash
 from ww.core import progress as _progress
-from ww.core.cid import CID
+from ww.core.cid import CID, CidError
 from ww.core.multiaddr import DEFAULT_KUBO_API, MultiaddrError
 from ww.core.multiaddr import parse as parse_multiaddr
 
@@ -301,7 +301,7 @@ class KuboClient:
         body = reply.read(_MAX_ERROR_BODY)
         try:
             value = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             value = None
         message, code = None, None
         if isinstance(value, dict) and value.get("Message"):
@@ -340,11 +340,12 @@ class KuboClient:
                 break
             if line.strip():
                 try:
-                    yield json.loads(line)
-                except ValueError:
+                    value = json.loads(line)
+                except (ValueError, RecursionError):  # RecursionError: nested too deep
                     raise IpfsError(
                         f"the kubo RPC API at {self.api} sent malformed JSON for {command}"
                     ) from None
+                yield value
         if reply.stream_error:
             raise classify_error(reply.stream_error)
 
@@ -436,9 +437,11 @@ class KuboClient:
         found: dict[str, str] = {}
 
         def on_value(value: Any) -> None:
-            if isinstance(value, dict) and "Hash" in value \
-                    and not isinstance(value["Hash"], str):
-                raise self._unexpected("add")  # a number, a list, null: no CID
+            if isinstance(value, dict) and "Hash" in value:
+                try:  # a number, a list, null, text that is no CID (escapes for a terminal)
+                    CID.parse(value["Hash"])
+                except CidError:
+                    raise self._unexpected("add") from None
             if isinstance(value, dict) and value.get("Hash"):
                 found["last"] = value["Hash"]
                 if o.on_added is not None:

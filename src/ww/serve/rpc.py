@@ -59,7 +59,7 @@ from ww.ipfs import chunker as chunkers
 from ww.ipfs import exporter, importer
 from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
-from ww.serve.server import EVICT_AFTER, STALL, give_back_freed, lifespan
+from ww.serve.server import EVICT_AFTER, STALL, give_back_freed, held_for_others, lifespan
 
 __all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
@@ -1161,7 +1161,8 @@ class RpcApi:
             try:
                 for placed in self._placed:
                     placed.hurry()
-                await self._uploads.acquire()
+                with held_for_others(request.scope):
+                    await self._uploads.acquire()
             finally:
                 self._place_wanted -= 1
                 if not self._place_wanted:  # the others go back to BODY_STALL

@@ -11,7 +11,8 @@ import ctypes
 import errno
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,11 +167,17 @@ def _lock_socket_path(path: str) -> None:
 
     lock_path = path + ".lock"
     for _ in range(8):  # another holder removes the file only as it stops: a few rounds
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except OSError as err:  # a symlink, a directory, a socket: name the file
+            raise OSError(err.errno, f"{lock_path}: {err.strerror}") from None
         try:
             st = os.fstat(fd)
+            # one name only: not a hard link to some other file of this user's, which the
+            # daemon would hold locked while it serves (its other users kept waiting)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() \
-                    or stat.S_IMODE(st.st_mode) & 0o077:
+                    or stat.S_IMODE(st.st_mode) & 0o077 or st.st_nlink != 1:
                 raise OSError(errno.EPERM, f"{lock_path} is not a lock file of this user's")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -396,13 +403,14 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     connection that keeps the daemon waiting for nothing: one with no request under way
     (idle between requests, or that has not sent a whole request head), the one waited on
     longest first; else one whose request has kept the daemon waiting on its body for
-    :data:`EVICT_AFTER` seconds.  Its socket is shut down, as if its client had hung up (a
-    request under way is cancelled); until it has ended (its app may be slow to return: an
-    upload waiting for its place sees the end only once it has one), its place counts as
-    about to free, and no other is cut.  Connections the daemon itself holds up (a request it
-    works on, a body it does not read yet: an upload waiting for a place) keep theirs.  So
-    idle connections and uploads that trickle a byte now and then no longer shut the others
-    out for as long as they are held (docs/security.md).  The apps' lifespan has nothing to
+    :data:`EVICT_AFTER` seconds; else one whose request has waited on other requests that
+    long (:func:`held_for_others`: an upload waiting for a place).  Its socket is shut down,
+    as if its client had hung up, and its requests are cancelled; until it has ended (its app
+    may be slow to return), its place counts as about to free, and no other is cut.
+    Connections the daemon itself holds up otherwise (a request it works on) keep theirs.
+    So idle connections, uploads that trickle a byte now and then, and uploads waiting
+    behind a few that keep sending no longer shut the others out for as long as they are
+    held (docs/security.md).  The apps' lifespan has nothing to
     do (:func:`lifespan`), so it is not run."""
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
@@ -485,7 +493,7 @@ def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
         key = server.waited_on()
         if key is None:
             continue
-        if key[0] == 1 and now - key[1] < EVICT_AFTER:
+        if key[0] >= 1 and now - key[1] < EVICT_AFTER:
             wait = min(wait, key[1] + EVICT_AFTER - now)
             continue
         if key < best_key:
@@ -536,9 +544,23 @@ def _server_class() -> type:
             now, or a request is whole and the reply the daemon's to give).  HTTP/2: with
             no stream, as idle; with every stream still receiving its request, (1, since);
             with any request whole (its reply the daemon's, whether it works on it, sends
-            it, or waits for the client to make room for it), None."""
+            it, or waits for the client to make room for it), None.  Else (2, since when)
+            if a request of its waits on other requests (:func:`held_for_others`)."""
+            if self.given_up:
+                return None
+            key = self._waited_on_client()
+            if key is not None:
+                return key
+            apps = getattr(self._task_group_or_none(), "apps", {})
+            held = [since[0] for since in apps.values() if since[0] is not None]
+            return (2, min(held)) if held else None
+
+        def _task_group_or_none(self) -> Any:
+            return getattr(self, "_task_group", None)
+
+        def _waited_on_client(self) -> tuple[int, float] | None:
             since = self.waiting_since
-            if since is None or self.given_up:
+            if since is None:
                 return None
             protocol = getattr(getattr(self, "protocol", None), "protocol", None)
             connection = getattr(protocol, "connection", None)
@@ -565,9 +587,37 @@ def _server_class() -> type:
                 self.stream.socket.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
             except OSError:
                 pass
+            # and its requests cancelled now: one waiting on others (an upload waiting for
+            # a place) would see the shutdown only once done waiting, perhaps never
+            for cancel in getattr(self._task_group_or_none(), "apps", {}):
+                cancel.cancel()
 
     _SERVER_CLASS.append(Server)
     return Server
+
+
+# The key, in a request's ASGI scope, of since when its app waits on other requests
+# (held_for_others): [trio time] or [None].
+_HELD = "ww.held_for_others"
+
+
+@contextmanager
+def held_for_others(scope: dict[str, Any]) -> Iterator[None]:
+    """In an app, around a wait on other requests rather than on the daemon's own work (an
+    upload waiting for a place other uploads hold): with every connection place taken and
+    a client waiting to be accepted, a connection held so for :data:`EVICT_AFTER` seconds
+    may give its place up (:func:`_serve_site`), its request cancelled.  Without it, the
+    few connections that hold those others (uploads that keep sending) and silent ones
+    waiting behind them held every place for as long as they liked."""
+    held = scope.get(_HELD)
+    if held is None:
+        yield
+        return
+    held[0] = trio.current_time()
+    try:
+        yield
+    finally:
+        held[0] = None
 
 
 def _drop_what_apps_leave_unread() -> None:
@@ -592,12 +642,25 @@ def _drop_what_apps_leave_unread() -> None:
     handle = task_group._handle  # read first: should hypercorn rename it, this raises
 
     class TaskGroup(base):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            # the apps running on the connection: their cancel scopes, and since when each
+            # waits on other requests (held_for_others), for Server.give_up_place/waited_on
+            self.apps: dict[trio.CancelScope, list[float | None]] = {}
+
         async def spawn_app(self, app: Any, config: Any, scope: Any, send: Any) -> Any:
             put_end, take_end = trio.open_memory_channel[Any](config.max_app_queue_size)
+            held: list[float | None] = [None]
+            scope[_HELD] = held
 
             async def run_app(*args: Any) -> None:
                 try:
-                    await app(*args)
+                    with trio.CancelScope() as cancel:
+                        self.apps[cancel] = held
+                        try:
+                            await app(*args)
+                        finally:
+                            del self.apps[cancel]
                 finally:
                     take_end.close()  # what is queued is dropped, and so what is put after
 
