@@ -168,7 +168,9 @@ def _lock_socket_path(path: str) -> None:
     lock_path = path + ".lock"
     for _ in range(8):  # another holder removes the file only as it stops: a few rounds
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            # read-only: flock needs no more, and a umask that leaves 0400 (0277) must not
+            # make the next start fail on the file a killed daemon left
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600)
         except OSError as err:  # a symlink, a directory, a socket: name the file
             raise OSError(err.errno, f"{lock_path}: {err.strerror}") from None
