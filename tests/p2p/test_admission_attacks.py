@@ -30,7 +30,7 @@ from ww.p2p.host import Node
 pytest.importorskip("libp2p")
 
 start = test_admission_share.start  # the fixture: hosts on 127.0.0.1, made small per test
-PINGS = 200_000  # Yamux pings a deaf peer sends at most (a few thousand fill the buffers)
+PINGS = 2_000_000  # Yamux pings a deaf peer sends at most (a few thousand fill the buffers)
 
 
 async def _deaf(addr: str, source: str) -> tuple[Any, Any]:
@@ -141,7 +141,7 @@ def test_a_trimmed_peer_that_does_not_read_lets_go_of_its_connection(start, monk
                 deaf, peer = await _deaf(server.addrs[0], "127.0.0.2")
                 await connect(server.addrs[0], nursery, source="127.0.0.2")
                 nursery.start_soon(_ping_without_reading, deaf)
-                deadline = time.monotonic() + HANG
+                deadline = time.monotonic() + HANG / 2  # before fail_after: show what was seen
                 await _until_stuck(server, peer, deadline)
                 await connect(server.addrs[0], nursery, source="127.0.0.3")  # trims `deaf`
                 while (await trio.to_thread.run_sync(_on_host, server, _live))["live"] > 2:
@@ -190,7 +190,7 @@ def test_a_stream_that_gives_its_place_goes_though_its_peer_does_not_read(
 
         async with trio.open_nursery() as nursery:
             with trio.fail_after(HANG):
-                deadline = time.monotonic() + HANG
+                deadline = time.monotonic() + HANG / 2  # before fail_after: show what was seen
                 deaf, peer = await _deaf(server.addrs[0], "127.0.0.2")
                 for _ in range(2):
                     await _hold_without_reading(deaf)
