@@ -51,7 +51,9 @@ def _counts(host: Any) -> dict[str, Any]:
     return {"handshakes": a.handshakes, "inbound": a.inbound, "per_ip": dict(a.per_ip),
             "streams": len(a.streams), "ip_streams": dict(getattr(a, "ip_streams", {})),
             "all_streams": a.all_streams, "held": {ip: len(c) for ip, c in held.items()},
-            "evicted": len(getattr(a, "evicted", ()))}
+            "evicted": len(getattr(a, "evicted", ())),
+            "ip_held": {ip: len(s) for ip, s in getattr(a, "ip_held", {}).items()},
+            "dropped": len(getattr(a, "dropped", ()))}
 
 
 def test_one_address_takes_no_more_than_its_share_of_the_streams(start, monkeypatch) -> None:
@@ -182,8 +184,63 @@ def test_a_simultaneous_open_leaves_nothing_counted(start) -> None:
     assert during in ([1, 1], [1, 0], [0, 1]), during  # our own dial never counted
     b.stop()
     zero = {"handshakes": 0, "inbound": 0, "per_ip": {}, "streams": 0, "ip_streams": {},
-            "all_streams": 0, "held": {}, "evicted": 0}
+            "all_streams": 0, "held": {}, "evicted": 0, "ip_held": {}, "dropped": 0}
     deadline = time.monotonic() + HANG
     while _on_host(a, _counts) != zero and time.monotonic() < deadline:
         time.sleep(0.05)  # until a has seen b go
     assert _on_host(a, _counts) == zero
+
+
+def test_a_host_full_of_streams_shares_them_among_addresses(start, monkeypatch) -> None:
+    """MAX_INBOUND_STREAMS made 8, MAX_STREAMS_PER_IP 4: 127.0.0.2 and 127.0.0.3 hold 4
+    streams each, never closing them, and the host is full.  Before, every other peer had
+    each stream reset for as long as they stayed (8 addresses x 128 take all 1024, where it
+    takes 128 addresses to fill the connections): a peer from 127.0.0.4 could not open one.
+    Now its stream is served, and 127.0.0.2 (holding the most, first) has its oldest reset;
+    a second from 127.0.0.4 takes 127.0.0.3's oldest; a third is reset (2 fewer than nobody),
+    and 127.0.0.2 opening again is reset too: the streams are shared, not taken back and
+    forth.  Every count is back at zero once all have gone."""
+    monkeypatch.setattr(admission, "MAX_INBOUND_STREAMS", 8, raising=False)
+    monkeypatch.setattr(admission, "MAX_STREAMS_PER_IP", 4, raising=False)
+    server = start()
+
+    async def reset(stream: Any) -> bool:
+        """Whether the host has reset ``stream`` (a read fails, nothing was sent back)."""
+        try:
+            await stream.read(1)
+        except Exception:
+            return True
+        return False
+
+    async def main() -> tuple[list[list[bool]], list[bool], list[bool], dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                held = {}
+                for ip in ("127.0.0.2", "127.0.0.3"):
+                    conn = await connect(server.addrs[0], nursery, source=ip)
+                    held[ip] = [await _open(conn) for _ in range(4)]
+                newcomer = await connect(server.addrs[0], nursery, source="127.0.0.4")
+                served = [await _open(newcomer) is not None for _ in range(2)]
+                if all(served):  # (else the assertions below fail)
+                    served += [await reset(held[ip][0]) for ip in ("127.0.0.2", "127.0.0.3")]
+                later = [await _open(newcomer) is not None,
+                         await _open(held["127.0.0.2"][1].conn) is not None]
+                alive = [[not (s.reset_received or s.closed) for s in streams[1:]]
+                         for streams in held.values()]
+                for conn in [newcomer] + [streams[1].conn for streams in held.values()]:
+                    await conn.close()
+            nursery.cancel_scope.cancel()
+        zero = {"streams": 0, "ip_streams": {}, "all_streams": 0, "ip_held": {}, "dropped": 0}
+        deadline = time.monotonic() + HANG
+        counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+        while {k: counts[k] for k in zero} != zero and time.monotonic() < deadline:
+            await trio.sleep(0.05)  # until the host has seen them go
+            counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+        return alive, served, later, {k: counts[k] for k in zero}
+
+    alive, served, later, counts = trio.run(main)
+    assert served == [True, True, True, True]
+    assert later == [False, False]
+    assert alive == [[True, True, True], [True, True, True]]
+    assert counts == {"streams": 0, "ip_streams": {}, "all_streams": 0, "ip_held": {},
+                      "dropped": 0}

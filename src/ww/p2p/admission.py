@@ -23,10 +23,14 @@ py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
   :data:`MAX_STREAMS_PER_IP`, so that one address cannot take the host-wide streams below
   (its 8 connections x 256 would be 2048);
 - **inbound streams in all** (all connections together, counted alike): at most
-  :data:`MAX_INBOUND_STREAMS`.  Each may hold the protocol's initial Yamux receive window
-  (256 KiB) of unread data, so this bounds that memory; what windows grow beyond it is
-  bounded by :data:`ww.p2p.yamux.GROWN_WINDOWS` (an inbound stream grows only once its
-  protocol is chosen, which :func:`install` tells the muxer).
+  :data:`MAX_INBOUND_STREAMS`, shared among addresses when all are taken (as connections
+  are, below: a new stream from an address holding at least 2 fewer than the address
+  holding the most takes the place of that one's oldest stream, which is reset; see
+  :meth:`Admission.stream_victim`), so that 8 addresses of MAX_STREAMS_PER_IP cannot shut
+  every other peer out of opening a stream.  Each may hold the protocol's initial Yamux
+  receive window (256 KiB) of unread data, so this bounds that memory; what windows grow
+  beyond it is bounded by :data:`ww.p2p.yamux.GROWN_WINDOWS` (an inbound stream grows only
+  once its protocol is chosen, which :func:`install` tells the muxer).
 
 A connection over a bound is refused when it is accepted: closed before any byte is read or
 any key computed, so the newest goes and the connections already there are untouched (a
@@ -148,6 +152,9 @@ class Admission:
         self.held: dict[str, dict[Any, float]] = {}
         self.ip_of: dict[Any, str | None] = {}  # inbound muxed connections' addresses
         self.evicted: set[Any] = set()  # given their place to a newcomer, still closing
+        # inbound streams of counted addresses, oldest first (the streams they may give up)
+        self.ip_held: dict[str, dict[Any, None]] = {}
+        self.dropped: set[Any] = set()  # streams that gave their place to a newcomer
         self.all_streams = 0  # inbound streams of all connections
         self.negotiating: dict[Any, int] = {}  # of which not past negotiation
         self.refused: dict[str, int] = {}  # refusals by the bound that made them
@@ -183,6 +190,36 @@ class Admission:
             if now - since >= EVICT_GRACE and conn.muxed_conn not in self.streams:
                 return heaviest, conn
         return heaviest, next(iter(conns))
+
+    def stream_victim(self, ip: str | None) -> tuple[str, Any] | None:
+        """Which stream (with its address) gives its place to a new one from ``ip`` when the
+        host holds :data:`MAX_INBOUND_STREAMS` (None: none, the newcomer is reset): the
+        oldest of the address holding the most, if it holds at least 2 more than ``ip`` (as for
+        connections, :meth:`victim`; 127.0.0.1 and ::1 neither give up nor take a place).
+        A look at each address holding a stream (at most MAX_INBOUND_STREAMS)."""
+        if ip is None or not self.ip_held:
+            return None
+        heaviest = max(self.ip_held, key=self.ip_streams.__getitem__)
+        if self.ip_streams[heaviest] < self.ip_streams.get(ip, 0) + 2:
+            return None
+        return heaviest, next(iter(self.ip_held[heaviest]))
+
+    def _take_stream(self, conn: Any, ip: str | None, stream: Any) -> None:
+        _count(self.streams, conn, 1)
+        if ip is not None:
+            _count(self.ip_streams, ip, 1)
+            self.ip_held.setdefault(ip, {})[stream] = None
+        self.all_streams += 1
+
+    def _give_back_stream(self, conn: Any, ip: str | None, stream: Any) -> None:
+        _count(self.streams, conn, -1)
+        if ip is not None:
+            _count(self.ip_streams, ip, -1)
+            streams = self.ip_held.get(ip, {})
+            streams.pop(stream, None)
+            if not streams:
+                self.ip_held.pop(ip, None)
+        self.all_streams -= 1
 
     def _refuse(self, bound: str) -> None:
         self.refused[bound] = self.refused.get(bound, 0) + 1
@@ -328,22 +365,26 @@ def _stream_handler(inner: Any, admission: Admission) -> Any:
                  "ip_streams" if ip is not None and admission.ip_streams.get(ip, 0) >=
                  MAX_STREAMS_PER_IP else
                  "all_streams" if admission.all_streams >= MAX_INBOUND_STREAMS else None)
-        if bound is not None:
+        victim = admission.stream_victim(ip) if bound == "all_streams" else None
+        if bound is not None and victim is None:
             admission._refuse(bound)
             await stream.reset()
             return
-        _count(admission.streams, conn, 1)
-        if ip is not None:
-            _count(admission.ip_streams, ip, 1)
-        admission.all_streams += 1
+        if victim is not None:  # its place is this one's now; its handler gives back nothing
+            admission._give_back_stream(victim[1].muxed_conn, *victim)
+            admission.dropped.add(victim[1])
+            admission._refuse("stream_evicted")
+        admission._take_stream(conn, ip, stream)
         try:
+            if victim is not None:
+                await _drop(victim[1])
             await inner(stream)
             await _linger(stream)
         finally:
-            _count(admission.streams, conn, -1)
-            if ip is not None:
-                _count(admission.ip_streams, ip, -1)
-            admission.all_streams -= 1
+            if stream in admission.dropped:
+                admission.dropped.discard(stream)
+            else:
+                admission._give_back_stream(conn, ip, stream)
 
     return handle
 
@@ -353,6 +394,23 @@ async def _close(conn: Any) -> None:
         await conn.close()
     except Exception:  # it was going anyway
         pass
+
+
+async def _drop(stream: Any) -> None:
+    """Reset ``stream``, which has given its place to another.  If the reset cannot be
+    written within :data:`STREAM_NEGOTIATE_TIMEOUT` (a peer that does not read, its socket
+    buffers full) the stream's connection is closed, or the stream would stay, counted by
+    nobody, and the peer could resume it once it read again."""
+    with trio.move_on_after(STREAM_NEGOTIATE_TIMEOUT):
+        try:
+            await stream.reset()
+        except Exception:  # it was going anyway
+            pass
+        return
+    conn = getattr(stream, "swarm_conn", None)
+    if conn is not None:  # marked closed at once: its handler returns, its socket is closed
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            await _close(conn)
 
 
 async def _linger(stream: Any) -> None:
