@@ -56,6 +56,27 @@ def test_the_provider_store_is_bounded_per_key_in_all_and_in_time() -> None:
     assert store.get(b"k1") == [] and store.get(b"k3") == []
 
 
+def test_the_check_backoff_is_bounded_in_size_and_in_time() -> None:
+    """The peers a DHT server does not check again for a while (their check failed): each
+    for its time, the oldest forgotten first beyond the bound."""
+    from ww.p2p.routing import Backoff
+
+    now = [0.0]
+    backoff = Backoff(ttl=10.0, size=2, clock=lambda: now[0])
+    backoff.add("a")
+    now[0] = 1.0
+    backoff.add("b")
+    assert "a" in backoff and "b" in backoff and "c" not in backoff
+    backoff.add("c")  # full: the one added longest ago (a) is forgotten
+    assert len(backoff) == 2 and "a" not in backoff and "b" in backoff and "c" in backoff
+    now[0] = 5.0
+    backoff.add("b")  # again: its time starts anew, and it is now the newest
+    backoff.add("d")  # full: c is forgotten
+    assert "c" not in backoff and "b" in backoff and "d" in backoff
+    now[0] = 15.0  # b's and d's time is over
+    assert "b" not in backoff and "d" not in backoff and len(backoff) == 0
+
+
 @pytest.fixture
 def hosts() -> Iterator[tuple[Node, Node]]:
     made = [Node(Identity.from_private_key(PrivateKey.generate()),
@@ -339,3 +360,104 @@ def test_a_request_over_a_closing_connection_dials_anew(hosts: tuple[Node, Node]
     assert client.stats["failed"] == 0, "the request failed on the closing connection"
     assert server.stats["answered"] == answered + 1
     assert [c for c in network.get_connections(server_id) if not c.is_closed]
+
+
+def _until(node: Node, condition: object) -> None:
+    """Wait until ``condition()`` holds, polled on ``node``'s thread, where the DHT's state
+    changes (a bound stops a hang)."""
+    import trio
+
+    async def poll() -> None:
+        with trio.fail_after(BOUND):
+            while not condition():  # type: ignore[operator]
+                await trio.sleep(0.01)  # a state change polled on the host's own thread
+
+    node.submit(poll).result(BOUND + 5)
+
+
+@pytest.fixture
+def three() -> Iterator[tuple[Node, Node, Node]]:
+    made = [Node(Identity.from_private_key(PrivateKey.generate()),
+                 listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                 warn=lambda message: None) for _ in range(3)]
+    try:
+        yield made[0], made[1], made[2]
+    finally:
+        for node in made:
+            node.stop()
+
+
+ASKED = 10  # requests a peer makes of the server in the tests below
+
+
+def test_a_dht_server_never_checks_a_client_however_often_it_asks(
+        three: tuple[Node, Node, Node]) -> None:
+    """(found by review of test_dht_dual) A server took every peer that connected or asked it
+    for a candidate for its routing table and checked it with a FIND_NODE, a client too: a
+    client does not serve the DHT, so each check failed in the stream's negotiation, and the
+    next request started another -- a stream and a negotiation of the server's for each
+    request a client made, forever.  Now, as go-libp2p-kad-dht, a server checks only a peer
+    whose identify says it serves the DHT's protocol: a client asking it is never checked,
+    while a server-mode peer asking is checked and joins the table."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    from ww.p2p.routing import Dht
+
+    server_node, client_node, peer_node = three
+    server = Dht(server_node, server=True)
+    peer = Dht(peer_node, server=True)  # serves the DHT: a candidate for the table
+    for node in three:
+        node.start()
+    client = Dht(client_node)
+    target = _Peer(ID.from_base58(server_node.peer_id))
+    stats = server.stats
+    client_node.submit(client_node.dial, _info(server_node)).result(BOUND)
+    # the server has been told the client's protocols (identify), and looked at it then
+    _until(server_node, lambda: stats.get("not_servers", 0) >= 1 or stats["rpcs"] >= 1)
+    for _ in range(ASKED):
+        assert client_node.submit(client._rpc, target, Message(type=Message.PING)).result(
+            BOUND).type == Message.PING
+    _until(server_node, lambda: stats.get("not_servers", 0) >= 1 + ASKED or stats["rpcs"] >= 1)
+    assert (stats["rpcs"], stats["failed"]) == (0, 0), f"the server checked a client: {stats}"
+    assert len(server.table) == 0
+    peer_node.submit(peer_node.dial, _info(server_node)).result(BOUND)
+    assert peer_node.submit(peer._rpc, target, Message(type=Message.PING)).result(
+        BOUND).type == Message.PING
+    peer_id = ID.from_base58(peer_node.peer_id)
+    _until(server_node, lambda: server.table.get(peer_id) is not None)
+    assert stats["rpcs"] == 1 and stats["failed"] == 0  # one check: the peer's
+
+
+def test_a_peer_whose_check_failed_is_not_checked_again_each_time_it_asks(
+        hosts: tuple[Node, Node]) -> None:
+    """A peer that says it serves the DHT and fails the check (its stream reset here; a peer
+    too slow, or a liar) was checked anew after each of its requests.  Now its failure is
+    remembered for CHECK_BACKOFF seconds (at most MAX_BACKOFF peers): one check, however
+    often it asks."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+    from ww.p2p.routing import LAN_PROTOCOL, Dht
+
+    async def refuse(stream: object) -> None:
+        await stream.reset()  # type: ignore[attr-defined]
+
+    server_node, _ = hosts
+    server = Dht(server_node, server=True)
+    server_node.start()
+    liar_node = Node(Identity.from_private_key(PrivateKey.generate()),
+                     listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                     warn=lambda message: None, handlers={LAN_PROTOCOL: refuse})
+    try:
+        liar_node.start()
+        liar = Dht(liar_node)
+        target = _Peer(ID.from_base58(server_node.peer_id))
+        stats = server.stats
+        liar_node.submit(liar_node.dial, _info(server_node)).result(BOUND)
+        _until(server_node, lambda: stats["failed"] >= 1)  # identify told: checked, failed
+        for _ in range(ASKED):
+            assert liar_node.submit(liar._rpc, target, Message(type=Message.PING)).result(
+                BOUND).type == Message.PING
+        _until(server_node, lambda: stats.get("backed_off", 0) >= ASKED or stats["rpcs"] >= 2)
+        assert (stats["rpcs"], stats["failed"]) == (1, 1), f"checked again: {stats}"
+    finally:
+        liar_node.stop()

@@ -200,6 +200,30 @@ def _use_muxer_given(host: Any) -> None:
     muxers.new_conn = new_conn
 
 
+def _report_identified(host: Any, callbacks: list[Callable[[Any], None]]) -> None:
+    """Call each of ``callbacks`` with a peer's id (on the libp2p thread) whenever identify, or
+    an identify push, has told the host's peerstore which protocols the peer serves.
+
+    go-libp2p emits ``EvtPeerIdentificationCompleted`` and ``EvtPeerProtocolsUpdated``, on
+    which go-libp2p-kad-dht decides whether a peer may join its routing table; py-libp2p
+    0.8.1 has no such event.  Both identify and identify push end in
+    ``update_peerstore_from_identify``, which sets a peer's protocols with the peerstore's
+    ``add_protocols`` (nothing else in py-libp2p calls it); so this host's own peerstore
+    instance gets an ``add_protocols`` that does the same, then tells ``callbacks``
+    (``tests/p2p/test_dht_tables.py`` checks that a DHT server hears of its peers this way).
+    Revisit when upgrading libp2p (pinned in pyproject.toml).
+    """
+    store = host.get_peerstore()
+    add = store.add_protocols
+
+    def add_protocols(peer_id: Any, protocols: Any) -> None:
+        add(peer_id, protocols)
+        for callback in list(callbacks):
+            callback(peer_id)
+
+    store.add_protocols = add_protocols
+
+
 class Node:
     """A libp2p host on its own thread.  Thread-safe: every method may be called anywhere."""
 
@@ -237,6 +261,7 @@ class Node:
         self._session_end: list[Callable[[], None]] = []
         self._handlers = dict(handlers or {})
         self._setups: list[Callable[[], Any]] = []
+        self._identified: list[Callable[[Any], None]] = []
         self._serve_ww = serve_ww
         self._announce = announce
         self._ready: concurrent.futures.Future[None] | None = None
@@ -304,6 +329,12 @@ class Node:
                 return
         ready.result(START_TIMEOUT)
         self.submit(setup).result(START_TIMEOUT)
+
+    def when_identified(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(peer_id)`` (a py-libp2p ``ID``; on the libp2p thread, so it must
+        not block) each time identify tells the host which protocols a peer serves (they are
+        then in the peerstore): once a connection's identify ends, and on an identify push."""
+        self._identified.append(callback)
 
     @property
     def listen_addrs(self) -> list[str]:
@@ -379,6 +410,7 @@ class Node:
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
         host = _new_host(self.identity, self.dial_policy)
+        _report_identified(host, self._identified)
         if self._serve_ww:
             host.set_stream_handler(PROTOCOL_ID, self._inbound)
         for protocol, handler in self._handlers.items():

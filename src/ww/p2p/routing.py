@@ -82,6 +82,8 @@ MAX_INBOUND = 128  # inbound streams all peers together may have open at a time
 INBOUND_IDLE = 60.0  # seconds an inbound stream may sit between requests
 MAX_FAILURES = 3  # requests in a row a peer of the routing table fails before it leaves
 MAX_CHECKS = 8  # candidates for the routing table checked (a FIND_NODE) at a time
+CHECK_BACKOFF = 600.0  # seconds a peer whose check did not admit it is not checked again
+MAX_BACKOFF = 1024  # such peers remembered at most; the oldest is forgotten first
 FIND_PROVIDER_ADDRS = 4  # providers named without an address looked up (FIND_NODE) at most
 # Reproviding (a long-running host announces what it pins again, as kubo's Reprovider does)
 REPROVIDE_INTERVAL = 22 * 3600.0  # seconds between rounds (kubo's Reprovider.Interval)
@@ -286,6 +288,34 @@ class ProviderStore:
         return self._count
 
 
+class Backoff:
+    """Keys not to try again for a while: each for ``ttl`` seconds after it is
+    :meth:`add`-ed.  Bounded: at most ``size`` keys, the one added longest ago forgotten
+    first (a key is then tried sooner, no harm done)."""
+
+    def __init__(self, ttl: float = CHECK_BACKOFF, size: int = MAX_BACKOFF,
+                 clock: Any = time.monotonic) -> None:
+        self.ttl, self.size = ttl, size
+        self._clock = clock
+        self._until: OrderedDict[Any, float] = OrderedDict()  # oldest first
+
+    def add(self, key: Any) -> None:
+        self._until[key] = self._clock() + self.ttl
+        self._until.move_to_end(key)
+        while len(self._until) > self.size:
+            self._until.popitem(last=False)
+
+    def __contains__(self, key: Any) -> bool:
+        until = self._until.get(key)
+        if until is not None and self._clock() >= until:
+            del self._until[key]
+            return False
+        return until is not None
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
 class _Announcer:
     """Announcing in the background (:meth:`provide_soon`) and on a schedule
     (:meth:`reprovide`) through ``self.provide``: shared by :class:`Dht` and
@@ -428,7 +458,8 @@ class Dht(_Announcer):
         self._bootstrap = list(bootstrap)
         self.stats = {"rpcs": 0, "failed": 0, "wrong_reply": 0, "dropped_addrs": 0,
                       "answered": 0, "refused": 0, "wrong_provider": 0, "reprovided": 0,
-                      "provided": 0, "dropped_provides": 0}
+                      "provided": 0, "dropped_provides": 0, "not_servers": 0,
+                      "backed_off": 0}
         # the peers serving the DHT this host has met, with an address in its scope, kept
         # for the whole run
         self.table = RoutingTable(decode_peer_id(str(node.peer_id)))
@@ -437,9 +468,11 @@ class Dht(_Announcer):
         self._init_announcer()
         self._checks: Any = None  # trio channel of peers to check for the table (server)
         self._checking: set[Any] = set()
+        self._backoff = Backoff()  # peers whose check did not admit them, for a while
         self._inbound_streams: dict[Any, list[Any]] = {}  # open inbound, by peer, oldest 1st
         if server:
             node.add_protocol(protocol, self._inbound, self._setup)
+            node.when_identified(self._consider)  # a peer serving the DHT may join the table
 
     # -- checking what peers say -------------------------------------------------------------
 
@@ -501,6 +534,15 @@ class Dht(_Announcer):
                 continue
         return False
 
+    def _serves(self, peer_id: Any) -> bool | None:
+        """Whether ``peer_id`` serves this DHT's protocol, as its identify said; None if
+        identify has told nothing of it yet."""
+        try:
+            protocols = [str(p) for p in self._node.host.get_peerstore().get_protocols(peer_id)]
+        except Exception:  # not in the peerstore
+            return None
+        return self.protocol in protocols if protocols else None
+
     def _over_loopback(self, peer_id: Any) -> bool:
         """Whether the host's connection to ``peer_id`` is over loopback (False if none)."""
         conns = self._node.host.get_network().get_connections(peer_id)
@@ -555,15 +597,11 @@ class Dht(_Announcer):
             info = info_from_p2p_addr(multiaddr.Multiaddr(text))
             seeds[info.peer_id] = _Peer(info.peer_id, list(info.addrs))
         host = self._node.host
-        store = host.get_peerstore()
         for conn in host.get_network().get_connections():
             peer_id = conn.muxed_conn.peer_id
-            try:
-                speaks = self.protocol in [str(p) for p in store.get_protocols(peer_id)]
-            except Exception:
-                speaks = False
             # a peer of this DHT: one with an address in its scope (kubo's query filters)
-            if speaks and peer_id not in seeds and (addrs := self._member_addrs(peer_id)):
+            if self._serves(peer_id) and peer_id not in seeds and (
+                    addrs := self._member_addrs(peer_id)):
                 seeds[peer_id] = _Peer(peer_id, addrs)
         return list(seeds.values())
 
@@ -777,26 +815,13 @@ class Dht(_Announcer):
                 and (loopback or not ip.is_loopback)]
 
     async def _setup(self) -> None:
-        """On the host's thread as it starts: check each peer that connects for the routing
-        table, then join the DHT (bootstrap peers, a lookup of our own id)."""
+        """On the host's thread as it starts: check for the routing table each peer that
+        identify says serves the DHT (:meth:`_consider`), then join the DHT (bootstrap peers,
+        a lookup of our own id)."""
         import trio
-        from libp2p.abc import INotifee
 
         send, receive = trio.open_memory_channel[Any](64)
         self._checks = send
-        dht = self
-
-        class Notifee(INotifee):
-            async def opened_stream(self, network: Any, stream: Any) -> None: ...
-            async def closed_stream(self, network: Any, stream: Any) -> None: ...
-            async def listen(self, network: Any, multiaddr: Any) -> None: ...
-            async def listen_close(self, network: Any, multiaddr: Any) -> None: ...
-            async def disconnected(self, network: Any, conn: Any) -> None: ...
-
-            async def connected(self, network: Any, conn: Any) -> None:
-                dht._consider(conn.muxed_conn.peer_id)
-
-        self._node.host.get_network().register_notifee(Notifee())
         self._node.submit(self._maintain, receive)  # on the host's nursery: ends with it
 
     async def _maintain(self, receive: Any) -> None:
@@ -811,13 +836,27 @@ class Dht(_Announcer):
                 nursery.start_soon(self._check, peer_id)
 
     def _consider(self, peer_id: Any) -> None:
-        """Check ``peer_id`` for the routing table soon (on the host's thread); a peer
-        already there, or already being checked, or more than :data:`MAX_CHECKS` checks
-        at a time: nothing to do."""
+        """Check ``peer_id`` for the routing table soon (on the host's thread), if it serves
+        this DHT (go-libp2p-kad-dht's rule): identify says it serves the protocol, and it is
+        connected in scope at an address in scope.  A client, which asks and does not answer,
+        is never checked (``stats["not_servers"]``); nor a peer identify has told nothing of
+        yet: identify calls this again when it has (:meth:`Node.when_identified`).  Nothing
+        to do either for a peer already there, or being checked, or whose check did not
+        admit it in the last :data:`CHECK_BACKOFF` seconds (``stats["backed_off"]``), or
+        with :data:`MAX_CHECKS` checks at a time."""
         import trio
 
         if (self._checks is None or peer_id in self._checking
                 or len(self._checking) >= MAX_CHECKS or self.table.get(peer_id) is not None):
+            return
+        serves = self._serves(peer_id)
+        if not serves:
+            self.stats["not_servers"] += serves is False
+            return
+        if peer_id in self._backoff:
+            self.stats["backed_off"] += 1
+            return
+        if not self._member_addrs(peer_id):
             return
         self._checking.add(peer_id)
         try:
@@ -830,16 +869,19 @@ class Dht(_Announcer):
         (as go-libp2p-kad-dht checks a peer), at its addresses in scope."""
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
 
+        admitted = False
         try:
             answer = await self._rpc(_Peer(peer_id), Message(
                 type=Message.FIND_NODE, key=self._node.host.get_id().to_bytes()))
             addrs = self._member_addrs(peer_id)
             if answer.type == Message.FIND_NODE and addrs:
-                self.table.add(_Peer(peer_id, addrs))
+                admitted = self.table.add(_Peer(peer_id, addrs))
         except Exception:
             self.stats["failed"] += 1
         finally:
             self._checking.discard(peer_id)
+            if not admitted:  # not checked again for a while, however often it asks
+                self._backoff.add(peer_id)
 
     async def _inbound(self, stream: Any) -> None:
         """Answer a peer's requests on one stream: at most :data:`MAX_REQUESTS_PER_STREAM`,
