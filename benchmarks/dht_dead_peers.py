@@ -9,8 +9,10 @@ answered once and have since stopped: each is a TCP socket that listens and neve
 it costs RPC_TIMEOUT (10 s) of its lookup.  The asker then runs ``--lookups`` FIND_NODE
 lookups of random keys in a row; printed, for each: its time, how many of the dead peers
 it contacted, how many are left in the table.  A peer leaves the table after
-``MAX_FAILURES`` failed requests in a row (1 before wip/dhtflake).  Adding the dead peers
-to the table directly is the one stand-in (they would have entered it by answering).
+``MAX_FAILURES`` failed requests in a row over a connection (1 before wip/dhtflake); since
+wip/dhtdead, a peer that cannot be dialled (here: no handshake within RPC_TIMEOUT) leaves
+at its first failure (``dial_failure=removes``).  Adding the dead peers to the table
+directly is the one stand-in (they would have entered it by answering).
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ def main() -> None:
             port = sock.getsockname()[1]
             asker.table.add(_Peer(peer, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]))
             dead.append(peer)
-        print(f"MAX_FAILURES={getattr(routing, 'MAX_FAILURES', 1)} dead={args.dead} "
-              f"RPC_TIMEOUT={routing.RPC_TIMEOUT:g} QUERY_TIMEOUT={routing.QUERY_TIMEOUT:g}")
+        failures = getattr(routing, "MAX_FAILURES", 1)
+        at_once = failures == 1 or hasattr(routing, "DialFailed")
+        print(f"MAX_FAILURES={failures} dial_failure={'removes' if at_once else 'counts'} "
+              f"dead={args.dead} RPC_TIMEOUT={routing.RPC_TIMEOUT:g} "
+              f"QUERY_TIMEOUT={routing.QUERY_TIMEOUT:g}")
         for n in range(args.lookups):
             failed = asker.stats["failed"]
             start = time.monotonic()

@@ -461,3 +461,61 @@ def test_a_peer_whose_check_failed_is_not_checked_again_each_time_it_asks(
         assert (stats["rpcs"], stats["failed"]) == (1, 1), f"checked again: {stats}"
     finally:
         liar_node.stop()
+
+
+def test_a_peer_that_cannot_be_dialled_leaves_the_routing_table_at_once() -> None:
+    """(found by benchmarks/dht_dead_peers.py) A peer leaves the table after MAX_FAILURES
+    failed requests in a row, so a failure over a live connection (a busy server, a stream
+    reset) does not cost the table a peer; but a peer that cannot even be dialled was asked 3
+    times too, each time up to RPC_TIMEOUT of a lookup.  Now one failed dial removes it, as
+    go-libp2p-kad-dht does: a host that has stopped (its port refuses) and a process that has
+    stopped (its socket takes connections and never reads: no handshake within RPC_TIMEOUT).
+    The one stand-in: the stopped process enters the table directly (it would have answered
+    once); the stopped host entered it by answering."""
+    import socket
+
+    import multiaddr
+    import trio
+
+    from ww.p2p.host import open_connections
+    from ww.p2p.routing import Dht
+
+    made = [Node(Identity.from_private_key(PrivateKey.generate()),
+                 listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False,
+                 warn=lambda message: None) for _ in range(3)]
+    server_node, gone_node, client_node = made
+    stopped = socket.socket()
+    try:
+        Dht(server_node, server=True)
+        Dht(gone_node, server=True)
+        for node in made:
+            node.start()
+        client = Dht(client_node, [server_node.addrs[0], gone_node.addrs[0]])
+        server_id, gone_id = (ID.from_base58(n.peer_id) for n in (server_node, gone_node))
+        anyone = _peer_id().to_base58()
+        client_node.submit(client.find_node, anyone).result(BOUND)
+        assert client.table.get(server_id) is not None and client.table.get(gone_id) is not None
+        assert client.stats["failed"] == 0
+
+        stopped.bind(("127.0.0.1", 0))
+        stopped.listen(8)  # never accepted nor read: the kernel completes the TCP handshake
+        stopped_id = _peer_id()
+        port = stopped.getsockname()[1]
+        client.table.add(_Peer(stopped_id, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]))
+        gone_node.stop()
+
+        async def hung_up() -> None:  # until the client has seen the connection end
+            with trio.fail_after(BOUND):
+                while open_connections(client_node.host.get_network(), gone_id):
+                    await trio.sleep(0.01)  # a state change polled on the client's thread
+
+        client_node.submit(hung_up).result(BOUND)
+        client_node.submit(client.find_node, anyone).result(BOUND)
+        assert client.stats["failed"] == 2  # one request each
+        assert client.table.get(gone_id) is None, "a peer whose port refuses stays"
+        assert client.table.get(stopped_id) is None, "a peer that never handshakes stays"
+        assert client.table.get(server_id) is not None
+    finally:
+        for node in made:
+            node.stop()
+        stopped.close()

@@ -146,10 +146,11 @@ class RoutingTable:
     of their id shares with ours (go-libp2p-kbucket's keyspace), at most ``k`` a bucket.
 
     A full bucket keeps the peers it has (Kademlia's preference for peers long seen) until
-    one of them fails to answer :data:`MAX_FAILURES` requests in a row (:meth:`failed`: one
-    failure may be a busy or slow moment, a stream reset because the peer had no room for
-    it) or answers wrongly (:meth:`remove`); a peer seen again moves to the bucket's end and
-    its failures are forgotten.  Bounded: 257 buckets of ``k``."""
+    one of them fails to answer :data:`MAX_FAILURES` requests in a row over a connection
+    (:meth:`failed`: one failure may be a busy or slow moment, a stream reset because the
+    peer had no room for it), cannot be dialled, or answers wrongly (:meth:`remove`); a peer
+    seen again moves to the bucket's end and its failures are forgotten.  Bounded: 257
+    buckets of ``k``."""
 
     def __init__(self, self_id: bytes, k: int = K) -> None:
         self._me = _hashed(self_id)
@@ -179,8 +180,8 @@ class RoutingTable:
         return True
 
     def failed(self, peer_id: Any) -> bool:
-        """Count a request ``peer_id`` failed (no answer, a reset stream, a failed dial); it
-        is removed at the :data:`MAX_FAILURES`-th in a row.  Whether it was removed."""
+        """Count a request ``peer_id`` failed over a connection (no answer, a reset stream);
+        it is removed at the :data:`MAX_FAILURES`-th in a row.  Whether it was removed."""
         kept = self.get(peer_id)
         if kept is None:
             return False
@@ -425,6 +426,12 @@ class _Announcer:
                 nursery.start_soon(worker)
 
 
+class DialFailed(ConnectionError):
+    """No connection to a peer could be made: no address, refused, unreachable, no handshake
+    within :data:`RPC_TIMEOUT` (a process stopped: the kernel takes the connection, nothing
+    answers), refused by the dial policy."""
+
+
 async def _reset(stream: Any) -> None:
     """Reset ``stream`` (a request given up), within :data:`RPC_TIMEOUT`; run in the host's
     nursery, so it ends with the host."""
@@ -552,39 +559,54 @@ class Dht(_Announcer):
 
     async def _rpc(self, peer: _Peer, message: Any, reply: bool = True) -> Any:
         """Send ``message`` to ``peer`` on a stream of its own; its reply, or None (no reply
-        wanted).  Dials ``peer`` at its checked addresses if not connected.  The stream is
-        closed once answered, reset if given up."""
+        wanted).  Dials ``peer`` at its checked addresses if not connected: :class:`DialFailed`
+        if no connection can be made (no address, refused, unreachable, no handshake within
+        :data:`RPC_TIMEOUT`, the dial policy).  The stream is closed once answered, reset if
+        given up."""
         import trio
+        from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
+
+        network = self._node.host.get_network()
+        self.stats["rpcs"] += 1
+        dialling = False
+        try:
+            with trio.fail_after(RPC_TIMEOUT):
+                if not open_connections(network, peer.id):  # closing ones: dial anew
+                    dialling = True
+                    if not peer.addrs:
+                        raise ConnectionError(f"no address in scope for {peer.id}")
+                    await self._node.dial(LibPeerInfo(peer.id, peer.addrs))
+                    dialling = False
+                return await self._exchange(peer, message, reply)
+        except Exception as e:  # a cancellation (the lookup ended) is no failure of the peer
+            if dialling:  # refused, unreachable, no handshake within RPC_TIMEOUT, the policy
+                raise DialFailed(f"cannot connect to {peer.id}: {e}") from e
+            raise
+
+    async def _exchange(self, peer: _Peer, message: Any, reply: bool) -> Any:
+        """:meth:`_rpc`'s request and reply, over a connection the host has."""
         import varint
         from libp2p.kad_dht.pb.kademlia_pb2 import Message
-        from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
         from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-        host = self._node.host
-        self.stats["rpcs"] += 1
-        with trio.fail_after(RPC_TIMEOUT):
-            if not open_connections(host.get_network(), peer.id):  # closing ones: dial anew
-                if not peer.addrs:
-                    raise ConnectionError(f"no address in scope for {peer.id}")
-                await self._node.dial(LibPeerInfo(peer.id, peer.addrs))
-            stream = await host.new_stream(peer.id, [self.protocol])
-            try:
-                data = message.SerializeToString()
-                await stream.write(varint.encode(len(data)) + data)
-                answer = None
-                if reply:
-                    answer = Message()
-                    answer.ParseFromString(await read_varint_prefixed_bytes_limited(
-                        stream, MAX_MESSAGE))
-            except BaseException:
-                # given up (a failure, a timeout, a lookup cancelled): reset, or the peer
-                # counts the stream as ours until it idles out -- in the host's nursery, not
-                # here: a reset waits on the connection's writes, which a peer that stops
-                # reading holds up, and the request must end when given up
-                self._node.submit(_reset, stream)
-                raise
-            await stream.close()
-            return answer
+        stream = await self._node.host.new_stream(peer.id, [self.protocol])
+        try:
+            data = message.SerializeToString()
+            await stream.write(varint.encode(len(data)) + data)
+            answer = None
+            if reply:
+                answer = Message()
+                answer.ParseFromString(await read_varint_prefixed_bytes_limited(
+                    stream, MAX_MESSAGE))
+        except BaseException:
+            # given up (a failure, a timeout, a lookup cancelled): reset, or the peer
+            # counts the stream as ours until it idles out -- in the host's nursery, not
+            # here: a reset waits on the connection's writes, which a peer that stops
+            # reading holds up, and the request must end when given up
+            self._node.submit(_reset, stream)
+            raise
+        await stream.close()
+        return answer
 
     async def _seeds(self, key: bytes) -> list[_Peer]:
         """Where a query starts: the :data:`K` peers of the routing table closest to ``key``,
@@ -639,9 +661,12 @@ class Dht(_Announcer):
             request = Message(type=kind, key=key)
             try:
                 answer = await self._rpc(peer, request)
-            except Exception:
+            except Exception as e:
                 self.stats["failed"] += 1
-                self.table.failed(peer.id)  # removed only after MAX_FAILURES in a row
+                if isinstance(e, DialFailed):  # gone, or stopped: go-libp2p-kad-dht's rule
+                    self.table.remove(peer.id)
+                else:  # over a live connection: busy, slow, closing; MAX_FAILURES in a row
+                    self.table.failed(peer.id)
                 return
             if answer.type != kind or (answer.key and bytes(answer.key) != key):
                 # A reply to another question (kubo and js-libp2p echo the key, rust-libp2p
