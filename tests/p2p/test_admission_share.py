@@ -244,3 +244,30 @@ def test_a_host_full_of_streams_shares_them_among_addresses(start, monkeypatch) 
     assert alive == [[True, True, True], [True, True, True]]
     assert counts == {"streams": 0, "ip_streams": {}, "all_streams": 0, "ip_held": {},
                       "dropped": 0}
+
+
+class _Peername:
+    """A stand-in for py-libp2p's TCP stream, holding only the peer name its socket gives:
+    no link-local or global IPv6 address is reachable on this machine (only ::1)."""
+
+    def __init__(self, address: tuple) -> None:
+        self.stream = self
+        self.socket = self
+        self._address = address
+
+    def getpeername(self) -> tuple:
+        return self._address
+
+
+@pytest.mark.parametrize("a, b, same", [
+    (("2001:db8:1:1::1", 1, 0, 0), ("2001:db8:1:2::9", 1, 0, 0), True),  # one global /56
+    (("2001:db8:1:1::1", 1, 0, 0), ("2001:db8:2:1::1", 1, 0, 0), False),
+    (("fe80::1", 1, 0, 2), ("fe80::2", 1, 0, 2), False),  # two LAN peers, link-local
+    (("fe80::1%eth0", 1, 0, 2), ("fe80::1", 1, 0, 2), True),
+    (("fd00:1::1", 1, 0, 0), ("fd00:1::2", 1, 0, 0), False),  # unique local: one site
+    (("::ffff:192.0.2.1", 1, 0, 0), ("192.0.2.1", 1), True),
+])
+def test_lan_ipv6_peers_are_counted_each_as_itself_global_ones_by_their_56(a, b, same):
+    """Link-local and unique local IPv6 addresses are a LAN's: grouped by /56, every peer
+    of the LAN (fe80::/64) counted as one address, 8 connections for all of them."""
+    assert (admission._remote_ip(_Peername(a)) == admission._remote_ip(_Peername(b))) is same

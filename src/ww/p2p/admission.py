@@ -277,10 +277,11 @@ def _count(counts: dict[Any, int], key: Any, change: int) -> None:
 def _remote_ip(stream: Any) -> str | None:
     """The remote address ``stream`` (py-libp2p's TCP stream, or a connection) comes from, as
     counted: an IPv4 address (an IPv4-mapped IPv6 one, ``::ffff:a.b.c.d``, as what it maps:
-    an IPv4 peer of a dual-stack listener), or an IPv6 address's /56 (one subscriber's usual
-    share, go-libp2p's rule), loopback as it is.  The socket is asked first: py-libp2p 0.8.1's
-    ``get_remote_address`` gives None for every IPv6 socket (its peer name is a 4-tuple),
-    which left IPv6 and dual-stack peers counted by no address at all."""
+    an IPv4 peer of a dual-stack listener), or a global IPv6 address's /56 (one subscriber's
+    usual share, go-libp2p's rule); loopback, link-local and unique local IPv6 addresses as
+    they are.  The socket is asked first: py-libp2p 0.8.1's ``get_remote_address`` gives
+    None for every IPv6 socket (its peer name is a 4-tuple), which left IPv6 and dual-stack
+    peers counted by no address at all."""
     try:
         try:
             address = stream.stream.socket.getpeername()
@@ -292,9 +293,15 @@ def _remote_ip(stream: Any) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
-        if not ip.is_loopback:
+        if not (ip.is_loopback or ip.is_link_local or ip in _IP6_LOCAL):
             return str(ipaddress.ip_network(f"{ip}/{IP6_PREFIX}", strict=False))
     return str(ip)
+
+
+# Link-local (fe80::/10) and unique local (fc00::/7) addresses are a LAN's or a site's, not
+# one subscriber's: their /56 would count every peer of the LAN as one address (8
+# connections for all of them), so each is counted as itself, as an IPv4 address is.
+_IP6_LOCAL = ipaddress.ip_network("fc00::/7")
 
 
 def _inbound_handler(network: Any, admission: Admission) -> Any:
