@@ -20,7 +20,7 @@ import trio
 from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
-           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER"]
+           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -37,6 +37,14 @@ CONNECTIONS = 128
 # up; a connection with no request under way (idle, or its request head not complete) gives
 # it up at once.  hypercorn's keep-alive timeout, which ends an idle connection in any case.
 EVICT_AFTER = 5.0
+# With every place taken and a client waiting, a connection whose client leaves the reply the
+# daemon has for it untaken (a TCP window it keeps shut, an HTTP/2 flow-control window it
+# never opens, or either opened a little now and then) gives its place up once it has taken
+# less than MIN_SEND_RATE bytes a second of it over SEND_GRACE seconds or more of the wait:
+# the limits the node's Bitswap puts on a peer's replies (ww.ipfs.bitswap: STALL_TIMEOUT,
+# and boxo's MIN_SEND_RATE, 100 kbit/s).
+SEND_GRACE = 10.0
+MIN_SEND_RATE = 12_500
 BACKLOG = 1024  # connections the kernel completes and holds for accept() (somaxconn caps it)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -428,6 +436,7 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             await trio.aclose_forcefully(stream)
 
     async def take_place() -> None:
+        waited = False
         while True:
             try:
                 slots.acquire_nowait()
@@ -435,6 +444,10 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             except trio.WouldBlock:
                 pass
             await trio.lowlevel.wait_readable(site.sock.fileno())  # a client waits to be taken
+            if not waited:  # a new wait: the readers' rates are measured over it
+                waited = True
+                for server in served:
+                    server.stretch = None
             if any(server.given_up for server in served):
                 # one cut for this client is still to end (its app to return): its place is
                 # about to free, and cutting another would take two places for one client
@@ -478,19 +491,66 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
 def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
     """The connection to give its place to a waiting client (or None), and how long to wait
     for a place before looking again: until the first in the middle of a request could
-    give its place up."""
-    best, best_key = None, (2, now)
+    give its place up.  First one with no request under way, longest waited on first; then
+    one whose request's body has brought nothing for :data:`EVICT_AFTER` seconds; then one
+    whose client has taken its reply at less than :data:`MIN_SEND_RATE` for
+    :data:`SEND_GRACE` seconds, the slowest first."""
+    best, best_key = None, (3, now)
     wait = EVICT_AFTER
     for server in served:
+        rate = server.slow_reader(now)
+        if server.stretch is not None and rate is None:
+            wait = min(wait, server.stretch[0] + SEND_GRACE - now)
         key = server.waited_on()
         if key is None:
-            continue
-        if key[0] == 1 and now - key[1] < EVICT_AFTER:
+            if rate is not None and rate < MIN_SEND_RATE:
+                key = (2, rate)
+            else:
+                continue
+        elif key[0] == 1 and now - key[1] < EVICT_AFTER:
             wait = min(wait, key[1] + EVICT_AFTER - now)
             continue
         if key < best_key:
             best, best_key = server, key
     return best, (1.0 if best is not None else max(wait, 0.05))
+
+
+def _reply_held(sock: Any, protocol: Any) -> bool:
+    """Whether the daemon holds bytes of a reply its client has not taken: bytes in the
+    kernel's send queue (sent and not acknowledged, or not sent for a shut window), or in
+    an HTTP/2 stream's buffer (hypercorn's), which only a flow-control window keeps there."""
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))
+    except (OSError, AttributeError, ValueError):
+        return False
+    if queued[0] > 0:
+        return True
+    buffers = getattr(protocol, "stream_buffers", None) or {}
+    return any(len(getattr(buffer, "buffer", b"")) for buffer in list(buffers.values()))
+
+
+_TCPI_BYTES_ACKED = 120  # the offset of tcpi_bytes_acked (a u64) in Linux's struct tcp_info
+
+
+def _bytes_acked(sock: Any) -> int | None:
+    """How many bytes the client of the TCP socket ``sock`` has acknowledged (Linux 4.1 and
+    later); None for another socket, or a kernel that does not tell."""
+    import struct
+
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("Q", info, _TCPI_BYTES_ACKED)[0])
 
 
 _SERVER_CLASS: list[type] = []
@@ -512,6 +572,9 @@ def _server_class() -> type:
     class Server(tcp_server.TCPServer):  # type: ignore[misc]
         waiting_since: float | None = None  # trio time; None: not reading from the client
         given_up = False
+        # (since when, bytes acknowledged then): the daemon holds reply bytes its client has
+        # not taken, seen so at each look while a client waits (see slow_reader)
+        stretch: tuple[float, int] | None = None
 
         async def _read_data(self) -> None:  # hypercorn's, noting the wait
             while True:
@@ -528,6 +591,13 @@ def _server_class() -> type:
                 if data == b"":
                     break
             await self.protocol.handle(Closed())
+            # hypercorn's HTTP/2 protocol ends its streams on the connection's end but not
+            # their send buffers: an app waiting for the client's window to take the rest of
+            # its reply (in ``push`` or ``drain``) waited for ever, and held the connection,
+            # and so its place, after its client had gone or its place was given up
+            protocol = getattr(self.protocol, "protocol", None)
+            for buffer in list(getattr(protocol, "stream_buffers", {}).values()):
+                await buffer.close()
 
         def waited_on(self) -> tuple[int, float] | None:
             """(0, since when) if the read loop waits on a client with no request under way
@@ -556,6 +626,34 @@ def _server_class() -> type:
             if connection.their_state is h11.IDLE:
                 return 0, since
             return (1, since) if connection.their_state is h11.SEND_BODY else None
+
+        def slow_reader(self, now: float) -> float | None:
+            """The rate (bytes a second) at which its client has taken what the daemon sent
+            it since the daemon was first seen (this wait: :func:`_longest_waited_on`)
+            holding reply bytes it has not taken -- unacknowledged in the kernel, or held by
+            the client's HTTP/2 flow-control window -- once that is :data:`SEND_GRACE`
+            seconds ago and the bytes are still there; else None (such a stretch is begun
+            or ended here; one at :data:`MIN_SEND_RATE` or more ends, and the next begins,
+            so a burst does not cover a trickle after it).  A unix socket's client is the
+            user's own (its file is 0600): None."""
+            if self.given_up:
+                return None
+            sock = getattr(self.stream, "socket", None)
+            held = _reply_held(sock, getattr(getattr(self, "protocol", None), "protocol", None))
+            acked = _bytes_acked(sock) if held else None
+            if acked is None:
+                self.stretch = None
+                return None
+            if self.stretch is None:
+                self.stretch = (now, acked)
+                return None
+            since, acked_then = self.stretch
+            if now - since < SEND_GRACE:
+                return None
+            rate = (acked - acked_then) / (now - since)
+            if rate >= MIN_SEND_RATE:  # and the next stretch is measured on its own
+                self.stretch = (now, acked)
+            return rate
 
         def give_up_place(self) -> None:
             """Shut the connection down, as if its client had hung up: the read loop sees
