@@ -404,14 +404,18 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     connection that keeps the daemon waiting for nothing: one with no request under way
     (idle between requests, or that has not sent a whole request head), the one waited on
     longest first; else one whose request has kept the daemon waiting on its body for
-    :data:`EVICT_AFTER` seconds.  Its socket is shut down, as if its client had hung up (a
-    request under way is cancelled); until it has ended (its app may be slow to return: an
-    upload waiting for its place sees the end only once it has one), its place counts as
-    about to free, and no other is cut.  Connections the daemon itself holds up (a request it
-    works on, a body it does not read yet: an upload waiting for a place) keep theirs.  So
-    idle connections and uploads that trickle a byte now and then no longer shut the others
-    out for as long as they are held (docs/security.md).  The apps' lifespan has nothing to
-    do (:func:`lifespan`), so it is not run."""
+    :data:`EVICT_AFTER` seconds; else one whose client leaves its reply untaken, at under
+    :data:`MIN_SEND_RATE` over :data:`SEND_GRACE` seconds, the slowest first (a TCP window
+    kept shut or opened a little now and then, an HTTP/2 flow-control window never opened:
+    hypercorn waits on those for as long as the client likes).  Its socket is shut down, as
+    if its client had hung up (a request under way is cancelled); until it has ended (its
+    app may be slow to return: an upload waiting for its place sees the end only once it
+    has one), its place counts as about to free, and no other is cut.  Connections the
+    daemon itself holds up (a request it works on, a body it does not read yet: an upload
+    waiting for a place) keep theirs.  So idle connections, uploads that trickle a byte now
+    and then and readers that take nothing no longer shut the others out for as long as
+    they are held (docs/security.md).
+    The apps' lifespan has nothing to do (:func:`lifespan`), so it is not run."""
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
     from hypercorn.utils import wrap_app
