@@ -416,6 +416,8 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     and then and readers that take nothing no longer shut the others out for as long as
     they are held (docs/security.md).
     The apps' lifespan has nothing to do (:func:`lifespan`), so it is not run."""
+    import math
+
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
     from hypercorn.utils import wrap_app
@@ -439,8 +441,9 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             slots.release()
             await trio.aclose_forcefully(stream)
 
+    looked = [-math.inf]  # when a waiting client last had the connections looked over
+
     async def take_place() -> None:
-        waited = False
         while True:
             try:
                 slots.acquire_nowait()
@@ -448,10 +451,12 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             except trio.WouldBlock:
                 pass
             await trio.lowlevel.wait_readable(site.sock.fileno())  # a client waits to be taken
-            if not waited:  # a new wait: the readers' rates are measured over it
-                waited = True
+            if trio.current_time() - looked[0] > EVICT_AFTER + 1:
+                # clients wait again after a while when none did: the readers' rates are
+                # measured over this wait (while they keep coming, over the whole of it)
                 for server in served:
                     server.stretch = None
+            looked[0] = trio.current_time()
             if any(server.given_up for server in served):
                 # one cut for this client is still to end (its app to return): its place is
                 # about to free, and cutting another would take two places for one client
