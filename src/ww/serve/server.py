@@ -524,30 +524,14 @@ def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
     return best, (1.0 if best is not None else max(wait, 0.05))
 
 
-def _reply_held(sock: Any, protocol: Any) -> bool:
-    """Whether the daemon holds bytes of a reply its client has not taken: bytes in the
-    kernel's send queue (sent and not acknowledged, or not sent for a shut window), or in
-    an HTTP/2 stream's buffer (hypercorn's), which only a flow-control window keeps there."""
-    import fcntl
-    import struct
-    import termios
-
-    try:
-        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))
-    except (OSError, AttributeError, ValueError):
-        return False
-    if queued[0] > 0:
-        return True
-    buffers = getattr(protocol, "stream_buffers", None) or {}
-    return any(len(getattr(buffer, "buffer", b"")) for buffer in list(buffers.values()))
-
-
-_TCPI_BYTES_ACKED = 120  # the offset of tcpi_bytes_acked (a u64) in Linux's struct tcp_info
-
-
-def _bytes_acked(sock: Any) -> int | None:
-    """How many bytes the client of the TCP socket ``sock`` has acknowledged (Linux 4.1 and
-    later); None for another socket, or a kernel that does not tell."""
+def _reply_held(sock: Any, protocol: Any) -> int | None:
+    """How many bytes the client of the TCP socket ``sock`` has acknowledged, if the daemon
+    holds bytes of a reply it has not taken: bytes the kernel holds unsent (a TCP window
+    shut, or too small for them; not bytes merely in flight, which a client that reads at
+    once may leave unacknowledged for a delayed ACK), or an HTTP/2 stream's send buffer
+    (hypercorn's) holds, which only a flow-control window keeps there.  None if it holds
+    none, or for a socket other than TCP, or a kernel that does not tell (Linux 4.6 and
+    later do: ``tcp_info``)."""
     import struct
 
     option = getattr(socket, "TCP_INFO", None)
@@ -557,9 +541,21 @@ def _bytes_acked(sock: Any) -> int | None:
         info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
     except OSError:
         return None
-    if len(info) < _TCPI_BYTES_ACKED + 8:
+    if len(info) < _TCPI_NOTSENT_BYTES + 4:
         return None
-    return int(struct.unpack_from("Q", info, _TCPI_BYTES_ACKED)[0])
+    acked = int(struct.unpack_from("Q", info, _TCPI_BYTES_ACKED)[0])
+    if struct.unpack_from("I", info, _TCPI_NOTSENT_BYTES)[0] > 0:
+        return acked
+    buffers = getattr(protocol, "stream_buffers", None) or {}
+    if any(len(getattr(buffer, "buffer", b"")) for buffer in list(buffers.values())):
+        return acked
+    return None
+
+
+# offsets in Linux's struct tcp_info (linux/tcp.h): tcpi_bytes_acked (a u64),
+# tcpi_notsent_bytes (a u32)
+_TCPI_BYTES_ACKED = 120
+_TCPI_NOTSENT_BYTES = 144
 
 
 _SERVER_CLASS: list[type] = []
@@ -639,17 +635,16 @@ def _server_class() -> type:
         def slow_reader(self, now: float) -> float | None:
             """The rate (bytes a second) at which its client has taken what the daemon sent
             it since the daemon was first seen (this wait: :func:`_longest_waited_on`)
-            holding reply bytes it has not taken -- unacknowledged in the kernel, or held by
-            the client's HTTP/2 flow-control window -- once that is :data:`SEND_GRACE`
-            seconds ago and the bytes are still there; else None (such a stretch is begun
-            or ended here; one at :data:`MIN_SEND_RATE` or more ends, and the next begins,
-            so a burst does not cover a trickle after it).  A unix socket's client is the
-            user's own (its file is 0600): None."""
+            holding reply bytes it has not taken -- unsent in the kernel for the client's
+            TCP window, or held for its HTTP/2 flow-control window -- once that is
+            :data:`SEND_GRACE` seconds ago and the bytes are still there; else None (such a
+            stretch is begun or ended here; one at :data:`MIN_SEND_RATE` or more ends, and
+            the next begins, so a burst does not cover a trickle after it).  A unix socket's
+            client is the user's own (its file is 0600): None."""
             if self.given_up:
                 return None
-            sock = getattr(self.stream, "socket", None)
-            held = _reply_held(sock, getattr(getattr(self, "protocol", None), "protocol", None))
-            acked = _bytes_acked(sock) if held else None
+            acked = _reply_held(getattr(self.stream, "socket", None),
+                                getattr(getattr(self, "protocol", None), "protocol", None))
             if acked is None:
                 self.stretch = None
                 return None
