@@ -330,8 +330,10 @@ def test_an_http2_reply_the_daemon_is_sending_keeps_its_place(daemon):
     read loop waited as one waiting on its client: a `cat` whose reader paused (its reply
     piped into something slow) for `EVICT_AFTER` seconds was cut off midway to let another
     client in.  Now an HTTP/2 connection with a request read whole keeps its place as an
-    HTTP/1.1 one does; the reply is read in full once the reader goes on."""
-    from ww.serve.server import CONNECTIONS, EVICT_AFTER
+    HTTP/1.1 one does, past `EVICT_AFTER` (a reader that takes nothing for `SEND_GRACE`
+    seconds while a client waits gives it up: the next tests); the reply is read in full
+    once the reader goes on."""
+    from ww.serve.server import CONNECTIONS, EVICT_AFTER, SEND_GRACE
 
     data = os.urandom(16 << 20)  # more than the sockets' buffers hold
     body, headers = multipart([("big", "application/octet-stream", data)])
@@ -357,8 +359,9 @@ def test_an_http2_reply_the_daemon_is_sending_keeps_its_place(daemon):
     try:
         # the old daemon cut the paused HTTP/2 reply off after EVICT_AFTER seconds and let
         # the waiting client in; now the client waits until a place frees (a while to see
-        # that no place is taken from the reply, not a time anything must happen within)
-        served.wait(3 * EVICT_AFTER)
+        # that no place is taken from the reply, not a time anything must happen within;
+        # shorter than SEND_GRACE, after which the paused readers give theirs up)
+        served.wait((EVICT_AFTER + SEND_GRACE) / 2)
     finally:
         for other in others:
             other.close()
@@ -689,3 +692,128 @@ def test_a_lock_path_that_is_no_lock_file_of_the_users_own_is_refused_and_named(
         assert not path.exists()
     finally:
         held.close()
+
+
+def _h2_never_reading(daemon: Daemon) -> socket.socket:
+    """An HTTP/2 connection that asks for a page (`GET /`, the API's 404, answered on the
+    event loop) and opens no flow-control window for the reply (`SETTINGS_INITIAL_WINDOW_SIZE`
+    0), once the reply's head came: the body is the daemon's to send, and it never may."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    host, port = daemon.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=HANG)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"),
+                          (":path", "/")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    while True:
+        data = sock.recv(1 << 16)
+        assert data, "the daemon ended the connection"
+        events = conn.receive_data(data)
+        sock.sendall(conn.data_to_send())  # the settings' acknowledgement
+        if any(isinstance(event, h2.events.ResponseReceived) for event in events):
+            return sock
+
+
+def test_http2_clients_that_never_open_their_window_give_their_places_up(daemon):
+    """(found by attack) Every one of the API's places (`CONNECTIONS`) is taken by an HTTP/2
+    client that asks for a page and never opens its flow-control window for the reply.  The
+    old daemon held each such reply for good (hypercorn waits for the window; the kernel's
+    `STALL` never sees it, TCP flows) and served no one else: the client below waited out
+    its `HANG`.  Now, with every place taken and a client waiting, a connection whose client
+    has taken its reply at less than `MIN_SEND_RATE` for `SEND_GRACE` seconds gives its
+    place up: the client is served, and one such connection is cut."""
+    from ww.serve.server import CONNECTIONS
+
+    host, port = daemon.url.removeprefix("http://").split(":")
+    socks = [_h2_never_reading(daemon) for _ in range(CONNECTIONS)]
+    try:
+        client, served = _version_once_all_taken(daemon, int(port))
+        client.join(HANG)
+        assert served.is_set()
+        cut = []
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                while sock.recv(1 << 16):  # GOAWAY, perhaps, then the end
+                    pass
+                cut.append(sock)
+            except BlockingIOError:
+                pass
+            except OSError:
+                cut.append(sock)
+        assert len(cut) == 1, f"{len(cut)} connections were cut for one client"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_uploads_that_trickle_faster_than_the_silence_limit_give_their_places_up(daemon):
+    """(found by attack) The 16 upload places (`UPLOADS`) are held by `add`s whose client
+    sends a byte of its body each second, never silent for `EVICT_AFTER` seconds.  The old
+    daemon kept them placed for as long as they went on, and every other upload waited (the
+    one below waited out its `HANG`); now, while an upload waits for a place, a placed one
+    whose body has come at less than `MIN_SEND_RATE` for `SEND_GRACE` seconds is refused
+    (a 400 naming the rate), the slowest first, one at a time: the waiting upload is
+    served, and one trickling upload is refused."""
+    from ww.serve.rpc import UPLOADS
+
+    host, port = daemon.url.removeprefix("http://").split(":")
+    body, headers = multipart([("big", "application/octet-stream", b"")])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    opening = body[:body.index(b"\r\n--wwtestboundary--")]
+    request = (f"POST /api/v0/add?pin=false&progress=true HTTP/1.1\r\nHost: x\r\n{head}"
+               f"Content-Length: {1 << 30}\r\n\r\n").encode() + opening
+    placed = []
+    for _ in range(UPLOADS):
+        sock = socket.create_connection((host, int(port)), timeout=HANG)
+        sock.sendall(request + bytes(2 << 20))  # a piece for its worker: a progress line
+        got = b""
+        while b'"Bytes"' not in got:  # it has a place
+            piece = sock.recv(1 << 16)
+            assert piece, got
+            got += piece
+        placed.append(sock)
+    done = threading.Event()
+
+    def trickle() -> None:
+        while not done.wait(1):
+            for sock in placed:
+                try:
+                    sock.send(b"x")
+                except OSError:
+                    pass  # refused
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        body, headers = multipart([("s", "application/octet-stream", b"served\n")])
+        status, _, reply = daemon.post("add", body=body, headers=headers)
+        assert status == 200, reply
+        assert b'"Name":"s"' in reply
+    finally:
+        done.set()
+        trickler.join(HANG)
+    cut = 0
+    for sock in placed:  # a refused upload's reply had begun (its progress): it is cut short
+        sock.setblocking(False)
+        try:
+            while sock.recv(1 << 16):
+                pass
+            cut += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            cut += 1
+        sock.close()
+    assert cut == 1, f"{cut} uploads were refused for one"
+    _, events = daemon.stop()
+    refused = [event["error"] for event in events if event["event"] == "rpc-error"]
+    assert len(refused) == 1, refused
+    assert "bytes/s, under" in refused[0] and "while other uploads waited" in refused[0]

@@ -59,7 +59,15 @@ from ww.ipfs import chunker as chunkers
 from ww.ipfs import exporter, importer
 from ww.ipfs.api import AddOptions, CancelToken, Entry, EntryType, PeerInfo, cancellable
 from ww.ipfs.node import EmbeddedNode
-from ww.serve.server import EVICT_AFTER, STALL, give_back_freed, held_for_others, lifespan
+from ww.serve.server import (
+    EVICT_AFTER,
+    MIN_SEND_RATE,
+    SEND_GRACE,
+    STALL,
+    give_back_freed,
+    held_for_others,
+    lifespan,
+)
 
 __all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
 
@@ -128,6 +136,14 @@ class Request:
         self.place_wanted: Callable[[], bool] = lambda: False
         self._stall: anyio.CancelScope | None = None  # while the pump waits on the client
         self._heard = 0.0  # when the pump last heard from it (anyio's clock)
+        # The body's rate while another upload waits for a place (see body_rate): the bytes
+        # it brought and the seconds the pump waited for the worker (not on the client) so
+        # far, since when it waits (None: it does not), and the measure's start
+        self._received = 0
+        self._room_waited = 0.0
+        self._room_since: float | None = None
+        self._measure: tuple[float, int, float] | None = None
+        self.too_slow: float | None = None  # the rate it was refused for (refuse_slow)
         query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                        keep_blank_values=True)
         self.args = [value for name, value in query if name == "arg"]
@@ -248,7 +264,12 @@ class Request:
                 if self._body_put >= self._body_allowed:
                     self._room = trio.Event()
                     if self._body_put >= self._body_allowed:  # see _wake_pump
-                        await self._room.wait()
+                        self._room_since = anyio.current_time()
+                        try:
+                            await self._room.wait()
+                        finally:
+                            self._room_waited += anyio.current_time() - self._room_since
+                            self._room_since = None
                     continue
                 self._body.put(await self._receive_piece())
                 self._body_put += 1
@@ -282,8 +303,12 @@ class Request:
                     if message.get("body"):
                         pieces.append(message["body"])
                         size += len(message["body"])
+                        self._received += len(message["body"])
             finally:
                 self._stall = None
+        if self.too_slow is not None:
+            raise ClientError(f"the request body came at {self.too_slow:.0f} bytes/s, under "
+                              f"{MIN_SEND_RATE}, while other uploads waited for its place")
         if stall.cancelled_caught:
             if anyio.current_time() - self._heard < BODY_STALL:
                 raise ClientError(f"the request body brought nothing for {EVICT_AFTER:g} s "
@@ -301,9 +326,38 @@ class Request:
     def relax(self) -> None:
         """On the event loop: no upload waits for a place any more, so its body may bring
         nothing for :data:`BODY_STALL` seconds again (counted from the last it brought),
-        undoing :meth:`hurry`."""
+        undoing :meth:`hurry`, and its rate is no longer measured."""
+        self._measure = None
         if self._stall is not None:
             self._stall.deadline = self._heard + BODY_STALL
+
+    def body_rate(self, now: float) -> float | None:
+        """On the event loop, while another upload waits for a place: the rate (bytes a
+        second) at which the client has sent its body since it was first asked this (the
+        time the pump waited for the worker left out), once that is :data:`SEND_GRACE`
+        seconds; else None.  A measure at :data:`MIN_SEND_RATE` or more ends and the next
+        begins, so a burst does not cover a trickle after it."""
+        room = self._room_waited
+        if self._room_since is not None:
+            room += now - self._room_since
+        if self._measure is None:
+            self._measure = (now, self._received, room)
+            return None
+        since, received, room_then = self._measure
+        spent = now - since - (room - room_then)
+        if spent < SEND_GRACE:
+            return None
+        rate = (self._received - received) / spent
+        if rate >= MIN_SEND_RATE:
+            self._measure = (now, self._received, room)
+        return rate
+
+    def refuse_slow(self, rate: float) -> None:
+        """On the event loop: refuse the request (a 400) for a body that came at ``rate``
+        while another upload waited for its place; its place is then given up."""
+        self.too_slow = rate
+        if self._stall is not None:
+            self._stall.cancel()
 
     def drop_body(self) -> None:
         """Once the command and the pump are done: drop what the pump put and the worker
@@ -1162,7 +1216,10 @@ class RpcApi:
                 for placed in self._placed:
                     placed.hurry()
                 with held_for_others(request.scope):
-                    await self._uploads.acquire()
+                    while True:
+                        with anyio.move_on_after(self._refuse_slowest()):
+                            await self._uploads.acquire()
+                            break
             finally:
                 self._place_wanted -= 1
                 if not self._place_wanted:  # the others go back to BODY_STALL
@@ -1171,6 +1228,23 @@ class RpcApi:
         else:
             await self._uploads.acquire()
         self._placed.add(request)
+
+    def _refuse_slowest(self) -> float:
+        """While an upload waits for a place: refuse the placed upload whose body has come
+        slowest, under :data:`MIN_SEND_RATE` over :data:`SEND_GRACE` seconds or more (one
+        at a time: none while one refused still holds its place); how long to wait before
+        looking again."""
+        now = anyio.current_time()
+        if any(placed.too_slow is not None for placed in self._placed):
+            return 1.0
+        slowest, slowest_rate = None, float(MIN_SEND_RATE)
+        for placed in self._placed:
+            rate = placed.body_rate(now)
+            if rate is not None and rate < slowest_rate and placed._stall is not None:
+                slowest, slowest_rate = placed, rate
+        if slowest is not None:
+            slowest.refuse_slow(slowest_rate)
+        return 1.0
 
     def announce(self, cids: Iterable[str]) -> None:
         """Announce ``cids`` (just pinned) through the router, off the request's path."""

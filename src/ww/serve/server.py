@@ -21,7 +21,7 @@ import trio
 from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
-           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER"]
+           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -38,6 +38,14 @@ CONNECTIONS = 128
 # up; a connection with no request under way (idle, or its request head not complete) gives
 # it up at once.  hypercorn's keep-alive timeout, which ends an idle connection in any case.
 EVICT_AFTER = 5.0
+# With every place taken and a client waiting, a connection whose client leaves the reply the
+# daemon has for it untaken (a TCP window it keeps shut, an HTTP/2 flow-control window it
+# never opens, or either opened a little now and then) gives its place up once it has taken
+# less than MIN_SEND_RATE bytes a second of it over SEND_GRACE seconds or more of the wait:
+# the limits the node's Bitswap puts on a peer's replies (ww.ipfs.bitswap: STALL_TIMEOUT,
+# and boxo's MIN_SEND_RATE, 100 kbit/s).
+SEND_GRACE = 10.0
+MIN_SEND_RATE = 12_500
 BACKLOG = 1024  # connections the kernel completes and holds for accept() (somaxconn caps it)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -406,14 +414,19 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     (idle between requests, or that has not sent a whole request head), the one waited on
     longest first; else one whose request has kept the daemon waiting on its body for
     :data:`EVICT_AFTER` seconds; else one whose request has waited on other requests that
-    long (:func:`held_for_others`: an upload waiting for a place).  Its socket is shut down,
-    as if its client had hung up, and its requests are cancelled; until it has ended (its app
-    may be slow to return), its place counts as about to free, and no other is cut.
-    Connections the daemon itself holds up otherwise (a request it works on) keep theirs.
-    So idle connections, uploads that trickle a byte now and then, and uploads waiting
-    behind a few that keep sending no longer shut the others out for as long as they are
-    held (docs/security.md).  The apps' lifespan has nothing to
-    do (:func:`lifespan`), so it is not run."""
+    long (:func:`held_for_others`: an upload waiting for a place); else one whose client
+    leaves its reply untaken, at under :data:`MIN_SEND_RATE` over :data:`SEND_GRACE`
+    seconds, the slowest first (a TCP window kept shut or opened a little now and then, an
+    HTTP/2 flow-control window never opened: hypercorn waits on those for as long as the
+    client likes).  Its socket is shut down, as if its client had hung up, and its requests
+    are cancelled; until it has ended (its app may be slow to return), its place counts as
+    about to free, and no other is cut.  Connections the daemon itself holds up otherwise (a
+    request it works on) keep theirs.  So idle connections, uploads that trickle a byte now
+    and then, uploads waiting behind a few that keep sending, and readers that take nothing
+    no longer shut the others out for as long as they are held (docs/security.md).
+    The apps' lifespan has nothing to do (:func:`lifespan`), so it is not run."""
+    import math
+
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.typing import ConnectionState
     from hypercorn.utils import wrap_app
@@ -437,6 +450,8 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             slots.release()
             await trio.aclose_forcefully(stream)
 
+    looked = [-math.inf]  # when a waiting client last had the connections looked over
+
     async def take_place() -> None:
         while True:
             try:
@@ -445,6 +460,12 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
             except trio.WouldBlock:
                 pass
             await trio.lowlevel.wait_readable(site.sock.fileno())  # a client waits to be taken
+            if trio.current_time() - looked[0] > EVICT_AFTER + 1:
+                # clients wait again after a while when none did: the readers' rates are
+                # measured over this wait (while they keep coming, over the whole of it)
+                for server in served:
+                    server.stretch = None
+            looked[0] = trio.current_time()
             if any(server.given_up for server in served):
                 # one cut for this client is still to end (its app to return): its place is
                 # about to free, and cutting another would take two places for one client
@@ -488,19 +509,63 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
 def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
     """The connection to give its place to a waiting client (or None), and how long to wait
     for a place before looking again: until the first in the middle of a request could
-    give its place up."""
-    best, best_key = None, (2, now)
+    give its place up.  First one with no request under way, longest waited on first; then
+    one whose request's body has brought nothing for :data:`EVICT_AFTER` seconds; then one
+    whose request has waited that long on others (:func:`held_for_others`); then one whose
+    client has taken its reply at less than :data:`MIN_SEND_RATE` for :data:`SEND_GRACE`
+    seconds, the slowest first."""
+    best, best_key = None, (4, 0.0)
     wait = EVICT_AFTER
     for server in served:
+        rate = server.slow_reader(now)
+        if server.stretch is not None and rate is None:
+            wait = min(wait, server.stretch[0] + SEND_GRACE - now)
         key = server.waited_on()
         if key is None:
-            continue
-        if key[0] >= 1 and now - key[1] < EVICT_AFTER:
+            if rate is not None and rate < MIN_SEND_RATE:
+                key = (3, rate)
+            else:
+                continue
+        elif key[0] >= 1 and now - key[1] < EVICT_AFTER:
             wait = min(wait, key[1] + EVICT_AFTER - now)
             continue
         if key < best_key:
             best, best_key = server, key
     return best, (1.0 if best is not None else max(wait, 0.05))
+
+
+def _reply_held(sock: Any, protocol: Any) -> int | None:
+    """How many bytes the client of the TCP socket ``sock`` has acknowledged, if the daemon
+    holds bytes of a reply it has not taken: bytes the kernel holds unsent (a TCP window
+    shut, or too small for them; not bytes merely in flight, which a client that reads at
+    once may leave unacknowledged for a delayed ACK), or an HTTP/2 stream's send buffer
+    (hypercorn's) holds, which only a flow-control window keeps there.  None if it holds
+    none, or for a socket other than TCP, or a kernel that does not tell (Linux 4.6 and
+    later do: ``tcp_info``)."""
+    import struct
+
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_NOTSENT_BYTES + 4:
+        return None
+    acked = int(struct.unpack_from("Q", info, _TCPI_BYTES_ACKED)[0])
+    if struct.unpack_from("I", info, _TCPI_NOTSENT_BYTES)[0] > 0:
+        return acked
+    buffers = getattr(protocol, "stream_buffers", None) or {}
+    if any(len(getattr(buffer, "buffer", b"")) for buffer in list(buffers.values())):
+        return acked
+    return None
+
+
+# offsets in Linux's struct tcp_info (linux/tcp.h): tcpi_bytes_acked (a u64),
+# tcpi_notsent_bytes (a u32)
+_TCPI_BYTES_ACKED = 120
+_TCPI_NOTSENT_BYTES = 144
 
 
 _SERVER_CLASS: list[type] = []
@@ -522,6 +587,9 @@ def _server_class() -> type:
     class Server(tcp_server.TCPServer):  # type: ignore[misc]
         waiting_since: float | None = None  # trio time; None: not reading from the client
         given_up = False
+        # (since when, bytes acknowledged then): the daemon holds reply bytes its client has
+        # not taken, seen so at each look while a client waits (see slow_reader)
+        stretch: tuple[float, int] | None = None
 
         async def _read_data(self) -> None:  # hypercorn's, noting the wait
             while True:
@@ -538,6 +606,13 @@ def _server_class() -> type:
                 if data == b"":
                     break
             await self.protocol.handle(Closed())
+            # hypercorn's HTTP/2 protocol ends its streams on the connection's end but not
+            # their send buffers: an app waiting for the client's window to take the rest of
+            # its reply (in ``push`` or ``drain``) waited for ever, and held the connection,
+            # and so its place, after its client had gone or its place was given up
+            protocol = getattr(self.protocol, "protocol", None)
+            for buffer in list(getattr(protocol, "stream_buffers", {}).values()):
+                await buffer.close()
 
         def waited_on(self) -> tuple[int, float] | None:
             """(0, since when) if the read loop waits on a client with no request under way
@@ -580,6 +655,33 @@ def _server_class() -> type:
             if connection.their_state is h11.IDLE:
                 return 0, since
             return (1, since) if connection.their_state is h11.SEND_BODY else None
+
+        def slow_reader(self, now: float) -> float | None:
+            """The rate (bytes a second) at which its client has taken what the daemon sent
+            it since the daemon was first seen (this wait: :func:`_longest_waited_on`)
+            holding reply bytes it has not taken -- unsent in the kernel for the client's
+            TCP window, or held for its HTTP/2 flow-control window -- once that is
+            :data:`SEND_GRACE` seconds ago and the bytes are still there; else None (such a
+            stretch is begun or ended here; one at :data:`MIN_SEND_RATE` or more ends, and
+            the next begins, so a burst does not cover a trickle after it).  A unix socket's
+            client is the user's own (its file is 0600): None."""
+            if self.given_up:
+                return None
+            acked = _reply_held(getattr(self.stream, "socket", None),
+                                getattr(getattr(self, "protocol", None), "protocol", None))
+            if acked is None:
+                self.stretch = None
+                return None
+            if self.stretch is None:
+                self.stretch = (now, acked)
+                return None
+            since, acked_then = self.stretch
+            if now - since < SEND_GRACE:
+                return None
+            rate = (acked - acked_then) / (now - since)
+            if rate >= MIN_SEND_RATE:  # and the next stretch is measured on its own
+                self.stretch = (now, acked)
+            return rate
 
         def give_up_place(self) -> None:
             """Shut the connection down, as if its client had hung up: the read loop sees
