@@ -361,3 +361,26 @@ def test_stopping_the_host_does_not_wait_for_a_frame_a_frozen_peer_holds(
     thread.join(STOP_HANG)
     assert not thread.is_alive(), "the host's thread waited for the frozen peer's frame"
     assert not freezer._thaw.is_set()  # the peer was frozen all along
+
+
+def test_a_peer_that_reset_its_reply_is_asked_the_wants_waiting_in_turn_at_once(
+        tmp_path: Path) -> None:
+    """(review) A peer resets the stream its reply was on with its window of wants full and
+    one more waiting in turn: the wants it held fail (no other peer to try), and the one
+    waiting is asked of it at once, its window empty now.  The reset's wants were moved on
+    while the peer's window still counted them, and emptied only after: the want in turn
+    waited for the next timeout round (or, had it been asked, the peer's window would not
+    have counted it)."""
+    engine = bitswap.Engine(Blockstore(tmp_path / "blocks"), self_id="us",
+                            open_stream=lambda peer: None)
+    engine.peer_connected("them")
+    cids = [CID.decode(c)[0] for c in _absent(bitswap.START_WANTS + 1, "reset")]
+    for cid in cids:
+        engine.want(cid, None)
+    peer = engine.peers["them"]
+    assert len(peer.assigned) == bitswap.START_WANTS
+    last = cids[-1].multihash
+    assert engine.wants[last].queued
+    engine._reply_reset("them")
+    assert engine.wants[last].peer == "them"
+    assert peer.assigned == {last}

@@ -718,8 +718,12 @@ class Engine:
         self._move_on(peer, WENT_AWAY)
 
     def _move_on(self, peer: _Peer, why: str) -> None:
-        """Give the wants asked of ``peer`` to the next peers, noting ``why`` it failed them."""
-        for mh in list(peer.assigned):
+        """Give the wants asked of ``peer`` to the next peers, noting ``why`` it failed them.
+        Its window is emptied first: a peer that stays (one that reset a reply) has room
+        for the wants waiting in turn at once, and one asked of it now stays counted."""
+        assigned = list(peer.assigned)
+        peer.assigned.clear()
+        for mh in assigned:
             want = self.wants.get(mh)
             if want is not None and want.peer == peer.id:
                 want.tried[peer.id] = why
@@ -742,7 +746,6 @@ class Engine:
             return
         peer.timeouts += len(peer.assigned)  # failed as if they had timed out: asked last
         self._move_on(peer, RESET)
-        peer.assigned.clear()
 
     def _lied(self, peer_id: str) -> None:
         """``peer_id`` sent a block it was not asked for (bytes that are not the block asked,
@@ -757,7 +760,6 @@ class Engine:
         if len(self.liars) > MAX_LIARS:
             del self.liars[next(iter(self.liars))]
         self._move_on(peer, WRONG_DATA)
-        peer.assigned.clear()
 
     # -- fetching --------------------------------------------------------------------------
 
