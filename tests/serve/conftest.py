@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,13 +27,23 @@ class Daemon:
     ``gateway`` one); :meth:`stop` sends SIGTERM and returns its status."""
 
     def __init__(self, home: Path, *extra: str, api: str | None = "/ip4/127.0.0.1/tcp/0",
-                 gateway: str | None = "/ip4/127.0.0.1/tcp/0") -> None:
-        """``api=None``, ``gateway=None``: no --api, --gateway: the default addresses."""
+                 gateway: str | None = "/ip4/127.0.0.1/tcp/0",
+                 server_constants: dict[str, float] | None = None) -> None:
+        """``api=None``, ``gateway=None``: no --api, --gateway: the default addresses.
+        ``server_constants``: ``ww.serve.server``'s bounds set otherwise in the daemon (a
+        test that must not meet one of them on a slow machine sets it out of reach)."""
         self.home = home
+        argv = ["--json", "daemon", *(["--api", api] if api else []),
+                *(["--gateway", gateway] if gateway else []),
+                "--listen", "/ip4/127.0.0.1/tcp/0", *extra]
+        command = [WW, *argv]
+        if server_constants:
+            command = [sys.executable, "-c",
+                       "import sys; import ww.serve.server as s; "
+                       f"[setattr(s, k, v) for k, v in {server_constants!r}.items()]; "
+                       "from ww.cli.entry import main; main(sys.argv[1:])", *argv]
         self.proc = subprocess.Popen(
-            [WW, "--json", "daemon", *(["--api", api] if api else []),
-             *(["--gateway", gateway] if gateway else []),
-             "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
+            command,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "WW_HOME": str(home)}, text=True)
         self.events: list[dict[str, Any]] = []
