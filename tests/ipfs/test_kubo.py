@@ -433,6 +433,7 @@ def test_upload_is_full_duplex():
     body_size = 8 << 20
     listener = socket.create_server(("127.0.0.1", 0))
     received = []
+    done = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"  # a CID, as the reply's Hash must be
 
     def serve() -> None:
         conn, _ = listener.accept()
@@ -457,14 +458,14 @@ def test_upload_is_full_duplex():
                 total += len(f.read(size))
                 f.readline()
             received.append(total)
-            final = json.dumps({"Name": "data", "Hash": "QmDone", "Size": "1"}).encode() + b"\n"
+            final = json.dumps({"Name": "data", "Hash": done, "Size": "1"}).encode() + b"\n"
             f.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(final), final))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     client = KuboClient(f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}", timeout=HANG)
     block = b"z" * (1 << 20)
-    assert client.add_stream(block for _ in range(body_size >> 20)) == "QmDone"
+    assert client.add_stream(block for _ in range(body_size >> 20)) == done
     thread.join(HANG)
     listener.close()
     assert received[0] > body_size  # the whole multipart body arrived
