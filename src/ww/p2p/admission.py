@@ -43,9 +43,10 @@ One exception, so that a few addresses cannot shut the door on all others (16 ad
 connections fill :data:`MAX_INBOUND`): when the host is full and a connection comes from an
 address holding fewer connections (set up or being set up) than another holds set up, by at
 least 2, that other address gives up one of its set-up connections (see
-:meth:`Admission.victim`: its oldest the peer has no stream open on, set up at least :data:`EVICT_GRACE` seconds ago, else its oldest), closed
-at once, and the newcomer takes its place.  The places end up shared out evenly among the
-addresses asking for them: an address holding one connection is never trimmed, and an
+:meth:`Admission.victim`: its oldest the peer has no stream open on, set up at least
+:data:`EVICT_GRACE` seconds ago, else its oldest), closed at once, and the newcomer takes
+its place.  The places end up shared out evenly among the addresses asking for them: an
+address's last set-up connection is never trimmed (whatever it has in its handshake), and an
 address trimmed to one below another's cannot take it back by connecting again.  This is
 go-libp2p's connection manager's answer (trim rather than keep the door shut), made fair
 per address and done at once rather than down to a low water mark.  What it leaves: the
