@@ -252,3 +252,44 @@ def test_native_and_kubo_connect_both_ways(lib: str, tmp_path: Path) -> None:
     assert got["native_pings_kubo_us"] > 0
     assert got["kubo_connects"]["code"] == 0
     assert got["native_peer"] in got["kubo_peers"]
+
+
+# Calls the extension's Conn type's tp_clear slot (what the cycle collector calls) through
+# ctypes: the collector itself clears only objects nothing can reach any more, so a test
+# cannot make it clear one and call it afterwards; the slot is called as it would, on a
+# real connection over a socket pair.  Offset of tp_clear in CPython 3.8+'s PyTypeObject
+# on 64-bit.
+_AFTER_CLEAR = """
+import asyncio, ctypes, socket, sys
+from ww.p2p._native import _ext
+assert ctypes.sizeof(ctypes.c_void_p) == 8
+a, b = socket.socketpair()
+loop = asyncio.new_event_loop()
+conn = _ext.Conn(a.fileno(), True, loop)
+clear = ctypes.c_void_p.from_address(id(_ext.Conn) + 24 * 8).value
+assert clear, "no tp_clear"
+ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object)(clear)(conn)
+outcomes = []
+for name in ("flush", "readable", "writable", "open", "handshake_step", "free"):
+    try:
+        getattr(conn, name)()
+        outcomes.append(name + ": ok")
+    except ConnectionError as e:
+        outcomes.append(name + ": " + str(e))
+print(";".join(outcomes))
+"""
+
+
+def test_extension_connection_cleared_by_the_collector_is_closed() -> None:
+    """(review) Conn's tp_clear dropped its streams, dirty list and loop but kept the C
+    connection, so a method called afterwards passed NULL to PyList_GET_SIZE (flush) or
+    PyDict_GetItem (readable): the process crashed.  Now clearing frees the C connection too,
+    and every method finds a closed connection."""
+    import ww.p2p._native  # noqa: F401
+
+    r = subprocess.run(
+        [sys.executable, "-c", _AFTER_CLEAR], capture_output=True, text=True, timeout=HANG
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.split(";")[0] == "flush: ok", r.stdout
+    assert "open: connection closed" in r.stdout, r.stdout

@@ -289,3 +289,48 @@ def test_an_honest_peer_dropped_for_a_broken_stream_is_not_taken_for_a_liar(
     assert engine.stats["dropped"] == 1
     assert engine.stats["liars"] == 0
     assert b.block(cids[2]) == blocks[2]
+
+
+def test_a_stream_this_host_resets_is_not_taken_for_the_peers_reset(
+        tmp_path: Path, made: list) -> None:
+    """(review) py-libp2p 0.8.1 flags a stream reset by this host as reset by the peer, so
+    when the host reset a peer's Bitswap stream (admission giving its place to another) the
+    engine took it for the peer giving up its reply: ``resets_in`` counted it and the peer's
+    wants were moved on and failed.  Now the host's own reset is not the peer's: the want
+    stays with the peer until it goes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.ipfs.test_bitswap import _on_engine, _until
+    from tests.ipfs.test_bitswap_slots import _connections
+
+    peer = HostilePeer(tmp_path / "stall", "stall")  # half a reply, its stream held open
+    b = EmbeddedNode(tmp_path / "b", new_host=host_for_ipfs())
+    made += [peer, b]
+    b.connect(peer.addr)
+    _engine(b).peer_timeout = 10 * HANG
+    cid = str(CID.v0(sha256(b"the host resets the stream this comes on")))
+    with ThreadPoolExecutor(1) as pool:
+        fetch = pool.submit(b.block, cid)
+        assert peer.asked.wait(HANG), "the want never came"
+
+        def reading() -> int:
+            p = _on_engine(b, lambda e: e.peers.get(peer.peer_id))
+            return 0 if p is None else p.inbound
+
+        _until(lambda: reading() == 1, "the peer's reply stream was never read")
+
+        async def reset_inbound() -> int:
+            streams = [s for c in _connections(b._net._node, peer.peer_id)
+                       for s in list(c.streams.values()) if not s.is_initiator]
+            for s in streams:
+                await s.reset()
+            return len(streams)
+
+        assert b._net._node.submit(reset_inbound).result(HANG) >= 1
+        _until(lambda: reading() == 0, "the reset stream's reader never ended")
+        assert _engine(b).stats["resets_in"] == 0
+        assert _on_engine(b, lambda e: bool(e.peers[peer.peer_id].assigned))
+        assert not fetch.done()
+        peer.close()  # the peer goes: the want fails now
+        with pytest.raises(NotFoundError):
+            fetch.result(HANG)

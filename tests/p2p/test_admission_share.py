@@ -128,6 +128,45 @@ def test_a_full_host_shares_its_places_among_addresses(start, monkeypatch) -> No
                                                        "127.0.0.4": 2})
 
 
+def test_an_address_keeps_its_last_set_up_connection_whatever_it_has_in_handshake(
+        start, monkeypatch) -> None:
+    """(review) MAX_INBOUND made 2: 127.0.0.2 holds one set-up connection and one bare TCP
+    connection in its handshake (held there: HANDSHAKE_TIMEOUT made longer than the test), so
+    the host is full.  127.0.0.3 connects.  Before, trimming counted 127.0.0.2's connections
+    set up or not (2, at least 2 more than 127.0.0.3's 0): its only set-up connection was
+    closed for the newcomer.  Now it counts what an address has set up: an address keeps its
+    last one, and the newcomer is refused."""
+    monkeypatch.setattr(admission, "MAX_INBOUND", 2, raising=False)
+    monkeypatch.setattr(admission, "MAX_PER_IP", 3, raising=False)
+    monkeypatch.setattr(admission, "EVICT_GRACE", 0.0, raising=False)
+    monkeypatch.setattr(admission, "HANDSHAKE_TIMEOUT", 10 * HANG, raising=False)
+    server = start()
+    port = int(server.addrs[0].split("/tcp/")[1].split("/")[0])
+
+    async def main() -> tuple[bool, bool, dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                set_up = await connect(server.addrs[0], nursery, source="127.0.0.2")
+                bare = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+                while (await trio.to_thread.run_sync(_on_host, server, _counts)
+                       )["handshakes"] < 1:  # bounded by fail_after
+                    await trio.sleep(0.02)
+                try:
+                    await connect(server.addrs[0], nursery, source="127.0.0.3")
+                    newcomer = True
+                except Exception:
+                    newcomer = False
+                counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+                alive = not set_up.event_shutting_down.is_set()
+                await bare.aclose()
+            nursery.cancel_scope.cancel()
+        return newcomer, alive, counts
+
+    newcomer, alive, counts = trio.run(main)
+    assert (newcomer, alive) == (False, True)
+    assert counts["held"] == {"127.0.0.2": 1}
+
+
 def test_ipv4_peers_of_a_dual_stack_listener_are_counted_by_their_ipv4_address(
         start, monkeypatch) -> None:
     """A host listening on an IPv6 socket that takes IPv4 too (bound to ::ffff:127.0.0.1,

@@ -1366,7 +1366,10 @@ def _was_reset(stream: Any, error: Exception | None = None) -> bool:
     while the connection stays: py-libp2p 0.8.1's Yamux reads a stream reset, once it has
     given what it holds, as its end (the stream is gone from the connection), so the
     stream's flag says it; a connection that breaks flags each of its streams so too (the
-    peer went away: :meth:`Engine.peer_disconnected` follows)."""
+    peer went away: :meth:`Engine.peer_disconnected` follows).  py-libp2p flags a stream
+    this host reset (:mod:`ww.p2p.admission` giving its place to another) the same way:
+    ``reset_sent`` (:class:`ww.p2p.yamux.Stream`) tells ours apart, and those are not the
+    peer's."""
     from libp2p.network.stream.exceptions import StreamReset
 
     muxed = getattr(stream, "muxed_stream", None)
@@ -1374,6 +1377,8 @@ def _was_reset(stream: Any, error: Exception | None = None) -> bool:
     shutting = getattr(conn, "event_shutting_down", None)
     if getattr(conn, "is_closed", False) is True or (
             shutting is not None and shutting.is_set()):
+        return False
+    if getattr(muxed, "reset_sent", False) is True:
         return False
     return isinstance(error, StreamReset) or getattr(muxed, "reset_received", False) is True
 

@@ -41,11 +41,12 @@ connection, counted and given back like any other).
 
 One exception, so that a few addresses cannot shut the door on all others (16 addresses x 8
 connections fill :data:`MAX_INBOUND`): when the host is full and a connection comes from an
-address holding fewer connections than another by at least 2, that other address gives up
-one of its set-up connections (see :meth:`Admission.victim`: its oldest the peer has no
-stream open on, set up at least :data:`EVICT_GRACE` seconds ago, else its oldest), closed
-at once, and the newcomer takes its place.  The places end up shared out evenly among the
-addresses asking for them: an address holding one connection is never trimmed, and an
+address holding fewer connections (set up or being set up) than another holds set up, by at
+least 2, that other address gives up one of its set-up connections (see
+:meth:`Admission.victim`: its oldest the peer has no stream open on, set up at least
+:data:`EVICT_GRACE` seconds ago, else its oldest), closed at once, and the newcomer takes
+its place.  The places end up shared out evenly among the addresses asking for them: an
+address's last set-up connection is never trimmed (whatever it has in its handshake), and an
 address trimmed to one below another's cannot take it back by connecting again.  This is
 go-libp2p's connection manager's answer (trim rather than keep the door shut), made fair
 per address and done at once rather than down to a low water mark.  What it leaves: the
@@ -172,8 +173,10 @@ class Admission:
     def victim(self, ip: str | None) -> tuple[str, Any] | None:
         """Which connection (with its address) gives its place to a new one from ``ip`` when
         the host is full (None: none, the newcomer is refused).  The address holding the most
-        connections (set up or being set up; 127.0.0.1 and ::1 never) gives one up if it
-        holds at least 2 more than ``ip``: its oldest on which the peer has no stream open
+        set-up connections (127.0.0.1 and ::1 never) gives one up if it holds at least 2 more
+        than ``ip`` holds set up or being set up, so it keeps one set up (one in its
+        handshake, which may never finish, does not count for it): its oldest on which the
+        peer has no stream open
         (ours, identify and the like, do not count) set up at least
         :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
         handshake has its own timeout).  Only when the host is full: then a look at each
@@ -181,10 +184,10 @@ class Admission:
         connections."""
         if ip is None or not self.held:
             return None
-        heaviest = max(self.held, key=self.per_ip.__getitem__)
-        if self.per_ip[heaviest] < self.per_ip.get(ip, 0) + 2:
-            return None
+        heaviest = max(self.held, key=lambda a: len(self.held[a]))
         conns = self.held[heaviest]
+        if len(conns) < self.per_ip.get(ip, 0) + 2:
+            return None
         now = trio.current_time()
         for conn, since in conns.items():  # oldest first, at most MAX_PER_IP
             if now - since >= EVICT_GRACE and conn.muxed_conn not in self.streams:

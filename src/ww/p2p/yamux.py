@@ -97,6 +97,7 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
 
     _send_window: int
     _window_changed: trio.Event
+    reset_sent = False  # this side reset the stream (see :meth:`reset`)
 
     @classmethod
     def adopt(cls, stream: _yamux.YamuxStream) -> Stream:
@@ -112,6 +113,14 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         stream._grown = 0
         stream._may_grow = bool(stream.is_initiator)  # ours; a peer's once negotiated
         return stream
+
+    async def reset(self) -> None:
+        """py-libp2p 0.8.1 flags a stream it resets itself as if the peer had
+        (``reset_received``); :attr:`reset_sent` says a reset was ours, so that what reads
+        the stream does not take it for the peer's (Bitswap counts a peer's resets)."""
+        if not self.closed and not self.reset_received:
+            self.reset_sent = True
+        await super().reset()
 
     def _grow_target(self, want: int) -> None:
         """Raise ``target_recv_window`` toward ``want`` as far as :data:`GROWN_WINDOWS`

@@ -391,10 +391,11 @@ static int Conn_traverse(ConnObject *self, visitproc visit, void *arg) {
     return 0;
 }
 
-/* Breaks the cycles; the C connection is freed with the object (Conn_dealloc). */
+/* Breaks the cycles, and frees the C connection with them: every method takes a NULL
+ * self->c as closed, so one called after the collector cleared the object (its streams and
+ * dirty list gone) finds nothing to use rather than NULLs. */
 static int Conn_clear(ConnObject *self) {
-    Py_CLEAR(self->streams);
-    Py_CLEAR(self->dirty);
+    conn_free(self);
     Py_CLEAR(self->loop);
     return 0;
 }
@@ -559,7 +560,7 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
 static PyObject *Conn_writable(ConnObject *self, PyObject *unused) {
     (void)unused;
     long left = self->c ? ww_conn_flush(self->c) : 0;
-    if (left <= 0 && self->writing) {
+    if (left <= 0 && self->writing && self->loop) {
         self->writing = 0;
         PyObject *r = PyObject_CallMethod(self->loop, "remove_writer", "i", self->fd);
         if (!r) return NULL;
