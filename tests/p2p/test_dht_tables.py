@@ -5,6 +5,7 @@ for the wire test; the tables alone for the bounds."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from libp2p.peer.id import ID
@@ -197,6 +198,32 @@ async def _hold(node: Node, peer: ID, protocol: str, count: int) -> list[object]
     return streams
 
 
+def _server_and_client(hosts: tuple[Node, Node], **options: object) -> tuple[Any, Any, ID, ID]:
+    """Started hosts: a LAN DHT server on the first, a DHT on the second bootstrapped to it
+    (``options``: the second's); the two DHTs and the hosts' ids."""
+    from ww.p2p.routing import Dht
+
+    server_node, client_node = hosts
+    server = Dht(server_node, server=True)
+    server_node.start()
+    client_node.start()
+    client = Dht(client_node, [server_node.addrs[0]], **options)  # type: ignore[arg-type]
+    return server, client, ID.from_base58(server_node.peer_id), ID.from_base58(
+        client_node.peer_id)
+
+
+def _one_failure_short(client: Any, server_node: Node) -> None:
+    """``client``'s table holds the server at its address, one failure short of its removal."""
+    import multiaddr
+
+    from ww.p2p.routing import MAX_FAILURES
+
+    peer = _Peer(ID.from_base58(server_node.peer_id),
+                 [multiaddr.Multiaddr(server_node.addrs[0].split("/p2p/")[0])])
+    client.table.add(peer)
+    client.table.get(peer.id).failures = MAX_FAILURES - 1
+
+
 async def _given_back(server: object, peer: ID) -> None:
     """Until ``server`` (a Dht) counts no inbound stream of ``peer`` (a bound stops a hang)."""
     import trio
@@ -212,15 +239,10 @@ def test_a_peer_that_fails_once_stays_in_the_routing_table(hosts: tuple[Node, No
     it has not seen yet) resets the next as it arrives.  The old lookup removed a peer from
     the routing table on any failure, so one busy moment cost the table its only peer.  Now
     a peer leaves after MAX_FAILURES failures in a row; an answer clears the count."""
-    from ww.p2p.routing import MAX_FAILURES, MAX_INBOUND_PER_PEER, Dht
+    from ww.p2p.routing import MAX_FAILURES, MAX_INBOUND_PER_PEER
 
     server_node, client_node = hosts
-    server = Dht(server_node, server=True)
-    server_node.start()
-    client_node.start()
-    client = Dht(client_node, [server_node.addrs[0]])
-    server_id, client_id = ID.from_base58(server_node.peer_id), ID.from_base58(
-        client_node.peer_id)
+    server, client, server_id, client_id = _server_and_client(hosts)
     anyone = _peer_id().to_base58()
 
     def lookup() -> None:
@@ -519,3 +541,78 @@ def test_a_peer_that_cannot_be_dialled_leaves_the_routing_table_at_once() -> Non
         for node in made:
             node.stop()
         stopped.close()
+
+
+def test_an_answer_ends_a_peers_failures_in_a_row_whatever_the_table_keeps(
+        hosts: tuple[Node, Node]) -> None:
+    """An answer forgot a peer's failures in a row only by keeping the peer again in the
+    table, which a peer with no address in the DHT's scope (here: a scope that keeps no
+    loopback address, the table holding the peer from before) never was: failures before a
+    good answer still counted, and the next one removed a peer that answers."""
+    server_node, client_node = hosts
+    _, client, server_id, _ = _server_and_client(hosts, scope=lambda ip: not ip.is_loopback)
+    _one_failure_short(client, server_node)
+    client_node.submit(client.find_node, _peer_id().to_base58()).result(BOUND)
+    assert client.stats["failed"] == 0 and client.stats["rpcs"] >= 1
+    kept = client.table.get(server_id)
+    assert kept is not None and kept.failures == 0, "an answer left the failures counted"
+
+
+def test_a_close_that_fails_after_an_answer_is_no_failure_and_resets_the_stream(
+        hosts: tuple[Node, Node]) -> None:
+    """A stream whose close raised after the answer came counted as a failed request (one
+    of MAX_FAILURES in a row: here the last), and was left open: the server counted it as
+    one of ours until it idled out.  An answer received is an answer; the stream is reset.
+    A close that fails cannot be had on demand from real peers: the streams the asker opens
+    are real, their close is replaced by one that raises (named here as a stand-in)."""
+    server_node, client_node = hosts
+    server, client, server_id, client_id = _server_and_client(hosts)
+    _one_failure_short(client, server_node)
+    host = client_node.host
+    real_new_stream = host.new_stream
+
+    async def new_stream(*args: object, **kwargs: object) -> object:
+        stream = await real_new_stream(*args, **kwargs)
+
+        async def close() -> None:  # the stand-in: closing fails
+            raise ConnectionError("closing failed")
+
+        stream.close = close  # type: ignore[method-assign]
+        return stream
+
+    host.new_stream = new_stream  # type: ignore[method-assign]
+    client_node.submit(client.find_node, _peer_id().to_base58()).result(BOUND)
+    assert client.stats["failed"] == 0, "an answer then a failed close counted as a failure"
+    kept = client.table.get(server_id)
+    assert kept is not None and kept.failures == 0
+    server_node.submit(_given_back, server, client_id).result(BOUND + 5)  # reset: seen ended
+
+
+def test_a_peer_connected_over_ipv6_is_in_the_dhts_scope() -> None:
+    """py-libp2p 0.8.1 tells no remote address of an IPv6 connection (its socket's peer
+    name is a 4-tuple), so a DHT peer connected over IPv6 was in no DHT's scope: never a
+    seed of a lookup, never checked for the table.  Now the socket is asked: over ::1 the
+    LAN DHT asks the server it is connected to, and the server takes the asker (a server
+    too) into its table."""
+    from ww.p2p.routing import Dht
+
+    made = [Node(Identity.from_private_key(PrivateKey.generate()), listen=["/ip6/::1/tcp/0"],
+                 serve_ww=False, announce=False, warn=lambda message: None) for _ in range(2)]
+    try:
+        server_node, client_node = made
+        server = Dht(server_node, server=True)
+        client = Dht(client_node, server=True)  # no bootstrap: its connections are its seeds
+        server_node.start()
+        client_node.start()
+        assert server_node.addrs[0].startswith("/ip6/::1/tcp/")
+        server_id, client_id = ID.from_base58(server_node.peer_id), ID.from_base58(
+            client_node.peer_id)
+        client_node.submit(client_node.dial, _info(server_node)).result(BOUND)
+        _until(client_node, lambda: client._serves(server_id))  # identify told
+        assert client._connected_in_scope(server_id) and client._over_loopback(server_id)
+        client_node.submit(client.find_node, _peer_id().to_base58()).result(BOUND)
+        assert client.stats["rpcs"] >= 1 and client.table.get(server_id) is not None
+        _until(server_node, lambda: server.table.get(client_id) is not None)  # checked
+    finally:
+        for node in made:
+            node.stop()

@@ -191,6 +191,12 @@ class RoutingTable:
         self.remove(peer_id)
         return True
 
+    def answered(self, peer_id: Any) -> None:
+        """``peer_id`` answered a request: its failures in a row are forgotten."""
+        kept = self.get(peer_id)
+        if kept is not None:
+            kept.failures = 0
+
     def remove(self, peer_id: Any) -> None:
         raw = peer_id.to_bytes()
         self._buckets.get(self._bucket(raw), {}).pop(raw, None)  # type: ignore[call-overload]
@@ -532,14 +538,8 @@ class Dht(_Announcer):
 
     def _connected_in_scope(self, peer_id: Any) -> bool:
         """Whether a connection of the host's to ``peer_id`` has its far end in scope."""
-        for conn in self._node.host.get_network().get_connections(peer_id):
-            try:
-                remote = conn.muxed_conn.get_remote_address()
-                if remote is not None and self._in_scope(ipaddress.ip_address(remote[0])):
-                    return True
-            except Exception:  # no address known: not in scope
-                continue
-        return False
+        return any((ip := _far_ip(conn.muxed_conn)) is not None and self._in_scope(ip)
+                   for conn in self._node.host.get_network().get_connections(peer_id))
 
     def _serves(self, peer_id: Any) -> bool | None:
         """Whether ``peer_id`` serves this DHT's protocol, as its identify said; None if
@@ -561,8 +561,8 @@ class Dht(_Announcer):
         """Send ``message`` to ``peer`` on a stream of its own; its reply, or None (no reply
         wanted).  Dials ``peer`` at its checked addresses if not connected: :class:`DialFailed`
         if no connection can be made (no address, refused, unreachable, no handshake within
-        :data:`RPC_TIMEOUT`, the dial policy).  The stream is closed once answered, reset if
-        given up."""
+        :data:`RPC_TIMEOUT`, the dial policy).  The stream is closed once answered (reset if the
+        close fails: the answer stands), reset if given up."""
         import trio
         from libp2p.peer.peerinfo import PeerInfo as LibPeerInfo
 
@@ -605,7 +605,12 @@ class Dht(_Announcer):
             # reading holds up, and the request must end when given up
             self._node.submit(_reset, stream)
             raise
-        await stream.close()
+        try:
+            await stream.close()
+        except BaseException as e:  # an answer received is an answer: the stream is reset
+            self._node.submit(_reset, stream)
+            if not isinstance(e, Exception):  # a cancellation goes on
+                raise
         return answer
 
     async def _seeds(self, key: bytes) -> list[_Peer]:
@@ -675,6 +680,7 @@ class Dht(_Announcer):
                 self.table.remove(peer.id)
                 return
             answered[peer.id] = peer
+            self.table.answered(peer.id)  # its failures in a row end here, kept or not
             loopback = self._over_loopback(peer.id)
             # the table keeps a peer only at addresses in this DHT's scope: a peer reached
             # over the LAN goes into the LAN DHT's table, one with a public address into
@@ -1163,13 +1169,33 @@ def _scope_of(addr: str, scope: Scope) -> bool | None:
     return None if ip is None else scope(ip)
 
 
+def _far_ip(conn: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP at the far end of ``conn`` (a muxed connection or stream of py-libp2p's), None
+    if unknown, read from its TCP socket as :func:`ww.p2p.admission._remote_ip` reads it:
+    py-libp2p 0.8.1's ``get_remote_address`` gives None for every IPv6 socket (its peer name
+    is a 4-tuple), which left every peer connected over IPv6 out of every DHT's scope.  A
+    global IPv6 address comes as its /56's first address, in the same scope (no range the
+    scopes tell apart is narrower than a /56)."""
+    from ww.p2p.admission import _remote_ip
+
+    tcp = conn  # down to py-libp2p's TCP stream: the one whose ``stream`` has a socket
+    for _ in range(8):  # stream, muxed connection, session, noise, packets, raw, TCP
+        if tcp is None or hasattr(getattr(tcp, "stream", None), "socket"):
+            break
+        tcp = next((getattr(tcp, a) for a in ("muxed_conn", "secured_conn", "conn",
+                                               "read_writer", "read_write_closer", "stream")
+                    if hasattr(tcp, a)), None)
+    ip = _remote_ip(conn if tcp is None else tcp)
+    try:
+        return None if ip is None else ipaddress.ip_network(ip, strict=False).network_address
+    except ValueError:
+        return None
+
+
 def _loopback_end(conn: Any) -> bool:
     """Whether the far end of ``conn`` (a connection or stream) is a loopback address."""
-    try:
-        remote = conn.get_remote_address()
-        return remote is not None and ipaddress.ip_address(remote[0]).is_loopback
-    except Exception:  # no address known: not loopback
-        return False
+    ip = _far_ip(conn)
+    return ip is not None and ip.is_loopback
 
 
 def _strip_p2p(addr: Any) -> Any:
