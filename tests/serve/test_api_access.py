@@ -205,26 +205,36 @@ def _stalled_upload(daemon: Daemon) -> socket.socket:
     return sock
 
 
-def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
-    """A local process takes every one of the API's places (`CONNECTIONS`) with an `add`
-    whose body it trickles, a byte every 10 s on each (under the 60 s after which a body
-    that brings nothing is refused).  The old daemon served no one else for as long as it
-    went on (the client below waited out its `HANG`); now, with every place taken and a
-    client waiting, a connection whose request has kept the daemon waiting on its body for
-    `EVICT_AFTER` seconds gives its place up: the client is served, and the trickled
-    upload is cut off (the daemon shut its connection down)."""
-    from ww.serve.server import CONNECTIONS
+def _ended(socks: list[socket.socket]) -> list[socket.socket]:
+    """Those of ``socks`` the daemon has ended (read to their end, or reset), each read
+    without waiting: what is there (a progress line, a GOAWAY) is read over."""
+    ended = []
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            while sock.recv(1 << 16):
+                pass
+            ended.append(sock)
+        except BlockingIOError:
+            pass
+        except OSError:
+            ended.append(sock)
+    return ended
 
-    socks = [_stalled_upload(daemon) for _ in range(CONNECTIONS)]
+
+def _add_served_while_trickling(daemon: Daemon, socks: list[socket.socket],
+                                every: float) -> None:
+    """Send a byte on each of ``socks`` every ``every`` seconds while a small `add` is
+    posted, and check the `add` is served."""
     done = threading.Event()
 
     def trickle() -> None:
-        while not done.wait(10):
+        while not done.wait(every):
             for sock in socks:
                 try:
                     sock.send(b"x")
                 except OSError:
-                    pass  # cut off
+                    pass  # cut off, or refused
 
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
@@ -236,18 +246,24 @@ def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
     finally:
         done.set()
         trickler.join(HANG)
-    cut = 0
+
+
+def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
+    """A local process takes every one of the API's places (`CONNECTIONS`) with an `add`
+    whose body it trickles, a byte every 10 s on each (under the 60 s after which a body
+    that brings nothing is refused).  The old daemon served no one else for as long as it
+    went on (the client below waited out its `HANG`); now, with every place taken and a
+    client waiting, a connection whose request has kept the daemon waiting on its body for
+    `EVICT_AFTER` seconds gives its place up: the client is served, and the trickled
+    upload is cut off (the daemon shut its connection down)."""
+    from ww.serve.server import CONNECTIONS
+
+    socks = [_stalled_upload(daemon) for _ in range(CONNECTIONS)]
+    _add_served_while_trickling(daemon, socks, 10)
+    cut = _ended(socks)  # nothing is sent to a stalled upload: its end (or a reset)
     for sock in socks:
-        sock.setblocking(False)
-        try:
-            sock.recv(1 << 16)  # its end (or a reset): nothing is sent to a stalled upload
-            cut += 1
-        except BlockingIOError:
-            pass
-        except OSError:
-            cut += 1
         sock.close()
-    assert cut >= 1
+    assert len(cut) >= 1
 
 
 def _waiting_to_be_accepted(port: int) -> int:
@@ -746,17 +762,7 @@ def test_http2_clients_that_never_open_their_window_give_their_places_up(daemon)
         client, served = _version_once_all_taken(daemon, int(port))
         client.join(HANG)
         assert served.is_set()
-        cut = []
-        for sock in socks:
-            sock.setblocking(False)
-            try:
-                while sock.recv(1 << 16):  # GOAWAY, perhaps, then the end
-                    pass
-                cut.append(sock)
-            except BlockingIOError:
-                pass
-            except OSError:
-                cut.append(sock)
+        cut = _ended(socks)  # a GOAWAY, perhaps, then the end
         assert len(cut) == 1, f"{len(cut)} connections were cut for one client"
     finally:
         for sock in socks:
@@ -771,55 +777,10 @@ def test_uploads_that_trickle_faster_than_the_silence_limit_give_their_places_up
     whose body has come at less than `MIN_SEND_RATE` for `SEND_GRACE` seconds is refused
     (a 400 naming the rate), the slowest first, one at a time: the waiting upload is
     served, and one trickling upload is refused."""
-    from ww.serve.rpc import UPLOADS
-
-    host, port = daemon.url.removeprefix("http://").split(":")
-    body, headers = multipart([("big", "application/octet-stream", b"")])
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    opening = body[:body.index(b"\r\n--wwtestboundary--")]
-    request = (f"POST /api/v0/add?pin=false&progress=true HTTP/1.1\r\nHost: x\r\n{head}"
-               f"Content-Length: {1 << 30}\r\n\r\n").encode() + opening
-    placed = []
-    for _ in range(UPLOADS):
-        sock = socket.create_connection((host, int(port)), timeout=HANG)
-        sock.sendall(request + bytes(2 << 20))  # a piece for its worker: a progress line
-        got = b""
-        while b'"Bytes"' not in got:  # it has a place
-            piece = sock.recv(1 << 16)
-            assert piece, got
-            got += piece
-        placed.append(sock)
-    done = threading.Event()
-
-    def trickle() -> None:
-        while not done.wait(1):
-            for sock in placed:
-                try:
-                    sock.send(b"x")
-                except OSError:
-                    pass  # refused
-
-    trickler = threading.Thread(target=trickle, daemon=True)
-    trickler.start()
-    try:
-        body, headers = multipart([("s", "application/octet-stream", b"served\n")])
-        status, _, reply = daemon.post("add", body=body, headers=headers)
-        assert status == 200, reply
-        assert b'"Name":"s"' in reply
-    finally:
-        done.set()
-        trickler.join(HANG)
-    cut = 0
-    for sock in placed:  # a refused upload's reply had begun (its progress): it is cut short
-        sock.setblocking(False)
-        try:
-            while sock.recv(1 << 16):
-                pass
-            cut += 1
-        except BlockingIOError:
-            pass
-        except OSError:
-            cut += 1
+    *_, placed = _every_upload_place_taken(daemon)
+    _add_served_while_trickling(daemon, placed, 1)
+    cut = len(_ended(placed))  # a refused upload's reply had begun (its progress): cut short
+    for sock in placed:
         sock.close()
     assert cut == 1, f"{cut} uploads were refused for one"
     _, events = daemon.stop()
