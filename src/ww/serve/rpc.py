@@ -62,11 +62,12 @@ from ww.ipfs.node import EmbeddedNode
 from ww.serve.server import (
     EVICT_AFTER,
     MIN_SEND_RATE,
-    SEND_GRACE,
     STALL,
+    Stretch,
     give_back_freed,
     held_for_others,
     lifespan,
+    stretch_rate,
 )
 
 __all__ = ["RpcApi", "Routing", "WORKERS", "UPLOADS", "BODY_STALL", "SEND_STALL"]
@@ -142,7 +143,7 @@ class Request:
         self._received = 0
         self._room_waited = 0.0
         self._room_since: float | None = None
-        self._measure: tuple[float, int, float] | None = None
+        self._measure: Stretch | None = None
         self.too_slow: float | None = None  # the rate it was refused for (refuse_slow)
         query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                        keep_blank_values=True)
@@ -340,16 +341,7 @@ class Request:
         room = self._room_waited
         if self._room_since is not None:
             room += now - self._room_since
-        if self._measure is None:
-            self._measure = (now, self._received, room)
-            return None
-        since, received, room_then = self._measure
-        spent = now - since - (room - room_then)
-        if spent < SEND_GRACE:
-            return None
-        rate = (self._received - received) / spent
-        if rate >= MIN_SEND_RATE:
-            self._measure = (now, self._received, room)
+        self._measure, rate = stretch_rate(self._measure, now, self._received, room)
         return rate
 
     def refuse_slow(self, rate: float) -> None:

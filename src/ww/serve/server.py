@@ -48,6 +48,29 @@ SEND_GRACE = 10.0
 MIN_SEND_RATE = 12_500
 BACKLOG = 1024  # connections the kernel completes and holds for accept() (somaxconn caps it)
 
+# A stretch over which a client's rate is measured: (when it began, the bytes moved then, the
+# seconds not the client's to count then).
+Stretch = tuple[float, int, float]
+
+
+def stretch_rate(stretch: Stretch | None, now: float, moved: int, excused: float = 0.0
+                 ) -> tuple[Stretch | None, float | None]:
+    """The rate (bytes a second) a client has moved bytes at over ``stretch``, once that is
+    :data:`SEND_GRACE` seconds long, else None; and the stretch to measure from next.
+    ``moved``: the bytes moved so far; ``excused``: the seconds so far that were not the
+    client's (the daemon behind it), left out.  No stretch yet: one begins now.  One at
+    :data:`MIN_SEND_RATE` or more ends and the next begins, so a burst does not cover a
+    trickle after it.  (Replies taken, :func:`_server_class`'s ``slow_reader``; upload
+    bodies sent, :meth:`ww.serve.rpc.Request.body_rate`.)"""
+    if stretch is None:
+        return (now, moved, excused), None
+    since, moved_then, excused_then = stretch
+    spent = now - since - (excused - excused_then)
+    if spent < SEND_GRACE:
+        return stretch, None
+    rate = (moved - moved_then) / spent
+    return ((now, moved, excused) if rate >= MIN_SEND_RATE else stretch), rate
+
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -587,9 +610,9 @@ def _server_class() -> type:
     class Server(tcp_server.TCPServer):  # type: ignore[misc]
         waiting_since: float | None = None  # trio time; None: not reading from the client
         given_up = False
-        # (since when, bytes acknowledged then): the daemon holds reply bytes its client has
-        # not taken, seen so at each look while a client waits (see slow_reader)
-        stretch: tuple[float, int] | None = None
+        # the daemon holds reply bytes its client has not taken, seen so at each look while
+        # a client waits, since this stretch began (see slow_reader)
+        stretch: Stretch | None = None
 
         async def _read_data(self) -> None:  # hypercorn's, noting the wait
             while True:
@@ -672,15 +695,7 @@ def _server_class() -> type:
             if acked is None:
                 self.stretch = None
                 return None
-            if self.stretch is None:
-                self.stretch = (now, acked)
-                return None
-            since, acked_then = self.stretch
-            if now - since < SEND_GRACE:
-                return None
-            rate = (acked - acked_then) / (now - since)
-            if rate >= MIN_SEND_RATE:  # and the next stretch is measured on its own
-                self.stretch = (now, acked)
+            self.stretch, rate = stretch_rate(self.stretch, now, acked)
             return rate
 
         def give_up_place(self) -> None:
