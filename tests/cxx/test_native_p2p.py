@@ -293,3 +293,112 @@ def test_extension_connection_cleared_by_the_collector_is_closed() -> None:
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert r.stdout.split(";")[0] == "flush: ok", r.stdout
     assert "open: connection closed" in r.stdout, r.stdout
+
+
+# ---- the lane: /ww/lane/0.1.0 proposed as the security protocol (docs/benchmarks.md) ----
+
+LANE_HELPER = str(Path(__file__).parent / "native_lane.py")
+PING = "/ipfs/ping/1.0.0"
+ECHO = "/ww-bench/echo/1.0.0"  # benchmarks/p2p.py's
+LANE_FIRST = b"\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"
+
+
+def _lane_host(lane: bool) -> tuple[subprocess.Popen[str], str]:
+    host, line = _host(LANE_HELPER, "host", "1" if lane else "0")
+    return host, line[0]
+
+
+def _lane_dial(addr: str, lane: bool, proto: str = ECHO) -> dict[str, object]:
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "dial", addr, "1" if lane else "0", proto],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _accepted(host: subprocess.Popen[str]) -> dict[str, object]:
+    """The host's line about the handshake it just finished."""
+    assert host.stdout is not None
+    return json.loads(host.stdout.readline())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("dialer", "listener"), [(True, True), (False, True), (True, False), (False, False)]
+)
+def test_extension_lane_negotiation(ext: str, dialer: bool, listener: bool) -> None:
+    """A lane dialer and a lane listener agree on /ww/lane/0.1.0 (both say so); a plain
+    dialer gets /noise from a lane listener; a listener not offering the lane answers `na`
+    and the lane dialer falls back to /noise. An echo stream works in every case."""
+    host, addr = _lane_host(listener)
+    try:
+        got = _lane_dial(addr, dialer)
+        assert got == {"lane": dialer and listener}
+        assert _accepted(host) == {"lane": dialer and listener}
+    finally:
+        _stop(host)
+
+
+def test_extension_lane_dialer_falls_back_with_py_libp2p(ext: str, py_host: str) -> None:
+    """ww's py-libp2p host answers `na` to the lane: the dialer proposes /noise next, and
+    ping works over the standard connection."""
+    assert _lane_dial(py_host, True, PING) == {"lane": False}
+
+
+def test_extension_lane_proposal_is_one_segment(ext: str) -> None:
+    """The lane dialer's first write holds the header and the lane proposal together (the
+    listener decides by peeking at what came first), and nothing more before an answer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    addr = f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}/p2p/{PrivateKey.generate().peer_id}"
+    dialer = subprocess.Popen(
+        [sys.executable, LANE_HELPER, "dial", addr, "1", ECHO],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        listener.settimeout(HANG)
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(HANG)
+            first = conn.recv(4096, socket.MSG_PEEK)  # waits for the first segment
+            assert first == LANE_FIRST
+            # the dialer waits for an answer: an `na` makes it send /noise, nothing else
+            assert conn.recv(4096) == LANE_FIRST
+            conn.sendall(b"\x13/multistream/1.0.0\n\x03na\n")
+            got = b""
+            while len(got) < len(b"\x07/noise\n"):
+                more = conn.recv(4096)
+                assert more, "the dialer hung up"
+                got += more
+            assert got == b"\x07/noise\n"
+    finally:
+        listener.close()
+        _, err = dialer.communicate(timeout=HANG)
+    assert dialer.returncode == 1
+    assert err.strip() == "native: connection closed during the handshake"
+
+
+def test_extension_lane_listener_bounds_proposals(ext: str) -> None:
+    """A lane listener answers `na` to what it does not speak, and gives up at the fourth
+    refused proposal."""
+    host, addr = _lane_host(True)
+    port = int(addr.split("/")[4])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=HANG) as s:
+            s.sendall(b"\x13/multistream/1.0.0\n" + b"\x0b/tls/1.0.0\n" * 3)
+            answers = b"\x13/multistream/1.0.0\n" + b"\x03na\n" * 3
+            got = b""
+            while len(got) < len(answers) and (more := s.recv(4096)):
+                got += more
+            assert got == answers
+            s.sendall(b"\x0b/tls/1.0.0\n")  # the fourth: the listener hangs up
+            try:
+                assert s.recv(4096) == b""
+            except ConnectionResetError:
+                pass
+        assert _accepted(host) == {"error": "multistream: too many proposals"}
+    finally:
+        _stop(host)

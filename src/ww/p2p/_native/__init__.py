@@ -5,7 +5,11 @@ identities) and Yamux over libsodium; ``ext.c`` wraps it as the extension module
 :mod:`ww.p2p._native._ext`, built with the package (``setup.py``; ``./dev`` installs gcc,
 libsodium-dev and Python's headers first).  Its two types:
 
-- :class:`Conn` ``(fd, initiator, loop)``: ``start_handshake(seed, expect)``, then
+- :class:`Conn` ``(fd, initiator, loop)``: ``start_handshake(seed, expect, lane=False)``
+  (``lane``: a dialer proposes ``/ww/lane/0.1.0`` as the security protocol, header and
+  proposal in one send, and falls back to ``/noise`` on ``na``; a listener accepts it as
+  well as ``/noise``; either way Noise XX and Yamux follow, and ``Conn.lane`` says whether
+  the lane was agreed), then
   ``handshake_step`` is the loop's ``add_reader`` callback until it returns the peer's key
   (a state machine that never waits; the caller bounds the whole with a deadline); from
   then on ``readable`` is that callback: it decrypts and parses and hands each stream's

@@ -73,6 +73,8 @@ typedef struct {
     uint32_t next_id;
     uint8_t remote_ed25519[32];
     struct hs_state *hs; /* from ww_conn_handshake_start until the handshake ends */
+    int lane_offer; /* initiator: propose LANE first; responder: accept it */
+    int lane;       /* LANE was agreed (the security protocol; Noise as for /noise) */
     int failed, eof;
     char err[160];
 } conn_t;
@@ -270,27 +272,33 @@ static int ms_send(conn_t *c, int secure, const char *a, const char *b) {
 }
 
 static const char MS_HEADER[] = "/multistream/1.0.0";
+static const char NOISE[] = "/noise";
+static const char LANE[] = "/ww/lane/0.1.0"; /* Noise + Yamux as for /noise: a ww lane */
+static const char YAMUX[] = "/yamux/1.0.0";
+#define MS_TRIES_SECURITY 4 /* proposals a listener answers before the security protocol */
+#define MS_TRIES_MUXER 8    /* ... and inside Noise, before the muxer */
 
-/* multistream-select of proto, as dialer (proposed when the phase began) or listener
- * (accepting only proto), from what has come: 1 once agreed, 0 for more bytes first, -1. */
-static int ms_step(conn_t *c, int secure, const char *proto, int *header_seen, int *tries) {
+/* The next multistream message after the header (which is checked, and which a listener
+ * answers), into line: 1, 0 for more bytes first, -1. */
+static int ms_next(conn_t *c, int secure, int *header_seen, char *line, size_t cap) {
     buf_t *b = secure ? &c->plain : &c->in;
-    char line[128];
     for (;;) {
-        int r = ms_take(c, b, line, sizeof line);
-        if (r <= 0) return r;
-        if (!*header_seen) {
-            if (strcmp(line, MS_HEADER)) return fail(c, "multistream: bad header");
-            *header_seen = 1;
-            if (!c->initiator && ms_send(c, secure, MS_HEADER, NULL)) return -1;
-            continue;
-        }
-        if (c->initiator)
-            return strcmp(line, proto) ? fail(c, "multistream: protocol refused") : 1;
-        if (!strcmp(line, proto)) return ms_send(c, secure, proto, NULL) ? -1 : 1;
-        if (++*tries >= 8) return fail(c, "multistream: too many proposals");
-        if (ms_send(c, secure, "na", NULL)) return -1;
+        int r = ms_take(c, b, line, cap);
+        if (r <= 0 || *header_seen) return r;
+        if (strcmp(line, MS_HEADER)) return fail(c, "multistream: bad header");
+        *header_seen = 1;
+        if (!c->initiator && ms_send(c, secure, MS_HEADER, NULL)) return -1;
     }
+}
+
+/* A listener's answer to a proposal: 1 (echoed) if it is a or b (b may be NULL), else `na`
+ * and 0, or -1 once more than `max` proposals came. */
+static int ms_answer(conn_t *c, int secure, const char *line, const char *a, const char *b,
+                     int *tries, int max) {
+    if (!strcmp(line, a) || (b && !strcmp(line, b)))
+        return ms_send(c, secure, line, NULL) ? -1 : 1;
+    if (++*tries >= max) return fail(c, "multistream: too many proposals");
+    return ms_send(c, secure, "na", NULL) ? -1 : 0;
 }
 
 /* Handshake messages: a 2-byte big-endian length, then the message. */
@@ -428,6 +436,7 @@ enum { HS_MS_NOISE, HS_NOISE_1, HS_NOISE_2, HS_NOISE_3, HS_MS_YAMUX, HS_DONE };
 
 struct hs_state {
     int state, header_seen, tries, has_expect;
+    const char *proposed; /* the initiator's security proposal: LANE, then NOISE */
     sym_t s;
     uint8_t id_sk[64], s_sk[32], s_pub[32], e_sk[32], e_pub[32], re[32], expect[32];
 };
@@ -520,12 +529,15 @@ static int noise_split(conn_t *c) {
     c->tx_n = c->rx_n = 0;
     h->state = HS_MS_YAMUX;
     h->header_seen = h->tries = 0;
-    return c->initiator ? ms_send(c, 1, MS_HEADER, "/yamux/1.0.0") : 0;
+    return c->initiator ? ms_send(c, 1, MS_HEADER, YAMUX) : 0;
 }
 
-/* id_seed: our Ed25519 seed; expect: the peer's Ed25519 public key, or NULL.  Queues the
+/* id_seed: our Ed25519 seed; expect: the peer's Ed25519 public key, or NULL; lane: as
+ * initiator, propose LANE first (header and proposal in one queued write, so one send) and
+ * fall back to /noise on `na`; as responder, accept LANE as well as /noise.  Queues the
  * dialer's first bytes.  0, or -1 (ww_conn_error). */
-int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect) {
+int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect,
+                            int lane) {
     static const char NAME[] = "Noise_XX_25519_ChaChaPoly_SHA256";
     uint8_t pk[32];
     if (c->hs || c->failed) return fail(c, "handshake already started");
@@ -544,7 +556,9 @@ int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t 
     randombytes_buf(h->e_sk, 32);
     crypto_scalarmult_base(h->e_pub, h->e_sk);
     h->state = HS_MS_NOISE;
-    return c->initiator ? ms_send(c, 0, MS_HEADER, "/noise") : 0;
+    c->lane_offer = lane != 0;
+    h->proposed = lane ? LANE : NOISE;
+    return c->initiator ? ms_send(c, 0, MS_HEADER, h->proposed) : 0;
 }
 
 /* What has come so far, as far as it goes: 1 once the handshake is done (bytes that came
@@ -552,6 +566,7 @@ int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t 
  * What to send is queued; ww_conn_flush sends it. */
 int ww_conn_handshake_step(conn_t *c) {
     uint8_t msg[NOISE_MAX];
+    char line[128];
     struct hs_state *h = c->hs;
     if (c->failed) return -1;
     if (!h) return fail(c, "no handshake started");
@@ -560,7 +575,23 @@ int ww_conn_handshake_step(conn_t *c) {
         size_t n;
         switch (h->state) {
         case HS_MS_NOISE:
-            r = ms_step(c, 0, "/noise", &h->header_seen, &h->tries);
+            r = ms_next(c, 0, &h->header_seen, line, sizeof line);
+            if (r == 1 && c->initiator) {
+                if (!strcmp(line, h->proposed)) {
+                    c->lane = h->proposed == LANE;
+                } else if (h->proposed == LANE && !strcmp(line, "na")) {
+                    h->proposed = NOISE; /* not a ww lane: a standard libp2p connection */
+                    if (ms_send(c, 0, NOISE, NULL)) return -1;
+                    continue;
+                } else {
+                    return fail(c, "multistream: protocol refused");
+                }
+            } else if (r == 1) {
+                r = ms_answer(c, 0, line, NOISE, c->lane_offer ? LANE : NULL, &h->tries,
+                              MS_TRIES_SECURITY);
+                if (r == 0) continue;
+                if (r == 1) c->lane = !strcmp(line, LANE);
+            }
             if (r == 1) {
                 if (c->initiator && noise_write(c)) return -1;
                 h->state = c->initiator ? HS_NOISE_2 : HS_NOISE_1;
@@ -583,7 +614,13 @@ int ww_conn_handshake_step(conn_t *c) {
             break;
         default:
             if (noise_decrypt_all(c)) return -1;
-            r = ms_step(c, 1, "/yamux/1.0.0", &h->header_seen, &h->tries);
+            r = ms_next(c, 1, &h->header_seen, line, sizeof line);
+            if (r == 1 && c->initiator && strcmp(line, YAMUX))
+                return fail(c, "multistream: protocol refused");
+            if (r == 1 && !c->initiator) {
+                r = ms_answer(c, 1, line, YAMUX, NULL, &h->tries, MS_TRIES_MUXER);
+                if (r == 0) continue;
+            }
             if (r == 1) {
                 hs_end(c);
                 return 1;
@@ -828,8 +865,9 @@ long ww_conn_flush(conn_t *c);
 
 /* The whole handshake, waiting on the socket (poll) between steps, each wait bounded by
  * HS_WAIT_MS: for the ctypes driver (in a worker thread) and the fuzz harness. */
-int ww_conn_handshake(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect) {
-    if (ww_conn_handshake_start(c, id_seed, expect)) return -1;
+static int handshake_waiting(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect,
+                             int lane) {
+    if (ww_conn_handshake_start(c, id_seed, expect, lane)) return -1;
     for (int done = 0;;) {
         if (!done && (done = ww_conn_handshake_step(c)) < 0) return -1;
         long left = ww_conn_flush(c);
@@ -841,6 +879,13 @@ int ww_conn_handshake(conn_t *c, const uint8_t id_seed[32], const uint8_t *expec
         if (k < 0 && errno != EINTR) return fail(c, "poll failed during the handshake");
     }
 }
+
+int ww_conn_handshake(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect) {
+    return handshake_waiting(c, id_seed, expect, 0);
+}
+
+/* 1 if the handshake agreed on LANE */
+int ww_conn_lane(conn_t *c) { return c->lane; }
 
 /* Non-blocking: read what the socket has (up to READ_BUDGET), decrypt, parse.  Returns the
  * bytes of events (ww_conn_events), -1 on failure (ww_conn_error), -2 at end of file. */

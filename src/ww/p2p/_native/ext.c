@@ -45,6 +45,7 @@ struct ConnObject {
     int fd;
     PyObject *loop, *streams, *dirty; /* loop; dict sid -> Stream; list of Streams */
     int scheduled, writing;
+    char lane; /* the handshake agreed on /ww/lane/0.1.0 */
 };
 
 static PyTypeObject StreamType, ConnType;
@@ -425,19 +426,23 @@ static PyObject *conn_error(ConnObject *self) {
     return NULL;
 }
 
-/* start_handshake(seed, expect or None): our Ed25519 seed, the dialed peer's Ed25519 key;
- * the dialer's first bytes are sent (or queued, with a writer). */
-static PyObject *Conn_start_handshake(ConnObject *self, PyObject *args) {
+/* start_handshake(seed, expect or None, lane=False): our Ed25519 seed, the dialed peer's
+ * Ed25519 key; lane: a dialer proposes /ww/lane/0.1.0 first (header and proposal in one
+ * send) and falls back to /noise on `na`, a listener accepts it as well as /noise.  The
+ * dialer's first bytes are sent (or queued, with a writer). */
+static PyObject *Conn_start_handshake(ConnObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"seed", "expect", "lane", NULL};
     Py_buffer seed, expect = {0};
     PyObject *e;
+    int lane = 0;
     if (!self->c) return closed_error();
-    if (!PyArg_ParseTuple(args, "y*O", &seed, &e)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O|p", kwlist, &seed, &e, &lane)) return NULL;
     if (e != Py_None && PyObject_GetBuffer(e, &expect, PyBUF_SIMPLE)) {
         PyBuffer_Release(&seed);
         return NULL;
     }
     int bad = seed.len != 32 || (expect.buf && expect.len != 32);
-    int rc = bad ? 0 : ww_conn_handshake_start(self->c, seed.buf, expect.buf);
+    int rc = bad ? 0 : ww_conn_handshake_start(self->c, seed.buf, expect.buf, lane);
     PyBuffer_Release(&seed);
     if (expect.buf) PyBuffer_Release(&expect);
     if (bad) {
@@ -454,6 +459,7 @@ static PyObject *Conn_handshake_step(ConnObject *self, PyObject *unused) {
     (void)unused;
     if (!self->c) return closed_error();
     int rc = ww_conn_handshake_step(self->c);
+    self->lane = (char)ww_conn_lane(self->c);
     if (rc < 0) return conn_error(self);
     PyObject *r = Conn_flush(self, NULL);
     if (!r) return NULL;
@@ -588,8 +594,9 @@ static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
 }
 
 static PyMethodDef Conn_methods[] = {
-    {"start_handshake", (PyCFunction)Conn_start_handshake, METH_VARARGS,
-     "start_handshake(seed, expect or None): the handshake's first bytes"},
+    {"start_handshake", (PyCFunction)(void (*)(void))Conn_start_handshake,
+     METH_VARARGS | METH_KEYWORDS,
+     "start_handshake(seed, expect or None, lane=False): the handshake's first bytes"},
     {"handshake_step", (PyCFunction)Conn_handshake_step, METH_NOARGS,
      "the add_reader callback during the handshake: None, or the peer's key once done"},
     {"readable", (PyCFunction)Conn_readable, METH_NOARGS, "the add_reader callback"},
@@ -603,6 +610,8 @@ static PyMemberDef Conn_members[] = {
     {"streams", T_OBJECT, offsetof(ConnObject, streams), READONLY, "sid -> Stream"},
     {"loop", T_OBJECT, offsetof(ConnObject, loop), READONLY, NULL},
     {"fd", T_INT, offsetof(ConnObject, fd), READONLY, NULL},
+    {"lane", T_BOOL, offsetof(ConnObject, lane), READONLY,
+     "the handshake agreed on /ww/lane/0.1.0 (not /noise)"},
     {NULL, 0, 0, 0, NULL}};
 
 static PyGetSetDef Conn_getset[] = {

@@ -1,0 +1,193 @@
+"""The extension's two ends for tests/cxx/test_native_p2p.py's lane and back-pressure tests,
+each run as a process of its own (benchmarks/p2p_native.py's ExtConn, its handshake given the
+``lane`` flag of ``Conn.start_handshake``):
+
+    native_lane.py host LANE            listen on 127.0.0.1; print the address, then one line
+                                        of JSON per handshake ({"lane": ...} or {"error": ...});
+                                        echo and ping served; stops at end of file on stdin
+    native_lane.py dial ADDR LANE PROTO dial with the lane flag, echo 32 random bytes on PROTO
+                                        (the echo or the ping protocol); print {"lane": ...}
+    native_lane.py pushback ADDR SIZE   dial (lane), pause an echo stream's reading, write SIZE
+                                        bytes on it, watch the bytes held in C, echo on a second
+                                        stream meanwhile, then resume; print what was seen
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "benchmarks"))
+from p2p_native import (  # noqa: E402
+    ECHO,
+    PING,
+    EchoReader,
+    dial,
+    echo_handler,
+    load_ext,
+)
+
+WINDOW = 256 * 1024  # conn.c's YAMUX_WINDOW
+LIMIT = 300  # seconds: only stops a hang
+
+
+def lane_conn(lane: bool) -> Any:
+    """ExtConn whose handshake proposes (dialer) or accepts (listener) the lane."""
+    ext_conn = load_ext()
+
+    class LaneConn(ext_conn):  # type: ignore[misc,valid-type]
+        def start_handshake(self, seed: bytes, expect: bytes | None) -> None:
+            super().start_handshake(seed, expect, lane=lane)
+
+    return LaneConn
+
+
+async def host(lane: bool) -> None:
+    from ww.core.identity import PrivateKey
+
+    loop = asyncio.get_running_loop()
+    make = lane_conn(lane)
+    seed = os.urandom(32)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    handlers = {ECHO: echo_handler, PING: echo_handler}
+
+    async def one(sock: socket.socket) -> None:
+        conn = make(sock, False, handlers)
+        try:
+            await conn.handshake(seed, None)
+            print(json.dumps({"lane": conn.lane}), flush=True)
+            await conn.closed
+        except ConnectionError as e:
+            print(json.dumps({"error": str(e)}), flush=True)
+        finally:
+            conn.close()
+
+    async def serve() -> None:
+        held = set()  # the connections' tasks, until each ends
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            held.add(task := asyncio.ensure_future(one(sock)))
+            task.add_done_callback(held.discard)
+
+    port = listener.getsockname()[1]
+    print(f"/ip4/127.0.0.1/tcp/{port}/p2p/{PrivateKey(seed).peer_id}", flush=True)
+    serving = asyncio.ensure_future(serve())
+    await loop.run_in_executor(None, sys.stdin.read)
+    serving.cancel()
+
+
+async def echo_once(conn: Any, proto: str) -> None:
+    stream = conn.open(proto)
+    await asyncio.wait_for(stream.negotiated, LIMIT)
+    reader = EchoReader(32)
+    stream.connect(reader)
+    message = os.urandom(32)
+    reader.waiter = asyncio.get_running_loop().create_future()
+    stream.write(message)
+    await asyncio.wait_for(reader.waiter, LIMIT)
+    if reader.got != message:
+        raise SystemExit("echo: wrong bytes back")
+    stream.reset()
+
+
+async def dial_once(addr: str, lane: bool, proto: str) -> dict[str, Any]:
+    conn = await dial(lane_conn(lane), addr)
+    try:
+        await echo_once(conn, proto)
+        return {"lane": conn.lane}
+    finally:
+        conn.close()
+
+
+class Paused(asyncio.BufferedProtocol):
+    """Reads nothing until resumed: pauses its transport as soon as it has it."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.got, self.lost = size, bytearray(), False
+        self.buf = bytearray(65536)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        transport.pause_reading()
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, n: int) -> None:
+        self.got += self.buf[:n]
+        if len(self.got) >= self.size and not self.done.done():
+            self.done.set_result(None)
+
+    def eof_received(self) -> None: ...
+
+    def connection_lost(self, _exc: Any) -> None:
+        self.lost = True
+        if not self.done.done():
+            self.done.set_exception(ConnectionError("stream lost"))
+
+
+async def pushback(addr: str, size: int) -> dict[str, Any]:
+    """The echo host sends back what it gets, as fast as our window lets it."""
+    conn = await dial(lane_conn(True), addr)
+    try:
+        stream = conn.open(ECHO)
+        await asyncio.wait_for(stream.negotiated, LIMIT)
+        reader = Paused(size)
+        stream.connect(reader)
+        data = os.urandom(size)
+        stream.write(data)
+        # wait (bounded) until the echo filled the window we gave, or the stream was lost
+        held_max = 0
+        for _ in range(LIMIT * 100):
+            held_max = max(held_max, stream.held)
+            if held_max >= WINDOW or reader.lost or conn.closed.done():
+                break
+            await asyncio.sleep(0.01)  # polls the count: no event says "the window is full"
+        # another stream on the same connection still flows meanwhile (a round trip, during
+        # which more of the echo could come if the peer were not pushed back)
+        await echo_once(conn, ECHO)
+        await echo_once(conn, ECHO)
+        held_max = max(held_max, stream.held)
+        lost_while_paused = reader.lost
+        stream.resume_reading()
+        try:
+            await asyncio.wait_for(reader.done, LIMIT)
+        except ConnectionError:
+            pass
+        return {
+            "held_max": held_max,
+            "lost_while_paused": lost_while_paused,
+            "intact": bytes(reader.got) == data,
+            "got": len(reader.got),
+            "conn_failed": conn.closed.done(),
+        }
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    role, args = sys.argv[1], sys.argv[2:]
+    try:
+        if role == "host":
+            asyncio.run(host(args[0] == "1"))
+            return
+        if role == "dial":
+            got = asyncio.run(dial_once(args[0], args[1] == "1", args[2]))
+        elif role == "pushback":
+            got = asyncio.run(pushback(args[0], int(args[1])))
+        else:
+            raise SystemExit(f"unknown role {role!r}")
+    except ConnectionError as e:
+        print(f"native: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(got))
+
+
+if __name__ == "__main__":
+    main()
