@@ -1,8 +1,10 @@
 /* Random and mutated input into src/ww/p2p/_native/conn.c's parsers, for a build with
  * -fsanitize=address,undefined: multistream-select and the Noise handshake (as responder
- * and as initiator, over a socketpair whose other end sends the bytes and closes), the
- * handshake payload's protobuf, Noise transport frames, Yamux frames.  Every case must end
- * in a clean failure or a clean parse; a sanitizer report or a crash is a bug.
+ * and as initiator, each with the lane flag on and off, over a socketpair whose other end
+ * sends the bytes and closes), the handshake payload's protobuf, Noise transport frames,
+ * Yamux frames (credit as parsed, or as the caller says it was taken).  Every case must end
+ * in a clean failure or a clean parse; a sanitizer report or a crash is a bug.  First, the
+ * lane negotiation's and the window's expected answers are checked once.
  *
  *     gcc -g -O1 -fsanitize=address,undefined -I src/ww/p2p/_native -o fuzz \
  *         tests/cxx/native_p2p_fuzz.c -lsodium
@@ -23,12 +25,15 @@ static void fill(uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = (uint8_t)rnd();
 }
 
-/* A valid-looking start, then mutations: what a random peer cannot easily reach. */
+/* A valid-looking start (multistream lines either side may send: the header, proposals,
+ * answers), then mutations: what a random peer cannot easily reach. */
 static size_t handshake_input(uint8_t *out, size_t cap) {
+    static const char *const LINES[] = {MS_HEADER, NOISE, LANE, "na", YAMUX, "/tls/1.0.0", "x"};
     size_t n = 0;
     if (rnd() % 4) {
-        n += ms_encode("/multistream/1.0.0", out + n);
-        n += ms_encode(rnd() % 2 ? "/noise" : "/yamux/1.0.0", out + n);
+        n += ms_encode(MS_HEADER, out + n);
+        for (int i = rnd() % 6; i > 0; i--)
+            n += ms_encode(LINES[rnd() % (sizeof LINES / sizeof *LINES)], out + n);
     }
     size_t more = rnd() % 300;
     if (rnd() % 2 && n + 2 + 32 <= cap) { /* a frame of a plausible length */
@@ -43,7 +48,7 @@ static size_t handshake_input(uint8_t *out, size_t cap) {
     return n;
 }
 
-static void one_handshake(int initiator) {
+static void one_handshake(int initiator, int lane) {
     int sv[2];
     uint8_t input[1024], seed[32], expect[32];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) abort();
@@ -53,7 +58,8 @@ static void one_handshake(int initiator) {
     conn_t *c = ww_conn_new(sv[0], initiator);
     fill(seed, 32);
     fill(expect, 32);
-    if (ww_conn_handshake(c, seed, rnd() % 2 ? expect : NULL) == 0) abort(); /* no key: no success */
+    if (handshake_waiting(c, seed, rnd() % 2 ? expect : NULL, lane) == 0)
+        abort(); /* no key: no success */
     ww_conn_free(c);
     close(sv[0]);
     close(sv[1]);
@@ -86,6 +92,7 @@ static void one_payload(void) {
 static void one_transport(void) {
     conn_t *a = ww_conn_new(-1, 1), *b = ww_conn_new(-1, 0);
     uint8_t key[32];
+    b->app_credit = rnd() % 2;
     fill(key, 32);
     memcpy(a->tx_key, key, 32);
     memcpy(b->rx_key, key, 32);
@@ -106,7 +113,9 @@ static void one_transport(void) {
     if (rnd() % 3 == 0 && a->out.len) a->out.p[rnd() % a->out.len] ^= 1; /* tampered */
     if (rnd() % 3 == 0) a->out.len = rnd() % (a->out.len + 1);                 /* cut */
     buf_put(&b->in, a->out.p, a->out.len);
-    if (noise_decrypt_all(b) == 0) yamux_parse(b);
+    if (noise_decrypt_all(b) == 0 && yamux_parse(b) == 0)
+        for (int i = rnd() % 4; i > 0; i--) /* the reader took some (any stream id) */
+            ww_stream_credit(b, rnd() % 3 ? 2 * (rnd() % 4) : rnd(), rnd() % (1u << 19));
     /* and straight into the Yamux parser, no Noise */
     conn_t *d = ww_conn_new(-1, rnd() % 2);
     size_t n = rnd() % 400;
@@ -120,15 +129,107 @@ static void one_transport(void) {
     ww_conn_free(d);
 }
 
+/* The handshake's first steps with bytes from `peer` (the socket's other end kept open: no
+ * more bytes, no end of file): what c queued must be `want` (or wn bytes, want NULL). */
+static void expect_answer(conn_t *c, int sv, const char *peer, size_t pn, const char *want,
+                          size_t wn, int lane) {
+    if (pn && send(sv, peer, pn, MSG_NOSIGNAL) != (ssize_t)pn) abort();
+    if (ww_conn_handshake_step(c) != 0) abort();
+    if (c->out.len != wn || (want && memcmp(c->out.p, want, wn)) || c->lane != lane) abort();
+    c->out.len = 0;
+}
+
+#define M(s) s, sizeof s - 1
+static void lane_checks(void) {
+    static const char HDR[] = "\x13/multistream/1.0.0\n", PROPOSE[] = "\x0f/ww/lane/0.1.0\n";
+    uint8_t seed[32] = {1};
+    for (int listener_lane = 0; listener_lane < 2; listener_lane++) { /* a listener */
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) abort();
+        conn_t *c = ww_conn_new(sv[0], 0);
+        if (ww_conn_handshake_start(c, seed, NULL, listener_lane)) abort();
+        if (listener_lane) /* the lane agreed: echoed */
+            expect_answer(c, sv[1], M("\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"),
+                          M("\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"), 1);
+        else
+            expect_answer(c, sv[1], M("\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"),
+                          M("\x13/multistream/1.0.0\n\x03na\n"), 0);
+        if (!listener_lane) { /* then /noise, as a lane dialer falls back */
+            expect_answer(c, sv[1], M("\x07/noise\n"), M("\x07/noise\n"), 0);
+            if (c->hs->state != HS_NOISE_1) abort();
+        }
+        ww_conn_free(c);
+        close(sv[0]);
+        close(sv[1]);
+    }
+    for (int answer_lane = 0; answer_lane < 2; answer_lane++) { /* a lane dialer */
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) abort();
+        conn_t *c = ww_conn_new(sv[0], 1);
+        if (ww_conn_handshake_start(c, seed, NULL, 1)) abort();
+        if (c->out.len != sizeof HDR - 1 + sizeof PROPOSE - 1) abort(); /* one write */
+        c->out.len = 0;
+        if (answer_lane) {
+            expect_answer(c, sv[1], M("\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"), NULL,
+                          2 + 32, 1); /* Noise's first message: e */
+            if (c->hs->state != HS_NOISE_2) abort();
+        } else {
+            expect_answer(c, sv[1], M("\x13/multistream/1.0.0\n\x03na\n"), M("\x07/noise\n"),
+                          0);
+            if (c->hs->state != HS_MS_NOISE) abort();
+        }
+        ww_conn_free(c);
+        close(sv[0]);
+        close(sv[1]);
+    }
+}
+
+/* With app_credit: no credit until the reader takes half the window, and a peer that sends
+ * past the window fails the connection. */
+static void window_checks(void) {
+    conn_t *a = ww_conn_new(-1, 1), *b = ww_conn_new(-1, 0);
+    uint8_t frame[YAMUX_HDR + 65536] = {0};
+    b->app_credit = 1;
+    for (uint32_t sent = 0, i = 0; sent <= YAMUX_WINDOW; i++) {
+        uint32_t n = 65536;
+        frame[3] = i ? 0 : F_SYN;
+        put32(frame + 4, 1);
+        put32(frame + 8, n);
+        noise_send(a, frame, YAMUX_HDR + n);
+        buf_put(&b->in, a->out.p, a->out.len);
+        a->out.len = 0;
+        int rc = noise_decrypt_all(b) ? -1 : yamux_parse(b);
+        sent += n;
+        if ((rc != 0) != (sent > YAMUX_WINDOW)) abort(); /* fails past the window, not before */
+        if (rc == 0) {
+            size_t before = b->out.len; /* the ACK */
+            if (ww_stream_credit(b, 1, 1000) != 0 || b->out.len != before) abort();
+        }
+    }
+    if (strcmp(b->err, "yamux: peer overran the window")) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    b = ww_conn_new(-1, 0);
+    b->app_credit = 1;
+    stream_t *s = add_stream(b, 1);
+    s->recv_left = 0; /* the peer sent the whole window */
+    if (ww_stream_credit(b, 1, YAMUX_WINDOW / 2 - 1) != 0) abort();
+    if (ww_stream_credit(b, 1, YAMUX_WINDOW) != 1) abort(); /* counted up to what came */
+    if (s->recv_left != YAMUX_WINDOW || s->recv_unacked) abort();
+    ww_conn_free(b);
+}
+
 int main(int argc, char **argv) {
     long cases = argc > 1 ? atol(argv[1]) : 20000;
     rng = argc > 2 ? (uint32_t)atol(argv[2]) : 12345u;
     if (!rng) rng = 1;
     if (sodium_init() < 0) return 2;
+    lane_checks();
+    window_checks();
     for (long i = 0; i < cases; i++) {
         switch (i % 4) {
-        case 0: one_handshake(0); break;
-        case 1: one_handshake(1); break;
+        case 0: one_handshake(0, (i / 4) % 2); break;
+        case 1: one_handshake(1, (i / 4) % 2); break;
         case 2: one_payload(); break;
         default: one_transport(); break;
         }

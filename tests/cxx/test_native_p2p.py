@@ -151,9 +151,10 @@ def test_py_libp2p_dials_the_native_host(lib: str) -> None:
 
 
 def test_parsers_under_random_input(tmp_path: Path) -> None:
-    """tests/cxx/native_p2p_fuzz.c (over src/ww/p2p/_native/conn.c): 20 000 cases into
-    multistream, the handshake, its payload, Noise frames and Yamux frames; every one must
-    fail or parse cleanly."""
+    """tests/cxx/native_p2p_fuzz.c (over src/ww/p2p/_native/conn.c): the lane
+    negotiation's and the window's expected answers, then 20 000 cases into multistream
+    (both roles, the lane flag on and off), the handshake, its payload, Noise frames and
+    Yamux frames (credit as parsed or as taken); every one must fail or parse cleanly."""
     _tools_present()
     fuzz = tmp_path / "fuzz"
     r = subprocess.run(
@@ -402,3 +403,26 @@ def test_extension_lane_listener_bounds_proposals(ext: str) -> None:
         assert _accepted(host) == {"error": "multistream: too many proposals"}
     finally:
         _stop(host)
+
+
+def test_extension_paused_stream_pushes_the_peer_back(ext: str) -> None:
+    """(back-pressure) A stream whose protocol paused reading while the peer (an extension
+    host echoing what it gets) sends 4 MiB on it: Yamux credit goes back only for what the
+    protocol took, so the stream holds at most its 256 KiB window in C and the peer waits;
+    the stream is not reset, other streams on the connection still echo meanwhile, and once
+    reading resumes all 4 MiB arrive intact. (It was reset once 1 MiB was held.)"""
+    host, addr = _lane_host(True)
+    try:
+        r = subprocess.run(
+            [sys.executable, LANE_HELPER, "pushback", addr, str(4 << 20)],
+            capture_output=True,
+            text=True,
+            timeout=HANG,
+        )
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout.splitlines()[-1])
+    finally:
+        _stop(host)
+    assert not got["lost_while_paused"], got
+    assert 0 < got["held_max"] <= (256 << 10) + 65535, got  # the window (+ one frame)
+    assert (got["got"], got["intact"], got["conn_failed"]) == (4 << 20, True, False), got

@@ -17,6 +17,9 @@ libsodium-dev and Python's headers first).  Its two types:
   streams queued (scheduled once per loop turn); ``free()`` releases the C connection.
 - :class:`Stream` ``(conn, sid)``: that protocol's transport (``write``, ``close``,
   ``pause_reading`` ...); ``attach(protocol, leftover, eof)`` hands the stream to it.
+  Yamux credit goes back to the peer only for bytes the protocol took (and those the
+  multistream-select exchange used), so a paused stream holds at most its 256 KiB window
+  (``held``) and the peer waits; a peer that sends past its window fails the connection.
 
 Subclasses supply the Python side (multistream-select on a stream, inbound streams,
 failures): ``benchmarks/p2p_native.py`` has the ones the benchmarks and

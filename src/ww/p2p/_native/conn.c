@@ -2,13 +2,16 @@
  * docs/benchmarks.md): included by ext.c (the ww.p2p._native._ext module, not used by the
  * ww host yet) and by tests/cxx/native_p2p_fuzz.c (the sanitizer harness).
  *
- * - multistream-select 1.0 on the raw TCP connection (/multistream/1.0.0, /noise) and inside
- *   Noise (/yamux/1.0.0); stream-level negotiation (/ww/0.1.0 ...) is left to the caller;
+ * - multistream-select 1.0 on the raw TCP connection (/multistream/1.0.0, then /noise, or
+ *   /ww/lane/0.1.0 with the lane flag: a ww lane, the same Noise and Yamux after it) and
+ *   inside Noise (/yamux/1.0.0); stream-level negotiation (/ww/0.1.0 ...) is left to the
+ *   caller;
  * - Noise_XX_25519_ChaChaPoly_SHA256, libp2p's handshake payload (NoiseHandshakePayload:
  *   identity_key, identity_sig over "noise-libp2p-static-key:" + static key), frames of a
  *   2-byte big-endian length; Ed25519 identities only;
  * - Yamux: 12-byte headers, data / window update / ping / go away, SYN ACK FIN RST, 256 KiB
- *   initial window, credit returned once half of it has been read.
+ *   initial window, credit returned once half of it has been taken: with app_credit (the
+ *   extension) taken by the stream's reader (ww_stream_credit), else parsed.
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
  * Nothing here waits on the socket except ww_conn_handshake (poll between steps, for the
@@ -53,7 +56,7 @@ typedef struct {
     uint32_t id;
     uint32_t send_window;   /* bytes the peer will still take */
     uint32_t recv_left;     /* bytes the peer may still send */
-    uint32_t recv_unacked;  /* read, credit not yet returned */
+    uint32_t recv_unacked;  /* taken, credit not yet returned */
     int local_fin, remote_fin, fin_pending;
     buf_t pending;          /* written, waiting for window (from pending_off on) */
     size_t pending_off;
@@ -75,6 +78,7 @@ typedef struct {
     struct hs_state *hs; /* from ww_conn_handshake_start until the handshake ends */
     int lane_offer; /* initiator: propose LANE first; responder: accept it */
     int lane;       /* LANE was agreed (the security protocol; Noise as for /noise) */
+    int app_credit; /* credit only for what the caller says was taken (ww_stream_credit) */
     int failed, eof;
     char err[160];
 } conn_t;
@@ -766,6 +770,16 @@ static int event(conn_t *c, uint32_t id, uint16_t flags, uint16_t kind, const ui
     return 0;
 }
 
+/* Return the credit taken so far once it is half the window (go-yamux's rule): 1 if a window
+ * update was queued, 0 if not yet, -1. */
+static int give_credit(conn_t *c, stream_t *s) {
+    if (s->recv_unacked < YAMUX_WINDOW / 2) return 0;
+    if (yamux_send(c, Y_WINDOW, 0, s->id, s->recv_unacked, NULL, 0)) return -1;
+    s->recv_left += s->recv_unacked;
+    s->recv_unacked = 0;
+    return 1;
+}
+
 /* Parse every whole Yamux frame in c->plain. */
 static int yamux_parse(conn_t *c) {
     size_t off = 0;
@@ -811,13 +825,14 @@ static int yamux_parse(conn_t *c) {
             if (drain(c, s)) { rc = -1; break; }
             if (closing && !find(c, id)) s = NULL;
         } else if (body) {
+            /* past the credit given, or after FIN: the peer breaks Yamux, and the whole
+             * connection fails (as go-yamux's session does): a peer that ignores the window
+             * on one stream cannot be trusted with it on the others */
             if (body > s->recv_left || s->remote_fin) { rc = fail(c, "yamux: peer overran the window"); break; }
             s->recv_left -= (uint32_t)body;
-            s->recv_unacked += (uint32_t)body;
-            if (s->recv_unacked >= YAMUX_WINDOW / 2) {
-                if (yamux_send(c, Y_WINDOW, 0, id, s->recv_unacked, NULL, 0)) { rc = -1; break; }
-                s->recv_left += s->recv_unacked;
-                s->recv_unacked = 0;
+            if (!c->app_credit) { /* (the ctypes driver: credit as frames are parsed) */
+                s->recv_unacked += (uint32_t)body;
+                if (give_credit(c, s) < 0) { rc = -1; break; }
             }
         }
         uint16_t shown = flags & (F_SYN | F_FIN | F_RST);
@@ -960,6 +975,20 @@ int ww_stream_write(conn_t *c, uint32_t id, const uint8_t *data, size_t n, int f
         else return send_fin(c, s);
     }
     return 0;
+}
+
+/* With app_credit: n bytes of stream id were taken by its reader (at most what came and was
+ * not credited yet counts); credit goes back to the peer once it is half the window, so a
+ * stream whose reader stops holds at most its window and the peer waits.  1 if a window
+ * update was queued (ww_conn_flush sends it), 0 if not yet, -1 on failure of the
+ * connection, -2 for a stream that is gone. */
+int ww_stream_credit(conn_t *c, uint32_t id, size_t n) {
+    if (c->failed) return -1;
+    stream_t *s = find(c, id);
+    if (!s) return -2;
+    size_t held = YAMUX_WINDOW - s->recv_left - s->recv_unacked;
+    s->recv_unacked += (uint32_t)(n < held ? n : held);
+    return give_credit(c, s);
 }
 
 /* Yamux ping (the answer is handled by ww_conn_read) */

@@ -25,8 +25,6 @@
 
 #include "conn.c"
 
-#define INBOX_LIMIT (1u << 20) /* bytes a stream holds that its protocol has not taken */
-
 typedef struct ConnObject ConnObject;
 
 typedef struct {
@@ -34,8 +32,8 @@ typedef struct {
     ConnObject *conn;
     uint32_t sid;
     PyObject *protocol; /* NULL until attached */
-    buf_t inbox, out;
-    size_t inbox_off;
+    buf_t inbox, out; /* inbox: what came that the protocol has not taken (<= the window) */
+    size_t inbox_off, neg_in; /* neg_in: bytes given to on_data, before a protocol */
     int out_flags, dirty, reading, closed, eof, eof_given;
 } StreamObject;
 
@@ -49,6 +47,7 @@ struct ConnObject {
 };
 
 static PyTypeObject StreamType, ConnType;
+static void conn_schedule(ConnObject *c);
 
 /* ---- calls into Python ---- */
 
@@ -93,6 +92,13 @@ static void stream_lost(StreamObject *s) {
     Py_DECREF(s);
 }
 
+/* Yamux credit for n bytes the stream's reader took (conn.c sends it at half the window):
+ * the peer may send only what the protocol has taken, so a paused stream holds at most its
+ * window and the peer waits. */
+static void credit(ConnObject *c, uint32_t sid, size_t n) {
+    if (n && c && c->c && ww_stream_credit(c->c, sid, n) == 1) conn_schedule(c);
+}
+
 /* Copy n bytes into the protocol's buffers while it reads; returns the bytes taken. */
 static size_t hand_over(StreamObject *s, const uint8_t *p, size_t n) {
     PyObject *proto = s->protocol;
@@ -126,7 +132,9 @@ static void deliver(StreamObject *s) {
     if (!s->protocol) return;
     Py_INCREF(s);
     if (s->inbox.len > s->inbox_off) {
-        s->inbox_off += hand_over(s, s->inbox.p + s->inbox_off, s->inbox.len - s->inbox_off);
+        size_t k = hand_over(s, s->inbox.p + s->inbox_off, s->inbox.len - s->inbox_off);
+        s->inbox_off += k;
+        credit(s->conn, s->sid, k);
         if (s->inbox_off == s->inbox.len) s->inbox.len = s->inbox_off = 0;
     }
     if (s->reading && s->inbox.len == s->inbox_off && s->eof && !s->eof_given && !s->closed) {
@@ -137,7 +145,8 @@ static void deliver(StreamObject *s) {
 }
 
 static void stream_data(StreamObject *s, const uint8_t *p, size_t n) {
-    if (!s->protocol) {
+    if (!s->protocol) { /* credited at attach, less what it hands over still unread */
+        s->neg_in += n;
         PyObject *b = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
         if (!b) { report(); return; }
         call_method((PyObject *)s, "on_data", b);
@@ -146,18 +155,21 @@ static void stream_data(StreamObject *s, const uint8_t *p, size_t n) {
     }
     if (s->inbox.len == s->inbox_off) {
         size_t k = hand_over(s, p, n);
+        credit(s->conn, s->sid, k);
         p += k;
         n -= k;
     }
-    if (!n || s->closed) return;
-    if (s->inbox.len - s->inbox_off + n > INBOX_LIMIT || buf_put(&s->inbox, p, n)) {
+    if (!n) return;
+    if (s->closed) { /* dropped: not held, so credited */
+        credit(s->conn, s->sid, n);
+        return;
+    }
+    if (buf_put(&s->inbox, p, n)) { /* (the window bounds it; the buffer limit is 64 MiB) */
         PyObject *r = PyObject_CallMethod((PyObject *)s, "reset", NULL);
         if (!r) report();
         Py_XDECREF(r);
     }
 }
-
-static void conn_schedule(ConnObject *c);
 
 static int queue(StreamObject *s, const void *p, size_t n, int flags) {
     if (!s->conn || !s->conn->c || !s->conn->dirty) return 0;
@@ -298,9 +310,13 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
     Py_buffer left;
     int eof;
     if (!PyArg_ParseTuple(args, "Oy*p", &protocol, &left, &eof)) return NULL;
-    int rc = buf_put(&self->inbox, left.buf, (size_t)left.len);
+    size_t held = (size_t)left.len;
+    int rc = buf_put(&self->inbox, left.buf, held);
     PyBuffer_Release(&left);
     if (rc) return PyErr_NoMemory();
+    /* what the negotiation used is taken; what it hands over is credited as it is read */
+    credit(self->conn, self->sid, self->neg_in > held ? self->neg_in - held : 0);
+    self->neg_in = 0;
     Py_INCREF(protocol);
     Py_XSETREF(self->protocol, protocol);
     self->reading = 1; /* before connection_made, which may pause it */
@@ -328,6 +344,16 @@ static PyMethodDef Stream_methods[] = {
     {"_lost", (PyCFunction)Stream_lost, METH_NOARGS, "gone: the protocol is told"},
     {NULL, NULL, 0, NULL}};
 
+static PyObject *Stream_get_held(StreamObject *self, void *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(self->inbox.len - self->inbox_off);
+}
+
+static PyGetSetDef Stream_getset[] = {
+    {"held", (getter)Stream_get_held, NULL,
+     "bytes that came that the protocol has not taken yet (at most the 256 KiB window)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
 static PyMemberDef Stream_members[] = {
     {"sid", T_UINT, offsetof(StreamObject, sid), READONLY, NULL},
     {"conn", T_OBJECT, offsetof(StreamObject, conn), READONLY, NULL},
@@ -347,6 +373,7 @@ static PyTypeObject StreamType = {
     .tp_dealloc = (destructor)Stream_dealloc,
     .tp_methods = Stream_methods,
     .tp_members = Stream_members,
+    .tp_getset = Stream_getset,
 };
 
 /* ---- Conn ---- */
@@ -369,6 +396,7 @@ static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw) {
     if (self->c) { PyErr_SetString(PyExc_RuntimeError, "initialised twice"); return -1; }
     self->c = ww_conn_new(fd, initiator);
     if (!self->c) { PyErr_NoMemory(); return -1; }
+    self->c->app_credit = 1; /* credit for what the streams' protocols take (credit()) */
     self->fd = fd;
     Py_INCREF(loop);
     Py_XSETREF(self->loop, loop);
@@ -498,7 +526,11 @@ static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
         if (!s && flags & F_SYN)
             s = (StreamObject *)PyObject_CallMethod((PyObject *)self, "_new_stream", "O", key);
         Py_DECREF(key);
-        if (!s) { report(); continue; }
+        if (!s) { /* a stream Python let go of: its bytes dropped, so credited */
+            report();
+            credit(self, sid, len);
+            continue;
+        }
         if (!PyObject_TypeCheck((PyObject *)s, &StreamType)) { Py_DECREF(s); continue; }
         if (len) stream_data(s, data, len);
         if (flags & (F_FIN | F_RST) && !s->closed) {
