@@ -348,6 +348,17 @@ def test_extension_lane_dialer_falls_back_with_py_libp2p(ext: str, py_host: str)
     assert _lane_dial(py_host, True, PING) == {"lane": False}
 
 
+def test_py_libp2p_dials_a_lane_listener(ext: str) -> None:
+    """ww's py-libp2p node proposes /noise to a listener that offers the lane: a standard
+    connection (the listener says lane False), and echoes work over it."""
+    host, addr = _lane_host(True)
+    try:
+        assert _calls("--py-echo", addr, "5")["sequential_per_s"] > 0
+        assert _accepted(host) == {"lane": False}
+    finally:
+        _stop(host)
+
+
 def test_extension_lane_proposal_is_one_segment(ext: str) -> None:
     """The lane dialer's first write holds the header and the lane proposal together (the
     listener decides by peeking at what came first), and nothing more before an answer."""
