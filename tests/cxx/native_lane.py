@@ -132,6 +132,40 @@ class Paused(asyncio.BufferedProtocol):
             self.done.set_exception(ConnectionError("stream lost"))
 
 
+async def wait_held(stream: Any, reader: Paused, conn: Any) -> int:
+    """Until (bounded) the peer filled the window we gave, or the stream or connection was
+    lost: the most bytes held in C seen."""
+    held_max = 0
+    for _ in range(LIMIT * 100):
+        held_max = max(held_max, stream.held)
+        # (the window less the few bytes of multistream, not credited back yet)
+        if held_max >= WINDOW - 1024 or reader.lost or conn.closed.done():
+            break
+        await asyncio.sleep(0.01)  # polls the count: no event says "the window is full"
+    return held_max
+
+
+async def closed_while_full(conn: Any, size: int) -> bool:
+    """A stream closed while it holds its full window: what it held is credited back, so
+    the echoing peer sends the rest (dropped here), closes its side, and the C connection
+    lets the stream go.  False if it still holds it after a minute (it takes well under a
+    second)."""
+    conn.flush()  # the resets queued before: sent, those streams let go
+    before = conn.open_streams
+    stream = conn.open(ECHO)
+    await asyncio.wait_for(stream.negotiated, LIMIT)
+    reader = Paused(size)
+    stream.connect(reader)
+    stream.write(os.urandom(size))
+    await wait_held(stream, reader, conn)
+    stream.close()
+    for _ in range(60 * 100):
+        if conn.open_streams <= before:
+            return True
+        await asyncio.sleep(0.01)  # polls the count: conn.c tells nobody it let a stream go
+    return False
+
+
 async def pushback(addr: str, size: int) -> dict[str, Any]:
     """The echo host sends back what it gets, as fast as our window lets it."""
     conn = await dial(lane_conn(True), addr)
@@ -142,14 +176,7 @@ async def pushback(addr: str, size: int) -> dict[str, Any]:
         stream.connect(reader)
         data = os.urandom(size)
         stream.write(data)
-        # wait (bounded) until the echo filled the window we gave, or the stream was lost
-        held_max = 0
-        for _ in range(LIMIT * 100):
-            held_max = max(held_max, stream.held)
-            # (the window less the few bytes of multistream, not credited back yet)
-            if held_max >= WINDOW - 1024 or reader.lost or conn.closed.done():
-                break
-            await asyncio.sleep(0.01)  # polls the count: no event says "the window is full"
+        held_max = await wait_held(stream, reader, conn)
         # another stream on the same connection still flows meanwhile (a round trip, during
         # which more of the echo could come if the peer were not pushed back)
         await echo_once(conn, ECHO)
@@ -161,7 +188,9 @@ async def pushback(addr: str, size: int) -> dict[str, Any]:
             await asyncio.wait_for(reader.done, LIMIT)
         except ConnectionError:
             pass
+        stream.reset()
         return {
+            "closed_full_let_go": await closed_while_full(conn, 1 << 20),
             "held_max": held_max,
             "lost_while_paused": lost_while_paused,
             "intact": bytes(reader.got) == data,

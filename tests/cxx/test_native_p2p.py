@@ -421,7 +421,9 @@ def test_extension_paused_stream_pushes_the_peer_back(ext: str) -> None:
     host echoing what it gets) sends 4 MiB on it: Yamux credit goes back only for what the
     protocol took, so the stream holds at most its 256 KiB window in C and the peer waits;
     the stream is not reset, other streams on the connection still echo meanwhile, and once
-    reading resumes all 4 MiB arrive intact. (It was reset once 1 MiB was held.)"""
+    reading resumes all 4 MiB arrive intact. (It was reset once 1 MiB was held.) And a
+    stream closed while it holds its full window credits it back, so the peer can finish
+    and the C connection lets the stream go."""
     host, addr = _lane_host(True)
     try:
         r = subprocess.run(
@@ -437,3 +439,5 @@ def test_extension_paused_stream_pushes_the_peer_back(ext: str) -> None:
     assert not got["lost_while_paused"], got
     assert 0 < got["held_max"] <= (256 << 10) + 65535, got  # the window (+ one frame)
     assert (got["got"], got["intact"], got["conn_failed"]) == (4 << 20, True, False), got
+    # a stream closed while it holds its window gives that credit back: the peer finishes
+    assert got["closed_full_let_go"], got

@@ -19,7 +19,9 @@ libsodium-dev and Python's headers first).  Its two types:
   ``pause_reading`` ...); ``attach(protocol, leftover, eof)`` hands the stream to it.
   Yamux credit goes back to the peer only for bytes the protocol took (and those the
   multistream-select exchange used), so a paused stream holds at most its 256 KiB window
-  (``held``) and the peer waits; a peer that sends past its window fails the connection.
+  (``held``) and the peer waits; what a stream held when it ended is credited back (the
+  peer can finish); a peer that sends past its window fails the connection.
+  ``Conn.open_streams`` counts the Yamux streams the C side holds.
 
 Subclasses supply the Python side (multistream-select on a stream, inbound streams,
 failures): ``benchmarks/p2p_native.py`` has the ones the benchmarks and

@@ -70,9 +70,19 @@ static void conn_fail(ConnObject *self, const char *why) {
 
 /* ---- Stream ---- */
 
+/* Yamux credit for n bytes the stream's reader took (conn.c sends it at half the window):
+ * the peer may send only what the protocol has taken, so a paused stream holds at most its
+ * window and the peer waits.  (conn.c counts at most what came and was not credited.) */
+static void credit(ConnObject *c, uint32_t sid, size_t n) {
+    if (n && c && c->c && ww_stream_credit(c->c, sid, n) == 1) conn_schedule(c);
+}
+
 static void stream_lost(StreamObject *s) {
     if (s->closed) return;
     s->closed = 1;
+    /* what it held will never be read: credited, so the peer can finish (what comes from here
+     * on is dropped, and credited as it comes) */
+    credit(s->conn, s->sid, s->inbox.len - s->inbox_off + s->neg_in);
     Py_INCREF(s);
     if (s->conn && s->conn->streams) {
         PyObject *key = PyLong_FromUnsignedLong(s->sid);
@@ -90,13 +100,6 @@ static void stream_lost(StreamObject *s) {
         call_method((PyObject *)s, "_unattached_lost", NULL);
     }
     Py_DECREF(s);
-}
-
-/* Yamux credit for n bytes the stream's reader took (conn.c sends it at half the window):
- * the peer may send only what the protocol has taken, so a paused stream holds at most its
- * window and the peer waits. */
-static void credit(ConnObject *c, uint32_t sid, size_t n) {
-    if (n && c && c->c && ww_stream_credit(c->c, sid, n) == 1) conn_schedule(c);
 }
 
 /* Copy n bytes into the protocol's buffers while it reads; returns the bytes taken. */
@@ -620,6 +623,11 @@ static PyObject *Conn_open(ConnObject *self, PyObject *unused) {
     return PyLong_FromUnsignedLong(sid);
 }
 
+static PyObject *Conn_get_open_streams(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyLong_FromLong(self->c ? self->c->nstreams : 0);
+}
+
 static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
     (void)unused;
     return PyBool_FromLong(self->writing);
@@ -648,6 +656,8 @@ static PyMemberDef Conn_members[] = {
 
 static PyGetSetDef Conn_getset[] = {
     {"writing", (getter)Conn_get_writing, NULL, "a writer is registered", NULL},
+    {"open_streams", (getter)Conn_get_open_streams, NULL,
+     "Yamux streams the C connection holds (not yet closed both ways, nor reset)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject ConnType = {
