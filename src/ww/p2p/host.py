@@ -18,9 +18,11 @@ configuration is explicit and closed:
 - inbound connections bounded at the door: in their handshake, in all, per remote address,
   and their streams (:mod:`ww.p2p.admission`).
 
-The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
-:meth:`Node.serve` (a callback that receives one socket per inbound stream); see
-:mod:`ww.p2p.splice` for how a stream becomes a socket.
+The other threads talk to the node through :meth:`Node.open` (a future of a socket),
+:meth:`Node.serve` (a callback that receives one socket per inbound stream; see
+:mod:`ww.p2p.splice` for how a stream becomes a socket) and :meth:`Node.serve_lane` (a
+callback that receives the inbound connections proposing ww's native lane, sockets of
+their own: see :mod:`ww.p2p.admission`).
 
 One host per `ww run`: the embedded IPFS node adds Bitswap to the same host
 (:meth:`Node.add_protocol`), so a peer joined with ``--join`` is an IPFS peer too, and the
