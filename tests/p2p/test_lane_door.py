@@ -108,8 +108,16 @@ class StandInLane:
             conn.gone.set()
 
     def stop(self) -> None:
+        async def finish() -> None:  # every connection's task ends: its socket closed
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(finish(), self.loop).result(HANG)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(HANG)
+        self.loop.close()
 
 
 @pytest.fixture
@@ -416,13 +424,17 @@ def test_an_acceptor_that_raises_leaves_nothing_held(start, lanes) -> None:
 
 def test_a_silent_connection_is_cut_at_the_handshake_timeout(start, lanes, monkeypatch) -> None:
     """With a lane acceptor set, a connection that sends nothing is peeked at until
-    HANDSHAKE_TIMEOUT (made 0.5 s) and closed, as py-libp2p's handshake would be."""
+    HANDSHAKE_TIMEOUT (made 0.5 s) and closed, counted as a failed handshake, as py-libp2p's
+    handshake would be.  (What changes: py-libp2p wrote multistream's header at once, before
+    the peer's; while a lane acceptor is set it writes it once the peer's first bytes have
+    arrived, so this client reads nothing before the end.  Dialers speak first: py-libp2p's,
+    go-libp2p's and the lane's.)"""
     monkeypatch.setattr(admission, "HANDSHAKE_TIMEOUT", 0.5, raising=False)
     node = start()
     lane = lanes()
     node.serve_lane(lane.accept)
     with _client(node, "127.0.0.2") as client:
-        assert _hung_up(client)
+        assert _read(client, 1) == b""
     counts = _until(node, lambda c: c["inbound"] == 0)
     assert (lane.calls, counts["refused"]) == (0, {"handshake_failed": 1})
 

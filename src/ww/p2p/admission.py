@@ -66,7 +66,9 @@ py-libp2p's handshake), are looked at with ``MSG_PEEK`` and left in the kernel. 
 this handler keeps the listener's until the lane ends, since the listener closes it when
 the handler returns); anything else (py-libp2p's dialer sends the header alone and waits
 for ours, go-libp2p's the header and ``/noise``) goes to py-libp2p untouched, and no more
-bytes are ever waited for.  Without an acceptor nothing is peeked at.  A lane connection
+bytes are ever waited for.  (So py-libp2p, which writes multistream's header at once,
+writes it only after the peer's first bytes: every dialer speaks first, py-libp2p's,
+go-libp2p's and the lane's.)  Without an acceptor nothing is peeked at.  A lane connection
 holds its place (per address, in all) until the lane says it ended (:class:`LaneTicket`);
 it counts as in its handshake until the lane says its Noise handshake is done, within
 :data:`HANDSHAKE_TIMEOUT` of the accept (else it is shut down and counted
