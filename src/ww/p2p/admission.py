@@ -210,7 +210,8 @@ class Admission:
         than ``ip`` holds set up or being set up, so it keeps one set up (one in its
         handshake, which may never finish, does not count for it): its oldest on which the
         peer has no stream open
-        (ours, identify and the like, do not count) set up at least
+        (ours, identify and the like, do not count; a lane connection's: as its
+        :attr:`LaneTicket.streams` says) set up at least
         :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
         handshake has its own timeout).  Only when the host is full: then a look at each
         address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_IP
