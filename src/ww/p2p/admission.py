@@ -55,6 +55,27 @@ past MAX_INBOUND), so one address's bare TCP connections can trim others' (at mo
 MAX_PER_IP at a time, each holding its place until its handshake times out); and 128
 addresses of one connection each still fill the host, as they would any bound.
 
+The native lane (the C libp2p connection ww hosts call `/ww/0.1.0` over) shares the port: a
+ww lane dialer proposes :data:`LANE` as the security protocol, sending multistream's header
+and the proposal in one write (:data:`LANE_PROPOSAL`).  When a lane acceptor is set
+(:meth:`ww.p2p.host.Node.serve_lane`: the cell exports something), each connection, once it
+has its place (counted as above: no byte is read before), is peeked at: its first bytes to
+arrive, within :data:`HANDSHAKE_TIMEOUT` (a peer that sends nothing is cut then, as by
+py-libp2p's handshake), are looked at with ``MSG_PEEK`` and left in the kernel.  Exactly
+:data:`LANE_PROPOSAL`: the connection is handed to the acceptor (a duplicate of its socket;
+this handler keeps the listener's until the lane ends, since the listener closes it when
+the handler returns); anything else (py-libp2p's dialer sends the header alone and waits
+for ours, go-libp2p's the header and ``/noise``) goes to py-libp2p untouched, and no more
+bytes are ever waited for.  (So py-libp2p, which writes multistream's header at once,
+writes it only after the peer's first bytes: every dialer speaks first, py-libp2p's,
+go-libp2p's and the lane's.)  Without an acceptor nothing is peeked at.  A lane connection
+holds its place (per address, in all) until the lane says it ended (:class:`LaneTicket`);
+it counts as in its handshake until the lane says its Noise handshake is done, within
+:data:`HANDSHAKE_TIMEOUT` of the accept (else it is shut down and counted
+``handshake_failed``); once set up it may give its place to a newcomer as any other (its
+age from the end of its handshake, idle when the lane says it has no stream open).  Its
+streams are the lane's to bound: admission's stream bounds count py-libp2p's streams only.
+
 Why not py-libp2p's own: 0.8.1 caps inbound connections at 250 with a slot taken at accept
 and given back only when the *swarm* stops (its handler waits for that, since the TCP
 listener closes a socket when its handler returns), so 250 connections over the host's life,
@@ -78,16 +99,25 @@ docs/benchmarks.md ("Connections from remote peers").
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from ww.p2p.yamux import allow_growth
 
-__all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "MAX_HANDSHAKES", "MAX_INBOUND",
-           "MAX_INBOUND_STREAMS", "MAX_NEGOTIATING", "MAX_PER_IP", "MAX_STREAMS_PER_CONN",
-           "MAX_STREAMS_PER_IP", "STREAM_LINGER", "STREAM_NEGOTIATE_TIMEOUT", "Admission",
-           "install"]
+__all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HANDSHAKES",
+           "MAX_INBOUND", "MAX_INBOUND_STREAMS", "MAX_NEGOTIATING", "MAX_PER_IP",
+           "MAX_STREAMS_PER_CONN", "MAX_STREAMS_PER_IP", "STREAM_LINGER",
+           "STREAM_NEGOTIATE_TIMEOUT", "Admission", "LaneAccept", "LaneTicket", "install"]
+
+# The security protocol a ww lane dialer proposes, and what it sends first, in one write:
+# multistream's header and the proposal (each line a varint length, the text and "\n").
+LANE = "/ww/lane/0.1.0"
+LANE_PROPOSAL = b"\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"
 
 # Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
 # allows 15): an honest handshake is a few round trips.
@@ -159,6 +189,9 @@ class Admission:
         self.all_streams = 0  # inbound streams of all connections
         self.negotiating: dict[Any, int] = {}  # of which not past negotiation
         self.refused: dict[str, int] = {}  # refusals by the bound that made them
+        # The lane acceptor now (None: none; then nothing is peeked at), asked at each accept.
+        self.lane: Callable[[], LaneAccept | None] = _no_lane
+        self.lane_in = 0  # inbound connections handed to the lane acceptor
 
     def refusal(self, ip: str | None) -> str | None:
         """The bound a new inbound connection from ``ip`` would exceed, if any."""
@@ -177,7 +210,8 @@ class Admission:
         than ``ip`` holds set up or being set up, so it keeps one set up (one in its
         handshake, which may never finish, does not count for it): its oldest on which the
         peer has no stream open
-        (ours, identify and the like, do not count) set up at least
+        (ours, identify and the like, do not count; a lane connection's: as its
+        :attr:`LaneTicket.streams` says) set up at least
         :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
         handshake has its own timeout).  Only when the host is full: then a look at each
         address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_IP
@@ -190,9 +224,15 @@ class Admission:
             return None
         now = trio.current_time()
         for conn, since in conns.items():  # oldest first, at most MAX_PER_IP
-            if now - since >= EVICT_GRACE and conn.muxed_conn not in self.streams:
+            if now - since >= EVICT_GRACE and self._idle(conn):
                 return heaviest, conn
         return heaviest, next(iter(conns))
+
+    def _idle(self, conn: Any) -> bool:
+        """No stream the peer opened is open on ``conn`` (a lane's: as its acceptor says)."""
+        if isinstance(conn, LaneTicket):
+            return conn.streams <= 0
+        return conn.muxed_conn not in self.streams
 
     def stream_victim(self, ip: str | None) -> tuple[str, Any] | None:
         """Which stream (with its address) gives its place to a new one from ``ip`` when the
@@ -258,10 +298,112 @@ class Admission:
         self._refuse("evicted")
 
 
-def install(host: Any) -> Admission:
-    """Put the bounds on ``host`` (py-libp2p 0.8.1's BasicHost); revisit when upgrading."""
+# Called on the libp2p (trio) thread with a new lane connection's socket (non-blocking, its
+# first bytes, LANE_PROPOSAL, still unread), its remote address as counted here, and its
+# ticket; it must only hand them over (to an asyncio loop).  See LaneTicket.
+LaneAccept = Callable[[socket.socket, str, "LaneTicket"], None]
+
+
+def _no_lane() -> LaneAccept | None:
+    return None
+
+
+class LaneTicket:
+    """An inbound connection handed to the lane acceptor: what the lane tells admission, and
+    how admission cuts it.  It holds its admission place (per address, in all) from the
+    accept until :meth:`ended`; until :meth:`handshaken` it counts as in its handshake
+    (:data:`MAX_HANDSHAKES`), and must get there within :data:`HANDSHAKE_TIMEOUT` of the
+    accept.  Once handshaken it is a set-up connection that may give its place to a newcomer
+    (:meth:`Admission.victim`): its age is counted from :meth:`handshaken`, and it is idle
+    while :attr:`streams` is 0.
+
+    :meth:`handshaken`, :meth:`ended` and :meth:`on_close` may be called from any thread."""
+
+    def __init__(self, sock: Any) -> None:
+        # Streams the peer has open on the lane, as its acceptor keeps it (any thread may set
+        # it; admission only reads it): 0 makes the connection idle, the first to give its
+        # place once older than EVICT_GRACE.
+        self.streams = 0
+        self._sock = sock  # trio's socket of the connection (admission's, not the lane's)
+        self._token = trio.lowlevel.current_trio_token()
+        self._lock = threading.Lock()
+        self._closer: Callable[[], None] | None = None
+        self._cut = False  # (under _lock) admission has closed it: no closer is called again
+        self.is_handshaken = False  # (the trio thread's) what the lane has said
+        self.is_ended = False
+        self._news = trio.Event()
+
+    def handshaken(self) -> None:
+        """The lane's handshake is done: no longer counted as in its handshake."""
+        self._tell(self._on_handshaken)
+
+    def ended(self) -> None:
+        """The lane connection is gone (its socket closed): its place is given back.
+        Idempotent."""
+        self._tell(self._on_ended)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the libp2p thread: it must be thread-safe and not block) when
+        admission closes this connection: its handshake timed out, it gave its place to a
+        newcomer, or the host stops; at once if that has happened already.  Admission has
+        then shut the socket down (both ways) already; the lane should close its socket and
+        call :meth:`ended` (its place is held until then, at most HANDSHAKE_TIMEOUT more)."""
+        with self._lock:
+            if not self._cut:
+                self._closer = callback
+                return
+        callback()
+
+    def _tell(self, news: Callable[[], None]) -> None:
+        try:
+            self._token.run_sync_soon(news)
+        except trio.RunFinishedError:  # the host has stopped: nothing left to tell
+            pass
+
+    def _on_handshaken(self) -> None:
+        self.is_handshaken = True
+        self._news.set()
+
+    def _on_ended(self) -> None:
+        self.is_ended = True
+        self._news.set()
+
+    def close(self) -> None:
+        """(the trio thread) Admission lets the connection go: its socket is shut down and the
+        lane's callback called, once."""
+        with self._lock:
+            if self._cut:
+                return
+            self._cut = True
+            closer, self._closer = self._closer, None
+        self._news.set()
+        if self.is_ended:
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # the peer is cut whatever the lane does
+        except OSError:  # gone already
+            pass
+        if closer is not None:
+            try:
+                closer()
+            except Exception:  # the lane's own failure: the socket is shut down anyway
+                pass
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Wait (on the trio thread; one waiter) until ``done()``, checked at each news."""
+        while not done():
+            await self._news.wait()
+            self._news = trio.Event()
+
+
+def install(host: Any, lane: Callable[[], LaneAccept | None] | None = None) -> Admission:
+    """Put the bounds on ``host`` (py-libp2p 0.8.1's BasicHost); revisit when upgrading.
+    ``lane`` gives the lane acceptor at each accept (None, or giving None: no lane, and
+    nothing is peeked at)."""
     network = host.get_network()
     admission = Admission()
+    if lane is not None:
+        admission.lane = lane
     network.admission = admission
     network._handle_inbound_connection = _inbound_handler(network, admission)
     network.set_stream_handler(_stream_handler(network.common_stream_handler, admission))
@@ -328,9 +470,35 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
             if victim is not None:
                 with trio.move_on_after(HANDSHAKE_TIMEOUT):
                     await _close(victim[1])
+            deadline = trio.current_time() + HANDSHAKE_TIMEOUT
+            try:
+                with trio.fail_at(deadline):
+                    lane = await _lane_wanted(stream, admission)
+            except (trio.TooSlowError, OSError):  # sent nothing in time, or reset
+                admission._refuse("handshake_failed")
+                await stream.close()
+                return
+            if lane is not None:
+                conn = ticket = LaneTicket(stream.stream.socket)
+                if not _hand_over(lane, ticket, ip, admission):
+                    await stream.close()
+                    return
+                with trio.move_on_at(deadline):
+                    await ticket._until(lambda: ticket.is_handshaken or ticket.is_ended)
+                if not ticket.is_handshaken:  # its handshake failed, or is too slow
+                    admission._refuse("handshake_failed")
+                    ticket.close()  # shut down: no more work of ours; its place is held
+                admission.handshakes -= 1
+                handshaking = False
+                if ticket.is_handshaken:
+                    admission._hold(ip, ticket)
+                    await ticket._until(lambda: ticket.is_ended or ticket._cut)
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):  # cut: the lane lets go
+                    await ticket._until(lambda: ticket.is_ended)
+                return
             raw = RawConnection(stream, False)
             try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                with trio.fail_at(deadline):
                     secured = await network.upgrader.upgrade_security(raw, False)
                     muxed = await network.upgrader.upgrade_connection(
                         secured, secured.get_remote_peer())
@@ -350,6 +518,8 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
             # The TCP listener closes the socket when this returns: wait for the end.
             await conn.event_closed.wait()
         finally:
+            if isinstance(conn, LaneTicket):  # (the host stops, say) the lane goes too
+                conn.close()
             if handshaking:
                 admission.handshakes -= 1
             admission.ip_of.pop(muxed, None)
@@ -360,6 +530,42 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
                 admission._give_back(ip)
 
     return handle
+
+
+async def _lane_wanted(stream: Any, admission: Admission) -> LaneAccept | None:
+    """The lane acceptor, if one is set and the connection's first bytes are exactly
+    :data:`LANE_PROPOSAL`.  Decided on the first bytes that arrive, peeked at (left in the
+    kernel for whoever reads them): a py-libp2p dialer sends multistream's header alone and
+    waits for ours, so no more is ever waited for.  Nothing is peeked at without a lane."""
+    if admission.lane() is None:
+        return None
+    first = await stream.stream.socket.recv(len(LANE_PROPOSAL), socket.MSG_PEEK)
+    return admission.lane() if first == LANE_PROPOSAL else None
+
+
+def _hand_over(accept: LaneAccept, ticket: LaneTicket, ip: str | None,
+               admission: Admission) -> bool:
+    """Give the lane acceptor a socket of its own for the connection (a duplicate of the
+    listener's descriptor, which the listener closes when its handler returns); False if it
+    refused (raised): the connection is then to be closed."""
+    fd = -1
+    try:
+        fd = os.dup(ticket._sock.fileno())
+        lane_sock = socket.socket(fileno=fd)
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        admission._refuse("lane_failed")
+        return False
+    lane_sock.setblocking(False)  # as it is already: O_NONBLOCK is shared with trio's
+    try:
+        accept(lane_sock, ip or "", ticket)
+    except Exception:
+        lane_sock.close()
+        admission._refuse("lane_failed")
+        return False
+    admission.lane_in += 1
+    return True
 
 
 def _stream_handler(inner: Any, admission: Admission) -> Any:
@@ -400,6 +606,9 @@ def _stream_handler(inner: Any, admission: Admission) -> Any:
 
 
 async def _close(conn: Any) -> None:
+    if isinstance(conn, LaneTicket):
+        conn.close()
+        return
     try:
         await conn.close()
     except Exception:  # it was going anyway

@@ -18,9 +18,11 @@ configuration is explicit and closed:
 - inbound connections bounded at the door: in their handshake, in all, per remote address,
   and their streams (:mod:`ww.p2p.admission`).
 
-The other threads talk to the node through :meth:`Node.open` (a future of a socket) and
-:meth:`Node.serve` (a callback that receives one socket per inbound stream); see
-:mod:`ww.p2p.splice` for how a stream becomes a socket.
+The other threads talk to the node through :meth:`Node.open` (a future of a socket),
+:meth:`Node.serve` (a callback that receives one socket per inbound stream; see
+:mod:`ww.p2p.splice` for how a stream becomes a socket) and :meth:`Node.serve_lane` (a
+callback that receives the inbound connections proposing ww's native lane, sockets of
+their own: see :mod:`ww.p2p.admission`).
 
 One host per `ww run`: the embedded IPFS node adds Bitswap to the same host
 (:meth:`Node.add_protocol`), so a peer joined with ``--join`` is an IPFS peer too, and the
@@ -50,6 +52,7 @@ from ww.core.identity import Identity
 from ww.p2p import splice
 
 if TYPE_CHECKING:
+    from ww.p2p.admission import LaneAccept
     from ww.p2p.dial_policy import DialPolicy
 
 # Seconds to start: import libp2p (seconds on a loaded machine), bind every listen address.
@@ -117,7 +120,8 @@ def _guarded_tcp(policy: DialPolicy | None) -> Any:
     return GuardedTCP()
 
 
-def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
+def _new_host(identity: Identity, policy: DialPolicy | None = None,
+              lane: Callable[[], LaneAccept | None] | None = None) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
@@ -148,7 +152,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None) -> Any:
     )
     _disable_auto_connector(host)
     _use_muxer_given(host)
-    admission.install(host)  # what remote peers' connections may hold
+    admission.install(host, lane)  # what remote peers' connections may hold
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host
@@ -248,6 +252,7 @@ class Node:
         self._join = list(join or [])
         self._warn = warn or (lambda message: print(f"ww: warning: {message}", file=sys.stderr))
         self._accept: Accept | None = None
+        self._lane: LaneAccept | None = None
         self._streams = 0
         self._budget: splice.Budget | None = None
         self.addrs: list[str] = []  # where we really listen, each ending in /p2p/<peer id>
@@ -351,6 +356,7 @@ class Node:
     def stop(self) -> None:
         """Close every connection and end the thread (bounded by :data:`STOP_TIMEOUT`)."""
         self._accept = None
+        self._lane = None
         stop = self._stop
         if stop is not None:
             self._portal.call_soon(stop.set)
@@ -365,13 +371,28 @@ class Node:
         """
         self._accept = accept
 
+    def serve_lane(self, accept: LaneAccept | None) -> None:
+        """Hand every new inbound connection whose first bytes propose the lane
+        (:data:`ww.p2p.admission.LANE_PROPOSAL`) to ``accept``; ``None``: none (py-libp2p
+        takes every connection, and answers ``na`` to the lane: nothing is peeked at).
+
+        ``accept(sock, ip, ticket)`` runs on the libp2p thread with a socket of the
+        connection of its own (non-blocking; the proposal still unread in it), the remote
+        address as admission counts it, and a :class:`ww.p2p.admission.LaneTicket`; it must
+        only hand them over (to an asyncio loop).  If it raises, the connection is closed.
+        The connection keeps its admission place until the lane calls ``ticket.ended()``.
+        A node made with ``serve_ww=False`` never diverts a connection."""
+        self._lane = accept
+
     def when_session_ends(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` from :meth:`end_session` (on the thread that calls that)."""
         self._session_end.append(callback)
 
     def end_session(self) -> None:
-        """The cell hung up fd 3 (or exited): refuse inbound streams, run the callbacks."""
+        """The cell hung up fd 3 (or exited): refuse inbound streams and lane connections,
+        run the callbacks."""
         self._accept = None
+        self._lane = None
         callbacks, self._session_end = self._session_end, []
         for callback in callbacks:
             callback()
@@ -409,7 +430,8 @@ class Node:
             self._joined.set()
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
-        host = _new_host(self.identity, self.dial_policy)
+        host = _new_host(self.identity, self.dial_policy,
+                         (lambda: self._lane) if self._serve_ww else None)
         _report_identified(host, self._identified)
         if self._serve_ww:
             host.set_stream_handler(PROTOCOL_ID, self._inbound)
