@@ -33,6 +33,7 @@ This module imports neither py-libp2p nor trio.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -487,8 +488,9 @@ async def dial(
         async with asyncio.timeout(timeout):
             try:
                 await loop.sock_connect(sock, (host, port))
-            except OSError as e:
-                raise P2PError(f"p2p: cannot reach {addr} ({e.strerror or e})") from None
+            except OSError as e:  # (asyncio words it "Connect call failed (address)")
+                why = os.strerror(e.errno) if e.errno else str(e)
+                raise P2PError(f"p2p: cannot reach {addr} ({why})") from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = LaneConn(sock, True)
             conn.addr = addr
