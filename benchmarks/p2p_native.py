@@ -30,9 +30,10 @@ Measured, each in a process of its own, in turns, every round:
   dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``);
   "asyncio echo": the same over a plain asyncio TCP connection (no libp2p at all);
 - "ext -> ext", "ext echo": the same calls and echoes with the extension's types
-  (``ww.p2p._native.Conn`` and ``Stream``, from ``src/ww/p2p/_native/ext.c``) at both
-  ends.  Its ``readable`` is the add_reader callback; it hands a stream's bytes
-  to pycapnp's protocol (``get_buffer`` / ``buffer_updated``) from C, and the stream's
+  (``ww.p2p._native.Conn`` and ``Stream``, from ``src/ww/p2p/_native/ext.c``, as ww drives
+  them: ``ww.p2p.lane``'s ``LaneConn`` and ``LaneStream``) at both ends.  Its ``readable``
+  is the add_reader callback; it hands a stream's bytes to pycapnp's protocol
+  (``get_buffer`` / ``buffer_updated``) from C, and the stream's
   ``write`` is C that queues, one flush per loop turn framing, encrypting and sending.  No
   ctypes calls, no event records parsed in Python; multistream-select on a stream stays
   Python, and the handshake is the same state machine driven from the loop (``add_reader``,
@@ -52,7 +53,7 @@ handshaken, a stream echoed and left attached, then closed (every other one drop
 (Linux /proc), the warm-up and the pipelined calls included: less moved by load than times.
 
 Sequential calls give median, 10th and 99th percentiles; "pipelined" keeps 64 in flight.
-Everything listens on 127.0.0.1 only.  Nothing of ww is changed.
+Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
