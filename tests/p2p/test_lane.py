@@ -38,6 +38,7 @@ class DoNothingTicket:
     def __init__(self) -> None:
         self.events: list[str] = []
         self.close: Callable[[], None] | None = None
+        self.streams = 0  # what the lane says the peer has open
 
     def handshaken(self) -> None:
         self.events.append("handshaken")
@@ -327,6 +328,12 @@ def test_a_served_connection_ends_its_ticket() -> None:
         try:
             ticket = listener.tickets[0]
             await until(lambda: ticket.events == ["handshaken"])
+            # the ticket knows the streams the peer has open (admission's idle test)
+            ping = conn.open(lane.PING)
+            assert await _refused(ping) == "accepted"
+            await until(lambda: ticket.streams == 1)
+            ping.reset()
+            await until(lambda: ticket.streams == 0)
             assert ticket.close is not None
             threading.Thread(target=ticket.close).start()  # admission's thread, say
             await asyncio.wait_for(conn.closed, HANG)  # the peer hung up

@@ -66,6 +66,7 @@ STREAM_NEGOTIATE_TIMEOUT = 10.0  # seconds an inbound stream may take to name it
 # closed, a quarter of admission's MAX_STREAMS_PER_CONN (256), which backs up every
 # protocol of a py-libp2p connection (Bitswap, the DHT, identify ...).
 MAX_STREAMS = 64
+TICKET_REFRESH = 1.0  # seconds between counts of a served connection's open streams
 
 
 class LaneUnavailable(P2PError):
@@ -303,6 +304,9 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         self.negotiating = 0  # inbound streams in negotiation
         self.pings = 0  # ping streams open
         self._handshake: asyncio.Future[bytes] | None = None
+        # A served one's admission ticket: its ``streams`` kept to the inbound streams open
+        # (set as one opens, and every TICKET_REFRESH seconds as they close)
+        self.ticket: Any = None
 
     async def handshake(
         self,
@@ -362,13 +366,19 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
     def _new_stream(self, sid: int) -> LaneStream:
         """The C's call for a stream the peer opens: reset at once past the bounds."""
         stream = self.streams[sid] = LaneStream(self, sid, False)
-        inbound = sum(1 for s in self.streams.values() if not s.outbound)
+        inbound = self.inbound()
         if inbound > MAX_STREAMS or self.negotiating >= MAX_NEGOTIATING:
             stream.reset()
             return stream
+        if self.ticket is not None:
+            self.ticket.streams = inbound
         self.negotiating += 1
         stream._deadline = self.loop.call_later(STREAM_NEGOTIATE_TIMEOUT, stream._expire)
         return stream
+
+    def inbound(self) -> int:
+        """The streams the peer opened that are open."""
+        return sum(1 for s in self.streams.values() if not s.outbound)
 
     def _fail(self, why: str) -> None:
         self.failure = self.failure or why
@@ -525,9 +535,11 @@ async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: O
 
     ``sock``: the accepted TCP socket, its lane proposal unread; ``ip``: the peer's address;
     ``ticket``: its place in the host's admission: ``handshaken()`` once the handshake is
-    done, ``ended()`` when the connection is (always), and ``on_close(callback)`` for the
-    admission to close it (the callback may be called on any thread).  The responder's
-    handshake (:data:`LANE` or ``/noise``) must end within :data:`HANDSHAKE_TIMEOUT`;
+    done, ``ended()`` when the connection is (always), ``on_close(callback)`` for the
+    admission to close it (the callback may be called on any thread), and ``streams`` set
+    to the inbound streams open (as one opens, and every :data:`TICKET_REFRESH` seconds).
+    The responder's handshake (:data:`LANE` or ``/noise``) must end within
+    :data:`HANDSHAKE_TIMEOUT`;
     each `/ww/0.1.0` stream the peer opens is given to ``on_ww`` (on the loop, at once: it
     must not block) with the peer's id; ping is answered; the bounds are the connection's
     (the module's docstring)."""
@@ -553,7 +565,10 @@ async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: O
             return
         conn.peer_id = peer_id_of(conn.remote_key)
         ticket.handshaken()
-        await conn.closed
+        conn.ticket = ticket
+        while not conn.closed.done():  # (the C tells nothing as a stream closes: counted)
+            await asyncio.wait([conn.closed], timeout=TICKET_REFRESH)
+            ticket.streams = conn.inbound() if not conn.freed else 0
     finally:
         _close(conn, sock)
         ticket.ended()
