@@ -174,7 +174,7 @@ def peer_round(addr: str, calls: int) -> dict[str, float]:
     node.start()
 
     async def run() -> dict[str, float]:
-        dialer = Dialer(node)
+        dialer = Dialer(node, lane=False)  # py-libp2p: the path this measures
         try:
             cap = (await dialer.dial(addr)).cast_as(load("cell").Service)
             return await measure(lambda: cap.call("echo", []), calls)

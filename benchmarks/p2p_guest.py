@@ -328,14 +328,10 @@ def guest_node_class() -> Any:
 
 def capnp_on(pipe: Pipe) -> Any:
     """On the asyncio loop: a pycapnp stream on ``pipe`` (what ``capnp.AsyncIoStream.
-    create_connection(sock=...)`` gives on a socket)."""
-    import capnp
+    create_connection(sock=...)`` gives on a socket), as the lane makes one on its streams."""
+    from ww.p2p.lane import capnp_stream
 
-    protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
-    pipe.connect(protocol)
-    stream = capnp.AsyncIoStream()
-    stream._post_init(protocol)
-    return stream
+    return capnp_stream(pipe)
 
 
 def host(mode: str) -> None:

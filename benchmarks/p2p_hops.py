@@ -113,7 +113,7 @@ def peer(addr: str, calls: int) -> list[tuple[int, str]]:
     node.start()
 
     async def run() -> None:
-        dialer = Dialer(node)
+        dialer = Dialer(node, lane=False)  # py-libp2p: the path this measures
         try:
             service = (await dialer.dial(addr)).cast_as(load("cell").Service)
             for _ in range(50):  # warm up

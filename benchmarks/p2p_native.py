@@ -30,9 +30,10 @@ Measured, each in a process of its own, in turns, every round:
   dispatch included); "py echo": the same between py-libp2p nodes (``p2p.time_echo``);
   "asyncio echo": the same over a plain asyncio TCP connection (no libp2p at all);
 - "ext -> ext", "ext echo": the same calls and echoes with the extension's types
-  (``ww.p2p._native.Conn`` and ``Stream``, from ``src/ww/p2p/_native/ext.c``) at both
-  ends.  Its ``readable`` is the add_reader callback; it hands a stream's bytes
-  to pycapnp's protocol (``get_buffer`` / ``buffer_updated``) from C, and the stream's
+  (``ww.p2p._native.Conn`` and ``Stream``, from ``src/ww/p2p/_native/ext.c``, as ww drives
+  them: ``ww.p2p.lane``'s ``LaneConn`` and ``LaneStream``) at both ends.  Its ``readable``
+  is the add_reader callback; it hands a stream's bytes to pycapnp's protocol
+  (``get_buffer`` / ``buffer_updated``) from C, and the stream's
   ``write`` is C that queues, one flush per loop turn framing, encrypting and sending.  No
   ctypes calls, no event records parsed in Python; multistream-select on a stream stays
   Python, and the handshake is the same state machine driven from the loop (``add_reader``,
@@ -52,7 +53,7 @@ handshaken, a stream echoed and left attached, then closed (every other one drop
 (Linux /proc), the warm-up and the pipelined calls included: less moved by load than times.
 
 Sequential calls give median, 10th and 99th percentiles; "pipelined" keeps 64 in flight.
-Everything listens on 127.0.0.1 only.  Nothing of ww is changed.
+Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from p2p import ECHO, IN_FLIGHT, MEASURE, _tree_cpu, peer_round, stop_b  # noqa: E402
 
+from ww.p2p.lane import Negotiation, capnp_stream, fail_conn, ms_line, peer_id_of  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 WW = "/ww/0.1.0"
 PING = "/ipfs/ping/1.0.0"
 F_SYN, F_ACK, F_FIN, F_RST = 1, 2, 4, 8
 EVENT = struct.Struct("=IHHI")  # stream, flags, kind, length (conn.c's event records)
 EV_GOAWAY = 1
-NEGOTIATION_LIMIT = 1024  # bytes of multistream-select a stream may take
 INBOX_LIMIT = 1 << 20  # bytes a stream holds that pycapnp has not taken: reset past it
 BULK = 8 << 20  # bytes of the one-write echo
 # seconds the extension's whole handshake may take (the tests shorten it); the ctypes path's
@@ -115,85 +117,6 @@ def load_lib() -> Any:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     return lib
-
-
-def ms_line(proto: str) -> bytes:
-    line = proto.encode() + b"\n"
-    assert len(line) < 128
-    return bytes([len(line)]) + line
-
-
-class Negotiation:
-    """multistream-select on a stream, before a protocol takes it (NativeStream's and the
-    extension's ExtStream's); the stream's ``write``, ``reset``, ``_done`` and ``conn``
-    (with ``handlers``) are the class's own."""
-
-    conn: Any
-    write: Any
-    reset: Any
-    _done: Any
-
-    def _start(self, loop: asyncio.AbstractEventLoop, outbound: bool) -> None:
-        self.outbound = outbound
-        self.proto: str | None = None
-        self.negotiated: asyncio.Future[str] = loop.create_future()
-        self._neg = bytearray()
-        self._neg_state = 0  # lines of multistream read
-        self.on_data: Any = self._negotiate
-
-    def _unattached_lost(self) -> None:
-        """Gone before a protocol took it: whoever awaits the negotiation is told."""
-        if not self.negotiated.done():
-            self.negotiated.set_exception(ConnectionError("stream reset"))
-            self.negotiated.exception()  # retrieved: whoever awaits it still gets it
-
-    def _line(self) -> str | None:
-        """The next whole multistream-select message, or None for more bytes first."""
-        buf = self._neg
-        if not buf:
-            return None
-        n = buf[0]
-        if n >= 0x80 or n == 0:  # every line ww speaks is shorter than 128 bytes
-            raise ValueError("multistream: bad length")
-        if len(buf) < 1 + n:
-            return None
-        line = bytes(buf[1:1 + n])
-        del buf[:1 + n]
-        if not line.endswith(b"\n"):
-            raise ValueError("multistream: no newline")
-        return line[:-1].decode()
-
-    def _negotiate(self, data: bytes) -> None:
-        self._neg += data
-        if len(self._neg) > NEGOTIATION_LIMIT:
-            self.reset()
-            return
-        try:
-            while self.on_data == self._negotiate and (line := self._line()) is not None:
-                self._neg_state += 1
-                if self.outbound:
-                    expected = "/multistream/1.0.0" if self._neg_state == 1 else self.proto
-                    if line != expected:
-                        raise ValueError(f"refused: {line}")
-                    if self._neg_state == 2:
-                        self._done()
-                elif self._neg_state == 1:
-                    if line != "/multistream/1.0.0":
-                        raise ValueError("multistream: bad header")
-                    self.write(ms_line(line))
-                elif line in self.conn.handlers:
-                    self.proto = line
-                    self.write(ms_line(line))
-                    self._done()
-                    self.conn.handlers[line](self)
-                elif self._neg_state > 8:
-                    raise ValueError("multistream: too many proposals")
-                else:
-                    self.write(ms_line("na"))
-        except ValueError as e:  # UnicodeDecodeError included
-            if not self.negotiated.done():
-                self.negotiated.set_exception(ConnectionError(str(e)))
-            self.reset()
 
 
 class NativeStream(Negotiation):
@@ -335,7 +258,9 @@ class NativeConn:
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.remote_key = b""
 
-    async def handshake(self, seed: bytes, expect: bytes | None) -> None:
+    async def handshake(self, seed: bytes, expect: bytes | None,
+                        timeout: float | None = None) -> None:
+        """(``timeout`` unused: each of the blocking handshake's waits is bounded instead)"""
         self.sock.setblocking(False)  # ww_conn_handshake polls between its steps
         rc = await self.loop.run_in_executor(
             None, self.lib.ww_conn_handshake, self.c, seed, expect)
@@ -421,7 +346,9 @@ class NativeConn:
         return stream
 
     def _fail(self, why: str) -> None:
-        fail_conn(self, self._writing, why)
+        if why and not self.closed.done():
+            print(f"native conn: {why}", file=sys.stderr)
+        fail_conn(self, self._writing)
 
     def close(self) -> None:
         if self.c is None:
@@ -434,115 +361,13 @@ class NativeConn:
         self.c = None
 
 
-def fail_conn(conn: Any, writing: bool, why: str) -> None:
-    """A connection (either kind) is done: off the loop, every stream told."""
-    if conn.closed.done():
-        return
-    conn.loop.remove_reader(conn.sock.fileno())
-    if writing:
-        conn.loop.remove_writer(conn.sock.fileno())
-    for stream in list(conn.streams.values()):
-        stream._lost()
-    conn.closed.set_result(None)
-    if why:
-        print(f"native conn: {why}", file=sys.stderr)
-
-
 def load_ext() -> Any:
-    """The extension's types (``ww.p2p._native``) as a connection class, ``ExtConn``, with
-    the interface of :class:`NativeConn` (``make(sock, initiator, handlers)``)."""
-    from ww.p2p import _native as ext
+    """The extension's types (``ww.p2p._native``) as ww drives them: ``ww.p2p.lane``'s
+    :class:`LaneConn` (``make(sock, initiator, handlers)``, the interface of
+    :class:`NativeConn`; its streams' multistream-select in Python, the rest in C)."""
+    from ww.p2p.lane import LaneConn
 
-    class ExtStream(ext.Stream, Negotiation):  # type: ignore[misc,name-defined]
-        """The transport is C (write queues; one flush per loop turn); multistream-select
-        is Python until the protocol is attached, and from then on C feeds it."""
-
-        def __init__(self, conn: Any, sid: int, outbound: bool) -> None:
-            super().__init__(conn, sid)
-            self._start(conn.loop, outbound)
-            self._early_eof = False
-
-        def _done(self) -> None:
-            self.on_data = self._neg.extend  # held for the protocol
-            if not self.negotiated.done():
-                self.negotiated.set_result(self.proto or "")
-
-        def connect(self, protocol: Any) -> None:
-            held = bytes(self._neg)
-            self._neg.clear()
-            self.attach(protocol, held, self._early_eof)
-
-        def remote_closed(self, reset: bool) -> None:  # before a protocol took it
-            if reset:
-                self._lost()
-            else:
-                self._early_eof = True
-
-    class ExtConn(ext.Conn):  # type: ignore[misc,name-defined]
-        def __init__(self, sock: socket.socket, initiator: bool,
-                     handlers: dict[str, Any]) -> None:
-            loop = asyncio.get_running_loop()
-            super().__init__(sock.fileno(), initiator, loop)
-            self.sock, self.handlers = sock, handlers
-            self.closed: asyncio.Future[None] = loop.create_future()
-            self.remote_key = b""
-            self.freed = False
-
-        async def handshake(self, seed: bytes, expect: bytes | None) -> None:
-            """The C state machine on this loop: each readiness one ``handshake_step``,
-            the whole bounded by ``HANDSHAKE_TIMEOUT``; no thread, nothing waits."""
-            fd = self.sock.fileno()
-            self.sock.setblocking(False)
-            done: asyncio.Future[bytes] = self.loop.create_future()
-
-            def step() -> None:
-                if done.done():
-                    return
-                try:
-                    key = self.handshake_step()
-                except ConnectionError as e:
-                    done.set_exception(e)
-                    return
-                if key is not None:
-                    done.set_result(key)
-
-            self.start_handshake(seed, expect)
-            self.loop.add_reader(fd, step)
-            try:
-                step()
-                self.remote_key = await asyncio.wait_for(done, HANDSHAKE_TIMEOUT)
-            except TimeoutError:
-                raise ConnectionError("handshake: timed out") from None
-            finally:
-                self.loop.remove_reader(fd)
-            self.loop.add_reader(fd, self.readable)
-            self.readable()  # bytes that came with the handshake's last read
-
-        def _new_stream(self, sid: int) -> ExtStream:
-            stream = self.streams[sid] = ExtStream(self, sid, False)
-            return stream
-
-        def _fail(self, why: str) -> None:
-            fail_conn(self, self.writing, why)
-
-        def open(self, proto: str) -> ExtStream:
-            sid = ext.Conn.open(self)
-            stream = self.streams[sid] = ExtStream(self, sid, True)
-            stream.proto = proto
-            stream.write(ms_line("/multistream/1.0.0") + ms_line(proto))
-            return stream
-
-        def close(self) -> None:
-            if self.freed:
-                return
-            self.freed = True
-            if self.remote_key and not self.closed.done():
-                self.flush()  # a last reset or FIN
-            self._fail("")
-            self.sock.close()
-            self.free()
-
-    return ExtConn
+    return LaneConn
 
 
 KINDS = ("ctypes", "ext")  # the two ways to drive conn.c: the children's first argument
@@ -565,12 +390,6 @@ def ed25519_of_peer(peer: str) -> bytes:
     return public_key_from_peer_id(peer).raw
 
 
-def peer_id_of(key: bytes) -> str:
-    from ww.core.identity import marshal_public_key, peer_id_from_public_key
-
-    return peer_id_from_public_key(marshal_public_key(1, key))
-
-
 async def dial(make: Any, addr: str, handlers: dict[str, Any] | None = None) -> Any:
     """Dial /ip4/127.0.0.1/tcp/PORT/p2p/PEER natively: checks the peer is PEER."""
     parts = addr.strip("/").split("/")
@@ -581,23 +400,13 @@ async def dial(make: Any, addr: str, handlers: dict[str, Any] | None = None) -> 
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = make(sock, True, handlers or {})
     try:
-        await conn.handshake(os.urandom(32), ed25519_of_peer(peer))
+        await conn.handshake(os.urandom(32), ed25519_of_peer(peer), timeout=HANDSHAKE_TIMEOUT)
         if peer_id_of(conn.remote_key) != peer:  # the C checked the key; checked again here
             raise ConnectionError("the peer's key is not the dialed peer id's")
     except BaseException:
         conn.close()
         raise
     return conn
-
-
-def capnp_stream(stream: Any) -> Any:
-    import capnp
-
-    protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
-    stream.connect(protocol)
-    s = capnp.AsyncIoStream()
-    s._post_init(protocol)
-    return s
 
 
 def echo_handler(stream: Any) -> None:
@@ -961,8 +770,8 @@ def leak_check(rounds: int) -> dict[str, Any]:
             await asyncio.sleep(0)
         gc.collect()
         objects = gc.get_objects()
-        conns = sum(1 for o in objects if type(o).__name__ == "ExtConn")
-        streams = sum(1 for o in objects if type(o).__name__ == "ExtStream")
+        conns = sum(1 for o in objects if type(o).__name__ == "LaneConn")
+        streams = sum(1 for o in objects if type(o).__name__ == "LaneStream")
         return conns, streams
 
     async def run() -> dict[str, Any]:

@@ -42,10 +42,24 @@ def _port(addr: str) -> int:
 
 
 def _call(node, addr: str, word: str) -> str:
-    from ww.core.bridge import run_capnp
-    from ww.p2p.call import _call as call
+    """``echo word`` through ``node``'s py-libp2p host (not the native lane, which `ww call`
+    dials: the connection whose admission these tests check is py-libp2p's, kept by
+    ``node`` between calls)."""
+    import asyncio
 
-    return run_capnp(call(node, addr, "echo", [word], HANG))
+    from ww.core.bridge import run_capnp
+    from ww.p2p.protocol import Dialer
+    from ww.schema import load
+
+    async def call() -> str:
+        dialer = Dialer(node, lane=False)
+        try:
+            service = (await dialer.dial(addr)).cast_as(load("cell").Service)
+            return str((await service.call("echo", [word])).result)
+        finally:
+            dialer.close_all()
+
+    return run_capnp(asyncio.wait_for(call(), HANG))
 
 
 @pytest.fixture

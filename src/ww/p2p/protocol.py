@@ -7,25 +7,29 @@ client and passed through untouched: calls on it are forwarded to the cell by th
 system itself, and a remote caller can reach nothing else (the `Gateway` has no other
 method, and `Host`, the session and its capabilities are never on this connection).
 
-Everything here runs on the asyncio thread that serves fd 3 (or `ww call`'s); sockets come
-from :class:`ww.p2p.host.Node`.
+Everything here runs on the asyncio thread that serves fd 3 (or `ww call`'s).  A connection
+is either a `/ww/0.1.0` stream of py-libp2p spliced to a socket (:class:`ww.p2p.host.Node`)
+or a stream of the native lane (:mod:`ww.p2p.lane`), served and bounded alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import capnp
 
 from ww.core import bridge
-from ww.core.addrs import PROTOCOL_ID, P2PError, peer_of
+from ww.core.addrs import P2PError, peer_of
 from ww.core.foreign import kj_reason
+from ww.p2p import lane
 from ww.schema import load
 
 if TYPE_CHECKING:
     from ww.p2p.host import Node
+    from ww.p2p.lane import LaneConn
 
 _cell = load("cell")
 
@@ -59,9 +63,10 @@ class Exports:
     def __init__(self) -> None:
         self.current: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # (server, socket) -> the remote peer id, oldest first
-        self._servers: dict[tuple[Any, socket.socket], str] = {}
+        # (server, what closes its connection) -> the remote peer id, oldest first
+        self._servers: dict[tuple[Any, Callable[[], Any]], str] = {}
         self._starting: list[str] = []  # the peer ids of connections being set up
+        self._lane_tasks: set[asyncio.Task[None]] = set()  # lane streams served
 
     def set(self, service: Any) -> None:
         """Export ``service`` (a client); ``None`` withdraws the export."""
@@ -78,38 +83,75 @@ class Exports:
         if not bridge.start_in_loop(loop, self._serve, sock, peer):
             raise P2PError("nothing exported")  # the loop is closed: the cell's session is over
 
+    def lane_acceptor(self, seed: bytes) -> Callable[[socket.socket, str, Any], None]:
+        """For the host's lane door: ``accept(sock, ip, ticket)``, called on the libp2p
+        thread with an inbound lane connection (:func:`ww.p2p.lane.serve`), served on this
+        loop as the node whose Ed25519 seed is ``seed``.  Raises P2PError, the socket and
+        the ticket left to the caller, when nothing is exported."""
+
+        def accept(sock: socket.socket, ip: str, ticket: Any) -> None:
+            loop = self._loop
+            if loop is None or self.current is None:
+                raise P2PError("nothing exported")
+            if not bridge.start_in_loop(
+                loop, lane.serve, sock, seed, ip, ticket, self.serve_lane_stream
+            ):
+                raise P2PError("nothing exported")
+
+        return accept
+
+    def serve_lane_stream(self, stream: Any, peer: str) -> None:
+        """On the loop: serve a `/ww/0.1.0` stream of a lane connection (a
+        ``capnp.AsyncIoStream``) from ``peer``, under the same bounds as the others."""
+
+        async def ready() -> Any:
+            return stream
+
+        task = asyncio.ensure_future(self._serve_rpc(peer, ready, stream.close))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
     async def _serve(self, sock: socket.socket, peer: str = "") -> None:
-        """Serve one remote connection.  No peer holds the door shut: one peer id has at most
+        """Serve one remote connection spliced to ``sock`` (from py-libp2p)."""
+        await self._serve_rpc(
+            peer, lambda: capnp.AsyncIoStream.create_connection(sock=sock), sock.close
+        )
+
+    async def _serve_rpc(
+        self, peer: str, connect: Callable[[], Awaitable[Any]], close: Callable[[], Any]
+    ) -> None:
+        """Serve one remote connection: ``connect()`` gives its ``capnp.AsyncIoStream``,
+        ``close()`` ends it.  No peer holds the door shut: one peer id has at most
         :data:`MAX_INBOUND_PER_PEER` connections, and when all :data:`MAX_INBOUND` are taken
         a newcomer replaces the oldest connection of the peer holding the most."""
         # Those being set up count too: a burst all passes the check before one is set up.
         held = [*self._servers.values(), *self._starting]
         if self.current is None or held.count(peer) >= MAX_INBOUND_PER_PEER:
-            sock.close()
+            close()
             return
         if len(held) >= MAX_INBOUND:
             serving = list(self._servers.values())
             if not serving:  # every place is being set up: nothing to replace yet
-                sock.close()
+                close()
                 return
             most = max(serving, key=held.count)
             self._close(next(e for e, p in self._servers.items() if p == most))
         self._starting.append(peer)
         try:
-            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+            stream = await connect()
         except Exception:  # it could not be set up: nothing to serve, nobody to tell
-            sock.close()
+            close()
             return
         except BaseException:
-            sock.close()
+            close()
             raise
         finally:
             self._starting.remove(peer)
         if self.current is None:  # withdrawn meanwhile (close_all did not see this one)
-            sock.close()
+            close()
             return
         server = capnp.TwoPartyServer(stream, bootstrap=GatewayServer(self))
-        entry = (server, sock)
+        entry = (server, close)
         self._servers[entry] = peer
         try:
             await server.on_disconnect()
@@ -117,16 +159,16 @@ class Exports:
             pass
         finally:
             self._servers.pop(entry, None)
-            sock.close()
+            close()
 
-    def _close(self, entry: tuple[Any, socket.socket]) -> None:
+    def _close(self, entry: tuple[Any, Callable[[], Any]]) -> None:
         self._servers.pop(entry, None)
-        server, sock = entry
+        server, close = entry
         try:
             server.close()
         except Exception:
             pass
-        sock.close()
+        close()
 
     def close_all(self) -> None:
         """Drop every remote connection: their calls fail as disconnected."""
@@ -135,11 +177,12 @@ class Exports:
 
 
 class Remote:
-    """One `/ww/0.1.0` connection we opened, and its `Gateway`."""
+    """One `/ww/0.1.0` connection we opened, and its `Gateway`.  ``transport``: what closes
+    it (the socket spliced to py-libp2p, or the lane stream)."""
 
-    def __init__(self, client: Any, sock: socket.socket) -> None:
+    def __init__(self, client: Any, transport: Any) -> None:
         self._client = client
-        self._sock = sock
+        self._transport = transport
         self.gateway = client.bootstrap().cast_as(_cell.Gateway)
         self.closed = False
         self._watch = asyncio.ensure_future(self._until_disconnected())
@@ -156,7 +199,7 @@ class Remote:
             self.closed = True
             self._client.close()
         self._watch.cancel()
-        self._sock.close()
+        self._transport.close()
 
 
 class Dialer:
@@ -165,11 +208,18 @@ class Dialer:
     Each dial asks the remote `Gateway` again, so a new export over there is seen at once;
     a connection that broke is replaced.  At most :data:`MAX_DIALED` are kept open: dialing
     one more address closes the least recently dialed one (and the capabilities from it).
+
+    A full address of an Ed25519 peer id is dialed on the native lane (:mod:`ww.p2p.lane`:
+    one connection per address, kept for later dials of it and replaced once it closed,
+    closed with the address's `/ww/0.1.0` connection when that is dropped); anything else
+    (``lane=False`` too) through the node's py-libp2p host (:meth:`ww.p2p.host.Node.open`).
     """
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, lane: bool = True) -> None:
         self._node = node
+        self._lane = lane
         self._remotes: dict[str, Remote] = {}
+        self._lanes: dict[str, asyncio.Task[LaneConn]] = {}  # being dialed, or dialed
 
     async def dial(self, addr: str) -> Any:
         """The capability the cell at ``addr`` exports, as a client of unknown interface."""
@@ -181,7 +231,9 @@ class Dialer:
             remote = await self._connect(addr)
         self._remotes[addr] = remote  # most recently used last
         while len(self._remotes) > MAX_DIALED:
-            self._remotes.pop(next(iter(self._remotes))).close()
+            oldest = next(iter(self._remotes))
+            self._remotes.pop(oldest).close()
+            self._drop_lane(oldest)
         try:
             return hold((await remote.gateway.service()).service)
         except capnp.KjException as e:
@@ -190,7 +242,17 @@ class Dialer:
             raise P2PError(_dial_failure(addr, e)) from None
 
     async def _connect(self, addr: str) -> Remote:
-        sock = await bridge.wait_future(self._node.open(addr))
+        if peer_of(addr) == self._node.peer_id:
+            raise P2PError(f"p2p: {addr} is this host itself")
+        if self._lane:
+            try:
+                conn = await self._lane_conn(addr)
+            except lane.LaneUnavailable:
+                pass
+            else:
+                stream = await conn.open_ww()
+                return Remote(capnp.TwoPartyClient(stream), stream)
+        sock = await self._open_py(addr)
         try:
             stream = await capnp.AsyncIoStream.create_connection(sock=sock)
             return Remote(capnp.TwoPartyClient(stream), sock)
@@ -198,10 +260,48 @@ class Dialer:
             sock.close()
             raise
 
+    async def _open_py(self, addr: str) -> socket.socket:
+        """A `/ww/0.1.0` stream through py-libp2p, spliced to a socket."""
+        return await bridge.wait_future(self._node.open(addr))
+
+    async def _lane_conn(self, addr: str) -> LaneConn:
+        """The lane connection to ``addr``: the one dialed before if it is still open (or
+        still being dialed), else a new one.  LaneUnavailable: not for the lane."""
+        task = self._lanes.get(addr)
+        if (
+            task is not None
+            and task.done()
+            and (task.cancelled() or task.exception() is not None or task.result().closed.done())
+        ):
+            self._drop_lane(addr)
+            task = None
+        if task is None:
+            node = self._node
+            task = self._lanes[addr] = asyncio.ensure_future(
+                lane.dial(addr, node.identity.private_key.seed, policy=node.dial_policy)
+            )
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and self._lanes.get(addr) is task:
+                self._drop_lane(addr)  # a failure is not kept: the next dial tries again
+            raise
+
+    def _drop_lane(self, addr: str) -> None:
+        task = self._lanes.pop(addr, None)
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()  # (the dial closes what it had made)
+        elif not task.cancelled() and task.exception() is None:
+            task.result().close()
+
     def close_all(self) -> None:
         for remote in self._remotes.values():
             remote.close()
         self._remotes.clear()
+        for addr in list(self._lanes):
+            self._drop_lane(addr)
 
 
 def _dial_failure(addr: str, e: capnp.KjException) -> str:
@@ -209,6 +309,5 @@ def _dial_failure(addr: str, e: capnp.KjException) -> str:
     if "exports nothing" in reason:
         return f"p2p: the cell at {peer_of(addr)} exports nothing"
     if e.type == "DISCONNECTED" or "disconnect" in reason.lower() or "EOF" in reason:
-        return (f"p2p: {peer_of(addr)} serves nothing on {PROTOCOL_ID} (its cell exports "
-                "nothing, or it runs without --with-p2p)")
+        return lane.serves_nothing(peer_of(addr))
     return f"p2p: {peer_of(addr)}: {reason}"

@@ -1,4 +1,4 @@
-"""A libp2p connection in C (design (e) in docs/benchmarks.md, issue 14): not used by ww yet.
+"""A libp2p connection in C (design (e) in docs/benchmarks.md, issue 14): the native lane.
 
 ``conn.c`` is multistream-select, Noise XX with libp2p's handshake payload (Ed25519
 identities) and Yamux over libsodium; ``ext.c`` wraps it as the extension module
@@ -23,13 +23,15 @@ libsodium-dev and Python's headers first).  Its two types:
   peer can finish); a peer that sends past its window fails the connection.
   ``Conn.open_streams`` counts the Yamux streams the C side holds.
 
-Subclasses supply the Python side (multistream-select on a stream, inbound streams,
-failures): ``benchmarks/p2p_native.py`` has the ones the benchmarks and
-``tests/cxx/test_native_p2p.py`` drive.  Both types take part in the cyclic GC, so a
-connection or stream dropped in a cycle is collected with its C memory.
+Subclasses supply the Python side (multistream-select on a stream, inbound streams and
+their bounds, failures): :mod:`ww.p2p.lane`'s ``LaneConn`` and ``LaneStream``, which ww's
+dialer, `ww call`, the benchmarks and ``tests/cxx/test_native_p2p.py`` drive.  Both types
+take part in the cyclic GC, so a connection or stream dropped in a cycle is collected with
+its C memory.
 
-No ww host, command or capability imports this package: the host's `/ww/0.1.0` still runs on
-py-libp2p (:mod:`ww.p2p.host`).  What wiring it in would take is in docs/benchmarks.md.
+Only :mod:`ww.p2p.lane` imports this package: remote `/ww/0.1.0` calls a host or `ww call`
+dials (:class:`ww.p2p.protocol.Dialer`) go over it, and inbound lane connections are served
+by it; everything else of the host runs on py-libp2p (:mod:`ww.p2p.host`).
 """
 
 from __future__ import annotations
