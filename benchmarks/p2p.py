@@ -3,13 +3,16 @@
     .venv/bin/python benchmarks/p2p.py [--calls 2000] [--rounds 3] [--compare OTHER/src]
 
 Host B is a real `ww run --with-p2p --listen /ip4/127.0.0.1/tcp/0` whose jailed cell exports
-a `Service` that echoes.  Three measurements of `Service.call("echo", [])`, each the median of
+a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the median of
 --rounds rounds:
 
 - "cell -> cell": a jailed cell on host A (`ww run --with-p2p`) dials B and calls: the call
-  crosses A's fd 3, A's libp2p host, TCP + Noise + Yamux, B's libp2p host and B's fd 3.
-- "peer -> cell": this process is the remote peer (a libp2p node as `ww call` runs one):
-  the call crosses one libp2p connection and B's fd 3.
+  crosses A's fd 3, A's host, TCP + Noise + Yamux, B's host and B's fd 3 (over the native
+  lane at both ends where both have it, docs/p2p.md).
+- "peer -> cell": this process is the remote peer, a py-libp2p node (`ww call`'s before the
+  lane): the call crosses one py-libp2p connection and B's fd 3.
+- "lane -> cell": the same, the peer dialing the native lane as `ww call` does (always this
+  checkout's; with ``--compare``, against a B without the lane it falls back to `/noise`).
 - "fd 3 only": the same cell code calling its own host's console `ping` over fd 3, for
   scale (no network at all).
 - "libp2p echo": two libp2p hosts in this process, a 100-byte echo on a bare stream: the
@@ -157,8 +160,9 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def peer_round(addr: str, calls: int) -> dict[str, float]:
-    """This process as the remote peer: a libp2p node, one /ww/0.1.0 connection."""
+def peer_round(addr: str, calls: int, lane: bool = False) -> dict[str, float]:
+    """This process as the remote peer: a libp2p node, one /ww/0.1.0 connection (``lane``:
+    over the native lane, the way `ww call` dials, else over py-libp2p)."""
     import capnp
 
     from ww.core.identity import Identity, PrivateKey
@@ -174,7 +178,8 @@ def peer_round(addr: str, calls: int) -> dict[str, float]:
     node.start()
 
     async def run() -> dict[str, float]:
-        dialer = Dialer(node, lane=False)  # py-libp2p: the path this measures
+        # (a checkout from before the lane has no such argument: its one path is py-libp2p)
+        dialer = Dialer(node, lane=lane) if lane else _py_dialer(Dialer, node)
         try:
             cap = (await dialer.dial(addr)).cast_as(load("cell").Service)
             return await measure(lambda: cap.call("echo", []), calls)
@@ -185,6 +190,13 @@ def peer_round(addr: str, calls: int) -> dict[str, float]:
         return asyncio.run(capnp.run(run()))
     finally:
         node.stop()
+
+
+def _py_dialer(dialer: Any, node: Any) -> Any:
+    try:
+        return dialer(node, lane=False)
+    except TypeError:
+        return dialer(node)
 
 
 ECHO = "/ww-bench/echo/1.0.0"
@@ -300,7 +312,7 @@ def stop_b(b: subprocess.Popen[str]) -> None:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":  # one in-process round, as JSON
         kind, rest = sys.argv[2], sys.argv[3:]
-        result = (peer_round(rest[0], int(rest[1])) if kind == "peer"
+        result = (peer_round(rest[0], int(rest[1]), kind == "lane") if kind in ("peer", "lane")
                   else libp2p_round(int(rest[0])))
         print(json.dumps(result))
         return
@@ -314,7 +326,7 @@ def main() -> None:
     variants: dict[str, str | None] = (
         {"": None} if not options.compare
         else {"this ": None, "SRC ": os.path.abspath(options.compare)})
-    paths = ["cell -> cell", "peer -> cell", "fd 3 only", "libp2p echo"]
+    paths = ["cell -> cell", "peer -> cell", "lane -> cell", "fd 3 only", "libp2p echo"]
     rounds: dict[tuple[str, str], list[dict[str, float]]] = {
         (v, p): [] for v in variants for p in paths}
     shell: dict[str, list[float]] = {v: [] for v in variants}
@@ -334,6 +346,8 @@ def main() -> None:
                         "cell -> cell": on_b(b, calls, cell_round, directory, caller, addr,
                                              calls, src),
                         "peer -> cell": on_b(b, calls, _child, src, "peer", addr, str(calls)),
+                        # the peer dials the lane: taken where B has one, else /noise
+                        "lane -> cell": on_b(b, calls, _child, None, "lane", addr, str(calls)),
                         "fd 3 only": cell_round(directory, caller, "-", calls, src),
                         "libp2p echo": _child(src, "libp2p", str(calls)),
                     }

@@ -23,6 +23,7 @@ import capnp
 import pytest
 
 from tests.conftest import HANG
+from tests.p2p.conftest import EXPORTER, LOOPBACK
 from ww.core.identity import PrivateKey
 from ww.p2p import _native, lane
 from ww.p2p.protocol import MAX_INBOUND_PER_PEER, Dialer, Exports, hold
@@ -452,3 +453,41 @@ def test_ww_call_dials_a_py_libp2p_host_on_the_lane_without_libp2p(exporter) -> 
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"result": "lane call", "libp2p": False, "trio": False}
+
+
+def test_a_ww_run_host_that_exports_serves_its_export_on_the_lane(exporter) -> None:
+    """End to end through the door: a real `ww run --with-p2p` host whose cell exports
+    agrees the lane with a ww dialer on its one libp2p address (the door hands the
+    connection to the lane), and the call reaches the jailed cell."""
+    b = exporter()
+
+    async def main() -> None:
+        dialer = Dialer(LaneOnlyNode())  # type: ignore[arg-type]
+        try:
+            service = (await dialer.dial(b.addr)).cast_as(_cell.Service)
+            assert (await service.call("echo", ["door", "to", "lane"])).result == "door to lane"
+            assert dialer._lanes[b.addr].result().lane
+        finally:
+            dialer.close_all()
+
+    run(main)
+
+
+def test_a_ww_run_host_that_exports_nothing_leaves_the_lane_to_py_libp2p(start_host,
+                                                                          cell_file) -> None:
+    """With nothing exported the door peeks at nothing: py-libp2p answers the lane `na`, the
+    dialer's connection is a standard one, and the dial is refused with today's line."""
+    idle = EXPORTER.replace("        await s.p2p.export(Echo())\n", "")
+    assert idle != EXPORTER
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, cell_file(idle, "idle.py"))
+
+    async def main() -> None:
+        dialer = Dialer(LaneOnlyNode())  # type: ignore[arg-type]
+        try:
+            with pytest.raises(lane.P2PError, match="serves nothing on /ww/0.1.0"):
+                await dialer.dial(b.addr)
+            assert not dialer._lanes[b.addr].result().lane
+        finally:
+            dialer.close_all()
+
+    run(main)

@@ -48,7 +48,10 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
         if context.params._has("service"):
             self._exports.set(hold(context.params.service))
             self._node.serve(self._exports.accept)
+            self._node.serve_lane(self._exports.lane_acceptor(
+                self._node.identity.private_key.seed))
         else:
+            self._node.serve_lane(None)
             self._node.serve(None)
             self._exports.set(None)
 
@@ -91,6 +94,7 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
     def end(self) -> None:
         """The cell hung up fd 3 or exited: withdraw its export, close what it dialed."""
         self._node.serve(None)
+        self._node.serve_lane(None)
         self._exports.current = None
         self._exports.close_all()
         self._dialer.close_all()
