@@ -10,6 +10,10 @@ each run as a process of its own (benchmarks/p2p_native.py's ExtConn, its handsh
     native_lane.py pushback ADDR SIZE   dial (lane), pause an echo stream's reading, write SIZE
                                         bytes on it, watch the bytes held in C, echo on a second
                                         stream meanwhile, then resume; print what was seen
+    native_lane.py unsent SIZE          both ends in this process over a socket pair: write
+                                        twice SIZE bytes to a stream whose reader never takes
+                                        them, then let it read; print the writer's
+                                        get_write_buffer_size() along the way
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from p2p_native import (  # noqa: E402
     dial,
     echo_handler,
     load_ext,
+    ms_line,
 )
 
 WINDOW = 256 * 1024  # conn.c's YAMUX_WINDOW
@@ -201,6 +206,70 @@ async def pushback(addr: str, size: int) -> dict[str, Any]:
         conn.close()
 
 
+SINK = "/ww-test/sink/1.0.0"  # a stream whose reader takes nothing until resumed
+
+
+async def pair(handlers: dict[str, Any]) -> tuple[Any, Any]:
+    """A lane dialer and a lane listener (serving ``handlers``), both of the extension and
+    on this loop, over a socket pair, handshaken."""
+    make = lane_conn(True)
+    a, b = socket.socketpair()
+    dialer, listener = make(a, True, {}), make(b, False, handlers)
+    await asyncio.wait_for(
+        asyncio.gather(
+            dialer.handshake(os.urandom(32), None), listener.handshake(os.urandom(32), None)
+        ),
+        LIMIT,
+    )
+    return dialer, listener
+
+
+async def unsent(size: int) -> dict[str, Any]:
+    """A peer that gives no send window back (its reader paused, credit only for what it
+    takes): what the writer's stream says it has not handed to the socket, after writes and
+    flushes, then while the peer reads."""
+    readers: list[Paused] = []
+
+    def sink(stream: Any) -> None:
+        readers.append(Paused(2 * size))
+        stream.connect(readers[-1])
+
+    dialer, listener = await pair({SINK: sink})
+    try:
+        stream = dialer.open(SINK)
+        await asyncio.wait_for(stream.negotiated, LIMIT)
+        data = os.urandom(2 * size)
+        got: dict[str, Any] = {
+            "negotiation": len(ms_line("/multistream/1.0.0") + ms_line(SINK)),
+            "window": WINDOW,
+            "before": stream.get_write_buffer_size(),
+        }
+        stream.write(data[:size])
+        got["written"] = stream.get_write_buffer_size()  # not framed yet: all of it
+        dialer.flush()
+        got["flushed"] = stream.get_write_buffer_size()  # less what the window took
+        stream.write(data[size:])
+        dialer.flush()
+        got["flushed_again"] = stream.get_write_buffer_size()  # no window: all of it waits
+        got["conn_unsent"] = dialer.get_write_buffer_size()
+        # the peer reads: its credit comes back at half the window, and the rest goes
+        listener.streams[stream.sid].resume_reading()
+        samples = [got["flushed_again"]]
+        for _ in range(LIMIT * 1000):
+            if samples[-1] == 0 or dialer.closed.done():
+                break
+            await asyncio.sleep(0.001)  # polls the size: no event says "the window came"
+            if (now := stream.get_write_buffer_size()) != samples[-1]:
+                samples.append(now)
+        await asyncio.wait_for(readers[0].done, LIMIT)
+        got["samples"] = samples
+        got["intact"] = bytes(readers[0].got) == data
+        return got
+    finally:
+        dialer.close()
+        listener.close()
+
+
 def main() -> None:
     role, args = sys.argv[1], sys.argv[2:]
     try:
@@ -211,6 +280,8 @@ def main() -> None:
             got = asyncio.run(dial_once(args[0], args[1] == "1", args[2]))
         elif role == "pushback":
             got = asyncio.run(pushback(args[0], int(args[1])))
+        elif role == "unsent":
+            got = asyncio.run(unsent(int(args[0])))
         else:
             raise SystemExit(f"unknown role {role!r}")
     except ConnectionError as e:

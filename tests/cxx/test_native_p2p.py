@@ -441,3 +441,30 @@ def test_extension_paused_stream_pushes_the_peer_back(ext: str) -> None:
     assert (got["got"], got["intact"], got["conn_failed"]) == (4 << 20, True, False), got
     # a stream closed while it holds its window gives that credit back: the peer finishes
     assert got["closed_full_let_go"], got
+
+
+def test_extension_stream_says_what_it_has_not_sent(ext: str) -> None:
+    """Stream.get_write_buffer_size() (asyncio's transport call, which ww.p2p.bounds uses to
+    cut a peer that never takes its answers): bytes written and not yet framed. Against a
+    peer whose reader takes nothing (so no send window comes back) it is what was written
+    less the window, it grows by each later write, and it shrinks to 0 as the peer reads;
+    Conn.get_write_buffer_size() is the connection's encrypted bytes the socket has not
+    taken."""
+    size = 1 << 20
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "unsent", str(size)],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    window, negotiation = got["window"], got["negotiation"]
+    assert (got["before"], got["written"]) == (0, size), got
+    # the window took the multistream lines and the first of the data
+    assert got["flushed"] == size - (window - negotiation), got
+    assert got["flushed_again"] == 2 * size - (window - negotiation), got
+    assert got["conn_unsent"] >= 0, got
+    samples = got["samples"]
+    assert samples[-1] == 0 and samples == sorted(samples, reverse=True), got
+    assert len(samples) > 2 and got["intact"], got  # it went down in steps, all arrived

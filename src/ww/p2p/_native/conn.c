@@ -991,6 +991,16 @@ int ww_stream_credit(conn_t *c, uint32_t id, size_t n) {
     return give_credit(c, s);
 }
 
+/* Bytes written on stream id that are not framed yet (waiting for send window): 0 for a
+ * stream that is gone. */
+size_t ww_stream_unsent(conn_t *c, uint32_t id) {
+    stream_t *s = find(c, id);
+    return s ? s->pending.len - s->pending_off : 0;
+}
+
+/* Encrypted bytes queued and not yet taken by the socket. */
+size_t ww_conn_unsent(conn_t *c) { return c->out.len; }
+
 /* Yamux ping (the answer is handled by ww_conn_read) */
 int ww_conn_ping(conn_t *c, uint32_t opaque) {
     return yamux_send(c, Y_PING, F_SYN, 0, opaque, NULL, 0);

@@ -288,6 +288,15 @@ static PyObject *Stream_resume_reading(StreamObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* asyncio's transport call: bytes written and not handed to the socket yet, those not
+ * framed yet (queued this loop turn, or waiting for the peer's Yamux send window). */
+static PyObject *Stream_get_write_buffer_size(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    size_t n = self->out.len;
+    if (self->conn && self->conn->c) n += ww_stream_unsent(self->conn->c, self->sid);
+    return PyLong_FromSize_t(n);
+}
+
 static PyObject *Stream_true(PyObject *self, PyObject *unused) {
     (void)self; (void)unused;
     Py_RETURN_TRUE;
@@ -340,6 +349,8 @@ static PyMethodDef Stream_methods[] = {
     {"pause_reading", (PyCFunction)Stream_pause_reading, METH_NOARGS, NULL},
     {"resume_reading", (PyCFunction)Stream_resume_reading, METH_NOARGS, NULL},
     {"get_extra_info", (PyCFunction)Stream_get_extra_info, METH_VARARGS, NULL},
+    {"get_write_buffer_size", (PyCFunction)Stream_get_write_buffer_size, METH_NOARGS,
+     "bytes written and not yet framed (queued this turn, or waiting for send window)"},
     {"attach", (PyCFunction)Stream_attach, METH_VARARGS, NULL},
     {"close", (PyCFunction)Stream_close, METH_NOARGS, "FIN, and the protocol is told"},
     {"reset", (PyCFunction)Stream_reset, METH_NOARGS, "RST, and the protocol is told"},
@@ -623,6 +634,12 @@ static PyObject *Conn_open(ConnObject *self, PyObject *unused) {
     return PyLong_FromUnsignedLong(sid);
 }
 
+/* The connection's encrypted bytes the socket has not taken yet. */
+static PyObject *Conn_get_write_buffer_size(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(self->c ? ww_conn_unsent(self->c) : 0);
+}
+
 static PyObject *Conn_get_open_streams(ConnObject *self, void *unused) {
     (void)unused;
     return PyLong_FromLong(self->c ? self->c->nstreams : 0);
@@ -644,6 +661,8 @@ static PyMethodDef Conn_methods[] = {
     {"writable", (PyCFunction)Conn_writable, METH_NOARGS, "the add_writer callback"},
     {"open", (PyCFunction)Conn_open, METH_NOARGS, "a new stream's id"},
     {"free", (PyCFunction)Conn_free, METH_NOARGS, "free the C connection"},
+    {"get_write_buffer_size", (PyCFunction)Conn_get_write_buffer_size, METH_NOARGS,
+     "encrypted bytes the socket has not taken yet"},
     {NULL, NULL, 0, NULL}};
 
 static PyMemberDef Conn_members[] = {
