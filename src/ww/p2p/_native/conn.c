@@ -1003,6 +1003,7 @@ size_t ww_conn_unsent(conn_t *c) { return c->out.len; }
 
 /* Yamux ping (the answer is handled by ww_conn_read) */
 int ww_conn_ping(conn_t *c, uint32_t opaque) {
+    if (c->failed) return -1;
     return yamux_send(c, Y_PING, F_SYN, 0, opaque, NULL, 0);
 }
 

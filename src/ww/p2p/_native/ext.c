@@ -640,6 +640,16 @@ static PyObject *Conn_get_write_buffer_size(ConnObject *self, PyObject *unused) 
     return PyLong_FromSize_t(self->c ? ww_conn_unsent(self->c) : 0);
 }
 
+/* ping(opaque=0): a Yamux ping (the peer's answer is taken by readable, not reported). */
+static PyObject *Conn_ping(ConnObject *self, PyObject *args) {
+    unsigned int opaque = 0;
+    if (!PyArg_ParseTuple(args, "|I", &opaque)) return NULL;
+    if (!self->c) return closed_error();
+    if (ww_conn_ping(self->c, opaque)) return conn_error(self);
+    conn_schedule(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Conn_get_open_streams(ConnObject *self, void *unused) {
     (void)unused;
     return PyLong_FromLong(self->c ? self->c->nstreams : 0);
@@ -660,6 +670,7 @@ static PyMethodDef Conn_methods[] = {
     {"flush", (PyCFunction)Conn_flush, METH_NOARGS, "send what the streams queued"},
     {"writable", (PyCFunction)Conn_writable, METH_NOARGS, "the add_writer callback"},
     {"open", (PyCFunction)Conn_open, METH_NOARGS, "a new stream's id"},
+    {"ping", (PyCFunction)Conn_ping, METH_VARARGS, "ping(opaque=0): a Yamux ping"},
     {"free", (PyCFunction)Conn_free, METH_NOARGS, "free the C connection"},
     {"get_write_buffer_size", (PyCFunction)Conn_get_write_buffer_size, METH_NOARGS,
      "encrypted bytes the socket has not taken yet"},
