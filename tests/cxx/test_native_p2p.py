@@ -468,3 +468,44 @@ def test_extension_stream_says_what_it_has_not_sent(ext: str) -> None:
     samples = got["samples"]
     assert samples[-1] == 0 and samples == sorted(samples, reverse=True), got
     assert len(samples) > 2 and got["intact"], got  # it went down in steps, all arrived
+
+
+def test_extension_host_stops_reading_a_peer_that_never_reads(ext: str) -> None:
+    """(back-pressure) A peer sends Yamux pings (up to 1 000 000: the kernel alone takes
+    about 4 MiB of answers here) and never reads. The host answers each, until its out
+    buffer (encrypted, unsent) holds more than 512 KiB: then it reads no more from that
+    socket, so the pings wait in the kernel and in the peer. Its out buffer never holds more
+    than that and one answer, the process does not grow by the answers, another connection
+    to the host echoes meanwhile, and once the peer reads the host resumes: an echo on the
+    flooded connection, answered after every ping, comes back. (It answered all, into a
+    27 MiB buffer.)"""
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "pingflood", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["host_paused"], got
+    assert got["host_out_max"] <= (512 << 10) + 30, got  # a ping's answer: 30 bytes
+    assert got["rss_growth_kib"] < 8 << 10, got
+    assert got["other_echoed"] and got["host_still_paused"], got
+    assert got["flooded_echoed"] and got["host_reading"] and not got["failed"], got
+
+
+def test_extension_both_ends_writing_a_lot_do_not_stop_each_other(ext: str) -> None:
+    """Both ends of a connection write at once: each opens 8 echo streams to the other and
+    writes 4 MiB on each in one write, so both have data and echoes to send. Reading pauses
+    only over what the peer made us answer (512 KiB out): a stream's data is framed only
+    while the out buffer holds less than 128 KiB, so data alone never pauses reading and
+    the two ends cannot wait on each other. Everything comes back intact. (With the data
+    framed without that bound, both ends stopped reading and this hung.)"""
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "bulkboth", str(4 << 20), "8"],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == {"intact": True, "failed": False}

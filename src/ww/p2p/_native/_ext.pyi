@@ -10,6 +10,9 @@ class Conn:
     loop: AbstractEventLoop | None
     fd: int
     writing: bool
+    # False while reading is paused: the out buffer (encrypted, unsent) went over 512 KiB of
+    # what the peer made it send while not reading, and is not under 256 KiB yet
+    reading: bool
     lane: bool
     open_streams: int  # Yamux streams the C connection holds (not closed both ways, nor reset)
     def __init__(self, fd: int, initiator: bool, loop: AbstractEventLoop) -> None: ...

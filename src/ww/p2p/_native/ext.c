@@ -43,6 +43,7 @@ struct ConnObject {
     int fd;
     PyObject *loop, *streams, *dirty; /* loop; dict sid -> Stream; list of Streams */
     int scheduled, writing;
+    int reader_off; /* reading paused (conn.c): the socket's reader removed until it resumes */
     char lane; /* the handshake agreed on /ww/lane/0.1.0 */
 };
 
@@ -570,6 +571,34 @@ static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
 
 static PyObject *Conn_writable(ConnObject *self, PyObject *unused);
 
+/* conn.c pauses reading while its out buffer is over its high-water mark (what the peer made
+ * it answer, unsent because the peer does not read): the socket's reader (`readable`) is
+ * removed, so the peer's frames wait in the kernel and in the peer, and added again once
+ * the buffer is under its low-water mark, with one `readable` call soon for the frames
+ * already read.  0, or -1 with an exception. */
+static int conn_watch(ConnObject *self) {
+    if (!self->c || self->c->failed || !self->loop) return 0;
+    int paused = ww_conn_read_paused(self->c);
+    if (paused == self->reader_off) return 0;
+    PyObject *r;
+    if (paused) {
+        r = PyObject_CallMethod(self->loop, "remove_reader", "i", self->fd);
+    } else {
+        PyObject *cb = PyObject_GetAttrString((PyObject *)self, "readable");
+        if (!cb) return -1;
+        r = PyObject_CallMethod(self->loop, "add_reader", "iO", self->fd, cb);
+        if (r) {
+            Py_DECREF(r);
+            r = PyObject_CallMethod(self->loop, "call_soon", "O", cb);
+        }
+        Py_DECREF(cb);
+    }
+    if (!r) return -1;
+    Py_DECREF(r);
+    self->reader_off = paused;
+    return 0;
+}
+
 /* Frames and encrypts what the streams queued, sends what the socket takes. */
 static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
     (void)unused;
@@ -606,6 +635,7 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
         Py_DECREF(r);
         self->writing = 1;
     }
+    if (conn_watch(self)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -619,6 +649,7 @@ static PyObject *Conn_writable(ConnObject *self, PyObject *unused) {
         Py_DECREF(r);
     }
     if (left < 0) conn_fail(self, ww_conn_error(self->c));
+    if (conn_watch(self)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -655,6 +686,11 @@ static PyObject *Conn_get_open_streams(ConnObject *self, void *unused) {
     return PyLong_FromLong(self->c ? self->c->nstreams : 0);
 }
 
+static PyObject *Conn_get_reading(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyBool_FromLong(!(self->c && self->c->read_paused));
+}
+
 static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
     (void)unused;
     return PyBool_FromLong(self->writing);
@@ -686,6 +722,9 @@ static PyMemberDef Conn_members[] = {
 
 static PyGetSetDef Conn_getset[] = {
     {"writing", (getter)Conn_get_writing, NULL, "a writer is registered", NULL},
+    {"reading", (getter)Conn_get_reading, NULL,
+     "False while reading is paused: the out buffer went over 512 KiB (what the peer made it "
+     "send, unsent because the peer does not read) and is not under 256 KiB yet", NULL},
     {"open_streams", (getter)Conn_get_open_streams, NULL,
      "Yamux streams the C connection holds (not yet closed both ways, nor reset)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
