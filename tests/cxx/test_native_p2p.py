@@ -509,3 +509,25 @@ def test_extension_both_ends_writing_a_lot_do_not_stop_each_other(ext: str) -> N
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1]) == {"intact": True, "failed": False}
+
+
+def test_extension_lane_listener_sends_its_answers_before_giving_up(ext: str) -> None:
+    """Four refused proposals in one segment: the listener queues its header and three `na`s
+    in the same handshake step that fails at the fourth; what it queued is sent before the
+    socket closes, so the peer sees the answers, then the end. (They were dropped: the peer
+    saw the end alone.)"""
+    host, addr = _lane_host(True)
+    port = int(addr.split("/")[4])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=HANG) as s:
+            s.sendall(b"\x13/multistream/1.0.0\n" + b"\x0b/tls/1.0.0\n" * 4)
+            got = b""
+            try:
+                while more := s.recv(4096):
+                    got += more
+            except ConnectionResetError:
+                pass
+        assert got == b"\x13/multistream/1.0.0\n" + b"\x03na\n" * 3
+        assert _accepted(host) == {"error": "multistream: too many proposals"}
+    finally:
+        _stop(host)

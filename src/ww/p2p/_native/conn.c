@@ -578,10 +578,30 @@ int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t 
     return c->initiator ? ms_send(c, 0, MS_HEADER, h->proposed) : 0;
 }
 
+static int hs_step(conn_t *c);
+
 /* What has come so far, as far as it goes: 1 once the handshake is done (bytes that came
  * after it wait for ww_conn_read), 0 for more bytes first, -1 on failure (ww_conn_error).
- * What to send is queued; ww_conn_flush sends it. */
+ * What to send is queued; ww_conn_flush sends it.  On failure what was queued (a listener's
+ * `na`s to the proposals before the one too many) is sent as far as the socket takes it
+ * now, before the caller closes it. */
 int ww_conn_handshake_step(conn_t *c) {
+    int r = hs_step(c);
+    if (r < 0 && c->out.len) {
+        size_t off = 0;
+        while (off < c->out.len) {
+            ssize_t w = send(c->fd, c->out.p + off, c->out.len - off,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) break;
+            off += (size_t)w;
+        }
+        buf_drop(&c->out, off);
+    }
+    return r;
+}
+
+static int hs_step(conn_t *c) {
     uint8_t msg[NOISE_MAX];
     char line[128];
     struct hs_state *h = c->hs;
