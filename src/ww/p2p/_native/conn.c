@@ -11,7 +11,11 @@
  *   2-byte big-endian length; Ed25519 identities only;
  * - Yamux: 12-byte headers, data / window update / ping / go away, SYN ACK FIN RST, 256 KiB
  *   initial window, credit returned once half of it has been taken: with app_credit (the
- *   extension) taken by the stream's reader (ww_stream_credit), else parsed.
+ *   extension) taken by the stream's reader (ww_stream_credit), else parsed;
+ * - back-pressure on the socket: no frames are read while the out buffer holds more than
+ *   OUT_HIGH (what the peer made us send and does not read), until it holds less than
+ *   OUT_LOW (ww_conn_read_paused); streams' data is framed only under OUT_DATA; one read
+ *   takes at most READ_BUDGET.
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
  * Nothing here waits on the socket except ww_conn_handshake (poll between steps, for the

@@ -7,7 +7,9 @@
  * caller sets the deadline).  Then Conn.readable is the add_reader callback: it reads,
  * decrypts and parses (conn.c), and hands a stream's bytes to the protocol attached to it
  * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as pycapnp's
- * _PyAsyncIoStreamProtocol takes them) from C.  Stream is the protocol's transport: write()
+ * _PyAsyncIoStreamProtocol takes them) from C; while conn.c pauses reading (its out buffer
+ * over 512 KiB of answers the peer does not read) the reader is removed, and added again
+ * once it is under 256 KiB (conn_watch).  Stream is the protocol's transport: write()
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
  * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
@@ -290,7 +292,8 @@ static PyObject *Stream_resume_reading(StreamObject *self, PyObject *unused) {
 }
 
 /* asyncio's transport call: bytes written and not handed to the socket yet, those not
- * framed yet (queued this loop turn, or waiting for the peer's Yamux send window). */
+ * framed yet (queued this loop turn, waiting for the peer's Yamux send window, or for room
+ * in the connection's out buffer). */
 static PyObject *Stream_get_write_buffer_size(StreamObject *self, PyObject *unused) {
     (void)unused;
     size_t n = self->out.len;
@@ -351,7 +354,7 @@ static PyMethodDef Stream_methods[] = {
     {"resume_reading", (PyCFunction)Stream_resume_reading, METH_NOARGS, NULL},
     {"get_extra_info", (PyCFunction)Stream_get_extra_info, METH_VARARGS, NULL},
     {"get_write_buffer_size", (PyCFunction)Stream_get_write_buffer_size, METH_NOARGS,
-     "bytes written and not yet framed (queued this turn, or waiting for send window)"},
+     "bytes written and not yet framed (this turn's, or waiting for window or for room)"},
     {"attach", (PyCFunction)Stream_attach, METH_VARARGS, NULL},
     {"close", (PyCFunction)Stream_close, METH_NOARGS, "FIN, and the protocol is told"},
     {"reset", (PyCFunction)Stream_reset, METH_NOARGS, "RST, and the protocol is told"},
