@@ -2,15 +2,19 @@
  * -fsanitize=address,undefined: multistream-select and the Noise handshake (as responder
  * and as initiator, each with the lane flag on and off, over a socketpair whose other end
  * sends the bytes and closes), the handshake payload's protobuf, Noise transport frames,
- * Yamux frames (credit as parsed, or as the caller says it was taken).  Every case must end
- * in a clean failure or a clean parse; a sanitizer report or a crash is a bug.  First, the
- * lane negotiation's and the window's expected answers are checked once.
+ * Yamux frames (credit as parsed, or as the caller says it was taken; a third of them with
+ * the out buffer near or over the marks where reading pauses, drained at random, and checked
+ * against a twin that parses without).  Every case must end in a clean failure or a clean
+ * parse; a sanitizer report or a crash is a bug.  First, the lane negotiation's and the
+ * window's expected answers, and reading paused and resumed, are checked once.
  *
  *     gcc -g -O1 -fsanitize=address,undefined -I src/ww/p2p/_native -o fuzz \
  *         tests/cxx/native_p2p_fuzz.c -lsodium
  *     ./fuzz [CASES] [SEED]
  */
 #include "conn.c" /* src/ww/p2p/_native, on the include path */
+
+#include <sys/ioctl.h>
 
 
 static uint32_t rng;
@@ -88,6 +92,31 @@ static void one_payload(void) {
     }
 }
 
+/* The same input parsed by b while its out buffer holds `prefill` bytes (reading pauses over
+ * OUT_HIGH) and by twin (empty): b's buffer never grows past what it held or OUT_HIGH by more
+ * than one answer, and as it drains (a random amount each time, as a socket would take it)
+ * b parses on; in the end both saw the same events, answered as many frames and failed
+ * alike. */
+static void paused_parse(conn_t *b, conn_t *twin, size_t prefill) {
+    int twin_rc = yamux_parse(twin);
+    buf_reserve(&b->out, prefill);
+    fill(b->out.p, prefill);
+    b->out.len = prefill;
+    int rc = 0;
+    for (int turns = 0; turns < 10000; turns++) {
+        size_t before = b->out.len;
+        rc = yamux_parse(b);
+        size_t bound = (before > OUT_HIGH ? before : OUT_HIGH) + 2 + 16 + YAMUX_HDR;
+        if (b->out.len > bound) abort(); /* more than one answer past the mark */
+        if (rc || !b->read_paused) break;
+        buf_drop(&b->out, rnd() % 2 ? b->out.len : rnd() % (b->out.len + 1)); /* it drains */
+    }
+    if (b->read_paused && !rc) abort(); /* 10 000 drains, still paused */
+    if ((rc != 0) != (twin_rc != 0) || b->tx_n != twin->tx_n || b->ev.len != twin->ev.len ||
+        (b->ev.len && memcmp(b->ev.p, twin->ev.p, b->ev.len)) || b->plain.len != twin->plain.len)
+        abort();
+}
+
 /* Yamux frames (valid headers mostly, random fields) in Noise frames, or raw junk. */
 static void one_transport(void) {
     conn_t *a = ww_conn_new(-1, 1), *b = ww_conn_new(-1, 0);
@@ -113,7 +142,19 @@ static void one_transport(void) {
     if (rnd() % 3 == 0 && a->out.len) a->out.p[rnd() % a->out.len] ^= 1; /* tampered */
     if (rnd() % 3 == 0) a->out.len = rnd() % (a->out.len + 1);                 /* cut */
     buf_put(&b->in, a->out.p, a->out.len);
-    if (noise_decrypt_all(b) == 0 && yamux_parse(b) == 0)
+    if (rnd() % 3 == 0) { /* read while the out buffer is near or over its marks */
+        conn_t *twin = ww_conn_new(-1, 0);
+        twin->app_credit = b->app_credit;
+        memcpy(twin->rx_key, key, 32);
+        buf_put(&twin->in, a->out.p, a->out.len);
+        if (!noise_decrypt_all(b) && !noise_decrypt_all(twin)) {
+            size_t marks[] = {OUT_LOW, OUT_HIGH};
+            size_t prefill = marks[rnd() % 2] + rnd() % 64 - 32;
+            if (rnd() % 4 == 0) prefill = rnd() % (OUT_HIGH + 65536);
+            paused_parse(b, twin, prefill);
+        }
+        ww_conn_free(twin);
+    } else if (noise_decrypt_all(b) == 0 && yamux_parse(b) == 0)
         for (int i = rnd() % 4; i > 0; i--) /* the reader took some (any stream id) */
             ww_stream_credit(b, rnd() % 3 ? 2 * (rnd() % 4) : rnd(), rnd() % (1u << 19));
     /* and straight into the Yamux parser, no Noise */
@@ -219,6 +260,76 @@ static void window_checks(void) {
     ww_conn_free(b);
 }
 
+/* Pings by the thousand into a socket: ww_conn_read takes at most READ_BUDGET a call, reads
+ * nothing while the out buffer is over OUT_HIGH, parses until it is over it (by at most one
+ * answer) and, as the buffer drains under OUT_LOW, goes on, until every ping is answered
+ * once.  And a stream's data goes into the out buffer only while it holds less than OUT_DATA;
+ * flush sends the rest as the socket takes it. */
+static void pause_checks(void) {
+    enum { PINGS = 60000, ANSWER = 2 + 16 + YAMUX_HDR };
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) abort();
+    int big = 8 << 20;
+    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    conn_t *a = ww_conn_new(-1, 1), *b = ww_conn_new(sv[0], 0);
+    uint8_t frame[YAMUX_HDR] = {0, Y_PING, 0, F_SYN};
+    for (uint32_t i = 0; i < PINGS; i++) {
+        put32(frame + 8, i);
+        noise_send(a, frame, sizeof frame);
+    }
+    size_t sent = 0; /* as much as the socket takes now; the rest as b reads */
+    uint64_t answered = 0;
+    buf_reserve(&b->out, OUT_HIGH + 1);
+    b->out.len = OUT_HIGH + 1; /* over the mark: nothing is read */
+    for (int turns = 0; answered < PINGS; turns++) {
+        if (turns > 100000) abort();
+        while (sent < a->out.len) {
+            ssize_t w = send(sv[1], a->out.p + sent, a->out.len - sent, MSG_DONTWAIT);
+            if (w <= 0) break;
+            sent += (size_t)w;
+        }
+        int queued_before, queued_after, was_paused = read_paused(b);
+        uint64_t tx_before = b->tx_n;
+        if (ioctl(sv[0], FIONREAD, &queued_before)) abort();
+        if (ww_conn_read(b) != 0) abort(); /* pings make no events */
+        if (ioctl(sv[0], FIONREAD, &queued_after)) abort();
+        if (was_paused && (queued_after != queued_before || b->tx_n != tx_before))
+            abort(); /* paused: nothing read, nothing parsed */
+        if (queued_before - queued_after > (int)READ_BUDGET) abort(); /* one call's reading */
+        if (b->out.len > OUT_HIGH + ANSWER) abort();
+        answered += b->tx_n - tx_before;
+        if (read_paused(b)) b->out.len = rnd() % OUT_LOW; /* a flush that took most */
+    }
+    if (answered != PINGS) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    close(sv[0]);
+    close(sv[1]);
+    /* the data bound: a big window, 1 MiB written, at most OUT_DATA and a frame framed */
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) abort();
+    b = ww_conn_new(sv[0], 1);
+    uint32_t id = ww_stream_open(b);
+    stream_t *st = find(b, id);
+    st->send_window = 4u << 20;
+    static uint8_t data[1 << 20];
+    fill(data, sizeof data);
+    if (ww_stream_write(b, id, data, sizeof data, 0)) abort();
+    if (b->out.len > OUT_DATA + 2 + NOISE_MAX || !ww_stream_unsent(b, id)) abort();
+    size_t got = 0;
+    static uint8_t sink[1 << 16];
+    for (int turns = 0; ww_stream_unsent(b, id) || b->out.len; turns++) {
+        if (turns > 100000 || ww_conn_flush(b) < 0) abort();
+        if (b->out.len > OUT_DATA + 2 + NOISE_MAX) abort();
+        ssize_t r;
+        while ((r = recv(sv[1], sink, sizeof sink, MSG_DONTWAIT)) > 0) got += (size_t)r;
+    }
+    if (got < sizeof data) abort(); /* (and the framing: 30 bytes a frame) */
+    ww_conn_free(b);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 int main(int argc, char **argv) {
     long cases = argc > 1 ? atol(argv[1]) : 20000;
     rng = argc > 2 ? (uint32_t)atol(argv[2]) : 12345u;
@@ -226,6 +337,7 @@ int main(int argc, char **argv) {
     if (sodium_init() < 0) return 2;
     lane_checks();
     window_checks();
+    pause_checks();
     for (long i = 0; i < cases; i++) {
         switch (i % 4) {
         case 0: one_handshake(0, (i / 4) % 2); break;

@@ -152,9 +152,12 @@ def test_py_libp2p_dials_the_native_host(lib: str) -> None:
 
 def test_parsers_under_random_input(tmp_path: Path) -> None:
     """tests/cxx/native_p2p_fuzz.c (over src/ww/p2p/_native/conn.c): the lane
-    negotiation's and the window's expected answers, then 20 000 cases into multistream
-    (both roles, the lane flag on and off), the handshake, its payload, Noise frames and
-    Yamux frames (credit as parsed or as taken); every one must fail or parse cleanly."""
+    negotiation's and the window's expected answers, reading paused and resumed (60 000
+    pings, the out buffer's marks, one read's budget, the data's bound), then 20 000 cases
+    into multistream (both roles, the lane flag on and off), the handshake, its payload,
+    Noise frames and Yamux frames (credit as parsed or as taken; a third parsed with the out
+    buffer near or over its marks, against a twin parsing without); every one must fail or
+    parse cleanly."""
     _tools_present()
     fuzz = tmp_path / "fuzz"
     r = subprocess.run(
@@ -441,3 +444,93 @@ def test_extension_paused_stream_pushes_the_peer_back(ext: str) -> None:
     assert (got["got"], got["intact"], got["conn_failed"]) == (4 << 20, True, False), got
     # a stream closed while it holds its window gives that credit back: the peer finishes
     assert got["closed_full_let_go"], got
+
+
+def test_extension_stream_says_what_it_has_not_sent(ext: str) -> None:
+    """Stream.get_write_buffer_size() (asyncio's transport call, which ww.p2p.bounds uses to
+    cut a peer that never takes its answers): bytes written and not yet framed. Against a
+    peer whose reader takes nothing (so no send window comes back) it is what was written
+    less the window, it grows by each later write, and it shrinks to 0 as the peer reads;
+    Conn.get_write_buffer_size() is the connection's encrypted bytes the socket has not
+    taken."""
+    size = 1 << 20
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "unsent", str(size)],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    window, negotiation = got["window"], got["negotiation"]
+    assert (got["before"], got["written"]) == (0, size), got
+    # the window took the multistream lines and the first of the data
+    assert got["flushed"] == size - (window - negotiation), got
+    assert got["flushed_again"] == 2 * size - (window - negotiation), got
+    assert got["conn_unsent"] >= 0, got
+    samples = got["samples"]
+    assert samples[-1] == 0 and samples == sorted(samples, reverse=True), got
+    assert len(samples) > 2 and got["intact"], got  # it went down in steps, all arrived
+
+
+def test_extension_host_stops_reading_a_peer_that_never_reads(ext: str) -> None:
+    """(back-pressure) A peer sends Yamux pings (up to 1 000 000: the kernel alone takes
+    about 4 MiB of answers here) and never reads. The host answers each, until its out
+    buffer (encrypted, unsent) holds more than 512 KiB: then it reads no more from that
+    socket, so the pings wait in the kernel and in the peer. Its out buffer never holds more
+    than that and one answer, the process does not grow by the answers, another connection
+    to the host echoes meanwhile, and once the peer reads the host resumes: an echo on the
+    flooded connection, answered after every ping, comes back. (It answered all, into a
+    27 MiB buffer.)"""
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "pingflood", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[-1])
+    assert got["host_paused"], got
+    assert got["host_out_max"] <= (512 << 10) + 30, got  # a ping's answer: 30 bytes
+    assert got["rss_growth_kib"] < 8 << 10, got
+    assert got["other_echoed"] and got["host_still_paused"], got
+    assert got["flooded_echoed"] and got["host_reading"] and not got["failed"], got
+
+
+def test_extension_both_ends_writing_a_lot_do_not_stop_each_other(ext: str) -> None:
+    """Both ends of a connection write at once: each opens 8 echo streams to the other and
+    writes 4 MiB on each in one write, so both have data and echoes to send. Reading pauses
+    only over what the peer made us answer (512 KiB out): a stream's data is framed only
+    while the out buffer holds less than 128 KiB, so data alone never pauses reading and
+    the two ends cannot wait on each other. Everything comes back intact. (With the data
+    framed without that bound, both ends stopped reading and this hung.)"""
+    r = subprocess.run(
+        [sys.executable, LANE_HELPER, "bulkboth", str(4 << 20), "8"],
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == {"intact": True, "failed": False}
+
+
+def test_extension_lane_listener_sends_its_answers_before_giving_up(ext: str) -> None:
+    """Four refused proposals in one segment: the listener queues its header and three `na`s
+    in the same handshake step that fails at the fourth; what it queued is sent before the
+    socket closes, so the peer sees the answers, then the end. (They were dropped: the peer
+    saw the end alone.)"""
+    host, addr = _lane_host(True)
+    port = int(addr.split("/")[4])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=HANG) as s:
+            s.sendall(b"\x13/multistream/1.0.0\n" + b"\x0b/tls/1.0.0\n" * 4)
+            got = b""
+            try:
+                while more := s.recv(4096):
+                    got += more
+            except ConnectionResetError:
+                pass
+        assert got == b"\x13/multistream/1.0.0\n" + b"\x03na\n" * 3
+        assert _accepted(host) == {"error": "multistream: too many proposals"}
+    finally:
+        _stop(host)

@@ -22,6 +22,15 @@ libsodium-dev and Python's headers first).  Its two types:
   (``held``) and the peer waits; what a stream held when it ended is credited back (the
   peer can finish); a peer that sends past its window fails the connection.
   ``Conn.open_streams`` counts the Yamux streams the C side holds.
+  ``Stream.get_write_buffer_size()`` (asyncio's call) counts what the stream was given and
+  has not framed yet (written this loop turn, waiting for the peer's window, or for room in
+  the connection's out buffer, where data is framed only under 128 KiB);
+  ``Conn.get_write_buffer_size()`` the connection's encrypted bytes the socket has not
+  taken.  What the peer makes the connection send (ping answers, ACKs, RSTs ...) is
+  bounded: no frames are read while the out buffer holds more than 512 KiB, until it holds
+  less than 256 KiB (``Conn.reading`` False; the socket's reader is removed meanwhile), so
+  a peer that never reads waits; one ``readable`` call reads at most 256 KiB.
+  ``Conn.ping()`` sends a Yamux ping.
 
 Subclasses supply the Python side (multistream-select on a stream, inbound streams and
 their bounds, failures): :mod:`ww.p2p.lane`'s ``LaneConn`` and ``LaneStream``, which ww's

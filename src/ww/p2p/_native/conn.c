@@ -11,7 +11,11 @@
  *   2-byte big-endian length; Ed25519 identities only;
  * - Yamux: 12-byte headers, data / window update / ping / go away, SYN ACK FIN RST, 256 KiB
  *   initial window, credit returned once half of it has been taken: with app_credit (the
- *   extension) taken by the stream's reader (ww_stream_credit), else parsed.
+ *   extension) taken by the stream's reader (ww_stream_credit), else parsed;
+ * - back-pressure on the socket: no frames are read while the out buffer holds more than
+ *   OUT_HIGH (what the peer made us send and does not read), until it holds less than
+ *   OUT_LOW (ww_conn_read_paused); streams' data is framed only under OUT_DATA; one read
+ *   takes at most READ_BUDGET.
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
  * Nothing here waits on the socket except ww_conn_handshake (poll between steps, for the
@@ -39,8 +43,19 @@
 #define YAMUX_WINDOW (256u * 1024u)
 #define YAMUX_FRAME_MAX (NOISE_PT_MAX - YAMUX_HDR) /* a data frame in one Noise message */
 #define MAX_STREAMS 1024
-#define READ_BUDGET (1u << 20)            /* bytes read from the socket per ww_conn_read */
+#define READ_BUDGET (256u << 10)          /* bytes read from the socket per ww_conn_read */
 #define BUF_LIMIT (64u << 20)             /* no buffer grows past this */
+/* The out buffer (encrypted, not yet sent).  What the peer makes us send (answers to its
+ * pings, ACKs and RSTs to the streams it opens, ...) while it does not read is bounded by
+ * reading no more frames while the buffer holds more than OUT_HIGH, until it holds less
+ * than OUT_LOW: the peer's frames wait in the kernel and in the peer.  The streams' own data
+ * is framed only while it holds less than OUT_DATA (the rest waits in the stream, where its
+ * writer sees it), so our data alone (at most OUT_DATA and one Noise message) never stops
+ * reading, and two ends that both write a lot cannot stop each other's reading. */
+#define OUT_DATA (128u << 10)
+#define OUT_LOW (256u << 10)
+#define OUT_HIGH (512u << 10)
+_Static_assert(OUT_DATA + 2 + NOISE_MAX < OUT_LOW && OUT_LOW < OUT_HIGH, "out buffer marks");
 
 enum { Y_DATA = 0, Y_WINDOW = 1, Y_PING = 2, Y_GOAWAY = 3 };
 enum { F_SYN = 1, F_ACK = 2, F_FIN = 4, F_RST = 8 };
@@ -79,6 +94,8 @@ typedef struct {
     int lane_offer; /* initiator: propose LANE first; responder: accept it */
     int lane;       /* LANE was agreed (the security protocol; Noise as for /noise) */
     int app_credit; /* credit only for what the caller says was taken (ww_stream_credit) */
+    int read_paused; /* the out buffer went over OUT_HIGH and not yet under OUT_LOW */
+    unsigned pump_next; /* where pump_streams() starts, to share the out buffer's room */
     int failed, eof;
     char err[160];
 } conn_t;
@@ -565,10 +582,30 @@ int ww_conn_handshake_start(conn_t *c, const uint8_t id_seed[32], const uint8_t 
     return c->initiator ? ms_send(c, 0, MS_HEADER, h->proposed) : 0;
 }
 
+static int hs_step(conn_t *c);
+
 /* What has come so far, as far as it goes: 1 once the handshake is done (bytes that came
  * after it wait for ww_conn_read), 0 for more bytes first, -1 on failure (ww_conn_error).
- * What to send is queued; ww_conn_flush sends it. */
+ * What to send is queued; ww_conn_flush sends it.  On failure what was queued (a listener's
+ * `na`s to the proposals before the one too many) is sent as far as the socket takes it
+ * now, before the caller closes it. */
 int ww_conn_handshake_step(conn_t *c) {
+    int r = hs_step(c);
+    if (r < 0 && c->out.len) {
+        size_t off = 0;
+        while (off < c->out.len) {
+            ssize_t w = send(c->fd, c->out.p + off, c->out.len - off,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) break;
+            off += (size_t)w;
+        }
+        buf_drop(&c->out, off);
+    }
+    return r;
+}
+
+static int hs_step(conn_t *c) {
     uint8_t msg[NOISE_MAX];
     char line[128];
     struct hs_state *h = c->hs;
@@ -724,12 +761,13 @@ static int yamux_send(conn_t *c, uint8_t type, uint16_t flags, uint32_t id, uint
     return noise_send(c, frame, YAMUX_HDR + n);
 }
 
-/* Send what the window allows of the stream's pending bytes. */
+/* Send what the window and the out buffer's room (OUT_DATA) allow of the stream's pending
+ * bytes. */
 static int send_fin(conn_t *c, stream_t *s);
 
 static int drain(conn_t *c, stream_t *s) {
     size_t off = s->pending_off;
-    while (off < s->pending.len && s->send_window) {
+    while (off < s->pending.len && s->send_window && c->out.len < OUT_DATA) {
         size_t n = s->pending.len - off;
         if (n > YAMUX_FRAME_MAX) n = YAMUX_FRAME_MAX;
         if (n > s->send_window) n = s->send_window;
@@ -758,6 +796,28 @@ static int send_fin(conn_t *c, stream_t *s) {
     return 0;
 }
 
+/* Frame what the streams have pending and window for, while the out buffer has room
+ * (OUT_DATA), from a stream that changes each call so that no stream keeps the room. */
+static int pump_streams(conn_t *c) {
+    stream_t *ready[MAX_STREAMS];
+    int n = 0;
+    for (int i = 0; i < c->nstreams; i++) {
+        stream_t *s = c->streams[i];
+        if (s->pending.len > s->pending_off && s->send_window) ready[n++] = s;
+    }
+    unsigned start = n ? c->pump_next++ % (unsigned)n : 0;
+    for (int k = 0; k < n && c->out.len < OUT_DATA; k++) /* (drain frees only its own s) */
+        if (drain(c, ready[(start + (unsigned)k) % (unsigned)n])) return -1;
+    return 0;
+}
+
+/* Whether frames wait: the out buffer went over OUT_HIGH and is not under OUT_LOW yet. */
+static int read_paused(conn_t *c) {
+    if (c->out.len > OUT_HIGH) c->read_paused = 1;
+    else if (c->out.len < OUT_LOW) c->read_paused = 0;
+    return c->read_paused;
+}
+
 static int event(conn_t *c, uint32_t id, uint16_t flags, uint16_t kind, const uint8_t *data,
                  uint32_t n) {
     uint8_t rec[12];
@@ -780,11 +840,11 @@ static int give_credit(conn_t *c, stream_t *s) {
     return 1;
 }
 
-/* Parse every whole Yamux frame in c->plain. */
+/* Parse the whole Yamux frames in c->plain, all but those left while reading is paused. */
 static int yamux_parse(conn_t *c) {
     size_t off = 0;
     int rc = 0;
-    while (c->plain.len - off >= YAMUX_HDR) {
+    while (c->plain.len - off >= YAMUX_HDR && !read_paused(c)) {
         const uint8_t *h = c->plain.p + off;
         uint8_t type = h[1];
         uint16_t flags = (uint16_t)(h[2] << 8 | h[3]);
@@ -902,15 +962,18 @@ int ww_conn_handshake(conn_t *c, const uint8_t id_seed[32], const uint8_t *expec
 /* 1 if the handshake agreed on LANE */
 int ww_conn_lane(conn_t *c) { return c->lane; }
 
-/* Non-blocking: read what the socket has (up to READ_BUDGET), decrypt, parse.  Returns the
- * bytes of events (ww_conn_events), -1 on failure (ww_conn_error), -2 at end of file. */
+/* Non-blocking: read what the socket has (up to READ_BUDGET, nothing while reading is
+ * paused: ww_conn_read_paused), decrypt, parse.  Returns the bytes of events
+ * (ww_conn_events), -1 on failure (ww_conn_error), -2 at end of file. */
 long ww_conn_read(conn_t *c) {
     c->ev.len = 0;
     if (c->failed) return -1;
     size_t got = 0;
-    while (got < READ_BUDGET) {
+    while (got < READ_BUDGET && !read_paused(c)) {
         if (buf_reserve(&c->in, 65536)) return fail(c, "receive buffer limit");
-        ssize_t r = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, 0);
+        size_t room = c->in.cap - c->in.len;
+        if (room > READ_BUDGET - got) room = READ_BUDGET - got;
+        ssize_t r = recv(c->fd, c->in.p + c->in.len, room, 0);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -919,29 +982,37 @@ long ww_conn_read(conn_t *c) {
         if (r == 0) { c->eof = 1; break; }
         c->in.len += (size_t)r;
         got += (size_t)r;
-        if ((size_t)r < c->in.cap - c->in.len + (size_t)r) break; /* drained for now */
+        if ((size_t)r < room) break; /* drained for now */
     }
     if (noise_decrypt_all(c) || yamux_parse(c)) return -1;
-    if (c->eof && !c->ev.len) return -2;
+    if (c->eof && !c->ev.len && !c->read_paused) return -2;
     return (long)c->ev.len;
 }
 
+/* 1 while reading is paused (the out buffer went over OUT_HIGH and is not under OUT_LOW
+ * yet): ww_conn_read reads and parses nothing, so the caller stops watching the socket for
+ * reading until ww_conn_flush brings the buffer under OUT_LOW, then calls ww_conn_read (the
+ * frames already read wait for it). */
+int ww_conn_read_paused(conn_t *c) { return read_paused(c); }
+
 const uint8_t *ww_conn_events(conn_t *c) { return c->ev.p; }
 
-/* Non-blocking: send what is queued.  Returns the bytes still queued, -1 on failure. */
+/* Non-blocking: send what is queued, and the streams' data that waits for room in the out
+ * buffer as it makes room.  Returns the bytes still queued, -1 on failure. */
 long ww_conn_flush(conn_t *c) {
     if (c->failed) return -1;
-    size_t off = 0;
-    while (off < c->out.len) {
-        ssize_t w = send(c->fd, c->out.p + off, c->out.len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    for (;;) {
+        if (c->out.len < OUT_DATA && pump_streams(c)) return -1;
+        if (!c->out.len) break;
+        ssize_t w = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             return fail(c, "send failed");
         }
-        off += (size_t)w;
+        buf_drop(&c->out, (size_t)w);
     }
-    if (off) buf_drop(&c->out, off);
+    read_paused(c);
     return (long)c->out.len;
 }
 
@@ -991,8 +1062,19 @@ int ww_stream_credit(conn_t *c, uint32_t id, size_t n) {
     return give_credit(c, s);
 }
 
+/* Bytes written on stream id that are not framed yet (waiting for send window, or for room
+ * in the out buffer): 0 for a stream that is gone. */
+size_t ww_stream_unsent(conn_t *c, uint32_t id) {
+    stream_t *s = find(c, id);
+    return s ? s->pending.len - s->pending_off : 0;
+}
+
+/* Encrypted bytes queued and not yet taken by the socket. */
+size_t ww_conn_unsent(conn_t *c) { return c->out.len; }
+
 /* Yamux ping (the answer is handled by ww_conn_read) */
 int ww_conn_ping(conn_t *c, uint32_t opaque) {
+    if (c->failed) return -1;
     return yamux_send(c, Y_PING, F_SYN, 0, opaque, NULL, 0);
 }
 

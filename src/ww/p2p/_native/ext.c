@@ -7,7 +7,9 @@
  * caller sets the deadline).  Then Conn.readable is the add_reader callback: it reads,
  * decrypts and parses (conn.c), and hands a stream's bytes to the protocol attached to it
  * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as pycapnp's
- * _PyAsyncIoStreamProtocol takes them) from C.  Stream is the protocol's transport: write()
+ * _PyAsyncIoStreamProtocol takes them) from C; while conn.c pauses reading (its out buffer
+ * over 512 KiB of answers the peer does not read) the reader is removed, and added again
+ * once it is under 256 KiB (conn_watch).  Stream is the protocol's transport: write()
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
  * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
@@ -43,6 +45,7 @@ struct ConnObject {
     int fd;
     PyObject *loop, *streams, *dirty; /* loop; dict sid -> Stream; list of Streams */
     int scheduled, writing;
+    int reader_off; /* reading paused (conn.c): the socket's reader removed until it resumes */
     char lane; /* the handshake agreed on /ww/lane/0.1.0 */
 };
 
@@ -288,6 +291,16 @@ static PyObject *Stream_resume_reading(StreamObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* asyncio's transport call: bytes written and not handed to the socket yet, those not
+ * framed yet (queued this loop turn, waiting for the peer's Yamux send window, or for room
+ * in the connection's out buffer). */
+static PyObject *Stream_get_write_buffer_size(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    size_t n = self->out.len;
+    if (self->conn && self->conn->c) n += ww_stream_unsent(self->conn->c, self->sid);
+    return PyLong_FromSize_t(n);
+}
+
 static PyObject *Stream_true(PyObject *self, PyObject *unused) {
     (void)self; (void)unused;
     Py_RETURN_TRUE;
@@ -340,6 +353,8 @@ static PyMethodDef Stream_methods[] = {
     {"pause_reading", (PyCFunction)Stream_pause_reading, METH_NOARGS, NULL},
     {"resume_reading", (PyCFunction)Stream_resume_reading, METH_NOARGS, NULL},
     {"get_extra_info", (PyCFunction)Stream_get_extra_info, METH_VARARGS, NULL},
+    {"get_write_buffer_size", (PyCFunction)Stream_get_write_buffer_size, METH_NOARGS,
+     "bytes written and not yet framed (this turn's, or waiting for window or for room)"},
     {"attach", (PyCFunction)Stream_attach, METH_VARARGS, NULL},
     {"close", (PyCFunction)Stream_close, METH_NOARGS, "FIN, and the protocol is told"},
     {"reset", (PyCFunction)Stream_reset, METH_NOARGS, "RST, and the protocol is told"},
@@ -559,6 +574,34 @@ static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
 
 static PyObject *Conn_writable(ConnObject *self, PyObject *unused);
 
+/* conn.c pauses reading while its out buffer is over its high-water mark (what the peer made
+ * it answer, unsent because the peer does not read): the socket's reader (`readable`) is
+ * removed, so the peer's frames wait in the kernel and in the peer, and added again once
+ * the buffer is under its low-water mark, with one `readable` call soon for the frames
+ * already read.  0, or -1 with an exception. */
+static int conn_watch(ConnObject *self) {
+    if (!self->c || self->c->failed || !self->loop) return 0;
+    int paused = ww_conn_read_paused(self->c);
+    if (paused == self->reader_off) return 0;
+    PyObject *r;
+    if (paused) {
+        r = PyObject_CallMethod(self->loop, "remove_reader", "i", self->fd);
+    } else {
+        PyObject *cb = PyObject_GetAttrString((PyObject *)self, "readable");
+        if (!cb) return -1;
+        r = PyObject_CallMethod(self->loop, "add_reader", "iO", self->fd, cb);
+        if (r) {
+            Py_DECREF(r);
+            r = PyObject_CallMethod(self->loop, "call_soon", "O", cb);
+        }
+        Py_DECREF(cb);
+    }
+    if (!r) return -1;
+    Py_DECREF(r);
+    self->reader_off = paused;
+    return 0;
+}
+
 /* Frames and encrypts what the streams queued, sends what the socket takes. */
 static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
     (void)unused;
@@ -595,6 +638,7 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
         Py_DECREF(r);
         self->writing = 1;
     }
+    if (conn_watch(self)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -608,6 +652,7 @@ static PyObject *Conn_writable(ConnObject *self, PyObject *unused) {
         Py_DECREF(r);
     }
     if (left < 0) conn_fail(self, ww_conn_error(self->c));
+    if (conn_watch(self)) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -623,9 +668,30 @@ static PyObject *Conn_open(ConnObject *self, PyObject *unused) {
     return PyLong_FromUnsignedLong(sid);
 }
 
+/* The connection's encrypted bytes the socket has not taken yet. */
+static PyObject *Conn_get_write_buffer_size(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(self->c ? ww_conn_unsent(self->c) : 0);
+}
+
+/* ping(opaque=0): a Yamux ping (the peer's answer is taken by readable, not reported). */
+static PyObject *Conn_ping(ConnObject *self, PyObject *args) {
+    unsigned int opaque = 0;
+    if (!PyArg_ParseTuple(args, "|I", &opaque)) return NULL;
+    if (!self->c) return closed_error();
+    if (ww_conn_ping(self->c, opaque)) return conn_error(self);
+    conn_schedule(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Conn_get_open_streams(ConnObject *self, void *unused) {
     (void)unused;
     return PyLong_FromLong(self->c ? self->c->nstreams : 0);
+}
+
+static PyObject *Conn_get_reading(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyBool_FromLong(!(self->c && self->c->read_paused));
 }
 
 static PyObject *Conn_get_writing(ConnObject *self, void *unused) {
@@ -643,7 +709,10 @@ static PyMethodDef Conn_methods[] = {
     {"flush", (PyCFunction)Conn_flush, METH_NOARGS, "send what the streams queued"},
     {"writable", (PyCFunction)Conn_writable, METH_NOARGS, "the add_writer callback"},
     {"open", (PyCFunction)Conn_open, METH_NOARGS, "a new stream's id"},
+    {"ping", (PyCFunction)Conn_ping, METH_VARARGS, "ping(opaque=0): a Yamux ping"},
     {"free", (PyCFunction)Conn_free, METH_NOARGS, "free the C connection"},
+    {"get_write_buffer_size", (PyCFunction)Conn_get_write_buffer_size, METH_NOARGS,
+     "encrypted bytes the socket has not taken yet"},
     {NULL, NULL, 0, NULL}};
 
 static PyMemberDef Conn_members[] = {
@@ -656,6 +725,9 @@ static PyMemberDef Conn_members[] = {
 
 static PyGetSetDef Conn_getset[] = {
     {"writing", (getter)Conn_get_writing, NULL, "a writer is registered", NULL},
+    {"reading", (getter)Conn_get_reading, NULL,
+     "False while reading is paused: the out buffer went over 512 KiB (what the peer made it "
+     "send, unsent because the peer does not read) and is not under 256 KiB yet", NULL},
     {"open_streams", (getter)Conn_get_open_streams, NULL,
      "Yamux streams the C connection holds (not yet closed both ways, nor reset)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
