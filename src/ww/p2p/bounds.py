@@ -63,7 +63,7 @@ def classify(message: Any) -> tuple[int, int] | None:
     sizes = capnp_frames.segment_sizes(message)
     if sizes is None:
         return None
-    head = memoryview(message)[capnp_frames.header_size(len(sizes)):]
+    head = memoryview(message)[capnp_frames.header_size(len(sizes)) :]
     member = capnp_frames.rpc_member(head, sizes, (_CALL, _RETURN, _BOOTSTRAP), far=False)
     if member is None or member[1] is None:
         return None
@@ -94,9 +94,15 @@ class Inbound:
 
     __slots__ = ("budget", "buf", "held", "began", "grace", "rate", "max_message", "max_calls")
 
-    def __init__(self, budget: Count, now: float, grace: float = MESSAGE_GRACE,
-                 rate: float = MIN_RATE, max_message: int = MAX_MESSAGE,
-                 max_calls: int = MAX_CALLS) -> None:
+    def __init__(
+        self,
+        budget: Count,
+        now: float,
+        grace: float = MESSAGE_GRACE,
+        rate: float = MIN_RATE,
+        max_message: int = MAX_MESSAGE,
+        max_calls: int = MAX_CALLS,
+    ) -> None:
         self.budget = budget
         self.buf = bytearray()
         self.held: dict[int, int] = {}
@@ -249,9 +255,15 @@ class BoundedProtocol(asyncio.BufferedProtocol):
     only while a message is under way or answers are unsent; a violation aborts the
     transport and tells pycapnp the connection is lost."""
 
-    def __init__(self, budget: AsyncBudget | None = None, grace: float = MESSAGE_GRACE,
-                 rate: float = MIN_RATE, max_message: int = MAX_MESSAGE,
-                 max_calls: int = MAX_CALLS, chunk: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        budget: AsyncBudget | None = None,
+        grace: float = MESSAGE_GRACE,
+        rate: float = MIN_RATE,
+        max_message: int = MAX_MESSAGE,
+        max_calls: int = MAX_CALLS,
+        chunk: int = 64 * 1024,
+    ) -> None:
         import capnp
 
         self.loop = asyncio.get_running_loop()
@@ -368,7 +380,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             size, handed = cur[0], self._handed
             buf = inner.get_buffer(size - handed)
             k = min(len(buf), size - handed)
-            buf[:k] = memoryview(state.buf)[handed:handed + k]
+            buf[:k] = memoryview(state.buf)[handed : handed + k]
             self._handed = handed = handed + k
             if handed == size:
                 self._cur = None

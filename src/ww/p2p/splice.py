@@ -82,8 +82,9 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
     tsock = trio.socket.from_stdlib_socket(sock)
     clean = False
     # what has arrived and is not passed on yet, the remote's unanswered questions: counted
-    state = bounds.Inbound(budget, trio.current_time(), MESSAGE_GRACE, MIN_RATE, MAX_MESSAGE,
-                           MAX_CALLS)
+    state = bounds.Inbound(
+        budget, trio.current_time(), MESSAGE_GRACE, MIN_RATE, MAX_MESSAGE, MAX_CALLS
+    )
     answered = trio.Event()
 
     async def send(data: bytes | bytearray | memoryview) -> None:
