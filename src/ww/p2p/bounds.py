@@ -274,6 +274,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self.transport: Any = None
         self.violation: str | None = None  # why the stream was cut off, once it is
         self._scratch = bytearray(chunk)
+        self._ahead = chunk  # bytes read ahead while whole messages wait for pycapnp
+        self._waits = False  # a whole message waits (for pycapnp, or for a call's answer)
         self._cur: tuple[int, bool, int] | None = None  # the message being handed over
         self._handed = 0  # bytes of it pycapnp has taken
         self._wanted = False  # pycapnp has a read outstanding
@@ -361,35 +363,50 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         finally:
             self._pumping = False
 
+    def _next(self) -> bool:
+        """Whether a whole message is ready to pass at the start of the buffer (vetted once,
+        then ``_cur``); False while it is short, or a call held back (``_blocked``)."""
+        if self._cur is not None:
+            return True
+        cur = self.state.message(self._eof)
+        if cur is None:
+            return False
+        if cur[1] and self.state.full():
+            self._blocked = True
+            return False
+        self._cur, self._handed = cur, 0
+        return True
+
     def _hand_over(self) -> bool:
-        """Whole messages to pycapnp while it reads; whether one waits (for pycapnp to read,
-        or for a call to be answered)."""
+        """Whole messages to pycapnp while it reads, as many as its buffer takes at once;
+        whether one waits (for pycapnp to read, or for a call to be answered)."""
         state, inner = self.state, self.inner
-        while True:
-            cur = self._cur
-            if cur is None:
-                cur = state.message(self._eof)
-                if cur is None:
-                    return False
-                if cur[1] and state.full():
-                    self._blocked = True
-                    return True
-                self._cur, self._handed = cur, 0
-            if not self._wanted:
-                return True
-            size, handed = cur[0], self._handed
-            buf = inner.get_buffer(size - handed)
-            k = min(len(buf), size - handed)
-            buf[:k] = memoryview(state.buf)[handed : handed + k]
-            self._handed = handed = handed + k
-            if handed == size:
-                self._cur = None
-                state.passed(size, cur[1], cur[2], self.loop.time())
-            inner.buffer_updated(k)  # may ask for no more: _wanted False
+        while self._wanted and self._next():
+            into = inner.get_buffer(self._cur[0] - self._handed)  # type: ignore[index]
+            room, filled = len(into), 0
+            while filled < room and self._next():
+                size, kept, ident = self._cur  # type: ignore[misc]
+                handed = self._handed
+                k = min(room - filled, size - handed)
+                into[filled : filled + k] = memoryview(state.buf)[handed : handed + k]
+                filled += k
+                if handed + k == size:
+                    self._cur = None
+                    state.passed(size, kept, ident, self.loop.time())
+                else:
+                    self._handed = handed + k
+            if not filled:
+                break
+            inner.buffer_updated(filled)  # may ask for no more: _wanted False
+        return self._next() or self._blocked
 
     def _read_or_not(self, waits: bool) -> None:
+        """Read on while no call is held back, the budget has room and, when a whole message
+        waits for pycapnp, less than a read's worth is held; its clock runs only while the
+        message at the start is short and being read."""
         state = self.state
-        if waits:
+        self._waits = waits
+        if self._blocked or (waits and len(state.buf) >= self._ahead):
             want = False
         elif self.budget.used >= self.budget.total:
             want = False
@@ -405,7 +422,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
-        if want and state.buf:  # a message under way: its clock runs
+        if want and state.buf and not waits:  # a message under way: its clock runs
             self._arm(state.deadline(self._last))
         if self._eof and not state.buf and not self._eof_given:
             self._eof_given = True
@@ -435,7 +452,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         now = self.loop.time()
         state = self.state
         due = _INF
-        if state.buf and self._reading and self._cur is None:
+        if state.buf and self._reading and not self._waits:
             due = state.deadline(self._last)
             if now >= due:
                 self._violate("a message under way arrived too slowly")
