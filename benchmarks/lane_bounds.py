@@ -75,7 +75,6 @@ async def _round(kind: str, calls: int) -> tuple[float, float]:
 def core_per_message(n: int) -> float:
     """Microseconds of the sans-IO core per 100-byte call and its Return."""
     from tests.p2p.test_ww_bounds import a_return, echo  # the frames the tests build
-
     from ww.p2p import bounds
 
     budget = bounds.Count()

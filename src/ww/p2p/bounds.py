@@ -25,6 +25,7 @@ side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).
 from __future__ import annotations
 
 import asyncio
+import struct
 import weakref
 from typing import Any
 
@@ -48,8 +49,15 @@ class ProtocolViolation(Exception):
     """The remote sent something that is not a Cap'n Proto message we pass on."""
 
 
+_ONE = struct.Struct("<IIQ")  # a one-segment message's table, then its root pointer
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
 def frame_size(buf: Any) -> int | None:
     """Bytes of the message starting ``buf`` (None: its header is not all there yet)."""
+    if len(buf) >= 8 and not buf[0] and not buf[1] and not buf[2] and not buf[3]:
+        return 8 + 8 * _U32.unpack_from(buf, 4)[0]  # one segment: the common case
     try:
         return capnp_frames.message_size(buf)
     except capnp_frames.TooManySegments as e:
@@ -60,6 +68,31 @@ def classify(message: Any) -> tuple[int, int] | None:
     """(which member of rpc.capnp's ``Message`` union, its question/answer id) for a call,
     return or bootstrap; ``(which, -1)`` for another member; None if unreadable here (the
     root, or the member's struct, not a near pointer within the first segment)."""
+    # The common case read at once (a message of one segment, the root and the member's
+    # struct near, non-null and within it); anything else is read by the general reader.
+    n = len(message)
+    if n >= 16:
+        count, words, root = _ONE.unpack_from(message)
+        if not count and root and not root & 3:
+            offset = (root >> 2) & 0x3FFFFFFF
+            first = -1 if offset & 0x20000000 else 1 + offset  # backwards: the general reader
+            data, pointers = (root >> 32) & 0xFFFF, root >> 48
+            if first >= 0 and data and first + data + pointers <= words and 8 * first + 10 <= n:
+                which = message[8 + 8 * first] | message[9 + 8 * first] << 8
+                if which != _CALL and which != _RETURN and which != _BOOTSTRAP:
+                    return which, -1
+                at = first + data
+                if pointers and 8 * at + 16 <= n:
+                    body = _U64.unpack_from(message, 8 + 8 * at)[0]
+                    if body and not body & 3 and not body & 0x80000000:
+                        start = at + 1 + ((body >> 2) & 0x1FFFFFFF)
+                        size = ((body >> 32) & 0xFFFF) + (body >> 48)
+                        if body >> 32 & 0xFFFF and start + size <= words and 8 * start + 12 <= n:
+                            return which, _U32.unpack_from(message, 8 + 8 * start)[0]
+    return _classify(message)
+
+
+def _classify(message: Any) -> tuple[int, int] | None:
     sizes = capnp_frames.segment_sizes(message)
     if sizes is None:
         return None
@@ -297,6 +330,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self.transport = transport
         self._unsent = transport.get_write_buffer_size  # the answer bound needs it
         self.inner.connection_made(_ToRemote(self))
+        self._pump()  # not a byte read while the budget is spent, the first included
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
