@@ -402,6 +402,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         then ``_cur``); False while it is short, or a call held back (``_blocked``)."""
         if self._cur is not None:
             return True
+        if not self.state.buf:
+            return False
         cur = self.state.message(self._eof)
         if cur is None:
             return False
