@@ -104,9 +104,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for kind in results:
             results[kind].append(asyncio.run(capnp.run(_round(kind, args.calls))))
-    print(f"# {args.calls} echo calls (about 100 bytes each) over a unix socketpair, one loop;"
-          f" median of {args.rounds} rounds; {platform.machine()}, {os.cpu_count()} CPUs,"
-          f" Python {platform.python_version()}")
+    print(
+        f"# {args.calls} echo calls (about 100 bytes each) over a unix socketpair, one loop;"
+        f" median of {args.rounds} rounds; {platform.machine()}, {os.cpu_count()} CPUs,"
+        f" Python {platform.python_version()}"
+    )
     for kind, rounds in results.items():
         seq = statistics.median(r[0] for r in rounds) / args.calls * 1e6
         pip = statistics.median(r[1] for r in rounds) / args.calls * 1e6

@@ -455,7 +455,9 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             self._reading = want
             if want:
                 self._last = self.loop.time()  # the remote's clock runs from now
-                self.transport.resume_reading()
+                # soon, not now: a transport may deliver inside resume_reading (the lane's
+                # does), and this may be inside its delivery already
+                self.loop.call_soon(self._resume)
             else:
                 self.transport.pause_reading()
         if want and state.buf and not waits:  # a message under way: its clock runs
@@ -464,6 +466,10 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             self._eof_given = True
             if not self.inner.eof_received():
                 self.transport.close()
+
+    def _resume(self) -> None:
+        if self._reading and not self._lost and not self._eof:
+            self.transport.resume_reading()
 
     def _room(self) -> None:
         if self._lost or self._stalled_at < 0:
