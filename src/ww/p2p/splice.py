@@ -20,7 +20,8 @@ passed on -- the bytes of a call (or bootstrap) until the host's answer to it le
 no stream reads while the budget is spent; a stream has at most :data:`MAX_CALLS` calls
 unanswered, the next is held back until one is.  So a peer that pipelines calls and never
 reads the answers, or sends huge or endless messages, makes the host hold at most the
-budget, not its memory.
+budget, not its memory.  The bounds themselves (framing, the calls held, the counting, the
+clocks) are :mod:`ww.p2p.bounds`, shared with the asyncio streams of the native lane.
 """
 
 from __future__ import annotations
@@ -29,34 +30,33 @@ import socket
 
 import trio
 
-from ww.core import capnp_frames
+from ww.p2p import bounds
+from ww.p2p.bounds import (  # noqa: F401 - the bounds, named here as before
+    _BOOTSTRAP,
+    _CALL,
+    _RETURN,
+    BUDGET,
+    CHUNK,
+    MAX_CALLS,
+    MAX_MESSAGE,
+    MAX_SEGMENTS,
+    MESSAGE_GRACE,
+    MIN_RATE,
+    ProtocolViolation,
+    classify,
+)
+from ww.p2p.bounds import frame_size as _frame_size  # noqa: F401
 
-CHUNK = 256 * 1024
 HANGUP_GRACE = 2.0  # seconds the remote may take to close after our side hung up
-MAX_MESSAGE = 8 << 20  # bytes in one Cap'n Proto message from a remote peer; more: reset
-MAX_SEGMENTS = capnp_frames.MAX_SEGMENTS  # segments in one message (Cap'n Proto's own limit)
-MAX_CALLS = 16  # calls one stream may have unanswered; the next is not read until one is
-BUDGET = 32 << 20  # bytes of remote messages held at once, every stream of a node together
-MIN_RATE = 100 * 1024  # bytes/s a message must arrive at on average (after MESSAGE_GRACE)
-MESSAGE_GRACE = 10.0  # seconds a message under way may go without a byte
-
-# rpc.capnp's Message union: the members whose bytes stay counted until answered.
-_CALL, _RETURN, _BOOTSTRAP = capnp_frames.CALL, capnp_frames.RETURN, capnp_frames.BOOTSTRAP
 
 
-class ProtocolViolation(Exception):
-    """The remote sent something that is not a Cap'n Proto message we pass on."""
-
-
-class Budget:
+class Budget(bounds.Count):
     """Bytes of remote messages a node holds; :meth:`room` waits until some is free.
 
     Belongs to one trio run (one :class:`ww.p2p.host.Node`)."""
 
     def __init__(self, total: int = BUDGET) -> None:
-        self.total = total
-        self.used = 0
-        self.peak = 0
+        super().__init__(total)
         self._freed = trio.Event()
 
     async def room(self) -> None:
@@ -64,36 +64,10 @@ class Budget:
         while self.used >= self.total:
             await self._freed.wait()
 
-    def count(self, n: int) -> None:
-        self.used += n
-        self.peak = max(self.peak, self.used)
-
     def give(self, n: int) -> None:
         self.used -= n
         self._freed.set()
         self._freed = trio.Event()
-
-
-def _frame_size(buf: bytes | bytearray) -> int | None:
-    """Bytes of the message starting ``buf`` (None: its header is not all there yet)."""
-    try:
-        return capnp_frames.message_size(buf)
-    except capnp_frames.TooManySegments as e:
-        raise ProtocolViolation(str(e)) from None
-
-
-def classify(message: bytes | bytearray) -> tuple[int, int] | None:
-    """(which member of rpc.capnp's ``Message`` union, its question/answer id) for a call,
-    return or bootstrap; ``(which, -1)`` for another member; None if unreadable here (the
-    root, or the member's struct, not a near pointer within the first segment)."""
-    sizes = capnp_frames.segment_sizes(message)
-    if sizes is None:
-        return None
-    head = memoryview(message)[capnp_frames.header_size(len(sizes)):]
-    member = capnp_frames.rpc_member(head, sizes, (_CALL, _RETURN, _BOOTSTRAP), far=False)
-    if member is None or member[1] is None:
-        return None
-    return member  # type: ignore[return-value]
 
 
 async def splice(stream: object, sock: socket.socket, budget: Budget | None = None) -> None:
@@ -107,7 +81,10 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
     budget = budget or Budget()
     tsock = trio.socket.from_stdlib_socket(sock)
     clean = False
-    held: dict[int, int] = {}  # the remote's unanswered questions -> bytes counted for them
+    # what has arrived and is not passed on yet, the remote's unanswered questions: counted
+    state = bounds.Inbound(
+        budget, trio.current_time(), MESSAGE_GRACE, MIN_RATE, MAX_MESSAGE, MAX_CALLS
+    )
     answered = trio.Event()
 
     async def send(data: bytes | bytearray | memoryview) -> None:
@@ -117,110 +94,58 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
             view = view[sent:]
 
     async def inbound() -> None:  # remote -> socket, whole messages within the budget
-        buf = bytearray()  # what has arrived and is not passed on yet: all counted
         eof = False
-        began = 0.0  # when the first byte of the message in ``buf`` arrived
 
         async def fill() -> None:
             """Read more, counting it first; a message under way must keep MIN_RATE."""
-            nonlocal eof, began
+            nonlocal eof
             waited = trio.current_time()
             await budget.room()  # what is read was held by Yamux already: count it after
             now = trio.current_time()
-            began += now - waited  # time spent waiting for room is not the remote's
-            if not buf:
-                began = now
-                deadline = float("inf")  # an idle stream holds nothing
-            else:  # silent for MESSAGE_GRACE, or slower than MIN_RATE on average: cut off
-                deadline = min(now + MESSAGE_GRACE,
-                               began + MESSAGE_GRACE + len(buf) / MIN_RATE)
-            with trio.fail_at(deadline):
+            state.began += now - waited  # time spent waiting for room is not the remote's
+            with trio.fail_at(state.deadline(now)):
                 try:
                     data = await stream.read(CHUNK)  # type: ignore[attr-defined]
                 except StreamEOF:
                     data = b""
-            budget.count(len(data))
             if not data:
                 eof = True
-            if not buf:
-                began = trio.current_time()
-            buf.extend(data)
+            state.received(data, trio.current_time())
 
         try:
             while True:
-                while (size := _frame_size(buf)) is None and not eof:
+                while (message := state.message(eof)) is None and not eof:
                     await fill()
-                if size is None:
-                    if buf:
-                        raise ProtocolViolation("the stream ended inside a message")
+                if message is None:  # the end of the stream, between messages
                     tsock.shutdown(socket.SHUT_WR)
                     return
-                if size > MAX_MESSAGE:
-                    raise ProtocolViolation(f"a message of {size} bytes")
-                while len(buf) < size and not eof:
-                    await fill()
-                if len(buf) < size:
-                    raise ProtocolViolation("the stream ended inside a message")
-                kind = classify(buf)
-                if kind is None:
-                    raise ProtocolViolation("a message this host cannot read")
-                which, ident = kind
-                keep = which in (_CALL, _BOOTSTRAP) and ident not in held
+                size, keep, ident = message
                 if keep:
-                    # Nothing behind this call is read meanwhile, answers to the host's own
-                    # calls included (KJ's flow limit has the same caveat): a call the host
-                    # answers only after the remote answers one of its calls waits for ever
-                    # once MAX_CALLS such calls are held.
-                    while len(held) >= MAX_CALLS:
+                    while state.full():
                         event = answered
                         await event.wait()
-                await send(memoryview(buf)[:size])
-                del buf[:size]
-                # The next message's clock starts now: the time this one waited for the
-                # host (to take it, or to answer a call) is not the remote's.
-                began = trio.current_time()
-                if keep:
-                    held[ident] = size  # still counted, until our answer leaves
-                else:
-                    budget.give(size)
+                await send(memoryview(state.buf)[:size])
+                state.passed(size, keep, ident, trio.current_time())
         finally:
-            budget.give(len(buf))
+            budget.give(len(state.buf))
+            state.buf.clear()
 
     async def outbound(scope: trio.CancelScope) -> None:  # socket -> remote
         nonlocal answered
-        buf = bytearray()  # the start of the host's current message, until it is classified
-        skip = 0  # bytes of the current message still to pass without looking
+        looking = bounds.Outbound()
         while True:
             data = await tsock.recv(CHUNK)
             if not data:
                 await stream.close_write()  # type: ignore[attr-defined]
                 scope.deadline = min(scope.deadline, trio.current_time() + HANGUP_GRACE)
                 return
-            view = memoryview(data)
-            while view:
-                if skip:
-                    step = min(skip, len(view))
-                    skip -= step
-                    view = view[step:]
-                    continue
-                buf.extend(view)
-                view = memoryview(b"")
-                while (size := _frame_size(buf)) is not None and len(buf) >= min(size, 4096):
-                    kind = classify(buf)  # the start of a long answer is enough
-                    if kind is not None and kind[0] == _RETURN and kind[1] in held:
-                        budget.give(held.pop(kind[1]))
-                        answered.set()
-                        answered = trio.Event()
-                    if len(buf) >= size:
-                        del buf[:size]
-                    else:
-                        skip = size - len(buf)
-                        buf.clear()
-                        break
+            if looking.feed(data, state):
+                answered.set()
+                answered = trio.Event()
             # A peer that stops taking our answers would keep its calls counted in the
             # node's budget (and so every peer's streams waiting) for as long as it stays
             # connected: its answers too must move at MIN_RATE, after MESSAGE_GRACE.
-            with trio.fail_after(MESSAGE_GRACE + len(data) / MIN_RATE):
+            with trio.fail_after(state.within(len(data))):
                 await stream.write(data)  # type: ignore[attr-defined]
 
     try:
@@ -231,9 +156,7 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
     except Exception:
         pass  # a reset, a broken socket or a violation ends the splice; both sides closed below
     finally:
-        for size in held.values():
-            budget.give(size)
-        held.clear()
+        state.close()
         tsock.close()
         with trio.CancelScope(shield=True):
             try:

@@ -1,0 +1,565 @@
+"""What a remote peer's `/ww/0.1.0` stream may make the host hold, for trio and for asyncio.
+
+pycapnp offers no flow limit of its own, so the host cuts what a remote peer sends into
+Cap'n Proto messages itself (:mod:`ww.core.capnp_frames`) and bounds it:
+
+- messages are passed on whole, each at most :data:`MAX_MESSAGE` bytes;
+- a message under way must keep arriving: :data:`MESSAGE_GRACE` without a byte, or slower
+  than :data:`MIN_RATE` on average after that grace, cuts the stream off;
+- every byte read is counted in the node's budget (:data:`BUDGET`) until it is passed on,
+  the bytes of a call or bootstrap until the host's ``Return`` to it leaves; no stream
+  reads while the budget is spent;
+- a stream has at most :data:`MAX_CALLS` calls unanswered; the next is not read until one is;
+- the host's answers must move like the peer's messages: within :data:`MESSAGE_GRACE`, then
+  at :data:`MIN_RATE`, or the stream is cut off (and its calls no longer count).
+
+This module is the part without I/O, shared by the two places a stream meets pycapnp:
+:mod:`ww.p2p.splice` (py-libp2p's streams, on trio, copied to a socketpair) and
+:func:`bounded_capnp` (an asyncio transport, such as the native lane's streams, attached to
+pycapnp on the loop that runs it, with no socketpair).  :class:`Inbound` holds one stream's
+unpassed bytes, its held calls and its clock; :class:`Outbound` finds the host's Returns at
+the start of its messages; :class:`Count` is the budget's arithmetic (the waiting is each
+side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import weakref
+from typing import Any
+
+from ww.core import capnp_frames
+
+MAX_MESSAGE = 8 << 20  # bytes in one Cap'n Proto message from a remote peer; more: reset
+MAX_SEGMENTS = capnp_frames.MAX_SEGMENTS  # segments in one message (Cap'n Proto's own limit)
+MAX_CALLS = 16  # calls one stream may have unanswered; the next is not read until one is
+BUDGET = 32 << 20  # bytes of remote messages held at once, every stream of a node together
+MIN_RATE = 100 * 1024  # bytes/s a message must arrive at on average (after MESSAGE_GRACE)
+MESSAGE_GRACE = 10.0  # seconds a message under way may go without a byte
+CHUNK = 256 * 1024  # bytes read from a stream at once
+_PEEK = 4096  # bytes of the host's message enough to see whether it is a Return, and to whom
+
+# rpc.capnp's Message union: the members whose bytes stay counted until answered.
+_CALL, _RETURN, _BOOTSTRAP = capnp_frames.CALL, capnp_frames.RETURN, capnp_frames.BOOTSTRAP
+_INF = float("inf")
+
+
+class ProtocolViolation(Exception):
+    """The remote sent something that is not a Cap'n Proto message we pass on."""
+
+
+_ONE = struct.Struct("<IIQ")  # a one-segment message's table, then its root pointer
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+def frame_size(buf: Any) -> int | None:
+    """Bytes of the message starting ``buf`` (None: its header is not all there yet)."""
+    if len(buf) >= 8 and not buf[0] and not buf[1] and not buf[2] and not buf[3]:
+        return 8 + 8 * _U32.unpack_from(buf, 4)[0]  # one segment: the common case
+    try:
+        return capnp_frames.message_size(buf)
+    except capnp_frames.TooManySegments as e:
+        raise ProtocolViolation(str(e)) from None
+
+
+def classify(message: Any) -> tuple[int, int] | None:
+    """(which member of rpc.capnp's ``Message`` union, its question/answer id) for a call,
+    return or bootstrap; ``(which, -1)`` for another member; None if unreadable here (the
+    root, or the member's struct, not a near pointer within the first segment)."""
+    # The common case read at once (a message of one segment, the root and the member's
+    # struct near, non-null and within it); anything else is read by the general reader.
+    n = len(message)
+    if n >= 16:
+        count, words, root = _ONE.unpack_from(message)
+        if not count and root and not root & 3:
+            offset = (root >> 2) & 0x3FFFFFFF
+            first = -1 if offset & 0x20000000 else 1 + offset  # backwards: the general reader
+            data, pointers = (root >> 32) & 0xFFFF, root >> 48
+            if first >= 0 and data and first + data + pointers <= words and 8 * first + 10 <= n:
+                which = message[8 + 8 * first] | message[9 + 8 * first] << 8
+                if which != _CALL and which != _RETURN and which != _BOOTSTRAP:
+                    return which, -1
+                at = first + data
+                if pointers and 8 * at + 16 <= n:
+                    body = _U64.unpack_from(message, 8 + 8 * at)[0]
+                    if body and not body & 3 and not body & 0x80000000:
+                        start = at + 1 + ((body >> 2) & 0x1FFFFFFF)
+                        size = ((body >> 32) & 0xFFFF) + (body >> 48)
+                        if body >> 32 & 0xFFFF and start + size <= words and 8 * start + 12 <= n:
+                            return which, _U32.unpack_from(message, 8 + 8 * start)[0]
+    return _classify(message)
+
+
+def _classify(message: Any) -> tuple[int, int] | None:
+    sizes = capnp_frames.segment_sizes(message)
+    if sizes is None:
+        return None
+    head = memoryview(message)[capnp_frames.header_size(len(sizes)) :]
+    member = capnp_frames.rpc_member(head, sizes, (_CALL, _RETURN, _BOOTSTRAP), far=False)
+    if member is None or member[1] is None:
+        return None
+    return member  # type: ignore[return-value]
+
+
+class Count:
+    """Bytes of remote messages a node holds (the arithmetic; waiting is the subclass's)."""
+
+    def __init__(self, total: int = BUDGET) -> None:
+        self.total = total
+        self.used = 0
+        self.peak = 0
+
+    def count(self, n: int) -> None:
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class Inbound:
+    """One stream's bytes from the remote that are not passed on yet (``buf``, all counted in
+    ``budget``), its calls passed on and not answered (``held``: question id -> bytes still
+    counted), and the clock of the message under way (``began``)."""
+
+    __slots__ = ("budget", "buf", "held", "began", "grace", "rate", "max_message", "max_calls")
+
+    def __init__(
+        self,
+        budget: Count,
+        now: float,
+        grace: float = MESSAGE_GRACE,
+        rate: float = MIN_RATE,
+        max_message: int = MAX_MESSAGE,
+        max_calls: int = MAX_CALLS,
+    ) -> None:
+        self.budget = budget
+        self.buf = bytearray()
+        self.held: dict[int, int] = {}
+        self.began = now  # when the first byte of the message in ``buf`` arrived
+        self.grace, self.rate = grace, rate
+        self.max_message, self.max_calls = max_message, max_calls
+
+    def deadline(self, now: float) -> float:
+        """When the message under way must be in, if a read starting ``now`` (or the last
+        byte's arrival) is the last: silent for the grace, or slower than the rate on
+        average after it, is too slow.  Infinite for an idle stream: it holds nothing."""
+        if not self.buf:
+            return _INF
+        return min(now + self.grace, self.began + self.within(len(self.buf)))
+
+    def within(self, size: int) -> float:
+        """Seconds ``size`` bytes may take to move: the grace, then the rate."""
+        return self.grace + size / self.rate
+
+    def received(self, data: Any, now: float) -> None:
+        """``data`` arrived ``now``: counted until passed on."""
+        self.budget.count(len(data))
+        if not self.buf:
+            self.began = now
+        self.buf += data
+
+    def message(self, eof: bool = False) -> tuple[int, bool, int] | None:
+        """(size, kept, id) of the whole message at the start of ``buf``, ``kept`` if it is a
+        new call or bootstrap (counted until answered); None while it is not all in (or
+        ``buf`` is empty).  Raises :class:`ProtocolViolation` for one over the size limit
+        (as soon as its header shows it), unreadable, or cut short by the end of the
+        stream (``eof``)."""
+        buf = self.buf
+        size = frame_size(buf)
+        if size is not None and size > self.max_message:
+            raise ProtocolViolation(f"a message of {size} bytes")
+        if size is None or len(buf) < size:
+            if eof and buf:
+                raise ProtocolViolation("the stream ended inside a message")
+            return None
+        kind = classify(buf)
+        if kind is None:
+            raise ProtocolViolation("a message this host cannot read")
+        which, ident = kind
+        return size, (which == _CALL or which == _BOOTSTRAP) and ident not in self.held, ident
+
+    def full(self) -> bool:
+        """A new call must wait: :data:`MAX_CALLS` of the stream's are unanswered.  Nothing
+        behind it is read meanwhile, answers to the host's own calls included (KJ's flow
+        limit has the same caveat)."""
+        return len(self.held) >= self.max_calls
+
+    def passed(self, size: int, kept: bool, ident: int, now: float) -> None:
+        """The message at the start of ``buf`` is passed on ``now``: the next message's clock
+        starts now (the time this one waited for the host is not the remote's)."""
+        del self.buf[:size]
+        self.began = now
+        if kept:
+            self.held[ident] = size  # still counted, until our answer leaves
+        else:
+            self.budget.give(size)
+
+    def answered(self, ident: int) -> bool:
+        """The host's Return to ``ident`` leaves: the call's bytes are no longer counted."""
+        size = self.held.pop(ident, None)
+        if size is None:
+            return False
+        self.budget.give(size)
+        return True
+
+    def close(self) -> None:
+        """The stream is gone: nothing of it counts any more."""
+        self.budget.give(len(self.buf) + sum(self.held.values()))
+        self.buf.clear()
+        self.held.clear()
+
+
+class Outbound:
+    """Looks at the start of each of the host's messages to the remote (its first
+    :data:`_PEEK` bytes at most; the rest passes unlooked) for Returns to held calls."""
+
+    __slots__ = ("buf", "skip")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()  # the start of the host's current message, until classified
+        self.skip = 0  # bytes of the current message still to pass without looking
+
+    def feed(self, data: Any, inbound: Inbound) -> bool:
+        """The host writes ``data``: releases the calls it answers; whether any were."""
+        released = False
+        view = memoryview(data)
+        buf = self.buf
+        while view:
+            if self.skip:
+                step = min(self.skip, len(view))
+                self.skip -= step
+                view = view[step:]
+                continue
+            buf += view
+            view = memoryview(b"")
+            while (size := frame_size(buf)) is not None and len(buf) >= min(size, _PEEK):
+                kind = classify(buf)  # the start of a long answer is enough
+                if kind is not None and kind[0] == _RETURN and inbound.answered(kind[1]):
+                    released = True
+                if len(buf) >= size:
+                    del buf[:size]
+                else:
+                    self.skip = size - len(buf)
+                    buf.clear()
+                    break
+        return released
+
+
+class AsyncBudget(Count):
+    """The node's :class:`Count` on an asyncio loop: streams that found it spent wait in
+    :meth:`wait` and are called back (soon, not inside :meth:`give`) once it has room."""
+
+    def __init__(self, total: int = BUDGET) -> None:
+        super().__init__(total)
+        self._waiting: list[Any] = []
+
+    def wait(self, resume: Any) -> None:
+        self._waiting.append(resume)
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        if self._waiting and self.used < self.total:
+            waiting, self._waiting = self._waiting, []
+            loop = asyncio.get_running_loop()
+            for resume in waiting:
+                loop.call_soon(resume)
+
+
+_budgets: weakref.WeakKeyDictionary[Any, AsyncBudget] = weakref.WeakKeyDictionary()
+
+
+def loop_budget() -> AsyncBudget:
+    """The running loop's :class:`AsyncBudget`: one per loop, for every stream on it."""
+    loop = asyncio.get_running_loop()
+    budget = _budgets.get(loop)
+    if budget is None:
+        budget = _budgets[loop] = AsyncBudget()
+    return budget
+
+
+class BoundedProtocol(asyncio.BufferedProtocol):
+    """Between an asyncio transport (a lane stream, a socket) and pycapnp's protocol
+    (``inner``): passes the remote's messages on whole within the bounds, and pycapnp's
+    writes out, releasing calls as their Returns leave.  One loop timer per stream, armed
+    only while a message is under way or answers are unsent; a violation aborts the
+    transport and tells pycapnp the connection is lost."""
+
+    def __init__(
+        self,
+        budget: AsyncBudget | None = None,
+        grace: float = MESSAGE_GRACE,
+        rate: float = MIN_RATE,
+        max_message: int = MAX_MESSAGE,
+        max_calls: int = MAX_CALLS,
+        chunk: int = 64 * 1024,
+    ) -> None:
+        import capnp
+
+        self.loop = asyncio.get_running_loop()
+        self.budget = budget if budget is not None else loop_budget()
+        self.inner = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
+        self.state = Inbound(self.budget, self.loop.time(), grace, rate, max_message, max_calls)
+        self.out = Outbound()
+        self.transport: Any = None
+        self.violation: str | None = None  # why the stream was cut off, once it is
+        self._scratch = bytearray(chunk)
+        self._ahead = chunk  # bytes read ahead while whole messages wait for pycapnp
+        self._waits = False  # a whole message waits (for pycapnp, or for a call's answer)
+        self._cur: tuple[int, bool, int] | None = None  # the message being handed over
+        self._handed = 0  # bytes of it pycapnp has taken
+        self._wanted = False  # pycapnp has a read outstanding
+        self._reading = True  # the transport is reading (we paused it: False)
+        self._stalled_at = -1.0  # since when the budget keeps us from reading (-1: not)
+        self._last = 0.0  # the last byte's arrival (or the end of a wait for room)
+        self._eof = False
+        self._eof_given = False
+        self._lost = False
+        self._pumping = False
+        self._again = False
+        self._blocked = False  # a new call waits for one of the stream's to be answered
+        self._timer: asyncio.TimerHandle | None = None
+        self._out_since = -1.0  # since when answers are unsent (-1: none are)
+        self._out_bytes = 0  # bytes written since then
+
+    # the transport's side
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._unsent = transport.get_write_buffer_size  # the answer bound needs it
+        self.inner.connection_made(_ToRemote(self))
+        self._pump()  # not a byte read while the budget is spent, the first included
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+        if not self._lost:
+            self._lost = True
+            self.inner.connection_lost(exc)
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        now = self.loop.time()
+        self._last = now
+        self.state.received(memoryview(self._scratch)[:nbytes], now)
+        self._pump()
+
+    def eof_received(self) -> Any:
+        self._eof = True
+        self._pump()
+        return True  # pycapnp is told once every message before the end is handed over
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # pycapnp's side, through _ToRemote
+    def want(self, reading: bool) -> None:
+        self._wanted = reading
+        if reading:
+            self._pump()
+
+    def wrote(self, data: Any) -> None:
+        if self.out.feed(data, self.state) and self._blocked:
+            self._blocked = False
+            self.loop.call_soon(self._pump)  # the held call may pass now
+        self.transport.write(data)
+        if self._out_since < 0:
+            unsent = self._unsent()
+            if unsent:  # answers must move: within the grace, then at the rate
+                self._out_since, self._out_bytes = self.loop.time(), unsent
+                self._arm(self._out_since + self.state.within(unsent))
+        else:
+            self._out_bytes += len(data)
+
+    # the bounds
+    def _pump(self) -> None:
+        """Hand whole messages to pycapnp while it reads; read while a message is short."""
+        if self._lost:
+            return
+        if self._pumping:  # called back from inside (a transport that delivers at once)
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            again = True
+            while again and not self._lost:
+                self._again = False
+                self._read_or_not(self._hand_over())
+                again = self._again
+        except ProtocolViolation as e:
+            self._violate(str(e))
+        finally:
+            self._pumping = False
+
+    def _next(self) -> bool:
+        """Whether a whole message is ready to pass at the start of the buffer (vetted once,
+        then ``_cur``); False while it is short, or a call held back (``_blocked``)."""
+        if self._cur is not None:
+            return True
+        if not self.state.buf:
+            return False
+        cur = self.state.message(self._eof)
+        if cur is None:
+            return False
+        if cur[1] and self.state.full():
+            self._blocked = True
+            return False
+        self._cur, self._handed = cur, 0
+        return True
+
+    def _hand_over(self) -> bool:
+        """Whole messages to pycapnp while it reads, as many as its buffer takes at once;
+        whether one waits (for pycapnp to read, or for a call to be answered)."""
+        state, inner = self.state, self.inner
+        while self._wanted and self._next():
+            into = inner.get_buffer(self._cur[0] - self._handed)  # type: ignore[index]
+            room, filled = len(into), 0
+            while filled < room and self._next():
+                size, kept, ident = self._cur  # type: ignore[misc]
+                handed = self._handed
+                k = min(room - filled, size - handed)
+                into[filled : filled + k] = memoryview(state.buf)[handed : handed + k]
+                filled += k
+                if handed + k == size:
+                    self._cur = None
+                    state.passed(size, kept, ident, self.loop.time())
+                else:
+                    self._handed = handed + k
+            if not filled:
+                break
+            inner.buffer_updated(filled)  # may ask for no more: _wanted False
+        return self._next() or self._blocked
+
+    def _read_or_not(self, waits: bool) -> None:
+        """Read on while no call is held back, the budget has room and, when a whole message
+        waits for pycapnp, less than a read's worth is held; its clock runs only while the
+        message at the start is short and being read."""
+        state = self.state
+        self._waits = waits
+        if self._blocked or (waits and len(state.buf) >= self._ahead):
+            want = False
+        elif self.budget.used >= self.budget.total:
+            want = False
+            if self._stalled_at < 0:
+                self._stalled_at = self.loop.time()
+                self.budget.wait(self._room)
+        else:
+            want = True
+        if want != self._reading and not self._eof:
+            self._reading = want
+            if want:
+                self._last = self.loop.time()  # the remote's clock runs from now
+                # soon, not now: a transport may deliver inside resume_reading (the lane's
+                # does), and this may be inside its delivery already
+                self.loop.call_soon(self._resume)
+            else:
+                self.transport.pause_reading()
+        if want and state.buf and not waits:  # a message under way: its clock runs
+            self._arm(state.deadline(self._last))
+        if self._eof and not state.buf and not self._eof_given:
+            self._eof_given = True
+            if not self.inner.eof_received():
+                self.transport.close()
+
+    def _resume(self) -> None:
+        if self._reading and not self._lost and not self._eof:
+            self.transport.resume_reading()
+
+    def _room(self) -> None:
+        if self._lost or self._stalled_at < 0:
+            return
+        now = self.loop.time()
+        self.state.began += now - self._stalled_at  # waiting for room is not the remote's time
+        self._last = now
+        self._stalled_at = -1.0
+        self._pump()
+
+    def _arm(self, when: float) -> None:
+        timer = self._timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._lost:
+            return
+        now = self.loop.time()
+        state = self.state
+        due = _INF
+        if state.buf and self._reading and not self._waits:
+            due = state.deadline(self._last)
+            if now >= due:
+                self._violate("a message under way arrived too slowly")
+                return
+        if self._out_since >= 0:
+            unsent = self._unsent()
+            if not unsent:
+                self._out_since = -1.0
+            else:
+                out_due = self._out_since + state.within(self._out_bytes)
+                if now >= out_due:
+                    self._violate("the host's answers were not taken")
+                    return
+                due = min(due, out_due)
+        if due < _INF:
+            self._arm(due)
+
+    def _violate(self, why: str) -> None:
+        self.violation = why
+        self._end()
+        self.transport.abort()
+        if not self._lost:
+            self._lost = True
+            self.inner.connection_lost(ConnectionResetError(why))
+
+    def _end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._stalled_at = -1.0
+        self._cur = None
+        self.state.close()
+
+
+class _ToRemote:
+    """The transport pycapnp's protocol is given: its writes go out through the bounds, its
+    requests to read are the :class:`BoundedProtocol`'s to serve."""
+
+    def __init__(self, bounded: BoundedProtocol) -> None:
+        self._bounded = bounded
+        self.write = bounded.wrote
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self._bounded.wrote(chunk)
+
+    def pause_reading(self) -> None:
+        self._bounded._wanted = False
+
+    def resume_reading(self) -> None:
+        self._bounded.want(True)
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, close, abort, write_eof ...
+        return getattr(self._bounded.transport, name)
+
+
+def bounded_capnp(budget: AsyncBudget | None = None, **limits: Any) -> tuple[Any, Any]:
+    """(protocol, stream): attach ``protocol`` to a transport (a lane stream's
+    ``attach(protocol, leftover, eof)``, ``loop.create_connection(lambda: protocol, sock=…)``)
+    and give ``stream`` (a ``capnp.AsyncIoStream``) to ``capnp.TwoPartyServer`` or
+    ``TwoPartyClient``: what the remote sends reaches pycapnp within the bounds.  ``budget``:
+    the node's (the running loop's when None); ``limits``: :class:`BoundedProtocol`'s."""
+    import capnp
+
+    protocol = BoundedProtocol(budget, **limits)
+    stream = capnp.AsyncIoStream()
+    stream._post_init(protocol.inner)
+    return protocol, stream
