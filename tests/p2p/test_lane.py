@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import pytest
 
 from tests.conftest import HANG
 from tests.p2p.conftest import EXPORTER, LOOPBACK
+from ww.core.addrs import PROTOCOL_ID
 from ww.core.identity import PrivateKey
 from ww.p2p import _native, lane
 from ww.p2p.protocol import MAX_INBOUND_PER_PEER, Dialer, Exports, hold
@@ -489,5 +491,48 @@ def test_a_ww_run_host_that_exports_nothing_leaves_the_lane_to_py_libp2p(start_h
             assert not dialer._lanes[b.addr].result().lane
         finally:
             dialer.close_all()
+
+    run(main)
+
+
+def test_a_lane_stream_is_held_to_the_splices_bounds() -> None:
+    """A `/ww/0.1.0` stream of a real lane connection served by Exports goes through the
+    bounds the splice holds py-libp2p's streams to: a message announcing more than 8 MiB
+    has its stream cut at its header (straight into pycapnp, it would be waited for, 9 MiB
+    of it held)."""
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(Echo())
+        listener = Listener(exports.lane_acceptor)
+        conn = await lane.dial(listener.addr, PrivateKey.generate().seed, timeout=HANG)
+        try:
+            stream = conn.open(PROTOCOL_ID)
+            assert await _refused(stream) == "accepted"
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            class Watch(asyncio.BufferedProtocol):
+                def connection_made(self, _t: Any) -> None: ...
+
+                def get_buffer(self, _hint: int) -> bytearray:
+                    return bytearray(4096)
+
+                def buffer_updated(self, n: int) -> None: ...
+
+                def eof_received(self) -> None: ...
+
+                def connection_lost(self, _e: Any) -> None:
+                    if not lost.done():
+                        lost.set_result(None)
+
+            stream.connect(Watch())
+            words = (9 << 20) // 8  # one segment of 9 MiB announced, 64 KiB of it sent
+            stream.write(struct.pack("<II", 0, words) + bytes(64 << 10))
+            async with asyncio.timeout(HANG):
+                await lost
+        finally:
+            conn.close()
+            exports.close_all()
+            listener.close()
 
     run(main)

@@ -44,7 +44,8 @@ from ww.p2p import _native
 if TYPE_CHECKING:
     from ww.p2p.dial_policy import DialPolicy
 
-__all__ = ["LANE", "LaneConn", "LaneStream", "LaneUnavailable", "capnp_stream", "dial", "serve"]
+__all__ = ["LANE", "LaneConn", "LaneStream", "LaneUnavailable", "bounded_stream", "capnp_stream",
+           "dial", "serve"]
 
 LANE = "/ww/lane/0.1.0"  # the security protocol a lane dialer proposes first
 PING = "/ipfs/ping/1.0.0"
@@ -409,7 +410,7 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
             raise P2PError(f"p2p: {where}: no answer within {timeout:g} s") from None
         except ConnectionError:
             raise P2PError(serves_nothing(self.peer_id)) from None
-        return capnp_stream(stream)
+        return bounded_stream(stream)
 
     def close(self) -> None:
         """Close the connection (a last reset or FIN of its streams sent if it can be) and
@@ -426,9 +427,23 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         self.free()
 
 
+def bounded_stream(stream: LaneStream) -> Any:
+    """A `/ww/0.1.0` ``stream`` as a ``capnp.AsyncIoStream`` within the bounds the splice
+    holds a py-libp2p stream to (:func:`ww.p2p.bounds.bounded_capnp`: whole messages of at
+    most 8 MiB that must keep arriving, 16 calls held, the loop's 32 MiB budget, answers that
+    must move), both ways: served streams and dialed ones alike."""
+    from ww.p2p.bounds import bounded_capnp
+
+    protocol, capnp_io = bounded_capnp()
+    stream.connect(protocol)
+    return capnp_io
+
+
 def capnp_stream(stream: Any) -> Any:
     """``stream`` (a :class:`LaneStream`, or anything whose ``connect(protocol)`` attaches an
-    asyncio protocol) under pycapnp's asyncio protocol, as a ``capnp.AsyncIoStream``."""
+    asyncio protocol) under pycapnp's asyncio protocol, as a ``capnp.AsyncIoStream``, with no
+    bounds: for the benchmarks' raw cost only (ww's streams go through
+    :func:`bounded_stream`)."""
     import capnp
 
     protocol = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
@@ -555,7 +570,7 @@ async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: O
         lane_conn.addr = ip
 
         def on_stream(stream: LaneStream) -> None:
-            on_ww(capnp_stream(stream), lane_conn.peer_id)
+            on_ww(bounded_stream(stream), lane_conn.peer_id)
 
         conn.handlers[PROTOCOL_ID] = on_stream
         ticket.on_close(lambda: _close_from_any_thread(loop, lane_conn))
