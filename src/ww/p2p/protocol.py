@@ -228,7 +228,11 @@ class Dialer:
             remote.close()
             remote = None
         if remote is None:
-            remote = await self._connect(addr)
+            try:
+                remote = await self._connect(addr)
+            except BaseException:
+                self._forget(addr)
+                raise
         self._remotes[addr] = remote  # most recently used last
         while len(self._remotes) > MAX_DIALED:
             oldest = next(iter(self._remotes))
@@ -237,9 +241,18 @@ class Dialer:
         try:
             return hold((await remote.gateway.service()).service)
         except capnp.KjException as e:
-            self._remotes.pop(addr, None)
+            if self._remotes.get(addr) is remote:
+                del self._remotes[addr]
             remote.close()
+            self._forget(addr)
             raise P2PError(_dial_failure(addr, e)) from None
+
+    def _forget(self, addr: str) -> None:
+        """A dial of ``addr`` failed: its lane connection is not kept (unless another dial's
+        connection to it is): only the addresses of :attr:`_remotes` (at most MAX_DIALED)
+        keep one, so a peer that takes the lane and serves nothing holds nothing of ours."""
+        if addr not in self._remotes:
+            self._drop_lane(addr)
 
     async def _connect(self, addr: str) -> Remote:
         if peer_of(addr) == self._node.peer_id:

@@ -1,0 +1,54 @@
+"""Attacks on the native lane (:mod:`ww.p2p.lane`, the door in :mod:`ww.p2p.admission`,
+:class:`ww.p2p.protocol.Dialer` and :class:`ww.p2p.protocol.Exports` on the lane).
+
+Real parts: the C connection of the extension at both ends over real TCP sockets on
+127.0.0.1, real Cap'n Proto, real `ww run` hosts.  The test's lane listeners are
+tests/p2p/test_lane.py's (the host's admission stood in for by its DoNothingTicket).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.p2p.test_lane import Listener, RecordingDialer, run, until
+from ww.core.addrs import P2PError
+from ww.p2p import lane
+from ww.p2p.protocol import MAX_DIALED
+
+
+def test_a_dialer_keeps_no_lane_to_a_peer_it_got_nothing_from() -> None:
+    """A server that takes the lane and then serves nothing (its `/ww/0.1.0` stream closed at
+    once: a ww host whose per-peer bound is full, or one that wants our fds) made the Dialer
+    keep each lane connection for good, one per address dialed, past MAX_DIALED: a cell
+    dialing such addresses held a connection (a socket and the C connection's buffers) for
+    each, for the host's life.  A failed dial now keeps nothing."""
+
+    async def main() -> None:
+        def acceptor(seed: bytes) -> Any:
+            return lambda sock, ip, ticket: lane.serve(
+                sock, seed, ip, ticket, lambda stream, peer: stream.close()
+            )
+
+        count = MAX_DIALED + 8
+        listeners = [Listener(acceptor) for _ in range(count)]
+        dialer = RecordingDialer()
+        try:
+            for listener in listeners:
+                with pytest.raises(P2PError):
+                    await dialer.dial(listener.addr)
+            assert not dialer._lanes
+            # every server sees its connection end: nothing is kept open at the dialer
+            await until(
+                lambda: all(
+                    t.events == ["handshaken", "ended"] for li in listeners for t in li.tickets
+                )
+            )
+            assert dialer.py_dials == []  # (the lane was taken each time)
+        finally:
+            dialer.close_all()
+            for listener in listeners:
+                listener.close()
+
+    run(main)
