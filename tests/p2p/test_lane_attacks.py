@@ -8,14 +8,18 @@ tests/p2p/test_lane.py's (the host's admission stood in for by its DoNothingTick
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from tests.p2p.test_lane import Listener, RecordingDialer, run, until
+from tests.p2p.test_lane import Echo, Listener, RecordingDialer, run, until
 from ww.core.addrs import P2PError
 from ww.p2p import lane
-from ww.p2p.protocol import MAX_DIALED
+from ww.p2p.protocol import MAX_DIALED, Exports
+from ww.schema import load
+
+_cell = load("cell")
 
 
 def test_a_dialer_keeps_no_lane_to_a_peer_it_got_nothing_from() -> None:
@@ -50,5 +54,38 @@ def test_a_dialer_keeps_no_lane_to_a_peer_it_got_nothing_from() -> None:
             dialer.close_all()
             for listener in listeners:
                 listener.close()
+
+    run(main)
+
+
+def test_a_cancelled_dial_does_not_take_down_another_dial_of_the_same_address() -> None:
+    """Two dials of one address share its lane connection (being dialed); the first one's
+    caller gives up (cancelled): the second still gets the export (a failed dial lets the
+    lane go only once no other dial of the address is under way)."""
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(Echo())
+
+        def acceptor(seed: bytes) -> Any:
+            return lambda sock, ip, ticket: lane.serve(
+                sock, seed, ip, ticket, exports.serve_lane_stream
+            )
+
+        listener = Listener(acceptor)
+        dialer = RecordingDialer()
+        try:
+            first = asyncio.ensure_future(dialer.dial(listener.addr))
+            second = asyncio.ensure_future(dialer.dial(listener.addr))
+            await asyncio.sleep(0)  # both under way, on the one lane being dialed
+            first.cancel()
+            service = (await second).cast_as(_cell.Service)
+            assert (await service.call("echo", ["still", "here"])).result == "still here"
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
 
     run(main)

@@ -220,6 +220,7 @@ class Dialer:
         self._lane = lane
         self._remotes: dict[str, Remote] = {}
         self._lanes: dict[str, asyncio.Task[LaneConn]] = {}  # being dialed, or dialed
+        self._dialing: dict[str, int] = {}  # dials under way (connecting), by address
 
     async def dial(self, addr: str) -> Any:
         """The capability the cell at ``addr`` exports, as a client of unknown interface."""
@@ -228,11 +229,15 @@ class Dialer:
             remote.close()
             remote = None
         if remote is None:
+            self._dialing[addr] = self._dialing.get(addr, 0) + 1
             try:
                 remote = await self._connect(addr)
-            except BaseException:
-                self._forget(addr)
-                raise
+            finally:
+                self._dialing[addr] -= 1
+                if not self._dialing[addr]:
+                    del self._dialing[addr]
+                if remote is None:  # failed (or cancelled)
+                    self._forget(addr)
         self._remotes[addr] = remote  # most recently used last
         while len(self._remotes) > MAX_DIALED:
             oldest = next(iter(self._remotes))
@@ -248,10 +253,11 @@ class Dialer:
             raise P2PError(_dial_failure(addr, e)) from None
 
     def _forget(self, addr: str) -> None:
-        """A dial of ``addr`` failed: its lane connection is not kept (unless another dial's
-        connection to it is): only the addresses of :attr:`_remotes` (at most MAX_DIALED)
-        keep one, so a peer that takes the lane and serves nothing holds nothing of ours."""
-        if addr not in self._remotes:
+        """A dial of ``addr`` failed: its lane connection is not kept, unless ``addr`` has a
+        `/ww/0.1.0` connection (:attr:`_remotes`, at most MAX_DIALED) or another dial of it is
+        under way (whose outcome decides): so a peer that takes the lane and serves nothing
+        holds no connection of ours once the dials of it have ended."""
+        if addr not in self._remotes and addr not in self._dialing:
             self._drop_lane(addr)
 
     async def _connect(self, addr: str) -> Remote:
