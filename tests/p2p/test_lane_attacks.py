@@ -16,7 +16,7 @@ import pytest
 from tests.p2p.test_lane import Echo, Listener, RecordingDialer, run, until
 from ww.core.addrs import P2PError
 from ww.p2p import lane
-from ww.p2p.protocol import MAX_DIALED, Exports
+from ww.p2p.protocol import MAX_DIALED, MAX_INBOUND_PER_PEER, Exports
 from ww.schema import load
 
 _cell = load("cell")
@@ -58,21 +58,26 @@ def test_a_dialer_keeps_no_lane_to_a_peer_it_got_nothing_from() -> None:
     run(main)
 
 
+def _exporter() -> tuple[Exports, Listener]:
+    """A lane listener serving an Echo export through Exports (on the running loop)."""
+    exports = Exports()
+    exports.set(Echo())
+
+    def acceptor(seed: bytes) -> Any:
+        return lambda sock, ip, ticket: lane.serve(
+            sock, seed, ip, ticket, exports.serve_lane_stream
+        )
+
+    return exports, Listener(acceptor)
+
+
 def test_a_cancelled_dial_does_not_take_down_another_dial_of_the_same_address() -> None:
     """Two dials of one address share its lane connection (being dialed); the first one's
     caller gives up (cancelled): the second still gets the export (a failed dial lets the
     lane go only once no other dial of the address is under way)."""
 
     async def main() -> None:
-        exports = Exports()
-        exports.set(Echo())
-
-        def acceptor(seed: bytes) -> Any:
-            return lambda sock, ip, ticket: lane.serve(
-                sock, seed, ip, ticket, exports.serve_lane_stream
-            )
-
-        listener = Listener(acceptor)
+        exports, listener = _exporter()
         dialer = RecordingDialer()
         try:
             first = asyncio.ensure_future(dialer.dial(listener.addr))
@@ -83,6 +88,34 @@ def test_a_cancelled_dial_does_not_take_down_another_dial_of_the_same_address() 
             assert (await service.call("echo", ["still", "here"])).result == "still here"
             with pytest.raises(asyncio.CancelledError):
                 await first
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    run(main)
+
+
+def test_a_dial_refused_on_a_shared_lane_leaves_the_other_dials_capabilities_working() -> None:
+    """More dials of one address at once than the server serves one peer (its per-peer bound
+    closes the extra streams): the refused dials fail, and the capabilities the others got,
+    over the same lane connection, go on working (the lane is let go only when nothing of
+    ours is open on it)."""
+
+    async def main() -> None:
+        exports, listener = _exporter()
+        dialer = RecordingDialer()
+        try:
+            dials = [
+                asyncio.ensure_future(dialer.dial(listener.addr))
+                for _ in range(MAX_INBOUND_PER_PEER + 2)
+            ]
+            outcomes = await asyncio.gather(*dials, return_exceptions=True)
+            got = [o for o in outcomes if not isinstance(o, BaseException)]
+            assert len(got) == MAX_INBOUND_PER_PEER, outcomes
+            for capability in got:
+                service = capability.cast_as(_cell.Service)
+                assert (await service.call("echo", ["ok"])).result == "ok"
         finally:
             dialer.close_all()
             exports.close_all()

@@ -254,11 +254,18 @@ class Dialer:
 
     def _forget(self, addr: str) -> None:
         """A dial of ``addr`` failed: its lane connection is not kept, unless ``addr`` has a
-        `/ww/0.1.0` connection (:attr:`_remotes`, at most MAX_DIALED) or another dial of it is
-        under way (whose outcome decides): so a peer that takes the lane and serves nothing
+        `/ww/0.1.0` connection (:attr:`_remotes`, at most MAX_DIALED), another dial of it is
+        under way (whose outcome decides), or a stream of ours is still open on it (another
+        dial's, whose capability is in use): so a peer that takes the lane and serves nothing
         holds no connection of ours once the dials of it have ended."""
-        if addr not in self._remotes and addr not in self._dialing:
-            self._drop_lane(addr)
+        if addr in self._remotes or addr in self._dialing:
+            return
+        task = self._lanes.get(addr)
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            streams = (task.result().streams or {}).values()  # (None once freed)
+            if any(s.outbound and not s.is_closing() for s in streams):
+                return
+        self._drop_lane(addr)
 
     async def _connect(self, addr: str) -> Remote:
         if peer_of(addr) == self._node.peer_id:
