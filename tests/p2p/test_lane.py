@@ -488,7 +488,12 @@ def test_a_ww_run_host_that_exports_nothing_leaves_the_lane_to_py_libp2p(start_h
         try:
             with pytest.raises(lane.P2PError, match="serves nothing on /ww/0.1.0"):
                 await dialer.dial(b.addr)
-            assert not dialer._lanes[b.addr].result().lane
+            assert not dialer._lanes  # (a failed dial keeps no connection)
+            conn = await lane.dial(b.addr, PrivateKey.generate().seed, timeout=HANG)
+            try:
+                assert not conn.lane
+            finally:
+                conn.close()
         finally:
             dialer.close_all()
 

@@ -220,6 +220,7 @@ class Dialer:
         self._lane = lane
         self._remotes: dict[str, Remote] = {}
         self._lanes: dict[str, asyncio.Task[LaneConn]] = {}  # being dialed, or dialed
+        self._dialing: dict[str, int] = {}  # dials under way (connecting), by address
 
     async def dial(self, addr: str) -> Any:
         """The capability the cell at ``addr`` exports, as a client of unknown interface."""
@@ -228,7 +229,15 @@ class Dialer:
             remote.close()
             remote = None
         if remote is None:
-            remote = await self._connect(addr)
+            self._dialing[addr] = self._dialing.get(addr, 0) + 1
+            try:
+                remote = await self._connect(addr)
+            finally:
+                self._dialing[addr] -= 1
+                if not self._dialing[addr]:
+                    del self._dialing[addr]
+                if remote is None:  # failed (or cancelled)
+                    self._forget(addr)
         self._remotes[addr] = remote  # most recently used last
         while len(self._remotes) > MAX_DIALED:
             oldest = next(iter(self._remotes))
@@ -237,9 +246,26 @@ class Dialer:
         try:
             return hold((await remote.gateway.service()).service)
         except capnp.KjException as e:
-            self._remotes.pop(addr, None)
+            if self._remotes.get(addr) is remote:
+                del self._remotes[addr]
             remote.close()
+            self._forget(addr)
             raise P2PError(_dial_failure(addr, e)) from None
+
+    def _forget(self, addr: str) -> None:
+        """A dial of ``addr`` failed: its lane connection is not kept, unless ``addr`` has a
+        `/ww/0.1.0` connection (:attr:`_remotes`, at most MAX_DIALED), another dial of it is
+        under way (whose outcome decides), or a stream of ours is still open on it (another
+        dial's, whose capability is in use): so a peer that takes the lane and serves nothing
+        holds no connection of ours once the dials of it have ended."""
+        if addr in self._remotes or addr in self._dialing:
+            return
+        task = self._lanes.get(addr)
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            streams = (task.result().streams or {}).values()  # (None once freed)
+            if any(s.outbound and not s.is_closing() for s in streams):
+                return
+        self._drop_lane(addr)
 
     async def _connect(self, addr: str) -> Remote:
         if peer_of(addr) == self._node.peer_id:

@@ -1,0 +1,124 @@
+"""Attacks on the native lane (:mod:`ww.p2p.lane`, the door in :mod:`ww.p2p.admission`,
+:class:`ww.p2p.protocol.Dialer` and :class:`ww.p2p.protocol.Exports` on the lane).
+
+Real parts: the C connection of the extension at both ends over real TCP sockets on
+127.0.0.1, real Cap'n Proto, real `ww run` hosts.  The test's lane listeners are
+tests/p2p/test_lane.py's (the host's admission stood in for by its DoNothingTicket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.p2p.test_lane import Echo, Listener, RecordingDialer, run, until
+from ww.core.addrs import P2PError
+from ww.p2p import lane
+from ww.p2p.protocol import MAX_DIALED, MAX_INBOUND_PER_PEER, Exports
+from ww.schema import load
+
+_cell = load("cell")
+
+
+def test_a_dialer_keeps_no_lane_to_a_peer_it_got_nothing_from() -> None:
+    """A server that takes the lane and then serves nothing (its `/ww/0.1.0` stream closed at
+    once: a ww host whose per-peer bound is full, or one that wants our fds) made the Dialer
+    keep each lane connection for good, one per address dialed, past MAX_DIALED: a cell
+    dialing such addresses held a connection (a socket and the C connection's buffers) for
+    each, for the host's life.  A failed dial now keeps nothing."""
+
+    async def main() -> None:
+        def acceptor(seed: bytes) -> Any:
+            return lambda sock, ip, ticket: lane.serve(
+                sock, seed, ip, ticket, lambda stream, peer: stream.close()
+            )
+
+        count = MAX_DIALED + 8
+        listeners = [Listener(acceptor) for _ in range(count)]
+        dialer = RecordingDialer()
+        try:
+            for listener in listeners:
+                with pytest.raises(P2PError):
+                    await dialer.dial(listener.addr)
+            assert not dialer._lanes
+            # every server sees its connection end: nothing is kept open at the dialer
+            await until(
+                lambda: all(
+                    t.events == ["handshaken", "ended"] for li in listeners for t in li.tickets
+                )
+            )
+            assert dialer.py_dials == []  # (the lane was taken each time)
+        finally:
+            dialer.close_all()
+            for listener in listeners:
+                listener.close()
+
+    run(main)
+
+
+def _exporter() -> tuple[Exports, Listener]:
+    """A lane listener serving an Echo export through Exports (on the running loop)."""
+    exports = Exports()
+    exports.set(Echo())
+
+    def acceptor(seed: bytes) -> Any:
+        return lambda sock, ip, ticket: lane.serve(
+            sock, seed, ip, ticket, exports.serve_lane_stream
+        )
+
+    return exports, Listener(acceptor)
+
+
+def test_a_cancelled_dial_does_not_take_down_another_dial_of_the_same_address() -> None:
+    """Two dials of one address share its lane connection (being dialed); the first one's
+    caller gives up (cancelled): the second still gets the export (a failed dial lets the
+    lane go only once no other dial of the address is under way)."""
+
+    async def main() -> None:
+        exports, listener = _exporter()
+        dialer = RecordingDialer()
+        try:
+            first = asyncio.ensure_future(dialer.dial(listener.addr))
+            second = asyncio.ensure_future(dialer.dial(listener.addr))
+            await asyncio.sleep(0)  # both under way, on the one lane being dialed
+            first.cancel()
+            service = (await second).cast_as(_cell.Service)
+            assert (await service.call("echo", ["still", "here"])).result == "still here"
+            with pytest.raises(asyncio.CancelledError):
+                await first
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    run(main)
+
+
+def test_a_dial_refused_on_a_shared_lane_leaves_the_other_dials_capabilities_working() -> None:
+    """More dials of one address at once than the server serves one peer (its per-peer bound
+    closes the extra streams): the refused dials fail, and the capabilities the others got,
+    over the same lane connection, go on working (the lane is let go only when nothing of
+    ours is open on it)."""
+
+    async def main() -> None:
+        exports, listener = _exporter()
+        dialer = RecordingDialer()
+        try:
+            dials = [
+                asyncio.ensure_future(dialer.dial(listener.addr))
+                for _ in range(MAX_INBOUND_PER_PEER + 2)
+            ]
+            outcomes = await asyncio.gather(*dials, return_exceptions=True)
+            got = [o for o in outcomes if not isinstance(o, BaseException)]
+            assert len(got) == MAX_INBOUND_PER_PEER, outcomes
+            for capability in got:
+                service = capability.cast_as(_cell.Service)
+                assert (await service.call("echo", ["ok"])).result == "ok"
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    run(main)
