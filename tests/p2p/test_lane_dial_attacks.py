@@ -12,9 +12,7 @@ import threading
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK
 from ww.core.identity import PrivateKey
-from ww.p2p.protocol import MAX_DIALED
-
-MAX_DIALING = 16  # (ww.p2p.protocol.MAX_DIALING once the fix is in)
+from ww.p2p.protocol import MAX_DIALED, MAX_DIALING
 
 ALLOW = ("--allow-dial", "127.0.0.0/8")
 
