@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK
 from ww.core.identity import PrivateKey
+from ww.p2p.lane import DIAL_TIMEOUT
 from ww.p2p.protocol import MAX_DIALED, MAX_DIALING
 
 ALLOW = ("--allow-dial", "127.0.0.0/8")
@@ -224,3 +227,80 @@ def test_a_cell_cannot_make_its_host_dial_without_bound(start_host, cell_file):
         assert listener.peak <= MAX_DIALING
     finally:
         listener.close()
+
+
+# A lane listener that agrees to `/ww/0.1.0` and then never answers: prints its address.
+MUTE_SERVER = """
+import asyncio, socket
+import capnp
+from ww.core.identity import PrivateKey
+from ww.p2p import lane
+
+class Ticket:  # admission's ticket, stood in for: this listener is the test's own
+    streams = 0
+    def handshaken(self): pass
+    def ended(self): pass
+    def on_close(self, callback): pass
+
+async def main():
+    seed = PrivateKey.generate().seed
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.setblocking(False)
+    print(f"/ip4/127.0.0.1/tcp/{srv.getsockname()[1]}/p2p/{PrivateKey(seed).peer_id}",
+          flush=True)
+    held = []
+    loop = asyncio.get_running_loop()
+    while True:
+        sock, (ip, _) = await loop.sock_accept(srv)
+        on_ww = lambda stream, peer: held.append(stream)  # never answered
+        held.append(asyncio.ensure_future(lane.serve(sock, seed, ip, Ticket(), on_ww)))
+
+asyncio.run(capnp.run(main()))
+"""
+
+# Dials argv[1] (bounded by argv[2] seconds, a stop against a hang only), says what came.
+ONE_DIAL = """
+import asyncio, sys
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        try:
+            await asyncio.wait_for(s.p2p.dial_service(sys.argv[1]), float(sys.argv[2]))
+        except ww.cell.RemoteError as e:
+            print("refused:", str(e).rsplit(": ", 1)[-1], flush=True)
+        except TimeoutError:
+            print("still no answer", flush=True)
+        print((await s.p2p.id())[0][:4], flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_peer_that_never_answers_the_gateway_fails_the_dial(start_host, cell_file):
+    """A peer that agrees to `/ww/0.1.0` and then says nothing: the connect and the stream
+    were bounded (10 s each) but the `Gateway.service` call was not, so the cell's dial
+    waited for ever.  It fails after DIAL_TIMEOUT, saying so, and the session goes on."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", MUTE_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        addr = server.stdout.readline().strip()
+        assert addr.startswith("/ip4/127.0.0.1/tcp/"), addr
+        a = start_host(
+            "a",
+            "--with-p2p",
+            "--listen",
+            LOOPBACK,
+            *ALLOW,
+            cell_file(ONE_DIAL, "one.py"),
+            addr,
+            str(6 * DIAL_TIMEOUT),
+        )
+        assert a.addr == f"refused: no answer within {DIAL_TIMEOUT:g} s"
+        assert a.readline() == "12D3"
+        status, err = a.stop()
+        assert status == 0, err
+    finally:
+        server.kill()
+        server.wait()
