@@ -206,8 +206,9 @@ class Remote:
 class Dialer:
     """The `/ww/0.1.0` connections one host opened, one per address, reused by later dials.
 
-    Each dial asks the remote `Gateway` again, so a new export over there is seen at once;
-    a connection that broke is replaced.  Dials of one address at once share the one
+    Each dial asks the remote `Gateway` again (an answer due within
+    :data:`ww.p2p.lane.DIAL_TIMEOUT`), so a new export over there is seen at once; a
+    connection that broke is replaced.  Dials of one address at once share the one
     connection being made.  At most :data:`MAX_DIALED` are kept open: dialing one more
     address closes the least recently dialed one (and the capabilities from it).
 
@@ -231,11 +232,14 @@ class Dialer:
         """The capability the cell at ``addr`` exports, as a client of unknown interface."""
         remote = await self._remote(addr)
         try:
-            return hold((await remote.gateway.service()).service)
-        except capnp.KjException as e:
+            async with asyncio.timeout(lane.DIAL_TIMEOUT):  # the remote host answers it itself
+                return hold((await remote.gateway.service()).service)
+        except (capnp.KjException, TimeoutError) as e:
             if self._remotes.get(addr) is remote:
                 self._forget(addr)
             remote.close()
+            if isinstance(e, TimeoutError):
+                raise P2PError(f"p2p: {addr}: no answer within {lane.DIAL_TIMEOUT:g} s") from None
             raise P2PError(_dial_failure(addr, e)) from None
 
     async def _remote(self, addr: str) -> Remote:
