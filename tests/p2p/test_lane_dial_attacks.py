@@ -304,3 +304,56 @@ def test_a_peer_that_never_answers_the_gateway_fails_the_dial(start_host, cell_f
     finally:
         server.kill()
         server.wait()
+
+
+# Dials each address of argv[1] in turn; prints one line per dial: how it was refused.
+EACH = """
+import asyncio, sys
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        for addr in sys.argv[1].split():
+            try:
+                await s.p2p.dial_service(addr)
+                print("dialed", addr, flush=True)
+            except ww.cell.RemoteError as e:
+                print(str(e)[:120], flush=True)
+        print((await s.p2p.id())[0][:4], flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_loopback_in_any_form_is_refused_before_the_lane_dials(start_host, cell_file):
+    """Without --allow-dial, no form of the loopback address makes the host dial on the lane
+    (nor on py-libp2p for what the lane cannot take): IPv4-mapped, IPv4-compatible, NAT64,
+    6to4, ::1, a name, a peer id the lane cannot take (RSA's Qm...)."""
+    listener = SilentListener()
+    try:
+        p, peer = listener.port, PrivateKey.generate().peer_id
+        rsa = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+        hosts = [
+            "/ip4/127.0.0.1",
+            "/ip6/::ffff:127.0.0.1",
+            "/ip6/::ffff:7f00:1",
+            "/ip6/::127.0.0.1",
+            "/ip6/64:ff9b::7f00:1",
+            "/ip6/2002:7f00:1::1",
+            "/ip6/::1",
+            "/ip4/0.0.0.0",
+            "/dns4/localhost",
+        ]
+        addrs = [f"{h}/tcp/{p}/p2p/{peer}" for h in hosts] + [f"/ip4/127.0.0.1/tcp/{p}/p2p/{rsa}"]
+        a = start_host(
+            "a", "--with-p2p", "--listen", LOOPBACK, cell_file(EACH, "each.py"), " ".join(addrs)
+        )
+        lines = [a.addr] + [a.readline() for _ in addrs[1:]]
+        refused = ("capability denied: p2p: dial: address not allowed", "peer address")
+        assert all(line.startswith(refused) for line in lines), lines
+        assert a.readline() == "12D3"
+        status, err = a.stop()
+        assert status == 0, err
+        assert listener.accepted == 0
+    finally:
+        listener.close()
