@@ -357,3 +357,33 @@ def test_loopback_in_any_form_is_refused_before_the_lane_dials(start_host, cell_
         assert listener.accepted == 0
     finally:
         listener.close()
+
+
+def test_a_dial_as_the_kept_connection_ends_makes_a_new_one() -> None:
+    """The peer ends the connection a Dialer keeps (it restarted, or evicted it) just as the
+    cell dials it again, before the loop has seen the end: the dial reused the dead
+    connection and failed, saying the peer "serves nothing"; it dials again instead.
+    (Two lane ends in this process: real sockets on 127.0.0.1, the listener test_lane's.)"""
+    from tests.p2p.test_lane import Echo, Listener, RecordingDialer, run
+    from ww.p2p.protocol import Exports
+    from ww.schema import load
+
+    service = load("cell").Service
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(Echo())
+        listener = Listener(exports.lane_acceptor)
+        dialer = RecordingDialer()
+        try:
+            first = (await dialer.dial(listener.addr)).cast_as(service)
+            assert (await first.call("echo", ["a"])).result == "a"
+            listener.tickets[0].close()  # the listener ends it (on its next loop turn)
+            again = (await dialer.dial(listener.addr)).cast_as(service)
+            assert (await again.call("echo", ["b"])).result == "b"
+            assert len(listener.tickets) == 2
+        finally:
+            dialer.close_all()
+            listener.close()
+
+    run(main)
