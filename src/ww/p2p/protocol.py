@@ -229,18 +229,25 @@ class Dialer:
         self._dialing = asyncio.Semaphore(MAX_DIALING)
 
     async def dial(self, addr: str) -> Any:
-        """The capability the cell at ``addr`` exports, as a client of unknown interface."""
-        remote = await self._remote(addr)
-        try:
-            async with asyncio.timeout(lane.DIAL_TIMEOUT):  # the remote host answers it itself
-                return hold((await remote.gateway.service()).service)
-        except (capnp.KjException, TimeoutError) as e:
-            if self._remotes.get(addr) is remote:
-                self._forget(addr)
-            remote.close()
-            if isinstance(e, TimeoutError):
-                raise P2PError(f"p2p: {addr}: no answer within {lane.DIAL_TIMEOUT:g} s") from None
-            raise P2PError(_dial_failure(addr, e)) from None
+        """The capability the cell at ``addr`` exports, as a client of unknown interface.
+        A kept connection found disconnected as it is asked (the peer ended it, and the
+        loop had not seen it yet) is replaced by a new one, once."""
+        for retry in (True, False):
+            kept = self._remotes.get(addr)
+            remote = await self._remote(addr)
+            try:
+                async with asyncio.timeout(lane.DIAL_TIMEOUT):  # the remote host answers it
+                    return hold((await remote.gateway.service()).service)
+            except (capnp.KjException, TimeoutError) as e:
+                if self._remotes.get(addr) is remote:
+                    self._forget(addr)
+                remote.close()
+                if isinstance(e, TimeoutError):
+                    late = lane.DIAL_TIMEOUT
+                    raise P2PError(f"p2p: {addr}: no answer within {late:g} s") from None
+                if not (retry and remote is kept and e.type == "DISCONNECTED"):
+                    raise P2PError(_dial_failure(addr, e)) from None
+        raise AssertionError("unreachable")  # (the second turn returns or raises)
 
     async def _remote(self, addr: str) -> Remote:
         """The open connection to ``addr``, the one being made, or a new one."""
