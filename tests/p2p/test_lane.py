@@ -475,15 +475,22 @@ def test_a_ww_run_host_that_exports_serves_its_export_on_the_lane(exporter) -> N
     run(main)
 
 
-def test_a_ww_run_host_that_exports_nothing_leaves_the_lane_to_py_libp2p(start_host,
-                                                                          cell_file) -> None:
+def test_a_ww_run_host_that_exports_nothing_leaves_the_lane_to_py_libp2p(
+    start_host, cell_file
+) -> None:
     """With nothing exported the door peeks at nothing: py-libp2p answers the lane `na`, the
-    dialer's connection is a standard one, and the dial is refused with today's line."""
+    dialer's connection is a standard one, and the dial is refused with today's line (the
+    connection closed with it)."""
     idle = EXPORTER.replace("        await s.p2p.export(Echo())\n", "")
     assert idle != EXPORTER
     b = start_host("b", "--with-p2p", "--listen", LOOPBACK, cell_file(idle, "idle.py"))
 
     async def main() -> None:
+        conn = await lane.dial(b.addr, PrivateKey.generate().seed, timeout=HANG)
+        try:
+            assert not conn.lane
+        finally:
+            conn.close()
         dialer = Dialer(LaneOnlyNode())  # type: ignore[arg-type]
         try:
             with pytest.raises(lane.P2PError, match="serves nothing on /ww/0.1.0"):

@@ -36,6 +36,7 @@ _cell = load("cell")
 MAX_INBOUND = 64  # remote connections served at once (see Exports._serve)
 MAX_INBOUND_PER_PEER = 8  # of them from one peer id; more from it are closed at once
 MAX_DIALED = 64  # connections to remote exports kept open by one host
+MAX_DIALING = 16  # lane connections one host dials at once (a socket each); more wait
 
 
 def hold(capability: Any) -> Any:
@@ -205,66 +206,84 @@ class Remote:
 class Dialer:
     """The `/ww/0.1.0` connections one host opened, one per address, reused by later dials.
 
-    Each dial asks the remote `Gateway` again, so a new export over there is seen at once;
-    a connection that broke is replaced.  At most :data:`MAX_DIALED` are kept open: dialing
-    one more address closes the least recently dialed one (and the capabilities from it).
+    Each dial asks the remote `Gateway` again (an answer due within
+    :data:`ww.p2p.lane.DIAL_TIMEOUT`), so a new export over there is seen at once; a
+    connection that broke is replaced.  Dials of one address at once share the one
+    connection being made.  At most :data:`MAX_DIALED` are kept open: dialing one more
+    address closes the least recently dialed one (and the capabilities from it).
 
     A full address of an Ed25519 peer id is dialed on the native lane (:mod:`ww.p2p.lane`:
-    one connection per address, kept for later dials of it and replaced once it closed,
-    closed with the address's `/ww/0.1.0` connection when that is dropped); anything else
-    (``lane=False`` too) through the node's py-libp2p host (:meth:`ww.p2p.host.Node.open`).
+    one connection per address, at most :data:`MAX_DIALING` being dialed at once (the
+    others wait), kept for later dials of it and replaced once it closed, closed with the
+    address's `/ww/0.1.0` connection when that is dropped or could not be made: a lane
+    connection is kept only for an address kept); anything else (``lane=False`` too)
+    through the node's py-libp2p host (:meth:`ww.p2p.host.Node.open`).
     """
 
     def __init__(self, node: Node, *, lane: bool = True) -> None:
         self._node = node
         self._lane = lane
         self._remotes: dict[str, Remote] = {}
+        self._connecting: dict[str, asyncio.Task[Remote]] = {}  # being made, one per address
         self._lanes: dict[str, asyncio.Task[LaneConn]] = {}  # being dialed, or dialed
-        self._dialing: dict[str, int] = {}  # dials under way (connecting), by address
+        self._dialing = asyncio.Semaphore(MAX_DIALING)
 
     async def dial(self, addr: str) -> Any:
-        """The capability the cell at ``addr`` exports, as a client of unknown interface."""
-        remote = self._remotes.pop(addr, None)
-        if remote is not None and remote.closed:
-            remote.close()
-            remote = None
-        if remote is None:
-            self._dialing[addr] = self._dialing.get(addr, 0) + 1
+        """The capability the cell at ``addr`` exports, as a client of unknown interface.
+        A kept connection found disconnected as it is asked (the peer ended it, and the
+        loop had not seen it yet) is replaced by a new one, once."""
+        for retry in (True, False):
+            kept = self._remotes.get(addr)
+            remote = await self._remote(addr)
             try:
-                remote = await self._connect(addr)
-            finally:
-                self._dialing[addr] -= 1
-                if not self._dialing[addr]:
-                    del self._dialing[addr]
-                if remote is None:  # failed (or cancelled)
+                async with asyncio.timeout(lane.DIAL_TIMEOUT):  # the remote host answers it
+                    return hold((await remote.gateway.service()).service)
+            except (capnp.KjException, TimeoutError) as e:
+                if self._remotes.get(addr) is remote:
                     self._forget(addr)
-        self._remotes[addr] = remote  # most recently used last
-        while len(self._remotes) > MAX_DIALED:
-            oldest = next(iter(self._remotes))
-            self._remotes.pop(oldest).close()
-            self._drop_lane(oldest)
-        try:
-            return hold((await remote.gateway.service()).service)
-        except capnp.KjException as e:
-            if self._remotes.get(addr) is remote:
-                del self._remotes[addr]
+                remote.close()
+                if isinstance(e, TimeoutError):
+                    late = lane.DIAL_TIMEOUT
+                    raise P2PError(f"p2p: {addr}: no answer within {late:g} s") from None
+                if not (retry and remote is kept and e.type == "DISCONNECTED"):
+                    raise P2PError(_dial_failure(addr, e)) from None
+        raise AssertionError("unreachable")  # (the second turn returns or raises)
+
+    async def _remote(self, addr: str) -> Remote:
+        """The open connection to ``addr``, the one being made, or a new one."""
+        remote = self._remotes.get(addr)
+        if remote is not None and not remote.closed:
+            self._remotes[addr] = self._remotes.pop(addr)  # most recently used last
+            return remote
+        if remote is not None:
+            self._remotes.pop(addr).close()  # (its lane connection is kept: it may be open)
+        task = self._connecting.get(addr)
+        if task is None:
+            task = self._connecting[addr] = asyncio.ensure_future(self._connect(addr))
+            task.add_done_callback(lambda done: self._connected(addr, done))
+        return await asyncio.shield(task)  # (a caller that gives up leaves it to the others)
+
+    def _connected(self, addr: str, task: asyncio.Task[Remote]) -> None:
+        """A connection to ``addr`` was made, or not: kept (the oldest past MAX_DIALED
+        dropped), or nothing of it is."""
+        ours = self._connecting.get(addr) is task
+        if ours:
+            del self._connecting[addr]
+        if task.cancelled() or task.exception() is not None:
+            if ours:
+                self._drop_lane(addr)
+            return
+        remote = task.result()
+        if not ours:  # close_all came meanwhile
             remote.close()
-            self._forget(addr)
-            raise P2PError(_dial_failure(addr, e)) from None
+            return
+        self._remotes[addr] = remote
+        while len(self._remotes) > MAX_DIALED:
+            self._forget(next(iter(self._remotes)))
 
     def _forget(self, addr: str) -> None:
-        """A dial of ``addr`` failed: its lane connection is not kept, unless ``addr`` has a
-        `/ww/0.1.0` connection (:attr:`_remotes`, at most MAX_DIALED), another dial of it is
-        under way (whose outcome decides), or a stream of ours is still open on it (another
-        dial's, whose capability is in use): so a peer that takes the lane and serves nothing
-        holds no connection of ours once the dials of it have ended."""
-        if addr in self._remotes or addr in self._dialing:
-            return
-        task = self._lanes.get(addr)
-        if task is not None and task.done() and not task.cancelled() and not task.exception():
-            streams = (task.result().streams or {}).values()  # (None once freed)
-            if any(s.outbound and not s.is_closing() for s in streams):
-                return
+        """Drop the connection to ``addr`` and its lane connection."""
+        self._remotes.pop(addr).close()
         self._drop_lane(addr)
 
     async def _connect(self, addr: str) -> Remote:
@@ -282,7 +301,7 @@ class Dialer:
         try:
             stream = await capnp.AsyncIoStream.create_connection(sock=sock)
             return Remote(capnp.TwoPartyClient(stream), sock)
-        except Exception:
+        except BaseException:
             sock.close()
             raise
 
@@ -302,16 +321,20 @@ class Dialer:
             self._drop_lane(addr)
             task = None
         if task is None:
-            node = self._node
-            task = self._lanes[addr] = asyncio.ensure_future(
-                lane.dial(addr, node.identity.private_key.seed, policy=node.dial_policy)
-            )
+            task = self._lanes[addr] = asyncio.ensure_future(self._dial_lane(addr))
         try:
             return await asyncio.shield(task)
         except BaseException:
             if task.done() and self._lanes.get(addr) is task:
                 self._drop_lane(addr)  # a failure is not kept: the next dial tries again
             raise
+
+    async def _dial_lane(self, addr: str) -> LaneConn:
+        """:func:`ww.p2p.lane.dial`, when one of the :data:`MAX_DIALING` places is free."""
+        node = self._node
+        lane.endpoint(addr)  # LaneUnavailable at once: it needs no place
+        async with self._dialing:
+            return await lane.dial(addr, node.identity.private_key.seed, policy=node.dial_policy)
 
     def _drop_lane(self, addr: str) -> None:
         task = self._lanes.pop(addr, None)
@@ -323,6 +346,9 @@ class Dialer:
             task.result().close()
 
     def close_all(self) -> None:
+        connecting, self._connecting = self._connecting, {}
+        for task in connecting.values():
+            task.cancel()
         for remote in self._remotes.values():
             remote.close()
         self._remotes.clear()
