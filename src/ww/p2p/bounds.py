@@ -209,12 +209,23 @@ class Inbound:
     def passed(self, size: int, kept: bool, ident: int, now: float) -> None:
         """The message at the start of ``buf`` is passed on ``now``: the next message's clock
         starts now (the time this one waited for the host is not the remote's)."""
-        del self.buf[:size]
-        self.began = now
+        self.consumed(size, now)
         if kept:
             self.held[ident] = size  # still counted, until our answer leaves
         else:
             self.budget.give(size)
+
+    def hold(self, ident: int, size: int) -> None:
+        """A call (or bootstrap) of ``size`` bytes is about to be written on: counted until
+        answered from now, since its answer may come back before the write returns (then
+        :meth:`consumed`, not :meth:`passed`, once it is written)."""
+        self.held[ident] = size
+
+    def consumed(self, size: int, now: float) -> None:
+        """The message at the start of ``buf`` is written on, its bytes counted elsewhere
+        (:meth:`hold`) or given back by the caller: the next message's clock starts now."""
+        del self.buf[:size]
+        self.began = now
 
     def answered(self, ident: int) -> bool:
         """The host's Return to ``ident`` leaves: the call's bytes are no longer counted."""

@@ -126,8 +126,17 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
                     while state.full():
                         event = answered
                         await event.wait()
-                await send(memoryview(state.buf)[:size])
-                state.passed(size, keep, ident, trio.current_time())
+                    state.hold(ident, size)  # before the write: its answer may come first
+                try:
+                    await send(memoryview(state.buf)[:size])
+                except BaseException:  # its bytes are given back once, with the buffer's
+                    if keep and state.held.pop(ident, None) is None:
+                        budget.count(size)  # its answer gave them back already
+                    raise
+                if keep:
+                    state.consumed(size, trio.current_time())
+                else:
+                    state.passed(size, keep, ident, trio.current_time())
         finally:
             budget.give(len(state.buf))
             state.buf.clear()
