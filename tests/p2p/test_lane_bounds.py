@@ -331,3 +331,55 @@ def test_the_budget_is_shared_a_stream_waits_while_another_holds_it_all() -> Non
                 honest.close()
 
     _run(main)
+
+
+def test_partial_messages_that_fill_the_budget_are_cut_and_another_call_served() -> None:
+    """4 streams each send most of a message (more than the budget together, each under
+    the message limit) and stop: their streams wait for room with their messages half in.
+    The old shim stopped a message's clock while it waited, so they were never cut off and
+    every other stream of the loop waited as long as the attacker stayed connected.  Now a
+    message keeps its clock while it waits: they are cut, their bytes freed, and another
+    stream's call is answered.  (A 1 MiB budget and 1 MiB/s: the rule is the same at 32 MiB
+    and 100 KiB/s.)"""
+    limits = {"grace": 0.5, "rate": 1 << 20}
+
+    async def main() -> None:
+        budget = bounds.AsyncBudget(1 << 20)
+        attackers: list[Host] = []
+        floods: list[Any] = []
+        honest = None
+        try:
+            for _ in range(4):
+                attacker = await _host(budget=budget, **limits)
+                attackers.append(attacker)
+                # a message of 7 MiB, 1.5 MiB of it sent: more than the budget, so no stream
+                # reads all its bytes before the budget is full
+                words = (bounds.MAX_MESSAGE - (1 << 20)) // 8
+                data = struct.pack("<II", 0, words) + b"\0" * ((3 << 19) - 8)
+                floods.append(asyncio.ensure_future(attacker.send(data)))
+            await _until(lambda: budget.used >= budget.total)
+            honest = await _host(budget=budget, **limits)
+            await honest.send(bootstrap() + gateway_service() + echo(2, "still here"))
+
+            async def answered() -> None:
+                for _ in range(100):  # bounded: the bootstrap's, service()'s, then the echo's
+                    if bounds.classify(await honest.recv_message()) == (bounds._RETURN, 2):
+                        return
+                raise AssertionError("no answer to the echo")
+
+            # a bound: the attackers' allowance is 1.5 s at most; the old shim never answered
+            await asyncio.wait_for(answered(), 60)
+            assert honest.protocol.violation is None
+            for attacker in attackers:
+                await attacker.cut_off()
+                assert attacker.protocol.violation == "a message under way arrived too slowly"
+            await _until(lambda: budget.used == 0)
+        finally:
+            for flood in floods:
+                flood.cancel()
+            for attacker in attackers:
+                attacker.close()
+            if honest is not None:
+                honest.close()
+
+    _run(main)

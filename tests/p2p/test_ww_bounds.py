@@ -326,3 +326,85 @@ def test_a_peer_that_never_takes_its_answers_is_cut_off_and_its_calls_uncounted(
     host_end.close()
     assert stream.reset_called
     assert budget.used == 0
+
+
+def _partial(size: int, sent: int) -> bytes:
+    """The first ``sent`` bytes of a one-segment message of ``size`` bytes (never finished)."""
+    return struct.pack("<II", 0, (size - 8) // 8) + b"\0" * (sent - 8)
+
+
+def test_partial_messages_that_fill_the_budget_are_cut_and_another_call_served(
+        tmp_path: Path, peer, monkeypatch) -> None:
+    """4 streams each send most of a message (more than the node's budget together, each
+    under MAX_MESSAGE) and stop.  Their streams then wait for room with their messages half
+    in: the old splice stopped a message's clock while it waited, so they were never cut off
+    and every other `/ww/0.1.0` stream of the host waited as long as the attacker stayed.
+    Now a message keeps its clock while it waits: they are cut, their bytes freed, and
+    another stream's call is served.  (The budget is 1 MiB and the rate 1 MiB/s here, so
+    the test moves little: the rule is the same at 32 MiB and 100 KiB/s.)"""
+    import queue
+    import threading
+    import time
+
+    from ww.core.identity import load_or_create
+    from ww.p2p.host import Node
+
+    monkeypatch.setattr(splice, "MESSAGE_GRACE", 1.0)
+    monkeypatch.setattr(splice, "MIN_RATE", 1 << 20)
+    accepted: queue.Queue[socket.socket] = queue.Queue()
+    node = Node(load_or_create(tmp_path / "host"), listen=["/ip4/127.0.0.1/tcp/0"],
+                announce=False, warn=lambda message: None)
+    node.serve(lambda sock, peer_id: accepted.put(sock))
+    node.start()
+    budget = node._budget
+    assert budget is not None
+    budget.total = 1 << 20
+    attackers, held, honest = [], [], None
+    try:
+        for _ in range(4):
+            sock = peer.open(node.addrs[0]).result(HANG)
+            attackers.append(sock)
+            held.append(accepted.get(timeout=HANG))
+            sock.settimeout(HANG)
+            # 1.5 MiB of a 7 MiB message: more than the budget, so no stream reads all its
+            # bytes before the budget is full
+            data = _partial(splice.MAX_MESSAGE - (1 << 20), 3 << 19)
+            # the peer's own writes wait for the host's window: in a thread of its own
+            threading.Thread(target=_flood, args=(sock, [data]), daemon=True).start()
+        for _ in range(10_000):  # bounded: until the attackers' bytes fill the budget
+            if budget.used >= budget.total:
+                break
+            time.sleep(0.01)
+        assert budget.used >= budget.total
+        honest = peer.open(node.addrs[0]).result(HANG)
+        host = accepted.get(timeout=HANG)
+        call = echo(1, "still here")
+        honest.sendall(call)
+        host.settimeout(60)  # bound: the attackers' allowance is 2 s at most; the old splice: never
+        got = b""
+        while len(got) < len(call):
+            piece = host.recv(len(call) - len(got))
+            assert piece, "the host end of the honest stream closed"
+            got += piece
+        assert got == call
+        host.sendall(a_return(1))
+        assert _recv_exactly(honest, len(a_return(1))) == a_return(1)
+        for sock in held:  # each attacker's stream was cut off: its host end closed
+            sock.settimeout(HANG)
+            try:
+                while sock.recv(1 << 16):
+                    pass
+            except ConnectionResetError:
+                pass
+        for _ in range(10_000):  # bounded: the answer has left, the attackers' bytes freed
+            if budget.used == 0:
+                break
+            time.sleep(0.01)
+        assert budget.used == 0
+        host.close()
+    finally:
+        for sock in attackers + held:
+            sock.close()
+        if honest is not None:
+            honest.close()
+        node.stop()

@@ -9,6 +9,10 @@ Cap'n Proto messages itself (:mod:`ww.core.capnp_frames`) and bounds it:
 - every byte read is counted in the node's budget (:data:`BUDGET`) until it is passed on,
   the bytes of a call or bootstrap until the host's ``Return`` to it leaves; no stream
   reads while the budget is spent;
+- a stream waiting for room in the budget with a message under way keeps that message's
+  clock: it must still be in within :data:`MESSAGE_GRACE` + its length / :data:`MIN_RATE`
+  from its first byte, the wait included, or the stream is cut off and its bytes freed (see
+  :meth:`Inbound.deadline`); a stream waiting between messages holds nothing and waits on;
 - a stream has at most :data:`MAX_CALLS` calls unanswered; the next is not read until one is;
 - the host's answers must move like the peer's messages: within :data:`MESSAGE_GRACE`, then
   at :data:`MIN_RATE`, or the stream is cut off (and its calls no longer count).
@@ -143,13 +147,27 @@ class Inbound:
         self.grace, self.rate = grace, rate
         self.max_message, self.max_calls = max_message, max_calls
 
-    def deadline(self, now: float) -> float:
+    def deadline(self, now: float, waiting: bool = False) -> float:
         """When the message under way must be in, if a read starting ``now`` (or the last
         byte's arrival) is the last: silent for the grace, or slower than the rate on
-        average after it, is too slow.  Infinite for an idle stream: it holds nothing."""
+        average after it, is too slow.  Infinite for an idle stream: it holds nothing.
+
+        ``waiting``: the stream is not read, for want of room in the node's budget.  The
+        silence is then not the remote's (no grace from ``now``), but its message's clock
+        runs on: it is due :meth:`within` its length of its first byte, the wait included.
+        Otherwise a peer whose partial messages fill the budget (4 streams of just under
+        :data:`MAX_MESSAGE`, and one more) would keep them, and every other stream of the
+        node waiting, for as long as it stayed connected.  With the clock running, waiting
+        buys a peer nothing that sending at :data:`MIN_RATE` does not: its streams are cut
+        and their bytes freed.  The cost: an honest message that meets a budget full (the
+        node overloaded) may be cut after its allowance; a stream between messages holds
+        nothing, is no one's fault and waits on.  Cutting the stream holding the most instead
+        was rejected: it needs a view of every stream, and cuts the largest honest message
+        arriving at full speed as readily as an attacker's."""
         if not self.buf:
             return _INF
-        return min(now + self.grace, self.began + self.within(len(self.buf)))
+        due = self.began + self.within(len(self.buf))
+        return due if waiting else min(now + self.grace, due)
 
     def within(self, size: int) -> float:
         """Seconds ``size`` bytes may take to move: the grace, then the rate."""
@@ -191,12 +209,23 @@ class Inbound:
     def passed(self, size: int, kept: bool, ident: int, now: float) -> None:
         """The message at the start of ``buf`` is passed on ``now``: the next message's clock
         starts now (the time this one waited for the host is not the remote's)."""
-        del self.buf[:size]
-        self.began = now
+        self.consumed(size, now)
         if kept:
             self.held[ident] = size  # still counted, until our answer leaves
         else:
             self.budget.give(size)
+
+    def hold(self, ident: int, size: int) -> None:
+        """A call (or bootstrap) of ``size`` bytes is about to be written on: counted until
+        answered from now, since its answer may come back before the write returns (then
+        :meth:`consumed`, not :meth:`passed`, once it is written)."""
+        self.held[ident] = size
+
+    def consumed(self, size: int, now: float) -> None:
+        """The message at the start of ``buf`` is written on, its bytes counted elsewhere
+        (:meth:`hold`) or given back by the caller: the next message's clock starts now."""
+        del self.buf[:size]
+        self.began = now
 
     def answered(self, ident: int) -> bool:
         """The host's Return to ``ident`` leaves: the call's bytes are no longer counted."""
@@ -449,6 +478,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             if self._stalled_at < 0:
                 self._stalled_at = self.loop.time()
                 self.budget.wait(self._room)
+            if state.buf and not waits:  # a message under way keeps its clock while it waits
+                self._arm(state.deadline(self._last, waiting=True))
         else:
             want = True
         if want != self._reading and not self._eof:
@@ -474,9 +505,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
     def _room(self) -> None:
         if self._lost or self._stalled_at < 0:
             return
-        now = self.loop.time()
-        self.state.began += now - self._stalled_at  # waiting for room is not the remote's time
-        self._last = now
+        self._last = self.loop.time()  # the silence was not the remote's; its message's clock ran
         self._stalled_at = -1.0
         self._pump()
 
@@ -494,8 +523,9 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         now = self.loop.time()
         state = self.state
         due = _INF
-        if state.buf and self._reading and not self._waits:
-            due = state.deadline(self._last)
+        stalled = self._stalled_at >= 0
+        if state.buf and (self._reading or stalled) and not self._waits:
+            due = state.deadline(self._last, waiting=stalled)
             if now >= due:
                 self._violate("a message under way arrived too slowly")
                 return

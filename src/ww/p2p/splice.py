@@ -17,11 +17,13 @@ each at most :data:`MAX_MESSAGE` bytes; a message under way that stops arriving 
 :data:`MESSAGE_GRACE`, or arrives slower than :data:`MIN_RATE`, resets the stream.
 Every byte read from remote peers is counted in the node's :class:`Budget` until it is
 passed on -- the bytes of a call (or bootstrap) until the host's answer to it leaves -- and
-no stream reads while the budget is spent; a stream has at most :data:`MAX_CALLS` calls
-unanswered, the next is held back until one is.  So a peer that pipelines calls and never
-reads the answers, or sends huge or endless messages, makes the host hold at most the
-budget, not its memory.  The bounds themselves (framing, the calls held, the counting, the
-clocks) are :mod:`ww.p2p.bounds`, shared with the asyncio streams of the native lane.
+no stream reads while the budget is spent (a message under way keeps its clock meanwhile,
+so a peer cannot fill the budget with partial messages and hold it); a stream has at most
+:data:`MAX_CALLS` calls unanswered, the next is held back until one is.  So a peer that
+pipelines calls and never reads the answers, or sends huge or endless messages, makes the
+host hold at most the budget, not its memory.  The bounds themselves (framing, the calls
+held, the counting, the clocks) are :mod:`ww.p2p.bounds`, shared with the asyncio streams
+of the native lane.
 """
 
 from __future__ import annotations
@@ -99,11 +101,11 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
         async def fill() -> None:
             """Read more, counting it first; a message under way must keep MIN_RATE."""
             nonlocal eof
-            waited = trio.current_time()
-            await budget.room()  # what is read was held by Yamux already: count it after
-            now = trio.current_time()
-            state.began += now - waited  # time spent waiting for room is not the remote's
-            with trio.fail_at(state.deadline(now)):
+            # what is read was held by Yamux already: count it after.  A message under way
+            # keeps its clock while the stream waits for room (bounds.Inbound.deadline).
+            with trio.fail_at(state.deadline(0.0, waiting=True)):
+                await budget.room()
+            with trio.fail_at(state.deadline(trio.current_time())):
                 try:
                     data = await stream.read(CHUNK)  # type: ignore[attr-defined]
                 except StreamEOF:
@@ -124,8 +126,17 @@ async def splice(stream: object, sock: socket.socket, budget: Budget | None = No
                     while state.full():
                         event = answered
                         await event.wait()
-                await send(memoryview(state.buf)[:size])
-                state.passed(size, keep, ident, trio.current_time())
+                    state.hold(ident, size)  # before the write: its answer may come first
+                try:
+                    await send(memoryview(state.buf)[:size])
+                except BaseException:  # its bytes are given back once, with the buffer's
+                    if keep and state.held.pop(ident, None) is None:
+                        budget.count(size)  # its answer gave them back already
+                    raise
+                if keep:
+                    state.consumed(size, trio.current_time())
+                else:
+                    state.passed(size, keep, ident, trio.current_time())
         finally:
             budget.give(len(state.buf))
             state.buf.clear()
