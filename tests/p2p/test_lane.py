@@ -548,3 +548,39 @@ def test_a_lane_stream_is_held_to_the_splices_bounds() -> None:
             listener.close()
 
     run(main)
+
+
+def test_a_stream_lost_between_its_negotiation_and_its_protocol_tells_the_protocol() -> None:
+    """The peer's answer to the negotiation and its reset arrive in one read: the stream is
+    lost before the dialer hands it to pycapnp's protocol.  The protocol is told it is lost
+    as it is attached (else a call on it would wait for an answer that cannot come)."""
+
+    async def main() -> None:
+        listener, conn = await _served(lambda stream, peer: None)
+        try:
+            stream = conn.open(PROTOCOL_ID)
+            assert await _refused(stream) == "accepted"
+            stream._lost()  # (as the C does on the reset that came with the answer)
+            told: list[str] = []
+
+            class Watch(asyncio.BufferedProtocol):
+                def connection_made(self, _t: Any) -> None:
+                    told.append("made")
+
+                def get_buffer(self, _hint: int) -> bytearray:
+                    return bytearray(64)
+
+                def buffer_updated(self, n: int) -> None: ...
+
+                def eof_received(self) -> None: ...
+
+                def connection_lost(self, _e: Any) -> None:
+                    told.append("lost")
+
+            stream.connect(Watch())
+            assert told == ["made", "lost"]
+        finally:
+            conn.close()
+            listener.close()
+
+    run(main)

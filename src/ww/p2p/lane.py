@@ -183,6 +183,7 @@ class LaneStream(_native.Stream, Negotiation):  # type: ignore[misc]
         super().__init__(conn, sid)
         self._start(conn.loop, outbound)  # type: ignore[arg-type]
         self._early_eof = False
+        self._gone = False  # lost (reset, or its connection gone) before a protocol took it
         self._deadline: asyncio.TimerHandle | None = None  # an inbound one's negotiation
 
     def _handler(self, proto: str) -> Callable[[Any], None] | None:
@@ -213,16 +214,21 @@ class LaneStream(_native.Stream, Negotiation):  # type: ignore[misc]
             self.reset()
 
     def _unattached_lost(self) -> None:
+        self._gone = True
         self.on_data = _discard
         self._settled()
         Negotiation._unattached_lost(self)
 
     def connect(self, protocol: Any) -> None:
-        """Hand the stream to ``protocol`` (asyncio's BufferedProtocol calls)."""
+        """Hand the stream to ``protocol`` (asyncio's BufferedProtocol calls).  A stream lost
+        after its negotiation ended and before this (its peer's answer and reset in one read)
+        is handed over and lost at once: the protocol is told, as it would have been."""
         held = bytes(self._neg)
         self._neg.clear()
         self.on_data = _discard
         self.attach(protocol, held, self._early_eof)
+        if self._gone:
+            protocol.connection_lost(ConnectionResetError("stream reset"))
 
     def remote_closed(self, reset: bool) -> None:
         """The peer closed or reset the stream before a protocol took it."""
