@@ -387,3 +387,22 @@ def test_a_dial_as_the_kept_connection_ends_makes_a_new_one() -> None:
             listener.close()
 
     run(main)
+
+
+def test_ww_call_waits_for_a_silent_peer_as_long_as_its_timeout_says() -> None:
+    """`ww call --timeout T` against a peer that takes the TCP connection and says nothing:
+    the lane dial is bounded by T, not by a 10 s of its own (with T past 10 s the call gave
+    up at 10 s, naming 10 s)."""
+    from tests.p2p.conftest import ww_call
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        peer = PrivateKey.generate().peer_id
+        addr = f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}/p2p/{peer}"
+        wait = DIAL_TIMEOUT + 1
+        r = ww_call("--timeout", f"{wait:g}", addr, "echo", timeout=wait)
+        assert r.returncode == 1, r.stderr
+        assert f"no answer within {wait:g} s" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        listener.close()

@@ -93,7 +93,7 @@ async def _call(node: _CallNode, addr: str, method: str, args: list[str], timeou
             started = await asyncio.to_thread(node.started)
             return await wait_future(started.open(addr))
 
-    dialer = CallDialer(node)  # type: ignore[arg-type]
+    dialer = CallDialer(node, timeout=timeout)  # type: ignore[arg-type]
     try:
         async with asyncio.timeout(timeout):
             service = (await dialer.dial(addr)).cast_as(load("cell").Service)

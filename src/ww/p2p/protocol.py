@@ -220,9 +220,13 @@ class Dialer:
     through the node's py-libp2p host (:meth:`ww.p2p.host.Node.open`).
     """
 
-    def __init__(self, node: Node, *, lane: bool = True) -> None:
+    def __init__(self, node: Node, *, lane: bool = True,
+                 timeout: float = lane.DIAL_TIMEOUT) -> None:
+        """``timeout``: seconds a lane dial, and then the remote `Gateway`'s answer, may
+        take each (`ww call --timeout`)."""
         self._node = node
         self._lane = lane
+        self._timeout = timeout
         self._remotes: dict[str, Remote] = {}
         self._connecting: dict[str, asyncio.Task[Remote]] = {}  # being made, one per address
         self._lanes: dict[str, asyncio.Task[LaneConn]] = {}  # being dialed, or dialed
@@ -236,14 +240,14 @@ class Dialer:
             kept = self._remotes.get(addr)
             remote = await self._remote(addr)
             try:
-                async with asyncio.timeout(lane.DIAL_TIMEOUT):  # the remote host answers it
+                async with asyncio.timeout(self._timeout):  # the remote host answers it
                     return hold((await remote.gateway.service()).service)
             except (capnp.KjException, TimeoutError) as e:
                 if self._remotes.get(addr) is remote:
                     self._forget(addr)
                 remote.close()
                 if isinstance(e, TimeoutError):
-                    late = lane.DIAL_TIMEOUT
+                    late = self._timeout
                     raise P2PError(f"p2p: {addr}: no answer within {late:g} s") from None
                 if not (retry and remote is kept and e.type == "DISCONNECTED"):
                     raise P2PError(_dial_failure(addr, e)) from None
@@ -334,7 +338,8 @@ class Dialer:
         node = self._node
         lane.endpoint(addr)  # LaneUnavailable at once: it needs no place
         async with self._dialing:
-            return await lane.dial(addr, node.identity.private_key.seed, policy=node.dial_policy)
+            return await lane.dial(addr, node.identity.private_key.seed, policy=node.dial_policy,
+                                   timeout=self._timeout)
 
     def _drop_lane(self, addr: str) -> None:
         task = self._lanes.pop(addr, None)
