@@ -330,6 +330,46 @@ static void pause_checks(void) {
     close(sv[1]);
 }
 
+/* A peer opening streams as fast as it can: at most SYN_BURST at once (and SYN_RATE a
+ * second) reach the caller as events, the rest are reset here, none past max_inbound while
+ * it is 0, and the connection fails once SYN_EXCESS past the rate. */
+static void syn_checks(void) {
+    conn_t *a = ww_conn_new(-1, 1), *b = ww_conn_new(-1, 0);
+    uint8_t key[32], frame[YAMUX_HDR] = {0, Y_WINDOW, 0, F_SYN};
+    fill(key, 32);
+    memcpy(a->tx_key, key, 32);
+    memcpy(b->rx_key, key, 32);
+    uint64_t start = mono_ns();
+    uint32_t events = 0, id = 1;
+    int rc = 0;
+    for (int round = 0; round < 100 && !rc; round++) {
+        for (int i = 0; i < 100; i++, id += 2) {
+            put32(frame + 4, id);
+            noise_send(a, frame, YAMUX_HDR);
+        }
+        buf_put(&b->in, a->out.p, a->out.len);
+        a->out.len = 0;
+        b->ev.len = 0;
+        b->out.len = 0; /* (sent) */
+        rc = noise_decrypt_all(b) ? -1 : yamux_parse(b);
+        events += (uint32_t)(b->ev.len / YAMUX_HDR);
+    }
+    double secs = (double)(mono_ns() - start) / 1e9;
+    if (events > SYN_BURST + SYN_RATE * secs + 1) abort();
+    if (!rc || strcmp(b->err, "yamux: peer opens streams too fast")) abort();
+    ww_conn_free(b);
+    b = ww_conn_new(-1, 0);
+    memcpy(b->rx_key, key, 32);
+    a->tx_n = 0;
+    ww_conn_set_max_inbound(b, 0);
+    put32(frame + 4, 1);
+    noise_send(a, frame, YAMUX_HDR);
+    buf_put(&b->in, a->out.p, a->out.len);
+    if (noise_decrypt_all(b) || yamux_parse(b) || b->ev.len || b->syn_reset != 1) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+}
+
 int main(int argc, char **argv) {
     long cases = argc > 1 ? atol(argv[1]) : 20000;
     rng = argc > 2 ? (uint32_t)atol(argv[2]) : 12345u;
@@ -338,6 +378,7 @@ int main(int argc, char **argv) {
     lane_checks();
     window_checks();
     pause_checks();
+    syn_checks();
     for (long i = 0; i < cases; i++) {
         switch (i % 4) {
         case 0: one_handshake(0, (i / 4) % 2); break;

@@ -121,3 +121,57 @@ def test_dials_of_one_address_at_once_past_the_servers_per_peer_bound_all_work()
             listener.close()
 
     run(main)
+
+
+def test_a_stream_opening_flood_is_refused_in_c_and_another_peer_is_served(monkeypatch) -> None:
+    """A peer opens 100,000 streams on one lane connection as fast as it can (bare SYNs).
+    Each used to be made a LaneStream in Python (`_new_stream`) and then reset by the
+    lane's bounds, on the thread that serves the cell's fd 3 (benchmarks/lane_flood.py).
+    Now conn.c's bucket (64 at once, 256 a second) and ``max_inbound`` reset them in C:
+    Python sees a bounded few, the flooding connection fails once it is far past the rate,
+    and an honest peer's call on another connection is answered."""
+    seen: list[int] = []
+    new_stream = lane.LaneConn._new_stream
+
+    def counted(self: lane.LaneConn, sid: int) -> Any:
+        seen.append(sid)
+        return new_stream(self, sid)
+
+    monkeypatch.setattr(lane.LaneConn, "_new_stream", counted)
+
+    async def main() -> None:
+        from ww.core.identity import PrivateKey
+        from ww.p2p import _native
+
+        exports, listener = _exporter()
+        dialer = RecordingDialer()
+        attacker = await lane.dial(listener.addr, PrivateKey.generate().seed)
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            opened = 0
+            for _ in range(100_000):  # (bounded: one SYN a turn at least)
+                if opened >= 100_000 or attacker.closed.done():
+                    break
+                try:
+                    _native.Conn.open(attacker)
+                    opened += 1
+                except ConnectionError:  # its C holds 1024 streams: the RSTs free them
+                    attacker.flush()
+                    await asyncio.sleep(0.001)
+                    continue
+                if opened % 256 == 0:
+                    attacker.flush()
+                    await asyncio.sleep(0)
+            elapsed = loop.time() - start
+            assert len(seen) <= 64 + 256 * elapsed + 64, (len(seen), opened, elapsed)
+            await until(lambda: attacker.closed.done())  # the server failed it
+            service = (await dialer.dial(listener.addr)).cast_as(_cell.Service)
+            assert (await service.call("echo", ["still", "served"])).result == "still served"
+        finally:
+            attacker.close()
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    run(main)

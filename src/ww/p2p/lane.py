@@ -44,8 +44,16 @@ from ww.p2p import _native
 if TYPE_CHECKING:
     from ww.p2p.dial_policy import DialPolicy
 
-__all__ = ["LANE", "LaneConn", "LaneStream", "LaneUnavailable", "bounded_stream", "capnp_stream",
-           "dial", "serve"]
+__all__ = [
+    "LANE",
+    "LaneConn",
+    "LaneStream",
+    "LaneUnavailable",
+    "bounded_stream",
+    "capnp_stream",
+    "dial",
+    "serve",
+]
 
 LANE = "/ww/lane/0.1.0"  # the security protocol a lane dialer proposes first
 PING = "/ipfs/ping/1.0.0"
@@ -309,6 +317,7 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         self.failure = ""
         self.freed = False
         self.negotiating = 0  # inbound streams in negotiation
+        self.max_inbound = MAX_STREAMS  # the C resets SYNs past it, unseen by _new_stream
         self.pings = 0  # ping streams open
         self._handshake: asyncio.Future[bytes] | None = None
         # A served one's admission ticket: its ``streams`` kept to the inbound streams open
@@ -371,7 +380,12 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         stream.connect(_Ping(stream))
 
     def _new_stream(self, sid: int) -> LaneStream:
-        """The C's call for a stream the peer opens: reset at once past the bounds."""
+        """The C's call for a stream the peer opens: reset at once past the bounds.  The C
+        calls it for at most 64 SYNs at once and 256 a second (conn.c's bucket; more are reset
+        there, and a peer that goes on past it by 4096 fails the connection), and for none
+        while :data:`MAX_STREAMS` inbound streams are open (``max_inbound``).  The checks
+        here stay (the negotiating bound is Python's: a stream reset and a SYN in one read
+        are parsed by the C before Python hears of the reset)."""
         stream = self.streams[sid] = LaneStream(self, sid, False)
         inbound = self.inbound()
         if inbound > MAX_STREAMS or self.negotiating >= MAX_NEGOTIATING:

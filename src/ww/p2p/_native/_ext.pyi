@@ -15,6 +15,9 @@ class Conn:
     reading: bool
     lane: bool
     open_streams: int  # Yamux streams the C connection holds (not closed both ways, nor reset)
+    # streams the peer opened held at once: a SYN past it is reset in C (0: all; 1024 default)
+    max_inbound: int
+    refused_in_c: int  # SYNs reset in C (past max_inbound, or past the SYN bucket)
     def __init__(self, fd: int, initiator: bool, loop: AbstractEventLoop) -> None: ...
     def start_handshake(self, seed: bytes, expect: bytes | None, lane: bool = False) -> None: ...
     def handshake_step(self) -> bytes | None: ...

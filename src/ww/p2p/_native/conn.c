@@ -33,6 +33,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -43,6 +44,15 @@
 #define YAMUX_WINDOW (256u * 1024u)
 #define YAMUX_FRAME_MAX (NOISE_PT_MAX - YAMUX_HDR) /* a data frame in one Noise message */
 #define MAX_STREAMS 1024
+/* Streams the peer may open: a token bucket per connection, SYN_BURST at once and SYN_RATE a
+ * second after that (a ww peer opens one /ww/0.1.0 stream per dial and a ping now and then:
+ * far below).  A SYN past it is answered with RST here, and the caller never sees it; past
+ * SYN_EXCESS such SYNs more than the rate refills, the connection fails: the peer keeps
+ * opening streams that it is told are refused.  Besides, the caller may cap the streams the
+ * peer holds open (ww_conn_set_max_inbound): SYNs past it are reset here too. */
+#define SYN_BURST 64u
+#define SYN_RATE 256u                     /* a second */
+#define SYN_EXCESS 4096u
 #define READ_BUDGET (256u << 10)          /* bytes read from the socket per ww_conn_read */
 #define BUF_LIMIT (64u << 20)             /* no buffer grows past this */
 /* The out buffer (encrypted, not yet sent).  What the peer makes us send (answers to its
@@ -88,6 +98,12 @@ typedef struct {
     buf_t ev;     /* events of the last ww_conn_read */
     stream_t *streams[MAX_STREAMS];
     int nstreams;
+    int inbound;          /* streams the peer opened, held */
+    int max_inbound;      /* ... SYNs past it are reset (the caller's limit) */
+    uint64_t syn_at_ns;   /* the bucket's last refill */
+    uint32_t syn_tokens;  /* SYNs the peer may send now (x 1000: refilled per ms) */
+    uint32_t syn_excess;  /* SYNs refused for lack of tokens, less the refill since */
+    uint64_t syn_reset;   /* SYNs answered with RST here (the caller never saw them) */
     uint32_t next_id;
     uint8_t remote_ed25519[32];
     struct hs_state *hs; /* from ww_conn_handshake_start until the handshake ends */
@@ -734,6 +750,7 @@ static stream_t *add_stream(conn_t *c, uint32_t id) {
     s->send_window = YAMUX_WINDOW;
     s->recv_left = YAMUX_WINDOW;
     c->streams[c->nstreams++] = s;
+    if ((id & 1) != (c->initiator ? 1 : 0)) c->inbound++;
     return s;
 }
 
@@ -741,6 +758,7 @@ static void drop_stream(conn_t *c, stream_t *s) {
     for (int i = 0; i < c->nstreams; i++)
         if (c->streams[i] == s) {
             c->streams[i] = c->streams[--c->nstreams];
+            if ((s->id & 1) != (c->initiator ? 1 : 0)) c->inbound--;
             break;
         }
     free(s->pending.p);
@@ -840,10 +858,42 @@ static int give_credit(conn_t *c, stream_t *s) {
     return 1;
 }
 
+static uint64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* The SYN bucket refilled for the time since its last refill (tokens and excess in
+ * thousandths). */
+static void syn_refill(conn_t *c) {
+    uint64_t now = mono_ns();
+    if (now <= c->syn_at_ns) return;
+    uint64_t add = (now - c->syn_at_ns) * SYN_RATE / 1000000u; /* thousandths */
+    if (!add) return;                       /* (less than one: the time is kept) */
+    c->syn_at_ns = now;
+    uint64_t t = c->syn_tokens + add;
+    c->syn_tokens = (uint32_t)(t > SYN_BURST * 1000u ? SYN_BURST * 1000u : t);
+    c->syn_excess = add >= c->syn_excess ? 0 : c->syn_excess - (uint32_t)add;
+}
+
+/* A SYN of the peer: 1 to take the stream, 0 to reset it here, -1 once the peer went past
+ * the rate by SYN_EXCESS (the connection fails). */
+static int syn_admit(conn_t *c) {
+    if (c->syn_tokens < 1000u) {
+        c->syn_excess += 1000u;
+        if (c->syn_excess > SYN_EXCESS * 1000u) return fail(c, "yamux: peer opens streams too fast");
+        return 0;
+    }
+    c->syn_tokens -= 1000u;
+    return c->inbound < c->max_inbound && c->nstreams < MAX_STREAMS;
+}
+
 /* Parse the whole Yamux frames in c->plain, all but those left while reading is paused. */
 static int yamux_parse(conn_t *c) {
     size_t off = 0;
     int rc = 0;
+    syn_refill(c);
     while (c->plain.len - off >= YAMUX_HDR && !read_paused(c)) {
         const uint8_t *h = c->plain.p + off;
         uint8_t type = h[1];
@@ -870,8 +920,11 @@ static int yamux_parse(conn_t *c) {
                 rc = fail(c, "yamux: bad SYN");
                 break;
             }
-            s = add_stream(c, id);
-            if (!s) {
+            int admit = syn_admit(c);
+            if (admit < 0) { rc = -1; break; }
+            s = admit ? add_stream(c, id) : NULL;
+            if (!s) { /* reset here: the caller never hears of it */
+                c->syn_reset++;
                 if (yamux_send(c, Y_WINDOW, F_RST, id, 0, NULL, 0)) { rc = -1; break; }
                 continue;
             }
@@ -916,6 +969,9 @@ conn_t *ww_conn_new(int fd, int initiator) {
     c->fd = fd;
     c->initiator = initiator;
     c->next_id = initiator ? 1 : 2;
+    c->max_inbound = MAX_STREAMS;
+    c->syn_tokens = SYN_BURST * 1000u;
+    c->syn_at_ns = mono_ns();
     return c;
 }
 
@@ -958,6 +1014,9 @@ static int handshake_waiting(conn_t *c, const uint8_t id_seed[32], const uint8_t
 int ww_conn_handshake(conn_t *c, const uint8_t id_seed[32], const uint8_t *expect) {
     return handshake_waiting(c, id_seed, expect, 0);
 }
+
+/* At most n streams the peer opened held at once: SYNs past it are reset here (0: all). */
+void ww_conn_set_max_inbound(conn_t *c, int n) { c->max_inbound = n < 0 ? 0 : n; }
 
 /* 1 if the handshake agreed on LANE */
 int ww_conn_lane(conn_t *c) { return c->lane; }
@@ -1079,8 +1138,6 @@ int ww_conn_ping(conn_t *c, uint32_t opaque) {
 }
 
 /* ---- for the benchmark: the transport's own cost, no wake-ups ---- */
-
-#include <time.h>
 
 /* Read until stream id has n bytes, into out; -1 on failure. */
 static int pump(conn_t *c, uint32_t id, uint8_t *out, size_t n) {

@@ -13,7 +13,8 @@
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
  * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
- * remote_closed, _unattached_lost, _new_stream, _fail).
+ * remote_closed, _unattached_lost, _new_stream, _fail).  A SYN past conn.c's bucket (64 at
+ * once, 256 a second) or past max_inbound is reset in C: _new_stream never hears of it.
  *
  * Both types take part in the cyclic GC (a Conn holds its streams, a Stream its Conn and its
  * protocol, and the protocol its transport, the Stream): a connection dropped without
@@ -689,6 +690,28 @@ static PyObject *Conn_get_open_streams(ConnObject *self, void *unused) {
     return PyLong_FromLong(self->c ? self->c->nstreams : 0);
 }
 
+static PyObject *Conn_get_max_inbound(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyLong_FromLong(self->c ? self->c->max_inbound : 0);
+}
+
+static int Conn_set_max_inbound(ConnObject *self, PyObject *value, void *unused) {
+    (void)unused;
+    long n = value ? PyLong_AsLong(value) : -1;
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0 || n > MAX_STREAMS) {
+        PyErr_SetString(PyExc_ValueError, "max_inbound: 0 to 1024");
+        return -1;
+    }
+    if (self->c) ww_conn_set_max_inbound(self->c, (int)n);
+    return 0;
+}
+
+static PyObject *Conn_get_refused_in_c(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(self->c ? self->c->syn_reset : 0);
+}
+
 static PyObject *Conn_get_reading(ConnObject *self, void *unused) {
     (void)unused;
     return PyBool_FromLong(!(self->c && self->c->read_paused));
@@ -728,6 +751,11 @@ static PyGetSetDef Conn_getset[] = {
     {"reading", (getter)Conn_get_reading, NULL,
      "False while reading is paused: the out buffer went over 512 KiB (what the peer made it "
      "send, unsent because the peer does not read) and is not under 256 KiB yet", NULL},
+    {"max_inbound", (getter)Conn_get_max_inbound, (setter)Conn_set_max_inbound,
+     "streams the peer opened held at once, at most: a SYN past it is reset in C, never "
+     "seen by _new_stream (0: every SYN; 1024 by default)", NULL},
+    {"refused_in_c", (getter)Conn_get_refused_in_c, NULL,
+     "SYNs reset in C (past max_inbound, or past the 64-at-once, 256-a-second bucket)", NULL},
     {"open_streams", (getter)Conn_get_open_streams, NULL,
      "Yamux streams the C connection holds (not yet closed both ways, nor reset)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
