@@ -15,6 +15,15 @@ from ww.core.errors import P2PError as P2PError  # re-exported: its home before 
 PROTOCOL_ID = "/ww/0.1.0"
 """The libp2p protocol on which a host serves its cell's export (Cap'n Proto two-party RPC)."""
 
+LANE = "/ww/lane/0.1.0"
+"""The security protocol a ww dialer proposes first: the native lane (`ww.p2p.lane`), the same
+Noise handshake as `/noise` on a connection that carries `/ww/0.1.0` only."""
+
+LANE_PROPOSAL = b"\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"
+"""A lane dialer's first write, in one segment: multistream's header and the :data:`LANE`
+proposal (each line a varint length, the text and a newline).  A ww host's door
+(`ww.p2p.admission`) hands a connection to the lane on exactly these first bytes."""
+
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/2020"
 """Where `ww run` listens when p2p is on and neither ``--listen`` nor ``WW_LISTEN`` is set.
 

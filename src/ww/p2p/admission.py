@@ -107,6 +107,7 @@ from typing import Any
 
 import trio
 
+from ww.core.addrs import LANE, LANE_PROPOSAL
 from ww.p2p.yamux import allow_growth
 
 __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HANDSHAKES",
@@ -114,10 +115,6 @@ __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HAN
            "MAX_STREAMS_PER_CONN", "MAX_STREAMS_PER_IP", "STREAM_LINGER",
            "STREAM_NEGOTIATE_TIMEOUT", "Admission", "LaneAccept", "LaneTicket", "install"]
 
-# The security protocol a ww lane dialer proposes, and what it sends first, in one write:
-# multistream's header and the proposal (each line a varint length, the text and "\n").
-LANE = "/ww/lane/0.1.0"
-LANE_PROPOSAL = b"\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"
 
 # Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
 # allows 15): an honest handshake is a few round trips.

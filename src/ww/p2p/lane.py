@@ -38,7 +38,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ww.core.addrs import PROTOCOL_ID, P2PError
+from ww.core.addrs import LANE, PROTOCOL_ID, P2PError
 from ww.p2p import _native
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ __all__ = [
     "serve",
 ]
 
-LANE = "/ww/lane/0.1.0"  # the security protocol a lane dialer proposes first
 PING = "/ipfs/ping/1.0.0"
 PING_SIZE = 32  # bytes of one libp2p ping, echoed
 MAX_PING_STREAMS = 2  # ping streams open at once on one connection (admission's ping bound)

@@ -206,10 +206,10 @@ class Remote:
 class Dialer:
     """The `/ww/0.1.0` connections one host opened, one per address, reused by later dials.
 
-    Each dial asks the remote `Gateway` again (an answer due within
-    :data:`ww.p2p.lane.DIAL_TIMEOUT`), so a new export over there is seen at once; a
-    connection that broke is replaced.  Dials of one address at once share the one
-    connection being made.  At most :data:`MAX_DIALED` are kept open: dialing one more
+    Each dial asks the remote `Gateway` again (an answer due within the dialer's
+    ``timeout``, :data:`ww.p2p.lane.DIAL_TIMEOUT` unless told), so a new export over there
+    is seen at once; a connection that broke is replaced.  Dials of one address at once
+    share the one connection being made.  At most :data:`MAX_DIALED` are kept open: dialing one more
     address closes the least recently dialed one (and the capabilities from it).
 
     A full address of an Ed25519 peer id is dialed on the native lane (:mod:`ww.p2p.lane`:
