@@ -11,13 +11,14 @@ connections over in `ww run`, is stood in for by :class:`DoNothingTicket`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import capnp
@@ -127,6 +128,21 @@ class RecordingDialer(Dialer):
         raise lane.P2PError("p2p: the py-libp2p path (not in this test)")
 
 
+@contextlib.asynccontextmanager
+async def exported_echo() -> AsyncIterator[tuple[Exports, Listener, RecordingDialer]]:
+    """An Echo exported on a lane listener of the test's, and a Dialer; all closed after."""
+    exports = Exports()
+    exports.set(Echo())
+    listener = Listener(exports.lane_acceptor)
+    dialer = RecordingDialer()
+    try:
+        yield exports, listener, dialer
+    finally:
+        dialer.close_all()
+        exports.close_all()
+        listener.close()
+
+
 def test_constants_agree_with_admission() -> None:
     """The lane repeats admission's numbers (admission imports py-libp2p; `ww call` must not)."""
     from ww.p2p import admission
@@ -143,12 +159,8 @@ def test_lane_calls_between_two_extension_ends() -> None:
     side too (the ticket told it ended, after it was told handshaken)."""
 
     async def main() -> None:
-        exports = Exports()
-        exports.set(Echo())
-        listener = Listener(exports.lane_acceptor)
-        dialer = RecordingDialer()
-        addr = listener.addr
-        try:
+        async with exported_echo() as (_, listener, dialer):
+            addr = listener.addr
             service = (await dialer.dial(addr)).cast_as(_cell.Service)
             assert (await service.call("echo", ["over", "the", "lane"])).result == "over the lane"
             conn = dialer._lanes[addr].result()
@@ -160,10 +172,30 @@ def test_lane_calls_between_two_extension_ends() -> None:
             dialer.close_all()
             assert conn.closed.done()
             await until(lambda: listener.tickets[0].events == ["handshaken", "ended"])
-        finally:
-            dialer.close_all()
-            exports.close_all()
-            listener.close()
+
+    run(main)
+
+
+def test_a_lane_connection_the_peer_ends_frees_its_socket_at_once() -> None:
+    """A kept lane connection that the remote host ends (its cell exited, it stopped) gives
+    its socket back as the end is seen: it used to stay open, and in the Dialer, until the
+    address was next dialed, dropped as the least recently dialed of MAX_DIALED, or
+    close_all.  The next dial of the address makes a new connection."""
+
+    async def main() -> None:
+        async with exported_echo() as (exports, listener, dialer):
+            addr = listener.addr
+            service = (await dialer.dial(addr)).cast_as(_cell.Service)
+            assert (await service.call("echo", ["one"])).result == "one"
+            conn = dialer._lanes[addr].result()
+            exports.close_all()  # the served side ends its /ww/0.1.0 connection ...
+            listener.tickets[0].close()  # ... and admission closes the lane connection
+            await conn.closed  # (the Dialer's callback was registered first: it has run)
+            assert conn.sock.fileno() == -1
+            assert addr not in dialer._lanes
+            again = (await dialer.dial(addr)).cast_as(_cell.Service)
+            assert (await again.call("echo", ["two"])).result == "two"
+            assert dialer._lanes[addr].result() is not conn
 
     run(main)
 

@@ -214,7 +214,8 @@ class Dialer:
 
     A full address of an Ed25519 peer id is dialed on the native lane (:mod:`ww.p2p.lane`:
     one connection per address, at most :data:`MAX_DIALING` being dialed at once (the
-    others wait), kept for later dials of it and replaced once it closed, closed with the
+    others wait), kept for later dials of it and replaced once it closed (its socket freed as the
+    peer's end is seen), closed with the
     address's `/ww/0.1.0` connection when that is dropped or could not be made: a lane
     connection is kept only for an address kept); anything else (``lane=False`` too)
     through the node's py-libp2p host (:meth:`ww.p2p.host.Node.open`).
@@ -338,8 +339,20 @@ class Dialer:
         node = self._node
         lane.endpoint(addr)  # LaneUnavailable at once: it needs no place
         async with self._dialing:
-            return await lane.dial(addr, node.identity.private_key.seed, policy=node.dial_policy,
-                                   timeout=self._timeout)
+            conn = await lane.dial(addr, node.identity.private_key.seed,
+                                   policy=node.dial_policy, timeout=self._timeout)
+        conn.closed.add_done_callback(lambda _: self._lane_ended(addr, conn))
+        return conn
+
+    def _lane_ended(self, addr: str, conn: LaneConn) -> None:
+        """The peer ended the lane connection kept for ``addr``: its socket is freed now,
+        not when the address is next dialed (the address's `/ww/0.1.0` connection, lost
+        with it, is replaced then)."""
+        task = self._lanes.get(addr)
+        if task is not None and task.done() and not task.cancelled() \
+                and task.exception() is None and task.result() is conn:
+            del self._lanes[addr]
+        conn.close()
 
     def _drop_lane(self, addr: str) -> None:
         task = self._lanes.pop(addr, None)
