@@ -13,6 +13,12 @@ a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the m
   lane): the call crosses one py-libp2p connection and B's fd 3.
 - "lane -> cell": the same, the peer dialing the native lane as `ww call` does (always this
   checkout's; with ``--compare``, against a B without the lane it falls back to `/noise`).
+- "lane -> C++ cell": the same peer, calling a second host B whose cell is the C++ cell of
+  tests/cxx/cell.c++ (`cell export`, built as tests/cxx/build.py builds it for the tests):
+  no pycapnp in the cell, so what is left at B is the host's own cost.
+- "C++ cell -> C++ cell": a jailed C++ cell on host A (`cell call`, the same measurement in
+  C++) calling that C++ exporter: no pycapnp at either end but in the two hosts.  (The C++
+  cell is one binary for both sides of ``--compare``: only the hosts differ.)
 - "fd 3 only": the same cell code calling its own host's console `ping` over fd 3, for
   scale (no network at all).
 - "libp2p echo": two libp2p hosts in this process, a 100-byte echo on a bare stream: the
@@ -44,6 +50,11 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.cxx.build import build_cell  # noqa: E402
 
 WW = str(Path(sys.executable).with_name("ww"))
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -256,14 +267,28 @@ def libp2p_round(calls: int) -> dict[str, float]:
 
 def cell_round(directory: str, caller: str, addr: str, calls: int,
                src: str | None = None) -> dict[str, float]:
-    flags = ["--with-console"] if addr == "-" else [
-        "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"]
+    """The Python caller cell on host A: ``addr``'s export, or ("-") its console's ping."""
+    return _on_a(directory, [caller, addr, str(calls)], addr != "-", src)
+
+
+def cxx_round(directory: str, cxx_cell: str, addr: str, calls: int,
+              src: str | None = None) -> dict[str, float]:
+    """The C++ cell on host A (`cell call`): its answers checked, its figures."""
+    got = _on_a(directory, [cxx_cell, "call", addr, str(calls), str(IN_FLIGHT)], True, src)
+    if (got.pop("echo"), got.pop("answers")) != ("hello from C++", 2 * calls + 51):
+        raise SystemExit("the C++ cell got wrong answers")
+    return got
+
+
+def _on_a(directory: str, argv: list[str], p2p: bool, src: str | None) -> dict[str, Any]:
+    """Host A (`ww run`) with the cell ``argv``; the last line the cell printed, as JSON."""
+    flags = ["--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"] if p2p else [
+        "--with-console"]
     env = _home(directory, "a")
     if src:  # the host's ww, and its cell's (the jail shows the package the host runs)
         env["PYTHONPATH"] = src
         flags += ["--env", f"PYTHONPATH={src}"]
-    out = subprocess.run([WW, "run", *flags, "--env", "PYTHONDONTWRITEBYTECODE=1", caller,
-                          addr, str(calls)],
+    out = subprocess.run([WW, "run", *flags, "--env", "PYTHONDONTWRITEBYTECODE=1", *argv],
                          check=True, capture_output=True, text=True, timeout=300,
                          env=env).stdout
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
@@ -283,13 +308,14 @@ def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
             for key in rounds[0]}
 
 
-def start_b(directory: str, exporter: str, name: str,
+def start_b(directory: str, exporter: list[str], name: str,
             src: str | None) -> tuple[subprocess.Popen[str], str]:
+    """Host B: `ww run --with-p2p` of ``exporter`` (the cell and its arguments)."""
     env, flags = _home(directory, name), []
     if src:
         env["PYTHONPATH"] = src
         flags = ["--env", f"PYTHONPATH={src}"]
-    b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, *flags, exporter],
+    b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, *flags, *exporter],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, env=env)
     assert b.stdout is not None
@@ -326,7 +352,8 @@ def main() -> None:
     variants: dict[str, str | None] = (
         {"": None} if not options.compare
         else {"this ": None, "SRC ": os.path.abspath(options.compare)})
-    paths = ["cell -> cell", "peer -> cell", "lane -> cell", "fd 3 only", "libp2p echo"]
+    paths = ["cell -> cell", "peer -> cell", "lane -> cell", "lane -> C++ cell",
+             "C++ cell -> C++ cell", "fd 3 only", "libp2p echo"]
     rounds: dict[tuple[str, str], list[dict[str, float]]] = {
         (v, p): [] for v in variants for p in paths}
     shell: dict[str, list[float]] = {v: [] for v in variants}
@@ -334,20 +361,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ww-bench-p2p-") as directory:
         exporter = _cell(directory, "exporter.py", EXPORTER)
         caller = _cell(directory, "caller.py", CALLER)
+        cxx_cell = str(build_cell(Path(directory, "cxx-build"), WW))
         hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
+        cxx_hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:
             for i, (variant, src) in enumerate(variants.items()):
-                hosts[variant] = start_b(directory, exporter, f"b{i}", src)
+                hosts[variant] = start_b(directory, [exporter], f"b{i}", src)
+                cxx_hosts[variant] = start_b(directory, [cxx_cell, "export"], f"cxx-b{i}", src)
             for n in range(options.rounds):
                 order = list(variants.items())
                 for variant, src in order if n % 2 == 0 else order[::-1]:
                     b, addr = hosts[variant]
+                    cxx_b, cxx_addr = cxx_hosts[variant]
                     got = {
                         "cell -> cell": on_b(b, calls, cell_round, directory, caller, addr,
                                              calls, src),
                         "peer -> cell": on_b(b, calls, _child, src, "peer", addr, str(calls)),
                         # the peer dials the lane: taken where B has one, else /noise
                         "lane -> cell": on_b(b, calls, _child, None, "lane", addr, str(calls)),
+                        "lane -> C++ cell": on_b(cxx_b, calls, _child, None, "lane", cxx_addr,
+                                                 str(calls)),
+                        "C++ cell -> C++ cell": on_b(cxx_b, calls, cxx_round, directory,
+                                                     cxx_cell, cxx_addr, calls, src),
                         "fd 3 only": cell_round(directory, caller, "-", calls, src),
                         "libp2p echo": _child(src, "libp2p", str(calls)),
                     }
@@ -359,20 +394,20 @@ def main() -> None:
                                    capture_output=True, timeout=60, env=env)
                     shell[variant].append(time.perf_counter() - started)
         finally:
-            for b, _ in hosts.values():
+            for b, _ in [*hosts.values(), *cxx_hosts.values()]:
                 stop_b(b)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{calls} calls, median of {options.rounds} rounds, load average "
           f"{os.getloadavg()[0]:.1f} at the end"
           + (f"; SRC = {options.compare}" if options.compare else ""))
-    print(f"{'path':<19}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
+    print(f"{'path':<25}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
           f"{'pipelined calls/s':>19}{'B CPU/call':>12}")
     for path in paths:
         for variant in variants:
             r = median_round(rounds[(variant, path)])
             cpu = r.get("b_cpu_us", float("nan"))
-            print(f"{variant + path:<19}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
+            print(f"{variant + path:<25}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
                   f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}"
                   + (f"{cpu:>10.0f}us" if cpu == cpu else f"{'':>12}"))
     for variant in variants:
