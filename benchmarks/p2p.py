@@ -26,9 +26,10 @@ a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the m
 
 Sequential calls give the latency (median, p99); "pipelined" keeps 64 calls in flight.
 "B CPU" is the CPU time host B and its cell spent per call over the round (Linux /proc): far
-less disturbed by a busy machine than the times are.  Also timed: one `ww call` from the
-shell, start to finish (process start-up included).  Everything listens on 127.0.0.1 only,
-and every peer is stopped at the end.
+less disturbed by a busy machine than the times are; "B host" the part of it that was host
+B's own process (`ww run`: the host, its lane, its libp2p node), without the cell's.  Also
+timed: one `ww call` from the shell, start to finish (process start-up included).
+Everything listens on 127.0.0.1 only, and every peer is stopped at the end.
 
 ``--compare OTHER/src`` runs every round a second time, in turns, with the ww package of
 another checkout (its host B, its `ww run` callers, and its libp2p node as the peer, each a
@@ -151,8 +152,9 @@ def _child(src: str | None, *args: str) -> dict[str, float]:
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and every process under it (Linux /proc)."""
+def _tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by ``pid`` and every process under it, and by ``pid`` alone
+    (Linux /proc)."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -168,7 +170,7 @@ def _tree_cpu(pid: int) -> float:
         here = todo.pop()
         total += stats.get(here, (0, 0.0))[1]
         todo += [child for child, (parent, _) in stats.items() if parent == here]
-    return total
+    return total, stats.get(pid, (0, 0.0))[1]
 
 
 def peer_round(addr: str, calls: int, lane: bool = False) -> dict[str, float]:
@@ -295,10 +297,13 @@ def _on_a(directory: str, argv: list[str], p2p: bool, src: str | None) -> dict[s
 
 
 def on_b(b: subprocess.Popen[str], calls: int, one: Any, *args: Any) -> dict[str, float]:
-    """``one(*args)``'s result, with the CPU host B (and its cell) spent per call meanwhile."""
-    before = _tree_cpu(b.pid)
+    """``one(*args)``'s result, with the CPU host B and its cell spent per call meanwhile,
+    and the host alone."""
+    tree, host = _tree_cpu(b.pid)
     result = one(*args)
-    result["b_cpu_us"] = (_tree_cpu(b.pid) - before) / (2 * calls + 50) * 1e6
+    tree_after, host_after = _tree_cpu(b.pid)
+    result["b_cpu_us"] = (tree_after - tree) / (2 * calls + 50) * 1e6
+    result["b_host_cpu_us"] = (host_after - host) / (2 * calls + 50) * 1e6
     return result  # type: ignore[no-any-return]
 
 
@@ -402,14 +407,14 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} at the end"
           + (f"; SRC = {options.compare}" if options.compare else ""))
     print(f"{'path':<25}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
-          f"{'pipelined calls/s':>19}{'B CPU/call':>12}")
+          f"{'pipelined calls/s':>19}{'B CPU/call':>12}{'B host':>9}")
     for path in paths:
         for variant in variants:
             r = median_round(rounds[(variant, path)])
-            cpu = r.get("b_cpu_us", float("nan"))
+            cpu, host = r.get("b_cpu_us", float("nan")), r.get("b_host_cpu_us", float("nan"))
             print(f"{variant + path:<25}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
                   f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}"
-                  + (f"{cpu:>10.0f}us" if cpu == cpu else f"{'':>12}"))
+                  + (f"{cpu:>10.0f}us{host:>7.0f}us" if cpu == cpu else ""))
     for variant in variants:
         print(f"{variant}one `ww call` from the shell, start to finish: "
               f"{statistics.median(shell[variant]) * 1000:.0f} ms (median)")
