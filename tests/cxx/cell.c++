@@ -12,10 +12,11 @@
 //                           (P2P.id), serve until stdin ends
 //   cell call ADDR N INFLIGHT
 //                           P2P.dial ADDR, cast to `Service`; check `echo hello from C++`,
-//                           50 warm-up calls, N sequential `echo` calls timed one by one, N
-//                           with INFLIGHT in flight; print one JSON line: "echo" (that
-//                           answer), "answers" (answers checked), median_us, p10_us, p99_us,
-//                           sequential_per_s, pipelined_per_s (benchmarks/p2p.py's columns).
+//                           50 warm-up calls, N sequential `echo` calls (no ARGS: answer "")
+//                           timed one by one, N with INFLIGHT in flight; print one JSON
+//                           line: "echo" (that answer), "answers" (answers checked),
+//                           median_us, p10_us, p99_us, sequential_per_s, pipelined_per_s
+//                           (benchmarks/p2p.py's columns).
 //                           A wrong answer: exit 1
 //
 // The p2p modes need `ww run --with-p2p` (without it: exit 65).  Bad arguments: usage on
