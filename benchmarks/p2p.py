@@ -13,6 +13,12 @@ a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the m
   lane): the call crosses one py-libp2p connection and B's fd 3.
 - "lane -> cell": the same, the peer dialing the native lane as `ww call` does (always this
   checkout's; with ``--compare``, against a B without the lane it falls back to `/noise`).
+- "lane -> C++ cell": the same peer, calling a second host B whose cell is the C++ cell of
+  tests/cxx/cell.c++ (`cell export`, built as tests/cxx/build.py builds it for the tests):
+  no pycapnp in the cell, so what is left at B is the host's own cost.
+- "C++ cell -> C++ cell": a jailed C++ cell on host A (`cell call`, the same measurement in
+  C++) calling that C++ exporter: no pycapnp at either end but in the two hosts.  (The C++
+  cell is one binary for both sides of ``--compare``: only the hosts differ.)
 - "fd 3 only": the same cell code calling its own host's console `ping` over fd 3, for
   scale (no network at all).
 - "libp2p echo": two libp2p hosts in this process, a 100-byte echo on a bare stream: the
@@ -20,9 +26,10 @@ a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the m
 
 Sequential calls give the latency (median, p99); "pipelined" keeps 64 calls in flight.
 "B CPU" is the CPU time host B and its cell spent per call over the round (Linux /proc): far
-less disturbed by a busy machine than the times are.  Also timed: one `ww call` from the
-shell, start to finish (process start-up included).  Everything listens on 127.0.0.1 only,
-and every peer is stopped at the end.
+less disturbed by a busy machine than the times are; "B host" the part of it that was host
+B's own process (`ww run`: the host, its lane, its libp2p node), without the cell's.  Also
+timed: one `ww call` from the shell, start to finish (process start-up included).
+Everything listens on 127.0.0.1 only, and every peer is stopped at the end.
 
 ``--compare OTHER/src`` runs every round a second time, in turns, with the ww package of
 another checkout (its host B, its `ww run` callers, and its libp2p node as the peer, each a
@@ -44,6 +51,11 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.cxx.build import build_cell  # noqa: E402
 
 WW = str(Path(sys.executable).with_name("ww"))
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -140,8 +152,9 @@ def _child(src: str | None, *args: str) -> dict[str, float]:
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds used so far by ``pid`` and every process under it (Linux /proc)."""
+def _tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by ``pid`` and every process under it, and by ``pid`` alone
+    (Linux /proc)."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -157,7 +170,7 @@ def _tree_cpu(pid: int) -> float:
         here = todo.pop()
         total += stats.get(here, (0, 0.0))[1]
         todo += [child for child, (parent, _) in stats.items() if parent == here]
-    return total
+    return total, stats.get(pid, (0, 0.0))[1]
 
 
 def peer_round(addr: str, calls: int, lane: bool = False) -> dict[str, float]:
@@ -256,24 +269,41 @@ def libp2p_round(calls: int) -> dict[str, float]:
 
 def cell_round(directory: str, caller: str, addr: str, calls: int,
                src: str | None = None) -> dict[str, float]:
-    flags = ["--with-console"] if addr == "-" else [
-        "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"]
+    """The Python caller cell on host A: ``addr``'s export, or ("-") its console's ping."""
+    return _on_a(directory, [caller, addr, str(calls)], addr != "-", src)
+
+
+def cxx_round(directory: str, cxx_cell: str, addr: str, calls: int,
+              src: str | None = None) -> dict[str, float]:
+    """The C++ cell on host A (`cell call`): its answers checked, its figures."""
+    got = _on_a(directory, [cxx_cell, "call", addr, str(calls), str(IN_FLIGHT)], True, src)
+    if (got.pop("echo"), got.pop("answers")) != ("hello from C++", 2 * calls + 51):
+        raise SystemExit("the C++ cell got wrong answers")
+    return got
+
+
+def _on_a(directory: str, argv: list[str], p2p: bool, src: str | None) -> dict[str, Any]:
+    """Host A (`ww run`) with the cell ``argv``; the last line the cell printed, as JSON."""
+    flags = ["--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"] if p2p else [
+        "--with-console"]
     env = _home(directory, "a")
     if src:  # the host's ww, and its cell's (the jail shows the package the host runs)
         env["PYTHONPATH"] = src
         flags += ["--env", f"PYTHONPATH={src}"]
-    out = subprocess.run([WW, "run", *flags, "--env", "PYTHONDONTWRITEBYTECODE=1", caller,
-                          addr, str(calls)],
+    out = subprocess.run([WW, "run", *flags, "--env", "PYTHONDONTWRITEBYTECODE=1", *argv],
                          check=True, capture_output=True, text=True, timeout=300,
                          env=env).stdout
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def on_b(b: subprocess.Popen[str], calls: int, one: Any, *args: Any) -> dict[str, float]:
-    """``one(*args)``'s result, with the CPU host B (and its cell) spent per call meanwhile."""
-    before = _tree_cpu(b.pid)
+    """``one(*args)``'s result, with the CPU host B and its cell spent per call meanwhile,
+    and the host alone."""
+    tree, host = _tree_cpu(b.pid)
     result = one(*args)
-    result["b_cpu_us"] = (_tree_cpu(b.pid) - before) / (2 * calls + 50) * 1e6
+    tree_after, host_after = _tree_cpu(b.pid)
+    result["b_cpu_us"] = (tree_after - tree) / (2 * calls + 50) * 1e6
+    result["b_host_cpu_us"] = (host_after - host) / (2 * calls + 50) * 1e6
     return result  # type: ignore[no-any-return]
 
 
@@ -283,13 +313,14 @@ def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
             for key in rounds[0]}
 
 
-def start_b(directory: str, exporter: str, name: str,
+def start_b(directory: str, exporter: list[str], name: str,
             src: str | None) -> tuple[subprocess.Popen[str], str]:
+    """Host B: `ww run --with-p2p` of ``exporter`` (the cell and its arguments)."""
     env, flags = _home(directory, name), []
     if src:
         env["PYTHONPATH"] = src
         flags = ["--env", f"PYTHONPATH={src}"]
-    b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, *flags, exporter],
+    b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", LOOPBACK, *flags, *exporter],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, env=env)
     assert b.stdout is not None
@@ -326,7 +357,8 @@ def main() -> None:
     variants: dict[str, str | None] = (
         {"": None} if not options.compare
         else {"this ": None, "SRC ": os.path.abspath(options.compare)})
-    paths = ["cell -> cell", "peer -> cell", "lane -> cell", "fd 3 only", "libp2p echo"]
+    paths = ["cell -> cell", "peer -> cell", "lane -> cell", "lane -> C++ cell",
+             "C++ cell -> C++ cell", "fd 3 only", "libp2p echo"]
     rounds: dict[tuple[str, str], list[dict[str, float]]] = {
         (v, p): [] for v in variants for p in paths}
     shell: dict[str, list[float]] = {v: [] for v in variants}
@@ -334,20 +366,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ww-bench-p2p-") as directory:
         exporter = _cell(directory, "exporter.py", EXPORTER)
         caller = _cell(directory, "caller.py", CALLER)
+        cxx_cell = str(build_cell(Path(directory, "cxx-build"), WW))
         hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
+        cxx_hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:
             for i, (variant, src) in enumerate(variants.items()):
-                hosts[variant] = start_b(directory, exporter, f"b{i}", src)
+                hosts[variant] = start_b(directory, [exporter], f"b{i}", src)
+                cxx_hosts[variant] = start_b(directory, [cxx_cell, "export"], f"cxx-b{i}", src)
             for n in range(options.rounds):
                 order = list(variants.items())
                 for variant, src in order if n % 2 == 0 else order[::-1]:
                     b, addr = hosts[variant]
+                    cxx_b, cxx_addr = cxx_hosts[variant]
                     got = {
                         "cell -> cell": on_b(b, calls, cell_round, directory, caller, addr,
                                              calls, src),
                         "peer -> cell": on_b(b, calls, _child, src, "peer", addr, str(calls)),
                         # the peer dials the lane: taken where B has one, else /noise
                         "lane -> cell": on_b(b, calls, _child, None, "lane", addr, str(calls)),
+                        "lane -> C++ cell": on_b(cxx_b, calls, _child, None, "lane", cxx_addr,
+                                                 str(calls)),
+                        "C++ cell -> C++ cell": on_b(cxx_b, calls, cxx_round, directory,
+                                                     cxx_cell, cxx_addr, calls, src),
                         "fd 3 only": cell_round(directory, caller, "-", calls, src),
                         "libp2p echo": _child(src, "libp2p", str(calls)),
                     }
@@ -359,22 +399,22 @@ def main() -> None:
                                    capture_output=True, timeout=60, env=env)
                     shell[variant].append(time.perf_counter() - started)
         finally:
-            for b, _ in hosts.values():
+            for b, _ in [*hosts.values(), *cxx_hosts.values()]:
                 stop_b(b)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{calls} calls, median of {options.rounds} rounds, load average "
           f"{os.getloadavg()[0]:.1f} at the end"
           + (f"; SRC = {options.compare}" if options.compare else ""))
-    print(f"{'path':<19}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
-          f"{'pipelined calls/s':>19}{'B CPU/call':>12}")
+    print(f"{'path':<25}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
+          f"{'pipelined calls/s':>19}{'B CPU/call':>12}{'B host':>9}")
     for path in paths:
         for variant in variants:
             r = median_round(rounds[(variant, path)])
-            cpu = r.get("b_cpu_us", float("nan"))
-            print(f"{variant + path:<19}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
+            cpu, host = r.get("b_cpu_us", float("nan")), r.get("b_host_cpu_us", float("nan"))
+            print(f"{variant + path:<25}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
                   f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}"
-                  + (f"{cpu:>10.0f}us" if cpu == cpu else f"{'':>12}"))
+                  + (f"{cpu:>10.0f}us{host:>7.0f}us" if cpu == cpu else ""))
     for variant in variants:
         print(f"{variant}one `ww call` from the shell, start to finish: "
               f"{statistics.median(shell[variant]) * 1000:.0f} ms (median)")

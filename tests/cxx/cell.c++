@@ -1,5 +1,5 @@
-// A cell written in C++, for tests/cxx/test_cxx_cell.py: the protocol as docs/protocol.md
-// describes it, with nothing but Cap'n Proto's C++ library and libsodium.
+// A cell written in C++, for tests/cxx/test_cxx_cell.py and benchmarks/p2p.py: the protocol as
+// docs/protocol.md describes it, with nothing but Cap'n Proto's C++ library and libsodium.
 //
 //   cell anonymous          log in without an identity; print `granted`; println on the console
 //   cell signed             log in with the key the operator handed over (Host.identity)
@@ -7,20 +7,38 @@
 //   cell add NAME PIECE N   add the bytes of fd NAME to IPFS in PIECE-byte writes, N in flight,
 //                           print the CID, cat it back, print whether it matches
 //   cell deny               try to add on a read-only IPFS: print the error, exit 65
+//   cell export             P2P.export a `Service` (echo ARGS...: the ARGS joined by spaces;
+//                           any other method fails), print the host's first address
+//                           (P2P.id), serve until stdin ends
+//   cell call ADDR N INFLIGHT
+//                           P2P.dial ADDR, cast to `Service`; check `echo hello from C++`,
+//                           50 warm-up calls, N sequential `echo` calls (no ARGS: answer "")
+//                           timed one by one, N with INFLIGHT in flight; print one JSON
+//                           line: "echo" (that answer), "answers" (answers checked),
+//                           median_us, p10_us, p99_us, sequential_per_s, pipelined_per_s
+//                           (benchmarks/p2p.py's columns).
+//                           A wrong answer: exit 1
 //
-// Any other failure: the exception's description on stderr, exit 1.
+// The p2p modes need `ww run --with-p2p` (without it: exit 65).  Bad arguments: usage on
+// stderr, exit 2.  Any other failure: the exception's description on stderr, exit 1.
 
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
+#include <kj/thread.h>
 #include <sodium.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "cell.capnp.h"
 #include "ipfs.capnp.h"
@@ -82,8 +100,161 @@ void println(ww::cell::Session::Reader session, kj::StringPtr line, kj::WaitScop
   request.send().wait(waitScope);
 }
 
+
+// `Service` as `cell export` serves it: echo, or a one-line failure.
+class Echo final: public ww::cell::Service::Server {
+protected:
+  kj::Promise<void> call(CallContext context) override {
+    auto params = context.getParams();
+    auto method = params.getMethod();
+    if (method != "echo") {
+      return KJ_EXCEPTION(FAILED, kj::str("unknown method '", method, "' (try echo)"));
+    }
+    auto args = params.getArgs();
+    std::string joined;
+    for (unsigned i = 0; i < args.size(); ++i) {
+      if (i > 0) joined += ' ';
+      joined += args[i].cStr();
+    }
+    context.getResults().setResult(joined);
+    return kj::READY_NOW;
+  }
+};
+
+// Resolves when stdin reaches its end.  A thread reads it, so that stdin may be anything,
+// a pipe, a terminal, a file or /dev/null (epoll refuses the last two).
+kj::Promise<void> stdinEnds() {
+  auto eof = kj::newPromiseAndCrossThreadFulfiller<void>();
+  kj::Thread([fulfiller = kj::mv(eof.fulfiller)]() mutable {
+    char buffer[4096];
+    for (;;) {
+      ssize_t n = read(0, buffer, sizeof(buffer));
+      if (n > 0 || (n < 0 && errno == EINTR)) continue;
+      break;
+    }
+    fulfiller->fulfill();
+  }).detach();  // it ends at the end of stdin, or with the process
+  return kj::mv(eof.promise);
+}
+
+int serve(ww::cell::P2P::Client p2p, kj::WaitScope& waitScope) {
+  auto request = p2p.exportRequest();
+  request.setService(kj::heap<Echo>());
+  request.send().wait(waitScope);
+  auto id = p2p.idRequest().send().wait(waitScope);
+  if (id.getAddrs().size() == 0) {
+    std::cerr << "cell: the host listens nowhere (ww run --listen)\n";
+    return 65;
+  }
+  std::cout << id.getAddrs()[0].cStr() << std::endl;
+  stdinEnds().wait(waitScope);  // the export is served meanwhile
+  return 0;
+}
+
+// One `Service.call("echo", [])`; an answer other than "" counts in `wrong`.
+kj::Promise<void> echoOnce(ww::cell::Service::Client& service, size_t& wrong) {
+  auto request = service.callRequest();
+  request.setMethod("echo");
+  request.initArgs(0);
+  return request.send().then([&wrong](capnp::Response<ww::cell::Service::CallResults>&& r) {
+    if (r.getResult().size() != 0) ++wrong;
+  });
+}
+
+// Calls one after the other while `left` lasts: INFLIGHT of these keep INFLIGHT in flight.
+kj::Promise<void> callsInTurn(ww::cell::Service::Client& service, size_t& left, size_t& wrong) {
+  if (left == 0) return kj::READY_NOW;
+  --left;
+  return echoOnce(service, wrong).then([&service, &left, &wrong]() {
+    return callsInTurn(service, left, wrong);
+  });
+}
+
+std::string jsonText(kj::StringPtr text) {
+  std::string out = "\"";
+  for (char c: text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char escaped[8];
+      snprintf(escaped, sizeof(escaped), "\\u%04x", c);
+      out += escaped;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+int measure(ww::cell::P2P::Client p2p, const char* addr, size_t calls, size_t inFlight,
+            kj::WaitScope& waitScope) {
+  using Clock = std::chrono::steady_clock;
+  auto dial = p2p.dialRequest();
+  dial.setAddr(addr);
+  auto dialed = dial.send().wait(waitScope);  // owns the capability: keep it
+  auto service = dialed.getService().castAs<ww::cell::Service>();
+
+  auto check = service.callRequest();
+  check.setMethod("echo");
+  auto args = check.initArgs(3);
+  args.set(0, "hello");
+  args.set(1, "from");
+  args.set(2, "C++");
+  auto checked = check.send().wait(waitScope);
+  std::string echo = jsonText(checked.getResult());
+
+  size_t wrong = 0;
+  for (int i = 0; i < 50; ++i) echoOnce(service, wrong).wait(waitScope);  // warm up
+  std::vector<double> times;  // µs
+  times.reserve(calls);
+  for (size_t i = 0; i < calls; ++i) {
+    auto started = Clock::now();
+    echoOnce(service, wrong).wait(waitScope);
+    times.push_back(std::chrono::duration<double, std::micro>(Clock::now() - started).count());
+  }
+  auto started = Clock::now();
+  size_t left = calls;
+  auto chains = kj::heapArrayBuilder<kj::Promise<void>>(inFlight);
+  for (size_t i = 0; i < inFlight; ++i) chains.add(callsInTurn(service, left, wrong));
+  kj::joinPromises(chains.finish()).wait(waitScope);
+  double pipelined = std::chrono::duration<double>(Clock::now() - started).count();
+  if (wrong != 0) {
+    std::cerr << "cell: " << wrong << " wrong answers to echo\n";
+    return 1;
+  }
+
+  double total = 0;
+  for (double t: times) total += t;
+  std::sort(times.begin(), times.end());
+  size_t n = times.size();
+  double median = n % 2 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
+  printf("{\"echo\": %s, \"answers\": %zu, \"median_us\": %.1f, \"p10_us\": %.1f, "
+         "\"p99_us\": %.1f, \"sequential_per_s\": %.1f, \"pipelined_per_s\": %.1f}\n",
+         echo.c_str(), 1 + 50 + 2 * calls, median, times[n / 10],
+         times[std::max<size_t>(1, n * 99 / 100) - 1], calls / (total / 1e6),
+         calls / pipelined);
+  fflush(stdout);
+  return 0;
+}
+
+// A count from the command line: a whole number from 1 up, else 0.
+size_t count(const char* text) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long n = strtoull(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || n == 0 || n > 100000000)
+    return 0;
+  return n;
+}
+
 int run(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "anonymous";
+  size_t calls = 0, inFlight = 0;
+  if (mode == "call" && (argc != 5 || !(calls = count(argv[3])) || !(inFlight = count(argv[4])))) {
+    std::cerr << "cell: usage: cell call ADDR N INFLIGHT (N, INFLIGHT: whole numbers from 1)\n";
+    return 2;
+  }
   auto io = kj::setupAsyncIo();
   auto& waitScope = io.waitScope;
   auto stream = io.lowLevelProvider->wrapSocketFd(3);
@@ -110,6 +281,14 @@ int run(int argc, char** argv) {
     if (!session.hasConsole()) return 65;
     println(session, kj::str("hello from C++, ", mode.c_str()), waitScope);
     return 0;
+  }
+  if (mode == "export" || mode == "call") {
+    if (!session.hasP2p()) {
+      std::cerr << "cell: p2p not granted (ww run --with-p2p)\n";
+      return 65;
+    }
+    if (mode == "export") return serve(session.getP2p(), waitScope);
+    return measure(session.getP2p(), argv[2], calls, inFlight, waitScope);
   }
   if (mode == "fd" && argc == 3) {
     std::cout << readFd(argv[2]);
@@ -172,7 +351,8 @@ int run(int argc, char** argv) {
       return 65;  // capability access denied
     }
   }
-  std::cerr << "cell: usage: cell anonymous|signed|fd NAME|add NAME PIECE N|deny\n";
+  std::cerr << "cell: usage: cell anonymous|signed|fd NAME|add NAME PIECE N|deny|export|"
+               "call ADDR N INFLIGHT\n";
   return 2;
 }
 

@@ -2,64 +2,47 @@
 
 It proves that docs/protocol.md is enough to write a cell in another language: the anonymous
 and the signed login (libsodium signs), the console, named fds, IPFS add with many writes in
-flight and cat, a denial with its documented text and exit status.  (The page's own example,
-compiled with the page's own command, is run by tests/test_doc_blocks.py.)  Needs Debian's
-capnproto, libcapnp-dev and libsodium-dev, which `./dev test` installs.
+flight and cat, a denial with its documented text and exit status, a `Service` exported on
+/ww/0.1.0 and called from `ww call` and from another cell through two hosts.  (The page's own
+example, compiled with the page's own command, is run by tests/test_doc_blocks.py.)  Needs
+Debian's capnproto, libcapnp-dev and libsodium-dev, which `./dev test` installs; the build is
+tests/cxx/build.py's, which benchmarks/p2p.py uses too.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
-import shutil
 import subprocess
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_ww
+from tests.conftest import HANG, WW, host_env, run_ww
+from tests.cxx.build import build_cell
+from tests.p2p.conftest import EXPORTER, LOOPBACK, Host, ww_call
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL_MD = HERE.parent.parent / "docs" / "protocol.md"
-CXX = ["g++", "-std=c++17", "-O1"]
-LIBS = ["-lcapnp-rpc", "-lcapnp", "-lkj-async", "-lkj", "-lsodium"]
-
-
-def _tools_present() -> None:
-    missing = [tool for tool in ("capnp", "capnpc-c++", "g++") if shutil.which(tool) is None]
-    missing += [h for h in ("/usr/include/capnp/rpc-twoparty.h", "/usr/include/sodium.h")
-                if not Path(h).exists()]
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: './dev test' installs capnproto, "
-                    "libcapnp-dev and libsodium-dev")
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{' '.join(cmd)}:\n{r.stderr}"
 
 
 @pytest.fixture(scope="session")
 def cxx_cell(tmp_path_factory) -> str:
     """tests/cxx/cell.c++ built once per test run: pytest-xdist's workers share one build
     directory of this run, where the first builds under a lock and the others wait for it."""
-    _tools_present()
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # this run's own, the parent of every worker's base
-    build = shared / "cxx-build"
     with open(shared / "cxx-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (build / "cell").exists():
-            build.mkdir(exist_ok=True)
-            schema = run_ww("schema").stdout.strip()
-            _run(["capnp", "compile", "-oc++", f"-I{schema}", f"--src-prefix={schema}",
-                  f"{schema}/cell.capnp", f"{schema}/ipfs.capnp"], build)
-            _run([*CXX, "-I.", "-o", "cell.part", str(HERE / "cell.c++"), "cell.capnp.c++",
-                  "ipfs.capnp.c++", *LIBS], build)
-            (build / "cell.part").rename(build / "cell")  # whole, or not there
-    return str(build / "cell")
+        try:
+            return str(build_cell(shared / "cxx-build", WW))
+        except RuntimeError as e:
+            pytest.fail(str(e))
 
 
 def _docs_cxx_section() -> str:
@@ -146,3 +129,81 @@ def test_a_denial_is_the_documented_text_and_exit_65(cxx_cell):
     r = run_ww("run", "--with-ipfs", "--ipfs-read-only", cxx_cell, "deny")
     assert r.returncode == 65
     assert (r.stdout, r.stderr) == ("", DENIAL_DOCUMENTED + "\n")
+
+
+@pytest.fixture
+def start_host(tmp_path) -> Iterator:
+    """Real `ww run` hosts, each with a $WW_HOME (so a peer id) of its own; the first line of
+    the cell's stdout is the host's `.addr`.  Stopped at the end (stdin closed, then waited)."""
+    started: list[Host] = []
+
+    def start(name: str, *args: str) -> Host:
+        home = tmp_path / f"home-{name}"
+        home.mkdir()
+        host = Host(subprocess.Popen([WW, "run", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=host_env(WW_HOME=str(home))))
+        started.append(host)
+        host.addr = host.readline()
+        return host
+
+    yield start
+    for host in started:
+        host.stop()
+
+
+def _cxx_exporter(start_host, cxx_cell) -> Host:
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, cxx_cell, "export")
+    assert b.addr.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in b.addr
+    return b
+
+
+def _cxx_caller(start_host, cxx_cell, addr: str) -> dict:
+    """Host A's C++ cell dialing ``addr``: 100 calls one by one, 100 with 8 in flight."""
+    a = start_host("a", "--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8",
+                   cxx_cell, "call", addr, "100", "8")
+    status, err = a.stop()
+    assert status == 0, err
+    return json.loads(a.addr)  # the one line it printed
+
+
+def test_a_cxx_cells_export_is_called_from_ww_call(start_host, cxx_cell):
+    b = _cxx_exporter(start_host, cxx_cell)
+    r = ww_call(b.addr, "echo", "hello", "--not-a-flag", "world")
+    assert (r.returncode, r.stdout) == (0, "hello --not-a-flag world\n"), r.stderr
+    r = ww_call(b.addr, "echo")
+    assert (r.returncode, r.stdout) == (0, "\n"), r.stderr
+    r = ww_call(b.addr, "nope")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "ww: remote error: unknown method 'nope' (try echo)"
+    assert b.stop()[0] == 0  # stdin ended: the cell and its host exit
+
+
+def test_a_cxx_cell_calls_a_python_cells_export_through_two_hosts(start_host, cxx_cell,
+                                                                  tmp_path):
+    exporter = tmp_path / "exporter.py"
+    exporter.write_text("#!/usr/bin/env python3\n" + textwrap.dedent(EXPORTER).lstrip("\n"))
+    exporter.chmod(0o755)
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, str(exporter))
+    got = _cxx_caller(start_host, cxx_cell, b.addr)
+    # every answer checked: `echo hello from C++`, then 50 + 2 * 100 `echo`s answered ""
+    assert (got["echo"], got["answers"]) == ("hello from C++", 251)
+
+
+def test_a_cxx_cell_calls_a_cxx_cells_export_through_two_hosts(start_host, cxx_cell):
+    b = _cxx_exporter(start_host, cxx_cell)
+    got = _cxx_caller(start_host, cxx_cell, b.addr)
+    assert (got["echo"], got["answers"]) == ("hello from C++", 251)
+    assert set(got) >= {"median_us", "p99_us", "sequential_per_s", "pipelined_per_s"}
+
+
+@pytest.mark.parametrize("flags, args, status, line", [
+    ([], ["call", "/ip4/127.0.0.1/tcp/1", "0", "8"], 2,
+     "cell: usage: cell call ADDR N INFLIGHT (N, INFLIGHT: whole numbers from 1)"),
+    ([], ["export"], 65, "cell: p2p not granted (ww run --with-p2p)"),
+])
+def test_the_p2p_modes_refuse_bad_arguments_and_a_missing_p2p(cxx_cell, flags, args, status,
+                                                              line):
+    r = run_ww("run", *flags, cxx_cell, *args, stdin=subprocess.DEVNULL, timeout=HANG)
+    assert r.returncode == status
+    assert line in r.stderr.splitlines()
