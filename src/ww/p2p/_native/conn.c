@@ -1095,6 +1095,28 @@ int ww_conn_more(conn_t *c) {
     return 0;
 }
 
+/* One call's work on what was read: parse what is whole, and decrypt more only when nothing
+ * whole is left (so the plain bytes waiting stay under a frame and one call's messages),
+ * at most PARSE_BUDGET Yamux frames and PARSE_BUDGET Noise messages (READ_BUDGET bytes of
+ * them); events are appended to c->ev.  The frames parsed, or -1. */
+static long conn_parse(conn_t *c) {
+    size_t frames = 0, msgs = 0, bytes = 0;
+    for (;;) {
+        long k = yamux_parse_n(c, PARSE_BUDGET - frames);
+        if (k < 0) return -1;
+        frames += (size_t)k;
+        if (frames >= PARSE_BUDGET || msgs >= PARSE_BUDGET || bytes >= READ_BUDGET ||
+            read_paused(c))
+            break;
+        k = noise_decrypt(c, PARSE_BUDGET - msgs, &bytes, READ_BUDGET);
+        if (k < 0) return -1;
+        if (!k) break;
+        msgs += (size_t)k;
+    }
+    if (frames > c->parse_most) c->parse_most = (uint32_t)frames;
+    return (long)frames;
+}
+
 /* Non-blocking: read what the socket has (while less than READ_BUDGET waits undecrypted;
  * nothing while reading is paused: ww_conn_read_paused), decrypt and parse, at most
  * PARSE_BUDGET messages and frames (ww_conn_more: whether some are left).  Returns the bytes
@@ -1117,22 +1139,7 @@ long ww_conn_read(conn_t *c) {
         c->in.len += (size_t)r;
         if ((size_t)r < room) break; /* drained for now */
     }
-    /* parse what is whole, decrypt more only when nothing whole is left: the plain bytes
-     * waiting stay under a frame and one call's messages */
-    size_t frames = 0, msgs = 0, bytes = 0;
-    for (;;) {
-        long k = yamux_parse_n(c, PARSE_BUDGET - frames);
-        if (k < 0) return -1;
-        frames += (size_t)k;
-        if (frames >= PARSE_BUDGET || msgs >= PARSE_BUDGET || bytes >= READ_BUDGET ||
-            read_paused(c))
-            break;
-        k = noise_decrypt(c, PARSE_BUDGET - msgs, &bytes, READ_BUDGET);
-        if (k < 0) return -1;
-        if (!k) break;
-        msgs += (size_t)k;
-    }
-    if (frames > c->parse_most) c->parse_most = (uint32_t)frames;
+    if (conn_parse(c) < 0) return -1;
     int more = ww_conn_more(c);
     if (more) c->parse_cut++;
     if (c->eof && !c->ev.len && !c->read_paused && !more) return -2;
