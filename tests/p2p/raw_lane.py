@@ -90,9 +90,7 @@ class RawPeer:
         static = X25519PrivateKey.generate()
         noise = self.noise
         noise.set_as_initiator()
-        noise.set_keypair_from_private_bytes(
-            Keypair.STATIC, static.private_bytes_raw()  # type: ignore[attr-defined]
-        )
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, static.private_bytes_raw())
         noise.start_handshake()
         await self._send_message(noise.write_message())  # -> e
         noise.read_message(await self._message())  # <- e, ee, s, es, payload
