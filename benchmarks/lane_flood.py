@@ -2,6 +2,7 @@
 honest peer.
 
     .venv/bin/python benchmarks/lane_flood.py [--conns 4] [--seconds 8] [--kind syn|ping]
+                                              [--batch 300]
 
 Three processes on 127.0.0.1: a lane server (``ww.p2p.lane.serve`` with
 :class:`ww.p2p.protocol.Exports` exporting an echoing ``Service``, on one asyncio loop, as
@@ -10,13 +11,15 @@ every 20 ms over the lane, and an attacker (fresh keys) that opens ``--conns`` l
 connections and then, as fast as it can, streams on them (``--kind syn``: bare Yamux SYNs,
 each refused by the server's bounds and reset; past 4096 more than the server's rate, it
 fails the connection) or Yamux pings (``--kind ping``: each answered; nothing fails the
-connection).  Printed: the honest calls' count, median and worst latency before and during
-the flood, both processes' CPU during it, and the server's worst loop lag (a 10 ms sleep's
-overshoot) and its longest single ``Conn.readable`` call, before the flood (the honest
-peer's first call, pycapnp's bootstrap, is the longest) and during it (wall, and the thread's
-CPU time, which the machine's other load does not lengthen), how many calls there were, how many
-stopped at conn.c's budget with input left (``Conn.reads_cut``; continued soon) and the most
-frames one call parsed (``Conn.most_parsed``; both absent from builds before the budget).
+connection), ``--batch`` frames to a write (one read of the server's may take them all:
+4000 SYNs are 120 KB).  Printed: the honest calls' count, median and worst latency before
+and during the flood, both processes' CPU during it, and the server's worst loop lag (a
+10 ms sleep's overshoot) and longest single ``Conn.readable`` call, before the flood (the
+honest peer's first call, pycapnp's bootstrap, is the longest) and during it (wall, and the
+thread's CPU time, which the machine's other load does not lengthen); how many calls there
+were, how many stopped at conn.c's budget with input left (``Conn.reads_cut``; each went on
+soon) and the most frames one call parsed (``Conn.most_parsed``; both -1 in a build before
+the budget).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ async def _serve() -> None:
     longest = [0.0, 0.0]  # wall, and this thread's CPU (the machine's load is not in it)
     calls = [0]
     cuts: dict[int, int] = {}  # each connection's Conn.reads_cut, as last seen
-    most = [0]
+    most = [-1]
     readable = lane.LaneConn.readable
 
     def timed(self: lane.LaneConn) -> Any:
@@ -125,14 +128,14 @@ async def _serve() -> None:
     )
 
 
-async def _flood(addr: str, conns: int, seconds: float, kind: str) -> None:
+async def _flood(addr: str, conns: int, seconds: float, kind: str, batch: int) -> None:
     lanes = [await lane.dial(addr, PrivateKey.generate().seed) for _ in range(conns)]
     sent = 0
     end = time.monotonic() + seconds
     start = time.process_time()
     while time.monotonic() < end:
         for conn in lanes:
-            for _ in range(300):
+            for _ in range(batch):
                 try:
                     if kind == "ping":
                         if conn.get_write_buffer_size() > 1 << 20:
@@ -174,7 +177,7 @@ async def _calls(addr: str, seconds: float) -> tuple[int, float, float]:
     return len(took), took[len(took) // 2] * 1000, took[-1] * 1000
 
 
-async def _measure(conns: int, seconds: float, kind: str) -> None:
+async def _measure(conns: int, seconds: float, kind: str, batch: int) -> None:
     me = [sys.executable, os.path.abspath(__file__)]
     server = subprocess.Popen(
         [*me, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -186,7 +189,9 @@ async def _measure(conns: int, seconds: float, kind: str) -> None:
     server.stdin.write("flood\n")  # type: ignore[union-attr]
     server.stdin.flush()  # type: ignore[union-attr]
     attacker = subprocess.Popen(
-        [*me, "--flood", addr, str(conns), str(seconds), kind], stdout=subprocess.PIPE, text=True
+        [*me, "--flood", addr, str(conns), str(seconds), kind, str(batch)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     await asyncio.sleep(1.5)
     n, p50, worst = await _calls(addr, seconds - 3)
@@ -221,15 +226,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=("syn", "ping"), default="syn")
-    parser.add_argument("--flood", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=300, help="frames per write (300)")
+    parser.add_argument("--flood", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(capnp.run(_serve()))
     elif args.flood:
-        addr, conns, seconds, kind = args.flood
-        asyncio.run(_flood(addr, int(conns), float(seconds), kind))
+        addr, conns, seconds, kind, batch = args.flood
+        asyncio.run(_flood(addr, int(conns), float(seconds), kind, int(batch)))
     else:
-        asyncio.run(capnp.run(_measure(args.conns, args.seconds, args.kind)))
+        asyncio.run(capnp.run(_measure(args.conns, args.seconds, args.kind, args.batch)))
 
 
 if __name__ == "__main__":
