@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import socket
 import subprocess
@@ -77,6 +78,15 @@ async def _serve() -> None:
             most[0] = max(most[0], getattr(self, "most_parsed", -1))
 
     lane.LaneConn.readable = timed  # type: ignore[method-assign]
+    gc_pause = [0.0, 0.0]  # the longest collection of the cyclic GC (it may fall in a call)
+
+    def gc_timed(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_pause[1] = time.perf_counter()
+        else:
+            gc_pause[0] = max(gc_pause[0], time.perf_counter() - gc_pause[1])
+
+    gc.callbacks.append(gc_timed)
     exports = Exports()
     exports.set(_Echo())
     seed = PrivateKey.generate().seed
@@ -123,7 +133,8 @@ async def _serve() -> None:
     print(
         f"{lag_before * 1000:.1f} {longest_before * 1000:.1f} {lag[0] * 1000:.1f} "
         f"{longest[0] * 1000:.1f} {longest[1] * 1000:.1f} {calls[0]} "
-        f"{sum(cuts.values()) if min(cuts.values(), default=0) >= 0 else -1} {most[0]}",
+        f"{sum(cuts.values()) if min(cuts.values(), default=0) >= 0 else -1} {most[0]} "
+        f"{gc_pause[0] * 1000:.1f}",
         flush=True,
     )
 
@@ -207,7 +218,7 @@ async def _measure(conns: int, seconds: float, kind: str, batch: int) -> None:
         f"server {_cpu(server.pid) - cpu:.2f} s CPU"
     )
     out, _ = server.communicate("")
-    lag_before, longest_before, lag, longest, longest_cpu, calls, cut, most = out.split()
+    lag_before, longest_before, lag, longest, longest_cpu, calls, cut, most, gc_ms = out.split()
     print(
         f"server:   before: worst loop lag {lag_before} ms, longest Conn.readable "
         f"{longest_before} ms"
@@ -218,7 +229,7 @@ async def _measure(conns: int, seconds: float, kind: str, batch: int) -> None:
     )
     print(
         f"          {calls} readable calls, {cut} cut at the budget, at most {most} frames "
-        "in one (-1: no budget in this build)"
+        f"in one (-1: no budget in this build); longest GC collection {gc_ms} ms"
     )
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
 
