@@ -413,12 +413,7 @@ static int feed(conn_t *a, conn_t *b, const uint8_t *frames, size_t n) {
 }
 
 static size_t hdr(uint8_t *p, uint8_t type, uint16_t flags, uint32_t id, uint32_t len) {
-    p[0] = 0;
-    p[1] = type;
-    p[2] = (uint8_t)(flags >> 8);
-    p[3] = (uint8_t)flags;
-    put32(p + 4, id);
-    put32(p + 8, len);
+    yamux_header(p, type, flags, id, len);
     return YAMUX_HDR;
 }
 

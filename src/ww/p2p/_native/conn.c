@@ -798,16 +798,21 @@ static void drop_stream(conn_t *c, stream_t *s) {
     free(s);
 }
 
+/* A Yamux header at p (YAMUX_HDR bytes). */
+static void yamux_header(uint8_t *p, uint8_t type, uint16_t flags, uint32_t id, uint32_t len) {
+    p[0] = 0;
+    p[1] = type;
+    p[2] = (uint8_t)(flags >> 8);
+    p[3] = (uint8_t)flags;
+    put32(p + 4, id);
+    put32(p + 8, len);
+}
+
 /* One Yamux frame (header + body) as one Noise message. */
 static int yamux_send(conn_t *c, uint8_t type, uint16_t flags, uint32_t id, uint32_t len,
                       const uint8_t *body, size_t n) {
     uint8_t frame[YAMUX_HDR + YAMUX_FRAME_MAX];
-    frame[0] = 0;
-    frame[1] = type;
-    frame[2] = (uint8_t)(flags >> 8);
-    frame[3] = (uint8_t)flags;
-    put32(frame + 4, id);
-    put32(frame + 8, len);
+    yamux_header(frame, type, flags, id, len);
     if (n) memcpy(frame + YAMUX_HDR, body, n);
     return noise_send(c, frame, YAMUX_HDR + n);
 }
