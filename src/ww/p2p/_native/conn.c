@@ -16,7 +16,7 @@
  *   OUT_HIGH (what the peer made us send and does not read), until it holds less than
  *   OUT_LOW (ww_conn_read_paused); streams' data is framed only under OUT_DATA;
  * - a bound on the work of one ww_conn_read: it reads at most READ_BUDGET (none while that
- *   much waits unparsed), decrypts at most PARSE_BUDGET Noise messages (READ_BUDGET bytes of
+ *   much waits undecrypted), decrypts at most PARSE_BUDGET Noise messages (READ_BUDGET bytes of
  *   them) and parses at most PARSE_BUDGET Yamux frames; what is left waits in order for the
  *   next call, and ww_conn_more says whether there is any (the caller calls again soon,
  *   without waiting for the socket);
