@@ -107,6 +107,7 @@ def load_lib() -> Any:
             ("ww_conn_remote_key", p, [p]),
             ("ww_conn_handshake", ctypes.c_int, [p, u8p, u8p]),
             ("ww_conn_read", ctypes.c_long, [p]),
+            ("ww_conn_more", ctypes.c_int, [p]),
             ("ww_conn_events", p, [p]),
             ("ww_conn_flush", ctypes.c_long, [p]),
             ("ww_stream_open", ctypes.c_uint32, [p]),
@@ -255,6 +256,7 @@ class NativeConn:
         self._out: dict[int, list[tuple[bytes, int]]] = {}
         self._flush_scheduled = False
         self._writing = False
+        self._continuing = False  # a _readable call scheduled for input already read
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.remote_key = b""
 
@@ -271,7 +273,12 @@ class NativeConn:
         self._readable()  # bytes that came with the handshake's last read
 
     def _readable(self) -> None:
+        """The reader, and its continuation: one ww_conn_read parses at most conn.c's
+        PARSE_BUDGET frames; while some are left (ww_conn_more) another call is scheduled."""
+        self._continuing = False
         lib = self.lib
+        if self.c is None:
+            return
         n = lib.ww_conn_read(self.c)
         if n < 0:
             self._fail(lib.ww_conn_error(self.c).decode() if n == -1 else "")
@@ -298,6 +305,9 @@ class NativeConn:
                 if flags & (F_FIN | F_RST):
                     stream.remote_closed(bool(flags & F_RST))
         self._flush()
+        if self.c is not None and not self._continuing and lib.ww_conn_more(self.c):
+            self._continuing = True
+            self.loop.call_soon(self._readable)
 
     def queue(self, stream: NativeStream, data: bytes, flags: int = 0) -> None:
         """pycapnp's writes of one loop turn leave together, as one Yamux frame."""

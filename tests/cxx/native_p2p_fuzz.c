@@ -4,9 +4,11 @@
  * sends the bytes and closes), the handshake payload's protobuf, Noise transport frames,
  * Yamux frames (credit as parsed, or as the caller says it was taken; a third of them with
  * the out buffer near or over the marks where reading pauses, drained at random, and checked
- * against a twin that parses without).  Every case must end in a clean failure or a clean
+ * against a twin that parses without; a third parsed a budget at a time, as ww_conn_read does,
+ * against a twin that parses all at once).  Every case must end in a clean failure or a clean
  * parse; a sanitizer report or a crash is a bug.  First, the lane negotiation's and the
- * window's expected answers, and reading paused and resumed, are checked once.
+ * window's expected answers, reading paused and resumed, the SYN bucket, the peer's stream
+ * ids (never one used before) and one read's budget are checked once.
  *
  *     gcc -g -O1 -fsanitize=address,undefined -I src/ww/p2p/_native -o fuzz \
  *         tests/cxx/native_p2p_fuzz.c -lsodium
@@ -16,6 +18,8 @@
 
 #include <sys/ioctl.h>
 
+/* Every whole frame, no budget (what one ww_conn_read parses is bounded: budget_checks). */
+static int yamux_parse(conn_t *c) { return yamux_parse_n(c, SIZE_MAX) < 0 ? -1 : 0; }
 
 static uint32_t rng;
 static uint32_t rnd(void) { /* xorshift: reproducible from the seed */
@@ -117,6 +121,29 @@ static void paused_parse(conn_t *b, conn_t *twin, size_t prefill) {
         abort();
 }
 
+/* The same input parsed by b as ww_conn_read does (conn_parse: at most PARSE_BUDGET frames
+ * and messages a call, called again while ww_conn_more says input is left) and by twin (all
+ * decrypted, then all parsed): no call goes past the budget, and in the end both saw the same
+ * events in the same order, answered alike and failed alike (twin fails at once on a message
+ * that does not decrypt, b once it gets there). */
+static void budget_parse(conn_t *b, conn_t *twin) {
+    int twin_dec = noise_decrypt_all(twin), twin_rc = twin_dec ? -1 : yamux_parse(twin);
+    int rc = 0, turns = 0;
+    do {
+        uint64_t rx = b->rx_n;
+        long k = conn_parse(b);
+        if (k < 0) { rc = -1; break; }
+        if (k > (long)PARSE_BUDGET || b->rx_n - rx > PARSE_BUDGET) abort();
+        if (++turns > 100000) abort();
+    } while (ww_conn_more(b));
+    if ((rc != 0) != (twin_rc != 0)) abort();
+    if (twin_dec) return; /* (b parsed the frames before the bad message; twin none) */
+    if (b->tx_n != twin->tx_n || b->ev.len != twin->ev.len ||
+        (b->ev.len && memcmp(b->ev.p, twin->ev.p, b->ev.len)))
+        abort();
+    if (!rc && (b->plain.len != twin->plain.len || b->in.len != twin->in.len)) abort();
+}
+
 /* Yamux frames (valid headers mostly, random fields) in Noise frames, or raw junk. */
 static void one_transport(void) {
     conn_t *a = ww_conn_new(-1, 1), *b = ww_conn_new(-1, 0);
@@ -126,7 +153,7 @@ static void one_transport(void) {
     memcpy(a->tx_key, key, 32);
     memcpy(b->rx_key, key, 32);
     uint8_t frame[YAMUX_HDR + 600];
-    int frames = 1 + rnd() % 20;
+    int frames = rnd() % 8 ? 1 + rnd() % 20 : 1 + rnd() % 400; /* (past a budget, some) */
     for (int i = 0; i < frames; i++) {
         size_t body = rnd() % 4 ? rnd() % 64 : rnd() % 600;
         frame[0] = rnd() % 16 ? 0 : (uint8_t)rnd();
@@ -153,6 +180,13 @@ static void one_transport(void) {
             if (rnd() % 4 == 0) prefill = rnd() % (OUT_HIGH + 65536);
             paused_parse(b, twin, prefill);
         }
+        ww_conn_free(twin);
+    } else if (rnd() % 2) { /* a budget at a time, against a twin that parses at once */
+        conn_t *twin = ww_conn_new(-1, 0);
+        twin->app_credit = b->app_credit;
+        memcpy(twin->rx_key, key, 32);
+        buf_put(&twin->in, a->out.p, a->out.len);
+        budget_parse(b, twin);
         ww_conn_free(twin);
     } else if (noise_decrypt_all(b) == 0 && yamux_parse(b) == 0)
         for (int i = rnd() % 4; i > 0; i--) /* the reader took some (any stream id) */
@@ -370,6 +404,203 @@ static void syn_checks(void) {
     ww_conn_free(b);
 }
 
+/* Frames from a (one Noise message each) into b, parsed (no budget): 0, or -1. */
+static int feed(conn_t *a, conn_t *b, const uint8_t *frames, size_t n) {
+    for (size_t off = 0; off + YAMUX_HDR <= n; off += YAMUX_HDR) noise_send(a, frames + off, YAMUX_HDR);
+    buf_put(&b->in, a->out.p, a->out.len);
+    a->out.len = 0;
+    return noise_decrypt_all(b) ? -1 : yamux_parse(b);
+}
+
+static size_t hdr(uint8_t *p, uint8_t type, uint16_t flags, uint32_t id, uint32_t len) {
+    yamux_header(p, type, flags, id, len);
+    return YAMUX_HDR;
+}
+
+/* A pair: a sends, b (the listener: the peer's ids are odd) parses. */
+static void pair_new(conn_t **a, conn_t **b) {
+    uint8_t key[32];
+    fill(key, 32);
+    *a = ww_conn_new(-1, 1);
+    *b = ww_conn_new(-1, 0);
+    memcpy((*a)->tx_key, key, 32);
+    memcpy((*b)->rx_key, key, 32);
+}
+
+/* The peer's stream ids: a SYN is taken for an id above the highest it opened, or a late one
+ * within ID_WINDOW below it (SYNs of streams opened at once, out of order), each once; a SYN
+ * for an id used before (its stream gone: reset, or closed both ways), one too far below, one
+ * of the wrong parity or of an open stream fails the connection.  Our ids only go up. */
+static void id_checks(void) {
+    uint8_t f[16 * YAMUX_HDR];
+    conn_t *a, *b;
+    size_t n = 0;
+    pair_new(&a, &b);
+    n += hdr(f + n, Y_WINDOW, F_SYN, 1, 0);
+    n += hdr(f + n, Y_WINDOW, F_SYN, 7, 0);
+    n += hdr(f + n, Y_WINDOW, F_SYN, 3, 0); /* late: taken */
+    n += hdr(f + n, Y_WINDOW, F_SYN, 5, 0);
+    n += hdr(f + n, Y_WINDOW, F_RST, 3, 0); /* 3 gone */
+    if (feed(a, b, f, n) || b->nstreams != 3 || b->ev.len != 5 * YAMUX_HDR) abort();
+    n = hdr(f, Y_WINDOW, F_SYN, 3, 0); /* 3 again */
+    if (feed(a, b, f, n) != -1 || strcmp(b->err, "yamux: SYN for a stream id used before")) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    pair_new(&a, &b); /* closed both ways, then opened again */
+    n = hdr(f, Y_WINDOW, F_SYN | F_FIN, 1, 0);
+    if (feed(a, b, f, n) || ww_stream_write(b, 1, NULL, 0, F_FIN) || b->nstreams) abort();
+    n = hdr(f, Y_DATA, F_SYN, 1, 0);
+    if (feed(a, b, f, n) != -1 || strcmp(b->err, "yamux: SYN for a stream id used before")) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    pair_new(&a, &b); /* the window's edge, and past it */
+    uint32_t top = 1 + 2 * ID_WINDOW;
+    n = hdr(f, Y_WINDOW, F_SYN, 1, 0);
+    n += hdr(f + n, Y_WINDOW, F_SYN | F_RST, top, 0);
+    n += hdr(f + n, Y_WINDOW, F_SYN | F_RST, top - 2 * (ID_WINDOW - 1), 0); /* just in it */
+    if (feed(a, b, f, n)) abort();
+    n = hdr(f, Y_WINDOW, F_SYN, top - 2 * ID_WINDOW, 0); /* = 1: past it, and used */
+    if (feed(a, b, f, n) != -1) abort();
+    ww_conn_free(b);
+    b = ww_conn_new(-1, 0);
+    memcpy(b->rx_key, a->tx_key, 32);
+    a->tx_n = 0;
+    n = hdr(f, Y_WINDOW, F_SYN, 1001, 0);
+    n += hdr(f + n, Y_WINDOW, F_SYN, 999 - 2 * ID_WINDOW, 0); /* never used, but too far */
+    if (feed(a, b, f, n) != -1 || b->nstreams != 1) abort();
+    ww_conn_free(b);
+    b = ww_conn_new(-1, 0);
+    memcpy(b->rx_key, a->tx_key, 32);
+    a->tx_n = 0;
+    n = hdr(f, Y_WINDOW, F_SYN, UINT32_MAX, 0); /* the last id: nothing above it */
+    n += hdr(f + n, Y_WINDOW, F_SYN, 2, 0);     /* our parity */
+    if (feed(a, b, f, n) != -1 || strcmp(b->err, "yamux: bad SYN") || b->in_top != UINT32_MAX)
+        abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    b = ww_conn_new(-1, 1); /* ours: only up, even past streams gone */
+    uint32_t last = 0;
+    for (int i = 0; i < 3000; i++) { /* (more than MAX_STREAMS) */
+        uint32_t id = ww_stream_open(b);
+        if (!id || id <= last || (id & 1) != 1) abort();
+        last = id;
+        if (ww_stream_write(b, id, NULL, 0, F_RST)) abort();
+        b->out.len = 0;
+    }
+    b->next_id = UINT32_MAX - 1; /* (no id past the last) */
+    if (ww_stream_open(b)) abort();
+    ww_conn_free(b);
+}
+
+/* ww_conn_read's budget: each call parses at most PARSE_BUDGET frames and decrypts at most
+ * PARSE_BUDGET messages (READ_BUDGET bytes of them, and one more message at most); while
+ * input is left ww_conn_more says so, and calls go on until every ping is answered and the
+ * data came whole and in order, with nothing more from the socket; a socket with bytes
+ * waiting is read no further while READ_BUDGET waits undecrypted. */
+static void budget_checks(void) {
+    enum { PINGS = 5000, EMPTY = 10000 };
+    conn_t *a, *b;
+    uint8_t f[YAMUX_HDR + 64];
+    pair_new(&a, &b);
+    b->app_credit = 1; /* (no window updates: only the ACK and the pongs are sent) */
+    noise_send(a, f, hdr(f, Y_WINDOW, F_SYN, 1, 0));
+    uint8_t want[PINGS / 50 * 64];
+    size_t wn = 0;
+    for (uint32_t i = 0; i < PINGS; i++) {
+        noise_send(a, f, hdr(f, Y_PING, F_SYN, 0, i));
+        if (i % 50 == 49) {
+            fill(f + YAMUX_HDR, 64);
+            memcpy(want + wn, f + YAMUX_HDR, 64);
+            wn += 64;
+            noise_send(a, f, hdr(f, Y_DATA, 0, 1, 64) + 64);
+        }
+    }
+    buf_put(&b->in, a->out.p, a->out.len);
+    uint8_t got[sizeof want];
+    size_t gn = 0;
+    int calls = 0;
+    do {
+        b->ev.len = 0;
+        uint64_t rx = b->rx_n;
+        long k = conn_parse(b);
+        if (k < 0 || k > (long)PARSE_BUDGET || b->rx_n - rx > PARSE_BUDGET) abort();
+        for (size_t off = 0; off + 12 <= b->ev.len;) {
+            uint32_t len;
+            memcpy(&len, b->ev.p + off + 8, 4);
+            if (gn + len > sizeof got) abort();
+            memcpy(got + gn, b->ev.p + off + 12, len);
+            gn += len;
+            off += 12 + len;
+        }
+        if (++calls > 1000) abort();
+        if (b->out.len > OUT_LOW) b->out.len = 0; /* (sent) */
+    } while (ww_conn_more(b));
+    if (b->tx_n != 1 + PINGS || gn != wn || memcmp(got, want, wn) || b->in.len || b->plain.len)
+        abort();
+    if (calls < (int)((PINGS + PINGS / 50) / PARSE_BUDGET) || b->parse_most != PARSE_BUDGET)
+        abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    pair_new(&a, &b); /* empty Noise messages: no frame, but each one decrypted */
+    for (int i = 0; i < EMPTY; i++) noise_send(a, NULL, 0);
+    buf_put(&b->in, a->out.p, a->out.len);
+    calls = 0;
+    do {
+        uint64_t rx = b->rx_n;
+        if (conn_parse(b) != 0 || b->rx_n - rx > PARSE_BUDGET) abort();
+        if (++calls > 1000) abort();
+    } while (ww_conn_more(b));
+    if (b->rx_n != EMPTY || b->in.len) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    pair_new(&a, &b); /* a whole window in one frame: its messages over calls, one event */
+    static uint8_t big[YAMUX_HDR + YAMUX_WINDOW];
+    hdr(big, Y_DATA, F_SYN, 1, YAMUX_WINDOW);
+    fill(big + YAMUX_HDR, YAMUX_WINDOW);
+    noise_send(a, big, sizeof big);
+    buf_put(&b->in, a->out.p, a->out.len);
+    b->ev.len = 0;
+    calls = 0;
+    do {
+        size_t in = b->in.len;
+        if (conn_parse(b) < 0) abort();
+        if (in - b->in.len > READ_BUDGET + 2 + NOISE_MAX) abort();
+        if (++calls > 10) abort();
+    } while (ww_conn_more(b));
+    if (calls < 2 || b->ev.len != 12 + YAMUX_WINDOW || memcmp(b->ev.p + 12, big + YAMUX_HDR, YAMUX_WINDOW))
+        abort();
+    ww_conn_free(b);
+    /* over a socket: 1 MiB of pings waiting, ww_conn_read reads no more while READ_BUDGET
+     * waits undecrypted, and every ping is answered, call after call */
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) abort();
+    int size = 4 << 20;
+    setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    b = ww_conn_new(sv[0], 0);
+    memcpy(b->rx_key, a->tx_key, 32);
+    a->tx_n = 0;
+    a->out.len = 0;
+    uint32_t pings = (1u << 20) / (2 + 16 + YAMUX_HDR);
+    for (uint32_t i = 0; i < pings; i++) noise_send(a, f, hdr(f, Y_PING, F_SYN, 0, i));
+    size_t sent = 0;
+    for (int turns = 0; b->tx_n < pings; turns++) {
+        if (turns > 100000) abort();
+        while (sent < a->out.len) {
+            ssize_t w = send(sv[1], a->out.p + sent, a->out.len - sent, MSG_DONTWAIT);
+            if (w <= 0) break;
+            sent += (size_t)w;
+        }
+        if (ww_conn_read(b) != 0 || b->in.len > READ_BUDGET) abort();
+        b->out.len = 0; /* (sent) */
+    }
+    if (b->tx_n != pings || b->parse_cut == 0) abort();
+    ww_conn_free(a);
+    ww_conn_free(b);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 int main(int argc, char **argv) {
     long cases = argc > 1 ? atol(argv[1]) : 20000;
     rng = argc > 2 ? (uint32_t)atol(argv[2]) : 12345u;
@@ -379,6 +610,8 @@ int main(int argc, char **argv) {
     window_checks();
     pause_checks();
     syn_checks();
+    id_checks();
+    budget_checks();
     for (long i = 0; i < cases; i++) {
         switch (i % 4) {
         case 0: one_handshake(0, (i / 4) % 2); break;

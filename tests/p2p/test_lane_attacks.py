@@ -9,6 +9,7 @@ tests/p2p/test_lane.py's (the host's admission stood in for by its DoNothingTick
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -173,5 +174,192 @@ def test_a_stream_opening_flood_is_refused_in_c_and_another_peer_is_served(monke
             dialer.close_all()
             exports.close_all()
             listener.close()
+
+    run(main)
+
+
+class _Kept(asyncio.BufferedProtocol):
+    """A stream's protocol that keeps what comes (echoing it with ``echo``) and closes its
+    side when the peer closes its own (``write_eof``: a half-close, so the Python stream
+    stays in ``conn.streams`` while the C lets the stream go, closed both ways)."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo, self.got, self.eof = echo, bytearray(), False
+        self.buf = bytearray(1 << 16)
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, n: int) -> None:
+        self.got += self.buf[:n]
+        if self.echo:
+            self.transport.write(bytes(self.buf[:n]))
+
+    def eof_received(self) -> None:
+        self.eof = True
+        self.transport.write_eof()
+
+    def connection_lost(self, _exc: Any) -> None: ...
+
+
+KEPT = "/ww-test/kept/1.0.0"
+
+
+async def _raw_pair(echo: bool) -> tuple[Any, lane.LaneConn, list[_Kept]]:
+    """A raw peer (tests/p2p/raw_lane.py) and the lane listener it is connected to (a
+    LaneConn on this loop serving :data:`KEPT`), handshaken; the protocols KEPT got."""
+    from tests.p2p.raw_lane import RawPeer
+    from ww.core.identity import PrivateKey
+
+    loop = asyncio.get_running_loop()
+    server = socket.create_server(("127.0.0.1", 0))
+    server.setblocking(False)
+    kept: list[_Kept] = []
+
+    def on_kept(stream: lane.LaneStream) -> None:
+        kept.append(_Kept(echo))
+        stream.connect(kept[-1])
+
+    async def accept() -> lane.LaneConn:
+        sock, _ = await loop.sock_accept(server)
+        conn = lane.LaneConn(sock, False, {KEPT: on_kept})
+        await conn.handshake(PrivateKey.generate().seed, None, lane=True)
+        return conn
+
+    try:
+        peer, conn = await asyncio.gather(RawPeer.connect(server.getsockname()[1]), accept())
+    finally:
+        server.close()
+    return peer, conn, kept
+
+
+async def _open_kept(peer: Any, sid: int, then: bytes = b"") -> bytes:
+    """Open stream ``sid`` on KEPT (SYN, multistream-select, ``then``): the listener's
+    answer (its multistream lines) once its ACK came."""
+    from tests.p2p.raw_lane import ACK, DATA, SYN, WINDOW, frame
+
+    neg = lane.ms_line("/multistream/1.0.0") + lane.ms_line(KEPT)
+    await peer.send(frame(WINDOW, SYN, sid), frame(DATA, 0, sid, body=neg + then))
+    answer, acked = b"", False
+    for _ in range(100):  # (bounded: the ACK and two lines, a frame each at most)
+        if acked and len(answer) >= len(neg):
+            break
+        kind, flags, got_sid, _, body = await peer.frame()
+        if got_sid == sid:
+            acked = acked or bool(flags & ACK)
+            answer += body
+    return answer
+
+
+def test_a_stream_id_used_before_is_refused_and_its_bytes_reach_no_old_stream() -> None:
+    """A peer opens stream 1, both sides close it (the protocol half-closes back on the
+    peer's FIN, so Python still holds the stream while the C let it go), then the peer opens
+    stream 1 again with bytes on it.  The C took the second SYN as a new stream, and the
+    extension handed its bytes to the old stream's protocol (it finds streams by id), as if
+    the first stream had gone on.  Yamux ids are not reused (go-yamux refuses a SYN for an
+    id it holds, failing the session); conn.c now keeps the highest id the peer opened and
+    which of the 64 below it were opened too, and fails the connection on a SYN for any id
+    it cannot tell is new."""
+    from tests.p2p.raw_lane import DATA, FIN, PING, SYN, WINDOW, frame
+
+    async def main() -> None:
+        peer, conn, kept = await _raw_pair(echo=False)
+        pong: asyncio.Future[Any] | None = None
+        try:
+            neg = lane.ms_line("/multistream/1.0.0") + lane.ms_line(KEPT)
+            assert await _open_kept(peer, 1, b"first") == neg
+            await peer.send(frame(DATA, FIN, 1))
+            for _ in range(100):  # its protocol's FIN back
+                kind, flags, sid, _, _ = await peer.frame()
+                if sid == 1 and flags & FIN:
+                    break
+            assert (bytes(kept[0].got), kept[0].eof) == (b"first", True)
+            assert 1 in conn.streams and conn.open_streams == 0  # Python holds it, C does not
+
+            async def ping_answered() -> None:
+                for _ in range(100):
+                    if (await peer.frame())[0] == PING:
+                        return
+
+            # the same id again, bytes on it, and a ping after them
+            await peer.send(
+                frame(WINDOW, SYN, 1), frame(DATA, 0, 1, body=b"second"), frame(PING, SYN, 0, 7)
+            )
+            pong = asyncio.ensure_future(ping_answered())
+            await asyncio.wait([pong, conn.closed], return_when=asyncio.FIRST_COMPLETED)
+            assert bytes(kept[0].got) == b"first", "the new stream's bytes reached the old one"
+            assert len(kept) == 1
+            assert conn.closed.done() and "used before" in conn.failure, conn.failure
+        finally:
+            if pong is not None:
+                pong.cancel()
+            peer.close()
+            conn.close()
+
+    run(main)
+
+
+def test_a_flood_of_frames_is_parsed_a_budget_at_a_time_and_nothing_is_lost() -> None:
+    """One write of 4000 SYNs (each refused in C: the bucket lets 64 through), with a
+    stream's bytes spread among them and a ping last.  One ``Conn.readable`` call parsed all
+    that one read brought (256 KiB: 8700 SYNs, 13-35 ms of the loop), and every other
+    callback of the loop waited.  Now a call parses at most ``PARSE_BUDGET`` frames and the
+    rest goes on in a call scheduled with ``call_soon``: a callback that reschedules itself
+    each loop turn sees at most one budget of SYNs refused between two of its turns.  The
+    stream's bytes come back whole and in order, the ping is answered, with nothing more
+    from the socket to wake the reader."""
+    from tests.p2p.raw_lane import ACK, DATA, PING, SYN, WINDOW, frame
+    from ww.p2p._native import _ext
+
+    budget = 128  # conn.c's PARSE_BUDGET (the module's checked below)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        peer, conn, kept = await _raw_pair(echo=True)
+        ticking = True
+        try:
+            await _open_kept(peer, 1)
+            payload = bytes(range(256)) * 40  # 10 KiB: 40 frames of 256 bytes
+            frames = []
+            for i in range(4000):
+                frames.append(frame(WINDOW, SYN, 3 + 2 * i))
+                if i % 100 == 99:
+                    k = i // 100
+                    frames.append(frame(DATA, 0, 1, body=payload[256 * k : 256 * (k + 1)]))
+            frames.append(frame(PING, SYN, 0, 99))
+            refused = [conn.refused_in_c]
+            between: list[int] = []
+
+            def tick() -> None:
+                between.append(conn.refused_in_c - refused[0])
+                refused[0] = conn.refused_in_c
+                if ticking:
+                    loop.call_soon(tick)
+
+            tick()
+            await peer.send(*frames)
+            echoed, pong = b"", False
+            for _ in range(20_000):  # (bounded: the flood's RSTs and ACKs, the echo, the pong)
+                if pong and len(echoed) >= len(payload):
+                    break
+                kind, flags, sid, length, body = await peer.frame()
+                if sid == 1 and kind == DATA:
+                    echoed += body
+                pong = pong or (kind == PING and bool(flags & ACK) and length == 99)
+            ticking = False
+            assert max(between) <= budget, max(between)
+            assert sum(between) > 3000  # (the flood was refused while the callback ticked)
+            assert echoed == payload and pong
+            assert _ext.PARSE_BUDGET == budget
+            assert conn.most_parsed <= budget and conn.reads_cut > 0
+            assert not conn.closed.done(), conn.failure
+        finally:
+            ticking = False
+            peer.close()
+            conn.close()
 
     run(main)

@@ -29,7 +29,12 @@ libsodium-dev and Python's headers first).  Its two types:
   taken.  What the peer makes the connection send (ping answers, ACKs, RSTs ...) is
   bounded: no frames are read while the out buffer holds more than 512 KiB, until it holds
   less than 256 KiB (``Conn.reading`` False; the socket's reader is removed meanwhile), so
-  a peer that never reads waits; one ``readable`` call reads at most 256 KiB.
+  a peer that never reads waits; one ``readable`` call reads at most 256 KiB and parses
+  at most ``PARSE_BUDGET`` (128) Noise messages and Yamux frames: what is left goes on in
+  a ``readable`` call scheduled with ``call_soon`` (the socket's reader removed meanwhile),
+  so a flooding peer holds the loop one budget at a time (``Conn.most_parsed``,
+  ``Conn.reads_cut``).  A SYN must name a stream id the peer has not used (above the
+  highest it opened, or a late one at most 64 ids below it); else the connection fails.
   ``Conn.ping()`` sends a Yamux ping.
 
 Subclasses supply the Python side (multistream-select on a stream, inbound streams and

@@ -5,6 +5,9 @@ from typing import Any
 
 from typing_extensions import Buffer
 
+PARSE_BUDGET: int  # Noise messages decrypted, and Yamux frames parsed, per readable call
+READ_BUDGET: int  # bytes read per readable call (and waiting undecrypted, at most)
+
 class Conn:
     streams: dict[int, Stream] | None
     loop: AbstractEventLoop | None
@@ -18,6 +21,8 @@ class Conn:
     # streams the peer opened held at once: a SYN past it is reset in C (0: all; 1024 default)
     max_inbound: int
     refused_in_c: int  # SYNs reset in C (past max_inbound, or past the SYN bucket)
+    most_parsed: int  # the most Yamux frames one readable call parsed (<= PARSE_BUDGET)
+    reads_cut: int  # readable calls that stopped at the budget, input left (continued soon)
     def __init__(self, fd: int, initiator: bool, loop: AbstractEventLoop) -> None: ...
     def start_handshake(self, seed: bytes, expect: bytes | None, lane: bool = False) -> None: ...
     def handshake_step(self) -> bytes | None: ...

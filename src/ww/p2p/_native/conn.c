@@ -14,8 +14,15 @@
  *   extension) taken by the stream's reader (ww_stream_credit), else parsed;
  * - back-pressure on the socket: no frames are read while the out buffer holds more than
  *   OUT_HIGH (what the peer made us send and does not read), until it holds less than
- *   OUT_LOW (ww_conn_read_paused); streams' data is framed only under OUT_DATA; one read
- *   takes at most READ_BUDGET.
+ *   OUT_LOW (ww_conn_read_paused); streams' data is framed only under OUT_DATA;
+ * - a bound on the work of one ww_conn_read: it reads at most READ_BUDGET (none while that
+ *   much waits undecrypted), decrypts at most PARSE_BUDGET Noise messages (READ_BUDGET bytes of
+ *   them) and parses at most PARSE_BUDGET Yamux frames; what is left waits in order for the
+ *   next call, and ww_conn_more says whether there is any (the caller calls again soon,
+ *   without waiting for the socket);
+ * - the peer's stream ids: a SYN must name an id of the peer's parity that it has not used
+ *   (above the highest it opened, or a late one within ID_WINDOW below it), else the
+ *   connection fails; ours only go up.
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
  * Nothing here waits on the socket except ww_conn_handshake (poll between steps, for the
@@ -54,6 +61,14 @@
 #define SYN_RATE 256u                     /* a second */
 #define SYN_EXCESS 4096u
 #define READ_BUDGET (256u << 10)          /* bytes read from the socket per ww_conn_read */
+/* Noise messages decrypted, and Yamux frames parsed, per ww_conn_read at most (each SYN or
+ * ping of a flood is one of each and costs an answer): the caller's loop turns in between. */
+#define PARSE_BUDGET 128u
+/* Ids below the highest the peer opened whose SYN may still come (go-yamux takes an id and
+ * sends its SYN apart: streams opened at once may reach us out of order); each id is taken
+ * once, and an id further down is refused.  ID_WINDOW bits: the ids' state is a counter and
+ * a 64-bit mask, whatever the peer sends. */
+#define ID_WINDOW 64u
 #define BUF_LIMIT (64u << 20)             /* no buffer grows past this */
 /* The out buffer (encrypted, not yet sent).  What the peer makes us send (answers to its
  * pings, ACKs and RSTs to the streams it opens, ...) while it does not read is bounded by
@@ -104,7 +119,11 @@ typedef struct {
     uint32_t syn_tokens;  /* SYNs the peer may send now (x 1000: refilled per ms) */
     uint32_t syn_excess;  /* SYNs refused for lack of tokens, less the refill since */
     uint64_t syn_reset;   /* SYNs answered with RST here (the caller never saw them) */
-    uint32_t next_id;
+    uint32_t next_id;     /* our next stream's id: only goes up (by 2) */
+    uint32_t in_top;      /* the highest id the peer opened a stream with (0: none yet) */
+    uint64_t in_seen;     /* bit k: the peer opened in_top - 2k (k < ID_WINDOW) */
+    uint32_t parse_most;  /* the most frames one ww_conn_read parsed (<= PARSE_BUDGET) */
+    uint64_t parse_cut;   /* ww_conn_read calls that stopped at the budget, input left */
     uint8_t remote_ed25519[32];
     struct hs_state *hs; /* from ww_conn_handshake_start until the handshake ends */
     int lane_offer; /* initiator: propose LANE first; responder: accept it */
@@ -711,27 +730,41 @@ static int noise_send(conn_t *c, const uint8_t *pt, size_t n) {
     return 0;
 }
 
-/* Decrypt every whole Noise message in c->in onto c->plain. */
-static int noise_decrypt_all(conn_t *c) {
+/* Decrypt whole Noise messages of c->in onto c->plain, at most `msgs` of them, and none
+ * once *bytes (the messages' bytes, counted on) has reached `limit`: how many, or -1. */
+static long noise_decrypt(conn_t *c, size_t msgs, size_t *bytes, size_t limit) {
     size_t off = 0;
-    while (c->in.len - off >= 2) {
+    long done = 0;
+    int rc = 0;
+    while (c->in.len - off >= 2 && (size_t)done < msgs && *bytes < limit) {
         size_t len = (size_t)c->in.p[off] << 8 | c->in.p[off + 1];
-        if (len < 16) return fail(c, "noise: short transport message");
+        if (len < 16) { rc = fail(c, "noise: short transport message"); break; }
         if (c->in.len - off < 2 + len) break;
         uint8_t nonce[12];
         unsigned long long mlen;
-        if (c->rx_n == UINT64_MAX) return fail(c, "noise: nonces used up");
-        if (buf_reserve(&c->plain, len)) return fail(c, "receive buffer limit");
+        if (c->rx_n == UINT64_MAX) { rc = fail(c, "noise: nonces used up"); break; }
+        if (buf_reserve(&c->plain, len)) { rc = fail(c, "receive buffer limit"); break; }
         nonce_of(c->rx_n++, nonce);
         if (crypto_aead_chacha20poly1305_ietf_decrypt(c->plain.p + c->plain.len, &mlen, NULL,
                                                       c->in.p + off + 2, len, NULL, 0, nonce,
-                                                      c->rx_key))
-            return fail(c, "noise: transport message does not decrypt");
+                                                      c->rx_key)) {
+            rc = fail(c, "noise: transport message does not decrypt");
+            break;
+        }
         c->plain.len += (size_t)mlen;
         off += 2 + len;
+        *bytes += 2 + len;
+        done++;
     }
     if (off) buf_drop(&c->in, off);
-    return 0;
+    return rc ? -1 : done;
+}
+
+/* Decrypt every whole Noise message in c->in onto c->plain (the handshake's last bytes, and
+ * the fuzz harness). */
+static int noise_decrypt_all(conn_t *c) {
+    size_t bytes = 0;
+    return noise_decrypt(c, SIZE_MAX, &bytes, SIZE_MAX) < 0 ? -1 : 0;
 }
 
 /* ---- Yamux ---- */
@@ -765,16 +798,21 @@ static void drop_stream(conn_t *c, stream_t *s) {
     free(s);
 }
 
+/* A Yamux header at p (YAMUX_HDR bytes). */
+static void yamux_header(uint8_t *p, uint8_t type, uint16_t flags, uint32_t id, uint32_t len) {
+    p[0] = 0;
+    p[1] = type;
+    p[2] = (uint8_t)(flags >> 8);
+    p[3] = (uint8_t)flags;
+    put32(p + 4, id);
+    put32(p + 8, len);
+}
+
 /* One Yamux frame (header + body) as one Noise message. */
 static int yamux_send(conn_t *c, uint8_t type, uint16_t flags, uint32_t id, uint32_t len,
                       const uint8_t *body, size_t n) {
     uint8_t frame[YAMUX_HDR + YAMUX_FRAME_MAX];
-    frame[0] = 0;
-    frame[1] = type;
-    frame[2] = (uint8_t)(flags >> 8);
-    frame[3] = (uint8_t)flags;
-    put32(frame + 4, id);
-    put32(frame + 8, len);
+    yamux_header(frame, type, flags, id, len);
     if (n) memcpy(frame + YAMUX_HDR, body, n);
     return noise_send(c, frame, YAMUX_HDR + n);
 }
@@ -889,12 +927,29 @@ static int syn_admit(conn_t *c) {
     return c->inbound < c->max_inbound && c->nstreams < MAX_STREAMS;
 }
 
-/* Parse the whole Yamux frames in c->plain, all but those left while reading is paused. */
-static int yamux_parse(conn_t *c) {
-    size_t off = 0;
+/* A SYN's id, of the peer's parity: 1 if the peer has not used it (above the highest it
+ * opened, or within ID_WINDOW below it and not seen), now marked used; 0 if it has, or it is
+ * too far below to tell. */
+static int id_new(conn_t *c, uint32_t id) {
+    if (id > c->in_top) {
+        uint32_t up = (id - c->in_top) / 2;
+        c->in_seen = (up >= ID_WINDOW ? 0 : c->in_seen << up) | 1u;
+        c->in_top = id;
+        return 1;
+    }
+    uint32_t k = (c->in_top - id) / 2;
+    if (k >= ID_WINDOW || (c->in_seen >> k & 1u)) return 0;
+    c->in_seen |= (uint64_t)1 << k;
+    return 1;
+}
+
+/* Parse the whole Yamux frames in c->plain, at most `most` of them, none while reading is
+ * paused: how many, or -1. */
+static long yamux_parse_n(conn_t *c, size_t most) {
+    size_t off = 0, frames = 0;
     int rc = 0;
     syn_refill(c);
-    while (c->plain.len - off >= YAMUX_HDR && !read_paused(c)) {
+    while (frames < most && c->plain.len - off >= YAMUX_HDR && !read_paused(c)) {
         const uint8_t *h = c->plain.p + off;
         uint8_t type = h[1];
         uint16_t flags = (uint16_t)(h[2] << 8 | h[3]);
@@ -905,6 +960,7 @@ static int yamux_parse(conn_t *c) {
         if (c->plain.len - off < YAMUX_HDR + body) break;
         const uint8_t *data = h + YAMUX_HDR;
         off += YAMUX_HDR + body;
+        frames++;
         if (type == Y_PING) {
             if (flags & F_SYN && yamux_send(c, Y_PING, F_ACK, 0, len, NULL, 0)) { rc = -1; break; }
             continue;
@@ -920,6 +976,10 @@ static int yamux_parse(conn_t *c) {
                 rc = fail(c, "yamux: bad SYN");
                 break;
             }
+            /* an id the peer used before (its stream closed or reset, here or in the
+             * caller, which may still hold it): ids are not reused, and one that is breaks
+             * Yamux, as a SYN for an open stream does (go-yamux fails the session) */
+            if (!id_new(c, id)) { rc = fail(c, "yamux: SYN for a stream id used before"); break; }
             int admit = syn_admit(c);
             if (admit < 0) { rc = -1; break; }
             s = admit ? add_stream(c, id) : NULL;
@@ -957,7 +1017,7 @@ static int yamux_parse(conn_t *c) {
         if (flags & F_RST || (s->remote_fin && s->local_fin)) drop_stream(c, s);
     }
     if (off) buf_drop(&c->plain, off);
-    return rc;
+    return rc ? -1 : (long)frames;
 }
 
 /* ---- the API (ext.c, and ctypes in benchmarks/p2p_native.py) ---- */
@@ -1021,18 +1081,60 @@ void ww_conn_set_max_inbound(conn_t *c, int n) { c->max_inbound = n < 0 ? 0 : n;
 /* 1 if the handshake agreed on LANE */
 int ww_conn_lane(conn_t *c) { return c->lane; }
 
-/* Non-blocking: read what the socket has (up to READ_BUDGET, nothing while reading is
- * paused: ww_conn_read_paused), decrypt, parse.  Returns the bytes of events
- * (ww_conn_events), -1 on failure (ww_conn_error), -2 at end of file. */
+/* 1 if input already read waits to be parsed (a whole Yamux frame decrypted, or a whole
+ * Noise message), and reading is not paused: the caller calls ww_conn_read again soon,
+ * without waiting for the socket (which may have nothing more to say). */
+int ww_conn_more(conn_t *c) {
+    if (c->failed || read_paused(c)) return 0;
+    if (c->plain.len >= YAMUX_HDR) {
+        const uint8_t *h = c->plain.p;
+        size_t body = h[1] == Y_DATA ? get32(h + 8) : 0;
+        if (h[0] != 0 || h[1] > Y_GOAWAY || body > YAMUX_WINDOW ||
+            c->plain.len >= YAMUX_HDR + body)
+            return 1; /* (a bad header too: the next call fails the connection) */
+    }
+    if (c->in.len >= 2) {
+        size_t len = (size_t)c->in.p[0] << 8 | c->in.p[1];
+        if (len < 16 || c->in.len >= 2 + len) return 1;
+    }
+    return 0;
+}
+
+/* One call's work on what was read: parse what is whole, and decrypt more only when nothing
+ * whole is left (so the plain bytes waiting stay under a frame and one call's messages),
+ * at most PARSE_BUDGET Yamux frames and PARSE_BUDGET Noise messages (READ_BUDGET bytes of
+ * them); events are appended to c->ev.  The frames parsed, or -1. */
+static long conn_parse(conn_t *c) {
+    size_t frames = 0, msgs = 0, bytes = 0;
+    for (;;) {
+        long k = yamux_parse_n(c, PARSE_BUDGET - frames);
+        if (k < 0) return -1;
+        frames += (size_t)k;
+        if (frames >= PARSE_BUDGET || msgs >= PARSE_BUDGET || bytes >= READ_BUDGET ||
+            read_paused(c))
+            break;
+        k = noise_decrypt(c, PARSE_BUDGET - msgs, &bytes, READ_BUDGET);
+        if (k < 0) return -1;
+        if (!k) break;
+        msgs += (size_t)k;
+    }
+    if (frames > c->parse_most) c->parse_most = (uint32_t)frames;
+    return (long)frames;
+}
+
+/* Non-blocking: read what the socket has (while less than READ_BUDGET waits undecrypted;
+ * nothing while reading is paused: ww_conn_read_paused), decrypt and parse, at most
+ * PARSE_BUDGET messages and frames (ww_conn_more: whether some are left).  Returns the bytes
+ * of events (ww_conn_events), -1 on failure (ww_conn_error), -2 at end of file once
+ * everything before it was parsed. */
 long ww_conn_read(conn_t *c) {
     c->ev.len = 0;
     if (c->failed) return -1;
-    size_t got = 0;
-    while (got < READ_BUDGET && !read_paused(c)) {
+    while (c->in.len < READ_BUDGET && !c->eof && !read_paused(c)) {
         if (buf_reserve(&c->in, 65536)) return fail(c, "receive buffer limit");
         size_t room = c->in.cap - c->in.len;
-        if (room > READ_BUDGET - got) room = READ_BUDGET - got;
-        ssize_t r = recv(c->fd, c->in.p + c->in.len, room, 0);
+        if (room > READ_BUDGET - c->in.len) room = READ_BUDGET - c->in.len;
+        ssize_t r = recv(c->fd, c->in.p + c->in.len, room, MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -1040,11 +1142,12 @@ long ww_conn_read(conn_t *c) {
         }
         if (r == 0) { c->eof = 1; break; }
         c->in.len += (size_t)r;
-        got += (size_t)r;
         if ((size_t)r < room) break; /* drained for now */
     }
-    if (noise_decrypt_all(c) || yamux_parse(c)) return -1;
-    if (c->eof && !c->ev.len && !c->read_paused) return -2;
+    if (conn_parse(c) < 0) return -1;
+    int more = ww_conn_more(c);
+    if (more) c->parse_cut++;
+    if (c->eof && !c->ev.len && !c->read_paused && !more) return -2;
     return (long)c->ev.len;
 }
 

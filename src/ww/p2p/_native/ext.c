@@ -9,7 +9,10 @@
  * (asyncio's BufferedProtocol calls: get_buffer, buffer_updated, eof_received, as pycapnp's
  * _PyAsyncIoStreamProtocol takes them) from C; while conn.c pauses reading (its out buffer
  * over 512 KiB of answers the peer does not read) the reader is removed, and added again
- * once it is under 256 KiB (conn_watch).  Stream is the protocol's transport: write()
+ * once it is under 256 KiB (conn_watch).  One call parses at most PARSE_BUDGET (128) frames;
+ * while input already read is left, the reader is removed too and one readable call is
+ * scheduled with call_soon, so the loop turns between budgets and nothing waits for the
+ * socket to say more.  Stream is the protocol's transport: write()
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
  * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
@@ -46,7 +49,10 @@ struct ConnObject {
     int fd;
     PyObject *loop, *streams, *dirty; /* loop; dict sid -> Stream; list of Streams */
     int scheduled, writing;
-    int reader_off; /* reading paused (conn.c): the socket's reader removed until it resumes */
+    int reader_off; /* the socket's reader removed: reading paused (conn.c), or input already
+                     * read waits for the continuation (conn_watch) */
+    int continuing; /* a readable call is scheduled (call_soon) for the input left */
+    int started;    /* readable was called: the handshake's reader is gone */
     char lane; /* the handshake agreed on /ww/lane/0.1.0 */
 };
 
@@ -517,9 +523,13 @@ static PyObject *Conn_handshake_step(ConnObject *self, PyObject *unused) {
 }
 
 
-/* The add_reader callback. */
+/* The add_reader callback, and its continuation: one call parses at most conn.c's
+ * PARSE_BUDGET frames; what is left is parsed by another call scheduled with call_soon
+ * (conn_watch), so the loop turns in between. */
 static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
     (void)unused;
+    self->continuing = 0;
+    self->started = 1;
     if (!self->c) Py_RETURN_NONE;
     long n = ww_conn_read(self->c);
     if (n < 0) {
@@ -575,31 +585,48 @@ static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
 
 static PyObject *Conn_writable(ConnObject *self, PyObject *unused);
 
-/* conn.c pauses reading while its out buffer is over its high-water mark (what the peer made
- * it answer, unsent because the peer does not read): the socket's reader (`readable`) is
- * removed, so the peer's frames wait in the kernel and in the peer, and added again once
- * the buffer is under its low-water mark, with one `readable` call soon for the frames
- * already read.  0, or -1 with an exception. */
+static int call_soon_readable(ConnObject *self) {
+    PyObject *cb = PyObject_GetAttrString((PyObject *)self, "readable");
+    if (!cb) return -1;
+    PyObject *r = PyObject_CallMethod(self->loop, "call_soon", "O", cb);
+    Py_DECREF(cb);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The socket's reader (`readable`), removed while it has nothing to do:
+ * - conn.c pauses reading while its out buffer is over its high-water mark (what the peer
+ *   made it answer, unsent because the peer does not read), so the peer's frames wait in
+ *   the kernel and in the peer, until the buffer is under its low-water mark;
+ * - one readable call parses at most PARSE_BUDGET frames: while input already read is
+ *   left (ww_conn_more), one readable call is scheduled with call_soon (it goes on in
+ *   order, whether or not the socket has more), and the reader waits, so a connection
+ *   takes one budget per loop turn.
+ * Only once readable was first called (the handshake has a reader of its own).  0, or -1
+ * with an exception. */
 static int conn_watch(ConnObject *self) {
-    if (!self->c || self->c->failed || !self->loop) return 0;
+    if (!self->c || self->c->failed || !self->loop || !self->started) return 0;
     int paused = ww_conn_read_paused(self->c);
-    if (paused == self->reader_off) return 0;
+    int more = !paused && ww_conn_more(self->c);
+    if (more && !self->continuing) {
+        if (call_soon_readable(self)) return -1;
+        self->continuing = 1;
+    }
+    int off = paused || more;
+    if (off == self->reader_off) return 0;
     PyObject *r;
-    if (paused) {
+    if (off) {
         r = PyObject_CallMethod(self->loop, "remove_reader", "i", self->fd);
     } else {
         PyObject *cb = PyObject_GetAttrString((PyObject *)self, "readable");
         if (!cb) return -1;
         r = PyObject_CallMethod(self->loop, "add_reader", "iO", self->fd, cb);
-        if (r) {
-            Py_DECREF(r);
-            r = PyObject_CallMethod(self->loop, "call_soon", "O", cb);
-        }
         Py_DECREF(cb);
     }
     if (!r) return -1;
     Py_DECREF(r);
-    self->reader_off = paused;
+    self->reader_off = off;
     return 0;
 }
 
@@ -712,6 +739,16 @@ static PyObject *Conn_get_refused_in_c(ConnObject *self, void *unused) {
     return PyLong_FromUnsignedLongLong(self->c ? self->c->syn_reset : 0);
 }
 
+static PyObject *Conn_get_most_parsed(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyLong_FromUnsignedLong(self->c ? self->c->parse_most : 0);
+}
+
+static PyObject *Conn_get_reads_cut(ConnObject *self, void *unused) {
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(self->c ? self->c->parse_cut : 0);
+}
+
 static PyObject *Conn_get_reading(ConnObject *self, void *unused) {
     (void)unused;
     return PyBool_FromLong(!(self->c && self->c->read_paused));
@@ -756,6 +793,11 @@ static PyGetSetDef Conn_getset[] = {
      "seen by _new_stream (0: every SYN; 1024 by default)", NULL},
     {"refused_in_c", (getter)Conn_get_refused_in_c, NULL,
      "SYNs reset in C (past max_inbound, or past the 64-at-once, 256-a-second bucket)", NULL},
+    {"most_parsed", (getter)Conn_get_most_parsed, NULL,
+     "the most Yamux frames one readable call parsed (at most PARSE_BUDGET)", NULL},
+    {"reads_cut", (getter)Conn_get_reads_cut, NULL,
+     "readable calls that stopped at the budget with input left (each went on in a call "
+     "scheduled with call_soon)", NULL},
     {"open_streams", (getter)Conn_get_open_streams, NULL,
      "Yamux streams the C connection holds (not yet closed both ways, nor reset)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
@@ -787,7 +829,9 @@ PyMODINIT_FUNC PyInit__ext(void) {
     Py_INCREF(&ConnType);
     Py_INCREF(&StreamType);
     if (PyModule_AddObject(m, "Conn", (PyObject *)&ConnType) ||
-        PyModule_AddObject(m, "Stream", (PyObject *)&StreamType)) {
+        PyModule_AddObject(m, "Stream", (PyObject *)&StreamType) ||
+        PyModule_AddIntConstant(m, "PARSE_BUDGET", PARSE_BUDGET) ||
+        PyModule_AddIntConstant(m, "READ_BUDGET", READ_BUDGET)) {
         Py_DECREF(m);
         return NULL;
     }
