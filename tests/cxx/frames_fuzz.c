@@ -20,13 +20,7 @@
 
 #include <stdio.h>
 
-static uint32_t rng;
-static uint32_t rnd(void) { /* xorshift: reproducible from the seed */
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
+#include "xorshift.h" /* rng, rnd() */
 
 static uint64_t rnd64(void) { return (uint64_t)rnd() << 32 | rnd(); }
 

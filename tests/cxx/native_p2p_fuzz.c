@@ -17,13 +17,7 @@
 #include <sys/ioctl.h>
 
 
-static uint32_t rng;
-static uint32_t rnd(void) { /* xorshift: reproducible from the seed */
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
+#include "xorshift.h" /* rng, rnd() */
 
 static void fill(uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = (uint8_t)rnd();
