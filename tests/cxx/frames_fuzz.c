@@ -8,7 +8,8 @@
  * - the framer over streams of such messages (tables of 0 to 600 segments, bodies that end,
  *   bodies that never end, tables past the limit), fed whole and in random pieces (each in
  *   a buffer of exactly its length): the events must be the same, every head exactly
- *   min(body, head size) bytes, and the sizes reported add up to what was fed.
+ *   min(body, head size) bytes, and the sizes reported add up to what was fed; and once
+ *   more with `broken` set back after each break, as Python code may.
  *
  * Every case must end in a clean answer; a sanitizer report, a crash or a broken invariant
  * is a bug.
@@ -97,6 +98,20 @@ static void one_member(unsigned long c) {
     size_t n = rnd() % 4 ? room : rnd() % (room + 1); /* truncated heads too */
     uint8_t *h = malloc(n ? n : 1);
     head_bytes(h, n, nseg, sizes[0] < 64 ? sizes[0] : 64);
+    if (n >= 24 && rnd() % 4 == 0) { /* a root of one data word and one pointer, a member */
+        put64(h, (uint64_t)1 << 32 | (uint64_t)1 << 48);
+        put64(h + 8, rnd() % 4);
+    } else if (n >= 8 && rnd() % 3 == 0) { /* a double far to a pad that is there */
+        uint32_t seg = rnd() % nseg, pad = rnd() % 4;
+        uint64_t at = 0;
+        for (uint32_t i = 0; i < seg; i++) at += sizes[i];
+        at = 8 * (at + pad);
+        put64(h, 6 | (uint64_t)pad << 3 | (uint64_t)seg << 32);
+        if (at + 16 <= n) {
+            put64(h + at, 2 | (uint64_t)(rnd() % 4) << 3 | (uint64_t)(rnd() % nseg) << 32);
+            put64(h + at + 8, (uint64_t)(rnd() % 3) << 32 | (uint64_t)(rnd() % 3) << 48);
+        }
+    }
     uint8_t *exact = malloc(n ? n : 1); /* exactly n bytes: ASan sees a read past it */
     memcpy(exact, h, n);
     member_set = (uint16_t)rnd();
@@ -146,8 +161,8 @@ static void log_add(log_t *l, int ev, uint64_t n) {
 }
 
 /* Feed stream[0, len) in pieces (whole if !split) into a framer of head size hs. */
-static void run(const uint8_t *stream, size_t len, uint64_t hs, int split, log_t *l,
-                unsigned long c) {
+static void run(const uint8_t *stream, size_t len, uint64_t hs, int split, int unbreak,
+                log_t *l, unsigned long c) {
     fr_framer f;
     fr_init(&f, hs);
     uint64_t starts[FR_MAX_SEGMENTS];
@@ -178,6 +193,7 @@ static void run(const uint8_t *stream, size_t len, uint64_t hs, int split, log_t
                 log_add(l, 100 + r, (uint64_t)which << 32 | id);
                 continue;
             }
+            if (ev == FR_UNSURE && unbreak) f.broken = 0; /* as Python may set it back */
             if (ev == FR_MESSAGE || ev == FR_EMPTY) n = f.size;
             l->reported += n;
             log_add(l, ev, n);
@@ -200,9 +216,12 @@ static size_t message(uint8_t *out, size_t cap, int *whole) {
     size_t table = (size_t)fr_header_size(nseg > 600 ? 1 : nseg);
     if (table > cap) return 0;
     put32(out, nseg - 1);
-    if (nseg > FR_MAX_SEGMENTS) {
+    if (nseg > FR_MAX_SEGMENTS) { /* the rest of the stream is unreadable: some bytes of it */
+        size_t more = rnd() % 64;
+        if (4 + more > cap) more = cap - 4;
+        for (size_t i = 0; i < more; i++) out[4 + i] = (uint8_t)rnd();
         *whole = 0;
-        return 4;
+        return 4 + more;
     }
     uint64_t body = 0;
     memset(out + 4, 0, table - 4);
@@ -234,9 +253,11 @@ static void one_stream(unsigned long c) {
     }
     static const uint64_t HEADS[] = {0, 1, 7, 8, 64, 4096};
     uint64_t hs = HEADS[rnd() % 6];
-    log_t a = {0}, b = {0};
-    run(stream, len, hs, 0, &a, c);
-    run(stream, len, hs, 1, &b, c);
+    log_t a = {0}, b = {0}, u = {0};
+    run(stream, len, hs, 0, 0, &a, c);
+    run(stream, len, hs, 1, 0, &b, c);
+    run(stream, len, hs, 1, 1, &u, c); /* `broken` set back after each break: no check but ASan's */
+    free(u.ev);
     /* the pieces may cut a broken stream's unsure bytes differently: compare the rest */
     size_t i = 0, j = 0;
     while (i < a.len && j < b.len && a.ev[i].ev != FR_UNSURE) {
