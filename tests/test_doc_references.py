@@ -37,7 +37,8 @@ def test_every_test_a_doc_names_exists(doc: Path):
 
 def _module_file(parts: list[str]) -> Path | None:
     path = ROOT / "src" / Path(*parts)
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+    # a .pyi: a C extension module's stub (ww.core._frames)
+    for candidate in (path.with_suffix(".py"), path / "__init__.py", path.with_suffix(".pyi")):
         if candidate.exists():
             return candidate
     return None

@@ -21,13 +21,7 @@
 /* Every whole frame, no budget (what one ww_conn_read parses is bounded: budget_checks). */
 static int yamux_parse(conn_t *c) { return yamux_parse_n(c, SIZE_MAX) < 0 ? -1 : 0; }
 
-static uint32_t rng;
-static uint32_t rnd(void) { /* xorshift: reproducible from the seed */
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
+#include "xorshift.h" /* rng, rnd() */
 
 static void fill(uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = (uint8_t)rnd();
