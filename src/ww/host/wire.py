@@ -27,6 +27,7 @@ pauses the socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import struct
 from collections.abc import Callable
@@ -383,7 +384,8 @@ class _Transport(_ExactReasons):
 
     def __init__(self, transport: asyncio.Transport, connection: _Connection) -> None:
         super().__init__(transport, connection.flow)
-        self.pause_reading = connection.pause_reading
+        # pycapnp asks to pause after every read: a flag set in C, no Python frame
+        self.pause_reading = functools.partial(setattr, connection, "_wants", False)
         self.resume_reading = connection.resume_reading
 
 
