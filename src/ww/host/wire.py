@@ -292,6 +292,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self._wants and not self._held:
             self._lent = self.inner.get_buffer(sizehint)
             return self._lent
+        self._lent = None  # (a read that found nothing leaves no stale buffer of pycapnp's)
         return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -321,10 +322,7 @@ class _Connection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
-    # pycapnp's side, through _Transport
-    def pause_reading(self) -> None:
-        self._wants = False
-
+    # pycapnp's side, through _Transport (which sets _wants False itself when asked to pause)
     def resume_reading(self) -> None:
         self._wants = True
         if self._held or self._eof:
