@@ -312,9 +312,46 @@ def _slow_schema():
     return capnp.load(str(path))
 
 
-def _run_pair(limit: int, scenario) -> None:
+class _Counting:
+    """The real socket transport, its ``pause_reading``/``resume_reading`` calls counted (what
+    reaches the socket: each one an ``epoll_ctl``)."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.pauses = self.resumes = 0
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.resumes += 1
+        self.transport.resume_reading()
+
+    def __getattr__(self, name: str):
+        return getattr(self.transport, name)
+
+
+class _Counted(wire._Connection):
+    """The host's end as ``wire.connect`` makes it, on a :class:`_Counting` transport."""
+
+    bytes_read = 0
+
+    def connection_made(self, transport) -> None:
+        self.counted = _Counting(transport)
+        super().connection_made(self.counted)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_read += nbytes
+        super().buffer_updated(nbytes)
+
+
+def _run_pair(limit: int, scenario, late: bool = False) -> None:
     """``scenario(client, server_state, connection)`` with a pycapnp client on one end of a
-    socket pair and a pycapnp server behind :class:`wire._Connection` on the other."""
+    socket pair and a pycapnp server behind :class:`wire._Connection` on the other (its
+    transport counted: ``connection.counted``).  ``late``: the server is not attached (its
+    pycapnp never asks to read) until the scenario calls ``server_state.attach()`` (with
+    pycapnp's protocol, when ``connection.inner`` stands in front of it)."""
     import asyncio
 
     import capnp
@@ -324,6 +361,7 @@ def _run_pair(limit: int, scenario) -> None:
     class State:
         arrived = 0
         gate: asyncio.Event
+        attach = None
 
     class SlowServer(schema.Slow.Server):
         async def hold(self, data, **kwargs):
@@ -336,14 +374,23 @@ def _run_pair(limit: int, scenario) -> None:
         host_end, cell_end = socket.socketpair()
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
-            lambda: wire._Connection(limit=limit), sock=host_end)
-        stream = capnp.AsyncIoStream()
-        stream._post_init(connection.inner)
-        server = capnp.TwoPartyServer(stream, bootstrap=SlowServer())
+            lambda: _Counted(limit=limit), sock=host_end)
+        servers = []
+
+        def attach(inner=None) -> None:
+            stream = capnp.AsyncIoStream()
+            stream._post_init(inner or connection.inner)
+            servers.append(capnp.TwoPartyServer(stream, bootstrap=SlowServer()))
+
+        if late:
+            State.attach = attach
+        else:
+            attach()
         client_stream = await capnp.AsyncIoStream.create_connection(sock=cell_end)
         client = capnp.TwoPartyClient(client_stream).bootstrap().cast_as(schema.Slow)
+        State.cell_end = cell_end
         await scenario(client, State, connection)
-        del server
+        servers.clear()
 
     asyncio.run(capnp.run(main()))
 
@@ -408,3 +455,89 @@ def test_one_call_larger_than_the_limit_is_read_whole_and_answered():
         assert not connection.flow.paused
 
     _run_pair(MIB, scenario)
+
+
+def test_pycapnp_asking_to_pause_after_each_read_does_not_reach_the_socket_the_limit_does():
+    """pycapnp asks its transport to pause after every read and to resume on its next (an
+    ``epoll_ctl`` pair per message): the host keeps those from the socket.  The flow limit
+    still pauses it, once, and resumes it once the answers have left."""
+    import asyncio
+
+    async def scenario(client, state, connection) -> None:
+        state.gate.set()
+        for i in range(200):
+            assert (await client.hold(bytes([i % 256]) * 100)).size == 100
+        assert (connection.counted.pauses, connection.counted.resumes) == (0, 0)
+        state.gate.clear()
+        calls = [client.hold(bytes([i]) * MIB) for i in range(10)]
+        await _until(lambda: connection.flow.paused)
+        assert connection.counted.pauses == 1 and not connection.counted.is_reading()
+        assert state.arrived <= 200 + 5  # 3 MiB limit: none read after the 4th call
+        state.gate.set()
+        assert [r.size for r in await asyncio.gather(*calls)] == [MIB] * 10
+        assert not connection.flow.paused and connection.counted.is_reading()
+        assert (connection.counted.pauses, connection.counted.resumes) == (1, 1)
+
+    _run_pair(3 * MIB, scenario)
+
+
+def test_bytes_pycapnp_has_not_asked_for_are_held_to_a_bound_then_all_delivered():
+    """A server whose pycapnp has no read pending (not attached yet): the host reads fd 3 on
+    into its own buffer, at most ``wire.HOLD`` bytes (and one read), then really pauses the
+    socket; once pycapnp reads, everything held reaches it and every call is answered."""
+    import asyncio
+
+    async def scenario(client, state, connection) -> None:
+        state.gate.set()
+        calls = [client.hold(bytes([i % 256]) * 1000) for i in range(300)]  # ~300 KiB
+        await _until(lambda: connection.counted.pauses)
+        assert not connection.counted.is_reading()
+        assert wire.HOLD <= len(connection._held) < 2 * wire.HOLD
+        assert state.arrived == 0
+        state.attach()
+        assert [r.size for r in await asyncio.gather(*calls)] == [1000] * 300
+        assert connection.counted.is_reading() and connection.counted.resumes == 1
+        assert not connection._held
+
+    _run_pair(64 * MIB, scenario, late=True)
+
+
+class _Recording:
+    """pycapnp's real protocol, what the host hands it recorded: bytes, then the end."""
+
+    def __init__(self, protocol) -> None:
+        self.protocol = protocol
+        self.events: list = []
+
+    def buffer_updated(self, n: int) -> None:
+        self.events.append(n)
+        self.protocol.buffer_updated(n)
+
+    def eof_received(self):
+        self.events.append("eof")
+        return self.protocol.eof_received()
+
+    def __getattr__(self, name: str):
+        return getattr(self.protocol, name)
+
+
+def test_the_end_of_the_stream_waits_behind_the_bytes_held_for_pycapnp():
+    """The cell sends calls and closes its end before the host's pycapnp asks to read: the
+    end waits behind the held bytes; pycapnp gets every byte read, then the end, and the
+    connection is closed."""
+
+    async def scenario(client, state, connection) -> None:
+        recording = connection.inner = _Recording(connection.inner)
+        calls = [client.hold(bytes([i]) * 100) for i in range(20)]
+        await _until(lambda: len(connection.flow.in_flight) == 20)  # all read and held
+        state.cell_end.shutdown(socket.SHUT_WR)
+        await _until(lambda: connection._eof)
+        assert recording.events == [] and not connection.counted.is_closing()
+        state.attach(recording.protocol)
+        await _until(lambda: connection.counted.is_closing())
+        assert recording.events[-1] == "eof" and "eof" not in recording.events[:-1]
+        assert sum(recording.events[:-1]) == connection.bytes_read
+        assert not connection._held
+        del calls
+
+    _run_pair(64 * MIB, scenario, late=True)

@@ -383,3 +383,62 @@ def test_partial_messages_that_fill_the_budget_are_cut_and_another_call_served()
                 honest.close()
 
     _run(main)
+
+
+def test_the_hosts_answers_are_looked_at_where_they_lie_not_copied() -> None:
+    """``Outbound`` finds the Returns to held calls however the host's writes fall (pycapnp
+    writes a message's segment table apart from its segments; random pieces too), and a
+    1 MiB answer passes with no more than its start copied (the whole of it was)."""
+    import random
+    import tracemalloc
+
+    def returning(answer: int, size: int) -> bytes:
+        m = rpc.Message.new_message()
+        r = m.init("return")
+        r.answerId = answer
+        r.init("results").content.as_struct(
+            _cell.Service.schema.methods["call"].result_type
+        ).result = "x" * size
+        return m.to_bytes()
+
+    finish = rpc.Message.new_message()
+    finish.init("finish").questionId = 3
+    big = returning(7, 1 << 20)
+    messages = [returning(2, 10), finish.to_bytes(), big, returning(99, 5000), a_return(5)]
+    stream = b"".join(messages)
+
+    def fresh() -> tuple[bounds.Inbound, bounds.Outbound]:
+        inbound = bounds.Inbound(bounds.Count(), 0.0)
+        for ident in (2, 5, 7, 11):  # 11: never answered
+            inbound.budget.count(100)
+            inbound.hold(ident, 100)
+        return inbound, bounds.Outbound()
+
+    as_pycapnp = []  # each message's table, then its segments
+    for m in messages:
+        table = bounds.capnp_frames.header_size(struct.unpack_from("<I", m)[0] + 1)
+        as_pycapnp += [m[:table], m[table:]]
+    rng = random.Random(5)
+    for writes in [as_pycapnp] + [
+        [stream[i : i + n] for i in range(0, len(stream), n)]
+        for n in (1, 7, 8, 9, 4095, 4097, 65536, rng.randrange(1, 300_000))
+    ]:
+        inbound, out = fresh()
+        released = [out.feed(w, inbound) for w in writes]
+        assert list(inbound.held) == [11] and inbound.budget.used == 100
+        assert any(released) and not out.buf and not out.skip
+
+    inbound, out = fresh()
+    table, segments = as_pycapnp[4], as_pycapnp[5]
+    assert len(segments) > 1 << 20
+    out.feed(as_pycapnp[0] + as_pycapnp[1] + as_pycapnp[2] + as_pycapnp[3], inbound)
+    tracemalloc.start()
+    try:
+        out.feed(table, inbound)
+        before = tracemalloc.get_traced_memory()[0]
+        assert out.feed(segments, inbound)  # the call answered
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 64 << 10, f"{peak - before} bytes allocated to look at an answer"
+    assert list(inbound.held) == [5, 11]

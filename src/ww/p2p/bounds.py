@@ -29,6 +29,7 @@ side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 import weakref
 from typing import Any
@@ -209,7 +210,8 @@ class Inbound:
     def passed(self, size: int, kept: bool, ident: int, now: float) -> None:
         """The message at the start of ``buf`` is passed on ``now``: the next message's clock
         starts now (the time this one waited for the host is not the remote's)."""
-        self.consumed(size, now)
+        del self.buf[:size]  # (consumed, inline: once per message)
+        self.began = now
         if kept:
             self.held[ident] = size  # still counted, until our answer leaves
         else:
@@ -253,28 +255,51 @@ class Outbound:
         self.skip = 0  # bytes of the current message still to pass without looking
 
     def feed(self, data: Any, inbound: Inbound) -> bool:
-        """The host writes ``data``: releases the calls it answers; whether any were."""
+        """The host writes ``data``: releases the calls it answers; whether any were.  A
+        message whose start is in ``data`` is looked at where it lies; only one that begins
+        in pieces (pycapnp writes a message's segment table apart from its segments) is
+        collected in ``buf``, and no more of it than :data:`_PEEK` bytes."""
         released = False
         view = memoryview(data)
+        n, pos = len(view), 0
         buf = self.buf
-        while view:
+        while pos < n:
             if self.skip:
-                step = min(self.skip, len(view))
+                step = min(self.skip, n - pos)
                 self.skip -= step
-                view = view[step:]
+                pos += step
                 continue
-            buf += view
-            view = memoryview(b"")
-            while (size := frame_size(buf)) is not None and len(buf) >= min(size, _PEEK):
-                kind = classify(buf)  # the start of a long answer is enough
-                if kind is not None and kind[0] == _RETURN and inbound.answered(kind[1]):
-                    released = True
-                if len(buf) >= size:
-                    del buf[:size]
+            if buf:  # a message begun in an earlier write: add to its start
+                buf += view[pos : pos + _PEEK]
+                added = min(n - pos, _PEEK)
+                pos += added
+                at: Any = buf
+            elif n - pos < 16:  # a segment table alone (pycapnp writes it apart): kept
+                buf += view[pos:]
+                break
+            else:
+                at = view[pos:] if pos else view
+            size = frame_size(at)
+            if size is None or len(at) < min(size, _PEEK):
+                if at is not buf:  # short of its table or its start: kept (< _PEEK bytes)
+                    buf += at
+                    pos = n
+                continue
+            kind = classify(at)  # the start of a long answer is enough
+            if kind is not None and kind[0] == _RETURN and inbound.answered(kind[1]):
+                released = True
+            if at is buf:
+                extra = len(buf) - size  # bytes of the next message(s) taken from view
+                buf.clear()
+                if extra >= 0:
+                    pos -= extra  # (less than added: buf held less than this message)
                 else:
-                    self.skip = size - len(buf)
-                    buf.clear()
-                    break
+                    self.skip = -extra
+            elif len(at) >= size:
+                pos += size
+            else:
+                self.skip = size - len(at)
+                pos = n
         return released
 
 
@@ -357,6 +382,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
     # the transport's side
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self._write = transport.write
         self._unsent = transport.get_write_buffer_size  # the answer bound needs it
         self.inner.connection_made(_ToRemote(self))
         self._pump()  # not a byte read while the budget is spent, the first included
@@ -390,14 +416,14 @@ class BoundedProtocol(asyncio.BufferedProtocol):
     # pycapnp's side, through _ToRemote
     def want(self, reading: bool) -> None:
         self._wanted = reading
-        if reading:
+        if reading and (self.state.buf or self._eof):  # else the last _pump's choices stand
             self._pump()
 
     def wrote(self, data: Any) -> None:
         if self.out.feed(data, self.state) and self._blocked:
             self._blocked = False
             self.loop.call_soon(self._pump)  # the held call may pass now
-        self.transport.write(data)
+        self._write(data)
         if self._out_since < 0:
             unsent = self._unsent()
             if unsent:  # answers must move: within the grace, then at the rate
@@ -447,23 +473,27 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         whether one waits (for pycapnp to read, or for a call to be answered)."""
         state, inner = self.state, self.inner
         while self._wanted and self._next():
-            into = inner.get_buffer(self._cur[0] - self._handed)  # type: ignore[index]
+            cur = self._cur
+            into = inner.get_buffer(cur[0] - self._handed)  # type: ignore[index]
             room, filled = len(into), 0
-            while filled < room and self._next():
-                size, kept, ident = self._cur  # type: ignore[misc]
+            while True:
+                size, kept, ident = cur  # type: ignore[misc]
                 handed = self._handed
                 k = min(room - filled, size - handed)
                 into[filled : filled + k] = memoryview(state.buf)[handed : handed + k]
                 filled += k
-                if handed + k == size:
-                    self._cur = None
-                    state.passed(size, kept, ident, self.loop.time())
-                else:
+                if handed + k < size:
                     self._handed = handed + k
+                    break
+                self._cur = None
+                state.passed(size, kept, ident, self.loop.time())
+                if filled >= room or not state.buf or not self._next():
+                    break
+                cur = self._cur
             if not filled:
                 break
             inner.buffer_updated(filled)  # may ask for no more: _wanted False
-        return self._next() or self._blocked
+        return (bool(state.buf) and self._next()) or self._blocked
 
     def _read_or_not(self, waits: bool) -> None:
         """Read on while no call is held back, the budget has room and, when a whole message
@@ -566,19 +596,21 @@ class _ToRemote:
     def __init__(self, bounded: BoundedProtocol) -> None:
         self._bounded = bounded
         self.write = bounded.wrote
+        # pycapnp asks to pause after every read: a flag set in C, no Python frame
+        self.pause_reading = functools.partial(setattr, bounded, "_wanted", False)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self._bounded.wrote(chunk)
 
-    def pause_reading(self) -> None:
-        self._bounded._wanted = False
-
     def resume_reading(self) -> None:
         self._bounded.want(True)
 
     def __getattr__(self, name: str) -> Any:  # is_closing, close, abort, write_eof ...
-        return getattr(self._bounded.transport, name)
+        value = getattr(self._bounded.transport, name)
+        if callable(value):  # bound once: pycapnp asks is_closing() on every read and write
+            setattr(self, name, value)
+        return value
 
 
 def bounded_capnp(budget: AsyncBudget | None = None, **limits: Any) -> tuple[Any, Any]:
