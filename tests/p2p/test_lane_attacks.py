@@ -439,3 +439,76 @@ def test_a_closed_lane_connection_leaves_nothing_watching_its_fd() -> None:
         assert not loop.remove_reader(fd) and not loop.remove_writer(fd)
 
     run(main)
+
+
+def test_noise_messages_instead_of_the_muxers_lines_fail_the_handshake_unparsed() -> None:
+    """Past its last Noise handshake message, a dialer sends empty transport messages where
+    multistream's ``/yamux/1.0.0`` lines belong.  The listener's handshake step decrypted
+    every message the socket had, in one call, while the lines were short: a peer that kept
+    sending held the step, and the loop with it (the cell's fd 3, every other connection,
+    the handshake's own deadline), for as long as it sent (200 000 messages in one
+    call; PARSE_BUDGET does not reach the handshake).  Now the step decrypts one message at a
+    time while the lines are short, at most HS_MUX_MSGS (32) before the muxer is agreed: past
+    them the handshake fails.  A dialer that sends 200 Yamux pings right after its lines, in
+    the same write, is served: what follows the lines waits for ``readable``'s budget."""
+    import struct
+
+    from tests.p2p.raw_lane import ACK, PING, SYN, RawPeer, frame
+    from ww.core.identity import PrivateKey
+
+    async def pair(before: int, after: list[bytes]) -> tuple[Any, Any]:
+        """A raw dialer sending ``before`` empty Noise messages, its muxer lines, and the
+        frames ``after`` (each its own message) in one write; the listener's connection, or
+        why its handshake failed."""
+        loop = asyncio.get_running_loop()
+        server = socket.create_server(("127.0.0.1", 0))
+        server.setblocking(False)
+
+        class Dialer(RawPeer):
+            async def _send_plain(self, plain: bytes) -> None:  # (only the lines, here)
+                out = [struct.pack(">H", 16) + self.noise.encrypt(b"") for _ in range(before)]
+                out += [self._sealed(plain), *(self._sealed(f) for f in after)]  # (in order)
+                await loop.sock_sendall(self.sock, b"".join(out))
+
+        async def accept() -> lane.LaneConn:
+            sock, _ = await loop.sock_accept(server)
+            conn = lane.LaneConn(sock, False)
+            try:
+                await conn.handshake(PrivateKey.generate().seed, None, lane=True)
+            except ConnectionError:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            dialer, conn = await asyncio.gather(
+                Dialer.connect(server.getsockname()[1]), accept(), return_exceptions=True
+            )
+        finally:
+            server.close()
+        return dialer, conn
+
+    async def main() -> None:
+        peer, conn = await pair(before=1000, after=[])
+        try:
+            assert isinstance(conn, ConnectionError), conn
+            assert "too many Noise messages" in str(conn)
+        finally:
+            for end in (peer, conn):
+                if not isinstance(end, BaseException):
+                    end.close()
+        peer, conn = await pair(before=0, after=[frame(PING, SYN, 0, i) for i in range(200)])
+        try:
+            assert isinstance(conn, lane.LaneConn), conn
+            answered = set()
+            for _ in range(200):  # (bounded: one pong a frame)
+                kind, flags, _, length, _ = await peer.frame()
+                if kind == PING and flags & ACK:
+                    answered.add(length)
+            assert answered == set(range(200)) and not conn.closed.done()
+        finally:
+            for end in (peer, conn):
+                if not isinstance(end, BaseException):
+                    end.close()
+
+    run(main)
