@@ -20,6 +20,11 @@
 
 /* Every whole frame, no budget (what one ww_conn_read parses is bounded: budget_checks). */
 static int yamux_parse(conn_t *c) { return yamux_parse_n(c, SIZE_MAX) < 0 ? -1 : 0; }
+/* Decrypt every whole Noise message in c->in onto c->plain. */
+static int noise_decrypt_all(conn_t *c) {
+    size_t bytes = 0;
+    return noise_decrypt(c, SIZE_MAX, &bytes, SIZE_MAX) < 0 ? -1 : 0;
+}
 
 #include "xorshift.h" /* rng, rnd() */
 

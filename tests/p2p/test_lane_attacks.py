@@ -209,9 +209,22 @@ class _Kept(asyncio.BufferedProtocol):
 KEPT = "/ww-test/kept/1.0.0"
 
 
-async def _raw_pair(echo: bool) -> tuple[Any, lane.LaneConn, list[_Kept]]:
+class _Later(_Kept):
+    """:class:`_Kept` echoing a loop turn later, as pycapnp answers a call (its writes come
+    from the loop's callbacks, not from inside ``buffer_updated``)."""
+
+    def buffer_updated(self, n: int) -> None:
+        data = bytes(self.buf[:n])
+        self.got += data
+        asyncio.get_running_loop().call_soon(self.transport.write, data)
+
+
+async def _raw_pair(
+    echo: bool, kind: type[_Kept] = _Kept
+) -> tuple[Any, lane.LaneConn, list[_Kept]]:
     """A raw peer (tests/p2p/raw_lane.py) and the lane listener it is connected to (a
-    LaneConn on this loop serving :data:`KEPT`), handshaken; the protocols KEPT got."""
+    LaneConn on this loop serving :data:`KEPT` with ``kind`` protocols), handshaken; the
+    protocols KEPT got."""
     from tests.p2p.raw_lane import RawPeer
     from ww.core.identity import PrivateKey
 
@@ -221,7 +234,7 @@ async def _raw_pair(echo: bool) -> tuple[Any, lane.LaneConn, list[_Kept]]:
     kept: list[_Kept] = []
 
     def on_kept(stream: lane.LaneStream) -> None:
-        kept.append(_Kept(echo))
+        kept.append(kind(echo))
         stream.connect(kept[-1])
 
     async def accept() -> lane.LaneConn:
@@ -361,5 +374,141 @@ def test_a_flood_of_frames_is_parsed_a_budget_at_a_time_and_nothing_is_lost() ->
             ticking = False
             peer.close()
             conn.close()
+
+    run(main)
+
+
+async def _end_within_a_continuation(peer: Any, conn: lane.LaneConn) -> None:
+    """The peer opens stream 1 on KEPT, then sends one byte on it and 200 pings at once and
+    ends its side: the listener's first ``readable`` call parses a budget (the byte, and 127
+    pings), the continuation the rest and the end of file; the connection ends."""
+    from tests.p2p.raw_lane import DATA, PING, SYN, frame
+
+    await _open_kept(peer, 1)
+    pings = [frame(PING, SYN, 0, i) for i in range(200)]
+    await peer.send(frame(DATA, 0, 1, body=b"x"), *pings)
+    peer.sock.shutdown(socket.SHUT_WR)
+    await conn.closed
+    assert conn.failure == "" and conn.reads_cut > 0  # an orderly end, cut once
+
+
+def test_a_peer_that_ends_within_a_budgets_continuation_leaves_no_reader_behind() -> None:
+    """:func:`_end_within_a_continuation`, the byte handed to a protocol that answers a loop
+    turn later, as pycapnp does.  The answer's flush, queued before the end and run after
+    it, saw the reader removed for the continuation and added it again: the loop spun on the
+    socket at its end (``readable`` each turn, until someone closes the connection: a
+    Dialer's lane stays until its address is dialed again).  Nothing is watched once the
+    end was told."""
+    from tests.p2p.raw_lane import DATA
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        peer, conn, kept = await _raw_pair(echo=True, kind=_Later)
+        fd = conn.sock.fileno()
+        try:
+            await _end_within_a_continuation(peer, conn)
+            for _ in range(1000):  # (bounded: the pongs, then the echo: its flush ran)
+                kind, _, sid, _, body = await peer.frame()
+                if sid == 1 and kind == DATA and body == b"x":
+                    break
+            assert kept[0].got == b"x"
+            assert not loop.remove_reader(fd), "a reader was added again after the end"
+            assert not loop.remove_writer(fd)
+        finally:
+            peer.close()
+            conn.close()
+
+    run(main)
+
+
+def test_a_closed_lane_connection_leaves_nothing_watching_its_fd() -> None:
+    """The same end, the connection then closed as ``lane.serve`` closes it.  The loop went
+    on watching the closed fd, so the next socket given that number was never polled: an
+    honest peer's handshake on it timed out (the next connection a ww host accepts, or a
+    lane dial).  Now ``close()`` leaves nothing watching it."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        peer, conn, _ = await _raw_pair(echo=True, kind=_Later)
+        fd = conn.sock.fileno()
+        try:
+            await _end_within_a_continuation(peer, conn)
+        finally:
+            peer.close()
+            conn.close()
+        assert not loop.remove_reader(fd) and not loop.remove_writer(fd)
+
+    run(main)
+
+
+def test_noise_messages_instead_of_the_muxers_lines_fail_the_handshake_unparsed() -> None:
+    """Past its last Noise handshake message, a dialer sends empty transport messages where
+    multistream's ``/yamux/1.0.0`` lines belong.  The listener's handshake step decrypted
+    every message the socket had, in one call, while the lines were short: a peer that kept
+    sending held the step, and the loop with it (the cell's fd 3, every other connection,
+    the handshake's own deadline), for as long as it sent (200 000 messages in one
+    call; PARSE_BUDGET does not reach the handshake).  Now the step decrypts one message at a
+    time while the lines are short, at most HS_MUX_MSGS (32) before the muxer is agreed: past
+    them the handshake fails.  A dialer that sends 200 Yamux pings right after its lines, in
+    the same write, is served: what follows the lines waits for ``readable``'s budget."""
+    import struct
+
+    from tests.p2p.raw_lane import ACK, PING, SYN, RawPeer, frame
+    from ww.core.identity import PrivateKey
+
+    async def pair(before: int, after: list[bytes]) -> tuple[Any, Any]:
+        """A raw dialer sending ``before`` empty Noise messages, its muxer lines, and the
+        frames ``after`` (each its own message) in one write; the listener's connection, or
+        why its handshake failed."""
+        loop = asyncio.get_running_loop()
+        server = socket.create_server(("127.0.0.1", 0))
+        server.setblocking(False)
+
+        class Dialer(RawPeer):
+            async def _send_plain(self, plain: bytes) -> None:  # (only the lines, here)
+                out = [struct.pack(">H", 16) + self.noise.encrypt(b"") for _ in range(before)]
+                out += [self._sealed(plain), *(self._sealed(f) for f in after)]  # (in order)
+                await loop.sock_sendall(self.sock, b"".join(out))
+
+        async def accept() -> lane.LaneConn:
+            sock, _ = await loop.sock_accept(server)
+            conn = lane.LaneConn(sock, False)
+            try:
+                await conn.handshake(PrivateKey.generate().seed, None, lane=True)
+            except ConnectionError:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            dialer, conn = await asyncio.gather(
+                Dialer.connect(server.getsockname()[1]), accept(), return_exceptions=True
+            )
+        finally:
+            server.close()
+        return dialer, conn
+
+    async def main() -> None:
+        peer, conn = await pair(before=1000, after=[])
+        try:
+            assert isinstance(conn, ConnectionError), conn
+            assert "too many Noise messages" in str(conn)
+        finally:
+            for end in (peer, conn):
+                if not isinstance(end, BaseException):
+                    end.close()
+        peer, conn = await pair(before=0, after=[frame(PING, SYN, 0, i) for i in range(200)])
+        try:
+            assert isinstance(conn, lane.LaneConn), conn
+            answered = set()
+            for _ in range(200):  # (bounded: one pong a frame)
+                kind, flags, _, length, _ = await peer.frame()
+                if kind == PING and flags & ACK:
+                    answered.add(length)
+            assert answered == set(range(200)) and not conn.closed.done()
+        finally:
+            for end in (peer, conn):
+                if not isinstance(end, BaseException):
+                    end.close()
 
     run(main)

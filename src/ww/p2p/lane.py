@@ -442,6 +442,9 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         if self.remote_key and not self.closed.done():
             self.flush()
         self._fail("")
+        if self.sock.fileno() >= 0:  # (nothing watches the fd once it is another socket's)
+            self.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_writer(self.sock.fileno())
         self.sock.close()
         self.free()
 

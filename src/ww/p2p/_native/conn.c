@@ -22,7 +22,9 @@
  *   without waiting for the socket);
  * - the peer's stream ids: a SYN must name an id of the peer's parity that it has not used
  *   (above the highest it opened, or a late one within ID_WINDOW below it), else the
- *   connection fails; ours only go up.
+ *   connection fails; ours only go up;
+ * - the handshake's work: what one step reads is bounded (HS_IN_MAX), and inside Noise it
+ *   decrypts at most HS_MUX_MSGS messages before the muxer is agreed, one at a time.
  *
  * libsodium gives X25519, ChaCha20-Poly1305 (IETF), SHA-256, HMAC-SHA-256 and Ed25519.
  * Nothing here waits on the socket except ww_conn_handshake (poll between steps, for the
@@ -266,6 +268,11 @@ static int dh(uint8_t out[32], const uint8_t sk[32], const uint8_t pk[32]) {
 
 #define HS_IN_MAX (4u * NOISE_MAX) /* bytes of the handshake read and not yet used */
 #define HS_WAIT_MS 10000           /* ww_conn_handshake: how long one wait on the peer lasts */
+/* Noise messages decrypted, in all, before the muxer's multistream lines are whole (an honest
+ * peer's header and at most MS_TRIES_MUXER proposals, or the answer): a peer sending
+ * anything else there (empty messages, as fast as it can) fails the handshake, rather than
+ * holding one handshake step, and the loop with it, for as long as it sends. */
+#define HS_MUX_MSGS 32
 
 /* Read what the socket has now into c->in: 1 if bytes came, 0 if none yet, -1 on failure
  * (end of file among them). */
@@ -296,7 +303,7 @@ static size_t ms_encode(const char *proto, uint8_t *out) {
 }
 
 static int noise_send(conn_t *c, const uint8_t *pt, size_t n);
-static int noise_decrypt_all(conn_t *c);
+static long noise_decrypt(conn_t *c, size_t msgs, size_t *bytes, size_t limit);
 
 /* One multistream message from b into line (without '\n'): 1, 0 for more bytes first, or
  * -1 on a malformed one. */
@@ -492,6 +499,7 @@ enum { HS_MS_NOISE, HS_NOISE_1, HS_NOISE_2, HS_NOISE_3, HS_MS_YAMUX, HS_DONE };
 
 struct hs_state {
     int state, header_seen, tries, has_expect;
+    int mux_msgs; /* Noise messages decrypted before the muxer was agreed (HS_MUX_MSGS) */
     const char *proposed; /* the initiator's security proposal: LANE, then NOISE */
     sym_t s;
     uint8_t id_sk[64], s_sk[32], s_pub[32], e_sk[32], e_pub[32], re[32], expect[32];
@@ -689,8 +697,17 @@ static int hs_step(conn_t *c) {
             }
             break;
         default:
-            if (noise_decrypt_all(c)) return -1;
+            /* one Noise message at a time while the lines are short, HS_MUX_MSGS in all;
+             * what follows the lines waits, encrypted, for ww_conn_read's budget */
             r = ms_next(c, 1, &h->header_seen, line, sizeof line);
+            if (r == 0) {
+                size_t bytes = 0;
+                long k = noise_decrypt(c, 1, &bytes, SIZE_MAX);
+                if (k < 0) return -1;
+                if (k && ++h->mux_msgs > HS_MUX_MSGS)
+                    return fail(c, "multistream: too many Noise messages before the muxer");
+                if (k) continue;
+            }
             if (r == 1 && c->initiator && strcmp(line, YAMUX))
                 return fail(c, "multistream: protocol refused");
             if (r == 1 && !c->initiator) {
@@ -758,13 +775,6 @@ static long noise_decrypt(conn_t *c, size_t msgs, size_t *bytes, size_t limit) {
     }
     if (off) buf_drop(&c->in, off);
     return rc ? -1 : done;
-}
-
-/* Decrypt every whole Noise message in c->in onto c->plain (the handshake's last bytes, and
- * the fuzz harness). */
-static int noise_decrypt_all(conn_t *c) {
-    size_t bytes = 0;
-    return noise_decrypt(c, SIZE_MAX, &bytes, SIZE_MAX) < 0 ? -1 : 0;
 }
 
 /* ---- Yamux ---- */

@@ -53,6 +53,8 @@ struct ConnObject {
                      * read waits for the continuation (conn_watch) */
     int continuing; /* a readable call is scheduled (call_soon) for the input left */
     int started;    /* readable was called: the handshake's reader is gone */
+    int ended;      /* its end was told (_fail, which takes it off the loop): nothing adds a
+                     * reader or a writer for its fd again */
     char lane; /* the handshake agreed on /ww/lane/0.1.0 */
 };
 
@@ -72,6 +74,7 @@ static void call_method(PyObject *o, const char *name, PyObject *arg) {
 }
 
 static void conn_fail(ConnObject *self, const char *why) {
+    self->ended = 1;
     PyObject *s = PyUnicode_FromString(why);
     if (!s) { report(); return; }
     call_method((PyObject *)self, "_fail", s);
@@ -603,10 +606,12 @@ static int call_soon_readable(ConnObject *self) {
  *   left (ww_conn_more), one readable call is scheduled with call_soon (it goes on in
  *   order, whether or not the socket has more), and the reader waits, so a connection
  *   takes one budget per loop turn.
- * Only once readable was first called (the handshake has a reader of its own).  0, or -1
- * with an exception. */
+ * Only once readable was first called (the handshake has a reader of its own), and never
+ * once the end was told (_fail took the fd off the loop: a reader added again would spin on
+ * a socket at its end, and outlive the socket's close on an fd the next socket gets).  0, or
+ * -1 with an exception. */
 static int conn_watch(ConnObject *self) {
-    if (!self->c || self->c->failed || !self->loop || !self->started) return 0;
+    if (!self->c || self->c->failed || self->ended || !self->loop || !self->started) return 0;
     int paused = ww_conn_read_paused(self->c);
     int more = !paused && ww_conn_more(self->c);
     if (more && !self->continuing) {
@@ -657,7 +662,7 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
     long left = ww_conn_flush(self->c);
     if (left < 0) {
         conn_fail(self, ww_conn_error(self->c));
-    } else if (left && !self->writing) {
+    } else if (left && !self->writing && !self->ended) {
         PyObject *cb = PyObject_GetAttrString((PyObject *)self, "writable");
         if (!cb) return NULL;
         PyObject *r = PyObject_CallMethod(self->loop, "add_writer", "iO", self->fd, cb);
