@@ -14,6 +14,7 @@ import textwrap
 import weakref
 from functools import partial
 
+from tests.conftest import HANG
 from ww.core import capnp_frames
 from ww.host import wire
 
@@ -32,7 +33,7 @@ def _debug_python(code: str) -> str:
         env={**os.environ, "PYTHONMALLOC": "debug"},
         capture_output=True,
         text=True,
-        timeout=120,  # a bound on a hang, not a timing
+        timeout=HANG,  # a bound on a hang, not a timing
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     return done.stdout
