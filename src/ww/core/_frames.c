@@ -24,9 +24,11 @@ typedef struct {
 static int sizes_from(PyObject *obj, sizes_t *s) {
     s->sizes = s->local;
     s->starts = s->starts_local;
-    PyObject *seq = PySequence_Fast(obj, "sizes must be a sequence of ints");
+    /* A tuple, not PySequence_Fast's list itself: an item's __index__ may change a list
+     * (and free its items) while they are read. */
+    PyObject *seq = PyTuple_Check(obj) ? Py_NewRef(obj) : PySequence_Tuple(obj);
     if (!seq) return 0;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     if (n > FR_MAX_SEGMENTS) {
         if ((size_t)n > ((size_t)1 << 28)) {
             Py_DECREF(seq);
@@ -45,7 +47,7 @@ static int sizes_from(PyObject *obj, sizes_t *s) {
             return 0;
         }
     }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
     for (Py_ssize_t i = 0; i < n; i++) {
         int overflow = 0;
         long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
@@ -372,7 +374,9 @@ static int Framer_classify(FramerObject *self) {
         }
         if (i == f->nsizes) {
             PyObject *argv[2] = {head, sizes};
-            got = PyObject_Vectorcall(self->classify, argv, 2, NULL);
+            PyObject *classify = Py_NewRef(self->classify); /* the call may replace it */
+            got = PyObject_Vectorcall(classify, argv, 2, NULL);
+            Py_DECREF(classify);
         }
     }
     Py_XDECREF(head);
@@ -404,8 +408,10 @@ static int Framer_report(FramerObject *self, PyObject *kind, PyObject *id, uint6
     if (!n) return -1;
     Py_INCREF(kind); /* the callback may feed again and replace self->kind */
     Py_INCREF(id);
+    PyObject *on_message = Py_NewRef(self->on_message); /* or re-initialise the Framer */
     PyObject *argv[3] = {kind, id, n};
-    PyObject *r = PyObject_Vectorcall(self->on_message, argv, 3, NULL);
+    PyObject *r = PyObject_Vectorcall(on_message, argv, 3, NULL);
+    Py_DECREF(on_message);
     Py_DECREF(kind);
     Py_DECREF(id);
     Py_DECREF(n);
