@@ -3,9 +3,9 @@ ww.core._frames.
 
 conn.c (the libp2p connection in C, design (e) in docs/benchmarks.md), wrapped by ext.c and
 linked with libsodium; ./dev installs gcc, libsodium-dev and Python's headers before the
-build.  The ww host does not use it yet.  frames.c (Cap'n Proto framing of untrusted
-bytes, wrapped by _frames.c) needs nothing but Python's headers; :mod:`ww.core.capnp_frames`
-exports it.  (Here rather than in pyproject.toml's
+build; the host's lane (:mod:`ww.p2p.lane`) is built on it.  frames.c (Cap'n Proto framing
+of untrusted bytes, wrapped by _frames.c) needs nothing but Python's headers;
+:mod:`ww.core.capnp_frames` exports it.  (Here rather than in pyproject.toml's
 ``[tool.setuptools] ext-modules``, which setuptools still calls experimental.)
 """
 

@@ -275,8 +275,8 @@ def test_a_stream_id_used_before_is_refused_and_its_bytes_reach_no_old_stream() 
     extension handed its bytes to the old stream's protocol (it finds streams by id), as if
     the first stream had gone on.  Yamux ids are not reused (go-yamux refuses a SYN for an
     id it holds, failing the session); conn.c now keeps the highest id the peer opened and
-    which of the 64 below it were opened too, and fails the connection on a SYN for any id
-    it cannot tell is new."""
+    which of the 63 of its ids below it were opened too, and fails the connection on a SYN
+    for any id it cannot tell is new."""
     from tests.p2p.raw_lane import DATA, FIN, PING, SYN, WINDOW, frame
 
     async def main() -> None:

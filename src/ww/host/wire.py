@@ -19,9 +19,9 @@ stops reading fd 3.  The cell's writes then block in its own socket: pushback, n
 
 pycapnp's protocol asks its transport to pause after every read and to resume on its next:
 two ``epoll_ctl`` calls per message.  The host does not pass those on: fd 3 is read while
-pycapnp has no read pending too, what comes held for pycapnp's next read (at most
-:data:`HOLD` bytes, then fd 3 is really paused), and only the flow limit, or that bound,
-pauses the socket.
+pycapnp has no read pending too, what comes held for pycapnp's next read (once
+:data:`HOLD` bytes wait, fd 3 is really paused: fewer than HOLD and one read), and only
+the flow limit, or that bound, pauses the socket.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ class _Connection(asyncio.BufferedProtocol):
     are over it, whatever pycapnp asks.  pycapnp's own requests to pause and resume do not
     reach the socket: while it has a read pending, the socket reads into pycapnp's buffer
     (without copying); while it has none, into the host's, the bytes held for its next read,
-    at most :data:`HOLD` of them before the socket is paused."""
+    the socket paused once :data:`HOLD` of them wait (so at most HOLD and one read)."""
 
     def __init__(self, on_pause: Callable[[int], None] | None = None,
                  limit: int = FLOW_LIMIT) -> None:

@@ -34,7 +34,8 @@ libsodium-dev and Python's headers first).  Its two types:
   a ``readable`` call scheduled with ``call_soon`` (the socket's reader removed meanwhile),
   so a flooding peer holds the loop one budget at a time (``Conn.most_parsed``,
   ``Conn.reads_cut``).  A SYN must name a stream id the peer has not used (above the
-  highest it opened, or a late one at most 64 ids below it); else the connection fails.
+  highest it opened, or a late one among the 63 of its ids just below that); else the
+  connection fails.
   ``Conn.ping()`` sends a Yamux ping.
 
 Subclasses supply the Python side (multistream-select on a stream, inbound streams and

@@ -21,7 +21,7 @@
  *   next call, and ww_conn_more says whether there is any (the caller calls again soon,
  *   without waiting for the socket);
  * - the peer's stream ids: a SYN must name an id of the peer's parity that it has not used
- *   (above the highest it opened, or a late one within ID_WINDOW below it), else the
+ *   (above the highest it opened, or a late one among the ID_WINDOW - 1 below it), else the
  *   connection fails; ours only go up;
  * - the handshake's work: what one step reads is bounded (HS_IN_MAX), and inside Noise it
  *   decrypts at most HS_MUX_MSGS messages before the muxer is agreed, one at a time.
@@ -938,8 +938,8 @@ static int syn_admit(conn_t *c) {
 }
 
 /* A SYN's id, of the peer's parity: 1 if the peer has not used it (above the highest it
- * opened, or within ID_WINDOW below it and not seen), now marked used; 0 if it has, or it is
- * too far below to tell. */
+ * opened, or one of the ID_WINDOW - 1 below it not seen), now marked used; 0 if it has,
+ * or it is too far below to tell. */
 static int id_new(conn_t *c, uint32_t id) {
     if (id > c->in_top) {
         uint32_t up = (id - c->in_top) / 2;

@@ -1,6 +1,6 @@
 /* ww.p2p._native._ext: conn.c (the libp2p connection in C) as a CPython extension, built by
  * setuptools with the package (setup.py) and linked with libsodium.  Design (e) in
- * docs/benchmarks.md; the ww host does not use it yet.
+ * docs/benchmarks.md; the host's lane (ww.p2p.lane) is built on it.
  *
  * Conn.start_handshake, then Conn.handshake_step as the asyncio loop's add_reader callback
  * until it returns the peer's key: the handshake (conn.c's state machine; nothing waits, the
