@@ -366,7 +366,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ww-bench-p2p-") as directory:
         exporter = _cell(directory, "exporter.py", EXPORTER)
         caller = _cell(directory, "caller.py", CALLER)
-        cxx_cell = str(build_cell(Path(directory, "cxx-build"), WW))
+        try:
+            cxx_cell = str(build_cell(Path(directory, "cxx-build"), WW))
+        except RuntimeError as e:  # (the tools missing, or the build failed: one line)
+            raise SystemExit(f"p2p.py: the C++ cell: {str(e).splitlines()[0]}") from None
         hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         cxx_hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:

@@ -14,7 +14,7 @@
 //                           P2P.dial ADDR, cast to `Service`; check `echo hello from C++`,
 //                           50 warm-up calls, N sequential `echo` calls (no ARGS: answer "")
 //                           timed one by one, N with INFLIGHT in flight; print one JSON
-//                           line: "echo" (that answer), "answers" (answers checked),
+//                           line: "echo" (that answer), "answers" (right answers counted),
 //                           median_us, p10_us, p99_us, sequential_per_s, pipelined_per_s
 //                           (benchmarks/p2p.py's columns).
 //                           A wrong answer: exit 1
@@ -151,22 +151,29 @@ int serve(ww::cell::P2P::Client p2p, kj::WaitScope& waitScope) {
   return 0;
 }
 
-// One `Service.call("echo", [])`; an answer other than "" counts in `wrong`.
-kj::Promise<void> echoOnce(ww::cell::Service::Client& service, size_t& wrong) {
+// What the answers to `echo` were: "" (right) or anything else (wrong).
+struct Answers {
+  size_t right = 0;
+  size_t wrong = 0;
+};
+
+// One `Service.call("echo", [])`, its answer counted in `answers`.
+kj::Promise<void> echoOnce(ww::cell::Service::Client& service, Answers& answers) {
   auto request = service.callRequest();
   request.setMethod("echo");
   request.initArgs(0);
-  return request.send().then([&wrong](capnp::Response<ww::cell::Service::CallResults>&& r) {
-    if (r.getResult().size() != 0) ++wrong;
+  return request.send().then([&answers](capnp::Response<ww::cell::Service::CallResults>&& r) {
+    ++(r.getResult().size() == 0 ? answers.right : answers.wrong);
   });
 }
 
 // Calls one after the other while `left` lasts: INFLIGHT of these keep INFLIGHT in flight.
-kj::Promise<void> callsInTurn(ww::cell::Service::Client& service, size_t& left, size_t& wrong) {
+kj::Promise<void> callsInTurn(ww::cell::Service::Client& service, size_t& left,
+                              Answers& answers) {
   if (left == 0) return kj::READY_NOW;
   --left;
-  return echoOnce(service, wrong).then([&service, &left, &wrong]() {
-    return callsInTurn(service, left, wrong);
+  return echoOnce(service, answers).then([&service, &left, &answers]() {
+    return callsInTurn(service, left, answers);
   });
 }
 
@@ -203,24 +210,25 @@ int measure(ww::cell::P2P::Client p2p, const char* addr, size_t calls, size_t in
   args.set(2, "C++");
   auto checked = check.send().wait(waitScope);
   std::string echo = jsonText(checked.getResult());
+  Answers answers;
+  ++(checked.getResult() == "hello from C++" ? answers.right : answers.wrong);
 
-  size_t wrong = 0;
-  for (int i = 0; i < 50; ++i) echoOnce(service, wrong).wait(waitScope);  // warm up
+  for (int i = 0; i < 50; ++i) echoOnce(service, answers).wait(waitScope);  // warm up
   std::vector<double> times;  // µs
   times.reserve(calls);
   for (size_t i = 0; i < calls; ++i) {
     auto started = Clock::now();
-    echoOnce(service, wrong).wait(waitScope);
+    echoOnce(service, answers).wait(waitScope);
     times.push_back(std::chrono::duration<double, std::micro>(Clock::now() - started).count());
   }
   auto started = Clock::now();
   size_t left = calls;
   auto chains = kj::heapArrayBuilder<kj::Promise<void>>(inFlight);
-  for (size_t i = 0; i < inFlight; ++i) chains.add(callsInTurn(service, left, wrong));
+  for (size_t i = 0; i < inFlight; ++i) chains.add(callsInTurn(service, left, answers));
   kj::joinPromises(chains.finish()).wait(waitScope);
   double pipelined = std::chrono::duration<double>(Clock::now() - started).count();
-  if (wrong != 0) {
-    std::cerr << "cell: " << wrong << " wrong answers to echo\n";
+  if (answers.wrong != 0) {
+    std::cerr << "cell: " << answers.wrong << " wrong answers to echo\n";
     return 1;
   }
 
@@ -231,7 +239,7 @@ int measure(ww::cell::P2P::Client p2p, const char* addr, size_t calls, size_t in
   double median = n % 2 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
   printf("{\"echo\": %s, \"answers\": %zu, \"median_us\": %.1f, \"p10_us\": %.1f, "
          "\"p99_us\": %.1f, \"sequential_per_s\": %.1f, \"pipelined_per_s\": %.1f}\n",
-         echo.c_str(), 1 + 50 + 2 * calls, median, times[n / 10],
+         echo.c_str(), answers.right, median, times[n / 10],
          times[std::max<size_t>(1, n * 99 / 100) - 1], calls / (total / 1e6),
          calls / pipelined);
   fflush(stdout);

@@ -197,13 +197,12 @@ def test_a_cxx_cell_calls_a_cxx_cells_export_through_two_hosts(start_host, cxx_c
     assert set(got) >= {"median_us", "p99_us", "sequential_per_s", "pipelined_per_s"}
 
 
-@pytest.mark.parametrize("flags, args, status, line", [
-    ([], ["call", "/ip4/127.0.0.1/tcp/1", "0", "8"], 2,
+@pytest.mark.parametrize("args, status, line", [
+    (["call", "/ip4/127.0.0.1/tcp/1", "0", "8"], 2,
      "cell: usage: cell call ADDR N INFLIGHT (N, INFLIGHT: whole numbers from 1)"),
-    ([], ["export"], 65, "cell: p2p not granted (ww run --with-p2p)"),
+    (["export"], 65, "cell: p2p not granted (ww run --with-p2p)"),
 ])
-def test_the_p2p_modes_refuse_bad_arguments_and_a_missing_p2p(cxx_cell, flags, args, status,
-                                                              line):
-    r = run_ww("run", *flags, cxx_cell, *args, stdin=subprocess.DEVNULL, timeout=HANG)
+def test_the_p2p_modes_refuse_bad_arguments_and_a_missing_p2p(cxx_cell, args, status, line):
+    r = run_ww("run", cxx_cell, *args, stdin=subprocess.DEVNULL, timeout=HANG)
     assert r.returncode == status
     assert line in r.stderr.splitlines()
