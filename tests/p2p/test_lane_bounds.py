@@ -15,6 +15,7 @@ host never cuts off waits for ever).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import struct
@@ -383,6 +384,29 @@ def test_partial_messages_that_fill_the_budget_are_cut_and_another_call_served()
                 honest.close()
 
     _run(main)
+
+
+def test_a_message_shorter_than_a_table_and_its_start_does_not_hide_the_next_answer() -> None:
+    """A whole message of under 16 bytes (a table and an empty segment: KJ writes none, but a
+    host's stream is not the place to assume so) followed by an answer's start, in one short
+    write, was kept whole as "a table alone": the next write then stepped back past its own
+    start, and the answer's call stayed held.  Every split of the stream in two and three
+    now finds both answers."""
+    empty = struct.pack("<II", 0, 0)  # one segment of no words: 8 bytes
+    stream = empty + a_return(2) + empty + empty + a_return(5)
+    for cuts in [(i,) for i in range(1, len(stream))] + [
+        (i, j) for i in range(1, 24) for j in range(i + 1, min(i + 24, len(stream)))
+    ]:
+        inbound = bounds.Inbound(bounds.Count(), 0.0)
+        for ident in (2, 5, 11):  # 11: never answered
+            inbound.budget.count(100)
+            inbound.hold(ident, 100)
+        out = bounds.Outbound()
+        edges = (0, *cuts, len(stream))
+        for a, b in itertools.pairwise(edges):
+            out.feed(stream[a:b], inbound)
+        assert list(inbound.held) == [11], cuts
+        assert not out.buf and not out.skip, cuts
 
 
 def test_the_hosts_answers_are_looked_at_where_they_lie_not_copied() -> None:

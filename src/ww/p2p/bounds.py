@@ -274,8 +274,10 @@ class Outbound:
                 added = min(n - pos, _PEEK)
                 pos += added
                 at: Any = buf
-            elif n - pos < 16:  # a segment table alone (pycapnp writes it apart): kept
-                buf += view[pos:]
+            elif n - pos < 16 and (
+                (whole := frame_size(view[pos:])) is None or whole > n - pos
+            ):  # a segment table alone (pycapnp writes it apart): kept (buf never holds
+                buf += view[pos:]  # more than the start of one message)
                 break
             else:
                 at = view[pos:] if pos else view
