@@ -251,6 +251,19 @@ def _kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
+def _watched(*args: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    """``ww --json run *args``: the cell's stdout lines and the host's flow-limit audit
+    events, in the order they come, on one queue."""
+    proc = subprocess.Popen([WW, "--json", "run", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [events.put(line) for line in proc.stdout],
+                     daemon=True).start()
+    threading.Thread(target=lambda: [events.put(line) for line in proc.stderr
+                                     if '"flow-limit"' in line], daemon=True).start()
+    return proc, events
+
+
 def test_a_cell_flooding_writes_the_host_cannot_take_yet_is_paused_not_buffered(make_cell):
     """128 writes of 1 MiB behind a writer whose backend reads nothing yet, then a ping:
     the host stops reading at the flow limit (the ping waits behind it) and its memory grows
@@ -258,14 +271,7 @@ def test_a_cell_flooding_writes_the_host_cannot_take_yet_is_paused_not_buffered(
     answered and the backend got the data whole and in order."""
     kubo = BlockedKubo()
     cell = make_cell(FLOODING_CELL)
-    proc = subprocess.Popen([WW, "--json", "run", "--with-ipfs", "--with-console", "--ipfs",
-                             kubo.api, cell], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    events: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [events.put(line) for line in proc.stdout],
-                     daemon=True).start()
-    threading.Thread(target=lambda: [events.put(line) for line in proc.stderr
-                                     if '"flow-limit"' in line], daemon=True).start()
+    proc, events = _watched("--with-ipfs", "--with-console", "--ipfs", kubo.api, cell)
     try:
         # Every bound below only stops a hang; the assertions are on the order of events.
         assert events.get(timeout=HANG) == "ready\n"
@@ -529,7 +535,8 @@ def test_the_end_of_the_stream_waits_behind_the_bytes_held_for_pycapnp():
     async def scenario(client, state, connection) -> None:
         recording = connection.inner = _Recording(connection.inner)
         calls = [client.hold(bytes([i]) * 100) for i in range(20)]
-        await _until(lambda: len(connection.flow.in_flight) == 20)  # all read and held
+        # all read and held: the 20 calls and the bootstrap they are made on
+        await _until(lambda: len(connection.flow.in_flight) == 21)
         state.cell_end.shutdown(socket.SHUT_WR)
         await _until(lambda: connection._eof)
         assert recording.events == [] and not connection.counted.is_closing()
@@ -541,3 +548,48 @@ def test_the_end_of_the_stream_waits_behind_the_bytes_held_for_pycapnp():
         del calls
 
     _run_pair(64 * MIB, scenario, late=True)
+
+
+# --- Bootstrap messages are calls too -----------------------------------------------------
+
+BOOTSTRAPS = 100_000  # ~4.8 MB of 48-byte messages: 12x what the flow limit lets in
+
+BOOTSTRAPPING_CELL = """
+import socket, struct, sys
+
+# rpc.capnp's Message{bootstrap = (questionId = q)}, framed; q at byte 32.
+template = bytearray.fromhex(
+    "0000000005000000000000000100010008000000000000000000000001000100"
+    "00000000000000000000000000000000")
+flood = bytearray()
+for q in range(BOOTSTRAPS):
+    struct.pack_into("<I", template, 32, q)
+    flood += template
+fd3 = socket.socket(fileno=3)
+fd3.sendall(flood)  # and never read a Return
+print("sent", flush=True)
+sys.stdin.readline()
+""".replace("BOOTSTRAPS", str(BOOTSTRAPS))
+
+
+def test_a_cell_flooding_bootstraps_it_never_reads_the_answers_to_is_paused(make_cell):
+    """A ``Bootstrap`` makes the host's KJ keep an answer and queue a ``Return`` (with a
+    capability) for it, as a call does: a cell sending them and never reading its answers
+    must meet the flow limit, or the host holds ~13 bytes for each byte the cell sends, without
+    bound.  The host pauses fd 3 (the event is audited) and the cell's write never ends."""
+    boot = rpc().Message.new_message()
+    boot.init("bootstrap").questionId = 0x11223344
+    assert boot.to_bytes() == bytes.fromhex(
+        "0000000005000000000000000100010008000000000000000000000001000100"
+        "44332211000000000000000000000000")  # the cell's template, q at byte 32
+    cell = make_cell(BOOTSTRAPPING_CELL)
+    proc, events = _watched(cell)
+    try:
+        # Either the host pauses (and the cell's write can never end: it reads no Return)
+        # or it reads every bootstrap (and the write ends): the first event tells which.
+        first = events.get(timeout=300)
+        assert '"flow-limit"' in first, f"the host read every bootstrap: {first!r}"
+        assert json.loads(first)["in_flight"] > wire.FLOW_LIMIT
+    finally:
+        proc.kill()
+        proc.wait()

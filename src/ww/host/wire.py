@@ -13,9 +13,10 @@ A cell's Cap'n Proto library shows the reason as it arrived (KJ, in C++ and pyca
 
 The same wrapper bounds the calls a cell has in flight (:data:`FLOW_LIMIT`), which is what
 C++'s ``RpcSystem::setFlowLimit`` does and pycapnp does not offer: the incoming byte stream is
-cut into messages too, each ``Call``'s size is counted against its question id until the host
-writes the ``Return`` with that answer id, and while the total is over the limit the host
-stops reading fd 3.  The cell's writes then block in its own socket: pushback, not failure.
+cut into messages too, each ``Call``'s size (and each ``Bootstrap``'s) is counted against
+its question id until the host writes the ``Return`` with that answer id, and while the total
+is over the limit the host stops reading fd 3.  The cell's writes then block in its own
+socket: pushback, not failure.
 
 pycapnp's protocol asks its transport to pause after every read and to resume on its next:
 two ``epoll_ctl`` calls per message.  The host does not pass those on: fd 3 is read while
@@ -77,6 +78,7 @@ CALL, RETURN, OTHER, UNSURE = range(4)
 _rpc: Any = None
 _U32 = struct.Struct("<I")
 _EMPTY = memoryview(b"")
+_ASKED = (capnp_frames.CALL, capnp_frames.RETURN, capnp_frames.BOOTSTRAP)
 
 
 def _rpc_schema() -> Any:
@@ -113,12 +115,14 @@ def classify(head: bytes, sizes: list[int]) -> tuple[int, int]:
     """(kind, id) of a Cap'n Proto RPC message from its segment sizes (in words) and the
     first bytes of its segments: (CALL, question id), (RETURN, answer id), (OTHER, 0), or
     (UNSURE, 0) when ``head`` does not show which, read as Cap'n Proto readers do (a field
-    past a struct's end, or behind a null pointer, is 0)."""
-    member = capnp_frames.rpc_member(head, sizes)
+    past a struct's end, or behind a null pointer, is 0).  A ``Bootstrap`` is a CALL with its
+    question id: KJ keeps an answer and sends a ``Return`` for it as for a call, so a cell
+    sending bootstraps it never reads the answers to must meet the flow limit too."""
+    member = capnp_frames.rpc_member(head, sizes, _ASKED)
     if member is None:
         return UNSURE, 0
     which, ident = member
-    if which == capnp_frames.CALL:
+    if which == capnp_frames.CALL or which == capnp_frames.BOOTSTRAP:
         return CALL, ident or 0
     if which == capnp_frames.RETURN:
         return RETURN, ident or 0
