@@ -179,6 +179,19 @@ def test_header_size_is_the_references(n: int) -> None:
 
 def ref_wire_classify(head: bytes, sizes: list[int]) -> tuple[int, int]:
     """ww.host.wire.classify over the reference reader."""
+    member = ref.rpc_member(head, sizes, (ref.CALL, ref.RETURN, ref.BOOTSTRAP))
+    if member is None:
+        return wire.UNSURE, 0
+    which, ident = member
+    if which in (ref.CALL, ref.BOOTSTRAP):
+        return wire.CALL, ident or 0
+    if which == ref.RETURN:
+        return wire.RETURN, ident or 0
+    return wire.OTHER, 0
+
+
+def _ref_call_or_return(head: bytes, sizes: list[int]) -> tuple[int, int]:
+    """Three kinds: a Bootstrap is OTHER."""
     member = ref.rpc_member(head, sizes)
     if member is None:
         return wire.UNSURE, 0
@@ -259,8 +272,10 @@ def test_framer_is_the_references(data: Any, stream: bytes, head: int, as_view: 
     whole = _run(ref.Framer, ref_wire_classify, head, [stream], False)
     # C, with wire's classify function; with the kinds (classified in C); other functions
     assert _run(capnp_frames.Framer, wire.classify, head, chunks, as_view) == expected
+    assert _run(capnp_frames.Framer, (wire.CALL, wire.RETURN, wire.OTHER, wire.CALL), head,
+                chunks, as_view) == expected
     assert _run(capnp_frames.Framer, (wire.CALL, wire.RETURN, wire.OTHER), head, chunks,
-                as_view) == expected
+                as_view) == _run(ref.Framer, _ref_call_or_return, head, chunks, False)
     assert _run(capnp_frames.Framer, _odd_classify, head, chunks, as_view, "unsure") == \
         _run(ref.Framer, _odd_classify, head, chunks, False, "unsure")
     # any split reports the same messages (a broken stream's tail may come in more pieces)

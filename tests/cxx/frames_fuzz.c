@@ -117,8 +117,10 @@ static void one_member(unsigned long c) {
     member_set = (uint16_t)rnd();
     unsigned which = 0;
     uint32_t id = 0;
-    int r = fr_rpc_member(exact, n, sizes, nseg, starts, rnd() % 2 ? fr_call_or_return : some_members,
-                          NULL, (int)(rnd() % 2), &which, &id);
+    unsigned pick = (unsigned)(rnd() % 3);
+    fr_member_fn members = pick == 0 ? fr_call_or_return : pick == 1 ? fr_asked : some_members;
+    int r = fr_rpc_member(exact, n, sizes, nseg, starts, members, NULL, (int)(rnd() % 2), &which,
+                          &id);
     if (r < FR_UNKNOWN || r > FR_ID) fail("an answer out of range", c);
     if (which > 0xFFFF) fail("a discriminant past 16 bits", c);
     checksum += (uint64_t)r * 31 + which + id;

@@ -270,7 +270,8 @@ static PyObject *rpc_member(PyObject *mod, PyObject *args, PyObject *kwargs) {
 typedef struct {
     PyObject_HEAD
     PyObject *on_message, *classify, *unsure;
-    PyObject *kinds; /* (call, return, other): classify in C, as ww.host.wire.classify does */
+    PyObject *kinds; /* (call, return, other[, bootstrap]): classify in C, as
+                      * ww.host.wire.classify does */
     PyObject *kind, *id; /* the current message's, once its head is in */
     fr_framer f;
 } FramerObject;
@@ -315,8 +316,9 @@ static int Framer_init(FramerObject *self, PyObject *args, PyObject *kwargs) {
     }
     PyObject *kinds = NULL;
     if (PyTuple_Check(classify)) {
-        if (PyTuple_GET_SIZE(classify) != 3) {
-            PyErr_SetString(PyExc_TypeError, "classify: a callable or (call, return, other)");
+        if (PyTuple_GET_SIZE(classify) != 3 && PyTuple_GET_SIZE(classify) != 4) {
+            PyErr_SetString(PyExc_TypeError,
+                            "classify: a callable or (call, return, other[, bootstrap])");
             return -1;
         }
         kinds = classify;
@@ -350,13 +352,15 @@ static int Framer_classify(FramerObject *self) {
         uint64_t starts[FR_MAX_SEGMENTS];
         unsigned which = 0;
         uint32_t ident = 0;
-        int r = fr_rpc_member(f->head, f->hlen, f->sizes, f->nsizes, starts, fr_call_or_return,
-                              NULL, 1, &which, &ident);
+        /* with a fourth kind, a Bootstrap is told apart (its question id read) */
+        int bootstrap = PyTuple_GET_SIZE(self->kinds) == 4;
+        int r = fr_rpc_member(f->head, f->hlen, f->sizes, f->nsizes, starts,
+                              bootstrap ? fr_asked : fr_call_or_return, NULL, 1, &which, &ident);
         PyObject *kind = self->unsure;
         if (r == FR_OTHER)
             kind = PyTuple_GET_ITEM(self->kinds, 2);
         else if (r == FR_NULL || r == FR_ID)
-            kind = PyTuple_GET_ITEM(self->kinds, which == 2 ? 0 : 1);
+            kind = PyTuple_GET_ITEM(self->kinds, which == 2 ? 0 : which == 3 ? 1 : 3);
         PyObject *id = PyLong_FromUnsignedLong(r == FR_ID ? ident : 0);
         if (!id) return -1;
         set_kind(self, Py_NewRef(kind), id);

@@ -23,8 +23,11 @@ class Framer:
     def __init__(
         self,
         on_message: Callable[[Any, Any, int], object],
-        # a function (head, sizes) -> (kind, id), or (call, return, other) kinds: rpc_member in C
-        classify: Callable[[bytes, list[int]], tuple[Any, Any]] | tuple[Any, Any, Any],
+        # a function (head, sizes) -> (kind, id), or (call, return, other[, bootstrap]) kinds:
+        # rpc_member in C (with a bootstrap kind, a Bootstrap is that kind with its question id)
+        classify: Callable[[bytes, list[int]], tuple[Any, Any]]
+        | tuple[Any, Any, Any]
+        | tuple[Any, Any, Any, Any],
         unsure: Any,
         head: int,
     ) -> None: ...

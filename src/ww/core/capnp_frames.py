@@ -15,7 +15,8 @@ Proto readers do.  No message is ever decoded whole here.
 The reading is C (``frames.c``, the extension :mod:`ww.core._frames`): it runs on every
 message the host relays, and in Python it was an eighth of the host's busy time on a
 remote call (docs/benchmarks.md, "Cap'n Proto framing in C").  ``Framer`` also classifies
-in C when given ``(call, return, other)`` kinds instead of a ``classify`` function.  Segment
+in C when given ``(call, return, other)`` kinds, or ``(call, return, other, bootstrap)``,
+instead of a ``classify`` function.  Segment
 sizes (and ``struct_at``'s starts) are 32-bit, as a segment table holds them (ValueError
 otherwise); ``head`` and fed data are any contiguous buffer.
 """

@@ -103,6 +103,11 @@ static int fr_call_or_return(void *ctx, unsigned which) { /* rpc_member's defaul
     return which == 2 || which == 3; /* CALL, RETURN */
 }
 
+static int fr_asked(void *ctx, unsigned which) { /* and BOOTSTRAP, a question too */
+    (void)ctx;
+    return which == 2 || which == 3 || which == 8; /* CALL, RETURN, BOOTSTRAP */
+}
+
 /* rpc.capnp's Message member of a message from its segment sizes (`nseg` of them, in
  * words) and the first `hlen` bytes of its segments; `starts` is room for nseg words.
  * Returns one of FR_* with *which and *id set as they apply. */

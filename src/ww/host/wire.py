@@ -131,9 +131,9 @@ def classify(head: bytes, sizes: list[int]) -> tuple[int, int]:
 
 def _framer(on_message: Callable[[int, int, int], None]) -> capnp_frames.Framer:
     """Cuts a stream into messages classified as :func:`classify` does from their first
-    :data:`HEAD` bytes (in C: the kinds given, not the function); a stream past Cap'n
-    Proto's segment limit is all UNSURE."""
-    return capnp_frames.Framer(on_message, (CALL, RETURN, OTHER), UNSURE, HEAD)
+    :data:`HEAD` bytes (in C: the kinds given, a Bootstrap a CALL, not the function); a
+    stream past Cap'n Proto's segment limit is all UNSURE."""
+    return capnp_frames.Framer(on_message, (CALL, RETURN, OTHER, CALL), UNSURE, HEAD)
 
 
 class FlowLimit:
