@@ -23,6 +23,7 @@ from ww.cell._errors import (
     RemoteError,
 )
 from ww.cell._fds import RPC_FD
+from ww.core import capnp_stream
 from ww.core.foreign import kj_reason
 from ww.schema import load
 
@@ -169,7 +170,7 @@ async def open_session(sock: socket.socket | None = None,
                 f"fd 3 is not an RPC socket ({e.strerror}): run the cell with 'ww run'"
             ) from None
         _rpc_fd_used = True
-    stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+    stream = await capnp_stream.connect(sock)
     client = capnp.TwoPartyClient(stream)
     host = client.bootstrap().cast_as(_cell.Host)
     if identity is None:

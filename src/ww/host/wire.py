@@ -22,15 +22,15 @@ pycapnp's protocol asks its transport to pause after every read and to resume on
 two ``epoll_ctl`` calls per message.  The host does not pass those on: fd 3 is read while
 pycapnp has no read pending too, what comes held for pycapnp's next read (once
 :data:`HOLD` bytes wait, fd 3 is really paused: fewer than HOLD and one read), and only
-the flow limit, or that bound, pauses the socket.
+the flow limit, or that bound, pauses the socket.  Each small message leaves with one
+``send``.  Both are :mod:`ww.core.capnp_stream`'s, shared with the cell SDK's end of fd 3;
+this module adds the exact reasons and the flow limit through its hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,15 @@ from typing import Any
 import capnp
 
 from ww.core import capnp_frames
+from ww.core.capnp_stream import HOLD as HOLD  # re-exported: the bound on held bytes
+from ww.core.capnp_stream import WHOLE, HeldReads, OneSend
 
 PYCAPNP_PREFIX = "message = "
 _PREFIX_BYTES = PYCAPNP_PREFIX.encode()
-MAX_INSPECTED = 64 * 1024
-"""Messages up to this size are looked at; an exception's one-line reason is far smaller, and
-anything larger (a chunk of a file) streams through without being held back."""
+MAX_INSPECTED = WHOLE
+"""Messages up to this size (written whole, :mod:`ww.core.capnp_stream`) are looked at; an
+exception's one-line reason is far smaller, and anything larger (a chunk of a file) streams
+through without being held back."""
 
 FLOW_LIMIT = 32 * 1024 * 1024
 """Bytes of calls a cell may have sent that the host has not answered before the host stops
@@ -68,16 +71,9 @@ HEAD = 4096
 encoder puts the root and the call/return struct first; a message that points past these
 bytes is counted as a call that never returns (a cell that does that only stalls itself)."""
 
-HOLD = 64 * 1024
-"""Bytes read from fd 3 that pycapnp has not asked for yet (it had no read pending) held for
-its next read; at this much the host stops reading fd 3 until pycapnp takes them.  Also the
-size of a read into the host's own buffer (pycapnp's is used when it has a read pending)."""
-
 CALL, RETURN, OTHER, UNSURE = range(4)
 
 _rpc: Any = None
-_U32 = struct.Struct("<I")
-_EMPTY = memoryview(b"")
 _ASKED = (capnp_frames.CALL, capnp_frames.RETURN, capnp_frames.BOOTSTRAP)
 
 
@@ -171,86 +167,33 @@ class FlowLimit:
             self._resume()
 
 
-class _ExactReasons:
-    """Wraps an asyncio transport: cuts the outgoing byte stream into Cap'n Proto messages
-    (segment table, then segments), holds back only small ones whole, and rewrites those
-    :func:`exact_reason` says to.  The stream is the host's own KJ's, so well-formed.  With a
-    :class:`FlowLimit`, each Return is counted as it leaves: a small message is classified
-    whole, here; a large one goes through the limit's outgoing framer as it streams by."""
+class _ExactReasons(OneSend):
+    """Wraps an asyncio transport: each small message written with one send, as
+    :class:`~ww.core.capnp_stream.OneSend` does, rewritten first if :func:`exact_reason` says
+    to.  With a :class:`FlowLimit`, each Return is counted as it leaves: a small message is
+    classified whole, here; a large one goes through the limit's outgoing framer as it
+    streams by."""
 
     def __init__(self, transport: asyncio.Transport, flow: FlowLimit | None = None) -> None:
-        self._transport = transport
-        self._write = transport.write
-        self._header = b""  # the start of a segment table that came in pieces
-        self._left = 0  # bytes of the current message's segments still to come
-        self._held: bytearray | None = None  # a small message being collected
-        self._sizes: Any = ()  # its segment sizes, in words
-        self._table_size = 0  # and the bytes of its segment table
-        self._framed = False  # the current message is fed to the flow limit's framer
+        super().__init__(transport)
+        self._framed = False  # the current large message is fed to the flow limit's framer
         self._flow = flow
 
-    def __getattr__(self, name: str) -> Any:
-        # Bound once: pycapnp asks is_closing() on every read and write.
-        value = getattr(self._transport, name)
-        if callable(value):
-            setattr(self, name, value)
-        return value
+    def _whole(self, message: bytes, table: int, sizes: Any) -> None:
+        self._write(exact_reason(message))
+        if self._flow is not None:
+            self._count(message, table, sizes)
 
-    def write(self, data: Any) -> None:
-        # Views, not copies: a 1 MiB read reply passes through here whole, and copying it
-        # (twice, with slicing) cost the read rate a measurable share.
-        view = memoryview(data).cast("B")
-        while view:
-            view = self._segments(view) if self._left else self._table(view)
+    def _large_table(self, table: memoryview, body: int) -> None:
+        self._write(table)
+        self._framed = self._flow is not None and body > 0  # no segments: not a Return
+        if self._framed:
+            self._flow.outgoing.feed(table)  # type: ignore[union-attr]
 
-    def _table(self, data: memoryview) -> memoryview:
-        if self._header:
-            data, self._header = memoryview(self._header + data), b""
-        if len(data) < 4:
-            self._header = bytes(data)
-            return _EMPTY
-        count = _U32.unpack_from(data)[0] + 1
-        size = capnp_frames.header_size(count)  # the table, padded to a whole word
-        if len(data) < size:
-            self._header = bytes(data)
-            return _EMPTY
-        sizes = _U32.unpack_from(data, 4) if count == 1 else \
-            struct.unpack_from(f"<{count}I", data, 4)
-        body = 8 * sum(sizes)
-        if body == 0 or size + body > MAX_INSPECTED:
-            table = data[:size]
-            self._write(table)
-            self._left = body
-            self._framed = self._flow is not None and body > 0  # no segments: not a Return
-            if self._framed:
-                self._flow.outgoing.feed(table)  # type: ignore[union-attr]
-        elif len(data) >= size + body:  # the whole message at once
-            message = bytes(data[:size + body])
-            self._write(exact_reason(message))
-            if self._flow is not None:
-                self._count(message, size, sizes)
-            return data[size + body:]
-        else:
-            self._held = bytearray(data[:size])
-            self._sizes, self._table_size = sizes, size
-            self._left = body
-        return data[size:]
-
-    def _segments(self, data: memoryview) -> memoryview:
-        piece = data if len(data) <= self._left else data[:self._left]
-        self._left -= len(piece)
-        if self._held is None:
-            self._write(piece)
-            if self._framed:
-                self._flow.outgoing.feed(piece)  # type: ignore[union-attr]
-        else:
-            self._held += piece
-            if not self._left:
-                held, self._held = bytes(self._held), None
-                self._write(exact_reason(held))
-                if self._flow is not None:
-                    self._count(held, self._table_size, self._sizes)
-        return data[len(piece):] if piece is not data else _EMPTY
+    def _large_piece(self, piece: memoryview) -> None:
+        self._write(piece)
+        if self._framed:
+            self._flow.outgoing.feed(piece)  # type: ignore[union-attr]
 
     def _count(self, message: bytes, table: int, sizes: Any) -> None:
         """A whole small message left: if it is a Return, its call is answered."""
@@ -262,134 +205,36 @@ class _ExactReasons:
             self._flow._sent(kind, ident, len(message))  # type: ignore[union-attr]
 
 
-class _Connection(asyncio.BufferedProtocol):
-    """Between asyncio's socket transport and pycapnp's protocol: sees every incoming byte
-    for the :class:`FlowLimit`, and keeps reading paused while the cell's calls in flight
-    are over it, whatever pycapnp asks.  pycapnp's own requests to pause and resume do not
-    reach the socket: while it has a read pending, the socket reads into pycapnp's buffer
-    (without copying); while it has none, into the host's, the bytes held for its next read,
-    the socket paused once :data:`HOLD` of them wait (so at most HOLD and one read)."""
+class _Connection(HeldReads):
+    """Between asyncio's socket transport and pycapnp's protocol: pycapnp's own requests to
+    pause and resume kept from the socket, as :class:`~ww.core.capnp_stream.HeldReads`
+    does; sees every incoming byte for the :class:`FlowLimit`, and keeps reading paused
+    while the cell's calls in flight are over it, whatever pycapnp asks."""
 
     def __init__(self, on_pause: Callable[[int], None] | None = None,
                  limit: int = FLOW_LIMIT) -> None:
-        self.inner = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
+        super().__init__()
         self._on_pause = on_pause
-        self._transport: Any = None
-        self._wants = False  # pycapnp has a read pending (what it last asked for)
-        self._lent: Any = None  # pycapnp's buffer, lent to the socket's read under way
-        self._scratch = bytearray(HOLD)  # the buffer lent when pycapnp has no read pending
-        self._held = bytearray()  # read into _scratch, not yet taken by pycapnp
-        self._reading = True  # the socket is read (False: paused, by the limit or HOLD)
-        self._delivering = False
-        self._eof = False  # the cell closed its end, and pycapnp is not told yet
         self.flow = FlowLimit(self._pause, self._gate, limit, limit // 2)
 
-    # asyncio's side
-    def connection_made(self, transport: Any) -> None:
-        self._transport = transport
-        self.inner.connection_made(_Transport(transport, self))
+    def _wrap(self, transport: Any) -> Any:
+        return _ExactReasons(transport, self.flow)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._held.clear()
-        self.inner.connection_lost(exc)
-
-    def get_buffer(self, sizehint: int) -> Any:
-        if self._wants and not self._held:
-            self._lent = self.inner.get_buffer(sizehint)
-            return self._lent
-        self._lent = None  # (a read that found nothing leaves no stale buffer of pycapnp's)
-        return self._scratch
-
-    def buffer_updated(self, nbytes: int) -> None:
-        lent, self._lent = self._lent, None
-        data = memoryview(self._scratch if lent is None else lent)[:nbytes]
+    def _seen(self, data: memoryview) -> None:
         try:
             self.flow.incoming.feed(data)
         except Exception:  # noqa: BLE001 - a bug here must not open the gate: stop counting
             self.flow.incoming.broken = True
-            self.flow._received(UNSURE, 0, nbytes)  # and all that follows
-        if lent is not None:
-            self.inner.buffer_updated(nbytes)
-            return
-        self._held += data
-        data.release()
-        self._deliver()
+            self.flow._received(UNSURE, 0, len(data))  # and all that follows
 
-    def eof_received(self) -> Any:
-        if self._wants and not self._held:
-            return self.inner.eof_received()  # falsy: the transport closes
-        self._eof = True  # told to pycapnp once it has read what is held
-        return True
+    def _may_read(self) -> bool:
+        return not self.flow.paused
 
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-    # pycapnp's side, through _Transport (which sets _wants False itself when asked to pause)
-    def resume_reading(self) -> None:
-        self._wants = True
-        if self._held or self._eof:
-            self._deliver()
-
-    def _deliver(self) -> None:
-        """Held bytes into pycapnp's pending reads; the end of the stream after them."""
-        if self._delivering:  # pycapnp asked again from inside: the loop below serves it
-            return
-        self._delivering = True
-        try:
-            held, inner = self._held, self.inner
-            while self._wants and held:
-                into = inner.get_buffer(-1)
-                k = len(held)
-                if k <= len(into):
-                    into[:k] = held
-                    held.clear()
-                else:
-                    k = len(into)
-                    into[:] = held[:k]
-                    del held[:k]
-                inner.buffer_updated(k)  # a read done: pycapnp asks to pause (_wants False)
-            if self._eof and self._wants and not held:
-                self._eof = False
-                self.inner.eof_received()
-                self._transport.close()  # as when eof_received's answer is falsy
-                return
-        finally:
-            self._delivering = False
-        self._gate()
-
-    # the flow limit's, and HOLD's
     def _pause(self) -> None:
         self._gate()
         if self._on_pause is not None:
             on_pause, self._on_pause = self._on_pause, None  # reported once per connection
             on_pause(self.flow.total)
-
-    def _gate(self) -> None:
-        """The socket is read while the calls in flight are under the limit (or back down to
-        its resume mark) and fewer than :data:`HOLD` bytes wait for pycapnp."""
-        want = not self.flow.paused and len(self._held) < HOLD
-        if want == self._reading or self._eof or self._transport.is_closing():
-            return
-        self._reading = want
-        if want:
-            self._transport.resume_reading()
-        else:
-            self._transport.pause_reading()
-
-
-class _Transport(_ExactReasons):
-    """The transport pycapnp's protocol is given: exact reasons and Returns counted on the
-    way out, its requests to pause and resume reading (``pause_reading``,
-    ``resume_reading``: the :class:`_Connection`'s own, bound here) kept from the socket."""
-
-    def __init__(self, transport: asyncio.Transport, connection: _Connection) -> None:
-        super().__init__(transport, connection.flow)
-        # pycapnp asks to pause after every read: a flag set in C, no Python frame
-        self.pause_reading = functools.partial(setattr, connection, "_wants", False)
-        self.resume_reading = connection.resume_reading
 
 
 async def connect(sock: socket.socket, on_pause: Callable[[int], None] | None = None) -> Any:
