@@ -46,7 +46,20 @@ _U32 = struct.Struct("<I")
 _EMPTY = memoryview(b"")
 
 
-class OneSend:
+class TransportProxy:
+    """Passes whatever it does not define itself on to ``self._transport``, each method bound
+    once (pycapnp asks ``is_closing()`` on every read and write)."""
+
+    _transport: Any
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._transport, name)
+        if callable(value):
+            setattr(self, name, value)
+        return value
+
+
+class OneSend(TransportProxy):
     """Wraps an asyncio transport for pycapnp's protocol: cuts the outgoing byte stream into
     Cap'n Proto messages (segment table, then segments; the stream is the local KJ's, so
     well-formed) and writes each message up to :data:`WHOLE` bytes with one ``write``.
@@ -62,13 +75,6 @@ class OneSend:
         self._held: bytearray | None = None  # a small message being collected
         self._sizes: Any = ()  # its segment sizes, in words
         self._table_size = 0  # and the bytes of its segment table
-
-    def __getattr__(self, name: str) -> Any:
-        # Bound once: pycapnp asks is_closing() on every read and write.
-        value = getattr(self._transport, name)
-        if callable(value):
-            setattr(self, name, value)
-        return value
 
     def write(self, data: Any) -> None:
         # Views, not copies: a 1 MiB read reply passes through here whole, and copying it

@@ -35,6 +35,7 @@ import weakref
 from typing import Any
 
 from ww.core import capnp_frames
+from ww.core.capnp_stream import TransportProxy
 
 MAX_MESSAGE = 8 << 20  # bytes in one Cap'n Proto message from a remote peer; more: reset
 MAX_SEGMENTS = capnp_frames.MAX_SEGMENTS  # segments in one message (Cap'n Proto's own limit)
@@ -591,12 +592,13 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self.state.close()
 
 
-class _ToRemote:
+class _ToRemote(TransportProxy):
     """The transport pycapnp's protocol is given: its writes go out through the bounds, its
-    requests to read are the :class:`BoundedProtocol`'s to serve."""
+    requests to read are the :class:`BoundedProtocol`'s to serve, the rest is the transport's."""
 
     def __init__(self, bounded: BoundedProtocol) -> None:
         self._bounded = bounded
+        self._transport = bounded.transport  # is_closing, close, abort, write_eof ...
         self.write = bounded.wrote
         # pycapnp asks to pause after every read: a flag set in C, no Python frame
         self.pause_reading = functools.partial(setattr, bounded, "_wanted", False)
@@ -607,12 +609,6 @@ class _ToRemote:
 
     def resume_reading(self) -> None:
         self._bounded.want(True)
-
-    def __getattr__(self, name: str) -> Any:  # is_closing, close, abort, write_eof ...
-        value = getattr(self._bounded.transport, name)
-        if callable(value):  # bound once: pycapnp asks is_closing() on every read and write
-            setattr(self, name, value)
-        return value
 
 
 def bounded_capnp(budget: AsyncBudget | None = None, **limits: Any) -> tuple[Any, Any]:

@@ -214,10 +214,10 @@ class Dialer:
 
     A full address of an Ed25519 peer id is dialed on the native lane (:mod:`ww.p2p.lane`:
     one connection per address, at most :data:`MAX_DIALING` being dialed at once (the
-    others wait), kept for later dials of it and replaced once it closed (its socket freed as the
-    peer's end is seen), closed with the
-    address's `/ww/0.1.0` connection when that is dropped or could not be made: a lane
-    connection is kept only for an address kept); anything else (``lane=False`` too)
+    others wait), kept for later dials of it and replaced once it closed (its socket freed
+    as the peer's end is seen), closed with the address's `/ww/0.1.0` connection when that
+    is dropped or could not be made: a lane connection is kept only for an address kept);
+    anything else (``lane=False`` too)
     through the node's py-libp2p host (:meth:`ww.p2p.host.Node.open`).
     """
 
@@ -318,11 +318,8 @@ class Dialer:
         """The lane connection to ``addr``: the one dialed before if it is still open (or
         still being dialed), else a new one.  LaneUnavailable: not for the lane."""
         task = self._lanes.get(addr)
-        if (
-            task is not None
-            and task.done()
-            and (task.cancelled() or task.exception() is not None or task.result().closed.done())
-        ):
+        if task is not None and task.done() and ((conn := _dialed(task)) is None
+                                                 or conn.closed.done()):
             self._drop_lane(addr)
             task = None
         if task is None:
@@ -349,8 +346,7 @@ class Dialer:
         not when the address is next dialed (the address's `/ww/0.1.0` connection, lost
         with it, is replaced then)."""
         task = self._lanes.get(addr)
-        if task is not None and task.done() and not task.cancelled() \
-                and task.exception() is None and task.result() is conn:
+        if task is not None and _dialed(task) is conn:
             del self._lanes[addr]
         conn.close()
 
@@ -360,8 +356,8 @@ class Dialer:
             return
         if not task.done():
             task.cancel()  # (the dial closes what it had made)
-        elif not task.cancelled() and task.exception() is None:
-            task.result().close()
+        elif (conn := _dialed(task)) is not None:
+            conn.close()
 
     def close_all(self) -> None:
         connecting, self._connecting = self._connecting, {}
@@ -372,6 +368,14 @@ class Dialer:
         self._remotes.clear()
         for addr in list(self._lanes):
             self._drop_lane(addr)
+
+
+def _dialed(task: asyncio.Task[LaneConn]) -> LaneConn | None:
+    """The lane connection a dial made; None while it is dialing, or if it failed or was
+    cancelled."""
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return None
 
 
 def _dial_failure(addr: str, e: capnp.KjException) -> str:
