@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ww.core.errors import CallError
+from ww.host.answers import UNBOUNDED, AnswerBudget
 from ww.host.audit import AUDIT_FD_ENV
 from ww.host.denied import Caller
 from ww.host.limits.subcells import SubcellBudget
@@ -235,8 +236,8 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
         self._caller = caller
         self._program = program
         self._stdin = ByteWriterServer(proc.stdin)
-        self._stdout = ByteReaderServer(proc.stdout)
-        self._stderr = ByteReaderServer(proc.stderr)
+        self._stdout = ByteReaderServer(proc.stdout, caller.answers)
+        self._stderr = ByteReaderServer(proc.stderr, caller.answers)
         self._reported = False
 
     async def stdin(self, _context: Any, **kwargs: Any) -> None:
@@ -276,17 +277,22 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
 
 
 class ByteReaderServer(_cell.ByteReader.Server):  # type: ignore[name-defined,misc]
-    """Reads of a pipe; a cell may keep several in flight, answered in order."""
+    """Reads of a pipe; a cell may keep several in flight, answered in order, each within
+    the cell's :class:`~ww.host.answers.AnswerBudget`."""
 
-    def __init__(self, stream: asyncio.StreamReader) -> None:
+    def __init__(self, stream: asyncio.StreamReader, answers: AnswerBudget = UNBOUNDED) -> None:
         self._stream = stream
+        self._answers = answers
         self._lock = asyncio.Lock()  # a StreamReader serves one reader at a time
 
     async def read(self, count: int, **kwargs: Any) -> bytes:
         if count == 0:
             return b""
-        async with self._lock:
-            return await self._stream.read(min(count, MAX_READ))
+        count = min(count, MAX_READ)
+        async with self._lock, self._answers.answer(count) as answer:
+            data = await self._stream.read(count)
+            answer.size = len(data)
+            return data
 
 
 class ByteWriterServer(_cell.ByteWriter.Server):  # type: ignore[name-defined,misc]

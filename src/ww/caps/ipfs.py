@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from ww.caps.ipfs_scope import IpfsScope, canonical
 from ww.core import bridge
 from ww.core.errors import CallError
+from ww.host.answers import UNBOUNDED, AnswerBudget
 from ww.host.denied import NOBODY, Caller
 from ww.ipfs.api import (
     WOULD_WAIT,
@@ -241,11 +242,14 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
     advanced in the cell's worker threads, one job at a time, each fetching up to READ_AHEAD
     bytes ahead of the cell's reads, so that the next pieces are read and verified while the
     loop sends the last ones.  Reads are answered in the order they arrive (a fair lock); a
-    cancelled read cancels the reader (its position would be unknown).
+    cancelled read cancels the reader (its position would be unknown).  Each read takes the
+    bytes it asks for from the cell's :class:`~ww.host.answers.AnswerBudget` first, so a
+    cell that does not read fd 3 makes the host wait, not hold ever more answers.
     """
 
     def __init__(self, cell: _Cell, chunks: Iterator[bytes], token: CancelToken,
-                 local: bool = False) -> None:
+                 local: bool = False, answers: AnswerBudget = UNBOUNDED) -> None:
+        self._answers = answers
         self._cell = cell
         self._chunks = chunks
         self._token = token
@@ -327,7 +331,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         count = min(count, MAX_READ)
         if count == 0:
             return b""
-        async with self._order:
+        async with self._order, self._answers.answer(count) as answer:
             try:
                 while self._buffered < count and not self._eof:
                     if self._error is not None:
@@ -341,6 +345,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
                 self._token.cancel()
                 raise
             data = self._take(count)
+            answer.size = len(data)
             if (not self._local and not self._eof and self._error is None
                     and self._buffered < READ_AHEAD):
                 self._fill(count)  # read on while the loop sends this
@@ -469,7 +474,8 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         token = self._cell.token()  # the reader's: its reads run under it
         chunks = await self._cell.run(open_, token=token)
         _context.results.reader = ReaderServer(self._cell, chunks, token,
-                                               local=self._api.local_reads)
+                                               local=self._api.local_reads,
+                                               answers=self._caller.answers)
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("ls", path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ww.core.errors import DeniedError
+from ww.host.answers import UNBOUNDED, AnswerBudget
 from ww.host.audit import NULL, Audit
 
 DENIED_PREFIX = "capability denied: "
@@ -27,11 +28,12 @@ class CapabilityDenied(DeniedError):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who holds a capability server: the peer id of the login that received it, and where
-    its audit lines go."""
+    """Who holds a capability server: the peer id of the login that received it, where its
+    audit lines go, and the budget of its cell's large answers (:mod:`ww.host.answers`)."""
 
     peer: str | None = None
     audit: Audit = field(default=NULL)
+    answers: AnswerBudget = field(default=UNBOUNDED, compare=False)
 
     def deny(self, capability: str, method: str, reason: str) -> CapabilityDenied:
         """Audit a refused call and return the error to raise."""

@@ -25,6 +25,7 @@ import capnp
 from ww.core.errors import DeniedError
 from ww.core.foreign import kj_reason
 from ww.host import wire
+from ww.host.answers import ANSWER_LIMIT, AnswerBudget
 from ww.host.denied import Caller
 from ww.host.policy import (
     ANY_PEER,
@@ -71,6 +72,8 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
     def __init__(self, grants: Grants, fail: Callable[[str], None],
                  cell_gone: asyncio.Future[Any]) -> None:
         self.access = grants.policy()
+        # The cell's large answers (ww.host.answers), audited the first time one waits.
+        self.answers = AnswerBudget(on_wait=self._answers_wait)
         self._cell_gone = cell_gone
         self._factories = grants.factories
         self._made: dict[tuple[str, GrantSet, str | None], Any] = {}
@@ -85,6 +88,9 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
         if key not in self._made:
             self._made[key] = self._factories[name](grants, caller, held)
         return self._made[key]
+
+    def _answers_wait(self, held: int) -> None:
+        self.access.audit.emit("answer-limit", held=held, limit=ANSWER_LIMIT)
 
     async def identity(self, _context: Any, **kwargs: Any) -> None:
         if self.logged_in or self._key_given:
@@ -106,7 +112,7 @@ class HostServer(_cell.Host.Server):  # type: ignore[name-defined,misc]
                 return  # nobody is left to answer
             raise
         self.logged_in = True
-        caller = Caller(peer, audit)
+        caller = Caller(peer, audit, self.answers)
         names = grants.names()
         held: dict[str, Any] = {}
         for name in names:
@@ -190,7 +196,7 @@ async def serve(sock: socket.socket, grants: Grants, until: asyncio.Future[Any],
 
     # Each error's reason exactly as the host wrote it; reading paused while the cell's
     # unanswered calls are over wire.FLOW_LIMIT.
-    stream = await wire.connect(sock, on_pause=flow_limited)
+    stream = await wire.connect(sock, on_pause=flow_limited, answers=host.answers)
     server = capnp.TwoPartyServer(stream, bootstrap=host)
     disconnected = asyncio.ensure_future(server.on_disconnect())
     disconnected.add_done_callback(lambda _: hung_up.done() or hung_up.set_result(None))

@@ -40,6 +40,7 @@ import capnp
 from ww.core import capnp_frames
 from ww.core.capnp_stream import HOLD as HOLD  # re-exported: the bound on held bytes
 from ww.core.capnp_stream import WHOLE, HeldReads, OneSend
+from ww.host.answers import UNBOUNDED, AnswerBudget
 
 PYCAPNP_PREFIX = "message = "
 _PREFIX_BYTES = PYCAPNP_PREFIX.encode()
@@ -172,26 +173,31 @@ class _ExactReasons(OneSend):
     :class:`~ww.core.capnp_stream.OneSend` does, rewritten first if :func:`exact_reason` says
     to.  With a :class:`FlowLimit`, each Return is counted as it leaves: a small message is
     classified whole, here; a large one goes through the limit's outgoing framer as it
-    streams by."""
+    streams by.  Every byte written is counted for the cell's :class:`AnswerBudget`."""
 
-    def __init__(self, transport: asyncio.Transport, flow: FlowLimit | None = None) -> None:
+    def __init__(self, transport: asyncio.Transport, flow: FlowLimit | None = None,
+                 answers: AnswerBudget = UNBOUNDED) -> None:
         super().__init__(transport)
         self._framed = False  # the current large message is fed to the flow limit's framer
         self._flow = flow
+        self._wrote = answers.wrote
 
     def _whole(self, message: bytes, table: int, sizes: Any) -> None:
         self._write(exact_reason(message))
+        self._wrote(len(message))
         if self._flow is not None:
             self._count(message, table, sizes)
 
     def _large_table(self, table: memoryview, body: int) -> None:
         self._write(table)
+        self._wrote(len(table))
         self._framed = self._flow is not None and body > 0  # no segments: not a Return
         if self._framed:
             self._flow.outgoing.feed(table)  # type: ignore[union-attr]
 
     def _large_piece(self, piece: memoryview) -> None:
         self._write(piece)
+        self._wrote(len(piece))
         if self._framed:
             self._flow.outgoing.feed(piece)  # type: ignore[union-attr]
 
@@ -212,13 +218,14 @@ class _Connection(HeldReads):
     while the cell's calls in flight are over it, whatever pycapnp asks."""
 
     def __init__(self, on_pause: Callable[[int], None] | None = None,
-                 limit: int = FLOW_LIMIT) -> None:
+                 limit: int = FLOW_LIMIT, answers: AnswerBudget = UNBOUNDED) -> None:
         super().__init__()
         self._on_pause = on_pause
         self.flow = FlowLimit(self._pause, self._gate, limit, limit // 2)
+        self.answers = answers
 
     def _wrap(self, transport: Any) -> Any:
-        return _ExactReasons(transport, self.flow)
+        return _ExactReasons(transport, self.flow, self.answers)
 
     def _seen(self, data: memoryview) -> None:
         try:
@@ -237,14 +244,17 @@ class _Connection(HeldReads):
             on_pause(self.flow.total)
 
 
-async def connect(sock: socket.socket, on_pause: Callable[[int], None] | None = None) -> Any:
+async def connect(sock: socket.socket, on_pause: Callable[[int], None] | None = None,
+                  answers: AnswerBudget = UNBOUNDED) -> Any:
     """A pycapnp stream on ``sock`` whose exceptions carry their reason without pycapnp's
     ``message = `` prefix (what ``capnp.AsyncIoStream.create_connection(sock=…)`` gives,
     plus that), which stops reading while the peer's calls in flight are over
-    :data:`FLOW_LIMIT`; ``on_pause(bytes in flight)`` is called the first time it does."""
+    :data:`FLOW_LIMIT`; ``on_pause(bytes in flight)`` is called the first time it does.
+    Every byte it writes is counted for ``answers`` (:mod:`ww.host.answers`)."""
     _rpc_schema()  # loaded here, where a failure can be reported, not inside a write
     loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(lambda: _Connection(on_pause), sock=sock)
+    _, connection = await loop.create_connection(
+        lambda: _Connection(on_pause, answers=answers), sock=sock)
     stream = capnp.AsyncIoStream()
     stream._post_init(connection.inner)
     return stream
