@@ -9,11 +9,11 @@ import json
 import queue
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import HANG, WW
+from tests.host.test_flow_limit import _kib, _until
 
 MIB = 1024 * 1024
 READERS = 48  # of an 8 MiB file, two reads of 4 MiB each: 384 MiB of answers
@@ -39,13 +39,6 @@ async def main():
 
 asyncio.run(main())
 """.replace("READERS", str(READERS)).replace("MIB", str(MIB))
-
-
-def _kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def test_a_cell_asking_for_large_answers_it_does_not_read_makes_the_host_wait(make_cell):
@@ -94,24 +87,44 @@ def test_a_cell_asking_for_large_answers_it_does_not_read_makes_the_host_wait(ma
     assert grown * 1024 < 64 * MIB, f"the host grew by {grown} KiB"
 
 
+REVERSE_CELL = """
+import asyncio, random, ww.cell
+
+async def main():
+    data = random.Random(6).randbytes(8 * MIB)
+    async with ww.cell.connect() as s:
+        cid = await s.ipfs.add(data)
+        readers = [(await s.ipfs._cap.cat(cid, 0, -1)).reader for _ in range(8)]
+        reads = [[r.read(4 * MIB), r.read(4 * MIB)] for r in readers]
+        whole = 0
+        for first, second in reversed(reads):  # the last asked for, the last let in, first
+            second = bytes((await second).data)
+            whole += bytes((await first).data) + second == data
+        print(whole, flush=True)
+
+asyncio.run(main())
+""".replace("MIB", str(MIB))
+
+
+def test_a_cell_waiting_first_for_the_answer_the_budget_lets_in_last_gets_everything(make_cell):
+    """64 MiB of reads, four times the budget, awaited last first: the answer awaited first
+    is produced only after the others were written, and the cell, reading fd 3 all along,
+    gets them all (the budget costs an honest cell no deadlock, only waiting)."""
+    cell = make_cell(REVERSE_CELL)
+    r = subprocess.run([WW, "--json", "run", "--with-ipfs", cell], capture_output=True,
+                       text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "8\n"
+    waited = [line for line in r.stderr.splitlines() if '"answer-limit"' in line]
+    assert len(waited) == 1, r.stderr  # the pushback was there, and reported once
+
+
 # --- the budget itself, on a real event loop ----------------------------------------------
 
 def AnswerBudget(limit: int):  # noqa: N802 - imported here: the test above runs without it
     from ww.host.answers import AnswerBudget as budget
 
     return budget(limit)
-
-
-def _run(coro):
-    return asyncio.run(coro)
-
-
-async def _until(condition) -> None:
-    for _ in range(1000):  # a bound against a hang only; each turn yields to the loop
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
 
 
 def test_answers_wait_for_room_and_bytes_written_make_it_in_order():
@@ -145,7 +158,7 @@ def test_answers_wait_for_room_and_bytes_written_make_it_in_order():
             a.size = 10
         assert budget.held == 10  # bytes written before an answer never stand for it
 
-    _run(main())
+    asyncio.run(main())
 
 
 def test_an_answer_larger_than_the_budget_goes_alone_and_errors_give_back():
@@ -164,7 +177,7 @@ def test_an_answer_larger_than_the_budget_goes_alone_and_errors_give_back():
                 raise ValueError("the method failed")
         assert budget.held == 1
 
-    _run(main())
+    asyncio.run(main())
 
 
 def test_a_cancelled_waiter_lets_those_behind_it_in():
@@ -182,4 +195,4 @@ def test_a_cancelled_waiter_lets_those_behind_it_in():
         await small  # 8 + 2 fit once the one before it is gone
         assert budget.held == 10
 
-    _run(main())
+    asyncio.run(main())
