@@ -121,10 +121,13 @@ def test_a_cell_waiting_first_for_the_answer_the_budget_lets_in_last_gets_everyt
 
 # --- the budget itself, on a real event loop ----------------------------------------------
 
-def AnswerBudget(limit: int):  # noqa: N802 - imported here: the test above runs without it
+def AnswerBudget(limit: int):  # noqa: N802 - imported here: the tests above run without it
+    """A budget whose fd 3 is full (the cell reads nothing): only bytes written free it."""
     from ww.host.answers import AnswerBudget as budget
 
-    return budget(limit)
+    made = budget(limit)
+    made.writing_paused()
+    return made
 
 
 def test_answers_wait_for_room_and_bytes_written_make_it_in_order():
@@ -167,7 +170,8 @@ def test_an_answer_larger_than_the_budget_goes_alone_and_errors_give_back():
         async with budget.answer(50) as a:
             a.size = 50
         assert budget.held == 50
-        late = asyncio.ensure_future(budget.answer(1).__aenter__())
+        late_cm = budget.answer(1)  # kept: dropped, it gives its bytes back
+        late = asyncio.ensure_future(late_cm.__aenter__())
         await _until(lambda: budget._waiting)
         budget.wrote(50)
         await late
@@ -187,12 +191,41 @@ def test_a_cancelled_waiter_lets_those_behind_it_in():
         budget._on_wait = waited.append
         async with budget.answer(8) as a:
             a.size = 8
-        big = asyncio.ensure_future(budget.answer(9).__aenter__())
-        small = asyncio.ensure_future(budget.answer(2).__aenter__())
+        big_cm = budget.answer(9)  # kept: dropped, it gives its bytes back
+        big = asyncio.ensure_future(big_cm.__aenter__())
+        small_cm = budget.answer(2)  # kept: dropped, it gives its bytes back
+        small = asyncio.ensure_future(small_cm.__aenter__())
         await _until(lambda: len(budget._waiting) == 2)
         assert waited == [8]
         big.cancel()
         await small  # 8 + 2 fit once the one before it is gone
         assert budget.held == 10
+
+    asyncio.run(main())
+
+
+def test_answers_never_written_are_let_go_once_writes_went_unpaused_for_some_turns():
+    """A read the cell cancels after its method returned gets a ``Return`` saying so, not
+    its bytes: they must not stay held for good.  While writes are paused nothing is let
+    go; once they run unpaused for SETTLE_TURNS turns, what was produced before is."""
+    from ww.host.answers import SETTLE_TURNS
+
+    async def main() -> None:
+        budget = AnswerBudget(limit=10)
+        async with budget.answer(8) as a:
+            a.size = 8  # never written: its call was cancelled
+        waiter_cm = budget.answer(5)  # kept: dropped, it gives its bytes back
+        waiter = asyncio.ensure_future(waiter_cm.__aenter__())
+        for _ in range(10 * SETTLE_TURNS):  # a bounded number of turns of the loop
+            await asyncio.sleep(0)
+        assert not waiter.done() and budget.held == 8  # paused: the bytes may be queued
+        budget.writing_resumed()
+        budget.writing_paused()  # paused again within the turns: nothing is let go
+        for _ in range(10 * SETTLE_TURNS):
+            await asyncio.sleep(0)
+        assert not waiter.done() and budget.held == 8
+        budget.writing_resumed()
+        await _until(waiter.done)
+        assert budget.held == 5
 
     asyncio.run(main())

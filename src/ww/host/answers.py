@@ -15,7 +15,10 @@ from the moment its method is let in until as many bytes as it has have been wri
 3's transport after it was produced: its own ``Return``, or bytes written ahead of it, which
 then stand for it (the transport writes in order, and what it has taken the cell has read
 but for one message and the transport's high-water mark).  Bytes written while no produced
-answer waits count for nothing.  An answer larger than the limit is let in alone.
+answer waits count for nothing.  An answer larger than the limit is let in alone.  An answer
+whose ``Return`` never carries it (the cell cancelled the call after its method returned)
+is let go once writes have gone unpaused for :data:`SETTLE_TURNS` turns of the loop while
+answers wait (:meth:`AnswerBudget._sweep_soon`).
 
 A cell that reads fd 3 frees the budget as it reads; one that waits for an answer reads fd 3
 to get it; answers still to be produced never hold the budget.  So the bound costs no
@@ -33,6 +36,10 @@ ANSWER_LIMIT = 16 * 1024 * 1024
 """Bytes of large answers one cell can make the host hold at once: produced, or being
 produced, and not yet written to fd 3's transport.  The SDK keeps 8 reads of 1 MiB in flight
 per stream, so two streams read at full speed; more wait their turn."""
+SETTLE_TURNS = 4
+"""Turns of the event loop within which KJ writes an answer its method has returned, while
+pycapnp's writes are not paused: the task's end, its done-callback fulfilling KJ's promise,
+KJ's run, and one to spare."""
 
 
 class Answer:
@@ -55,8 +62,13 @@ class AnswerBudget:
         self.limit = limit
         self._on_wait = on_wait
         self.held = 0  # bytes let in and not yet written out
-        self._produced: collections.deque[list[int]] = collections.deque()  # bytes to write
+        # answers produced: [bytes still to be written, serial], oldest first
+        self._produced: collections.deque[list[int]] = collections.deque()
+        self._serial = 0
         self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._paused = False  # pycapnp's writes are paused: the socket has all it takes
+        self._pauses = 0  # how many times they were
+        self._sweeping = False
 
     @asynccontextmanager
     async def answer(self, size: int) -> AsyncIterator[Answer]:
@@ -71,9 +83,11 @@ class AnswerBudget:
             self._give_back(size)
             raise
         produced = max(0, min(answer.size, size))
-        self._give_back(size - produced)
         if produced:
-            self._produced.append([produced])
+            self._serial += 1
+            self._produced.append([produced, self._serial])
+        self._give_back(size - produced)
+        self._sweep_soon()
 
     def wrote(self, nbytes: int) -> None:
         """``nbytes`` were written to fd 3: they stand for the oldest answers produced."""
@@ -91,6 +105,46 @@ class AnswerBudget:
                 produced.popleft()
         self._give_back(freed)
 
+    def writing_paused(self) -> None:
+        """fd 3's transport has more than it takes at once: pycapnp's writes wait."""
+        self._paused = True
+        self._pauses += 1
+
+    def writing_resumed(self) -> None:
+        self._paused = False
+        self._sweep_soon()
+
+    def _sweep_soon(self) -> None:
+        """An answer's ``Return`` may never be written: the cell cancelled the call after its
+        method returned and before KJ sent it (KJ then sends a ``Return`` saying so).  Its
+        bytes would stay held for good, and a cell whose reads all wait on them would wait
+        for ever.  So while answers wait, those produced :data:`SETTLE_TURNS` turns of the
+        loop ago or more are let go once pycapnp's writes went unpaused throughout: KJ
+        writes all it has each time it runs (once a turn at the least), and asyncio's
+        transport pauses them as soon as it holds more than its high-water mark, so their
+        bytes have left (or never will)."""
+        if self._sweeping or self._paused or not self._waiting or not self._produced:
+            return
+        self._sweeping = True
+        mark, pauses = self._serial, self._pauses
+        loop = asyncio.get_running_loop()
+
+        def turn(left: int) -> None:
+            if self._pauses != pauses:  # paused meanwhile: writing_resumed starts over
+                self._sweeping = False
+                return
+            if left:
+                loop.call_soon(turn, left - 1)
+                return
+            self._sweeping = False
+            produced, freed = self._produced, 0
+            while produced and produced[0][1] <= mark:
+                freed += produced.popleft()[0]
+            self._give_back(freed)
+            self._sweep_soon()
+
+        loop.call_soon(turn, SETTLE_TURNS)
+
     async def _admit(self, size: int) -> None:
         if not self._waiting and (self.held == 0 or self.held + size <= self.limit):
             self.held += size
@@ -101,6 +155,7 @@ class AnswerBudget:
         future = asyncio.get_running_loop().create_future()
         entry = (size, future)
         self._waiting.append(entry)
+        self._sweep_soon()
         try:
             await future
         except BaseException:
@@ -133,6 +188,12 @@ class AnswerBudget:
 
 class Unbounded(AnswerBudget):
     """No budget: for a capability server that serves no cell's fd 3 (tests, tools)."""
+
+    def writing_paused(self) -> None:
+        pass
+
+    def writing_resumed(self) -> None:
+        pass
 
     @asynccontextmanager
     async def answer(self, size: int) -> AsyncIterator[Answer]:

@@ -237,6 +237,14 @@ class _Connection(HeldReads):
     def _may_read(self) -> bool:
         return not self.flow.paused
 
+    def pause_writing(self) -> None:
+        self.answers.writing_paused()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.answers.writing_resumed()
+        super().resume_writing()
+
     def _pause(self) -> None:
         self._gate()
         if self._on_pause is not None:
