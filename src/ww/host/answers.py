@@ -21,8 +21,10 @@ is let go once writes have gone unpaused for :data:`SETTLE_TURNS` turns of the l
 answers wait (:meth:`AnswerBudget._sweep_soon`).
 
 A cell that reads fd 3 frees the budget as it reads; one that waits for an answer reads fd 3
-to get it; answers still to be produced never hold the budget.  So the bound costs no
-deadlock that fd 3's flow limit does not have already.
+to get it; an answer waiting for room holds none of it.  So the bound costs no deadlock that
+fd 3's flow limit does not have already.  An answer let in holds its share while it is
+produced, though: reads waiting on the network (a block no peer sends) can make the cell's
+other large answers wait until they end or the cell cancels them.
 """
 
 from __future__ import annotations
