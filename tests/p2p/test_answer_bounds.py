@@ -15,9 +15,15 @@ from typing import Any
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK, ww_call
 from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams, service_call
+from tests.p2p.test_lane import Listener, RecordingDialer
+from tests.p2p.test_lane import run as lane_run
 from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
 from tests.p2p.test_ww_bounds import GUARD
 from ww.p2p import bounds
+from ww.p2p.protocol import Exports
+from ww.schema import load
+
+_cell = load("cell")
 
 
 def test_a_peer_that_asks_for_big_answers_and_never_reads_them_does_not_cost_the_cell_its_session(
@@ -84,3 +90,67 @@ def test_an_answer_larger_than_a_peer_takes_cuts_its_stream_unsent() -> None:
             host.close()
 
     _run(main)
+
+
+def test_answers_the_peer_does_not_take_are_cut_off_however_much_more_is_written(
+        start_host, cell_file) -> None:
+    """One stream, 120 calls asking for 256 KiB each (30 MiB, under the node's answer
+    budget), never read.  The old clock gave the answers 10 s plus what had been *written*
+    at 100 KiB/s, so each answer written moved the deadline 2.6 s further out: 310 s for
+    these, longer than this test waits.  Now it runs on what the peer took (its 256 KiB
+    window): the stream is cut within 10 s and 2.6 s, and the cell keeps its session."""
+    host = start_host("b", "--with-p2p", "--listen", LOOPBACK,
+                      cell_file(BLOB_EXPORTER, "blob.py"))
+
+    async def attack() -> None:
+        conn, (protocol,) = await deaf_streams(host.addr, 1, blob_calls(120, 256 << 10), HANG)
+        try:
+            await asyncio.wait_for(protocol.lost, HANG)  # (the old host: not within HANG)
+        finally:
+            conn.close()
+
+    asyncio.run(attack())
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+class _LaneBlob(_cell.Service.Server):  # type: ignore[name-defined,misc]
+    async def call(self, method: str, args: Any, **kwargs: Any) -> str:
+        return "x" * int(args[0]) if method == "blob" else " ".join(args)
+
+
+def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_served() -> None:
+    """One loop serving a real lane listener (its `Exports`, as a host's): a deaf stream
+    asks for 15 answers of 4 MiB; an honest caller on a connection of its own pipelines 8
+    of 1 MiB and reads them.  Once the node's unsent answers pass 32 MiB the deaf stream
+    holds at least 24 of them (the honest one at most its 8), so it is the one cut; every
+    honest answer arrives whole.  (The old host held the deaf stream's answers for 10 s
+    plus 60 MiB at 100 KiB/s.)"""
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(_LaneBlob())
+        listener = Listener(exports.lane_acceptor)
+        dialer = RecordingDialer()
+        try:
+            service = (await dialer.dial(listener.addr)).cast_as(_cell.Service)
+            assert (await service.call("echo", ["hi"])).result == "hi"
+            conn, (deaf,) = await deaf_streams(listener.addr, 1, blob_calls(15, 4 << 20), HANG)
+            try:
+                honest = [service.call("blob", [str(1 << 20)]) for _ in range(8)]
+                for answer in honest:
+                    assert len((await answer).result) == 1 << 20
+                await asyncio.wait_for(deaf.lost, HANG)
+                answers = bounds.loop_budget().answers
+                assert answers.cut == 1
+                assert answers.peak > answers.total
+            finally:
+                conn.close()
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    lane_run(main)
