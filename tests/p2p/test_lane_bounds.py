@@ -109,11 +109,14 @@ class Host:
 
 
 async def _host(
-    gate: asyncio.Event | None = None, budget: bounds.AsyncBudget | None = None, **limits: Any
+    gate: asyncio.Event | None = None,
+    budget: bounds.AsyncBudget | None = None,
+    service: _Echo | None = None,
+    **limits: Any,
 ) -> Host:
     ours, peer = socket.socketpair()
     peer.setblocking(False)
-    service = _Echo(gate)
+    service = service or _Echo(gate)
     budget = budget or bounds.AsyncBudget()
     if PLAIN:
         stream = await capnp.AsyncIoStream.create_connection(sock=ours)

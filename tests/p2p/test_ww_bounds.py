@@ -10,7 +10,6 @@ withdraw the export) and still serves another caller.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from pathlib import Path
@@ -20,48 +19,17 @@ import pytest
 
 from tests.conftest import HANG
 from tests.p2p.conftest import ww_call
+from tests.p2p.deaf_peer import _cell, bootstrap, gateway_service, rpc, service_call
 from ww.p2p import splice
-from ww.schema import load
 
 pytest.importorskip("libp2p")
 
-_cell = load("cell")
-_site = os.path.dirname(os.path.dirname(capnp.__file__))
-rpc = capnp.load(os.path.join(os.path.dirname(capnp.__file__), "rpc.capnp"), imports=[_site])
 GUARD = "held more than"  # what the host prints when it hangs up the cell's fd 3
-
-
-def bootstrap(question: int = 0) -> bytes:
-    m = rpc.Message.new_message()
-    m.init("bootstrap").questionId = question
-    return m.to_bytes()
-
-
-def gateway_service(question: int = 1, boot: int = 0) -> bytes:
-    m = rpc.Message.new_message()
-    c = m.init("call")
-    c.questionId = question
-    c.interfaceId = _cell.Gateway.schema.node.id
-    c.methodId = 0
-    c.target.init("promisedAnswer").questionId = boot
-    c.params.content.as_struct(_cell.Gateway.schema.methods["service"].param_type)
-    return m.to_bytes()
 
 
 def echo(question: int, arg: str, service: int = 1) -> bytes:
     """``Service.call("echo", [arg])`` on the export (pipelined on the ``service()`` call)."""
-    m = rpc.Message.new_message()
-    c = m.init("call")
-    c.questionId = question
-    c.interfaceId = _cell.Service.schema.node.id
-    c.methodId = 0
-    target = c.target.init("promisedAnswer")
-    target.questionId = service
-    target.init("transform", 1)[0].getPointerField = 0
-    params = c.params.content.as_struct(_cell.Service.schema.methods["call"].param_type)
-    params.method = "echo"
-    params.init("args", 1)[0] = arg
-    return m.to_bytes()
+    return service_call(question, "echo", arg, service)
 
 
 def a_return(answer: int) -> bytes:

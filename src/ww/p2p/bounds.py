@@ -14,8 +14,14 @@ Cap'n Proto messages itself (:mod:`ww.core.capnp_frames`) and bounds it:
   from its first byte, the wait included, or the stream is cut off and its bytes freed (see
   :meth:`Inbound.deadline`); a stream waiting between messages holds nothing and waits on;
 - a stream has at most :data:`MAX_CALLS` calls unanswered; the next is not read until one is;
-- the host's answers must move like the peer's messages: within :data:`MESSAGE_GRACE`, then
-  at :data:`MIN_RATE`, or the stream is cut off (and its calls no longer count).
+- the host's answers must move like the peer's messages: the peer must take a first byte
+  within :data:`MESSAGE_GRACE`, then on average at least :data:`MIN_RATE`, or the stream is
+  cut off (and its calls no longer count).  What the host writes meanwhile buys no time;
+- no answer is larger than a peer takes (:data:`MAX_MESSAGE`): the stream is cut off
+  instead of writing it;
+- what the host has written to the node's streams and their peers have not taken is at most
+  :data:`ANSWER_BUDGET` bytes, every stream of a node together (:class:`Answers`): a write
+  past it cuts off the stream holding the most unsent (the writer's own, most often).
 
 This module is the part without I/O, shared by the two places a stream meets pycapnp:
 :mod:`ww.p2p.splice` (py-libp2p's streams, on trio, copied to a socketpair) and
@@ -44,6 +50,9 @@ BUDGET = 32 << 20  # bytes of remote messages held at once, every stream of a no
 MIN_RATE = 100 * 1024  # bytes/s a message must arrive at on average (after MESSAGE_GRACE)
 MESSAGE_GRACE = 10.0  # seconds a message under way may go without a byte
 CHUNK = 256 * 1024  # bytes read from a stream at once
+# bytes written to the node's remote streams (answers, mostly) their peers have not taken, all
+# streams together; past it the stream holding the most is cut off
+ANSWER_BUDGET = 32 << 20
 _PEEK = 4096  # bytes of the host's message enough to see whether it is a Return, and to whom
 
 # rpc.capnp's Message union: the members whose bytes stay counted until answered.
@@ -247,13 +256,16 @@ class Inbound:
 
 class Outbound:
     """Looks at the start of each of the host's messages to the remote (its first
-    :data:`_PEEK` bytes at most; the rest passes unlooked) for Returns to held calls."""
+    :data:`_PEEK` bytes at most; the rest passes unlooked) for Returns to held calls, and
+    refuses a message over ``max_message`` bytes (:class:`ProtocolViolation`: the peer could
+    not take it, so it is not sent, nor held)."""
 
-    __slots__ = ("buf", "skip")
+    __slots__ = ("buf", "skip", "max_message")
 
-    def __init__(self) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self.buf = bytearray()  # the start of the host's current message, until classified
         self.skip = 0  # bytes of the current message still to pass without looking
+        self.max_message = max_message
 
     def feed(self, data: Any, inbound: Inbound) -> bool:
         """The host writes ``data``: releases the calls it answers; whether any were.  A
@@ -283,6 +295,10 @@ class Outbound:
             else:
                 at = view[pos:] if pos else view
             size = frame_size(at)
+            if size is not None and size > self.max_message:
+                raise ProtocolViolation(
+                    f"an answer of {size} bytes, more than the {self.max_message} a peer takes"
+                )
             if size is None or len(at) < min(size, _PEEK):
                 if at is not buf:  # short of its table or its start: kept (< _PEEK bytes)
                     buf += at
@@ -306,13 +322,64 @@ class Outbound:
         return released
 
 
+class Answers:
+    """The bytes the host has written to a node's remote streams and their peers have not
+    taken (the transports' ``get_write_buffer_size``), every stream together: at most
+    ``total``.  A write past it cuts off the stream holding the most unsent bytes, until
+    the rest fit.
+
+    Why a cut and not a wait: what waits unsent is the answers of calls the cell has taken
+    already (and of their size, which the cell chooses); no longer reading a stream's calls
+    stops new ones, but not those, and holding them back in pycapnp moves them into KJ's
+    queue, where they are counted nowhere.  Pausing fd 3 would hold up the cell's traffic
+    with every other peer.  Why the one holding the most: it frees the most, and an honest
+    peer's answers leave at the speed of its link, while a peer that does not take its own
+    gathers them; the writer's own stream is that one whenever one stream asks for the
+    answers that fill the budget.  The cost: a peer with one big answer under way (a few
+    MiB on a slow link) may be cut off while peers holding less each fill the rest of the
+    budget, until :data:`MESSAGE_GRACE` cuts those off (their answers do not move).
+
+    The count is kept from above: each write adds its bytes to ``upper`` (the peers take
+    bytes without a word to Python); only once ``upper`` passes ``total`` are the streams
+    asked, and ``upper`` set to what they hold."""
+
+    def __init__(self, total: int = ANSWER_BUDGET) -> None:
+        self.total = total
+        self.upper = 0  # at least what the streams hold unsent
+        self.streams: set[BoundedProtocol] = set()
+        self.peak = 0  # the most found held at once (when asked)
+        self.cut = 0  # streams cut off for it
+
+    def wrote(self, n: int) -> None:
+        self.upper += n
+        if self.upper > self.total:
+            self._settle()
+
+    def _settle(self) -> None:
+        held = {p: p.unsent() for p in self.streams}
+        used = sum(held.values())
+        self.peak = max(self.peak, used)
+        while used > self.total and held:
+            victim = max(held, key=held.__getitem__)
+            size = held.pop(victim)
+            used -= size
+            self.cut += 1
+            victim._violate(
+                f"its peer had not taken {size} bytes of answers, the most of any stream, "
+                f"and the node's streams {used + size} (over {self.total >> 20} MiB)"
+            )
+        self.upper = used
+
+
 class AsyncBudget(Count):
     """The node's :class:`Count` on an asyncio loop: streams that found it spent wait in
-    :meth:`wait` and are called back (soon, not inside :meth:`give`) once it has room."""
+    :meth:`wait` and are called back (soon, not inside :meth:`give`) once it has room.
+    ``answers``: the node's :class:`Answers` (what its streams' peers have not taken)."""
 
-    def __init__(self, total: int = BUDGET) -> None:
+    def __init__(self, total: int = BUDGET, answers: int = ANSWER_BUDGET) -> None:
         super().__init__(total)
         self._waiting: list[Any] = []
+        self.answers = Answers(answers)
 
     def wait(self, resume: Any) -> None:
         self._waiting.append(resume)
@@ -360,7 +427,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self.budget = budget if budget is not None else loop_budget()
         self.inner = capnp.lib.capnp._PyAsyncIoStreamProtocol()  # type: ignore[attr-defined]
         self.state = Inbound(self.budget, self.loop.time(), grace, rate, max_message, max_calls)
-        self.out = Outbound()
+        self.out = Outbound(max_message)
+        self.answers = self.budget.answers
         self.transport: Any = None
         self.violation: str | None = None  # why the stream was cut off, once it is
         self._scratch = bytearray(chunk)
@@ -386,7 +454,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self._write = transport.write
-        self._unsent = transport.get_write_buffer_size  # the answer bound needs it
+        self._unsent = transport.get_write_buffer_size  # the answer bounds need it
+        self.answers.streams.add(self)
         self.inner.connection_made(_ToRemote(self))
         self._pump()  # not a byte read while the budget is spent, the first included
 
@@ -423,17 +492,29 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             self._pump()
 
     def wrote(self, data: Any) -> None:
-        if self.out.feed(data, self.state) and self._blocked:
+        if self._lost:
+            return
+        try:
+            released = self.out.feed(data, self.state)
+        except ProtocolViolation as e:  # an answer larger than the peer takes: not sent
+            self._violate(str(e))
+            return
+        if released and self._blocked:
             self._blocked = False
             self.loop.call_soon(self._pump)  # the held call may pass now
         self._write(data)
         if self._out_since < 0:
             unsent = self._unsent()
-            if unsent:  # answers must move: within the grace, then at the rate
+            if unsent:  # answers must move: the first byte within the grace, then the rate
                 self._out_since, self._out_bytes = self.loop.time(), unsent
-                self._arm(self._out_since + self.state.within(unsent))
+                self._arm(self._out_since + self.state.within(0))
         else:
             self._out_bytes += len(data)
+        self.answers.wrote(len(data))
+
+    def unsent(self) -> int:
+        """Bytes written to the remote that it has not taken."""
+        return self._unsent() if not self._lost else 0
 
     # the bounds
     def _pump(self) -> None:
@@ -566,8 +647,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             unsent = self._unsent()
             if not unsent:
                 self._out_since = -1.0
-            else:
-                out_due = self._out_since + state.within(self._out_bytes)
+            else:  # due by what the peer took (written, less unsent), not by what was written
+                out_due = self._out_since + state.within(self._out_bytes - unsent)
                 if now >= out_due:
                     self._violate("the host's answers were not taken")
                     return
@@ -584,6 +665,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             self.inner.connection_lost(ConnectionResetError(why))
 
     def _end(self) -> None:
+        self.answers.streams.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

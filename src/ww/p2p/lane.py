@@ -453,7 +453,8 @@ def bounded_stream(stream: LaneStream) -> Any:
     """A `/ww/0.1.0` ``stream`` as a ``capnp.AsyncIoStream`` within the bounds the splice
     holds a py-libp2p stream to (:func:`ww.p2p.bounds.bounded_capnp`: whole messages of at
     most 8 MiB that must keep arriving, 16 calls held, the loop's 32 MiB budget, answers that
-    must move), both ways: served streams and dialed ones alike."""
+    must move, of at most 8 MiB, and 32 MiB of them unsent in all), both ways: served streams
+    and dialed ones alike."""
     from ww.p2p.bounds import bounded_capnp
 
     protocol, capnp_io = bounded_capnp()

@@ -162,6 +162,16 @@ static int buf_put(buf_t *b, const void *data, size_t n) {
     return 0;
 }
 
+/* An empty buffer that grew past BUF_KEEP gives its memory back: a stream that once carried a
+ * big answer (or a reset one not yet collected) does not keep its size for life. */
+#define BUF_KEEP (256u << 10)
+static void buf_shrink(buf_t *b) {
+    if (b->len || b->cap <= BUF_KEEP) return;
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
 static void buf_drop(buf_t *b, size_t n) {
     memmove(b->p, b->p + n, b->len - n);
     b->len -= n;
@@ -843,6 +853,7 @@ static int drain(conn_t *c, stream_t *s) {
     }
     if (off == s->pending.len) {
         s->pending.len = 0;
+        buf_shrink(&s->pending);
         off = 0;
     } else if (off > s->pending.len / 2) { /* compact now and then, not at every frame */
         buf_drop(&s->pending, off);

@@ -649,6 +649,7 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
             StreamObject *s = (StreamObject *)PyList_GET_ITEM(dirty, i);
             int rc = ww_stream_write(self->c, s->sid, s->out.p, s->out.len, s->out_flags);
             s->out.len = 0;
+            buf_shrink(&s->out);
             s->out_flags = 0;
             s->dirty = 0;
             if (rc == -1) { /* (-2: a stream the peer reset; its bytes dropped) */

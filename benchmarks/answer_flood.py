@@ -1,0 +1,117 @@
+"""What a remote peer that asks for big answers and never reads them makes host B hold.
+
+    .venv/bin/python benchmarks/answer_flood.py [--conns 1] [--streams 8] [--calls 64]
+        [--size 4194304] [--watch 25] [--compare ../main/src]
+
+Host B is `ww run --with-p2p` with a Python cell exporting a ``Service`` whose ``blob N``
+answers N bytes.  This process is the attacker (tests/p2p/deaf_peer.py): ``--conns`` lane
+connections, each a new identity, ``--streams`` `/ww/0.1.0` streams each, on each a
+bootstrap, ``service()`` and ``--calls`` pipelined ``blob --size`` calls (about 100 bytes
+each), and not a byte of any answer read.  For ``--watch`` seconds host B's resident memory
+is sampled every 50 ms (the `ww run` process; its cell apart).  Printed: the peak growth over
+its resident memory before the attack, when the attacker's streams were cut off, whether
+host B's memory guard hung up its cell's fd 3 (its stderr line), and whether an honest
+`ww call` is still answered afterwards.  ``--compare SRC``: the same against the ww of SRC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2p import stop_b  # noqa: E402
+
+from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams  # noqa: E402
+
+WW = str(Path(sys.executable).with_name("ww"))
+GUARD = "held more than"
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def attack(pid: int, addr: str, args: argparse.Namespace) -> dict[str, object]:
+    base = rss(pid)
+    frames = blob_calls(args.calls, args.size)
+    started = time.monotonic()
+    made = [await deaf_streams(addr, args.streams, frames) for _ in range(args.conns)]
+    lost = [p.lost for _, protocols in made for p in protocols]
+    cut_at: list[float] = []
+    for f in lost:
+        f.add_done_callback(lambda _f: cut_at.append(time.monotonic() - started))
+    peak = 0
+    while time.monotonic() - started < args.watch:
+        peak = max(peak, rss(pid) - base)
+        await asyncio.sleep(0.05)
+    for conn, _ in made:
+        conn.close()
+    return {"peak_growth_mib": round(peak / (1 << 20), 1),
+            "streams_cut": f"{len(cut_at)}/{len(lost)}",
+            "cut_after_s": [round(t, 1) for t in sorted(cut_at)[:1] + sorted(cut_at)[-1:]]}
+
+
+def run(src: str | None, args: argparse.Namespace, directory: str) -> dict[str, object]:
+    home = os.path.join(directory, "home-b" + ("-compare" if src else ""))
+    os.makedirs(home, exist_ok=True)
+    env = {**os.environ, "WW_HOME": home}
+    flags: list[str] = []
+    if src:
+        env["PYTHONPATH"] = src
+        flags = ["--env", f"PYTHONPATH={src}"]
+    cell = os.path.join(directory, "blob.py")
+    with open(cell, "w") as f:
+        f.write("#!/usr/bin/env python3\n" + BLOB_EXPORTER.lstrip())
+    os.chmod(cell, 0o755)
+    errors = open(os.path.join(directory, "b.err"), "w+")
+    b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", "/ip4/127.0.0.1/tcp/0", *flags,
+                          cell], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=errors, text=True, env=env)
+    try:
+        assert b.stdout is not None
+        addr = b.stdout.readline().strip()
+        if not addr:
+            raise SystemExit("host B did not start")
+        out = asyncio.run(attack(b.pid, addr, args))
+        honest = subprocess.run([WW, "call", "--timeout", "60", addr, "echo", "still", "here"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        errors.seek(0)
+        out["fd3_hung_up"] = GUARD in errors.read()
+        out["honest_call"] = honest.stdout.strip() or honest.stderr.strip()[-80:]
+        return out
+    finally:
+        stop_b(b)
+        errors.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conns", type=int, default=1)
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--calls", type=int, default=64)
+    p.add_argument("--size", type=int, default=4 << 20)
+    p.add_argument("--watch", type=float, default=25.0)
+    p.add_argument("--compare", metavar="SRC", help="also against the ww of this src directory")
+    args = p.parse_args()
+    print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
+          f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{args.conns} connection(s) x {args.streams} streams x {args.calls} calls of "
+          f"{args.size} bytes, answers never read, watched {args.watch:g} s")
+    with tempfile.TemporaryDirectory() as directory:
+        for src in [None, args.compare] if args.compare else [None]:
+            print("this checkout" if src is None else src, run(src, args, directory),
+                  flush=True)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

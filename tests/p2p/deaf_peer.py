@@ -1,0 +1,118 @@
+"""A lane peer that asks for big answers and never reads them (tests and benchmarks).
+
+It dials a `ww run` host over the native lane (:func:`ww.p2p.lane.dial`, a fresh identity a
+connection), opens `/ww/0.1.0` streams and writes Cap'n Proto RPC frames built by hand with
+pycapnp's own ``rpc.capnp``: a Bootstrap, ``Gateway.service()`` and ``Service.call(method,
+[arg])`` calls pipelined on it.  Its streams never read (the Yamux window it gives the host
+is never credited back), so every answer the host writes stays with the host; a stream the
+host cuts off is noted (:attr:`DeafProtocol.lost`).  Loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import capnp
+
+from tests.p2p.conftest import EXPORTER
+from ww.core.addrs import PROTOCOL_ID
+from ww.p2p import lane
+from ww.schema import load
+
+_cell = load("cell")
+_site = os.path.dirname(os.path.dirname(capnp.__file__))
+rpc = capnp.load(os.path.join(os.path.dirname(capnp.__file__), "rpc.capnp"), imports=[_site])
+
+# A method for exporter cells: ``blob N`` answers N bytes (of text), whatever the call's size.
+BLOB_METHOD = """
+        if method == "blob":
+            return "x" * int(args[0])
+"""
+# tests/p2p/conftest.py's exporter cell, with ``blob``
+BLOB_EXPORTER = EXPORTER.replace('        if method == "upper":',
+                                 BLOB_METHOD.lstrip("\n") + '        if method == "upper":')
+assert BLOB_EXPORTER != EXPORTER
+
+
+def bootstrap(question: int = 0) -> bytes:
+    m = rpc.Message.new_message()
+    m.init("bootstrap").questionId = question
+    return m.to_bytes()
+
+
+def gateway_service(question: int = 1, boot: int = 0) -> bytes:
+    m = rpc.Message.new_message()
+    c = m.init("call")
+    c.questionId = question
+    c.interfaceId = _cell.Gateway.schema.node.id
+    c.methodId = 0
+    c.target.init("promisedAnswer").questionId = boot
+    c.params.content.as_struct(_cell.Gateway.schema.methods["service"].param_type)
+    return m.to_bytes()
+
+
+def service_call(question: int, method: str, arg: str, service: int = 1) -> bytes:
+    """``Service.call(method, [arg])`` on the export (pipelined on the ``service()`` call)."""
+    m = rpc.Message.new_message()
+    c = m.init("call")
+    c.questionId = question
+    c.interfaceId = _cell.Service.schema.node.id
+    c.methodId = 0
+    target = c.target.init("promisedAnswer")
+    target.questionId = service
+    target.init("transform", 1)[0].getPointerField = 0
+    params = c.params.content.as_struct(_cell.Service.schema.methods["call"].param_type)
+    params.method = method
+    params.init("args", 1)[0] = arg
+    return m.to_bytes()
+
+
+def blob_calls(calls: int, size: int) -> bytes:
+    """The bootstrap, ``service()`` and ``calls`` calls of ``blob size``: about 100 bytes a
+    call, each answered with ``size`` bytes."""
+    return b"".join([bootstrap(), gateway_service()]
+                    + [service_call(q, "blob", str(size)) for q in range(2, 2 + calls)])
+
+
+class DeafProtocol(asyncio.BufferedProtocol):
+    """Attached to a stream: never reads a byte (so never credits the host's window back);
+    ``lost`` resolves when the stream ends (the host reset it, or its connection ended)."""
+
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = bytearray(1 << 16)
+
+    def connection_made(self, transport: Any) -> None:
+        transport.pause_reading()
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+async def deaf_streams(addr: str, streams: int, frames: bytes,
+                       timeout: float = 60.0) -> tuple[lane.LaneConn, list[DeafProtocol]]:
+    """One lane connection (a new identity) to ``addr`` and ``streams`` `/ww/0.1.0` streams
+    on it, each sent ``frames`` and never read."""
+    conn = await lane.dial(addr, os.urandom(32), timeout=timeout)
+    protocols = []
+    for _ in range(streams):
+        stream = conn.open(PROTOCOL_ID)
+        async with asyncio.timeout(timeout):
+            await stream.negotiated
+        protocol = DeafProtocol()
+        stream.connect(protocol)
+        stream.write(frames)
+        protocols.append(protocol)
+    return conn, protocols

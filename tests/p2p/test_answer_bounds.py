@@ -1,0 +1,156 @@
+"""What a remote peer's calls make a `ww run` host hold of its cell's *answers*.
+
+A call of 100 bytes may ask for an answer of megabytes (the cell chooses its size).  The
+inbound bounds count what the peer sends; these tests are about what the host writes back
+and the peer does not take: a real `ww run --with-p2p` host whose Python cell exports
+``blob N`` (N bytes back), and a lane peer (tests/p2p/deaf_peer.py) that asks and never
+reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import HANG
+from tests.p2p.conftest import LOOPBACK, ww_call
+from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams, service_call
+from tests.p2p.test_lane import Listener, RecordingDialer
+from tests.p2p.test_lane import run as lane_run
+from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
+from tests.p2p.test_ww_bounds import GUARD
+from ww.p2p import bounds
+from ww.p2p.protocol import Exports
+from ww.schema import load
+
+_cell = load("cell")
+
+
+def test_a_peer_that_asks_for_big_answers_and_never_reads_them_does_not_cost_the_cell_its_session(
+        start_host, cell_file) -> None:
+    """One lane connection, 8 streams, 15 pipelined calls of ~100 bytes each asking for 4 MiB,
+    not a byte read: 480 MiB of answers asked for with 13 KiB.  The old host read every answer
+    from fd 3 and queued it for the peer; past 128 MiB its memory guard hung up the cell's fd 3,
+    the export went with it, and no one was served (measured: 142 MiB, `ww call` answered
+    "serves nothing").  Now the streams holding the most are cut off as the node's unsent
+    answers pass ANSWER_BUDGET, and the cell keeps its session."""
+    host = start_host("b", "--with-p2p", "--listen", LOOPBACK,
+                      cell_file(BLOB_EXPORTER, "blob.py"))
+
+    def hung_up() -> bool:
+        return any(GUARD in line for line in host._stderr)
+
+    async def attack() -> None:
+        conn, protocols = await deaf_streams(host.addr, 8, blob_calls(15, 4 << 20), HANG)
+        try:  # until every stream is cut off by the host, or the host hangs up fd 3
+            await _until(lambda: all(p.lost.done() for p in protocols) or hung_up())
+        finally:
+            conn.close()
+
+    asyncio.run(attack())
+    assert not hung_up(), "".join(host._stderr)
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+class _Blob(_Echo):
+    async def call(self, method: str, args: Any, **kwargs: Any) -> str:
+        if method == "blob":
+            return "x" * int(args[0])
+        return await super().call(method, args, **kwargs)
+
+
+def test_an_answer_larger_than_a_peer_takes_cuts_its_stream_unsent() -> None:
+    """A 100-byte call asking for more than MAX_MESSAGE (1 MiB here): a ww peer would cut
+    its own stream on reading it (its messages are bounded alike), so the host does not
+    write it, nor hold it: the stream is cut off, with the reason.  One under the bound
+    before it is answered.  The old host wrote it."""
+    limit = 1 << 20
+
+    async def main() -> None:
+        host = await _host(service=_Blob(), max_message=limit)
+        try:
+            await host.send(blob_calls(0, 0) + service_call(2, "blob", str(limit // 2)))
+            got = 0
+            for _ in range(16):  # bounded: the bootstrap's, service()'s and the blob's Returns
+                message = await host.recv_message()
+                kind = bounds.classify(message)
+                if kind == (bounds._RETURN, 2):
+                    got = len(message)
+                    break
+            assert got > limit // 2
+            await host.send(service_call(3, "blob", str(limit + 1)))
+            await _until(lambda: host.protocol.violation is not None)
+            await host.cut_off()
+            assert host.protocol.violation.startswith("an answer of "), host.protocol.violation
+            assert f"more than the {limit} a peer takes" in host.protocol.violation
+        finally:
+            host.close()
+
+    _run(main)
+
+
+def test_answers_the_peer_does_not_take_are_cut_off_however_much_more_is_written(
+        start_host, cell_file) -> None:
+    """One stream, 120 calls asking for 256 KiB each (30 MiB, under the node's answer
+    budget), never read.  The old clock gave the answers 10 s plus what had been *written*
+    at 100 KiB/s, so each answer written moved the deadline 2.6 s further out: 310 s for
+    these, longer than this test waits.  Now it runs on what the peer took (its 256 KiB
+    window): the stream is cut within 10 s and 2.6 s, and the cell keeps its session."""
+    host = start_host("b", "--with-p2p", "--listen", LOOPBACK,
+                      cell_file(BLOB_EXPORTER, "blob.py"))
+
+    async def attack() -> None:
+        conn, (protocol,) = await deaf_streams(host.addr, 1, blob_calls(120, 256 << 10), HANG)
+        try:
+            await asyncio.wait_for(protocol.lost, HANG)  # (the old host: not within HANG)
+        finally:
+            conn.close()
+
+    asyncio.run(attack())
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+class _LaneBlob(_cell.Service.Server):  # type: ignore[name-defined,misc]
+    async def call(self, method: str, args: Any, **kwargs: Any) -> str:
+        return "x" * int(args[0]) if method == "blob" else " ".join(args)
+
+
+def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_served() -> None:
+    """One loop serving a real lane listener (its `Exports`, as a host's): a deaf stream
+    asks for 15 answers of 4 MiB; an honest caller on a connection of its own pipelines 8
+    of 1 MiB and reads them.  Once the node's unsent answers pass 32 MiB the deaf stream
+    holds at least 24 of them (the honest one at most its 8), so it is the one cut; every
+    honest answer arrives whole.  (The old host held the deaf stream's answers for 10 s
+    plus 60 MiB at 100 KiB/s.)"""
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(_LaneBlob())
+        listener = Listener(exports.lane_acceptor)
+        dialer = RecordingDialer()
+        try:
+            service = (await dialer.dial(listener.addr)).cast_as(_cell.Service)
+            assert (await service.call("echo", ["hi"])).result == "hi"
+            conn, (deaf,) = await deaf_streams(listener.addr, 1, blob_calls(15, 4 << 20), HANG)
+            try:
+                honest = [service.call("blob", [str(1 << 20)]) for _ in range(8)]
+                for answer in honest:
+                    assert len((await answer).result) == 1 << 20
+                await asyncio.wait_for(deaf.lost, HANG)
+                answers = bounds.loop_budget().answers
+                assert answers.cut == 1
+                assert answers.peak > answers.total
+            finally:
+                conn.close()
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    lane_run(main)
