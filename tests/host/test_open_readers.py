@@ -6,13 +6,19 @@ budget (and open their stream again when read), and a cell has at most 1024 open
 
 from __future__ import annotations
 
+import hashlib
 import queue
+import random
+import socket
 import subprocess
 import threading
+import urllib.parse
 from pathlib import Path
+from typing import BinaryIO
 
 from tests.conftest import HANG, WW
-from tests.host.test_flow_limit import _kib
+from tests.host.test_flow_limit import STAND_IN_CID, _kib
+from tests.kubo_stand_in import KuboStandIn
 
 MIB = 1024 * 1024
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -118,3 +124,67 @@ def test_a_cell_reading_many_files_round_robin_gets_them_all():
     assert r.returncode == 0, r.stderr
     assert '"whole": true' in r.stdout, r.stdout
     assert '"bytes": 134217728' in r.stdout, r.stdout
+
+
+class CatKubo(KuboStandIn):
+    """A kubo stand-in serving one file of random bytes to ``cat`` (with kubo's ``offset``
+    and ``length``), counting the requests."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.cats = 0
+        super().__init__()
+
+    def answer(self, head: bytes, stream: BinaryIO, conn: socket.socket) -> None:
+        target = head.split(b" ")[1].decode()
+        if not target.startswith("/api/v0/cat?"):
+            super().answer(head, stream, conn)
+            return
+        self.cats += 1
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        offset = int(query.get("offset", ["0"])[0])
+        length = int(query.get("length", [str(len(self.data))])[0])
+        body = self.data[offset:offset + length]
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+            conn.sendall(body)
+        except OSError:  # the host closed a dropped reader's stream
+            pass
+
+
+KUBO_ROUND_ROBIN_CELL = """
+import asyncio, hashlib, sys, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        readers = [(await s.ipfs._cap.cat("/ipfs/CID", 0, -1)).reader for _ in range(32)]
+        hashes = [hashlib.sha256() for _ in readers]
+        for _ in range(40):  # 32 readers of 2 MiB, 64 KiB at a time: 32 rounds, and spare
+            got = await asyncio.gather(*[r.read(64 * 1024) for r in readers])
+            if not any(len(g.data) for g in got):
+                break
+            for h, g in zip(hashes, got):
+                h.update(bytes(g.data))
+        print(sorted({h.hexdigest() for h in hashes}), flush=True)
+
+asyncio.run(main())
+""".replace("CID", STAND_IN_CID)
+
+
+def test_kubo_readers_read_round_robin_drop_their_read_ahead_and_read_on_right(make_cell):
+    """With kubo each reader fetches 2 MiB ahead: 32 readers of a 2 MiB file read 64 KiB at
+    a time would hold 64 MiB; past the cell's 16 MiB the readers least recently read drop
+    theirs and ask kubo again from where the cell is (a request with an offset); every
+    reader gets the file whole."""
+    data = random.Random(8).randbytes(2 * MIB)
+    kubo = CatKubo(data)
+    try:
+        r = subprocess.run([WW, "run", "--with-ipfs", "--ipfs", kubo.api,
+                            make_cell(KUBO_ROUND_ROBIN_CELL)],
+                           capture_output=True, text=True, timeout=HANG)
+    finally:
+        kubo.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"['{hashlib.sha256(data).hexdigest()}']\n"
+    assert kubo.cats > 32  # some readers dropped what they held and asked again
