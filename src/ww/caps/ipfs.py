@@ -53,6 +53,7 @@ from ww.ipfs.api import (
     EntryType,
     PeerInfo,
     Stat,
+    WouldWait,
     cancellable,
     local_only,
 )
@@ -374,6 +375,8 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         try:
             with local_only():
                 chunks, self._eof = self._fetch(want)
+        except WouldWait:  # dropped, and opening it again would wait: a worker opens it
+            return False
         except Exception as e:  # the stream's error: raised by the read that reaches it
             self._error = e
             return True
@@ -440,7 +443,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
                     if self._error is not None:
                         raise self._error
                     self._token.check()
-                    if (self._local and self._filling is None and self._chunks is not None
+                    if (self._local and self._filling is None
                             and self._fetch_here(count - self._buffered)):
                         continue
                     await asyncio.shield(self._fill(count))
