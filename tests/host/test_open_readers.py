@@ -34,18 +34,21 @@ async def main():
         sys.stdin.readline()  # the test has the host's memory now
         readers = []
         for _ in range(10):  # 1000 readers, each read once: it holds its block after
-            batch = [s.ipfs._cap.cat(cid, 0, -1) for _ in range(100)]
+            batch = [s.ipfs._cap.cat(cid, AT, 3 * MIB) for _ in range(100)]
             batch = [(await p).reader for p in batch]
             got = await asyncio.gather(*[r.read(1) for r in batch])
-            assert all(bytes(g.data) == data[:1] for g in got)
+            assert all(bytes(g.data) == data[AT:AT + 1] for g in got)
             readers += batch
         print("opened", len(readers), flush=True)
-        # every one still reads on where it was, dropped or not
-        got = await asyncio.gather(*[r.read(MIB) for r in readers[:: 50]])
-        print(sum(bytes(g.data) == data[1:MIB + 1] for g in got), flush=True)
+        # every one still reads on where it was, dropped or not, and ends where it should
+        whole = 0
+        for r in readers[:: 50]:
+            rest = bytes((await r.read(MIB)).data) + bytes((await r.read(4 * MIB)).data)
+            whole += rest == data[AT + 1:AT + 3 * MIB] and not (await r.read(1)).data
+        print(whole, flush=True)
 
 asyncio.run(main())
-""".replace("MIB", str(MIB))
+""".replace("MIB", str(MIB)).replace("AT", "12345")
 
 
 def _run_watched(cell: str, *args: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
