@@ -21,7 +21,8 @@ the cell exits) is abandoned: its importer stops and nothing is pinned.
 
 **Reading.**  ``cat`` hands out a ``Reader`` whose ``read(count)`` returns at most ``count``
 bytes (capped at 4 MiB) pulled from the backend's streaming ``cat``, reads applied in the
-order sent.
+order sent.  A cell has at most :data:`MAX_READERS` readers open, and what they hold between
+its reads is bounded by :data:`READ_BUFFERS` (:class:`_Buffers`).
 
 Attenuation: a server may carry an :class:`~ww.caps.ipfs_scope.IpfsScope` (read-only, and/or
 limited to the DAGs under some roots) and checks every call against it before touching the
