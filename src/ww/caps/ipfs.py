@@ -21,7 +21,8 @@ the cell exits) is abandoned: its importer stops and nothing is pinned.
 
 **Reading.**  ``cat`` hands out a ``Reader`` whose ``read(count)`` returns at most ``count``
 bytes (capped at 4 MiB) pulled from the backend's streaming ``cat``, reads applied in the
-order sent.
+order sent.  A cell has at most :data:`MAX_READERS` readers open, and what they hold between
+its reads is bounded by :data:`READ_BUFFERS` (:class:`_Buffers`).
 
 Attenuation: a server may carry an :class:`~ww.caps.ipfs_scope.IpfsScope` (read-only, and/or
 limited to the DAGs under some roots) and checks every call against it before touching the
@@ -53,6 +54,7 @@ from ww.ipfs.api import (
     EntryType,
     PeerInfo,
     Stat,
+    WouldWait,
     cancellable,
     local_only,
 )
@@ -67,6 +69,14 @@ QUEUE_CHUNKS = 8  # pieces buffered between a writer and its importer thread
 WORKERS = 4  # threads per cell for its IPFS calls (reads, ls, stat, ...)
 MAX_WRITERS = 16  # files one cell may be adding at once (each has an importer thread)
 READ_AHEAD = 2 * 1024 * 1024  # bytes a reader fetches ahead of the cell's reads
+MAX_READERS = 1024
+"""Readers one cell may have open at once: each costs the host about 17 KiB even when it
+holds no bytes, so past this ``cat`` fails (as open(2) does with EMFILE) until the cell drops
+one."""
+READ_BUFFERS = 16 * 1024 * 1024
+"""Bytes one cell's open readers may hold between its reads (what they fetched ahead, and the
+block their stream is at): past it, the readers least recently read drop theirs
+(:class:`_Buffers`)."""
 
 T = TypeVar("T")
 
@@ -123,6 +133,8 @@ class _Cell:
             "the cell's IPFS capability is closed"))
         self.writers = asyncio.Semaphore(MAX_WRITERS)
         self.tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
+        self.buffers = _Buffers(READ_BUFFERS)
+        self.readers = 0  # readers open (or being opened)
         self.closed = False
 
     def token(self) -> CancelToken:
@@ -148,6 +160,54 @@ class _Cell:
         for token in list(self.tokens):
             token.cancel()
         self.workers.close()
+
+
+class _Buffers:
+    """The bytes one cell's readers hold between reads, within ``limit``.
+
+    A reader that was opened, or read, holds what it fetched ahead and the block its stream
+    is at; a cell can open readers by the thousand and never read from them again (each
+    call is small, so fd 3's flow limit lets them all in), and 2,000 readers of one file
+    grew the host past its memory guard within a second.  So each reader reports what it
+    holds (:meth:`charge`) and, past ``limit``, the readers least recently read that are
+    not fetching or answering drop what they hold (:meth:`ReaderServer._drop`): their next
+    read opens the stream again at their position (content under ``/ipfs/`` does not
+    change).  Nothing waits and nothing fails, so this costs an honest cell no deadlock;
+    one reading more files at once than fit costs re-reading the start of a block (from
+    the local repository for the embedded node, a new request for kubo).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.drops = 0  # readers made to drop what they held
+        # id -> (reader, bytes charged), least recently charged first
+        self._readers: collections.OrderedDict[int, tuple[weakref.ref[ReaderServer], int]] = (
+            collections.OrderedDict())
+
+    def charge(self, reader: ReaderServer, size: int) -> None:
+        """``reader`` now holds ``size`` bytes and was just used: others drop theirs while
+        the cell's readers hold more than the limit."""
+        key = id(reader)
+        old = self._readers.pop(key, None)
+        self.held += size - (old[1] if old else 0)
+        if size:
+            self._readers[key] = (weakref.ref(reader), size)
+        if self.held <= self.limit:
+            return
+        for other_key, (ref, _) in list(self._readers.items()):
+            if self.held <= self.limit:
+                break
+            other = ref()
+            if other_key != key and other is not None and other._droppable():
+                other._drop()
+                self.held -= self._readers.pop(other_key)[1]
+                self.drops += 1
+
+    def forget(self, reader: ReaderServer) -> None:
+        old = self._readers.pop(id(reader), None)
+        if old is not None:
+            self.held -= old[1]
 
 
 _END = object()
@@ -244,26 +304,61 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
     loop sends the last ones.  Reads are answered in the order they arrive (a fair lock); a
     cancelled read cancels the reader (its position would be unknown).  Each read takes the
     bytes it asks for from the cell's :class:`~ww.host.answers.AnswerBudget` first, so a
-    cell that does not read fd 3 makes the host wait, not hold ever more answers.
+    cell that does not read fd 3 makes the host wait, not hold ever more answers.  What the
+    reader holds between reads counts in the cell's :class:`_Buffers`: past its limit, an
+    idle reader drops it and opens its stream again (``open_at``) when next read.
     """
 
-    def __init__(self, cell: _Cell, chunks: Iterator[bytes], token: CancelToken,
-                 local: bool = False, answers: AnswerBudget = UNBOUNDED) -> None:
+    def __init__(self, cell: _Cell, open_at: Callable[[int, int | None], Iterator[bytes]],
+                 first: bytes, chunks: Iterator[bytes] | None, token: CancelToken,
+                 start: int = 0, end: int | None = None, local: bool = False,
+                 answers: AnswerBudget = UNBOUNDED) -> None:
+        self._cell = cell  # first: __del__ gives back the cell's count of open readers
         self._answers = answers
-        self._cell = cell
-        self._chunks = chunks
+        self._open_at = open_at  # (offset, length) -> the stream from there
+        self._chunks = chunks  # None: dropped (or at the end); opened again when read
+        self._pos = start + len(first)  # where the stream is in the file
+        self._end = end  # where it ends (None: at the file's end)
+        self._tail = len(first)  # the last piece the stream gave: its frame still holds it
         self._token = token
         self._local = local
         self._ready: collections.deque[memoryview] = collections.deque()
         self._buffered = 0
-        self._eof = False
+        self._eof = chunks is None
         self._error: BaseException | None = None
         self._filling: asyncio.Future[None] | None = None
+        self._busy = False  # a read was let in and is answering
         self._order = asyncio.Lock()
+        if first:
+            self._ready.append(memoryview(first))
+            self._buffered = len(first)
+        self._charge()
+
+    def _charge(self) -> None:
+        self._cell.buffers.charge(self, self._buffered + self._tail)
+
+    def _droppable(self) -> bool:
+        return (self._filling is None and not self._busy and self._error is None
+                and (self._chunks is not None or self._buffered > 0))
+
+    def _drop(self) -> None:
+        """Drop what is held (the cell's :class:`_Buffers` is over its limit): the stream is
+        closed, and opened again at the cell's position by the next read."""
+        self._pos -= self._buffered
+        self._ready.clear()
+        self._buffered = self._tail = 0
+        self._eof = False
+        chunks, self._chunks = self._chunks, None
+        close = getattr(chunks, "close", None)
+        if close is not None:  # here: no thread runs it (no fetch is under way)
+            _close(close)
 
     def _fetch(self, want: int) -> tuple[list[bytes], bool]:
         """The next pieces, ``want`` bytes or more, and whether that is the end: in a worker,
         or on the loop under local_only(), where it stops early at a block it would wait for."""
+        if self._chunks is None:  # dropped: open the stream again where it was
+            length = None if self._end is None else max(0, self._end - self._pos)
+            self._chunks = self._open_at(self._pos, length)
         got: list[bytes] = []
         size = 0
         while size < want:
@@ -281,15 +376,28 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         try:
             with local_only():
                 chunks, self._eof = self._fetch(want)
+        except WouldWait:  # dropped, and opening it again would wait: a worker opens it
+            return False
         except Exception as e:  # the stream's error: raised by the read that reaches it
             self._error = e
             return True
+        got = self._took(chunks)
+        return self._eof or got >= want
+
+    def _took(self, chunks: list[bytes]) -> int:
+        """Keep what the stream gave; its size."""
         got = 0
         for chunk in chunks:
             self._ready.append(memoryview(chunk))
             got += len(chunk)
         self._buffered += got
-        return self._eof or got >= want
+        self._pos += got
+        if self._eof:
+            self._tail = 0
+        elif chunks:
+            self._tail = len(chunks[-1])
+        self._charge()
+        return got
 
     def _fill(self, count: int) -> asyncio.Future[None]:
         """The job fetching ahead, started if none runs."""
@@ -303,9 +411,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         # sees what it fetched.
         try:
             chunks, self._eof = await self._cell.run(self._fetch, want, token=self._token)
-            for chunk in chunks:
-                self._ready.append(memoryview(chunk))
-                self._buffered += len(chunk)
+            self._took(chunks)
         except asyncio.CancelledError:
             self._error = CallCancelled("the read was cancelled")
         except Exception as e:  # the stream's error: raised by the read that reaches it
@@ -332,6 +438,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
         if count == 0:
             return b""
         async with self._order, self._answers.answer(count) as answer:
+            self._busy = True
             try:
                 while self._buffered < count and not self._eof:
                     if self._error is not None:
@@ -344,7 +451,10 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
             except asyncio.CancelledError:
                 self._token.cancel()
                 raise
+            finally:
+                self._busy = False
             data = self._take(count)
+            self._charge()
             answer.size = len(data)
             if (not self._local and not self._eof and self._error is None
                     and self._buffered < READ_AHEAD):
@@ -353,7 +463,9 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
 
     def __del__(self) -> None:
         # Dropped: stop what the backend still does for it, and close its stream.
+        self._cell.readers -= 1
         self._token.cancel()
+        self._cell.buffers.forget(self)
         close = getattr(self._chunks, "close", None)
         if close is not None:
             try:
@@ -465,17 +577,32 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
                   **kwargs: Any) -> None:
         await self._check_path("cat", path)
 
-        def open_() -> Iterator[bytes]:
-            chunks = self._api.cat(path, offset, None if length < 0 else length)
-            # Fail now on a bad path or a non-file, rather than on the first read.
-            first = next(chunks, b"")
-            return _prepend(first, chunks)
+        api = self._api
 
-        token = self._cell.token()  # the reader's: its reads run under it
-        chunks = await self._cell.run(open_, token=token)
-        _context.results.reader = ReaderServer(self._cell, chunks, token,
-                                               local=self._api.local_reads,
-                                               answers=self._caller.answers)
+        def open_() -> tuple[bytes, Iterator[bytes] | None]:
+            chunks = api.cat(path, offset, None if length < 0 else length)
+            # Fail now on a bad path or a non-file, rather than on the first read.
+            first = next(chunks, None)
+            return (b"", None) if first is None else (first, chunks)
+
+        def open_at(at: int, left: int | None) -> Iterator[bytes]:
+            return api.cat(path, at, left)
+
+        cell = self._cell
+        if cell.readers >= MAX_READERS:
+            raise CallError(f"too many open readers: a cell may have {MAX_READERS} open at "
+                            "once (drop one to open another)")
+        cell.readers += 1  # taken now, so that cats in flight cannot pass the bound together
+        token = cell.token()  # the reader's: its reads run under it
+        try:
+            first, chunks = await cell.run(open_, token=token)
+        except BaseException:
+            cell.readers -= 1
+            raise
+        _context.results.reader = ReaderServer(
+            cell, open_at, first, chunks, token, start=offset,
+            end=None if length < 0 else offset + length, local=api.local_reads,
+            answers=self._caller.answers)
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("ls", path)
@@ -552,8 +679,3 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         for i, peer in enumerate(peers):
             _fill_peer(out[i], peer)
 
-
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from rest
