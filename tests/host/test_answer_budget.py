@@ -119,6 +119,39 @@ def test_a_cell_waiting_first_for_the_answer_the_budget_lets_in_last_gets_everyt
     assert len(waited) == 1, r.stderr  # the pushback was there, and reported once
 
 
+WORKERS_CELL = """
+import asyncio, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        workers = [await s.exec.spawn("/bin/cat") for _ in range(17)]
+        # A reader on each worker's output (1 MiB at a time), as a pool starts them: the
+        # first 16 wait for input the cell has not sent yet.
+        waiting = [asyncio.ensure_future(w.stdout.read(1 << 20)) for w in workers[:16]]
+        await workers[16].write(b"first")
+        print(await workers[16].stdout.read(1 << 20), flush=True)
+        for w, read in zip(workers[:16], waiting):
+            await w.write(b"then")
+            await w.close_stdin()
+            assert await read == b"then"
+        await workers[16].close_stdin()
+        print(sum([await w.wait() == 0 for w in workers]), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_reads_of_sub_cells_waiting_for_their_input_hold_no_budget(make_cell):
+    """16 reads of 1 MiB on workers waiting for input the cell sends later took the whole
+    budget while they waited, and the cell's read of the worker it fed first waited behind
+    them for ever: a read of a sub-cell's output takes its share once the output is there."""
+    cell = make_cell(WORKERS_CELL)
+    r = subprocess.run([WW, "run", "--with-exec", "--exec-allow", "/bin/cat", cell],
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "b'first'\n17\n"
+
+
 # --- the budget itself, on a real event loop ----------------------------------------------
 
 def AnswerBudget(limit: int):  # noqa: N802 - imported here: the tests above run without it
