@@ -262,3 +262,44 @@ def test_answers_never_written_are_let_go_once_writes_went_unpaused_for_some_tur
         assert budget.held == 5
 
     asyncio.run(main())
+
+
+def _rpc_message(kind: str, ident: int, payload: int) -> bytes:
+    """A framed rpc.capnp Call (question ``ident``) or Return (answer ``ident``) whose
+    params or results hold ``payload`` bytes of text."""
+    from ww.host.wire import _rpc_schema
+
+    message = _rpc_schema().Message.new_message()
+    if kind == "call":
+        call = message.init("call")
+        call.questionId = ident
+        call.target.importedCap = 0
+        call.params.content.set_as_text("p" * payload)
+    else:
+        returned = message.init("return")
+        returned.answerId = ident
+        returned.results.content.set_as_text("p" * payload)
+    return message.to_bytes()
+
+
+def test_only_answers_larger_than_their_calls_free_the_budget():
+    """The bytes of an echo (a ping's answer, as large as its call: the flow limit's share)
+    written while a read's answer waits behind it stood for that answer: the budget let in
+    as many bytes again each time.  Only a Return larger than its call frees it now."""
+    from ww.host.wire import FlowLimit
+
+    async def main() -> None:
+        budget = AnswerBudget(limit=8 * MIB)
+        flow = FlowLimit(lambda: None, lambda: None, answered=budget.wrote)
+        async with budget.answer(4 * MIB) as a:
+            a.size = 4 * MIB  # a read's answer, queued behind the echo
+        flow.incoming.feed(_rpc_message("call", 1, 2 * MIB))
+        flow.outgoing.feed(_rpc_message("return", 1, 2 * MIB))
+        assert budget.held == 4 * MIB
+        flow.incoming.feed(_rpc_message("call", 2, 0))
+        answer = _rpc_message("return", 2, 4 * MIB)
+        flow.outgoing.feed(answer[:4096])  # a large Return counts once it is known
+        flow.outgoing.feed(answer[4096:])
+        assert budget.held == 0
+
+    asyncio.run(main())
