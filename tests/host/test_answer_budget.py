@@ -303,3 +303,28 @@ def test_only_answers_larger_than_their_calls_free_the_budget():
         assert budget.held == 0
 
     asyncio.run(main())
+
+
+def test_a_sub_cell_read_cancelled_while_it_waits_for_room_loses_no_output():
+    """A read of a sub-cell's output takes the bytes from the pipe before its share: if the
+    cell cancels it while it waits for room, the next read gets them, in order."""
+    from ww.caps.exec import ByteReaderServer
+
+    async def main() -> None:
+        budget = AnswerBudget(limit=10)
+        async with budget.answer(10) as a:
+            a.size = 10  # the budget is full until 10 bytes are written
+        pipe = asyncio.StreamReader()
+        pipe.feed_data(b"abc")
+        reader = ByteReaderServer(pipe, budget)
+        first = asyncio.ensure_future(reader.read(2))
+        await _until(lambda: budget._waiting)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        budget.wrote(10)
+        assert await reader.read(1) == b"a"
+        assert await reader.read(5) == b"b"
+        assert await reader.read(5) == b"c"
+
+    asyncio.run(main())
