@@ -119,6 +119,39 @@ def test_a_cell_waiting_first_for_the_answer_the_budget_lets_in_last_gets_everyt
     assert len(waited) == 1, r.stderr  # the pushback was there, and reported once
 
 
+WORKERS_CELL = """
+import asyncio, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        workers = [await s.exec.spawn("/bin/cat") for _ in range(17)]
+        # A reader on each worker's output (1 MiB at a time), as a pool starts them: the
+        # first 16 wait for input the cell has not sent yet.
+        waiting = [asyncio.ensure_future(w.stdout.read(1 << 20)) for w in workers[:16]]
+        await workers[16].write(b"first")
+        print(await workers[16].stdout.read(1 << 20), flush=True)
+        for w, read in zip(workers[:16], waiting):
+            await w.write(b"then")
+            await w.close_stdin()
+            assert await read == b"then"
+        await workers[16].close_stdin()
+        print(sum([await w.wait() == 0 for w in workers]), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_reads_of_sub_cells_waiting_for_their_input_hold_no_budget(make_cell):
+    """16 reads of 1 MiB on workers waiting for input the cell sends later took the whole
+    budget while they waited, and the cell's read of the worker it fed first waited behind
+    them for ever: a read of a sub-cell's output takes its share once the output is there."""
+    cell = make_cell(WORKERS_CELL)
+    r = subprocess.run([WW, "run", "--with-exec", "--exec-allow", "/bin/cat", cell],
+                       capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "b'first'\n17\n"
+
+
 # --- the budget itself, on a real event loop ----------------------------------------------
 
 def AnswerBudget(limit: int):  # noqa: N802 - imported here: the tests above run without it
@@ -227,5 +260,71 @@ def test_answers_never_written_are_let_go_once_writes_went_unpaused_for_some_tur
         budget.writing_resumed()
         await _until(waiter.done)
         assert budget.held == 5
+
+    asyncio.run(main())
+
+
+def _rpc_message(kind: str, ident: int, payload: int) -> bytes:
+    """A framed rpc.capnp Call (question ``ident``) or Return (answer ``ident``) whose
+    params or results hold ``payload`` bytes of text."""
+    from ww.host.wire import _rpc_schema
+
+    message = _rpc_schema().Message.new_message()
+    if kind == "call":
+        call = message.init("call")
+        call.questionId = ident
+        call.target.importedCap = 0
+        call.params.content.set_as_text("p" * payload)
+    else:
+        returned = message.init("return")
+        returned.answerId = ident
+        returned.results.content.set_as_text("p" * payload)
+    return message.to_bytes()
+
+
+def test_only_answers_larger_than_their_calls_free_the_budget():
+    """The bytes of an echo (a ping's answer, as large as its call: the flow limit's share)
+    written while a read's answer waits behind it stood for that answer: the budget let in
+    as many bytes again each time.  Only a Return larger than its call frees it now."""
+    from ww.host.wire import FlowLimit
+
+    async def main() -> None:
+        budget = AnswerBudget(limit=8 * MIB)
+        flow = FlowLimit(lambda: None, lambda: None, answered=budget.wrote)
+        async with budget.answer(4 * MIB) as a:
+            a.size = 4 * MIB  # a read's answer, queued behind the echo
+        flow.incoming.feed(_rpc_message("call", 1, 2 * MIB))
+        flow.outgoing.feed(_rpc_message("return", 1, 2 * MIB))
+        assert budget.held == 4 * MIB
+        flow.incoming.feed(_rpc_message("call", 2, 0))
+        answer = _rpc_message("return", 2, 4 * MIB)
+        flow.outgoing.feed(answer[:4096])  # a large Return counts once it is known
+        flow.outgoing.feed(answer[4096:])
+        assert budget.held == 0
+
+    asyncio.run(main())
+
+
+def test_a_sub_cell_read_cancelled_while_it_waits_for_room_loses_no_output():
+    """A read of a sub-cell's output takes the bytes from the pipe before its share: if the
+    cell cancels it while it waits for room, the next read gets them, in order."""
+    from ww.caps.exec import ByteReaderServer
+
+    async def main() -> None:
+        budget = AnswerBudget(limit=10)
+        async with budget.answer(10) as a:
+            a.size = 10  # the budget is full until 10 bytes are written
+        pipe = asyncio.StreamReader()
+        pipe.feed_data(b"abc")
+        reader = ByteReaderServer(pipe, budget)
+        first = asyncio.ensure_future(reader.read(2))
+        await _until(lambda: budget._waiting)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        budget.wrote(10)
+        assert await reader.read(1) == b"a"
+        assert await reader.read(5) == b"b"
+        assert await reader.read(5) == b"c"
 
     asyncio.run(main())

@@ -278,21 +278,35 @@ class ProcessServer(_cell.Process.Server):  # type: ignore[name-defined,misc]
 
 class ByteReaderServer(_cell.ByteReader.Server):  # type: ignore[name-defined,misc]
     """Reads of a pipe; a cell may keep several in flight, answered in order, each within
-    the cell's :class:`~ww.host.answers.AnswerBudget`."""
+    the cell's :class:`~ww.host.answers.AnswerBudget`.  A read takes its share once the
+    sub-cell's output is there, not while it waits for it: the sub-cell may be waiting for
+    the cell, and the cell for an answer that needs the share (reads of 16 workers'
+    output, each waiting for its input, held the whole budget, and the cell's read of the
+    17th worker, fed first, waited for ever).  Held meanwhile: what one read of the pipe
+    gave, beside what asyncio buffers of it anyway; a read cancelled then leaves it to the
+    next."""
 
     def __init__(self, stream: asyncio.StreamReader, answers: AnswerBudget = UNBOUNDED) -> None:
         self._stream = stream
         self._answers = answers
         self._lock = asyncio.Lock()  # a StreamReader serves one reader at a time
+        self._kept = b""  # read from the pipe for a read cancelled while it waited for room
 
     async def read(self, count: int, **kwargs: Any) -> bytes:
         if count == 0:
             return b""
         count = min(count, MAX_READ)
-        async with self._lock, self._answers.answer(count) as answer:
-            data = await self._stream.read(count)
-            answer.size = len(data)
-            return data
+        async with self._lock:
+            if self._kept:
+                data, self._kept = self._kept[:count], self._kept[count:]
+            else:
+                data = await self._stream.read(count)
+            try:
+                async with self._answers.answer(len(data)):
+                    return data
+            except asyncio.CancelledError:  # only while it waited: the next read gets them
+                self._kept = data + self._kept
+                raise
 
 
 class ByteWriterServer(_cell.ByteWriter.Server):  # type: ignore[name-defined,misc]

@@ -12,13 +12,17 @@ takes its size from the cell's :class:`AnswerBudget` before producing it (:meth:
 while the answers produced and not yet written to fd 3 are over :data:`ANSWER_LIMIT`, it
 waits (flow control: the cell's other calls go on, and no call fails).  An answer counts
 from the moment its method is let in until as many bytes as it has have been written to fd
-3's transport after it was produced: its own ``Return``, or bytes written ahead of it, which
-then stand for it (the transport writes in order, and what it has taken the cell has read
-but for one message and the transport's high-water mark).  Bytes written while no produced
-answer waits count for nothing.  An answer larger than the limit is let in alone.  An answer
-whose ``Return`` never carries it (the cell cancelled the call after its method returned)
-is let go once writes have gone unpaused for :data:`SETTLE_TURNS` turns of the loop while
-answers wait (:meth:`AnswerBudget._sweep_soon`).
+3's transport after it was produced, in Returns larger than their calls (counted by
+fd 3's flow limit as they leave): its own, or others written ahead of it, which then stand
+for it (the transport writes in order, and what it has taken the cell has read but for one
+message and the transport's high-water mark).  Other bytes never stand for an answer: an
+echo's ``Return`` (a ping's, as large as its call, the flow limit's share) written while
+answers were queued behind it let as many bytes of answers in again each time: eight
+pings of 10 MiB made the host hold 24 to 36 MiB of answers the budget counted as 16.
+Bytes written while no produced answer waits count for nothing.  An answer larger than the
+limit is let in alone.  An answer whose ``Return`` never carries it (the cell cancelled the
+call after its method returned) is let go once writes have gone unpaused for
+:data:`SETTLE_TURNS` turns of the loop while answers wait (:meth:`AnswerBudget._sweep_soon`).
 
 A cell that reads fd 3 frees the budget as it reads; one that waits for an answer reads fd 3
 to get it; an answer waiting for room holds none of it.  So the bound costs no deadlock that
@@ -56,7 +60,7 @@ class Answer:
 
 class AnswerBudget:
     """:data:`ANSWER_LIMIT` (or ``limit``) bytes of one cell's large answers: :meth:`answer`
-    lets a method in, :meth:`wrote` counts the bytes the host writes to fd 3;
+    lets a method in, :meth:`wrote` counts the Returns the host writes to fd 3;
     ``on_wait(bytes held)`` is called the first time an answer has to wait."""
 
     def __init__(self, limit: int = ANSWER_LIMIT,
@@ -92,7 +96,8 @@ class AnswerBudget:
         self._sweep_soon()
 
     def wrote(self, nbytes: int) -> None:
-        """``nbytes`` were written to fd 3: they stand for the oldest answers produced."""
+        """A ``Return`` of ``nbytes``, larger than its call, was written to fd 3: its bytes
+        stand for the oldest answers produced."""
         produced = self._produced
         if not produced:
             return

@@ -139,10 +139,13 @@ class FlowLimit:
     unanswered calls passes ``limit`` and falls back to ``resume_at``."""
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None],
-                 limit: int = FLOW_LIMIT, resume_at: int = RESUME_AT) -> None:
+                 limit: int = FLOW_LIMIT, resume_at: int = RESUME_AT,
+                 answered: Callable[[int], None] | None = None) -> None:
         self._pause, self._resume = pause, resume
         self.limit, self.resume_at = limit, resume_at
+        self._answered = answered
         self.in_flight: dict[int, int] = {}  # question id -> bytes of its call(s)
+        self._asked: dict[int, int] = {}  # question id -> bytes its call(s) really had
         self.total = 0  # bytes of unanswered calls, those never to be answered included
         self.paused = False
         self.incoming = _framer(self._received)
@@ -150,6 +153,7 @@ class FlowLimit:
 
     def _received(self, kind: int, ident: int, size: int) -> None:
         if kind == CALL:
+            self._asked[ident] = self._asked.get(ident, 0) + size
             size = max(size, CALL_FLOOR)
             self.in_flight[ident] = self.in_flight.get(ident, 0) + size
         elif kind != UNSURE:
@@ -163,6 +167,9 @@ class FlowLimit:
         if kind != RETURN:
             return
         self.total -= self.in_flight.pop(ident, 0)
+        asked = self._asked.pop(ident, None)
+        if self._answered is not None and asked is not None and size > asked:
+            self._answered(size)  # an answer larger than its call: see ww.host.answers
         if self.paused and self.total <= self.resume_at:
             self.paused = False
             self._resume()
@@ -173,31 +180,26 @@ class _ExactReasons(OneSend):
     :class:`~ww.core.capnp_stream.OneSend` does, rewritten first if :func:`exact_reason` says
     to.  With a :class:`FlowLimit`, each Return is counted as it leaves: a small message is
     classified whole, here; a large one goes through the limit's outgoing framer as it
-    streams by.  Every byte written is counted for the cell's :class:`AnswerBudget`."""
+    streams by."""
 
-    def __init__(self, transport: asyncio.Transport, flow: FlowLimit | None = None,
-                 answers: AnswerBudget = UNBOUNDED) -> None:
+    def __init__(self, transport: asyncio.Transport, flow: FlowLimit | None = None) -> None:
         super().__init__(transport)
         self._framed = False  # the current large message is fed to the flow limit's framer
         self._flow = flow
-        self._wrote = answers.wrote
 
     def _whole(self, message: bytes, table: int, sizes: Any) -> None:
         self._write(exact_reason(message))
-        self._wrote(len(message))
         if self._flow is not None:
             self._count(message, table, sizes)
 
     def _large_table(self, table: memoryview, body: int) -> None:
         self._write(table)
-        self._wrote(len(table))
         self._framed = self._flow is not None and body > 0  # no segments: not a Return
         if self._framed:
             self._flow.outgoing.feed(table)  # type: ignore[union-attr]
 
     def _large_piece(self, piece: memoryview) -> None:
         self._write(piece)
-        self._wrote(len(piece))
         if self._framed:
             self._flow.outgoing.feed(piece)  # type: ignore[union-attr]
 
@@ -221,11 +223,12 @@ class _Connection(HeldReads):
                  limit: int = FLOW_LIMIT, answers: AnswerBudget = UNBOUNDED) -> None:
         super().__init__()
         self._on_pause = on_pause
-        self.flow = FlowLimit(self._pause, self._gate, limit, limit // 2)
+        # The Returns larger than their calls free the cell's AnswerBudget as they leave.
+        self.flow = FlowLimit(self._pause, self._gate, limit, limit // 2, answers.wrote)
         self.answers = answers
 
     def _wrap(self, transport: Any) -> Any:
-        return _ExactReasons(transport, self.flow, self.answers)
+        return _ExactReasons(transport, self.flow)
 
     def _seen(self, data: memoryview) -> None:
         try:
@@ -258,7 +261,7 @@ async def connect(sock: socket.socket, on_pause: Callable[[int], None] | None = 
     ``message = `` prefix (what ``capnp.AsyncIoStream.create_connection(sock=…)`` gives,
     plus that), which stops reading while the peer's calls in flight are over
     :data:`FLOW_LIMIT`; ``on_pause(bytes in flight)`` is called the first time it does.
-    Every byte it writes is counted for ``answers`` (:mod:`ww.host.answers`)."""
+    Its Returns larger than their calls free ``answers`` (:mod:`ww.host.answers`)."""
     _rpc_schema()  # loaded here, where a failure can be reported, not inside a write
     loop = asyncio.get_running_loop()
     _, connection = await loop.create_connection(
