@@ -14,11 +14,18 @@ from typing import Any
 
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK, ww_call
-from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams, service_call
+from tests.p2p.deaf_peer import (
+    BLOB_EXPORTER,
+    DeafProtocol,
+    blob_calls,
+    deaf_streams,
+    service_call,
+)
 from tests.p2p.test_lane import Listener, RecordingDialer
 from tests.p2p.test_lane import run as lane_run
 from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
 from tests.p2p.test_ww_bounds import GUARD
+from ww.core.addrs import PROTOCOL_ID
 from ww.p2p import bounds
 from ww.p2p.protocol import Exports
 from ww.schema import load
@@ -150,6 +157,47 @@ def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_serve
                 conn.close()
         finally:
             dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    lane_run(main)
+
+
+def test_answers_left_behind_a_half_closed_stream_stay_counted_and_are_cut() -> None:
+    """A deaf stream asks for 7 answers of 4 MiB, then half-closes (FIN) once they are
+    written: pycapnp ends its side, and the lane queues the host's FIN behind the 28 MiB the
+    peer never takes.  The old bounds forgot the stream as it closed while the lane kept its
+    answers until the connection ended: each such stream cost 28 MiB more, uncounted and
+    unclocked (a real host: +129 MiB after 5 of them, its guard hung up the cell's fd 3).
+    Now they stay counted until taken: the next stream's answers pass the node's 32 MiB and
+    the half-closed stream, holding the most, is reset (what it held is dropped)."""
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(_LaneBlob())
+        listener = Listener(exports.lane_acceptor)
+        answers = bounds.loop_budget().answers
+
+        def held() -> int:
+            return sum(p.unsent() for p in answers.streams)
+
+        try:
+            conn, (first,) = await deaf_streams(listener.addr, 1, blob_calls(7, 4 << 20), HANG)
+            try:
+                await _until(lambda: held() >= 7 * (4 << 20) - (1 << 20))
+                (stream,) = [s for s in conn.streams.values() if s.protocol is first]
+                stream.write_eof()
+                await _until(lambda: not answers.streams or all(p._lost for p in answers.streams))
+                assert held() >= 7 * (4 << 20) - (1 << 20)  # the old bounds: 0
+                second = conn.open(PROTOCOL_ID)
+                await asyncio.wait_for(second.negotiated, HANG)
+                second.connect(DeafProtocol())
+                second.write(blob_calls(7, 4 << 20))
+                await asyncio.wait_for(first.lost, HANG)  # the old bounds: never
+                assert answers.cut == 1
+            finally:
+                conn.close()
+        finally:
             exports.close_all()
             listener.close()
 

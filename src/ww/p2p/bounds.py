@@ -449,6 +449,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._out_since = -1.0  # since when answers are unsent (-1: none are)
         self._out_bytes = 0  # bytes written since then
+        self._draining = False  # closed, its answers still unsent: counted, clocked
 
     # the transport's side
     def connection_made(self, transport: Any) -> None:
@@ -460,7 +461,11 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._pump()  # not a byte read while the budget is spent, the first included
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._end()
+        # Closed by us (pycapnp's end after the peer's EOF: a FIN behind the answers) with
+        # answers still unsent: they stay in the lane's buffers until the peer takes them, so
+        # they stay counted and clocked until then (cut: reset, and dropped)
+        unsent = self.violation is None and not self._lost and self._unsent()
+        self._end(draining=bool(unsent))
         if not self._lost:
             self._lost = True
             self.inner.connection_lost(exc)
@@ -514,7 +519,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
 
     def unsent(self) -> int:
         """Bytes written to the remote that it has not taken."""
-        return self._unsent() if not self._lost else 0
+        return self._unsent() if not self._lost or self._draining else 0
 
     # the bounds
     def _pump(self) -> None:
@@ -632,7 +637,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
 
     def _check(self) -> None:
         self._timer = None
-        if self._lost:
+        if self._lost and not self._draining:
             return
         now = self.loop.time()
         state = self.state
@@ -647,6 +652,9 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             unsent = self._unsent()
             if not unsent:
                 self._out_since = -1.0
+                if self._draining:  # all taken: no longer counted
+                    self._draining = False
+                    self.answers.streams.discard(self)
             else:  # due by what the peer took (written, less unsent), not by what was written
                 out_due = self._out_since + state.within(self._out_bytes - unsent)
                 if now >= out_due:
@@ -664,11 +672,19 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             self._lost = True
             self.inner.connection_lost(ConnectionResetError(why))
 
-    def _end(self) -> None:
-        self.answers.streams.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _end(self, draining: bool = False) -> None:
+        self._draining = draining
+        if draining:  # the answers' clock runs on; the rest ends
+            if self._out_since < 0:
+                self._out_since, self._out_bytes = self.loop.time(), self._unsent()
+                self._arm(self._out_since + self.state.within(0))
+            elif self._timer is None:
+                self._arm(self.loop.time())
+        else:
+            self.answers.streams.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         self._stalled_at = -1.0
         self._cur = None
         self.state.close()
