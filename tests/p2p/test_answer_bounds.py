@@ -202,3 +202,45 @@ def test_answers_left_behind_a_half_closed_stream_stay_counted_and_are_cut() -> 
             listener.close()
 
     lane_run(main)
+
+
+def test_many_streams_each_holding_less_than_an_honest_answer_do_not_get_it_cut() -> None:
+    """4 deaf connections x 8 streams, each asking for 2 answers of 768 KiB and taking only
+    their window: about 1.25 MiB unsent each, the node's 32 MiB of answers nearly full.  An
+    honest caller then asks for one answer of 4 MiB: written at once, it made its stream the
+    one holding the most before the peer could take a byte, and the old bounds cut the honest
+    stream (a real host: `ww call` got "remote error", on loopback; the attacker's streams
+    untouched and renewable every 10 s).  Now the stream holding the most bytes written over
+    ANSWER_AGE ago is cut first: the attacker's; the honest answer arrives whole."""
+
+    async def main() -> None:
+        exports = Exports()
+        exports.set(_LaneBlob())
+        listener = Listener(exports.lane_acceptor)
+        dialer = RecordingDialer()
+        answers = bounds.loop_budget().answers
+        loop = asyncio.get_running_loop()
+
+        def old_and_full() -> bool:  # every answer asked for written, none of it recent
+            return (sum(p.unsent() for p in answers.streams) >= 28 << 20
+                    and not any(p.recent(loop.time()) for p in answers.streams))
+
+        try:
+            service = (await dialer.dial(listener.addr)).cast_as(_cell.Service)
+            assert (await service.call("echo", ["hi"])).result == "hi"
+            made = [await deaf_streams(listener.addr, 8, blob_calls(2, 768 << 10), HANG)
+                    for _ in range(4)]
+            try:
+                await _until(old_and_full)
+                cut = answers.cut
+                assert len((await service.call("blob", [str(4 << 20)])).result) == 4 << 20
+                assert answers.cut > cut  # one of theirs instead
+            finally:
+                for conn, _ in made:
+                    conn.close()
+        finally:
+            dialer.close_all()
+            exports.close_all()
+            listener.close()
+
+    lane_run(main)
