@@ -330,10 +330,11 @@ class Answers:
     """The bytes the host has written to a node's remote streams and their peers have not
     taken (the transports' ``get_write_buffer_size``), every stream together: at most
     ``total``.  A write past it cuts off the stream holding the most *old* unsent bytes
-    (written over :data:`ANSWER_AGE` ago, about), or when none holds any, the most unsent
-    bytes, until the rest fit.  (Not the most unsent alone: a fast honest peer's one big
-    answer, just written, was the most before it could take a byte, while a peer holding a
-    little less on each of many streams kept its own.)
+    (written over :data:`ANSWER_AGE` ago, about, and recent ones past :data:`MAX_MESSAGE`),
+    or when none holds any, the most unsent bytes, until the rest fit.  (Not the most
+    unsent alone: a fast honest peer's one big answer, just written, was the most before it
+    could take a byte, while a peer holding a little less on each of many streams kept its
+    own.)
 
     Why a cut and not a wait: what waits unsent is the answers of calls the cell has taken
     already (and of their size, which the cell chooses); no longer reading a stream's calls
@@ -370,8 +371,12 @@ class Answers:
             self.upper = used
             return
         now = asyncio.get_running_loop().time()
-        # (old bytes, unsent): an answer written a moment ago has not had the time to move
-        rank = {p: (max(0, n - p.recent(now)), n) for p, n in held.items()}
+        # (old bytes, unsent): an answer written a moment ago has not had the time to move;
+        # recent bytes past one answer's worth (MAX_MESSAGE) count as old (a burst of them)
+        rank = {}
+        for p, n in held.items():
+            recent = min(n, p.recent(now))
+            rank[p] = (n - recent + max(0, recent - MAX_MESSAGE), n)
         while used > self.total and held:
             victim = max(rank, key=rank.__getitem__)
             del rank[victim]
