@@ -10,15 +10,23 @@ reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK, ww_call
-from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams, service_call
+from tests.p2p.deaf_peer import (
+    BLOB_EXPORTER,
+    DeafProtocol,
+    blob_calls,
+    deaf_streams,
+    service_call,
+)
 from tests.p2p.test_lane import Listener, RecordingDialer
 from tests.p2p.test_lane import run as lane_run
 from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
 from tests.p2p.test_ww_bounds import GUARD
+from ww.core.addrs import PROTOCOL_ID
 from ww.p2p import bounds
 from ww.p2p.protocol import Exports
 from ww.schema import load
@@ -121,6 +129,24 @@ class _LaneBlob(_cell.Service.Server):  # type: ignore[name-defined,misc]
         return "x" * int(args[0]) if method == "blob" else " ".join(args)
 
 
+@contextlib.asynccontextmanager
+async def _blob_node() -> Any:
+    """A node serving ``_LaneBlob`` on a real lane listener (its `Exports`, as a host's),
+    and an honest caller's ``Service`` on a connection of its own: (listener, service)."""
+    exports = Exports()
+    exports.set(_LaneBlob())
+    listener = Listener(exports.lane_acceptor)
+    dialer = RecordingDialer()
+    try:
+        service = (await dialer.dial(listener.addr)).cast_as(_cell.Service)
+        assert (await service.call("echo", ["hi"])).result == "hi"
+        yield listener, service
+    finally:
+        dialer.close_all()
+        exports.close_all()
+        listener.close()
+
+
 def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_served() -> None:
     """One loop serving a real lane listener (its `Exports`, as a host's): a deaf stream
     asks for 15 answers of 4 MiB; an honest caller on a connection of its own pipelines 8
@@ -130,13 +156,7 @@ def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_serve
     plus 60 MiB at 100 KiB/s.)"""
 
     async def main() -> None:
-        exports = Exports()
-        exports.set(_LaneBlob())
-        listener = Listener(exports.lane_acceptor)
-        dialer = RecordingDialer()
-        try:
-            service = (await dialer.dial(listener.addr)).cast_as(_cell.Service)
-            assert (await service.call("echo", ["hi"])).result == "hi"
+        async with _blob_node() as (listener, service):
             conn, (deaf,) = await deaf_streams(listener.addr, 1, blob_calls(15, 4 << 20), HANG)
             try:
                 honest = [service.call("blob", [str(1 << 20)]) for _ in range(8)]
@@ -148,9 +168,73 @@ def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_serve
                 assert answers.peak > answers.total
             finally:
                 conn.close()
-        finally:
-            dialer.close_all()
-            exports.close_all()
-            listener.close()
+
+    lane_run(main)
+
+
+def test_answers_left_behind_a_half_closed_stream_stay_counted_and_are_cut() -> None:
+    """A deaf stream asks for 7 answers of 4 MiB, then half-closes (FIN) once they are
+    written: pycapnp ends its side, and the lane queues the host's FIN behind the 28 MiB the
+    peer never takes.  The old bounds forgot the stream as it closed while the lane kept its
+    answers until the connection ended: each such stream cost 28 MiB more, uncounted and
+    unclocked (a real host: +129 MiB after 5 of them, its guard hung up the cell's fd 3).
+    Now they stay counted until taken: the next stream's answers pass the node's 32 MiB and
+    the half-closed stream, holding the most, is reset (what it held is dropped)."""
+
+    async def main() -> None:
+        answers = bounds.loop_budget().answers
+
+        def held() -> int:
+            return sum(p.unsent() for p in answers.streams)
+
+        async with _blob_node() as (listener, _service):
+            conn, (first,) = await deaf_streams(listener.addr, 1, blob_calls(7, 4 << 20), HANG)
+            try:
+                await _until(lambda: held() >= 7 * (4 << 20) - (1 << 20))
+                (stream,) = [s for s in conn.streams.values() if s.protocol is first]
+                (host_side,) = [p for p in answers.streams if p.unsent() >= 1 << 20]
+                stream.write_eof()
+                await _until(lambda: host_side._lost)
+                assert host_side.unsent() >= 7 * (4 << 20) - (1 << 20)  # the old bounds: 0
+                second = conn.open(PROTOCOL_ID)
+                await asyncio.wait_for(second.negotiated, HANG)
+                second.connect(DeafProtocol())
+                second.write(blob_calls(7, 4 << 20))
+                await asyncio.wait_for(first.lost, HANG)  # the old bounds: never
+                assert answers.cut == 1
+            finally:
+                conn.close()
+
+    lane_run(main)
+
+
+def test_many_streams_each_holding_less_than_an_honest_answer_do_not_get_it_cut() -> None:
+    """4 deaf connections x 8 streams, each asking for 2 answers of 768 KiB and taking only
+    their window: about 1.25 MiB unsent each, the node's 32 MiB of answers nearly full.  An
+    honest caller then asks for one answer of 4 MiB: written at once, it made its stream the
+    one holding the most before the peer could take a byte, and the old bounds cut the honest
+    stream (a real host: `ww call` got "remote error", on loopback; the attacker's streams
+    untouched and renewable every 10 s).  Now the stream holding the most bytes written over
+    ANSWER_AGE ago is cut first: the attacker's; the honest answer arrives whole."""
+
+    async def main() -> None:
+        answers = bounds.loop_budget().answers
+        loop = asyncio.get_running_loop()
+
+        def old_and_full() -> bool:  # every answer asked for written, none of it recent
+            return (sum(p.unsent() for p in answers.streams) >= 28 << 20
+                    and not any(p.recent(loop.time()) for p in answers.streams))
+
+        async with _blob_node() as (listener, service):
+            made = [await deaf_streams(listener.addr, 8, blob_calls(2, 768 << 10), HANG)
+                    for _ in range(4)]
+            try:
+                await _until(old_and_full)
+                cut = answers.cut
+                assert len((await service.call("blob", [str(4 << 20)])).result) == 4 << 20
+                assert answers.cut > cut  # one of theirs instead
+            finally:
+                for conn, _ in made:
+                    conn.close()
 
     lane_run(main)

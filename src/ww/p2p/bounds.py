@@ -21,7 +21,8 @@ Cap'n Proto messages itself (:mod:`ww.core.capnp_frames`) and bounds it:
   instead of writing it;
 - what the host has written to the node's streams and their peers have not taken is at most
   :data:`ANSWER_BUDGET` bytes, every stream of a node together (:class:`Answers`): a write
-  past it cuts off the stream holding the most unsent (the writer's own, most often).
+  past it cuts off the stream holding the most unsent written over :data:`ANSWER_AGE` ago
+  (the most unsent when none holds such bytes: the writer's own, most often).
 
 This module is the part without I/O, shared by the two places a stream meets pycapnp:
 :mod:`ww.p2p.splice` (py-libp2p's streams, on trio, copied to a socketpair) and
@@ -53,6 +54,9 @@ CHUNK = 256 * 1024  # bytes read from a stream at once
 # bytes written to the node's remote streams (answers, mostly) their peers have not taken, all
 # streams together; past it the stream holding the most is cut off
 ANSWER_BUDGET = 32 << 20
+# seconds after which an answer's unsent bytes are "old": past ANSWER_BUDGET the stream holding
+# the most old bytes is cut first, and only when none holds any, the one holding the most
+ANSWER_AGE = 1.0
 _PEEK = 4096  # bytes of the host's message enough to see whether it is a Return, and to whom
 
 # rpc.capnp's Message union: the members whose bytes stay counted until answered.
@@ -325,8 +329,12 @@ class Outbound:
 class Answers:
     """The bytes the host has written to a node's remote streams and their peers have not
     taken (the transports' ``get_write_buffer_size``), every stream together: at most
-    ``total``.  A write past it cuts off the stream holding the most unsent bytes, until
-    the rest fit.
+    ``total``.  A write past it cuts off the stream holding the most *old* unsent bytes
+    (written over :data:`ANSWER_AGE` ago, about, and recent ones past :data:`MAX_MESSAGE`),
+    or when none holds any, the most unsent bytes, until the rest fit.  (Not the most
+    unsent alone: a fast honest peer's one big answer, just written, was the most before it
+    could take a byte, while a peer holding a little less on each of many streams kept its
+    own.)
 
     Why a cut and not a wait: what waits unsent is the answers of calls the cell has taken
     already (and of their size, which the cell chooses); no longer reading a stream's calls
@@ -359,8 +367,19 @@ class Answers:
         held = {p: p.unsent() for p in self.streams}
         used = sum(held.values())
         self.peak = max(self.peak, used)
+        if used <= self.total:
+            self.upper = used
+            return
+        now = asyncio.get_running_loop().time()
+        # (old bytes, unsent): an answer written a moment ago has not had the time to move;
+        # recent bytes past one answer's worth (MAX_MESSAGE) count as old (a burst of them)
+        rank = {}
+        for p, n in held.items():
+            recent = min(n, p.recent(now))
+            rank[p] = (n - recent + max(0, recent - MAX_MESSAGE), n)
         while used > self.total and held:
-            victim = max(held, key=held.__getitem__)
+            victim = max(rank, key=rank.__getitem__)
+            del rank[victim]
             size = held.pop(victim)
             used -= size
             self.cut += 1
@@ -449,6 +468,9 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._out_since = -1.0  # since when answers are unsent (-1: none are)
         self._out_bytes = 0  # bytes written since then
+        self._draining = False  # closed, its answers still unsent: counted, clocked
+        self._w_at = -_INF  # bytes written in the ANSWER_AGE from _w_at, and the one before
+        self._w_cur = self._w_prev = 0
 
     # the transport's side
     def connection_made(self, transport: Any) -> None:
@@ -460,7 +482,11 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._pump()  # not a byte read while the budget is spent, the first included
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._end()
+        # Closed by us (pycapnp's end after the peer's EOF: a FIN behind the answers) with
+        # answers still unsent: they stay in the lane's buffers until the peer takes them, so
+        # they stay counted and clocked until then (cut: reset, and dropped)
+        unsent = self.violation is None and not self._lost and self._unsent()
+        self._end(draining=bool(unsent))
         if not self._lost:
             self._lost = True
             self.inner.connection_lost(exc)
@@ -510,11 +536,24 @@ class BoundedProtocol(asyncio.BufferedProtocol):
                 self._arm(self._out_since + self.state.within(0))
         else:
             self._out_bytes += len(data)
+        now = self.loop.time()
+        if now - self._w_at >= ANSWER_AGE:  # a new window of ANSWER_AGE
+            self._w_prev = self._w_cur if now - self._w_at < 2 * ANSWER_AGE else 0
+            self._w_cur, self._w_at = 0, now
+        self._w_cur += len(data)
         self.answers.wrote(len(data))
+
+    def recent(self, now: float) -> int:
+        """About the bytes written within the last :data:`ANSWER_AGE` to :data:`ANSWER_AGE`
+        x 2 seconds."""
+        age = now - self._w_at
+        if age >= 2 * ANSWER_AGE:
+            return 0
+        return self._w_cur + (self._w_prev if age < ANSWER_AGE else 0)
 
     def unsent(self) -> int:
         """Bytes written to the remote that it has not taken."""
-        return self._unsent() if not self._lost else 0
+        return self._unsent() if not self._lost or self._draining else 0
 
     # the bounds
     def _pump(self) -> None:
@@ -632,7 +671,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
 
     def _check(self) -> None:
         self._timer = None
-        if self._lost:
+        if self._lost and not self._draining:
             return
         now = self.loop.time()
         state = self.state
@@ -647,6 +686,9 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             unsent = self._unsent()
             if not unsent:
                 self._out_since = -1.0
+                if self._draining:  # all taken: no longer counted
+                    self._draining = False
+                    self.answers.streams.discard(self)
             else:  # due by what the peer took (written, less unsent), not by what was written
                 out_due = self._out_since + state.within(self._out_bytes - unsent)
                 if now >= out_due:
@@ -664,11 +706,19 @@ class BoundedProtocol(asyncio.BufferedProtocol):
             self._lost = True
             self.inner.connection_lost(ConnectionResetError(why))
 
-    def _end(self) -> None:
-        self.answers.streams.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _end(self, draining: bool = False) -> None:
+        self._draining = draining
+        if draining:  # the answers' clock runs on; the rest ends
+            if self._out_since < 0:
+                self._out_since, self._out_bytes = self.loop.time(), self._unsent()
+                self._arm(self._out_since + self.state.within(0))
+            elif self._timer is None:
+                self._arm(self.loop.time())
+        else:
+            self.answers.streams.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         self._stalled_at = -1.0
         self._cur = None
         self.state.close()

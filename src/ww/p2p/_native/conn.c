@@ -1216,12 +1216,13 @@ uint32_t ww_stream_open(conn_t *c) {
 int ww_stream_write(conn_t *c, uint32_t id, const uint8_t *data, size_t n, int flags) {
     if (c->failed) return -1;
     stream_t *s = find(c, id);
-    if (!s || s->local_fin || s->fin_pending) return -2;
-    if (flags & F_RST) {
+    if (!s) return -2;
+    if (flags & F_RST) { /* a FIN waiting behind unsent bytes too: they are dropped */
         int rc = yamux_send(c, Y_WINDOW, F_RST, id, 0, NULL, 0);
         drop_stream(c, s);
         return rc;
     }
+    if (s->local_fin || s->fin_pending) return -2;
     if (buf_put(&s->pending, data, n)) return fail(c, "stream buffer limit");
     if (drain(c, s)) return -1;
     if (flags & F_FIN) {

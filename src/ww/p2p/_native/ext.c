@@ -266,7 +266,15 @@ static PyObject *Stream_write_eof(StreamObject *self, PyObject *unused) {
 
 /* FIN or RST after what is queued; the stream is gone for its protocol. */
 static PyObject *stream_end(StreamObject *self, int flag) {
-    if (self->closed) Py_RETURN_NONE;
+    if (self->closed) {
+        /* closed with a FIN still behind unsent bytes (the peer gives no window): a reset
+         * drops them, and the stream */
+        if (flag == F_RST && self->conn && self->conn->c &&
+            (self->out.len || ww_stream_unsent(self->conn->c, self->sid)) &&
+            queue(self, NULL, 0, F_RST))
+            return NULL;
+        Py_RETURN_NONE;
+    }
     if (queue(self, NULL, 0, flag)) return NULL;
     stream_lost(self);
     Py_RETURN_NONE;
