@@ -28,6 +28,10 @@ from ww.core.foreign import chained_reason, expected_reason, kj_reason
     # KJ's stack trace goes
     ("remote exception: no export\nstack: 0x1 0x2", "no export"),
     ("", "no reason given"),
+    # pycapnp's transport lost the connection: its error, or None when the stream just ended
+    # (a stream the remote host cut off: "message = None" reached `ww call` before)
+    ("message = [Errno 104] Connection reset by peer", "[Errno 104] Connection reset by peer"),
+    ("message = None", "the connection ended before the answer came"),
 ])
 def test_a_kj_exception_is_one_line_without_prefixes(description, reason):
     e = capnp.KjException(description)

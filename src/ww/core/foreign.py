@@ -32,6 +32,7 @@ MAX_REASON = 500
 _REMOTE = "remote exception: "
 _PYCAPNP = "message = "
 _LOCAL = re.compile(r"^\S+:\d+: [a-z ]+: ")
+_LOST = "the connection ended before the answer came"
 
 
 def is_kj_exception(e: BaseException) -> bool:
@@ -54,6 +55,12 @@ def kj_reason(e: BaseException) -> str:
         text = _LOCAL.sub("", text, count=1)
         if _REMOTE in text:
             text = text.split(_REMOTE, 1)[1].removeprefix(_PYCAPNP)
+        elif text.startswith(_PYCAPNP):
+            # pycapnp's own transport lost the connection: it writes ``str(exc)``, "None"
+            # when the stream just ended (the remote host cut it off, or went away)
+            text = text.removeprefix(_PYCAPNP)
+            if text == "None":
+                return _LOST
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return "no reason given"
