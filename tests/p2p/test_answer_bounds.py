@@ -14,7 +14,13 @@ from typing import Any
 
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK, ww_call
-from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams, service_call
+from tests.p2p.deaf_peer import (
+    BLOB_EXPORTER,
+    blob_calls,
+    deaf_py_streams,
+    deaf_streams,
+    service_call,
+)
 from tests.p2p.test_lane import Listener, RecordingDialer
 from tests.p2p.test_lane import run as lane_run
 from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
@@ -49,6 +55,30 @@ def test_a_peer_that_asks_for_big_answers_and_never_reads_them_does_not_cost_the
 
     asyncio.run(attack())
     assert not hung_up(), "".join(host._stderr)
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+def test_a_py_libp2p_peer_that_asks_for_big_answers_and_never_reads_them_is_cut(
+        start_host, cell_file, peer) -> None:
+    """The same attack through py-libp2p (a peer without the lane: its streams reach the
+    host's splice, trio copying to a socketpair into pycapnp): 8 streams, 15 calls of 4 MiB
+    each, not a byte read.  The old host let KJ queue the answers behind the socketpair while
+    the splice waited on the peer's window, and its memory guard hung up the cell's fd 3.
+    Now the splice's answers count in the node's answer budget with the lane's, the streams
+    holding the most are cut, and the cell keeps its session."""
+    host = start_host("b", "--with-p2p", "--listen", LOOPBACK,
+                      cell_file(BLOB_EXPORTER, "blob.py"))
+
+    def hung_up() -> bool:
+        return any(GUARD in line for line in host._stderr)
+
+    cut = peer.submit(deaf_py_streams, peer, host.addr, 8, blob_calls(15, 4 << 20), hung_up,
+                      HANG).result(HANG + 10)
+    assert not hung_up(), "".join(host._stderr)
+    assert cut == 8
     r = ww_call(host.addr, "echo", "still", "here")
     assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
     status, stderr = host.stop()
