@@ -10,6 +10,7 @@ reads.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from tests.conftest import HANG
@@ -23,7 +24,7 @@ from tests.p2p.deaf_peer import (
 )
 from tests.p2p.test_lane import Listener, RecordingDialer
 from tests.p2p.test_lane import run as lane_run
-from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
+from tests.p2p.test_lane_bounds import Host, _Echo, _Gateway, _host, _run, _until
 from tests.p2p.test_ww_bounds import GUARD
 from ww.p2p import bounds
 from ww.p2p.protocol import Exports
@@ -184,3 +185,74 @@ def test_the_stream_holding_the_most_unsent_is_cut_and_an_honest_caller_is_serve
             listener.close()
 
     lane_run(main)
+
+
+async def _spliced(answers: bounds.Answers, service: _Echo, **limits: Any) -> Host:
+    """A pycapnp server on one end of a socketpair as the host serves a splice's socket
+    (:func:`bounds.spliced_capnp`), its answers counted in ``answers``; the peer's end (the
+    splice's, here the test's) is ``peer``."""
+    import capnp
+
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    protocol, stream = await bounds.spliced_capnp(ours, answers, **limits)
+    server = capnp.TwoPartyServer(stream, bootstrap=_Gateway(service))
+    return Host(service, protocol, server, peer, bounds.AsyncBudget())
+
+
+def test_the_splice_and_the_lane_share_one_answer_budget() -> None:
+    """On one loop, a lane stream (``bounded_capnp``, on a socket standing for one) whose
+    peer leaves 6 answers of 4 MiB untaken (24 MiB, under the budget alone), then a spliced
+    socket whose peer leaves 3 (12 MiB, under it alone): together they pass the node's
+    32 MiB, and the stream holding the most, the lane's, is cut.  Before, a spliced
+    socket's answers were counted nowhere (KJ queued them behind pycapnp, paused at
+    64 KiB), so neither was."""
+    size = 4 << 20
+
+    async def main() -> None:
+        budget = bounds.AsyncBudget()
+        lane_host = await _host(budget=budget, service=_Blob(), grace=HANG)
+        # a lane stream never asks pycapnp to pause (its queue is what Answers bounds): the
+        # socket standing for it here does not either
+        lane_host.protocol.transport.set_write_buffer_limits(high=1 << 30)
+        splice_host = await _spliced(budget.answers, _Blob())
+        try:
+            await lane_host.send(blob_calls(6, size))
+            await _until(lambda: lane_host.protocol.unsent() >= 5 * size)
+            await splice_host.send(blob_calls(3, size))
+            await _until(lambda: lane_host.protocol.violation is not None)
+            assert "had not taken" in lane_host.protocol.violation
+            assert splice_host.protocol.violation is None
+            assert budget.answers.cut == 1
+        finally:
+            lane_host.close()
+            splice_host.close()
+
+    _run(main)
+
+
+def test_an_answer_larger_than_a_peer_takes_cuts_a_spliced_stream_unsent() -> None:
+    """The splice's socket as the lane's stream: an answer over MAX_MESSAGE (1 MiB here) is
+    refused at its segment table, the stream cut, not a byte of it written."""
+    limit = 1 << 20
+
+    async def main() -> None:
+        host = await _spliced(bounds.Answers(), _Blob(), max_message=limit)
+        try:
+            await host.send(blob_calls(0, 0) + service_call(2, "blob", str(limit + 1)))
+            await _until(lambda: host.protocol.violation is not None)
+            assert host.protocol.violation.startswith("an answer of "), host.protocol.violation
+            got = 0
+            for _ in range(16):  # bounded: the bootstrap's and service()'s Returns, then the end
+                try:
+                    piece = await host.loop.sock_recv(host.peer, 1 << 16)
+                except ConnectionResetError:
+                    break
+                if not piece:
+                    break
+                got += len(piece)
+            assert got < limit
+        finally:
+            host.close()
+
+    _run(main)

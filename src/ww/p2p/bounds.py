@@ -781,17 +781,19 @@ def _drop(data: Any) -> None:
     pass
 
 
-async def spliced_capnp(sock: Any, answers: Answers | None = None, **limits: Any) -> Any:
-    """A ``capnp.AsyncIoStream`` on ``sock``, the host's end of a socketpair spliced to a
-    py-libp2p stream, with its answers bounded (:class:`SplicedAnswers`; ``answers``: the
-    running loop's when None)."""
+async def spliced_capnp(
+    sock: Any, answers: Answers | None = None, **limits: Any
+) -> tuple[SplicedAnswers, Any]:
+    """(protocol, stream): a ``capnp.AsyncIoStream`` on ``sock``, the host's end of a
+    socketpair spliced to a py-libp2p stream, with its answers bounded (``protocol``, a
+    :class:`SplicedAnswers`; ``answers``: the running loop's when None)."""
     import capnp
 
     protocol = SplicedAnswers(answers, **limits)
     await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
     stream = capnp.AsyncIoStream()
     stream._post_init(protocol.inner)
-    return stream
+    return protocol, stream
 
 
 def bounded_capnp(budget: AsyncBudget | None = None, **limits: Any) -> tuple[Any, Any]:

@@ -115,7 +115,11 @@ class Exports:
     async def _serve(self, sock: socket.socket, peer: str = "") -> None:
         """Serve one remote connection spliced to ``sock`` (from py-libp2p), its answers
         counted in the loop's answer budget with the lane's (:func:`bounds.spliced_capnp`)."""
-        await self._serve_rpc(peer, lambda: bounds.spliced_capnp(sock), sock.close)
+
+        async def connect() -> Any:
+            return (await bounds.spliced_capnp(sock))[1]
+
+        await self._serve_rpc(peer, connect, sock.close)
 
     async def _serve_rpc(
         self, peer: str, connect: Callable[[], Awaitable[Any]], close: Callable[[], Any]
