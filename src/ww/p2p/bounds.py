@@ -29,7 +29,10 @@ This module is the part without I/O, shared by the two places a stream meets pyc
 pycapnp on the loop that runs it, with no socketpair).  :class:`Inbound` holds one stream's
 unpassed bytes, its held calls and its clock; :class:`Outbound` finds the host's Returns at
 the start of its messages; :class:`Count` is the budget's arithmetic (the waiting is each
-side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).
+side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).  The host's answers wait
+on the asyncio side on both paths, so they are bounded there, in one :class:`Answers` a loop:
+a lane stream's by :class:`BoundedProtocol`, a spliced socket's by :class:`SplicedAnswers`
+(:func:`spliced_capnp`).
 """
 
 from __future__ import annotations
