@@ -1,7 +1,7 @@
 """What a remote peer that asks for big answers and never reads them makes host B hold.
 
     .venv/bin/python benchmarks/answer_flood.py [--conns 1] [--streams 8] [--calls 64]
-        [--size 4194304] [--watch 25] [--compare ../main/src]
+        [--size 4194304] [--watch 25] [--py] [--compare ../main/src]
 
 Host B is `ww run --with-p2p` with a Python cell exporting a ``Service`` whose ``blob N``
 answers N bytes.  This process is the attacker (tests/p2p/deaf_peer.py): ``--conns`` lane
@@ -11,7 +11,10 @@ each), and not a byte of any answer read.  For ``--watch`` seconds host B's resi
 is sampled every 50 ms (the `ww run` process; its cell apart).  Printed: the peak growth over
 its resident memory before the attack, when the attacker's streams were cut off, whether
 host B's memory guard hung up its cell's fd 3 (its stderr line), and whether an honest
-`ww call` is still answered afterwards.  ``--compare SRC``: the same against the ww of SRC.
+`ww call` is still answered afterwards.  ``--py``: the attacker is a py-libp2p peer instead
+(one bare :class:`ww.p2p.host.Node`, ``--streams`` streams, ``--conns`` ignored), which host B
+serves through its splice rather than the lane.  ``--compare SRC``: the same against the ww
+of SRC.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2p import stop_b  # noqa: E402
 
-from tests.p2p.deaf_peer import BLOB_EXPORTER, blob_calls, deaf_streams  # noqa: E402
+from tests.p2p.deaf_peer import (  # noqa: E402
+    BLOB_EXPORTER,
+    blob_calls,
+    deaf_py_streams,
+    deaf_streams,
+)
 
 WW = str(Path(sys.executable).with_name("ww"))
 GUARD = "held more than"
@@ -60,6 +68,39 @@ async def attack(pid: int, addr: str, args: argparse.Namespace) -> dict[str, obj
             "cut_after_s": [round(t, 1) for t in sorted(cut_at)[:1] + sorted(cut_at)[-1:]]}
 
 
+def attack_py(pid: int, addr: str, args: argparse.Namespace,
+              directory: str) -> dict[str, object]:
+    """The same from a py-libp2p peer (host B's splice path)."""
+    import threading
+
+    from ww.core.identity import load_or_create
+    from ww.p2p.host import Node
+
+    node = Node(load_or_create(Path(directory) / "peer"), listen=[], serve_ww=False,
+                announce=False, warn=lambda message: None)
+    node.start()
+    base = rss(pid)
+    started = time.monotonic()
+    done = threading.Event()
+    watched = lambda: done.is_set() or time.monotonic() - started > args.watch  # noqa: E731
+    try:
+        future = node.submit(deaf_py_streams, node, addr, args.streams,
+                             blob_calls(args.calls, args.size), watched, args.watch + 30)
+        peak, cut_after = 0, None
+        while time.monotonic() - started < args.watch:
+            peak = max(peak, rss(pid) - base)
+            if cut_after is None and future.done():
+                cut_after = round(time.monotonic() - started, 1)
+            time.sleep(0.05)
+        done.set()
+        cut = future.result(60)
+    finally:
+        node.stop()
+    return {"peak_growth_mib": round(peak / (1 << 20), 1),
+            "streams_cut": f"{cut}/{args.streams}",
+            "all_cut_after_s": cut_after if cut == args.streams else None}
+
+
 def run(src: str | None, args: argparse.Namespace, directory: str) -> dict[str, object]:
     home = os.path.join(directory, "home-b" + ("-compare" if src else ""))
     os.makedirs(home, exist_ok=True)
@@ -81,7 +122,8 @@ def run(src: str | None, args: argparse.Namespace, directory: str) -> dict[str, 
         addr = b.stdout.readline().strip()
         if not addr:
             raise SystemExit("host B did not start")
-        out = asyncio.run(attack(b.pid, addr, args))
+        out = (attack_py(b.pid, addr, args, directory) if args.py
+               else asyncio.run(attack(b.pid, addr, args)))
         honest = subprocess.run([WW, "call", "--timeout", "60", addr, "echo", "still", "here"],
                                 capture_output=True, text=True, timeout=120, env=env)
         errors.seek(0)
@@ -100,6 +142,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=64)
     p.add_argument("--size", type=int, default=4 << 20)
     p.add_argument("--watch", type=float, default=25.0)
+    p.add_argument("--py", action="store_true", help="the attacker is a py-libp2p peer")
     p.add_argument("--compare", metavar="SRC", help="also against the ww of this src directory")
     args = p.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"

@@ -155,6 +155,20 @@ def start_host(home) -> Iterator:
 
 
 @pytest.fixture
+def peer(tmp_path: Path):
+    """A bare libp2p node of our own (py-libp2p, no lane): ``peer.open(addr)`` gives a raw
+    `/ww/0.1.0` socket, through the host's splice."""
+    from ww.core.identity import load_or_create
+    from ww.p2p.host import Node
+
+    node = Node(load_or_create(tmp_path / "peer"), listen=[], serve_ww=False, announce=False,
+                warn=lambda message: None)
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
 def exporter(start_host, cell_file):
     """Host B: `ww run --with-p2p` with the EXPORTER cell; its address is `.addr`."""
 

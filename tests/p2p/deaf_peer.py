@@ -116,3 +116,40 @@ async def deaf_streams(addr: str, streams: int, frames: bytes,
         stream.write(frames)
         protocols.append(protocol)
     return conn, protocols
+
+
+async def deaf_py_streams(node: Any, addr: str, streams: int, frames: bytes,
+                          give_up: Any, timeout: float = 60.0) -> int:
+    """On ``node``'s libp2p thread (``node.submit``; a bare :class:`ww.p2p.host.Node`): the
+    same through py-libp2p, so the host serves them through its splice, not the lane.
+    ``streams`` `/ww/0.1.0` streams to ``addr``, each sent ``frames`` and never read (no
+    splice on this side: its Yamux window is never credited back).  Returns how many the
+    host had reset when all were, or when ``give_up()`` (looked at every 50 ms; bounded by
+    ``timeout``); then resets what is left."""
+    import trio
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
+
+    info = info_from_p2p_addr(Multiaddr(addr))
+    opened = []
+    with trio.fail_after(timeout):
+        await node.dial(info)
+        for _ in range(streams):
+            stream = await node.host.new_stream(info.peer_id, [PROTOCOL_ID])
+            opened.append(stream)
+            await stream.write(frames)
+    try:
+        with trio.move_on_after(timeout):
+            while not give_up() and not all(_reset(s) for s in opened):
+                await trio.sleep(0.05)
+        return sum(1 for s in opened if _reset(s))
+    finally:
+        for stream in opened:
+            with trio.move_on_after(1):
+                await stream.reset()
+
+
+def _reset(stream: Any) -> bool:
+    """The host reset (or closed) py-libp2p's ``stream`` (a NetStream over a Yamux stream)."""
+    muxed = stream.muxed_stream
+    return bool(muxed.reset_received or muxed.closed)

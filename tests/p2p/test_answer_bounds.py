@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 from tests.conftest import HANG
@@ -19,12 +20,13 @@ from tests.p2p.deaf_peer import (
     BLOB_EXPORTER,
     DeafProtocol,
     blob_calls,
+    deaf_py_streams,
     deaf_streams,
     service_call,
 )
 from tests.p2p.test_lane import Listener, RecordingDialer
 from tests.p2p.test_lane import run as lane_run
-from tests.p2p.test_lane_bounds import _Echo, _host, _run, _until
+from tests.p2p.test_lane_bounds import Host, _Echo, _Gateway, _host, _run, _until
 from tests.p2p.test_ww_bounds import GUARD
 from ww.core.addrs import PROTOCOL_ID
 from ww.p2p import bounds
@@ -57,6 +59,30 @@ def test_a_peer_that_asks_for_big_answers_and_never_reads_them_does_not_cost_the
 
     asyncio.run(attack())
     assert not hung_up(), "".join(host._stderr)
+    r = ww_call(host.addr, "echo", "still", "here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+    status, stderr = host.stop()
+    assert GUARD not in stderr, stderr
+
+
+def test_a_py_libp2p_peer_that_asks_for_big_answers_and_never_reads_them_is_cut(
+        start_host, cell_file, peer) -> None:
+    """The same attack through py-libp2p (a peer without the lane: its streams reach the
+    host's splice, trio copying to a socketpair into pycapnp): 8 streams, 15 calls of 4 MiB
+    each, not a byte read.  The old host let KJ queue the answers behind the socketpair while
+    the splice waited on the peer's window, and its memory guard hung up the cell's fd 3.
+    Now the splice's answers count in the node's answer budget with the lane's, the streams
+    holding the most are cut, and the cell keeps its session."""
+    host = start_host("b", "--with-p2p", "--listen", LOOPBACK,
+                      cell_file(BLOB_EXPORTER, "blob.py"))
+
+    def hung_up() -> bool:
+        return any(GUARD in line for line in host._stderr)
+
+    cut = peer.submit(deaf_py_streams, peer, host.addr, 8, blob_calls(15, 4 << 20), hung_up,
+                      HANG).result(HANG + 10)
+    assert not hung_up(), "".join(host._stderr)
+    assert cut == 8
     r = ww_call(host.addr, "echo", "still", "here")
     assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
     status, stderr = host.stop()
@@ -223,7 +249,7 @@ def test_many_streams_each_holding_less_than_an_honest_answer_do_not_get_it_cut(
 
         def old_and_full() -> bool:  # every answer asked for written, none of it recent
             return (sum(p.unsent() for p in answers.streams) >= 28 << 20
-                    and not any(p.recent(loop.time()) for p in answers.streams))
+                    and not any(p.age.recent(loop.time()) for p in answers.streams))
 
         async with _blob_node() as (listener, service):
             made = [await deaf_streams(listener.addr, 8, blob_calls(2, 768 << 10), HANG)
@@ -238,3 +264,74 @@ def test_many_streams_each_holding_less_than_an_honest_answer_do_not_get_it_cut(
                     conn.close()
 
     lane_run(main)
+
+
+async def _spliced(answers: bounds.Answers, service: _Echo, **limits: Any) -> Host:
+    """A pycapnp server on one end of a socketpair as the host serves a splice's socket
+    (:func:`bounds.spliced_capnp`), its answers counted in ``answers``; the peer's end (the
+    splice's, here the test's) is ``peer``."""
+    import capnp
+
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    protocol, stream = await bounds.spliced_capnp(ours, answers, **limits)
+    server = capnp.TwoPartyServer(stream, bootstrap=_Gateway(service))
+    return Host(service, protocol, server, peer, bounds.AsyncBudget())
+
+
+def test_the_splice_and_the_lane_share_one_answer_budget() -> None:
+    """On one loop, a lane stream (``bounded_capnp``, on a socket standing for one) whose
+    peer leaves 6 answers of 4 MiB untaken (24 MiB, under the budget alone), then a spliced
+    socket whose peer leaves 3 (12 MiB, under it alone): together they pass the node's
+    32 MiB, and the stream holding the most, the lane's, is cut.  Before, a spliced
+    socket's answers were counted nowhere (KJ queued them behind pycapnp, paused at
+    64 KiB), so neither was."""
+    size = 4 << 20
+
+    async def main() -> None:
+        budget = bounds.AsyncBudget()
+        lane_host = await _host(budget=budget, service=_Blob(), grace=HANG)
+        # a lane stream never asks pycapnp to pause (its queue is what Answers bounds): the
+        # socket standing for it here does not either
+        lane_host.protocol.transport.set_write_buffer_limits(high=1 << 30)
+        splice_host = await _spliced(budget.answers, _Blob())
+        try:
+            await lane_host.send(blob_calls(6, size))
+            await _until(lambda: lane_host.protocol.unsent() >= 5 * size)
+            await splice_host.send(blob_calls(3, size))
+            await _until(lambda: lane_host.protocol.violation is not None)
+            assert "had not taken" in lane_host.protocol.violation
+            assert splice_host.protocol.violation is None
+            assert budget.answers.cut == 1
+        finally:
+            lane_host.close()
+            splice_host.close()
+
+    _run(main)
+
+
+def test_an_answer_larger_than_a_peer_takes_cuts_a_spliced_stream_unsent() -> None:
+    """The splice's socket as the lane's stream: an answer over MAX_MESSAGE (1 MiB here) is
+    refused at its segment table, the stream cut, not a byte of it written."""
+    limit = 1 << 20
+
+    async def main() -> None:
+        host = await _spliced(bounds.Answers(), _Blob(), max_message=limit)
+        try:
+            await host.send(blob_calls(0, 0) + service_call(2, "blob", str(limit + 1)))
+            await _until(lambda: host.protocol.violation is not None)
+            assert host.protocol.violation.startswith("an answer of "), host.protocol.violation
+            got = 0
+            for _ in range(16):  # bounded: the bootstrap's and service()'s Returns, then the end
+                try:
+                    piece = await host.loop.sock_recv(host.peer, 1 << 16)
+                except ConnectionResetError:
+                    break
+                if not piece:
+                    break
+                got += len(piece)
+            assert got < limit
+        finally:
+            host.close()
+
+    _run(main)

@@ -41,19 +41,6 @@ def a_return(answer: int) -> bytes:
     return m.to_bytes()
 
 
-@pytest.fixture
-def peer(tmp_path: Path):
-    """A bare libp2p node of our own: ``peer.open(addr)`` gives a raw `/ww/0.1.0` socket."""
-    from ww.core.identity import load_or_create
-    from ww.p2p.host import Node
-
-    node = Node(load_or_create(tmp_path / "peer"), listen=[], serve_ww=False, announce=False,
-                warn=lambda message: None)
-    node.start()
-    yield node
-    node.stop()
-
-
 def test_frames_are_classified_as_pycapnp_writes_them() -> None:
     assert splice.classify(bootstrap(7)) == (splice._BOOTSTRAP, 7)
     assert splice.classify(gateway_service(9)) == (splice._CALL, 9)

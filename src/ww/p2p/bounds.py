@@ -30,7 +30,10 @@ This module is the part without I/O, shared by the two places a stream meets pyc
 pycapnp on the loop that runs it, with no socketpair).  :class:`Inbound` holds one stream's
 unpassed bytes, its held calls and its clock; :class:`Outbound` finds the host's Returns at
 the start of its messages; :class:`Count` is the budget's arithmetic (the waiting is each
-side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).
+side's: trio's ``splice.Budget``, asyncio's :class:`AsyncBudget`).  The host's answers wait
+on the asyncio side on both paths, so they are bounded there, in one :class:`Answers` a loop:
+a lane stream's by :class:`BoundedProtocol`, a spliced socket's by :class:`SplicedAnswers`
+(:func:`spliced_capnp`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import weakref
 from typing import Any
 
 from ww.core import capnp_frames
-from ww.core.capnp_stream import TransportProxy
+from ww.core.capnp_stream import HeldReads, OneSend, TransportProxy
 
 MAX_MESSAGE = 8 << 20  # bytes in one Cap'n Proto message from a remote peer; more: reset
 MAX_SEGMENTS = capnp_frames.MAX_SEGMENTS  # segments in one message (Cap'n Proto's own limit)
@@ -326,6 +329,31 @@ class Outbound:
         return released
 
 
+class WriteAge:
+    """The bytes a stream wrote lately, for :class:`Answers`' choice of the stream to cut:
+    counted in windows of :data:`ANSWER_AGE`, the current one and the one before."""
+
+    __slots__ = ("_at", "_cur", "_prev")
+
+    def __init__(self) -> None:
+        self._at = -_INF  # bytes written in the ANSWER_AGE from _at, and the one before
+        self._cur = self._prev = 0
+
+    def wrote(self, n: int, now: float) -> None:
+        if now - self._at >= ANSWER_AGE:  # a new window of ANSWER_AGE
+            self._prev = self._cur if now - self._at < 2 * ANSWER_AGE else 0
+            self._cur, self._at = 0, now
+        self._cur += n
+
+    def recent(self, now: float) -> int:
+        """About the bytes written within the last :data:`ANSWER_AGE` to :data:`ANSWER_AGE`
+        x 2 seconds."""
+        age = now - self._at
+        if age >= 2 * ANSWER_AGE:
+            return 0
+        return self._cur + (self._prev if age < ANSWER_AGE else 0)
+
+
 class Answers:
     """The bytes the host has written to a node's remote streams and their peers have not
     taken (the transports' ``get_write_buffer_size``), every stream together: at most
@@ -354,7 +382,9 @@ class Answers:
     def __init__(self, total: int = ANSWER_BUDGET) -> None:
         self.total = total
         self.upper = 0  # at least what the streams hold unsent
-        self.streams: set[BoundedProtocol] = set()
+        # the streams: lane ones (BoundedProtocol) and spliced ones (SplicedAnswers) alike,
+        # each with ``unsent()``, ``age`` (a WriteAge) and ``_violate(why)``
+        self.streams: set[Any] = set()
         self.peak = 0  # the most found held at once (when asked)
         self.cut = 0  # streams cut off for it
 
@@ -375,7 +405,7 @@ class Answers:
         # recent bytes past one answer's worth (MAX_MESSAGE) count as old (a burst of them)
         rank = {}
         for p, n in held.items():
-            recent = min(n, p.recent(now))
+            recent = min(n, p.age.recent(now))
             rank[p] = (n - recent + max(0, recent - MAX_MESSAGE), n)
         while used > self.total and held:
             victim = max(rank, key=rank.__getitem__)
@@ -469,8 +499,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._out_since = -1.0  # since when answers are unsent (-1: none are)
         self._out_bytes = 0  # bytes written since then
         self._draining = False  # closed, its answers still unsent: counted, clocked
-        self._w_at = -_INF  # bytes written in the ANSWER_AGE from _w_at, and the one before
-        self._w_cur = self._w_prev = 0
+        self.age = WriteAge()  # what it wrote lately
 
     # the transport's side
     def connection_made(self, transport: Any) -> None:
@@ -536,20 +565,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
                 self._arm(self._out_since + self.state.within(0))
         else:
             self._out_bytes += len(data)
-        now = self.loop.time()
-        if now - self._w_at >= ANSWER_AGE:  # a new window of ANSWER_AGE
-            self._w_prev = self._w_cur if now - self._w_at < 2 * ANSWER_AGE else 0
-            self._w_cur, self._w_at = 0, now
-        self._w_cur += len(data)
+        self.age.wrote(len(data), self.loop.time())
         self.answers.wrote(len(data))
-
-    def recent(self, now: float) -> int:
-        """About the bytes written within the last :data:`ANSWER_AGE` to :data:`ANSWER_AGE`
-        x 2 seconds."""
-        age = now - self._w_at
-        if age >= 2 * ANSWER_AGE:
-            return 0
-        return self._w_cur + (self._w_prev if age < ANSWER_AGE else 0)
 
     def unsent(self) -> int:
         """Bytes written to the remote that it has not taken."""
@@ -741,6 +758,110 @@ class _ToRemote(TransportProxy):
 
     def resume_reading(self) -> None:
         self._bounded.want(True)
+
+
+class SplicedAnswers(HeldReads):
+    """pycapnp on the host's end of a socketpair spliced to a py-libp2p stream
+    (:mod:`ww.p2p.splice`): the answers' bounds of the lane's streams, for the splice's.
+
+    The splice (trio) bounds what the remote sends, and passes the host's answers on only as
+    the remote takes them (its Yamux window); what waits meanwhile is on this side.  Here
+    pycapnp is never paused for it (asyncio's pause at 64 KiB would only move the answers
+    into KJ's queue, where they are counted nowhere, while KJ goes on reading them from fd
+    3): they wait in the socket transport's buffer, counted in the node's :class:`Answers`
+    (the running loop's, the one the lane's streams count in: one budget for both paths).  A
+    write past it cuts off the stream holding the most unsent; an answer over
+    ``max_message`` cuts its stream unsent.  A cut aborts the socket: the splice sees its end
+    and resets the stream (at the latest when its write's clock runs out)."""
+
+    def __init__(self, answers: Answers | None = None, max_message: int = MAX_MESSAGE) -> None:
+        super().__init__()
+        self.answers = answers if answers is not None else loop_budget().answers
+        self.max_message = max_message
+        self.violation: str | None = None  # why the stream was cut off, once it is
+        self._lost = False
+        self._send: Any = None
+        self.age = WriteAge()  # what it wrote lately
+
+    def _wrap(self, transport: Any) -> Any:
+        self._send = _SplicedSend(transport, self)
+        self.answers.streams.add(self)
+        return self._send
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.answers.streams.discard(self)
+        if not self._lost:
+            self._lost = True
+            super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        pass  # not pycapnp: what waits unsent is bounded by the node's Answers instead
+
+    def resume_writing(self) -> None:
+        pass
+
+    def unsent(self) -> int:
+        """Bytes written to the splice that it has not taken (the transport's buffer)."""
+        return self._transport.get_write_buffer_size() if not self._lost else 0
+
+    def _violate(self, why: str) -> None:
+        if self._lost:
+            return
+        self.violation = why
+        self.answers.streams.discard(self)
+        self._send.cut()
+        self._transport.abort()
+        self._lost = True
+        self._held.clear()
+        self.inner.connection_lost(ConnectionResetError(why))
+
+
+class _SplicedSend(OneSend):
+    """pycapnp's writes to a spliced socket, one message a write (:class:`OneSend`), counted
+    in the node's :class:`Answers`; an answer larger than a peer takes is not written."""
+
+    def __init__(self, transport: Any, owner: SplicedAnswers) -> None:
+        super().__init__(transport)
+        self._owner = owner
+        self._wrote = owner.answers.wrote
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: Any) -> None:
+        if self._owner._lost:
+            return
+        super().write(data)
+        self._owner.age.wrote(len(data), self._loop.time())
+        self._wrote(len(data))
+
+    def cut(self) -> None:
+        self._write = _drop  # the rest of a message under way goes nowhere
+
+    def _large_table(self, table: memoryview, body: int) -> None:
+        size = len(table) + body
+        if size > self._owner.max_message:  # refused at its table: not a byte of it sent
+            self._owner._violate(
+                f"an answer of {size} bytes, more than the {self._owner.max_message} a peer takes"
+            )
+        self._write(table)
+
+
+def _drop(data: Any) -> None:
+    pass
+
+
+async def spliced_capnp(
+    sock: Any, answers: Answers | None = None, **limits: Any
+) -> tuple[SplicedAnswers, Any]:
+    """(protocol, stream): a ``capnp.AsyncIoStream`` on ``sock``, the host's end of a
+    socketpair spliced to a py-libp2p stream, with its answers bounded (``protocol``, a
+    :class:`SplicedAnswers`; ``answers``: the running loop's when None)."""
+    import capnp
+
+    protocol = SplicedAnswers(answers, **limits)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
+    stream = capnp.AsyncIoStream()
+    stream._post_init(protocol.inner)
+    return protocol, stream
 
 
 def bounded_capnp(budget: AsyncBudget | None = None, **limits: Any) -> tuple[Any, Any]:

@@ -24,7 +24,7 @@ import capnp
 from ww.core import bridge
 from ww.core.addrs import P2PError, peer_of
 from ww.core.foreign import kj_reason
-from ww.p2p import lane
+from ww.p2p import bounds, lane
 from ww.schema import load
 
 if TYPE_CHECKING:
@@ -113,10 +113,13 @@ class Exports:
         task.add_done_callback(self._lane_tasks.discard)
 
     async def _serve(self, sock: socket.socket, peer: str = "") -> None:
-        """Serve one remote connection spliced to ``sock`` (from py-libp2p)."""
-        await self._serve_rpc(
-            peer, lambda: capnp.AsyncIoStream.create_connection(sock=sock), sock.close
-        )
+        """Serve one remote connection spliced to ``sock`` (from py-libp2p), its answers
+        counted in the loop's answer budget with the lane's (:func:`bounds.spliced_capnp`)."""
+
+        async def connect() -> Any:
+            return (await bounds.spliced_capnp(sock))[1]
+
+        await self._serve_rpc(peer, connect, sock.close)
 
     async def _serve_rpc(
         self, peer: str, connect: Callable[[], Awaitable[Any]], close: Callable[[], Any]

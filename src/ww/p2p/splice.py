@@ -23,7 +23,10 @@ so a peer cannot fill the budget with partial messages and hold it); a stream ha
 pipelines calls and never reads the answers, or sends huge or endless messages, makes the
 host hold at most the budget, not its memory.  The bounds themselves (framing, the calls
 held, the counting, the clocks) are :mod:`ww.p2p.bounds`, shared with the asyncio streams
-of the native lane.
+of the native lane.  The host's answers that the remote has not taken wait on the other side
+of the socketpair, in its socket transport's buffer: they are bounded there, with the lane's,
+by :class:`ww.p2p.bounds.SplicedAnswers` (the node's answer budget; the stream holding the
+most is cut, its socket aborted, and the splice then resets the stream).
 """
 
 from __future__ import annotations
