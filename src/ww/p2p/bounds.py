@@ -770,7 +770,7 @@ class SplicedAnswers(HeldReads):
     into KJ's queue, where they are counted nowhere, while KJ goes on reading them from fd
     3): they wait in the socket transport's buffer, counted in the node's :class:`Answers`
     (the running loop's, the one the lane's streams count in: one budget for both paths).  A
-    write past it cuts off the stream holding the most unsent; an answer over
+    write past it cuts off a stream as :class:`Answers` chooses; an answer over
     ``max_message`` cuts its stream unsent.  A cut aborts the socket: the splice sees its end
     and resets the stream (at the latest when its write's clock runs out)."""
 
