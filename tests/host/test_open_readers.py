@@ -84,9 +84,12 @@ def test_readers_opened_by_the_thousand_and_left_idle_do_not_grow_the_host(make_
     finally:
         proc.kill()
         proc.wait()
-    # 16 MiB of read buffers, ~17 KiB per reader, the answers in flight, allocator slack;
-    # without the bound the host grew past its 128 MiB guard.
-    assert grown * 1024 < 80 * MIB, f"the host grew by {grown} KiB"
+    # 16 MiB of read buffers, ~17 KiB per reader (another 17 MiB), the answers in flight and
+    # the allocator's slack: 40-90 MiB measured (82 MiB in a CI run on a busy machine); the
+    # bound that matters is the memory guard's, 128 MiB, past which the old host grew (to
+    # 159 MiB) and hung up fd 3.  Checked against the peak, which the guard's 50 ms poll may
+    # miss.
+    assert grown * 1024 < 112 * MIB, f"the host grew by {grown} KiB"
 
 
 TOO_MANY_CELL = """
