@@ -579,14 +579,14 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
         api = self._api
 
+        def open_at(at: int, left: int | None) -> Iterator[bytes]:
+            return api.cat(path, at, left)
+
         def open_() -> tuple[bytes, Iterator[bytes] | None]:
-            chunks = api.cat(path, offset, None if length < 0 else length)
+            chunks = open_at(offset, None if length < 0 else length)
             # Fail now on a bad path or a non-file, rather than on the first read.
             first = next(chunks, None)
             return (b"", None) if first is None else (first, chunks)
-
-        def open_at(at: int, left: int | None) -> Iterator[bytes]:
-            return api.cat(path, at, left)
 
         cell = self._cell
         if cell.readers >= MAX_READERS:
