@@ -1,7 +1,7 @@
 """What a remote peer that asks for big answers and never reads them makes host B hold.
 
     .venv/bin/python benchmarks/answer_flood.py [--conns 1] [--streams 8] [--calls 64]
-        [--size 4194304] [--watch 25] [--py] [--compare ../main/src]
+        [--size 4194304] [--watch 25] [--py] [--ipfs] [--compare ../main/src]
 
 Host B is `ww run --with-p2p` with a Python cell exporting a ``Service`` whose ``blob N``
 answers N bytes.  This process is the attacker (tests/p2p/deaf_peer.py): ``--conns`` lane
@@ -13,7 +13,10 @@ its resident memory before the attack, when the attacker's streams were cut off,
 host B's memory guard hung up its cell's fd 3 (its stderr line), and whether an honest
 `ww call` is still answered afterwards.  ``--py``: the attacker is a py-libp2p peer instead
 (one bare :class:`ww.p2p.host.Node`, ``--streams`` streams, ``--conns`` ignored), which host B
-serves through its splice rather than the lane.  ``--compare SRC``: the same against the ww
+serves through its splice rather than the lane.  ``--ipfs``: the cell adds an 8 MiB file and
+exports its IPFS capability itself (the host's own object, so remote calls on it never cross
+fd 3), and each of the attacker's ``--calls`` is a pipelined ``cat`` + ``read(--size)`` pair
+on it (``--size`` at most 4 MiB).  ``--compare SRC``: the same against the ww
 of SRC.
 """
 
@@ -35,9 +38,11 @@ from p2p import stop_b  # noqa: E402
 
 from tests.p2p.deaf_peer import (  # noqa: E402
     BLOB_EXPORTER,
+    IPFS_EXPORTER,
     blob_calls,
     deaf_py_streams,
     deaf_streams,
+    ipfs_read_calls,
 )
 
 WW = str(Path(sys.executable).with_name("ww"))
@@ -48,9 +53,14 @@ def rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def calls(args: argparse.Namespace) -> bytes:
+    return (ipfs_read_calls(args.cid, args.calls, args.size) if args.ipfs
+            else blob_calls(args.calls, args.size))
+
+
 async def attack(pid: int, addr: str, args: argparse.Namespace) -> dict[str, object]:
     base = rss(pid)
-    frames = blob_calls(args.calls, args.size)
+    frames = calls(args)
     started = time.monotonic()
     made = [await deaf_streams(addr, args.streams, frames) for _ in range(args.conns)]
     lost = [p.lost for _, protocols in made for p in protocols]
@@ -85,7 +95,7 @@ def attack_py(pid: int, addr: str, args: argparse.Namespace,
     watched = lambda: done.is_set() or time.monotonic() - started > args.watch  # noqa: E731
     try:
         future = node.submit(deaf_py_streams, node, addr, args.streams,
-                             blob_calls(args.calls, args.size), watched, args.watch + 30)
+                             calls(args), watched, args.watch + 30)
         peak, cut_after = 0, None
         while time.monotonic() - started < args.watch:
             peak = max(peak, rss(pid) - base)
@@ -111,15 +121,20 @@ def run(src: str | None, args: argparse.Namespace, directory: str) -> dict[str, 
         flags = ["--env", f"PYTHONPATH={src}"]
     cell = os.path.join(directory, "blob.py")
     with open(cell, "w") as f:
-        f.write("#!/usr/bin/env python3\n" + BLOB_EXPORTER.lstrip())
+        f.write("#!/usr/bin/env python3\n"
+                + (IPFS_EXPORTER if args.ipfs else BLOB_EXPORTER).lstrip())
     os.chmod(cell, 0o755)
     errors = open(os.path.join(directory, "b.err"), "w+")
+    if args.ipfs:
+        flags.append("--with-ipfs")
     b = subprocess.Popen([WW, "run", "--with-p2p", "--listen", "/ip4/127.0.0.1/tcp/0", *flags,
                           cell], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=errors, text=True, env=env)
     try:
         assert b.stdout is not None
         addr = b.stdout.readline().strip()
+        if args.ipfs:
+            args.cid = b.stdout.readline().split()[0]
         if not addr:
             raise SystemExit("host B did not start")
         out = (attack_py(b.pid, addr, args, directory) if args.py
@@ -143,6 +158,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=4 << 20)
     p.add_argument("--watch", type=float, default=25.0)
     p.add_argument("--py", action="store_true", help="the attacker is a py-libp2p peer")
+    p.add_argument("--ipfs", action="store_true",
+                   help="the cell exports its IPFS capability; the calls are cat + read pairs")
     p.add_argument("--compare", metavar="SRC", help="also against the ww of this src directory")
     args = p.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"

@@ -22,6 +22,7 @@ from ww.p2p import lane
 from ww.schema import load
 
 _cell = load("cell")
+_ipfs = load("ipfs")
 _site = os.path.dirname(os.path.dirname(capnp.__file__))
 rpc = capnp.load(os.path.join(os.path.dirname(capnp.__file__), "rpc.capnp"), imports=[_site])
 
@@ -34,6 +35,22 @@ BLOB_METHOD = """
 BLOB_EXPORTER = EXPORTER.replace('        if method == "upper":',
                                  BLOB_METHOD.lstrip("\n") + '        if method == "upper":')
 assert BLOB_EXPORTER != EXPORTER
+
+
+# An exporter cell that adds IPFS_FILE_SIZE random bytes and exports its IPFS capability itself
+# (the host's own object: remote calls on it never cross fd 3); it prints its address, then
+# the file's CID and SHA-256, and waits for its stdin to end.
+IPFS_FILE_SIZE = 8 << 20
+IPFS_EXPORTER = EXPORTER.replace(
+    "        await s.p2p.export(Echo())",
+    f"        data = os.urandom({IPFS_FILE_SIZE})\n"
+    "        cid = await s.ipfs.add(data)\n"
+    "        await s.p2p.export(s.ipfs._cap)").replace(
+    "        print(addrs[0], flush=True)",
+    "        print(addrs[0], flush=True)\n"
+    "        import hashlib\n"
+    "        print(cid, hashlib.sha256(data).hexdigest(), flush=True)")
+assert IPFS_EXPORTER != EXPORTER
 
 
 def bootstrap(question: int = 0) -> bytes:
@@ -53,18 +70,28 @@ def gateway_service(question: int = 1, boot: int = 0) -> bytes:
     return m.to_bytes()
 
 
-def service_call(question: int, method: str, arg: str, service: int = 1) -> bytes:
-    """``Service.call(method, [arg])`` on the export (pipelined on the ``service()`` call)."""
+def pipelined_call(question: int, interface: Any, method: str, on: int, /,
+                   **params: Any) -> tuple[Any, Any]:
+    """A call of ``interface.method`` on the capability in the first pointer field of
+    question ``on``'s answer (pipelined), with ``params`` set; (its params, for the caller
+    to set more, and the message)."""
     m = rpc.Message.new_message()
     c = m.init("call")
     c.questionId = question
-    c.interfaceId = _cell.Service.schema.node.id
-    c.methodId = 0
+    c.interfaceId = interface.schema.node.id
+    c.methodId = interface.schema.method_names.index(method)
     target = c.target.init("promisedAnswer")
-    target.questionId = service
+    target.questionId = on
     target.init("transform", 1)[0].getPointerField = 0
-    params = c.params.content.as_struct(_cell.Service.schema.methods["call"].param_type)
-    params.method = method
+    content = c.params.content.as_struct(interface.schema.methods[method].param_type)
+    for name, value in params.items():
+        setattr(content, name, value)
+    return content, m
+
+
+def service_call(question: int, method: str, arg: str, service: int = 1) -> bytes:
+    """``Service.call(method, [arg])`` on the export (pipelined on the ``service()`` call)."""
+    params, m = pipelined_call(question, _cell.Service, "call", service, method=method)
     params.init("args", 1)[0] = arg
     return m.to_bytes()
 
@@ -74,6 +101,19 @@ def blob_calls(calls: int, size: int) -> bytes:
     call, each answered with ``size`` bytes."""
     return b"".join([bootstrap(), gateway_service()]
                     + [service_call(q, "blob", str(size)) for q in range(2, 2 + calls)])
+
+
+def ipfs_read_calls(cid: str, pairs: int, size: int) -> bytes:
+    """The bootstrap, ``service()`` (the exported IPFS capability) and ``pairs`` pipelined
+    ``cat(cid)`` + ``read(size)`` on the reader it returns: about 150 bytes a pair, each
+    answered with ``size`` bytes (at most 4 MiB, a read's limit)."""
+    frames = [bootstrap(), gateway_service()]
+    for n in range(pairs):
+        cat, read = 2 + 2 * n, 3 + 2 * n
+        frames.append(pipelined_call(cat, _ipfs.IPFS, "cat", 1, path=f"/ipfs/{cid}",
+                                     length=-1)[1].to_bytes())
+        frames.append(pipelined_call(read, _ipfs.Reader, "read", cat, count=size)[1].to_bytes())
+    return b"".join(frames)
 
 
 class DeafProtocol(asyncio.BufferedProtocol):

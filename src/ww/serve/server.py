@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from ww.core import heap
 from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
@@ -946,9 +947,8 @@ def give_back_freed() -> None:
     (:class:`ww.serve.rpc.RpcApi`).  A trim that gave 200 MiB back took 21 ms, off the
     event loop and without the interpreter lock (``ctypes`` releases it); what it costs
     after is the next upload's first buffers faulted in again."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = heap.trimmer()
+    if trim is None:
         return
     with _Trim.lock:
         _Trim.wanted = True
@@ -963,7 +963,7 @@ def give_back_freed() -> None:
                     _Trim.running = False
                     return
                 _Trim.wanted = False
-            trim(0)
+            trim()
 
     try:
         trio.lowlevel.start_thread_soon(trim_until_done, lambda _: None, name="ww-malloc-trim")
