@@ -6,8 +6,11 @@ an upload, or refuse."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from typing import BinaryIO
+
+from tests.conftest import HANG, WW
 
 ID_ANSWER = b'{"ID": "12D3KooWStandIn", "Addresses": [], "Protocols": []}'
 
@@ -55,3 +58,11 @@ class KuboStandIn:
 
     def close(self) -> None:
         self._server.close()
+
+    def run(self, cell: str) -> subprocess.CompletedProcess[str]:
+        """``ww run --with-ipfs`` of ``cell`` on this kubo, to its end; then :meth:`close`."""
+        try:
+            return subprocess.run([WW, "run", "--with-ipfs", "--ipfs", self.api, cell],
+                                  capture_output=True, text=True, timeout=HANG)
+        finally:
+            self.close()

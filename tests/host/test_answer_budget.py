@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import socket
 import subprocess
 import threading
+from typing import BinaryIO
 
 import pytest
 
 from tests.conftest import HANG, WW
 from tests.host.test_flow_limit import _kib, _until
+from tests.kubo_stand_in import KuboStandIn
 
 MIB = 1024 * 1024
+HELLO_CID = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"  # "hello world\n"
 READERS = 48  # of an 8 MiB file, two reads of 4 MiB each: 384 MiB of answers
 
 NOT_READING_CELL = """
@@ -41,12 +45,11 @@ asyncio.run(main())
 """.replace("READERS", str(READERS)).replace("MIB", str(MIB))
 
 
-def test_a_cell_asking_for_large_answers_it_does_not_read_makes_the_host_wait(make_cell):
-    """96 reads of 4 MiB (384 MiB of answers for 96 calls of ~100 bytes) from a cell that
-    then stops reading fd 3: the host produces answers up to the budget, then waits (the
-    event is audited) instead of holding them all until its memory guard hangs up fd 3;
-    once the cell reads, every answer comes, whole and right."""
-    cell = make_cell(NOT_READING_CELL)
+def _held_then_read(cell: str, answered: str) -> int:
+    """Run ``cell`` (it sends its calls, prints ``sent`` and stops reading fd 3 until a line
+    on its stdin, then prints ``answered`` and waits for one more line): asserts the host
+    waited (audit ``answer-limit``) rather than hung up fd 3, and that every answer came;
+    the KiB the host grew by from then on."""
     proc = subprocess.Popen([WW, "--json", "run", "--with-ipfs", "--with-console", cell],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -74,7 +77,7 @@ def test_a_cell_asking_for_large_answers_it_does_not_read_makes_the_host_wait(ma
 
         proc.stdin.write("read\n")
         proc.stdin.flush()
-        assert events.get(timeout=HANG) == f"{READERS}\n"
+        assert events.get(timeout=HANG) == answered
         grown = _kib(proc.pid, "VmHWM") - before
         proc.stdin.write("bye\n")
         proc.stdin.flush()
@@ -82,6 +85,15 @@ def test_a_cell_asking_for_large_answers_it_does_not_read_makes_the_host_wait(ma
     finally:
         proc.kill()
         proc.wait()
+    return grown
+
+
+def test_a_cell_asking_for_large_answers_it_does_not_read_makes_the_host_wait(make_cell):
+    """96 reads of 4 MiB (384 MiB of answers for 96 calls of ~100 bytes) from a cell that
+    then stops reading fd 3: the host produces answers up to the budget, then waits (the
+    event is audited) instead of holding them all until its memory guard hangs up fd 3;
+    once the cell reads, every answer comes, whole and right."""
+    grown = _held_then_read(make_cell(NOT_READING_CELL), f"{READERS}\n")
     # The budget, one 4 MiB message in the transport, the kernel's socket buffers, and the
     # allocator's slack; without the budget the host grew past its 128 MiB guard.
     assert grown * 1024 < 64 * MIB, f"the host grew by {grown} KiB"
@@ -150,6 +162,112 @@ def test_reads_of_sub_cells_waiting_for_their_input_hold_no_budget(make_cell):
                        capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "b'first'\n17\n"
+
+
+LISTING_CELL = """
+import asyncio, base64, sys, ww.cell
+
+def b32(cid):  # a CIDv1's bytes from its multibase base32 text
+    text = cid[1:].upper()
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+def pb(field, data):  # a length-delimited protobuf field (lengths under 2**14)
+    n = len(data)
+    size = bytes([n]) if n < 128 else bytes([n & 127 | 128, n >> 7])
+    return bytes([field << 3 | 2]) + size + data
+
+async def main():
+    async with ww.cell.connect() as s:
+        child = b32(await s.ipfs.add(b"x", cid_version=1, raw_leaves=True))
+        # A UnixFS directory of 250 entries with names of 1000 bytes, in one dag-pb block the
+        # cell adds as a file of one raw leaf, then names with the dag-pb codec (0x70): blocks
+        # are stored by multihash.
+        links = [pb(2, pb(1, child) + pb(2, b"%06d" % i + b"n" * 994) + b"\x18\x01")
+                 for i in range(250)]
+        raw = b32(await s.ipfs.add(b"".join(links) + pb(1, b"\x08\x01"), cid_version=1,
+                                   raw_leaves=True))
+        path = "/ipfs/b" + base64.b32encode(b"\x01\x70" + raw[2:]).decode().lower().rstrip("=")
+        assert len(await s.ipfs.ls(path)) == 250
+        # 1000 calls of ~100 bytes, some 260 MiB of answers
+        calls = [s.ipfs._cap.ls(path) if i % 2 else s.ipfs._cap.stat(path) for i in range(1000)]
+        await s.console.ping(b"after the calls")  # they are on the wire
+        print("sent", flush=True)
+        sys.stdin.readline()  # the loop stops: fd 3 is not read until the test says so
+        got = 0
+        for i, call in enumerate(calls):
+            answer = await call
+            got += len(answer.entries if i % 2 else answer.info.links)
+        print(got, flush=True)
+        sys.stdin.readline()
+
+asyncio.run(main())
+"""
+
+
+def test_listings_a_cell_asks_for_and_does_not_read_make_the_host_wait(make_cell):
+    """``ls`` and ``stat`` answer as much as the directory holds: 1000 of them (~100 bytes
+    each) on a directory block the cell made (250 entries of 1 KiB names, 265 KB an answer)
+    from a cell that then stops reading fd 3 grew the host to its 128 MiB guard in about two
+    seconds, which hung up fd 3; they now take their share of the answer budget before they
+    are produced, so the host waits, and once the cell reads every answer comes."""
+    grown = _held_then_read(make_cell(LISTING_CELL), f"{1000 * 250}\n")
+    assert grown * 1024 < 64 * MIB, f"the host grew by {grown} KiB"
+
+
+class HugeDirectoryKubo(KuboStandIn):
+    """A kubo whose ``ls`` lists a directory without end (a line per link, as kubo streams
+    them), counting the links it got out; ``pin/ls`` answers a few pins."""
+
+    LINK = json.dumps({"Objects": [{"Hash": HELLO_CID, "Links": [
+        {"Name": "n" * 200, "Hash": HELLO_CID, "Size": 12, "Type": 2}]}]}).encode() + b"\n"
+
+    def __init__(self) -> None:
+        self.sent = 0
+        super().__init__()
+
+    def answer(self, head: bytes, stream: BinaryIO, conn: socket.socket) -> None:
+        if head.startswith(b"POST /api/v0/pin/ls"):
+            self.reply(conn, json.dumps({"Keys": {HELLO_CID: {"Type": "recursive"}}}).encode())
+            return
+        if not head.startswith(b"POST /api/v0/ls"):
+            super().answer(head, stream, conn)
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (len(self.LINK) * 64, self.LINK * 64)
+        try:
+            for _ in range(20_000):  # 1.28 million links, 350 MB of answer: a bound only
+                conn.sendall(chunk)
+                self.sent += 64
+        except OSError:  # the host stopped reading and closed the request
+            pass
+
+
+HUGE_LS_CELL = """
+import asyncio, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        try:
+            await s.ipfs.ls("/ipfs/HELLO")
+        except Exception as e:
+            print(e, flush=True)
+        print(await s.ipfs.pins(), flush=True)
+
+asyncio.run(main())
+""".replace("HELLO", HELLO_CID)
+
+
+def test_an_answer_longer_than_8_mib_fails_with_one_line_and_stops_the_listing(make_cell):
+    """A directory longer than an answer may be (kubo listing links without end): ``ls``
+    stops reading it at 8 MiB of answer and fails with one line; the cell goes on."""
+    kubo = HugeDirectoryKubo()
+    r = kubo.run(make_cell(HUGE_LS_CELL))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("ls: the answer would be more than 8 MiB (a call answers at most "
+                        f"that much)\n['{HELLO_CID}']\n")
+    # 8 MiB of entries of some 300 bytes; what kubo had sent ahead is a few sockets' worth
+    assert kubo.sent < 200_000, kubo.sent
 
 
 # --- the budget itself, on a real event loop ----------------------------------------------

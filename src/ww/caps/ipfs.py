@@ -78,6 +78,13 @@ READ_BUFFERS = 16 * 1024 * 1024
 block their stream is at): past it, the readers least recently read drop theirs
 (:class:`_Buffers`)."""
 
+MAX_LISTED = 8 * 1024 * 1024
+"""Bytes an answer of ``ls``, ``stat``, ``pins`` or ``peers`` may have, at most: their size is
+the content's or the node's, not their call's (a 100-byte ``ls`` of a directory block a cell
+made can answer 260 KiB), so each takes this much of the cell's
+:class:`~ww.host.answers.AnswerBudget` before it is produced and keeps what its answer has
+(:meth:`IpfsServer._listed`); a longer one fails with one line (some 70,000 entries)."""
+
 T = TypeVar("T")
 
 _ENTRY_TYPES = {EntryType.FILE: "file", EntryType.DIRECTORY: "directory",
@@ -116,6 +123,32 @@ def _fill_stat(builder: Any, stat: Stat) -> None:
         links[i].cid = link.cid
     if stat.target is not None:
         builder.target = _text(stat.target)
+
+
+def _text_bytes(text: str | None) -> int:
+    """What a Text takes in a Cap'n Proto message: its UTF-8, a NUL, padded to a word (an
+    estimate: a name that is not UTF-8 grows a little as U+FFFD)."""
+    return 0 if text is None else (len(text.encode("utf-8", "surrogateescape")) + 8) & ~7
+
+
+def _entry_bytes(entry: Entry) -> int:
+    return 32 + _text_bytes(entry.name) + _text_bytes(entry.cid)  # 2 data words, 2 pointers
+
+
+def _stat_bytes(stat: Stat) -> int:
+    links = sum(32 + _text_bytes(lk.name) + _text_bytes(lk.cid) for lk in stat.links)
+    return 64 + _text_bytes(stat.cid) + _text_bytes(stat.target) + links
+
+
+def _peer_bytes(info: PeerInfo) -> int:
+    return (32 + _text_bytes(info.id) + sum(8 + _text_bytes(a) for a in info.addresses)
+            + sum(8 + _text_bytes(p) for p in info.protocols))
+
+
+def _bounded(method: str, size: int) -> None:
+    if size > MAX_LISTED:
+        raise CallError(f"{method}: the answer would be more than {MAX_LISTED >> 20} MiB "
+                        "(a call answers at most that much)")
 
 
 def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -604,16 +637,41 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             end=None if length < 0 else offset + length, local=api.local_reads,
             answers=self._caller.answers)
 
+    async def _listed(self, produce: Callable[[], tuple[T, int]]) -> T:
+        """``produce()`` (the answer and its bytes, at most :data:`MAX_LISTED`) in a worker
+        thread, once :data:`MAX_LISTED` bytes of the cell's answer budget are taken: a cell
+        that asks for such answers and does not read fd 3 makes the host wait, not hold
+        them all.  The answer keeps its own bytes until they are written to fd 3."""
+        async with self._caller.answers.answer(MAX_LISTED) as answer:
+            result, answer.size = await self._cell.run(produce)
+            return result
+
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("ls", path)
-        entries = await self._cell.run(self._api.ls, path)
+
+        def produce() -> tuple[list[Entry], int]:
+            entries, size = [], 0
+            for entry in self._api.iter_ls(path):  # stopped at the bound, not read whole
+                size += _entry_bytes(entry)
+                _bounded("ls", size)
+                entries.append(entry)
+            return entries, size
+
+        entries = await self._listed(produce)
         out = _context.results.init("entries", len(entries))
         for i, entry in enumerate(entries):
             _fill_entry(out[i], entry)
 
     async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("stat", path)
-        _fill_stat(_context.results.init("info"), await self._cell.run(self._api.stat, path))
+
+        def produce() -> tuple[Stat, int]:
+            stat = self._api.stat(path)
+            size = _stat_bytes(stat)
+            _bounded("stat", size)
+            return stat, size
+
+        _fill_stat(_context.results.init("info"), await self._listed(produce))
 
     async def resolve(self, path: str, **kwargs: Any) -> str:
         await self._check_path("resolve", path)
@@ -653,14 +711,16 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         self._check("pins")
         scope = self.scope
 
-        def visible() -> list[str]:
+        def visible() -> tuple[list[str], int]:
             pins = self._api.pins()
             if scope is not None and scope.roots:  # only what it may see, and its own pins
                 pins = [cid for cid in pins if canonical(cid) in scope.own_pins
                         or scope.contains(cid)]
-            return list(pins)
+            size = sum(8 + _text_bytes(cid) for cid in pins)
+            _bounded("pins", size)
+            return list(pins), size
 
-        return await self._cell.run(visible)
+        return await self._listed(visible)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         self._check("id")
@@ -674,7 +734,14 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
 
     async def peers(self, _context: Any, **kwargs: Any) -> None:
         self._check("peers")
-        peers = await self._cell.run(self._api.peers)
+
+        def produce() -> tuple[list[PeerInfo], int]:
+            peers = self._api.peers()
+            size = sum(_peer_bytes(peer) for peer in peers)
+            _bounded("peers", size)
+            return peers, size
+
+        peers = await self._listed(produce)
         out = _context.results.init("peers", len(peers))
         for i, peer in enumerate(peers):
             _fill_peer(out[i], peer)
