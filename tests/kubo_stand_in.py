@@ -59,10 +59,11 @@ class KuboStandIn:
     def close(self) -> None:
         self._server.close()
 
-    def run(self, cell: str) -> subprocess.CompletedProcess[str]:
-        """``ww run --with-ipfs`` of ``cell`` on this kubo, to its end; then :meth:`close`."""
+    def run(self, cell: str, *options: str) -> subprocess.CompletedProcess[str]:
+        """``ww OPTIONS run --with-ipfs`` of ``cell`` on this kubo, to its end; then
+        :meth:`close`."""
         try:
-            return subprocess.run([WW, "run", "--with-ipfs", "--ipfs", self.api, cell],
+            return subprocess.run([WW, *options, "run", "--with-ipfs", "--ipfs", self.api, cell],
                                   capture_output=True, text=True, timeout=HANG)
         finally:
             self.close()

@@ -5,8 +5,10 @@ the host hold every answer a cell that does not read fd 3 asked for."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import queue
+import random
 import socket
 import subprocess
 import threading
@@ -268,6 +270,68 @@ def test_an_answer_longer_than_8_mib_fails_with_one_line_and_stops_the_listing(m
                         f"that much)\n['{HELLO_CID}']\n")
     # 8 MiB of entries of some 300 bytes; what kubo had sent ahead is a few sockets' worth
     assert kubo.sent < 200_000, kubo.sent
+
+
+class StalledListingKubo(KuboStandIn):
+    """A kubo whose ``ls`` answers nothing until :meth:`close` (a directory it waits for on
+    the network) and whose ``cat`` serves ``data``, once ``stalled`` listings are under way
+    (so the cell reads while they hold what they took of its budget)."""
+
+    def __init__(self, data: bytes, stalled: int) -> None:
+        self.data = data
+        self.listings = threading.Semaphore(0)
+        self._stalled = stalled
+        self._released = threading.Event()
+        super().__init__()
+
+    def answer(self, head: bytes, stream: BinaryIO, conn: socket.socket) -> None:
+        if head.startswith(b"POST /api/v0/ls"):
+            self.listings.release()
+            self._released.wait(HANG)
+        elif head.startswith(b"POST /api/v0/cat"):
+            for _ in range(self._stalled):
+                if not self.listings.acquire(timeout=HANG):
+                    break
+            self.reply(conn, self.data)
+        else:
+            super().answer(head, stream, conn)
+
+    def close(self) -> None:
+        self._released.set()
+        super().close()
+
+
+STALLED_LS_CELL = """
+import asyncio, hashlib, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        stalled = [asyncio.ensure_future(s.ipfs.ls("/ipfs/HELLO")) for _ in range(3)]
+        try:
+            data = await asyncio.wait_for(s.ipfs.cat("/ipfs/HELLO"), HANG)
+            print(hashlib.sha256(data).hexdigest(), flush=True)
+        except TimeoutError:
+            print("the read waited behind the listings", flush=True)
+        for listing in stalled:
+            listing.cancel()
+
+asyncio.run(main())
+""".replace("HELLO", HELLO_CID).replace("HANG", str(HANG // 2))
+
+
+def test_listings_waiting_on_the_network_hold_little_so_reads_go_on(make_cell):
+    """Three ``ls`` waiting for a directory kubo never sends (two of them under way at kubo
+    before the ``cat`` is answered), then a ``cat`` of 8 MiB read a
+    MiB at a time, 8 reads in flight: each listing holds only its first share (64 KiB) while
+    it waits, so the reads find room at once (no ``answer-limit`` audited) and the file comes
+    whole.  (With 8 MiB a listing taken up front, two of them held the whole 16 MiB, and the
+    reads waited as long as they did: until the host's request to kubo gave up, 60 s.)"""
+    data = random.Random(3).randbytes(8 * MIB)
+    kubo = StalledListingKubo(data, stalled=2)
+    r = kubo.run(make_cell(STALLED_LS_CELL), "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{hashlib.sha256(data).hexdigest()}\n"
+    assert '"answer-limit"' not in r.stderr, r.stderr
 
 
 # --- the budget itself, on a real event loop ----------------------------------------------

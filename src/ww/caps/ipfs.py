@@ -81,9 +81,14 @@ block their stream is at): past it, the readers least recently read drop theirs
 MAX_LISTED = 8 * 1024 * 1024
 """Bytes an answer of ``ls``, ``stat``, ``pins`` or ``peers`` may have, at most: their size is
 the content's or the node's, not their call's (a 100-byte ``ls`` of a directory block a cell
-made can answer 260 KiB), so each takes this much of the cell's
-:class:`~ww.host.answers.AnswerBudget` before it is produced and keeps what its answer has
-(:meth:`IpfsServer._listed`); a longer one fails with one line (some 70,000 entries)."""
+made can answer 260 KiB), so each takes its share of the cell's
+:class:`~ww.host.answers.AnswerBudget` before it is produced (:meth:`IpfsServer._listed`)
+and keeps what its answer has; a longer one fails with one line (some 70,000 entries)."""
+LISTED_FIRST = 64 * 1024
+"""The share such an answer takes first: most are this small (a ``stat`` of a file, a
+directory of a few hundred entries), so 256 of them are produced at once, and one waiting on
+the network holds no more.  One that turns out longer gives its share back, takes
+:data:`MAX_LISTED`, and is produced again."""
 
 T = TypeVar("T")
 
@@ -145,10 +150,13 @@ def _peer_bytes(info: PeerInfo) -> int:
             + sum(8 + _text_bytes(p) for p in info.protocols))
 
 
-def _bounded(method: str, size: int) -> None:
-    if size > MAX_LISTED:
-        raise CallError(f"{method}: the answer would be more than {MAX_LISTED >> 20} MiB "
-                        "(a call answers at most that much)")
+class _Longer(Exception):
+    """An answer being produced is longer than its share (:meth:`IpfsServer._listed`)."""
+
+
+def _bounded(size: int, limit: int) -> None:
+    if size > limit:
+        raise _Longer
 
 
 def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -637,27 +645,35 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             end=None if length < 0 else offset + length, local=api.local_reads,
             answers=self._caller.answers)
 
-    async def _listed(self, produce: Callable[[], tuple[T, int]]) -> T:
-        """``produce()`` (the answer and its bytes, at most :data:`MAX_LISTED`) in a worker
-        thread, once :data:`MAX_LISTED` bytes of the cell's answer budget are taken: a cell
-        that asks for such answers and does not read fd 3 makes the host wait, not hold
-        them all.  The answer keeps its own bytes until they are written to fd 3."""
-        async with self._caller.answers.answer(MAX_LISTED) as answer:
-            result, answer.size = await self._cell.run(produce)
-            return result
+    async def _listed(self, method: str, produce: Callable[[int], tuple[T, int]]) -> T:
+        """``produce(limit)`` (the answer and its bytes; :class:`_Longer` past ``limit``) in a
+        worker thread, once its share of the cell's answer budget is taken: a cell that asks
+        for such answers and does not read fd 3 makes the host wait, not hold them all.  The
+        share is :data:`LISTED_FIRST`, then for an answer longer than that :data:`MAX_LISTED`
+        (nothing held while it waits for it, so no two listings wait on each other); the
+        answer keeps its own bytes until they are written to fd 3."""
+        for limit in (LISTED_FIRST, MAX_LISTED):
+            try:
+                async with self._caller.answers.answer(limit) as answer:
+                    result, answer.size = await self._cell.run(produce, limit)
+                    return result
+            except _Longer:
+                pass
+        raise CallError(f"{method}: the answer would be more than {MAX_LISTED >> 20} MiB "
+                        "(a call answers at most that much)")
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("ls", path)
 
-        def produce() -> tuple[list[Entry], int]:
+        def produce(limit: int) -> tuple[list[Entry], int]:
             entries, size = [], 0
             for entry in self._api.iter_ls(path):  # stopped at the bound, not read whole
                 size += _entry_bytes(entry)
-                _bounded("ls", size)
+                _bounded(size, limit)
                 entries.append(entry)
             return entries, size
 
-        entries = await self._listed(produce)
+        entries = await self._listed("ls", produce)
         out = _context.results.init("entries", len(entries))
         for i, entry in enumerate(entries):
             _fill_entry(out[i], entry)
@@ -665,13 +681,13 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("stat", path)
 
-        def produce() -> tuple[Stat, int]:
+        def produce(limit: int) -> tuple[Stat, int]:
             stat = self._api.stat(path)
             size = _stat_bytes(stat)
-            _bounded("stat", size)
+            _bounded(size, limit)
             return stat, size
 
-        _fill_stat(_context.results.init("info"), await self._listed(produce))
+        _fill_stat(_context.results.init("info"), await self._listed("stat", produce))
 
     async def resolve(self, path: str, **kwargs: Any) -> str:
         await self._check_path("resolve", path)
@@ -711,16 +727,16 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         self._check("pins")
         scope = self.scope
 
-        def visible() -> tuple[list[str], int]:
+        def visible(limit: int) -> tuple[list[str], int]:
             pins = self._api.pins()
             if scope is not None and scope.roots:  # only what it may see, and its own pins
                 pins = [cid for cid in pins if canonical(cid) in scope.own_pins
                         or scope.contains(cid)]
             size = sum(8 + _text_bytes(cid) for cid in pins)
-            _bounded("pins", size)
+            _bounded(size, limit)
             return list(pins), size
 
-        return await self._listed(visible)
+        return await self._listed("pins", visible)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         self._check("id")
@@ -735,13 +751,13 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     async def peers(self, _context: Any, **kwargs: Any) -> None:
         self._check("peers")
 
-        def produce() -> tuple[list[PeerInfo], int]:
+        def produce(limit: int) -> tuple[list[PeerInfo], int]:
             peers = self._api.peers()
             size = sum(_peer_bytes(peer) for peer in peers)
-            _bounded("peers", size)
+            _bounded(size, limit)
             return peers, size
 
-        peers = await self._listed(produce)
+        peers = await self._listed("peers", produce)
         out = _context.results.init("peers", len(peers))
         for i, peer in enumerate(peers):
             _fill_peer(out[i], peer)
