@@ -144,8 +144,8 @@ class FlowLimit:
         self._pause, self._resume = pause, resume
         self.limit, self.resume_at = limit, resume_at
         self._answered = answered
-        self.in_flight: dict[int, int] = {}  # question id -> bytes of its call(s)
-        self._asked: dict[int, int] = {}  # question id -> bytes its call(s) really had
+        # question id -> [bytes its call(s) count for, bytes they really had]
+        self.in_flight: dict[int, list[int]] = {}
         self.total = 0  # bytes of unanswered calls, those never to be answered included
         self.paused = False
         self.incoming = _framer(self._received)
@@ -153,9 +153,14 @@ class FlowLimit:
 
     def _received(self, kind: int, ident: int, size: int) -> None:
         if kind == CALL:
-            self._asked[ident] = self._asked.get(ident, 0) + size
+            asked = size
             size = max(size, CALL_FLOOR)
-            self.in_flight[ident] = self.in_flight.get(ident, 0) + size
+            call = self.in_flight.get(ident)
+            if call is None:
+                self.in_flight[ident] = [size, asked]
+            else:  # a question id used twice: the calls add up
+                call[0] += size
+                call[1] += asked
         elif kind != UNSURE:
             return
         self.total += size  # an UNSURE message is never answered: it stays counted
@@ -166,10 +171,11 @@ class FlowLimit:
     def _sent(self, kind: int, ident: int, size: int) -> None:
         if kind != RETURN:
             return
-        self.total -= self.in_flight.pop(ident, 0)
-        asked = self._asked.pop(ident, None)
-        if self._answered is not None and asked is not None and size > asked:
-            self._answered(size)  # an answer larger than its call: see ww.host.answers
+        call = self.in_flight.pop(ident, None)
+        if call is not None:
+            self.total -= call[0]
+            if self._answered is not None and size > call[1]:
+                self._answered(size)  # an answer larger than its call: see ww.host.answers
         if self.paused and self.total <= self.resume_at:
             self.paused = False
             self._resume()

@@ -261,6 +261,11 @@ class Inbound:
         self.held.clear()
 
 
+def too_large(size: int, max_message: int) -> str:
+    """Why an answer of ``size`` bytes cuts its stream unsent."""
+    return f"an answer of {size} bytes, more than the {max_message} a peer takes"
+
+
 class Outbound:
     """Looks at the start of each of the host's messages to the remote (its first
     :data:`_PEEK` bytes at most; the rest passes unlooked) for Returns to held calls, and
@@ -303,9 +308,7 @@ class Outbound:
                 at = view[pos:] if pos else view
             size = frame_size(at)
             if size is not None and size > self.max_message:
-                raise ProtocolViolation(
-                    f"an answer of {size} bytes, more than the {self.max_message} a peer takes"
-                )
+                raise ProtocolViolation(too_large(size, self.max_message))
             if size is None or len(at) < min(size, _PEEK):
                 if at is not buf:  # short of its table or its start: kept (< _PEEK bytes)
                     buf += at
@@ -839,9 +842,7 @@ class _SplicedSend(OneSend):
     def _large_table(self, table: memoryview, body: int) -> None:
         size = len(table) + body
         if size > self._owner.max_message:  # refused at its table: not a byte of it sent
-            self._owner._violate(
-                f"an answer of {size} bytes, more than the {self._owner.max_message} a peer takes"
-            )
+            self._owner._violate(too_large(size, self._owner.max_message))
         self._write(table)
 
 
