@@ -3,9 +3,11 @@
 A cell may export the IPFS capability the host gave it, ``add`` included.  A remote peer's
 ``Writer.write`` is answered once its bytes are queued for the writer's importer thread, so
 the inbound bounds (which count a call until its ``Return`` leaves) let go of them there;
-what the importers hold then (the piece each works on, those queued for it) was counted
-nowhere.  With a cell's 16 writers busy at once that was 60-110 MiB on top of the bounds
-that do count, and the memory guard hung up the cell's fd 3.
+what the importers held then (the piece each works on, those queued for it, and the last
+one each idle importer's frames still kept) was counted nowhere, and a write waiting to be
+queued held pycapnp's copy of its bytes.  With a cell's 16 writers busy at once the memory
+guard hung up the cell's fd 3.  Now a cell's writers hold at most ``WRITE_BUFFERS`` between
+a write and the importers (``ww.caps.ipfs._WriteBuffers``).
 """
 
 from __future__ import annotations
