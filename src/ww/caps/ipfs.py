@@ -15,9 +15,11 @@ sent, so bytes reach the importer in order whatever the number of writes in flig
 writing faster than the host stores waits for its ``write`` calls to return (flow control),
 and is never refused.  The writes go through a bounded queue (:data:`QUEUE_CHUNKS` pieces)
 to an importer thread of the writer's own, so the host holds a few pieces of a file at a
-time.  At most :data:`MAX_WRITERS` files of one cell are being added at once; one more
-``add`` waits for one to finish.  A writer dropped without ``done()`` (or left open when
-the cell exits) is abandoned: its importer stops and nothing is pinned.
+time, and all the cell's writers together at most :data:`WRITE_BUFFERS` of them
+(:class:`_WriteBuffers`: a write waits for room).  At most :data:`MAX_WRITERS` files of one
+cell are being added at once; one more ``add`` waits for one to finish.  A writer dropped
+without ``done()`` (or left open when the cell exits) is abandoned: its importer stops and
+nothing is pinned.
 
 **Reading.**  ``cat`` hands out a ``Reader`` whose ``read(count)`` returns at most ``count``
 bytes (capped at 4 MiB) pulled from the backend's streaming ``cat``, reads applied in the
@@ -73,6 +75,10 @@ MAX_READERS = 1024
 """Readers one cell may have open at once: each costs the host about 17 KiB even when it
 holds no bytes, so past this ``cat`` fails (as open(2) does with EMFILE) until the cell drops
 one."""
+WRITE_BUFFERS = 16 * 1024 * 1024
+"""Bytes one cell's writers may hold between a ``write`` and their importer threads having
+gone past them (queued for an importer, or the piece it works on): a ``write`` waits for
+room (:class:`_WriteBuffers`)."""
 READ_BUFFERS = 16 * 1024 * 1024
 """Bytes one cell's open readers may hold between its reads (what they fetched ahead, and the
 block their stream is at): past it, the readers least recently read drop theirs
@@ -175,6 +181,7 @@ class _Cell:
         self.writers = asyncio.Semaphore(MAX_WRITERS)
         self.tokens: weakref.WeakSet[CancelToken] = weakref.WeakSet()
         self.buffers = _Buffers(READ_BUFFERS)
+        self.written = _WriteBuffers(WRITE_BUFFERS)
         self.readers = 0  # readers open (or being opened)
         self.closed = False
 
@@ -251,23 +258,73 @@ class _Buffers:
             self.held -= old[1]
 
 
+class _WriteBuffers(AnswerBudget):
+    """The bytes one cell's writers hold, within ``limit``: taken by ``write`` before its
+    piece is queued for the importer thread, given back once that thread has gone past the
+    piece (it asks for the next one), or its import ended.
+
+    ``write`` is answered once its piece is queued, so the bounds on calls in flight (fd 3's
+    flow limit, a remote peer's inbound budget) let go of its bytes there, and what the
+    importers held was counted nowhere: a cell's 16 writers, each with up to
+    :data:`QUEUE_CHUNKS` pieces of 4 MiB queued and one in hand, could hold 500 MiB; remote
+    peers adding files through a cell's exported IPFS capability as fast as they sent made
+    the host's memory guard hang up its fd 3 (the importers held 60-110 MiB).  A ``write``
+    waits for room, first come first served (flow control, as a full queue makes it wait);
+    a piece larger than the limit is let in alone.  No deadlock: what holds the room is
+    queued for importers, which go on without any ``write``.
+
+    (An :class:`~ww.host.answers.AnswerBudget` that never produces an answer: the same
+    first-come-first-served room, taken and given back by bytes.)"""
+
+    async def take(self, size: int) -> None:
+        await self._admit(size)
+
+    def give(self, size: int) -> None:
+        self._give_back(size)
+
+
+class _Held:
+    """On the loop: the bytes one writer holds of its cell's :class:`_WriteBuffers`."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: _WriteBuffers) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        self.size += size
+
+    def give(self, size: int) -> None:
+        size = min(size, self.size)
+        self.size -= size
+        self.budget.give(size)
+
+    def give_all(self) -> None:
+        self.give(self.size)
+
+
 _END = object()
 
 
-def _chunks(feed: bridge.ThreadFeed[Any]) -> Iterator[bytes]:
-    """The importer thread's input: the pieces in order until the end marker."""
+def _chunks(feed: bridge.ThreadFeed[Any], past: Callable[[int], object]) -> Iterator[bytes]:
+    """The importer thread's input: the pieces in order until the end marker; ``past(n)``
+    once the importer asks for the piece after one of ``n`` bytes."""
     for item in feed.items():
         if item is _END:
             return
+        size = len(item)
         yield item
+        del item  # not kept while the next piece is waited for
+        past(size)
 
 
 def _import(api: CoreAPI, options: AddOptions, feed: bridge.ThreadFeed[Any],
-            token: CancelToken) -> str:
+            token: CancelToken, past: Callable[[int], object]) -> str:
     """An importer thread: one file from ``feed`` into the backend; its CID."""
     try:
         with cancellable(token):
-            return api.add_stream(_chunks(feed), options)
+            return api.add_stream(_chunks(feed, past), options)
     finally:
         feed.end()
 
@@ -294,35 +351,65 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
         self._token = cell.token()
         self._token.on_cancel(self._feed.end)
         writers = cell.writers
+        held = self._held = _Held(cell.written)
 
         def ended(future: asyncio.Future[str]) -> None:
             writers.release()
+            held.give_all()  # what is still queued is dropped
             if not future.cancelled():
                 future.exception()  # a dropped writer's error is nobody's to see
 
         self._result: asyncio.Future[str] = bridge.in_new_thread(
-            loop, "ww-ipfs-add", _import, api, options, self._feed, self._token)
+            loop, "ww-ipfs-add", _import, api, options, self._feed, self._token,
+            lambda n: bridge.call_in_loop(loop, held.give, n))
         self._result.add_done_callback(ended)
 
-    async def _put(self, item: Any) -> None:
+    async def _put(self, read: Callable[[], bytes] | None) -> None:
+        """Queue for the importer the piece ``read()`` gives (None: the end marker).  A piece
+        takes its room in the cell's write buffers first, and is read out of its call (a
+        copy) only then: the most a write carries, given back down to its size once read."""
         async with self._order:
-            if await self._feed.put(item):
+            held, reserved, queued = self._held, 0, False
+            try:
+                item: Any = _END
+                if read is not None:
+                    if not self._result.done():  # (ended: the feed takes nothing more)
+                        await held.budget.take(MAX_WRITE)
+                        held.take(MAX_WRITE)
+                        reserved = MAX_WRITE
+                    item = read()
+                    if reserved:
+                        held.give(reserved - len(item))
+                        reserved = len(item)
+                queued = await self._feed.put(item)
+            finally:
+                if not queued:
+                    held.give(reserved)
+            if queued:
                 return
         await asyncio.shield(self._result)  # the import ended: raise its error
         raise CallError("the file was already finished")
 
-    async def write(self, data: bytes, **kwargs: Any) -> None:
+    async def write_context(self, context: Any) -> None:
+        """``write(data)``, given its call rather than its bytes: pycapnp copies a ``Data``
+        parameter out of the call as it hands it to a method, and a write waiting for room
+        held that copy besides the call's own bytes."""
         if self._finished:
             raise CallError("write after done()")
-        if len(data) > MAX_WRITE:
-            raise CallError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
-        await self._put(bytes(data))
+
+        def read() -> bytes:
+            data = context.params.data
+            if len(data) > MAX_WRITE:
+                raise CallError(f"write of {len(data)} bytes: at most {MAX_WRITE} per call")
+            return bytes(data)
+
+        await self._put(read)
 
     async def done(self, **kwargs: Any) -> str:
         if self._finished:
             raise CallError("done() was already called")
         self._finished = True
-        await self._put(_END)
+        await self._put(None)
         cid = await asyncio.shield(self._result)
         if self._on_done is not None:
             self._on_done(cid)

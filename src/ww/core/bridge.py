@@ -280,6 +280,7 @@ class ThreadFeed(Generic[T]):
             if space is not None:
                 call_in_loop(self._loop, resolve, space)
             yield item
+            del item  # not kept while the next one is waited for
 
 
 # -- trio (py-libp2p) ---------------------------------------------------------------------------

@@ -223,6 +223,7 @@ def rechunk(
             view = view[size:]
         if view:
             buf += view
+        del piece, view  # a piece is not kept while the next one is waited for
     if buf:
         yield bytes(buf)
 

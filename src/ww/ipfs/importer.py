@@ -176,6 +176,7 @@ def import_file(
 
     for chunk in params.chunker.split(chunks):
         push(0, _leaf(chunk, params, sink))
+        del chunk  # (a view of a piece of the input) not kept while the next is waited for
 
     if not levels[0]:
         return _empty_file(params, sink)

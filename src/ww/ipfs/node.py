@@ -600,6 +600,7 @@ def _checked(chunks: Iterable[_T]) -> Iterator[_T]:
     for chunk in chunks:
         token.check()
         yield chunk
+        del chunk  # not kept while the next one is waited for
     token.check()
 
 
