@@ -708,9 +708,21 @@ class _QuietAsyncio:
         logging.getLogger("asyncio").removeFilter(self)
 
 
-# The most memory a cell's RPC connection may make the host hold (answers the cell never
-# releases, a flood of calls it never waits for): past it the host hangs up fd 3.
-RPC_MEMORY_BUDGET = 128 << 20
+# The most memory a cell's RPC connection (and the remote peers its export serves) may make
+# the host hold: past it the host hangs up fd 3.  A backstop, not the bound: what a cell or a
+# peer can make the host hold is bounded where it is held, and those bounds added up are
+#   fd 3's calls in flight (ww.host.wire.FLOW_LIMIT)                     32 MiB
+#   the cell's large answers (ww.host.answers.ANSWER_LIMIT)              16 MiB
+#   its readers' and its writers' buffers (ww.caps.ipfs.READ_BUFFERS,
+#     WRITE_BUFFERS)                                                      32 MiB
+#   remote peers' messages held, the node's answers they have not taken
+#     (ww.p2p.bounds.BUDGET, ANSWER_BUDGET)                               64 MiB
+# 144 MiB, and a byte held may be held twice on its way (a message in the lane's buffer and in
+# KJ's; an answer as Python bytes and as pycapnp's message): the guard is twice that
+# (tests/host/test_memory_guard.py checks the sum).  At 128 MiB it hung up the cell's fd 3
+# when remote peers filled several of the bounds at once (writes and reads on an exported IPFS
+# capability: 148-158 MiB, docs/security.md), each bound holding.
+RPC_MEMORY_BUDGET = 288 << 20
 _GUARD_INTERVAL = 0.05  # seconds
 
 
