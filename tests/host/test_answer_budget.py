@@ -166,17 +166,33 @@ def test_reads_of_sub_cells_waiting_for_their_input_hold_no_budget(make_cell):
     assert r.stdout == "b'first'\n17\n"
 
 
-LISTING_CELL = """
-import asyncio, base64, sys, ww.cell
+DAG_PB = """
+import base64
 
 def b32(cid):  # a CIDv1's bytes from its multibase base32 text
     text = cid[1:].upper()
     return base64.b32decode(text + "=" * (-len(text) % 8))
 
-def pb(field, data):  # a length-delimited protobuf field (lengths under 2**14)
-    n = len(data)
-    size = bytes([n]) if n < 128 else bytes([n & 127 | 128, n >> 7])
-    return bytes([field << 3 | 2]) + size + data
+def pb(field, data):  # a length-delimited protobuf field
+    n, size = len(data), b""
+    while n >= 128:
+        size, n = size + bytes([n & 127 | 128]), n >> 7
+    return bytes([field << 3 | 2]) + size + bytes([n]) + data
+
+def dag_pb(cid):  # a CIDv1 of a raw block (its bytes) named with the dag-pb codec (0x70)
+    return bytes([1, 0x70]) + cid[2:]
+
+def ipfs_path(cid):
+    return "/ipfs/b" + base64.b32encode(cid).decode().lower().rstrip("=")
+"""
+"""Helpers of the cells below that make directories: blocks are stored by multihash, so a
+dag-pb block a cell adds as a file of one raw leaf (CIDv1) is a directory by the dag-pb
+CID of its multihash."""
+
+
+LISTING_CELL = """
+import asyncio, sys, ww.cell
+DAG_PB
 
 async def main():
     async with ww.cell.connect() as s:
@@ -188,7 +204,7 @@ async def main():
                  for i in range(250)]
         raw = b32(await s.ipfs.add(b"".join(links) + pb(1, b"\x08\x01"), cid_version=1,
                                    raw_leaves=True))
-        path = "/ipfs/b" + base64.b32encode(b"\x01\x70" + raw[2:]).decode().lower().rstrip("=")
+        path = ipfs_path(dag_pb(raw))
         assert len(await s.ipfs.ls(path)) == 250
         # 1000 calls of ~100 bytes, some 260 MiB of answers
         calls = [s.ipfs._cap.ls(path) if i % 2 else s.ipfs._cap.stat(path) for i in range(1000)]
@@ -203,7 +219,7 @@ async def main():
         sys.stdin.readline()
 
 asyncio.run(main())
-"""
+""".replace("DAG_PB", DAG_PB)
 
 
 def test_listings_a_cell_asks_for_and_does_not_read_make_the_host_wait(make_cell):
@@ -270,6 +286,80 @@ def test_an_answer_longer_than_8_mib_fails_with_one_line_and_stops_the_listing(m
                         f"that much)\n['{HELLO_CID}']\n")
     # 8 MiB of entries of some 300 bytes; what kubo had sent ahead is a few sockets' worth
     assert kubo.sent < 200_000, kubo.sent
+
+
+HAMT_STAT_CELL = """
+import asyncio, ww.cell
+DAG_PB
+
+SHARD = pb(1, bytes([8, 5, 0x28, 0x22, 0x30, 0x80, 2]))  # UnixFS HAMTShard, murmur3, fanout 256
+NOTHING = bytes([1, 0x55, 0, 0])  # bafkqaaa: an identity CID, of no bytes
+
+async def block(s, body):  # a dag-pb block, added as a file of one raw leaf (by multihash)
+    return dag_pb(b32(await s.ipfs.add(body + SHARD, cid_version=1, raw_leaves=True)))
+
+async def main():
+    async with ww.cell.connect() as s:
+        # A HAMT-sharded directory of 48 shards of 20,000 entries (13 bytes each in a block
+        # of 256 KiB): 960,000 entries the cell made by adding 12 MiB.
+        shards = [await block(s, b"".join(pb(2, pb(1, NOTHING) + pb(2, b"%02Xn" % i))
+                                          for _ in range(20_000))) for i in range(48)]
+        root = await block(s, b"".join(pb(2, pb(1, cid) + pb(2, b"%02X" % i))
+                                       for i, cid in enumerate(shards)))
+        for answer in await asyncio.gather(*(s.ipfs.stat(ipfs_path(root)) for _ in range(4)),
+                                           return_exceptions=True):
+            print(answer, flush=True)
+
+asyncio.run(main())
+""".replace("DAG_PB", DAG_PB)
+
+
+def test_a_stat_of_a_huge_directory_stops_reading_it_at_the_bound(make_cell):
+    """``stat`` answers a directory's entries: four of a HAMT of 960,000 entries (some 50 MiB
+    of answer each) that the cell made from 12 MiB of blocks read every entry before it
+    measured the answer, some 170 MiB of the host's memory each, and the memory guard hung
+    up fd 3 on a cell that read all its answers.  It now reads them only up to its share of
+    the budget, and fails with one line as ``ls`` does."""
+    r = subprocess.run([WW, "run", "--with-ipfs", make_cell(HAMT_STAT_CELL)],
+                       capture_output=True, text=True, timeout=HANG)
+    assert "held more than" not in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == 4 * ("stat: the answer would be more than 8 MiB (a call answers at "
+                            "most that much)\n")
+
+
+LONG_NAME_CELL = """
+import asyncio, sys, ww.cell
+DAG_PB
+
+async def main():
+    async with ww.cell.connect() as s:
+        # A directory of one entry named with 261,000 bytes (its block a file of one raw
+        # leaf, named with the dag-pb codec): longer than an answer's first share.
+        link = pb(2, pb(1, bytes([1, 0x55, 0, 0])) + pb(2, b"n" * 261_000) + b"\\x18\\x01")
+        raw = b32(await s.ipfs.add(link + pb(1, b"\\x08\\x01"), cid_version=1, raw_leaves=True))
+        calls = [s.ipfs._cap.ls(ipfs_path(dag_pb(raw))) for _ in range(1000)]
+        await s.console.ping(b"after the calls")  # they are on the wire
+        print("sent", flush=True)
+        sys.stdin.readline()  # the loop stops: fd 3 is not read until the test says so
+        got = 0
+        for call in calls:
+            got += sum(len(entry.name) for entry in (await call).entries)
+        print(got, flush=True)
+        sys.stdin.readline()
+
+asyncio.run(main())
+""".replace("DAG_PB", DAG_PB)
+
+
+def test_listings_longer_than_their_first_share_leave_nothing_of_it_behind(make_cell):
+    """1000 ``ls`` of a directory whose one entry is longer than the 64 KiB an answer takes
+    first, from a cell that then stops reading fd 3: each first try raised in its worker
+    with the entry it stopped at, and that error (its traceback holding the worker's locals)
+    and the future that held it kept each other alive until the garbage collector ran: the
+    host grew past its memory guard, which hung up fd 3.  Nothing of a first try stays."""
+    grown = _held_then_read(make_cell(LONG_NAME_CELL), f"{1000 * 261_000}\n")
+    assert grown * 1024 < 64 * MIB, f"the host grew by {grown} KiB"
 
 
 class StalledListingKubo(KuboStandIn):
@@ -510,3 +600,24 @@ def test_a_sub_cell_read_cancelled_while_it_waits_for_room_loses_no_output():
         assert await reader.read(5) == b"c"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("name", [b"n" * 1000, b"\xff" * 1000, b"\xe2\x82" * 500,
+                                  "\N{SNOWMAN}".encode() * 300 + b"\xc3", b""])
+def test_a_listing_counts_its_answer_no_smaller_than_cap_n_proto_makes_it(name):
+    """What ``ls`` and ``stat`` take from the budget for an answer is at least its size in a
+    Cap'n Proto message: a name's bytes that are not UTF-8 become U+FFFD (3 bytes each),
+    which counted as 1 byte let in answers three times as large as the budget said."""
+    from ww.caps.ipfs import _entry_bytes, _fill_entry, _fill_stat, _ipfs, _stat_bytes
+    from ww.core.ipfs_values import Entry, EntryType, Link, Stat
+
+    text = name.decode("utf-8", "surrogateescape")  # as ww.ipfs.exporter reads a name
+    cid = "bafkqaaa"
+    entry = Entry(text, EntryType.FILE, 0, cid)
+    message = _ipfs.Entry.new_message()
+    _fill_entry(message, entry)
+    assert _entry_bytes(entry) >= message.total_size.word_count * 8
+    stat = Stat(cid, EntryType.SYMLINK, 0, 0, [Link(text, 1, cid)] * 3, target=text)
+    message = _ipfs.NodeInfo.new_message()
+    _fill_stat(message, stat)
+    assert _stat_bytes(stat) >= message.total_size.word_count * 8

@@ -235,6 +235,16 @@ def test_iter_ls_gives_what_ls_does_one_at_a_time(api: CoreAPI, tree: tuple[str,
         api.iter_ls(f"{root}/a/nope")  # before the first entry is asked for
 
 
+def test_iter_links_gives_what_stat_does_one_at_a_time(api: CoreAPI, tree: tuple[str, Path]):
+    root, _ = tree
+    links = api.iter_links(root)
+    assert not isinstance(links, list)  # an iterator: a cell's stat stops at its bound
+    assert list(links) == api.stat(root).links
+    assert list(api.iter_links(f"{root}/a/b/deep.txt")) == []
+    with pytest.raises(NotFoundError):
+        api.iter_links(f"{root}/a/nope")  # before the first link is asked for
+
+
 def test_ls_of_a_missing_name_is_not_found(api: CoreAPI, tree: tuple[str, Path]):
     with pytest.raises(NotFoundError):
         api.ls(f"{tree[0]}/a/nope")

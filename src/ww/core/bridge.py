@@ -96,6 +96,13 @@ async def wait_future(future: concurrent.futures.Future[T],
         if on_cancel is not None:
             on_cancel()
         raise
+    finally:
+        # An error's traceback holds this frame, and the future holds the error: a cycle
+        # only the garbage collector frees, with every frame the error passed through (a
+        # worker's locals: an IPFS listing's partial answer).  Kept, 1000 listings a cell
+        # did not read grew the host past its memory guard.  The caller must not keep the
+        # future in a local either (pass it inline).
+        del future
 
 
 async def in_executor(executor: concurrent.futures.Executor | None, fn: Callable[[], T],

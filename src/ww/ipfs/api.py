@@ -230,6 +230,11 @@ class CoreAPI(Protocol):
         ``links=False`` none, and only the node itself is read (what :meth:`iter_ls` lists
         one at a time, without holding them)."""
 
+    def iter_links(self, path: str) -> Iterator[Link]:
+        """:meth:`stat`'s links (a directory's entries, their children not read) one at a
+        time, as the directory is read, never held whole; none for a file or symlink; a path
+        that does not resolve raises before the first."""
+
     def resolve(self, path: str) -> str:
         """``/ipfs/<cid>/a/b`` -> the CID of ``b``."""
 

@@ -249,9 +249,7 @@ def resolve(getter: BlockGetter, path: IpfsPath) -> UnixfsNode:
 def stat(getter: BlockGetter, node: UnixfsNode, links: bool = True) -> Stat:
     """What ``node`` is; ``links``: with every entry of a directory (all of them held: a
     directory may have millions), else none (the node alone is read)."""
-    listed: list[Link] = []
-    if links and node.is_directory:
-        listed = [Link(_name(lk.name), lk.tsize, str(lk.cid)) for lk in _dir_links(getter, node)]
+    listed = list(iter_links(getter, node)) if links else []
     target = None
     if node.type is EntryType.SYMLINK:
         target = _name(node.target)
@@ -263,6 +261,14 @@ def stat(getter: BlockGetter, node: UnixfsNode, links: bool = True) -> Stat:
         links=listed,
         target=target,
     )
+
+
+def iter_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[Link]:
+    """The links :func:`stat` holds, one at a time as the directory is read (a HAMT shard at
+    a time, the children themselves never); none for a file or a symlink."""
+    if node.is_directory:
+        for link in _dir_links(getter, node):
+            yield Link(_name(link.name), link.tsize, str(link.cid))
 
 
 def ls(getter: BlockGetter, node: UnixfsNode, name: str) -> list[Entry]:

@@ -53,6 +53,7 @@ from .api import (
     EntryType,
     InvalidPathError,
     IpfsError,
+    Link,
     NotAFileError,
     NotFoundError,
     PeerInfo,
@@ -567,6 +568,11 @@ class KuboClient:
         """Type, sizes and links of a node, computed from its blocks as the embedded node does
         (``links=False``: without a directory's entries, which are then not read)."""
         return exporter.stat(self._block, exporter.resolve(self._block, parse_path(path)), links)
+
+    def iter_links(self, path: str) -> Iterator[Link]:
+        """:meth:`stat`'s links one at a time, from kubo's blocks as the embedded node reads
+        its own; the path is resolved now, so that a missing one raises here."""
+        return exporter.iter_links(self._block, exporter.resolve(self._block, parse_path(path)))
 
     def get(self, path: str, dest: Path, executable: bool = False,
             force: bool | None = None) -> None:

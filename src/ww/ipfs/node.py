@@ -34,6 +34,7 @@ from .api import (
     CoreAPI,
     Entry,
     IpfsError,
+    Link,
     NotFoundError,
     PeerInfo,
     RepoStat,
@@ -280,6 +281,11 @@ class EmbeddedNode:
         """What ``path`` names; ``links=False``: without a directory's entries, which are
         then not read (:meth:`iter_ls` reads them one at a time)."""
         return exporter.stat(self._get_block, self._node(path), links)
+
+    def iter_links(self, path: str) -> Iterator[Link]:
+        """:meth:`stat`'s links one at a time, as the directory is read (a HAMT shard at a
+        time); the path is resolved now, so that a missing one raises here."""
+        return exporter.iter_links(self._get_block, self._node(path))
 
     def resolve(self, path: str) -> str:
         return str(self._cid(path))
