@@ -146,16 +146,13 @@ def _text_bytes(text: str | None) -> int:
     return 0 if text is None else (len(text.encode("utf-8", "surrogatepass")) + 8) & ~7
 
 
-def _entry_bytes(entry: Entry) -> int:
-    return 32 + _text_bytes(entry.name) + _text_bytes(entry.cid)  # 2 data words, 2 pointers
-
-
-def _link_bytes(link: Link) -> int:
-    return 32 + _text_bytes(link.name) + _text_bytes(link.cid)  # 2 data words, 2 pointers
+def _entry_bytes(entry: Entry | Link) -> int:
+    """An ``Entry`` of ``ls`` or a link of ``stat``: 2 data words, 2 pointers, their texts."""
+    return 32 + _text_bytes(entry.name) + _text_bytes(entry.cid)
 
 
 def _stat_bytes(stat: Stat) -> int:
-    links = sum(_link_bytes(link) for link in stat.links)
+    links = sum(_entry_bytes(link) for link in stat.links)
     return 64 + _text_bytes(stat.cid) + _text_bytes(stat.target) + links
 
 
@@ -785,7 +782,7 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             links = []
             if stat.type is EntryType.DIRECTORY:
                 for link in self._api.iter_links(f"/ipfs/{stat.cid}"):
-                    size += _link_bytes(link)
+                    size += _entry_bytes(link)
                     _bounded(size, limit)
                     links.append(link)
             return dataclasses.replace(stat, links=links), size

@@ -730,7 +730,7 @@ async def _guard_memory(stop: Any) -> None:
     """Set ``stop`` when the host's resident memory grows by more than RPC_MEMORY_BUDGET.
 
     What counts is memory held: past half the budget the C allocator is first asked to give
-    back the pages it keeps free (:func:`_give_back_free_memory`), and the growth read again.
+    back the pages it keeps free (:func:`ww.core.heap.trimmer`), and the growth read again.
     Without that the guard counted as held what the answers' copies had left in the heap
     (:mod:`ww.core.heap`): remote peers reading a cell's exported IPFS capability grew the
     host by 126-195 MiB and the guard hung up fd 3, while the bounds on those answers held
