@@ -19,6 +19,11 @@ a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the m
 - "C++ cell -> C++ cell": a jailed C++ cell on host A (`cell call`, the same measurement in
   C++) calling that C++ exporter: no pycapnp at either end but in the two hosts.  (The C++
   cell is one binary for both sides of ``--compare``: only the hosts differ.)
+- "C++ peer -> cell", "C++ peer -> C++ cell": the remote peer is tests/cxx/lane_peer.c++ (the
+  lane's own C connection, C++ Cap'n Proto, the measurement of `cell call`): no Python in
+  the caller, so the figures are host B's and its cell's.  "C++ peer /noise -> C++ cell": the
+  same peer proposing `/noise` alone, as any libp2p peer that is not ww does: host B serves
+  it on its py-libp2p node (docs/p2p.md), not on the lane.
 - "fd 3 only": the same cell code calling its own host's console `ping` over fd 3, for
   scale (no network at all).
 - "libp2p echo": two libp2p hosts in this process, a 100-byte echo on a bare stream: the
@@ -55,7 +60,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.cxx.build import build_cell  # noqa: E402
+from tests.cxx.build import build_cell, build_lane_peer  # noqa: E402
 
 WW = str(Path(sys.executable).with_name("ww"))
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -67,7 +72,7 @@ import ww.cell
 
 class Echo(ww.cell.Service.Server):
     async def call(self, method, args, **kwargs):
-        return ""
+        return " ".join(args)  # (echo: tests/cxx/lane_peer.c++ checks one)
 
 async def main():
     async with ww.cell.connect() as s:
@@ -282,6 +287,18 @@ def cxx_round(directory: str, cxx_cell: str, addr: str, calls: int,
     return got
 
 
+def peer_cxx_round(lane_peer: str, addr: str, calls: int, noise: bool) -> dict[str, float]:
+    """tests/cxx/lane_peer.c++ calling ``addr``: its answers checked, its figures."""
+    r = subprocess.run([lane_peer, *(["--noise"] if noise else []), addr, str(calls),
+                        str(IN_FLIGHT)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise SystemExit(f"p2p.py: {r.stderr.strip()}")
+    got: dict[str, Any] = json.loads(r.stdout.splitlines()[-1])
+    if (got.pop("echo"), got.pop("answers")) != ("hello from C++", 2 * calls + 51):
+        raise SystemExit("the C++ peer got wrong answers")
+    return got
+
+
 def _on_a(directory: str, argv: list[str], p2p: bool, src: str | None) -> dict[str, Any]:
     """Host A (`ww run`) with the cell ``argv``; the last line the cell printed, as JSON."""
     flags = ["--with-p2p", "--listen", LOOPBACK, "--allow-dial", "127.0.0.0/8"] if p2p else [
@@ -358,7 +375,8 @@ def main() -> None:
         {"": None} if not options.compare
         else {"this ": None, "SRC ": os.path.abspath(options.compare)})
     paths = ["cell -> cell", "peer -> cell", "lane -> cell", "lane -> C++ cell",
-             "C++ cell -> C++ cell", "fd 3 only", "libp2p echo"]
+             "C++ cell -> C++ cell", "C++ peer -> cell", "C++ peer -> C++ cell",
+             "C++ peer /noise -> C++ cell", "fd 3 only", "libp2p echo"]
     rounds: dict[tuple[str, str], list[dict[str, float]]] = {
         (v, p): [] for v in variants for p in paths}
     shell: dict[str, list[float]] = {v: [] for v in variants}
@@ -368,8 +386,9 @@ def main() -> None:
         caller = _cell(directory, "caller.py", CALLER)
         try:
             cxx_cell = str(build_cell(Path(directory, "cxx-build"), WW))
+            lane_peer = str(build_lane_peer(Path(directory, "cxx-build"), WW))
         except RuntimeError as e:  # (the tools missing, or the build failed: one line)
-            raise SystemExit(f"p2p.py: the C++ cell: {str(e).splitlines()[0]}") from None
+            raise SystemExit(f"p2p.py: the C++ programs: {str(e).splitlines()[0]}") from None
         hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         cxx_hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:
@@ -391,6 +410,12 @@ def main() -> None:
                                                  str(calls)),
                         "C++ cell -> C++ cell": on_b(cxx_b, calls, cxx_round, directory,
                                                      cxx_cell, cxx_addr, calls, src),
+                        "C++ peer -> cell": on_b(b, calls, peer_cxx_round, lane_peer, addr,
+                                                 calls, False),
+                        "C++ peer -> C++ cell": on_b(cxx_b, calls, peer_cxx_round, lane_peer,
+                                                     cxx_addr, calls, False),
+                        "C++ peer /noise -> C++ cell": on_b(cxx_b, calls, peer_cxx_round,
+                                                            lane_peer, cxx_addr, calls, True),
                         "fd 3 only": cell_round(directory, caller, "-", calls, src),
                         "libp2p echo": _child(src, "libp2p", str(calls)),
                     }
@@ -409,13 +434,13 @@ def main() -> None:
           f"{calls} calls, median of {options.rounds} rounds, load average "
           f"{os.getloadavg()[0]:.1f} at the end"
           + (f"; SRC = {options.compare}" if options.compare else ""))
-    print(f"{'path':<25}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
+    print(f"{'path':<34}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
           f"{'pipelined calls/s':>19}{'B CPU/call':>12}{'B host':>9}")
     for path in paths:
         for variant in variants:
             r = median_round(rounds[(variant, path)])
             cpu, host = r.get("b_cpu_us", float("nan")), r.get("b_host_cpu_us", float("nan"))
-            print(f"{variant + path:<25}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
+            print(f"{variant + path:<34}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
                   f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}"
                   + (f"{cpu:>10.0f}us{host:>7.0f}us" if cpu == cpu else ""))
     for variant in variants:

@@ -3,7 +3,10 @@
 It proves that docs/protocol.md is enough to write a cell in another language: the anonymous
 and the signed login (libsodium signs), the console, named fds, IPFS add with many writes in
 flight and cat, a denial with its documented text and exit status, a `Service` exported on
-/ww/0.1.0 and called from `ww call` and from another cell through two hosts.  (The page's own
+/ww/0.1.0 and called from `ww call` and from another cell through two hosts.  And that a
+remote peer with no Python in it (tests/cxx/lane_peer.c++: the lane's C connection and C++
+Cap'n Proto, benchmarks/p2p.py's "C++ peer" rows) reaches a cell's export, over the lane or
+over `/noise` as any libp2p peer would, and is refused where it should be.  (The page's own
 example, compiled with the page's own command, is run by tests/test_doc_blocks.py.)  Needs
 Debian's capnproto, libcapnp-dev and libsodium-dev, which `./dev test` installs; the build is
 tests/cxx/build.py's, which benchmarks/p2p.py uses too.
@@ -23,26 +26,38 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG, WW, host_env, run_ww
-from tests.cxx.build import build_cell
+from tests.cxx.build import build_cell, build_lane_peer
 from tests.p2p.conftest import EXPORTER, LOOPBACK, Host, ww_call
+from ww.core.identity import PublicKey
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL_MD = HERE.parent.parent / "docs" / "protocol.md"
 
 
-@pytest.fixture(scope="session")
-def cxx_cell(tmp_path_factory) -> str:
-    """tests/cxx/cell.c++ built once per test run: pytest-xdist's workers share one build
-    directory of this run, where the first builds under a lock and the others wait for it."""
+def _built(tmp_path_factory, build) -> str:
+    """``build`` (tests/cxx/build.py's) run once per test run: pytest-xdist's workers share one
+    build directory of this run, where the first builds under a lock and the others wait."""
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # this run's own, the parent of every worker's base
     with open(shared / "cxx-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return str(build_cell(shared / "cxx-build", WW))
+            return str(build(shared / "cxx-build", WW))
         except RuntimeError as e:
             pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def cxx_cell(tmp_path_factory) -> str:
+    """tests/cxx/cell.c++, built once per test run."""
+    return _built(tmp_path_factory, build_cell)
+
+
+@pytest.fixture(scope="session")
+def lane_peer(tmp_path_factory) -> str:
+    """tests/cxx/lane_peer.c++, built once per test run."""
+    return _built(tmp_path_factory, build_lane_peer)
 
 
 def _docs_cxx_section() -> str:
@@ -206,3 +221,51 @@ def test_the_p2p_modes_refuse_bad_arguments_and_a_missing_p2p(cxx_cell, args, st
     r = run_ww("run", cxx_cell, *args, stdin=subprocess.DEVNULL, timeout=HANG)
     assert r.returncode == status
     assert line in r.stderr.splitlines()
+
+
+def _lane_peer(lane_peer: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([lane_peer, *args], capture_output=True, text=True, timeout=HANG,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("security", ["lane", "noise"])
+def test_a_peer_with_no_python_calls_a_cxx_cells_export(start_host, cxx_cell, lane_peer,
+                                                        security):
+    b = _cxx_exporter(start_host, cxx_cell)
+    r = _lane_peer(lane_peer, *(["--noise"] if security == "noise" else []), b.addr, "100", "8")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    # every answer checked: `echo hello from C++`, then 50 + 2 * 100 `echo`s answered ""
+    assert (got["echo"], got["answers"]) == ("hello from C++", 251)
+    assert b.stop()[0] == 0
+
+
+def test_a_peer_with_no_python_calls_a_python_cells_export(start_host, lane_peer, tmp_path):
+    exporter = tmp_path / "exporter.py"
+    exporter.write_text("#!/usr/bin/env python3\n" + textwrap.dedent(EXPORTER).lstrip("\n"))
+    exporter.chmod(0o755)
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, str(exporter))
+    r = _lane_peer(lane_peer, b.addr, "100", "8")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["answers"] == 251
+
+
+def test_a_peer_with_no_python_checks_whom_it_reached(start_host, cxx_cell, lane_peer):
+    b = _cxx_exporter(start_host, cxx_cell)
+    someone_else = PublicKey(bytes(range(32))).peer_id
+    r = _lane_peer(lane_peer, b.addr.rsplit("/", 1)[0] + "/" + someone_else, "1", "1")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.splitlines() == ["lane_peer: noise: peer is not the one dialed"]
+
+
+@pytest.mark.parametrize("args", [
+    ["/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWMWBUACYhwKLqRfSLCfRwwZefXDMtt6PQT3ueEJKxRfj9", "1", "1"],
+    ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWMWBUACYhwKLqRfSLCfRwwZefXDMtt6PQT3ueEJKxRfj9", "0", "1"],
+    ["/ip4/127.0.0.1/tcp/4001", "1", "1"],
+])
+def test_a_peer_with_no_python_refuses_bad_arguments_and_any_address_off_loopback(lane_peer,
+                                                                                   args):
+    r = _lane_peer(lane_peer, *args)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        "lane_peer: usage: lane_peer [--noise] /ip4/127.x.x.x/tcp/PORT/p2p/PEERID N INFLIGHT"]
