@@ -5,8 +5,10 @@
 A `ww run --with-ipfs` cell makes two directories the way a cell can (dag-pb blocks added as
 files of one raw leaf, named with the dag-pb codec): ``huge``, a HAMT of 8 shards of 20,000
 entries (empty identity CIDs named with 3 bytes: 56 bytes of answer each, some 9 MB in all,
-just over the 8 MiB an answer may have, so every call fails with one line), and ``small``,
-an honest directory of 100 files with names of 20 bytes.  For each directory and method the
+just over the 8 MiB an answer may have, so every call fails with one line); ``large``, a
+directory of 4000 entries (100 files linked 40 times each, names of 20 bytes: some 480 KB of
+answer, past an answer's first 64 KiB); and ``small``, an honest directory of those 100
+files.  For each directory and method the
 cell makes ``--calls`` calls one after the other, and the host's CPU over them is read
 (nanoseconds on CPU of the `ww run` process's threads, /proc/PID/task/*/schedstat: the cell
 is not counted).  ``--compare OTHER/src`` runs the same against a host with the ww package
@@ -64,7 +66,9 @@ async def main():
         files = [b32(await s.ipfs.add(b"file %d" % i, cid_version=1)) for i in range(100)]
         small = await block(s, b"".join(pb(2, pb(1, cid) + pb(2, b"file-%015d" % i) + b"\x18\x10")
                                         for i, cid in enumerate(files)) + DIRECTORY)
-        paths = {"huge": path(huge), "small": path(small)}
+        large = await block(s, b"".join(pb(2, pb(1, files[i % 100]) + pb(2, b"file-%015d" % i)
+                                           + b"\x18\x10") for i in range(4000)) + DIRECTORY)
+        paths = {"huge": path(huge), "large": path(large), "small": path(small)}
         print("ready", flush=True)
         for line in sys.stdin:
             method, which, calls = line.split()
@@ -78,7 +82,7 @@ async def main():
 asyncio.run(main())
 '''
 
-CASES = [("stat", "huge"), ("ls", "huge"), ("stat", "small"), ("ls", "small")]
+CASES = [(method, which) for which in ("huge", "large", "small") for method in ("stat", "ls")]
 
 
 def main() -> None:
