@@ -655,9 +655,6 @@ class _Counting:
     def pins(self):
         return list(self._node.pins()) + self._pins
 
-    def __iter__(self):
-        raise TypeError
-
 
 def _hamt(node, shards: int) -> str:
     """A HAMT of ``shards`` shards of 20,000 entries each, as a cell makes one (blocks added
@@ -761,12 +758,12 @@ def test_a_listing_past_its_first_share_without_room_waits_and_is_read_again(tmp
     async def main():
         async with budget.answer(budget.limit - LISTED_FIRST) as other:
             other.size = 0
+            waited = asyncio.get_running_loop().create_future()
+            budget._on_wait = lambda held: waited.set_result(held)
             stat = asyncio.ensure_future(_call(server, "stat", path)())
-            for _ in range(100_000):  # a bound only: until the stat waits for room
-                if budget._waiting or stat.done():
-                    break
-                await asyncio.sleep(0)
-            assert budget._waiting and budget.held == budget.limit - LISTED_FIRST
+            # the stat read past 64 KiB, found no room for 8 MiB, and now waits for it
+            assert await asyncio.wait_for(waited, HANG) == budget.limit - LISTED_FIRST
+            assert not stat.done() and api.calls == 1
         return await stat
 
     try:
