@@ -30,7 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from p2p_host_cpu import on_cpu  # noqa: E402
+from p2p import stop_b  # noqa: E402
+from p2p_host_cpu import add_compare, on_cpu, variants  # noqa: E402
 
 WW = str(Path(sys.executable).with_name("ww"))
 
@@ -89,13 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", metavar="SRC",
-                        help="also run against a host with the ww of SRC (another checkout's "
-                             "src directory), in turns with this one")
+    add_compare(parser, "a host")
     options = parser.parse_args()
-    variants: dict[str, str | None] = {"this": None}
-    if options.compare:
-        variants["SRC"] = os.path.abspath(options.compare)
+    hosts_of = variants(options)
     results: dict[tuple[str, str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="ww-bench-listing-") as directory:
         cell = Path(directory, "cell.py")
@@ -103,7 +100,7 @@ def main() -> None:
         cell.chmod(0o755)
         hosts = {}
         try:
-            for variant, src in variants.items():
+            for variant, src in hosts_of.items():
                 env = {**os.environ, "WW_HOME": os.path.join(directory, f"home-{variant}")}
                 flags = []
                 if src:
@@ -117,7 +114,7 @@ def main() -> None:
                     raise SystemExit(f"listing_cpu.py: the {variant} cell did not start")
                 hosts[variant] = host
             for n in range(options.rounds):
-                order = list(variants)
+                order = list(hosts_of)
                 for variant in order if n % 2 == 0 else order[::-1]:
                     host = hosts[variant]
                     assert host.stdin is not None and host.stdout is not None
@@ -131,13 +128,7 @@ def main() -> None:
                             (on_cpu(host.pid) - before) / options.calls / 1e6)
         finally:
             for host in hosts.values():
-                if host.stdin:
-                    host.stdin.close()
-                try:
-                    host.wait(30)
-                except subprocess.TimeoutExpired:
-                    host.kill()
-                    host.wait()
+                stop_b(host)  # stdin closed: the cell ends
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{options.calls} calls a case, median of {options.rounds} rounds, "
