@@ -103,6 +103,21 @@ def on_cpu(pid: int) -> int:
     return total
 
 
+def add_compare(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--compare SRC``: also run against ``what`` with the ww of another checkout."""
+    parser.add_argument("--compare", metavar="SRC",
+                        help=f"also run every round against {what} with the ww of SRC "
+                             "(another checkout's src directory), in turns with this one")
+
+
+def variants(options: argparse.Namespace) -> dict[str, str | None]:
+    """This checkout's ww ("this": None) and, with ``--compare``, SRC's (its path)."""
+    found: dict[str, str | None] = {"this": None}
+    if options.compare:
+        found["SRC"] = os.path.abspath(options.compare)
+    return found
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and every process under it."""
     children: dict[int, list[int]] = {}
@@ -154,15 +169,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cell", choices=("cxx", "python"), default="cxx")
-    parser.add_argument("--compare", metavar="SRC",
-                        help="also run every round against a host B with the ww of SRC "
-                             "(another checkout's src directory), in turns with this one")
+    add_compare(parser, "a host B")
     options = parser.parse_args()
-    variants: dict[str, str | None] = {"this": None}
-    if options.compare:
-        variants["SRC"] = os.path.abspath(options.compare)
+    hosts_b = variants(options)
     results: dict[tuple[str, str], list[dict[str, float]]] = {
-        (v, m): [] for v in variants for m in ("seq", "pipe")}
+        (v, m): [] for v in hosts_b for m in ("seq", "pipe")}
     with tempfile.TemporaryDirectory(prefix="ww-bench-hostcpu-") as directory:
         if options.cell == "cxx":
             try:
@@ -174,10 +185,10 @@ def main() -> None:
             exporter = [p2p._cell(directory, "exporter.py", p2p.EXPORTER)]
         hosts = {}
         try:
-            for i, (variant, src) in enumerate(variants.items()):
+            for i, (variant, src) in enumerate(hosts_b.items()):
                 hosts[variant] = p2p.start_b(directory, exporter, f"b{i}", src)
             for n in range(options.rounds):
-                order = list(variants)
+                order = list(hosts_b)
                 for variant in order if n % 2 == 0 else order[::-1]:
                     host, addr = hosts[variant]
                     for mode in ("seq", "pipe"):

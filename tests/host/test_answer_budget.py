@@ -282,8 +282,9 @@ def test_an_answer_longer_than_8_mib_fails_with_one_line_and_stops_the_listing(m
     kubo = HugeDirectoryKubo()
     r = kubo.run(make_cell(HUGE_LS_CELL))
     assert r.returncode == 0, r.stderr
-    assert r.stdout == ("ls: the answer would be more than 8 MiB (a call answers at most "
-                        f"that much)\n['{HELLO_CID}']\n")
+    assert r.stdout == ("ls: the answer would be more than 8 MiB, what a call answers at most;"
+                        " reach the entries you need by name instead (ls, stat or cat "
+                        f"PATH/NAME)\n['{HELLO_CID}']\n")
     # 8 MiB of entries of some 300 bytes; what kubo had sent ahead is a few sockets' worth
     assert kubo.sent < 200_000, kubo.sent
 
@@ -324,8 +325,9 @@ def test_a_stat_of_a_huge_directory_stops_reading_it_at_the_bound(make_cell):
                        capture_output=True, text=True, timeout=HANG)
     assert "held more than" not in r.stderr, r.stderr
     assert r.returncode == 0, r.stderr
-    assert r.stdout == 4 * ("stat: the answer would be more than 8 MiB (a call answers at "
-                            "most that much)\n")
+    assert r.stdout == 4 * ("stat: the answer would be more than 8 MiB, what a call answers "
+                            "at most; reach the entries you need by name instead (ls, stat or "
+                            "cat PATH/NAME)\n")
 
 
 LONG_NAME_CELL = """
@@ -621,3 +623,180 @@ def test_a_listing_counts_its_answer_no_smaller_than_cap_n_proto_makes_it(name):
     message = _ipfs.NodeInfo.new_message()
     _fill_stat(message, stat)
     assert _stat_bytes(stat) >= message.total_size.word_count * 8
+
+
+# --- a listing produced once, in a real node's worker threads -----------------------------
+
+class _Counting:
+    """A real embedded node whose ``iter_links``, ``iter_ls`` and ``pins`` count what the
+    capability takes of them."""
+
+    def __init__(self, node, pins=()):
+        self._node = node
+        self._pins = list(pins)
+        self.calls = 0  # listings started
+        self.taken = 0  # entries, links or pins taken
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
+
+    def _counted(self, items):
+        self.calls += 1
+        for item in items:
+            self.taken += 1
+            yield item
+
+    def iter_links(self, path):
+        return self._counted(self._node.iter_links(path))
+
+    def iter_ls(self, path):
+        return self._counted(self._node.iter_ls(path))
+
+    def pins(self):
+        return list(self._node.pins()) + self._pins
+
+
+def _hamt(node, shards: int) -> str:
+    """A HAMT of ``shards`` shards of 20,000 entries each, as a cell makes one (blocks added
+    as raw leaves, named by the dag-pb codec): every entry an empty identity CID named with
+    3 bytes, 56 bytes of answer."""
+    import base64
+
+    from ww.ipfs.api import AddOptions
+
+    def pb(field, data):
+        n, size = len(data), b""
+        while n >= 128:
+            size, n = size + bytes([n & 127 | 128]), n >> 7
+        return bytes([field << 3 | 2]) + size + bytes([n]) + data
+
+    def block(body):
+        text = node.add_stream([body + pb(1, bytes([8, 5, 0x28, 0x22, 0x30, 0x80, 2]))],
+                               AddOptions(cid_version=1, raw_leaves=True))[1:].upper()
+        return bytes([1, 0x70]) + base64.b32decode(text + "=" * (-len(text) % 8))[2:]
+
+    nothing = bytes([1, 0x55, 0, 0])
+    cids = [block(b"".join(pb(2, pb(1, nothing) + pb(2, b"%02Xn" % i)) for _ in range(20_000)))
+            for i in range(shards)]
+    root = block(b"".join(pb(2, pb(1, cid) + pb(2, b"%02X" % i)) for i, cid in enumerate(cids)))
+    return "/ipfs/b" + base64.b32encode(root).decode().lower().rstrip("=")
+
+
+def _call(server, method: str, *args):
+    """``server.<method>(*args)`` as the RPC system calls it: its results, or its error."""
+    import capnp
+
+    from ww.caps.ipfs import _ipfs
+
+    class Context:
+        results = capnp._MallocMessageBuilder().init_root(
+            _ipfs.IPFS.schema.methods[method].result_type)
+
+    async def call():
+        try:
+            got = await getattr(server, method)(*args, **({"_context": Context} if method != "pins"
+                                                          else {}))
+        except Exception as e:  # noqa: BLE001 - the error is what is compared
+            return e
+        return Context.results if got is None else got
+
+    return call
+
+
+def _server(tmp_path, shards: int, pins=()):
+    from ww.caps.ipfs import IpfsServer
+    from ww.host.answers import AnswerBudget as Budget
+    from ww.host.denied import Caller
+    from ww.ipfs.node import EmbeddedNode
+
+    node = EmbeddedNode(tmp_path / "repo")
+    path = _hamt(node, shards) if shards else ""
+    api = _Counting(node, pins)
+    budget = Budget()
+    return IpfsServer(api, caller=Caller(answers=budget)), api, budget, path
+
+
+@pytest.mark.parametrize("method", ["stat", "ls"])
+def test_a_listing_over_8_mib_is_read_once_and_no_further_than_the_bound(tmp_path, method):
+    """A ``stat`` or ``ls`` of a HAMT a cell made whose answer is some 9 MB: it was read up
+    to 64 KiB, then again from the start up to 8 MiB, and each entry cost some 9 us (1.6 s
+    of the host's CPU for a 100-byte call).  Now it is read once and stops at the entry
+    that passes 8 MiB, and the error says what the cell can do instead."""
+    server, api, budget, path = _server(tmp_path, 8)
+    try:
+        got = asyncio.run(_call(server, method, path)())
+    finally:
+        server.close()
+    assert str(got) == (f"{method}: the answer would be more than 8 MiB, what a call answers "
+                        "at most; reach the entries you need by name instead (ls, stat or cat "
+                        "PATH/NAME)")
+    assert api.calls == 1
+    assert api.taken <= 8 * MIB // 56 + 1  # 56 bytes an entry: one past the bound at most
+    assert budget.held == 0
+
+
+def test_a_listing_past_its_first_share_goes_on_from_where_it_is(tmp_path):
+    """A ``stat`` of 20,000 links (1.1 MB of answer) with room in the budget: it takes 8 MiB
+    in place of its first 64 KiB and reads on, each link once, and keeps its answer's size."""
+    server, api, budget, path = _server(tmp_path, 1)
+    try:
+        got = asyncio.run(_call(server, "stat", path)())
+    finally:
+        server.close()
+    assert len(got.info.links) == 20_000
+    assert (api.calls, api.taken) == (1, 20_000)
+    assert budget.held >= 20_000 * 56
+
+
+def test_a_listing_past_its_first_share_without_room_waits_and_is_read_again(tmp_path):
+    """The same ``stat`` while another answer holds all but 64 KiB of the budget: it drops
+    what it read, holds nothing while it waits for 8 MiB, and once let in reads it again."""
+    from ww.caps.ipfs import LISTED_FIRST
+
+    server, api, budget, path = _server(tmp_path, 1)
+
+    async def main():
+        async with budget.answer(budget.limit - LISTED_FIRST) as other:
+            other.size = 0
+            waited = asyncio.get_running_loop().create_future()
+            budget._on_wait = lambda held: waited.set_result(held)
+            stat = asyncio.ensure_future(_call(server, "stat", path)())
+            # the stat read past 64 KiB, found no room for 8 MiB, and now waits for it
+            assert await asyncio.wait_for(waited, HANG) == budget.limit - LISTED_FIRST
+            assert not stat.done() and api.calls == 1
+        return await stat
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        server.close()
+    assert len(got.info.links) == 20_000
+    assert api.calls == 2
+
+
+def test_pins_are_measured_as_they_are_listed(tmp_path):
+    """``pins`` of a node with 300,000 pins (some 21 MB of answer): each was measured after
+    the whole list was copied, twice over; now the listing stops at the pin past 8 MiB."""
+    from ww.core import multihash
+    from ww.core.cid import CID
+
+    cids = [str(CID.v1(0x55, multihash.sha256(b"%d" % i))) for i in range(300_000)]
+
+    class Pins(list):
+        taken = 0
+
+        def __iter__(self):
+            for cid in list.__iter__(self):
+                Pins.taken += 1
+                yield cid
+
+    server, api, _, _ = _server(tmp_path, 0)
+    api.pins = lambda: Pins(cids)
+    try:
+        got = asyncio.run(_call(server, "pins")())
+    finally:
+        server.close()
+    assert str(got) == ("pins: the answer would be more than 8 MiB, what a call answers at "
+                        "most; a capability attenuated to roots lists only the pins under them "
+                        "and its own")
+    assert Pins.taken <= 8 * MIB // (8 + 64) + 1

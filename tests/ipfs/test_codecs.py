@@ -131,3 +131,109 @@ def test_car_header_with_cbor_shared_values_is_refused_at_once() -> None:
     header = b"\xa2eroots" + roots + b"gversion\x01"
     with pytest.raises(InvalidCarError, match="unsupported dag-cbor item"):
         CarReader(io.BytesIO(varint.encode(len(header)) + header))
+
+
+def _strict(body: bytes) -> object:
+    try:
+        return dagpb._decode_fields(memoryview(body))
+    except Exception as e:  # the error, as the strict reader gives it
+        return (type(e), str(e))
+
+
+def _straight(body: bytes) -> object:
+    try:
+        return dagpb._decode_link(memoryview(body))
+    except Exception as e:
+        return (type(e), str(e))
+
+
+_LINK = dagpb.encode_link(dagpb.PBLink(CID.v1(0x55, multihash.sha256(b"x")), b"name", 300))
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_LINK)), st.integers(0, 255)), max_size=4),
+       st.integers(0, len(_LINK)), st.binary(max_size=3))
+def test_a_link_read_straight_is_what_the_strict_reader_makes_of_it(
+        edits: list[tuple[int, int]], cut: int, tail: bytes) -> None:
+    """``dagpb._decode_link`` reads a link in the usual form without the generic field reader:
+    on any bytes near that form (bytes changed, cut short, trailing) it gives what the
+    strict reader gives, the same link or the same error."""
+    body = bytearray(_LINK[1 + 1:])  # the link's own bytes, after its key and length
+    for at, value in edits:
+        if at < len(body):
+            body[at] = value
+    body = body[:cut] + tail
+    assert _straight(bytes(body)) == _strict(bytes(body))
+
+
+_CIDS = [bytes(CID.v1(0x55, multihash.sha256(b"x"))), bytes(CID.v0(multihash.sha256(b"x"))),
+         bytes([1, 0x70, 0, 3]) + b"abc"]
+
+
+@given(st.sampled_from(_CIDS), st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)),
+                                        max_size=3), st.integers(0, 40))
+def test_a_cid_read_straight_is_one_the_checking_constructor_makes(
+        cid: bytes, edits: list[tuple[int, int]], cut: int) -> None:
+    """``CID.decode`` reads the usual forms without checking the parts again: what it reads
+    from bytes near them is a CID its checking constructor makes, of those very bytes."""
+    data = bytearray(cid)
+    for at, value in edits:
+        if at < len(data):
+            data[at] = value
+    data = bytes(data[:cut])
+    try:
+        got, end = CID.decode(data)
+    except Exception:
+        return
+    assert CID(got.version, got.codec, got.multihash) == got
+    assert bytes(got) == data[:end]
+
+
+def _strict_block(block: bytes) -> object:
+    """``dagpb._decode`` as the strict reader alone does it (field by field)."""
+    from ww.core.protobuf import LEN, fields
+
+    try:
+        links, data = [], None
+        for num, wire, value in fields(block):
+            if num == 2 and wire == LEN:
+                if data is not None:
+                    raise dagpb.ProtobufError("a link follows the Data field")
+                if len(links) >= dagpb.MAX_LINKS:
+                    raise dagpb.ProtobufError(f"more than {dagpb.MAX_LINKS} links")
+                links.append(dagpb._decode_fields(value))
+            elif num == 1 and wire == LEN:
+                if data is not None:
+                    raise dagpb.ProtobufError("duplicate Data field")
+                data = bytes(value)
+            else:
+                raise dagpb.ProtobufError(f"unexpected field {num} (wire type {wire}) in PBNode")
+        return dagpb.PBNode(tuple(links), data)
+    except Exception as e:
+        return (type(e), str(e))
+
+
+def _straight_block(block: bytes) -> object:
+    try:
+        return dagpb._decode(block)
+    except Exception as e:
+        return (type(e), str(e))
+
+
+_BLOCK = dagpb.encode(dagpb.PBNode(
+    (dagpb.PBLink(CID.v1(0x55, multihash.sha256(b"x")), b"n" * 100, 300),
+     dagpb.PBLink(CID.v0(multihash.sha256(b"y")), b"m", 0)), b"\x08\x01"))
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_BLOCK)), st.integers(0, 255)), max_size=4),
+       st.integers(0, len(_BLOCK)), st.binary(max_size=3))
+def test_a_block_read_straight_is_what_the_strict_reader_makes_of_it(
+        edits: list[tuple[int, int]], cut: int, tail: bytes) -> None:
+    """``dagpb._decode`` takes links in the usual form without the generic field reader: on
+    any bytes near a block (bytes changed, cut short, trailing) it gives what the strict
+    reader gives, the same node or the same error."""
+    block = bytearray(_BLOCK)
+    for at, value in edits:
+        if at < len(block):
+            block[at] = value
+    block = block[:cut] + tail
+    assert _straight_block(bytes(block)) == _strict_block(bytes(block))

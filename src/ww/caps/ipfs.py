@@ -90,13 +90,24 @@ MAX_LISTED = 8 * 1024 * 1024
 """Bytes an answer of ``ls``, ``stat``, ``pins`` or ``peers`` may have, at most: their size is
 the content's or the node's, not their call's (a 100-byte ``ls`` of a directory block a cell
 made can answer 260 KiB), so each takes its share of the cell's
-:class:`~ww.host.answers.AnswerBudget` before it is produced (:meth:`IpfsServer._listed`)
-and keeps what its answer has; a longer one fails with one line (some 70,000 entries)."""
+:class:`~ww.host.answers.AnswerBudget` before it is produced, is measured as it is produced
+(:meth:`IpfsServer._listed`), and keeps what its answer has; a longer one stops there and
+fails with one line (some 70,000 entries)."""
 LISTED_FIRST = 64 * 1024
 """The share such an answer takes first: most are this small (a ``stat`` of a file, a
 directory of a few hundred entries), so 256 of them are produced at once, and one waiting on
-the network holds no more.  One that turns out longer gives its share back, takes
-:data:`MAX_LISTED`, and is produced again."""
+the network holds no more.  One that turns out longer takes :data:`MAX_LISTED` in its place
+if the budget has room for it at once, and goes on from where it is; otherwise it drops what
+it has, gives its share back, waits for :data:`MAX_LISTED` and is produced again."""
+TOO_LONG = ("{method}: the answer would be more than {mib} MiB, what a call answers at most"
+            "{hint}")
+"""The one line a longer answer fails with; ``hint``: what the cell can do instead."""
+_HINTS = {
+    "ls": "; reach the entries you need by name instead (ls, stat or cat PATH/NAME)",
+    "stat": "; reach the entries you need by name instead (ls, stat or cat PATH/NAME)",
+    "pins": "; a capability attenuated to roots lists only the pins under them and its own",
+    "peers": "",
+}
 
 T = TypeVar("T")
 
@@ -114,6 +125,8 @@ def _fill_peer(builder: Any, info: PeerInfo) -> None:
 def _text(name: str) -> str:
     """A name or target from content as Cap'n Proto Text (UTF-8): bytes that are not UTF-8
     (kept as surrogates) become U+FFFD, as in kubo's JSON, rather than fail the call."""
+    if name.isascii():
+        return name
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -131,9 +144,10 @@ def _fill_stat(builder: Any, stat: Stat) -> None:
     builder.cumulativeSize = stat.cumulative_size
     links = builder.init("links", len(stat.links))
     for i, link in enumerate(stat.links):
-        links[i].name = _text(link.name)
-        links[i].size = link.size
-        links[i].cid = link.cid
+        out = links[i]
+        out.name = _text(link.name)
+        out.size = link.size
+        out.cid = link.cid
     if stat.target is not None:
         builder.target = _text(stat.target)
 
@@ -143,12 +157,19 @@ def _text_bytes(text: str | None) -> int:
     byte of a name that is not UTF-8 (a lone surrogate here) is counted as the 3 bytes of
     the U+FFFD :func:`_text` makes of it, at most: counted as 1 byte, names of such bytes
     made the answers the budget let in three times as large as it counted."""
-    return 0 if text is None else (len(text.encode("utf-8", "surrogatepass")) + 8) & ~7
+    if text is None:
+        return 0
+    if text.isascii():
+        return (len(text) + 8) & ~7
+    return (len(text.encode("utf-8", "surrogatepass")) + 8) & ~7
 
 
 def _entry_bytes(entry: Entry | Link) -> int:
     """An ``Entry`` of ``ls`` or a link of ``stat``: 2 data words, 2 pointers, their texts."""
-    return 32 + _text_bytes(entry.name) + _text_bytes(entry.cid)
+    name, cid = entry.name, entry.cid
+    if name.isascii() and cid.isascii():  # the common case, without two calls
+        return 32 + ((len(name) + 8) & ~7) + ((len(cid) + 8) & ~7)
+    return 32 + _text_bytes(name) + _text_bytes(cid)
 
 
 def _stat_bytes(stat: Stat) -> int:
@@ -161,13 +182,54 @@ def _peer_bytes(info: PeerInfo) -> int:
             + sum(8 + _text_bytes(p) for p in info.protocols))
 
 
-class _Longer(Exception):
-    """An answer being produced is longer than its share (:meth:`IpfsServer._listed`)."""
+def _pin_bytes(cid: str) -> int:
+    return 8 + _text_bytes(cid)
 
 
-def _bounded(size: int, limit: int) -> None:
-    if size > limit:
-        raise _Longer
+class _Listing:
+    """An answer of ``ls``, ``stat``, ``pins`` or ``peers`` as it is produced, in worker
+    threads, one :meth:`fill` at a time: ``start()`` gives its head (``stat``'s node, or
+    None), the head's bytes, and an iterator of its items, each ``measure(item)`` bytes."""
+
+    __slots__ = ("head", "items", "size", "_start", "_source", "_measure")
+
+    def __init__(self, start: Callable[[], tuple[Any, int, Iterator[Any]]],
+                 measure: Callable[[Any], int]) -> None:
+        self._start = start
+        self._measure = measure
+        self._source: Iterator[Any] | None = None
+        self.head: Any = None
+        self.items: list[Any] = []
+        self.size = 0
+
+    def fill(self, limit: int) -> bool:
+        """Read on until the answer is whole (True) or has passed ``limit`` bytes (False):
+        the item that passed it is kept, so that a :meth:`fill` with a larger limit goes on
+        from there; nothing is read past it."""
+        if self._source is None:
+            self.head, self.size, self._source = self._start()
+        size = self.size
+        if size > limit:
+            return False
+        append, measure = self.items.append, self._measure
+        try:
+            for item in self._source:
+                append(item)
+                size += measure(item)
+                if size > limit:
+                    return False
+        finally:
+            self.size = size
+        return True
+
+    def drop(self) -> None:
+        """Let go of everything read (and of the source: a kubo reply is closed), so that the
+        next :meth:`fill` starts from the beginning."""
+        source, self._source = self._source, None
+        self.head, self.items, self.size = None, [], 0
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -737,57 +799,74 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
             end=None if length < 0 else offset + length, local=api.local_reads,
             answers=self._caller.answers)
 
-    async def _listed(self, method: str, produce: Callable[[int], tuple[T, int]]) -> T:
-        """``produce(limit)`` (the answer and its bytes; :class:`_Longer` past ``limit``) in a
-        worker thread, once its share of the cell's answer budget is taken: a cell that asks
-        for such answers and does not read fd 3 makes the host wait, not hold them all.  The
-        share is :data:`LISTED_FIRST`, then for an answer longer than that :data:`MAX_LISTED`
-        (nothing held while it waits for it, so no two listings wait on each other); the
+    async def _listed(self, method: str, listing: _Listing) -> _Listing:
+        """``listing`` produced in worker threads and measured as it is, once its share of the
+        cell's answer budget is taken: a cell that asks for such answers and does not read fd
+        3 makes the host wait, not hold them all.  The share is :data:`LISTED_FIRST`; an
+        answer that passes it takes :data:`MAX_LISTED` in its place if that fits at once and
+        goes on from there, else it is dropped, the share given back, and produced again once
+        :data:`MAX_LISTED` is taken (nothing held while it waits for it, so no two listings
+        wait on each other).  Past :data:`MAX_LISTED` it stops and fails with one line.  The
         answer keeps its own bytes until they are written to fd 3."""
-        for limit in (LISTED_FIRST, MAX_LISTED):
-            try:
-                async with self._caller.answers.answer(limit) as answer:
-                    result, answer.size = await self._cell.run(produce, limit)
-                    return result
-            except _Longer:
-                pass
-        raise CallError(f"{method}: the answer would be more than {MAX_LISTED >> 20} MiB "
-                        "(a call answers at most that much)")
+        cell, answers = self._cell, self._caller.answers
+        token = cell.token()  # one for the whole listing: it goes on in another thread
+        try:
+            async with answers.answer(LISTED_FIRST) as answer:
+                whole = await cell.run(listing.fill, LISTED_FIRST, token=token)
+                if not whole and answers.grow(answer, MAX_LISTED):
+                    whole = await cell.run(listing.fill, MAX_LISTED, token=token)
+                    if not whole:
+                        raise self._too_long(method, listing)
+                if whole:
+                    answer.size = listing.size
+                    return listing
+                answer.size = 0  # no room for it now: nothing held while it waits for room
+                listing.drop()
+            async with answers.answer(MAX_LISTED) as answer:
+                if not await cell.run(listing.fill, MAX_LISTED, token=token):
+                    raise self._too_long(method, listing)
+                answer.size = listing.size
+                return listing
+        except asyncio.CancelledError:
+            raise  # its worker may be reading still: the listing goes when it is done
+        except BaseException:
+            listing.drop()  # the backend's error: not kept by its traceback
+            raise
+
+    @staticmethod
+    def _too_long(method: str, listing: _Listing) -> CallError:
+        listing.drop()  # not kept by the error's traceback
+        return CallError(TOO_LONG.format(method=method, mib=MAX_LISTED >> 20,
+                                         hint=_HINTS[method]))
 
     async def ls(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("ls", path)
+        api = self._api
 
-        def produce(limit: int) -> tuple[list[Entry], int]:
-            entries, size = [], 0
-            for entry in self._api.iter_ls(path):  # stopped at the bound, not read whole
-                size += _entry_bytes(entry)
-                _bounded(size, limit)
-                entries.append(entry)
-            return entries, size
+        def start() -> tuple[None, int, Iterator[Entry]]:
+            return None, 0, api.iter_ls(path)  # read as listed, stopped at the bound
 
-        entries = await self._listed("ls", produce)
+        entries = (await self._listed("ls", _Listing(start, _entry_bytes))).items
         out = _context.results.init("entries", len(entries))
         for i, entry in enumerate(entries):
             _fill_entry(out[i], entry)
 
     async def stat(self, path: str, _context: Any, **kwargs: Any) -> None:
         await self._check_path("stat", path)
+        api = self._api
 
-        def produce(limit: int) -> tuple[Stat, int]:
+        def start() -> tuple[Stat, int, Iterator[Link]]:
             # The links one at a time, stopped at the bound: read whole first, a HAMT of
             # 960,000 entries a cell made from 12 MiB of blocks held some 170 MiB per stat.
-            stat = self._api.stat(path, links=False)
-            size = _stat_bytes(stat)
-            _bounded(size, limit)
-            links = []
+            stat = api.stat(path, links=False)
+            links: Iterator[Link] = iter(())
             if stat.type is EntryType.DIRECTORY:
-                for link in self._api.iter_links(f"/ipfs/{stat.cid}"):
-                    size += _entry_bytes(link)
-                    _bounded(size, limit)
-                    links.append(link)
-            return dataclasses.replace(stat, links=links), size
+                links = api.iter_links(f"/ipfs/{stat.cid}")
+            return stat, _stat_bytes(stat), links
 
-        _fill_stat(_context.results.init("info"), await self._listed("stat", produce))
+        listing = await self._listed("stat", _Listing(start, _entry_bytes))
+        _fill_stat(_context.results.init("info"),
+                   dataclasses.replace(listing.head, links=listing.items))
 
     async def resolve(self, path: str, **kwargs: Any) -> str:
         await self._check_path("resolve", path)
@@ -827,16 +906,14 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         self._check("pins")
         scope = self.scope
 
-        def visible(limit: int) -> tuple[list[str], int]:
-            pins = self._api.pins()
+        def start() -> tuple[None, int, Iterator[str]]:
+            pins: Iterator[str] = iter(self._api.pins())
             if scope is not None and scope.roots:  # only what it may see, and its own pins
-                pins = [cid for cid in pins if canonical(cid) in scope.own_pins
-                        or scope.contains(cid)]
-            size = sum(8 + _text_bytes(cid) for cid in pins)
-            _bounded(size, limit)
-            return list(pins), size
+                pins = (cid for cid in pins
+                        if canonical(cid) in scope.own_pins or scope.contains(cid))
+            return None, 0, pins
 
-        return await self._listed("pins", visible)
+        return (await self._listed("pins", _Listing(start, _pin_bytes))).items
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         self._check("id")
@@ -851,14 +928,10 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     async def peers(self, _context: Any, **kwargs: Any) -> None:
         self._check("peers")
 
-        def produce(limit: int) -> tuple[list[PeerInfo], int]:
-            peers = self._api.peers()
-            size = sum(_peer_bytes(peer) for peer in peers)
-            _bounded(size, limit)
-            return peers, size
+        def start() -> tuple[None, int, Iterator[PeerInfo]]:
+            return None, 0, iter(self._api.peers())
 
-        peers = await self._listed("peers", produce)
+        peers = (await self._listed("peers", _Listing(start, _peer_bytes))).items
         out = _context.results.init("peers", len(peers))
         for i, peer in enumerate(peers):
             _fill_peer(out[i], peer)
-

@@ -106,13 +106,33 @@ class CID:
         return cid
 
     @classmethod
+    def _checked(cls, version: int, codec: int, mh: bytes) -> CID:
+        """A CID whose parts :meth:`decode` has checked already (``__post_init__`` would
+        decode the multihash again: a third of the time of a directory entry's link)."""
+        cid = object.__new__(cls)
+        object.__setattr__(cid, "version", version)
+        object.__setattr__(cid, "codec", codec)
+        object.__setattr__(cid, "multihash", mh)
+        return cid
+
+    @classmethod
     def decode(cls, data: bytes | memoryview, pos: int = 0) -> tuple[CID, int]:
         """Decode a binary CID at ``data[pos:]``; return ``(cid, end position)``."""
-        if pos + 2 <= len(data) and data[pos] == 0x12 and data[pos + 1] == 0x20:
+        size = len(data)
+        if pos + 2 <= size and data[pos] == 0x12 and data[pos + 1] == 0x20:
             end = pos + 34
-            if end > len(data):
+            if end > size:
                 raise CidError("truncated CIDv0")
-            return cls.v0(bytes(data[pos:end])), end
+            return cls._checked(0, DAG_PB, bytes(data[pos:end])), end
+        if pos + 4 <= size and data[pos] == 1 and data[pos + 1] in _CODEC_NAMES:
+            # the usual CIDv1, each varint one byte: a raw or dag-pb block by sha2-256, or
+            # an identity CID, read straight (anything else, or short, goes the long way)
+            code, length = data[pos + 2], data[pos + 3]
+            end = pos + 4 + length
+            if ((code == multihash.SHA2_256 and length == 32)
+                    or (code == multihash.IDENTITY and length < 0x80)) \
+                    and end <= size:
+                return cls._checked(1, data[pos + 1], bytes(data[pos + 2:end])), end
         try:
             version, p = varint.decode(data, pos)
             codec, p = varint.decode(data, p)

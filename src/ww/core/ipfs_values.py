@@ -19,7 +19,7 @@ class EntryType(enum.Enum):
     SYMLINK = "symlink"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One directory entry, as ``ls`` returns it."""
 
@@ -29,14 +29,14 @@ class Entry:
     cid: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Link:
     name: str
     size: int  # Tsize of the link, as dag-pb records it
     cid: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stat:
     """What ``stat`` knows of a node."""
 
@@ -48,7 +48,7 @@ class Stat:
     target: str | None = None  # a symlink's target
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerInfo:
     id: str
     addresses: list[str]

@@ -49,13 +49,14 @@ KJ's run, and one to spare."""
 
 
 class Answer:
-    """One answer being produced: set :attr:`size` to the bytes it returns (at most what was
-    asked for; 0 when it returns nothing large)."""
+    """One answer being produced: set :attr:`size` to the bytes it returns (at most
+    :attr:`taken`, what it holds of the budget; 0 when it returns nothing large)."""
 
-    __slots__ = ("size",)
+    __slots__ = ("size", "taken")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.taken = size
 
 
 class AnswerBudget:
@@ -86,14 +87,28 @@ class AnswerBudget:
         try:
             yield answer
         except BaseException:
-            self._give_back(size)
+            self._give_back(answer.taken)
             raise
-        produced = max(0, min(answer.size, size))
+        produced = max(0, min(answer.size, answer.taken))
         if produced:
             self._serial += 1
             self._produced.append([produced, self._serial])
-        self._give_back(size - produced)
+        self._give_back(answer.taken - produced)
         self._sweep_soon()
+
+    def grow(self, answer: Answer, size: int) -> bool:
+        """Let ``answer``, being produced, hold ``size`` bytes in all if they fit now, as
+        :meth:`answer` would let them in without waiting (no answer waits for room, and they
+        fit or it is alone); False, and nothing changes, otherwise.  Never waits: an answer
+        that waited while it held its share could wait on another doing the same."""
+        more = size - answer.taken
+        if more <= 0:
+            return True
+        if self._waiting or (self.held != answer.taken and self.held + more > self.limit):
+            return False
+        self.held += more
+        answer.taken = size
+        return True
 
     def wrote(self, nbytes: int) -> None:
         """A ``Return`` of ``nbytes``, larger than its call, was written to fd 3: its bytes
@@ -205,6 +220,10 @@ class Unbounded(AnswerBudget):
     @asynccontextmanager
     async def answer(self, size: int) -> AsyncIterator[Answer]:
         yield Answer(size)
+
+    def grow(self, answer: Answer, size: int) -> bool:
+        answer.taken = max(answer.taken, size)
+        return True
 
     def wrote(self, nbytes: int) -> None:
         pass

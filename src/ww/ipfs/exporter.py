@@ -161,14 +161,14 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     stack = [(node, iter(node.links))]
     while stack:
         shard, links = stack[-1]
-        link = next(links, None)
-        if link is None:
-            stack.pop()
-            continue
         width = len(f"{shard.fs.fanout - 1:X}")  # type: ignore[union-attr,operator]
-        if len(link.name) < width:
-            raise CorruptBlockError(f"{shard.cid}: HAMT link name {_shown(link.name)} is too short")
-        if len(link.name) == width:
+        for link in links:  # left for a sub-shard, taken up again where it was once that ends
+            name = link.name
+            if len(name) > width:
+                yield dagpb.PBLink(link.cid, name[width:], link.tsize)
+                continue
+            if len(name) < width:
+                raise CorruptBlockError(f"{shard.cid}: HAMT link name {_shown(name)} is too short")
             if len(stack) >= MAX_HAMT_LEVELS:
                 raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
             if link.cid.multihash in shards:
@@ -178,8 +178,9 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
             if child.fs is None or child.fs.type is not DataType.HAMT_SHARD:
                 raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
             stack.append((child, iter(child.links)))
+            break
         else:
-            yield dagpb.PBLink(link.cid, link.name[width:], link.tsize)
+            stack.pop()
 
 
 def entries(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
