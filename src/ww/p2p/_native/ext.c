@@ -14,7 +14,11 @@
  * scheduled with call_soon, so the loop turns between budgets and nothing waits for the
  * socket to say more.  Stream is the protocol's transport: write()
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
- * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
+ * encrypts and sends everything queued.  Its writer is flow-controlled as asyncio's
+ * transports' are: told pause_writing once more than WRITE_HIGH (1 MiB) of what it wrote is
+ * unsent (the peer's Yamux window paces it), resume_writing after a flush finds it down to
+ * WRITE_LOW (256 KiB); one that goes on regardless loses its stream at WRITE_LIMIT (64 MiB
+ * unsent: reset, the protocol told ConnectionResetError), never the connection.  Streams not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
  * remote_closed, _unattached_lost, _new_stream, _fail).  A SYN past conn.c's bucket (64 at
  * once, 256 a second) or past max_inbound is reset in C: _new_stream never hears of it.
