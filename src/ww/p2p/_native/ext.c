@@ -18,7 +18,8 @@
  * transports' are: told pause_writing once more than WRITE_HIGH (1 MiB) of what it wrote is
  * unsent (the peer's Yamux window paces it), resume_writing after a flush finds it down to
  * WRITE_LOW (256 KiB); one that goes on regardless loses its stream at WRITE_LIMIT (64 MiB
- * unsent: reset, the protocol told ConnectionResetError), never the connection.  Streams not yet attached (the multistream-select
+ * unsent: reset, the protocol told ConnectionResetError), never the connection.  Streams
+ * not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
  * remote_closed, _unattached_lost, _new_stream, _fail).  A SYN past conn.c's bucket (64 at
  * once, 256 a second) or past max_inbound is reset in C: _new_stream never hears of it.
@@ -513,7 +514,7 @@ static PyMethodDef Stream_methods[] = {
     {"get_write_buffer_limits", (PyCFunction)Stream_get_write_buffer_limits, METH_NOARGS,
      "(low, high): the protocol is told pause_writing over high, resume_writing at low"},
     {"set_write_buffer_limits", (PyCFunction)(void (*)(void))Stream_set_write_buffer_limits,
-     METH_VARARGS | METH_KEYWORDS, "set_write_buffer_limits(high=None, low=None), as asyncio's"},
+     METH_VARARGS | METH_KEYWORDS, "(high=None, low=None), as asyncio's"},
     {"_overflowed", (PyCFunction)Stream_overflowed, METH_NOARGS,
      "written past the limit: the protocol is told it is reset"},
     {"attach", (PyCFunction)Stream_attach, METH_VARARGS, NULL},
