@@ -330,7 +330,8 @@ class NativeConn:
                 data = b"".join(d for d, _ in chunks)
                 if lib.ww_stream_write(c, sid, data, len(data), flags) == -1:
                     self._fail(lib.ww_conn_error(c).decode())
-                    return  # (-2: the stream is gone, reset by the peer: its bytes dropped)
+                    return  # (-2: the stream is gone, reset by the peer; -3: reset here,
+                    # past its 64 MiB buffer: its bytes dropped)
         left = lib.ww_conn_flush(c)
         if left < 0:
             self._fail(lib.ww_conn_error(c).decode())

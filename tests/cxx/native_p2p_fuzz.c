@@ -365,6 +365,16 @@ static void pause_checks(void) {
     if (ww_stream_write(b, id, data, sizeof data, F_FIN) || !find(b, id)->fin_pending) abort();
     if (ww_stream_unsent(b, id) != sizeof data) abort();
     if (ww_stream_write(b, id, NULL, 0, F_RST) || find(b, id) || ww_stream_unsent(b, id)) abort();
+    /* a writer that does not wait for window: past BUF_LIMIT unsent its stream is reset
+     * (-3), the connection and its other streams go on (it used to fail the connection) */
+    uint32_t other = ww_stream_open(b);
+    id = ww_stream_open(b);
+    find(b, id)->send_window = 0;
+    int rc = 0;
+    for (size_t put = 0; put <= BUF_LIMIT && !rc; put += sizeof data)
+        rc = ww_stream_write(b, id, data, sizeof data, 0);
+    if (rc != -3 || find(b, id) || b->failed || !find(b, other)) abort();
+    if (ww_stream_write(b, other, data, 16, 0)) abort();
     ww_conn_free(b);
     close(sv[0]);
     close(sv[1]);

@@ -153,7 +153,8 @@ def test_py_libp2p_dials_the_native_host(lib: str) -> None:
 def test_parsers_under_random_input(tmp_path: Path) -> None:
     """tests/cxx/native_p2p_fuzz.c (over src/ww/p2p/_native/conn.c): the lane
     negotiation's and the window's expected answers, reading paused and resumed (60 000
-    pings, the out buffer's marks, one read's budget, the data's bound), the SYN bucket, the
+    pings, the out buffer's marks, one read's budget, the data's bound; a writer past the
+    buffer limit loses its stream, not the connection), the SYN bucket, the
     peer's stream ids (none used twice) and one call's parse budget, then 20 000 cases into
     multistream (both roles, the lane flag on and off), the handshake, its payload, Noise
     frames and Yamux frames (credit as parsed or as taken; a third parsed with the out buffer

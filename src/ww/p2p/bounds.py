@@ -472,6 +472,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         max_message: int = MAX_MESSAGE,
         max_calls: int = MAX_CALLS,
         chunk: int = 64 * 1024,
+        pause_writes: bool = True,
     ) -> None:
         import capnp
 
@@ -503,6 +504,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._out_bytes = 0  # bytes written since then
         self._draining = False  # closed, its answers still unsent: counted, clocked
         self.age = WriteAge()  # what it wrote lately
+        self._pause_writes = pause_writes
 
     # the transport's side
     def connection_made(self, transport: Any) -> None:
@@ -538,10 +540,15 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         return True  # pycapnp is told once every message before the end is handed over
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        """The transport holds too much unsent: pycapnp waits (``pause_writes``), or, for the
+        host's answers on a served stream, writes on: they stay in the transport, counted in
+        the node's :class:`Answers` and clocked (cut, not waited for: see its docstring)."""
+        if self._pause_writes:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self._pause_writes:
+            self.inner.resume_writing()
 
     # pycapnp's side, through _ToRemote
     def want(self, reading: bool) -> None:

@@ -454,10 +454,17 @@ def bounded_stream(stream: LaneStream) -> Any:
     holds a py-libp2p stream to (:func:`ww.p2p.bounds.bounded_capnp`: whole messages of at
     most 8 MiB that must keep arriving, 16 calls held, the loop's 32 MiB budget, answers that
     must move, of at most 8 MiB, and 32 MiB of them unsent in all), both ways: served streams
-    and dialed ones alike."""
+    and dialed ones alike.
+
+    A dialed stream's writer (pycapnp: the calls of `ww call`, or of a cell through
+    ``P2P.dial``) waits while the stream holds more than the lane's high-water mark unsent
+    (1 MiB: the peer's Yamux window paces it), as on an asyncio socket; the calls behind
+    wait in KJ, a cell's bounded by its fd 3 flow limit.  A served stream's writer (the
+    host's answers) does not wait: its answers are bounded by the node's answer budget and
+    clock instead (:class:`ww.p2p.bounds.Answers`)."""
     from ww.p2p.bounds import bounded_capnp
 
-    protocol, capnp_io = bounded_capnp()
+    protocol, capnp_io = bounded_capnp(pause_writes=stream.outbound)
     stream.connect(protocol)
     return capnp_io
 

@@ -1212,7 +1212,10 @@ uint32_t ww_stream_open(conn_t *c) {
 
 /* Queue data on a stream (framed and encrypted now, what the window allows); flags F_FIN
  * closes our side after it, F_RST resets.  -1 on failure of the connection, -2 for a
- * stream that is gone (reset, or closed). */
+ * stream that is gone (reset, or closed), -3 when the stream's unsent bytes would pass
+ * BUF_LIMIT: its writer did not wait for the peer (the caller pauses a writer long before,
+ * ext.c's WRITE_HIGH), so that stream is reset here, its bytes dropped, and the connection
+ * and its other streams go on (nothing of the peer's is at fault). */
 int ww_stream_write(conn_t *c, uint32_t id, const uint8_t *data, size_t n, int flags) {
     if (c->failed) return -1;
     stream_t *s = find(c, id);
@@ -1223,7 +1226,15 @@ int ww_stream_write(conn_t *c, uint32_t id, const uint8_t *data, size_t n, int f
         return rc;
     }
     if (s->local_fin || s->fin_pending) return -2;
-    if (buf_put(&s->pending, data, n)) return fail(c, "stream buffer limit");
+    if (s->pending_off && s->pending.len + n > s->pending.cap) { /* sent bytes make room */
+        buf_drop(&s->pending, s->pending_off);
+        s->pending_off = 0;
+    }
+    if (buf_put(&s->pending, data, n)) {
+        if (yamux_send(c, Y_WINDOW, F_RST, id, 0, NULL, 0)) return -1;
+        drop_stream(c, s);
+        return -3;
+    }
     if (drain(c, s)) return -1;
     if (flags & F_FIN) {
         if (s->pending.len) s->fin_pending = 1; /* sent once the window lets the rest go */

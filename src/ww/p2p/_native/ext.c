@@ -14,7 +14,12 @@
  * scheduled with call_soon, so the loop turns between budgets and nothing waits for the
  * socket to say more.  Stream is the protocol's transport: write()
  * appends to the stream's queue and schedules one Conn.flush per loop turn, which frames,
- * encrypts and sends everything queued.  Streams not yet attached (the multistream-select
+ * encrypts and sends everything queued.  Its writer is flow-controlled as asyncio's
+ * transports' are: told pause_writing once more than WRITE_HIGH (1 MiB) of what it wrote is
+ * unsent (the peer's Yamux window paces it), resume_writing after a flush finds it down to
+ * WRITE_LOW (256 KiB); one that goes on regardless loses its stream at WRITE_LIMIT (64 MiB
+ * unsent: reset, the protocol told ConnectionResetError), never the connection.  Streams
+ * not yet attached (the multistream-select
  * exchange), inbound SYNs and failures go to Python methods of the subclasses (on_data,
  * remote_closed, _unattached_lost, _new_stream, _fail).  A SYN past conn.c's bucket (64 at
  * once, 256 a second) or past max_inbound is reset in C: _new_stream never hears of it.
@@ -33,6 +38,16 @@
 
 typedef struct ConnObject ConnObject;
 
+/* A stream's writer (its protocol) is told to wait (asyncio's pause_writing) once more than
+ * WRITE_HIGH bytes it wrote are unsent (queued this turn, or in conn.c waiting for the
+ * peer's window or for room in the out buffer), and to go on (resume_writing) once they are
+ * down to WRITE_LOW: the peer's Yamux window paces the writer, nothing fails.  A writer that
+ * does not wait may leave at most WRITE_LIMIT unsent on the stream: a write past it resets
+ * that stream (its protocol told, ConnectionResetError), never the connection. */
+#define WRITE_HIGH (1u << 20)
+#define WRITE_LOW (256u << 10)
+#define WRITE_LIMIT BUF_LIMIT
+
 typedef struct {
     PyObject_HEAD
     ConnObject *conn;
@@ -40,7 +55,10 @@ typedef struct {
     PyObject *protocol; /* NULL until attached */
     buf_t inbox, out; /* inbox: what came that the protocol has not taken (<= the window) */
     size_t inbox_off, neg_in; /* neg_in: bytes given to on_data, before a protocol */
+    size_t high, low; /* the writer's marks (set_write_buffer_limits) */
     int out_flags, dirty, reading, closed, eof, eof_given;
+    int write_paused; /* the protocol was told pause_writing, not yet resume_writing */
+    int overflow;     /* written past WRITE_LIMIT: reset, what it writes now is dropped */
 } StreamObject;
 
 struct ConnObject {
@@ -48,6 +66,7 @@ struct ConnObject {
     conn_t *c;
     int fd;
     PyObject *loop, *streams, *dirty; /* loop; dict sid -> Stream; list of Streams */
+    PyObject *paused; /* list of Streams whose writer was told pause_writing */
     int scheduled, writing;
     int reader_off; /* the socket's reader removed: reading paused (conn.c), or input already
                      * read waits for the continuation (conn_watch) */
@@ -73,6 +92,18 @@ static void call_method(PyObject *o, const char *name, PyObject *arg) {
     Py_XDECREF(r);
 }
 
+/* loop.call_soon(o.name): 0, or -1 with an exception */
+static int call_soon_method(PyObject *loop, PyObject *o, const char *name) {
+    if (!loop) return 0;
+    PyObject *cb = PyObject_GetAttrString(o, name);
+    if (!cb) return -1;
+    PyObject *r = PyObject_CallMethod(loop, "call_soon", "O", cb);
+    Py_DECREF(cb);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static void conn_fail(ConnObject *self, const char *why) {
     self->ended = 1;
     PyObject *s = PyUnicode_FromString(why);
@@ -90,7 +121,9 @@ static void credit(ConnObject *c, uint32_t sid, size_t n) {
     if (n && c && c->c && ww_stream_credit(c->c, sid, n) == 1) conn_schedule(c);
 }
 
-static void stream_lost(StreamObject *s) {
+/* The stream is gone for its protocol: connection_lost(exc) (None: an orderly end, or the
+ * peer's reset). */
+static void stream_lost_exc(StreamObject *s, PyObject *exc) {
     if (s->closed) return;
     s->closed = 1;
     /* what it held will never be read: credited, so the peer can finish (what comes from here
@@ -107,13 +140,15 @@ static void stream_lost(StreamObject *s) {
     if (s->protocol) {
         PyObject *p = s->protocol;
         Py_INCREF(p);
-        call_method(p, "connection_lost", Py_None);
+        call_method(p, "connection_lost", exc);
         Py_DECREF(p);
     } else {
         call_method((PyObject *)s, "_unattached_lost", NULL);
     }
     Py_DECREF(s);
 }
+
+static void stream_lost(StreamObject *s) { stream_lost_exc(s, Py_None); }
 
 /* Copy n bytes into the protocol's buffers while it reads; returns the bytes taken. */
 static size_t hand_over(StreamObject *s, const uint8_t *p, size_t n) {
@@ -187,19 +222,80 @@ static void stream_data(StreamObject *s, const uint8_t *p, size_t n) {
     }
 }
 
-static int queue(StreamObject *s, const void *p, size_t n, int flags) {
-    if (!s->conn || !s->conn->c || !s->conn->dirty) return 0;
-    if (buf_put(&s->out, p, n)) {
-        PyErr_SetString(PyExc_MemoryError, "stream buffer limit");
-        return -1;
-    }
-    s->out_flags |= flags;
+/* Bytes written on the stream and not framed yet: queued this turn, or in conn.c. */
+static size_t unsent(StreamObject *s) {
+    size_t n = s->out.len;
+    if (s->conn && s->conn->c) n += ww_stream_unsent(s->conn->c, s->sid);
+    return n;
+}
+
+static int mark_dirty(StreamObject *s) {
     if (!s->dirty) {
         if (PyList_Append(s->conn->dirty, (PyObject *)s)) return -1;
         s->dirty = 1;
     }
     conn_schedule(s->conn);
     return 0;
+}
+
+/* The protocol is told to wait (as asyncio's transports do, from inside write()). */
+static void pause_writer(StreamObject *s) {
+    if (s->write_paused || !s->protocol || s->closed || !s->conn || !s->conn->paused) return;
+    if (PyList_Append(s->conn->paused, (PyObject *)s)) { report(); return; }
+    s->write_paused = 1;
+    PyObject *p = s->protocol;
+    Py_INCREF(p);
+    call_method(p, "pause_writing", NULL);
+    Py_DECREF(p);
+}
+
+/* Written past WRITE_LIMIT (its writer did not wait): the stream is reset and what it
+ * queued dropped; its protocol is told on the next loop turn (Stream._overflowed), not from
+ * inside its own write.  The connection and its other streams go on. */
+static int overflow(StreamObject *s) {
+    s->overflow = 1;
+    s->out.len = 0;
+    buf_shrink(&s->out);
+    s->out_flags = F_RST;
+    if (mark_dirty(s)) return -1;
+    return call_soon_method(s->conn->loop, (PyObject *)s, "_overflowed");
+}
+
+static int queue(StreamObject *s, const void *p, size_t n, int flags) {
+    if (!s->conn || !s->conn->c || !s->conn->dirty) return 0;
+    if (s->overflow) return 0; /* reset: its bytes go nowhere */
+    size_t held = unsent(s);
+    if (n > WRITE_LIMIT - (held < WRITE_LIMIT ? held : WRITE_LIMIT) || buf_put(&s->out, p, n))
+        return overflow(s);
+    s->out_flags |= flags;
+    if (mark_dirty(s)) return -1;
+    if (n && held + n > s->high) pause_writer(s);
+    return 0;
+}
+
+/* The writers told to wait whose unsent bytes are down to their low mark are told to go
+ * on (resume_writing); the others wait on.  After every flush (a window update, or room in
+ * the out buffer, is what lets bytes go). */
+static void conn_resume(ConnObject *self) {
+    if (!self->paused || !PyList_GET_SIZE(self->paused)) return;
+    PyObject *was = self->paused;
+    self->paused = PyList_New(0);
+    if (!self->paused) { self->paused = was; report(); return; }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(was); i++) {
+        StreamObject *s = (StreamObject *)PyList_GET_ITEM(was, i);
+        if (!s->write_paused) continue;
+        if (!s->closed && s->protocol && unsent(s) > s->low) {
+            if (self->paused && PyList_Append(self->paused, (PyObject *)s)) report();
+            continue;
+        }
+        s->write_paused = 0;
+        if (s->closed || !s->protocol) continue;
+        PyObject *p = s->protocol;
+        Py_INCREF(p);
+        call_method(p, "resume_writing", NULL); /* may write, and be told to wait again */
+        Py_DECREF(p);
+    }
+    Py_DECREF(was);
 }
 
 static int Stream_init(StreamObject *self, PyObject *args, PyObject *kw) {
@@ -210,6 +306,8 @@ static int Stream_init(StreamObject *self, PyObject *args, PyObject *kw) {
     Py_INCREF(conn);
     Py_XSETREF(self->conn, (ConnObject *)conn);
     self->sid = (uint32_t)sid;
+    self->high = WRITE_HIGH;
+    self->low = WRITE_LOW;
     return 0;
 }
 
@@ -314,9 +412,49 @@ static PyObject *Stream_resume_reading(StreamObject *self, PyObject *unused) {
  * in the connection's out buffer). */
 static PyObject *Stream_get_write_buffer_size(StreamObject *self, PyObject *unused) {
     (void)unused;
-    size_t n = self->out.len;
-    if (self->conn && self->conn->c) n += ww_stream_unsent(self->conn->c, self->sid);
-    return PyLong_FromSize_t(n);
+    return PyLong_FromSize_t(unsent(self));
+}
+
+/* asyncio's transport calls: the marks at which the writer is told to wait (over high)
+ * and to go on (down to low). */
+static PyObject *Stream_get_write_buffer_limits(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    return Py_BuildValue("nn", (Py_ssize_t)self->low, (Py_ssize_t)self->high);
+}
+
+static PyObject *Stream_set_write_buffer_limits(StreamObject *self, PyObject *args,
+                                                PyObject *kw) {
+    static char *kwlist[] = {"high", "low", NULL};
+    PyObject *ho = Py_None, *lo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &ho, &lo)) return NULL;
+    Py_ssize_t high = -1, low = -1;
+    if (ho != Py_None && (high = PyLong_AsSsize_t(ho)) == -1 && PyErr_Occurred()) return NULL;
+    if (lo != Py_None && (low = PyLong_AsSsize_t(lo)) == -1 && PyErr_Occurred()) return NULL;
+    if (ho == Py_None) high = lo == Py_None ? (Py_ssize_t)WRITE_HIGH : 4 * low;
+    if (lo == Py_None) low = high / 4;
+    if (!(high >= low && low >= 0)) {
+        PyErr_Format(PyExc_ValueError, "high (%zd) must be >= low (%zd) must be >= 0", high,
+                     low);
+        return NULL;
+    }
+    self->high = (size_t)high;
+    self->low = (size_t)low;
+    if (unsent(self) > self->high) pause_writer(self);
+    Py_RETURN_NONE;
+}
+
+/* Written past WRITE_LIMIT (overflow): reset already; the protocol is told now. */
+static PyObject *Stream_overflowed(StreamObject *self, PyObject *unused) {
+    (void)unused;
+    if (self->closed) Py_RETURN_NONE;
+    PyObject *exc = PyObject_CallFunction(
+        PyExc_ConnectionResetError, "s",
+        "stream reset: more than 64 MiB written that the peer had not taken (the writer did "
+        "not wait)");
+    if (!exc) return NULL;
+    stream_lost_exc(self, exc);
+    Py_DECREF(exc);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Stream_true(PyObject *self, PyObject *unused) {
@@ -373,6 +511,12 @@ static PyMethodDef Stream_methods[] = {
     {"get_extra_info", (PyCFunction)Stream_get_extra_info, METH_VARARGS, NULL},
     {"get_write_buffer_size", (PyCFunction)Stream_get_write_buffer_size, METH_NOARGS,
      "bytes written and not yet framed (this turn's, or waiting for window or for room)"},
+    {"get_write_buffer_limits", (PyCFunction)Stream_get_write_buffer_limits, METH_NOARGS,
+     "(low, high): the protocol is told pause_writing over high, resume_writing at low"},
+    {"set_write_buffer_limits", (PyCFunction)(void (*)(void))Stream_set_write_buffer_limits,
+     METH_VARARGS | METH_KEYWORDS, "(high=None, low=None), as asyncio's"},
+    {"_overflowed", (PyCFunction)Stream_overflowed, METH_NOARGS,
+     "written past the limit: the protocol is told it is reset"},
     {"attach", (PyCFunction)Stream_attach, METH_VARARGS, NULL},
     {"close", (PyCFunction)Stream_close, METH_NOARGS, "FIN, and the protocol is told"},
     {"reset", (PyCFunction)Stream_reset, METH_NOARGS, "RST, and the protocol is told"},
@@ -385,13 +529,21 @@ static PyObject *Stream_get_held(StreamObject *self, void *unused) {
     return PyLong_FromSize_t(self->inbox.len - self->inbox_off);
 }
 
+static PyObject *Stream_get_writing_paused(StreamObject *self, void *unused) {
+    (void)unused;
+    return PyBool_FromLong(self->write_paused);
+}
+
 static PyGetSetDef Stream_getset[] = {
+    {"writing_paused", (getter)Stream_get_writing_paused, NULL,
+     "the protocol was told pause_writing and not yet resume_writing", NULL},
     {"held", (getter)Stream_get_held, NULL,
      "bytes that came that the protocol has not taken yet (at most the 256 KiB window)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyMemberDef Stream_members[] = {
     {"sid", T_UINT, offsetof(StreamObject, sid), READONLY, NULL},
+
     {"conn", T_OBJECT, offsetof(StreamObject, conn), READONLY, NULL},
     {"protocol", T_OBJECT, offsetof(StreamObject, protocol), READONLY, NULL},
     {NULL, 0, 0, 0, NULL}};
@@ -438,7 +590,8 @@ static int Conn_init(ConnObject *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->loop, loop);
     Py_XSETREF(self->streams, PyDict_New());
     Py_XSETREF(self->dirty, PyList_New(0));
-    if (!self->streams || !self->dirty) return -1;
+    Py_XSETREF(self->paused, PyList_New(0));
+    if (!self->streams || !self->dirty || !self->paused) return -1;
     return 0;
 }
 
@@ -447,12 +600,14 @@ static void conn_free(ConnObject *self) {
     self->c = NULL;
     Py_CLEAR(self->streams); /* (breaks conn -> stream -> conn) */
     Py_CLEAR(self->dirty);
+    Py_CLEAR(self->paused);
 }
 
 static int Conn_traverse(ConnObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->loop);
     Py_VISIT(self->streams);
     Py_VISIT(self->dirty);
+    Py_VISIT(self->paused);
     return 0;
 }
 
@@ -597,13 +752,7 @@ static PyObject *Conn_readable(ConnObject *self, PyObject *unused) {
 static PyObject *Conn_writable(ConnObject *self, PyObject *unused);
 
 static int call_soon_readable(ConnObject *self) {
-    PyObject *cb = PyObject_GetAttrString((PyObject *)self, "readable");
-    if (!cb) return -1;
-    PyObject *r = PyObject_CallMethod(self->loop, "call_soon", "O", cb);
-    Py_DECREF(cb);
-    if (!r) return -1;
-    Py_DECREF(r);
-    return 0;
+    return call_soon_method(self->loop, (PyObject *)self, "readable");
 }
 
 /* The socket's reader (`readable`), removed while it has nothing to do:
@@ -665,6 +814,10 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
                 conn_fail(self, ww_conn_error(self->c));
                 Py_RETURN_NONE;
             }
+            if (rc == -3 && !s->overflow) { /* past conn.c's buffer: that stream reset */
+                s->overflow = 1;
+                if (call_soon_method(self->loop, (PyObject *)s, "_overflowed")) report();
+            }
         }
         Py_DECREF(dirty);
     }
@@ -681,6 +834,7 @@ static PyObject *Conn_flush(ConnObject *self, PyObject *unused) {
         self->writing = 1;
     }
     if (conn_watch(self)) return NULL;
+    if (left >= 0) conn_resume(self);
     Py_RETURN_NONE;
 }
 
@@ -695,6 +849,7 @@ static PyObject *Conn_writable(ConnObject *self, PyObject *unused) {
     }
     if (left < 0) conn_fail(self, ww_conn_error(self->c));
     if (conn_watch(self)) return NULL;
+    if (left >= 0) conn_resume(self);
     Py_RETURN_NONE;
 }
 
