@@ -828,13 +828,19 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         scope = self.scope
 
         def visible(limit: int) -> tuple[list[str], int]:
-            pins = self._api.pins()
-            if scope is not None and scope.roots:  # only what it may see, and its own pins
-                pins = [cid for cid in pins if canonical(cid) in scope.own_pins
-                        or scope.contains(cid)]
-            size = sum(8 + _text_bytes(cid) for cid in pins)
-            _bounded(size, limit)
-            return list(pins), size
+            # One at a time, stopped at the bound: read whole first, a cell that pinned
+            # 200,000 identity CIDs (a file each, no block; 2,000 a second) had every `pins`
+            # hold them all, some 165 bytes a pin, before it was measured.
+            pins, size = set(), 0
+            for cid in self._api.iter_pins():
+                if cid in pins or (scope is not None and scope.roots  # only what it may see
+                                   and canonical(cid) not in scope.own_pins
+                                   and not scope.contains(cid)):
+                    continue
+                size += 8 + _text_bytes(cid)
+                _bounded(size, limit)
+                pins.add(cid)
+            return sorted(pins), size
 
         return await self._listed("pins", visible)
 
