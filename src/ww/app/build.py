@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ww.caps.exec import ExecSetup
+    from ww.caps.ipfs import IpfsCell
     from ww.core.identity import Identity
     from ww.host.denied import Caller
     from ww.host.limits import Limits
@@ -303,8 +304,10 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
 
         return ConsoleServer()
 
+    cell: list[IpfsCell] = []  # one for the cell, whatever identities it logs in with
+
     def ipfs(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
-        from ww.caps.ipfs import IpfsServer
+        from ww.caps.ipfs import IpfsCell, IpfsServer
         from ww.caps.ipfs_scope import IpfsScope
         from ww.p2p.dial_policy import STRICT
 
@@ -312,7 +315,9 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
         assert grants.ipfs is not None and api is not None
         narrowed = grants.ipfs.read_only or grants.ipfs.roots
         scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
-        return IpfsServer(api, scope, caller, dial_policy=policy or STRICT)
+        if not cell:
+            cell.append(IpfsCell())
+        return IpfsServer(api, scope, caller, cell=cell[0], dial_policy=policy or STRICT)
 
     def exec_(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
         from ww.caps.exec import ExecutorServer

@@ -176,9 +176,14 @@ def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> 
         return fn(*args)
 
 
-class _Cell:
+class IpfsCell:
     """What one cell's IPFS capability, and those narrowed from it, share: the worker
-    threads, the bound on open writers, and the tokens of the work in progress."""
+    threads, the bound on open writers, and the tokens of the work in progress.
+
+    One per cell, whatever identities it logs in with (``ww.app.build`` shares it between
+    the servers of its logins): a server per identity made these bounds per identity, and a
+    cell that logged in with fresh keys had the host start 16 importer threads and 4 workers
+    for each, without end (10 identities: 482 threads; the machine's pids next)."""
 
     def __init__(self) -> None:
         self.workers = bridge.DaemonWorkers(WORKERS, "ww-ipfs", lambda: CallCancelled(
@@ -342,7 +347,7 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
     schema without ``-> stream``.  Dropped without ``done()``: the import is abandoned.
     """
 
-    def __init__(self, cell: _Cell, api: CoreAPI, options: AddOptions,
+    def __init__(self, cell: IpfsCell, api: CoreAPI, options: AddOptions,
                  on_done: Callable[[str], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._on_done = on_done  # told the CID once the file is added
@@ -442,7 +447,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
     idle reader drops it and opens its stream again (``open_at``) when next read.
     """
 
-    def __init__(self, cell: _Cell, open_at: Callable[[int, int | None], Iterator[bytes]],
+    def __init__(self, cell: IpfsCell, open_at: Callable[[int, int | None], Iterator[bytes]],
                  first: bytes, chunks: Iterator[bytes] | None, token: CancelToken,
                  start: int = 0, end: int | None = None, local: bool = False,
                  answers: AnswerBudget = UNBOUNDED) -> None:
@@ -617,17 +622,17 @@ def _close(close: Callable[[], None]) -> None:
 class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     """The IPFS interface of ipfs.capnp over one CoreAPI backend, within ``scope`` if given.
 
-    The servers narrowed from one (``attenuate``) share its :class:`_Cell`: its worker
+    The servers narrowed from one (``attenuate``) share its :class:`IpfsCell`: its worker
     threads and writers, all stopped by :meth:`close` when the cell is gone.
     """
 
     def __init__(self, api: CoreAPI, scope: IpfsScope | None = None,
-                 caller: Caller = NOBODY, cell: _Cell | None = None,
+                 caller: Caller = NOBODY, cell: IpfsCell | None = None,
                  dial_policy: DialPolicy = STRICT) -> None:
         self._api = api
         self.scope = scope
         self._caller = caller
-        self._cell = cell if cell is not None else _Cell()
+        self._cell = cell if cell is not None else IpfsCell()
         self.dial_policy = dial_policy  # where `connect` may make the host dial
 
     def close(self) -> None:
