@@ -13,6 +13,7 @@ from ww.app.options import RunOptions, flag_source
 
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
+    import asyncio
     from pathlib import Path
 
     from ww.caps.exec import ExecSetup
@@ -324,12 +325,16 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
 
         return ExecutorServer(exec_setup(), grants, caller, held)
 
+    lookups: list[asyncio.Semaphore] = []  # the cell's DHT lookups, whatever its identities
+
     def p2p(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
-        from ww.caps.p2p import P2PServer
+        from ww.caps.p2p import P2PServer, lookup_slots
         from ww.p2p.dial_policy import STRICT
 
         assert node is not None  # a run that may grant p2p builds a host (p2p_node)
-        return P2PServer(node, caller, policy or STRICT, dht)
+        if not lookups:
+            lookups.append(lookup_slots())
+        return P2PServer(node, caller, policy or STRICT, dht, lookups[0])
 
     made: dict[str, CapabilityFactory] = {"console": console, "ipfs": ipfs, "exec": exec_,
                                           "p2p": p2p}
