@@ -164,6 +164,42 @@ def test_a_log_given_as_append_only_stdout_cannot_be_read_back(who, make_cell, t
     assert log.read_text() == "earlier secret line\nthe cell's line\n"
 
 
+def test_fsize_bounds_what_a_cell_writes_into_a_relayed_file(who, tmp_path):
+    """attack: `ww run --fsize 1M cell > out`: the cell writes into a pipe and the relay,
+    in `ww run`, into the file, where the cell's RLIMIT_FSIZE does not hold: the cell wrote
+    5 MB (any amount: the operator's disk) and exited 0.  The relay writes up to the size,
+    as the kernel does, and the cell is stopped, exit 66 naming --fsize; the same through a
+    write-only `--fd` grant appended to a file that already holds most of the size."""
+    out = tmp_path / "out.bin"
+    with open(out, "wb") as stdout:
+        r = who.run("run", "--fsize", "1M", "/bin/sh", "-c",
+                    "head -c 5000000 /dev/zero",
+                    stdout=stdout, stderr=subprocess.PIPE, capture_output=False)
+    assert r.returncode == 66, r.stderr
+    assert "--fsize" in r.stderr, r.stderr
+    assert out.stat().st_size == 1 << 20
+
+    log = tmp_path / "log.bin"
+    log.write_bytes(b"x" * 3000)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        r = who.run("run", "--fsize", "4K", "--fd", f"log={fd}", "/bin/sh", "-c",
+                    "head -c 4000 /dev/zero >&4",
+                    pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert r.returncode == 66, r.stderr
+    assert "--fsize" in r.stderr, r.stderr
+    assert log.stat().st_size == 4096
+
+    # (no attack) a cell writing exactly the size runs as before
+    with open(out, "wb") as stdout:
+        r = who.run("run", "--fsize", "1M", "/bin/sh", "-c", "head -c 1048576 /dev/zero",
+                    stdout=stdout, stderr=subprocess.PIPE, capture_output=False)
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size == 1 << 20
+
+
 def test_a_read_only_fd_grant_cannot_be_opened_for_writing(who, make_cell, tmp_path):
     """attack: the same upgrade through `--fd NAME=N` of a file open read-only: fd 4
     reopened for writing rewrote the operator's file."""

@@ -6,6 +6,7 @@ still reports the cell's own exit status.
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import struct
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import WW, run_ww
+from tests.conftest import HANG, WW, run_ww
 
 # One cell for every abuse: `abuser.py MODE [ARG]`.  It exits 5 at the end, so that the
 # test can tell the cell's own status from anything the host might make up.
@@ -194,3 +195,48 @@ def test_a_flood_of_calls_never_waited_for_keeps_the_host_bounded_and_responsive
     assert rss < (RPC_MEMORY_BUDGET >> 10) + 112 * 1024, rss  # KiB
     assert "Traceback" not in err, err
     assert proc.returncode == 128 + signal.SIGTERM  # still forwarding signals and reporting
+
+
+IDENTITIES_CELL = """
+import asyncio, sys, ww.cell
+from ww.cell._session import Signer, _login
+from ww.core.identity import PrivateKey
+
+async def main():
+    async with ww.cell.connect() as s:
+        calls = []
+        for _ in range(10):  # a fresh identity each time: any is let in (no --allow)
+            ipfs = (await _login(s._host, Signer(PrivateKey.generate()))).session.ipfs
+            options = {"cidVersion": 0, "rawLeaves": "default", "pin": False,
+                       "onlyHash": False}
+            calls += [ipfs.add(options) for _ in range(16)]  # 16 files being added
+        await s.console.ping(b"after the adds")  # they have reached the host
+        print("sent", len(calls), flush=True)
+        sys.stdin.readline()
+
+asyncio.run(main())
+"""
+
+
+def test_a_cell_logging_in_with_many_identities_gets_its_bounds_once(who, make_cell, tmp_path):
+    """attack: a cell logs in again and again, each time with a key it just made (the host
+    lets any identity in without --allow), and opens 16 writers on each login's IPFS: the
+    host made a capability server per identity, each with the cell's bounds of its own (16
+    writers, an importer thread each; 4 workers; 1024 readers; 32 MiB of buffers), so 10
+    identities had the host run 482 threads, and more identities more (the host's threads
+    are in no cell's cgroup: --pids does not reach them; the machine's pids are shared).  The
+    bounds are the cell's, whatever identities it logs in with: 16 writers in all."""
+    proc = who.popen("--json", "run", "--with-ipfs", "--with-console",
+                     make_cell(IDENTITIES_CELL), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True,
+                     env={**os.environ, "WW_HOME": str(tmp_path / "ww-home")})
+    try:
+        assert proc.stdout.readline() == "sent 160\n", proc.stderr.read()
+        with open(f"/proc/{proc.pid}/status") as f:
+            threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+        proc.stdin.close()
+        assert proc.wait(timeout=HANG) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert threads < 64, threads  # one per identity: 482

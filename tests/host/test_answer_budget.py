@@ -5,8 +5,10 @@ the host hold every answer a cell that does not read fd 3 asked for."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
 import queue
 import random
 import socket
@@ -655,6 +657,9 @@ class _Counting:
     def pins(self):
         return list(self._node.pins()) + self._pins
 
+    def iter_pins(self):
+        return self._counted([*self._node.iter_pins(), *self._pins])
+
 
 def _hamt(node, shards: int) -> str:
     """A HAMT of ``shards`` shards of 20,000 entries each, as a cell makes one (blocks added
@@ -791,7 +796,7 @@ def test_pins_are_measured_as_they_are_listed(tmp_path):
                 yield cid
 
     server, api, _, _ = _server(tmp_path, 0)
-    api.pins = lambda: Pins(cids)
+    api.iter_pins = lambda: iter(Pins(cids))
     try:
         got = asyncio.run(_call(server, "pins")())
     finally:
@@ -800,3 +805,71 @@ def test_pins_are_measured_as_they_are_listed(tmp_path):
                         "most; a capability attenuated to roots lists only the pins under them "
                         "and its own")
     assert Pins.taken <= 8 * MIB // (8 + 64) + 1
+
+PINS_CELL = """
+import asyncio, base64, sys, ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        # An identity CID is pinned without a block: a file in the repository, no more.
+        for i in range(3):
+            raw = bytes([1, 0x55, 0, 8]) + b"%08d" % i
+            await s.ipfs.pin("/ipfs/b" + base64.b32encode(raw).decode().lower().rstrip("="))
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+        async def pins():
+            try:
+                return str(len(await s.ipfs.pins()))
+            except ww.cell.RemoteError as e:
+                return str(e)
+        print("\\n".join(await asyncio.gather(*(pins() for _ in range(4)))), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_pins_of_a_repository_of_many_pins_stop_reading_it_at_the_bound(who, make_cell,
+                                                                        tmp_path):
+    """attack: a cell pins identity CIDs (a file each in the operator's repository, no block,
+    some 2,000 a second), then asks for ``pins`` four times at once: each read every pin
+    before it measured the answer, about 165 bytes of the host's memory a pin (300,000 pins:
+    the host grew by 261 MiB, past the memory guard's 288 with a million).  ``pins``
+    now reads the pins one at a time, only up to its share of the budget, and fails with one
+    line as ``ls`` does.  (The test writes the pin files itself, as the cell's pins would
+    be, for speed.)"""
+    home = who.home / ".ww" if who.unprivileged else tmp_path / "ww-home"  # (its own)
+    proc = who.popen("run", "--with-ipfs", make_cell(PINS_CELL), stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     env={**os.environ, "WW_HOME": str(home)})
+    try:
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read()
+        recursive = home / "pins" / "recursive"
+        assert len(os.listdir(recursive)) == 3
+        where = os.open(recursive, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(300_000):
+                raw = bytes([1, 0x55, 0, 8]) + b"%08d" % (i + 3)
+                name = "b" + base64.b32encode(raw).decode().lower().rstrip("=")
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=where))
+        finally:
+            os.close(where)
+
+        def status(key: str) -> int:
+            with open(f"/proc/{proc.pid}/status") as f:
+                return next(int(line.split()[1]) << 10 for line in f if line.startswith(key))
+
+        before = status("VmRSS:")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        answers = [proc.stdout.readline() for _ in range(4)]
+        grew = status("VmHWM:") - before
+        proc.stdin.close()
+        assert proc.wait(timeout=HANG) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert answers == 4 * ["pins: the answer would be more than 8 MiB, what a call answers at "
+                           "most; a capability attenuated to roots lists only the pins under "
+                           "them and its own\n"]
+    assert grew < 160 * MIB, grew >> 20  # read whole: 261 MiB, now 70

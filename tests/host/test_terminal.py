@@ -177,3 +177,47 @@ def test_a_cell_cannot_leave_the_terminal_deaf_exclusive_or_non_blocking(termina
     os.set_blocking(slave, False)
     os.write(slave, b"the prompt\n")  # output flows again (stopped, this would block)
     assert b"the prompt" in read_until(master, b"the prompt")
+
+
+@pytest.mark.parametrize("line", ["console", "audit"])
+def test_a_cell_that_stops_the_terminal_cannot_hold_the_host_in_a_write(
+        terminal, make_cell, who, line):
+    """attack: the cell stops the terminal's output (`tcflow(TCOOFF)`, as ^S does) and
+    makes the host write a line there: a console line, or an audit line (`ww --json`, a
+    denied call).  The host wrote it on the loop serving fd 3, which waited in `write` for
+    good: the cell's next call was never answered, and once the cell was gone `ww run` never
+    exited (SIGTERM forwarded, nothing more), the terminal left stopped.  The line waits (in
+    a thread); the host answers the cell's other calls, restores the terminal and exits with
+    the cell's status."""
+    master, slave = terminal
+    cell = make_cell("""
+        import asyncio, os, sys, termios
+        import ww.cell
+
+        async def main():
+            async with ww.cell.connect() as session:
+                termios.tcflow(2, termios.TCOOFF)
+                if sys.argv[1] == "console":
+                    asyncio.ensure_future(session.console.println("while stopped"))
+                else:
+                    try:
+                        await session.exec.spawn("/not/allowed")
+                    except ww.cell.CapabilityDenied:
+                        pass
+                await session.console.ping(b"answered")
+                os._exit(7)
+
+        asyncio.run(main())
+    """)
+    json = ["--json"] if line == "audit" else []
+    proc = who.popen(*json, "run", "--with-console", "--with-exec", cell, line,
+                     stdin=slave, stdout=slave, stderr=slave)
+    try:
+        assert proc.wait(timeout=HANG) == 7
+    finally:
+        proc.kill()
+        proc.wait()
+    # The terminal's output flows again: a write does not wait.
+    poller = select.poll()
+    poller.register(slave, select.POLLOUT)
+    assert poller.poll(0) == [(slave, select.POLLOUT)]

@@ -324,6 +324,7 @@ def test_pin_unpin_and_list(api: CoreAPI):
     assert cid not in api.pins()
     api.pin(cid)
     assert cid in api.pins()
+    assert set(api.iter_pins()) == set(api.pins())  # one at a time, the same pins
     api.unpin(f"/ipfs/{cid}")
     assert cid not in api.pins()
     api.pin(cid, recursive=False)

@@ -221,21 +221,12 @@ def test_a_remote_peer_cannot_point_askers_at_their_own_loopback(tmp_path: Path)
     assert out["liar_on_loopback"] == ["/ip4/127.0.0.1/tcp/5001"]
 
 
-def test_a_cell_dialling_many_peer_ids_at_once_runs_few_lookups_at_a_time(
-        nodes: Callable[..., Node]) -> None:
-    """A cell may have thousands of calls in flight (the fd-3 flow limit counts bytes): 16
-    `P2P.dial("/p2p/<peer id>")` at once for peers nobody knows were 16 DHT lookups at once,
-    each up to 60 peers and 30 s (a cell could make its host flood the LAN with thousands).
-    Now a cell's lookups run 4 at a time; the others wait their turn (flow control, not a
-    failure), and each still ends in one line saying the DHT knows no address."""
-    import asyncio
-
+def _slow_dht(nodes: Callable[..., Node]) -> tuple[Node, Dht, list[int]]:
+    """A started host, its DHT knowing one started peer that holds each lookup a while, and
+    [lookups held now, the most at once]."""
     import trio
 
-    from ww.caps.p2p import MAX_LOOKUPS, P2PServer
-    from ww.core.errors import P2PError
-
-    active = [0, 0]  # requests the DHT peer is holding, the most at once
+    active = [0, 0]
 
     async def slow(request: Any, reply: Any) -> None:
         active[0] += 1
@@ -247,11 +238,56 @@ def test_a_cell_dialling_many_peer_ids_at_once_runs_few_lookups_at_a_time(
     host = nodes()
     peer_node.start()
     host.start()
-    server = P2PServer(host, dht=Dht(host, [peer_node.addrs[0]]))
+    return host, Dht(host, [peer_node.addrs[0]]), active
+
+
+def test_a_cell_dialling_many_peer_ids_at_once_runs_few_lookups_at_a_time(
+        nodes: Callable[..., Node]) -> None:
+    """A cell may have thousands of calls in flight (the fd-3 flow limit counts bytes): 16
+    `P2P.dial("/p2p/<peer id>")` at once for peers nobody knows were 16 DHT lookups at once,
+    each up to 60 peers and 30 s (a cell could make its host flood the LAN with thousands).
+    Now a cell's lookups run 4 at a time; the others wait their turn (flow control, not a
+    failure), and each still ends in one line saying the DHT knows no address."""
+    import asyncio
+
+    from ww.caps.p2p import MAX_LOOKUPS, P2PServer
+    from ww.core.errors import P2PError
+
+    host, dht, active = _slow_dht(nodes)
+    server = P2PServer(host, dht=dht)
 
     async def dial_all() -> list[BaseException | str]:
         wanted = [PrivateKey.generate().peer_id for _ in range(16)]
         return await asyncio.gather(*(server._locate(p) for p in wanted),
+                                    return_exceptions=True)
+
+    results = asyncio.run(asyncio.wait_for(dial_all(), BOUND))
+    assert all(isinstance(r, P2PError) and "knows no address" in str(r) for r in results)
+    assert active[1] <= MAX_LOOKUPS, f"{active[1]} lookups at once"
+
+
+def test_a_cell_logging_in_with_many_identities_still_runs_few_lookups_at_a_time(
+        nodes: Callable[..., Node]) -> None:
+    """attack: the bound above was per capability server, and the host makes one per
+    identity a cell logs in with (any identity is let in without --allow): a cell logging in
+    with fresh keys ran 4 lookups more for each.  The servers of one cell share its lookups
+    (``ww.app.build``): 4 identities, 16 dials, still 4 at once."""
+    import asyncio
+
+    from ww.app.build import capability_factories
+    from ww.caps.p2p import MAX_LOOKUPS
+    from ww.core.errors import P2PError
+    from ww.host.denied import Caller
+
+    host, dht, active = _slow_dht(nodes)
+    make = capability_factories(["p2p"], None, lambda: None,  # type: ignore[arg-type,return-value]
+                                node=host, dht=dht)["p2p"]
+
+    async def dial_all() -> list[BaseException | str]:
+        servers = [make(None, Caller(PrivateKey.generate().peer_id), {})  # type: ignore[arg-type]
+                   for _ in range(4)]
+        wanted = [(s, PrivateKey.generate().peer_id) for s in servers for _ in range(4)]
+        return await asyncio.gather(*(s._locate(p) for s, p in wanted),  # type: ignore[attr-defined]
                                     return_exceptions=True)
 
     results = asyncio.run(asyncio.wait_for(dial_all(), BOUND))

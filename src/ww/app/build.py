@@ -13,9 +13,11 @@ from ww.app.options import RunOptions, flag_source
 
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
+    import asyncio
     from pathlib import Path
 
     from ww.caps.exec import ExecSetup
+    from ww.caps.ipfs import IpfsCell
     from ww.core.identity import Identity
     from ww.host.denied import Caller
     from ww.host.limits import Limits
@@ -303,8 +305,10 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
 
         return ConsoleServer()
 
+    cell: list[IpfsCell] = []  # one for the cell, whatever identities it logs in with
+
     def ipfs(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
-        from ww.caps.ipfs import IpfsServer
+        from ww.caps.ipfs import IpfsCell, IpfsServer
         from ww.caps.ipfs_scope import IpfsScope
         from ww.p2p.dial_policy import STRICT
 
@@ -312,19 +316,25 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
         assert grants.ipfs is not None and api is not None
         narrowed = grants.ipfs.read_only or grants.ipfs.roots
         scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
-        return IpfsServer(api, scope, caller, dial_policy=policy or STRICT)
+        if not cell:
+            cell.append(IpfsCell())
+        return IpfsServer(api, scope, caller, cell=cell[0], dial_policy=policy or STRICT)
 
     def exec_(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
         from ww.caps.exec import ExecutorServer
 
         return ExecutorServer(exec_setup(), grants, caller, held)
 
+    lookups: list[asyncio.Semaphore] = []  # the cell's DHT lookups, whatever its identities
+
     def p2p(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:
-        from ww.caps.p2p import P2PServer
+        from ww.caps.p2p import P2PServer, lookup_slots
         from ww.p2p.dial_policy import STRICT
 
         assert node is not None  # a run that may grant p2p builds a host (p2p_node)
-        return P2PServer(node, caller, policy or STRICT, dht)
+        if not lookups:
+            lookups.append(lookup_slots())
+        return P2PServer(node, caller, policy or STRICT, dht, lookups[0])
 
     made: dict[str, CapabilityFactory] = {"console": console, "ipfs": ipfs, "exec": exec_,
                                           "p2p": p2p}

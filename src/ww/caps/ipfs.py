@@ -238,9 +238,14 @@ def _within(token: CancelToken, fn: Callable[..., T], args: tuple[Any, ...]) -> 
         return fn(*args)
 
 
-class _Cell:
+class IpfsCell:
     """What one cell's IPFS capability, and those narrowed from it, share: the worker
-    threads, the bound on open writers, and the tokens of the work in progress."""
+    threads, the bound on open writers, and the tokens of the work in progress.
+
+    One per cell, whatever identities it logs in with (``ww.app.build`` shares it between
+    the servers of its logins): a server per identity made these bounds per identity, and a
+    cell that logged in with fresh keys had the host start 16 importer threads and 4 workers
+    for each, without end (10 identities: 482 threads; the machine's pids next)."""
 
     def __init__(self) -> None:
         self.workers = bridge.DaemonWorkers(WORKERS, "ww-ipfs", lambda: CallCancelled(
@@ -404,7 +409,7 @@ class WriterServer(_ipfs.Writer.Server):  # type: ignore[name-defined,misc]
     schema without ``-> stream``.  Dropped without ``done()``: the import is abandoned.
     """
 
-    def __init__(self, cell: _Cell, api: CoreAPI, options: AddOptions,
+    def __init__(self, cell: IpfsCell, api: CoreAPI, options: AddOptions,
                  on_done: Callable[[str], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._on_done = on_done  # told the CID once the file is added
@@ -504,7 +509,7 @@ class ReaderServer(_ipfs.Reader.Server):  # type: ignore[name-defined,misc]
     idle reader drops it and opens its stream again (``open_at``) when next read.
     """
 
-    def __init__(self, cell: _Cell, open_at: Callable[[int, int | None], Iterator[bytes]],
+    def __init__(self, cell: IpfsCell, open_at: Callable[[int, int | None], Iterator[bytes]],
                  first: bytes, chunks: Iterator[bytes] | None, token: CancelToken,
                  start: int = 0, end: int | None = None, local: bool = False,
                  answers: AnswerBudget = UNBOUNDED) -> None:
@@ -679,17 +684,17 @@ def _close(close: Callable[[], None]) -> None:
 class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     """The IPFS interface of ipfs.capnp over one CoreAPI backend, within ``scope`` if given.
 
-    The servers narrowed from one (``attenuate``) share its :class:`_Cell`: its worker
+    The servers narrowed from one (``attenuate``) share its :class:`IpfsCell`: its worker
     threads and writers, all stopped by :meth:`close` when the cell is gone.
     """
 
     def __init__(self, api: CoreAPI, scope: IpfsScope | None = None,
-                 caller: Caller = NOBODY, cell: _Cell | None = None,
+                 caller: Caller = NOBODY, cell: IpfsCell | None = None,
                  dial_policy: DialPolicy = STRICT) -> None:
         self._api = api
         self.scope = scope
         self._caller = caller
-        self._cell = cell if cell is not None else _Cell()
+        self._cell = cell if cell is not None else IpfsCell()
         self.dial_policy = dial_policy  # where `connect` may make the host dial
 
     def close(self) -> None:
@@ -907,13 +912,22 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
         scope = self.scope
 
         def start() -> tuple[None, int, Iterator[str]]:
-            pins: Iterator[str] = iter(self._api.pins())
-            if scope is not None and scope.roots:  # only what it may see, and its own pins
-                pins = (cid for cid in pins
-                        if canonical(cid) in scope.own_pins or scope.contains(cid))
-            return None, 0, pins
+            # One at a time (CoreAPI.iter_pins), stopped at the bound: read whole first, a
+            # cell that pinned 300,000 identity CIDs (a file each, no block; 2,000 a second)
+            # had every `pins` hold them all before it was measured.
+            def once(pins: Iterator[str]) -> Iterator[str]:
+                seen: set[str] = set()  # (a CID pinned two ways comes twice)
+                for cid in pins:
+                    if cid in seen or (scope is not None and scope.roots  # what it may see
+                                       and canonical(cid) not in scope.own_pins
+                                       and not scope.contains(cid)):
+                        continue
+                    seen.add(cid)
+                    yield cid
 
-        return (await self._listed("pins", _Listing(start, _pin_bytes))).items
+            return None, 0, once(self._api.iter_pins())
+
+        return sorted((await self._listed("pins", _Listing(start, _pin_bytes))).items)
 
     async def id(self, _context: Any, **kwargs: Any) -> None:
         self._check("id")

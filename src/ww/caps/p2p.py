@@ -1,7 +1,8 @@
 """The p2p capability: a cell exports itself on `/ww/0.1.0` and dials other cells.
 
 A thin adapter from `P2P` (cell.capnp) onto :class:`ww.p2p.host.Node` and
-:mod:`ww.p2p.protocol`.  One server per host: the export it holds is the cell's, and is
+:mod:`ww.p2p.protocol`.  One server per identity the cell logs in with (sharing its DHT
+lookups, :func:`lookup_slots`): the export it holds is the cell's, and is
 dropped (:meth:`P2PServer.end`) when the cell hangs up fd 3.  A dial is held to the run's
 dial policy (:mod:`ww.p2p.dial_policy`, given by :mod:`ww.app.build`) before anything is sent.
 A bare peer id the host is not connected to is looked up in the host's DHT, if it has one
@@ -29,15 +30,23 @@ _cell = load("cell")
 MAX_LOOKUPS = 4  # DHT lookups one cell's dials run at a time; the others wait
 
 
+def lookup_slots() -> asyncio.Semaphore:
+    """A cell's DHT lookups, :data:`MAX_LOOKUPS` at a time."""
+    return asyncio.Semaphore(MAX_LOOKUPS)
+
+
 class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
     """`P2P` over a running :class:`ww.p2p.host.Node`."""
 
     def __init__(self, node: Node, caller: Caller = NOBODY,
-                 dial_policy: DialPolicy = STRICT, dht: Any = None) -> None:
-        """``dht``: the host's :class:`ww.p2p.routing.DualDht`, where a peer id is looked up."""
+                 dial_policy: DialPolicy = STRICT, dht: Any = None,
+                 lookups: asyncio.Semaphore | None = None) -> None:
+        """``dht``: the host's :class:`ww.p2p.routing.DualDht`, where a peer id is looked up.
+        ``lookups``: the cell's (:func:`lookup_slots`), shared by the servers of all its
+        logins, so that a cell logging in with many identities still runs a few at once."""
         self._node = node
         self._dht = dht
-        self._lookups = asyncio.Semaphore(MAX_LOOKUPS)  # a cell's lookups, a few at a time
+        self._lookups = lookups if lookups is not None else lookup_slots()
         self._caller = caller
         self.dial_policy = dial_policy  # where `dial` may make the host connect
         self._exports = Exports()

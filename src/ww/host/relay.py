@@ -26,6 +26,12 @@ fd, so a cell that never reads costs nothing but a full pipe.  When the cell has
 of the jail is gone by then, so the end comes); the cell's exit status is not touched.
 A file that cannot be written (a full disk) is reported once on stderr, and the cell's
 next write to that fd fails with ``EPIPE``, as a broken pipe would.
+
+``--fsize`` (``RLIMIT_FSIZE``) is the cell's, and the relay writes in the host, where it
+does not hold: so the relay holds it itself (:attr:`Relay.fsize`).  A regular file is
+written up to that size, as the kernel's write stops there, and then :attr:`Relay.on_fsize`
+stops the cell (`ww run` exits 66 naming ``--fsize``), as the kernel's SIGXFSZ stops the
+writer: a cell under ``--fsize 1M`` wrote 5 MB into ``ww run cell > out`` before.
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ import errno
 import fcntl
 import os
 import select
+import stat
 import struct
 import sys
 import termios
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ww.host.fds import relay_mode
@@ -63,6 +71,7 @@ class _Output:
     r: int  # the pipe's read end (ww's, non-blocking)
     what: str
     file: tuple[int, int]  # (st_dev, st_ino) of dst
+    regular: bool = True  # a regular file (--fsize holds), else a block device
     # Held while bytes move or r closes: the relay thread and flush_into() both drain.
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False  # its end seen, or a write failed
@@ -80,6 +89,16 @@ class Relay:
     _thread: threading.Thread | None = None
     _wake: tuple[int, int] | None = None
     _abandon: bool = False
+    fsize: int | None = None  # --fsize: the largest file the cell may write
+    _fsize_hit: bool = False
+    _on_fsize: Callable[[], None] | None = None
+
+    def on_fsize(self, stop: Callable[[], None]) -> None:
+        """``stop()`` once the cell wrote a file past :attr:`fsize` (at once if it has):
+        called from the relay's thread, maybe twice."""
+        self._on_fsize = stop
+        if self._fsize_hit:
+            stop()
 
     def wrap(self, fd: int, what: str) -> int:
         """The fd the cell gets in place of the host's ``fd`` (``fd`` itself if it passes)."""
@@ -101,7 +120,8 @@ class Relay:
                 return self._by_file[key]
             r, w = os.pipe()
             os.set_blocking(r, False)
-            self._outputs[r] = _Output(dst=fd, r=r, what=what, file=key)
+            self._outputs[r] = _Output(dst=fd, r=r, what=what, file=key,
+                                       regular=stat.S_ISREG(st.st_mode))
             self._cell_ends.append(w)
             self._by_file[key] = w
             return w
@@ -255,10 +275,9 @@ class Relay:
             if moved is None and owner:
                 self._close_output(out, locked=True)
 
-    @staticmethod
-    def _move(out: _Output) -> int | None:
+    def _move(self, out: _Output) -> int | None:
         """One chunk from the pipe into the file (lock held): bytes moved, 0 if none are
-        there now, None at the end of the pipe or after a failed write."""
+        there now, None at the end of the pipe, after a failed write or at ``--fsize``."""
         if out.done or out.closed:
             return None
         try:
@@ -270,14 +289,34 @@ class Relay:
         if data:
             view = memoryview(data)
             try:
+                room = self._room(out)
+                if room is not None and room < len(view):
+                    view = view[:room]  # as the kernel writes up to RLIMIT_FSIZE
                 while view:
                     view = view[os.write(out.dst, view):]
-                return len(data)
+                if room is None or room >= len(data):
+                    return len(data)
+                self._over_fsize()
             except OSError as e:
                 print(f"ww: cannot write the cell's {out.what} to its file: {e.strerror}",
                       file=sys.stderr)
         out.done = True  # the cell's next write fails (EPIPE) once the pipe is closed
         return None
+
+    def _room(self, out: _Output) -> int | None:
+        """The bytes ``--fsize`` lets the cell write at the file's offset (None: no bound).
+        With ``O_APPEND`` a write lands at the end, wherever the offset is."""
+        if self.fsize is None or not out.regular:
+            return None
+        at = (os.fstat(out.dst).st_size if fcntl.fcntl(out.dst, fcntl.F_GETFL) & os.O_APPEND
+              else os.lseek(out.dst, 0, os.SEEK_CUR))
+        return max(0, self.fsize - at)
+
+    def _over_fsize(self) -> None:
+        self._fsize_hit = True
+        stop = self._on_fsize
+        if stop is not None:
+            stop()
 
     @staticmethod
     def _close_output(out: _Output, locked: bool = False) -> None:

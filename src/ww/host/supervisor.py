@@ -340,7 +340,7 @@ def run(config: RunConfig) -> int:
                                                                         config.grants)]):
         from ww.host.relay import Relay
 
-        relays = Relay()
+        relays = Relay(fsize=config.limits.fsize if config.limits else None)
         stdio = (relays.wrap(0, "stdin"), relays.wrap(1, "stdout"), relays.wrap(2, "stderr"))
         spawn_config = config._replace(grants=[
             g._replace(source=relays.wrap(g.source, f"--fd {g.name}")) for g in config.grants])
@@ -368,6 +368,16 @@ def run(config: RunConfig) -> int:
                 cgroup.close()
         cell = _Cell(proc, status_r)
         stop_cell = _stopper(proc, config.jailed)
+        if relays is not None and relays.fsize is not None:
+            limits_ = config.limits
+            assert limits_ is not None
+
+            def over_fsize() -> None:  # the relay's thread: a file written up to --fsize
+                verdict.decide(limits_.exceeded_message("fsize"), EXIT_RESOURCE_LIMIT)
+                if cell.proc.returncode is None:  # (not reaped: its pid is still its own)
+                    stop_cell()
+
+            relays.on_fsize(over_fsize)
         strict_thread: threading.Thread | None = None
         if strict_sock is not None:
             import threading

@@ -254,6 +254,9 @@ class CoreAPI(Protocol):
 
     def pins(self) -> list[str]: ...
 
+    def iter_pins(self) -> Iterator[str]:
+        """:meth:`pins` one at a time, in no order, never held whole (a CID may come twice)."""
+
     def pin_ls(self, type: str = "all") -> dict[str, str]:
         """Pinned CIDs -> their pin type (one of :data:`PIN_TYPES`), as ``ipfs pin ls``:
         ``type`` is one of them or ``"all"``.  A CID pinned in several ways is reported once,

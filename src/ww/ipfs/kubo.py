@@ -604,6 +604,10 @@ class KuboClient:
     def unpin(self, path: str) -> None:
         self._json("pin/rm", [_normalize_path(path)], {"recursive": True})
 
+    def iter_pins(self) -> Iterator[str]:
+        """kubo's list, read whole (``pin ls`` answers it in one reply)."""
+        return iter(self.pins())
+
     def pins(self) -> list[str]:
         """Every direct and recursive pin (not the blocks pinned indirectly through them)."""
         cids: set[str] = set()

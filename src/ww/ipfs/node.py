@@ -322,6 +322,9 @@ class EmbeddedNode:
         """Every pinned CID, recursive and direct."""
         return [str(cid) for cid in self._repo.pins.list()]
 
+    def iter_pins(self) -> Iterator[str]:
+        return (str(cid) for cid in self._repo.pins.iter())
+
     def pin_ls(self, type: str = "all") -> dict[str, str]:
         """Pinned CIDs -> ``"recursive"``, ``"direct"`` or ``"indirect"`` (``ipfs pin ls``).
 

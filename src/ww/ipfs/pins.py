@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ww.core.cid import CID, CidError
@@ -75,6 +76,20 @@ class PinStore:
             if self._path(cid, kind).exists():
                 return kind
         return None
+
+    def iter(self) -> Iterator[CID]:
+        """Pinned CIDs one at a time, as the pin directories are read, in no order and never
+        held whole; a CID pinned both ways (between a pin and the removal of its direct
+        file) may come twice.  Files that are not CIDs are skipped."""
+        for kind in PinKind:
+            with os.scandir(self.root / kind.value) as entries:
+                for entry in entries:
+                    try:
+                        cid = CID.parse(entry.name)
+                    except CidError:
+                        continue
+                    if str(cid) == entry.name:
+                        yield cid
 
     def list(self, kind: PinKind | None = None) -> list[CID]:
         """Pinned CIDs, sorted by their string form; files that are not CIDs are ignored."""
