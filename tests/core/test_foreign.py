@@ -32,6 +32,9 @@ from ww.core.foreign import chained_reason, expected_reason, kj_reason
     # (a stream the remote host cut off: "message = None" reached `ww call` before)
     ("message = [Errno 104] Connection reset by peer", "[Errno 104] Connection reset by peer"),
     ("message = None", "the connection ended before the answer came"),
+    # the same, relayed to a cell by its host (a stream it dialed, cut off by the remote host:
+    # the cell's SDK said `RemoteError: None`)
+    ("remote exception: message = None", "the connection ended before the answer came"),
 ])
 def test_a_kj_exception_is_one_line_without_prefixes(description, reason):
     e = capnp.KjException(description)

@@ -51,6 +51,8 @@ def kj_reason(e: BaseException) -> str:
     if text.startswith(_REMOTE):
         while text.startswith((_REMOTE, _PYCAPNP)):
             text = text.removeprefix(_REMOTE).removeprefix(_PYCAPNP)
+        if text == "None":  # the same, relayed: a cell's host lost the stream it dialed
+            return _LOST
     else:
         text = _LOCAL.sub("", text, count=1)
         if _REMOTE in text:
