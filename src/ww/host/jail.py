@@ -20,7 +20,8 @@ The jail's file system:
 * the system directories read-only (``/usr``, and ``/bin``, ``/sbin``, ``/lib*`` as the
   host has them: directories bound read-only, merged-/usr symlinks recreated);
 * a handful of ``/etc`` files that dynamically linked programs need;
-* its own ``/proc``, with what container runtimes mask masked (``/proc/sys``, ``/proc/irq``,
+* its own ``/proc``, read-only (the cell's own entries too), with what container
+  runtimes mask masked (``/proc/sys``, ``/proc/irq``,
   ``/proc/bus``, ``/proc/sysrq-trigger`` read-only; ``/proc/kcore``, ``/proc/keys``,
   ``/proc/timer_list`` and the like hidden: see ``PROC_READ_ONLY`` and ``PROC_HIDDEN``),
   and bubblewrap's init (pid 1) covered by an empty directory (``INIT_PROC``),
@@ -142,7 +143,11 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         if os.path.exists(path):
             argv += ["--ro-bind", path, path]
     size = ["--size", str(spec.tmpfs_size)] if spec.tmpfs_size is not None else []
-    argv += ["--proc", "/proc"]
+    # Read-only as a whole, the cell's own entries too: through a writable
+    # ``/proc/self/oom_score_adj`` a cell lowered its score back to 0, undoing the 1000 the
+    # host set (ww.host.limits.rlimits), as root or not.  A file reopened through
+    # ``/proc/self/fd`` is on its own mount, not this one.
+    argv += ["--proc", "/proc", "--remount-ro", "/proc"]
     for path in PROC_READ_ONLY:
         if os.path.exists(path):
             argv += ["--ro-bind", path, path]
