@@ -10,6 +10,7 @@ import os
 import re
 import select
 import signal
+import stat
 import struct
 import subprocess
 import termios
@@ -177,3 +178,73 @@ def test_a_cell_cannot_leave_the_terminal_deaf_exclusive_or_non_blocking(termina
     os.set_blocking(slave, False)
     os.write(slave, b"the prompt\n")  # output flows again (stopped, this would block)
     assert b"the prompt" in read_until(master, b"the prompt")
+
+
+# The cell opens the terminal (fd 0) and the read-write grant (fd 4) to every local user,
+# gives them its own group, says so, then exits or waits for its input.
+OPEN_UP = ("chmod 666 /proc/self/fd/0 /proc/self/fd/4; chgrp $(id -g) /proc/self/fd/0 "
+           "/proc/self/fd/4; echo opened up $(stat -L -c %a /proc/self/fd/0); ")
+
+
+def _operators(who, slave: int, tmp_path) -> tuple[str, str]:
+    """The terminal and a file of the operator's (who `ww` runs as), each for them alone,
+    as a login and the operator's umask leave them."""
+    tty = os.ttyname(slave)
+    data = tmp_path / "data"
+    data.write_text("the operator's\n")
+    os.chmod(tty, 0o620)
+    os.chmod(data, 0o600)
+    if who.unprivileged:
+        os.chown(tty, who.ids[0], os.stat(tty).st_gid)  # as devpts makes it for a login
+        os.chown(data, *who.ids)
+    return tty, str(data)
+
+
+def test_a_cell_cannot_leave_the_operators_terminal_or_file_open_to_other_users(
+        terminal, who, tmp_path):
+    """(Found by attack) a cell's host uid is the operator's when `ww` is unprivileged, so
+    the kernel let it change the permissions and group of what it was handed as it is:
+    ``chmod 666`` of the operator's terminal (then every local user could open it, read
+    what is typed and type into it) or of a read-write ``--fd`` grant, left so after `ww`
+    exited.  As root the cell is ``nobody`` and may not."""
+    master, slave = terminal
+    tty, data = _operators(who, slave, tmp_path)
+    before = {p: os.stat(p) for p in (tty, data)}
+    with open(data, "r+b") as f:
+        proc = who.popen("run", "--fd", f"data={f.fileno()}", "/bin/sh", "-c",
+                         OPEN_UP + "exit 0", stdin=slave, stdout=slave, stderr=slave,
+                         pass_fds=(f.fileno(),))
+        try:
+            shown = read_until(master, rb"opened up \d*")
+            assert proc.wait(timeout=HANG) == 0, shown
+        finally:
+            proc.kill()
+            proc.wait()
+    for path, st in before.items():
+        now = os.stat(path)
+        mode, was = stat.S_IMODE(now.st_mode), stat.S_IMODE(st.st_mode)
+        assert mode & 0o007 == 0 and mode & ~was == 0, (who.name, path, oct(mode), shown)
+        if now.st_gid != st.st_gid:  # a group `ww`'s user is not in: nothing for any group
+            assert mode & 0o070 == 0, (who.name, path, oct(mode))
+
+
+@pytest.mark.xfail(strict=True, reason="open: the cell changes the operator's terminal's "
+                   "permissions while it runs, so another local user can open it then "
+                   "(docs/security.md, known limits)")
+def test_the_operators_terminal_is_never_open_to_other_users_while_the_cell_runs(
+        terminal, who, tmp_path):
+    if not who.unprivileged:
+        pytest.skip("as root the cell is nobody and may not change the terminal")
+    master, slave = terminal
+    tty, data = _operators(who, slave, tmp_path)
+    with open(data, "r+b") as f:
+        proc = who.popen("run", "--fd", f"data={f.fileno()}", "/bin/sh", "-c",
+                         OPEN_UP + "read line", stdin=slave, stdout=slave, stderr=slave,
+                         pass_fds=(f.fileno(),))
+        try:
+            read_until(master, rb"opened up \d+")
+            mode = stat.S_IMODE(os.stat(tty).st_mode)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert mode & 0o007 == 0, oct(mode)
