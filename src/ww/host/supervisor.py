@@ -356,6 +356,10 @@ def run(config: RunConfig) -> int:
             cgroup = cgroup_for(config.limits, config.jailed)
             if config.subcells is not None:
                 config.subcells.share(cgroup)  # --with-exec: one budget
+            if config.jailed and drop is None:  # unprivileged: the cell owns what we own
+                drop = jail.terminal_reopener(
+                    [*((fd, k) for k, fd in enumerate(stdio)),
+                     *((g.source, g.source) for g in spawn_config.grants)])
             proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
                           cgroup, drop, stdio)
         finally:
