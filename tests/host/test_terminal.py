@@ -13,6 +13,7 @@ import signal
 import stat
 import struct
 import subprocess
+import sys
 import termios
 import time
 
@@ -273,3 +274,37 @@ def test_a_read_write_grant_is_never_open_to_other_users_while_the_cell_runs(
             proc.kill()
             proc.wait()
     assert mode & 0o007 == 0, oct(mode)
+
+
+def test_a_cell_that_stops_the_terminals_output_cannot_stall_ww_run(terminal, who, make_cell):
+    """(Found by attack) a console line was written on the event loop, so on a terminal
+    whose output the cell had stopped (``tcflow(TCOOFF)``, with ^Q made an ordinary
+    character) `ww run` waited in that write for ever: the cell's exit unseen, ^C forwarded
+    to no one, the terminal left stopped.  The line now waits in a thread of its own."""
+    master, slave = terminal
+    cell = make_cell("""
+        import asyncio, os, termios
+        import ww.cell
+        attrs = termios.tcgetattr(2)
+        attrs[0] &= ~termios.IXON  # ^Q cannot restart the output
+        termios.tcsetattr(2, termios.TCSANOW, attrs)
+        with ww.cell.session() as s:
+            s.console.println("flowing")
+            print("stopping", flush=True)
+            termios.tcflow(2, termios.TCOOFF)
+            try:  # whether the host wrote it or not, the cell exits (writing nothing more)
+                s.console._loop.run(asyncio.wait_for(s.console._async.println("held back"), 1))
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+            os._exit(5)
+    """, shebang=f"#!{sys.executable}")
+    proc = who.popen("run", "--with-console", cell, stdin=slave, stdout=slave, stderr=slave)
+    try:
+        shown = read_until(master, rb"stopping")
+        status = proc.wait(timeout=HANG)
+        shown += read_until(master, rb"\[cell\] held back")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert status == 5, shown
+    assert shown.count(b"[cell] ") == 2, shown

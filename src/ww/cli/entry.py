@@ -191,6 +191,9 @@ def exit_now(status: int) -> None:
     every file `ww` writes is closed (and, where it matters, fsynced) by the code that
     wrote it, before this point.
     """
+    console = sys.modules.get("ww.caps.console")
+    if console is not None:
+        console.drain()  # lines a thread writes on the terminal: see ww.caps.console
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with that fd closed
             continue
