@@ -277,6 +277,19 @@ def test_every_cell_is_first_in_line_for_the_oom_killer_and_dumps_no_core():
     assert limits.split()[4:6] == ["1", "1"]  # Max core file size, soft and hard
 
 
+def test_a_cell_cannot_lower_its_oom_score_adj(who):
+    """(Found by attack) any process may write a lower ``oom_score_adj`` for itself: the
+    1000 `ww` set held no floor, root's included, so a cell wrote 0 and, spread over
+    processes smaller than the host, had the OOM killer take `ww` or the operator's
+    programs first: the only defence an unprivileged operator has (no memory cgroup)."""
+    r = who.run("run", "/bin/sh", "-c",
+                "echo 0 > /proc/self/oom_score_adj; echo 0 > /proc/self/oom_adj; "
+                'sh -c "echo 0 > /proc/$$/oom_score_adj"; cat /proc/self/oom_score_adj')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "1000\n", (who.name, r.stdout, r.stderr)
+    assert r.stderr.count("Read-only file system") == 3, r.stderr
+
+
 def test_signals_still_reach_a_cell_under_limits():
     pids = ["--pids", "100"] if PIDS_CGROUP else []
     proc = subprocess.Popen([WW, "run", *pids, "--timeout", "30", "/bin/sh", "-c",

@@ -5,9 +5,9 @@ serves fd 3: a write there can wait for as long as the terminal's output is stop
 cell holds that terminal too (``tcflow(TCOOFF)``, ^S): a cell that stopped it and then wrote
 a line held the loop in ``write`` for good, and `ww run` never exited, SIGTERM or not, the
 terminal left stopped.  Now only the line's call waits; the cell's other calls go on, and
-when the cell has gone `ww run` restores the terminal and exits (the thread, a daemon, ends
-with it, or once the output flows again).  One line at a time: the next waits for the thread
-of the last, even one whose call was cancelled, so a cell makes at most one such thread.
+when the cell has gone `ww run` restores the terminal, writes what waits (:func:`drain`)
+and exits.  One line at a time: the next waits for the thread of the last, even one whose
+call was cancelled, so a cell makes at most one such thread.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from typing import Any, TextIO
 
 from ww.core import bridge
@@ -51,6 +52,7 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
             from ww.host import relay
 
             relay.flush_into(2)
+            _handed()
             writing = self._writing = bridge.in_new_thread(
                 asyncio.get_running_loop(), "ww-console", _write_all, data)
             writing.add_done_callback(_seen)  # its error is its call's, if still there
@@ -60,12 +62,35 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
         return payload
 
 
+_unwritten = threading.Condition()
+_lines = 0  # lines handed to a thread and not yet written (or failed)
+
+
+def _handed() -> None:
+    global _lines
+    with _unwritten:
+        _lines += 1
+
+
 def _write_all(data: bytes) -> None:
     """A thread: ``data`` on the host's stderr, in one write where it fits, so lines from
     concurrent cells do not interleave mid-line."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(2, view):]
+    global _lines
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(2, view):]
+    finally:
+        with _unwritten:
+            _lines -= 1
+            _unwritten.notify_all()
+
+
+def drain() -> None:
+    """At exit: wait until every line is written (the terminal is restored by then, so a
+    line a cell held back by stopping its output goes out)."""
+    with _unwritten:
+        _unwritten.wait_for(lambda: _lines <= 0)
 
 
 def _seen(future: asyncio.Future[None]) -> None:

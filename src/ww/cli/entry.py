@@ -191,9 +191,10 @@ def exit_now(status: int) -> None:
     every file `ww` writes is closed (and, where it matters, fsynced) by the code that
     wrote it, before this point.
     """
-    audit = sys.modules.get("ww.host.audit")
-    if audit is not None:
-        audit.drain()  # lines a thread still writes on stderr (ww --json)
+    for module in ("ww.caps.console", "ww.host.audit"):  # lines threads still write
+        writing = sys.modules.get(module)
+        if writing is not None:
+            writing.drain()  # on stderr (console lines, ww --json): the terminal is restored
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with that fd closed
             continue

@@ -20,7 +20,8 @@ The jail's file system:
 * the system directories read-only (``/usr``, and ``/bin``, ``/sbin``, ``/lib*`` as the
   host has them: directories bound read-only, merged-/usr symlinks recreated);
 * a handful of ``/etc`` files that dynamically linked programs need;
-* its own ``/proc``, with what container runtimes mask masked (``/proc/sys``, ``/proc/irq``,
+* its own ``/proc``, read-only (the cell's own entries too), with what container
+  runtimes mask masked (``/proc/sys``, ``/proc/irq``,
   ``/proc/bus``, ``/proc/sysrq-trigger`` read-only; ``/proc/kcore``, ``/proc/keys``,
   ``/proc/timer_list`` and the like hidden: see ``PROC_READ_ONLY`` and ``PROC_HIDDEN``),
   and bubblewrap's init (pid 1) covered by an empty directory (``INIT_PROC``),
@@ -142,7 +143,11 @@ def bwrap_argv(bwrap: str, spec: JailSpec, program: list[str]) -> list[str]:
         if os.path.exists(path):
             argv += ["--ro-bind", path, path]
     size = ["--size", str(spec.tmpfs_size)] if spec.tmpfs_size is not None else []
-    argv += ["--proc", "/proc"]
+    # Read-only as a whole, the cell's own entries too: through a writable
+    # ``/proc/self/oom_score_adj`` a cell lowered its score back to 0, undoing the 1000 the
+    # host set (ww.host.limits.rlimits), as root or not.  A file reopened through
+    # ``/proc/self/fd`` is on its own mount, not this one.
+    argv += ["--proc", "/proc", "--remount-ro", "/proc"]
     for path in PROC_READ_ONLY:
         if os.path.exists(path):
             argv += ["--ro-bind", path, path]
@@ -325,6 +330,102 @@ def dropper(ids: tuple[int, int], binds: list[Bind],
         os.setresuid(uid, uid, uid)
 
     return stage_and_drop
+
+
+_CLONE_NEWUSER = 0x10000000
+_MS_RDONLY, _MS_REMOUNT, _MNT_DETACH = 0x1, 0x20, 0x2
+# The mount flags a remount in a user namespace must keep (the kernel locks them):
+# statvfs's ST_* bits are the MS_* bits of the same name.
+_LOCKED_FLAGS = 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000  # nosuid nodev noexec *atime
+
+
+def terminal_reopener(fds: Iterable[tuple[int, int]]) -> Callable[[], None] | None:
+    """For an unprivileged `ww`: a function for the forked child, just before it executes
+    bubblewrap, that replaces every terminal of ``fds`` (pairs of the host's fd and the
+    child's fd number holding it) that `ww`'s uid owns with the same terminal opened anew
+    through a read-only bind of it, or None if there is none.
+
+    The cell's host uid is then the operator's, and the operator owns their terminal: the
+    kernel let the cell ``chmod 666`` it (any local user could then open it, read what is
+    typed and type into it) and give it its own group.  Every change of a file's metadata
+    (``chmod``, ``chown``, times, attributes) through a file opened on a read-only mount
+    fails with ``EROFS``, while reading, writing and every ioctl of a terminal work as on
+    the original.  The bind is made in a user and mount namespace of the child's own (as
+    ``unshare --map-current-user``), opened, and detached again before bubblewrap starts,
+    which makes its jail inside that namespace.  If the kernel refuses any of it, the
+    terminal is passed as it is (``ww run`` still puts back what the cell changed).
+    """
+    import fcntl
+
+    uid = os.geteuid()
+    if uid == 0:
+        return None
+    ttys: dict[int, tuple[str, int, list[int]]] = {}  # rdev -> (path, access, child fds)
+    for host_fd, child_fd in fds:
+        try:
+            if not os.isatty(host_fd):
+                continue
+            st = os.fstat(host_fd)
+            path = os.readlink(f"/proc/self/fd/{host_fd}")
+            if st.st_uid != uid or not os.path.samestat(st, os.stat(path)):
+                continue
+            access = fcntl.fcntl(host_fd, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            continue
+        if st.st_rdev in ttys:
+            ttys[st.st_rdev][2].append(child_fd)
+            if ttys[st.st_rdev][1] != access:
+                ttys[st.st_rdev] = (path, os.O_RDWR, ttys[st.st_rdev][2])
+        else:
+            ttys[st.st_rdev] = (path, access, [child_fd])
+    if not ttys:
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_char_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.unshare.argtypes = [ctypes.c_int]
+    gid = os.getegid()
+    maps = ((b"/proc/self/setgroups", b"deny"), (b"/proc/self/uid_map", b"%d %d 1" % (uid, uid)),
+            (b"/proc/self/gid_map", b"%d %d 1" % (gid, gid)))
+    work = [(path.encode(), access, rdev, child) for rdev, (path, access, child) in ttys.items()]
+
+    def write(path: bytes, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def reopen() -> None:
+        if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+            return  # no user namespace for ww: bubblewrap will say so if it gets none
+        for path, data in maps:  # in a namespace with no uid the start fails: raised
+            write(path, data)
+        for path, access, rdev, child in work:
+            try:
+                flags = os.statvfs(path).f_flag & _LOCKED_FLAGS
+                if libc.mount(path, path, None, _MS_BIND, None) != 0:
+                    continue
+            except OSError:
+                continue
+            try:
+                if libc.mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags,
+                              None) != 0:
+                    continue
+                fd = os.open(path, access | os.O_NOCTTY | os.O_CLOEXEC)
+                if os.fstat(fd).st_rdev == rdev:
+                    for target in child:
+                        os.dup2(fd, target)
+                os.close(fd)
+            except OSError:
+                continue
+            finally:
+                libc.umount2(path, _MNT_DETACH)
+
+    return reopen
 
 
 def children(pid: int) -> list[int]:

@@ -356,6 +356,10 @@ def run(config: RunConfig) -> int:
             cgroup = cgroup_for(config.limits, config.jailed)
             if config.subcells is not None:
                 config.subcells.share(cgroup)  # --with-exec: one budget
+            if config.jailed and drop is None:  # unprivileged: the cell owns what we own
+                drop = jail.terminal_reopener(
+                    [*((fd, k) for k, fd in enumerate(stdio)),
+                     *((g.source, g.source) for g in spawn_config.grants)])
             proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
                           cgroup, drop, stdio)
         finally:
@@ -461,7 +465,10 @@ class _Terminals:
     open by anyone but root fails); and, terminal or not, the file status flags of the
     open file it shares with the operator's shell (``O_NONBLOCK`` makes the shell's next
     read fail with ``EAGAIN``) and the locks held through it (``flock`` and open file
-    description locks outlive the cell while the shell keeps the file open).  `ww run`
+    description locks outlive the cell while the shell keeps the file open); and, where
+    the cell's host uid owns the file (always, for an unprivileged `ww`: the operator's
+    terminal, a read-write ``--fd`` grant), its permissions and group (``chmod 666`` opened
+    the operator's terminal to every local user).  `ww run`
     saves all of it before the cell starts and restores it (a lock the cell took is
     released) when the cell has exited, on every way out of `ww run` but SIGKILL: a
     normal exit, an error, a forwarded signal, or one of ``_FATAL_SIGNALS`` (restored,
@@ -473,14 +480,18 @@ class _Terminals:
         self._saved: list[tuple[int, list[Any], bytes, bytes, bytes | None]] = []
         self._flags: list[tuple[int, int]] = []  # (fd, file status flags)
         self._unlocked: list[int] = []  # regular files holding no lock before the cell
+        self._owners: list[tuple[int, int, int, int]] = []  # (fd, mode bits, uid, gid)
         self._previous: dict[int, Any] = {}
         ttys = []
         seen = set()
         for fd in dict.fromkeys(fds):
             try:
                 self._flags.append((fd, fcntl.fcntl(fd, fcntl.F_GETFL)))
-                if stat.S_ISREG(os.fstat(fd).st_mode) and not _file_locks(fd):
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and not _file_locks(fd):
                     self._unlocked.append(fd)
+                if not stat.S_ISSOCK(st.st_mode):
+                    self._owners.append((fd, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
                 if not os.isatty(fd):
                     continue
                 key = os.fstat(fd).st_rdev
@@ -531,6 +542,19 @@ class _Terminals:
             except OSError:
                 pass
         self._unlocked = []
+        for fd, mode, uid, gid in self._owners:  # what only the file's owner may change
+            try:
+                st = os.fstat(fd)
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    try:
+                        os.fchown(fd, -1 if st.st_uid == uid else uid, gid)
+                    except OSError:  # a group `ww`'s user is not in (tty): none at all
+                        mode &= ~0o070
+                if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                    os.fchmod(fd, mode)
+            except OSError:
+                pass
+        self._owners = []
         if not self._saved:
             return
         import contextlib
