@@ -95,6 +95,36 @@ def test_ww_run_of_a_hamt_bomb_is_one_line(tmp_path: Path) -> None:
     assert r.stderr.strip().splitlines() == [f"ww: {bomb}: HAMT links the shard {lowest} twice"]
 
 
+def test_a_hamt_of_empty_shards_is_corrupt_at_the_first_not_walked_whole() -> None:
+    """(Found by attack) sub-shards that hold no entry were walked as any other: a cell's 256
+    x 256 empty shards (differing in their bitfield only, 4 MB of blocks) cost the host
+    1.9 s of CPU an `ls` or `stat` for no entry, and the answer's bound never stopped it (it
+    counts entries).  No implementation keeps an empty sub-shard: the first is corrupt."""
+    blocks: Blocks = []
+
+    def shard(bits: bytes) -> unixfs.UnixFSData:
+        return unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=bits, hash_type=0x22,
+                                 fanout=256)
+
+    mids = []
+    for m in range(16):
+        empty = [_node_block(blocks, [], shard((m * 256 + i).to_bytes(4, "big")))
+                 for i in range(256)]
+        mids.append(_node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1)
+                                         for i, c in enumerate(empty)], shard(b"m%d" % m)))
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(mids)],
+                       shard(b"r"))
+    stored, read = dict(blocks), []
+
+    def getter(cid: CID) -> bytes:
+        read.append(cid)
+        return stored[cid]
+
+    with pytest.raises(CorruptBlockError, match=f"{blocks[0][0]}: an empty HAMT shard"):
+        list(exporter.entries(getter, exporter.load(getter, root)))
+    assert read == [root, mids[0], blocks[0][0]]  # not the 4,113 blocks
+
+
 def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
     """A directory block of 4 MiB holds ~80,000 links to one 4 MiB block: read per entry,
     one `ls` hashed 300 GiB."""
