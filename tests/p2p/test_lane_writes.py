@@ -192,6 +192,15 @@ class Heedless(asyncio.BufferedProtocol):
             self.lost.set_result(exc)
 
 
+def _close_all(conn: lane.LaneConn, listener: Listener, served: list[Any]) -> None:
+    """Close the test's connection, the listener's, and the listener."""
+    conn.close()
+    for c in served:
+        if isinstance(c, lane.LaneConn):
+            c.close()
+    listener.close()
+
+
 def test_a_writer_that_does_not_wait_loses_its_stream_not_the_connection() -> None:
     """A protocol that goes on writing though told to wait (1 MiB a loop turn to a peer
     that reads nothing) is reset once 64 MiB of it are unsent: its protocol is told, and the
@@ -251,10 +260,101 @@ def test_a_writer_that_does_not_wait_loses_its_stream_not_the_connection() -> No
             await until(lambda: len(echoed) >= lane.PING_SIZE or conn.closed.done())
             assert bytes(echoed) == b"p" * lane.PING_SIZE
         finally:
-            conn.close()
-            for c in served:
-                if isinstance(c, lane.LaneConn):
-                    c.close()
-            listener.close()
+            _close_all(conn, listener, served)
+
+    run(main)
+
+
+class _Silent(asyncio.BufferedProtocol):
+    """Takes a stream, reads nothing (its peer's window is never given back), keeps it."""
+
+    def __init__(self, into: list[Any]) -> None:
+        self.into = into
+
+    def connection_made(self, transport: Any) -> None:
+        transport.pause_reading()
+        self.into.append(transport)
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return bytearray(65536)
+
+    def buffer_updated(self, n: int) -> None: ...
+
+    def eof_received(self) -> None: ...
+
+
+def test_a_dialed_peer_cannot_pin_the_node_budget_with_calls_while_its_dialer_is_paused() -> None:
+    """A cell dials a peer and sends it 2 MiB; the peer takes only its first window, so the
+    dialed stream is paused (pycapnp waits), and sends 6 calls of 7.5 MiB to the dialer
+    (pipelined on a bootstrap: the dialer answers each with an exception at once).  Their
+    bytes stayed counted in the node's 32 MiB budget until their answers left pycapnp,
+    which the pause held back: the node read nothing more on any stream, and an honest
+    caller of the node's own export waited until the dialed stream's clock cut it (about
+    12.5 s; as long as the peer liked, taking 100 KiB/s).  Now a paused dialed stream
+    reads no new call of its peer's: the budget stays free, and the honest call is
+    answered while the dialed stream is still paused and alive."""
+    from tests.p2p.deaf_peer import bootstrap, pipelined_call
+
+    evil: list[Any] = []
+
+    def acceptor(seed: bytes) -> Callable[[socket.socket, str, Any], Any]:
+        async def accept(sock: socket.socket, ip: str, ticket: Any) -> None:
+            conn = lane.LaneConn(sock, False, {PROTOCOL_ID: lambda s: s.connect(_Silent(evil))})
+            evil.append(conn)
+            await conn.handshake(seed, None, lane=True)
+
+        return accept
+
+    big = "z" * (7 * MiB + MiB // 2)
+
+    async def main() -> None:
+        listener = Listener(acceptor)
+        held = Held()
+        held.gate.set()
+        exports = Exports()
+        exports.set(held)
+        honest = Listener(exports.lane_acceptor)
+        caller = RecordingDialer()
+        conn = await lane.dial(listener.addr, PrivateKey.generate().seed, timeout=HANG)
+        try:
+            client = capnp.TwoPartyClient(await conn.open_ww())
+            gateway = client.bootstrap().cast_as(_cell.Gateway)
+            service = gateway.service().service.cast_as(_cell.Service)
+            sent = asyncio.ensure_future(service.call("m", ["a" * (2 * MiB)]))
+            stream = _only_stream(conn)
+            await until(lambda: stream.writing_paused or sent.done())
+            assert stream.writing_paused
+            peer_stream = next(s for s in evil if isinstance(s, lane.LaneStream))
+            frames = [bootstrap(0)]
+            for q in range(1, 7):
+                params, m = pipelined_call(q, _cell.Service, "call", 0, method="m")
+                params.init("args", 1)[0] = big
+                frames.append(m.to_bytes())
+            peer_stream.write(b"".join(frames))
+            budget = bounds.loop_budget()
+            proto = stream.protocol
+            # the dialer read what it will: the node's budget is full (the calls held, their
+            # answers behind the pause), or it holds the next call back while paused
+            await until(
+                lambda: proto.violation is not None
+                or not proto._reading
+                and (
+                    budget.used >= budget.total
+                    or getattr(proto, "_write_paused", False)
+                    and bounds.starts_call(proto.state.buf)
+                )
+            )
+            assert budget.used < 2 * MiB, (budget.used, proto.state.held)
+            far = (await caller.dial(honest.addr)).cast_as(_cell.Service)
+            answer = asyncio.ensure_future(far.call("m", ["ok"]))
+            await until(lambda: answer.done() or proto.violation is not None)
+            assert answer.done() and (await answer).result == "2", proto.violation
+            assert proto.violation is None and stream.writing_paused
+            sent.cancel()
+        finally:
+            caller.close_all()
+            exports.close_all()
+            honest.close()
+            _close_all(conn, listener, evil)
 
     run(main)
