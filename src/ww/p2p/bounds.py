@@ -498,6 +498,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         max_calls: int = MAX_CALLS,
         chunk: int = 64 * 1024,
         pause_writes: bool = True,
+        calls_wait: bool = False,
     ) -> None:
         import capnp
 
@@ -530,7 +531,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._draining = False  # closed, its answers still unsent: counted, clocked
         self.age = WriteAge()  # what it wrote lately
         self._pause_writes = pause_writes
-        self._write_paused = False  # told pause_writing (pause_writes only): no new call passes
+        self._calls_wait = calls_wait  # while pycapnp is paused, no new call of the remote's
+        self._write_paused = False  # told pause_writing (with calls_wait): no new call passes
 
     # the transport's side
     def connection_made(self, transport: Any) -> None:
@@ -569,18 +571,19 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         """The transport holds too much unsent: pycapnp waits (``pause_writes``), or, for the
         host's answers on a served stream, writes on: they stay in the transport, counted in
         the node's :class:`Answers` and clocked (cut, not waited for: see its docstring).
-        While pycapnp waits, no new call of the remote's is read or passed on (its bytes
-        would stay counted in the node's budget until its answer leaves, which the pause
-        holds back: a remote that takes nothing would hold the budget); the rest is."""
+        With ``calls_wait`` (the lane's dialed streams), while pycapnp waits no new call of
+        the remote's is read or passed on (its bytes would stay counted in the node's budget
+        until its answer leaves, which the pause holds back: a remote that takes nothing
+        would hold the budget); the rest is."""
         if self._pause_writes:
-            self._write_paused = True
+            self._write_paused = self._calls_wait
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         if self._pause_writes:
             self._write_paused = False
             self.inner.resume_writing()
-            if not self._lost:  # a call held back for the pause may pass now
+            if self._calls_wait and not self._lost:  # a call held back may pass now
                 self._blocked = False
                 self.loop.call_soon(self._pump)
 
