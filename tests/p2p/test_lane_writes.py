@@ -172,6 +172,7 @@ class Heedless(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.transport: Any = None
         self.paused = 0
+        self.resumed = 0
         self.lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
@@ -179,6 +180,9 @@ class Heedless(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
 
     def get_buffer(self, _hint: int) -> bytearray:
         return bytearray(65536)
@@ -239,6 +243,7 @@ def test_a_writer_that_does_not_wait_loses_its_stream_not_the_connection() -> No
                 exc = await writer.lost
             assert isinstance(exc, ConnectionResetError), exc
             assert writer.paused == 1
+            assert writer.resumed == 0  # (it was: its unsent bytes dropped with the stream)
             assert conn.failure == "" and not conn.closed.done()
             deaf = next(s for s in served if isinstance(s, lane.LaneStream))
             assert deaf.held <= WINDOW
