@@ -363,3 +363,84 @@ def test_a_dialed_peer_cannot_pin_the_node_budget_with_calls_while_its_dialer_is
             _close_all(conn, listener, evil)
 
     run(main)
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) >> 10 for line in f if line.startswith("VmRSS"))
+
+
+class _Taker(asyncio.BufferedProtocol):
+    """Reads once resumed, until it has taken ``upto`` bytes; then nothing more."""
+
+    def __init__(self, upto: int) -> None:
+        self.upto, self.got, self.transport = upto, 0, None
+        self.buf = bytearray(65536)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.pause_reading()
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, n: int) -> None:
+        self.got += n
+        if self.got >= self.upto:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None: ...
+
+
+def test_a_stream_taken_down_to_a_little_unsent_gives_its_buffer_back() -> None:
+    """A served stream's writer (the host's answers are not paused) puts 30 MiB on a stream
+    whose peer takes nothing, then the peer takes all of it but 1 MiB, and stops.  The
+    stream held 700 KiB unsent (what the node's answer budget counts) and kept the 32 MiB
+    its buffer grew to: 4 such streams, +123 MiB resident, 3 MiB unsent.  Now a buffer
+    holding a quarter of its size or less gives the rest back: 3 streams grow the process
+    by less than one did."""
+    total = 30 * MiB
+    served: list[Any] = []
+
+    def acceptor(seed: bytes) -> Callable[[socket.socket, str, Any], Any]:
+        async def accept(sock: socket.socket, ip: str, ticket: Any) -> None:
+            def sink(stream: lane.LaneStream) -> None:
+                stream.connect(Heedless())
+                served.append(stream)
+
+            conn = lane.LaneConn(sock, False, {SINK: sink})
+            served.append(conn)
+            await conn.handshake(seed, None, lane=True)
+
+        return accept
+
+    async def fill_and_take(conn: lane.LaneConn, n: int) -> None:
+        """The n-th stream: 30 MiB written, all but 1 MiB of it taken."""
+        stream = conn.open(SINK)
+        async with asyncio.timeout(HANG):
+            await stream.negotiated
+        taker = _Taker(total - MiB)
+        stream.connect(taker)
+        await until(lambda: sum(isinstance(s, lane.LaneStream) for s in served) >= n)
+        writer = [s for s in served if isinstance(s, lane.LaneStream)][-1]
+        for _ in range(30):
+            writer.write(bytes(MiB))
+        await asyncio.sleep(0)  # a loop turn: the 30 MiB go to the connection
+        taker.transport.resume_reading()
+        await until(lambda: taker.got >= total - MiB)
+        await until(lambda: writer.get_write_buffer_size() < MiB)
+        assert writer.get_write_buffer_size() > 0
+
+    async def main() -> None:
+        listener = Listener(acceptor)
+        conn = await lane.dial(listener.addr, PrivateKey.generate().seed, timeout=HANG)
+        try:
+            base = _rss_mib()
+            for n in range(1, 4):
+                await fill_and_take(conn, n)
+            grown = _rss_mib() - base
+            assert grown < 24, f"+{grown} MiB resident for 3 streams holding under 3 MiB"
+        finally:
+            _close_all(conn, listener, served)
+
+    run(main)
