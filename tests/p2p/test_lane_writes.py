@@ -172,6 +172,7 @@ class Heedless(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.transport: Any = None
         self.paused = 0
+        self.resumed = 0
         self.lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
@@ -179,6 +180,9 @@ class Heedless(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
 
     def get_buffer(self, _hint: int) -> bytearray:
         return bytearray(65536)
@@ -190,6 +194,15 @@ class Heedless(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Any) -> None:
         if not self.lost.done():
             self.lost.set_result(exc)
+
+
+def _close_all(conn: lane.LaneConn, listener: Listener, served: list[Any]) -> None:
+    """Close the test's connection, the listener's, and the listener."""
+    conn.close()
+    for c in served:
+        if isinstance(c, lane.LaneConn):
+            c.close()
+    listener.close()
 
 
 def test_a_writer_that_does_not_wait_loses_its_stream_not_the_connection() -> None:
@@ -230,6 +243,7 @@ def test_a_writer_that_does_not_wait_loses_its_stream_not_the_connection() -> No
                 exc = await writer.lost
             assert isinstance(exc, ConnectionResetError), exc
             assert writer.paused == 1
+            assert writer.resumed == 0  # (it was: its unsent bytes dropped with the stream)
             assert conn.failure == "" and not conn.closed.done()
             deaf = next(s for s in served if isinstance(s, lane.LaneStream))
             assert deaf.held <= WINDOW
@@ -251,10 +265,182 @@ def test_a_writer_that_does_not_wait_loses_its_stream_not_the_connection() -> No
             await until(lambda: len(echoed) >= lane.PING_SIZE or conn.closed.done())
             assert bytes(echoed) == b"p" * lane.PING_SIZE
         finally:
-            conn.close()
-            for c in served:
-                if isinstance(c, lane.LaneConn):
-                    c.close()
-            listener.close()
+            _close_all(conn, listener, served)
+
+    run(main)
+
+
+class _Silent(asyncio.BufferedProtocol):
+    """Takes a stream, reads nothing (its peer's window is never given back), keeps it."""
+
+    def __init__(self, into: list[Any]) -> None:
+        self.into = into
+
+    def connection_made(self, transport: Any) -> None:
+        transport.pause_reading()
+        self.into.append(transport)
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return bytearray(65536)
+
+    def buffer_updated(self, n: int) -> None: ...
+
+    def eof_received(self) -> None: ...
+
+
+def test_a_dialed_peer_cannot_pin_the_node_budget_with_calls_while_its_dialer_is_paused() -> None:
+    """A cell dials a peer and sends it 2 MiB; the peer takes only its first window, so the
+    dialed stream is paused (pycapnp waits), and sends 6 calls of 7.5 MiB to the dialer
+    (pipelined on a bootstrap: the dialer answers each with an exception at once).  Their
+    bytes stayed counted in the node's 32 MiB budget until their answers left pycapnp,
+    which the pause held back: the node read nothing more on any stream, and an honest
+    caller of the node's own export waited until the dialed stream's clock cut it (about
+    12.5 s; as long as the peer liked, taking 100 KiB/s).  Now a paused dialed stream
+    reads no new call of its peer's: the budget stays free, and the honest call is
+    answered while the dialed stream is still paused and alive."""
+    from tests.p2p.deaf_peer import bootstrap, pipelined_call
+
+    evil: list[Any] = []
+
+    def acceptor(seed: bytes) -> Callable[[socket.socket, str, Any], Any]:
+        async def accept(sock: socket.socket, ip: str, ticket: Any) -> None:
+            conn = lane.LaneConn(sock, False, {PROTOCOL_ID: lambda s: s.connect(_Silent(evil))})
+            evil.append(conn)
+            await conn.handshake(seed, None, lane=True)
+
+        return accept
+
+    big = "z" * (7 * MiB + MiB // 2)
+
+    async def main() -> None:
+        listener = Listener(acceptor)
+        held = Held()
+        held.gate.set()
+        exports = Exports()
+        exports.set(held)
+        honest = Listener(exports.lane_acceptor)
+        caller = RecordingDialer()
+        conn = await lane.dial(listener.addr, PrivateKey.generate().seed, timeout=HANG)
+        try:
+            client = capnp.TwoPartyClient(await conn.open_ww())
+            gateway = client.bootstrap().cast_as(_cell.Gateway)
+            service = gateway.service().service.cast_as(_cell.Service)
+            sent = asyncio.ensure_future(service.call("m", ["a" * (2 * MiB)]))
+            stream = _only_stream(conn)
+            await until(lambda: stream.writing_paused or sent.done())
+            assert stream.writing_paused
+            peer_stream = next(s for s in evil if isinstance(s, lane.LaneStream))
+            frames = [bootstrap(0)]
+            for q in range(1, 7):
+                params, m = pipelined_call(q, _cell.Service, "call", 0, method="m")
+                params.init("args", 1)[0] = big
+                frames.append(m.to_bytes())
+            peer_stream.write(b"".join(frames))
+            budget = bounds.loop_budget()
+            proto = stream.protocol
+            # the dialer read what it will: the node's budget is full (the calls held, their
+            # answers behind the pause), or it holds the next call back while paused
+            await until(
+                lambda: proto.violation is not None
+                or not proto._reading
+                and (
+                    budget.used >= budget.total
+                    or getattr(proto, "_write_paused", False)
+                    and bounds.starts_call(proto.state.buf)
+                )
+            )
+            assert budget.used < 2 * MiB, (budget.used, proto.state.held)
+            far = (await caller.dial(honest.addr)).cast_as(_cell.Service)
+            answer = asyncio.ensure_future(far.call("m", ["ok"]))
+            await until(lambda: answer.done() or proto.violation is not None)
+            assert answer.done() and (await answer).result == "2", proto.violation
+            assert proto.violation is None and stream.writing_paused
+            sent.cancel()
+        finally:
+            caller.close_all()
+            exports.close_all()
+            honest.close()
+            _close_all(conn, listener, evil)
+
+    run(main)
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) >> 10 for line in f if line.startswith("VmRSS"))
+
+
+class _Taker(asyncio.BufferedProtocol):
+    """Reads once resumed, until it has taken ``upto`` bytes; then nothing more."""
+
+    def __init__(self, upto: int) -> None:
+        self.upto, self.got, self.transport = upto, 0, None
+        self.buf = bytearray(65536)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.pause_reading()
+
+    def get_buffer(self, _hint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, n: int) -> None:
+        self.got += n
+        if self.got >= self.upto:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None: ...
+
+
+def test_a_stream_taken_down_to_a_little_unsent_gives_its_buffer_back() -> None:
+    """A served stream's writer (the host's answers are not paused) puts 30 MiB on a stream
+    whose peer takes nothing, then the peer takes all of it but 1 MiB, and stops.  The
+    stream held 700 KiB unsent (what the node's answer budget counts) and kept the 32 MiB
+    its buffer grew to: 4 such streams, +123 MiB resident, 3 MiB unsent.  Now a buffer
+    holding a quarter of its size or less gives the rest back: 3 streams grow the process
+    by less than one did."""
+    total = 30 * MiB
+    served: list[Any] = []
+
+    def acceptor(seed: bytes) -> Callable[[socket.socket, str, Any], Any]:
+        async def accept(sock: socket.socket, ip: str, ticket: Any) -> None:
+            def sink(stream: lane.LaneStream) -> None:
+                stream.connect(Heedless())
+                served.append(stream)
+
+            conn = lane.LaneConn(sock, False, {SINK: sink})
+            served.append(conn)
+            await conn.handshake(seed, None, lane=True)
+
+        return accept
+
+    async def fill_and_take(conn: lane.LaneConn, n: int) -> None:
+        """The n-th stream: 30 MiB written, all but 1 MiB of it taken."""
+        stream = conn.open(SINK)
+        async with asyncio.timeout(HANG):
+            await stream.negotiated
+        taker = _Taker(total - MiB)
+        stream.connect(taker)
+        await until(lambda: sum(isinstance(s, lane.LaneStream) for s in served) >= n)
+        writer = [s for s in served if isinstance(s, lane.LaneStream)][-1]
+        for _ in range(30):
+            writer.write(bytes(MiB))
+        await asyncio.sleep(0)  # a loop turn: the 30 MiB go to the connection
+        taker.transport.resume_reading()
+        await until(lambda: taker.got >= total - MiB)
+        await until(lambda: writer.get_write_buffer_size() < MiB)
+        assert writer.get_write_buffer_size() > 0
+
+    async def main() -> None:
+        listener = Listener(acceptor)
+        conn = await lane.dial(listener.addr, PrivateKey.generate().seed, timeout=HANG)
+        try:
+            base = _rss_mib()
+            for n in range(1, 4):
+                await fill_and_take(conn, n)
+            grown = _rss_mib() - base
+            assert grown < 24, f"+{grown} MiB resident for 3 streams holding under 3 MiB"
+        finally:
+            _close_all(conn, listener, served)
 
     run(main)

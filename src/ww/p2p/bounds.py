@@ -86,6 +86,31 @@ def frame_size(buf: Any) -> int | None:
         raise ProtocolViolation(str(e)) from None
 
 
+def starts_call(buf: Any) -> bool:
+    """Whether the message starting ``buf`` (all of it, or only its start) is, or may be, a
+    call or bootstrap: its root's union tag says so, or is not where an honest writer puts
+    it (read from the first 24 bytes past the segment table); False while too little is
+    there to tell (a few bytes)."""
+    n = len(buf)
+    if n < 8:
+        return False
+    segments = _U32.unpack_from(buf, 0)[0] + 1
+    if segments > 512:
+        return True
+    head = (4 + 4 * segments + 7) & ~7
+    if n < head + 8:
+        return False
+    root = _U64.unpack_from(buf, head)[0]
+    offset = (root >> 2) & 0x3FFFFFFF
+    if not root or root & 3 or offset & 0x20000000 or not (root >> 32) & 0xFFFF:
+        return True
+    at = head + 8 * (1 + offset)
+    if at + 2 > n:
+        return at + 2 > head + 24  # (an honest root's struct comes right after it)
+    which = buf[at] | buf[at + 1] << 8
+    return which == _CALL or which == _BOOTSTRAP
+
+
 def classify(message: Any) -> tuple[int, int] | None:
     """(which member of rpc.capnp's ``Message`` union, its question/answer id) for a call,
     return or bootstrap; ``(which, -1)`` for another member; None if unreadable here (the
@@ -473,6 +498,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         max_calls: int = MAX_CALLS,
         chunk: int = 64 * 1024,
         pause_writes: bool = True,
+        calls_wait: bool = False,
     ) -> None:
         import capnp
 
@@ -505,6 +531,8 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         self._draining = False  # closed, its answers still unsent: counted, clocked
         self.age = WriteAge()  # what it wrote lately
         self._pause_writes = pause_writes
+        self._calls_wait = calls_wait  # while pycapnp is paused, no new call of the remote's
+        self._write_paused = False  # told pause_writing (with calls_wait): no new call passes
 
     # the transport's side
     def connection_made(self, transport: Any) -> None:
@@ -542,13 +570,22 @@ class BoundedProtocol(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         """The transport holds too much unsent: pycapnp waits (``pause_writes``), or, for the
         host's answers on a served stream, writes on: they stay in the transport, counted in
-        the node's :class:`Answers` and clocked (cut, not waited for: see its docstring)."""
+        the node's :class:`Answers` and clocked (cut, not waited for: see its docstring).
+        With ``calls_wait`` (the lane's dialed streams), while pycapnp waits no new call of
+        the remote's is read or passed on (its bytes would stay counted in the node's budget
+        until its answer leaves, which the pause holds back: a remote that takes nothing
+        would hold the budget); the rest is."""
         if self._pause_writes:
+            self._write_paused = self._calls_wait
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         if self._pause_writes:
+            self._write_paused = False
             self.inner.resume_writing()
+            if self._calls_wait and not self._lost:  # a call held back may pass now
+                self._blocked = False
+                self.loop.call_soon(self._pump)
 
     # pycapnp's side, through _ToRemote
     def want(self, reading: bool) -> None:
@@ -612,7 +649,7 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         cur = self.state.message(self._eof)
         if cur is None:
             return False
-        if cur[1] and self.state.full():
+        if cur[1] and (self.state.full() or self._write_paused):
             self._blocked = True
             return False
         self._cur, self._handed = cur, 0
@@ -651,7 +688,11 @@ class BoundedProtocol(asyncio.BufferedProtocol):
         message at the start is short and being read."""
         state = self.state
         self._waits = waits
-        if self._blocked or (waits and len(state.buf) >= self._ahead):
+        if (
+            self._blocked
+            or (waits and len(state.buf) >= self._ahead)
+            or (self._write_paused and starts_call(state.buf))
+        ):
             want = False
         elif self.budget.used >= self.budget.total:
             want = False

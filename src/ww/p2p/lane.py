@@ -459,12 +459,13 @@ def bounded_stream(stream: LaneStream) -> Any:
     A dialed stream's writer (pycapnp: the calls of `ww call`, or of a cell through
     ``P2P.dial``) waits while the stream holds more than the lane's high-water mark unsent
     (1 MiB: the peer's Yamux window paces it), as on an asyncio socket; the calls behind
-    wait in KJ, a cell's bounded by its fd 3 flow limit.  A served stream's writer (the
+    wait in KJ, a cell's bounded by its fd 3 flow limit; meanwhile the peer's own calls wait
+    unread (their answers could not leave).  A served stream's writer (the
     host's answers) does not wait: its answers are bounded by the node's answer budget and
     clock instead (:class:`ww.p2p.bounds.Answers`)."""
     from ww.p2p.bounds import bounded_capnp
 
-    protocol, capnp_io = bounded_capnp(pause_writes=stream.outbound)
+    protocol, capnp_io = bounded_capnp(pause_writes=stream.outbound, calls_wait=stream.outbound)
     stream.connect(protocol)
     return capnp_io
 

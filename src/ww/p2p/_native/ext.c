@@ -240,7 +240,9 @@ static int mark_dirty(StreamObject *s) {
 
 /* The protocol is told to wait (as asyncio's transports do, from inside write()). */
 static void pause_writer(StreamObject *s) {
-    if (s->write_paused || !s->protocol || s->closed || !s->conn || !s->conn->paused) return;
+    if (s->write_paused || !s->protocol || s->closed || s->overflow || !s->conn ||
+        !s->conn->paused)
+        return;
     if (PyList_Append(s->conn->paused, (PyObject *)s)) { report(); return; }
     s->write_paused = 1;
     PyObject *p = s->protocol;
@@ -289,7 +291,7 @@ static void conn_resume(ConnObject *self) {
             continue;
         }
         s->write_paused = 0;
-        if (s->closed || !s->protocol) continue;
+        if (s->closed || s->overflow || !s->protocol) continue; /* reset: never resumed */
         PyObject *p = s->protocol;
         Py_INCREF(p);
         call_method(p, "resume_writing", NULL); /* may write, and be told to wait again */
