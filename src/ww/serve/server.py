@@ -740,6 +740,24 @@ def held_for_others(scope: dict[str, Any]) -> Iterator[None]:
         held[0] = None
 
 
+def _in_place_of_unread(put_end: Any, take_end: Any, message: Any, most: int) -> None:
+    """``message`` (an ``http.disconnect``) put in the app's queue in place of everything
+    still unread in it, without waiting: the request is over (its reply is done, or its
+    client left).  All of it: dropping only what made room for the message, the oldest
+    reads, left the app the reads after them, so that it read a body with a hole in it
+    (and a client that sent a whole `add` and shut its side down had its file added
+    without the middle, or a 400 about a malformed body)."""
+    for _ in range(most + 1):  # bounded: the queue holds at most ``most``
+        try:
+            take_end.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+    try:
+        put_end.send_nowait(message)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the app has returned: nobody reads it
+
+
 def _drop_what_apps_leave_unread() -> None:
     """Have hypercorn drop what is left of a request its app did not read once the request
     is over, rather than wait for the app to take it.
@@ -786,16 +804,7 @@ def _drop_what_apps_leave_unread() -> None:
 
             async def put(message: Any) -> None:
                 if message.get("type") == "http.disconnect":
-                    # the request is over (its reply is done, or its client left): never
-                    # wait for the app to make room, drop what it left unread instead
-                    for _ in range(config.max_app_queue_size + 2):
-                        try:
-                            put_end.send_nowait(message)
-                            return
-                        except trio.WouldBlock:
-                            take_end.receive_nowait()
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            return
+                    _in_place_of_unread(put_end, take_end, message, config.max_app_queue_size)
                     return
                 try:
                     await put_end.send(message)
