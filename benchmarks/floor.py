@@ -13,6 +13,9 @@ with 64 in flight:
   over a socketpair (what a Python cell and its caller cost at the least).
 - "pycapnp, 1 process": client and server on one loop in one process: pycapnp's own CPU a
   call, with no wake-up at all.
+- "ww stream": the same two, each pycapnp stream through ``ww.core.capnp_stream`` (what a
+  cell's and a host's fd 3 use); "uvloop": those on uvloop's event loop, as ``ww`` runs
+  them (``ww.core.bridge.new_loop``).
 
 A remote call in p2p.py wakes four processes in turn (peer, host, cell, host, peer).
 """
@@ -179,27 +182,51 @@ async def _measure(client, calls: int) -> tuple[float, float]:  # type: ignore[n
     return statistics.median(times) * 1e6, calls / (time.perf_counter() - started)
 
 
-def pycapnp_two(directory: str, calls: int) -> tuple[float, float]:
+def _runner(loop: str):  # type: ignore[no-untyped-def]
+    """asyncio.run on the standard library's loop ("asyncio") or uvloop's."""
+    if loop == "asyncio":
+        return asyncio.run
+    import uvloop
+
+    return uvloop.run
+
+
+async def _stream(sock: socket.socket, ours: bool):  # type: ignore[no-untyped-def]
+    """A pycapnp stream on ``sock``: pycapnp's own protocol, or ww's (ww.core.capnp_stream,
+    what a cell's and a host's fd 3 use; pycapnp's own crashes uvloop, ww.core.bridge)."""
+    import capnp
+
+    if ours:
+        from ww.core import capnp_stream
+
+        return await capnp_stream.connect(sock)
+    return await capnp.AsyncIoStream.create_connection(sock=sock)
+
+
+def pycapnp_two(directory: str, calls: int, loop: str = "asyncio",
+                ours: bool = False) -> tuple[float, float]:
     capnp, schema = _capnp(directory)
+    run = _runner(loop)
 
     class Echo(schema.Echo.Server):  # type: ignore[name-defined,misc]
         async def call(self, x, **kwargs):  # type: ignore[no-untyped-def]
             return x
 
     async def server(sock: socket.socket) -> None:
-        stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        stream = await _stream(sock, ours)
         await capnp.TwoPartyServer(stream, bootstrap=Echo()).on_disconnect()
 
     async def client(sock: socket.socket) -> tuple[float, float]:
-        stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+        stream = await _stream(sock, ours)
         c = capnp.TwoPartyClient(stream)
         return await _measure(c.bootstrap().cast_as(schema.Echo), calls)
 
-    return _forked(lambda s: asyncio.run(capnp.run(server(s))),  # type: ignore[return-value]
-                   lambda s: asyncio.run(capnp.run(client(s))))
+    return _forked(lambda s: run(capnp.run(server(s))),  # type: ignore[return-value]
+                   lambda s: run(capnp.run(client(s))))
 
 
-def pycapnp_one(directory: str, calls: int) -> tuple[float, float]:
+def pycapnp_one(directory: str, calls: int, loop: str = "asyncio",
+                ours: bool = False) -> tuple[float, float]:
     capnp, schema = _capnp(directory)
 
     class Echo(schema.Echo.Server):  # type: ignore[name-defined,misc]
@@ -208,16 +235,15 @@ def pycapnp_one(directory: str, calls: int) -> tuple[float, float]:
 
     async def main() -> tuple[float, float]:
         a, b = socket.socketpair()
-        ours = await capnp.AsyncIoStream.create_connection(sock=a)
-        theirs = await capnp.AsyncIoStream.create_connection(sock=b)
+        ours_, theirs = await _stream(a, ours), await _stream(b, ours)
         server = capnp.TwoPartyServer(theirs, bootstrap=Echo())
         try:
-            c = capnp.TwoPartyClient(ours).bootstrap().cast_as(schema.Echo)
+            c = capnp.TwoPartyClient(ours_).bootstrap().cast_as(schema.Echo)
             return await _measure(c, calls)
         finally:
             server.close()
 
-    return asyncio.run(capnp.run(main()))  # type: ignore[no-any-return]
+    return _runner(loop)(capnp.run(main()))  # type: ignore[no-any-return]
 
 
 def main() -> None:
@@ -233,9 +259,14 @@ def main() -> None:
             median = c_bounce(directory, calls * 4, pin)
             print(f"{name:24}" + (f"{median:>8.1f}us" if median is not None else "  (no gcc)"))
         print(f"{'asyncio, 2 processes':24}{asyncio_bounce(calls):>8.1f}us")
-        for name, run in (("pycapnp, 2 processes", pycapnp_two),
-                          ("pycapnp, 1 process", pycapnp_one)):
-            median, rate = run(directory, calls)
+        for name, run, loop, ours in (
+                ("pycapnp, 2 processes", pycapnp_two, "asyncio", False),
+                ("pycapnp, 1 process", pycapnp_one, "asyncio", False),
+                ("ww stream, 2 processes", pycapnp_two, "asyncio", True),
+                ("ww stream, 1 process", pycapnp_one, "asyncio", True),
+                ("uvloop, 2 processes", pycapnp_two, "uvloop", True),
+                ("uvloop, 1 process", pycapnp_one, "uvloop", True)):
+            median, rate = run(directory, calls, loop, ours)
             print(f"{name:24}{median:>8.1f}us{rate:>20.0f}")
     sys.stdout.flush()
 

@@ -44,7 +44,6 @@ process started with ``PYTHONPATH=OTHER/src``): a before/after in one run, on th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -82,7 +81,7 @@ async def main():
         asyncio.get_running_loop().add_reader(0, lambda: os.read(0, 4096) or eof.set())
         await asyncio.wait_for(eof.wait(), 600)
 
-asyncio.run(main())
+getattr(ww.cell, "run", asyncio.run)(main())  # (SRC may have no run)
 """
 
 # The measurement, shared by the caller cell and this process.
@@ -135,7 +134,7 @@ async def main():
             one = lambda: cap.call("echo", [])
         print(json.dumps(await measure(one, calls)), flush=True)
 
-asyncio.run(main())
+getattr(ww.cell, "run", asyncio.run)(main())  # (SRC may have no run)
 """
 
 
@@ -186,8 +185,8 @@ def _tree_cpu(pid: int) -> tuple[float, float]:
 def peer_round(addr: str, calls: int, lane: bool = False) -> dict[str, float]:
     """This process as the remote peer: a libp2p node, one /ww/0.1.0 connection (``lane``:
     over the native lane, the way `ww call` dials, else over py-libp2p)."""
-    import capnp
 
+    from ww.core.bridge import run_capnp
     from ww.core.identity import Identity, PrivateKey
     from ww.p2p.host import Node
     from ww.p2p.protocol import Dialer
@@ -210,7 +209,7 @@ def peer_round(addr: str, calls: int, lane: bool = False) -> dict[str, float]:
             dialer.close_all()
 
     try:
-        return asyncio.run(capnp.run(run()))
+        return run_capnp(run())  # (the event loop `ww call` runs on)
     finally:
         node.stop()
 

@@ -43,4 +43,4 @@ def _until_eof() -> None:
         pass
 
 
-asyncio.run(main())
+ww.cell.run(main())  # asyncio.run, on uvloop

@@ -8,6 +8,8 @@ Asynchronous::
         async with ww.cell.connect() as session:      # fd 3, then Host.login
             await session.console.println("hello")
 
+    ww.cell.run(main())          # asyncio.run(main()) on the fastest loop there is
+
 Synchronous, for scripts::
 
     with ww.cell.session() as session:
@@ -39,7 +41,7 @@ from ww.cell._exec import Executor, Process, Stream
 from ww.cell._fds import fd
 from ww.cell._ipfs import Entry, EntryType, Ipfs, Link, PeerInfo, Stat
 from ww.cell._p2p import P2P, RemoteService, Service
-from ww.cell._session import Console, Session, Signer, connect
+from ww.cell._session import Console, Session, Signer, connect, run
 from ww.cell._sync import (
     SyncConsole,
     SyncExecutor,
@@ -55,6 +57,7 @@ from ww.cell._sync import (
 __all__ = [
     # connecting
     "connect",
+    "run",
     "session",
     "fd",
     "Signer",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import capnp
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ww.cell._ipfs import Ipfs
     from ww.cell._p2p import P2P
 
+T = TypeVar("T")
 _cell = load("cell")
 _rpc_fd_used = False  # fd 3 carries exactly one connection per cell
 
@@ -178,6 +179,21 @@ async def open_session(sock: socket.socket | None = None,
         identity = key or False
     signer = identity if identity is False or isinstance(identity, Signer) else Signer(identity)
     return client, Session(await _login(host, signer), host, signer)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a cell's ``main`` as ``asyncio.run(main)`` does, on uvloop's event loop (ww
+    depends on it; ``WW_EVENT_LOOP=asyncio`` in the cell's environment asks for the
+    standard library's): every call over fd 3 costs the cell about 40% less CPU
+    (docs/benchmarks.md, "uvloop").  ``asyncio.run(main())`` works the same, slower.
+
+    On uvloop, a pycapnp stream of the cell's own must not be made with
+    ``capnp.AsyncIoStream.create_connection``: pycapnp's protocol pauses the transport from
+    inside ``get_buffer``, which crashes libuv.  :func:`connect`'s stream is ww's own.
+    """
+    from ww.core import bridge
+
+    return bridge.run(main)
 
 
 @contextlib.asynccontextmanager

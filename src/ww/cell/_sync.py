@@ -10,7 +10,6 @@ only during calls and :meth:`SyncP2P.serve`).
 
 from __future__ import annotations
 
-import asyncio
 import signal as _signal
 import socket
 import sys
@@ -26,6 +25,7 @@ from ww.cell._exec import Executor, Process, Stream
 from ww.cell._ipfs import Entry, Ipfs, PeerInfo, Stat
 from ww.cell._p2p import P2P, RemoteService
 from ww.cell._session import Console, Session, open_session
+from ww.core import bridge
 
 __all__ = [
     "SyncConsole",
@@ -46,7 +46,7 @@ class _Loop:
     """The session's event loop, run until each call completes."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = bridge.new_loop()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)

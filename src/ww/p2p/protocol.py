@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import capnp
 
-from ww.core import bridge
+from ww.core import bridge, capnp_stream
 from ww.core.addrs import P2PError, peer_of
 from ww.core.foreign import kj_reason
 from ww.p2p import bounds, lane
@@ -307,7 +307,7 @@ class Dialer:
                 return Remote(capnp.TwoPartyClient(stream), stream)
         sock = await self._open_py(addr)
         try:
-            stream = await capnp.AsyncIoStream.create_connection(sock=sock)
+            stream = await capnp_stream.connect(sock)
             return Remote(capnp.TwoPartyClient(stream), sock)
         except BaseException:
             sock.close()
