@@ -200,3 +200,54 @@ def test_host_errors_reach_the_cell_as_one_line_without_host_tracebacks(make_cel
     r = run_ww("run", "--with-console", cell)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["error: console line too long (70000 > 65536 characters)"]
+
+
+LOOP_CELL = """
+import asyncio
+import ww.cell
+
+async def main():
+    async with ww.cell.connect() as s:
+        # 2000 calls in flight at once: fd 3's reads pause and resume under them
+        replies = await asyncio.gather(*(s.console.ping(i.to_bytes(2, "big"))
+                                         for i in range(2000)))
+        right = all(r == i.to_bytes(2, "big") for i, r in enumerate(replies))
+        print(type(asyncio.get_running_loop()).__module__, right)
+
+ww.cell.run(main())
+"""
+
+
+def test_ww_cell_run_runs_the_cell_on_uvloop_and_the_env_can_ask_for_asyncio(make_cell):
+    cell = make_cell(LOOP_CELL)
+    r = run_ww("run", "--with-console", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["uvloop", "True"]
+    r = run_ww("run", "--with-console", "--env", "WW_EVENT_LOOP=asyncio", cell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["asyncio.unix_events", "True"]
+
+
+def test_the_host_serves_fd_3_on_uvloop_unless_asked_for_asyncio(make_cell):
+    from pathlib import Path
+
+    from tests.conftest import WW
+
+    cell = make_cell("""
+        import sys
+        import ww.cell
+        with ww.cell.session() as s:     # connected: the host's loop serves fd 3
+            print(s.console.ping(b"up").decode(), flush=True)
+            sys.stdin.read()
+    """)
+    for env, on_uvloop in ((host_env(), True), (host_env(WW_EVENT_LOOP="asyncio"), False)):
+        host = subprocess.Popen([WW, "run", "--with-console", cell], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            assert host.stdout is not None and host.stdout.readline() == "up\n"
+            maps = Path(f"/proc/{host.pid}/maps").read_text()
+        finally:
+            assert host.stdin is not None
+            host.stdin.close()
+            assert host.wait(HANG) == 0
+        assert ("uvloop" in maps) == on_uvloop
