@@ -124,6 +124,9 @@ def test_an_address_the_library_misreads_is_refused():
     """PyPI multiaddr 0.2.0 writes /ip6zone's value without a length: eth0 reads back as ip4."""
     with pytest.raises(MultiaddrError, match="/ip6zone is not supported"):
         parse("/ip6zone/eth0/ip6/fe80::1/tcp/1")
+    # (found by the hypothesis test below: a TypeError from the library's reader)
+    with pytest.raises(MultiaddrError, match="/ip6zone is not supported"):
+        parse("/ip6zone/\x80\U00010000")
 
 
 _PROTOCOLS = ("ip4 ip6 ip6zone dns dns4 dnsaddr tcp udp p2p ipfs certhash unix http tls ws quic-v1 "
