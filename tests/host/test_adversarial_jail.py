@@ -200,6 +200,30 @@ def test_fsize_bounds_what_a_cell_writes_into_a_relayed_file(who, tmp_path):
     assert out.stat().st_size == 1 << 20
 
 
+def test_fsize_bounds_the_console_lines_a_cell_puts_into_a_stderr_file(who, make_cell,
+                                                                        tmp_path):
+    """attack: `ww run --fsize 1M --with-console cell 2> err`: the host writes the cell's
+    console lines into the operator's file itself, where neither the cell's RLIMIT_FSIZE nor
+    the relay's bound held: 80 lines of 60,000 characters, 4.8 MB, exit 0.  They count as
+    the cell's own writes into the file do: written up to the size, then the cell is
+    stopped, exit 66 naming --fsize (in `ww`'s own line after the size)."""
+    cell = make_cell("""
+        import ww.cell
+        with ww.cell.session() as session:
+            for i in range(80):
+                session.console.println(f"{i:02} " + "x" * 60000)
+    """)
+    err = tmp_path / "err.txt"
+    with open(err, "wb") as f:
+        r = who.run("run", "--fsize", "1M", "--with-console", cell, stderr=f,
+                    capture_output=False, stdout=subprocess.PIPE)
+    data = err.read_bytes()
+    assert r.returncode == 66, data[-2000:]
+    assert data[:16] == b"[cell] 00 " + b"x" * 6
+    assert len(data) < (1 << 20) + 4096, len(data)  # the size, and `ww`'s own line
+    assert b"--fsize" in data[1 << 20:], data[-2000:]
+
+
 def test_a_read_only_fd_grant_cannot_be_opened_for_writing(who, make_cell, tmp_path):
     """attack: the same upgrade through `--fd NAME=N` of a file open read-only: fd 4
     reopened for writing rewrote the operator's file."""

@@ -352,3 +352,87 @@ def test_a_cell_that_stops_the_terminals_output_cannot_stall_ww_run(terminal, wh
         proc.wait()
     assert status == 5, shown
     assert shown.count(b"[cell] ") == 2, shown
+
+
+def _shown_and_status(proc: subprocess.Popen, master: int, marker: bytes) -> tuple[bytes, int]:
+    """What the terminal shows up to ``marker``, and `ww run`'s exit status (both bounded)."""
+    try:
+        return read_until(master, marker), proc.wait(timeout=HANG)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_console_and_audit_lines_keep_the_order_they_were_made_in(terminal, who, make_cell):
+    """Console lines and audit lines (`ww --json`) share the operator's terminal, and the
+    host wrote them through two mechanisms: a console line waiting for the one before it
+    waited on the loop, while an audit line made after it went to a thread of its own and
+    was written first.  The cell stops the terminal's output, asks for two console lines,
+    makes a call that is denied (an audit line), then lets the output flow: one writer, the
+    lines in the order the host received them."""
+    master, slave = terminal
+    cell = make_cell("""
+        import asyncio, termios
+        import ww.cell
+
+        async def main():
+            async with ww.cell.connect() as session:
+                attrs = termios.tcgetattr(2)
+                attrs[0] &= ~termios.IXON  # only the cell restarts the output
+                termios.tcsetattr(2, termios.TCSANOW, attrs)
+                termios.tcflow(2, termios.TCOOFF)
+                first = session.console._cap.println("first")  # sent now, in this order
+                second = session.console._cap.println("second")
+                try:
+                    await session.exec.spawn("/not/allowed")
+                except ww.cell.CapabilityDenied:
+                    pass
+                termios.tcflow(2, termios.TCOON)
+                await first
+                await second
+                print("done", flush=True)
+
+        asyncio.run(main())
+    """)
+    shown, status = _shown_and_status(who.popen(
+        "--json", "run", "--with-console", "--with-exec", cell,
+        stdin=slave, stdout=slave, stderr=slave), master, rb"done")
+    assert status == 0, shown
+    text = shown.decode(errors="replace")
+    marks = [m.group(0) for m in re.finditer(r'\[cell\] first|\[cell\] second|"denied"', text)]
+    assert marks == ["[cell] first", "[cell] second", '"denied"'], text
+
+
+def test_ww_run_exits_when_its_stderr_is_a_pipe_nobody_reads(make_cell):
+    """At exit `ww run` writes the lines still waiting for its stderr (the terminal is
+    restored by then), and waited for as long as that took: on a pipe nobody reads, for
+    ever.  The cell asks for more console lines than the pipe holds and exits: the drain
+    gives up once no line has been written for some seconds (ww.host.lines.STALL), and
+    `ww run` exits with the cell's status.  The test reads the pipe only after that."""
+    cell = make_cell("""
+        import asyncio, os
+        import ww.cell
+
+        async def main():
+            async with ww.cell.connect() as session:
+                calls = [session.console._cap.println(f"{i} " + "x" * 60000)
+                         for i in range(4)]  # 240 kB for a pipe of 64 KiB
+                await session.console.ping(b"")
+                print("exiting", flush=True)
+                os._exit(3)
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([WW, "run", "--with-console", cell], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"exiting\n"
+        try:
+            status = proc.wait(timeout=HANG)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("ww run never exited: its stderr is not read") from None
+    finally:
+        proc.kill()
+        proc.wait()
+    assert status == 3
+    assert proc.stderr.read().startswith(b"[cell] 0 xxx")

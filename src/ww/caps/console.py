@@ -1,25 +1,25 @@
 """The console capability: a cell writes lines on the operator's terminal.
 
-A line is written on the host's stderr in a thread of its own, never on the event loop that
+A line goes to the host's stderr through :mod:`ww.host.lines`, the one writer of the lines
+the host writes for cells there (console and audit, in the order they were made).  On a
+terminal or a pipe it is written by that module's thread, never on the event loop that
 serves fd 3: a write there can wait for as long as the terminal's output is stopped, and the
 cell holds that terminal too (``tcflow(TCOOFF)``, ^S): a cell that stopped it and then wrote
 a line held the loop in ``write`` for good, and `ww run` never exited, SIGTERM or not, the
-terminal left stopped.  Now only the line's call waits; the cell's other calls go on, and
-when the cell has gone `ww run` restores the terminal, writes what waits (:func:`drain`)
-and exits.  One line at a time: the next waits for the thread of the last, even one whose
-call was cancelled, so a cell makes at most one such thread.
+terminal left stopped.  Now only the line's call waits (it returns once its line is
+written); the cell's other calls go on, and when the cell has gone `ww run` restores the
+terminal, writes what waits and exits (see that module for how long it waits).  On a
+regular file the line is written at once, after what the cell wrote there itself, and
+counts against the cell's ``--fsize`` (:func:`ww.host.relay.write_as_cell`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
-import threading
 from typing import Any, TextIO
 
-from ww.core import bridge
 from ww.core.errors import CallError
+from ww.host import lines
 from ww.schema import load
 
 _cell = load("cell")
@@ -32,8 +32,6 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
 
     def __init__(self, out: TextIO | None = None) -> None:
         self._out = out
-        self._order = asyncio.Lock()
-        self._writing: asyncio.Future[None] | None = None  # the last line's thread
 
     async def println(self, line: str, **kwargs: Any) -> None:
         if len(line) > MAX_LINE:
@@ -44,55 +42,11 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
             self._out.flush()
             return
         data = text.encode(sys.stderr.encoding or "utf-8", sys.stderr.errors or "strict")
-        async with self._order:
-            if self._writing is not None:  # (its call may have been cancelled)
-                await asyncio.wait([self._writing])
-            # What the cell wrote on its own stderr first reaches the file first, when
-            # that is a file ww relays for it.
-            from ww.host import relay
-
-            relay.flush_into(2)
-            _handed()
-            writing = self._writing = bridge.in_new_thread(
-                asyncio.get_running_loop(), "ww-console", _write_all, data)
-            writing.add_done_callback(_seen)  # its error is its call's, if still there
-            await asyncio.shield(writing)
+        try:
+            await lines.write_console(2, data)
+        except lines.FileTooLarge:
+            raise CallError("console: the host's stderr is a file as large as --fsize lets "
+                            "the cell write") from None
 
     async def ping(self, payload: bytes, **kwargs: Any) -> bytes:
         return payload
-
-
-_unwritten = threading.Condition()
-_lines = 0  # lines handed to a thread and not yet written (or failed)
-
-
-def _handed() -> None:
-    global _lines
-    with _unwritten:
-        _lines += 1
-
-
-def _write_all(data: bytes) -> None:
-    """A thread: ``data`` on the host's stderr, in one write where it fits, so lines from
-    concurrent cells do not interleave mid-line."""
-    global _lines
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(2, view):]
-    finally:
-        with _unwritten:
-            _lines -= 1
-            _unwritten.notify_all()
-
-
-def drain() -> None:
-    """At exit: wait until every line is written (the terminal is restored by then, so a
-    line a cell held back by stopping its output goes out)."""
-    with _unwritten:
-        _unwritten.wait_for(lambda: _lines <= 0)
-
-
-def _seen(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()

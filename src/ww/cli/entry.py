@@ -189,12 +189,12 @@ def exit_now(status: int) -> None:
 
     Tearing down the modules a command imported costs `ww run` milliseconds for nothing;
     every file `ww` writes is closed (and, where it matters, fsynced) by the code that
-    wrote it, before this point.
+    wrote it, before this point.  The lines the host writes for cells on stderr
+    (:mod:`ww.host.lines`) are written out first, as far as stderr takes them.
     """
-    for module in ("ww.caps.console", "ww.host.audit"):  # lines threads still write
-        writing = sys.modules.get(module)
-        if writing is not None:
-            writing.drain()  # on stderr (console lines, ww --json): the terminal is restored
+    lines = sys.modules.get("ww.host.lines")  # console and audit lines still waiting
+    if lines is not None:
+        lines.drain()  # the terminal is restored; bounded: see ww.host.lines
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with that fd closed
             continue

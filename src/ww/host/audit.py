@@ -36,106 +36,32 @@ AUDIT_FD_ENV = "WW_AUDIT_FD"
 class Audit:
     """Writes audit events as JSON lines to ``fd`` when enabled; does nothing otherwise.
 
-    To a regular file (``--audit FILE``) a line is written at once.  To anything else (the
-    host's stderr with ``--json``: a terminal, a pipe) it is handed to a thread of its own
-    (:class:`_Lines`): a write there can wait for as long as the terminal's output is stopped,
-    and the cell shares that terminal (``tcflow(TCOOFF)``): a cell that stopped it and then
-    made a call that is audited held the loop serving fd 3 in ``write`` for good, and `ww run`
-    never exited.  :func:`drain` (at exit) writes what is still waiting.
+    Through :mod:`ww.host.lines`, the one writer of the lines the host writes for cells on
+    the operator's stderr: to a regular file (``--audit FILE``) a line is written at once; to
+    anything else (the host's stderr with ``--json``: a terminal, a pipe) it is queued, in
+    order with the console's lines, for that module's thread: a write there can wait for as
+    long as the terminal's output is stopped, and the cell shares that terminal
+    (``tcflow(TCOOFF)``): a cell that stopped it and then made a call that is audited held
+    the loop serving fd 3 in ``write`` for good, and `ww run` never exited.  At most 1 MiB
+    of lines wait there (more are dropped, and counted in a ``ww:`` line); what waits is
+    written at exit.
     """
 
     def __init__(self, enabled: bool = False, fd: int = 2) -> None:
         self.enabled = enabled
         self.fd = fd
         self._cell = os.getpid()
-        self._lines: _Lines | None = None
 
     def emit(self, event: str, **fields: Any) -> None:
         if not self.enabled:
             return
         import json
 
+        from ww.host import lines
+
         record = {"ts": round(time.time(), 6), "event": event, "cell": self._cell, **fields}
-        line = (json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n").encode()
-        if self._lines is None:
-            import stat
-
-            try:
-                regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
-            except OSError:
-                return  # the operator's terminal went away; the cell's work goes on
-            if regular:
-                _write(self.fd, line)
-                return
-            self._lines = _Lines(self.fd)
-        self._lines.put(line)
-
-
-def _write(fd: int, line: bytes) -> None:
-    try:
-        os.write(fd, line)
-    except OSError:
-        pass  # the operator's terminal went away; the cell's work goes on
-
-
-class _Lines:
-    """Audit lines for an fd whose writes may wait (a terminal, a pipe), written in order by
-    a daemon thread.  At most :data:`MAX_WAITING` bytes wait: past that a line is dropped,
-    and how many were is said once the thread can write again."""
-
-    def __init__(self, fd: int) -> None:
-        import collections
-        import threading
-
-        self.fd = fd
-        self._waiting: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._dropped = 0
-        self._busy = False  # the thread holds a line it has not written yet
-        self._cond = threading.Condition()
-        threading.Thread(target=self._run, name="ww-audit", daemon=True).start()
-        _all.append(self)
-
-    def put(self, line: bytes) -> None:
-        with self._cond:
-            if self._size + len(line) > MAX_WAITING:
-                self._dropped += 1
-                return
-            self._waiting.append(line)
-            self._size += len(line)
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting:
-                    self._busy = False
-                    self._cond.notify_all()
-                    self._cond.wait()
-                self._busy = True
-                line = self._waiting.popleft()
-                self._size -= len(line)
-                dropped, self._dropped = self._dropped, 0
-            _write(self.fd, line)
-            if dropped:
-                _write(self.fd, f"ww: {dropped} audit lines dropped: they could not be "
-                       "written as fast as they came\n".encode())
-
-    def drain(self) -> None:
-        """Wait until every line put so far is written."""
-        with self._cond:
-            while self._waiting or self._busy:
-                self._cond.wait()
-
-
-MAX_WAITING = 1 << 20  # bytes of audit lines waiting for a terminal or a pipe
-_all: list[_Lines] = []
-
-
-def drain() -> None:
-    """At exit: write the audit lines still waiting (the terminal is restored by then)."""
-    for lines in _all:
-        lines.drain()
+        lines.put(self.fd, (json.dumps(record, separators=(",", ":"), sort_keys=False)
+                            + "\n").encode())
 
 
 def open_audit(json_lines: bool = False, path: str | None = None) -> Audit:

@@ -13,7 +13,7 @@ opened anew is the same pipe, so the cell gets one instead:
 - one open **write-only** (``>``, ``>>``): a pipe `ww run` drains into the file, through
   the operator's own open file (its offset, ``O_APPEND``); fds of one file share a pipe,
   so ``> out 2>&1`` keeps the order of the cell's writes, and the host drains a pipe
-  before it writes on the same file itself (:func:`flush_into`, the console on stderr);
+  before it writes on the same file itself (:func:`write_as_cell`, the console on stderr);
 - one open **read-write** passes as it is: opened anew, it gives no mode the fd does not.
 
 Terminals, pipes, sockets and other character devices (``/dev/null``) pass as they are.
@@ -31,7 +31,9 @@ next write to that fd fails with ``EPIPE``, as a broken pipe would.
 does not hold: so the relay holds it itself (:attr:`Relay.fsize`).  A regular file is
 written up to that size, as the kernel's write stops there, and then :attr:`Relay.on_fsize`
 stops the cell (`ww run` exits 66 naming ``--fsize``), as the kernel's SIGXFSZ stops the
-writer: a cell under ``--fsize 1M`` wrote 5 MB into ``ww run cell > out`` before.
+writer: a cell under ``--fsize 1M`` wrote 5 MB into ``ww run cell > out`` before.  The
+cell's console lines count too, where the host writes them into such a file
+(:func:`write_as_cell`): 5 MB of them went into ``ww run --fsize 1M cell 2> err`` before.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class _Output:
     what: str
     file: tuple[int, int]  # (st_dev, st_ino) of dst
     regular: bool = True  # a regular file (--fsize holds), else a block device
-    # Held while bytes move or r closes: the relay thread and flush_into() both drain.
+    # Held while bytes move or r closes: the relay thread and write_as_cell() both drain.
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False  # its end seen, or a write failed
     closed: bool = False
@@ -327,27 +329,45 @@ class Relay:
                     os.close(out.r)
 
 
-# The relays of cells running now, for flush_into().
+# The relays of cells running now, for write_as_cell().
 _live: list[Relay] = []
 
 
-def flush_into(fd: int) -> None:
-    """Before the host itself writes on ``fd`` (the console capability on stderr): move
-    what the cell has written so far to the same file, so the file keeps the order."""
-    if not _live:
-        return
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return
+def write_as_cell(fd: int, data: bytes) -> bool:
+    """The host writes ``data`` for the cell (its console lines) on ``fd``, a regular file.
+
+    Where the cell's output to the same file is relayed (``ww run cell 2> file``), what the
+    cell wrote there so far goes first, so the file keeps the order, and ``data`` counts
+    against ``--fsize`` as the cell's own writes do: written up to the size, and then the
+    cell is stopped (:meth:`Relay.on_fsize`).  False if the size cut ``data`` short (or the
+    file was full already); OSError if the write fails.  Runs on the RPC loop: what the cell
+    adds to the pipe meanwhile is not waited for."""
+    st = os.fstat(fd)
     for relay in list(_live):
         for out in list(relay._outputs.values()):
-            if out.file == (st.st_dev, st.st_ino):
-                # What is there now, not what a cell writing flat out adds meanwhile: this
-                # runs on the RPC loop, which must not be held for as long as the cell likes.
-                try:
-                    pending = struct.unpack("i", fcntl.ioctl(out.r, termios.FIONREAD,
-                                                             b"\0\0\0\0"))[0]
-                except OSError:
-                    continue  # closed meanwhile: the thread has drained it
+            if out.file != (st.st_dev, st.st_ino):
+                continue
+            try:
+                pending = struct.unpack("i", fcntl.ioctl(out.r, termios.FIONREAD,
+                                                         b"\0\0\0\0"))[0]
+            except OSError:
+                pending = 0  # closed meanwhile: the thread has drained it
+            if pending:
                 relay._drain_now(out, owner=False, limit=pending)
+            with out.lock:
+                room = relay._room(out)
+                if room is not None and room < len(data):
+                    _write_all(fd, data[:room])
+                    out.done = True  # the cell's next write to the file fails (EPIPE)
+                    relay._over_fsize()
+                    return False
+                _write_all(fd, data)
+                return True
+    _write_all(fd, data)
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

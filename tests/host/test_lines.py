@@ -1,0 +1,68 @@
+"""The one writer of the host's console and audit lines (ww.host.lines), on a real pipe.
+
+The pipe is filled first, so the writer's thread waits in ``write`` as it would on a stopped
+terminal; the test then reads it to the end and looks at what came out, in what order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+
+from tests.conftest import HANG
+from ww.host import lines
+
+
+def _full_pipe() -> tuple[int, int, bytes]:
+    """A pipe whose buffer is full: (read end, write end, what fills it)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    filler = b""
+    try:
+        while True:
+            filler += b"f" * os.write(w, b"f" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    return r, w, filler
+
+
+def _read_all(r: int, out: list[bytes]) -> None:
+    while chunk := os.read(r, 1 << 16):
+        out.append(chunk)
+
+
+def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_line_is_not_kept():
+    r, w, filler = _full_pipe()
+    audit = [f"audit {i:05} ".encode() + b"a" * 1000 + b"\n" for i in range(2000)]
+
+    async def produce() -> None:
+        lines.put(w, audit[0])  # the thread takes it and waits in write
+        held = asyncio.ensure_future(lines.write_console(w, b"[cell] held\n"))
+        await asyncio.sleep(0)  # (its line is queued when it starts)
+        for line in audit[1:]:
+            lines.put(w, line)
+        held.cancel()  # before the thread took it: taken back
+        await asyncio.gather(held, return_exceptions=True)
+
+    asyncio.run(produce())
+    out: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(r, out), daemon=True)
+    reader.start()
+    try:
+        assert lines._writer().drain(HANG)
+    finally:
+        os.close(w)
+        reader.join(HANG)
+        os.close(r)
+    data = b"".join(out)
+    assert data.startswith(filler)
+    written = re.findall(rb"audit (\d+) ", data)
+    said = re.findall(rb"^ww: (\d+) audit lines dropped", data, re.M)
+    assert b"[cell] held" not in data
+    kept = [int(n) for n in written]
+    assert kept == list(range(len(kept)))  # in order, the first ones
+    assert sum(len(audit[i]) for i in kept[1:]) <= lines.MAX_WAITING  # the bound
+    assert said == [str(2000 - len(kept)).encode()]  # dropped, and said once
