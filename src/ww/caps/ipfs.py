@@ -110,10 +110,12 @@ MAX_LISTED_SHARDS = 65_536
 counted as it is read, :func:`ww.ipfs.api.shard_read`).  The answer's bytes do not bound them:
 kubo writes a chain of single-link shards where names share a hash prefix, so an entry may lie
 63 shards down (fanout 2; 7 at kubo's 256), and a cell's HAMT of such chains had a 32 KB
-``ls`` of 500 entries read 31,500 blocks, 0.9 s of the host's CPU, some 270 s at the 8 MiB
-bound.  Listings that fit in :data:`MAX_LISTED` need far fewer: a HAMT of random names has 0.3
-sub-shards an entry at fanout 256, 0.5 at 8 (150,000 entries, the most 8 MiB holds: 44,700
-and 71,000 at most), 1.44 at 2.  Past it the listing stops and fails with one line."""
+``ls`` of 500 entries read 31,500 blocks, 0.9 s of the host's CPU (some 5 minutes at the
+8 MiB bound).  Listings that fit in :data:`MAX_LISTED` need fewer: a HAMT of random names has
+some 0.3 sub-shards an entry at fanout 256, 0.4 at 16, 0.5 at 8, 1.44 at 2, so the 174,762
+entries of 48 bytes that 8 MiB holds at most have some 50,000 at fanout 256 (67,000 at 16;
+there, the 95,000 entries of kubo's CIDv0 that 8 MiB holds at most, some 37,000).  Past it
+the listing stops and fails with one line."""
 TOO_MANY_SHARDS = ("{method}: the listing would read more than {shards} HAMT shards, what a "
                    "call reads at most{hint}")
 _HINTS = {
