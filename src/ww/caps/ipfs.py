@@ -57,9 +57,12 @@ from ww.ipfs.api import (
     EntryType,
     Link,
     PeerInfo,
+    ShardBoundError,
+    ShardCount,
     Stat,
     WouldWait,
     cancellable,
+    counting_shards,
     local_only,
 )
 from ww.p2p.dial_policy import STRICT, DialPolicy
@@ -102,6 +105,19 @@ it has, gives its share back, waits for :data:`MAX_LISTED` and is produced again
 TOO_LONG = ("{method}: the answer would be more than {mib} MiB, what a call answers at most"
             "{hint}")
 """The one line a longer answer fails with; ``hint``: what the cell can do instead."""
+MAX_LISTED_SHARDS = 65_536
+"""HAMT sub-shards an ``ls`` or ``stat`` reads, at most, resolving its path and listing (each
+counted as it is read, :func:`ww.ipfs.api.shard_read`).  The answer's bytes do not bound them:
+kubo writes a chain of single-link shards where names share a hash prefix, so an entry may lie
+63 shards down (fanout 2; 7 at kubo's 256), and a cell's HAMT of such chains had a 32 KB
+``ls`` of 500 entries read 31,500 blocks, 0.9 s of the host's CPU (some 5 minutes at the
+8 MiB bound).  Listings that fit in :data:`MAX_LISTED` need fewer: a HAMT of random names has
+some 0.3 sub-shards an entry at fanout 256, 0.4 at 16, 0.5 at 8, 1.44 at 2, so the 174,762
+entries of 48 bytes that 8 MiB holds at most have some 50,000 at fanout 256 (67,000 at 16;
+there, the 95,000 entries of kubo's CIDv0 that 8 MiB holds at most, some 37,000).  Past it
+the listing stops and fails with one line."""
+TOO_MANY_SHARDS = ("{method}: the listing would read more than {shards} HAMT shards, what a "
+                   "call reads at most{hint}")
 _HINTS = {
     "ls": "; reach the entries you need by name instead (ls, stat or cat PATH/NAME)",
     "stat": "; reach the entries you need by name instead (ls, stat or cat PATH/NAME)",
@@ -191,7 +207,7 @@ class _Listing:
     threads, one :meth:`fill` at a time: ``start()`` gives its head (``stat``'s node, or
     None), the head's bytes, and an iterator of its items, each ``measure(item)`` bytes."""
 
-    __slots__ = ("head", "items", "size", "_start", "_source", "_measure")
+    __slots__ = ("head", "items", "size", "shards", "_start", "_source", "_measure")
 
     def __init__(self, start: Callable[[], tuple[Any, int, Iterator[Any]]],
                  measure: Callable[[Any], int]) -> None:
@@ -201,32 +217,36 @@ class _Listing:
         self.head: Any = None
         self.items: list[Any] = []
         self.size = 0
+        self.shards = ShardCount(MAX_LISTED_SHARDS)  # HAMT sub-shards read so far
 
     def fill(self, limit: int) -> bool:
         """Read on until the answer is whole (True) or has passed ``limit`` bytes (False):
         the item that passed it is kept, so that a :meth:`fill` with a larger limit goes on
-        from there; nothing is read past it."""
-        if self._source is None:
-            self.head, self.size, self._source = self._start()
-        size = self.size
-        if size > limit:
-            return False
-        append, measure = self.items.append, self._measure
-        try:
-            for item in self._source:
-                append(item)
-                size += measure(item)
-                if size > limit:
-                    return False
-        finally:
-            self.size = size
-        return True
+        from there; nothing is read past it.  Every HAMT sub-shard read on the way is counted
+        in :attr:`shards`: past :data:`MAX_LISTED_SHARDS`, :class:`ShardBoundError`."""
+        with counting_shards(self.shards):
+            if self._source is None:
+                self.head, self.size, self._source = self._start()
+            size = self.size
+            if size > limit:
+                return False
+            append, measure = self.items.append, self._measure
+            try:
+                for item in self._source:
+                    append(item)
+                    size += measure(item)
+                    if size > limit:
+                        return False
+            finally:
+                self.size = size
+            return True
 
     def drop(self) -> None:
         """Let go of everything read (and of the source: a kubo reply is closed), so that the
         next :meth:`fill` starts from the beginning."""
         source, self._source = self._source, None
         self.head, self.items, self.size = None, [], 0
+        self.shards.read = 0
         close = getattr(source, "close", None)
         if close is not None:
             close()
@@ -834,6 +854,10 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
                 return listing
         except asyncio.CancelledError:
             raise  # its worker may be reading still: the listing goes when it is done
+        except ShardBoundError:
+            listing.drop()
+            raise CallError(TOO_MANY_SHARDS.format(
+                method=method, shards=MAX_LISTED_SHARDS, hint=_HINTS[method])) from None
         except BaseException:
             listing.drop()  # the backend's error: not kept by its traceback
             raise

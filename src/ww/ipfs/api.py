@@ -143,6 +143,43 @@ def local_only() -> Iterator[None]:
         _local.local_only = before
 
 
+class ShardBoundError(IpfsError):
+    """Raised by a walk under :func:`counting_shards` at the first HAMT sub-shard past its
+    count's limit (nothing of that shard read)."""
+
+
+class ShardCount:
+    """The HAMT sub-shards the walks under :func:`counting_shards` read, and how many they
+    may: one for each listing a cell asks for (``ww.caps.ipfs``), kept across its steps."""
+
+    __slots__ = ("limit", "read")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.read = 0
+
+
+@contextmanager
+def counting_shards(count: ShardCount) -> Iterator[None]:
+    """Count against ``count`` every HAMT sub-shard the block's work reads in this thread
+    (:func:`shard_read`, called by the exporter before it reads one)."""
+    before = getattr(_local, "shards", None)
+    _local.shards = count
+    try:
+        yield
+    finally:
+        _local.shards = before
+
+
+def shard_read() -> None:
+    """A HAMT sub-shard is about to be read: counted if the thread's work is
+    (:func:`counting_shards`), and refused with :class:`ShardBoundError` past the limit."""
+    count: ShardCount | None = getattr(_local, "shards", None)
+    if count is not None:
+        if count.read >= count.limit:
+            raise ShardBoundError(f"more than {count.limit} HAMT shards read")
+        count.read += 1
+
 @dataclass(frozen=True)
 class AddOptions:
     """kubo ``ipfs add`` options we match byte for byte."""

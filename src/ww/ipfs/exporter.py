@@ -43,6 +43,7 @@ from .api import (
     Stat,
     UnsupportedError,
     WouldWait,
+    shard_read,
 )
 from .path import IpfsPath, parse_path
 from .unixfs import DataType
@@ -155,8 +156,10 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     holds at least one entry (kubo removes a shard once it is empty), so an empty one is
     corrupt too: walked, shards of nothing cost a listing the reading of every block a cell
     made (256 x 256 empty shards: 1.9 s of CPU an `ls`, for no entry), where now every shard
-    read leads to an entry within :data:`MAX_HAMT_LEVELS` shards, and what a listing reads
-    is bounded by what it answers.
+    read leads to an entry within :data:`MAX_HAMT_LEVELS` shards.  That is up to 63 shards an
+    entry, and chains of single-link shards are what kubo writes where names share a hash
+    prefix (so not corrupt): a cell's listing counts each sub-shard against its own bound
+    (:func:`~ww.ipfs.api.shard_read`, ``ww.caps.ipfs.MAX_LISTED_SHARDS``).
     """
     assert node.fs is not None
     if node.fs.type is DataType.DIRECTORY:
@@ -179,6 +182,7 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
             if link.cid.multihash in shards:
                 raise CorruptBlockError(f"{node.cid}: HAMT links the shard {link.cid} twice")
             shards.add(link.cid.multihash)
+            shard_read()
             child = load(getter, link.cid)
             if child.fs is None or child.fs.type is not DataType.HAMT_SHARD:
                 raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
@@ -218,6 +222,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
             return None
         if len(link.name) > width:
             return link.cid if link.name[width:] == name else None
+        shard_read()
         node = load(getter, link.cid)
         if node.fs is None or node.fs.type is not DataType.HAMT_SHARD:
             raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
