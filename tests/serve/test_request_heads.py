@@ -116,3 +116,25 @@ def test_http2_request_heads_hold_a_bounded_memory(daemon):
             sock.close()
     assert grown < 150 * MiB, f"{grown / MiB:.0f} MiB for 64 connections' heads"
     assert daemon.json("version")[0]["Version"]
+
+
+def test_a_connection_kept_alive_after_a_reply_ends_once_idle(daemon):
+    """hypercorn starts a connection's idle timer again once a reply is done, from inside
+    the app's send of the reply's end; the RPC API cancelled that send as its request
+    ended, and with it the timer's start: a connection kept alive after one command, idle
+    or with half of its next request's head, was held until the client left (past the 5 s
+    keep-alive timeout, and a stop's grace).  Now the daemon ends it (the client reads its
+    end, no timing asserted)."""
+    for rest in (b"", b"POST /api/v0/ver"):
+        with socket.create_connection(_address(daemon), timeout=HANG) as sock:
+            sock.sendall(b"POST /api/v0/version HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                         + rest)
+            got = b""
+            for _ in range(1000):  # bounded: a reply of a few hundred bytes, then the end
+                piece = sock.recv(1 << 16)
+                if not piece:
+                    break
+                got += piece
+            else:
+                raise AssertionError("the connection never ended")
+            assert got.startswith(b"HTTP/1.1 200 ") and b'"Version"' in got

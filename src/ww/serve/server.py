@@ -650,7 +650,7 @@ def _server_class() -> type:
     import h2.connection
     import h11
     from h2.stream import StreamState
-    from hypercorn.events import Closed, RawData
+    from hypercorn.events import Closed, RawData, Updated
     from hypercorn.trio import tcp_server
 
     class Server(tcp_server.TCPServer):  # type: ignore[misc]
@@ -682,6 +682,19 @@ def _server_class() -> type:
             protocol = getattr(self.protocol, "protocol", None)
             for buffer in list(getattr(protocol, "stream_buffers", {}).values()):
                 await buffer.close()
+
+        async def protocol_send(self, event: Any) -> None:
+            # hypercorn (re)starts a connection's idle timer, once a reply is done, from
+            # inside the app's send of the reply's end: an app that cancels that send as its
+            # request ends (the RPC API's watch does, on the http.disconnect the same send
+            # puts) cancelled the timer's start, so a connection kept alive after a reply was
+            # never ended, idle or with half a request head (docs/security.md).  Shielded:
+            # it takes a lock held only for such a start or stop, and starts a task.
+            if isinstance(event, Updated):
+                with trio.CancelScope(shield=True):
+                    await super().protocol_send(event)
+                return
+            await super().protocol_send(event)
 
         def waited_on(self) -> tuple[int, float] | None:
             """(0, since when) if the read loop waits on a client with no request under way
