@@ -396,6 +396,50 @@ def test_dag_import_with_pin_roots_false_stores_without_pinning(daemon, tmp_path
     assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
 
 
+def _car(roots: list, blocks: list) -> bytes:
+    from ww.ipfs import car
+
+    out = io.BytesIO()
+    car.write_car(out, roots, blocks)
+    return out.getvalue()
+
+
+def test_dag_import_pins_its_parts_roots_only_once_every_part_is_read(daemon):
+    """A `dag/import` of several CARs is imported and pinned as kubo does it: once every part
+    has been read.  The old daemon imported and pinned each part as it came, so a request
+    whose later part was cut short or malformed (its client gone midway, say) failed with
+    the roots of the parts before it pinned and their blocks stored: half of a result the
+    client was told had failed.  And a root whose blocks come in another part (kubo takes
+    it) was refused.  Now the failed request leaves nothing, and such a root is pinned."""
+    from ww.core import multihash
+    from ww.core.cid import CID, RAW
+
+    def raw(data: bytes) -> tuple[CID, bytes]:
+        return CID.v1(RAW, multihash.sha256(data)), data
+
+    first, second, third = raw(b"first part"), raw(b"in the other part"), raw(b"its own")
+    whole = _car([first[0]], [first])
+    cut = _car([third[0]], [third])[:-3]  # the second part ends inside its block
+    body, headers = multipart([("a", "application/octet-stream", whole),
+                               ("b", "application/octet-stream", cut)])
+    status, _, reply = daemon.post("dag/import", body=body, headers=headers)
+    assert status in (400, 500) and b"truncated CAR" in reply, reply
+    assert daemon.json("pin/ls") == [{}]  # nothing pinned
+    assert daemon.post("block/stat", str(first[0]))[0] == 500  # nor stored
+    # a root named by one part, its block in the next
+    body, headers = multipart([("a", "application/octet-stream", _car([second[0]], [])),
+                               ("b", "application/octet-stream",
+                                _car([third[0]], [second, third]))])
+    status, _, reply = daemon.post("dag/import", body=body, headers=headers)
+    assert status == 200, reply
+    assert [json.loads(line) for line in reply.splitlines()] == [
+        {"Root": {"Cid": {"/": str(cid)}, "PinErrorMsg": ""}} for cid in (second[0], third[0])]
+    assert daemon.json("pin/ls", type="recursive") == [{"Keys": {
+        str(cid): {"Type": "recursive", "Name": ""} for cid in sorted(
+            (second[0], third[0]), key=str)}}]
+    assert daemon.post("block/get", str(second[0]))[2] == b"in the other part"
+
+
 def test_gc_running_again_and_again_during_an_add_removes_none_of_its_blocks(daemon):
     """`repo/gc` while a large `add` is in flight (half its body sent, then the rest while gc
     runs again and again): the add's blocks survive, the file reads back whole, pinned."""

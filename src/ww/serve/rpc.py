@@ -920,12 +920,13 @@ def _dag_export(api: RpcApi, request: Request) -> None:
 
 @command("dag/import")
 def _dag_import(api: RpcApi, request: Request) -> None:
-    """Each CAR part imported whole or not at all (verified, staged, then moved in); its
-    roots pinned unless ``pin-roots=false``.  (kubo's ``stats`` is not reported.)"""
+    """The CAR parts imported whole or not at all, together (verified, staged, then moved
+    in once every part is read); their roots pinned unless ``pin-roots=false``, as kubo pins
+    them: once all are read, so a part cut short or malformed (a client gone midway) leaves
+    none of the parts before it pinned.  (kubo's ``stats`` is not reported.)"""
     pin = request.flag("pin-roots", default=True)
-    roots: list[str] = []
-    for _, data in _parts(request):
-        roots += api.node.import_car_pinning(io.BufferedReader(_Reader(data)), pin)
+    roots = api.node.import_cars_pinning(
+        (io.BufferedReader(_Reader(data)) for _, data in _parts(request)), pin)
     if pin:
         api.announce(roots)
     request.json_lines({"Root": {"Cid": {"/": root}, "PinErrorMsg": ""}} for root in roots)

@@ -22,7 +22,8 @@ from ww.core import heap
 from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
-           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE"]
+           "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE",
+           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -48,6 +49,19 @@ EVICT_AFTER = 5.0
 SEND_GRACE = 10.0
 MIN_SEND_RATE = 12_500
 BACKLOG = 1024  # connections the kernel completes and holds for accept() (somaxconn caps it)
+# What one request's head may hold while it is under way, whatever the protocol: its request
+# line and headers, HEAD_SIZE bytes (h11's incomplete event; HTTP/2's decoded header list),
+# at most HEADER_FIELDS header fields and QUERY_FIELDS fields in its query string (more: a
+# 431 or a 414, before the app sees it).  Each field is a few Python objects, so a head of
+# 16,000 one-byte fields held 1.8 MiB while its request waited, 10,000 query fields 0.9 MiB
+# (Apache's LimitRequestFields is 100 too).  And an HTTP/2 connection has at most H2_STREAMS
+# requests under way (hypercorn's own: 100): HPACK lets a client name a 4 KiB header again
+# in one byte, so 100 streams of 64 KiB heads cost it a few KiB and held 8 MiB of the
+# daemon's (128 such connections: 875 MiB; docs/security.md).
+HEAD_SIZE = 64 * 1024
+HEADER_FIELDS = 100
+QUERY_FIELDS = 1024
+H2_STREAMS = 8
 
 # A stretch over which a client's rate is measured: (when it began, the bytes moved then, the
 # seconds not the client's to count then).
@@ -378,8 +392,9 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     Each site serves at most ``connections`` connections at once: the next is accepted only
     once one has ended, so what the daemon holds for its clients is bounded by design,
     whatever a local process opens (each connection holds at most a few MiB: its headers,
-    64 KiB at most; what hypercorn read of a body, :data:`APP_QUEUE` reads and the one it
-    holds; an upload with a place, a few pieces more: docs/daemon.md).  Beyond it the
+    64 KiB at most, :data:`HEADER_FIELDS` fields, an HTTP/2 connection's of at most
+    :data:`H2_STREAMS` streams; what hypercorn read of a body, :data:`APP_QUEUE` reads and
+    the one it holds; an upload with a place, a few pieces more: docs/daemon.md).  Beyond it the
     client waits (backpressure): its connection is completed by the kernel and held in the
     listening socket's backlog, its data in the kernel's buffers, until it is accepted.
     An idle connection ends after hypercorn's keep-alive timeout (5 s), a connection that
@@ -417,7 +432,9 @@ def _config(grace: float) -> Any:
     config.accesslog = None
     config.errorlog = None  # the daemon logs one line per event itself
     config.graceful_timeout = grace
-    config.h11_max_incomplete_size = 64 * 1024  # request line and headers
+    config.h11_max_incomplete_size = HEAD_SIZE  # request line and headers
+    config.h2_max_header_list_size = HEAD_SIZE
+    config.h2_max_concurrent_streams = H2_STREAMS
     config.max_app_queue_size = APP_QUEUE
     return config
 
@@ -456,7 +473,8 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     from hypercorn.utils import wrap_app
 
     config = _config(grace)
-    app = wrap_app(site.app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    app = wrap_app(_bounded_heads(site.app), config.wsgi_max_body_size,  # type: ignore[arg-type]
+                   "asgi")
     context = WorkerContext(None)
     state = ConnectionState({})
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(site.sock))
@@ -528,6 +546,33 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         # (keep-alive ends); what is left after the grace is cancelled
         await context.terminated.set()
         conns.cancel_scope.deadline = trio.current_time() + grace
+
+
+def _bounded_heads(app: ASGIApp) -> ASGIApp:
+    """``app``, with a request whose head has more than :data:`HEADER_FIELDS` header fields
+    (a 431) or more than :data:`QUERY_FIELDS` fields in its query string (a 414) refused
+    before the app sees it, its body unread (its connection ends with the reply)."""
+
+    async def bounded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            if len(scope.get("headers", ())) > HEADER_FIELDS:
+                await _refuse(send, 431, f"more than {HEADER_FIELDS} header fields")
+                return
+            if scope.get("query_string", b"").count(b"&") >= QUERY_FIELDS:
+                await _refuse(send, 414, f"more than {QUERY_FIELDS} query fields")
+                return
+        await app(scope, receive, send)
+
+    return bounded
+
+
+async def _refuse(send: Any, status: int, why: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"cache-control", b"no-store"),
+                            (b"x-content-type-options", b"nosniff"),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": f"{status}: {why}\n".encode()})
 
 
 def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
@@ -605,7 +650,7 @@ def _server_class() -> type:
     import h2.connection
     import h11
     from h2.stream import StreamState
-    from hypercorn.events import Closed, RawData
+    from hypercorn.events import Closed, RawData, Updated
     from hypercorn.trio import tcp_server
 
     class Server(tcp_server.TCPServer):  # type: ignore[misc]
@@ -637,6 +682,19 @@ def _server_class() -> type:
             protocol = getattr(self.protocol, "protocol", None)
             for buffer in list(getattr(protocol, "stream_buffers", {}).values()):
                 await buffer.close()
+
+        async def protocol_send(self, event: Any) -> None:
+            # hypercorn (re)starts a connection's idle timer, once a reply is done, from
+            # inside the app's send of the reply's end: an app that cancels that send as its
+            # request ends (the RPC API's watch does, on the http.disconnect the same send
+            # puts) cancelled the timer's start, so a connection kept alive after a reply was
+            # never ended, idle or with half a request head (docs/security.md).  Shielded:
+            # it takes a lock held only for such a start or stop, and starts a task.
+            if isinstance(event, Updated):
+                with trio.CancelScope(shield=True):
+                    await super().protocol_send(event)
+                return
+            await super().protocol_send(event)
 
         def waited_on(self) -> tuple[int, float] | None:
             """(0, since when) if the read loop waits on a client with no request under way
