@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ww.core import bridge
 from ww.core.errors import CallError
 from ww.host.answers import UNBOUNDED, AnswerBudget
 from ww.host.audit import AUDIT_FD_ENV
@@ -212,10 +213,12 @@ class _Child:
         readers = []
         for pipe in (process.stdout, process.stderr):
             reader = asyncio.StreamReader()
-            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)
+            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r),
+                                         bridge.loop_pipe(loop, pipe))
             readers.append(reader)
         transport, protocol = await loop.connect_write_pipe(
-            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), process.stdin)
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+            bridge.loop_pipe(loop, process.stdin))
         stdin = asyncio.StreamWriter(transport, protocol, None, loop)
         return cls(process, stdin, readers[0], readers[1])
 

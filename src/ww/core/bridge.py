@@ -72,6 +72,22 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def loop_pipe(loop: asyncio.AbstractEventLoop, file: Any) -> Any:
+    """``file`` (the host's end of a pipe, an open file object) as ``loop``'s
+    ``connect_read_pipe``/``connect_write_pipe`` must be given it: its fd closed once, by the
+    transport.  uvloop's transport closes it twice: libuv closes the fd, then uvloop calls
+    the object's ``close()`` (counting on EBADF), and in a host with other threads (trio's,
+    the IPFS workers') that number may be another file's by then.  So on uvloop the object
+    given leaves the fd alone when closed (libuv owns it); on asyncio's loop it closes it.
+    ``file`` itself is closed: its fd moves to the object returned."""
+    import os
+
+    fd = os.dup(file.fileno())
+    mode = "rb" if file.readable() else "wb"
+    file.close()
+    return open(fd, mode, buffering=0, closefd=type(loop).__module__ != "uvloop")  # noqa: SIM115
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on :func:`new_loop`'s loop."""
     import asyncio
