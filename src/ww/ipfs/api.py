@@ -143,6 +143,12 @@ def local_only() -> Iterator[None]:
         _local.local_only = before
 
 
+class ShardRatioError(CorruptBlockError):
+    """Raised by a directory walk (``ww.ipfs.exporter``) at the first HAMT sub-shard past
+    its bound proportional to the entries it has yielded (``SHARD_SLACK + SHARDS_PER_ENTRY
+    * entries``): a HAMT no importer writes, so corrupt, as every caller already says it."""
+
+
 class ShardBoundError(IpfsError):
     """Raised by a walk under :func:`counting_shards` at the first HAMT sub-shard past its
     count's limit (nothing of that shard read)."""

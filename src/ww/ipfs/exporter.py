@@ -40,6 +40,7 @@ from .api import (
     Link,
     NotAFileError,
     NotFoundError,
+    ShardRatioError,
     Stat,
     UnsupportedError,
     WouldWait,
@@ -51,6 +52,18 @@ from .unixfs import DataType
 HAMT_MURMUR3 = 0x22
 MAX_UINT64 = (1 << 64) - 1
 MAX_HAMT_LEVELS = 64  # one bit of the 64-bit murmur3 hash per level at least
+SHARD_SLACK = 1024
+SHARDS_PER_ENTRY = 4
+"""A HAMT walk reads at most ``SHARD_SLACK + SHARDS_PER_ENTRY * entries`` sub-shards for the
+entries it has yielded so far, whoever lists it (a cell, ``ww ls``, the RPC's ``ls``, the
+gateway's index page).  Importers write far fewer: boxo's HAMT at fanout 2 with random names
+averages 1.44 sub-shards an entry, kubo's at fanout 256 about 0.3; a chain of up to 7
+single-link shards where names share a hash prefix leads to two entries at least (3.5 an
+entry, and rare).  A walk has read, beyond the sub-shards of the entries it yielded, only
+the shards on its stack (at most :data:`MAX_HAMT_LEVELS`), and the slack covers those and
+the first entries of any layout.  A crafted HAMT of chains of 63 single-link shards, one
+entry each, is stopped after 17 entries (1,092 sub-shards): one read amplified at most
+about 4 times an entry, not 63."""
 MAX_FILE_DEPTH = 1024
 """Levels of a file DAG a read goes down, at most: a read holds about 1 KiB a level, and a
 chain of a million one-link nodes (some 50 MB of blocks) held a GiB per read.  Importers
@@ -159,7 +172,10 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     read leads to an entry within :data:`MAX_HAMT_LEVELS` shards.  That is up to 63 shards an
     entry, and chains of single-link shards are what kubo writes where names share a hash
     prefix (so not corrupt): a cell's listing counts each sub-shard against its own bound
-    (:func:`~ww.ipfs.api.shard_read`, ``ww.caps.ipfs.MAX_LISTED_SHARDS``).
+    (:func:`~ww.ipfs.api.shard_read`, ``ww.caps.ipfs.MAX_LISTED_SHARDS``), and every walk,
+    whoever asks for it, reads at most :data:`SHARD_SLACK` + :data:`SHARDS_PER_ENTRY`
+    sub-shards an entry yielded (:class:`~ww.ipfs.api.ShardRatioError` past that: no
+    importer writes such a HAMT, however large).
     """
     assert node.fs is not None
     if node.fs.type is DataType.DIRECTORY:
@@ -167,12 +183,14 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
         return
     shards = {node.cid.multihash}
     stack = [(node, iter(node.links))]
+    yielded = 0
     while stack:
         shard, links = stack[-1]
         width = len(f"{shard.fs.fanout - 1:X}")  # type: ignore[union-attr,operator]
         for link in links:  # left for a sub-shard, taken up again where it was once that ends
             name = link.name
             if len(name) > width:
+                yielded += 1
                 yield dagpb.PBLink(link.cid, name[width:], link.tsize)
                 continue
             if len(name) < width:
@@ -181,6 +199,10 @@ def _dir_links(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
                 raise CorruptBlockError(f"{node.cid}: HAMT deeper than its hash")
             if link.cid.multihash in shards:
                 raise CorruptBlockError(f"{node.cid}: HAMT links the shard {link.cid} twice")
+            if len(shards) > SHARD_SLACK + SHARDS_PER_ENTRY * yielded:  # the root's not counted
+                raise ShardRatioError(
+                    f"{node.cid}: HAMT of more than {SHARD_SLACK} + {SHARDS_PER_ENTRY} sub-shards "
+                    f"an entry ({len(shards) - 1} read for {yielded} entries)")
             shards.add(link.cid.multihash)
             shard_read()
             child = load(getter, link.cid)
