@@ -792,9 +792,13 @@ async def _guard_memory(stop: Any) -> None:
                 give_back()
                 growth = rss() - base
             if growth > RPC_MEMORY_BUDGET and not stop.done():
-                print(f"ww: the cell's calls on fd 3 held more than {RPC_MEMORY_BUDGET >> 20} "
-                      "MiB of the host's memory: the host hung up fd 3 (the cell runs on)",
-                      file=sys.stderr)
+                # Through the lines' writer, never written here: this is the loop serving
+                # fd 3, and a terminal the cell stopped held it in write for good.
+                from ww.host import lines
+
+                lines.put(2, f"ww: the cell's calls on fd 3 held more than "
+                          f"{RPC_MEMORY_BUDGET >> 20} MiB of the host's memory: the host hung "
+                          "up fd 3 (the cell runs on)\n".encode(errors="replace"))
                 stop.set_result(None)
     finally:
         os.close(fd)
