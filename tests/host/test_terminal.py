@@ -368,11 +368,12 @@ def test_the_memory_guards_line_cannot_hold_the_loop_on_a_stopped_terminal(termi
         import asyncio, os, termios
         import ww.cell
 
+        attrs = termios.tcgetattr(2)
+        attrs[0] &= ~termios.IXON  # ^Q cannot restart the output: it stays stopped
+        termios.tcsetattr(2, termios.TCSANOW, attrs)
+
         async def main():
             async with ww.cell.connect() as session:
-                attrs = termios.tcgetattr(2)
-                attrs[0] &= ~termios.IXON  # only the cell restarts the output
-                termios.tcsetattr(2, termios.TCSANOW, attrs)
                 termios.tcflow(2, termios.TCOOFF)
                 line = "\\U0001F600" + "\\n" * 61000
                 calls = [session.console._cap.println(line) for _ in range(2000)]
@@ -387,15 +388,20 @@ def test_the_memory_guards_line_cannot_hold_the_loop_on_a_stopped_terminal(termi
     """)
     proc = subprocess.Popen([WW, "run", "--with-console", cell], stdin=slave,
                             stdout=subprocess.PIPE, stderr=slave)
+    status = _status(proc, "its loop is held in a write")
+    shown = os.read(master, 1 << 16) if select.select([master], [], [], 0)[0] else b""
+    assert (status, proc.stdout.read()) == (4, b"hung up\n"), shown
+
+
+def _status(proc: subprocess.Popen, held: str) -> int:
+    """`ww run`'s exit status; an AssertionError naming what ``held`` it if it never exits."""
     try:
-        status = proc.wait(timeout=HANG)
+        return proc.wait(timeout=HANG)
     except subprocess.TimeoutExpired:
-        raise AssertionError("ww run never exited: its loop is held in a write") from None
+        raise AssertionError(f"ww run never exited: {held}") from None
     finally:
         proc.kill()
         proc.wait()
-    shown = os.read(master, 1 << 16) if select.select([master], [], [], 0)[0] else b""
-    assert (status, proc.stdout.read()) == (4, b"hung up\n"), shown
 
 
 def _shown_and_status(proc: subprocess.Popen, master: int, marker: bytes) -> tuple[bytes, int]:
