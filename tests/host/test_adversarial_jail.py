@@ -13,6 +13,8 @@ import os
 import struct
 import subprocess
 
+import pytest
+
 from tests.conftest import HANG
 
 # A cell that takes kernel objects the kernel counts per host uid until it is refused,
@@ -222,6 +224,35 @@ def test_fsize_bounds_the_console_lines_a_cell_puts_into_a_stderr_file(who, make
     assert data[:16] == b"[cell] 00 " + b"x" * 6
     assert len(data) < (1 << 20) + 4096, len(data)  # the size, and `ww`'s own line
     assert b"--fsize" in data[1 << 20:], data[-2000:]
+
+
+@pytest.mark.parametrize("how", ["> out 2> out", "> out 2>> out", "2<> err"])
+def test_fsize_bounds_console_lines_on_a_stderr_file_of_its_own(who, make_cell, tmp_path, how):
+    """attack: the console's bound was reckoned at the offset of the fd the relay writes
+    (stdout's, for a file stdout and stderr both name through two opens), not at that of
+    stderr, where the host writes the line: ``> out 2> out`` with nothing on stdout left
+    the room at --fsize for ever, and 4.8 MB of console lines went into a file of 1M.  A
+    stderr open read-write (``2<> err``) is not relayed at all, and there no bound held."""
+    cell = make_cell("""
+        import ww.cell
+        with ww.cell.session() as session:
+            for i in range(80):
+                session.console.println(f"{i:02} " + "x" * 60000)
+    """)
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"")
+    out = open(path, "wb") if how != "2<> err" else subprocess.PIPE
+    err = open(path, {"> out 2> out": "wb", "> out 2>> out": "ab", "2<> err": "r+b"}[how])
+    try:
+        r = who.run("run", "--fsize", "1M", "--with-console", cell, stdout=out, stderr=err,
+                    capture_output=False)
+    finally:
+        err.close()
+        if out is not subprocess.PIPE:
+            out.close()
+    size = path.stat().st_size
+    assert size < (1 << 20) + 4096, size
+    assert r.returncode == 66, path.read_bytes()[-2000:]
 
 
 def test_a_read_only_fd_grant_cannot_be_opened_for_writing(who, make_cell, tmp_path):

@@ -34,6 +34,20 @@ def _read_all(r: int, out: list[bytes]) -> None:
         out.append(chunk)
 
 
+def _drain_and_read(r: int, w: int) -> bytes:
+    """Read the pipe while the writer drains (bounded), then to its end; both ends closed."""
+    out: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(r, out), daemon=True)
+    reader.start()
+    try:
+        assert lines._writer().drain(HANG)
+    finally:
+        os.close(w)
+        reader.join(HANG)
+        os.close(r)
+    return b"".join(out)
+
+
 def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_line_is_not_kept():
     r, w, filler = _full_pipe()
     audit = [f"audit {i:05} ".encode() + b"a" * 1000 + b"\n" for i in range(2000)]
@@ -48,16 +62,7 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
         await asyncio.gather(held, return_exceptions=True)
 
     asyncio.run(produce())
-    out: list[bytes] = []
-    reader = threading.Thread(target=_read_all, args=(r, out), daemon=True)
-    reader.start()
-    try:
-        assert lines._writer().drain(HANG)
-    finally:
-        os.close(w)
-        reader.join(HANG)
-        os.close(r)
-    data = b"".join(out)
+    data = _drain_and_read(r, w)
     assert data.startswith(filler)
     written = re.findall(rb"audit (\d+) ", data)
     said = re.findall(rb"^ww: (\d+) audit lines dropped", data, re.M)
@@ -66,3 +71,18 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
     assert kept == list(range(len(kept)))  # in order, the first ones
     assert sum(len(audit[i]) for i in kept[1:]) <= lines.MAX_WAITING  # the bound
     assert said == [str(2000 - len(kept)).encode()]  # dropped, and said once
+
+
+def test_a_line_is_not_lost_when_the_cell_makes_the_shared_file_non_blocking():
+    """attack: the host's stderr on a terminal or a pipe is one open file with the cell's
+    fd 2, so a cell sets O_NONBLOCK on it (``fcntl(2, F_SETFL, O_NONBLOCK)``), fills it (or
+    stops the terminal), and every line the thread wrote meanwhile failed with EAGAIN:
+    audit lines lost with no drop count, a console call failed instead of waiting.  The
+    thread waits for room as a blocking write would.  Here: the full pipe made non-blocking,
+    an audit line queued; the drain (bounded) returns; then the pipe is read to its end."""
+    r, w, filler = _full_pipe()
+    os.set_blocking(w, False)  # as the cell leaves the file it shares with the host
+    lines.put(w, b"audit kept\n")
+    lines._writer().drain(0.5)  # unfixed: failed at once; fixed: still waiting for room
+    data = _drain_and_read(r, w)
+    assert data == filler + b"audit kept\n"

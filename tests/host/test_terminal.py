@@ -354,6 +354,56 @@ def test_a_cell_that_stops_the_terminals_output_cannot_stall_ww_run(terminal, wh
     assert shown.count(b"[cell] ") == 2, shown
 
 
+def test_the_memory_guards_line_cannot_hold_the_loop_on_a_stopped_terminal(terminal, make_cell):
+    """attack: the memory guard (``RPC_MEMORY_BUDGET``) wrote its one line with ``print`` on
+    the loop that serves fd 3, before it hung up: a cell that stopped the terminal's output
+    and made the host hold more than the budget held the loop in that write for good, and
+    `ww run` never exited.  Console lines waiting on a stopped terminal are enough to pass
+    the budget: 2,000 pipelined lines of one emoji and 61,000 newlines (61 kB calls, each
+    held as a 4-byte-a-character string twice its length: about 860 kB of host memory a
+    call, the host at 356 MB).  The guard's line now goes through the lines' writer; the
+    cell sees fd 3 hung up (its ping fails) and exits, the output still stopped."""
+    master, slave = terminal
+    cell = make_cell("""
+        import asyncio, os, termios
+        import ww.cell
+
+        attrs = termios.tcgetattr(2)
+        attrs[0] &= ~termios.IXON  # ^Q cannot restart the output: it stays stopped
+        termios.tcsetattr(2, termios.TCSANOW, attrs)
+
+        async def main():
+            async with ww.cell.connect() as session:
+                termios.tcflow(2, termios.TCOOFF)
+                line = "\\U0001F600" + "\\n" * 61000
+                calls = [session.console._cap.println(line) for _ in range(2000)]
+                try:
+                    await session.console.ping(b"")
+                    print("answered", flush=True)
+                except Exception:
+                    print("hung up", flush=True)
+                os._exit(4)
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([WW, "run", "--with-console", cell], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=slave)
+    status = _status(proc, "its loop is held in a write")
+    shown = os.read(master, 1 << 16) if select.select([master], [], [], 0)[0] else b""
+    assert (status, proc.stdout.read()) == (4, b"hung up\n"), shown
+
+
+def _status(proc: subprocess.Popen, held: str) -> int:
+    """`ww run`'s exit status; an AssertionError naming what ``held`` it if it never exits."""
+    try:
+        return proc.wait(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"ww run never exited: {held}") from None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _shown_and_status(proc: subprocess.Popen, master: int, marker: bytes) -> tuple[bytes, int]:
     """What the terminal shows up to ``marker``, and `ww run`'s exit status (both bounded)."""
     try:

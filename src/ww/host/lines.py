@@ -191,13 +191,36 @@ class _Writer:
 
 
 def _write_all(fd: int, data: bytes) -> OSError | None:
+    """Write all of ``data``, waiting for room as a blocking write would, even where the
+    cell made the file non-blocking: a terminal or a pipe on stderr is one open file with
+    the cell's fd 2, and a cell that set ``O_NONBLOCK`` on it and filled it (or stopped
+    the terminal) had every line written meanwhile fail with EAGAIN: audit lines lost with
+    no drop count, console calls failed instead of waiting."""
+    import time
+
     try:
         view = memoryview(data)
+        tries = 0
         while view:
-            view = view[os.write(fd, view):]
+            try:
+                view = view[os.write(fd, view):]
+                tries = 0
+            except BlockingIOError:
+                _writable(fd)
+                if tries:  # room said but not taken (a stopped terminal): not a busy loop
+                    time.sleep(min(0.01 * tries, 0.2))
+                tries += 1
     except OSError as e:
         return e  # the operator's terminal went away; the cell's work goes on
     return None
+
+
+def _writable(fd: int) -> None:
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()
 
 
 _the_writer: _Writer | None = None

@@ -138,10 +138,11 @@ class Relay:
         for fd in self._cell_ends:
             os.close(fd)
         self._cell_ends = []
+        if self.active or self.fsize is not None:
+            _live.append(self)  # for write_as_cell(): the order, and --fsize relayed or not
         if not self.active:
             return
         self._wake = os.pipe()
-        _live.append(self)
         self._thread = threading.Thread(target=self._run, name="ww-relay", daemon=True)
         self._thread.start()
 
@@ -151,6 +152,8 @@ class Relay:
         for fd in self._cell_ends:  # the cell never started
             os.close(fd)
         self._cell_ends = []
+        with contextlib.suppress(ValueError):
+            _live.remove(self)
         if self._wake is None:
             self._close_all()
             return
@@ -159,8 +162,6 @@ class Relay:
             os.write(self._wake[1], b"x")
         if self._thread is not None:
             self._thread.join()
-        with contextlib.suppress(ValueError):
-            _live.remove(self)
         for fd in self._wake:
             os.close(fd)
         self._wake = None
@@ -306,12 +307,19 @@ class Relay:
         return None
 
     def _room(self, out: _Output) -> int | None:
-        """The bytes ``--fsize`` lets the cell write at the file's offset (None: no bound).
-        With ``O_APPEND`` a write lands at the end, wherever the offset is."""
-        if self.fsize is None or not out.regular:
+        """The bytes ``--fsize`` lets the cell write into ``out``'s file (None: no bound)."""
+        if not out.regular:
             return None
-        at = (os.fstat(out.dst).st_size if fcntl.fcntl(out.dst, fcntl.F_GETFL) & os.O_APPEND
-              else os.lseek(out.dst, 0, os.SEEK_CUR))
+        return self._room_at(out.dst)
+
+    def _room_at(self, fd: int) -> int | None:
+        """The bytes ``--fsize`` lets a write on ``fd`` add, where that write lands: at the
+        offset of ``fd``'s own open file, or with ``O_APPEND`` at the end (None: no bound).
+        Not at another open of the same file: ``> out 2> out`` are two offsets."""
+        if self.fsize is None:
+            return None
+        at = (os.fstat(fd).st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+              else os.lseek(fd, 0, os.SEEK_CUR))
         return max(0, self.fsize - at)
 
     def _over_fsize(self) -> None:
@@ -337,11 +345,13 @@ def write_as_cell(fd: int, data: bytes) -> bool:
     """The host writes ``data`` for the cell (its console lines) on ``fd``, a regular file.
 
     Where the cell's output to the same file is relayed (``ww run cell 2> file``), what the
-    cell wrote there so far goes first, so the file keeps the order, and ``data`` counts
-    against ``--fsize`` as the cell's own writes do: written up to the size, and then the
-    cell is stopped (:meth:`Relay.on_fsize`).  False if the size cut ``data`` short (or the
-    file was full already); OSError if the write fails.  Runs on the RPC loop: what the cell
-    adds to the pipe meanwhile is not waited for."""
+    cell wrote there so far goes first, so the file keeps the order.  ``data`` counts
+    against ``--fsize`` as the cell's own writes do, at the offset ``fd`` writes at (its
+    own, as the kernel reckons it: ``> out 2> out`` opens the file twice, and stderr's
+    offset is not stdout's), relayed or not (``2<> err`` passes as it is): written up to
+    the size, and then the cell is stopped (:meth:`Relay.on_fsize`).  False if the size
+    cut ``data`` short (or the file was full already); OSError if the write fails.  Runs
+    on the RPC loop: what the cell adds to the pipe meanwhile is not waited for."""
     st = os.fstat(fd)
     for relay in list(_live):
         for out in list(relay._outputs.values()):
@@ -355,14 +365,23 @@ def write_as_cell(fd: int, data: bytes) -> bool:
             if pending:
                 relay._drain_now(out, owner=False, limit=pending)
             with out.lock:
-                room = relay._room(out)
-                if room is not None and room < len(data):
-                    _write_all(fd, data[:room])
+                if not _write_bounded(relay, fd, data):
                     out.done = True  # the cell's next write to the file fails (EPIPE)
-                    relay._over_fsize()
                     return False
-                _write_all(fd, data)
                 return True
+        if relay.fsize is not None:
+            return _write_bounded(relay, fd, data)
+    _write_all(fd, data)
+    return True
+
+
+def _write_bounded(relay: Relay, fd: int, data: bytes) -> bool:
+    """``data`` on ``fd`` up to ``relay``'s ``--fsize``; False (the cell stopped) if cut."""
+    room = relay._room_at(fd)
+    if room is not None and room < len(data):
+        _write_all(fd, data[:room])
+        relay._over_fsize()
+        return False
     _write_all(fd, data)
     return True
 

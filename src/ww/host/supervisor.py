@@ -336,11 +336,13 @@ def run(config: RunConfig) -> int:
     # Imported only then: `ww run /bin/true` on a terminal or /dev/null pays one fstat a fd.
     relays = None
     spawn_config, stdio = config, (0, 1, 2)
-    if config.jailed and any(fds.relay_mode(fd) for fd in [0, 1, 2, *(g.source for g in
-                                                                        config.grants)]):
+    fsize = config.limits.fsize if config.limits else None
+    if config.jailed and (any(fds.relay_mode(fd) for fd in [0, 1, 2, *(g.source for g in
+                                                                         config.grants)])
+                          or (fsize is not None and fds.regular(2))):  # console lines
         from ww.host.relay import Relay
 
-        relays = Relay(fsize=config.limits.fsize if config.limits else None)
+        relays = Relay(fsize=fsize)
         stdio = (relays.wrap(0, "stdin"), relays.wrap(1, "stdout"), relays.wrap(2, "stderr"))
         spawn_config = config._replace(grants=[
             g._replace(source=relays.wrap(g.source, f"--fd {g.name}")) for g in config.grants])
@@ -790,9 +792,13 @@ async def _guard_memory(stop: Any) -> None:
                 give_back()
                 growth = rss() - base
             if growth > RPC_MEMORY_BUDGET and not stop.done():
-                print(f"ww: the cell's calls on fd 3 held more than {RPC_MEMORY_BUDGET >> 20} "
-                      "MiB of the host's memory: the host hung up fd 3 (the cell runs on)",
-                      file=sys.stderr)
+                # Through the lines' writer, never written here: this is the loop serving
+                # fd 3, and a terminal the cell stopped held it in write for good.
+                from ww.host import lines
+
+                lines.put(2, f"ww: the cell's calls on fd 3 held more than "
+                          f"{RPC_MEMORY_BUDGET >> 20} MiB of the host's memory: the host hung "
+                          "up fd 3 (the cell runs on)\n".encode(errors="replace"))
                 stop.set_result(None)
     finally:
         os.close(fd)
