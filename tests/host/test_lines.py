@@ -52,8 +52,14 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
     r, w, filler = _full_pipe()
     audit = [f"audit {i:05} ".encode() + b"a" * 1000 + b"\n" for i in range(2000)]
 
+    writer = lines._writer()
+    lines.put(w, audit[0])  # the thread takes it and waits in write
+    with writer._cond:  # (else, on a busy machine, it may take it in the middle of the
+        # lines below, and a line past the bound then fits again: a gap, counted, but not
+        # the one this test looks for)
+        assert writer._cond.wait_for(lambda: writer._busy, HANG)
+
     async def produce() -> None:
-        lines.put(w, audit[0])  # the thread takes it and waits in write
         held = asyncio.ensure_future(lines.write_console(w, b"[cell] held\n"))
         await asyncio.sleep(0)  # (its line is queued when it starts)
         for line in audit[1:]:

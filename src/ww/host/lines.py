@@ -162,6 +162,7 @@ class _Writer:
                 if line.withdrawn:
                     continue
                 line.taken = self._busy = True
+                self._cond.notify_all()  # (whoever waits for a line to be taken)
                 dropped = self._dropped.pop(line.fd, 0) if line.done is None else 0
             error = _write_all(line.fd, line.data)
             if dropped:
