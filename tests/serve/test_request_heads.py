@@ -24,7 +24,10 @@ def _address(daemon: Daemon) -> tuple[str, int]:
 
 
 def _reply(daemon: Daemon, request: bytes) -> bytes:
-    """What the daemon answers ``request`` on a connection of its own, up to its end."""
+    """What the daemon answers ``request`` on a connection of its own, up to the end of the
+    reply (its last chunk, or the connection's end).  (Not the connection's end alone: on a
+    busy machine the daemon may keep a connection open after a whole reply though the
+    client asked `Connection: close`, seen with main's daemon too: docs/security.md.)"""
     with socket.create_connection(_address(daemon), timeout=HANG) as sock:
         sock.sendall(request)
         got = b""
@@ -33,6 +36,8 @@ def _reply(daemon: Daemon, request: bytes) -> bytes:
             if not piece:
                 break
             got += piece
+            if got.endswith(b"\r\n0\r\n\r\n"):  # the last chunk: the reply is whole
+                break
         return got
 
 
