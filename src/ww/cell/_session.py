@@ -184,8 +184,9 @@ async def open_session(sock: socket.socket | None = None,
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a cell's ``main`` as ``asyncio.run(main)`` does, on uvloop's event loop (ww
     depends on it; ``WW_EVENT_LOOP=asyncio`` in the cell's environment asks for the
-    standard library's): every call over fd 3 costs the cell about 40% less CPU
-    (docs/benchmarks.md, "uvloop").  ``asyncio.run(main())`` works the same, slower.
+    standard library's): pycapnp's CPU a call about 45% lower, a Python cell's CPU a
+    remote call about a fifth lower (docs/benchmarks.md, "uvloop under hosts and Python
+    cells").  ``asyncio.run(main())`` works the same, slower.
 
     On uvloop, a pycapnp stream of the cell's own must not be made with
     ``capnp.AsyncIoStream.create_connection``: pycapnp's protocol pauses the transport from

@@ -52,12 +52,13 @@ def new_loop() -> asyncio.AbstractEventLoop:
     """A new asyncio event loop: uvloop's (libuv's, in Cython; a dependency of ww) unless
     ``WW_EVENT_LOOP=asyncio`` asks for the standard library's, or uvloop cannot be imported.
 
-    Measured (docs/benchmarks.md, "uvloop"): pycapnp's CPU a call, client and server in one
-    process, 40% lower; host B's CPU a remote call 20% lower.  Every pycapnp stream of ww's
-    goes through a protocol of its own (:mod:`ww.core.capnp_stream`, :mod:`ww.p2p.bounds`,
-    :mod:`ww.p2p.lane`), never pycapnp's protocol straight on a uvloop transport: that one
-    pauses the transport from inside ``get_buffer``, which crashes libuv (a read callback
-    called after ``uv_read_stop``: uvloop issue 538).
+    Measured (docs/benchmarks.md, "uvloop under hosts and Python cells"): pycapnp's CPU a
+    call, client and server in one process, 42 against 76 us; host B's CPU a sequential
+    remote call to a Python cell 176 against 203 us, the cell's 128 against 161 us.  Every
+    pycapnp stream of ww's goes through a protocol of its own (:mod:`ww.core.capnp_stream`,
+    :mod:`ww.p2p.bounds`, :mod:`ww.p2p.lane`), never pycapnp's protocol straight on a uvloop
+    transport: that one pauses the transport from inside ``get_buffer``, which crashes
+    libuv (a read callback called after ``uv_read_stop``: uvloop issue 538).
     """
     import asyncio
     import os
