@@ -200,6 +200,27 @@ def test_a_lane_connection_the_peer_ends_frees_its_socket_at_once() -> None:
     run(main)
 
 
+
+def test_a_connection_the_peer_ended_says_so_when_dialed_on() -> None:
+    """A dialed lane connection that the peer closes just after the handshake (a host
+    refusing it then, as py-libp2p's resource manager did) is freed as the end is seen
+    (the Dialer's ``_lane_ended``); the `/ww/0.1.0` stream the dial opens next failed as
+    "cannot reach ... (connection closed)", which read as if this host had closed it."""
+
+    async def main() -> None:
+        listener, conn = await _served(lambda stream, peer: None)
+        try:
+            listener.tickets[0].close()  # admission cuts it, as a refusal would
+            await conn.closed
+            conn.close()  # (as the Dialer's _lane_ended does)
+            with pytest.raises(lane.P2PError) as e:
+                await conn.open_ww()
+            assert str(e.value) == f"p2p: cannot reach {listener.addr} (closed by the peer)"
+        finally:
+            listener.close()
+
+    run(main)
+
 async def _served(on_ww: Callable[[Any, str], None]) -> tuple[Listener, lane.LaneConn]:
     """A listener serving with ``on_ww``, and a lane connection dialed to it."""
 

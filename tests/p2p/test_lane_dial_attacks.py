@@ -4,6 +4,7 @@ sockets on 127.0.0.1, real py-libp2p at the far end where one is named."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import selectors
 import socket
@@ -13,7 +14,9 @@ import threading
 
 from tests.conftest import HANG
 from tests.p2p.conftest import LOOPBACK
+from ww.core.addrs import PROTOCOL_ID
 from ww.core.identity import PrivateKey
+from ww.p2p import lane
 from ww.p2p.lane import DIAL_TIMEOUT
 from ww.p2p.protocol import MAX_DIALED, MAX_DIALING
 
@@ -135,6 +138,39 @@ def test_a_failed_dial_keeps_no_connection(start_host, cell_file):
     assert status == 0, err
     assert "Traceback" not in err
 
+
+
+def test_a_peer_that_connects_again_and_again_is_never_refused(start_host, cell_file):
+    """One peer id connecting to a host serially, each connection closed before the next,
+    must find every one served.  py-libp2p's resource manager held each peer id to 10 new
+    connections a second after a burst of 50, closing the rest right after their handshake:
+    a cell dialing a host's 68 addresses (the test above) saw its last dial fail as
+    "cannot reach ... (connection closed)" whenever its dials came faster than that.  Per
+    peer id it bounds nothing (a peer id is a new key); admission bounds the connections
+    held, per address and in all."""
+    target = start_host("t", "--with-p2p", "--listen", LOOPBACK,
+                        cell_file(SILENT_HOST, "silent.py"))
+    addr = target.addr.split()[0]
+    n = 200  # past the burst and anything refilled at 10 a second, however slow the dials
+
+    async def main() -> dict[str, int]:
+        seed = PrivateKey.generate().seed
+        why: dict[str, int] = {}
+        for _ in range(n):
+            conn = await lane.dial(addr, seed)
+            try:  # (py-libp2p agrees, then drops the stream: the cell exports nothing)
+                await conn.open(PROTOCOL_ID).negotiated
+                answer = "agreed"
+            except ConnectionError as e:  # the connection was cut: "stream reset"
+                answer = str(e)
+            finally:
+                conn.close()
+            why[answer] = why.get(answer, 0) + 1
+        return why
+
+    assert asyncio.run(main()) == {"agreed": n}
+    status, err = target.stop()
+    assert status == 0, err
 
 class SilentListener:
     """Accepts on 127.0.0.1, never writes; counts the connections open at once (exactly:

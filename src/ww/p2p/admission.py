@@ -86,7 +86,11 @@ above :data:`MAX_INBOUND`, so the host's own dials always have room).  Its "3 pe
 (``max_connections_per_peer``) is no bound on what a peer holds: the excess is trimmed only
 when another connection of that peer is added, and never a connection younger than its
 20 s grace period, so any number arriving within 20 s stay (an attacker held 6 of one peer
-id); :data:`MAX_PER_IP` and :data:`MAX_INBOUND` are what hold.
+id); :data:`MAX_PER_IP` and :data:`MAX_INBOUND` are what hold.  Its resource manager's
+bounds per peer id are taken off (:func:`ww.p2p.host._resource_manager`): 10 new
+connections a second after a burst of 50, and 8 established at once (counted until the
+swarm has seen them end), each refused by closing it once set up, bound nothing a new key
+escapes and cut an honest peer that dials a host's many addresses in turn.
 
 What go-libp2p (kubo) does, for comparison: its upgrader sets up at most 16 inbound
 connections at a time (``AcceptQueueLength``; it stops accepting beyond) within 15 s; its

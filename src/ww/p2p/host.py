@@ -149,6 +149,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
         connection_config=ConnectionConfig(  # py-libp2p's defaults, ours said out loud
             inbound_upgrade_timeout=admission.HANDSHAKE_TIMEOUT,
             inbound_stream_protocol_negotiation_timeout=admission.STREAM_NEGOTIATE_TIMEOUT),
+        resource_manager=_resource_manager(),
     )
     _disable_auto_connector(host)
     _use_muxer_given(host)
@@ -156,6 +157,23 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host
+
+
+def _resource_manager() -> Any:
+    """py-libp2p's default resource manager (``new_resource_manager()``'s), less its bounds
+    per peer id, which a peer id (a new key) escapes and an honest peer ran into: new
+    connections of one peer id held to 10 a second after a burst of 50, and 8 established
+    at once, counted until the host has seen them end.  Each was refused by closing it
+    just after its handshake: a cell dialing a host's 68 addresses in turn (each connection
+    closed before the next) had its last ones cut whenever they came quicker than that.
+    :mod:`ww.p2p.admission` bounds inbound connections per remote address and in all."""
+    from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
+    from libp2p.rcmgr.manager import ResourceManager
+
+    limits = new_connection_limits_with_defaults()
+    limits.max_established_per_peer = None
+    return ResourceManager(connection_limits=limits, enable_memory_pooling=True,
+                           enable_rate_limiting=False)
 
 
 def _disable_auto_connector(host: Any) -> None:

@@ -296,8 +296,8 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
 
     ``handlers`` map a protocol the peer may open to a callable taking the
     :class:`LaneStream` (called once it is negotiated); ping is answered on every
-    connection.  ``closed`` resolves when the connection ends (``failure`` says why, ""
-    for an orderly end); :meth:`close` frees it."""
+    connection.  ``closed`` resolves when the connection ends (``failure`` says why: the
+    peer's orderly end is "closed by the peer", ours ""); :meth:`close` frees it."""
 
     def __init__(
         self,
@@ -401,7 +401,8 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         return sum(1 for s in self.streams.values() if not s.outbound)
 
     def _fail(self, why: str) -> None:
-        self.failure = self.failure or why
+        # (C's "" is an orderly end: the peer's, unless it is close()'s own)
+        self.failure = self.failure or why or ("" if self.freed else "closed by the peer")
         fail_conn(self, self.writing)
 
     def open(self, proto: str) -> LaneStream:  # type: ignore[override]
