@@ -52,18 +52,18 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
     r, w, filler = _full_pipe()
     audit = [f"audit {i:05} ".encode() + b"a" * 1000 + b"\n" for i in range(2000)]
 
-    writer = lines._writer()
-    lines.put(w, audit[0])  # the thread takes it and waits in write
+    writer, out = lines._writer(), lines.Out(w)
+    lines.put(out, audit[0])  # the thread takes it and waits in write
     with writer._cond:  # (else, on a busy machine, it may take it in the middle of the
         # lines below, and a line past the bound then fits again: a gap, counted, but not
         # the one this test looks for)
         assert writer._cond.wait_for(lambda: writer._busy, HANG)
 
     async def produce() -> None:
-        held = asyncio.ensure_future(lines.write_console(w, b"[cell] held\n"))
+        held = asyncio.ensure_future(lines.write_console(out, b"[cell] held\n"))
         await asyncio.sleep(0)  # (its line is queued when it starts)
         for line in audit[1:]:
-            lines.put(w, line)
+            lines.put(out, line)
         held.cancel()  # before the thread took it: taken back
         await asyncio.gather(held, return_exceptions=True)
 
@@ -88,7 +88,7 @@ def test_a_line_is_not_lost_when_the_cell_makes_the_shared_file_non_blocking():
     an audit line queued; the drain (bounded) returns; then the pipe is read to its end."""
     r, w, filler = _full_pipe()
     os.set_blocking(w, False)  # as the cell leaves the file it shares with the host
-    lines.put(w, b"audit kept\n")
+    lines.put(lines.Out(w), b"audit kept\n")
     lines._writer().drain(0.5)  # unfixed: failed at once; fixed: still waiting for room
     data = _drain_and_read(r, w)
     assert data == filler + b"audit kept\n"
