@@ -92,3 +92,24 @@ def test_a_line_is_not_lost_when_the_cell_makes_the_shared_file_non_blocking():
     lines._writer().drain(0.5)  # unfixed: failed at once; fixed: still waiting for room
     data = _drain_and_read(r, w)
     assert data == filler + b"audit kept\n"
+
+
+def test_the_hosts_own_lines_keep_their_place_and_are_never_dropped(monkeypatch):
+    """Once a cell runs, what the host writes on ``sys.stderr`` itself (a ``print`` writes
+    its text and its newline apart) is said as one line through the writer, after the lines
+    made before it, and kept where an audit line past the bound is dropped."""
+    r, w, filler = _full_pipe()
+    monkeypatch.setattr(lines, "_the_stderr", lines.Out(w))  # (the host's stderr: fd 2)
+    writer, out = lines._writer(), lines.Out(w)
+    lines.put(out, b"audit 0\n")  # the thread takes it and waits in write
+    with writer._cond:
+        assert writer._cond.wait_for(lambda: writer._busy, HANG)
+    most = b"audit 1 " + b"a" * (lines.MAX_WAITING - 9) + b"\n"
+    lines.put(out, most)  # the bound, all but one byte
+    print("ww: the host's", "own line", file=lines._Said())
+    lines.put(out, b"audit 2, past the bound\n")
+    data = _drain_and_read(r, w)
+    said = re.findall(rb"^ww: (\d+) audit lines dropped.*\n", data, re.M)
+    assert said == [b"1"]  # audit 2 (said with the next audit line the thread writes)
+    data = re.sub(rb"^ww: \d+ audit lines dropped.*\n", b"", data, flags=re.M)
+    assert data == filler + b"audit 0\n" + most + b"ww: the host's own line\n"
