@@ -684,13 +684,25 @@ def _server_class() -> type:
                 await buffer.close()
 
         async def protocol_send(self, event: Any) -> None:
-            # hypercorn (re)starts a connection's idle timer, once a reply is done, from
-            # inside the app's send of the reply's end: an app that cancels that send as its
-            # request ends (the RPC API's watch does, on the http.disconnect the same send
-            # puts) cancelled the timer's start, so a connection kept alive after a reply was
-            # never ended, idle or with half a request head (docs/security.md).  Shielded:
-            # it takes a lock held only for such a start or stop, and starts a task.
-            if isinstance(event, Updated):
+            # Once a reply is done, hypercorn's h11 protocol ends its request from inside the
+            # app's send of the reply's end (``H11Protocol._maybe_recycle``): it puts the
+            # request's http.disconnect, then either (re)starts the connection's idle timer
+            # (Updated: kept alive) or closes the connection (Closed: the client asked
+            # `Connection: close`, or h11 cannot reuse it).  An app that cancels that send
+            # on the http.disconnect it puts (the RPC API's watch does; so does Starlette's
+            # StreamingResponse, the gateway's files, listings and CARs) cancelled these:
+            # the timer's start, so a connection kept alive was never ended, idle or with
+            # half a request head; and the close, whose first checkpoint
+            # (``TCPServer._close``: ``send_eof`` before ``aclose``) raised the Cancelled
+            # before the socket was closed, so the connection stayed open after its whole
+            # reply, its idle timer stopped, until its client left -- in about half of the
+            # requests, as trio ran the watch or the send first (docs/security.md).
+            # Shielded: the timer's start or stop takes a lock held only for such a start
+            # or stop, and starts a task; the close shuts the socket's sending side down
+            # (trio's send_eof, which does not wait: a send under way makes it fail) and
+            # closes it, and puts the http.disconnect of a request still under way
+            # (:func:`_drop_what_apps_leave_unread`: without waiting).
+            if isinstance(event, (Updated, Closed)):
                 with trio.CancelScope(shield=True):
                     await super().protocol_send(event)
                 return
