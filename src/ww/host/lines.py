@@ -301,6 +301,21 @@ def cell_shares_stderr() -> None:
     _ENCODING = sys.stderr.encoding or "utf-8"
     sys.stderr.flush()
     sys.stderr = _Said()  # type: ignore[assignment]
+    import atexit  # (built in: no import cost)
+
+    atexit.register(_at_exit)  # `ww run` ends in exit_now, which drains; anything else here
+
+
+def _at_exit() -> None:
+    """A process that ran a cell and exits as Python does (``ww run`` called in-process):
+    the lines said since, its last unfinished one too, are written, as :func:`drain` does."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    drain()
 
 
 class _Said:
