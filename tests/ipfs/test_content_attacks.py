@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from ww.caps.ipfs_scope import IpfsScope
 from ww.core import multihash, varint
 from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs import car, dagpb, exporter, unixfs
-from ww.ipfs.api import CorruptBlockError
+from ww.ipfs.api import CorruptBlockError, Entry, UnsupportedError
 from ww.ipfs.node import EmbeddedNode
 from ww.ipfs.path import parse_path
 from ww.p2p import host_for_ipfs
@@ -123,6 +124,36 @@ def test_a_hamt_of_empty_shards_is_corrupt_at_the_first_not_walked_whole() -> No
     with pytest.raises(CorruptBlockError, match=f"{blocks[0][0]}: an empty HAMT shard"):
         list(exporter.entries(getter, exporter.load(getter, root)))
     assert read == [root, mids[0], blocks[0][0]]  # not the 4,113 blocks
+
+
+@pytest.mark.parametrize("hash_type", [0x23, None])
+def test_a_hamt_of_another_hash_is_refused_not_walked_for_each_lookup(hash_type) -> None:
+    """(Found by attack) a lookup in a HAMT whose hash type is not murmur3 (0x22) walked the
+    whole directory for each name, without the 64 shards a lookup reads at most: 256
+    sub-shards of 2,000 entries each, 1.1 s of CPU and 257 blocks a `cat` (or a cell's
+    `cat`, or a gateway path) of one missing name, and any larger HAMT more, a call.  kubo
+    (boxo's NewHamtFromDag) refuses such a shard; so does ``load`` now, at the root."""
+    blocks: Blocks = []
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=hash_type,
+                              fanout=256)
+    leaf = _raw_block(blocks, b"x")
+    subs = [_node_block(blocks, [dagpb.PBLink(leaf, b"%02Xe%d_%d" % (j, i, j), 1)
+                                 for j in range(64)], shard) for i in range(64)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(subs)],
+                       shard)
+    stored, read = dict(blocks), []
+
+    def getter(cid: CID) -> bytes:
+        read.append(cid)
+        return stored[cid]
+
+    for walk in (lambda: exporter.resolve(getter, parse_path(f"/ipfs/{root}/missing")),
+                 lambda: list(exporter.entries(getter, exporter.load(getter, root)))):
+        read.clear()
+        with pytest.raises(UnsupportedError, match=f"{root}: a HAMT shard of hash type "
+                                                   f"{hash_type}, where only murmur3"):
+            walk()
+        assert read == [root]  # not the 65 shards
 
 
 def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
@@ -330,6 +361,44 @@ def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
     assert scope.contains(str(hamt))
     for outside in (inner, chunk, CID.v1(RAW, file.multihash), CID.v1(RAW, root.multihash)):
         assert scope.path_denied(f"/ipfs/{outside}") is not None, outside
+
+
+def test_a_scope_walk_stops_within_a_directory_at_its_bound(tmp_path: Path, monkeypatch) -> None:
+    """(Found by attack) the reachability walk listed each directory whole (``CoreAPI.ls``)
+    and looked at its bound, :data:`MAX_WALK` entries, only between directories: a cell's
+    HAMT of a million entries (identity CIDs, 17 MB of blocks), its capability narrowed to
+    it, and one `cat` outside: 13 s and 200 MiB of the host.  Now the walk takes entries
+    one at a time and stops at the bound (500 here, of 4,000)."""
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+    files = [CID.v1(RAW, b"\x00\x02%02d" % i) for i in range(100)]  # identity CIDs
+    subs = [_node_block(blocks, [dagpb.PBLink(files[j], b"%02Xe%d_%d" % (j, i, j), 2)
+                                 for j in range(100)], shard) for i in range(40)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(subs)],
+                       shard)
+    _store(node, blocks)
+    produced = []
+    listing = node.iter_ls
+
+    def counted(path: str) -> Iterator[Entry]:
+        for entry in listing(path):
+            produced.append(entry)
+            yield entry
+
+    node.iter_ls = counted  # type: ignore[method-assign]
+    try:
+        scope = IpfsScope(node, roots=[str(root)])
+        assert scope.contains(str(files[99]))  # within the first 500 entries
+        outside = CID.v1(RAW, b"\x00\x01y")
+        assert scope.path_denied(f"/ipfs/{outside}") is not None
+        assert len(produced) <= 501  # not the 4,000 (a list of them all, before)
+    finally:
+        node.close()
 
 
 def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned(
