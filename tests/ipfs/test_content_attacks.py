@@ -338,6 +338,50 @@ def test_a_file_whose_sizes_lie_is_corrupt_before_a_byte_is_used(tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_ls_learns_a_childs_kind_without_decoding_its_links(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """(Found by attack) `ls` decoded each child whole to show its type and size: 10 ms a
+    child of 5,461 empty identity links (64 KiB), and entries cycling through one child more
+    than ``KIND_CACHE`` (4,097) read each again: 85 s of CPU a `ww ls` of 8,194 entries,
+    some 15 minutes for a cell's `ls` within its bounds.  The links are skipped now (3.8 s
+    for those 8,194): here none of the children's 2,000 links each is decoded, however
+    often the entries come back to them, and what is shown, and refused, is as before."""
+    monkeypatch.setattr(exporter, "KIND_CACHE", 2)  # 4 children cycled: each read again
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    empty = CID.v1(RAW, b"\x00\x00")
+    children = [_node_block(blocks, [dagpb.PBLink(empty, b"", 0)] * 2000,
+                            unixfs.UnixFSData(unixfs.DataType.DIRECTORY, mode=i))
+                for i in range(3)]
+    leaf = _raw_block(blocks, b"z" * 300)
+    children.append(_node_block(  # a file of 2,000 chunks, 600,000 bytes and data
+        blocks, [dagpb.PBLink(leaf, b"", 300)] * 2000,
+        unixfs.UnixFSData(unixfs.DataType.FILE, data=b"d" * 200, filesize=600_200,
+                          blocksizes=(300,) * 2000)))
+    root = _node_block(blocks, [dagpb.PBLink(children[i % 4], b"e%02d" % i, 1)
+                                for i in range(40)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    lying = _node_block(  # one blocksize short
+        blocks, [dagpb.PBLink(leaf, b"", 300)] * 2000,
+        unixfs.UnixFSData(unixfs.DataType.FILE, blocksizes=(300,) * 1999))
+    bad = _node_block(blocks, [dagpb.PBLink(lying, b"x", 1)],
+                      unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    _store(node, blocks)
+    decoded = []
+    decode_link = dagpb._decode_link
+    monkeypatch.setattr(dagpb, "_decode_link", lambda body: decoded.append(1) or decode_link(body))
+    try:
+        entries = node.ls(str(root))
+        assert len(decoded) <= 41  # the directory's own 40 links and its node's, not 80,000
+        want = [exporter.load(node._blocks.get, children[i % 4]) for i in range(40)]
+        assert [(e.type, e.size) for e in entries] == [(c.type, c.content_size) for c in want]
+        assert entries[3].size == 600_200
+        with pytest.raises(CorruptBlockError, match=f"{lying}: 2000 links but 1999 blocksizes"):
+            node.ls(str(bad))
+    finally:
+        node.close()
+
+
 def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
     tmp_path: Path,
 ) -> None:
