@@ -156,6 +156,48 @@ def test_a_hamt_of_another_hash_is_refused_not_walked_for_each_lookup(hash_type)
         assert read == [root]  # not the 65 shards
 
 
+def _path_of_chains(blocks: Blocks, names: int, depth: int) -> str:
+    """``/ipfs/<root>/a/a/...``: ``names`` directories, each a HAMT of fanout 2 whose one
+    entry, ``a``, lies ``depth`` single-link sub-shards down (where its hash leads)."""
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=2)
+    hashed = int.from_bytes(unixfs.hamt_hash(b"a"), "big")
+    bits = [b"%X" % ((hashed >> (63 - i)) & 1) for i in range(64)]
+    below = _raw_block(blocks, b"end")
+    for _ in range(names):
+        below = _node_block(blocks, [dagpb.PBLink(below, bits[depth] + b"a", 1)], shard)
+        for level in range(depth - 1, -1, -1):
+            below = _node_block(blocks, [dagpb.PBLink(below, bits[level], 1)], shard)
+    return f"/ipfs/{below}/" + "/".join(["a"] * names)
+
+
+def test_a_path_through_chains_of_sub_shards_reads_a_bounded_count() -> None:
+    """(Found by attack) each name of a path could lead through 63 single-link sub-shards
+    (a HAMT of fanout 2, the chain kubo writes where names share a hash prefix), and the
+    path's names had no bound but the call's size: a 2 KB path of 1,000 such names read
+    64,001 blocks, 1.4 s of CPU a `cat` (a cell's, `ww cat`, the gateway's).  A path now
+    reads at most ``SHARD_SLACK + SHARDS_PER_ENTRY`` sub-shards a name: it stops after 18
+    of them here, with one error.  A path of 200 names each 7 sub-shards down (what kubo
+    writes at most at its fanout of 256, where names share 56 bits of hash) resolves."""
+    blocks: Blocks = []
+    path = _path_of_chains(blocks, 40, 63)
+    stored, read = dict(blocks), []
+
+    def getter(cid: CID) -> bytes:
+        read.append(cid)
+        return stored[cid]
+
+    with pytest.raises(exporter.ShardRatioError,
+                       match=r"a path through HAMTs of more than 1024 \+ 4 sub-shards a name "
+                             r"\(1096 read for 18 names\)"):
+        exporter.resolve(getter, parse_path(path))
+    assert len(read) <= 1024 + 4 * 18 + 18 < 40 * 64  # and each name's HAMT root
+    blocks = []
+    deep = _path_of_chains(blocks, 200, 7)  # 1,400 sub-shards: past the slack alone
+    stored = dict(blocks)
+    assert exporter.resolve(getter, parse_path(deep)).block == b"end"
+
+
 def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
     """A directory block of 4 MiB holds ~80,000 links to one 4 MiB block: read per entry,
     one `ls` hashed 300 GiB."""

@@ -13,6 +13,7 @@ shard and looked up by following the entry name's murmur3 hash, one shard per le
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -72,7 +73,8 @@ grows with the logarithm of the size)."""
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
-    "check_destination", "check_outside_repository", "walk", "entries",
+    "check_destination", "check_outside_repository", "walk", "entries", "resolve_steps",
+    "entry_kind",
 ]
 
 BlockGetter = Callable[[CID], bytes]
@@ -257,8 +259,10 @@ def entries(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     return _dir_links(getter, node)
 
 
-def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
-    """The CID of entry ``name``; a HAMT is descended along the name's hash, one shard a level."""
+def _find(getter: BlockGetter, node: UnixfsNode, name: bytes,
+          take: Callable[[], None] = shard_read) -> CID | None:
+    """The CID of entry ``name``; a HAMT is descended along the name's hash, one shard a level
+    (``take`` called before each sub-shard is read)."""
     assert node.fs is not None
     if node.fs.type is not DataType.HAMT_SHARD:  # one block; a HAMT is murmur3 (load)
         return next((link.cid for link in _dir_links(getter, node) if link.name == name), None)
@@ -278,7 +282,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
             return None
         if len(link.name) > width:
             return link.cid if link.name[width:] == name else None
-        shard_read()
+        take()
         node = load(getter, link.cid)
         if node.fs is None or node.fs.type is not DataType.HAMT_SHARD:
             raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
@@ -300,19 +304,45 @@ def _shown(name: object) -> str:
 
 def resolve(getter: BlockGetter, path: IpfsPath) -> UnixfsNode:
     """Follow ``path``'s names from its root; the node it names."""
+    return collections.deque(resolve_steps(getter, path), maxlen=1)[0]
+
+
+def resolve_steps(getter: BlockGetter, path: IpfsPath) -> Iterator[UnixfsNode]:
+    """The node of ``path``'s root, then the node each of its names leads to, in turn.
+
+    A lookup reads at most :data:`MAX_HAMT_LEVELS` shards of a HAMT, and the HAMT
+    sub-shards the whole path's lookups read are at most :data:`SHARD_SLACK` +
+    :data:`SHARDS_PER_ENTRY` a name looked up (:class:`~ww.ipfs.api.ShardRatioError` past
+    that), as a listing's are an entry.  (Found by attack) a path's names, each leading
+    through a chain of 63 single-link sub-shards (a HAMT of fanout 2; chains kubo writes
+    where names share a hash prefix), read 64 blocks a name of two bytes: a path of 2 KB,
+    64,001 blocks and 1.4 s of CPU a `cat` (a cell's, the gateway's), and more with each
+    name added; now such a path stops after 18 names, 1,100 sub-shards read."""
     node = load(getter, path.root)
+    yield node
     walked = [str(path.root)]
+    read = 0
+
+    def take() -> None:
+        nonlocal read
+        if read >= SHARD_SLACK + SHARDS_PER_ENTRY * len(walked):
+            raise ShardRatioError(
+                f"{path.root}: a path through HAMTs of more than {SHARD_SLACK} + "
+                f"{SHARDS_PER_ENTRY} sub-shards a name ({read} read for {len(walked)} names)")
+        read += 1
+        shard_read()
+
     for seg in path.segments:
         if not node.is_directory:
             raise NotFoundError(
                 f"/ipfs/{'/'.join(walked)} is a {node.type.value}; it has no entry {seg!r}"
             )
-        found = _find(getter, node, seg.encode("utf-8", "surrogateescape"))
+        found = _find(getter, node, seg.encode("utf-8", "surrogateescape"), take)
         if found is None:
             raise NotFoundError(f"no entry named {seg!r} in /ipfs/{'/'.join(walked)}")
         node = load(getter, found)
         walked.append(seg)
-    return node
+        yield node
 
 
 def stat(getter: BlockGetter, node: UnixfsNode, links: bool = True) -> Stat:
