@@ -259,3 +259,38 @@ def test_run_ipfs_path_errors(tmp_path, target, code):
     r = run_ww("run", target.format(missing=missing, dir=directory))
     assert r.returncode == code, r
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_hamts_no_importer_writes_reach_the_cell_as_one_line(make_cell, ww_home):
+    """A path whose names each lie 63 HAMT sub-shards down (a cell can add such blocks), and a
+    HAMT hashed otherwise than murmur3: a cell's `cat`, `ls` and `stat` of them fail with one
+    line each, having read a bounded count of blocks (before: the path's 2,560 sub-shards
+    read and the file served; the other HAMT walked whole for each name looked up)."""
+    from tests.ipfs.test_content_attacks import _node_block, _path_of_chains, _store
+    from ww.ipfs import EmbeddedNode, dagpb, unixfs
+
+    blocks: list = []
+    chains = _path_of_chains(blocks, 40, 63)
+    other = _node_block(blocks, [dagpb.PBLink(blocks[0][0], b"00a", 3)], unixfs.UnixFSData(
+        unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x23, fanout=256))
+    with EmbeddedNode() as node:
+        _store(node, blocks)
+    cell = make_cell(f"""
+        import ww.cell
+        with ww.cell.session() as s:
+            for path in ["{chains}", "/ipfs/{other}/a"]:
+                for method in (s.ipfs.cat, s.ipfs.ls, s.ipfs.stat):
+                    try:
+                        method(path)
+                        print("ok")
+                    except ww.cell.RemoteError as e:
+                        print("error:", e)
+    """)
+    r = run_ww("run", "--with-ipfs", cell)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 6 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert all("a path through HAMTs of more than 1024 + 4 sub-shards a name (1096 read for "
+               "18 names)" in line for line in lines[:3]), lines
+    assert all(f"{other}: a HAMT shard of hash type 35, where only murmur3 (0x22) is "
+               "supported" in line for line in lines[3:]), lines
