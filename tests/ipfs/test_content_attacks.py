@@ -385,7 +385,7 @@ def test_ls_learns_a_childs_kind_without_decoding_its_links(tmp_path: Path,
     """(Found by attack) `ls` decoded each child whole to show its type and size: 10 ms a
     child of 5,461 empty identity links (64 KiB), and entries cycling through one child more
     than ``KIND_CACHE`` (4,097) read each again: 85 s of CPU a `ww ls` of 8,194 entries,
-    some 15 minutes for a cell's `ls` within its bounds.  The links are skipped now (3.8 s
+    some 17 minutes for a cell's `ls` within its bounds.  The links are skipped now (3.8 s
     for those 8,194): here none of the children's 2,000 links each is decoded, however
     often the entries come back to them, and what is shown, and refused, is as before."""
     monkeypatch.setattr(exporter, "KIND_CACHE", 2)  # 4 children cycled: each read again
@@ -452,8 +452,8 @@ def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
 def test_a_scope_walk_stops_within_a_directory_at_its_bound(tmp_path: Path, monkeypatch) -> None:
     """(Found by attack) the reachability walk listed each directory whole (``CoreAPI.ls``)
     and looked at its bound, :data:`MAX_WALK` entries, only between directories: a cell's
-    HAMT of a million entries (identity CIDs, 17 MB of blocks), its capability narrowed to
-    it, and one `cat` outside: 13 s and 200 MiB of the host.  Now the walk takes entries
+    HAMT of a million entries (identity CIDs, 28 MB of blocks), its capability narrowed to
+    it, and one `cat` outside: 13 s and 197 MiB more (the walk alone).  Now it takes entries
     one at a time and stops at the bound (500 here, of 4,000)."""
     from ww.caps import ipfs_scope
 

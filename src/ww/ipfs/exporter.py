@@ -176,8 +176,8 @@ def entry_kind(getter: BlockGetter, cid: CID) -> tuple[EntryType, int]:
     what :func:`load` checks of the data is checked.  (Found by attack) each child was
     decoded whole: 10 ms a child of 5,461 empty identity links (64 KiB), and a listing
     cycling through 4,097 of them, one more than :data:`KIND_CACHE`, read each again:
-    85 s of CPU a `ww ls` of 8,194 entries, some 15 minutes for a cell's `ls` at its
-    bounds; 0.33 ms a child now."""
+    85 s of CPU a `ww ls` of 8,194 entries, some 17 minutes for a cell's `ls` at its
+    bounds; 0.54 ms a child now."""
     block = getter(cid)
     if cid.codec == RAW:
         return EntryType.FILE, len(block)
