@@ -452,9 +452,10 @@ def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
 def test_a_scope_walk_stops_within_a_directory_at_its_bound(tmp_path: Path, monkeypatch) -> None:
     """(Found by attack) the reachability walk listed each directory whole (``CoreAPI.ls``)
     and looked at its bound, :data:`MAX_WALK` entries, only between directories: a cell's
-    HAMT of a million entries (identity CIDs, 28 MB of blocks), its capability narrowed to
-    it, and one `cat` outside: 13 s and 197 MiB more (the walk alone).  Now it takes entries
-    one at a time and stops at the bound (500 here, of 4,000)."""
+    HAMT of a million entries (identity CIDs, 18 MB of blocks), its capability narrowed to
+    it four times, and a `cat` outside on each: the host grew past its guard (288 MiB) and
+    hung up fd 3.  Now the walk takes entries one at a time and stops at the bound (500
+    here, of 4,000)."""
     from ww.caps import ipfs_scope
 
     monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
