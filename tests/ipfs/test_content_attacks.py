@@ -488,6 +488,44 @@ def test_a_scope_walk_stops_within_a_directory_at_its_bound(tmp_path: Path, monk
         node.close()
 
 
+def test_the_scopes_of_one_cell_walk_a_bounded_count_together(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """(Found by attack) each narrowed capability's walk learnt up to ``MAX_WALK`` CIDs and
+    kept them as long as it lived, and a cell narrows as often as it likes: 12 capabilities
+    narrowed to a HAMT of a million distinct identity CIDs, each asked for a `cat` outside,
+    held the host at 181 MB (some 24 reach its guard).  The scopes narrowed from one share
+    what their walks may take, ``CELL_WALKS`` times ``MAX_WALK`` (2 x 500 here), and one
+    gives its share back once it is gone."""
+    import gc
+
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    monkeypatch.setattr(ipfs_scope, "CELL_WALKS", 2, raising=False)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+    subs = [_node_block(blocks, [dagpb.PBLink(CID.v1(RAW, b"\x00\x02%c%c" % (i, j)),
+                                              b"%02Xe%d_%d" % (j, i, j), 2)
+                                 for j in range(100)], shard) for i in range(40)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(subs)],
+                       shard)
+    _store(node, blocks)
+    outside = str(CID.v1(RAW, b"\x00\x01y"))
+    try:
+        cell = IpfsScope(node, roots=[str(root)])  # what a cell was granted
+        narrowed = [cell.narrowed(False, []) for _ in range(3)]
+        assert not any(scope.contains(outside) for scope in narrowed)
+        walked = [scope._walked for scope in narrowed]
+        assert walked == [500, 500, 0], walked  # the third found the cell's walks spent
+        del narrowed[0]
+        gc.collect()
+        assert not narrowed[1].contains(outside) and narrowed[1]._walked == 500
+    finally:
+        node.close()
+
+
 def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned(
     tmp_path: Path, ww_home: Path
 ) -> None:
