@@ -16,7 +16,7 @@ from ww.caps.ipfs_scope import IpfsScope
 from ww.core import multihash, varint
 from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs import car, dagpb, exporter, unixfs
-from ww.ipfs.api import CorruptBlockError, Entry, UnsupportedError
+from ww.ipfs.api import CorruptBlockError, Entry, EntryType, UnsupportedError
 from ww.ipfs.node import EmbeddedNode
 from ww.ipfs.path import parse_path
 from ww.p2p import host_for_ipfs
@@ -422,6 +422,31 @@ def test_ls_learns_a_childs_kind_without_decoding_its_links(tmp_path: Path,
             node.ls(str(bad))
     finally:
         node.close()
+
+
+def test_a_childs_kind_is_skimmed_whatever_its_links_lengths(monkeypatch) -> None:
+    """(Found by attack) a link of 16 KiB or more (a name that long; its length a varint of
+    three bytes) made ``skim`` decode the whole block: one first, then 5,461 empty links,
+    12 ms a child, as slow as a full decode, so that a listing cycling through more children
+    than ``KIND_CACHE`` cost what it did before ``skim``.  Such a block, which the decoder
+    accepts, is skimmed now; one it refuses is still refused."""
+    blocks: Blocks = []
+    empty = CID.v1(RAW, b"\x00\x00")
+    fs = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+    child = _node_block(blocks, [dagpb.PBLink(empty, b"n" * 16_400, 0)]
+                        + [dagpb.PBLink(empty, b"", 0)] * 2000, fs)
+    stored = dict(blocks)
+    past = stored[child][:-1]  # the Data field one byte short: refused by both
+    decoded = []
+    decode_link = dagpb._decode_link
+    monkeypatch.setattr(dagpb, "_decode_link", lambda body: decoded.append(1) or decode_link(body))
+    assert exporter.entry_kind(stored.__getitem__, child) == (EntryType.DIRECTORY, 0)
+    assert decoded == []  # none of its 2,001 links
+    assert dagpb.skim(stored[child]) == (2001, unixfs.encode(fs))
+    with pytest.raises(CorruptBlockError):
+        dagpb.decode(past)
+    with pytest.raises(CorruptBlockError):
+        dagpb.skim(past)
 
 
 def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(

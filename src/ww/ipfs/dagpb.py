@@ -127,8 +127,11 @@ def skim(block: bytes) -> tuple[int, bytes | None]:
     """A dag-pb block's link count and its Data field, its links skipped by their lengths
     and not decoded (some 30 times faster: 0.33 ms a 64 KiB block of 5,461 links, 10.5 ms
     decoded), for a reader that wants a node's UnixFS data alone; their own bytes (CID, name,
-    size) are left unchecked.  A block not in the usual form is decoded as :func:`decode`
-    does (and so refused as it is)."""
+    size) are left unchecked.  A block :func:`decode` would refuse is decoded by it (and so
+    refused as it is); any it accepts is skimmed, whatever its links' lengths.  (Found by
+    attack) a link of 16 KiB or more (its length a varint of three bytes) had the whole block
+    decoded: one such link first, then 5,461 empty ones, 12 ms a skim, as slow as
+    :func:`decode` (0.46 ms without it), which undid ``ls``'s saving for such children."""
     pos, count, end = 0, 0, len(block)
     while pos + 1 < end and block[pos] == 0x12 and count < MAX_LINKS:
         length = block[pos + 1]
@@ -136,8 +139,12 @@ def skim(block: bytes) -> tuple[int, bytes | None]:
             pos += 2 + length
         elif pos + 2 < end and 0 < block[pos + 2] < 0x80:
             pos += 3 + ((length & 0x7F) | block[pos + 2] << 7)
-        else:
-            break
+        else:  # (found by attack) a link of 16 KiB or more, as decode reads it, not decode
+            try:
+                length, start = read_varint(block, pos + 1)
+            except ProtobufError:
+                break
+            pos = start + length
         count += 1
     if pos == end:
         return count, None
