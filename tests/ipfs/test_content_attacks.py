@@ -551,6 +551,52 @@ def test_the_scopes_of_one_cell_walk_a_bounded_count_together(tmp_path: Path,
         node.close()
 
 
+def test_a_walk_stopped_by_the_cells_bound_takes_its_directory_up_again(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """(Found by attack) a walk stopped within a directory by the cell's bound (the other
+    scopes had taken the rest of ``CELL_WALKS``), or finding none left, let that directory
+    go: once another scope was gone and its share back, the rest of the directory was
+    refused for good, though within the roots and well within the scope's own bound, while
+    directories after it were walked.  The walk now takes it up where it stopped."""
+    import gc
+
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    monkeypatch.setattr(ipfs_scope, "CELL_WALKS", 2)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    plain = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+
+    def directory(tag: int, count: int) -> tuple[CID, list[CID]]:
+        files = [CID.v1(RAW, b"\x00\x03%c%c%c" % (tag, i >> 8, i & 0xFF)) for i in range(count)]
+        return _node_block(blocks, [dagpb.PBLink(f, b"e%04d" % i, 3)
+                                    for i, f in enumerate(files)], plain), files
+
+    big, big_files = directory(1, 800)
+    small, _ = directory(2, 300)
+    wide, wide_files = directory(3, 700)
+    root = _node_block(blocks, [dagpb.PBLink(c, n, 1) for c, n in
+                                ((big, b"a"), (small, b"b"), (wide, b"c"))], plain)
+    _store(node, blocks)
+    outside = str(CID.v1(RAW, b"\x00\x01y"))
+    try:
+        cell = IpfsScope(node, roots=[str(root)])  # what a cell was granted
+        first = cell.narrowed(False, [str(big)])
+        second = cell.narrowed(False, [str(small)])
+        third = cell.narrowed(False, [str(wide)])
+        assert not first.contains(outside) and not second.contains(outside)  # 500 + 300
+        assert not third.contains(str(wide_files[400]))  # 200 taken, the cell's bound
+        assert not cell.contains(str(big_files[0]))  # none left: nothing taken
+        del first
+        gc.collect()  # its 500 back
+        assert third.contains(str(wide_files[400]))  # refused for good, before
+        assert cell.contains(str(big_files[0]))
+        assert third._walked <= 500 and not third.contains(str(wide_files[600]))  # its own
+    finally:
+        node.close()
+
+
 def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned(
     tmp_path: Path, ww_home: Path
 ) -> None:

@@ -20,6 +20,7 @@ anything pinned before, by the operator or anyone else, it cannot unpin.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -74,7 +75,10 @@ class IpfsScope:
         # CIDv1 texts this session newly pinned: the only pins a roots-limited scope unpins.
         self.own_pins: set[str] = own_pins if own_pins is not None else set()
         self._known: set[str] = set(self.roots)
-        self._todo: collections.deque[str] = collections.deque(self.roots)
+        # directories to walk, each with the entries of it already taken (a walk stopped
+        # within it by the cell's bound takes it up there once the cell has room again)
+        self._todo: collections.deque[tuple[str, int]] = collections.deque(
+            (root, 0) for root in self.roots)
         self._walked = 0
         self._walking = threading.Lock()
         # the cell's walks, shared with the scopes narrowed from this one; what this one took
@@ -114,32 +118,44 @@ class IpfsScope:
             while key not in self._known and self._todo and self._walked < MAX_WALK \
                     and self._walks.left > 0:
                 token.check()
-                self._expand(self._todo.popleft())
+                if not self._expand(*self._todo.popleft()):
+                    break  # the cell's bound, taken by another scope meanwhile
             return key in self._known
 
-    def _expand(self, directory: str) -> None:
+    def _expand(self, directory: str, skip: int = 0) -> bool:
         """Take ``directory``'s entries, read one at a time and no further than
         :data:`MAX_WALK` in all, keeping the CIDs not seen yet until the listing ends.
         (Found by attack) the whole listing was held before the bound was looked at: a
         cell's HAMT of a million entries (18 MB of blocks), its capability narrowed to it
         four times, and a `cat` outside on each: the host grew past its guard, which hung
-        up fd 3 (one walk: 13 s and 197 MiB)."""
+        up fd 3 (one walk: 13 s and 197 MiB).  The first ``skip`` entries were taken before.
+        False if no entry could be taken (the cell's bound is reached).
+
+        (Found by attack) a walk stopped within a directory by the cell's bound
+        (:data:`CELL_WALKS`), or finding none of it left, let that directory go: once
+        another scope gave its share back, the rest of it was refused for good, though
+        within the roots and this scope's own bound."""
         room = self._walks.take(MAX_WALK - self._walked)
+        if room == 0:
+            self._todo.appendleft((directory, skip))
+            return False
         taken = 0
+        more = False
         found: dict[str, bool] = {}  # new CIDs (v1 text): is each a directory; kept if it ends
         listing: Iterator[Entry] = iter(())
         try:
             listing = self._api.iter_ls(directory)
-            for entry in listing:
+            for entry in itertools.islice(listing, skip, None):
                 if taken == room:
-                    break  # the bound: what is past it stays unseen
+                    more = True
+                    break  # the bound: what is past it stays unseen (till there is room)
                 taken += 1
                 key = canonical(entry.cid)
                 if key not in self._known:
                     found[key] = found.get(key, False) or entry.type is EntryType.DIRECTORY
         except CallCancelled:
             self._walks.give(room)
-            self._todo.appendleft(directory)  # not walked: the next question walks it
+            self._todo.appendleft((directory, skip))  # not walked: the next question walks it
             raise
         except IpfsError:
             self._walks.give(room)
@@ -152,7 +168,10 @@ class IpfsScope:
         self._taken[0] += taken
         self._walked += taken
         self._known.update(found)
-        self._todo.extend(key for key, is_directory in found.items() if is_directory)
+        self._todo.extend((key, 0) for key, is_directory in found.items() if is_directory)
+        if more:
+            self._todo.appendleft((directory, skip + taken))
+        return True
 
     def own_pin(self, path: str) -> str | None:
         """The CIDv1 text of ``path`` if it is one of this session's own pins, else None."""
