@@ -543,7 +543,8 @@ def test_the_scopes_of_one_cell_walk_a_bounded_count_together(tmp_path: Path,
         narrowed = [cell.narrowed(False, []) for _ in range(3)]
         assert not any(scope.contains(outside) for scope in narrowed)
         walked = [scope._walked for scope in narrowed]
-        assert walked == [500, 500, 0], walked  # the third found the cell's walks spent
+        assert walked == [0, 500, 500], walked  # the third had the first, idle, forget
+        assert sum(scope._taken[0] for scope in narrowed) == 1000
         del narrowed[0]
         gc.collect()
         assert not narrowed[1].contains(outside) and narrowed[1]._walked == 500
@@ -554,12 +555,10 @@ def test_the_scopes_of_one_cell_walk_a_bounded_count_together(tmp_path: Path,
 def test_a_walk_stopped_by_the_cells_bound_takes_its_directory_up_again(tmp_path: Path,
                                                                         monkeypatch) -> None:
     """(Found by attack) a walk stopped within a directory by the cell's bound (the other
-    scopes had taken the rest of ``CELL_WALKS``), or finding none left, let that directory
-    go: once another scope was gone and its share back, the rest of the directory was
+    scopes, walking at the time, held the rest of ``CELL_WALKS``), or finding none left,
+    let that directory go: once the cell had room again, the rest of the directory was
     refused for good, though within the roots and well within the scope's own bound, while
     directories after it were walked.  The walk now takes it up where it stopped."""
-    import gc
-
     from ww.caps import ipfs_scope
 
     monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
@@ -586,13 +585,52 @@ def test_a_walk_stopped_by_the_cells_bound_takes_its_directory_up_again(tmp_path
         second = cell.narrowed(False, [str(small)])
         third = cell.narrowed(False, [str(wide)])
         assert not first.contains(outside) and not second.contains(outside)  # 500 + 300
-        assert not third.contains(str(wide_files[400]))  # 200 taken, the cell's bound
-        assert not cell.contains(str(big_files[0]))  # none left: nothing taken
-        del first
-        gc.collect()  # its 500 back
+        with first._walking, second._walking:  # walking in other threads: theirs is held
+            assert not third.contains(str(wide_files[400]))  # 200 taken, the cell's bound
+            with third._walking:
+                assert not cell.contains(str(big_files[0]))  # none left: nothing taken
         assert third.contains(str(wide_files[400]))  # refused for good, before
         assert cell.contains(str(big_files[0]))
         assert third._walked <= 500 and not third.contains(str(wide_files[600]))  # its own
+    finally:
+        node.close()
+
+
+def test_scopes_held_elsewhere_cannot_starve_the_cells_own_walk(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """(Found by attack) the cell's bound on its scopes' walks was first come, first
+    served, each scope keeping its share as long as it lived: a peer holding a capability
+    the cell exported over a large DAG narrows it ``CELL_WALKS`` times (``attenuate``), asks
+    each for a CID outside, and keeps them; from then on every other scope of the cell, its
+    own granted one included, refused whatever it had not yet seen within its roots, for as
+    long as the peer liked.  What a walk found is a cache: an idle scope's is forgotten now
+    (the least recently walked first), its share going to the scope that needs it, and
+    learnt again by walking if it is asked again; the cell's bound on what is held stays."""
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    monkeypatch.setattr(ipfs_scope, "CELL_WALKS", 2)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    plain = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+    files = [CID.v1(RAW, b"\x00\x02%c%c" % (i >> 8, i & 0xFF)) for i in range(600)]
+    big = _node_block(blocks, [dagpb.PBLink(f, b"e%04d" % i, 3) for i, f in enumerate(files)],
+                      plain)
+    mine = CID.v1(RAW, b"\x00\x02me")
+    root = _node_block(blocks, [dagpb.PBLink(big, b"big", 1), dagpb.PBLink(mine, b"me", 1)],
+                       plain)
+    _store(node, blocks)
+    outside = str(CID.v1(RAW, b"\x00\x01y"))
+    try:
+        cell = IpfsScope(node, roots=[str(root)])  # what the cell was granted
+        exported = cell.narrowed(False, [str(big)])
+        held = [exported.narrowed(False, []) for _ in range(2)]  # the peer's
+        assert not any(scope.contains(outside) for scope in held)
+        assert [scope._walked for scope in held] == [500, 500]
+        assert cell.contains(str(mine))  # refused before: the peer held the cell's 1,000
+        assert held[1].contains(str(files[100]))  # its walk kept
+        assert not held[0].contains(outside)  # walked again, within the bound
+        assert sum(scope._taken[0] for scope in (cell, exported, *held)) <= 1000
     finally:
         node.close()
 

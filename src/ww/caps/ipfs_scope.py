@@ -36,27 +36,53 @@ CELL_WALKS = 4
 :data:`MAX_WALK`: what a scope learns stays as long as it lives (some 120 bytes a CID), and
 a cell narrows its capability as often as it likes.  (Found by attack) 12 scopes, each
 walked over 100,000 distinct CIDs, held the host at 181 MB; some 24 reached its guard.  A
-scope gives its share back when it is gone."""
+scope gives its share back when it is gone, and an idle scope's is taken from it (what its
+walk found forgotten, to be walked again if asked) when another needs it."""
+WALK_SHARE = 1024
+"""The entries a walk takes of the cell's bound at a time: a scope that needs a few makes
+no other forget all it found."""
 
 
 class WalkBudget:
-    """What the walks of one cell's scopes may still take (entries), shared by them all."""
+    """What the walks of one cell's scopes may still take (entries), shared by them all.
 
-    __slots__ = ("left", "_lock")
+    What a walk found is a cache of what is reachable: a scope that needs more than is left
+    makes the least recently walked idle scopes forget theirs and takes their shares.
+    (Found by attack) first come, first served, a scope kept its share as long as it lived:
+    a peer holding a capability the cell exported over a large DAG narrowed it
+    :data:`CELL_WALKS` times, walked each and kept them, and every other scope of the cell,
+    its own granted one included, refused whatever within its roots it had not yet seen,
+    for as long as the peer liked."""
+
+    __slots__ = ("left", "_lock", "_walkers")
 
     def __init__(self, left: int | None = None) -> None:
         self.left = CELL_WALKS * MAX_WALK if left is None else left
         self._lock = threading.Lock()
+        # the scopes that took a share, the least recently walked first
+        self._walkers: collections.OrderedDict[int, weakref.ref[IpfsScope]] = \
+            collections.OrderedDict()
 
-    def take(self, want: int) -> int:
+    def take(self, want: int, scope: IpfsScope | None = None) -> int:
         with self._lock:
+            if scope is not None:
+                self._walkers[id(scope)] = weakref.ref(scope)
+                self._walkers.move_to_end(id(scope))
+                for other in list(self._walkers.values()):
+                    if self.left >= want:
+                        break
+                    idle = other()
+                    if idle is not None and idle is not scope:
+                        self.left += idle.forget()
             got = max(0, min(want, self.left))
             self.left -= got
             return got
 
-    def give(self, count: int | list[int]) -> None:
+    def give(self, count: int | list[int], scope: int | None = None) -> None:
         with self._lock:
             self.left += count if isinstance(count, int) else count[0]
+            if scope is not None:
+                self._walkers.pop(scope, None)
 
 
 def canonical(cid: str | CID) -> str:
@@ -85,7 +111,7 @@ class IpfsScope:
         # goes back when it is gone
         self._walks = walks if walks is not None else WalkBudget()
         self._taken = [0]
-        weakref.finalize(self, self._walks.give, self._taken)
+        weakref.finalize(self, self._walks.give, self._taken, id(self))
 
     def denied(self, method: str, path: str | None = None) -> str | None:
         """Why ``method`` on ``path`` is outside this scope, or None if it is allowed."""
@@ -115,12 +141,26 @@ class IpfsScope:
             return True
         token = current_token()
         with self._walking:
-            while key not in self._known and self._todo and self._walked < MAX_WALK \
-                    and self._walks.left > 0:
+            while key not in self._known and self._todo and self._walked < MAX_WALK:
                 token.check()
                 if not self._expand(*self._todo.popleft()):
-                    break  # the cell's bound, taken by another scope meanwhile
+                    break  # the cell's bound, held by scopes walking now
             return key in self._known
+
+    def forget(self) -> int:
+        """Forget what the walk found unless it is walking now (to be walked again if
+        asked); the entries it had taken, given up (:class:`WalkBudget`)."""
+        if not self._walking.acquire(blocking=False):
+            return 0
+        try:
+            taken, self._taken[0] = self._taken[0], 0
+            if taken:
+                self._known = set(self.roots)
+                self._todo = collections.deque((root, 0) for root in self.roots)
+                self._walked = 0
+            return taken
+        finally:
+            self._walking.release()
 
     def _expand(self, directory: str, skip: int = 0) -> bool:
         """Take ``directory``'s entries, read one at a time and no further than
@@ -135,7 +175,8 @@ class IpfsScope:
         (:data:`CELL_WALKS`), or finding none of it left, let that directory go: once
         another scope gave its share back, the rest of it was refused for good, though
         within the roots and this scope's own bound."""
-        room = self._walks.take(MAX_WALK - self._walked)
+        bound = MAX_WALK - self._walked
+        room = self._walks.take(min(WALK_SHARE, bound), self)  # more as it goes
         if room == 0:
             self._todo.appendleft((directory, skip))
             return False
@@ -146,6 +187,8 @@ class IpfsScope:
         try:
             listing = self._api.iter_ls(directory)
             for entry in itertools.islice(listing, skip, None):
+                if taken == room and taken < bound:
+                    room += self._walks.take(min(WALK_SHARE, bound - taken), self)
                 if taken == room:
                     more = True
                     break  # the bound: what is past it stays unseen (till there is room)
@@ -159,7 +202,7 @@ class IpfsScope:
             raise
         except IpfsError:
             self._walks.give(room)
-            return  # not available locally: nothing under it can be shown to be reachable
+            return True  # not available locally: nothing under it can be shown to be reachable
         finally:
             close = getattr(listing, "close", None)
             if close is not None:
