@@ -54,7 +54,7 @@ class WalkBudget:
     its own granted one included, refused whatever within its roots it had not yet seen,
     for as long as the peer liked."""
 
-    __slots__ = ("left", "_lock", "_walkers")
+    __slots__ = ("left", "_lock", "_walkers", "_gone")
 
     def __init__(self, left: int | None = None) -> None:
         self.left = CELL_WALKS * MAX_WALK if left is None else left
@@ -62,9 +62,11 @@ class WalkBudget:
         # the scopes that took a share, the least recently walked first
         self._walkers: collections.OrderedDict[int, weakref.ref[IpfsScope]] = \
             collections.OrderedDict()
+        self._gone: list[tuple[list[int], int]] = []  # shares of scopes gone, to take back
 
     def take(self, want: int, scope: IpfsScope | None = None) -> int:
         with self._lock:
+            self._take_back()
             if scope is not None:
                 self._walkers[id(scope)] = weakref.ref(scope)
                 self._walkers.move_to_end(id(scope))
@@ -78,11 +80,22 @@ class WalkBudget:
             self.left -= got
             return got
 
-    def give(self, count: int | list[int], scope: int | None = None) -> None:
+    def give(self, count: int) -> None:
         with self._lock:
-            self.left += count if isinstance(count, int) else count[0]
-            if scope is not None:
-                self._walkers.pop(scope, None)
+            self.left += count
+            self._take_back()
+
+    def gone(self, taken: list[int], scope: int) -> None:
+        """A scope is gone, what it had ``taken`` with it.  Its finalizer calls this, in
+        whatever thread the collector runs, maybe within :meth:`take` holding the lock: so
+        it takes none, and the share is taken back at the next :meth:`take` or :meth:`give`."""
+        self._gone.append((taken, scope))
+
+    def _take_back(self) -> None:
+        while self._gone:
+            taken, scope = self._gone.pop()
+            self.left += taken[0]
+            self._walkers.pop(scope, None)
 
 
 def canonical(cid: str | CID) -> str:
@@ -111,7 +124,7 @@ class IpfsScope:
         # goes back when it is gone
         self._walks = walks if walks is not None else WalkBudget()
         self._taken = [0]
-        weakref.finalize(self, self._walks.give, self._taken, id(self))
+        weakref.finalize(self, self._walks.gone, self._taken, id(self))
 
     def denied(self, method: str, path: str | None = None) -> str | None:
         """Why ``method`` on ``path`` is outside this scope, or None if it is allowed."""
