@@ -67,17 +67,21 @@ class WalkBudget:
     def take(self, want: int, scope: IpfsScope | None = None) -> int:
         with self._lock:
             self._take_back()
-            if scope is not None:
-                self._walkers[id(scope)] = weakref.ref(scope)
-                self._walkers.move_to_end(id(scope))
-                for other in list(self._walkers.values()):
-                    if self.left >= want:
-                        break
-                    idle = other()
-                    if idle is not None and idle is not scope:
-                        self.left += idle.forget()
+            walking = []  # met on the way, kept (at most one a worker, and this one)
+            while scope is not None and self.left < want and self._walkers:
+                key, other = self._walkers.popitem(last=False)
+                idle = other()
+                forgot = 0 if idle is None else None if idle is scope else idle.forget()
+                if forgot is None:
+                    walking.append((key, other))
+                else:  # forgotten (or gone): let go, it holds nothing
+                    self.left += forgot
+            self._walkers.update(walking)
             got = max(0, min(want, self.left))
             self.left -= got
+            if scope is not None and got:
+                self._walkers[id(scope)] = weakref.ref(scope)
+                self._walkers.move_to_end(id(scope))
             return got
 
     def give(self, count: int) -> None:
@@ -160,11 +164,11 @@ class IpfsScope:
                     break  # the cell's bound, held by scopes walking now
             return key in self._known
 
-    def forget(self) -> int:
-        """Forget what the walk found unless it is walking now (to be walked again if
-        asked); the entries it had taken, given up (:class:`WalkBudget`)."""
+    def forget(self) -> int | None:
+        """Forget what the walk found unless it is walking now (None) (to be walked again
+        if asked); the entries it had taken, given up (:class:`WalkBudget`)."""
         if not self._walking.acquire(blocking=False):
-            return 0
+            return None
         try:
             taken, self._taken[0] = self._taken[0], 0
             if taken:
