@@ -11,6 +11,8 @@ import os
 import re
 import threading
 
+import pytest
+
 from tests.conftest import HANG
 from ww.host import lines
 
@@ -113,3 +115,59 @@ def test_the_hosts_own_lines_keep_their_place_and_are_never_dropped(monkeypatch)
     assert said == [b"1"]  # audit 2 (said with the next audit line the thread writes)
     data = re.sub(rb"^ww: \d+ audit lines dropped.*\n", b"", data, flags=re.M)
     assert data == filler + b"audit 0\n" + most + b"ww: the host's own line\n"
+
+
+def test_two_threads_printing_at_once_each_say_their_own_line_whole(monkeypatch):
+    """attack: two of the host's threads print on ``sys.stderr`` at once (a ``print``
+    writes its words, spaces and newline apart): the stream held one unfinished line for
+    all threads, so the loop's line was said inside the p2p thread's ("ww: warning: from
+    p2pww: the loop's line" and then an empty line).  Each thread's line is held apart."""
+    said: list[str] = []
+    monkeypatch.setattr(lines, "say", said.append)
+    stream = lines._Said()
+    started, go = threading.Event(), threading.Event()
+
+    def p2p_thread() -> None:
+        print("ww: warning:", "from p2p", file=stream, end="")  # (its newline comes later)
+        started.set()
+        go.wait(HANG)
+        print(file=stream)
+
+    thread = threading.Thread(target=p2p_thread)
+    thread.start()
+    try:
+        assert started.wait(HANG)
+        print("ww: the loop's", "line", file=stream)
+    finally:
+        go.set()
+        thread.join(HANG)
+    assert said == ["ww: the loop's line\n", "ww: warning: from p2p\n"]
+
+
+def test_a_write_that_is_not_text_does_not_lose_the_lines_after_it(monkeypatch):
+    """attack: ``sys.stderr.write(b"...")`` (bytes, as a library might write them) was held
+    before it was looked at: it failed, and so did every later line (the one `ww run`
+    exits with among them: its report of the failure failed too).  It fails alone, as a
+    text file's write does."""
+    said: list[str] = []
+    monkeypatch.setattr(lines, "say", said.append)
+    stream = lines._Said()
+    with pytest.raises(TypeError):
+        stream.write(b"bytes\n")  # type: ignore[arg-type]
+    print("ww: the line ww run exits with", file=stream)
+    assert said == ["ww: the line ww run exits with\n"]
+
+
+def test_every_threads_unfinished_line_is_said_at_exit(monkeypatch):
+    """What a thread left without its newline is said at exit (drain), as the one stream
+    said it when the main thread flushed it."""
+    said: list[str] = []
+    monkeypatch.setattr(lines, "say", said.append)
+    stream = lines._Said()
+    monkeypatch.setattr("sys.stderr", stream)
+    thread = threading.Thread(target=lambda: stream.write("ww: unfinished"))
+    thread.start()
+    thread.join(HANG)
+    stream.flush()  # (exit_now's, from the main thread)
+    lines.drain()
+    assert said == ["ww: unfinished"]

@@ -320,28 +320,51 @@ def _at_exit() -> None:
 
 class _Said:
     """``sys.stderr`` once a cell runs: whole lines go to :func:`say` (a ``print`` writes
-    its text and its newline apart), a last unfinished one on :meth:`flush`."""
+    its text and its newline apart), a last unfinished one on :meth:`flush`.
+
+    Each thread's unfinished line is held apart: two threads printing at once (the p2p
+    thread's warning, the loop's traceback) each say their own line whole, never one
+    line made of pieces of both.  A write that is not a ``str`` fails as a text file's
+    does, and leaves nothing held behind (it made every later line fail, the one
+    `ww run` exits with among them)."""
 
     def __init__(self) -> None:
         self.encoding = _ENCODING
         self.errors = "backslashreplace"
-        self._held: list[str] = []
+        self._held: dict[int, list[str]] = {}  # each thread's unfinished line
         self._lock = _thread.RLock()  # (a signal handler's print amid a write: no deadlock)
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
-            self._held.append(text)
-            if "\n" in text:
-                whole, _, rest = "".join(self._held).rpartition("\n")
-                self._held = [rest] if rest else []
-                say(whole + "\n")  # (under the lock: in the order written)
+            me = _thread.get_ident()
+            if "\n" not in text:
+                if text:
+                    self._held.setdefault(me, []).append(text)
+                return len(text)
+            whole, _, rest = text.rpartition("\n")
+            held = self._held.pop(me, None)
+            if held:
+                whole = "".join(held) + whole
+            if rest:
+                self._held[me] = [rest]
+            say(whole + "\n")  # (under the lock: in the order written)
         return len(text)
 
     def flush(self) -> None:
+        """Say the calling thread's unfinished line."""
         with self._lock:
-            if self._held:
-                say("".join(self._held))
-                self._held = []
+            held = self._held.pop(_thread.get_ident(), None)
+            if held:
+                say("".join(held))
+
+    def finish(self) -> None:
+        """At exit: say every thread's unfinished line."""
+        with self._lock:
+            held, self._held = self._held, {}
+            for parts in held.values():
+                say("".join(parts))
 
     def fileno(self) -> int:
         return 2
@@ -357,6 +380,10 @@ def drain(stall: float = STALL) -> bool:
     """At exit, the terminal restored: write the lines still waiting, giving up once none
     has been written for ``stall`` seconds; SIGINT, SIGTERM and SIGHUP meanwhile end the
     process at once.  True if every line was written."""
+    import sys
+
+    if isinstance(sys.stderr, _Said):
+        sys.stderr.finish()  # (lines other threads left unfinished)
     writer = _the_writer
     if writer is None:
         return True
