@@ -303,19 +303,8 @@ def cell_shares_stderr() -> None:
     sys.stderr = _Said()  # type: ignore[assignment]
     import atexit  # (built in: no import cost)
 
-    atexit.register(_at_exit)  # `ww run` ends in exit_now, which drains; anything else here
-
-
-def _at_exit() -> None:
-    """A process that ran a cell and exits as Python does (``ww run`` called in-process):
-    the lines said since, its last unfinished one too, are written, as :func:`drain` does."""
-    import sys
-
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    drain()
+    atexit.register(drain)  # `ww run` ends in exit_now, which drains; a process that ran
+    # a cell and exits as Python does (`ww run` called in-process) writes its lines here
 
 
 class _Said:
