@@ -263,3 +263,37 @@ def test_http2_request_heads_are_decoded_one_at_a_time(daemon):
     peak = _status(daemon, "VmHWM")
     assert peak - start < 200 * MiB, f"{(peak - start) / MiB:.0f} MiB more at the peak"
     assert daemon.json("version")[0]["Version"]
+
+
+def test_an_http2_head_sent_in_more_bytes_than_a_head_holds_is_refused(daemon):
+    """h2 buffers a head's HEADERS and CONTINUATION frames until the last (up to 64 frames
+    of 16 KiB) before decoding any: 120 connections that each sent 63 of a head and nothing
+    more held 1.3 MiB of the old daemon's each (98 -> 254 MiB), until they ended.  HPACK
+    never needs more bytes for a head than the 64 KiB it may decode to, so a head past that
+    ends its connection at once, as one that decodes to more than 64 KiB does."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    piece = b"\x00" * 16384  # what it would decode to does not matter: it is never decoded
+    head = HeadersFrame(1, data=piece).serialize() + b"".join(
+        ContinuationFrame(1, data=piece).serialize() for _ in range(62))
+    start = _rss(daemon)
+    socks = []
+    try:
+        for _ in range(120):
+            sock, _ = _h2_connect(daemon)
+            socks.append(sock)
+            try:
+                sock.sendall(head)
+            except OSError:
+                pass  # ended by the daemon
+        sock, conn = _h2_connect(daemon)
+        socks.append(sock)
+        conn.ping(b"12345678")
+        sock.sendall(conn.data_to_send())
+        _until_ping_ack(sock)  # the daemon has read what came before, as far as it reads
+        grown = _rss(daemon) - start
+    finally:
+        for sock in socks:
+            sock.close()
+    assert grown < 60 * MiB, f"{grown / MiB:.0f} MiB for 120 connections' unfinished heads"
+    assert daemon.json("version")[0]["Version"]

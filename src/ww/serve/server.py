@@ -921,14 +921,26 @@ def _bound_http2_apps() -> None:
     handle_events = H2Protocol._handle_events  # this raises
     handle = H2Protocol.handle
     init = H2Protocol.__init__
-    FrameBuffer()._data  # noqa: B018 -- read first: should h2 rename it, this raises
+    FrameBuffer()._data, FrameBuffer._update_header_buffer  # noqa: B018 -- read first: should
+    # h2 rename them, this raises
 
     class _OneHeadAtATime(FrameBuffer):
         """h2's frame buffer, ending its frames after each request head (``stopped``: the
-        rest is still to be read, by another ``receive_data``)."""
+        rest is still to be read, by another ``receive_data``), and refusing a head whose
+        frames (HEADERS and CONTINUATIONs) hold more than :data:`HEAD_SIZE` bytes: h2
+        buffers up to 64 frames of 16 KiB before it decodes any, so a connection that sent
+        a head of 63 and nothing more held 1.3 MiB until it ended (120: 98 -> 254 MiB), where
+        HPACK never needs more bytes for a head than its decoded size, 64 KiB at most."""
 
         stopped = False
         _head = False
+
+        def _update_header_buffer(self, f: Any) -> Any:
+            frame = super()._update_header_buffer(f)
+            if sum(len(part.data) for part in self._headers_buffer) > HEAD_SIZE:
+                raise h2.exceptions.ProtocolError(f"a request head of more than {HEAD_SIZE} "
+                                                  "bytes")
+            return frame
 
         def __next__(self) -> Any:
             if self._head:
