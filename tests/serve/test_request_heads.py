@@ -5,6 +5,7 @@ sockets."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tests.conftest import HANG
@@ -69,6 +70,21 @@ def test_a_head_with_too_many_fields_is_refused_before_any_command(daemon):
     assert daemon.json("version")[0]["Version"]
 
 
+def _growth_while_open(daemon: Daemon, opened: Callable[[int], socket.socket],
+                       count: int) -> int:
+    """How much the daemon's resident memory grows while ``count`` connections, each made
+    by ``opened(i)``, are open (all closed after)."""
+    start = _rss(daemon)
+    socks = []
+    try:
+        for i in range(count):
+            socks.append(opened(i))
+        return _rss(daemon) - start
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _h2_streams_held(daemon: Daemon, cookie: str) -> socket.socket:
     """An HTTP/2 connection with as many `add`s under way as the daemon lets it open, each
     head a 62 KiB cookie that HPACK sends once (16 indexed fields, combined again by the
@@ -116,15 +132,8 @@ def test_http2_request_heads_hold_a_bounded_memory(daemon):
     they end the daemon serves on."""
     warm = _h2_streams_held(daemon, "w" * 3900)  # the daemon's code for HTTP/2 loaded
     warm.close()
-    start = _rss(daemon)
-    socks = []
-    try:
-        for i in range(64):
-            socks.append(_h2_streams_held(daemon, chr(ord("a") + i % 26) * 3900))
-        grown = _rss(daemon) - start
-    finally:
-        for sock in socks:
-            sock.close()
+    grown = _growth_while_open(
+        daemon, lambda i: _h2_streams_held(daemon, chr(ord("a") + i % 26) * 3900), 64)
     assert grown < 150 * MiB, f"{grown / MiB:.0f} MiB for 64 connections' heads"
     assert daemon.json("version")[0]["Version"]
 
@@ -276,24 +285,19 @@ def test_an_http2_head_sent_in_more_bytes_than_a_head_holds_is_refused(daemon):
     piece = b"\x00" * 16384  # what it would decode to does not matter: it is never decoded
     head = HeadersFrame(1, data=piece).serialize() + b"".join(
         ContinuationFrame(1, data=piece).serialize() for _ in range(62))
-    start = _rss(daemon)
-    socks = []
-    try:
-        for _ in range(120):
-            sock, _ = _h2_connect(daemon)
-            socks.append(sock)
+    def opened(i: int) -> socket.socket:
+        sock, conn = _h2_connect(daemon)
+        if i < 120:
             try:
                 sock.sendall(head)
             except OSError:
                 pass  # ended by the daemon
-        sock, conn = _h2_connect(daemon)
-        socks.append(sock)
-        conn.ping(b"12345678")
-        sock.sendall(conn.data_to_send())
-        _until_ping_ack(sock)  # the daemon has read what came before, as far as it reads
-        grown = _rss(daemon) - start
-    finally:
-        for sock in socks:
-            sock.close()
+        else:  # the daemon has read what came before, as far as it reads
+            conn.ping(b"12345678")
+            sock.sendall(conn.data_to_send())
+            _until_ping_ack(sock)
+        return sock
+
+    grown = _growth_while_open(daemon, opened, 121)
     assert grown < 60 * MiB, f"{grown / MiB:.0f} MiB for 120 connections' unfinished heads"
     assert daemon.json("version")[0]["Version"]
