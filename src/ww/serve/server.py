@@ -905,15 +905,18 @@ def _bound_http2_apps() -> None:
     HEADERS naming a 3.8 KiB cookie 16 times, RST_STREAM), 500 KB sent, took the daemon to
     585 MiB (99 at rest), whatever the bound above.  Now h2's frame buffer stops after each
     request head (:class:`_OneHeadAtATime`), and the rest of the read is decoded once that
-    head has been taken up (its app spawned, or its stream refused)."""
+    head has been taken up (its app spawned, or its stream refused).  The same buffer
+    refuses a head sent in more than :data:`HEAD_SIZE` bytes and drops settings h2 does not
+    know (:class:`_OneHeadAtATime`)."""
     import h2.connection
     import h2.errors
     import h2.events
     import h2.exceptions
     from h2.frame_buffer import FrameBuffer
+    from h2.settings import SettingCodes
     from hypercorn.events import RawData
     from hypercorn.protocol.h2 import H2Protocol
-    from hyperframe.frame import HeadersFrame
+    from hyperframe.frame import HeadersFrame, SettingsFrame
 
     if getattr(H2Protocol, "_ww_bounded", False):  # done already
         return
@@ -924,13 +927,16 @@ def _bound_http2_apps() -> None:
     FrameBuffer()._data, FrameBuffer._update_header_buffer  # noqa: B018 -- read first: should
     # h2 rename them, this raises
 
+    _KNOWN_SETTINGS = frozenset(int(code) for code in SettingCodes)
+
     class _OneHeadAtATime(FrameBuffer):
         """h2's frame buffer, ending its frames after each request head (``stopped``: the
         rest is still to be read, by another ``receive_data``), and refusing a head whose
         frames (HEADERS and CONTINUATIONs) hold more than :data:`HEAD_SIZE` bytes: h2
         buffers up to 64 frames of 16 KiB before it decodes any, so a connection that sent
         a head of 63 and nothing more held 1.3 MiB until it ended (120: 98 -> 254 MiB), where
-        HPACK never needs more bytes for a head than its decoded size, 64 KiB at most."""
+        HPACK never needs more bytes for a head than its decoded size, 64 KiB at most.
+        And dropping the settings of a client's SETTINGS frame that h2 does not know."""
 
         stopped = False
         _head = False
@@ -949,6 +955,14 @@ def _bound_http2_apps() -> None:
                 raise StopIteration
             frame = super().__next__()
             self._head = isinstance(frame, HeadersFrame)
+            if isinstance(frame, SettingsFrame):
+                # what HTTP/2 has a client's unknown settings be: ignored (RFC 9113, 6.5.2).
+                # h2 kept each, a deque apiece, and looked every one over at each SETTINGS
+                # frame after: a client that sent all 65,520 (393 KB) had 57 MiB of the
+                # daemon's held for its connection, and each empty SETTINGS it sent after
+                # cost 1 ms of CPU (116 s a MiB of them)
+                frame.settings = {code: value for code, value in frame.settings.items()
+                                  if code in _KNOWN_SETTINGS}
             return frame
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
