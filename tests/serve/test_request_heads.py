@@ -330,3 +330,49 @@ def test_http2_settings_the_daemon_does_not_know_are_ignored(daemon):
     grown = _growth_while_open(daemon, opened, 2)
     assert grown < 30 * MiB, f"{grown / MiB:.0f} MiB for 2 connections' settings"
     assert daemon.json("version")[0]["Version"]
+
+
+def test_http2_priority_frames_and_streams_reset_by_the_hundred_leave_the_daemon_serving(daemon):
+    """hypercorn put every stream a PRIORITY frame named in its priority tree, opened or not,
+    never taken out, and a stream reset by its client whose request then never ended its
+    reply (an `add` cancelled as its client left) stayed there too, with its reply's buffer,
+    for as long as the connection lasted: the tree's 1,000th raised out of the connection
+    and ended the old daemon -- 1,001 PRIORITY frames (14 KB), or 999 `add`s opened and
+    reset one after the other on one connection.  Now PRIORITY signals are ignored (RFC
+    9113, 5.3.2), a reset stream's buffer is dropped, and a defect in serving one
+    connection ends only that connection."""
+    import struct
+
+    import h2.events
+
+    priority = b"".join(struct.pack(">I", 5)[1:] + b"\x02\x00" + struct.pack(">IIB", 2 * i + 1,
+                                                                             0, 15)
+                        for i in range(1001))
+    with socket.create_connection(_address(daemon), timeout=HANG) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+                     + priority + bytes.fromhex("000008060000000000") + b"12345678")
+        _until_ping_ack(sock)
+    assert daemon.json("version")[0]["Version"]
+
+    sock, conn = _h2_connect(daemon)
+    with sock:
+        for i in range(1000):  # hypercorn ends a connection after 1,000 requests
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, [
+                (":method", "POST"), (":path", "/api/v0/add"), (":scheme", "http"),
+                (":authority", "x"), ("content-type", "multipart/form-data; boundary=b")])
+            conn.reset_stream(stream_id)
+            conn.ping(b"%08d" % i)
+            sock.sendall(conn.data_to_send())
+            answered = []
+            for _ in range(1000):  # bounded: a few frames are awaited
+                data = sock.recv(1 << 16)
+                answered += conn.receive_data(data) if data else [None]
+                if any(isinstance(event, (h2.events.PingAckReceived,
+                                          h2.events.ConnectionTerminated))
+                       or event is None for event in answered):
+                    break
+            if not any(isinstance(event, h2.events.PingAckReceived) for event in answered):
+                break  # the connection's end (GOAWAY), or the old daemon's
+    assert daemon.proc.poll() is None, "the daemon ended"
+    assert daemon.json("version")[0]["Version"]

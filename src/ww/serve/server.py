@@ -489,6 +489,12 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         served.add(server)
         try:
             await server
+        except Exception as err:
+            # a defect in serving one connection (hypercorn's, h2's, ours) ends that
+            # connection, not the site and with it the daemon, as one did (an HTTP/2
+            # client's 1,001 PRIORITY frames: docs/security.md); told on stderr
+            _tell(f"ww daemon: {site.name}: a connection ended by an internal error: "
+                  f"{type(err).__name__}: {err}")
         finally:
             served.discard(server)
             slots.release()
@@ -548,6 +554,16 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         # (keep-alive ends); what is left after the grace is cancelled
         await context.terminated.set()
         conns.cancel_scope.deadline = trio.current_time() + grace
+
+
+def _tell(line: str) -> None:
+    """One line on stderr (if it cannot be written, nothing)."""
+    import os
+
+    try:
+        os.write(2, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _bounded_heads(app: ASGIApp) -> ASGIApp:
@@ -923,6 +939,7 @@ def _bound_http2_apps() -> None:
     create_stream = H2Protocol._create_stream  # read first: should hypercorn rename them,
     handle_events = H2Protocol._handle_events  # this raises
     handle = H2Protocol.handle
+    H2Protocol._priority_updated  # noqa: B018 -- what is replaced below, read first too
     init = H2Protocol.__init__
     FrameBuffer()._data, FrameBuffer._update_header_buffer  # noqa: B018 -- read first: should
     # h2 rename them, this raises
@@ -991,11 +1008,11 @@ def _bound_http2_apps() -> None:
         await create_stream(self, request)
 
     async def _handle_events(self: Any, events: list[Any]) -> None:
-        def kept() -> Iterator[Any]:
+        def kept(batch: list[Any]) -> Iterator[Any]:
             # read one at a time as hypercorn handles them, so a stream refused above (or
             # whose app has answered and gone) is seen as such by the events after it:
             # hypercorn looks a data event's stream up unguarded, and raised
-            for event in events:
+            for event in batch:
                 if isinstance(event, h2.events.DataReceived) \
                         and event.stream_id not in self.streams:
                     self.connection.acknowledge_received_data(event.flow_controlled_length,
@@ -1003,12 +1020,35 @@ def _bound_http2_apps() -> None:
                     continue
                 yield event
 
-        await handle_events(self, kept())
+        batch: list[Any] = []
+        for event in events:
+            batch.append(event)
+            if isinstance(event, h2.events.StreamReset):
+                await handle_events(self, kept(batch))
+                batch = []
+                # its reply's buffer closed, so that the send task drops it and its place in
+                # the priority tree: hypercorn dropped them only once a reply was done, and
+                # an app that never ends one (a request cancelled as its client left) left
+                # them for as long as the connection lasted; at 999 (the tree's bound) the
+                # next stream raised out of the connection and ended the daemon
+                buffer = self.stream_buffers.get(event.stream_id)
+                if buffer is not None:
+                    await buffer.close()
+                    await self._window_updated(event.stream_id)  # the send task to see it
+        if batch:
+            await handle_events(self, kept(batch))
+
+    async def _priority_updated(self: Any, event: Any) -> None:
+        """PRIORITY signals ignored, as RFC 9113 (5.3.2) lets a server: hypercorn put every
+        stream one named in its priority tree, opened or not, never to be taken out, and
+        the tree's 1,000th raised out of the connection and ended the daemon (1,001 PRIORITY
+        frames, 14 KB).  Its streams are served in the order the tree has them by default."""
 
     H2Protocol.__init__ = __init__  # type: ignore[method-assign]
     H2Protocol.handle = handle_one_head_at_a_time  # type: ignore[method-assign]
     H2Protocol._create_stream = _create_stream  # type: ignore[method-assign]
     H2Protocol._handle_events = _handle_events  # type: ignore[method-assign]
+    H2Protocol._priority_updated = _priority_updated  # type: ignore[method-assign]
     H2Protocol._ww_bounded = True  # type: ignore[attr-defined]
 
 
