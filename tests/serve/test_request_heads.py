@@ -191,6 +191,16 @@ def _until_ping_ack(sock: socket.socket) -> list[Any]:
     return seen
 
 
+def _sent_raw(daemon: Daemon, frames: bytes) -> socket.socket:
+    """A connection that has sent HTTP/2's preface, an empty SETTINGS and ``frames``,
+    returned once the daemon has answered a PING sent after them (or ended it)."""
+    sock = socket.create_connection(_address(daemon), timeout=HANG)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+                 + frames + bytes.fromhex("000008060000000000") + b"12345678")
+    _until_ping_ack(sock)
+    return sock
+
+
 def _opened_and_reset(conn: Any, streams: int, path: str, cookie: str,
                       end_stream: bool = False) -> bytes:
     """``streams`` requests for ``path``, each reset as soon as it is sent, then a PING."""
@@ -316,18 +326,9 @@ def test_http2_settings_the_daemon_does_not_know_are_ignored(daemon):
         return struct.pack(">I", len(body))[1:] + b"\x04\x00\x00\x00\x00\x00" + body
 
     unknown = list(range(0x10, 0x10000))
-    payload = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings([])
-               + b"".join(settings([(code, 1) for code in unknown[i:i + 2700]])
-                          for i in range(0, len(unknown), 2700))
-               + settings([]) * 100 + bytes.fromhex("000008060000000000") + b"12345678")
-
-    def opened(_: int) -> socket.socket:
-        sock = socket.create_connection(_address(daemon), timeout=HANG)
-        sock.sendall(payload)
-        _until_ping_ack(sock)
-        return sock
-
-    grown = _growth_while_open(daemon, opened, 2)
+    frames = (b"".join(settings([(code, 1) for code in unknown[i:i + 2700]])
+                       for i in range(0, len(unknown), 2700)) + settings([]) * 100)
+    grown = _growth_while_open(daemon, lambda _: _sent_raw(daemon, frames), 2)
     assert grown < 30 * MiB, f"{grown / MiB:.0f} MiB for 2 connections' settings"
     assert daemon.json("version")[0]["Version"]
 
@@ -348,10 +349,7 @@ def test_http2_priority_frames_and_streams_reset_by_the_hundred_leave_the_daemon
     priority = b"".join(struct.pack(">I", 5)[1:] + b"\x02\x00" + struct.pack(">IIB", 2 * i + 1,
                                                                              0, 15)
                         for i in range(1001))
-    with socket.create_connection(_address(daemon), timeout=HANG) as sock:
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
-                     + priority + bytes.fromhex("000008060000000000") + b"12345678")
-        _until_ping_ack(sock)
+    _sent_raw(daemon, priority).close()
     assert daemon.json("version")[0]["Version"]
 
     sock, conn = _h2_connect(daemon)
