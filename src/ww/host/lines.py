@@ -76,10 +76,11 @@ class Out:
             self.file = (st.st_dev, st.st_ino)
 
 
-def put(out: Out, line: bytes) -> None:
-    """An audit line for ``out``: written at once on a regular file, else queued (never
-    waiting: dropped and counted past :data:`MAX_WAITING`)."""
-    _put(out, line, True)
+def put(out: Out, line: bytes, what: str = "audit") -> None:
+    """An audit line (or another ``what``: ``ww daemon``'s event lines) for ``out``: written
+    at once on a regular file, else queued (never waiting: dropped and counted past
+    :data:`MAX_WAITING`)."""
+    _put(out, line, True, what)
 
 
 def say(text: str) -> None:
@@ -88,7 +89,7 @@ def say(text: str) -> None:
     _put(stderr(), text.encode(_ENCODING, "backslashreplace"), False)
 
 
-def _put(out: Out, line: bytes, bounded: bool) -> None:
+def _put(out: Out, line: bytes, bounded: bool, what: str = "audit") -> None:
     if not out.open:
         return  # the cell's work goes on
     if out.file is not None:
@@ -97,7 +98,7 @@ def _put(out: Out, line: bytes, bounded: bool) -> None:
         except OSError:
             pass
         return
-    _writer().put(_Line(out.fd, line, None, bounded))
+    _writer().put(_Line(out.fd, line, None, bounded, what))
 
 
 async def write_console(out: Out, line: bytes) -> None:
@@ -141,15 +142,16 @@ def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 class _Line:
-    __slots__ = ("fd", "data", "done", "bounded", "taken", "withdrawn")
+    __slots__ = ("fd", "data", "done", "bounded", "what", "taken", "withdrawn")
 
     def __init__(self, fd: int, data: bytes,
                  done: Callable[[BaseException | None], object] | None,
-                 bounded: bool = False) -> None:
+                 bounded: bool = False, what: str = "audit") -> None:
         self.fd = fd
         self.data = data
         self.done = done  # a console line's: called by the thread once written (or failed)
         self.bounded = bounded  # an audit line: counted in MAX_WAITING, dropped past it
+        self.what = what  # what a dropped one is called
         self.taken = False  # the thread holds it
         self.withdrawn = False  # its call was cancelled before that: not written
 
@@ -163,7 +165,7 @@ class _Writer:
 
         self._queue: collections.deque[_Line] = collections.deque()
         self._audit = 0  # bytes of audit lines in the queue (of bounded lines)
-        self._dropped: dict[int, int] = {}  # audit lines dropped, by fd
+        self._dropped: dict[tuple[int, str], int] = {}  # lines dropped, by fd and what
         self._busy = False  # the thread holds a line it has not written yet
         self._written = 0  # lines written (or failed) so far: the drain's sign of progress
         self._cond = threading.Condition()
@@ -173,7 +175,8 @@ class _Writer:
         with self._cond:
             if line.bounded:
                 if self._audit + len(line.data) > MAX_WAITING:
-                    self._dropped[line.fd] = self._dropped.get(line.fd, 0) + 1
+                    key = (line.fd, line.what)
+                    self._dropped[key] = self._dropped.get(key, 0) + 1
                     return
                 self._audit += len(line.data)
             self._queue.append(line)
@@ -201,12 +204,12 @@ class _Writer:
                     continue
                 line.taken = self._busy = True
                 self._cond.notify_all()  # (whoever waits for a line to be taken)
-                dropped = self._dropped.pop(line.fd, 0) if line.bounded else 0
+                dropped = self._dropped.pop((line.fd, line.what), 0) if line.bounded else 0
             error: OSError | None = None
             try:
                 write_all(line.fd, line.data)
                 if dropped:
-                    write_all(line.fd, f"ww: {dropped} audit lines dropped: they could not "
+                    write_all(line.fd, f"ww: {dropped} {line.what} lines dropped: they could not "
                               "be written as fast as they came\n".encode())
             except OSError as e:
                 error = e  # the operator's terminal went away; the cell's work goes on
