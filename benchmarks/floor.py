@@ -13,6 +13,10 @@ with 64 in flight:
   over a socketpair (what a Python cell and its caller cost at the least).
 - "pycapnp, 1 process": client and server on one loop in one process: pycapnp's own CPU a
   call, with no wake-up at all.
+- "uvloop, 2 C relays": the uvloop pair with two C programs between them, each copying
+  bytes from one socketpair to the next (epoll, read, write): four processes on the path, as
+  in a remote call through two hosts, with hosts that cost nothing but the copy. What a
+  Python cell calling a Python cell could reach at best if the hosts did no more.
 - "ww stream": the same two, each pycapnp stream through ``ww.core.capnp_stream`` (what a
   cell's and a host's fd 3 use); "uvloop": those on uvloop's event loop, as ``ww`` runs
   them (``ww.core.bridge.new_loop``).
@@ -77,6 +81,35 @@ int main(int argc, char **argv) {
 }
 """
 
+RELAY_C = r"""
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+/* argv: FD_A FD_B.  Copies what each end sends to the other until either ends. */
+int main(int argc, char **argv) {
+    int fd[2] = {atoi(argv[1]), atoi(argv[2])}, e = epoll_create1(0);
+    static char buf[1 << 16];
+    for (int i = 0; i < 2; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(e, EPOLL_CTL_ADD, fd[i], &ev);
+    }
+    for (;;) {
+        struct epoll_event ev[2];
+        int n = epoll_wait(e, ev, 2, -1);
+        for (int k = 0; k < n; k++) {
+            int from = ev[k].data.u32;
+            ssize_t got = read(fd[from], buf, sizeof buf);
+            if (got <= 0) return 0;
+            for (ssize_t off = 0; off < got;) {
+                ssize_t put = write(fd[1 - from], buf + off, got - off);
+                if (put <= 0) return 1;
+                off += put;
+            }
+        }
+    }
+}
+"""
+
 ECHO_CAPNP = """@0xbf5147cbbecf40c1;
 interface Echo { call @0 (x :Text) -> (y :Text); }
 """
@@ -84,17 +117,24 @@ interface Echo { call @0 (x :Text) -> (y :Text); }
 
 def c_bounce(directory: str, calls: int, pin: bool) -> float | None:
     """The C bounce's median in µs (None: no gcc here)."""
-    exe = os.path.join(directory, "bounce")
-    if not os.path.exists(exe):
-        if shutil.which("gcc") is None:
-            return None
-        src = exe + ".c"
-        with open(src, "w") as f:
-            f.write(BOUNCE_C)
-        subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
+    exe = _gcc(directory, "bounce", BOUNCE_C)
+    if exe is None:
+        return None
     cmd = ["taskset", "-c", "0", exe] if pin else [exe]
     return float(subprocess.run([*cmd, str(calls)], check=True, capture_output=True,
                                 text=True).stdout)
+
+
+def _gcc(directory: str, name: str, source: str) -> str | None:
+    """``source`` built with gcc as ``name`` in ``directory`` (None: no gcc here)."""
+    exe = os.path.join(directory, name)
+    if not os.path.exists(exe):
+        if shutil.which("gcc") is None:
+            return None
+        with open(exe + ".c", "w") as f:
+            f.write(source)
+        subprocess.run(["gcc", "-O2", "-o", exe, exe + ".c"], check=True)
+    return exe
 
 
 class _Bounce(asyncio.Protocol):
@@ -131,9 +171,10 @@ async def _asyncio_side(sock: socket.socket, serve: bool, calls: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def _forked(run_server, run_client) -> float:  # type: ignore[no-untyped-def]
-    """``run_server(sock)`` in a child process, ``run_client(sock)`` here; its result."""
-    a, b = socket.socketpair()
+def _forked(run_server, run_client, ends=None) -> float:  # type: ignore[no-untyped-def]
+    """``run_server(sock)`` in a child process, ``run_client(sock)`` here; its result.  The
+    two ends of a new socketpair, or ``ends`` (the client's, the server's)."""
+    a, b = ends or socket.socketpair()
     pid = os.fork()
     if pid == 0:
         a.close()
@@ -203,8 +244,30 @@ async def _stream(sock: socket.socket, ours: bool):  # type: ignore[no-untyped-d
     return await capnp.AsyncIoStream.create_connection(sock=sock)
 
 
-def pycapnp_two(directory: str, calls: int, loop: str = "asyncio",
-                ours: bool = False) -> tuple[float, float]:
+def relayed(directory: str, calls: int, loop: str = "uvloop",
+            ours: bool = True) -> tuple[float, float] | None:
+    """:func:`pycapnp_two` with two C relays between its ends (None: no gcc here)."""
+    relay = _gcc(directory, "relay", RELAY_C)
+    if relay is None:
+        return None
+    a, b1 = socket.socketpair()
+    b2, c1 = socket.socketpair()
+    c2, d = socket.socketpair()
+    relays = [subprocess.Popen([relay, str(x.fileno()), str(y.fileno())],
+                               pass_fds=(x.fileno(), y.fileno())) for x, y in ((b1, b2), (c1, c2))]
+    for s in (b1, b2, c1, c2):
+        s.close()
+    try:
+        return pycapnp_two(directory, calls, loop, ours, (a, d))
+    finally:
+        a.close()
+        d.close()
+        for r in relays:
+            r.wait()
+
+
+def pycapnp_two(directory: str, calls: int, loop: str = "asyncio", ours: bool = False,
+                ends: tuple[socket.socket, socket.socket] | None = None) -> tuple[float, float]:
     capnp, schema = _capnp(directory)
     run = _runner(loop)
 
@@ -222,7 +285,7 @@ def pycapnp_two(directory: str, calls: int, loop: str = "asyncio",
         return await _measure(c.bootstrap().cast_as(schema.Echo), calls)
 
     return _forked(lambda s: run(capnp.run(server(s))),  # type: ignore[return-value]
-                   lambda s: run(capnp.run(client(s))))
+                   lambda s: run(capnp.run(client(s))), ends)
 
 
 def pycapnp_one(directory: str, calls: int, loop: str = "asyncio",
@@ -265,8 +328,13 @@ def main() -> None:
                 ("ww stream, 2 processes", pycapnp_two, "asyncio", True),
                 ("ww stream, 1 process", pycapnp_one, "asyncio", True),
                 ("uvloop, 2 processes", pycapnp_two, "uvloop", True),
-                ("uvloop, 1 process", pycapnp_one, "uvloop", True)):
-            median, rate = run(directory, calls, loop, ours)
+                ("uvloop, 1 process", pycapnp_one, "uvloop", True),
+                ("uvloop, 2 C relays", relayed, "uvloop", True)):
+            measured = run(directory, calls, loop, ours)
+            if measured is None:
+                print(f"{name:24}  (no gcc)")
+                continue
+            median, rate = measured
             print(f"{name:24}{median:>8.1f}us{rate:>20.0f}")
     sys.stdout.flush()
 

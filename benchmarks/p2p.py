@@ -374,6 +374,8 @@ def main() -> None:
     parser.add_argument("--compare", metavar="SRC",
                         help="also run every round with the ww of SRC (another checkout's "
                              "src directory), in turns with this one")
+    parser.add_argument("--only", metavar="PATHS",
+                        help="only these rows (their names, comma-separated, as printed)")
     options = parser.parse_args()
     variants: dict[str, str | None] = (
         {"": None} if not options.compare
@@ -381,6 +383,12 @@ def main() -> None:
     paths = ["cell -> cell", "peer -> cell", "lane -> cell", "lane -> C++ cell",
              "C++ cell -> C++ cell", "C++ peer -> cell", "C++ peer -> C++ cell",
              "C++ peer /noise -> C++ cell", "fd 3 only", "libp2p echo"]
+    if options.only:
+        only = [p.strip() for p in options.only.split(",")]
+        unknown = [p for p in only if p not in paths]
+        if unknown:
+            parser.error(f"--only: no row named {unknown[0]!r} (rows: {', '.join(paths)})")
+        paths = [p for p in paths if p in only]
     rounds: dict[tuple[str, str], list[dict[str, float]]] = {
         (v, p): [] for v in variants for p in paths}
     shell: dict[str, list[float]] = {v: [] for v in variants}
@@ -404,27 +412,26 @@ def main() -> None:
                 for variant, src in order if n % 2 == 0 else order[::-1]:
                     b, addr = hosts[variant]
                     cxx_b, cxx_addr = cxx_hosts[variant]
-                    got = {
-                        "cell -> cell": on_b(b, calls, cell_round, directory, caller, addr,
-                                             calls, src),
-                        "peer -> cell": on_b(b, calls, _child, src, "peer", addr, str(calls)),
+                    runs: dict[str, tuple[Any, ...]] = {  # each row's round, if asked for
+                        "cell -> cell": (b, cell_round, directory, caller, addr, calls, src),
+                        "peer -> cell": (b, _child, src, "peer", addr, str(calls)),
                         # the peer dials the lane: taken where B has one, else /noise
-                        "lane -> cell": on_b(b, calls, _child, None, "lane", addr, str(calls)),
-                        "lane -> C++ cell": on_b(cxx_b, calls, _child, None, "lane", cxx_addr,
-                                                 str(calls)),
-                        "C++ cell -> C++ cell": on_b(cxx_b, calls, cxx_round, directory,
-                                                     cxx_cell, cxx_addr, calls, src),
-                        "C++ peer -> cell": on_b(b, calls, peer_cxx_round, lane_peer, addr,
+                        "lane -> cell": (b, _child, None, "lane", addr, str(calls)),
+                        "lane -> C++ cell": (cxx_b, _child, None, "lane", cxx_addr, str(calls)),
+                        "C++ cell -> C++ cell": (cxx_b, cxx_round, directory, cxx_cell, cxx_addr,
+                                                 calls, src),
+                        "C++ peer -> cell": (b, peer_cxx_round, lane_peer, addr, calls, False),
+                        "C++ peer -> C++ cell": (cxx_b, peer_cxx_round, lane_peer, cxx_addr,
                                                  calls, False),
-                        "C++ peer -> C++ cell": on_b(cxx_b, calls, peer_cxx_round, lane_peer,
-                                                     cxx_addr, calls, False),
-                        "C++ peer /noise -> C++ cell": on_b(cxx_b, calls, peer_cxx_round,
-                                                            lane_peer, cxx_addr, calls, True),
-                        "fd 3 only": cell_round(directory, caller, "-", calls, src),
-                        "libp2p echo": _child(src, "libp2p", str(calls)),
+                        "C++ peer /noise -> C++ cell": (cxx_b, peer_cxx_round, lane_peer,
+                                                        cxx_addr, calls, True),
+                        "fd 3 only": (None, cell_round, directory, caller, "-", calls, src),
+                        "libp2p echo": (None, _child, src, "libp2p", str(calls)),
                     }
-                    for path, result in got.items():
-                        rounds[(variant, path)].append(result)
+                    for path in paths:
+                        host, round_, *args = runs[path]
+                        rounds[(variant, path)].append(
+                            on_b(host, calls, round_, *args) if host else round_(*args))
                     env = {**os.environ, "PYTHONPATH": src} if src else None
                     started = time.perf_counter()
                     subprocess.run([WW, "call", addr, "echo"], check=True,

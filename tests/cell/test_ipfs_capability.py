@@ -118,23 +118,31 @@ def test_cid_version_1_from_a_cell_matches_ww_export(make_cell, tmp_path):
     assert expected.startswith("bafy")
 
 
-def test_ipfs_errors_reach_the_cell_as_one_line(make_cell):
+def _outcomes(make_cell, paths: list[str], methods: str = "cat") -> list[str]:
+    """A line for each of a cell's IPFS ``methods`` on each of ``paths``: ``ok``, or
+    ``error: <the error>``; no traceback anywhere."""
     cell = make_cell(f"""
         import ww.cell
         with ww.cell.session() as s:
-            for path in ["/ipfs/not-a-cid", "/ipfs/{HELLO_CID}/child", "/ipfs/{HELLO_CID}"]:
-                try:
-                    s.ipfs.cat(path)
-                    print("ok")
-                except ww.cell.RemoteError as e:
-                    print("error:", e)
+            for path in {paths!r}:
+                for method in {methods.split()!r}:
+                    try:
+                        getattr(s.ipfs, method)(path)
+                        print("ok")
+                    except ww.cell.RemoteError as e:
+                        print("error:", e)
     """)
     r = run_ww("run", "--with-ipfs", cell)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    return r.stdout.splitlines()
+
+
+def test_ipfs_errors_reach_the_cell_as_one_line(make_cell):
+    lines = _outcomes(make_cell, ["/ipfs/not-a-cid", f"/ipfs/{HELLO_CID}/child",
+                                  f"/ipfs/{HELLO_CID}"])
     assert len(lines) == 3
     assert all(line.startswith("error: ") for line in lines), lines
-    assert "Traceback" not in r.stdout + r.stderr
 
 
 def test_ipfs_not_granted_is_a_clear_error(make_cell):
@@ -259,3 +267,25 @@ def test_run_ipfs_path_errors(tmp_path, target, code):
     r = run_ww("run", target.format(missing=missing, dir=directory))
     assert r.returncode == code, r
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_hamts_no_importer_writes_reach_the_cell_as_one_line(make_cell, ww_home):
+    """A path whose names each lie 63 HAMT sub-shards down (a cell can add such blocks), and a
+    HAMT hashed otherwise than murmur3: a cell's `cat`, `ls` and `stat` of them fail with one
+    line each, having read a bounded count of blocks (before: the path's 2,560 sub-shards
+    read and the file served; the other HAMT walked whole for each name looked up)."""
+    from tests.ipfs.test_content_attacks import _node_block, _path_of_chains, _store
+    from ww.ipfs import EmbeddedNode, dagpb, unixfs
+
+    blocks: list = []
+    chains = _path_of_chains(blocks, 40, 63)
+    other = _node_block(blocks, [dagpb.PBLink(blocks[0][0], b"00a", 3)], unixfs.UnixFSData(
+        unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x23, fanout=256))
+    with EmbeddedNode() as node:
+        _store(node, blocks)
+    lines = _outcomes(make_cell, [chains, f"/ipfs/{other}/a"], "cat ls stat")
+    assert len(lines) == 6, lines
+    assert all("a path through HAMTs of more than 1024 + 4 sub-shards a name (1096 read for "
+               "18 names)" in line for line in lines[:3]), lines
+    assert all(f"{other}: a HAMT shard of hash type 35, where only murmur3 (0x22) is "
+               "supported" in line for line in lines[3:]), lines

@@ -11,6 +11,8 @@ import os
 import re
 import threading
 
+import pytest
+
 from tests.conftest import HANG
 from ww.host import lines
 
@@ -52,18 +54,18 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
     r, w, filler = _full_pipe()
     audit = [f"audit {i:05} ".encode() + b"a" * 1000 + b"\n" for i in range(2000)]
 
-    writer = lines._writer()
-    lines.put(w, audit[0])  # the thread takes it and waits in write
+    writer, out = lines._writer(), lines.Out(w)
+    lines.put(out, audit[0])  # the thread takes it and waits in write
     with writer._cond:  # (else, on a busy machine, it may take it in the middle of the
         # lines below, and a line past the bound then fits again: a gap, counted, but not
         # the one this test looks for)
         assert writer._cond.wait_for(lambda: writer._busy, HANG)
 
     async def produce() -> None:
-        held = asyncio.ensure_future(lines.write_console(w, b"[cell] held\n"))
+        held = asyncio.ensure_future(lines.write_console(out, b"[cell] held\n"))
         await asyncio.sleep(0)  # (its line is queued when it starts)
         for line in audit[1:]:
-            lines.put(w, line)
+            lines.put(out, line)
         held.cancel()  # before the thread took it: taken back
         await asyncio.gather(held, return_exceptions=True)
 
@@ -88,7 +90,84 @@ def test_a_line_is_not_lost_when_the_cell_makes_the_shared_file_non_blocking():
     an audit line queued; the drain (bounded) returns; then the pipe is read to its end."""
     r, w, filler = _full_pipe()
     os.set_blocking(w, False)  # as the cell leaves the file it shares with the host
-    lines.put(w, b"audit kept\n")
+    lines.put(lines.Out(w), b"audit kept\n")
     lines._writer().drain(0.5)  # unfixed: failed at once; fixed: still waiting for room
     data = _drain_and_read(r, w)
     assert data == filler + b"audit kept\n"
+
+
+def test_the_hosts_own_lines_keep_their_place_and_are_never_dropped(monkeypatch):
+    """Once a cell runs, what the host writes on ``sys.stderr`` itself (a ``print`` writes
+    its text and its newline apart) is said as one line through the writer, after the lines
+    made before it, and kept where an audit line past the bound is dropped."""
+    r, w, filler = _full_pipe()
+    monkeypatch.setattr(lines, "_the_stderr", lines.Out(w))  # (the host's stderr: fd 2)
+    writer, out = lines._writer(), lines.Out(w)
+    lines.put(out, b"audit 0\n")  # the thread takes it and waits in write
+    with writer._cond:
+        assert writer._cond.wait_for(lambda: writer._busy, HANG)
+    most = b"audit 1 " + b"a" * (lines.MAX_WAITING - 9) + b"\n"
+    lines.put(out, most)  # the bound, all but one byte
+    print("ww: the host's", "own line", file=lines._Said())
+    lines.put(out, b"audit 2, past the bound\n")
+    data = _drain_and_read(r, w)
+    said = re.findall(rb"^ww: (\d+) audit lines dropped.*\n", data, re.M)
+    assert said == [b"1"]  # audit 2 (said with the next audit line the thread writes)
+    data = re.sub(rb"^ww: \d+ audit lines dropped.*\n", b"", data, flags=re.M)
+    assert data == filler + b"audit 0\n" + most + b"ww: the host's own line\n"
+
+
+def test_two_threads_printing_at_once_each_say_their_own_line_whole(monkeypatch):
+    """attack: two of the host's threads print on ``sys.stderr`` at once (a ``print``
+    writes its words, spaces and newline apart): the stream held one unfinished line for
+    all threads, so the loop's line was said inside the p2p thread's ("ww: warning: from
+    p2pww: the loop's line" and then an empty line).  Each thread's line is held apart."""
+    said: list[str] = []
+    monkeypatch.setattr(lines, "say", said.append)
+    stream = lines._Said()
+    started, go = threading.Event(), threading.Event()
+
+    def p2p_thread() -> None:
+        print("ww: warning:", "from p2p", file=stream, end="")  # (its newline comes later)
+        started.set()
+        go.wait(HANG)
+        print(file=stream)
+
+    thread = threading.Thread(target=p2p_thread)
+    thread.start()
+    try:
+        assert started.wait(HANG)
+        print("ww: the loop's", "line", file=stream)
+    finally:
+        go.set()
+        thread.join(HANG)
+    assert said == ["ww: the loop's line\n", "ww: warning: from p2p\n"]
+
+
+def test_a_write_that_is_not_text_does_not_lose_the_lines_after_it(monkeypatch):
+    """attack: ``sys.stderr.write(b"...")`` (bytes, as a library might write them) was held
+    before it was looked at: it failed, and so did every later line (the one `ww run`
+    exits with among them: its report of the failure failed too).  It fails alone, as a
+    text file's write does."""
+    said: list[str] = []
+    monkeypatch.setattr(lines, "say", said.append)
+    stream = lines._Said()
+    with pytest.raises(TypeError):
+        stream.write(b"bytes\n")  # type: ignore[arg-type]
+    print("ww: the line ww run exits with", file=stream)
+    assert said == ["ww: the line ww run exits with\n"]
+
+
+def test_every_threads_unfinished_line_is_said_at_exit(monkeypatch):
+    """What a thread left without its newline is said at exit (drain), as the one stream
+    said it when the main thread flushed it."""
+    said: list[str] = []
+    monkeypatch.setattr(lines, "say", said.append)
+    stream = lines._Said()
+    monkeypatch.setattr("sys.stderr", stream)
+    thread = threading.Thread(target=lambda: stream.write("ww: unfinished"))
+    thread.start()
+    thread.join(HANG)
+    stream.flush()  # (exit_now's, from the main thread)
+    lines.drain()
+    assert said == ["ww: unfinished"]

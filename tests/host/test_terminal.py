@@ -486,3 +486,67 @@ def test_ww_run_exits_when_its_stderr_is_a_pipe_nobody_reads(make_cell):
         proc.wait()
     assert status == 3
     assert proc.stderr.read().startswith(b"[cell] 0 xxx")
+
+
+# The cell fills the stderr it shares with the host (a pipe nobody reads), without waiting
+# itself, and then writes 8 KiB into its stdout, a file the host relays.
+FILL_STDERR_THEN_STDOUT = """
+    import os
+    os.set_blocking(2, False)
+    try:
+        while True:
+            os.write(2, b"e" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(2, True)  # (as it was: else the host's line fails at once)
+    os.write(1, b"o" * 8192)
+"""
+
+
+@pytest.mark.parametrize("cause", ["--fsize cut", "relay write error"])
+def test_ww_runs_own_line_on_a_full_stderr_cannot_hold_it(who, make_cell, tmp_path, cause):
+    """attack: the cell fills the pipe that is its stderr and the host's (nobody reads
+    it), then makes the host say something of its own there: the --fsize its relayed
+    stdout went past (`ww run` exits 66 naming it), or the relay's one line about a file
+    it cannot write (here the host's own RLIMIT_FSIZE, root only).  The host wrote that
+    line with ``print``, past the lines' writer: the relay's thread, or the exit after
+    the cell, waited in ``write`` for good, and `ww run` never exited.  Its own lines go
+    through the writer once the cell runs, like the console's: the drain at exit gives
+    up after some seconds (ww.host.lines.STALL), and `ww run` exits."""
+    if cause == "relay write error" and who.unprivileged:
+        pytest.skip("the host's RLIMIT_FSIZE is set through a preexec_fn of the test's")
+    cell = make_cell(FILL_STDERR_THEN_STDOUT, shebang="#!/usr/bin/python3")
+    r, w = os.pipe()
+    out = open(tmp_path / "out.bin", "wb")
+    try:
+        if cause == "--fsize cut":
+            proc = who.popen("run", "--fsize", "4K", cell, stdin=subprocess.DEVNULL,
+                             stdout=out, stderr=w)
+        else:
+            import resource
+
+            proc = subprocess.Popen(
+                [WW, "run", cell], stdin=subprocess.DEVNULL, stdout=out, stderr=w,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
+        os.close(w)
+        try:
+            status = proc.wait(timeout=HANG)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("ww run never exited: its own line waits for a full "
+                                 "stderr") from None
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        out.close()
+        os.set_blocking(r, False)
+        held = b""
+        try:
+            while chunk := os.read(r, 1 << 16):
+                held += chunk
+        except BlockingIOError:
+            pass
+        os.close(r)
+    assert held.startswith(b"e" * 4096), held[:100]
+    assert (tmp_path / "out.bin").stat().st_size == 4096
+    assert status == (66 if cause == "--fsize cut" else 0), held[-2000:]

@@ -150,16 +150,16 @@ def test_a_cancelled_scope_walk_stops_between_ls_calls_and_resumes_later(tmp_pat
             def __getattr__(self, name: str) -> Any:
                 return getattr(node, name)
 
-            def ls(self, path: str) -> Any:
+            def iter_ls(self, path: str) -> Any:
                 listed.append(path)
                 if len(listed) == 2:
                     token.cancel()
-                return node.ls(path)
+                return node.iter_ls(path)
 
         scope = IpfsScope(Counting(), roots=[root])  # type: ignore[arg-type]
         with cancellable(token), pytest.raises(CallCancelled):
             scope.contains(leaf)
-        assert len(listed) == 2  # stopped right after the call that saw the cancellation
+        assert len(listed) == 2  # stopped right after the listing that saw the cancellation
         assert scope.contains(leaf)  # a later question walks on
     finally:
         node.close()

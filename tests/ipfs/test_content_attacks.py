@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from ww.caps.ipfs_scope import IpfsScope
 from ww.core import multihash, varint
 from ww.core.cid import CID, DAG_PB, RAW
 from ww.ipfs import car, dagpb, exporter, unixfs
-from ww.ipfs.api import CorruptBlockError
+from ww.ipfs.api import CorruptBlockError, Entry, EntryType, UnsupportedError
 from ww.ipfs.node import EmbeddedNode
 from ww.ipfs.path import parse_path
 from ww.p2p import host_for_ipfs
@@ -123,6 +124,78 @@ def test_a_hamt_of_empty_shards_is_corrupt_at_the_first_not_walked_whole() -> No
     with pytest.raises(CorruptBlockError, match=f"{blocks[0][0]}: an empty HAMT shard"):
         list(exporter.entries(getter, exporter.load(getter, root)))
     assert read == [root, mids[0], blocks[0][0]]  # not the 4,113 blocks
+
+
+@pytest.mark.parametrize("hash_type", [0x23, None])
+def test_a_hamt_of_another_hash_is_refused_not_walked_for_each_lookup(hash_type) -> None:
+    """(Found by attack) a lookup in a HAMT whose hash type is not murmur3 (0x22) walked the
+    whole directory for each name, without the 64 shards a lookup reads at most: 256
+    sub-shards of 2,000 entries each, 1.1 s of CPU and 257 blocks a `cat` (or a cell's
+    `cat`, or a gateway path) of one missing name, and any larger HAMT more, a call.  kubo
+    (boxo's NewHamtFromDag) refuses such a shard; so does ``load`` now, at the root."""
+    blocks: Blocks = []
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=hash_type,
+                              fanout=256)
+    leaf = _raw_block(blocks, b"x")
+    subs = [_node_block(blocks, [dagpb.PBLink(leaf, b"%02Xe%d_%d" % (j, i, j), 1)
+                                 for j in range(64)], shard) for i in range(64)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(subs)],
+                       shard)
+    stored, read = dict(blocks), []
+
+    def getter(cid: CID) -> bytes:
+        read.append(cid)
+        return stored[cid]
+
+    for walk in (lambda: exporter.resolve(getter, parse_path(f"/ipfs/{root}/missing")),
+                 lambda: list(exporter.entries(getter, exporter.load(getter, root)))):
+        read.clear()
+        with pytest.raises(UnsupportedError, match=f"{root}: a HAMT shard of hash type "
+                                                   f"{hash_type}, where only murmur3"):
+            walk()
+        assert read == [root]  # not the 65 shards
+
+
+def _path_of_chains(blocks: Blocks, names: int, depth: int) -> str:
+    """``/ipfs/<root>/a/a/...``: ``names`` directories, each a HAMT of fanout 2 whose one
+    entry, ``a``, lies ``depth`` single-link sub-shards down (where its hash leads)."""
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=2)
+    hashed = int.from_bytes(unixfs.hamt_hash(b"a"), "big")
+    bits = [b"%X" % ((hashed >> (63 - i)) & 1) for i in range(64)]
+    below = _raw_block(blocks, b"end")
+    for _ in range(names):
+        below = _node_block(blocks, [dagpb.PBLink(below, bits[depth] + b"a", 1)], shard)
+        for level in range(depth - 1, -1, -1):
+            below = _node_block(blocks, [dagpb.PBLink(below, bits[level], 1)], shard)
+    return f"/ipfs/{below}/" + "/".join(["a"] * names)
+
+
+def test_a_path_through_chains_of_sub_shards_reads_a_bounded_count() -> None:
+    """(Found by attack) each name of a path could lead through 63 single-link sub-shards
+    (a HAMT of fanout 2, the chain kubo writes where names share a hash prefix), and the
+    path's names had no bound but the call's size: a 2 KB path of 1,000 such names read
+    64,001 blocks, 1.4 s of CPU a `cat` (a cell's, `ww cat`, the gateway's).  A path now
+    reads at most ``SHARD_SLACK + SHARDS_PER_ENTRY`` sub-shards a name: it stops after 18
+    of them here, with one error.  A path of 200 names each 7 sub-shards down (what kubo
+    writes at most at its fanout of 256, where names share 56 bits of hash) resolves."""
+    blocks: Blocks = []
+    path = _path_of_chains(blocks, 40, 63)
+    stored, read = dict(blocks), []
+
+    def getter(cid: CID) -> bytes:
+        read.append(cid)
+        return stored[cid]
+
+    with pytest.raises(exporter.ShardRatioError,
+                       match=r"a path through HAMTs of more than 1024 \+ 4 sub-shards a name "
+                             r"\(1096 read for 18 names\)"):
+        exporter.resolve(getter, parse_path(path))
+    assert len(read) <= 1024 + 4 * 18 + 18 < 40 * 64  # and each name's HAMT root
+    blocks = []
+    deep = _path_of_chains(blocks, 200, 7)  # 1,400 sub-shards: past the slack alone
+    stored = dict(blocks)
+    assert exporter.resolve(getter, parse_path(deep)).block == b"end"
 
 
 def test_ls_reads_a_child_linked_many_times_once(tmp_path: Path) -> None:
@@ -307,6 +380,75 @@ def test_a_file_whose_sizes_lie_is_corrupt_before_a_byte_is_used(tmp_path: Path)
     assert not (tmp_path / "out").exists()
 
 
+def test_ls_learns_a_childs_kind_without_decoding_its_links(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """(Found by attack) `ls` decoded each child whole to show its type and size: 10 ms a
+    child of 5,461 empty identity links (64 KiB), and entries cycling through one child more
+    than ``KIND_CACHE`` (4,097) read each again: 85 s of CPU a `ww ls` of 8,194 entries,
+    some 17 minutes for a cell's `ls` within its bounds.  The links are skipped now (3.8 s
+    for those 8,194): here none of the children's 2,000 links each is decoded, however
+    often the entries come back to them, and what is shown, and refused, is as before."""
+    monkeypatch.setattr(exporter, "KIND_CACHE", 2)  # 4 children cycled: each read again
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    empty = CID.v1(RAW, b"\x00\x00")
+    children = [_node_block(blocks, [dagpb.PBLink(empty, b"", 0)] * 2000,
+                            unixfs.UnixFSData(unixfs.DataType.DIRECTORY, mode=i))
+                for i in range(3)]
+    leaf = _raw_block(blocks, b"z" * 300)
+    children.append(_node_block(  # a file of 2,000 chunks, 600,000 bytes and data
+        blocks, [dagpb.PBLink(leaf, b"", 300)] * 2000,
+        unixfs.UnixFSData(unixfs.DataType.FILE, data=b"d" * 200, filesize=600_200,
+                          blocksizes=(300,) * 2000)))
+    root = _node_block(blocks, [dagpb.PBLink(children[i % 4], b"e%02d" % i, 1)
+                                for i in range(40)],
+                       unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    lying = _node_block(  # one blocksize short
+        blocks, [dagpb.PBLink(leaf, b"", 300)] * 2000,
+        unixfs.UnixFSData(unixfs.DataType.FILE, blocksizes=(300,) * 1999))
+    bad = _node_block(blocks, [dagpb.PBLink(lying, b"x", 1)],
+                      unixfs.UnixFSData(unixfs.DataType.DIRECTORY))
+    _store(node, blocks)
+    decoded = []
+    decode_link = dagpb._decode_link
+    monkeypatch.setattr(dagpb, "_decode_link", lambda body: decoded.append(1) or decode_link(body))
+    try:
+        entries = node.ls(str(root))
+        assert len(decoded) <= 41  # the directory's own 40 links and its node's, not 80,000
+        want = [exporter.load(node._blocks.get, children[i % 4]) for i in range(40)]
+        assert [(e.type, e.size) for e in entries] == [(c.type, c.content_size) for c in want]
+        assert entries[3].size == 600_200
+        with pytest.raises(CorruptBlockError, match=f"{lying}: 2000 links but 1999 blocksizes"):
+            node.ls(str(bad))
+    finally:
+        node.close()
+
+
+def test_a_childs_kind_is_skimmed_whatever_its_links_lengths(monkeypatch) -> None:
+    """(Found by attack) a link of 16 KiB or more (a name that long; its length a varint of
+    three bytes) made ``skim`` decode the whole block: one first, then 5,461 empty links,
+    12 ms a child, as slow as a full decode, so that a listing cycling through more children
+    than ``KIND_CACHE`` cost what it did before ``skim``.  Such a block, which the decoder
+    accepts, is skimmed now; one it refuses is still refused."""
+    blocks: Blocks = []
+    empty = CID.v1(RAW, b"\x00\x00")
+    fs = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+    child = _node_block(blocks, [dagpb.PBLink(empty, b"n" * 16_400, 0)]
+                        + [dagpb.PBLink(empty, b"", 0)] * 2000, fs)
+    stored = dict(blocks)
+    past = stored[child][:-1]  # the Data field one byte short: refused by both
+    decoded = []
+    decode_link = dagpb._decode_link
+    monkeypatch.setattr(dagpb, "_decode_link", lambda body: decoded.append(1) or decode_link(body))
+    assert exporter.entry_kind(stored.__getitem__, child) == (EntryType.DIRECTORY, 0)
+    assert decoded == []  # none of its 2,001 links
+    assert dagpb.skim(stored[child]) == (2001, unixfs.encode(fs))
+    with pytest.raises(CorruptBlockError):
+        dagpb.decode(past)
+    with pytest.raises(CorruptBlockError):
+        dagpb.skim(past)
+
+
 def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
     tmp_path: Path,
 ) -> None:
@@ -330,6 +472,167 @@ def test_a_roots_limited_scope_admits_no_other_form_of_a_block_and_no_shard(
     assert scope.contains(str(hamt))
     for outside in (inner, chunk, CID.v1(RAW, file.multihash), CID.v1(RAW, root.multihash)):
         assert scope.path_denied(f"/ipfs/{outside}") is not None, outside
+
+
+def test_a_scope_walk_stops_within_a_directory_at_its_bound(tmp_path: Path, monkeypatch) -> None:
+    """(Found by attack) the reachability walk listed each directory whole (``CoreAPI.ls``)
+    and looked at its bound, :data:`MAX_WALK` entries, only between directories: a cell's
+    HAMT of a million entries (identity CIDs, 18 MB of blocks), its capability narrowed to
+    it four times, and a `cat` outside on each: the host grew past its guard (288 MiB) and
+    hung up fd 3.  Now the walk takes entries one at a time and stops at the bound (500
+    here, of 4,000)."""
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+    files = [CID.v1(RAW, b"\x00\x02%02d" % i) for i in range(100)]  # identity CIDs
+    subs = [_node_block(blocks, [dagpb.PBLink(files[j], b"%02Xe%d_%d" % (j, i, j), 2)
+                                 for j in range(100)], shard) for i in range(40)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(subs)],
+                       shard)
+    _store(node, blocks)
+    produced = []
+    listing = node.iter_ls
+
+    def counted(path: str) -> Iterator[Entry]:
+        for entry in listing(path):
+            produced.append(entry)
+            yield entry
+
+    node.iter_ls = counted  # type: ignore[method-assign]
+    try:
+        scope = IpfsScope(node, roots=[str(root)])
+        assert scope.contains(str(files[99]))  # within the first 500 entries
+        outside = CID.v1(RAW, b"\x00\x01y")
+        assert scope.path_denied(f"/ipfs/{outside}") is not None
+        assert len(produced) <= 501  # not the 4,000 (a list of them all, before)
+    finally:
+        node.close()
+
+
+def test_the_scopes_of_one_cell_walk_a_bounded_count_together(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """(Found by attack) each narrowed capability's walk learnt up to ``MAX_WALK`` CIDs and
+    kept them as long as it lived, and a cell narrows as often as it likes: 12 capabilities
+    narrowed to a HAMT of a million distinct identity CIDs, each asked for a `cat` outside,
+    held the host at 181 MB (some 24 reach its guard).  The scopes narrowed from one share
+    what their walks may take, ``CELL_WALKS`` times ``MAX_WALK`` (2 x 500 here), and one
+    gives its share back once it is gone."""
+    import gc
+
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    monkeypatch.setattr(ipfs_scope, "CELL_WALKS", 2, raising=False)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    shard = unixfs.UnixFSData(unixfs.DataType.HAMT_SHARD, data=b"\x01", hash_type=0x22,
+                              fanout=256)
+    subs = [_node_block(blocks, [dagpb.PBLink(CID.v1(RAW, b"\x00\x02%c%c" % (i, j)),
+                                              b"%02Xe%d_%d" % (j, i, j), 2)
+                                 for j in range(100)], shard) for i in range(40)]
+    root = _node_block(blocks, [dagpb.PBLink(c, b"%02X" % i, 1) for i, c in enumerate(subs)],
+                       shard)
+    _store(node, blocks)
+    outside = str(CID.v1(RAW, b"\x00\x01y"))
+    try:
+        cell = IpfsScope(node, roots=[str(root)])  # what a cell was granted
+        narrowed = [cell.narrowed(False, []) for _ in range(3)]
+        assert not any(scope.contains(outside) for scope in narrowed)
+        walked = [scope._walked for scope in narrowed]
+        assert walked == [0, 500, 500], walked  # the third had the first, idle, forget
+        assert sum(scope._taken[0] for scope in narrowed) == 1000
+        del narrowed[0]
+        gc.collect()
+        assert not narrowed[1].contains(outside) and narrowed[1]._walked == 500
+    finally:
+        node.close()
+
+
+def test_a_walk_stopped_by_the_cells_bound_takes_its_directory_up_again(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """(Found by attack) a walk stopped within a directory by the cell's bound (the other
+    scopes, walking at the time, held the rest of ``CELL_WALKS``), or finding none left,
+    let that directory go: once the cell had room again, the rest of the directory was
+    refused for good, though within the roots and well within the scope's own bound, while
+    directories after it were walked.  The walk now takes it up where it stopped."""
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    monkeypatch.setattr(ipfs_scope, "CELL_WALKS", 2)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    plain = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+
+    def directory(tag: int, count: int) -> tuple[CID, list[CID]]:
+        files = [CID.v1(RAW, b"\x00\x03%c%c%c" % (tag, i >> 8, i & 0xFF)) for i in range(count)]
+        return _node_block(blocks, [dagpb.PBLink(f, b"e%04d" % i, 3)
+                                    for i, f in enumerate(files)], plain), files
+
+    big, big_files = directory(1, 800)
+    small, _ = directory(2, 300)
+    wide, wide_files = directory(3, 700)
+    root = _node_block(blocks, [dagpb.PBLink(c, n, 1) for c, n in
+                                ((big, b"a"), (small, b"b"), (wide, b"c"))], plain)
+    _store(node, blocks)
+    outside = str(CID.v1(RAW, b"\x00\x01y"))
+    try:
+        cell = IpfsScope(node, roots=[str(root)])  # what a cell was granted
+        first = cell.narrowed(False, [str(big)])
+        second = cell.narrowed(False, [str(small)])
+        third = cell.narrowed(False, [str(wide)])
+        assert not first.contains(outside) and not second.contains(outside)  # 500 + 300
+        with first._walking, second._walking:  # walking in other threads: theirs is held
+            assert not third.contains(str(wide_files[400]))  # 200 taken, the cell's bound
+            with third._walking:
+                assert not cell.contains(str(big_files[0]))  # none left: nothing taken
+        assert third.contains(str(wide_files[400]))  # refused for good, before
+        assert cell.contains(str(big_files[0]))
+        assert third._walked <= 500 and not third.contains(str(wide_files[600]))  # its own
+    finally:
+        node.close()
+
+
+def test_scopes_held_elsewhere_cannot_starve_the_cells_own_walk(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """(Found by attack) the cell's bound on its scopes' walks was first come, first
+    served, each scope keeping its share as long as it lived: a peer holding a capability
+    the cell exported over a large DAG narrows it ``CELL_WALKS`` times (``attenuate``), asks
+    each for a CID outside, and keeps them; from then on every other scope of the cell, its
+    own granted one included, refused whatever it had not yet seen within its roots, for as
+    long as the peer liked.  What a walk found is a cache: an idle scope's is forgotten now
+    (the least recently walked first), its share going to the scope that needs it, and
+    learnt again by walking if it is asked again; the cell's bound on what is held stays."""
+    from ww.caps import ipfs_scope
+
+    monkeypatch.setattr(ipfs_scope, "MAX_WALK", 500)
+    monkeypatch.setattr(ipfs_scope, "CELL_WALKS", 2)
+    node = EmbeddedNode(tmp_path / "repo", new_host=host_for_ipfs())
+    blocks: Blocks = []
+    plain = unixfs.UnixFSData(unixfs.DataType.DIRECTORY)
+    files = [CID.v1(RAW, b"\x00\x02%c%c" % (i >> 8, i & 0xFF)) for i in range(600)]
+    big = _node_block(blocks, [dagpb.PBLink(f, b"e%04d" % i, 3) for i, f in enumerate(files)],
+                      plain)
+    mine = CID.v1(RAW, b"\x00\x02me")
+    root = _node_block(blocks, [dagpb.PBLink(big, b"big", 1), dagpb.PBLink(mine, b"me", 1)],
+                       plain)
+    _store(node, blocks)
+    outside = str(CID.v1(RAW, b"\x00\x01y"))
+    try:
+        cell = IpfsScope(node, roots=[str(root)])  # what the cell was granted
+        exported = cell.narrowed(False, [str(big)])
+        held = [exported.narrowed(False, []) for _ in range(2)]  # the peer's
+        assert not any(scope.contains(outside) for scope in held)
+        assert [scope._walked for scope in held] == [500, 500]
+        assert cell.contains(str(mine))  # refused before: the peer held the cell's 1,000
+        assert held[1].contains(str(files[100]))  # its walk kept
+        assert not held[0].contains(outside)  # walked again, within the bound
+        assert sum(scope._taken[0] for scope in (cell, exported, *held)) <= 1000
+    finally:
+        node.close()
 
 
 def test_a_car_with_several_roots_is_refused_before_anything_is_stored_or_pinned(

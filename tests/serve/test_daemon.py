@@ -247,3 +247,20 @@ def test_shutting_down_connections_leaks_no_descriptor():
     finally:
         for f in files:
             f.close()
+
+
+def test_event_lines_on_a_stderr_nobody_reads_never_stop_it_serving(daemon):
+    """The fixture reads the daemon's stderr until it listens, then never again, as a
+    supervisor that stopped reading its pipe.  Each failed request logs an event line;
+    written on the event loop, the lines of some 600 requests filled the pipe and the daemon
+    answered nothing more.  They are written by a thread now: every request is answered,
+    and every line comes, in order, once the pipe is read."""
+    for n in range(1000):  # event lines of some 250 bytes: four pipes' worth
+        status, _, body = daemon.post("cat", f"{n:04}" + "x" * 2000)
+        assert status == 500 and b"text too long" in body, body
+    assert daemon.json("version")[0]["Version"]
+    code, events = daemon.stop()
+    assert code == 0, daemon.other_lines
+    failed = [e["error"] for e in events if e["event"] == "rpc-error"]
+    assert [line[13:17] for line in failed] == [f"{n:04}" for n in range(1000)], failed[:3]
+    assert [e["event"] for e in events[-2:]] == ["stopping", "stopped"]

@@ -136,3 +136,38 @@ def test_a_kubo_made_hamt_lists_whole_through_ww_ls_the_rpc_and_the_gateway(tmp_
         assert sorted(re.findall(r'<tr><td><a href="[^"]*">([^<]*)</a>', page)) == names
     finally:
         daemon.stop()
+
+
+def test_a_path_through_chains_of_sub_shards_is_one_line_everywhere(ww_home, capsys):
+    """A path whose names each lie 63 sub-shards down (tests/ipfs/test_content_attacks.py):
+    `ww cat`, the daemon's RPC ``cat`` and its gateway stop it with one line, having read a
+    bounded count of sub-shards (before, they read its 2,560 and served the file)."""
+    from tests.ipfs.test_content_attacks import _path_of_chains, _store
+    from ww.ipfs import EmbeddedNode
+
+    blocks: list = []
+    path = _path_of_chains(blocks, 40, 63)
+    with EmbeddedNode() as node:
+        _store(node, blocks)
+    line = re.compile(r"a path through HAMTs of more than 1024 \+ 4 sub-shards a name "
+                      r"\(1096 read for 18 names\)")
+    capsys.readouterr()
+    assert run_cli(["cat", path]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line.search(err), err
+    daemon = Daemon(ww_home)
+    try:
+        status, _, body = daemon.post("cat", path)
+        assert status == 500 and line.search(body.decode()), (status, body)
+        parts = daemon.gateway.split("/")
+        gateway = http.client.HTTPConnection(parts[2], int(parts[4]), timeout=HANG)
+        try:
+            gateway.request("GET", path)
+            reply = gateway.getresponse()
+            body = reply.read()
+        finally:
+            gateway.close()
+        assert reply.status == 500 and body.count(b"\n") <= 1 and line.search(body.decode()), \
+            (reply.status, body)
+    finally:
+        daemon.stop()

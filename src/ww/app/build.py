@@ -314,10 +314,11 @@ def capability_factories(granted: list[str], api: CoreAPI | None,
 
         # the host asks only for what a login was granted, and opens a backend for ipfs
         assert grants.ipfs is not None and api is not None
-        narrowed = grants.ipfs.read_only or grants.ipfs.roots
-        scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots) if narrowed else None
         if not cell:
             cell.append(IpfsCell())
+        narrowed = grants.ipfs.read_only or grants.ipfs.roots
+        scope = IpfsScope(api, grants.ipfs.read_only, grants.ipfs.roots,
+                          walks=cell[0].walks) if narrowed else None
         return IpfsServer(api, scope, caller, cell=cell[0], dial_policy=policy or STRICT)
 
     def exec_(grants: GrantSet, caller: Caller, held: dict[str, object]) -> object:

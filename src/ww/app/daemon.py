@@ -68,11 +68,22 @@ def _bind(options: DaemonOptions, field: str, addr: str) -> tuple[socket.socket,
 
 class EventLog:
     """One line per event on stderr: ``ww daemon: <what>``, or with ``--json`` one JSON
-    object (``ts``, ``event``, ``daemon``: the pid, and the event's fields)."""
+    object (``ts``, ``event``, ``daemon``: the pid, and the event's fields).
+
+    Written as `ww run` writes its audit lines (:mod:`ww.host.lines`): at once on a regular
+    file, else by one thread, never on the event loop, at most a MiB of them waiting, then
+    dropped and counted: a pipe nobody reads (a supervisor that stopped reading it) stopped
+    the daemon serving once full (about 600 failed requests' lines, each with its argument),
+    and its lines are the daemon's, not its clients'.  :meth:`drain` writes what waits as the
+    daemon stops."""
 
     def __init__(self, json_lines: bool) -> None:
+        from ww.host import lines
+
         self.json = json_lines
         self.pid = os.getpid()
+        self._lines = lines
+        self._out = lines.stderr()
 
     def __call__(self, event: str, **fields: Any) -> None:
         if self.json:
@@ -81,10 +92,12 @@ class EventLog:
         else:
             details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
             line = f"ww daemon: {event}" + (f": {details}" if details else "")
-        try:
-            os.write(2, (line + "\n").encode())
-        except OSError:
-            pass
+        self._lines.put(self._out, (line + "\n").encode(errors="backslashreplace"), "event")
+
+    def drain(self) -> None:
+        """The lines still waiting written, in their order, before anything said after them
+        (bounded: :func:`ww.host.lines.drain`)."""
+        self._lines.drain()
 
 
 class RepoLock:
@@ -279,5 +292,7 @@ def run(options: DaemonOptions) -> int:
         if host is not None:
             host.stop()
         lock.release()
+        log.drain()  # (before the line an error ends it with, which is written at once)
     log("stopped")
+    log.drain()
     return 0

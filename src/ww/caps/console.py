@@ -43,7 +43,7 @@ class ConsoleServer(_cell.Console.Server):  # type: ignore[name-defined,misc]
             return
         data = text.encode(sys.stderr.encoding or "utf-8", sys.stderr.errors or "strict")
         try:
-            await lines.write_console(2, data)
+            await lines.write_console(lines.stderr(), data)
         except lines.FileTooLarge:
             raise CallError("console: the host's stderr is a file as large as --fsize lets "
                             "the cell write") from None

@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ww.caps.ipfs_scope import IpfsScope, canonical
+from ww.caps.ipfs_scope import IpfsScope, WalkBudget, canonical
 from ww.core import bridge
 from ww.core.errors import CallError
 from ww.host.answers import UNBOUNDED, AnswerBudget
@@ -275,6 +275,7 @@ class IpfsCell:
         self.buffers = _Buffers(READ_BUFFERS)
         self.written = _WriteBuffers(WRITE_BUFFERS)
         self.readers = 0  # readers open (or being opened)
+        self.walks = WalkBudget()  # what its scopes' reachability walks may take together
         self.closed = False
 
     def token(self) -> CancelToken:
@@ -736,7 +737,7 @@ class IpfsServer(_ipfs.IPFS.Server):  # type: ignore[name-defined,misc]
     def narrowed(self, method: str, read_only: bool, roots: list[str]) -> IpfsScope:
         """The scope of a capability narrower than this one (for ``attenuate`` and for a
         sub-cell's grant); a root outside this capability's own is refused."""
-        scope = self.scope or IpfsScope(self._api)
+        scope = self.scope or IpfsScope(self._api, walks=self._cell.walks)
         resolved = []
         for root in roots:
             if reason := scope.path_denied(root):

@@ -189,17 +189,17 @@ def exit_now(status: int) -> None:
 
     Tearing down the modules a command imported costs `ww run` milliseconds for nothing;
     every file `ww` writes is closed (and, where it matters, fsynced) by the code that
-    wrote it, before this point.  The lines the host writes for cells on stderr
-    (:mod:`ww.host.lines`) are written out first, as far as stderr takes them.
+    wrote it, before this point.  Then the lines the host writes on stderr while a cell
+    runs (:mod:`ww.host.lines`) are written out, as far as stderr takes them.
     """
-    lines = sys.modules.get("ww.host.lines")  # console and audit lines still waiting
-    if lines is not None:
-        lines.drain()  # the terminal is restored; bounded: see ww.host.lines
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr):  # (once a cell ran, stderr's go to the lines)
         if stream is None:  # started with that fd closed
             continue
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    lines = sys.modules.get("ww.host.lines")  # console, audit and own lines still waiting
+    if lines is not None:
+        lines.drain()  # the terminal is restored; bounded: see ww.host.lines
     os._exit(status)

@@ -51,16 +51,21 @@ class Audit:
         self.enabled = enabled
         self.fd = fd
         self._cell = os.getpid()
+        self._out = None
+        if enabled:
+            from ww.host import lines
+
+            self._out = lines.Out(fd)  # what fd is, once: not at each line
 
     def emit(self, event: str, **fields: Any) -> None:
-        if not self.enabled:
+        if self._out is None:
             return
         import json
 
         from ww.host import lines
 
         record = {"ts": round(time.time(), 6), "event": event, "cell": self._cell, **fields}
-        lines.put(self.fd, (json.dumps(record, separators=(",", ":"), sort_keys=False)
+        lines.put(self._out, (json.dumps(record, separators=(",", ":"), sort_keys=False)
                             + "\n").encode())
 
 

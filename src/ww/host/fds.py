@@ -106,15 +106,6 @@ def install_fds(rpc_fd: int, grants: Sequence[FdGrant]) -> None:
         os.close(fd)
 
 
-def regular(fd: int) -> bool:
-    """Whether ``fd`` is open on a regular file (where the host writes the cell's console
-    lines itself: ``--fsize`` holds for them through :mod:`ww.host.relay`)."""
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
 def relay_mode(fd: int) -> str | None:
     """``"read"`` or ``"write"`` if a jailed cell must get ``fd`` through a pipe
     :mod:`ww.host.relay` fills or drains, else None (it passes as it is).

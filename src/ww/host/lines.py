@@ -1,4 +1,4 @@
-"""The lines the host writes for a cell on the operator's stderr: console lines and audit lines.
+"""The lines the host writes on the operator's stderr while a cell runs: console, audit, its own.
 
 One writer, one order.  A line for a regular file (``ww run cell 2> file``, an ``--audit
 FILE``) is written at once by whoever made it: such a write waits on no one.  A line for
@@ -23,12 +23,27 @@ serves fd 3, which would then answer nothing more, and `ww run` would never exit
   drain gives up once no line has been written for :data:`STALL` seconds (a pipe nobody
   reads, a terminal the operator stopped again), and SIGINT, SIGTERM and SIGHUP take their
   default action during it (`ww run` ends at once).  What has not been written then is lost.
+- **The host's own lines** (``ww: ...``: a warning, the reason `ww run` exits with, a
+  traceback with ``--debug``) go the same way once a cell runs (:func:`cell_shares_stderr`,
+  from the supervisor before it starts one): the cell can fill that pipe, stop that
+  terminal, or leave the open file non-blocking, and a line the host wrote itself then
+  waited in ``write`` for good (the relay's thread, or the exit after a ``--fsize`` cut:
+  `ww run` never exited) or failed.  :func:`say` queues one (never waiting, never
+  dropped: they are few); and from then on ``sys.stderr`` is a stream that says what is
+  written on it, a line at a time, so the lines no one here writes by name go the same way
+  (``print(..., file=sys.stderr)`` of the command line's errors, logging's last resort, a
+  thread's uncaught exception, pycapnp's tracebacks).  Before a cell runs they are written
+  at once, as any program writes.
+
+What a line is written on is an :class:`Out`: the fd and what it is, known from one
+``fstat`` (the type and identity of an open file do not change while it is open; its
+offset and size do, and ``--fsize`` reckons those at each line).
 """
 
 from __future__ import annotations
 
+import _thread  # threading's C module: threading costs a plain `ww run` its import
 import os
-import threading
 
 TYPE_CHECKING = False  # importing typing costs `ww run` milliseconds
 if TYPE_CHECKING:
@@ -39,41 +54,62 @@ MAX_WAITING = 1 << 20  # bytes of audit lines waiting for a terminal or a pipe
 STALL = 5.0  # seconds without a line written after which the drain at exit gives up
 
 
-def _regular(fd: int) -> bool | None:
-    """Whether ``fd`` is a regular file; None if it is not open (the terminal went away)."""
-    import stat
+class Out:
+    """An fd lines are written on, and what it is: a regular file (:attr:`file`, its
+    ``(st_dev, st_ino)``), something else (a terminal, a pipe), or not open (:attr:`open`
+    False: the operator started `ww` with it closed)."""
 
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        return None
+    __slots__ = ("fd", "file", "open")
 
+    def __init__(self, fd: int) -> None:
+        import stat
 
-def put(fd: int, line: bytes) -> None:
-    """An audit line for ``fd``: written at once on a regular file, else queued (never
-    waiting: dropped and counted past :data:`MAX_WAITING`)."""
-    regular = _regular(fd)
-    if regular is None:
-        return  # the operator's terminal went away; the cell's work goes on
-    if regular:
+        self.fd = fd
+        self.file: tuple[int, int] | None = None
         try:
-            os.write(fd, line)
+            st = os.fstat(fd)
+        except OSError:
+            self.open = False
+            return
+        self.open = True
+        if stat.S_ISREG(st.st_mode):
+            self.file = (st.st_dev, st.st_ino)
+
+
+def put(out: Out, line: bytes, what: str = "audit") -> None:
+    """An audit line (or another ``what``: ``ww daemon``'s event lines) for ``out``: written
+    at once on a regular file, else queued (never waiting: dropped and counted past
+    :data:`MAX_WAITING`)."""
+    _put(out, line, True, what)
+
+
+def say(text: str) -> None:
+    """A line of the host's own on stderr, as :func:`put` writes an audit line but never
+    dropped."""
+    _put(stderr(), text.encode(_ENCODING, "backslashreplace"), False)
+
+
+def _put(out: Out, line: bytes, bounded: bool, what: str = "audit") -> None:
+    if not out.open:
+        return  # the cell's work goes on
+    if out.file is not None:
+        try:
+            write_all(out.fd, line)
         except OSError:
             pass
         return
-    _writer().put(_Line(fd, line, None))
+    _writer().put(_Line(out.fd, line, None, bounded, what))
 
 
-async def write_console(fd: int, line: bytes) -> None:
-    """A console line for ``fd``: returns once it is written.  OSError if the write failed;
+async def write_console(out: Out, line: bytes) -> None:
+    """A console line for ``out``: returns once it is written.  OSError if the write failed;
     :class:`FileTooLarge` if the cell's ``--fsize`` stopped it."""
-    regular = _regular(fd)
-    if regular is None:
+    if not out.open:
         return
-    if regular:
+    if out.file is not None:
         from ww.host import relay
 
-        if not relay.write_as_cell(fd, line):
+        if not relay.write_as_cell(out.fd, out.file, line):
             raise FileTooLarge
         return
     import asyncio
@@ -82,7 +118,7 @@ async def write_console(fd: int, line: bytes) -> None:
 
     loop = asyncio.get_running_loop()
     written: asyncio.Future[None] = loop.create_future()
-    entry = _Line(fd, line, lambda error: bridge.call_in_loop(loop, _settle, written, error))
+    entry = _Line(out.fd, line, lambda error: bridge.call_in_loop(loop, _settle, written, error))
     writer = _writer()
     writer.put(entry)
     try:
@@ -106,13 +142,16 @@ def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 class _Line:
-    __slots__ = ("fd", "data", "done", "taken", "withdrawn")
+    __slots__ = ("fd", "data", "done", "bounded", "what", "taken", "withdrawn")
 
     def __init__(self, fd: int, data: bytes,
-                 done: Callable[[BaseException | None], object] | None) -> None:
+                 done: Callable[[BaseException | None], object] | None,
+                 bounded: bool = False, what: str = "audit") -> None:
         self.fd = fd
         self.data = data
         self.done = done  # a console line's: called by the thread once written (or failed)
+        self.bounded = bounded  # an audit line: counted in MAX_WAITING, dropped past it
+        self.what = what  # what a dropped one is called
         self.taken = False  # the thread holds it
         self.withdrawn = False  # its call was cancelled before that: not written
 
@@ -122,10 +161,11 @@ class _Writer:
 
     def __init__(self) -> None:
         import collections
+        import threading
 
         self._queue: collections.deque[_Line] = collections.deque()
-        self._audit = 0  # bytes of audit lines in the queue
-        self._dropped: dict[int, int] = {}  # audit lines dropped, by fd
+        self._audit = 0  # bytes of audit lines in the queue (of bounded lines)
+        self._dropped: dict[tuple[int, str], int] = {}  # lines dropped, by fd and what
         self._busy = False  # the thread holds a line it has not written yet
         self._written = 0  # lines written (or failed) so far: the drain's sign of progress
         self._cond = threading.Condition()
@@ -133,9 +173,10 @@ class _Writer:
 
     def put(self, line: _Line) -> None:
         with self._cond:
-            if line.done is None:
+            if line.bounded:
                 if self._audit + len(line.data) > MAX_WAITING:
-                    self._dropped[line.fd] = self._dropped.get(line.fd, 0) + 1
+                    key = (line.fd, line.what)
+                    self._dropped[key] = self._dropped.get(key, 0) + 1
                     return
                 self._audit += len(line.data)
             self._queue.append(line)
@@ -157,17 +198,21 @@ class _Writer:
                     self._cond.notify_all()
                     self._cond.wait()
                 line = self._queue.popleft()
-                if line.done is None:
+                if line.bounded:
                     self._audit -= len(line.data)
                 if line.withdrawn:
                     continue
                 line.taken = self._busy = True
                 self._cond.notify_all()  # (whoever waits for a line to be taken)
-                dropped = self._dropped.pop(line.fd, 0) if line.done is None else 0
-            error = _write_all(line.fd, line.data)
-            if dropped:
-                _write_all(line.fd, f"ww: {dropped} audit lines dropped: they could not be "
-                           "written as fast as they came\n".encode())
+                dropped = self._dropped.pop((line.fd, line.what), 0) if line.bounded else 0
+            error: OSError | None = None
+            try:
+                write_all(line.fd, line.data)
+                if dropped:
+                    write_all(line.fd, f"ww: {dropped} {line.what} lines dropped: they could not "
+                              "be written as fast as they came\n".encode())
+            except OSError as e:
+                error = e  # the operator's terminal went away; the cell's work goes on
             if line.done is not None:
                 line.done(error)
             with self._cond:
@@ -191,29 +236,26 @@ class _Writer:
             return True
 
 
-def _write_all(fd: int, data: bytes) -> OSError | None:
-    """Write all of ``data``, waiting for room as a blocking write would, even where the
-    cell made the file non-blocking: a terminal or a pipe on stderr is one open file with
-    the cell's fd 2, and a cell that set ``O_NONBLOCK`` on it and filled it (or stopped
-    the terminal) had every line written meanwhile fail with EAGAIN: audit lines lost with
-    no drop count, console calls failed instead of waiting."""
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (OSError if a write fails), waiting for room as a blocking
+    write would, even where the cell made the file non-blocking: a terminal or a pipe on
+    stderr is one open file with the cell's fd 2, and a cell that set ``O_NONBLOCK`` on it
+    and filled it (or stopped the terminal) had every line written meanwhile fail with
+    EAGAIN: audit lines lost with no drop count, console calls failed instead of waiting.
+    (On a regular file, a block device, it is one ``write`` after another.)"""
     import time
 
-    try:
-        view = memoryview(data)
-        tries = 0
-        while view:
-            try:
-                view = view[os.write(fd, view):]
-                tries = 0
-            except BlockingIOError:
-                _writable(fd)
-                if tries:  # room said but not taken (a stopped terminal): not a busy loop
-                    time.sleep(min(0.01 * tries, 0.2))
-                tries += 1
-    except OSError as e:
-        return e  # the operator's terminal went away; the cell's work goes on
-    return None
+    view = memoryview(data)
+    tries = 0
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+            tries = 0
+        except BlockingIOError:
+            _writable(fd)
+            if tries:  # room said but not taken (a stopped terminal): not a busy loop
+                time.sleep(min(0.01 * tries, 0.2))
+            tries += 1
 
 
 def _writable(fd: int) -> None:
@@ -225,7 +267,7 @@ def _writable(fd: int) -> None:
 
 
 _the_writer: _Writer | None = None
-_started = threading.Lock()
+_started = _thread.allocate_lock()
 
 
 def _writer() -> _Writer:
@@ -237,13 +279,108 @@ def _writer() -> _Writer:
     return _the_writer
 
 
+_ENCODING = "utf-8"  # the host's own lines, once sys.stderr says them: its encoding
+_the_stderr: Out | None = None
+
+
+def stderr() -> Out:
+    """The host's stderr, fd 2: a regular file there (:attr:`Out.file`) is where the host
+    writes the cell's console lines itself, and ``--fsize`` holds for them through
+    :mod:`ww.host.relay`."""
+    global _the_stderr
+    if _the_stderr is None:
+        _the_stderr = Out(2)
+    return _the_stderr
+
+
+def cell_shares_stderr() -> None:
+    """A cell is about to run with the host's stderr as its own: from now on ``sys.stderr``
+    says each line written on it (:func:`say`), never waiting.  Idempotent."""
+    import sys
+
+    global _ENCODING
+    if isinstance(sys.stderr, _Said) or sys.stderr is None:
+        return
+    _ENCODING = sys.stderr.encoding or "utf-8"
+    sys.stderr.flush()
+    sys.stderr = _Said()  # type: ignore[assignment]
+    import atexit  # (built in: no import cost)
+
+    atexit.register(drain)  # `ww run` ends in exit_now, which drains; a process that ran
+    # a cell and exits as Python does (`ww run` called in-process) writes its lines here
+
+
+class _Said:
+    """``sys.stderr`` once a cell runs: whole lines go to :func:`say` (a ``print`` writes
+    its text and its newline apart), a last unfinished one on :meth:`flush`.
+
+    Each thread's unfinished line is held apart: two threads printing at once (the p2p
+    thread's warning, the loop's traceback) each say their own line whole, never one
+    line made of pieces of both.  A write that is not a ``str`` fails as a text file's
+    does, and leaves nothing held behind (it made every later line fail, the one
+    `ww run` exits with among them)."""
+
+    def __init__(self) -> None:
+        self.encoding = _ENCODING
+        self.errors = "backslashreplace"
+        self._held: dict[int, list[str]] = {}  # each thread's unfinished line
+        self._lock = _thread.RLock()  # (a signal handler's print amid a write: no deadlock)
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            me = _thread.get_ident()
+            if "\n" not in text:
+                if text:
+                    self._held.setdefault(me, []).append(text)
+                return len(text)
+            whole, _, rest = text.rpartition("\n")
+            held = self._held.pop(me, None)
+            if held:
+                whole = "".join(held) + whole
+            if rest:
+                self._held[me] = [rest]
+            say(whole + "\n")  # (under the lock: in the order written)
+        return len(text)
+
+    def flush(self) -> None:
+        """Say the calling thread's unfinished line."""
+        with self._lock:
+            held = self._held.pop(_thread.get_ident(), None)
+            if held:
+                say("".join(held))
+
+    def finish(self) -> None:
+        """At exit: say every thread's unfinished line."""
+        with self._lock:
+            held, self._held = self._held, {}
+            for parts in held.values():
+                say("".join(parts))
+
+    def fileno(self) -> int:
+        return 2
+
+    def isatty(self) -> bool:
+        return os.isatty(2)
+
+    def writable(self) -> bool:
+        return True
+
+
 def drain(stall: float = STALL) -> bool:
     """At exit, the terminal restored: write the lines still waiting, giving up once none
     has been written for ``stall`` seconds; SIGINT, SIGTERM and SIGHUP meanwhile end the
     process at once.  True if every line was written."""
+    import sys
+
+    if isinstance(sys.stderr, _Said):
+        sys.stderr.finish()  # (lines other threads left unfinished)
     writer = _the_writer
     if writer is None:
         return True
+    import threading
+
     if threading.current_thread() is threading.main_thread():
         import signal
 

@@ -24,8 +24,9 @@ its stdio on a terminal or ``/dev/null`` starts none).  It holds at most one chu
 fd, so a cell that never reads costs nothing but a full pipe.  When the cell has exited,
 :meth:`Relay.finish` stops feeding it and drains what it wrote to the end (every process
 of the jail is gone by then, so the end comes); the cell's exit status is not touched.
-A file that cannot be written (a full disk) is reported once on stderr, and the cell's
-next write to that fd fails with ``EPIPE``, as a broken pipe would.
+A file that cannot be written (a full disk) is reported once on stderr (through
+:func:`ww.host.lines.say`: never waiting on a stderr the cell filled), and the cell's next
+write to that fd fails with ``EPIPE``, as a broken pipe would.
 
 ``--fsize`` (``RLIMIT_FSIZE``) is the cell's, and the relay writes in the host, where it
 does not hold: so the relay holds it itself (:attr:`Relay.fsize`).  A regular file is
@@ -51,6 +52,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ww.host import lines
 from ww.host.fds import relay_mode
 
 CHUNK = 1 << 16
@@ -295,14 +297,15 @@ class Relay:
                 room = self._room(out)
                 if room is not None and room < len(view):
                     view = view[:room]  # as the kernel writes up to RLIMIT_FSIZE
-                while view:
-                    view = view[os.write(out.dst, view):]
+                lines.write_all(out.dst, view)
                 if room is None or room >= len(data):
                     return len(data)
                 self._over_fsize()
             except OSError as e:
-                print(f"ww: cannot write the cell's {out.what} to its file: {e.strerror}",
-                      file=sys.stderr)
+                # Through the lines' writer: the cell may have filled the stderr it shares
+                # with us, and this thread waited in that write for good (finish() too).
+                lines.say(f"ww: cannot write the cell's {out.what} to its file: "
+                          f"{e.strerror}\n")
         out.done = True  # the cell's next write fails (EPIPE) once the pipe is closed
         return None
 
@@ -341,8 +344,9 @@ class Relay:
 _live: list[Relay] = []
 
 
-def write_as_cell(fd: int, data: bytes) -> bool:
-    """The host writes ``data`` for the cell (its console lines) on ``fd``, a regular file.
+def write_as_cell(fd: int, file: tuple[int, int], data: bytes) -> bool:
+    """The host writes ``data`` for the cell (its console lines) on ``fd``, a regular file
+    (``file``: its ``(st_dev, st_ino)``).
 
     Where the cell's output to the same file is relayed (``ww run cell 2> file``), what the
     cell wrote there so far goes first, so the file keeps the order.  ``data`` counts
@@ -352,10 +356,9 @@ def write_as_cell(fd: int, data: bytes) -> bool:
     the size, and then the cell is stopped (:meth:`Relay.on_fsize`).  False if the size
     cut ``data`` short (or the file was full already); OSError if the write fails.  Runs
     on the RPC loop: what the cell adds to the pipe meanwhile is not waited for."""
-    st = os.fstat(fd)
     for relay in list(_live):
         for out in list(relay._outputs.values()):
-            if out.file != (st.st_dev, st.st_ino):
+            if out.file != file:
                 continue
             try:
                 pending = struct.unpack("i", fcntl.ioctl(out.r, termios.FIONREAD,
@@ -371,7 +374,7 @@ def write_as_cell(fd: int, data: bytes) -> bool:
                 return True
         if relay.fsize is not None:
             return _write_bounded(relay, fd, data)
-    _write_all(fd, data)
+    lines.write_all(fd, data)
     return True
 
 
@@ -379,14 +382,8 @@ def _write_bounded(relay: Relay, fd: int, data: bytes) -> bool:
     """``data`` on ``fd`` up to ``relay``'s ``--fsize``; False (the cell stopped) if cut."""
     room = relay._room_at(fd)
     if room is not None and room < len(data):
-        _write_all(fd, data[:room])
+        lines.write_all(fd, data[:room])
         relay._over_fsize()
         return False
-    _write_all(fd, data)
+    lines.write_all(fd, data)
     return True
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

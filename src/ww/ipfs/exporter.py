@@ -13,6 +13,7 @@ shard and looked up by following the entry name's murmur3 hash, one shard per le
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -72,7 +73,8 @@ grows with the logarithm of the size)."""
 
 __all__ = [
     "BlockGetter", "UnixfsNode", "load", "resolve", "stat", "ls", "cat", "get", "get_path",
-    "check_destination", "check_outside_repository", "walk", "entries",
+    "check_destination", "check_outside_repository", "walk", "entries", "resolve_steps",
+    "entry_kind",
 ]
 
 BlockGetter = Callable[[CID], bytes]
@@ -131,17 +133,25 @@ def load(getter: BlockGetter, cid: CID) -> UnixfsNode:
         return UnixfsNode(cid, block, (), None)
     try:
         pb = dagpb.decode(block)
-        if pb.data is None:
-            raise CorruptBlockError("a dag-pb node without UnixFS data")
         links = tuple(pb.links)
-        fs = unixfs.decode(pb.data, max_blocksizes=len(links))
+        fs = _unixfs(pb.data, len(links))
     except CorruptBlockError as err:
         raise CorruptBlockError(f"{cid}: {err}") from None
+    _check(cid, fs, len(links))
+    return UnixfsNode(cid, block, links, fs)
+
+
+def _unixfs(data: bytes | None, links: int) -> unixfs.UnixFSData:
+    if data is None:
+        raise CorruptBlockError("a dag-pb node without UnixFS data")
+    return unixfs.decode(data, max_blocksizes=links)
+
+
+def _check(cid: CID, fs: unixfs.UnixFSData, links: int) -> None:
+    """What :func:`load` refuses of a node's UnixFS data ``fs`` with ``links`` links."""
     if fs.type in _FILE_TYPES:
-        if len(fs.blocksizes) != len(links):
-            raise CorruptBlockError(
-                f"{cid}: {len(links)} links but {len(fs.blocksizes)} blocksizes"
-            )
+        if len(fs.blocksizes) != links:
+            raise CorruptBlockError(f"{cid}: {links} links but {len(fs.blocksizes)} blocksizes")
         if fs.filesize is not None and fs.filesize != len(fs.data or b"") + sum(fs.blocksizes):
             raise CorruptBlockError(f"{cid}: filesize disagrees with its data and blocksizes")
     elif fs.type is DataType.SYMLINK:
@@ -150,9 +160,35 @@ def load(getter: BlockGetter, cid: CID) -> UnixfsNode:
     elif fs.type is DataType.HAMT_SHARD:
         if not fs.fanout or fs.fanout & (fs.fanout - 1) or fs.fanout > 1024:
             raise CorruptBlockError(f"{cid}: HAMT shard with invalid fanout {fs.fanout}")
+        if fs.hash_type != HAMT_MURMUR3:  # as kubo (boxo's NewHamtFromDag) refuses it
+            # No lookup can follow another hash: it would walk every shard for each name
+            # (a HAMT of 512,000 entries hashed 0x23: 1.1 s and 257 blocks a `cat` of one).
+            raise UnsupportedError(
+                f"{cid}: a HAMT shard of hash type {fs.hash_type}, where only murmur3 "
+                f"({HAMT_MURMUR3:#x}) is supported")
     elif fs.type is DataType.METADATA:
         raise UnsupportedError(f"{cid} is a UnixFS metadata node, which is not supported")
-    return UnixfsNode(cid, block, links, fs)
+
+
+def entry_kind(getter: BlockGetter, cid: CID) -> tuple[EntryType, int]:
+    """The type and content size of ``cid`` (what :func:`iter_ls` shows of a child), read
+    from its UnixFS data alone: its links are skipped, not decoded (:func:`dagpb.skim`), and
+    what :func:`load` checks of the data is checked.  (Found by attack) each child was
+    decoded whole: 10 ms a child of 5,461 empty identity links (64 KiB), and a listing
+    cycling through 4,097 of them, one more than :data:`KIND_CACHE`, read each again:
+    85 s of CPU a `ww ls` of 8,194 entries, some 17 minutes for a cell's `ls` at its
+    bounds; 0.54 ms a child now."""
+    block = getter(cid)
+    if cid.codec == RAW:
+        return EntryType.FILE, len(block)
+    try:
+        links, data = dagpb.skim(block)
+        fs = _unixfs(data, links)
+    except CorruptBlockError as err:
+        raise CorruptBlockError(f"{cid}: {err}") from None
+    _check(cid, fs, links)
+    node = UnixfsNode(cid, block, (), fs)  # its links unread: type and content size need none
+    return node.type, node.content_size
 
 
 # --- directories ---------------------------------------------------------------------------
@@ -223,10 +259,12 @@ def entries(getter: BlockGetter, node: UnixfsNode) -> Iterator[dagpb.PBLink]:
     return _dir_links(getter, node)
 
 
-def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
-    """The CID of entry ``name``; a HAMT is descended along the name's hash, one shard a level."""
+def _find(getter: BlockGetter, node: UnixfsNode, name: bytes,
+          take: Callable[[], None] = shard_read) -> CID | None:
+    """The CID of entry ``name``; a HAMT is descended along the name's hash, one shard a level
+    (``take`` called before each sub-shard is read)."""
     assert node.fs is not None
-    if node.fs.type is not DataType.HAMT_SHARD or node.fs.hash_type != HAMT_MURMUR3:
+    if node.fs.type is not DataType.HAMT_SHARD:  # one block; a HAMT is murmur3 (load)
         return next((link.cid for link in _dir_links(getter, node) if link.name == name), None)
     hashed = int.from_bytes(unixfs.hamt_hash(name), "big")
     consumed = 0
@@ -244,7 +282,7 @@ def _find(getter: BlockGetter, node: UnixfsNode, name: bytes) -> CID | None:
             return None
         if len(link.name) > width:
             return link.cid if link.name[width:] == name else None
-        shard_read()
+        take()
         node = load(getter, link.cid)
         if node.fs is None or node.fs.type is not DataType.HAMT_SHARD:
             raise CorruptBlockError(f"{link.cid}: expected a HAMT shard")
@@ -266,19 +304,45 @@ def _shown(name: object) -> str:
 
 def resolve(getter: BlockGetter, path: IpfsPath) -> UnixfsNode:
     """Follow ``path``'s names from its root; the node it names."""
+    return collections.deque(resolve_steps(getter, path), maxlen=1)[0]
+
+
+def resolve_steps(getter: BlockGetter, path: IpfsPath) -> Iterator[UnixfsNode]:
+    """The node of ``path``'s root, then the node each of its names leads to, in turn.
+
+    A lookup reads at most :data:`MAX_HAMT_LEVELS` shards of a HAMT, and the HAMT
+    sub-shards the whole path's lookups read are at most :data:`SHARD_SLACK` +
+    :data:`SHARDS_PER_ENTRY` a name looked up (:class:`~ww.ipfs.api.ShardRatioError` past
+    that), as a listing's are an entry.  (Found by attack) a path's names, each leading
+    through a chain of 63 single-link sub-shards (a HAMT of fanout 2; chains kubo writes
+    where names share a hash prefix), read 64 blocks a name of two bytes: a path of 2 KB,
+    64,001 blocks and 1.4 s of CPU a `cat` (a cell's, the gateway's), and more with each
+    name added; now such a path stops after 18 names, 1,100 sub-shards read."""
     node = load(getter, path.root)
+    yield node
     walked = [str(path.root)]
+    read = 0
+
+    def take() -> None:
+        nonlocal read
+        if read >= SHARD_SLACK + SHARDS_PER_ENTRY * len(walked):
+            raise ShardRatioError(
+                f"{path.root}: a path through HAMTs of more than {SHARD_SLACK} + "
+                f"{SHARDS_PER_ENTRY} sub-shards a name ({read} read for {len(walked)} names)")
+        read += 1
+        shard_read()
+
     for seg in path.segments:
         if not node.is_directory:
             raise NotFoundError(
                 f"/ipfs/{'/'.join(walked)} is a {node.type.value}; it has no entry {seg!r}"
             )
-        found = _find(getter, node, seg.encode("utf-8", "surrogateescape"))
+        found = _find(getter, node, seg.encode("utf-8", "surrogateescape"), take)
         if found is None:
             raise NotFoundError(f"no entry named {seg!r} in /ipfs/{'/'.join(walked)}")
         node = load(getter, found)
         walked.append(seg)
-    return node
+        yield node
 
 
 def stat(getter: BlockGetter, node: UnixfsNode, links: bool = True) -> Stat:
@@ -334,8 +398,7 @@ def iter_ls(getter: BlockGetter, node: UnixfsNode, name: str) -> Iterator[Entry]
         key = bytes(link.cid)  # a raw and a dag-pb CID of one block read differently
         kind = kinds.get(key)
         if kind is None:
-            child = load(getter, link.cid)
-            kind = kinds[key] = (child.type, child.content_size)
+            kind = kinds[key] = entry_kind(getter, link.cid)
             if len(kinds) > KIND_CACHE:
                 kinds.popitem(last=False)
         else:

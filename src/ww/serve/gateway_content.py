@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ww.core.cid import CID
-from ww.core.errors import CorruptBlockError, NotFoundError
+from ww.core.errors import CorruptBlockError
 from ww.ipfs import exporter
 from ww.ipfs.exporter import UnixfsNode
 from ww.ipfs.path import IpfsPath
@@ -52,18 +52,9 @@ def resolve(getter: BlockGetter, path: IpfsPath) -> Resolved:
         read.setdefault(cid.multihash, cid)
         return getter(cid)
 
-    node = exporter.load(recording, path.root)
-    roots = [path.root]
-    walked = f"/ipfs/{path.root}"
-    for segment in path.segments:
-        if not node.is_directory:
-            raise NotFoundError(f"{walked} is a {node.type.value}; it has no entry {segment!r}")
-        try:
-            node = exporter.resolve(recording, IpfsPath(node.cid, (segment,)))
-        except NotFoundError:
-            raise NotFoundError(f"no entry named {segment!r} in {walked}") from None
+    roots = []
+    for node in exporter.resolve_steps(recording, path):  # its sub-shards read are bounded
         roots.append(node.cid)
-        walked = f"{walked}/{segment}"
     return Resolved(path, node, tuple(roots), tuple(read.values()))
 
 

@@ -55,7 +55,8 @@ BACKLOG = 1024  # connections the kernel completes and holds for accept() (somax
 # 431 or a 414, before the app sees it).  Each field is a few Python objects, so a head of
 # 16,000 one-byte fields held 1.8 MiB while its request waited, 10,000 query fields 0.9 MiB
 # (Apache's LimitRequestFields is 100 too).  And an HTTP/2 connection has at most H2_STREAMS
-# requests under way (hypercorn's own: 100): HPACK lets a client name a 4 KiB header again
+# requests under way, a stream its client reset counted until its request ends
+# (_bound_http2_apps; hypercorn's own: 100 open): HPACK lets a client name a 4 KiB header again
 # in one byte, so 100 streams of 64 KiB heads cost it a few KiB and held 8 MiB of the
 # daemon's (128 such connections: 875 MiB; docs/security.md).
 HEAD_SIZE = 64 * 1024
@@ -407,6 +408,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     _copy_bodies_once()
     _keep_freed_buffers()
     _drop_what_apps_leave_unread()
+    _bound_http2_apps()
     local = {site.sock.getsockname()[:2] if site.sock.family != socket.AF_UNIX
              else site.sock.getsockname() for site in sites}
 
@@ -487,6 +489,12 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         served.add(server)
         try:
             await server
+        except Exception as err:
+            # a defect in serving one connection (hypercorn's, h2's, ours) ends that
+            # connection, not the site and with it the daemon, as one did (an HTTP/2
+            # client's 1,001 PRIORITY frames: docs/security.md); told on stderr
+            _tell(f"ww daemon: {site.name}: a connection ended by an internal error: "
+                  f"{type(err).__name__}: {err}")
         finally:
             served.discard(server)
             slots.release()
@@ -546,6 +554,16 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         # (keep-alive ends); what is left after the grace is cancelled
         await context.terminated.set()
         conns.cancel_scope.deadline = trio.current_time() + grace
+
+
+def _tell(line: str) -> None:
+    """One line on stderr (if it cannot be written, nothing)."""
+    import os
+
+    try:
+        os.write(2, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _bounded_heads(app: ASGIApp) -> ASGIApp:
@@ -684,13 +702,25 @@ def _server_class() -> type:
                 await buffer.close()
 
         async def protocol_send(self, event: Any) -> None:
-            # hypercorn (re)starts a connection's idle timer, once a reply is done, from
-            # inside the app's send of the reply's end: an app that cancels that send as its
-            # request ends (the RPC API's watch does, on the http.disconnect the same send
-            # puts) cancelled the timer's start, so a connection kept alive after a reply was
-            # never ended, idle or with half a request head (docs/security.md).  Shielded:
-            # it takes a lock held only for such a start or stop, and starts a task.
-            if isinstance(event, Updated):
+            # Once a reply is done, hypercorn's h11 protocol ends its request from inside the
+            # app's send of the reply's end (``H11Protocol._maybe_recycle``): it puts the
+            # request's http.disconnect, then either (re)starts the connection's idle timer
+            # (Updated: kept alive) or closes the connection (Closed: the client asked
+            # `Connection: close`, or h11 cannot reuse it).  An app that cancels that send
+            # on the http.disconnect it puts (the RPC API's watch does; so does Starlette's
+            # StreamingResponse, the gateway's files, listings and CARs) cancelled these:
+            # the timer's start, so a connection kept alive was never ended, idle or with
+            # half a request head; and the close, whose first checkpoint
+            # (``TCPServer._close``: ``send_eof`` before ``aclose``) raised the Cancelled
+            # before the socket was closed, so the connection stayed open after its whole
+            # reply, its idle timer stopped, until its client left -- in about half of the
+            # requests, as trio ran the watch or the send first (docs/security.md).
+            # Shielded: the timer's start or stop takes a lock held only for such a start
+            # or stop, and starts a task; the close shuts the socket's sending side down
+            # (trio's send_eof, which does not wait: a send under way makes it fail) and
+            # closes it, and puts the http.disconnect of a request still under way
+            # (:func:`_drop_what_apps_leave_unread`: without waiting).
+            if isinstance(event, (Updated, Closed)):
                 with trio.CancelScope(shield=True):
                     await super().protocol_send(event)
                 return
@@ -843,6 +873,9 @@ def _drop_what_apps_leave_unread() -> None:
             # the apps running on the connection: their cancel scopes, and since when each
             # waits on other requests (held_for_others), for Server.give_up_place/waited_on
             self.apps: dict[trio.CancelScope, list[float | None]] = {}
+            # the apps spawned and not yet returned (counted from the spawn: ``apps`` holds
+            # one only once its task runs), for _bound_http2_apps
+            self.running = 0
 
         async def spawn_app(self, app: Any, config: Any, scope: Any, send: Any) -> Any:
             put_end, take_end = trio.open_memory_channel[Any](config.max_app_queue_size)
@@ -858,6 +891,7 @@ def _drop_what_apps_leave_unread() -> None:
                         finally:
                             del self.apps[cancel]
                 finally:
+                    self.running -= 1
                     take_end.close()  # what is queued is dropped, and so what is put after
 
             async def put(message: Any) -> None:
@@ -871,9 +905,163 @@ def _drop_what_apps_leave_unread() -> None:
 
             self._nursery.start_soon(handle, run_app, config, scope, take_end.receive, send,
                                      trio.to_thread.run_sync, trio.from_thread.run)
+            self.running += 1
             return put
 
     tcp_server.TaskGroup = TaskGroup
+
+
+def _bound_http2_apps() -> None:
+    """Have an HTTP/2 connection run at most :data:`H2_STREAMS` apps at once, counting a
+    stream until its app has returned, not until h2 sees it closed.
+
+    h2 bounds the streams *open* (``SETTINGS_MAX_CONCURRENT_STREAMS``), and a stream its
+    client resets is closed at once; hypercorn only tells its app (``http.disconnect``, which
+    an app waiting on something else reads only later), and lets the client open the next.
+    So a client that opened a stream and reset it at once, again and again (HTTP/2's "rapid
+    reset", CVE-2023-44487), had up to 1,000 apps of a connection under way (hypercorn's
+    ``keep_alive_max_requests``), not 8: with the upload places taken, 1,000 `add`s waiting
+    for one, each holding a 62 KiB head HPACK sent for a few bytes, 86 MiB of the daemon's a
+    connection (docs/security.md).  Now a stream that comes while its connection's apps are
+    at the bound is refused (``RST_STREAM`` ``REFUSED_STREAM``, which tells the client it
+    was not processed, so it may try again), and what the client sends on it is only
+    acknowledged (its flow-control window given back).
+
+    And h2 decodes one request head at a time: given a read, h2 decodes every frame in it
+    before hypercorn sees any, each head (up to 64 KiB decoded, for a byte an indexed field)
+    held in the list of events.  A read of 12,000 streams opened and reset (42 bytes each:
+    HEADERS naming a 3.8 KiB cookie 16 times, RST_STREAM), 500 KB sent, took the daemon to
+    585 MiB (99 at rest), whatever the bound above.  Now h2's frame buffer stops after each
+    request head (:class:`_OneHeadAtATime`), and the rest of the read is decoded once that
+    head has been taken up (its app spawned, or its stream refused).  The same buffer
+    refuses a head sent in more than :data:`HEAD_SIZE` bytes and drops settings h2 does not
+    know (:class:`_OneHeadAtATime`)."""
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    from h2.frame_buffer import FrameBuffer
+    from h2.settings import SettingCodes
+    from hypercorn.events import RawData
+    from hypercorn.protocol.h2 import H2Protocol
+    from hyperframe.frame import HeadersFrame, SettingsFrame
+
+    if getattr(H2Protocol, "_ww_bounded", False):  # done already
+        return
+    create_stream = H2Protocol._create_stream  # read first: should hypercorn rename them,
+    handle_events = H2Protocol._handle_events  # this raises
+    handle = H2Protocol.handle
+    H2Protocol._priority_updated  # noqa: B018 -- what is replaced below, read first too
+    init = H2Protocol.__init__
+    FrameBuffer()._data, FrameBuffer._update_header_buffer  # noqa: B018 -- read first: should
+    # h2 rename them, this raises
+
+    _KNOWN_SETTINGS = frozenset(int(code) for code in SettingCodes)
+
+    class _OneHeadAtATime(FrameBuffer):
+        """h2's frame buffer, ending its frames after each request head (``stopped``: the
+        rest is still to be read, by another ``receive_data``), and refusing a head whose
+        frames (HEADERS and CONTINUATIONs) hold more than :data:`HEAD_SIZE` bytes: h2
+        buffers up to 64 frames of 16 KiB before it decodes any, so a connection that sent
+        a head of 63 and nothing more held 1.3 MiB until it ended (120: 98 -> 254 MiB), where
+        HPACK never needs more bytes for a head than its decoded size, 64 KiB at most.
+        And dropping the settings of a client's SETTINGS frame that h2 does not know."""
+
+        stopped = False
+        _head = False
+
+        def _update_header_buffer(self, f: Any) -> Any:
+            frame = super()._update_header_buffer(f)
+            if sum(len(part.data) for part in self._headers_buffer) > HEAD_SIZE:
+                raise h2.exceptions.ProtocolError(f"a request head of more than {HEAD_SIZE} "
+                                                  "bytes")
+            return frame
+
+        def __next__(self) -> Any:
+            if self._head:
+                self._head = False
+                self.stopped = len(self._data) > 0
+                raise StopIteration
+            frame = super().__next__()
+            self._head = isinstance(frame, HeadersFrame)
+            if isinstance(frame, SettingsFrame):
+                # what HTTP/2 has a client's unknown settings be: ignored (RFC 9113, 6.5.2).
+                # h2 kept each, a deque apiece, and looked every one over at each SETTINGS
+                # frame after: a client that sent all 65,520 (393 KB) had 57 MiB of the
+                # daemon's held for its connection, and each empty SETTINGS it sent after
+                # cost 1 ms of CPU (116 s a MiB of them)
+                frame.settings = {code: value for code, value in frame.settings.items()
+                                  if code in _KNOWN_SETTINGS}
+            return frame
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.connection.incoming_buffer.__class__ = _OneHeadAtATime
+
+    async def handle_one_head_at_a_time(self: Any, event: Any) -> None:
+        await handle(self, event)
+        if not isinstance(event, RawData):
+            return
+        buffer = self.connection.incoming_buffer
+        # each round takes at least one head off the buffer: bounded by its frames
+        while buffer.stopped and not self.closed \
+                and self.connection.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+            buffer.stopped = False
+            await handle(self, RawData(data=b""))
+
+    async def _create_stream(self: Any, request: Any) -> None:
+        if getattr(self.task_group, "running", 0) >= H2_STREAMS:
+            try:
+                self.connection.reset_stream(request.stream_id,
+                                             h2.errors.ErrorCodes.REFUSED_STREAM)
+            except h2.exceptions.ProtocolError:
+                pass  # its client reset it already
+            return
+        await create_stream(self, request)
+
+    async def _handle_events(self: Any, events: list[Any]) -> None:
+        def kept(batch: list[Any]) -> Iterator[Any]:
+            # read one at a time as hypercorn handles them, so a stream refused above (or
+            # whose app has answered and gone) is seen as such by the events after it:
+            # hypercorn looks a data event's stream up unguarded, and raised
+            for event in batch:
+                if isinstance(event, h2.events.DataReceived) \
+                        and event.stream_id not in self.streams:
+                    self.connection.acknowledge_received_data(event.flow_controlled_length,
+                                                              event.stream_id)
+                    continue
+                yield event
+
+        batch: list[Any] = []
+        for event in events:
+            batch.append(event)
+            if isinstance(event, h2.events.StreamReset):
+                await handle_events(self, kept(batch))
+                batch = []
+                # its reply's buffer closed, so that the send task drops it and its place in
+                # the priority tree: hypercorn dropped them only once a reply was done, and
+                # an app that never ends one (a request cancelled as its client left) left
+                # them for as long as the connection lasted; at 999 (the tree's bound) the
+                # next stream raised out of the connection and ended the daemon
+                buffer = self.stream_buffers.get(event.stream_id)
+                if buffer is not None:
+                    await buffer.close()
+                    await self._window_updated(event.stream_id)  # the send task to see it
+        if batch:
+            await handle_events(self, kept(batch))
+
+    async def _priority_updated(self: Any, event: Any) -> None:
+        """PRIORITY signals ignored, as RFC 9113 (5.3.2) lets a server: hypercorn put every
+        stream one named in its priority tree, opened or not, never to be taken out, and
+        the tree's 1,000th raised out of the connection and ended the daemon (1,001 PRIORITY
+        frames, 14 KB).  Its streams are served in the order the tree has them by default."""
+
+    H2Protocol.__init__ = __init__  # type: ignore[method-assign]
+    H2Protocol.handle = handle_one_head_at_a_time  # type: ignore[method-assign]
+    H2Protocol._create_stream = _create_stream  # type: ignore[method-assign]
+    H2Protocol._handle_events = _handle_events  # type: ignore[method-assign]
+    H2Protocol._priority_updated = _priority_updated  # type: ignore[method-assign]
+    H2Protocol._ww_bounded = True  # type: ignore[attr-defined]
 
 
 def _shut_down_connections(local: set[tuple[str, int] | str]) -> None:
