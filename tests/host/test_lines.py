@@ -81,6 +81,54 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
     assert said == [str(2000 - len(kept)).encode()]  # dropped, and said once
 
 
+def test_the_count_of_dropped_lines_is_said_where_they_went_missing():
+    """attack (``ww daemon``'s event lines, 6,000 failed requests on a stderr pipe read only
+    later): the count was said after the first line the thread took once the pipe took
+    lines again, one queued long before the lines dropped, and 4,229 lines made before the
+    gap came after it; and lines dropped with none kept after them were never said.  The
+    count is said right before the first line kept after them, else once the lines before
+    them are written."""
+    r, w, filler = _full_pipe()
+    writer, out = lines._writer(), lines.Out(w)
+    lines.put(out, b"event 0\n", "event")  # the thread takes it and waits in write
+    with writer._cond:
+        assert writer._cond.wait_for(lambda: writer._busy, HANG)
+    a = b"event a " + b"a" * (lines.MAX_WAITING // 2) + b"\n"
+    b = b"event b " + b"b" * (lines.MAX_WAITING - len(a) - 109) + b"\n"  # 100 bytes left
+    for line in (a, b, b"event c " + b"c" * 200 + b"\n", b"event d\n",
+                 b"event e " + b"e" * lines.MAX_WAITING + b"\n"):
+        lines.put(out, line, "event")  # c and e dropped: no room
+    data = _drain_and_read(r, w)
+    count = b"ww: 1 event lines dropped: they could not be written as fast as they came\n"
+    assert data == filler + b"event 0\n" + a + b + count + b"event d\n" + count
+
+
+def test_a_drain_after_one_that_gave_up_does_not_wait_again(monkeypatch):
+    """attack: ``ww daemon`` on a stderr pipe nobody reads, stopped: it drains its event
+    lines as it stops, again after its last line, and once more at exit, and each waited
+    its 5 s afresh without a line written (15 s to stop, not the 5 said).  The stall
+    counts from the thread's last progress: the next drain gives up without waiting; once
+    the pipe is read the lines are written."""
+    r, w, filler = _full_pipe()
+    lines.put(lines.Out(w), b"event 0\n", "event")
+    writer = lines._writer()
+    assert not writer.drain(0.2)  # the thread waits in write: given up
+    waits: list[int] = []
+    wait = writer._cond.wait
+
+    def counted(timeout: float | None = None) -> bool:
+        waits.append(threading.get_ident())
+        return wait(timeout)
+
+    monkeypatch.setattr(writer._cond, "wait", counted)
+    assert not writer.drain(0.2)
+    assert threading.get_ident() not in waits  # unfixed: waited 0.2 s more, for nothing
+    monkeypatch.undo()
+    lines.put(lines.Out(w), b"event 1\n", "event")
+    data = _drain_and_read(r, w)
+    assert data == filler + b"event 0\nevent 1\n"
+
+
 def test_a_line_is_not_lost_when_the_cell_makes_the_shared_file_non_blocking():
     """attack: the host's stderr on a terminal or a pipe is one open file with the cell's
     fd 2, so a cell sets O_NONBLOCK on it (``fcntl(2, F_SETFL, O_NONBLOCK)``), fills it (or

@@ -17,7 +17,8 @@ serves fd 3, which would then answer nothing more, and `ww run` would never exit
   relays that file (:func:`ww.host.relay.write_as_cell`).
 - **Audit lines never wait** (:func:`put`): at most :data:`MAX_WAITING` bytes of them wait
   for the thread; past that a line is dropped, and how many were is said once (a ``ww:``
-  line) when the thread writes again.
+  line) where they went missing: before the next line kept, else once the lines queued
+  before them are written.
 - **At exit** (:func:`drain`, from ``ww.cli.entry.exit_now``, once the terminal is
   restored) the lines still waiting are written, but `ww run` does not wait for ever: the
   drain gives up once no line has been written for :data:`STALL` seconds (a pipe nobody
@@ -142,7 +143,7 @@ def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 class _Line:
-    __slots__ = ("fd", "data", "done", "bounded", "what", "taken", "withdrawn")
+    __slots__ = ("fd", "data", "done", "bounded", "what", "dropped", "taken", "withdrawn")
 
     def __init__(self, fd: int, data: bytes,
                  done: Callable[[BaseException | None], object] | None,
@@ -152,6 +153,7 @@ class _Line:
         self.done = done  # a console line's: called by the thread once written (or failed)
         self.bounded = bounded  # an audit line: counted in MAX_WAITING, dropped past it
         self.what = what  # what a dropped one is called
+        self.dropped = 0  # lines of its fd and what dropped just before it: said before it
         self.taken = False  # the thread holds it
         self.withdrawn = False  # its call was cancelled before that: not written
 
@@ -168,17 +170,24 @@ class _Writer:
         self._dropped: dict[tuple[int, str], int] = {}  # lines dropped, by fd and what
         self._busy = False  # the thread holds a line it has not written yet
         self._written = 0  # lines written (or failed) so far: the drain's sign of progress
+        self._progress = 0.0  # (monotonic) when a line was last written
+        self._drain_from: float | None = None  # when the first drain since then began
         self._cond = threading.Condition()
         threading.Thread(target=self._run, name="ww-lines", daemon=True).start()
 
     def put(self, line: _Line) -> None:
         with self._cond:
             if line.bounded:
+                key = (line.fd, line.what)
                 if self._audit + len(line.data) > MAX_WAITING:
-                    key = (line.fd, line.what)
                     self._dropped[key] = self._dropped.get(key, 0) + 1
+                    self._cond.notify_all()  # (an idle thread says it: a line past the bound)
                     return
                 self._audit += len(line.data)
+                # the count goes where the lines went missing: before the first line kept
+                # after them (said once the thread took a line queued before them, it came
+                # that many lines early: a reader put the gap where none was)
+                line.dropped = self._dropped.pop(key, 0)
             self._queue.append(line)
             self._cond.notify_all()
 
@@ -194,6 +203,14 @@ class _Writer:
         while True:
             with self._cond:
                 while not self._queue:
+                    if self._dropped:
+                        # lines dropped with none kept after them: said now, after every
+                        # line queued before them
+                        (fd, what), dropped = self._dropped.popitem()
+                        line = _Line(fd, b"", None, True, what)
+                        line.dropped = dropped
+                        self._queue.append(line)
+                        break
                     self._busy = False
                     self._cond.notify_all()
                     self._cond.wait()
@@ -204,36 +221,49 @@ class _Writer:
                     continue
                 line.taken = self._busy = True
                 self._cond.notify_all()  # (whoever waits for a line to be taken)
-                dropped = self._dropped.pop((line.fd, line.what), 0) if line.bounded else 0
             error: OSError | None = None
             try:
+                if line.dropped:
+                    write_all(line.fd, f"ww: {line.dropped} {line.what} lines dropped: they "
+                              "could not be written as fast as they came\n".encode())
                 write_all(line.fd, line.data)
-                if dropped:
-                    write_all(line.fd, f"ww: {dropped} {line.what} lines dropped: they could not "
-                              "be written as fast as they came\n".encode())
             except OSError as e:
                 error = e  # the operator's terminal went away; the cell's work goes on
             if line.done is not None:
                 line.done(error)
             with self._cond:
                 self._written += 1
+                self._progress, self._drain_from = _monotonic(), None
                 self._cond.notify_all()
 
     def drain(self, stall: float) -> bool:
         """Wait until every line queued so far is written, or until none has been for
-        ``stall`` seconds; True if all were."""
+        ``stall`` seconds; True if all were.  The seconds count from the first drain since
+        a line was last written, not from each: ``ww daemon`` drains as it stops, after its
+        last line, and at exit, and on a pipe nobody reads each waited its 5 s afresh (15 s
+        to stop)."""
         import time
 
         with self._cond:
-            seen, deadline = self._written, time.monotonic() + stall
-            while self._queue or self._busy:
+            if self._drain_from is None:
+                self._drain_from = time.monotonic()
+            seen = -1
+            while self._queue or self._busy or self._dropped:
                 if self._written != seen:
-                    seen, deadline = self._written, time.monotonic() + stall
+                    seen = self._written
+                    deadline = max(self._progress, self._drain_from or 0.0) + stall
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(left)
+            self._drain_from = None
             return True
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
 
 
 def write_all(fd: int, data: bytes) -> None:
