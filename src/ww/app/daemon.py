@@ -275,7 +275,7 @@ def run(options: DaemonOptions) -> int:
             async with trio.open_nursery() as nursery:
                 await nursery.start(on_signal)
                 announce()
-                await serve(sites, stop)
+                await serve(sites, stop, log=log)
                 nursery.cancel_scope.cancel()
 
         trio.run(main)

@@ -88,6 +88,7 @@ def stretch_rate(stretch: Stretch | None, now: float, moved: int, excused: float
     return ((now, moved, excused) if rate >= MIN_SEND_RATE else stretch), rate
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+Log = Callable[..., None]  # log(event, **fields): ww daemon's EventLog
 
 
 @dataclass
@@ -386,7 +387,7 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
 
 
 async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
-                connections: int = CONNECTIONS) -> None:
+                connections: int = CONNECTIONS, log: Log | None = None) -> None:
     """Serve every site until ``stop`` is set; then stop accepting, let the requests in
     flight finish for at most ``grace`` seconds, cancel the rest, and return.
 
@@ -403,7 +404,12 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
 
     A request whose client stopped reading is stuck in a write hypercorn shields from
     cancellation: once the grace is over, the connections still open are shut down under it
-    (which ends such a write), so a stop takes at most about ``grace`` seconds."""
+    (which ends such a write), so a stop takes at most about ``grace`` seconds.
+
+    A defect in serving one connection (hypercorn's, h2's, ours) ends that connection, not
+    the site; it is told as the event ``connection-error`` through ``log`` (``ww daemon``'s
+    event lines: never written on this loop), by default a line on stderr written the same
+    way (:func:`ww.host.lines.put`)."""
     _read_in_larger_pieces()
     _copy_bodies_once()
     _keep_freed_buffers()
@@ -423,7 +429,8 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
         outer.start_soon(close_after_grace)
         async with trio.open_nursery() as nursery:
             for site in sites:
-                nursery.start_soon(_serve_site, site, stop, grace, connections)
+                nursery.start_soon(_serve_site, site, stop, grace, connections,
+                                   log or _tell)
         outer.cancel_scope.cancel()
 
 
@@ -446,7 +453,8 @@ def _config(grace: float) -> Any:
 _ACCEPT_CAPACITY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: int) -> None:
+async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: int,
+                      log: Log) -> None:
     """hypercorn's own serving loop (``hypercorn.trio.run.worker_serve``), for one ASGI app
     on its socket, with an accept loop of ours that takes a connection only while fewer than
     ``connections`` are open (hypercorn's accepts every connection at once, each with its
@@ -492,9 +500,9 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         except Exception as err:
             # a defect in serving one connection (hypercorn's, h2's, ours) ends that
             # connection, not the site and with it the daemon, as one did (an HTTP/2
-            # client's 1,001 PRIORITY frames: docs/security.md); told on stderr
-            _tell(f"ww daemon: {site.name}: a connection ended by an internal error: "
-                  f"{type(err).__name__}: {err}")
+            # client's 1,001 PRIORITY frames: docs/security.md)
+            log("connection-error", site=site.name,
+                error=" ".join(f"{type(err).__name__}: {err}".split()))
         finally:
             served.discard(server)
             slots.release()
@@ -556,14 +564,15 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
         conns.cancel_scope.deadline = trio.current_time() + grace
 
 
-def _tell(line: str) -> None:
-    """One line on stderr (if it cannot be written, nothing)."""
-    import os
+def _tell(event: str, **fields: Any) -> None:
+    """An event as ``ww daemon``'s plain event lines read, on stderr: never waiting on this
+    loop (:func:`ww.host.lines.put`: a pipe nobody reads held it, and every connection with
+    it; past a MiB waiting, dropped and counted)."""
+    from ww.host import lines
 
-    try:
-        os.write(2, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
+    details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+    lines.put(lines.stderr(), f"ww daemon: {event}: {details}\n".encode(errors="backslashreplace"),
+              "event")
 
 
 def _bounded_heads(app: ASGIApp) -> ASGIApp:
