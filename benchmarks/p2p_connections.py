@@ -11,8 +11,10 @@ idle host's:
 1. ``stalled handshakes``: 300 TCP connections that never send a byte, read after 2 s;
 2. ``peer ids``: ``MAX_INBOUND + 20`` new peer ids connect (Noise and Yamux, as
    :mod:`tests.p2p.sybils` does) and stay (the cost of one connection: the RSS grown,
-   divided by the connections held); then ``+ streams``: each held connection opens
-   ``MAX_NEGOTIATING + 16`` streams that never name a protocol;
+   divided by the connections held): from 127.0.0.1 up to its ``MAX_PER_LOOPBACK``, then
+   ``MAX_PER_IP`` from each of 127.0.0.2, 127.0.0.3, ... (``sybils.filling``), the 20 past
+   the cap from 127.0.0.1 and 127.0.0.2, each at its bound; then ``+ streams``: each held
+   connection opens ``MAX_NEGOTIATING + 16`` streams that never name a protocol;
 3. ``one conn's streams``: one connection opens 4000 such streams at once.
 
 Streams are read when the host has ended all it will end at once, or 8 s after they were
@@ -39,7 +41,7 @@ import trio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.p2p.sybils import connect  # noqa: E402
+from tests.p2p.sybils import connect, filling  # noqa: E402
 from ww.p2p.admission import MAX_INBOUND, MAX_NEGOTIATING  # noqa: E402
 
 ONE_CONN_STREAMS = 4000
@@ -145,10 +147,10 @@ def _on_host(src: str | None, phase: Any) -> list[Row]:
 async def peer_ids(host: Host, rows: list[Row]) -> None:
     held = []
     async with trio.open_nursery() as nursery:
-        for _ in range(MAX_INBOUND + 20):
+        for source in filling(MAX_INBOUND) + ["127.0.0.1", "127.0.0.2"] * 10:
             try:
                 with trio.fail_after(30):
-                    held.append(await connect(host.addr, nursery))
+                    held.append(await connect(host.addr, nursery, source=source))
             except Exception:
                 pass
         await trio.sleep(1)

@@ -13,6 +13,17 @@ from typing import Any
 import multiaddr
 import trio
 
+from ww.p2p.admission import MAX_PER_IP, MAX_PER_LOOPBACK
+
+
+def filling(n: int, taken: int = 0) -> list[str]:
+    """Local addresses for ``n`` connections to one host, in turn, that admission lets in
+    up to its MAX_INBOUND without trimming any: 127.0.0.1 up to MAX_PER_LOOPBACK (``taken``
+    of them held there already), then MAX_PER_IP from each of 127.0.0.2, 127.0.0.3, ...
+    (127.0.0.1 alone no longer fills a host: it holds half)."""
+    local = max(0, min(n, MAX_PER_LOOPBACK - taken))
+    return ["127.0.0.1"] * local + [f"127.0.0.{2 + i // MAX_PER_IP}" for i in range(n - local)]
+
 
 async def connect(addr: str, nursery: trio.Nursery, source: str | None = None) -> Any:
     """A new identity's Yamux connection to the host at ``addr`` (.../p2p/<id>), from the

@@ -19,12 +19,13 @@ import trio
 
 from tests.conftest import HANG
 from tests.p2p.conftest import ww_call
-from tests.p2p.sybils import connect
+from tests.p2p.sybils import connect, filling
 from ww.p2p.admission import (
     MAX_HANDSHAKES,
     MAX_INBOUND,
     MAX_NEGOTIATING,
     MAX_PER_IP,
+    MAX_PER_LOOPBACK,
     MAX_STREAMS_PER_CONN,
 )
 
@@ -131,20 +132,24 @@ def test_connections_that_came_and_went_do_not_shut_the_door(exporter) -> None:
 
 def test_peer_ids_past_the_cap_are_refused_and_a_connection_there_keeps_working(
         exporter, peer) -> None:
-    """A well-behaved peer connects and calls; then new peer ids connect until 20 past
-    MAX_INBOUND, and hold on.  The old host took all of them (each some 0.06 MiB, more with
-    streams; 250, then 300 in all).  Now the newcomers past the cap are refused at accept,
-    the ones in keep their connections, and the first peer's connection still serves it."""
+    """A well-behaved peer connects (from 127.0.0.1) and calls; then new peer ids connect
+    until 20 past MAX_INBOUND, and hold on: 127.0.0.1 up to its MAX_PER_LOOPBACK, the rest
+    from 127.0.0.2, ... MAX_PER_IP each; the 21 past the cap from 127.0.0.1, 127.0.0.2 and
+    127.0.0.3, each at its own bound (so none takes another's place).  The old host took all of
+    them (each some 0.06 MiB, more with streams; 250, then 300 in all).  Now the newcomers
+    past the cap are refused at accept, the ones in keep their connections, and the first
+    peer's connection still serves it."""
     host = exporter()
     assert _call(peer, host.addr, "before") == "before"
+    sources = filling(MAX_INBOUND - 1, taken=1) + ["127.0.0.1", "127.0.0.2", "127.0.0.3"] * 7
 
     async def main() -> tuple[int, int, int, str]:
         held, refused = [], 0
         async with trio.open_nursery() as nursery:
             with trio.fail_after(HANG):
-                for _ in range(MAX_INBOUND + 20):
+                for source in sources:
                     try:
-                        held.append(await connect(host.addr, nursery))
+                        held.append(await connect(host.addr, nursery, source=source))
                     except Exception:
                         refused += 1
             answer = await trio.to_thread.run_sync(_call, peer, host.addr, "after")
@@ -158,18 +163,22 @@ def test_peer_ids_past_the_cap_are_refused_and_a_connection_there_keeps_working(
     assert answer == "after"
 
 
-def test_connections_from_one_address_are_bounded(exporter) -> None:
+@pytest.mark.parametrize("source, bound", [("127.0.0.2", MAX_PER_IP),
+                                           ("127.0.0.1", MAX_PER_LOOPBACK)])
+def test_connections_from_one_address_are_bounded(exporter, source, bound) -> None:
     """MAX_PER_IP + 2 peer ids from 127.0.0.2: the last two are refused, and a peer from
-    another address (127.0.0.3) is still let in."""
+    another address (127.0.0.3) is still let in.  Likewise MAX_PER_LOOPBACK + 2 from
+    127.0.0.1 (a local process, or remote peers through a local proxy): before, 127.0.0.1
+    was not counted, and took every one, up to all MAX_INBOUND places."""
     host = exporter()
 
     async def main() -> tuple[int, int, bool]:
         held, refused = 0, 0
         async with trio.open_nursery() as nursery:
             with trio.fail_after(HANG):
-                for _ in range(MAX_PER_IP + 2):
+                for _ in range(bound + 2):
                     try:
-                        await connect(host.addr, nursery, source="127.0.0.2")
+                        await connect(host.addr, nursery, source=source)
                         held += 1
                     except Exception:
                         refused += 1
@@ -177,7 +186,7 @@ def test_connections_from_one_address_are_bounded(exporter) -> None:
             nursery.cancel_scope.cancel()
         return held, refused, other.is_established
 
-    assert trio.run(main) == (MAX_PER_IP, 2, True)
+    assert trio.run(main) == (bound, 2, True)
 
 
 def test_streams_that_never_name_a_protocol_are_bounded_per_connection(exporter) -> None:

@@ -6,7 +6,7 @@ opens and IPv4 peers on an IPv6 socket are counted right.
 Real hosts (:class:`ww.p2p.host.Node` in this process, so that the bounds can be made small
 and the counts looked at) and real libp2p connections of fresh peer ids
 (:mod:`tests.p2p.sybils`) from loopback addresses 127.0.0.2, 127.0.0.3, ... (each counted
-as a remote address; 127.0.0.1 is not).
+as a remote address) and 127.0.0.1 (counted as one address too, under its larger bounds).
 """
 
 from __future__ import annotations
@@ -45,6 +45,48 @@ def start() -> Iterator[Callable[..., Node]]:
         node.stop()
 
 
+async def _reset(stream: Any) -> bool:
+    """Whether the host has reset ``stream`` (a read fails, nothing was sent back)."""
+    try:
+        await stream.read(1)
+    except Exception:
+        return True
+    return False
+
+
+def _small(monkeypatch: pytest.MonkeyPatch, **bounds: float) -> None:
+    """Make admission's ``bounds`` small for the test (set even where the code lacks them)."""
+    for name, value in bounds.items():
+        monkeypatch.setattr(admission, name, value, raising=False)
+
+
+async def _attempt(server: Node, nursery: trio.Nursery, source: str) -> Any:
+    """A new identity's connection to ``server`` from ``source``, or None if refused."""
+    try:
+        return await connect(server.addrs[0], nursery, source=source)
+    except Exception:
+        return None
+
+
+async def _fill(server: Node, nursery: trio.Nursery,
+                counts: dict[str, int]) -> dict[str, list[Any]]:
+    """New identities' connections to ``server``: ``counts[ip]`` from each ``ip``, in turn."""
+    return {ip: [await connect(server.addrs[0], nursery, source=ip) for _ in range(n)]
+            for ip, n in counts.items()}
+
+
+async def _held(server: Node, n: int) -> dict[str, Any]:
+    """``server``'s counts once it holds ``n`` set-up connections (it holds one once it has
+    added it to its swarm, which may come after the peer's side of the handshake is done),
+    or once HANG has passed."""
+    deadline = time.monotonic() + HANG
+    counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+    while sum(counts["held"].values()) < n and time.monotonic() < deadline:
+        await trio.sleep(0.02)
+        counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+    return counts
+
+
 def _counts(host: Any) -> dict[str, Any]:
     a = host.get_network().admission
     held = getattr(a, "held", {})  # getattr: what the host before these bounds lacked
@@ -57,11 +99,11 @@ def _counts(host: Any) -> dict[str, Any]:
 
 
 def test_one_address_takes_no_more_than_its_share_of_the_streams(start, monkeypatch) -> None:
-    """The host-wide cap made 12 and the per-address 4.  127.0.0.1 (not counted per address)
-    holds 5 streams; then 127.0.0.2 opens 8 on two connections: 4 are held and 4 reset.
-    Before, nothing bounded an address but the host-wide cap: 127.0.0.2 took the 7 left
-    (8 connections x 256 streams of one address could take all 1024), and a peer from
-    127.0.0.3 had its stream reset.  Now 127.0.0.3 is served."""
+    """The host-wide cap made 12 and the per-address 4.  127.0.0.1 (held to its own, larger
+    MAX_STREAMS_PER_LOOPBACK) holds 5 streams; then 127.0.0.2 opens 8 on two connections: 4
+    are held and 4 reset.  Before, nothing bounded an address but the host-wide cap:
+    127.0.0.2 took the 7 left (8 connections x 256 streams of one address could take all
+    1024), and a peer from 127.0.0.3 had its stream reset.  Now 127.0.0.3 is served."""
     monkeypatch.setattr(admission, "MAX_INBOUND_STREAMS", 12, raising=False)
     monkeypatch.setattr(admission, "MAX_STREAMS_PER_IP", 4, raising=False)
     server = start()
@@ -91,28 +133,19 @@ def test_a_full_host_shares_its_places_among_addresses(start, monkeypatch) -> No
     connection (the oldest of all has a stream open: spared); again: 127.0.0.3 gives up its
     oldest.  A third from 127.0.0.4 is refused (2 each now), and so is 127.0.0.2 coming
     back for its place: the places are shared, not taken back and forth."""
-    monkeypatch.setattr(admission, "MAX_INBOUND", 6, raising=False)
-    monkeypatch.setattr(admission, "MAX_PER_IP", 3, raising=False)
-    monkeypatch.setattr(admission, "EVICT_GRACE", 0.0, raising=False)
+    _small(monkeypatch, MAX_INBOUND=6, MAX_PER_IP=3, EVICT_GRACE=0.0)
     server = start()
-
-    async def attempt(nursery: trio.Nursery, source: str) -> Any:
-        try:
-            return await connect(server.addrs[0], nursery, source=source)
-        except Exception:
-            return None
 
     async def main() -> tuple[list[list[bool]], list[bool], dict[str, Any]]:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(HANG):
-                full = {ip: [await connect(server.addrs[0], nursery, source=ip)
-                             for _ in range(3)] for ip in ("127.0.0.2", "127.0.0.3")}
+                full = await _fill(server, nursery, {"127.0.0.2": 3, "127.0.0.3": 3})
                 assert await _open(full["127.0.0.2"][0]) is not None  # in use
-                newcomers = [await attempt(nursery, "127.0.0.4") for _ in range(2)]
+                newcomers = [await _attempt(server, nursery, "127.0.0.4") for _ in range(2)]
                 if None not in newcomers:  # (else the assertions below fail)
                     for gone in (full["127.0.0.2"][1], full["127.0.0.3"][0]):
                         await gone.event_shutting_down.wait()  # the host hung up
-                later = [await attempt(nursery, ip) for ip in ("127.0.0.4", "127.0.0.2")]
+                later = [await _attempt(server, nursery, ip) for ip in ("127.0.0.4", "127.0.0.2")]
                 alive = [[not c.event_shutting_down.is_set() for c in conns]
                          for conns in full.values()]
                 alive.append([c is not None and not c.event_shutting_down.is_set()
@@ -126,6 +159,43 @@ def test_a_full_host_shares_its_places_among_addresses(start, monkeypatch) -> No
     assert later == [False, False]
     assert (counts["inbound"], counts["held"]) == (6, {"127.0.0.2": 2, "127.0.0.3": 2,
                                                        "127.0.0.4": 2})
+
+
+def test_127_0_0_1_gives_its_places_to_newcomers_as_any_address(start, monkeypatch) -> None:
+    """MAX_INBOUND made 6, MAX_PER_LOOPBACK 4, MAX_PER_IP 2: 127.0.0.1 (a local process, or
+    remote peers through a local proxy) holds 4 connections, the oldest with a stream open,
+    and 127.0.0.2 holds 2: the host is full.  Before, 127.0.0.1 was never counted nor
+    trimmed: a newcomer from 127.0.0.3 took 127.0.0.2's place, and 127.0.0.1 alone could
+    hold every place, unevicted (measured: 128 of 150 connections of one key).  Now 127.0.0.2
+    coming again is refused (at its own bound: it may not grow past it at 127.0.0.1's
+    expense), and two newcomers from 127.0.0.3 each take the place of one of 127.0.0.1's
+    idle connections, oldest first; a third from 127.0.0.3 is refused (at its bound), and so
+    is 127.0.0.1 coming back (2 each now)."""
+    _small(monkeypatch, MAX_INBOUND=6, MAX_PER_LOOPBACK=4, MAX_PER_IP=2, EVICT_GRACE=0.0)
+    server = start()
+
+    async def main() -> tuple[list[list[bool]], list[bool], dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                full = await _fill(server, nursery, {"127.0.0.1": 4, "127.0.0.2": 2})
+                assert await _open(full["127.0.0.1"][0]) is not None  # in use
+                let_in = [await _attempt(server, nursery, "127.0.0.2")]
+                let_in += [await _attempt(server, nursery, "127.0.0.3") for _ in range(2)]
+                if None not in let_in[1:]:  # (else the assertions below fail)
+                    for gone in full["127.0.0.1"][1:3]:
+                        await gone.event_shutting_down.wait()  # the host hung up
+                let_in += [await _attempt(server, nursery, ip) for ip in ("127.0.0.3", "127.0.0.1")]
+                alive = [[not c.event_shutting_down.is_set() for c in conns]
+                         for conns in full.values()]
+                counts = await _held(server, 6 if None not in let_in[1:3] else 0)
+            nursery.cancel_scope.cancel()
+        return alive, [c is not None for c in let_in], counts
+
+    alive, let_in, counts = trio.run(main)
+    assert let_in == [False, True, True, False, False]
+    assert alive == [[True, False, False, True], [True, True]]
+    assert (counts["inbound"], counts["held"]) == (6, {"127.0.0.1": 2, "127.0.0.2": 2,
+                                                       "127.0.0.3": 2})
 
 
 def test_an_address_keeps_its_last_set_up_connection_whatever_it_has_in_handshake(
@@ -172,9 +242,9 @@ def test_ipv4_peers_of_a_dual_stack_listener_are_counted_by_their_ipv4_address(
     """A host listening on an IPv6 socket that takes IPv4 too (bound to ::ffff:127.0.0.1,
     the loopback share of a dual-stack ::) sees IPv4 peers as ::ffff:a.b.c.d.  Counted as
     IPv6 /56, every IPv4 peer would share one place of MAX_PER_IP (and ::ffff:127.0.0.1
-    would be counted).  Before, none was counted at all: py-libp2p gives no remote address for
-    an IPv6 socket, so MAX_PER_IP (made 1 here) held no IPv6 peer.  Now each is counted by its
-    IPv4 address, 127.0.0.1 not at all."""
+    would be held to MAX_PER_IP).  Before, none was counted at all: py-libp2p gives no remote
+    address for an IPv6 socket, so MAX_PER_IP (made 1 here) held no IPv6 peer.  Now each is
+    counted by its IPv4 address, 127.0.0.1 under its own MAX_PER_LOOPBACK."""
     monkeypatch.setattr(admission, "MAX_PER_IP", 1, raising=False)
     server = start("/ip6/::ffff:127.0.0.1/tcp/0")
     port = server.addrs[0].split("/tcp/")[1].split("/")[0]
@@ -191,7 +261,7 @@ def test_ipv4_peers_of_a_dual_stack_listener_are_counted_by_their_ipv4_address(
                         let_in.append(True)
                     except Exception:
                         let_in.append(False)
-                counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+                counts = await _held(server, 4)
             nursery.cancel_scope.cancel()
         return let_in, counts
 
@@ -199,7 +269,7 @@ def test_ipv4_peers_of_a_dual_stack_listener_are_counted_by_their_ipv4_address(
     let_in, counts = trio.run(main)
     assert let_in == [True, False, True, True, True]
     assert counts["per_ip"] == {"127.0.0.1": 2, "127.0.0.2": 1, "127.0.0.3": 1}
-    assert counts["held"] == {"127.0.0.2": 1, "127.0.0.3": 1}
+    assert counts["held"] == {"127.0.0.1": 2, "127.0.0.2": 1, "127.0.0.3": 1}
 
 
 def test_a_simultaneous_open_leaves_nothing_counted(start) -> None:
@@ -243,14 +313,6 @@ def test_a_host_full_of_streams_shares_them_among_addresses(start, monkeypatch) 
     monkeypatch.setattr(admission, "MAX_STREAMS_PER_IP", 4, raising=False)
     server = start()
 
-    async def reset(stream: Any) -> bool:
-        """Whether the host has reset ``stream`` (a read fails, nothing was sent back)."""
-        try:
-            await stream.read(1)
-        except Exception:
-            return True
-        return False
-
     async def main() -> tuple[list[list[bool]], list[bool], list[bool], dict[str, Any]]:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(HANG):
@@ -261,7 +323,7 @@ def test_a_host_full_of_streams_shares_them_among_addresses(start, monkeypatch) 
                 newcomer = await connect(server.addrs[0], nursery, source="127.0.0.4")
                 served = [await _open(newcomer) is not None for _ in range(2)]
                 if all(served):  # (else the assertions below fail)
-                    served += [await reset(held[ip][0]) for ip in ("127.0.0.2", "127.0.0.3")]
+                    served += [await _reset(held[ip][0]) for ip in ("127.0.0.2", "127.0.0.3")]
                 later = [await _open(newcomer) is not None,
                          await _open(held["127.0.0.2"][1].conn) is not None]
                 alive = [[not (s.reset_received or s.closed) for s in streams[1:]]
@@ -283,6 +345,41 @@ def test_a_host_full_of_streams_shares_them_among_addresses(start, monkeypatch) 
     assert alive == [[True, True, True], [True, True, True]]
     assert counts == {"streams": 0, "ip_streams": {}, "all_streams": 0, "ip_held": {},
                       "dropped": 0}
+
+
+def test_a_host_full_of_streams_takes_them_from_127_0_0_1_too(start, monkeypatch) -> None:
+    """MAX_INBOUND_STREAMS made 8, MAX_STREAMS_PER_LOOPBACK 6, MAX_STREAMS_PER_IP 2: one
+    connection from 127.0.0.1 opens 7 streams and holds them: 6 are held, the 7th reset
+    (before, 127.0.0.1 was not counted: all 7, and it could hold every stream of the host).
+    127.0.0.2 opens 2: the host is full.  A peer from 127.0.0.3 opens 2 streams: both are
+    served, each taking the place of one of 127.0.0.1's, oldest first (before: reset, as
+    127.0.0.1 never gave a place up); its third is reset (at its own bound)."""
+    _small(monkeypatch, MAX_INBOUND_STREAMS=8, MAX_STREAMS_PER_LOOPBACK=6, MAX_STREAMS_PER_IP=2)
+    server = start()
+
+    async def main() -> tuple[list[bool], list[bool], list[bool], dict[str, Any]]:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                local = await connect(server.addrs[0], nursery)
+                held = [await _open(local) for _ in range(7)]
+                other = await connect(server.addrs[0], nursery, source="127.0.0.2")
+                held += [await _open(other) for _ in range(2)]
+                newcomer = await connect(server.addrs[0], nursery, source="127.0.0.3")
+                served = [await _open(newcomer) is not None for _ in range(3)]
+                gone = []
+                if served[:2] == [True, True]:  # (else the assertions below fail)
+                    gone = [await _reset(stream) for stream in held[:2]]
+                alive = [s is not None and not (s.reset_received or s.closed)
+                         for s in held[2:]]
+                counts = await trio.to_thread.run_sync(_on_host, server, _counts)
+            nursery.cancel_scope.cancel()
+        return served, gone, alive, counts
+
+    served, gone, alive, counts = trio.run(main)
+    assert served == [True, True, False]
+    assert gone == [True, True]
+    assert alive == [True, True, True, True, False, True, True]
+    assert counts["ip_streams"] == {"127.0.0.1": 4, "127.0.0.2": 2, "127.0.0.3": 2}
 
 
 class _Peername:

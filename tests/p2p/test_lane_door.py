@@ -5,7 +5,8 @@ and the lane's connections are held to admission's bounds.
 
 Real hosts (:class:`ww.p2p.host.Node` in this process, so that the bounds can be made small
 and the counts looked at), real TCP sockets from loopback addresses (127.0.0.2, 127.0.0.3:
-each counted as a remote address; 127.0.0.1 is not), real py-libp2p dialers.  The lane
+each counted as a remote address; 127.0.0.1 too, under its larger bounds), real py-libp2p
+dialers.  The lane
 acceptor is :class:`StandInLane`, a stand-in for the C lane (``ww.p2p._native``'s
 responder, wired to the door elsewhere): an asyncio loop on its own thread that reads the
 proposal, answers it and echoes what follows.
@@ -374,13 +375,18 @@ def test_a_lane_that_never_finishes_its_handshake_is_cut(start, lanes, monkeypat
     assert counts["refused"] == {"handshake_failed": 1}
 
 
-def test_a_lane_connection_gives_its_place_to_a_newcomer(start, lanes, monkeypatch) -> None:
-    """MAX_INBOUND made 2, MAX_PER_IP 3: 127.0.0.2 holds both places with lane connections,
-    the older one with a stream open (ticket.streams), the newer idle.  A lane connection
-    from 127.0.0.3 takes the idle one's place: admission calls that one's on_close callback
-    (the busy one is kept), and the newcomer reaches the acceptor."""
+@pytest.mark.parametrize("source", ["127.0.0.2", "127.0.0.1"])
+def test_a_lane_connection_gives_its_place_to_a_newcomer(
+    start, lanes, monkeypatch, source
+) -> None:
+    """MAX_INBOUND made 2, MAX_PER_IP and MAX_PER_LOOPBACK 3: 127.0.0.2 holds both places with
+    lane connections, the older one with a stream open (ticket.streams), the newer idle.  A
+    lane connection from 127.0.0.3 takes the idle one's place: admission calls that one's
+    on_close callback (the busy one is kept), and the newcomer reaches the acceptor.  Likewise
+    when 127.0.0.1 holds them (before, it never gave a place up: the newcomer was refused)."""
     monkeypatch.setattr(admission, "MAX_INBOUND", 2, raising=False)
     monkeypatch.setattr(admission, "MAX_PER_IP", 3, raising=False)
+    monkeypatch.setattr(admission, "MAX_PER_LOOPBACK", 3, raising=False)
     monkeypatch.setattr(admission, "EVICT_GRACE", 0.0, raising=False)
     node = start()
     lane = lanes()
@@ -389,7 +395,7 @@ def test_a_lane_connection_gives_its_place_to_a_newcomer(start, lanes, monkeypat
     try:
         conns = []
         for _ in range(2):  # one after the other: the order of their set-up is known
-            clients.append(_client(node, "127.0.0.2"))
+            clients.append(_client(node, source))
             clients[-1].sendall(LANE_PROPOSAL)
             conns.append(lane.next())
             assert conns[-1].answered.wait(HANG)
@@ -397,13 +403,14 @@ def test_a_lane_connection_gives_its_place_to_a_newcomer(start, lanes, monkeypat
         conns[0].ticket.streams = 1
         clients.append(_client(node, "127.0.0.3"))
         clients[-1].sendall(LANE_PROPOSAL)
+        assert _read(clients[-1], len(LANE_PROPOSAL)) == LANE_PROPOSAL  # (b"": refused)
         newcomer = lane.next()
         assert newcomer.ip == "127.0.0.3"
         assert conns[1].cut.wait(HANG) and conns[1].gone.wait(HANG)
         assert _read(clients[1], len(LANE_PROPOSAL) + 1) == LANE_PROPOSAL  # then its end
         assert not conns[0].cut.is_set()
         counts = _until(node, lambda c: c["handshakes"] == 0)
-        assert counts["held"] == {"127.0.0.2": 1, "127.0.0.3": 1}
+        assert counts["held"] == {source: 1, "127.0.0.3": 1}
         assert (counts["inbound"], counts["refused"]) == (2, {"evicted": 1})
     finally:
         for client in clients:

@@ -10,8 +10,10 @@ py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
 - **inbound connections in all** (set up or being set up): at most :data:`MAX_INBOUND`;
 - **inbound connections per remote IP address** (set up or being set up; an IPv6 /56 is
   one address, an IPv4-mapped ``::ffff:a.b.c.d`` its IPv4 address): at most
-  :data:`MAX_PER_IP` (127.0.0.1 and ::1 excepted: see :data:`MAX_PER_IP`), and when all
-  :data:`MAX_INBOUND` places are taken they are shared among addresses (below);
+  :data:`MAX_PER_IP`; 127.0.0.1 and ::1, each one address, at most
+  :data:`MAX_PER_LOOPBACK` (half the host: local tools and tests run many peers there, and
+  so does a local proxy for remote peers); and when all :data:`MAX_INBOUND` places are
+  taken they are shared among addresses, loopback like any other (below);
 - **inbound streams per connection not yet past protocol negotiation**: at most
   :data:`MAX_NEGOTIATING`, each within :data:`STREAM_NEGOTIATE_TIMEOUT`; once a stream has
   named its protocol, that protocol's own bounds hold it (Bitswap 4 streams a peer, each
@@ -19,9 +21,9 @@ py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
   them up, a stream counted until the peer closes its side (at most
   :data:`STREAM_LINGER` seconds after its handler returned; then it is reset);
 - **inbound streams per remote IP address** (all its connections together, an IPv6 /56 one
-  address, 127.0.0.1 and ::1 excepted as for :data:`MAX_PER_IP`): at most
-  :data:`MAX_STREAMS_PER_IP`, so that one address cannot take the host-wide streams below
-  (its 8 connections x 256 would be 2048);
+  address): at most :data:`MAX_STREAMS_PER_IP`, so that one address cannot take the
+  host-wide streams below (its 8 connections x 256 would be 2048); 127.0.0.1 and ::1 at
+  most :data:`MAX_STREAMS_PER_LOOPBACK` each (half the host's, as for connections);
 - **inbound streams in all** (all connections together, counted alike): at most
   :data:`MAX_INBOUND_STREAMS`, shared among addresses when all are taken (as connections
   are, below: a new stream from an address holding at least 2 fewer than the address
@@ -40,9 +42,10 @@ closed here: they are the user's work (a peer dialing us while we dial it makes 
 connection, counted and given back like any other).
 
 One exception, so that a few addresses cannot shut the door on all others (16 addresses x 8
-connections fill :data:`MAX_INBOUND`): when the host is full and a connection comes from an
-address holding fewer connections (set up or being set up) than another holds set up, by at
-least 2, that other address gives up one of its set-up connections (see
+connections fill :data:`MAX_INBOUND`, as do 127.0.0.1's 64 and 8 addresses of 8): when the
+host is full and a connection comes from an address under its own bound holding fewer
+connections (set up or being set up) than another holds set up, by at least 2, that other
+address (127.0.0.1 and ::1 included) gives up one of its set-up connections (see
 :meth:`Admission.victim`: its oldest the peer has no stream open on, set up at least
 :data:`EVICT_GRACE` seconds ago, else its oldest), closed at once, and the newcomer takes
 its place.  The places end up shared out evenly among the addresses asking for them: an
@@ -51,9 +54,13 @@ address trimmed to one below another's cannot take it back by connecting again. 
 go-libp2p's connection manager's answer (trim rather than keep the door shut), made fair
 per address and done at once rather than down to a low water mark.  What it leaves: the
 trimming is decided at accept, before the newcomer's handshake (so the count never goes
-past MAX_INBOUND), so one address's bare TCP connections can trim others' (at most
-MAX_PER_IP at a time, each holding its place until its handshake times out); and 128
-addresses of one connection each still fill the host, as they would any bound.
+past MAX_INBOUND), so one address's bare TCP connections can trim others' (at most as many
+at a time as its address may hold, each holding its place until its handshake times out);
+and 128 addresses of one connection each still fill the host, as they would any bound.
+So no address, loopback included, keeps a newcomer from another address out: a local
+process, or remote peers reaching the host through a local proxy (an ssh ``-R`` tunnel, a
+``socat`` forward, an onion service: all arrive from 127.0.0.1), hold at most
+:data:`MAX_PER_LOOPBACK` places, and give them up to newcomers as any address does.
 
 The native lane (the C libp2p connection ww hosts call `/ww/0.1.0` over) shares the port: a
 ww lane dialer proposes :data:`LANE` as the security protocol, sending multistream's header
@@ -95,8 +102,9 @@ escapes and cut an honest peer that dials a host's many addresses in turn.
 What go-libp2p (kubo) does, for comparison: its upgrader sets up at most 16 inbound
 connections at a time (``AcceptQueueLength``; it stops accepting beyond) within 15 s; its
 resource manager allows 8 connections per IPv4 address (/32) and per IPv6 /56, loopback
-excepted; kubo's connection manager trims to 32 connections once there are more than 96
-(closing the least useful, after a 20 s grace period).  The numbers here are measured in
+excepted (here 127.0.0.1 and ::1 are held to :data:`MAX_PER_LOOPBACK`, and share); kubo's
+connection manager trims to 32 connections once there are more than 96 (closing the least
+useful, after a 20 s grace period).  The numbers here are measured in
 docs/benchmarks.md ("Connections from remote peers").
 """
 
@@ -116,7 +124,8 @@ from ww.p2p.yamux import allow_growth
 
 __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HANDSHAKES",
            "MAX_INBOUND", "MAX_INBOUND_STREAMS", "MAX_NEGOTIATING", "MAX_PER_IP",
-           "MAX_STREAMS_PER_CONN", "MAX_STREAMS_PER_IP", "STREAM_LINGER",
+           "MAX_PER_LOOPBACK", "MAX_STREAMS_PER_CONN", "MAX_STREAMS_PER_IP",
+           "MAX_STREAMS_PER_LOOPBACK", "STREAM_LINGER",
            "STREAM_NEGOTIATE_TIMEOUT", "Admission", "LaneAccept", "LaneTicket", "install"]
 
 
@@ -132,11 +141,16 @@ MAX_HANDSHAKES = 32
 # at their worst.  kubo keeps 32 to 96 connections in all; a ww host serves a few cells'
 # peers.
 MAX_INBOUND = 128
-# Inbound connections from one IP address (go-libp2p's default).  127.0.0.1 and ::1 are not
-# counted (go-libp2p spares all of loopback): a peer there runs as a user of this machine,
-# and local tests and tools run many peers there; the totals above still hold for them.
-# Other loopback addresses (127.0.0.2, ...) are counted, so the bound can be tested.
+# Inbound connections from one IP address (go-libp2p's default); 127.0.0.1 and ::1 have
+# MAX_PER_LOOPBACK.  Other loopback addresses (127.0.0.2, ...) are held to this one, as any
+# remote address, so the bound can be tested with them.
 MAX_PER_IP = 8
+# Inbound connections from 127.0.0.1, and from ::1 (each one address): local tools and
+# tests run many peers there, and remote peers reaching the host through a local proxy (an
+# ssh -R tunnel, socat, an onion service) all arrive from there.  Half the host, so that
+# they can never hold it all; and they give places up to newcomers when the host is full as
+# any address does (Admission.victim).  go-libp2p spares all of loopback.
+MAX_PER_LOOPBACK = MAX_INBOUND // 2
 # Inbound streams of one connection that have not named their protocol yet.  A stream in
 # negotiation is work any peer can ask for (some 10 KiB and a task each, measured) and no
 # protocol's bound holds it yet; a ww or kubo peer opens a few at once (its identify, ping,
@@ -150,13 +164,16 @@ MAX_STREAMS_PER_CONN = 256
 # stream may hold 256 KiB of unread data (the protocol's initial window), so at most
 # 256 MiB, where MAX_INBOUND x MAX_STREAMS_PER_CONN streams could hold 8 GiB.
 MAX_INBOUND_STREAMS = 1024
-# Inbound streams of one remote address (all its connections; counted and excepted as for
-# MAX_PER_IP).  A fair share: MAX_INBOUND_STREAMS / MAX_PER_IP, so it takes 8 addresses to
-# fill the host, and 16 an honest peer's stream for each of the MAX_PER_IP connections an
-# address may hold (twice the 8 counted above).  It is below MAX_STREAMS_PER_CONN: one
-# connection from a remote address may hold half of what /ww/0.1.0 carries for the host,
-# the rest left to other addresses; a connection from 127.0.0.1 still holds 256.
+# Inbound streams of one remote address (all its connections; counted as for MAX_PER_IP).
+# A fair share: MAX_INBOUND_STREAMS / MAX_PER_IP, so it takes 8 addresses to fill the host,
+# and 16 an honest peer's stream for each of the MAX_PER_IP connections an address may hold
+# (twice the 8 counted above).  It is below MAX_STREAMS_PER_CONN: one connection from a
+# remote address may hold half of what /ww/0.1.0 carries for the host, the rest left to
+# other addresses; a connection from 127.0.0.1 still holds 256 (MAX_STREAMS_PER_LOOPBACK).
 MAX_STREAMS_PER_IP = 128
+# Inbound streams of 127.0.0.1, and of ::1 (each one address, all its connections): half the
+# host's, as MAX_PER_LOOPBACK is of its connections (8 for each of those).
+MAX_STREAMS_PER_LOOPBACK = MAX_INBOUND_STREAMS // 2
 # Seconds a set-up inbound connection is spared from being the one its address gives up
 # when it has no stream open (a new connection has not opened its first yet): those older
 # and idle go first.  go-libp2p's connection manager spares new connections 20 s.
@@ -168,7 +185,17 @@ STREAM_NEGOTIATE_TIMEOUT = 10
 STREAM_LINGER = 10
 
 IP6_PREFIX = 56  # an IPv6 peer's addresses counted as one: those of its /56
-_UNCOUNTED = frozenset({"127.0.0.1", "::1"})
+_LOOPBACK = frozenset({"127.0.0.1", "::1"})  # held to the *_PER_LOOPBACK bounds
+
+
+def _max_conns(ip: str) -> int:
+    """The inbound connections the address ``ip`` (as counted) may hold."""
+    return MAX_PER_LOOPBACK if ip in _LOOPBACK else MAX_PER_IP
+
+
+def _max_streams(ip: str) -> int:
+    """The inbound streams the address ``ip`` (as counted) may hold."""
+    return MAX_STREAMS_PER_LOOPBACK if ip in _LOOPBACK else MAX_STREAMS_PER_IP
 
 
 class Admission:
@@ -200,14 +227,16 @@ class Admission:
             return "handshakes"
         if self.inbound >= MAX_INBOUND:
             return "inbound"
-        if ip is not None and ip not in _UNCOUNTED and self.per_ip.get(ip, 0) >= MAX_PER_IP:
+        if ip is not None and self.per_ip.get(ip, 0) >= _max_conns(ip):
             return "per_ip"
         return None
 
     def victim(self, ip: str | None) -> tuple[str, Any] | None:
         """Which connection (with its address) gives its place to a new one from ``ip`` when
-        the host is full (None: none, the newcomer is refused).  The address holding the most
-        set-up connections (127.0.0.1 and ::1 never) gives one up if it holds at least 2 more
+        the host is full (None: none, the newcomer is refused).  If ``ip`` is under its own
+        bound (:data:`MAX_PER_IP`, :data:`MAX_PER_LOOPBACK`: a newcomer never takes its
+        address past it), the address holding the most set-up connections (127.0.0.1 and ::1
+        as any other) gives one up if it holds at least 2 more
         than ``ip`` holds set up or being set up, so it keeps one set up (one in its
         handshake, which may never finish, does not count for it): its oldest on which the
         peer has no stream open
@@ -215,16 +244,16 @@ class Admission:
         :attr:`LaneTicket.streams` says) set up at least
         :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
         handshake has its own timeout).  Only when the host is full: then a look at each
-        address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_IP
-        connections."""
-        if ip is None or not self.held:
+        address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_LOOPBACK
+        connections at most."""
+        if ip is None or not self.held or self.per_ip.get(ip, 0) >= _max_conns(ip):
             return None
         heaviest = max(self.held, key=lambda a: len(self.held[a]))
         conns = self.held[heaviest]
         if len(conns) < self.per_ip.get(ip, 0) + 2:
             return None
         now = trio.current_time()
-        for conn, since in conns.items():  # oldest first, at most MAX_PER_IP
+        for conn, since in conns.items():  # oldest first, at most MAX_PER_LOOPBACK
             if now - since >= EVICT_GRACE and self._idle(conn):
                 return heaviest, conn
         return heaviest, next(iter(conns))
@@ -239,8 +268,9 @@ class Admission:
         """Which stream (with its address) gives its place to a new one from ``ip`` when the
         host holds :data:`MAX_INBOUND_STREAMS` (None: none, the newcomer is reset): the
         oldest of the address holding the most, if it holds at least 2 more than ``ip`` (as for
-        connections, :meth:`victim`; 127.0.0.1 and ::1 neither give up nor take a place).
-        A look at each address holding a stream (at most MAX_INBOUND_STREAMS)."""
+        connections, :meth:`victim`; 127.0.0.1 and ::1 as any other: ``ip`` is under its own
+        bound, checked before).  A look at each address holding a stream (at most
+        MAX_INBOUND_STREAMS)."""
         if ip is None or not self.ip_held:
             return None
         heaviest = max(self.ip_held, key=self.ip_streams.__getitem__)
@@ -280,7 +310,7 @@ class Admission:
             _count(self.per_ip, ip, -1)
 
     def _hold(self, ip: str | None, conn: Any) -> None:
-        if ip is not None and ip not in _UNCOUNTED:
+        if ip is not None:
             self.held.setdefault(ip, {})[conn] = trio.current_time()
 
     def _let_go(self, ip: str | None, conn: Any) -> None:
@@ -576,11 +606,9 @@ def _stream_handler(inner: Any, admission: Admission) -> Any:
     async def handle(stream: Any) -> None:
         conn = stream.muxed_conn
         ip = admission.ip_of[conn] if conn in admission.ip_of else _remote_ip(conn)
-        if ip in _UNCOUNTED:
-            ip = None
         bound = ("streams" if admission.streams.get(conn, 0) >= MAX_STREAMS_PER_CONN else
                  "ip_streams" if ip is not None and admission.ip_streams.get(ip, 0) >=
-                 MAX_STREAMS_PER_IP else
+                 _max_streams(ip) else
                  "all_streams" if admission.all_streams >= MAX_INBOUND_STREAMS else None)
         victim = admission.stream_victim(ip) if bound == "all_streams" else None
         if bound is not None and victim is None:
