@@ -440,6 +440,29 @@ def test_dag_import_pins_its_parts_roots_only_once_every_part_is_read(daemon):
     assert daemon.post("block/get", str(second[0]))[2] == b"in the other part"
 
 
+def test_an_add_whose_paths_imply_directories_without_end_is_refused(daemon):
+    """(found by attack) a part's path implies its parent directories (kubo's implicit
+    directories), two bytes of path each ("d1/a/a/.../a", 255 levels, within the 256 a tree
+    may have): the old daemon made every one, some 1 KB and 137 us (its line included) a
+    directory, so 1,000 such parts (620 KB) took it 35 s of CPU and from 98 to 346 MiB.  Now
+    a tree's paths imply at most IMPLIED_DIRS directories and one an entry given: past it one
+    line, nothing pinned, the repository whole.  A tree named by its files alone is added."""
+    chain = "/".join(["a"] * 255)
+    parts = [(f"d{i}/{chain}", "application/x-directory", b"") for i in range(8)]
+    body, headers = multipart(parts)
+    status, err = error_of(daemon.post("add", body=body, headers=headers))
+    assert status == 500, err
+    assert "imply more than 1024 directories" in err["Message"], err  # IMPLIED_DIRS
+    assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
+    r = run_ww("repo", "check", env={**os.environ, "WW_HOME": str(daemon.home)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    # 300 files, each two directories down of its own: 601 directories implied
+    lines = add(daemon, [(f"top/s{i}/x/f{i}", "application/octet-stream", b"%d" % i)
+                         for i in range(300)])
+    assert len(lines) == 300 + 601 and lines[-1]["Name"] == "top"
+    assert daemon.post("cat", f"/ipfs/{lines[-1]['Hash']}/s7/x/f7")[2] == b"7"
+
+
 def _bytes_read(pid: int) -> int:
     """What a process has read through read() and the like (``rchar``), its threads'
     together: the blocks it reads from the repository included."""
