@@ -23,7 +23,7 @@ from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
            "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE",
-           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS"]
+           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS", "KEEP_ALIVE"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -40,6 +40,7 @@ CONNECTIONS = 128
 # up; a connection with no request under way (idle, or its request head not complete) gives
 # it up at once.  hypercorn's keep-alive timeout, which ends an idle connection in any case.
 EVICT_AFTER = 5.0
+KEEP_ALIVE = 5.0  # seconds an idle connection, or one whose head is not whole, is kept
 # With every place taken and a client waiting, a connection whose client leaves the reply the
 # daemon has for it untaken (a TCP window it keeps shut, an HTTP/2 flow-control window it
 # never opens, or either opened a little now and then) gives its place up once it has taken
@@ -434,6 +435,7 @@ def _config(grace: float) -> Any:
     config.accesslog = None
     config.errorlog = None  # the daemon logs one line per event itself
     config.graceful_timeout = grace
+    config.keep_alive_timeout = KEEP_ALIVE  # hypercorn's own, said
     config.h11_max_incomplete_size = HEAD_SIZE  # request line and headers
     config.h2_max_header_list_size = HEAD_SIZE
     config.h2_max_concurrent_streams = H2_STREAMS
