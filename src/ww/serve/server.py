@@ -695,6 +695,14 @@ def _server_class() -> type:
                 if data == b"":
                     break
             await self.protocol.handle(Closed())
+            # (found by attack) hypercorn leaves the connection's idle timer running once
+            # the reading is over, and the connection (its task group) ends only when the
+            # timer fires: an idle connection its client hung up on, or whose place it gave
+            # up for a waiting client, held that place up to KEEP_ALIVE seconds more, so
+            # the daemon, which cuts one at a time, cut one every 5 s, not at once (800
+            # connections holding half a head each: another client served after 30 s)
+            with trio.CancelScope(shield=True):
+                await self.idle_task.stop()
             # hypercorn's HTTP/2 protocol ends its streams on the connection's end but not
             # their send buffers: an app waiting for the client's window to take the rest of
             # its reply (in ``push`` or ``drain``) waited for ever, and held the connection,
