@@ -284,14 +284,7 @@ def test_connections_holding_half_a_head_give_their_places_up_at_once(ww_home):
             sock = socket.create_connection((host, int(port)), timeout=HANG)
             sock.sendall(b"POST /api/v0/version HTTP/1.1\r\nHost: x\r\n")
             socks.append(sock)
-        served = threading.Event()
-
-        def version() -> None:
-            if daemon.post("version")[0] == 200:
-                served.set()
-
-        client = threading.Thread(target=version, daemon=True)
-        client.start()
+        client, served = _version_in_thread(daemon)
         client.join(HANG)  # only a hang
         assert served.is_set(), "the client was never served"
     finally:
@@ -319,6 +312,11 @@ def _version_once_all_taken(daemon: Daemon, port: int
         if not _waiting_to_be_accepted(port):
             break
         threading.Event().wait(0.1)
+    return _version_in_thread(daemon)
+
+
+def _version_in_thread(daemon: Daemon) -> tuple[threading.Thread, threading.Event]:
+    """A client that asks for `version` (in a thread), and the event set once served."""
     served = threading.Event()
 
     def version() -> None:
