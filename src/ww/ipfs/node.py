@@ -302,12 +302,14 @@ class EmbeddedNode:
 
     # --- pins -------------------------------------------------------------------------
 
-    def pin(self, path: str, recursive: bool = True) -> None:
-        """Pin what ``path`` names; a recursive pin needs every block of the DAG locally."""
+    def pin(self, path: str, recursive: bool = True, seen: set[bytes] | None = None) -> None:
+        """Pin what ``path`` names; a recursive pin needs every block of the DAG locally.
+        ``seen``: the multihashes of blocks whose DAGs an earlier pin of the same call found
+        whole (updated), so that a request's paths walk the blocks they share once."""
         cid = self._cid(path)
         with self._repo.writing():
             if recursive:
-                for _ in exporter.walk(self._get_block, cid):
+                for _ in exporter.walk(self._get_block, cid, seen):
                     pass
             else:
                 self._get_block(cid)
