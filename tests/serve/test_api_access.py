@@ -266,6 +266,33 @@ def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
     assert len(cut) >= 1
 
 
+def test_connections_holding_half_a_head_give_their_places_up_at_once(ww_home):
+    """(found by attack) every place taken by connections that sent half a request head,
+    and more of them waiting to be accepted ahead of an honest client: each must give its
+    place up at once.  hypercorn left a connection's idle timer running once its reading
+    was over, and the connection ended only when the timer fired, so the place of one cut
+    (or whose client hung up) stayed taken up to the keep-alive timeout; the daemon, which
+    cuts one at a time, cut one every 5 s: behind 800 such connections, `version` waited
+    30 s.  Here the timeout is out of reach (`KEEP_ALIVE`): the old daemon never served it."""
+    from ww.serve.server import CONNECTIONS
+
+    daemon = Daemon(ww_home, gateway="off", server_constants={"KEEP_ALIVE": 3600.0})
+    host, port = daemon.url.removeprefix("http://").split(":")
+    socks = []
+    try:
+        for _ in range(CONNECTIONS + 16):  # 16 more wait ahead of the client
+            sock = socket.create_connection((host, int(port)), timeout=HANG)
+            sock.sendall(b"POST /api/v0/version HTTP/1.1\r\nHost: x\r\n")
+            socks.append(sock)
+        client, served = _version_in_thread(daemon)
+        client.join(HANG)  # only a hang
+        assert served.is_set(), "the client was never served"
+    finally:
+        for sock in socks:
+            sock.close()
+        daemon.stop()
+
+
 def _waiting_to_be_accepted(port: int) -> int:
     """How many connections wait in the backlog of the listening socket on 127.0.0.1:port
     (the kernel's count, /proc/net/tcp's rx_queue of a socket in LISTEN)."""
@@ -285,6 +312,11 @@ def _version_once_all_taken(daemon: Daemon, port: int
         if not _waiting_to_be_accepted(port):
             break
         threading.Event().wait(0.1)
+    return _version_in_thread(daemon)
+
+
+def _version_in_thread(daemon: Daemon) -> tuple[threading.Thread, threading.Event]:
+    """A client that asks for `version` (in a thread), and the event set once served."""
     served = threading.Event()
 
     def version() -> None:

@@ -440,6 +440,85 @@ def test_dag_import_pins_its_parts_roots_only_once_every_part_is_read(daemon):
     assert daemon.post("block/get", str(second[0]))[2] == b"in the other part"
 
 
+def test_an_add_whose_paths_imply_directories_without_end_is_refused(daemon):
+    """(found by attack) a part's path implies its parent directories (kubo's implicit
+    directories), two bytes of path each ("d1/a/a/.../a", 255 levels, within the 256 a tree
+    may have): the old daemon made every one, some 1 KB and 137 us (its line included) a
+    directory, so 1,000 such parts (620 KB) took it 35 s of CPU and from 98 to 346 MiB.  Now
+    a tree's paths imply at most IMPLIED_DIRS directories and one an entry given: past it one
+    line, nothing pinned, the repository whole.  A tree named by its files alone is added."""
+    chain = "/".join(["a"] * 255)
+    parts = [(f"d{i}/{chain}", "application/x-directory", b"") for i in range(8)]
+    body, headers = multipart(parts)
+    status, err = error_of(daemon.post("add", body=body, headers=headers))
+    assert status == 500, err
+    assert "imply more than 1024 directories" in err["Message"], err  # IMPLIED_DIRS
+    assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
+    r = run_ww("repo", "check", env={**os.environ, "WW_HOME": str(daemon.home)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    # 300 files, each two directories down of its own: 601 directories implied
+    lines = add(daemon, [(f"top/s{i}/x/f{i}", "application/octet-stream", b"%d" % i)
+                         for i in range(300)])
+    assert len(lines) == 300 + 601 and lines[-1]["Name"] == "top"
+    assert daemon.post("cat", f"/ipfs/{lines[-1]['Hash']}/s7/x/f7")[2] == b"7"
+
+
+def _bytes_read(pid: int) -> int:
+    """What a process has read through read() and the like (``rchar``), its threads'
+    together: the blocks it reads from the repository included."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def _dag_of_many_blocks(daemon, size: int, **options) -> str:
+    """A file of ``size`` random bytes added in blocks of 1 KiB; its CID."""
+    body, headers = multipart([("big", "application/octet-stream", os.urandom(size))])
+    status, _, reply = daemon.post("add", body=body, headers=headers, chunker="size-1024",
+                                   raw_leaves=True, **options)
+    assert status == 200, reply
+    return json.loads(reply.splitlines()[-1])["Hash"]
+
+
+def test_pin_add_walks_what_its_paths_share_once(daemon):
+    """(found by attack) `pin/add` walks each path's DAG to check it is whole; the old
+    daemon walked it afresh for each `arg`, so one path given 1,024 times (the most a query
+    holds; 51 KB) read a DAG of 16,400 blocks 1,024 times, 0.35 s of CPU each.  Now the
+    blocks a request's paths share are read once."""
+    size = 1 << 20
+    root = _dag_of_many_blocks(daemon, size, pin=False)
+    before = _bytes_read(daemon.proc.pid)
+    assert daemon.json("pin/add", *[root] * 64) == [{"Pins": [root] * 64}]
+    read = _bytes_read(daemon.proc.pid) - before
+    assert read < 4 * size, f"{read} bytes read for 64 paths of a DAG of {size}"
+
+
+def test_dag_import_walks_blocks_its_roots_share_once(daemon):
+    """(found by attack) every root of a `dag/import` is walked to check its DAG is whole;
+    the old daemon walked each root afresh, so a CAR of tiny roots each linking one large
+    DAG already stored (124 bytes of CAR a root) read that DAG once a root: 0.3 s of CPU a
+    root over a DAG of 16,400 blocks, some 2 hours for the 27,000 roots a 1 MiB header
+    holds.  Now a block is read once however many roots lead to it."""
+    from ww.core import multihash
+    from ww.core.cid import CID, DAG_PB
+    from ww.ipfs import dagpb
+
+    size = 1 << 20
+    shared = CID.parse(_dag_of_many_blocks(daemon, size))
+    roots = []
+    for i in range(64):
+        block = dagpb.encode(dagpb.PBNode(links=(dagpb.PBLink(shared, str(i).encode()),)))
+        roots.append((CID.v1(DAG_PB, multihash.sha256(block)), block))
+    body, headers = multipart([("car", "application/octet-stream",
+                                _car([cid for cid, _ in roots], roots))])
+    before = _bytes_read(daemon.proc.pid)
+    status, _, reply = daemon.post("dag/import", body=body, headers=headers)
+    read = _bytes_read(daemon.proc.pid) - before
+    assert status == 200, reply
+    assert len(reply.splitlines()) == 64
+    assert read < 4 * size, f"{read} bytes read for 64 roots sharing a DAG of {size}"
+    assert len(daemon.json("pin/ls", type="recursive")[0]["Keys"]) == 65
+
+
 def test_gc_running_again_and_again_during_an_add_removes_none_of_its_blocks(daemon):
     """`repo/gc` while a large `add` is in flight (half its body sent, then the rest while gc
     runs again and again): the add's blocks survive, the file reads back whole, pinned."""
@@ -525,6 +604,38 @@ def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(daemon):
     assert reply.startswith(b"HTTP/1.1 400"), reply
     assert b"the request body brought nothing" in reply
     assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
+
+
+def test_block_put_answers_each_block_as_it_is_stored(daemon):
+    """(found by attack) `block/put` of a body of many parts built its reply whole, a line a
+    part kept until the body's end: some 350 bytes the daemon held for every part of 55
+    bytes, so a body of tiny parts sent for as long as the client liked grew the daemon
+    without bound (20,000 parts: 1.1 MB sent, 1.6 MB of lines held).  Now each block's line
+    goes out as it is stored, as kubo emits them: the first comes while the body is still
+    being sent."""
+    from ww.core import multihash
+    from ww.core.cid import CID, RAW
+
+    body, headers = multipart([("first", "application/octet-stream", b"the first block"),
+                               ("second", "application/octet-stream", b"x" * (3 << 20))])
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    # the first part whole and 2 MiB of the second: more than a piece of the body (1 MiB),
+    # so the first block reaches the command; the rest of the body never comes
+    upload = _raw_request(daemon, "block/put?allow-big-block=true", body[:(2 << 20) + 200],
+                          head + f"Content-Length: {len(body)}\r\n")
+    first = str(CID.v1(RAW, multihash.sha256(b"the first block")))
+    reply = b""
+    try:
+        while first.encode() not in reply:
+            piece = upload.recv(65536)
+            if not piece:
+                break
+            reply += piece
+    finally:
+        upload.close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    assert f'{{"Key":"{first}","Size":15}}'.encode() in reply, reply
+    assert daemon.post("block/get", first)[2] == b"the first block"
 
 
 def _rss(daemon) -> int:

@@ -376,9 +376,16 @@ def _import_entry(path: Path, params: ImportParams, sink: BlockSink) -> Imported
 # before the next entry is taken; a symlink's target; None for a directory).
 TreeEntry = tuple[str, str, "Iterable[bytes] | bytes | None"]
 MAX_TREE_DEPTH = 256  # directory levels of a streamed tree (built recursively)
+# Directories a streamed tree may gain that no entry of its own names (a parent of a path
+# given, kubo's implicit directories): this many, and one more for each entry given.  Each
+# costs the tree some 1 KB and 45 us to build, where a path of one-letter names implies one
+# a 2 bytes ("d1/a/a/a/.../f"): 620 KB of such paths made 256,000 directories, 35 s of CPU
+# and 250 MB.  An honest tree has fewer directories than files; ``ipfs add -r`` and ``ww``
+# name every directory.
+IMPLIED_DIRS = 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class _Dir:
     children: dict[bytes, Imported | _Dir] = field(default_factory=dict)
 
@@ -407,7 +414,8 @@ def import_entries(
     if report is None and params.on_added is not None:
         on_added = params.on_added
         report = lambda name, node: on_added(name, str(node.cid))  # noqa: E731
-    for path, kind, content in entries:
+    implied = 0  # directories made for a path's parents, not given as entries
+    for given, (path, kind, content) in enumerate(entries, 1):
         parts = path.split("/")
         if len(parts) > MAX_TREE_DEPTH:
             raise UnsupportedError(f"{path[:80]!r}...: deeper than {MAX_TREE_DEPTH} levels")
@@ -415,8 +423,16 @@ def import_entries(
             raise UnsupportedError(f"invalid path {path!r} in the added tree")
         where = root
         for part in parts[:-1]:
-            below = where.children.setdefault(os.fsencode(part), _Dir())
-            if not isinstance(below, _Dir):
+            below = where.children.get(os.fsencode(part))
+            if below is None:
+                implied += 1
+                if implied > IMPLIED_DIRS + given:
+                    raise UnsupportedError(
+                        f"{path[:80]!r}...: the added tree's paths imply more than "
+                        f"{IMPLIED_DIRS} directories and one an entry given ({implied} for "
+                        f"{given}); give its directories as entries of their own")
+                below = where.children[os.fsencode(part)] = _Dir()
+            elif not isinstance(below, _Dir):
                 raise UnsupportedError(f"{path!r}: a parent in the added tree is not a directory")
             where = below
         name = os.fsencode(parts[-1])

@@ -302,12 +302,14 @@ class EmbeddedNode:
 
     # --- pins -------------------------------------------------------------------------
 
-    def pin(self, path: str, recursive: bool = True) -> None:
-        """Pin what ``path`` names; a recursive pin needs every block of the DAG locally."""
+    def pin(self, path: str, recursive: bool = True, seen: set[bytes] | None = None) -> None:
+        """Pin what ``path`` names; a recursive pin needs every block of the DAG locally.
+        ``seen``: the multihashes of blocks whose DAGs an earlier pin of the same call found
+        whole (updated), so that a request's paths walk the blocks they share once."""
         cid = self._cid(path)
         with self._repo.writing():
             if recursive:
-                for _ in exporter.walk(self._get_block, cid):
+                for _ in exporter.walk(self._get_block, cid, seen):
                     pass
             else:
                 self._get_block(cid)
@@ -432,7 +434,8 @@ class EmbeddedNode:
         cancelled, leaves nothing, none of the CARs before it either: kubo pins only once
         all are read.  What is staged is known by the staging directory's files alone, so
         the memory held does not grow with the blocks of the CARs (it did, some 600 bytes a
-        block), only the walk over the roots' DAGs does.
+        block), only the walk over the roots' DAGs does, which reads each block once however
+        many roots lead to it.
         """
         with self._repo.writing():
             staging = self._repo.staging / f"car-{os.getpid()}-{secrets.token_hex(6)}"
@@ -464,9 +467,13 @@ class EmbeddedNode:
                     except FileNotFoundError:
                         return self._blocks.get(cid)
 
+                # one set over every root: a block a root's walk went through heads a
+                # sub-DAG already found whole, so roots that share their blocks (thousands
+                # in a CAR's header, each linking one large stored DAG) walk them once
+                seen: set[bytes] = set()
                 for root in roots:
                     try:
-                        for _ in exporter.walk(getter, root):
+                        for _ in exporter.walk(getter, root, seen):
                             pass
                     except NotFoundError as err:
                         raise NotFoundError(
