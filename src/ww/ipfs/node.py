@@ -302,10 +302,18 @@ class EmbeddedNode:
 
     # --- pins -------------------------------------------------------------------------
 
-    def pin(self, path: str, recursive: bool = True, seen: set[bytes] | None = None) -> None:
-        """Pin what ``path`` names; a recursive pin needs every block of the DAG locally.
-        ``seen``: the multihashes of blocks whose DAGs an earlier pin of the same call found
-        whole (updated), so that a request's paths walk the blocks they share once."""
+    def pin(self, path: str, recursive: bool = True) -> None:
+        """Pin what ``path`` names; a recursive pin needs every block of the DAG locally."""
+        self.pin_paths([path], recursive)
+
+    def pin_paths(self, paths: list[str], recursive: bool = True) -> None:
+        """:meth:`pin` each of ``paths`` in turn, the blocks their DAGs share walked once (a
+        request naming one path 1,024 times walked its DAG 1,024 times)."""
+        seen: set[bytes] = set()
+        for path in paths:
+            self._pin(path, recursive, seen)
+
+    def _pin(self, path: str, recursive: bool, seen: set[bytes]) -> None:
         cid = self._cid(path)
         with self._repo.writing():
             if recursive:

@@ -936,13 +936,11 @@ def _dag_import(api: RpcApi, request: Request) -> None:
 @command("pin/add")
 def _pin_add(api: RpcApi, request: Request) -> None:
     recursive = request.flag("recursive", "r", default=True)
-    pins = []
     # the blocks the paths share are walked once (the same path 1,024 times, the most a
     # query holds, walked its DAG 1,024 times: 0.35 s each over 16,400 blocks)
-    seen: set[bytes] = set()
-    for path in request.all_args("ipfs-path"):
-        api.node.pin(path, recursive, seen)
-        pins.append(api.node.resolve(path))
+    paths = request.all_args("ipfs-path")
+    api.node.pin_paths(paths, recursive)
+    pins = [api.node.resolve(path) for path in paths]
     api.announce(pins)
     request.reply({"Pins": pins})
 
