@@ -6,7 +6,9 @@ address, and the streams each of them may have.  :func:`install` puts these boun
 py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
 
 - **connections being set up** (TCP accepted, Noise and Yamux not finished): at most
-  :data:`MAX_HANDSHAKES` at a time, each within :data:`HANDSHAKE_TIMEOUT`;
+  :data:`MAX_HANDSHAKES` at a time, each within :data:`HANDSHAKE_TIMEOUT`, and at most
+  :data:`MAX_HANDSHAKES_PER_IP` (half) from one remote address (counted as below), so that
+  no address, 127.0.0.1 included, holds them all;
 - **inbound connections in all** (set up or being set up): at most :data:`MAX_INBOUND`;
 - **inbound connections per remote IP address** (set up or being set up; an IPv6 /56 is
   one address, an IPv4-mapped ``::ffff:a.b.c.d`` its IPv4 address): at most
@@ -123,6 +125,7 @@ from ww.core.addrs import LANE, LANE_PROPOSAL
 from ww.p2p.yamux import allow_growth
 
 __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HANDSHAKES",
+           "MAX_HANDSHAKES_PER_IP",
            "MAX_INBOUND", "MAX_INBOUND_STREAMS", "MAX_NEGOTIATING", "MAX_PER_IP",
            "MAX_PER_LOOPBACK", "MAX_STREAMS_PER_CONN", "MAX_STREAMS_PER_IP",
            "MAX_STREAMS_PER_LOOPBACK", "STREAM_LINGER",
@@ -136,6 +139,11 @@ HANDSHAKE_TIMEOUT = 10.0
 # task; the Noise handshake itself is the CPU a stranger can make us spend, so these few are
 # plenty for honest arrivals (the handshake is quick) and bound the work of a flood.
 MAX_HANDSHAKES = 32
+# Inbound connections in their handshake from one address (counted as for MAX_PER_IP): half
+# of them, so that no address keeps every other's newcomers out by holding them all (bare
+# TCP connections renewed as they time out).  Only 127.0.0.1 and ::1 may hold that many
+# (MAX_PER_LOOPBACK); any other address holds MAX_PER_IP in all, fewer.
+MAX_HANDSHAKES_PER_IP = MAX_HANDSHAKES // 2
 # Inbound connections in all, set up or being set up.  Measured at about 0.06 MiB each idle
 # and 0.2 MiB with 16 streams in negotiation (docs/benchmarks.md): some 30 MiB for all 128
 # at their worst.  kubo keeps 32 to 96 connections in all; a ww host serves a few cells'
@@ -203,6 +211,7 @@ class Admission:
 
     def __init__(self) -> None:
         self.handshakes = 0  # inbound connections in their handshake
+        self.ip_handshakes: dict[str, int] = {}  # of which by counted remote address
         self.inbound = 0  # inbound connections, set up or in their handshake
         self.per_ip: dict[str, int] = {}
         self.streams: dict[Any, int] = {}  # inbound streams, by muxed connection
@@ -225,6 +234,8 @@ class Admission:
         """The bound a new inbound connection from ``ip`` would exceed, if any."""
         if self.handshakes >= MAX_HANDSHAKES:
             return "handshakes"
+        if ip is not None and self.ip_handshakes.get(ip, 0) >= MAX_HANDSHAKES_PER_IP:
+            return "ip_handshakes"
         if self.inbound >= MAX_INBOUND:
             return "inbound"
         if ip is not None and self.per_ip.get(ip, 0) >= _max_conns(ip):
@@ -303,6 +314,12 @@ class Admission:
         self.inbound += 1
         if ip is not None:
             _count(self.per_ip, ip, 1)
+            _count(self.ip_handshakes, ip, 1)
+
+    def _handshake_done(self, ip: str | None) -> None:
+        self.handshakes -= 1
+        if ip is not None:
+            _count(self.ip_handshakes, ip, -1)
 
     def _give_back(self, ip: str | None) -> None:
         self.inbound -= 1
@@ -519,7 +536,7 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
                 if not ticket.is_handshaken:  # its handshake failed, or is too slow
                     admission._refuse("handshake_failed")
                     ticket.close()  # shut down: no more work of ours; its place is held
-                admission.handshakes -= 1
+                admission._handshake_done(ip)
                 handshaking = False
                 if ticket.is_handshaken:
                     admission._hold(ip, ticket)
@@ -537,7 +554,7 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
                 admission._refuse("handshake_failed")
                 await raw.close()
                 return
-            admission.handshakes -= 1
+            admission._handshake_done(ip)
             handshaking = False
             admission.ip_of[muxed] = ip  # for its streams (py-libp2p cannot say, for IPv6)
             try:
@@ -552,7 +569,7 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
             if isinstance(conn, LaneTicket):  # (the host stops, say) the lane goes too
                 conn.close()
             if handshaking:
-                admission.handshakes -= 1
+                admission._handshake_done(ip)
             admission.ip_of.pop(muxed, None)
             if conn in admission.evicted:  # its place is another's already
                 admission.evicted.discard(conn)
