@@ -49,7 +49,8 @@ host is full and a connection comes from an address under its own bound holding 
 connections (set up or being set up) than another holds set up, by at least 2, that other
 address (127.0.0.1 and ::1 included) gives up one of its set-up connections (see
 :meth:`Admission.victim`: its oldest the peer has no stream open on, set up at least
-:data:`EVICT_GRACE` seconds ago, else its oldest), closed at once, and the newcomer takes
+:data:`EVICT_GRACE` seconds ago, else its oldest with no stream open, else its oldest),
+closed at once, and the newcomer takes
 its place.  The places end up shared out evenly among the addresses asking for them: an
 address's last set-up connection is never trimmed (whatever it has in its handshake), and an
 address trimmed to one below another's cannot take it back by connecting again.  This is
@@ -253,10 +254,12 @@ class Admission:
         peer has no stream open
         (ours, identify and the like, do not count; a lane connection's: as its
         :attr:`LaneTicket.streams` says) set up at least
-        :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
-        handshake has its own timeout).  Only when the host is full: then a look at each
-        address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_LOOPBACK
-        connections at most."""
+        :data:`EVICT_GRACE` seconds ago, else its oldest idle one (a busy one goes only when
+        the address has no idle one: else a peer keeping fresh idle connections at a
+        shared address, a proxy's, had another's working one cut), else its oldest (a
+        set-up one: one in its handshake has its own timeout).  Only when the host is full:
+        then a look at each address holding a set-up connection (at most MAX_INBOUND) and
+        at MAX_PER_LOOPBACK connections at most."""
         if ip is None or not self.held or self.per_ip.get(ip, 0) >= _max_conns(ip):
             return None
         heaviest = max(self.held, key=lambda a: len(self.held[a]))
@@ -264,10 +267,11 @@ class Admission:
         if len(conns) < self.per_ip.get(ip, 0) + 2:
             return None
         now = trio.current_time()
-        for conn, since in conns.items():  # oldest first, at most MAX_PER_LOOPBACK
-            if now - since >= EVICT_GRACE and self._idle(conn):
+        idle = [conn for conn in conns if self._idle(conn)]  # oldest first
+        for conn in idle:  # at most MAX_PER_LOOPBACK
+            if now - conns[conn] >= EVICT_GRACE:
                 return heaviest, conn
-        return heaviest, next(iter(conns))
+        return heaviest, idle[0] if idle else next(iter(conns))
 
     def _idle(self, conn: Any) -> bool:
         """No stream the peer opened is open on ``conn`` (a lane's: as its acceptor says)."""
