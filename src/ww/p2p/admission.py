@@ -6,7 +6,9 @@ address, and the streams each of them may have.  :func:`install` puts these boun
 py-libp2p host's own instance (:func:`ww.p2p.host._new_host` calls it):
 
 - **connections being set up** (TCP accepted, Noise and Yamux not finished): at most
-  :data:`MAX_HANDSHAKES` at a time, each within :data:`HANDSHAKE_TIMEOUT`;
+  :data:`MAX_HANDSHAKES` at a time, each within :data:`HANDSHAKE_TIMEOUT`, and at most
+  :data:`MAX_HANDSHAKES_PER_IP` (half) from one remote address (counted as below), so that
+  no address, 127.0.0.1 included, holds them all;
 - **inbound connections in all** (set up or being set up): at most :data:`MAX_INBOUND`;
 - **inbound connections per remote IP address** (set up or being set up; an IPv6 /56 is
   one address, an IPv4-mapped ``::ffff:a.b.c.d`` its IPv4 address): at most
@@ -47,7 +49,8 @@ host is full and a connection comes from an address under its own bound holding 
 connections (set up or being set up) than another holds set up, by at least 2, that other
 address (127.0.0.1 and ::1 included) gives up one of its set-up connections (see
 :meth:`Admission.victim`: its oldest the peer has no stream open on, set up at least
-:data:`EVICT_GRACE` seconds ago, else its oldest), closed at once, and the newcomer takes
+:data:`EVICT_GRACE` seconds ago, else its oldest with no stream open, else its oldest),
+closed at once, and the newcomer takes
 its place.  The places end up shared out evenly among the addresses asking for them: an
 address's last set-up connection is never trimmed (whatever it has in its handshake), and an
 address trimmed to one below another's cannot take it back by connecting again.  This is
@@ -123,6 +126,7 @@ from ww.core.addrs import LANE, LANE_PROPOSAL
 from ww.p2p.yamux import allow_growth
 
 __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HANDSHAKES",
+           "MAX_HANDSHAKES_PER_IP",
            "MAX_INBOUND", "MAX_INBOUND_STREAMS", "MAX_NEGOTIATING", "MAX_PER_IP",
            "MAX_PER_LOOPBACK", "MAX_STREAMS_PER_CONN", "MAX_STREAMS_PER_IP",
            "MAX_STREAMS_PER_LOOPBACK", "STREAM_LINGER",
@@ -136,6 +140,11 @@ HANDSHAKE_TIMEOUT = 10.0
 # task; the Noise handshake itself is the CPU a stranger can make us spend, so these few are
 # plenty for honest arrivals (the handshake is quick) and bound the work of a flood.
 MAX_HANDSHAKES = 32
+# Inbound connections in their handshake from one address (counted as for MAX_PER_IP): half
+# of them, so that no address keeps every other's newcomers out by holding them all (bare
+# TCP connections renewed as they time out).  Only 127.0.0.1 and ::1 may hold that many
+# (MAX_PER_LOOPBACK); any other address holds MAX_PER_IP in all, fewer.
+MAX_HANDSHAKES_PER_IP = MAX_HANDSHAKES // 2
 # Inbound connections in all, set up or being set up.  Measured at about 0.06 MiB each idle
 # and 0.2 MiB with 16 streams in negotiation (docs/benchmarks.md): some 30 MiB for all 128
 # at their worst.  kubo keeps 32 to 96 connections in all; a ww host serves a few cells'
@@ -203,6 +212,7 @@ class Admission:
 
     def __init__(self) -> None:
         self.handshakes = 0  # inbound connections in their handshake
+        self.ip_handshakes: dict[str, int] = {}  # of which by counted remote address
         self.inbound = 0  # inbound connections, set up or in their handshake
         self.per_ip: dict[str, int] = {}
         self.streams: dict[Any, int] = {}  # inbound streams, by muxed connection
@@ -225,6 +235,8 @@ class Admission:
         """The bound a new inbound connection from ``ip`` would exceed, if any."""
         if self.handshakes >= MAX_HANDSHAKES:
             return "handshakes"
+        if ip is not None and self.ip_handshakes.get(ip, 0) >= MAX_HANDSHAKES_PER_IP:
+            return "ip_handshakes"
         if self.inbound >= MAX_INBOUND:
             return "inbound"
         if ip is not None and self.per_ip.get(ip, 0) >= _max_conns(ip):
@@ -242,10 +254,12 @@ class Admission:
         peer has no stream open
         (ours, identify and the like, do not count; a lane connection's: as its
         :attr:`LaneTicket.streams` says) set up at least
-        :data:`EVICT_GRACE` seconds ago, else its oldest (a set-up one: one in its
-        handshake has its own timeout).  Only when the host is full: then a look at each
-        address holding a set-up connection (at most MAX_INBOUND) and at MAX_PER_LOOPBACK
-        connections at most."""
+        :data:`EVICT_GRACE` seconds ago, else its oldest idle one (a busy one goes only when
+        the address has no idle one: else a peer keeping fresh idle connections at a
+        shared address, a proxy's, had another's working one cut), else its oldest (a
+        set-up one: one in its handshake has its own timeout).  Only when the host is full:
+        then a look at each address holding a set-up connection (at most MAX_INBOUND) and
+        at MAX_PER_LOOPBACK connections at most."""
         if ip is None or not self.held or self.per_ip.get(ip, 0) >= _max_conns(ip):
             return None
         heaviest = max(self.held, key=lambda a: len(self.held[a]))
@@ -253,10 +267,11 @@ class Admission:
         if len(conns) < self.per_ip.get(ip, 0) + 2:
             return None
         now = trio.current_time()
-        for conn, since in conns.items():  # oldest first, at most MAX_PER_LOOPBACK
-            if now - since >= EVICT_GRACE and self._idle(conn):
+        idle = [conn for conn in conns if self._idle(conn)]  # oldest first
+        for conn in idle:  # at most MAX_PER_LOOPBACK
+            if now - conns[conn] >= EVICT_GRACE:
                 return heaviest, conn
-        return heaviest, next(iter(conns))
+        return heaviest, idle[0] if idle else next(iter(conns))
 
     def _idle(self, conn: Any) -> bool:
         """No stream the peer opened is open on ``conn`` (a lane's: as its acceptor says)."""
@@ -303,6 +318,12 @@ class Admission:
         self.inbound += 1
         if ip is not None:
             _count(self.per_ip, ip, 1)
+            _count(self.ip_handshakes, ip, 1)
+
+    def _handshake_done(self, ip: str | None) -> None:
+        self.handshakes -= 1
+        if ip is not None:
+            _count(self.ip_handshakes, ip, -1)
 
     def _give_back(self, ip: str | None) -> None:
         self.inbound -= 1
@@ -519,7 +540,7 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
                 if not ticket.is_handshaken:  # its handshake failed, or is too slow
                     admission._refuse("handshake_failed")
                     ticket.close()  # shut down: no more work of ours; its place is held
-                admission.handshakes -= 1
+                admission._handshake_done(ip)
                 handshaking = False
                 if ticket.is_handshaken:
                     admission._hold(ip, ticket)
@@ -537,7 +558,7 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
                 admission._refuse("handshake_failed")
                 await raw.close()
                 return
-            admission.handshakes -= 1
+            admission._handshake_done(ip)
             handshaking = False
             admission.ip_of[muxed] = ip  # for its streams (py-libp2p cannot say, for IPv6)
             try:
@@ -552,7 +573,7 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
             if isinstance(conn, LaneTicket):  # (the host stops, say) the lane goes too
                 conn.close()
             if handshaking:
-                admission.handshakes -= 1
+                admission._handshake_done(ip)
             admission.ip_of.pop(muxed, None)
             if conn in admission.evicted:  # its place is another's already
                 admission.evicted.discard(conn)
