@@ -23,7 +23,10 @@ a `Service` that echoes.  Measurements of `Service.call("echo", [])`, each the m
   lane's own C connection, C++ Cap'n Proto, the measurement of `cell call`): no Python in
   the caller, so the figures are host B's and its cell's.  "C++ peer /noise -> C++ cell": the
   same peer proposing `/noise` alone, as any libp2p peer that is not ww does: host B serves
-  it on its py-libp2p node (docs/p2p.md), not on the lane.
+  it on its py-libp2p node (docs/p2p.md), not on the lane.  "... (--inbound calls)": the same
+  against a host B started with `--inbound calls`, which serves it on the native connection
+  (with ``--compare``, SRC's B is started without the flag, which it may not have: that row
+  is then SRC's py-libp2p path).
 - "fd 3 only": the same cell code calling its own host's console `ping` over fd 3, for
   scale (no network at all).
 - "libp2p echo": two libp2p hosts in this process, a 100-byte echo on a bare stream: the
@@ -382,7 +385,8 @@ def main() -> None:
         else {"this ": None, "SRC ": os.path.abspath(options.compare)})
     paths = ["cell -> cell", "peer -> cell", "lane -> cell", "lane -> C++ cell",
              "C++ cell -> C++ cell", "C++ peer -> cell", "C++ peer -> C++ cell",
-             "C++ peer /noise -> C++ cell", "fd 3 only", "libp2p echo"]
+             "C++ peer /noise -> C++ cell", "C++ peer /noise -> C++ cell (--inbound calls)",
+             "fd 3 only", "libp2p echo"]
     if options.only:
         only = [p.strip() for p in options.only.split(",")]
         unknown = [p for p in only if p not in paths]
@@ -403,15 +407,21 @@ def main() -> None:
             raise SystemExit(f"p2p.py: the C++ programs: {str(e).splitlines()[0]}") from None
         hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         cxx_hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
+        calls_hosts: dict[str, tuple[subprocess.Popen[str], str]] = {}
         try:
             for i, (variant, src) in enumerate(variants.items()):
                 hosts[variant] = start_b(directory, [exporter], f"b{i}", src)
                 cxx_hosts[variant] = start_b(directory, [cxx_cell, "export"], f"cxx-b{i}", src)
+                if "C++ peer /noise -> C++ cell (--inbound calls)" in paths:
+                    inbound = [] if src else ["--inbound", "calls"]
+                    calls_hosts[variant] = start_b(directory, [*inbound, cxx_cell, "export"],
+                                                   f"calls-b{i}", src)
             for n in range(options.rounds):
                 order = list(variants.items())
                 for variant, src in order if n % 2 == 0 else order[::-1]:
                     b, addr = hosts[variant]
                     cxx_b, cxx_addr = cxx_hosts[variant]
+                    calls_b, calls_addr = calls_hosts.get(variant, (None, ""))
                     runs: dict[str, tuple[Any, ...]] = {  # each row's round, if asked for
                         "cell -> cell": (b, cell_round, directory, caller, addr, calls, src),
                         "peer -> cell": (b, _child, src, "peer", addr, str(calls)),
@@ -425,6 +435,8 @@ def main() -> None:
                                                  calls, False),
                         "C++ peer /noise -> C++ cell": (cxx_b, peer_cxx_round, lane_peer,
                                                         cxx_addr, calls, True),
+                        "C++ peer /noise -> C++ cell (--inbound calls)": (
+                            calls_b, peer_cxx_round, lane_peer, calls_addr, calls, True),
                         "fd 3 only": (None, cell_round, directory, caller, "-", calls, src),
                         "libp2p echo": (None, _child, src, "libp2p", str(calls)),
                     }
@@ -438,20 +450,20 @@ def main() -> None:
                                    capture_output=True, timeout=60, env=env)
                     shell[variant].append(time.perf_counter() - started)
         finally:
-            for b, _ in [*hosts.values(), *cxx_hosts.values()]:
+            for b, _ in [*hosts.values(), *cxx_hosts.values(), *calls_hosts.values()]:
                 stop_b(b)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}, "
           f"{calls} calls, median of {options.rounds} rounds, load average "
           f"{os.getloadavg()[0]:.1f} at the end"
           + (f"; SRC = {options.compare}" if options.compare else ""))
-    print(f"{'path':<34}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
+    print(f"{'path':<52}{'median':>9}{'p99':>10}{'seq calls/s':>13}"
           f"{'pipelined calls/s':>19}{'B CPU/call':>12}{'B host':>9}")
     for path in paths:
         for variant in variants:
             r = median_round(rounds[(variant, path)])
             cpu, host = r.get("b_cpu_us", float("nan")), r.get("b_host_cpu_us", float("nan"))
-            print(f"{variant + path:<34}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
+            print(f"{variant + path:<52}{r['median_us']:>7.0f}us{r['p99_us']:>8.0f}us"
                   f"{r['sequential_per_s']:>13.0f}{r['pipelined_per_s']:>19.0f}"
                   + (f"{cpu:>10.0f}us{host:>7.0f}us" if cpu == cpu else ""))
     for variant in variants:

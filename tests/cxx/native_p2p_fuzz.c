@@ -72,10 +72,38 @@ static void one_handshake(int initiator, int lane) {
     close(sv[1]);
 }
 
+/* A payload whose identity is not Ed25519, for a listener that takes such keys for its
+ * caller to check (other_keys): kept whole within the bounds, refused past them. */
+static void one_other_payload(void) {
+    uint8_t data[1200], key[1300], sig[1100], msg[2500], rs[32];
+    conn_t c = {0};
+    size_t datan = rnd() % sizeof data, sign = rnd() % sizeof sig;
+    uint64_t type = rnd() % 5;
+    fill(data, datan);
+    fill(sig, sign);
+    fill(rs, 32);
+    key[0] = 0x08; /* Type, then Data */
+    key[1] = (uint8_t)type;
+    size_t keyn = 2 + pb_bytes(key + 2, 2, data, datan);
+    c.other_keys = 1;
+    size_t n = pb_bytes(msg, 1, key, keyn);
+    n += pb_bytes(msg + n, 2, sig, sign);
+    int ok = check_payload(&c, msg, n, rs, NULL) == 0;
+    int want = (type == 0 || type == 2) && keyn <= OTHER_KEY_MAX && sign && sign <= OTHER_SIG_MAX;
+    if (ok != want) abort();
+    if (ok && (c.other_key_n != keyn || memcmp(c.other_key, key, keyn) ||
+               c.other_sig_n != sign || memcmp(c.other_sig, sig, sign) ||
+               memcmp(c.other_static, rs, 32)))
+        abort();
+    free(c.other_key);
+    free(c.other_sig);
+}
+
 static void one_payload(void) {
     uint8_t msg[200], rs[32];
     conn_t c = {0};
     size_t n;
+    c.other_keys = rnd() % 2; /* a listener taking other keys for its caller, or not */
     if (rnd() % 2) { /* a real payload, mutated */
         uint8_t seed[32], pk[32], sk[64];
         fill(seed, 32);
@@ -93,6 +121,8 @@ static void one_payload(void) {
         fill(rs, 32);
         check_payload(&c, msg, n, rs, NULL);
     }
+    free(c.other_key);
+    free(c.other_sig);
 }
 
 /* The same input parsed by b while its out buffer holds `prefill` bytes (reading pauses over
@@ -632,7 +662,7 @@ int main(int argc, char **argv) {
         switch (i % 4) {
         case 0: one_handshake(0, (i / 4) % 2); break;
         case 1: one_handshake(1, (i / 4) % 2); break;
-        case 2: one_payload(); break;
+        case 2: (i / 4) % 2 ? one_payload() : one_other_payload(); break;
         default: one_transport(); break;
         }
     }

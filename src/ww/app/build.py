@@ -214,6 +214,11 @@ def p2p_node(options: RunOptions, capabilities: Iterable[str],
     (`ww daemon`'s: no `/ww/0.1.0`, its own log).
     """
     listen, join = list(options.listen), list(options.join)
+    if options.inbound == "calls" and "p2p" not in capabilities:
+        from ww.core.errors import UsageError
+
+        raise UsageError("--inbound calls is how remote peers reach what the cell exports: "
+                         "it needs the p2p capability (--with-p2p)")
     if "p2p" not in capabilities and not listen and not join:
         return None
     from ww.core.identity import IdentityError
@@ -226,7 +231,7 @@ def p2p_node(options: RunOptions, capabilities: Iterable[str],
         except (IdentityError, OSError) as e:
             raise P2PError(f"p2p: cannot load the node key: {e}") from None
     return Node(identity, listen or None, join, dial_policy=policy,
-                **node_options)  # type: ignore[arg-type]
+                inbound_calls=options.inbound == "calls", **node_options)  # type: ignore[arg-type]
 
 
 def limits(options: RunOptions) -> Limits | None:

@@ -41,6 +41,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("allow_dial", "--allow-dial", MANY, "WW_ALLOW_DIAL"),
     Flag("listen", "--listen", MANY, "WW_LISTEN"),
     Flag("join", "--join", MANY),
+    Flag("inbound", "--inbound", ONE),
     Flag("node_key", "--node-key", ONE, "WW_NODE_KEY"),
     Flag("strict", "--strict", SWITCH, "WW_STRICT"),
     Flag("interpreters", "--interpreter", MANY),
@@ -120,6 +121,7 @@ class RunOptions(NamedTuple):
     # the node key in $WW_HOME).
     listen: tuple[str, ...] = ()
     join: tuple[str, ...] = ()
+    inbound: str | None = None  # full|calls: what inbound /noise connections carry (None: full)
     node_key: str | None = None
     allow_dial: tuple[str, ...] = ()
     # The jail and the limits, as given (e.g. "256M"): checked when the run starts.

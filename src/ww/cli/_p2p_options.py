@@ -62,6 +62,15 @@ def p2p_options(f: Any) -> Any:
              "a fresh throwaway key (a peer id of its own).  Passed on to sub-cells: FILE "
              "makes them the same peer, 'new' gives each its own.")(f)
     f = click.option(
+        "--inbound", "inbound", type=click.Choice(["full", "calls"]), default=None,
+        help="What connections libp2p peers that are not ww (kubo, go-libp2p: they propose "
+             "/noise) dial to this host carry while the cell exports something: 'full' "
+             "(default) everything the host serves (/ww/0.1.0, Bitswap, identify, the DHT), "
+             "through py-libp2p; 'calls' /ww/0.1.0 and ping only, served by ww's native "
+             "connection (as ww peers' are), several times faster, and nothing else: such "
+             "a peer cannot fetch blocks from this host over a connection it dialed "
+             "(docs/p2p.md).  Ed25519 peers only in 'calls'.")(f)
+    f = click.option(
         "--join", "join", multiple=True, metavar="MULTIADDR/p2p/PEERID",
         callback=_check("check_join_addr"),
         help="Connect to this peer at start (repeatable); its cell can then be dialed by "

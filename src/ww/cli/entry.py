@@ -132,6 +132,8 @@ def _checked(found: dict[str, object], many: dict[str, list[str]]) -> dict[str, 
         raise ValueError("--jail")
     if found.get("routing", "dht") not in ("dht", "dhtserver", "none"):
         raise ValueError("--routing")
+    if found.get("inbound", "full") not in ("full", "calls"):
+        raise ValueError("--inbound")
     if "login_timeout" in found:
         checked["login_timeout"] = float(str(found["login_timeout"]))
     if "ipfs_api" in found:

@@ -24,6 +24,15 @@ LANE_PROPOSAL = b"\x13/multistream/1.0.0\n\x0f/ww/lane/0.1.0\n"
 proposal (each line a varint length, the text and a newline).  A ww host's door
 (`ww.p2p.admission`) hands a connection to the lane on exactly these first bytes."""
 
+NOISE_PROPOSAL = b"\x13/multistream/1.0.0\n\x07/noise\n"
+"""A libp2p dialer that is not ww (go-libp2p's: kubo, the Go reference; the C++ peer of the
+tests) in its first write: multistream's header and ``/noise``.  Taken by the lane too when
+the host serves inbound calls natively (`ww run --inbound calls`, `ww.p2p.admission`)."""
+
+SIMOPEN_PROPOSAL = b"\x13/multistream/1.0.0\n\x1d/libp2p/simultaneous-connect\n"
+"""The same from a go-libp2p dialer that offers simultaneous open first (go-multistream's
+``SelectWithSimopenOrFail``): answered ``na``, it proposes ``/noise`` next."""
+
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/2020"
 """Where `ww run` listens when p2p is on and neither ``--listen`` nor ``WW_LISTEN`` is set.
 

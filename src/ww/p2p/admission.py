@@ -122,7 +122,7 @@ from typing import Any
 
 import trio
 
-from ww.core.addrs import LANE, LANE_PROPOSAL
+from ww.core.addrs import LANE, LANE_PROPOSAL, NOISE_PROPOSAL, SIMOPEN_PROPOSAL
 from ww.p2p.yamux import allow_growth
 
 __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HANDSHAKES",
@@ -136,6 +136,10 @@ __all__ = ["EVICT_GRACE", "HANDSHAKE_TIMEOUT", "LANE", "LANE_PROPOSAL", "MAX_HAN
 # Seconds from TCP accept to Noise and Yamux done (py-libp2p's inbound default, go-libp2p
 # allows 15): an honest handshake is a few round trips.
 HANDSHAKE_TIMEOUT = 10.0
+# Seconds the rest of a dialer's first write may take to come when its first bytes are the
+# start of a proposal (`--inbound calls` only: js-libp2p sends the header and ``/noise``
+# apart); a py-libp2p dialer, which sends the header alone, waits this long for py-libp2p.
+PROPOSAL_WAIT = 0.5
 # Inbound connections in their handshake at once (go-libp2p: 16).  Each costs a socket and a
 # task; the Noise handshake itself is the CPU a stranger can make us spend, so these few are
 # plenty for honest arrivals (the handshake is quick) and bound the work of a flood.
@@ -230,6 +234,9 @@ class Admission:
         # The lane acceptor now (None: none; then nothing is peeked at), asked at each accept.
         self.lane: Callable[[], LaneAccept | None] = _no_lane
         self.lane_in = 0  # inbound connections handed to the lane acceptor
+        # Whether a dialer's first bytes proposing /noise (NOISE_PROPOSAL, SIMOPEN_PROPOSAL)
+        # go to the lane acceptor too (`ww run --inbound calls`), as LANE_PROPOSAL does.
+        self.noise = False
 
     def refusal(self, ip: str | None) -> str | None:
         """The bound a new inbound connection from ``ip`` would exceed, if any."""
@@ -448,14 +455,16 @@ class LaneTicket:
             self._news = trio.Event()
 
 
-def install(host: Any, lane: Callable[[], LaneAccept | None] | None = None) -> Admission:
+def install(host: Any, lane: Callable[[], LaneAccept | None] | None = None,
+            noise: bool = False) -> Admission:
     """Put the bounds on ``host`` (py-libp2p 0.8.1's BasicHost); revisit when upgrading.
     ``lane`` gives the lane acceptor at each accept (None, or giving None: no lane, and
-    nothing is peeked at)."""
+    nothing is peeked at); ``noise``: connections proposing ``/noise`` go to it too."""
     network = host.get_network()
     admission = Admission()
     if lane is not None:
         admission.lane = lane
+    admission.noise = noise
     network.admission = admission
     network._handle_inbound_connection = _inbound_handler(network, admission)
     network.set_stream_handler(_stream_handler(network.common_stream_handler, admission))
@@ -586,13 +595,50 @@ def _inbound_handler(network: Any, admission: Admission) -> Any:
 
 async def _lane_wanted(stream: Any, admission: Admission) -> LaneAccept | None:
     """The lane acceptor, if one is set and the connection's first bytes are exactly
-    :data:`LANE_PROPOSAL`.  Decided on the first bytes that arrive, peeked at (left in the
-    kernel for whoever reads them): a py-libp2p dialer sends multistream's header alone and
-    waits for ours, so no more is ever waited for.  Nothing is peeked at without a lane."""
+    :data:`LANE_PROPOSAL` (or, with ``admission.noise``, :data:`NOISE_PROPOSAL` or
+    :data:`SIMOPEN_PROPOSAL`).  Decided on the first bytes that arrive, peeked at (left in
+    the kernel for whoever reads them): a py-libp2p dialer sends multistream's header alone
+    and waits for ours, so no more is ever waited for; except with ``admission.noise``,
+    where bytes that are the start of a proposal are given :data:`PROPOSAL_WAIT` seconds to
+    come whole (js-libp2p writes the header and ``/noise`` in two sends, which may arrive
+    apart: a py-libp2p dialer's connection waits that long before py-libp2p takes it).
+    Nothing is peeked at without a lane."""
     if admission.lane() is None:
         return None
-    first = await stream.stream.socket.recv(len(LANE_PROPOSAL), socket.MSG_PEEK)
-    return admission.lane() if first == LANE_PROPOSAL else None
+    sock = stream.stream.socket
+    first = await sock.recv(_PEEK, socket.MSG_PEEK)
+    if admission.noise:
+        with trio.move_on_after(PROPOSAL_WAIT):
+            while (need := _rest_of(first)) is not None:
+                more = await _peek_at_least(sock, need)
+                if len(more) <= len(first):  # the peer's end: nothing more is coming
+                    break
+                first = more
+    wanted = first[:len(LANE_PROPOSAL)] == LANE_PROPOSAL or admission.noise and (
+        first[:len(NOISE_PROPOSAL)] == NOISE_PROPOSAL
+        or first[:len(SIMOPEN_PROPOSAL)] == SIMOPEN_PROPOSAL)
+    return admission.lane() if wanted else None
+
+
+_PROPOSALS = (NOISE_PROPOSAL, LANE_PROPOSAL, SIMOPEN_PROPOSAL)
+_PEEK = max(len(p) for p in _PROPOSALS)
+
+
+def _rest_of(first: bytes) -> int | None:
+    """How many bytes the shortest proposal ``first`` is the start of (not all of) has."""
+    lengths = [len(p) for p in _PROPOSALS if len(p) > len(first) and p.startswith(first)]
+    return min(lengths) if first and lengths else None
+
+
+async def _peek_at_least(sock: Any, need: int) -> bytes:
+    """What the socket holds once it holds ``need`` bytes (the kernel's low-water mark
+    makes it readable only then, or at its end), peeked at."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, need)
+    try:
+        await trio.lowlevel.wait_readable(sock)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+    return bytes(await sock.recv(_PEEK, socket.MSG_PEEK))
 
 
 def _hand_over(accept: LaneAccept, ticket: LaneTicket, ip: str | None,

@@ -121,7 +121,8 @@ def _guarded_tcp(policy: DialPolicy | None) -> Any:
 
 
 def _new_host(identity: Identity, policy: DialPolicy | None = None,
-              lane: Callable[[], LaneAccept | None] | None = None) -> Any:
+              lane: Callable[[], LaneAccept | None] | None = None,
+              noise: bool = False) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
@@ -153,7 +154,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
     )
     _disable_auto_connector(host)
     _use_muxer_given(host)
-    admission.install(host, lane)  # what remote peers' connections may hold
+    admission.install(host, lane, noise)  # what remote peers' connections may hold
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host
@@ -253,7 +254,7 @@ class Node:
                  join: list[str] | None = None, *, warn: Callable[[str], None] | None = None,
                  handlers: dict[str, Callable[[Any], Any]] | None = None,
                  serve_ww: bool = True, announce: bool = True,
-                 dial_policy: DialPolicy | None = None) -> None:
+                 dial_policy: DialPolicy | None = None, inbound_calls: bool = False) -> None:
         """``listen=None`` means :data:`DEFAULT_LISTEN` (falling back to a free port if it is
         taken); an empty list listens nowhere (a node that only dials, as `ww call`).
 
@@ -261,8 +262,12 @@ class Node:
         thread; the embedded IPFS node serves Bitswap this way); ``serve_ww=False`` leaves
         `/ww/0.1.0` out, ``announce=False`` keeps quiet about a port 0 listen.
         ``dial_policy``: where the host may connect (None: wherever it is told, as for
-        `ww call`, whose one address the operator typed)."""
+        `ww call`, whose one address the operator typed).  ``inbound_calls``: while the
+        cell exports something, inbound connections proposing ``/noise`` (libp2p peers that
+        are not ww) go to the lane as ww's own do (:meth:`serve_lane`): they carry
+        `/ww/0.1.0` and ping only (`ww run --inbound calls`, docs/p2p.md)."""
         self.identity = identity
+        self.inbound_calls = inbound_calls
         self.dial_policy = dial_policy
         self.peer_id = identity.peer_id
         self._default = listen is None
@@ -391,7 +396,8 @@ class Node:
 
     def serve_lane(self, accept: LaneAccept | None) -> None:
         """Hand every new inbound connection whose first bytes propose the lane
-        (:data:`ww.p2p.admission.LANE_PROPOSAL`) to ``accept``; ``None``: none (py-libp2p
+        (:data:`ww.p2p.admission.LANE_PROPOSAL`; with ``inbound_calls``, ``/noise`` as well)
+        to ``accept``; ``None``: none (py-libp2p
         takes every connection, and answers ``na`` to the lane: nothing is peeked at).
 
         ``accept(sock, ip, ticket)`` runs on the libp2p thread with a socket of the
@@ -449,7 +455,8 @@ class Node:
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
         host = _new_host(self.identity, self.dial_policy,
-                         (lambda: self._lane) if self._serve_ww else None)
+                         (lambda: self._lane) if self._serve_ww else None,
+                         self.inbound_calls)
         _report_identified(host, self._identified)
         if self._serve_ww:
             host.set_stream_handler(PROTOCOL_ID, self._inbound)

@@ -330,11 +330,14 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         *,
         timeout: float | None = HANDSHAKE_TIMEOUT,
         lane: bool = False,
+        other_keys: bool = False,
     ) -> None:
         """The C state machine on this loop: each readiness one ``handshake_step``, the
         whole within ``timeout`` seconds (None: the caller bounds it); no thread, nothing
-        waits.  ``lane``: propose (dialer) or accept (listener) :data:`LANE`.  Raises
-        ConnectionError."""
+        waits.  ``lane``: propose (dialer) or accept (listener) :data:`LANE`.
+        ``other_keys`` (a listener): a peer whose identity is RSA or secp256k1 is taken too,
+        its signature checked here (:func:`checked_identity`) before any stream is read, and
+        ``peer_id`` set.  Raises ConnectionError."""
         fd = self.sock.fileno()
         self.sock.setblocking(False)
         done = self._handshake = self.loop.create_future()
@@ -350,7 +353,9 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
             if key is not None:
                 done.set_result(key)
 
-        if lane:
+        if other_keys:
+            self.start_handshake(seed, expect, lane=lane, other_keys=True)
+        elif lane:
             self.start_handshake(seed, expect, lane=True)
         else:  # (the tests' subclasses override it with two arguments)
             self.start_handshake(seed, expect)
@@ -365,6 +370,8 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
                 self.loop.remove_reader(fd)
         if self.freed:
             raise ConnectionError("connection closed")
+        if other_keys and (other := self.other_identity()) is not None:
+            self.peer_id = checked_identity(*other)
         self.loop.add_reader(fd, self.readable)
         self.readable()  # bytes that came with the handshake's last read
 
@@ -483,6 +490,27 @@ def capnp_stream(stream: Any) -> Any:
     s = capnp.AsyncIoStream()
     s._post_init(protocol)
     return s
+
+
+def checked_identity(key: bytes, signature: bytes, static: bytes) -> str:
+    """The peer id of an identity that is not Ed25519 (a PublicKey message, RSA or
+    secp256k1), which the C took unchecked (``other_keys``), once its ``signature`` of the
+    Noise ``static`` key verifies with py-libp2p's crypto, as py-libp2p's Noise checks it;
+    ConnectionError if it does not.  The id is of the key as py-libp2p encodes it, however
+    the peer encoded it.  (Only a host's listener gets here: py-libp2p is loaded there.)"""
+    from libp2p.crypto.serialization import deserialize_public_key
+
+    try:
+        public = deserialize_public_key(key)
+        verified = public.verify(b"noise-libp2p-static-key:" + static, signature)
+        canonical = public.serialize()
+    except Exception:  # a key py-libp2p cannot read is one that does not verify
+        verified = False
+    if not verified:
+        raise ConnectionError("noise: identity signature does not verify")
+    from ww.core.identity import peer_id_from_public_key
+
+    return peer_id_from_public_key(canonical)
 
 
 def peer_id_of(key: bytes) -> str:
@@ -607,10 +635,11 @@ async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: O
         conn.handlers[PROTOCOL_ID] = on_stream
         ticket.on_close(lambda: _close_from_any_thread(loop, lane_conn))
         try:
-            await conn.handshake(seed, None, timeout=HANDSHAKE_TIMEOUT, lane=True)
+            await conn.handshake(seed, None, timeout=HANDSHAKE_TIMEOUT, lane=True,
+                                 other_keys=True)
         except ConnectionError:
             return
-        conn.peer_id = peer_id_of(conn.remote_key)
+        conn.peer_id = conn.peer_id or peer_id_of(conn.remote_key)
         ticket.handshaken()
         conn.ticket = ticket
         while not conn.closed.done():  # (the C tells nothing as a stream closes: counted)

@@ -127,6 +127,12 @@ typedef struct {
     uint32_t parse_most;  /* the most frames one ww_conn_read parsed (<= PARSE_BUDGET) */
     uint64_t parse_cut;   /* ww_conn_read calls that stopped at the budget, input left */
     uint8_t remote_ed25519[32];
+    /* A responder's peer whose identity is not Ed25519 (RSA, secp256k1), with other_keys:
+     * its PublicKey message, its signature and the Noise static key it signed, for the
+     * caller to check before it trusts the connection (ww_conn_other_identity). */
+    int other_keys;
+    uint8_t *other_key, *other_sig, other_static[32];
+    size_t other_key_n, other_sig_n;
     struct hs_state *hs; /* from ww_conn_handshake_start until the handshake ends */
     int lane_offer; /* initiator: propose LANE first; responder: accept it */
     int lane;       /* LANE was agreed (the security protocol; Noise as for /noise) */
@@ -481,7 +487,29 @@ static int pubkey_cb(void *ctx, uint64_t field, const uint8_t *data, size_t n) {
     return 0;
 }
 
-/* Check the peer's payload: an Ed25519 identity that signed its Noise static key. */
+/* Bounds on an identity the caller checks (ww_conn_accept_other_keys): go-libp2p's largest
+ * RSA key (8192 bits, MaxRsaKeyBits) marshals to about 1060 bytes and signs 1024. */
+#define OTHER_KEY_MAX 1100
+#define OTHER_SIG_MAX 1024
+
+/* Keep an identity that is not Ed25519 for the caller to check: RSA (0) or secp256k1 (2). */
+static int defer_payload(conn_t *c, const payload_t *p, uint64_t type, const uint8_t rs[32]) {
+    if (type != 0 && type != 2) return fail(c, "noise: identity key type not supported");
+    if (p->keyn > OTHER_KEY_MAX || !p->sign || p->sign > OTHER_SIG_MAX)
+        return fail(c, "noise: identity key or signature too long");
+    c->other_key = malloc(p->keyn);
+    c->other_sig = malloc(p->sign);
+    if (!c->other_key || !c->other_sig) return fail(c, "out of memory");
+    memcpy(c->other_key, p->key, p->keyn);
+    memcpy(c->other_sig, p->sig, p->sign);
+    memcpy(c->other_static, rs, 32);
+    c->other_key_n = p->keyn;
+    c->other_sig_n = p->sign;
+    return 0;
+}
+
+/* Check the peer's payload: an Ed25519 identity that signed its Noise static key (or, for a
+ * responder with other_keys, another kind kept for the caller: defer_payload). */
 static int check_payload(conn_t *c, const uint8_t *msg, size_t n, const uint8_t rs[32],
                          const uint8_t *expect) {
     payload_t p = {0};
@@ -491,6 +519,8 @@ static int check_payload(conn_t *c, const uint8_t *msg, size_t n, const uint8_t 
         return fail(c, "noise: malformed handshake payload");
     if (pb_walk(p.key, p.keyn, pubkey_cb, &k) || !k.has_type || !k.data)
         return fail(c, "noise: malformed identity key");
+    if (k.type != 1 && c->other_keys && !c->initiator && !expect)
+        return defer_payload(c, &p, k.type, rs);
     if (k.type != 1 || k.n != 32) return fail(c, "noise: identity key is not Ed25519");
     if (p.sign != 64) return fail(c, "noise: bad signature length");
     memcpy(signed_data, SIG_PREFIX, sizeof SIG_PREFIX - 1);
@@ -1074,6 +1104,8 @@ conn_t *ww_conn_new(int fd, int initiator) {
 void ww_conn_free(conn_t *c) {
     if (!c) return;
     hs_end(c);
+    free(c->other_key);
+    free(c->other_sig);
     while (c->nstreams) drop_stream(c, c->streams[0]);
     sodium_memzero(c->tx_key, 32);
     sodium_memzero(c->rx_key, 32);
@@ -1087,6 +1119,24 @@ void ww_conn_free(conn_t *c) {
 const char *ww_conn_error(conn_t *c) { return c->err; }
 
 const uint8_t *ww_conn_remote_key(conn_t *c) { return c->remote_ed25519; }
+
+/* A responder, before its handshake starts: take a peer whose identity is not Ed25519 (RSA,
+ * secp256k1) without checking its signature, which the caller then must check
+ * (ww_conn_other_identity) before it reads a stream or trusts the peer's id. */
+void ww_conn_accept_other_keys(conn_t *c) { c->other_keys = 1; }
+
+/* 1 and the peer's PublicKey message, its signature and the Noise static key it signed, for
+ * an identity kept unchecked (ww_conn_accept_other_keys); 0 for an Ed25519 peer (checked). */
+int ww_conn_other_identity(conn_t *c, const uint8_t **key, size_t *keyn, const uint8_t **sig,
+                           size_t *sign, const uint8_t **rs) {
+    if (!c->other_key) return 0;
+    *key = c->other_key;
+    *keyn = c->other_key_n;
+    *sig = c->other_sig;
+    *sign = c->other_sig_n;
+    *rs = c->other_static;
+    return 1;
+}
 
 long ww_conn_flush(conn_t *c);
 

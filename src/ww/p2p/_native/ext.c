@@ -647,17 +647,22 @@ static PyObject *conn_error(ConnObject *self) {
     return NULL;
 }
 
-/* start_handshake(seed, expect or None, lane=False): our Ed25519 seed, the dialed peer's
- * Ed25519 key; lane: a dialer proposes /ww/lane/0.1.0 first (header and proposal in one
- * send) and falls back to /noise on `na`, a listener accepts it as well as /noise.  The
- * dialer's first bytes are sent (or queued, with a writer). */
+/* start_handshake(seed, expect or None, lane=False, other_keys=False): our Ed25519 seed,
+ * the dialed peer's Ed25519 key; lane: a dialer proposes /ww/lane/0.1.0 first (header and
+ * proposal in one send) and falls back to /noise on `na`, a listener accepts it as well as
+ * /noise; other_keys (a listener): an RSA or secp256k1 peer is taken with its signature
+ * unchecked, for the caller to check (other_identity) before anything else.  The dialer's
+ * first bytes are sent (or queued, with a writer). */
 static PyObject *Conn_start_handshake(ConnObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"seed", "expect", "lane", NULL};
+    static char *kwlist[] = {"seed", "expect", "lane", "other_keys", NULL};
     Py_buffer seed, expect = {0};
     PyObject *e;
-    int lane = 0;
+    int lane = 0, other_keys = 0;
     if (!self->c) return closed_error();
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O|p", kwlist, &seed, &e, &lane)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O|pp", kwlist, &seed, &e, &lane,
+                                     &other_keys))
+        return NULL;
+    if (other_keys) ww_conn_accept_other_keys(self->c);
     if (e != Py_None && PyObject_GetBuffer(e, &expect, PyBUF_SIMPLE)) {
         PyBuffer_Release(&seed);
         return NULL;
@@ -688,6 +693,19 @@ static PyObject *Conn_handshake_step(ConnObject *self, PyObject *unused) {
     if (self->c && ww_conn_error(self->c)[0]) return conn_error(self); /* the flush failed */
     if (!rc) Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)ww_conn_remote_key(self->c), 32);
+}
+
+/* other_identity(): None for an Ed25519 peer (checked by the handshake), else (the peer's
+ * PublicKey message, its signature, the Noise static key it signed) for the caller to
+ * check: a listener's peer taken with other_keys. */
+static PyObject *Conn_other_identity(ConnObject *self, PyObject *unused) {
+    (void)unused;
+    const uint8_t *key, *sig, *rs;
+    size_t keyn, sign;
+    if (!self->c) return closed_error();
+    if (!ww_conn_other_identity(self->c, &key, &keyn, &sig, &sign, &rs)) Py_RETURN_NONE;
+    return Py_BuildValue("(y#y#y#)", (const char *)key, (Py_ssize_t)keyn, (const char *)sig,
+                         (Py_ssize_t)sign, (const char *)rs, (Py_ssize_t)32);
 }
 
 
@@ -934,6 +952,8 @@ static PyMethodDef Conn_methods[] = {
     {"start_handshake", (PyCFunction)(void (*)(void))Conn_start_handshake,
      METH_VARARGS | METH_KEYWORDS,
      "start_handshake(seed, expect or None, lane=False): the handshake's first bytes"},
+    {"other_identity", (PyCFunction)Conn_other_identity, METH_NOARGS,
+     "other_identity(): None, or an unchecked identity's (key message, signature, static)"},
     {"handshake_step", (PyCFunction)Conn_handshake_step, METH_NOARGS,
      "the add_reader callback during the handshake: None, or the peer's key once done"},
     {"readable", (PyCFunction)Conn_readable, METH_NOARGS, "the add_reader callback"},

@@ -1,0 +1,210 @@
+"""A libp2p `/noise` dialer written for the tests, in Python with ``cryptography``: what a
+go-libp2p peer sends (multistream's header and ``/noise`` in one write, Noise XX with
+libp2p's handshake payload, ``/yamux/1.0.0`` inside), with an identity of any kind and a
+payload the test may spoil (a bad signature, an oversized key, another key type), to attack
+what a host checks.  Not a general libp2p peer: after the handshake it can send a Yamux ping
+and see whether the connection answers or ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+import struct
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from ww.core.addrs import NOISE_PROPOSAL
+
+SIG_PREFIX = b"noise-libp2p-static-key:"
+HEADER = NOISE_PROPOSAL[:20]
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+YAMUX = b"\x13/multistream/1.0.0\n\x0d/yamux/1.0.0\n"
+
+
+def _pb_bytes(field: int, data: bytes) -> bytes:
+    n, out = len(data), bytearray([field << 3 | 2])
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + data
+
+
+def public_key_message(key_type: int, data: bytes) -> bytes:
+    """libp2p's PublicKey protobuf: Type (varint), Data."""
+    return bytes([0x08, key_type]) + _pb_bytes(2, data)
+
+
+@dataclass
+class Identity:
+    """An identity: its PublicKey message and how it signs."""
+
+    key: bytes
+    sign: object  # (bytes) -> bytes
+
+    @staticmethod
+    def rsa(bits: int = 2048) -> Identity:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        der = private.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+        return Identity(public_key_message(0, der),
+                        lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
+
+    @staticmethod
+    def secp256k1() -> Identity:
+        private = ec.generate_private_key(ec.SECP256K1())
+        point = private.public_key().public_bytes(serialization.Encoding.X962,
+                                                  serialization.PublicFormat.CompressedPoint)
+        def sign(data: bytes) -> bytes:  # low S, as libsecp256k1 (py-libp2p's) wants it
+            r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
+            return encode_dss_signature(r, min(s, SECP256K1_N - s))
+
+        return Identity(public_key_message(2, point), sign)
+
+    @staticmethod
+    def ed25519() -> Identity:
+        private = ed25519.Ed25519PrivateKey.generate()
+        raw = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw)
+        return Identity(public_key_message(1, raw), private.sign)
+
+
+class _Symmetric:
+    """Noise's SymmetricState and CipherState (Noise_XX_25519_ChaChaPoly_SHA256)."""
+
+    def __init__(self) -> None:
+        self.h = b"Noise_XX_25519_ChaChaPoly_SHA256"
+        self.ck = self.h
+        self.k: bytes | None = None
+        self.n = 0
+        self.mix_hash(b"")  # the empty prologue
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, self.k = hkdf(self.ck, ikm)
+        self.n = 0
+
+    def encrypt_and_hash(self, pt: bytes) -> bytes:
+        if self.k is None:
+            ct = pt
+        else:
+            ct = ChaCha20Poly1305(self.k).encrypt(nonce(self.n), pt, self.h)
+            self.n += 1
+        self.mix_hash(ct)
+        return ct
+
+    def decrypt_and_hash(self, ct: bytes) -> bytes:
+        assert self.k is not None
+        pt = ChaCha20Poly1305(self.k).decrypt(nonce(self.n), ct, self.h)
+        self.n += 1
+        self.mix_hash(ct)
+        return pt
+
+
+def hkdf(ck: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    temp = hmac.new(ck, ikm, hashlib.sha256).digest()
+    out1 = hmac.new(temp, b"\x01", hashlib.sha256).digest()
+    return out1, hmac.new(temp, out1 + b"\x02", hashlib.sha256).digest()
+
+
+def nonce(n: int) -> bytes:
+    return b"\x00" * 4 + struct.pack("<Q", n)
+
+
+def _raw(key: x25519.X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+class NoiseDialer:
+    """One connection to ``port`` on 127.0.0.1 as a `/noise` dialer whose handshake
+    payload carries ``key`` (a PublicKey message) and ``signature``."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.tx: bytes = b""
+        self.rx: bytes = b""
+        self.tx_n = self.rx_n = 0
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the host ended the connection")
+            data += chunk
+        return data
+
+    def _frame(self) -> bytes:
+        (n,) = struct.unpack(">H", self._exact(2))
+        return self._exact(n)
+
+    def _send_frame(self, data: bytes) -> None:
+        self.sock.sendall(struct.pack(">H", len(data)) + data)
+
+    def handshake(self, identity: Identity, *, key: bytes | None = None,
+                  signature: bytes | None = None) -> None:
+        """multistream /noise, Noise XX as the initiator, multistream /yamux inside.
+        ``key``/``signature`` replace what ``identity`` would send (spoiled payloads)."""
+        self.sock.sendall(NOISE_PROPOSAL)
+        if self._exact(len(NOISE_PROPOSAL)) != NOISE_PROPOSAL:
+            raise ConnectionError("the host did not agree /noise")
+        s = _Symmetric()
+        e = x25519.X25519PrivateKey.generate()
+        static = x25519.X25519PrivateKey.generate()
+        s.mix_hash(_raw(e.public_key()))
+        s.encrypt_and_hash(b"")
+        self._send_frame(_raw(e.public_key()))
+        msg = self._frame()  # <- e, ee, s, es, payload
+        re = msg[:32]
+        s.mix_hash(re)
+        s.mix_key(e.exchange(x25519.X25519PublicKey.from_public_bytes(re)))
+        rs = s.decrypt_and_hash(msg[32:80])
+        s.mix_key(e.exchange(x25519.X25519PublicKey.from_public_bytes(rs)))
+        s.decrypt_and_hash(msg[80:])  # the host's payload (not checked here)
+        ours = _raw(static.public_key())
+        sig = signature if signature is not None else identity.sign(SIG_PREFIX + ours)
+        payload = _pb_bytes(1, key if key is not None else identity.key) + _pb_bytes(2, sig)
+        part = s.encrypt_and_hash(ours)
+        s.mix_key(static.exchange(x25519.X25519PublicKey.from_public_bytes(re)))
+        self._send_frame(part + s.encrypt_and_hash(payload))
+        self.tx, self.rx = hkdf(s.ck, b"")
+        self.send(YAMUX)
+        got = b""
+        while len(got) < len(YAMUX):
+            got += self.receive()
+        if got != YAMUX:
+            raise ConnectionError(f"the host did not agree yamux: {got!r}")
+
+    def send(self, data: bytes) -> None:
+        self._send_frame(ChaCha20Poly1305(self.tx).encrypt(nonce(self.tx_n), data, b""))
+        self.tx_n += 1
+
+    def receive(self) -> bytes:
+        pt = ChaCha20Poly1305(self.rx).decrypt(nonce(self.rx_n), self._frame(), b"")
+        self.rx_n += 1
+        return pt
+
+    def ping(self) -> bool:
+        """A Yamux ping: True if answered, False if the connection ended instead."""
+        try:
+            self.send(struct.pack(">BBHII", 0, 2, 1, 0, 7))
+            while True:
+                frame = self.receive()
+                if frame[:4] == struct.pack(">BBH", 0, 2, 2):
+                    return True
+        except (ConnectionError, OSError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()

