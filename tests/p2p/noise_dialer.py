@@ -52,8 +52,12 @@ class Identity:
     sign: object  # (bytes) -> bytes
 
     @staticmethod
-    def rsa(bits: int = 2048) -> Identity:
+    def rsa(bits: int = 2048, exponent_bits: int = 0) -> Identity:
+        """An RSA identity; ``exponent_bits``: a public exponent that long (odd, a prime
+        factor of neither p-1 nor q-1), which no key generator makes but a peer may."""
         private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        if exponent_bits:
+            private = _with_exponent(private, exponent_bits)
         der = private.public_key().public_bytes(serialization.Encoding.DER,
                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
         return Identity(public_key_message(0, der),
@@ -76,6 +80,23 @@ class Identity:
         raw = private.public_key().public_bytes(serialization.Encoding.Raw,
                                                 serialization.PublicFormat.Raw)
         return Identity(public_key_message(1, raw), private.sign)
+
+
+def _with_exponent(private: rsa.RSAPrivateKey, bits: int) -> rsa.RSAPrivateKey:
+    import math
+    import secrets
+
+    numbers = private.private_numbers()
+    p, q = numbers.p, numbers.q
+    phi = (p - 1) * (q - 1)
+    while True:
+        e = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+        if math.gcd(e, phi) == 1:
+            break
+    d = pow(e, -1, phi)
+    public = rsa.RSAPublicNumbers(e, p * q)
+    return rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
+                                 public).private_key()
 
 
 class _Symmetric:

@@ -344,3 +344,22 @@ def test_identities_the_host_cannot_check_are_refused(calls_host, spoiled) -> No
     }[spoiled]
     assert not _attempt(calls_host.port, rsa, **spoil)
     assert _attempt(calls_host.port, rsa)
+
+
+@pytest.mark.parametrize("inbound", ["calls", "full"])
+@pytest.mark.parametrize("bits, exponent_bits", [(4096, 4000), (2048, 40), (1024, 0)])
+def test_an_rsa_key_outside_go_libp2ps_bounds_is_refused_on_either_path(
+        start_host, cell_file, inbound, bits, exponent_bits) -> None:
+    """An RSA key whose public exponent is long makes its signature costly to check (17 ms
+    a handshake with 4000 bits, 0.15 ms with 65537, on the cell's loop or py-libp2p's
+    thread); one under 2048 bits is one go-libp2p refuses.  Both paths refuse them, before
+    checking anything with them; an honest RSA peer is served."""
+    from tests.p2p.conftest import EXPORTER
+    from tests.p2p.noise_dialer import Identity
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", inbound,
+                   cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    assert not _attempt(port, Identity.rsa(bits, exponent_bits))
+    assert _attempt(port, Identity.rsa())
+    assert b.stop()[0] == 0

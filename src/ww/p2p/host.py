@@ -154,6 +154,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
     )
     _disable_auto_connector(host)
     _use_muxer_given(host)
+    _bound_rsa_keys()
     admission.install(host, lane, noise)  # what remote peers' connections may hold
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
@@ -175,6 +176,29 @@ def _resource_manager() -> Any:
     limits.max_established_per_peer = None
     return ResourceManager(connection_limits=limits, enable_memory_pooling=True,
                            enable_rate_limiting=False)
+
+
+def _bound_rsa_keys() -> None:
+    """py-libp2p 0.8.1 reads any RSA public key of up to 4096 bits whatever its public
+    exponent, and a peer's Noise handshake makes the host check a signature with it: an
+    exponent of 4000 bits costs 17 ms a handshake (0.15 ms with 65537), as often as a
+    stranger likes.  Where py-libp2p reads a public key (its Noise, identify ...), an RSA key
+    outside :func:`ww.p2p.lane.rsa_bounded` (go-libp2p's and Go's bounds) is refused as a
+    key py-libp2p cannot read.  Process-wide, and idempotent."""
+    from libp2p.crypto import serialization
+    from libp2p.crypto.exceptions import CryptographyError
+    from libp2p.crypto.keys import KeyType
+    from libp2p.crypto.rsa import RSAPublicKey
+
+    from ww.p2p.lane import rsa_bounded
+
+    def read(data: bytes) -> RSAPublicKey:
+        key = RSAPublicKey.from_bytes(data)
+        if not rsa_bounded(key.impl):
+            raise CryptographyError("RSA key outside go-libp2p's bounds")
+        return key
+
+    serialization.key_type_to_public_key_deserializer[KeyType.RSA.value] = read
 
 
 def _disable_auto_connector(host: Any) -> None:
