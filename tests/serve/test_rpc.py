@@ -329,6 +329,24 @@ def test_an_adds_file_names_keep_their_bytes_as_kubos_do(daemon, tmp_path):
         worker.close()
 
 
+def test_ls_shows_a_names_bytes_that_are_not_utf8_as_kubos_json_does(daemon, tmp_path):
+    """A link's name is bytes; kubo's JSON (Go's encoding/json) writes each byte that is
+    not UTF-8 as one U+FFFD.  The old daemon wrote the lone surrogates it keeps such bytes
+    as (``"\\udcff"``), which no JSON parser reads as kubo's name."""
+    tree = os.fsencode(tmp_path / "t")
+    os.mkdir(tree)
+    for name in (b"a\xffb", b"cut\xe2\x82"):
+        with open(os.path.join(tree, name), "wb") as f:
+            f.write(b"x")
+    root = export(os.fsdecode(tree))  # the same repository, as the daemon runs
+    for stream in (False, True):
+        status, _, reply = daemon.post("ls", root, stream=stream)
+        assert status == 200 and b"\\udc" not in reply, reply
+        names = [link["Name"] for line in reply.splitlines()
+                 for link in json.loads(line)["Objects"][0]["Links"]]
+        assert names == ["a\ufffdb", "cut\ufffd\ufffd"], reply
+
+
 @pytest.mark.parametrize("parts", [
     [(b"d", "application/x-directory", b""), (b"d/a%00b", "application/octet-stream", b"x")],
     [(b"nul%00dir", "application/x-directory", b""),
