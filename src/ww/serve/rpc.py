@@ -33,6 +33,7 @@ import json
 import logging
 import platform
 import queue
+import re
 import tarfile
 import time
 import urllib.parse
@@ -472,7 +473,25 @@ class _Reader(io.RawIOBase):
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+    text = json.dumps(value, separators=(",", ":"))
+    if "\\udc" in text:  # perhaps a name's bytes that are not UTF-8, kept as surrogates
+        text = json.dumps(_as_go_strings(value), separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
+# a byte that is not UTF-8 (U+DC80 to U+DCFF under surrogateescape) is one U+FFFD in kubo's
+# JSON, as Go's encoding/json writes each such byte of a string
+_NOT_UTF8 = dict.fromkeys(range(0xDC80, 0xDD00), "\ufffd")
+
+
+def _as_go_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.translate(_NOT_UTF8)
+    if isinstance(value, dict):
+        return {_as_go_strings(k): _as_go_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_go_strings(v) for v in value]
+    return value
 
 
 def _error(message: str, code: int = 0) -> bytes:
@@ -585,12 +604,34 @@ def _part_path(headers: dict[str, str]) -> str:
     for kept in urllib.parse.parse_qs(field.partition("?")[2]):
         if kept in ("mode", "mtime", "mtime-nsecs"):
             raise IpfsError(f"add: a part's {kept!r} is not supported here")
-    name = params.get(b"filename") or b""
-    path = urllib.parse.unquote_plus(name.decode("utf-8", "replace")).strip("/")
+    raw = _query_unescape(params.get(b"filename") or b"")
+    if b"\0" in raw:  # kubo stores it; no file system takes it back out (nor `get` here)
+        raise ClientError(f"add: a part's file name {_shown(raw)} holds a NUL byte")
+    # a name's bytes are kept as they are, UTF-8 or not (a dag-pb link's Name is bytes, and
+    # kubo's a Go string): those that are not UTF-8 travel as surrogates (surrogateescape)
+    path = raw.decode("utf-8", "surrogateescape").strip("/")
     if path and importer.steps_out(path.split("/")):
-        raise ClientError(f"add: a part's file name {path[:200]!r} steps out of the tree "
+        raise ClientError(f"add: a part's file name {_shown(raw)} steps out of the tree "
                           "(an empty, '.' or '..' component)")
     return path
+
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def _query_unescape(name: bytes) -> bytes:
+    """A part's ``filename`` as kubo reads it (boxo's multipart reader, Go's
+    ``url.QueryUnescape``): ``+`` a space and ``%XX`` its byte, whatever the byte; a ``%``
+    not followed by two hex digits leaves the whole name as it came."""
+    if _BAD_ESCAPE.search(name):
+        return name
+    return urllib.parse.unquote_to_bytes(name.replace(b"+", b" "))
+
+
+def _shown(name: bytes) -> str:
+    """A name in an error: its first 200 bytes, quoted, a byte that is not printable ASCII
+    escaped."""
+    return repr(name[:200])[1:]
 
 
 # --- the commands ---------------------------------------------------------------------------
