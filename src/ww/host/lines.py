@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
-MAX_WAITING = 1 << 20  # bytes of audit lines waiting for a terminal or a pipe
+MAX_WAITING = 1 << 20  # bytes of lines waiting (audit lines, `ww daemon`'s event lines)
 STALL = 5.0  # seconds without a line written after which the drain at exit gives up
 
 

@@ -405,8 +405,11 @@ def run(config: RunConfig) -> int:
             )
             watchdog.start()
         signals.to(cell.forward)  # those held first
-        _supervise(cell, host_sock, config,
-                   lambda message: (verdict.decide(message, EXIT_AUTH_FAILED), stop_cell()))
+        def refuse(message: str) -> None:
+            verdict.decide(message, EXIT_AUTH_FAILED)
+            stop_cell()
+
+        _supervise(cell, host_sock, config, refuse)
         if relays is not None:
             relays.finish()  # the cell has exited: all it wrote reaches its files
         if strict_thread is not None:
@@ -686,10 +689,10 @@ def _serve_rpc(pidfd: int, host_sock: _socket.socket, config: RunConfig,
     async def main() -> None:
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        loop.add_reader(pidfd, _settle, exited)
         # Serving stops when the cell exits or when its calls hold too much of our memory.
         stop: asyncio.Future[None] = loop.create_future()
-        exited.add_done_callback(lambda _: stop.done() or stop.set_result(None))
+        exited.add_done_callback(lambda _: _settle(stop))
         guard = asyncio.ensure_future(_guard_memory(stop))
         try:
             # A failed login stops the cell at once (`ww run` exits 64).
@@ -763,6 +766,12 @@ class _QuietAsyncio:
 # capability: 148-158 MiB, docs/security.md), each bound holding.
 RPC_MEMORY_BUDGET = 288 << 20
 _GUARD_INTERVAL = 0.05  # seconds
+
+
+def _settle(future: Any) -> None:
+    """Resolve ``future`` unless it is already."""
+    if not future.done():
+        future.set_result(None)
 
 
 async def _guard_memory(stop: Any) -> None:
