@@ -73,7 +73,8 @@ def test_audit_lines_past_1_mib_are_dropped_and_counted_once_and_a_cancelled_lin
     data = _drain_and_read(r, w)
     assert data.startswith(filler)
     written = re.findall(rb"audit (\d+) ", data)
-    said = re.findall(rb"^ww: (\d+) audit lines dropped", data, re.M)
+    said = re.findall(rb'^\{"ts":[0-9.]+,"event":"lines-dropped","what":"audit","lines":(\d+)\}$',
+                      data, re.M)  # among JSON lines, a JSON line
     assert b"[cell] held" not in data
     kept = [int(n) for n in written]
     assert kept == list(range(len(kept)))  # in order, the first ones
@@ -90,14 +91,14 @@ def test_the_count_of_dropped_lines_is_said_where_they_went_missing():
     them are written."""
     r, w, filler = _full_pipe()
     writer, out = lines._writer(), lines.Out(w)
-    lines.put(out, b"event 0\n", "event")  # the thread takes it and waits in write
+    lines.put(out, b"event 0\n", "event", json=False)  # the thread takes it, waits in write
     with writer._cond:
         assert writer._cond.wait_for(lambda: writer._busy, HANG)
     a = b"event a " + b"a" * (lines.MAX_WAITING // 2) + b"\n"
     b = b"event b " + b"b" * (lines.MAX_WAITING - len(a) - 109) + b"\n"  # 100 bytes left
     for line in (a, b, b"event c " + b"c" * 200 + b"\n", b"event d\n",
                  b"event e " + b"e" * lines.MAX_WAITING + b"\n"):
-        lines.put(out, line, "event")  # c and e dropped: no room
+        lines.put(out, line, "event", json=False)  # c and e dropped: no room
     data = _drain_and_read(r, w)
     count = b"ww: 1 event lines dropped: they could not be written as fast as they came\n"
     assert data == filler + b"event 0\n" + a + b + count + b"event d\n" + count
@@ -159,9 +160,10 @@ def test_the_hosts_own_lines_keep_their_place_and_are_never_dropped(monkeypatch)
     print("ww: the host's", "own line", file=lines._Said())
     lines.put(out, b"audit 2, past the bound\n")
     data = _drain_and_read(r, w)
-    said = re.findall(rb"^ww: (\d+) audit lines dropped.*\n", data, re.M)
+    dropped = rb'^\{"ts":[0-9.]+,"event":"lines-dropped","what":"audit","lines":(\d+)\}\n'
+    said = re.findall(dropped, data, re.M)
     assert said == [b"1"]  # audit 2 (said with the next audit line the thread writes)
-    data = re.sub(rb"^ww: \d+ audit lines dropped.*\n", b"", data, flags=re.M)
+    data = re.sub(dropped, b"", data, flags=re.M)
     assert data == filler + b"audit 0\n" + most + b"ww: the host's own line\n"
 
 

@@ -92,7 +92,8 @@ class EventLog:
         else:
             details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
             line = f"ww daemon: {event}" + (f": {details}" if details else "")
-        self._lines.put(self._out, (line + "\n").encode(errors="backslashreplace"), "event")
+        self._lines.put(self._out, (line + "\n").encode(errors="backslashreplace"), "event",
+                        self.json)
 
     def drain(self) -> None:
         """The lines still waiting written, in their order, before anything said after them

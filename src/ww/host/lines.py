@@ -77,11 +77,12 @@ class Out:
             self.file = (st.st_dev, st.st_ino)
 
 
-def put(out: Out, line: bytes, what: str = "audit") -> None:
+def put(out: Out, line: bytes, what: str = "audit", json: bool = True) -> None:
     """An audit line (or another ``what``: ``ww daemon``'s event lines) for ``out``: written
     at once on a regular file, else queued (never waiting: dropped and counted past
-    :data:`MAX_WAITING`)."""
-    _put(out, line, True, what)
+    :data:`MAX_WAITING`).  ``json``: the lines are JSON lines (audit lines, `ww daemon
+    --json`'s), and so is the count of those dropped (:func:`dropped_line`)."""
+    _put(out, line, True, what, json)
 
 
 def say(text: str) -> None:
@@ -90,7 +91,7 @@ def say(text: str) -> None:
     _put(stderr(), text.encode(_ENCODING, "backslashreplace"), False)
 
 
-def _put(out: Out, line: bytes, bounded: bool, what: str = "audit") -> None:
+def _put(out: Out, line: bytes, bounded: bool, what: str = "audit", json: bool = False) -> None:
     if not out.open:
         return  # the cell's work goes on
     if out.file is not None:
@@ -99,7 +100,7 @@ def _put(out: Out, line: bytes, bounded: bool, what: str = "audit") -> None:
         except OSError:
             pass
         return
-    _writer().put(_Line(out.fd, line, None, bounded, what))
+    _writer().put(_Line(out.fd, line, None, bounded, what, json))
 
 
 async def write_console(out: Out, line: bytes) -> None:
@@ -142,17 +143,32 @@ def _settle(written: asyncio.Future[None], error: BaseException | None) -> None:
         written.set_exception(error)
 
 
+def dropped_line(count: int, what: str, json: bool) -> bytes:
+    """What says that ``count`` lines of ``what`` were dropped: a ``ww:`` line, or among
+    JSON lines a JSON one, the event ``lines-dropped``."""
+    if not json:
+        return (f"ww: {count} {what} lines dropped: they could not be written as fast as "
+                "they came\n").encode()
+    import json as _json
+    import time
+
+    return (_json.dumps({"ts": round(time.time(), 6), "event": "lines-dropped", "what": what,
+                         "lines": count}, separators=(",", ":")) + "\n").encode()
+
+
 class _Line:
-    __slots__ = ("fd", "data", "done", "bounded", "what", "dropped", "taken", "withdrawn")
+    __slots__ = ("fd", "data", "done", "bounded", "what", "json", "dropped", "taken",
+                 "withdrawn")
 
     def __init__(self, fd: int, data: bytes,
                  done: Callable[[BaseException | None], object] | None,
-                 bounded: bool = False, what: str = "audit") -> None:
+                 bounded: bool = False, what: str = "audit", json: bool = False) -> None:
         self.fd = fd
         self.data = data
         self.done = done  # a console line's: called by the thread once written (or failed)
         self.bounded = bounded  # an audit line: counted in MAX_WAITING, dropped past it
         self.what = what  # what a dropped one is called
+        self.json = json  # a JSON line: the count of those dropped before it is JSON too
         self.dropped = 0  # lines of its fd and what dropped just before it: said before it
         self.taken = False  # the thread holds it
         self.withdrawn = False  # its call was cancelled before that: not written
@@ -167,7 +183,8 @@ class _Writer:
 
         self._queue: collections.deque[_Line] = collections.deque()
         self._audit = 0  # bytes of audit lines in the queue (of bounded lines)
-        self._dropped: dict[tuple[int, str], int] = {}  # lines dropped, by fd and what
+        # lines dropped, by fd, what and whether they are JSON
+        self._dropped: dict[tuple[int, str, bool], int] = {}
         self._busy = False  # the thread holds a line it has not written yet
         self._written = 0  # lines written (or failed) so far: the drain's sign of progress
         self._progress = 0.0  # (monotonic) when a line was last written
@@ -178,7 +195,7 @@ class _Writer:
     def put(self, line: _Line) -> None:
         with self._cond:
             if line.bounded:
-                key = (line.fd, line.what)
+                key = (line.fd, line.what, line.json)
                 if self._audit + len(line.data) > MAX_WAITING:
                     self._dropped[key] = self._dropped.get(key, 0) + 1
                     self._cond.notify_all()  # (an idle thread says it: a line past the bound)
@@ -206,8 +223,8 @@ class _Writer:
                     if self._dropped:
                         # lines dropped with none kept after them: said now, after every
                         # line queued before them
-                        (fd, what), dropped = self._dropped.popitem()
-                        line = _Line(fd, b"", None, True, what)
+                        (fd, what, json), dropped = self._dropped.popitem()
+                        line = _Line(fd, b"", None, True, what, json)
                         line.dropped = dropped
                         self._queue.append(line)
                         break
@@ -224,8 +241,7 @@ class _Writer:
             error: OSError | None = None
             try:
                 if line.dropped:
-                    write_all(line.fd, f"ww: {line.dropped} {line.what} lines dropped: they "
-                              "could not be written as fast as they came\n".encode())
+                    write_all(line.fd, dropped_line(line.dropped, line.what, line.json))
                 write_all(line.fd, line.data)
             except OSError as e:
                 error = e  # the operator's terminal went away; the cell's work goes on

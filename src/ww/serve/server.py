@@ -574,7 +574,7 @@ def _tell(event: str, **fields: Any) -> None:
 
     details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
     lines.put(lines.stderr(), f"ww daemon: {event}: {details}\n".encode(errors="backslashreplace"),
-              "event")
+              "event", json=False)
 
 
 def _bounded_heads(app: ASGIApp) -> ASGIApp:
