@@ -90,8 +90,9 @@ class EventLog:
             record = {"ts": round(time.time(), 6), "event": event, "daemon": self.pid, **fields}
             line = json.dumps(record, separators=(",", ":"))
         else:
-            details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
-            line = f"ww daemon: {event}" + (f": {details}" if details else "")
+            from ww.serve.server import event_text
+
+            line = event_text(event, **fields)
         self._lines.put(self._out, (line + "\n").encode(errors="backslashreplace"), "event",
                         self.json)
 

@@ -572,9 +572,15 @@ def _tell(event: str, **fields: Any) -> None:
     it; past a MiB waiting, dropped and counted)."""
     from ww.host import lines
 
+    lines.put(lines.stderr(), (event_text(event, **fields) + "\n").encode(
+        errors="backslashreplace"), "event", json=False)
+
+
+def event_text(event: str, **fields: Any) -> str:
+    """An event as ``ww daemon``'s plain event lines say it (``ww.app.daemon.EventLog``'s
+    too): ``ww daemon: <event>: <field> <value> ...``."""
     details = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
-    lines.put(lines.stderr(), f"ww daemon: {event}: {details}\n".encode(errors="backslashreplace"),
-              "event", json=False)
+    return f"ww daemon: {event}" + (f": {details}" if details else "")
 
 
 def _bounded_heads(app: ASGIApp) -> ASGIApp:
