@@ -305,3 +305,32 @@ def test_streams_left_open_after_their_answer_are_bounded_and_reset(exporter) ->
     assert trio.run(main) == total
     r = ww_call(host.addr, "echo", "still", "here")
     assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
+
+
+def test_connections_from_ipv6_loopback_are_bounded_as_127_0_0_1s(start_host,
+                                                                   cell_file) -> None:
+    """::1 is one address held to MAX_PER_LOOPBACK, as 127.0.0.1 is (a host listening on
+    both stacks, `::`): MAX_PER_LOOPBACK + 2 peer ids from ::1, the last two refused, and a
+    peer from 127.0.0.3 (IPv4, as ::ffff:127.0.0.3 on that socket) still let in."""
+    from tests.p2p.conftest import EXPORTER
+
+    host = start_host("b", "--with-p2p", "--listen", "/ip6/::/tcp/0",
+                      cell_file(EXPORTER, "exporter.py"))
+    port, peer = host.addr.split("/tcp/")[1].split("/p2p/")
+    ip6, ip4 = f"/ip6/::1/tcp/{port}/p2p/{peer}", f"/ip4/127.0.0.3/tcp/{port}/p2p/{peer}"
+
+    async def main() -> tuple[int, int, bool]:
+        held, refused = 0, 0
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANG):
+                for _ in range(MAX_PER_LOOPBACK + 2):
+                    try:
+                        await connect(ip6, nursery, source="::1")
+                        held += 1
+                    except Exception:
+                        refused += 1
+                other = await connect(ip4, nursery, source="127.0.0.3")
+            nursery.cancel_scope.cancel()
+        return held, refused, other.is_established
+
+    assert trio.run(main) == (MAX_PER_LOOPBACK, 2, True)
