@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import socket
 import struct
 from dataclasses import dataclass
@@ -64,6 +65,34 @@ class Identity:
                         lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
 
     @staticmethod
+    def rsa_private_encoded() -> Identity:
+        """An honest RSA identity whose PublicKey message carries its *private* key (PKCS#1
+        RSAPrivateKey DER): no public key encoding, which go-libp2p refuses."""
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = private.private_bytes(serialization.Encoding.DER,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+        return Identity(public_key_message(0, der),
+                        lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
+
+    @staticmethod
+    def rsa_costly(bits: int) -> Identity:
+        """An "RSA key" that is a PKCS#1 RSAPrivateKey whose prime p is a ``bits``-bit odd
+        number with no small factor (and q = 3, n = 3p): a reader that tests p for primality
+        (pycryptodome's, py-libp2p's) does Miller-Rabin on it.  Its signature is nothing."""
+        import secrets
+
+        small = 1
+        for k in range(3, 2000, 2):
+            small *= k
+        while True:
+            p = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+            if math.gcd(p, small) == 1:
+                break
+        der = _der_sequence([0, 3 * p, 65537, 5, p, 3, 1, 1, 1])
+        return Identity(public_key_message(0, der), lambda data: bytes(256))
+
+    @staticmethod
     def secp256k1() -> Identity:
         private = ec.generate_private_key(ec.SECP256K1())
         point = private.public_key().public_bytes(serialization.Encoding.X962,
@@ -82,8 +111,22 @@ class Identity:
         return Identity(public_key_message(1, raw), private.sign)
 
 
+def _der_sequence(numbers: list[int]) -> bytes:
+    """A DER SEQUENCE of non-negative INTEGERs."""
+    def length(n: int) -> bytes:
+        if n < 0x80:
+            return bytes([n])
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        return bytes([0x80 | len(raw)]) + raw
+
+    body = b""
+    for v in numbers:
+        raw = v.to_bytes(v.bit_length() // 8 + 1, "big")  # a leading 0 keeps it positive
+        body += b"\x02" + length(len(raw)) + raw
+    return b"\x30" + length(len(body)) + body
+
+
 def _with_exponent(private: rsa.RSAPrivateKey, bits: int) -> rsa.RSAPrivateKey:
-    import math
     import secrets
 
     numbers = private.private_numbers()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -361,5 +362,55 @@ def test_an_rsa_key_outside_go_libp2ps_bounds_is_refused_on_either_path(
                    cell_file(EXPORTER, "exporter.py"))
     port = int(b.addr.split("/tcp/")[1].split("/")[0])
     assert not _attempt(port, Identity.rsa(bits, exponent_bits))
+    assert _attempt(port, Identity.rsa())
+    assert b.stop()[0] == 0
+
+
+@pytest.mark.parametrize("inbound", ["calls", "full"])
+def test_an_rsa_private_key_is_no_identity_on_either_path(start_host, cell_file,
+                                                           inbound) -> None:
+    """go-libp2p reads an RSA identity as a public key (PKIX) only; pycryptodome's reader,
+    py-libp2p's, takes a private key (PKCS#1, PKCS#8) too, and the host served a peer whose
+    identity was its private key's encoding.  Refused on both paths."""
+    from tests.p2p.conftest import EXPORTER
+    from tests.p2p.noise_dialer import Identity
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", inbound,
+                   cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    assert not _attempt(port, Identity.rsa_private_encoded())
+    assert _attempt(port, Identity.rsa())
+    assert b.stop()[0] == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("inbound, bits, attempts", [("calls", 4150, 20),
+                                                     ("full", 16000, 1)])
+def test_an_rsa_key_that_is_a_private_key_costs_the_host_no_primality_test(
+        start_host, cell_file, inbound, bits, attempts) -> None:
+    """A "public key" that is a PKCS#1 private key whose p is a big odd number with no
+    small factor made pycryptodome run Miller-Rabin on p before any bound was looked at:
+    measured (/proc/PID/stat of the host) 53 ms of the cell's loop a handshake on the
+    native path (p of 4150 bits: the C's 1100-byte bound) and 1.8 s of py-libp2p's thread
+    on py-libp2p's (p of 16000 bits), as often as a stranger likes.  Now refused unread:
+    far under 50 ms a handshake (an honest one costs about 1 ms)."""
+    from tests.p2p.conftest import EXPORTER
+    from tests.p2p.noise_dialer import Identity
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", inbound,
+                   cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    costly = Identity.rsa_costly(bits)
+    assert _attempt(port, Identity.rsa())  # warmed up: imports done
+    before = _cpu_seconds(b.proc.pid)
+    for _ in range(attempts):
+        assert not _attempt(port, costly)
+    spent = _cpu_seconds(b.proc.pid) - before
+    assert spent < 0.01 * attempts + 0.2, f"{spent:.2f} s of the host's CPU"
     assert _attempt(port, Identity.rsa())
     assert b.stop()[0] == 0

@@ -497,15 +497,16 @@ def checked_identity(key: bytes, signature: bytes, static: bytes) -> str:
     secp256k1), which the C took unchecked (``other_keys``), once its ``signature`` of the
     Noise ``static`` key verifies with py-libp2p's crypto, as py-libp2p's Noise checks it;
     ConnectionError if it does not.  The id is of the key as py-libp2p encodes it, however
-    the peer encoded it.  An RSA key is held to :func:`rsa_bounded` first.  (Only a host's
-    listener gets here: py-libp2p is loaded there.)"""
+    the peer encoded it.  An RSA key is read by :func:`rsa_public_key` (however the
+    message is laid out).  (Only a host's listener gets here: py-libp2p is loaded there.)"""
+    from libp2p.crypto.keys import KeyType, PublicKey
     from libp2p.crypto.serialization import deserialize_public_key
 
     try:
-        public = deserialize_public_key(key)
-        rsa = getattr(public, "impl", None) if key[:2] == b"\x08\x00" else None
-        verified = (rsa is None or rsa_bounded(rsa)) and public.verify(
-            b"noise-libp2p-static-key:" + static, signature)
+        message = PublicKey.deserialize_from_protobuf(key)
+        public = (rsa_public_key(message.data) if message.key_type == KeyType.RSA.value
+                  else deserialize_public_key(key))
+        verified = public.verify(b"noise-libp2p-static-key:" + static, signature)
         canonical = public.serialize()
     except Exception:  # a key py-libp2p cannot read is one that does not verify
         verified = False
@@ -517,6 +518,7 @@ def checked_identity(key: bytes, signature: bytes, static: bytes) -> str:
 
 
 MIN_RSA_BITS = 2048  # go-libp2p's MinRsaKeyBits (py-libp2p reads at most 4096)
+MAX_RSA_BITS = 4096  # py-libp2p's MAX_RSA_KEY_SIZE
 MAX_RSA_EXPONENT = (1 << 31) - 1  # Go's crypto/rsa refuses a larger one
 
 
@@ -527,6 +529,35 @@ def rsa_bounded(key: Any) -> bool:
     length: measured, 0.15 ms with 65537 and 17 ms with an exponent of 4000 bits (a
     4096-bit key), which no key generator makes but any peer may send."""
     return bool(key.size_in_bits() >= MIN_RSA_BITS and 3 <= key.e <= MAX_RSA_EXPONENT)
+
+
+def rsa_public_key(data: bytes) -> Any:
+    """py-libp2p's RSAPublicKey of ``data``, an RSA public key (PKIX, as go-libp2p marshals
+    it, or PKCS#1) within :func:`rsa_bounded`; CryptographyError for anything else.  Parsed
+    by `cryptography`, which reads a public key and computes nothing: py-libp2p's reader
+    (pycryptodome's ``import_key``) takes a private key (PKCS#1, PKCS#8) as well, and tests
+    its primes for primality before any bound is looked at: a p of 4150 bits (within the
+    C's 1100 bytes) cost 38 ms, one of 16000 bits 1.8 s, whatever the signature (measured,
+    tests/p2p/test_inbound_calls.py), and a real private key was taken as an identity."""
+    from Crypto.PublicKey import RSA
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey as Parsed
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    from libp2p.crypto.exceptions import CryptographyError
+    from libp2p.crypto.rsa import RSAPublicKey
+
+    try:
+        parsed = load_der_public_key(data)
+    except Exception:
+        raise CryptographyError("not an RSA public key") from None
+    if not isinstance(parsed, Parsed):
+        raise CryptographyError("not an RSA public key")
+    numbers = parsed.public_numbers()
+    if numbers.n.bit_length() > MAX_RSA_BITS:
+        raise CryptographyError("RSA key outside go-libp2p's bounds")
+    key = RSA.construct((numbers.n, numbers.e))
+    if not rsa_bounded(key):
+        raise CryptographyError("RSA key outside go-libp2p's bounds")
+    return RSAPublicKey(key)
 
 
 def peer_id_of(key: bytes) -> str:
