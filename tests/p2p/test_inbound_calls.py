@@ -414,3 +414,32 @@ def test_an_rsa_key_that_is_a_private_key_costs_the_host_no_primality_test(
     assert spent < 0.01 * attempts + 0.2, f"{spent:.2f} s of the host's CPU"
     assert _attempt(port, Identity.rsa())
     assert b.stop()[0] == 0
+
+
+def test_a_signed_peer_record_s_rsa_key_is_read_as_a_handshake_s() -> None:
+    """An identify push (any py-libp2p peer's, once connected) carries a signed peer record
+    whose key py-libp2p reads with ``RSAPublicKey.from_bytes`` itself, not through the
+    deserializer table: a PKCS#1 private key there was taken, and one whose p has 16,000
+    bits cost 1.8 s of CPU before.  Read as the handshake reads it: refused at once."""
+    from libp2p.crypto.exceptions import CryptographyError
+    from libp2p.peer.envelope import pub_key_from_protobuf
+    from libp2p.peer.pb import crypto_pb2
+
+    from tests.p2p.noise_dialer import Identity
+    from ww.p2p.host import _bound_rsa_keys
+
+    _bound_rsa_keys()
+
+    def read(identity: Identity) -> Any:
+        message = crypto_pb2.PublicKey()
+        message.ParseFromString(identity.key)
+        return pub_key_from_protobuf(message)
+
+    read(Identity.rsa())  # an honest key is read
+    with pytest.raises(CryptographyError):
+        read(Identity.rsa_private_encoded())
+    costly = Identity.rsa_costly(16000)
+    before = time.process_time()
+    with pytest.raises(CryptographyError):
+        read(costly)
+    assert time.process_time() - before < 0.2

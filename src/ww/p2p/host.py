@@ -184,15 +184,18 @@ def _bound_rsa_keys() -> None:
     exponent of 4000 bits costs 17 ms a handshake (0.15 ms with 65537), as often as a
     stranger likes.  And its reader (pycryptodome's ``import_key``) takes a private key too,
     testing its primes before any bound: 1.8 s of the host's CPU for a p of 16000 bits.
-    Where py-libp2p reads a public key (its Noise, identify ...), an RSA key is read by
-    :func:`ww.p2p.lane.rsa_public_key` (a public key only, within go-libp2p's and Go's
-    bounds) instead.  Process-wide, and idempotent."""
+    Where py-libp2p reads a public key (its Noise, identify, and the signed peer record an
+    identify push carries, which calls ``RSAPublicKey.from_bytes`` itself), an RSA key is
+    read by :func:`ww.p2p.lane.rsa_public_key` (a public key only, within go-libp2p's and
+    Go's bounds) instead.  Process-wide, and idempotent."""
     from libp2p.crypto import serialization
     from libp2p.crypto.keys import KeyType
+    from libp2p.crypto.rsa import RSAPublicKey
 
     from ww.p2p.lane import rsa_public_key
 
     serialization.key_type_to_public_key_deserializer[KeyType.RSA.value] = rsa_public_key
+    RSAPublicKey.from_bytes = staticmethod(rsa_public_key)  # type: ignore[method-assign]
 
 
 def _disable_auto_connector(host: Any) -> None:
