@@ -76,10 +76,13 @@ class Identity:
                         lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
 
     @staticmethod
-    def rsa_costly(bits: int) -> Identity:
-        """An "RSA key" that is a PKCS#1 RSAPrivateKey whose prime p is a ``bits``-bit odd
-        number with no small factor (and q = 3, n = 3p): a reader that tests p for primality
-        (pycryptodome's, py-libp2p's) does Miller-Rabin on it.  Its signature is nothing."""
+    def rsa_costly(bits: int, kind: str = "private") -> Identity:
+        """An "RSA key" that costs a reader which checks more than it must, whatever the
+        signature (which is nothing).  ``private``: a PKCS#1 RSAPrivateKey whose prime p is
+        a ``bits``-bit odd number with no small factor (q = 3, n = 3p): pycryptodome
+        (py-libp2p's reader) does Miller-Rabin on p.  ``dh``: an X9.42 Diffie-Hellman key
+        (PKIX) whose p and q have about ``bits`` bits: pycryptodome refuses it, and
+        py-libp2p then gives it to `cryptography`, whose OpenSSL checks the parameters."""
         import secrets
 
         small = 1
@@ -89,7 +92,13 @@ class Identity:
             p = secrets.randbits(bits) | (1 << (bits - 1)) | 1
             if math.gcd(p, small) == 1:
                 break
-        der = _der_sequence([0, 3 * p, 65537, 5, p, 3, 1, 1, 1])
+        if kind == "private":
+            der = _der_sequence([0, 3 * p, 65537, 5, p, 3, 1, 1, 1])
+        else:
+            q = secrets.randbits(bits - 10) | (1 << (bits - 11)) | 1
+            x942 = b"\x06\x07\x2a\x86\x48\xce\x3e\x02\x01"  # dhpublicnumber
+            algorithm = _der(0x30, x942 + _der_sequence([p, 2, q]))
+            der = _der(0x30, algorithm + _der(0x03, b"\x00" + _der_integer(2)))
         return Identity(public_key_message(0, der), lambda data: bytes(256))
 
     @staticmethod
@@ -111,19 +120,22 @@ class Identity:
         return Identity(public_key_message(1, raw), private.sign)
 
 
+def _der(tag: int, body: bytes) -> bytes:
+    """A DER element: ``tag``, its length, ``body``."""
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + body
+
+
+def _der_integer(v: int) -> bytes:
+    return _der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))  # a leading 0: positive
+
+
 def _der_sequence(numbers: list[int]) -> bytes:
     """A DER SEQUENCE of non-negative INTEGERs."""
-    def length(n: int) -> bytes:
-        if n < 0x80:
-            return bytes([n])
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        return bytes([0x80 | len(raw)]) + raw
-
-    body = b""
-    for v in numbers:
-        raw = v.to_bytes(v.bit_length() // 8 + 1, "big")  # a leading 0 keeps it positive
-        body += b"\x02" + length(len(raw)) + raw
-    return b"\x30" + length(len(body)) + body
+    return _der(0x30, b"".join(_der_integer(v) for v in numbers))
 
 
 def _with_exponent(private: rsa.RSAPrivateKey, bits: int) -> rsa.RSAPrivateKey:

@@ -182,8 +182,9 @@ def _bound_rsa_keys() -> None:
     """py-libp2p 0.8.1 reads any RSA public key of up to 4096 bits whatever its public
     exponent, and a peer's Noise handshake makes the host check a signature with it: an
     exponent of 4000 bits costs 17 ms a handshake (0.15 ms with 65537), as often as a
-    stranger likes.  And its reader (pycryptodome's ``import_key``) takes a private key too,
-    testing its primes before any bound: 1.8 s of the host's CPU for a p of 16000 bits.
+    stranger likes.  And its reader (pycryptodome's ``import_key``, then `cryptography`'s
+    loader) takes a private key too, testing its primes, and a Diffie-Hellman key, whose
+    parameters OpenSSL checks, before any bound: 1.8 s and 3.1 s of the host's CPU.
     Where py-libp2p reads a public key (its Noise, identify, and the signed peer record an
     identify push carries, which calls ``RSAPublicKey.from_bytes`` itself), an RSA key is
     read by :func:`ww.p2p.lane.rsa_public_key` (a public key only, within go-libp2p's and

@@ -532,32 +532,48 @@ def rsa_bounded(key: Any) -> bool:
 
 
 def rsa_public_key(data: bytes) -> Any:
-    """py-libp2p's RSAPublicKey of ``data``, an RSA public key (PKIX, as go-libp2p marshals
-    it, or PKCS#1) within :func:`rsa_bounded`; CryptographyError for anything else.  Parsed
-    by `cryptography`, which reads a public key and computes nothing: py-libp2p's reader
-    (pycryptodome's ``import_key``) takes a private key (PKCS#1, PKCS#8) as well, and tests
-    its primes for primality before any bound is looked at: a p of 4150 bits (within the
-    C's 1100 bytes) cost 38 ms, one of 16000 bits 1.8 s, whatever the signature (measured,
-    tests/p2p/test_inbound_calls.py), and a real private key was taken as an identity."""
+    """py-libp2p's RSAPublicKey of ``data``, an RSA public key (PKIX with the rsaEncryption
+    algorithm, as go-libp2p marshals it, or PKCS#1) within :func:`rsa_bounded`;
+    CryptographyError for anything else.  Its modulus and exponent are read from the DER
+    here (strict DER, pycryptodome's decoder: it only decodes), and nothing is computed
+    before the bounds are looked at.  py-libp2p's reader (pycryptodome's ``import_key``,
+    then `cryptography`'s ``load_der_public_key``) takes a private key (PKCS#1, PKCS#8) as
+    well and tests its primes for primality, and a Diffie-Hellman key (X9.42) whose
+    parameters OpenSSL checks, all before any bound: of 4150 bits (within the C's 1100
+    bytes) 41 ms (private) and 29 ms (DH) a handshake, of 16000 bits 1.8 s and 3.1 s,
+    whatever the signature (measured, tests/p2p/test_inbound_calls.py); and a real private
+    key was taken as an identity."""
     from Crypto.PublicKey import RSA
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey as Parsed
-    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    from Crypto.Util.asn1 import DerBitString, DerNull, DerObjectId, DerSequence
     from libp2p.crypto.exceptions import CryptographyError
     from libp2p.crypto.rsa import RSAPublicKey
 
     try:
-        parsed = load_der_public_key(data)
-    except Exception:
+        outer = DerSequence().decode(data, strict=True)
+        if len(outer) == 2 and outer.hasOnlyInts():  # PKCS#1 RSAPublicKey
+            n, e = outer[0], outer[1]
+        else:  # PKIX SubjectPublicKeyInfo
+            algorithm = DerSequence().decode(outer[0], strict=True)
+            if (len(outer) != 2 or len(algorithm) not in (1, 2)
+                    or DerObjectId().decode(algorithm[0], strict=True).value != _RSA_OID):
+                raise ValueError("not rsaEncryption")
+            if len(algorithm) == 2:
+                DerNull().decode(algorithm[1], strict=True)
+            bits = DerBitString().decode(outer[1], strict=True).value
+            n, e = DerSequence().decode(bits, strict=True, nr_elements=2,
+                                        only_ints_expected=True)[:]
+    except (ValueError, IndexError, TypeError, EOFError):
         raise CryptographyError("not an RSA public key") from None
-    if not isinstance(parsed, Parsed):
-        raise CryptographyError("not an RSA public key")
-    numbers = parsed.public_numbers()
-    if numbers.n.bit_length() > MAX_RSA_BITS:
+    if not (MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS and 3 <= e <= MAX_RSA_EXPONENT):
         raise CryptographyError("RSA key outside go-libp2p's bounds")
-    key = RSA.construct((numbers.n, numbers.e))
-    if not rsa_bounded(key):
-        raise CryptographyError("RSA key outside go-libp2p's bounds")
+    try:
+        key = RSA.construct((n, e))  # checks e against n (a gcd), no more
+    except ValueError:
+        raise CryptographyError("not an RSA public key") from None
     return RSAPublicKey(key)
+
+
+_RSA_OID = "1.2.840.113549.1.1.1"  # rsaEncryption (PKCS#1)
 
 
 def peer_id_of(key: bytes) -> str:
