@@ -82,7 +82,9 @@ class Identity:
         a ``bits``-bit odd number with no small factor (q = 3, n = 3p): pycryptodome
         (py-libp2p's reader) does Miller-Rabin on p.  ``dh``: an X9.42 Diffie-Hellman key
         (PKIX) whose p and q have about ``bits`` bits: pycryptodome refuses it, and
-        py-libp2p then gives it to `cryptography`, whose OpenSSL checks the parameters."""
+        py-libp2p then gives it to `cryptography`, whose OpenSSL checks the parameters.
+        ``long``: a PKCS#1 public key whose modulus has ``bits`` bits (pycryptodome decodes
+        an INTEGER in quadratic time, before it looks at the key's size)."""
         import secrets
 
         small = 1
@@ -94,6 +96,8 @@ class Identity:
                 break
         if kind == "private":
             der = _der_sequence([0, 3 * p, 65537, 5, p, 3, 1, 1, 1])
+        elif kind == "long":
+            der = _der_sequence([p, 65537])
         else:
             q = secrets.randbits(bits - 10) | (1 << (bits - 11)) | 1
             x942 = b"\x06\x07\x2a\x86\x48\xce\x3e\x02\x01"  # dhpublicnumber

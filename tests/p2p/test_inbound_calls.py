@@ -391,17 +391,20 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.mark.parametrize("inbound, kind, bits, attempts", [
     ("calls", "private", 4150, 20), ("full", "private", 16000, 1),
-    ("calls", "dh", 4150, 20), ("full", "dh", 16000, 1)])
+    ("calls", "dh", 4150, 20), ("full", "dh", 16000, 1), ("full", "long", 480000, 1)])
 def test_an_rsa_key_that_is_no_rsa_public_key_costs_the_host_nothing(
         start_host, cell_file, inbound, kind, bits, attempts) -> None:
     """An "RSA key" that py-libp2p's reader checked at length before any bound was looked
     at, whatever the signature: a PKCS#1 private key whose p is a big odd number with no
     small factor (pycryptodome runs Miller-Rabin on p), or an X9.42 Diffie-Hellman key
     (pycryptodome refuses it, and py-libp2p gives it to `cryptography`, whose OpenSSL checks
-    its parameters).  Measured (/proc/PID/stat of the host): 41 ms (private) and 29 ms (DH)
+    its parameters), or a public key whose modulus has 480000 bits (60 KB: pycryptodome
+    decodes an INTEGER in quadratic time, before it looks at the key's size; py-libp2p's
+    Noise takes 64 KiB).  Measured (/proc/PID/stat of the host): 41 ms (private) and 29 ms (DH)
     of the cell's loop a handshake on the native path (4150 bits: within the C's 1100
-    bytes), 1.8 s and 3.1 s of py-libp2p's thread on py-libp2p's (16000 bits), as often as
-    a stranger likes.  Now refused as decoded: 2.5 ms a handshake, all of it included."""
+    bytes), 1.8 s and 3.1 s of py-libp2p's thread on py-libp2p's (16000 bits), and 9.2 s
+    (the long modulus), as often as a stranger likes.  Now refused as decoded: 2.5 ms a
+    handshake, all of it included."""
     from tests.p2p.conftest import EXPORTER
     from tests.p2p.noise_dialer import Identity
 

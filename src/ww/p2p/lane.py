@@ -519,6 +519,10 @@ def checked_identity(key: bytes, signature: bytes, static: bytes) -> str:
 
 MIN_RSA_BITS = 2048  # go-libp2p's MinRsaKeyBits (py-libp2p reads at most 4096)
 MAX_RSA_BITS = 4096  # py-libp2p's MAX_RSA_KEY_SIZE
+# The most bytes an RSA key's DER may have (as the C's bound on the whole key message: 4096
+# bits take some 550): pycryptodome decodes an INTEGER in quadratic time, 1 s for one of
+# 62 KB (py-libp2p's Noise takes 64 KiB), and py-libp2p's reader 9.2 s a handshake.
+MAX_RSA_KEY_BYTES = 1100
 MAX_RSA_EXPONENT = (1 << 31) - 1  # Go's crypto/rsa refuses a larger one
 
 
@@ -542,12 +546,15 @@ def rsa_public_key(data: bytes) -> Any:
     parameters OpenSSL checks, all before any bound: of 4150 bits (within the C's 1100
     bytes) 41 ms (private) and 29 ms (DH) a handshake, of 16000 bits 1.8 s and 3.1 s,
     whatever the signature (measured, tests/p2p/test_inbound_calls.py); and a real private
-    key was taken as an identity."""
+    key was taken as an identity.  At most :data:`MAX_RSA_KEY_BYTES` are decoded: a modulus
+    of 60 KB cost py-libp2p's reader 9.2 s of the host's CPU a handshake (measured)."""
     from Crypto.PublicKey import RSA
     from Crypto.Util.asn1 import DerBitString, DerNull, DerObjectId, DerSequence
     from libp2p.crypto.exceptions import CryptographyError
     from libp2p.crypto.rsa import RSAPublicKey
 
+    if len(data) > MAX_RSA_KEY_BYTES:  # (pycryptodome decodes an INTEGER in quadratic time)
+        raise CryptographyError("RSA key outside go-libp2p's bounds")
     try:
         outer = DerSequence().decode(data, strict=True)
         if len(outer) == 2 and outer.hasOnlyInts():  # PKCS#1 RSAPublicKey
