@@ -210,8 +210,9 @@ class NoiseDialer:
     """One connection to ``port`` on 127.0.0.1 as a `/noise` dialer whose handshake
     payload carries ``key`` (a PublicKey message) and ``signature``."""
 
-    def __init__(self, port: int, timeout: float) -> None:
+    def __init__(self, port: int, timeout: float, proposal: bytes = NOISE_PROPOSAL) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.proposal = proposal  # or ww's LANE_PROPOSAL: the same Noise handshake follows
         self.tx: bytes = b""
         self.rx: bytes = b""
         self.tx_n = self.rx_n = 0
@@ -236,8 +237,8 @@ class NoiseDialer:
                   signature: bytes | None = None) -> None:
         """multistream /noise, Noise XX as the initiator, multistream /yamux inside.
         ``key``/``signature`` replace what ``identity`` would send (spoiled payloads)."""
-        self.sock.sendall(NOISE_PROPOSAL)
-        if self._exact(len(NOISE_PROPOSAL)) != NOISE_PROPOSAL:
+        self.sock.sendall(self.proposal)
+        if self._exact(len(self.proposal)) != self.proposal:
             raise ConnectionError("the host did not agree /noise")
         s = _Symmetric()
         e = x25519.X25519PrivateKey.generate()
