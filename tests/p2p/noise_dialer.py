@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import socket
 import struct
 from dataclasses import dataclass
@@ -64,6 +65,47 @@ class Identity:
                         lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
 
     @staticmethod
+    def rsa_private_encoded() -> Identity:
+        """An honest RSA identity whose PublicKey message carries its *private* key (PKCS#1
+        RSAPrivateKey DER): no public key encoding, which go-libp2p refuses."""
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = private.private_bytes(serialization.Encoding.DER,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+        return Identity(public_key_message(0, der),
+                        lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
+
+    @staticmethod
+    def rsa_costly(bits: int, kind: str = "private") -> Identity:
+        """An "RSA key" that costs a reader which checks more than it must, whatever the
+        signature (which is nothing).  ``private``: a PKCS#1 RSAPrivateKey whose prime p is
+        a ``bits``-bit odd number with no small factor (q = 3, n = 3p): pycryptodome
+        (py-libp2p's reader) does Miller-Rabin on p.  ``dh``: an X9.42 Diffie-Hellman key
+        (PKIX) whose p and q have about ``bits`` bits: pycryptodome refuses it, and
+        py-libp2p then gives it to `cryptography`, whose OpenSSL checks the parameters.
+        ``long``: a PKCS#1 public key whose modulus has ``bits`` bits (pycryptodome decodes
+        an INTEGER in quadratic time, before it looks at the key's size)."""
+        import secrets
+
+        small = 1
+        for k in range(3, 2000, 2):
+            small *= k
+        while True:
+            p = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+            if math.gcd(p, small) == 1:
+                break
+        if kind == "private":
+            der = _der_sequence([0, 3 * p, 65537, 5, p, 3, 1, 1, 1])
+        elif kind == "long":
+            der = _der_sequence([p, 65537])
+        else:
+            q = secrets.randbits(bits - 10) | (1 << (bits - 11)) | 1
+            x942 = b"\x06\x07\x2a\x86\x48\xce\x3e\x02\x01"  # dhpublicnumber
+            algorithm = _der(0x30, x942 + _der_sequence([p, 2, q]))
+            der = _der(0x30, algorithm + _der(0x03, b"\x00" + _der_integer(2)))
+        return Identity(public_key_message(0, der), lambda data: bytes(256))
+
+    @staticmethod
     def secp256k1() -> Identity:
         private = ec.generate_private_key(ec.SECP256K1())
         point = private.public_key().public_bytes(serialization.Encoding.X962,
@@ -82,8 +124,25 @@ class Identity:
         return Identity(public_key_message(1, raw), private.sign)
 
 
+def _der(tag: int, body: bytes) -> bytes:
+    """A DER element: ``tag``, its length, ``body``."""
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + body
+
+
+def _der_integer(v: int) -> bytes:
+    return _der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))  # a leading 0: positive
+
+
+def _der_sequence(numbers: list[int]) -> bytes:
+    """A DER SEQUENCE of non-negative INTEGERs."""
+    return _der(0x30, b"".join(_der_integer(v) for v in numbers))
+
+
 def _with_exponent(private: rsa.RSAPrivateKey, bits: int) -> rsa.RSAPrivateKey:
-    import math
     import secrets
 
     numbers = private.private_numbers()
@@ -151,8 +210,9 @@ class NoiseDialer:
     """One connection to ``port`` on 127.0.0.1 as a `/noise` dialer whose handshake
     payload carries ``key`` (a PublicKey message) and ``signature``."""
 
-    def __init__(self, port: int, timeout: float) -> None:
+    def __init__(self, port: int, timeout: float, proposal: bytes = NOISE_PROPOSAL) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.proposal = proposal  # or ww's LANE_PROPOSAL: the same Noise handshake follows
         self.tx: bytes = b""
         self.rx: bytes = b""
         self.tx_n = self.rx_n = 0
@@ -177,8 +237,8 @@ class NoiseDialer:
                   signature: bytes | None = None) -> None:
         """multistream /noise, Noise XX as the initiator, multistream /yamux inside.
         ``key``/``signature`` replace what ``identity`` would send (spoiled payloads)."""
-        self.sock.sendall(NOISE_PROPOSAL)
-        if self._exact(len(NOISE_PROPOSAL)) != NOISE_PROPOSAL:
+        self.sock.sendall(self.proposal)
+        if self._exact(len(self.proposal)) != self.proposal:
             raise ConnectionError("the host did not agree /noise")
         s = _Symmetric()
         e = x25519.X25519PrivateKey.generate()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -291,13 +292,14 @@ def calls_host(start_host, cell_file) -> Any:
     assert b.stop()[0] == 0
 
 
-def _attempt(port: int, identity: Any, **spoil: bytes) -> bool:
+def _attempt(port: int, identity: Any, proposal: bytes = NOISE_PROPOSAL,
+             **spoil: bytes) -> bool:
     """Whether a `/noise` dialer with ``identity`` (its payload spoiled by ``spoil``) gets a
     connection that answers a Yamux ping (False: the host ended it, in or after the
-    handshake)."""
+    handshake); ``proposal``: its first write (ww's lane proposal, say)."""
     from tests.p2p.noise_dialer import NoiseDialer
 
-    dialer = NoiseDialer(port, HANG)
+    dialer = NoiseDialer(port, HANG, proposal)
     try:
         try:
             dialer.handshake(identity, **spoil)
@@ -363,3 +365,95 @@ def test_an_rsa_key_outside_go_libp2ps_bounds_is_refused_on_either_path(
     assert not _attempt(port, Identity.rsa(bits, exponent_bits))
     assert _attempt(port, Identity.rsa())
     assert b.stop()[0] == 0
+
+
+@pytest.mark.parametrize("inbound", ["calls", "full"])
+def test_an_rsa_private_key_is_no_identity_on_either_path(start_host, cell_file,
+                                                           inbound) -> None:
+    """go-libp2p reads an RSA identity as a public key (PKIX) only; pycryptodome's reader,
+    py-libp2p's, takes a private key (PKCS#1, PKCS#8) too, and the host served a peer whose
+    identity was its private key's encoding.  Refused on both paths."""
+    from tests.p2p.conftest import EXPORTER
+    from tests.p2p.noise_dialer import Identity
+
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", inbound,
+                   cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    assert not _attempt(port, Identity.rsa_private_encoded())
+    assert _attempt(port, Identity.rsa())
+    assert b.stop()[0] == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("inbound, kind, bits, attempts", [
+    ("calls", "private", 4150, 20), ("full", "private", 16000, 1),
+    ("calls", "dh", 4150, 20), ("full", "dh", 16000, 1), ("full", "long", 480000, 1),
+    ("lane", "private", 4150, 20)])
+def test_an_rsa_key_that_is_no_rsa_public_key_costs_the_host_nothing(
+        start_host, cell_file, inbound, kind, bits, attempts) -> None:
+    """An "RSA key" that py-libp2p's reader checked at length before any bound was looked
+    at, whatever the signature: a PKCS#1 private key whose p is a big odd number with no
+    small factor (pycryptodome runs Miller-Rabin on p), or an X9.42 Diffie-Hellman key
+    (pycryptodome refuses it, and py-libp2p gives it to `cryptography`, whose OpenSSL checks
+    its parameters), or a public key whose modulus has 480000 bits (60 KB: pycryptodome
+    decodes an INTEGER in quadratic time, before it looks at the key's size; py-libp2p's
+    Noise takes 64 KiB).  Measured (/proc/PID/stat of the host): 41 ms (private) and 29 ms (DH)
+    of the cell's loop a handshake on the native path (4150 bits: within the C's 1100
+    bytes), 1.8 s and 3.1 s of py-libp2p's thread on py-libp2p's (16000 bits), and 9.2 s
+    (the long modulus), as often as a stranger likes.  ``lane``: a default host
+    (``--inbound full``) whose cell exports, dialed with ww's lane proposal, which takes RSA
+    and secp256k1 identities as ``/noise`` does with ``--inbound calls``: 40 ms of the
+    cell's loop a handshake.  Now refused as decoded: 2.5 ms a handshake, all of it
+    included."""
+    from tests.p2p.conftest import EXPORTER
+    from tests.p2p.noise_dialer import Identity
+    from ww.core.addrs import LANE_PROPOSAL
+
+    proposal = LANE_PROPOSAL if inbound == "lane" else NOISE_PROPOSAL
+    b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound",
+                   "full" if inbound == "lane" else inbound, cell_file(EXPORTER, "exporter.py"))
+    port = int(b.addr.split("/tcp/")[1].split("/")[0])
+    costly = Identity.rsa_costly(bits, kind)
+    assert _attempt(port, Identity.rsa(), proposal)  # warmed up: imports done
+    before = _cpu_seconds(b.proc.pid)
+    for _ in range(attempts):
+        assert not _attempt(port, costly, proposal)
+    spent = _cpu_seconds(b.proc.pid) - before
+    assert spent < 0.01 * attempts + 0.2, f"{spent:.2f} s of the host's CPU"
+    assert _attempt(port, Identity.rsa(), proposal)
+    assert b.stop()[0] == 0
+
+
+def test_a_signed_peer_record_s_rsa_key_is_read_as_a_handshake_s() -> None:
+    """An identify push (any py-libp2p peer's, once connected) carries a signed peer record
+    whose key py-libp2p reads with ``RSAPublicKey.from_bytes`` itself, not through the
+    deserializer table: a PKCS#1 private key there was taken, and one whose p has 16,000
+    bits cost 1.8 s of CPU before.  Read as the handshake reads it: refused at once."""
+    from libp2p.crypto.exceptions import CryptographyError
+    from libp2p.peer.envelope import pub_key_from_protobuf
+    from libp2p.peer.pb import crypto_pb2
+
+    from tests.p2p.noise_dialer import Identity
+    from ww.p2p.host import _bound_rsa_keys
+
+    _bound_rsa_keys()
+
+    def read(identity: Identity) -> Any:
+        message = crypto_pb2.PublicKey()
+        message.ParseFromString(identity.key)
+        return pub_key_from_protobuf(message)
+
+    read(Identity.rsa())  # an honest key is read
+    with pytest.raises(CryptographyError):
+        read(Identity.rsa_private_encoded())
+    for kind in ("private", "dh"):
+        costly = Identity.rsa_costly(16000, kind)
+        before = time.process_time()
+        with pytest.raises(CryptographyError):
+            read(costly)
+        assert time.process_time() - before < 0.2, kind

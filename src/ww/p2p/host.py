@@ -182,23 +182,21 @@ def _bound_rsa_keys() -> None:
     """py-libp2p 0.8.1 reads any RSA public key of up to 4096 bits whatever its public
     exponent, and a peer's Noise handshake makes the host check a signature with it: an
     exponent of 4000 bits costs 17 ms a handshake (0.15 ms with 65537), as often as a
-    stranger likes.  Where py-libp2p reads a public key (its Noise, identify ...), an RSA key
-    outside :func:`ww.p2p.lane.rsa_bounded` (go-libp2p's and Go's bounds) is refused as a
-    key py-libp2p cannot read.  Process-wide, and idempotent."""
+    stranger likes.  And its reader (pycryptodome's ``import_key``, then `cryptography`'s
+    loader) takes a private key too, testing its primes, and a Diffie-Hellman key, whose
+    parameters OpenSSL checks, before any bound: 1.8 s and 3.1 s of the host's CPU.
+    Where py-libp2p reads a public key (its Noise, identify, and the signed peer record an
+    identify push carries, which calls ``RSAPublicKey.from_bytes`` itself), an RSA key is
+    read by :func:`ww.p2p.lane.rsa_public_key` (a public key only, within go-libp2p's and
+    Go's bounds) instead.  Process-wide, and idempotent."""
     from libp2p.crypto import serialization
-    from libp2p.crypto.exceptions import CryptographyError
     from libp2p.crypto.keys import KeyType
     from libp2p.crypto.rsa import RSAPublicKey
 
-    from ww.p2p.lane import rsa_bounded
+    from ww.p2p.lane import rsa_public_key
 
-    def read(data: bytes) -> RSAPublicKey:
-        key = RSAPublicKey.from_bytes(data)
-        if not rsa_bounded(key.impl):
-            raise CryptographyError("RSA key outside go-libp2p's bounds")
-        return key
-
-    serialization.key_type_to_public_key_deserializer[KeyType.RSA.value] = read
+    serialization.key_type_to_public_key_deserializer[KeyType.RSA.value] = rsa_public_key
+    RSAPublicKey.from_bytes = staticmethod(rsa_public_key)  # type: ignore[method-assign]
 
 
 def _disable_auto_connector(host: Any) -> None:

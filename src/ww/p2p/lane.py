@@ -497,15 +497,16 @@ def checked_identity(key: bytes, signature: bytes, static: bytes) -> str:
     secp256k1), which the C took unchecked (``other_keys``), once its ``signature`` of the
     Noise ``static`` key verifies with py-libp2p's crypto, as py-libp2p's Noise checks it;
     ConnectionError if it does not.  The id is of the key as py-libp2p encodes it, however
-    the peer encoded it.  An RSA key is held to :func:`rsa_bounded` first.  (Only a host's
-    listener gets here: py-libp2p is loaded there.)"""
+    the peer encoded it.  An RSA key is read by :func:`rsa_public_key` (however the
+    message is laid out).  (Only a host's listener gets here: py-libp2p is loaded there.)"""
+    from libp2p.crypto.keys import KeyType, PublicKey
     from libp2p.crypto.serialization import deserialize_public_key
 
     try:
-        public = deserialize_public_key(key)
-        rsa = getattr(public, "impl", None) if key[:2] == b"\x08\x00" else None
-        verified = (rsa is None or rsa_bounded(rsa)) and public.verify(
-            b"noise-libp2p-static-key:" + static, signature)
+        message = PublicKey.deserialize_from_protobuf(key)
+        public = (rsa_public_key(message.data) if message.key_type == KeyType.RSA.value
+                  else deserialize_public_key(key))
+        verified = public.verify(b"noise-libp2p-static-key:" + static, signature)
         canonical = public.serialize()
     except Exception:  # a key py-libp2p cannot read is one that does not verify
         verified = False
@@ -517,6 +518,11 @@ def checked_identity(key: bytes, signature: bytes, static: bytes) -> str:
 
 
 MIN_RSA_BITS = 2048  # go-libp2p's MinRsaKeyBits (py-libp2p reads at most 4096)
+MAX_RSA_BITS = 4096  # py-libp2p's MAX_RSA_KEY_SIZE
+# The most bytes an RSA key's DER may have (as the C's bound on the whole key message: 4096
+# bits take some 550): pycryptodome decodes an INTEGER in quadratic time, 1 s for one of
+# 62 KB (py-libp2p's Noise takes 64 KiB), and py-libp2p's reader 9.2 s a handshake.
+MAX_RSA_KEY_BYTES = 1100
 MAX_RSA_EXPONENT = (1 << 31) - 1  # Go's crypto/rsa refuses a larger one
 
 
@@ -527,6 +533,54 @@ def rsa_bounded(key: Any) -> bool:
     length: measured, 0.15 ms with 65537 and 17 ms with an exponent of 4000 bits (a
     4096-bit key), which no key generator makes but any peer may send."""
     return bool(key.size_in_bits() >= MIN_RSA_BITS and 3 <= key.e <= MAX_RSA_EXPONENT)
+
+
+def rsa_public_key(data: bytes) -> Any:
+    """py-libp2p's RSAPublicKey of ``data``, an RSA public key (PKIX with the rsaEncryption
+    algorithm, as go-libp2p marshals it, or PKCS#1) within :func:`rsa_bounded`;
+    CryptographyError for anything else.  Its modulus and exponent are read from the DER
+    here (strict DER, pycryptodome's decoder: it only decodes), and nothing is computed
+    before the bounds are looked at.  py-libp2p's reader (pycryptodome's ``import_key``,
+    then `cryptography`'s ``load_der_public_key``) takes a private key (PKCS#1, PKCS#8) as
+    well and tests its primes for primality, and a Diffie-Hellman key (X9.42) whose
+    parameters OpenSSL checks, all before any bound: of 4150 bits (within the C's 1100
+    bytes) 41 ms (private) and 29 ms (DH) a handshake, of 16000 bits 1.8 s and 3.1 s,
+    whatever the signature (measured, tests/p2p/test_inbound_calls.py); and a real private
+    key was taken as an identity.  At most :data:`MAX_RSA_KEY_BYTES` are decoded: a modulus
+    of 60 KB cost py-libp2p's reader 9.2 s of the host's CPU a handshake (measured)."""
+    from Crypto.PublicKey import RSA
+    from Crypto.Util.asn1 import DerBitString, DerNull, DerObjectId, DerSequence
+    from libp2p.crypto.exceptions import CryptographyError
+    from libp2p.crypto.rsa import RSAPublicKey
+
+    if len(data) > MAX_RSA_KEY_BYTES:  # (pycryptodome decodes an INTEGER in quadratic time)
+        raise CryptographyError("RSA key outside go-libp2p's bounds")
+    try:
+        outer = DerSequence().decode(data, strict=True)
+        if len(outer) == 2 and outer.hasOnlyInts():  # PKCS#1 RSAPublicKey
+            n, e = outer[0], outer[1]
+        else:  # PKIX SubjectPublicKeyInfo
+            algorithm = DerSequence().decode(outer[0], strict=True)
+            if (len(outer) != 2 or len(algorithm) not in (1, 2)
+                    or DerObjectId().decode(algorithm[0], strict=True).value != _RSA_OID):
+                raise ValueError("not rsaEncryption")
+            if len(algorithm) == 2:
+                DerNull().decode(algorithm[1], strict=True)
+            bits = DerBitString().decode(outer[1], strict=True).value
+            n, e = DerSequence().decode(bits, strict=True, nr_elements=2,
+                                        only_ints_expected=True)[:]
+    except (ValueError, IndexError, TypeError, EOFError):
+        raise CryptographyError("not an RSA public key") from None
+    if not (MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS and 3 <= e <= MAX_RSA_EXPONENT):
+        raise CryptographyError("RSA key outside go-libp2p's bounds")
+    try:
+        key = RSA.construct((n, e))  # checks e against n (a gcd), no more
+    except ValueError:
+        raise CryptographyError("not an RSA public key") from None
+    return RSAPublicKey(key)
+
+
+_RSA_OID = "1.2.840.113549.1.1.1"  # rsaEncryption (PKCS#1)
 
 
 def peer_id_of(key: bytes) -> str:
