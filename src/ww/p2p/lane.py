@@ -526,18 +526,12 @@ MAX_RSA_KEY_BYTES = 1100
 MAX_RSA_EXPONENT = (1 << 31) - 1  # Go's crypto/rsa refuses a larger one
 
 
-def rsa_bounded(key: Any) -> bool:
-    """Whether an RSA public key (pycryptodome's, as py-libp2p reads it) is within go-libp2p's
-    and Go's bounds: at least :data:`MIN_RSA_BITS`, a public exponent from 3 to
-    :data:`MAX_RSA_EXPONENT`.  Checking a signature costs in proportion to the exponent's
-    length: measured, 0.15 ms with 65537 and 17 ms with an exponent of 4000 bits (a
-    4096-bit key), which no key generator makes but any peer may send."""
-    return bool(key.size_in_bits() >= MIN_RSA_BITS and 3 <= key.e <= MAX_RSA_EXPONENT)
-
-
 def rsa_public_key(data: bytes) -> Any:
     """py-libp2p's RSAPublicKey of ``data``, an RSA public key (PKIX with the rsaEncryption
-    algorithm, as go-libp2p marshals it, or PKCS#1) within :func:`rsa_bounded`;
+    algorithm, as go-libp2p marshals it, or PKCS#1) of :data:`MIN_RSA_BITS` to
+    :data:`MAX_RSA_BITS` with a public exponent from 3 to :data:`MAX_RSA_EXPONENT` (checking
+    a signature costs in proportion to the exponent's length: 0.15 ms with 65537, 17 ms with
+    an exponent of 4000 bits, measured; no key generator makes one, any peer may send it);
     CryptographyError for anything else.  Its modulus and exponent are read from the DER
     here (strict DER, pycryptodome's decoder: it only decodes), and nothing is computed
     before the bounds are looked at.  py-libp2p's reader (pycryptodome's ``import_key``,
