@@ -388,18 +388,19 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
 
 
 async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
-                connections: int = CONNECTIONS, log: Log | None = None) -> None:
+                connections: int | None = None, log: Log | None = None) -> None:
     """Serve every site until ``stop`` is set; then stop accepting, let the requests in
     flight finish for at most ``grace`` seconds, cancel the rest, and return.
 
-    Each site serves at most ``connections`` connections at once: the next is accepted only
-    once one has ended, so what the daemon holds for its clients is bounded by design,
-    whatever a local process opens (each connection holds at most a few MiB: its headers,
-    64 KiB at most, :data:`HEADER_FIELDS` fields, an HTTP/2 connection's of at most
-    :data:`H2_STREAMS` streams; what hypercorn read of a body, :data:`APP_QUEUE` reads and
-    the one it holds; an upload with a place, a few pieces more: docs/daemon.md).  Beyond it the
-    client waits (backpressure): its connection is completed by the kernel and held in the
-    listening socket's backlog, its data in the kernel's buffers, until it is accepted.
+    Each site serves at most ``connections`` (:data:`CONNECTIONS`) connections at once: the
+    next is accepted only once one has ended, so what the daemon holds for its clients is
+    bounded by design, whatever a local process opens (each connection holds at most a few
+    MiB: its headers, 64 KiB at most, :data:`HEADER_FIELDS` fields, an HTTP/2 connection's of
+    at most :data:`H2_STREAMS` streams; what hypercorn read of a body, :data:`APP_QUEUE`
+    reads and the one it holds; an upload with a place, a few pieces more: docs/daemon.md).
+    Beyond it the client waits (backpressure): its connection is completed by the kernel
+    and held in the listening socket's backlog, its data in the kernel's buffers, until it
+    is accepted.
     An idle connection ends after hypercorn's keep-alive timeout (5 s), a connection that
     never sends its headers too, so waiting clients move on.
 
@@ -411,6 +412,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     the site; it is told as the event ``connection-error`` through ``log`` (``ww daemon``'s
     event lines: never written on this loop), by default a line on stderr written the same
     way (:func:`ww.host.lines.put`)."""
+    connections = CONNECTIONS if connections is None else connections
     _read_in_larger_pieces()
     _copy_bodies_once()
     _keep_freed_buffers()
