@@ -470,15 +470,17 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     longest first; else one whose request has kept the daemon waiting on its body for
     :data:`EVICT_AFTER` seconds; else one whose request has waited on other requests that
     long (:func:`held_for_others`: an upload waiting for a place); else one whose client
-    leaves its reply untaken, at under :data:`MIN_SEND_RATE` over :data:`SEND_GRACE`
-    seconds, the slowest first (a TCP window kept shut or opened a little now and then, an
-    HTTP/2 flow-control window never opened: hypercorn waits on those for as long as the
-    client likes).  Its socket is shut down, as if its client had hung up, and its requests
-    are cancelled; until it has ended (its app may be slow to return), its place counts as
-    about to free, and no other is cut.  Connections the daemon itself holds up otherwise (a
-    request it works on) keep theirs.  So idle connections, uploads that trickle a byte now
-    and then, uploads waiting behind a few that keep sending, and readers that take nothing
-    no longer shut the others out for as long as they are held (docs/security.md).
+    leaves its reply untaken, or sends its request body, at under :data:`MIN_SEND_RATE`
+    over :data:`SEND_GRACE` seconds, the slowest first (a TCP window kept shut or opened a
+    little now and then, an HTTP/2 flow-control window never opened, a body trickled a byte
+    a second, never silent for :data:`EVICT_AFTER` seconds: hypercorn waits on those for as
+    long as the client likes).  Its socket is shut down, as if its client had hung up, and
+    its requests are cancelled; until it has ended (its app may be slow to return), its
+    place counts as about to free, and no other is cut.  Connections the daemon itself
+    holds up otherwise (a request it works on) keep theirs.  So idle connections, uploads
+    that trickle a byte now and then (with an upload place or not), uploads waiting behind
+    a few that keep sending, and readers that take nothing no longer shut the others out
+    for as long as they are held (docs/security.md).
     The apps' lifespan has nothing to do (:func:`lifespan`), so it is not run."""
     import math
 
@@ -526,7 +528,7 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
                 # clients wait again after a while when none did: the readers' rates are
                 # measured over this wait (while they keep coming, over the whole of it)
                 for server in served:
-                    server.stretch = None
+                    server.stretch = server.body_stretch = None
             looked[0] = trio.current_time()
             if any(server.given_up for server in served):
                 # one cut for this client is still to end (its app to return): its place is
@@ -612,23 +614,27 @@ def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
     give its place up.  First one with no request under way, longest waited on first; then
     one whose request's body has brought nothing for :data:`EVICT_AFTER` seconds; then one
     whose request has waited that long on others (:func:`held_for_others`); then one whose
-    client has taken its reply at less than :data:`MIN_SEND_RATE` for :data:`SEND_GRACE`
-    seconds, the slowest first."""
+    client has taken its reply, or sent its request's body (:meth:`slow_sender`: uploads
+    that trickle, never silent that long), at less than :data:`MIN_SEND_RATE` for
+    :data:`SEND_GRACE` seconds, the slowest first."""
     best, best_key = None, (4, 0.0)
     wait = EVICT_AFTER
     for server in served:
         rate = server.slow_reader(now)
         if server.stretch is not None and rate is None:
             wait = min(wait, server.stretch[0] + SEND_GRACE - now)
+        sent, due = server.slow_sender(now)
+        if sent is None:
+            wait = min(wait, due)
         key = server.waited_on()
-        if key is None:
-            if rate is not None and rate < MIN_SEND_RATE:
-                key = (3, rate)
-            else:
-                continue
-        elif key[0] >= 1 and now - key[1] < EVICT_AFTER:
+        if key is not None and key[0] >= 1 and now - key[1] < EVICT_AFTER:
             wait = min(wait, key[1] + EVICT_AFTER - now)
-            continue
+            key = None
+        if key is None:
+            slow = [r for r in (rate, sent) if r is not None and r < MIN_SEND_RATE]
+            if not slow:
+                continue
+            key = (3, min(slow))
         if key < best_key:
             best, best_key = server, key
     return best, (1.0 if best is not None else max(wait, 0.05))
@@ -690,10 +696,20 @@ def _server_class() -> type:
         # the daemon holds reply bytes its client has not taken, seen so at each look while
         # a client waits, since this stretch began (see slow_reader)
         stretch: Stretch | None = None
+        # the seconds the read loop has spent on what it read rather than waiting on its
+        # client (the app taking it: a worker behind), and since when it does (None: it
+        # waits on the client); and the stretch over which its request bodies' rate is
+        # measured while a client waits (see slow_sender)
+        busy = 0.0
+        busy_since: float | None = None
+        body_stretch: Stretch | None = None
 
         async def _read_data(self) -> None:  # hypercorn's, noting the wait
             while True:
                 self.waiting_since = trio.current_time()
+                if self.busy_since is not None:
+                    self.busy += self.waiting_since - self.busy_since
+                    self.busy_since = None
                 try:
                     with trio.fail_after(self.config.read_timeout or math.inf):
                         data = await self.stream.receive_some(tcp_server.MAX_RECV)
@@ -702,6 +718,7 @@ def _server_class() -> type:
                     break
                 finally:
                     self.waiting_since = None
+                    self.busy_since = trio.current_time()
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
                     break
@@ -808,6 +825,33 @@ def _server_class() -> type:
             self.stretch, rate = stretch_rate(self.stretch, now, acked)
             return rate
 
+        def slow_sender(self, now: float) -> tuple[float | None, float]:
+            """The rate (bytes a second) at which its client has sent the body of its
+            request since the daemon was first seen (this wait: :func:`_longest_waited_on`)
+            waiting on that body, once that is :data:`SEND_GRACE` seconds ago, the time the
+            read loop spent on what it read left out (the app and its worker behind, not
+            the client: an honest upload the daemon is slow to take is never counted slow);
+            else None.  And the seconds until the measure could be due.  The stretch ends
+            when the connection is seen waiting on its client for anything but a body (idle,
+            a head, its reply); one at :data:`MIN_SEND_RATE` or more ends, and the next
+            begins, so a burst does not cover a trickle after it.  A unix socket's client is
+            the user's own (its file is 0600): None, as for :meth:`slow_reader`."""
+            sock = getattr(self.stream, "socket", None)
+            if self.given_up or sock is None or sock.family not in (socket.AF_INET,
+                                                                    socket.AF_INET6):
+                self.body_stretch = None
+                return None, math.inf
+            if self.waiting_since is None:  # the daemon's turn: the measure waits
+                return None, math.inf
+            key = self._waited_on_client()
+            if key is None or key[0] != 1:
+                self.body_stretch = None
+                return None, math.inf
+            sent = getattr(self._task_group_or_none(), "body_bytes", 0)
+            self.body_stretch, rate = stretch_rate(self.body_stretch, now, sent, self.busy)
+            since, _, busy_then = self.body_stretch or (now, sent, self.busy)
+            return rate, since + SEND_GRACE + (self.busy - busy_then) - now
+
         def give_up_place(self) -> None:
             """Shut the connection down, as if its client had hung up: the read loop sees
             its end, a request under way is cancelled, and the place is freed."""
@@ -897,6 +941,8 @@ def _drop_what_apps_leave_unread() -> None:
             # the apps spawned and not yet returned (counted from the spawn: ``apps`` holds
             # one only once its task runs), for _bound_http2_apps
             self.running = 0
+            # the bytes of request bodies read for the apps so far, for Server.slow_sender
+            self.body_bytes = 0
 
         async def spawn_app(self, app: Any, config: Any, scope: Any, send: Any) -> Any:
             put_end, take_end = trio.open_memory_channel[Any](config.max_app_queue_size)
@@ -916,6 +962,7 @@ def _drop_what_apps_leave_unread() -> None:
                     take_end.close()  # what is queued is dropped, and so what is put after
 
             async def put(message: Any) -> None:
+                self.body_bytes += len(message.get("body", b""))
                 if message.get("type") == "http.disconnect":
                     _in_place_of_unread(put_end, take_end, message, config.max_app_queue_size)
                     return
