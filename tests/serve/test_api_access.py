@@ -879,3 +879,59 @@ def test_uploads_with_a_place_that_trickle_give_their_places_to_a_waiting_client
         assert status == 200 and content == data
     finally:
         daemon.stop()
+
+
+
+def _replies(socks: list[socket.socket]) -> list[bytes]:
+    """What each of ``socks`` read until the daemon ended it (or reset it), read together."""
+    got = dict.fromkeys(socks, b"")
+    open_ = list(socks)
+    for _ in range(HANG * 10):
+        if not open_:
+            break
+        readable, _, _ = select.select(open_, [], [], 0.1)
+        for sock in readable:
+            try:
+                piece = sock.recv(1 << 16)
+            except OSError:
+                piece = b""  # reset
+            got[sock] += piece
+            if not piece:
+                open_.remove(sock)
+    assert not open_, "the daemon never ended some of them"
+    return list(got.values())
+
+
+def test_a_client_just_accepted_is_not_cut_as_idle_before_its_request_is_read(ww_home):
+    """(found by measuring) Every place (`CONNECTIONS`, made `UPLOADS` here) is held by an
+    upload with an upload place that trickles, and 128 clients have each sent a `version`
+    request and wait to be accepted.  Each is accepted once a place frees, and the daemon
+    looks for the next client's place at once: the old daemon often did so before the new
+    connection's read loop had had its turn to take the request its client had sent,
+    counted it as idle and cut it, its client given no reply (6-11 of the 128, 4 runs; and
+    an `add` cut so had its head read after the cut and waited for an upload place, its
+    connection's place counted as about to free: beside 200 uploads that trickle,
+    `version` waited 28-48 s, `benchmarks/trickle_places.py`).  Now a connection that has
+    read nothing yet counts as idle only once waited on `FIRST_READ` seconds: every
+    client is answered."""
+    from ww.serve.rpc import UPLOADS
+
+    daemon = Daemon(ww_home, gateway="off", server_constants={"CONNECTIONS": UPLOADS})
+    try:
+        host, port, _, placed = _every_upload_place_taken(daemon)
+        clients = []
+        try:
+            with _trickling(placed, 1):
+                for _ in range(128):
+                    sock = socket.create_connection((host, port), timeout=HANG)
+                    sock.sendall(b"POST /api/v0/version HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                    clients.append(sock)
+                replies = _replies(clients)
+            unanswered = sum(not reply.startswith(b"HTTP/1.1 200") for reply in replies)
+            assert not unanswered, f"{unanswered} of 128 clients got no reply"
+        finally:
+            for sock in placed + clients:
+                sock.close()
+    finally:
+        daemon.stop()

@@ -23,7 +23,8 @@ from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
            "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE",
-           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS", "KEEP_ALIVE"]
+           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS", "KEEP_ALIVE",
+           "FIRST_READ"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -41,6 +42,10 @@ CONNECTIONS = 128
 # it up at once.  hypercorn's keep-alive timeout, which ends an idle connection in any case.
 EVICT_AFTER = 5.0
 KEEP_ALIVE = 5.0  # seconds an idle connection, or one whose head is not whole, is kept
+# Seconds a connection just accepted that has read nothing yet is given before it counts as
+# idle for a waiting client: the daemon looks for the next client's place at once, and the
+# read loop may not have had its turn to take what the client sent (Server.first_read_due).
+FIRST_READ = 1.0
 # With every place taken and a client waiting, a connection whose client leaves the reply the
 # daemon has for it untaken (a TCP window it keeps shut, an HTTP/2 flow-control window it
 # never opens, or either opened a little now and then) gives its place up once it has taken
@@ -611,7 +616,8 @@ async def _refuse(send: Any, status: int, why: str) -> None:
 def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
     """The connection to give its place to a waiting client (or None), and how long to wait
     for a place before looking again: until the first in the middle of a request could
-    give its place up.  First one with no request under way, longest waited on first; then
+    give its place up.  First one with no request under way (one just accepted that has read
+    nothing yet once waited on :data:`FIRST_READ` seconds), longest waited on first; then
     one whose request's body has brought nothing for :data:`EVICT_AFTER` seconds; then one
     whose request has waited that long on others (:func:`held_for_others`); then one whose
     client has taken its reply, or sent its request's body (:meth:`slow_sender`: uploads
@@ -626,6 +632,8 @@ def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
         sent, due = server.slow_sender(now)
         if sent is None:
             wait = min(wait, due)
+        if server.first_read_due() > 0:
+            wait = min(wait, server.first_read_due())
         key = server.waited_on()
         if key is not None and key[0] >= 1 and now - key[1] < EVICT_AFTER:
             wait = min(wait, key[1] + EVICT_AFTER - now)
@@ -703,6 +711,7 @@ def _server_class() -> type:
         busy = 0.0
         busy_since: float | None = None
         body_stretch: Stretch | None = None
+        read_any = False  # whether the read loop has taken anything its client sent
 
         async def _read_data(self) -> None:  # hypercorn's, noting the wait
             while True:
@@ -719,6 +728,7 @@ def _server_class() -> type:
                 finally:
                     self.waiting_since = None
                     self.busy_since = trio.current_time()
+                self.read_any = True
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
                     break
@@ -787,7 +797,7 @@ def _server_class() -> type:
 
         def _waited_on_client(self) -> tuple[int, float] | None:
             since = self.waiting_since
-            if since is None:
+            if since is None or self.first_read_due() > 0:
                 return None
             protocol = getattr(getattr(self, "protocol", None), "protocol", None)
             connection = getattr(protocol, "connection", None)
@@ -824,6 +834,17 @@ def _server_class() -> type:
                 return None
             self.stretch, rate = stretch_rate(self.stretch, now, acked)
             return rate
+
+        def first_read_due(self) -> float:
+            """The seconds left of :data:`FIRST_READ` for a connection whose read loop waits
+            for its first read; else 0.  (Found by measuring) the old daemon looked for the
+            next waiting client's place as soon as it had accepted one, before that one's
+            read loop had its turn to take the request its client had sent (trio's receive
+            takes the bytes from the kernel, then lets the others run before it returns),
+            and cut it as idle: its client had no reply."""
+            if self.read_any or self.waiting_since is None:
+                return 0.0
+            return max(0.0, self.waiting_since + FIRST_READ - trio.current_time())
 
         def slow_sender(self, now: float) -> tuple[float | None, float]:
             """The rate (bytes a second) at which its client has sent the body of its
