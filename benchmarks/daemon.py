@@ -42,9 +42,12 @@ MIB = 1024 * 1024
 BOUNDARY = "benchmarkboundary"
 
 
-def start_daemon(home: Path) -> tuple[subprocess.Popen[str], str, int]:
+def start_daemon(home: Path, ww: list[str] | None = None
+                 ) -> tuple[subprocess.Popen[str], str, int]:
+    """`ww daemon` (``ww``: the command that runs ww, by default the virtualenv's) on a port
+    of 127.0.0.1's, without a gateway; the process, its API's host and port."""
     proc = subprocess.Popen(
-        [WW, "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off",
+        [*(ww or [WW]), "--json", "daemon", "--api", "/ip4/127.0.0.1/tcp/0", "--gateway", "off",
          "--listen", "/ip4/127.0.0.1/tcp/0"], stderr=subprocess.PIPE, text=True,
         env={**os.environ, "WW_HOME": str(home)})
     assert proc.stderr is not None

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -222,10 +223,9 @@ def _ended(socks: list[socket.socket]) -> list[socket.socket]:
     return ended
 
 
-def _add_served_while_trickling(daemon: Daemon, socks: list[socket.socket],
-                                every: float) -> None:
-    """Send a byte on each of ``socks`` every ``every`` seconds while a small `add` is
-    posted, and check the `add` is served."""
+@contextmanager
+def _trickling(socks: list[socket.socket], every: float) -> Iterator[None]:
+    """Within: a byte sent on each of ``socks`` every ``every`` seconds (in a thread)."""
     done = threading.Event()
 
     def trickle() -> None:
@@ -239,13 +239,21 @@ def _add_served_while_trickling(daemon: Daemon, socks: list[socket.socket],
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
     try:
+        yield
+    finally:
+        done.set()
+        trickler.join(HANG)
+
+
+def _add_served_while_trickling(daemon: Daemon, socks: list[socket.socket],
+                                every: float) -> None:
+    """Send a byte on each of ``socks`` every ``every`` seconds while a small `add` is
+    posted, and check the `add` is served."""
+    with _trickling(socks, every):
         body, headers = multipart([("s", "application/octet-stream", b"served\n")])
         status, _, reply = daemon.post("add", body=body, headers=headers)
         assert status == 200, reply
         assert b'"Name":"s"' in reply
-    finally:
-        done.set()
-        trickler.join(HANG)
 
 
 def test_uploads_that_trickle_give_their_places_to_a_waiting_client(daemon):
@@ -701,36 +709,23 @@ def test_uploads_that_keep_their_places_and_silent_ones_waiting_lock_no_one_out(
     from ww.serve.server import CONNECTIONS
 
     host, port, request, placed = _every_upload_place_taken(daemon)
-    stop_sending = threading.Event()
-
-    def send_on() -> None:
-        while not stop_sending.wait(0.5):
-            for sock in placed:
-                try:
-                    sock.sendall(b"x")
-                except OSError:
-                    pass
-
-    sender = threading.Thread(target=send_on, daemon=True)
-    sender.start()
-    waiting = []
+    waiting: list[socket.socket] = []
     try:
-        for _ in range(CONNECTIONS - len(placed)):
-            sock = socket.create_connection((host, port), timeout=HANG)
-            waiting.append(sock)
-            if queue_full:  # one read queued, a second, and a third waits for room
-                _read_by_the_daemon(port, sock, request)
-                _read_by_the_daemon(port, sock, b"x" * 1000)
-                _read_by_the_daemon(port, sock, b"x" * 1000)
-                sock.sendall(b"x" * 1000)
-            else:
-                sock.sendall(request)
-        client, served = _version_once_all_taken(daemon, port)
-        assert served.wait(HANG), "version was never served"
-        client.join(HANG)
+        with _trickling(placed, 0.5):
+            for _ in range(CONNECTIONS - len(placed)):
+                sock = socket.create_connection((host, port), timeout=HANG)
+                waiting.append(sock)
+                if queue_full:  # one read queued, a second, and a third waits for room
+                    _read_by_the_daemon(port, sock, request)
+                    _read_by_the_daemon(port, sock, b"x" * 1000)
+                    _read_by_the_daemon(port, sock, b"x" * 1000)
+                    sock.sendall(b"x" * 1000)
+                else:
+                    sock.sendall(request)
+            client, served = _version_once_all_taken(daemon, port)
+            assert served.wait(HANG), "version was never served"
+            client.join(HANG)
     finally:
-        stop_sending.set()
-        sender.join(HANG)
         for sock in placed + waiting:
             sock.close()
 
@@ -842,3 +837,101 @@ def test_uploads_that_trickle_faster_than_the_silence_limit_give_their_places_up
     refused = [event["error"] for event in events if event["event"] == "rpc-error"]
     assert len(refused) == 1, refused
     assert "bytes/s, under" in refused[0] and "while other uploads waited" in refused[0]
+
+
+def test_uploads_with_a_place_that_trickle_give_their_places_to_a_waiting_client(ww_home):
+    """Every one of the API's places (`CONNECTIONS`, made `UPLOADS` here, so that uploads
+    with an upload place can take them all) is held by an `add` with an upload place whose
+    client sends a byte of its body each second: never silent for `EVICT_AFTER` seconds,
+    and no other upload waits for a place, so none is refused for its rate.  The old daemon
+    kept them for as long as they went on: `version` waited out its `HANG`.  Now, with every
+    place taken and a client waiting, a connection whose request body has come at less than
+    `MIN_SEND_RATE` for `SEND_GRACE` seconds gives its place up, the slowest first, one at
+    a time: `version` is served, and an honest upload posted beside it is added whole."""
+    from ww.serve.rpc import UPLOADS
+
+    daemon = Daemon(ww_home, gateway="off", server_constants={"CONNECTIONS": UPLOADS})
+    try:
+        _, port, _, placed = _every_upload_place_taken(daemon)
+        data = os.urandom(8 << 20)
+        added: list[bytes] = []
+
+        def honest_add() -> None:
+            body, headers = multipart([("honest", "application/octet-stream", data)])
+            status, _, reply = daemon.post("add", body=body, headers=headers)
+            if status == 200:
+                added.append(reply)
+
+        uploader = threading.Thread(target=honest_add, daemon=True)
+        try:
+            with _trickling(placed, 1):
+                client, served = _version_once_all_taken(daemon, port)
+                uploader.start()
+                assert served.wait(HANG), "version was never served"
+                uploader.join(HANG)
+                assert added, "the honest upload was not added"
+                client.join(HANG)
+        finally:
+            for sock in placed:
+                sock.close()
+        cid = json.loads(added[0].splitlines()[-1])["Hash"]
+        status, _, content = daemon.post("cat", cid)
+        assert status == 200 and content == data
+    finally:
+        daemon.stop()
+
+
+
+def _replies(socks: list[socket.socket]) -> list[bytes]:
+    """What each of ``socks`` read until the daemon ended it (or reset it), read together."""
+    got = dict.fromkeys(socks, b"")
+    open_ = list(socks)
+    for _ in range(HANG * 10):
+        if not open_:
+            break
+        readable, _, _ = select.select(open_, [], [], 0.1)
+        for sock in readable:
+            try:
+                piece = sock.recv(1 << 16)
+            except OSError:
+                piece = b""  # reset
+            got[sock] += piece
+            if not piece:
+                open_.remove(sock)
+    assert not open_, "the daemon never ended some of them"
+    return list(got.values())
+
+
+def test_a_client_just_accepted_is_not_cut_as_idle_before_its_request_is_read(ww_home):
+    """(found by measuring) Every place (`CONNECTIONS`, made `UPLOADS` here) is held by an
+    upload with an upload place that trickles, and 128 clients have each sent a `version`
+    request and wait to be accepted.  Each is accepted once a place frees, and the daemon
+    looks for the next client's place at once: the old daemon often did so before the new
+    connection's read loop had had its turn to take the request its client had sent,
+    counted it as idle and cut it, its client given no reply (6-11 of the 128, 4 runs; and
+    an `add` cut so had its head read after the cut and waited for an upload place, its
+    connection's place counted as about to free: beside 200 uploads that trickle,
+    `version` waited 28-48 s, `benchmarks/trickle_places.py`).  Now a connection that has
+    read nothing yet counts as idle only once waited on `FIRST_READ` seconds: every
+    client is answered."""
+    from ww.serve.rpc import UPLOADS
+
+    daemon = Daemon(ww_home, gateway="off", server_constants={"CONNECTIONS": UPLOADS})
+    try:
+        host, port, _, placed = _every_upload_place_taken(daemon)
+        clients = []
+        try:
+            with _trickling(placed, 1):
+                for _ in range(128):
+                    sock = socket.create_connection((host, port), timeout=HANG)
+                    sock.sendall(b"POST /api/v0/version HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                    clients.append(sock)
+                replies = _replies(clients)
+            unanswered = sum(not reply.startswith(b"HTTP/1.1 200") for reply in replies)
+            assert not unanswered, f"{unanswered} of 128 clients got no reply"
+        finally:
+            for sock in placed + clients:
+                sock.close()
+    finally:
+        daemon.stop()

@@ -23,7 +23,8 @@ from ww.core.errors import AddressError
 
 __all__ = ["Site", "SocketFile", "serve", "bind", "limit_stalls", "give_back_freed", "GRACE",
            "STALL", "READ_SIZE", "CONNECTIONS", "EVICT_AFTER", "SEND_GRACE", "MIN_SEND_RATE",
-           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS", "KEEP_ALIVE"]
+           "HEAD_SIZE", "HEADER_FIELDS", "QUERY_FIELDS", "H2_STREAMS", "KEEP_ALIVE",
+           "FIRST_READ"]
 
 GRACE = 10.0  # seconds the requests in flight get to finish once a stop is asked for
 STALL = 120.0  # seconds a connection's sent bytes may stay unacknowledged before it is dropped
@@ -41,6 +42,10 @@ CONNECTIONS = 128
 # it up at once.  hypercorn's keep-alive timeout, which ends an idle connection in any case.
 EVICT_AFTER = 5.0
 KEEP_ALIVE = 5.0  # seconds an idle connection, or one whose head is not whole, is kept
+# Seconds a connection just accepted that has read nothing yet is given before it counts as
+# idle for a waiting client: the daemon looks for the next client's place at once, and the
+# read loop may not have had its turn to take what the client sent (Server.first_read_due).
+FIRST_READ = 1.0
 # With every place taken and a client waiting, a connection whose client leaves the reply the
 # daemon has for it untaken (a TCP window it keeps shut, an HTTP/2 flow-control window it
 # never opens, or either opened a little now and then) gives its place up once it has taken
@@ -388,18 +393,19 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
 
 
 async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
-                connections: int = CONNECTIONS, log: Log | None = None) -> None:
+                connections: int | None = None, log: Log | None = None) -> None:
     """Serve every site until ``stop`` is set; then stop accepting, let the requests in
     flight finish for at most ``grace`` seconds, cancel the rest, and return.
 
-    Each site serves at most ``connections`` connections at once: the next is accepted only
-    once one has ended, so what the daemon holds for its clients is bounded by design,
-    whatever a local process opens (each connection holds at most a few MiB: its headers,
-    64 KiB at most, :data:`HEADER_FIELDS` fields, an HTTP/2 connection's of at most
-    :data:`H2_STREAMS` streams; what hypercorn read of a body, :data:`APP_QUEUE` reads and
-    the one it holds; an upload with a place, a few pieces more: docs/daemon.md).  Beyond it the
-    client waits (backpressure): its connection is completed by the kernel and held in the
-    listening socket's backlog, its data in the kernel's buffers, until it is accepted.
+    Each site serves at most ``connections`` (:data:`CONNECTIONS`) connections at once: the
+    next is accepted only once one has ended, so what the daemon holds for its clients is
+    bounded by design, whatever a local process opens (each connection holds at most a few
+    MiB: its headers, 64 KiB at most, :data:`HEADER_FIELDS` fields, an HTTP/2 connection's of
+    at most :data:`H2_STREAMS` streams; what hypercorn read of a body, :data:`APP_QUEUE`
+    reads and the one it holds; an upload with a place, a few pieces more: docs/daemon.md).
+    Beyond it the client waits (backpressure): its connection is completed by the kernel
+    and held in the listening socket's backlog, its data in the kernel's buffers, until it
+    is accepted.
     An idle connection ends after hypercorn's keep-alive timeout (5 s), a connection that
     never sends its headers too, so waiting clients move on.
 
@@ -411,6 +417,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     the site; it is told as the event ``connection-error`` through ``log`` (``ww daemon``'s
     event lines: never written on this loop), by default a line on stderr written the same
     way (:func:`ww.host.lines.put`)."""
+    connections = CONNECTIONS if connections is None else connections
     _read_in_larger_pieces()
     _copy_bodies_once()
     _keep_freed_buffers()
@@ -468,15 +475,17 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
     longest first; else one whose request has kept the daemon waiting on its body for
     :data:`EVICT_AFTER` seconds; else one whose request has waited on other requests that
     long (:func:`held_for_others`: an upload waiting for a place); else one whose client
-    leaves its reply untaken, at under :data:`MIN_SEND_RATE` over :data:`SEND_GRACE`
-    seconds, the slowest first (a TCP window kept shut or opened a little now and then, an
-    HTTP/2 flow-control window never opened: hypercorn waits on those for as long as the
-    client likes).  Its socket is shut down, as if its client had hung up, and its requests
-    are cancelled; until it has ended (its app may be slow to return), its place counts as
-    about to free, and no other is cut.  Connections the daemon itself holds up otherwise (a
-    request it works on) keep theirs.  So idle connections, uploads that trickle a byte now
-    and then, uploads waiting behind a few that keep sending, and readers that take nothing
-    no longer shut the others out for as long as they are held (docs/security.md).
+    leaves its reply untaken, or sends its request body, at under :data:`MIN_SEND_RATE`
+    over :data:`SEND_GRACE` seconds, the slowest first (a TCP window kept shut or opened a
+    little now and then, an HTTP/2 flow-control window never opened, a body trickled a byte
+    a second, never silent for :data:`EVICT_AFTER` seconds: hypercorn waits on those for as
+    long as the client likes).  Its socket is shut down, as if its client had hung up, and
+    its requests are cancelled; until it has ended (its app may be slow to return), its
+    place counts as about to free, and no other is cut.  Connections the daemon itself
+    holds up otherwise (a request it works on) keep theirs.  So idle connections, uploads
+    that trickle a byte now and then (with an upload place or not), uploads waiting behind
+    a few that keep sending, and readers that take nothing no longer shut the others out
+    for as long as they are held (docs/security.md).
     The apps' lifespan has nothing to do (:func:`lifespan`), so it is not run."""
     import math
 
@@ -524,7 +533,7 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
                 # clients wait again after a while when none did: the readers' rates are
                 # measured over this wait (while they keep coming, over the whole of it)
                 for server in served:
-                    server.stretch = None
+                    server.stretch = server.body_stretch = None
             looked[0] = trio.current_time()
             if any(server.given_up for server in served):
                 # one cut for this client is still to end (its app to return): its place is
@@ -613,26 +622,33 @@ async def _refuse(send: Any, status: int, why: str) -> None:
 def _longest_waited_on(served: set[Any], now: float) -> tuple[Any, float]:
     """The connection to give its place to a waiting client (or None), and how long to wait
     for a place before looking again: until the first in the middle of a request could
-    give its place up.  First one with no request under way, longest waited on first; then
+    give its place up.  First one with no request under way (one just accepted that has read
+    nothing yet once waited on :data:`FIRST_READ` seconds), longest waited on first; then
     one whose request's body has brought nothing for :data:`EVICT_AFTER` seconds; then one
     whose request has waited that long on others (:func:`held_for_others`); then one whose
-    client has taken its reply at less than :data:`MIN_SEND_RATE` for :data:`SEND_GRACE`
-    seconds, the slowest first."""
+    client has taken its reply, or sent its request's body (:meth:`slow_sender`: uploads
+    that trickle, never silent that long), at less than :data:`MIN_SEND_RATE` for
+    :data:`SEND_GRACE` seconds, the slowest first."""
     best, best_key = None, (4, 0.0)
     wait = EVICT_AFTER
     for server in served:
         rate = server.slow_reader(now)
         if server.stretch is not None and rate is None:
             wait = min(wait, server.stretch[0] + SEND_GRACE - now)
+        sent, due = server.slow_sender(now)
+        if sent is None:
+            wait = min(wait, due)
+        if server.first_read_due() > 0:
+            wait = min(wait, server.first_read_due())
         key = server.waited_on()
-        if key is None:
-            if rate is not None and rate < MIN_SEND_RATE:
-                key = (3, rate)
-            else:
-                continue
-        elif key[0] >= 1 and now - key[1] < EVICT_AFTER:
+        if key is not None and key[0] >= 1 and now - key[1] < EVICT_AFTER:
             wait = min(wait, key[1] + EVICT_AFTER - now)
-            continue
+            key = None
+        if key is None:
+            slow = [r for r in (rate, sent) if r is not None and r < MIN_SEND_RATE]
+            if not slow:
+                continue
+            key = (3, min(slow))
         if key < best_key:
             best, best_key = server, key
     return best, (1.0 if best is not None else max(wait, 0.05))
@@ -694,10 +710,21 @@ def _server_class() -> type:
         # the daemon holds reply bytes its client has not taken, seen so at each look while
         # a client waits, since this stretch began (see slow_reader)
         stretch: Stretch | None = None
+        # the seconds the read loop has spent on what it read rather than waiting on its
+        # client (the app taking it: a worker behind), and since when it does (None: it
+        # waits on the client); and the stretch over which its request bodies' rate is
+        # measured while a client waits (see slow_sender)
+        busy = 0.0
+        busy_since: float | None = None
+        body_stretch: Stretch | None = None
+        read_any = False  # whether the read loop has taken anything its client sent
 
         async def _read_data(self) -> None:  # hypercorn's, noting the wait
             while True:
                 self.waiting_since = trio.current_time()
+                if self.busy_since is not None:
+                    self.busy += self.waiting_since - self.busy_since
+                    self.busy_since = None
                 try:
                     with trio.fail_after(self.config.read_timeout or math.inf):
                         data = await self.stream.receive_some(tcp_server.MAX_RECV)
@@ -706,6 +733,8 @@ def _server_class() -> type:
                     break
                 finally:
                     self.waiting_since = None
+                    self.busy_since = trio.current_time()
+                self.read_any = True
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
                     break
@@ -774,7 +803,7 @@ def _server_class() -> type:
 
         def _waited_on_client(self) -> tuple[int, float] | None:
             since = self.waiting_since
-            if since is None:
+            if since is None or self.first_read_due() > 0:
                 return None
             protocol = getattr(getattr(self, "protocol", None), "protocol", None)
             connection = getattr(protocol, "connection", None)
@@ -811,6 +840,44 @@ def _server_class() -> type:
                 return None
             self.stretch, rate = stretch_rate(self.stretch, now, acked)
             return rate
+
+        def first_read_due(self) -> float:
+            """The seconds left of :data:`FIRST_READ` for a connection whose read loop waits
+            for its first read; else 0.  (Found by measuring) the old daemon looked for the
+            next waiting client's place as soon as it had accepted one, before that one's
+            read loop had its turn to take the request its client had sent (trio's receive
+            takes the bytes from the kernel, then lets the others run before it returns),
+            and cut it as idle: its client had no reply."""
+            if self.read_any or self.waiting_since is None:
+                return 0.0
+            return max(0.0, self.waiting_since + FIRST_READ - trio.current_time())
+
+        def slow_sender(self, now: float) -> tuple[float | None, float]:
+            """The rate (bytes a second) at which its client has sent the body of its
+            request since the daemon was first seen (this wait: :func:`_longest_waited_on`)
+            waiting on that body, once that is :data:`SEND_GRACE` seconds ago, the time the
+            read loop spent on what it read left out (the app and its worker behind, not
+            the client: an honest upload the daemon is slow to take is never counted slow);
+            else None.  And the seconds until the measure could be due.  The stretch ends
+            when the connection is seen waiting on its client for anything but a body (idle,
+            a head, its reply); one at :data:`MIN_SEND_RATE` or more ends, and the next
+            begins, so a burst does not cover a trickle after it.  A unix socket's client is
+            the user's own (its file is 0600): None, as for :meth:`slow_reader`."""
+            sock = getattr(self.stream, "socket", None)
+            if self.given_up or sock is None or sock.family not in (socket.AF_INET,
+                                                                    socket.AF_INET6):
+                self.body_stretch = None
+                return None, math.inf
+            if self.waiting_since is None:  # the daemon's turn: the measure waits
+                return None, math.inf
+            key = self._waited_on_client()
+            if key is None or key[0] != 1:
+                self.body_stretch = None
+                return None, math.inf
+            sent = getattr(self._task_group_or_none(), "body_bytes", 0)
+            self.body_stretch, rate = stretch_rate(self.body_stretch, now, sent, self.busy)
+            since, _, busy_then = self.body_stretch or (now, sent, self.busy)
+            return rate, since + SEND_GRACE + (self.busy - busy_then) - now
 
         def give_up_place(self) -> None:
             """Shut the connection down, as if its client had hung up: the read loop sees
@@ -901,6 +968,8 @@ def _drop_what_apps_leave_unread() -> None:
             # the apps spawned and not yet returned (counted from the spawn: ``apps`` holds
             # one only once its task runs), for _bound_http2_apps
             self.running = 0
+            # the bytes of request bodies read for the apps so far, for Server.slow_sender
+            self.body_bytes = 0
 
         async def spawn_app(self, app: Any, config: Any, scope: Any, send: Any) -> Any:
             put_end, take_end = trio.open_memory_channel[Any](config.max_app_queue_size)
@@ -920,6 +989,7 @@ def _drop_what_apps_leave_unread() -> None:
                     take_end.close()  # what is queued is dropped, and so what is put after
 
             async def put(message: Any) -> None:
+                self.body_bytes += len(message.get("body", b""))
                 if message.get("type") == "http.disconnect":
                     _in_place_of_unread(put_end, take_end, message, config.max_app_queue_size)
                     return
