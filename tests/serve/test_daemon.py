@@ -313,3 +313,63 @@ def test_a_defect_serving_one_connection_is_an_event_line_and_the_site_serves_on
     trio.run(main)
     assert events == [("connection-error",
                        {"site": "api", "error": "RuntimeError: a defect over two lines"})] * 3
+
+
+def test_a_defect_in_looking_for_a_waiting_clients_place_is_told_and_the_site_serves_on(
+        monkeypatch):
+    """With every place taken and a client waiting, the daemon looks for a connection to
+    give its place up (``_longest_waited_on``).  A defect there (injected here: no trigger
+    is known) ended the whole site with no line: its listener closed and every waiting
+    client was reset while the daemon ran on.  It is told as the event ``place-error`` and
+    the waiting client gets the next place that frees."""
+    import socket as socketlib
+    import threading
+
+    import trio
+
+    from ww.serve import server
+
+    def defect(*_args: object) -> None:
+        raise RuntimeError("a defect in the look")
+
+    monkeypatch.setattr(server, "_longest_waited_on", defect)
+    sock, _ = server.bind("/ip4/127.0.0.1/tcp/0")
+    port = sock.getsockname()[1]
+    events: list[tuple[str, dict[str, str]]] = []
+    told = threading.Event()
+    answers: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    def log(event: str, **fields: str) -> None:
+        events.append((event, fields))
+        told.set()
+
+    async def main() -> None:
+        stop = trio.Event()
+
+        def clients() -> None:  # a thread of its own: blocking sockets
+            request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            with socketlib.create_connection(("127.0.0.1", port), timeout=HANG) as first:
+                first.sendall(request)
+                answers.append(first.recv(100).split(b"\r\n")[0])  # served; kept open
+                second = socketlib.create_connection(("127.0.0.1", port), timeout=HANG)
+                second.sendall(request)  # waits: the one place is the first's
+                assert told.wait(HANG), "no place-error event"
+            with second:  # the first has gone: its place is the second's
+                answers.append(second.recv(100).split(b"\r\n")[0])
+            trio.from_thread.run_sync(stop.set)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, clients)
+            await server.serve([server.Site(app, sock, True, "api")], stop, grace=0.1,
+                               connections=1, log=log)
+
+    trio.run(main)
+    assert answers == [b"HTTP/1.1 200 "] * 2
+    assert events[0] == ("place-error", {"site": "api",
+                                         "error": "RuntimeError: a defect in the look"})

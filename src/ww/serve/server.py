@@ -540,9 +540,17 @@ async def _serve_site(site: Site, stop: trio.Event, grace: float, connections: i
                 # about to free, and cutting another would take two places for one client
                 wait = 1.0
             else:
-                victim, wait = _longest_waited_on(served, trio.current_time())
-                if victim is not None:
-                    victim.give_up_place()
+                try:
+                    victim, wait = _longest_waited_on(served, trio.current_time())
+                    if victim is not None:
+                        victim.give_up_place()
+                except Exception as err:
+                    # a defect in the look (ours) is told, and this client waits for a
+                    # place as if none were to be cut: it ended the site, its listener
+                    # closed and every waiting client reset, with no line (a draft's)
+                    log("place-error", site=site.name,
+                        error=" ".join(f"{type(err).__name__}: {err}".split()))
+                    wait = 1.0
             with trio.move_on_after(wait):
                 await slots.acquire()  # the victim's, or any that ends meanwhile
                 return
