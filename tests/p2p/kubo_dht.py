@@ -163,6 +163,12 @@ class KuboLan:
         self._lines.close()
         self._stderr.close()
 
+    def __enter__(self) -> KuboLan:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def kubo_line(base: Path, clients: int = 0) -> Iterator[KuboLan]:
     """kubo 0 - kubo 1 - kubo 2, connected in a line: kubo 2 knows kubo 0 only through kubo

@@ -31,11 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
     """kubo 0 and kubo 1, connected to nothing yet."""
-    net = KuboLan(tmp_path_factory.mktemp("kubo-lan-server"), 2)
-    try:
+    with KuboLan(tmp_path_factory.mktemp("kubo-lan-server"), 2) as net:
         yield net
-    finally:
-        net.close()
 
 
 def test_kubo_nodes_find_each_other_and_content_through_a_ww_dht_server(

@@ -28,11 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
-    net = KuboLan(tmp_path_factory.mktemp("kubo-calls"), 1)
-    try:
+    with KuboLan(tmp_path_factory.mktemp("kubo-calls"), 1) as net:
         yield net
-    finally:
-        net.close()
 
 
 @pytest.mark.parametrize("inbound", ["calls", "full"])

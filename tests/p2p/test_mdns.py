@@ -27,11 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
-    net = KuboLan(tmp_path_factory.mktemp("kubo-mdns"), 1, mdns=True)
-    try:
+    with KuboLan(tmp_path_factory.mktemp("kubo-mdns"), 1, mdns=True) as net:
         yield net
-    finally:
-        net.close()
 
 
 def _until_peer(lan: KuboLan, peer: str) -> list[str]:
