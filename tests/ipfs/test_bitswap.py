@@ -507,6 +507,11 @@ def test_a_peer_that_answers_keeps_its_wants_however_long_its_queue(
         try:
             _until(lambda: b._net is not None and b._net.stats()["blocks_in"] >= 3,
                    "b has the first three blocks")
+            # ... and has asked a for the other 18 (on a busy machine the last are asked a
+            # moment later: a want not yet asked has no peer, and nothing to give up)
+            _until(lambda: _on_engine(b, lambda engine: [
+                want.peer for want in engine.wants.values()]) == [a_id] * 18,
+                   "b asked a for the other 18 blocks")
 
             def long_ago(engine: Any) -> list[str | None]:  # the wants were asked long ago;
                 now = time.monotonic()  # the peer answered just now (the blocks above)
