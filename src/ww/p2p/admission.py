@@ -614,10 +614,8 @@ async def _lane_wanted(stream: Any, admission: Admission) -> LaneAccept | None:
                 if len(more) <= len(first):  # the peer's end: nothing more is coming
                     break
                 first = more
-    wanted = first[:len(LANE_PROPOSAL)] == LANE_PROPOSAL or admission.noise and (
-        first[:len(NOISE_PROPOSAL)] == NOISE_PROPOSAL
-        or first[:len(SIMOPEN_PROPOSAL)] == SIMOPEN_PROPOSAL)
-    return admission.lane() if wanted else None
+    wanted = _PROPOSALS if admission.noise else (LANE_PROPOSAL,)
+    return admission.lane() if first.startswith(wanted) else None
 
 
 _PROPOSALS = (NOISE_PROPOSAL, LANE_PROPOSAL, SIMOPEN_PROPOSAL)
