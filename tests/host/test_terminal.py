@@ -458,17 +458,33 @@ def test_ww_run_exits_when_its_stderr_is_a_pipe_nobody_reads(make_cell):
     restored by then), and waited for as long as that took: on a pipe nobody reads, for
     ever.  The cell asks for more console lines than the pipe holds and exits: the drain
     gives up once no line has been written for some seconds (ww.host.lines.STALL), and
-    `ww run` exits with the cell's status.  The test reads the pipe only after that."""
+    `ww run` exits with the cell's status.  The test reads the pipe only after that.
+
+    The cell waits for its first line to be written (it fits the pipe), then asks for three
+    more and exits once the host's writer holds the second: the pipe it shares with the
+    host (its fd 2) has more in it than the first line.  (It exited once the calls were
+    sent: on a busy machine the host took the cell's end before its writer took a line, the
+    calls were cancelled, their lines withdrawn, and nothing was written.)"""
     cell = make_cell("""
-        import asyncio, os
+        import asyncio, fcntl, os, struct, termios
         import ww.cell
+
+        def in_the_pipe():
+            return struct.unpack("i", fcntl.ioctl(2, termios.FIONREAD, b"0000"))[0]
 
         async def main():
             async with ww.cell.connect() as session:
+                await session.console.println("0 " + "x" * 60000)  # written: it fits
+                first = in_the_pipe()
                 calls = [session.console._cap.println(f"{i} " + "x" * 60000)
-                         for i in range(4)]  # 240 kB for a pipe of 64 KiB
-                await session.console.ping(b"")
-                print("exiting", flush=True)
+                         for i in range(1, 4)]  # 180 kB more for a pipe of 64 KiB
+                held = False
+                for _ in range(6000):  # bounded: at most a minute
+                    held = in_the_pipe() > first  # the writer is in the second line's write
+                    if held:
+                        break
+                    await asyncio.sleep(0.01)
+                print("exiting" if held else "the second line was never taken", flush=True)
                 os._exit(3)
 
         asyncio.run(main())

@@ -824,6 +824,7 @@ class CountingNode:
         self._node = node
         self.read = 0
         self.reads: list[threading.Event] = []  # one per read of a whole file, set when closed
+        self.began = threading.Semaphore(0)  # released as each of those reads begins
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._node, name)
@@ -832,6 +833,7 @@ class CountingNode:
         closed = threading.Event()
         if length is None or length > 512:  # not the read that sniffs the type
             self.reads.append(closed)
+            self.began.release()
         try:
             for piece in self._node.cat(path, offset, length):
                 self.read += len(piece)
@@ -865,6 +867,9 @@ def test_a_client_that_stops_reading_holds_the_server_to_a_few_batches(
     counting = CountingNode(node)
     with served(counting) as url:
         with stalled_get(url, f"/ipfs/{cid}"):
+            # Its read is the first (its headers may reach it before its body's read begins:
+            # on a busy machine the other client's began first, and was taken for it)
+            assert counting.began.acquire(timeout=HANG)
             # While it stalls, another client downloads the whole file: the server keeps
             # serving, and a server reading ahead of the stalled client would read all of it
             # meanwhile.
