@@ -28,20 +28,25 @@ class Daemon:
 
     def __init__(self, home: Path, *extra: str, api: str | None = "/ip4/127.0.0.1/tcp/0",
                  gateway: str | None = "/ip4/127.0.0.1/tcp/0",
-                 server_constants: dict[str, float] | None = None) -> None:
+                 constants: dict[str, float] | None = None) -> None:
         """``api=None``, ``gateway=None``: no --api, --gateway: the default addresses.
-        ``server_constants``: ``ww.serve.server``'s bounds set otherwise in the daemon (a
-        test that must not meet one of them on a slow machine sets it out of reach)."""
+        ``constants``: bounds set otherwise in the daemon, by qualified name
+        (``ww.serve.server.KEEP_ALIVE``): a test that must not meet one of them on a slow
+        machine sets it out of reach, one that waits one out makes it shorter."""
         self.home = home
         argv = ["--json", "daemon", *(["--api", api] if api else []),
                 *(["--gateway", gateway] if gateway else []),
                 "--listen", "/ip4/127.0.0.1/tcp/0", *extra]
         command = [WW, *argv]
-        if server_constants:
+        if constants:
             command = [sys.executable, "-c",
-                       "import sys; import ww.serve.server as s; "
-                       f"[setattr(s, k, v) for k, v in {server_constants!r}.items()]; "
-                       "from ww.cli.entry import main; main(sys.argv[1:])", *argv]
+                       "import importlib, sys\n"
+                       f"for name, value in {constants!r}.items():\n"
+                       "    module, _, attr = name.rpartition('.')\n"
+                       "    assert hasattr(importlib.import_module(module), attr), name\n"
+                       "    setattr(importlib.import_module(module), attr, value)\n"
+                       "from ww.cli.entry import main\n"
+                       "main(sys.argv[1:])", *argv]
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -284,7 +284,7 @@ def test_connections_holding_half_a_head_give_their_places_up_at_once(ww_home):
     30 s.  Here the timeout is out of reach (`KEEP_ALIVE`): the old daemon never served it."""
     from ww.serve.server import CONNECTIONS
 
-    daemon = Daemon(ww_home, gateway="off", server_constants={"KEEP_ALIVE": 3600.0})
+    daemon = Daemon(ww_home, gateway="off", constants={"ww.serve.server.KEEP_ALIVE": 3600.0})
     host, port = daemon.url.removeprefix("http://").split(":")
     socks = []
     try:
@@ -382,7 +382,7 @@ class _H2Cat:
 @pytest.fixture
 def daemon_without_send_grace(ww_home: Path) -> Iterator[Daemon]:
     """A daemon whose paused readers never meet SEND_GRACE, however slow this machine is."""
-    d = Daemon(ww_home, server_constants={"SEND_GRACE": 3600.0})
+    d = Daemon(ww_home, constants={"ww.serve.server.SEND_GRACE": 3600.0})
     yield d
     if d.proc.poll() is None:
         d.stop()
@@ -850,7 +850,7 @@ def test_uploads_with_a_place_that_trickle_give_their_places_to_a_waiting_client
     a time: `version` is served, and an honest upload posted beside it is added whole."""
     from ww.serve.rpc import UPLOADS
 
-    daemon = Daemon(ww_home, gateway="off", server_constants={"CONNECTIONS": UPLOADS})
+    daemon = Daemon(ww_home, gateway="off", constants={"ww.serve.server.CONNECTIONS": UPLOADS})
     try:
         _, port, _, placed = _every_upload_place_taken(daemon)
         data = os.urandom(8 << 20)
@@ -916,7 +916,7 @@ def test_a_client_just_accepted_is_not_cut_as_idle_before_its_request_is_read(ww
     client is answered."""
     from ww.serve.rpc import UPLOADS
 
-    daemon = Daemon(ww_home, gateway="off", server_constants={"CONNECTIONS": UPLOADS})
+    daemon = Daemon(ww_home, gateway="off", constants={"ww.serve.server.CONNECTIONS": UPLOADS})
     try:
         host, port, _, placed = _every_upload_place_taken(daemon)
         clients = []

@@ -19,7 +19,19 @@ import pytest
 
 from tests.conftest import HANG, run_ww
 
-from .conftest import multipart
+from .conftest import Daemon, multipart
+
+# BODY_STALL for the tests that wait one out (the daemon's is 60 s): longer than EVICT_AFTER
+# (5 s), so which of the two refused an upload still shows
+SHORT_BODY_STALL = 12.0
+
+
+@pytest.fixture
+def short_stall_daemon(ww_home):
+    d = Daemon(ww_home, constants={"ww.serve.rpc.BODY_STALL": SHORT_BODY_STALL})
+    yield d
+    if d.proc.poll() is None:
+        d.stop()
 
 CHUNK = 262144
 
@@ -687,8 +699,9 @@ def test_uploads_that_stall_cannot_take_every_worker(daemon):
     assert reply.startswith(b"HTTP/1.1 200")
 
 
-def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(daemon):
+def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(short_stall_daemon):
     """A body that brings nothing for BODY_STALL seconds: a 400, one line, nothing pinned."""
+    daemon = short_stall_daemon
     body, headers = multipart([("f", "application/octet-stream", b"x" * 1000)])
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     upload = _raw_request(daemon, "block/put", body[:50],
@@ -701,7 +714,7 @@ def test_an_upload_whose_body_stalls_is_refused_and_frees_its_worker(daemon):
         reply += piece
     upload.close()
     assert reply.startswith(b"HTTP/1.1 400"), reply
-    assert b"the request body brought nothing" in reply
+    assert f"the request body brought nothing for {SHORT_BODY_STALL:g} s".encode() in reply
     assert daemon.json("pin/ls") == [{}]  # kubo's Keys is omitempty
 
 
@@ -959,15 +972,18 @@ def _reply_until(sock: socket.socket, end: bytes) -> bytes:
     return got
 
 
-def test_once_no_upload_waits_the_placed_ones_get_the_full_body_stall_again(daemon):
+def test_once_no_upload_waits_the_placed_ones_get_the_full_body_stall_again(
+        short_stall_daemon):
     """With the 16 upload places taken and another upload waiting, a placed upload whose
     body brings nothing for `EVICT_AFTER` seconds gives its place up (a 400).  Once the
     waiting one has its place (here: the one that went silent first gave its own up) nobody
     waits: the old daemon still held the others to `EVICT_AFTER` seconds of silence, for
     good (until their next byte), so an upload that paused 5 s was refused though nobody
     wanted its place.  Now they are back to `BODY_STALL`: each is refused only after
-    `BODY_STALL` seconds of nothing, with the message that says so."""
-    from ww.serve.rpc import BODY_STALL, UPLOADS
+    `BODY_STALL` seconds of nothing, with the message that says so (made 12 s here)."""
+    from ww.serve.rpc import UPLOADS
+
+    daemon = short_stall_daemon
 
     first = _placed_upload(daemon)  # silent from the start: the one to give its place up
     assert b'"Bytes"' in _reply_until(first, b'"Bytes"')
@@ -1002,5 +1018,5 @@ def test_once_no_upload_waits_the_placed_ones_get_the_full_body_stall_again(daem
     errors = [e["error"] for e in events if e["event"] == "rpc-error"]
     assert len(errors) == UPLOADS + 1, errors
     assert "while other uploads waited for its place" in errors[0], errors
-    assert errors[1:] == [f"the request body brought nothing for {BODY_STALL:g} s"] \
+    assert errors[1:] == [f"the request body brought nothing for {SHORT_BODY_STALL:g} s"] \
         * UPLOADS, errors
