@@ -241,10 +241,10 @@ def test_a_cell_cannot_make_its_host_dial_without_bound(start_host, cell_file):
     one socket each (2000 dials held 2000 sockets for DIAL_TIMEOUT: with the usual 1024
     open files a process may hold, the host ran out, its other sockets with it, and the
     dials failed "internal error in the host (OSError)").  At most MAX_DIALING are dialed
-    at once; the others wait their turn."""
+    at once; the others wait their turn (here one waits: two rounds of DIAL_TIMEOUT)."""
     listener = SilentListener()
     try:
-        n = 2 * MAX_DIALING + 1
+        n = MAX_DIALING + 1
         addrs = [
             f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PrivateKey.generate().peer_id}"
             for _ in range(n)
