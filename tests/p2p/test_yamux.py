@@ -96,3 +96,62 @@ def test_a_frame_with_its_header_fits_one_noise_message() -> None:
     from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE
 
     assert MAX_FRAME_PAYLOAD + HEADER_SIZE == MAX_PLAINTEXT_LENGTH
+
+
+def test_a_stream_reset_here_ends_the_read_waiting_on_it() -> None:
+    """A task reads a stream the peer sends nothing on; another task of this host resets it
+    (admission giving its place to another, Bitswap giving up a stalled peer).  py-libp2p
+    dropped the stream's event without setting it: the read waited on until something else
+    woke it (a Bitswap reader 30 s; here, with nothing else, for ever).  Now the read ends
+    with the reset, and nothing of the stream is left in the connection's tables."""
+    hold = "/ww-test/hold/1.0.0"
+
+    async def holder(stream: object) -> None:  # sends nothing; reads until the reset
+        try:
+            while await stream.read():  # type: ignore[attr-defined]
+                pass
+        except Exception:
+            pass
+
+    server = Node(Identity.from_private_key(PrivateKey.generate()),
+                  listen=["/ip4/127.0.0.1/tcp/0"], handlers={hold: holder}, serve_ww=False,
+                  announce=False)
+    client = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                  serve_ww=False, announce=False)
+    server.start()
+    client.start()
+    try:
+        async def reset_while_reading() -> tuple[str, bool, bool, bool]:
+            import trio
+            import trio.testing
+            from libp2p.peer.peerinfo import info_from_p2p_addr
+            from multiaddr import Multiaddr
+
+            info = info_from_p2p_addr(Multiaddr(server.addrs[0]))
+            await client.dial(info)
+            stream = await client.host.new_stream(info.peer_id, [hold])
+            muxed = stream.muxed_stream
+            ended: list[str] = []
+
+            async def read() -> None:
+                try:
+                    await stream.read()
+                    ended.append("read returned")
+                except Exception as e:
+                    ended.append(type(e).__name__)
+
+            async with trio.open_nursery() as nursery:  # ends once the read has
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()  # the read waits for data
+                assert not ended
+                await stream.reset()
+            conn = muxed.conn
+            return (ended[0], muxed.stream_id in conn.stream_events,
+                    muxed.stream_id in conn.streams, muxed.reset_sent)
+
+        how, event_left, stream_left, ours = client.submit(reset_while_reading).result(TIMEOUT)
+    finally:
+        client.stop()
+        server.stop()
+    assert how == "StreamReset"
+    assert (event_left, stream_left, ours) == (False, False, True)

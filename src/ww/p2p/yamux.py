@@ -120,7 +120,24 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         the stream does not take it for the peer's (Bitswap counts a peer's resets)."""
         if not self.closed and not self.reset_received:
             self.reset_sent = True
-        await super().reset()
+        # py-libp2p drops the stream's event without setting it: a task waiting in
+        # :meth:`read` waited on until something else woke it (a Bitswap reader of a stream
+        # admission reset for another: 30 s, its place counted meanwhile).  Woken here, it
+        # reads the reset.
+        waiting = self.conn.stream_events.get(self.stream_id)
+        try:
+            await super().reset()
+        finally:
+            if waiting is not None:
+                waiting.set()
+
+    async def read(self, n: int | None = -1) -> bytes:
+        try:
+            return await super().read(n)
+        finally:
+            if self.closed and self.stream_id not in self.conn.streams:
+                # a reader woken by a reset put a new event back for a stream gone
+                self.conn.stream_events.pop(self.stream_id, None)
 
     def _grow_target(self, want: int) -> None:
         """Raise ``target_recv_window`` toward ``want`` as far as :data:`GROWN_WINDOWS`
