@@ -51,6 +51,11 @@ def _blocks_holding(home: Path, needle: bytes) -> list[Path]:
     return [p for p in home.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
+# PEER_TIMEOUT (15 s) for the tests that wait one out in-process: what they show does not
+# depend on its length, and an honest peer on this machine answers in far less
+SHORT_TIMEOUT = 5.0
+
+
 def _engine(node: EmbeddedNode) -> bitswap.Engine:
     assert node._net is not None and node._net._engine is not None
     return node._net._engine
@@ -180,7 +185,8 @@ def test_a_slow_peer_loses_its_want_to_an_honest_one_and_is_asked_last(
     """After PEER_TIMEOUT the root's want goes to the honest peer; the leaves then go to the
     peer that delivers, not to the one that timed out (they went to both, half of them
     waiting another PEER_TIMEOUT)."""
-    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, slow)
+    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, slow,
+                                                            peer_timeout=SHORT_TIMEOUT)
     assert (tmp_path / "out").read_bytes() == data
     assert peer.wants == [bytes(CID.parse(cid))]
     assert _engine(honest).stats["blocks_out"] == 14
@@ -224,7 +230,8 @@ def test_a_slow_peer_that_reconnects_is_asked_last_still(tmp_path: Path, made: l
     hangs up and comes back: its record was new, so it was asked first again for the next
     file's blocks, another PEER_TIMEOUT each time it reconnected.  Its record (delivered,
     DONT_HAVEs, timeouts) now outlives the connection, as a liar's mark does."""
-    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, "silent")
+    peer, honest, b, cid, data = _fetch_past_a_hostile_peer(tmp_path, made, "silent",
+                                                            peer_timeout=SHORT_TIMEOUT)
     assert peer.wants == [bytes(CID.parse(cid))]
     b.disconnect(peer.peer_id)
     deadline = time.monotonic() + HANG  # the hang-up is waited for, not slept on
