@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from ww.core.identity import Identity, PrivateKey
 from ww.p2p.host import Node
@@ -15,6 +16,18 @@ TIMEOUT = 300  # a bound that only stops a hang (tests/conftest.py HANG)
 
 def _payload() -> bytes:
     return hashlib.shake_256(b"yamux").digest(SIZE)
+
+
+def _started_pair(protocol: str, handler: Any) -> tuple[Node, Node]:
+    """A host on 127.0.0.1 serving ``protocol`` with ``handler``, and a host to dial it."""
+    server = Node(Identity.from_private_key(PrivateKey.generate()),
+                  listen=["/ip4/127.0.0.1/tcp/0"], handlers={protocol: handler},
+                  serve_ww=False, announce=False)
+    client = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                  serve_ww=False, announce=False)
+    server.start()
+    client.start()
+    return server, client
 
 
 def test_a_bulk_stream_arrives_whole_on_our_streams_in_batched_credit() -> None:
@@ -50,13 +63,7 @@ def test_a_bulk_stream_arrives_whole_on_our_streams_in_batched_credit() -> None:
         await stream.write(f"{got} {digest.hexdigest()}".encode())  # type: ignore[attr-defined]
         await stream.close()  # type: ignore[attr-defined]
 
-    server = Node(Identity.from_private_key(PrivateKey.generate()),
-                  listen=["/ip4/127.0.0.1/tcp/0"], handlers={BULK: sink}, serve_ww=False,
-                  announce=False)
-    client = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
-                  serve_ww=False, announce=False)
-    server.start()
-    client.start()
+    server, client = _started_pair(BULK, sink)
     try:
         async def send() -> bytes:
             from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -113,13 +120,7 @@ def test_a_stream_reset_here_ends_the_read_waiting_on_it() -> None:
         except Exception:
             pass
 
-    server = Node(Identity.from_private_key(PrivateKey.generate()),
-                  listen=["/ip4/127.0.0.1/tcp/0"], handlers={hold: holder}, serve_ww=False,
-                  announce=False)
-    client = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
-                  serve_ww=False, announce=False)
-    server.start()
-    client.start()
+    server, client = _started_pair(hold, holder)
     try:
         async def reset_while_reading() -> tuple[str, bool, bool, bool]:
             import trio
