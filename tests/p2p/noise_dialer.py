@@ -65,6 +65,23 @@ class Identity:
                         lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
 
     @staticmethod
+    def rsa_pkcs1(null_params: bool | None = None) -> Identity:
+        """An honest RSA identity whose public key go-libp2p does not read: bare PKCS#1
+        RSAPublicKey DER (``null_params`` None), or PKIX whose rsaEncryption algorithm has
+        no NULL parameters (False)."""
+        from Crypto.Util.asn1 import DerBitString, DerObjectId, DerSequence
+
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = private.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.PKCS1)
+        if null_params is not None:
+            algorithm = [DerObjectId("1.2.840.113549.1.1.1").encode()]
+            der = DerSequence([DerSequence(algorithm).encode(),
+                               DerBitString(der).encode()]).encode()
+        return Identity(public_key_message(0, der),
+                        lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
+
+    @staticmethod
     def rsa_private_encoded() -> Identity:
         """An honest RSA identity whose PublicKey message carries its *private* key (PKCS#1
         RSAPrivateKey DER): no public key encoding, which go-libp2p refuses."""

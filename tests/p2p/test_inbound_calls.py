@@ -368,18 +368,22 @@ def test_an_rsa_key_outside_go_libp2ps_bounds_is_refused_on_either_path(
 
 
 @pytest.mark.parametrize("inbound", ["calls", "full"])
-def test_an_rsa_private_key_is_no_identity_on_either_path(start_host, cell_file,
-                                                           inbound) -> None:
-    """go-libp2p reads an RSA identity as a public key (PKIX) only; pycryptodome's reader,
-    py-libp2p's, takes a private key (PKCS#1, PKCS#8) too, and the host served a peer whose
-    identity was its private key's encoding.  Refused on both paths."""
+def test_an_rsa_key_go_libp2p_does_not_read_is_no_identity_on_either_path(
+        start_host, cell_file, inbound) -> None:
+    """go-libp2p reads an RSA identity as a PKIX public key only, its rsaEncryption with
+    NULL parameters (Go's ``x509.ParsePKIXPublicKey``); pycryptodome's reader, py-libp2p's,
+    takes a private key (PKCS#1, PKCS#8) too, and the host served a peer whose identity was
+    its private key's encoding; and the host took a bare PKCS#1 public key, or PKIX without
+    the NULL: one key, another peer id than go-libp2p's.  Refused on both paths."""
     from tests.p2p.conftest import EXPORTER
     from tests.p2p.noise_dialer import Identity
 
     b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", inbound,
                    cell_file(EXPORTER, "exporter.py"))
     port = int(b.addr.split("/tcp/")[1].split("/")[0])
-    assert not _attempt(port, Identity.rsa_private_encoded())
+    for refused in (Identity.rsa_private_encoded(), Identity.rsa_pkcs1(),
+                    Identity.rsa_pkcs1(null_params=False)):
+        assert not _attempt(port, refused)
     assert _attempt(port, Identity.rsa())
     assert b.stop()[0] == 0
 

@@ -527,8 +527,10 @@ MAX_RSA_EXPONENT = (1 << 31) - 1  # Go's crypto/rsa refuses a larger one
 
 
 def rsa_public_key(data: bytes) -> Any:
-    """py-libp2p's RSAPublicKey of ``data``, an RSA public key (PKIX with the rsaEncryption
-    algorithm, as go-libp2p marshals it, or PKCS#1) of :data:`MIN_RSA_BITS` to
+    """py-libp2p's RSAPublicKey of ``data``, an RSA public key as go-libp2p reads one (PKIX
+    with the rsaEncryption algorithm and its NULL parameters: Go's
+    ``x509.ParsePKIXPublicKey``; a bare PKCS#1 key, which pycryptodome also reads, would
+    give one key a second peer id) of :data:`MIN_RSA_BITS` to
     :data:`MAX_RSA_BITS` with a public exponent from 3 to :data:`MAX_RSA_EXPONENT` (checking
     a signature costs in proportion to the exponent's length: 0.15 ms with 65537, 17 ms with
     an exponent of 4000 bits, measured; no key generator makes one, any peer may send it);
@@ -550,19 +552,14 @@ def rsa_public_key(data: bytes) -> Any:
     if len(data) > MAX_RSA_KEY_BYTES:  # (pycryptodome decodes an INTEGER in quadratic time)
         raise CryptographyError("RSA key outside go-libp2p's bounds")
     try:
-        outer = DerSequence().decode(data, strict=True)
-        if len(outer) == 2 and outer.hasOnlyInts():  # PKCS#1 RSAPublicKey
-            n, e = outer[0], outer[1]
-        else:  # PKIX SubjectPublicKeyInfo
-            algorithm = DerSequence().decode(outer[0], strict=True)
-            if (len(outer) != 2 or len(algorithm) not in (1, 2)
-                    or DerObjectId().decode(algorithm[0], strict=True).value != _RSA_OID):
-                raise ValueError("not rsaEncryption")
-            if len(algorithm) == 2:
-                DerNull().decode(algorithm[1], strict=True)
-            bits = DerBitString().decode(outer[1], strict=True).value
-            n, e = DerSequence().decode(bits, strict=True, nr_elements=2,
-                                        only_ints_expected=True)[:]
+        outer = DerSequence().decode(data, strict=True, nr_elements=2)  # SubjectPublicKeyInfo
+        algorithm = DerSequence().decode(outer[0], strict=True, nr_elements=2)
+        if DerObjectId().decode(algorithm[0], strict=True).value != _RSA_OID:
+            raise ValueError("not rsaEncryption")
+        DerNull().decode(algorithm[1], strict=True)
+        bits = DerBitString().decode(outer[1], strict=True).value
+        n, e = DerSequence().decode(bits, strict=True, nr_elements=2,
+                                    only_ints_expected=True)[:]
     except (ValueError, IndexError, TypeError, EOFError):
         raise CryptographyError("not an RSA public key") from None
     if not (MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS and 3 <= e <= MAX_RSA_EXPONENT):
