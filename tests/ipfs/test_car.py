@@ -146,3 +146,39 @@ def test_import_rejects_non_canonical_cbor_and_unsupported_codecs(node: Embedded
     with pytest.raises(CorruptBlockError, match="dag-cbor"):
         node.import_car(io.BytesIO(varint.encode(len(header)) + header))
     assert node.check().blocks == 0
+
+
+def test_the_roots_of_a_car_are_pinned_with_one_sync_of_the_pin_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CAR's roots were pinned one at a time, each pin file and its directory synced (1.7
+    ms a root here: a CAR header of 20,000 tiny roots, 33 s of syncs).  Now the pins are
+    made together and the directory synced once: the syncs of an import do not grow with its
+    roots (counted: each ``os.fsync`` of a pin file or directory; the pins are all there, and
+    stay); the blocks' own syncs are not counted."""
+    import os
+
+    from ww.core import multihash
+    from ww.core.cid import RAW
+
+    blocks = [b"root %d" % i for i in range(300)]
+    roots = [CID.v1(RAW, multihash.sha256(block)) for block in blocks]
+    out = io.BytesIO()
+    car.write_car(out, roots, zip(roots, blocks, strict=True))
+    node = EmbeddedNode(tmp_path / "repo")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:  # counts the pins' syncs, then syncs for real
+        if "/pins/" in os.readlink(f"/proc/self/fd/{fd}") + "/":
+            synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    assert node.import_car(io.BytesIO(out.getvalue())) == [str(r) for r in roots]
+    monkeypatch.undo()
+    assert len(synced) == 1, len(synced)  # two a root before: 600
+    assert sorted(node.pins()) == sorted(str(r) for r in roots)
+    node.close()
+    again = EmbeddedNode(tmp_path / "repo")
+    assert sorted(again.pins()) == sorted(str(r) for r in roots)
+    again.close()

