@@ -5,7 +5,9 @@ sockets."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -447,3 +449,172 @@ def test_http2_priority_frames_and_streams_reset_by_the_hundred_leave_the_daemon
                 break  # the connection's end (GOAWAY), or the old daemon's
     assert daemon.proc.poll() is None, "the daemon ended"
     assert daemon.json("version")[0]["Version"]
+
+
+# hypercorn's keep-alive timeout for the tests that wait one out (read as a site starts:
+# ww.serve.server._config), and a body stall out of their reach
+SHORT_KEEP_ALIVE = {"ww.serve.server.KEEP_ALIVE": 1.0, "ww.serve.rpc.BODY_STALL": 3600.0}
+
+
+def _ended(sock: socket.socket, deadline: float) -> bool:
+    """Whether the daemon ends the connection (its end read, or a reset) before ``deadline``
+    (``time.monotonic()``), what it sends meanwhile read and dropped."""
+    for _ in range(100_000):  # bounded: a few frames come before the end
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            if not sock.recv(1 << 16):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def _h2_answered(sock: socket.socket, conn: Any, events: tuple[type, ...]) -> list[Any]:
+    """The h2 events the daemon's frames make, read up to one of ``events`` (or its end:
+    None last)."""
+    got: list[Any] = []
+    for _ in range(1000):  # bounded: a few frames are awaited
+        data = sock.recv(1 << 16)
+        got += conn.receive_data(data) if data else [None]
+        sock.sendall(conn.data_to_send())
+        if data == b"" or any(isinstance(event, events) for event in got):
+            break
+    return got
+
+
+def _h2_version_answered(daemon: Daemon) -> tuple[socket.socket, Any]:
+    """An HTTP/2 connection whose one request, a `version`, has been answered whole."""
+    import h2.events
+
+    sock, conn = _h2_connect(daemon)
+    try:
+        conn.send_headers(1, [(":method", "POST"), (":path", "/api/v0/version"),
+                              (":scheme", "http"), (":authority", "x")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert any(isinstance(event, h2.events.StreamEnded) for event in
+                   _h2_answered(sock, conn, (h2.events.StreamEnded,)))
+    except BaseException:
+        sock.close()
+        raise
+    return sock, conn
+
+
+def test_an_http2_connection_with_no_stream_open_ends_once_idle(ww_home):
+    """An HTTP/2 connection with no stream open is idle, ended after the keep-alive timeout
+    as an idle HTTP/1.1 one is: one that sent its preface (and SETTINGS, and a PING, which
+    the daemon answered) and nothing more, one whose only stream its client reset, one
+    whose request was answered.  hypercorn stopped the idle timer on the preface and started
+    it again only as a stream's app ended: the first two were never ended by the old daemon
+    (open after 40 s with a 5 s keep-alive, PINGs answered), whatever the keep-alive.  One
+    with a request under way (an `add` whose body is to come) is not idle: it still answers
+    a PING once the others, opened after it, have ended.  The end is waited for, no timing
+    asserted."""
+    import h2.events
+
+    daemon = Daemon(ww_home, gateway="off", constants=SHORT_KEEP_ALIVE)
+    socks: list[socket.socket] = []
+    try:
+        busy, busy_conn = _h2_connect(daemon)
+        socks.append(busy)
+        busy_conn.send_headers(1, [(":method", "POST"), (":path", "/api/v0/add"),
+                                   (":scheme", "http"), (":authority", "x"),
+                                   ("content-type", "multipart/form-data; boundary=b")])
+        busy_conn.send_data(1, b"--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                               b"filename=\"f\"\r\n\r\nthe rest is to come")
+        busy_conn.ping(b"12345678")
+        busy.sendall(busy_conn.data_to_send())
+        assert any(isinstance(event, h2.events.PingAckReceived) for event in
+                   _h2_answered(busy, busy_conn, (h2.events.PingAckReceived,)))
+
+        preface = _sent_raw(daemon, b"")  # preface, SETTINGS, a PING answered
+        socks.append(preface)
+        reset, conn = _h2_connect(daemon)
+        socks.append(reset)
+        reset.sendall(_opened_and_reset(conn, 1, "/api/v0/version", "c"))
+        assert _until_ping_ack(reset)
+        done, _ = _h2_version_answered(daemon)
+        socks.append(done)
+
+        deadline = time.monotonic() + HANG
+        left_open = [name for name, sock in (("preface only", preface), ("its stream reset",
+                                                                         reset),
+                                             ("its request answered", done))
+                     if not _ended(sock, deadline)]
+        assert not left_open, f"still open after {HANG} s: {left_open}"
+        busy_conn.ping(b"87654321")
+        busy.sendall(busy_conn.data_to_send())
+        assert any(isinstance(event, h2.events.PingAckReceived) for event in
+                   _h2_answered(busy, busy_conn, (h2.events.PingAckReceived,))), \
+            "a connection with a request under way was ended as idle"
+    finally:
+        for sock in socks:
+            sock.close()
+        if daemon.proc.poll() is None:
+            daemon.stop()
+
+
+def test_an_http2_client_that_only_pings_is_ended_once_idle(ww_home):
+    """A PING is not a request: a connection with no stream open that keeps sending PINGs
+    (a PING answered, the next 50 ms after) is ended after the keep-alive timeout all the
+    same, as Go's HTTP/2 server (kubo's) ends it after its IdleTimeout: from its preface,
+    or once its last stream has closed.  The old daemon answered the first such client's
+    PINGs for as long as it sent them (40 s with a 5 s keep-alive)."""
+    import h2.events
+
+    daemon = Daemon(ww_home, gateway="off", constants=SHORT_KEEP_ALIVE)
+    clients: list[tuple[socket.socket, Any]] = []
+    try:
+        clients.append(_h2_connect(daemon))  # pings from its preface on
+        clients.append(_h2_version_answered(daemon))  # pings once its request is answered
+
+        deadline = time.monotonic() + HANG
+        open_ = list(range(len(clients)))
+        pings = 0
+        while open_ and time.monotonic() < deadline:
+            for i in list(open_):
+                sock, conn = clients[i]
+                conn.ping(b"%08d" % pings)
+                pings += 1
+                try:
+                    sock.sendall(conn.data_to_send())
+                    got = _h2_answered(sock, conn, (h2.events.PingAckReceived,))
+                except (BrokenPipeError, ConnectionResetError):
+                    got = [None]
+                if None in got or any(isinstance(event, h2.events.ConnectionTerminated)
+                                      for event in got):
+                    open_.remove(i)
+            time.sleep(0.05)  # the client's pace, not a wait for the daemon
+        assert not open_, f"{len(open_)} pinging connections still open after {HANG} s"
+    finally:
+        for sock, _ in clients:
+            sock.close()
+        if daemon.proc.poll() is None:
+            daemon.stop()
+
+
+def test_a_stop_ends_http2_connections_with_no_stream_open_at_once(ww_home):
+    """A stop ends idle connections at once, those that sent an HTTP/2 preface and nothing
+    more too: with three open, the old daemon stopped only once the grace was over (10 s;
+    here the grace and the keep-alive timeout are out of reach, so it never stopped).  The
+    daemon's stop is waited for, no timing asserted."""
+    daemon = Daemon(ww_home, gateway="off", constants={"ww.serve.server.KEEP_ALIVE": 3600.0,
+                                                       "ww.serve.server.GRACE": 3600.0})
+    socks = []
+    try:
+        socks = [_sent_raw(daemon, b"") for _ in range(3)]  # each answered a PING
+        daemon.proc.send_signal(signal.SIGTERM)
+        try:
+            daemon.proc.wait(timeout=HANG)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the daemon did not stop within {HANG} s of SIGTERM") from None
+        status, _ = daemon.stop()
+        assert status == 0
+        assert all(_ended(sock, time.monotonic() + HANG) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()

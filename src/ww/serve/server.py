@@ -392,10 +392,11 @@ def limit_stalls(sock: socket.socket, seconds: float = STALL) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
-async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
+async def serve(sites: list[Site], stop: trio.Event, grace: float | None = None,
                 connections: int | None = None, log: Log | None = None) -> None:
     """Serve every site until ``stop`` is set; then stop accepting, let the requests in
-    flight finish for at most ``grace`` seconds, cancel the rest, and return.
+    flight finish for at most ``grace`` seconds (:data:`GRACE`), cancel the rest, and
+    return.
 
     Each site serves at most ``connections`` (:data:`CONNECTIONS`) connections at once: the
     next is accepted only once one has ended, so what the daemon holds for its clients is
@@ -407,7 +408,8 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     and held in the listening socket's backlog, its data in the kernel's buffers, until it
     is accepted.
     An idle connection ends after hypercorn's keep-alive timeout (5 s), a connection that
-    never sends its headers too, so waiting clients move on.
+    never sends its headers too, and an HTTP/2 one with no stream open whatever else it
+    sends (:func:`_bound_http2_apps`), so waiting clients move on; on a stop, at once.
 
     A request whose client stopped reading is stuck in a write hypercorn shields from
     cancellation: once the grace is over, the connections still open are shut down under it
@@ -418,6 +420,7 @@ async def serve(sites: list[Site], stop: trio.Event, grace: float = GRACE,
     event lines: never written on this loop), by default a line on stderr written the same
     way (:func:`ww.host.lines.put`)."""
     connections = CONNECTIONS if connections is None else connections
+    grace = GRACE if grace is None else grace  # read now: a test may have set it
     _read_in_larger_pieces()
     _copy_bodies_once()
     _keep_freed_buffers()
@@ -1038,14 +1041,27 @@ def _bound_http2_apps() -> None:
     request head (:class:`_OneHeadAtATime`), and the rest of the read is decoded once that
     head has been taken up (its app spawned, or its stream refused).  The same buffer
     refuses a head sent in more than :data:`HEAD_SIZE` bytes and drops settings h2 does not
-    know (:class:`_OneHeadAtATime`)."""
+    know (:class:`_OneHeadAtATime`).
+
+    And an HTTP/2 connection with no stream open is idle, ended after :data:`KEEP_ALIVE`
+    seconds as an idle HTTP/1.1 one is (and at once on a stop), whatever else its client
+    sends (PINGs, SETTINGS, WINDOW_UPDATEs: no request), as Go's HTTP/2 server does (its
+    ``IdleTimeout``: the timer runs from the preface, stops as a stream opens, and starts
+    again as the last one closes, a client's RST_STREAM included; a PING leaves it be).
+    (found by attack) hypercorn stopped the connection's idle timer on its preface (which
+    its HTTP/1.1 side takes for a request) and started it again only as a stream's app ended:
+    a connection that sent its preface and nothing more, or whose every stream its client
+    reset, was never ended (open after 40 s with a 5 s keep-alive, PINGs answered), and a
+    stop waited for it until the grace was over (10 s).  Now the timer follows whether the
+    connection has a stream open, seen after the preface, after each read's frames and as a
+    stream's app ends (:func:`_mind_idle`), in place of hypercorn's own starts and stops."""
     import h2.connection
     import h2.errors
     import h2.events
     import h2.exceptions
     from h2.frame_buffer import FrameBuffer
     from h2.settings import SettingCodes
-    from hypercorn.events import RawData
+    from hypercorn.events import RawData, Updated
     from hypercorn.protocol.h2 import H2Protocol
     from hyperframe.frame import HeadersFrame, SettingsFrame
 
@@ -1056,6 +1072,8 @@ def _bound_http2_apps() -> None:
     handle = H2Protocol.handle
     H2Protocol._priority_updated  # noqa: B018 -- what is replaced below, read first too
     init = H2Protocol.__init__
+    initiate = H2Protocol.initiate
+    H2Protocol.idle  # noqa: B018 -- what idleness is taken from, read first too
     FrameBuffer()._data, FrameBuffer._update_header_buffer  # noqa: B018 -- read first: should
     # h2 rename them, this raises
 
@@ -1100,6 +1118,31 @@ def _bound_http2_apps() -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self.connection.incoming_buffer.__class__ = _OneHeadAtATime
+        self._ww_idle = None  # whether the idle timer was last told idle (None: not yet)
+        self._ww_send = send = self.send
+
+        async def send_minding_idle(event: Any) -> None:
+            if isinstance(event, Updated):  # hypercorn's own start or stop of the timer
+                await _mind_idle(self)
+                return
+            await send(event)
+
+        self.send = send_minding_idle
+
+    async def _mind_idle(self: Any) -> None:
+        """Start the connection's idle timer as it comes to have no stream open, stop it as
+        one opens; nothing else (a PING, a refused stream) starts it again.  Not once the
+        connection is closed: its read loop has stopped the timer for good."""
+        if self.closed:
+            return
+        idle = bool(self.idle)
+        if idle is not self._ww_idle:
+            self._ww_idle = idle
+            await self._ww_send(Updated(idle=idle))
+
+    async def _initiate(self: Any, *args: Any, **kwargs: Any) -> None:
+        await initiate(self, *args, **kwargs)
+        await _mind_idle(self)  # after the preface: idle, no stream yet
 
     async def handle_one_head_at_a_time(self: Any, event: Any) -> None:
         await handle(self, event)
@@ -1111,6 +1154,9 @@ def _bound_http2_apps() -> None:
                 and self.connection.state_machine.state is not h2.connection.ConnectionState.CLOSED:
             buffer.stopped = False
             await handle(self, RawData(data=b""))
+        # streams its client reset are closed without a word to the timer (hypercorn told it
+        # only as a stream's app ended, and one reset ends without telling)
+        await _mind_idle(self)
 
     async def _create_stream(self: Any, request: Any) -> None:
         if getattr(self.task_group, "running", 0) >= H2_STREAMS:
@@ -1160,6 +1206,7 @@ def _bound_http2_apps() -> None:
         frames, 14 KB).  Its streams are served in the order the tree has them by default."""
 
     H2Protocol.__init__ = __init__  # type: ignore[method-assign]
+    H2Protocol.initiate = _initiate  # type: ignore[method-assign]
     H2Protocol.handle = handle_one_head_at_a_time  # type: ignore[method-assign]
     H2Protocol._create_stream = _create_stream  # type: ignore[method-assign]
     H2Protocol._handle_events = _handle_events  # type: ignore[method-assign]
