@@ -122,12 +122,13 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
             self.reset_sent = True
         # py-libp2p drops the stream's event without setting it: a task waiting in
         # :meth:`read` waited on until something else woke it (a Bitswap reader of a stream
-        # admission reset for another: 30 s, its place counted meanwhile).  Woken here, it
-        # reads the reset.
-        waiting = self.conn.stream_events.get(self.stream_id)
+        # admission reset for another: 30 s, its place counted meanwhile).  The connection's
+        # events are an :class:`_Events`, which sets an event it drops; one still kept (data
+        # left unread) is set here.  Woken, the read finds the reset.
         try:
             await super().reset()
         finally:
+            waiting = self.conn.stream_events.get(self.stream_id)
             if waiting is not None:
                 waiting.set()
 
@@ -293,6 +294,30 @@ class _Streams(dict):  # type: ignore[type-arg]
         super().clear()
 
 
+class _Events(dict):  # type: ignore[type-arg]
+    """``Yamux.stream_events``: an event dropped is set, so that a read waiting on it ends.
+    py-libp2p drops a stream's event when it is done with the stream, unset; and a read
+    replaces the event each time it wakes, so the one a task waits on may be newer than any
+    taken earlier (data arriving while this host's reset waited for its frame's turn: the
+    read woke, read, and waited again on a new event, which the reset then dropped unset:
+    that read waited for ever)."""
+
+    def __delitem__(self, stream_id: int) -> None:
+        self[stream_id].set()
+        super().__delitem__(stream_id)
+
+    def pop(self, stream_id: int, *default: Any) -> Any:
+        event = super().pop(stream_id, *default)
+        if isinstance(event, trio.Event):
+            event.set()
+        return event
+
+    def clear(self) -> None:
+        for event in self.values():
+            event.set()
+        super().clear()
+
+
 def _release(stream: Any) -> None:
     if isinstance(stream, Stream):
         stream._release()
@@ -304,6 +329,7 @@ class Yamux(_yamux.Yamux):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.streams = _Streams()
+        self.stream_events = _Events()
         self._closing = False  # see cut_sends
         self._sending: trio.CancelScope | None = None  # the frame under way's
 
