@@ -47,6 +47,9 @@ goes"):
   nothing left to keep whole: the frame under way is cut, and later ones (the GO_AWAY) are
   not shielded and wait :data:`CLOSING_WRITE_TIMEOUT` at most, so a stop never waits on a
   peer that reads nothing.
+- **A reset stream's unread data goes with it** (go-yamux's read of a reset stream fails
+  whatever it buffers): py-libp2p kept it, and the stream, 60 to 90 s for its sweeper, while
+  admission no longer counted the stream (see :meth:`Yamux._finalize_stream_locked`).
 - **One Noise message per frame**: data frames carry at most
   :data:`MAX_FRAME_PAYLOAD` bytes, so header and payload fit in one Noise transport message
   (py-libp2p's 64 KiB frames took two, the second of 17 bytes); and no per-frame debug
@@ -332,6 +335,19 @@ class Yamux(_yamux.Yamux):  # type: ignore[misc]
         self.stream_events = _Events()
         self._closing = False  # see cut_sends
         self._sending: trio.CancelScope | None = None  # the frame under way's
+
+    def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
+        """py-libp2p's, but a reset stream's unread data goes with it (go-yamux's read of a
+        reset stream fails whatever it buffers).  py-libp2p kept a fully closed stream whose
+        buffer was not empty, and its buffer, for the stale-stream sweeper (60 to 90 s), past
+        every bound admission counts streams by: a peer that sent 250 KB on each stream
+        whose negotiation then failed (reset here) made the host hold 500 MB in 8 s, on one
+        connection (measured)."""
+        if fully_closed and stream.reset_received:  # (py-libp2p flags our resets so too)
+            buffer = self.stream_buffers.get(stream.stream_id)
+            if buffer:
+                buffer.clear()
+        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
 
     async def open_stream(self) -> Stream:
         stream = await super().open_stream()
