@@ -65,10 +65,11 @@ class Identity:
                         lambda data: private.sign(data, padding.PKCS1v15(), hashes.SHA256()))
 
     @staticmethod
-    def rsa_pkcs1(null_params: bool | None = None) -> Identity:
+    def rsa_pkcs1(null_params: bool | bytes | None = None) -> Identity:
         """An honest RSA identity whose public key go-libp2p does not read: bare PKCS#1
-        RSAPublicKey DER (``null_params`` None), or PKIX whose rsaEncryption algorithm has
-        no NULL parameters (False)."""
+        RSAPublicKey DER (``null_params`` None), PKIX whose rsaEncryption algorithm has
+        no NULL parameters (False), or these bytes as its parameters (a NULL with content,
+        ``05 01 00``: Go takes ``05 00`` only)."""
         from Crypto.Util.asn1 import DerBitString, DerObjectId, DerSequence
 
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -76,6 +77,8 @@ class Identity:
                                                 serialization.PublicFormat.PKCS1)
         if null_params is not None:
             algorithm = [DerObjectId("1.2.840.113549.1.1.1").encode()]
+            if isinstance(null_params, bytes):
+                algorithm.append(null_params)
             der = DerSequence([DerSequence(algorithm).encode(),
                                DerBitString(der).encode()]).encode()
         return Identity(public_key_message(0, der),

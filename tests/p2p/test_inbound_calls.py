@@ -374,7 +374,8 @@ def test_an_rsa_key_go_libp2p_does_not_read_is_no_identity_on_either_path(
     NULL parameters (Go's ``x509.ParsePKIXPublicKey``); pycryptodome's reader, py-libp2p's,
     takes a private key (PKCS#1, PKCS#8) too, and the host served a peer whose identity was
     its private key's encoding; and the host took a bare PKCS#1 public key, or PKIX without
-    the NULL: one key, another peer id than go-libp2p's.  Refused on both paths."""
+    the NULL (or with a NULL holding content, which pycryptodome's DerNull reads): one key,
+    another peer id than go-libp2p's.  Refused on both paths."""
     from tests.p2p.conftest import EXPORTER
     from tests.p2p.noise_dialer import Identity
 
@@ -382,7 +383,8 @@ def test_an_rsa_key_go_libp2p_does_not_read_is_no_identity_on_either_path(
                    cell_file(EXPORTER, "exporter.py"))
     port = int(b.addr.split("/tcp/")[1].split("/")[0])
     for refused in (Identity.rsa_private_encoded(), Identity.rsa_pkcs1(),
-                    Identity.rsa_pkcs1(null_params=False)):
+                    Identity.rsa_pkcs1(null_params=False),
+                    Identity.rsa_pkcs1(null_params=b"\x05\x01\x00")):
         assert not _attempt(port, refused)
     assert _attempt(port, Identity.rsa())
     assert b.stop()[0] == 0

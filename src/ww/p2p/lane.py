@@ -545,7 +545,7 @@ def rsa_public_key(data: bytes) -> Any:
     key was taken as an identity.  At most :data:`MAX_RSA_KEY_BYTES` are decoded: a modulus
     of 60 KB cost py-libp2p's reader 9.2 s of the host's CPU a handshake (measured)."""
     from Crypto.PublicKey import RSA
-    from Crypto.Util.asn1 import DerBitString, DerNull, DerObjectId, DerSequence
+    from Crypto.Util.asn1 import DerBitString, DerObjectId, DerSequence
     from libp2p.crypto.exceptions import CryptographyError
     from libp2p.crypto.rsa import RSAPublicKey
 
@@ -556,7 +556,8 @@ def rsa_public_key(data: bytes) -> Any:
         algorithm = DerSequence().decode(outer[0], strict=True, nr_elements=2)
         if DerObjectId().decode(algorithm[0], strict=True).value != _RSA_OID:
             raise ValueError("not rsaEncryption")
-        DerNull().decode(algorithm[1], strict=True)
+        if algorithm[1] != _NULL:  # Go compares the bytes; pycryptodome's DerNull takes
+            raise ValueError("no NULL parameters")  # a NULL with content (05 01 00)
         bits = DerBitString().decode(outer[1], strict=True).value
         n, e = DerSequence().decode(bits, strict=True, nr_elements=2,
                                     only_ints_expected=True)[:]
@@ -572,6 +573,7 @@ def rsa_public_key(data: bytes) -> Any:
 
 
 _RSA_OID = "1.2.840.113549.1.1.1"  # rsaEncryption (PKCS#1)
+_NULL = b"\x05\x00"  # its parameters, DER's NULL (Go's asn1.NullBytes)
 
 
 def peer_id_of(key: bytes) -> str:

@@ -47,6 +47,9 @@ goes"):
   nothing left to keep whole: the frame under way is cut, and later ones (the GO_AWAY) are
   not shielded and wait :data:`CLOSING_WRITE_TIMEOUT` at most, so a stop never waits on a
   peer that reads nothing.
+- **A reset stream's unread data goes with it** (go-yamux's read of a reset stream fails
+  whatever it buffers): py-libp2p kept it, and the stream, 60 to 90 s for its sweeper, while
+  admission no longer counted the stream (see :meth:`Yamux._finalize_stream_locked`).
 - **One Noise message per frame**: data frames carry at most
   :data:`MAX_FRAME_PAYLOAD` bytes, so header and payload fit in one Noise transport message
   (py-libp2p's 64 KiB frames took two, the second of 17 bytes); and no per-frame debug
@@ -122,12 +125,13 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
             self.reset_sent = True
         # py-libp2p drops the stream's event without setting it: a task waiting in
         # :meth:`read` waited on until something else woke it (a Bitswap reader of a stream
-        # admission reset for another: 30 s, its place counted meanwhile).  Woken here, it
-        # reads the reset.
-        waiting = self.conn.stream_events.get(self.stream_id)
+        # admission reset for another: 30 s, its place counted meanwhile).  The connection's
+        # events are an :class:`_Events`, which sets an event it drops; one still kept (data
+        # left unread) is set here.  Woken, the read finds the reset.
         try:
             await super().reset()
         finally:
+            waiting = self.conn.stream_events.get(self.stream_id)
             if waiting is not None:
                 waiting.set()
 
@@ -293,6 +297,30 @@ class _Streams(dict):  # type: ignore[type-arg]
         super().clear()
 
 
+class _Events(dict):  # type: ignore[type-arg]
+    """``Yamux.stream_events``: an event dropped is set, so that a read waiting on it ends.
+    py-libp2p drops a stream's event when it is done with the stream, unset; and a read
+    replaces the event each time it wakes, so the one a task waits on may be newer than any
+    taken earlier (data arriving while this host's reset waited for its frame's turn: the
+    read woke, read, and waited again on a new event, which the reset then dropped unset:
+    that read waited for ever)."""
+
+    def __delitem__(self, stream_id: int) -> None:
+        self[stream_id].set()
+        super().__delitem__(stream_id)
+
+    def pop(self, stream_id: int, *default: Any) -> Any:
+        event = super().pop(stream_id, *default)
+        if isinstance(event, trio.Event):
+            event.set()
+        return event
+
+    def clear(self) -> None:
+        for event in self.values():
+            event.set()
+        super().clear()
+
+
 def _release(stream: Any) -> None:
     if isinstance(stream, Stream):
         stream._release()
@@ -304,8 +332,22 @@ class Yamux(_yamux.Yamux):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.streams = _Streams()
+        self.stream_events = _Events()
         self._closing = False  # see cut_sends
         self._sending: trio.CancelScope | None = None  # the frame under way's
+
+    def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
+        """py-libp2p's, but a reset stream's unread data goes with it (go-yamux's read of a
+        reset stream fails whatever it buffers).  py-libp2p kept a fully closed stream whose
+        buffer was not empty, and its buffer, for the stale-stream sweeper (60 to 90 s), past
+        every bound admission counts streams by: a peer that sent 250 KB on each stream
+        whose negotiation then failed (reset here) made the host hold 500 MB in 8 s, on one
+        connection (measured)."""
+        if fully_closed and stream.reset_received:  # (py-libp2p flags our resets so too)
+            buffer = self.stream_buffers.get(stream.stream_id)
+            if buffer:
+                buffer.clear()
+        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
 
     async def open_stream(self) -> Stream:
         stream = await super().open_stream()
