@@ -125,7 +125,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
               noise: bool = False) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
-    from libp2p.network.config import ConnectionConfig, RetryConfig
+    from libp2p.network.config import ConnectionConfig
     from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
     from libp2p.security.noise.transport import Transport as Noise
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
@@ -152,12 +152,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
             inbound_stream_protocol_negotiation_timeout=admission.STREAM_NEGOTIATE_TIMEOUT),
         resource_manager=_resource_manager(),
     )
-    # One try an address, as go-libp2p's swarm: py-libp2p's default tried each three times
-    # more (0.1, 0.2, 0.4 s apart), refusals and dead ends alike: a dial to a closed port
-    # took 0.7 s, and whoever hands the host addresses (mDNS, the DHT, a cell) made each
-    # cost four tries (64 made-up mDNS peers held discovery up 45 s).  (new_host takes no
-    # retry_config; new_swarm does, and keeps it here.)
-    host.get_network().retry_config = RetryConfig(max_retries=0)
+    _retry_cut_handshakes_only(host.get_network())
     _disable_auto_connector(host)
     _use_muxer_given(host)
     _bound_rsa_keys()
@@ -165,6 +160,44 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
     return host
+
+
+UPGRADE_RETRIES = 3  # more tries of an address whose host cut the handshake (py-libp2p's 3)
+
+
+def _retry_cut_handshakes_only(swarm: Any) -> None:
+    """A dial tries an address again only where a connection was made and its handshake
+    failed (up to :data:`UPGRADE_RETRIES` more times, py-libp2p's backoff: 0.1, 0.2, 0.4 s):
+    a busy host cuts handshakes past its bounds (``ww.p2p.admission``: 16 at once from one
+    address), and a crowd dialing it at once (a local cluster, hosts behind one NAT joining)
+    gets in on a later try.  py-libp2p's default tried every failed dial so, refusals and
+    dead ends alike: a closed port cost 0.7 s and four connections, and whoever hands the
+    host addresses (mDNS, the DHT, a cell) made each dead one cost that (64 made-up mDNS
+    peers held an honest one up 45 s).  A refused or unreachable address, one the dial
+    policy refuses, a handshake that timed out and a peer id that does not match fail at
+    once, as in go-libp2p's swarm (which tries an address once)."""
+    import trio
+    from libp2p.network.config import RetryConfig
+    from libp2p.network.exceptions import SwarmException
+    from libp2p.transport.exceptions import MuxerUpgradeFailure, SecurityUpgradeFailure
+
+    single = swarm._dial_addr_single_attempt
+    swarm.retry_config = RetryConfig(max_retries=UPGRADE_RETRIES)  # (its backoff's numbers)
+
+    async def dial_with_retry(addr: Any, peer_id: Any, source: Any = None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await single(addr, peer_id, source)
+            except SwarmException as e:
+                cut = isinstance(e.__cause__, (SecurityUpgradeFailure, MuxerUpgradeFailure))
+                if (not cut or attempt >= UPGRADE_RETRIES
+                        or "Peer ID mismatch" in f"{e} {e.__cause__}"):
+                    raise
+            await trio.sleep(swarm._calculate_backoff_delay(attempt))
+            attempt += 1
+
+    swarm._dial_with_retry = dial_with_retry
 
 
 def _resource_manager() -> Any:
