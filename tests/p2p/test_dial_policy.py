@@ -8,11 +8,13 @@ refused before anything is sent (the listener sees nothing); with it they go thr
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -489,3 +491,74 @@ def test_each_run_hands_its_own_dial_policy_to_its_capability_servers(tmp_path: 
     import ww.p2p.dial_policy as module
 
     assert not hasattr(module, "set_for_cells")  # no module-global policy left to set
+
+
+def test_a_join_tries_again_a_peer_that_listens_a_moment_later() -> None:
+    """A dial tries a refused address once; a ``--join`` (at start, once) tries it again a
+    few times (0.1, 0.2, 0.4 s apart): a peer started with this host by one script may
+    listen a moment later.  Here its port refuses the first connect (bound, not listening),
+    and listens as soon as that connect has failed (a relay to the peer, on the same
+    socket): the join connects, with no warning.  Without the join's tries it failed."""
+    from ww.p2p.host import Node
+
+    peer = Node(Identity.from_private_key(PrivateKey.generate()),
+                listen=["/ip4/127.0.0.1/tcp/0"], serve_ww=False, announce=False)
+    peer.start()
+    port_of_peer = int(peer.addrs[0].split("/tcp/")[1].split("/")[0])
+    late = socket.socket()
+    late.bind(("127.0.0.1", 0))  # refuses until it listens
+    warnings: list[str] = []
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                serve_ww=False, announce=False, warn=warnings.append,
+                join=[f"/ip4/127.0.0.1/tcp/{late.getsockname()[1]}/p2p/{peer.peer_id}"])
+    connects: list[object] = []
+
+    def relay() -> None:  # the late port's one connection, to the peer's
+        conn, _ = late.accept()
+        upstream = socket.create_connection(("127.0.0.1", port_of_peer), timeout=HANG)
+
+        def pump(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    b.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+        pump(conn, upstream)
+
+    async def listen_after_the_first_connect() -> None:  # on the host, before the join
+        (tcp,) = node.host.get_network().transport_manager.get_transports()
+        dial = tcp.dial
+
+        async def counted(maddr: object) -> object:
+            connects.append(maddr)
+            try:
+                return await dial(maddr)
+            finally:
+                if len(connects) == 1:  # refused; the peer "starts" now
+                    late.listen(1)
+                    threading.Thread(target=relay, daemon=True).start()
+
+        tcp.dial = counted
+
+    node.add_protocol("/ww-test/unused/1.0.0", lambda stream: None,
+                      setup=listen_after_the_first_connect)
+    node.start()
+    try:
+        node.wait_joined(HANG)
+        joined = node.submit(lambda: _connected(node, peer.peer_id)).result(HANG)
+    finally:
+        node.stop()
+        peer.stop()
+        late.close()
+    assert (warnings, len(connects) >= 2, joined) == ([], True, True)
+
+
+async def _connected(node: Any, peer_id: str) -> bool:
+    from libp2p.peer.id import ID
+
+    return bool(node.host.get_network().get_connections(ID.from_base58(peer_id)))

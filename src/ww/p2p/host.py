@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 START_TIMEOUT = 60.0
 DIAL_TIMEOUT = 10.0  # seconds to connect and open a /ww/0.1.0 stream
 JOIN_TIMEOUT = 10.0  # seconds for each --join at start-up
+# seconds between the tries of a --join that failed: a peer started with this one (a script
+# that starts both) may listen a moment later; a dial alone tries a refused address once
+JOIN_RETRIES = (0.1, 0.2, 0.4)
 STOP_TIMEOUT = 3.0  # seconds to close connections when stopping
 MAX_STREAMS = 256  # concurrent /ww/0.1.0 streams, both directions together
 
@@ -592,9 +595,20 @@ class Node:
     async def _join_one(self, addr: str) -> None:
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
+        from ww.p2p.dial_policy import AddressNotAllowed
+
         try:
             with trio.fail_after(JOIN_TIMEOUT):
-                await self.dial(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                for delay in (*JOIN_RETRIES, None):
+                    try:
+                        await self.dial(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                        return
+                    except AddressNotAllowed:
+                        raise
+                    except Exception:
+                        if delay is None:
+                            raise
+                    await trio.sleep(delay)
         except Exception as e:
             self._warn(f"p2p: --join {addr}: cannot connect ({chained_reason(e)})")
 
