@@ -107,22 +107,34 @@ def test_a_frame_with_its_header_fits_one_noise_message() -> None:
     assert MAX_FRAME_PAYLOAD + HEADER_SIZE == MAX_PLAINTEXT_LENGTH
 
 
+HOLD = "/ww-test/hold/1.0.0"
+
+
+async def _holder(stream: object) -> None:
+    """HOLD's handler: sends nothing; reads until the reset."""
+    try:
+        while await stream.read():  # type: ignore[attr-defined]
+            pass
+    except Exception:
+        pass
+
+
+async def _read_once(stream: Any, ended: list[str]) -> None:
+    """One read of ``stream``; how it ended goes to ``ended``."""
+    try:
+        await stream.read()
+        ended.append("read returned")
+    except Exception as e:
+        ended.append(type(e).__name__)
+
+
 def test_a_stream_reset_here_ends_the_read_waiting_on_it() -> None:
     """A task reads a stream the peer sends nothing on; another task of this host resets it
     (admission giving its place to another, Bitswap giving up a stalled peer).  py-libp2p
     dropped the stream's event without setting it: the read waited on until something else
     woke it (a Bitswap reader 30 s; here, with nothing else, for ever).  Now the read ends
     with the reset, and nothing of the stream is left in the connection's tables."""
-    hold = "/ww-test/hold/1.0.0"
-
-    async def holder(stream: object) -> None:  # sends nothing; reads until the reset
-        try:
-            while await stream.read():  # type: ignore[attr-defined]
-                pass
-        except Exception:
-            pass
-
-    server, client = _started_pair(hold, holder)
+    server, client = _started_pair(HOLD, _holder)
     try:
         async def reset_while_reading() -> tuple[str, bool, bool, bool]:
             import trio
@@ -132,19 +144,12 @@ def test_a_stream_reset_here_ends_the_read_waiting_on_it() -> None:
 
             info = info_from_p2p_addr(Multiaddr(server.addrs[0]))
             await client.dial(info)
-            stream = await client.host.new_stream(info.peer_id, [hold])
+            stream = await client.host.new_stream(info.peer_id, [HOLD])
             muxed = stream.muxed_stream
             ended: list[str] = []
 
-            async def read() -> None:
-                try:
-                    await stream.read()
-                    ended.append("read returned")
-                except Exception as e:
-                    ended.append(type(e).__name__)
-
             async with trio.open_nursery() as nursery:  # ends once the read has
-                nursery.start_soon(read)
+                nursery.start_soon(_read_once, stream, ended)
                 await trio.testing.wait_all_tasks_blocked()  # the read waits for data
                 assert not ended
                 await stream.reset()
@@ -221,6 +226,58 @@ def test_a_stream_reset_here_ends_its_read_while_the_peer_keeps_sending() -> Non
         server.stop()
     assert ended == rounds
     assert left == []
+
+
+def test_a_reset_given_up_while_its_frame_waits_its_turn_ends_the_read() -> None:
+    """A reset given up while its RST frame waits for its turn (the DHT bounds its resets by
+    ``RPC_TIMEOUT``; another frame holds the connection meanwhile, here the test holding the
+    connection's write lock, a stand-in for a frame to a slow reader) has flagged the stream
+    reset, but py-libp2p's reset never got to drop the stream and its event: the read waiting
+    on the stream waited on (for py-libp2p's sweeper, up to 30 s) unless :meth:`Stream.reset`
+    set the event itself."""
+    server, client = _started_pair(HOLD, _holder)
+    try:
+        async def reset_given_up_while_reading() -> tuple[str, bool, bool]:
+            import trio
+            import trio.testing
+            from libp2p.peer.peerinfo import info_from_p2p_addr
+            from multiaddr import Multiaddr
+
+            info = info_from_p2p_addr(Multiaddr(server.addrs[0]))
+            await client.dial(info)
+            stream = await client.host.new_stream(info.peer_id, [HOLD])
+            muxed = stream.muxed_stream
+            conn = muxed.conn
+            ended: list[str] = []
+
+            async def reset(giving_up: Any) -> None:
+                with giving_up:
+                    await stream.reset()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_once, stream, ended)
+                await trio.testing.wait_all_tasks_blocked()  # the read waits for data
+                giving_up = trio.CancelScope()
+                async with conn._write_lock:  # a frame under way: the RST waits its turn
+                    nursery.start_soon(reset, giving_up)
+                    await trio.testing.wait_all_tasks_blocked()
+                    giving_up.cancel()
+                    await trio.testing.wait_all_tasks_blocked()
+                assert giving_up.cancelled_caught and muxed.reset_received
+                # the read, woken, ends with no I/O: by the time every task waits again
+                # (without the event set, py-libp2p's sweeper woke it, up to 30 s later)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            return (ended[0] if ended else "still waiting",
+                    muxed.stream_id in conn.stream_events, muxed.stream_id in conn.streams)
+
+        how, event_left, stream_left = client.submit(
+            reset_given_up_while_reading).result(TIMEOUT)
+    finally:
+        client.stop()
+        server.stop()
+    assert how == "StreamReset"
+    assert (event_left, stream_left) == (False, False)
 
 
 @pytest.mark.parametrize("peer_resets", [False, True])

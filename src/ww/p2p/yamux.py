@@ -126,11 +126,11 @@ class Stream(_yamux.YamuxStream):  # type: ignore[misc]
         # py-libp2p drops the stream's event without setting it: a task waiting in
         # :meth:`read` waited on until something else woke it (a Bitswap reader of a stream
         # admission reset for another: 30 s, its place counted meanwhile).  The connection's
-        # events are an :class:`_Events`, which sets an event it drops; one still kept (data
-        # left unread) is set here.  Woken, the read finds the reset.
+        # events are an :class:`_Events`, which sets an event it drops; woken, the read finds
+        # the reset.
         try:
             await super().reset()
-        finally:
+        finally:  # a reset given up while its RST waits its turn is flagged, never dropped
             waiting = self.conn.stream_events.get(self.stream_id)
             if waiting is not None:
                 waiting.set()
