@@ -12,7 +12,7 @@ import contextlib
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,15 +292,8 @@ def test_a_dial_tries_a_refused_address_once_and_a_cut_handshake_again(
                 serve_ww=False, announce=False, warn=lambda message: None)
     node.start()
     try:
-        (tcp,) = node.host.get_network().transport_manager.get_transports()
         connects: list[object] = []
-        dial = tcp.dial
-
-        async def counted(maddr: object) -> object:  # counts, then dials for real
-            connects.append(maddr)
-            return await dial(maddr)
-
-        tcp.dial = counted
+        _count_connects(node, connects)
         with socket.socket() as closed:
             closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
             with pytest.raises(P2PError):
@@ -530,20 +523,13 @@ def test_a_join_tries_again_a_peer_that_listens_a_moment_later() -> None:
         threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
         pump(conn, upstream)
 
+    def peer_starts(connected: int) -> None:
+        if connected == 1:  # refused; the peer "starts" now
+            late.listen(1)
+            threading.Thread(target=relay, daemon=True).start()
+
     async def listen_after_the_first_connect() -> None:  # on the host, before the join
-        (tcp,) = node.host.get_network().transport_manager.get_transports()
-        dial = tcp.dial
-
-        async def counted(maddr: object) -> object:
-            connects.append(maddr)
-            try:
-                return await dial(maddr)
-            finally:
-                if len(connects) == 1:  # refused; the peer "starts" now
-                    late.listen(1)
-                    threading.Thread(target=relay, daemon=True).start()
-
-        tcp.dial = counted
+        _count_connects(node, connects, then=peer_starts)
 
     node.add_protocol("/ww-test/unused/1.0.0", lambda stream: None,
                       setup=listen_after_the_first_connect)
@@ -556,6 +542,25 @@ def test_a_join_tries_again_a_peer_that_listens_a_moment_later() -> None:
         peer.stop()
         late.close()
     assert (warnings, len(connects) >= 2, joined) == ([], True, True)
+
+
+def _count_connects(node: Any, connects: list[object],
+                    then: Callable[[int], None] | None = None) -> None:
+    """Count the connects ``node``'s TCP transport makes: each one's address goes to
+    ``connects``, then it is dialed for real; ``then(len(connects))`` runs once it is done
+    (connected or failed)."""
+    (tcp,) = node.host.get_network().transport_manager.get_transports()
+    dial = tcp.dial
+
+    async def counted(maddr: object) -> object:
+        connects.append(maddr)
+        try:
+            return await dial(maddr)
+        finally:
+            if then is not None:
+                then(len(connects))
+
+    tcp.dial = counted
 
 
 async def _connected(node: Any, peer_id: str) -> bool:
