@@ -544,6 +544,27 @@ def test_a_join_tries_again_a_peer_that_listens_a_moment_later() -> None:
     assert (warnings, len(connects) >= 2, joined) == ([], True, True)
 
 
+def test_a_join_whose_handshakes_are_cut_is_tried_as_a_dial_is(listener: Listener) -> None:
+    """A dial already tries a cut handshake again (UPGRADE_RETRIES times more); a ``--join``
+    tried every failed dial again three times on top: a join to a host that cuts every
+    handshake (here the listener closes each connection at once) cost 16 connects.  The
+    join tries again only a dial that made no connection (refused, unreachable), so a cut
+    handshake costs what it costs a dial: 1 + UPGRADE_RETRIES connects, then the warning."""
+    from ww.p2p.host import UPGRADE_RETRIES, Node
+
+    warnings: list[str] = []
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                serve_ww=False, announce=False, warn=warnings.append,
+                join=[f"/ip4/127.0.0.1/tcp/{listener.port}/p2p/{PEER}"])
+    node.start()
+    try:
+        node.wait_joined(HANG)
+    finally:
+        node.stop()
+    assert len(warnings) == 1 and "cannot connect" in warnings[0], warnings
+    assert listener.offered() == 1 + UPGRADE_RETRIES
+
+
 def _count_connects(node: Any, connects: list[object],
                     then: Callable[[int], None] | None = None) -> None:
     """Count the connects ``node``'s TCP transport makes: each one's address goes to

@@ -60,8 +60,9 @@ if TYPE_CHECKING:
 START_TIMEOUT = 60.0
 DIAL_TIMEOUT = 10.0  # seconds to connect and open a /ww/0.1.0 stream
 JOIN_TIMEOUT = 10.0  # seconds for each --join at start-up
-# seconds between the tries of a --join that failed: a peer started with this one (a script
-# that starts both) may listen a moment later; a dial alone tries a refused address once
+# seconds between the tries of a --join that made no connection (refused, unreachable): a
+# peer started with this one (a script that starts both) may listen a moment later; a dial
+# alone tries a refused address once (a cut handshake it tries again itself: not the join)
 JOIN_RETRIES = (0.1, 0.2, 0.4)
 STOP_TIMEOUT = 3.0  # seconds to close connections when stopping
 MAX_STREAMS = 256  # concurrent /ww/0.1.0 streams, both directions together
@@ -201,6 +202,25 @@ def _retry_cut_handshakes_only(swarm: Any) -> None:
             attempt += 1
 
     swarm._dial_with_retry = dial_with_retry
+
+
+def _no_connection_made(e: BaseException) -> bool:
+    """Whether a failed dial made no connection at any address (each refused or unreachable):
+    the failure the swarm tries once and a ``--join`` again (:data:`JOIN_RETRIES`).  A cut
+    handshake the swarm tried again already (:func:`_retry_cut_handshakes_only`); a join
+    trying it again too made each try four (16 connects to a host cutting every handshake)."""
+    from libp2p.exceptions import MultiError
+    from libp2p.transport.exceptions import OpenConnectionError
+
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:  # the swarm's errors, one an address
+        seen.add(id(cause))
+        if isinstance(cause, MultiError):
+            return bool(cause.errors) and all(
+                isinstance(error.__cause__, OpenConnectionError) for error in cause.errors)
+        cause = cause.__cause__
+    return False
 
 
 def _resource_manager() -> Any:
@@ -605,8 +625,8 @@ class Node:
                         return
                     except AddressNotAllowed:
                         raise
-                    except Exception:
-                        if delay is None:
+                    except Exception as e:
+                        if delay is None or not _no_connection_made(e):
                             raise
                     await trio.sleep(delay)
         except Exception as e:
