@@ -221,11 +221,11 @@ def test_a_few_new_blocks_are_synced_each_not_with_the_whole_file_system(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """(found by attack) A `dag import` of a one-block CAR, an `add` of 100 bytes, made their
     blocks durable with a ``syncfs``: it writes out everything on the file system not yet
-    written, other writers' too, so with 2 GB left unsynced by another writer each took 0.8-0.9
-    s (an fsync: 9-41 ms), and a client sending small CARs or files one after another made
-    the daemon sync the whole file system for each.  Now a batch of up to SYNC_EACH new blocks
-    is synced with an fsync each, a larger one with one syncfs (counted; the blocks are there
-    after the node is opened again)."""
+    written, other writers' too, so with 2 GiB left unsynced by another writer each took 0.1
+    to 0.8 s (an fsync each: 7-27 ms; benchmarks/sync_small.py), and a client sending small
+    CARs or files one after another made the daemon sync the whole file system for each.
+    Now a batch of up to SYNC_EACH new blocks is synced with an fsync each, a larger one with
+    one syncfs (counted; the blocks are there after the node is opened again)."""
     from ww.core import multihash
     from ww.core.cid import RAW
     from ww.core.fsutil import SYNC_EACH

@@ -43,9 +43,9 @@ def sync_filesystem(path: Path) -> None:
 
 # Files a batch written unsynced makes durable with an fsync each; more: one syncfs
 # (SyncedTogether).  A syncfs writes out everything on the file system not yet written, other
-# writers' too: with 2 GB left unsynced by another writer, a `dag import` of a one-block CAR
-# took 0.8-0.9 s (an fsync: 9-41 ms), an `add` of 100 bytes 0.7-0.8 s (benchmarks/
-# sync_small.py); an fsync each costs about 1.2 ms a file here, so 32 cost some 40 ms at most.
+# writers' too: with 2 GiB left unsynced by another writer, a `dag import` of a one-block CAR
+# took 0.1-0.8 s, an `add` of 100 bytes 0.1-0.6 s (an fsync each: 11-25 ms and 7-27 ms;
+# benchmarks/sync_small.py); an fsync costs about 1.2 ms a file here, 32 some 40 ms.
 SYNC_EACH = 32
 
 
