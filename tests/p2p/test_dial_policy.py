@@ -588,3 +588,29 @@ async def _connected(node: Any, peer_id: str) -> bool:
     from libp2p.peer.id import ID
 
     return bool(node.host.get_network().get_connections(ID.from_base58(peer_id)))
+
+
+def test_a_join_that_gets_no_answer_says_so_in_its_warning(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """(found by attack) A ``--join`` of a peer that accepts TCP and never speaks ends at
+    JOIN_TIMEOUT (here made 1 s: the peer never answers, however long); its warning gave the
+    cancelled dial's reason, "Exceptions from Trio nursery (1 sub-exception)", not that
+    nothing answered.  One connect (the first try waited the whole bound)."""
+    import ww.p2p.host
+    from ww.p2p.host import Node
+
+    monkeypatch.setattr(ww.p2p.host, "JOIN_TIMEOUT", 1.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever speaks
+    addr = f"/ip4/127.0.0.1/tcp/{silent.getsockname()[1]}/p2p/{PEER}"
+    warnings: list[str] = []
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[], serve_ww=False,
+                announce=False, warn=warnings.append, join=[addr])
+    node.start()
+    try:
+        node.wait_joined(HANG)
+    finally:
+        node.stop()
+        silent.close()
+    assert warnings == [f"p2p: --join {addr}: cannot connect (no answer within 1 s)"], warnings

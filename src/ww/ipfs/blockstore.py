@@ -31,7 +31,7 @@ from types import TracebackType
 
 from ww.core import multihash
 from ww.core.cid import CID
-from ww.core.fsutil import fsync_dir, sync_filesystem, write_new_file
+from ww.core.fsutil import SyncedTogether, fsync_dir, write_new_file
 
 from .api import CorruptBlockError, IpfsError, NotFoundError
 
@@ -205,8 +205,9 @@ class BatchWriter:
 
     Hashing (in the caller's thread) and disk writes overlap, and a few writer threads keep
     the disk busy; the queue is bounded so memory stays at a few blocks.  Blocks are not
-    fsynced one by one: :meth:`close` waits for every write, makes the whole batch durable with
-    one ``syncfs`` of the repository's file system (the pin that follows is written only
+    fsynced as they are written: :meth:`close` waits for every write, makes the whole batch
+    durable with one ``syncfs`` of the repository's file system, or an fsync each if they are
+    few (:class:`~ww.core.fsutil.SyncedTogether`) (the pin that follows is written only
     after it), and re-raises the first write error.  Use it as a context manager: on an
     exception it stops without raising.
     """
@@ -225,6 +226,7 @@ class BatchWriter:
         self._queue: queue.Queue[object] = queue.Queue(self._QUEUE_BLOCKS // self._BATCH)
         self._batch: list[tuple[CID, tuple[bytes, ...]]] = []
         self._dirty: set[Path] = set()
+        self._written = SyncedTogether(store.root)
         self._queued: dict[bytes, None] = {}  # the last _REMEMBERED queued, oldest first
         self._error: BaseException | None = None
         self._closed = False
@@ -263,6 +265,7 @@ class BatchWriter:
                     shard = self._store.put(cid, parts, sync=False)
                     if shard is not None:
                         self._dirty.add(shard)  # set.add is atomic under the GIL
+                        self._written.add(self._store.path_for(cid.multihash))
                 except BaseException as err:  # reported to the producer
                     self._error = err
 
@@ -286,8 +289,7 @@ class BatchWriter:
             if isinstance(err, OSError) and err.errno == errno.ENOSPC:
                 raise IpfsError("no space left on the device holding the repository") from err
             raise IpfsError(f"writing blocks failed: {err}") from err
-        if self._dirty:
-            sync_filesystem(self._store.root)
+        self._written.sync()  # an fsync each for a few blocks, else one syncfs
         for shard in self._dirty:
             fsync_dir(shard)
         self._dirty.clear()

@@ -629,6 +629,10 @@ class Node:
                         if delay is None or not _no_connection_made(e):
                             raise
                     await trio.sleep(delay)
+        except trio.TooSlowError:  # its reason would be the cancelled dial's (a nursery's
+            # "Exceptions from Trio nursery (1 sub-exception)"), not the bound
+            self._warn(f"p2p: --join {addr}: cannot connect (no answer within "
+                       f"{JOIN_TIMEOUT:g} s)")
         except Exception as e:
             self._warn(f"p2p: --join {addr}: cannot connect ({chained_reason(e)})")
 
