@@ -52,8 +52,8 @@ class Bridges:
     """The streams bridged now (any connection), against :data:`MAX_BRIDGED`."""
 
     def __init__(self) -> None:
-        self.open = 0
-        self.refused = 0
+        self.pairs: set[_Pair] = set()  # (the loop's)
+        self.refused = 0  # streams reset at a bound (the loop's and the libp2p thread's)
 
 
 class _Pair:
@@ -114,8 +114,7 @@ class _Pair:
 
     def py_eof(self) -> None:
         self.sock_eof = True
-        if not self.lane_eof:
-            self.stream.write_eof()
+        self.stream.write_eof()
         self._maybe_done()
 
     def py_lost(self) -> None:
@@ -129,7 +128,7 @@ class _Pair:
     def _end(self, reset: bool) -> None:
         self.done = True
         self.reset = reset
-        self.bridges.open -= 1
+        self.bridges.pairs.discard(self)
         if reset:
             self.stream.reset()
             if self.sock is not None:
@@ -181,17 +180,17 @@ async def _bridge(stream: Any, bridges: Bridges, replay: bytes,
     """On the loop: ``stream`` (a native stream, negotiated or raw) bridged to a socket pair;
     py-libp2p's end and the pair, or None (the bound is reached, or the stream went
     meanwhile: reset)."""
-    if bridges.open >= MAX_BRIDGED:
+    if len(bridges.pairs) >= MAX_BRIDGED:
         bridges.refused += 1
         stream.reset()
         return None
-    bridges.open += 1
     pair = _Pair(stream, bridges, swallow)
+    bridges.pairs.add(pair)
     ours, theirs = _socketpair()
     try:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: _SockSide(pair), ours)
     except BaseException:
-        bridges.open -= 1
+        bridges.pairs.discard(pair)
         ours.close()
         theirs.close()
         stream.reset()
@@ -233,6 +232,8 @@ class BridgedStream:
             self.is_reset = True
         if not data:
             self.read_closed = True
+            if self.write_closed:
+                self.sock.close()
             if self.is_reset or self.pair.reset:
                 self.is_reset = True
                 raise MuxedStreamReset("stream reset")
@@ -271,6 +272,22 @@ class BridgedStream:
             self.is_reset = True
             bridge.call_in_loop(self.muxed_conn.loop, self.pair.py_lost)
             self.sock.close()
+
+    async def linger(self, seconds: float) -> None:
+        """After its handler has returned (admission's ``_linger``): what the peer still
+        sends is dropped until it closes its side, within ``seconds``, and ours is closed
+        (if the handler did not); else the stream is reset."""
+        from libp2p.stream_muxer.exceptions import MuxedStreamError
+
+        with trio.move_on_after(seconds):
+            try:
+                while True:
+                    await self.read()
+            except MuxedStreamError:  # its end (or a reset)
+                pass
+            await self.close()
+            return
+        await self.reset()
 
     def set_deadline(self, ttl: int) -> None:
         """(py-libp2p's Yamux ignores it too)"""
@@ -365,11 +382,13 @@ class BridgedConn:
             bridge.call_in_loop(self.loop, pair.py_lost)
 
     async def open_stream(self) -> BridgedStream:
-        from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
+        from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamReset
 
         if self._closed:
             raise MuxedConnUnavailable("connection closed")
         got = await _on_loop(self.loop, self._open_on_loop)
+        if got is None and not self._closed:
+            raise MuxedStreamReset(f"more than {MAX_BRIDGED} streams bridged")
         if got is None:
             raise MuxedConnUnavailable("connection closed")
         return BridgedStream(self, *got)
