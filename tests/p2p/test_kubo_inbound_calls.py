@@ -11,6 +11,7 @@ list, loopback only), `ww` in the same one.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,34 @@ def test_kubo_with_an_rsa_identity_connects_to_a_calls_host(lan: KuboLan, tmp_pa
         while peer not in lan.kubo(0, "peers")["peers"]:
             assert time.monotonic() < deadline, "kubo never listed the host as a peer"
             time.sleep(0.05)  # a poll: kubo tells no one of a new connection
+        r = lan.run([WW, "call", addr, "echo", "still", "serving"],
+                    env={"WW_HOME": str(tmp_path / "caller")})
+        assert (r["rc"], r["stdout"]) == (0, "still serving\n"), r["stderr"]
+    finally:
+        done = lan.finish(n)
+    assert done["rc"] == 0, done["stderr"][-3000:]
+
+
+def test_kubo_fetches_over_the_connection_it_dialed_to_a_host_serving_calls_natively(
+        lan: KuboLan, tmp_path: Path) -> None:
+    """With `--inbound full` (the default) the connection kubo dials is served by the native
+    connection (its calls in C) and every other protocol of it by py-libp2p through
+    ww.p2p.hybrid: kubo's identify learns the host, its Bitswap wants reach the host's
+    Bitswap on streams kubo opens, and the blocks come back on streams the host opens on
+    that same connection (a few MiB: the socket pairs' flow control in play)."""
+    home = {"WW_HOME": str(tmp_path / "home")}
+    data = bytes(random.Random(7).randbytes(3 * 1024 * 1024 + 5))
+    (tmp_path / "file.bin").write_bytes(data)
+    exported = lan.run([WW, "export", "-Q", str(tmp_path / "file.bin")], env=home)
+    assert exported["rc"] == 0, exported["stderr"]
+    cid = exported["stdout"].strip()
+    n, line = lan.spawn([WW, "run", "--with-p2p", "--with-ipfs", "--listen",
+                         "/ip4/127.0.0.1/tcp/0", str(ROOT / "examples/service_cell.py")],
+                        env=home, cwd=str(ROOT))
+    try:
+        addr = line.strip()
+        assert lan.kubo(0, "connect", addr=addr)["code"] == 0  # kubo dials: /noise
+        assert lan.fetched(0, cid, tmp_path / "fetched.bin") == data
         r = lan.run([WW, "call", addr, "echo", "still", "serving"],
                     env={"WW_HOME": str(tmp_path / "caller")})
         assert (r["rc"], r["stdout"]) == (0, "still serving\n"), r["stderr"]

@@ -245,12 +245,14 @@ def test_a_lane_proposal_reaches_the_acceptor_unread_and_the_lane_owns_the_socke
     _until(node, lambda c: c["inbound"] == 0 and c["handshakes"] == 0)
 
 
-def test_py_libp2p_and_go_libp2p_dialers_are_not_diverted(start, lanes) -> None:
-    """With a lane acceptor set: a ww node's py-libp2p dial and `/ww/0.1.0` stream, a raw
-    client sending multistream's header and `/noise` at once (go-libp2p's way), and one
-    sending the header alone and waiting for ours (py-libp2p's way: a prefix of the lane's
-    proposal, so waiting for more would hang it) all reach py-libp2p as before; the acceptor
-    is never called."""
+def test_a_go_libp2p_dialer_goes_to_the_lane_and_a_py_libp2p_one_does_not(start,
+                                                                         lanes) -> None:
+    """With a lane acceptor set (the cell exports): a ww node's py-libp2p dial and
+    `/ww/0.1.0` stream, and a raw client sending multistream's header alone and waiting for
+    ours (py-libp2p's way: a prefix of the proposals, so it waits PROPOSAL_WAIT and then
+    reaches py-libp2p) are not diverted; a raw client sending the header and `/noise` at
+    once (go-libp2p's way) is handed to the acceptor (the native connection, which hands
+    its other protocols back to py-libp2p: ww.p2p.hybrid)."""
     node = start()
     lane = lanes()
     node.serve_lane(lane.accept)
@@ -263,15 +265,16 @@ def test_py_libp2p_and_go_libp2p_dialers_are_not_diverted(start, lanes) -> None:
         sock.close()
     assert peer_id == peer.peer_id
     with _client(node) as client:
-        client.sendall(HEADER + NOISE)
-        assert _read(client, len(HEADER + NOISE)) == HEADER + NOISE
-    with _client(node) as client:
         client.sendall(HEADER)
         assert _read(client, len(HEADER)) == HEADER
         client.sendall(NOISE)
         assert _read(client, len(NOISE)) == NOISE
     assert lane.calls == 0
     assert _counts(node)["lane_in"] == 0
+    with _client(node) as client:
+        client.sendall(HEADER + NOISE)
+        _until(node, lambda c: c["lane_in"] == 1)
+    assert lane.calls == 1
 
 
 def test_without_a_lane_acceptor_py_libp2p_answers_na(start, lanes) -> None:

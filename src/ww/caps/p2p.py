@@ -58,7 +58,7 @@ class P2PServer(_cell.P2P.Server):  # type: ignore[name-defined,misc]
             self._exports.set(hold(context.params.service))
             self._node.serve(self._exports.accept)
             self._node.serve_lane(self._exports.lane_acceptor(
-                self._node.identity.private_key.seed))
+                self._node.identity.private_key.seed, self._node.rest()))
         else:
             self._node.serve_lane(None)
             self._node.serve(None)

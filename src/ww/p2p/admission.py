@@ -734,6 +734,9 @@ async def _linger(stream: Any) -> None:
     has :data:`STREAM_LINGER` seconds to close its side (an honest one reads the answer
     and closes); what it sends meanwhile is dropped, and then the stream is reset."""
     muxed = getattr(stream, "muxed_stream", None)
+    if (linger := getattr(muxed, "linger", None)) is not None:  # ww.p2p.hybrid's
+        await linger(STREAM_LINGER)
+        return
     events = getattr(getattr(muxed, "conn", None), "stream_events", None)
     buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
     if events is None or buffers is None:

@@ -52,6 +52,7 @@ from ww.core.identity import Identity
 from ww.p2p import splice
 
 if TYPE_CHECKING:
+    from ww.p2p import lane
     from ww.p2p.admission import LaneAccept
     from ww.p2p.dial_policy import DialPolicy
 
@@ -361,6 +362,7 @@ class Node:
         self._accept: Accept | None = None
         self._lane: LaneAccept | None = None
         self._streams = 0
+        self._bridges: Any = None  # streams bridged to py-libp2p (ww.p2p.hybrid.Bridges)
         self._budget: splice.Budget | None = None
         self.addrs: list[str] = []  # where we really listen, each ending in /p2p/<peer id>
         self._thread: threading.Thread | None = None
@@ -492,6 +494,39 @@ class Node:
         A node made with ``serve_ww=False`` never diverts a connection."""
         self._lane = accept
 
+    def rest(self) -> lane.Rest | None:
+        """For :meth:`ww.p2p.protocol.Exports.lane_acceptor`: what serves the protocols other
+        than `/ww/0.1.0` and ping of a served connection a libp2p peer that is not ww dialed
+        (``/noise``): py-libp2p, through :mod:`ww.p2p.hybrid`; None with ``inbound_calls``
+        (they are answered ``na``)."""
+        if self.inbound_calls:
+            return None
+        from ww.p2p import hybrid
+
+        if self._bridges is None:
+            self._bridges = hybrid.Bridges()
+        bridges = self._bridges
+
+        def rest(conn: lane.LaneConn, ip: str, ticket: Any) -> None:
+            hybrid.Rest(conn, ip, ticket, bridges,
+                        lambda muxed: self._portal.start_soon(self._add_bridged, muxed, ip))
+
+        return rest
+
+    async def _add_bridged(self, muxed: Any, ip: str) -> None:
+        """(the libp2p thread) A served native connection joins the swarm (its streams
+        counted by admission as ``ip``'s) until it ends."""
+        network = self._host.get_network()
+        admission = network.admission
+        admission.ip_of[muxed] = ip
+        try:
+            conn = await network.add_conn(muxed, direction="inbound")
+            await conn.event_closed.wait()
+        except Exception:  # py-libp2p's own limits
+            await muxed.close()
+        finally:
+            admission.ip_of.pop(muxed, None)
+
     def when_session_ends(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` from :meth:`end_session` (on the thread that calls that)."""
         self._session_end.append(callback)
@@ -539,8 +574,7 @@ class Node:
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
         host = _new_host(self.identity, self.dial_policy,
-                         (lambda: self._lane) if self._serve_ww else None,
-                         self.inbound_calls)
+                         (lambda: self._lane) if self._serve_ww else None, True)
         _report_identified(host, self._identified)
         if self._serve_ww:
             host.set_stream_handler(PROTOCOL_ID, self._inbound)

@@ -164,6 +164,10 @@ class Negotiation:
                     self.write(ms_line(line))
                     self._done()
                     handler(self)
+                elif (rest := getattr(self.conn, "bridge", None)) is not None:
+                    self.proto = line  # not answered: py-libp2p negotiates it again
+                    self._done()
+                    rest(self, line)
                 elif self._neg_state > MAX_PROPOSALS:
                     raise ValueError("multistream: too many proposals")
                 else:
@@ -318,6 +322,11 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         self.negotiating = 0  # inbound streams in negotiation
         self.max_inbound = MAX_STREAMS  # the C resets SYNs past it, unseen by _new_stream
         self.pings = 0  # ping streams open
+        # What takes an inbound stream proposing a protocol not served here, with the
+        # proposal, unanswered (ww.p2p.hybrid: py-libp2p); None: answered na
+        self.bridge: Callable[[LaneStream, str], None] | None = None
+        # Called once the peer is known (``peer_id`` set), before any stream is read
+        self.on_handshake: Callable[[], None] | None = None
         self._handshake: asyncio.Future[bytes] | None = None
         # A served one's admission ticket: its ``streams`` kept to the inbound streams open
         # (set as one opens, and every TICKET_REFRESH seconds as they close)
@@ -372,6 +381,8 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
             raise ConnectionError("connection closed")
         if other_keys and (other := self.other_identity()) is not None:
             self.peer_id = checked_identity(*other)
+        if self.on_handshake is not None:
+            self.on_handshake()
         self.loop.add_reader(fd, self.readable)
         self.readable()  # bytes that came with the handshake's last read
 
@@ -394,7 +405,7 @@ class LaneConn(_native.Conn):  # type: ignore[misc]
         are parsed by the C before Python hears of the reset)."""
         stream = self.streams[sid] = LaneStream(self, sid, False)
         inbound = self.inbound()
-        if inbound > MAX_STREAMS or self.negotiating >= MAX_NEGOTIATING:
+        if inbound > self.max_inbound or self.negotiating >= MAX_NEGOTIATING:
             stream.reset()
             return stream
         if self.ticket is not None:
@@ -666,9 +677,13 @@ def _close(conn: LaneConn | None, sock: socket.socket) -> None:
 
 
 OnWw = Callable[[Any, str], None]  # (a /ww/0.1.0 stream as a capnp.AsyncIoStream, peer id)
+# (the connection, the peer's address, its ticket): what serves the other protocols of a
+# connection that is not the lane's (ww.p2p.hybrid), set up once its peer is known
+Rest = Callable[[LaneConn, str, Any], None]
 
 
-async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: OnWw) -> None:
+async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: OnWw,
+                rest: Rest | None = None) -> None:
     """Serve one inbound lane connection, on the loop, until it closes.
 
     ``sock``: the accepted TCP socket, its lane proposal unread; ``ip``: the peer's address;
@@ -680,7 +695,9 @@ async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: O
     :data:`HANDSHAKE_TIMEOUT`;
     each `/ww/0.1.0` stream the peer opens is given to ``on_ww`` (on the loop, at once: it
     must not block) with the peer's id; ping is answered; the bounds are the connection's
-    (the module's docstring)."""
+    (the module's docstring).  ``rest``: a connection that is not a lane's (a libp2p
+    peer's ``/noise``) is given to it once its peer is known, for every other protocol;
+    without it they are answered ``na``."""
     loop = asyncio.get_running_loop()
     conn: LaneConn | None = None
     try:
@@ -696,13 +713,19 @@ async def serve(sock: socket.socket, seed: bytes, ip: str, ticket: Any, on_ww: O
             on_ww(bounded_stream(stream), lane_conn.peer_id)
 
         conn.handlers[PROTOCOL_ID] = on_stream
+
+        def handshaken() -> None:
+            lane_conn.peer_id = lane_conn.peer_id or peer_id_of(lane_conn.remote_key)
+            if rest is not None and not lane_conn.lane:
+                rest(lane_conn, ip, ticket)
+
+        conn.on_handshake = handshaken
         ticket.on_close(lambda: _close_from_any_thread(loop, lane_conn))
         try:
             await conn.handshake(seed, None, timeout=HANDSHAKE_TIMEOUT, lane=True,
                                  other_keys=True)
         except ConnectionError:
             return
-        conn.peer_id = conn.peer_id or peer_id_of(conn.remote_key)
         ticket.handshaken()
         conn.ticket = ticket
         while not conn.closed.done():  # (the C tells nothing as a stream closes: counted)

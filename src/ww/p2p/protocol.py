@@ -84,18 +84,20 @@ class Exports:
         if not bridge.start_in_loop(loop, self._serve, sock, peer):
             raise P2PError("nothing exported")  # the loop is closed: the cell's session is over
 
-    def lane_acceptor(self, seed: bytes) -> Callable[[socket.socket, str, Any], None]:
+    def lane_acceptor(self, seed: bytes, rest: lane.Rest | None = None,
+                      ) -> Callable[[socket.socket, str, Any], None]:
         """For the host's lane door: ``accept(sock, ip, ticket)``, called on the libp2p
         thread with an inbound lane connection (:func:`ww.p2p.lane.serve`), served on this
-        loop as the node whose Ed25519 seed is ``seed``.  Raises P2PError, the socket and
-        the ticket left to the caller, when nothing is exported."""
+        loop as the node whose Ed25519 seed is ``seed``; ``rest`` serves the other protocols
+        of a connection that is not the lane's (:meth:`ww.p2p.host.Node.rest`).  Raises
+        P2PError, the socket and the ticket left to the caller, when nothing is exported."""
 
         def accept(sock: socket.socket, ip: str, ticket: Any) -> None:
             loop = self._loop
             if loop is None or self.current is None:
                 raise P2PError("nothing exported")
             if not bridge.start_in_loop(
-                loop, lane.serve, sock, seed, ip, ticket, self.serve_lane_stream
+                loop, lane.serve, sock, seed, ip, ticket, self.serve_lane_stream, rest
             ):
                 raise P2PError("nothing exported")
 
