@@ -67,23 +67,24 @@ process, or remote peers reaching the host through a local proxy (an ssh ``-R`` 
 
 The native lane (the C libp2p connection ww hosts call `/ww/0.1.0` over) shares the port: a
 ww lane dialer proposes :data:`LANE` as the security protocol, sending multistream's header
-and the proposal in one write (:data:`LANE_PROPOSAL`).  When a lane acceptor is set
+and the proposal in one write (:data:`LANE_PROPOSAL`). When a lane acceptor is set
 (:meth:`ww.p2p.host.Node.serve_lane`: the cell exports something), each connection, once it
 has its place (counted as above: no byte is read before), is peeked at: its first bytes to
 arrive, within :data:`HANDSHAKE_TIMEOUT` (a peer that sends nothing is cut then, as by
-py-libp2p's handshake), are looked at with ``MSG_PEEK`` and left in the kernel.  Exactly
-:data:`LANE_PROPOSAL`: the connection is handed to the acceptor (a duplicate of its socket;
-this handler keeps the listener's until the lane ends, since the listener closes it when
-the handler returns); anything else (py-libp2p's dialer sends the header alone and waits
-for ours, go-libp2p's the header and ``/noise``) goes to py-libp2p untouched, and no more
-bytes are ever waited for.  (So py-libp2p, which writes multistream's header at once,
-writes it only after the peer's first bytes: every dialer speaks first, py-libp2p's,
-go-libp2p's and the lane's.)  Without an acceptor nothing is peeked at.  A lane connection
-holds its place (per address, in all) until the lane says it ended (:class:`LaneTicket`);
-it counts as in its handshake until the lane says its Noise handshake is done, within
-:data:`HANDSHAKE_TIMEOUT` of the accept (else it is shut down and counted
-``handshake_failed``); once set up it may give its place to a newcomer as any other (its
-age from the end of its handshake, idle when the lane says it has no stream open).  Its
+py-libp2p's handshake), are looked at with ``MSG_PEEK`` and left in the kernel. Exactly
+:data:`LANE_PROPOSAL` (or, with ``noise``, as a ww host's node sets it, go-libp2p's and
+js-libp2p's :data:`NOISE_PROPOSAL` or :data:`SIMOPEN_PROPOSAL`, whose start is waited for
+:data:`PROPOSAL_WAIT` to come whole): the connection is handed to the acceptor (a duplicate
+of its socket; this handler keeps the listener's until the lane ends, since the listener
+closes it when the handler returns); anything else (py-libp2p's dialer sends the header
+alone and waits for ours) goes to py-libp2p untouched. (So py-libp2p, which writes
+multistream's header at once, writes it only after the peer's first bytes: every dialer
+speaks first, py-libp2p's, go-libp2p's and the lane's.) Without an acceptor nothing is
+peeked at. A lane connection holds its place (per address, in all) until the lane says it
+ended (:class:`LaneTicket`); it counts as in its handshake until the lane says its Noise
+handshake is done, within :data:`HANDSHAKE_TIMEOUT` of the accept (else it is shut down and
+counted ``handshake_failed``); once set up it may give its place to a newcomer as any other
+(its age from the end of its handshake, idle when the lane says it has no stream open). Its
 streams are the lane's to bound: admission's stream bounds count py-libp2p's streams only.
 
 Why not py-libp2p's own: 0.8.1 caps inbound connections at 250 with a slot taken at accept

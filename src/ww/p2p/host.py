@@ -347,10 +347,11 @@ class Node:
         thread; the embedded IPFS node serves Bitswap this way); ``serve_ww=False`` leaves
         `/ww/0.1.0` out, ``announce=False`` keeps quiet about a port 0 listen.
         ``dial_policy``: where the host may connect (None: wherever it is told, as for
-        `ww call`, whose one address the operator typed).  ``inbound_calls``: while the
-        cell exports something, inbound connections proposing ``/noise`` (libp2p peers that
-        are not ww) go to the lane as ww's own do (:meth:`serve_lane`): they carry
-        `/ww/0.1.0` and ping only (`ww run --inbound calls`, docs/p2p.md)."""
+        `ww call`, whose one address the operator typed).  While the cell exports
+        something, inbound connections proposing ``/noise`` (libp2p peers that are not ww)
+        go to the lane as ww's own do (:meth:`serve_lane`), their other protocols handed
+        back to py-libp2p (:meth:`rest`); ``inbound_calls``: they carry `/ww/0.1.0` and
+        ping only (`ww run --inbound calls`, docs/p2p.md)."""
         self.identity = identity
         self.inbound_calls = inbound_calls
         self.dial_policy = dial_policy
@@ -482,7 +483,7 @@ class Node:
 
     def serve_lane(self, accept: LaneAccept | None) -> None:
         """Hand every new inbound connection whose first bytes propose the lane
-        (:data:`ww.p2p.admission.LANE_PROPOSAL`; with ``inbound_calls``, ``/noise`` as well)
+        (:data:`ww.p2p.admission.LANE_PROPOSAL`, and ``/noise``: :meth:`rest`)
         to ``accept``; ``None``: none (py-libp2p
         takes every connection, and answers ``na`` to the lane: nothing is peeked at).
 

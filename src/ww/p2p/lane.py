@@ -23,7 +23,10 @@ Every connection, dialed or served, bounds what the peer may open on it: at most
 :data:`MAX_STREAMS` inbound streams open; ping (:data:`PING`) on at most
 :data:`MAX_PING_STREAMS` streams; `/ww/0.1.0` only where a handler is given (the served
 ones: :class:`ww.p2p.protocol.Exports` bounds them per peer and in all); ``na`` to anything
-else.  The constants that mirror :mod:`ww.p2p.admission`'s are repeated here because that
+else, unless the connection's ``bridge`` takes it (a served ``/noise`` connection's other
+protocols go to py-libp2p: :mod:`ww.p2p.hybrid`, which raises ``max_inbound`` to
+admission's bound for streams, whose bounds then hold them).  The constants that mirror
+:mod:`ww.p2p.admission`'s are repeated here because that
 module loads py-libp2p, which `ww call` on the lane never imports
 (tests/p2p/test_lane.py checks they agree).
 
