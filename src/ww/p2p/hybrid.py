@@ -227,7 +227,7 @@ class BridgedStream:
         size = READ_SIZE if n is None or n < 0 else min(n, READ_SIZE)
         try:
             data = await self.sock.recv(size)
-        except OSError:
+        except (OSError, trio.ClosedResourceError):  # (reset here meanwhile: closed)
             data = b""
             self.is_reset = True
         if not data:
@@ -252,7 +252,7 @@ class BridgedStream:
             while view:
                 sent = await self.sock.send(view)
                 view = view[sent:]
-        except OSError:
+        except (OSError, trio.ClosedResourceError):
             self.is_reset = True
             raise MuxedStreamReset("stream reset") from None
 
