@@ -43,8 +43,14 @@ __all__ = ["ACCEPT_QUEUE", "MAX_BRIDGED", "BridgedConn", "BridgedStream", "Bridg
 
 MAX_BRIDGED = 1024  # streams bridged at once, all connections (two descriptors each)
 ACCEPT_QUEUE = 16  # a connection's inbound streams handed over, not yet taken by the swarm
-PAIR_BUFFER = 64 * 1024  # each socket of a pair buffers this much (send and receive)
-READ_SIZE = 64 * 1024  # the most one read of a bridged stream returns
+PAIR_BUFFER = 32 * 1024  # each socket of a pair buffers this much (send and receive)
+READ_SIZE = 16 * 1024  # the most one read of either end hands over at once
+SOCK_HIGH = 32 * 1024  # unsent to the pair past this: the native stream is not read
+NATIVE_HIGH = 64 * 1024  # unsent to the peer past this: the pair is not read
+STREAM_READ = 64 * 1024  # the most one read of a BridgedStream (py-libp2p's) returns
+# (so a bridged stream holds in the host, besides its Yamux window of what came unread,
+# at most SOCK_HIGH + READ_SIZE one way and NATIVE_HIGH + READ_SIZE the other, and the
+# pair's kernel buffers)
 _HEADER = lane.ms_line("/multistream/1.0.0")
 
 
@@ -53,6 +59,7 @@ class Bridges:
 
     def __init__(self) -> None:
         self.pairs: set[_Pair] = set()  # (the loop's)
+        self.buf = bytearray(READ_SIZE)  # (the loop's) every read's, copied out at once
         self.refused = 0  # streams reset at a bound (the loop's and the libp2p thread's)
 
 
@@ -70,17 +77,16 @@ class _Pair:
         self.sock_eof = False  # py-libp2p closed its side
         self.reset = False  # the stream was reset (either side), or its connection went
         self.done = False
-        self.buf = bytearray(READ_SIZE)
 
     # -- the native stream's protocol (asyncio's BufferedProtocol calls)
     def connection_made(self, _transport: Any) -> None: ...
 
     def get_buffer(self, _hint: int) -> memoryview:
-        return memoryview(self.buf)
+        return memoryview(self.bridges.buf)
 
     def buffer_updated(self, n: int) -> None:
         if self.sock is not None and not self.done:
-            self.sock.write(bytes(self.buf[:n]))
+            self.sock.write(bytes(self.bridges.buf[:n]))
 
     def eof_received(self) -> None:
         self.lane_eof = True
@@ -139,16 +145,22 @@ class _Pair:
                 self.sock.close()
 
 
-class _SockSide(asyncio.Protocol):
+class _SockSide(asyncio.BufferedProtocol):
+    """Our socket's protocol: what py-libp2p writes goes to the native stream."""
+
     def __init__(self, pair: _Pair) -> None:
         self.pair = pair
 
     def connection_made(self, transport: Any) -> None:
+        transport.set_write_buffer_limits(high=SOCK_HIGH)
         self.pair.sock = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, _hint: int) -> memoryview:
+        return memoryview(self.pair.bridges.buf)
+
+    def buffer_updated(self, n: int) -> None:
         if not self.pair.done:
-            self.pair.from_py(data)
+            self.pair.from_py(bytes(self.pair.bridges.buf[:n]))
 
     def eof_received(self) -> bool:
         if not self.pair.done:
@@ -197,6 +209,7 @@ async def _bridge(stream: Any, bridges: Bridges, replay: bytes,
         raise
     if replay:
         pair.sock.write(replay)
+    stream.set_write_buffer_limits(high=NATIVE_HIGH)
     stream.connect(pair)
     if pair.done:  # lost before it was handed over
         theirs.close()
@@ -224,7 +237,7 @@ class BridgedStream:
             raise MuxedStreamReset("stream reset")
         if self.read_closed:
             raise MuxedStreamEOF("stream closed for reading")
-        size = READ_SIZE if n is None or n < 0 else min(n, READ_SIZE)
+        size = STREAM_READ if n is None or n < 0 else min(n, STREAM_READ)
         try:
             data = await self.sock.recv(size)
         except (OSError, trio.ClosedResourceError):  # (reset here meanwhile: closed)
