@@ -356,3 +356,52 @@ def test_the_connection_leaves_the_swarm_and_admission_when_it_ends() -> None:
             await until(lambda: not node._bridges.pairs)
 
     run(main)
+
+
+def test_a_stream_bridged_when_no_descriptor_is_left_is_reset_and_holds_nothing() -> None:
+    """The process is out of file descriptors (EMFILE: many peers' streams, a low soft
+    limit) when a stream is to be bridged: it is reset and counted as refused, and holds no
+    place of MAX_BRIDGED (it held one for good, and its native stream stayed open,
+    unanswered); once descriptors are free again streams are bridged as before."""
+    import os
+    import resource
+
+    async def main() -> None:
+        async with served(Handlers()) as node:
+            conn = await dial(node)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            filler: list[int] = []
+            try:
+                async with asyncio.timeout(HANG):  # (the host's identify holds a place)
+                    await conn.identify_asked.wait()
+                await until(lambda: not node._bridges.pairs)
+                highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+                with contextlib.suppress(OSError):
+                    while True:  # every descriptor taken
+                        filler.append(os.open(os.devnull, os.O_RDONLY))
+                starved = conn.open(ECHO)
+                await until(lambda: bool(node._bridges.refused or node._bridges.pairs))
+                for fd in filler:
+                    os.close(fd)
+                filler.clear()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                assert not node._bridges.pairs
+                assert node._bridges.refused == 1
+                async with asyncio.timeout(HANG):
+                    with pytest.raises(ConnectionError):
+                        await starved.negotiated
+                stream, got = await opened(conn, ECHO)
+                stream.write(b"again")
+                stream.write_eof()
+                async with asyncio.timeout(HANG):
+                    await got.eof
+                assert bytes(got.data) == b"again"
+                await until(lambda: not node._bridges.pairs)
+            finally:
+                for fd in filler:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                conn.close()
+
+    run(main)

@@ -180,25 +180,33 @@ class _SockSide(asyncio.BufferedProtocol):
 
 def _socketpair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
-    for s in (a, b):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PAIR_BUFFER)
-        s.setblocking(False)
+    try:
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PAIR_BUFFER)
+            s.setblocking(False)
+    except OSError:
+        a.close()
+        b.close()
+        raise
     return a, b
 
 
 async def _bridge(stream: Any, bridges: Bridges, replay: bytes,
                   swallow: bytes) -> tuple[socket.socket, _Pair] | None:
     """On the loop: ``stream`` (a native stream, negotiated or raw) bridged to a socket pair;
-    py-libp2p's end and the pair, or None (the bound is reached, or the stream went
-    meanwhile: reset)."""
-    if len(bridges.pairs) >= MAX_BRIDGED:
+    py-libp2p's end and the pair, or None (the bound is reached, no descriptor is left, or
+    the stream went meanwhile: reset)."""
+    try:
+        if len(bridges.pairs) >= MAX_BRIDGED:
+            raise OSError("bound")
+        ours, theirs = _socketpair()
+    except OSError:  # the bound, or no descriptor left (EMFILE): nothing is held
         bridges.refused += 1
         stream.reset()
         return None
     pair = _Pair(stream, bridges, swallow)
     bridges.pairs.add(pair)
-    ours, theirs = _socketpair()
     try:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: _SockSide(pair), ours)
     except BaseException:
