@@ -21,14 +21,18 @@ peer loses nothing (identify, Bitswap, the DHT, ...):
   (which the native side has sent already) is dropped on the way out.  So the host's own
   negotiation and admission's stream bounds hold these streams as any py-libp2p stream.
 
-Bounds, besides admission's: :data:`MAX_BRIDGED` streams bridged at once in all (each two
-descriptors), :data:`ACCEPT_QUEUE` of a connection's streams waiting for the swarm; past
-either the stream is reset.
+Bounds, besides admission's: at most :data:`MAX_BRIDGED` streams bridged at once in all
+(each two descriptors: fewer if the process may not open that many, :func:`descriptors`),
+as many of one address as admission lets it open (``_max_streams``); a newcomer past the
+bound in all takes the place of the oldest stream of the address holding the most, if that
+one holds at least 2 more than the newcomer's (as admission's streams are shared), else it
+is reset; :data:`ACCEPT_QUEUE` of a connection's streams waiting for the swarm, more reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import threading
 from collections.abc import Callable
@@ -54,13 +58,67 @@ STREAM_READ = 64 * 1024  # the most one read of a BridgedStream (py-libp2p's) re
 _HEADER = lane.ms_line("/multistream/1.0.0")
 
 
-class Bridges:
-    """The streams bridged now (any connection), against :data:`MAX_BRIDGED`."""
+FD_RESERVE = 512  # descriptors left to all else (admission's 128 connections take 256)
+FD_WANTED = 1 << 16  # the soft limit raised to (at most the hard one), as Go's runtime does
 
-    def __init__(self) -> None:
-        self.pairs: set[_Pair] = set()  # (the loop's)
+
+def descriptors() -> int:
+    """How many streams may be bridged at once: :data:`MAX_BRIDGED`, or fewer if the
+    process may not open two descriptors for each beside :data:`FD_RESERVE` (its soft
+    limit of open files is first raised towards :data:`FD_WANTED`, within the hard one: a
+    soft limit of 1024 is common, and 1024 pairs took all of it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_WANTED if hard == resource.RLIM_INFINITY else min(FD_WANTED, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_BRIDGED
+    return max(0, min(MAX_BRIDGED, (soft - FD_RESERVE) // 2))
+
+
+class Bridges:
+    """The streams bridged now (any connection), against their bounds (the module's)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = descriptors() if limit is None else limit
+        self.pairs: dict[_Pair, None] = {}  # (the loop's)
+        self.by_ip: dict[str, dict[_Pair, None]] = {}  # of each counted address, oldest first
         self.buf = bytearray(READ_SIZE)  # (the loop's) every read's, copied out at once
         self.refused = 0  # streams reset at a bound (the loop's and the libp2p thread's)
+        self.evicted = 0  # bridged streams reset to give their place to a newcomer
+
+    def room(self, ip: str) -> bool:
+        """Whether a new stream of ``ip`` may be bridged, the oldest of the address holding
+        the most reset for it if all places are taken (the module's bounds)."""
+        from ww.p2p.admission import _max_streams
+
+        held = len(self.by_ip.get(ip, ()))
+        if held >= _max_streams(ip):
+            return False
+        if len(self.pairs) < self.limit:
+            return True
+        heaviest = max(self.by_ip, key=lambda a: len(self.by_ip[a]), default=None)
+        if heaviest is None or len(self.by_ip[heaviest]) < held + 2:
+            return False
+        self.evicted += 1
+        next(iter(self.by_ip[heaviest]))._end(reset=True)
+        return True
+
+    def add(self, pair: _Pair) -> None:
+        self.pairs[pair] = None
+        self.by_ip.setdefault(pair.ip, {})[pair] = None
+
+    def discard(self, pair: _Pair) -> None:
+        self.pairs.pop(pair, None)
+        held = self.by_ip.get(pair.ip)
+        if held is not None:
+            held.pop(pair, None)
+            if not held:
+                del self.by_ip[pair.ip]
 
 
 class _Pair:
@@ -68,9 +126,10 @@ class _Pair:
     py-libp2p's.  ``swallow``: bytes py-libp2p writes first that are not sent (its answer to
     a header the native side answered already)."""
 
-    def __init__(self, stream: Any, bridges: Bridges, swallow: bytes = b"") -> None:
+    def __init__(self, stream: Any, bridges: Bridges, ip: str, swallow: bytes = b"") -> None:
         self.stream = stream
         self.bridges = bridges
+        self.ip = ip  # the peer's address as admission counts it
         self.swallow = swallow
         self.sock: Any = None  # the asyncio transport of our socket
         self.lane_eof = False  # the peer closed its side
@@ -134,7 +193,7 @@ class _Pair:
     def _end(self, reset: bool) -> None:
         self.done = True
         self.reset = reset
-        self.bridges.pairs.discard(self)
+        self.bridges.discard(self)
         if reset:
             self.stream.reset()
             if self.sock is not None:
@@ -192,25 +251,25 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-async def _bridge(stream: Any, bridges: Bridges, replay: bytes,
+async def _bridge(stream: Any, bridges: Bridges, ip: str, replay: bytes,
                   swallow: bytes) -> tuple[socket.socket, _Pair] | None:
     """On the loop: ``stream`` (a native stream, negotiated or raw) bridged to a socket pair;
     py-libp2p's end and the pair, or None (the bound is reached, no descriptor is left, or
     the stream went meanwhile: reset)."""
     try:
-        if len(bridges.pairs) >= MAX_BRIDGED:
+        if not bridges.room(ip):
             raise OSError("bound")
         ours, theirs = _socketpair()
     except OSError:  # the bound, or no descriptor left (EMFILE): nothing is held
         bridges.refused += 1
         stream.reset()
         return None
-    pair = _Pair(stream, bridges, swallow)
-    bridges.pairs.add(pair)
+    pair = _Pair(stream, bridges, ip, swallow)
+    bridges.add(pair)
     try:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: _SockSide(pair), ours)
     except BaseException:
-        bridges.pairs.discard(pair)
+        bridges.discard(pair)
         ours.close()
         theirs.close()
         stream.reset()
@@ -337,6 +396,7 @@ class BridgedConn:
         self.port = port
         self.bridges = bridges
         self.token = token  # the libp2p thread's
+        self.counted_ip = ip  # as admission counts the address (Rest sets it)
         self.event_started = trio.Event()  # (set on the libp2p thread, by start)
         self._closed = False
         self._accepted: trio.MemorySendChannel[tuple[socket.socket, _Pair]]
@@ -409,7 +469,7 @@ class BridgedConn:
             raise MuxedConnUnavailable("connection closed")
         got = await _on_loop(self.loop, self._open_on_loop)
         if got is None and not self._closed:
-            raise MuxedStreamReset(f"more than {MAX_BRIDGED} streams bridged")
+            raise MuxedStreamReset("no place for another bridged stream")
         if got is None:
             raise MuxedConnUnavailable("connection closed")
         return BridgedStream(self, *got)
@@ -424,7 +484,7 @@ class BridgedConn:
             return None
         stream = conn.streams[sid] = lane.LaneStream(conn, sid, True)
         stream._done()  # not negotiated here: py-libp2p negotiates on it
-        return await _bridge(stream, self.bridges, b"", b"")
+        return await _bridge(stream, self.bridges, self.counted_ip, b"", b"")
 
 
 def _drop(loop: asyncio.AbstractEventLoop, got: tuple[socket.socket, _Pair]) -> None:
@@ -485,6 +545,7 @@ class Rest:
 
         peer = conn.sock.getpeername()
         self.muxed = BridgedConn(conn, str(peer[0]), int(peer[1]), bridges, ticket._token)
+        self.muxed.counted_ip = ip
         self.conn = conn
         self.bridges = bridges
         self._tasks: set[asyncio.Task[None]] = set()
@@ -504,7 +565,8 @@ class Rest:
         task.add_done_callback(self._tasks.discard)
 
     async def _inbound(self, stream: Any, proposal: str) -> None:
-        got = await _bridge(stream, self.bridges, _HEADER + lane.ms_line(proposal), _HEADER)
+        got = await _bridge(stream, self.bridges, self.muxed.counted_ip,
+                            _HEADER + lane.ms_line(proposal), _HEADER)
         if got is not None and not _to_libp2p(self.muxed, self.muxed._hand, *got):
             _drop(self.muxed.loop, got)
 
