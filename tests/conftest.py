@@ -12,6 +12,16 @@ import pytest
 
 WW = str(Path(sys.executable).with_name("ww"))
 
+try:  # py-libp2p in this process dials as ww's own hosts do (ww.p2p.host's patch,
+    # process-wide: whichever test made a host first would otherwise decide it for the rest
+    # of the worker); `header_alone` (tests/p2p/conftest.py) gives py-libp2p's own back
+    from ww.p2p.host import _propose_with_the_header
+
+    _propose_with_the_header()
+except ImportError:  # (no py-libp2p: the tests that need it are skipped)
+    pass
+
+
 # Bounds that only stop a hang, generous by design: a test waits for an event (a line, an
 # exit, a file) and asserts on what happened, never on how fast.  A slow machine never
 # reaches them; a test that does has hung.

@@ -155,6 +155,21 @@ def start_host(home) -> Iterator:
 
 
 @pytest.fixture
+def header_alone() -> Iterator[None]:
+    """py-libp2p's own multistream-select client for the test (every py-libp2p dialer of
+    the process writes the header alone and waits for the listener's, as py-libp2p 0.8.1
+    does), instead of ww's, which proposes with the header (ww.p2p.host)."""
+    from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+
+    ours = MultiselectClient.select_one_of
+    MultiselectClient.select_one_of = ours._ww_original  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        MultiselectClient.select_one_of = ours  # type: ignore[method-assign]
+
+
+@pytest.fixture
 def peer(tmp_path: Path):
     """A bare libp2p node of our own (py-libp2p, no lane): ``peer.open(addr)`` gives a raw
     `/ww/0.1.0` socket, through the host's splice."""

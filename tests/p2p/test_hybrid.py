@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -146,10 +147,21 @@ async def served(handlers: Handlers) -> AsyncIterator[Node]:
         await asyncio.get_running_loop().run_in_executor(None, node.stop)
 
 
-async def dial(node: Node) -> lane.LaneConn:
-    """A connection to ``node`` proposing ``/noise`` alone; its ``me`` is the dialer's id."""
+async def dial(node: Node, source: str = "127.0.0.1") -> lane.LaneConn:
+    """A connection to ``node`` proposing ``/noise`` alone, from the local address
+    ``source``; its ``me`` is the dialer's id."""
     seed = PrivateKey.generate().seed
-    conn = await lane.dial(node.addrs[0], seed, timeout=HANG, lane=False)
+    if source == "127.0.0.1":
+        conn = await lane.dial(node.addrs[0], seed, timeout=HANG, lane=False)
+    else:  # (lane.dial binds no source: its steps here, from another loopback address)
+        family, host, port, peer, key = lane.endpoint(node.addrs[0])
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        conn = lane.LaneConn(sock, True)
+        await conn.handshake(seed, key, timeout=HANG)
+        conn.peer_id = peer
     conn.me = PrivateKey(seed).peer_id  # type: ignore[attr-defined]
     asked = conn.identify_asked = asyncio.Event()  # type: ignore[attr-defined]
 
@@ -332,6 +344,44 @@ def test_streams_past_the_bridges_bound_are_reset(monkeypatch) -> None:
     run(main)
 
 
+def test_an_address_holding_every_bridged_place_gives_one_up_to_a_newcomer(
+        monkeypatch) -> None:
+    """All MAX_BRIDGED places taken by one address (127.0.0.2's streams of a protocol whose
+    handler never ends): a stream from another address (127.0.0.3) takes the place of the
+    oldest of them (reset) and is served; a further stream of the address holding them all
+    is reset instead (it would hold no fewer than the others).  Before, the newcomer was
+    reset: 6 addresses filled the 1024 places and shut every other peer's Bitswap and
+    identify out (found by attack)."""
+    monkeypatch.setattr(hybrid, "MAX_BRIDGED", 4)
+
+    async def main() -> None:
+        async with served(Handlers()) as node:
+            hog = await dial(node, "127.0.0.2")
+            newcomer = await dial(node, "127.0.0.3")
+            try:
+                for conn in (hog, newcomer):  # (the host's identify holds a place a while)
+                    async with asyncio.timeout(HANG):
+                        await conn.identify_asked.wait()
+                await until(lambda: not node._bridges.pairs)
+                held = [await opened(hog, HOLD) for _ in range(4)]
+                stream, got = await opened(newcomer, ECHO)
+                async with asyncio.timeout(HANG):
+                    await held[0][1].lost  # the oldest gave its place
+                stream.write(b"served")  # (echoed; the stream stays open, its place held)
+                await until(lambda: bytes(got.data) == b"served")
+                assert not any(h[1].lost.done() for h in held[1:])
+                one_more = hog.open(HOLD)
+                with pytest.raises(ConnectionError):
+                    async with asyncio.timeout(HANG):
+                        await one_more.negotiated
+                assert (node._bridges.evicted, node._bridges.refused) == (1, 1)
+            finally:
+                hog.close()
+                newcomer.close()
+
+    run(main)
+
+
 def test_the_connection_leaves_the_swarm_and_admission_when_it_ends() -> None:
     """The dialer closes: the swarm lets the connection go, admission forgets its address,
     and every bridged stream goes with it."""
@@ -356,3 +406,75 @@ def test_the_connection_leaves_the_swarm_and_admission_when_it_ends() -> None:
             await until(lambda: not node._bridges.pairs)
 
     run(main)
+
+
+def test_a_stream_bridged_when_no_descriptor_is_left_is_reset_and_holds_nothing() -> None:
+    """The process is out of file descriptors (EMFILE: many peers' streams, a low soft
+    limit) when a stream is to be bridged: it is reset and counted as refused, and holds no
+    place of MAX_BRIDGED (it held one for good, and its native stream stayed open,
+    unanswered); once descriptors are free again streams are bridged as before."""
+    import os
+    import resource
+
+    async def main() -> None:
+        async with served(Handlers()) as node:
+            conn = await dial(node)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            filler: list[int] = []
+            try:
+                async with asyncio.timeout(HANG):  # (the host's identify holds a place)
+                    await conn.identify_asked.wait()
+                await until(lambda: not node._bridges.pairs)
+                highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+                with contextlib.suppress(OSError):
+                    while True:  # every descriptor taken
+                        filler.append(os.open(os.devnull, os.O_RDONLY))
+                starved = conn.open(ECHO)
+                await until(lambda: bool(node._bridges.refused or node._bridges.pairs))
+                for fd in filler:
+                    os.close(fd)
+                filler.clear()
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                assert not node._bridges.pairs
+                assert node._bridges.refused == 1
+                async with asyncio.timeout(HANG):
+                    with pytest.raises(ConnectionError):
+                        await starved.negotiated
+                stream, got = await opened(conn, ECHO)
+                stream.write(b"again")
+                stream.write_eof()
+                async with asyncio.timeout(HANG):
+                    await got.eof
+                assert bytes(got.data) == b"again"
+                await until(lambda: not node._bridges.pairs)
+            finally:
+                for fd in filler:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                conn.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("soft, hard, places, raised", [
+    (1024, 1024, (1024 - hybrid.FD_RESERVE) // 2, 1024),  # a common default: 256 places
+    (1024, 4096, hybrid.MAX_BRIDGED, 4096),  # the soft limit raised: every place
+    (600, 600, (600 - hybrid.FD_RESERVE) // 2, 600)])
+def test_the_bridged_places_fit_the_descriptors_the_process_may_open(
+        soft, hard, places, raised) -> None:
+    """Two descriptors a bridged stream: the places are what the soft limit of open files
+    leaves beside FD_RESERVE, once that limit is raised as far as the hard one allows.
+    Before, 1024 places (2048 descriptors) under a soft limit of 1024: 3 connections
+    holding 497 streams made every accept of the host fail (found by attack).  (In a child
+    process: a hard limit lowered cannot be raised again.)"""
+    import subprocess
+    import sys
+
+    code = ("import resource\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+            "from ww.p2p import hybrid\n"
+            "print(hybrid.descriptors(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=HANG, check=True).stdout.split()
+    assert [int(n) for n in out] == [places, raised]

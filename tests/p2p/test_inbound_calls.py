@@ -138,10 +138,10 @@ def test_a_first_write_that_arrives_in_two_pieces_still_goes_native(start_host,
 
 
 def test_a_py_libp2p_dialer_still_reaches_a_calls_host_through_py_libp2p(
-        start_host, cell_file, peer) -> None:
-    """py-libp2p's dialer sends multistream's header alone and waits for ours: with
-    `--inbound calls` the door gives it ``PROPOSAL_WAIT`` to say more, then py-libp2p takes
-    the connection as before, and the call goes through."""
+        start_host, cell_file, header_alone, peer) -> None:
+    """py-libp2p's own dialer (not ww's: ``header_alone``) sends multistream's header alone
+    and waits for ours: the door gives it ``PROPOSAL_WAIT`` to say more, then py-libp2p
+    takes the connection as before, and the call goes through."""
     from tests.p2p.conftest import EXPORTER
 
     b = start_host("b", "--with-p2p", "--listen", LOOPBACK, "--inbound", "calls",

@@ -161,6 +161,7 @@ def _new_host(identity: Identity, policy: DialPolicy | None = None,
     _disable_auto_connector(host)
     _use_muxer_given(host)
     _bound_rsa_keys()
+    _propose_with_the_header()
     admission.install(host, lane, noise)  # what remote peers' connections may hold
     if str(host.get_id()) != identity.peer_id:  # the node key and libp2p must agree
         raise P2PError(f"libp2p derived peer id {host.get_id()} for node {identity.peer_id}")
@@ -260,6 +261,51 @@ def _bound_rsa_keys() -> None:
 
     serialization.key_type_to_public_key_deserializer[KeyType.RSA.value] = rsa_public_key
     RSAPublicKey.from_bytes = staticmethod(rsa_public_key)  # type: ignore[method-assign]
+
+
+def _propose_with_the_header() -> None:
+    """py-libp2p 0.8.1's multistream-select client writes the header, waits for the
+    listener's, and only then proposes: a round trip more than go-libp2p's and js-libp2p's,
+    which write the header and their one proposal at once.  And a ww host whose cell exports
+    takes a connection whose first write is the header and ``/noise`` to its native
+    connection at once, but waits ``PROPOSAL_WAIT`` (0.5 s) for the rest of a first write
+    that is the header alone (js-libp2p's two sends may arrive apart): so every py-libp2p
+    dial of one ww host to another that exports cost 0.5 s more (measured: the admission
+    tests' 148 connections 66 s, from 20 s).  Here a selection of one protocol (the
+    security protocol, the muxer, a stream's protocol: ww proposes one each time) writes
+    the header and the proposal at once and reads the two answers, as go-libp2p does; a
+    selection among several is py-libp2p's.  Process-wide, and idempotent."""
+    from libp2p.protocol_muxer import multiselect_client as ms
+    from libp2p.utils import encode_delim
+
+    original = getattr(ms.MultiselectClient.select_one_of, "_ww_original",
+                       ms.MultiselectClient.select_one_of)
+
+    async def select_one_of(self: Any, protocols: Any, communicator: Any,
+                            negotiate_timeout: int = ms.DEFAULT_NEGOTIATE_TIMEOUT) -> Any:
+        if len(protocols) != 1 or protocols[0] is None:
+            return await original(self, protocols, communicator, negotiate_timeout)
+        (protocol,) = protocols
+        with trio.move_on_after(negotiate_timeout):
+            try:
+                await communicator.read_writer.write(
+                    encode_delim(ms.MULTISELECT_PROTOCOL_ID.encode())
+                    + encode_delim(str(protocol).encode()))
+                header = await communicator.read()
+                answer = await communicator.read()
+            except Exception as e:  # (the communicator's errors, the stream's)
+                raise ms.MultiselectClientError(f"multistream: {e}") from e
+            if header != ms.MULTISELECT_PROTOCOL_ID:
+                raise ms.MultiselectClientError(f"multistream: header {header!r}")
+            if answer != protocol:
+                raise ms.MultiselectClientError(
+                    f"protocols not supported: tried [{protocol!r}], response={answer!r}")
+            return protocol
+        raise ms.MultiselectClientError(
+            f"response timed out after {negotiate_timeout}s, protocols tried: [{protocol}]")
+
+    select_one_of._ww_original = original  # type: ignore[attr-defined]
+    ms.MultiselectClient.select_one_of = select_one_of  # type: ignore[method-assign]
 
 
 def _disable_auto_connector(host: Any) -> None:

@@ -21,14 +21,18 @@ peer loses nothing (identify, Bitswap, the DHT, ...):
   (which the native side has sent already) is dropped on the way out.  So the host's own
   negotiation and admission's stream bounds hold these streams as any py-libp2p stream.
 
-Bounds, besides admission's: :data:`MAX_BRIDGED` streams bridged at once in all (each two
-descriptors), :data:`ACCEPT_QUEUE` of a connection's streams waiting for the swarm; past
-either the stream is reset.
+Bounds, besides admission's: at most :data:`MAX_BRIDGED` streams bridged at once in all
+(each two descriptors: fewer if the process may not open that many, :func:`descriptors`),
+as many of one address as admission lets it open (``_max_streams``); a newcomer past the
+bound in all takes the place of the oldest stream of the address holding the most, if that
+one holds at least 2 more than the newcomer's (as admission's streams are shared), else it
+is reset; :data:`ACCEPT_QUEUE` of a connection's streams waiting for the swarm, more reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import socket
 import threading
 from collections.abc import Callable
@@ -43,17 +47,78 @@ __all__ = ["ACCEPT_QUEUE", "MAX_BRIDGED", "BridgedConn", "BridgedStream", "Bridg
 
 MAX_BRIDGED = 1024  # streams bridged at once, all connections (two descriptors each)
 ACCEPT_QUEUE = 16  # a connection's inbound streams handed over, not yet taken by the swarm
-PAIR_BUFFER = 64 * 1024  # each socket of a pair buffers this much (send and receive)
-READ_SIZE = 64 * 1024  # the most one read of a bridged stream returns
+PAIR_BUFFER = 32 * 1024  # each socket of a pair buffers this much (send and receive)
+READ_SIZE = 16 * 1024  # the most one read of either end hands over at once
+SOCK_HIGH = 32 * 1024  # unsent to the pair past this: the native stream is not read
+NATIVE_HIGH = 64 * 1024  # unsent to the peer past this: the pair is not read
+STREAM_READ = 64 * 1024  # the most one read of a BridgedStream (py-libp2p's) returns
+# (so a bridged stream holds in the host, besides its Yamux window of what came unread,
+# at most SOCK_HIGH + READ_SIZE one way and NATIVE_HIGH + READ_SIZE the other, and the
+# pair's kernel buffers)
 _HEADER = lane.ms_line("/multistream/1.0.0")
 
 
-class Bridges:
-    """The streams bridged now (any connection), against :data:`MAX_BRIDGED`."""
+FD_RESERVE = 512  # descriptors left to all else (admission's 128 connections take 256)
+FD_WANTED = 1 << 16  # the soft limit raised to (at most the hard one), as Go's runtime does
 
-    def __init__(self) -> None:
-        self.pairs: set[_Pair] = set()  # (the loop's)
+
+def descriptors() -> int:
+    """How many streams may be bridged at once: :data:`MAX_BRIDGED`, or fewer if the
+    process may not open two descriptors for each beside :data:`FD_RESERVE` (its soft
+    limit of open files is first raised towards :data:`FD_WANTED`, within the hard one: a
+    soft limit of 1024 is common, and 1024 pairs took all of it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_WANTED if hard == resource.RLIM_INFINITY else min(FD_WANTED, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return MAX_BRIDGED
+    return max(0, min(MAX_BRIDGED, (soft - FD_RESERVE) // 2))
+
+
+class Bridges:
+    """The streams bridged now (any connection), against their bounds (the module's)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = descriptors() if limit is None else limit
+        self.pairs: dict[_Pair, None] = {}  # (the loop's)
+        self.by_ip: dict[str, dict[_Pair, None]] = {}  # of each counted address, oldest first
+        self.buf = bytearray(READ_SIZE)  # (the loop's) every read's, copied out at once
         self.refused = 0  # streams reset at a bound (the loop's and the libp2p thread's)
+        self.evicted = 0  # bridged streams reset to give their place to a newcomer
+
+    def room(self, ip: str) -> bool:
+        """Whether a new stream of ``ip`` may be bridged, the oldest of the address holding
+        the most reset for it if all places are taken (the module's bounds)."""
+        from ww.p2p.admission import _max_streams
+
+        held = len(self.by_ip.get(ip, ()))
+        if held >= _max_streams(ip):
+            return False
+        if len(self.pairs) < self.limit:
+            return True
+        heaviest = max(self.by_ip, key=lambda a: len(self.by_ip[a]), default=None)
+        if heaviest is None or len(self.by_ip[heaviest]) < held + 2:
+            return False
+        self.evicted += 1
+        next(iter(self.by_ip[heaviest]))._end(reset=True)
+        return True
+
+    def add(self, pair: _Pair) -> None:
+        self.pairs[pair] = None
+        self.by_ip.setdefault(pair.ip, {})[pair] = None
+
+    def discard(self, pair: _Pair) -> None:
+        self.pairs.pop(pair, None)
+        held = self.by_ip.get(pair.ip)
+        if held is not None:
+            held.pop(pair, None)
+            if not held:
+                del self.by_ip[pair.ip]
 
 
 class _Pair:
@@ -61,26 +126,26 @@ class _Pair:
     py-libp2p's.  ``swallow``: bytes py-libp2p writes first that are not sent (its answer to
     a header the native side answered already)."""
 
-    def __init__(self, stream: Any, bridges: Bridges, swallow: bytes = b"") -> None:
+    def __init__(self, stream: Any, bridges: Bridges, ip: str, swallow: bytes = b"") -> None:
         self.stream = stream
         self.bridges = bridges
+        self.ip = ip  # the peer's address as admission counts it
         self.swallow = swallow
         self.sock: Any = None  # the asyncio transport of our socket
         self.lane_eof = False  # the peer closed its side
         self.sock_eof = False  # py-libp2p closed its side
         self.reset = False  # the stream was reset (either side), or its connection went
         self.done = False
-        self.buf = bytearray(READ_SIZE)
 
     # -- the native stream's protocol (asyncio's BufferedProtocol calls)
     def connection_made(self, _transport: Any) -> None: ...
 
     def get_buffer(self, _hint: int) -> memoryview:
-        return memoryview(self.buf)
+        return memoryview(self.bridges.buf)
 
     def buffer_updated(self, n: int) -> None:
         if self.sock is not None and not self.done:
-            self.sock.write(bytes(self.buf[:n]))
+            self.sock.write(bytes(self.bridges.buf[:n]))
 
     def eof_received(self) -> None:
         self.lane_eof = True
@@ -128,7 +193,7 @@ class _Pair:
     def _end(self, reset: bool) -> None:
         self.done = True
         self.reset = reset
-        self.bridges.pairs.discard(self)
+        self.bridges.discard(self)
         if reset:
             self.stream.reset()
             if self.sock is not None:
@@ -139,16 +204,22 @@ class _Pair:
                 self.sock.close()
 
 
-class _SockSide(asyncio.Protocol):
+class _SockSide(asyncio.BufferedProtocol):
+    """Our socket's protocol: what py-libp2p writes goes to the native stream."""
+
     def __init__(self, pair: _Pair) -> None:
         self.pair = pair
 
     def connection_made(self, transport: Any) -> None:
+        transport.set_write_buffer_limits(high=SOCK_HIGH)
         self.pair.sock = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, _hint: int) -> memoryview:
+        return memoryview(self.pair.bridges.buf)
+
+    def buffer_updated(self, n: int) -> None:
         if not self.pair.done:
-            self.pair.from_py(data)
+            self.pair.from_py(bytes(self.pair.bridges.buf[:n]))
 
     def eof_received(self) -> bool:
         if not self.pair.done:
@@ -168,35 +239,44 @@ class _SockSide(asyncio.Protocol):
 
 def _socketpair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
-    for s in (a, b):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PAIR_BUFFER)
-        s.setblocking(False)
+    try:
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PAIR_BUFFER)
+            s.setblocking(False)
+    except OSError:
+        a.close()
+        b.close()
+        raise
     return a, b
 
 
-async def _bridge(stream: Any, bridges: Bridges, replay: bytes,
+async def _bridge(stream: Any, bridges: Bridges, ip: str, replay: bytes,
                   swallow: bytes) -> tuple[socket.socket, _Pair] | None:
     """On the loop: ``stream`` (a native stream, negotiated or raw) bridged to a socket pair;
-    py-libp2p's end and the pair, or None (the bound is reached, or the stream went
-    meanwhile: reset)."""
-    if len(bridges.pairs) >= MAX_BRIDGED:
+    py-libp2p's end and the pair, or None (the bound is reached, no descriptor is left, or
+    the stream went meanwhile: reset)."""
+    try:
+        if not bridges.room(ip):
+            raise OSError("bound")
+        ours, theirs = _socketpair()
+    except OSError:  # the bound, or no descriptor left (EMFILE): nothing is held
         bridges.refused += 1
         stream.reset()
         return None
-    pair = _Pair(stream, bridges, swallow)
-    bridges.pairs.add(pair)
-    ours, theirs = _socketpair()
+    pair = _Pair(stream, bridges, ip, swallow)
+    bridges.add(pair)
     try:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: _SockSide(pair), ours)
     except BaseException:
-        bridges.pairs.discard(pair)
+        bridges.discard(pair)
         ours.close()
         theirs.close()
         stream.reset()
         raise
     if replay:
         pair.sock.write(replay)
+    stream.set_write_buffer_limits(high=NATIVE_HIGH)
     stream.connect(pair)
     if pair.done:  # lost before it was handed over
         theirs.close()
@@ -224,10 +304,10 @@ class BridgedStream:
             raise MuxedStreamReset("stream reset")
         if self.read_closed:
             raise MuxedStreamEOF("stream closed for reading")
-        size = READ_SIZE if n is None or n < 0 else min(n, READ_SIZE)
+        size = STREAM_READ if n is None or n < 0 else min(n, STREAM_READ)
         try:
             data = await self.sock.recv(size)
-        except OSError:
+        except (OSError, trio.ClosedResourceError):  # (reset here meanwhile: closed)
             data = b""
             self.is_reset = True
         if not data:
@@ -252,7 +332,7 @@ class BridgedStream:
             while view:
                 sent = await self.sock.send(view)
                 view = view[sent:]
-        except OSError:
+        except (OSError, trio.ClosedResourceError):
             self.is_reset = True
             raise MuxedStreamReset("stream reset") from None
 
@@ -316,6 +396,7 @@ class BridgedConn:
         self.port = port
         self.bridges = bridges
         self.token = token  # the libp2p thread's
+        self.counted_ip = ip  # as admission counts the address (Rest sets it)
         self.event_started = trio.Event()  # (set on the libp2p thread, by start)
         self._closed = False
         self._accepted: trio.MemorySendChannel[tuple[socket.socket, _Pair]]
@@ -388,7 +469,7 @@ class BridgedConn:
             raise MuxedConnUnavailable("connection closed")
         got = await _on_loop(self.loop, self._open_on_loop)
         if got is None and not self._closed:
-            raise MuxedStreamReset(f"more than {MAX_BRIDGED} streams bridged")
+            raise MuxedStreamReset("no place for another bridged stream")
         if got is None:
             raise MuxedConnUnavailable("connection closed")
         return BridgedStream(self, *got)
@@ -403,7 +484,7 @@ class BridgedConn:
             return None
         stream = conn.streams[sid] = lane.LaneStream(conn, sid, True)
         stream._done()  # not negotiated here: py-libp2p negotiates on it
-        return await _bridge(stream, self.bridges, b"", b"")
+        return await _bridge(stream, self.bridges, self.counted_ip, b"", b"")
 
 
 def _drop(loop: asyncio.AbstractEventLoop, got: tuple[socket.socket, _Pair]) -> None:
@@ -464,6 +545,7 @@ class Rest:
 
         peer = conn.sock.getpeername()
         self.muxed = BridgedConn(conn, str(peer[0]), int(peer[1]), bridges, ticket._token)
+        self.muxed.counted_ip = ip
         self.conn = conn
         self.bridges = bridges
         self._tasks: set[asyncio.Task[None]] = set()
@@ -483,7 +565,8 @@ class Rest:
         task.add_done_callback(self._tasks.discard)
 
     async def _inbound(self, stream: Any, proposal: str) -> None:
-        got = await _bridge(stream, self.bridges, _HEADER + lane.ms_line(proposal), _HEADER)
+        got = await _bridge(stream, self.bridges, self.muxed.counted_ip,
+                            _HEADER + lane.ms_line(proposal), _HEADER)
         if got is not None and not _to_libp2p(self.muxed, self.muxed._hand, *got):
             _drop(self.muxed.loop, got)
 
