@@ -33,6 +33,18 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboLan]:
         yield net
 
 
+def _still_serving(lan: KuboLan, addr: str, tmp_path: Path) -> None:
+    """A `ww call` to the host's export is answered (the cell serves on)."""
+    r = lan.run([WW, "call", addr, "echo", "still", "serving"],
+                env={"WW_HOME": str(tmp_path / "caller")})
+    assert (r["rc"], r["stdout"]) == (0, "still serving\n"), r["stderr"]
+
+
+def _ends_well(lan: KuboLan, n: int) -> None:
+    done = lan.finish(n)
+    assert done["rc"] == 0, done["stderr"][-3000:]
+
+
 @pytest.mark.parametrize("inbound", ["calls", "full"])
 def test_kubo_with_an_rsa_identity_connects_to_a_calls_host(lan: KuboLan, tmp_path: Path,
                                                            inbound: str) -> None:
@@ -49,12 +61,9 @@ def test_kubo_with_an_rsa_identity_connects_to_a_calls_host(lan: KuboLan, tmp_pa
         while peer not in lan.kubo(0, "peers")["peers"]:
             assert time.monotonic() < deadline, "kubo never listed the host as a peer"
             time.sleep(0.05)  # a poll: kubo tells no one of a new connection
-        r = lan.run([WW, "call", addr, "echo", "still", "serving"],
-                    env={"WW_HOME": str(tmp_path / "caller")})
-        assert (r["rc"], r["stdout"]) == (0, "still serving\n"), r["stderr"]
+        _still_serving(lan, addr, tmp_path)
     finally:
-        done = lan.finish(n)
-    assert done["rc"] == 0, done["stderr"][-3000:]
+        _ends_well(lan, n)
 
 
 def test_kubo_fetches_over_the_connection_it_dialed_to_a_host_serving_calls_natively(
@@ -77,9 +86,6 @@ def test_kubo_fetches_over_the_connection_it_dialed_to_a_host_serving_calls_nati
         addr = line.strip()
         assert lan.kubo(0, "connect", addr=addr)["code"] == 0  # kubo dials: /noise
         assert lan.fetched(0, cid, tmp_path / "fetched.bin") == data
-        r = lan.run([WW, "call", addr, "echo", "still", "serving"],
-                    env={"WW_HOME": str(tmp_path / "caller")})
-        assert (r["rc"], r["stdout"]) == (0, "still serving\n"), r["stderr"]
+        _still_serving(lan, addr, tmp_path)
     finally:
-        done = lan.finish(n)
-    assert done["rc"] == 0, done["stderr"][-3000:]
+        _ends_well(lan, n)
