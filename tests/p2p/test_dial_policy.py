@@ -614,3 +614,52 @@ def test_a_join_that_gets_no_answer_says_so_in_its_warning(monkeypatch: pytest.M
         node.stop()
         silent.close()
     assert warnings == [f"p2p: --join {addr}: cannot connect (no answer within 1 s)"], warnings
+
+
+def test_a_peer_that_answers_the_header_and_stalls_holds_a_dial_once_and_briefly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(found by attack) A listener that answers multistream's header and then says nothing
+    held a dial 30 s (py-libp2p's selection timeout, three times the dial's bound), and the
+    dial tried it again 3 times: 4 connects, 2 minutes.  The selection is bounded by
+    DIAL_TIMEOUT (here made 2 s) and a timed-out handshake is not tried again: 1 connect."""
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from ww.p2p import host as host_module
+    from ww.p2p.host import Node
+
+    monkeypatch.setattr(host_module, "DIAL_TIMEOUT", 2.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:  # each connection: the header answered, then silence
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            held.append(conn)
+            conn.sendall(b"\x13/multistream/1.0.0\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    node = Node(Identity.from_private_key(PrivateKey.generate()), listen=[],
+                serve_ww=False, announce=False, warn=lambda m: None)
+    node.start()
+    connects: list[object] = []
+    _count_connects(node, connects)
+    addr = f"/ip4/127.0.0.1/tcp/{server.getsockname()[1]}/p2p/{PEER}"
+    try:
+        async def dial() -> str:
+            try:
+                await node.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+            except Exception as e:  # noqa: BLE001 - what the test looks at
+                return type(e).__name__
+            return "connected"
+
+        assert node.submit(dial).result(HANG) != "connected"
+    finally:
+        node.stop()
+        server.close()
+        for conn in held:
+            conn.close()
+    assert len(connects) == 1

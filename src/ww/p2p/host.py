@@ -197,7 +197,7 @@ def _retry_cut_handshakes_only(swarm: Any) -> None:
                 return await single(addr, peer_id, source)
             except SwarmException as e:
                 cut = isinstance(e.__cause__, (SecurityUpgradeFailure, MuxerUpgradeFailure))
-                if (not cut or attempt >= UPGRADE_RETRIES
+                if (not cut or attempt >= UPGRADE_RETRIES or _timed_out(e)
                         or "Peer ID mismatch" in f"{e} {e.__cause__}"):
                     raise
             await trio.sleep(swarm._calculate_backoff_delay(attempt))
@@ -222,6 +222,18 @@ def _no_connection_made(e: BaseException) -> bool:
             return bool(cause.errors) and all(
                 isinstance(error.__cause__, OpenConnectionError) for error in cause.errors)
         cause = cause.__cause__
+    return False
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error`` or one of its causes says the peer did not answer in time (a
+    multistream selection's timeout: py-libp2p words it so, and so does ours)."""
+    seen = 0
+    cause: BaseException | None = error
+    while cause is not None and seen < 16:
+        if isinstance(cause, trio.TooSlowError) or "timed out" in str(cause):
+            return True
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return False
 
 
@@ -286,7 +298,10 @@ def _propose_with_the_header() -> None:
         if len(protocols) != 1 or protocols[0] is None:
             return await original(self, protocols, communicator, negotiate_timeout)
         (protocol,) = protocols
-        with trio.move_on_after(negotiate_timeout):
+        # (py-libp2p's security and muxer selections pass none: its default is 30 s, three
+        # times the whole dial's bound, so a peer answering the header only held a dial
+        # that long, and it was tried again 3 times: 2 minutes; found by attack)
+        with trio.move_on_after(min(negotiate_timeout, DIAL_TIMEOUT)):
             try:
                 await communicator.read_writer.write(
                     encode_delim(ms.MULTISELECT_PROTOCOL_ID.encode())
@@ -302,7 +317,8 @@ def _propose_with_the_header() -> None:
                     f"protocols not supported: tried [{protocol!r}], response={answer!r}")
             return protocol
         raise ms.MultiselectClientError(
-            f"response timed out after {negotiate_timeout}s, protocols tried: [{protocol}]")
+            f"response timed out after {min(negotiate_timeout, DIAL_TIMEOUT):g}s, protocols "
+            f"tried: [{protocol}]")
 
     select_one_of._ww_original = original  # type: ignore[attr-defined]
     ms.MultiselectClient.select_one_of = select_one_of  # type: ignore[method-assign]
